@@ -1,0 +1,101 @@
+// Command clustral is the single clustral binary: the user commands
+// (login, up, down, status, ...) and the server commands
+// (clustral coordinator, clustral agent).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes, documented in README.md.
+const (
+	exitOK      = 0
+	exitError   = 1
+	exitUsage   = 2
+	exitAuth    = 3 // not logged in or session expired
+	exitDenied  = 4 // the coordinator or cluster refused
+	exitUnreach = 5 // the coordinator or tunnel is unreachable
+)
+
+// exitError carries an exit code and a hint through cobra.
+type cliError struct {
+	err  error
+	hint string
+	code int
+}
+
+func (e *cliError) Error() string { return e.err.Error() }
+func (e *cliError) Unwrap() error { return e.err }
+
+// withHint wraps err with a hint line and an exit code.
+func withHint(code int, err error, hint string) error {
+	return &cliError{err: err, hint: hint, code: code}
+}
+
+// run executes the CLI with args and returns the process exit code.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	root := newRootCmd(stdin, stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "error: %v\n", err)
+	var ce *cliError
+	if errors.As(err, &ce) {
+		if ce.hint != "" {
+			fmt.Fprintf(stderr, "hint: %s\n", ce.hint)
+		}
+		return ce.code
+	}
+	if isUsageError(err) {
+		return exitUsage
+	}
+	return exitError
+}
+
+type usageError struct{ error }
+
+func isUsageError(err error) bool {
+	var u usageError
+	return errors.As(err, &u)
+}
+
+func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "clustral",
+		Short: "kubectl access to many Kubernetes clusters over a WireGuard mesh",
+		Long: `clustral gives you kubectl access to every Kubernetes cluster you are allowed
+to reach, over a WireGuard overlay mesh, with identity from your company's
+OIDC provider.
+
+  clustral login https://clustral.example.com
+  clustral up
+  kubectl --context prod get pods`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
+	})
+	root.AddCommand(newVersionCmd())
+	return root
+}

@@ -1,0 +1,288 @@
+// Package proto defines every message that crosses a process boundary in
+// clustral: the coordinator's JSON API, the login flow, node and agent
+// registration, and the network map stream. Nothing else in the project
+// defines a wire type.
+//
+// The API is versioned by path (/api/v1/...). Fields are only ever added;
+// a field's meaning never changes within a version. JSON field names are
+// snake_case and stable.
+package proto
+
+import (
+	"net/netip"
+	"time"
+)
+
+// APIVersion is the path prefix of the coordinator's API.
+const APIVersion = "/api/v1"
+
+// Header names shared by the parts.
+const (
+	// HeaderErrorCode carries the machine-readable error code on the proxy
+	// path (text/plain bodies) and in coordinator problem responses.
+	HeaderErrorCode = "X-Clustral-Error-Code"
+	// HeaderRequestID carries the correlation id of a request.
+	HeaderRequestID = "X-Clustral-Request-Id"
+)
+
+// MaxBodyBytes bounds every request body the coordinator accepts.
+const MaxBodyBytes = 1 << 20
+
+// ErrorCode is a stable machine-readable error code. It appears in the
+// X-Clustral-Error-Code header and in Problem.Code.
+type ErrorCode string
+
+const (
+	CodeBadRequest       ErrorCode = "BAD_REQUEST"
+	CodeUnauthenticated  ErrorCode = "UNAUTHENTICATED"
+	CodeSessionExpired   ErrorCode = "SESSION_EXPIRED"
+	CodeForbidden        ErrorCode = "FORBIDDEN"
+	CodeNotFound         ErrorCode = "NOT_FOUND"
+	CodeConflict         ErrorCode = "CONFLICT"
+	CodeTooLarge         ErrorCode = "BODY_TOO_LARGE"
+	CodeLoginPending     ErrorCode = "LOGIN_PENDING"
+	CodeLoginExpired     ErrorCode = "LOGIN_EXPIRED"
+	CodeLoginConsumed    ErrorCode = "LOGIN_HANDLE_USED"
+	CodeLoginFailed      ErrorCode = "LOGIN_FAILED"
+	CodeInvalidJoinToken ErrorCode = "INVALID_JOIN_TOKEN"
+	CodeAddressExhausted ErrorCode = "ADDRESS_POOL_EXHAUSTED"
+	CodeInternal         ErrorCode = "INTERNAL"
+
+	// Proxy-path codes (agent).
+	CodeNoRoleAssignment    ErrorCode = "NO_ROLE_ASSIGNMENT"
+	CodeAccessExpired       ErrorCode = "ACCESS_EXPIRED"
+	CodeOutsideTimeWindow   ErrorCode = "OUTSIDE_TIME_WINDOW"
+	CodeNamespaceNotAllowed ErrorCode = "NAMESPACE_NOT_ALLOWED"
+	CodeResourceNotAllowed  ErrorCode = "RESOURCE_NOT_ALLOWED"
+	CodeVerbNotAllowed      ErrorCode = "VERB_NOT_ALLOWED"
+	CodeDeviceRevoked       ErrorCode = "DEVICE_REVOKED"
+	CodeUnknownPeer         ErrorCode = "UNKNOWN_PEER"
+	CodeRateLimited         ErrorCode = "RATE_LIMITED"
+	CodeUpstreamUnavailable ErrorCode = "UPSTREAM_UNAVAILABLE"
+	CodeBadUpgrade          ErrorCode = "BAD_UPGRADE"
+)
+
+// Problem is an RFC 7807 problem document (application/problem+json), the
+// body of every error the coordinator's API returns.
+type Problem struct {
+	Type   string    `json:"type,omitempty"`
+	Title  string    `json:"title"`
+	Status int       `json:"status"`
+	Detail string    `json:"detail,omitempty"`
+	Code   ErrorCode `json:"code"`
+	// Hint says how to fix the problem, for the CLI's hint line.
+	Hint string `json:"hint,omitempty"`
+}
+
+func (p *Problem) Error() string {
+	if p.Detail != "" {
+		return p.Detail
+	}
+	return p.Title
+}
+
+// ---- Login ----
+
+// LoginStartResponse answers POST /api/v1/login/start.
+type LoginStartResponse struct {
+	// AuthURL is the URL the user opens in a browser.
+	AuthURL string `json:"auth_url"`
+	// Handle is the one-time poll handle. It is a secret: whoever holds it
+	// receives the session.
+	Handle    string    `json:"handle"`
+	ExpiresAt time.Time `json:"expires_at"`
+	// PollInterval is how often the CLI should poll.
+	PollInterval Duration `json:"poll_interval"`
+}
+
+// LoginPollRequest is the body of POST /api/v1/login/poll. The coordinator
+// answers 202 with a Problem (LOGIN_PENDING) until the user has signed in,
+// then 200 with a Session exactly once; later polls get 410.
+type LoginPollRequest struct {
+	Handle string `json:"handle"`
+}
+
+// TokenExchangeRequest is the body of POST /api/v1/login/token: a direct
+// exchange of an ID token from the configured issuer, for automation.
+type TokenExchangeRequest struct {
+	IDToken string `json:"id_token"`
+}
+
+// Session is a coordinator session: a signed token and who it belongs to.
+type Session struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	User      User      `json:"user"`
+}
+
+// User is a person known to the coordinator.
+type User struct {
+	ID       string    `json:"id"`
+	Login    string    `json:"login"`
+	Email    string    `json:"email"`
+	Name     string    `json:"name,omitempty"`
+	Groups   []string  `json:"groups,omitempty"`
+	Admin    bool      `json:"admin,omitempty"`
+	Disabled bool      `json:"disabled,omitempty"`
+	Created  time.Time `json:"created,omitempty"`
+	LastSeen time.Time `json:"last_seen,omitempty"`
+}
+
+// ---- Registration ----
+
+// RegisterDeviceRequest is the body of POST /api/v1/devices, authenticated
+// with a session token.
+type RegisterDeviceRequest struct {
+	PublicKey Key    `json:"public_key"`
+	Hostname  string `json:"hostname,omitempty"`
+}
+
+// RegisterAgentRequest is the body of POST /api/v1/agents, authenticated
+// with a cluster join token ("Authorization: Bearer <join token>").
+type RegisterAgentRequest struct {
+	PublicKey Key    `json:"public_key"`
+	Hostname  string `json:"hostname,omitempty"`
+	// CSR is a PEM certificate request for the agent's serving key. The
+	// private key never leaves the agent.
+	CSR string `json:"csr"`
+}
+
+// RegisterResponse answers a device or agent registration.
+type RegisterResponse struct {
+	NodeID string `json:"node_id"`
+	// NodeToken authenticates the node's map stream. It is shown once and
+	// stored hashed by the coordinator.
+	NodeToken  string         `json:"node_token"`
+	Addresses  []netip.Prefix `json:"addresses"`
+	MeshDomain string         `json:"mesh_domain"`
+	ExpiresAt  time.Time      `json:"expires_at,omitzero"`
+	// Certificate is the agent's serving certificate chain (PEM), for
+	// agents only.
+	Certificate string `json:"certificate,omitempty"`
+	// CABundle is the mesh CA (PEM).
+	CABundle string `json:"ca_bundle"`
+}
+
+// ---- Admin API ----
+
+// Cluster is a Kubernetes cluster registered with the coordinator.
+type Cluster struct {
+	ID      string            `json:"id"`
+	Name    string            `json:"name"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Created time.Time         `json:"created"`
+	Agents  []Agent           `json:"agents,omitempty"`
+}
+
+// Agent is one agent node of a cluster.
+type Agent struct {
+	NodeID    string         `json:"node_id"`
+	Hostname  string         `json:"hostname"`
+	Addresses []netip.Prefix `json:"addresses"`
+	Online    bool           `json:"online"`
+}
+
+// CreateClusterRequest is the body of POST /api/v1/clusters.
+type CreateClusterRequest struct {
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// CreateClusterResponse returns the new cluster and its join token, shown
+// once.
+type CreateClusterResponse struct {
+	Cluster   Cluster `json:"cluster"`
+	JoinToken string  `json:"join_token"`
+}
+
+// Role maps to the Kubernetes identity impersonated for its holders.
+type Role struct {
+	ID          string   `json:"id"`
+	Name        string   `json:"name"`
+	Description string   `json:"description,omitempty"`
+	Groups      []string `json:"groups"`
+	// KubeUser, when set, replaces the user's login as Impersonate-User.
+	KubeUser string `json:"kube_user,omitempty"`
+}
+
+// Assignment gives a user (or an OIDC group) a role on a cluster.
+type Assignment struct {
+	ID      string     `json:"id"`
+	User    string     `json:"user,omitempty"`
+	Group   string     `json:"group,omitempty"`
+	Role    string     `json:"role"`
+	Cluster string     `json:"cluster"`
+	Expires *time.Time `json:"expires,omitempty"`
+	Created time.Time  `json:"created"`
+}
+
+// ---- Network map ----
+
+// NodeKind tells devices from agents.
+type NodeKind string
+
+const (
+	KindDevice NodeKind = "device"
+	KindAgent  NodeKind = "agent"
+)
+
+// MapMessage is one message of the network map stream
+// (GET /api/v1/map, newline-delimited JSON, authenticated with the node
+// token). The first message has Snapshot set and carries the whole map.
+// Every later message has Version = previous Version + 1 and carries only
+// what changed. A node that sees a gap reconnects and gets a new snapshot.
+// Messages with KeepAlive set carry nothing and do not advance Version.
+type MapMessage struct {
+	Version   uint64 `json:"version"`
+	Snapshot  bool   `json:"snapshot,omitempty"`
+	KeepAlive bool   `json:"keep_alive,omitempty"`
+
+	// Self, MeshDomain and CABundle are set on snapshots and when they change.
+	Self       *Peer  `json:"self,omitempty"`
+	MeshDomain string `json:"mesh_domain,omitempty"`
+	CABundle   string `json:"ca_bundle,omitempty"`
+
+	// Peers are added or replaced whole, keyed by Key. On a snapshot they are
+	// the complete peer set.
+	Peers []Peer `json:"peers,omitempty"`
+	// Removed lists the keys of peers that are gone.
+	Removed []Key `json:"removed,omitempty"`
+}
+
+// Peer is one node as another node sees it.
+type Peer struct {
+	Key       Key              `json:"key"`
+	NodeID    string           `json:"node_id"`
+	Kind      NodeKind         `json:"kind"`
+	Hostname  string           `json:"hostname,omitempty"`
+	Addresses []netip.Prefix   `json:"addresses"`
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	Online    bool             `json:"online"`
+	// Cluster is set for agents.
+	Cluster string `json:"cluster,omitempty"`
+	// Identity is set for devices in an agent's map: who the device belongs
+	// to and what they may do on the agent's cluster.
+	Identity *Identity `json:"identity,omitempty"`
+}
+
+// Identity is what an agent knows about the user behind a device peer.
+type Identity struct {
+	UserID string   `json:"user_id"`
+	Login  string   `json:"login"`
+	Email  string   `json:"email,omitempty"`
+	Groups []string `json:"groups,omitempty"`
+	// Roles are the roles that apply on the agent's cluster.
+	Roles []RoleGrant `json:"roles"`
+	// Expires is when the device's session ends.
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// RoleGrant is a role as it applies to one user on one cluster.
+type RoleGrant struct {
+	Role     string     `json:"role"`
+	Groups   []string   `json:"groups"`
+	KubeUser string     `json:"kube_user,omitempty"`
+	Expires  *time.Time `json:"expires,omitempty"`
+	// Source says why the role applies: "user", "group:<name>" or "grant".
+	Source string `json:"source,omitempty"`
+}
