@@ -1,0 +1,354 @@
+// Package tunnelbench joins two userspace network stacks with two
+// wireguard-go devices over loopback UDP and measures bulk TCP throughput
+// through the tunnel. It compares clustral's netstack with wireguard-go's
+// stock tun/netstack and with plain loopback TCP.
+//
+// It lives apart from package netstack so that the stock netstack, which
+// only serves as a baseline, never reaches a binary that imports netstack.
+package tunnelbench
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
+	stocknetstack "golang.zx2c4.com/wireguard/tun/netstack"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/netstack"
+)
+
+// Which names a stack to measure.
+const (
+	Ours     = "ours"     // clustral's netstack
+	Stock    = "stock"    // golang.zx2c4.com/wireguard/tun/netstack as it ships
+	Loopback = "loopback" // kernel loopback TCP, no tunnel
+)
+
+// MTU is the tunnel MTU of every setup.
+const MTU = 1420
+
+// Overlay addresses of the two ends of a setup.
+var (
+	AddrA = netip.MustParseAddr("100.64.0.1")
+	AddrB = netip.MustParseAddr("100.64.0.2")
+)
+
+// Peer is one end of a Link.
+type Peer struct {
+	// TUN is the device wireguard-go reads and writes.
+	TUN tun.Device
+	// AllowedIPs are the source prefixes the other end accepts from
+	// this peer, and routes to it.
+	AllowedIPs []netip.Prefix
+}
+
+// Link is two wireguard-go devices that know each other as their only
+// peer, each bound to a UDP port on 127.0.0.1.
+type Link struct {
+	A, B *device.Device
+}
+
+// Connect brings up a wireguard-go device on each peer's TUN with a fresh
+// key and a loopback UDP bind, and configures each as the other's peer.
+// Closing the Link closes both devices and with them both TUNs.
+func Connect(a, b Peer) (*Link, error) {
+	ka, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	kb, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	logger := device.NewLogger(device.LogLevelSilent, "")
+	l := &Link{
+		A: device.NewDevice(a.TUN, conn.NewDefaultBind(), logger),
+		B: device.NewDevice(b.TUN, conn.NewDefaultBind(), logger),
+	}
+	portA, err := up(l.A, ka)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("device A: %w", err)
+	}
+	portB, err := up(l.B, kb)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("device B: %w", err)
+	}
+	if err := l.A.IpcSet(peerConfig(kb.PublicKey(), portB, b.AllowedIPs)); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("device A: configure peer: %w", err)
+	}
+	if err := l.B.IpcSet(peerConfig(ka.PublicKey(), portA, a.AllowedIPs)); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("device B: configure peer: %w", err)
+	}
+	return l, nil
+}
+
+// Close closes both devices.
+func (l *Link) Close() {
+	l.A.Close()
+	l.B.Close()
+}
+
+func up(d *device.Device, k wgtypes.Key) (uint16, error) {
+	if err := d.IpcSet("private_key=" + hex.EncodeToString(k[:]) + "\nlisten_port=0\n"); err != nil {
+		return 0, fmt.Errorf("set key: %w", err)
+	}
+	if err := d.Up(); err != nil {
+		return 0, fmt.Errorf("up: %w", err)
+	}
+	cfg, err := d.IpcGet()
+	if err != nil {
+		return 0, fmt.Errorf("get config: %w", err)
+	}
+	for line := range strings.SplitSeq(cfg, "\n") {
+		if v, ok := strings.CutPrefix(line, "listen_port="); ok {
+			p, err := strconv.ParseUint(v, 10, 16)
+			if err != nil {
+				return 0, fmt.Errorf("listen port %q: %w", v, err)
+			}
+			return uint16(p), nil
+		}
+	}
+	return 0, errors.New("no listen port")
+}
+
+func peerConfig(pub wgtypes.Key, port uint16, allowed []netip.Prefix) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\nendpoint=127.0.0.1:%d\n", hex.EncodeToString(pub[:]), port)
+	for _, p := range allowed {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", p)
+	}
+	return b.String()
+}
+
+// Setup is a listener and a way to dial it, through a tunnel or not.
+type Setup struct {
+	// Listener accepts on the B end.
+	Listener net.Listener
+	// Dial connects from the A end to Listener.
+	Dial func(ctx context.Context) (net.Conn, error)
+
+	close func()
+}
+
+// Close releases everything the Setup holds.
+func (s *Setup) Close() { s.close() }
+
+// NewSetup builds the setup named by which: Ours, Stock or Loopback.
+func NewSetup(which string) (*Setup, error) {
+	switch which {
+	case Ours:
+		return newOurs()
+	case Stock:
+		return newStock()
+	case Loopback:
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		var d net.Dialer
+		return &Setup{
+			Listener: ln,
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				return d.DialContext(ctx, "tcp", ln.Addr().String())
+			},
+			close: func() { ln.Close() },
+		}, nil
+	}
+	return nil, fmt.Errorf("unknown setup %q", which)
+}
+
+func newOurs() (*Setup, error) {
+	sa, err := netstack.New(netstack.Config{Addrs: []netip.Addr{AddrA}, MTU: MTU})
+	if err != nil {
+		return nil, err
+	}
+	sb, err := netstack.New(netstack.Config{Addrs: []netip.Addr{AddrB}, MTU: MTU})
+	if err != nil {
+		sa.Close()
+		return nil, err
+	}
+	link, err := Connect(
+		Peer{TUN: sa.TUN(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrA, 32)}},
+		Peer{TUN: sb.TUN(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrB, 32)}},
+	)
+	if err != nil {
+		sa.Close()
+		sb.Close()
+		return nil, err
+	}
+	ln, err := sb.ListenTCP(netip.AddrPortFrom(AddrB, 5001))
+	if err != nil {
+		link.Close()
+		return nil, err
+	}
+	return &Setup{
+		Listener: ln,
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return sa.DialTCPAddrPort(ctx, netip.AddrPortFrom(AddrB, 5001))
+		},
+		close: func() { ln.Close(); link.Close() },
+	}, nil
+}
+
+func newStock() (*Setup, error) {
+	ta, na, err := stocknetstack.CreateNetTUN([]netip.Addr{AddrA}, nil, MTU)
+	if err != nil {
+		return nil, err
+	}
+	tb, nb, err := stocknetstack.CreateNetTUN([]netip.Addr{AddrB}, nil, MTU)
+	if err != nil {
+		ta.Close()
+		return nil, err
+	}
+	link, err := Connect(
+		Peer{TUN: ta, AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrA, 32)}},
+		Peer{TUN: tb, AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrB, 32)}},
+	)
+	if err != nil {
+		ta.Close()
+		tb.Close()
+		return nil, err
+	}
+	ln, err := nb.ListenTCPAddrPort(netip.AddrPortFrom(AddrB, 5001))
+	if err != nil {
+		link.Close()
+		return nil, err
+	}
+	return &Setup{
+		Listener: ln,
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return na.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(AddrB, 5001))
+		},
+		close: func() { ln.Close(); link.Close() },
+	}, nil
+}
+
+// Result is the outcome of one bulk transfer.
+type Result struct {
+	Bytes    int64
+	Duration time.Duration
+	// CPU is the user plus system time the whole process used during
+	// the transfer: both stacks, both wireguard-go devices, both ends.
+	CPU time.Duration
+}
+
+// BytesPerSec is the transfer's goodput.
+func (r Result) BytesPerSec() float64 {
+	return float64(r.Bytes) / r.Duration.Seconds()
+}
+
+// MBPerSec is the goodput in 10^6 bytes per second.
+func (r Result) MBPerSec() float64 { return r.BytesPerSec() / 1e6 }
+
+// CPUSecondsPerGiB is the CPU time spent per GiB moved.
+func (r Result) CPUSecondsPerGiB() float64 {
+	return r.CPU.Seconds() / (float64(r.Bytes) / (1 << 30))
+}
+
+// MeasureTunnel builds the setup named by which (Ours, Stock or Loopback),
+// moves n bytes over one TCP connection from the A end to the B end, and
+// reports the time and the process CPU it took. The setup is torn down
+// before it returns.
+func MeasureTunnel(ctx context.Context, which string, n int64) (Result, error) {
+	s, err := NewSetup(which)
+	if err != nil {
+		return Result{}, fmt.Errorf("setup %s: %w", which, err)
+	}
+	defer s.Close()
+	// Warm up: handshake and the first round trips are not throughput.
+	if _, err := Transfer(ctx, s, 1<<20); err != nil {
+		return Result{}, fmt.Errorf("warm up %s: %w", which, err)
+	}
+	cpu0 := cpuTime()
+	start := time.Now()
+	got, err := Transfer(ctx, s, n)
+	d := time.Since(start)
+	cpu := cpuTime() - cpu0
+	if err != nil {
+		return Result{}, fmt.Errorf("transfer %s: %w", which, err)
+	}
+	return Result{Bytes: got, Duration: d, CPU: cpu}, nil
+}
+
+// Transfer dials s, writes n bytes, half-closes, and waits until the
+// accepting side has read them all. It returns the bytes received.
+func Transfer(ctx context.Context, s *Setup, n int64) (int64, error) {
+	type accepted struct {
+		n   int64
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		c, err := s.Listener.Accept()
+		if err != nil {
+			acc <- accepted{err: err}
+			return
+		}
+		defer c.Close()
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		defer stop()
+		got, err := io.Copy(io.Discard, c)
+		acc <- accepted{got, err}
+	}()
+
+	c, err := s.Dial(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("dial: %w", err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+
+	buf := make([]byte, 256<<10)
+	for left := n; left > 0; {
+		chunk := buf[:min(int64(len(buf)), left)]
+		w, err := c.Write(chunk)
+		left -= int64(w)
+		if err != nil {
+			return 0, fmt.Errorf("write: %w", err)
+		}
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil {
+			return 0, fmt.Errorf("close write: %w", err)
+		}
+	} else {
+		return 0, fmt.Errorf("%T cannot half-close", c)
+	}
+	select {
+	case a := <-acc:
+		if a.err != nil {
+			return a.n, fmt.Errorf("read: %w", a.err)
+		}
+		if a.n != n {
+			return a.n, fmt.Errorf("received %d bytes, sent %d", a.n, n)
+		}
+		return a.n, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
