@@ -286,3 +286,17 @@ type RoleGrant struct {
 	// Source says why the role applies: "user", "group:<name>" or "grant".
 	Source string `json:"source,omitempty"`
 }
+
+// Whoami answers GET /api/v1/whoami: the caller, their session and the
+// clusters they may reach now with their roles there.
+type Whoami struct {
+	User           User               `json:"user"`
+	SessionExpires time.Time          `json:"session_expires"`
+	Clusters       []ReachableCluster `json:"clusters"`
+}
+
+// ReachableCluster is a cluster the caller may reach, with their roles.
+type ReachableCluster struct {
+	Name  string      `json:"name"`
+	Roles []RoleGrant `json:"roles"`
+}

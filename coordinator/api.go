@@ -1,0 +1,667 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/version"
+	"github.com/clustral/clustral/proto"
+)
+
+// Handler returns the coordinator's HTTP API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	v := proto.APIVersion
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.handleReady)
+	mux.HandleFunc("GET "+v+"/info", s.handleInfo)
+
+	mux.HandleFunc("POST "+v+"/login/start", s.handleLoginStart)
+	mux.HandleFunc("POST "+v+"/login/poll", s.handleLoginPoll)
+	mux.HandleFunc("POST "+v+"/login/token", s.handleLoginToken)
+	mux.HandleFunc("GET /oidc/callback", s.handleCallback)
+	mux.HandleFunc("GET "+v+"/whoami", s.handleWhoami)
+	mux.HandleFunc("DELETE "+v+"/session", s.handleLogout)
+
+	mux.HandleFunc("POST "+v+"/devices", s.handleRegisterDevice)
+	mux.HandleFunc("POST "+v+"/agents", s.handleRegisterAgent)
+	mux.HandleFunc("DELETE "+v+"/nodes/self", s.handleDeregister)
+	mux.HandleFunc("GET "+v+"/map", s.handleMap)
+
+	mux.HandleFunc("GET "+v+"/clusters", s.admin(s.handleListClusters))
+	mux.HandleFunc("POST "+v+"/clusters", s.admin(s.handleCreateCluster))
+	mux.HandleFunc("GET "+v+"/roles", s.admin(s.handleListRoles))
+	mux.HandleFunc("POST "+v+"/roles", s.admin(s.handleCreateRole))
+	mux.HandleFunc("GET "+v+"/assignments", s.admin(s.handleListAssignments))
+	mux.HandleFunc("POST "+v+"/assignments", s.admin(s.handleCreateAssignment))
+	mux.HandleFunc("DELETE "+v+"/assignments/{id}", s.admin(s.handleDeleteAssignment))
+	mux.HandleFunc("GET "+v+"/users", s.admin(s.handleListUsers))
+
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// writeProblem answers with an RFC 7807 problem document.
+func writeProblem(w http.ResponseWriter, status int, code proto.ErrorCode, title, hint string) {
+	writeProblemDoc(w, &proto.Problem{Status: status, Code: code, Title: title, Hint: hint})
+}
+
+func writeProblemDoc(w http.ResponseWriter, p *proto.Problem) {
+	if p.Type == "" {
+		p.Type = "https://clustral.dev/errors/" + strings.ToLower(string(p.Code))
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set(proto.HeaderErrorCode, string(p.Code))
+	w.WriteHeader(p.Status)
+	json.NewEncoder(w).Encode(p)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body into v, answering the problem itself on error.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
+			return false
+		}
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body: "+err.Error(), "check the request against the API")
+		return false
+	}
+	return true
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
+	if err := s.st.View(func(tx store.Tx) error { _, err := tx.GetRaw(store.Meta, metaCA); return err }); err != nil {
+		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+// Info is served at GET /api/v1/info, unauthenticated.
+type infoResponse struct {
+	Version    string    `json:"version"`
+	MeshDomain string    `json:"mesh_domain"`
+	Issuer     string    `json:"issuer,omitempty"`
+	Time       time.Time `json:"time"`
+}
+
+func (s *Server) handleInfo(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, infoResponse{Version: version.Get().Version, MeshDomain: s.cfg.MeshDomain, Issuer: s.cfg.OIDC.Issuer, Time: s.now().UTC()})
+}
+
+// ---- login ----
+
+func (s *Server) handleLoginStart(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.startLogin()
+	if err != nil {
+		writeProblem(w, http.StatusServiceUnavailable, proto.CodeLoginFailed, err.Error(), "configure --oidc-issuer on the coordinator")
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleLoginPoll(w http.ResponseWriter, r *http.Request) {
+	var req proto.LoginPollRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Handle == "" {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "handle is required", "")
+		return
+	}
+	sess, p := s.poll(req.Handle)
+	if p != nil {
+		writeProblemDoc(w, p)
+		return
+	}
+	writeJSON(w, http.StatusOK, sess)
+}
+
+func (s *Server) handleLoginToken(w http.ResponseWriter, r *http.Request) {
+	var req proto.TokenExchangeRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if s.oidc == nil {
+		writeProblem(w, http.StatusServiceUnavailable, proto.CodeLoginFailed, errNoOIDC.Error(), "configure --oidc-issuer on the coordinator")
+		return
+	}
+	if req.IDToken == "" {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "id_token is required", "pass an ID token from the configured issuer")
+		return
+	}
+	idt, err := s.oidc.verifyDirect(r.Context(), req.IDToken)
+	if err != nil {
+		s.log.Warn("login by token refused", "err", err)
+		writeProblem(w, http.StatusUnauthorized, proto.CodeLoginFailed, "ID token refused: "+err.Error(), "use a fresh ID token from "+s.cfg.OIDC.Issuer)
+		return
+	}
+	sess, err := s.loginFromToken(idt, "token")
+	if err != nil {
+		writeProblem(w, http.StatusForbidden, proto.CodeLoginFailed, err.Error(), "")
+		return
+	}
+	writeJSON(w, http.StatusOK, sess)
+}
+
+var callbackPage = template.Must(template.New("cb").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>clustral</title></head>
+<body style="font-family:sans-serif;margin:4em">
+{{if .Err}}<h1>Login failed</h1><p>{{.Err}}</p>{{else}}<h1>Signed in as {{.Login}}</h1>
+<p>You can close this window and return to your terminal.</p>{{end}}
+</body></html>`))
+
+func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var data struct{ Login, Err string }
+	errMsg := q.Get("error")
+	if d := q.Get("error_description"); d != "" {
+		errMsg += ": " + d
+	}
+	if s.oidc == nil {
+		data.Err = errNoOIDC.Error()
+	} else if sess, err := s.callback(r.Context(), q.Get("state"), q.Get("code"), errMsg); err != nil {
+		data.Err = err.Error()
+		s.log.Warn("login failed", "err", err)
+	} else {
+		data.Login = sess.User.Login
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if data.Err != "" {
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	callbackPage.Execute(w, data)
+}
+
+// whoamiResponse is served at GET /api/v1/whoami.
+type whoamiResponse = proto.Whoami
+
+func (s *Server) handleWhoami(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.authSession(w, r)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	now := s.now()
+	resp := whoamiResponse{User: p.user.toProto(s.isAdmin(p.user)), SessionExpires: p.session.Expires}
+	for cid := range s.clustersOf(p.user, now) {
+		c := s.clusters[cid]
+		rc := proto.ReachableCluster{Name: c.Name, Roles: s.rolesOn(p.user, cid, now)}
+		resp.Clusters = append(resp.Clusters, rc)
+	}
+	s.mu.Unlock()
+	sort.Slice(resp.Clusters, func(i, j int) bool { return resp.Clusters[i].Name < resp.Clusters[j].Name })
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// handleLogout revokes the caller's session and every device under it.
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.authSession(w, r)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var devs []*node
+	for _, d := range s.devicesByUser[p.user.ID] {
+		if d.SessionID == p.session.IDHash {
+			devs = append(devs, d)
+		}
+	}
+	err := s.st.Update(func(tx store.Tx) error {
+		if err := tx.Delete(store.Sessions, p.session.IDHash); err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if err := tx.Delete(store.Nodes, d.ID); err != nil {
+				return err
+			}
+			if err := release(tx, d.Addresses); err != nil {
+				return err
+			}
+		}
+		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": len(devs)})
+	})
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "revoke session: "+err.Error(), "")
+		return
+	}
+	delete(s.sessions, p.session.IDHash)
+	for _, d := range devs {
+		s.removeNodeLocked(d)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ---- registration ----
+
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+func checkRegistration(w http.ResponseWriter, key proto.Key, hostname string) bool {
+	if key.IsZero() {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "public_key is required", "send the node's WireGuard public key")
+		return false
+	}
+	if hostname != "" && !hostnameRE.MatchString(hostname) {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("hostname %q is not a valid host name", hostname), "use letters, digits, dots, dashes, at most 63 characters")
+		return false
+	}
+	return true
+}
+
+func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.authSession(w, r)
+	if !ok {
+		return
+	}
+	var req proto.RegisterDeviceRequest
+	if !decode(w, r, &req) || !checkRegistration(w, req.PublicKey, req.Hostname) {
+		return
+	}
+	now := s.now()
+	token := newSecret("cnt_")
+	n := &node{
+		ID: newID("dev"), Kind: proto.KindDevice, Key: req.PublicKey, TokenHash: hashSecret(token),
+		Hostname: req.Hostname, Created: now, UserID: p.user.ID, SessionID: p.session.IDHash,
+		Expires: p.session.Expires,
+	}
+	resp, prob := s.registerNode(n, p.user.Login, nil)
+	if prob != nil {
+		writeProblemDoc(w, prob)
+		return
+	}
+	resp.NodeToken = token
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
+	raw, ok := bearer(r)
+	if !ok {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "missing join token", "pass the cluster's join token (clustral clusters add prints it)")
+		return
+	}
+	s.mu.Lock()
+	c := s.clustersByToken[hashSecret(raw)]
+	s.mu.Unlock()
+	if c == nil {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "invalid or revoked join token", "get the cluster's current join token from an administrator (clustral clusters rotate-token)")
+		return
+	}
+	var req proto.RegisterAgentRequest
+	if !decode(w, r, &req) || !checkRegistration(w, req.PublicKey, req.Hostname) {
+		return
+	}
+	if req.CSR == "" {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "csr is required", "send a PEM certificate request for the agent's serving key")
+		return
+	}
+	now := s.now()
+	token := newSecret("cnt_")
+	n := &node{
+		ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token),
+		Hostname: req.Hostname, Created: now, ClusterID: c.ID, LastSeen: now,
+	}
+	resp, prob := s.registerNode(n, "agent:"+c.Name, func(addrs []netip.Prefix) (string, error) {
+		return s.ca.issue(req.CSR, []string{c.Name + "." + s.cfg.MeshDomain}, addrs, now)
+	})
+	if prob != nil {
+		writeProblemDoc(w, prob)
+		return
+	}
+	resp.NodeToken = token
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// registerNode allocates addresses for n, stores it, and tells the nodes
+// that should see it. certify, if set, issues the agent's certificate.
+func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix) (string, error)) (*proto.RegisterResponse, *proto.Problem) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.nodesByKey[n.Key]; old != nil {
+		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Title: "this WireGuard key is already registered", Hint: "generate a new key (clustral up does this after clustral down)"}
+	}
+	var cert string
+	err := s.st.Update(func(tx store.Tx) error {
+		addrs, err := allocate(tx, n.ID, s.cfg.IPv4Prefix, s.v6)
+		if err != nil {
+			return err
+		}
+		n.Addresses = addrs
+		if certify != nil {
+			if cert, err = certify(addrs); err != nil {
+				return err
+			}
+		}
+		if err := store.Put(tx, store.Nodes, n.ID, n); err != nil {
+			return err
+		}
+		return s.recordChange(tx, actor, string(n.Kind)+".register", n.ID, map[string]any{"key": n.Key.String(), "hostname": n.Hostname})
+	})
+	if errors.Is(err, errPoolExhausted) {
+		return nil, &proto.Problem{Status: http.StatusServiceUnavailable, Code: proto.CodeAddressExhausted, Title: err.Error(), Hint: "widen the overlay prefix or remove stale nodes"}
+	}
+	if err != nil {
+		if certify != nil && strings.Contains(err.Error(), "csr") {
+			return nil, &proto.Problem{Status: http.StatusBadRequest, Code: proto.CodeBadRequest, Title: err.Error(), Hint: "send a valid PEM certificate request"}
+		}
+		return nil, &proto.Problem{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Title: "register node: " + err.Error()}
+	}
+	s.putNode(n)
+	s.nodeChanged(n)
+	s.log.Info("node registered", "node", n.ID, "kind", n.Kind, "actor", actor, "addresses", n.Addresses)
+	return &proto.RegisterResponse{
+		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain,
+		ExpiresAt: n.Expires, Certificate: cert, CABundle: string(s.ca.certPEM),
+	}, nil
+}
+
+// handleDeregister removes the calling node (an agent shutting down, or
+// clustral down).
+func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) {
+	n, ok := s.authNode(w, r)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.st.Update(func(tx store.Tx) error {
+		if err := tx.Delete(store.Nodes, n.ID); err != nil {
+			return err
+		}
+		if err := release(tx, n.Addresses); err != nil {
+			return err
+		}
+		return s.recordChange(tx, n.ID, string(n.Kind)+".deregister", n.ID, nil)
+	})
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "deregister: "+err.Error(), "")
+		return
+	}
+	s.removeNodeLocked(n)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ---- admin ----
+
+// admin wraps a handler that only administrators may call.
+func (s *Server) admin(h func(http.ResponseWriter, *http.Request, principal)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := s.authSession(w, r)
+		if !ok {
+			return
+		}
+		s.mu.Lock()
+		isAdmin := s.isAdmin(p.user)
+		s.mu.Unlock()
+		if !isAdmin {
+			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, p.user.Login+" is not an administrator", "ask an administrator; admins are named in the coordinator's configuration")
+			return
+		}
+		h(w, r, p)
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func checkName(w http.ResponseWriter, what, name string) bool {
+	if !nameRE.MatchString(name) {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%s name %q is not valid", what, name), "use lowercase letters, digits and dashes (a DNS label), at most 63 characters")
+		return false
+	}
+	return true
+}
+
+func (s *Server) clusterToProto(c *cluster) proto.Cluster {
+	pc := proto.Cluster{ID: c.ID, Name: c.Name, Labels: c.Labels, Created: c.Created}
+	for _, a := range s.agentsByClust[c.ID] {
+		pc.Agents = append(pc.Agents, proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0})
+	}
+	sort.Slice(pc.Agents, func(i, j int) bool { return pc.Agents[i].NodeID < pc.Agents[j].NodeID })
+	return pc
+}
+
+func (s *Server) handleListClusters(w http.ResponseWriter, r *http.Request, _ principal) {
+	s.mu.Lock()
+	out := []proto.Cluster{}
+	for _, c := range s.clusters {
+		out = append(out, s.clusterToProto(c))
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p principal) {
+	var req proto.CreateClusterRequest
+	if !decode(w, r, &req) || !checkName(w, "cluster", req.Name) {
+		return
+	}
+	token := newSecret("cjt_")
+	c := &cluster{ID: newID("cls"), Name: req.Name, Labels: req.Labels, JoinTokenHash: hashSecret(token), Created: s.now()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.clustersByName[c.Name] != nil {
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("cluster %q already exists", c.Name), "pick another name, or rotate the existing cluster's token")
+		return
+	}
+	err := s.st.Update(func(tx store.Tx) error {
+		if err := store.Put(tx, store.Clusters, c.ID, c); err != nil {
+			return err
+		}
+		return s.recordChange(tx, p.user.Login, "cluster.create", c.ID, map[string]any{"name": c.Name})
+	})
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "create cluster: "+err.Error(), "")
+		return
+	}
+	s.putCluster(c)
+	writeJSON(w, http.StatusCreated, proto.CreateClusterResponse{Cluster: s.clusterToProto(c), JoinToken: token})
+}
+
+func (s *Server) handleListRoles(w http.ResponseWriter, r *http.Request, _ principal) {
+	s.mu.Lock()
+	out := []proto.Role{}
+	for _, ro := range s.roles {
+		out = append(out, ro.toProto())
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p principal) {
+	var req proto.Role
+	if !decode(w, r, &req) || !checkName(w, "role", req.Name) {
+		return
+	}
+	if len(req.Groups) == 0 && req.KubeUser == "" {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("role %q names no Kubernetes group", req.Name), "pass at least one group, e.g. --group view-all")
+		return
+	}
+	for _, g := range req.Groups {
+		if strings.TrimSpace(g) == "" {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "empty Kubernetes group name in role "+req.Name, "remove the empty --group")
+			return
+		}
+	}
+	ro := &role{ID: newID("rol"), Name: req.Name, Description: req.Description, Groups: req.Groups, KubeUser: req.KubeUser, Created: s.now()}
+	slices.Sort(ro.Groups)
+	ro.Groups = slices.Compact(ro.Groups)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rolesByName[ro.Name] != nil {
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("role %q already exists", ro.Name), "update it instead")
+		return
+	}
+	err := s.st.Update(func(tx store.Tx) error {
+		if err := store.Put(tx, store.Roles, ro.ID, ro); err != nil {
+			return err
+		}
+		return s.recordChange(tx, p.user.Login, "role.create", ro.ID, ro)
+	})
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "create role: "+err.Error(), "")
+		return
+	}
+	s.putRole(ro)
+	writeJSON(w, http.StatusCreated, ro.toProto())
+}
+
+func (s *Server) assignmentToProto(a *assignment) proto.Assignment {
+	pa := proto.Assignment{ID: a.ID, Group: a.Group, Expires: a.Expires, Created: a.Created}
+	if u := s.users[a.UserID]; u != nil {
+		pa.User = u.Login
+	}
+	if r := s.roles[a.RoleID]; r != nil {
+		pa.Role = r.Name
+	}
+	if c := s.clusters[a.ClusterID]; c != nil {
+		pa.Cluster = c.Name
+	}
+	return pa
+}
+
+func (s *Server) handleListAssignments(w http.ResponseWriter, r *http.Request, _ principal) {
+	s.mu.Lock()
+	out := []proto.Assignment{}
+	for _, a := range s.assignments {
+		out = append(out, s.assignmentToProto(a))
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+// lookupUser finds a user by id, login or email. Called with s.mu held.
+func (s *Server) lookupUser(ref string) *user {
+	if u := s.users[ref]; u != nil {
+		return u
+	}
+	if u := s.usersByLogin[ref]; u != nil {
+		return u
+	}
+	for _, u := range s.users {
+		if strings.EqualFold(u.Email, ref) {
+			return u
+		}
+	}
+	return nil
+}
+
+func (s *Server) lookupRole(ref string) *role {
+	if r := s.roles[ref]; r != nil {
+		return r
+	}
+	return s.rolesByName[ref]
+}
+
+func (s *Server) lookupCluster(ref string) *cluster {
+	if c := s.clusters[ref]; c != nil {
+		return c
+	}
+	return s.clustersByName[ref]
+}
+
+func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, p principal) {
+	var req proto.Assignment
+	if !decode(w, r, &req) {
+		return
+	}
+	if (req.User == "") == (req.Group == "") {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "name exactly one of user or group", "e.g. --user alice@example.com or --group sre")
+		return
+	}
+	now := s.now()
+	if req.Expires != nil && !req.Expires.After(now) {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "expiry is in the past", "pass a future time or a duration")
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := &assignment{ID: newID("asg"), Group: req.Group, Expires: req.Expires, Created: now, CreatedBy: p.user.Login}
+	if req.User != "" {
+		u := s.lookupUser(req.User)
+		if u == nil {
+			writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no user %q", req.User), "users appear after their first login; check clustral users list")
+			return
+		}
+		a.UserID = u.ID
+	}
+	ro := s.lookupRole(req.Role)
+	if ro == nil {
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no role %q", req.Role), "create it first, or check the name")
+		return
+	}
+	c := s.lookupCluster(req.Cluster)
+	if c == nil {
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no cluster %q", req.Cluster), "check the name")
+		return
+	}
+	a.RoleID, a.ClusterID = ro.ID, c.ID
+	err := s.st.Update(func(tx store.Tx) error {
+		if err := store.Put(tx, store.Assignments, a.ID, a); err != nil {
+			return err
+		}
+		return s.recordChange(tx, p.user.Login, "assignment.create", a.ID, a)
+	})
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "create assignment: "+err.Error(), "")
+		return
+	}
+	s.addAssignmentLocked(a)
+	writeJSON(w, http.StatusCreated, s.assignmentToProto(a))
+}
+
+func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request, p principal) {
+	id := r.PathValue("id")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.assignments[id]
+	if a == nil {
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no assignment %q", id), "list them with clustral assignments list")
+		return
+	}
+	err := s.st.Update(func(tx store.Tx) error {
+		if err := tx.Delete(store.Assignments, a.ID); err != nil {
+			return err
+		}
+		return s.recordChange(tx, p.user.Login, "assignment.delete", a.ID, nil)
+	})
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "delete assignment: "+err.Error(), "")
+		return
+	}
+	s.removeAssignmentLocked(a)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleListUsers(w http.ResponseWriter, r *http.Request, _ principal) {
+	s.mu.Lock()
+	out := []proto.User{}
+	for _, u := range s.users {
+		out = append(out, u.toProto(s.isAdmin(u)))
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Login < out[j].Login })
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,400 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/oauth2"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
+)
+
+// oidcProvider is the coordinator's view of the identity provider: it is
+// the only OIDC client.
+type oidcProvider struct {
+	cfg      OIDCConfig
+	provider *oidc.Provider
+	oauth    oauth2.Config
+	verifier *oidc.IDTokenVerifier // audience: our client id
+	client   *http.Client          // trusts cfg.CAFile
+}
+
+func newOIDCProvider(ctx context.Context, cfg OIDCConfig, redirectURL string) (*oidcProvider, error) {
+	hc := http.DefaultClient
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read OIDC CA file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("OIDC CA file %s holds no PEM certificate", cfg.CAFile)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		hc = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	}
+	dctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, hc), 30*time.Second)
+	defer cancel()
+	p, err := oidc.NewProvider(dctx, cfg.Issuer)
+	if err != nil {
+		return nil, fmt.Errorf("OIDC discovery at %s: %w (check --oidc-issuer and that the coordinator can reach it)", cfg.Issuer, err)
+	}
+	return &oidcProvider{
+		cfg:      cfg,
+		provider: p,
+		client:   hc,
+		oauth: oauth2.Config{
+			ClientID:     cfg.ClientID,
+			ClientSecret: cfg.ClientSecret,
+			Endpoint:     p.Endpoint(),
+			RedirectURL:  redirectURL,
+			Scopes:       append([]string{oidc.ScopeOpenID}, cfg.Scopes...),
+		},
+		verifier: p.Verifier(&oidc.Config{ClientID: cfg.ClientID}),
+	}, nil
+}
+
+func (p *oidcProvider) ctx(ctx context.Context) context.Context {
+	return oidc.ClientContext(ctx, p.client)
+}
+
+// verifyDirect verifies an ID token presented for direct exchange: our
+// client id or one of the extra audiences.
+func (p *oidcProvider) verifyDirect(ctx context.Context, raw string) (*oidc.IDToken, error) {
+	v := p.provider.Verifier(&oidc.Config{SkipClientIDCheck: true})
+	tok, err := v.Verify(p.ctx(ctx), raw)
+	if err != nil {
+		return nil, err
+	}
+	allowed := append([]string{p.cfg.ClientID}, p.cfg.ExtraAudiences...)
+	for _, a := range tok.Audience {
+		if slices.Contains(allowed, a) {
+			return tok, nil
+		}
+	}
+	return nil, fmt.Errorf("ID token audience %v is not accepted (accepted: %v)", tok.Audience, allowed)
+}
+
+// claims pulls the user's identity out of a verified ID token.
+func (p *oidcProvider) claims(tok *oidc.IDToken) (subject, login, email, name string, groups []string, err error) {
+	var all map[string]any
+	if err := tok.Claims(&all); err != nil {
+		return "", "", "", "", nil, fmt.Errorf("decode ID token claims: %w", err)
+	}
+	str := func(k string) string { v, _ := all[k].(string); return v }
+	email = str("email")
+	if v, ok := all["email_verified"].(bool); ok && !v && p.cfg.LoginClaim == "email" {
+		return "", "", "", "", nil, fmt.Errorf("email %s is not verified at the identity provider", email)
+	}
+	name = str("name")
+	login = str(p.cfg.LoginClaim)
+	if login == "" {
+		return "", "", "", "", nil, fmt.Errorf("ID token has no %q claim; configure --oidc-login-claim or request the right scope", p.cfg.LoginClaim)
+	}
+	switch g := all[p.cfg.GroupsClaim].(type) {
+	case []any:
+		for _, x := range g {
+			if s, ok := x.(string); ok && s != "" {
+				groups = append(groups, s)
+			}
+		}
+	case string:
+		groups = []string{g}
+	}
+	slices.Sort(groups)
+	groups = slices.Compact(groups)
+	return tok.Issuer + "#" + tok.Subject, login, email, name, groups, nil
+}
+
+// ---- interactive login ----
+
+// pendingLogin is a login started by a CLI and not yet picked up. It lives
+// in memory only and is consumed by the first successful poll.
+type pendingLogin struct {
+	handle   string
+	state    string
+	nonce    string
+	verifier string
+	expires  time.Time
+	session  *proto.Session // set once the browser came back
+	failure  string
+}
+
+func (s *Server) startLogin() (proto.LoginStartResponse, error) {
+	if s.oidc == nil {
+		return proto.LoginStartResponse{}, errNoOIDC
+	}
+	pl := &pendingLogin{
+		handle:   newSecret("lh_"),
+		state:    newSecret(""),
+		nonce:    newSecret(""),
+		verifier: oauth2.GenerateVerifier(),
+		expires:  s.now().Add(s.cfg.LoginTTL),
+	}
+	s.mu.Lock()
+	s.logins[hashSecret(pl.handle)] = pl
+	s.byState[pl.state] = pl
+	s.mu.Unlock()
+	url := s.oidc.oauth.AuthCodeURL(pl.state, oidc.Nonce(pl.nonce), oauth2.S256ChallengeOption(pl.verifier))
+	return proto.LoginStartResponse{AuthURL: url, Handle: pl.handle, ExpiresAt: pl.expires, PollInterval: proto.Duration(time.Second)}, nil
+}
+
+var errNoOIDC = errors.New("this coordinator has no OIDC provider configured")
+
+// callback completes a login in the browser.
+func (s *Server) callback(ctx context.Context, state, code, idpErr string) (*proto.Session, error) {
+	s.mu.Lock()
+	pl := s.byState[state]
+	if pl != nil {
+		delete(s.byState, state) // a state is good for one callback
+	}
+	s.mu.Unlock()
+	if pl == nil {
+		return nil, errors.New("unknown or already used login; start again with clustral login")
+	}
+	if s.now().After(pl.expires) {
+		return nil, errors.New("this login expired; start again with clustral login")
+	}
+	fail := func(err error) (*proto.Session, error) {
+		s.mu.Lock()
+		pl.failure = err.Error()
+		s.mu.Unlock()
+		return nil, err
+	}
+	if idpErr != "" {
+		return fail(fmt.Errorf("the identity provider refused the login: %s", idpErr))
+	}
+	tok, err := s.oidc.oauth.Exchange(s.oidc.ctx(ctx), code, oauth2.VerifierOption(pl.verifier))
+	if err != nil {
+		return fail(fmt.Errorf("exchange authorization code: %w", err))
+	}
+	raw, ok := tok.Extra("id_token").(string)
+	if !ok {
+		return fail(errors.New("the identity provider returned no ID token"))
+	}
+	idt, err := s.oidc.verifier.Verify(s.oidc.ctx(ctx), raw)
+	if err != nil {
+		return fail(fmt.Errorf("verify ID token: %w", err))
+	}
+	if idt.Nonce != pl.nonce {
+		return fail(errors.New("ID token nonce does not match this login"))
+	}
+	sess, err := s.loginFromToken(idt, "browser")
+	if err != nil {
+		return fail(err)
+	}
+	s.mu.Lock()
+	pl.session = sess
+	s.mu.Unlock()
+	return sess, nil
+}
+
+// poll returns the session of a completed login exactly once.
+func (s *Server) poll(handle string) (*proto.Session, *proto.Problem) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := hashSecret(handle)
+	pl := s.logins[h]
+	switch {
+	case pl == nil:
+		return nil, &proto.Problem{Status: http.StatusGone, Code: proto.CodeLoginConsumed, Title: "unknown or already used login handle", Hint: "run clustral login again"}
+	case pl.failure != "":
+		delete(s.logins, h)
+		return nil, &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeLoginFailed, Title: "login failed", Detail: pl.failure, Hint: "run clustral login again"}
+	case pl.session != nil:
+		delete(s.logins, h)
+		return pl.session, nil
+	case s.now().After(pl.expires):
+		delete(s.logins, h)
+		delete(s.byState, pl.state)
+		return nil, &proto.Problem{Status: http.StatusGone, Code: proto.CodeLoginExpired, Title: "the login expired before the browser came back", Hint: "run clustral login again"}
+	default:
+		return nil, &proto.Problem{Status: http.StatusAccepted, Code: proto.CodeLoginPending, Title: "waiting for the browser"}
+	}
+}
+
+// loginFromToken creates or updates the user from a verified ID token and
+// opens a session.
+func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, error) {
+	sub, login, email, name, groups, err := s.oidc.claims(idt)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	u := s.usersBySub[sub]
+	var before map[string]bool
+	var nu user
+	if u != nil {
+		if u.Disabled {
+			return nil, fmt.Errorf("user %s is disabled; ask an administrator", u.Login)
+		}
+		before = s.clustersOf(u, now)
+		nu = *u
+	} else {
+		if other := s.usersByLogin[login]; other != nil {
+			return nil, fmt.Errorf("login %s already belongs to another identity at the provider", login)
+		}
+		nu = user{ID: newID("usr"), Subject: sub, Created: now}
+	}
+	nu.Login, nu.Email, nu.Name, nu.Groups, nu.LastSeen = login, email, name, groups, now
+
+	sid := newSecret("")
+	se := &session{IDHash: hashSecret(sid), UserID: nu.ID, Created: now, Expires: now.Add(s.cfg.SessionTTL)}
+	if idt.Expiry.After(now) && how == "token" && idt.Expiry.Before(se.Expires) {
+		// A directly exchanged token gives no more than it carries.
+		se.Expires = idt.Expiry
+	}
+	err = s.st.Update(func(tx store.Tx) error {
+		if err := store.Put(tx, store.Users, nu.ID, nu); err != nil {
+			return err
+		}
+		if err := store.Put(tx, store.Sessions, se.IDHash, se); err != nil {
+			return err
+		}
+		return s.recordChange(tx, nu.Login, "login."+how, nu.ID, map[string]any{"groups": groups})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store login: %w", err)
+	}
+	stored := nu
+	s.putUser(&stored)
+	s.sessions[se.IDHash] = se
+	if u != nil && !slices.Equal(u.Groups, groups) {
+		s.userChangedLocked(&stored, before)
+	}
+	tok, err := s.signSession(&stored, sid, se.Expires)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("login", "user", stored.Login, "how", how, "groups", groups)
+	return &proto.Session{Token: tok, ExpiresAt: se.Expires, User: stored.toProto(s.isAdmin(&stored))}, nil
+}
+
+// ---- sessions ----
+
+type sessionClaims struct {
+	jwt.RegisteredClaims
+	SessionID string `json:"sid"`
+}
+
+func (s *Server) signSession(u *user, sid string, exp time.Time) (string, error) {
+	c := sessionClaims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    s.cfg.PublicURL,
+			Subject:   u.ID,
+			Audience:  jwt.ClaimStrings{s.cfg.PublicURL},
+			IssuedAt:  jwt.NewNumericDate(s.now()),
+			ExpiresAt: jwt.NewNumericDate(exp),
+		},
+		SessionID: sid,
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodES256, c).SignedString(s.signKey)
+}
+
+// principal is the caller of an API request.
+type principal struct {
+	user    *user
+	session *session
+}
+
+// authSession verifies the bearer session token; it writes the problem
+// response and returns false when the caller is not authenticated.
+func (s *Server) authSession(w http.ResponseWriter, r *http.Request) (principal, bool) {
+	raw, ok := bearer(r)
+	if !ok {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "missing session token", "run clustral login")
+		return principal{}, false
+	}
+	var c sessionClaims
+	_, err := jwt.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) { return &s.signKey.PublicKey, nil },
+		jwt.WithValidMethods([]string{"ES256"}),
+		jwt.WithIssuer(s.cfg.PublicURL),
+		jwt.WithAudience(s.cfg.PublicURL),
+		jwt.WithExpirationRequired(),
+		jwt.WithTimeFunc(s.now),
+	)
+	if errors.Is(err, jwt.ErrTokenExpired) {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "your session expired", "run clustral login")
+		return principal{}, false
+	}
+	if err != nil {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "invalid session token", "run clustral login")
+		return principal{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	se := s.sessions[hashSecret(c.SessionID)]
+	u := s.users[c.Subject]
+	if se == nil || u == nil || se.UserID != u.ID {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "this session was revoked or has expired", "run clustral login")
+		return principal{}, false
+	}
+	if u.Disabled {
+		writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "user "+u.Login+" is disabled", "ask an administrator")
+		return principal{}, false
+	}
+	return principal{user: u, session: se}, true
+}
+
+// authNode verifies a node token.
+func (s *Server) authNode(w http.ResponseWriter, r *http.Request) (*node, bool) {
+	raw, ok := bearer(r)
+	if !ok {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "missing node token", "run clustral up again")
+		return nil, false
+	}
+	s.mu.Lock()
+	n := s.nodesByToken[hashSecret(raw)]
+	s.mu.Unlock()
+	if n == nil {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "unknown node token: the node was removed or expired", "register again (clustral up, or restart the agent)")
+		return nil, false
+	}
+	return n, true
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	const p = "Bearer "
+	if len(h) <= len(p) || !strings.EqualFold(h[:len(p)], p) {
+		return "", false
+	}
+	return strings.TrimSpace(h[len(p):]), true
+}
+
+// isAdmin reports whether u is an administrator by the configuration.
+// Called with s.mu held or on an immutable user.
+func (s *Server) isAdmin(u *user) bool {
+	if u == nil || u.Disabled {
+		return false
+	}
+	for _, a := range s.cfg.Admins {
+		if strings.EqualFold(a, u.Email) || strings.EqualFold(a, u.Login) {
+			return true
+		}
+	}
+	for _, g := range s.cfg.AdminGroups {
+		if slices.Contains(u.Groups, g) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,177 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Config configures a coordinator. The zero value of every optional field
+// selects the embedded default; see Defaults.
+type Config struct {
+	// Listen is the address the HTTP(S) API listens on.
+	Listen string
+	// PublicURL is the URL nodes and browsers reach the coordinator at. It
+	// defaults to http(s)://Listen.
+	PublicURL string
+	// DataDir holds the bbolt store.
+	DataDir string
+	// TLSCertFile and TLSKeyFile serve HTTPS. Without them the coordinator
+	// serves plain HTTP, which it allows only on a loopback address.
+	TLSCertFile string
+	TLSKeyFile  string
+
+	OIDC OIDCConfig
+
+	// Admins are user emails (or logins) with administrator rights;
+	// AdminGroups are OIDC groups whose members are administrators.
+	Admins      []string
+	AdminGroups []string
+
+	// IPv4Prefix and IPv6Prefix are the overlay ranges. IPv6Prefix defaults
+	// to a random ULA /48 chosen once per mesh and kept in the store.
+	IPv4Prefix netip.Prefix
+	IPv6Prefix netip.Prefix
+	// MeshDomain is the DNS suffix of mesh names (<cluster>.<MeshDomain>).
+	MeshDomain string
+
+	// SessionTTL is how long a login lasts.
+	SessionTTL time.Duration
+	// LoginTTL bounds how long a started login waits for the browser.
+	LoginTTL time.Duration
+	// AgentTTL reclaims an agent that has not connected for this long.
+	AgentTTL time.Duration
+
+	Logger *slog.Logger
+	// Now is the clock; tests inject one.
+	Now func() time.Time
+}
+
+// OIDCConfig names the identity provider. The coordinator is its only
+// client.
+type OIDCConfig struct {
+	Issuer       string
+	ClientID     string
+	ClientSecret string
+	// Scopes requested besides openid; default email, profile, groups.
+	Scopes []string
+	// LoginClaim is the claim that becomes the user's login, the name
+	// Kubernetes sees. Default "email".
+	LoginClaim string
+	// GroupsClaim holds the user's groups. Default "groups".
+	GroupsClaim string
+	// CAFile is a PEM bundle to trust for the issuer, for private IdPs.
+	CAFile string
+	// ExtraAudiences are further audiences accepted for direct ID-token
+	// exchange (for example a CI system's client id).
+	ExtraAudiences []string
+}
+
+// Defaults returns the embedded defaults.
+func Defaults() Config {
+	return Config{
+		Listen:     "127.0.0.1:7443",
+		DataDir:    "clustral-data",
+		IPv4Prefix: netip.MustParsePrefix("100.64.0.0/10"),
+		MeshDomain: "clustral.internal",
+		SessionTTL: 12 * time.Hour,
+		LoginTTL:   10 * time.Minute,
+		AgentTTL:   24 * time.Hour,
+		OIDC: OIDCConfig{
+			Scopes:      []string{"email", "profile", "groups"},
+			LoginClaim:  "email",
+			GroupsClaim: "groups",
+		},
+	}
+}
+
+// withDefaults fills zero fields from Defaults and validates the result.
+func (c Config) withDefaults() (Config, error) {
+	d := Defaults()
+	if c.Listen == "" {
+		c.Listen = d.Listen
+	}
+	if c.DataDir == "" {
+		c.DataDir = d.DataDir
+	}
+	if !c.IPv4Prefix.IsValid() {
+		c.IPv4Prefix = d.IPv4Prefix
+	}
+	if c.MeshDomain == "" {
+		c.MeshDomain = d.MeshDomain
+	}
+	if c.SessionTTL == 0 {
+		c.SessionTTL = d.SessionTTL
+	}
+	if c.LoginTTL == 0 {
+		c.LoginTTL = d.LoginTTL
+	}
+	if c.AgentTTL == 0 {
+		c.AgentTTL = d.AgentTTL
+	}
+	if len(c.OIDC.Scopes) == 0 {
+		c.OIDC.Scopes = d.OIDC.Scopes
+	}
+	if c.OIDC.LoginClaim == "" {
+		c.OIDC.LoginClaim = d.OIDC.LoginClaim
+	}
+	if c.OIDC.GroupsClaim == "" {
+		c.OIDC.GroupsClaim = d.OIDC.GroupsClaim
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+
+	tlsOn := c.TLSCertFile != "" || c.TLSKeyFile != ""
+	if tlsOn && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
+		return c, errors.New("TLS needs both --tls-cert and --tls-key")
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return c, fmt.Errorf("listen address %q: %w (use host:port, e.g. 127.0.0.1:7443)", c.Listen, err)
+	}
+	if !tlsOn && !isLoopbackHost(host) {
+		return c, fmt.Errorf("listen address %q is not loopback and no TLS is configured: set --tls-cert and --tls-key, or listen on 127.0.0.1 for development", c.Listen)
+	}
+	if c.PublicURL == "" {
+		scheme := "http"
+		if tlsOn {
+			scheme = "https"
+		}
+		c.PublicURL = scheme + "://" + c.Listen
+	}
+	u, err := url.Parse(c.PublicURL)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return c, fmt.Errorf("public URL %q is not an http(s) URL (e.g. https://clustral.example.com)", c.PublicURL)
+	}
+	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+		return c, fmt.Errorf("public URL %q uses plain HTTP on a non-loopback host: use https", c.PublicURL)
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if !c.IPv4Prefix.Addr().Is4() || c.IPv4Prefix.Bits() > 24 {
+		return c, fmt.Errorf("IPv4 overlay prefix %s must be IPv4 and at least a /24", c.IPv4Prefix)
+	}
+	if c.IPv6Prefix.IsValid() && (!c.IPv6Prefix.Addr().Is6() || c.IPv6Prefix.Bits() > 64) {
+		return c, fmt.Errorf("IPv6 overlay prefix %s must be IPv6 and at least a /64", c.IPv6Prefix)
+	}
+	if c.OIDC.Issuer != "" && c.OIDC.ClientID == "" {
+		return c, errors.New("OIDC issuer is set but client id is not: set --oidc-client-id")
+	}
+	return c, nil
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.IsLoopback()
+}

@@ -1,0 +1,442 @@
+// Package coordinator is clustral's control plane. It logs users in through
+// OIDC, registers devices and agents, allocates overlay addresses, keeps
+// roles and assignments, issues agent certificates from the mesh CA, and
+// streams each node its network map. It is never on the data path.
+//
+// A Server keeps its whole state in memory, indexed for the map
+// computations, and writes every change through to its Store before
+// acknowledging it.
+package coordinator
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
+)
+
+// Server is a coordinator. Create one with New; it is safe for concurrent
+// use. Close stops background work and closes the store; map streams end.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	st  store.Store
+	now func() time.Time
+
+	ca      *meshCA
+	signKey *ecdsa.PrivateKey
+	v6      netip.Prefix
+	oidc    *oidcProvider
+
+	mu sync.Mutex
+	state
+	logins  map[string]*pendingLogin // by handle
+	byState map[string]*pendingLogin // by OAuth state
+	clients map[string]*mapClient    // by node id
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New opens the store in cfg.DataDir, loads the state and the mesh's keys
+// (creating them on first start), and discovers the OIDC provider if one is
+// configured.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "coordinator.db"))
+	if err != nil {
+		return nil, err
+	}
+	s, err := NewWithStore(ctx, cfg, st)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewWithStore is New with a store the caller opened. The Server owns st
+// from then on and closes it in Close.
+func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		st:      st,
+		now:     cfg.Now,
+		logins:  map[string]*pendingLogin{},
+		byState: map[string]*pendingLogin{},
+		clients: map[string]*mapClient{},
+		stop:    make(chan struct{}),
+	}
+	s.state.init()
+	if err := s.loadKeys(); err != nil {
+		return nil, err
+	}
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	if cfg.OIDC.Issuer != "" {
+		p, err := newOIDCProvider(ctx, cfg.OIDC, cfg.PublicURL+"/oidc/callback")
+		if err != nil {
+			return nil, err
+		}
+		s.oidc = p
+	}
+	s.wg.Add(1)
+	go s.janitor()
+	return s, nil
+}
+
+// Config returns the effective configuration.
+func (s *Server) Config() Config { return s.cfg }
+
+// Close stops the server's background work, ends every map stream and
+// closes the store.
+func (s *Server) Close() error {
+	select {
+	case <-s.stop:
+		return nil
+	default:
+	}
+	close(s.stop)
+	s.mu.Lock()
+	for _, c := range s.clients {
+		c.close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return s.st.Close()
+}
+
+// ListenAndServe serves the API on cfg.Listen until ctx is done, then shuts
+// down gracefully. ready, if not nil, is called with the bound address.
+func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error {
+	l, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+	}
+	if ready != nil {
+		ready(l.Addr())
+	}
+	return s.Serve(ctx, l)
+}
+
+// Serve serves the API on l until ctx is done.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	if s.cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		l = tls.NewListener(l, srv.TLSConfig)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	s.log.Info("coordinator listening", "addr", l.Addr().String(), "public_url", s.cfg.PublicURL)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	// Map streams never finish on their own; end them first.
+	s.mu.Lock()
+	for _, c := range s.clients {
+		c.close()
+	}
+	s.mu.Unlock()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+const (
+	metaSessionKey = "session_key"
+	metaCA         = "mesh_ca"
+	metaIPv6       = "ipv6_prefix"
+)
+
+// loadKeys loads the session signing key, the mesh CA and the IPv6 prefix,
+// creating them on first start.
+func (s *Server) loadKeys() error {
+	return s.st.Update(func(tx store.Tx) error {
+		raw, err := tx.GetRaw(store.Meta, metaSessionKey)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				return err
+			}
+			der, err := x509.MarshalPKCS8PrivateKey(k)
+			if err != nil {
+				return err
+			}
+			if err := tx.PutRaw(store.Meta, metaSessionKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+				return err
+			}
+			s.signKey = k
+		case err != nil:
+			return err
+		default:
+			b, _ := pem.Decode(raw)
+			if b == nil {
+				return errors.New("session key in store is not PEM")
+			}
+			k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+			if err != nil {
+				return fmt.Errorf("session key: %w", err)
+			}
+			ek, ok := k.(*ecdsa.PrivateKey)
+			if !ok {
+				return errors.New("session key is not ECDSA")
+			}
+			s.signKey = ek
+		}
+
+		raw, err = tx.GetRaw(store.Meta, metaCA)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			ca, stored, err := newMeshCA(s.now())
+			if err != nil {
+				return fmt.Errorf("create mesh CA: %w", err)
+			}
+			if err := tx.PutRaw(store.Meta, metaCA, stored); err != nil {
+				return err
+			}
+			s.ca = ca
+		case err != nil:
+			return err
+		default:
+			if s.ca, err = loadMeshCA(raw); err != nil {
+				return err
+			}
+		}
+
+		raw, err = tx.GetRaw(store.Meta, metaIPv6)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			p := s.cfg.IPv6Prefix
+			if !p.IsValid() {
+				p = randomULA()
+			}
+			if err := tx.PutRaw(store.Meta, metaIPv6, []byte(p.String())); err != nil {
+				return err
+			}
+			s.v6 = p
+		case err != nil:
+			return err
+		default:
+			p, err := netip.ParsePrefix(string(raw))
+			if err != nil {
+				return fmt.Errorf("stored IPv6 prefix: %w", err)
+			}
+			if s.cfg.IPv6Prefix.IsValid() && s.cfg.IPv6Prefix != p {
+				return fmt.Errorf("configured IPv6 prefix %s differs from the mesh's %s: remove the setting or migrate the mesh", s.cfg.IPv6Prefix, p)
+			}
+			s.v6 = p
+		}
+		return nil
+	})
+}
+
+// load reads every record into memory.
+func (s *Server) load() error {
+	return s.st.View(func(tx store.Tx) error {
+		users, err := store.List[user](tx, store.Users)
+		if err != nil {
+			return err
+		}
+		for i := range users {
+			s.state.putUser(&users[i])
+		}
+		sessions, err := store.List[session](tx, store.Sessions)
+		if err != nil {
+			return err
+		}
+		for i := range sessions {
+			s.state.sessions[sessions[i].IDHash] = &sessions[i]
+		}
+		clusters, err := store.List[cluster](tx, store.Clusters)
+		if err != nil {
+			return err
+		}
+		for i := range clusters {
+			s.state.putCluster(&clusters[i])
+		}
+		roles, err := store.List[role](tx, store.Roles)
+		if err != nil {
+			return err
+		}
+		for i := range roles {
+			s.state.putRole(&roles[i])
+		}
+		as, err := store.List[assignment](tx, store.Assignments)
+		if err != nil {
+			return err
+		}
+		for i := range as {
+			s.state.putAssignment(&as[i])
+		}
+		nodes, err := store.List[node](tx, store.Nodes)
+		if err != nil {
+			return err
+		}
+		for i := range nodes {
+			s.state.putNode(&nodes[i])
+		}
+		return nil
+	})
+}
+
+// recordChange appends an audit-ready record of an administrative change
+// inside tx.
+func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail any) error {
+	seq, err := tx.NextSequence(store.Changes)
+	if err != nil {
+		return err
+	}
+	c := change{Seq: seq, Time: s.now().UTC(), Actor: actor, Action: action, Object: object, Detail: detail}
+	return store.Put(tx, store.Changes, fmt.Sprintf("%020d", seq), c)
+}
+
+// janitor expires sessions, devices and assignments, and reclaims agents
+// that have been gone for AgentTTL.
+func (s *Server) janitor() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if err := s.expire(); err != nil {
+				s.log.Error("expire", "err", err)
+			}
+		}
+	}
+}
+
+func (s *Server) expire() error {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var sessions []string
+	for h, se := range s.sessions {
+		if !now.Before(se.Expires) {
+			sessions = append(sessions, h)
+		}
+	}
+	var nodes []*node
+	for _, n := range s.nodes {
+		switch {
+		case n.Kind == proto.KindDevice && !n.Expires.IsZero() && !now.Before(n.Expires):
+			nodes = append(nodes, n)
+		case n.Kind == proto.KindAgent && s.online[n.ID] == 0 && now.Sub(n.LastSeen) > s.cfg.AgentTTL:
+			nodes = append(nodes, n)
+		}
+	}
+	var asg []*assignment
+	for _, a := range s.assignments {
+		if !a.activeAt(now) {
+			asg = append(asg, a)
+		}
+	}
+	if len(sessions)+len(nodes)+len(asg) == 0 {
+		return nil
+	}
+	err := s.st.Update(func(tx store.Tx) error {
+		for _, h := range sessions {
+			if err := tx.Delete(store.Sessions, h); err != nil {
+				return err
+			}
+		}
+		for _, n := range nodes {
+			if err := tx.Delete(store.Nodes, n.ID); err != nil {
+				return err
+			}
+			if err := release(tx, n.Addresses); err != nil {
+				return err
+			}
+		}
+		for _, a := range asg {
+			if err := tx.Delete(store.Assignments, a.ID); err != nil {
+				return err
+			}
+			if err := s.recordChange(tx, "system", "assignment.expired", a.ID, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, h := range sessions {
+		delete(s.sessions, h)
+	}
+	for _, n := range nodes {
+		s.log.Info("node expired", "node", n.ID, "kind", n.Kind)
+		s.removeNodeLocked(n)
+	}
+	for _, a := range asg {
+		s.removeAssignmentLocked(a)
+	}
+	return nil
+}
+
+// ---- small helpers ----
+
+// newID returns a random identifier with a type prefix, e.g. "usr_3f9c…".
+func newID(prefix string) string {
+	var b [10]byte
+	rand.Read(b[:])
+	return prefix + "_" + hex.EncodeToString(b[:])
+}
+
+// newSecret returns a random 256-bit secret, URL-safe base64.
+func newSecret(prefix string) string {
+	var b [32]byte
+	rand.Read(b[:])
+	return prefix + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// hashSecret is how secrets are stored: a SHA-256 hex digest. The secrets
+// are 256-bit random values, so a fast hash is enough.
+func hashSecret(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])
+}

@@ -1,0 +1,329 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// maxPendingOps bounds a slow map consumer's queue. Past it the stream is
+// closed and the node resyncs with a snapshot when it reconnects.
+const maxPendingOps = 100_000
+
+// keepAliveInterval is how often an idle map stream carries a keep-alive.
+const keepAliveInterval = 15 * time.Second
+
+// mapClient is one node's open map stream. Changes are queued as per-peer
+// operations, coalesced by key, and written by the stream's own goroutine,
+// so a slow node never blocks the coordinator.
+type mapClient struct {
+	nodeID string
+
+	mu      sync.Mutex
+	pending map[proto.Key]*proto.Peer // nil value: removal
+	order   []proto.Key
+	overrun bool
+	closed  bool
+
+	wake chan struct{}
+	done chan struct{}
+}
+
+func newMapClient(nodeID string) *mapClient {
+	return &mapClient{
+		nodeID:  nodeID,
+		pending: map[proto.Key]*proto.Peer{},
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+	}
+}
+
+func (c *mapClient) enqueue(k proto.Key, p *proto.Peer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if _, ok := c.pending[k]; !ok {
+		if len(c.order) >= maxPendingOps {
+			c.overrun = true
+		}
+		c.order = append(c.order, k)
+	}
+	c.pending[k] = p
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns and clears the queued changes as one delta message.
+func (c *mapClient) take() (msg proto.MapMessage, overrun, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.order) == 0 {
+		return msg, c.overrun, false
+	}
+	for _, k := range c.order {
+		if p := c.pending[k]; p != nil {
+			msg.Peers = append(msg.Peers, *p)
+		} else {
+			msg.Removed = append(msg.Removed, k)
+		}
+	}
+	c.pending = map[proto.Key]*proto.Peer{}
+	c.order = c.order[:0]
+	return msg, c.overrun, true
+}
+
+func (c *mapClient) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.closed = true
+		close(c.done)
+	}
+}
+
+// ---- propagation (all called with s.mu held) ----
+
+func (s *Server) sendUpsert(to *node, p proto.Peer) {
+	if c := s.clients[to.ID]; c != nil {
+		c.enqueue(p.Key, &p)
+	}
+}
+
+func (s *Server) sendRemove(to *node, k proto.Key) {
+	if c := s.clients[to.ID]; c != nil {
+		c.enqueue(k, nil)
+	}
+}
+
+// syncPair brings the maps of u's devices and cluster c's agents in line
+// with whether u may reach c now. Its cost is proportional to the nodes it
+// touches.
+func (s *Server) syncPair(u *user, clusterID string) {
+	now := s.now()
+	reach := len(s.rolesOn(u, clusterID, now)) > 0
+	agents := s.agentsByClust[clusterID]
+	for _, d := range s.devicesByUser[u.ID] {
+		if reach {
+			dp := s.peer(d, clusterID, now)
+			for _, a := range agents {
+				s.sendUpsert(a, dp)
+				s.sendUpsert(d, s.peer(a, "", now))
+			}
+		} else {
+			for _, a := range agents {
+				s.sendRemove(a, d.Key)
+				s.sendRemove(d, a.Key)
+			}
+		}
+	}
+}
+
+// nodeChanged tells every node that sees n about its new state.
+func (s *Server) nodeChanged(n *node) {
+	now := s.now()
+	switch n.Kind {
+	case proto.KindDevice:
+		u := s.users[n.UserID]
+		for cid := range s.clustersOf(u, now) {
+			for _, a := range s.agentsByClust[cid] {
+				s.sendUpsert(a, s.peer(n, cid, now))
+			}
+		}
+	case proto.KindAgent:
+		p := s.peer(n, "", now)
+		for _, u := range s.usersOn(n.ClusterID, now) {
+			for _, d := range s.devicesByUser[u.ID] {
+				s.sendUpsert(d, p)
+			}
+		}
+	}
+}
+
+// removeNodeLocked drops n from the state and from every map, and ends its
+// own stream.
+func (s *Server) removeNodeLocked(n *node) {
+	now := s.now()
+	switch n.Kind {
+	case proto.KindDevice:
+		// Every agent that might hold it: the clusters the user reaches now.
+		u := s.users[n.UserID]
+		for cid := range s.clustersOf(u, now) {
+			for _, a := range s.agentsByClust[cid] {
+				s.sendRemove(a, n.Key)
+			}
+		}
+	case proto.KindAgent:
+		for _, u := range s.usersOn(n.ClusterID, now) {
+			for _, d := range s.devicesByUser[u.ID] {
+				s.sendRemove(d, n.Key)
+			}
+		}
+	}
+	s.dropNode(n)
+	if c := s.clients[n.ID]; c != nil {
+		c.close()
+		delete(s.clients, n.ID)
+	}
+}
+
+// affectedUsers returns the users an assignment applies to.
+func (s *Server) affectedUsers(a *assignment) []*user {
+	var out []*user
+	if a.UserID != "" {
+		if u := s.users[a.UserID]; u != nil {
+			out = append(out, u)
+		}
+	}
+	for _, u := range s.groupMembers[a.Group] {
+		out = append(out, u)
+	}
+	return out
+}
+
+func (s *Server) addAssignmentLocked(a *assignment) {
+	s.putAssignment(a)
+	for _, u := range s.affectedUsers(a) {
+		s.syncPair(u, a.ClusterID)
+	}
+}
+
+func (s *Server) removeAssignmentLocked(a *assignment) {
+	s.dropAssignment(a)
+	for _, u := range s.affectedUsers(a) {
+		s.syncPair(u, a.ClusterID)
+	}
+}
+
+// userChangedLocked re-syncs u on every cluster in before or after.
+func (s *Server) userChangedLocked(u *user, before map[string]bool) {
+	after := s.clustersOf(u, s.now())
+	for cid := range before {
+		s.syncPair(u, cid)
+	}
+	for cid := range after {
+		if !before[cid] {
+			s.syncPair(u, cid)
+		}
+	}
+}
+
+// ---- the stream endpoint ----
+
+// EndpointsParam is the query parameter of GET /api/v1/map with which a
+// node publishes its candidate endpoints (comma-separated ip:port).
+const endpointsParam = "endpoints"
+
+func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
+	n, ok := s.authNode(w, r)
+	if !ok {
+		return
+	}
+	var eps []netip.AddrPort
+	if v := r.URL.Query().Get(endpointsParam); v != "" {
+		for _, e := range strings.Split(v, ",") {
+			ap, err := netip.ParseAddrPort(strings.TrimSpace(e))
+			if err != nil {
+				writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad endpoint "+e, "endpoints must be ip:port, comma-separated")
+				return
+			}
+			eps = append(eps, ap)
+			if len(eps) > 16 {
+				writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "too many endpoints", "publish at most 16 endpoints")
+				return
+			}
+		}
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "streaming unsupported", "")
+		return
+	}
+
+	c := newMapClient(n.ID)
+	s.mu.Lock()
+	if s.nodes[n.ID] == nil { // removed meanwhile
+		s.mu.Unlock()
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
+		return
+	}
+	if old := s.clients[n.ID]; old != nil {
+		old.close()
+	}
+	s.clients[n.ID] = c
+	s.online[n.ID]++
+	if eps != nil {
+		s.endpoints[n.ID] = eps
+	}
+	n.LastSeen = s.now()
+	snap := s.snapshot(n, s.cfg.MeshDomain, s.ca.certPEM, s.now())
+	s.nodeChanged(n)
+	s.mu.Unlock()
+	s.log.Info("map stream open", "node", n.ID, "kind", n.Kind, "peers", len(snap.Peers))
+
+	defer func() {
+		s.mu.Lock()
+		if s.clients[n.ID] == c {
+			delete(s.clients, n.ID)
+		}
+		if s.online[n.ID]--; s.online[n.ID] <= 0 {
+			delete(s.online, n.ID)
+		}
+		if s.nodes[n.ID] != nil {
+			n.LastSeen = s.now()
+			s.nodeChanged(n)
+		}
+		s.mu.Unlock()
+		c.close()
+		s.log.Info("map stream closed", "node", n.ID)
+	}()
+
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	version := uint64(1)
+	snap.Version = version
+	if err := enc.Encode(snap); err != nil {
+		return
+	}
+	flusher.Flush()
+	ka := time.NewTicker(keepAliveInterval)
+	defer ka.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-c.done:
+			return
+		case <-ka.C:
+			if err := enc.Encode(proto.MapMessage{Version: version, KeepAlive: true}); err != nil {
+				return
+			}
+			flusher.Flush()
+		case <-c.wake:
+			msg, overrun, ok := c.take()
+			if overrun {
+				s.log.Warn("map stream overrun; closing so the node resyncs", "node", n.ID)
+				return
+			}
+			if !ok {
+				continue
+			}
+			version++
+			msg.Version = version
+			if err := enc.Encode(msg); err != nil {
+				return
+			}
+			flusher.Flush()
+		}
+	}
+}

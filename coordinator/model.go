@@ -1,0 +1,104 @@
+package coordinator
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// The records the coordinator persists in its store. They are the
+// coordinator's own; what crosses the wire is built from them in proto
+// types.
+
+type user struct {
+	ID       string    `json:"id"`
+	Subject  string    `json:"subject"` // issuer subject
+	Login    string    `json:"login"`
+	Email    string    `json:"email"`
+	Name     string    `json:"name,omitempty"`
+	Groups   []string  `json:"groups,omitempty"`
+	Disabled bool      `json:"disabled,omitempty"`
+	Created  time.Time `json:"created"`
+	LastSeen time.Time `json:"last_seen"`
+}
+
+type session struct {
+	IDHash  string    `json:"id_hash"` // sha256 of the session id
+	UserID  string    `json:"user_id"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+}
+
+type node struct {
+	ID        string         `json:"id"`
+	Kind      proto.NodeKind `json:"kind"`
+	Key       proto.Key      `json:"key"`
+	TokenHash string         `json:"token_hash"`
+	Hostname  string         `json:"hostname,omitempty"`
+	Addresses []netip.Prefix `json:"addresses"`
+	Created   time.Time      `json:"created"`
+	// Devices: the owning user and session; the device expires with it.
+	UserID    string    `json:"user_id,omitempty"`
+	SessionID string    `json:"session_id,omitempty"` // hash
+	Expires   time.Time `json:"expires,omitzero"`
+	// Agents: the cluster.
+	ClusterID string    `json:"cluster_id,omitempty"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+}
+
+type cluster struct {
+	ID            string            `json:"id"`
+	Name          string            `json:"name"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	JoinTokenHash string            `json:"join_token_hash"`
+	Created       time.Time         `json:"created"`
+}
+
+type role struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Description string    `json:"description,omitempty"`
+	Groups      []string  `json:"groups"`
+	KubeUser    string    `json:"kube_user,omitempty"`
+	Created     time.Time `json:"created"`
+}
+
+type assignment struct {
+	ID        string     `json:"id"`
+	UserID    string     `json:"user_id,omitempty"`
+	Group     string     `json:"group,omitempty"`
+	RoleID    string     `json:"role_id"`
+	ClusterID string     `json:"cluster_id"`
+	Expires   *time.Time `json:"expires,omitempty"`
+	Created   time.Time  `json:"created"`
+	CreatedBy string     `json:"created_by"`
+}
+
+// change is an audit-ready record of an administrative change: who did what
+// to which object, kept append-only in the store.
+type change struct {
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Actor  string    `json:"actor"`
+	Action string    `json:"action"`
+	Object string    `json:"object"`
+	Detail any       `json:"detail,omitempty"`
+}
+
+func (a *assignment) activeAt(now time.Time) bool {
+	return a.Expires == nil || now.Before(*a.Expires)
+}
+
+func (u *user) toProto(admin bool) proto.User {
+	return proto.User{
+		ID: u.ID, Login: u.Login, Email: u.Email, Name: u.Name,
+		Groups: slices.Clone(u.Groups), Admin: admin, Disabled: u.Disabled,
+		Created: u.Created, LastSeen: u.LastSeen,
+	}
+}
+
+func (r *role) toProto() proto.Role {
+	return proto.Role{ID: r.ID, Name: r.Name, Description: r.Description, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser}
+}

@@ -1,0 +1,316 @@
+package coordinator
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// state is the coordinator's in-memory model with the indexes the map
+// computations need. It is guarded by Server.mu.
+type state struct {
+	users        map[string]*user
+	usersByLogin map[string]*user
+	usersBySub   map[string]*user
+	groupMembers map[string]map[string]*user // OIDC group → users
+
+	sessions map[string]*session // by id hash
+
+	nodes         map[string]*node
+	nodesByKey    map[proto.Key]*node
+	nodesByToken  map[string]*node
+	devicesByUser map[string]map[string]*node
+	agentsByClust map[string]map[string]*node
+	online        map[string]int              // node id → open map streams
+	endpoints     map[string][]netip.AddrPort // node id → published endpoints
+
+	clusters        map[string]*cluster
+	clustersByName  map[string]*cluster
+	clustersByToken map[string]*cluster
+
+	roles       map[string]*role
+	rolesByName map[string]*role
+
+	assignments map[string]*assignment
+	asgByUser   map[string]map[string]*assignment
+	asgByGroup  map[string]map[string]*assignment
+	asgByClust  map[string]map[string]*assignment
+	asgByRole   map[string]map[string]*assignment
+}
+
+func (s *state) init() {
+	s.users = map[string]*user{}
+	s.usersByLogin = map[string]*user{}
+	s.usersBySub = map[string]*user{}
+	s.groupMembers = map[string]map[string]*user{}
+	s.sessions = map[string]*session{}
+	s.nodes = map[string]*node{}
+	s.nodesByKey = map[proto.Key]*node{}
+	s.nodesByToken = map[string]*node{}
+	s.devicesByUser = map[string]map[string]*node{}
+	s.agentsByClust = map[string]map[string]*node{}
+	s.online = map[string]int{}
+	s.endpoints = map[string][]netip.AddrPort{}
+	s.clusters = map[string]*cluster{}
+	s.clustersByName = map[string]*cluster{}
+	s.clustersByToken = map[string]*cluster{}
+	s.roles = map[string]*role{}
+	s.rolesByName = map[string]*role{}
+	s.assignments = map[string]*assignment{}
+	s.asgByUser = map[string]map[string]*assignment{}
+	s.asgByGroup = map[string]map[string]*assignment{}
+	s.asgByClust = map[string]map[string]*assignment{}
+	s.asgByRole = map[string]map[string]*assignment{}
+}
+
+func addTo[V any](m map[string]map[string]V, k, id string, v V) {
+	if k == "" {
+		return
+	}
+	inner := m[k]
+	if inner == nil {
+		inner = map[string]V{}
+		m[k] = inner
+	}
+	inner[id] = v
+}
+
+func delFrom[V any](m map[string]map[string]V, k, id string) {
+	if inner := m[k]; inner != nil {
+		delete(inner, id)
+		if len(inner) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+func (s *state) putUser(u *user) {
+	if old := s.users[u.ID]; old != nil {
+		for _, g := range old.Groups {
+			delFrom(s.groupMembers, g, u.ID)
+		}
+		delete(s.usersByLogin, old.Login)
+	}
+	s.users[u.ID] = u
+	s.usersByLogin[u.Login] = u
+	s.usersBySub[u.Subject] = u
+	for _, g := range u.Groups {
+		addTo(s.groupMembers, g, u.ID, u)
+	}
+}
+
+func (s *state) putNode(n *node) {
+	s.nodes[n.ID] = n
+	s.nodesByKey[n.Key] = n
+	s.nodesByToken[n.TokenHash] = n
+	switch n.Kind {
+	case proto.KindDevice:
+		addTo(s.devicesByUser, n.UserID, n.ID, n)
+	case proto.KindAgent:
+		addTo(s.agentsByClust, n.ClusterID, n.ID, n)
+	}
+}
+
+func (s *state) dropNode(n *node) {
+	delete(s.nodes, n.ID)
+	if s.nodesByKey[n.Key] == n {
+		delete(s.nodesByKey, n.Key)
+	}
+	delete(s.nodesByToken, n.TokenHash)
+	delete(s.endpoints, n.ID)
+	delFrom(s.devicesByUser, n.UserID, n.ID)
+	delFrom(s.agentsByClust, n.ClusterID, n.ID)
+}
+
+func (s *state) putCluster(c *cluster) {
+	if old := s.clusters[c.ID]; old != nil {
+		delete(s.clustersByToken, old.JoinTokenHash)
+	}
+	s.clusters[c.ID] = c
+	s.clustersByName[c.Name] = c
+	if c.JoinTokenHash != "" {
+		s.clustersByToken[c.JoinTokenHash] = c
+	}
+}
+
+func (s *state) putRole(r *role) {
+	if old := s.roles[r.ID]; old != nil {
+		delete(s.rolesByName, old.Name)
+	}
+	s.roles[r.ID] = r
+	s.rolesByName[r.Name] = r
+}
+
+func (s *state) putAssignment(a *assignment) {
+	s.assignments[a.ID] = a
+	addTo(s.asgByUser, a.UserID, a.ID, a)
+	addTo(s.asgByGroup, a.Group, a.ID, a)
+	addTo(s.asgByClust, a.ClusterID, a.ID, a)
+	addTo(s.asgByRole, a.RoleID, a.ID, a)
+}
+
+func (s *state) dropAssignment(a *assignment) {
+	delete(s.assignments, a.ID)
+	delFrom(s.asgByUser, a.UserID, a.ID)
+	delFrom(s.asgByGroup, a.Group, a.ID)
+	delFrom(s.asgByClust, a.ClusterID, a.ID)
+	delFrom(s.asgByRole, a.RoleID, a.ID)
+}
+
+// assignmentsOf returns the assignments that name u directly or through one
+// of u's groups.
+func (s *state) assignmentsOf(u *user) []*assignment {
+	var out []*assignment
+	for _, a := range s.asgByUser[u.ID] {
+		out = append(out, a)
+	}
+	for _, g := range u.Groups {
+		for _, a := range s.asgByGroup[g] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// rolesOn returns the roles that apply to u on cluster c at now, sorted by
+// role name, one entry per role (the latest expiry wins).
+func (s *state) rolesOn(u *user, clusterID string, now time.Time) []proto.RoleGrant {
+	if u == nil || u.Disabled {
+		return nil
+	}
+	byRole := map[string]*proto.RoleGrant{}
+	for _, a := range s.assignmentsOf(u) {
+		if a.ClusterID != clusterID || !a.activeAt(now) {
+			continue
+		}
+		r := s.roles[a.RoleID]
+		if r == nil {
+			continue
+		}
+		src := "user"
+		if a.Group != "" {
+			src = "group:" + a.Group
+		}
+		g, ok := byRole[r.ID]
+		if !ok {
+			g = &proto.RoleGrant{Role: r.Name, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser, Expires: a.Expires, Source: src}
+			byRole[r.ID] = g
+			continue
+		}
+		// Keep the longest-lived source.
+		if g.Expires != nil && (a.Expires == nil || a.Expires.After(*g.Expires)) {
+			g.Expires, g.Source = a.Expires, src
+		}
+	}
+	out := make([]proto.RoleGrant, 0, len(byRole))
+	for _, g := range byRole {
+		out = append(out, *g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Role < out[j].Role })
+	return out
+}
+
+// clustersOf returns the ids of the clusters u may reach at now.
+func (s *state) clustersOf(u *user, now time.Time) map[string]bool {
+	out := map[string]bool{}
+	if u == nil || u.Disabled {
+		return out
+	}
+	for _, a := range s.assignmentsOf(u) {
+		if a.activeAt(now) && s.roles[a.RoleID] != nil && s.clusters[a.ClusterID] != nil {
+			out[a.ClusterID] = true
+		}
+	}
+	return out
+}
+
+// usersOn returns the users that may reach cluster c at now.
+func (s *state) usersOn(clusterID string, now time.Time) map[string]*user {
+	out := map[string]*user{}
+	for _, a := range s.asgByClust[clusterID] {
+		if !a.activeAt(now) || s.roles[a.RoleID] == nil {
+			continue
+		}
+		if a.UserID != "" {
+			if u := s.users[a.UserID]; u != nil && !u.Disabled {
+				out[u.ID] = u
+			}
+		}
+		for id, u := range s.groupMembers[a.Group] {
+			if !u.Disabled {
+				out[id] = u
+			}
+		}
+	}
+	return out
+}
+
+// peer builds the view of n that other nodes get. For a device seen by an
+// agent of cluster viewerCluster, it carries the identity with the roles on
+// that cluster.
+func (s *state) peer(n *node, viewerCluster string, now time.Time) proto.Peer {
+	p := proto.Peer{
+		Key:       n.Key,
+		NodeID:    n.ID,
+		Kind:      n.Kind,
+		Hostname:  n.Hostname,
+		Addresses: slices.Clone(n.Addresses),
+		Endpoints: slices.Clone(s.endpoints[n.ID]),
+		Online:    s.online[n.ID] > 0,
+	}
+	switch n.Kind {
+	case proto.KindAgent:
+		if c := s.clusters[n.ClusterID]; c != nil {
+			p.Cluster = c.Name
+		}
+	case proto.KindDevice:
+		if viewerCluster != "" {
+			if u := s.users[n.UserID]; u != nil {
+				p.Identity = &proto.Identity{
+					UserID:  u.ID,
+					Login:   u.Login,
+					Email:   u.Email,
+					Groups:  slices.Clone(u.Groups),
+					Roles:   s.rolesOn(u, viewerCluster, now),
+					Expires: n.Expires,
+				}
+			}
+		}
+	}
+	return p
+}
+
+// snapshot builds the full map for n.
+func (s *state) snapshot(n *node, meshDomain string, caPEM []byte, now time.Time) proto.MapMessage {
+	self := s.peer(n, "", now)
+	self.Online = true
+	msg := proto.MapMessage{
+		Snapshot:   true,
+		Self:       &self,
+		MeshDomain: meshDomain,
+		CABundle:   string(caPEM),
+		Peers:      []proto.Peer{},
+	}
+	switch n.Kind {
+	case proto.KindDevice:
+		u := s.users[n.UserID]
+		for cid := range s.clustersOf(u, now) {
+			for _, a := range s.agentsByClust[cid] {
+				msg.Peers = append(msg.Peers, s.peer(a, "", now))
+			}
+		}
+	case proto.KindAgent:
+		for _, u := range s.usersOn(n.ClusterID, now) {
+			for _, d := range s.devicesByUser[u.ID] {
+				if d.Expires.IsZero() || now.Before(d.Expires) {
+					msg.Peers = append(msg.Peers, s.peer(d, n.ClusterID, now))
+				}
+			}
+		}
+	}
+	sort.Slice(msg.Peers, func(i, j int) bool { return msg.Peers[i].NodeID < msg.Peers[j].NodeID })
+	return msg
+}

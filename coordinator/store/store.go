@@ -1,0 +1,105 @@
+// Package store is the coordinator's persistent state: a small transactional
+// key-value interface with a bbolt implementation (the default, one file on
+// a small VM). Everything the coordinator persists goes through Store, so a
+// coordinator that outgrows one machine can run on another backend (etcd)
+// by implementing the same interface.
+//
+// Values are JSON documents; keys are strings within named buckets. A write
+// transaction is atomic and durable once Update returns nil: a crash at any
+// point loses no acknowledged write.
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Bucket names the collections the coordinator keeps.
+type Bucket string
+
+// The buckets. Every bucket exists in every store.
+const (
+	Meta        Bucket = "meta"        // singletons: keys, CA, settings
+	Users       Bucket = "users"       // user id → user
+	Sessions    Bucket = "sessions"    // sha256(session id) → session
+	Nodes       Bucket = "nodes"       // node id → node (devices and agents)
+	Clusters    Bucket = "clusters"    // cluster id → cluster
+	Roles       Bucket = "roles"       // role id → role
+	Assignments Bucket = "assignments" // assignment id → assignment
+	Addresses   Bucket = "addresses"   // overlay address → node id
+	Changes     Bucket = "changes"     // sequence → administrative change record
+)
+
+// AllBuckets lists every bucket.
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes}
+
+// ErrNotFound is returned by Get when a key is absent.
+var ErrNotFound = errors.New("not found")
+
+// Store is a transactional key-value store. Implementations are safe for
+// concurrent use. Close releases the backing resources; the Store must not
+// be used afterwards.
+type Store interface {
+	// View runs fn in a read-only transaction.
+	View(fn func(Tx) error) error
+	// Update runs fn in a read-write transaction. If fn returns an error
+	// nothing it wrote is kept. When Update returns nil, the writes are
+	// durable.
+	Update(fn func(Tx) error) error
+	// Backup writes a consistent snapshot of the whole store to path.
+	Backup(path string) error
+	Close() error
+}
+
+// Tx is a transaction. It must not be used after the function it was
+// passed to returns.
+type Tx interface {
+	// GetRaw returns the value at key, or ErrNotFound. The returned slice is
+	// owned by the caller.
+	GetRaw(b Bucket, key string) ([]byte, error)
+	// PutRaw stores value at key. Read-only transactions return an error.
+	PutRaw(b Bucket, key string, value []byte) error
+	// Delete removes key; deleting an absent key is not an error.
+	Delete(b Bucket, key string) error
+	// ForEach calls fn for every key in b in key order. The value slice is
+	// only valid during the call. Returning an error stops the iteration.
+	ForEach(b Bucket, fn func(key string, value []byte) error) error
+	// NextSequence returns a monotonically increasing number for b.
+	NextSequence(b Bucket) (uint64, error)
+}
+
+// Get decodes the JSON value at key into v.
+func Get(tx Tx, b Bucket, key string, v any) error {
+	raw, err := tx.GetRaw(b, key)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("decode %s/%s: %w", b, key, err)
+	}
+	return nil
+}
+
+// Put encodes v as JSON and stores it at key.
+func Put(tx Tx, b Bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s/%s: %w", b, key, err)
+	}
+	return tx.PutRaw(b, key, raw)
+}
+
+// List decodes every value of b, in key order, as a T.
+func List[T any](tx Tx, b Bucket) ([]T, error) {
+	var out []T
+	err := tx.ForEach(b, func(key string, raw []byte) error {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode %s/%s: %w", b, key, err)
+		}
+		out = append(out, v)
+		return nil
+	})
+	return out, err
+}
