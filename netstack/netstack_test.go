@@ -1,0 +1,327 @@
+package netstack_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/netstack"
+	"github.com/clustral/clustral/netstack/tunnelbench"
+)
+
+var (
+	a4 = netip.MustParseAddr("100.64.0.1")
+	b4 = netip.MustParseAddr("100.64.0.2")
+	a6 = netip.MustParseAddr("fd7a:115c:a1e0::1")
+	b6 = netip.MustParseAddr("fd7a:115c:a1e0::2")
+)
+
+func hostPrefixes(addrs ...netip.Addr) []netip.Prefix {
+	var ps []netip.Prefix
+	for _, a := range addrs {
+		ps = append(ps, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return ps
+}
+
+// pair is two stacks joined by wireguard-go over loopback UDP.
+type pair struct {
+	a, b *netstack.Stack
+}
+
+// newPair creates stack A with addrsA and B with addrsB. A allows (and
+// routes to) B only from allowedB; B allows A from exactly A's addresses.
+func newPair(t *testing.T, addrsA, addrsB []netip.Addr, allowedB []netip.Prefix) pair {
+	t.Helper()
+	sa, err := netstack.New(netstack.Config{Addrs: addrsA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sa.Close() })
+	sb, err := netstack.New(netstack.Config{Addrs: addrsB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	link, err := tunnelbench.Connect(
+		tunnelbench.Peer{TUN: sa.TUN(), AllowedIPs: hostPrefixes(addrsA...)},
+		tunnelbench.Peer{TUN: sb.TUN(), AllowedIPs: allowedB},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(link.Close)
+	return pair{sa, sb}
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// echo serves one connection on l, copying what it reads back until EOF,
+// and sends the accepted conn's remote address on the returned channel.
+func echo(t *testing.T, l net.Listener) <-chan net.Addr {
+	t.Helper()
+	remote := make(chan net.Addr, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(remote)
+			return
+		}
+		defer c.Close()
+		remote <- c.RemoteAddr()
+		io.Copy(c, c)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	return remote
+}
+
+func TestEcho(t *testing.T) {
+	p := newPair(t, []netip.Addr{a4, a6}, []netip.Addr{b4, b6}, hostPrefixes(b4, b6))
+	tests := []struct {
+		name     string
+		from, to netip.Addr
+		size     int
+	}{
+		{"ipv4 small", a4, b4, 100},
+		{"ipv4 bulk", a4, b4, 8 << 20},
+		{"ipv6 small", a6, b6, 100},
+		{"ipv6 bulk", a6, b6, 8 << 20},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := p.b.ListenTCP(netip.AddrPortFrom(tt.to, uint16(8000+i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			remote := echo(t, l)
+
+			c, err := p.a.DialContext(ctxTimeout(t, 10*time.Second), "tcp", netip.AddrPortFrom(tt.to, uint16(8000+i)).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+
+			want := make([]byte, tt.size)
+			rand.Read(want)
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Write(want)
+				if err == nil {
+					err = c.(interface{ CloseWrite() error }).CloseWrite()
+				}
+				errc <- err
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("echo returned %d bytes that differ from the %d sent", len(got), len(want))
+			}
+
+			ra, ok := (<-remote).(*net.TCPAddr)
+			if !ok {
+				t.Fatalf("accepted conn has no TCP remote address")
+			}
+			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			if ra.AddrPort().Addr().Unmap() != tt.from || ra.AddrPort() != local {
+				t.Fatalf("RemoteAddr = %v, want dialer's %v (from %v)", ra, local, tt.from)
+			}
+		})
+	}
+}
+
+// TestAllowedIPsEnforced is DESIGN invariant 2: a packet whose source is
+// not among the sending peer's allowed IPs is dropped, so a peer cannot
+// speak from an address the receiver did not assign it.
+func TestAllowedIPsEnforced(t *testing.T) {
+	spoofed := netip.MustParseAddr("100.64.0.99")
+	tests := []struct {
+		name   string
+		addrB  netip.Addr // what B's own stack uses
+		wantOK bool
+	}{
+		{"own address", b4, true},
+		{"other address", spoofed, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// A allows B only from b4.
+			p := newPair(t, []netip.Addr{a4}, []netip.Addr{tt.addrB}, hostPrefixes(b4))
+			l, err := p.a.ListenTCP(netip.AddrPortFrom(a4, 443))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			remote := echo(t, l)
+
+			c, err := p.b.DialContext(ctxTimeout(t, 2*time.Second), "tcp", netip.AddrPortFrom(a4, 443).String())
+			if !tt.wantOK {
+				if err == nil {
+					c.Close()
+					t.Fatal("dial from an address A does not allow for B succeeded")
+				}
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("dial error = %v, want deadline exceeded (packets dropped)", err)
+				}
+				if s := p.a.Stats(); s.InPackets != 0 {
+					t.Fatalf("A's stack received %d packets from a spoofed source", s.InPackets)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			c.Close()
+			if ra := <-remote; ra.(*net.TCPAddr).AddrPort().Addr() != b4 {
+				t.Fatalf("RemoteAddr = %v, want %v", ra, b4)
+			}
+		})
+	}
+}
+
+func TestCloseUnblocks(t *testing.T) {
+	p := newPair(t, []netip.Addr{a4}, []netip.Addr{b4}, hostPrefixes(b4))
+	l, err := p.b.ListenTCP(netip.AddrPortFrom(netip.IPv4Unspecified(), 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := p.a.DialContext(ctxTimeout(t, 10*time.Second), "tcp4", netip.AddrPortFrom(b4, 80).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc := <-accepted
+	defer sc.Close()
+
+	// A second Accept and a Read on each end all block until B closes.
+	acceptErr := make(chan error, 1)
+	go func() {
+		_, err := l.Accept()
+		acceptErr <- err
+	}()
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := sc.Read(make([]byte, 1))
+		readErr <- err
+	}()
+
+	if err := p.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]chan error{"Accept": acceptErr, "Read": readErr} {
+		select {
+		case err := <-ch:
+			if err == nil {
+				t.Errorf("%s after Close returned no error", name)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s still blocked after Close", name)
+		}
+	}
+	if _, err := p.b.ListenTCP(netip.AddrPortFrom(b4, 81)); err == nil {
+		t.Error("ListenTCP after Close succeeded")
+	}
+	// The wireguard-go side sees the device closed too.
+	if _, err := p.b.TUN().Read(make([][]byte, 1), make([]int, 1), 0); err == nil {
+		t.Error("TUN Read after Close returned no error")
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	p := newPair(t, []netip.Addr{a4}, []netip.Addr{b4}, hostPrefixes(b4))
+	tests := []struct {
+		name    string
+		network string
+		addr    string
+		want    error
+	}{
+		{"refused", "tcp", "100.64.0.2:9", syscall.ECONNREFUSED},
+		{"family mismatch", "tcp6", "100.64.0.2:9", nil},
+		{"name not resolved", "tcp", "prod.clustral.internal:443", nil},
+		{"bad port", "tcp", "100.64.0.2:http", nil},
+		{"unknown network", "sctp", "100.64.0.2:9", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := p.a.DialContext(ctxTimeout(t, 5*time.Second), tt.network, tt.addr)
+			if err == nil {
+				c.Close()
+				t.Fatal("dial succeeded")
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestUDP(t *testing.T) {
+	p := newPair(t, []netip.Addr{a4}, []netip.Addr{b4}, hostPrefixes(b4))
+	srv, err := p.b.ListenUDP(netip.AddrPortFrom(b4, 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c, err := p.a.DialContext(ctxTimeout(t, 5*time.Second), "udp", "100.64.0.2:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 16)
+	n, from, err := srv.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(buf[:n]) != "ping" || from.(*net.UDPAddr).AddrPort().Addr() != a4 {
+		t.Fatalf("got %q from %v, want ping from %v", buf[:n], from, a4)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  netstack.Config
+	}{
+		{"no address", netstack.Config{}},
+		{"small MTU", netstack.Config{Addrs: []netip.Addr{a4}, MTU: 576}},
+		{"invalid address", netstack.Config{Addrs: []netip.Addr{{}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := netstack.New(tt.cfg)
+			if err == nil {
+				s.Close()
+				t.Fatal("New succeeded")
+			}
+		})
+	}
+}
