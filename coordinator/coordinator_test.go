@@ -1,0 +1,491 @@
+package coordinator
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/proto"
+)
+
+type testEnv struct {
+	t    *testing.T
+	iss  *fakeIssuer
+	srv  *Server
+	ts   *httptest.Server
+	dir  string
+	addr string
+}
+
+func newTestEnv(t *testing.T) *testEnv {
+	t.Helper()
+	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir()}
+	e.start()
+	return e
+}
+
+func (e *testEnv) start() {
+	e.t.Helper()
+	// The public URL must be known before the server starts, so reserve
+	// the test server first and plug the handler in after.
+	var h http.Handler
+	e.ts = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
+	if e.addr != "" { // a restart keeps the public URL
+		e.ts.Listener.Close()
+		l, err := net.Listen("tcp", e.addr)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.ts.Listener = l
+	}
+	e.ts.Start()
+	e.addr = e.ts.Listener.Addr().String()
+	srv, err := New(context.Background(), Config{
+		Listen:    "127.0.0.1:0",
+		PublicURL: e.ts.URL,
+		DataDir:   e.dir,
+		OIDC:      OIDCConfig{Issuer: e.iss.URL, ClientID: "clustral", ClientSecret: "secret"},
+		Admins:    []string{"admin@example.com"},
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	h = srv.Handler()
+	e.srv = srv
+	e.t.Cleanup(e.stop)
+}
+
+func (e *testEnv) stop() {
+	if e.ts != nil {
+		e.ts.CloseClientConnections()
+		e.srv.Close()
+		e.ts.Close()
+		e.ts = nil
+	}
+}
+
+// call makes an API request and decodes a 2xx answer into out. It returns
+// the status and, for errors, the problem document.
+func (e *testEnv) call(method, path, token string, body, out any) (int, *proto.Problem) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, e.ts.URL+path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 || resp.StatusCode == http.StatusAccepted {
+		var p proto.Problem
+		json.NewDecoder(resp.Body).Decode(&p)
+		return resp.StatusCode, &p
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			e.t.Fatalf("%s %s: decode: %v", method, path, err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+func (e *testEnv) must(method, path, token string, body, out any) {
+	e.t.Helper()
+	if st, p := e.call(method, path, token, body, out); p != nil {
+		e.t.Fatalf("%s %s = %d %+v", method, path, st, p)
+	}
+}
+
+// login signs email in by direct ID-token exchange.
+func (e *testEnv) login(email string, groups ...string) proto.Session {
+	e.t.Helper()
+	e.iss.signIn(email, groups...)
+	var s proto.Session
+	e.must("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: e.iss.token(e.t, "clustral", "", time.Hour)}, &s)
+	return s
+}
+
+func newKey(t *testing.T) proto.Key {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return proto.Key(k.PublicKey())
+}
+
+func newCSR(t *testing.T) string {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ignored"}, DNSNames: []string{"evil.example.com"}}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
+
+func TestInteractiveLoginIsOneTime(t *testing.T) {
+	e := newTestEnv(t)
+	var start proto.LoginStartResponse
+	e.must("POST", "/api/v1/login/start", "", nil, &start)
+	if st, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: start.Handle}, nil); st != http.StatusAccepted || p.Code != proto.CodeLoginPending {
+		t.Fatalf("poll before browser = %d %+v, want 202 LOGIN_PENDING", st, p)
+	}
+	// Play the browser: the fake IdP redirects straight to the callback.
+	e.iss.signIn("alice@example.com", "dev")
+	resp, err := http.Get(start.AuthURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "Signed in as alice@example.com") {
+		t.Fatalf("callback page = %d %s", resp.StatusCode, page)
+	}
+	var sess proto.Session
+	e.must("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: start.Handle}, &sess)
+	if sess.User.Login != "alice@example.com" || len(sess.User.Groups) != 1 || sess.Token == "" {
+		t.Fatalf("session = %+v", sess)
+	}
+	// Replaying the handle gets nothing.
+	if st, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: start.Handle}, nil); st != http.StatusGone || p.Code != proto.CodeLoginConsumed {
+		t.Fatalf("replayed poll = %d %+v, want 410 LOGIN_HANDLE_USED", st, p)
+	}
+	// Replaying the callback gets nothing either.
+	resp, err = http.Get(start.AuthURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("replayed callback = %d, want 401", resp.StatusCode)
+	}
+	var who proto.Whoami
+	e.must("GET", "/api/v1/whoami", sess.Token, nil, &who)
+	if who.User.Login != "alice@example.com" {
+		t.Fatalf("whoami = %+v", who)
+	}
+}
+
+func TestTokenExchangeRejectsBadTokens(t *testing.T) {
+	e := newTestEnv(t)
+	e.iss.signIn("mallory@example.com")
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tests := []struct {
+		name  string
+		token string
+	}{
+		{"forged signature", e.iss.tokenWith(t, otherKey, "clustral", "", time.Hour)},
+		{"expired", e.iss.token(t, "clustral", "", -time.Minute)},
+		{"wrong audience", e.iss.token(t, "someone-else", "", time.Hour)},
+		{"garbage", "not.a.jwt"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: tt.token}, nil)
+			if st != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed {
+				t.Fatalf("= %d %+v, want 401 LOGIN_FAILED", st, p)
+			}
+		})
+	}
+	e.srv.mu.Lock()
+	n := len(e.srv.users)
+	e.srv.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("refused tokens created %d users", n)
+	}
+}
+
+func TestSessionTokenChecks(t *testing.T) {
+	e := newTestEnv(t)
+	s := e.login("alice@example.com")
+	tampered := s.Token[:len(s.Token)-4] + "AAAA"
+	for _, tok := range []string{"", "garbage", tampered} {
+		if st, _ := e.call("GET", "/api/v1/whoami", tok, nil, nil); st != http.StatusUnauthorized {
+			t.Errorf("whoami with %q = %d, want 401", tok, st)
+		}
+	}
+	e.must("DELETE", "/api/v1/session", s.Token, nil, nil)
+	if st, p := e.call("GET", "/api/v1/whoami", s.Token, nil, nil); st != http.StatusUnauthorized || p.Code != proto.CodeSessionExpired {
+		t.Fatalf("whoami after logout = %d %+v", st, p)
+	}
+}
+
+func TestAdminAPIRefusesNonAdmins(t *testing.T) {
+	e := newTestEnv(t)
+	bob := e.login("bob@example.com")
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/api/v1/clusters"}, {"POST", "/api/v1/clusters"},
+		{"GET", "/api/v1/roles"}, {"POST", "/api/v1/roles"},
+		{"GET", "/api/v1/assignments"}, {"POST", "/api/v1/assignments"},
+		{"DELETE", "/api/v1/assignments/x"}, {"GET", "/api/v1/users"},
+	} {
+		st, p := e.call(c.method, c.path, bob.Token, map[string]string{"name": "x"}, nil)
+		if st != http.StatusForbidden || p.Code != proto.CodeForbidden || !strings.Contains(p.Title, "not an administrator") {
+			t.Errorf("%s %s = %d %+v, want 403 FORBIDDEN", c.method, c.path, st, p)
+		}
+	}
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	e := newTestEnv(t)
+	admin := e.login("admin@example.com")
+	big := strings.Repeat("x", proto.MaxBodyBytes+10)
+	tests := []struct {
+		name   string
+		path   string
+		body   any
+		status int
+		code   proto.ErrorCode
+	}{
+		{"bad cluster name", "/api/v1/clusters", proto.CreateClusterRequest{Name: "Prod Cluster"}, 400, proto.CodeBadRequest},
+		{"oversized body", "/api/v1/clusters", proto.CreateClusterRequest{Name: big}, 413, proto.CodeTooLarge},
+		{"role without groups", "/api/v1/roles", proto.Role{Name: "empty"}, 400, proto.CodeBadRequest},
+		{"assignment to nobody", "/api/v1/assignments", proto.Assignment{Role: "x", Cluster: "y"}, 400, proto.CodeBadRequest},
+		{"assignment of unknown user", "/api/v1/assignments", proto.Assignment{User: "ghost", Role: "x", Cluster: "y"}, 404, proto.CodeNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, p := e.call("POST", tt.path, admin.Token, tt.body, nil)
+			if st != tt.status || p.Code != tt.code {
+				t.Fatalf("= %d %+v, want %d %s", st, p, tt.status, tt.code)
+			}
+		})
+	}
+	e.srv.mu.Lock()
+	defer e.srv.mu.Unlock()
+	if len(e.srv.clusters)+len(e.srv.roles)+len(e.srv.assignments) != 0 {
+		t.Fatal("bad input changed state")
+	}
+}
+
+// mapStream reads a node's map stream.
+type mapStream struct {
+	t    *testing.T
+	msgs chan proto.MapMessage
+	body io.Closer
+}
+
+func (e *testEnv) openMap(token string) *mapStream {
+	e.t.Helper()
+	req, _ := http.NewRequest("GET", e.ts.URL+"/api/v1/map", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		e.t.Fatalf("map stream = %d", resp.StatusCode)
+	}
+	ms := &mapStream{t: e.t, msgs: make(chan proto.MapMessage, 64), body: resp.Body}
+	go func() {
+		defer close(ms.msgs)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 4<<20)
+		for sc.Scan() {
+			var m proto.MapMessage
+			if json.Unmarshal(sc.Bytes(), &m) == nil && !m.KeepAlive {
+				ms.msgs <- m
+			}
+		}
+	}()
+	e.t.Cleanup(func() { resp.Body.Close() })
+	return ms
+}
+
+func (ms *mapStream) next() proto.MapMessage {
+	ms.t.Helper()
+	select {
+	case m, ok := <-ms.msgs:
+		if !ok {
+			ms.t.Fatal("map stream ended")
+		}
+		return m
+	case <-time.After(5 * time.Second):
+		ms.t.Fatal("no map message within 5s")
+	}
+	panic("unreachable")
+}
+
+func TestMeshRegistrationAndMapDeltas(t *testing.T) {
+	e := newTestEnv(t)
+	admin := e.login("admin@example.com")
+	alice := e.login("alice@example.com", "dev")
+
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
+
+	// Agent registration: bad token, then good.
+	agentKey := newKey(t)
+	if st, p := e.call("POST", "/api/v1/agents", "cjt_wrong", proto.RegisterAgentRequest{PublicKey: agentKey, CSR: newCSR(t)}, nil); st != 401 || p.Code != proto.CodeInvalidJoinToken {
+		t.Fatalf("agent with bad token = %d %+v", st, p)
+	}
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: agentKey, Hostname: "node-1", CSR: newCSR(t)}, &agent)
+	if len(agent.Addresses) != 2 || agent.NodeToken == "" {
+		t.Fatalf("agent registration = %+v", agent)
+	}
+	b, _ := pem.Decode([]byte(agent.Certificate))
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cert.DNSNames) != 1 || cert.DNSNames[0] != "prod.clustral.internal" || len(cert.IPAddresses) != 2 {
+		t.Fatalf("agent cert names = %v %v; the CSR's names must be ignored", cert.DNSNames, cert.IPAddresses)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(agent.CABundle))
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: "prod.clustral.internal"}); err != nil {
+		t.Fatalf("agent cert does not chain to the mesh CA: %v", err)
+	}
+
+	devKey := newKey(t)
+	var dev proto.RegisterResponse
+	e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: devKey, Hostname: "laptop"}, &dev)
+	if st, _ := e.call("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: devKey}, nil); st != http.StatusConflict {
+		t.Fatalf("duplicate key registration = %d, want 409", st)
+	}
+
+	am := e.openMap(agent.NodeToken)
+	dm := e.openMap(dev.NodeToken)
+	snapA, snapD := am.next(), dm.next()
+	if !snapA.Snapshot || snapA.Version != 1 || len(snapA.Peers) != 0 || snapA.MeshDomain != "clustral.internal" || snapA.CABundle == "" {
+		t.Fatalf("agent snapshot = %+v", snapA)
+	}
+	if !snapD.Snapshot || len(snapD.Peers) != 0 || snapD.Self.Key != devKey {
+		t.Fatalf("device snapshot = %+v", snapD)
+	}
+
+	// Assign alice: each side gets the other, the agent with alice's roles.
+	var asg proto.Assignment
+	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, &asg)
+	da := am.next()
+	if da.Version != 2 || len(da.Peers) != 1 || da.Peers[0].Key != devKey {
+		t.Fatalf("agent delta = %+v", da)
+	}
+	id := da.Peers[0].Identity
+	if id == nil || id.Login != "alice@example.com" || len(id.Roles) != 1 || id.Roles[0].Role != "viewer" || id.Roles[0].Groups[0] != "viewers" {
+		t.Fatalf("identity in agent map = %+v", id)
+	}
+	if got := da.Peers[0].Addresses; len(got) != 2 || got[0] != dev.Addresses[0] {
+		t.Fatalf("device addresses in agent map = %v, want exactly %v", got, dev.Addresses)
+	}
+	dd := dm.next()
+	if dd.Version != 2 || len(dd.Peers) != 1 || dd.Peers[0].Key != agentKey || dd.Peers[0].Cluster != "prod" || !dd.Peers[0].Online {
+		t.Fatalf("device delta = %+v", dd)
+	}
+	if dd.Peers[0].Identity != nil {
+		t.Fatal("a device must not see identities")
+	}
+
+	var who proto.Whoami
+	e.must("GET", "/api/v1/whoami", alice.Token, nil, &who)
+	if len(who.Clusters) != 1 || who.Clusters[0].Name != "prod" {
+		t.Fatalf("whoami clusters = %+v", who.Clusters)
+	}
+
+	// Unassign: both sides drop the other.
+	e.must("DELETE", "/api/v1/assignments/"+asg.ID, admin.Token, nil, nil)
+	if m := am.next(); len(m.Removed) != 1 || m.Removed[0] != devKey || m.Version != 3 {
+		t.Fatalf("agent removal = %+v", m)
+	}
+	if m := dm.next(); len(m.Removed) != 1 || m.Removed[0] != agentKey {
+		t.Fatalf("device removal = %+v", m)
+	}
+
+	// Logout removes the device from the mesh and ends its stream.
+	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{Group: "dev", Role: "viewer", Cluster: "prod"}, nil)
+	if m := am.next(); len(m.Peers) != 1 || m.Peers[0].Identity.Roles[0].Source != "group:dev" {
+		t.Fatalf("group assignment delta = %+v", m)
+	}
+	dm.next()
+	e.must("DELETE", "/api/v1/session", alice.Token, nil, nil)
+	if m := am.next(); len(m.Removed) != 1 || m.Removed[0] != devKey {
+		t.Fatalf("after logout agent got %+v", m)
+	}
+	select {
+	case _, ok := <-dm.msgs:
+		if ok {
+			t.Fatal("device stream still open after logout")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("device stream not closed after logout")
+	}
+}
+
+func TestStateSurvivesRestart(t *testing.T) {
+	e := newTestEnv(t)
+	admin := e.login("admin@example.com")
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+
+	e.stop()
+	e.start()
+	var clusters []proto.Cluster
+	e.must("GET", "/api/v1/clusters", admin.Token, nil, &clusters)
+	if len(clusters) != 1 || len(clusters[0].Agents) != 1 || clusters[0].Agents[0].Addresses[0] != agent.Addresses[0] {
+		t.Fatalf("after restart clusters = %+v", clusters)
+	}
+	// The session and the join token still work; the address pool still
+	// knows the agent's address.
+	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil)
+	m := e.openMap(agent.NodeToken).next()
+	if !m.Snapshot || m.Self.Addresses[0] != agent.Addresses[0] {
+		t.Fatalf("after restart snapshot = %+v", m)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"plain http off loopback", Config{Listen: "0.0.0.0:443"}, "not loopback and no TLS"},
+		{"half TLS", Config{TLSCertFile: "c.pem"}, "needs both"},
+		{"http public url", Config{PublicURL: "http://clustral.example.com"}, "plain HTTP"},
+		{"tiny v4", Config{IPv4Prefix: mustPrefix("100.64.0.0/30")}, "at least a /24"},
+		{"issuer without client", Config{OIDC: OIDCConfig{Issuer: "https://idp"}}, "client id"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.cfg.withDefaults()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := (Config{}).withDefaults(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
