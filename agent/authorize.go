@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// groupAuthenticated is added to every impersonated identity, as the
+// apiserver's own authenticators do for any authenticated user.
+const groupAuthenticated = "system:authenticated"
+
+// impersonation is the Kubernetes identity a request is forwarded as.
+type impersonation struct {
+	user   string
+	groups []string // distinct, in grant order, system:authenticated last
+}
+
+func (a impersonation) equal(b impersonation) bool {
+	return a.user == b.user && slices.Equal(a.groups, b.groups)
+}
+
+// denial is why a caller may not use the proxy. Its message is a sentence
+// for a person, shown verbatim by kubectl.
+type denial struct {
+	status int
+	code   proto.ErrorCode
+	msg    string
+	// closeConn asks to close the client connection after the answer.
+	closeConn bool
+}
+
+func (d *denial) Error() string { return string(d.code) + ": " + d.msg }
+
+func deny(status int, code proto.ErrorCode, format string, args ...any) *denial {
+	return &denial{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// authorize decides, from the caller's peer in the current map and the time
+// now, whether the caller may use the proxy and as whom. It is a pure
+// function of its arguments.
+//
+// Grants whose Expires is at or before now do not apply. The impersonated
+// user is the login, unless an applicable grant names a KubeUser (the first
+// such grant wins); the groups are the distinct groups of every applicable
+// grant, plus system:authenticated. The identity's own OIDC groups select
+// assignments at the coordinator and are never impersonated.
+func authorize(cluster string, peer proto.Peer, now time.Time) (impersonation, *denial) {
+	if peer.Kind != proto.KindDevice {
+		return impersonation{}, deny(http.StatusForbidden, proto.CodeForbidden,
+			"Peer %s is a %s, not a user device; only user devices may use the Kubernetes proxy of cluster '%s'.",
+			peer.Key.ShortString(), kindName(peer.Kind), cluster)
+	}
+	id := peer.Identity
+	if id == nil {
+		return impersonation{}, deny(http.StatusForbidden, proto.CodeForbidden,
+			"The mesh has no user identity for this device (peer %s) on cluster '%s'. Run: clustral up, and try again; if it persists, ask an admin to check the coordinator.",
+			peer.Key.ShortString(), cluster)
+	}
+	if id.Login == "" {
+		return impersonation{}, deny(http.StatusForbidden, proto.CodeForbidden,
+			"The user behind this device (peer %s) has no login name, so cluster '%s' cannot tell who they are. Ask an admin to check the coordinator's login claim.",
+			peer.Key.ShortString(), cluster)
+	}
+	if !id.Expires.IsZero() && !now.Before(id.Expires) {
+		return impersonation{}, deny(http.StatusForbidden, proto.CodeAccessExpired,
+			"The session of %s expired at %s. Run: clustral login",
+			id.Login, id.Expires.UTC().Format(time.RFC3339))
+	}
+	if len(id.Roles) == 0 {
+		return impersonation{}, deny(http.StatusForbidden, proto.CodeNoRoleAssignment,
+			"%s has no role on cluster '%s'. Ask an admin to assign one, or run: clustral access request --cluster %s --role <role>",
+			id.Login, cluster, cluster)
+	}
+
+	var imp impersonation
+	for _, g := range id.Roles {
+		if g.Expires != nil && !now.Before(*g.Expires) {
+			continue
+		}
+		if imp.user == "" && g.KubeUser != "" {
+			imp.user = g.KubeUser
+		}
+		for _, group := range g.Groups {
+			if group != "" && group != groupAuthenticated && !slices.Contains(imp.groups, group) {
+				imp.groups = append(imp.groups, group)
+			}
+		}
+		if imp.groups == nil {
+			// Mark that at least one grant applies, even one with no groups.
+			imp.groups = []string{}
+		}
+	}
+	if imp.groups == nil {
+		last := latestExpiry(id.Roles)
+		return impersonation{}, deny(http.StatusForbidden, proto.CodeAccessExpired,
+			"The access of %s to cluster '%s' (role '%s') expired at %s. Ask an admin to renew it, or run: clustral access request --cluster %s --role %s",
+			id.Login, cluster, last.Role, last.Expires.UTC().Format(time.RFC3339), cluster, last.Role)
+	}
+	if imp.user == "" {
+		// Names under system: are Kubernetes' own (nodes, controllers,
+		// service accounts); an identity provider must never be able to
+		// claim one. Roles may, since admins set KubeUser deliberately.
+		if strings.HasPrefix(id.Login, "system:") {
+			return impersonation{}, deny(http.StatusForbidden, proto.CodeForbidden,
+				"The login '%s' is reserved by Kubernetes and cannot be used on cluster '%s'. Ask an admin to configure a different login claim.",
+				id.Login, cluster)
+		}
+		imp.user = id.Login
+	}
+	imp.groups = append(imp.groups, groupAuthenticated)
+	return imp, nil
+}
+
+// latestExpiry returns the grant that expired last. All grants must carry
+// an expiry.
+func latestExpiry(grants []proto.RoleGrant) proto.RoleGrant {
+	last := grants[0]
+	for _, g := range grants[1:] {
+		if g.Expires.After(*last.Expires) {
+			last = g
+		}
+	}
+	return last
+}
+
+func kindName(k proto.NodeKind) string {
+	switch k {
+	case proto.KindAgent:
+		return "cluster agent"
+	case "":
+		return "node of unknown kind"
+	}
+	return string(k)
+}

@@ -1,0 +1,303 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/clustral/clustral/proto"
+)
+
+const agentToken = "agent-sa-token"
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// fakePeers is a map the test edits.
+type fakePeers struct {
+	mu sync.Mutex
+	m  map[netip.Addr]proto.Peer
+}
+
+func (f *fakePeers) PeerByAddr(a netip.Addr) (proto.Peer, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.m[a]
+	return p, ok
+}
+
+func (f *fakePeers) set(a netip.Addr, p proto.Peer) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		f.m = make(map[netip.Addr]proto.Peer)
+	}
+	f.m[a] = p
+}
+
+func (f *fakePeers) remove(a netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.m, a)
+}
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func device(key byte, login string, roles ...proto.RoleGrant) proto.Peer {
+	return proto.Peer{
+		Key:  proto.Key{key},
+		Kind: proto.KindDevice,
+		Identity: &proto.Identity{
+			UserID:  "u-" + login,
+			Login:   login,
+			Roles:   roles,
+			Expires: t0.Add(24 * time.Hour),
+		},
+	}
+}
+
+func grant(role string, groups ...string) proto.RoleGrant {
+	return proto.RoleGrant{Role: role, Groups: groups}
+}
+
+// syncBuffer collects log output from concurrent handlers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// harness is a proxy served over TLS on loopback in front of a fake
+// apiserver (an HTTP/2-capable TLS httptest server). Peers maps 127.0.0.1
+// to alice by default.
+type harness struct {
+	tb       testing.TB
+	peers    *fakePeers
+	clock    *fakeClock
+	proxy    *Proxy
+	addr     string
+	upstream *httptest.Server
+	tlsConf  *tls.Config
+	logs     *syncBuffer
+	client   *http.Client
+}
+
+var proxyCert = sync.OnceValues(func() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "prod.clustral.internal"},
+		DNSNames:              []string{"prod.clustral.internal"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+})
+
+func newHarness(tb testing.TB, upstream http.Handler, configure ...func(*Config)) *harness {
+	tb.Helper()
+	up := httptest.NewUnstartedServer(upstream)
+	up.EnableHTTP2 = true
+	up.StartTLS()
+	tb.Cleanup(up.Close)
+
+	h := &harness{
+		tb:       tb,
+		peers:    &fakePeers{},
+		clock:    &fakeClock{now: t0},
+		upstream: up,
+		logs:     &syncBuffer{},
+	}
+	h.peers.set(loopback, device(1, "alice@example.com", grant("dev", "developers", "viewers"), grant("view", "viewers")))
+
+	cfg := Config{
+		Cluster: "prod",
+		Upstream: &rest.Config{
+			Host:            up.URL,
+			BearerToken:     agentToken,
+			TLSClientConfig: rest.TLSClientConfig{CAData: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw})},
+		},
+		Peers:  h.peers,
+		Now:    h.clock.Now,
+		Logger: slog.New(slog.NewTextHandler(h.logs, nil)),
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.proxy = p
+
+	cert, err := proxyCert()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.addr = l.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- p.ServeTLS(l, cert) }()
+	tb.Cleanup(func() {
+		p.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			tb.Errorf("ServeTLS returned %v, want http.ErrServerClosed", err)
+		}
+	})
+
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	h.tlsConf = &tls.Config{RootCAs: roots, ServerName: "prod.clustral.internal"}
+	tr := &http.Transport{
+		TLSClientConfig:   h.tlsConf.Clone(),
+		ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", h.addr)
+		},
+	}
+	tb.Cleanup(tr.CloseIdleConnections)
+	h.client = &http.Client{Transport: tr}
+	return h
+}
+
+func (h *harness) url(path string) string { return "https://prod.clustral.internal" + path }
+
+// get sends a GET through the proxy and returns the response with its body
+// read.
+func (h *harness) get(path string) (*http.Response, string) {
+	h.tb.Helper()
+	resp, err := h.client.Get(h.url(path))
+	if err != nil {
+		h.tb.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.tb.Fatalf("GET %s: read body: %v", path, err)
+	}
+	return resp, string(b)
+}
+
+// rawConn is an HTTP/1.1 TLS connection to the proxy, as kubectl opens for
+// upgrades.
+type rawConn struct {
+	*tls.Conn
+	br *bufio.Reader
+}
+
+func (h *harness) dial() *rawConn {
+	h.tb.Helper()
+	conf := h.tlsConf.Clone()
+	conf.NextProtos = []string{"http/1.1"}
+	c, err := tls.Dial("tcp", h.addr, conf)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	h.tb.Cleanup(func() { c.Close() })
+	return &rawConn{Conn: c, br: bufio.NewReader(c)}
+}
+
+// do writes a request head verbatim (extra holds header lines, each ending
+// in \r\n) and reads the response head.
+func (c *rawConn) do(tb testing.TB, method, path, extra string) *http.Response {
+	tb.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: prod.clustral.internal\r\n%s\r\n", method, path, extra); err != nil {
+		tb.Fatal(err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		tb.Fatalf("%s %s: read response: %v", method, path, err)
+	}
+	return resp
+}
+
+// waitClosed fails unless reading from c ends within a few seconds, and
+// returns what was read.
+func (c *rawConn) waitClosed(tb testing.TB) {
+	tb.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.Copy(io.Discard, c.br)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		tb.Fatalf("connection still open after 5s")
+	}
+}
+
+// waitFor fails unless ch delivers within a few seconds.
+func waitFor[T any](tb testing.TB, ch <-chan T, what string) T {
+	tb.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		tb.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}

@@ -1,0 +1,517 @@
+// Package agent is the in-cluster side of clustral: the identity-aware
+// Kubernetes proxy that an agent serves on its overlay address.
+//
+// The proxy knows who is calling only from the connection: the overlay
+// source address of the connection names a WireGuard peer, and the peer's
+// identity in the current network map says who the user is and which roles
+// apply on this cluster. Nothing in the request can change that. Requests
+// are forwarded to the kube-apiserver with the agent's own credentials and
+// Impersonate-User / Impersonate-Group headers; the apiserver's RBAC judges
+// the impersonated identity.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"k8s.io/client-go/rest"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// Peers resolves the overlay source address of a connection to the peer
+// that owns it in the current network map, with the peer's identity.
+//
+// Implementations must be safe for concurrent use and should answer in
+// O(1): the proxy calls PeerByAddr once per request, and once per live
+// request on every sweep. The returned Peer, including what it points to,
+// must not be modified afterwards; a map change replaces a peer, never
+// edits it in place.
+type Peers interface {
+	PeerByAddr(addr netip.Addr) (proto.Peer, bool)
+}
+
+// DefaultSweepInterval is how often a Proxy re-evaluates its live
+// requests on its own clock, so that expiry and unannounced map changes
+// take effect within a second.
+const DefaultSweepInterval = 500 * time.Millisecond
+
+// Config configures a Proxy.
+type Config struct {
+	// Cluster is the name of the cluster, used in messages to the user.
+	Cluster string
+	// Upstream reaches the kube-apiserver with the agent's own
+	// credentials (in-cluster config, or a kubeconfig). Its Impersonate
+	// settings are ignored, and a custom Transport is not supported.
+	Upstream *rest.Config
+	// Peers is the identity source.
+	Peers Peers
+	// Now is the clock that decides expiry; nil means time.Now.
+	Now func() time.Time
+	// Logger receives one line per request; nil means slog.Default().
+	Logger *slog.Logger
+	// SweepInterval is how often live requests are re-evaluated on the
+	// proxy's own clock; zero means DefaultSweepInterval.
+	SweepInterval time.Duration
+}
+
+// Proxy is the identity-aware Kubernetes proxy. It is an http.Handler and
+// safe for concurrent use.
+//
+// Every request is authorized on its own from the current map. Requests
+// in flight (watches, logs -f, upgraded exec/attach/port-forward streams)
+// are tracked by peer key and closed when the map no longer allows them:
+// on Reevaluate, on ClosePeer, and on a sweep every SweepInterval that
+// catches expiry by the proxy's clock. A live request whose impersonated
+// identity would now differ (a role change) is closed too, so it cannot
+// go on with stale rights; the client reconnects with the new ones.
+//
+// Served through Serve or ServeTLS, the proxy also tracks connections: a
+// connection is pinned to the peer of its first request, and closing a
+// request closes its connection, which also breaks a write blocked on a
+// client that stopped reading. Used as a plain handler under another
+// server, requests are still cancelled, but idle connections are that
+// server's business.
+//
+// Close stops the sweep and closes every server, connection and request.
+type Proxy struct {
+	cluster string
+	peers   Peers
+	now     func() time.Time
+	log     *slog.Logger
+
+	rp        *httputil.ReverseProxy // HTTP/2 or HTTP/1.1 upstream
+	rpUpgrade *httputil.ReverseProxy // HTTP/1.1 only, no keep-alive
+	upgradeTr *http.Transport
+
+	// gen advances on every Reevaluate and ClosePeer, so a request that
+	// was authorized before one can tell that it must check again.
+	gen atomic.Uint64
+
+	sweepEvery time.Duration
+	stop       chan struct{}
+	sweepDone  chan struct{}
+
+	mu      sync.Mutex
+	closed  bool
+	live    map[proto.Key]*peerLive
+	conns   map[*trackedConn]struct{}
+	servers map[*http.Server]struct{}
+}
+
+// New returns a Proxy forwarding to c.Upstream and starts its expiry
+// sweep. The caller must Close it.
+func New(c Config) (*Proxy, error) {
+	if c.Upstream == nil {
+		return nil, errors.New("new proxy: no upstream config")
+	}
+	if c.Peers == nil {
+		return nil, errors.New("new proxy: no peers")
+	}
+	if c.Cluster == "" {
+		return nil, errors.New("new proxy: no cluster name")
+	}
+	target, mainTr, upgradeTr, err := upstream(c.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("new proxy for cluster %s: %w", c.Cluster, err)
+	}
+	p := &Proxy{
+		cluster:    c.Cluster,
+		peers:      c.Peers,
+		now:        c.Now,
+		log:        c.Logger,
+		sweepEvery: c.SweepInterval,
+		stop:       make(chan struct{}),
+		sweepDone:  make(chan struct{}),
+		live:       make(map[proto.Key]*peerLive),
+		conns:      make(map[*trackedConn]struct{}),
+		servers:    make(map[*http.Server]struct{}),
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.sweepEvery <= 0 {
+		p.sweepEvery = DefaultSweepInterval
+	}
+	errLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
+	rewrite := func(pr *httputil.ProxyRequest) { rewriteRequest(pr, target) }
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      mainTr,
+		FlushInterval:  -1,
+		BufferPool:     bufferPool{},
+		ErrorLog:       errLog,
+		ErrorHandler:   p.proxyError,
+		ModifyResponse: modifyResponse,
+	}
+	p.upgradeTr = upgradeTr.base
+	p.rpUpgrade = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      upgradeTr.rt,
+		FlushInterval:  -1,
+		BufferPool:     bufferPool{},
+		ErrorLog:       errLog,
+		ErrorHandler:   p.proxyError,
+		ModifyResponse: modifyUpgradeResponse,
+	}
+	go p.sweep()
+	return p, nil
+}
+
+type upgradeTransport struct {
+	base *http.Transport
+	rt   http.RoundTripper
+}
+
+// upstream builds the apiserver URL and two transports from cfg: the
+// client-go transport for ordinary requests (which may speak HTTP/2), and
+// an HTTP/1.1-only transport without keep-alive for upgrades, since an
+// HTTP/2 connection cannot switch protocols. Both authenticate with cfg's
+// credentials through client-go's wrappers.
+func upstream(cfg *rest.Config) (*url.URL, http.RoundTripper, upgradeTransport, error) {
+	c := rest.CopyConfig(cfg)
+	c.Impersonate = rest.ImpersonationConfig{}
+	if c.Transport != nil {
+		return nil, nil, upgradeTransport{}, errors.New("upstream config with a custom Transport is not supported")
+	}
+	target, _, err := rest.DefaultServerUrlFor(c)
+	if err != nil {
+		return nil, nil, upgradeTransport{}, fmt.Errorf("upstream URL: %w", err)
+	}
+	mainTr, err := rest.TransportFor(c)
+	if err != nil {
+		return nil, nil, upgradeTransport{}, fmt.Errorf("upstream transport: %w", err)
+	}
+	tlsConf, err := rest.TLSConfigFor(c)
+	if err != nil {
+		return nil, nil, upgradeTransport{}, fmt.Errorf("upstream TLS config: %w", err)
+	}
+	if tlsConf != nil {
+		tlsConf.NextProtos = []string{"http/1.1"}
+	}
+	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if c.Dial != nil {
+		dial = c.Dial
+	}
+	proxy := http.ProxyFromEnvironment
+	if c.Proxy != nil {
+		proxy = c.Proxy
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	base := &http.Transport{
+		Proxy:               proxy,
+		DialContext:         dial,
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: 10 * time.Second,
+		// An upgrade consumes its connection; one refused with another
+		// status is not reused either.
+		DisableKeepAlives: true,
+		Protocols:         &protos,
+	}
+	rt, err := rest.HTTPWrappersForConfig(c, base)
+	if err != nil {
+		return nil, nil, upgradeTransport{}, fmt.Errorf("upstream upgrade transport: %w", err)
+	}
+	return target, mainTr, upgradeTransport{base: base, rt: rt}, nil
+}
+
+// allowedUpgrades are the protocols kubectl exec, attach and port-forward
+// use.
+var allowedUpgrades = []string{"SPDY/3.1", "websocket"}
+
+// upgradeOf returns the requested upgrade protocol, whether the request
+// asks for one, and whether it is allowed.
+func upgradeOf(h http.Header) (proto string, upgrade, ok bool) {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return "", false, false
+	}
+	v := h.Values("Upgrade")
+	if len(v) != 1 {
+		return strings.Join(v, ", "), true, false
+	}
+	for _, a := range allowedUpgrades {
+		if strings.EqualFold(strings.TrimSpace(v[0]), a) {
+			return v[0], true, true
+		}
+	}
+	return v[0], true, false
+}
+
+// ServeHTTP authorizes r from its connection's peer and forwards it.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	var (
+		peer    proto.Peer
+		imp     impersonation
+		code    proto.ErrorCode
+		s       *stream
+		aborted bool
+	)
+	defer func() {
+		v := recover()
+		aborted = v != nil
+		p.logRequest(r, start, sw, peer, imp, code, s, aborted)
+		if v != nil {
+			panic(v)
+		}
+	}()
+
+	up, isUpgrade, upgradeOK := upgradeOf(r.Header)
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	for {
+		// Decide, then track the request so revocations find it. A
+		// Reevaluate or ClosePeer that ran in between may not have seen it:
+		// then decide again.
+		gen := p.gen.Load()
+		addr, pr, d := p.identify(r)
+		peer = pr
+		if d == nil {
+			imp, d = authorize(p.cluster, peer, p.now())
+		}
+		if d == nil && isUpgrade && !upgradeOK {
+			d = deny(http.StatusBadRequest, proto.CodeBadUpgrade,
+				"Upgrade to %q is not supported by the clustral proxy of cluster '%s'; only SPDY/3.1 and websocket are (kubectl exec, attach, port-forward).",
+				up, p.cluster)
+		}
+		if d == nil {
+			s = &stream{key: peer.Key, addr: addr, imp: imp, ctx: ctx, cancel: cancel, conn: connFrom(r.Context())}
+			d = p.track(s)
+		}
+		if d != nil {
+			s = nil
+			code = d.code
+			writeDenial(sw, d)
+			return
+		}
+		if p.gen.Load() == gen {
+			break
+		}
+		p.untrack(s)
+	}
+	defer p.untrack(s)
+
+	rp := p.rp
+	if isUpgrade {
+		rp = p.rpUpgrade
+	}
+	rp.ServeHTTP(sw, r.WithContext(context.WithValue(ctx, streamKey{}, s)))
+}
+
+// identify resolves the caller of r. A connection served by Serve is
+// pinned to the peer of its first request; a later request on it from
+// another peer is refused, and the connection closed.
+func (p *Proxy) identify(r *http.Request) (netip.Addr, proto.Peer, *denial) {
+	unknown := deny(http.StatusForbidden, proto.CodeUnknownPeer,
+		"This connection does not come from a device that cluster '%s' knows. Run: clustral up, and try again.", p.cluster)
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, proto.Peer{}, unknown
+	}
+	addr := ap.Addr().Unmap()
+	peer, ok := p.peers.PeerByAddr(addr)
+	if !ok {
+		return addr, proto.Peer{}, unknown
+	}
+	if c := connFrom(r.Context()); c != nil && !p.pin(c, peer.Key) {
+		d := deny(http.StatusForbidden, proto.CodeUnknownPeer,
+			"This connection was opened by another device than the one now using its address. Reconnect and try again.")
+		d.closeConn = true
+		return addr, proto.Peer{}, d
+	}
+	return addr, peer, nil
+}
+
+// streamKey carries the *stream of a request to the Rewrite and
+// ModifyResponse hooks.
+type streamKey struct{}
+
+func streamFrom(ctx context.Context) *stream {
+	s, _ := ctx.Value(streamKey{}).(*stream)
+	return s
+}
+
+// rewriteRequest builds the upstream request. ReverseProxy has already
+// removed hop-by-hop headers, those named in Connection, and Forwarded /
+// X-Forwarded-{For,Host,Proto}.
+func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
+	s := streamFrom(pr.In.Context())
+	pr.SetURL(target)
+	h := pr.Out.Header
+	for k := range h {
+		if dropHeader(k) {
+			delete(h, k)
+		}
+	}
+	// The overlay source address is the only client address there is, and
+	// the client cannot choose it. Host and proto are not forwarded.
+	h.Set("X-Forwarded-For", s.addr.String())
+	h["Impersonate-User"] = []string{s.imp.user}
+	h["Impersonate-Group"] = s.imp.groups
+}
+
+// dropHeader reports whether a client header (in canonical form) must not
+// reach the apiserver: credentials, impersonation, forwarding claims and
+// the front-proxy identity headers.
+func dropHeader(k string) bool {
+	switch k {
+	case "Authorization", "Forwarded", "X-Real-Ip":
+		return true
+	}
+	return hasPrefixFold(k, "Impersonate-") ||
+		hasPrefixFold(k, "X-Forwarded-") ||
+		hasPrefixFold(k, "X-Remote-")
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+func modifyResponse(res *http.Response) error {
+	if s := streamFrom(res.Request.Context()); s != nil {
+		s.responded.Store(true)
+	}
+	return nil
+}
+
+// modifyUpgradeResponse passes a refused upgrade to the client and closes
+// the client connection after it.
+func modifyUpgradeResponse(res *http.Response) error {
+	modifyResponse(res)
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		if s := streamFrom(res.Request.Context()); s != nil {
+			s.upgraded.Store(true)
+		}
+		return nil
+	}
+	res.Header.Set("Connection", "close")
+	return nil
+}
+
+// proxyError answers a request that could not be forwarded.
+func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	ctx := r.Context()
+	var d *denial
+	if errors.As(context.Cause(ctx), &d) {
+		writeDenial(w, d)
+		return
+	}
+	if ctx.Err() != nil {
+		return // the client went away
+	}
+	p.log.Warn("upstream request failed", "cluster", p.cluster, "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusBadGateway, proto.CodeUpstreamUnavailable, fmt.Sprintf(
+		"The agent of cluster '%s' cannot reach the Kubernetes API server. Check that the API server is up and look at the agent's logs; then try again.",
+		p.cluster))
+}
+
+func writeDenial(w http.ResponseWriter, d *denial) {
+	if d.closeConn {
+		w.Header().Set("Connection", "close")
+	}
+	writeError(w, d.status, d.code, d.msg)
+}
+
+// writeError answers with a plain text sentence, which kubectl shows
+// verbatim, and the machine-readable code in its header.
+func writeError(w http.ResponseWriter, status int, code proto.ErrorCode, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set(proto.HeaderErrorCode, string(code))
+	w.WriteHeader(status)
+	io.WriteString(w, msg+"\n")
+}
+
+func (p *Proxy) logRequest(r *http.Request, start time.Time, sw *statusWriter, peer proto.Peer, imp impersonation, code proto.ErrorCode, s *stream, aborted bool) {
+	info := parseRequestInfo(r)
+	status := sw.status
+	if s != nil && s.upgraded.Load() {
+		status = http.StatusSwitchingProtocols
+	}
+	attrs := []slog.Attr{
+		slog.String("cluster", p.cluster),
+		slog.String("remote", r.RemoteAddr),
+		slog.String("verb", info.Verb),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", status),
+		slog.Duration("duration", time.Since(start)),
+	}
+	if !peer.Key.IsZero() {
+		attrs = append(attrs, slog.String("peer", peer.Key.ShortString()))
+	}
+	if peer.Identity != nil {
+		attrs = append(attrs, slog.String("user", peer.Identity.Login))
+	}
+	if imp.user != "" && (peer.Identity == nil || imp.user != peer.Identity.Login) {
+		attrs = append(attrs, slog.String("kube_user", imp.user))
+	}
+	if info.Resource != "" {
+		attrs = append(attrs, slog.String("resource", info.Resource))
+	}
+	if info.Namespace != "" {
+		attrs = append(attrs, slog.String("namespace", info.Namespace))
+	}
+	if code != "" {
+		attrs = append(attrs, slog.String("code", string(code)))
+	}
+	if s != nil {
+		var d *denial
+		if errors.As(context.Cause(s.ctx), &d) {
+			attrs = append(attrs, slog.String("closed", string(d.code)))
+		}
+	}
+	if aborted {
+		attrs = append(attrs, slog.Bool("aborted", true))
+	}
+	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}
+
+// statusWriter records the status of a response. Unwrap lets
+// http.ResponseController reach Flush and Hijack.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// bufferPool recycles ReverseProxy's copy buffers.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }

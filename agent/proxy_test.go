@@ -1,0 +1,402 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// recorder is a fake apiserver that hands every request's headers and
+// protocol version to the test.
+type recorder chan *http.Request
+
+func (rec recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec <- r.Clone(context.Background())
+	w.Header().Set("Content-Type", "application/json")
+	io.WriteString(w, `{"kind":"PodList","items":[]}`)
+}
+
+func TestHeaderInjection(t *testing.T) {
+	rec := make(recorder, 1)
+	h := newHarness(t, rec)
+
+	tests := []struct {
+		name    string
+		headers string
+	}{
+		{"none", ""},
+		{"bearer", "Authorization: Bearer x\r\n"},
+		{"basic", "Authorization: Basic YWRtaW46YWRtaW4=\r\n"},
+		{"impersonate user", "Impersonate-User: admin\r\n"},
+		{"impersonate group", "Impersonate-Group: system:masters\r\nImpersonate-Group: system:nodes\r\n"},
+		{"impersonate uid", "Impersonate-Uid: 0\r\n"},
+		{"impersonate extra", "Impersonate-Extra-Scopes: all\r\nImpersonate-Extra-Acme.com%2Fproject: x\r\n"},
+		{"mixed case", "iMpErSoNaTe-UsEr: admin\r\nIMPERSONATE-GROUP: system:masters\r\nauthorization: Bearer x\r\nimpersonate-extra-foo: bar\r\n"},
+		{"named in Connection", "Connection: Impersonate-User, Impersonate-Group\r\nImpersonate-User: admin\r\nImpersonate-Group: system:masters\r\n"},
+		{"Authorization named in Connection", "Connection: Authorization\r\nAuthorization: Bearer x\r\n"},
+		{"forwarded spoof", "X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: http\r\nX-Forwarded-User: admin\r\nX-Real-Ip: 10.0.0.1\r\n"},
+		{"front-proxy headers", "X-Remote-User: admin\r\nX-Remote-Group: system:masters\r\nX-Remote-Extra-Scopes: all\r\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := h.dial()
+			resp := c.do(t, "GET", "/api/v1/namespaces/default/pods", tt.headers)
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status = %d, want 200", resp.StatusCode)
+			}
+			got := waitFor(t, rec, "upstream request").Header
+
+			want := map[string][]string{
+				"Authorization":     {"Bearer " + agentToken},
+				"Impersonate-User":  {"alice@example.com"},
+				"Impersonate-Group": {"developers", "viewers", "system:authenticated"},
+				"X-Forwarded-For":   {"127.0.0.1"},
+			}
+			for k, v := range want {
+				if !slices.Equal(got[k], v) {
+					t.Errorf("upstream %s = %q, want %q", k, got[k], v)
+				}
+			}
+			for k, v := range got {
+				if _, ok := want[k]; ok {
+					continue
+				}
+				for _, prefix := range []string{"Impersonate-", "X-Forwarded-", "X-Remote-", "Forwarded", "X-Real-Ip"} {
+					if strings.HasPrefix(k, prefix) {
+						t.Errorf("upstream got client header %s: %q", k, v)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestUpstreamProtocols(t *testing.T) {
+	protos := make(chan int, 1)
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		protos <- r.ProtoMajor
+		if r.Header.Get("Upgrade") != "" {
+			http.Error(w, "no", http.StatusForbidden)
+		}
+	}))
+	resp, _ := h.get("/api/v1/pods")
+	if resp.ProtoMajor != 2 {
+		t.Errorf("client to proxy over HTTP/%d, want 2", resp.ProtoMajor)
+	}
+	if p := waitFor(t, protos, "GET upstream"); p != 2 {
+		t.Errorf("ordinary request went upstream over HTTP/%d, want 2", p)
+	}
+	c := h.dial()
+	c.do(t, "POST", "/api/v1/namespaces/default/pods/p/exec", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n")
+	if p := waitFor(t, protos, "upgrade upstream"); p != 1 {
+		t.Errorf("upgrade went upstream over HTTP/%d, want 1", p)
+	}
+}
+
+func TestDenials(t *testing.T) {
+	expiredGrant := device(1, "alice@example.com", grant("admin", "system:masters"))
+	expiredGrant.Identity.Roles[0].Expires = at(-time.Minute)
+	expiredSession := device(1, "alice@example.com", grant("view", "viewers"))
+	expiredSession.Identity.Expires = t0.Add(-time.Second)
+	agent := device(1, "alice@example.com", grant("view", "viewers"))
+	agent.Kind = proto.KindAgent
+	noIdentity := device(1, "")
+	noIdentity.Identity = nil
+
+	tests := []struct {
+		name   string
+		peer   *proto.Peer // nil: unknown
+		status int
+		code   proto.ErrorCode
+		body   string // substring
+	}{
+		{"unknown peer", nil, 403, proto.CodeUnknownPeer, "Run: clustral up"},
+		{"no role", ptr(device(1, "alice@example.com")), 403, proto.CodeNoRoleAssignment,
+			"alice@example.com has no role on cluster 'prod'. Ask an admin to assign one, or run: clustral access request --cluster prod --role <role>\n"},
+		{"expired grant", &expiredGrant, 403, proto.CodeAccessExpired, "clustral access request --cluster prod --role admin"},
+		{"expired session", &expiredSession, 403, proto.CodeAccessExpired, "Run: clustral login"},
+		{"agent peer", &agent, 403, proto.CodeForbidden, "not a user device"},
+		{"no identity", &noIdentity, 403, proto.CodeForbidden, "no user identity"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				t.Errorf("denied request reached the apiserver: %s %s", r.Method, r.URL)
+			}))
+			h.peers.remove(loopback)
+			if tt.peer != nil {
+				h.peers.set(loopback, *tt.peer)
+			}
+			resp, body := h.get("/api/v1/namespaces/default/pods")
+			checkError(t, resp, body, tt.status, tt.code, tt.body)
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func checkError(t *testing.T, resp *http.Response, body string, status int, code proto.ErrorCode, contains string) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Errorf("status = %d, want %d", resp.StatusCode, status)
+	}
+	if got := resp.Header.Get(proto.HeaderErrorCode); got != string(code) {
+		t.Errorf("%s = %q, want %q", proto.HeaderErrorCode, got, code)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
+		t.Errorf("Content-Type = %q, want text/plain; charset=utf-8", ct)
+	}
+	if !strings.Contains(body, contains) {
+		t.Errorf("body %q does not contain %q", body, contains)
+	}
+}
+
+func TestUpstreamUnavailable(t *testing.T) {
+	h := newHarness(t, http.NotFoundHandler())
+	h.upstream.Close()
+	resp, body := h.get("/api/v1/pods")
+	checkError(t, resp, body, http.StatusBadGateway, proto.CodeUpstreamUnavailable, "cannot reach the Kubernetes API server")
+}
+
+func TestLogLine(t *testing.T) {
+	h := newHarness(t, make(recorder, 1))
+	req, _ := http.NewRequest("GET", h.url("/api/v1/namespaces/default/pods?labelSelector=app"), nil)
+	req.Header.Set("Authorization", "Bearer client-secret-token")
+	resp, err := h.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	h.peers.remove(loopback)
+	h.get("/version")
+	h.proxy.Close() // the log line is written after the response
+
+	logs := h.logs.String()
+	for _, want := range []string{"user=alice@example.com", "verb=list", "path=/api/v1/namespaces/default/pods", "status=200", "resource=pods", "namespace=default", "duration=", "code=UNKNOWN_PEER", "status=403"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+	for _, secret := range []string{"client-secret-token", agentToken} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("logs contain a secret %q:\n%s", secret, logs)
+		}
+	}
+}
+
+// watchUpstream streams one event per write from /watch requests: it writes
+// a line, flushes, and waits for the test or for the request to end.
+type watchUpstream struct {
+	next  chan string   // lines to send
+	ended chan struct{} // signalled when a watch request ends
+}
+
+func newWatchUpstream() *watchUpstream {
+	return &watchUpstream{next: make(chan string), ended: make(chan struct{}, 8)}
+}
+
+func (u *watchUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("watch") == "" {
+		io.WriteString(w, "{}")
+		return
+	}
+	defer func() { u.ended <- struct{}{} }()
+	w.Header().Set("Content-Type", "application/json")
+	rc := http.NewResponseController(w)
+	io.WriteString(w, `{"type":"ADDED"}`+"\n")
+	rc.Flush()
+	for {
+		select {
+		case line, ok := <-u.next:
+			if !ok {
+				return
+			}
+			io.WriteString(w, line+"\n")
+			rc.Flush()
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// openWatch starts a watch through the proxy and returns a reader of its
+// lines; the first line has been read already.
+func openWatch(t *testing.T, h *harness) (*bufio.Reader, io.Closer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", h.url("/api/v1/namespaces/default/pods?watch=true"), nil)
+	resp, err := h.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("watch status = %d", resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	line := make(chan string, 1)
+	go func() {
+		l, _ := br.ReadString('\n')
+		line <- l
+	}()
+	if got := waitFor(t, line, "first watch event"); got != `{"type":"ADDED"}`+"\n" {
+		t.Fatalf("first event = %q", got)
+	}
+	return br, resp.Body
+}
+
+func TestWatchStreams(t *testing.T) {
+	up := newWatchUpstream()
+	h := newHarness(t, up)
+	br, body := openWatch(t, h) // the upstream has not finished: it waits on up.next
+	defer body.Close()
+
+	up.next <- `{"type":"MODIFIED"}`
+	line := make(chan string, 1)
+	go func() {
+		l, _ := br.ReadString('\n')
+		line <- l
+	}()
+	if got := waitFor(t, line, "second watch event"); got != `{"type":"MODIFIED"}`+"\n" {
+		t.Fatalf("second event = %q", got)
+	}
+	close(up.next)
+	rest, err := io.ReadAll(br)
+	if err != nil || len(rest) != 0 {
+		t.Fatalf("end of watch = %q, %v", rest, err)
+	}
+}
+
+// echoUpgrade is a fake apiserver that switches protocols on upgrade
+// requests and then echoes bytes, and refuses upgrades under /deny.
+type echoUpgrade struct {
+	t     testing.TB
+	ended chan struct{} // signalled when an upgraded stream ends
+}
+
+func newEchoUpgrade(t testing.TB) *echoUpgrade {
+	return &echoUpgrade{t: t, ended: make(chan struct{}, 8)}
+}
+
+func (u *echoUpgrade) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.Contains(r.URL.Path, "/deny/") {
+		http.Error(w, "pods \"p\" is forbidden: cannot create pods/exec", http.StatusForbidden)
+		return
+	}
+	up := r.Header.Get("Upgrade")
+	if up == "" || !strings.EqualFold(r.Header.Get("Connection"), "Upgrade") {
+		http.Error(w, "not an upgrade", http.StatusBadRequest)
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		u.t.Errorf("hijack: %v", err)
+		return
+	}
+	defer func() {
+		conn.Close()
+		u.ended <- struct{}{}
+	}()
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + up + "\r\n\r\n")
+	brw.Flush()
+	buf := make([]byte, 1024)
+	for {
+		n, err := brw.Read(buf)
+		if n > 0 {
+			conn.Write(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// openUpgrade upgrades a fresh connection with proto and checks that
+// bytes flow both ways.
+func openUpgrade(t *testing.T, h *harness, proto string) *rawConn {
+	t.Helper()
+	c := h.dial()
+	resp := c.do(t, "POST", "/api/v1/namespaces/default/pods/p/exec?command=sh", "Connection: Upgrade\r\nUpgrade: "+proto+"\r\n")
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("upgrade status = %d %q", resp.StatusCode, b)
+	}
+	if got := resp.Header.Get("Upgrade"); got != proto {
+		t.Fatalf("Upgrade = %q, want %q", got, proto)
+	}
+	c.echo(t, "ping "+proto)
+	return c
+}
+
+func (c *rawConn) echo(t testing.TB, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c.br, got); err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if string(got) != msg {
+		t.Fatalf("echo = %q, want %q", got, msg)
+	}
+}
+
+func TestUpgrade(t *testing.T) {
+	for _, proto := range []string{"SPDY/3.1", "websocket"} {
+		t.Run(proto, func(t *testing.T) {
+			up := newEchoUpgrade(t)
+			h := newHarness(t, up)
+			c := openUpgrade(t, h, proto)
+			c.echo(t, "more bytes")
+			c.CloseWrite()
+			waitFor(t, up.ended, "upstream stream end")
+			c.waitClosed(t)
+		})
+	}
+}
+
+func TestUpgradeRefused(t *testing.T) {
+	h := newHarness(t, newEchoUpgrade(t))
+	c := h.dial()
+	resp := c.do(t, "POST", "/api/v1/namespaces/default/deny/p/exec", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n")
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "cannot create pods/exec") {
+		t.Fatalf("refused upgrade = %d %q, want the apiserver's 403", resp.StatusCode, body)
+	}
+	if !resp.Close {
+		t.Errorf("refused upgrade response does not close the connection")
+	}
+	c.waitClosed(t)
+}
+
+func TestBadUpgrade(t *testing.T) {
+	tests := []struct{ name, headers string }{
+		{"h2c", "Connection: Upgrade\r\nUpgrade: h2c\r\n"},
+		{"two protocols", "Connection: Upgrade\r\nUpgrade: websocket, h2c\r\n"},
+		{"two headers", "Connection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: SPDY/3.1\r\n"},
+		{"no protocol", "Connection: Upgrade\r\n"},
+	}
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("bad upgrade reached the apiserver: %s", r.Header.Values("Upgrade"))
+	}))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := h.dial()
+			resp := c.do(t, "GET", "/api/v1/namespaces/default/pods/p/exec", tt.headers)
+			body, _ := io.ReadAll(resp.Body)
+			checkError(t, resp, string(body), http.StatusBadRequest, proto.CodeBadUpgrade, "only SPDY/3.1 and websocket")
+		})
+	}
+}

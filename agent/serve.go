@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// Serve serves the proxy over plain HTTP on l, for a listener that
+// terminates TLS itself and for tests. See ServeTLS.
+func (p *Proxy) Serve(l net.Listener) error {
+	return p.serve(l, nil)
+}
+
+// ServeTLS serves the proxy over HTTPS with cert on l, normally the
+// agent's overlay listener :443 inside the netstack, whose connections'
+// RemoteAddr is the overlay source address. Clients may speak HTTP/2 or
+// HTTP/1.1; kubectl uses HTTP/1.1 for upgrades.
+//
+// ServeTLS tracks every connection it accepts, so Reevaluate, ClosePeer
+// and Close can cut it. It blocks until l fails or Close is called, and
+// always returns a non-nil error: http.ErrServerClosed after Close. It
+// closes l when it returns.
+func (p *Proxy) ServeTLS(l net.Listener, cert tls.Certificate) error {
+	return p.serve(l, &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+	})
+}
+
+func (p *Proxy) serve(l net.Listener, tlsConf *tls.Config) error {
+	srv := &http.Server{
+		Handler:           p,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ConnContext:       connContext,
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		l.Close()
+		return http.ErrServerClosed
+	}
+	p.servers[srv] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.servers, srv)
+		p.mu.Unlock()
+	}()
+
+	tl := &trackingListener{Listener: l, p: p}
+	defer tl.Close()
+	if tlsConf != nil {
+		return srv.ServeTLS(tl, "", "")
+	}
+	return srv.Serve(tl)
+}
+
+// trackingListener registers every connection it accepts with its Proxy.
+type trackingListener struct {
+	net.Listener
+	p *Proxy
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, p: l.p}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		tc.addr = ap.Addr().Unmap()
+	}
+	p := l.p
+	p.mu.Lock()
+	closed := p.closed
+	if !closed {
+		p.conns[tc] = struct{}{}
+	}
+	p.mu.Unlock()
+	if closed {
+		c.Close()
+		return nil, http.ErrServerClosed
+	}
+	return tc, nil
+}
+
+// trackedConn is a client connection known to its Proxy. Close removes it
+// from the Proxy's books whoever calls it: the http.Server, ReverseProxy
+// after a hijack, or a revocation.
+type trackedConn struct {
+	net.Conn
+	p    *Proxy
+	addr netip.Addr
+
+	// Guarded by p.mu.
+	pinned bool
+	key    proto.Key
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func (c *trackedConn) Close() error {
+	c.closeOnce.Do(func() {
+		p := c.p
+		p.mu.Lock()
+		delete(p.conns, c)
+		if c.pinned {
+			if pl := p.live[c.key]; pl != nil {
+				delete(pl.conns, c)
+				p.dropIfEmptyLocked(c.key, pl)
+			}
+		}
+		p.mu.Unlock()
+		c.closeErr = c.Conn.Close()
+	})
+	return c.closeErr
+}
+
+// CloseWrite half-closes the connection when the underlying one can, so
+// an upgraded stream can pass on the end of one direction.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+type connKey struct{}
+
+// connContext is the http.Server hook that makes a request's trackedConn
+// reachable from its context.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	if tc, ok := c.(*trackedConn); ok {
+		return context.WithValue(ctx, connKey{}, tc)
+	}
+	return ctx
+}
+
+func connFrom(ctx context.Context) *trackedConn {
+	c, _ := ctx.Value(connKey{}).(*trackedConn)
+	return c
+}

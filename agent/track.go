@@ -1,0 +1,264 @@
+package agent
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// stream is a request in flight: an ordinary request, a watch or log
+// stream, or an upgraded connection.
+type stream struct {
+	key    proto.Key
+	addr   netip.Addr
+	imp    impersonation // what it was authorized as; never changes
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	conn   *trackedConn // nil unless served by Serve or ServeTLS
+
+	responded atomic.Bool // the upstream answered; headers are on the way
+	upgraded  atomic.Bool // the upstream switched protocols
+}
+
+// peerLive is what one peer has open.
+type peerLive struct {
+	streams map[*stream]struct{}
+	conns   map[*trackedConn]struct{} // pinned to this peer
+}
+
+func (p *Proxy) peerLiveLocked(k proto.Key) *peerLive {
+	pl := p.live[k]
+	if pl == nil {
+		pl = &peerLive{streams: make(map[*stream]struct{}), conns: make(map[*trackedConn]struct{})}
+		p.live[k] = pl
+	}
+	return pl
+}
+
+func (p *Proxy) dropIfEmptyLocked(k proto.Key, pl *peerLive) {
+	if len(pl.streams) == 0 && len(pl.conns) == 0 {
+		delete(p.live, k)
+	}
+}
+
+func (p *Proxy) errShuttingDown() *denial {
+	return deny(http.StatusServiceUnavailable, proto.CodeUpstreamUnavailable,
+		"The agent of cluster '%s' is shutting down. Try again in a moment.", p.cluster)
+}
+
+// track registers s, unless the proxy is closed.
+func (p *Proxy) track(s *stream) *denial {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return p.errShuttingDown()
+	}
+	p.peerLiveLocked(s.key).streams[s] = struct{}{}
+	return nil
+}
+
+func (p *Proxy) untrack(s *stream) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pl := p.live[s.key]; pl != nil {
+		delete(pl.streams, s)
+		p.dropIfEmptyLocked(s.key, pl)
+	}
+}
+
+// pin binds c to the peer of its first request and reports whether key is
+// that peer.
+func (p *Proxy) pin(c *trackedConn, key proto.Key) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.pinned {
+		return c.key == key
+	}
+	c.pinned, c.key = true, key
+	if _, ok := p.conns[c]; ok { // not closed meanwhile
+		p.peerLiveLocked(key).conns[c] = struct{}{}
+	}
+	return true
+}
+
+// recheck decides s again from the current map, as of now. A stream whose
+// impersonated identity would now differ is refused too.
+func (p *Proxy) recheck(s *stream, now time.Time) *denial {
+	peer, ok := p.peers.PeerByAddr(s.addr)
+	if !ok || peer.Key != s.key {
+		return deny(http.StatusForbidden, proto.CodeDeviceRevoked,
+			"This device was removed from cluster '%s'. Run: clustral up, and try again.", p.cluster)
+	}
+	imp, d := authorize(p.cluster, peer, now)
+	if d != nil {
+		return d
+	}
+	if !imp.equal(s.imp) {
+		return deny(http.StatusForbidden, proto.CodeForbidden,
+			"The roles of %s on cluster '%s' changed. Retry to continue with the new ones.", peer.Identity.Login, p.cluster)
+	}
+	return nil
+}
+
+// kill ends s with cause d. Before the upstream has answered, cancelling
+// is enough and the client is told why; after, the stream's connection is
+// closed as well, which also breaks a write blocked on a client that does
+// not read.
+func (p *Proxy) kill(s *stream, d *denial) {
+	s.cancel(d)
+	if s.conn != nil && s.responded.Load() {
+		s.conn.Close()
+	}
+}
+
+// Reevaluate decides every live request again from the current map and
+// the proxy's clock, and closes those that are no longer allowed (peer
+// gone or replaced, no role, grant or session expired) or whose
+// impersonated identity changed, with their connections. It also closes
+// idle connections whose peer is gone. It returns how many requests and
+// connections it closed.
+//
+// The owner of Peers calls Reevaluate after applying each map change; the
+// proxy's sweep does the same on its own every SweepInterval. Requests
+// that are being authorized while Reevaluate runs decide again. It must
+// not be called with a lock held that PeerByAddr takes.
+func (p *Proxy) Reevaluate() int {
+	p.gen.Add(1)
+	return p.reevaluate()
+}
+
+func (p *Proxy) reevaluate() int {
+	type peerSnap struct {
+		key     proto.Key
+		streams []*stream
+		conns   []*trackedConn
+	}
+	p.mu.Lock()
+	snaps := make([]peerSnap, 0, len(p.live))
+	for k, pl := range p.live {
+		ps := peerSnap{key: k}
+		for s := range pl.streams {
+			ps.streams = append(ps.streams, s)
+		}
+		for c := range pl.conns {
+			ps.conns = append(ps.conns, c)
+		}
+		snaps = append(snaps, ps)
+	}
+	p.mu.Unlock()
+
+	now := p.now()
+	n := 0
+	for _, ps := range snaps {
+		for _, s := range ps.streams {
+			if d := p.recheck(s, now); d != nil {
+				p.kill(s, d)
+				n++
+			}
+		}
+		for _, c := range ps.conns {
+			if peer, ok := p.peers.PeerByAddr(c.addr); !ok || peer.Key != ps.key {
+				c.Close()
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// ClosePeer closes every live request and connection of the peer key, at
+// once, and returns how many it closed. It does not keep the peer from
+// connecting again: remove it from Peers first.
+func (p *Proxy) ClosePeer(key proto.Key) int {
+	p.gen.Add(1)
+	p.mu.Lock()
+	var (
+		streams []*stream
+		conns   []*trackedConn
+	)
+	if pl := p.live[key]; pl != nil {
+		for s := range pl.streams {
+			streams = append(streams, s)
+		}
+		for c := range pl.conns {
+			conns = append(conns, c)
+		}
+	}
+	p.mu.Unlock()
+
+	d := deny(http.StatusForbidden, proto.CodeDeviceRevoked,
+		"The access of this device to cluster '%s' was revoked. Run: clustral up, and try again.", p.cluster)
+	for _, s := range streams {
+		s.cancel(d)
+		if s.conn != nil {
+			s.conn.Close()
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	return len(streams) + len(conns)
+}
+
+// sweep re-evaluates live requests on the proxy's clock until Close.
+func (p *Proxy) sweep() {
+	defer close(p.sweepDone)
+	t := time.NewTicker(p.sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			p.reevaluate()
+		}
+	}
+}
+
+// Close stops the sweep and closes every server started by Serve or
+// ServeTLS, every connection including upgraded ones, and every request in
+// flight. Requests that arrive later are refused. Close is idempotent.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	var (
+		servers []*http.Server
+		streams []*stream
+		conns   []*trackedConn
+	)
+	for srv := range p.servers {
+		servers = append(servers, srv)
+	}
+	for _, pl := range p.live {
+		for s := range pl.streams {
+			streams = append(streams, s)
+		}
+	}
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+
+	close(p.stop)
+	<-p.sweepDone
+	for _, srv := range servers {
+		srv.Close()
+	}
+	d := p.errShuttingDown()
+	for _, s := range streams {
+		s.cancel(d)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	p.upgradeTr.CloseIdleConnections()
+	return nil
+}
