@@ -21,6 +21,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -320,16 +321,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // pinned to the peer of its first request; a later request on it from
 // another peer is refused, and the connection closed.
 func (p *Proxy) identify(r *http.Request) (netip.Addr, proto.Peer, *denial) {
-	unknown := deny(http.StatusForbidden, proto.CodeUnknownPeer,
-		"This connection does not come from a device that cluster '%s' knows. Run: clustral up, and try again.", p.cluster)
+	unknown := func() *denial {
+		return deny(http.StatusForbidden, proto.CodeUnknownPeer,
+			"This connection does not come from a device that cluster '%s' knows. Run: clustral up, and try again.", p.cluster)
+	}
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return netip.Addr{}, proto.Peer{}, unknown
+		return netip.Addr{}, proto.Peer{}, unknown()
 	}
 	addr := ap.Addr().Unmap()
 	peer, ok := p.peers.PeerByAddr(addr)
 	if !ok {
-		return addr, proto.Peer{}, unknown
+		return addr, proto.Peer{}, unknown()
 	}
 	if c := connFrom(r.Context()); c != nil && !p.pin(c, peer.Key) {
 		d := deny(http.StatusForbidden, proto.CodeUnknownPeer,
@@ -365,7 +368,7 @@ func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
 	// the client cannot choose it. Host and proto are not forwarded.
 	h.Set("X-Forwarded-For", s.addr.String())
 	h["Impersonate-User"] = []string{s.imp.user}
-	h["Impersonate-Group"] = s.imp.groups
+	h["Impersonate-Group"] = slices.Clip(s.imp.groups)
 }
 
 // dropHeader reports whether a client header (in canonical form) must not

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -397,6 +399,76 @@ func TestBadUpgrade(t *testing.T) {
 			resp := c.do(t, "GET", "/api/v1/namespaces/default/pods/p/exec", tt.headers)
 			body, _ := io.ReadAll(resp.Body)
 			checkError(t, resp, string(body), http.StatusBadRequest, proto.CodeBadUpgrade, "only SPDY/3.1 and websocket")
+		})
+	}
+}
+
+// remoteAddrListener reports a chosen RemoteAddr for every connection, as
+// the netstack listener reports the overlay source address.
+type remoteAddrListener struct {
+	net.Listener
+	remote net.Addr
+}
+
+func (l remoteAddrListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return remoteAddrConn{Conn: c, remote: l.remote}, nil
+}
+
+type remoteAddrConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c remoteAddrConn) RemoteAddr() net.Addr { return c.remote }
+
+func TestOverlaySourceAddress(t *testing.T) {
+	rec := make(recorder, 1)
+	h := newHarness(t, rec)
+	h.peers.set(netip.MustParseAddr("100.64.0.7"), device(7, "bob@example.com", grant("view", "viewers")))
+	h.peers.set(netip.MustParseAddr("fd7a:115c:a1e0::9"), device(9, "carol@example.com", grant("ops", "operators")))
+	cert, err := proxyCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		remote  string
+		user    string
+		forward string
+	}{
+		{"100.64.0.7:41000", "bob@example.com", "100.64.0.7"},
+		{"[::ffff:100.64.0.7]:41000", "bob@example.com", "100.64.0.7"},
+		{"[fd7a:115c:a1e0::9]:41000", "carol@example.com", "fd7a:115c:a1e0::9"},
+		{"100.64.0.8:41000", "", ""}, // not in the map
+	}
+	for _, tt := range tests {
+		t.Run(tt.remote, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go h.proxy.ServeTLS(remoteAddrListener{Listener: l, remote: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(tt.remote))}, cert)
+			t.Cleanup(func() { l.Close() })
+
+			h2 := *h
+			h2.addr = l.Addr().String()
+			c := h2.dial()
+			resp := c.do(t, "GET", "/api/v1/pods", "Impersonate-User: admin\r\n")
+			body, _ := io.ReadAll(resp.Body)
+			if tt.user == "" {
+				checkError(t, resp, string(body), http.StatusForbidden, proto.CodeUnknownPeer, "clustral up")
+				return
+			}
+			got := waitFor(t, rec, "upstream request").Header
+			if u := got.Get("Impersonate-User"); u != tt.user {
+				t.Errorf("Impersonate-User = %q, want %q", u, tt.user)
+			}
+			if f := got.Get("X-Forwarded-For"); f != tt.forward {
+				t.Errorf("X-Forwarded-For = %q, want %q", f, tt.forward)
+			}
 		})
 	}
 }
