@@ -239,7 +239,7 @@ var allowedUpgrades = []string{"SPDY/3.1", "websocket"}
 
 // upgradeOf returns the requested upgrade protocol, whether the request
 // asks for one, and whether it is allowed.
-func upgradeOf(h http.Header) (proto string, upgrade, ok bool) {
+func upgradeOf(h http.Header) (protocol string, upgrade, ok bool) {
 	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
 		return "", false, false
 	}
