@@ -109,9 +109,10 @@ func (d *device) emit(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offse
 	}
 
 	// A TCP segment with a partial checksum, possibly larger than the MSS.
-	l3 := len(pkt.NetworkHeader().Slice())
-	l4 := len(pkt.TransportHeader().Slice())
-	hdrLen := l3 + l4
+	// There is no link header, so the IP and TCP headers are the first
+	// HeaderSize bytes.
+	hdrLen := pkt.HeaderSize()
+	l3 := hdrLen - len(pkt.TransportHeader().Slice())
 	payload := pkt.Size() - hdrLen
 	mss := int(gso.MSS)
 	if mss <= 0 || mss > payload {
