@@ -1,0 +1,100 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Kubectl runs the kubectl found in $PATH. The zero value uses the
+// environment's kubeconfig resolution minus $KUBECONFIG, which is always
+// dropped so a developer's cluster is never touched.
+type Kubectl struct {
+	// Kubeconfig is passed as --kubeconfig when set.
+	Kubeconfig string
+	// Context is passed as --context when set.
+	Context string
+	// Env is appended to the environment (KEY=value).
+	Env []string
+	// Stdin feeds kubectl's standard input; nil means empty.
+	Stdin io.Reader
+	// Timeout bounds each Run; zero means one minute.
+	Timeout time.Duration
+}
+
+// KubectlResult is the outcome of one kubectl run.
+type KubectlResult struct {
+	Stdout   string
+	Stderr   string
+	ExitCode int // -1 if kubectl did not exit normally
+}
+
+// KubectlError is returned by Run when kubectl exits non-zero or times
+// out. The result is also returned by Run.
+type KubectlError struct {
+	Args     []string
+	Result   KubectlResult
+	TimedOut bool
+	Err      error
+}
+
+func (e *KubectlError) Error() string {
+	what := fmt.Sprintf("exit code %d", e.Result.ExitCode)
+	if e.TimedOut {
+		what = "timed out"
+	}
+	return fmt.Sprintf("kubectl %s: %s: %v\nstderr: %s", strings.Join(e.Args, " "), what, e.Err, strings.TrimSpace(e.Result.Stderr))
+}
+
+func (e *KubectlError) Unwrap() error { return e.Err }
+
+// Run runs kubectl with args and captures its output. The error is a
+// *KubectlError if kubectl ran but failed. kubectl runs in its own process
+// group, killed on timeout or when ctx is done.
+func (k Kubectl) Run(ctx context.Context, args ...string) (KubectlResult, error) {
+	path, err := exec.LookPath("kubectl")
+	if err != nil {
+		return KubectlResult{ExitCode: -1}, fmt.Errorf("kubectl: %w", err)
+	}
+	timeout := k.Timeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var full []string
+	if k.Kubeconfig != "" {
+		full = append(full, "--kubeconfig="+k.Kubeconfig)
+	}
+	if k.Context != "" {
+		full = append(full, "--context="+k.Context)
+	}
+	full = append(full, args...)
+	cmd := exec.CommandContext(ctx, path, full...)
+	cmd.Env = append(environWithout("KUBECONFIG="), k.Env...)
+	cmd.Stdin = k.Stdin
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	err = cmd.Run()
+	if cmd.Process != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	res := KubectlResult{Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: -1}
+	if cmd.ProcessState != nil {
+		res.ExitCode = cmd.ProcessState.ExitCode()
+	}
+	if err != nil {
+		return res, &KubectlError{Args: full, Result: res, TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), Err: err}
+	}
+	return res, nil
+}

@@ -1,0 +1,240 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// stopGrace is how long a component gets to exit after SIGTERM before its
+// process group is killed.
+const stopGrace = 5 * time.Second
+
+// tailLines is how many log lines are shown when a component fails.
+const tailLines = 60
+
+// process is one running component. Its stdout and stderr go to a log
+// file. It runs in its own process group and dies with the thread that
+// started it (Pdeathsig), so a crashed test binary leaves nothing behind.
+type process struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	log     *os.File
+
+	done    chan struct{} // closed when the process has been reaped
+	waitErr error         // set before done is closed
+
+	stopOnce sync.Once
+}
+
+// startProcess starts bin with args, logging to logPath (appended to, so a
+// restarted component keeps one log). env replaces the environment when
+// non-nil.
+func startProcess(name, bin string, args, env []string, logPath string) (*process, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: open log: %w", name, err)
+	}
+	fmt.Fprintf(f, "=== %s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(append([]string{bin}, args...), " "))
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	cmd.Stdout = f
+	cmd.Stderr = f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, logPath: logPath, log: f, done: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid returns the process id, which is also its process group id.
+func (p *process) Pid() int { return p.cmd.Process.Pid }
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM to the process group, waits up to stopGrace, then
+// kills the group. It is idempotent and safe for concurrent use.
+func (p *process) stop() {
+	p.stopOnce.Do(func() {
+		pgid := p.cmd.Process.Pid
+		if !p.exited() {
+			syscall.Kill(-pgid, syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(stopGrace):
+			}
+		}
+		// Kill whatever is left of the group, leader or not.
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-p.done
+		p.log.Close()
+	})
+}
+
+// tail returns the last n lines of the log.
+func (p *process) tail(n int) string {
+	return tailFile(p.logPath, n)
+}
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(read %s: %v)", path, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// failure wraps err with the process state and its log tail.
+func (p *process) failure(err error) error {
+	state := "running"
+	if p.exited() {
+		state = fmt.Sprintf("exited: %v", p.waitErr)
+	}
+	return fmt.Errorf("%s (%s; log %s): %w\n--- last %d lines of %s log ---\n%s\n---",
+		p.name, state, p.logPath, err, tailLines, p.name, p.tail(tailLines))
+}
+
+// errAddrInUse is returned by waitReady when the component died because
+// one of its ports was taken between choosing and binding it.
+var errAddrInUse = errors.New("address already in use")
+
+// waitReady polls check until it succeeds, the process exits, or timeout
+// passes. The returned error carries the log tail.
+func (p *process) waitReady(ctx context.Context, timeout time.Duration, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		last = check(cctx)
+		ccancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-p.done:
+			if b, _ := os.ReadFile(p.logPath); bytes.Contains(b, []byte("address already in use")) {
+				return p.failure(errAddrInUse)
+			}
+			return p.failure(fmt.Errorf("exited before ready (last check: %v)", last))
+		case <-ctx.Done():
+			return p.failure(fmt.Errorf("not ready after %v: %v", timeout, last))
+		case <-tick.C:
+		}
+	}
+}
+
+// freePorts returns n distinct free TCP ports on 127.0.0.1. The ports are
+// released before returning, so another process may take one; components
+// that fail to bind are restarted on new ports (see errAddrInUse).
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// getOK performs a GET and returns nil on a 200 response.
+func getOK(ctx context.Context, c *http.Client, url string, hdr http.Header) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return b, fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(b))
+	}
+	return b, nil
+}
+
+// retryOnPortClash runs start up to three times while it fails with
+// errAddrInUse.
+func retryOnPortClash(start func() error) error {
+	var err error
+	for range 3 {
+		if err = start(); !errors.Is(err, errAddrInUse) {
+			return err
+		}
+	}
+	return err
+}
+
+// environWithout returns os.Environ() without variables having one of the
+// given prefixes.
+func environWithout(prefixes ...string) []string {
+	var env []string
+outer:
+	for _, kv := range os.Environ() {
+		for _, p := range prefixes {
+			if strings.HasPrefix(kv, p) {
+				continue outer
+			}
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// ProcessGroupAlive reports whether any process of the group pgid exists.
+// Every component runs in its own group, whose id is its pid.
+func ProcessGroupAlive(pgid int) bool { return !processGone(pgid) }
+
+// processGone reports whether no process of the group pgid exists.
+func processGone(pgid int) bool {
+	err := syscall.Kill(-pgid, 0)
+	return errors.Is(err, syscall.ESRCH)
+}
