@@ -123,6 +123,22 @@ func TestDexPasswordGrant(t *testing.T) {
 	if _, err := env.Dex.IDToken(ctx, aliceEmail, "wrong"); err == nil {
 		t.Error("IDToken with a wrong password succeeded")
 	}
+
+	p, err := oidc.NewProvider(oidc.ClientContext(ctx, env.Dex.HTTPClient()), env.Dex.Issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disco struct {
+		Grants []string `json:"grant_types_supported"`
+	}
+	if err := p.Claims(&disco); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{"password", "authorization_code", "urn:ietf:params:oauth:grant-type:device_code"} {
+		if !slices.Contains(disco.Grants, g) {
+			t.Errorf("grant %s not supported; have %v", g, disco.Grants)
+		}
+	}
 }
 
 func TestDexBrowserLogin(t *testing.T) {
@@ -289,7 +305,7 @@ func TestImpersonation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// RBAC bindings take effect through the apiserver's informers.
-			err := eventually(ctx, func() error {
+			err := harness.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
 				_, err := tt.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 				if tt.listOK {
 					return err
@@ -341,23 +357,6 @@ func mustCreate(t *testing.T, ctx context.Context, create func() error) {
 	}
 }
 
-// eventually retries f until it succeeds or ten seconds pass.
-func eventually(ctx context.Context, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 func TestAdminKubeconfig(t *testing.T) {
 	res, err := harness.Kubectl{Kubeconfig: env.APIServer.Kubeconfig}.Run(ctxFor(t), "get", "namespace", "default", "-o", "name")
 	if err != nil {
@@ -365,5 +364,85 @@ func TestAdminKubeconfig(t *testing.T) {
 	}
 	if got := strings.TrimSpace(res.Stdout); got != "namespace/default" {
 		t.Fatalf("kubectl get namespace default = %q", got)
+	}
+}
+
+// TestKWOKExecLogs runs kubectl exec and kubectl logs against the
+// apiserver, served by KWOK's kubelet API on the fake node.
+func TestKWOKExecLogs(t *testing.T) {
+	env.LogOnFailure(t)
+	ctx := ctxFor(t)
+	kw := env.KWOK
+	if kw == nil {
+		var err error
+		if kw, err = env.StartKWOK(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const ns, pod = "kwok-selftest", "web"
+	admin := env.APIServer.Client()
+	mustCreate(t, ctx, func() error {
+		_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		return err
+	})
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "web.log")
+	if err := harness.WriteCRILog(logFile, "first line", "second line"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kw.SetExec(ctx, ns, pod, dir, map[string]string{"GREETING": "hello from kwok"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kw.SetLogs(ctx, ns, pod, logFile, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kw.CreatePod(ctx, harness.FakePod(ns, pod)); err != nil {
+		t.Fatal(err)
+	}
+
+	k := harness.Kubectl{Kubeconfig: env.APIServer.Kubeconfig, Timeout: 20 * time.Second}
+	var out string
+	err := harness.Eventually(ctx, 20*time.Second, func(ctx context.Context) error { // KWOK learns of Exec objects through a watch
+		res, err := k.Run(ctx, "exec", "-n", ns, pod, "--", "sh", "-c", `echo "$GREETING in $(pwd)"`)
+		out = res.Stdout
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "hello from kwok in " + dir + "\n"; out != want {
+		t.Errorf("exec output = %q, want %q", out, want)
+	}
+	err = harness.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+		res, err := k.Run(ctx, "logs", "-n", ns, pod)
+		out = res.Stdout
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "first line\nsecond line\n"; out != want {
+		t.Errorf("logs = %q, want %q", out, want)
+	}
+}
+
+// TestNewStopsOnCleanup starts a per-test Env and checks its processes are
+// gone once the (sub)test's cleanups have run.
+func TestNewStopsOnCleanup(t *testing.T) {
+	var pids []int
+	t.Run("inner", func(t *testing.T) {
+		e := harness.New(t, harness.Options{SkipControllerManager: true})
+		pids = e.Pids()
+		if _, err := e.APIServer.Client().CoreV1().Namespaces().Get(t.Context(), "default", metav1.GetOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if len(pids) != 2 {
+		t.Fatalf("pids = %v, want etcd and kube-apiserver", pids)
+	}
+	for _, pid := range pids {
+		if harness.ProcessGroupAlive(pid) {
+			t.Errorf("process group %d alive after the test ended", pid)
+		}
 	}
 }

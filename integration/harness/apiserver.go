@@ -64,7 +64,7 @@ type APIServer struct {
 	LogPath string
 
 	dir  string
-	proc *process
+	proc *Process
 }
 
 // StartAPIServer starts kube-apiserver against etcdURL, with its files
@@ -135,7 +135,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 	}
 
 	err = retryOnPortClash(func() error {
-		ports, err := freePorts(1)
+		ports, err := FreePorts(1)
 		if err != nil {
 			return err
 		}
@@ -161,7 +161,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 			"--profiling=false",
 		}
 		args = append(args, opts.ExtraArgs...)
-		p, err := startProcess("kube-apiserver", bin, args, environWithout("KUBECONFIG="), a.LogPath)
+		p, err := StartProcess("kube-apiserver", bin, args, environWithout("KUBECONFIG="), a.LogPath)
 		if err != nil {
 			return err
 		}
@@ -172,7 +172,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 			return err
 		})
 		if err != nil {
-			p.stop()
+			p.Stop()
 			return err
 		}
 		a.URL, a.proc = url, p
@@ -263,6 +263,6 @@ func (a *APIServer) WriteKubeconfig(path, name, token string) error {
 
 // Close stops kube-apiserver.
 func (a *APIServer) Close() error {
-	a.proc.stop()
+	a.proc.Stop()
 	return nil
 }

@@ -22,7 +22,7 @@ type ControllerManager struct {
 	// LogPath is the file receiving kube-controller-manager's output.
 	LogPath string
 
-	proc *process
+	proc *Process
 }
 
 // StartControllerManager starts kube-controller-manager for api, with its
@@ -48,7 +48,7 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 	cm := &ControllerManager{LogPath: filepath.Join(dir, "kube-controller-manager.log")}
 	client := api.Client()
 	err = retryOnPortClash(func() error {
-		ports, err := freePorts(1)
+		ports, err := FreePorts(1)
 		if err != nil {
 			return err
 		}
@@ -66,7 +66,7 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 			"--leader-elect=false",
 			"--profiling=false",
 		}
-		p, err := startProcess("kube-controller-manager", bin, args, environWithout("KUBECONFIG="), cm.LogPath)
+		p, err := StartProcess("kube-controller-manager", bin, args, environWithout("KUBECONFIG="), cm.LogPath)
 		if err != nil {
 			return err
 		}
@@ -81,7 +81,7 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 			return nil
 		})
 		if err != nil {
-			p.stop()
+			p.Stop()
 			return err
 		}
 		cm.proc = p
@@ -98,6 +98,6 @@ func (c *ControllerManager) Pid() int { return c.proc.Pid() }
 
 // Close stops kube-controller-manager.
 func (c *ControllerManager) Close() error {
-	c.proc.stop()
+	c.proc.Stop()
 	return nil
 }

@@ -76,7 +76,7 @@ type Dex struct {
 
 	mu   sync.Mutex
 	opts DexOptions
-	proc *process
+	proc *Process
 	pids []int // every process started, across restarts
 }
 
@@ -115,7 +115,7 @@ func StartDex(ctx context.Context, dir string, opts DexOptions) (*Dex, error) {
 		return nil, fmt.Errorf("start dex: %w", err)
 	}
 	err = retryOnPortClash(func() error {
-		ports, err := freePorts(1)
+		ports, err := FreePorts(1)
 		if err != nil {
 			return err
 		}
@@ -213,7 +213,7 @@ func (d *Dex) start(ctx context.Context) error {
 	if err := d.writeConfig(); err != nil {
 		return err
 	}
-	p, err := startProcess("dex", d.bin, []string{"serve", d.configPath}, environWithout("DEX_"), d.LogPath)
+	p, err := StartProcess("dex", d.bin, []string{"serve", d.configPath}, environWithout("DEX_"), d.LogPath)
 	if err != nil {
 		return err
 	}
@@ -224,7 +224,7 @@ func (d *Dex) start(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		p.stop()
+		p.Stop()
 		return err
 	}
 	d.proc = p
@@ -239,7 +239,7 @@ func (d *Dex) start(ctx context.Context) error {
 func (d *Dex) Restart(ctx context.Context, users []DexUser) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.proc.stop()
+	d.proc.Stop()
 	if users != nil {
 		d.opts.Users = slices.Clone(users)
 	}
@@ -322,6 +322,6 @@ func (d *Dex) IDToken(ctx context.Context, email, password string) (string, erro
 func (d *Dex) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.proc.stop()
+	d.proc.Stop()
 	return nil
 }

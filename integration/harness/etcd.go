@@ -17,7 +17,7 @@ type Etcd struct {
 	// LogPath is the file receiving etcd's output.
 	LogPath string
 
-	proc *process
+	proc *Process
 }
 
 // StartEtcd starts etcd with its data under dir and waits until it is
@@ -29,7 +29,7 @@ func StartEtcd(ctx context.Context, dir string) (*Etcd, error) {
 	}
 	e := &Etcd{LogPath: filepath.Join(dir, "etcd.log")}
 	err = retryOnPortClash(func() error {
-		ports, err := freePorts(2)
+		ports, err := FreePorts(2)
 		if err != nil {
 			return err
 		}
@@ -48,7 +48,7 @@ func StartEtcd(ctx context.Context, dir string) (*Etcd, error) {
 			"--unsafe-no-fsync",
 			"--log-level=warn",
 		}
-		p, err := startProcess("etcd", bin, args, environWithout("ETCD_"), e.LogPath)
+		p, err := StartProcess("etcd", bin, args, environWithout("ETCD_"), e.LogPath)
 		if err != nil {
 			return err
 		}
@@ -64,7 +64,7 @@ func StartEtcd(ctx context.Context, dir string) (*Etcd, error) {
 			return nil
 		})
 		if err != nil {
-			p.stop()
+			p.Stop()
 			return err
 		}
 		e.URL, e.proc = client, p
@@ -81,6 +81,6 @@ func (e *Etcd) Pid() int { return e.proc.Pid() }
 
 // Close stops etcd (SIGTERM, then SIGKILL of its process group).
 func (e *Etcd) Close() error {
-	e.proc.stop()
+	e.proc.Stop()
 	return nil
 }

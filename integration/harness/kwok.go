@@ -45,7 +45,9 @@ var kwokGroupVersion = schema.GroupVersion{Group: "kwok.x-k8s.io", Version: "v1a
 // that exec, logs and port-forward work through the apiserver without a
 // kubelet. Exec runs commands on this host; logs are read from CRI-format
 // files; port-forward dials local addresses. Each is configured per pod
-// with SetExec, SetLogs and SetPortForward.
+// with SetExec, SetLogs and SetPortForward. KWOK learns of these rules
+// through a watch, a moment after they are created: retry the first
+// request (see Eventually).
 //
 // Known KWOK v0.8.0 limitations: stdin EOF is not passed on to exec'd
 // commands, non-zero exit codes come back as internal errors, and the
@@ -62,7 +64,7 @@ type KWOK struct {
 	config     string
 
 	mu   sync.Mutex
-	proc *process
+	proc *Process
 	pids []int
 }
 
@@ -99,7 +101,7 @@ func StartKWOK(ctx context.Context, dir string, api *APIServer) (*KWOK, error) {
 		return nil, fmt.Errorf("start kwok: %w", err)
 	}
 	err = retryOnPortClash(func() error {
-		ports, err := freePorts(1)
+		ports, err := FreePorts(1)
 		if err != nil {
 			return err
 		}
@@ -135,7 +137,7 @@ func (k *KWOK) start(ctx context.Context) error {
 	// KWOK also reads ~/.kwok/kwok.yaml; point HOME elsewhere so a
 	// developer's configuration cannot interfere.
 	env := append(environWithout("KUBECONFIG=", "HOME="), "HOME="+filepath.Dir(k.config))
-	p, err := startProcess("kwok", k.bin, args, env, k.LogPath)
+	p, err := StartProcess("kwok", k.bin, args, env, k.LogPath)
 	if err != nil {
 		return err
 	}
@@ -146,7 +148,7 @@ func (k *KWOK) start(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		p.stop()
+		p.Stop()
 		return err
 	}
 	k.proc = p
@@ -158,7 +160,7 @@ func (k *KWOK) start(ctx context.Context) error {
 // reinitialize.
 func (k *KWOK) Restart(ctx context.Context) error {
 	k.mu.Lock()
-	k.proc.stop()
+	k.proc.Stop()
 	err := k.start(ctx)
 	for i := 0; err != nil && i < 20 && errors.Is(err, errAddrInUse); i++ {
 		time.Sleep(100 * time.Millisecond)
@@ -195,7 +197,7 @@ func (k *KWOK) Pid() int {
 func (k *KWOK) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.proc.stop()
+	k.proc.Stop()
 	return nil
 }
 
@@ -555,6 +557,14 @@ type permanent struct{ error }
 
 func (p permanent) Unwrap() error { return p.error }
 
+// Eventually calls f every 100ms until it returns nil or timeout passes,
+// and returns f's last error. Use it for state that components pick up
+// asynchronously, e.g. KWOK's exec, logs and port-forward rules or RBAC
+// changes.
+func Eventually(ctx context.Context, timeout time.Duration, f func(context.Context) error) error {
+	return poll(ctx, timeout, f)
+}
+
 // poll calls f until it returns nil or a permanent error, or timeout
 // passes.
 func poll(ctx context.Context, timeout time.Duration, f func(context.Context) error) error {
@@ -567,7 +577,8 @@ func poll(ctx context.Context, timeout time.Duration, f func(context.Context) er
 		if err == nil {
 			return nil
 		}
-		if p, ok := err.(permanent); ok {
+		var p permanent
+		if errors.As(err, &p) {
 			return p.error
 		}
 		select {

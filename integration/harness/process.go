@@ -24,10 +24,12 @@ const stopGrace = 5 * time.Second
 // tailLines is how many log lines are shown when a component fails.
 const tailLines = 60
 
-// process is one running component. Its stdout and stderr go to a log
-// file. It runs in its own process group and dies with the thread that
-// started it (Pdeathsig), so a crashed test binary leaves nothing behind.
-type process struct {
+// Process is a program started by the harness, e.g. a component or a
+// clustral binary under test. Its stdout and stderr go to a log file. It
+// runs in its own process group and dies with the thread that started it
+// (Pdeathsig), so a crashed test binary leaves nothing behind. Methods
+// are safe for concurrent use.
+type Process struct {
 	name    string
 	cmd     *exec.Cmd
 	logPath string
@@ -39,10 +41,11 @@ type process struct {
 	stopOnce sync.Once
 }
 
-// startProcess starts bin with args, logging to logPath (appended to, so a
-// restarted component keeps one log). env replaces the environment when
-// non-nil.
-func startProcess(name, bin string, args, env []string, logPath string) (*process, error) {
+// StartProcess starts bin with args, logging its output to logPath
+// (appended to, so a restarted program keeps one log). env is the
+// complete environment; nil means none. The caller must call Stop, e.g.
+// from t.Cleanup.
+func StartProcess(name, bin string, args, env []string, logPath string) (*Process, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: open log: %w", name, err)
@@ -50,6 +53,9 @@ func startProcess(name, bin string, args, env []string, logPath string) (*proces
 	fmt.Fprintf(f, "=== %s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(append([]string{bin}, args...), " "))
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
+	if env == nil {
+		cmd.Env = []string{}
+	}
 	cmd.Stdout = f
 	cmd.Stderr = f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -57,7 +63,7 @@ func startProcess(name, bin string, args, env []string, logPath string) (*proces
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, log: f, done: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, logPath: logPath, log: f, done: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
@@ -66,10 +72,13 @@ func startProcess(name, bin string, args, env []string, logPath string) (*proces
 }
 
 // Pid returns the process id, which is also its process group id.
-func (p *process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
-// exited reports whether the process has ended.
-func (p *process) exited() bool {
+// LogPath returns the file receiving the process's output.
+func (p *Process) LogPath() string { return p.logPath }
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -78,12 +87,15 @@ func (p *process) exited() bool {
 	}
 }
 
-// stop sends SIGTERM to the process group, waits up to stopGrace, then
-// kills the group. It is idempotent and safe for concurrent use.
-func (p *process) stop() {
+// Done returns a channel closed when the process has ended.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Stop sends SIGTERM to the process group, waits up to five seconds, then
+// kills the group, and waits for the process. It is idempotent.
+func (p *Process) Stop() {
 	p.stopOnce.Do(func() {
 		pgid := p.cmd.Process.Pid
-		if !p.exited() {
+		if !p.Exited() {
 			syscall.Kill(-pgid, syscall.SIGTERM)
 			select {
 			case <-p.done:
@@ -97,9 +109,63 @@ func (p *process) stop() {
 	})
 }
 
-// tail returns the last n lines of the log.
-func (p *process) tail(n int) string {
+// Kill kills the process group at once, without a grace period, and
+// waits for the process: a crash, for tests of recovery.
+func (p *Process) Kill() {
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	p.Stop()
+}
+
+// Tail returns the last n lines of the log.
+func (p *Process) Tail(n int) string {
 	return tailFile(p.logPath, n)
+}
+
+// Wait polls check every 50ms until it succeeds, the process exits, or
+// ctx is done. The error carries the log tail.
+func (p *Process) Wait(ctx context.Context, check func(context.Context) error) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		last := check(cctx)
+		ccancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-p.done:
+			if b, _ := os.ReadFile(p.logPath); bytes.Contains(b, []byte("address already in use")) {
+				return p.failure(errAddrInUse)
+			}
+			return p.failure(fmt.Errorf("exited before ready (last check: %v)", last))
+		case <-ctx.Done():
+			return p.failure(fmt.Errorf("not ready: %v (last check: %v)", ctx.Err(), last))
+		case <-tick.C:
+		}
+	}
+}
+
+// WaitHTTP waits until a GET of url (plain HTTP, or HTTPS verified against
+// the system roots) answers 200.
+func (p *Process) WaitHTTP(ctx context.Context, url string) error {
+	return p.WaitHTTPClient(ctx, &http.Client{Timeout: 2 * time.Second}, url)
+}
+
+// WaitHTTPClient is WaitHTTP with the given client, e.g. one trusting a
+// test CA.
+func (p *Process) WaitHTTPClient(ctx context.Context, c *http.Client, url string) error {
+	return p.Wait(ctx, func(ctx context.Context) error {
+		_, err := getOK(ctx, c, url, nil)
+		return err
+	})
+}
+
+// waitReady is Wait bounded by timeout.
+func (p *Process) waitReady(ctx context.Context, timeout time.Duration, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return p.Wait(ctx, check)
 }
 
 func tailFile(path string, n int) string {
@@ -115,51 +181,24 @@ func tailFile(path string, n int) string {
 }
 
 // failure wraps err with the process state and its log tail.
-func (p *process) failure(err error) error {
+func (p *Process) failure(err error) error {
 	state := "running"
-	if p.exited() {
+	if p.Exited() {
 		state = fmt.Sprintf("exited: %v", p.waitErr)
 	}
 	return fmt.Errorf("%s (%s; log %s): %w\n--- last %d lines of %s log ---\n%s\n---",
-		p.name, state, p.logPath, err, tailLines, p.name, p.tail(tailLines))
+		p.name, state, p.logPath, err, tailLines, p.name, p.Tail(tailLines))
 }
 
 // errAddrInUse is returned by waitReady when the component died because
 // one of its ports was taken between choosing and binding it.
 var errAddrInUse = errors.New("address already in use")
 
-// waitReady polls check until it succeeds, the process exits, or timeout
-// passes. The returned error carries the log tail.
-func (p *process) waitReady(ctx context.Context, timeout time.Duration, check func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	var last error
-	for {
-		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
-		last = check(cctx)
-		ccancel()
-		if last == nil {
-			return nil
-		}
-		select {
-		case <-p.done:
-			if b, _ := os.ReadFile(p.logPath); bytes.Contains(b, []byte("address already in use")) {
-				return p.failure(errAddrInUse)
-			}
-			return p.failure(fmt.Errorf("exited before ready (last check: %v)", last))
-		case <-ctx.Done():
-			return p.failure(fmt.Errorf("not ready after %v: %v", timeout, last))
-		case <-tick.C:
-		}
-	}
-}
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1. The ports are
-// released before returning, so another process may take one; components
-// that fail to bind are restarted on new ports (see errAddrInUse).
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct free TCP ports on 127.0.0.1. The ports are
+// released before returning, so another process may take one before it is
+// bound; the harness restarts its components on new ports when that
+// happens.
+func FreePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -176,6 +215,15 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// FreePort returns one free TCP port on 127.0.0.1 (see FreePorts).
+func FreePort() (int, error) {
+	ps, err := FreePorts(1)
+	if err != nil {
+		return 0, err
+	}
+	return ps[0], nil
 }
 
 func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
