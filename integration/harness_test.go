@@ -6,9 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -424,6 +430,62 @@ func TestKWOKExecLogs(t *testing.T) {
 	if want := "first line\nsecond line\n"; out != want {
 		t.Errorf("logs = %q, want %q", out, want)
 	}
+
+	t.Run("port-forward", func(t *testing.T) {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "behind the pod") }))
+		defer srv.Close()
+		target, _ := url.Parse(srv.URL)
+		tport, _ := strconv.Atoi(target.Port())
+		if err := kw.SetPortForward(ctx, ns, pod, 8080, target.Hostname(), int32(tport)); err != nil {
+			t.Fatal(err)
+		}
+		local, err := harness.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kubectl, err := exec.LookPath("kubectl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pf, err := harness.StartProcess("kubectl-port-forward", kubectl,
+			[]string{"--kubeconfig=" + env.APIServer.Kubeconfig, "port-forward", "-n", ns, "pod/" + pod, fmt.Sprintf("%d:8080", local)},
+			os.Environ(), filepath.Join(t.TempDir(), "port-forward.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pf.Stop()
+		var body string
+		err = harness.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", local))
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			body = string(b)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%v\n%s", err, pf.Tail(20))
+		}
+		if body != "behind the pod" {
+			t.Errorf("body = %q", body)
+		}
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		if err := kw.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		err := harness.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			res, err := k.Run(ctx, "exec", "-n", ns, pod, "--", "echo", "again")
+			out = res.Stdout
+			return err
+		})
+		if err != nil || out != "again\n" {
+			t.Fatalf("exec after restart = %q, %v", out, err)
+		}
+	})
 }
 
 // TestNewStopsOnCleanup starts a per-test Env and checks its processes are
