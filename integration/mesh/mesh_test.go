@@ -1,0 +1,55 @@
+package mesh
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestIdentityAndRoles: two users, at the same time on two devices, with
+// different roles, get different answers from the real apiserver's RBAC,
+// and the cluster sees each as themselves with their role's groups.
+func TestIdentityAndRoles(t *testing.T) {
+	m := newMesh(t)
+	startAgent(t, m.joinToken)
+	a, b := newUser(t, alice), newUser(t, bob)
+	a.login()
+	b.login()
+	m.assign(t, alice.Email, "viewer")
+	m.assign(t, bob.Email, "editor")
+	a.up()
+	b.up()
+
+	res, err := a.kubectl("--context", "clustral-kind", "auth", "whoami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{alice.Email, "clustral:viewers", "system:authenticated"} {
+		if !strings.Contains(res.Stdout, want) {
+			t.Errorf("alice whoami = %q, missing %q", res.Stdout, want)
+		}
+	}
+	if strings.Contains(res.Stdout, "clustral-agent") {
+		t.Errorf("whoami shows the agent's identity: %s", res.Stdout)
+	}
+	tests := []struct {
+		who  *user
+		args []string
+		want string
+	}{
+		{a, []string{"auth", "can-i", "list", "pods", "-n", "default"}, "yes"},
+		{a, []string{"auth", "can-i", "create", "configmaps", "-n", "default"}, "no"},
+		{b, []string{"auth", "can-i", "create", "configmaps", "-n", "default"}, "yes"},
+	}
+	for _, tt := range tests {
+		res, _ := tt.who.kubectl(append([]string{"--context", "clustral-kind"}, tt.args...)...)
+		if got := strings.TrimSpace(res.Stdout); got != tt.want {
+			t.Errorf("%s: kubectl %v = %q (stderr %q), want %q", tt.who.Email, tt.args, got, res.Stderr, tt.want)
+		}
+	}
+	if _, err := a.kubectl("--context", "clustral-kind", "create", "configmap", "x", "-n", "default"); err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Errorf("alice create configmap: err = %v, want forbidden from the apiserver", err)
+	}
+	if _, err := b.kubectl("--context", "clustral-kind", "create", "configmap", "from-bob", "-n", "default"); err != nil {
+		t.Errorf("bob create configmap: %v", err)
+	}
+}
