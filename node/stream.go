@@ -1,0 +1,293 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// Defaults of StreamConfig.
+const (
+	// MaxMapLineBytes bounds one message (one line) of the map stream.
+	MaxMapLineBytes = 4 << 20
+	// DefaultStreamIdleTimeout is how long a stream may carry nothing,
+	// not even a keep-alive, before it is considered dead. The
+	// coordinator sends keep-alives well within it.
+	DefaultStreamIdleTimeout = 60 * time.Second
+	DefaultStreamMinBackoff  = 500 * time.Millisecond
+	DefaultStreamMaxBackoff  = 30 * time.Second
+)
+
+// ErrNoSnapshot is the error of a map stream whose first message is not a
+// snapshot.
+var ErrNoSnapshot = errors.New("map stream did not start with a snapshot")
+
+// Applier applies map messages. *Node is one.
+type Applier interface {
+	Apply(proto.MapMessage) error
+}
+
+// StreamConfig configures a Stream.
+type StreamConfig struct {
+	// BaseURL is the coordinator's base URL, e.g. "https://coord.example".
+	BaseURL string
+	// Client makes the requests; nil means http.DefaultClient. Its
+	// Timeout must be zero: the stream is long-lived (IdleTimeout bounds
+	// silence instead).
+	Client *http.Client
+	// Token is the node token from registration.
+	Token string
+	// Endpoints, if set, returns the endpoints to publish (query parameter
+	// proto.MapEndpointsParam). It is called before every connection.
+	Endpoints func() []netip.AddrPort
+	// Logger receives the stream's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// IdleTimeout: a connection that carries nothing for this long is
+	// dropped and reopened. 0 means DefaultStreamIdleTimeout.
+	IdleTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the jittered exponential wait
+	// between connection attempts. 0 means the defaults.
+	MinBackoff, MaxBackoff time.Duration
+	// MaxLineBytes bounds one message. 0 means MaxMapLineBytes.
+	MaxLineBytes int
+}
+
+// StreamStatus is the state of a Stream.
+type StreamStatus struct {
+	// Connected is true while a connection is open and its snapshot has
+	// been applied.
+	Connected bool
+	// Since is when the current connection's snapshot was applied.
+	Since time.Time
+	// Version is the last map version applied from the stream.
+	Version uint64
+	// Connects counts the connections whose snapshot was applied.
+	Connects int
+	// LastError is the error that ended the last connection or attempt,
+	// nil if none yet; LastErrorAt is when it happened.
+	LastError   error
+	LastErrorAt time.Time
+}
+
+// Stream keeps a node in step with the coordinator: it holds the map
+// stream (GET /api/v1/map, newline-delimited JSON proto.MapMessage values)
+// open, applies every message, and reconnects with a jittered, capped
+// exponential backoff when the connection fails, a message is malformed or
+// too long, or a delta does not follow (the new connection starts with a
+// snapshot, which resyncs the node).
+//
+// A message that fails is never partially applied: the node's state is as
+// before it.
+type Stream struct {
+	cfg     StreamConfig
+	applier Applier
+	logger  *slog.Logger
+	mapURL  *url.URL
+
+	mu     sync.Mutex
+	status StreamStatus
+}
+
+// NewStream returns a Stream feeding a. Call Run to start it.
+func NewStream(a Applier, cfg StreamConfig) (*Stream, error) {
+	u, err := url.Parse(cfg.BaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("map stream: coordinator URL: %w", err)
+	}
+	if u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+		return nil, fmt.Errorf("map stream: coordinator URL %q is not an http(s) URL", cfg.BaseURL)
+	}
+	u = u.JoinPath(proto.APIVersion, "map")
+	if cfg.Client == nil {
+		cfg.Client = http.DefaultClient
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultStreamIdleTimeout
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultStreamMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultStreamMaxBackoff
+	}
+	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	if cfg.MaxLineBytes <= 0 {
+		cfg.MaxLineBytes = MaxMapLineBytes
+	}
+	return &Stream{cfg: cfg, applier: a, logger: cfg.Logger, mapURL: u}, nil
+}
+
+// Status returns the stream's state.
+func (s *Stream) Status() StreamStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Run holds the stream open until ctx is done, and returns ctx's error. It
+// returns early only when the coordinator refuses the node token (401 or
+// 403): the error wraps the *proto.Problem, and retrying cannot help.
+func (s *Stream) Run(ctx context.Context) error {
+	var attempt int
+	for {
+		synced, err := s.connect(ctx)
+		if synced {
+			attempt = 0
+		}
+		if ctx.Err() != nil {
+			s.setDisconnected(nil)
+			return ctx.Err()
+		}
+		s.setDisconnected(err)
+		var p *proto.Problem
+		if errors.As(err, &p) && (p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden) {
+			return fmt.Errorf("map stream: %w", err)
+		}
+		wait := backoff(attempt, s.cfg.MinBackoff, s.cfg.MaxBackoff)
+		attempt++
+		s.logger.Warn("map stream interrupted", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// backoff returns the wait before retry number attempt: exponential from
+// lo, capped at hi, with the upper half jittered.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 0; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + rand.N(d/2+1)
+}
+
+func (s *Stream) setDisconnected(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.Connected = false
+	if err != nil {
+		s.status.LastError = err
+		s.status.LastErrorAt = time.Now()
+	}
+}
+
+// connect runs one connection until it fails. synced reports whether its
+// snapshot was applied.
+func (s *Stream) connect(ctx context.Context) (synced bool, err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	u := *s.mapURL
+	if s.cfg.Endpoints != nil {
+		if eps := s.cfg.Endpoints(); len(eps) > 0 {
+			list := make([]string, len(eps))
+			for i, e := range eps {
+				list[i] = e.String()
+			}
+			u.RawQuery = url.Values{proto.MapEndpointsParam: {strings.Join(list, ",")}}.Encode()
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return false, fmt.Errorf("map stream request: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.cfg.Token)
+	req.Header.Set("Accept", "application/x-ndjson")
+
+	errIdle := fmt.Errorf("map stream idle for %v", s.cfg.IdleTimeout)
+	idle := time.AfterFunc(s.cfg.IdleTimeout, func() { cancel(errIdle) })
+	defer idle.Stop()
+
+	resp, err := s.cfg.Client.Do(req)
+	if err != nil {
+		if cause := context.Cause(ctx); cause == errIdle {
+			return false, cause
+		}
+		return false, fmt.Errorf("open map stream: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("open map stream: %w", readProblem(resp))
+	}
+
+	sc := bufio.NewScanner(resp.Body)
+	// The scanner's limit is the larger of its buffer's capacity and max.
+	sc.Buffer(make([]byte, 0, min(64<<10, s.cfg.MaxLineBytes)), s.cfg.MaxLineBytes)
+	for sc.Scan() {
+		idle.Reset(s.cfg.IdleTimeout)
+		line := sc.Bytes()
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var msg proto.MapMessage
+		if err := json.Unmarshal(line, &msg); err != nil {
+			return synced, fmt.Errorf("%w: malformed line: %v", ErrInvalidMessage, err)
+		}
+		if msg.KeepAlive {
+			continue
+		}
+		if !synced && !msg.Snapshot {
+			return false, fmt.Errorf("%w (got delta version %d)", ErrNoSnapshot, msg.Version)
+		}
+		if err := s.applier.Apply(msg); err != nil {
+			return synced, fmt.Errorf("apply map version %d: %w", msg.Version, err)
+		}
+		s.mu.Lock()
+		if msg.Snapshot && !synced {
+			s.status.Connected = true
+			s.status.Since = time.Now()
+			s.status.Connects++
+		}
+		s.status.Version = msg.Version
+		s.mu.Unlock()
+		if !synced {
+			s.logger.Info("map stream synced", "version", msg.Version, "peers", len(msg.Peers))
+		}
+		synced = true
+	}
+	err = sc.Err()
+	switch {
+	case errors.Is(err, bufio.ErrTooLong):
+		return synced, fmt.Errorf("%w: message longer than %d bytes", ErrInvalidMessage, s.cfg.MaxLineBytes)
+	case context.Cause(ctx) == errIdle:
+		return synced, errIdle
+	case err != nil:
+		return synced, fmt.Errorf("read map stream: %w", err)
+	}
+	return synced, errors.New("map stream closed by the coordinator")
+}
+
+// readProblem turns a non-200 answer into a *proto.Problem.
+func readProblem(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	p := &proto.Problem{}
+	if err := json.Unmarshal(body, p); err != nil || p.Title == "" && p.Detail == "" {
+		p = &proto.Problem{Title: strings.TrimSpace(string(body))}
+		if p.Title == "" {
+			p.Title = resp.Status
+		}
+	}
+	p.Status = resp.StatusCode
+	return p
+}

@@ -1,0 +1,390 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// mapServer serves scripted map streams: connection i runs scripts[i], or
+// the last script once they run out.
+type mapServer struct {
+	*httptest.Server
+	mu      sync.Mutex
+	scripts []func(w http.ResponseWriter, r *http.Request)
+	reqs    []*http.Request
+}
+
+func newMapServer(t *testing.T, scripts ...func(w http.ResponseWriter, r *http.Request)) *mapServer {
+	t.Helper()
+	s := &mapServer{scripts: scripts}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/api/v1/map" {
+			http.NotFound(w, r)
+			return
+		}
+		s.mu.Lock()
+		i := min(len(s.reqs), len(s.scripts)-1)
+		s.reqs = append(s.reqs, r.Clone(context.Background()))
+		script := s.scripts[i]
+		s.mu.Unlock()
+		script(w, r)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *mapServer) requests() []*http.Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*http.Request(nil), s.reqs...)
+}
+
+// send writes each item as one line: a proto.MapMessage as JSON, a string
+// verbatim.
+func send(w http.ResponseWriter, items ...any) {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	for _, it := range items {
+		var b []byte
+		switch v := it.(type) {
+		case string:
+			b = []byte(v)
+		default:
+			b, _ = json.Marshal(v)
+		}
+		w.Write(append(b, '\n'))
+		w.(http.Flusher).Flush()
+	}
+}
+
+// lines returns a script that sends items and then holds the stream open.
+func lines(items ...any) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		send(w, items...)
+		<-r.Context().Done()
+	}
+}
+
+type applied struct {
+	msg proto.MapMessage
+	err error
+}
+
+// recordingApplier reports every Apply on a channel.
+type recordingApplier struct {
+	a  Applier
+	ch chan applied
+}
+
+func (r *recordingApplier) Apply(m proto.MapMessage) error {
+	err := r.a.Apply(m)
+	r.ch <- applied{m, err}
+	return err
+}
+
+func (r *recordingApplier) next(t *testing.T) applied {
+	t.Helper()
+	select {
+	case a := <-r.ch:
+		return a
+	case <-time.After(okTimeout):
+		t.Fatal("no Apply within the timeout")
+		return applied{}
+	}
+}
+
+func (r *recordingApplier) none(t *testing.T) {
+	t.Helper()
+	select {
+	case a := <-r.ch:
+		t.Fatalf("unexpected Apply of version %d (err %v)", a.msg.Version, a.err)
+	default:
+	}
+}
+
+// runStream runs a stream for a against srv until the test ends; the
+// returned channel yields Run's result.
+func runStream(t *testing.T, a Applier, srv *mapServer, mod func(*StreamConfig)) (*Stream, <-chan error) {
+	t.Helper()
+	cfg := StreamConfig{
+		BaseURL:    srv.URL,
+		Client:     srv.Client(),
+		Token:      "node-token",
+		Logger:     testLogger(t),
+		MinBackoff: 5 * time.Millisecond,
+		MaxBackoff: 20 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := NewStream(a, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		done <- s.Run(ctx)
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-exited:
+		case <-time.After(okTimeout):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return s, done
+}
+
+// waitFor polls cond until it holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(okTimeout)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func TestStreamSnapshotAndDeltas(t *testing.T) {
+	n := newBareNode(t)
+	p1, p2 := fakePeer(t, 1), fakePeer(t, 2)
+	srv := newMapServer(t, lines(
+		proto.MapMessage{KeepAlive: true},
+		proto.MapMessage{Version: 1, Snapshot: true, Peers: []proto.Peer{p1}},
+		proto.MapMessage{KeepAlive: true},
+		"",
+		proto.MapMessage{Version: 2, Peers: []proto.Peer{p2}},
+		proto.MapMessage{Version: 3, Removed: []proto.Key{p1.Key}},
+	))
+	rec := &recordingApplier{a: n, ch: make(chan applied, 16)}
+	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820"), netip.MustParseAddrPort("[2001:db8::1]:51820")}
+	s, _ := runStream(t, rec, srv, func(c *StreamConfig) {
+		c.Endpoints = func() []netip.AddrPort { return eps }
+	})
+
+	for _, want := range []uint64{1, 2, 3} {
+		a := rec.next(t)
+		if a.err != nil || a.msg.Version != want || a.msg.KeepAlive {
+			t.Fatalf("applied version %d keepalive %v err %v, want version %d", a.msg.Version, a.msg.KeepAlive, a.err, want)
+		}
+	}
+	if got := n.Peers(); len(got) != 1 || got[0].Key != p2.Key {
+		t.Errorf("peers after deltas = %d, want only p2", len(got))
+	}
+	waitFor(t, "status version 3", func() bool { return s.Status().Version == 3 })
+	if st := s.Status(); !st.Connected || st.Connects != 1 || st.LastError != nil || st.Since.IsZero() {
+		t.Errorf("status = %+v", st)
+	}
+
+	req := srv.requests()[0]
+	if got := req.Header.Get("Authorization"); got != "Bearer node-token" {
+		t.Errorf("Authorization = %q", got)
+	}
+	if got := req.URL.Query().Get(proto.MapEndpointsParam); got != "192.0.2.1:51820,[2001:db8::1]:51820" {
+		t.Errorf("endpoints = %q", got)
+	}
+}
+
+// TestStreamResyncs checks that every way a connection can go wrong leads
+// to a reconnect and a new snapshot, and that nothing after the fault is
+// applied.
+func TestStreamResyncs(t *testing.T) {
+	const maxLine = 4096
+	tests := []struct {
+		name    string
+		fault   []any // sent after snapshot 1, followed by a valid delta 2
+		applied []uint64
+		wantErr error
+		idle    bool
+	}{
+		{name: "version gap", fault: []any{proto.MapMessage{Version: 3}}, applied: []uint64{3}, wantErr: ErrVersionGap},
+		{name: "malformed line", fault: []any{`{"version": 2, "peers": [`}, wantErr: ErrInvalidMessage},
+		{name: "wrong field type", fault: []any{`{"version": "two"}`}, wantErr: ErrInvalidMessage},
+		{name: "bad key", fault: []any{`{"version": 2, "peers": [{"key": "AAAA"}]}`}, wantErr: ErrInvalidMessage},
+		{name: "invalid message", fault: []any{proto.MapMessage{Version: 2, Peers: []proto.Peer{{NodeID: "zero key"}}}}, applied: []uint64{2}, wantErr: ErrInvalidMessage},
+		{name: "oversize line", fault: []any{`{"version": 2, "mesh_domain": "` + strings.Repeat("x", maxLine) + `"}`}, wantErr: ErrInvalidMessage},
+		{name: "idle", idle: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := newBareNode(t)
+			p1, p2, p3 := fakePeer(t, 1), fakePeer(t, 2), fakePeer(t, 3)
+			type view struct {
+				version uint64
+				peers   []proto.Peer
+			}
+			atReconnect := make(chan view, 1)
+
+			first := func(w http.ResponseWriter, r *http.Request) {
+				send(w, proto.MapMessage{Version: 1, Snapshot: true, Peers: []proto.Peer{p1}})
+				if !tt.idle {
+					send(w, tt.fault...)
+					send(w, proto.MapMessage{Version: 2, Peers: []proto.Peer{p2}})
+				}
+				<-r.Context().Done()
+			}
+			second := func(w http.ResponseWriter, r *http.Request) {
+				v, _ := n.Version()
+				atReconnect <- view{v, n.Peers()}
+				lines(proto.MapMessage{Version: 7, Snapshot: true, Peers: []proto.Peer{p1, p3}})(w, r)
+			}
+			srv := newMapServer(t, first, second)
+			rec := &recordingApplier{a: n, ch: make(chan applied, 16)}
+			s, _ := runStream(t, rec, srv, func(c *StreamConfig) {
+				c.MaxLineBytes = maxLine
+				if tt.idle {
+					c.IdleTimeout = 200 * time.Millisecond
+				}
+			})
+
+			if a := rec.next(t); a.err != nil || a.msg.Version != 1 {
+				t.Fatalf("first apply: version %d err %v", a.msg.Version, a.err)
+			}
+			for _, v := range tt.applied {
+				a := rec.next(t)
+				if a.msg.Version != v || !errors.Is(a.err, tt.wantErr) {
+					t.Fatalf("apply version %d err %v, want version %d err %v", a.msg.Version, a.err, v, tt.wantErr)
+				}
+			}
+			var got view
+			select {
+			case got = <-atReconnect:
+			case <-time.After(okTimeout):
+				t.Fatal("no reconnect")
+			}
+			if got.version != 1 || len(got.peers) != 1 || got.peers[0].Key != p1.Key {
+				t.Errorf("state before resync = version %d, %d peers; want version 1 with p1 only", got.version, len(got.peers))
+			}
+			if a := rec.next(t); a.err != nil || a.msg.Version != 7 || !a.msg.Snapshot {
+				t.Fatalf("resync apply: version %d err %v", a.msg.Version, a.err)
+			}
+			rec.none(t)
+			if v, synced := n.Version(); v != 7 || !synced || len(n.Peers()) != 2 {
+				t.Errorf("after resync: version %d synced %v peers %d", v, synced, len(n.Peers()))
+			}
+			waitFor(t, "reconnected status", func() bool { st := s.Status(); return st.Connected && st.Version == 7 })
+			st := s.Status()
+			if st.Connects != 2 || st.LastError == nil || st.LastErrorAt.IsZero() {
+				t.Errorf("status = %+v", st)
+			}
+			if tt.wantErr != nil && !errors.Is(st.LastError, tt.wantErr) {
+				t.Errorf("last error = %v, want %v", st.LastError, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestStreamRequiresSnapshotFirst(t *testing.T) {
+	n := newBareNode(t)
+	p1 := fakePeer(t, 1)
+	srv := newMapServer(t,
+		lines(proto.MapMessage{Version: 1, Peers: []proto.Peer{p1}}),
+		lines(proto.MapMessage{Version: 4, Snapshot: true}),
+	)
+	rec := &recordingApplier{a: n, ch: make(chan applied, 16)}
+	s, _ := runStream(t, rec, srv, nil)
+	if a := rec.next(t); a.msg.Version != 4 || a.err != nil {
+		t.Fatalf("first apply: version %d err %v, want the snapshot 4", a.msg.Version, a.err)
+	}
+	waitFor(t, "connected", func() bool { return s.Status().Connected })
+	if err := s.Status().LastError; !errors.Is(err, ErrNoSnapshot) {
+		t.Errorf("last error = %v, want ErrNoSnapshot", err)
+	}
+}
+
+func TestStreamRetriesServerErrors(t *testing.T) {
+	n := newBareNode(t)
+	fail := func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+	}
+	closeEarly := func(w http.ResponseWriter, r *http.Request) {
+		send(w, proto.MapMessage{Version: 1, Snapshot: true})
+	}
+	srv := newMapServer(t, fail, closeEarly, fail, lines(proto.MapMessage{Version: 2, Snapshot: true}))
+	rec := &recordingApplier{a: n, ch: make(chan applied, 16)}
+	s, _ := runStream(t, rec, srv, nil)
+	for _, v := range []uint64{1, 2} {
+		if a := rec.next(t); a.msg.Version != v || a.err != nil {
+			t.Fatalf("apply: version %d err %v, want %d", a.msg.Version, a.err, v)
+		}
+	}
+	waitFor(t, "connected", func() bool { return s.Status().Connected })
+	if got := len(srv.requests()); got != 4 {
+		t.Errorf("connections = %d, want 4", got)
+	}
+	var p *proto.Problem
+	if err := s.Status().LastError; !errors.As(err, &p) || p.Status != http.StatusServiceUnavailable {
+		t.Errorf("last error = %v, want a 503 problem", err)
+	}
+}
+
+func TestStreamStopsWhenUnauthorized(t *testing.T) {
+	n := newBareNode(t)
+	srv := newMapServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusUnauthorized)
+		json.NewEncoder(w).Encode(proto.Problem{Title: "node token revoked", Status: 401, Code: proto.CodeUnauthenticated})
+	})
+	_, done := runStream(t, n, srv, nil)
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(okTimeout):
+		t.Fatal("Run kept retrying a refused token")
+	}
+	var p *proto.Problem
+	if !errors.As(err, &p) || p.Code != proto.CodeUnauthenticated || p.Status != 401 {
+		t.Fatalf("Run = %v, want the 401 problem", err)
+	}
+}
+
+func TestNewStream(t *testing.T) {
+	for _, u := range []string{"", "coord.example", "ftp://coord.example", "://x"} {
+		if _, err := NewStream(nil, StreamConfig{BaseURL: u}); err == nil {
+			t.Errorf("NewStream(%q) succeeded", u)
+		}
+	}
+	s, err := NewStream(nil, StreamConfig{BaseURL: "https://coord.example/base/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.mapURL.String(); got != "https://coord.example/base/api/v1/map" {
+		t.Errorf("map URL = %q", got)
+	}
+	c := s.cfg
+	if c.MaxLineBytes != MaxMapLineBytes || c.IdleTimeout != DefaultStreamIdleTimeout ||
+		c.MinBackoff != DefaultStreamMinBackoff || c.MaxBackoff != DefaultStreamMaxBackoff || c.Client != http.DefaultClient {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	lo, hi := 100*time.Millisecond, 2*time.Second
+	for attempt := range 12 {
+		want := min(lo<<attempt, hi)
+		for range 50 {
+			d := backoff(attempt, lo, hi)
+			if d < want/2 || d > want {
+				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", attempt, d, want/2, want)
+			}
+		}
+	}
+}
