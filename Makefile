@@ -21,6 +21,12 @@ build-cross:
 	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$${p%/*}-$${p#*/} ./cli || exit 1; \
 	done
 
+# image builds the container image (deploy/Dockerfile) for the agent and
+# coordinator: IMAGE=registry/name to push elsewhere.
+.PHONY: image
+image:
+	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(or $(IMAGE),ghcr.io/clustral/clustral):$(VERSION) .
+
 # test: unit tests with -race, then the integration suite (which builds the
 # real components once into a cache outside the clone).
 test: test-unit test-integration
