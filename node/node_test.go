@@ -858,3 +858,115 @@ func (c *closeTrackingTUN) Close() error {
 	c.closed = true
 	return c.Device.Close()
 }
+
+func TestLazyKeepalive(t *testing.T) {
+	n := newBareNode(t)
+	n.lazyKeepalive = 10 * time.Millisecond
+	sets := make(chan string, 16)
+	next := n.ipcSet
+	n.ipcSet = func(s string) error {
+		sets <- s
+		return next(s)
+	}
+	pub := n.PublicKey()
+	var smaller, larger proto.Peer // keys relative to the node's
+	for i := 1; smaller.Key.IsZero() || larger.Key.IsZero(); i++ {
+		p := fakePeer(t, i)
+		p.Endpoints = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(50000+i))}
+		if bytes.Compare(pub[:], p.Key[:]) > 0 {
+			smaller = p
+		} else {
+			larger = p
+		}
+	}
+	if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: []proto.Peer{smaller, larger}}); err != nil {
+		t.Fatal(err)
+	}
+	first := <-sets
+	wantFirst := map[proto.Key]string{smaller.Key: "persistent_keepalive_interval=0", larger.Key: "persistent_keepalive_interval=25"}
+	for k, line := range wantFirst {
+		block := first[strings.Index(first, k.Hex()):]
+		if i := strings.Index(block[1:], "public_key="); i >= 0 {
+			block = block[:i+1]
+		}
+		if !strings.Contains(block, line+"\n") {
+			t.Errorf("first set, block of %s lacks %q:\n%s", k.ShortString(), line, block)
+		}
+	}
+	var second string
+	select {
+	case second = <-sets:
+	case <-time.After(okTimeout):
+		t.Fatal("keepalives of the lazy peer never enabled")
+	}
+	want := "public_key=" + smaller.Key.Hex() + "\nupdate_only=true\npersistent_keepalive_interval=25\n"
+	if second != want {
+		t.Errorf("second set = %q, want %q", second, want)
+	}
+
+	// A peer removed before its keepalives are due is left alone.
+	if err := n.Apply(proto.MapMessage{Version: 2, Removed: []proto.Key{smaller.Key}}); err != nil {
+		t.Fatal(err)
+	}
+	<-sets
+	n.enableKeepalive([]proto.Key{smaller.Key})
+	select {
+	case s := <-sets:
+		t.Errorf("keepalive set for a removed peer: %q", s)
+	default:
+	}
+}
+
+func BenchmarkApplyDelta(b *testing.B) {
+	for _, size := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("peers=%d", size), func(b *testing.B) {
+			n := newBareNode(b)
+			peers := make([]proto.Peer, size)
+			for i := range peers {
+				peers[i] = fakePeer(b, i+1)
+			}
+			if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}); err != nil {
+				b.Fatal(err)
+			}
+			// Each delta moves one peer between two addresses and two
+			// endpoints, so every Apply reconfigures it in the device.
+			var alt [2]proto.Peer
+			for i := range alt {
+				alt[i] = peers[size/2]
+				alt[i].Addresses = []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 127, 0, byte(i)}), 32)}
+				alt[i].Endpoints = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(40000+i))}
+			}
+			version := uint64(1)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				version++
+				if err := n.Apply(proto.MapMessage{Version: version, Peers: []proto.Peer{alt[i%2]}}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkPeerByAddr(b *testing.B) {
+	n := newBareNode(b)
+	peers := make([]proto.Peer, 10000)
+	for i := range peers {
+		peers[i] = fakePeer(b, i+1)
+	}
+	if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if _, ok := n.PeerByAddr(peers[i%len(peers)].Addresses[0].Addr()); !ok {
+				b.Fatal("peer not found")
+			}
+			i++
+		}
+	})
+}

@@ -1,0 +1,169 @@
+package node
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/clustral/clustral/proto"
+)
+
+func TestParseEndpoint(t *testing.T) {
+	key := genKey(t)
+	tests := []struct {
+		in       string
+		wantKey  proto.Key
+		wantAddr string
+		wantErr  bool
+	}{
+		{in: "192.0.2.1:51820", wantAddr: "192.0.2.1:51820"},
+		{in: "[2001:db8::1]:51820", wantAddr: "[2001:db8::1]:51820"},
+		{in: "[::ffff:192.0.2.1]:51820", wantAddr: "192.0.2.1:51820"},
+		{in: key.Hex() + "@192.0.2.1:51820", wantKey: key, wantAddr: "192.0.2.1:51820"},
+		{in: key.Hex() + "@192.0.2.1:51820,[2001:db8::1]:7", wantKey: key, wantAddr: "192.0.2.1:51820"},
+		{in: "192.0.2.1", wantErr: true},
+		{in: key.Hex() + "@", wantErr: true},
+		{in: key.Hex()[:10] + "@192.0.2.1:51820", wantErr: true},
+		{in: strings.Repeat("zz", 32) + "@192.0.2.1:51820", wantErr: true},
+		{in: key.Hex() + "@192.0.2.1:51820,nonsense", wantErr: true},
+	}
+	b := NewBind()
+	for _, tt := range tests {
+		ep, err := b.ParseEndpoint(tt.in)
+		if (err != nil) != tt.wantErr {
+			t.Errorf("ParseEndpoint(%q) err = %v, wantErr %v", tt.in, err, tt.wantErr)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		e := ep.(*Endpoint)
+		if e.Key() != tt.wantKey || e.DstToString() != tt.wantAddr || e.Path() != PathDirect {
+			t.Errorf("ParseEndpoint(%q) = key %v dst %s path %v", tt.in, e.Key().ShortString(), e.DstToString(), e.Path())
+		}
+		if e.DstIP() != e.AddrPort().Addr() || len(e.DstToBytes()) == 0 {
+			t.Errorf("ParseEndpoint(%q): inconsistent destination", tt.in)
+		}
+	}
+}
+
+func TestFormatEndpointRoundTrip(t *testing.T) {
+	key := genKey(t)
+	addrs := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1"), netip.MustParseAddrPort("[2001:db8::2]:2")}
+	if got := FormatEndpoint(key, nil); got != "" {
+		t.Errorf("FormatEndpoint without addresses = %q", got)
+	}
+	ep, err := NewBind().ParseEndpoint(FormatEndpoint(key, addrs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := ep.(*Endpoint)
+	if e.Key() != key || len(e.Candidates()) != 2 || e.Candidates()[1] != addrs[1] || e.AddrPort() != addrs[0] {
+		t.Errorf("round trip = %v %v", e, e.Candidates())
+	}
+}
+
+// fakeUDP stands in for the sockets: its receive function reports one
+// packet per source in srcs, and Send records what it was given.
+type fakeUDP struct {
+	srcs []netip.AddrPort
+	sent []conn.Endpoint
+}
+
+func (f *fakeUDP) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fn := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		for i, src := range f.srcs {
+			sizes[i] = 100 + i
+			eps[i] = &conn.StdNetEndpoint{AddrPort: src}
+		}
+		sizes[len(f.srcs)] = 0 // an empty slot is not a packet
+		return len(f.srcs) + 1, nil
+	}
+	return []conn.ReceiveFunc{fn}, 4242, nil
+}
+func (f *fakeUDP) Close() error         { return nil }
+func (f *fakeUDP) SetMark(uint32) error { return nil }
+func (f *fakeUDP) BatchSize() int       { return 8 }
+func (f *fakeUDP) ParseEndpoint(string) (conn.Endpoint, error) {
+	return nil, errors.New("not used")
+}
+func (f *fakeUDP) Send(bufs [][]byte, ep conn.Endpoint) error {
+	f.sent = append(f.sent, ep)
+	return nil
+}
+
+func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
+	known := netip.MustParseAddrPort("192.0.2.1:51820")
+	unknown := netip.MustParseAddrPort("198.51.100.9:4000")
+	mapped := netip.MustParseAddrPort("[::ffff:192.0.2.1]:51820") // same as known
+	f := &fakeUDP{srcs: []netip.AddrPort{known, unknown, mapped}}
+	b := NewBind()
+	b.udp = f
+	fns, port, err := b.Open(0)
+	if err != nil || port != 4242 || b.Port() != 4242 {
+		t.Fatalf("Open = %v, %d", err, port)
+	}
+	key := genKey(t)
+	ep, err := b.ParseEndpoint(FormatEndpoint(key, []netip.AddrPort{known}))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	receive := func() []conn.Endpoint {
+		t.Helper()
+		bufs := make([][]byte, 8)
+		sizes := make([]int, 8)
+		eps := make([]conn.Endpoint, 8)
+		n, err := fns[0](bufs, sizes, eps)
+		if err != nil || n != 4 {
+			t.Fatalf("receive = %d, %v", n, err)
+		}
+		return eps[:3]
+	}
+	eps := receive()
+	if eps[0] != ep || eps[2] != ep {
+		t.Errorf("packets from the keyed address were not attributed to its endpoint: %v %v", eps[0], eps[2])
+	}
+	if e := eps[1].(*Endpoint); !e.Key().IsZero() || e.AddrPort() != unknown {
+		t.Errorf("unknown source = %v, want a keyless endpoint at %v", e, unknown)
+	}
+	if st := b.Stats(PathDirect); st.RxPackets != 3 || st.RxBytes != 100+101+102 {
+		t.Errorf("rx stats = %+v", st)
+	}
+
+	if err := b.Send([][]byte{make([]byte, 10), make([]byte, 20)}, eps[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.sent[0].(*conn.StdNetEndpoint); !ok {
+		t.Errorf("inner Send got %T, want *conn.StdNetEndpoint", f.sent[0])
+	}
+	if st := b.Stats(PathDirect); st.TxPackets != 2 || st.TxBytes != 30 {
+		t.Errorf("tx stats = %+v", st)
+	}
+	if err := b.Send(nil, &conn.StdNetEndpoint{}); !errors.Is(err, conn.ErrWrongEndpointType) {
+		t.Errorf("Send to a foreign endpoint: err = %v", err)
+	}
+	if st := b.Stats(PathRelay); st != (PathStats{}) {
+		t.Errorf("relay stats = %+v, want none", st)
+	}
+
+	// A newer endpoint for the key replaces the old address; Forget drops it.
+	moved := netip.MustParseAddrPort("203.0.113.5:1")
+	if _, err := b.ParseEndpoint(FormatEndpoint(key, []netip.AddrPort{moved})); err != nil {
+		t.Fatal(err)
+	}
+	if e := receive()[0].(*Endpoint); !e.Key().IsZero() {
+		t.Errorf("old address still attributed to %v", e)
+	}
+	f.srcs[1] = moved
+	if e := receive()[1].(*Endpoint); e.Key() != key {
+		t.Errorf("new address not attributed: %v", e)
+	}
+	b.Forget(key)
+	if e := receive()[1].(*Endpoint); !e.Key().IsZero() {
+		t.Errorf("forgotten key still attributed: %v", e)
+	}
+}
