@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -96,6 +97,64 @@ OIDC provider.
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(newVersionCmd())
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
+	root.PersistentFlags().StringVar(&g.profile, "profile", os.Getenv("CLUSTRAL_PROFILE"), "profile to use (env CLUSTRAL_PROFILE)")
+	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "show HTTP traces and timings (never secrets)")
+	root.AddCommand(
+		newVersionCmd(),
+		newLoginCmd(g),
+		newLogoutCmd(g),
+		newCoordinatorCmd(g),
+		newAgentCmd(g),
+		newUpCmd(g),
+		newDownCmd(g),
+		newStatusCmd(g),
+		newClustersCmd(g),
+		newRolesCmd(g),
+		newAssignCmd(g),
+		newUnassignCmd(g),
+		newUsersCmd(g),
+	)
 	return root
+}
+
+// globals holds the flags and streams every command shares.
+type globals struct {
+	profile string
+	debug   bool
+	stdin   io.Reader
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+// logger returns the CLI's logger: debug output on stderr with --debug,
+// nothing otherwise.
+func (g *globals) logger() *slog.Logger {
+	if !g.debug {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (g *globals) dir() (string, error) { return profileDir(g.profile) }
+
+// session loads the stored session and an API client that uses it.
+func (g *globals) session() (*storedSession, *apiClient, error) {
+	dir, err := g.dir()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := loadSession(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var dbg *slog.Logger
+	if g.debug {
+		dbg = g.logger()
+	}
+	hc, err := newHTTPClient(s.CAFile, dbg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, &apiClient{base: s.Coordinator, token: s.Session.Token, hc: hc}, nil
 }

@@ -329,6 +329,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp.NodeToken = token
+	resp.Cluster = c.Name
 	writeJSON(w, http.StatusOK, resp)
 }
 

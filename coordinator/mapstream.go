@@ -220,7 +220,7 @@ func (s *Server) userChangedLocked(u *user, before map[string]bool) {
 
 // EndpointsParam is the query parameter of GET /api/v1/map with which a
 // node publishes its candidate endpoints (comma-separated ip:port).
-const endpointsParam = "endpoints"
+const endpointsParam = proto.MapEndpointsParam
 
 func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	n, ok := s.authNode(w, r)

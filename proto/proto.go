@@ -152,10 +152,12 @@ type RegisterResponse struct {
 	NodeID string `json:"node_id"`
 	// NodeToken authenticates the node's map stream. It is shown once and
 	// stored hashed by the coordinator.
-	NodeToken  string         `json:"node_token"`
-	Addresses  []netip.Prefix `json:"addresses"`
-	MeshDomain string         `json:"mesh_domain"`
-	ExpiresAt  time.Time      `json:"expires_at,omitzero"`
+	NodeToken string         `json:"node_token"`
+	Addresses []netip.Prefix `json:"addresses"`
+	// Cluster is the agent's cluster name, for agents only.
+	Cluster    string    `json:"cluster,omitempty"`
+	MeshDomain string    `json:"mesh_domain"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
 	// Certificate is the agent's serving certificate chain (PEM), for
 	// agents only.
 	Certificate string `json:"certificate,omitempty"`

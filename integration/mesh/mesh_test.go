@@ -21,7 +21,8 @@ func TestIdentityAndRoles(t *testing.T) {
 
 	res, err := a.kubectl("--context", "clustral-kind", "auth", "whoami")
 	if err != nil {
-		t.Fatal(err)
+		dbg, _ := a.kubectl("--context", "clustral-kind", "get", "--raw", "/api", "-v=9")
+		t.Fatalf("%v\ndebug: %s", err, dbg.Stderr)
 	}
 	for _, want := range []string{alice.Email, "clustral:viewers", "system:authenticated"} {
 		if !strings.Contains(res.Stdout, want) {

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/clustral/clustral/agent"
+	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/proto"
+)
+
+func newAgentCmd(g *globals) *cobra.Command {
+	var (
+		coord, tokenFile, token, kubeconfig, caFile string
+		healthListen, logFormat, logLevel           string
+		wgPort                                      int
+		drain                                       time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the in-cluster agent: the identity-aware Kubernetes proxy on the mesh",
+		Long: `Run the agent. It generates its own WireGuard and TLS keys, registers with
+the cluster's join token, joins the mesh with an outbound connection to the
+coordinator, and serves the identity-aware Kubernetes proxy on its overlay
+address :443 (inside the userspace network stack only, never on the pod
+network).
+
+Inside a cluster it uses the pod's service account (in-cluster config);
+--kubeconfig is for running outside one. Every flag can also be set as
+CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
+		Example: `  clustral agent --coordinator https://clustral.example.com --join-token-file /etc/clustral/join-token
+  clustral agent --coordinator http://127.0.0.1:7443 --join-token-file token --kubeconfig ~/.kube/config`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := bindEnvAndFile(c, "CLUSTRAL", ""); err != nil {
+				return err
+			}
+			log, err := serverLogger(logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			if coord == "" {
+				return usageError{errors.New("--coordinator is required (the coordinator's URL)")}
+			}
+			if coord, err = normalizeURL(coord); err != nil {
+				return usageError{err}
+			}
+			if tokenFile != "" {
+				b, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return fmt.Errorf("read join token: %w", err)
+				}
+				token = strings.TrimSpace(string(b))
+			}
+			if token == "" {
+				return usageError{errors.New("no join token: pass --join-token-file or set CLUSTRAL_JOIN_TOKEN (clustral clusters add prints one)")}
+			}
+			var upstream *rest.Config
+			if kubeconfig != "" {
+				upstream, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+			} else {
+				upstream, err = rest.InClusterConfig()
+				if err != nil {
+					err = fmt.Errorf("%w (outside a cluster, pass --kubeconfig)", err)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("kube-apiserver config: %w", err)
+			}
+			hc, err := newHTTPClient(caFile, nil)
+			if err != nil {
+				return err
+			}
+			a := &agentRun{coord: coord, token: token, upstream: upstream, hc: hc, wgPort: wgPort, log: log, drain: drain}
+			return a.run(c.Context(), healthListen)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&coord, "coordinator", "", "coordinator URL")
+	f.StringVar(&tokenFile, "join-token-file", "", "file holding the cluster's join token")
+	f.StringVar(&token, "join-token", "", "the cluster's join token (prefer --join-token-file or CLUSTRAL_JOIN_TOKEN)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for kube-apiserver (default: in-cluster config)")
+	f.StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator")
+	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz and /readyz")
+	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
+	f.DurationVar(&drain, "drain-timeout", 20*time.Second, "on SIGTERM, how long open requests may finish")
+	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return c
+}
+
+type agentRun struct {
+	coord    string
+	token    string
+	upstream *rest.Config
+	hc       *http.Client
+	wgPort   int
+	log      *slog.Logger
+	drain    time.Duration
+}
+
+func (a *agentRun) run(ctx context.Context, healthListen string) error {
+	log := a.log
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	api := &apiClient{base: a.coord, token: a.token, hc: a.hc}
+	var reg proto.RegisterResponse
+	req := proto.RegisterAgentRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: sanitizeHostname(host), CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
+	// The coordinator may not be up yet when the pod starts: retry.
+	for attempt := 0; ; attempt++ {
+		err = api.do(ctx, "POST", proto.APIVersion+"/agents", req, &reg)
+		var pe *problemError
+		if err == nil || errors.As(err, &pe) || attempt >= 30 {
+			break
+		}
+		log.Warn("coordinator unreachable, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("register agent: %w", cliErr(err))
+	}
+	log.Info("agent registered", "cluster", reg.Cluster, "node", reg.NodeID, "addresses", reg.Addresses)
+	nodeAPI := &apiClient{base: a.coord, token: reg.NodeToken, hc: a.hc}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := nodeAPI.do(dctx, "DELETE", proto.APIVersion+"/nodes/self", nil, nil); err != nil {
+			log.Warn("deregister agent", "err", err)
+		}
+	}()
+
+	cert, err := tlsCertificate(reg.Certificate, tlsKey)
+	if err != nil {
+		return err
+	}
+	m, err := joinMesh(priv, reg, a.wgPort, log)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+
+	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer proxy.Close()
+	remove := m.node.OnChange(func(node.Change) { proxy.Reevaluate() })
+	defer remove()
+
+	var ready atomic.Bool
+	hl, err := net.Listen("tcp", healthListen)
+	if err != nil {
+		return fmt.Errorf("health listener: %w", err)
+	}
+	hmux := http.NewServeMux()
+	hmux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	hmux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not connected to the mesh yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	hsrv := &http.Server{Handler: hmux, ReadHeaderTimeout: 5 * time.Second}
+	go hsrv.Serve(hl)
+	defer hsrv.Close()
+	log.Info("health endpoints", "addr", hl.Addr().String())
+
+	errc := make(chan error, 4)
+	for _, p := range reg.Addresses {
+		l, err := m.stack.ListenTCP(netip.AddrPortFrom(p.Addr(), 443))
+		if err != nil {
+			return fmt.Errorf("listen on overlay %s:443: %w", p.Addr(), err)
+		}
+		go func() { errc <- proxy.ServeTLS(l, cert) }()
+	}
+	go func() { errc <- runMapStream(ctx, m, nodeAPI, log) }()
+	removeReady := m.node.OnChange(func(ch node.Change) {
+		if ch.Snapshot {
+			ready.Store(true)
+		}
+	})
+	defer removeReady()
+
+	select {
+	case <-ctx.Done():
+		log.Info("draining", "timeout", a.drain)
+		return nil
+	case err := <-errc:
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+}
+
+func tlsCertificate(certPEM string, key *ecdsa.PrivateKey) (tls.Certificate, error) {
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	cert, err := tls.X509KeyPair([]byte(certPEM), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent certificate from the coordinator: %w", err)
+	}
+	return cert, nil
+}

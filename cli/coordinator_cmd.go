@@ -1,0 +1,117 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustral/clustral/coordinator"
+)
+
+// serverLogger returns the structured logger the servers use.
+func serverLogger(format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Errorf("log level %q: use debug, info, warn or error", level)}
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	default:
+		return nil, usageError{fmt.Errorf("log format %q: use json or text", format)}
+	}
+}
+
+func newCoordinatorCmd(g *globals) *cobra.Command {
+	d := coordinator.Defaults()
+	var (
+		cfg                 coordinator.Config
+		configFile          string
+		v4, v6              string
+		secretFile          string
+		logFormat, logLevel string
+	)
+	c := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run the clustral coordinator (control plane)",
+		Long: `Run the coordinator: OIDC login, device and agent registration, overlay
+addresses, roles and the network map stream. State lives in one bbolt file
+in --data-dir.
+
+Every setting can also come from the environment as CLUSTRAL_<SETTING>
+(e.g. CLUSTRAL_OIDC_ISSUER) or from a YAML file given with --config whose
+keys are the flag names. Flags win over the environment, which wins over
+the file. Without TLS the coordinator serves plain HTTP, on loopback only.`,
+		Example: `  # development, on loopback, with embedded defaults
+  clustral coordinator --oidc-issuer https://dex.example.com --oidc-client-id clustral \
+      --oidc-client-secret-file /etc/clustral/oidc-secret --admin alice@example.com
+
+  # production
+  clustral coordinator --config /etc/clustral/coordinator.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := bindEnvAndFile(c, "CLUSTRAL", configFile); err != nil {
+				return err
+			}
+			log, err := serverLogger(logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			if cfg.IPv4Prefix, err = netip.ParsePrefix(v4); err != nil {
+				return usageError{fmt.Errorf("--ipv4-prefix %q: %w", v4, err)}
+			}
+			if v6 != "" {
+				if cfg.IPv6Prefix, err = netip.ParsePrefix(v6); err != nil {
+					return usageError{fmt.Errorf("--ipv6-prefix %q: %w", v6, err)}
+				}
+			}
+			if secretFile != "" {
+				b, err := os.ReadFile(secretFile)
+				if err != nil {
+					return fmt.Errorf("read OIDC client secret: %w", err)
+				}
+				cfg.OIDC.ClientSecret = strings.TrimSpace(string(b))
+			}
+			srv, err := coordinator.New(c.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			defer srv.Close()
+			return srv.ListenAndServe(c.Context(), nil)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&configFile, "config", "", "YAML config file (keys are the flag names)")
+	f.StringVar(&cfg.Listen, "listen", d.Listen, "address to serve the API on")
+	f.StringVar(&cfg.PublicURL, "public-url", "", "URL nodes and browsers reach the coordinator at (default http(s)://<listen>)")
+	f.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory of the bbolt store")
+	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate file (PEM)")
+	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS key file (PEM)")
+	f.StringVar(&cfg.OIDC.Issuer, "oidc-issuer", "", "OIDC issuer URL")
+	f.StringVar(&cfg.OIDC.ClientID, "oidc-client-id", "", "OIDC client id of the coordinator")
+	f.StringVar(&cfg.OIDC.ClientSecret, "oidc-client-secret", "", "OIDC client secret (prefer --oidc-client-secret-file or CLUSTRAL_OIDC_CLIENT_SECRET)")
+	f.StringVar(&secretFile, "oidc-client-secret-file", "", "file holding the OIDC client secret")
+	f.StringVar(&cfg.OIDC.CAFile, "oidc-ca-file", "", "PEM bundle to trust for the OIDC issuer")
+	f.StringVar(&cfg.OIDC.LoginClaim, "oidc-login-claim", d.OIDC.LoginClaim, "ID token claim that becomes the user's login (the name Kubernetes sees)")
+	f.StringVar(&cfg.OIDC.GroupsClaim, "oidc-groups-claim", d.OIDC.GroupsClaim, "ID token claim holding the user's groups")
+	f.StringSliceVar(&cfg.OIDC.Scopes, "oidc-scopes", d.OIDC.Scopes, "scopes to request besides openid")
+	f.StringSliceVar(&cfg.OIDC.ExtraAudiences, "oidc-extra-audience", nil, "further audiences accepted for --id-token-file logins")
+	f.StringSliceVar(&cfg.Admins, "admin", nil, "administrator email or login (repeatable)")
+	f.StringSliceVar(&cfg.AdminGroups, "admin-group", nil, "OIDC group whose members are administrators (repeatable)")
+	f.StringVar(&v4, "ipv4-prefix", d.IPv4Prefix.String(), "overlay IPv4 range")
+	f.StringVar(&v6, "ipv6-prefix", "", "overlay IPv6 range (default: a random ULA /48 chosen once per mesh)")
+	f.StringVar(&cfg.MeshDomain, "mesh-domain", d.MeshDomain, "DNS suffix of mesh names")
+	f.DurationVar(&cfg.SessionTTL, "session-ttl", d.SessionTTL, "how long a login lasts")
+	f.DurationVar(&cfg.AgentTTL, "agent-ttl", d.AgentTTL, "reclaim an agent after it has been gone this long")
+	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return c
+}

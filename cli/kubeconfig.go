@@ -1,0 +1,126 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// contextName is the kubeconfig context (and cluster entry) clustral
+// writes for a cluster.
+func contextName(cluster string) string { return "clustral-" + cluster }
+
+// kubeconfigWriter edits the user's kubeconfig with clientcmd: the file
+// named by path, or the standard KUBECONFIG/~/.kube/config rules when path
+// is empty. Everything else in the file is preserved.
+type kubeconfigWriter struct {
+	path string
+}
+
+func (k kubeconfigWriter) options() *clientcmd.PathOptions {
+	po := clientcmd.NewDefaultPathOptions()
+	if k.path != "" {
+		po.LoadingRules.ExplicitPath = k.path
+		po.LoadingRules.Precedence = []string{k.path}
+		po.GlobalFile = k.path
+		po.EnvVar = ""
+	}
+	return po
+}
+
+// File returns the file contexts are written to.
+func (k kubeconfigWriter) File() string {
+	po := k.options()
+	if po.IsExplicitFile() {
+		return po.GetExplicitFile()
+	}
+	return po.GetDefaultFilename()
+}
+
+// meshContext is one cluster's context.
+type meshContext struct {
+	Cluster string
+	Server  string // https://<cluster>.<mesh domain>
+	CA      []byte
+	Proxy   *url.URL
+	// Login names the user. It is not a credential: kubectl needs some
+	// user entry or it prompts for one, and the agent ignores whatever
+	// the request claims; identity comes from the WireGuard peer.
+	Login string
+}
+
+// Set writes ctxs and removes the clustral contexts in remove, in one
+// update. A context of the same name that clustral did not write is left
+// alone, and an error names it.
+func (k kubeconfigWriter) Set(ctxs []meshContext, remove []string) error {
+	po := k.options()
+	cfg, err := po.GetStartingConfig()
+	if err != nil {
+		return fmt.Errorf("read kubeconfig: %w", err)
+	}
+	for _, name := range remove {
+		if c, ok := cfg.Contexts[name]; ok && isOurs(cfg, name) {
+			delete(cfg.Clusters, c.Cluster)
+			delete(cfg.AuthInfos, c.AuthInfo)
+			delete(cfg.Contexts, name)
+			if cfg.CurrentContext == name {
+				cfg.CurrentContext = ""
+			}
+		}
+	}
+	for _, mc := range ctxs {
+		name := contextName(mc.Cluster)
+		if _, exists := cfg.Contexts[name]; exists && !isOurs(cfg, name) {
+			return fmt.Errorf("kubeconfig already has a context %q that clustral did not write; rename or remove it", name)
+		}
+		cl := clientcmdapi.NewCluster()
+		cl.Server = mc.Server
+		cl.CertificateAuthorityData = mc.CA
+		cl.ProxyURL = mc.Proxy.String()
+		cl.Extensions[extensionName] = &runtime.Unknown{Raw: []byte(`{"managed":true}`), ContentType: runtime.ContentTypeJSON} // marks the entry as ours
+		cfg.Clusters[name] = cl
+		ai := clientcmdapi.NewAuthInfo()
+		ai.Username = mc.Login
+		cfg.AuthInfos[name] = ai
+		ctx := clientcmdapi.NewContext()
+		ctx.Cluster = name
+		ctx.AuthInfo = name
+		cfg.Contexts[name] = ctx
+	}
+	if err := clientcmd.ModifyConfig(po, *cfg, false); err != nil {
+		return fmt.Errorf("write kubeconfig %s: %w", k.File(), err)
+	}
+	return nil
+}
+
+// extensionName marks the kubeconfig entries clustral owns.
+const extensionName = "clustral.dev/managed"
+
+func isOurs(cfg *clientcmdapi.Config, ctxName string) bool {
+	c, ok := cfg.Contexts[ctxName]
+	if !ok {
+		return false
+	}
+	cl, ok := cfg.Clusters[c.Cluster]
+	return ok && cl.Extensions[extensionName] != nil
+}
+
+// Ours lists the clustral contexts in the kubeconfig.
+func (k kubeconfigWriter) Ours() ([]string, error) {
+	cfg, err := k.options().GetStartingConfig()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for name := range cfg.Contexts {
+		if isOurs(cfg, name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/netstack"
+	"github.com/clustral/clustral/netstack/socks5"
+	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/proto"
+)
+
+// mesh is a node joined to the overlay: a netstack with the node's overlay
+// addresses and a WireGuard node on it, kept in step with the map.
+type mesh struct {
+	stack *netstack.Stack
+	node  *node.Node
+	reg   proto.RegisterResponse
+	log   *slog.Logger
+}
+
+// joinMesh brings up the netstack and the WireGuard node for a registered
+// node. Close releases both.
+func joinMesh(priv wgtypes.Key, reg proto.RegisterResponse, listenPort int, log *slog.Logger) (*mesh, error) {
+	var addrs []netip.Addr
+	for _, p := range reg.Addresses {
+		addrs = append(addrs, p.Addr())
+	}
+	st, err := netstack.New(netstack.Config{Addrs: addrs, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("netstack: %w", err)
+	}
+	n, err := node.New(node.Config{PrivateKey: priv, TUN: st.TUN(), ListenPort: listenPort, Logger: log})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("wireguard node: %w", err)
+	}
+	return &mesh{stack: st, node: n, reg: reg, log: log}, nil
+}
+
+func (m *mesh) Close() error {
+	err := m.node.Close()
+	if serr := m.stack.Close(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// localEndpoints lists the node's candidate UDP endpoints: its listen
+// port on each non-loopback interface address, and on loopback.
+func localEndpoints(port uint16) []netip.AddrPort {
+	var out []netip.AddrPort
+	ifaces, _ := net.InterfaceAddrs()
+	for _, a := range ifaces {
+		p, err := netip.ParsePrefix(a.String())
+		if err != nil || p.Addr().IsLinkLocalUnicast() || !p.Addr().Is4() {
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(p.Addr(), port))
+	}
+	return out
+}
+
+// dialCluster dials host:port through the mesh. host is a mesh name
+// (<cluster>.<mesh domain>), resolved to the cluster's agents, healthiest
+// first, trying the next one when a dial fails; or an overlay address.
+func (m *mesh) dialCluster(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		if _, ok := m.node.PeerByAddr(a); !ok {
+			return nil, fmt.Errorf("%s is not a peer of this node", a)
+		}
+		return m.stack.DialTCPAddrPort(ctx, netip.AddrPortFrom(a, port))
+	}
+	domain := "." + m.node.MeshDomain()
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if !strings.HasSuffix(host, domain) {
+		return nil, fmt.Errorf("%s is not a mesh name (*%s)", host, domain)
+	}
+	cluster := strings.TrimSuffix(host, domain)
+	agents := m.node.AgentsOf(cluster)
+	if len(agents) == 0 {
+		return nil, fmt.Errorf("no agent of cluster %q is reachable: you may have no role there, or its agents are down", cluster)
+	}
+	var lastErr error
+	for _, a := range agents {
+		if len(a.Addresses) == 0 {
+			continue
+		}
+		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		c, err := m.stack.DialTCPAddrPort(dctx, netip.AddrPortFrom(a.Addresses[0].Addr(), port))
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		m.log.Warn("agent unreachable, trying the next", "cluster", cluster, "agent", a.NodeID, "err", err)
+		lastErr = err
+	}
+	return nil, fmt.Errorf("no agent of cluster %q answered: %w", cluster, lastErr)
+}
+
+// newSOCKSServer returns the loopback SOCKS5 server of `clustral up`: one
+// per-session credential, and every CONNECT dialled through the mesh.
+func newSOCKSServer(user, pass string, m *mesh, log *slog.Logger) *socks5.Server {
+	return &socks5.Server{
+		Username: user,
+		Password: pass,
+		Logger:   log,
+		Dial: func(ctx context.Context, network, host string, port uint16) (net.Conn, error) {
+			return m.dialCluster(ctx, host, port)
+		},
+	}
+}
+
+// runMapStream keeps m in step with the coordinator until ctx is done,
+// publishing the node's local endpoints.
+func runMapStream(ctx context.Context, m *mesh, api *apiClient, log *slog.Logger) error {
+	s, err := node.NewStream(m.node, node.StreamConfig{
+		BaseURL:   api.base,
+		Token:     api.token,
+		Client:    api.hc,
+		Endpoints: func() []netip.AddrPort { return localEndpoints(m.node.ListenPort()) },
+		Logger:    log,
+	})
+	if err != nil {
+		return err
+	}
+	err = s.Run(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

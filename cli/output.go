@@ -1,0 +1,41 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+)
+
+// outputFlag adds -o/--output to c and returns where it is stored.
+func outputFlag(c *cobra.Command) *string {
+	var o string
+	c.Flags().StringVarP(&o, "output", "o", "table", "output format: table, json or yaml")
+	return &o
+}
+
+// render writes v as JSON or YAML, or calls table for the table format.
+func render(w io.Writer, format string, v any, table func(tw *tabwriter.Writer)) error {
+	switch format {
+	case "json":
+		e := json.NewEncoder(w)
+		e.SetIndent("", "  ")
+		return e.Encode(v)
+	case "yaml":
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	case "table", "":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		table(tw)
+		return tw.Flush()
+	default:
+		return usageError{fmt.Errorf("unknown output format %q (use table, json or yaml)", format)}
+	}
+}
