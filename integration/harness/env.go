@@ -21,6 +21,9 @@ type Options struct {
 	// it the built-in view/edit/admin ClusterRoles have no rules and
 	// namespaces are never deleted.
 	SkipControllerManager bool
+	// SkipKubernetes starts no etcd, apiserver or controller manager:
+	// only Dex, for a run against an existing cluster.
+	SkipKubernetes bool
 	// Dex, if non-nil, starts Dex with these options.
 	Dex *DexOptions
 	// KWOK starts KWOK and creates its fake node. It can also be started
@@ -93,6 +96,15 @@ func start(ctx context.Context, dir string, opts Options) (e *Env, err error) {
 			e = nil
 		}
 	}()
+	if opts.SkipKubernetes {
+		if opts.Dex != nil {
+			if e.Dex, err = StartDex(ctx, dir, *opts.Dex); err != nil {
+				return nil, err
+			}
+			e.track(e.Dex.Pid())
+		}
+		return e, nil
+	}
 	if e.Etcd, err = StartEtcd(ctx, dir); err != nil {
 		return nil, err
 	}
