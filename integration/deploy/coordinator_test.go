@@ -218,25 +218,32 @@ func TestCoordinatorConfigKeys(t *testing.T) {
 	}
 }
 
-// TestCoordinatorConfigLoads has the real binary read the example file
-// with an invalid --log-level: the coordinator reads and type-checks the
-// whole file first, then refuses the log level, so the error shows that
-// every value in the file was accepted, and nothing is started.
+// TestCoordinatorConfigLoads has the real binary read the example file,
+// with the OIDC client secret file pointed at a missing path: the
+// coordinator reads and checks the whole file, the log settings and the
+// overlay prefixes first, then fails to read the secret, so that error
+// shows every value in the file was accepted, and nothing is started.
 func TestCoordinatorConfigLoads(t *testing.T) {
 	bin := clustral(t)
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "no-such-secret")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	c := exec.CommandContext(ctx, bin, "coordinator", "--config", repoPath("deploy", "coordinator", "coordinator.yaml"), "--log-level", "not-a-level")
+	c := exec.CommandContext(ctx, bin, "coordinator",
+		"--config", repoPath("deploy", "coordinator", "coordinator.yaml"),
+		"--oidc-client-secret-file", missing,
+		// Should the coordinator ever get further, keep it off the host.
+		"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0")
 	c.Env = cleanEnv()
-	c.Dir = t.TempDir()
+	c.Dir = dir
 	out, err := c.CombinedOutput()
 	if ctx.Err() != nil {
-		t.Fatalf("the coordinator did not stop at the bad log level; it may have started:\n%s", out)
+		t.Fatalf("the coordinator did not stop at the missing secret file; it may have started:\n%s", out)
 	}
 	if err == nil {
-		t.Fatalf("clustral coordinator accepted --log-level not-a-level:\n%s", out)
+		t.Fatalf("clustral coordinator started without its OIDC client secret:\n%s", out)
 	}
-	if strings.Contains(string(out), "configuration:") || !strings.Contains(string(out), "not-a-level") {
-		t.Fatalf("want only the log level refused, got:\n%s", out)
+	if strings.Contains(string(out), "configuration:") || !strings.Contains(string(out), missing) {
+		t.Fatalf("want only the missing secret file refused, got:\n%s", out)
 	}
 }
