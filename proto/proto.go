@@ -205,6 +205,13 @@ type Role struct {
 	Groups      []string `json:"groups"`
 	// KubeUser, when set, replaces the user's login as Impersonate-User.
 	KubeUser string `json:"kube_user,omitempty"`
+	// Restrictions, when set, narrow what the role allows.
+	Restrictions *Restrictions `json:"restrictions,omitempty"`
+	// ApproverGroups are OIDC groups whose members may approve access
+	// requests for this role (besides administrators).
+	ApproverGroups []string `json:"approver_groups,omitempty"`
+	// Admin makes holders of this role clustral administrators.
+	Admin bool `json:"admin,omitempty"`
 }
 
 // Assignment gives a user (or an OIDC group) a role on a cluster.
@@ -287,6 +294,8 @@ type RoleGrant struct {
 	Expires  *time.Time `json:"expires,omitempty"`
 	// Source says why the role applies: "user", "group:<name>" or "grant".
 	Source string `json:"source,omitempty"`
+	// Restrictions narrow what the role allows; nil means none.
+	Restrictions *Restrictions `json:"restrictions,omitempty"`
 }
 
 // Whoami answers GET /api/v1/whoami: the caller, their session and the
@@ -301,4 +310,40 @@ type Whoami struct {
 type ReachableCluster struct {
 	Name  string      `json:"name"`
 	Roles []RoleGrant `json:"roles"`
+}
+
+// Restrictions narrow what a role allows on a cluster. The agent enforces
+// them before impersonating; the cluster's RBAC still judges whatever they
+// let through. An empty list places no limit of its kind. A request is
+// allowed by a role only if it matches every non-empty list.
+type Restrictions struct {
+	// Namespaces the role may touch. Cluster-scoped requests are refused
+	// when Namespaces is set, unless it contains "" (cluster scope).
+	Namespaces []string `json:"namespaces,omitempty"`
+	// APIGroups by name; "" is the core group, "*" any group.
+	APIGroups []string `json:"api_groups,omitempty"`
+	// Resources by plural name, with an optional subresource
+	// ("pods", "pods/log", "deployments"); "*" any resource.
+	Resources []string `json:"resources,omitempty"`
+	// Verbs as Kubernetes names them: get, list, watch, create, update,
+	// patch, delete, deletecollection; "*" any verb.
+	Verbs []string `json:"verbs,omitempty"`
+	// ResourceNames the role may touch by name.
+	ResourceNames []string `json:"resource_names,omitempty"`
+	// TimeWindows when the role applies; outside all of them it does not.
+	TimeWindows []TimeWindow `json:"time_windows,omitempty"`
+}
+
+// TimeWindow is a weekly window in a named time zone, e.g. Mon-Fri
+// 09:00-18:00 Europe/Berlin. End before Start spans midnight.
+type TimeWindow struct {
+	// Days are three-letter English day names ("mon" ... "sun"); empty
+	// means every day. A window spanning midnight belongs to the day it
+	// starts on.
+	Days []string `json:"days,omitempty"`
+	// Start and End are "HH:MM" (24h) local times.
+	Start string `json:"start"`
+	End   string `json:"end"`
+	// TimeZone is an IANA zone name; empty means UTC.
+	TimeZone string `json:"time_zone,omitempty"`
 }
