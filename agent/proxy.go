@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/time/rate"
 	"k8s.io/client-go/rest"
 
 	"github.com/clustral/clustral/proto"
@@ -67,6 +68,15 @@ type Config struct {
 	// SweepInterval is how often live requests are re-evaluated on the
 	// proxy's own clock; zero means DefaultSweepInterval.
 	SweepInterval time.Duration
+	// RateLimit is the sustained number of requests per second each user
+	// (login) may start; zero means DefaultRateLimit, a negative value
+	// turns per-user limiting off. A watch, log stream or upgraded
+	// connection counts once, when it starts.
+	RateLimit rate.Limit
+	// RateBurst is how many requests a user may start at once above
+	// RateLimit; zero means DefaultRateBurst, a negative value turns
+	// per-user limiting off.
+	RateBurst int
 }
 
 // Proxy is the identity-aware Kubernetes proxy. It is an http.Handler and
