@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -34,7 +35,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 	var (
 		coord, tokenFile, token, kubeconfig, caFile string
 		healthListen, logFormat, logLevel           string
-		wgPort                                      int
+		wgPort, rateBurst                           int
+		rateQPS                                     float64
 		drain                                       time.Duration
 	)
 	c := &cobra.Command{
@@ -92,7 +94,8 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 			if err != nil {
 				return err
 			}
-			a := &agentRun{coord: coord, token: token, upstream: upstream, hc: hc, wgPort: wgPort, log: log, drain: drain}
+			a := &agentRun{coord: coord, token: token, upstream: upstream, hc: hc, wgPort: wgPort, log: log, drain: drain,
+				rateLimit: rate.Limit(rateQPS), rateBurst: rateBurst}
 			return a.run(c.Context(), healthListen)
 		},
 	}
@@ -105,6 +108,8 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz and /readyz")
 	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	f.DurationVar(&drain, "drain-timeout", 20*time.Second, "on SIGTERM, how long open requests may finish")
+	f.Float64Var(&rateQPS, "rate-limit-qps", float64(agent.DefaultRateLimit), "requests per second each user may start through the proxy (sustained); negative turns the limit off")
+	f.IntVar(&rateBurst, "rate-limit-burst", agent.DefaultRateBurst, "requests each user may start at once above --rate-limit-qps; negative turns the limit off")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return c
@@ -118,6 +123,9 @@ type agentRun struct {
 	wgPort   int
 	log      *slog.Logger
 	drain    time.Duration
+	// rateLimit and rateBurst are the proxy's per-user limits.
+	rateLimit rate.Limit
+	rateBurst int
 }
 
 func (a *agentRun) run(ctx context.Context, healthListen string) error {
@@ -175,7 +183,8 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	}
 	defer m.Close()
 
-	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log})
+	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
+		RateLimit: a.rateLimit, RateBurst: a.rateBurst})
 	if err != nil {
 		return err
 	}
