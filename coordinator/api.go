@@ -46,6 +46,20 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+v+"/assignments", s.admin(s.handleCreateAssignment))
 	mux.HandleFunc("DELETE "+v+"/assignments/{id}", s.admin(s.handleDeleteAssignment))
 	mux.HandleFunc("GET "+v+"/users", s.admin(s.handleListUsers))
+	mux.HandleFunc("GET "+v+"/users/{user}", s.admin(s.handleShowUser))
+	mux.HandleFunc("POST "+v+"/users/{user}/{action}", s.admin(s.handleUserState))
+	mux.HandleFunc("GET "+v+"/roles/{role}", s.admin(s.handleShowRole))
+	mux.HandleFunc("PUT "+v+"/roles/{role}", s.admin(s.handleUpdateRole))
+	mux.HandleFunc("DELETE "+v+"/roles/{role}", s.admin(s.handleDeleteRole))
+	mux.HandleFunc("GET "+v+"/clusters/{cluster}", s.admin(s.handleShowCluster))
+	mux.HandleFunc("PUT "+v+"/clusters/{cluster}/labels", s.admin(s.handleLabelCluster))
+	mux.HandleFunc("POST "+v+"/clusters/{cluster}/{action}", s.admin(s.handleClusterToken))
+	mux.HandleFunc("DELETE "+v+"/clusters/{cluster}", s.admin(s.handleDeleteCluster))
+	mux.HandleFunc("GET "+v+"/devices", s.handleListDevices)
+	mux.HandleFunc("DELETE "+v+"/devices/{id}", s.handleRevokeDevice)
+	mux.HandleFunc("POST "+v+"/access-requests", s.handleCreateRequest)
+	mux.HandleFunc("GET "+v+"/access-requests", s.handleListRequests)
+	mux.HandleFunc("POST "+v+"/access-requests/{id}/{action}", s.handleDecideRequest)
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)
@@ -492,20 +506,11 @@ func (s *Server) handleListRoles(w http.ResponseWriter, r *http.Request, _ princ
 
 func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.Role
-	if !decode(w, r, &req) || !checkName(w, "role", req.Name) {
+	if !decode(w, r, &req) || !validateRole(w, &req) {
 		return
 	}
-	if len(req.Groups) == 0 && req.KubeUser == "" {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("role %q names no Kubernetes group", req.Name), "pass at least one group, e.g. --group view-all")
-		return
-	}
-	for _, g := range req.Groups {
-		if strings.TrimSpace(g) == "" {
-			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "empty Kubernetes group name in role "+req.Name, "remove the empty --group")
-			return
-		}
-	}
-	ro := &role{ID: newID("rol"), Name: req.Name, Description: req.Description, Groups: req.Groups, KubeUser: req.KubeUser, Created: s.now()}
+	ro := &role{ID: newID("rol"), Name: req.Name, Description: req.Description, Groups: req.Groups, KubeUser: req.KubeUser,
+		Restrictions: req.Restrictions, ApproverGroups: req.ApproverGroups, Admin: req.Admin, Created: s.now()}
 	slices.Sort(ro.Groups)
 	ro.Groups = slices.Compact(ro.Groups)
 	s.mu.Lock()
@@ -539,6 +544,8 @@ func (s *Server) assignmentToProto(a *assignment) proto.Assignment {
 	if c := s.clusters[a.ClusterID]; c != nil {
 		pa.Cluster = c.Name
 	}
+	pa.ClusterSelector = a.Selector
+	pa.Request = a.RequestID
 	return pa
 }
 
@@ -613,12 +620,21 @@ func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, 
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no role %q", req.Role), "create it first, or check the name")
 		return
 	}
-	c := s.lookupCluster(req.Cluster)
-	if c == nil {
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no cluster %q", req.Cluster), "check the name")
+	a.RoleID = ro.ID
+	switch {
+	case req.Cluster != "" && len(req.ClusterSelector) > 0:
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "name a cluster or a cluster selector, not both", "")
 		return
+	case len(req.ClusterSelector) > 0:
+		a.Selector = req.ClusterSelector
+	default:
+		c := s.lookupCluster(req.Cluster)
+		if c == nil {
+			writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no cluster %q", req.Cluster), "check the name, or pass a label selector")
+			return
+		}
+		a.ClusterID = c.ID
 	}
-	a.RoleID, a.ClusterID = ro.ID, c.ID
 	err := s.st.Update(func(tx store.Tx) error {
 		if err := store.Put(tx, store.Assignments, a.ID, a); err != nil {
 			return err

@@ -396,5 +396,12 @@ func (s *Server) isAdmin(u *user) bool {
 			return true
 		}
 	}
+	// Administrators granted by a role with Admin set.
+	now := s.now()
+	for _, a := range s.assignmentsOf(u) {
+		if r := s.roles[a.RoleID]; r != nil && r.Admin && a.activeAt(now) {
+			return true
+		}
+	}
 	return false
 }

@@ -46,6 +46,8 @@ type Config struct {
 	LoginTTL time.Duration
 	// AgentTTL reclaims an agent that has not connected for this long.
 	AgentTTL time.Duration
+	// PendingRequestTTL expires an access request nobody decided.
+	PendingRequestTTL time.Duration
 
 	Logger *slog.Logger
 	// Now is the clock; tests inject one.
@@ -75,13 +77,14 @@ type OIDCConfig struct {
 // Defaults returns the embedded defaults.
 func Defaults() Config {
 	return Config{
-		Listen:     "127.0.0.1:7443",
-		DataDir:    "clustral-data",
-		IPv4Prefix: netip.MustParsePrefix("100.64.0.0/10"),
-		MeshDomain: "clustral.internal",
-		SessionTTL: 12 * time.Hour,
-		LoginTTL:   10 * time.Minute,
-		AgentTTL:   24 * time.Hour,
+		Listen:            "127.0.0.1:7443",
+		DataDir:           "clustral-data",
+		IPv4Prefix:        netip.MustParsePrefix("100.64.0.0/10"),
+		MeshDomain:        "clustral.internal",
+		SessionTTL:        12 * time.Hour,
+		LoginTTL:          10 * time.Minute,
+		AgentTTL:          24 * time.Hour,
+		PendingRequestTTL: 24 * time.Hour,
 		OIDC: OIDCConfig{
 			Scopes:      []string{"email", "profile", "groups"},
 			LoginClaim:  "email",
@@ -113,6 +116,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.AgentTTL == 0 {
 		c.AgentTTL = d.AgentTTL
+	}
+	if c.PendingRequestTTL == 0 {
+		c.PendingRequestTTL = d.PendingRequestTTL
 	}
 	if len(c.OIDC.Scopes) == 0 {
 		c.OIDC.Scopes = d.OIDC.Scopes

@@ -310,6 +310,13 @@ func (s *Server) load() error {
 		for i := range as {
 			s.state.putAssignment(&as[i])
 		}
+		reqs, err := store.List[accessRequest](tx, store.Requests)
+		if err != nil {
+			return err
+		}
+		for i := range reqs {
+			s.state.requests[reqs[i].ID] = &reqs[i]
+		}
 		nodes, err := store.List[node](tx, store.Nodes)
 		if err != nil {
 			return err
@@ -375,10 +382,23 @@ func (s *Server) expire() error {
 			asg = append(asg, a)
 		}
 	}
-	if len(sessions)+len(nodes)+len(asg) == 0 {
+	pendingExpiry := false
+	for _, ar := range s.requests {
+		if ar.State == proto.RequestPending && !now.Before(ar.PendingUntil) ||
+			ar.State == proto.RequestApproved && ar.GrantExpires != nil && !now.Before(*ar.GrantExpires) {
+			pendingExpiry = true
+			break
+		}
+	}
+	if len(sessions)+len(nodes)+len(asg) == 0 && !pendingExpiry {
 		return nil
 	}
+	var expiredReqs []*accessRequest
 	err := s.st.Update(func(tx store.Tx) error {
+		var err error
+		if expiredReqs, err = s.expireRequestsLocked(tx, now); err != nil {
+			return err
+		}
 		for _, h := range sessions {
 			if err := tx.Delete(store.Sessions, h); err != nil {
 				return err
@@ -404,6 +424,9 @@ func (s *Server) expire() error {
 	})
 	if err != nil {
 		return err
+	}
+	for _, ar := range expiredReqs {
+		s.requests[ar.ID] = ar
 	}
 	for _, h := range sessions {
 		delete(s.sessions, h)

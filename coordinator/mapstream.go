@@ -154,9 +154,9 @@ func (s *Server) removeNodeLocked(n *node) {
 	now := s.now()
 	switch n.Kind {
 	case proto.KindDevice:
-		// Every agent that might hold it: the clusters the user reaches now.
+		// Every agent that might hold it.
 		u := s.users[n.UserID]
-		for cid := range s.clustersOf(u, now) {
+		for cid := range s.possibleClusters(u) {
 			for _, a := range s.agentsByClust[cid] {
 				s.sendRemove(a, n.Key)
 			}
@@ -191,21 +191,27 @@ func (s *Server) affectedUsers(a *assignment) []*user {
 
 func (s *Server) addAssignmentLocked(a *assignment) {
 	s.putAssignment(a)
-	for _, u := range s.affectedUsers(a) {
-		s.syncPair(u, a.ClusterID)
-	}
+	s.syncAssignment(a)
 }
 
 func (s *Server) removeAssignmentLocked(a *assignment) {
 	s.dropAssignment(a)
+	s.syncAssignment(a)
+}
+
+// syncAssignment re-syncs every user and cluster a names.
+func (s *Server) syncAssignment(a *assignment) {
+	clusters := s.clustersOfAssignment(a)
 	for _, u := range s.affectedUsers(a) {
-		s.syncPair(u, a.ClusterID)
+		for _, cid := range clusters {
+			s.syncPair(u, cid)
+		}
 	}
 }
 
 // userChangedLocked re-syncs u on every cluster in before or after.
 func (s *Server) userChangedLocked(u *user, before map[string]bool) {
-	after := s.clustersOf(u, s.now())
+	after := s.possibleClusters(u)
 	for cid := range before {
 		s.syncPair(u, cid)
 	}

@@ -57,23 +57,29 @@ type cluster struct {
 }
 
 type role struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	Description string    `json:"description,omitempty"`
-	Groups      []string  `json:"groups"`
-	KubeUser    string    `json:"kube_user,omitempty"`
-	Created     time.Time `json:"created"`
+	ID             string              `json:"id"`
+	Name           string              `json:"name"`
+	Description    string              `json:"description,omitempty"`
+	Groups         []string            `json:"groups"`
+	KubeUser       string              `json:"kube_user,omitempty"`
+	Restrictions   *proto.Restrictions `json:"restrictions,omitempty"`
+	ApproverGroups []string            `json:"approver_groups,omitempty"`
+	Admin          bool                `json:"admin,omitempty"`
+	Created        time.Time           `json:"created"`
 }
 
 type assignment struct {
-	ID        string     `json:"id"`
-	UserID    string     `json:"user_id,omitempty"`
-	Group     string     `json:"group,omitempty"`
-	RoleID    string     `json:"role_id"`
-	ClusterID string     `json:"cluster_id"`
-	Expires   *time.Time `json:"expires,omitempty"`
-	Created   time.Time  `json:"created"`
-	CreatedBy string     `json:"created_by"`
+	ID        string `json:"id"`
+	UserID    string `json:"user_id,omitempty"`
+	Group     string `json:"group,omitempty"`
+	RoleID    string `json:"role_id"`
+	ClusterID string `json:"cluster_id,omitempty"`
+	// Selector, instead of ClusterID, matches clusters by labels.
+	Selector  map[string]string `json:"selector,omitempty"`
+	RequestID string            `json:"request_id,omitempty"`
+	Expires   *time.Time        `json:"expires,omitempty"`
+	Created   time.Time         `json:"created"`
+	CreatedBy string            `json:"created_by"`
 }
 
 // change is an audit-ready record of an administrative change: who did what
@@ -91,6 +97,44 @@ func (a *assignment) activeAt(now time.Time) bool {
 	return a.Expires == nil || now.Before(*a.Expires)
 }
 
+// appliesTo reports whether a names cluster c, directly or by selector.
+func (a *assignment) appliesTo(c *cluster) bool {
+	if c == nil {
+		return false
+	}
+	if a.ClusterID != "" {
+		return a.ClusterID == c.ID
+	}
+	return len(a.Selector) > 0 && labelsMatch(a.Selector, c.Labels)
+}
+
+func labelsMatch(sel, labels map[string]string) bool {
+	for k, v := range sel {
+		if lv, ok := labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// accessRequest is a just-in-time request for a role on a cluster.
+type accessRequest struct {
+	ID             string        `json:"id"`
+	UserID         string        `json:"user_id"`
+	RoleID         string        `json:"role_id"`
+	ClusterID      string        `json:"cluster_id"`
+	Reason         string        `json:"reason"`
+	Duration       time.Duration `json:"duration"`
+	State          string        `json:"state"`
+	Created        time.Time     `json:"created"`
+	PendingUntil   time.Time     `json:"pending_until"`
+	DecidedBy      string        `json:"decided_by,omitempty"`
+	DecidedAt      time.Time     `json:"decided_at,omitzero"`
+	DecisionReason string        `json:"decision_reason,omitempty"`
+	GrantExpires   *time.Time    `json:"grant_expires,omitempty"`
+	AssignmentID   string        `json:"assignment_id,omitempty"`
+}
+
 func (u *user) toProto(admin bool) proto.User {
 	return proto.User{
 		ID: u.ID, Login: u.Login, Email: u.Email, Name: u.Name,
@@ -100,5 +144,6 @@ func (u *user) toProto(admin bool) proto.User {
 }
 
 func (r *role) toProto() proto.Role {
-	return proto.Role{ID: r.ID, Name: r.Name, Description: r.Description, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser}
+	return proto.Role{ID: r.ID, Name: r.Name, Description: r.Description, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser,
+		Restrictions: r.Restrictions, ApproverGroups: slices.Clone(r.ApproverGroups), Admin: r.Admin}
 }

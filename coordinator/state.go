@@ -35,10 +35,13 @@ type state struct {
 	rolesByName map[string]*role
 
 	assignments map[string]*assignment
+	asgBySel    map[string]*assignment // assignments with a cluster selector
 	asgByUser   map[string]map[string]*assignment
 	asgByGroup  map[string]map[string]*assignment
 	asgByClust  map[string]map[string]*assignment
 	asgByRole   map[string]map[string]*assignment
+
+	requests map[string]*accessRequest
 }
 
 func (s *state) init() {
@@ -60,6 +63,8 @@ func (s *state) init() {
 	s.roles = map[string]*role{}
 	s.rolesByName = map[string]*role{}
 	s.assignments = map[string]*assignment{}
+	s.asgBySel = map[string]*assignment{}
+	s.requests = map[string]*accessRequest{}
 	s.asgByUser = map[string]map[string]*assignment{}
 	s.asgByGroup = map[string]map[string]*assignment{}
 	s.asgByClust = map[string]map[string]*assignment{}
@@ -146,6 +151,9 @@ func (s *state) putRole(r *role) {
 
 func (s *state) putAssignment(a *assignment) {
 	s.assignments[a.ID] = a
+	if a.ClusterID == "" {
+		s.asgBySel[a.ID] = a
+	}
 	addTo(s.asgByUser, a.UserID, a.ID, a)
 	addTo(s.asgByGroup, a.Group, a.ID, a)
 	addTo(s.asgByClust, a.ClusterID, a.ID, a)
@@ -154,6 +162,7 @@ func (s *state) putAssignment(a *assignment) {
 
 func (s *state) dropAssignment(a *assignment) {
 	delete(s.assignments, a.ID)
+	delete(s.asgBySel, a.ID)
 	delFrom(s.asgByUser, a.UserID, a.ID)
 	delFrom(s.asgByGroup, a.Group, a.ID)
 	delFrom(s.asgByClust, a.ClusterID, a.ID)
@@ -182,8 +191,9 @@ func (s *state) rolesOn(u *user, clusterID string, now time.Time) []proto.RoleGr
 		return nil
 	}
 	byRole := map[string]*proto.RoleGrant{}
+	c := s.clusters[clusterID]
 	for _, a := range s.assignmentsOf(u) {
-		if a.ClusterID != clusterID || !a.activeAt(now) {
+		if !a.appliesTo(c) || !a.activeAt(now) {
 			continue
 		}
 		r := s.roles[a.RoleID]
@@ -191,12 +201,15 @@ func (s *state) rolesOn(u *user, clusterID string, now time.Time) []proto.RoleGr
 			continue
 		}
 		src := "user"
-		if a.Group != "" {
+		switch {
+		case a.RequestID != "":
+			src = "grant:" + a.RequestID
+		case a.Group != "":
 			src = "group:" + a.Group
 		}
 		g, ok := byRole[r.ID]
 		if !ok {
-			g = &proto.RoleGrant{Role: r.Name, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser, Expires: a.Expires, Source: src}
+			g = &proto.RoleGrant{Role: r.Name, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser, Expires: a.Expires, Source: src, Restrictions: r.Restrictions}
 			byRole[r.ID] = g
 			continue
 		}
@@ -220,8 +233,42 @@ func (s *state) clustersOf(u *user, now time.Time) map[string]bool {
 		return out
 	}
 	for _, a := range s.assignmentsOf(u) {
-		if a.activeAt(now) && s.roles[a.RoleID] != nil && s.clusters[a.ClusterID] != nil {
-			out[a.ClusterID] = true
+		if a.activeAt(now) && s.roles[a.RoleID] != nil {
+			for _, cid := range s.clustersOfAssignment(a) {
+				out[cid] = true
+			}
+		}
+	}
+	return out
+}
+
+// clustersOfAssignment returns the ids of the clusters a names.
+func (s *state) clustersOfAssignment(a *assignment) []string {
+	if a.ClusterID != "" {
+		if s.clusters[a.ClusterID] == nil {
+			return nil
+		}
+		return []string{a.ClusterID}
+	}
+	var out []string
+	for id, c := range s.clusters {
+		if a.appliesTo(c) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// possibleClusters returns every cluster any assignment of u names,
+// whatever its state: the agents that might hold u's devices.
+func (s *state) possibleClusters(u *user) map[string]bool {
+	out := map[string]bool{}
+	if u == nil {
+		return out
+	}
+	for _, a := range s.assignmentsOf(u) {
+		for _, cid := range s.clustersOfAssignment(a) {
+			out[cid] = true
 		}
 	}
 	return out
@@ -230,7 +277,17 @@ func (s *state) clustersOf(u *user, now time.Time) map[string]bool {
 // usersOn returns the users that may reach cluster c at now.
 func (s *state) usersOn(clusterID string, now time.Time) map[string]*user {
 	out := map[string]*user{}
+	c := s.clusters[clusterID]
+	asgs := make([]*assignment, 0, len(s.asgByClust[clusterID]))
 	for _, a := range s.asgByClust[clusterID] {
+		asgs = append(asgs, a)
+	}
+	for _, a := range s.asgBySel {
+		if a.appliesTo(c) {
+			asgs = append(asgs, a)
+		}
+	}
+	for _, a := range asgs {
 		if !a.activeAt(now) || s.roles[a.RoleID] == nil {
 			continue
 		}

@@ -214,13 +214,18 @@ type Role struct {
 	Admin bool `json:"admin,omitempty"`
 }
 
-// Assignment gives a user (or an OIDC group) a role on a cluster.
+// Assignment gives a user (or an OIDC group) a role on a cluster, or on
+// every cluster whose labels match ClusterSelector.
 type Assignment struct {
-	ID      string     `json:"id"`
-	User    string     `json:"user,omitempty"`
-	Group   string     `json:"group,omitempty"`
-	Role    string     `json:"role"`
-	Cluster string     `json:"cluster"`
+	ID      string `json:"id"`
+	User    string `json:"user,omitempty"`
+	Group   string `json:"group,omitempty"`
+	Role    string `json:"role"`
+	Cluster string `json:"cluster,omitempty"`
+	// ClusterSelector matches clusters by labels (all must match).
+	ClusterSelector map[string]string `json:"cluster_selector,omitempty"`
+	// Request is the access request this assignment grants, if any.
+	Request string     `json:"request,omitempty"`
 	Expires *time.Time `json:"expires,omitempty"`
 	Created time.Time  `json:"created"`
 }
@@ -346,4 +351,72 @@ type TimeWindow struct {
 	End   string `json:"end"`
 	// TimeZone is an IANA zone name; empty means UTC.
 	TimeZone string `json:"time_zone,omitempty"`
+}
+
+// Access request states.
+const (
+	RequestPending  = "pending"
+	RequestApproved = "approved"
+	RequestDenied   = "denied"
+	RequestExpired  = "expired"
+	RequestRevoked  = "revoked"
+)
+
+// AccessRequest is a just-in-time request for a role on a cluster.
+type AccessRequest struct {
+	ID      string `json:"id"`
+	User    string `json:"user"`
+	Role    string `json:"role"`
+	Cluster string `json:"cluster"`
+	Reason  string `json:"reason"`
+	// Duration is how long the grant should last once approved.
+	Duration Duration  `json:"duration"`
+	State    string    `json:"state"`
+	Created  time.Time `json:"created"`
+	// PendingUntil is when an undecided request expires.
+	PendingUntil time.Time `json:"pending_until"`
+	DecidedBy    string    `json:"decided_by,omitempty"`
+	DecidedAt    time.Time `json:"decided_at,omitzero"`
+	// DecisionReason is the approver's or denier's note.
+	DecisionReason string `json:"decision_reason,omitempty"`
+	// GrantExpires is when an approved grant ends.
+	GrantExpires *time.Time `json:"grant_expires,omitempty"`
+}
+
+// CreateAccessRequest is the body of POST /api/v1/access-requests.
+type CreateAccessRequest struct {
+	Role     string   `json:"role"`
+	Cluster  string   `json:"cluster"`
+	Duration Duration `json:"duration"`
+	Reason   string   `json:"reason"`
+}
+
+// AccessDecision is the body of approve, deny and revoke calls.
+type AccessDecision struct {
+	// Duration, on approval, shortens the grant; zero keeps the request's.
+	Duration Duration `json:"duration,omitempty"`
+	Reason   string   `json:"reason,omitempty"`
+}
+
+// Device is a user's registered device.
+type Device struct {
+	ID        string         `json:"id"`
+	User      string         `json:"user"`
+	Hostname  string         `json:"hostname"`
+	Key       Key            `json:"key"`
+	Addresses []netip.Prefix `json:"addresses"`
+	Online    bool           `json:"online"`
+	Created   time.Time      `json:"created"`
+	Expires   time.Time      `json:"expires"`
+}
+
+// ClusterLabels is the body of PUT /api/v1/clusters/{cluster}/labels.
+type ClusterLabels struct {
+	Labels map[string]string `json:"labels"`
+}
+
+// JoinToken answers POST /api/v1/clusters/{cluster}/rotate-token.
+type JoinToken struct {
+	Cluster   string `json:"cluster"`
+	JoinToken string `json:"join_token"`
 }

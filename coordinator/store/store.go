@@ -29,10 +29,11 @@ const (
 	Assignments Bucket = "assignments" // assignment id → assignment
 	Addresses   Bucket = "addresses"   // overlay address → node id
 	Changes     Bucket = "changes"     // sequence → administrative change record
+	Requests    Bucket = "requests"    // request id → access request
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

@@ -76,7 +76,7 @@ func TestMakeImage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	c := exec.CommandContext(ctx, "make", "-n", "image", "VERSION=v9.8.7", "COMMIT=abc1234")
+	c := exec.CommandContext(ctx, "make", "--no-print-directory", "-n", "image", "VERSION=v9.8.7", "COMMIT=abc1234")
 	c.Dir = root
 	out, err := c.CombinedOutput()
 	if err != nil {

@@ -1,0 +1,223 @@
+package coordinator
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// accessEnv is a mesh with cluster prod, role viewer (approvable by group
+// sre), an agent streaming its map, and users alice (requester), sam (in
+// sre) and admin.
+type accessEnv struct {
+	*testEnv
+	admin, alice, sam proto.Session
+	agentMap          *mapStream
+	joinToken         string
+}
+
+func newAccessEnv(t *testing.T) *accessEnv {
+	t.Helper()
+	e := &accessEnv{testEnv: newTestEnv(t)}
+	e.admin = e.login("admin@example.com")
+	e.alice = e.login("alice@example.com", "dev")
+	e.sam = e.login("sam@example.com", "sre")
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", e.admin.Token, proto.CreateClusterRequest{Name: "prod", Labels: map[string]string{"env": "prod"}}, &cl)
+	e.joinToken = cl.JoinToken
+	e.must("POST", "/api/v1/roles", e.admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}, ApproverGroups: []string{"sre"}}, nil)
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	var dev proto.RegisterResponse
+	e.must("POST", "/api/v1/devices", e.alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, &dev)
+	e.agentMap = e.openMap(agent.NodeToken)
+	if m := e.agentMap.next(); len(m.Peers) != 0 {
+		t.Fatalf("agent starts with peers %+v", m.Peers)
+	}
+	return e
+}
+
+func (e *accessEnv) request(tok string, body proto.CreateAccessRequest) (proto.AccessRequest, int, *proto.Problem) {
+	var ar proto.AccessRequest
+	st, p := e.call("POST", "/api/v1/access-requests", tok, body, &ar)
+	return ar, st, p
+}
+
+func TestAccessRequestLifecycle(t *testing.T) {
+	e := newAccessEnv(t)
+	ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-1"})
+	if p != nil {
+		t.Fatalf("request = %d %+v", st, p)
+	}
+	if ar.State != proto.RequestPending || ar.User != "alice@example.com" {
+		t.Fatalf("request = %+v", ar)
+	}
+	// Nobody approves their own request, not even with the right.
+	if st, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.alice.Token, nil, nil); st != http.StatusForbidden || p.Code != proto.CodeForbidden {
+		t.Fatalf("self-approval = %d %+v", st, p)
+	}
+	// Lengthening is refused.
+	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.sam.Token, proto.AccessDecision{Duration: proto.Duration(2 * time.Hour)}, nil); st != http.StatusBadRequest {
+		t.Fatalf("approve longer = %d, want 400", st)
+	}
+	var approved proto.AccessRequest
+	e.must("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.sam.Token, proto.AccessDecision{Duration: proto.Duration(30 * time.Minute), Reason: "ok"}, &approved)
+	if approved.State != proto.RequestApproved || approved.DecidedBy != "sam@example.com" || approved.GrantExpires == nil {
+		t.Fatalf("approved = %+v", approved)
+	}
+	m := e.agentMap.next()
+	if len(m.Peers) != 1 || len(m.Peers[0].Identity.Roles) != 1 {
+		t.Fatalf("agent delta after approval = %+v", m)
+	}
+	g := m.Peers[0].Identity.Roles[0]
+	if g.Role != "viewer" || g.Expires == nil || g.Source != "grant:"+ar.ID || g.Expires.Sub(time.Now()) > 31*time.Minute {
+		t.Fatalf("grant in agent map = %+v", g)
+	}
+	// Deciding twice is refused.
+	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/deny", e.sam.Token, proto.AccessDecision{Reason: "no"}, nil); st != http.StatusConflict {
+		t.Fatalf("deny after approve = %d, want 409", st)
+	}
+	// Revoking removes the device from the agent's map at once.
+	e.must("POST", "/api/v1/access-requests/"+ar.ID+"/revoke", e.sam.Token, nil, nil)
+	if m := e.agentMap.next(); len(m.Removed) != 1 {
+		t.Fatalf("agent delta after revoke = %+v", m)
+	}
+
+	// Deny needs a reason; a denied request grants nothing.
+	ar2, _, _ := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "again"})
+	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar2.ID+"/deny", e.sam.Token, nil, nil); st != http.StatusBadRequest {
+		t.Fatalf("deny without reason = %d", st)
+	}
+	var denied proto.AccessRequest
+	e.must("POST", "/api/v1/access-requests/"+ar2.ID+"/deny", e.sam.Token, proto.AccessDecision{Reason: "use staging"}, &denied)
+	if denied.State != proto.RequestDenied {
+		t.Fatalf("denied = %+v", denied)
+	}
+	var list []proto.AccessRequest
+	e.must("GET", "/api/v1/access-requests?state=denied", e.alice.Token, nil, &list)
+	if len(list) != 1 || list[0].ID != ar2.ID {
+		t.Fatalf("alice's denied requests = %+v", list)
+	}
+}
+
+func TestAccessRequestValidation(t *testing.T) {
+	e := newAccessEnv(t)
+	tests := []struct {
+		name string
+		req  proto.CreateAccessRequest
+		code int
+	}{
+		{"no reason", proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour)}, 400},
+		{"no duration", proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Reason: "x"}, 400},
+		{"too long", proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Reason: "x", Duration: proto.Duration(30 * 24 * time.Hour)}, 400},
+		{"unknown role", proto.CreateAccessRequest{Role: "god", Cluster: "prod", Reason: "x", Duration: proto.Duration(time.Hour)}, 404},
+		{"unknown cluster", proto.CreateAccessRequest{Role: "viewer", Cluster: "mars", Reason: "x", Duration: proto.Duration(time.Hour)}, 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, st, _ := e.request(e.alice.Token, tt.req); st != tt.code {
+				t.Fatalf("= %d, want %d", st, tt.code)
+			}
+		})
+	}
+	// A user outside the approver groups cannot decide.
+	ar, _, _ := e.request(e.sam.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
+	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.alice.Token, nil, nil); st != http.StatusForbidden {
+		t.Fatalf("approval by a non-approver = %d, want 403", st)
+	}
+}
+
+func TestPendingRequestExpires(t *testing.T) {
+	e := newAccessEnv(t)
+	now := time.Now()
+	e.srv.now = func() time.Time { return now }
+	ar, _, _ := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
+	now = now.Add(25 * time.Hour)
+	if err := e.srv.expire(); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.mu.Lock()
+	st := e.srv.requests[ar.ID].State
+	e.srv.mu.Unlock()
+	if st != proto.RequestExpired {
+		t.Fatalf("state after the pending TTL = %s", st)
+	}
+}
+
+func TestDisableUserRevokesEverything(t *testing.T) {
+	e := newAccessEnv(t)
+	e.must("POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
+	if m := e.agentMap.next(); len(m.Peers) != 1 {
+		t.Fatalf("after assign: %+v", m)
+	}
+	e.must("POST", "/api/v1/users/alice@example.com/disable", e.admin.Token, nil, nil)
+	if m := e.agentMap.next(); len(m.Removed) != 1 {
+		t.Fatalf("after disable the agent got %+v", m)
+	}
+	if st, _ := e.call("GET", "/api/v1/whoami", e.alice.Token, nil, nil); st != http.StatusUnauthorized {
+		t.Fatalf("disabled user's session = %d, want 401", st)
+	}
+	if st, _ := e.call("POST", "/api/v1/users/admin@example.com/disable", e.admin.Token, nil, nil); st != http.StatusBadRequest {
+		t.Fatalf("self-disable = %d", st)
+	}
+}
+
+func TestSelectorAssignmentsAndLabels(t *testing.T) {
+	e := newAccessEnv(t)
+	e.must("POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{Group: "dev", Role: "viewer", ClusterSelector: map[string]string{"env": "prod"}}, nil)
+	if m := e.agentMap.next(); len(m.Peers) != 1 || m.Peers[0].Identity.Roles[0].Source != "group:dev" {
+		t.Fatalf("selector assignment delta = %+v", m)
+	}
+	// Relabelling the cluster out of the selector removes the access.
+	e.must("PUT", "/api/v1/clusters/prod/labels", e.admin.Token, proto.ClusterLabels{Labels: map[string]string{"env": "staging"}}, nil)
+	if m := e.agentMap.next(); len(m.Removed) != 1 {
+		t.Fatalf("after relabel = %+v", m)
+	}
+}
+
+func TestJoinTokenRotateAndRevoke(t *testing.T) {
+	e := newAccessEnv(t)
+	var jt proto.JoinToken
+	e.must("POST", "/api/v1/clusters/prod/rotate-token", e.admin.Token, nil, &jt)
+	if jt.JoinToken == "" || jt.JoinToken == e.joinToken {
+		t.Fatalf("rotated token = %+v", jt)
+	}
+	if st, _ := e.call("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil); st != http.StatusUnauthorized {
+		t.Fatalf("old token after rotation = %d, want 401", st)
+	}
+	e.must("POST", "/api/v1/agents", jt.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil)
+	e.must("POST", "/api/v1/clusters/prod/revoke-token", e.admin.Token, nil, nil)
+	// The streaming agent was removed: its stream ends.
+	select {
+	case _, ok := <-e.agentMap.msgs:
+		if ok {
+			for range e.agentMap.msgs {
+			}
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("agent stream still open after token revocation")
+	}
+	var c proto.Cluster
+	e.must("GET", "/api/v1/clusters/prod", e.admin.Token, nil, &c)
+	if len(c.Agents) != 0 {
+		t.Fatalf("agents after revoke = %+v", c.Agents)
+	}
+}
+
+func TestRoleRestrictionsValidatedAndDelivered(t *testing.T) {
+	e := newAccessEnv(t)
+	bad := proto.Role{Name: "broken", Groups: []string{"g"}, Restrictions: &proto.Restrictions{Verbs: []string{"destroy"}}}
+	if st, p := e.call("POST", "/api/v1/roles", e.admin.Token, bad, nil); st != 400 || p.Code != proto.CodeBadRequest {
+		t.Fatalf("bad restriction = %d %+v", st, p)
+	}
+	upd := proto.Role{Groups: []string{"viewers"}, Restrictions: &proto.Restrictions{Namespaces: []string{"dev"}}}
+	e.must("POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
+	e.agentMap.next()
+	e.must("PUT", "/api/v1/roles/viewer", e.admin.Token, upd, nil)
+	m := e.agentMap.next()
+	if len(m.Peers) != 1 || m.Peers[0].Identity.Roles[0].Restrictions == nil || m.Peers[0].Identity.Roles[0].Restrictions.Namespaces[0] != "dev" {
+		t.Fatalf("role update delta = %+v", m)
+	}
+}
