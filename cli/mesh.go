@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -24,6 +25,9 @@ type mesh struct {
 	node  *node.Node
 	reg   proto.RegisterResponse
 	log   *slog.Logger
+
+	connsMu sync.Mutex
+	conns   map[proto.Key]map[*peerConn]struct{} // dialled by dialCluster, by peer
 }
 
 // joinMesh brings up the netstack and the WireGuard node for a registered
@@ -42,7 +46,75 @@ func joinMesh(priv wgtypes.Key, reg proto.RegisterResponse, listenPort int, log 
 		st.Close()
 		return nil, fmt.Errorf("wireguard node: %w", err)
 	}
-	return &mesh{stack: st, node: n, reg: reg, log: log}, nil
+	m := &mesh{stack: st, node: n, reg: reg, log: log, conns: map[proto.Key]map[*peerConn]struct{}{}}
+	n.OnChange(m.closeRemoved)
+	return m, nil
+}
+
+// peerConn is a connection dialled through the mesh to a peer. Close
+// forgets it.
+type peerConn struct {
+	net.Conn
+	m   *mesh
+	key proto.Key
+}
+
+func (c *peerConn) Close() error {
+	c.m.connsMu.Lock()
+	if set := c.m.conns[c.key]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(c.m.conns, c.key)
+		}
+	}
+	c.m.connsMu.Unlock()
+	return c.Conn.Close()
+}
+
+// CloseWrite half-closes the connection, so the SOCKS server can pass on
+// a client's EOF.
+func (c *peerConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// track registers c, dialled to peer key at addr, to be closed when the peer
+// leaves the map.
+func (m *mesh) track(key proto.Key, addr netip.Addr, c net.Conn) net.Conn {
+	pc := &peerConn{Conn: c, m: m, key: key}
+	m.connsMu.Lock()
+	set := m.conns[key]
+	if set == nil {
+		set = map[*peerConn]struct{}{}
+		m.conns[key] = set
+	}
+	set[pc] = struct{}{}
+	m.connsMu.Unlock()
+	if p, ok := m.node.PeerByAddr(addr); !ok || p.Key != key {
+		pc.Close() // removed while dialling
+	}
+	return pc
+}
+
+// closeRemoved closes the connections to peers that left the map. Their
+// packets can no longer flow either way, so neither side would otherwise
+// learn that the connection is gone: a client would wait forever, e.g. on
+// a watch whose user just lost access.
+func (m *mesh) closeRemoved(ch node.Change) {
+	for _, p := range ch.Removed {
+		m.connsMu.Lock()
+		set := m.conns[p.Key]
+		delete(m.conns, p.Key)
+		m.connsMu.Unlock()
+		for c := range set {
+			c.Conn.Close()
+		}
+		if len(set) > 0 {
+			m.log.Info("closed connections to a peer that left the map", "peer", p.Key.ShortString(), "conns", len(set))
+		}
+	}
 }
 
 func (m *mesh) Close() error {
@@ -73,10 +145,15 @@ func localEndpoints(port uint16) []netip.AddrPort {
 // first, trying the next one when a dial fails; or an overlay address.
 func (m *mesh) dialCluster(ctx context.Context, host string, port uint16) (net.Conn, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
-		if _, ok := m.node.PeerByAddr(a); !ok {
+		p, ok := m.node.PeerByAddr(a)
+		if !ok {
 			return nil, fmt.Errorf("%s is not a peer of this node", a)
 		}
-		return m.stack.DialTCPAddrPort(ctx, netip.AddrPortFrom(a, port))
+		c, err := m.stack.DialTCPAddrPort(ctx, netip.AddrPortFrom(a, port))
+		if err != nil {
+			return nil, err
+		}
+		return m.track(p.Key, a, c), nil
 	}
 	domain := "." + m.node.MeshDomain()
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
@@ -97,7 +174,7 @@ func (m *mesh) dialCluster(ctx context.Context, host string, port uint16) (net.C
 		c, err := m.stack.DialTCPAddrPort(dctx, netip.AddrPortFrom(a.Addresses[0].Addr(), port))
 		cancel()
 		if err == nil {
-			return c, nil
+			return m.track(a.Key, a.Addresses[0].Addr(), c), nil
 		}
 		m.log.Warn("agent unreachable, trying the next", "cluster", cluster, "agent", a.NodeID, "err", err)
 		lastErr = err
