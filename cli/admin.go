@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -76,16 +78,189 @@ func newClustersCmd(g *globals) *cobra.Command {
 						on++
 					}
 				}
-				var ls []string
-				for k, v := range c.Labels {
-					ls = append(ls, k+"="+v)
-				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", c.Name, len(c.Agents), on, strings.Join(ls, ","))
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", c.Name, len(c.Agents), on, formatLabels(c.Labels))
 			}
 		})
 	}
-	c.AddCommand(add, list)
+	show := &cobra.Command{Use: "show <name|id>", Short: "Show a cluster and its agents", Example: "  clustral clusters show prod", Args: cobra.ExactArgs(1)}
+	showOut := outputFlag(show)
+	show.RunE = func(c *cobra.Command, args []string) error {
+		_, api, err := g.session()
+		if err != nil {
+			return err
+		}
+		var cl proto.Cluster
+		if err := api.do(c.Context(), "GET", proto.APIVersion+"/clusters/"+url.PathEscape(args[0]), nil, &cl); err != nil {
+			return cliErr(err)
+		}
+		return render(g.stdout, *showOut, cl, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nLabels:\t%s\n\n", cl.Name, cl.ID, formatLabels(cl.Labels))
+			fmt.Fprintln(tw, "AGENT\tHOSTNAME\tADDRESS\tONLINE")
+			for _, a := range cl.Agents {
+				addr := ""
+				if len(a.Addresses) > 0 {
+					addr = a.Addresses[0].Addr().String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", a.NodeID, a.Hostname, addr, a.Online)
+			}
+		})
+	}
+	label := &cobra.Command{
+		Use: "label <name|id> key=value... | key-", Short: "Set (key=value) or remove (key-) cluster labels",
+		Example: "  clustral clusters label prod env=prod team=payments\n  clustral clusters label prod team-", Args: cobra.MinimumNArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			_, api, err := g.session()
+			if err != nil {
+				return err
+			}
+			var cl proto.Cluster
+			if err := api.do(c.Context(), "GET", proto.APIVersion+"/clusters/"+url.PathEscape(args[0]), nil, &cl); err != nil {
+				return cliErr(err)
+			}
+			labels := map[string]string{}
+			for k, v := range cl.Labels {
+				labels[k] = v
+			}
+			for _, l := range args[1:] {
+				if k, ok := strings.CutSuffix(l, "-"); ok && !strings.Contains(l, "=") {
+					delete(labels, k)
+					continue
+				}
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return usageError{fmt.Errorf("label %q: use key=value to set or key- to remove", l)}
+				}
+				labels[k] = v
+			}
+			if err := api.do(c.Context(), "PUT", proto.APIVersion+"/clusters/"+url.PathEscape(args[0])+"/labels", proto.ClusterLabels{Labels: labels}, &cl); err != nil {
+				return cliErr(err)
+			}
+			fmt.Fprintf(g.stdout, "Cluster %s labels: %s\n", cl.Name, formatLabels(cl.Labels))
+			return nil
+		},
+	}
+	tokenCmd := func(action, short, example string) *cobra.Command {
+		cmd := &cobra.Command{Use: action + " <name|id>", Short: short, Example: example, Args: cobra.ExactArgs(1)}
+		out := outputFlag(cmd)
+		cmd.RunE = func(c *cobra.Command, args []string) error {
+			_, api, err := g.session()
+			if err != nil {
+				return err
+			}
+			var jt proto.JoinToken
+			if err := api.do(c.Context(), "POST", proto.APIVersion+"/clusters/"+url.PathEscape(args[0])+"/"+action, nil, &jt); err != nil {
+				return cliErr(err)
+			}
+			return render(g.stdout, *out, jt, func(tw *tabwriter.Writer) {
+				if jt.JoinToken == "" {
+					fmt.Fprintf(tw, "Join token of %s revoked; its agents left the mesh.\n", jt.Cluster)
+					return
+				}
+				fmt.Fprintf(tw, "New join token for %s (shown once):\n  %s\nAgents already joined keep working; update the Secret for new ones.\n", jt.Cluster, jt.JoinToken)
+			})
+		}
+		return cmd
+	}
+	del := &cobra.Command{
+		Use: "delete <name|id>", Short: "Delete a cluster, its agents and its assignments", Example: "  clustral clusters delete old-cluster", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			_, api, err := g.session()
+			if err != nil {
+				return err
+			}
+			if err := api.do(c.Context(), "DELETE", proto.APIVersion+"/clusters/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return cliErr(err)
+			}
+			fmt.Fprintf(g.stdout, "Cluster %s deleted.\n", args[0])
+			return nil
+		},
+	}
+	c.AddCommand(add, list, show, label,
+		tokenCmd("rotate-token", "Issue a new join token (the old one stops working)", "  clustral clusters rotate-token prod"),
+		tokenCmd("revoke-token", "Revoke the join token and remove every agent of the cluster", "  clustral clusters revoke-token prod"),
+		del)
 	return c
+}
+
+func formatLabels(l map[string]string) string {
+	var ls []string
+	for k, v := range l {
+		ls = append(ls, k+"="+v)
+	}
+	slices.Sort(ls)
+	return strings.Join(ls, ",")
+}
+
+// roleFlags are the flags shared by roles create and roles update.
+type roleFlags struct {
+	r                                                       proto.Role
+	namespaces, apiGroups, resources, verbs, names, windows []string
+}
+
+func (f *roleFlags) add(c *cobra.Command) {
+	fl := c.Flags()
+	fl.StringSliceVar(&f.r.Groups, "group", nil, "Kubernetes group to impersonate (repeatable)")
+	fl.StringVar(&f.r.Description, "description", "", "what the role is for")
+	fl.StringVar(&f.r.KubeUser, "kube-user", "", "impersonate this Kubernetes user instead of the user's login")
+	fl.StringSliceVar(&f.r.ApproverGroups, "approver-group", nil, "OIDC group whose members may approve requests for this role")
+	fl.BoolVar(&f.r.Admin, "admin", false, "holders of this role are clustral administrators")
+	fl.StringSliceVar(&f.namespaces, "namespace", nil, "restrict to these namespaces (\"\" allows cluster-scoped requests)")
+	fl.StringSliceVar(&f.apiGroups, "api-group", nil, "restrict to these API groups (\"\" is the core group)")
+	fl.StringSliceVar(&f.resources, "resource", nil, "restrict to these resources, e.g. pods, pods/log, deployments")
+	fl.StringSliceVar(&f.verbs, "verb", nil, "restrict to these verbs: get, list, watch, create, update, patch, delete, deletecollection")
+	fl.StringSliceVar(&f.names, "resource-name", nil, "restrict to these resource names")
+	fl.StringArrayVar(&f.windows, "window", nil, `only during this window, e.g. "mon-fri 09:00-18:00 Europe/Berlin" (repeatable)`)
+}
+
+func (f *roleFlags) role(name string) (proto.Role, error) {
+	r := f.r
+	r.Name = name
+	res := proto.Restrictions{Namespaces: f.namespaces, APIGroups: f.apiGroups, Resources: f.resources, Verbs: f.verbs, ResourceNames: f.names}
+	for _, w := range f.windows {
+		tw, err := parseWindow(w)
+		if err != nil {
+			return r, usageError{err}
+		}
+		res.TimeWindows = append(res.TimeWindows, tw)
+	}
+	if len(res.Namespaces)+len(res.APIGroups)+len(res.Resources)+len(res.Verbs)+len(res.ResourceNames)+len(res.TimeWindows) > 0 {
+		if err := res.Validate(); err != nil {
+			return r, usageError{err}
+		}
+		r.Restrictions = &res
+	}
+	return r, nil
+}
+
+func printRole(tw *tabwriter.Writer, r proto.Role) {
+	fmt.Fprintf(tw, "Name:\t%s\n", r.Name)
+	fmt.Fprintf(tw, "ID:\t%s\n", r.ID)
+	if r.Description != "" {
+		fmt.Fprintf(tw, "Description:\t%s\n", r.Description)
+	}
+	fmt.Fprintf(tw, "Groups:\t%s\n", strings.Join(r.Groups, ", "))
+	if r.KubeUser != "" {
+		fmt.Fprintf(tw, "Kubernetes user:\t%s\n", r.KubeUser)
+	}
+	if len(r.ApproverGroups) > 0 {
+		fmt.Fprintf(tw, "Approvers:\t%s\n", strings.Join(r.ApproverGroups, ", "))
+	}
+	if r.Admin {
+		fmt.Fprintf(tw, "Admin:\tyes\n")
+	}
+	if x := r.Restrictions; x != nil {
+		for _, l := range []struct {
+			k string
+			v []string
+		}{{"Namespaces", x.Namespaces}, {"API groups", x.APIGroups}, {"Resources", x.Resources}, {"Verbs", x.Verbs}, {"Names", x.ResourceNames}} {
+			if len(l.v) > 0 {
+				fmt.Fprintf(tw, "%s:\t%s\n", l.k, strings.Join(l.v, ", "))
+			}
+		}
+		for _, w := range x.TimeWindows {
+			fmt.Fprintf(tw, "Window:\t%s\n", formatWindow(w))
+		}
+	}
 }
 
 func newRolesCmd(g *globals) *cobra.Command {
@@ -95,32 +270,89 @@ func newRolesCmd(g *globals) *cobra.Command {
 		Example: `  clustral roles create viewer --group clustral:view
   clustral roles list`,
 	}
-	var r proto.Role
+	var cf roleFlags
 	create := &cobra.Command{
 		Use:   "create <name>",
-		Short: "Create a role: the Kubernetes groups impersonated for its holders",
+		Short: "Create a role: the Kubernetes groups impersonated for its holders, and optional limits",
 		Example: `  clustral roles create viewer --group clustral:view --description "read-only"
-  clustral roles create breakglass --group system:masters`,
+  clustral roles create dev-deployer --group clustral:edit --namespace dev --resource deployments --verb get,list,patch
+  clustral roles create office-hours --group clustral:edit --window "mon-fri 09:00-18:00 Europe/Berlin" --approver-group sre`,
 		Args: cobra.ExactArgs(1),
 	}
 	createOut := outputFlag(create)
-	create.Flags().StringSliceVar(&r.Groups, "group", nil, "Kubernetes group to impersonate (repeatable)")
-	create.Flags().StringVar(&r.Description, "description", "", "what the role is for")
-	create.Flags().StringVar(&r.KubeUser, "kube-user", "", "impersonate this Kubernetes user instead of the user's login")
+	cf.add(create)
 	create.RunE = func(c *cobra.Command, args []string) error {
+		r, err := cf.role(args[0])
+		if err != nil {
+			return err
+		}
 		_, api, err := g.session()
 		if err != nil {
 			return err
 		}
-		r.Name = args[0]
 		var out proto.Role
 		if err := api.do(c.Context(), "POST", proto.APIVersion+"/roles", r, &out); err != nil {
 			return cliErr(err)
 		}
-		return render(g.stdout, *createOut, out, func(tw *tabwriter.Writer) {
-			fmt.Fprintf(tw, "Role %s created (groups: %s).\n", out.Name, strings.Join(out.Groups, ", "))
-		})
+		return render(g.stdout, *createOut, out, func(tw *tabwriter.Writer) { printRole(tw, out) })
 	}
+
+	var uf roleFlags
+	update := &cobra.Command{
+		Use:     "update <name|id>",
+		Short:   "Replace a role's settings (holders' access changes at once)",
+		Example: `  clustral roles update viewer --group clustral:view --namespace dev,staging`,
+		Args:    cobra.ExactArgs(1),
+	}
+	updateOut := outputFlag(update)
+	var rename string
+	update.Flags().StringVar(&rename, "rename", "", "new name")
+	uf.add(update)
+	update.RunE = func(c *cobra.Command, args []string) error {
+		r, err := uf.role(rename)
+		if err != nil {
+			return err
+		}
+		_, api, err := g.session()
+		if err != nil {
+			return err
+		}
+		var out proto.Role
+		if err := api.do(c.Context(), "PUT", proto.APIVersion+"/roles/"+url.PathEscape(args[0]), r, &out); err != nil {
+			return cliErr(err)
+		}
+		return render(g.stdout, *updateOut, out, func(tw *tabwriter.Writer) { printRole(tw, out) })
+	}
+
+	show := &cobra.Command{Use: "show <name|id>", Short: "Show a role", Example: "  clustral roles show viewer -o yaml", Args: cobra.ExactArgs(1)}
+	showOut := outputFlag(show)
+	show.RunE = func(c *cobra.Command, args []string) error {
+		_, api, err := g.session()
+		if err != nil {
+			return err
+		}
+		var out proto.Role
+		if err := api.do(c.Context(), "GET", proto.APIVersion+"/roles/"+url.PathEscape(args[0]), nil, &out); err != nil {
+			return cliErr(err)
+		}
+		return render(g.stdout, *showOut, out, func(tw *tabwriter.Writer) { printRole(tw, out) })
+	}
+
+	del := &cobra.Command{
+		Use: "delete <name|id>", Short: "Delete a role and every assignment of it", Example: "  clustral roles delete old-role", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			_, api, err := g.session()
+			if err != nil {
+				return err
+			}
+			if err := api.do(c.Context(), "DELETE", proto.APIVersion+"/roles/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return cliErr(err)
+			}
+			fmt.Fprintf(g.stdout, "Role %s deleted.\n", args[0])
+			return nil
+		},
+	}
+
 	list := &cobra.Command{Use: "list", Short: "List roles", Example: "  clustral roles list", Args: cobra.NoArgs}
 	listOut := outputFlag(list)
 	list.RunE = func(c *cobra.Command, _ []string) error {
@@ -133,20 +365,24 @@ func newRolesCmd(g *globals) *cobra.Command {
 			return cliErr(err)
 		}
 		return render(g.stdout, *listOut, rs, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "NAME\tGROUPS\tDESCRIPTION")
+			fmt.Fprintln(tw, "NAME\tGROUPS\tLIMITS\tDESCRIPTION")
 			for _, r := range rs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Name, strings.Join(r.Groups, ","), r.Description)
+				limits := "-"
+				if r.Restrictions != nil {
+					limits = "yes"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, strings.Join(r.Groups, ","), limits, r.Description)
 			}
 		})
 	}
-	c.AddCommand(create, list)
+	c.AddCommand(create, list, show, update, del)
 	return c
 }
 
 func newAssignCmd(g *globals) *cobra.Command {
 	var (
-		a   proto.Assignment
-		dur string
+		a          proto.Assignment
+		dur, until string
 	)
 	c := &cobra.Command{
 		Use:   "assign",
@@ -161,9 +397,21 @@ func newAssignCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&a.Role, "role", "", "role name or id")
 	c.Flags().StringVar(&a.Cluster, "cluster", "", "cluster name or id")
 	c.Flags().StringVar(&dur, "for", "", "expire after this long (30m, 8h, 1d, P1D)")
+	c.Flags().StringVar(&until, "until", "", "expire at this time (RFC 3339, e.g. 2026-12-01T18:00:00Z)")
+	c.Flags().StringToStringVar(&a.ClusterSelector, "selector", nil, "every cluster with these labels, e.g. env=prod")
 	c.RunE = func(c *cobra.Command, _ []string) error {
-		if a.Role == "" || a.Cluster == "" {
-			return usageError{fmt.Errorf("--role and --cluster are required")}
+		if a.Role == "" || (a.Cluster == "" && len(a.ClusterSelector) == 0) {
+			return usageError{fmt.Errorf("--role and --cluster (or --selector) are required")}
+		}
+		if dur != "" && until != "" {
+			return usageError{fmt.Errorf("pass --for or --until, not both")}
+		}
+		if until != "" {
+			t, err := time.Parse(time.RFC3339, until)
+			if err != nil {
+				return usageError{fmt.Errorf("--until %q: use RFC 3339, e.g. 2026-12-01T18:00:00Z", until)}
+			}
+			a.Expires = &t
 		}
 		if dur != "" {
 			d, err := parseDuration(dur)
@@ -186,7 +434,11 @@ func newAssignCmd(g *globals) *cobra.Command {
 			if who == "" {
 				who = "group " + resp.Group
 			}
-			fmt.Fprintf(tw, "Assigned role %s on cluster %s to %s (id %s).\n", resp.Role, resp.Cluster, who, resp.ID)
+			where := "cluster " + resp.Cluster
+			if resp.Cluster == "" {
+				where = "clusters matching " + formatLabels(resp.ClusterSelector)
+			}
+			fmt.Fprintf(tw, "Assigned role %s on %s to %s (id %s).\n", resp.Role, where, who, resp.ID)
 		})
 	}
 	return c
@@ -232,6 +484,41 @@ func newUsersCmd(g *globals) *cobra.Command {
 			}
 		})
 	}
-	c.AddCommand(list)
+	show := &cobra.Command{Use: "show <login|email|id>", Short: "Show a user", Example: "  clustral users show alice@example.com", Args: cobra.ExactArgs(1)}
+	showOut := outputFlag(show)
+	show.RunE = func(c *cobra.Command, args []string) error {
+		_, api, err := g.session()
+		if err != nil {
+			return err
+		}
+		var u proto.User
+		if err := api.do(c.Context(), "GET", proto.APIVersion+"/users/"+url.PathEscape(args[0]), nil, &u); err != nil {
+			return cliErr(err)
+		}
+		return render(g.stdout, *showOut, u, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "Login:\t%s\nEmail:\t%s\nName:\t%s\nGroups:\t%s\nAdmin:\t%v\nDisabled:\t%v\nLast seen:\t%s\n",
+				u.Login, u.Email, u.Name, strings.Join(u.Groups, ", "), u.Admin, u.Disabled, u.LastSeen.Local().Format(time.DateTime))
+		})
+	}
+	state := func(action, short string) *cobra.Command {
+		return &cobra.Command{
+			Use: action + " <login|email|id>", Short: short, Example: "  clustral users " + action + " bob@example.com", Args: cobra.ExactArgs(1),
+			RunE: func(c *cobra.Command, args []string) error {
+				_, api, err := g.session()
+				if err != nil {
+					return err
+				}
+				var u proto.User
+				if err := api.do(c.Context(), "POST", proto.APIVersion+"/users/"+url.PathEscape(args[0])+"/"+action, nil, &u); err != nil {
+					return cliErr(err)
+				}
+				fmt.Fprintf(g.stdout, "User %s %sd.\n", u.Login, action)
+				return nil
+			},
+		}
+	}
+	c.AddCommand(list, show,
+		state("disable", "Disable a user: revokes every session and device at once"),
+		state("enable", "Enable a disabled user"))
 	return c
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	_ "time/tzdata" // time windows name zones; distroless images have no zoneinfo
 
 	"github.com/spf13/cobra"
 )
@@ -114,6 +115,8 @@ OIDC provider.
 		newAssignCmd(g),
 		newUnassignCmd(g),
 		newUsersCmd(g),
+		newAccessCmd(g),
+		newDevicesCmd(g),
 	)
 	return root
 }
