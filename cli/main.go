@@ -88,7 +88,7 @@ OIDC provider.
 
   clustral login https://clustral.example.com
   clustral up
-  kubectl --context prod get pods`,
+  kubectl --context clustral-prod get pods`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -99,7 +99,7 @@ OIDC provider.
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
 	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
-	root.PersistentFlags().StringVar(&g.profile, "profile", os.Getenv("CLUSTRAL_PROFILE"), "profile to use (env CLUSTRAL_PROFILE)")
+	root.PersistentFlags().StringVar(&g.profile, "profile", "", "profile to use (default: env CLUSTRAL_PROFILE, else the current profile)")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "show HTTP traces and timings (never secrets)")
 	root.AddCommand(
 		newVersionCmd(),
@@ -139,7 +139,13 @@ func (g *globals) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-func (g *globals) dir() (string, error) { return profileDir(g.profile) }
+func (g *globals) dir() (string, error) {
+	p := g.profile
+	if p == "" {
+		p = os.Getenv("CLUSTRAL_PROFILE")
+	}
+	return profileDir(p)
+}
 
 // session loads the stored session and an API client that uses it.
 func (g *globals) session() (*storedSession, *apiClient, error) {
