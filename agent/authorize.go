@@ -32,6 +32,8 @@ type denial struct {
 	msg    string
 	// closeConn asks to close the client connection after the answer.
 	closeConn bool
+	// retryAfter, if positive, is sent as Retry-After in seconds.
+	retryAfter int
 }
 
 func (d *denial) Error() string { return string(d.code) + ": " + d.msg }
@@ -40,16 +42,23 @@ func deny(status int, code proto.ErrorCode, format string, args ...any) *denial 
 	return &denial{status: status, code: code, msg: fmt.Sprintf(format, args...)}
 }
 
-// authorize decides, from the caller's peer in the current map and the time
-// now, whether the caller may use the proxy and as whom. It is a pure
-// function of its arguments.
+// authorize decides, from the caller's peer in the current map, what the
+// request asks for and the time now, whether the caller may make the
+// request and as whom. It is a pure function of its arguments.
 //
-// Grants whose Expires is at or before now do not apply. The impersonated
-// user is the login, unless an applicable grant names a KubeUser (the first
-// such grant wins); the groups are the distinct groups of every applicable
-// grant, plus system:authenticated. The identity's own OIDC groups select
-// assignments at the coordinator and are never impersonated.
-func authorize(cluster string, peer proto.Peer, now time.Time) (impersonation, *denial) {
+// Grants whose Expires is at or before now do not apply. A grant allows
+// the request only if the request matches every restriction of the grant
+// and now is inside one of its time windows, if it has any. The
+// impersonated user is the login, unless an allowing grant names a
+// KubeUser (the first such grant wins); the groups are the distinct
+// groups of every allowing grant, plus system:authenticated. The
+// identity's own OIDC groups select assignments at the coordinator and
+// are never impersonated.
+//
+// If grants apply but none allows the request, the denial carries the
+// code of the grant that came closest (see stage) and says what that
+// grant allows.
+func authorize(cluster string, peer proto.Peer, info requestInfo, now time.Time) (impersonation, *denial) {
 	if peer.Kind != proto.KindDevice {
 		return impersonation{}, deny(http.StatusForbidden, proto.CodeForbidden,
 			"Peer %s is a %s, not a user device; only user devices may use the Kubernetes proxy of cluster '%s'.",
@@ -77,11 +86,27 @@ func authorize(cluster string, peer proto.Peer, now time.Time) (impersonation, *
 			id.Login, cluster, cluster)
 	}
 
-	var imp impersonation
+	var (
+		imp      impersonation
+		live     bool // some grant has not expired
+		allowed  bool // some grant allows the request
+		refusals int
+		closest  = stage(-1)
+		refuser  proto.RoleGrant
+	)
 	for _, g := range id.Roles {
 		if g.Expires != nil && !now.Before(*g.Expires) {
 			continue
 		}
+		live = true
+		if st := check(g.Restrictions, info, now); st != stageAllowed {
+			refusals++
+			if st > closest {
+				closest, refuser = st, g
+			}
+			continue
+		}
+		allowed = true
 		if imp.user == "" && g.KubeUser != "" {
 			imp.user = g.KubeUser
 		}
@@ -90,16 +115,21 @@ func authorize(cluster string, peer proto.Peer, now time.Time) (impersonation, *
 				imp.groups = append(imp.groups, group)
 			}
 		}
-		if imp.groups == nil {
-			// Mark that at least one grant applies, even one with no groups.
-			imp.groups = []string{}
-		}
 	}
-	if imp.groups == nil {
+	if !live {
 		last := latestExpiry(id.Roles)
 		return impersonation{}, deny(http.StatusForbidden, proto.CodeAccessExpired,
 			"The access of %s to cluster '%s' (role '%s') expired at %s. Ask an admin to renew it, or run: clustral access request --cluster %s --role %s",
 			id.Login, cluster, last.Role, last.Expires.UTC().Format(time.RFC3339), cluster, last.Role)
+	}
+	if !allowed {
+		others := ""
+		if refusals > 1 {
+			others = "; no other role of theirs allows it either"
+		}
+		return impersonation{}, deny(http.StatusForbidden, stageCodes[closest],
+			"%s may not %s on cluster '%s': %s%s. Ask an admin, or run: clustral access request --cluster %s --role <role>",
+			id.Login, describe(info), cluster, refusal(refuser, info, closest, now), others, cluster)
 	}
 	if imp.user == "" {
 		// Names under system: are Kubernetes' own (nodes, controllers,

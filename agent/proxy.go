@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,6 +113,8 @@ type Proxy struct {
 	// was authorized before one can tell that it must check again.
 	gen atomic.Uint64
 
+	limits *limiters // nil if off
+
 	sweepEvery time.Duration
 	stop       chan struct{}
 	sweepDone  chan struct{}
@@ -145,6 +148,7 @@ func New(c Config) (*Proxy, error) {
 		now:        c.Now,
 		log:        c.Logger,
 		sweepEvery: c.SweepInterval,
+		limits:     newLimiters(c.RateLimit, c.RateBurst),
 		stop:       make(chan struct{}),
 		sweepDone:  make(chan struct{}),
 		live:       make(map[proto.Key]*peerLive),
@@ -269,6 +273,7 @@ func upgradeOf(h http.Header) (protocol string, upgrade, ok bool) {
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
+	info := parseRequestInfo(r)
 	var (
 		peer    proto.Peer
 		imp     impersonation
@@ -279,7 +284,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		v := recover()
 		aborted = v != nil
-		p.logRequest(r, start, sw, peer, imp, code, s, aborted)
+		p.logRequest(r, info, start, sw, peer, imp, code, s, aborted)
 		if v != nil {
 			panic(v)
 		}
@@ -288,6 +293,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	up, isUpgrade, upgradeOK := upgradeOf(r.Header)
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
+	limited := false // a token was taken, or none was needed
 	for {
 		// Decide, then track the request so revocations find it. A
 		// Reevaluate or ClosePeer that ran in between may not have seen it:
@@ -295,8 +301,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		gen := p.gen.Load()
 		addr, pr, d := p.identify(r)
 		peer = pr
+		if d == nil && !limited {
+			limited = true
+			d = p.limit(peer)
+		}
 		if d == nil {
-			imp, d = authorize(p.cluster, peer, p.now())
+			imp, d = authorize(p.cluster, peer, info, p.now())
 		}
 		if d == nil && isUpgrade && !upgradeOK {
 			d = deny(http.StatusBadRequest, proto.CodeBadUpgrade,
@@ -304,7 +314,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				up, p.cluster)
 		}
 		if d == nil {
-			s = &stream{key: peer.Key, addr: addr, imp: imp, ctx: ctx, cancel: cancel, conn: connFrom(r.Context())}
+			s = &stream{key: peer.Key, addr: addr, imp: imp, info: info, ctx: ctx, cancel: cancel, conn: connFrom(r.Context())}
 			d = p.track(s)
 		}
 		if d != nil {
@@ -325,6 +335,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rp = p.rpUpgrade
 	}
 	rp.ServeHTTP(sw, r.WithContext(context.WithValue(ctx, streamKey{}, s)))
+}
+
+// limit takes a token from the bucket of peer's user. A request counts
+// once, however long it lives.
+func (p *Proxy) limit(peer proto.Peer) *denial {
+	if p.limits == nil || peer.Identity == nil || peer.Identity.Login == "" {
+		return nil // no user to count; authorize refuses it
+	}
+	wait, ok := p.limits.take(peer.Identity.Login, p.now())
+	if ok {
+		return nil
+	}
+	return p.rateLimited(peer.Identity.Login, wait)
 }
 
 // identify resolves the caller of r. A connection served by Serve is
@@ -440,6 +463,9 @@ func writeDenial(w http.ResponseWriter, d *denial) {
 	if d.closeConn {
 		w.Header().Set("Connection", "close")
 	}
+	if d.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(d.retryAfter))
+	}
 	writeError(w, d.status, d.code, d.msg)
 }
 
@@ -454,8 +480,7 @@ func writeError(w http.ResponseWriter, status int, code proto.ErrorCode, msg str
 	io.WriteString(w, msg+"\n")
 }
 
-func (p *Proxy) logRequest(r *http.Request, start time.Time, sw *statusWriter, peer proto.Peer, imp impersonation, code proto.ErrorCode, s *stream, aborted bool) {
-	info := parseRequestInfo(r)
+func (p *Proxy) logRequest(r *http.Request, info requestInfo, start time.Time, sw *statusWriter, peer proto.Peer, imp impersonation, code proto.ErrorCode, s *stream, aborted bool) {
 	status := sw.status
 	if s != nil && s.upgraded.Load() {
 		status = http.StatusSwitchingProtocols

@@ -2,88 +2,66 @@ package agent
 
 import (
 	"net/http"
+	"slices"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apiserver/pkg/endpoints/request"
 )
 
-// requestInfo is what a Kubernetes API request asks for, as far as the
-// path, method and query tell. It mirrors the apiserver's RequestInfo for
-// the common cases and is used for logs only; the apiserver decides
-// authorization itself.
-type requestInfo struct {
-	Verb        string
-	Namespace   string
-	Resource    string
-	Subresource string
-	Name        string
+// requestInfos parses requests exactly as kube-apiserver does before it
+// authorizes them: the same factory with the same API prefixes. Sharing
+// the apiserver's parser means the agent's restrictions and the
+// apiserver's RBAC see the same verb, group, resource, namespace and name
+// for any path; a parser of our own could be steered to disagree.
+var requestInfos = &request.RequestInfoFactory{
+	APIPrefixes:          sets.NewString("api", "apis"),
+	GrouplessAPIPrefixes: sets.NewString("api"),
 }
 
-// parseRequestInfo reads r's path, method and query. Non-resource paths
-// (/version, /healthz, /openapi/...) get a lowercase HTTP verb and no
-// resource.
-func parseRequestInfo(r *http.Request) requestInfo {
-	info := requestInfo{Verb: strings.ToLower(r.Method)}
-	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
-	switch {
-	case len(parts) >= 3 && parts[0] == "api":
-		parts = parts[2:] // api, version
-	case len(parts) >= 4 && parts[0] == "apis":
-		parts = parts[3:] // apis, group, version
-	default:
-		return info
-	}
-	watch := false
-	if parts[0] == "watch" {
-		watch = true
-		parts = parts[1:]
-	}
-	if len(parts) >= 2 && parts[0] == "namespaces" {
-		info.Namespace = parts[1]
-		if len(parts) >= 3 {
-			parts = parts[2:]
-		} else {
-			parts = parts[:1]
-			info.Name = info.Namespace
-		}
-	}
-	if len(parts) == 0 || parts[0] == "" {
-		return info
-	}
-	info.Resource = parts[0]
-	if info.Resource == "namespaces" && info.Name != "" {
-		info.Namespace = ""
-	}
-	if len(parts) >= 2 {
-		info.Name = parts[1]
-	}
-	if len(parts) >= 3 {
-		info.Subresource = strings.Join(parts[2:], "/")
-	}
+// requestInfo is what a Kubernetes API request asks for.
+type requestInfo struct {
+	*request.RequestInfo
+	// bad is set when the path is a resource path the apiserver cannot
+	// make sense of, or has dot segments; such a request matches no
+	// restricted grant.
+	bad bool
+}
 
-	if q := r.URL.Query().Get("watch"); q == "true" || q == "1" {
-		watch = true
+// streamSubresources are the subresources whose connections kubectl opens
+// with an upgrade; over websocket it asks with GET.
+var streamSubresources = []string{"exec", "attach", "portforward"}
+
+// parseRequestInfo reads r's path, method and query. Non-resource paths
+// (/version, /healthz, /openapi/..., /api, /apis) have a lowercase HTTP
+// verb and no resource.
+//
+// An upgrade to pods/exec, pods/attach or pods/portforward asked with GET
+// (websocket) has the verb create, as its SPDY form (POST) does and as the
+// apiserver also demands; otherwise a role limited to reading could open
+// a shell.
+func parseRequestInfo(r *http.Request) requestInfo {
+	ri, err := requestInfos.NewRequestInfo(r)
+	info := requestInfo{RequestInfo: ri, bad: err != nil}
+	if ri.IsResourceRequest && hasDotSegment(r.URL.Path) {
+		info.bad = true
 	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
-		switch {
-		case watch:
-			info.Verb = "watch"
-		case info.Name == "":
-			info.Verb = "list"
-		default:
-			info.Verb = "get"
-		}
-	case http.MethodPost:
-		info.Verb = "create"
-	case http.MethodPut:
-		info.Verb = "update"
-	case http.MethodPatch:
-		info.Verb = "patch"
-	case http.MethodDelete:
-		if info.Name == "" {
-			info.Verb = "deletecollection"
-		} else {
-			info.Verb = "delete"
+	if ri.IsResourceRequest && ri.Verb == "get" && ri.Resource == "pods" && slices.Contains(streamSubresources, ri.Subresource) {
+		if _, upgrade, _ := upgradeOf(r.Header); upgrade {
+			ri.Verb = "create"
 		}
 	}
 	return info
+}
+
+// hasDotSegment reports whether p has a "." or ".." segment, which a
+// router that cleans paths would read differently from the apiserver's
+// authorizer.
+func hasDotSegment(p string) bool {
+	for seg := range strings.SplitSeq(p, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }

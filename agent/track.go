@@ -16,6 +16,7 @@ type stream struct {
 	key    proto.Key
 	addr   netip.Addr
 	imp    impersonation // what it was authorized as; never changes
+	info   requestInfo   // what it asks for; never changes
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	conn   *trackedConn // nil unless served by Serve or ServeTLS
@@ -93,7 +94,7 @@ func (p *Proxy) recheck(s *stream, now time.Time) *denial {
 		return deny(http.StatusForbidden, proto.CodeDeviceRevoked,
 			"This device was removed from cluster '%s'. Run: clustral up, and try again.", p.cluster)
 	}
-	imp, d := authorize(p.cluster, peer, now)
+	imp, d := authorize(p.cluster, peer, s.info, now)
 	if d != nil {
 		return d
 	}
@@ -215,6 +216,9 @@ func (p *Proxy) sweep() {
 			return
 		case <-t.C:
 			p.reevaluate()
+			if p.limits != nil {
+				p.limits.evict(p.now())
+			}
 		}
 	}
 }

@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// reqInfo parses a request for method and target (path and query).
+func reqInfo(tb testing.TB, method, target string, header ...string) requestInfo {
+	tb.Helper()
+	r, err := http.NewRequest(method, "https://prod.clustral.internal"+target, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Add(header[i], header[i+1])
+	}
+	return parseRequestInfo(r)
+}
+
+// TestParseRequestInfo checks the parse against the Kubernetes API
+// conventions (https://kubernetes.io/docs/reference/access-authn-authz/authorization/#determine-the-request-verb).
+func TestParseRequestInfo(t *testing.T) {
+	type want struct {
+		resource                        bool
+		verb, group, res, sub, ns, name string
+		bad                             bool
+	}
+	upgrade := []string{"Connection", "Upgrade", "Upgrade", "websocket"}
+	tests := []struct {
+		method, target string
+		header         []string
+		want           want
+	}{
+		{"GET", "/api/v1/namespaces/default/pods", nil, want{true, "list", "", "pods", "", "default", "", false}},
+		{"HEAD", "/api/v1/namespaces/default/pods", nil, want{true, "list", "", "pods", "", "default", "", false}},
+		{"GET", "/api/v1/namespaces/default/pods?watch=true", nil, want{true, "watch", "", "pods", "", "default", "", false}},
+		{"GET", "/api/v1/namespaces/default/pods?watch=1", nil, want{true, "watch", "", "pods", "", "default", "", false}},
+		{"GET", "/api/v1/namespaces/default/pods?watch=false", nil, want{true, "list", "", "pods", "", "default", "", false}},
+		{"GET", "/api/v1/pods?watch=true&fieldSelector=metadata.name%3Dweb-1", nil, want{true, "watch", "", "pods", "", "", "web-1", false}},
+		{"GET", "/api/v1/namespaces/dev/pods?fieldSelector=metadata.name%3Dweb-1", nil, want{true, "list", "", "pods", "", "dev", "web-1", false}},
+		{"GET", "/api/v1/watch/pods", nil, want{true, "watch", "", "pods", "", "", "", false}},
+		{"GET", "/api/v1/watch/namespaces/dev/pods", nil, want{true, "watch", "", "pods", "", "dev", "", false}},
+		{"GET", "/api/v1/watch/namespaces/dev/pods/web-1", nil, want{true, "watch", "", "pods", "", "dev", "web-1", false}},
+		{"GET", "/apis/apps/v1/watch/namespaces/dev/deployments", nil, want{true, "watch", "apps", "deployments", "", "dev", "", false}},
+		{"GET", "/api/v1/namespaces/default/pods/web-1", nil, want{true, "get", "", "pods", "", "default", "web-1", false}},
+		{"GET", "/api/v1/namespaces/default/pods/web-1/log?follow=true", nil, want{true, "get", "", "pods", "log", "default", "web-1", false}},
+		{"POST", "/api/v1/namespaces/default/pods/web-1/exec?command=sh", nil, want{true, "create", "", "pods", "exec", "default", "web-1", false}},
+		{"GET", "/api/v1/namespaces/default/pods/web-1/exec?command=sh", upgrade, want{true, "create", "", "pods", "exec", "default", "web-1", false}},
+		{"GET", "/api/v1/namespaces/default/pods/web-1/attach", upgrade, want{true, "create", "", "pods", "attach", "default", "web-1", false}},
+		{"GET", "/api/v1/namespaces/default/pods/web-1/portforward", upgrade, want{true, "create", "", "pods", "portforward", "default", "web-1", false}},
+		{"POST", "/api/v1/namespaces/default/pods/web-1/portforward", nil, want{true, "create", "", "pods", "portforward", "default", "web-1", false}},
+		{"GET", "/api/v1/namespaces/default/pods/web-1/proxy/metrics", nil, want{true, "get", "", "pods", "proxy", "default", "web-1", false}},
+		{"GET", "/api/v1/namespaces/kube-system", nil, want{true, "get", "", "namespaces", "", "kube-system", "kube-system", false}},
+		{"PUT", "/api/v1/namespaces/kube-system/finalize", nil, want{true, "update", "", "namespaces", "finalize", "kube-system", "kube-system", false}},
+		{"GET", "/api/v1/namespaces/kube-system/status", nil, want{true, "get", "", "namespaces", "status", "kube-system", "kube-system", false}},
+		{"GET", "/api/v1/namespaces", nil, want{true, "list", "", "namespaces", "", "", "", false}},
+		{"POST", "/api/v1/namespaces", nil, want{true, "create", "", "namespaces", "", "", "", false}},
+		{"DELETE", "/api/v1/namespaces/x", nil, want{true, "delete", "", "namespaces", "", "x", "x", false}},
+		{"DELETE", "/apis/apps/v1/namespaces/x/deployments", nil, want{true, "deletecollection", "apps", "deployments", "", "x", "", false}},
+		{"DELETE", "/apis/apps/v1/namespaces/x/deployments/d", nil, want{true, "delete", "apps", "deployments", "", "x", "d", false}},
+		{"PATCH", "/apis/apps/v1/namespaces/x/deployments/d/scale", nil, want{true, "patch", "apps", "deployments", "scale", "x", "d", false}},
+		{"PUT", "/apis/apps/v1/namespaces/x/deployments/d/status", nil, want{true, "update", "apps", "deployments", "status", "x", "d", false}},
+		{"POST", "/apis/apps/v1/namespaces/x/deployments", nil, want{true, "create", "apps", "deployments", "", "x", "", false}},
+		{"GET", "/api/v1/nodes", nil, want{true, "list", "", "nodes", "", "", "", false}},
+		{"GET", "/api/v1/nodes/n1", nil, want{true, "get", "", "nodes", "", "", "n1", false}},
+		{"GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin", nil, want{true, "get", "rbac.authorization.k8s.io", "clusterroles", "", "", "admin", false}},
+		{"POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", nil, want{true, "create", "authorization.k8s.io", "selfsubjectaccessreviews", "", "", "", false}},
+		{"GET", "/api/v1/namespaces/dev/pods/../../kube-system/pods", nil, want{true, "get", "", "pods", "..", "dev", "..", true}},
+		{"GET", "/api/v1/watch", nil, want{true, "get", "", "", "", "", "", true}},
+		// Non-resource URLs: the lowercase HTTP method, no resource.
+		{"GET", "/version", nil, want{false, "get", "", "", "", "", "", false}},
+		{"GET", "/api", nil, want{false, "get", "", "", "", "", "", false}},
+		{"GET", "/api/v1", nil, want{false, "get", "", "", "", "", "", false}},
+		{"GET", "/apis", nil, want{false, "get", "", "", "", "", "", false}},
+		{"GET", "/apis/apps", nil, want{false, "get", "", "", "", "", "", false}},
+		{"GET", "/apis/apps/v1", nil, want{false, "get", "", "", "", "", "", false}},
+		{"GET", "/openapi/v3/apis/apps/v1", nil, want{false, "get", "", "", "", "", "", false}},
+		{"GET", "/healthz", nil, want{false, "get", "", "", "", "", "", false}},
+		{"POST", "/version", nil, want{false, "post", "", "", "", "", "", false}},
+		{"GET", "/", nil, want{false, "get", "", "", "", "", "", false}},
+	}
+	for _, tt := range tests {
+		info := reqInfo(t, tt.method, tt.target, tt.header...)
+		got := want{info.IsResourceRequest, info.Verb, info.APIGroup, info.Resource, info.Subresource, info.Namespace, info.Name, info.bad}
+		if got != tt.want {
+			t.Errorf("%s %s = %+v, want %+v", tt.method, tt.target, got, tt.want)
+		}
+	}
+}
+
+// TestDiscoveryAllowed: kubectl needs discovery and the OpenAPI documents
+// for any role, so restrictions of resources, namespaces and verbs do not
+// apply to them.
+func TestDiscoveryAllowed(t *testing.T) {
+	rs := &proto.Restrictions{Namespaces: []string{"dev"}, Resources: []string{"pods"}, Verbs: []string{"get"}}
+	for _, target := range []string{"/api", "/api/v1", "/apis", "/apis/apps", "/apis/apps/v1", "/version", "/openapi/v2", "/openapi/v3/apis/apps/v1"} {
+		if st := check(rs, reqInfo(t, "GET", target), t0); st != stageAllowed {
+			t.Errorf("GET %s: stage %d, want allowed", target, st)
+		}
+	}
+}
+
+// FuzzRequestInfo feeds arbitrary methods, paths and queries through the
+// parser and a restricted grant, and checks that whatever a grant limited
+// to list/get/watch of pods in namespace dev allows is exactly that, or a
+// request with no resource.
+func FuzzRequestInfo(f *testing.F) {
+	for _, s := range []string{
+		"/api/v1/namespaces/dev/pods", "/api/v1/namespaces/dev/pods?watch=true", "/api/v1/watch/namespaces/dev/pods/x",
+		"/api/v1/namespaces/dev/pods/x/exec", "/apis/apps/v1/namespaces/dev/deployments", "/api/v1/namespaces/dev",
+		"/api/v1/namespaces/dev/pods/../../kube-system/pods", "/api/v1/namespaces//pods", "/apis/x/v1/watch",
+		"/version", "/api", "/apis", "//api/v1/pods", "/api/v1/proxy/namespaces/dev/pods/x",
+	} {
+		f.Add("GET", s)
+		f.Add("DELETE", s)
+	}
+	rs := &proto.Restrictions{
+		Namespaces: []string{"dev"},
+		APIGroups:  []string{""},
+		Resources:  []string{"pods", "pods/log"},
+		Verbs:      []string{"get", "list", "watch"},
+	}
+	f.Fuzz(func(t *testing.T, method, target string) {
+		u, err := url.ParseRequestURI(target)
+		if err != nil || !strings.HasPrefix(target, "/") {
+			return
+		}
+		r := &http.Request{Method: method, URL: u, Header: http.Header{}}
+		info := parseRequestInfo(r)
+		if check(rs, info, t0) != stageAllowed || !info.IsResourceRequest || info.Resource == "" {
+			return
+		}
+		if info.bad || info.Namespace != "dev" || info.APIGroup != "" ||
+			!(info.Resource == "pods" && (info.Subresource == "" || info.Subresource == "log")) ||
+			!(info.Verb == "get" || info.Verb == "list" || info.Verb == "watch") ||
+			hasDotSegment(u.Path) {
+			t.Fatalf("%s %s allowed as %+v", method, target, *info.RequestInfo)
+		}
+	})
+}
+
+func BenchmarkParseRequestInfo(b *testing.B) {
+	for _, target := range []string{"/api/v1/namespaces/dev/pods/web-1", "/api/v1/namespaces/dev/pods?watch=true&resourceVersion=1"} {
+		r, _ := http.NewRequest("GET", "https://x"+target, nil)
+		b.Run(strings.Trim(strings.SplitN(target, "?", 2)[0], "/"), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				parseRequestInfo(r)
+			}
+		})
+	}
+}
