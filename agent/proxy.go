@@ -8,6 +8,11 @@
 // are forwarded to the kube-apiserver with the agent's own credentials and
 // Impersonate-User / Impersonate-Group headers; the apiserver's RBAC judges
 // the impersonated identity.
+//
+// Before that, the proxy enforces what clustral itself knows: the
+// restrictions and time windows of each role grant (a request goes out with
+// the groups of the grants that allow it, or is refused with a reason), and
+// a per-user rate limit.
 package agent
 
 import (
