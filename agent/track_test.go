@@ -223,8 +223,14 @@ func TestClose(t *testing.T) {
 	if err := h.proxy.ServeTLS(&net.TCPListener{}, tlsCertOrFatal(t)); !errors.Is(err, http.ErrServerClosed) {
 		t.Errorf("ServeTLS after Close = %v, want http.ErrServerClosed", err)
 	}
-	if !strings.Contains(h.logs.String(), "status=101") {
-		t.Errorf("no log line for the upgraded stream:\n%s", h.logs.String())
+	// Close does not wait for handlers: the upgraded stream's handler
+	// logs once it has seen its connection close.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(h.logs.String(), "status=101") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line for the upgraded stream:\n%s", h.logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
