@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 	// Time zones of TimeWindows must resolve in a distroless image, which
 	// has no /usr/share/zoneinfo. The embedded database is ~410 KB in a
@@ -184,33 +182,11 @@ func namespaceName(ns string) string {
 
 func quote(s string) string { return "'" + s + "'" }
 
-// window is a parsed proto.TimeWindow.
-type window struct {
-	days       uint8 // bit per time.Weekday; 0 means every day
-	start, end int   // minutes since local midnight; end may be 24*60
-	loc        *time.Location
-}
-
-// contains reports whether t falls in w. A window whose end is before
-// its start spans midnight and belongs to the day it starts on.
-func (w window) contains(t time.Time) bool {
-	t = t.In(w.loc)
-	m := t.Hour()*60 + t.Minute()
-	day := t.Weekday()
-	if w.start < w.end {
-		return w.onDay(day) && w.start <= m && m < w.end
-	}
-	return w.onDay(day) && m >= w.start ||
-		w.onDay((day+6)%7) && m < w.end
-}
-
-func (w window) onDay(d time.Weekday) bool { return w.days == 0 || w.days&(1<<d) != 0 }
-
 // inWindows reports whether now falls in any of tws. A window that does
 // not parse contains no time: a bad window never widens access.
 func inWindows(tws []proto.TimeWindow, now time.Time) bool {
 	for _, tw := range tws {
-		if w, err := parseWindow(tw); err == nil && w.contains(now) {
+		if w, err := proto.ParseWindow(tw); err == nil && w.Contains(now) {
 			return true
 		}
 	}
@@ -231,124 +207,9 @@ func describeWindows(tws []proto.TimeWindow, now time.Time) string {
 		parts = append(parts, fmt.Sprintf("%s %s-%s %s", days, tw.Start, tw.End, zone))
 	}
 	s := strings.Join(parts, "; ")
-	if w, err := parseWindow(tws[0]); err == nil {
-		local := now.In(w.loc)
+	if w, err := proto.ParseWindow(tws[0]); err == nil {
+		local := now.In(w.Location())
 		s += fmt.Sprintf(" (it is %s %s there now)", strings.ToLower(local.Weekday().String()[:3]), local.Format("15:04"))
 	}
 	return s
-}
-
-var weekdays = map[string]time.Weekday{
-	"sun": time.Sunday, "mon": time.Monday, "tue": time.Tuesday, "wed": time.Wednesday,
-	"thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday,
-}
-
-func parseWindow(tw proto.TimeWindow) (window, error) {
-	var w window
-	var err error
-	for _, d := range tw.Days {
-		wd, ok := weekdays[strings.ToLower(d)]
-		if !ok {
-			return window{}, fmt.Errorf("day %q: want one of mon, tue, wed, thu, fri, sat, sun", d)
-		}
-		w.days |= 1 << wd
-	}
-	if w.start, err = parseClock(tw.Start, false); err != nil {
-		return window{}, fmt.Errorf("start: %w", err)
-	}
-	if w.end, err = parseClock(tw.End, true); err != nil {
-		return window{}, fmt.Errorf("end: %w", err)
-	}
-	if w.start == w.end {
-		return window{}, fmt.Errorf("start and end are both %s, an empty window; for a whole day use 00:00-24:00", tw.Start)
-	}
-	if w.loc, err = loadZone(tw.TimeZone); err != nil {
-		return window{}, fmt.Errorf("time zone %q: %w", tw.TimeZone, err)
-	}
-	return w, nil
-}
-
-// parseClock parses "HH:MM" (24h) into minutes since midnight; "24:00"
-// is allowed as an end.
-func parseClock(s string, end bool) (int, error) {
-	bad := fmt.Errorf("%q is not a time of day in the form HH:MM (00:00 to 23:59)", s)
-	if len(s) != 5 || s[2] != ':' {
-		return 0, bad
-	}
-	for _, i := range []int{0, 1, 3, 4} {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, bad
-		}
-	}
-	h := int(s[0]-'0')*10 + int(s[1]-'0')
-	m := int(s[3]-'0')*10 + int(s[4]-'0')
-	switch {
-	case end && h == 24 && m == 0:
-		return 24 * 60, nil
-	case h > 23 || m > 59:
-		return 0, bad
-	}
-	return h*60 + m, nil
-}
-
-// zones caches loaded locations by name. time.LoadLocation reads and
-// parses zone data on every call; the set of valid names is finite, and
-// names that fail to load are not kept.
-var zones sync.Map // string -> *time.Location
-
-func loadZone(name string) (*time.Location, error) {
-	if name == "" || name == "UTC" {
-		return time.UTC, nil
-	}
-	if l, ok := zones.Load(name); ok {
-		return l.(*time.Location), nil
-	}
-	// "Local" would be the agent's own zone, which the admin who wrote
-	// the role cannot know.
-	if name == "Local" {
-		return nil, errors.New("not an IANA zone name (e.g. Europe/Berlin)")
-	}
-	l, err := time.LoadLocation(name)
-	if err != nil {
-		return nil, errors.New("unknown time zone; want an IANA name such as Europe/Berlin or America/New_York")
-	}
-	zones.Store(name, l)
-	return l, nil
-}
-
-// requestVerbs are the verbs a request to the Kubernetes API can have.
-var requestVerbs = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "*"}
-
-// ValidateRestrictions reports every problem in rs that would make the
-// agent refuse more than its author meant: unknown verbs or days, times
-// that are not HH:MM, empty windows, unknown time zones, malformed
-// resources. A nil rs is valid. The coordinator calls it before storing
-// a role; the agent itself treats a window it cannot parse as closed.
-func ValidateRestrictions(rs *proto.Restrictions) error {
-	if rs == nil {
-		return nil
-	}
-	var errs []error
-	for _, v := range rs.Verbs {
-		if !slices.Contains(requestVerbs, v) {
-			errs = append(errs, fmt.Errorf("verb %q: want one of %s", v, strings.Join(requestVerbs, ", ")))
-		}
-	}
-	for _, r := range rs.Resources {
-		res, sub, hasSub := strings.Cut(r, "/")
-		if res == "" || hasSub && (sub == "" || strings.Contains(sub, "/")) {
-			errs = append(errs, fmt.Errorf("resource %q: want a plural resource name with an optional subresource (pods, pods/log, */scale) or *", r))
-		}
-	}
-	for _, n := range rs.ResourceNames {
-		if n == "" {
-			errs = append(errs, errors.New("resource name \"\": names must not be empty"))
-		}
-	}
-	for i, tw := range rs.TimeWindows {
-		if _, err := parseWindow(tw); err != nil {
-			errs = append(errs, fmt.Errorf("time window %d: %w", i+1, err))
-		}
-	}
-	return errors.Join(errs...)
 }

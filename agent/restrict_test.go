@@ -217,54 +217,6 @@ func TestTimeWindowMessage(t *testing.T) {
 	}
 }
 
-func TestValidateRestrictions(t *testing.T) {
-	tests := []struct {
-		rs   *proto.Restrictions
-		errs []string // substrings; none means valid
-	}{
-		{nil, nil},
-		{&proto.Restrictions{}, nil},
-		{&proto.Restrictions{
-			Namespaces: []string{"dev", ""}, APIGroups: []string{"", "apps", "*"},
-			Resources: []string{"pods", "pods/log", "*", "*/scale"}, Verbs: []string{"get", "deletecollection", "*"},
-			ResourceNames: []string{"web"},
-			TimeWindows: []proto.TimeWindow{
-				{Days: []string{"mon", "sun"}, Start: "22:00", End: "06:00", TimeZone: "Europe/Berlin"},
-				{Start: "00:00", End: "24:00"},
-			},
-		}, nil},
-		{&proto.Restrictions{Verbs: []string{"get", "destroy"}}, []string{`verb "destroy": want one of get, list`}},
-		{&proto.Restrictions{Resources: []string{"pods/", "/log", "a/b/c"}}, []string{`resource "pods/"`, `resource "/log"`, `resource "a/b/c"`}},
-		{&proto.Restrictions{ResourceNames: []string{""}}, []string{"names must not be empty"}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "9:00", End: "18:00"}}}, []string{`time window 1: start: "9:00" is not a time of day in the form HH:MM`}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "09:00", End: "24:01"}}}, []string{`end: "24:01"`}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "24:00", End: "06:00"}}}, []string{`start: "24:00"`}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "09:60", End: "10:00"}}}, []string{`start: "09:60"`}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "09:00", End: "09:00"}}}, []string{"an empty window; for a whole day use 00:00-24:00"}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Days: []string{"monday"}, Start: "09:00", End: "10:00"}}}, []string{`day "monday": want one of mon, tue`}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "09:00", End: "10:00"}, {Start: "09:00", End: "10:00", TimeZone: "Europe/Berln"}}}, []string{`time window 2: time zone "Europe/Berln": unknown time zone`}},
-		{&proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "09:00", End: "10:00", TimeZone: "Local"}}}, []string{`time zone "Local": not an IANA zone name`}},
-	}
-	for i, tt := range tests {
-		err := ValidateRestrictions(tt.rs)
-		if len(tt.errs) == 0 {
-			if err != nil {
-				t.Errorf("%d: %v, want valid", i, err)
-			}
-			continue
-		}
-		if err == nil {
-			t.Errorf("%d: valid, want %q", i, tt.errs)
-			continue
-		}
-		for _, s := range tt.errs {
-			if !strings.Contains(err.Error(), s) {
-				t.Errorf("%d: %q does not contain %q", i, err, s)
-			}
-		}
-	}
-}
-
 func BenchmarkAuthorize(b *testing.B) {
 	grants := []proto.RoleGrant{
 		restricted("view", proto.Restrictions{Verbs: []string{"get", "list", "watch"}}, "viewers"),

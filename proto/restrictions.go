@@ -3,79 +3,163 @@ package proto
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
-// Verbs are the Kubernetes request verbs a restriction may name.
-var Verbs = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "*"}
+// This file gives Restrictions and TimeWindow their one meaning: the
+// coordinator validates roles with it, and the agent enforces them with
+// it, so the two can never read a window differently.
+
+// Window is a parsed TimeWindow.
+type Window struct {
+	days       uint8 // bit per time.Weekday; 0 means every day
+	start, end int   // minutes since local midnight; end may be 24*60
+	loc        *time.Location
+}
+
+// Contains reports whether t falls in w. A window whose end is before
+// its start spans midnight and belongs to the day it starts on.
+func (w Window) Contains(t time.Time) bool {
+	t = t.In(w.loc)
+	m := t.Hour()*60 + t.Minute()
+	day := t.Weekday()
+	if w.start < w.end {
+		return w.onDay(day) && w.start <= m && m < w.end
+	}
+	return w.onDay(day) && m >= w.start ||
+		w.onDay((day+6)%7) && m < w.end
+}
+
+func (w Window) onDay(d time.Weekday) bool { return w.days == 0 || w.days&(1<<d) != 0 }
+
+// Location is the window's time zone.
+func (w Window) Location() *time.Location { return w.loc }
 
 // Days are the day names a time window may name, Sunday first as in
 // time.Weekday.
 var Days = []string{"sun", "mon", "tue", "wed", "thu", "fri", "sat"}
 
-// Validate checks r and returns an error naming every problem and how to
-// fix it.
-func (r *Restrictions) Validate() error {
-	if r == nil {
+// Validate checks w with the same parser the agent enforces it with.
+func (w TimeWindow) Validate() error {
+	_, err := ParseWindow(w)
+	return err
+}
+
+var weekdays = map[string]time.Weekday{
+	"sun": time.Sunday, "mon": time.Monday, "tue": time.Tuesday, "wed": time.Wednesday,
+	"thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday,
+}
+
+// ParseWindow parses and checks tw.
+func ParseWindow(tw TimeWindow) (Window, error) {
+	var w Window
+	var err error
+	for _, d := range tw.Days {
+		wd, ok := weekdays[strings.ToLower(d)]
+		if !ok {
+			return Window{}, fmt.Errorf("day %q: want one of mon, tue, wed, thu, fri, sat, sun", d)
+		}
+		w.days |= 1 << wd
+	}
+	if w.start, err = parseClock(tw.Start, false); err != nil {
+		return Window{}, fmt.Errorf("start: %w", err)
+	}
+	if w.end, err = parseClock(tw.End, true); err != nil {
+		return Window{}, fmt.Errorf("end: %w", err)
+	}
+	if w.start == w.end {
+		return Window{}, fmt.Errorf("start and end are both %s, an empty window; for a whole day use 00:00-24:00", tw.Start)
+	}
+	if w.loc, err = loadZone(tw.TimeZone); err != nil {
+		return Window{}, fmt.Errorf("time zone %q: %w", tw.TimeZone, err)
+	}
+	return w, nil
+}
+
+// parseClock parses "HH:MM" (24h) into minutes since midnight; "24:00"
+// is allowed as an end.
+func parseClock(s string, end bool) (int, error) {
+	bad := fmt.Errorf("%q is not a time of day in the form HH:MM (00:00 to 23:59)", s)
+	if len(s) != 5 || s[2] != ':' {
+		return 0, bad
+	}
+	for _, i := range []int{0, 1, 3, 4} {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, bad
+		}
+	}
+	h := int(s[0]-'0')*10 + int(s[1]-'0')
+	m := int(s[3]-'0')*10 + int(s[4]-'0')
+	switch {
+	case end && h == 24 && m == 0:
+		return 24 * 60, nil
+	case h > 23 || m > 59:
+		return 0, bad
+	}
+	return h*60 + m, nil
+}
+
+// zones caches loaded locations by name. time.LoadLocation reads and
+// parses zone data on every call; the set of valid names is finite, and
+// names that fail to load are not kept.
+var zones sync.Map // string -> *time.Location
+
+func loadZone(name string) (*time.Location, error) {
+	if name == "" || name == "UTC" {
+		return time.UTC, nil
+	}
+	if l, ok := zones.Load(name); ok {
+		return l.(*time.Location), nil
+	}
+	// "Local" would be the agent's own zone, which the admin who wrote
+	// the role cannot know.
+	if name == "Local" {
+		return nil, errors.New("not an IANA zone name (e.g. Europe/Berlin)")
+	}
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, errors.New("unknown time zone; want an IANA name such as Europe/Berlin or America/New_York")
+	}
+	zones.Store(name, l)
+	return l, nil
+}
+
+// Verbs are the verbs a request to the Kubernetes API can have.
+var Verbs = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "*"}
+
+// Validate reports every problem in rs that would make the
+// agent refuse more than its author meant: unknown verbs or days, times
+// that are not HH:MM, empty windows, unknown time zones, malformed
+// resources. A nil rs is valid. The coordinator calls it before storing
+// a role; the agent itself treats a window it cannot parse as closed.
+func (rs *Restrictions) Validate() error {
+	if rs == nil {
 		return nil
 	}
 	var errs []error
-	for _, v := range r.Verbs {
-		if !contains(Verbs, v) {
-			errs = append(errs, fmt.Errorf("unknown verb %q (use %s)", v, strings.Join(Verbs, ", ")))
+	for _, v := range rs.Verbs {
+		if !slices.Contains(Verbs, v) {
+			errs = append(errs, fmt.Errorf("verb %q: want one of %s", v, strings.Join(Verbs, ", ")))
 		}
 	}
-	for _, res := range r.Resources {
-		if res == "" || strings.Count(res, "/") > 1 {
-			errs = append(errs, fmt.Errorf("resource %q must be a plural name with an optional subresource, e.g. pods or pods/log", res))
+	for _, r := range rs.Resources {
+		res, sub, hasSub := strings.Cut(r, "/")
+		if res == "" || hasSub && (sub == "" || strings.Contains(sub, "/")) {
+			errs = append(errs, fmt.Errorf("resource %q: want a plural resource name with an optional subresource (pods, pods/log, */scale) or *", r))
 		}
 	}
-	for i, w := range r.TimeWindows {
-		if err := w.Validate(); err != nil {
+	for _, n := range rs.ResourceNames {
+		if n == "" {
+			errs = append(errs, errors.New("resource name \"\": names must not be empty"))
+		}
+	}
+	for i, tw := range rs.TimeWindows {
+		if _, err := ParseWindow(tw); err != nil {
 			errs = append(errs, fmt.Errorf("time window %d: %w", i+1, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// Validate checks w.
-func (w TimeWindow) Validate() error {
-	var errs []error
-	for _, d := range w.Days {
-		if !contains(Days, strings.ToLower(d)) {
-			errs = append(errs, fmt.Errorf("unknown day %q (use mon, tue, wed, thu, fri, sat, sun)", d))
-		}
-	}
-	if _, err := ParseClock(w.Start); err != nil {
-		errs = append(errs, fmt.Errorf("start: %w", err))
-	}
-	if _, err := ParseClock(w.End); err != nil {
-		errs = append(errs, fmt.Errorf("end: %w", err))
-	}
-	if w.Start == w.End && w.Start != "" {
-		errs = append(errs, fmt.Errorf("start and end are both %s; the window would be empty", w.Start))
-	}
-	if _, err := time.LoadLocation(w.TimeZone); err != nil {
-		errs = append(errs, fmt.Errorf("time zone %q: %w (use an IANA name like Europe/Berlin)", w.TimeZone, err))
-	}
-	return errors.Join(errs...)
-}
-
-// ParseClock parses "HH:MM" (24h) into minutes after midnight.
-func ParseClock(s string) (int, error) {
-	t, err := time.Parse("15:04", s)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a HH:MM time (e.g. 09:00 or 18:30)", s)
-	}
-	return t.Hour()*60 + t.Minute(), nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
