@@ -1,0 +1,122 @@
+package access
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// TestRestrictions: each kind of role restriction, set with the CLI,
+// lets kubectl through to the real apiserver for what it allows, and
+// refuses what it does not with the matching X-Clustral-Error-Code and a
+// message kubectl shows that names the limit.
+func TestRestrictions(t *testing.T) {
+	m := newMesh(t)
+	startAgent(t, m.joinToken)
+	ns, other := newNamespace(t), newNamespace(t)
+	createConfigMap(t, ns, "allowed")
+	createConfigMap(t, ns, "another")
+	createConfigMap(t, other, "allowed")
+
+	c := newUser(t, carol)
+	c.login() // users exist from their first login
+	m.admin.must("roles", "create", "limited", "--group", "clustral:editors", "--namespace", ns)
+	m.admin.must("assign", "--user", carol.Email, "--role", "limited", "--cluster", "kind")
+	c.up()
+
+	now := time.Now().UTC()
+	// A one-hour window twelve hours away never includes the test.
+	away := fmt.Sprintf("daily %02d:00-%02d:00 UTC", (now.Hour()+12)%24, (now.Hour()+13)%24)
+
+	tests := []struct {
+		name    string
+		flags   []string // roles update flags besides --group
+		allowed []string // a kubectl command the role allows; nil for none
+		denied  []string
+		code    proto.ErrorCode
+		message string // in kubectl's error output
+	}{
+		{
+			name:    "namespace",
+			flags:   []string{"--namespace", ns},
+			allowed: []string{"get", "configmaps", "-n", ns},
+			denied:  []string{"get", "configmaps", "-n", other},
+			code:    proto.CodeNamespaceNotAllowed,
+			message: fmt.Sprintf("%s may not list configmaps in namespace '%s' on cluster 'kind': role 'limited' allows namespaces %s", carol.Email, other, ns),
+		},
+		{
+			name:    "resource",
+			flags:   []string{"--resource", "configmaps"},
+			allowed: []string{"get", "configmaps", "-n", ns},
+			denied:  []string{"get", "secrets", "-n", ns},
+			code:    proto.CodeResourceNotAllowed,
+			message: fmt.Sprintf("%s may not list secrets in namespace '%s' on cluster 'kind': role 'limited' allows resources configmaps", carol.Email, ns),
+		},
+		{
+			name:    "verb",
+			flags:   []string{"--verb", "get,list"},
+			allowed: []string{"get", "configmap", "allowed", "-n", ns},
+			denied:  []string{"delete", "configmap", "allowed", "-n", ns},
+			code:    proto.CodeVerbNotAllowed,
+			message: fmt.Sprintf("%s may not delete configmaps 'allowed' in namespace '%s' on cluster 'kind': role 'limited' allows verbs get, list", carol.Email, ns),
+		},
+		{
+			name:    "resource name",
+			flags:   []string{"--resource", "configmaps", "--resource-name", "allowed"},
+			allowed: []string{"get", "configmap", "allowed", "-n", ns},
+			denied:  []string{"get", "configmap", "another", "-n", ns},
+			code:    proto.CodeResourceNotAllowed,
+			message: fmt.Sprintf("%s may not get configmaps 'another' in namespace '%s' on cluster 'kind': role 'limited' allows only the names 'allowed'", carol.Email, ns),
+		},
+		{
+			name:    "time window including now",
+			flags:   []string{"--window", "daily 00:00-24:00 UTC", "--namespace", ns},
+			allowed: []string{"get", "configmaps", "-n", ns},
+			// The namespace limit tells this role from the one before.
+			denied:  []string{"get", "configmaps", "-n", other},
+			code:    proto.CodeNamespaceNotAllowed,
+			message: "role 'limited' allows namespaces " + ns,
+		},
+		{
+			name:    "time window excluding now",
+			flags:   []string{"--window", away},
+			denied:  []string{"get", "configmaps", "-n", ns},
+			code:    proto.CodeOutsideTimeWindow,
+			message: "role 'limited' applies only every day " + away[len("daily "):],
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m.admin.must(append([]string{"roles", "update", "limited", "--group", "clustral:editors"}, tt.flags...)...)
+			// The role reaches the agent in a map delta.
+			var last refusal
+			eventually(t, 10*time.Second, func(context.Context) error {
+				r, err := c.kubectlRefused(tt.denied...)
+				if err != nil {
+					return err
+				}
+				last = r
+				if r.code != tt.code {
+					return fmt.Errorf("kubectl %v: code %q, want %q; message: %s", tt.denied, r.code, tt.code, r.message)
+				}
+				return nil
+			})
+			t.Logf("kubectl %v: %s: %s", tt.denied, last.code, last.message)
+			if !strings.Contains(last.message, tt.message) {
+				t.Errorf("kubectl %v: message\n%s\nwant it to contain\n%s", tt.denied, last.message, tt.message)
+			}
+			if !strings.Contains(last.message, "Forbidden") {
+				t.Errorf("kubectl %v: message\n%s\nwant Forbidden", tt.denied, last.message)
+			}
+			if tt.allowed != nil {
+				if _, err := c.kubectl(tt.allowed...); err != nil {
+					t.Errorf("allowed by the role: %v", err)
+				}
+			}
+		})
+	}
+}
