@@ -177,7 +177,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	if err != nil {
 		return err
 	}
-	m, err := joinMesh(priv, reg, a.wgPort, log)
+	m, err := joinMesh(priv, reg, a.wgPort, false, log)
 	if err != nil {
 		return err
 	}

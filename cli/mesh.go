@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/netstack"
@@ -21,7 +22,7 @@ import (
 // mesh is a node joined to the overlay: a netstack with the node's overlay
 // addresses and a WireGuard node on it, kept in step with the map.
 type mesh struct {
-	stack *netstack.Stack
+	stack *netstack.Stack // nil in TUN mode
 	node  *node.Node
 	reg   proto.RegisterResponse
 	log   *slog.Logger
@@ -30,25 +31,49 @@ type mesh struct {
 	conns   map[proto.Key]map[*peerConn]struct{} // dialled by dialCluster, by peer
 }
 
-// joinMesh brings up the netstack and the WireGuard node for a registered
-// node. Close releases both.
-func joinMesh(priv wgtypes.Key, reg proto.RegisterResponse, listenPort int, log *slog.Logger) (*mesh, error) {
-	var addrs []netip.Addr
-	for _, p := range reg.Addresses {
-		addrs = append(addrs, p.Addr())
+// tunName is the TUN device of clustral up --tun.
+const tunName = "clustral0"
+
+// joinMesh brings up the WireGuard node for a registered node: on a
+// userspace netstack, or with tunMode on a TUN device that routes the
+// mesh's prefixes, so any program reaches overlay addresses. Close
+// releases it.
+func joinMesh(priv wgtypes.Key, reg proto.RegisterResponse, listenPort int, tunMode bool, log *slog.Logger) (*mesh, error) {
+	m := &mesh{reg: reg, log: log, conns: map[proto.Key]map[*peerConn]struct{}{}}
+	var dev tun.Device
+	if tunMode {
+		var err error
+		if dev, err = openTUN(tunName, netstack.DefaultMTU, reg.Addresses, reg.Prefixes); err != nil {
+			return nil, err
+		}
+	} else {
+		var addrs []netip.Addr
+		for _, p := range reg.Addresses {
+			addrs = append(addrs, p.Addr())
+		}
+		st, err := netstack.New(netstack.Config{Addrs: addrs, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("netstack: %w", err)
+		}
+		m.stack, dev = st, st.TUN()
 	}
-	st, err := netstack.New(netstack.Config{Addrs: addrs, Logger: log})
+	n, err := node.New(node.Config{PrivateKey: priv, TUN: dev, ListenPort: listenPort, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("netstack: %w", err)
-	}
-	n, err := node.New(node.Config{PrivateKey: priv, TUN: st.TUN(), ListenPort: listenPort, Logger: log})
-	if err != nil {
-		st.Close()
 		return nil, fmt.Errorf("wireguard node: %w", err)
 	}
-	m := &mesh{stack: st, node: n, reg: reg, log: log, conns: map[proto.Key]map[*peerConn]struct{}{}}
+	m.node = n
 	n.OnChange(m.closeRemoved)
 	return m, nil
+}
+
+// dial opens a TCP connection to an overlay address: through the netstack,
+// or through the kernel and the TUN device.
+func (m *mesh) dial(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+	if m.stack != nil {
+		return m.stack.DialTCPAddrPort(ctx, ap)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", ap.String())
 }
 
 // peerConn is a connection dialled through the mesh to a peer. Close
@@ -117,13 +142,8 @@ func (m *mesh) closeRemoved(ch node.Change) {
 	}
 }
 
-func (m *mesh) Close() error {
-	err := m.node.Close()
-	if serr := m.stack.Close(); err == nil {
-		err = serr
-	}
-	return err
-}
+// Close stops the node, which closes its TUN device or netstack.
+func (m *mesh) Close() error { return m.node.Close() }
 
 // localEndpoints lists the node's candidate UDP endpoints: its listen
 // port on each non-loopback interface address, and on loopback.
@@ -149,7 +169,7 @@ func (m *mesh) dialCluster(ctx context.Context, host string, port uint16) (net.C
 		if !ok {
 			return nil, fmt.Errorf("%s is not a peer of this node", a)
 		}
-		c, err := m.stack.DialTCPAddrPort(ctx, netip.AddrPortFrom(a, port))
+		c, err := m.dial(ctx, netip.AddrPortFrom(a, port))
 		if err != nil {
 			return nil, err
 		}
@@ -171,7 +191,7 @@ func (m *mesh) dialCluster(ctx context.Context, host string, port uint16) (net.C
 			continue
 		}
 		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		c, err := m.stack.DialTCPAddrPort(dctx, netip.AddrPortFrom(a.Addresses[0].Addr(), port))
+		c, err := m.dial(dctx, netip.AddrPortFrom(a.Addresses[0].Addr(), port))
 		cancel()
 		if err == nil {
 			return m.track(a.Key, a.Addresses[0].Addr(), c), nil

@@ -58,6 +58,7 @@ func newUpCmd(g *globals) *cobra.Command {
 		kubeconfig string
 		listenPort int
 		timeout    time.Duration
+		tunMode    bool
 	)
 	c := &cobra.Command{
 		Use:   "up",
@@ -87,9 +88,9 @@ stops it and removes its contexts.`,
 				return err
 			}
 			if foreground {
-				return runUp(c.Context(), g, dir, upOptions{socksPort, kubeconfig, listenPort})
+				return runUp(c.Context(), g, dir, upOptions{socksPort, kubeconfig, listenPort, tunMode})
 			}
-			return startUpBackground(c.Context(), g, dir, timeout, upOptions{socksPort, kubeconfig, listenPort})
+			return startUpBackground(c.Context(), g, dir, timeout, upOptions{socksPort, kubeconfig, listenPort, tunMode})
 		},
 	}
 	c.Flags().BoolVar(&foreground, "foreground", false, "stay attached instead of leaving a background process")
@@ -97,6 +98,7 @@ stops it and removes its contexts.`,
 	c.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file to write contexts to (default: KUBECONFIG or ~/.kube/config)")
 	c.Flags().IntVar(&listenPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	c.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the tunnel to come up")
+	c.Flags().BoolVar(&tunMode, "tun", false, "use a TUN device ("+tunName+") and route the overlay ranges, so any program reaches overlay addresses (Linux, root)")
 	return c
 }
 
@@ -104,6 +106,7 @@ type upOptions struct {
 	socksPort  int
 	kubeconfig string
 	wgPort     int
+	tun        bool
 }
 
 // startUpBackground starts `clustral up --foreground` as a detached
@@ -121,6 +124,9 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 		args = append(args, "--debug")
 	}
 	args = append(args, "--socks-port", strconv.Itoa(o.socksPort), "--wg-port", strconv.Itoa(o.wgPort))
+	if o.tun {
+		args = append(args, "--tun")
+	}
 	if o.kubeconfig != "" {
 		kc, err := filepath.Abs(o.kubeconfig)
 		if err != nil {
@@ -269,7 +275,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		os.Remove(filepath.Join(dir, deviceKey))
 	}()
 
-	m, err := joinMesh(priv, reg, o.wgPort, log)
+	m, err := joinMesh(priv, reg, o.wgPort, o.tun, log)
 	if err != nil {
 		return err
 	}

@@ -385,7 +385,7 @@ func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix
 	s.nodeChanged(n)
 	s.log.Info("node registered", "node", n.ID, "kind", n.Kind, "actor", actor, "addresses", n.Addresses)
 	return &proto.RegisterResponse{
-		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain,
+		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain, Prefixes: []netip.Prefix{s.cfg.IPv4Prefix, s.v6},
 		ExpiresAt: n.Expires, Certificate: cert, CABundle: string(s.ca.certPEM),
 	}, nil
 }

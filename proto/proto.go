@@ -154,6 +154,9 @@ type RegisterResponse struct {
 	// stored hashed by the coordinator.
 	NodeToken string         `json:"node_token"`
 	Addresses []netip.Prefix `json:"addresses"`
+	// Prefixes are the mesh's overlay ranges, to route them over a TUN
+	// device.
+	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
 	// Cluster is the agent's cluster name, for agents only.
 	Cluster    string    `json:"cluster,omitempty"`
 	MeshDomain string    `json:"mesh_domain"`
