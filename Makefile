@@ -49,10 +49,15 @@ lint:
 	$(GO) vet ./...
 	cd integration && $(GO) vet ./...
 
-# bench prints BENCH <name> <value> <unit> lines.
+# bench runs the Go benchmarks (kept in $(BIN)/bench-unit.txt), then
+# integration/cmd/bench against real processes, which prints
+# BENCH <name> <value> <unit> lines (kept in $(BIN)/bench.txt). Both
+# always run; the target fails if either did.
 bench: build components
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./... | tee $(BIN)/bench-unit.txt
-	cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) run ./cmd/bench
+	set -o pipefail; rc=0; \
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./... | tee $(BIN)/bench-unit.txt || rc=1; \
+	(cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) run ./cmd/bench) | tee $(BIN)/bench.txt || rc=1; \
+	exit $$rc
 
 # demo: Dex, a coordinator on its embedded defaults, a real kube-apiserver
 # (or DEMO_KUBECONFIG), an agent, a non-interactive login, `clustral up`

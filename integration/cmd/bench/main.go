@@ -1,0 +1,141 @@
+// Command bench measures clustral end to end and prints one line per
+// number, `BENCH <name> <value> <unit>`, on standard output; progress goes
+// to standard error.
+//
+// It measures, in one run:
+//
+//   - tunnel_mbps, stock_netstack_mbps, loopback_mbps: one bulk TCP
+//     transfer through two wireguard-go devices on clustral's netstack,
+//     on wireguard-go's stock tun/netstack, and over kernel loopback
+//     (netstack/tunnelbench), with tunnel_cpu_s_per_gib and
+//     tunnel_vs_stock_ratio.
+//   - proxy_get_* and direct_get_*: a small GET through the mesh (the
+//     kubeconfig context `clustral up` wrote: SOCKS5, WireGuard, the
+//     agent's identity-aware proxy, impersonation) and straight to the
+//     same kube-apiserver with the admin token, interleaved, on reused
+//     keep-alive connections; proxy_overhead_p50_us is the difference.
+//   - up_to_first_kubectl_ms: from invoking `clustral up` with a valid
+//     session until the first `kubectl get --raw /version` through the
+//     mesh succeeds, median over several down/up rounds.
+//   - coordinator_map_delta_ms: from asking the coordinator for an
+//     assignment until a GET on a new connection through the mesh first
+//     succeeds (map deltas to the device and the agent, handshake, TLS);
+//     revoke_to_denied_ms: from deleting it until such a GET first fails.
+//
+// It starts etcd, kube-apiserver and Dex (integration/harness), a
+// coordinator and an agent, and stops every process it started before it
+// exits, also on error or SIGINT. CLUSTRAL_BIN names the clustral binary
+// (make bench builds it); otherwise one is built from this checkout.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+)
+
+// flags tune the run; the defaults keep it to about two minutes on two
+// shared cores.
+type flags struct {
+	transfer    int64
+	transferRun int
+	samples     int
+	warmup      int
+	upRounds    int
+	deltaRounds int
+	skipTunnel  bool
+	skipMesh    bool
+}
+
+func main() {
+	var f flags
+	flag.Int64Var(&f.transfer, "transfer-mib", 256, "MiB moved per tunnel transfer")
+	flag.IntVar(&f.transferRun, "transfer-runs", 3, "transfers per stack (the median is reported)")
+	flag.IntVar(&f.samples, "samples", 1500, "GET samples per path")
+	flag.IntVar(&f.warmup, "warmup", 200, "GET warm-up requests per path")
+	flag.IntVar(&f.upRounds, "up-rounds", 5, "down/up rounds for up_to_first_kubectl_ms")
+	flag.IntVar(&f.deltaRounds, "delta-rounds", 5, "revoke/grant rounds for coordinator_map_delta_ms (0 skips)")
+	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
+	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
+	flag.Parse()
+	f.transfer <<= 20
+
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, f)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, f flags) error {
+	fmt.Println("# clustral bench: BENCH <name> <value> <unit>")
+	fmt.Printf("# %s\n", time.Now().UTC().Format(time.RFC3339))
+	if !f.skipTunnel {
+		if err := benchTunnel(ctx, f); err != nil {
+			return err
+		}
+	}
+	if f.skipMesh {
+		return nil
+	}
+	m, err := startMesh(ctx)
+	if m != nil {
+		defer m.Close()
+	}
+	if err != nil {
+		return err
+	}
+	for _, bench := range []func(context.Context, *mesh, flags) error{benchGet, benchUp, benchDelta} {
+		if err := bench(ctx, m, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// report prints one BENCH line.
+func report(name string, v float64, unit string) {
+	prec := 0
+	if math.Abs(v) < 100 && v != math.Trunc(v) {
+		prec = 2
+	}
+	fmt.Printf("BENCH %s %.*f %s\n", name, prec, v, unit)
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// percentile returns the p-th percentile (0 < p <= 100) of samples by the
+// nearest-rank method. It sorts samples.
+func percentile(samples []time.Duration, p float64) time.Duration {
+	if len(samples) == 0 {
+		return 0
+	}
+	slices.Sort(samples)
+	i := int(math.Ceil(p/100*float64(len(samples)))) - 1
+	return samples[max(0, min(i, len(samples)-1))]
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// tempDir makes the directory holding the run's clustral files.
+func tempDir() (string, error) {
+	d, err := os.MkdirTemp("", "clustral-bench-")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Clean(d), nil
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/clustral/clustral/integration/harness"
+)
+
+// benchUp takes the user down and up f.upRounds times, timing from
+// invoking `clustral up` until kubectl first gets an answer through the
+// mesh.
+func benchUp(ctx context.Context, m *mesh, f flags) error {
+	if f.upRounds <= 0 {
+		return nil
+	}
+	progress("%d down/up rounds", f.upRounds)
+	k := m.user.Kubectl()
+	k.Timeout = 20 * time.Second
+	var first, upOnly []time.Duration
+	for i := range f.upRounds {
+		if err := m.user.Down(ctx); err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := m.user.Up(ctx); err != nil {
+			return err
+		}
+		up := time.Since(start)
+		d, err := firstKubectl(ctx, k, start)
+		if err != nil {
+			return err
+		}
+		progress("round %d: up returned after %v, first kubectl answer after %v", i+1, up.Round(time.Millisecond), d.Round(time.Millisecond))
+		first, upOnly = append(first, d), append(upOnly, up)
+	}
+	report("up_to_first_kubectl_ms", ms(percentile(first, 50)), "ms")
+	report("up_to_first_kubectl_max_ms", ms(percentile(first, 100)), "ms")
+	report("up_returns_ms", ms(percentile(upOnly, 50)), "ms")
+	report("up_samples", float64(len(first)), "rounds")
+	return nil
+}
+
+// firstKubectl runs kubectl through the mesh until it succeeds and
+// returns the time since start.
+func firstKubectl(ctx context.Context, k harness.Kubectl, start time.Time) (time.Duration, error) {
+	deadline := start.Add(30 * time.Second)
+	for {
+		_, err := k.Run(ctx, "--context", kubeContext, "get", "--raw", "/version")
+		if err == nil {
+			return time.Since(start), nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return 0, fmt.Errorf("kubectl after up: %w", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// benchDelta revokes and grants the user's assignment f.deltaRounds times
+// while the user is up, timing from the call to the coordinator until a
+// GET on a new connection through the mesh first fails, and until one
+// first succeeds again. Probes run back to back with a short timeout, so
+// a connection attempt that hangs (a SYN dropped while only one end knows
+// the other) is retried rather than waited out; the time reported is when
+// the deciding probe started.
+func benchDelta(ctx context.Context, m *mesh, f flags) error {
+	if f.deltaRounds <= 0 {
+		return nil
+	}
+	cfg, err := meshConfig(m)
+	if err != nil {
+		return err
+	}
+	rt, err := rest.TransportFor(cfg)
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Transport: rt, Timeout: 250 * time.Millisecond}
+	// probe makes one GET on a new connection.
+	probe := func() error {
+		hc.CloseIdleConnections()
+		req, err := http.NewRequestWithContext(ctx, "GET", cfg.Host+getPath, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", getPath, resp.Status)
+		}
+		return nil
+	}
+	// until probes back to back until ok(probe()) and returns when the
+	// first probe that satisfied ok started, relative to start, and the
+	// probe's error.
+	until := func(start time.Time, ok func(error) bool) (time.Duration, error, error) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			t := time.Now()
+			err := probe()
+			if ok(err) {
+				return t.Sub(start), err, nil
+			}
+			if ctx.Err() != nil {
+				return 0, nil, ctx.Err()
+			}
+			if time.Now().After(deadline) {
+				return 0, nil, fmt.Errorf("timed out; last probe: %v", err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := probe(); err != nil {
+		return fmt.Errorf("probe before revoking: %w", err)
+	}
+	progress("%d revoke/grant rounds", f.deltaRounds)
+	var revoked, granted []time.Duration
+	for i := range f.deltaRounds {
+		start := time.Now()
+		if err := m.revoke(ctx); err != nil {
+			return err
+		}
+		r, why, err := until(start, func(err error) bool { return err != nil })
+		if err != nil {
+			return fmt.Errorf("waiting for revocation: %w", err)
+		}
+		start = time.Now()
+		if err := m.grant(ctx); err != nil {
+			return err
+		}
+		g, _, err := until(start, func(err error) bool { return err == nil })
+		if err != nil {
+			return fmt.Errorf("waiting for grant: %w", err)
+		}
+		progress("round %d: denied %v after revoke (%v), answered %v after grant", i+1, r.Round(time.Microsecond), why, g.Round(time.Microsecond))
+		revoked, granted = append(revoked, r), append(granted, g)
+	}
+	report("coordinator_map_delta_ms", ms(percentile(granted, 50)), "ms")
+	report("revoke_to_denied_ms", ms(percentile(revoked, 50)), "ms")
+	report("map_delta_samples", float64(len(granted)), "rounds")
+	return nil
+}
