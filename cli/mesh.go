@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -183,7 +184,7 @@ func (m *mesh) dialCluster(ctx context.Context, host string, port uint16) (net.C
 	cluster := strings.TrimSuffix(host, domain)
 	agents := m.node.AgentsOf(cluster)
 	if len(agents) == 0 {
-		return nil, fmt.Errorf("no agent of cluster %q is reachable: you may have no role there, or its agents are down", cluster)
+		return nil, &noAgentError{cluster: cluster}
 	}
 	var lastErr error
 	for _, a := range agents {
@@ -202,15 +203,30 @@ func (m *mesh) dialCluster(ctx context.Context, host string, port uint16) (net.C
 	return nil, fmt.Errorf("no agent of cluster %q answered: %w", cluster, lastErr)
 }
 
+// noAgentError reports that this device's map has no agent of a cluster:
+// the user may not reach it now.
+type noAgentError struct{ cluster string }
+
+func (e *noAgentError) Error() string {
+	return fmt.Sprintf("no agent of cluster %q is reachable: you may have no role there, or its agents are down", e.cluster)
+}
+
 // newSOCKSServer returns the loopback SOCKS5 server of `clustral up`: one
-// per-session credential, and every CONNECT dialled through the mesh.
-func newSOCKSServer(user, pass string, m *mesh, log *slog.Logger) *socks5.Server {
+// per-session credential, and every CONNECT dialled through the mesh. A
+// connection to a cluster the user may not reach goes to deny, if set,
+// which answers kubectl with a plain-text 403 saying so.
+func newSOCKSServer(user, pass string, m *mesh, deny func(cluster string) net.Conn, log *slog.Logger) *socks5.Server {
 	return &socks5.Server{
 		Username: user,
 		Password: pass,
 		Logger:   log,
 		Dial: func(ctx context.Context, network, host string, port uint16) (net.Conn, error) {
-			return m.dialCluster(ctx, host, port)
+			c, err := m.dialCluster(ctx, host, port)
+			var na *noAgentError
+			if errors.As(err, &na) && deny != nil {
+				return deny(na.cluster), nil
+			}
+			return c, err
 		},
 	}
 }

@@ -286,7 +286,21 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen for SOCKS5 on 127.0.0.1:%d: %w (pick another --socks-port)", o.socksPort, err)
 	}
-	socks := newSOCKSServer(socksUser, socksPass, m, log)
+	// Clusters the user may request get a context too: kubectl then hears
+	// a plain-text 403 naming the way forward instead of "no context".
+	var who proto.Whoami
+	if err := api.do(ctx, "GET", proto.APIVersion+"/whoami", nil, &who); err != nil {
+		log.Warn("list requestable clusters", "err", err)
+	}
+	ttl := 24 * time.Hour
+	if !reg.ExpiresAt.IsZero() {
+		ttl = time.Until(reg.ExpiresAt) + time.Hour
+	}
+	deny, err := newDenier(sess.Session.User.Login, reg.MeshDomain, ttl)
+	if err != nil {
+		return err
+	}
+	socks := newSOCKSServer(socksUser, socksPass, m, deny.conn, log)
 	go socks.Serve(sl)
 	defer socks.Close()
 	proxyURL := &url.URL{Scheme: "socks5", User: url.UserPassword(socksUser, socksPass), Host: sl.Addr().String()}
@@ -308,8 +322,16 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	sync := func() {
 		var want []meshContext
 		var names []string
-		for _, cl := range m.node.Clusters() {
-			want = append(want, meshContext{Cluster: cl, Server: "https://" + cl + "." + m.node.MeshDomain(), CA: []byte(m.node.CABundle()), Proxy: proxyURL, Login: sess.Session.User.Login})
+		clusters := m.node.Clusters()
+		for _, cl := range who.Requestable {
+			if !slices.Contains(clusters, cl) {
+				clusters = append(clusters, cl)
+			}
+		}
+		slices.Sort(clusters)
+		ca := append([]byte(m.node.CABundle()), deny.caPEM...)
+		for _, cl := range clusters {
+			want = append(want, meshContext{Cluster: cl, Server: "https://" + cl + "." + m.node.MeshDomain(), CA: ca, Proxy: proxyURL, Login: sess.Session.User.Login})
 			names = append(names, contextName(cl))
 		}
 		var remove []string

@@ -223,7 +223,11 @@ func (s *Server) handleWhoami(w http.ResponseWriter, r *http.Request) {
 		rc := proto.ReachableCluster{Name: c.Name, Roles: s.rolesOn(p.user, cid, now)}
 		resp.Clusters = append(resp.Clusters, rc)
 	}
+	for _, c := range s.clusters {
+		resp.Requestable = append(resp.Requestable, c.Name)
+	}
 	s.mu.Unlock()
+	sort.Strings(resp.Requestable)
 	sort.Slice(resp.Clusters, func(i, j int) bool { return resp.Clusters[i].Name < resp.Clusters[j].Name })
 	writeJSON(w, http.StatusOK, resp)
 }

@@ -312,6 +312,8 @@ type Whoami struct {
 	User           User               `json:"user"`
 	SessionExpires time.Time          `json:"session_expires"`
 	Clusters       []ReachableCluster `json:"clusters"`
+	// Requestable names every cluster the caller may request access to.
+	Requestable []string `json:"requestable,omitempty"`
 }
 
 // ReachableCluster is a cluster the caller may reach, with their roles.

@@ -1,0 +1,35 @@
+package mesh
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/clustral/clustral/integration/harness"
+)
+
+// TestNoRole: a user with no role on the cluster still gets its context,
+// and kubectl prints the plain-text 403 naming the cluster and the way
+// forward.
+func TestNoRole(t *testing.T) {
+	m := newMesh(t)
+	startAgent(t, m.joinToken)
+	c := newUser(t, carol)
+	c.login()
+	c.up()
+	for _, args := range [][]string{
+		{"get", "pods"},
+		{"get", "--raw", "/version"},
+	} {
+		res, err := c.kubectl(append([]string{"--context", "clustral-kind"}, args...)...)
+		var ke *harness.KubectlError
+		if !errors.As(err, &ke) {
+			t.Fatalf("kubectl %v: err = %v, want a refusal", args, err)
+		}
+		for _, want := range []string{"Forbidden", "carol@example.com has no role on cluster 'kind'", "clustral access request --cluster kind --role <role>"} {
+			if !strings.Contains(res.Stderr, want) {
+				t.Errorf("kubectl %v: stderr = %q, want %q", args, res.Stderr, want)
+			}
+		}
+	}
+}
