@@ -1,8 +1,10 @@
 package mesh
 
 import (
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestIdentityAndRoles: two users, at the same time on two devices, with
@@ -50,7 +52,7 @@ func TestIdentityAndRoles(t *testing.T) {
 	if _, err := a.kubectl("--context", "clustral-kind", "create", "configmap", "x", "-n", "default"); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Errorf("alice create configmap: err = %v, want forbidden from the apiserver", err)
 	}
-	if _, err := b.kubectl("--context", "clustral-kind", "create", "configmap", "from-bob", "-n", "default"); err != nil {
+	if _, err := b.kubectl("--context", "clustral-kind", "create", "configmap", "from-bob-"+strconv.FormatInt(time.Now().UnixNano(), 36), "-n", "default"); err != nil {
 		t.Errorf("bob create configmap: %v", err)
 	}
 }
