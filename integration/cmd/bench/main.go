@@ -63,6 +63,7 @@ func main() {
 	flag.IntVar(&f.warmup, "warmup", 200, "GET warm-up requests per path")
 	flag.IntVar(&f.upRounds, "up-rounds", 5, "down/up rounds for up_to_first_kubectl_ms")
 	flag.IntVar(&f.deltaRounds, "delta-rounds", 5, "revoke/grant rounds for coordinator_map_delta_ms (0 skips)")
+	flag.DurationVar(&probeTimeout, "probe-timeout", probeTimeout, "timeout of one revoke/grant probe")
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.Parse()
