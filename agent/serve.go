@@ -156,3 +156,42 @@ func connFrom(ctx context.Context) *trackedConn {
 	c, _ := ctx.Value(connKey{}).(*trackedConn)
 	return c
 }
+
+// Shutdown drains the proxy: it stops accepting connections, lets the
+// requests in flight — watches and upgraded streams included — finish
+// until ctx is done, then closes whatever is left, as Close does. It is
+// what the agent does on SIGTERM.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	servers := make([]*http.Server, 0, len(p.servers))
+	for srv := range p.servers {
+		servers = append(servers, srv)
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		wg.Go(func() { srv.Shutdown(ctx) })
+	}
+	wg.Wait()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for p.liveStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			p.log.Warn("drain timed out; closing the remaining streams", "streams", p.liveStreams())
+			return p.Close()
+		case <-t.C:
+		}
+	}
+	return p.Close()
+}
+
+func (p *Proxy) liveStreams() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, pl := range p.live {
+		n += len(pl.streams)
+	}
+	return n
+}

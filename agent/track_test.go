@@ -2,11 +2,13 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -241,4 +243,37 @@ func tlsCertOrFatal(t *testing.T) tls.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestShutdownDrains: Shutdown stops accepting at once, waits for open
+// streams while the drain lasts, then cuts what is left.
+func TestShutdownDrains(t *testing.T) {
+	up := &liveUpstream{watch: newWatchUpstream(), upgrade: newEchoUpgrade(t)}
+	h := newHarness(t, up)
+	watch, body := openWatch(t, h)
+	defer body.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.proxy.Shutdown(ctx) }()
+	// New connections are refused while the watch is still open.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", h.addr, time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("listener still accepts during Shutdown")
+		}
+		runtime.Gosched()
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v with a stream still open and the drain not over", err)
+	default:
+	}
+	cancel() // the drain ends: what is left is cut
+	waitEOF(t, watch, "watch")
+	waitFor(t, done, "Shutdown to return")
 }
