@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -165,13 +166,17 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	}
 	log.Info("agent registered", "cluster", reg.Cluster, "node", reg.NodeID, "addresses", reg.Addresses)
 	nodeAPI := &apiClient{base: a.coord, token: reg.NodeToken, hc: a.hc}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := nodeAPI.do(dctx, "DELETE", proto.APIVersion+"/nodes/self", nil, nil); err != nil {
-			log.Warn("deregister agent", "err", err)
-		}
-	}()
+	var deregisterOnce sync.Once
+	deregister := func() {
+		deregisterOnce.Do(func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := nodeAPI.do(dctx, "DELETE", proto.APIVersion+"/nodes/self", nil, nil); err != nil {
+				log.Warn("deregister agent", "err", err)
+			}
+		})
+	}
+	defer deregister()
 
 	cert, err := tlsCertificate(reg.Certificate, tlsKey)
 	if err != nil {
@@ -229,7 +234,14 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 
 	select {
 	case <-ctx.Done():
+		// Drain: leave the maps first, so devices send new requests to
+		// the cluster's other agents, then let open requests finish.
+		ready.Store(false)
 		log.Info("draining", "timeout", a.drain)
+		deregister()
+		dctx, cancel := context.WithTimeout(context.Background(), a.drain)
+		defer cancel()
+		proxy.Shutdown(dctx)
 		return nil
 	case err := <-errc:
 		if ctx.Err() != nil {
