@@ -1,0 +1,162 @@
+package proto
+
+import "strings"
+
+// AuditCode is the stable code of an audit event: two letters naming the
+// area, three digits, and a severity suffix (I info, W warning, E error),
+// e.g. AU001I. A code's meaning never changes; new events get new codes.
+//
+// This file is the catalogue of every code; docs/audit-codes.md is
+// generated from it (go test ./proto -run TestAuditCodesDoc -update).
+type AuditCode string
+
+// Severity returns the code's severity suffix: "I", "W" or "E".
+func (c AuditCode) Severity() string {
+	if len(c) == 0 {
+		return ""
+	}
+	return string(c[len(c)-1])
+}
+
+// AuditCategory groups audit codes.
+type AuditCategory string
+
+const (
+	CategoryAuth       AuditCategory = "auth"
+	CategorySession    AuditCategory = "session"
+	CategoryDevice     AuditCategory = "device"
+	CategoryAgent      AuditCategory = "agent"
+	CategoryCluster    AuditCategory = "cluster"
+	CategoryRole       AuditCategory = "role"
+	CategoryAssignment AuditCategory = "assignment"
+	CategoryUser       AuditCategory = "user"
+	CategoryAccess     AuditCategory = "access"
+	CategoryRequest    AuditCategory = "request"
+	CategoryDenial     AuditCategory = "denial"
+)
+
+// AuditCategories lists every category in catalogue order.
+var AuditCategories = []AuditCategory{CategoryAuth, CategorySession, CategoryDevice, CategoryAgent, CategoryCluster,
+	CategoryRole, CategoryAssignment, CategoryUser, CategoryAccess, CategoryRequest, CategoryDenial}
+
+// The codes.
+const (
+	AuditLoginBrowser     AuditCode = "AU001I"
+	AuditLoginToken       AuditCode = "AU002I"
+	AuditLoginFailed      AuditCode = "AU003W"
+	AuditIDTokenRefused   AuditCode = "AU004W"
+	AuditSessionRevoked   AuditCode = "SE001I"
+	AuditDeviceRegistered AuditCode = "DV001I"
+	AuditDeviceLeft       AuditCode = "DV002I"
+	AuditDeviceRevoked    AuditCode = "DV003W"
+	AuditDeviceConnected  AuditCode = "DV004I"
+	AuditDeviceGone       AuditCode = "DV005I"
+	AuditAgentRegistered  AuditCode = "AG001I"
+	AuditAgentLeft        AuditCode = "AG002I"
+	AuditAgentConnected   AuditCode = "AG003I"
+	AuditAgentGone        AuditCode = "AG004W"
+	AuditAgentRefused     AuditCode = "AG005W"
+	AuditEventsDropped    AuditCode = "AG006E"
+	AuditClusterCreated   AuditCode = "CL001I"
+	AuditClusterLabeled   AuditCode = "CL002I"
+	AuditTokenRotated     AuditCode = "CL003W"
+	AuditTokenRevoked     AuditCode = "CL004W"
+	AuditClusterDeleted   AuditCode = "CL005W"
+	AuditRoleCreated      AuditCode = "RL001I"
+	AuditRoleUpdated      AuditCode = "RL002I"
+	AuditRoleDeleted      AuditCode = "RL003W"
+	AuditAssigned         AuditCode = "AS001I"
+	AuditUnassigned       AuditCode = "AS002I"
+	AuditAssignExpired    AuditCode = "AS003I"
+	AuditUserDisabled     AuditCode = "US001W"
+	AuditUserEnabled      AuditCode = "US002I"
+	AuditAccessRequested  AuditCode = "AR001I"
+	AuditAccessApproved   AuditCode = "AR002I"
+	AuditAccessDenied     AuditCode = "AR003W"
+	AuditAccessRevoked    AuditCode = "AR004W"
+	AuditAccessExpired    AuditCode = "AR005I"
+	AuditRequest          AuditCode = "RQ001I"
+	AuditRequestFailed    AuditCode = "RQ002W"
+	AuditStreamStarted    AuditCode = "RQ003I"
+	AuditStreamEnded      AuditCode = "RQ004I"
+	AuditProxyDenied      AuditCode = "DN001W"
+	AuditAPIDenied        AuditCode = "DN002W"
+)
+
+// AuditCodeInfo describes one code in the catalogue.
+type AuditCodeInfo struct {
+	Code        AuditCode
+	Category    AuditCategory
+	Description string
+}
+
+// AuditCodes is the catalogue: every audit code, in order.
+var AuditCodes = []AuditCodeInfo{
+	{AuditLoginBrowser, CategoryAuth, "A user logged in through the browser (OIDC authorization code flow). Metadata: groups."},
+	{AuditLoginToken, CategoryAuth, "A user logged in by exchanging an ID token (clustral login --id-token-file). Metadata: groups."},
+	{AuditLoginFailed, CategoryAuth, "A browser login failed: the identity provider refused, the code exchange or the ID token check failed, or the user is disabled. Metadata: reason."},
+	{AuditIDTokenRefused, CategoryAuth, "An ID token presented for direct exchange was refused (issuer, audience, expiry, signature), or its user may not log in. Metadata: reason."},
+	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices."},
+	{AuditDeviceRegistered, CategoryDevice, "A device registered its WireGuard key (clustral up). Metadata: key, hostname."},
+	{AuditDeviceLeft, CategoryDevice, "A device deregistered itself (clustral down)."},
+	{AuditDeviceRevoked, CategoryDevice, "A user or an administrator revoked a device. Metadata: hostname."},
+	{AuditDeviceConnected, CategoryDevice, "A device opened its network map stream."},
+	{AuditDeviceGone, CategoryDevice, "A device's network map stream closed."},
+	{AuditAgentRegistered, CategoryAgent, "An agent registered with its cluster's join token. Metadata: key, hostname."},
+	{AuditAgentLeft, CategoryAgent, "An agent deregistered itself (shutdown)."},
+	{AuditAgentConnected, CategoryAgent, "An agent opened its network map stream."},
+	{AuditAgentGone, CategoryAgent, "An agent's network map stream closed."},
+	{AuditAgentRefused, CategoryAgent, "An agent registration was refused: missing, invalid or revoked join token."},
+	{AuditEventsDropped, CategoryAgent, "An agent's audit spool was full and request events were dropped. Metadata: dropped, first, last (times)."},
+	{AuditClusterCreated, CategoryCluster, "An administrator registered a cluster. Metadata: name."},
+	{AuditClusterLabeled, CategoryCluster, "An administrator changed a cluster's labels."},
+	{AuditTokenRotated, CategoryCluster, "An administrator rotated a cluster's join token; the old one no longer registers agents. Metadata: agents_removed."},
+	{AuditTokenRevoked, CategoryCluster, "An administrator revoked a cluster's join token; every agent of the cluster left every map. Metadata: agents_removed."},
+	{AuditClusterDeleted, CategoryCluster, "An administrator deleted a cluster. Metadata: name."},
+	{AuditRoleCreated, CategoryRole, "An administrator created a role."},
+	{AuditRoleUpdated, CategoryRole, "An administrator changed a role (groups, restrictions, approvers)."},
+	{AuditRoleDeleted, CategoryRole, "An administrator deleted a role and its assignments. Metadata: name, assignments."},
+	{AuditAssigned, CategoryAssignment, "An administrator assigned a role to a user or group on a cluster or cluster selector."},
+	{AuditUnassigned, CategoryAssignment, "An administrator removed an assignment."},
+	{AuditAssignExpired, CategoryAssignment, "An assignment reached its expiry and was removed."},
+	{AuditUserDisabled, CategoryUser, "An administrator disabled a user: sessions and devices revoked. Metadata: login, sessions, devices."},
+	{AuditUserEnabled, CategoryUser, "An administrator enabled a user. Metadata: login."},
+	{AuditAccessRequested, CategoryAccess, "A user requested just-in-time access. Metadata: role, cluster, duration, reason."},
+	{AuditAccessApproved, CategoryAccess, "An approver approved an access request. Metadata: reason."},
+	{AuditAccessDenied, CategoryAccess, "An approver denied an access request. Metadata: reason."},
+	{AuditAccessRevoked, CategoryAccess, "An approver revoked an approved access request before it expired. Metadata: reason."},
+	{AuditAccessExpired, CategoryAccess, "An access request expired: pending too long, or its grant ran out."},
+	{AuditRequest, CategoryRequest, "A Kubernetes request went through the proxy and the API server answered below 400. Resource, status, bytes, latency."},
+	{AuditRequestFailed, CategoryRequest, "A Kubernetes request went through the proxy and the API server (or the way to it) answered 400 or above, e.g. an RBAC refusal."},
+	{AuditStreamStarted, CategoryRequest, "An exec, attach or port-forward stream was upgraded (101). Its end is a RQ004I with the same correlation id."},
+	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did."},
+	{AuditProxyDenied, CategoryDenial, "The agent's proxy refused a request before it reached the API server; error holds the code (NO_ROLE_ASSIGNMENT, OUTSIDE_TIME_WINDOW, RATE_LIMITED, ...)."},
+	{AuditAPIDenied, CategoryDenial, "The coordinator refused an administrative API call to a user who is not an administrator. Metadata: method, path."},
+}
+
+var auditCodeIndex = func() map[AuditCode]AuditCodeInfo {
+	m := make(map[AuditCode]AuditCodeInfo, len(AuditCodes))
+	for _, c := range AuditCodes {
+		m[c.Code] = c
+	}
+	return m
+}()
+
+// LookupAuditCode returns the catalogue entry of c.
+func LookupAuditCode(c AuditCode) (AuditCodeInfo, bool) {
+	i, ok := auditCodeIndex[c]
+	return i, ok
+}
+
+// SeverityName returns the long name of a severity suffix.
+func SeverityName(s string) string {
+	switch strings.ToUpper(s) {
+	case "I":
+		return "info"
+	case "W":
+		return "warning"
+	case "E":
+		return "error"
+	}
+	return ""
+}
