@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
+)
+
+// The crowd benchRevocation measures in: simulated users, each with
+// devices that register but never connect. Their users hold the bench
+// role too, so the agent's map and the coordinator's deltas carry them.
+const (
+	crowdUsers      = 20
+	devicesPerUser  = 50
+	revocationRound = 120
+)
+
+// benchRevocation measures how long revocation takes to bite with a
+// thousand other devices in the mesh: crowdUsers users log in with Dex
+// ID tokens and register devicesPerUser devices each, with random
+// WireGuard keys, and are assigned the bench role. Then, revocationRound
+// times, it assigns the bench user the role, waits until a GET through
+// the mesh on a warm client-go connection succeeds, deletes the
+// assignment, and times from the start of the delete call until the first
+// GET through the mesh is refused (any answer but 200, or a connection
+// error). It reports the median and the 99th percentile.
+func benchRevocation(ctx context.Context, m *mesh, f flags) error {
+	start := time.Now()
+	if err := m.crowd(ctx); err != nil {
+		return fmt.Errorf("simulated devices: %w", err)
+	}
+	progress("%d simulated devices registered in %v", crowdUsers*devicesPerUser, time.Since(start).Round(time.Millisecond))
+
+	cfg, err := meshConfig(m)
+	if err != nil {
+		return err
+	}
+	rt, err := rest.TransportFor(cfg)
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Transport: rt, Timeout: probeTimeout}
+	probe := func() error {
+		req, err := http.NewRequestWithContext(ctx, "GET", cfg.Host+getPath, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", getPath, resp.Status)
+		}
+		return nil
+	}
+	// until probes back to back until ok(probe()), and returns when the
+	// deciding probe ended.
+	until := func(ok func(error) bool) (time.Time, error) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := probe()
+			if ok(err) {
+				return time.Now(), nil
+			}
+			if ctx.Err() != nil {
+				return time.Time{}, ctx.Err()
+			}
+			if time.Now().After(deadline) {
+				return time.Time{}, fmt.Errorf("timed out; last probe: %v", err)
+			}
+		}
+	}
+	allowed := func(err error) bool { return err == nil }
+	denied := func(err error) bool { return err != nil }
+
+	if m.assignment != "" {
+		if err := m.revoke(ctx); err != nil {
+			return err
+		}
+	}
+	progress("%d assign/revoke rounds", revocationRound)
+	samples := make([]time.Duration, 0, revocationRound)
+	for i := range revocationRound {
+		if err := m.grant(ctx); err != nil {
+			return err
+		}
+		if _, err := until(allowed); err != nil {
+			return fmt.Errorf("round %d: waiting for the assignment: %w", i+1, err)
+		}
+		// Warm: a second GET on the same connection.
+		if err := probe(); err != nil {
+			return fmt.Errorf("round %d: warm GET: %w", i+1, err)
+		}
+		t0 := time.Now()
+		if err := m.revoke(ctx); err != nil {
+			return err
+		}
+		t1, err := until(denied)
+		if err != nil {
+			return fmt.Errorf("round %d: waiting for the refusal: %w", i+1, err)
+		}
+		samples = append(samples, t1.Sub(t0))
+	}
+	// Leave the bench user as the other measurements expect.
+	if err := m.grant(ctx); err != nil {
+		return err
+	}
+	report("revocation_to_denied_p50_ms", ms(percentile(samples, 50)), "ms")
+	report("revocation_to_denied_p99_ms", ms(percentile(samples, 99)), "ms")
+	report("revocation_to_denied_max_ms", ms(percentile(samples, 100)), "ms")
+	report("revocation_samples", float64(len(samples)), "rounds")
+	report("revocation_mesh_devices", float64(crowdUsers*devicesPerUser), "devices")
+	return nil
+}
+
+// crowd adds crowdUsers users to Dex (restarting it), logs each in with
+// an ID token, assigns each the bench role, and registers
+// devicesPerUser devices for each.
+func (m *mesh) crowd(ctx context.Context) error {
+	users := []harness.DexUser{adminUser, benchUser}
+	for i := range crowdUsers {
+		users = append(users, harness.DexUser{Email: fmt.Sprintf("crowd-%02d@example.com", i), Password: "crowd-pw"})
+	}
+	if err := m.env.Dex.Restart(ctx, users); err != nil {
+		return err
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	sem := make(chan struct{}, 4)
+	for _, u := range users[2:] {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := m.crowdUser(ctx, u); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", u.Email, err))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	var ds []proto.Device
+	if err := m.api(ctx, "GET", "/api/v1/devices", nil, &ds); err != nil {
+		return err
+	}
+	if len(ds) < crowdUsers*devicesPerUser {
+		return fmt.Errorf("the coordinator lists %d devices, want at least %d", len(ds), crowdUsers*devicesPerUser)
+	}
+	return nil
+}
+
+func (m *mesh) crowdUser(ctx context.Context, u harness.DexUser) error {
+	idt, err := m.env.Dex.IDToken(ctx, u.Email, u.Password)
+	if err != nil {
+		return err
+	}
+	var s proto.Session
+	if err := harness.CallAPI(ctx, m.coord.URL, "POST", proto.APIVersion+"/login/token", "", proto.TokenExchangeRequest{IDToken: idt}, &s); err != nil {
+		return err
+	}
+	if err := m.api(ctx, "POST", "/api/v1/assignments", proto.Assignment{User: u.Email, Role: "reader", Cluster: cluster}, nil); err != nil {
+		return err
+	}
+	for i := range devicesPerUser {
+		var k proto.Key
+		rand.Read(k[:]) // any 32 bytes are a Curve25519 public key
+		req := proto.RegisterDeviceRequest{PublicKey: k, Hostname: fmt.Sprintf("sim-%d", i)}
+		if err := harness.CallAPI(ctx, m.coord.URL, "POST", proto.APIVersion+"/devices", s.Token, req, nil); err != nil {
+			return fmt.Errorf("device %d: %w", i, err)
+		}
+	}
+	return nil
+}
