@@ -25,6 +25,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.HandleFunc("GET "+v+"/info", s.handleInfo)
+	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.HandleFunc("GET "+v+"/admin/backup", s.admin(s.handleBackup))
 
 	mux.HandleFunc("POST "+v+"/login/start", s.handleLoginStart)
 	mux.HandleFunc("POST "+v+"/login/poll", s.handleLoginPoll)
@@ -165,11 +167,13 @@ func (s *Server) handleLoginToken(w http.ResponseWriter, r *http.Request) {
 	}
 	idt, err := s.oidc.verifyDirect(r.Context(), req.IDToken)
 	if err != nil {
+		s.metrics.login("token", err)
 		s.log.Warn("login by token refused", "err", err)
 		writeProblem(w, http.StatusUnauthorized, proto.CodeLoginFailed, "ID token refused: "+err.Error(), "use a fresh ID token from "+s.cfg.OIDC.Issuer)
 		return
 	}
 	sess, err := s.loginFromToken(idt, "token")
+	s.metrics.login("token", err)
 	if err != nil {
 		writeProblem(w, http.StatusForbidden, proto.CodeLoginFailed, err.Error(), "")
 		return
@@ -194,9 +198,11 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 	if s.oidc == nil {
 		data.Err = errNoOIDC.Error()
 	} else if sess, err := s.callback(r.Context(), q.Get("state"), q.Get("code"), errMsg); err != nil {
+		s.metrics.login("browser", err)
 		data.Err = err.Error()
 		s.log.Warn("login failed", "err", err)
 	} else {
+		s.metrics.login("browser", nil)
 		data.Login = sess.User.Login
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -387,6 +393,7 @@ func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix
 	}
 	s.putNode(n)
 	s.nodeChanged(n)
+	s.metrics.registrations.WithLabelValues(string(n.Kind)).Inc()
 	s.log.Info("node registered", "node", n.ID, "kind", n.Kind, "actor", actor, "addresses", n.Addresses)
 	return &proto.RegisterResponse{
 		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain, Prefixes: []netip.Prefix{s.cfg.IPv4Prefix, s.v6},
@@ -685,4 +692,27 @@ func (s *Server) handleListUsers(w http.ResponseWriter, r *http.Request, _ princ
 	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Login < out[j].Login })
 	writeJSON(w, http.StatusOK, out)
+}
+
+// ---- backup ----
+
+// handleBackup streams a consistent snapshot of the store: the bbolt file
+// as of one moment, while writes go on. A failure after the first byte
+// aborts the response, so the client sees a broken transfer rather than a
+// short file.
+func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request, p principal) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="coordinator.db"`)
+	w.Header().Set("Cache-Control", "no-store")
+	start := time.Now()
+	n, err := s.st.BackupTo(w)
+	if err != nil {
+		s.log.Error("backup failed", "actor", p.user.Login, "bytes", n, "err", err)
+		if n == 0 {
+			writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "backup: "+err.Error(), "")
+			return
+		}
+		panic(http.ErrAbortHandler)
+	}
+	s.log.Info("backup", "actor", p.user.Login, "bytes", n, "duration", time.Since(start))
 }

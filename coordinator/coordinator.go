@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
@@ -45,6 +46,8 @@ type Server struct {
 	signKey *ecdsa.PrivateKey
 	v6      netip.Prefix
 	oidc    *oidcProvider
+	metrics *metrics
+	cert    atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
 
 	mu sync.Mutex
 	state
@@ -91,6 +94,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		logins:  map[string]*pendingLogin{},
 		byState: map[string]*pendingLogin{},
 		clients: map[string]*mapClient{},
+		metrics: newMetrics(),
 		stop:    make(chan struct{}),
 	}
 	s.state.init()
@@ -154,11 +158,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	if s.cfg.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
-		if err != nil {
-			return fmt.Errorf("load TLS certificate: %w", err)
+		if s.cert.Load() == nil {
+			cert, err := s.loadTLS()
+			if err != nil {
+				return err
+			}
+			s.cert.CompareAndSwap(nil, cert)
 		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		srv.TLSConfig = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
 		l = tls.NewListener(l, srv.TLSConfig)
 	}
 	errc := make(chan error, 1)
@@ -181,6 +188,49 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// ReloadTLS reads the TLS certificate and key files again and serves the
+// new pair to every handshake from now on; connections already open keep
+// the certificate they negotiated. If the files do not hold a valid pair,
+// the current certificate stays in use and the error is returned. It is
+// safe to call at any time, for example on SIGHUP, and does nothing
+// without TLS configured.
+func (s *Server) ReloadTLS() error {
+	if s.cfg.TLSCertFile == "" {
+		return nil
+	}
+	cert, err := s.loadTLS()
+	if err == nil && s.now().After(cert.Leaf.NotAfter) {
+		// Never trade a working certificate for an expired one.
+		err = fmt.Errorf("TLS certificate %s expired at %s", s.cfg.TLSCertFile, cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if err != nil {
+		s.log.Error("TLS certificate not reloaded; still serving the previous one", "err", err)
+		return err
+	}
+	s.cert.Store(cert)
+	s.log.Info("TLS certificate reloaded", "subject", cert.Leaf.Subject.String(),
+		"not_after", cert.Leaf.NotAfter, "serial", cert.Leaf.SerialNumber.Text(16))
+	return nil
+}
+
+// loadTLS reads and checks the configured certificate and key.
+func (s *Server) loadTLS() (*tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS certificate %s: %w", s.cfg.TLSCertFile, err)
+	}
+	if cert.Leaf == nil {
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("parse TLS certificate %s: %w", s.cfg.TLSCertFile, err)
+		}
+	}
+	return &cert, nil
+}
+
+func (s *Server) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.cert.Load(), nil
 }
 
 const (

@@ -274,6 +274,9 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	s.nodeChanged(n)
 	s.mu.Unlock()
 	s.log.Info("map stream open", "node", n.ID, "kind", n.Kind, "peers", len(snap.Peers))
+	connected := s.metrics.connected.WithLabelValues(string(n.Kind))
+	connected.Inc()
+	defer connected.Dec()
 
 	defer func() {
 		s.mu.Lock()
@@ -330,6 +333,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			flusher.Flush()
+			s.metrics.mapDeltas.Inc()
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 )
 
 // Bucket names the collections the coordinator keeps.
@@ -30,10 +31,12 @@ const (
 	Addresses   Bucket = "addresses"   // overlay address → node id
 	Changes     Bucket = "changes"     // sequence → administrative change record
 	Requests    Bucket = "requests"    // request id → access request
+	Audit       Bucket = "audit"       // zero-padded sequence → chained audit event
+	AuditSource Bucket = "audit_src"   // cluster id/agent spool id → highest stored spool sequence
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, Audit, AuditSource}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")
@@ -50,6 +53,10 @@ type Store interface {
 	Update(fn func(Tx) error) error
 	// Backup writes a consistent snapshot of the whole store to path.
 	Backup(path string) error
+	// BackupTo writes a consistent snapshot of the whole store to w, in
+	// the store's own file format, and returns how many bytes it wrote.
+	// Writes continue meanwhile; the snapshot is of one moment.
+	BackupTo(w io.Writer) (int64, error)
 	Close() error
 }
 
