@@ -62,6 +62,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+v+"/access-requests", s.handleCreateRequest)
 	mux.HandleFunc("GET "+v+"/access-requests", s.handleListRequests)
 	mux.HandleFunc("POST "+v+"/access-requests/{id}/{action}", s.handleDecideRequest)
+	mux.HandleFunc("POST "+v+"/audit/events", s.handleAuditIngest)
+	mux.HandleFunc("GET "+v+"/audit/events", s.handleAuditQuery)
+	mux.HandleFunc("GET "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)
@@ -169,12 +172,14 @@ func (s *Server) handleLoginToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.metrics.login("token", err)
 		s.log.Warn("login by token refused", "err", err)
+		s.auditFailure(proto.AuditIDTokenRefused, r, "", err)
 		writeProblem(w, http.StatusUnauthorized, proto.CodeLoginFailed, "ID token refused: "+err.Error(), "use a fresh ID token from "+s.cfg.OIDC.Issuer)
 		return
 	}
 	sess, err := s.loginFromToken(idt, "token")
 	s.metrics.login("token", err)
 	if err != nil {
+		s.auditFailure(proto.AuditIDTokenRefused, r, idt.Subject, err)
 		writeProblem(w, http.StatusForbidden, proto.CodeLoginFailed, err.Error(), "")
 		return
 	}
@@ -201,6 +206,7 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		s.metrics.login("browser", err)
 		data.Err = err.Error()
 		s.log.Warn("login failed", "err", err)
+		s.auditFailure(proto.AuditLoginFailed, r, "", err)
 	} else {
 		s.metrics.login("browser", nil)
 		data.Login = sess.User.Login
@@ -328,6 +334,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	c := s.clustersByToken[hashSecret(raw)]
 	s.mu.Unlock()
 	if c == nil {
+		s.auditFailure(proto.AuditAgentRefused, r, "", errors.New("invalid or revoked join token"))
 		writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "invalid or revoked join token", "get the cluster's current join token from an administrator (clustral clusters rotate-token)")
 		return
 	}
@@ -440,6 +447,8 @@ func (s *Server) admin(h func(http.ResponseWriter, *http.Request, principal)) ht
 		isAdmin := s.isAdmin(p.user)
 		s.mu.Unlock()
 		if !isAdmin {
+			s.audit(proto.AuditEvent{Code: proto.AuditAPIDenied, Actor: p.user.Login, Outcome: proto.OutcomeDenied, Error: proto.CodeForbidden,
+				Metadata: map[string]string{"method": r.Method, "path": r.URL.Path}})
 			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, p.user.Login+" is not an administrator", "ask an administrator; admins are named in the coordinator's configuration")
 			return
 		}

@@ -48,6 +48,10 @@ type Config struct {
 	AgentTTL time.Duration
 	// PendingRequestTTL expires an access request nobody decided.
 	PendingRequestTTL time.Duration
+	// AuditRetention is how long audit events are kept; whole days older
+	// than it are pruned. Zero means DefaultAuditRetention, negative keeps
+	// everything.
+	AuditRetention time.Duration
 
 	Logger *slog.Logger
 	// Now is the clock; tests inject one.
@@ -85,6 +89,7 @@ func Defaults() Config {
 		LoginTTL:          10 * time.Minute,
 		AgentTTL:          24 * time.Hour,
 		PendingRequestTTL: 24 * time.Hour,
+		AuditRetention:    DefaultAuditRetention,
 		OIDC: OIDCConfig{
 			Scopes:      []string{"email", "profile", "groups"},
 			LoginClaim:  "email",
@@ -119,6 +124,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PendingRequestTTL == 0 {
 		c.PendingRequestTTL = d.PendingRequestTTL
+	}
+	if c.AuditRetention == 0 {
+		c.AuditRetention = d.AuditRetention
 	}
 	if len(c.OIDC.Scopes) == 0 {
 		c.OIDC.Scopes = d.OIDC.Scopes

@@ -111,8 +111,9 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		}
 		s.oidc = p
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.janitor()
+	go s.auditJanitor()
 	return s, nil
 }
 
@@ -378,15 +379,16 @@ func (s *Server) load() error {
 	})
 }
 
-// recordChange appends an audit-ready record of an administrative change
-// inside tx.
+// recordChange appends the audit event of an administrative change inside
+// tx, so that the change and its record commit together. Called with s.mu
+// held.
 func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail any) error {
-	seq, err := tx.NextSequence(store.Changes)
+	e, err := s.changeEvent(actor, action, object, detail)
 	if err != nil {
 		return err
 	}
-	c := change{Seq: seq, Time: s.now().UTC(), Actor: actor, Action: action, Object: object, Detail: detail}
-	return store.Put(tx, store.Changes, fmt.Sprintf("%020d", seq), c)
+	_, err = appendAudit(tx, e)
+	return err
 }
 
 // janitor expires sessions, devices and assignments, and reclaims agents

@@ -272,8 +272,10 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	n.LastSeen = s.now()
 	snap := s.snapshot(n, s.cfg.MeshDomain, s.ca.certPEM, s.now())
 	s.nodeChanged(n)
+	actor, cluster := s.nodeActorLocked(n)
 	s.mu.Unlock()
 	s.log.Info("map stream open", "node", n.ID, "kind", n.Kind, "peers", len(snap.Peers))
+	s.auditStream(n, actor, cluster, true)
 	connected := s.metrics.connected.WithLabelValues(string(n.Kind))
 	connected.Inc()
 	defer connected.Dec()
@@ -293,6 +295,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		c.close()
 		s.log.Info("map stream closed", "node", n.ID)
+		s.auditStream(n, actor, cluster, false)
 	}()
 
 	w.Header().Set("Content-Type", "application/x-ndjson")

@@ -84,15 +84,6 @@ type assignment struct {
 
 // change is an audit-ready record of an administrative change: who did what
 // to which object, kept append-only in the store.
-type change struct {
-	Seq    uint64    `json:"seq"`
-	Time   time.Time `json:"time"`
-	Actor  string    `json:"actor"`
-	Action string    `json:"action"`
-	Object string    `json:"object"`
-	Detail any       `json:"detail,omitempty"`
-}
-
 func (a *assignment) activeAt(now time.Time) bool {
 	return a.Expires == nil || now.Before(*a.Expires)
 }

@@ -138,9 +138,12 @@ type AuditAck struct {
 // AuditPage is one page of GET /api/v1/audit/events. Next, when not
 // empty, is the opaque cursor of the following page (pass it as cursor).
 // With order=asc an empty page still returns a Next to poll with.
+// Follow, on a first newest-first page, is the cursor of the events that
+// come after the page was read: poll it to follow the log.
 type AuditPage struct {
 	Events []AuditEvent `json:"events"`
 	Next   string       `json:"next,omitempty"`
+	Follow string       `json:"follow,omitempty"`
 }
 
 // Query parameters of GET /api/v1/audit/events.
