@@ -15,18 +15,27 @@ import (
 // $XDG_CONFIG_HOME/clustral/profiles/<profile> (os.UserConfigDir). The
 // CLUSTRAL_CONFIG_DIR environment variable overrides the base.
 func profileDir(profile string) (string, error) {
-	base := os.Getenv("CLUSTRAL_CONFIG_DIR")
-	if base == "" {
-		d, err := os.UserConfigDir()
-		if err != nil {
-			return "", fmt.Errorf("find the config directory: %w (set XDG_CONFIG_HOME or CLUSTRAL_CONFIG_DIR)", err)
-		}
-		base = filepath.Join(d, "clustral")
+	base, err := configBase()
+	if err != nil {
+		return "", err
 	}
 	if profile == "" {
 		profile = "default"
 	}
 	return filepath.Join(base, "profiles", profile), nil
+}
+
+// configBase returns the directory above the profiles:
+// $XDG_CONFIG_HOME/clustral, or CLUSTRAL_CONFIG_DIR when set.
+func configBase() (string, error) {
+	if base := os.Getenv("CLUSTRAL_CONFIG_DIR"); base != "" {
+		return base, nil
+	}
+	d, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("find the config directory: %w (set XDG_CONFIG_HOME or CLUSTRAL_CONFIG_DIR)", err)
+	}
+	return filepath.Join(d, "clustral"), nil
 }
 
 // writeFileAtomic writes data to path with mode perm through a temporary
@@ -96,12 +105,20 @@ func loadSession(dir string) (*storedSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !s.Session.ExpiresAt.IsZero() && time.Now().After(s.Session.ExpiresAt) {
-		return &s, withHint(exitAuth, fmt.Errorf("your session for %s expired at %s", s.Coordinator, s.Session.ExpiresAt.Local().Format(time.Kitchen)), "run: clustral login "+s.Coordinator)
+	if !s.Session.ExpiresAt.IsZero() && now().After(s.Session.ExpiresAt) {
+		return &s, withHint(exitAuth, fmt.Errorf("your session for %s %w at %s", s.Coordinator, errSessionExpired, s.Session.ExpiresAt.Local().Format(time.Kitchen)), "run: clustral login "+s.Coordinator)
 	}
 	return &s, nil
 }
 
+// errSessionExpired marks an error caused by an expired stored session.
+var errSessionExpired = errors.New("expired")
+
+// saveSession makes s the profile's active session (session.json) and
+// keeps a copy among the profile's accounts (sessions/<login>.json).
 func saveSession(dir string, s *storedSession) error {
+	if err := writeJSONFile(accountPath(dir, s.Session.User.Login), s, 0o600); err != nil {
+		return err
+	}
 	return writeJSONFile(filepath.Join(dir, sessionFile), s, 0o600)
 }

@@ -45,6 +45,8 @@ issuer directly.`,
 				coord = args[0]
 			} else if s, _ := loadSession(dir); s != nil {
 				coord, caFile = s.Coordinator, firstNonEmpty(caFile, s.CAFile)
+			} else if pc := loadProfileConfig(dir); pc.Coordinator != "" {
+				coord, caFile = pc.Coordinator, firstNonEmpty(caFile, pc.CAFile)
 			}
 			if coord == "" {
 				return usageError{errors.New("which coordinator? pass its URL, e.g. clustral login https://clustral.example.com")}
@@ -105,7 +107,7 @@ func interactiveLogin(ctx context.Context, g *globals, api *apiClient, noBrowser
 	} else {
 		fmt.Fprintf(g.stderr, "To sign in, open this URL in a browser:\n\n  %s\n\n", start.AuthURL)
 	}
-	sp := newSpinner(g.stderr, "Waiting for you to sign in")
+	sp := g.spinner("Waiting for you to sign in")
 	defer sp.stop()
 	interval := time.Duration(start.PollInterval)
 	if interval <= 0 {
@@ -194,6 +196,9 @@ func newLogoutCmd(g *globals) *cobra.Command {
 				}
 			}
 			if err := os.Remove(dir + "/" + sessionFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			if err := os.Remove(accountPath(dir, s.Session.User.Login)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "Logged out of %s.\n", s.Coordinator)

@@ -53,15 +53,20 @@ func withHint(code int, err error, hint string) error {
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := newRootCmd(stdin, stdout, stderr)
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "error: %v\n", err)
+	noColor, _ := root.PersistentFlags().GetBool("no-color")
+	st := style{on: colorEnabled(stderr, noColor)}
+	fmt.Fprintln(stderr, st.red("error: "+oneLine(err.Error())))
+	if code, ok := offerLogin(ctx, root, cmd, err, args, stdin, stdout, stderr); ok {
+		return code
+	}
 	var ce *cliError
 	if errors.As(err, &ce) {
 		if ce.hint != "" {
-			fmt.Fprintf(stderr, "hint: %s\n", ce.hint)
+			fmt.Fprintln(stderr, st.dim("hint: "+ce.hint))
 		}
 		return ce.code
 	}
@@ -101,8 +106,10 @@ OIDC provider.
 	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
 	root.PersistentFlags().StringVar(&g.profile, "profile", "", "profile to use (default: env CLUSTRAL_PROFILE, else the current profile)")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "show HTTP traces and timings (never secrets)")
+	root.PersistentFlags().BoolVar(&g.noColor, "no-color", false, "no colour or animation (also: env NO_COLOR); both only ever appear on a terminal")
+	root.CompletionOptions.DisableDefaultCmd = true // newCompletionCmd replaces it
 	root.AddCommand(
-		newVersionCmd(),
+		newVersionCmd(g),
 		newLoginCmd(g),
 		newLogoutCmd(g),
 		newCoordinatorCmd(g),
@@ -117,6 +124,13 @@ OIDC provider.
 		newUsersCmd(g),
 		newAccessCmd(g),
 		newDevicesCmd(g),
+		newWhoamiCmd(g),
+		newKubeCmd(g),
+		newConfigCmd(g),
+		newProfilesCmd(g),
+		newAccountsCmd(g),
+		newDoctorCmd(g),
+		newCompletionCmd(root),
 	)
 	return root
 }
@@ -125,6 +139,7 @@ OIDC provider.
 type globals struct {
 	profile string
 	debug   bool
+	noColor bool
 	stdin   io.Reader
 	stdout  io.Writer
 	stderr  io.Writer
@@ -140,9 +155,9 @@ func (g *globals) logger() *slog.Logger {
 }
 
 func (g *globals) dir() (string, error) {
-	p := g.profile
-	if p == "" {
-		p = os.Getenv("CLUSTRAL_PROFILE")
+	p, err := g.profileName()
+	if err != nil {
+		return "", err
 	}
 	return profileDir(p)
 }

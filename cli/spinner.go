@@ -25,8 +25,14 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-func newSpinner(w io.Writer, msg string) *spinner {
-	s := &spinner{w: w, msg: msg, done: make(chan struct{}), tty: isTerminal(w) && os.Getenv("NO_COLOR") == ""}
+// spinner returns a spinner on stderr, animated only when colour is on.
+func (g *globals) spinner(msg string) *spinner {
+	return newSpinner(g.stderr, msg, colorEnabled(g.stderr, g.noColor))
+}
+
+// newSpinner starts a spinner on w; animate false prints msg once.
+func newSpinner(w io.Writer, msg string, animate bool) *spinner {
+	s := &spinner{w: w, msg: msg, done: make(chan struct{}), tty: animate}
 	if !s.tty {
 		fmt.Fprintln(w, msg+"...")
 		return s

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,16 +20,31 @@ import (
 // statusView is the output of clustral status. Its JSON field names are
 // stable.
 type statusView struct {
-	Connected   bool                     `json:"connected"`
+	Profile   string `json:"profile"`
+	Connected bool   `json:"connected"`
+	// Tunnel is "connected", "starting", "stopped" (the up process is
+	// gone without cleaning up) or "down".
+	Tunnel      string                   `json:"tunnel"`
 	Coordinator string                   `json:"coordinator,omitempty"`
 	User        string                   `json:"user,omitempty"`
 	Session     time.Time                `json:"session_expires,omitzero"`
 	Addresses   []string                 `json:"addresses,omitempty"`
 	SOCKS       string                   `json:"socks,omitempty"`
 	Kubeconfig  string                   `json:"kubeconfig,omitempty"`
+	Contexts    []string                 `json:"contexts,omitempty"`
 	Clusters    []proto.ReachableCluster `json:"clusters,omitempty"`
-	Agents      []agentView              `json:"agents,omitempty"`
-	Error       string                   `json:"error,omitempty"`
+	// Grants are the roles that expire (just-in-time access).
+	Grants []grantView `json:"grants,omitempty"`
+	// CoordinatorHealth is "ok", or why GET /readyz failed.
+	CoordinatorHealth string      `json:"coordinator_health,omitempty"`
+	Agents            []agentView `json:"agents,omitempty"`
+	Error             string      `json:"error,omitempty"`
+}
+
+type grantView struct {
+	Cluster string    `json:"cluster"`
+	Role    string    `json:"role"`
+	Expires time.Time `json:"expires"`
 }
 
 type agentView struct {
@@ -54,7 +70,8 @@ func newStatusCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		v := statusView{}
+		v := statusView{Tunnel: "down"}
+		v.Profile, _ = g.profileName()
 		sess, api, serr := g.session()
 		if sess != nil {
 			v.Coordinator, v.User, v.Session = sess.Coordinator, sess.Session.User.Login, sess.Session.ExpiresAt
@@ -65,12 +82,33 @@ func newStatusCmd(g *globals) *cobra.Command {
 				v.Error = err.Error()
 			} else {
 				v.Clusters = who.Clusters
+				for _, c := range who.Clusters {
+					for _, r := range c.Roles {
+						if r.Expires != nil {
+							v.Grants = append(v.Grants, grantView{Cluster: c.Name, Role: r.Role, Expires: *r.Expires})
+						}
+					}
+				}
 			}
 		} else {
 			v.Error = serr.Error()
 		}
-		if st, alive := readUpState(dir); alive {
+		if sess != nil {
+			v.CoordinatorHealth = "ok"
+			if resp, err := get(c.Context(), api.hc, sess.Coordinator+"/readyz"); err != nil {
+				v.CoordinatorHealth = "unreachable: " + unwrapNet(err).Error()
+			} else if resp.StatusCode != 200 {
+				v.CoordinatorHealth = "not ready: " + resp.Status
+			}
+		}
+		st, alive := readUpState(dir)
+		if st != nil && !alive {
+			v.Tunnel = "stopped"
+		}
+		if alive {
 			v.Connected = st.Status == "connected"
+			v.Tunnel = st.Status
+			v.Contexts = st.Contexts
 			v.Addresses, v.SOCKS, v.Kubeconfig = st.Addresses, st.SOCKS, st.Kubeconfig
 			if ns, err := queryControl(c.Context(), dir); err == nil {
 				v.Agents = ns
@@ -92,14 +130,18 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 		fmt.Fprintln(tw, "Not logged in. Run: clustral login <coordinator-url>")
 		return
 	}
-	state := "down (run clustral up)"
-	if v.Connected {
-		state = "connected"
+	state := v.Tunnel
+	switch v.Tunnel {
+	case "down":
+		state = "down (run clustral up)"
+	case "stopped":
+		state = "stopped without cleaning up (run clustral down && clustral up)"
 	}
+	fmt.Fprintf(tw, "Profile:\t%s\n", v.Profile)
 	fmt.Fprintf(tw, "User:\t%s\n", v.User)
-	fmt.Fprintf(tw, "Coordinator:\t%s\n", v.Coordinator)
+	fmt.Fprintf(tw, "Coordinator:\t%s (%s)\n", v.Coordinator, v.CoordinatorHealth)
 	if !v.Session.IsZero() {
-		fmt.Fprintf(tw, "Session:\tuntil %s (%s left)\n", v.Session.Local().Format("Jan 2 15:04"), time.Until(v.Session).Round(time.Minute))
+		fmt.Fprintf(tw, "Session:\tuntil %s (%s)\n", v.Session.Local().Format("Jan 2 15:04"), remaining(v.Session))
 	}
 	fmt.Fprintf(tw, "Tunnel:\t%s\n", state)
 	if v.Connected {
@@ -120,17 +162,28 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 			}
 			roles = append(roles, s)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, strings.Join(roles, ","), contextName(c.Name))
+		ctx := contextName(c.Name)
+		if !slices.Contains(v.Contexts, ctx) {
+			ctx = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, strings.Join(roles, ","), ctx)
+	}
+	if len(v.Grants) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "GRANT\tCLUSTER\tEXPIRES")
+		for _, gr := range v.Grants {
+			fmt.Fprintf(tw, "%s\t%s\t%s (%s)\n", gr.Role, gr.Cluster, gr.Expires.Local().Format("Jan 2 15:04"), remaining(gr.Expires))
+		}
 	}
 	if len(v.Agents) > 0 {
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "AGENT\tCLUSTER\tADDRESS\tONLINE\tHANDSHAKE")
+		fmt.Fprintln(tw, "AGENT\tCLUSTER\tADDRESS\tONLINE\tPATH\tHANDSHAKE")
 		for _, a := range v.Agents {
 			hs := "never"
 			if !a.LastHandshake.IsZero() {
-				hs = time.Since(a.LastHandshake).Round(time.Second).String() + " ago"
+				hs = humanDuration(now().Sub(a.LastHandshake)) + " ago"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", a.NodeID, a.Cluster, a.Address, a.Online, hs)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", a.NodeID, a.Cluster, a.Address, a.Online, dash(a.Path), hs)
 		}
 	}
 }

@@ -152,7 +152,7 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
-	sp := newSpinner(g.stderr, "Bringing the tunnel up")
+	sp := g.spinner("Bringing the tunnel up")
 	defer sp.stop()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -317,9 +317,10 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	statePath := filepath.Join(dir, upStateFile)
 	defer os.Remove(statePath)
 
-	// Keep kubeconfig contexts in step with the clusters in the map.
+	// Keep kubeconfig contexts in step with the clusters in the map, less
+	// those clustral kube logout excluded (kube.json).
 	var written []string
-	sync := func() {
+	sync := func() error {
 		var want []meshContext
 		var names []string
 		clusters := m.node.Clusters()
@@ -329,6 +330,8 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 			}
 		}
 		slices.Sort(clusters)
+		excluded := loadKubePrefs(dir).Excluded
+		clusters = slices.DeleteFunc(clusters, func(cl string) bool { return slices.Contains(excluded, cl) })
 		ca := append([]byte(m.node.CABundle()), deny.caPEM...)
 		for _, cl := range clusters {
 			want = append(want, meshContext{Cluster: cl, Server: "https://" + cl + "." + m.node.MeshDomain(), CA: ca, Proxy: proxyURL, Login: sess.Session.User.Login})
@@ -342,14 +345,16 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		}
 		if err := kw.Set(want, remove); err != nil {
 			log.Error("update kubeconfig", "err", err)
-			return
+			return err
 		}
 		written = names
 		st.Contexts = names
 		st.Status = "connected"
 		if err := writeJSONFile(statePath, st, 0o600); err != nil {
 			log.Error("write state", "err", err)
+			return err
 		}
+		return nil
 	}
 	changes := make(chan node.Change, 16)
 	removeSub := m.node.OnChange(func(ch node.Change) {
@@ -367,7 +372,8 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		}
 	}()
 
-	ctl, err := serveControl(dir, st, m)
+	ctxReqs := make(chan contextRequest)
+	ctl, err := serveControl(dir, st, m, ctxReqs)
 	if err != nil {
 		return err
 	}
@@ -386,6 +392,12 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 				return nil
 			}
 			return err
+		case req := <-ctxReqs:
+			err := setExcluded(dir, req.cluster, !req.add)
+			if err == nil {
+				err = sync()
+			}
+			req.reply <- contextReply{slices.Clone(st.Contexts), err}
 		case ch := <-changes:
 			if ch.Snapshot || len(ch.ClustersAdded)+len(ch.ClustersRemoved) > 0 || ch.SelfChanged || st.Status != "connected" {
 				sync()
@@ -410,7 +422,11 @@ func sanitizeHostname(h string) string {
 
 // serveControl serves the local status API of a running up on a unix
 // socket in the profile directory (mode 0600).
-func serveControl(dir string, st *upState, m *mesh) (io.Closer, error) {
+//
+// POST and DELETE /contexts/{cluster} add and remove one cluster's
+// kubeconfig context (clustral kube login/logout); they are handed to reqs,
+// which the up's main loop serves, so contexts have one writer.
+func serveControl(dir string, st *upState, m *mesh, reqs chan<- contextRequest) (io.Closer, error) {
 	path := filepath.Join(dir, upSocketFile)
 	os.Remove(path)
 	l, err := net.Listen("unix", path)
@@ -440,6 +456,31 @@ func serveControl(dir string, st *upState, m *mesh) (io.Closer, error) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(resp)
 	})
+	contexts := func(add bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			req := contextRequest{cluster: r.PathValue("cluster"), add: add, reply: make(chan contextReply, 1)}
+			select {
+			case reqs <- req:
+			case <-r.Context().Done():
+				return
+			}
+			var rep contextReply
+			select {
+			case rep = <-req.reply:
+			case <-r.Context().Done():
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			if rep.err != nil {
+				w.WriteHeader(http.StatusInternalServerError)
+				json.NewEncoder(w).Encode(contextsResponse{Error: rep.err.Error()})
+				return
+			}
+			json.NewEncoder(w).Encode(contextsResponse{Contexts: rep.contexts})
+		}
+	}
+	mux.HandleFunc("POST /contexts/{cluster}", contexts(true))
+	mux.HandleFunc("DELETE /contexts/{cluster}", contexts(false))
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(l)
 	return closerFunc(func() error { err := srv.Close(); os.Remove(path); return err }), nil
