@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/rest"
@@ -83,6 +84,10 @@ type Config struct {
 	// RateLimit; zero means DefaultRateBurst, a negative value turns
 	// per-user limiting off.
 	RateBurst int
+	// Metrics receives the proxy's Prometheus series (clustral_proxy_*,
+	// clustral_relay_bytes_total, clustral_audit_spool_events), labelled
+	// with the cluster. Nil keeps them in a registry of the proxy's own.
+	Metrics prometheus.Registerer
 }
 
 // Proxy is the identity-aware Kubernetes proxy. It is an http.Handler and
@@ -118,7 +123,8 @@ type Proxy struct {
 	// was authorized before one can tell that it must check again.
 	gen atomic.Uint64
 
-	limits *limiters // nil if off
+	limits  *limiters // nil if off
+	metrics *metrics
 
 	sweepEvery time.Duration
 	stop       chan struct{}
@@ -154,6 +160,7 @@ func New(c Config) (*Proxy, error) {
 		log:        c.Logger,
 		sweepEvery: c.SweepInterval,
 		limits:     newLimiters(c.RateLimit, c.RateBurst),
+		metrics:    newMetrics(c.Cluster),
 		stop:       make(chan struct{}),
 		sweepDone:  make(chan struct{}),
 		live:       make(map[proto.Key]*peerLive),
@@ -168,6 +175,13 @@ func New(c Config) (*Proxy, error) {
 	}
 	if p.sweepEvery <= 0 {
 		p.sweepEvery = DefaultSweepInterval
+	}
+	reg := c.Metrics
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if err := p.metrics.register(reg); err != nil {
+		return nil, fmt.Errorf("new proxy for cluster %s: metrics: %w", c.Cluster, err)
 	}
 	errLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
 	rewrite := func(pr *httputil.ProxyRequest) { rewriteRequest(pr, target) }
@@ -290,6 +304,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		v := recover()
 		aborted = v != nil
 		p.logRequest(r, info, start, sw, peer, imp, code, s, aborted)
+		p.metrics.done(info.Verb, responseStatus(sw, s), code, time.Since(start))
 		if v != nil {
 			panic(v)
 		}
@@ -486,10 +501,7 @@ func writeError(w http.ResponseWriter, status int, code proto.ErrorCode, msg str
 }
 
 func (p *Proxy) logRequest(r *http.Request, info requestInfo, start time.Time, sw *statusWriter, peer proto.Peer, imp impersonation, code proto.ErrorCode, s *stream, aborted bool) {
-	status := sw.status
-	if s != nil && s.upgraded.Load() {
-		status = http.StatusSwitchingProtocols
-	}
+	status := responseStatus(sw, s)
 	attrs := []slog.Attr{
 		slog.String("cluster", p.cluster),
 		slog.String("remote", r.RemoteAddr),
@@ -526,6 +538,15 @@ func (p *Proxy) logRequest(r *http.Request, info requestInfo, start time.Time, s
 		attrs = append(attrs, slog.Bool("aborted", true))
 	}
 	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}
+
+// responseStatus is the status a request was answered with: 101 for an
+// upgraded stream, 0 if nothing was written.
+func responseStatus(sw *statusWriter, s *stream) int {
+	if s != nil && s.upgraded.Load() {
+		return http.StatusSwitchingProtocols
+	}
+	return sw.status
 }
 
 // statusWriter records the status of a response. Unwrap lets

@@ -59,6 +59,7 @@ func (p *Proxy) track(s *stream) *denial {
 		return p.errShuttingDown()
 	}
 	p.peerLiveLocked(s.key).streams[s] = struct{}{}
+	p.metrics.live.Inc()
 	return nil
 }
 
@@ -66,6 +67,9 @@ func (p *Proxy) untrack(s *stream) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pl := p.live[s.key]; pl != nil {
+		if _, ok := pl.streams[s]; ok {
+			p.metrics.live.Dec()
+		}
 		delete(pl.streams, s)
 		p.dropIfEmptyLocked(s.key, pl)
 	}
