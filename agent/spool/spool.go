@@ -1,0 +1,474 @@
+// Package spool is the agent's audit spool: request events are written to
+// local disk first, then shipped to the coordinator in order, in batches,
+// and resent until the coordinator acknowledges them. Nothing is lost while
+// the coordinator is unreachable or when the agent restarts: a new agent on
+// the same directory resumes where the last one stopped.
+//
+// The directory holds:
+//
+//   - source: a random id made on first use. With each event's sequence
+//     number it makes the event's stable identity, which the coordinator
+//     uses to store each event once however often it is resent. It
+//     outlives the agent's node identity, which is new on every start.
+//   - seg-<first sequence>.jsonl: append-only segments, one JSON event per
+//     line. A segment is removed once all its events are acknowledged.
+//   - acked: the highest sequence the coordinator acknowledged.
+//
+// Events are written with write(2) as they come, so a killed agent loses
+// none; they are fsynced before each shipment, so a node crash can lose
+// only what the kernel had not yet written back and was not yet shipped.
+//
+// The spool is bounded (Options.MaxEvents unacknowledged events). When it
+// is full it keeps what it has, the oldest events the coordinator has not
+// seen, and drops new events, with a warning; once there is room again it
+// first appends one event (code AG006E) that says how many were dropped
+// and when, so the gap is itself in the audit log.
+//
+// One directory serves one agent process at a time.
+package spool
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// Defaults.
+const (
+	DefaultMaxEvents     = 100_000
+	DefaultSegmentEvents = 4096
+	DefaultBatch         = 500
+)
+
+// Options configure Open.
+type Options struct {
+	// Dir is the spool directory; it is created if missing.
+	Dir string
+	// MaxEvents bounds the events waiting for acknowledgement; zero means
+	// DefaultMaxEvents.
+	MaxEvents int
+	// SegmentEvents is how many events one segment file holds; zero means
+	// DefaultSegmentEvents.
+	SegmentEvents int
+	// Logger receives warnings; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Spool is an audit spool on disk. It is safe for concurrent use.
+type Spool struct {
+	dir     string
+	max     int
+	segSize int
+	log     *slog.Logger
+	source  string
+	notify  chan struct{}
+
+	mu       sync.Mutex
+	closed   bool
+	segs     []uint64 // first sequence of each segment, ascending
+	cur      *os.File // the last segment, open for appending
+	curCount int      // events in cur
+	last     uint64   // highest sequence written
+	acked    uint64   // highest sequence acknowledged
+	dirty    bool     // written since the last sync
+	dropped  int      // events dropped since the spool filled
+	dropFrom time.Time
+	dropTo   time.Time
+}
+
+// ErrFull is returned by Append when the spool is full and the event was
+// dropped.
+var ErrFull = errors.New("audit spool full")
+
+// Open opens the spool in o.Dir, creating it on first use, and recovers
+// its state: a torn last line (the process died mid-write) is cut off.
+func Open(o Options) (*Spool, error) {
+	if o.Dir == "" {
+		return nil, errors.New("open audit spool: no directory")
+	}
+	if o.MaxEvents <= 0 {
+		o.MaxEvents = DefaultMaxEvents
+	}
+	if o.SegmentEvents <= 0 {
+		o.SegmentEvents = DefaultSegmentEvents
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open audit spool: %w", err)
+	}
+	s := &Spool{dir: o.Dir, max: o.MaxEvents, segSize: o.SegmentEvents, log: o.Logger, notify: make(chan struct{}, 1)}
+	var err error
+	if s.source, err = loadSource(o.Dir); err != nil {
+		return nil, err
+	}
+	if err := s.recover(); err != nil {
+		return nil, fmt.Errorf("open audit spool %s: %w", o.Dir, err)
+	}
+	return s, nil
+}
+
+func loadSource(dir string) (string, error) {
+	p := filepath.Join(dir, "source")
+	b, err := os.ReadFile(p)
+	if err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("read audit spool source: %w", err)
+	}
+	var r [16]byte
+	rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	if err := writeFileAtomic(p, []byte(id+"\n")); err != nil {
+		return "", fmt.Errorf("write audit spool source: %w", err)
+	}
+	return id, nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func (s *Spool) segPath(first uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("seg-%020d.jsonl", first))
+}
+
+func (s *Spool) recover() error {
+	if b, err := os.ReadFile(filepath.Join(s.dir, "acked")); err == nil {
+		if s.acked, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err != nil {
+			return fmt.Errorf("acked file: %w", err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "seg-") || !strings.HasSuffix(name, ".jsonl") {
+			continue
+		}
+		first, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, "seg-"), ".jsonl"), 10, 64)
+		if err != nil {
+			continue
+		}
+		s.segs = append(s.segs, first)
+	}
+	slices.Sort(s.segs)
+	s.last = s.acked
+	if n := len(s.segs); n > 0 {
+		// Only the last segment can have a torn line.
+		last, count, err := s.repairSegment(s.segs[n-1])
+		if err != nil {
+			return err
+		}
+		if count > 0 {
+			s.last = max(s.last, last)
+		} else {
+			s.last = max(s.last, s.segs[n-1]-1)
+		}
+		f, err := os.OpenFile(s.segPath(s.segs[n-1]), os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return err
+		}
+		s.cur, s.curCount = f, count
+	}
+	s.removeAckedLocked()
+	return nil
+}
+
+// repairSegment cuts a segment after its last complete, decodable line
+// and returns the sequence of that line and how many lines it keeps.
+func (s *Spool) repairSegment(first uint64) (last uint64, count int, err error) {
+	p := s.segPath(first)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, 0, err
+	}
+	good := 0
+	for off := 0; off < len(b); {
+		i := bytes.IndexByte(b[off:], '\n')
+		if i < 0 {
+			break
+		}
+		var e proto.AuditEvent
+		if json.Unmarshal(b[off:off+i], &e) != nil || e.SourceSeq == 0 {
+			break
+		}
+		last, count = e.SourceSeq, count+1
+		off += i + 1
+		good = off
+	}
+	if good < len(b) {
+		s.log.Warn("audit spool: cutting a torn record", "segment", filepath.Base(p), "bytes", len(b)-good)
+		if err := os.Truncate(p, int64(good)); err != nil {
+			return 0, 0, err
+		}
+	}
+	return last, count, nil
+}
+
+// Source returns the spool's stable random id.
+func (s *Spool) Source() string { return s.source }
+
+// Len returns how many events wait for acknowledgement.
+func (s *Spool) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int(s.last - s.acked)
+}
+
+// Append numbers e (SourceSeq) and writes it to the spool. When the spool
+// is full it drops e and returns ErrFull.
+func (s *Spool) Append(e proto.AuditEvent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("audit spool closed")
+	}
+	if int(s.last-s.acked) >= s.max {
+		if s.dropped == 0 {
+			s.dropFrom = e.Time
+			s.log.Warn("audit spool full: dropping new audit events until the coordinator acknowledges some; check that the agent reaches the coordinator, or raise --audit-spool-max-events",
+				"dir", s.dir, "max_events", s.max)
+		}
+		s.dropped++
+		s.dropTo = e.Time
+		return ErrFull
+	}
+	if s.dropped > 0 {
+		n := s.dropped
+		s.dropped = 0
+		gap := proto.AuditEvent{Code: proto.AuditEventsDropped, Category: proto.CategoryAgent, Time: time.Now().UTC(), Outcome: proto.OutcomeFailure,
+			Metadata: map[string]string{"dropped": strconv.Itoa(n), "first": s.dropFrom.UTC().Format(time.RFC3339Nano), "last": s.dropTo.UTC().Format(time.RFC3339Nano)}}
+		if err := s.writeLocked(gap); err != nil {
+			return err
+		}
+		s.log.Warn("audit spool has room again", "dropped", n)
+	}
+	return s.writeLocked(e)
+}
+
+func (s *Spool) writeLocked(e proto.AuditEvent) error {
+	seq := s.last + 1
+	e.SourceSeq = seq
+	b, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode audit event: %w", err)
+	}
+	b = append(b, '\n')
+	if s.cur == nil || s.curCount >= s.segSize {
+		if s.cur != nil {
+			s.cur.Sync()
+			s.cur.Close()
+		}
+		f, err := os.OpenFile(s.segPath(seq), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			s.cur = nil
+			return fmt.Errorf("audit spool segment: %w", err)
+		}
+		s.cur, s.curCount = f, 0
+		s.segs = append(s.segs, seq)
+	}
+	if _, err := s.cur.Write(b); err != nil {
+		return fmt.Errorf("write audit spool: %w", err)
+	}
+	s.curCount++
+	s.last = seq
+	s.dirty = true
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Pending returns up to n unacknowledged events, oldest first, after
+// syncing them to disk.
+func (s *Spool) Pending(n int) ([]proto.AuditEvent, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dirty && s.cur != nil {
+		if err := s.cur.Sync(); err != nil {
+			return nil, fmt.Errorf("sync audit spool: %w", err)
+		}
+		s.dirty = false
+	}
+	from := s.acked + 1
+	if from > s.last {
+		return nil, nil
+	}
+	// The segment holding from: the last one starting at or before it.
+	i, found := slices.BinarySearch(s.segs, from)
+	if !found {
+		i--
+	}
+	var out []proto.AuditEvent
+	for ; i < len(s.segs) && len(out) < n; i++ {
+		if i < 0 {
+			continue
+		}
+		if err := s.readSegment(s.segs[i], from, n, &out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (s *Spool) readSegment(first, from uint64, n int, out *[]proto.AuditEvent) error {
+	f, err := os.Open(s.segPath(first))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 64<<10)
+	for len(*out) < n {
+		line, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			return nil // a partial line is being written; it ships next time
+		}
+		if err != nil {
+			return err
+		}
+		var e proto.AuditEvent
+		if err := json.Unmarshal(line, &e); err != nil {
+			return fmt.Errorf("audit spool %s: %w", filepath.Base(f.Name()), err)
+		}
+		if e.SourceSeq >= from && e.SourceSeq <= s.last {
+			*out = append(*out, e)
+		}
+	}
+	return nil
+}
+
+// Ack records that the coordinator stored every event up to seq, and
+// removes the segments that hold only such events.
+func (s *Spool) Ack(seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seq = min(seq, s.last)
+	if seq <= s.acked {
+		return nil
+	}
+	s.acked = seq
+	if err := writeFileAtomic(filepath.Join(s.dir, "acked"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
+		return fmt.Errorf("write audit spool ack: %w", err)
+	}
+	s.removeAckedLocked()
+	return nil
+}
+
+// removeAckedLocked removes every segment but the last whose events are
+// all acknowledged: those before a segment that starts at or below
+// acked+1.
+func (s *Spool) removeAckedLocked() {
+	for len(s.segs) > 1 && s.segs[1] <= s.acked+1 {
+		if err := os.Remove(s.segPath(s.segs[0])); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("audit spool: remove acknowledged segment", "err", err)
+			return
+		}
+		s.segs = s.segs[1:]
+	}
+}
+
+// Sender delivers a batch to the coordinator and returns its
+// acknowledgement.
+type Sender func(ctx context.Context, b proto.AuditBatch) (proto.AuditAck, error)
+
+// Ship sends the spool's events with send, in order, in batches of up to
+// batch events (zero means DefaultBatch), until ctx is done. A batch that
+// fails is sent again, with backoff up to 5s, until acknowledged. Ship
+// returns ctx's error. Run one Ship per spool.
+func (s *Spool) Ship(ctx context.Context, send Sender, batch int) error {
+	if batch <= 0 {
+		batch = DefaultBatch
+	}
+	batch = min(batch, proto.MaxAuditBatch)
+	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
+	backoff := minBackoff
+	failing := false
+	for {
+		evs, err := s.Pending(batch)
+		if err != nil {
+			s.log.Error("audit spool: read", "err", err)
+		}
+		if len(evs) == 0 || err != nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.notify:
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		ack, err := send(ctx, proto.AuditBatch{Source: s.source, Events: evs})
+		if err == nil {
+			err = s.Ack(ack.Acked)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !failing {
+				s.log.Warn("audit events not delivered; keeping them and retrying", "waiting", s.Len(), "err", err)
+				failing = true
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		if failing {
+			s.log.Info("audit events delivered again", "waiting", s.Len())
+			failing = false
+		}
+		backoff = minBackoff
+	}
+}
+
+// Close syncs and closes the current segment. Append fails afterwards.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.cur == nil {
+		return nil
+	}
+	err := s.cur.Sync()
+	if cerr := s.cur.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

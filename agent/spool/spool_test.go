@@ -1,0 +1,256 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+func open(t *testing.T, dir string, o Options) *Spool {
+	t.Helper()
+	o.Dir = dir
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func ev(actor string) proto.AuditEvent {
+	return proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: actor, Status: 200}
+}
+
+func appendN(t *testing.T, s *Spool, n int) {
+	t.Helper()
+	for i := range n {
+		if err := s.Append(ev(strings.Repeat("u", i%7+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func seqs(evs []proto.AuditEvent) []uint64 {
+	var out []uint64
+	for _, e := range evs {
+		out = append(out, e.SourceSeq)
+	}
+	return out
+}
+
+func TestOrderAckAndSegments(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{SegmentEvents: 10})
+	appendN(t, s, 35)
+	got, err := s.Pending(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 35 || got[0].SourceSeq != 1 || got[34].SourceSeq != 35 {
+		t.Fatalf("pending = %v", seqs(got))
+	}
+	for i, e := range got {
+		if e.SourceSeq != uint64(i+1) {
+			t.Fatalf("out of order at %d: %v", i, seqs(got))
+		}
+	}
+	if err := s.Ack(25); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Pending(5)
+	if len(got) != 5 || got[0].SourceSeq != 26 {
+		t.Fatalf("after ack 25, pending(5) = %v", seqs(got))
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*"))
+	if len(segs) != 2 { // 21-30 and 31-35; 1-10 and 11-20 are gone
+		t.Fatalf("segments after ack = %v", segs)
+	}
+	if s.Len() != 10 {
+		t.Fatalf("Len = %d, want 10", s.Len())
+	}
+}
+
+func TestResumeAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{SegmentEvents: 8})
+	src := s.Source()
+	appendN(t, s, 20)
+	s.Ack(5)
+	// No Close: the process died. Tear the last line as a kill mid-write
+	// would.
+	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*"))
+	last := segs[len(segs)-1]
+	f, _ := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString(`{"code":"RQ001I","sou`)
+	f.Close()
+
+	s2 := open(t, dir, Options{SegmentEvents: 8})
+	if s2.Source() != src {
+		t.Fatalf("source changed across restart: %s → %s", src, s2.Source())
+	}
+	got, err := s2.Pending(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 15 || got[0].SourceSeq != 6 || got[14].SourceSeq != 20 {
+		t.Fatalf("resumed pending = %v", seqs(got))
+	}
+	appendN(t, s2, 1)
+	got, _ = s2.Pending(100)
+	if got[len(got)-1].SourceSeq != 21 {
+		t.Fatalf("sequence after restart = %v", seqs(got))
+	}
+}
+
+func TestBoundDropsNewAndRecordsTheGap(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	s := open(t, t.TempDir(), Options{MaxEvents: 10, Logger: log})
+	appendN(t, s, 10)
+	for range 5 {
+		if err := s.Append(ev("late")); !errors.Is(err, ErrFull) {
+			t.Fatalf("append to a full spool = %v, want ErrFull", err)
+		}
+	}
+	mu.Lock()
+	if n := strings.Count(logs.String(), "audit spool full"); n != 1 {
+		t.Fatalf("warned %d times, want once:\n%s", n, logs.String())
+	}
+	mu.Unlock()
+	got, _ := s.Pending(100)
+	for _, e := range got {
+		if e.Actor == "late" {
+			t.Fatal("a dropped event is in the spool")
+		}
+	}
+	s.Ack(10)
+	if err := s.Append(ev("after")); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Pending(100)
+	if len(got) != 2 || got[0].Code != proto.AuditEventsDropped || got[0].Metadata["dropped"] != "5" || got[1].Actor != "after" {
+		t.Fatalf("after room again = %+v", got)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// fakeCoordinator stores each source's events once, like the real one.
+type fakeCoordinator struct {
+	mu     sync.Mutex
+	acked  uint64
+	stored []uint64
+	down   bool
+	calls  int
+}
+
+func (c *fakeCoordinator) send(_ context.Context, b proto.AuditBatch) (proto.AuditAck, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	if c.down {
+		return proto.AuditAck{}, errors.New("connection refused")
+	}
+	var ack proto.AuditAck
+	for _, e := range b.Events {
+		if e.SourceSeq <= c.acked {
+			ack.Duplicates++
+			continue
+		}
+		c.stored = append(c.stored, e.SourceSeq)
+		c.acked = e.SourceSeq
+		ack.Stored++
+	}
+	ack.Acked = c.acked
+	return ack, nil
+}
+
+func (c *fakeCoordinator) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.stored)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestShipInOrderThroughOutageAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	c := &fakeCoordinator{down: true}
+	s := open(t, dir, Options{SegmentEvents: 50})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Ship(ctx, c.send, 64); close(done) }()
+	appendN(t, s, 300)
+	waitFor(t, "a failed send", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.calls > 0 })
+	c.mu.Lock()
+	c.down = false
+	c.mu.Unlock()
+	waitFor(t, "300 events", func() bool { return c.count() == 300 })
+	cancel()
+	<-done
+
+	// The coordinator acknowledged, but the agent died before it wrote
+	// the ack: a restarted agent resends, and nothing is stored twice.
+	os.Remove(filepath.Join(dir, "acked"))
+	s2 := open(t, dir, Options{SegmentEvents: 50})
+	appendN(t, s2, 100)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	go s2.Ship(ctx2, c.send, 64)
+	waitFor(t, "400 events", func() bool { return c.count() == 400 })
+	waitFor(t, "an empty spool", func() bool { return s2.Len() == 0 })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, seq := range c.stored {
+		if seq != uint64(i+1) {
+			t.Fatalf("stored out of order or twice at %d: %v", i, c.stored[max(0, i-3):i+1])
+		}
+	}
+}
+
+func BenchmarkAppend(b *testing.B) {
+	s, err := Open(Options{Dir: b.TempDir(), MaxEvents: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	e := proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", Status: 200,
+		Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.Append(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
