@@ -84,6 +84,11 @@ type Config struct {
 	// RateLimit; zero means DefaultRateBurst, a negative value turns
 	// per-user limiting off.
 	RateBurst int
+	// Audit, if set, receives one audit event per request (two for an
+	// upgraded stream: its start and its end). It is called on the
+	// request's goroutine and must not block for long: hand the event to
+	// a spool.
+	Audit func(proto.AuditEvent)
 	// Metrics receives the proxy's Prometheus series (clustral_proxy_*,
 	// clustral_relay_bytes_total, clustral_audit_spool_events), labelled
 	// with the cluster. Nil keeps them in a registry of the proxy's own.
@@ -126,6 +131,8 @@ type Proxy struct {
 	limits  *limiters // nil if off
 	metrics *metrics
 
+	audit func(proto.AuditEvent) // nil if off
+
 	sweepEvery time.Duration
 	stop       chan struct{}
 	sweepDone  chan struct{}
@@ -159,6 +166,7 @@ func New(c Config) (*Proxy, error) {
 		now:        c.Now,
 		log:        c.Logger,
 		sweepEvery: c.SweepInterval,
+		audit:      c.Audit,
 		limits:     newLimiters(c.RateLimit, c.RateBurst),
 		metrics:    newMetrics(c.Cluster),
 		stop:       make(chan struct{}),
@@ -196,13 +204,17 @@ func New(c Config) (*Proxy, error) {
 	}
 	p.upgradeTr = upgradeTr.base
 	p.rpUpgrade = &httputil.ReverseProxy{
-		Rewrite:        rewrite,
-		Transport:      upgradeTr.rt,
-		FlushInterval:  -1,
-		BufferPool:     bufferPool{},
-		ErrorLog:       errLog,
-		ErrorHandler:   p.proxyError,
-		ModifyResponse: modifyUpgradeResponse,
+		Rewrite:       rewrite,
+		Transport:     upgradeTr.rt,
+		FlushInterval: -1,
+		BufferPool:    bufferPool{},
+		ErrorLog:      errLog,
+		ErrorHandler:  p.proxyError,
+		ModifyResponse: func(res *http.Response) error {
+			err := modifyUpgradeResponse(res)
+			p.auditUpgrade(res)
+			return err
+		},
 	}
 	go p.sweep()
 	return p, nil
@@ -291,7 +303,8 @@ func upgradeOf(h http.Header) (protocol string, upgrade, ok bool) {
 // ServeHTTP authorizes r from its connection's peer and forwards it.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w}
+	sw := &statusWriter{ResponseWriter: w, corr: newCorrelation()}
+	w.Header().Set(proto.HeaderRequestID, sw.corr)
 	info := parseRequestInfo(r)
 	var (
 		peer    proto.Peer
@@ -304,6 +317,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		v := recover()
 		aborted = v != nil
 		p.logRequest(r, info, start, sw, peer, imp, code, s, aborted)
+		p.auditRequest(r, info, start, sw, peer, imp, code, s)
 		p.metrics.done(info.Verb, responseStatus(sw, s), code, time.Since(start))
 		if v != nil {
 			panic(v)
@@ -334,7 +348,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				up, p.cluster)
 		}
 		if d == nil {
-			s = &stream{key: peer.Key, addr: addr, imp: imp, info: info, ctx: ctx, cancel: cancel, conn: connFrom(r.Context())}
+			s = &stream{key: peer.Key, addr: addr, imp: imp, info: info, ctx: ctx, cancel: cancel, conn: connFrom(r.Context()),
+				login: loginOf(peer), corr: sw.corr}
 			d = p.track(s)
 		}
 		if d != nil {
@@ -554,6 +569,8 @@ func responseStatus(sw *statusWriter, s *stream) int {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	n      int64  // body bytes written
+	corr   string // the request's correlation id
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -567,7 +584,9 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	return w.ResponseWriter.Write(b)
+	n, err := w.ResponseWriter.Write(b)
+	w.n += int64(n)
+	return n, err
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -20,6 +20,8 @@ type stream struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	conn   *trackedConn // nil unless served by Serve or ServeTLS
+	login  string       // the caller's login, for audit events
+	corr   string       // the request's correlation id
 
 	responded atomic.Bool // the upstream answered; headers are on the way
 	upgraded  atomic.Bool // the upstream switched protocols
