@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/proto"
@@ -79,10 +79,10 @@ func (u *user) reachable() []string {
 	return names
 }
 
-// client returns a Kubernetes client for u's clustral-kind context, read
-// from the kubeconfig now: it keeps working after the context is removed
-// from the file.
-func (u *user) client() kubernetes.Interface {
+// client returns a REST client for u's clustral-kind context, read from
+// the kubeconfig now: it keeps working after the context is removed from
+// the file.
+func (u *user) client() rest.Interface {
 	u.t.Helper()
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 		&clientcmd.ClientConfigLoadingRules{ExplicitPath: u.Kubeconfig},
@@ -95,7 +95,14 @@ func (u *user) client() kubernetes.Interface {
 	if err != nil {
 		u.t.Fatal(err)
 	}
-	return cs
+	return cs.CoreV1().RESTClient()
+}
+
+// listConfigMaps lists the configmaps in ns once. client-go would retry a
+// GET whose connection was closed after a second; here a closed
+// connection is an answer.
+func listConfigMaps(ctx context.Context, c rest.Interface, ns string) error {
+	return c.Get().Namespace(ns).Resource("configmaps").MaxRetries(0).Do(ctx).Error()
 }
 
 // probe is one request of untilDenied.
@@ -106,12 +113,12 @@ type probe struct {
 
 // untilDenied lists configmaps in ns with c until a request fails, and
 // returns that request and the last one that succeeded before it.
-func untilDenied(t *testing.T, c kubernetes.Interface, ns string, timeout time.Duration) (denied, lastAllowed probe) {
+func untilDenied(t *testing.T, c rest.Interface, ns string, timeout time.Duration) (denied, lastAllowed probe) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		p := probe{start: time.Now()}
-		_, p.err = c.CoreV1().ConfigMaps(ns).List(context.Background(), metav1.ListOptions{})
+		p.err = listConfigMaps(context.Background(), c, ns)
 		p.end = time.Now()
 		if p.err != nil {
 			return p, lastAllowed
@@ -277,8 +284,7 @@ func TestJITRevoke(t *testing.T) {
 	ns := newNamespace(t)
 	c := a.client()
 	eventually(t, 10*time.Second, func(ctx context.Context) error {
-		_, err := c.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
-		return err
+		return listConfigMaps(ctx, c, ns)
 	})
 
 	m.admin.api("POST", "/api/v1/access-requests/"+ar.ID+"/revoke", proto.AccessDecision{Reason: "done"}, nil)
