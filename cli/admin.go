@@ -20,20 +20,55 @@ func newClustersCmd(g *globals) *cobra.Command {
 		Example: `  clustral clusters add prod
   clustral clusters list`,
 	}
-	var labels []string
+	var (
+		labels      []string
+		manifest    bool
+		manifestURL string
+	)
 	add := &cobra.Command{
 		Use:   "add <name>",
 		Short: "Register a cluster and print its join token",
+		Long: `Register a cluster and print its join token, which is shown only once.
+
+With --manifest, print instead the agent's inputs as Kubernetes objects, to
+apply next to deploy/agent (which creates the namespace clustral): the
+Secret clustral-join-token holding the join token and the ConfigMap
+clustral-agent holding the coordinator's URL (and the CA the CLI trusts
+for it, if any).`,
 		Example: `  clustral clusters add prod --label env=prod
-  clustral clusters add staging -o json`,
+  clustral clusters add staging -o json
+
+  # install an agent in the current kubectl context
+  kubectl apply -k deploy/agent
+  clustral clusters add prod --manifest | kubectl apply -f -`,
 		Args: cobra.ExactArgs(1),
 	}
 	addOut := outputFlag(add)
 	add.Flags().StringSliceVar(&labels, "label", nil, "label key=value (repeatable)")
+	add.Flags().BoolVar(&manifest, "manifest", false, "print the join token Secret and coordinator ConfigMap as YAML for kubectl apply -f -")
+	add.Flags().StringVar(&manifestURL, "manifest-coordinator-url", "", "coordinator URL the agents use, in the --manifest ConfigMap (default: the URL you logged in to)")
 	add.RunE = func(c *cobra.Command, args []string) error {
+		if !manifest && manifestURL != "" {
+			return usageError{fmt.Errorf("--manifest-coordinator-url needs --manifest")}
+		}
+		if manifest && c.Flags().Changed("output") {
+			return usageError{fmt.Errorf("--manifest prints YAML objects; leave out -o")}
+		}
 		s, api, err := g.session()
 		if err != nil {
 			return err
+		}
+		agentURL := s.Coordinator
+		if manifestURL != "" {
+			if agentURL, err = normalizeURL(manifestURL); err != nil {
+				return usageError{err}
+			}
+		}
+		var ca []byte
+		if manifest {
+			if ca, err = readCA(s.CAFile); err != nil {
+				return err
+			}
 		}
 		req := proto.CreateClusterRequest{Name: args[0], Labels: map[string]string{}}
 		for _, l := range labels {
@@ -46,6 +81,15 @@ func newClustersCmd(g *globals) *cobra.Command {
 		var resp proto.CreateClusterResponse
 		if err := api.do(c.Context(), "POST", proto.APIVersion+"/clusters", req, &resp); err != nil {
 			return cliErr(err)
+		}
+		if manifest {
+			b, err := agentManifest(resp.Cluster.Name, resp.JoinToken, agentURL, ca)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "Cluster %s registered. The manifest holds its join token, shown only this once.\n", resp.Cluster.Name)
+			_, err = g.stdout.Write(b)
+			return err
 		}
 		return render(g.stdout, *addOut, resp, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "Cluster %s registered.\n\n", resp.Cluster.Name)

@@ -21,6 +21,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -106,7 +109,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.StringVar(&token, "join-token", "", "the cluster's join token (prefer --join-token-file or CLUSTRAL_JOIN_TOKEN)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for kube-apiserver (default: in-cluster config)")
 	f.StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator")
-	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz and /readyz")
+	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz, /readyz and /metrics (Prometheus)")
 	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	f.DurationVar(&drain, "drain-timeout", 20*time.Second, "on SIGTERM, how long open requests may finish")
 	f.Float64Var(&rateQPS, "rate-limit-qps", float64(agent.DefaultRateLimit), "requests per second each user may start through the proxy (sustained); negative turns the limit off")
@@ -188,8 +191,10 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	}
 	defer m.Close()
 
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
-		RateLimit: a.rateLimit, RateBurst: a.rateBurst})
+		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -211,6 +216,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		}
 		w.Write([]byte("ok\n"))
 	})
+	hmux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{Registry: metrics}))
 	hsrv := &http.Server{Handler: hmux, ReadHeaderTimeout: 5 * time.Second}
 	go hsrv.Serve(hl)
 	defer hsrv.Close()

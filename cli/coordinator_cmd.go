@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -29,6 +32,24 @@ func serverLogger(format, level string) (*slog.Logger, error) {
 	}
 }
 
+// reloadOnHUP reloads the coordinator's TLS certificate on every signal on
+// hup until ctx is done. ReloadTLS logs the outcome.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, srv *coordinator.Server, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if srv.Config().TLSCertFile == "" {
+				log.Info("SIGHUP: no TLS certificate to reload (the coordinator serves plain HTTP)")
+				continue
+			}
+			log.Info("SIGHUP: reloading the TLS certificate")
+			srv.ReloadTLS()
+		}
+	}
+}
+
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	d := coordinator.Defaults()
 	var (
@@ -48,7 +69,12 @@ in --data-dir.
 Every setting can also come from the environment as CLUSTRAL_<SETTING>
 (e.g. CLUSTRAL_OIDC_ISSUER) or from a YAML file given with --config whose
 keys are the flag names. Flags win over the environment, which wins over
-the file. Without TLS the coordinator serves plain HTTP, on loopback only.`,
+the file. Without TLS the coordinator serves plain HTTP, on loopback only.
+
+On SIGHUP (systemctl reload) the coordinator reads --tls-cert and --tls-key
+again and serves the new pair to new connections; open connections and
+map streams are kept. If the new pair is not valid, it logs an error and
+keeps serving the old one. Other settings are read only at start.`,
 		Example: `  # development, on loopback, with embedded defaults
   clustral coordinator --oidc-issuer https://dex.example.com --oidc-client-id clustral \
       --oidc-client-secret-file /etc/clustral/oidc-secret --admin alice@example.com
@@ -80,14 +106,21 @@ the file. Without TLS the coordinator serves plain HTTP, on loopback only.`,
 				}
 				cfg.OIDC.ClientSecret = strings.TrimSpace(string(b))
 			}
+			// Catch SIGHUP before anything can be served: its default
+			// action would end the process.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			srv, err := coordinator.New(c.Context(), cfg)
 			if err != nil {
 				return err
 			}
 			defer srv.Close()
+			go reloadOnHUP(c.Context(), hup, srv, log)
 			return srv.ListenAndServe(c.Context(), nil)
 		},
 	}
+	c.AddCommand(newCoordinatorBackupCmd(g))
 	f := c.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file (keys are the flag names)")
 	f.StringVar(&cfg.Listen, "listen", d.Listen, "address to serve the API on")

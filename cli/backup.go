@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
+)
+
+func newCoordinatorBackupCmd(g *globals) *cobra.Command {
+	var coord, dataDir, caFile string
+	c := &cobra.Command{
+		Use:   "backup <file>",
+		Short: "Write a consistent snapshot of the coordinator's store to a file",
+		Long: `Write a consistent snapshot of the coordinator's store (users, clusters,
+roles, assignments, the mesh CA and signing keys, the audit log) to <file>,
+mode 0600, replacing it atomically. The snapshot is checked before it
+replaces the file.
+
+By default the running coordinator takes the snapshot while it serves:
+you must be logged in to it as an administrator. With --data-dir the
+store file is read directly, which works only while no coordinator runs
+on it.
+
+To restore, stop the coordinator, install the file as coordinator.db in
+its data directory (mode 0600, owned by the coordinator's user) and start
+it again; see deploy/README.md.`,
+		Example: `  clustral coordinator backup clustral-$(date +%F).db
+  clustral coordinator backup --coordinator https://clustral.example.com backup.db
+  clustral coordinator backup --data-dir /var/lib/clustral backup.db   # coordinator stopped`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if dataDir != "" && (coord != "" || caFile != "") {
+				return usageError{errors.New("--data-dir reads the store directly; leave out --coordinator and --ca-file")}
+			}
+			return writeBackup(args[0], func(w io.Writer) (string, error) {
+				if dataDir != "" {
+					db := filepath.Join(dataDir, "coordinator.db")
+					_, err := store.BackupFile(db, w, 2*time.Second)
+					return db, err
+				}
+				return backupOnline(c.Context(), g, coord, caFile, w)
+			}, g.stdout)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&coord, "coordinator", "", "coordinator URL (default: the one you are logged in to)")
+	f.StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator (default: the login's)")
+	f.StringVar(&dataDir, "data-dir", "", "read the store in this directory instead, with the coordinator stopped")
+	return c
+}
+
+// backupOnline streams a snapshot from the running coordinator to w with
+// the stored session, and returns the coordinator's URL.
+func backupOnline(ctx context.Context, g *globals, coord, caFile string, w io.Writer) (string, error) {
+	_, api, err := g.session()
+	if err != nil {
+		return "", err
+	}
+	if coord != "" {
+		if api.base, err = normalizeURL(coord); err != nil {
+			return "", usageError{err}
+		}
+	}
+	if caFile != "" {
+		if api.hc, err = newHTTPClient(caFile, nil); err != nil {
+			return "", err
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", api.base+proto.APIVersion+"/admin/backup", nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+api.token)
+	resp, err := api.hc.Do(req)
+	if err != nil {
+		return "", withHint(exitUnreach, fmt.Errorf("reach coordinator %s: %w", api.base, err), "check the URL, or back up offline with --data-dir while the coordinator is stopped")
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		pe := &problemError{status: resp.StatusCode}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(b, &pe.p) != nil || pe.p.Title == "" {
+			pe.p.Title = fmt.Sprintf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
+		}
+		return "", cliErr(pe)
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return "", fmt.Errorf("backup from %s interrupted: %w", api.base, err)
+	}
+	return api.base, nil
+}
+
+// writeBackup writes what snapshot produces to a temporary file next to
+// path, checks that it is a complete store, and renames it into place with
+// mode 0600. A failed backup leaves path as it was.
+func writeBackup(path string, snapshot func(io.Writer) (string, error), out io.Writer) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // after the rename, a no-op
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("backup: %w", err)
+	}
+	from, err := snapshot(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	counts, err := store.Verify(tmp)
+	if err != nil {
+		return fmt.Errorf("the snapshot from %s is not a complete store: %w", from, err)
+	}
+	st, err := os.Stat(tmp)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	parts := make([]string, 0, len(counts))
+	for _, b := range []store.Bucket{store.Users, store.Clusters, store.Roles, store.Assignments, store.Nodes} {
+		parts = append(parts, fmt.Sprintf("%d %s", counts[b], b))
+	}
+	fmt.Fprintf(out, "Backup of %s written to %s (%d bytes: %s).\n", from, path, st.Size(), strings.Join(parts, ", "))
+	return nil
+}
