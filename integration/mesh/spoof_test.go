@@ -65,7 +65,9 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		s, err := node.NewStream(n, node.StreamConfig{BaseURL: coordURL(), Token: reg.NodeToken,
-			Endpoints: func() []netip.AddrPort { return []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), n.ListenPort())} }})
+			Endpoints: func() []netip.AddrPort {
+				return []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), n.ListenPort())}
+			}})
 		if err != nil {
 			t.Fatal(err)
 		}
