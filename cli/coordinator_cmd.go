@@ -58,6 +58,7 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		v4, v6              string
 		secretFile          string
 		logFormat, logLevel string
+		stunListen          string
 	)
 	c := &cobra.Command{
 		Use:   "coordinator",
@@ -117,6 +118,9 @@ keeps serving the old one. Other settings are read only at start.`,
 			}
 			defer srv.Close()
 			go reloadOnHUP(c.Context(), hup, srv, log)
+			if err := serveSTUN(c.Context(), srv, stunListen, cfg.Listen, log); err != nil {
+				return err
+			}
 			return srv.ListenAndServe(c.Context(), nil)
 		},
 	}
@@ -144,6 +148,8 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.StringVar(&cfg.MeshDomain, "mesh-domain", d.MeshDomain, "DNS suffix of mesh names")
 	f.DurationVar(&cfg.SessionTTL, "session-ttl", d.SessionTTL, "how long a login lasts")
 	f.DurationVar(&cfg.AgentTTL, "agent-ttl", d.AgentTTL, "reclaim an agent after it has been gone this long")
+	f.StringVar(&stunListen, "stun-listen", "", "UDP address of endpoint discovery for NAT traversal (default: port 3478 on the --listen host; 0 turns it off)")
+	f.IntVar(&cfg.RelayRate, "relay-rate", coordinator.DefaultRelayRate, "bytes per second one node may send through the relay")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return c

@@ -58,7 +58,7 @@ func joinMesh(priv wgtypes.Key, reg proto.RegisterResponse, listenPort int, tunM
 		}
 		m.stack, dev = st, st.TUN()
 	}
-	n, err := node.New(node.Config{PrivateKey: priv, TUN: dev, ListenPort: listenPort, Logger: log})
+	n, err := node.New(node.Config{PrivateKey: priv, TUN: dev, ListenPort: listenPort, Logger: log, Relay: true})
 	if err != nil {
 		return nil, fmt.Errorf("wireguard node: %w", err)
 	}
@@ -232,13 +232,19 @@ func newSOCKSServer(user, pass string, m *mesh, deny func(cluster string) net.Co
 }
 
 // runMapStream keeps m in step with the coordinator until ctx is done,
-// publishing the node's local endpoints.
+// publishing the node's local endpoints and the public one the
+// coordinator's discovery service observes, and holds the relay open.
 func runMapStream(ctx context.Context, m *mesh, api *apiClient, log *slog.Logger) error {
+	eps := &endpoints{port: m.node.ListenPort}
+	go runRelay(ctx, m, api, log)
+	if m.reg.STUN != "" {
+		go runDiscovery(ctx, m, api, m.reg.STUN, eps, log)
+	}
 	s, err := node.NewStream(m.node, node.StreamConfig{
 		BaseURL:   api.base,
 		Token:     api.token,
 		Client:    api.hc,
-		Endpoints: func() []netip.AddrPort { return localEndpoints(m.node.ListenPort()) },
+		Endpoints: eps.list,
 		Logger:    log,
 	})
 	if err != nil {

@@ -54,6 +54,8 @@ type agentView struct {
 	Online        bool      `json:"online"`
 	LastHandshake time.Time `json:"last_handshake,omitzero"`
 	Path          string    `json:"path,omitempty"`
+	// LatencyMS is the last probe round trip on Path, 0 if none.
+	LatencyMS float64 `json:"latency_ms,omitempty"`
 }
 
 func newStatusCmd(g *globals) *cobra.Command {

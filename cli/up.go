@@ -444,7 +444,8 @@ func serveControl(dir string, st *upState, m *mesh, reqs chan<- contextRequest) 
 			if p.Kind != proto.KindAgent {
 				continue
 			}
-			av := agentView{Cluster: p.Cluster, NodeID: p.NodeID, Online: p.Online, Path: "direct"}
+			av := agentView{Cluster: p.Cluster, NodeID: p.NodeID, Online: p.Online}
+			av.Path, av.LatencyMS = m.pathView(p.Key)
 			if len(p.Addresses) > 0 {
 				av.Address = p.Addresses[0].Addr().String()
 			}

@@ -39,6 +39,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+v+"/agents", s.handleRegisterAgent)
 	mux.HandleFunc("DELETE "+v+"/nodes/self", s.handleDeregister)
 	mux.HandleFunc("GET "+v+"/map", s.handleMap)
+	s.relayRoutes(mux)
 
 	mux.HandleFunc("GET "+v+"/clusters", s.admin(s.handleListClusters))
 	mux.HandleFunc("POST "+v+"/clusters", s.admin(s.handleCreateCluster))
@@ -404,7 +405,7 @@ func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix
 	s.log.Info("node registered", "node", n.ID, "kind", n.Kind, "actor", actor, "addresses", n.Addresses)
 	return &proto.RegisterResponse{
 		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain, Prefixes: []netip.Prefix{s.cfg.IPv4Prefix, s.v6},
-		ExpiresAt: n.Expires, Certificate: cert, CABundle: string(s.ca.certPEM),
+		ExpiresAt: n.Expires, Certificate: cert, CABundle: string(s.ca.certPEM), STUN: s.stunAddr(),
 	}, nil
 }
 

@@ -53,6 +53,14 @@ type Config struct {
 	// everything.
 	AuditRetention time.Duration
 
+	// RelayRate is the bytes per second one node may send through the
+	// relay, RelayBurst how many at once, and RelayQueue how many
+	// datagrams may wait for one destination node. 0 means the defaults
+	// (DefaultRelayRate, DefaultRelayBurst, DefaultRelayQueue).
+	RelayRate  int
+	RelayBurst int
+	RelayQueue int
+
 	Logger *slog.Logger
 	// Now is the clock; tests inject one.
 	Now func() time.Time
@@ -136,6 +144,16 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.OIDC.GroupsClaim == "" {
 		c.OIDC.GroupsClaim = d.OIDC.GroupsClaim
+	}
+	if c.RelayRate <= 0 {
+		c.RelayRate = DefaultRelayRate
+	}
+	if c.RelayBurst <= 0 {
+		c.RelayBurst = DefaultRelayBurst
+	}
+	c.RelayBurst = max(c.RelayBurst, 64<<10) // one datagram always fits
+	if c.RelayQueue <= 0 {
+		c.RelayQueue = DefaultRelayQueue
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

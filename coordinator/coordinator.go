@@ -54,6 +54,7 @@ type Server struct {
 	logins  map[string]*pendingLogin // by handle
 	byState map[string]*pendingLogin // by OAuth state
 	clients map[string]*mapClient    // by node id
+	relay   *relay
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -98,6 +99,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		stop:    make(chan struct{}),
 	}
 	s.state.init()
+	s.relay = newRelay(s)
 	if err := s.loadKeys(); err != nil {
 		return nil, err
 	}
@@ -134,6 +136,7 @@ func (s *Server) Close() error {
 		c.close()
 	}
 	s.mu.Unlock()
+	s.closeRelays()
 	s.wg.Wait()
 	return s.st.Close()
 }
@@ -177,12 +180,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	// Map streams never finish on their own; end them first.
+	// Map streams and relay connections never finish on their own; end
+	// them first.
 	s.mu.Lock()
 	for _, c := range s.clients {
 		c.close()
 	}
 	s.mu.Unlock()
+	s.closeRelays()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

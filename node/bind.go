@@ -1,13 +1,19 @@
 package node
 
 import (
+	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 
@@ -20,9 +26,9 @@ type Path uint8
 const (
 	// PathDirect is UDP straight to the peer's endpoint.
 	PathDirect Path = iota
-	// PathRelay is the coordinator's relay: packets travel inside an
-	// HTTPS/WebSocket connection to the coordinator, addressed by the
-	// peer's public key. Reserved; no packet takes it yet.
+	// PathRelay is the coordinator's relay: packets travel inside an HTTPS
+	// connection to the coordinator (proto.RelayPath), addressed by the
+	// peer's public key.
 	PathRelay
 
 	numPaths
@@ -41,17 +47,37 @@ func (p Path) String() string {
 // ErrNoPath is returned by Send for an endpoint that has no usable path.
 var ErrNoPath = errors.New("no path to peer")
 
+// Direct-path probing defaults; see Bind.
+const (
+	// DefaultProbeInterval is how often a peer without a working direct
+	// path is probed.
+	DefaultProbeInterval = 5 * time.Second
+	// DefaultDirectProbeInterval is how often a working direct path is
+	// probed to tell that it still works.
+	DefaultDirectProbeInterval = 2 * time.Second
+	// DefaultDirectTimeout is how long a direct path may go without a probe
+	// answer before its peer falls back to the relay.
+	DefaultDirectTimeout = 3 * DefaultDirectProbeInterval
+	// maxLearned bounds the addresses learned per peer from its pings.
+	maxLearned = 4
+	// maxPending bounds the unanswered pings remembered per peer.
+	maxPending = 64
+)
+
 // PathStats counts the traffic of one path. Bytes are WireGuard datagram
-// bytes (ciphertext), without UDP/IP headers.
+// bytes (ciphertext), without UDP/IP headers or relay framing.
 type PathStats struct {
 	TxPackets uint64
 	TxBytes   uint64
 	RxPackets uint64
 	RxBytes   uint64
+	// Dropped counts datagrams the path's transport refused (the relay's
+	// queue was full).
+	Dropped uint64
 }
 
 type pathCounters struct {
-	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
+	txPackets, txBytes, rxPackets, rxBytes, dropped atomic.Uint64
 }
 
 func (c *pathCounters) load() PathStats {
@@ -60,73 +86,179 @@ func (c *pathCounters) load() PathStats {
 		TxBytes:   c.txBytes.Load(),
 		RxPackets: c.rxPackets.Load(),
 		RxBytes:   c.rxBytes.Load(),
+		Dropped:   c.dropped.Load(),
 	}
 }
 
+// relayLink is the transmit side of the relay path (*relayClient).
+type relayLink interface {
+	// up reports whether the relay connection is open.
+	up() bool
+	// send queues one datagram for dst and reports whether it was queued;
+	// it copies pkt.
+	send(dst proto.Key, pkt []byte) bool
+}
+
+// relayPacket is a datagram received from the relay, in a pooled buffer.
+type relayPacket struct {
+	src proto.Key
+	buf *[]byte
+	n   int // datagram bytes at (*buf)[off:off+n]
+	off int
+}
+
 // Bind is the node's packet transport: a conn.Bind that wireguard-go sends
-// and receives WireGuard datagrams through.
-//
-// Today every packet takes the direct path, over the UDP sockets of a
-// wrapped conn.StdNetBind. The Bind is the single place where paths are
-// chosen, so a relay path and direct-path probing are added here without
-// touching wireguard-go:
+// and receives WireGuard datagrams through, and the single place where the
+// path to each peer is chosen. wireguard-go itself is unchanged.
 //
 //   - Endpoints. wireguard-go learns a peer's endpoint from the UAPI line
 //     "endpoint=", which it hands to ParseEndpoint. The Bind accepts, besides
 //     the plain "ip:port", the keyed form "<public key hex>@ip:port[,ip:port...]"
-//     that Node writes. The resulting *Endpoint knows the peer's key and its
-//     candidate addresses; the first candidate is the current direct path.
-//     A relay-only form ("<key hex>@") and path switching belong here.
-//   - Receive. Packets from an address that is some keyed endpoint's current
-//     direct address are reported with that same *Endpoint, so when
-//     wireguard-go roams the peer to the packet's source the peer keeps its
-//     key and path state. Packets from other addresses get a keyless
-//     *Endpoint. A relay path adds one ReceiveFunc that reads relay frames
-//     and reports them with the sender's keyed *Endpoint.
-//   - Send routes by the endpoint's current path.
+//     that Node writes, and the relay-only form "<public key hex>@". A keyed
+//     *Endpoint knows the peer's key and its candidate addresses, and shares
+//     the peer's path state with every later endpoint of the same key.
+//   - Paths. Send routes by the peer's current path: a confirmed direct
+//     address when there is one; else the relay, when it is connected;
+//     else the first candidate address (the only path a Bind without a
+//     relay has).
+//   - Probing. While open, the Bind pings every candidate address of every
+//     keyed peer (proto.Probe, on the WireGuard UDP socket, which also
+//     punches holes in NATs), every ProbeInterval while the peer has no
+//     direct path and every DirectProbeInterval while it has one. A pong
+//     that echoes a ping sent to the address it came from confirms that
+//     address as the peer's direct path. A direct path whose address has
+//     not answered for DirectTimeout is dropped: the peer falls back to the
+//     relay, and probing goes on, so it switches back when the direct path
+//     works again. Pings from a known peer are answered, and their source
+//     address becomes a candidate too (the peer's NAT mapping, when it did
+//     not know it). Over the relay, peers ping each other too, to measure
+//     the relayed latency.
+//   - Receive. Probes are consumed by the Bind; wireguard-go never sees
+//     them (a WireGuard message starts with its type, 1 to 4, and three
+//     zero bytes; a probe with proto.ProbeMagic). WireGuard datagrams from
+//     an address that is one of a keyed endpoint's candidates or its
+//     confirmed direct address are reported with that keyed *Endpoint;
+//     from other addresses with a keyless one. Datagrams from the relay
+//     come from an extra ReceiveFunc, with the sender's keyed *Endpoint.
 //
 // The counters (Stats) are per path.
 //
 // A Bind is safe for concurrent use. It is owned by the wireguard-go device
-// it is given to, which opens and closes it.
+// it is given to, which opens and closes it; Close stops its probing.
 type Bind struct {
-	udp conn.Bind // *conn.StdNetBind
+	udp  conn.Bind // *conn.StdNetBind
+	self proto.Key // this node's key, carried in probes
+	log  *slog.Logger
 
-	mu    sync.Mutex // guards byKey and port
+	// ProbeInterval, DirectProbeInterval and DirectTimeout time the
+	// probing (see the type's doc). Set them before Open; zero means the
+	// defaults.
+	ProbeInterval       time.Duration
+	DirectProbeInterval time.Duration
+	DirectTimeout       time.Duration
+
+	mu    sync.Mutex // guards the fields below
 	byKey map[proto.Key]*Endpoint
+	paths map[proto.Key]*peerPath
 	port  uint16
-	// byAddr maps a normalized direct address to the keyed endpoint whose
-	// current direct path it is. Read on every received batch, written
-	// only on configuration changes.
+	done  chan struct{} // closed by Close; nil while closed
+	// byAddr maps a normalized direct address to the keyed endpoint it
+	// belongs to. Read on every received batch, written on configuration
+	// and path changes.
 	byAddr sync.Map // netip.AddrPort → *Endpoint
+
+	relay   atomic.Pointer[relayLinkBox]
+	relayIn chan relayPacket
+	wake    chan struct{}
+
+	stunMu   sync.Mutex
+	stunWait map[[12]byte]chan netip.AddrPort
 
 	stats [numPaths]pathCounters
 }
+
+// relayLinkBox lets an interface value live in an atomic.Pointer.
+type relayLinkBox struct{ relayLink }
 
 var _ conn.Bind = (*Bind)(nil)
 
 // NewBind returns a Bind carrying UDP on the default sockets of the platform.
 func NewBind() *Bind {
 	return &Bind{
-		udp:   conn.NewStdNetBind(),
-		byKey: make(map[proto.Key]*Endpoint),
+		udp:      conn.NewStdNetBind(),
+		log:      slog.Default(),
+		byKey:    make(map[proto.Key]*Endpoint),
+		paths:    make(map[proto.Key]*peerPath),
+		relayIn:  make(chan relayPacket, 1024),
+		wake:     make(chan struct{}, 1),
+		stunWait: make(map[[12]byte]chan netip.AddrPort),
 	}
 }
 
+// packetBufSize is the size of the pooled buffers relayed datagrams and
+// frames travel in; larger ones get a buffer of their own.
+const packetBufSize = 2048
+
+var packetBufs = sync.Pool{New: func() any {
+	b := make([]byte, packetBufSize)
+	return &b
+}}
+
+// getPacketBuf returns a buffer of length n.
+func getPacketBuf(n int) *[]byte {
+	if n > packetBufSize {
+		b := make([]byte, n)
+		return &b
+	}
+	b := packetBufs.Get().(*[]byte)
+	*b = (*b)[:n]
+	return b
+}
+
+func putPacketBuf(b *[]byte) {
+	if cap(*b) == packetBufSize {
+		packetBufs.Put(b)
+	}
+}
+
+func (b *Bind) probeInterval() time.Duration {
+	return orDefault(b.ProbeInterval, DefaultProbeInterval)
+}
+
+func (b *Bind) directProbeInterval() time.Duration {
+	return orDefault(b.DirectProbeInterval, DefaultDirectProbeInterval)
+}
+
+func (b *Bind) directTimeout() time.Duration {
+	return orDefault(b.DirectTimeout, DefaultDirectTimeout)
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
 // Open implements conn.Bind. It opens the UDP sockets on port (0 picks a
-// random one) and returns their receive functions.
+// random one) and returns their receive functions and the relay's, and
+// starts probing.
 func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.udp.Open(port)
 	if err != nil {
 		return nil, 0, err
 	}
+	done := make(chan struct{})
 	b.mu.Lock()
 	b.port = actual
+	b.done = done
 	b.mu.Unlock()
-	wrapped := make([]conn.ReceiveFunc, len(fns))
-	for i, fn := range fns {
-		wrapped[i] = b.receiveDirect(fn)
+	wrapped := make([]conn.ReceiveFunc, 0, len(fns)+1)
+	for _, fn := range fns {
+		wrapped = append(wrapped, b.receiveDirect(fn))
 	}
+	wrapped = append(wrapped, b.receiveRelay(done))
+	go b.probeLoop(done)
 	return wrapped, actual, nil
 }
 
@@ -137,8 +269,16 @@ func (b *Bind) Port() uint16 {
 	return b.port
 }
 
-// Close implements conn.Bind.
+// Close implements conn.Bind. It closes the UDP sockets, ends the relay's
+// receive function and stops probing. The relay connection stays: it
+// belongs to RunRelay.
 func (b *Bind) Close() error {
+	b.mu.Lock()
+	if b.done != nil {
+		close(b.done)
+		b.done = nil
+	}
+	b.mu.Unlock()
 	return b.udp.Close()
 }
 
@@ -156,6 +296,31 @@ func (b *Bind) Stats(p Path) PathStats {
 	return b.stats[p].load()
 }
 
+// setRelay makes l the relay path; nil removes it.
+func (b *Bind) setRelay(l relayLink) {
+	if l == nil {
+		b.relay.Store(nil)
+		return
+	}
+	b.relay.Store(&relayLinkBox{l})
+	b.kick()
+}
+
+func (b *Bind) relayLink() relayLink {
+	if box := b.relay.Load(); box != nil && box.up() {
+		return box.relayLink
+	}
+	return nil
+}
+
+// kick makes the probe loop run now.
+func (b *Bind) kick() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
 func (b *Bind) receiveDirect(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		n, err := fn(bufs, sizes, eps)
@@ -171,13 +336,18 @@ func (b *Bind) receiveDirect(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			if sizes[i] == 0 {
 				continue
 			}
-			packets++
-			bytes += uint64(sizes[i])
 			inner, ok := eps[i].(*conn.StdNetEndpoint)
 			if !ok {
 				continue
 			}
 			ap := normalize(inner.AddrPort)
+			if proto.IsProbe(bufs[i][:sizes[i]]) {
+				b.handleProbe(bufs[i][:sizes[i]], ap, proto.Key{})
+				sizes[i] = 0 // not for wireguard-go
+				continue
+			}
+			packets++
+			bytes += uint64(sizes[i])
 			if lastEP == nil || ap != lastAP {
 				lastAP = ap
 				if v, ok := b.byAddr.Load(ap); ok {
@@ -199,16 +369,87 @@ func (b *Bind) receiveDirect(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	}
 }
 
+// deliverRelay hands a datagram received from the relay, from src, to the
+// relay's receive function. It takes ownership of buf, in which the
+// datagram is at [off:off+n]. When wireguard-go falls behind, the datagram
+// is dropped.
+func (b *Bind) deliverRelay(src proto.Key, buf *[]byte, off, n int) {
+	pkt := (*buf)[off : off+n]
+	if proto.IsProbe(pkt) {
+		b.handleProbe(pkt, netip.AddrPort{}, src)
+		putPacketBuf(buf)
+		return
+	}
+	select {
+	case b.relayIn <- relayPacket{src: src, buf: buf, off: off, n: n}:
+	default:
+		b.stats[PathRelay].dropped.Add(1)
+		putPacketBuf(buf)
+	}
+}
+
+func (b *Bind) receiveRelay(done <-chan struct{}) conn.ReceiveFunc {
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		var p relayPacket
+		select {
+		case p = <-b.relayIn:
+		case <-done:
+			return 0, net.ErrClosed
+		}
+		n, bytes := 0, 0
+		for {
+			sizes[n] = copy(bufs[n], (*p.buf)[p.off:p.off+p.n])
+			bytes += sizes[n]
+			putPacketBuf(p.buf)
+			eps[n] = b.endpointOf(p.src)
+			n++
+			if n == len(bufs) {
+				break
+			}
+			select {
+			case p = <-b.relayIn:
+				continue
+			default:
+			}
+			break
+		}
+		c := &b.stats[PathRelay]
+		c.rxPackets.Add(uint64(n))
+		c.rxBytes.Add(uint64(bytes))
+		return n, nil
+	}
+}
+
+// endpointOf returns the keyed endpoint of key, or a relay-only one when
+// the key has none.
+func (b *Bind) endpointOf(key proto.Key) *Endpoint {
+	b.mu.Lock()
+	e := b.byKey[key]
+	b.mu.Unlock()
+	if e == nil {
+		e = &Endpoint{key: key, bind: b}
+	}
+	return e
+}
+
 // Send implements conn.Bind. It sends bufs along ep's current path.
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	e, ok := ep.(*Endpoint)
 	if !ok {
 		return conn.ErrWrongEndpointType
 	}
-	if e.direct == nil {
+	direct := e.direct
+	if e.path != nil {
+		if d := e.path.cur.Load(); d != nil {
+			direct = d
+		} else if r := b.relayLink(); r != nil {
+			return b.sendRelay(r, e.key, bufs)
+		}
+	}
+	if direct == nil {
 		return fmt.Errorf("send to %v: %w", e, ErrNoPath)
 	}
-	if err := b.udp.Send(bufs, e.direct); err != nil {
+	if err := b.udp.Send(bufs, direct); err != nil {
 		return err
 	}
 	var n uint64
@@ -221,12 +462,30 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	return nil
 }
 
-// ParseEndpoint implements conn.Bind. It accepts "ip:port", and the keyed
-// form "<64 hex digits of the peer's public key>@ip:port[,ip:port...]"
-// (see FormatEndpoint). Parsing a keyed endpoint registers it: packets
-// received from its current direct address are then attributed to it,
-// until it is replaced by a newer keyed endpoint of the same key or
-// forgotten (Forget).
+func (b *Bind) sendRelay(r relayLink, key proto.Key, bufs [][]byte) error {
+	var n, sent, dropped uint64
+	for _, buf := range bufs {
+		if r.send(key, buf) {
+			sent++
+			n += uint64(len(buf))
+		} else {
+			dropped++
+		}
+	}
+	c := &b.stats[PathRelay]
+	c.txPackets.Add(sent)
+	c.txBytes.Add(n)
+	c.dropped.Add(dropped)
+	return nil // like UDP: a datagram the relay could not take is lost
+}
+
+// ParseEndpoint implements conn.Bind. It accepts "ip:port", the keyed form
+// "<64 hex digits of the peer's public key>@ip:port[,ip:port...]" (see
+// FormatEndpoint), and the relay-only keyed form "<key hex>@". Parsing a
+// keyed endpoint registers it: its candidates are probed, and packets
+// received from them are attributed to it, until it is replaced by a newer
+// keyed endpoint of the same key or forgotten (Forget). The peer's path
+// state (a confirmed direct address) carries over to the newer endpoint.
 func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	keyHex, addrs, keyed := strings.Cut(s, "@")
 	if !keyed {
@@ -244,43 +503,375 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	if _, err := hex.Decode(key[:], []byte(keyHex)); err != nil {
 		return nil, fmt.Errorf("parse endpoint %q: %w", s, err)
 	}
-	e := &Endpoint{key: key}
-	for a := range strings.SplitSeq(addrs, ",") {
-		ap, err := netip.ParseAddrPort(a)
-		if err != nil {
-			return nil, fmt.Errorf("parse endpoint %q: %w", s, err)
+	e := &Endpoint{key: key, bind: b}
+	if addrs != "" {
+		for a := range strings.SplitSeq(addrs, ",") {
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil {
+				return nil, fmt.Errorf("parse endpoint %q: %w", s, err)
+			}
+			e.candidates = append(e.candidates, normalize(ap))
 		}
-		e.candidates = append(e.candidates, normalize(ap))
+		e.addr = e.candidates[0]
+		e.direct = &conn.StdNetEndpoint{AddrPort: e.addr}
 	}
-	if len(e.candidates) == 0 {
-		return nil, fmt.Errorf("parse endpoint %q: no address", s)
-	}
-	e.addr = e.candidates[0]
-	e.direct = &conn.StdNetEndpoint{AddrPort: e.addr}
 
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.forgetLocked(key)
+	pp := b.paths[key]
+	if pp == nil {
+		pp = &peerPath{key: key, pending: map[[12]byte]pendingPing{}}
+		b.paths[key] = pp
+	}
+	e.path = pp
+	b.unindexLocked(key)
 	b.byKey[key] = e
-	b.byAddr.Store(e.addr, e)
+	pp.mu.Lock()
+	pp.published = e.candidates
+	if cur := pp.cur.Load(); cur != nil {
+		b.byAddr.Store(cur.AddrPort, e)
+	}
+	pp.urgent = true
+	pp.mu.Unlock()
+	for _, ap := range e.candidates {
+		b.byAddr.Store(ap, e)
+	}
+	b.mu.Unlock()
+	b.kick()
 	return e, nil
 }
 
-// Forget drops the keyed endpoint of key, so that packets from its address
-// are no longer attributed to it. Node calls it when a peer is removed.
+// Forget drops the keyed endpoint and the path state of key, so that
+// packets from its addresses are no longer attributed to it and it is no
+// longer probed. Node calls it when a peer is removed.
 func (b *Bind) Forget(key proto.Key) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.forgetLocked(key)
+	b.unindexLocked(key)
+	delete(b.byKey, key)
+	delete(b.paths, key)
 }
 
-func (b *Bind) forgetLocked(key proto.Key) {
+// unindexLocked removes the byAddr entries of key's endpoint.
+func (b *Bind) unindexLocked(key proto.Key) {
 	old, ok := b.byKey[key]
 	if !ok {
 		return
 	}
-	delete(b.byKey, key)
-	b.byAddr.CompareAndDelete(old.addr, old)
+	for _, ap := range old.candidates {
+		b.byAddr.CompareAndDelete(ap, old)
+	}
+	if cur := old.path.cur.Load(); cur != nil {
+		b.byAddr.CompareAndDelete(cur.AddrPort, old)
+	}
+}
+
+// PathStatus is the state of the path to one peer.
+type PathStatus struct {
+	// Path is the path packets take now.
+	Path Path
+	// Addr is the confirmed direct address; invalid when there is none.
+	Addr netip.AddrPort
+	// RTT is the last probe round trip on Path, 0 when none was measured.
+	RTT time.Duration
+	// DirectSince is when the direct path was confirmed, zero when there
+	// is none.
+	DirectSince time.Time
+}
+
+// PathStatus reports the path to the peer with key, false when the Bind
+// has no keyed endpoint for it.
+func (b *Bind) PathStatus(key proto.Key) (PathStatus, bool) {
+	b.mu.Lock()
+	e := b.byKey[key]
+	b.mu.Unlock()
+	if e == nil {
+		return PathStatus{}, false
+	}
+	pp := e.path
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	st := PathStatus{Path: e.Path()}
+	if cur := pp.cur.Load(); cur != nil {
+		st.Addr, st.RTT, st.DirectSince = cur.AddrPort, pp.rtt, pp.directSince
+	} else if st.Path == PathRelay {
+		st.RTT = pp.relayRTT
+	}
+	return st, true
+}
+
+// Discover asks the endpoint-discovery service at server (the
+// coordinator's, proto.RegisterResponse.STUN) which address and port this
+// node's UDP socket appears from, pinging from the WireGuard socket, so the
+// answer is the NAT mapping WireGuard traffic gets. It retries until an
+// answer comes or ctx is done.
+func (b *Bind) Discover(ctx context.Context, server netip.AddrPort) (netip.AddrPort, error) {
+	p := proto.Probe{Type: proto.ProbePing, Key: b.self}
+	rand.Read(p.TxID[:])
+	ch := make(chan netip.AddrPort, 1)
+	b.stunMu.Lock()
+	b.stunWait[p.TxID] = ch
+	b.stunMu.Unlock()
+	defer func() {
+		b.stunMu.Lock()
+		delete(b.stunWait, p.TxID)
+		b.stunMu.Unlock()
+	}()
+	pkt, _ := p.AppendBinary(nil)
+	dst := &conn.StdNetEndpoint{AddrPort: normalize(server)}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if err := b.udp.Send([][]byte{pkt}, dst); err != nil && !errors.Is(err, net.ErrClosed) {
+			b.log.Debug("endpoint discovery ping", "server", server, "err", err)
+		}
+		select {
+		case ap := <-ch:
+			return ap, nil
+		case <-ctx.Done():
+			return netip.AddrPort{}, fmt.Errorf("endpoint discovery at %s: %w", server, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// handleProbe handles a probe from the direct address from, or, when from
+// is invalid, from the relay, sent by relayed.
+func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, relayed proto.Key) {
+	p, ok := proto.ParseProbe(pkt)
+	if !ok {
+		return
+	}
+	viaRelay := !from.IsValid()
+	if viaRelay && p.Key != relayed {
+		return // the relay vouches for the sender; the probe must agree
+	}
+	switch p.Type {
+	case proto.ProbePing:
+		if p.Key.IsZero() || p.Key == b.self {
+			return
+		}
+		b.mu.Lock()
+		pp := b.paths[p.Key]
+		b.mu.Unlock()
+		if pp == nil {
+			return // not a peer: answer no strangers
+		}
+		pong := proto.Probe{Type: proto.ProbePong, TxID: p.TxID, Key: b.self, Observed: from}
+		out, _ := pong.AppendBinary(nil)
+		if viaRelay {
+			if r := b.relayLink(); r != nil {
+				r.send(p.Key, out)
+			}
+			return
+		}
+		b.udp.Send([][]byte{out}, &conn.StdNetEndpoint{AddrPort: from})
+		if pp.learn(from) {
+			b.kick()
+		}
+	case proto.ProbePong:
+		if p.Key.IsZero() {
+			if viaRelay {
+				return
+			}
+			b.stunMu.Lock()
+			ch := b.stunWait[p.TxID]
+			b.stunMu.Unlock()
+			if ch != nil && p.Observed.IsValid() {
+				select {
+				case ch <- p.Observed:
+				default:
+				}
+			}
+			return
+		}
+		b.mu.Lock()
+		e := b.byKey[p.Key]
+		b.mu.Unlock()
+		if e == nil {
+			return
+		}
+		if e.path.pong(p.TxID, from, time.Now()) {
+			b.byAddr.Store(from, e)
+			b.log.Info("direct path up", "peer", p.Key.ShortString(), "addr", from, "rtt", e.path.lastRTT())
+		}
+	}
+}
+
+// probeLoop probes until done is closed.
+func (b *Bind) probeLoop(done <-chan struct{}) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		case <-b.wake:
+		}
+		b.probe(time.Now())
+	}
+}
+
+// probe sends the pings that are due.
+func (b *Bind) probe(now time.Time) {
+	b.mu.Lock()
+	paths := make([]*peerPath, 0, len(b.paths))
+	for _, pp := range b.paths {
+		paths = append(paths, pp)
+	}
+	b.mu.Unlock()
+	relay := b.relayLink()
+	var pkt []byte
+	for _, pp := range paths {
+		targets, viaRelay, lost := pp.due(now, b, relay != nil)
+		if lost.IsValid() {
+			b.log.Info("direct path lost; falling back to the relay", "peer", pp.key.ShortString(), "addr", lost)
+		}
+		for _, t := range targets {
+			p := proto.Probe{Type: proto.ProbePing, TxID: t.txid, Key: b.self}
+			pkt, _ = p.AppendBinary(pkt[:0])
+			b.udp.Send([][]byte{pkt}, &conn.StdNetEndpoint{AddrPort: t.to})
+		}
+		if viaRelay != nil {
+			p := proto.Probe{Type: proto.ProbePing, TxID: *viaRelay, Key: b.self}
+			pkt, _ = p.AppendBinary(pkt[:0])
+			relay.send(pp.key, pkt)
+		}
+	}
+}
+
+// peerPath is the path state of one peer, shared by its keyed endpoints.
+type peerPath struct {
+	key proto.Key
+	// cur is the confirmed direct address; nil while there is none. Read
+	// without mu on every Send.
+	cur atomic.Pointer[conn.StdNetEndpoint]
+
+	mu          sync.Mutex
+	published   []netip.AddrPort // from the map
+	learned     []netip.AddrPort // pinged us from there, oldest first
+	pending     map[[12]byte]pendingPing
+	urgent      bool // probe at the next round, whatever the interval
+	lastPing    time.Time
+	curPong     time.Time // last pong from cur
+	directSince time.Time
+	rtt         time.Duration // last direct RTT
+	relayRTT    time.Duration // last relayed RTT
+}
+
+type pendingPing struct {
+	to netip.AddrPort // invalid: sent over the relay
+	at time.Time
+}
+
+type pingTarget struct {
+	to   netip.AddrPort
+	txid [12]byte
+}
+
+// learn adds addr to the candidates, reporting whether it is new.
+func (pp *peerPath) learn(addr netip.AddrPort) bool {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if slices.Contains(pp.published, addr) || slices.Contains(pp.learned, addr) {
+		return false
+	}
+	if len(pp.learned) == maxLearned {
+		pp.learned = slices.Delete(pp.learned, 0, 1)
+	}
+	pp.learned = append(pp.learned, addr)
+	if pp.cur.Load() == nil {
+		pp.urgent = true
+	}
+	return true
+}
+
+// due returns the pings to send now, and drops a direct path that has gone
+// silent (returning its address as lost).
+func (pp *peerPath) due(now time.Time, b *Bind, relayUp bool) (targets []pingTarget, viaRelay *[12]byte, lost netip.AddrPort) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	cur := pp.cur.Load()
+	if cur != nil && now.Sub(pp.curPong) > b.directTimeout() {
+		pp.cur.Store(nil)
+		lost, cur = cur.AddrPort, nil
+		pp.directSince = time.Time{}
+		pp.urgent = true
+	}
+	interval := b.probeInterval()
+	if cur != nil {
+		interval = b.directProbeInterval()
+	}
+	if !pp.urgent && now.Sub(pp.lastPing) < interval {
+		return nil, nil, lost
+	}
+	pp.urgent = false
+	pp.lastPing = now
+	for id, p := range pp.pending {
+		if now.Sub(p.at) > 2*b.directTimeout() || len(pp.pending) > maxPending {
+			delete(pp.pending, id)
+		}
+	}
+	add := func(to netip.AddrPort) {
+		for _, t := range targets {
+			if t.to == to {
+				return
+			}
+		}
+		t := pingTarget{to: to}
+		rand.Read(t.txid[:])
+		pp.pending[t.txid] = pendingPing{to: to, at: now}
+		targets = append(targets, t)
+	}
+	if cur != nil {
+		add(cur.AddrPort)
+	}
+	for _, a := range pp.published {
+		add(a)
+	}
+	for _, a := range pp.learned {
+		add(a)
+	}
+	if cur == nil && relayUp {
+		var id [12]byte
+		rand.Read(id[:])
+		pp.pending[id] = pendingPing{at: now}
+		viaRelay = &id
+	}
+	return targets, viaRelay, lost
+}
+
+// pong records the answer to ping txid, from addr (invalid: over the
+// relay). It reports whether addr became the direct path.
+func (pp *peerPath) pong(txid [12]byte, from netip.AddrPort, now time.Time) bool {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	p, ok := pp.pending[txid]
+	if !ok || p.to != from {
+		return false
+	}
+	delete(pp.pending, txid)
+	rtt := now.Sub(p.at)
+	if !from.IsValid() {
+		pp.relayRTT = rtt
+		return false
+	}
+	cur := pp.cur.Load()
+	switch {
+	case cur == nil:
+		pp.cur.Store(&conn.StdNetEndpoint{AddrPort: from})
+		pp.curPong, pp.rtt, pp.directSince = now, rtt, now
+		return true
+	case cur.AddrPort == from:
+		pp.curPong, pp.rtt = now, rtt
+	}
+	return false
+}
+
+func (pp *peerPath) lastRTT() time.Duration {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	return pp.rtt
 }
 
 // FormatEndpoint returns the keyed endpoint form ParseEndpoint accepts, for
@@ -309,12 +900,15 @@ func normalize(ap netip.AddrPort) netip.AddrPort {
 
 // Endpoint is a peer address as the Bind sees it: the peer's public key when
 // known, its candidate addresses, and the path packets currently take.
-// Endpoints are immutable once returned by the Bind.
+// Endpoints are immutable once returned by the Bind, except for the path
+// state keyed endpoints share.
 type Endpoint struct {
 	key        proto.Key        // zero when learned from an unknown source
-	candidates []netip.AddrPort // direct candidates, current first
-	addr       netip.AddrPort   // current direct address
+	candidates []netip.AddrPort // direct candidates from the map
+	addr       netip.AddrPort   // first candidate, or the packet's source
 	direct     *conn.StdNetEndpoint
+	path       *peerPath // nil for keyless and unregistered endpoints
+	bind       *Bind
 }
 
 var _ conn.Endpoint = (*Endpoint)(nil)
@@ -323,13 +917,29 @@ var _ conn.Endpoint = (*Endpoint)(nil)
 // learned from a packet of an unknown source.
 func (e *Endpoint) Key() proto.Key { return e.key }
 
-// Path returns the path packets to this endpoint take.
-func (e *Endpoint) Path() Path { return PathDirect }
+// Path returns the path packets to this endpoint take now.
+func (e *Endpoint) Path() Path {
+	if e.path == nil || e.path.cur.Load() != nil {
+		return PathDirect
+	}
+	if e.bind != nil && e.bind.relayLink() != nil || e.direct == nil {
+		return PathRelay
+	}
+	return PathDirect
+}
 
-// AddrPort returns the current direct address.
-func (e *Endpoint) AddrPort() netip.AddrPort { return e.addr }
+// AddrPort returns the current direct address: the confirmed one, else
+// the first candidate. It is invalid for a relay-only endpoint.
+func (e *Endpoint) AddrPort() netip.AddrPort {
+	if e.path != nil {
+		if cur := e.path.cur.Load(); cur != nil {
+			return cur.AddrPort
+		}
+	}
+	return e.addr
+}
 
-// Candidates returns the direct addresses known for the peer, current first.
+// Candidates returns the direct addresses the map gave for the peer.
 // The caller must not modify the result.
 func (e *Endpoint) Candidates() []netip.AddrPort { return e.candidates }
 
@@ -337,7 +947,10 @@ func (e *Endpoint) String() string {
 	if e.key.IsZero() {
 		return e.addr.String()
 	}
-	return e.key.ShortString() + "@" + e.addr.String()
+	if ap := e.AddrPort(); ap.IsValid() {
+		return e.key.ShortString() + "@" + ap.String()
+	}
+	return e.key.ShortString() + "@relay"
 }
 
 // ClearSrc implements conn.Endpoint.
@@ -358,17 +971,26 @@ func (e *Endpoint) SrcToString() string {
 }
 
 // DstToString implements conn.Endpoint. It returns the current direct
-// address, as wg(8) shows it.
-func (e *Endpoint) DstToString() string { return e.addr.String() }
+// address, as wg(8) shows it, or "" for a relay-only endpoint.
+func (e *Endpoint) DstToString() string {
+	if ap := e.AddrPort(); ap.IsValid() {
+		return ap.String()
+	}
+	return ""
+}
 
-// DstToBytes implements conn.Endpoint; the bytes feed the mac2 cookie.
+// DstToBytes implements conn.Endpoint; the bytes feed the mac2 cookie. A
+// relay-only endpoint gives its key.
 func (e *Endpoint) DstToBytes() []byte {
-	b, _ := e.addr.MarshalBinary()
-	return b
+	if ap := e.AddrPort(); ap.IsValid() {
+		b, _ := ap.MarshalBinary()
+		return b
+	}
+	return e.key[:]
 }
 
 // DstIP implements conn.Endpoint.
-func (e *Endpoint) DstIP() netip.Addr { return e.addr.Addr() }
+func (e *Endpoint) DstIP() netip.Addr { return e.AddrPort().Addr() }
 
 // SrcIP implements conn.Endpoint.
 func (e *Endpoint) SrcIP() netip.Addr {

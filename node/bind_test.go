@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -17,6 +18,7 @@ func TestParseEndpoint(t *testing.T) {
 		in       string
 		wantKey  proto.Key
 		wantAddr string
+		wantPath Path
 		wantErr  bool
 	}{
 		{in: "192.0.2.1:51820", wantAddr: "192.0.2.1:51820"},
@@ -25,7 +27,7 @@ func TestParseEndpoint(t *testing.T) {
 		{in: key.Hex() + "@192.0.2.1:51820", wantKey: key, wantAddr: "192.0.2.1:51820"},
 		{in: key.Hex() + "@192.0.2.1:51820,[2001:db8::1]:7", wantKey: key, wantAddr: "192.0.2.1:51820"},
 		{in: "192.0.2.1", wantErr: true},
-		{in: key.Hex() + "@", wantErr: true},
+		{in: key.Hex() + "@", wantKey: key, wantPath: PathRelay},
 		{in: key.Hex()[:10] + "@192.0.2.1:51820", wantErr: true},
 		{in: strings.Repeat("zz", 32) + "@192.0.2.1:51820", wantErr: true},
 		{in: key.Hex() + "@192.0.2.1:51820,nonsense", wantErr: true},
@@ -41,7 +43,7 @@ func TestParseEndpoint(t *testing.T) {
 			continue
 		}
 		e := ep.(*Endpoint)
-		if e.Key() != tt.wantKey || e.DstToString() != tt.wantAddr || e.Path() != PathDirect {
+		if e.Key() != tt.wantKey || e.DstToString() != tt.wantAddr || e.Path() != tt.wantPath {
 			t.Errorf("ParseEndpoint(%q) = key %v dst %s path %v", tt.in, e.Key().ShortString(), e.DstToString(), e.Path())
 		}
 		if e.DstIP() != e.AddrPort().Addr() || len(e.DstToBytes()) == 0 {
@@ -67,10 +69,14 @@ func TestFormatEndpointRoundTrip(t *testing.T) {
 }
 
 // fakeUDP stands in for the sockets: its receive function reports one
-// packet per source in srcs, and Send records what it was given.
+// packet per source in srcs, and Send records the WireGuard datagrams it
+// was given (probes go to onProbe, if set).
 type fakeUDP struct {
 	srcs []netip.AddrPort
-	sent []conn.Endpoint
+
+	mu      sync.Mutex
+	sent    []conn.Endpoint
+	onProbe func(pkt []byte, to netip.AddrPort)
 }
 
 func (f *fakeUDP) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
@@ -91,8 +97,22 @@ func (f *fakeUDP) ParseEndpoint(string) (conn.Endpoint, error) {
 	return nil, errors.New("not used")
 }
 func (f *fakeUDP) Send(bufs [][]byte, ep conn.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(bufs) == 1 && proto.IsProbe(bufs[0]) {
+		if f.onProbe != nil {
+			f.onProbe(bufs[0], ep.(*conn.StdNetEndpoint).AddrPort)
+		}
+		return nil
+	}
 	f.sent = append(f.sent, ep)
 	return nil
+}
+
+func (f *fakeUDP) sentTo(i int) conn.Endpoint {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sent[i]
 }
 
 func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
@@ -103,6 +123,7 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	b := NewBind()
 	b.udp = f
 	fns, port, err := b.Open(0)
+	t.Cleanup(func() { b.Close() })
 	if err != nil || port != 4242 || b.Port() != 4242 {
 		t.Fatalf("Open = %v, %d", err, port)
 	}
@@ -115,6 +136,9 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	receive := func() []conn.Endpoint {
 		t.Helper()
 		bufs := make([][]byte, 8)
+		for i := range bufs {
+			bufs[i] = make([]byte, 200)
+		}
 		sizes := make([]int, 8)
 		eps := make([]conn.Endpoint, 8)
 		n, err := fns[0](bufs, sizes, eps)
@@ -137,8 +161,8 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	if err := b.Send([][]byte{make([]byte, 10), make([]byte, 20)}, eps[1]); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f.sent[0].(*conn.StdNetEndpoint); !ok {
-		t.Errorf("inner Send got %T, want *conn.StdNetEndpoint", f.sent[0])
+	if _, ok := f.sentTo(0).(*conn.StdNetEndpoint); !ok {
+		t.Errorf("inner Send got %T, want *conn.StdNetEndpoint", f.sentTo(0))
 	}
 	if st := b.Stats(PathDirect); st.TxPackets != 2 || st.TxBytes != 30 {
 		t.Errorf("tx stats = %+v", st)

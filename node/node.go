@@ -74,6 +74,11 @@ type Config struct {
 	// PersistentKeepalive is the keepalive interval for peers with an
 	// endpoint. 0 means DefaultPersistentKeepalive; negative disables it.
 	PersistentKeepalive time.Duration
+	// Relay prepares the node for the coordinator's relay (RunRelay):
+	// every peer gets a keyed endpoint, relay-only when the map gives it
+	// no address, and the Bind alone chooses each peer's path
+	// (wireguard-go does not roam peers to the source of their packets).
+	Relay bool
 }
 
 // Node is a WireGuard device kept in step with the network map.
@@ -85,6 +90,7 @@ type Node struct {
 	logger    *slog.Logger
 	dev       *device.Device
 	bind      *Bind
+	relay     bool // Config.Relay
 	pub       proto.Key
 	keepalive int // seconds, 0 = off
 	// lazyKeepalive delays keepalives toward peers with a smaller key.
@@ -149,7 +155,13 @@ func New(cfg Config) (n *Node, err error) {
 	}
 
 	bind := NewBind()
+	bind.self = proto.Key(cfg.PrivateKey.PublicKey())
+	bind.log = logger
 	dev := device.NewDevice(cfg.TUN, bind, deviceLogger(logger))
+	if cfg.Relay {
+		// Endpoints are sticky; the Bind moves packets between paths.
+		dev.DisableSomeRoamingForBrokenMobileSemantics()
+	}
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n",
 		proto.Key(cfg.PrivateKey).Hex(), cfg.ListenPort)
 	if err := dev.IpcSet(conf); err != nil {
@@ -164,6 +176,7 @@ func New(cfg Config) (n *Node, err error) {
 		logger:        logger,
 		dev:           dev,
 		bind:          bind,
+		relay:         cfg.Relay,
 		pub:           proto.Key(cfg.PrivateKey.PublicKey()),
 		keepalive:     keepaliveSecs,
 		lazyKeepalive: lazyKeepaliveDelay,
@@ -610,7 +623,11 @@ func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool
 	b.WriteString(p.Key.Hex())
 	b.WriteByte('\n')
 	if eps {
-		if ep := FormatEndpoint(p.Key, p.Endpoints); ep != "" {
+		ep := FormatEndpoint(p.Key, p.Endpoints)
+		if ep == "" && n.relay {
+			ep = p.Key.Hex() + "@" // relay-only
+		}
+		if ep != "" {
 			b.WriteString("endpoint=")
 			b.WriteString(ep)
 			b.WriteByte('\n')

@@ -71,6 +71,17 @@ func (n *Node) Status() (Status, error) {
 	return st, nil
 }
 
+// PathStatus reports the path packets to the peer with key take now, and
+// its probe round trip. It reports false for a peer the node has no
+// endpoint for.
+func (n *Node) PathStatus(key proto.Key) (PathStatus, bool) {
+	return n.bind.PathStatus(key)
+}
+
+// Bind returns the node's packet transport, for endpoint discovery
+// (Bind.Discover) and path counters.
+func (n *Node) Bind() *Bind { return n.bind }
+
 // PeerStatus returns the device state of one peer, at most StatusMaxAge
 // old. It reports false for a key that is not in the map.
 func (n *Node) PeerStatus(key proto.Key) (PeerStatus, bool) {

@@ -166,6 +166,9 @@ type RegisterResponse struct {
 	Certificate string `json:"certificate,omitempty"`
 	// CABundle is the mesh CA (PEM).
 	CABundle string `json:"ca_bundle"`
+	// STUN is the host:port of the coordinator's UDP endpoint-discovery
+	// service (see Probe), empty when it runs none.
+	STUN string `json:"stun,omitempty"`
 }
 
 // ---- Admin API ----

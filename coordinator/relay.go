@@ -1,0 +1,416 @@
+package coordinator
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// Relay defaults; see Config.
+const (
+	// DefaultRelayRate is the bytes per second one node may send through
+	// the relay.
+	DefaultRelayRate = 32 << 20
+	// DefaultRelayBurst is the bytes one node may send at once.
+	DefaultRelayBurst = 1 << 20
+	// DefaultRelayQueue is how many datagrams wait for one destination
+	// node before more are dropped.
+	DefaultRelayQueue = 1024
+)
+
+const (
+	// relayKeepAlive is how often a quiet relay connection carries a
+	// keep-alive frame.
+	relayKeepAlive = 15 * time.Second
+	// relayIdle is how long a relay connection may carry nothing from the
+	// node before it is dropped.
+	relayIdle = 3 * relayKeepAlive
+	// relayAllowTTL is how long a decision that two nodes may (or may not)
+	// relay to each other is reused. The relay is not what keeps a revoked
+	// peer out (its WireGuard peer is removed), so a short cache is fine.
+	relayAllowTTL = time.Second
+)
+
+// relay forwards WireGuard datagrams between nodes that cannot reach each
+// other over UDP. It sees only ciphertext. Each node has at most one relay
+// connection (the newest wins); the relay stamps every datagram with the
+// key of the connection it came on, so a node cannot speak for another.
+type relay struct {
+	s *Server
+
+	mu    sync.RWMutex
+	conns map[proto.Key]*relayConn
+	// Limits of new connections, from Config.
+	rate         rate.Limit
+	burst, queue int
+
+	packets, bytes                         atomic.Uint64
+	droppedRate, droppedQueue, droppedPeer atomic.Uint64
+	stunRequests                           atomic.Uint64
+	stunPort                               atomic.Uint32
+}
+
+func newRelay(s *Server) *relay {
+	return &relay{
+		s:     s,
+		conns: map[proto.Key]*relayConn{},
+		rate:  rate.Limit(s.cfg.RelayRate),
+		burst: s.cfg.RelayBurst,
+		queue: s.cfg.RelayQueue,
+	}
+}
+
+// relayConn is one node's relay connection. Datagrams for it are queued in
+// out and written by its own goroutine, so a slow node only loses its own
+// datagrams.
+type relayConn struct {
+	key    proto.Key
+	nodeID string
+	conn   net.Conn
+	out    chan []byte // whole frames
+	done   chan struct{}
+	once   sync.Once
+	lim    *rate.Limiter
+
+	// allowed caches mayRelay decisions by destination; used only by the
+	// connection's reading goroutine.
+	allowed map[proto.Key]allowEntry
+}
+
+type allowEntry struct {
+	ok    bool
+	until time.Time
+}
+
+func (c *relayConn) close() {
+	c.once.Do(func() {
+		close(c.done)
+		c.conn.Close()
+	})
+}
+
+// RelayStats returns the relay's counters.
+func (s *Server) RelayStats() proto.RelayStats {
+	r := s.relay
+	r.mu.RLock()
+	n := len(r.conns)
+	r.mu.RUnlock()
+	return proto.RelayStats{
+		Conns:         n,
+		Packets:       r.packets.Load(),
+		Bytes:         r.bytes.Load(),
+		DroppedRate:   r.droppedRate.Load(),
+		DroppedQueue:  r.droppedQueue.Load(),
+		DroppedNoPeer: r.droppedPeer.Load(),
+		STUNRequests:  r.stunRequests.Load(),
+	}
+}
+
+// closeRelays ends every relay connection.
+func (s *Server) closeRelays() {
+	r := s.relay
+	r.mu.Lock()
+	conns := r.conns
+	r.conns = map[proto.Key]*relayConn{}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+// relayRoutes adds the relay's and endpoint discovery's routes to mux.
+func (s *Server) relayRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+proto.RelayPath, s.handleRelay)
+	mux.HandleFunc("GET "+proto.RelayPath+"/stats", s.handleRelayStats)
+	mux.HandleFunc("PUT "+proto.APIVersion+"/nodes/self/endpoints", s.handleEndpoints)
+}
+
+// handleRelayStats serves the relay's aggregate counters. They name no
+// node, so they are served like metrics, without authentication.
+func (s *Server) handleRelayStats(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.RelayStats())
+}
+
+func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request) {
+	n, ok := s.authNode(w, r)
+	if !ok {
+		return
+	}
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), proto.RelayUpgrade) {
+		w.Header().Set("Upgrade", proto.RelayUpgrade)
+		writeProblem(w, http.StatusUpgradeRequired, proto.CodeBadRequest, "the relay needs an HTTP/1.1 upgrade to "+proto.RelayUpgrade, "connect over HTTP/1.1 with Connection: Upgrade")
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "relay upgrade unsupported: "+err.Error(), "connect over HTTP/1.1")
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + proto.RelayUpgrade + "\r\n\r\n")
+	if err := brw.Flush(); err != nil {
+		conn.Close()
+		return
+	}
+	rl := s.relay
+	rl.mu.Lock()
+	c := &relayConn{
+		key:     n.Key,
+		nodeID:  n.ID,
+		conn:    conn,
+		out:     make(chan []byte, rl.queue),
+		done:    make(chan struct{}),
+		lim:     rate.NewLimiter(rl.rate, rl.burst),
+		allowed: map[proto.Key]allowEntry{},
+	}
+	old := rl.conns[c.key]
+	rl.conns[c.key] = c
+	rl.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	s.log.Info("relay connection open", "node", n.ID)
+	go rl.write(c, brw.Writer)
+	err = rl.read(c, brw.Reader)
+	rl.mu.Lock()
+	if rl.conns[c.key] == c {
+		delete(rl.conns, c.key)
+	}
+	rl.mu.Unlock()
+	c.close()
+	s.log.Info("relay connection closed", "node", n.ID, "err", err)
+}
+
+// read forwards the frames a node sends until its connection fails.
+func (rl *relay) read(c *relayConn, br *bufio.Reader) error {
+	buf := make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)
+	for {
+		c.conn.SetReadDeadline(time.Now().Add(relayIdle))
+		typ, payload, err := proto.ReadRelayFrame(br, buf)
+		if err != nil {
+			return err
+		}
+		if typ != proto.RelayFramePacket {
+			continue // keep-alives, and frame types of later versions
+		}
+		dst, pkt, err := proto.ParseRelayPacket(payload)
+		if err != nil {
+			return err
+		}
+		rl.forward(c, dst, pkt)
+	}
+}
+
+// forward queues pkt from src for dst, or drops it: when src exceeds its
+// rate, dst is not connected or not src's peer, or dst's queue is full.
+func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
+	if !src.lim.AllowN(time.Now(), len(pkt)) {
+		rl.droppedRate.Add(1)
+		return
+	}
+	rl.mu.RLock()
+	dst := rl.conns[dstKey]
+	rl.mu.RUnlock()
+	if dst == nil || dst == src || !rl.allowed(src, dst) {
+		rl.droppedPeer.Add(1)
+		return
+	}
+	frame := proto.AppendRelayPacket(make([]byte, 0, proto.RelayFrameHeaderLen+len(src.key)+len(pkt)), src.key, pkt)
+	select {
+	case dst.out <- frame:
+		rl.packets.Add(1)
+		rl.bytes.Add(uint64(len(pkt)))
+	default:
+		rl.droppedQueue.Add(1)
+	}
+}
+
+// allowed reports whether src may relay to dst, from src's cache or the
+// coordinator's state.
+func (rl *relay) allowed(src, dst *relayConn) bool {
+	now := time.Now()
+	if e, ok := src.allowed[dst.key]; ok && now.Before(e.until) {
+		return e.ok
+	}
+	s := rl.s
+	s.mu.Lock()
+	a, b := s.nodes[src.nodeID], s.nodes[dst.nodeID]
+	ok := a != nil && b != nil && s.mayRelayLocked(a, b, s.now())
+	s.mu.Unlock()
+	if len(src.allowed) > 4096 {
+		clear(src.allowed)
+	}
+	src.allowed[dst.key] = allowEntry{ok: ok, until: now.Add(relayAllowTTL)}
+	return ok
+}
+
+// mayRelayLocked reports whether a and b are peers in each other's maps: a
+// device and an agent of a cluster the device's user may reach now. Called
+// with s.mu held.
+func (s *Server) mayRelayLocked(a, b *node, now time.Time) bool {
+	if a.Kind == proto.KindAgent {
+		a, b = b, a
+	}
+	if a.Kind != proto.KindDevice || b.Kind != proto.KindAgent {
+		return false
+	}
+	if !a.Expires.IsZero() && !now.Before(a.Expires) {
+		return false
+	}
+	return len(s.rolesOn(s.users[a.UserID], b.ClusterID, now)) > 0
+}
+
+// write writes c's queued frames, and a keep-alive when it is quiet, until
+// c closes.
+func (rl *relay) write(c *relayConn, bw *bufio.Writer) {
+	defer c.close()
+	ka := time.NewTicker(relayKeepAlive)
+	defer ka.Stop()
+	var frame []byte
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-ka.C:
+			frame = proto.AppendRelayKeepAlive(nil)
+		case frame = <-c.out:
+		}
+		c.conn.SetWriteDeadline(time.Now().Add(relayIdle))
+		if _, err := bw.Write(frame); err != nil {
+			return
+		}
+		// Write what else is queued before flushing, so a burst costs
+		// one write.
+	drain:
+		for bw.Buffered() < 32<<10 {
+			select {
+			case frame = <-c.out:
+				if _, err := bw.Write(frame); err != nil {
+					return
+				}
+			default:
+				break drain
+			}
+		}
+		if err := bw.Flush(); err != nil {
+			return
+		}
+	}
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// maxEndpoints bounds the endpoints one node may publish.
+const maxEndpoints = 16
+
+// handleEndpoints replaces the calling node's published endpoints and
+// tells its peers.
+func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request) {
+	n, ok := s.authNode(w, r)
+	if !ok {
+		return
+	}
+	var req proto.EndpointsUpdate
+	if !decode(w, r, &req) {
+		return
+	}
+	if len(req.Endpoints) > maxEndpoints {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "too many endpoints", "publish at most "+strconv.Itoa(maxEndpoints)+" endpoints")
+		return
+	}
+	for _, e := range req.Endpoints {
+		if !e.IsValid() || e.Port() == 0 || e.Addr().IsUnspecified() {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad endpoint "+e.String(), "endpoints must be ip:port")
+			return
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodes[n.ID] == nil {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
+		return
+	}
+	s.endpoints[n.ID] = req.Endpoints
+	s.nodeChanged(n)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ServeSTUN answers endpoint-discovery pings on pc until ctx is done or pc
+// fails: each proto.ProbePing gets a proto.ProbePong, of the same size,
+// carrying the address and port the ping came from. ServeSTUN closes pc.
+// While it runs, registrations name its port (RegisterResponse.STUN).
+func (s *Server) ServeSTUN(ctx context.Context, pc net.PacketConn) error {
+	u, ok := pc.(*net.UDPConn)
+	if !ok {
+		pc.Close()
+		return errors.New("serve STUN: not a UDP socket")
+	}
+	if ap, err := netip.ParseAddrPort(u.LocalAddr().String()); err == nil {
+		s.relay.stunPort.Store(uint32(ap.Port()))
+	}
+	defer s.relay.stunPort.Store(0)
+	stop := context.AfterFunc(ctx, func() { u.Close() })
+	defer stop()
+	defer u.Close()
+	s.log.Info("endpoint discovery listening", "addr", u.LocalAddr().String())
+	buf := make([]byte, 1500)
+	var out []byte
+	for {
+		n, from, err := u.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		p, ok := proto.ParseProbe(buf[:n])
+		if !ok || p.Type != proto.ProbePing {
+			continue
+		}
+		pong := proto.Probe{Type: proto.ProbePong, TxID: p.TxID, Observed: netip.AddrPortFrom(from.Addr().Unmap(), from.Port())}
+		out, _ = pong.AppendBinary(out[:0])
+		if _, err := u.WriteToUDPAddrPort(out, from); err == nil {
+			s.relay.stunRequests.Add(1)
+		}
+	}
+}
+
+// stunAddr is the discovery address nodes are told: the public URL's host
+// and the port ServeSTUN listens on, or "" when it does not run.
+func (s *Server) stunAddr() string {
+	port := s.relay.stunPort.Load()
+	if port == 0 {
+		return ""
+	}
+	u, err := url.Parse(s.cfg.PublicURL)
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort(u.Hostname(), strconv.Itoa(int(port)))
+}

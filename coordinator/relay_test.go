@@ -1,0 +1,321 @@
+package coordinator
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// relayPeer is a raw relay connection for tests.
+type relayPeer struct {
+	t    *testing.T
+	conn net.Conn
+	br   *bufio.Reader
+	buf  []byte
+}
+
+// dialRelay opens a relay connection with token and returns it, or the
+// status of a refused upgrade.
+func (e *testEnv) dialRelay(token string, upgrade bool) (*relayPeer, int) {
+	e.t.Helper()
+	c, err := net.Dial("tcp", e.ts.Listener.Addr().String())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	req, _ := http.NewRequest("GET", e.ts.URL+proto.RelayPath, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if upgrade {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", proto.RelayUpgrade)
+	}
+	if err := req.Write(c); err != nil {
+		e.t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		c.Close()
+		return nil, resp.StatusCode
+	}
+	return &relayPeer{t: e.t, conn: c, br: br, buf: make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)}, resp.StatusCode
+}
+
+func (p *relayPeer) send(dst proto.Key, pkt []byte) {
+	p.t.Helper()
+	if _, err := p.conn.Write(proto.AppendRelayPacket(nil, dst, pkt)); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// recv returns the next packet, or ok false when none comes within d.
+func (p *relayPeer) recv(d time.Duration) (src proto.Key, pkt []byte, ok bool) {
+	p.t.Helper()
+	p.conn.SetReadDeadline(time.Now().Add(d))
+	for {
+		typ, payload, err := proto.ReadRelayFrame(p.br, p.buf)
+		if err != nil {
+			return src, nil, false
+		}
+		if typ != proto.RelayFramePacket {
+			continue
+		}
+		src, pkt, err := proto.ParseRelayPacket(payload)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		return src, bytes.Clone(pkt), true
+	}
+}
+
+// relayMesh is an agent of cluster prod, a device of alice (viewer on
+// prod) and a device of bob (no role).
+type relayMesh struct {
+	agent, alice, bob          proto.RegisterResponse
+	agentKey, aliceKey, bobKey proto.Key
+}
+
+func newRelayMesh(e *testEnv) relayMesh {
+	e.t.Helper()
+	admin := e.login("admin@example.com")
+	alice := e.login("alice@example.com")
+	bob := e.login("bob@example.com")
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
+	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
+	m := relayMesh{agentKey: newKey(e.t), aliceKey: newKey(e.t), bobKey: newKey(e.t)}
+	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: m.agentKey, Hostname: "a", CSR: newCSR(e.t)}, &m.agent)
+	e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: m.aliceKey}, &m.alice)
+	e.must("POST", "/api/v1/devices", bob.Token, proto.RegisterDeviceRequest{PublicKey: m.bobKey}, &m.bob)
+	return m
+}
+
+func TestRelayUpgradeRefusals(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	tests := []struct {
+		name    string
+		token   string
+		upgrade bool
+		want    int
+	}{
+		{"no token", "", true, http.StatusUnauthorized},
+		{"forged token", "cnt_forged", true, http.StatusUnauthorized},
+		{"no upgrade", m.agent.NodeToken, false, http.StatusUpgradeRequired},
+		{"good", m.agent.NodeToken, true, http.StatusSwitchingProtocols},
+	}
+	for _, tt := range tests {
+		if _, got := e.dialRelay(tt.token, tt.upgrade); got != tt.want {
+			t.Errorf("%s: status %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestRelayForwardsBetweenPeersOnly(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	agent, _ := e.dialRelay(m.agent.NodeToken, true)
+	alice, _ := e.dialRelay(m.alice.NodeToken, true)
+	bob, _ := e.dialRelay(m.bob.NodeToken, true)
+
+	// alice → agent arrives stamped with alice's key, and back.
+	alice.send(m.agentKey, []byte("hello agent"))
+	src, pkt, ok := agent.recv(5 * time.Second)
+	if !ok || src != m.aliceKey || string(pkt) != "hello agent" {
+		t.Fatalf("agent got %v %q %v, want alice's packet", src.ShortString(), pkt, ok)
+	}
+	agent.send(m.aliceKey, []byte("hello alice"))
+	if src, pkt, ok := alice.recv(5 * time.Second); !ok || src != m.agentKey || string(pkt) != "hello alice" {
+		t.Fatalf("alice got %v %q %v, want the agent's packet", src.ShortString(), pkt, ok)
+	}
+
+	// bob may not reach prod: his packets go nowhere, and the agent cannot
+	// reach him either. A device may not reach another device.
+	bob.send(m.agentKey, []byte("let me in"))
+	agent.send(m.bobKey, []byte("psst"))
+	alice.send(m.bobKey, []byte("device to device"))
+	alice.send(m.agentKey, []byte("marker"))
+	if _, pkt, ok := agent.recv(5 * time.Second); !ok || string(pkt) != "marker" {
+		t.Fatalf("agent got %q %v, want only alice's marker", pkt, ok)
+	}
+	if _, pkt, ok := bob.recv(200 * time.Millisecond); ok {
+		t.Fatalf("bob got %q from a node he is not a peer of", pkt)
+	}
+	st := e.srv.RelayStats()
+	if st.Conns != 3 || st.Packets != 3 || st.DroppedNoPeer != 3 || st.Bytes != uint64(len("hello agent")+len("hello alice")+len("marker")) {
+		t.Errorf("stats = %+v", st)
+	}
+
+	// A second connection of a node replaces the first.
+	agent2, _ := e.dialRelay(m.agent.NodeToken, true)
+	agent.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, agent.br); err != nil {
+		t.Fatalf("first agent connection not closed: %v", err)
+	}
+	alice.send(m.agentKey, []byte("to the new one"))
+	if _, pkt, ok := agent2.recv(5 * time.Second); !ok || string(pkt) != "to the new one" {
+		t.Fatalf("new agent connection got %q %v", pkt, ok)
+	}
+}
+
+func TestRelayRateLimit(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	e.srv.relay.mu.Lock()
+	e.srv.relay.rate, e.srv.relay.burst = rate.Limit(1000), 64<<10
+	e.srv.relay.mu.Unlock()
+	agent, _ := e.dialRelay(m.agent.NodeToken, true)
+	alice, _ := e.dialRelay(m.alice.NodeToken, true)
+	pkt := make([]byte, 1000)
+	const sent = 200
+	for range sent {
+		alice.send(m.agentKey, pkt)
+	}
+	alice.send(m.agentKey, []byte("end"))
+	waitFor(t, func() bool { st := e.srv.RelayStats(); return st.Packets+st.DroppedRate >= sent })
+	got := 0
+	for {
+		_, p, ok := agent.recv(300 * time.Millisecond)
+		if !ok {
+			break
+		}
+		if len(p) == 1000 {
+			got++
+		}
+	}
+	// The burst lets 65 through; the rate adds about one per second.
+	if got < 60 || got > 70 {
+		t.Errorf("forwarded %d of %d packets over a 64 KiB burst", got, sent)
+	}
+	if st := e.srv.RelayStats(); st.DroppedRate < sent-70 {
+		t.Errorf("stats = %+v, want the excess dropped for rate", st)
+	}
+}
+
+func TestRelayQueueBound(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	rl := e.srv.relay
+	e.srv.mu.Lock()
+	agentID, aliceID := e.srv.nodesByKey[m.agentKey].ID, e.srv.nodesByKey[m.aliceKey].ID
+	e.srv.mu.Unlock()
+	// A destination that never drains: its queue holds 2, the rest drop.
+	dst := &relayConn{key: m.agentKey, nodeID: agentID, out: make(chan []byte, 2), allowed: map[proto.Key]allowEntry{}}
+	src := &relayConn{key: m.aliceKey, nodeID: aliceID, lim: rate.NewLimiter(rate.Inf, 0), allowed: map[proto.Key]allowEntry{}}
+	rl.mu.Lock()
+	rl.conns[dst.key], rl.conns[src.key] = dst, src
+	rl.mu.Unlock()
+	t.Cleanup(func() {
+		rl.mu.Lock()
+		delete(rl.conns, dst.key)
+		delete(rl.conns, src.key)
+		rl.mu.Unlock()
+	})
+	for range 5 {
+		rl.forward(src, dst.key, []byte("x"))
+	}
+	if st := e.srv.RelayStats(); st.Packets != 2 || st.DroppedQueue != 3 {
+		t.Errorf("stats = %+v, want 2 queued and 3 dropped", st)
+	}
+	frame := <-dst.out
+	if k, pkt, err := proto.ParseRelayPacket(frame[proto.RelayFrameHeaderLen:]); err != nil || k != m.aliceKey || string(pkt) != "x" {
+		t.Errorf("queued frame = %v %q %v", k.ShortString(), pkt, err)
+	}
+}
+
+func TestEndpointsUpdateReachesPeers(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	am := e.openMap(m.agent.NodeToken)
+	if snap := am.next(); len(snap.Peers) != 1 || snap.Peers[0].Key != m.aliceKey {
+		t.Fatalf("agent snapshot = %+v", snap)
+	}
+	eps := []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:41641"), netip.MustParseAddrPort("10.0.0.2:41641")}
+	e.must("PUT", "/api/v1/nodes/self/endpoints", m.alice.NodeToken, proto.EndpointsUpdate{Endpoints: eps}, nil)
+	d := am.next()
+	if len(d.Peers) != 1 || d.Peers[0].Key != m.aliceKey || len(d.Peers[0].Endpoints) != 2 || d.Peers[0].Endpoints[0] != eps[0] {
+		t.Fatalf("agent delta = %+v, want alice's new endpoints", d)
+	}
+	bad := []proto.EndpointsUpdate{
+		{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:1")}},
+		{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:0")}},
+		{Endpoints: make([]netip.AddrPort, maxEndpoints+1)},
+	}
+	for _, b := range bad {
+		if st, _ := e.call("PUT", "/api/v1/nodes/self/endpoints", m.alice.NodeToken, b, nil); st != http.StatusBadRequest {
+			t.Errorf("endpoints %v: status %d, want 400", b.Endpoints, st)
+		}
+	}
+	if st, _ := e.call("PUT", "/api/v1/nodes/self/endpoints", "cnt_forged", proto.EndpointsUpdate{}, nil); st != http.StatusUnauthorized {
+		t.Errorf("forged token: status %d, want 401", st)
+	}
+}
+
+func TestSTUNAnswersWithObservedAddress(t *testing.T) {
+	e := newTestEnv(t)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.srv.ServeSTUN(ctx, pc) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, func() bool { return e.srv.stunAddr() != "" })
+	if got, want := e.srv.stunAddr(), pc.LocalAddr().String(); got != want {
+		t.Errorf("stunAddr = %q, want %q", got, want)
+	}
+	admin := e.login("alice@example.com")
+	var reg proto.RegisterResponse
+	e.must("POST", "/api/v1/devices", admin.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, &reg)
+	if reg.STUN != pc.LocalAddr().String() {
+		t.Errorf("registration STUN = %q, want %q", reg.STUN, pc.LocalAddr())
+	}
+
+	c, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ping := proto.Probe{Type: proto.ProbePing, TxID: [12]byte{1, 2, 3}}
+	b, _ := ping.AppendBinary(nil)
+	c.Write([]byte("not a probe"))
+	c.Write(b)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pong, ok := proto.ParseProbe(buf[:n])
+	if !ok || pong.Type != proto.ProbePong || pong.TxID != ping.TxID || pong.Observed.String() != c.LocalAddr().String() || n != len(b) {
+		t.Fatalf("pong = %+v (%d bytes), want observed %v", pong, n, c.LocalAddr())
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

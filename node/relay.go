@@ -1,0 +1,269 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// Relay client defaults.
+const (
+	// relayQueue is how many datagrams may wait for the relay connection
+	// before more are dropped.
+	relayQueue = 1024
+	// relayKeepAlive is how often a quiet relay connection carries a
+	// keep-alive; relayIdle how long it may carry nothing from the
+	// coordinator (which sends its own keep-alives) before it is dropped.
+	relayKeepAlive = 15 * time.Second
+	relayIdle      = 3 * relayKeepAlive
+)
+
+// RelayConfig configures the relay path of a node (RunRelay).
+type RelayConfig struct {
+	// BaseURL is the coordinator's base URL, e.g. "https://coord.example".
+	BaseURL string
+	// Client carries the connection. Its *http.Transport, if it has one,
+	// is copied and restricted to HTTP/1.1, which the upgrade needs. nil
+	// means http.DefaultClient. Its Timeout must be zero.
+	Client *http.Client
+	// Token is the node token from registration.
+	Token string
+	// Logger receives the relay's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the jittered exponential wait
+	// between connection attempts. 0 means the map stream's defaults.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// RunRelay gives the node the coordinator's relay as a path to its peers:
+// it holds a relay connection (proto.RelayPath) open until ctx is done,
+// reconnecting with backoff, and returns ctx's error. It returns early
+// only when the coordinator refuses the node token. While the connection is
+// up, peers without a working direct path are reached through it. Run at
+// most one RunRelay per node.
+func (n *Node) RunRelay(ctx context.Context, cfg RelayConfig) error {
+	c, err := newRelayClient(cfg, n.bind.deliverRelay)
+	if err != nil {
+		return err
+	}
+	n.bind.setRelay(c)
+	defer n.bind.setRelay(nil)
+	return c.run(ctx)
+}
+
+// relayClient is a node's relay connection, reconnected as needed. It is a
+// relayLink.
+type relayClient struct {
+	cfg     RelayConfig
+	url     string
+	hc      *http.Client
+	log     *slog.Logger
+	deliver func(src proto.Key, buf *[]byte, off, n int)
+
+	isUp atomic.Bool
+	out  chan *[]byte // whole frames in pooled buffers
+}
+
+func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int)) (*relayClient, error) {
+	u, err := url.Parse(cfg.BaseURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("relay: coordinator URL %q is not an http(s) URL", cfg.BaseURL)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultStreamMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultStreamMaxBackoff
+	}
+	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	hc := cfg.Client
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	rt := hc.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	if tr, ok := rt.(*http.Transport); ok {
+		// An upgrade is an HTTP/1.1 affair.
+		tr = tr.Clone()
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetHTTP1(true)
+		hcCopy := *hc
+		hcCopy.Transport = tr
+		hc = &hcCopy
+	}
+	return &relayClient{
+		cfg:     cfg,
+		url:     u.JoinPath(proto.RelayPath).String(),
+		hc:      hc,
+		log:     cfg.Logger,
+		deliver: deliver,
+		out:     make(chan *[]byte, relayQueue),
+	}, nil
+}
+
+func (c *relayClient) up() bool { return c.isUp.Load() }
+
+func (c *relayClient) send(dst proto.Key, pkt []byte) bool {
+	if !c.isUp.Load() || len(pkt) > proto.MaxRelayPayload-len(dst) {
+		return false
+	}
+	buf := getPacketBuf(proto.RelayFrameHeaderLen + len(dst) + len(pkt))
+	*buf = proto.AppendRelayPacket((*buf)[:0], dst, pkt)
+	select {
+	case c.out <- buf:
+		return true
+	default:
+		putPacketBuf(buf)
+		return false
+	}
+}
+
+func (c *relayClient) run(ctx context.Context) error {
+	var attempt int
+	for {
+		connected, err := c.connect(ctx)
+		c.isUp.Store(false)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var p *proto.Problem
+		if errors.As(err, &p) && (p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden) {
+			return fmt.Errorf("relay: %w", err)
+		}
+		if connected {
+			attempt = 0
+		}
+		wait := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
+		attempt++
+		c.log.Warn("relay connection interrupted", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// connect runs one relay connection until it fails. connected reports
+// whether the upgrade succeeded.
+func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
+	if err != nil {
+		return false, fmt.Errorf("relay request: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", proto.RelayUpgrade)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("open relay connection: %w", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		defer resp.Body.Close()
+		return false, fmt.Errorf("open relay connection: %w", readProblem(resp))
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return false, errors.New("open relay connection: upgraded body is not writable")
+	}
+	defer rwc.Close()
+	// Datagrams queued while the relay was down are stale.
+	for len(c.out) > 0 {
+		putPacketBuf(<-c.out)
+	}
+	c.isUp.Store(true)
+	c.log.Info("relay connected", "url", c.url)
+
+	idle := time.AfterFunc(relayIdle, func() { rwc.Close() })
+	defer idle.Stop()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer rwc.Close()
+		c.write(ctx, bufio.NewWriterSize(rwc, 64<<10))
+	}()
+	defer wg.Wait()
+	defer cancel()
+
+	br := bufio.NewReaderSize(rwc, 64<<10)
+	frame := make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)
+	for {
+		typ, payload, err := proto.ReadRelayFrame(br, frame)
+		if err != nil {
+			if ctx.Err() != nil {
+				return true, ctx.Err()
+			}
+			return true, fmt.Errorf("read relay connection: %w", err)
+		}
+		idle.Reset(relayIdle)
+		if typ != proto.RelayFramePacket {
+			continue
+		}
+		src, pkt, err := proto.ParseRelayPacket(payload)
+		if err != nil {
+			return true, err
+		}
+		buf := getPacketBuf(len(pkt))
+		copy(*buf, pkt)
+		c.deliver(src, buf, 0, len(pkt))
+	}
+}
+
+// write writes queued frames, and a keep-alive when quiet, until ctx is
+// done or a write fails.
+func (c *relayClient) write(ctx context.Context, bw *bufio.Writer) {
+	ka := time.NewTicker(relayKeepAlive)
+	defer ka.Stop()
+	for {
+		var buf *[]byte
+		select {
+		case <-ctx.Done():
+			return
+		case <-ka.C:
+			if _, err := bw.Write(proto.AppendRelayKeepAlive(nil)); err != nil {
+				return
+			}
+		case buf = <-c.out:
+			_, err := bw.Write(*buf)
+			putPacketBuf(buf)
+			if err != nil {
+				return
+			}
+		}
+	drain:
+		for bw.Buffered() < 32<<10 {
+			select {
+			case buf = <-c.out:
+				_, err := bw.Write(*buf)
+				putPacketBuf(buf)
+				if err != nil {
+					return
+				}
+			default:
+				break drain
+			}
+		}
+		if err := bw.Flush(); err != nil {
+			return
+		}
+	}
+}
