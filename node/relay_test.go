@@ -1,0 +1,95 @@
+package node
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun/netstack"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// newRelayTestNode is newTestNode with Config.Relay set.
+func newRelayTestNode(t *testing.T, addr netip.Addr) *testNode {
+	t.Helper()
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(Config{PrivateKey: priv, TUN: dev, Logger: testLogger(t), Relay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return &testNode{Node: n, net: tnet, addr: addr}
+}
+
+// linkRelay joins the nodes' Binds with a fake relay.
+func linkRelay(a, b *testNode) {
+	a.bind.setRelay(&fakeRelay{self: a.PublicKey(), peers: map[proto.Key]*Bind{b.PublicKey(): b.bind}})
+	b.bind.setRelay(&fakeRelay{self: b.PublicKey(), peers: map[proto.Key]*Bind{a.PublicKey(): a.bind}})
+}
+
+func TestTunnelOverRelayOnly(t *testing.T) {
+	a, b := newRelayTestNode(t, addrA), newRelayTestNode(t, addrB)
+	linkRelay(a, b)
+	// Neither knows an address of the other: the relay is the only path.
+	pa, pb := a.peer(), b.peer()
+	pa.Endpoints, pb.Endpoints = nil, nil
+	selfA, selfB := a.peer(), b.peer()
+	if err := a.Apply(proto.MapMessage{Version: 1, Snapshot: true, Self: &selfA, Peers: []proto.Peer{pb}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(proto.MapMessage{Version: 1, Snapshot: true, Self: &selfB, Peers: []proto.Peer{pa}}); err != nil {
+		t.Fatal(err)
+	}
+	b.serveEcho(t, 80)
+	if err := a.echo(netip.AddrPortFrom(addrB, 80), okTimeout); err != nil {
+		t.Fatalf("A → B over the relay: %v", err)
+	}
+	st, err := a.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.Paths[PathRelay]; r.TxPackets == 0 || r.RxPackets == 0 {
+		t.Errorf("relay stats = %+v, want traffic both ways", r)
+	}
+	if d := st.Paths[PathDirect]; d.TxPackets != 0 || d.RxPackets != 0 {
+		t.Errorf("direct stats = %+v, want none", d)
+	}
+	if ps, ok := a.PathStatus(b.PublicKey()); !ok || ps.Path != PathRelay {
+		t.Errorf("path to B = %+v %v, want relay", ps, ok)
+	}
+}
+
+func TestTunnelMovesToDirect(t *testing.T) {
+	a, b := newRelayTestNode(t, addrA), newRelayTestNode(t, addrB)
+	linkRelay(a, b)
+	a.snapshot(t, 1, b)
+	b.snapshot(t, 1, a)
+	b.serveEcho(t, 80)
+	deadline := time.Now().Add(okTimeout)
+	for {
+		ps, _ := a.PathStatus(b.PublicKey())
+		if ps.Path == PathDirect && ps.Addr.IsValid() && ps.RTT > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("path to B = %+v, want direct", ps)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := a.bind.Stats(PathRelay).TxPackets
+	if err := a.echo(netip.AddrPortFrom(addrB, 80), okTimeout); err != nil {
+		t.Fatalf("A → B: %v", err)
+	}
+	if got := a.bind.Stats(PathRelay).TxPackets - before; got != 0 {
+		t.Errorf("%d packets took the relay once the direct path worked", got)
+	}
+}
