@@ -37,8 +37,16 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	root = r
-	// Nothing here needs a controller: the DaemonSet is never scheduled.
-	opts := harness.Options{SkipControllerManager: true}
+	// Nothing here needs a controller: the DaemonSet is never scheduled,
+	// and the test that needs the built-in ClusterRoles starts one itself.
+	// Dex lets the tests log in to a real coordinator.
+	opts := harness.Options{
+		SkipControllerManager: true,
+		Dex: &harness.DexOptions{
+			Users:   []harness.DexUser{admin, alice},
+			Clients: []harness.DexClient{{ID: oidcClient, Secret: oidcSecret, RedirectURIs: []string{"http://127.0.0.1/oidc/callback"}}},
+		},
+	}
 	code := harness.Main(m, opts, func(e *harness.Env) { env = e })
 	if binDir != "" {
 		os.RemoveAll(binDir)
