@@ -65,7 +65,7 @@ func startCoordinatorOn(t *testing.T, dir string, port int) *harness.Coordinator
 	t.Helper()
 	c, err := harness.StartCoordinator(t.Context(), clustral(t), dir, harness.CoordinatorOptions{
 		Port: port,
-		Dex: env.Dex, ClientID: oidcClient, ClientSecret: oidcSecret, Admins: []string{admin.Email},
+		Dex:  env.Dex, ClientID: oidcClient, ClientSecret: oidcSecret, Admins: []string{admin.Email},
 		// Several coordinators run at once here; none needs NAT traversal.
 		ExtraArgs: []string{"--stun-listen", "0"},
 	})
