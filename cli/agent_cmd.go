@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/agent"
+	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/proto"
 )
@@ -42,6 +44,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 		wgPort, rateBurst                           int
 		rateQPS                                     float64
 		drain                                       time.Duration
+		auditDir                                    string
+		auditMax                                    int
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -99,7 +103,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 				return err
 			}
 			a := &agentRun{coord: coord, token: token, upstream: upstream, hc: hc, wgPort: wgPort, log: log, drain: drain,
-				rateLimit: rate.Limit(rateQPS), rateBurst: rateBurst}
+				rateLimit: rate.Limit(rateQPS), rateBurst: rateBurst, auditDir: auditDir, auditMax: auditMax}
 			return a.run(c.Context(), healthListen)
 		},
 	}
@@ -112,6 +116,8 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz, /readyz and /metrics (Prometheus)")
 	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	f.DurationVar(&drain, "drain-timeout", 20*time.Second, "on SIGTERM, how long open requests may finish")
+	f.StringVar(&auditDir, "audit-dir", filepath.Join(os.TempDir(), "clustral-audit"), "directory of the audit spool; keep it across restarts of the agent (in a pod with a read-only root, mount an emptyDir here)")
+	f.IntVar(&auditMax, "audit-spool-max-events", spool.DefaultMaxEvents, "audit events the spool keeps while the coordinator is unreachable; when full, new events are dropped with a warning and counted")
 	f.Float64Var(&rateQPS, "rate-limit-qps", float64(agent.DefaultRateLimit), "requests per second each user may start through the proxy (sustained); negative turns the limit off")
 	f.IntVar(&rateBurst, "rate-limit-burst", agent.DefaultRateBurst, "requests each user may start at once above --rate-limit-qps; negative turns the limit off")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
@@ -130,10 +136,21 @@ type agentRun struct {
 	// rateLimit and rateBurst are the proxy's per-user limits.
 	rateLimit rate.Limit
 	rateBurst int
+	// auditDir holds the audit spool, auditMax bounds it.
+	auditDir string
+	auditMax int
 }
 
 func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	log := a.log
+	sp, err := spool.Open(spool.Options{Dir: a.auditDir, MaxEvents: a.auditMax, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer sp.Close()
+	if n := sp.Len(); n > 0 {
+		log.Info("audit spool resumed", "dir", a.auditDir, "waiting", n)
+	}
 	priv, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return err
@@ -194,7 +211,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
-		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Metrics: metrics})
+		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Audit: auditTo(sp, log), Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -231,6 +248,11 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		go func() { errc <- proxy.ServeTLS(l, cert) }()
 	}
 	go func() { errc <- runMapStream(ctx, m, nodeAPI, log) }()
+	// Shipping goes on while requests drain, and stops before the agent
+	// deregisters; what is left waits in the spool for the next start.
+	shipCtx, stopShip := context.WithCancel(context.Background())
+	defer stopShip()
+	go sp.Ship(shipCtx, shipAudit(nodeAPI), 0)
 	removeReady := m.node.OnChange(func(ch node.Change) {
 		if ch.Snapshot {
 			ready.Store(true)

@@ -147,6 +147,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.StringVar(&v6, "ipv6-prefix", "", "overlay IPv6 range (default: a random ULA /48 chosen once per mesh)")
 	f.StringVar(&cfg.MeshDomain, "mesh-domain", d.MeshDomain, "DNS suffix of mesh names")
 	f.DurationVar(&cfg.SessionTTL, "session-ttl", d.SessionTTL, "how long a login lasts")
+	f.DurationVar(&cfg.AuditRetention, "audit-retention", d.AuditRetention, "how long audit events are kept (whole days older are pruned); negative keeps them all")
 	f.DurationVar(&cfg.AgentTTL, "agent-ttl", d.AgentTTL, "reclaim an agent after it has been gone this long")
 	f.StringVar(&stunListen, "stun-listen", "", "UDP address of endpoint discovery for NAT traversal (default: port 3478 on the --listen host; 0 turns it off)")
 	f.IntVar(&cfg.RelayRate, "relay-rate", coordinator.DefaultRelayRate, "bytes per second one node may send through the relay")

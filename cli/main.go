@@ -124,6 +124,7 @@ OIDC provider.
 		newUsersCmd(g),
 		newAccessCmd(g),
 		newDevicesCmd(g),
+		newAuditCmd(g),
 		newWhoamiCmd(g),
 		newKubeCmd(g),
 		newConfigCmd(g),
