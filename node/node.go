@@ -104,6 +104,8 @@ type Node struct {
 	// dirty is set when a UAPI set failed midway: the device may differ
 	// from the view, so the next snapshot reconfigures every peer.
 	dirty bool
+	// kind is this node's own kind, from the map's Self; under applyMu.
+	kind proto.NodeKind
 
 	mu         sync.RWMutex // guards the view; written only under applyMu
 	synced     bool         // a snapshot was applied and no gap since
@@ -445,6 +447,12 @@ func (n *Node) Apply(msg proto.MapMessage) error {
 			return fmt.Errorf("%w: have version %d, got delta version %d", ErrVersionGap, n.version, msg.Version)
 		}
 	}
+	switch {
+	case msg.Self != nil:
+		n.kind = msg.Self.Kind
+	case n.self != nil:
+		n.kind = n.self.Kind
+	}
 	p, err := n.plan(&msg)
 	if err != nil {
 		return fmt.Errorf("map version %d: %w", msg.Version, err)
@@ -608,6 +616,24 @@ func hostPrefixes(addrs []netip.Prefix) []netip.Prefix {
 	return out
 }
 
+// lazyToward reports whether this node waits before it starts keepalives,
+// and so a handshake, toward the new peer p. An agent never waits for a
+// device: the coordinator tells both of each other at once, and when the
+// device's first handshake arrives before the agent knows it, it is
+// dropped; the agent's own handshake, sent as soon as it learns of the
+// device, then completes the pair at once instead of after WireGuard's 5 s
+// retry. Between nodes of one kind, the one with the smaller key goes
+// first. Called with applyMu held.
+func (n *Node) lazyToward(p *proto.Peer) bool {
+	switch {
+	case n.kind == proto.KindAgent && p.Kind == proto.KindDevice:
+		return false
+	case n.kind == proto.KindDevice && p.Kind == proto.KindAgent:
+		return true
+	}
+	return bytes.Compare(n.pub[:], p.Key[:]) > 0
+}
+
 // writePeer writes the UAPI lines configuring p, whose previous state is
 // old (nil for a peer new to the device). addrs rewrites its allowed IPs,
 // eps its endpoint and keepalive.
@@ -640,7 +666,7 @@ func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool
 	keepalive := 0
 	if len(p.Endpoints) > 0 && n.keepalive > 0 {
 		turnOn := old == nil || len(old.Endpoints) == 0
-		if turnOn && bytes.Compare(n.pub[:], p.Key[:]) > 0 {
+		if turnOn && n.lazyToward(p) {
 			*lazy = append(*lazy, p.Key)
 		} else {
 			keepalive = n.keepalive
