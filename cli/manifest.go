@@ -2,11 +2,11 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"os"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
 
@@ -31,24 +31,34 @@ func agentManifest(cluster, token, coordURL string, caPEM []byte) ([]byte, error
 		"app.kubernetes.io/name":    "clustral-agent",
 		"clustral.dev/cluster":      cluster,
 	}
-	secret := &corev1.Secret{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
-		ObjectMeta: metav1.ObjectMeta{Name: joinTokenName, Namespace: agentNamespace, Labels: labels},
-		Type:       corev1.SecretTypeOpaque,
-		Data:       map[string][]byte{joinTokenKey: []byte(token)},
+	// Unstructured objects from apimachinery, which the binary links
+	// already: the typed core/v1 package would add about 5 MB for two
+	// objects.
+	meta := func(name string) map[string]any {
+		l := map[string]any{}
+		for k, v := range labels {
+			l[k] = v
+		}
+		return map[string]any{"name": name, "namespace": agentNamespace, "labels": l}
 	}
-	cm := &corev1.ConfigMap{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
-		ObjectMeta: metav1.ObjectMeta{Name: agentConfName, Namespace: agentNamespace, Labels: labels},
-		Data:       map[string]string{coordURLKey: coordURL},
-	}
+	secret := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+		"metadata": meta(joinTokenName),
+		"data":     map[string]any{joinTokenKey: base64.StdEncoding.EncodeToString([]byte(token))},
+	}}
+	data := map[string]any{coordURLKey: coordURL}
 	if len(caPEM) > 0 {
-		cm.Data[caKey] = string(caPEM)
+		data[caKey] = string(caPEM)
 	}
+	cm := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": meta(agentConfName),
+		"data":     data,
+	}}
 	var out bytes.Buffer
 	fmt.Fprintf(&out, "# clustral agent inputs for cluster %s. The Secret holds its join token: do not commit it.\n", cluster)
-	for i, obj := range []any{secret, cm} {
-		b, err := yaml.Marshal(obj)
+	for i, obj := range []*unstructured.Unstructured{secret, cm} {
+		b, err := yaml.Marshal(obj.Object)
 		if err != nil {
 			return nil, fmt.Errorf("agent manifest: %w", err)
 		}
