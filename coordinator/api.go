@@ -69,8 +69,44 @@ func (s *Server) Handler() http.Handler {
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)
-		mux.ServeHTTP(w, r)
+		// Every request has a correlation id: the caller's, if it sent a
+		// sane one, else a new one. It is echoed in the answer and in the
+		// log line, so a CLI error can be matched with the server's log.
+		id := r.Header.Get(proto.HeaderRequestID)
+		if !requestIDRE.MatchString(id) {
+			id = newID("req")[4:]
+		}
+		w.Header().Set(proto.HeaderRequestID, id)
+		start := s.now()
+		sw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		mux.ServeHTTP(sw, r)
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" {
+			return
+		}
+		s.log.Debug("api", "request_id", id, "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", s.now().Sub(start))
 	})
+}
+
+var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{8,64}$`)
+
+// statusRecorder remembers the status of an answer. It passes Flush and
+// Hijack through, for the map stream and the relay.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // writeProblem answers with an RFC 7807 problem document.

@@ -489,3 +489,29 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func TestRequestIDs(t *testing.T) {
+	e := newTestEnv(t)
+	for _, tt := range []struct {
+		sent   string
+		keepIt bool
+	}{
+		{"", false},
+		{"cli-0123456789", true},
+		{"bad id with spaces", false},
+	} {
+		req, _ := http.NewRequest("GET", e.ts.URL+"/api/v1/info", nil)
+		if tt.sent != "" {
+			req.Header.Set(proto.HeaderRequestID, tt.sent)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		got := resp.Header.Get(proto.HeaderRequestID)
+		if got == "" || (got == tt.sent) != tt.keepIt {
+			t.Errorf("sent %q, answer carries %q", tt.sent, got)
+		}
+	}
+}
