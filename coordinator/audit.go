@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
@@ -83,15 +84,81 @@ func appendAudit(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {
 	return e, store.Put(tx, store.Meta, metaAuditHead, auditMark{Seq: seq, Hash: e.Hash})
 }
 
-// audit appends e in a transaction of its own, for events that go with no
-// change of state (failures, streams opening and closing). A failure to
-// store is logged, not returned: the caller's outcome does not depend on it.
+// auditQueue holds events that go with no change of state (failures,
+// streams opening and closing) until the audit writer stores them, many
+// in one transaction, so that a storm of connections costs a few commits
+// and no request waits for one.
+type auditQueue struct {
+	mu      sync.Mutex
+	pending []proto.AuditEvent
+	wake    chan struct{}
+}
+
+// maxAuditQueue bounds the events waiting for the writer; beyond it events
+// are dropped with an error log (the store is not keeping up).
+const maxAuditQueue = 100_000
+
+// audit queues e for the audit writer.
 func (s *Server) audit(e proto.AuditEvent) {
 	if e.Time.IsZero() {
 		e.Time = s.now()
 	}
-	if err := s.st.Update(func(tx store.Tx) error { _, err := appendAudit(tx, e); return err }); err != nil {
-		s.log.Error("store audit event", "code", e.Code, "actor", e.Actor, "err", err)
+	q := &s.auditq
+	q.mu.Lock()
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	if len(q.pending) >= maxAuditQueue {
+		q.mu.Unlock()
+		s.log.Error("audit queue full: event dropped", "code", e.Code, "actor", e.Actor)
+		return
+	}
+	q.pending = append(q.pending, e)
+	wake := q.wake
+	q.mu.Unlock()
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+}
+
+// auditWriter stores queued events until Close, and what is queued then.
+func (s *Server) auditWriter() {
+	defer s.wg.Done()
+	q := &s.auditq
+	q.mu.Lock()
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	wake := q.wake
+	q.mu.Unlock()
+	for {
+		stopping := false
+		select {
+		case <-wake:
+		case <-s.stop:
+			stopping = true
+		}
+		q.mu.Lock()
+		evs := q.pending
+		q.pending = nil
+		q.mu.Unlock()
+		if len(evs) > 0 {
+			err := s.st.Update(func(tx store.Tx) error {
+				for _, e := range evs {
+					if _, err := appendAudit(tx, e); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				s.log.Error("store audit events", "events", len(evs), "err", err)
+			}
+		}
+		if stopping {
+			return
+		}
 	}
 }
 

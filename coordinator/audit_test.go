@@ -260,20 +260,31 @@ func TestAuditCoversChangesAndFailures(t *testing.T) {
 		proto.AuditAgentRegistered: false, proto.AuditAgentConnected: false, proto.AuditIDTokenRefused: false,
 		proto.AuditAgentRefused: false, proto.AuditAPIDenied: false, proto.AuditSessionRevoked: false,
 	}
-	var page proto.AuditPage
-	e.must("GET", "/api/v1/audit/events?limit=1000", e.admin.Token, nil, &page)
-	for _, ev := range page.Events {
-		if _, ok := want[ev.Code]; ok {
-			want[ev.Code] = true
+	// Events without a change of state are written a moment later.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var page proto.AuditPage
+		e.must("GET", "/api/v1/audit/events?limit=1000", e.admin.Token, nil, &page)
+		for _, ev := range page.Events {
+			if _, ok := want[ev.Code]; ok {
+				want[ev.Code] = true
+			}
+			if ev.Code == proto.AuditAgentConnected && ev.Cluster != "prod" {
+				t.Errorf("agent connected event without its cluster: %+v", ev)
+			}
 		}
-		if ev.Code == proto.AuditAgentConnected && ev.Cluster != "prod" {
-			t.Errorf("agent connected event without its cluster: %+v", ev)
+		missing := 0
+		for _, seen := range want {
+			if !seen {
+				missing++
+			}
 		}
-	}
-	for c, seen := range want {
-		if !seen {
-			t.Errorf("no %s event", c)
+		if missing == 0 {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events seen: %v", want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	// Users see only their own events.
 	bob := e.login("bob@example.com")
@@ -315,4 +326,27 @@ func TestAuditHashSurvivesStorage(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestAuditQueueFlushedOnClose(t *testing.T) {
+	e := newTestEnv(t)
+	for i := range 50 {
+		e.srv.audit(proto.AuditEvent{Code: proto.AuditAgentRefused, Actor: fmt.Sprint("a", i), Outcome: proto.OutcomeFailure})
+	}
+	e.stop()
+	st, err := store.OpenBolt(filepath.Join(e.dir, "coordinator.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	p, err := queryAudit(st, &auditFilter{codes: map[proto.AuditCode]bool{proto.AuditAgentRefused: true}}, "", true, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Events) != 50 || p.Events[49].Actor != "a49" {
+		t.Fatalf("after Close, %d queued events stored", len(p.Events))
+	}
+	if v := mustVerify(t, st); !v.OK {
+		t.Fatalf("verify = %+v", v)
+	}
 }

@@ -54,6 +54,7 @@ type Server struct {
 	logins  map[string]*pendingLogin // by handle
 	byState map[string]*pendingLogin // by OAuth state
 	clients map[string]*mapClient    // by node id
+	auditq  auditQueue               // events without a change of state
 	relay   *relay
 
 	stop chan struct{}
@@ -113,9 +114,10 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		}
 		s.oidc = p
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.janitor()
 	go s.auditJanitor()
+	go s.auditWriter()
 	return s, nil
 }
 
