@@ -68,7 +68,7 @@ func compareVersions(v version.Info, coordinator, theirs string) versionCheck {
 	switch {
 	case mine.LessThan(coord):
 		vc.Status = "upgrade"
-		vc.Advice = fmt.Sprintf("Upgrade: the coordinator runs %s; install clustral %s.", coord, theirs)
+		vc.Advice = fmt.Sprintf("Upgrade: install clustral %s to match the coordinator.", theirs)
 	case coord.LessThan(mine):
 		vc.Status = "newer"
 		vc.Advice = "This clustral is newer than the coordinator; that works, new features may not."

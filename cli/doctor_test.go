@@ -1,0 +1,114 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// TestDoctorFailures breaks one thing at a time and checks that doctor
+// fails that check, with its own diagnosis and fix, and exits 1.
+func TestDoctorFailures(t *testing.T) {
+	tests := []struct {
+		name       string
+		breakIt    func(e *testEnv, u *fakeUp)
+		check      string
+		diagnosis  string
+		fix        string
+		wantPassed []string // checks that must still pass
+	}{
+		{"coordinator down", func(e *testEnv, _ *fakeUp) { e.coord.srv.Close() },
+			"tls", "nothing answers at", "check that the coordinator runs", []string{"dns", "tunnel", "socks5"}},
+		{"coordinator not ready", func(e *testEnv, _ *fakeUp) { e.coord.set(func(f *fakeCoord) { f.ready = false }) },
+			"health", "not ready: 503", "coordinator's log", []string{"tls", "session"}},
+		{"session expired", func(e *testEnv, _ *fakeUp) { e.login("alice@example.com", fixedNow.Add(-90*time.Minute)) },
+			"session", "your session expired 1h30m ago", "clustral login https://", []string{"health", "tunnel"}},
+		{"session revoked", func(e *testEnv, _ *fakeUp) {
+			e.coord.set(func(f *fakeCoord) { delete(f.sessions, "tok-alice@example.com") })
+		},
+			"session", "rejected your session", "clustral login", []string{"health"}},
+		{"clock skew", func(e *testEnv, _ *fakeUp) { e.coord.set(func(f *fakeCoord) { f.skew = 5 * time.Minute }) },
+			"clock", "your clock is 5m behind", "time sync", []string{"session"}},
+		{"context deleted", func(e *testEnv, _ *fakeUp) {
+			cfg, _ := clientcmd.LoadFromFile(e.kubeconfig)
+			delete(cfg.Contexts, "clustral-staging")
+			clientcmd.WriteToFile(*cfg, e.kubeconfig)
+		}, "kubeconfig", "context clustral-staging is missing", "clustral kube login staging", []string{"tunnel", "socks5"}},
+		{"current context on another port", func(e *testEnv, u *fakeUp) {
+			u.set(func(u *fakeUp) { u.st.SOCKS = "127.0.0.1:1" })
+		}, "kubeconfig", "but the tunnel listens on 127.0.0.1:1", "clustral kube login prod", []string{"tunnel"}},
+		{"tunnel stopped", func(e *testEnv, u *fakeUp) {
+			cmd := exec.Command("true")
+			if err := cmd.Run(); err != nil {
+				t.Skip(err)
+			}
+			u.set(func(u *fakeUp) { u.st.PID = cmd.Process.Pid }) // gone
+		}, "tunnel", "stopped without cleaning up", "clustral down && clustral up", []string{"session"}},
+		{"tunnel not running", func(e *testEnv, u *fakeUp) {
+			os.Remove(filepath.Join(e.dir, upStateFile))
+		}, "tunnel", "clustral up is not running", "clustral up", []string{"session"}},
+		{"socks credential wrong", func(e *testEnv, u *fakeUp) {
+			u.set(func(u *fakeUp) { u.st.SOCKSPass = "stale" })
+		}, "socks5", "refuses the credential", "clustral down && clustral up", []string{"tunnel"}},
+		{"no handshake", func(e *testEnv, u *fakeUp) { u.set(func(u *fakeUp) { u.agents[0].LastHandshake = time.Time{} }) },
+			"wireguard prod/n-agent1", "no WireGuard handshake", "UDP may be blocked", []string{"socks5"}},
+		{"stale handshake", func(e *testEnv, u *fakeUp) {
+			u.set(func(u *fakeUp) { u.agents[0].LastHandshake = fixedNow.Add(-10 * time.Minute) })
+		},
+			"wireguard prod/n-agent1", "was 10m ago", "check the agent", []string{"socks5"}},
+		{"agent offline", func(e *testEnv, u *fakeUp) { u.set(func(u *fakeUp) { u.agents[0].Online = false }) },
+			"wireguard prod/n-agent1", "offline at the coordinator", "kubectl -n clustral logs", []string{"socks5"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.login("alice@example.com", fixedNow.Add(8*time.Hour))
+			u := startFakeUp(e, "prod", "staging")
+			tt.breakIt(e, u)
+
+			code, out, errb := e.run("doctor", "-o", "json")
+			if code != exitError {
+				t.Errorf("exit %d, want %d; stderr: %s", code, exitError, errb)
+			}
+			if !strings.Contains(errb, "check(s) failed: "+tt.check) {
+				t.Errorf("stderr does not name %q first: %s", tt.check, errb)
+			}
+			var r doctorReport
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if r.OK {
+				t.Error("report says ok")
+			}
+			got := map[string]checkResult{}
+			for _, c := range r.Checks {
+				got[c.Name] = c
+			}
+			c, ok := got[tt.check]
+			if !ok || c.Status != checkFail || !strings.Contains(c.Detail, tt.diagnosis) || !strings.Contains(c.Fix, tt.fix) {
+				t.Errorf("check %s = %+v, want fail with %q, fix %q", tt.check, c, tt.diagnosis, tt.fix)
+			}
+			for _, name := range tt.wantPassed {
+				if got[name].Status != checkOK {
+					t.Errorf("check %s = %+v, want ok", name, got[name])
+				}
+			}
+		})
+	}
+}
+
+// TestDoctorNotLoggedIn: with nothing configured doctor still runs and
+// says to log in.
+func TestDoctorNotLoggedIn(t *testing.T) {
+	e := newTestEnv(t)
+	code, out, _ := e.run("doctor")
+	if code != exitError || !strings.Contains(out, "[FAIL] coordinator: no coordinator configured") || !strings.Contains(out, "fix: clustral login") {
+		t.Errorf("exit %d, out:\n%s", code, out)
+	}
+}

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/clustral/clustral/netstack/socks5"
+	"github.com/clustral/clustral/proto"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the commands' output")
+
+// fixedNow is the clock of every test that uses a testEnv.
+var fixedNow = time.Date(2030, 1, 2, 10, 0, 0, 0, time.UTC)
+
+// testClock, when set, is the time now returns.
+var testClock atomic.Pointer[time.Time]
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	// Before any goroutine runs: output shows times in UTC, and the clock
+	// is switchable without a race.
+	time.Local = time.UTC
+	now = func() time.Time {
+		if t := testClock.Load(); t != nil {
+			return *t
+		}
+		return time.Now()
+	}
+	os.Exit(m.Run())
+}
+
+// testEnv is an isolated config directory, kubeconfig and fake
+// coordinator, with the CLI's clock fixed at fixedNow.
+type testEnv struct {
+	t          *testing.T
+	base       string // CLUSTRAL_CONFIG_DIR
+	dir        string // the default profile's directory
+	kubeconfig string
+	coord      *fakeCoord
+}
+
+func newTestEnv(t *testing.T) *testEnv {
+	t.Helper()
+	// Short: unix socket paths are limited to ~100 bytes.
+	tmp, err := os.MkdirTemp("", "cl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	e := &testEnv{t: t, base: filepath.Join(tmp, "c"), kubeconfig: filepath.Join(tmp, "kubeconfig")}
+	e.dir = filepath.Join(e.base, "profiles", "default")
+	for k, v := range map[string]string{
+		"CLUSTRAL_CONFIG_DIR": e.base, "KUBECONFIG": e.kubeconfig, "HOME": tmp, "XDG_CONFIG_HOME": tmp,
+		"CLUSTRAL_PROFILE": "", "CLUSTRAL_CA_FILE": "", "NO_COLOR": "", "TERM": "xterm", "DISPLAY": "", "WAYLAND_DISPLAY": "",
+	} {
+		t.Setenv(k, v)
+	}
+	testClock.Store(&fixedNow)
+	t.Cleanup(func() { testClock.Store(nil) })
+	e.coord = newFakeCoord(t)
+	return e
+}
+
+// login stores a session for login with the given expiry and returns its
+// token; the fake coordinator accepts it while valid.
+func (e *testEnv) login(login string, expires time.Time) string {
+	e.t.Helper()
+	tok := "tok-" + login
+	s := proto.Session{Token: tok, ExpiresAt: expires, User: proto.User{ID: "u-" + login, Login: login, Email: login, Groups: []string{"dev"}}}
+	e.coord.mu.Lock()
+	e.coord.sessions[tok] = s
+	e.coord.mu.Unlock()
+	if err := saveSession(e.dir, &storedSession{Coordinator: e.coord.srv.URL, CAFile: e.coord.caFile, Session: s}); err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+// run runs the CLI in-process without a terminal.
+func (e *testEnv) run(args ...string) (code int, stdout, stderr string) {
+	e.t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// mask replaces what changes from run to run: the coordinator's address,
+// temporary paths, ports and process ids.
+func (e *testEnv) mask(s string) string {
+	s = strings.ReplaceAll(s, e.coord.srv.URL, "https://COORD")
+	s = strings.ReplaceAll(s, e.kubeconfig, "$KUBECONFIG")
+	s = strings.ReplaceAll(s, e.coord.caFile, "$CAFILE")
+	s = strings.ReplaceAll(s, runtime.Version(), "GOVERSION")
+	s = strings.ReplaceAll(s, runtime.GOOS+"/"+runtime.GOARCH, "PLATFORM")
+	s = strings.ReplaceAll(s, e.base, "$CONFIG")
+	s = regexp.MustCompile(`127\.0\.0\.1:\d+`).ReplaceAllString(s, "127.0.0.1:PORT")
+	s = regexp.MustCompile(`pid \d+`).ReplaceAllString(s, "pid N")
+	return s
+}
+
+// golden compares got with testdata/name.golden; -update rewrites it.
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run: go test ./cli -run %s -update)", err, t.Name())
+	}
+	if string(want) != got {
+		t.Errorf("%s differs (run with -update if the change is intended)\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+// fakeCoord is the coordinator's API as the CLI uses it, over TLS.
+type fakeCoord struct {
+	srv    *httptest.Server
+	caFile string
+
+	mu          sync.Mutex
+	ready       bool
+	version     string
+	skew        time.Duration
+	clusters    []proto.ReachableCluster
+	requestable []string
+	sessions    map[string]proto.Session
+	logins      int
+}
+
+func newFakeCoord(t *testing.T) *fakeCoord {
+	t.Helper()
+	grantEnd := fixedNow.Add(2 * time.Hour)
+	f := &fakeCoord{
+		ready: true, version: "v1.3.0", sessions: map[string]proto.Session{},
+		clusters: []proto.ReachableCluster{
+			{Name: "prod", Roles: []proto.RoleGrant{{Role: "viewer", Groups: []string{"view"}, Source: "user"}}},
+			{Name: "staging", Roles: []proto.RoleGrant{{Role: "admin", Groups: []string{"system:masters"}, Source: "grant", Expires: &grantEnd}}},
+		},
+		requestable: []string{"dev", "prod", "staging"},
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if !f.ready {
+			http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /api/v1/info", func(w http.ResponseWriter, _ *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		writeTestJSON(w, coordinatorInfo{Version: f.version, MeshDomain: "clustral.internal", Issuer: f.srv.URL + "/idp", Time: now().Add(f.skew)})
+	})
+	mux.HandleFunc("GET /idp/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
+		writeTestJSON(w, map[string]string{"issuer": f.srv.URL + "/idp"})
+	})
+	mux.HandleFunc("GET /api/v1/whoami", func(w http.ResponseWriter, r *http.Request) {
+		s, ok := f.auth(r)
+		if !ok {
+			writeTestProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "session expired or revoked", "run: clustral login")
+			return
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		writeTestJSON(w, proto.Whoami{User: s.User, SessionExpires: s.ExpiresAt, Clusters: f.clusters, Requestable: f.requestable})
+	})
+	mux.HandleFunc("POST /api/v1/login/start", func(w http.ResponseWriter, _ *http.Request) {
+		writeTestJSON(w, proto.LoginStartResponse{AuthURL: f.srv.URL + "/idp/auth", Handle: "h", ExpiresAt: now().Add(time.Minute), PollInterval: proto.Duration(10 * time.Millisecond)})
+	})
+	mux.HandleFunc("POST /api/v1/login/poll", func(w http.ResponseWriter, _ *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.logins++
+		s := proto.Session{Token: "tok-new-" + strconv.Itoa(f.logins), ExpiresAt: now().Add(8 * time.Hour), User: proto.User{ID: "u-alice", Login: "alice@example.com", Email: "alice@example.com"}}
+		f.sessions[s.Token] = s
+		writeTestJSON(w, s)
+	})
+	mux.HandleFunc("DELETE /api/v1/session", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	f.srv = httptest.NewTLSServer(mux)
+	t.Cleanup(f.srv.Close)
+	f.caFile = filepath.Join(t.TempDir(), "ca.pem")
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.srv.Certificate().Raw})
+	if err := os.WriteFile(f.caFile, ca, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// set changes the fake coordinator under its lock.
+func (f *fakeCoord) set(change func(*fakeCoord)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(f)
+}
+
+func (f *fakeCoord) auth(r *http.Request) (proto.Session, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.sessions[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
+	return s, ok && now().Before(s.ExpiresAt)
+}
+
+func writeTestJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeTestProblem(w http.ResponseWriter, status int, code proto.ErrorCode, title, hint string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(proto.Problem{Status: status, Code: code, Title: title, Hint: hint})
+}
+
+// fakeUp stands in for a running `clustral up` of the test's profile: its
+// up.json (this process's pid), a real SOCKS5 server, kubeconfig contexts
+// pointing at it, and the control socket with /status and /contexts.
+type fakeUp struct {
+	e      *testEnv
+	mu     sync.Mutex
+	st     *upState
+	agents []agentView
+	reqs   []string // "POST prod", "DELETE staging"
+}
+
+func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
+	t := e.t
+	t.Helper()
+	u := &fakeUp{e: e}
+	srv := &socks5.Server{Username: "clustral", Password: "s3cret", Dial: func(context.Context, string, string, uint16) (net.Conn, error) {
+		return nil, errors.New("no mesh in this test")
+	}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	u.st = &upState{
+		PID: os.Getpid(), Status: "connected", Coordinator: e.coord.srv.URL, User: "alice@example.com", NodeID: "n-device",
+		Addresses: []string{"100.64.0.2", "fd7a:115c:a1e0::2"}, SOCKS: l.Addr().String(), Kubeconfig: e.kubeconfig,
+		Started: fixedNow.Add(-time.Hour), SOCKSUser: "clustral", SOCKSPass: "s3cret", Expires: fixedNow.Add(8 * time.Hour),
+	}
+	u.agents = []agentView{{Cluster: "prod", NodeID: "n-agent1", Address: "100.64.0.1", Online: true, LastHandshake: fixedNow.Add(-20 * time.Second), Path: "direct"}}
+	for _, c := range clusters {
+		u.setContext(c, true)
+	}
+	if len(clusters) > 0 {
+		cfg, err := clientcmd.LoadFromFile(e.kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.CurrentContext = contextName(clusters[0])
+		if err := clientcmd.WriteToFile(*cfg, e.kubeconfig); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	sock := filepath.Join(e.dir, upSocketFile)
+	os.MkdirAll(e.dir, 0o700)
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		writeTestJSON(w, map[string]any{"state": u.st, "agents": u.agents})
+	})
+	ctxs := func(add bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			cl := r.PathValue("cluster")
+			u.mu.Lock()
+			u.reqs = append(u.reqs, r.Method+" "+cl)
+			u.mu.Unlock()
+			if err := setExcluded(e.dir, cl, !add); err != nil {
+				writeTestJSON(w, contextsResponse{Error: err.Error()})
+				return
+			}
+			writeTestJSON(w, contextsResponse{Contexts: u.setContext(cl, add)})
+		}
+	}
+	mux.HandleFunc("POST /contexts/{cluster}", ctxs(true))
+	mux.HandleFunc("DELETE /contexts/{cluster}", ctxs(false))
+	os.Chmod(sock, 0o600)
+	hs := &http.Server{Handler: mux}
+	go hs.Serve(ul)
+	t.Cleanup(func() { hs.Close() })
+	u.save()
+	return u
+}
+
+// setContext writes or removes cluster's context the way up does, and
+// returns the contexts afterwards.
+func (u *fakeUp) setContext(cluster string, add bool) []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	name := contextName(cluster)
+	kw := kubeconfigWriter{path: u.e.kubeconfig}
+	proxy := &url.URL{Scheme: "socks5", User: url.UserPassword(u.st.SOCKSUser, u.st.SOCKSPass), Host: u.st.SOCKS}
+	if add {
+		if err := kw.Set([]meshContext{{Cluster: cluster, Server: "https://" + cluster + ".clustral.internal", CA: []byte("ca"), Proxy: proxy, Login: u.st.User}}, nil); err != nil {
+			u.e.t.Error(err)
+		}
+		if !slices.Contains(u.st.Contexts, name) {
+			u.st.Contexts = append(u.st.Contexts, name)
+			slices.Sort(u.st.Contexts)
+		}
+	} else {
+		if err := kw.Set(nil, []string{name}); err != nil {
+			u.e.t.Error(err)
+		}
+		u.st.Contexts = slices.DeleteFunc(u.st.Contexts, func(c string) bool { return c == name })
+	}
+	if u.st != nil {
+		writeJSONFile(filepath.Join(u.e.dir, upStateFile), u.st, 0o600)
+	}
+	return slices.Clone(u.st.Contexts)
+}
+
+// set changes the fake up under its lock and rewrites up.json.
+func (u *fakeUp) set(change func(*fakeUp)) {
+	u.mu.Lock()
+	change(u)
+	u.mu.Unlock()
+	u.save()
+}
+
+func (u *fakeUp) save() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := writeJSONFile(filepath.Join(u.e.dir, upStateFile), u.st, 0o600); err != nil {
+		u.e.t.Fatal(err)
+	}
+}
