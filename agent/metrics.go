@@ -18,8 +18,6 @@ type metrics struct {
 	denials     *prometheus.CounterVec   // code
 	rateLimited prometheus.Counter
 	live        prometheus.Gauge
-	relayBytes  *prometheus.CounterVec // direction
-	auditSpool  prometheus.Gauge
 }
 
 func newMetrics(cluster string) *metrics {
@@ -47,24 +45,14 @@ func newMetrics(cluster string) *metrics {
 			Name: "clustral_proxy_live_streams", ConstLabels: cl,
 			Help: "Requests in flight: ordinary requests, watches, log streams and upgraded connections.",
 		}),
-		relayBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "clustral_relay_bytes_total", ConstLabels: cl,
-			Help: "WireGuard bytes sent (tx) and received (rx) through the coordinator's relay.",
-		}, []string{"direction"}),
-		auditSpool: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "clustral_audit_spool_events", ConstLabels: cl,
-			Help: "Audit events spooled on local disk, not yet shipped to the coordinator.",
-		}),
 	}
 }
 
 // register registers every series with r and creates the series with
 // fixed label values, so that they exist from the start.
 func (m *metrics) register(r prometheus.Registerer) error {
-	m.relayBytes.WithLabelValues("tx")
-	m.relayBytes.WithLabelValues("rx")
 	m.denials.WithLabelValues(string(proto.CodeRateLimited))
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.denials, m.rateLimited, m.live, m.relayBytes, m.auditSpool} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.denials, m.rateLimited, m.live} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

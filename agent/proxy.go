@@ -89,9 +89,8 @@ type Config struct {
 	// request's goroutine and must not block for long: hand the event to
 	// a spool.
 	Audit func(proto.AuditEvent)
-	// Metrics receives the proxy's Prometheus series (clustral_proxy_*,
-	// clustral_relay_bytes_total, clustral_audit_spool_events), labelled
-	// with the cluster. Nil keeps them in a registry of the proxy's own.
+	// Metrics receives the proxy's Prometheus series (clustral_proxy_*),
+	// labelled with the cluster. Nil keeps them in a registry of the proxy's own.
 	Metrics prometheus.Registerer
 }
 

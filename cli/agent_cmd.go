@@ -210,6 +210,21 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cl := prometheus.Labels{"cluster": reg.Cluster}
+	relayBytes := func(dir string, f func(node.PathStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "clustral_relay_bytes_total", ConstLabels: prometheus.Labels{"cluster": reg.Cluster, "direction": dir},
+			Help: "WireGuard bytes sent (tx) and received (rx) through the coordinator's relay.",
+		}, func() float64 { return float64(f(m.node.Bind().Stats(node.PathRelay))) })
+	}
+	metrics.MustRegister(
+		relayBytes("tx", func(s node.PathStats) uint64 { return s.TxBytes }),
+		relayBytes("rx", func(s node.PathStats) uint64 { return s.RxBytes }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "clustral_audit_spool_events", ConstLabels: cl,
+			Help: "Audit events spooled on local disk, not yet shipped to the coordinator.",
+		}, func() float64 { return float64(sp.Len()) }),
+	)
 	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
 		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Audit: auditTo(sp, log), Metrics: metrics})
 	if err != nil {
