@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -315,6 +316,15 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		st.Addresses = append(st.Addresses, a.Addr().String())
 	}
 	statePath := filepath.Join(dir, upStateFile)
+	// The loop below owns st; the status socket reads the copy it
+	// publishes after each change.
+	var published atomic.Pointer[upState]
+	publish := func() {
+		c := *st
+		c.Contexts = slices.Clone(st.Contexts)
+		published.Store(&c)
+	}
+	publish()
 	defer os.Remove(statePath)
 
 	// Keep kubeconfig contexts in step with the clusters in the map, less
@@ -350,6 +360,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		written = names
 		st.Contexts = names
 		st.Status = "connected"
+		publish()
 		if err := writeJSONFile(statePath, st, 0o600); err != nil {
 			log.Error("write state", "err", err)
 			return err
@@ -373,7 +384,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	}()
 
 	ctxReqs := make(chan contextRequest)
-	ctl, err := serveControl(dir, st, m, ctxReqs)
+	ctl, err := serveControl(dir, published.Load, m, ctxReqs)
 	if err != nil {
 		return err
 	}
@@ -426,7 +437,9 @@ func sanitizeHostname(h string) string {
 // POST and DELETE /contexts/{cluster} add and remove one cluster's
 // kubeconfig context (clustral kube login/logout); they are handed to reqs,
 // which the up's main loop serves, so contexts have one writer.
-func serveControl(dir string, st *upState, m *mesh, reqs chan<- contextRequest) (io.Closer, error) {
+// serveControl serves the status socket. state returns the latest state
+// the up loop published; the loop owns the live one.
+func serveControl(dir string, state func() *upState, m *mesh, reqs chan<- contextRequest) (io.Closer, error) {
 	path := filepath.Join(dir, upSocketFile)
 	os.Remove(path)
 	l, err := net.Listen("unix", path)
@@ -439,7 +452,7 @@ func serveControl(dir string, st *upState, m *mesh, reqs chan<- contextRequest) 
 		resp := struct {
 			State  *upState    `json:"state"`
 			Agents []agentView `json:"agents"`
-		}{State: st}
+		}{State: state()}
 		for _, p := range m.node.Peers() {
 			if p.Kind != proto.KindAgent {
 				continue
