@@ -1,0 +1,490 @@
+package nat
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
+)
+
+// The Dex users of a Mesh.
+var (
+	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw"}
+	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw"}
+)
+
+const (
+	oidcSecret = "nat-coordinator-secret"
+	coordPort  = 8443
+	// ClusterName is the mesh name of the cluster behind the cluster NAT;
+	// Context is its kubeconfig context.
+	ClusterName = "edge"
+	Context     = "clustral-" + ClusterName
+	viewerGroup = "clustral:viewers"
+)
+
+// Mesh is clustral running across a Topology: etcd, kube-apiserver, Dex
+// and the coordinator (TLS, on Public) in the core namespace, the agent in
+// the cluster namespace and alice's `clustral up` and kubectl in the
+// laptop namespace. The agent reaches kube-apiserver at Public through its
+// NAT, as it would reach a control plane outside its LAN.
+//
+// StartMesh must run in t.Core: the harness binds etcd, the apiserver and
+// Dex on the loopback of the namespace it runs in. A Mesh is safe for
+// concurrent use by the methods that run commands; Close is not.
+type Mesh struct {
+	Env      *harness.Env
+	Topo     *Topology
+	CoordURL string
+	Alice    *harness.User // runs in the laptop namespace
+	Admin    *harness.User // runs in core
+
+	bin   string
+	dir   string
+	caPEM []byte
+	hc    *http.Client
+	coord *harness.Process
+	agent *harness.Process
+}
+
+// StartMesh starts the components with their files under dir, joins the
+// agent and logs alice in, but does not run `clustral up` (see Up). bin
+// is the clustral binary. On error it stops whatever it started.
+func StartMesh(ctx context.Context, topo *Topology, bin, dir string) (m *Mesh, err error) {
+	m = &Mesh{Topo: topo, bin: bin, dir: dir, CoordURL: "https://" + net.JoinHostPort(Public.String(), strconv.Itoa(coordPort))}
+	defer func() {
+		if err != nil {
+			m.Close()
+			m = nil
+		}
+	}()
+	m.Env, err = harness.Start(ctx, harness.Options{
+		APIServer: harness.APIServerOptions{
+			Identities: []harness.Identity{harness.AgentIdentity},
+			// Reachable from the cluster namespace at Public, beside
+			// loopback; the last --bind-address wins.
+			ExtraArgs: []string{"--bind-address=0.0.0.0"},
+		},
+		SkipControllerManager: true,
+		Dex: &harness.DexOptions{
+			Users:   []harness.DexUser{admin, alice},
+			Clients: []harness.DexClient{{ID: "clustral", Secret: oidcSecret, RedirectURIs: []string{m.CoordURL + "/oidc/callback"}}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.grantRBAC(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.startCoordinator(ctx); err != nil {
+		return nil, err
+	}
+
+	m.Admin = harness.NewUser(bin, filepath.Join(dir, "admin"), admin)
+	wrapper := filepath.Join(dir, "clustral-laptop")
+	script := fmt.Sprintf("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n", topo.Laptop, bin)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		return nil, err
+	}
+	m.Alice = harness.NewUser(wrapper, filepath.Join(dir, "alice"), alice)
+	for _, u := range []*harness.User{m.Admin, m.Alice} {
+		if err := m.login(ctx, u); err != nil {
+			return nil, err
+		}
+	}
+	var cl proto.CreateClusterResponse
+	for _, c := range []struct {
+		path     string
+		req, out any
+	}{
+		{"/api/v1/clusters", proto.CreateClusterRequest{Name: ClusterName}, &cl},
+		{"/api/v1/roles", proto.Role{Name: "viewer", Groups: []string{viewerGroup}}, nil},
+		{"/api/v1/assignments", proto.Assignment{User: alice.Email, Role: "viewer", Cluster: ClusterName}, nil},
+	} {
+		if err := m.API(ctx, "POST", c.path, c.req, c.out); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.startAgent(ctx, cl.JoinToken); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// grantRBAC lets the agent impersonate and alice's group read ConfigMaps.
+func (m *Mesh) grantRBAC(ctx context.Context) error {
+	c := m.Env.APIServer.Client()
+	if err := harness.GrantImpersonation(ctx, c, harness.AgentIdentity.User); err != nil {
+		return err
+	}
+	_, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "nat-configmap-reader"},
+		Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{""}, Resources: []string{"configmaps", "namespaces"}, Verbs: []string{"get", "list", "watch"},
+		}},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	for name, role := range map[string]string{"nat-discovery": "system:discovery", "nat-readers": "nat-configmap-reader"} {
+		if err := harness.BindClusterRole(ctx, c, name, role, rbacv1.GroupKind, viewerGroup); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Mesh) startCoordinator(ctx context.Context) error {
+	dir := filepath.Join(m.dir, "coord")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	ca, err := harness.NewCA("clustral-nat-coordinator-ca")
+	if err != nil {
+		return err
+	}
+	cert, key, err := ca.Issue("coordinator", nil, []string{Public.String()}, false)
+	if err != nil {
+		return err
+	}
+	m.caPEM = ca.CertPEM
+	m.hc = ca.HTTPClient()
+	files := map[string][]byte{"ca.pem": ca.CertPEM, "tls.crt": cert, "tls.key": key, "oidc-ca.pem": m.Env.Dex.CAPEM}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return err
+		}
+	}
+	args := []string{"coordinator",
+		"--listen", net.JoinHostPort(Public.String(), strconv.Itoa(coordPort)),
+		"--data-dir", filepath.Join(dir, "data"),
+		"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"),
+		"--oidc-issuer", m.Env.Dex.Issuer, "--oidc-client-id", "clustral", "--oidc-ca-file", filepath.Join(dir, "oidc-ca.pem"),
+		"--admin", admin.Email,
+		"--log-format", "text",
+	}
+	env := append(os.Environ(), "CLUSTRAL_OIDC_CLIENT_SECRET="+oidcSecret)
+	p, err := harness.StartProcess("coordinator", m.bin, args, env, filepath.Join(dir, "coordinator.log"))
+	if err != nil {
+		return err
+	}
+	m.coord = p
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := p.WaitHTTPClient(wctx, m.hc, m.CoordURL+"/readyz"); err != nil {
+		return fmt.Errorf("coordinator not ready: %w", err)
+	}
+	return nil
+}
+
+// caFile is the coordinator's CA bundle on disk.
+func (m *Mesh) caFile() string { return filepath.Join(m.dir, "coord", "ca.pem") }
+
+// login logs u in with an ID token from Dex (--id-token-file).
+func (m *Mesh) login(ctx context.Context, u *harness.User) error {
+	ot, err := m.Env.Dex.PasswordToken(ctx, harness.DexClient{ID: "clustral", Secret: oidcSecret}, u.Email, u.Password)
+	if err != nil {
+		return err
+	}
+	tok, _ := ot.Extra("id_token").(string)
+	if tok == "" {
+		return errors.New("dex returned no id_token")
+	}
+	f := filepath.Join(u.Dir, "id-token")
+	if err := os.MkdirAll(u.Dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
+		return err
+	}
+	_, _, err = u.Run(ctx, "login", m.CoordURL, "--id-token-file", f, "--ca-file", m.caFile())
+	return err
+}
+
+// startAgent runs the agent in the cluster namespace and waits until the
+// coordinator sees it online.
+func (m *Mesh) startAgent(ctx context.Context, joinToken string) error {
+	dir := filepath.Join(m.dir, "agent")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tf := filepath.Join(dir, "join-token")
+	if err := os.WriteFile(tf, []byte(joinToken), 0o600); err != nil {
+		return err
+	}
+	// The apiserver's certificate names 127.0.0.1; the agent reaches it at
+	// Public and checks the certificate against 127.0.0.1.
+	u, err := url.Parse(m.Env.APIServer.URL)
+	if err != nil {
+		return err
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["core"] = &clientcmdapi.Cluster{
+		Server:                   "https://" + net.JoinHostPort(Public.String(), u.Port()),
+		CertificateAuthorityData: m.Env.APIServer.CAPEM,
+		TLSServerName:            "127.0.0.1",
+	}
+	kc.AuthInfos["agent"] = &clientcmdapi.AuthInfo{Token: harness.AgentIdentity.Token}
+	kc.Contexts["agent"] = &clientcmdapi.Context{Cluster: "core", AuthInfo: "agent"}
+	kc.CurrentContext = "agent"
+	kcPath := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kcPath); err != nil {
+		return err
+	}
+	args := []string{"netns", "exec", m.Topo.Cluster, m.bin, "agent",
+		"--coordinator", m.CoordURL, "--ca-file", m.caFile(),
+		"--join-token-file", tf, "--kubeconfig", kcPath,
+		"--health-listen", "127.0.0.1:9090", "--log-format", "text"}
+	p, err := harness.StartProcess("agent", "ip", args, os.Environ(), filepath.Join(dir, "agent.log"))
+	if err != nil {
+		return err
+	}
+	m.agent = p
+	return poll(ctx, 30*time.Second, func() error {
+		if p.Exited() {
+			return fmt.Errorf("agent exited:\n%s", p.Tail(30))
+		}
+		var cls []proto.Cluster
+		if err := m.API(ctx, "GET", "/api/v1/clusters", nil, &cls); err != nil {
+			return err
+		}
+		for _, c := range cls {
+			if c.Name == ClusterName && len(c.Agents) > 0 && c.Agents[0].Online {
+				return nil
+			}
+		}
+		return errors.New("the agent is not online")
+	})
+}
+
+// Up runs alice's `clustral up` in the laptop namespace.
+func (m *Mesh) Up(ctx context.Context) error {
+	_, _, err := m.Alice.Run(ctx, "up", "--kubeconfig", m.Alice.Kubeconfig)
+	return err
+}
+
+// Down runs alice's `clustral down`.
+func (m *Mesh) Down(ctx context.Context) error {
+	return m.Alice.Down(ctx)
+}
+
+// Path returns how alice's `clustral up` reaches the cluster's agent, as
+// `clustral status -o json` reports it: "direct", "relayed" or "".
+func (m *Mesh) Path(ctx context.Context) (string, error) {
+	out, _, err := m.Alice.Run(ctx, "status", "-o", "json")
+	if err != nil {
+		return "", err
+	}
+	var st struct {
+		Agents []struct {
+			Cluster string `json:"cluster"`
+			Path    string `json:"path"`
+		} `json:"agents"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return "", fmt.Errorf("status -o json: %w: %s", err, out)
+	}
+	for _, a := range st.Agents {
+		if a.Cluster == ClusterName {
+			return a.Path, nil
+		}
+	}
+	return "", nil
+}
+
+// WaitPath waits up to timeout until Path reports want.
+func (m *Mesh) WaitPath(ctx context.Context, want string, timeout time.Duration) error {
+	last := ""
+	err := poll(ctx, timeout, func() error {
+		p, err := m.Path(ctx)
+		if err != nil {
+			return err
+		}
+		last = p
+		if p != want {
+			return fmt.Errorf("path is %q", p)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for the %s path (last %q): %w", want, last, err)
+	}
+	return nil
+}
+
+// RelayStats returns the coordinator relay's counters.
+func (m *Mesh) RelayStats(ctx context.Context) (proto.RelayStats, error) {
+	var s proto.RelayStats
+	return s, m.call(ctx, "GET", proto.RelayPath+"/stats", "", nil, &s)
+}
+
+// API calls the coordinator's API as the admin.
+func (m *Mesh) API(ctx context.Context, method, path string, body, out any) error {
+	tok, err := m.Admin.SessionToken()
+	if err != nil {
+		return err
+	}
+	return m.call(ctx, method, path, tok, body, out)
+}
+
+func (m *Mesh) call(ctx context.Context, method, path, token string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, m.CoordURL+path, rd)
+	if err != nil {
+		return err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := m.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(b))
+	}
+	if out != nil && len(b) > 0 {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+// Kubectl returns kubectl with args, run in the laptop namespace with
+// alice's kubeconfig and the cluster's context. It runs in its own
+// process group, killed when ctx is done.
+func (m *Mesh) Kubectl(ctx context.Context, args ...string) *exec.Cmd {
+	full := append([]string{"netns", "exec", m.Topo.Laptop, "kubectl", "--kubeconfig", m.Alice.Kubeconfig, "--context", Context}, args...)
+	cmd := exec.CommandContext(ctx, "ip", full...)
+	cmd.Env = append(environWithout("KUBECONFIG="), "NO_COLOR=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
+// Logs returns the tails of the coordinator's and the agent's logs.
+func (m *Mesh) Logs() string {
+	var b strings.Builder
+	for _, p := range []*harness.Process{m.coord, m.agent} {
+		if p != nil {
+			fmt.Fprintf(&b, "--- %s\n%s\n", p.LogPath(), p.Tail(40))
+		}
+	}
+	if up, err := os.ReadFile(filepath.Join(m.Alice.Dir, "config", "profiles", "default", "up.log")); err == nil {
+		lines := strings.Split(string(up), "\n")
+		fmt.Fprintf(&b, "--- up.log\n%s\n", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+	}
+	return b.String()
+}
+
+// Close stops alice's tunnel, the agent, the coordinator and the
+// components. Processes left in the laptop and cluster namespaces die
+// with the Topology.
+func (m *Mesh) Close() {
+	if m.Alice != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		m.Down(ctx)
+		cancel()
+	}
+	for _, p := range []*harness.Process{m.agent, m.coord} {
+		if p != nil {
+			p.Stop()
+		}
+	}
+	if m.Env != nil {
+		m.Env.Close()
+	}
+}
+
+// poll calls f until it succeeds, ctx is done, or timeout passes, and
+// returns f's last error then.
+func poll(ctx context.Context, timeout time.Duration, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+func environWithout(prefixes ...string) []string {
+	var out []string
+next:
+	for _, kv := range os.Environ() {
+		for _, p := range prefixes {
+			if strings.HasPrefix(kv, p) {
+				continue next
+			}
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// BulkNamespace holds the ConfigMaps of CreateBulk; BulkPath lists them.
+const (
+	BulkNamespace = "bulk"
+	BulkPath      = "/api/v1/namespaces/" + BulkNamespace + "/configmaps"
+)
+
+// CreateBulk creates BulkNamespace with n ConfigMaps of size random bytes
+// each, so a GET of BulkPath moves at least n*size bytes over the wire
+// even when the response is compressed.
+func CreateBulk(ctx context.Context, c kubernetes.Interface, n, size int) error {
+	_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: BulkNamespace}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", BulkNamespace, err)
+	}
+	for i := range n {
+		data := make([]byte, size)
+		rand.Read(data)
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bulk-%d", i)}, BinaryData: map[string][]byte{"data": data}}
+		if _, err := c.CoreV1().ConfigMaps(BulkNamespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create bulk ConfigMap %d: %w", i, err)
+		}
+	}
+	return nil
+}
