@@ -97,7 +97,7 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return err
 	}
-	for _, bench := range []func(context.Context, *mesh, flags) error{benchGet, benchUp, benchDelta, benchRevocation} {
+	for _, bench := range []func(context.Context, *mesh, flags) error{benchGet, benchUp, benchDelta, benchNAT, benchRevocation} {
 		if err := bench(ctx, m, f); err != nil {
 			return err
 		}
