@@ -294,47 +294,66 @@ func (m *Mesh) Down(ctx context.Context) error {
 }
 
 // Path returns how alice's `clustral up` reaches the cluster's agent, as
-// `clustral status -o json` reports it: "direct", "relayed" or "".
-func (m *Mesh) Path(ctx context.Context) (string, error) {
+// `clustral status -o json` reports it: "direct", "relayed" or "", and
+// the last probe round trip on that path in milliseconds (0 if none).
+func (m *Mesh) Path(ctx context.Context) (path string, latencyMS float64, err error) {
 	out, _, err := m.Alice.Run(ctx, "status", "-o", "json")
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	var st struct {
 		Agents []struct {
-			Cluster string `json:"cluster"`
-			Path    string `json:"path"`
+			Cluster   string  `json:"cluster"`
+			Path      string  `json:"path"`
+			LatencyMS float64 `json:"latency_ms"`
 		} `json:"agents"`
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		return "", fmt.Errorf("status -o json: %w: %s", err, out)
+		return "", 0, fmt.Errorf("status -o json: %w: %s", err, out)
 	}
 	for _, a := range st.Agents {
 		if a.Cluster == ClusterName {
-			return a.Path, nil
+			return a.Path, a.LatencyMS, nil
 		}
 	}
-	return "", nil
+	return "", 0, nil
 }
 
-// WaitPath waits up to timeout until Path reports want.
+// WaitPath waits up to timeout until both ends use the path want
+// ("direct" or "relayed"): alice's `clustral up`, as Path reports it, and
+// the agent, as its log last said (each end confirms a direct path by its
+// own probe, so one may be direct a probe interval before the other).
 func (m *Mesh) WaitPath(ctx context.Context, want string, timeout time.Duration) error {
-	last := ""
+	var last, lastAgent string
 	err := poll(ctx, timeout, func() error {
-		p, err := m.Path(ctx)
+		p, _, err := m.Path(ctx)
 		if err != nil {
 			return err
 		}
-		last = p
-		if p != want {
-			return fmt.Errorf("path is %q", p)
+		last, lastAgent = p, m.agentPath()
+		if p != want || lastAgent != want {
+			return fmt.Errorf("path is %q, the agent's %q", p, lastAgent)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for the %s path (last %q): %w", want, last, err)
+		return fmt.Errorf("waiting for the %s path (last %q, the agent's %q): %w", want, last, lastAgent, err)
 	}
 	return nil
+}
+
+// agentPath returns the agent's path to alice's device as its log last
+// said: "direct" after "direct path up", else "relayed". The device is
+// the agent's only peer.
+func (m *Mesh) agentPath() string {
+	b, err := os.ReadFile(m.agent.LogPath())
+	if err != nil {
+		return ""
+	}
+	if bytes.LastIndex(b, []byte(`msg="direct path up"`)) > bytes.LastIndex(b, []byte(`msg="direct path lost`)) {
+		return "direct"
+	}
+	return "relayed"
 }
 
 // RelayStats returns the coordinator relay's counters.

@@ -21,9 +21,9 @@ import (
 // ConfigMaps of natObjectSize random bytes, uncompressed (about 42 MiB of
 // JSON), from the agent to the laptop:
 //
-//   - time_to_direct_ms: from invoking `clustral up` until `clustral status`
-//     first says the path to the agent is direct (polled every 200 ms,
-//     each poll a `clustral status` run).
+//   - time_to_direct_ms: from invoking `clustral up` until both ends use
+//     the direct path: `clustral status` says so and the agent has logged
+//     it (polled every 200 ms, each poll a `clustral status` run).
 //   - direct_mbps: the transfer over the direct UDP path.
 //   - relay_mbps: the same transfer with the laptop's router dropping all
 //     UDP, so WireGuard travels through the coordinator's relay, at the
