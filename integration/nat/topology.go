@@ -171,11 +171,6 @@ func FromEnv() (*Topology, bool) {
 	return &t, true
 }
 
-// Command returns a command running name with args in namespace ns.
-func Command(ns, name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
-}
-
 // Close kills every process left in the namespaces and removes them. It
 // reports namespaces that could not be removed.
 func (t *Topology) Close() error {
