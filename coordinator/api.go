@@ -300,10 +300,7 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		for _, d := range devs {
-			if err := tx.Delete(store.Nodes, d.ID); err != nil {
-				return err
-			}
-			if err := release(tx, d.Addresses); err != nil {
+			if err := deleteNode(tx, d); err != nil {
 				return err
 			}
 		}
@@ -455,10 +452,7 @@ func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	err := s.st.Update(func(tx store.Tx) error {
-		if err := tx.Delete(store.Nodes, n.ID); err != nil {
-			return err
-		}
-		if err := release(tx, n.Addresses); err != nil {
+		if err := deleteNode(tx, n); err != nil {
 			return err
 		}
 		return s.recordChange(tx, n.ID, string(n.Kind)+".deregister", n.ID, nil)

@@ -464,10 +464,7 @@ func (s *Server) expire() error {
 			}
 		}
 		for _, n := range nodes {
-			if err := tx.Delete(store.Nodes, n.ID); err != nil {
-				return err
-			}
-			if err := release(tx, n.Addresses); err != nil {
+			if err := deleteNode(tx, n); err != nil {
 				return err
 			}
 		}

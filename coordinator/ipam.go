@@ -63,6 +63,15 @@ func allocateOne(tx store.Tx, nodeID string, p netip.Prefix) (netip.Addr, error)
 	return netip.Addr{}, fmt.Errorf("%w: %s", errPoolExhausted, p)
 }
 
+// deleteNode removes n from the store and frees its overlay addresses,
+// inside tx.
+func deleteNode(tx store.Tx, n *node) error {
+	if err := tx.Delete(store.Nodes, n.ID); err != nil {
+		return fmt.Errorf("delete node %s: %w", n.ID, err)
+	}
+	return release(tx, n.Addresses)
+}
+
 // release frees addrs inside tx.
 func release(tx store.Tx, addrs []netip.Prefix) error {
 	for _, p := range addrs {

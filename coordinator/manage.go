@@ -228,10 +228,7 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 			return err
 		}
 		for _, a := range agents {
-			if err := tx.Delete(store.Nodes, a.ID); err != nil {
-				return err
-			}
-			if err := release(tx, a.Addresses); err != nil {
+			if err := deleteNode(tx, a); err != nil {
 				return err
 			}
 		}
@@ -269,10 +266,7 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 			return err
 		}
 		for _, a := range agents {
-			if err := tx.Delete(store.Nodes, a.ID); err != nil {
-				return err
-			}
-			if err := release(tx, a.Addresses); err != nil {
+			if err := deleteNode(tx, a); err != nil {
 				return err
 			}
 		}
@@ -349,10 +343,7 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 			}
 		}
 		for _, d := range devs {
-			if err := tx.Delete(store.Nodes, d.ID); err != nil {
-				return err
-			}
-			if err := release(tx, d.Addresses); err != nil {
+			if err := deleteNode(tx, d); err != nil {
 				return err
 			}
 		}
@@ -430,10 +421,7 @@ func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	err := s.st.Update(func(tx store.Tx) error {
-		if err := tx.Delete(store.Nodes, d.ID); err != nil {
-			return err
-		}
-		if err := release(tx, d.Addresses); err != nil {
+		if err := deleteNode(tx, d); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "device.revoke", d.ID, map[string]any{"hostname": d.Hostname})
