@@ -759,6 +759,10 @@ type peerPath struct {
 	relayRTT    time.Duration // last relayed RTT
 }
 
+// pingBackAfter bounds how often a ping from a peer without a direct path
+// makes this side probe at once.
+const pingBackAfter = 500 * time.Millisecond
+
 type pendingPing struct {
 	to netip.AddrPort // invalid: sent over the relay
 	at time.Time
@@ -769,11 +773,19 @@ type pingTarget struct {
 	txid [12]byte
 }
 
-// learn adds addr to the candidates, reporting whether it is new.
+// learn adds addr, from which the peer pinged us, to the candidates. It
+// reports whether to probe now: the address is new, or there is no direct
+// path yet and the last round of pings is not recent. Pinging back at once
+// lets the second side of a pair confirm the direct path in one round trip
+// instead of a probe interval later.
 func (pp *peerPath) learn(addr netip.AddrPort) bool {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
 	if slices.Contains(pp.published, addr) || slices.Contains(pp.learned, addr) {
+		if pp.cur.Load() == nil && time.Since(pp.lastPing) > pingBackAfter {
+			pp.urgent = true
+			return true
+		}
 		return false
 	}
 	if len(pp.learned) == maxLearned {

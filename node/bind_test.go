@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 
@@ -189,5 +190,25 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	b.Forget(key)
 	if e := receive()[1].(*Endpoint); !e.Key().IsZero() {
 		t.Errorf("forgotten key still attributed: %v", e)
+	}
+}
+
+func TestLearnPingsBackWithoutDirectPath(t *testing.T) {
+	addr := netip.MustParseAddrPort("192.0.2.1:51820")
+	pp := &peerPath{published: []netip.AddrPort{addr}}
+	if !pp.learn(addr) {
+		t.Fatal("a ping from a known address with no direct path and no recent round must probe now")
+	}
+	pp.lastPing = time.Now()
+	if pp.learn(addr) {
+		t.Fatal("a second ping right after a round must not probe again")
+	}
+	pp.lastPing = time.Time{}
+	pp.cur.Store(&conn.StdNetEndpoint{AddrPort: addr})
+	if pp.learn(addr) {
+		t.Fatal("with a direct path up, a ping from a known address needs no probe")
+	}
+	if other := netip.MustParseAddrPort("192.0.2.2:51820"); !pp.learn(other) {
+		t.Fatal("a new address is always probed")
 	}
 }
