@@ -185,7 +185,7 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 			if !a.LastHandshake.IsZero() {
 				hs = humanDuration(now().Sub(a.LastHandshake)) + " ago"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", a.NodeID, a.Cluster, a.Address, a.Online, dash(a.Path), hs)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", a.NodeID, a.Cluster, a.Address, a.Online, pathText(a), hs)
 		}
 	}
 }
@@ -212,4 +212,12 @@ func queryControl(ctx context.Context, dir string) ([]agentView, error) {
 		return nil, err
 	}
 	return body.Agents, nil
+}
+
+// pathText is an agent's path with its latency, e.g. "direct 1.2ms".
+func pathText(a agentView) string {
+	if a.Path == "" || a.LatencyMS <= 0 {
+		return dash(a.Path)
+	}
+	return fmt.Sprintf("%s %.1fms", a.Path, a.LatencyMS)
 }
