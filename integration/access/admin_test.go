@@ -16,15 +16,15 @@ import (
 // every administrators' route, and from the CLI exit code 4 with the
 // coordinator's message, and changes nothing.
 func TestAdminOnly(t *testing.T) {
-	m := newMesh(t)
-	c, a := newUser(t, carol), newUser(t, alice)
-	c.login()
-	a.login()
-	asg := m.assign(t, alice.Email, "viewer")
+	m := suite.NewMesh(t)
+	c, a := suite.NewUser(t, carol), suite.NewUser(t, alice)
+	c.MustLogin()
+	a.MustLogin()
+	asg := m.Assign(t, alice.Email, "viewer")
 	want := carol.Email + " is not an administrator"
 
 	t.Run("cli", func(t *testing.T) {
-		c := &user{User: c.User, t: t}
+		c := c.For(t)
 		for _, args := range [][]string{
 			{"roles", "create", "sneaky", "--group", "system:masters"},
 			{"roles", "update", "viewer", "--group", "system:masters"},
@@ -39,7 +39,7 @@ func TestAdminOnly(t *testing.T) {
 			{"assign", "--user", carol.Email, "--role", "editor", "--cluster", "kind"},
 			{"unassign", asg.ID},
 		} {
-			_, stderr, code := c.cli(args...)
+			_, stderr, code := c.RunCode(args...)
 			if code != 4 || !strings.Contains(stderr, want) {
 				t.Errorf("clustral %s: exit %d, stderr %q; want exit 4 and %q", strings.Join(args, " "), code, stderr, want)
 			}
@@ -81,7 +81,7 @@ func TestAdminOnly(t *testing.T) {
 				b, _ := json.Marshal(route.body)
 				body = bytes.NewReader(b)
 			}
-			req, _ := http.NewRequestWithContext(context.Background(), route.method, coordURL()+route.path, body)
+			req, _ := http.NewRequestWithContext(context.Background(), route.method, suite.CoordURL()+route.path, body)
 			req.Header.Set("Authorization", "Bearer "+tok)
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
@@ -102,24 +102,24 @@ func TestAdminOnly(t *testing.T) {
 
 	// Nothing changed.
 	var roles []proto.Role
-	m.admin.api("GET", "/api/v1/roles", nil, &roles)
+	m.Admin.MustAPI("GET", "/api/v1/roles", nil, &roles)
 	for _, r := range roles {
 		if r.Name == "sneaky" || strings.Join(r.Groups, ",") == "system:masters" {
 			t.Errorf("role %+v after refused calls", r)
 		}
 	}
 	var asgs []proto.Assignment
-	m.admin.api("GET", "/api/v1/assignments", nil, &asgs)
+	m.Admin.MustAPI("GET", "/api/v1/assignments", nil, &asgs)
 	if len(asgs) != 1 || asgs[0].ID != asg.ID {
 		t.Errorf("assignments after refused calls: %+v, want only %s", asgs, asg.ID)
 	}
 	var u proto.User
-	m.admin.api("GET", "/api/v1/users/"+alice.Email, nil, &u)
+	m.Admin.MustAPI("GET", "/api/v1/users/"+alice.Email, nil, &u)
 	if u.Disabled {
 		t.Errorf("alice disabled by a refused call")
 	}
 	var cl proto.Cluster
-	m.admin.api("GET", "/api/v1/clusters/kind", nil, &cl)
+	m.Admin.MustAPI("GET", "/api/v1/clusters/kind", nil, &cl)
 	if len(cl.Labels) != 0 {
 		t.Errorf("cluster labels %v after refused calls", cl.Labels)
 	}

@@ -14,37 +14,38 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
 
-// request asks, as u through the CLI, for role on the cluster for d.
-func (u *user) request(role, d, reason string) proto.AccessRequest {
-	u.t.Helper()
+// requestAccess asks, as u through the CLI, for role on the cluster for d.
+func requestAccess(u *harness.TestUser, role, d, reason string) proto.AccessRequest {
+	u.T().Helper()
 	var ar proto.AccessRequest
-	out := u.must("access", "request", "--cluster", "kind", "--role", role, "--for", d, "--reason", reason, "-o", "json")
+	out := u.MustRun("access", "request", "--cluster", "kind", "--role", role, "--for", d, "--reason", reason, "-o", "json")
 	if err := json.Unmarshal([]byte(out), &ar); err != nil {
-		u.t.Fatalf("access request output %q: %v", out, err)
+		u.T().Fatalf("access request output %q: %v", out, err)
 	}
 	if ar.State != proto.RequestPending {
-		u.t.Fatalf("new request is %s, want pending", ar.State)
+		u.T().Fatalf("new request is %s, want pending", ar.State)
 	}
 	return ar
 }
 
 // decide runs `clustral access <action> id` as u and returns the request.
-func (u *user) decide(action, id string, args ...string) proto.AccessRequest {
-	u.t.Helper()
+func decide(u *harness.TestUser, action, id string, args ...string) proto.AccessRequest {
+	u.T().Helper()
 	var ar proto.AccessRequest
-	out := u.must(append([]string{"access", action, id, "-o", "json"}, args...)...)
+	out := u.MustRun(append([]string{"access", action, id, "-o", "json"}, args...)...)
 	if err := json.Unmarshal([]byte(out), &ar); err != nil {
-		u.t.Fatalf("access %s output %q: %v", action, out, err)
+		u.T().Fatalf("access %s output %q: %v", action, out, err)
 	}
 	return ar
 }
 
 // requestState returns the state of request id as u sees it in
 // `clustral access list`.
-func (u *user) requestState(id string) (string, error) {
+func requestState(u *harness.TestUser, id string) (string, error) {
 	out, _, err := u.Run(context.Background(), "access", "list", "-o", "json")
 	if err != nil {
 		return "", err
@@ -62,15 +63,15 @@ func (u *user) requestState(id string) (string, error) {
 }
 
 // reachable returns the clusters `clustral status -o json` lists for u.
-func (u *user) reachable() []string {
-	u.t.Helper()
+func reachable(u *harness.TestUser) []string {
+	u.T().Helper()
 	var st struct {
 		Connected bool                     `json:"connected"`
 		Clusters  []proto.ReachableCluster `json:"clusters"`
 	}
-	out := u.must("status", "-o", "json")
+	out := u.MustRun("status", "-o", "json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		u.t.Fatalf("status output %q: %v", out, err)
+		u.T().Fatalf("status output %q: %v", out, err)
 	}
 	var names []string
 	for _, c := range st.Clusters {
@@ -79,21 +80,21 @@ func (u *user) reachable() []string {
 	return names
 }
 
-// client returns a REST client for u's clustral-kind context, read from
+// restClient returns a REST client for u's clustral-kind context, read from
 // the kubeconfig now: it keeps working after the context is removed from
 // the file.
-func (u *user) client() rest.Interface {
-	u.t.Helper()
+func restClient(u *harness.TestUser) rest.Interface {
+	u.T().Helper()
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 		&clientcmd.ClientConfigLoadingRules{ExplicitPath: u.Kubeconfig},
 		&clientcmd.ConfigOverrides{CurrentContext: "clustral-kind"}).ClientConfig()
 	if err != nil {
-		u.t.Fatal(err)
+		u.T().Fatal(err)
 	}
 	cfg.Timeout = 3 * time.Second
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		u.t.Fatal(err)
+		u.T().Fatal(err)
 	}
 	return cs.CoreV1().RESTClient()
 }
@@ -137,23 +138,23 @@ func untilDenied(t *testing.T, c rest.Interface, ns string, timeout time.Duratio
 // alice from the moment the grant expires, with ACCESS_EXPIRED. Back up,
 // the coordinator records the request as expired.
 func TestJITLifecycle(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a, b := newUser(t, alice), newUser(t, bob)
-	a.login()
-	b.login()
-	a.up()
-	if got := a.reachable(); len(got) != 0 {
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
+	a.MustLogin()
+	b.MustLogin()
+	a.MustUp()
+	if got := reachable(a); len(got) != 0 {
 		t.Fatalf("alice reaches %v before any grant", got)
 	}
-	ns := newNamespace(t)
+	ns := suite.NewNamespace(t)
 
 	const grant = 20 * time.Second
-	ar := a.request("editor", grant.String(), "INC-1234: restart the ingress")
-	if pending, err := b.requestState(ar.ID); err != nil || pending != proto.RequestPending {
+	ar := requestAccess(a, "editor", grant.String(), "INC-1234: restart the ingress")
+	if pending, err := requestState(b, ar.ID); err != nil || pending != proto.RequestPending {
 		t.Fatalf("bob's list: request %s is %q (%v), want pending", ar.ID, pending, err)
 	}
-	ar = b.decide("approve", ar.ID, "--reason", "on call")
+	ar = decide(b, "approve", ar.ID, "--reason", "on call")
 	if ar.State != proto.RequestApproved || ar.GrantExpires == nil || ar.DecidedBy != bob.Email {
 		t.Fatalf("approved request = %+v", ar)
 	}
@@ -161,14 +162,14 @@ func TestJITLifecycle(t *testing.T) {
 	t.Logf("grant ends at %s", expires.Format(time.RFC3339Nano))
 
 	// The context appears in the running tunnel through a map delta.
-	eventually(t, 10*time.Second, func(context.Context) error {
-		_, err := a.kubectl("get", "configmaps", "-n", ns)
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		_, err := a.RunKubectl("get", "configmaps", "-n", ns)
 		return err
 	})
-	if got := a.reachable(); !slices.Equal(got, []string{"kind"}) {
+	if got := reachable(a); !slices.Equal(got, []string{"kind"}) {
 		t.Errorf("alice reaches %v with the grant, want [kind]", got)
 	}
-	if _, err := a.kubectl("create", "configmap", "from-alice", "-n", ns); err != nil {
+	if _, err := a.RunKubectl("create", "configmap", "from-alice", "-n", ns); err != nil {
 		t.Errorf("alice (editor) create configmap: %v", err)
 	}
 
@@ -179,12 +180,12 @@ func TestJITLifecycle(t *testing.T) {
 		t.Fatalf("the grant was usable only %v before its end", time.Until(expires))
 	}
 	time.Sleep(time.Until(stopAt))
-	m.coord.Stop()
-	if _, err := a.kubectl("get", "configmaps", "-n", ns); err != nil {
+	m.Coord.Stop()
+	if _, err := a.RunKubectl("get", "configmaps", "-n", ns); err != nil {
 		t.Fatalf("with the coordinator down, before the end of the grant: %v", err)
 	}
 
-	c := a.client()
+	c := restClient(a)
 	denied, allowed := untilDenied(t, c, ns, time.Until(expires)+10*time.Second)
 	t.Logf("last allowed request ended %v after the grant's end; the first refused one started %v after it and ended %v after it: %v",
 		allowed.end.Sub(expires), denied.start.Sub(expires), denied.end.Sub(expires), denied.err)
@@ -199,31 +200,31 @@ func TestJITLifecycle(t *testing.T) {
 	if late := denied.start.Sub(expires); late > time.Second {
 		t.Errorf("refused %v after the grant's end, want within 1s", late)
 	}
-	r, err := a.kubectlRefused("get", "configmaps", "-n", ns)
+	r, err := a.KubectlRefused("get", "configmaps", "-n", ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.code != proto.CodeAccessExpired {
-		t.Errorf("after the end, kubectl got %q, want %s: %s", r.code, proto.CodeAccessExpired, r.message)
+	if r.Code != proto.CodeAccessExpired {
+		t.Errorf("after the end, kubectl got %q, want %s: %s", r.Code, proto.CodeAccessExpired, r.Message)
 	}
-	if want := fmt.Sprintf("The access of %s to cluster 'kind' (role 'editor') expired at", alice.Email); !strings.Contains(r.message, want) {
-		t.Errorf("after the end, kubectl said %q, want %q", r.message, want)
+	if want := fmt.Sprintf("The access of %s to cluster 'kind' (role 'editor') expired at", alice.Email); !strings.Contains(r.Message, want) {
+		t.Errorf("after the end, kubectl said %q, want %q", r.Message, want)
 	}
 
 	// The coordinator, back, expires the request and takes the cluster
 	// out of alice's map.
-	if err := m.coord.Start(context.Background()); err != nil {
+	if err := m.Coord.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func(context.Context) error {
-		st, err := a.requestState(ar.ID)
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		st, err := requestState(a, ar.ID)
 		if err == nil && st != proto.RequestExpired {
 			err = fmt.Errorf("request %s is %s, want expired", ar.ID, st)
 		}
 		return err
 	})
-	eventually(t, 15*time.Second, func(context.Context) error {
-		if got := a.reachable(); len(got) != 0 {
+	harness.MustEventually(t, 15*time.Second, func(context.Context) error {
+		if got := reachable(a); len(got) != 0 {
 			return fmt.Errorf("alice still reaches %v", got)
 		}
 		return nil
@@ -232,40 +233,40 @@ func TestJITLifecycle(t *testing.T) {
 
 // TestJITDeny: a denied request gives nothing; denying needs a reason.
 func TestJITDeny(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a, b := newUser(t, alice), newUser(t, bob)
-	a.login()
-	b.login()
-	a.up()
-	ar := a.request("editor", "1h", "INC-1235")
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
+	a.MustLogin()
+	b.MustLogin()
+	a.MustUp()
+	ar := requestAccess(a, "editor", "1h", "INC-1235")
 
-	_, stderr, code := b.cli("access", "deny", ar.ID)
+	_, stderr, code := b.RunCode("access", "deny", ar.ID)
 	if code == 0 || !strings.Contains(stderr, "a reason is required to deny") {
 		t.Errorf("deny without a reason: exit %d, stderr %q", code, stderr)
 	}
-	ar = b.decide("deny", ar.ID, "--reason", "use staging")
+	ar = decide(b, "deny", ar.ID, "--reason", "use staging")
 	if ar.State != proto.RequestDenied || ar.DecisionReason != "use staging" {
 		t.Fatalf("denied request = %+v", ar)
 	}
-	if st, err := a.requestState(ar.ID); err != nil || st != proto.RequestDenied {
+	if st, err := requestState(a, ar.ID); err != nil || st != proto.RequestDenied {
 		t.Errorf("alice's list: request is %q (%v), want denied", st, err)
 	}
 	// Nothing arrives: no agent in the tunnel, and kubectl hears that
 	// alice has no role there.
 	time.Sleep(time.Second) // a map delta, were there one, takes ~10ms
-	if got := a.reachable(); len(got) != 0 {
+	if got := reachable(a); len(got) != 0 {
 		t.Errorf("alice reaches %v after the denial", got)
 	}
-	r, err := a.kubectlRefused("get", "configmaps", "-n", "default")
+	r, err := a.KubectlRefused("get", "configmaps", "-n", "default")
 	if err != nil {
 		t.Fatalf("kubectl after the denial: %v", err)
 	}
-	if want := alice.Email + " has no role on cluster 'kind'"; r.code != proto.CodeNoRoleAssignment || !strings.Contains(r.message, want) {
-		t.Errorf("kubectl after the denial: %s %q, want %s and %q", r.code, r.message, proto.CodeNoRoleAssignment, want)
+	if want := alice.Email + " has no role on cluster 'kind'"; r.Code != proto.CodeNoRoleAssignment || !strings.Contains(r.Message, want) {
+		t.Errorf("kubectl after the denial: %s %q, want %s and %q", r.Code, r.Message, proto.CodeNoRoleAssignment, want)
 	}
 	// A decided request cannot be approved after all.
-	_, stderr, code = b.cli("access", "approve", ar.ID)
+	_, stderr, code = b.RunCode("access", "approve", ar.ID)
 	if code == 0 || !strings.Contains(stderr, "is denied, not pending") {
 		t.Errorf("approve after deny: exit %d, stderr %q", code, stderr)
 	}
@@ -274,20 +275,20 @@ func TestJITDeny(t *testing.T) {
 // TestJITRevoke: revoking an active grant refuses the next request
 // within 1s of the revoke call returning.
 func TestJITRevoke(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a := newUser(t, alice)
-	a.login()
-	ar := a.request("editor", "1h", "INC-1236")
-	m.admin.decide("approve", ar.ID)
-	a.up()
-	ns := newNamespace(t)
-	c := a.client()
-	eventually(t, 10*time.Second, func(ctx context.Context) error {
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a := suite.NewUser(t, alice)
+	a.MustLogin()
+	ar := requestAccess(a, "editor", "1h", "INC-1236")
+	decide(m.Admin, "approve", ar.ID)
+	a.MustUp()
+	ns := suite.NewNamespace(t)
+	c := restClient(a)
+	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
 		return listConfigMaps(ctx, c, ns)
 	})
 
-	m.admin.api("POST", "/api/v1/access-requests/"+ar.ID+"/revoke", proto.AccessDecision{Reason: "done"}, nil)
+	m.Admin.MustAPI("POST", "/api/v1/access-requests/"+ar.ID+"/revoke", proto.AccessDecision{Reason: "done"}, nil)
 	revoked := time.Now()
 	denied, _ := untilDenied(t, c, ns, 10*time.Second)
 	took := max(0, denied.end.Sub(revoked))
@@ -295,11 +296,11 @@ func TestJITRevoke(t *testing.T) {
 	if took > time.Second {
 		t.Errorf("refused %v after the revoke, want within 1s", took)
 	}
-	if st, err := a.requestState(ar.ID); err != nil || st != proto.RequestRevoked {
+	if st, err := requestState(a, ar.ID); err != nil || st != proto.RequestRevoked {
 		t.Errorf("alice's list: request is %q (%v), want revoked", st, err)
 	}
-	eventually(t, 5*time.Second, func(context.Context) error {
-		if _, err := a.kubectl("get", "configmaps", "-n", ns); err == nil {
+	harness.MustEventually(t, 5*time.Second, func(context.Context) error {
+		if _, err := a.RunKubectl("get", "configmaps", "-n", ns); err == nil {
 			return errors.New("kubectl still works after the revoke")
 		}
 		return nil
@@ -310,26 +311,26 @@ func TestJITRevoke(t *testing.T) {
 // included, and users outside the role's approver groups decide none;
 // the CLI says so and exits 4.
 func TestSelfApproval(t *testing.T) {
-	m := newMesh(t)
-	a, c := newUser(t, alice), newUser(t, carol)
-	a.login()
-	c.login()
-	mine := a.request("editor", "1h", "INC-1237")
-	adminOwn := m.admin.request("editor", "1h", "INC-1238")
+	m := suite.NewMesh(t)
+	a, c := suite.NewUser(t, alice), suite.NewUser(t, carol)
+	a.MustLogin()
+	c.MustLogin()
+	mine := requestAccess(a, "editor", "1h", "INC-1237")
+	adminOwn := requestAccess(m.Admin, "editor", "1h", "INC-1238")
 
 	tests := []struct {
-		who    *user
+		who    *harness.TestUser
 		action string
 		id     string
 		want   string
 	}{
 		{a, "approve", mine.ID, "nobody approves or denies their own request"},
 		{a, "deny", mine.ID, "nobody approves or denies their own request"},
-		{m.admin, "approve", adminOwn.ID, "nobody approves or denies their own request"},
+		{m.Admin, "approve", adminOwn.ID, "nobody approves or denies their own request"},
 		{c, "approve", mine.ID, carol.Email + " may not decide requests for role editor"},
 	}
 	for _, tt := range tests {
-		_, stderr, code := tt.who.cli("access", tt.action, tt.id, "--reason", "why not")
+		_, stderr, code := tt.who.RunCode("access", tt.action, tt.id, "--reason", "why not")
 		if code != 4 {
 			t.Errorf("%s: access %s of %s: exit %d, want 4; stderr %q", tt.who.Email, tt.action, tt.id, code, stderr)
 		}
@@ -338,7 +339,7 @@ func TestSelfApproval(t *testing.T) {
 		}
 	}
 	for _, id := range []string{mine.ID, adminOwn.ID} {
-		if st, err := m.admin.requestState(id); err != nil || st != proto.RequestPending {
+		if st, err := requestState(m.Admin, id); err != nil || st != proto.RequestPending {
 			t.Errorf("request %s is %q (%v) after refused decisions, want pending", id, st, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -15,18 +16,18 @@ import (
 // refuses what it does not with the matching X-Clustral-Error-Code and a
 // message kubectl shows that names the limit.
 func TestRestrictions(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	ns, other := newNamespace(t), newNamespace(t)
-	createConfigMap(t, ns, "allowed")
-	createConfigMap(t, ns, "another")
-	createConfigMap(t, other, "allowed")
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	ns, other := suite.NewNamespace(t), suite.NewNamespace(t)
+	suite.CreateConfigMap(t, ns, "allowed")
+	suite.CreateConfigMap(t, ns, "another")
+	suite.CreateConfigMap(t, other, "allowed")
 
-	c := newUser(t, carol)
-	c.login() // users exist from their first login
-	m.admin.must("roles", "create", "limited", "--group", "clustral:editors", "--namespace", ns)
-	m.admin.must("assign", "--user", carol.Email, "--role", "limited", "--cluster", "kind")
-	c.up()
+	c := suite.NewUser(t, carol)
+	c.MustLogin() // users exist from their first login
+	m.Admin.MustRun("roles", "create", "limited", "--group", "clustral:editors", "--namespace", ns)
+	m.Admin.MustRun("assign", "--user", carol.Email, "--role", "limited", "--cluster", "kind")
+	c.MustUp()
 
 	now := time.Now().UTC()
 	// A one-hour window twelve hours away never includes the test.
@@ -91,29 +92,29 @@ func TestRestrictions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m.admin.must(append([]string{"roles", "update", "limited", "--group", "clustral:editors"}, tt.flags...)...)
+			m.Admin.MustRun(append([]string{"roles", "update", "limited", "--group", "clustral:editors"}, tt.flags...)...)
 			// The role reaches the agent in a map delta.
-			var last refusal
-			eventually(t, 10*time.Second, func(context.Context) error {
-				r, err := c.kubectlRefused(tt.denied...)
+			var last harness.Refusal
+			harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+				r, err := c.KubectlRefused(tt.denied...)
 				if err != nil {
 					return err
 				}
 				last = r
-				if r.code != tt.code {
-					return fmt.Errorf("kubectl %v: code %q, want %q; message: %s", tt.denied, r.code, tt.code, r.message)
+				if r.Code != tt.code {
+					return fmt.Errorf("kubectl %v: code %q, want %q; message: %s", tt.denied, r.Code, tt.code, r.Message)
 				}
 				return nil
 			})
-			t.Logf("kubectl %v: %s: %s", tt.denied, last.code, last.message)
-			if !strings.Contains(last.message, tt.message) {
-				t.Errorf("kubectl %v: message\n%s\nwant it to contain\n%s", tt.denied, last.message, tt.message)
+			t.Logf("kubectl %v: %s: %s", tt.denied, last.Code, last.Message)
+			if !strings.Contains(last.Message, tt.message) {
+				t.Errorf("kubectl %v: message\n%s\nwant it to contain\n%s", tt.denied, last.Message, tt.message)
 			}
-			if !strings.Contains(last.message, "Forbidden") {
-				t.Errorf("kubectl %v: message\n%s\nwant Forbidden", tt.denied, last.message)
+			if !strings.Contains(last.Message, "Forbidden") {
+				t.Errorf("kubectl %v: message\n%s\nwant Forbidden", tt.denied, last.Message)
 			}
 			if tt.allowed != nil {
-				if _, err := c.kubectl(tt.allowed...); err != nil {
+				if _, err := c.RunKubectl(tt.allowed...); err != nil {
 					t.Errorf("allowed by the role: %v", err)
 				}
 			}

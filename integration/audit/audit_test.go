@@ -27,8 +27,8 @@ import (
 // latency, and clustral audit shows them.
 func TestRequestEvents(t *testing.T) {
 	m := newMesh(t)
-	startAgent(t, m.joinToken, t.TempDir())
-	m.alice.up()
+	startAgent(t, m.JoinToken, t.TempDir())
+	m.alice.MustUp()
 	k := m.alice.Kubectl()
 	ctx := context.Background()
 	if _, err := k.Run(ctx, "--context", "clustral-kind", "get", "configmap", "kube-root-ca.crt", "-n", "default"); err != nil {
@@ -63,7 +63,7 @@ func TestRequestEvents(t *testing.T) {
 	}
 
 	// The CLI: JSON Lines, one event per line, with the filters.
-	out, _, err := m.admin.Run(ctx, "audit", "--user", alice.Email, "--resource", "configmaps", "--since", "1h", "-o", "json")
+	out, _, err := m.Admin.Run(ctx, "audit", "--user", alice.Email, "--resource", "configmaps", "--since", "1h", "-o", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestRequestEvents(t *testing.T) {
 	if lines == 0 {
 		t.Fatalf("clustral audit -o json printed no configmaps events:\n%s", out)
 	}
-	table, _, err := m.admin.Run(ctx, "audit", "--category", "auth,assignment")
+	table, _, err := m.Admin.Run(ctx, "audit", "--category", "auth,assignment")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,17 +209,17 @@ func TestNoEventLost(t *testing.T) {
 	const n = 1000
 	m := newMesh(t)
 	spoolDir := filepath.Join(t.TempDir(), "spool")
-	ag := startAgent(t, m.joinToken, spoolDir)
-	m.alice.up()
+	ag := startAgent(t, m.JoinToken, spoolDir)
+	m.alice.MustUp()
 	g := newLoadGen(t, m.alice.Kubeconfig)
 	g.run(t, 10, 30*time.Second) // the mesh is up
 
 	// 1. Coordinator outage.
-	m.coord.Stop()
+	m.Coord.Stop()
 	took := g.run(t, n, 2*time.Minute)
 	t.Logf("outage: %d requests through the mesh in %s (%.0f/s) with the coordinator down", n, took.Round(time.Millisecond), n/took.Seconds())
 	restart := time.Now()
-	if err := m.coord.Start(context.Background()); err != nil {
+	if err := m.Coord.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	up := time.Since(restart)
@@ -245,7 +245,7 @@ func TestNoEventLost(t *testing.T) {
 	waitUntil(t, 30*time.Second, "200 requests before the kill", func() bool { return len(g.answered()) >= before+200 })
 	ag.Proc.Kill()
 	killedAt := len(g.answered())
-	startAgent(t, m.joinToken, spoolDir)
+	startAgent(t, m.JoinToken, spoolDir)
 	waitUntil(t, time.Minute, "200 requests through the new agent", func() bool { return len(g.answered()) >= killedAt+200 })
 	cancel()
 	<-loopDone
@@ -262,7 +262,7 @@ func TestNoEventLost(t *testing.T) {
 	t.Logf("agent kill: %d requests answered in all, %d failed around the kill; every answered one has exactly one event", want, g.failed)
 
 	var v proto.AuditVerification
-	m.admin.api("GET", "/api/v1/audit/verify", nil, &v)
+	m.Admin.MustAPI("GET", "/api/v1/audit/verify", nil, &v)
 	if !v.OK {
 		t.Fatalf("verify after the outage = %+v", v)
 	}
@@ -295,25 +295,25 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 func TestTamperingDetected(t *testing.T) {
 	m := newMesh(t)
 	ctx := context.Background()
-	out, _, err := m.admin.Run(ctx, "audit", "verify")
+	out, _, err := m.Admin.Run(ctx, "audit", "verify")
 	if err != nil || !strings.Contains(out, "intact") {
 		t.Fatalf("verify before tampering: %q %v", out, err)
 	}
-	m.coord.Stop()
-	db := filepath.Join(m.coord.Dir, "data", "coordinator.db")
+	m.Coord.Stop()
+	db := filepath.Join(m.Coord.Dir, "data", "coordinator.db")
 	const victim = 3
 	editRecord(t, db, victim)
 
 	// Offline, on the stopped coordinator's data directory.
-	out, _, err = m.admin.Run(ctx, "audit", "verify", "--data-dir", filepath.Join(m.coord.Dir, "data"))
+	out, _, err = m.Admin.Run(ctx, "audit", "verify", "--data-dir", filepath.Join(m.Coord.Dir, "data"))
 	if err == nil || !strings.Contains(out, fmt.Sprintf("BROKEN at record %d", victim)) {
 		t.Fatalf("offline verify after tampering: %q %v", out, err)
 	}
 	// Online, against the restarted coordinator.
-	if err := m.coord.Start(ctx); err != nil {
+	if err := m.Coord.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	out, _, err = m.admin.Run(ctx, "audit", "verify", "-o", "json")
+	out, _, err = m.Admin.Run(ctx, "audit", "verify", "-o", "json")
 	var v proto.AuditVerification
 	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
 		t.Fatalf("verify -o json = %q: %v", out, jerr)

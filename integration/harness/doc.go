@@ -13,6 +13,10 @@
 // stopped with SIGTERM and then SIGKILL of the group, and die with the
 // test binary if it crashes. Readiness is polled, never slept for.
 //
+// For packages that run a whole clustral mesh per test, MeshMain is the
+// TestMain and MeshSuite starts coordinators, agents and users (TestUser)
+// bound to a test; BackgroundKubectl reads a running kubectl's output.
+//
 // Component binaries come from ../components/build.sh (see Binary), which
 // the harness runs when one is missing.
 package harness

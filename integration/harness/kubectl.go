@@ -68,14 +68,7 @@ func (k Kubectl) Run(ctx context.Context, args ...string) (KubectlResult, error)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var full []string
-	if k.Kubeconfig != "" {
-		full = append(full, "--kubeconfig="+k.Kubeconfig)
-	}
-	if k.Context != "" {
-		full = append(full, "--context="+k.Context)
-	}
-	full = append(full, args...)
+	full := k.commandLine(args)
 	cmd := exec.CommandContext(ctx, path, full...)
 	cmd.Env = append(environWithout("KUBECONFIG="), k.Env...)
 	cmd.Stdin = k.Stdin
@@ -97,4 +90,16 @@ func (k Kubectl) Run(ctx context.Context, args ...string) (KubectlResult, error)
 		return res, &KubectlError{Args: full, Result: res, TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), Err: err}
 	}
 	return res, nil
+}
+
+// commandLine returns kubectl's arguments: k's flags, then args.
+func (k Kubectl) commandLine(args []string) []string {
+	var full []string
+	if k.Kubeconfig != "" {
+		full = append(full, "--kubeconfig="+k.Kubeconfig)
+	}
+	if k.Context != "" {
+		full = append(full, "--context="+k.Context)
+	}
+	return append(full, args...)
 }

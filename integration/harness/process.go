@@ -173,11 +173,7 @@ func tailFile(path string, n int) string {
 	if err != nil {
 		return fmt.Sprintf("(read %s: %v)", path, err)
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return LastLines(string(b), n)
 }
 
 // failure wraps err with the process state and its log tail.

@@ -16,12 +16,12 @@ import (
 // offline when its map stream drops) — leaves kubectl working through the
 // other.
 func TestTwoAgents(t *testing.T) {
-	m := newMesh(t)
-	agents := []*harness.Agent{startAgent(t, m.joinToken), startAgent(t, m.joinToken)}
-	b := newUser(t, bob)
-	b.login()
-	m.assign(t, bob.Email, "editor")
-	b.up()
+	m := suite.NewMesh(t)
+	agents := []*harness.Agent{suite.StartAgent(t, m.JoinToken), suite.StartAgent(t, m.JoinToken)}
+	b := suite.NewUser(t, bob)
+	b.MustLogin()
+	m.Assign(t, bob.Email, "editor")
+	b.MustUp()
 
 	n := 0
 	// probe runs one kubectl listing configmaps in a namespace of its own
@@ -29,14 +29,14 @@ func TestTwoAgents(t *testing.T) {
 	probe := func() (string, error) {
 		n++
 		ns := fmt.Sprintf("probe-%d", n)
-		_, err := b.kubectl("--context", "clustral-kind", "get", "configmaps", "-n", ns)
+		_, err := b.RunKubectl("get", "configmaps", "-n", ns)
 		return ns, err
 	}
 	// servedBy returns the index of the agent that logged a request in ns.
 	servedBy := func(t *testing.T, ns string) int {
 		t.Helper()
 		who := -1
-		eventually(t, 5*time.Second, func(context.Context) error {
+		harness.MustEventually(t, 5*time.Second, func(context.Context) error {
 			for i, a := range agents {
 				log, err := os.ReadFile(a.Proc.LogPath())
 				if err != nil {
@@ -70,7 +70,7 @@ func TestTwoAgents(t *testing.T) {
 			start := time.Now()
 			tt.stop(agents[used].Proc)
 			attempts := 0
-			eventually(t, 15*time.Second, func(context.Context) error {
+			harness.MustEventually(t, 15*time.Second, func(context.Context) error {
 				attempts++
 				ns, err = probe()
 				return err
@@ -80,7 +80,7 @@ func TestTwoAgents(t *testing.T) {
 				t.Fatalf("agent %d served a request after it was stopped", used)
 			}
 			// Two agents again for what follows, for the whole test.
-			agents[used] = startAgent(parent, m.joinToken)
+			agents[used] = suite.StartAgent(parent, m.JoinToken)
 		})
 	}
 }

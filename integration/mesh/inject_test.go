@@ -18,22 +18,22 @@ import (
 // the cluster sees (security invariant 1). alice is a viewer; every
 // attempt to claim more must still be judged as alice.
 func TestInjectionIgnored(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a := newUser(t, alice)
-	a.login()
-	m.assign(t, alice.Email, "viewer")
-	a.up()
-	ns := newNamespace(t)
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a := suite.NewUser(t, alice)
+	a.MustLogin()
+	m.Assign(t, alice.Email, "viewer")
+	a.MustUp()
+	ns := suite.NewNamespace(t)
 
 	t.Run("kubectl --as", func(t *testing.T) {
 		as := []string{"--context", "clustral-kind", "--as=admin", "--as-group=system:masters"}
-		res, err := a.kubectl(append(as, "auth", "whoami", "-o", "json")...)
+		res, err := a.RunKubectl(append(as, "auth", "whoami", "-o", "json")...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		checkSelf(t, []byte(res.Stdout))
-		_, err = a.kubectl(append(as, "create", "configmap", "as-admin", "-n", ns)...)
+		_, err = a.RunKubectl(append(as, "create", "configmap", "as-admin", "-n", ns)...)
 		if err == nil || !strings.Contains(err.Error(), `User "alice@example.com" cannot create resource "configmaps"`) {
 			t.Errorf("create configmap --as=admin: err = %v, want forbidden for alice", err)
 		}
@@ -50,7 +50,7 @@ func TestInjectionIgnored(t *testing.T) {
 		{"Impersonate-Group", http.Header{"Impersonate-Group": {"system:masters"}}},
 		{"Impersonate-User and Group", http.Header{"Impersonate-User": {"admin"}, "Impersonate-Group": {"system:masters"}}},
 		{"Impersonate-Uid and Extra", http.Header{"Impersonate-User": {"admin"}, "Impersonate-Uid": {"0"}, "Impersonate-Extra-Scopes": {"all"}}},
-		{"Authorization", http.Header{"Authorization": {"Bearer " + env.APIServer.AdminToken}}},
+		{"Authorization", http.Header{"Authorization": {"Bearer " + suite.Env.APIServer.AdminToken}}},
 		{"Connection names Impersonate-User", http.Header{"Connection": {"Impersonate-User"}, "Impersonate-User": {"admin"}}},
 		{"front proxy headers", http.Header{"X-Remote-User": {"admin"}, "X-Remote-Group": {"system:masters"}}},
 		{"lower case", http.Header{"impersonate-user": {"admin"}, "impersonate-group": {"system:masters"}}},

@@ -10,12 +10,12 @@ import (
 // TestKubeLogoutLogin: with a running `clustral up`, kube logout removes
 // one context and kube login brings it back, without down/up.
 func TestKubeLogoutLogin(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a := newUser(t, alice)
-	a.login()
-	m.assign(t, alice.Email, "viewer")
-	a.up()
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a := suite.NewUser(t, alice)
+	a.MustLogin()
+	m.Assign(t, alice.Email, "viewer")
+	a.MustUp()
 	hasContext := func() bool {
 		t.Helper()
 		cfg, err := clientcmd.LoadFromFile(a.Kubeconfig)
@@ -27,18 +27,18 @@ func TestKubeLogoutLogin(t *testing.T) {
 	if !hasContext() {
 		t.Fatal("no clustral-kind context after up")
 	}
-	if out := a.must("kube", "ls"); !strings.Contains(out, "kind") || !strings.Contains(out, "viewer") {
+	if out := a.MustRun("kube", "ls"); !strings.Contains(out, "kind") || !strings.Contains(out, "viewer") {
 		t.Fatalf("kube ls = %q", out)
 	}
-	a.must("kube", "logout", "kind")
+	a.MustRun("kube", "logout", "kind")
 	if hasContext() {
 		t.Fatal("clustral-kind context still there after kube logout")
 	}
-	a.must("kube", "login", "kind")
+	a.MustRun("kube", "login", "kind")
 	if !hasContext() {
 		t.Fatal("no clustral-kind context after kube login")
 	}
-	if res, err := a.kubectl("--context", "clustral-kind", "auth", "whoami"); err != nil || !strings.Contains(res.Stdout, alice.Email) {
+	if res, err := a.RunKubectl("auth", "whoami"); err != nil || !strings.Contains(res.Stdout, alice.Email) {
 		t.Fatalf("kubectl after kube login: %v %s", err, res.Stdout)
 	}
 }

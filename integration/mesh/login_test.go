@@ -16,11 +16,11 @@ import (
 // redirects to the coordinator's callback, and the CLI's poll picks up the
 // session.
 func TestInteractiveLogin(t *testing.T) {
-	startCoordinator(t)
-	u := newUser(t, alice)
+	suite.StartCoordinator(t)
+	u := suite.NewUser(t, alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, u.Bin, "login", coordURL(), "--no-browser")
+	cmd := exec.CommandContext(ctx, u.Bin, "login", suite.CoordURL(), "--no-browser")
 	cmd.Env = u.Environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
@@ -46,12 +46,12 @@ func TestInteractiveLogin(t *testing.T) {
 	if authURL == "" {
 		t.Fatal("clustral login printed no URL")
 	}
-	if !strings.HasPrefix(authURL, env.Dex.Issuer) || !strings.Contains(authURL, "code_challenge_method=S256") {
+	if !strings.HasPrefix(authURL, suite.Env.Dex.Issuer) || !strings.Contains(authURL, "code_challenge_method=S256") {
 		t.Fatalf("auth URL %q is not Dex's with PKCE", authURL)
 	}
 	go io.Copy(io.Discard, stderr)
 
-	resp, err := env.Dex.Browser().LoginFollow(ctx, authURL, alice.Email, alice.Password)
+	resp, err := suite.Env.Dex.Browser().LoginFollow(ctx, authURL, alice.Email, alice.Password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,11 +63,11 @@ func TestInteractiveLogin(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("clustral login: %v", err)
 	}
-	if !strings.Contains(stdout.String(), "Logged in to "+coordURL()+" as "+alice.Email) {
+	if !strings.Contains(stdout.String(), "Logged in to "+suite.CoordURL()+" as "+alice.Email) {
 		t.Fatalf("stdout = %q", stdout.String())
 	}
 	// The stored session works.
-	out := u.must("status", "-o", "json")
+	out := u.MustRun("status", "-o", "json")
 	if !strings.Contains(out, `"user": "alice@example.com"`) {
 		t.Fatalf("status after login = %s", out)
 	}

@@ -5,14 +5,11 @@
 package mesh
 
 import (
-	"context"
 	"os"
-	"strconv"
 	"testing"
 
-	rbacv1 "k8s.io/api/rbac/v1"
-
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
 )
 
 // The static users in Dex.
@@ -23,51 +20,20 @@ var (
 	carol = harness.DexUser{Email: "carol@example.com", Password: "carol-pw"}
 )
 
-const oidcSecret = "coordinator-secret-0123456789"
+var suite *harness.MeshSuite
 
-var (
-	env         *harness.Env
-	coordPort   int
-	binDir      string
-	clustralBin string
-)
-
-func coordURL() string { return "http://127.0.0.1:" + strconv.Itoa(coordPort) }
-
+// TestMain runs the tests against one apiserver and Dex. Every mesh has
+// the roles viewer (group clustral:viewers, bound to view) and editor
+// (clustral:editors, bound to edit).
 func TestMain(m *testing.M) {
-	p, err := harness.FreePort()
-	if err != nil {
-		panic(err)
-	}
-	coordPort = p
-	binDir, err = os.MkdirTemp("", "clustral-mesh-bin")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(binDir)
-	opts := harness.Options{
-		APIServer: harness.APIServerOptions{Identities: []harness.Identity{harness.AgentIdentity}},
-		Dex: &harness.DexOptions{
-			Users: []harness.DexUser{admin, alice, bob, carol},
-			Clients: []harness.DexClient{{
-				ID: "clustral", Secret: oidcSecret,
-				RedirectURIs: []string{coordURL() + "/oidc/callback"},
-			}},
+	os.Exit(harness.MeshMain(m, harness.MeshOptions{
+		Name:       "mesh",
+		Users:      []harness.DexUser{admin, alice, bob, carol},
+		Admin:      admin,
+		GroupRoles: map[string]string{"clustral:viewers": "view", "clustral:editors": "edit"},
+		Roles: []proto.Role{
+			{Name: "viewer", Groups: []string{"clustral:viewers"}},
+			{Name: "editor", Groups: []string{"clustral:editors"}},
 		},
-	}
-	code := harness.Main(m, opts, func(e *harness.Env) {
-		env = e
-		ctx := context.Background()
-		c := e.APIServer.Client()
-		if err := harness.GrantImpersonation(ctx, c, harness.AgentIdentity.User); err != nil {
-			panic(err)
-		}
-		for group, role := range map[string]string{"clustral:viewers": "view", "clustral:editors": "edit"} {
-			if err := harness.BindClusterRole(ctx, c, group, role, rbacv1.GroupKind, group); err != nil {
-				panic(err)
-			}
-		}
-	})
-	os.RemoveAll(binDir)
-	os.Exit(code)
+	}, func(s *harness.MeshSuite) { suite = s }))
 }

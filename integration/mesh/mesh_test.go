@@ -5,25 +5,27 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustral/clustral/integration/harness"
 )
 
 // TestIdentityAndRoles: two users, at the same time on two devices, with
 // different roles, get different answers from the real apiserver's RBAC,
 // and the cluster sees each as themselves with their role's groups.
 func TestIdentityAndRoles(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a, b := newUser(t, alice), newUser(t, bob)
-	a.login()
-	b.login()
-	m.assign(t, alice.Email, "viewer")
-	m.assign(t, bob.Email, "editor")
-	a.up()
-	b.up()
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
+	a.MustLogin()
+	b.MustLogin()
+	m.Assign(t, alice.Email, "viewer")
+	m.Assign(t, bob.Email, "editor")
+	a.MustUp()
+	b.MustUp()
 
-	res, err := a.kubectl("--context", "clustral-kind", "auth", "whoami")
+	res, err := a.RunKubectl("auth", "whoami")
 	if err != nil {
-		dbg, _ := a.kubectl("--context", "clustral-kind", "get", "--raw", "/api", "-v=9")
+		dbg, _ := a.RunKubectl("get", "--raw", "/api", "-v=9")
 		t.Fatalf("%v\ndebug: %s", err, dbg.Stderr)
 	}
 	for _, want := range []string{alice.Email, "clustral:viewers", "system:authenticated"} {
@@ -35,7 +37,7 @@ func TestIdentityAndRoles(t *testing.T) {
 		t.Errorf("whoami shows the agent's identity: %s", res.Stdout)
 	}
 	tests := []struct {
-		who  *user
+		who  *harness.TestUser
 		args []string
 		want string
 	}{
@@ -44,15 +46,15 @@ func TestIdentityAndRoles(t *testing.T) {
 		{b, []string{"auth", "can-i", "create", "configmaps", "-n", "default"}, "yes"},
 	}
 	for _, tt := range tests {
-		res, _ := tt.who.kubectl(append([]string{"--context", "clustral-kind"}, tt.args...)...)
+		res, _ := tt.who.RunKubectl(tt.args...)
 		if got := strings.TrimSpace(res.Stdout); got != tt.want {
 			t.Errorf("%s: kubectl %v = %q (stderr %q), want %q", tt.who.Email, tt.args, got, res.Stderr, tt.want)
 		}
 	}
-	if _, err := a.kubectl("--context", "clustral-kind", "create", "configmap", "x", "-n", "default"); err == nil || !strings.Contains(err.Error(), "forbidden") {
+	if _, err := a.RunKubectl("create", "configmap", "x", "-n", "default"); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Errorf("alice create configmap: err = %v, want forbidden from the apiserver", err)
 	}
-	if _, err := b.kubectl("--context", "clustral-kind", "create", "configmap", "from-bob-"+strconv.FormatInt(time.Now().UnixNano(), 36), "-n", "default"); err != nil {
+	if _, err := b.RunKubectl("create", "configmap", "from-bob-"+strconv.FormatInt(time.Now().UnixNano(), 36), "-n", "default"); err != nil {
 		t.Errorf("bob create configmap: %v", err)
 	}
 }

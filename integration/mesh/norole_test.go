@@ -12,19 +12,19 @@ import (
 // and kubectl prints the plain-text 403 naming the cluster and the way
 // forward.
 func TestNoRole(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	c := newUser(t, carol)
-	c.login()
-	c.up()
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLogin()
+	c.MustUp()
 	for _, args := range [][]string{
 		{"get", "pods"},
 		{"get", "--raw", "/version"},
 	} {
-		res, err := c.kubectl(append([]string{"--context", "clustral-kind"}, args...)...)
+		res, err := c.RunKubectl(args...)
 		var ke *harness.KubectlError
 		if !errors.As(err, &ke) {
-			t.Fatalf("kubectl %v: err = %v, want a refusal", args, err)
+			t.Fatalf("kubectl %v: err = %v, want a harness.Refusal", args, err)
 		}
 		for _, want := range []string{"Forbidden", "carol@example.com has no role on cluster 'kind'", "clustral access request --cluster kind --role <role>"} {
 			if !strings.Contains(res.Stderr, want) {

@@ -19,26 +19,26 @@ import (
 // its cluster, so a device without one is never its peer (the agent's
 // tests cover that answer). What a user sees instead is this.
 func TestRoleRemovedWhileUp(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	c := newUser(t, carol)
-	c.login()
-	asg := m.assign(t, carol.Email, "viewer")
-	c.up()
-	ns := newNamespace(t)
-	if _, err := c.kubectl("--context", "clustral-kind", "get", "configmaps", "-n", ns); err != nil {
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLogin()
+	asg := m.Assign(t, carol.Email, "viewer")
+	c.MustUp()
+	ns := suite.NewNamespace(t)
+	if _, err := c.RunKubectl("get", "configmaps", "-n", ns); err != nil {
 		t.Fatalf("before removal: %v", err)
 	}
-	w := c.startKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
+	w := c.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
 	// Once an event arrives through it, the watch is open end to end.
-	createConfigMap(t, ns, "before-removal")
-	w.waitContains(10*time.Second, "before-removal")
+	suite.CreateConfigMap(t, ns, "before-removal")
+	w.WaitContains(10*time.Second, "before-removal")
 
 	start := time.Now()
-	m.admin.api("DELETE", "/api/v1/assignments/"+asg.ID, nil, nil)
-	err := w.waitExit(10 * time.Second)
+	m.Admin.MustAPI("DELETE", "/api/v1/assignments/"+asg.ID, nil, nil)
+	err := w.WaitExit(10 * time.Second)
 	took := time.Since(start)
-	_, stderr := w.output()
+	_, stderr := w.Output()
 	// kubectl ends a watch the server closed without an error.
 	t.Logf("watch ended %v after the assignment was deleted: %v %s", took, err, strings.TrimSpace(stderr))
 	if took > 3*time.Second {
@@ -47,7 +47,7 @@ func TestRoleRemovedWhileUp(t *testing.T) {
 
 	// The context stays, and kubectl prints the plain-text 403 that says
 	// why and what to do.
-	res, err := c.kubectl("--context", "clustral-kind", "get", "configmaps", "-n", ns)
+	res, err := c.RunKubectl("get", "configmaps", "-n", ns)
 	var ke *harness.KubectlError
 	if !errors.As(err, &ke) {
 		t.Fatalf("kubectl after removal: err = %v, want a kubectl failure", err)
@@ -59,9 +59,9 @@ func TestRoleRemovedWhileUp(t *testing.T) {
 	}
 
 	// A new assignment brings the cluster back to the running tunnel.
-	m.assign(t, carol.Email, "viewer")
-	eventually(t, 10*time.Second, func(ctx context.Context) error {
-		_, err := c.kubectl("--context", "clustral-kind", "get", "configmaps", "-n", ns)
+	m.Assign(t, carol.Email, "viewer")
+	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
+		_, err := c.RunKubectl("get", "configmaps", "-n", ns)
 		return err
 	})
 }

@@ -15,6 +15,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/netstack"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/proto"
@@ -26,17 +27,17 @@ import (
 // the connection never opens; from his own address the same node reaches
 // the agent and is seen as bob.
 func TestSpoofedSourceDropped(t *testing.T) {
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a, b := newUser(t, alice), newUser(t, bob)
-	a.login()
-	b.login()
-	m.assign(t, alice.Email, "viewer")
-	m.assign(t, bob.Email, "viewer")
-	a.up() // alice's device holds the address bob will claim
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
+	a.MustLogin()
+	b.MustLogin()
+	m.Assign(t, alice.Email, "viewer")
+	m.Assign(t, bob.Email, "viewer")
+	a.MustUp() // alice's device holds the address bob will claim
 
 	var devices []proto.Device
-	a.api("GET", "/api/v1/devices", nil, &devices)
+	a.MustAPI("GET", "/api/v1/devices", nil, &devices)
 	if len(devices) != 1 {
 		t.Fatalf("alice's devices = %+v", devices)
 	}
@@ -48,7 +49,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	var reg proto.RegisterResponse
-	b.api("POST", "/api/v1/devices", proto.RegisterDeviceRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: "rogue"}, &reg)
+	b.MustAPI("POST", "/api/v1/devices", proto.RegisterDeviceRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: "rogue"}, &reg)
 	bobAddr := reg.Addresses[0].Addr()
 
 	try := func(src netip.Addr, timeout time.Duration) (string, error) {
@@ -64,7 +65,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		defer n.Close()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		s, err := node.NewStream(n, node.StreamConfig{BaseURL: coordURL(), Token: reg.NodeToken,
+		s, err := node.NewStream(n, node.StreamConfig{BaseURL: suite.CoordURL(), Token: reg.NodeToken,
 			Endpoints: func() []netip.AddrPort {
 				return []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), n.ListenPort())}
 			}})
@@ -72,7 +73,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 			t.Fatal(err)
 		}
 		go s.Run(ctx)
-		eventually(t, 10*time.Second, func(context.Context) error {
+		harness.MustEventually(t, 10*time.Second, func(context.Context) error {
 			if len(n.AgentsOf("kind")) == 0 {
 				return io.ErrUnexpectedEOF
 			}

@@ -19,11 +19,6 @@ import (
 	"github.com/clustral/clustral/integration/harness"
 )
 
-// kwok starts KWOK once for the package; the Env stops it.
-var kwok = sync.OnceValues(func() (*harness.KWOK, error) {
-	return env.StartKWOK(context.Background())
-})
-
 // At -v=4 kubectl logs which websocket subprotocol it negotiated, and
 // when it gives up on websockets and falls back to SPDY.
 var (
@@ -34,24 +29,24 @@ var (
 // TestStreams: exec (with and without stdin), logs -f and port-forward
 // work through the mesh over websockets and over SPDY, against pods on
 // KWOK's fake node; a role without pods/exec gets the apiserver's own
-// refusal.
+// harness.Refusal.
 func TestStreams(t *testing.T) {
-	kw, err := kwok()
+	kw, err := suite.KWOK()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMesh(t)
-	startAgent(t, m.joinToken)
-	a, b := newUser(t, alice), newUser(t, bob)
-	a.login()
-	b.login()
-	m.assign(t, alice.Email, "viewer")
-	m.assign(t, bob.Email, "editor")
-	a.up()
-	b.up()
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
+	a.MustLogin()
+	b.MustLogin()
+	m.Assign(t, alice.Email, "viewer")
+	m.Assign(t, bob.Email, "editor")
+	a.MustUp()
+	b.MustUp()
 
 	ctx := context.Background()
-	ns, pod := newNamespace(t), "app"
+	ns, pod := suite.NewNamespace(t), "app"
 	logFile := filepath.Join(t.TempDir(), "app.log")
 	if err := harness.WriteCRILog(logFile, "first line", "second line"); err != nil {
 		t.Fatal(err)
@@ -76,8 +71,8 @@ func TestStreams(t *testing.T) {
 	}
 	// KWOK learns of the rules through a watch: wait until exec works.
 	start := time.Now()
-	eventually(t, 20*time.Second, func(context.Context) error {
-		_, err := b.kubectl("--context", "clustral-kind", "exec", "-n", ns, pod, "-c", "c", "--", "true")
+	harness.MustEventually(t, 20*time.Second, func(context.Context) error {
+		_, err := b.RunKubectl("exec", "-n", ns, pod, "-c", "c", "--", "true")
 		return err
 	})
 	t.Logf("KWOK's exec rule took %v", time.Since(start))
@@ -103,7 +98,7 @@ func TestStreams(t *testing.T) {
 		}
 
 		t.Run(mode.name+"/exec", func(t *testing.T) {
-			res, err := b.kubectlEnv(env, kargs("exec", "-n", ns, pod, "-c", "c", "--", "echo", "hello")...)
+			res, err := b.RunKubectlEnv(env, kargs("exec", "-n", ns, pod, "-c", "c", "--", "echo", "hello")...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -129,25 +124,25 @@ func TestStreams(t *testing.T) {
 		})
 
 		t.Run(mode.name+"/logs -f", func(t *testing.T) {
-			eventually(t, 20*time.Second, func(context.Context) error {
-				_, err := b.kubectl("--context", "clustral-kind", "logs", "-n", ns, pod, "-c", "c")
+			harness.MustEventually(t, 20*time.Second, func(context.Context) error {
+				_, err := b.RunKubectl("logs", "-n", ns, pod, "-c", "c")
 				return err
 			})
-			l := b.startKubectl(t, env, nil, "logs", "-f", "-n", ns, pod, "-c", "c")
-			l.waitContains(10*time.Second, "second line\n")
+			l := b.StartKubectl(t, env, nil, "logs", "-f", "-n", ns, pod, "-c", "c")
+			l.WaitContains(10*time.Second, "second line\n")
 			for i := range 3 {
 				line := fmt.Sprintf("appended %s %d", mode.name, i)
 				start := time.Now()
 				appendCRILog(t, logFile, line)
-				l.waitContains(10*time.Second, line+"\n")
+				l.WaitContains(10*time.Second, line+"\n")
 				t.Logf("%q followed after %v", line, time.Since(start))
 			}
 		})
 
 		t.Run(mode.name+"/port-forward", func(t *testing.T) {
-			pf := b.startKubectl(t, env, nil, "-v=4", "port-forward", "-n", ns, "pod/"+pod, ":8080")
+			pf := b.StartKubectl(t, env, nil, "-v=4", "port-forward", "-n", ns, "pod/"+pod, ":8080")
 			re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> 8080`)
-			out := pf.waitStdout(20*time.Second, "the forwarding address", re.MatchString)
+			out := pf.WaitStdout(20*time.Second, "the forwarding address", re.MatchString)
 			local := "http://127.0.0.1:" + re.FindStringSubmatch(out)[1]
 			var wg sync.WaitGroup
 			for i := range 6 {
@@ -155,7 +150,7 @@ func TestStreams(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					path := fmt.Sprintf("/%s/%d", mode.name, i)
-					body, err := httpGet(local + path)
+					body, err := harness.HTTPGet(local + path)
 					if err != nil {
 						t.Errorf("GET %s through port-forward: %v", path, err)
 					} else if want := "behind the pod: " + path; body != want {
@@ -167,12 +162,12 @@ func TestStreams(t *testing.T) {
 				}
 			}
 			wg.Wait()
-			_, stderr := pf.output()
+			_, stderr := pf.Output()
 			checkProtocol(t, stderr)
 		})
 
 		t.Run(mode.name+"/exec without pods/exec", func(t *testing.T) {
-			res, err := a.kubectlEnv(env, "--context", "clustral-kind", "exec", "-n", ns, pod, "-c", "c", "--", "echo", "hello")
+			res, err := a.RunKubectlEnv(env, "exec", "-n", ns, pod, "-c", "c", "--", "echo", "hello")
 			if err == nil {
 				t.Fatalf("alice (viewer) could exec: %q", res.Stdout)
 			}
@@ -195,22 +190,4 @@ func appendCRILog(t *testing.T, path, line string) {
 	if _, err := fmt.Fprintf(f, "%s stdout F %s\n", time.Now().UTC().Format(time.RFC3339Nano), line); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// httpGet GETs url and returns the body of a 200 answer.
-func httpGet(url string) (string, error) {
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s: %s", resp.Status, b)
-	}
-	return string(b), nil
 }
