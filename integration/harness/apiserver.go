@@ -161,7 +161,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 			"--profiling=false",
 		}
 		args = append(args, opts.ExtraArgs...)
-		p, err := StartProcess("kube-apiserver", bin, args, environWithout("KUBECONFIG="), a.LogPath)
+		p, err := StartProcess("kube-apiserver", bin, args, EnvironWithout("KUBECONFIG="), a.LogPath)
 		if err != nil {
 			return err
 		}

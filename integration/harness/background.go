@@ -59,7 +59,7 @@ func (k Kubectl) Start(t testing.TB, args ...string) *BackgroundKubectl {
 	full := k.commandLine(args)
 	b := &BackgroundKubectl{t: t, args: full, notify: make(chan struct{}, 1), done: make(chan struct{})}
 	b.cmd = exec.Command(path, full...)
-	b.cmd.Env = append(environWithout("KUBECONFIG="), k.Env...)
+	b.cmd.Env = append(EnvironWithout("KUBECONFIG="), k.Env...)
 	b.cmd.Stdin = k.Stdin
 	b.cmd.Stdout = notifyWriter{b, &b.stdout}
 	b.cmd.Stderr = notifyWriter{b, &b.stderr}

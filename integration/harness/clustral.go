@@ -175,7 +175,7 @@ func NewUser(bin, dir string, d DexUser) *User {
 
 // Environ is the environment the user's clustral and kubectl run with.
 func (u *User) Environ() []string {
-	return append(environWithout("KUBECONFIG=", "CLUSTRAL_"),
+	return append(EnvironWithout("KUBECONFIG=", "CLUSTRAL_"),
 		"CLUSTRAL_CONFIG_DIR="+filepath.Join(u.Dir, "config"),
 		"KUBECONFIG="+u.Kubeconfig,
 		"NO_COLOR=1",
@@ -263,6 +263,12 @@ func (u *User) API(ctx context.Context, coordURL, method, path string, body, out
 
 // CallAPI makes one coordinator API call with a bearer token.
 func CallAPI(ctx context.Context, coordURL, method, path, token string, body, out any) error {
+	return CallAPIWith(ctx, http.DefaultClient, coordURL, method, path, token, body, out)
+}
+
+// CallAPIWith is CallAPI with the HTTP client hc, e.g. one that trusts a
+// coordinator's private CA.
+func CallAPIWith(ctx context.Context, hc *http.Client, coordURL, method, path, token string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -278,7 +284,7 @@ func CallAPI(ctx context.Context, coordURL, method, path, token string, body, ou
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}

@@ -66,7 +66,7 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 			"--leader-elect=false",
 			"--profiling=false",
 		}
-		p, err := StartProcess("kube-controller-manager", bin, args, environWithout("KUBECONFIG="), cm.LogPath)
+		p, err := StartProcess("kube-controller-manager", bin, args, EnvironWithout("KUBECONFIG="), cm.LogPath)
 		if err != nil {
 			return err
 		}

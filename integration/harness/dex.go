@@ -213,7 +213,7 @@ func (d *Dex) start(ctx context.Context) error {
 	if err := d.writeConfig(); err != nil {
 		return err
 	}
-	p, err := StartProcess("dex", d.bin, []string{"serve", d.configPath}, environWithout("DEX_"), d.LogPath)
+	p, err := StartProcess("dex", d.bin, []string{"serve", d.configPath}, EnvironWithout("DEX_"), d.LogPath)
 	if err != nil {
 		return err
 	}

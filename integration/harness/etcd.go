@@ -48,7 +48,7 @@ func StartEtcd(ctx context.Context, dir string) (*Etcd, error) {
 			"--unsafe-no-fsync",
 			"--log-level=warn",
 		}
-		p, err := StartProcess("etcd", bin, args, environWithout("ETCD_"), e.LogPath)
+		p, err := StartProcess("etcd", bin, args, EnvironWithout("ETCD_"), e.LogPath)
 		if err != nil {
 			return err
 		}

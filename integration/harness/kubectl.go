@@ -70,7 +70,7 @@ func (k Kubectl) Run(ctx context.Context, args ...string) (KubectlResult, error)
 	defer cancel()
 	full := k.commandLine(args)
 	cmd := exec.CommandContext(ctx, path, full...)
-	cmd.Env = append(environWithout("KUBECONFIG="), k.Env...)
+	cmd.Env = append(EnvironWithout("KUBECONFIG="), k.Env...)
 	cmd.Stdin = k.Stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout

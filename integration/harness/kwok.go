@@ -136,7 +136,7 @@ func (k *KWOK) start(ctx context.Context) error {
 	}
 	// KWOK also reads ~/.kwok/kwok.yaml; point HOME elsewhere so a
 	// developer's configuration cannot interfere.
-	env := append(environWithout("KUBECONFIG=", "HOME="), "HOME="+filepath.Dir(k.config))
+	env := append(EnvironWithout("KUBECONFIG=", "HOME="), "HOME="+filepath.Dir(k.config))
 	p, err := StartProcess("kwok", k.bin, args, env, k.LogPath)
 	if err != nil {
 		return err

@@ -259,7 +259,9 @@ func retryOnPortClash(start func() error) error {
 
 // environWithout returns os.Environ() without variables having one of the
 // given prefixes.
-func environWithout(prefixes ...string) []string {
+// EnvironWithout returns the environment without the variables whose
+// KEY=value starts with one of prefixes.
+func EnvironWithout(prefixes ...string) []string {
 	var env []string
 outer:
 	for _, kv := range os.Environ() {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -372,34 +371,7 @@ func (m *Mesh) API(ctx context.Context, method, path string, body, out any) erro
 }
 
 func (m *Mesh) call(ctx context.Context, method, path, token string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, m.CoordURL+path, rd)
-	if err != nil {
-		return err
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := m.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(b))
-	}
-	if out != nil && len(b) > 0 {
-		return json.Unmarshal(b, out)
-	}
-	return nil
+	return harness.CallAPIWith(ctx, m.hc, m.CoordURL, method, path, token, body, out)
 }
 
 // Kubectl returns kubectl with args, run in the laptop namespace with
@@ -408,7 +380,7 @@ func (m *Mesh) call(ctx context.Context, method, path, token string, body, out a
 func (m *Mesh) Kubectl(ctx context.Context, args ...string) *exec.Cmd {
 	full := append([]string{"netns", "exec", m.Topo.Laptop, "kubectl", "--kubeconfig", m.Alice.Kubeconfig, "--context", Context}, args...)
 	cmd := exec.CommandContext(ctx, "ip", full...)
-	cmd.Env = append(environWithout("KUBECONFIG="), "NO_COLOR=1")
+	cmd.Env = append(harness.EnvironWithout("KUBECONFIG="), "NO_COLOR=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
@@ -467,20 +439,6 @@ func poll(ctx context.Context, timeout time.Duration, f func() error) error {
 		case <-t.C:
 		}
 	}
-}
-
-func environWithout(prefixes ...string) []string {
-	var out []string
-next:
-	for _, kv := range os.Environ() {
-		for _, p := range prefixes {
-			if strings.HasPrefix(kv, p) {
-				continue next
-			}
-		}
-		out = append(out, kv)
-	}
-	return out
 }
 
 // BulkNamespace holds the ConfigMaps of CreateBulk; BulkPath lists them.
