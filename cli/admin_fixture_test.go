@@ -1,0 +1,478 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// fakeAdmin is the coordinator's management, access and audit API as the
+// coordinator answers it (api.go, manage.go, access.go, audit.go), over
+// the fake coordinator of a testEnv. It keeps a fixed set of clusters,
+// roles, users, devices, access requests and audit events; creations and
+// changes answer what the coordinator would store, without storing it, so
+// every command sees the same data.
+type fakeAdmin struct {
+	e *testEnv
+
+	mu   sync.Mutex
+	reqs []string // "POST /api/v1/roles ?query {body}", in order
+	// brokenAt, if set, is the audit record GET /audit/verify reports
+	// as edited.
+	brokenAt uint64
+}
+
+// IDs in the coordinator's form: a type prefix and 20 hex digits.
+const (
+	clsProd    = "cls_1f0e2d3c4b5a69788796"
+	clsStaging = "cls_2a3b4c5d6e7f80919a0b"
+	clsDev     = "cls_3c4d5e6f708192a3b4c5"
+	rolViewer  = "rol_0a1b2c3d4e5f60718293"
+	rolDeploy  = "rol_1b2c3d4e5f6071829304"
+	rolAdmin   = "rol_2c3d4e5f607182930415"
+	rolNew     = "rol_9e8d7c6b5a4f3e2d1c0b"
+	usrAlice   = "usr_5a6b7c8d9e0f1a2b3c4d"
+	usrBob     = "usr_6b7c8d9e0f1a2b3c4d5e"
+	usrCarol   = "usr_7c8d9e0f1a2b3c4d5e6f"
+	devLaptop  = "dev_8d9e0f1a2b3c4d5e6f70"
+	devDesktop = "dev_9e0f1a2b3c4d5e6f7081"
+	devBob     = "dev_a0f1a2b3c4d5e6f70819"
+	asgNew     = "asg_b1a2b3c4d5e6f708192a"
+	reqPending = "req_c2b3c4d5e6f708192a3b"
+	reqActive  = "req_d3c4d5e6f708192a3b4c"
+	reqDenied  = "req_e4d5e6f708192a3b4c5d"
+	reqNew     = "req_f5e6f708192a3b4c5d6e"
+	// Join tokens as newSecret makes them: a prefix and 43 base64url
+	// characters.
+	joinNew     = "cjt_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2Fy"
+	joinRotated = "cjt_cm90YXRlZHRva2VuZm9ycHJvZGFnZW50c29ubHkx"
+)
+
+func adminKey(b byte) proto.Key {
+	var k proto.Key
+	for i := range k {
+		k[i] = b + byte(i)
+	}
+	return k
+}
+
+func prefixes(s ...string) []netip.Prefix {
+	var ps []netip.Prefix
+	for _, a := range s {
+		addr := netip.MustParseAddr(a)
+		ps = append(ps, netip.PrefixFrom(addr, addr.BitLen()))
+	}
+	return ps
+}
+
+func at(d time.Duration) time.Time { return fixedNow.Add(d) }
+
+func atp(d time.Duration) *time.Time { t := at(d); return &t }
+
+func fakeClusters() []proto.Cluster {
+	return []proto.Cluster{
+		{ID: clsDev, Name: "dev", Created: at(-72 * time.Hour)},
+		{ID: clsProd, Name: "prod", Labels: map[string]string{"env": "prod", "team": "payments"}, Created: at(-30 * 24 * time.Hour), Agents: []proto.Agent{
+			{NodeID: "agt_0011223344556677889a", Hostname: "prod-node-a", Addresses: prefixes("100.64.0.1", "fd7a:115c:a1e0::1"), Online: true},
+			{NodeID: "agt_1122334455667788990a", Hostname: "prod-node-b", Addresses: prefixes("100.64.0.7", "fd7a:115c:a1e0::7"), Online: false},
+		}},
+		{ID: clsStaging, Name: "staging", Labels: map[string]string{"env": "staging"}, Created: at(-10 * 24 * time.Hour), Agents: []proto.Agent{
+			{NodeID: "agt_2233445566778899aa0b", Hostname: "staging-node-a", Addresses: prefixes("100.64.0.3", "fd7a:115c:a1e0::3"), Online: true},
+		}},
+	}
+}
+
+func fakeRoles() []proto.Role {
+	return []proto.Role{
+		{ID: rolAdmin, Name: "admin", Description: "full control, on request", Groups: []string{"system:masters"}, ApproverGroups: []string{"sre"}, Admin: true},
+		{ID: rolDeploy, Name: "dev-deployer", Description: "roll out to dev", Groups: []string{"clustral:edit"}, Restrictions: &proto.Restrictions{
+			Namespaces: []string{"dev"}, APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get", "list", "patch"},
+			TimeWindows: []proto.TimeWindow{{Days: []string{"mon", "tue", "wed", "thu", "fri"}, Start: "09:00", End: "18:00", TimeZone: "Europe/Berlin"}},
+		}},
+		{ID: rolViewer, Name: "viewer", Description: "read-only everywhere", Groups: []string{"clustral:view"}},
+	}
+}
+
+func fakeUsers() []proto.User {
+	return []proto.User{
+		{ID: usrAlice, Login: "alice@example.com", Email: "alice@example.com", Name: "Alice Liddell", Groups: []string{"dev", "sre"}, Admin: true, Created: at(-90 * 24 * time.Hour), LastSeen: at(-5 * time.Minute)},
+		{ID: usrBob, Login: "bob@example.com", Email: "bob@example.com", Name: "Bob Builder", Groups: []string{"dev"}, Created: at(-60 * 24 * time.Hour), LastSeen: at(-26 * time.Hour)},
+		{ID: usrCarol, Login: "carol@example.com", Email: "carol@example.com", Name: "Carol Danvers", Disabled: true, Created: at(-45 * 24 * time.Hour), LastSeen: at(-14 * 24 * time.Hour)},
+	}
+}
+
+func fakeDevices() []proto.Device {
+	return []proto.Device{
+		{ID: devLaptop, User: "alice@example.com", Hostname: "alice-laptop", Key: adminKey(1), Addresses: prefixes("100.64.0.2", "fd7a:115c:a1e0::2"), Online: true, Created: at(-time.Hour), Expires: at(7 * time.Hour)},
+		{ID: devDesktop, User: "alice@example.com", Hostname: "old-laptop", Key: adminKey(2), Addresses: prefixes("100.64.0.4", "fd7a:115c:a1e0::4"), Online: false, Created: at(-50 * time.Hour), Expires: at(-42 * time.Hour)},
+		{ID: devBob, User: "bob@example.com", Hostname: "bob-desktop", Key: adminKey(3), Addresses: prefixes("100.64.0.5", "fd7a:115c:a1e0::5"), Online: true, Created: at(-3 * time.Hour), Expires: at(5 * time.Hour)},
+	}
+}
+
+func fakeAccessRequests() []proto.AccessRequest {
+	return []proto.AccessRequest{
+		{ID: reqPending, User: "bob@example.com", Role: "admin", Cluster: "prod", Reason: "INC-1234: restart the ingress", Duration: proto.Duration(time.Hour),
+			State: proto.RequestPending, Created: at(-10 * time.Minute), PendingUntil: at(50 * time.Minute)},
+		{ID: reqActive, User: "alice@example.com", Role: "admin", Cluster: "staging", Reason: "load test", Duration: proto.Duration(2 * time.Hour),
+			State: proto.RequestApproved, Created: at(-40 * time.Minute), PendingUntil: at(20 * time.Minute), DecidedBy: "carol@example.com", DecidedAt: at(-30 * time.Minute),
+			DecisionReason: "ok", GrantExpires: atp(90 * time.Minute)},
+		{ID: reqDenied, User: "bob@example.com", Role: "admin", Cluster: "prod", Reason: "curious", Duration: proto.Duration(8 * time.Hour),
+			State: proto.RequestDenied, Created: at(-3 * time.Hour), PendingUntil: at(-2 * time.Hour), DecidedBy: "alice@example.com", DecidedAt: at(-170 * time.Minute),
+			DecisionReason: "use staging"},
+	}
+}
+
+// fakeAuditEvents are the log's events, newest first as the coordinator
+// pages them by default.
+func fakeAuditEvents() []proto.AuditEvent {
+	evs := []proto.AuditEvent{
+		{Seq: 1201, Code: proto.AuditLoginBrowser, Category: proto.CategoryAuth, Time: at(-2 * time.Hour), Actor: "alice@example.com", Object: usrAlice,
+			Outcome: proto.OutcomeSuccess, Metadata: map[string]string{"groups": "dev,sre"}},
+		{Seq: 1202, Code: proto.AuditClusterCreated, Category: proto.CategoryCluster, Time: at(-100 * time.Minute), Actor: "alice@example.com", Cluster: "dev", Object: clsDev,
+			Outcome: proto.OutcomeSuccess, Metadata: map[string]string{"name": "dev"}},
+		{Seq: 1203, Code: proto.AuditAccessDenied, Category: proto.CategoryAccess, Time: at(-90 * time.Minute), Actor: "alice@example.com", Cluster: "prod", Object: reqDenied,
+			Outcome: proto.OutcomeDenied, Metadata: map[string]string{"reason": "use staging"}},
+		{Seq: 1204, Code: proto.AuditRequest, Category: proto.CategoryRequest, Time: at(-30 * time.Minute), Actor: "alice@example.com", Cluster: "prod",
+			Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"},
+			Outcome:  proto.OutcomeSuccess, Status: 200, Bytes: 4817, Latency: proto.Duration(12345 * time.Microsecond),
+			Correlation: "c0ffee00c0ffee00", Source: "agt_0011223344556677889a", SourceSeq: 77},
+		{Seq: 1205, Code: proto.AuditProxyDenied, Category: proto.CategoryDenial, Time: at(-20 * time.Minute), Actor: "bob@example.com", Cluster: "prod",
+			Resource: &proto.AuditResource{Verb: "delete", APIGroup: "apps", Resource: "deployments", Namespace: "payments", Name: "api", Path: "/apis/apps/v1/namespaces/payments/deployments/api"},
+			Outcome:  proto.OutcomeDenied, Status: 403, Error: proto.CodeOutsideTimeWindow, Source: "agt_0011223344556677889a", SourceSeq: 78},
+	}
+	prev := "9f2c1d4e5b6a79808f7e6d5c4b3a29181f0e2d3c4b5a69788796a5b4c3d2e1f0"
+	for i := range evs {
+		evs[i].PrevHash = prev
+		evs[i].Hash = proto.AuditHash(evs[i])
+		prev = evs[i].Hash
+	}
+	slices.Reverse(evs)
+	return evs
+}
+
+// installAdmin adds the management, access and audit routes to e's fake
+// coordinator.
+func installAdmin(e *testEnv) *fakeAdmin {
+	e.t.Helper()
+	a := &fakeAdmin{e: e}
+	// The fake coordinator serves a ServeMux, which takes new routes while
+	// it serves.
+	mux := e.coord.srv.Config.Handler.(*http.ServeMux)
+	v := proto.APIVersion
+	route := func(pattern string, h func(w http.ResponseWriter, r *http.Request)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := e.coord.auth(r); !ok {
+				writeTestProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "session expired or revoked", "run: clustral login")
+				return
+			}
+			h(w, r)
+		})
+	}
+	notFound := func(w http.ResponseWriter, what, ref string) {
+		writeTestProblem(w, http.StatusNotFound, proto.CodeNotFound, what+" "+strconv.Quote(ref)+" not found", "")
+	}
+
+	route("GET "+v+"/clusters", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		writeTestJSON(w, fakeClusters())
+	})
+	cluster := func(w http.ResponseWriter, ref string) (proto.Cluster, bool) {
+		for _, c := range fakeClusters() {
+			if c.Name == ref || c.ID == ref {
+				return c, true
+			}
+		}
+		notFound(w, "cluster", ref)
+		return proto.Cluster{}, false
+	}
+	route("POST "+v+"/clusters", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.CreateClusterRequest
+		if !a.decode(w, r, &req) {
+			return
+		}
+		if len(req.Labels) == 0 {
+			req.Labels = nil
+		}
+		writeTestStatusJSON(w, http.StatusCreated, proto.CreateClusterResponse{
+			Cluster:   proto.Cluster{ID: "cls_4d5e6f708192a3b4c5d6", Name: req.Name, Labels: req.Labels, Created: fixedNow},
+			JoinToken: joinNew,
+		})
+	})
+	route("GET "+v+"/clusters/{cluster}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		if c, ok := cluster(w, r.PathValue("cluster")); ok {
+			writeTestJSON(w, c)
+		}
+	})
+	route("PUT "+v+"/clusters/{cluster}/labels", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.ClusterLabels
+		if !a.decode(w, r, &req) {
+			return
+		}
+		if c, ok := cluster(w, r.PathValue("cluster")); ok {
+			c.Labels = req.Labels
+			writeTestJSON(w, c)
+		}
+	})
+	route("POST "+v+"/clusters/{cluster}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		c, ok := cluster(w, r.PathValue("cluster"))
+		if !ok {
+			return
+		}
+		switch r.PathValue("action") {
+		case "rotate-token":
+			writeTestJSON(w, proto.JoinToken{Cluster: c.Name, JoinToken: joinRotated})
+		case "revoke-token":
+			writeTestJSON(w, proto.JoinToken{Cluster: c.Name})
+		default:
+			notFound(w, "action", r.PathValue("action"))
+		}
+	})
+	route("DELETE "+v+"/clusters/{cluster}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		if _, ok := cluster(w, r.PathValue("cluster")); ok {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+
+	role := func(w http.ResponseWriter, ref string) (proto.Role, bool) {
+		for _, ro := range fakeRoles() {
+			if ro.Name == ref || ro.ID == ref {
+				return ro, true
+			}
+		}
+		notFound(w, "role", ref)
+		return proto.Role{}, false
+	}
+	route("GET "+v+"/roles", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		writeTestJSON(w, fakeRoles())
+	})
+	route("POST "+v+"/roles", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.Role
+		if !a.decode(w, r, &req) {
+			return
+		}
+		req.ID = rolNew
+		writeTestStatusJSON(w, http.StatusCreated, req)
+	})
+	route("GET "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		if ro, ok := role(w, r.PathValue("role")); ok {
+			writeTestJSON(w, ro)
+		}
+	})
+	route("PUT "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.Role
+		if !a.decode(w, r, &req) {
+			return
+		}
+		ro, ok := role(w, r.PathValue("role"))
+		if !ok {
+			return
+		}
+		req.ID = ro.ID
+		if req.Name == "" {
+			req.Name = ro.Name
+		}
+		writeTestJSON(w, req)
+	})
+	route("DELETE "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		if _, ok := role(w, r.PathValue("role")); ok {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+
+	route("POST "+v+"/assignments", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.Assignment
+		if !a.decode(w, r, &req) {
+			return
+		}
+		// The coordinator answers with names, and its clock is fixedNow:
+		// an expiry the CLI computed from the wall clock is answered as
+		// the same duration from fixedNow, to the minute.
+		out := proto.Assignment{ID: asgNew, User: req.User, Group: req.Group, Role: req.Role, Cluster: req.Cluster, ClusterSelector: req.ClusterSelector, Created: fixedNow}
+		if req.Expires != nil {
+			d := req.Expires.Sub(time.Now()).Round(time.Minute)
+			out.Expires = atp(d)
+		}
+		writeTestStatusJSON(w, http.StatusCreated, out)
+	})
+	route("DELETE "+v+"/assignments/{id}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		if r.PathValue("id") != asgNew {
+			notFound(w, "assignment", r.PathValue("id"))
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+
+	user := func(w http.ResponseWriter, ref string) (proto.User, bool) {
+		for _, u := range fakeUsers() {
+			if u.Login == ref || u.Email == ref || u.ID == ref {
+				return u, true
+			}
+		}
+		notFound(w, "user", ref)
+		return proto.User{}, false
+	}
+	route("GET "+v+"/users", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		writeTestJSON(w, fakeUsers())
+	})
+	route("GET "+v+"/users/{user}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		if u, ok := user(w, r.PathValue("user")); ok {
+			writeTestJSON(w, u)
+		}
+	})
+	route("POST "+v+"/users/{user}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		u, ok := user(w, r.PathValue("user"))
+		if !ok {
+			return
+		}
+		u.Disabled = r.PathValue("action") == "disable"
+		writeTestJSON(w, u)
+	})
+
+	route("GET "+v+"/devices", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		ds := fakeDevices()
+		if u := r.URL.Query().Get("user"); u != "" {
+			ds = slices.DeleteFunc(ds, func(d proto.Device) bool { return d.User != u })
+		}
+		writeTestJSON(w, ds)
+	})
+	route("DELETE "+v+"/devices/{id}", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		if !slices.ContainsFunc(fakeDevices(), func(d proto.Device) bool { return d.ID == r.PathValue("id") }) {
+			notFound(w, "device", r.PathValue("id"))
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+
+	route("POST "+v+"/access-requests", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.CreateAccessRequest
+		if !a.decode(w, r, &req) {
+			return
+		}
+		writeTestStatusJSON(w, http.StatusCreated, proto.AccessRequest{
+			ID: reqNew, User: "alice@example.com", Role: req.Role, Cluster: req.Cluster, Reason: req.Reason, Duration: req.Duration,
+			State: proto.RequestPending, Created: fixedNow, PendingUntil: at(time.Hour),
+		})
+	})
+	route("GET "+v+"/access-requests", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		ars := fakeAccessRequests()
+		if s := r.URL.Query().Get("state"); s != "" {
+			ars = slices.DeleteFunc(ars, func(ar proto.AccessRequest) bool { return ar.State != s })
+		}
+		writeTestJSON(w, ars)
+	})
+	route("POST "+v+"/access-requests/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		var d proto.AccessDecision
+		if !a.decode(w, r, &d) {
+			return
+		}
+		i := slices.IndexFunc(fakeAccessRequests(), func(ar proto.AccessRequest) bool { return ar.ID == r.PathValue("id") })
+		if i < 0 {
+			notFound(w, "access request", r.PathValue("id"))
+			return
+		}
+		ar := fakeAccessRequests()[i]
+		ar.DecidedBy, ar.DecidedAt, ar.DecisionReason = "alice@example.com", fixedNow, d.Reason
+		switch r.PathValue("action") {
+		case "approve":
+			ar.State = proto.RequestApproved
+			if d.Duration != 0 {
+				ar.Duration = d.Duration
+			}
+			ar.GrantExpires = atp(time.Duration(ar.Duration))
+		case "deny":
+			ar.State = proto.RequestDenied
+		case "revoke":
+			ar.State = proto.RequestRevoked
+			ar.GrantExpires = atp(0)
+		default:
+			notFound(w, "action", r.PathValue("action"))
+			return
+		}
+		writeTestJSON(w, ar)
+	})
+
+	route("GET "+v+"/audit/events", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		evs := fakeAuditEvents()
+		q := r.URL.Query()
+		if cs := q.Get(proto.AuditParamCategory); cs != "" {
+			evs = slices.DeleteFunc(evs, func(e proto.AuditEvent) bool { return !slices.Contains(strings.Split(cs, ","), string(e.Category)) })
+		}
+		if n, err := strconv.Atoi(q.Get(proto.AuditParamLimit)); err == nil && n < len(evs) {
+			evs = evs[:n]
+		}
+		writeTestJSON(w, proto.AuditPage{Events: evs, Follow: "cur_1205"})
+	})
+	route("GET "+v+"/audit/verify", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		v := proto.AuditVerification{OK: true, Checked: 1205, First: 1, Last: 1205, Anchor: "9f2c1d4e5b6a79808f7e6d5c4b3a29181f0e2d3c4b5a69788796a5b4c3d2e1f0"}
+		a.mu.Lock()
+		if bad := a.brokenAt; bad != 0 {
+			v.OK, v.Checked, v.Last, v.BadSeq = false, int(bad-1), bad-1, bad
+			v.Problem = "hash does not match its content (edited)"
+		}
+		a.mu.Unlock()
+		writeTestJSON(w, v)
+	})
+	return a
+}
+
+// record notes r (and its decoded body) for the test to check.
+func (a *fakeAdmin) record(r *http.Request, body any) {
+	s := r.Method + " " + r.URL.Path
+	if r.URL.RawQuery != "" {
+		s += " ?" + r.URL.RawQuery
+	}
+	if body != nil {
+		b, _ := json.Marshal(body)
+		s += " " + string(b)
+	}
+	a.mu.Lock()
+	a.reqs = append(a.reqs, s)
+	a.mu.Unlock()
+}
+
+// decode reads r's JSON body into v and records it, or answers 400.
+func (a *fakeAdmin) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		writeTestProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "invalid request body: "+err.Error(), "")
+		return false
+	}
+	a.record(r, v)
+	return true
+}
+
+// requests returns the requests seen since the last call.
+func (a *fakeAdmin) requests() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.reqs
+	a.reqs = nil
+	return r
+}
+
+func writeTestStatusJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}

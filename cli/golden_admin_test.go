@@ -1,0 +1,175 @@
+package main
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/pkg/version"
+)
+
+// TestGoldenAdmin runs the management, access, audit and version commands
+// against the fake coordinator with its management API, and compares
+// their output with testdata/<name>.<format>.golden, or, for the commands
+// that print one success line and have no -o, with testdata/<name>.golden
+// (go test ./cli -run TestGoldenAdmin -update rewrites them). The JSON
+// goldens are the commands' stable contract.
+func TestGoldenAdmin(t *testing.T) {
+	e := newTestEnv(t)
+	e.login("alice@example.com", fixedNow.Add(7*time.Hour+59*time.Minute))
+	a := installAdmin(e)
+	oldVersion, oldCommit := version.Version, version.Commit
+	version.Version, version.Commit = "v1.2.0", "abc123"
+	t.Cleanup(func() { version.Version, version.Commit = oldVersion, oldCommit })
+
+	tests := []struct {
+		name string
+		args []string
+		// plain commands have no -o and print one line.
+		plain bool
+		// brokenAt makes the audit log fail verification at that record.
+		brokenAt uint64
+		// jsonLines: -o json writes one compact document a line.
+		jsonLines bool
+		// code is the exit status.
+		code int
+		// sent are substrings of the requests the command must send,
+		// as fakeAdmin.record writes them.
+		sent []string
+	}{
+		{name: "roles-list", args: []string{"roles", "list"}},
+		{name: "roles-show", args: []string{"roles", "show", "dev-deployer"}, sent: []string{"GET /api/v1/roles/dev-deployer"}},
+		{name: "roles-create", args: []string{"roles", "create", "deployer", "--group", "clustral:edit", "--description", "roll out to dev",
+			"--namespace", "dev,staging", "--api-group", "apps", "--resource", "deployments,deployments/scale", "--verb", "get,list,patch",
+			"--resource-name", "api", "--window", "mon-fri 09:00-18:00 Europe/Berlin", "--approver-group", "sre"},
+			sent: []string{`POST /api/v1/roles {"id":"","name":"deployer","description":"roll out to dev","groups":["clustral:edit"],` +
+				`"restrictions":{"namespaces":["dev","staging"],"api_groups":["apps"],"resources":["deployments","deployments/scale"],"verbs":["get","list","patch"],` +
+				`"resource_names":["api"],"time_windows":[{"days":["mon","tue","wed","thu","fri"],"start":"09:00","end":"18:00","time_zone":"Europe/Berlin"}]},` +
+				`"approver_groups":["sre"]}`}},
+		{name: "roles-update", args: []string{"roles", "update", "viewer", "--rename", "reader", "--group", "clustral:view", "--namespace", "dev,staging"},
+			sent: []string{`PUT /api/v1/roles/viewer {"id":"","name":"reader","groups":["clustral:view"],"restrictions":{"namespaces":["dev","staging"]}}`}},
+		{name: "roles-delete", args: []string{"roles", "delete", "viewer"}, plain: true, sent: []string{"DELETE /api/v1/roles/viewer"}},
+
+		{name: "clusters-list", args: []string{"clusters", "list"}},
+		{name: "clusters-show", args: []string{"clusters", "show", "prod"}},
+		{name: "clusters-add", args: []string{"clusters", "add", "qa", "--label", "env=qa", "--label", "team=payments"},
+			sent: []string{`POST /api/v1/clusters {"name":"qa","labels":{"env":"qa","team":"payments"}}`}},
+		{name: "clusters-add-manifest", args: []string{"clusters", "add", "qa", "--manifest", "--manifest-coordinator-url", "https://clustral.example.com"}, plain: true},
+		{name: "clusters-label", args: []string{"clusters", "label", "prod", "tier=1", "team-"}, plain: true,
+			sent: []string{`PUT /api/v1/clusters/prod/labels {"labels":{"env":"prod","tier":"1"}}`}},
+		{name: "clusters-rotate-token", args: []string{"clusters", "rotate-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/rotate-token"}},
+		{name: "clusters-revoke-token", args: []string{"clusters", "revoke-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/revoke-token"}},
+		{name: "clusters-delete", args: []string{"clusters", "delete", "dev"}, plain: true, sent: []string{"DELETE /api/v1/clusters/dev"}},
+
+		{name: "assign-user", args: []string{"assign", "--user", "bob@example.com", "--role", "viewer", "--cluster", "prod"},
+			sent: []string{`POST /api/v1/assignments {"id":"","user":"bob@example.com","role":"viewer","cluster":"prod","created":"0001-01-01T00:00:00Z"}`}},
+		{name: "assign-group", args: []string{"assign", "--group", "sre", "--role", "admin", "--selector", "env=prod", "--for", "8h"},
+			sent: []string{`POST /api/v1/assignments {"id":"","group":"sre","role":"admin","cluster_selector":{"env":"prod"},"expires":"`}},
+		{name: "unassign", args: []string{"unassign", asgNew}, plain: true, sent: []string{"DELETE /api/v1/assignments/" + asgNew}},
+
+		{name: "users-list", args: []string{"users", "list"}},
+		{name: "users-show", args: []string{"users", "show", "alice@example.com"}},
+		{name: "users-disable", args: []string{"users", "disable", "bob@example.com"}, plain: true, sent: []string{"POST /api/v1/users/bob@example.com/disable"}},
+		{name: "users-enable", args: []string{"users", "enable", "carol@example.com"}, plain: true, sent: []string{"POST /api/v1/users/carol@example.com/enable"}},
+
+		{name: "devices-list", args: []string{"devices", "list"}},
+		{name: "devices-list-user", args: []string{"devices", "list", "--user", "bob@example.com"}, sent: []string{"GET /api/v1/devices ?user=bob%40example.com"}},
+		{name: "devices-revoke", args: []string{"devices", "revoke", devBob}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devBob}},
+		{name: "devices-revoke-hostname", args: []string{"devices", "revoke", "old-laptop"}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devDesktop}},
+
+		{name: "access-request", args: []string{"access", "request", "--cluster", "prod", "--role", "admin", "--for", "1h", "--reason", "INC-1234: restart the ingress"},
+			sent: []string{`POST /api/v1/access-requests {"role":"admin","cluster":"prod","duration":"1h0m0s","reason":"INC-1234: restart the ingress"}`}},
+		{name: "access-list", args: []string{"access", "list"}},
+		{name: "access-list-pending", args: []string{"access", "list", "--state", "pending"}, sent: []string{"GET /api/v1/access-requests ?state=pending"}},
+		{name: "access-approve", args: []string{"access", "approve", reqPending, "--for", "30m", "--reason", "ok"},
+			sent: []string{`POST /api/v1/access-requests/` + reqPending + `/approve {"duration":"30m0s","reason":"ok"}`}},
+		{name: "access-deny", args: []string{"access", "deny", reqPending, "--reason", "use staging"},
+			sent: []string{`POST /api/v1/access-requests/` + reqPending + `/deny {"reason":"use staging"}`}},
+		{name: "access-revoke", args: []string{"access", "revoke", reqActive}, sent: []string{`POST /api/v1/access-requests/` + reqActive + `/revoke {}`}},
+
+		{name: "audit", args: []string{"audit"}, jsonLines: true, sent: []string{"GET /api/v1/audit/events ?limit=50"}},
+		{name: "audit-denials", args: []string{"audit", "--category", "denial,access", "--severity", "W", "--limit", "10"}, jsonLines: true,
+			sent: []string{"GET /api/v1/audit/events ?category=denial%2Caccess&limit=10&severity=W"}},
+		{name: "audit-verify", args: []string{"audit", "verify"}, sent: []string{"GET /api/v1/audit/verify"}},
+		{name: "audit-verify-broken", args: []string{"audit", "verify"}, brokenAt: 1042, code: exitError},
+
+		{name: "version", args: []string{"version"}},
+	}
+	for _, tt := range tests {
+		formats := []string{"table", "json"}
+		if tt.plain {
+			formats = []string{""}
+		}
+		for _, format := range formats {
+			name, args := tt.name, tt.args
+			if format != "" {
+				name += "." + format
+				args = append(args[:len(args):len(args)], "-o", format)
+			}
+			t.Run(name, func(t *testing.T) {
+				a.requests()
+				a.mu.Lock()
+				a.brokenAt = tt.brokenAt
+				a.mu.Unlock()
+				code, out, errb := e.run(args...)
+				if code != tt.code {
+					t.Fatalf("exit %d, want %d; stderr:\n%s", code, tt.code, errb)
+				}
+				if strings.Contains(out+errb, "\033[") {
+					t.Errorf("colour escapes in output that is not a terminal:\n%q", out+errb)
+				}
+				sent := strings.Join(a.requests(), "\n")
+				for _, s := range tt.sent {
+					if !strings.Contains(sent, s) {
+						t.Errorf("requests sent:\n%s\nwant one with %s", sent, s)
+					}
+				}
+				if format == "json" {
+					checkJSONOutput(t, out, tt.jsonLines)
+				}
+				got := out
+				if errb != "" {
+					got += "--- stderr\n" + errb
+				}
+				golden(t, name, maskCA(e.mask(got)))
+			})
+		}
+	}
+}
+
+// TestGoldenLogout checks logout's lines, without a running up.
+func TestGoldenLogout(t *testing.T) {
+	e := newTestEnv(t)
+	e.login("alice@example.com", fixedNow.Add(8*time.Hour))
+	code, out, errb := e.run("logout")
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, errb)
+	}
+	if strings.Contains(out+errb, "\033[") {
+		t.Errorf("colour escapes in output that is not a terminal:\n%q", out+errb)
+	}
+	golden(t, "logout", e.mask(out+errb))
+}
+
+// checkJSONOutput checks that out is one JSON document, or with lines
+// one a line (JSON Lines).
+func checkJSONOutput(t *testing.T, out string, lines bool) {
+	t.Helper()
+	docs := []string{out}
+	if lines {
+		docs = strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	}
+	for _, d := range docs {
+		if !json.Valid([]byte(d)) {
+			t.Errorf("not JSON: %q", d)
+		}
+	}
+}
+
+// maskCA replaces the PEM of the test server's certificate, which the
+// manifest's ConfigMap carries, with $CA.
+func maskCA(s string) string {
+	return regexp.MustCompile(`(?m)^(\s*ca\.crt: \|)\n(\s+.*\n)+?(\s+-----END CERTIFICATE-----\n)`).ReplaceAllString(s, "$1\n    $$CA\n")
+}
