@@ -312,36 +312,60 @@ func (s *Spool) writeLocked(e proto.AuditEvent) error {
 // Pending returns up to n unacknowledged events, oldest first, after
 // syncing them to disk.
 func (s *Spool) Pending(n int) ([]proto.AuditEvent, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.dirty && s.cur != nil {
-		if err := s.cur.Sync(); err != nil {
-			return nil, fmt.Errorf("sync audit spool: %w", err)
-		}
-		s.dirty = false
+	upTo, err := s.sync()
+	if err != nil {
+		return nil, err
 	}
+	// Read outside mu too: only Ship, which calls Pending, removes
+	// segments, and Append only adds lines at the end of the last one.
+	s.mu.Lock()
 	from := s.acked + 1
-	if from > s.last {
+	segs := slices.Clone(s.segs)
+	s.mu.Unlock()
+	if from > upTo {
 		return nil, nil
 	}
 	// The segment holding from: the last one starting at or before it.
-	i, found := slices.BinarySearch(s.segs, from)
+	i, found := slices.BinarySearch(segs, from)
 	if !found {
 		i--
 	}
 	var out []proto.AuditEvent
-	for ; i < len(s.segs) && len(out) < n; i++ {
+	for ; i < len(segs) && len(out) < n; i++ {
 		if i < 0 {
 			continue
 		}
-		if err := s.readSegment(s.segs[i], from, n, &out); err != nil {
+		if err := s.readSegment(segs[i], from, upTo, n, &out); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
 }
 
-func (s *Spool) readSegment(first, from uint64, n int, out *[]proto.AuditEvent) error {
+// sync makes every event written so far durable and returns the last
+// sequence it covers. It syncs outside mu: an fsync takes milliseconds,
+// and Append, on the proxy's request path, must not wait for it. Only
+// synced events are shipped, so a node crash never loses an event the
+// coordinator has seen, and sequence numbers are never reused.
+func (s *Spool) sync() (uint64, error) {
+	s.mu.Lock()
+	f, dirty, upTo := s.cur, s.dirty, s.last
+	s.dirty = false
+	s.mu.Unlock()
+	if !dirty || f == nil {
+		return upTo, nil
+	}
+	// A segment rotated meanwhile was synced before it was closed.
+	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+		s.mu.Lock()
+		s.dirty = true
+		s.mu.Unlock()
+		return 0, fmt.Errorf("sync audit spool: %w", err)
+	}
+	return upTo, nil
+}
+
+func (s *Spool) readSegment(first, from, upTo uint64, n int, out *[]proto.AuditEvent) error {
 	f, err := os.Open(s.segPath(first))
 	if err != nil {
 		return err
@@ -360,7 +384,7 @@ func (s *Spool) readSegment(first, from uint64, n int, out *[]proto.AuditEvent) 
 		if err := json.Unmarshal(line, &e); err != nil {
 			return fmt.Errorf("audit spool %s: %w", filepath.Base(f.Name()), err)
 		}
-		if e.SourceSeq >= from && e.SourceSeq <= s.last {
+		if e.SourceSeq >= from && e.SourceSeq <= upTo {
 			*out = append(*out, e)
 		}
 	}

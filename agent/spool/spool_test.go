@@ -254,3 +254,31 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAppendWhileShipping appends while a shipper syncs and sends
+// every event, as an agent does with a reachable coordinator. Append must
+// not wait for the shipper's fsync.
+func BenchmarkAppendWhileShipping(b *testing.B) {
+	s, err := Open(Options{Dir: b.TempDir(), MaxEvents: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		s.Ship(ctx, func(_ context.Context, batch proto.AuditBatch) (proto.AuditAck, error) {
+			return proto.AuditAck{Acked: batch.Events[len(batch.Events)-1].SourceSeq}, nil
+		}, 0)
+	})
+	defer wg.Wait()
+	defer cancel()
+	e := proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", Status: 200,
+		Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.Append(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
