@@ -761,7 +761,7 @@ type peerPath struct {
 
 // pingBackAfter bounds how often a ping from a peer without a direct path
 // makes this side probe at once.
-const pingBackAfter = 500 * time.Millisecond
+const pingBackAfter = 50 * time.Millisecond
 
 type pendingPing struct {
 	to netip.AddrPort // invalid: sent over the relay
