@@ -262,18 +262,20 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		}
 		go func() { errc <- proxy.ServeTLS(l, cert) }()
 	}
-	go func() { errc <- runMapStream(ctx, m, nodeAPI, log) }()
-	// Shipping goes on while requests drain, and stops before the agent
-	// deregisters; what is left waits in the spool for the next start.
-	shipCtx, stopShip := context.WithCancel(context.Background())
-	defer stopShip()
-	go sp.Ship(shipCtx, shipAudit(nodeAPI), 0)
+	// The hook goes in before the stream starts: a snapshot applied in
+	// between would otherwise leave the agent unready until the next one.
 	removeReady := m.node.OnChange(func(ch node.Change) {
 		if ch.Snapshot {
 			ready.Store(true)
 		}
 	})
 	defer removeReady()
+	go func() { errc <- runMapStream(ctx, m, nodeAPI, log) }()
+	// Shipping goes on while requests drain, and stops before the agent
+	// deregisters; what is left waits in the spool for the next start.
+	shipCtx, stopShip := context.WithCancel(context.Background())
+	defer stopShip()
+	go sp.Ship(shipCtx, shipAudit(nodeAPI), 0)
 
 	select {
 	case <-ctx.Done():

@@ -12,7 +12,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -95,6 +97,12 @@ func StartCoordinator(ctx context.Context, bin, dir string, o CoordinatorOptions
 		}
 		c.args = append(c.args, "--oidc-issuer", o.Dex.Issuer, "--oidc-client-id", o.ClientID, "--oidc-ca-file", caFile)
 		c.env = append(c.env, "CLUSTRAL_OIDC_CLIENT_SECRET="+o.ClientSecret)
+	}
+	// Endpoint discovery's default port (3478) is shared by every
+	// coordinator on the host; test coordinators running side by side
+	// each take a free one, so none of them runs without it.
+	if !slices.ContainsFunc(o.ExtraArgs, func(a string) bool { return strings.HasPrefix(a, "--stun-listen") }) {
+		c.args = append(c.args, "--stun-listen", "127.0.0.1:0")
 	}
 	c.args = append(c.args, o.ExtraArgs...)
 	return c, c.Start(ctx)
