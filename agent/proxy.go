@@ -425,6 +425,19 @@ func streamFrom(ctx context.Context) *stream {
 func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
 	s := streamFrom(pr.In.Context())
 	pr.SetURL(target)
+	if pr.In.ProtoMajor == 2 && pr.Out.Body != nil {
+		// ReverseProxy hands the transport a body whose Close does
+		// nothing, so that closing never waits on an HTTP/1.1 client (such
+		// a body drains on Close). But an apiserver that answers before
+		// reading the body, as it does when RBAC refuses a create, makes
+		// the HTTP/2 transport stop sending the body and close it, while
+		// the client, seeing the refusal, stops sending too. With Close
+		// ignored, the transport's body writer would wait for bytes that
+		// never come and closing the response would wait for the writer:
+		// the response would never end. An HTTP/2 server body closes
+		// without blocking and ends a pending Read at once.
+		pr.Out.Body = pr.In.Body
+	}
 	h := pr.Out.Header
 	for k := range h {
 		if dropHeader(k) {
