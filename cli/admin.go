@@ -462,7 +462,7 @@ func newAssignCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			t := time.Now().Add(d).UTC()
+			t := now().Add(d).UTC()
 			a.Expires = &t
 		}
 		_, api, err := g.session()

@@ -297,14 +297,8 @@ func installAdmin(e *testEnv) *fakeAdmin {
 		if !a.decode(w, r, &req) {
 			return
 		}
-		// The coordinator answers with names, and its clock is fixedNow:
-		// an expiry the CLI computed from the wall clock is answered as
-		// the same duration from fixedNow, to the minute.
-		out := proto.Assignment{ID: asgNew, User: req.User, Group: req.Group, Role: req.Role, Cluster: req.Cluster, ClusterSelector: req.ClusterSelector, Created: fixedNow}
-		if req.Expires != nil {
-			d := req.Expires.Sub(time.Now()).Round(time.Minute)
-			out.Expires = atp(d)
-		}
+		// The coordinator answers with names, and the expiry it was sent.
+		out := proto.Assignment{ID: asgNew, User: req.User, Group: req.Group, Role: req.Role, Cluster: req.Cluster, ClusterSelector: req.ClusterSelector, Created: fixedNow, Expires: req.Expires}
 		writeTestStatusJSON(w, http.StatusCreated, out)
 	})
 	route("DELETE "+v+"/assignments/{id}", func(w http.ResponseWriter, r *http.Request) {

@@ -86,7 +86,7 @@ W warning, E error. The codes are listed in docs/audit-codes.md.
 				q.Set(k, v)
 			}
 		}
-		now := time.Now()
+		now := now()
 		if since != "" {
 			if from != "" {
 				return usageError{errors.New("use --since or --from, not both")}

@@ -66,7 +66,7 @@ func TestGoldenAdmin(t *testing.T) {
 		{name: "assign-user", args: []string{"assign", "--user", "bob@example.com", "--role", "viewer", "--cluster", "prod"},
 			sent: []string{`POST /api/v1/assignments {"id":"","user":"bob@example.com","role":"viewer","cluster":"prod","created":"0001-01-01T00:00:00Z"}`}},
 		{name: "assign-group", args: []string{"assign", "--group", "sre", "--role", "admin", "--selector", "env=prod", "--for", "8h"},
-			sent: []string{`POST /api/v1/assignments {"id":"","group":"sre","role":"admin","cluster_selector":{"env":"prod"},"expires":"`}},
+			sent: []string{`POST /api/v1/assignments {"id":"","group":"sre","role":"admin","cluster_selector":{"env":"prod"},"expires":"2030-01-02T18:00:00Z"`}},
 		{name: "unassign", args: []string{"unassign", asgNew}, plain: true, sent: []string{"DELETE /api/v1/assignments/" + asgNew}},
 
 		{name: "users-list", args: []string{"users", "list"}},
@@ -92,6 +92,8 @@ func TestGoldenAdmin(t *testing.T) {
 		{name: "audit", args: []string{"audit"}, jsonLines: true, sent: []string{"GET /api/v1/audit/events ?limit=50"}},
 		{name: "audit-denials", args: []string{"audit", "--category", "denial,access", "--severity", "W", "--limit", "10"}, jsonLines: true,
 			sent: []string{"GET /api/v1/audit/events ?category=denial%2Caccess&limit=10&severity=W"}},
+		{name: "audit-since", args: []string{"audit", "--since", "2h", "--user", "bob@example.com"}, jsonLines: true,
+			sent: []string{"GET /api/v1/audit/events ?from=2030-01-02T08%3A00%3A00Z&limit=50&user=bob%40example.com"}},
 		{name: "audit-verify", args: []string{"audit", "verify"}, sent: []string{"GET /api/v1/audit/verify"}},
 		{name: "audit-verify-broken", args: []string{"audit", "verify"}, brokenAt: 1042, code: exitError},
 

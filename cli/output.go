@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -32,9 +33,24 @@ func render(w io.Writer, format string, v any, table func(tw *tabwriter.Writer))
 		_, err = w.Write(b)
 		return err
 	case "table", "":
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		// tabwriter pads every cell but the last, so a row whose last
+		// cell is empty would end in spaces: they are trimmed.
+		var buf bytes.Buffer
+		tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 		table(tw)
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		out := make([]byte, 0, buf.Len())
+		for line := range bytes.Lines(buf.Bytes()) {
+			nl := bytes.HasSuffix(line, []byte("\n"))
+			out = append(out, bytes.TrimRight(line, " \n")...)
+			if nl {
+				out = append(out, '\n')
+			}
+		}
+		_, err := w.Write(out)
+		return err
 	default:
 		return usageError{fmt.Errorf("unknown output format %q (use table, json or yaml)", format)}
 	}
