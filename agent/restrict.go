@@ -196,15 +196,7 @@ func inWindows(tws []proto.TimeWindow, now time.Time) bool {
 func describeWindows(tws []proto.TimeWindow, now time.Time) string {
 	parts := make([]string, 0, len(tws))
 	for _, tw := range tws {
-		days := "every day"
-		if len(tw.Days) > 0 {
-			days = strings.Join(tw.Days, ",")
-		}
-		zone := tw.TimeZone
-		if zone == "" {
-			zone = "UTC"
-		}
-		parts = append(parts, fmt.Sprintf("%s %s-%s %s", days, tw.Start, tw.End, zone))
+		parts = append(parts, tw.String())
 	}
 	s := strings.Join(parts, "; ")
 	if w, err := proto.ParseWindow(tws[0]); err == nil {

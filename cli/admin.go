@@ -302,7 +302,7 @@ func printRole(tw *tabwriter.Writer, r proto.Role) {
 			}
 		}
 		for _, w := range x.TimeWindows {
-			fmt.Fprintf(tw, "Window:\t%s\n", formatWindow(w))
+			fmt.Fprintf(tw, "Window:\t%s\n", w)
 		}
 	}
 }

@@ -68,16 +68,3 @@ func dayIndex(d string) int {
 	}
 	return -1
 }
-
-// formatWindow is the inverse of parseWindow, for tables.
-func formatWindow(w proto.TimeWindow) string {
-	days := "daily"
-	if len(w.Days) > 0 {
-		days = strings.Join(w.Days, ",")
-	}
-	tz := w.TimeZone
-	if tz == "" {
-		tz = "UTC"
-	}
-	return fmt.Sprintf("%s %s-%s %s", days, w.Start, w.End, tz)
-}

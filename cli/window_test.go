@@ -38,3 +38,29 @@ func TestParseWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowRoundTrip checks that TimeWindow.String, which tables and the
+// agent's denials print, reads back as the same window.
+func TestWindowRoundTrip(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"mon-fri 09:00-18:00 Europe/Berlin", "mon,tue,wed,thu,fri 09:00-18:00 Europe/Berlin"},
+		{"sat,sun 10:00-14:00", "sat,sun 10:00-14:00 UTC"},
+		{"daily 22:00-06:00 UTC", "daily 22:00-06:00 UTC"},
+	}
+	for _, tt := range tests {
+		w, err := parseWindow(tt.in)
+		if err != nil {
+			t.Fatalf("parseWindow(%q): %v", tt.in, err)
+		}
+		if got := w.String(); got != tt.want {
+			t.Errorf("parseWindow(%q).String() = %q, want %q", tt.in, got, tt.want)
+		}
+		back, err := parseWindow(w.String())
+		if err != nil {
+			t.Fatalf("parseWindow(%q): %v", w.String(), err)
+		}
+		if back.String() != w.String() {
+			t.Errorf("%q read back as %q", w.String(), back.String())
+		}
+	}
+}

@@ -10,6 +10,7 @@ package proto
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -359,6 +360,20 @@ type TimeWindow struct {
 	End   string `json:"end"`
 	// TimeZone is an IANA zone name; empty means UTC.
 	TimeZone string `json:"time_zone,omitempty"`
+}
+
+// String formats w the way `clustral roles --window` reads it, e.g.
+// "mon,tue,wed 09:00-18:00 Europe/Berlin" or "daily 22:00-06:00 UTC".
+func (w TimeWindow) String() string {
+	days := "daily"
+	if len(w.Days) > 0 {
+		days = strings.Join(w.Days, ",")
+	}
+	tz := w.TimeZone
+	if tz == "" {
+		tz = "UTC"
+	}
+	return days + " " + w.Start + "-" + w.End + " " + tz
 }
 
 // Access request states.

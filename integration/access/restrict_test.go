@@ -87,7 +87,7 @@ func TestRestrictions(t *testing.T) {
 			flags:   []string{"--window", away},
 			denied:  []string{"get", "configmaps", "-n", ns},
 			code:    proto.CodeOutsideTimeWindow,
-			message: "role 'limited' applies only every day " + away[len("daily "):],
+			message: "role 'limited' applies only " + away,
 		},
 	}
 	for _, tt := range tests {
