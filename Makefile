@@ -12,11 +12,19 @@ INTEGRATION_TIMEOUT ?= 45m
 
 all: build
 
+# build builds bin/clustral for this machine, or, with GOOS and GOARCH
+# (e.g. make build GOOS=darwin GOARCH=arm64), bin/clustral-<os>-<arch>.
+# build-cross builds all four release platforms.
+PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 build:
+ifeq ($(origin GOOS)$(origin GOARCH),undefinedundefined)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(CLUSTRAL) ./cli
+else
+	CGO_ENABLED=0 GOOS=$(GOOS) GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$(GOOS)-$(GOARCH) ./cli
+endif
 
 build-cross:
-	@for p in linux/amd64 linux/arm64 darwin/amd64 darwin/arm64; do \
+	@for p in $(PLATFORMS); do \
 	  echo "building $$p"; \
 	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$${p%/*}-$${p#*/} ./cli || exit 1; \
 	done
