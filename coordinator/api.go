@@ -299,10 +299,8 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 		if err := tx.Delete(store.Sessions, p.session.IDHash); err != nil {
 			return err
 		}
-		for _, d := range devs {
-			if err := deleteNode(tx, d); err != nil {
-				return err
-			}
+		if err := deleteNodes(tx, devs); err != nil {
+			return err
 		}
 		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": len(devs)})
 	})

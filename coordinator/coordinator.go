@@ -463,10 +463,8 @@ func (s *Server) expire() error {
 				return err
 			}
 		}
-		for _, n := range nodes {
-			if err := deleteNode(tx, n); err != nil {
-				return err
-			}
+		if err := deleteNodes(tx, nodes); err != nil {
+			return err
 		}
 		for _, a := range asg {
 			if err := tx.Delete(store.Assignments, a.ID); err != nil {

@@ -72,6 +72,17 @@ func deleteNode(tx store.Tx, n *node) error {
 	return release(tx, n.Addresses)
 }
 
+// deleteNodes deletes each of ns as deleteNode does, inside tx, stopping
+// at the first error.
+func deleteNodes(tx store.Tx, ns []*node) error {
+	for _, n := range ns {
+		if err := deleteNode(tx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // release frees addrs inside tx.
 func release(tx store.Tx, addrs []netip.Prefix) error {
 	for _, p := range addrs {

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -31,6 +32,29 @@ func (s *Server) clusterRef(w http.ResponseWriter, r *http.Request) *cluster {
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no cluster %q", r.PathValue("cluster")), "list them with clustral clusters list")
 	}
 	return c
+}
+
+// pathAction returns the request's {action} path value when it is one of
+// allowed. Otherwise it answers 404, naming the allowed actions, and
+// returns false.
+func pathAction(w http.ResponseWriter, r *http.Request, allowed ...string) (string, bool) {
+	action := r.PathValue("action")
+	if !slices.Contains(allowed, action) {
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "unknown action "+action, "use "+strings.Join(allowed, " or "))
+		return "", false
+	}
+	return action, true
+}
+
+// deleteAssignments deletes each of as from the store inside tx, stopping
+// at the first error.
+func deleteAssignments(tx store.Tx, as []*assignment) error {
+	for _, a := range as {
+		if err := tx.Delete(store.Assignments, a.ID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Server) userRef(w http.ResponseWriter, r *http.Request) *user {
@@ -121,18 +145,13 @@ func (s *Server) handleDeleteRole(w http.ResponseWriter, r *http.Request, p prin
 	if ro == nil {
 		return
 	}
-	var asgs []*assignment
-	for _, a := range s.asgByRole[ro.ID] {
-		asgs = append(asgs, a)
-	}
+	asgs := slices.Collect(maps.Values(s.asgByRole[ro.ID]))
 	err := s.st.Update(func(tx store.Tx) error {
 		if err := tx.Delete(store.Roles, ro.ID); err != nil {
 			return err
 		}
-		for _, a := range asgs {
-			if err := tx.Delete(store.Assignments, a.ID); err != nil {
-				return err
-			}
+		if err := deleteAssignments(tx, asgs); err != nil {
+			return err
 		}
 		return s.recordChange(tx, p.user.Login, "role.delete", ro.ID, map[string]any{"name": ro.Name, "assignments": len(asgs)})
 	})
@@ -200,9 +219,8 @@ func (s *Server) handleLabelCluster(w http.ResponseWriter, r *http.Request, p pr
 // revokes (no token; every agent of the cluster leaves every map) the
 // cluster's join token.
 func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p principal) {
-	action := r.PathValue("action")
-	if action != "rotate-token" && action != "revoke-token" {
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "unknown action "+action, "use rotate-token or revoke-token")
+	action, ok := pathAction(w, r, "rotate-token", "revoke-token")
+	if !ok {
 		return
 	}
 	s.mu.Lock()
@@ -219,18 +237,14 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 		token = newSecret("cjt_")
 		nc.JoinTokenHash = hashSecret(token)
 	} else {
-		for _, a := range s.agentsByClust[c.ID] {
-			agents = append(agents, a)
-		}
+		agents = slices.Collect(maps.Values(s.agentsByClust[c.ID]))
 	}
 	err := s.st.Update(func(tx store.Tx) error {
 		if err := store.Put(tx, store.Clusters, nc.ID, &nc); err != nil {
 			return err
 		}
-		for _, a := range agents {
-			if err := deleteNode(tx, a); err != nil {
-				return err
-			}
+		if err := deleteNodes(tx, agents); err != nil {
+			return err
 		}
 		return s.recordChange(tx, p.user.Login, "cluster."+action, nc.ID, map[string]any{"agents_removed": len(agents)})
 	})
@@ -253,27 +267,17 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 	if c == nil {
 		return
 	}
-	var agents []*node
-	for _, a := range s.agentsByClust[c.ID] {
-		agents = append(agents, a)
-	}
-	var asgs []*assignment
-	for _, a := range s.asgByClust[c.ID] {
-		asgs = append(asgs, a)
-	}
+	agents := slices.Collect(maps.Values(s.agentsByClust[c.ID]))
+	asgs := slices.Collect(maps.Values(s.asgByClust[c.ID]))
 	err := s.st.Update(func(tx store.Tx) error {
 		if err := tx.Delete(store.Clusters, c.ID); err != nil {
 			return err
 		}
-		for _, a := range agents {
-			if err := deleteNode(tx, a); err != nil {
-				return err
-			}
+		if err := deleteNodes(tx, agents); err != nil {
+			return err
 		}
-		for _, a := range asgs {
-			if err := tx.Delete(store.Assignments, a.ID); err != nil {
-				return err
-			}
+		if err := deleteAssignments(tx, asgs); err != nil {
+			return err
 		}
 		return s.recordChange(tx, p.user.Login, "cluster.delete", c.ID, map[string]any{"name": c.Name})
 	})
@@ -304,9 +308,8 @@ func (s *Server) handleShowUser(w http.ResponseWriter, r *http.Request, _ princi
 // handleUserState disables (revoking every session and device at once) or
 // enables a user.
 func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p principal) {
-	action := r.PathValue("action")
-	if action != "disable" && action != "enable" {
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "unknown action "+action, "use disable or enable")
+	action, ok := pathAction(w, r, "disable", "enable")
+	if !ok {
 		return
 	}
 	s.mu.Lock()
@@ -324,9 +327,7 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 	var devs []*node
 	var sess []string
 	if nu.Disabled {
-		for _, d := range s.devicesByUser[u.ID] {
-			devs = append(devs, d)
-		}
+		devs = slices.Collect(maps.Values(s.devicesByUser[u.ID]))
 		for h, se := range s.sessions {
 			if se.UserID == u.ID {
 				sess = append(sess, h)
@@ -342,10 +343,8 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 				return err
 			}
 		}
-		for _, d := range devs {
-			if err := deleteNode(tx, d); err != nil {
-				return err
-			}
+		if err := deleteNodes(tx, devs); err != nil {
+			return err
 		}
 		return s.recordChange(tx, p.user.Login, "user."+action, u.ID, map[string]any{"login": u.Login, "sessions": len(sess), "devices": len(devs)})
 	})
