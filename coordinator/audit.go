@@ -53,6 +53,16 @@ func getMark(tx store.Tx, key string) (auditMark, error) {
 	return m, nil
 }
 
+// getMarks reads the head and the retention anchor of the audit log in
+// tx; either is zero while it has not been stored.
+func getMarks(tx store.Tx) (head, anchor auditMark, err error) {
+	if head, err = getMark(tx, metaAuditHead); err != nil {
+		return head, anchor, err
+	}
+	anchor, err = getMark(tx, metaAuditAnchor)
+	return head, anchor, err
+}
+
 // appendAudit numbers e, chains it to the head and stores it in tx. It
 // fills Category from the catalogue when it is empty.
 func appendAudit(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {
@@ -276,6 +286,18 @@ type errBadBatch struct{ msg string }
 
 func (e errBadBatch) Error() string { return e.msg }
 
+// writeAuditError answers a failed audit request. An errBadBatch is the
+// caller's mistake: 400 titled with its message, hinting badHint. Any
+// other error is the coordinator's: 500 titled "what: err", hinting hint.
+func writeAuditError(w http.ResponseWriter, err error, badHint, what, hint string) {
+	var bad errBadBatch
+	if errors.As(err, &bad) {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, bad.msg, badHint)
+		return
+	}
+	writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, what+": "+err.Error(), hint)
+}
+
 // handleAuditIngest stores an agent's batch of spooled events. Events at
 // or below the source's highest stored sequence are duplicates of a resend
 // and are skipped, so each is stored once. The cluster of each event is
@@ -347,13 +369,8 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 		}
 		return tx.PutRaw(store.AuditSource, key, []byte(strconv.FormatUint(ack.Acked, 10)))
 	})
-	var bad errBadBatch
-	switch {
-	case errors.As(err, &bad):
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, bad.msg, "")
-		return
-	case err != nil:
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "store audit events: "+err.Error(), "retry")
+	if err != nil {
+		writeAuditError(w, err, "", "store audit events", "retry")
 		return
 	}
 	writeJSON(w, http.StatusOK, ack)
@@ -505,11 +522,7 @@ func decodeCursor(c string) (dir byte, seq uint64, err error) {
 func queryAudit(st store.Store, f *auditFilter, cursor string, asc bool, limit int) (proto.AuditPage, error) {
 	page := proto.AuditPage{Events: []proto.AuditEvent{}}
 	err := st.View(func(tx store.Tx) error {
-		head, err := getMark(tx, metaAuditHead)
-		if err != nil {
-			return err
-		}
-		anchor, err := getMark(tx, metaAuditAnchor)
+		head, anchor, err := getMarks(tx)
 		if err != nil {
 			return err
 		}
@@ -613,13 +626,8 @@ func (s *Server) handleAuditQuery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page, err := queryAudit(s.st, &f, q.Get(proto.AuditParamCursor), order == "asc", limit)
-	var bad errBadBatch
-	switch {
-	case errors.As(err, &bad):
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, bad.msg, "start again without a cursor")
-		return
-	case err != nil:
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "read audit log: "+err.Error(), "")
+	if err != nil {
+		writeAuditError(w, err, "start again without a cursor", "read audit log", "")
 		return
 	}
 	writeJSON(w, http.StatusOK, page)
@@ -635,11 +643,7 @@ func VerifyAudit(st store.Store) (proto.AuditVerification, error) {
 	var v proto.AuditVerification
 	err := st.View(func(tx store.Tx) error {
 		v = proto.AuditVerification{}
-		head, err := getMark(tx, metaAuditHead)
-		if err != nil {
-			return err
-		}
-		anchor, err := getMark(tx, metaAuditAnchor)
+		head, anchor, err := getMarks(tx)
 		if err != nil {
 			return err
 		}
@@ -740,11 +744,7 @@ func pruneAudit(st store.Store, retention time.Duration, now time.Time) (int, er
 		n := 0
 		err := st.Update(func(tx store.Tx) error {
 			n = 0
-			anchor, err := getMark(tx, metaAuditAnchor)
-			if err != nil {
-				return err
-			}
-			head, err := getMark(tx, metaAuditHead)
+			head, anchor, err := getMarks(tx)
 			if err != nil {
 				return err
 			}

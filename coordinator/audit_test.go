@@ -2,7 +2,10 @@ package coordinator
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -348,5 +351,33 @@ func TestAuditQueueFlushedOnClose(t *testing.T) {
 	}
 	if v := mustVerify(t, st); !v.OK {
 		t.Fatalf("verify = %+v", v)
+	}
+}
+
+func TestWriteAuditError(t *testing.T) {
+	tests := []struct {
+		name       string
+		err        error
+		wantStatus int
+		wantCode   proto.ErrorCode
+		wantTitle  string
+		wantHint   string
+	}{
+		{"bad", errBadBatch{"invalid cursor"}, http.StatusBadRequest, proto.CodeBadRequest, "invalid cursor", "bad hint"},
+		{"wrapped bad", fmt.Errorf("view: %w", errBadBatch{"an event has no source_seq"}), http.StatusBadRequest, proto.CodeBadRequest, "an event has no source_seq", "bad hint"},
+		{"internal", errors.New("disk full"), http.StatusInternalServerError, proto.CodeInternal, "read audit log: disk full", "retry"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			writeAuditError(w, tt.err, "bad hint", "read audit log", "retry")
+			var p proto.Problem
+			if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
+				t.Fatalf("decode problem: %v", err)
+			}
+			if w.Code != tt.wantStatus || p.Code != tt.wantCode || p.Title != tt.wantTitle || p.Hint != tt.wantHint {
+				t.Errorf("got %d %s %q %q, want %d %s %q %q", w.Code, p.Code, p.Title, p.Hint, tt.wantStatus, tt.wantCode, tt.wantTitle, tt.wantHint)
+			}
+		})
 	}
 }
