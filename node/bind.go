@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -146,8 +147,9 @@ type relayPacket struct {
 // A Bind is safe for concurrent use. It is owned by the wireguard-go device
 // it is given to, which opens and closes it; Close stops its probing.
 type Bind struct {
-	udp  conn.Bind // *conn.StdNetBind
-	self proto.Key // this node's key, carried in probes
+	udp  conn.Bind        // *conn.StdNetBind
+	self proto.Key        // this node's key, carried in probes
+	priv *ecdh.PrivateKey // this node's key, for probe keys (setKey)
 	log  *slog.Logger
 
 	// ProbeInterval, DirectProbeInterval and DirectTimeout time the
@@ -181,6 +183,20 @@ type Bind struct {
 type relayLinkBox struct{ relayLink }
 
 var _ conn.Bind = (*Bind)(nil)
+
+// setKey gives the Bind this node's WireGuard private key: its public half
+// goes in every probe, and with each peer's public key it derives the key
+// that authenticates their probes. Call it before Open and before the
+// first ParseEndpoint.
+func (b *Bind) setKey(priv proto.Key) error {
+	k, err := ecdh.X25519().NewPrivateKey(priv[:])
+	if err != nil {
+		return fmt.Errorf("bind key: %w", err)
+	}
+	b.priv = k
+	b.self = proto.Key(k.PublicKey().Bytes())
+	return nil
+}
 
 // NewBind returns a Bind carrying UDP on the default sockets of the platform.
 func NewBind() *Bind {
@@ -520,6 +536,14 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	pp := b.paths[key]
 	if pp == nil {
 		pp = &peerPath{key: key, pending: map[[12]byte]pendingPing{}}
+		if b.priv != nil {
+			var err error
+			pp.auth, err = newProbeKey(b.priv, key)
+			pp.authOK = err == nil
+			if err != nil {
+				b.log.Warn("no direct path to a peer whose key is not a valid X25519 public key", "peer", key.ShortString(), "err", err)
+			}
+		}
 		b.paths[key] = pp
 	}
 	e.path = pp
@@ -653,11 +677,10 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, relayed proto.Key) {
 		b.mu.Lock()
 		pp := b.paths[p.Key]
 		b.mu.Unlock()
-		if pp == nil {
-			return // not a peer: answer no strangers
+		if pp == nil || !pp.authOK || !pp.auth.verify(pkt) {
+			return // not a peer, or not from it: answer no strangers
 		}
-		pong := proto.Probe{Type: proto.ProbePong, TxID: p.TxID, Key: b.self, Observed: from}
-		out, _ := pong.AppendBinary(nil)
+		out := pp.auth.seal(nil, proto.Probe{Type: proto.ProbePong, TxID: p.TxID, Key: b.self, Observed: from})
 		if viaRelay {
 			if r := b.relayLink(); r != nil {
 				r.send(p.Key, out)
@@ -687,7 +710,7 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, relayed proto.Key) {
 		b.mu.Lock()
 		e := b.byKey[p.Key]
 		b.mu.Unlock()
-		if e == nil {
+		if e == nil || !e.path.authOK || !e.path.auth.verify(pkt) {
 			return
 		}
 		if e.path.pong(p.TxID, from, time.Now()) {
@@ -723,18 +746,19 @@ func (b *Bind) probe(now time.Time) {
 	relay := b.relayLink()
 	var pkt []byte
 	for _, pp := range paths {
+		if !pp.authOK {
+			continue // its probes could not be told from forgeries
+		}
 		targets, viaRelay, lost := pp.due(now, b, relay != nil)
 		if lost.IsValid() {
 			b.log.Info("direct path lost; falling back to the relay", "peer", pp.key.ShortString(), "addr", lost)
 		}
 		for _, t := range targets {
-			p := proto.Probe{Type: proto.ProbePing, TxID: t.txid, Key: b.self}
-			pkt, _ = p.AppendBinary(pkt[:0])
+			pkt = pp.auth.seal(pkt[:0], proto.Probe{Type: proto.ProbePing, TxID: t.txid, Key: b.self})
 			b.udp.Send([][]byte{pkt}, &conn.StdNetEndpoint{AddrPort: t.to})
 		}
 		if viaRelay != nil {
-			p := proto.Probe{Type: proto.ProbePing, TxID: *viaRelay, Key: b.self}
-			pkt, _ = p.AppendBinary(pkt[:0])
+			pkt = pp.auth.seal(pkt[:0], proto.Probe{Type: proto.ProbePing, TxID: *viaRelay, Key: b.self})
 			relay.send(pp.key, pkt)
 		}
 	}
@@ -743,6 +767,12 @@ func (b *Bind) probe(now time.Time) {
 // peerPath is the path state of one peer, shared by its keyed endpoints.
 type peerPath struct {
 	key proto.Key
+	// auth authenticates the probes exchanged with the peer; authOK is
+	// false when it could not be derived, and then the peer is not probed
+	// and its probes are dropped. Both are set before the peerPath is
+	// shared and never change.
+	auth   probeKey
+	authOK bool
 	// cur is the confirmed direct address; nil while there is none. Read
 	// without mu on every Send.
 	cur atomic.Pointer[conn.StdNetEndpoint]

@@ -157,7 +157,9 @@ func New(cfg Config) (n *Node, err error) {
 	}
 
 	bind := NewBind()
-	bind.self = proto.Key(cfg.PrivateKey.PublicKey())
+	if err := bind.setKey(proto.Key(cfg.PrivateKey)); err != nil {
+		return nil, err
+	}
 	bind.log = logger
 	dev := device.NewDevice(cfg.TUN, bind, deviceLogger(logger))
 	if cfg.Relay {

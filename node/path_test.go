@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -160,10 +161,9 @@ func waitPath(t *testing.T, b *Bind, key proto.Key, want Path) PathStatus {
 
 func TestBindPathDirectRelayDirect(t *testing.T) {
 	var fnet fakeNet
-	keyA, keyB := genKey(t), genKey(t)
 	a, b := NewBind(), NewBind()
+	keyA, keyB := keyBind(t, a), keyBind(t, b)
 	a.udp, b.udp = fnet.sock("192.0.2.1:1000"), fnet.sock("198.51.100.2:2000")
-	a.self, b.self = keyA, keyB
 	for _, x := range []*Bind{a, b} {
 		x.ProbeInterval, x.DirectProbeInterval, x.DirectTimeout = 50*time.Millisecond, 20*time.Millisecond, 200*time.Millisecond
 	}
@@ -239,4 +239,20 @@ func TestBindPathDirectRelayDirect(t *testing.T) {
 			t.Fatal("a probe reached the receive functions' caller")
 		}
 	}
+}
+
+// keyBind gives b a fresh private key and returns its public key.
+func keyBind(t testing.TB, b *Bind) proto.Key {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.setKey(proto.Key(k)); err != nil {
+		t.Fatal(err)
+	}
+	if b.self != proto.Key(k.PublicKey()) {
+		t.Fatalf("Bind key %s, want WireGuard's public key %s", b.self.ShortString(), proto.Key(k.PublicKey()).ShortString())
+	}
+	return b.self
 }

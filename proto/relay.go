@@ -140,13 +140,22 @@ type EndpointsUpdate struct {
 // Every probe has the same length, so an answer is never larger than the
 // question that caused it.
 //
-//	magic (4) | type (1) | txid (12) | key (32) | observed ip (16) | observed port (2)
+//	magic (4) | type (1) | txid (12) | key (32) | observed ip (16) | observed port (2) | mac (16)
+//
+// Between peers the MAC authenticates everything before it with a key both
+// ends derive from their WireGuard keys (the node package computes it), so
+// nobody else can claim to be a peer, offer an address as its direct path,
+// or answer for it. The coordinator's discovery pongs carry a zero key and
+// no MAC.
 
 // ProbeMagic starts every probe.
 const ProbeMagic = "\xc1prb"
 
 // ProbeLen is the length of every probe.
-const ProbeLen = 4 + 1 + 12 + 32 + 16 + 2
+const ProbeLen = 4 + 1 + 12 + 32 + 16 + 2 + ProbeMACLen
+
+// ProbeMACLen is the length of a probe's MAC, its last bytes.
+const ProbeMACLen = 16
 
 // ProbeType is the kind of a probe.
 type ProbeType byte
@@ -165,6 +174,8 @@ type Probe struct {
 	Key Key
 	// Observed, in a pong, is the source address the ping came from.
 	Observed netip.AddrPort
+	// MAC authenticates a probe between peers; zero from the coordinator.
+	MAC [ProbeMACLen]byte
 }
 
 // IsProbe reports whether a datagram is a probe rather than a WireGuard
@@ -184,7 +195,8 @@ func (p *Probe) AppendBinary(b []byte) ([]byte, error) {
 		ip = p.Observed.Addr().As16()
 	}
 	b = append(b, ip[:]...)
-	return binary.BigEndian.AppendUint16(b, p.Observed.Port()), nil
+	b = binary.BigEndian.AppendUint16(b, p.Observed.Port())
+	return append(b, p.MAC[:]...), nil
 }
 
 // ParseProbe parses a probe. It reports false for anything that is not a
@@ -208,5 +220,6 @@ func ParseProbe(b []byte) (Probe, bool) {
 	if port := binary.BigEndian.Uint16(b[16:]); port != 0 && !ip.IsUnspecified() {
 		p.Observed = netip.AddrPortFrom(ip, port)
 	}
+	copy(p.MAC[:], b[18:])
 	return p, true
 }
