@@ -101,14 +101,12 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
 		ID: newID("req"), UserID: p.user.ID, RoleID: ro.ID, ClusterID: c.ID, Reason: req.Reason,
 		Duration: d, State: proto.RequestPending, Created: now, PendingUntil: now.Add(s.cfg.PendingRequestTTL),
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "store request", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Requests, ar.ID, ar); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "access.request", ar.ID, map[string]any{"role": ro.Name, "cluster": c.Name, "duration": d.String(), "reason": ar.Reason})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "store request: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.requests[ar.ID] = ar
@@ -215,7 +213,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	old := s.assignments[ar.AssignmentID]
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "store decision", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Requests, updated.ID, &updated); err != nil {
 			return err
 		}
@@ -230,9 +228,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		return s.recordChange(tx, p.user.Login, "access."+action, ar.ID, map[string]any{"reason": dec.Reason})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "store decision: "+err.Error(), "")
+	}) {
 		return
 	}
 	*ar = updated

@@ -114,6 +114,18 @@ func writeProblem(w http.ResponseWriter, status int, code proto.ErrorCode, title
 	writeProblemDoc(w, &proto.Problem{Status: status, Code: code, Title: title, Hint: hint})
 }
 
+// commit runs fn in one store transaction, for a handler that applies
+// the change to memory only once it is stored. When the transaction fails
+// commit answers 500 titled "what: err" and returns false; nothing was
+// stored.
+func (s *Server) commit(w http.ResponseWriter, what string, fn func(store.Tx) error) bool {
+	if err := s.st.Update(fn); err != nil {
+		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, what+": "+err.Error(), "")
+		return false
+	}
+	return true
+}
+
 func writeProblemDoc(w http.ResponseWriter, p *proto.Problem) {
 	if p.Type == "" {
 		p.Type = "https://clustral.dev/errors/" + strings.ToLower(string(p.Code))
@@ -295,7 +307,7 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 			devs = append(devs, d)
 		}
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "revoke session", func(tx store.Tx) error {
 		if err := tx.Delete(store.Sessions, p.session.IDHash); err != nil {
 			return err
 		}
@@ -303,9 +315,7 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": len(devs)})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "revoke session: "+err.Error(), "")
+	}) {
 		return
 	}
 	delete(s.sessions, p.session.IDHash)
@@ -449,14 +459,12 @@ func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "deregister", func(tx store.Tx) error {
 		if err := deleteNode(tx, n); err != nil {
 			return err
 		}
 		return s.recordChange(tx, n.ID, string(n.Kind)+".deregister", n.ID, nil)
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "deregister: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.removeNodeLocked(n)
@@ -528,14 +536,12 @@ func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p p
 		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("cluster %q already exists", c.Name), "pick another name, or rotate the existing cluster's token")
 		return
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "create cluster", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Clusters, c.ID, c); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "cluster.create", c.ID, map[string]any{"name": c.Name})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "create cluster: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.putCluster(c)
@@ -568,14 +574,12 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("role %q already exists", ro.Name), "update it instead")
 		return
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "create role", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Roles, ro.ID, ro); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "role.create", ro.ID, ro)
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "create role: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.putRole(ro)
@@ -684,14 +688,12 @@ func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, 
 		}
 		a.ClusterID = c.ID
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "create assignment", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Assignments, a.ID, a); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "assignment.create", a.ID, a)
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "create assignment: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.addAssignmentLocked(a)
@@ -707,14 +709,12 @@ func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request, 
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no assignment %q", id), "list them with clustral assignments list")
 		return
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "delete assignment", func(tx store.Tx) error {
 		if err := tx.Delete(store.Assignments, a.ID); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "assignment.delete", a.ID, nil)
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "delete assignment: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.removeAssignmentLocked(a)

@@ -121,14 +121,12 @@ func (s *Server) handleUpdateRole(w http.ResponseWriter, r *http.Request, p prin
 	nr.Restrictions, nr.ApproverGroups, nr.Admin = req.Restrictions, req.ApproverGroups, req.Admin
 	slices.Sort(nr.Groups)
 	nr.Groups = slices.Compact(nr.Groups)
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "update role", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Roles, nr.ID, &nr); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "role.update", nr.ID, &nr)
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "update role: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.putRole(&nr)
@@ -146,7 +144,7 @@ func (s *Server) handleDeleteRole(w http.ResponseWriter, r *http.Request, p prin
 		return
 	}
 	asgs := slices.Collect(maps.Values(s.asgByRole[ro.ID]))
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "delete role", func(tx store.Tx) error {
 		if err := tx.Delete(store.Roles, ro.ID); err != nil {
 			return err
 		}
@@ -154,9 +152,7 @@ func (s *Server) handleDeleteRole(w http.ResponseWriter, r *http.Request, p prin
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "role.delete", ro.ID, map[string]any{"name": ro.Name, "assignments": len(asgs)})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "delete role: "+err.Error(), "")
+	}) {
 		return
 	}
 	delete(s.roles, ro.ID)
@@ -195,14 +191,12 @@ func (s *Server) handleLabelCluster(w http.ResponseWriter, r *http.Request, p pr
 	before := s.usersOn(c.ID, s.now())
 	nc := *c
 	nc.Labels = req.Labels
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "label cluster", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Clusters, nc.ID, &nc); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "cluster.label", nc.ID, req.Labels)
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "label cluster: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.putCluster(&nc)
@@ -239,7 +233,7 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 	} else {
 		agents = slices.Collect(maps.Values(s.agentsByClust[c.ID]))
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, action, func(tx store.Tx) error {
 		if err := store.Put(tx, store.Clusters, nc.ID, &nc); err != nil {
 			return err
 		}
@@ -247,9 +241,7 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "cluster."+action, nc.ID, map[string]any{"agents_removed": len(agents)})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, action+": "+err.Error(), "")
+	}) {
 		return
 	}
 	delete(s.clustersByToken, c.JoinTokenHash)
@@ -269,7 +261,7 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 	}
 	agents := slices.Collect(maps.Values(s.agentsByClust[c.ID]))
 	asgs := slices.Collect(maps.Values(s.asgByClust[c.ID]))
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "delete cluster", func(tx store.Tx) error {
 		if err := tx.Delete(store.Clusters, c.ID); err != nil {
 			return err
 		}
@@ -280,9 +272,7 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "cluster.delete", c.ID, map[string]any{"name": c.Name})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "delete cluster: "+err.Error(), "")
+	}) {
 		return
 	}
 	for _, a := range agents {
@@ -334,7 +324,7 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 			}
 		}
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, action+" user", func(tx store.Tx) error {
 		if err := store.Put(tx, store.Users, nu.ID, &nu); err != nil {
 			return err
 		}
@@ -347,9 +337,7 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "user."+action, u.ID, map[string]any{"login": u.Login, "sessions": len(sess), "devices": len(devs)})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, action+" user: "+err.Error(), "")
+	}) {
 		return
 	}
 	// Remove the devices while the user still maps to their clusters.
@@ -419,14 +407,12 @@ func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "only the device's owner or an administrator may revoke it", "")
 		return
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	if !s.commit(w, "revoke device", func(tx store.Tx) error {
 		if err := deleteNode(tx, d); err != nil {
 			return err
 		}
 		return s.recordChange(tx, p.user.Login, "device.revoke", d.ID, map[string]any{"hostname": d.Hostname})
-	})
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "revoke device: "+err.Error(), "")
+	}) {
 		return
 	}
 	s.removeNodeLocked(d)
