@@ -50,56 +50,20 @@ func newAccessCmd(g *globals) *cobra.Command {
 			return usageError{err}
 		}
 		req.Duration = proto.Duration(d)
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var ar proto.AccessRequest
-		if err := api.do(c.Context(), "POST", proto.APIVersion+"/access-requests", req, &ar); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *reqOut, ar, func(tw *tabwriter.Writer) {
+		return renderCall(c.Context(), g, *reqOut, "POST", proto.APIVersion+"/access-requests", req, func(tw *tabwriter.Writer, ar proto.AccessRequest) {
 			fmt.Fprintf(tw, "Requested %s on %s for %s (request %s).\n", ar.Role, ar.Cluster, time.Duration(ar.Duration), ar.ID)
 			fmt.Fprintf(tw, "An approver can run: clustral access approve %s\n", ar.ID)
 		})
 	}
 
-	list := &cobra.Command{
+	list := callCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List your requests and those you may decide",
 		Example: `  clustral access list
   clustral access list --state pending -o json`,
 		Args: cobra.NoArgs,
-	}
-	listOut := outputFlag(list)
+	}, "GET", queryPath(proto.APIVersion+"/access-requests", "state", &state), printAccessRequests)
 	list.Flags().StringVar(&state, "state", "", "only requests in this state: pending, approved, denied, expired, revoked")
-	list.RunE = func(c *cobra.Command, _ []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		path := proto.APIVersion + "/access-requests"
-		if state != "" {
-			path += "?state=" + url.QueryEscape(state)
-		}
-		var ars []proto.AccessRequest
-		if err := api.do(c.Context(), "GET", path, nil, &ars); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *listOut, ars, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "ID\tUSER\tROLE\tCLUSTER\tFOR\tSTATE\tUNTIL\tREASON")
-			for _, a := range ars {
-				until := ""
-				switch {
-				case a.State == proto.RequestPending:
-					until = a.PendingUntil.Local().Format("Jan 2 15:04")
-				case a.GrantExpires != nil:
-					until = a.GrantExpires.Local().Format("Jan 2 15:04")
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.User, a.Role, a.Cluster, time.Duration(a.Duration), a.State, until, a.Reason)
-			}
-		})
-	}
 
 	decide := func(action, short, example string) *cobra.Command {
 		cmd := &cobra.Command{Use: action + " <request-id>", Short: short, Example: example, Args: cobra.ExactArgs(1)}
@@ -117,15 +81,7 @@ func newAccessCmd(g *globals) *cobra.Command {
 				}
 				body.Duration = proto.Duration(d)
 			}
-			_, api, err := g.session()
-			if err != nil {
-				return err
-			}
-			var ar proto.AccessRequest
-			if err := api.do(c.Context(), "POST", proto.APIVersion+"/access-requests/"+url.PathEscape(args[0])+"/"+action, body, &ar); err != nil {
-				return cliErr(err)
-			}
-			return render(g.stdout, *out, ar, func(tw *tabwriter.Writer) {
+			return renderCall(c.Context(), g, *out, "POST", apiPath("access-requests", args[0])+"/"+action, body, func(tw *tabwriter.Writer, ar proto.AccessRequest) {
 				fmt.Fprintf(tw, "Request %s (%s on %s for %s) is now %s.\n", ar.ID, ar.Role, ar.Cluster, ar.User, ar.State)
 				if ar.GrantExpires != nil && ar.State == proto.RequestApproved {
 					fmt.Fprintf(tw, "The grant ends at %s.\n", ar.GrantExpires.Local().Format("Jan 2 15:04"))
@@ -142,36 +98,42 @@ func newAccessCmd(g *globals) *cobra.Command {
 	return c
 }
 
+// queryPath is a callCmd path: p, with the query parameter name set to
+// *value when that is not empty.
+func queryPath(p, name string, value *string) func([]string) string {
+	return func([]string) string {
+		if *value == "" {
+			return p
+		}
+		return p + "?" + name + "=" + url.QueryEscape(*value)
+	}
+}
+
+func printAccessRequests(tw *tabwriter.Writer, ars []proto.AccessRequest) {
+	fmt.Fprintln(tw, "ID\tUSER\tROLE\tCLUSTER\tFOR\tSTATE\tUNTIL\tREASON")
+	for _, a := range ars {
+		until := ""
+		switch {
+		case a.State == proto.RequestPending:
+			until = a.PendingUntil.Local().Format("Jan 2 15:04")
+		case a.GrantExpires != nil:
+			until = a.GrantExpires.Local().Format("Jan 2 15:04")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.User, a.Role, a.Cluster, time.Duration(a.Duration), a.State, until, a.Reason)
+	}
+}
+
 func newDevicesCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "devices", Short: "List and revoke devices", Example: "  clustral devices list\n  clustral devices revoke dev_0123"}
-	list := &cobra.Command{Use: "list", Short: "List your devices (administrators: every device)", Example: "  clustral devices list --user alice@example.com", Args: cobra.NoArgs}
-	out := outputFlag(list)
 	var userFilter string
-	list.Flags().StringVar(&userFilter, "user", "", "only this user's devices (administrators)")
-	list.RunE = func(c *cobra.Command, _ []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		path := proto.APIVersion + "/devices"
-		if userFilter != "" {
-			path += "?user=" + url.QueryEscape(userFilter)
-		}
-		var ds []proto.Device
-		if err := api.do(c.Context(), "GET", path, nil, &ds); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *out, ds, func(tw *tabwriter.Writer) {
+	list := callCmd(g, &cobra.Command{Use: "list", Short: "List your devices (administrators: every device)", Example: "  clustral devices list --user alice@example.com", Args: cobra.NoArgs},
+		"GET", queryPath(proto.APIVersion+"/devices", "user", &userFilter), func(tw *tabwriter.Writer, ds []proto.Device) {
 			fmt.Fprintln(tw, "ID\tUSER\tHOSTNAME\tADDRESS\tONLINE\tEXPIRES")
 			for _, d := range ds {
-				addr := ""
-				if len(d.Addresses) > 0 {
-					addr = d.Addresses[0].Addr().String()
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", d.ID, d.User, d.Hostname, addr, d.Online, d.Expires.Local().Format("Jan 2 15:04"))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", d.ID, d.User, d.Hostname, firstAddr(d.Addresses), d.Online, d.Expires.Local().Format("Jan 2 15:04"))
 			}
 		})
-	}
+	list.Flags().StringVar(&userFilter, "user", "", "only this user's devices (administrators)")
 	revoke := &cobra.Command{
 		Use: "revoke <device-id|hostname>", Short: "Remove a device from the mesh at once",
 		Example: "  clustral devices revoke dev_0123\n  clustral devices revoke old-laptop", Args: cobra.ExactArgs(1),
@@ -201,7 +163,7 @@ func newDevicesCmd(g *globals) *cobra.Command {
 					return withHint(exitUsage, fmt.Errorf("%d devices are named %q", len(match), id), "pass the id: "+strings.Join(match, ", "))
 				}
 			}
-			if err := api.do(c.Context(), "DELETE", proto.APIVersion+"/devices/"+url.PathEscape(id), nil, nil); err != nil {
+			if err := api.do(c.Context(), "DELETE", apiPath("devices", id), nil, nil); err != nil {
 				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Device %s revoked.\n", id)

@@ -2,7 +2,7 @@ package main
 
 import (
 	"fmt"
-	"net/url"
+	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -97,58 +97,14 @@ for it, if any).`,
 			fmt.Fprintf(tw, "Run an agent with it:\n  clustral agent --coordinator %s --join-token-file <file>\n", s.Coordinator)
 		})
 	}
-	list := &cobra.Command{
+	list := callCmd(g, &cobra.Command{
 		Use:     "list",
 		Short:   "List clusters and their agents",
 		Example: "  clustral clusters list -o json",
 		Args:    cobra.NoArgs,
-	}
-	listOut := outputFlag(list)
-	list.RunE = func(c *cobra.Command, _ []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var cs []proto.Cluster
-		if err := api.do(c.Context(), "GET", proto.APIVersion+"/clusters", nil, &cs); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *listOut, cs, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "NAME\tAGENTS\tONLINE\tLABELS")
-			for _, c := range cs {
-				on := 0
-				for _, a := range c.Agents {
-					if a.Online {
-						on++
-					}
-				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", c.Name, len(c.Agents), on, formatLabels(c.Labels))
-			}
-		})
-	}
-	show := &cobra.Command{Use: "show <name|id>", Short: "Show a cluster and its agents", Example: "  clustral clusters show prod", Args: cobra.ExactArgs(1)}
-	showOut := outputFlag(show)
-	show.RunE = func(c *cobra.Command, args []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var cl proto.Cluster
-		if err := api.do(c.Context(), "GET", proto.APIVersion+"/clusters/"+url.PathEscape(args[0]), nil, &cl); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *showOut, cl, func(tw *tabwriter.Writer) {
-			fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nLabels:\t%s\n\n", cl.Name, cl.ID, formatLabels(cl.Labels))
-			fmt.Fprintln(tw, "AGENT\tHOSTNAME\tADDRESS\tONLINE")
-			for _, a := range cl.Agents {
-				addr := ""
-				if len(a.Addresses) > 0 {
-					addr = a.Addresses[0].Addr().String()
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", a.NodeID, a.Hostname, addr, a.Online)
-			}
-		})
-	}
+	}, "GET", fixedPath(proto.APIVersion+"/clusters"), printClusters)
+	show := callCmd(g, &cobra.Command{Use: "show <name|id>", Short: "Show a cluster and its agents", Example: "  clustral clusters show prod", Args: cobra.ExactArgs(1)},
+		"GET", itemPath("clusters", ""), printCluster)
 	label := &cobra.Command{
 		Use: "label <name|id> key=value... | key-", Short: "Set (key=value) or remove (key-) cluster labels",
 		Example: "  clustral clusters label prod env=prod team=payments\n  clustral clusters label prod team-", Args: cobra.MinimumNArgs(2),
@@ -158,7 +114,7 @@ for it, if any).`,
 				return err
 			}
 			var cl proto.Cluster
-			if err := api.do(c.Context(), "GET", proto.APIVersion+"/clusters/"+url.PathEscape(args[0]), nil, &cl); err != nil {
+			if err := api.do(c.Context(), "GET", apiPath("clusters", args[0]), nil, &cl); err != nil {
 				return cliErr(err)
 			}
 			labels := map[string]string{}
@@ -176,7 +132,7 @@ for it, if any).`,
 				}
 				labels[k] = v
 			}
-			if err := api.do(c.Context(), "PUT", proto.APIVersion+"/clusters/"+url.PathEscape(args[0])+"/labels", proto.ClusterLabels{Labels: labels}, &cl); err != nil {
+			if err := api.do(c.Context(), "PUT", apiPath("clusters", args[0])+"/labels", proto.ClusterLabels{Labels: labels}, &cl); err != nil {
 				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Cluster %s labels: %s\n", cl.Name, formatLabels(cl.Labels))
@@ -184,36 +140,14 @@ for it, if any).`,
 		},
 	}
 	tokenCmd := func(action, short, example string) *cobra.Command {
-		cmd := &cobra.Command{Use: action + " <name|id>", Short: short, Example: example, Args: cobra.ExactArgs(1)}
-		out := outputFlag(cmd)
-		cmd.RunE = func(c *cobra.Command, args []string) error {
-			_, api, err := g.session()
-			if err != nil {
-				return err
-			}
-			var jt proto.JoinToken
-			if err := api.do(c.Context(), "POST", proto.APIVersion+"/clusters/"+url.PathEscape(args[0])+"/"+action, nil, &jt); err != nil {
-				return cliErr(err)
-			}
-			return render(g.stdout, *out, jt, func(tw *tabwriter.Writer) {
-				if jt.JoinToken == "" {
-					fmt.Fprintf(tw, "Join token of %s revoked; its agents left the mesh.\n", jt.Cluster)
-					return
-				}
-				fmt.Fprintf(tw, "New join token for %s (shown once):\n  %s\nAgents already joined keep working; update the Secret for new ones.\n", jt.Cluster, jt.JoinToken)
-			})
-		}
-		return cmd
+		return callCmd(g, &cobra.Command{Use: action + " <name|id>", Short: short, Example: example, Args: cobra.ExactArgs(1)},
+			"POST", itemPath("clusters", "/"+action), printJoinToken)
 	}
 	del := &cobra.Command{
 		Use: "delete <name|id>", Short: "Delete a cluster, its agents and its assignments", Example: "  clustral clusters delete old-cluster", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			_, api, err := g.session()
-			if err != nil {
+			if err := g.call(c.Context(), "DELETE", apiPath("clusters", args[0]), nil, nil); err != nil {
 				return err
-			}
-			if err := api.do(c.Context(), "DELETE", proto.APIVersion+"/clusters/"+url.PathEscape(args[0]), nil, nil); err != nil {
-				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Cluster %s deleted.\n", args[0])
 			return nil
@@ -224,6 +158,54 @@ for it, if any).`,
 		tokenCmd("revoke-token", "Revoke the join token and remove every agent of the cluster", "  clustral clusters revoke-token prod"),
 		del)
 	return c
+}
+
+// fixedPath is a callCmd path that does not depend on the arguments.
+func fixedPath(p string) func([]string) string {
+	return func([]string) string { return p }
+}
+
+// itemPath is a callCmd path: the object named by the first argument in
+// collection, followed by suffix.
+func itemPath(collection, suffix string) func([]string) string {
+	return func(args []string) string { return apiPath(collection, args[0]) + suffix }
+}
+
+func printClusters(tw *tabwriter.Writer, cs []proto.Cluster) {
+	fmt.Fprintln(tw, "NAME\tAGENTS\tONLINE\tLABELS")
+	for _, c := range cs {
+		on := 0
+		for _, a := range c.Agents {
+			if a.Online {
+				on++
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", c.Name, len(c.Agents), on, formatLabels(c.Labels))
+	}
+}
+
+func printCluster(tw *tabwriter.Writer, cl proto.Cluster) {
+	fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nLabels:\t%s\n\n", cl.Name, cl.ID, formatLabels(cl.Labels))
+	fmt.Fprintln(tw, "AGENT\tHOSTNAME\tADDRESS\tONLINE")
+	for _, a := range cl.Agents {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", a.NodeID, a.Hostname, firstAddr(a.Addresses), a.Online)
+	}
+}
+
+// firstAddr is the address of a node's first overlay prefix, or "".
+func firstAddr(ps []netip.Prefix) string {
+	if len(ps) == 0 {
+		return ""
+	}
+	return ps[0].Addr().String()
+}
+
+func printJoinToken(tw *tabwriter.Writer, jt proto.JoinToken) {
+	if jt.JoinToken == "" {
+		fmt.Fprintf(tw, "Join token of %s revoked; its agents left the mesh.\n", jt.Cluster)
+		return
+	}
+	fmt.Fprintf(tw, "New join token for %s (shown once):\n  %s\nAgents already joined keep working; update the Secret for new ones.\n", jt.Cluster, jt.JoinToken)
 }
 
 func formatLabels(l map[string]string) string {
@@ -307,6 +289,17 @@ func printRole(tw *tabwriter.Writer, r proto.Role) {
 	}
 }
 
+func printRoles(tw *tabwriter.Writer, rs []proto.Role) {
+	fmt.Fprintln(tw, "NAME\tGROUPS\tLIMITS\tDESCRIPTION")
+	for _, r := range rs {
+		limits := "-"
+		if r.Restrictions != nil {
+			limits = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, strings.Join(r.Groups, ","), limits, r.Description)
+	}
+}
+
 func newRolesCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "roles",
@@ -330,15 +323,7 @@ func newRolesCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var out proto.Role
-		if err := api.do(c.Context(), "POST", proto.APIVersion+"/roles", r, &out); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *createOut, out, func(tw *tabwriter.Writer) { printRole(tw, out) })
+		return renderCall(c.Context(), g, *createOut, "POST", proto.APIVersion+"/roles", r, printRole)
 	}
 
 	var uf roleFlags
@@ -357,68 +342,25 @@ func newRolesCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var out proto.Role
-		if err := api.do(c.Context(), "PUT", proto.APIVersion+"/roles/"+url.PathEscape(args[0]), r, &out); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *updateOut, out, func(tw *tabwriter.Writer) { printRole(tw, out) })
+		return renderCall(c.Context(), g, *updateOut, "PUT", apiPath("roles", args[0]), r, printRole)
 	}
 
-	show := &cobra.Command{Use: "show <name|id>", Short: "Show a role", Example: "  clustral roles show viewer -o yaml", Args: cobra.ExactArgs(1)}
-	showOut := outputFlag(show)
-	show.RunE = func(c *cobra.Command, args []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var out proto.Role
-		if err := api.do(c.Context(), "GET", proto.APIVersion+"/roles/"+url.PathEscape(args[0]), nil, &out); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *showOut, out, func(tw *tabwriter.Writer) { printRole(tw, out) })
-	}
+	show := callCmd(g, &cobra.Command{Use: "show <name|id>", Short: "Show a role", Example: "  clustral roles show viewer -o yaml", Args: cobra.ExactArgs(1)},
+		"GET", itemPath("roles", ""), printRole)
 
 	del := &cobra.Command{
 		Use: "delete <name|id>", Short: "Delete a role and every assignment of it", Example: "  clustral roles delete old-role", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			_, api, err := g.session()
-			if err != nil {
+			if err := g.call(c.Context(), "DELETE", apiPath("roles", args[0]), nil, nil); err != nil {
 				return err
-			}
-			if err := api.do(c.Context(), "DELETE", proto.APIVersion+"/roles/"+url.PathEscape(args[0]), nil, nil); err != nil {
-				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Role %s deleted.\n", args[0])
 			return nil
 		},
 	}
 
-	list := &cobra.Command{Use: "list", Short: "List roles", Example: "  clustral roles list", Args: cobra.NoArgs}
-	listOut := outputFlag(list)
-	list.RunE = func(c *cobra.Command, _ []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var rs []proto.Role
-		if err := api.do(c.Context(), "GET", proto.APIVersion+"/roles", nil, &rs); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *listOut, rs, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "NAME\tGROUPS\tLIMITS\tDESCRIPTION")
-			for _, r := range rs {
-				limits := "-"
-				if r.Restrictions != nil {
-					limits = "yes"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, strings.Join(r.Groups, ","), limits, r.Description)
-			}
-		})
-	}
+	list := callCmd(g, &cobra.Command{Use: "list", Short: "List roles", Example: "  clustral roles list", Args: cobra.NoArgs},
+		"GET", fixedPath(proto.APIVersion+"/roles"), printRoles)
 	c.AddCommand(create, list, show, update, del)
 	return c
 }
@@ -465,15 +407,7 @@ func newAssignCmd(g *globals) *cobra.Command {
 			t := now().Add(d).UTC()
 			a.Expires = &t
 		}
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var resp proto.Assignment
-		if err := api.do(c.Context(), "POST", proto.APIVersion+"/assignments", a, &resp); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *out, resp, func(tw *tabwriter.Writer) {
+		return renderCall(c.Context(), g, *out, "POST", proto.APIVersion+"/assignments", a, func(tw *tabwriter.Writer, resp proto.Assignment) {
 			who := resp.User
 			if who == "" {
 				who = "group " + resp.Group
@@ -495,12 +429,8 @@ func newUnassignCmd(g *globals) *cobra.Command {
 		Example: "  clustral unassign asg_0123456789abcdef0123",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			_, api, err := g.session()
-			if err != nil {
+			if err := g.call(c.Context(), "DELETE", proto.APIVersion+"/assignments/"+args[0], nil, nil); err != nil {
 				return err
-			}
-			if err := api.do(c.Context(), "DELETE", proto.APIVersion+"/assignments/"+args[0], nil, nil); err != nil {
-				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Assignment %s removed.\n", args[0])
 			return nil
@@ -510,51 +440,25 @@ func newUnassignCmd(g *globals) *cobra.Command {
 
 func newUsersCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "users", Short: "List users (administrators)", Example: "  clustral users list"}
-	list := &cobra.Command{Use: "list", Short: "List users", Example: "  clustral users list -o json", Args: cobra.NoArgs}
-	out := outputFlag(list)
-	list.RunE = func(c *cobra.Command, _ []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var us []proto.User
-		if err := api.do(c.Context(), "GET", proto.APIVersion+"/users", nil, &us); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *out, us, func(tw *tabwriter.Writer) {
+	list := callCmd(g, &cobra.Command{Use: "list", Short: "List users", Example: "  clustral users list -o json", Args: cobra.NoArgs},
+		"GET", fixedPath(proto.APIVersion+"/users"), func(tw *tabwriter.Writer, us []proto.User) {
 			fmt.Fprintln(tw, "LOGIN\tGROUPS\tADMIN\tLAST SEEN")
 			for _, u := range us {
 				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", u.Login, strings.Join(u.Groups, ","), u.Admin, u.LastSeen.Local().Format(time.DateTime))
 			}
 		})
-	}
-	show := &cobra.Command{Use: "show <login|email|id>", Short: "Show a user", Example: "  clustral users show alice@example.com", Args: cobra.ExactArgs(1)}
-	showOut := outputFlag(show)
-	show.RunE = func(c *cobra.Command, args []string) error {
-		_, api, err := g.session()
-		if err != nil {
-			return err
-		}
-		var u proto.User
-		if err := api.do(c.Context(), "GET", proto.APIVersion+"/users/"+url.PathEscape(args[0]), nil, &u); err != nil {
-			return cliErr(err)
-		}
-		return render(g.stdout, *showOut, u, func(tw *tabwriter.Writer) {
+	show := callCmd(g, &cobra.Command{Use: "show <login|email|id>", Short: "Show a user", Example: "  clustral users show alice@example.com", Args: cobra.ExactArgs(1)},
+		"GET", itemPath("users", ""), func(tw *tabwriter.Writer, u proto.User) {
 			fmt.Fprintf(tw, "Login:\t%s\nEmail:\t%s\nName:\t%s\nGroups:\t%s\nAdmin:\t%v\nDisabled:\t%v\nLast seen:\t%s\n",
 				u.Login, u.Email, u.Name, strings.Join(u.Groups, ", "), u.Admin, u.Disabled, u.LastSeen.Local().Format(time.DateTime))
 		})
-	}
 	state := func(action, short string) *cobra.Command {
 		return &cobra.Command{
 			Use: action + " <login|email|id>", Short: short, Example: "  clustral users " + action + " bob@example.com", Args: cobra.ExactArgs(1),
 			RunE: func(c *cobra.Command, args []string) error {
-				_, api, err := g.session()
-				if err != nil {
-					return err
-				}
 				var u proto.User
-				if err := api.do(c.Context(), "POST", proto.APIVersion+"/users/"+url.PathEscape(args[0])+"/"+action, nil, &u); err != nil {
-					return cliErr(err)
+				if err := g.call(c.Context(), "POST", apiPath("users", args[0])+"/"+action, nil, &u); err != nil {
+					return err
 				}
 				fmt.Fprintf(g.stdout, "User %s %sd.\n", u.Login, action)
 				return nil

@@ -319,12 +319,8 @@ a copy of it (e.g. a backup).`,
 				return err
 			}
 		} else {
-			_, api, err := g.session()
-			if err != nil {
+			if err := g.call(c.Context(), "GET", proto.APIVersion+"/audit/verify", nil, &v); err != nil {
 				return err
-			}
-			if err := api.do(c.Context(), "GET", proto.APIVersion+"/audit/verify", nil, &v); err != nil {
-				return cliErr(err)
 			}
 		}
 		if err := render(g.stdout, *out, v, func(tw *tabwriter.Writer) {
