@@ -333,57 +333,36 @@ func (s *Server) loadKeys() error {
 // load reads every record into memory.
 func (s *Server) load() error {
 	return s.st.View(func(tx store.Tx) error {
-		users, err := store.List[user](tx, store.Users)
-		if err != nil {
-			return err
-		}
-		for i := range users {
-			s.state.putUser(&users[i])
-		}
-		sessions, err := store.List[session](tx, store.Sessions)
-		if err != nil {
-			return err
-		}
-		for i := range sessions {
-			s.state.sessions[sessions[i].IDHash] = &sessions[i]
-		}
-		clusters, err := store.List[cluster](tx, store.Clusters)
-		if err != nil {
-			return err
-		}
-		for i := range clusters {
-			s.state.putCluster(&clusters[i])
-		}
-		roles, err := store.List[role](tx, store.Roles)
-		if err != nil {
-			return err
-		}
-		for i := range roles {
-			s.state.putRole(&roles[i])
-		}
-		as, err := store.List[assignment](tx, store.Assignments)
-		if err != nil {
-			return err
-		}
-		for i := range as {
-			s.state.putAssignment(&as[i])
-		}
-		reqs, err := store.List[accessRequest](tx, store.Requests)
-		if err != nil {
-			return err
-		}
-		for i := range reqs {
-			s.state.requests[reqs[i].ID] = &reqs[i]
-		}
-		nodes, err := store.List[node](tx, store.Nodes)
-		if err != nil {
-			return err
-		}
-		for i := range nodes {
-			s.state.putNode(&nodes[i])
+		for _, load := range []func(store.Tx) error{
+			loadAll(store.Users, s.state.putUser),
+			loadAll(store.Sessions, func(se *session) { s.state.sessions[se.IDHash] = se }),
+			loadAll(store.Clusters, s.state.putCluster),
+			loadAll(store.Roles, s.state.putRole),
+			loadAll(store.Assignments, s.state.putAssignment),
+			loadAll(store.Requests, func(ar *accessRequest) { s.state.requests[ar.ID] = ar }),
+			loadAll(store.Nodes, s.state.putNode),
+		} {
+			if err := load(tx); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
+}
+
+// loadAll returns a loader that lists every record of bucket b and hands
+// each to put, in the store's order.
+func loadAll[T any](b store.Bucket, put func(*T)) func(store.Tx) error {
+	return func(tx store.Tx) error {
+		vs, err := store.List[T](tx, b)
+		if err != nil {
+			return err
+		}
+		for i := range vs {
+			put(&vs[i])
+		}
+		return nil
+	}
 }
 
 // recordChange appends the audit event of an administrative change inside
