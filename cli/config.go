@@ -135,24 +135,12 @@ func tunnelState(dir string) string {
 }
 
 func newConfigPathCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{
+	return valueCmd(g, &cobra.Command{
 		Use:     "path",
 		Short:   "Print the profile's config directory",
 		Example: "  clustral config path\n  ls -l \"$(clustral config path)\"",
 		Args:    cobra.NoArgs,
-	}
-	out := outputFlag(c)
-	c.RunE = func(c *cobra.Command, _ []string) error {
-		dir, err := g.dir()
-		if err != nil {
-			return err
-		}
-		v := struct {
-			Dir string `json:"dir"`
-		}{dir}
-		return render(g.stdout, *out, v, func(tw *tabwriter.Writer) { fmt.Fprintln(tw, dir) })
-	}
-	return c
+	}, "dir", g.dir)
 }
 
 func newConfigCleanCmd(g *globals) *cobra.Command {

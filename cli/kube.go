@@ -131,13 +131,9 @@ func newKubeCmd(g *globals) *cobra.Command {
 }
 
 func whoami(ctx context.Context, g *globals) (*proto.Whoami, error) {
-	_, api, err := g.session()
-	if err != nil {
-		return nil, err
-	}
 	var who proto.Whoami
-	if err := api.do(ctx, "GET", proto.APIVersion+"/whoami", nil, &who); err != nil {
-		return nil, cliErr(err)
+	if err := g.call(ctx, "GET", proto.APIVersion+"/whoami", nil, &who); err != nil {
+		return nil, err
 	}
 	return &who, nil
 }

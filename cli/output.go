@@ -77,3 +77,18 @@ func callCmd[T any](g *globals, cmd *cobra.Command, method string, path func(arg
 	}
 	return cmd
 }
+
+// valueCmd gives cmd the -o flag and a RunE that prints the string get
+// returns: alone on a line in the table format, and as the one field key
+// of an object in JSON and YAML.
+func valueCmd(g *globals, cmd *cobra.Command, key string, get func() (string, error)) *cobra.Command {
+	out := outputFlag(cmd)
+	cmd.RunE = func(*cobra.Command, []string) error {
+		v, err := get()
+		if err != nil {
+			return err
+		}
+		return render(g.stdout, *out, map[string]string{key: v}, func(tw *tabwriter.Writer) { fmt.Fprintln(tw, v) })
+	}
+	return cmd
+}

@@ -246,24 +246,12 @@ func newProfilesListCmd(g *globals) *cobra.Command {
 }
 
 func newProfilesCurrentCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{
+	return valueCmd(g, &cobra.Command{
 		Use:     "current",
 		Short:   "Print the profile in use",
 		Example: "  clustral profiles current",
 		Args:    cobra.NoArgs,
-	}
-	out := outputFlag(c)
-	c.RunE = func(c *cobra.Command, _ []string) error {
-		name, err := g.profileName()
-		if err != nil {
-			return err
-		}
-		v := struct {
-			Name string `json:"name"`
-		}{name}
-		return render(g.stdout, *out, v, func(tw *tabwriter.Writer) { fmt.Fprintln(tw, name) })
-	}
-	return c
+	}, "name", g.profileName)
 }
 
 func newProfilesDeleteCmd(g *globals) *cobra.Command {
