@@ -185,6 +185,7 @@ func NewUser(bin, dir string, d DexUser) *User {
 func (u *User) Environ() []string {
 	return append(EnvironWithout("KUBECONFIG=", "CLUSTRAL_"),
 		"CLUSTRAL_CONFIG_DIR="+filepath.Join(u.Dir, "config"),
+		ownerEntry,
 		"KUBECONFIG="+u.Kubeconfig,
 		"NO_COLOR=1",
 	)

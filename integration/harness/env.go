@@ -293,6 +293,11 @@ func (e *Env) Close() error {
 // If a test fails, the components' log tails are printed. Processes also
 // die with the test binary if it crashes (they run with Pdeathsig).
 func Main(m *testing.M, opts Options, setup func(*Env)) int {
+	if n, err := ReapOrphans(); err != nil {
+		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
+	} else if n > 0 {
+		fmt.Fprintf(os.Stderr, "harness: stopped %d processes left by test binaries that are gone\n", n)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	e, err := Start(ctx, opts)
 	cancel()
