@@ -190,4 +190,3 @@ func TestCrashLeavesNoProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
