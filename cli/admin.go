@@ -143,16 +143,9 @@ for it, if any).`,
 		return callCmd(g, &cobra.Command{Use: action + " <name|id>", Short: short, Example: example, Args: cobra.ExactArgs(1)},
 			"POST", itemPath("clusters", "/"+action), printJoinToken)
 	}
-	del := &cobra.Command{
+	del := deleteCmd(g, &cobra.Command{
 		Use: "delete <name|id>", Short: "Delete a cluster, its agents and its assignments", Example: "  clustral clusters delete old-cluster", Args: cobra.ExactArgs(1),
-		RunE: func(c *cobra.Command, args []string) error {
-			if err := g.call(c.Context(), "DELETE", apiPath("clusters", args[0]), nil, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "Cluster %s deleted.\n", args[0])
-			return nil
-		},
-	}
+	}, "clusters", "Cluster")
 	c.AddCommand(add, list, show, label,
 		tokenCmd("rotate-token", "Issue a new join token (the old one stops working)", "  clustral clusters rotate-token prod"),
 		tokenCmd("revoke-token", "Revoke the join token and remove every agent of the cluster", "  clustral clusters revoke-token prod"),
@@ -169,6 +162,19 @@ func fixedPath(p string) func([]string) string {
 // collection, followed by suffix.
 func itemPath(collection, suffix string) func([]string) string {
 	return func(args []string) string { return apiPath(collection, args[0]) + suffix }
+}
+
+// deleteCmd gives cmd a RunE that deletes the object its argument names
+// in collection and says so: "<kind> <name> deleted.".
+func deleteCmd(g *globals, cmd *cobra.Command, collection, kind string) *cobra.Command {
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if err := g.call(c.Context(), "DELETE", apiPath(collection, args[0]), nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(g.stdout, "%s %s deleted.\n", kind, args[0])
+		return nil
+	}
+	return cmd
 }
 
 func printClusters(tw *tabwriter.Writer, cs []proto.Cluster) {
@@ -348,16 +354,9 @@ func newRolesCmd(g *globals) *cobra.Command {
 	show := callCmd(g, &cobra.Command{Use: "show <name|id>", Short: "Show a role", Example: "  clustral roles show viewer -o yaml", Args: cobra.ExactArgs(1)},
 		"GET", itemPath("roles", ""), printRole)
 
-	del := &cobra.Command{
+	del := deleteCmd(g, &cobra.Command{
 		Use: "delete <name|id>", Short: "Delete a role and every assignment of it", Example: "  clustral roles delete old-role", Args: cobra.ExactArgs(1),
-		RunE: func(c *cobra.Command, args []string) error {
-			if err := g.call(c.Context(), "DELETE", apiPath("roles", args[0]), nil, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "Role %s deleted.\n", args[0])
-			return nil
-		},
-	}
+	}, "roles", "Role")
 
 	list := callCmd(g, &cobra.Command{Use: "list", Short: "List roles", Example: "  clustral roles list", Args: cobra.NoArgs},
 		"GET", fixedPath(proto.APIVersion+"/roles"), printRoles)

@@ -373,14 +373,19 @@ func newAccountsListCmd(g *globals) *cobra.Command {
 	return c
 }
 
-func findAccount(dir, login string) (*storedSession, error) {
+// account finds the profile's account login, and returns the profile's
+// directory with it.
+func (g *globals) account(login string) (dir string, s *storedSession, err error) {
+	if dir, err = g.dir(); err != nil {
+		return "", nil, err
+	}
 	as, ss := listAccounts(dir)
 	for i, a := range as {
 		if a.Login == login {
-			return ss[i], nil
+			return dir, ss[i], nil
 		}
 	}
-	return nil, withHint(exitError, fmt.Errorf("no account %q in this profile", login), "see: clustral accounts list; add one: clustral login")
+	return "", nil, withHint(exitError, fmt.Errorf("no account %q in this profile", login), "see: clustral accounts list; add one: clustral login")
 }
 
 func newAccountsUseCmd(g *globals) *cobra.Command {
@@ -390,11 +395,7 @@ func newAccountsUseCmd(g *globals) *cobra.Command {
 		Example: "  clustral accounts use admin@example.com",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			dir, err := g.dir()
-			if err != nil {
-				return err
-			}
-			s, err := findAccount(dir, args[0])
+			dir, s, err := g.account(args[0])
 			if err != nil {
 				return err
 			}
@@ -418,11 +419,7 @@ func newAccountsRemoveCmd(g *globals) *cobra.Command {
 		Example: "  clustral accounts remove old@example.com",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			dir, err := g.dir()
-			if err != nil {
-				return err
-			}
-			s, err := findAccount(dir, args[0])
+			dir, s, err := g.account(args[0])
 			if err != nil {
 				return err
 			}
