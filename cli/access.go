@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -81,7 +80,7 @@ func newAccessCmd(g *globals) *cobra.Command {
 				}
 				body.Duration = proto.Duration(d)
 			}
-			return renderCall(c.Context(), g, *out, "POST", apiPath("access-requests", args[0])+"/"+action, body, func(tw *tabwriter.Writer, ar proto.AccessRequest) {
+			return renderCall(c.Context(), g, *out, "POST", apiPath("access-requests", args[0], action), body, func(tw *tabwriter.Writer, ar proto.AccessRequest) {
 				fmt.Fprintf(tw, "Request %s (%s on %s for %s) is now %s.\n", ar.ID, ar.Role, ar.Cluster, ar.User, ar.State)
 				if ar.GrantExpires != nil && ar.State == proto.RequestApproved {
 					fmt.Fprintf(tw, "The grant ends at %s.\n", ar.GrantExpires.Local().Format("Jan 2 15:04"))
@@ -96,17 +95,6 @@ func newAccessCmd(g *globals) *cobra.Command {
 		decide("revoke", "End an active grant, or withdraw a pending request", "  clustral access revoke req_0123"),
 	)
 	return c
-}
-
-// queryPath is a callCmd path: p, with the query parameter name set to
-// *value when that is not empty.
-func queryPath(p, name string, value *string) func([]string) string {
-	return func([]string) string {
-		if *value == "" {
-			return p
-		}
-		return p + "?" + name + "=" + url.QueryEscape(*value)
-	}
 }
 
 func printAccessRequests(tw *tabwriter.Writer, ars []proto.AccessRequest) {

@@ -104,7 +104,7 @@ for it, if any).`,
 		Args:    cobra.NoArgs,
 	}, "GET", fixedPath(proto.APIVersion+"/clusters"), printClusters)
 	show := callCmd(g, &cobra.Command{Use: "show <name|id>", Short: "Show a cluster and its agents", Example: "  clustral clusters show prod", Args: cobra.ExactArgs(1)},
-		"GET", itemPath("clusters", ""), printCluster)
+		"GET", itemPath("clusters"), printCluster)
 	label := &cobra.Command{
 		Use: "label <name|id> key=value... | key-", Short: "Set (key=value) or remove (key-) cluster labels",
 		Example: "  clustral clusters label prod env=prod team=payments\n  clustral clusters label prod team-", Args: cobra.MinimumNArgs(2),
@@ -132,7 +132,7 @@ for it, if any).`,
 				}
 				labels[k] = v
 			}
-			if err := api.do(c.Context(), "PUT", apiPath("clusters", args[0])+"/labels", proto.ClusterLabels{Labels: labels}, &cl); err != nil {
+			if err := api.do(c.Context(), "PUT", apiPath("clusters", args[0], "labels"), proto.ClusterLabels{Labels: labels}, &cl); err != nil {
 				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Cluster %s labels: %s\n", cl.Name, formatLabels(cl.Labels))
@@ -141,7 +141,7 @@ for it, if any).`,
 	}
 	tokenCmd := func(action, short, example string) *cobra.Command {
 		return callCmd(g, &cobra.Command{Use: action + " <name|id>", Short: short, Example: example, Args: cobra.ExactArgs(1)},
-			"POST", itemPath("clusters", "/"+action), printJoinToken)
+			"POST", itemPath("clusters", action), printJoinToken)
 	}
 	del := deleteCmd(g, &cobra.Command{
 		Use: "delete <name|id>", Short: "Delete a cluster, its agents and its assignments", Example: "  clustral clusters delete old-cluster", Args: cobra.ExactArgs(1),
@@ -151,30 +151,6 @@ for it, if any).`,
 		tokenCmd("revoke-token", "Revoke the join token and remove every agent of the cluster", "  clustral clusters revoke-token prod"),
 		del)
 	return c
-}
-
-// fixedPath is a callCmd path that does not depend on the arguments.
-func fixedPath(p string) func([]string) string {
-	return func([]string) string { return p }
-}
-
-// itemPath is a callCmd path: the object named by the first argument in
-// collection, followed by suffix.
-func itemPath(collection, suffix string) func([]string) string {
-	return func(args []string) string { return apiPath(collection, args[0]) + suffix }
-}
-
-// deleteCmd gives cmd a RunE that deletes the object its argument names
-// in collection and says so: "<kind> <name> deleted.".
-func deleteCmd(g *globals, cmd *cobra.Command, collection, kind string) *cobra.Command {
-	cmd.RunE = func(c *cobra.Command, args []string) error {
-		if err := g.call(c.Context(), "DELETE", apiPath(collection, args[0]), nil, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(g.stdout, "%s %s deleted.\n", kind, args[0])
-		return nil
-	}
-	return cmd
 }
 
 func printClusters(tw *tabwriter.Writer, cs []proto.Cluster) {
@@ -352,7 +328,7 @@ func newRolesCmd(g *globals) *cobra.Command {
 	}
 
 	show := callCmd(g, &cobra.Command{Use: "show <name|id>", Short: "Show a role", Example: "  clustral roles show viewer -o yaml", Args: cobra.ExactArgs(1)},
-		"GET", itemPath("roles", ""), printRole)
+		"GET", itemPath("roles"), printRole)
 
 	del := deleteCmd(g, &cobra.Command{
 		Use: "delete <name|id>", Short: "Delete a role and every assignment of it", Example: "  clustral roles delete old-role", Args: cobra.ExactArgs(1),
@@ -447,7 +423,7 @@ func newUsersCmd(g *globals) *cobra.Command {
 			}
 		})
 	show := callCmd(g, &cobra.Command{Use: "show <login|email|id>", Short: "Show a user", Example: "  clustral users show alice@example.com", Args: cobra.ExactArgs(1)},
-		"GET", itemPath("users", ""), func(tw *tabwriter.Writer, u proto.User) {
+		"GET", itemPath("users"), func(tw *tabwriter.Writer, u proto.User) {
 			fmt.Fprintf(tw, "Login:\t%s\nEmail:\t%s\nName:\t%s\nGroups:\t%s\nAdmin:\t%v\nDisabled:\t%v\nLast seen:\t%s\n",
 				u.Login, u.Email, u.Name, strings.Join(u.Groups, ", "), u.Admin, u.Disabled, u.LastSeen.Local().Format(time.DateTime))
 		})
@@ -456,7 +432,7 @@ func newUsersCmd(g *globals) *cobra.Command {
 			Use: action + " <login|email|id>", Short: short, Example: "  clustral users " + action + " bob@example.com", Args: cobra.ExactArgs(1),
 			RunE: func(c *cobra.Command, args []string) error {
 				var u proto.User
-				if err := g.call(c.Context(), "POST", apiPath("users", args[0])+"/"+action, nil, &u); err != nil {
+				if err := g.call(c.Context(), "POST", apiPath("users", args[0], action), nil, &u); err != nil {
 					return err
 				}
 				fmt.Fprintf(g.stdout, "User %s %sd.\n", u.Login, action)

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -144,24 +143,4 @@ func cliErr(err error) error {
 		code = exitDenied
 	}
 	return withHint(code, pe, pe.p.Hint)
-}
-
-// call sends one request to the coordinator with the stored session and
-// decodes the answer into out, as apiClient.do does. A coordinator
-// problem comes back through cliErr, with its hint and exit code.
-func (g *globals) call(ctx context.Context, method, path string, body, out any) error {
-	_, api, err := g.session()
-	if err != nil {
-		return err
-	}
-	if err := api.do(ctx, method, path, body, out); err != nil {
-		return cliErr(err)
-	}
-	return nil
-}
-
-// apiPath is the path of the object id in an API collection, such as
-// apiPath("clusters", "prod").
-func apiPath(collection, id string) string {
-	return proto.APIVersion + "/" + collection + "/" + url.PathEscape(id)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -55,27 +54,6 @@ func render(w io.Writer, format string, v any, table func(tw *tabwriter.Writer))
 	default:
 		return usageError{fmt.Errorf("unknown output format %q (use table, json or yaml)", format)}
 	}
-}
-
-// renderCall sends one request with g.call and writes the answer, a T,
-// in format; table draws it for the table format.
-func renderCall[T any](ctx context.Context, g *globals, format, method, path string, body any, table func(*tabwriter.Writer, T)) error {
-	var v T
-	if err := g.call(ctx, method, path, body, &v); err != nil {
-		return err
-	}
-	return render(g.stdout, format, v, func(tw *tabwriter.Writer) { table(tw, v) })
-}
-
-// callCmd gives cmd the -o flag and a RunE that sends method to the path
-// for its arguments, without a body, and renders the answer, a T, with
-// table. path is called when the command runs, so it may read flags.
-func callCmd[T any](g *globals, cmd *cobra.Command, method string, path func(args []string) string, table func(*tabwriter.Writer, T)) *cobra.Command {
-	out := outputFlag(cmd)
-	cmd.RunE = func(c *cobra.Command, args []string) error {
-		return renderCall(c.Context(), g, *out, method, path(args), nil, table)
-	}
-	return cmd
 }
 
 // valueCmd gives cmd the -o flag and a RunE that prints the string get
