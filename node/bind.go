@@ -119,9 +119,11 @@ type relayPacket struct {
 //     *Endpoint knows the peer's key and its candidate addresses, and shares
 //     the peer's path state with every later endpoint of the same key.
 //   - Paths. Send routes by the peer's current path: a confirmed direct
-//     address when there is one; else the relay, when it is connected;
-//     else the first candidate address (the only path a Bind without a
-//     relay has).
+//     address when there is one; else the relay, when it is connected, so
+//     that the first packets get through behind any NAT at once; else the
+//     first candidate address (the only path a Bind without a relay has).
+//     Open connections move from the relay to the direct path when a pong
+//     confirms it.
 //   - Probing. While open, the Bind pings every candidate address of every
 //     keyed peer (proto.Probe, on the WireGuard UDP socket, which also
 //     punches holes in NATs), every ProbeInterval while the peer has no
@@ -458,7 +460,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if e.path != nil {
 		if d := e.path.cur.Load(); d != nil {
 			direct = d
-		} else if r := b.relayLink(); r != nil && (direct == nil || e.path.directFailed(time.Now())) {
+		} else if r := b.relayLink(); r != nil {
 			return b.sendRelay(r, e.key, bufs)
 		}
 	}
@@ -776,12 +778,6 @@ type peerPath struct {
 	// cur is the confirmed direct address; nil while there is none. Read
 	// without mu on every Send.
 	cur atomic.Pointer[conn.StdNetEndpoint]
-	// unanswered is when direct pings started going unanswered (unix
-	// nanoseconds; 0 while a direct path is up or before the first ping).
-	// Send uses the relay only once they have gone unanswered for
-	// relayAfter, so peers that reach each other directly never move
-	// their open connections from the relay to the direct path.
-	unanswered atomic.Int64
 
 	mu          sync.Mutex
 	published   []netip.AddrPort // from the map
@@ -793,17 +789,6 @@ type peerPath struct {
 	directSince time.Time
 	rtt         time.Duration // last direct RTT
 	relayRTT    time.Duration // last relayed RTT
-}
-
-// relayAfter is how long direct pings go unanswered before Send moves a
-// peer without a confirmed direct path to the relay.
-const relayAfter = time.Second
-
-// directFailed reports whether the peer's direct candidates have not
-// answered for relayAfter, so its packets should take the relay.
-func (pp *peerPath) directFailed(now time.Time) bool {
-	since := pp.unanswered.Load()
-	return since != 0 && now.UnixNano()-since >= int64(relayAfter)
 }
 
 // pingBackAfter bounds how often a ping from a peer without a direct path
@@ -856,8 +841,6 @@ func (pp *peerPath) due(now time.Time, b *Bind, relayUp bool) (targets []pingTar
 		lost, cur = cur.AddrPort, nil
 		pp.directSince = time.Time{}
 		pp.urgent = true
-		// The direct path went silent: use the relay at once.
-		pp.unanswered.Store(now.Add(-relayAfter).UnixNano())
 	}
 	interval := b.probeInterval()
 	if cur != nil {
@@ -893,9 +876,6 @@ func (pp *peerPath) due(now time.Time, b *Bind, relayUp bool) (targets []pingTar
 	for _, a := range pp.learned {
 		add(a)
 	}
-	if cur == nil && len(targets) > 0 {
-		pp.unanswered.CompareAndSwap(0, now.UnixNano())
-	}
 	if cur == nil && relayUp {
 		var id [12]byte
 		rand.Read(id[:])
@@ -925,7 +905,6 @@ func (pp *peerPath) pong(txid [12]byte, from netip.AddrPort, now time.Time) bool
 	case cur == nil:
 		pp.cur.Store(&conn.StdNetEndpoint{AddrPort: from})
 		pp.curPong, pp.rtt, pp.directSince = now, rtt, now
-		pp.unanswered.Store(0)
 		return true
 	case cur.AddrPort == from:
 		pp.curPong, pp.rtt = now, rtt

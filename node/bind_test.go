@@ -212,22 +212,3 @@ func TestLearnPingsBackWithoutDirectPath(t *testing.T) {
 		t.Fatal("a new address is always probed")
 	}
 }
-
-func TestRelayOnlyAfterDirectGoesUnanswered(t *testing.T) {
-	pp := &peerPath{}
-	now := time.Now()
-	if pp.directFailed(now) {
-		t.Fatal("before any ping the direct candidates have not failed")
-	}
-	pp.unanswered.Store(now.UnixNano())
-	if pp.directFailed(now.Add(relayAfter / 2)) {
-		t.Fatal("failed before relayAfter")
-	}
-	if !pp.directFailed(now.Add(relayAfter)) {
-		t.Fatal("not failed after relayAfter")
-	}
-	pp.unanswered.Store(0) // a pong confirmed a direct path
-	if pp.directFailed(now.Add(time.Hour)) {
-		t.Fatal("failed with a direct path up")
-	}
-}

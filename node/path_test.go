@@ -256,3 +256,44 @@ func keyBind(t testing.TB, b *Bind) proto.Key {
 	}
 	return b.self
 }
+
+// TestRelayUntilDirectIsConfirmed: until a pong confirms a direct path,
+// packets take the relay, so the first handshake gets through behind any
+// NAT at once; then they take the direct path.
+func TestRelayUntilDirectIsConfirmed(t *testing.T) {
+	var fnet fakeNet
+	a, b := NewBind(), NewBind()
+	keyA, keyB := keyBind(t, a), keyBind(t, b)
+	a.udp, b.udp = fnet.sock("192.0.2.1:1000"), fnet.sock("198.51.100.2:2000")
+	addrB := netip.MustParseAddrPort("198.51.100.2:2000")
+	epB, err := a.ParseEndpoint(FormatEndpoint(keyB, []netip.AddrPort{addrB}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg := []byte{1, 0, 0, 0, 9, 9, 9, 9}
+	sent := func() (direct, relay uint64) {
+		t.Helper()
+		d0, r0 := a.Stats(PathDirect).TxPackets, a.Stats(PathRelay).TxPackets
+		if err := a.Send([][]byte{wg}, epB); err != nil {
+			t.Fatal(err)
+		}
+		return a.Stats(PathDirect).TxPackets - d0, a.Stats(PathRelay).TxPackets - r0
+	}
+	if d, r := sent(); d != 1 || r != 0 {
+		t.Errorf("no relay connected: sent %d direct, %d relayed; want 1 and 0", d, r)
+	}
+	a.setRelay(&fakeRelay{self: keyA, peers: map[proto.Key]*Bind{keyB: b}})
+	if d, r := sent(); d != 0 || r != 1 {
+		t.Errorf("direct not confirmed: sent %d direct, %d relayed; want 0 and 1", d, r)
+	}
+	pp := a.paths[keyB]
+	pp.mu.Lock()
+	pp.pending[[12]byte{5}] = pendingPing{to: addrB, at: time.Now()}
+	pp.mu.Unlock()
+	if !pp.pong([12]byte{5}, addrB, time.Now()) {
+		t.Fatal("the pong did not confirm the direct path")
+	}
+	if d, r := sent(); d != 1 || r != 0 {
+		t.Errorf("direct confirmed: sent %d direct, %d relayed; want 1 and 0", d, r)
+	}
+}
