@@ -21,6 +21,9 @@ import (
 // ConfigMaps of natObjectSize random bytes, uncompressed (about 42 MiB of
 // JSON), from the agent to the laptop:
 //
+//   - nat_up_to_first_kubectl_ms: from invoking `clustral up` until a
+//     `kubectl get --raw /version` through the mesh has answered; the
+//     relay carries it while the direct path is being found.
 //   - time_to_direct_ms: from invoking `clustral up` until both ends use
 //     the direct path: `clustral status` says so and the agent has logged
 //     it (polled every 200 ms, each poll a `clustral status` run).
@@ -122,6 +125,12 @@ func natInner(ctx context.Context, topo *nat.Topology) error {
 	if err := m.Up(ctx); err != nil {
 		return err
 	}
+	// The first kubectl behind the two NATs, before any direct path:
+	// it is carried by the relay.
+	if out, err := m.Kubectl(ctx, "get", "--raw", "/version").CombinedOutput(); err != nil {
+		return fmt.Errorf("first kubectl behind NAT: %w\n%s", err, out)
+	}
+	report("nat_up_to_first_kubectl_ms", ms(time.Since(start)), "ms")
 	if err := m.WaitPath(ctx, "direct", time.Minute); err != nil {
 		return err
 	}
