@@ -128,6 +128,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f := c.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file (keys are the flag names)")
 	f.StringVar(&cfg.Listen, "listen", d.Listen, "address to serve the API on")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "address to serve /metrics, /healthz and /readyz on, plain HTTP, instead of /metrics on the API (e.g. 10.0.0.5:9090)")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "URL nodes and browsers reach the coordinator at (default http(s)://<listen>)")
 	f.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory of the bbolt store")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate file (PEM)")

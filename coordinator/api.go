@@ -18,6 +18,16 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
+// OpsHandler serves what monitoring reads: GET /metrics, /healthz and
+// /readyz. ListenAndServe serves it on Config.MetricsListen when that is set.
+func (s *Server) OpsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.handleReady)
+	mux.Handle("GET /metrics", s.metrics.handler())
+	return mux
+}
+
 // Handler returns the coordinator's HTTP API.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -25,7 +35,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.HandleFunc("GET "+v+"/info", s.handleInfo)
-	mux.Handle("GET /metrics", s.metrics.handler())
+	if s.cfg.MetricsListen == "" {
+		mux.Handle("GET /metrics", s.metrics.handler())
+	}
 	mux.HandleFunc("GET "+v+"/admin/backup", s.admin(s.handleBackup))
 
 	mux.HandleFunc("POST "+v+"/login/start", s.handleLoginStart)

@@ -16,6 +16,11 @@ import (
 type Config struct {
 	// Listen is the address the HTTP(S) API listens on.
 	Listen string
+	// MetricsListen, when set, is a second address, plain HTTP, that
+	// serves GET /metrics, /healthz and /readyz, for a scraper on a private
+	// network; the API then no longer serves /metrics. Empty serves
+	// /metrics on the API, to anyone who reaches it.
+	MetricsListen string
 	// PublicURL is the URL nodes and browsers reach the coordinator at. It
 	// defaults to http(s)://Listen.
 	PublicURL string

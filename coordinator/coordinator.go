@@ -150,6 +150,18 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
+	if s.cfg.MetricsListen != "" {
+		ml, err := net.Listen("tcp", s.cfg.MetricsListen)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("listen on %s for metrics: %w", s.cfg.MetricsListen, err)
+		}
+		ops := &http.Server{Handler: s.OpsHandler(), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+		go ops.Serve(ml)
+		defer ops.Close()
+		s.log.Info("metrics listening", "addr", ml.Addr().String())
+	}
 	if ready != nil {
 		ready(l.Addr())
 	}

@@ -354,3 +354,66 @@ func TestReloadTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsListen: with a metrics address, monitoring is served there and
+// the API no longer serves /metrics.
+func TestMetricsListen(t *testing.T) {
+	free := func() string {
+		t.Helper()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	metricsAddr := free()
+	srv, err := New(context.Background(), Config{
+		Listen: "127.0.0.1:0", MetricsListen: metricsAddr, DataDir: t.TempDir(),
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	apiAddr := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- srv.ListenAndServe(ctx, func(a net.Addr) { apiAddr <- a }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	var api string
+	select {
+	case a := <-apiAddr:
+		api = a.String()
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	}
+	tests := []struct {
+		addr, path string
+		want       int
+		body       string
+	}{
+		{metricsAddr, "/metrics", http.StatusOK, "clustral_coordinator_connected_nodes"},
+		{metricsAddr, "/healthz", http.StatusOK, "ok"},
+		{metricsAddr, "/readyz", http.StatusOK, ""},
+		{metricsAddr, "/api/v1/info", http.StatusNotFound, ""},
+		{api, "/metrics", http.StatusNotFound, ""},
+		{api, "/healthz", http.StatusOK, "ok"},
+	}
+	for _, tt := range tests {
+		resp, err := http.Get("http://" + tt.addr + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want || !bytes.Contains(b, []byte(tt.body)) {
+			t.Errorf("GET %s%s = %d %.80q, want %d with %q", tt.addr, tt.path, resp.StatusCode, b, tt.want, tt.body)
+		}
+	}
+}
