@@ -18,6 +18,9 @@ import (
 // chain; they carry the agent spool's Source and its SourceSeq, which make
 // them idempotent: however often a batch is resent, each event is stored
 // once.
+//
+// A field added later must be omitempty, so that the records stored before
+// it encode, and hash, as they did (TestAuditHashStable).
 type AuditEvent struct {
 	// Seq is the coordinator's sequence number, from 1, without gaps
 	// except where retention pruned.

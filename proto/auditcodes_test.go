@@ -90,3 +90,23 @@ func TestAuditHash(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditHashStable pins the hash of a record as it is stored today. A
+// record's hash is checked again whenever the log is verified, over the
+// record decoded into today's AuditEvent; if a new field changed the
+// encoding of records written before it (a field without omitempty), every
+// one of them would fail verification as edited. Add fields with
+// omitempty, and keep this hash.
+func TestAuditHashStable(t *testing.T) {
+	e := AuditEvent{
+		Seq: 42, Code: AuditRequest, Category: CategoryRequest, Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC),
+		Actor: "alice@example.com", Cluster: "prod", Outcome: OutcomeSuccess, Status: 200,
+		Resource: &AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"},
+		Latency:  Duration(12 * time.Millisecond), Correlation: "c-1", Source: "src", SourceSeq: 7,
+		PrevHash: "00",
+	}
+	const want = "349d8d37596e864c5366b61747cd3d6147bff3489698ae6a9e8f8efd1b623d42"
+	if got := AuditHash(e); got != want {
+		t.Fatalf("the hash of a stored record changed: %s, was %s; records written before would fail verification", got, want)
+	}
+}
