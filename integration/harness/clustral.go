@@ -208,8 +208,9 @@ func (u *User) Run(ctx context.Context, args ...string) (stdout, stderr string, 
 }
 
 // LoginWithToken logs the user in non-interactively: an ID token from Dex
-// (password grant, as clientID) exchanged with --id-token-file.
-func (u *User) LoginWithToken(ctx context.Context, dex *Dex, clientID, secret, coordURL string) error {
+// (password grant, as clientID) exchanged with --id-token-file. extraArgs
+// are added to `clustral login`.
+func (u *User) LoginWithToken(ctx context.Context, dex *Dex, clientID, secret, coordURL string, extraArgs ...string) error {
 	ot, err := dex.PasswordToken(ctx, DexClient{ID: clientID, Secret: secret}, u.Email, u.Password)
 	if err != nil {
 		return err
@@ -225,7 +226,7 @@ func (u *User) LoginWithToken(ctx context.Context, dex *Dex, clientID, secret, c
 	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
 		return err
 	}
-	_, _, err = u.Run(ctx, "login", coordURL, "--id-token-file", f)
+	_, _, err = u.Run(ctx, append([]string{"login", coordURL, "--id-token-file", f}, extraArgs...)...)
 	return err
 }
 

@@ -206,23 +206,7 @@ func (m *Mesh) caFile() string { return filepath.Join(m.dir, "coord", "ca.pem") 
 
 // login logs u in with an ID token from Dex (--id-token-file).
 func (m *Mesh) login(ctx context.Context, u *harness.User) error {
-	ot, err := m.Env.Dex.PasswordToken(ctx, harness.DexClient{ID: "clustral", Secret: oidcSecret}, u.Email, u.Password)
-	if err != nil {
-		return err
-	}
-	tok, _ := ot.Extra("id_token").(string)
-	if tok == "" {
-		return errors.New("dex returned no id_token")
-	}
-	f := filepath.Join(u.Dir, "id-token")
-	if err := os.MkdirAll(u.Dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
-		return err
-	}
-	_, _, err = u.Run(ctx, "login", m.CoordURL, "--id-token-file", f, "--ca-file", m.caFile())
-	return err
+	return u.LoginWithToken(ctx, m.Env.Dex, "clustral", oidcSecret, m.CoordURL, "--ca-file", m.caFile())
 }
 
 // startAgent runs the agent in the cluster namespace and waits until the
