@@ -53,6 +53,8 @@ type flags struct {
 	deltaRounds int
 	skipTunnel  bool
 	skipMesh    bool
+	scaleNodes  int
+	only        string
 }
 
 func main() {
@@ -66,6 +68,8 @@ func main() {
 	flag.DurationVar(&probeTimeout, "probe-timeout", probeTimeout, "timeout of one revoke/grant probe")
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
+	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
+	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, up, delta, nat, revocation, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -97,8 +101,14 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return err
 	}
-	for _, bench := range []func(context.Context, *mesh, flags) error{benchGet, benchUp, benchDelta, benchNAT, benchRevocation} {
-		if err := bench(ctx, m, f); err != nil {
+	for _, b := range []struct {
+		name string
+		run  func(context.Context, *mesh, flags) error
+	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"scale", benchScale}} {
+		if f.only != "" && f.only != b.name {
+			continue
+		}
+		if err := b.run(ctx, m, f); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,457 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
+)
+
+const (
+	// scaleCluster is the cluster whose role the scale users hold, so a
+	// change on it affects exactly the scale devices.
+	scaleCluster = "scale"
+	// scaleDevicesPerUser is how many devices each simulated scale user
+	// registers.
+	scaleDevicesPerUser = 100
+	// scaleRounds is how many changes the fan-out is measured over.
+	scaleRounds = 3
+	// scaleRegisterConcurrency bounds concurrent device registrations.
+	scaleRegisterConcurrency = 8
+	// scaleOpenConcurrency bounds map streams waiting for their snapshot.
+	scaleOpenConcurrency = 32
+	// scaleChangeTimeout bounds how long every stream may take to see a
+	// change.
+	scaleChangeTimeout = 30 * time.Second
+)
+
+// benchScale measures the coordinator against the budget of DESIGN.md §6:
+// f.scaleNodes simulated devices (users scale-NNN@example.com with
+// scaleDevicesPerUser devices each, all holding the reader role on the
+// cluster "scale") each hold one map stream. It reports how long opening
+// every stream took until each had its snapshot, the coordinator's
+// resident memory and its growth per connected node, and then, over
+// scaleRounds rounds, the time from registering a new agent in the
+// cluster until each stream has seen it as a peer.
+func benchScale(ctx context.Context, m *mesh, f flags) error {
+	n := f.scaleNodes
+	if n <= 0 {
+		return nil
+	}
+	// One pooled client for the registrations: the default one keeps two
+	// idle connections per host, and the others' TIME_WAIT sockets would
+	// eat into the ports the streams need.
+	tr := &http.Transport{MaxIdleConnsPerHost: 2 * scaleRegisterConcurrency, IdleConnTimeout: 30 * time.Second}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+
+	var cl proto.CreateClusterResponse
+	if err := m.api(ctx, "POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: scaleCluster}, &cl); err != nil {
+		return err
+	}
+	start := time.Now()
+	tokens, err := m.scaleDevices(ctx, hc, n)
+	if err != nil {
+		return fmt.Errorf("scale devices: %w", err)
+	}
+	reg := time.Since(start)
+	progress("%d scale devices registered in %v (%.0f/s)", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds())
+
+	pid := m.coord.Proc.Pid()
+	before, err := rssKiB(pid)
+	if err != nil {
+		return err
+	}
+
+	// The agent keys are known up front so every stream can watch for
+	// them from its snapshot on.
+	var keys [scaleRounds]proto.Key
+	for i := range keys {
+		rand.Read(keys[i][:])
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := newWatch(n, keys[:])
+	progress("opening %d map streams", n)
+	start = time.Now()
+	if err := w.open(sctx, m.coord.URL, tokens); err != nil {
+		cancel()
+		w.wg.Wait()
+		return err
+	}
+	connect := time.Since(start)
+	after, err := rssKiB(pid)
+	if err != nil {
+		cancel()
+		w.wg.Wait()
+		return err
+	}
+	progress("%d map streams open in %v; coordinator RSS %d KiB before, %d KiB after; snapshot %d bytes",
+		n, connect.Round(time.Millisecond), before, after, w.snapBytes.Load())
+
+	samples := make([]time.Duration, 0, n*scaleRounds)
+	var agentTokens []string
+	for r := range scaleRounds {
+		t0 := time.Now()
+		tok, err := registerSimAgent(ctx, hc, m.coord.URL, cl.JoinToken, keys[r], r)
+		if err != nil {
+			cancel()
+			w.wg.Wait()
+			return fmt.Errorf("round %d: %w", r+1, err)
+		}
+		agentTokens = append(agentTokens, tok)
+		if err := w.waitRound(ctx, r); err != nil {
+			cancel()
+			w.wg.Wait()
+			return fmt.Errorf("round %d: %w", r+1, err)
+		}
+		var worst time.Duration
+		for i := range w.seen {
+			d := time.Duration(w.seen[i][r].Load() - t0.UnixNano())
+			samples = append(samples, d)
+			worst = max(worst, d)
+		}
+		progress("round %d: every stream saw the new agent within %v", r+1, worst.Round(time.Microsecond))
+	}
+	cancel()
+	w.wg.Wait()
+
+	report("scale_nodes", float64(n), "nodes")
+	report("scale_register_per_s", float64(n)/reg.Seconds(), "devices/s")
+	report("scale_connect_s", connect.Seconds(), "s")
+	report("coordinator_rss_mib", float64(after)/1024, "MiB")
+	report("coordinator_rss_per_node_kib", float64(after-before)/float64(n), "KiB")
+	report("scale_change_fanout_p50_ms", ms(percentile(samples, 50)), "ms")
+	report("scale_change_fanout_p99_ms", ms(percentile(samples, 99)), "ms")
+	report("scale_change_fanout_max_ms", ms(percentile(samples, 100)), "ms")
+
+	// The simulated agents go; the devices stay (this bench runs last).
+	for _, tok := range agentTokens {
+		if err := harness.CallAPIWith(ctx, hc, m.coord.URL, "DELETE", proto.APIVersion+"/nodes/self", tok, nil, nil); err != nil {
+			progress("deregister simulated agent: %v", err)
+		}
+	}
+	return nil
+}
+
+// scaleDevices makes n/scaleDevicesPerUser (rounded up) Dex users, logs
+// each in with an ID token, assigns each the reader role on the scale
+// cluster and registers their devices with random keys, and returns the
+// devices' node tokens.
+func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]string, error) {
+	// Dex keeps only the users it is given: the others must stay.
+	users := []harness.DexUser{adminUser, benchUser}
+	for i := range crowdUsers {
+		users = append(users, harness.DexUser{Email: fmt.Sprintf("crowd-%02d@example.com", i), Password: "crowd-pw"})
+	}
+	type job struct {
+		user    harness.DexUser
+		devices int
+	}
+	var jobs []job
+	for i := 0; i*scaleDevicesPerUser < n; i++ {
+		u := harness.DexUser{Email: fmt.Sprintf("scale-%03d@example.com", i), Password: "scale-pw"}
+		users = append(users, u)
+		jobs = append(jobs, job{u, min(scaleDevicesPerUser, n-i*scaleDevicesPerUser)})
+	}
+	progress("restarting Dex with %d users", len(users))
+	if err := m.env.Dex.Restart(ctx, users); err != nil {
+		return nil, err
+	}
+	// Log every user in and assign the role first, then register the
+	// devices with bounded concurrency across all users.
+	sessions := make([]string, len(jobs))
+	if err := parallel(ctx, len(jobs), scaleRegisterConcurrency, func(i int) error {
+		u := jobs[i].user
+		idt, err := m.env.Dex.IDToken(ctx, u.Email, u.Password)
+		if err != nil {
+			return err
+		}
+		var s proto.Session
+		if err := harness.CallAPIWith(ctx, hc, m.coord.URL, "POST", proto.APIVersion+"/login/token", "", proto.TokenExchangeRequest{IDToken: idt}, &s); err != nil {
+			return fmt.Errorf("%s: %w", u.Email, err)
+		}
+		sessions[i] = s.Token
+		if err := m.api(ctx, "POST", "/api/v1/assignments", proto.Assignment{User: u.Email, Role: "reader", Cluster: scaleCluster}, nil); err != nil {
+			return fmt.Errorf("%s: %w", u.Email, err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	progress("%d scale users logged in; registering %d devices", len(jobs), n)
+	tokens := make([]string, n)
+	var done atomic.Int64
+	if err := parallel(ctx, n, scaleRegisterConcurrency, func(i int) error {
+		j := i / scaleDevicesPerUser
+		var k proto.Key
+		rand.Read(k[:]) // any 32 bytes are a Curve25519 public key
+		req := proto.RegisterDeviceRequest{PublicKey: k, Hostname: "scale-" + strconv.Itoa(i)}
+		var resp proto.RegisterResponse
+		if err := harness.CallAPIWith(ctx, hc, m.coord.URL, "POST", proto.APIVersion+"/devices", sessions[j], req, &resp); err != nil {
+			return fmt.Errorf("%s device %d: %w", jobs[j].user.Email, i, err)
+		}
+		if resp.NodeToken == "" {
+			return fmt.Errorf("%s device %d: no node token", jobs[j].user.Email, i)
+		}
+		tokens[i] = resp.NodeToken
+		if d := done.Add(1); d%1000 == 0 {
+			progress("%d devices registered", d)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return tokens, nil
+}
+
+// parallel runs fn(0..n-1) on at most conc goroutines and returns the
+// first error; after one it starts no more calls.
+func parallel(ctx context.Context, n, conc int, fn func(i int) error) error {
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		once sync.Once
+		ferr error
+	)
+	for range min(conc, n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(i); err != nil {
+					once.Do(func() { ferr = err })
+					next.Store(int64(n))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if ferr == nil {
+		ferr = ctx.Err()
+	}
+	return ferr
+}
+
+// registerSimAgent registers an agent with key k in the cluster of
+// joinToken, as `clustral agent` does, and returns its node token.
+func registerSimAgent(ctx context.Context, hc *http.Client, coordURL, joinToken string, k proto.Key, i int) (string, error) {
+	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
+	if err != nil {
+		return "", err
+	}
+	req := proto.RegisterAgentRequest{
+		PublicKey: k,
+		Hostname:  "scale-agent-" + strconv.Itoa(i),
+		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+	}
+	var resp proto.RegisterResponse
+	if err := harness.CallAPIWith(ctx, hc, coordURL, "POST", proto.APIVersion+"/agents", joinToken, req, &resp); err != nil {
+		return "", fmt.Errorf("register simulated agent: %w", err)
+	}
+	return resp.NodeToken, nil
+}
+
+// watch holds n map streams, each on its own raw connection read by its
+// own goroutine, and records when each stream first saw each of keys.
+type watch struct {
+	keys []proto.Key
+	// seen[i][r] is when stream i first saw keys[r] (Unix nanoseconds; 0:
+	// not yet).
+	seen [][scaleRounds]atomic.Int64
+	// count[r] counts the streams that have seen keys[r]; all[r] is closed
+	// when it reaches n.
+	count [scaleRounds]atomic.Int64
+	all   [scaleRounds]chan struct{}
+	// snapBytes is the size of one snapshot line.
+	snapBytes atomic.Int64
+
+	// errc receives the first stream failure.
+	errc chan error
+	wg   sync.WaitGroup
+}
+
+func newWatch(n int, keys []proto.Key) *watch {
+	w := &watch{keys: keys, seen: make([][scaleRounds]atomic.Int64, n), errc: make(chan error, 1)}
+	for r := range w.all {
+		w.all[r] = make(chan struct{})
+	}
+	return w
+}
+
+func (w *watch) fail(err error) {
+	select {
+	case w.errc <- err:
+	default:
+	}
+}
+
+// open starts one stream per token and returns once every stream has its
+// snapshot. The streams run until ctx is done; w.wg counts them.
+func (w *watch) open(ctx context.Context, coordURL string, tokens []string) error {
+	u, err := url.Parse(coordURL)
+	if err != nil {
+		return err
+	}
+	var synced sync.WaitGroup
+	synced.Add(len(tokens))
+	sem := make(chan struct{}, scaleOpenConcurrency)
+	for i, tok := range tokens {
+		select {
+		case sem <- struct{}{}:
+		case err := <-w.errc:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		w.wg.Go(func() {
+			var once sync.Once
+			ready := func() { once.Do(func() { <-sem; synced.Done() }) }
+			defer ready()
+			if err := w.stream(ctx, u.Host, tok, i, ready); err != nil && ctx.Err() == nil {
+				w.fail(fmt.Errorf("map stream %d: %w", i, err))
+			}
+		})
+		if (i+1)%1000 == 0 {
+			progress("%d map streams started", i+1)
+		}
+	}
+	done := make(chan struct{})
+	go func() { synced.Wait(); close(done) }()
+	select {
+	case <-done:
+		// A stream that failed before its snapshot also counts as done.
+		select {
+		case err := <-w.errc:
+			return err
+		default:
+			return nil
+		}
+	case err := <-w.errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stream holds stream i: it calls ready once the snapshot is read and
+// returns when the stream ends or ctx is done.
+func (w *watch) stream(ctx context.Context, host, token string, i int, ready func()) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	req := "GET " + proto.APIVersion + "/map HTTP/1.1\r\nHost: " + host +
+		"\r\nAuthorization: Bearer " + token + "\r\nAccept: application/x-ndjson\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(c, 2048), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b := make([]byte, 512)
+		nb, _ := resp.Body.Read(b)
+		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b[:nb]))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 4096), 16<<20)
+	first := true
+	for sc.Scan() {
+		now := time.Now().UnixNano()
+		var msg proto.MapMessage
+		if err := json.Unmarshal(sc.Bytes(), &msg); err != nil {
+			return fmt.Errorf("decode map message: %w", err)
+		}
+		if first {
+			if !msg.Snapshot {
+				return errors.New("first map message is not a snapshot")
+			}
+			first = false
+			w.snapBytes.Store(int64(len(sc.Bytes())))
+		}
+		for _, p := range msg.Peers {
+			for r, k := range w.keys {
+				if p.Key == k && w.seen[i][r].CompareAndSwap(0, now) {
+					if w.count[r].Add(1) == int64(len(w.seen)) {
+						close(w.all[r])
+					}
+				}
+			}
+		}
+		if msg.Snapshot {
+			ready()
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return errors.New("closed by the coordinator")
+}
+
+// waitRound waits until every stream has seen keys[r].
+func (w *watch) waitRound(ctx context.Context, r int) error {
+	t := time.NewTimer(scaleChangeTimeout)
+	defer t.Stop()
+	select {
+	case <-w.all[r]:
+		return nil
+	case err := <-w.errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("%d of %d streams saw the new agent within %v", w.count[r].Load(), len(w.seen), scaleChangeTimeout)
+	}
+}
+
+// rssKiB returns the resident set size of process pid.
+func rssKiB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("coordinator memory: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) < 1 {
+				break
+			}
+			return strconv.ParseInt(f[0], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("coordinator memory: no VmRSS in /proc/%d/status", pid)
+}
