@@ -69,12 +69,10 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	if err := m.api(ctx, "POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: scaleCluster}, &cl); err != nil {
 		return err
 	}
-	start := time.Now()
-	tokens, err := m.scaleDevices(ctx, hc, n)
+	tokens, reg, err := m.scaleDevices(ctx, hc, n)
 	if err != nil {
 		return fmt.Errorf("scale devices: %w", err)
 	}
-	reg := time.Since(start)
 	progress("%d scale devices registered in %v (%.0f/s)", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds())
 
 	pid := m.coord.Proc.Pid()
@@ -82,6 +80,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	if err != nil {
 		return err
 	}
+	mBefore := goMetrics(ctx, hc, m.coord.URL)
 
 	// The agent keys are known up front so every stream can watch for
 	// them from its snapshot on.
@@ -93,7 +92,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	defer cancel()
 	w := newWatch(n, keys[:])
 	progress("opening %d map streams", n)
-	start = time.Now()
+	start := time.Now()
 	if err := w.open(sctx, m.coord.URL, tokens); err != nil {
 		cancel()
 		w.wg.Wait()
@@ -108,6 +107,12 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	}
 	progress("%d map streams open in %v; coordinator RSS %d KiB before, %d KiB after; snapshot %d bytes",
 		n, connect.Round(time.Millisecond), before, after, w.snapBytes.Load())
+	mAfter := goMetrics(ctx, hc, m.coord.URL)
+	for _, k := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes"} {
+		if a, ok := mAfter[k]; ok {
+			progress("coordinator %s: %.0f before, %.0f after, %.1f per node", k, mBefore[k], a, (a-mBefore[k])/float64(n))
+		}
+	}
 
 	samples := make([]time.Duration, 0, n*scaleRounds)
 	var agentTokens []string
@@ -157,8 +162,8 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 // scaleDevices makes n/scaleDevicesPerUser (rounded up) Dex users, logs
 // each in with an ID token, assigns each the reader role on the scale
 // cluster and registers their devices with random keys, and returns the
-// devices' node tokens.
-func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]string, error) {
+// devices' node tokens and how long registering the devices took.
+func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]string, time.Duration, error) {
 	// Dex keeps only the users it is given: the others must stay.
 	users := []harness.DexUser{adminUser, benchUser}
 	for i := range crowdUsers {
@@ -176,7 +181,7 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]stri
 	}
 	progress("restarting Dex with %d users", len(users))
 	if err := m.env.Dex.Restart(ctx, users); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	// Log every user in and assign the role first, then register the
 	// devices with bounded concurrency across all users.
@@ -197,9 +202,10 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]stri
 		}
 		return nil
 	}); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	progress("%d scale users logged in; registering %d devices", len(jobs), n)
+	start := time.Now()
 	tokens := make([]string, n)
 	var done atomic.Int64
 	if err := parallel(ctx, n, scaleRegisterConcurrency, func(i int) error {
@@ -220,9 +226,9 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]stri
 		}
 		return nil
 	}); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return tokens, nil
+	return tokens, time.Since(start), nil
 }
 
 // parallel runs fn(0..n-1) on at most conc goroutines and returns the
@@ -436,6 +442,32 @@ func (w *watch) waitRound(ctx context.Context, r int) error {
 	case <-t.C:
 		return fmt.Errorf("%d of %d streams saw the new agent within %v", w.count[r].Load(), len(w.seen), scaleChangeTimeout)
 	}
+}
+
+// goMetrics returns the Go runtime gauges of the coordinator's /metrics,
+// or what it could read of them.
+func goMetrics(ctx context.Context, hc *http.Client, coordURL string) map[string]float64 {
+	out := map[string]float64{}
+	req, err := http.NewRequestWithContext(ctx, "GET", coordURL+"/metrics", nil)
+	if err != nil {
+		return out
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !strings.HasPrefix(name, "go_") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			out[name] = f
+		}
+	}
+	return out
 }
 
 // rssKiB returns the resident set size of process pid.
