@@ -56,6 +56,10 @@ type Server struct {
 	clients map[string]*mapClient    // by node id
 	auditq  auditQueue               // events without a change of state
 	relay   *relay
+	// mapGen counts changes to any node's map (sendUpsert, sendRemove).
+	// The relay's cached decisions about who may reach whom are valid only
+	// in the generation they were made in.
+	mapGen atomic.Uint64
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -93,12 +93,14 @@ func (c *mapClient) close() {
 // ---- propagation (all called with s.mu held) ----
 
 func (s *Server) sendUpsert(to *node, p proto.Peer) {
+	s.mapGen.Add(1)
 	if c := s.clients[to.ID]; c != nil {
 		c.enqueue(p.Key, &p)
 	}
 }
 
 func (s *Server) sendRemove(to *node, k proto.Key) {
+	s.mapGen.Add(1)
 	if c := s.clients[to.ID]; c != nil {
 		c.enqueue(k, nil)
 	}

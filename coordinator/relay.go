@@ -39,8 +39,10 @@ const (
 	// node before it is dropped.
 	relayIdle = 3 * relayKeepAlive
 	// relayAllowTTL is how long a decision that two nodes may (or may not)
-	// relay to each other is reused. The relay is not what keeps a revoked
-	// peer out (its WireGuard peer is removed), so a short cache is fine.
+	// relay to each other is reused, at most: any change to a map ends it
+	// at once (Server.mapGen), so a grant is relayed from its first packet.
+	// The TTL covers what changes with time alone, such as an expiring
+	// device.
 	relayAllowTTL = time.Second
 )
 
@@ -92,6 +94,7 @@ type relayConn struct {
 
 type allowEntry struct {
 	ok    bool
+	gen   uint64 // Server.mapGen when decided
 	until time.Time
 }
 
@@ -242,18 +245,19 @@ func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
 // coordinator's state.
 func (rl *relay) allowed(src, dst *relayConn) bool {
 	now := time.Now()
-	if e, ok := src.allowed[dst.key]; ok && now.Before(e.until) {
+	s := rl.s
+	if e, ok := src.allowed[dst.key]; ok && e.gen == s.mapGen.Load() && now.Before(e.until) {
 		return e.ok
 	}
-	s := rl.s
 	s.mu.Lock()
 	a, b := s.nodes[src.nodeID], s.nodes[dst.nodeID]
 	ok := a != nil && b != nil && s.mayRelayLocked(a, b, s.now())
+	gen := s.mapGen.Load()
 	s.mu.Unlock()
 	if len(src.allowed) > 4096 {
 		clear(src.allowed)
 	}
-	src.allowed[dst.key] = allowEntry{ok: ok, until: now.Add(relayAllowTTL)}
+	src.allowed[dst.key] = allowEntry{ok: ok, gen: gen, until: now.Add(relayAllowTTL)}
 	return ok
 }
 

@@ -319,3 +319,25 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRelayFollowsGrantAtOnce: the relay's cached "not peers" ends with the
+// grant that makes them peers, so the first packet after it (WireGuard's
+// handshake, which is otherwise retried only after 5 s) gets through.
+func TestRelayFollowsGrantAtOnce(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	admin := e.login("admin@example.com")
+	agent, _ := e.dialRelay(m.agent.NodeToken, true)
+	bob, _ := e.dialRelay(m.bob.NodeToken, true)
+
+	bob.send(m.agentKey, []byte("before")) // refused, and the refusal cached
+	waitFor(t, func() bool { return e.srv.RelayStats().DroppedNoPeer == 1 })
+	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "bob@example.com", Role: "viewer", Cluster: "prod"}, nil)
+	bob.send(m.agentKey, []byte("after"))
+	if _, pkt, ok := agent.recv(5 * time.Second); !ok || string(pkt) != "after" {
+		t.Fatalf("agent got %q %v, want bob's packet sent right after the grant", pkt, ok)
+	}
+	if st := e.srv.RelayStats(); st.DroppedNoPeer != 1 {
+		t.Errorf("stats = %+v, want only the packet before the grant dropped", st)
+	}
+}
