@@ -42,8 +42,12 @@ import (
 const DefaultPersistentKeepalive = 25 * time.Second
 
 // lazyKeepaliveDelay is how long the lazy side of a pair waits before it
-// turns keepalives on for a new peer; see writePeer.
-const lazyKeepaliveDelay = 2 * time.Second
+// turns keepalives on for a new peer, and agentKeepaliveDelay how long an
+// agent waits toward a new device; see keepaliveDelay.
+const (
+	lazyKeepaliveDelay  = 2 * time.Second
+	agentKeepaliveDelay = 100 * time.Millisecond
+)
 
 var (
 	// ErrVersionGap is returned by Apply for a delta that does not follow
@@ -93,8 +97,15 @@ type Node struct {
 	relay     bool // Config.Relay
 	pub       proto.Key
 	keepalive int // seconds, 0 = off
-	// lazyKeepalive delays keepalives toward peers with a smaller key.
-	lazyKeepalive time.Duration
+	// lazyKeepalive and agentKeepalive are the delays of keepaliveDelay.
+	lazyKeepalive  time.Duration
+	agentKeepalive time.Duration
+	// addedAt numbers each peer's arrival in the map (from adds), so a
+	// delayed keepalive applies only to the arrival it was planned for, not
+	// to the same key removed and added again meanwhile. Guarded by
+	// applyMu.
+	addedAt map[proto.Key]uint64
+	adds    uint64
 
 	// ipcSet configures the device (dev.IpcSet); tests replace it.
 	ipcSet func(uapi string) error
@@ -177,18 +188,20 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, fmt.Errorf("new node: bring device up on port %d: %w", cfg.ListenPort, err)
 	}
 	n = &Node{
-		logger:        logger,
-		dev:           dev,
-		bind:          bind,
-		relay:         cfg.Relay,
-		pub:           proto.Key(cfg.PrivateKey.PublicKey()),
-		keepalive:     keepaliveSecs,
-		lazyKeepalive: lazyKeepaliveDelay,
-		ipcSet:        dev.IpcSet,
-		peers:         make(map[proto.Key]*proto.Peer),
-		byAddr:        make(map[netip.Addr]*proto.Peer),
-		byCluster:     make(map[string]map[proto.Key]*proto.Peer),
-		subs:          make(map[int]func(Change)),
+		logger:         logger,
+		dev:            dev,
+		bind:           bind,
+		relay:          cfg.Relay,
+		pub:            proto.Key(cfg.PrivateKey.PublicKey()),
+		keepalive:      keepaliveSecs,
+		lazyKeepalive:  lazyKeepaliveDelay,
+		agentKeepalive: agentKeepaliveDelay,
+		addedAt:        make(map[proto.Key]uint64),
+		ipcSet:         dev.IpcSet,
+		peers:          make(map[proto.Key]*proto.Peer),
+		byAddr:         make(map[netip.Addr]*proto.Peer),
+		byCluster:      make(map[string]map[proto.Key]*proto.Peer),
+		subs:           make(map[int]func(Change)),
 	}
 	logger.Info("node up", "key", n.pub.ShortString(), "port", bind.Port())
 	return n, nil
@@ -461,8 +474,8 @@ func (n *Node) Apply(msg proto.MapMessage) error {
 	}
 	uapi := p.uapi.String()
 	if msg.Snapshot && n.dirty {
-		p.lazy = p.lazy[:0]
-		uapi = n.fullUAPI(&msg, &p.lazy)
+		p.later = nil
+		uapi = n.fullUAPI(&msg, &p.later)
 	}
 	if uapi != "" {
 		if err := n.ipcSet(uapi); err != nil {
@@ -477,9 +490,19 @@ func (n *Node) Apply(msg proto.MapMessage) error {
 		n.dirty = false
 	}
 	c := n.commit(&msg, p)
-	if len(p.lazy) > 0 {
-		lazy := p.lazy
-		time.AfterFunc(n.lazyKeepalive, func() { n.enableKeepalive(lazy) })
+	for _, r := range p.removed {
+		delete(n.addedAt, r.Key)
+	}
+	for _, a := range p.added {
+		n.adds++
+		n.addedAt[a.Key] = n.adds
+	}
+	for d, keys := range p.later {
+		arrivals := make([]arrival, len(keys))
+		for i, k := range keys {
+			arrivals[i] = arrival{k, n.addedAt[k]}
+		}
+		time.AfterFunc(d, func() { n.enableKeepalive(arrivals) })
 	}
 	for _, r := range p.removed {
 		n.bind.Forget(r.Key)
@@ -500,7 +523,7 @@ type plan struct {
 	updated [][2]*proto.Peer // old, new
 	removed []*proto.Peer
 	uapi    strings.Builder
-	lazy    []proto.Key // peers whose keepalive waits for enableKeepalive
+	later   map[time.Duration][]proto.Key // peers whose keepalive waits, by delay
 }
 
 // plan validates msg against the view and computes its effect. It changes
@@ -572,13 +595,13 @@ func (n *Node) plan(msg *proto.MapMessage) (*plan, error) {
 		switch {
 		case !exists:
 			pl.added = append(pl.added, p)
-			n.writePeer(&pl.uapi, p, nil, true, true, &pl.lazy)
+			n.writePeer(&pl.uapi, p, nil, true, true, &pl.later)
 		case !reflect.DeepEqual(*old, *p):
 			pl.updated = append(pl.updated, [2]*proto.Peer{old, p})
 			addrs := !slices.Equal(hostPrefixes(old.Addresses), hostPrefixes(p.Addresses))
 			eps := !slices.Equal(old.Endpoints, p.Endpoints)
 			if addrs || eps {
-				n.writePeer(&pl.uapi, p, old, addrs, eps, &pl.lazy)
+				n.writePeer(&pl.uapi, p, old, addrs, eps, &pl.later)
 			}
 		}
 	}
@@ -618,22 +641,30 @@ func hostPrefixes(addrs []netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// lazyToward reports whether this node waits before it starts keepalives,
-// and so a handshake, toward the new peer p. An agent never waits for a
-// device: the coordinator tells both of each other at once, and when the
-// device's first handshake arrives before the agent knows it, it is
-// dropped; the agent's own handshake, sent as soon as it learns of the
-// device, then completes the pair at once instead of after WireGuard's 5 s
-// retry. Between nodes of one kind, the one with the smaller key goes
-// first. Called with applyMu held.
-func (n *Node) lazyToward(p *proto.Peer) bool {
+// keepaliveDelay is how long this node waits before it turns keepalives
+// on, and so starts a handshake, toward the new peer p; 0 is at once.
+//
+// The coordinator tells a device and an agent of each other at the same
+// moment. A device starts its handshake as soon as it has traffic for the
+// agent; if that arrives before the agent knows the device, it is dropped,
+// and without the agent's own handshake the pair would wait for
+// WireGuard's 5 s retry. But an agent that started at once could cross the
+// device's handshake in flight, and crossing handshakes invalidate each
+// other, with the same wait. So the agent starts after agentKeepalive: by
+// then the device's handshake has completed or was dropped, and the
+// agent's keepalive either rides the session or starts the one handshake.
+// The device waits lazyKeepalive. Between nodes of one kind, the one with
+// the smaller key goes first. Called with applyMu held.
+func (n *Node) keepaliveDelay(p *proto.Peer) time.Duration {
 	switch {
 	case n.kind == proto.KindAgent && p.Kind == proto.KindDevice:
-		return false
+		return n.agentKeepalive
 	case n.kind == proto.KindDevice && p.Kind == proto.KindAgent:
-		return true
+		return n.lazyKeepalive
+	case bytes.Compare(n.pub[:], p.Key[:]) > 0:
+		return n.lazyKeepalive
 	}
-	return bytes.Compare(n.pub[:], p.Key[:]) > 0
+	return 0
 }
 
 // writePeer writes the UAPI lines configuring p, whose previous state is
@@ -641,12 +672,10 @@ func (n *Node) lazyToward(p *proto.Peer) bool {
 // eps its endpoint and keepalive.
 //
 // Turning keepalives on makes wireguard-go send one at once, starting a
-// handshake. When two nodes learn of each other at the same moment and both
-// do that, the crossing handshakes invalidate each other and the pair waits
-// for the 5 s handshake retry. So only the node with the smaller public key
-// starts at once; the other appends the peer to lazy, and turns keepalives on
-// later (enableKeepalive), by when the pair has usually shaken hands.
-func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool, lazy *[]proto.Key) {
+// handshake when there is no session. Crossing handshakes invalidate each
+// other, so for a new peer keepaliveDelay decides when: a peer with a delay
+// goes into later by it, and enableKeepalive turns its keepalives on then.
+func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool, later *map[time.Duration][]proto.Key) {
 	b.WriteString("public_key=")
 	b.WriteString(p.Key.Hex())
 	b.WriteByte('\n')
@@ -668,8 +697,11 @@ func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool
 	keepalive := 0
 	if len(p.Endpoints) > 0 && n.keepalive > 0 {
 		turnOn := old == nil || len(old.Endpoints) == 0
-		if turnOn && n.lazyToward(p) {
-			*lazy = append(*lazy, p.Key)
+		if d := n.keepaliveDelay(p); turnOn && d > 0 {
+			if *later == nil {
+				*later = make(map[time.Duration][]proto.Key)
+			}
+			(*later)[d] = append((*later)[d], p.Key)
 		} else {
 			keepalive = n.keepalive
 		}
@@ -687,35 +719,42 @@ func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool
 	}
 }
 
-// enableKeepalive turns keepalives on for the peers of keys that are still
-// in the map with an endpoint. update_only keeps a peer removed meanwhile
-// from coming back.
-func (n *Node) enableKeepalive(keys []proto.Key) {
+// arrival is a peer's key and the number of its arrival in the map
+// (Node.addedAt).
+type arrival struct {
+	key proto.Key
+	seq uint64
+}
+
+// enableKeepalive turns keepalives on for the peers of arrivals that are
+// still in the map, with an endpoint, since that arrival. update_only
+// keeps a peer removed meanwhile from coming back.
+func (n *Node) enableKeepalive(arrivals []arrival) {
 	n.applyMu.Lock()
 	defer n.applyMu.Unlock()
 	if n.closed {
 		return
 	}
 	var b strings.Builder
-	for _, k := range keys {
-		if p, ok := n.peers[k]; ok && len(p.Endpoints) > 0 {
-			fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", k.Hex(), n.keepalive)
+	for _, a := range arrivals {
+		if p, ok := n.peers[a.key]; ok && len(p.Endpoints) > 0 && n.addedAt[a.key] == a.seq {
+			fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", a.key.Hex(), n.keepalive)
 		}
 	}
 	if b.Len() == 0 {
 		return
 	}
 	if err := n.ipcSet(b.String()); err != nil {
-		n.logger.Warn("enable keepalives", "peers", len(keys), "err", err)
+		n.logger.Warn("enable keepalives", "peers", len(arrivals), "err", err)
 	}
 }
 
 // fullUAPI configures every peer of a snapshot from scratch.
-func (n *Node) fullUAPI(msg *proto.MapMessage, lazy *[]proto.Key) string {
+func (n *Node) fullUAPI(msg *proto.MapMessage, later *map[time.Duration][]proto.Key) string {
 	var b strings.Builder
 	b.WriteString("replace_peers=true\n")
 	for i := range msg.Peers {
-		n.writePeer(&b, &msg.Peers[i], nil, true, true, lazy)
+		n.writePeer(&b, &msg.Peers[i], nil, true, true, later)
 	}
 	return b.String()
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +28,8 @@ import (
 type testNode struct {
 	*Node
 	net  *netstack.Net
-	addr netip.Addr // the node's overlay address, as the map knows it
+	addr netip.Addr     // the node's overlay address, as the map knows it
+	kind proto.NodeKind // in the map; a device unless a test says otherwise
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -89,7 +91,7 @@ func (tn *testNode) peer() proto.Peer {
 	return proto.Peer{
 		Key:       tn.PublicKey(),
 		NodeID:    "node-" + tn.addr.String(),
-		Kind:      proto.KindDevice,
+		Kind:      cmp.Or(tn.kind, proto.KindDevice),
 		Hostname:  "host-" + tn.addr.String(),
 		Addresses: []netip.Prefix{netip.PrefixFrom(tn.addr, 32)},
 		Endpoints: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), tn.ListenPort())},
@@ -188,6 +190,10 @@ const (
 func TestTunnelEcho(t *testing.T) {
 	a := newTestNode(t, addrA, addrA)
 	b := newTestNode(t, addrB, addrB)
+	// An agent and a device, as in the mesh: two devices with traffic for
+	// each other at once can cross their first handshakes and wait for
+	// WireGuard's 5 s retry (keepaliveDelay).
+	a.kind = proto.KindAgent
 	a.snapshot(t, 1, b)
 	b.snapshot(t, 1, a)
 	a.serveEcho(t, 80)
@@ -904,15 +910,28 @@ func TestLazyKeepalive(t *testing.T) {
 		t.Errorf("second set = %q, want %q", second, want)
 	}
 
-	// A peer removed before its keepalives are due is left alone.
+	// A peer removed before its keepalives are due is left alone, and so
+	// is the same key added again: its own delay counts from its arrival.
+	first1 := arrival{smaller.Key, n.addedAt[smaller.Key]}
 	if err := n.Apply(proto.MapMessage{Version: 2, Removed: []proto.Key{smaller.Key}}); err != nil {
 		t.Fatal(err)
 	}
 	<-sets
-	n.enableKeepalive([]proto.Key{smaller.Key})
+	n.enableKeepalive([]arrival{first1})
 	select {
 	case s := <-sets:
 		t.Errorf("keepalive set for a removed peer: %q", s)
+	default:
+	}
+	n.lazyKeepalive = time.Hour // the new arrival's own timer stays out of the way
+	if err := n.Apply(proto.MapMessage{Version: 3, Peers: []proto.Peer{smaller}}); err != nil {
+		t.Fatal(err)
+	}
+	<-sets
+	n.enableKeepalive([]arrival{first1})
+	select {
+	case s := <-sets:
+		t.Errorf("a keepalive planned for an earlier arrival of the peer was set: %q", s)
 	default:
 	}
 }
@@ -971,27 +990,27 @@ func BenchmarkPeerByAddr(b *testing.B) {
 	})
 }
 
-func TestLazyToward(t *testing.T) {
+func TestKeepaliveDelay(t *testing.T) {
 	small, large := proto.Key{1}, proto.Key{2}
 	tests := []struct {
-		name     string
-		self     proto.NodeKind
-		pub      proto.Key
-		peer     proto.Peer
-		wantLazy bool
+		name string
+		self proto.NodeKind
+		pub  proto.Key
+		peer proto.Peer
+		want time.Duration
 	}{
-		{"agent to device, larger key", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindDevice}, false},
-		{"agent to device, smaller key", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindDevice}, false},
-		{"device to agent, smaller key", proto.KindDevice, small, proto.Peer{Key: large, Kind: proto.KindAgent}, true},
-		{"same kind, smaller key goes first", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindAgent}, false},
-		{"same kind, larger key waits", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindAgent}, true},
-		{"kind unknown yet: by key", "", large, proto.Peer{Key: small, Kind: proto.KindDevice}, true},
+		{"agent to device, larger key", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindDevice}, agentKeepaliveDelay},
+		{"agent to device, smaller key", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindDevice}, agentKeepaliveDelay},
+		{"device to agent, smaller key", proto.KindDevice, small, proto.Peer{Key: large, Kind: proto.KindAgent}, lazyKeepaliveDelay},
+		{"same kind, smaller key goes first", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindAgent}, 0},
+		{"same kind, larger key waits", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindAgent}, lazyKeepaliveDelay},
+		{"kind unknown yet: by key", "", large, proto.Peer{Key: small, Kind: proto.KindDevice}, lazyKeepaliveDelay},
 	}
 	for _, tt := range tests {
-		n := &Node{kind: tt.self}
+		n := &Node{kind: tt.self, lazyKeepalive: lazyKeepaliveDelay, agentKeepalive: agentKeepaliveDelay}
 		n.pub = tt.pub
-		if got := n.lazyToward(&tt.peer); got != tt.wantLazy {
-			t.Errorf("%s: lazyToward = %v, want %v", tt.name, got, tt.wantLazy)
+		if got := n.keepaliveDelay(&tt.peer); got != tt.want {
+			t.Errorf("%s: keepaliveDelay = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }
