@@ -129,6 +129,20 @@ func (m *mesh) track(key proto.Key, addr netip.Addr, c net.Conn) net.Conn {
 // learn that the connection is gone: a client would wait forever, e.g. on
 // a watch whose user just lost access.
 func (m *mesh) closeRemoved(ch node.Change) {
+	// Reset, rather than close, every connection to a peer that left:
+	// FINs and data retried toward it would start a WireGuard handshake
+	// the moment it comes back, crossing its own and stalling the pair.
+	if m.stack != nil && len(ch.Removed) > 0 {
+		var addrs []netip.Addr
+		for _, p := range ch.Removed {
+			for _, a := range p.Addresses {
+				addrs = append(addrs, a.Addr())
+			}
+		}
+		if n := m.stack.AbortTCP(addrs...); n > 0 {
+			m.log.Debug("reset connections to peers that left the map", "peers", len(ch.Removed), "conns", n)
+		}
+	}
 	for _, p := range ch.Removed {
 		m.connsMu.Lock()
 		set := m.conns[p.Key]

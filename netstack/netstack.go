@@ -237,6 +237,36 @@ type Stats struct {
 // Stats returns the link counters.
 func (s *Stack) Stats() Stats { return s.ep.stats() }
 
+// AbortTCP resets every TCP connection of the stack whose remote address
+// is one of remote, at once: no FIN, data or retransmission is sent toward
+// it afterwards. A node calls it for a peer that left its map, so that when
+// the peer comes back the first packet toward it is new traffic, not a
+// retransmission that starts a WireGuard handshake crossing the peer's own.
+// Their net.Conns then fail. It returns how many connections it reset.
+func (s *Stack) AbortTCP(remote ...netip.Addr) int {
+	if len(remote) == 0 {
+		return 0
+	}
+	set := make(map[tcpip.Address]bool, len(remote))
+	for _, a := range remote {
+		set[tcpip.AddrFromSlice(a.Unmap().AsSlice())] = true
+	}
+	n := 0
+	for _, ep := range s.stack.RegisteredEndpoints() {
+		te, ok := ep.(*tcp.Endpoint)
+		if !ok {
+			continue
+		}
+		info, ok := te.Info().(*stack.TransportEndpointInfo)
+		if !ok || !set[info.ID.RemoteAddress] {
+			continue
+		}
+		te.Abort()
+		n++
+	}
+	return n
+}
+
 // DialContext connects to addr, a literal "ip:port", on the named network
 // ("tcp", "tcp4", "tcp6", "udp", "udp4", "udp6"). Names are not resolved:
 // mesh names are the caller's business. A connection refused by the peer

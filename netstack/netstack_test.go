@@ -325,3 +325,55 @@ func TestNewErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestAbortTCP: a node resets its connections to a peer that left, and
+// only those.
+func TestAbortTCP(t *testing.T) {
+	p := newPair(t, []netip.Addr{a4, a6}, []netip.Addr{b4, b6}, hostPrefixes(b4, b6))
+	l, err := p.b.ListenTCP(netip.AddrPortFrom(b4, 7000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	l6, err := p.b.ListenTCP(netip.AddrPortFrom(b6, 7000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l6.Close() })
+	echo(t, l)
+	echo(t, l6)
+	dial := func(to netip.Addr) net.Conn {
+		t.Helper()
+		c, err := p.a.DialContext(ctxTimeout(t, 10*time.Second), "tcp", netip.AddrPortFrom(to, 7000).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatalf("echo to %v: %v", to, err)
+		}
+		return c
+	}
+	gone, kept := dial(b4), dial(b6)
+
+	if n := p.b.AbortTCP(a4); n != 1 {
+		t.Errorf("AbortTCP(%v) reset %d connections, want 1", a4, n)
+	}
+	// The reset reaches A: its connection to B's v4 address ends.
+	if _, err := gone.Read(make([]byte, 1)); err == nil {
+		t.Error("the connection from the aborted address still reads")
+	}
+	if _, err := kept.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(kept, make([]byte, 1)); err != nil {
+		t.Errorf("the connection from another address was cut too: %v", err)
+	}
+	if n := p.b.AbortTCP(); n != 0 {
+		t.Errorf("AbortTCP() reset %d connections, want 0", n)
+	}
+}
