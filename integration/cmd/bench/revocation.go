@@ -4,12 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
-	"net/http"
 	"sync"
 	"time"
-
-	"k8s.io/client-go/rest"
 
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
@@ -40,30 +36,9 @@ func benchRevocation(ctx context.Context, m *mesh, f flags) error {
 	}
 	progress("%d simulated devices registered in %v", crowdUsers*devicesPerUser, time.Since(start).Round(time.Millisecond))
 
-	cfg, err := meshConfig(m)
+	probe, err := getProbe(ctx, m, false)
 	if err != nil {
 		return err
-	}
-	rt, err := rest.TransportFor(cfg)
-	if err != nil {
-		return err
-	}
-	hc := &http.Client{Transport: rt, Timeout: probeTimeout}
-	probe := func() error {
-		req, err := http.NewRequestWithContext(ctx, "GET", cfg.Host+getPath, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s", getPath, resp.Status)
-		}
-		return nil
 	}
 	// until probes back to back until ok(probe()), and returns when the
 	// deciding probe ended.

@@ -3,11 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"time"
-
-	"k8s.io/client-go/rest"
 
 	"github.com/clustral/clustral/integration/harness"
 )
@@ -73,32 +69,9 @@ func benchDelta(ctx context.Context, m *mesh, f flags) error {
 	if f.deltaRounds <= 0 {
 		return nil
 	}
-	cfg, err := meshConfig(m)
+	probe, err := getProbe(ctx, m, true)
 	if err != nil {
 		return err
-	}
-	rt, err := rest.TransportFor(cfg)
-	if err != nil {
-		return err
-	}
-	hc := &http.Client{Transport: rt, Timeout: probeTimeout}
-	// probe makes one GET on a new connection.
-	probe := func() error {
-		hc.CloseIdleConnections()
-		req, err := http.NewRequestWithContext(ctx, "GET", cfg.Host+getPath, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s", getPath, resp.Status)
-		}
-		return nil
 	}
 	// until probes back to back until ok(probe()) and returns when the
 	// first probe that satisfied ok started, relative to start, and the
