@@ -29,6 +29,7 @@ package spool
 
 import (
 	"bufio"
+	"cmp"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -91,6 +92,21 @@ type Spool struct {
 	dropped  int      // events dropped since the spool filled
 	dropFrom time.Time
 	dropTo   time.Time
+
+	// next is where the first unacknowledged event's line starts, when
+	// known, so Pending reads from there instead of decoding the segment
+	// from its start each time; shipped says where each event of the last
+	// Pending ends, for Ack to move next.
+	next    position
+	shipped []position
+}
+
+// position is a line in a segment: the event with sequence seq, whose line
+// starts at byte off of the segment that begins with sequence seg (in
+// shipped: the event's line ends there).
+type position struct {
+	seg, seq uint64
+	off      int64
 }
 
 // ErrFull is returned by Append when the spool is full and the event was
@@ -321,24 +337,37 @@ func (s *Spool) Pending(n int) ([]proto.AuditEvent, error) {
 	s.mu.Lock()
 	from := s.acked + 1
 	segs := slices.Clone(s.segs)
+	next := s.next
 	s.mu.Unlock()
 	if from > upTo {
 		return nil, nil
 	}
-	// The segment holding from: the last one starting at or before it.
+	// The segment holding from: the last one starting at or before it;
+	// within it, where the last acknowledgement left off if that was from.
 	i, found := slices.BinarySearch(segs, from)
 	if !found {
 		i--
 	}
-	var out []proto.AuditEvent
+	var off int64
+	if i >= 0 && next.seq == from && next.seg == segs[i] {
+		off = next.off
+	}
+	var (
+		out  []proto.AuditEvent
+		ends []position
+	)
 	for ; i < len(segs) && len(out) < n; i++ {
 		if i < 0 {
 			continue
 		}
-		if err := s.readSegment(segs[i], from, upTo, n, &out); err != nil {
+		if err := s.readSegment(segs[i], off, from, upTo, n, &out, &ends); err != nil {
 			return nil, err
 		}
+		off = 0
 	}
+	s.mu.Lock()
+	s.shipped = ends
+	s.mu.Unlock()
 	return out, nil
 }
 
@@ -365,12 +394,20 @@ func (s *Spool) sync() (uint64, error) {
 	return upTo, nil
 }
 
-func (s *Spool) readSegment(first, from, upTo uint64, n int, out *[]proto.AuditEvent) error {
+// readSegment appends to out, up to n in all, the events from sequence
+// from to upTo of the segment that begins with sequence first, reading
+// from byte off, and to ends where each of their lines ends.
+func (s *Spool) readSegment(first uint64, off int64, from, upTo uint64, n int, out *[]proto.AuditEvent, ends *[]position) error {
 	f, err := os.Open(s.segPath(first))
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if off > 0 {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+	}
 	r := bufio.NewReaderSize(f, 64<<10)
 	for len(*out) < n {
 		line, err := r.ReadBytes('\n')
@@ -380,12 +417,17 @@ func (s *Spool) readSegment(first, from, upTo uint64, n int, out *[]proto.AuditE
 		if err != nil {
 			return err
 		}
+		off += int64(len(line))
 		var e proto.AuditEvent
 		if err := json.Unmarshal(line, &e); err != nil {
 			return fmt.Errorf("audit spool %s: %w", filepath.Base(f.Name()), err)
 		}
-		if e.SourceSeq >= from && e.SourceSeq <= upTo {
+		if e.SourceSeq > upTo {
+			return nil
+		}
+		if e.SourceSeq >= from {
 			*out = append(*out, e)
+			*ends = append(*ends, position{seg: first, seq: e.SourceSeq, off: off})
 		}
 	}
 	return nil
@@ -403,6 +445,11 @@ func (s *Spool) Ack(seq uint64) error {
 	s.acked = seq
 	if err := writeFileAtomic(filepath.Join(s.dir, "acked"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
 		return fmt.Errorf("write audit spool ack: %w", err)
+	}
+	// The next unacknowledged line starts where the acknowledged one ends.
+	s.next = position{}
+	if i, ok := slices.BinarySearchFunc(s.shipped, seq, func(p position, seq uint64) int { return cmp.Compare(p.seq, seq) }); ok {
+		s.next = position{seg: s.shipped[i].seg, seq: seq + 1, off: s.shipped[i].off}
 	}
 	s.removeAckedLocked()
 	return nil

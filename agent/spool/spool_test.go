@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -278,6 +279,79 @@ func BenchmarkAppendWhileShipping(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := s.Append(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestPendingResumesAfterAck: Pending reads on from where the last
+// acknowledgement left off, across segments, after a partial
+// acknowledgement, after none (a failed send), and with events appended
+// in between; every event comes once, in order.
+func TestPendingResumesAfterAck(t *testing.T) {
+	s := open(t, t.TempDir(), Options{SegmentEvents: 3})
+	appendN(t, s, 5)
+	steps := []struct {
+		name    string
+		appendN int
+		batch   int
+		ackN    int // how many of the batch the coordinator acknowledges
+		want    []uint64
+	}{
+		{"first batch, half acknowledged", 0, 4, 2, []uint64{1, 2, 3, 4}},
+		{"resumes after the acknowledged", 0, 4, 0, []uint64{3, 4, 5}},
+		{"a failed send gets the same again", 0, 4, 3, []uint64{3, 4, 5}},
+		{"new events, across segments", 6, 4, 4, []uint64{6, 7, 8, 9}},
+		{"the rest", 0, 10, 2, []uint64{10, 11}},
+		{"nothing left", 0, 10, 0, nil},
+	}
+	for _, st := range steps {
+		appendN(t, s, st.appendN)
+		got, err := s.Pending(st.batch)
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if g := seqs(got); !slices.Equal(g, st.want) {
+			t.Fatalf("%s: Pending = %v, want %v", st.name, g, st.want)
+		}
+		if st.ackN > 0 {
+			if err := s.Ack(got[st.ackN-1].SourceSeq); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkShipOneByOne ships a full segment one event per batch: with
+// Pending resuming where the acknowledgement left off, each costs the
+// same however far into the segment it is.
+func BenchmarkShipOneByOne(b *testing.B) {
+	s, err := Open(Options{Dir: b.TempDir(), MaxEvents: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	e := proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", Status: 200,
+		Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"}}
+	for range DefaultSegmentEvents - 1 {
+		if err := s.Append(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		evs, err := s.Pending(1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(evs) == 0 {
+			b.StopTimer()
+			for range DefaultSegmentEvents - 1 {
+				s.Append(e)
+			}
+			b.StartTimer()
+			continue
+		}
+		if err := s.Ack(evs[0].SourceSeq); err != nil {
 			b.Fatal(err)
 		}
 	}
