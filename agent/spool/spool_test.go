@@ -240,14 +240,21 @@ func TestShipInOrderThroughOutageAndRestart(t *testing.T) {
 	}
 }
 
-func BenchmarkAppend(b *testing.B) {
+// benchSpool opens an unbounded spool for b, closed when b ends, and
+// returns it with a typical request event.
+func benchSpool(b *testing.B) (*Spool, proto.AuditEvent) {
+	b.Helper()
 	s, err := Open(Options{Dir: b.TempDir(), MaxEvents: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
-	e := proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", Status: 200,
+	b.Cleanup(func() { s.Close() })
+	return s, proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", Status: 200,
 		Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"}}
+}
+
+func BenchmarkAppend(b *testing.B) {
+	s, e := benchSpool(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := s.Append(e); err != nil {
@@ -260,11 +267,7 @@ func BenchmarkAppend(b *testing.B) {
 // every event, as an agent does with a reachable coordinator. Append must
 // not wait for the shipper's fsync.
 func BenchmarkAppendWhileShipping(b *testing.B) {
-	s, err := Open(Options{Dir: b.TempDir(), MaxEvents: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s, e := benchSpool(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -274,8 +277,6 @@ func BenchmarkAppendWhileShipping(b *testing.B) {
 	})
 	defer wg.Wait()
 	defer cancel()
-	e := proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", Status: 200,
-		Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"}}
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := s.Append(e); err != nil {
@@ -326,13 +327,7 @@ func TestPendingResumesAfterAck(t *testing.T) {
 // Pending resuming where the acknowledgement left off, each costs the
 // same however far into the segment it is.
 func BenchmarkShipOneByOne(b *testing.B) {
-	s, err := Open(Options{Dir: b.TempDir(), MaxEvents: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	e := proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", Status: 200,
-		Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"}}
+	s, e := benchSpool(b)
 	for range DefaultSegmentEvents - 1 {
 		if err := s.Append(e); err != nil {
 			b.Fatal(err)
