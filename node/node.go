@@ -42,12 +42,8 @@ import (
 const DefaultPersistentKeepalive = 25 * time.Second
 
 // lazyKeepaliveDelay is how long the lazy side of a pair waits before it
-// turns keepalives on for a new peer, and agentKeepaliveDelay how long an
-// agent waits toward a new device; see keepaliveDelay.
-const (
-	lazyKeepaliveDelay  = 2 * time.Second
-	agentKeepaliveDelay = 100 * time.Millisecond
-)
+// turns keepalives on for a new peer; see keepaliveDelay.
+const lazyKeepaliveDelay = 2 * time.Second
 
 var (
 	// ErrVersionGap is returned by Apply for a delta that does not follow
@@ -97,9 +93,8 @@ type Node struct {
 	relay     bool // Config.Relay
 	pub       proto.Key
 	keepalive int // seconds, 0 = off
-	// lazyKeepalive and agentKeepalive are the delays of keepaliveDelay.
-	lazyKeepalive  time.Duration
-	agentKeepalive time.Duration
+	// lazyKeepalive is the delay of keepaliveDelay's lazy side.
+	lazyKeepalive time.Duration
 	// addedAt numbers each peer's arrival in the map (from adds), so a
 	// delayed keepalive applies only to the arrival it was planned for, not
 	// to the same key removed and added again meanwhile. Guarded by
@@ -188,20 +183,19 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, fmt.Errorf("new node: bring device up on port %d: %w", cfg.ListenPort, err)
 	}
 	n = &Node{
-		logger:         logger,
-		dev:            dev,
-		bind:           bind,
-		relay:          cfg.Relay,
-		pub:            proto.Key(cfg.PrivateKey.PublicKey()),
-		keepalive:      keepaliveSecs,
-		lazyKeepalive:  lazyKeepaliveDelay,
-		agentKeepalive: agentKeepaliveDelay,
-		addedAt:        make(map[proto.Key]uint64),
-		ipcSet:         dev.IpcSet,
-		peers:          make(map[proto.Key]*proto.Peer),
-		byAddr:         make(map[netip.Addr]*proto.Peer),
-		byCluster:      make(map[string]map[proto.Key]*proto.Peer),
-		subs:           make(map[int]func(Change)),
+		logger:        logger,
+		dev:           dev,
+		bind:          bind,
+		relay:         cfg.Relay,
+		pub:           proto.Key(cfg.PrivateKey.PublicKey()),
+		keepalive:     keepaliveSecs,
+		lazyKeepalive: lazyKeepaliveDelay,
+		addedAt:       make(map[proto.Key]uint64),
+		ipcSet:        dev.IpcSet,
+		peers:         make(map[proto.Key]*proto.Peer),
+		byAddr:        make(map[netip.Addr]*proto.Peer),
+		byCluster:     make(map[string]map[proto.Key]*proto.Peer),
+		subs:          make(map[int]func(Change)),
 	}
 	logger.Info("node up", "key", n.pub.ShortString(), "port", bind.Port())
 	return n, nil
@@ -645,20 +639,18 @@ func hostPrefixes(addrs []netip.Prefix) []netip.Prefix {
 // on, and so starts a handshake, toward the new peer p; 0 is at once.
 //
 // The coordinator tells a device and an agent of each other at the same
-// moment. A device starts its handshake as soon as it has traffic for the
-// agent; if that arrives before the agent knows the device, it is dropped,
-// and without the agent's own handshake the pair would wait for
-// WireGuard's 5 s retry. But an agent that started at once could cross the
-// device's handshake in flight, and crossing handshakes invalidate each
-// other, with the same wait. So the agent starts after agentKeepalive: by
-// then the device's handshake has completed or was dropped, and the
-// agent's keepalive either rides the session or starts the one handshake.
-// The device waits lazyKeepalive. Between nodes of one kind, the one with
-// the smaller key goes first. Called with applyMu held.
+// moment. An agent starts at once: a device that starts first (it has
+// traffic) while the agent does not know it yet is dropped, and the
+// agent's own handshake then completes the pair instead of WireGuard's 5 s
+// retry; after `clustral up` the agent's handshake is usually done before
+// the first kubectl. The device waits lazyKeepalive. Between nodes of one
+// kind, the one with the smaller key goes first. Two handshakes that cross
+// invalidate each other, so each side starts at most one, and only for the
+// arrival it was planned for (addedAt). Called with applyMu held.
 func (n *Node) keepaliveDelay(p *proto.Peer) time.Duration {
 	switch {
 	case n.kind == proto.KindAgent && p.Kind == proto.KindDevice:
-		return n.agentKeepalive
+		return 0
 	case n.kind == proto.KindDevice && p.Kind == proto.KindAgent:
 		return n.lazyKeepalive
 	case bytes.Compare(n.pub[:], p.Key[:]) > 0:
@@ -667,10 +659,6 @@ func (n *Node) keepaliveDelay(p *proto.Peer) time.Duration {
 	return 0
 }
 
-// writePeer writes the UAPI lines configuring p, whose previous state is
-// old (nil for a peer new to the device). addrs rewrites its allowed IPs,
-// eps its endpoint and keepalive.
-//
 // Turning keepalives on makes wireguard-go send one at once, starting a
 // handshake when there is no session. Crossing handshakes invalidate each
 // other, so for a new peer keepaliveDelay decides when: a peer with a delay

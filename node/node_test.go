@@ -999,15 +999,15 @@ func TestKeepaliveDelay(t *testing.T) {
 		peer proto.Peer
 		want time.Duration
 	}{
-		{"agent to device, larger key", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindDevice}, agentKeepaliveDelay},
-		{"agent to device, smaller key", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindDevice}, agentKeepaliveDelay},
+		{"agent to device, larger key", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindDevice}, 0},
+		{"agent to device, smaller key", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindDevice}, 0},
 		{"device to agent, smaller key", proto.KindDevice, small, proto.Peer{Key: large, Kind: proto.KindAgent}, lazyKeepaliveDelay},
 		{"same kind, smaller key goes first", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindAgent}, 0},
 		{"same kind, larger key waits", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindAgent}, lazyKeepaliveDelay},
 		{"kind unknown yet: by key", "", large, proto.Peer{Key: small, Kind: proto.KindDevice}, lazyKeepaliveDelay},
 	}
 	for _, tt := range tests {
-		n := &Node{kind: tt.self, lazyKeepalive: lazyKeepaliveDelay, agentKeepalive: agentKeepaliveDelay}
+		n := &Node{kind: tt.self, lazyKeepalive: lazyKeepaliveDelay}
 		n.pub = tt.pub
 		if got := n.keepaliveDelay(&tt.peer); got != tt.want {
 			t.Errorf("%s: keepaliveDelay = %v, want %v", tt.name, got, tt.want)
