@@ -42,7 +42,7 @@ import (
 const DefaultPersistentKeepalive = 25 * time.Second
 
 // lazyKeepaliveDelay is how long the lazy side of a pair waits before it
-// turns keepalives on for a new peer; see keepaliveDelay.
+// turns keepalives on for a new peer; see lazyToward.
 const lazyKeepaliveDelay = 2 * time.Second
 
 var (
@@ -93,7 +93,7 @@ type Node struct {
 	relay     bool // Config.Relay
 	pub       proto.Key
 	keepalive int // seconds, 0 = off
-	// lazyKeepalive is the delay of keepaliveDelay's lazy side.
+	// lazyKeepalive delays keepalives toward the peers of lazyToward.
 	lazyKeepalive time.Duration
 	// addedAt numbers each peer's arrival in the map (from adds), so a
 	// delayed keepalive applies only to the arrival it was planned for, not
@@ -468,8 +468,8 @@ func (n *Node) Apply(msg proto.MapMessage) error {
 	}
 	uapi := p.uapi.String()
 	if msg.Snapshot && n.dirty {
-		p.later = nil
-		uapi = n.fullUAPI(&msg, &p.later)
+		p.lazy = p.lazy[:0]
+		uapi = n.fullUAPI(&msg, &p.lazy)
 	}
 	if uapi != "" {
 		if err := n.ipcSet(uapi); err != nil {
@@ -491,12 +491,12 @@ func (n *Node) Apply(msg proto.MapMessage) error {
 		n.adds++
 		n.addedAt[a.Key] = n.adds
 	}
-	for d, keys := range p.later {
-		arrivals := make([]arrival, len(keys))
-		for i, k := range keys {
+	if len(p.lazy) > 0 {
+		arrivals := make([]arrival, len(p.lazy))
+		for i, k := range p.lazy {
 			arrivals[i] = arrival{k, n.addedAt[k]}
 		}
-		time.AfterFunc(d, func() { n.enableKeepalive(arrivals) })
+		time.AfterFunc(n.lazyKeepalive, func() { n.enableKeepalive(arrivals) })
 	}
 	for _, r := range p.removed {
 		n.bind.Forget(r.Key)
@@ -517,7 +517,7 @@ type plan struct {
 	updated [][2]*proto.Peer // old, new
 	removed []*proto.Peer
 	uapi    strings.Builder
-	later   map[time.Duration][]proto.Key // peers whose keepalive waits, by delay
+	lazy    []proto.Key // peers whose keepalive waits for enableKeepalive
 }
 
 // plan validates msg against the view and computes its effect. It changes
@@ -589,13 +589,13 @@ func (n *Node) plan(msg *proto.MapMessage) (*plan, error) {
 		switch {
 		case !exists:
 			pl.added = append(pl.added, p)
-			n.writePeer(&pl.uapi, p, nil, true, true, &pl.later)
+			n.writePeer(&pl.uapi, p, nil, true, true, &pl.lazy)
 		case !reflect.DeepEqual(*old, *p):
 			pl.updated = append(pl.updated, [2]*proto.Peer{old, p})
 			addrs := !slices.Equal(hostPrefixes(old.Addresses), hostPrefixes(p.Addresses))
 			eps := !slices.Equal(old.Endpoints, p.Endpoints)
 			if addrs || eps {
-				n.writePeer(&pl.uapi, p, old, addrs, eps, &pl.later)
+				n.writePeer(&pl.uapi, p, old, addrs, eps, &pl.lazy)
 			}
 		}
 	}
@@ -635,35 +635,37 @@ func hostPrefixes(addrs []netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// keepaliveDelay is how long this node waits before it turns keepalives
-// on, and so starts a handshake, toward the new peer p; 0 is at once.
+// lazyToward reports whether this node waits lazyKeepalive before it
+// turns keepalives on, and so starts a handshake, toward the new peer p.
 //
 // The coordinator tells a device and an agent of each other at the same
 // moment. An agent starts at once: a device that starts first (it has
 // traffic) while the agent does not know it yet is dropped, and the
 // agent's own handshake then completes the pair instead of WireGuard's 5 s
 // retry; after `clustral up` the agent's handshake is usually done before
-// the first kubectl. The device waits lazyKeepalive. Between nodes of one
-// kind, the one with the smaller key goes first. Two handshakes that cross
-// invalidate each other, so each side starts at most one, and only for the
-// arrival it was planned for (addedAt). Called with applyMu held.
-func (n *Node) keepaliveDelay(p *proto.Peer) time.Duration {
+// the first kubectl. The device waits. Between nodes of one kind, the one
+// with the smaller key goes first. Called with applyMu held.
+func (n *Node) lazyToward(p *proto.Peer) bool {
 	switch {
 	case n.kind == proto.KindAgent && p.Kind == proto.KindDevice:
-		return 0
+		return false
 	case n.kind == proto.KindDevice && p.Kind == proto.KindAgent:
-		return n.lazyKeepalive
-	case bytes.Compare(n.pub[:], p.Key[:]) > 0:
-		return n.lazyKeepalive
+		return true
 	}
-	return 0
+	return bytes.Compare(n.pub[:], p.Key[:]) > 0
 }
 
+// writePeer writes the UAPI lines configuring p, whose previous state is
+// old (nil for a peer new to the device). addrs rewrites its allowed IPs,
+// eps its endpoint and keepalive.
+//
 // Turning keepalives on makes wireguard-go send one at once, starting a
-// handshake when there is no session. Crossing handshakes invalidate each
-// other, so for a new peer keepaliveDelay decides when: a peer with a delay
-// goes into later by it, and enableKeepalive turns its keepalives on then.
-func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool, later *map[time.Duration][]proto.Key) {
+// handshake when there is no session. Handshakes that cross invalidate
+// each other and the pair waits for WireGuard's retry, so for a new peer
+// lazyToward decides who starts: the lazy side appends the peer to lazy,
+// and enableKeepalive turns its keepalives on later, only if the peer is
+// still the arrival it was planned for (Node.addedAt).
+func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool, lazy *[]proto.Key) {
 	b.WriteString("public_key=")
 	b.WriteString(p.Key.Hex())
 	b.WriteByte('\n')
@@ -685,11 +687,8 @@ func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool
 	keepalive := 0
 	if len(p.Endpoints) > 0 && n.keepalive > 0 {
 		turnOn := old == nil || len(old.Endpoints) == 0
-		if d := n.keepaliveDelay(p); turnOn && d > 0 {
-			if *later == nil {
-				*later = make(map[time.Duration][]proto.Key)
-			}
-			(*later)[d] = append((*later)[d], p.Key)
+		if turnOn && n.lazyToward(p) {
+			*lazy = append(*lazy, p.Key)
 		} else {
 			keepalive = n.keepalive
 		}
@@ -738,11 +737,11 @@ func (n *Node) enableKeepalive(arrivals []arrival) {
 }
 
 // fullUAPI configures every peer of a snapshot from scratch.
-func (n *Node) fullUAPI(msg *proto.MapMessage, later *map[time.Duration][]proto.Key) string {
+func (n *Node) fullUAPI(msg *proto.MapMessage, lazy *[]proto.Key) string {
 	var b strings.Builder
 	b.WriteString("replace_peers=true\n")
 	for i := range msg.Peers {
-		n.writePeer(&b, &msg.Peers[i], nil, true, true, later)
+		n.writePeer(&b, &msg.Peers[i], nil, true, true, lazy)
 	}
 	return b.String()
 }

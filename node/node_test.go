@@ -990,27 +990,27 @@ func BenchmarkPeerByAddr(b *testing.B) {
 	})
 }
 
-func TestKeepaliveDelay(t *testing.T) {
+func TestLazyToward(t *testing.T) {
 	small, large := proto.Key{1}, proto.Key{2}
 	tests := []struct {
-		name string
-		self proto.NodeKind
-		pub  proto.Key
-		peer proto.Peer
-		want time.Duration
+		name     string
+		self     proto.NodeKind
+		pub      proto.Key
+		peer     proto.Peer
+		wantLazy bool
 	}{
-		{"agent to device, larger key", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindDevice}, 0},
-		{"agent to device, smaller key", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindDevice}, 0},
-		{"device to agent, smaller key", proto.KindDevice, small, proto.Peer{Key: large, Kind: proto.KindAgent}, lazyKeepaliveDelay},
-		{"same kind, smaller key goes first", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindAgent}, 0},
-		{"same kind, larger key waits", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindAgent}, lazyKeepaliveDelay},
-		{"kind unknown yet: by key", "", large, proto.Peer{Key: small, Kind: proto.KindDevice}, lazyKeepaliveDelay},
+		{"agent to device, larger key", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindDevice}, false},
+		{"agent to device, smaller key", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindDevice}, false},
+		{"device to agent, smaller key", proto.KindDevice, small, proto.Peer{Key: large, Kind: proto.KindAgent}, true},
+		{"same kind, smaller key goes first", proto.KindAgent, small, proto.Peer{Key: large, Kind: proto.KindAgent}, false},
+		{"same kind, larger key waits", proto.KindAgent, large, proto.Peer{Key: small, Kind: proto.KindAgent}, true},
+		{"kind unknown yet: by key", "", large, proto.Peer{Key: small, Kind: proto.KindDevice}, true},
 	}
 	for _, tt := range tests {
-		n := &Node{kind: tt.self, lazyKeepalive: lazyKeepaliveDelay}
+		n := &Node{kind: tt.self}
 		n.pub = tt.pub
-		if got := n.keepaliveDelay(&tt.peer); got != tt.want {
-			t.Errorf("%s: keepaliveDelay = %v, want %v", tt.name, got, tt.want)
+		if got := n.lazyToward(&tt.peer); got != tt.wantLazy {
+			t.Errorf("%s: lazyToward = %v, want %v", tt.name, got, tt.wantLazy)
 		}
 	}
 }
