@@ -4,8 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
@@ -100,37 +101,37 @@ func benchRevocation(ctx context.Context, m *mesh, f flags) error {
 	return nil
 }
 
-// crowd adds crowdUsers users to Dex (restarting it), logs each in with
-// an ID token, assigns each the bench role, and registers
-// devicesPerUser devices for each.
-func (m *mesh) crowd(ctx context.Context) error {
+// crowdDexUsers are the Dex users once crowd has run: the admin, the
+// bench user and the crowd. Dex keeps only the users it is given, so a
+// later restart must give them all again.
+func crowdDexUsers() []harness.DexUser {
 	users := []harness.DexUser{adminUser, benchUser}
 	for i := range crowdUsers {
 		users = append(users, harness.DexUser{Email: fmt.Sprintf("crowd-%02d@example.com", i), Password: "crowd-pw"})
 	}
+	return users
+}
+
+// crowd adds crowdUsers users to Dex (restarting it), logs each in with
+// an ID token, assigns each the bench role, and registers
+// devicesPerUser devices for each.
+func (m *mesh) crowd(ctx context.Context) error {
+	users := crowdDexUsers()
 	if err := m.env.Dex.Restart(ctx, users); err != nil {
 		return err
 	}
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	sem := make(chan struct{}, 4)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
 	for _, u := range users[2:] {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			if err := m.crowdUser(ctx, u); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s: %w", u.Email, err))
-				mu.Unlock()
+		g.Go(func() error {
+			if err := m.crowdUser(gctx, u); err != nil {
+				return fmt.Errorf("%s: %w", u.Email, err)
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	if len(errs) > 0 {
-		return errs[0]
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	var ds []proto.Device
 	if err := m.api(ctx, "GET", "/api/v1/devices", nil, &ds); err != nil {

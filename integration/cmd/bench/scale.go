@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
@@ -165,10 +167,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 // devices' node tokens and how long registering the devices took.
 func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]string, time.Duration, error) {
 	// Dex keeps only the users it is given: the others must stay.
-	users := []harness.DexUser{adminUser, benchUser}
-	for i := range crowdUsers {
-		users = append(users, harness.DexUser{Email: fmt.Sprintf("crowd-%02d@example.com", i), Password: "crowd-pw"})
-	}
+	users := crowdDexUsers()
 	type job struct {
 		user    harness.DexUser
 		devices int
@@ -234,32 +233,18 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]stri
 // parallel runs fn(0..n-1) on at most conc goroutines and returns the
 // first error; after one it starts no more calls.
 func parallel(ctx context.Context, n, conc int, fn func(i int) error) error {
-	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-		once sync.Once
-		ferr error
-	)
-	for range min(conc, n) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(i); err != nil {
-					once.Do(func() { ferr = err })
-					next.Store(int64(n))
-					return
-				}
-			}
-		})
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(conc)
+	for i := range n {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return fn(i) })
 	}
-	wg.Wait()
-	if ferr == nil {
-		ferr = ctx.Err()
+	if err := g.Wait(); err != nil {
+		return err
 	}
-	return ferr
+	return ctx.Err()
 }
 
 // registerSimAgent registers an agent with key k in the cluster of
