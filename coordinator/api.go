@@ -22,22 +22,26 @@ import (
 // /readyz. ListenAndServe serves it on Config.MetricsListen when that is set.
 func (s *Server) OpsHandler() http.Handler {
 	mux := http.NewServeMux()
+	s.opsRoutes(mux, true)
+	return mux
+}
+
+// opsRoutes adds /healthz and /readyz to mux, and /metrics with metrics.
+func (s *Server) opsRoutes(mux *http.ServeMux, metrics bool) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.handleReady)
-	mux.Handle("GET /metrics", s.metrics.handler())
-	return mux
+	if metrics {
+		mux.Handle("GET /metrics", s.metrics.handler())
+	}
 }
 
 // Handler returns the coordinator's HTTP API.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	v := proto.APIVersion
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", s.handleReady)
+	// With a metrics address, /metrics is served there only.
+	s.opsRoutes(mux, s.cfg.MetricsListen == "")
 	mux.HandleFunc("GET "+v+"/info", s.handleInfo)
-	if s.cfg.MetricsListen == "" {
-		mux.Handle("GET /metrics", s.metrics.handler())
-	}
 	mux.HandleFunc("GET "+v+"/admin/backup", s.admin(s.handleBackup))
 
 	mux.HandleFunc("POST "+v+"/login/start", s.handleLoginStart)

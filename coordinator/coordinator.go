@@ -160,8 +160,7 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 			l.Close()
 			return fmt.Errorf("listen on %s for metrics: %w", s.cfg.MetricsListen, err)
 		}
-		ops := &http.Server{Handler: s.OpsHandler(), ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+		ops := s.httpServer(s.OpsHandler())
 		go ops.Serve(ml)
 		defer ops.Close()
 		s.log.Info("metrics listening", "addr", ml.Addr().String())
@@ -172,13 +171,19 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 	return s.Serve(ctx, l)
 }
 
-// Serve serves the API on l until ctx is done.
-func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{
-		Handler:           s.Handler(),
+// httpServer is an HTTP server for h with the coordinator's timeouts and
+// its logger for connection errors.
+func (s *Server) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+}
+
+// Serve serves the API on l until ctx is done.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	srv := s.httpServer(s.Handler())
 	if s.cfg.TLSCertFile != "" {
 		if s.cert.Load() == nil {
 			cert, err := s.loadTLS()
