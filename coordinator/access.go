@@ -163,6 +163,12 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	updated := *ar
 	switch action {
 	case "approve", "deny":
+		if ro == nil {
+			// The role was deleted after the request was made: there is
+			// nothing left to grant, and no approvers to decide.
+			writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("the role of request %s was deleted; it can no longer be approved or denied", ar.ID), "the requester may withdraw it (clustral access revoke), or it expires by itself")
+			return
+		}
 		if ar.UserID == p.user.ID {
 			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "nobody approves or denies their own request", "ask another approver")
 			return

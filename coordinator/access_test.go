@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,4 +221,32 @@ func TestRoleRestrictionsValidatedAndDelivered(t *testing.T) {
 	if len(m.Peers) != 1 || m.Peers[0].Identity.Roles[0].Restrictions == nil || m.Peers[0].Identity.Roles[0].Restrictions.Namespaces[0] != "dev" {
 		t.Fatalf("role update delta = %+v", m)
 	}
+}
+
+// TestApproveWithDeletedRole: a request whose role was deleted cannot be
+// approved; the answer is a 409 with a sentence, not a panic.
+func TestApproveWithDeletedRole(t *testing.T) {
+	e := newAccessEnv(t)
+	ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-2"})
+	if p != nil {
+		t.Fatalf("request = %d %+v", st, p)
+	}
+	e.must("DELETE", "/api/v1/roles/viewer", e.admin.Token, nil, nil)
+	for _, tc := range []struct {
+		name, who, action string
+		body              any
+	}{
+		{"approver approves", e.sam.Token, "approve", nil},
+		{"admin approves", e.admin.Token, "approve", nil},
+		{"approver denies", e.sam.Token, "deny", proto.AccessDecision{Reason: "gone"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/"+tc.action, tc.who, tc.body, nil)
+			if st != http.StatusConflict || p.Code != proto.CodeConflict || !strings.Contains(p.Title, "was deleted") {
+				t.Fatalf("%s = %d %+v, want 409 naming the deleted role", tc.action, st, p)
+			}
+		})
+	}
+	// The requester may still withdraw it.
+	e.must("POST", "/api/v1/access-requests/"+ar.ID+"/revoke", e.alice.Token, nil, nil)
 }
