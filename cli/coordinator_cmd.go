@@ -72,13 +72,20 @@ Every setting can also come from the environment as CLUSTRAL_<SETTING>
 keys are the flag names. Flags win over the environment, which wins over
 the file. Without TLS the coordinator serves plain HTTP, on loopback only.
 
+Who may log in: --allow-email-domain, --allow-group and --allow-user each
+admit the users they name (administrators always may). Without any, everyone
+the identity provider signs in may log in; the coordinator refuses to start
+that way with a public provider (Google, GitHub, GitLab, Apple, Microsoft's
+multi-tenant endpoints) and warns with any other.
+
 On SIGHUP (systemctl reload) the coordinator reads --tls-cert and --tls-key
 again and serves the new pair to new connections; open connections and
 map streams are kept. If the new pair is not valid, it logs an error and
 keeps serving the old one. Other settings are read only at start.`,
 		Example: `  # development, on loopback, with embedded defaults
   clustral coordinator --oidc-issuer https://dex.example.com --oidc-client-id clustral \
-      --oidc-client-secret-file /etc/clustral/oidc-secret --admin alice@example.com
+      --oidc-client-secret-file /etc/clustral/oidc-secret --admin alice@example.com \
+      --allow-email-domain example.com
 
   # production
   clustral coordinator --config /etc/clustral/coordinator.yaml`,
@@ -142,8 +149,11 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.StringVar(&cfg.OIDC.GroupsClaim, "oidc-groups-claim", d.OIDC.GroupsClaim, "ID token claim holding the user's groups")
 	f.StringSliceVar(&cfg.OIDC.Scopes, "oidc-scopes", d.OIDC.Scopes, "scopes to request besides openid")
 	f.StringSliceVar(&cfg.OIDC.ExtraAudiences, "oidc-extra-audience", nil, "further audiences accepted for --id-token-file logins")
-	f.StringSliceVar(&cfg.Admins, "admin", nil, "administrator email or login (repeatable)")
+	f.StringSliceVar(&cfg.Admins, "admin", nil, "administrator login, the value of --oidc-login-claim (repeatable)")
 	f.StringSliceVar(&cfg.AdminGroups, "admin-group", nil, "OIDC group whose members are administrators (repeatable)")
+	f.StringSliceVar(&cfg.Allow.EmailDomains, "allow-email-domain", nil, "let users whose verified email is in this domain log in (repeatable)")
+	f.StringSliceVar(&cfg.Allow.Groups, "allow-group", nil, "let members of this OIDC group log in (repeatable)")
+	f.StringSliceVar(&cfg.Allow.Users, "allow-user", nil, "let this login log in (repeatable)")
 	f.StringVar(&v4, "ipv4-prefix", d.IPv4Prefix.String(), "overlay IPv4 range")
 	f.StringVar(&v6, "ipv6-prefix", "", "overlay IPv6 range (default: a random ULA /48 chosen once per mesh)")
 	f.StringVar(&cfg.MeshDomain, "mesh-domain", d.MeshDomain, "DNS suffix of mesh names")

@@ -629,20 +629,43 @@ func (s *Server) handleListAssignments(w http.ResponseWriter, r *http.Request, _
 	writeJSON(w, http.StatusOK, out)
 }
 
-// lookupUser finds a user by id, login or email. Called with s.mu held.
-func (s *Server) lookupUser(ref string) *user {
+// lookupUser finds a user by id, login or verified email. An email that
+// more than one user has is refused with errAmbiguousEmail rather than
+// resolved to one of them. It returns (nil, nil) when nobody matches.
+// Called with s.mu held.
+func (s *Server) lookupUser(ref string) (*user, error) {
 	if u := s.users[ref]; u != nil {
-		return u
+		return u, nil
 	}
-	if u := s.usersByLogin[ref]; u != nil {
-		return u
+	if u := s.userByLogin(ref); u != nil {
+		return u, nil
 	}
+	var found []*user
 	for _, u := range s.users {
-		if strings.EqualFold(u.Email, ref) {
-			return u
+		if u.Email != "" && strings.EqualFold(u.Email, ref) {
+			found = append(found, u)
 		}
 	}
-	return nil
+	switch len(found) {
+	case 0:
+		return nil, nil
+	case 1:
+		return found[0], nil
+	}
+	return nil, fmt.Errorf("%w: %d users have email %s; name one by login or id (clustral users list)", errAmbiguousEmail, len(found), ref)
+}
+
+// errAmbiguousEmail refuses a user lookup by an email several users share.
+var errAmbiguousEmail = errors.New("ambiguous email")
+
+// writeUserLookup answers a failed lookupUser of ref: 409 for an
+// ambiguous email, 404 for no such user.
+func writeUserLookup(w http.ResponseWriter, ref string, err error, hint string) {
+	if err != nil {
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, err.Error(), "name the user by login or id")
+		return
+	}
+	writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no user %q", ref), hint)
 }
 
 func (s *Server) lookupRole(ref string) *role {
@@ -677,9 +700,9 @@ func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, 
 	defer s.mu.Unlock()
 	a := &assignment{ID: newID("asg"), Group: req.Group, Expires: req.Expires, Created: now, CreatedBy: p.user.Login}
 	if req.User != "" {
-		u := s.lookupUser(req.User)
+		u, err := s.lookupUser(req.User)
 		if u == nil {
-			writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no user %q", req.User), "users appear after their first login; check clustral users list")
+			writeUserLookup(w, req.User, err, "users appear after their first login; check clustral users list")
 			return
 		}
 		a.UserID = u.ID

@@ -102,10 +102,18 @@ type auditQueue struct {
 	mu      sync.Mutex
 	pending []proto.AuditEvent
 	wake    chan struct{}
+	// lost counts the events refused while the queue was full, between
+	// lostFirst and lostLast; the writer stores them as one
+	// AuditEventsLost event as soon as it can, so a loss is never silent.
+	lost                uint64
+	lostFirst, lostLast time.Time
+	// flushed are closed once everything queued before them is stored.
+	flushed []chan struct{}
 }
 
 // maxAuditQueue bounds the events waiting for the writer; beyond it events
-// are dropped with an error log (the store is not keeping up).
+// are counted as lost (the store is not keeping up) and the count is
+// stored as an AuditEventsLost event.
 const maxAuditQueue = 100_000
 
 // audit queues e for the audit writer.
@@ -119,8 +127,14 @@ func (s *Server) audit(e proto.AuditEvent) {
 		q.wake = make(chan struct{}, 1)
 	}
 	if len(q.pending) >= maxAuditQueue {
+		if q.lost == 0 {
+			q.lostFirst = e.Time
+		}
+		q.lost++
+		q.lostLast = e.Time
 		q.mu.Unlock()
-		s.log.Error("audit queue full: event dropped", "code", e.Code, "actor", e.Actor)
+		s.metrics.auditLost.Inc()
+		s.log.Error("audit queue full: event lost (counted in an audit event)", "code", e.Code, "actor", e.Actor)
 		return
 	}
 	q.pending = append(q.pending, e)
@@ -129,6 +143,28 @@ func (s *Server) audit(e proto.AuditEvent) {
 	select {
 	case wake <- struct{}{}:
 	default:
+	}
+}
+
+// flushAudit returns once every event queued before the call is stored
+// (or counted as lost), or the server is closing.
+func (s *Server) flushAudit() {
+	done := make(chan struct{})
+	q := &s.auditq
+	q.mu.Lock()
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	q.flushed = append(q.flushed, done)
+	wake := q.wake
+	q.mu.Unlock()
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-done:
+	case <-s.stop:
 	}
 }
 
@@ -152,6 +188,13 @@ func (s *Server) auditWriter() {
 		q.mu.Lock()
 		evs := q.pending
 		q.pending = nil
+		if q.lost > 0 {
+			evs = append(evs, proto.AuditEvent{Code: proto.AuditEventsLost, Time: q.lostLast, Actor: "system", Outcome: proto.OutcomeFailure,
+				Metadata: map[string]string{"lost": strconv.FormatUint(q.lost, 10), "first": q.lostFirst.UTC().Format(time.RFC3339Nano), "last": q.lostLast.UTC().Format(time.RFC3339Nano)}})
+			q.lost = 0
+		}
+		flushed := q.flushed
+		q.flushed = nil
 		q.mu.Unlock()
 		if len(evs) > 0 {
 			err := s.st.Update(func(tx store.Tx) error {
@@ -164,7 +207,19 @@ func (s *Server) auditWriter() {
 			})
 			if err != nil {
 				s.log.Error("store audit events", "events", len(evs), "err", err)
+				// Count them, so the next batch records the loss.
+				q.mu.Lock()
+				if q.lost == 0 {
+					q.lostFirst = evs[0].Time
+				}
+				q.lost += uint64(len(evs))
+				q.lostLast = evs[len(evs)-1].Time
+				q.mu.Unlock()
+				s.metrics.auditLost.Add(float64(len(evs)))
 			}
+		}
+		for _, c := range flushed {
+			close(c)
 		}
 		if stopping {
 			return

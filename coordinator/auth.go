@@ -90,35 +90,57 @@ func (p *oidcProvider) verifyDirect(ctx context.Context, raw string) (*oidc.IDTo
 	return nil, fmt.Errorf("ID token audience %v is not accepted (accepted: %v)", tok.Audience, allowed)
 }
 
-// claims pulls the user's identity out of a verified ID token.
-func (p *oidcProvider) claims(tok *oidc.IDToken) (subject, login, email, name string, groups []string, err error) {
+// idClaims is the identity an ID token carries, as the coordinator uses it.
+type idClaims struct {
+	Subject string // issuer#sub: the user's stable key
+	Login   string // the login claim: the name Kubernetes sees
+	// Email is the email claim when the provider marks it verified
+	// (email_verified is the boolean true), else empty: an unverified
+	// address names nobody.
+	Email  string
+	Name   string
+	Groups []string
+}
+
+// claims pulls the user's identity out of a verified ID token. An email
+// counts only when email_verified is the JSON boolean true: missing, the
+// string "false" or anything else is unverified. When the login claim is
+// the email, an unverified email refuses the login.
+func (p *oidcProvider) claims(tok *oidc.IDToken) (idClaims, error) {
 	var all map[string]any
 	if err := tok.Claims(&all); err != nil {
-		return "", "", "", "", nil, fmt.Errorf("decode ID token claims: %w", err)
+		return idClaims{}, fmt.Errorf("decode ID token claims: %w", err)
 	}
 	str := func(k string) string { v, _ := all[k].(string); return v }
-	email = str("email")
-	if v, ok := all["email_verified"].(bool); ok && !v && p.cfg.LoginClaim == "email" {
-		return "", "", "", "", nil, fmt.Errorf("email %s is not verified at the identity provider", email)
+	verified, _ := all["email_verified"].(bool)
+	email := str("email")
+	if p.cfg.LoginClaim == "email" && !verified {
+		if email == "" {
+			return idClaims{}, errors.New(`ID token has no "email" claim; request the email scope, or configure --oidc-login-claim`)
+		}
+		return idClaims{}, fmt.Errorf("email %s is not verified at the identity provider (email_verified is not true); verify it there, or configure --oidc-login-claim", email)
 	}
-	name = str("name")
-	login = str(p.cfg.LoginClaim)
-	if login == "" {
-		return "", "", "", "", nil, fmt.Errorf("ID token has no %q claim; configure --oidc-login-claim or request the right scope", p.cfg.LoginClaim)
+	c := idClaims{Subject: tok.Issuer + "#" + tok.Subject, Name: str("name")}
+	if verified {
+		c.Email = email
+	}
+	c.Login = str(p.cfg.LoginClaim)
+	if c.Login == "" {
+		return idClaims{}, fmt.Errorf("ID token has no %q claim; configure --oidc-login-claim or request the right scope", p.cfg.LoginClaim)
 	}
 	switch g := all[p.cfg.GroupsClaim].(type) {
 	case []any:
 		for _, x := range g {
 			if s, ok := x.(string); ok && s != "" {
-				groups = append(groups, s)
+				c.Groups = append(c.Groups, s)
 			}
 		}
 	case string:
-		groups = []string{g}
+		c.Groups = []string{g}
 	}
-	slices.Sort(groups)
-	groups = slices.Compact(groups)
-	return tok.Issuer + "#" + tok.Subject, login, email, name, groups, nil
+	slices.Sort(c.Groups)
+	c.Groups = slices.Compact(c.Groups)
+	return c, nil
 }
 
 // ---- interactive login ----
@@ -231,15 +253,27 @@ func (s *Server) poll(handle string) (*proto.Session, *proto.Problem) {
 // loginFromToken creates or updates the user from a verified ID token and
 // opens a session.
 func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, error) {
-	sub, login, email, name, groups, err := s.oidc.claims(idt)
+	c, err := s.oidc.claims(idt)
 	if err != nil {
 		return nil, err
 	}
+	if !s.cfg.Allow.permits(c) && !s.isConfiguredAdmin(c.Login, c.Groups) {
+		return nil, fmt.Errorf("%s may not log in to this coordinator: no allow rule (email domain, group or user) names them; ask an administrator", c.Login)
+	}
+	login, email, name, groups := c.Login, c.Email, c.Name, c.Groups
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	u := s.usersBySub[sub]
+	u := s.usersBySub[c.Subject]
+	// A login is one person's: another identity at the provider whose
+	// login claim now reads the same (a renamed account, a reused
+	// address) must not inherit that user's rights.
+	if other := s.userByLogin(login); other != nil && other != u {
+		s.audit(proto.AuditEvent{Code: proto.AuditLoginCollision, Actor: login, Object: other.ID, Outcome: proto.OutcomeDenied,
+			Metadata: map[string]string{"subject": c.Subject, "login": login, "holder": other.ID}})
+		return nil, &LoginCollisionError{Login: login}
+	}
 	var before map[string]bool
 	var nu user
 	if u != nil {
@@ -249,10 +283,7 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 		before = s.clustersOf(u, now)
 		nu = *u
 	} else {
-		if other := s.usersByLogin[login]; other != nil {
-			return nil, fmt.Errorf("login %s already belongs to another identity at the provider", login)
-		}
-		nu = user{ID: newID("usr"), Subject: sub, Created: now}
+		nu = user{ID: newID("usr"), Subject: c.Subject, Created: now}
 	}
 	nu.Login, nu.Email, nu.Name, nu.Groups, nu.LastSeen = login, email, name, groups, now
 
@@ -386,15 +417,8 @@ func (s *Server) isAdmin(u *user) bool {
 	if u == nil || u.Disabled {
 		return false
 	}
-	for _, a := range s.cfg.Admins {
-		if strings.EqualFold(a, u.Email) || strings.EqualFold(a, u.Login) {
-			return true
-		}
-	}
-	for _, g := range s.cfg.AdminGroups {
-		if slices.Contains(u.Groups, g) {
-			return true
-		}
+	if s.isConfiguredAdmin(u.Login, u.Groups) {
+		return true
 	}
 	// Administrators granted by a role with Admin set.
 	now := s.now()
@@ -404,4 +428,29 @@ func (s *Server) isAdmin(u *user) bool {
 		}
 	}
 	return false
+}
+
+// isConfiguredAdmin reports whether the configuration names login (the
+// login claim, never an email that is not the login) or one of groups as
+// an administrator.
+func (s *Server) isConfiguredAdmin(login string, groups []string) bool {
+	for _, a := range s.cfg.Admins {
+		if strings.EqualFold(a, login) {
+			return true
+		}
+	}
+	for _, g := range s.cfg.AdminGroups {
+		if slices.Contains(groups, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// LoginCollisionError refuses a login whose login claim already belongs to
+// another user (another subject at the identity provider).
+type LoginCollisionError struct{ Login string }
+
+func (e *LoginCollisionError) Error() string {
+	return fmt.Sprintf("login %s already belongs to another user of this coordinator; logins are unique. Ask an administrator: the identity provider now gives your account a login that another account had", e.Login)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -33,10 +34,19 @@ type Config struct {
 
 	OIDC OIDCConfig
 
-	// Admins are user emails (or logins) with administrator rights;
-	// AdminGroups are OIDC groups whose members are administrators.
+	// Admins are the logins (values of OIDC.LoginClaim, compared without
+	// regard to case) with administrator rights; AdminGroups are OIDC
+	// groups whose members are administrators. An email names an
+	// administrator only when the login claim is the (verified) email.
 	Admins      []string
 	AdminGroups []string
+
+	// Allow decides who may log in at all. Administrators named by
+	// Admins or AdminGroups may always log in. With no rule, everyone the
+	// identity provider signs in may log in: New refuses that for an
+	// issuer anyone can get an account at (see PublicIssuer) and warns
+	// for any other.
+	Allow AllowRules
 
 	// IPv4Prefix and IPv6Prefix are the overlay ranges. IPv6Prefix defaults
 	// to a random ULA /48 chosen once per mesh and kept in the store.
@@ -202,6 +212,16 @@ func (c Config) withDefaults() (Config, error) {
 	if c.OIDC.Issuer != "" && c.OIDC.ClientID == "" {
 		return c, errors.New("OIDC issuer is set but client id is not: set --oidc-client-id")
 	}
+	c.Allow.EmailDomains = slices.Clone(c.Allow.EmailDomains)
+	for i, d := range c.Allow.EmailDomains {
+		c.Allow.EmailDomains[i] = strings.TrimPrefix(d, "@")
+	}
+	if err := c.Allow.check(); err != nil {
+		return c, err
+	}
+	if c.OIDC.Issuer != "" && c.Allow.empty() && PublicIssuer(c.OIDC.Issuer) {
+		return c, fmt.Errorf("OIDC issuer %s lets anyone with an account sign in, and no allow rule says who may use this coordinator: set --allow-email-domain, --allow-group or --allow-user", c.OIDC.Issuer)
+	}
 	return c, nil
 }
 
@@ -211,4 +231,101 @@ func isLoopbackHost(h string) bool {
 	}
 	a, err := netip.ParseAddr(h)
 	return err == nil && a.IsLoopback()
+}
+
+// AllowRules say who may log in. A user who matches any rule may; with no
+// rule at all, everyone may.
+type AllowRules struct {
+	// EmailDomains admit users whose verified email is in one of these
+	// domains (exactly: "example.com" does not admit "sub.example.com").
+	EmailDomains []string
+	// Groups admit members of one of these OIDC groups.
+	Groups []string
+	// Users admit these logins (values of the login claim), compared
+	// without regard to case.
+	Users []string
+}
+
+// empty reports whether no rule is set.
+func (a AllowRules) empty() bool {
+	return len(a.EmailDomains)+len(a.Groups)+len(a.Users) == 0
+}
+
+// permits reports whether a user with claims c may log in.
+func (a AllowRules) permits(c idClaims) bool {
+	if a.empty() {
+		return true
+	}
+	for _, u := range a.Users {
+		if strings.EqualFold(u, c.Login) {
+			return true
+		}
+	}
+	if at := strings.LastIndexByte(c.Email, '@'); at >= 0 && c.Email != "" {
+		domain := c.Email[at+1:]
+		for _, d := range a.EmailDomains {
+			if strings.EqualFold(d, domain) {
+				return true
+			}
+		}
+	}
+	for _, g := range a.Groups {
+		if slices.Contains(c.Groups, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// check validates the rules' syntax.
+func (a AllowRules) check() error {
+	for _, d := range a.EmailDomains {
+		d = strings.TrimPrefix(d, "@")
+		if d == "" || strings.ContainsAny(d, "@ /*") || !strings.Contains(d, ".") {
+			return fmt.Errorf("allowed email domain %q is not a domain name: use e.g. example.com (no @, no wildcard)", d)
+		}
+	}
+	for _, g := range a.Groups {
+		if strings.TrimSpace(g) == "" {
+			return errors.New("an allowed group is empty: remove the empty --allow-group")
+		}
+	}
+	for _, u := range a.Users {
+		if strings.TrimSpace(u) == "" {
+			return errors.New("an allowed user is empty: remove the empty --allow-user")
+		}
+	}
+	return nil
+}
+
+// publicIssuers are identity providers where anyone can get an account;
+// logging in through one of them says nothing about who may use the mesh.
+var publicIssuers = []struct{ host, path string }{
+	{"accounts.google.com", ""},
+	{"token.actions.githubusercontent.com", ""}, // any repository's workflow
+	{"github.com", ""},
+	{"gitlab.com", ""},
+	{"appleid.apple.com", ""},
+	{"login.microsoftonline.com", "/common"},
+	{"login.microsoftonline.com", "/organizations"},
+	{"login.microsoftonline.com", "/consumers"},
+	{"login.microsoftonline.com", "/9188040d-6c67-4c5b-b112-36a304b66dad"}, // personal accounts
+	{"login.live.com", ""},
+}
+
+// PublicIssuer reports whether issuer is a well-known identity provider
+// where anyone can get an account, so that a coordinator trusting it must
+// say who may log in (Config.Allow).
+func PublicIssuer(issuer string) bool {
+	u, err := url.Parse(issuer)
+	if err != nil {
+		return false
+	}
+	host := strings.ToLower(u.Hostname())
+	for _, p := range publicIssuers {
+		if host == p.host && (p.path == "" || strings.HasPrefix(strings.ToLower(u.Path), p.path)) {
+			return true
+		}
+	}
+	return false
 }

@@ -117,6 +117,9 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			return nil, err
 		}
 		s.oidc = p
+		if cfg.Allow.empty() {
+			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
+		}
 	}
 	s.wg.Add(3)
 	go s.janitor()

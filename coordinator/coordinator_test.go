@@ -33,11 +33,20 @@ type testEnv struct {
 	ts   *httptest.Server
 	dir  string
 	addr string
+	// configure, if set, changes the configuration before each start.
+	configure func(*Config)
 }
 
 func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
-	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir()}
+	return newTestEnvWith(t, nil)
+}
+
+// newTestEnvWith is newTestEnv with configure applied to the
+// configuration.
+func newTestEnvWith(t *testing.T, configure func(*Config)) *testEnv {
+	t.Helper()
+	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), configure: configure}
 	e.start()
 	return e
 }
@@ -58,14 +67,18 @@ func (e *testEnv) start() {
 	}
 	e.ts.Start()
 	e.addr = e.ts.Listener.Addr().String()
-	srv, err := New(context.Background(), Config{
+	cfg := Config{
 		Listen:    "127.0.0.1:0",
 		PublicURL: e.ts.URL,
 		DataDir:   e.dir,
 		OIDC:      OIDCConfig{Issuer: e.iss.URL, ClientID: "clustral", ClientSecret: "secret"},
 		Admins:    []string{"admin@example.com"},
 		Logger:    slog.New(slog.DiscardHandler),
-	})
+	}
+	if e.configure != nil {
+		e.configure(&cfg)
+	}
+	srv, err := New(context.Background(), cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

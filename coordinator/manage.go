@@ -58,9 +58,9 @@ func deleteAssignments(tx store.Tx, as []*assignment) error {
 }
 
 func (s *Server) userRef(w http.ResponseWriter, r *http.Request) *user {
-	u := s.lookupUser(r.PathValue("user"))
+	u, err := s.lookupUser(r.PathValue("user"))
 	if u == nil {
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no user %q", r.PathValue("user")), "users appear after their first login; list them with clustral users list")
+		writeUserLookup(w, r.PathValue("user"), err, "users appear after their first login; list them with clustral users list")
 	}
 	return u
 }
@@ -371,9 +371,10 @@ func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	filter := r.URL.Query().Get("user")
 	var fu *user
 	if filter != "" {
-		if fu = s.lookupUser(filter); fu == nil {
+		var err error
+		if fu, err = s.lookupUser(filter); fu == nil {
 			s.mu.Unlock()
-			writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no user %q", filter), "")
+			writeUserLookup(w, filter, err, "")
 			return
 		}
 	}

@@ -20,6 +20,8 @@ type metrics struct {
 	registrations *prometheus.CounterVec // kind
 	connected     *prometheus.GaugeVec   // kind
 	mapDeltas     prometheus.Counter
+	auditLost     prometheus.Counter
+	refused       *prometheus.CounterVec // route: unauthenticated requests refused by the rate limit
 }
 
 func newMetrics() *metrics {
@@ -41,6 +43,14 @@ func newMetrics() *metrics {
 			Name: "clustral_coordinator_map_deltas_sent_total",
 			Help: "Network map deltas written to map streams (snapshots and keep-alives not counted).",
 		}),
+		auditLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clustral_coordinator_audit_events_lost_total",
+			Help: "Audit events that could not be queued or stored; each loss is also recorded as one audit event with the count.",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustral_coordinator_rate_limited_total",
+			Help: "Unauthenticated requests answered 429 because their source address exceeded its rate, by route.",
+		}, []string{"route"}),
 	}
 	// Every series exists from the start, so a rate() over a fresh
 	// coordinator has a zero to start from.
@@ -53,7 +63,7 @@ func newMetrics() *metrics {
 		m.registrations.WithLabelValues(string(k))
 		m.connected.WithLabelValues(string(k))
 	}
-	m.reg.MustRegister(m.logins, m.registrations, m.connected, m.mapDeltas,
+	m.reg.MustRegister(m.logins, m.registrations, m.connected, m.mapDeltas, m.auditLost, m.refused,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -100,6 +100,13 @@ func (f *fakeIssuer) signIn(email string, groups ...string) {
 	f.user = map[string]any{"sub": "sub-" + email, "email": email, "email_verified": true, "name": email, "groups": groups}
 }
 
+// signInClaims sets the exact claims of the next user to sign in.
+func (f *fakeIssuer) signInClaims(claims map[string]any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.user = claims
+}
+
 // token mints an ID token for the current user.
 func (f *fakeIssuer) token(t *testing.T, aud, nonce string, ttl time.Duration) string {
 	t.Helper()

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/clustral/clustral/proto"
@@ -13,7 +14,7 @@ import (
 // computations need. It is guarded by Server.mu.
 type state struct {
 	users        map[string]*user
-	usersByLogin map[string]*user
+	usersByLogin map[string]*user // by loginKey
 	usersBySub   map[string]*user
 	groupMembers map[string]map[string]*user // OIDC group → users
 
@@ -97,15 +98,24 @@ func (s *state) putUser(u *user) {
 		for _, g := range old.Groups {
 			delFrom(s.groupMembers, g, u.ID)
 		}
-		delete(s.usersByLogin, old.Login)
+		if s.usersByLogin[loginKey(old.Login)] == old {
+			delete(s.usersByLogin, loginKey(old.Login))
+		}
 	}
 	s.users[u.ID] = u
-	s.usersByLogin[u.Login] = u
+	s.usersByLogin[loginKey(u.Login)] = u
 	s.usersBySub[u.Subject] = u
 	for _, g := range u.Groups {
 		addTo(s.groupMembers, g, u.ID, u)
 	}
 }
+
+// loginKey is the key of usersByLogin: logins are unique regardless of
+// case, as the administrator list matches them.
+func loginKey(login string) string { return strings.ToLower(login) }
+
+// userByLogin returns the user whose login is login, in any case.
+func (s *state) userByLogin(login string) *user { return s.usersByLogin[loginKey(login)] }
 
 func (s *state) putNode(n *node) {
 	s.nodes[n.ID] = n

@@ -33,11 +33,12 @@ const (
 	CategoryAccess     AuditCategory = "access"
 	CategoryRequest    AuditCategory = "request"
 	CategoryDenial     AuditCategory = "denial"
+	CategorySystem     AuditCategory = "system"
 )
 
 // AuditCategories lists every category in catalogue order.
 var AuditCategories = []AuditCategory{CategoryAuth, CategorySession, CategoryDevice, CategoryAgent, CategoryCluster,
-	CategoryRole, CategoryAssignment, CategoryUser, CategoryAccess, CategoryRequest, CategoryDenial}
+	CategoryRole, CategoryAssignment, CategoryUser, CategoryAccess, CategoryRequest, CategoryDenial, CategorySystem}
 
 // The codes.
 const (
@@ -45,6 +46,7 @@ const (
 	AuditLoginToken       AuditCode = "AU002I"
 	AuditLoginFailed      AuditCode = "AU003W"
 	AuditIDTokenRefused   AuditCode = "AU004W"
+	AuditLoginCollision   AuditCode = "AU021W"
 	AuditSessionRevoked   AuditCode = "SE001I"
 	AuditDeviceRegistered AuditCode = "DV001I"
 	AuditDeviceLeft       AuditCode = "DV002I"
@@ -81,6 +83,7 @@ const (
 	AuditStreamEnded      AuditCode = "RQ004I"
 	AuditProxyDenied      AuditCode = "DN001W"
 	AuditAPIDenied        AuditCode = "DN002W"
+	AuditEventsLost       AuditCode = "SY001E"
 )
 
 // AuditCodeInfo describes one code in the catalogue.
@@ -96,6 +99,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditLoginToken, CategoryAuth, "A user logged in by exchanging an ID token (clustral login --id-token-file). Metadata: groups."},
 	{AuditLoginFailed, CategoryAuth, "A browser login failed: the identity provider refused, the code exchange or the ID token check failed, or the user is disabled. Metadata: reason."},
 	{AuditIDTokenRefused, CategoryAuth, "An ID token presented for direct exchange was refused (issuer, audience, expiry, signature), or its user may not log in. Metadata: reason."},
+	{AuditLoginCollision, CategoryAuth, "A login was refused because its login claim is already another user's login (another subject at the identity provider); logins are unique. Actor: the login; object: the user who holds it. Metadata: subject, login, holder."},
 	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices."},
 	{AuditDeviceRegistered, CategoryDevice, "A device registered its WireGuard key (clustral up). Metadata: key, hostname."},
 	{AuditDeviceLeft, CategoryDevice, "A device deregistered itself (clustral down)."},
@@ -132,6 +136,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did."},
 	{AuditProxyDenied, CategoryDenial, "The agent's proxy refused a request before it reached the API server; error holds the code (NO_ROLE_ASSIGNMENT, OUTSIDE_TIME_WINDOW, RATE_LIMITED, ...)."},
 	{AuditAPIDenied, CategoryDenial, "The coordinator refused an administrative API call to a user who is not an administrator. Metadata: method, path."},
+	{AuditEventsLost, CategorySystem, "The coordinator could not queue or store audit events (its queue was full, or the store failed); this event counts them. Metadata: lost, first, last (times)."},
 }
 
 var auditCodeIndex = func() map[AuditCode]AuditCodeInfo {

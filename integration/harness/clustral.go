@@ -64,7 +64,11 @@ type CoordinatorOptions struct {
 	ClientID     string
 	ClientSecret string
 	Admins       []string
-	ExtraArgs    []string
+	// AllowEmailDomains say who may log in (--allow-email-domain); nil
+	// means example.com, the domain of every test user. ExtraArgs with an
+	// --allow- flag of their own replace this default.
+	AllowEmailDomains []string
+	ExtraArgs         []string
 }
 
 // StartCoordinator starts a coordinator with its data in dir and waits
@@ -88,6 +92,15 @@ func StartCoordinator(ctx context.Context, bin, dir string, o CoordinatorOptions
 	}
 	for _, a := range o.Admins {
 		c.args = append(c.args, "--admin", a)
+	}
+	if !slices.ContainsFunc(o.ExtraArgs, func(a string) bool { return strings.HasPrefix(a, "--allow-") }) {
+		domains := o.AllowEmailDomains
+		if domains == nil {
+			domains = []string{"example.com"}
+		}
+		for _, d := range domains {
+			c.args = append(c.args, "--allow-email-domain", d)
+		}
 	}
 	c.env = os.Environ()
 	if o.Dex != nil {

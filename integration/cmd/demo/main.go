@@ -91,9 +91,10 @@ func run(ctx context.Context) error {
 	}
 	defer env.Close()
 
-	step("starting the coordinator on its embedded defaults at %s", coordURL)
+	step("starting the coordinator on its embedded defaults at %s; users of example.com may log in", coordURL)
 	coord, err := harness.StartCoordinator(ctx, bin, filepath.Join(dir, "coordinator"), harness.CoordinatorOptions{
 		Port: port, Dex: env.Dex, ClientID: clientID, ClientSecret: clientSecret, Admins: []string{demoAdmin.Email},
+		AllowEmailDomains: []string{"example.com"},
 	})
 	if err != nil {
 		return err
