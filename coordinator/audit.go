@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -109,6 +110,8 @@ type auditQueue struct {
 	lostFirst, lostLast time.Time
 	// flushed are closed once everything queued before them is stored.
 	flushed []chan struct{}
+	// limit, when not zero, replaces maxAuditQueue (tests).
+	limit int
 }
 
 // maxAuditQueue bounds the events waiting for the writer; beyond it events
@@ -126,7 +129,7 @@ func (s *Server) audit(e proto.AuditEvent) {
 	if q.wake == nil {
 		q.wake = make(chan struct{}, 1)
 	}
-	if len(q.pending) >= maxAuditQueue {
+	if len(q.pending) >= cmp.Or(q.limit, maxAuditQueue) {
 		if q.lost == 0 {
 			q.lostFirst = e.Time
 		}

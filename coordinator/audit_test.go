@@ -381,3 +381,55 @@ func TestWriteAuditError(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditQueueFullCountsTheLoss: when the audit queue is full, the
+// events that do not fit are counted and the count is stored as one
+// SY001E event; nothing disappears without a trace.
+func TestAuditQueueFullCountsTheLoss(t *testing.T) {
+	e := newTestEnv(t)
+	const limit = 1000
+	e.srv.auditq.mu.Lock()
+	e.srv.auditq.limit = limit
+	e.srv.auditq.mu.Unlock()
+	// Hold the store's write lock so the writer cannot drain the queue.
+	held, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- e.srv.st.Update(func(store.Tx) error { close(held); <-release; return nil })
+	}()
+	<-held
+	const total = 3 * limit
+	for range total {
+		e.srv.audit(proto.AuditEvent{Code: proto.AuditDeviceConnected, Actor: "flood"})
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.srv.flushAudit()
+	var stored, lost, lossEvents int
+	err := e.srv.st.View(func(tx store.Tx) error {
+		return tx.ForEach(store.Audit, func(_ string, raw []byte) error {
+			var ev proto.AuditEvent
+			if err := json.Unmarshal(raw, &ev); err != nil {
+				return err
+			}
+			switch {
+			case ev.Code == proto.AuditDeviceConnected && ev.Actor == "flood":
+				stored++
+			case ev.Code == proto.AuditEventsLost:
+				lossEvents++
+				var n int
+				fmt.Sscan(ev.Metadata["lost"], &n)
+				lost += n
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lossEvents != 1 || lost < limit || stored+lost != total {
+		t.Fatalf("stored %d, lost %d in %d loss events; want every one of %d accounted for in one loss event", stored, lost, lossEvents, total)
+	}
+}
