@@ -163,6 +163,8 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.DurationVar(&cfg.PendingRequestTTL, "pending-request-ttl", d.PendingRequestTTL, "expire an access request nobody decided after this long")
 	f.StringVar(&stunListen, "stun-listen", "", "UDP address of endpoint discovery for NAT traversal (default: port 3478 on the --listen host; 0 turns it off)")
 	f.IntVar(&cfg.RelayRate, "relay-rate", coordinator.DefaultRelayRate, "bytes per second one node may send through the relay")
+	f.IntVar(&cfg.SourceRate, "source-rate", coordinator.DefaultSourceRate, "unauthenticated requests (logins, callbacks, refused registrations) one address may make per minute; beyond it 429; negative turns the limit off")
+	f.IntVar(&cfg.SourceBurst, "source-burst", coordinator.DefaultSourceBurst, "unauthenticated requests one address may make at once")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return c

@@ -44,10 +44,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+v+"/info", s.handleInfo)
 	mux.HandleFunc("GET "+v+"/admin/backup", s.admin(s.handleBackup))
 
-	mux.HandleFunc("POST "+v+"/login/start", s.handleLoginStart)
+	mux.HandleFunc("POST "+v+"/login/start", s.perSource("login_start", s.handleLoginStart))
 	mux.HandleFunc("POST "+v+"/login/poll", s.handleLoginPoll)
-	mux.HandleFunc("POST "+v+"/login/token", s.handleLoginToken)
-	mux.HandleFunc("GET /oidc/callback", s.handleCallback)
+	mux.HandleFunc("POST "+v+"/login/token", s.perSource("login_token", s.handleLoginToken))
+	mux.HandleFunc("GET /oidc/callback", s.perSource("callback", s.handleCallback))
 	mux.HandleFunc("GET "+v+"/whoami", s.handleWhoami)
 	mux.HandleFunc("DELETE "+v+"/session", s.handleLogout)
 
@@ -358,8 +358,12 @@ func checkRegistration(w http.ResponseWriter, key proto.Key, hostname string) bo
 }
 
 func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request) {
+	if !s.sourceReady(w, r, "register") {
+		return
+	}
 	p, ok := s.authSession(w, r)
 	if !ok {
+		s.sourceFailed(r)
 		return
 	}
 	var req proto.RegisterDeviceRequest
@@ -383,8 +387,12 @@ func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
+	if !s.sourceReady(w, r, "register") {
+		return
+	}
 	raw, ok := bearer(r)
 	if !ok {
+		s.sourceFailed(r)
 		writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "missing join token", "pass the cluster's join token (clustral clusters add prints it)")
 		return
 	}
@@ -392,6 +400,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	c := s.clustersByToken[hashSecret(raw)]
 	s.mu.Unlock()
 	if c == nil {
+		s.sourceFailed(r)
 		s.auditFailure(proto.AuditAgentRefused, r, "", errors.New("invalid or revoked join token"))
 		writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "invalid or revoked join token", "get the cluster's current join token from an administrator (clustral clusters rotate-token)")
 		return

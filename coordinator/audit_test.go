@@ -383,8 +383,8 @@ func TestWriteAuditError(t *testing.T) {
 }
 
 // TestAuditQueueFullCountsTheLoss: when the audit queue is full, the
-// events that do not fit are counted and the count is stored as one
-// SY001E event; nothing disappears without a trace.
+// events that do not fit are counted and the count is stored in SY001E
+// events; nothing disappears without a trace.
 func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	e := newTestEnv(t)
 	const limit = 1000
@@ -429,7 +429,9 @@ func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lossEvents != 1 || lost < limit || stored+lost != total {
-		t.Fatalf("stored %d, lost %d in %d loss events; want every one of %d accounted for in one loss event", stored, lost, lossEvents, total)
+	// The writer may take a batch while events are already being lost,
+	// so the loss can be told in more than one event; never in none.
+	if lossEvents == 0 || lost < limit || stored+lost != total {
+		t.Fatalf("stored %d, lost %d in %d loss events; want every one of %d stored or counted as lost", stored, lost, lossEvents, total)
 	}
 }

@@ -76,6 +76,15 @@ type Config struct {
 	RelayBurst int
 	RelayQueue int
 
+	// SourceRate is how many unauthenticated requests (login start, ID
+	// token exchange, OIDC callback, registrations with a refused
+	// credential) one source address may make per minute, after bursts of
+	// SourceBurst; beyond it they are answered 429 with Retry-After. 0
+	// means DefaultSourceRate and DefaultSourceBurst; negative turns the
+	// limit off (for load tests from one address).
+	SourceRate  int
+	SourceBurst int
+
 	Logger *slog.Logger
 	// Now is the clock; tests inject one.
 	Now func() time.Time
@@ -169,6 +178,12 @@ func (c Config) withDefaults() (Config, error) {
 	c.RelayBurst = max(c.RelayBurst, 64<<10) // one datagram always fits
 	if c.RelayQueue <= 0 {
 		c.RelayQueue = DefaultRelayQueue
+	}
+	if c.SourceRate == 0 {
+		c.SourceRate = DefaultSourceRate
+	}
+	if c.SourceBurst <= 0 {
+		c.SourceBurst = DefaultSourceBurst
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

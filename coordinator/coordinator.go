@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/keyrate"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -51,10 +52,11 @@ type Server struct {
 
 	mu sync.Mutex
 	state
-	logins  map[string]*pendingLogin // by handle
-	byState map[string]*pendingLogin // by OAuth state
-	clients map[string]*mapClient    // by node id
-	auditq  auditQueue               // events without a change of state
+	logins  map[string]*pendingLogin      // by handle
+	byState map[string]*pendingLogin      // by OAuth state
+	clients map[string]*mapClient         // by node id
+	sources *keyrate.Limiters[netip.Addr] // unauthenticated requests by source; nil: no limit
+	auditq  auditQueue                    // events without a change of state
 	relay   *relay
 	// mapGen counts changes to any node's map (sendUpsert, sendRemove).
 	// The relay's cached decisions about who may reach whom are valid only
@@ -105,6 +107,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	}
 	s.state.init()
 	s.relay = newRelay(s)
+	s.sources = newSourceLimiters(cfg)
 	if err := s.loadKeys(); err != nil {
 		return nil, err
 	}
@@ -414,6 +417,9 @@ func (s *Server) janitor() {
 		case <-t.C:
 			if err := s.expire(); err != nil {
 				s.log.Error("expire", "err", err)
+			}
+			if s.sources != nil {
+				s.sources.Evict(s.now())
 			}
 		}
 	}

@@ -91,6 +91,8 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	progress("starting coordinator and agent")
 	m.coord, err = harness.StartCoordinator(sctx, bin, filepath.Join(dir, "coordinator"), harness.CoordinatorOptions{
 		Port: port, Dex: m.env.Dex, ClientID: oidcClient, ClientSecret: oidcSecret, Admins: []string{adminUser.Email},
+		// Every simulated user logs in from this one address.
+		ExtraArgs: []string{"--source-rate=-1"},
 	})
 	if err != nil {
 		return m, err
