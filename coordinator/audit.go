@@ -857,16 +857,6 @@ func (s *Server) auditJanitor() {
 
 // ---- events without a change of state ----
 
-// auditFailure records a refused login or registration. who is whatever
-// identifies the caller, if anything does.
-func (s *Server) auditFailure(code proto.AuditCode, r *http.Request, who string, err error) {
-	if who == "" {
-		who = "anonymous"
-	}
-	s.audit(proto.AuditEvent{Code: code, Actor: who, Outcome: proto.OutcomeFailure,
-		Metadata: map[string]string{"reason": err.Error(), "remote": r.RemoteAddr}})
-}
-
 // nodeActorLocked names n as an audit actor, with its cluster for an
 // agent. Called with s.mu held.
 func (s *Server) nodeActorLocked(n *node) (actor, cluster string) {

@@ -57,7 +57,9 @@ type Server struct {
 	clients map[string]*mapClient         // by node id
 	sources *keyrate.Limiters[netip.Addr] // unauthenticated requests by source; nil: no limit
 	auditq  auditQueue                    // events without a change of state
-	relay   *relay
+	// failures counts failed unauthenticated attempts; see auditFailure.
+	failures failures
+	relay    *relay
 	// mapGen counts changes to any node's map (sendUpsert, sendRemove).
 	// The relay's cached decisions about who may reach whom are valid only
 	// in the generation they were made in.
@@ -142,6 +144,8 @@ func (s *Server) Close() error {
 		return nil
 	default:
 	}
+	// Store every count of failures, closed window or not.
+	s.flushFailures(s.now().Add(failureWindow))
 	close(s.stop)
 	s.mu.Lock()
 	for _, c := range s.clients {
@@ -421,6 +425,7 @@ func (s *Server) janitor() {
 			if s.sources != nil {
 				s.sources.Evict(s.now())
 			}
+			s.flushFailures(s.now())
 		}
 	}
 }

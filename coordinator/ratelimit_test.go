@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -86,6 +87,41 @@ func TestSourceOf(t *testing.T) {
 		r.RemoteAddr = tt.remote
 		if got := sourceOf(r).String(); got != tt.want {
 			t.Errorf("sourceOf(%s) = %s, want %s", tt.remote, got, tt.want)
+		}
+	}
+}
+
+// TestFailedAttemptsAggregated: a flood of refused registrations and ID
+// tokens from one source is stored as one event at once and one event
+// with the count when the window closes, not one event each.
+func TestFailedAttemptsAggregated(t *testing.T) {
+	e := newTestEnvWith(t, func(c *Config) { c.SourceRate = -1 })
+	admin := e.login("admin@example.com")
+	const n = 50
+	for range n {
+		e.call("POST", "/api/v1/agents", "cjt_wrong", proto.RegisterAgentRequest{}, nil)
+		e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: "not.a.token"}, nil)
+	}
+	e.srv.flushFailures(time.Now().Add(failureWindow))
+	e.srv.flushAudit()
+	var page proto.AuditPage
+	e.must("GET", "/api/v1/audit/events?limit=1000&code="+string(proto.AuditAgentRefused)+","+string(proto.AuditIDTokenRefused), admin.Token, nil, &page)
+	count := map[proto.AuditCode]int{}
+	events := map[proto.AuditCode]int{}
+	for _, ev := range page.Events {
+		events[ev.Code]++
+		c := 1
+		if v := ev.Metadata["count"]; v != "" {
+			c, _ = strconv.Atoi(v)
+			if ev.Metadata["remote"] != "127.0.0.1" || ev.Metadata["first"] == "" || ev.Metadata["reason"] == "" {
+				t.Errorf("aggregated event metadata = %v", ev.Metadata)
+			}
+		}
+		count[ev.Code] += c
+	}
+	for _, code := range []proto.AuditCode{proto.AuditAgentRefused, proto.AuditIDTokenRefused} {
+		if events[code] != 2 || count[code] != n {
+			t.Errorf("%s: %d events counting %d failures, want 2 events counting %d", code, events[code], count[code], n)
 		}
 	}
 }
