@@ -161,6 +161,8 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", d.AuditRetention, "how long audit events are kept (whole days older are pruned); negative keeps them all")
 	f.DurationVar(&cfg.AgentTTL, "agent-ttl", d.AgentTTL, "reclaim an agent after it has been gone this long")
 	f.DurationVar(&cfg.PendingRequestTTL, "pending-request-ttl", d.PendingRequestTTL, "expire an access request nobody decided after this long")
+	f.IntVar(&cfg.MaxDevicesPerUser, "max-devices-per-user", coordinator.DefaultMaxDevicesPerUser, "devices one user may have registered at once")
+	f.IntVar(&cfg.MaxPendingRequests, "max-pending-requests", coordinator.DefaultMaxPendingRequests, "access requests one user may have waiting for a decision")
 	f.StringVar(&stunListen, "stun-listen", "", "UDP address of endpoint discovery for NAT traversal (default: port 3478 on the --listen host; 0 turns it off)")
 	f.IntVar(&cfg.RelayRate, "relay-rate", coordinator.DefaultRelayRate, "bytes per second one node may send through the relay")
 	f.IntVar(&cfg.SourceRate, "source-rate", coordinator.DefaultSourceRate, "unauthenticated requests (logins, callbacks, refused registrations) one address may make per minute; beyond it 429; negative turns the limit off")

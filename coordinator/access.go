@@ -1,7 +1,9 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -91,11 +93,21 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no cluster %q", req.Cluster), "check the name with clustral kube ls")
 		return
 	}
+	pending := 0
 	for _, old := range s.requests {
-		if old.UserID == p.user.ID && old.RoleID == ro.ID && old.ClusterID == c.ID && old.State == proto.RequestPending {
+		if old.UserID != p.user.ID || old.State != proto.RequestPending {
+			continue
+		}
+		if old.RoleID == ro.ID && old.ClusterID == c.ID {
 			writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("you already have a pending request %s for %s on %s", old.ID, ro.Name, c.Name), "wait for a decision, or ask an approver")
 			return
 		}
+		pending++
+	}
+	if pending >= s.cfg.MaxPendingRequests {
+		writeProblem(w, http.StatusConflict, proto.CodeQuotaExceeded, fmt.Sprintf("you already have %d access requests waiting for a decision, the most one user may have", pending),
+			"wait for decisions, or withdraw one (clustral access list, clustral access revoke <id>)")
+		return
 	}
 	ar := &accessRequest{
 		ID: newID("req"), UserID: p.user.ID, RoleID: ro.ID, ClusterID: c.ID, Reason: req.Reason,
@@ -122,21 +134,113 @@ func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	state := r.URL.Query().Get("state")
+	// Ended requests are read from the archive without the global lock.
+	var ended []*accessRequest
+	if state == "" || requestEnded(state) {
+		var err error
+		if ended, err = s.archivedRequests(state); err != nil {
+			writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "read archived requests: "+err.Error(), "")
+			return
+		}
+	}
 	s.mu.Lock()
 	out := []proto.AccessRequest{}
-	for _, ar := range s.requests {
-		if state != "" && ar.State != state {
-			continue
+	for _, list := range [][]*accessRequest{slices.Collect(maps.Values(s.requests)), ended} {
+		for _, ar := range list {
+			if state != "" && ar.State != state {
+				continue
+			}
+			ro := s.roles[ar.RoleID]
+			if ar.UserID != p.user.ID && (ro == nil || !s.canApprove(p.user, ro)) {
+				continue
+			}
+			out = append(out, s.requestToProto(ar))
 		}
-		ro := s.roles[ar.RoleID]
-		if ar.UserID != p.user.ID && (ro == nil || !s.canApprove(p.user, ro)) {
-			continue
-		}
-		out = append(out, s.requestToProto(ar))
 	}
 	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
 	writeJSON(w, http.StatusOK, out)
+}
+
+// maxListedEnded bounds the ended requests one listing returns: the
+// newest.
+const maxListedEnded = 500
+
+// requestEnded reports whether state is final: the request is archived.
+func requestEnded(state string) bool {
+	return state == proto.RequestDenied || state == proto.RequestRevoked || state == proto.RequestExpired
+}
+
+// archivedRequests returns the newest ended requests in state (any ended
+// state when empty), at most maxListedEnded. It reads the store, not the
+// memory, and takes no lock of the Server.
+func (s *Server) archivedRequests(state string) ([]*accessRequest, error) {
+	var out []*accessRequest
+	err := s.st.View(func(tx store.Tx) error {
+		return tx.ForEach(store.RequestArchive, func(k string, raw []byte) error {
+			var ar accessRequest
+			if err := json.Unmarshal(raw, &ar); err != nil {
+				return fmt.Errorf("decode archived request %s: %w", k, err)
+			}
+			if state == "" || ar.State == state {
+				out = append(out, &ar)
+			}
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out[:min(len(out), maxListedEnded)], err
+}
+
+// putRequest stores ar inside tx where its state belongs: a live one in
+// Requests, an ended one moved to RequestArchive.
+func putRequest(tx store.Tx, ar *accessRequest) error {
+	if !requestEnded(ar.State) {
+		return store.Put(tx, store.Requests, ar.ID, ar)
+	}
+	if err := tx.Delete(store.Requests, ar.ID); err != nil {
+		return err
+	}
+	return store.Put(tx, store.RequestArchive, ar.ID, ar)
+}
+
+// setRequestLocked applies a stored ar to memory, which holds live
+// requests only. Called with s.mu held.
+func (s *Server) setRequestLocked(ar *accessRequest) {
+	if requestEnded(ar.State) {
+		delete(s.requests, ar.ID)
+		return
+	}
+	s.requests[ar.ID] = ar
+}
+
+// archiveEnded moves the ended requests a store of an earlier version
+// kept among the live ones to the archive.
+func (s *Server) archiveEnded() error {
+	var ended []*accessRequest
+	for _, ar := range s.requests {
+		if requestEnded(ar.State) {
+			ended = append(ended, ar)
+		}
+	}
+	if len(ended) == 0 {
+		return nil
+	}
+	err := s.st.Update(func(tx store.Tx) error {
+		for _, ar := range ended {
+			if err := putRequest(tx, ar); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("archive ended access requests: %w", err)
+	}
+	for _, ar := range ended {
+		delete(s.requests, ar.ID)
+	}
+	return nil
 }
 
 func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
@@ -154,6 +258,12 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	defer s.mu.Unlock()
 	ar := s.requests[r.PathValue("id")]
 	if ar == nil {
+		var old accessRequest
+		err := s.st.View(func(tx store.Tx) error { return store.Get(tx, store.RequestArchive, r.PathValue("id"), &old) })
+		if err == nil && (old.UserID == p.user.ID || s.isAdmin(p.user)) {
+			writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("request %s is %s; it can no longer be decided or revoked", old.ID, old.State), "make a new request if access is still needed")
+			return
+		}
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no access request %q", r.PathValue("id")), "list them with clustral access list")
 		return
 	}
@@ -220,7 +330,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	old := s.assignments[ar.AssignmentID]
 	if !s.commit(w, "store decision", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Requests, updated.ID, &updated); err != nil {
+		if err := putRequest(tx, &updated); err != nil {
 			return err
 		}
 		if a != nil {
@@ -238,6 +348,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	*ar = updated
+	s.setRequestLocked(ar)
 	if a != nil {
 		s.addAssignmentLocked(a)
 	}
@@ -258,7 +369,7 @@ func (s *Server) expireRequestsLocked(tx store.Tx, now time.Time) ([]*accessRequ
 			ar.State == proto.RequestApproved && ar.GrantExpires != nil && !now.Before(*ar.GrantExpires):
 			u := *ar
 			u.State = proto.RequestExpired
-			if err := store.Put(tx, store.Requests, u.ID, &u); err != nil {
+			if err := putRequest(tx, &u); err != nil {
 				return nil, err
 			}
 			if err := s.recordChange(tx, "system", "access.expired", u.ID, nil); err != nil {

@@ -21,7 +21,14 @@ type accessEnv struct {
 
 func newAccessEnv(t *testing.T) *accessEnv {
 	t.Helper()
-	e := &accessEnv{testEnv: newTestEnv(t)}
+	return newAccessEnvWith(t, nil)
+}
+
+// newAccessEnvWith is newAccessEnv with configure applied to the
+// coordinator's configuration.
+func newAccessEnvWith(t *testing.T, configure func(*Config)) *accessEnv {
+	t.Helper()
+	e := &accessEnv{testEnv: newTestEnvWith(t, configure)}
 	e.admin = e.login("admin@example.com")
 	e.alice = e.login("alice@example.com", "dev")
 	e.sam = e.login("sam@example.com", "sre")
@@ -140,10 +147,15 @@ func TestPendingRequestExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.srv.mu.Lock()
-	st := e.srv.requests[ar.ID].State
+	live := e.srv.requests[ar.ID]
 	e.srv.mu.Unlock()
-	if st != proto.RequestExpired {
-		t.Fatalf("state after the pending TTL = %s", st)
+	if live != nil {
+		t.Fatalf("expired request still live: %+v", live)
+	}
+	// Every session expired with the clock too: read the archive.
+	list, err := e.srv.archivedRequests(proto.RequestExpired)
+	if err != nil || len(list) != 1 || list[0].ID != ar.ID {
+		t.Fatalf("archived expired requests = %+v, %v", list, err)
 	}
 }
 

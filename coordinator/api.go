@@ -439,6 +439,11 @@ func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix
 	if old := s.nodesByKey[n.Key]; old != nil {
 		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Title: "this WireGuard key is already registered", Hint: "generate a new key (clustral up does this after clustral down)"}
 	}
+	if n.Kind == proto.KindDevice && len(s.devicesByUser[n.UserID]) >= s.cfg.MaxDevicesPerUser {
+		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeQuotaExceeded,
+			Title: fmt.Sprintf("%s already has %d devices, the most one user may have", actor, len(s.devicesByUser[n.UserID])),
+			Hint:  "revoke one you no longer use (clustral devices list, clustral devices revoke <id>), or run clustral down where you are done"}
+	}
 	var cert string
 	err := s.st.Update(func(tx store.Tx) error {
 		addrs, err := allocate(tx, n.ID, s.cfg.IPv4Prefix, s.v6)

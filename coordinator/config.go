@@ -63,6 +63,12 @@ type Config struct {
 	AgentTTL time.Duration
 	// PendingRequestTTL expires an access request nobody decided.
 	PendingRequestTTL time.Duration
+	// MaxDevicesPerUser bounds the devices one user may have registered
+	// at once; MaxPendingRequests the access requests one user may have
+	// waiting for a decision. 0 means DefaultMaxDevicesPerUser and
+	// DefaultMaxPendingRequests.
+	MaxDevicesPerUser  int
+	MaxPendingRequests int
 	// AuditRetention is how long audit events are kept; whole days older
 	// than it are pruned. Zero means DefaultAuditRetention, negative keeps
 	// everything.
@@ -110,6 +116,12 @@ type OIDCConfig struct {
 	ExtraAudiences []string
 }
 
+// Per-user limits; see Config.
+const (
+	DefaultMaxDevicesPerUser  = 20
+	DefaultMaxPendingRequests = 10
+)
+
 // Defaults returns the embedded defaults.
 func Defaults() Config {
 	return Config{
@@ -156,6 +168,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PendingRequestTTL == 0 {
 		c.PendingRequestTTL = d.PendingRequestTTL
+	}
+	if c.MaxDevicesPerUser <= 0 {
+		c.MaxDevicesPerUser = DefaultMaxDevicesPerUser
+	}
+	if c.MaxPendingRequests <= 0 {
+		c.MaxPendingRequests = DefaultMaxPendingRequests
 	}
 	if c.AuditRetention == 0 {
 		c.AuditRetention = d.AuditRetention

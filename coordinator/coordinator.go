@@ -116,6 +116,9 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.load(); err != nil {
 		return nil, err
 	}
+	if err := s.archiveEnded(); err != nil {
+		return nil, err
+	}
 	if cfg.OIDC.Issuer != "" {
 		p, err := newOIDCProvider(ctx, cfg.OIDC, cfg.PublicURL+"/oidc/callback")
 		if err != nil {
@@ -494,7 +497,7 @@ func (s *Server) expire() error {
 		return err
 	}
 	for _, ar := range expiredReqs {
-		s.requests[ar.ID] = ar
+		s.setRequestLocked(ar)
 	}
 	for _, h := range sessions {
 		delete(s.sessions, h)

@@ -47,6 +47,7 @@ const (
 	CodeLoginFailed      ErrorCode = "LOGIN_FAILED"
 	CodeInvalidJoinToken ErrorCode = "INVALID_JOIN_TOKEN"
 	CodeAddressExhausted ErrorCode = "ADDRESS_POOL_EXHAUSTED"
+	CodeQuotaExceeded    ErrorCode = "QUOTA_EXCEEDED"
 	CodeInternal         ErrorCode = "INTERNAL"
 
 	// Proxy-path codes (agent).

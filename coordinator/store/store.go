@@ -30,13 +30,16 @@ const (
 	Assignments Bucket = "assignments" // assignment id → assignment
 	Addresses   Bucket = "addresses"   // overlay address → node id
 	Changes     Bucket = "changes"     // sequence → administrative change record
-	Requests    Bucket = "requests"    // request id → access request
-	Audit       Bucket = "audit"       // zero-padded sequence → chained audit event
-	AuditSource Bucket = "audit_src"   // cluster id/agent spool id → highest stored spool sequence
+	Requests    Bucket = "requests"    // request id → access request, pending or approved
+	// RequestArchive holds ended access requests (denied, revoked,
+	// expired), out of the way of the live ones.
+	RequestArchive Bucket = "requests_archive" // request id → access request
+	Audit          Bucket = "audit"            // zero-padded sequence → chained audit event
+	AuditSource    Bucket = "audit_src"        // cluster id/agent spool id → highest stored spool sequence
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, Audit, AuditSource}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

@@ -1,0 +1,106 @@
+package coordinator
+
+import (
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
+)
+
+// TestDeviceCapPerUser: a user has at most MaxDevicesPerUser devices; the
+// next registration is refused with a sentence until one is revoked.
+func TestDeviceCapPerUser(t *testing.T) {
+	e := newTestEnvWith(t, func(c *Config) { c.MaxDevicesPerUser = 3 })
+	alice := e.login("alice@example.com")
+	bob := e.login("bob@example.com")
+	var ids []string
+	for range 3 {
+		var r proto.RegisterResponse
+		e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, &r)
+		ids = append(ids, r.NodeID)
+	}
+	st, p := e.call("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
+	if st != http.StatusConflict || p.Code != proto.CodeQuotaExceeded || p.Title != "alice@example.com already has 3 devices, the most one user may have" {
+		t.Fatalf("fourth device = %d %+v, want 409 QUOTA_EXCEEDED", st, p)
+	}
+	// The cap is per user.
+	e.must("POST", "/api/v1/devices", bob.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
+	e.must("DELETE", "/api/v1/devices/"+ids[0], alice.Token, nil, nil)
+	e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
+}
+
+// TestPendingRequestCap: a user has at most MaxPendingRequests requests
+// waiting for a decision.
+func TestPendingRequestCap(t *testing.T) {
+	e := newAccessEnvWith(t, func(c *Config) { c.MaxPendingRequests = 2 })
+	for i := range 3 {
+		e.must("POST", "/api/v1/roles", e.admin.Token, proto.Role{Name: fmt.Sprintf("r%d", i), Groups: []string{"g"}}, nil)
+	}
+	var first proto.AccessRequest
+	for i := range 2 {
+		ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: fmt.Sprintf("r%d", i), Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
+		if p != nil {
+			t.Fatalf("request %d = %d %+v", i, st, p)
+		}
+		if i == 0 {
+			first = ar
+		}
+	}
+	_, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "r2", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
+	if st != http.StatusConflict || p.Code != proto.CodeQuotaExceeded {
+		t.Fatalf("third pending request = %d %+v, want 409 QUOTA_EXCEEDED", st, p)
+	}
+	// A decision frees a place.
+	e.must("POST", "/api/v1/access-requests/"+first.ID+"/deny", e.admin.Token, proto.AccessDecision{Reason: "no"}, nil)
+	if _, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "r2", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"}); p != nil {
+		t.Fatalf("request after a denial = %d %+v", st, p)
+	}
+}
+
+// TestEndedRequestsAreArchived: denied, revoked and expired requests leave
+// the live set (which the expiry sweep walks under the global lock) for
+// the archive, are still listed, and cannot be decided again; a store
+// that kept them live is migrated at start.
+func TestEndedRequestsAreArchived(t *testing.T) {
+	e := newAccessEnv(t)
+	ar, _, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
+	if p != nil {
+		t.Fatal(p)
+	}
+	e.must("POST", "/api/v1/access-requests/"+ar.ID+"/deny", e.sam.Token, proto.AccessDecision{Reason: "no"}, nil)
+	live := func() int {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return len(e.srv.requests)
+	}
+	if n := live(); n != 0 {
+		t.Fatalf("%d live requests after the denial, want 0", n)
+	}
+	var list []proto.AccessRequest
+	e.must("GET", "/api/v1/access-requests", e.alice.Token, nil, &list)
+	if len(list) != 1 || list[0].State != proto.RequestDenied {
+		t.Fatalf("alice's requests = %+v", list)
+	}
+	for _, tt := range []struct{ who, action string }{{e.sam.Token, "approve"}, {e.alice.Token, "revoke"}} {
+		if st, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/"+tt.action, tt.who, proto.AccessDecision{Reason: "again"}, nil); st != http.StatusConflict && st != http.StatusNotFound {
+			t.Fatalf("%s of a denied request = %d %+v", tt.action, st, p)
+		}
+	}
+	// A store of an earlier version kept ended requests live.
+	old := accessRequest{ID: "req_old", UserID: "usr_x", State: proto.RequestRevoked, Created: time.Now()}
+	if err := e.srv.st.Update(func(tx store.Tx) error { return store.Put(tx, store.Requests, old.ID, &old) }); err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+	e.start()
+	if n := live(); n != 0 {
+		t.Fatalf("%d live requests after restart, want 0", n)
+	}
+	got, err := e.srv.archivedRequests("")
+	if err != nil || len(got) != 2 {
+		t.Fatalf("archive = %+v, %v; want the denied and the migrated request", got, err)
+	}
+}
