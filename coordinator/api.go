@@ -446,7 +446,7 @@ func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix
 	}
 	var cert string
 	err := s.st.Update(func(tx store.Tx) error {
-		addrs, err := allocate(tx, n.ID, s.cfg.IPv4Prefix, s.v6)
+		addrs, err := s.ipam.allocate(tx, n.ID)
 		if err != nil {
 			return err
 		}

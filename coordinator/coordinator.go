@@ -113,6 +113,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.loadKeys(); err != nil {
 		return nil, err
 	}
+	s.state.ipam = newIPAM(cfg.IPv4Prefix, s.v6)
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -368,6 +369,7 @@ func (s *Server) loadKeys() error {
 func (s *Server) load() error {
 	return s.st.View(func(tx store.Tx) error {
 		for _, load := range []func(store.Tx) error{
+			s.state.ipam.loadAddresses,
 			loadAll(store.Users, s.state.putUser),
 			loadAll(store.Sessions, func(se *session) { s.state.sessions[se.IDHash] = se }),
 			loadAll(store.Clusters, s.state.putCluster),

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 
 	"github.com/clustral/clustral/coordinator/store"
@@ -12,15 +13,52 @@ import (
 // errPoolExhausted is returned when an overlay prefix has no free address.
 var errPoolExhausted = errors.New("overlay address pool exhausted")
 
-// allocate reserves one free address in each overlay prefix for nodeID,
-// inside tx. Addresses are kept in the store (address → node id), so they
-// are unique and stable across restarts, and free again when the node is
-// deleted. The search starts at a random offset so that a reclaimed address
-// is not handed out again at once.
-func allocate(tx store.Tx, nodeID string, prefixes ...netip.Prefix) ([]netip.Prefix, error) {
-	var out []netip.Prefix
+// ipam is the in-memory index of the overlay addresses in use, one pool
+// per overlay prefix, so that finding a free address costs no store reads:
+// a write transaction reads one key per address it hands out (to confirm
+// it is free) however full the pool is. The store (address → node id)
+// stays the record: addresses are unique and stable across restarts and
+// free again when the node is deleted. It is guarded by Server.mu.
+type ipam struct {
+	pools []*addrPool
+}
+
+func newIPAM(prefixes ...netip.Prefix) *ipam {
+	m := &ipam{}
 	for _, p := range prefixes {
-		a, err := allocateOne(tx, nodeID, p)
+		m.pools = append(m.pools, newAddrPool(p))
+	}
+	return m
+}
+
+// use marks a as in use, in the pool whose prefix holds it.
+func (m *ipam) use(a netip.Addr) {
+	for _, p := range m.pools {
+		if p.prefix.Contains(a) {
+			p.set(p.offset(a), true)
+		}
+	}
+}
+
+// free marks a as free.
+func (m *ipam) free(a netip.Addr) {
+	for _, p := range m.pools {
+		if p.prefix.Contains(a) {
+			p.set(p.offset(a), false)
+		}
+	}
+}
+
+// maxConfirm bounds the candidates one allocation confirms in the store;
+// a candidate is taken only when the index and the store disagree.
+const maxConfirm = 8
+
+// allocate reserves one free address in each pool for nodeID, inside tx.
+// It does not mark them in use: the caller does (use) once tx committed.
+func (m *ipam) allocate(tx store.Tx, nodeID string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, p := range m.pools {
+		a, err := p.allocate(tx, nodeID, m)
 		if err != nil {
 			return nil, err
 		}
@@ -29,28 +67,125 @@ func allocate(tx store.Tx, nodeID string, prefixes ...netip.Prefix) ([]netip.Pre
 	return out, nil
 }
 
-// maxProbe bounds the search for a free address.
-const maxProbe = 1 << 20
+// addrPool is the index of one prefix. Prefixes of up to 2^24 addresses
+// (an IPv4 /8) keep a bitmap, in which a free address is found by a
+// scan of 64-bit words; larger ones (IPv6) keep the used offsets in a map
+// and probe at random, which finds a free one at once while the pool is
+// far from full, as a /64 always is.
+type addrPool struct {
+	prefix netip.Prefix
+	size   uint64 // addresses in the prefix, at most 2^62
+	used   uint64 // offsets in use, the two reserved ones included
+	bits   []uint64
+	sparse map[uint64]bool
+}
 
-func allocateOne(tx store.Tx, nodeID string, p netip.Prefix) (netip.Addr, error) {
+// maxBitmapBits bounds the prefixes indexed by a bitmap.
+const maxBitmapBits = 24
+
+func newAddrPool(p netip.Prefix) *addrPool {
 	p = p.Masked()
-	hostBits := p.Addr().BitLen() - p.Bits()
-	if hostBits > 62 {
-		hostBits = 62
+	hostBits := min(p.Addr().BitLen()-p.Bits(), 62)
+	ap := &addrPool{prefix: p, size: uint64(1) << hostBits}
+	if hostBits <= maxBitmapBits {
+		ap.bits = make([]uint64, (ap.size+63)/64)
+	} else {
+		ap.sparse = map[uint64]bool{}
 	}
-	size := uint64(1) << hostBits
+	// The network and the broadcast-like last address are never handed
+	// out.
+	ap.set(0, true)
+	ap.set(ap.size-1, true)
+	return ap
+}
+
+func (p *addrPool) offset(a netip.Addr) uint64 {
+	b, base := a.As16(), p.prefix.Addr().As16()
+	var off uint64
+	for i := 8; i < 16; i++ {
+		off = off<<8 | uint64(b[i]-base[i])
+	}
+	return off & (p.size - 1)
+}
+
+func (p *addrPool) isSet(off uint64) bool {
+	if p.bits != nil {
+		return p.bits[off/64]&(1<<(off%64)) != 0
+	}
+	return p.sparse[off]
+}
+
+func (p *addrPool) set(off uint64, used bool) {
+	if off >= p.size || p.isSet(off) == used {
+		return
+	}
+	if used {
+		p.used++
+	} else {
+		p.used--
+	}
+	if p.bits != nil {
+		p.bits[off/64] ^= 1 << (off % 64)
+		return
+	}
+	if used {
+		p.sparse[off] = true
+	} else {
+		delete(p.sparse, off)
+	}
+}
+
+// maxSparseProbes bounds the random probes in a sparse pool.
+const maxSparseProbes = 64
+
+// candidate returns a free offset, starting the search at a random place
+// so that a reclaimed address is not handed out again at once, or false
+// when the pool is full.
+func (p *addrPool) candidate() (uint64, bool) {
+	if p.used >= p.size {
+		return 0, false
+	}
 	var rb [8]byte
 	rand.Read(rb[:])
-	start := beUint64(rb[:]) % size
-	probes := min(size, maxProbe)
-	for i := uint64(0); i < probes; i++ {
-		off := (start + i) % size
-		if off == 0 || off == size-1 {
-			continue // network and broadcast-like addresses
+	start := beUint64(rb[:]) % p.size
+	if p.bits == nil {
+		for i := uint64(0); i < maxSparseProbes; i++ {
+			off := (start + i*0x9e3779b97f4a7c15) % p.size
+			if !p.sparse[off] {
+				return off, true
+			}
 		}
-		a := addOffset(p.Addr(), off)
+		return 0, false
+	}
+	words := uint64(len(p.bits))
+	w0 := start / 64
+	for i := uint64(0); i <= words; i++ {
+		w := (w0 + i) % words
+		free := ^p.bits[w]
+		if i == 0 {
+			free &= ^uint64(0) << (start % 64) // from start on in its word
+		}
+		if w == words-1 && p.size%64 != 0 {
+			free &= 1<<(p.size%64) - 1 // past the end of a small prefix
+		}
+		if free != 0 {
+			return w*64 + uint64(bits.TrailingZeros64(free)), true
+		}
+	}
+	return 0, false
+}
+
+func (p *addrPool) allocate(tx store.Tx, nodeID string, m *ipam) (netip.Addr, error) {
+	for range maxConfirm {
+		off, ok := p.candidate()
+		if !ok {
+			break
+		}
+		a := addOffset(p.prefix.Addr(), off)
 		key := a.String()
 		if _, err := tx.GetRaw(store.Addresses, key); err == nil {
+			// The store knows better: an address without a node.
+			p.set(off, true)
 			continue
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return netip.Addr{}, err
@@ -60,7 +195,19 @@ func allocateOne(tx store.Tx, nodeID string, p netip.Prefix) (netip.Addr, error)
 		}
 		return a, nil
 	}
-	return netip.Addr{}, fmt.Errorf("%w: %s", errPoolExhausted, p)
+	return netip.Addr{}, fmt.Errorf("%w: %s", errPoolExhausted, p.prefix)
+}
+
+// loadAddresses marks every address the store holds as in use.
+func (m *ipam) loadAddresses(tx store.Tx) error {
+	return tx.ForEach(store.Addresses, func(k string, _ []byte) error {
+		a, err := netip.ParseAddr(k)
+		if err != nil {
+			return fmt.Errorf("stored overlay address %q: %w", k, err)
+		}
+		m.use(a)
+		return nil
+	})
 }
 
 // deleteNode removes n from the store and frees its overlay addresses,

@@ -43,6 +43,10 @@ type state struct {
 	asgByRole   map[string]map[string]*assignment
 
 	requests map[string]*accessRequest
+
+	// ipam indexes the overlay addresses in use: those of the nodes, and
+	// any other the store holds. Set before the nodes are loaded.
+	ipam *ipam
 }
 
 func (s *state) init() {
@@ -121,6 +125,9 @@ func (s *state) putNode(n *node) {
 	s.nodes[n.ID] = n
 	s.nodesByKey[n.Key] = n
 	s.nodesByToken[n.TokenHash] = n
+	for _, a := range n.Addresses {
+		s.ipam.use(a.Addr())
+	}
 	switch n.Kind {
 	case proto.KindDevice:
 		addTo(s.devicesByUser, n.UserID, n.ID, n)
@@ -136,6 +143,9 @@ func (s *state) dropNode(n *node) {
 	}
 	delete(s.nodesByToken, n.TokenHash)
 	delete(s.endpoints, n.ID)
+	for _, a := range n.Addresses {
+		s.ipam.free(a.Addr())
+	}
 	delFrom(s.devicesByUser, n.UserID, n.ID)
 	delFrom(s.agentsByClust, n.ClusterID, n.ID)
 }
