@@ -81,6 +81,9 @@ type Config struct {
 	RelayRate  int
 	RelayBurst int
 	RelayQueue int
+	// RelayQueueBytes bounds the bytes of frames waiting for one
+	// destination node; 0 means DefaultRelayQueueBytes.
+	RelayQueueBytes int
 
 	// SourceRate is how many unauthenticated requests (login start, ID
 	// token exchange, OIDC callback, registrations with a refused
@@ -196,6 +199,9 @@ func (c Config) withDefaults() (Config, error) {
 	c.RelayBurst = max(c.RelayBurst, 64<<10) // one datagram always fits
 	if c.RelayQueue <= 0 {
 		c.RelayQueue = DefaultRelayQueue
+	}
+	if c.RelayQueueBytes <= 0 {
+		c.RelayQueueBytes = DefaultRelayQueueBytes
 	}
 	if c.SourceRate == 0 {
 		c.SourceRate = DefaultSourceRate

@@ -29,6 +29,10 @@ const (
 	// DefaultRelayQueue is how many datagrams wait for one destination
 	// node before more are dropped.
 	DefaultRelayQueue = 1024
+	// DefaultRelayQueueBytes is how many bytes of frames wait for one
+	// destination node before more are dropped: about 30 ms at the
+	// default rate.
+	DefaultRelayQueueBytes = 1 << 20
 )
 
 const (
@@ -58,9 +62,11 @@ type relay struct {
 	// Limits of new connections, from Config.
 	rate         rate.Limit
 	burst, queue int
+	queueBytes   int64
 
 	packets, bytes                         atomic.Uint64
 	droppedRate, droppedQueue, droppedPeer atomic.Uint64
+	droppedSize                            atomic.Uint64
 	stunRequests                           atomic.Uint64
 	stunPort                               atomic.Uint32
 }
@@ -72,6 +78,8 @@ func newRelay(s *Server) *relay {
 		rate:  rate.Limit(s.cfg.RelayRate),
 		burst: s.cfg.RelayBurst,
 		queue: s.cfg.RelayQueue,
+		// A full datagram always fits.
+		queueBytes: max(int64(s.cfg.RelayQueueBytes), proto.RelayFrameHeaderLen+32+proto.MaxRelayDatagram),
 	}
 }
 
@@ -82,7 +90,8 @@ type relayConn struct {
 	key    proto.Key
 	nodeID string
 	conn   net.Conn
-	out    chan []byte // whole frames
+	out    chan []byte  // whole frames
+	queued atomic.Int64 // bytes of the frames in out
 	done   chan struct{}
 	once   sync.Once
 	lim    *rate.Limiter
@@ -112,13 +121,14 @@ func (s *Server) RelayStats() proto.RelayStats {
 	n := len(r.conns)
 	r.mu.RUnlock()
 	return proto.RelayStats{
-		Conns:         n,
-		Packets:       r.packets.Load(),
-		Bytes:         r.bytes.Load(),
-		DroppedRate:   r.droppedRate.Load(),
-		DroppedQueue:  r.droppedQueue.Load(),
-		DroppedNoPeer: r.droppedPeer.Load(),
-		STUNRequests:  r.stunRequests.Load(),
+		Conns:           n,
+		Packets:         r.packets.Load(),
+		Bytes:           r.bytes.Load(),
+		DroppedRate:     r.droppedRate.Load(),
+		DroppedQueue:    r.droppedQueue.Load(),
+		DroppedNoPeer:   r.droppedPeer.Load(),
+		DroppedTooLarge: r.droppedSize.Load(),
+		STUNRequests:    r.stunRequests.Load(),
 	}
 }
 
@@ -217,9 +227,15 @@ func (rl *relay) read(c *relayConn, br *bufio.Reader) error {
 	}
 }
 
-// forward queues pkt from src for dst, or drops it: when src exceeds its
-// rate, dst is not connected or not src's peer, or dst's queue is full.
+// forward queues pkt from src for dst, or drops it: when it is larger
+// than a WireGuard datagram of the tunnel's MTU, src exceeds its rate, dst
+// is not connected or not src's peer, or dst's queue is full (in
+// datagrams or in bytes).
 func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
+	if len(pkt) > proto.MaxRelayDatagram {
+		rl.droppedSize.Add(1)
+		return
+	}
 	if !src.lim.AllowN(time.Now(), len(pkt)) {
 		rl.droppedRate.Add(1)
 		return
@@ -232,11 +248,18 @@ func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
 		return
 	}
 	frame := proto.AppendRelayPacket(make([]byte, 0, proto.RelayFrameHeaderLen+len(src.key)+len(pkt)), src.key, pkt)
+	n := int64(len(frame))
+	if dst.queued.Add(n) > rl.queueBytes {
+		dst.queued.Add(-n)
+		rl.droppedQueue.Add(1)
+		return
+	}
 	select {
 	case dst.out <- frame:
 		rl.packets.Add(1)
 		rl.bytes.Add(uint64(len(pkt)))
 	default:
+		dst.queued.Add(-n)
 		rl.droppedQueue.Add(1)
 	}
 }
@@ -291,6 +314,7 @@ func (rl *relay) write(c *relayConn, bw *bufio.Writer) {
 		case <-ka.C:
 			frame = proto.AppendRelayKeepAlive(nil)
 		case frame = <-c.out:
+			c.queued.Add(-int64(len(frame)))
 		}
 		c.conn.SetWriteDeadline(time.Now().Add(relayIdle))
 		if _, err := bw.Write(frame); err != nil {
@@ -302,6 +326,7 @@ func (rl *relay) write(c *relayConn, bw *bufio.Writer) {
 		for bw.Buffered() < 32<<10 {
 			select {
 			case frame = <-c.out:
+				c.queued.Add(-int64(len(frame)))
 				if _, err := bw.Write(frame); err != nil {
 					return
 				}

@@ -341,3 +341,72 @@ func TestRelayFollowsGrantAtOnce(t *testing.T) {
 		t.Errorf("stats = %+v, want only the packet before the grant dropped", st)
 	}
 }
+
+// relayPair registers a source and a destination relay connection for
+// alice and the agent of m, with a destination that never drains, and
+// removes them at the end of the test.
+func relayPair(e *testEnv, m relayMesh, queue int) (src, dst *relayConn) {
+	e.t.Helper()
+	rl := e.srv.relay
+	e.srv.mu.Lock()
+	agentID, aliceID := e.srv.nodesByKey[m.agentKey].ID, e.srv.nodesByKey[m.aliceKey].ID
+	e.srv.mu.Unlock()
+	dst = &relayConn{key: m.agentKey, nodeID: agentID, out: make(chan []byte, queue), allowed: map[proto.Key]allowEntry{}}
+	src = &relayConn{key: m.aliceKey, nodeID: aliceID, lim: rate.NewLimiter(rate.Inf, 0), allowed: map[proto.Key]allowEntry{}}
+	rl.mu.Lock()
+	rl.conns[dst.key], rl.conns[src.key] = dst, src
+	rl.mu.Unlock()
+	e.t.Cleanup(func() {
+		rl.mu.Lock()
+		delete(rl.conns, dst.key)
+		delete(rl.conns, src.key)
+		rl.mu.Unlock()
+	})
+	return src, dst
+}
+
+// TestRelayQueueBoundInBytes: a destination's queue is bounded in bytes
+// as well as in datagrams, so full-size datagrams cannot pile up 64 KiB
+// each up to the datagram count.
+func TestRelayQueueBoundInBytes(t *testing.T) {
+	e := newTestEnvWith(t, func(c *Config) { c.RelayQueueBytes = 4000 })
+	m := newRelayMesh(e)
+	src, dst := relayPair(e, m, 1000)
+	pkt := make([]byte, 1000) // a 1037-byte frame: three fit in 4000 bytes
+	for range 10 {
+		e.srv.relay.forward(src, dst.key, pkt)
+	}
+	if st := e.srv.RelayStats(); st.Packets != 3 || st.DroppedQueue != 7 {
+		t.Fatalf("stats = %+v, want 3 queued and 7 dropped", st)
+	}
+	if q := dst.queued.Load(); q != 3*1037 {
+		t.Fatalf("queued bytes = %d, want %d", q, 3*1037)
+	}
+}
+
+// TestRelayRefusesOversizedDatagrams: a datagram larger than a WireGuard
+// message of the tunnel's MTU is dropped and counted.
+func TestRelayRefusesOversizedDatagrams(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	src, dst := relayPair(e, m, 16)
+	for _, tt := range []struct {
+		size int
+		ok   bool
+	}{
+		{proto.MaxRelayDatagram, true},
+		{proto.MaxRelayDatagram + 1, false},
+		{65535, false},
+		{148, true}, // a handshake initiation
+	} {
+		before := e.srv.RelayStats()
+		e.srv.relay.forward(src, dst.key, make([]byte, tt.size))
+		after := e.srv.RelayStats()
+		if got := after.Packets - before.Packets; got != map[bool]uint64{true: 1, false: 0}[tt.ok] {
+			t.Errorf("datagram of %d bytes: forwarded %d, want ok=%v", tt.size, got, tt.ok)
+		}
+		if !tt.ok && after.DroppedTooLarge != before.DroppedTooLarge+1 {
+			t.Errorf("datagram of %d bytes not counted as too large: %+v", tt.size, after)
+		}
+	}
+}

@@ -119,7 +119,7 @@ func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int))
 func (c *relayClient) up() bool { return c.isUp.Load() }
 
 func (c *relayClient) send(dst proto.Key, pkt []byte) bool {
-	if !c.isUp.Load() || len(pkt) > proto.MaxRelayPayload-len(dst) {
+	if !c.isUp.Load() || len(pkt) > proto.MaxRelayDatagram {
 		return false
 	}
 	buf := getPacketBuf(proto.RelayFrameHeaderLen + len(dst) + len(pkt))
@@ -221,6 +221,9 @@ func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
 		src, pkt, err := proto.ParseRelayPacket(payload)
 		if err != nil {
 			return true, err
+		}
+		if len(pkt) > proto.MaxRelayDatagram {
+			continue // no peer sends one; the coordinator does not relay one
 		}
 		buf := getPacketBuf(len(pkt))
 		copy(*buf, pkt)

@@ -47,6 +47,16 @@ const RelayFrameHeaderLen = 5
 // datagram.
 const MaxRelayPayload = 32 + 65535
 
+// MaxRelayDatagram bounds the WireGuard datagrams the relay carries: a
+// transport message holding one packet of the tunnel's MTU (1420, the
+// netstack's and the TUN's) padded to 16 bytes, with its 16-byte header
+// and 16-byte tag. Handshake messages are smaller. The relay refuses
+// larger ones.
+const MaxRelayDatagram = TunnelMTU + 16 + 32
+
+// TunnelMTU is the MTU of the tunnel interfaces of every node.
+const TunnelMTU = 1420
+
 // ErrRelayFrame is the error of a malformed relay frame. The connection it
 // came on cannot be trusted further and must be closed.
 var ErrRelayFrame = errors.New("malformed relay frame")
@@ -109,12 +119,15 @@ type RelayStats struct {
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
 	// DroppedRate counts datagrams dropped because their sender exceeded
-	// its rate; DroppedQueue because the destination's queue was full;
+	// its rate; DroppedQueue because the destination's queue was full (in
+	// datagrams or in bytes);
 	// DroppedNoPeer because the destination is not connected or not a
 	// peer of the sender.
 	DroppedRate   uint64 `json:"dropped_rate"`
 	DroppedQueue  uint64 `json:"dropped_queue"`
 	DroppedNoPeer uint64 `json:"dropped_no_peer"`
+	// DroppedTooLarge counts datagrams over MaxRelayDatagram.
+	DroppedTooLarge uint64 `json:"dropped_too_large"`
 	// STUNRequests counts endpoint-discovery probes answered.
 	STUNRequests uint64 `json:"stun_requests"`
 }
