@@ -272,7 +272,7 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 	if other := s.userByLogin(login); other != nil && other != u {
 		s.audit(proto.AuditEvent{Code: proto.AuditLoginCollision, Actor: login, Object: other.ID, Outcome: proto.OutcomeDenied,
 			Metadata: map[string]string{"subject": c.Subject, "login": login, "holder": other.ID}})
-		return nil, &LoginCollisionError{Login: login}
+		return nil, &loginCollisionError{Login: login}
 	}
 	var before map[string]bool
 	var nu user
@@ -447,10 +447,10 @@ func (s *Server) isConfiguredAdmin(login string, groups []string) bool {
 	return false
 }
 
-// LoginCollisionError refuses a login whose login claim already belongs to
+// loginCollisionError refuses a login whose login claim already belongs to
 // another user (another subject at the identity provider).
-type LoginCollisionError struct{ Login string }
+type loginCollisionError struct{ Login string }
 
-func (e *LoginCollisionError) Error() string {
+func (e *loginCollisionError) Error() string {
 	return fmt.Sprintf("login %s already belongs to another user of this coordinator; logins are unique. Ask an administrator: the identity provider now gives your account a login that another account had", e.Login)
 }

@@ -31,8 +31,12 @@ func newIPAM(prefixes ...netip.Prefix) *ipam {
 	return m
 }
 
-// use marks a as in use, in the pool whose prefix holds it.
+// use marks a as in use, in the pool whose prefix holds it. A nil ipam
+// ignores it.
 func (m *ipam) use(a netip.Addr) {
+	if m == nil {
+		return
+	}
 	for _, p := range m.pools {
 		if p.prefix.Contains(a) {
 			p.set(p.offset(a), true)
@@ -42,6 +46,9 @@ func (m *ipam) use(a netip.Addr) {
 
 // free marks a as free.
 func (m *ipam) free(a netip.Addr) {
+	if m == nil {
+		return
+	}
 	for _, p := range m.pools {
 		if p.prefix.Contains(a) {
 			p.set(p.offset(a), false)
