@@ -91,8 +91,9 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	progress("starting coordinator and agent")
 	m.coord, err = harness.StartCoordinator(sctx, bin, filepath.Join(dir, "coordinator"), harness.CoordinatorOptions{
 		Port: port, Dex: m.env.Dex, ClientID: oidcClient, ClientSecret: oidcSecret, Admins: []string{adminUser.Email},
-		// Every simulated user logs in from this one address.
-		ExtraArgs: []string{"--source-rate=-1"},
+		// Every simulated user logs in from this one address, and each
+		// registers up to scaleDevicesPerUser devices.
+		ExtraArgs: []string{"--source-rate=-1", fmt.Sprintf("--max-devices-per-user=%d", max(scaleDevicesPerUser, devicesPerUser))},
 	})
 	if err != nil {
 		return m, err
