@@ -242,7 +242,7 @@ func (s *Server) startLogin(req proto.LoginStartRequest, source string) (proto.L
 		return proto.LoginStartResponse{}, loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
 			fmt.Sprintf("code_challenge_method %q is not supported; only S256 is", req.CodeChallengeMethod), "update clustral to the coordinator's version")
 	}
-	if len(req.CodeChallenge) != 43 || !validVerifier(req.CodeChallenge+"") {
+	if len(req.CodeChallenge) != 43 || !validVerifier(req.CodeChallenge) {
 		return proto.LoginStartResponse{}, loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
 			"code_challenge must be the 43-character BASE64URL(SHA-256(verifier))", "update clustral to the coordinator's version")
 	}
@@ -422,7 +422,9 @@ func (s *Server) poll(handle, verifier string) (*proto.Session, *proto.Problem) 
 		if pl.redirect != "" {
 			p.Detail = "signed in at the identity provider; waiting for the browser to come back to this machine"
 		} else {
-			p.Detail = "signed in as " + pl.who + "; waiting for the code to be confirmed in the browser"
+			// Not who signed in: whoever polls may be the one who sent
+			// the link.
+			p.Detail = "signed in at the identity provider; waiting for the code to be confirmed in the browser"
 		}
 	}
 	t.mu.Unlock()
@@ -679,7 +681,7 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: confirmCookie, Value: secret, Path: "/oidc/confirm",
-		MaxAge: max(1, int(time.Until(pl.expires).Seconds())), HttpOnly: true,
+		MaxAge: max(1, int(pl.expires.Sub(s.now()).Seconds())), HttpOnly: true,
 		Secure: strings.HasPrefix(s.cfg.PublicURL, "https://"), SameSite: http.SameSiteStrictMode})
 	writeLoginPage(w, http.StatusOK, s.pageData(pl))
 }
@@ -695,7 +697,20 @@ func (s *Server) sameOrigin(r *http.Request) bool {
 		return true
 	}
 	pu, err := url.Parse(s.cfg.PublicURL)
-	return err == nil && strings.EqualFold(o, pu.Scheme+"://"+pu.Host)
+	if err != nil {
+		return false
+	}
+	ou, err := url.Parse(o)
+	return err == nil && origin(ou) == origin(pu)
+}
+
+// origin is u's scheme, host and port, the port made explicit.
+func origin(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[strings.ToLower(u.Scheme)]
+	}
+	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(net.JoinHostPort(u.Hostname(), port))
 }
 
 func (s *Server) handleConfirm(w http.ResponseWriter, r *http.Request) {

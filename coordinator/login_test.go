@@ -284,7 +284,7 @@ func TestLoginHeadlessConfirm(t *testing.T) {
 	if strings.Contains(page, cli.UserCode) {
 		t.Fatal("the confirmation page shows the code it asks for")
 	}
-	if st, p, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusAccepted || !strings.Contains(p.Detail, "confirmed in the browser") {
+	if st, p, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusAccepted || !strings.Contains(p.Detail, "confirmed in the browser") || strings.Contains(p.Detail, "alice") {
 		t.Fatalf("poll before confirmation = %d %+v", st, p)
 	}
 	// A wrong code shows the form again.
@@ -343,6 +343,9 @@ func TestLoginHeadlessRefusals(t *testing.T) {
 		}, http.StatusForbidden, proto.CodeLoginPending, ""},
 		{"cross-site post", func(e *testEnv, b *http.Client, page, code string) (int, string) {
 			return e.confirmForm(b, page, code, "confirm", map[string]string{"Origin": "https://evil.example.com"})
+		}, http.StatusForbidden, proto.CodeLoginPending, ""},
+		{"cross-site post, default port", func(e *testEnv, b *http.Client, page, code string) (int, string) {
+			return e.confirmForm(b, page, code, "confirm", map[string]string{"Origin": "http://127.0.0.1"})
 		}, http.StatusForbidden, proto.CodeLoginPending, ""},
 		{"cross-site fetch", func(e *testEnv, b *http.Client, page, code string) (int, string) {
 			return e.confirmForm(b, page, code, "confirm", map[string]string{"Sec-Fetch-Site": "cross-site"})
@@ -474,4 +477,25 @@ func FuzzDeviceText(f *testing.F) {
 			t.Fatalf("cleanDeviceText(%q) has %d runes", s, n)
 		}
 	})
+}
+
+func TestOrigin(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		same bool
+	}{
+		{"https://c.example.com", "https://c.example.com:443/", true},
+		{"https://C.example.com", "https://c.example.com", true},
+		{"http://c.example.com", "http://c.example.com:80", true},
+		{"http://c.example.com", "https://c.example.com", false},
+		{"https://c.example.com:8443", "https://c.example.com", false},
+		{"https://c.example.com.evil.example", "https://c.example.com", false},
+		{"https://[::1]:7443", "https://[::1]:7443/x", true},
+	} {
+		a, _ := url.Parse(tt.a)
+		b, _ := url.Parse(tt.b)
+		if got := origin(a) == origin(b); got != tt.same {
+			t.Errorf("origin(%s) == origin(%s) is %v, want %v", tt.a, tt.b, got, tt.same)
+		}
+	}
 }
