@@ -141,7 +141,9 @@ func interactiveLogin(ctx context.Context, g *globals, api *apiClient, noBrowser
 	if err := api.do(ctx, "POST", proto.APIVersion+"/login/start", req, &start); err != nil {
 		return nil, cliErr(err)
 	}
-	ctx, cancel := context.WithDeadline(ctx, start.ExpiresAt)
+	// The coordinator ends the login at ExpiresAt (a poll then says so);
+	// the local deadline only backs that up, and allows for clock skew.
+	ctx, cancel := context.WithTimeout(ctx, max(start.ExpiresAt.Sub(now()), time.Minute)+30*time.Second)
 	defer cancel()
 	var sp *spinner
 	if lb != nil {

@@ -75,3 +75,40 @@ func TestLoginHeadless(t *testing.T) {
 		t.Errorf("login/start = %+v", e.coord.loginStart)
 	}
 }
+
+// TestLoginLoopbackError: a login the coordinator refused comes back to
+// the listener as an error, which the CLI reports at once (exit 3) and
+// shows in the browser.
+func TestLoginLoopbackError(t *testing.T) {
+	e := newTestEnv(t)
+	oldHas, oldOpen := hasBrowser, openBrowser
+	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
+	hasBrowser = func() bool { return true }
+	page := make(chan string, 1)
+	openBrowser = func(string) error {
+		e.coord.mu.Lock()
+		redirect := e.coord.loginStart.RedirectURI
+		e.coord.mu.Unlock()
+		go func() {
+			resp, err := http.Get(redirect + "?" + url.Values{"error": {"login_failed"}, "error_description": {"user bob@example.com is disabled; ask an administrator"}}.Encode())
+			if err != nil {
+				page <- err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			page <- string(b)
+		}()
+		return nil
+	}
+	code, _, errb := e.run("login", e.coord.srv.URL, "--ca-file", e.coord.caFile)
+	if code != exitAuth || !strings.Contains(errb, "error: login failed: user bob@example.com is disabled") || !strings.Contains(errb, "hint: run clustral login again") {
+		t.Fatalf("login: exit %d\n%s", code, errb)
+	}
+	if p := <-page; !strings.Contains(p, "Login failed") {
+		t.Errorf("browser page: %s", p)
+	}
+	if s, _ := loadSession(e.dir); s != nil {
+		t.Errorf("a session was stored: %+v", s)
+	}
+}
