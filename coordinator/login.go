@@ -594,7 +594,7 @@ var loginPage = template.Must(template.New("login").Parse(`<!doctype html>
 <body style="font-family:sans-serif;margin:4em;max-width:40em">
 {{- if .Err}}<h1>Login failed</h1><p>{{.Err}}</p>
 {{- else if .Done}}<h1>Signed in as {{.Login}}</h1>
-<p>The terminal on {{.Hostname}} is now signed in. You can close this window.</p>
+<p>Confirmed: the terminal on {{.Hostname}} finishes signing in now. You can close this window.</p>
 {{- else if .Declined}}<h1>Login cancelled</h1>
 <p>No session was issued. If you did not start this login yourself, tell your security team.</p>
 {{- else}}<h1>Confirm this login</h1>
@@ -735,7 +735,7 @@ func (s *Server) handleConfirm(w http.ResponseWriter, r *http.Request) {
 	d := s.pageData(pl)
 	switch {
 	case res == confirmAgain:
-		d.Problem = err.Error()
+		d.Problem = strings.ToUpper(err.Error()[:1]) + err.Error()[1:] + "."
 		writeLoginPage(w, http.StatusUnprocessableEntity, d)
 		return
 	case err != nil:
