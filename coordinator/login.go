@@ -130,21 +130,25 @@ func loginProblem(status int, code proto.ErrorCode, title, hint string) *proto.P
 // http://[::1]:PORT/... (RFC 8252 §7.3): an address on the machine the
 // browser runs on, never a name a resolver could point elsewhere.
 func checkLoopbackRedirect(raw string) error {
+	shown := raw
+	if len(shown) > 100 {
+		shown = shown[:100] + "..."
+	}
 	const fix = "the CLI must listen on http://127.0.0.1:PORT/ or http://[::1]:PORT/; update clustral"
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("redirect_uri %q is not a URL (%s)", raw, fix)
+		return fmt.Errorf("redirect_uri %q is not a URL (%s)", shown, fix)
 	}
 	if u.Scheme != "http" || u.Opaque != "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
-		return fmt.Errorf("redirect_uri %q must be a plain http:// loopback URL without user, query or fragment (%s)", raw, fix)
+		return fmt.Errorf("redirect_uri %q must be a plain http:// loopback URL without user, query or fragment (%s)", shown, fix)
 	}
 	ip, err := netip.ParseAddr(u.Hostname())
 	if err != nil || (ip != netip.MustParseAddr("127.0.0.1") && ip != netip.IPv6Loopback()) {
-		return fmt.Errorf("redirect_uri %q is not on 127.0.0.1 or [::1]; only a loopback address is accepted (%s)", raw, fix)
+		return fmt.Errorf("redirect_uri %q is not on 127.0.0.1 or [::1]; only a loopback address is accepted (%s)", shown, fix)
 	}
 	p, err := strconv.Atoi(u.Port())
 	if err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("redirect_uri %q has no valid port (%s)", raw, fix)
+		return fmt.Errorf("redirect_uri %q has no valid port (%s)", shown, fix)
 	}
 	return nil
 }
@@ -229,27 +233,36 @@ func remoteHost(r *http.Request) string {
 	return r.RemoteAddr
 }
 
+// checkLoginStart refuses a login/start request that could not be bound
+// to its CLI, with the fix.
+func checkLoginStart(req proto.LoginStartRequest) *proto.Problem {
+	if req.CodeChallenge == "" {
+		return loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
+			"code_challenge is required: this coordinator binds every login to the CLI that started it", "update clustral to the coordinator's version")
+	}
+	if req.CodeChallengeMethod != proto.CodeChallengeS256 {
+		return loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
+			"code_challenge_method must be S256", "update clustral to the coordinator's version")
+	}
+	if len(req.CodeChallenge) != 43 || !validVerifier(req.CodeChallenge) {
+		return loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
+			"code_challenge must be the 43-character BASE64URL(SHA-256(verifier))", "update clustral to the coordinator's version")
+	}
+	if req.RedirectURI != "" {
+		if err := checkLoopbackRedirect(req.RedirectURI); err != nil {
+			return loginProblem(http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "or use clustral login --no-browser")
+		}
+	}
+	return nil
+}
+
 // startLogin registers a pending login for req, which came from source.
 func (s *Server) startLogin(req proto.LoginStartRequest, source string) (proto.LoginStartResponse, *proto.Problem) {
 	if s.oidc == nil {
 		return proto.LoginStartResponse{}, loginProblem(http.StatusServiceUnavailable, proto.CodeLoginFailed, errNoOIDC.Error(), "configure --oidc-issuer on the coordinator")
 	}
-	if req.CodeChallenge == "" {
-		return proto.LoginStartResponse{}, loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
-			"code_challenge is required: this coordinator binds every login to the CLI that started it", "update clustral to the coordinator's version")
-	}
-	if req.CodeChallengeMethod != proto.CodeChallengeS256 {
-		return proto.LoginStartResponse{}, loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
-			fmt.Sprintf("code_challenge_method %q is not supported; only S256 is", req.CodeChallengeMethod), "update clustral to the coordinator's version")
-	}
-	if len(req.CodeChallenge) != 43 || !validVerifier(req.CodeChallenge) {
-		return proto.LoginStartResponse{}, loginProblem(http.StatusBadRequest, proto.CodeBadRequest,
-			"code_challenge must be the 43-character BASE64URL(SHA-256(verifier))", "update clustral to the coordinator's version")
-	}
-	if req.RedirectURI != "" {
-		if err := checkLoopbackRedirect(req.RedirectURI); err != nil {
-			return proto.LoginStartResponse{}, loginProblem(http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "or use clustral login --no-browser")
-		}
+	if p := checkLoginStart(req); p != nil {
+		return proto.LoginStartResponse{}, p
 	}
 	now := s.now()
 	handle := newSecret("lh_")

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -237,7 +238,7 @@ func TestLoginStartChecks(t *testing.T) {
 		want string
 	}{
 		{"no body (an old CLI)", nil, "code_challenge is required"},
-		{"plain method", proto.LoginStartRequest{CodeChallenge: ch, CodeChallengeMethod: "plain"}, "only S256"},
+		{"plain method", proto.LoginStartRequest{CodeChallenge: ch, CodeChallengeMethod: "plain"}, "must be S256"},
 		{"short challenge", proto.LoginStartRequest{CodeChallenge: "abc", CodeChallengeMethod: "S256"}, "43-character"},
 		{"localhost", proto.LoginStartRequest{CodeChallenge: ch, CodeChallengeMethod: "S256", RedirectURI: "http://localhost:8080/cb"}, "not on 127.0.0.1"},
 		{"remote host", proto.LoginStartRequest{CodeChallenge: ch, CodeChallengeMethod: "S256", RedirectURI: "http://evil.example.com:80/cb"}, "not on 127.0.0.1"},
@@ -498,4 +499,42 @@ func TestOrigin(t *testing.T) {
 			t.Errorf("origin(%s) == origin(%s) is %v, want %v", tt.a, tt.b, got, tt.same)
 		}
 	}
+}
+
+// FuzzLoginStartRequest: a login/start body that passes the checks names
+// an S256 challenge and no redirect but a loopback one, and a refusal is
+// a 400 with a hint and a bounded title.
+func FuzzLoginStartRequest(f *testing.F) {
+	ch := oauth2.S256ChallengeFromVerifier("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+	for _, s := range []string{
+		`{"code_challenge":"` + ch + `","code_challenge_method":"S256"}`,
+		`{"code_challenge":"` + ch + `","code_challenge_method":"S256","redirect_uri":"http://127.0.0.1:5000/cb","device":{"hostname":"h","os":"linux/amd64"}}`,
+		`{"code_challenge":"` + ch + `","code_challenge_method":"plain"}`,
+		`{"code_challenge":"` + ch + `","code_challenge_method":"S256","redirect_uri":"http://localhost:5000/cb"}`,
+		`{}`, `null`, `{"code_challenge":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req proto.LoginStartRequest
+		if json.Unmarshal(body, &req) != nil {
+			return
+		}
+		p := checkLoginStart(req)
+		if p != nil {
+			if p.Status != http.StatusBadRequest || p.Hint == "" || len(p.Title) > 400 {
+				t.Fatalf("refusal %+v", p)
+			}
+			return
+		}
+		if req.CodeChallengeMethod != "S256" || len(req.CodeChallenge) != 43 {
+			t.Fatalf("accepted %+v", req)
+		}
+		if req.RedirectURI != "" {
+			u, err := url.Parse(req.RedirectURI)
+			if err != nil || u.Scheme != "http" || (u.Hostname() != "127.0.0.1" && u.Hostname() != "::1") {
+				t.Fatalf("accepted redirect %q", req.RedirectURI)
+			}
+		}
+	})
 }
