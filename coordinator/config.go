@@ -49,6 +49,9 @@ type Config struct {
 	SessionTTL time.Duration
 	// LoginTTL bounds how long a started login waits for the browser.
 	LoginTTL time.Duration
+	// MaxPendingLogins caps the logins waiting for a browser; past it
+	// login/start answers 503 with Retry-After. Default 10,000.
+	MaxPendingLogins int
 	// AgentTTL reclaims an agent that has not connected for this long.
 	AgentTTL time.Duration
 	// PendingRequestTTL expires an access request nobody decided.
@@ -131,6 +134,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.LoginTTL == 0 {
 		c.LoginTTL = d.LoginTTL
+	}
+	if c.MaxPendingLogins <= 0 {
+		c.MaxPendingLogins = DefaultMaxPendingLogins
 	}
 	if c.AgentTTL == 0 {
 		c.AgentTTL = d.AgentTTL

@@ -51,10 +51,9 @@ type Server struct {
 
 	mu sync.Mutex
 	state
-	logins  map[string]*pendingLogin // by handle
-	byState map[string]*pendingLogin // by OAuth state
-	clients map[string]*mapClient    // by node id
-	auditq  auditQueue               // events without a change of state
+	logins  *loginTable
+	clients map[string]*mapClient // by node id
+	auditq  auditQueue            // events without a change of state
 	relay   *relay
 	// mapGen counts changes to any node's map (sendUpsert, sendRemove).
 	// The relay's cached decisions about who may reach whom are valid only
@@ -97,8 +96,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		log:     cfg.Logger,
 		st:      st,
 		now:     cfg.Now,
-		logins:  map[string]*pendingLogin{},
-		byState: map[string]*pendingLogin{},
+		logins:  newLoginTable(),
 		clients: map[string]*mapClient{},
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
@@ -409,6 +407,7 @@ func (s *Server) janitor() {
 		case <-s.stop:
 			return
 		case <-t.C:
+			s.sweepLogins()
 			if err := s.expire(); err != nil {
 				s.log.Error("expire", "err", err)
 			}

@@ -45,6 +45,7 @@ const (
 	AuditLoginToken       AuditCode = "AU002I"
 	AuditLoginFailed      AuditCode = "AU003W"
 	AuditIDTokenRefused   AuditCode = "AU004W"
+	AuditLoginUnbound     AuditCode = "AU005W"
 	AuditSessionRevoked   AuditCode = "SE001I"
 	AuditDeviceRegistered AuditCode = "DV001I"
 	AuditDeviceLeft       AuditCode = "DV002I"
@@ -96,6 +97,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditLoginToken, CategoryAuth, "A user logged in by exchanging an ID token (clustral login --id-token-file). Metadata: groups."},
 	{AuditLoginFailed, CategoryAuth, "A browser login failed: the identity provider refused, the code exchange or the ID token check failed, or the user is disabled. Metadata: reason."},
 	{AuditIDTokenRefused, CategoryAuth, "An ID token presented for direct exchange was refused (issuer, audience, expiry, signature), or its user may not log in. Metadata: reason."},
+	{AuditLoginUnbound, CategoryAuth, "A browser login was signed in at the identity provider but never bound to the machine that started it, so no session was issued: the confirmation page was declined, the code was typed wrong too often, a poll or code exchange came with the wrong verifier, or it expired before the confirmation or the loopback exchange (for example because the link was opened on another machine). Metadata: reason, hostname, os, source, started."},
 	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices."},
 	{AuditDeviceRegistered, CategoryDevice, "A device registered its WireGuard key (clustral up). Metadata: key, hostname."},
 	{AuditDeviceLeft, CategoryDevice, "A device deregistered itself (clustral down)."},
