@@ -3,6 +3,7 @@ package agent
 import (
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -105,41 +106,86 @@ func TestDiscoveryAllowed(t *testing.T) {
 	}
 }
 
-// FuzzRequestInfo feeds arbitrary methods, paths and queries through the
-// parser and a restricted grant, and checks that whatever a grant limited
-// to list/get/watch of pods in namespace dev allows is exactly that, or a
-// request with no resource.
+// FuzzRequestInfo feeds arbitrary methods, targets and upgrade requests
+// through the parser, the restriction check and the proxy's upgrade rule,
+// and checks what each of three roles with limits lets through:
+//   - one limited to get/list/watch of pods and pods/log in namespace dev
+//     allows exactly that, on clean paths, or discovery;
+//   - one with resources * allows no sensitive subresource and no
+//     non-resource URL but discovery and the one it lists;
+//   - no role allows a path that is not clean, except as discovery.
+//
+// It also checks that an upgrade passes only on the paths that use one,
+// with the verb create for exec, attach and port-forward.
 func FuzzRequestInfo(f *testing.F) {
 	for _, s := range []string{
 		"/api/v1/namespaces/dev/pods", "/api/v1/namespaces/dev/pods?watch=true", "/api/v1/watch/namespaces/dev/pods/x",
 		"/api/v1/namespaces/dev/pods/x/exec", "/apis/apps/v1/namespaces/dev/deployments", "/api/v1/namespaces/dev",
 		"/api/v1/namespaces/dev/pods/../../kube-system/pods", "/api/v1/namespaces//pods", "/apis/x/v1/watch",
 		"/version", "/api", "/apis", "//api/v1/pods", "/api/v1/proxy/namespaces/dev/pods/x",
+		"/api/v1/nodes/n1/proxy/exec/dev/web/c?command=sh", "/api/v1/namespaces/dev/services/s/proxy/",
+		"/api/v1/namespaces/dev/serviceaccounts/sa/token", "/api/v1/namespaces/dev/pods/x/ephemeralcontainers",
+		"/metrics", "/logs/", "/debug/pprof/profile", "/metrics/../logs/x", "/api/v1/namespaces/dev/pods/a%2Fb",
+		"/api/v1/namespaces/dev/pods/x/log?follow=true", "/apis/example.com/v1/namespaces/dev/widgets/w/exec",
 	} {
-		f.Add("GET", s)
-		f.Add("DELETE", s)
+		f.Add("GET", s, false)
+		f.Add("DELETE", s, false)
+		f.Add("GET", s, true)
+		f.Add("POST", s, true)
 	}
-	rs := &proto.Restrictions{
+	reader := &proto.Restrictions{
 		Namespaces: []string{"dev"},
 		APIGroups:  []string{""},
 		Resources:  []string{"pods", "pods/log"},
 		Verbs:      []string{"get", "list", "watch"},
 	}
-	f.Fuzz(func(t *testing.T, method, target string) {
+	star := &proto.Restrictions{Resources: []string{"*"}, NonResourceURLs: []string{"/metrics"}}
+	f.Fuzz(func(t *testing.T, method, target string, upgrade bool) {
 		u, err := url.ParseRequestURI(target)
 		if err != nil || !strings.HasPrefix(target, "/") {
 			return
 		}
 		r := &http.Request{Method: method, URL: u, Header: http.Header{}}
-		info := parseRequestInfo(r)
-		if check(rs, info, t0) != stageAllowed || !info.IsResourceRequest || info.Resource == "" {
-			return
+		if upgrade {
+			r.Header.Set("Connection", "Upgrade")
+			r.Header.Set("Upgrade", "websocket")
 		}
-		if info.bad || info.Namespace != "dev" || info.APIGroup != "" ||
-			!(info.Resource == "pods" && (info.Subresource == "" || info.Subresource == "log")) ||
-			!(info.Verb == "get" || info.Verb == "list" || info.Verb == "watch") ||
-			!cleanPath(u) {
-			t.Fatalf("%s %s allowed as %+v", method, target, *info.RequestInfo)
+		info := parseRequestInfo(r)
+		if info.upgrade != upgrade {
+			t.Fatalf("upgrade = %v, want %v", info.upgrade, upgrade)
+		}
+		if upgradable(info) {
+			ok := info.IsResourceRequest && !info.bad && info.APIGroup == "" &&
+				(info.Resource == "pods" && slices.Contains([]string{"exec", "attach", "portforward", "proxy"}, info.Subresource) ||
+					(info.Resource == "services" || info.Resource == "nodes") && info.Subresource == "proxy")
+			if !ok {
+				t.Fatalf("%s %s: upgrade allowed on %+v", method, target, *info.RequestInfo)
+			}
+			if upgrade && info.Resource == "pods" && info.Subresource != "proxy" && info.Verb != "create" {
+				t.Fatalf("%s %s: upgrade to pods/%s has verb %q, want create", method, target, info.Subresource, info.Verb)
+			}
+		}
+		for _, rs := range []*proto.Restrictions{reader, star} {
+			if check(rs, info, t0) != stageAllowed {
+				continue
+			}
+			if !info.IsResourceRequest {
+				if !discovery(info) && !(rs == star && info.Path == "/metrics") {
+					t.Fatalf("%s %s: non-resource URL allowed by %+v", method, target, *rs)
+				}
+				continue
+			}
+			if info.bad || !cleanPath(u) {
+				t.Fatalf("%s %s: unclean path allowed as %+v", method, target, *info.RequestInfo)
+			}
+			if proto.SensitiveSubresource(info.Resource, info.Subresource) {
+				t.Fatalf("%s %s: sensitive %s/%s allowed by %+v", method, target, info.Resource, info.Subresource, *rs)
+			}
+			if rs == reader && (info.Namespace != "dev" || info.APIGroup != "" ||
+				!(info.Resource == "pods" && (info.Subresource == "" || info.Subresource == "log")) ||
+				!(info.Verb == "get" || info.Verb == "list" || info.Verb == "watch")) {
+				t.Fatalf("%s %s allowed as %+v", method, target, *info.RequestInfo)
+			}
 		}
 	})
 }
