@@ -362,7 +362,8 @@ type Restrictions struct {
 	ResourceNames []string `json:"resource_names,omitempty"`
 	// NonResourceURLs the role may request besides discovery, as RBAC
 	// writes them: a path ("/metrics"), a path prefix ending in "*"
-	// ("/logs/*"), or "*" for any.
+	// ("/logs/*"), or "*" for any. Verbs apply to them too, with the
+	// lowercase HTTP method as the verb: "get" allows GET.
 	NonResourceURLs []string `json:"non_resource_urls,omitempty"`
 	// TimeWindows when the role applies; outside all of them it does not.
 	TimeWindows []TimeWindow `json:"time_windows,omitempty"`
