@@ -279,6 +279,40 @@ func TestAgentReadsRequestsAsTheAPIServer(t *testing.T) {
 			t.Errorf("%s %s: the agent and the apiserver agree, yet the widest limits refuse it: %d %s %s", s.req.method, s.req.target, resp.StatusCode, code, body)
 		}
 	}
+
+	// The bypasses a role with limits once allowed, against the real
+	// apiserver: refused by the agent, or, where the role names what they
+	// ask for, forwarded (the apiserver's RBAC then refuses alice, who has
+	// no binding: a 403 without a clustral code).
+	reader := proto.Restrictions{Verbs: []string{"get", "list", "watch"}, Resources: []string{"*"}}
+	inDefault := proto.Restrictions{Namespaces: []string{"default"}}
+	named := proto.Restrictions{Verbs: []string{"get"}, Resources: []string{"nodes/proxy"}, NonResourceURLs: []string{"/metrics"}}
+	for _, tt := range []struct {
+		name string
+		rs   *proto.Restrictions
+		req  request
+		code proto.ErrorCode // "" means forwarded
+	}{
+		{"kubelet exec through nodes/proxy", &reader, request{"GET", "/api/v1/nodes/n1/proxy/exec/default/p/c?command=sh", true}, proto.CodeResourceNotAllowed},
+		{"nodes/proxy without upgrade", &reader, request{"GET", "/api/v1/nodes/n1/proxy/pods", false}, proto.CodeResourceNotAllowed},
+		{"websocket exec as get", &reader, request{"GET", "/api/v1/namespaces/default/pods/p/exec?command=sh", true}, proto.CodeVerbNotAllowed},
+		{"logs of the apiserver", &inDefault, request{"GET", "/logs/", false}, proto.CodeResourceNotAllowed},
+		{"profiling", &inDefault, request{"GET", "/debug/pprof/profile", false}, proto.CodeResourceNotAllowed},
+		{"metrics", &inDefault, request{"GET", "/metrics", false}, proto.CodeResourceNotAllowed},
+		{"exec in the namespace", &inDefault, request{"POST", "/api/v1/namespaces/default/pods/p/exec?command=sh", true}, proto.CodeResourceNotAllowed},
+		{"upgrade on a watch", nil, request{"GET", "/api/v1/namespaces/default/pods?watch=true", true}, proto.CodeBadUpgrade},
+		{"discovery", &inDefault, request{"GET", "/apis", false}, ""},
+		{"named nodes/proxy", &named, request{"GET", "/api/v1/nodes/n1/proxy/exec/default/p/c?command=sh", true}, ""},
+		{"named non-resource URL", &named, request{"GET", "/metrics", false}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			peers.set(tt.rs)
+			resp, body := send(t, l.Addr().String(), tt.req, "clustral-diff-"+strings.ReplaceAll(tt.name, " ", "-"))
+			if code := proto.ErrorCode(resp.Header.Get(proto.HeaderErrorCode)); code != tt.code {
+				t.Errorf("%s %s: %d %q %s, want code %q", tt.req.method, tt.req.target, resp.StatusCode, code, body, tt.code)
+			}
+		})
+	}
 }
 
 // differ says how the agent's reading r of req differs from the
