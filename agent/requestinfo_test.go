@@ -3,9 +3,13 @@ package agent
 import (
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apiserver/pkg/endpoints/request"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -90,6 +94,76 @@ func TestParseRequestInfo(t *testing.T) {
 		got := want{info.IsResourceRequest, info.Verb, info.APIGroup, info.Resource, info.Subresource, info.Namespace, info.Name, info.bad}
 		if got != tt.want {
 			t.Errorf("%s %s = %+v, want %+v", tt.method, tt.target, got, tt.want)
+		}
+	}
+}
+
+// apiserverFactory is the request info factory as kube-apiserver builds
+// it (NewRequestInfoResolver in k8s.io/apiserver/pkg/server): every API
+// prefix is /apis plus the legacy /api, and the legacy ones have no
+// group.
+func apiserverFactory() *request.RequestInfoFactory {
+	api, legacy := sets.NewString(strings.Trim("/apis", "/")), sets.NewString()
+	for _, p := range []string{"/api"} {
+		api.Insert(strings.Trim(p, "/"))
+		legacy.Insert(strings.Trim(p, "/"))
+	}
+	return &request.RequestInfoFactory{APIPrefixes: api, GrouplessAPIPrefixes: legacy}
+}
+
+// TestRequestInfoMatchesAPIServer compares the agent's reading of a
+// corpus of requests with the apiserver's factory: every field must be
+// the same (but the verb create of an upgrade to pods/exec, attach or
+// portforward, which is stricter), or the widest role with limits must
+// refuse the request. integration/requestinfo compares with a running
+// apiserver's audit log.
+func TestRequestInfoMatchesAPIServer(t *testing.T) {
+	widest := &proto.Restrictions{
+		APIGroups: []string{"*"}, Verbs: []string{"*"}, NonResourceURLs: []string{"*"},
+		Resources: []string{"*", "*/exec", "*/attach", "*/portforward", "*/proxy", "*/ephemeralcontainers", "serviceaccounts/token"},
+	}
+	ns := "/api/v1/namespaces/dev"
+	var targets []string
+	for _, sub := range []string{"", "/status", "/log", "/exec", "/attach", "/portforward", "/proxy", "/proxy/a/b", "/binding", "/eviction", "/ephemeralcontainers", "/resize"} {
+		targets = append(targets, ns+"/pods/p"+sub)
+	}
+	targets = append(targets,
+		ns+"/pods", ns+"/services/s/proxy/x", ns+"/serviceaccounts/sa/token", ns+"/replicationcontrollers/rc/scale",
+		"/api/v1/nodes/n1/proxy/exec/dev/p/c", "/api/v1/namespaces/dev/finalize", "/api/v1/namespaces/dev/status",
+		"/apis/apps/v1/namespaces/dev/deployments/d/scale", "/apis/example.com/v1/namespaces/dev/widgets/w/status",
+		"/apis/example.com/v1/gadgets/g", ns+"/pods?watch=1&fieldSelector=metadata.name%3Dp", "/api/v1/watch/namespaces/dev/pods/p",
+		"/api/v1/namespaces/def%61ult/pods", ns+"/pods/a%2Fb", ns+"/pods/%2e%2e/secrets", "/api%2Fv1/namespaces/dev/pods",
+		ns+"/pods/../../kube-system/secrets", ns+"/./pods", "//api/v1/namespaces/dev/pods", "/api/v1/namespaces//pods",
+		ns+"/pods/", "/api/v1/proxy/nodes/n1", "/api/v1/watch", "/apis/x/v1/watch",
+		"/", "/api", "/api/v1", "/apis", "/apis/apps/v1", "/version", "/openapi/v2", "/metrics", "/logs/", "//metrics", "/metrics/../logs/",
+	)
+	factory := apiserverFactory()
+	for _, target := range targets {
+		for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"} {
+			for _, upgrade := range []bool{false, true} {
+				r, err := http.NewRequest(method, "https://prod.clustral.internal"+target, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if upgrade {
+					r.Header.Set("Connection", "Upgrade")
+					r.Header.Set("Upgrade", "websocket")
+				}
+				info := parseRequestInfo(r)
+				want, wantErr := factory.NewRequestInfo(r)
+				got := *info.RequestInfo
+				if upgrade && got.Verb == "create" && want.Verb == "get" && got.Resource == "pods" &&
+					slices.Contains([]string{"exec", "attach", "portforward"}, got.Subresource) {
+					got.Verb = "get"
+				}
+				if reflect.DeepEqual(got, *want) && wantErr == nil && !info.bad {
+					continue
+				}
+				if st := check(widest, info, t0); st != stageResource {
+					t.Errorf("%s %s (upgrade %v): agent %+v, apiserver %+v (%v); widest limits give stage %d, want a refusal",
+						method, target, upgrade, *info.RequestInfo, *want, wantErr, st)
+				}
+			}
 		}
 	}
 }
