@@ -382,20 +382,41 @@ type ReachableCluster struct {
 // them before impersonating; the cluster's RBAC still judges whatever they
 // let through. An empty list places no limit of its kind. A request is
 // allowed by a role only if it matches every non-empty list.
+//
+// Restrictions that limit what a role may touch (any list but
+// TimeWindows) are an allow-list in two more ways, whatever the lists
+// say otherwise:
+//   - the sensitive subresources (see SensitiveSubresource: exec, attach,
+//     portforward, proxy, ephemeralcontainers, serviceaccounts/token) are
+//     allowed only where Resources names them, as "pods/exec" or
+//     "*/exec"; neither "*" nor an empty Resources includes them;
+//   - non-resource URLs (/metrics, /logs/, /debug/pprof/) are allowed
+//     only where NonResourceURLs lists them; discovery (/api, /apis,
+//     /version, /openapi) is always allowed so that kubectl works.
+//
+// Restrictions with only TimeWindows limit when a role applies, not what
+// it allows.
 type Restrictions struct {
 	// Namespaces the role may touch. Cluster-scoped requests are refused
 	// when Namespaces is set, unless it contains "" (cluster scope).
 	Namespaces []string `json:"namespaces,omitempty"`
 	// APIGroups by name; "" is the core group, "*" any group.
 	APIGroups []string `json:"api_groups,omitempty"`
-	// Resources by plural name, with an optional subresource
-	// ("pods", "pods/log", "deployments"); "*" any resource.
+	// Resources by plural name, with an optional subresource, as the
+	// apiserver names them ("pods", "pods/log", "nodes/proxy",
+	// "deployments/scale"); "*" any resource and any subresource but the
+	// sensitive ones, "*/scale" that subresource of any resource.
 	Resources []string `json:"resources,omitempty"`
 	// Verbs as Kubernetes names them: get, list, watch, create, update,
 	// patch, delete, deletecollection; "*" any verb.
 	Verbs []string `json:"verbs,omitempty"`
 	// ResourceNames the role may touch by name.
 	ResourceNames []string `json:"resource_names,omitempty"`
+	// NonResourceURLs the role may request besides discovery, as RBAC
+	// writes them: a path ("/metrics"), a path prefix ending in "*"
+	// ("/logs/*"), or "*" for any. Verbs apply to them too, with the
+	// lowercase HTTP method as the verb: "get" allows GET.
+	NonResourceURLs []string `json:"non_resource_urls,omitempty"`
 	// TimeWindows when the role applies; outside all of them it does not.
 	TimeWindows []TimeWindow `json:"time_windows,omitempty"`
 }
