@@ -121,19 +121,22 @@ func signCheckpoint(tx store.Tx, key ed25519.PrivateKey, now time.Time) (proto.A
 	return c, store.Put(tx, store.AuditCheckpoints, auditKey(c.Seq), c)
 }
 
-// lastCheckpointSeq returns the record of the newest stored checkpoint,
-// 0 if there is none.
-func lastCheckpointSeq(tx store.Tx) (uint64, error) {
-	var last uint64
-	err := tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
-		seq, err := strconv.ParseUint(k, 10, 64)
-		if err != nil {
-			return fmt.Errorf("audit checkpoint key %q: %w", k, err)
-		}
-		last = seq
+// lastCheckpoint returns the newest stored checkpoint, the zero value if
+// there is none.
+func lastCheckpoint(tx store.Tx) (proto.AuditCheckpoint, error) {
+	var last []byte
+	err := tx.ForEach(store.AuditCheckpoints, func(_ string, raw []byte) error {
+		last = raw
 		return nil
 	})
-	return last, err
+	var c proto.AuditCheckpoint
+	if err != nil || last == nil {
+		return c, err
+	}
+	if err := json.Unmarshal(last, &c); err != nil {
+		return c, fmt.Errorf("decode the newest audit checkpoint: %w", err)
+	}
+	return c, nil
 }
 
 // checkpointAudit signs a checkpoint of the head unless the newest one

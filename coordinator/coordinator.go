@@ -122,12 +122,18 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if s.auditKey, err = loadAuditKey(cfg.auditKeyPath(), true); err != nil {
 		return nil, err
 	}
+	var last proto.AuditCheckpoint
 	if err := s.st.View(func(tx store.Tx) error {
 		var err error
-		s.lastCkpt, err = lastCheckpointSeq(tx)
+		last, err = lastCheckpoint(tx)
 		return err
 	}); err != nil {
 		return nil, err
+	}
+	s.lastCkpt = last.Seq
+	if k := proto.AuditKeyID(s.auditKey.Public().(ed25519.PublicKey)); last.Seq != 0 && last.KeyID() != k {
+		s.log.Error("the audit checkpoints in the store were signed with another key than "+cfg.auditKeyPath()+" holds: audit verify will report them; restore the key file the store was used with",
+			"stored_key", last.KeyID(), "key", k)
 	}
 	// Whatever the log holds now is signed before anything is added.
 	if err := s.checkpointAudit(); err != nil {
