@@ -1,9 +1,12 @@
 package coordinator
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -491,5 +494,34 @@ func TestAuditCheckpointJSON(t *testing.T) {
 	got, err := proto.ParseAuditCheckpoint(b)
 	if err != nil || got.Seq != 7 {
 		t.Fatalf("parse %s: %+v %v", b, got, err)
+	}
+}
+
+// TestAuditSignerSignsPeriodically: while the log grows, the coordinator
+// signs a checkpoint of its head every AuditCheckpointInterval, without
+// anyone asking.
+func TestAuditSignerSignsPeriodically(t *testing.T) {
+	srv, err := New(context.Background(), Config{DataDir: t.TempDir(), AuditCheckpointInterval: time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	pub := srv.auditKey.Public().(ed25519.PublicKey)
+	for round := range 2 {
+		srv.audit(proto.AuditEvent{Code: proto.AuditAgentRefused, Actor: fmt.Sprint("round", round), Outcome: proto.OutcomeFailure})
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			v, err := VerifyAudit(srv.st, AuditVerifyOptions{Key: pub})
+			if err != nil || !v.OK {
+				t.Fatalf("verify = %+v, %v", v, err)
+			}
+			if v.Last == uint64(round+1) && v.SignedSeq == v.Last && v.Checkpoints == round+1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: no checkpoint of the head after 10s: %+v", round, v)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
