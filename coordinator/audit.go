@@ -795,7 +795,7 @@ func VerifyAudit(st store.Store, o AuditVerifyOptions) (proto.AuditVerification,
 			}
 		}
 		if cut != 0 {
-			bad(want, "the log ends at record %d, but %s names record %d: records %d to %d were cut off the end of the log", want-1, what, cut, want, cut)
+			bad(want, "the log ends at record %d, but %s names record %d: at least records %d to %d were cut off the end of the log", want-1, what, cut, want, cut)
 			return nil
 		}
 		v.OK = true
