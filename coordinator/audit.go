@@ -319,8 +319,9 @@ var reservedAgentMetadata = []string{"agent", "agent_time", "claimed_actor"}
 // event claims: the category comes from the code, the cluster, the
 // source and metadata "agent" (the node id) from the authenticated agent,
 // and the chain fields are cleared. An actor that names a coordinator
-// principal ("system", or an agent of another cluster) becomes the
-// agent itself, the claim kept as metadata claimed_actor. A time more
+// principal ("system", "anonymous", "device:<id>", or an agent of
+// another cluster) becomes the agent itself, the claim kept as metadata
+// claimed_actor. A time more
 // than maxAuditSkew after now, or before minAuditTime, becomes now, the
 // agent's time kept as metadata agent_time, and skew says how far off it
 // was; a missing time is now. Other earlier times stay: an agent spools
@@ -341,7 +342,8 @@ func stampAgentEvent(e proto.AuditEvent, a agentStamp, now time.Time) (_ proto.A
 	switch {
 	case e.Actor == "":
 		e.Actor = self
-	case e.Actor == "system" || strings.HasPrefix(e.Actor, "agent:") && e.Actor != self:
+	case e.Actor == "system", e.Actor == "anonymous", strings.HasPrefix(e.Actor, "device:"),
+		strings.HasPrefix(e.Actor, "agent:") && e.Actor != self:
 		md["claimed_actor"] = e.Actor
 		e.Actor = self
 	}

@@ -377,6 +377,9 @@ func TestAuditIngestStampsAgent(t *testing.T) {
 		{"dated years ahead", ev(6, "alice@example.com", now.AddDate(3, 0, 0)), "alice@example.com", "", true, now.AddDate(3, 0, 0).Format(time.RFC3339Nano)},
 		{"dated before 2000", ev(7, "alice@example.com", time.Date(1970, 1, 1, 0, 0, 1, 0, time.UTC)), "alice@example.com", "", true, "1970-01-01T00:00:01Z"},
 		{"spooled an hour ago", ev(8, "alice@example.com", now.Add(-time.Hour)), "alice@example.com", "", false, ""},
+		{"claims a device", ev(9, "device:dev_0123", now), "agent:prod", "device:dev_0123", false, ""},
+		{"claims to be anonymous", ev(10, "anonymous", now), "agent:prod", "anonymous", false, ""},
+		{"a peer without a user", ev(11, "peer:abc=", now), "peer:abc=", "", false, ""},
 	}
 	var batch proto.AuditBatch
 	batch.Source = "spool1"
