@@ -83,6 +83,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+v+"/audit/events", s.handleAuditIngest)
 	mux.HandleFunc("GET "+v+"/audit/events", s.handleAuditQuery)
 	mux.HandleFunc("GET "+v+"/audit/verify", s.admin(s.handleAuditVerify))
+	mux.HandleFunc("POST "+v+"/audit/verify", s.admin(s.handleAuditVerify))
+	mux.HandleFunc("POST "+v+"/audit/checkpoints", s.admin(s.handleAuditCheckpoint))
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)

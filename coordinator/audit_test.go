@@ -46,7 +46,7 @@ func fillAudit(t *testing.T, st store.Store, start time.Time, n int) {
 
 func mustVerify(t *testing.T, st store.Store) proto.AuditVerification {
 	t.Helper()
-	v, err := VerifyAudit(st)
+	v, err := VerifyAudit(st, AuditVerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

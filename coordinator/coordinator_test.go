@@ -431,6 +431,7 @@ func TestConfigValidation(t *testing.T) {
 		{"http public url", Config{PublicURL: "http://clustral.example.com"}, "plain HTTP"},
 		{"tiny v4", Config{IPv4Prefix: mustPrefix("100.64.0.0/30")}, "at least a /24"},
 		{"issuer without client", Config{OIDC: OIDCConfig{Issuer: "https://idp"}}, "client id"},
+		{"checkpoint interval too short", Config{AuditCheckpointInterval: time.Millisecond}, "audit checkpoint interval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -33,11 +33,12 @@ const (
 	CategoryAccess     AuditCategory = "access"
 	CategoryRequest    AuditCategory = "request"
 	CategoryDenial     AuditCategory = "denial"
+	CategoryAudit      AuditCategory = "audit"
 )
 
 // AuditCategories lists every category in catalogue order.
 var AuditCategories = []AuditCategory{CategoryAuth, CategorySession, CategoryDevice, CategoryAgent, CategoryCluster,
-	CategoryRole, CategoryAssignment, CategoryUser, CategoryAccess, CategoryRequest, CategoryDenial}
+	CategoryRole, CategoryAssignment, CategoryUser, CategoryAccess, CategoryRequest, CategoryDenial, CategoryAudit}
 
 // The codes.
 const (
@@ -58,6 +59,7 @@ const (
 	AuditAgentGone        AuditCode = "AG004W"
 	AuditAgentRefused     AuditCode = "AG005W"
 	AuditEventsDropped    AuditCode = "AG006E"
+	AuditAgentClockSkew   AuditCode = "AG007W"
 	AuditClusterCreated   AuditCode = "CL001I"
 	AuditClusterLabeled   AuditCode = "CL002I"
 	AuditTokenRotated     AuditCode = "CL003W"
@@ -82,6 +84,7 @@ const (
 	AuditStreamEnded      AuditCode = "RQ004I"
 	AuditProxyDenied      AuditCode = "DN001W"
 	AuditAPIDenied        AuditCode = "DN002W"
+	AuditCheckpointExport AuditCode = "AL001I"
 )
 
 // AuditCodeInfo describes one code in the catalogue.
@@ -110,6 +113,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditAgentGone, CategoryAgent, "An agent's network map stream closed."},
 	{AuditAgentRefused, CategoryAgent, "An agent registration was refused: missing, invalid or revoked join token."},
 	{AuditEventsDropped, CategoryAgent, "An agent's audit spool was full and request events were dropped. Metadata: dropped, first, last (times)."},
+	{AuditAgentClockSkew, CategoryAgent, "An agent sent events dated more than 5 minutes ahead of the coordinator's clock, or before 2000. Each such event was stored with the time the coordinator received it, and the agent's time in its metadata as agent_time. Metadata: agent, events, max_skew."},
 	{AuditClusterCreated, CategoryCluster, "An administrator registered a cluster. Metadata: name."},
 	{AuditClusterLabeled, CategoryCluster, "An administrator changed a cluster's labels."},
 	{AuditTokenRotated, CategoryCluster, "An administrator rotated a cluster's join token; the old one no longer registers agents. Metadata: agents_removed."},
@@ -134,6 +138,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did."},
 	{AuditProxyDenied, CategoryDenial, "The agent's proxy refused a request before it reached the API server; error holds the code (NO_ROLE_ASSIGNMENT, OUTSIDE_TIME_WINDOW, RATE_LIMITED, ...)."},
 	{AuditAPIDenied, CategoryDenial, "The coordinator refused an administrative API call to a user who is not an administrator. Metadata: method, path."},
+	{AuditCheckpointExport, CategoryAudit, "An administrator exported a signed checkpoint of the audit log (clustral audit checkpoint). The checkpoint names this event's own record."},
 }
 
 var auditCodeIndex = func() map[AuditCode]AuditCodeInfo {
