@@ -8,7 +8,7 @@ BIN := $(CURDIR)/bin
 CLUSTRAL := $(BIN)/clustral
 INTEGRATION_TIMEOUT ?= 45m
 
-.PHONY: all build build-cross test test-unit test-integration components clean-go-cache lint bench demo clean
+.PHONY: all build build-cross test test-unit test-integration components clean-go-cache lint bench demo clean fuzz
 
 all: build
 
@@ -51,6 +51,18 @@ clean-go-cache:
 
 test-integration: build components
 	cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./...
+
+# fuzz runs every fuzz target of the root module for FUZZTIME each. Their
+# seed corpora (testdata/fuzz/) also run as ordinary tests in test-unit.
+FUZZTIME ?= 20s
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
 
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi

@@ -346,6 +346,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				"Upgrade to %q is not supported by the clustral proxy of cluster '%s'; only SPDY/3.1 and websocket are (kubectl exec, attach, port-forward).",
 				up, p.cluster)
 		}
+		if d == nil && isUpgrade && !upgradable(info) {
+			d = deny(http.StatusBadRequest, proto.CodeBadUpgrade,
+				"The clustral proxy of cluster '%s' refuses an upgrade (%s) on %s %s: it accepts upgrades only for exec, attach, port-forward and the proxy subresources (pods/exec, pods/attach, pods/portforward, pods/proxy, services/proxy, nodes/proxy) with GET or POST. Send this request without Upgrade.",
+				p.cluster, up, r.Method, r.URL.Path)
+		}
 		if d == nil {
 			s = &stream{key: peer.Key, addr: addr, imp: imp, info: info, ctx: ctx, cancel: cancel, conn: connFrom(r.Context()),
 				login: loginOf(peer), corr: sw.corr}

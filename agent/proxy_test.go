@@ -372,7 +372,7 @@ func TestUpgrade(t *testing.T) {
 func TestUpgradeRefused(t *testing.T) {
 	h := newHarness(t, newEchoUpgrade(t))
 	c := h.dial()
-	resp := c.do(t, "POST", "/api/v1/namespaces/default/deny/p/exec", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n")
+	resp := c.do(t, "POST", "/api/v1/namespaces/deny/pods/p/exec", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n")
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "cannot create pods/exec") {
 		t.Fatalf("refused upgrade = %d %q, want the apiserver's 403", resp.StatusCode, body)
@@ -381,6 +381,50 @@ func TestUpgradeRefused(t *testing.T) {
 		t.Errorf("refused upgrade response does not close the connection")
 	}
 	c.waitClosed(t)
+}
+
+// TestUpgradeOnlyWhereUsed: an upgrade is forwarded only on the paths
+// whose connections use one (exec, attach, port-forward and the proxy
+// subresources), for any grant; anywhere else it is refused before it
+// reaches the apiserver.
+func TestUpgradeOnlyWhereUsed(t *testing.T) {
+	tests := []struct {
+		method, target string
+		ok             bool
+	}{
+		{"GET", "/api/v1/namespaces/default/pods/p/exec?command=sh", true},
+		{"POST", "/api/v1/namespaces/default/pods/p/attach", true},
+		{"GET", "/api/v1/namespaces/default/pods/p/portforward", true},
+		{"GET", "/api/v1/namespaces/default/pods/p/proxy/ws", true},
+		{"GET", "/api/v1/namespaces/default/services/s:80/proxy/ws", true},
+		{"GET", "/api/v1/nodes/n1/proxy/exec/default/p/c", true},
+		{"GET", "/api/v1/namespaces/default/pods/p/log?follow=true", false},
+		{"GET", "/api/v1/namespaces/default/pods?watch=true", false},
+		{"GET", "/api/v1/namespaces/default/configmaps/c", false},
+		{"POST", "/api/v1/namespaces/default/pods/p/eviction", false},
+		{"GET", "/apis/example.com/v1/namespaces/default/widgets/w/exec", false},
+		{"GET", "/version", false},
+		{"GET", "/logs/", false},
+		{"GET", "/api/v1/namespaces/default/pods/p/../q/exec", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.target, func(t *testing.T) {
+			up := newEchoUpgrade(t)
+			h := newHarness(t, up)
+			c := h.dial()
+			resp := c.do(t, tt.method, tt.target, "Connection: Upgrade\r\nUpgrade: websocket\r\n")
+			if tt.ok {
+				if resp.StatusCode != http.StatusSwitchingProtocols {
+					b, _ := io.ReadAll(resp.Body)
+					t.Fatalf("status %d %q, want 101", resp.StatusCode, b)
+				}
+				c.echo(t, "hello")
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			checkError(t, resp, string(body), http.StatusBadRequest, proto.CodeBadUpgrade, "accepts upgrades only for exec, attach, port-forward and the proxy subresources")
+		})
+	}
 }
 
 func TestBadUpgrade(t *testing.T) {

@@ -3,8 +3,13 @@ package agent
 import (
 	"net/http"
 	"net/url"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apiserver/pkg/endpoints/request"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -93,6 +98,76 @@ func TestParseRequestInfo(t *testing.T) {
 	}
 }
 
+// apiserverFactory is the request info factory as kube-apiserver builds
+// it (NewRequestInfoResolver in k8s.io/apiserver/pkg/server): every API
+// prefix is /apis plus the legacy /api, and the legacy ones have no
+// group.
+func apiserverFactory() *request.RequestInfoFactory {
+	api, legacy := sets.NewString(strings.Trim("/apis", "/")), sets.NewString()
+	for _, p := range []string{"/api"} {
+		api.Insert(strings.Trim(p, "/"))
+		legacy.Insert(strings.Trim(p, "/"))
+	}
+	return &request.RequestInfoFactory{APIPrefixes: api, GrouplessAPIPrefixes: legacy}
+}
+
+// TestRequestInfoMatchesAPIServer compares the agent's reading of a
+// corpus of requests with the apiserver's factory: every field must be
+// the same (but the verb create of an upgrade to pods/exec, attach or
+// portforward, which is stricter), or the widest role with limits must
+// refuse the request. integration/requestinfo compares with a running
+// apiserver's audit log.
+func TestRequestInfoMatchesAPIServer(t *testing.T) {
+	widest := &proto.Restrictions{
+		APIGroups: []string{"*"}, Verbs: []string{"*"}, NonResourceURLs: []string{"*"},
+		Resources: []string{"*", "*/exec", "*/attach", "*/portforward", "*/proxy", "*/ephemeralcontainers", "serviceaccounts/token"},
+	}
+	ns := "/api/v1/namespaces/dev"
+	var targets []string
+	for _, sub := range []string{"", "/status", "/log", "/exec", "/attach", "/portforward", "/proxy", "/proxy/a/b", "/binding", "/eviction", "/ephemeralcontainers", "/resize"} {
+		targets = append(targets, ns+"/pods/p"+sub)
+	}
+	targets = append(targets,
+		ns+"/pods", ns+"/services/s/proxy/x", ns+"/serviceaccounts/sa/token", ns+"/replicationcontrollers/rc/scale",
+		"/api/v1/nodes/n1/proxy/exec/dev/p/c", "/api/v1/namespaces/dev/finalize", "/api/v1/namespaces/dev/status",
+		"/apis/apps/v1/namespaces/dev/deployments/d/scale", "/apis/example.com/v1/namespaces/dev/widgets/w/status",
+		"/apis/example.com/v1/gadgets/g", ns+"/pods?watch=1&fieldSelector=metadata.name%3Dp", "/api/v1/watch/namespaces/dev/pods/p",
+		"/api/v1/namespaces/def%61ult/pods", ns+"/pods/a%2Fb", ns+"/pods/%2e%2e/secrets", "/api%2Fv1/namespaces/dev/pods",
+		ns+"/pods/../../kube-system/secrets", ns+"/./pods", "//api/v1/namespaces/dev/pods", "/api/v1/namespaces//pods",
+		ns+"/pods/", "/api/v1/proxy/nodes/n1", "/api/v1/watch", "/apis/x/v1/watch",
+		"/", "/api", "/api/v1", "/apis", "/apis/apps/v1", "/version", "/openapi/v2", "/metrics", "/logs/", "//metrics", "/metrics/../logs/",
+	)
+	factory := apiserverFactory()
+	for _, target := range targets {
+		for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"} {
+			for _, upgrade := range []bool{false, true} {
+				r, err := http.NewRequest(method, "https://prod.clustral.internal"+target, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if upgrade {
+					r.Header.Set("Connection", "Upgrade")
+					r.Header.Set("Upgrade", "websocket")
+				}
+				info := parseRequestInfo(r)
+				want, wantErr := factory.NewRequestInfo(r)
+				got := *info.RequestInfo
+				if upgrade && got.Verb == "create" && want.Verb == "get" && got.Resource == "pods" &&
+					slices.Contains([]string{"exec", "attach", "portforward"}, got.Subresource) {
+					got.Verb = "get"
+				}
+				if reflect.DeepEqual(got, *want) && wantErr == nil && !info.bad {
+					continue
+				}
+				if st := check(widest, info, t0); st != stageResource {
+					t.Errorf("%s %s (upgrade %v): agent %+v, apiserver %+v (%v); widest limits give stage %d, want a refusal",
+						method, target, upgrade, *info.RequestInfo, *want, wantErr, st)
+				}
+			}
+		}
+	}
+}
+
 // TestDiscoveryAllowed: kubectl needs discovery and the OpenAPI documents
 // for any role, so restrictions of resources, namespaces and verbs do not
 // apply to them.
@@ -105,41 +180,86 @@ func TestDiscoveryAllowed(t *testing.T) {
 	}
 }
 
-// FuzzRequestInfo feeds arbitrary methods, paths and queries through the
-// parser and a restricted grant, and checks that whatever a grant limited
-// to list/get/watch of pods in namespace dev allows is exactly that, or a
-// request with no resource.
+// FuzzRequestInfo feeds arbitrary methods, targets and upgrade requests
+// through the parser, the restriction check and the proxy's upgrade rule,
+// and checks what each of three roles with limits lets through:
+//   - one limited to get/list/watch of pods and pods/log in namespace dev
+//     allows exactly that, on clean paths, or discovery;
+//   - one with resources * allows no sensitive subresource and no
+//     non-resource URL but discovery and the one it lists;
+//   - no role allows a path that is not clean, except as discovery.
+//
+// It also checks that an upgrade passes only on the paths that use one,
+// with the verb create for exec, attach and port-forward.
 func FuzzRequestInfo(f *testing.F) {
 	for _, s := range []string{
 		"/api/v1/namespaces/dev/pods", "/api/v1/namespaces/dev/pods?watch=true", "/api/v1/watch/namespaces/dev/pods/x",
 		"/api/v1/namespaces/dev/pods/x/exec", "/apis/apps/v1/namespaces/dev/deployments", "/api/v1/namespaces/dev",
 		"/api/v1/namespaces/dev/pods/../../kube-system/pods", "/api/v1/namespaces//pods", "/apis/x/v1/watch",
 		"/version", "/api", "/apis", "//api/v1/pods", "/api/v1/proxy/namespaces/dev/pods/x",
+		"/api/v1/nodes/n1/proxy/exec/dev/web/c?command=sh", "/api/v1/namespaces/dev/services/s/proxy/",
+		"/api/v1/namespaces/dev/serviceaccounts/sa/token", "/api/v1/namespaces/dev/pods/x/ephemeralcontainers",
+		"/metrics", "/logs/", "/debug/pprof/profile", "/metrics/../logs/x", "/api/v1/namespaces/dev/pods/a%2Fb",
+		"/api/v1/namespaces/dev/pods/x/log?follow=true", "/apis/example.com/v1/namespaces/dev/widgets/w/exec",
 	} {
-		f.Add("GET", s)
-		f.Add("DELETE", s)
+		f.Add("GET", s, false)
+		f.Add("DELETE", s, false)
+		f.Add("GET", s, true)
+		f.Add("POST", s, true)
 	}
-	rs := &proto.Restrictions{
+	reader := &proto.Restrictions{
 		Namespaces: []string{"dev"},
 		APIGroups:  []string{""},
 		Resources:  []string{"pods", "pods/log"},
 		Verbs:      []string{"get", "list", "watch"},
 	}
-	f.Fuzz(func(t *testing.T, method, target string) {
+	star := &proto.Restrictions{Resources: []string{"*"}, NonResourceURLs: []string{"/metrics"}}
+	f.Fuzz(func(t *testing.T, method, target string, upgrade bool) {
 		u, err := url.ParseRequestURI(target)
 		if err != nil || !strings.HasPrefix(target, "/") {
 			return
 		}
 		r := &http.Request{Method: method, URL: u, Header: http.Header{}}
-		info := parseRequestInfo(r)
-		if check(rs, info, t0) != stageAllowed || !info.IsResourceRequest || info.Resource == "" {
-			return
+		if upgrade {
+			r.Header.Set("Connection", "Upgrade")
+			r.Header.Set("Upgrade", "websocket")
 		}
-		if info.bad || info.Namespace != "dev" || info.APIGroup != "" ||
-			!(info.Resource == "pods" && (info.Subresource == "" || info.Subresource == "log")) ||
-			!(info.Verb == "get" || info.Verb == "list" || info.Verb == "watch") ||
-			hasDotSegment(u.Path) {
-			t.Fatalf("%s %s allowed as %+v", method, target, *info.RequestInfo)
+		info := parseRequestInfo(r)
+		if info.upgrade != upgrade {
+			t.Fatalf("upgrade = %v, want %v", info.upgrade, upgrade)
+		}
+		if upgradable(info) {
+			ok := info.IsResourceRequest && !info.bad && info.APIGroup == "" &&
+				(info.Resource == "pods" && slices.Contains([]string{"exec", "attach", "portforward", "proxy"}, info.Subresource) ||
+					(info.Resource == "services" || info.Resource == "nodes") && info.Subresource == "proxy")
+			if !ok {
+				t.Fatalf("%s %s: upgrade allowed on %+v", method, target, *info.RequestInfo)
+			}
+			if upgrade && info.Resource == "pods" && info.Subresource != "proxy" && info.Verb != "create" {
+				t.Fatalf("%s %s: upgrade to pods/%s has verb %q, want create", method, target, info.Subresource, info.Verb)
+			}
+		}
+		for _, rs := range []*proto.Restrictions{reader, star} {
+			if check(rs, info, t0) != stageAllowed {
+				continue
+			}
+			if !info.IsResourceRequest {
+				if !discovery(info) && !(rs == star && info.Path == "/metrics") {
+					t.Fatalf("%s %s: non-resource URL allowed by %+v", method, target, *rs)
+				}
+				continue
+			}
+			if info.bad || !cleanPath(u) {
+				t.Fatalf("%s %s: unclean path allowed as %+v", method, target, *info.RequestInfo)
+			}
+			if proto.SensitiveSubresource(info.Resource, info.Subresource) {
+				t.Fatalf("%s %s: sensitive %s/%s allowed by %+v", method, target, info.Resource, info.Subresource, *rs)
+			}
+			if rs == reader && (info.Namespace != "dev" || info.APIGroup != "" ||
+				!(info.Resource == "pods" && (info.Subresource == "" || info.Subresource == "log")) ||
+				!(info.Verb == "get" || info.Verb == "list" || info.Verb == "watch")) {
+				t.Fatalf("%s %s allowed as %+v", method, target, *info.RequestInfo)
+			}
 		}
 	})
 }

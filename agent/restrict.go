@@ -36,20 +36,23 @@ var stageCodes = [...]proto.ErrorCode{
 // check returns how far info gets through rs at now; stageAllowed means
 // rs allows it. A nil rs allows everything.
 //
-// Non-resource requests (discovery, /version, /openapi, /healthz) are
-// judged by time windows only, so that kubectl works for every role.
+// Restrictions that limit what a grant touches (see scoped) allow the
+// sensitive subresources only where Resources names them, and
+// non-resource URLs only where NonResourceURLs lists them. Discovery
+// (/api, /apis, /version, /openapi) is judged by time windows only, so
+// that kubectl works for every role.
 func check(rs *proto.Restrictions, info requestInfo, now time.Time) stage {
 	if rs == nil {
 		return stageAllowed
 	}
-	if info.IsResourceRequest {
+	if (info.IsResourceRequest || !discovery(info)) && scoped(rs) {
 		if len(rs.Verbs) > 0 && !matchVerb(rs.Verbs, info.Verb) {
 			return stageVerb
 		}
 		if resourceRefusal(rs, info) != "" {
 			return stageResource
 		}
-		if len(rs.Namespaces) > 0 && !slices.Contains(rs.Namespaces, info.Namespace) {
+		if info.IsResourceRequest && len(rs.Namespaces) > 0 && !slices.Contains(rs.Namespaces, info.Namespace) {
 			return stageNamespace
 		}
 	}
@@ -59,51 +62,71 @@ func check(rs *proto.Restrictions, info requestInfo, now time.Time) stage {
 	return stageAllowed
 }
 
+// discovery reports whether info is a non-resource request for API
+// discovery or the OpenAPI documents, which kubectl needs for anything:
+// /api, /apis and the group and version paths under them, /version and
+// /openapi/....
+func discovery(info requestInfo) bool {
+	if info.IsResourceRequest || info.bad {
+		return false
+	}
+	p := info.Path
+	switch {
+	case p == "/api", p == "/apis", p == "/version", p == "/version/":
+		return true
+	case strings.HasPrefix(p, "/api/"), strings.HasPrefix(p, "/apis/"):
+		// The parser reads longer paths under these as resource
+		// requests.
+		return true
+	case strings.HasPrefix(p, "/openapi/"):
+		return true
+	}
+	return false
+}
+
 func matchVerb(verbs []string, verb string) bool {
 	return slices.Contains(verbs, "*") || slices.Contains(verbs, verb)
 }
 
-// scoped reports whether rs limits resource requests at all.
+// scoped reports whether rs limits what a grant touches, not only when
+// it applies.
 func scoped(rs *proto.Restrictions) bool {
 	return len(rs.Verbs) > 0 || len(rs.APIGroups) > 0 || len(rs.Resources) > 0 ||
-		len(rs.ResourceNames) > 0 || len(rs.Namespaces) > 0
+		len(rs.ResourceNames) > 0 || len(rs.Namespaces) > 0 || len(rs.NonResourceURLs) > 0
 }
 
-// resourceRefusal says why rs refuses the API group, resource or name of
-// the resource request info, or "" if it does not.
+// resourceRefusal says why the scoped rs refuses the API group, resource
+// or name of info, or its non-resource URL, or "" if it does not.
 func resourceRefusal(rs *proto.Restrictions, info requestInfo) string {
-	if info.bad && scoped(rs) {
-		return "cannot judge the path " + info.Path
+	if info.bad {
+		return "cannot judge the path " + info.Path + " (it has a . or .. segment, //, an encoded /, or no meaning to the API server)"
+	}
+	if !info.IsResourceRequest {
+		if !proto.MatchNonResourceURL(rs.NonResourceURLs, info.Path) {
+			if len(rs.NonResourceURLs) == 0 {
+				return "allows no non-resource URL but discovery (/api, /apis, /version, /openapi)"
+			}
+			return "allows the non-resource URLs " + listOf(rs.NonResourceURLs, nil) + " besides discovery"
+		}
+		return ""
 	}
 	if len(rs.APIGroups) > 0 && !slices.Contains(rs.APIGroups, "*") && !slices.Contains(rs.APIGroups, info.APIGroup) {
 		return "allows API groups " + listOf(rs.APIGroups, groupName)
 	}
-	if len(rs.Resources) > 0 && !matchResource(rs.Resources, info.Resource, info.Subresource) {
+	if !proto.MatchResource(rs.Resources, info.Resource, info.Subresource) {
+		sub := info.Resource + "/" + info.Subresource
+		switch {
+		case len(rs.Resources) == 0:
+			return "does not name " + sub + ", and a role with limits allows the subresources exec, attach, portforward, proxy, ephemeralcontainers and serviceaccounts/token only where its resources name them"
+		case slices.Contains(rs.Resources, "*") && proto.SensitiveSubresource(info.Resource, info.Subresource):
+			return "allows resources " + listOf(rs.Resources, nil) + ", and * does not include " + sub + ", which must be named"
+		}
 		return "allows resources " + listOf(rs.Resources, nil)
 	}
 	if len(rs.ResourceNames) > 0 && (info.Name == "" || !slices.Contains(rs.ResourceNames, info.Name)) {
 		return "allows only the names " + listOf(rs.ResourceNames, quote)
 	}
 	return ""
-}
-
-// matchResource matches as Kubernetes RBAC does: "*" is any resource and
-// subresource, "pods" the pods themselves and none of their subresources,
-// "pods/log" that subresource, "*/scale" that subresource of any resource.
-func matchResource(rules []string, resource, sub string) bool {
-	want := resource
-	if sub != "" {
-		want = resource + "/" + sub
-	}
-	for _, r := range rules {
-		switch {
-		case r == "*", r == want:
-			return true
-		case sub != "" && strings.HasPrefix(r, "*/") && r[2:] == sub:
-			return true
-		}
-	}
-	return false
 }
 
 // refusal is the reason, for a person, why grant g refuses info at stage

@@ -55,7 +55,48 @@ func TestRestrictions(t *testing.T) {
 		{"watch of one name by field selector", proto.Restrictions{ResourceNames: []string{"web"}}, "GET", "/api/v1/namespaces/dev/pods?watch=1&fieldSelector=metadata.name%3Dweb", ""},
 
 		{"dot segments never match a restricted grant", proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "/api/v1/namespaces/dev/pods/../../kube-system/pods", proto.CodeResourceNotAllowed},
-		{"non-resource URL ignores scope", proto.Restrictions{Namespaces: []string{"dev"}, Resources: []string{"pods"}, Verbs: []string{"get"}}, "POST", "/version", ""},
+		{"encoded dot segments", proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "/api/v1/namespaces/dev/pods/%2e%2e/%2E%2E/kube-system/pods", proto.CodeResourceNotAllowed},
+		{"empty segment", proto.Restrictions{Namespaces: []string{"dev", ""}}, "GET", "/api/v1/namespaces//pods", proto.CodeResourceNotAllowed},
+		{"leading double slash", proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "//api/v1/namespaces/dev/pods", proto.CodeResourceNotAllowed},
+		{"encoded slash", proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "/api/v1/namespaces/dev/pods/a%2Fb", proto.CodeResourceNotAllowed},
+		{"discovery ignores scope", proto.Restrictions{Namespaces: []string{"dev"}, Resources: []string{"pods"}, Verbs: []string{"get"}}, "POST", "/version", ""},
+
+		// "*" and an empty Resources never include the sensitive
+		// subresources: through nodes/proxy a GET with an upgrade is a
+		// shell on any pod of the node.
+		{"* excludes nodes/proxy upgrade", proto.Restrictions{Verbs: []string{"get", "list", "watch"}, Resources: []string{"*"}}, "GET+upgrade", "/api/v1/nodes/n1/proxy/exec/dev/web/c?command=sh", proto.CodeResourceNotAllowed},
+		{"* excludes nodes/proxy", proto.Restrictions{Resources: []string{"*"}}, "GET", "/api/v1/nodes/n1/proxy/pods", proto.CodeResourceNotAllowed},
+		{"no resources exclude nodes/proxy", proto.Restrictions{Verbs: []string{"get", "list", "watch"}}, "GET+upgrade", "/api/v1/nodes/n1/proxy/exec/dev/web/c", proto.CodeResourceNotAllowed},
+		{"namespace-only excludes exec", proto.Restrictions{Namespaces: []string{"dev"}}, "POST", "/api/v1/namespaces/dev/pods/web/exec?command=sh", proto.CodeResourceNotAllowed},
+		{"* excludes pods/exec", proto.Restrictions{Resources: []string{"*"}}, "POST", "/api/v1/namespaces/dev/pods/web/exec", proto.CodeResourceNotAllowed},
+		{"* excludes pods/attach", proto.Restrictions{Resources: []string{"*"}}, "POST", "/api/v1/namespaces/dev/pods/web/attach", proto.CodeResourceNotAllowed},
+		{"* excludes pods/portforward", proto.Restrictions{Resources: []string{"*"}}, "GET+upgrade", "/api/v1/namespaces/dev/pods/web/portforward", proto.CodeResourceNotAllowed},
+		{"* excludes pods/proxy", proto.Restrictions{Resources: []string{"*"}}, "GET", "/api/v1/namespaces/dev/pods/web/proxy/", proto.CodeResourceNotAllowed},
+		{"* excludes services/proxy", proto.Restrictions{Resources: []string{"*"}}, "GET", "/api/v1/namespaces/dev/services/web:80/proxy/admin", proto.CodeResourceNotAllowed},
+		{"* excludes serviceaccounts/token", proto.Restrictions{Resources: []string{"*"}}, "POST", "/api/v1/namespaces/dev/serviceaccounts/default/token", proto.CodeResourceNotAllowed},
+		{"* excludes pods/ephemeralcontainers", proto.Restrictions{Resources: []string{"*"}}, "PATCH", "/api/v1/namespaces/dev/pods/web/ephemeralcontainers", proto.CodeResourceNotAllowed},
+		{"* includes pods/log", proto.Restrictions{Resources: []string{"*"}}, "GET", "/api/v1/namespaces/dev/pods/web/log", ""},
+		{"* includes deployments/scale", proto.Restrictions{Resources: []string{"*"}}, "PATCH", "/apis/apps/v1/namespaces/dev/deployments/d/scale", ""},
+		{"named pods/exec", proto.Restrictions{Resources: []string{"*", "pods/exec"}}, "POST", "/api/v1/namespaces/dev/pods/web/exec", ""},
+		{"named */exec", proto.Restrictions{Resources: []string{"*/exec"}}, "GET+upgrade", "/api/v1/namespaces/dev/pods/web/exec", ""},
+		{"named nodes/proxy", proto.Restrictions{Verbs: []string{"get"}, Resources: []string{"nodes/proxy"}}, "GET+upgrade", "/api/v1/nodes/n1/proxy/exec/dev/web/c", ""},
+		{"nodes/proxy is not services/proxy", proto.Restrictions{Resources: []string{"nodes/proxy"}}, "GET", "/api/v1/namespaces/dev/services/web/proxy/", proto.CodeResourceNotAllowed},
+		{"named serviceaccounts/token", proto.Restrictions{Resources: []string{"serviceaccounts/token"}}, "POST", "/api/v1/namespaces/dev/serviceaccounts/default/token", ""},
+		{"time windows alone allow exec", proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "00:00", End: "24:00"}}}, "POST", "/api/v1/namespaces/dev/pods/web/exec", ""},
+
+		// Non-resource URLs other than discovery must be listed.
+		{"non-resource URL refused by namespace limit", proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "/logs/kube-apiserver.log", proto.CodeResourceNotAllowed},
+		{"metrics refused by verb limit", proto.Restrictions{Verbs: []string{"get"}}, "GET", "/metrics", proto.CodeResourceNotAllowed},
+		{"pprof refused by resource limit", proto.Restrictions{Resources: []string{"*"}}, "GET", "/debug/pprof/profile", proto.CodeResourceNotAllowed},
+		{"root refused", proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "/", proto.CodeResourceNotAllowed},
+		{"listed non-resource URL", proto.Restrictions{Namespaces: []string{"dev"}, NonResourceURLs: []string{"/metrics"}}, "GET", "/metrics", ""},
+		{"listed prefix", proto.Restrictions{Namespaces: []string{"dev"}, NonResourceURLs: []string{"/logs/*"}}, "GET", "/logs/kube-apiserver.log", ""},
+		{"prefix is not the path", proto.Restrictions{Namespaces: []string{"dev"}, NonResourceURLs: []string{"/logs/*"}}, "GET", "/logsx", proto.CodeResourceNotAllowed},
+		{"exact is not a prefix", proto.Restrictions{NonResourceURLs: []string{"/metrics"}}, "GET", "/metrics/slis", proto.CodeResourceNotAllowed},
+		{"any non-resource URL", proto.Restrictions{Namespaces: []string{"dev"}, NonResourceURLs: []string{"*"}}, "GET", "/debug/pprof/", ""},
+		{"listed URL, verb refused", proto.Restrictions{Verbs: []string{"get"}, NonResourceURLs: []string{"*"}}, "POST", "/metrics", proto.CodeVerbNotAllowed},
+		{"dot segment under a listed prefix", proto.Restrictions{NonResourceURLs: []string{"/metrics*"}}, "GET", "/metrics/../logs/x", proto.CodeResourceNotAllowed},
+		{"time windows alone allow non-resource URLs", proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "00:00", End: "24:00"}}}, "GET", "/metrics", ""},
 		{"all kinds together", proto.Restrictions{Namespaces: []string{"dev"}, APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"patch"}, ResourceNames: []string{"web"}}, "PATCH", "/apis/apps/v1/namespaces/dev/deployments/web", ""},
 	}
 	for _, tt := range tests {
@@ -88,6 +129,35 @@ func TestDenialMessage(t *testing.T) {
 	want := "alice@example.com may not deletecollection pods in namespace 'kube-system' on cluster 'prod': role 'viewer' allows namespaces dev, staging. Ask an admin, or run: clustral access request --cluster prod --role <role>"
 	if d == nil || d.msg != want {
 		t.Errorf("message\n%v\nwant\n%s", d, want)
+	}
+}
+
+// TestLimitMessages: a refusal by the rules for sensitive subresources,
+// non-resource URLs and unclean paths says what the role lacks.
+func TestLimitMessages(t *testing.T) {
+	tests := []struct {
+		rs             proto.Restrictions
+		method, target string
+		want           string
+	}{
+		{proto.Restrictions{Resources: []string{"*"}, Verbs: []string{"get"}}, "GET", "/api/v1/nodes/n1/proxy/pods",
+			"alice@example.com may not get nodes/proxy 'n1' at cluster scope on cluster 'prod': role 'r' allows resources *, and * does not include nodes/proxy, which must be named."},
+		{proto.Restrictions{Namespaces: []string{"dev"}}, "POST", "/api/v1/namespaces/dev/pods/web/exec",
+			"alice@example.com may not create pods/exec 'web' in namespace 'dev' on cluster 'prod': role 'r' does not name pods/exec, and a role with limits allows the subresources exec, attach, portforward, proxy, ephemeralcontainers and serviceaccounts/token only where its resources name them."},
+		{proto.Restrictions{Resources: []string{"pods", "pods/log"}}, "POST", "/api/v1/namespaces/dev/pods/web/exec",
+			"role 'r' allows resources pods, pods/log."},
+		{proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "/metrics",
+			"alice@example.com may not get /metrics on cluster 'prod': role 'r' allows no non-resource URL but discovery (/api, /apis, /version, /openapi)."},
+		{proto.Restrictions{NonResourceURLs: []string{"/healthz", "/logs/*"}}, "GET", "/metrics",
+			"role 'r' allows the non-resource URLs /healthz, /logs/* besides discovery."},
+		{proto.Restrictions{Namespaces: []string{"dev"}}, "GET", "/api/v1/namespaces/dev/pods/../../kube-system/secrets",
+			"role 'r' cannot judge the path /api/v1/namespaces/dev/pods/../../kube-system/secrets (it has a . or .. segment, //, an encoded /, or no meaning to the API server)."},
+	}
+	for _, tt := range tests {
+		_, d := authorize("prod", device(1, "alice@example.com", restricted("r", tt.rs)), reqInfo(t, tt.method, tt.target), t0)
+		if d == nil || !strings.Contains(d.msg, tt.want) {
+			t.Errorf("%s %s: message\n%v\nwant it to contain\n%s", tt.method, tt.target, d, tt.want)
+		}
 	}
 }
 

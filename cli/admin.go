@@ -201,8 +201,8 @@ func formatLabels(l map[string]string) string {
 
 // roleFlags are the flags shared by roles create and roles update.
 type roleFlags struct {
-	r                                                       proto.Role
-	namespaces, apiGroups, resources, verbs, names, windows []string
+	r                                                                        proto.Role
+	namespaces, apiGroups, resources, verbs, names, nonResourceURLs, windows []string
 }
 
 func (f *roleFlags) add(c *cobra.Command) {
@@ -214,16 +214,18 @@ func (f *roleFlags) add(c *cobra.Command) {
 	fl.BoolVar(&f.r.Admin, "admin", false, "holders of this role are clustral administrators")
 	fl.StringSliceVar(&f.namespaces, "namespace", nil, "restrict to these namespaces (\"\" allows cluster-scoped requests)")
 	fl.StringSliceVar(&f.apiGroups, "api-group", nil, "restrict to these API groups (\"\" is the core group)")
-	fl.StringSliceVar(&f.resources, "resource", nil, "restrict to these resources, e.g. pods, pods/log, deployments")
+	fl.StringSliceVar(&f.resources, "resource", nil, "restrict to these resources, e.g. pods, pods/log, deployments; * excludes exec, attach, portforward, proxy, ephemeralcontainers and serviceaccounts/token, which must be named (pods/exec, */exec)")
 	fl.StringSliceVar(&f.verbs, "verb", nil, "restrict to these verbs: get, list, watch, create, update, patch, delete, deletecollection")
 	fl.StringSliceVar(&f.names, "resource-name", nil, "restrict to these resource names")
+	fl.StringSliceVar(&f.nonResourceURLs, "non-resource-url", nil, "allow these non-resource URLs besides discovery, e.g. /metrics, /logs/* (a role with limits allows none otherwise)")
 	fl.StringArrayVar(&f.windows, "window", nil, `only during this window, e.g. "mon-fri 09:00-18:00 Europe/Berlin" (repeatable)`)
 }
 
 func (f *roleFlags) role(name string) (proto.Role, error) {
 	r := f.r
 	r.Name = name
-	res := proto.Restrictions{Namespaces: f.namespaces, APIGroups: f.apiGroups, Resources: f.resources, Verbs: f.verbs, ResourceNames: f.names}
+	res := proto.Restrictions{Namespaces: f.namespaces, APIGroups: f.apiGroups, Resources: f.resources, Verbs: f.verbs, ResourceNames: f.names,
+		NonResourceURLs: f.nonResourceURLs}
 	for _, w := range f.windows {
 		tw, err := parseWindow(w)
 		if err != nil {
@@ -231,7 +233,7 @@ func (f *roleFlags) role(name string) (proto.Role, error) {
 		}
 		res.TimeWindows = append(res.TimeWindows, tw)
 	}
-	if len(res.Namespaces)+len(res.APIGroups)+len(res.Resources)+len(res.Verbs)+len(res.ResourceNames)+len(res.TimeWindows) > 0 {
+	if len(res.Namespaces)+len(res.APIGroups)+len(res.Resources)+len(res.Verbs)+len(res.ResourceNames)+len(res.NonResourceURLs)+len(res.TimeWindows) > 0 {
 		if err := res.Validate(); err != nil {
 			return r, usageError{err}
 		}
@@ -260,7 +262,8 @@ func printRole(tw *tabwriter.Writer, r proto.Role) {
 		for _, l := range []struct {
 			k string
 			v []string
-		}{{"Namespaces", x.Namespaces}, {"API groups", x.APIGroups}, {"Resources", x.Resources}, {"Verbs", x.Verbs}, {"Names", x.ResourceNames}} {
+		}{{"Namespaces", x.Namespaces}, {"API groups", x.APIGroups}, {"Resources", x.Resources}, {"Verbs", x.Verbs}, {"Names", x.ResourceNames},
+			{"Non-resource URLs", x.NonResourceURLs}} {
 			if len(l.v) > 0 {
 				fmt.Fprintf(tw, "%s:\t%s\n", l.k, strings.Join(l.v, ", "))
 			}
@@ -295,6 +298,7 @@ func newRolesCmd(g *globals) *cobra.Command {
 		Short: "Create a role: the Kubernetes groups impersonated for its holders, and optional limits",
 		Example: `  clustral roles create viewer --group clustral:view --description "read-only"
   clustral roles create dev-deployer --group clustral:edit --namespace dev --resource deployments --verb get,list,patch
+  clustral roles create dev-shell --group clustral:edit --namespace dev --resource '*,pods/exec,pods/portforward'
   clustral roles create office-hours --group clustral:edit --window "mon-fri 09:00-18:00 Europe/Berlin" --approver-group sre`,
 		Args: cobra.ExactArgs(1),
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"net/http"
 	"net/netip"
@@ -417,9 +419,19 @@ func installAdmin(e *testEnv) *fakeAdmin {
 		}
 		writeTestJSON(w, proto.AuditPage{Events: evs, Follow: "cur_1205"})
 	})
-	route("GET "+v+"/audit/verify", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		v := proto.AuditVerification{OK: true, Checked: 1205, First: 1, Last: 1205, Anchor: "9f2c1d4e5b6a79808f7e6d5c4b3a29181f0e2d3c4b5a69788796a5b4c3d2e1f0"}
+	verify := func(w http.ResponseWriter, r *http.Request) {
+		var against *proto.AuditCheckpoint
+		if r.Method == http.MethodPost {
+			var req proto.AuditVerifyRequest
+			if !a.decode(w, r, &req) {
+				return
+			}
+			against = req.Checkpoint
+		} else {
+			a.record(r, nil)
+		}
+		v := proto.AuditVerification{OK: true, Checked: 1205, First: 1, Last: 1205, Anchor: "9f2c1d4e5b6a79808f7e6d5c4b3a29181f0e2d3c4b5a69788796a5b4c3d2e1f0",
+			Checkpoints: 144, SignedSeq: 1205, SignedAt: fixedNow.Add(-4 * time.Minute), Key: proto.AuditKeyID(fakeCheckpointKey.Public().(ed25519.PublicKey)), Against: against}
 		a.mu.Lock()
 		if bad := a.brokenAt; bad != 0 {
 			v.OK, v.Checked, v.Last, v.BadSeq = false, int(bad-1), bad-1, bad
@@ -427,8 +439,23 @@ func installAdmin(e *testEnv) *fakeAdmin {
 		}
 		a.mu.Unlock()
 		writeTestJSON(w, v)
+	}
+	route("GET "+v+"/audit/verify", verify)
+	route("POST "+v+"/audit/verify", verify)
+	route("POST "+v+"/audit/checkpoints", func(w http.ResponseWriter, r *http.Request) {
+		a.record(r, nil)
+		writeTestJSON(w, fakeCheckpoint())
 	})
 	return a
+}
+
+// fakeCheckpointKey signs the fake coordinator's audit checkpoints
+// (Ed25519 signatures are deterministic, so the goldens are stable).
+var fakeCheckpointKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+
+// fakeCheckpoint is the checkpoint the fake coordinator exports.
+func fakeCheckpoint() proto.AuditCheckpoint {
+	return proto.SignAuditCheckpoint(fakeCheckpointKey, 1180, "3b7e2f1a9c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7", fixedNow)
 }
 
 // record notes r (and its decoded body) for the test to check.

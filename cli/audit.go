@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,7 +130,7 @@ W warning, E error. The codes are listed in docs/audit-codes.md.
 		}
 		return followAudit(c.Context(), api, q, followCursor, interval, w)
 	}
-	c.AddCommand(newAuditVerifyCmd(g))
+	c.AddCommand(newAuditVerifyCmd(g), newAuditCheckpointCmd(g))
 	return c
 }
 
@@ -293,50 +294,63 @@ func auditResult(e proto.AuditEvent) string {
 }
 
 func newAuditVerifyCmd(g *globals) *cobra.Command {
-	var dataDir string
+	var dataDir, ckptFile string
 	c := &cobra.Command{
 		Use:   "verify",
-		Short: "Check the audit log's hash chain and name the first record that was edited or deleted",
+		Short: "Check the audit log's hash chain and signed checkpoints, and name the first record that fails",
 		Long: `Check that no audit record was edited, replaced or deleted: every record
 carries the hash of the one before it, from the retention anchor to the
-newest. On a break it names the first bad record by its sequence number and
-exits with status 1.
+newest. The coordinator also signs checkpoints of the log (at start, every
+--audit-checkpoint-interval while it grows, when it stops); each must carry a valid
+signature by the coordinator's checkpoint key, and the log must still hold
+the record each one names, with the hash it signed. On a break it names the
+first bad record by its sequence number and exits with status 1.
+
+Whoever can write the coordinator's store can also delete the checkpoints
+in it. Keep checkpoints outside it as well (clustral audit checkpoint), and
+check the log against one with --checkpoint: the log must still extend it,
+that is hold its record with its hash, and the coordinator's key must be
+the one that signed it. A log that was cut back below the checkpoint, or
+rewritten and rehashed up to it, fails.
 
 Without --data-dir the coordinator checks its log (administrators only).
 With --data-dir the check runs here on a stopped coordinator's store, or on
-a copy of it (e.g. a backup).`,
+a copy of it (e.g. a backup), with the checkpoint key in that directory
+(audit-checkpoint.key), or, if there is none, the key of --checkpoint.`,
 		Example: `  clustral audit verify
+  clustral audit verify --checkpoint audit-2026-01-31.json
   clustral audit verify --data-dir /var/lib/clustral -o json`,
 		Args: cobra.NoArgs,
 	}
 	out := outputFlag(c)
 	c.Flags().StringVar(&dataDir, "data-dir", "", "check the store in this coordinator data directory, offline")
+	c.Flags().StringVar(&ckptFile, "checkpoint", "", "a checkpoint file written by clustral audit checkpoint that the log must still extend")
 	c.RunE = func(c *cobra.Command, _ []string) error {
-		var v proto.AuditVerification
-		if dataDir != "" {
-			var err error
-			if v, err = coordinator.VerifyAuditDir(dataDir); err != nil {
+		var against *proto.AuditCheckpoint
+		if ckptFile != "" {
+			ck, err := readCheckpointFile(ckptFile)
+			if err != nil {
 				return err
 			}
-		} else {
+			against = &ck
+		}
+		var v proto.AuditVerification
+		switch {
+		case dataDir != "":
+			var err error
+			if v, err = coordinator.VerifyAuditDir(dataDir, against); err != nil {
+				return err
+			}
+		case against != nil:
+			if err := g.call(c.Context(), "POST", proto.APIVersion+"/audit/verify", proto.AuditVerifyRequest{Checkpoint: against}, &v); err != nil {
+				return err
+			}
+		default:
 			if err := g.call(c.Context(), "GET", proto.APIVersion+"/audit/verify", nil, &v); err != nil {
 				return err
 			}
 		}
-		if err := render(g.stdout, *out, v, func(tw *tabwriter.Writer) {
-			if v.OK {
-				if v.Checked == 0 {
-					fmt.Fprintln(tw, "Audit log intact: no records.")
-					return
-				}
-				fmt.Fprintf(tw, "Audit log intact: %d records, %d to %d.\n", v.Checked, v.First, v.Last)
-				return
-			}
-			fmt.Fprintf(tw, "Audit log BROKEN at record %d: %s\n", v.BadSeq, v.Problem)
-			if v.Checked > 0 {
-				fmt.Fprintf(tw, "Records %d to %d before it are intact.\n", v.First, v.Last)
-			}
-		}); err != nil {
+		if err := render(g.stdout, *out, v, func(tw *tabwriter.Writer) { verificationTable(tw, v) }); err != nil {
 			return err
 		}
 		if !v.OK {
@@ -344,6 +358,96 @@ a copy of it (e.g. a backup).`,
 		}
 		return nil
 	}
+	return c
+}
+
+// readCheckpointFile reads and checks an exported checkpoint.
+func readCheckpointFile(path string) (proto.AuditCheckpoint, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return proto.AuditCheckpoint{}, usageError{fmt.Errorf("--checkpoint: %w", err)}
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, proto.MaxAuditCheckpointBytes+1))
+	if err != nil {
+		return proto.AuditCheckpoint{}, fmt.Errorf("--checkpoint %s: %w", path, err)
+	}
+	ck, err := proto.ParseAuditCheckpoint(b)
+	if err != nil {
+		return ck, withHint(exitError, fmt.Errorf("--checkpoint %s: %w", path, err), "give the file clustral audit checkpoint wrote, unchanged")
+	}
+	return ck, nil
+}
+
+func verificationTable(tw *tabwriter.Writer, v proto.AuditVerification) {
+	if !v.OK {
+		fmt.Fprintf(tw, "Audit log BROKEN at record %d: %s\n", v.BadSeq, v.Problem)
+		if v.Checked > 0 {
+			fmt.Fprintf(tw, "Records %d to %d before it are intact.\n", v.First, v.Last)
+		}
+		return
+	}
+	if v.Checked == 0 {
+		fmt.Fprintln(tw, "Audit log intact: no records.")
+	} else {
+		fmt.Fprintf(tw, "Audit log intact: %d records, %d to %d.\n", v.Checked, v.First, v.Last)
+	}
+	switch {
+	case v.Key == "":
+	case v.Checkpoints == 0:
+		fmt.Fprintf(tw, "No signed checkpoint in the store yet (key %s).\n", v.Key)
+	default:
+		fmt.Fprintf(tw, "Signed: %d checkpoints, the newest of record %d at %s (key %s).\n", v.Checkpoints, v.SignedSeq, v.SignedAt.Local().Format("2006-01-02 15:04:05"), v.Key)
+	}
+	if c := v.Against; c != nil {
+		fmt.Fprintf(tw, "Extends the exported checkpoint of record %d, signed at %s.\n", c.Seq, c.Time.Local().Format("2006-01-02 15:04:05"))
+	}
+}
+
+func newAuditCheckpointCmd(g *globals) *cobra.Command {
+	var file string
+	c := &cobra.Command{
+		Use:   "checkpoint",
+		Short: "Have the coordinator sign a checkpoint of the audit log, to keep outside it",
+		Long: `Have the coordinator sign a checkpoint of its audit log as it is now: the
+sequence number and hash of the newest record, and the time, signed with
+the coordinator's checkpoint key. The export itself is recorded (AL001I),
+and the checkpoint names that record. Administrators only.
+
+The checkpoint is a small JSON document, written to standard output or,
+with --file, to a file. Keep it where whoever can write the coordinator's
+data directory cannot: an object store with retention, a ticket, a
+SIEM. Later, clustral audit verify --checkpoint FILE proves that the log
+still extends it: nothing up to that record was cut off or rewritten,
+and the coordinator still signs with the same key.`,
+		Example: `  clustral audit checkpoint > audit-$(date +%F).json
+  clustral audit checkpoint --file /mnt/audit-anchors/$(date +%F).json`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			var ck proto.AuditCheckpoint
+			if err := g.call(c.Context(), "POST", proto.APIVersion+"/audit/checkpoints", nil, &ck); err != nil {
+				return err
+			}
+			if err := ck.Verify(); err != nil {
+				return fmt.Errorf("the coordinator's checkpoint: %w", err)
+			}
+			b, err := json.MarshalIndent(ck, "", "  ")
+			if err != nil {
+				return err
+			}
+			b = append(b, '\n')
+			if file == "" {
+				_, err := g.stdout.Write(b)
+				return err
+			}
+			if err := writeFileAtomic(file, b, 0o644); err != nil {
+				return fmt.Errorf("write checkpoint: %w", err)
+			}
+			fmt.Fprintf(g.stdout, "Checkpoint of audit record %d, signed at %s by key %s, written to %s.\n", ck.Seq, ck.Time.Local().Format("2006-01-02 15:04:05"), ck.KeyID(), file)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&file, "file", "", "write the checkpoint to this file instead of standard output")
 	return c
 }
 

@@ -159,6 +159,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.StringVar(&cfg.MeshDomain, "mesh-domain", d.MeshDomain, "DNS suffix of mesh names")
 	f.DurationVar(&cfg.SessionTTL, "session-ttl", d.SessionTTL, "how long a login lasts")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", d.AuditRetention, "how long audit events are kept (whole days older are pruned); negative keeps them all")
+	f.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", d.AuditCheckpointInterval, "how often the coordinator signs a checkpoint of its audit log while it grows (with the key <data-dir>/"+coordinator.AuditKeyFile+")")
 	f.DurationVar(&cfg.AgentTTL, "agent-ttl", d.AgentTTL, "reclaim an agent after it has been gone this long")
 	f.DurationVar(&cfg.PendingRequestTTL, "pending-request-ttl", d.PendingRequestTTL, "expire an access request nobody decided after this long")
 	f.IntVar(&cfg.MaxDevicesPerUser, "max-devices-per-user", coordinator.DefaultMaxDevicesPerUser, "devices one user may have registered at once")

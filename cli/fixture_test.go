@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/oauth2"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/netstack/socks5"
@@ -152,6 +153,8 @@ type fakeCoord struct {
 	requestable []string
 	sessions    map[string]proto.Session
 	logins      int
+	// The CLI's last login/start.
+	loginStart proto.LoginStartRequest
 }
 
 func newFakeCoord(t *testing.T) *fakeCoord {
@@ -194,16 +197,55 @@ func newFakeCoord(t *testing.T) *fakeCoord {
 		defer f.mu.Unlock()
 		writeTestJSON(w, proto.Whoami{User: s.User, SessionExpires: s.ExpiresAt, Clusters: f.clusters, Requestable: f.requestable})
 	})
-	mux.HandleFunc("POST /api/v1/login/start", func(w http.ResponseWriter, _ *http.Request) {
-		writeTestJSON(w, proto.LoginStartResponse{AuthURL: f.srv.URL + "/idp/auth", Handle: "h", ExpiresAt: now().Add(time.Minute), PollInterval: proto.Duration(10 * time.Millisecond)})
+	mux.HandleFunc("POST /api/v1/login/start", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.LoginStartRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.CodeChallenge == "" || req.CodeChallengeMethod != proto.CodeChallengeS256 {
+			writeTestProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "code_challenge is required", "")
+			return
+		}
+		f.mu.Lock()
+		f.loginStart = req
+		f.mu.Unlock()
+		resp := proto.LoginStartResponse{AuthURL: f.srv.URL + "/idp/auth", Handle: "h", ExpiresAt: now().Add(time.Minute), PollInterval: proto.Duration(10 * time.Millisecond)}
+		if req.RedirectURI == "" {
+			resp.UserCode = "BCDF-GHJK"
+		}
+		writeTestJSON(w, resp)
 	})
-	mux.HandleFunc("POST /api/v1/login/poll", func(w http.ResponseWriter, _ *http.Request) {
+	// A session goes only to the verifier of the login's challenge: by
+	// poll for a headless login, by code exchange for a loopback one.
+	issue := func(w http.ResponseWriter, verifier string) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		if oauth2.S256ChallengeFromVerifier(verifier) != f.loginStart.CodeChallenge {
+			writeTestProblem(w, http.StatusUnauthorized, proto.CodeLoginFailed, "the code verifier does not match this login", "")
+			return
+		}
 		f.logins++
 		s := proto.Session{Token: "tok-new-" + strconv.Itoa(f.logins), ExpiresAt: now().Add(8 * time.Hour), User: proto.User{ID: "u-alice", Login: "alice@example.com", Email: "alice@example.com"}}
 		f.sessions[s.Token] = s
 		writeTestJSON(w, s)
+	}
+	mux.HandleFunc("POST /api/v1/login/poll", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.LoginPollRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		f.mu.Lock()
+		loopback := f.loginStart.RedirectURI != ""
+		f.mu.Unlock()
+		if loopback {
+			writeTestProblem(w, http.StatusAccepted, proto.CodeLoginPending, "waiting for the browser", "")
+			return
+		}
+		issue(w, req.CodeVerifier)
+	})
+	mux.HandleFunc("POST /api/v1/login/exchange", func(w http.ResponseWriter, r *http.Request) {
+		var req proto.LoginExchangeRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		if req.Code != "good" {
+			writeTestProblem(w, http.StatusGone, proto.CodeLoginConsumed, "unknown or already used login code", "")
+			return
+		}
+		issue(w, req.CodeVerifier)
 	})
 	mux.HandleFunc("DELETE /api/v1/session", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	f.srv = httptest.NewTLSServer(mux)

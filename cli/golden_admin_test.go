@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -24,6 +26,25 @@ func TestGoldenAdmin(t *testing.T) {
 	version.Version, version.Commit = "v1.2.0", "abc123"
 	t.Cleanup(func() { version.Version, version.Commit = oldVersion, oldCommit })
 
+	ckFile := filepath.Join(e.base, "checkpoint.json")
+	ck, err := json.Marshal(fakeCheckpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ckFile, ck, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	edited := fakeCheckpoint()
+	edited.Seq = 1100
+	ck, err = json.Marshal(edited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	editedFile := filepath.Join(e.base, "edited.json")
+	if err := os.WriteFile(editedFile, ck, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	tests := []struct {
 		name string
 		args []string
@@ -43,10 +64,10 @@ func TestGoldenAdmin(t *testing.T) {
 		{name: "roles-show", args: []string{"roles", "show", "dev-deployer"}, sent: []string{"GET /api/v1/roles/dev-deployer"}},
 		{name: "roles-create", args: []string{"roles", "create", "deployer", "--group", "clustral:edit", "--description", "roll out to dev",
 			"--namespace", "dev,staging", "--api-group", "apps", "--resource", "deployments,deployments/scale", "--verb", "get,list,patch",
-			"--resource-name", "api", "--window", "mon-fri 09:00-18:00 Europe/Berlin", "--approver-group", "sre"},
+			"--resource-name", "api", "--non-resource-url", "/metrics,/logs/*", "--window", "mon-fri 09:00-18:00 Europe/Berlin", "--approver-group", "sre"},
 			sent: []string{`POST /api/v1/roles {"id":"","name":"deployer","description":"roll out to dev","groups":["clustral:edit"],` +
 				`"restrictions":{"namespaces":["dev","staging"],"api_groups":["apps"],"resources":["deployments","deployments/scale"],"verbs":["get","list","patch"],` +
-				`"resource_names":["api"],"time_windows":[{"days":["mon","tue","wed","thu","fri"],"start":"09:00","end":"18:00","time_zone":"Europe/Berlin"}]},` +
+				`"resource_names":["api"],"non_resource_urls":["/metrics","/logs/*"],"time_windows":[{"days":["mon","tue","wed","thu","fri"],"start":"09:00","end":"18:00","time_zone":"Europe/Berlin"}]},` +
 				`"approver_groups":["sre"]}`}},
 		{name: "roles-update", args: []string{"roles", "update", "viewer", "--rename", "reader", "--group", "clustral:view", "--namespace", "dev,staging"},
 			sent: []string{`PUT /api/v1/roles/viewer {"id":"","name":"reader","groups":["clustral:view"],"restrictions":{"namespaces":["dev","staging"]}}`}},
@@ -96,6 +117,11 @@ func TestGoldenAdmin(t *testing.T) {
 			sent: []string{"GET /api/v1/audit/events ?from=2030-01-02T08%3A00%3A00Z&limit=50&user=bob%40example.com"}},
 		{name: "audit-verify", args: []string{"audit", "verify"}, sent: []string{"GET /api/v1/audit/verify"}},
 		{name: "audit-verify-broken", args: []string{"audit", "verify"}, brokenAt: 1042, code: exitError},
+		{name: "audit-verify-checkpoint", args: []string{"audit", "verify", "--checkpoint", ckFile},
+			sent: []string{`POST /api/v1/audit/verify {"checkpoint":{"seq":1180,"hash":"3b7e2f1a9c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7"`}},
+		{name: "audit-verify-edited-checkpoint", args: []string{"audit", "verify", "--checkpoint", editedFile}, plain: true, code: exitError},
+		{name: "audit-checkpoint", args: []string{"audit", "checkpoint"}, plain: true, sent: []string{"POST /api/v1/audit/checkpoints"}},
+		{name: "audit-checkpoint-file", args: []string{"audit", "checkpoint", "--file", filepath.Join(e.base, "exported.json")}, plain: true},
 
 		{name: "version", args: []string{"version"}},
 	}

@@ -2,16 +2,22 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"html/template"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/oauth2"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -25,9 +31,22 @@ func newLoginCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "login [coordinator-url]",
 		Short: "Sign in to a clustral coordinator through your identity provider",
-		Long: `Sign in through the coordinator's OIDC provider. clustral opens your browser
-(or prints the URL when there is none, e.g. over SSH), waits for you to sign
-in, and stores the session (mode 0600) in your config directory.
+		Long: `Sign in through the coordinator's OIDC provider, and store the session
+(mode 0600) in your config directory.
+
+A login is bound to the clustral process that started it: only that
+process can receive its session, so a login URL someone else sends you
+signs nobody in on their machine.
+
+With a browser on this machine, clustral opens it and listens on
+127.0.0.1; after you sign in, the coordinator sends the browser back to
+that listener with a one-time code that only this process can redeem.
+
+With --no-browser (or no desktop, e.g. over SSH), open the printed URL in
+any browser. After you sign in, the page names the device that started
+the login (host name, system, address, time) and asks for the code the
+terminal shows; the session is issued only once you type it there. Do
+not enter a code someone else gave you.
 
 For automation, --id-token-file exchanges an ID token from the trusted
 issuer directly.`,
@@ -88,54 +107,192 @@ issuer directly.`,
 		},
 	}
 	c.Flags().StringVar(&idTokenFile, "id-token-file", "", "exchange the ID token in this file instead of a browser login")
-	c.Flags().BoolVar(&noBrowser, "no-browser", false, "print the login URL instead of opening a browser")
+	c.Flags().BoolVar(&noBrowser, "no-browser", false, "sign in from a browser on any machine, confirming the code this terminal shows")
 	c.Flags().StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator (private CAs)")
 	return c
 }
 
+// interactiveLogin signs in through the browser. The login is bound to
+// this process by a code verifier that never leaves it (only its S256
+// challenge does). With a browser on this machine, the coordinator sends
+// the browser back to a listener on 127.0.0.1 with a one-time code that
+// only this verifier redeems. Without one (--no-browser, SSH), the URL may
+// be opened anywhere, and the person confirms in the browser the code this
+// terminal shows before the poll yields the session.
 func interactiveLogin(ctx context.Context, g *globals, api *apiClient, noBrowser bool) (*proto.Session, error) {
+	verifier := oauth2.GenerateVerifier()
+	req := proto.LoginStartRequest{
+		CodeChallenge:       oauth2.S256ChallengeFromVerifier(verifier),
+		CodeChallengeMethod: proto.CodeChallengeS256,
+		Device:              proto.LoginDevice{OS: runtime.GOOS + "/" + runtime.GOARCH},
+	}
+	req.Device.Hostname, _ = os.Hostname()
+	var lb *loopback
+	if !noBrowser && hasBrowser() {
+		var err error
+		if lb, err = newLoopback(api, verifier); err != nil {
+			fmt.Fprintf(g.stderr, "Cannot listen on 127.0.0.1 for the browser (%v); signing in without it.\n", err)
+		} else {
+			defer lb.close()
+			req.RedirectURI = lb.uri
+		}
+	}
 	var start proto.LoginStartResponse
-	if err := api.do(ctx, "POST", proto.APIVersion+"/login/start", nil, &start); err != nil {
+	if err := api.do(ctx, "POST", proto.APIVersion+"/login/start", req, &start); err != nil {
 		return nil, cliErr(err)
 	}
-	opened := false
-	if !noBrowser {
-		opened = openBrowser(start.AuthURL) == nil
-	}
-	if opened {
-		fmt.Fprintf(g.stderr, "Opened your browser to sign in. If it did not open, visit:\n\n  %s\n\n", start.AuthURL)
+	// The coordinator ends the login at ExpiresAt (a poll then says so);
+	// the local deadline only backs that up, and allows for clock skew.
+	ctx, cancel := context.WithTimeout(ctx, max(start.ExpiresAt.Sub(now()), time.Minute)+30*time.Second)
+	defer cancel()
+	var sp *spinner
+	if lb != nil {
+		if openBrowser(start.AuthURL) == nil {
+			fmt.Fprintf(g.stderr, "Opened your browser to sign in. If it did not open, visit this URL in a browser on this machine:\n\n  %s\n\n", start.AuthURL)
+		} else {
+			fmt.Fprintf(g.stderr, "To sign in, open this URL in a browser on this machine:\n\n  %s\n\n", start.AuthURL)
+		}
+		sp = g.spinner("Waiting for you to sign in (browser on another machine? press Ctrl-C and use --no-browser)")
 	} else {
-		fmt.Fprintf(g.stderr, "To sign in, open this URL in a browser:\n\n  %s\n\n", start.AuthURL)
+		fmt.Fprintf(g.stderr, "To sign in, open this URL in a browser:\n\n  %s\n\nThe page then names this device (%s) and asks for this code:\n\n  %s\n\n",
+			start.AuthURL, req.Device.Hostname, start.UserCode)
+		sp = g.spinner("Waiting for you to sign in and confirm the code")
 	}
-	sp := g.spinner("Waiting for you to sign in")
 	defer sp.stop()
 	interval := time.Duration(start.PollInterval)
 	if interval <= 0 {
 		interval = time.Second
 	}
+	if lb != nil {
+		// The session comes through the loopback listener; the poll only
+		// reports a failure at the coordinator.
+		interval = max(interval, 2*time.Second)
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var done <-chan loopbackResult
+	gone := 0
+	if lb != nil {
+		done = lb.done
+	}
 	for {
-		var sess proto.Session
-		err := api.do(ctx, "POST", proto.APIVersion+"/login/poll", proto.LoginPollRequest{Handle: start.Handle}, &sess)
-		var pe *problemError
-		switch {
-		case err == nil:
-			return &sess, nil
-		case errors.As(err, &pe) && pe.p.Code == proto.CodeLoginPending:
-		default:
-			return nil, cliErr(err)
-		}
 		select {
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, withHint(exitAuth, errors.New("the login expired before you finished signing in"), "run clustral login again")
+			}
 			return nil, ctx.Err()
+		case res := <-done:
+			return res.sess, res.err
 		case <-t.C:
+		}
+		var sess proto.Session
+		err := api.do(ctx, "POST", proto.APIVersion+"/login/poll", proto.LoginPollRequest{Handle: start.Handle, CodeVerifier: verifier}, &sess)
+		var pe *problemError
+		switch {
+		case err == nil && sess.Token != "":
+			return &sess, nil
+		case errors.As(err, &pe) && pe.p.Code == proto.CodeLoginPending:
+		case errors.As(err, &pe) && pe.p.Code == proto.CodeLoginConsumed && lb != nil && gone < 3:
+			// The loopback listener is redeeming the code right now.
+			gone++
+		case ctx.Err() != nil:
+		default:
+			if err == nil {
+				err = errors.New("the coordinator answered the poll without a session")
+			}
+			return nil, cliErr(err)
 		}
 	}
 }
 
+// loopback is the listener on 127.0.0.1 that the coordinator sends the
+// browser back to (RFC 8252 §7.3). Its path holds a random part, so no
+// other page in the browser can aim at it.
+type loopback struct {
+	uri  string
+	srv  *http.Server
+	done chan loopbackResult // receives the outcome once
+	once sync.Once
+}
+
+type loopbackResult struct {
+	sess *proto.Session
+	err  error
+}
+
+func newLoopback(api *apiClient, verifier string) (*loopback, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	path := "/clustral/callback/" + rand.Text()
+	lb := &loopback{uri: "http://" + ln.Addr().String() + path, done: make(chan loopbackResult, 1)}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {
+		var res loopbackResult
+		q := r.URL.Query()
+		switch {
+		case q.Get("error") != "":
+			res.err = withHint(exitAuth, fmt.Errorf("login failed: %s", firstNonEmpty(q.Get("error_description"), q.Get("error"))), "run clustral login again")
+		case q.Get("code") == "":
+			http.Error(w, "no code in this request", http.StatusBadRequest)
+			return
+		default:
+			var sess proto.Session
+			if err := api.do(r.Context(), "POST", proto.APIVersion+"/login/exchange", proto.LoginExchangeRequest{Code: q.Get("code"), CodeVerifier: verifier}, &sess); err != nil {
+				res.err = cliErr(err)
+			} else {
+				res.sess = &sess
+			}
+		}
+		first := false
+		lb.once.Do(func() { first = true; lb.done <- res })
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		switch {
+		case !first:
+			w.WriteHeader(http.StatusConflict)
+			loopbackPage.Execute(w, map[string]string{"Err": "this login already finished; look at your terminal"})
+		case res.err != nil:
+			w.WriteHeader(http.StatusUnauthorized)
+			loopbackPage.Execute(w, map[string]string{"Err": res.err.Error()})
+		default:
+			loopbackPage.Execute(w, map[string]string{"Login": res.sess.User.Login})
+		}
+	})
+	lb.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+	go lb.srv.Serve(ln)
+	return lb, nil
+}
+
+// close stops the listener after the browser got its page.
+func (lb *loopback) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lb.srv.Shutdown(ctx)
+}
+
+var loopbackPage = template.Must(template.New("lb").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>clustral login</title></head>
+<body style="font-family:sans-serif;margin:4em">
+{{if .Err}}<h1>Login failed</h1><p>{{.Err}}</p>{{else}}<h1>Signed in as {{.Login}}</h1>
+<p>You can close this window and return to your terminal.</p>{{end}}
+</body></html>`))
+
+// hasBrowser reports whether a browser can be opened on this machine.
+// Tests replace it.
+var hasBrowser = func() bool {
+	switch runtime.GOOS {
+	case "darwin", "windows":
+		return true
+	}
+	return os.Getenv("DISPLAY") != "" || os.Getenv("WAYLAND_DISPLAY") != ""
+}
+
 // openBrowser opens u in the user's browser when there is a desktop.
-func openBrowser(u string) error {
+// Tests replace it.
+var openBrowser = func(u string) error {
 	var cmd *exec.Cmd
 	switch runtime.GOOS {
 	case "darwin":
@@ -143,7 +300,7 @@ func openBrowser(u string) error {
 	case "windows":
 		cmd = exec.Command("rundll32", "url.dll,FileProtocolHandler", u)
 	default:
-		if os.Getenv("DISPLAY") == "" && os.Getenv("WAYLAND_DISPLAY") == "" {
+		if !hasBrowser() {
 			return errors.New("no display")
 		}
 		cmd = exec.Command("xdg-open", u)

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/clustral/clustral/proto"
 )
 
 func TestParseWindow(t *testing.T) {
@@ -63,4 +65,35 @@ func TestWindowRoundTrip(t *testing.T) {
 			t.Errorf("%q read back as %q", w.String(), back.String())
 		}
 	}
+}
+
+// FuzzParseWindow parses arbitrary --window values: an accepted window
+// must print (as roles show does) to a string that parses back to the
+// same window, so what an admin reads is what the agent enforces.
+func FuzzParseWindow(f *testing.F) {
+	for _, s := range []string{
+		"mon-fri 09:00-18:00 Europe/Berlin", "sat,sun 10:00-14:00", "fri-mon 22:00-06:00 UTC", "daily 00:00-24:00",
+		"* 23:00-01:00 Asia/Kolkata", "monday-sunday 08:00-09:00", "mon,mon 09:00-10:00", "sun-sat 00:00-23:59 Local",
+		"mon-fri 9-18", "someday 09:00-10:00", "mon 09:00", "", "mon 09:00-10:00 Europe/Berlin extra",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tw, err := parseWindow(s)
+		if err != nil {
+			if !strings.Contains(err.Error(), "time window") {
+				t.Fatalf("%q: error %q does not name the window", s, err)
+			}
+			return
+		}
+		back, err := parseWindow(tw.String())
+		if err != nil {
+			t.Fatalf("%q parsed to %+v, whose String %q does not parse: %v", s, tw, tw.String(), err)
+		}
+		w1, err1 := proto.ParseWindow(tw)
+		w2, err2 := proto.ParseWindow(back)
+		if err1 != nil || err2 != nil || w1 != w2 {
+			t.Fatalf("%q: %+v and its round trip %+v differ (%v, %v)", s, tw, back, err1, err2)
+		}
+	})
 }

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -221,16 +222,26 @@ func TestJoinTokenRotateAndRevoke(t *testing.T) {
 
 func TestRoleRestrictionsValidatedAndDelivered(t *testing.T) {
 	e := newAccessEnv(t)
-	bad := proto.Role{Name: "broken", Groups: []string{"g"}, Restrictions: &proto.Restrictions{Verbs: []string{"destroy"}}}
-	if st, p := e.call("POST", "/api/v1/roles", e.admin.Token, bad, nil); st != 400 || p.Code != proto.CodeBadRequest {
-		t.Fatalf("bad restriction = %d %+v", st, p)
+	for _, tt := range []struct {
+		rs   proto.Restrictions
+		want string
+	}{
+		{proto.Restrictions{Verbs: []string{"destroy"}}, `verb "destroy"`},
+		{proto.Restrictions{Resources: []string{"pods/*"}}, `resource "pods/*": a subresource cannot be *`},
+		{proto.Restrictions{NonResourceURLs: []string{"/logs/../etc"}}, `non-resource URL "/logs/../etc": want a clean path`},
+	} {
+		bad := proto.Role{Name: "broken", Groups: []string{"g"}, Restrictions: &tt.rs}
+		if st, p := e.call("POST", "/api/v1/roles", e.admin.Token, bad, nil); st != 400 || p.Code != proto.CodeBadRequest || !strings.Contains(p.Title+p.Detail, tt.want) {
+			t.Fatalf("bad restriction %+v = %d %+v, want 400 naming %s", tt.rs, st, p, tt.want)
+		}
 	}
-	upd := proto.Role{Groups: []string{"viewers"}, Restrictions: &proto.Restrictions{Namespaces: []string{"dev"}}}
+	upd := proto.Role{Groups: []string{"viewers"}, Restrictions: &proto.Restrictions{Namespaces: []string{"dev"}, NonResourceURLs: []string{"/healthz"}}}
 	e.must("POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
 	e.agentMap.next()
 	e.must("PUT", "/api/v1/roles/viewer", e.admin.Token, upd, nil)
 	m := e.agentMap.next()
-	if len(m.Peers) != 1 || m.Peers[0].Identity.Roles[0].Restrictions == nil || m.Peers[0].Identity.Roles[0].Restrictions.Namespaces[0] != "dev" {
+	if len(m.Peers) != 1 || m.Peers[0].Identity.Roles[0].Restrictions == nil || m.Peers[0].Identity.Roles[0].Restrictions.Namespaces[0] != "dev" ||
+		!slices.Equal(m.Peers[0].Identity.Roles[0].Restrictions.NonResourceURLs, []string{"/healthz"}) {
 		t.Fatalf("role update delta = %+v", m)
 	}
 }

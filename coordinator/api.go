@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -47,7 +46,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+v+"/login/start", s.perSource("login_start", s.handleLoginStart))
 	mux.HandleFunc("POST "+v+"/login/poll", s.handleLoginPoll)
 	mux.HandleFunc("POST "+v+"/login/token", s.perSource("login_token", s.handleLoginToken))
+	mux.HandleFunc("POST "+v+"/login/exchange", s.perSource("login_exchange", s.handleLoginExchange))
 	mux.HandleFunc("GET /oidc/callback", s.perSource("callback", s.handleCallback))
+	mux.HandleFunc("POST /oidc/confirm", s.perSource("confirm", s.handleConfirm))
 	mux.HandleFunc("GET "+v+"/whoami", s.handleWhoami)
 	mux.HandleFunc("DELETE "+v+"/session", s.handleLogout)
 
@@ -82,6 +83,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+v+"/audit/events", s.handleAuditIngest)
 	mux.HandleFunc("GET "+v+"/audit/events", s.handleAuditQuery)
 	mux.HandleFunc("GET "+v+"/audit/verify", s.admin(s.handleAuditVerify))
+	mux.HandleFunc("POST "+v+"/audit/verify", s.admin(s.handleAuditVerify))
+	mux.HandleFunc("POST "+v+"/audit/checkpoints", s.admin(s.handleAuditCheckpoint))
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)
@@ -194,32 +197,6 @@ func (s *Server) handleInfo(w http.ResponseWriter, _ *http.Request) {
 
 // ---- login ----
 
-func (s *Server) handleLoginStart(w http.ResponseWriter, r *http.Request) {
-	resp, err := s.startLogin()
-	if err != nil {
-		writeProblem(w, http.StatusServiceUnavailable, proto.CodeLoginFailed, err.Error(), "configure --oidc-issuer on the coordinator")
-		return
-	}
-	writeJSON(w, http.StatusOK, resp)
-}
-
-func (s *Server) handleLoginPoll(w http.ResponseWriter, r *http.Request) {
-	var req proto.LoginPollRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	if req.Handle == "" {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "handle is required", "")
-		return
-	}
-	sess, p := s.poll(req.Handle)
-	if p != nil {
-		writeProblemDoc(w, p)
-		return
-	}
-	writeJSON(w, http.StatusOK, sess)
-}
-
 func (s *Server) handleLoginToken(w http.ResponseWriter, r *http.Request) {
 	var req proto.TokenExchangeRequest
 	if !decode(w, r, &req) {
@@ -249,39 +226,6 @@ func (s *Server) handleLoginToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, sess)
-}
-
-var callbackPage = template.Must(template.New("cb").Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><title>clustral</title></head>
-<body style="font-family:sans-serif;margin:4em">
-{{if .Err}}<h1>Login failed</h1><p>{{.Err}}</p>{{else}}<h1>Signed in as {{.Login}}</h1>
-<p>You can close this window and return to your terminal.</p>{{end}}
-</body></html>`))
-
-func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	var data struct{ Login, Err string }
-	errMsg := q.Get("error")
-	if d := q.Get("error_description"); d != "" {
-		errMsg += ": " + d
-	}
-	if s.oidc == nil {
-		data.Err = errNoOIDC.Error()
-	} else if sess, err := s.callback(r.Context(), q.Get("state"), q.Get("code"), errMsg); err != nil {
-		s.metrics.login("browser", err)
-		data.Err = err.Error()
-		s.log.Warn("login failed", "err", err)
-		s.auditFailure(proto.AuditLoginFailed, r, "", err)
-	} else {
-		s.metrics.login("browser", nil)
-		data.Login = sess.User.Login
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	if data.Err != "" {
-		w.WriteHeader(http.StatusUnauthorized)
-	}
-	callbackPage.Execute(w, data)
 }
 
 // whoamiResponse is served at GET /api/v1/whoami.

@@ -2,12 +2,12 @@ package coordinator
 
 import (
 	"cmp"
+	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -356,10 +356,74 @@ func writeAuditError(w http.ResponseWriter, err error, badHint, what, hint strin
 	writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, what+": "+err.Error(), hint)
 }
 
+// agentStamp is who sent a batch of audit events, as the coordinator
+// authenticated it.
+type agentStamp struct {
+	node    string // the agent's node id
+	cluster string // its cluster's name
+	source  string // the spool the batch comes from
+}
+
+// minAuditTime is the earliest time an agent's event may carry; earlier
+// ones are clock errors (and times before year 1 UTC cannot be stored).
+var minAuditTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// reservedAgentMetadata are the metadata keys the coordinator sets on an
+// agent's event; what an agent sends under them is dropped.
+var reservedAgentMetadata = []string{"agent", "agent_time", "claimed_actor"}
+
+// stampAgentEvent checks one event an agent sent and makes it the event
+// the coordinator stores. What the coordinator knows replaces what the
+// event claims: the category comes from the code, the cluster, the
+// source and metadata "agent" (the node id) from the authenticated agent,
+// and the chain fields are cleared. An actor that names a coordinator
+// principal ("system", "anonymous", "device:<id>", or an agent of
+// another cluster) becomes the agent itself, the claim kept as metadata
+// claimed_actor. A time more
+// than maxAuditSkew after now, or before minAuditTime, becomes now, the
+// agent's time kept as metadata agent_time, and skew says how far off it
+// was; a missing time is now. Other earlier times stay: an agent spools
+// its events while the coordinator is out of reach and sends them later.
+func stampAgentEvent(e proto.AuditEvent, a agentStamp, now time.Time) (_ proto.AuditEvent, skew time.Duration, err error) {
+	info, ok := proto.LookupAuditCode(e.Code)
+	if !ok || info.Category != proto.CategoryRequest && info.Category != proto.CategoryDenial && e.Code != proto.AuditEventsDropped {
+		return e, 0, errBadBatch{fmt.Sprintf("event %d: agents may not send code %q", e.SourceSeq, e.Code)}
+	}
+	md := make(map[string]string, len(e.Metadata)+2)
+	for k, v := range e.Metadata {
+		md[k] = v
+	}
+	for _, k := range reservedAgentMetadata {
+		delete(md, k)
+	}
+	self := "agent:" + a.cluster
+	switch {
+	case e.Actor == "":
+		e.Actor = self
+	case e.Actor == "system", e.Actor == "anonymous", strings.HasPrefix(e.Actor, "device:"),
+		strings.HasPrefix(e.Actor, "agent:") && e.Actor != self:
+		md["claimed_actor"] = e.Actor
+		e.Actor = self
+	}
+	switch {
+	case e.Time.IsZero():
+		e.Time = now
+	case e.Time.After(now.Add(maxAuditSkew)), e.Time.Before(minAuditTime):
+		skew = e.Time.Sub(now).Abs()
+		md["agent_time"] = e.Time.UTC().Format(time.RFC3339Nano)
+		e.Time = now
+	}
+	md["agent"] = a.node
+	e.Category, e.Cluster, e.Source, e.Metadata = info.Category, a.cluster, a.source, md
+	e.Seq, e.PrevHash, e.Hash = 0, "", ""
+	return e, skew, nil
+}
+
 // handleAuditIngest stores an agent's batch of spooled events. Events at
 // or below the source's highest stored sequence are duplicates of a resend
-// and are skipped, so each is stored once. The cluster of each event is
-// the agent's own, whatever the event says.
+// and are skipped, so each is stored once. Each event is stamped with the
+// agent's identity and a bounded time (stampAgentEvent); a batch with
+// events dated too far ahead is followed by one AG007W.
 func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 	n, ok := s.authNode(w, r)
 	if !ok {
@@ -388,6 +452,7 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	key := n.ClusterID + "/" + b.Source
+	stamp := agentStamp{node: n.ID, cluster: cluster, source: b.Source}
 	var ack proto.AuditAck
 	err := s.st.Update(func(tx store.Tx) error {
 		ack = proto.AuditAck{}
@@ -398,6 +463,8 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
+		now := s.now().UTC()
+		skewed, maxSkew := 0, time.Duration(0)
 		for _, e := range b.Events {
 			if e.SourceSeq == 0 {
 				return errBadBatch{"an event has no source_seq"}
@@ -406,24 +473,26 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 				ack.Duplicates++
 				continue
 			}
-			info, ok := proto.LookupAuditCode(e.Code)
-			if !ok || info.Category != proto.CategoryRequest && info.Category != proto.CategoryDenial && e.Code != proto.AuditEventsDropped {
-				return errBadBatch{fmt.Sprintf("event %d: agents may not send code %q", e.SourceSeq, e.Code)}
+			e, skew, err := stampAgentEvent(e, stamp, now)
+			if err != nil {
+				return err
 			}
-			e.Category, e.Cluster, e.Source = info.Category, cluster, b.Source
-			e.Seq, e.PrevHash, e.Hash = 0, "", ""
-			if e.Actor == "" {
-				e.Actor = "agent:" + cluster
+			if skew > 0 {
+				skewed, maxSkew = skewed+1, max(maxSkew, skew)
 			}
-			if e.Metadata == nil {
-				e.Metadata = map[string]string{}
-			}
-			e.Metadata["agent"] = n.ID
 			if _, err := appendAudit(tx, e); err != nil {
 				return err
 			}
 			ack.Acked = e.SourceSeq
 			ack.Stored++
+		}
+		if skewed > 0 {
+			_, err := appendAudit(tx, proto.AuditEvent{Code: proto.AuditAgentClockSkew, Time: now, Actor: "agent:" + cluster, Cluster: cluster,
+				Outcome: proto.OutcomeFailure, Source: b.Source,
+				Metadata: map[string]string{"agent": n.ID, "events": strconv.Itoa(skewed), "max_skew": maxSkew.Round(time.Second).String()}})
+			if err != nil {
+				return err
+			}
 		}
 		return tx.PutRaw(store.AuditSource, key, []byte(strconv.FormatUint(ack.Acked, 10)))
 	})
@@ -696,11 +765,15 @@ func (s *Server) handleAuditQuery(w http.ResponseWriter, r *http.Request) {
 // VerifyAudit checks the audit chain in st from the retention anchor to
 // the head and names the first record that fails: one whose content does
 // not match its hash (edited), that does not follow the one before
-// (replaced or reordered), or that is missing (deleted).
-func VerifyAudit(st store.Store) (proto.AuditVerification, error) {
+// (replaced or reordered), or that is missing (deleted). With o.Key it
+// also checks the signed checkpoints in the store, and with o.Against an
+// exported checkpoint (see AuditVerifyOptions): a record whose hash is not
+// the one a checkpoint signed was rewritten, and a log that ends before a
+// checkpoint's record was cut back.
+func VerifyAudit(st store.Store, o AuditVerifyOptions) (proto.AuditVerification, error) {
 	var v proto.AuditVerification
 	err := st.View(func(tx store.Tx) error {
-		v = proto.AuditVerification{}
+		v = proto.AuditVerification{Against: o.Against}
 		head, anchor, err := getMarks(tx)
 		if err != nil {
 			return err
@@ -711,6 +784,13 @@ func VerifyAudit(st store.Store) (proto.AuditVerification, error) {
 		bad := func(seq uint64, format string, args ...any) error {
 			v.BadSeq, v.Problem = seq, fmt.Sprintf(format, args...)
 			return fail
+		}
+		claims, err := checkpointClaims(tx, o, anchor, &v, bad)
+		if errors.Is(err, fail) {
+			return nil
+		}
+		if err != nil {
+			return err
 		}
 		err = tx.ForEach(store.Audit, func(k string, raw []byte) error {
 			ks, err := strconv.ParseUint(k, 10, 64)
@@ -736,6 +816,12 @@ func VerifyAudit(st store.Store) (proto.AuditVerification, error) {
 			if h := proto.AuditHash(e); h != e.Hash {
 				return bad(ks, "record %d was edited: its content does not match its hash", ks)
 			}
+			for _, c := range claims[ks] {
+				if c.hash != e.Hash {
+					return bad(ks, "record %d differs from %s: the log was rewritten at or before record %d", ks, c.what, ks)
+				}
+			}
+			delete(claims, ks)
 			if v.First == 0 {
 				v.First = ks
 			}
@@ -752,31 +838,46 @@ func VerifyAudit(st store.Store) (proto.AuditVerification, error) {
 		switch {
 		case head.Seq > want-1:
 			bad(want, "records %d to %d are missing (deleted from the end of the log)", want, head.Seq)
+			return nil
 		case head.Seq < want-1:
 			bad(head.Seq+1, "records after %d are not in the head of the log (%d): the head was edited", head.Seq, want-1)
+			return nil
 		case head.Hash != prev:
 			bad(head.Seq, "record %d does not match the head of the log (replaced)", head.Seq)
-		default:
-			v.OK = true
+			return nil
 		}
+		// What is left names records past the end of the log.
+		var cut uint64
+		var what string
+		for seq, cs := range claims {
+			if cut == 0 || seq < cut {
+				cut, what = seq, cs[0].what
+			}
+		}
+		if cut != 0 {
+			bad(want, "the log ends at record %d, but %s names record %d: at least records %d to %d were cut off the end of the log", want-1, what, cut, want, cut)
+			return nil
+		}
+		v.OK = true
 		return nil
 	})
 	return v, err
 }
 
-// VerifyAuditDir verifies the audit chain of the store in a coordinator's
-// data directory. The coordinator must not be running on it.
-func VerifyAuditDir(dataDir string) (proto.AuditVerification, error) {
-	st, err := store.OpenBolt(filepath.Join(dataDir, "coordinator.db"))
-	if err != nil {
-		return proto.AuditVerification{}, err
-	}
-	defer st.Close()
-	return VerifyAudit(st)
-}
-
 func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ principal) {
-	v, err := VerifyAudit(s.st)
+	o := AuditVerifyOptions{Key: s.auditKey.Public().(ed25519.PublicKey)}
+	if r.Method == http.MethodPost {
+		var req proto.AuditVerifyRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.Checkpoint == nil {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "checkpoint is missing", "send the exported checkpoint as {\"checkpoint\": {...}}, or GET to verify without one")
+			return
+		}
+		o.Against = req.Checkpoint
+	}
+	v, err := VerifyAudit(s.st, o)
 	if err != nil {
 		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "verify audit log: "+err.Error(), "")
 		return
@@ -789,14 +890,26 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 // maxPrunePerTx bounds the records one pruning transaction removes.
 const maxPrunePerTx = 10_000
 
+// maxAuditSkew is how far ahead of the coordinator's clock an event may
+// be dated. An agent's event dated further ahead is stored with the time
+// the coordinator received it (stampAgentEvent); a stored record dated
+// further ahead (written before that rule, or while the coordinator's own
+// clock was wrong) does not hold back retention (pruneAudit).
+const maxAuditSkew = 5 * time.Minute
+
 // pruneAudit removes the records of whole UTC days that lie entirely
 // before now minus the retention, oldest first, and moves the anchor to
-// the last one removed. It returns how many it removed.
+// the last one removed. It returns how many it removed. A record dated
+// more than maxAuditSkew after now cannot be dated right; it is kept as
+// long as the first correctly dated record after it, so that one such
+// record does not stop retention for everything behind it. Checkpoints
+// of removed records are removed with them.
 func pruneAudit(st store.Store, retention time.Duration, now time.Time) (int, error) {
 	if retention <= 0 {
 		return 0, nil
 	}
 	cutoff := now.Add(-retention).UTC().Truncate(24 * time.Hour)
+	future := now.Add(maxAuditSkew)
 	total := 0
 	for {
 		n := 0
@@ -806,6 +919,7 @@ func pruneAudit(st store.Store, retention time.Duration, now time.Time) (int, er
 			if err != nil {
 				return err
 			}
+			var misdated []uint64 // since the last record removed
 			for seq := anchor.Seq + 1; seq <= head.Seq && n < maxPrunePerTx; seq++ {
 				raw, err := tx.GetRaw(store.Audit, auditKey(seq))
 				if err != nil {
@@ -815,17 +929,27 @@ func pruneAudit(st store.Store, retention time.Duration, now time.Time) (int, er
 				if err := json.Unmarshal(raw, &e); err != nil {
 					return fmt.Errorf("decode audit event %d: %w", seq, err)
 				}
+				if e.Time.After(future) {
+					misdated = append(misdated, seq)
+					continue
+				}
 				if !e.Time.Before(cutoff) {
 					break
 				}
-				if err := tx.Delete(store.Audit, auditKey(seq)); err != nil {
-					return err
+				for _, m := range append(misdated, seq) {
+					if err := tx.Delete(store.Audit, auditKey(m)); err != nil {
+						return err
+					}
+					n++
 				}
+				misdated = misdated[:0]
 				anchor = auditMark{Seq: seq, Hash: e.Hash, Time: e.Time}
-				n++
 			}
 			if n == 0 {
 				return nil
+			}
+			if err := pruneCheckpoints(tx, anchor.Seq); err != nil {
+				return err
 			}
 			return store.Put(tx, store.Meta, metaAuditAnchor, anchor)
 		})
@@ -834,6 +958,29 @@ func pruneAudit(st store.Store, retention time.Duration, now time.Time) (int, er
 			return total, err
 		}
 	}
+}
+
+// pruneCheckpoints removes the checkpoints of records before the anchor;
+// one of the anchor itself stays, and verifies against it.
+func pruneCheckpoints(tx store.Tx, anchor uint64) error {
+	var old []string
+	stop := errors.New("stop")
+	err := tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
+		if k >= auditKey(anchor) {
+			return stop
+		}
+		old = append(old, k)
+		return nil
+	})
+	if err != nil && !errors.Is(err, stop) {
+		return err
+	}
+	for _, k := range old {
+		if err := tx.Delete(store.AuditCheckpoints, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // auditJanitor applies the retention at start and every hour.

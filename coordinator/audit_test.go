@@ -46,7 +46,7 @@ func fillAudit(t *testing.T, st store.Store, start time.Time, n int) {
 
 func mustVerify(t *testing.T, st store.Store) proto.AuditVerification {
 	t.Helper()
-	v, err := VerifyAudit(st)
+	v, err := VerifyAudit(st, AuditVerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,7 +383,7 @@ func TestWriteAuditError(t *testing.T) {
 }
 
 // TestAuditQueueFullCountsTheLoss: when the audit queue is full, the
-// events that do not fit are counted and the count is stored in SY001E
+// events that do not fit are counted and the count is stored in AL002E
 // events; nothing disappears without a trace.
 func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	e := newTestEnv(t)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -59,6 +60,9 @@ type Config struct {
 	SessionTTL time.Duration
 	// LoginTTL bounds how long a started login waits for the browser.
 	LoginTTL time.Duration
+	// MaxPendingLogins caps the logins waiting for a browser; past it
+	// login/start answers 503 with Retry-After. Default 10,000.
+	MaxPendingLogins int
 	// AgentTTL reclaims an agent that has not connected for this long.
 	AgentTTL time.Duration
 	// PendingRequestTTL expires an access request nobody decided.
@@ -73,6 +77,10 @@ type Config struct {
 	// than it are pruned. Zero means DefaultAuditRetention, negative keeps
 	// everything.
 	AuditRetention time.Duration
+	// AuditCheckpointInterval is how often a checkpoint of the audit log
+	// is signed while the log grows. Zero means
+	// DefaultAuditCheckpointInterval.
+	AuditCheckpointInterval time.Duration
 
 	// RelayRate is the bytes per second one node may send through the
 	// relay, RelayBurst how many at once, and RelayQueue how many
@@ -128,15 +136,16 @@ const (
 // Defaults returns the embedded defaults.
 func Defaults() Config {
 	return Config{
-		Listen:            "127.0.0.1:7443",
-		DataDir:           "clustral-data",
-		IPv4Prefix:        netip.MustParsePrefix("100.64.0.0/10"),
-		MeshDomain:        "clustral.internal",
-		SessionTTL:        12 * time.Hour,
-		LoginTTL:          10 * time.Minute,
-		AgentTTL:          24 * time.Hour,
-		PendingRequestTTL: 24 * time.Hour,
-		AuditRetention:    DefaultAuditRetention,
+		Listen:                  "127.0.0.1:7443",
+		DataDir:                 "clustral-data",
+		IPv4Prefix:              netip.MustParsePrefix("100.64.0.0/10"),
+		MeshDomain:              "clustral.internal",
+		SessionTTL:              12 * time.Hour,
+		LoginTTL:                10 * time.Minute,
+		AgentTTL:                24 * time.Hour,
+		PendingRequestTTL:       24 * time.Hour,
+		AuditRetention:          DefaultAuditRetention,
+		AuditCheckpointInterval: DefaultAuditCheckpointInterval,
 		OIDC: OIDCConfig{
 			Scopes:      []string{"email", "profile", "groups"},
 			LoginClaim:  "email",
@@ -166,6 +175,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LoginTTL == 0 {
 		c.LoginTTL = d.LoginTTL
 	}
+	if c.MaxPendingLogins <= 0 {
+		c.MaxPendingLogins = DefaultMaxPendingLogins
+	}
 	if c.AgentTTL == 0 {
 		c.AgentTTL = d.AgentTTL
 	}
@@ -180,6 +192,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.AuditRetention == 0 {
 		c.AuditRetention = d.AuditRetention
+	}
+	if c.AuditCheckpointInterval == 0 {
+		c.AuditCheckpointInterval = d.AuditCheckpointInterval
+	}
+	if c.AuditCheckpointInterval < time.Second {
+		return c, fmt.Errorf("audit checkpoint interval %s is too short: use at least 1s, e.g. 10m", c.AuditCheckpointInterval)
 	}
 	if len(c.OIDC.Scopes) == 0 {
 		c.OIDC.Scopes = d.OIDC.Scopes
@@ -368,3 +386,6 @@ func PublicIssuer(issuer string) bool {
 	}
 	return false
 }
+
+// auditKeyPath is where the audit checkpoint key is kept.
+func (c Config) auditKeyPath() string { return filepath.Join(c.DataDir, AuditKeyFile) }

@@ -11,6 +11,7 @@ package coordinator
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -45,15 +46,21 @@ type Server struct {
 
 	ca      *meshCA
 	signKey *ecdsa.PrivateKey
-	v6      netip.Prefix
-	oidc    *oidcProvider
-	metrics *metrics
-	cert    atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
+	// auditKey signs audit checkpoints; it lives in its own file in the
+	// data directory, not in the store (see checkpoint.go).
+	auditKey ed25519.PrivateKey
+	// ckptMu serializes signing checkpoints; lastCkpt is the record the
+	// newest one names.
+	ckptMu   sync.Mutex
+	lastCkpt uint64
+	v6       netip.Prefix
+	oidc     *oidcProvider
+	metrics  *metrics
+	cert     atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
 
 	mu sync.Mutex
 	state
-	logins  map[string]*pendingLogin      // by handle
-	byState map[string]*pendingLogin      // by OAuth state
+	logins  *loginTable
 	clients map[string]*mapClient         // by node id
 	sources *keyrate.Limiters[netip.Addr] // unauthenticated requests by source; nil: no limit
 	auditq  auditQueue                    // events without a change of state
@@ -101,8 +108,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		log:     cfg.Logger,
 		st:      st,
 		now:     cfg.Now,
-		logins:  map[string]*pendingLogin{},
-		byState: map[string]*pendingLogin{},
+		logins:  newLoginTable(),
 		clients: map[string]*mapClient{},
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
@@ -120,6 +126,26 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.archiveEnded(); err != nil {
 		return nil, err
 	}
+	if s.auditKey, err = loadAuditKey(cfg.auditKeyPath(), true); err != nil {
+		return nil, err
+	}
+	var last proto.AuditCheckpoint
+	if err := s.st.View(func(tx store.Tx) error {
+		var err error
+		last, err = lastCheckpoint(tx)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	s.lastCkpt = last.Seq
+	if k := proto.AuditKeyID(s.auditKey.Public().(ed25519.PublicKey)); last.Seq != 0 && last.KeyID() != k {
+		s.log.Error("the audit checkpoints in the store were signed with another key than "+cfg.auditKeyPath()+" holds: audit verify will report them; restore the key file the store was used with",
+			"stored_key", last.KeyID(), "key", k)
+	}
+	// Whatever the log holds now is signed before anything is added.
+	if err := s.checkpointAudit(); err != nil {
+		return nil, err
+	}
 	if cfg.OIDC.Issuer != "" {
 		p, err := newOIDCProvider(ctx, cfg.OIDC, cfg.PublicURL+"/oidc/callback")
 		if err != nil {
@@ -130,10 +156,11 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
 		}
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.janitor()
 	go s.auditJanitor()
 	go s.auditWriter()
+	go s.auditSigner()
 	return s, nil
 }
 
@@ -158,6 +185,11 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.closeRelays()
 	s.wg.Wait()
+	// The audit writer has stored what was queued: sign the log as it is
+	// left.
+	if err := s.checkpointAudit(); err != nil {
+		s.log.Error("audit checkpoint at close", "err", err)
+	}
 	return s.st.Close()
 }
 
@@ -424,6 +456,7 @@ func (s *Server) janitor() {
 		case <-s.stop:
 			return
 		case <-t.C:
+			s.sweepLogins()
 			if err := s.expire(); err != nil {
 				s.log.Error("expire", "err", err)
 			}

@@ -162,49 +162,6 @@ func newCSR(t *testing.T) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
-func TestInteractiveLoginIsOneTime(t *testing.T) {
-	e := newTestEnv(t)
-	var start proto.LoginStartResponse
-	e.must("POST", "/api/v1/login/start", "", nil, &start)
-	if st, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: start.Handle}, nil); st != http.StatusAccepted || p.Code != proto.CodeLoginPending {
-		t.Fatalf("poll before browser = %d %+v, want 202 LOGIN_PENDING", st, p)
-	}
-	// Play the browser: the fake IdP redirects straight to the callback.
-	e.iss.signIn("alice@example.com", "dev")
-	resp, err := http.Get(start.AuthURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(page), "Signed in as alice@example.com") {
-		t.Fatalf("callback page = %d %s", resp.StatusCode, page)
-	}
-	var sess proto.Session
-	e.must("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: start.Handle}, &sess)
-	if sess.User.Login != "alice@example.com" || len(sess.User.Groups) != 1 || sess.Token == "" {
-		t.Fatalf("session = %+v", sess)
-	}
-	// Replaying the handle gets nothing.
-	if st, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: start.Handle}, nil); st != http.StatusGone || p.Code != proto.CodeLoginConsumed {
-		t.Fatalf("replayed poll = %d %+v, want 410 LOGIN_HANDLE_USED", st, p)
-	}
-	// Replaying the callback gets nothing either.
-	resp, err = http.Get(start.AuthURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("replayed callback = %d, want 401", resp.StatusCode)
-	}
-	var who proto.Whoami
-	e.must("GET", "/api/v1/whoami", sess.Token, nil, &who)
-	if who.User.Login != "alice@example.com" {
-		t.Fatalf("whoami = %+v", who)
-	}
-}
-
 func TestTokenExchangeRejectsBadTokens(t *testing.T) {
 	e := newTestEnv(t)
 	e.iss.signIn("mallory@example.com")
@@ -487,6 +444,7 @@ func TestConfigValidation(t *testing.T) {
 		{"http public url", Config{PublicURL: "http://clustral.example.com"}, "plain HTTP"},
 		{"tiny v4", Config{IPv4Prefix: mustPrefix("100.64.0.0/30")}, "at least a /24"},
 		{"issuer without client", Config{OIDC: OIDCConfig{Issuer: "https://idp"}}, "client id"},
+		{"checkpoint interval too short", Config{AuditCheckpointInterval: time.Millisecond}, "audit checkpoint interval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -148,7 +148,7 @@ func TestEcho(t *testing.T) {
 	}
 }
 
-// TestAllowedIPsEnforced is DESIGN invariant 2: a packet whose source is
+// TestAllowedIPsEnforced is invariant 2 of docs/design.md: a packet whose source is
 // not among the sending peer's allowed IPs is dropped, so a peer cannot
 // speak from an address the receiver did not assign it.
 func TestAllowedIPsEnforced(t *testing.T) {

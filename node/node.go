@@ -7,8 +7,8 @@
 // coordinator. Every change reaches wireguard-go as one UAPI "set" that
 // names only the peers that changed, so a delta costs O(1) in the number of
 // peers. Each peer's allowed IPs are exactly its own overlay addresses
-// (DESIGN invariant 2): a packet from any other source address is dropped by
-// wireguard-go before it reaches the tun.Device.
+// (invariant 2 of docs/design.md): a packet from any other source address
+// is dropped by wireguard-go before it reaches the tun.Device.
 //
 // The node keeps its own view of the map, indexed for the lookups its users
 // make on every connection: PeerByAddr (the agent identifies callers by the

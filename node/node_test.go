@@ -264,7 +264,7 @@ func TestDeltaAddRemove(t *testing.T) {
 	}
 }
 
-// TestSpoofedSource checks DESIGN invariant 2: a peer can only send from
+// TestSpoofedSource checks invariant 2 of docs/design.md: a peer can only send from
 // its own overlay addresses. C is known to A with C's own address; when C's
 // netstack claims B's address instead, A drops C's packets.
 func TestSpoofedSource(t *testing.T) {
@@ -522,7 +522,7 @@ func TestApplyTouchesOnlyChangedPeers(t *testing.T) {
 	}
 }
 
-// TestAllowedIPsAreHostAddresses checks DESIGN invariant 2 at the device:
+// TestAllowedIPsAreHostAddresses checks invariant 2 of docs/design.md at the device:
 // whatever the prefix length on the wire, a peer is granted exactly its own
 // addresses.
 func TestAllowedIPsAreHostAddresses(t *testing.T) {

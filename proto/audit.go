@@ -1,10 +1,15 @@
 package proto
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -181,4 +186,140 @@ type AuditVerification struct {
 	// Problem says how.
 	BadSeq  uint64 `json:"bad_seq,omitempty"`
 	Problem string `json:"problem,omitempty"`
+
+	// Checkpoints counts the signed checkpoints found in the store and
+	// checked; SignedSeq and SignedAt are the record and time of the
+	// newest. Key is the fingerprint (AuditCheckpoint.KeyID) of the key
+	// every checkpoint had to be signed with.
+	Checkpoints int       `json:"checkpoints,omitempty"`
+	SignedSeq   uint64    `json:"signed_seq,omitempty"`
+	SignedAt    time.Time `json:"signed_at,omitzero"`
+	Key         string    `json:"key,omitempty"`
+	// Against is the exported checkpoint the log was checked against, if
+	// one was given; OK then also means the log still holds its record
+	// with its hash (the log extends it).
+	Against *AuditCheckpoint `json:"against,omitempty"`
+}
+
+// AuditVerifyRequest is the body of POST /api/v1/audit/verify: verify the
+// log, and that it still extends Checkpoint.
+type AuditVerifyRequest struct {
+	Checkpoint *AuditCheckpoint `json:"checkpoint"`
+}
+
+// AuditCheckpoint is the coordinator's signed statement that its audit
+// log held record Seq, with hash Hash, at Time. The coordinator signs one
+// periodically, when it stops, and on request (clustral audit
+// checkpoint); exported and kept outside the coordinator, it lets a later
+// verification prove that the log still extends it: neither cut back
+// below Seq nor rewritten up to it.
+//
+// The signature is Ed25519 over SignedBytes, by the key whose public half
+// is PublicKey.
+type AuditCheckpoint struct {
+	Seq  uint64    `json:"seq"`
+	Hash string    `json:"hash"`
+	Time time.Time `json:"time"`
+	// PublicKey is the signer's Ed25519 public key, standard base64.
+	PublicKey string `json:"public_key"`
+	// Signature is the Ed25519 signature of SignedBytes, standard base64.
+	Signature string `json:"signature"`
+}
+
+// auditCheckpointDomain separates checkpoint signatures from anything
+// else the key could ever sign.
+const auditCheckpointDomain = "clustral audit checkpoint v1\n"
+
+// SignedBytes returns what the signature covers: a fixed text with the
+// sequence, the hash and the time (UTC, RFC 3339 with nanoseconds).
+func (c *AuditCheckpoint) SignedBytes() []byte {
+	return fmt.Appendf(nil, "%sseq %d\nhash %s\ntime %s\n", auditCheckpointDomain, c.Seq, c.Hash, c.Time.UTC().Format(time.RFC3339Nano))
+}
+
+// SignAuditCheckpoint returns the checkpoint of record seq with hash, at
+// t, signed with key.
+func SignAuditCheckpoint(key ed25519.PrivateKey, seq uint64, hash string, t time.Time) AuditCheckpoint {
+	c := AuditCheckpoint{Seq: seq, Hash: hash, Time: t.UTC(),
+		PublicKey: base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))}
+	c.Signature = base64.StdEncoding.EncodeToString(ed25519.Sign(key, c.SignedBytes()))
+	return c
+}
+
+// Key returns the checkpoint's public key, or an error naming what is
+// wrong with it.
+func (c *AuditCheckpoint) Key() (ed25519.PublicKey, error) {
+	k, err := base64.StdEncoding.DecodeString(c.PublicKey)
+	if err != nil || len(k) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("public_key is not a base64 Ed25519 public key (%d bytes)", ed25519.PublicKeySize)
+	}
+	return ed25519.PublicKey(k), nil
+}
+
+// KeyID returns the fingerprint of the checkpoint's public key
+// ("sha256:" and 16 hex digits), or "" if it has none.
+func (c *AuditCheckpoint) KeyID() string {
+	k, err := c.Key()
+	if err != nil {
+		return ""
+	}
+	return AuditKeyID(k)
+}
+
+// AuditKeyID is the fingerprint of a checkpoint public key: "sha256:"
+// and the first 16 hex digits of the SHA-256 of the key.
+func AuditKeyID(k ed25519.PublicKey) string {
+	h := sha256.Sum256(k)
+	return "sha256:" + hex.EncodeToString(h[:8])
+}
+
+// Verify checks that the checkpoint is well formed and that its
+// signature is valid for its own public key. Whether that key is the
+// coordinator's is the caller's question.
+func (c *AuditCheckpoint) Verify() error {
+	if c.Seq == 0 {
+		return errors.New("seq is missing: a checkpoint names a record, from 1")
+	}
+	if h, err := hex.DecodeString(c.Hash); err != nil || len(h) != sha256.Size || hex.EncodeToString(h) != c.Hash {
+		return errors.New("hash is not 64 lowercase hex digits")
+	}
+	if c.Time.IsZero() {
+		return errors.New("time is missing")
+	}
+	k, err := c.Key()
+	if err != nil {
+		return err
+	}
+	sig, err := base64.StdEncoding.DecodeString(c.Signature)
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return fmt.Errorf("signature is not a base64 Ed25519 signature (%d bytes)", ed25519.SignatureSize)
+	}
+	if !ed25519.Verify(k, c.SignedBytes(), sig) {
+		return errors.New("the signature does not match the checkpoint: it was edited, or forged")
+	}
+	return nil
+}
+
+// MaxAuditCheckpointBytes bounds an exported checkpoint document.
+const MaxAuditCheckpointBytes = 4096
+
+// ParseAuditCheckpoint reads an exported checkpoint: one JSON object with
+// the fields of AuditCheckpoint and nothing else, whose signature
+// verifies.
+func ParseAuditCheckpoint(b []byte) (AuditCheckpoint, error) {
+	var c AuditCheckpoint
+	if len(b) > MaxAuditCheckpointBytes {
+		return c, fmt.Errorf("checkpoint is %d bytes, over %d: not a checkpoint written by clustral audit checkpoint", len(b), MaxAuditCheckpointBytes)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&c); err != nil {
+		return c, fmt.Errorf("checkpoint is not a JSON checkpoint document: %w", err)
+	}
+	if _, err := d.Token(); !errors.Is(err, io.EOF) {
+		return c, errors.New("checkpoint has data after its JSON object: give one checkpoint per file")
+	}
+	if err := c.Verify(); err != nil {
+		return c, fmt.Errorf("checkpoint: %w", err)
+	}
+	return c, nil
 }

@@ -33,12 +33,12 @@ const (
 	CategoryAccess     AuditCategory = "access"
 	CategoryRequest    AuditCategory = "request"
 	CategoryDenial     AuditCategory = "denial"
-	CategorySystem     AuditCategory = "system"
+	CategoryAudit      AuditCategory = "audit"
 )
 
 // AuditCategories lists every category in catalogue order.
 var AuditCategories = []AuditCategory{CategoryAuth, CategorySession, CategoryDevice, CategoryAgent, CategoryCluster,
-	CategoryRole, CategoryAssignment, CategoryUser, CategoryAccess, CategoryRequest, CategoryDenial, CategorySystem}
+	CategoryRole, CategoryAssignment, CategoryUser, CategoryAccess, CategoryRequest, CategoryDenial, CategoryAudit}
 
 // The codes.
 const (
@@ -46,7 +46,8 @@ const (
 	AuditLoginToken       AuditCode = "AU002I"
 	AuditLoginFailed      AuditCode = "AU003W"
 	AuditIDTokenRefused   AuditCode = "AU004W"
-	AuditLoginCollision   AuditCode = "AU021W"
+	AuditLoginUnbound     AuditCode = "AU005W"
+	AuditLoginCollision   AuditCode = "AU006W"
 	AuditSessionRevoked   AuditCode = "SE001I"
 	AuditDeviceRegistered AuditCode = "DV001I"
 	AuditDeviceLeft       AuditCode = "DV002I"
@@ -59,6 +60,7 @@ const (
 	AuditAgentGone        AuditCode = "AG004W"
 	AuditAgentRefused     AuditCode = "AG005W"
 	AuditEventsDropped    AuditCode = "AG006E"
+	AuditAgentClockSkew   AuditCode = "AG007W"
 	AuditClusterCreated   AuditCode = "CL001I"
 	AuditClusterLabeled   AuditCode = "CL002I"
 	AuditTokenRotated     AuditCode = "CL003W"
@@ -83,7 +85,8 @@ const (
 	AuditStreamEnded      AuditCode = "RQ004I"
 	AuditProxyDenied      AuditCode = "DN001W"
 	AuditAPIDenied        AuditCode = "DN002W"
-	AuditEventsLost       AuditCode = "SY001E"
+	AuditCheckpointExport AuditCode = "AL001I"
+	AuditEventsLost       AuditCode = "AL002E"
 )
 
 // AuditCodeInfo describes one code in the catalogue.
@@ -99,6 +102,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditLoginToken, CategoryAuth, "A user logged in by exchanging an ID token (clustral login --id-token-file). Metadata: groups."},
 	{AuditLoginFailed, CategoryAuth, "A browser login failed: the identity provider refused, the code exchange or the ID token check failed, or the user is disabled. Metadata: reason. Failures from one source are aggregated: the first in a minute is stored at once, the rest as one event with Metadata count, first, last (reason is the last one's)."},
 	{AuditIDTokenRefused, CategoryAuth, "An ID token presented for direct exchange was refused (issuer, audience, expiry, signature), or its user may not log in. Metadata: reason. Failures from one source are aggregated: the first in a minute is stored at once, the rest as one event with Metadata count, first, last (reason is the last one's)."},
+	{AuditLoginUnbound, CategoryAuth, "A browser login was signed in at the identity provider but never bound to the machine that started it, so no session was issued: the confirmation page was declined, the code was typed wrong too often, a poll or code exchange came with the wrong verifier, or it expired before the confirmation or the loopback exchange (for example because the link was opened on another machine). Metadata: reason, hostname, os, source, started."},
 	{AuditLoginCollision, CategoryAuth, "A login was refused because its login claim is already another user's login (another subject at the identity provider); logins are unique. Actor: the login; object: the user who holds it. Metadata: subject, login, holder."},
 	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices."},
 	{AuditDeviceRegistered, CategoryDevice, "A device registered its WireGuard key (clustral up). Metadata: key, hostname."},
@@ -112,6 +116,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditAgentGone, CategoryAgent, "An agent's network map stream closed."},
 	{AuditAgentRefused, CategoryAgent, "An agent registration was refused: missing, invalid or revoked join token. Failures from one source are aggregated: the first in a minute is stored at once, the rest as one event with Metadata count, first, last (reason is the last one's)."},
 	{AuditEventsDropped, CategoryAgent, "An agent's audit spool was full and request events were dropped. Metadata: dropped, first, last (times)."},
+	{AuditAgentClockSkew, CategoryAgent, "An agent sent events dated more than 5 minutes ahead of the coordinator's clock, or before 2000. Each such event was stored with the time the coordinator received it, and the agent's time in its metadata as agent_time. Metadata: agent, events, max_skew."},
 	{AuditClusterCreated, CategoryCluster, "An administrator registered a cluster. Metadata: name."},
 	{AuditClusterLabeled, CategoryCluster, "An administrator changed a cluster's labels."},
 	{AuditTokenRotated, CategoryCluster, "An administrator rotated a cluster's join token; the old one no longer registers agents. Metadata: agents_removed."},
@@ -136,7 +141,8 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did."},
 	{AuditProxyDenied, CategoryDenial, "The agent's proxy refused a request before it reached the API server; error holds the code (NO_ROLE_ASSIGNMENT, OUTSIDE_TIME_WINDOW, RATE_LIMITED, ...)."},
 	{AuditAPIDenied, CategoryDenial, "The coordinator refused an administrative API call to a user who is not an administrator. Metadata: method, path."},
-	{AuditEventsLost, CategorySystem, "The coordinator could not queue or store audit events (its queue was full, or the store failed); this event counts them. Metadata: lost, first, last (times)."},
+	{AuditCheckpointExport, CategoryAudit, "An administrator exported a signed checkpoint of the audit log (clustral audit checkpoint). The checkpoint names this event's own record."},
+	{AuditEventsLost, CategoryAudit, "The coordinator could not queue or store audit events (its queue was full, or the store failed); this event counts them. Metadata: lost, first, last (times)."},
 }
 
 var auditCodeIndex = func() map[AuditCode]AuditCodeInfo {

@@ -45,6 +45,7 @@ const (
 	CodeLoginExpired     ErrorCode = "LOGIN_EXPIRED"
 	CodeLoginConsumed    ErrorCode = "LOGIN_HANDLE_USED"
 	CodeLoginFailed      ErrorCode = "LOGIN_FAILED"
+	CodeTooManyLogins    ErrorCode = "TOO_MANY_PENDING_LOGINS"
 	CodeInvalidJoinToken ErrorCode = "INVALID_JOIN_TOKEN"
 	CodeAddressExhausted ErrorCode = "ADDRESS_POOL_EXHAUSTED"
 	CodeQuotaExceeded    ErrorCode = "QUOTA_EXCEEDED"
@@ -85,23 +86,74 @@ func (p *Problem) Error() string {
 
 // ---- Login ----
 
+// LoginStartRequest is the body of POST /api/v1/login/start. The CLI keeps
+// a random code verifier (RFC 7636) to itself and sends only its S256
+// challenge: the session of the login is handed out only to a caller that
+// presents the verifier, so the auth URL and the poll handle alone are
+// worth nothing.
+//
+// With RedirectURI set (the default flow, RFC 8252 §7.3) the coordinator
+// sends the browser back to that loopback address with a one-time code,
+// which the CLI exchanges at /api/v1/login/exchange. Without it (headless,
+// clustral login --no-browser) the browser shows a confirmation page naming
+// the device, and the session is issued only after the person types the
+// UserCode the terminal shows.
+type LoginStartRequest struct {
+	// CodeChallenge is BASE64URL(SHA-256(verifier)), 43 characters.
+	CodeChallenge string `json:"code_challenge"`
+	// CodeChallengeMethod must be "S256".
+	CodeChallengeMethod string `json:"code_challenge_method"`
+	// RedirectURI is the CLI's loopback listener:
+	// http://127.0.0.1:PORT/PATH or http://[::1]:PORT/PATH, nothing else.
+	RedirectURI string `json:"redirect_uri,omitempty"`
+	// Device describes the machine, for the confirmation page.
+	Device LoginDevice `json:"device"`
+}
+
+// LoginDevice is what the confirmation page says about the machine that
+// started a headless login. It is what that machine claims; the page also
+// shows the address the request came from.
+type LoginDevice struct {
+	Hostname string `json:"hostname,omitempty"`
+	OS       string `json:"os,omitempty"`
+}
+
+// CodeChallengeS256 is the only code challenge method accepted.
+const CodeChallengeS256 = "S256"
+
 // LoginStartResponse answers POST /api/v1/login/start.
 type LoginStartResponse struct {
 	// AuthURL is the URL the user opens in a browser.
 	AuthURL string `json:"auth_url"`
-	// Handle is the one-time poll handle. It is a secret: whoever holds it
-	// receives the session.
+	// Handle names the login in polls. Alone it yields nothing: a poll
+	// must also carry the code verifier.
 	Handle    string    `json:"handle"`
 	ExpiresAt time.Time `json:"expires_at"`
 	// PollInterval is how often the CLI should poll.
 	PollInterval Duration `json:"poll_interval"`
+	// UserCode is set in a headless login: the terminal shows it and the
+	// person types it into the confirmation page (e.g. "BCDF-GHJK").
+	UserCode string `json:"user_code,omitempty"`
 }
 
 // LoginPollRequest is the body of POST /api/v1/login/poll. The coordinator
-// answers 202 with a Problem (LOGIN_PENDING) until the user has signed in,
-// then 200 with a Session exactly once; later polls get 410.
+// answers 202 with a Problem (LOGIN_PENDING) until the login is complete;
+// in a headless login it then answers 200 with a Session exactly once, and
+// later polls get 410. A loopback login never yields its session here (the
+// poll only reports failure or expiry): the CLI exchanges the code its
+// loopback listener received. A poll with the wrong verifier ends the
+// login.
 type LoginPollRequest struct {
-	Handle string `json:"handle"`
+	Handle       string `json:"handle"`
+	CodeVerifier string `json:"code_verifier"`
+}
+
+// LoginExchangeRequest is the body of POST /api/v1/login/exchange: the
+// one-time code the browser brought to the CLI's loopback listener and the
+// verifier of the login's code challenge. The answer is a Session.
+type LoginExchangeRequest struct {
+	Code         string `json:"code"`
+	CodeVerifier string `json:"code_verifier"`
 }
 
 // TokenExchangeRequest is the body of POST /api/v1/login/token: a direct
@@ -331,20 +383,41 @@ type ReachableCluster struct {
 // them before impersonating; the cluster's RBAC still judges whatever they
 // let through. An empty list places no limit of its kind. A request is
 // allowed by a role only if it matches every non-empty list.
+//
+// Restrictions that limit what a role may touch (any list but
+// TimeWindows) are an allow-list in two more ways, whatever the lists
+// say otherwise:
+//   - the sensitive subresources (see SensitiveSubresource: exec, attach,
+//     portforward, proxy, ephemeralcontainers, serviceaccounts/token) are
+//     allowed only where Resources names them, as "pods/exec" or
+//     "*/exec"; neither "*" nor an empty Resources includes them;
+//   - non-resource URLs (/metrics, /logs/, /debug/pprof/) are allowed
+//     only where NonResourceURLs lists them; discovery (/api, /apis,
+//     /version, /openapi) is always allowed so that kubectl works.
+//
+// Restrictions with only TimeWindows limit when a role applies, not what
+// it allows.
 type Restrictions struct {
 	// Namespaces the role may touch. Cluster-scoped requests are refused
 	// when Namespaces is set, unless it contains "" (cluster scope).
 	Namespaces []string `json:"namespaces,omitempty"`
 	// APIGroups by name; "" is the core group, "*" any group.
 	APIGroups []string `json:"api_groups,omitempty"`
-	// Resources by plural name, with an optional subresource
-	// ("pods", "pods/log", "deployments"); "*" any resource.
+	// Resources by plural name, with an optional subresource, as the
+	// apiserver names them ("pods", "pods/log", "nodes/proxy",
+	// "deployments/scale"); "*" any resource and any subresource but the
+	// sensitive ones, "*/scale" that subresource of any resource.
 	Resources []string `json:"resources,omitempty"`
 	// Verbs as Kubernetes names them: get, list, watch, create, update,
 	// patch, delete, deletecollection; "*" any verb.
 	Verbs []string `json:"verbs,omitempty"`
 	// ResourceNames the role may touch by name.
 	ResourceNames []string `json:"resource_names,omitempty"`
+	// NonResourceURLs the role may request besides discovery, as RBAC
+	// writes them: a path ("/metrics"), a path prefix ending in "*"
+	// ("/logs/*"), or "*" for any. Verbs apply to them too, with the
+	// lowercase HTTP method as the verb: "get" allows GET.
+	NonResourceURLs []string `json:"non_resource_urls,omitempty"`
 	// TimeWindows when the role applies; outside all of them it does not.
 	TimeWindows []TimeWindow `json:"time_windows,omitempty"`
 }

@@ -127,6 +127,68 @@ func loadZone(name string) (*time.Location, error) {
 	return l, nil
 }
 
+// sensitiveSubresources are the subresources that reach into a running
+// container or the kubelet, or mint credentials: exec, attach and
+// portforward open a process or a socket in a pod, proxy reaches a pod's,
+// a service's or (through nodes/proxy) the kubelet's own API, which can
+// run commands in any pod of the node, and ephemeralcontainers adds a
+// container to a running pod.
+var sensitiveSubresources = []string{"exec", "attach", "portforward", "proxy", "ephemeralcontainers"}
+
+// SensitiveSubresource reports whether resource/sub is a subresource that
+// restrictions allow only where they name it: */exec, */attach,
+// */portforward, */proxy, */ephemeralcontainers and serviceaccounts/token.
+// Neither "*" nor an empty Resources includes them.
+func SensitiveSubresource(resource, sub string) bool {
+	return slices.Contains(sensitiveSubresources, sub) || resource == "serviceaccounts" && sub == "token"
+}
+
+// MatchResource reports whether the rules of Restrictions.Resources allow
+// resource with subresource sub (sub is "" for the resource itself). It
+// matches as Kubernetes RBAC does: "pods" is the pods and none of their
+// subresources, "pods/log" that subresource, "*/scale" that subresource
+// of any resource, and "*" any resource and subresource except the
+// sensitive ones, which must be named. An empty rules allows every
+// resource and subresource but the sensitive ones.
+func MatchResource(rules []string, resource, sub string) bool {
+	if len(rules) == 0 {
+		return !SensitiveSubresource(resource, sub)
+	}
+	want := resource
+	if sub != "" {
+		want = resource + "/" + sub
+	}
+	for _, r := range rules {
+		switch {
+		case r == want:
+			return true
+		case r == "*":
+			if !SensitiveSubresource(resource, sub) {
+				return true
+			}
+		case sub != "" && strings.HasPrefix(r, "*/") && r[2:] == sub:
+			return true
+		}
+	}
+	return false
+}
+
+// MatchNonResourceURL reports whether the rules of
+// Restrictions.NonResourceURLs allow path, as Kubernetes RBAC matches
+// them: "*" any path, "/logs/*" any path starting with "/logs/", any
+// other rule that exact path.
+func MatchNonResourceURL(rules []string, path string) bool {
+	for _, r := range rules {
+		if r == "*" || r == path {
+			return true
+		}
+		if prefix, ok := strings.CutSuffix(r, "*"); ok && strings.HasPrefix(path, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
 // Verbs are the verbs a request to the Kubernetes API can have.
 var Verbs = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "*"}
 
@@ -147,8 +209,18 @@ func (rs *Restrictions) Validate() error {
 	}
 	for _, r := range rs.Resources {
 		res, sub, hasSub := strings.Cut(r, "/")
-		if res == "" || hasSub && (sub == "" || strings.Contains(sub, "/")) {
+		switch {
+		case res == "" || hasSub && (sub == "" || strings.Contains(sub, "/")):
 			errs = append(errs, fmt.Errorf("resource %q: want a plural resource name with an optional subresource (pods, pods/log, */scale) or *", r))
+		case sub == "*":
+			errs = append(errs, fmt.Errorf("resource %q: a subresource cannot be *; name each one (%s/log, %s/exec), or use * for the resources and their subresources but exec, attach, portforward, proxy, ephemeralcontainers and serviceaccounts/token", r, res, res))
+		case res != "*" && strings.Contains(res, "*") || strings.Contains(sub, "*"):
+			errs = append(errs, fmt.Errorf("resource %q: * stands only for a whole resource (*) or a whole resource name (*/scale)", r))
+		}
+	}
+	for _, u := range rs.NonResourceURLs {
+		if err := validNonResourceURL(u); err != nil {
+			errs = append(errs, fmt.Errorf("non-resource URL %q: %w", u, err))
 		}
 	}
 	for _, n := range rs.ResourceNames {
@@ -162,4 +234,27 @@ func (rs *Restrictions) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validNonResourceURL checks a rule of Restrictions.NonResourceURLs.
+func validNonResourceURL(u string) error {
+	if u == "*" {
+		return nil
+	}
+	p, _ := strings.CutSuffix(u, "*")
+	switch {
+	case !strings.HasPrefix(u, "/"):
+		return errors.New("want a path starting with / (/metrics), a prefix ending in * (/logs/*), or *")
+	case strings.Contains(p, "*"):
+		return errors.New("* may only end a prefix, as in /logs/*")
+	case strings.ContainsAny(u, "?#"):
+		return errors.New("want a path without a query or fragment")
+	}
+	segs := strings.Split(p[1:], "/")
+	for i, seg := range segs {
+		if seg == "." || seg == ".." || seg == "" && i < len(segs)-1 {
+			return errors.New("want a clean path, without . or .. segments or //; the agent refuses such paths")
+		}
+	}
+	return nil
 }

@@ -24,6 +24,16 @@ func TestValidateRestrictions(t *testing.T) {
 		{&Restrictions{Verbs: []string{"get", "destroy"}}, []string{`verb "destroy": want one of get, list`}},
 		{&Restrictions{Resources: []string{"pods/", "/log", "a/b/c"}}, []string{`resource "pods/"`, `resource "/log"`, `resource "a/b/c"`}},
 		{&Restrictions{ResourceNames: []string{""}}, []string{"names must not be empty"}},
+		{&Restrictions{Resources: []string{"pods/exec", "*/proxy", "nodes/proxy", "serviceaccounts/token"}}, nil},
+		{&Restrictions{Resources: []string{"pods/*"}}, []string{`resource "pods/*": a subresource cannot be *; name each one (pods/log, pods/exec)`}},
+		{&Restrictions{Resources: []string{"*/*"}}, []string{`resource "*/*": a subresource cannot be *`}},
+		{&Restrictions{Resources: []string{"pod*", "*s/log", "*/sc*le"}}, []string{`resource "pod*": * stands only for`, `resource "*s/log": * stands only for`, `resource "*/sc*le": * stands only for`}},
+		{&Restrictions{NonResourceURLs: []string{"*", "/metrics", "/logs/*", "/", "/healthz/", "/version*"}}, nil},
+		{&Restrictions{NonResourceURLs: []string{"metrics"}}, []string{`non-resource URL "metrics": want a path starting with /`}},
+		{&Restrictions{NonResourceURLs: []string{"/logs/*/x", "/*/x*"}}, []string{`"/logs/*/x": * may only end a prefix`, `"/*/x*": * may only end a prefix`}},
+		{&Restrictions{NonResourceURLs: []string{"/metrics?x=1"}}, []string{"without a query"}},
+		{&Restrictions{NonResourceURLs: []string{"/logs/../x", "//metrics", "/logs/./x*"}}, []string{`"/logs/../x": want a clean path`, `"//metrics": want a clean path`, `"/logs/./x*": want a clean path`}},
+		{&Restrictions{NonResourceURLs: []string{""}}, []string{`non-resource URL "": want a path starting with /`}},
 		{&Restrictions{TimeWindows: []TimeWindow{{Start: "9:00", End: "18:00"}}}, []string{`time window 1: start: "9:00" is not a time of day in the form HH:MM`}},
 		{&Restrictions{TimeWindows: []TimeWindow{{Start: "09:00", End: "24:01"}}}, []string{`end: "24:01"`}},
 		{&Restrictions{TimeWindows: []TimeWindow{{Start: "24:00", End: "06:00"}}}, []string{`start: "24:00"`}},
@@ -49,6 +59,61 @@ func TestValidateRestrictions(t *testing.T) {
 			if !strings.Contains(err.Error(), s) {
 				t.Errorf("%d: %q does not contain %q", i, err, s)
 			}
+		}
+	}
+}
+
+func TestMatchResource(t *testing.T) {
+	tests := []struct {
+		rules         []string
+		resource, sub string
+		want          bool
+	}{
+		{nil, "pods", "", true},
+		{nil, "pods", "log", true},
+		{nil, "pods", "exec", false},
+		{nil, "nodes", "proxy", false},
+		{[]string{"*"}, "deployments", "scale", true},
+		{[]string{"*"}, "pods", "attach", false},
+		{[]string{"*"}, "pods", "portforward", false},
+		{[]string{"*"}, "services", "proxy", false},
+		{[]string{"*"}, "pods", "ephemeralcontainers", false},
+		{[]string{"*"}, "serviceaccounts", "token", false},
+		{[]string{"*"}, "serviceaccounts", "", true},
+		{[]string{"*"}, "widgets", "exec", false}, // a CRD's subresource of the same name
+		{[]string{"*", "pods/exec"}, "pods", "exec", true},
+		{[]string{"*/exec"}, "pods", "exec", true},
+		{[]string{"*/exec"}, "pods", "", false},
+		{[]string{"*/token"}, "serviceaccounts", "token", true},
+		{[]string{"pods"}, "pods", "log", false},
+		{[]string{"pods/log"}, "pods", "log", true},
+		{[]string{"nodes/proxy"}, "services", "proxy", false},
+	}
+	for _, tt := range tests {
+		if got := MatchResource(tt.rules, tt.resource, tt.sub); got != tt.want {
+			t.Errorf("MatchResource(%q, %q, %q) = %v, want %v", tt.rules, tt.resource, tt.sub, got, tt.want)
+		}
+	}
+}
+
+func TestMatchNonResourceURL(t *testing.T) {
+	tests := []struct {
+		rules []string
+		path  string
+		want  bool
+	}{
+		{nil, "/metrics", false},
+		{[]string{"*"}, "/debug/pprof/", true},
+		{[]string{"/metrics"}, "/metrics", true},
+		{[]string{"/metrics"}, "/metrics/slis", false},
+		{[]string{"/metrics*"}, "/metrics/slis", true},
+		{[]string{"/logs/*"}, "/logs/", true},
+		{[]string{"/logs/*"}, "/logs", false},
+		{[]string{"/healthz", "/logs/*"}, "/healthz", true},
+	}
+	for _, tt := range tests {
+		if got := MatchNonResourceURL(tt.rules, tt.path); got != tt.want {
+			t.Errorf("MatchNonResourceURL(%q, %q) = %v, want %v", tt.rules, tt.path, got, tt.want)
 		}
 	}
 }

@@ -36,10 +36,12 @@ const (
 	RequestArchive Bucket = "requests_archive" // request id → access request
 	Audit          Bucket = "audit"            // zero-padded sequence → chained audit event
 	AuditSource    Bucket = "audit_src"        // cluster id/agent spool id → highest stored spool sequence
+	// AuditCheckpoints: zero-padded sequence → signed checkpoint of that record.
+	AuditCheckpoints Bucket = "audit_ckpt"
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

@@ -74,6 +74,40 @@ func TestRestrictions(t *testing.T) {
 			message: fmt.Sprintf("%s may not get configmaps 'another' in namespace '%s' on cluster 'kind': role 'limited' allows only the names 'allowed'", carol.Email, ns),
 		},
 		{
+			// Through nodes/proxy a GET is the kubelet's API, exec
+			// included: "*" does not name it.
+			name:    "resources * without nodes/proxy",
+			flags:   []string{"--resource", "*", "--verb", "get,list,watch"},
+			allowed: []string{"get", "configmaps", "-n", ns},
+			denied:  []string{"get", "--raw", "/api/v1/nodes/kwok-node-0/proxy/pods"},
+			code:    proto.CodeResourceNotAllowed,
+			message: fmt.Sprintf("%s may not get nodes/proxy 'kwok-node-0' at cluster scope on cluster 'kind': role 'limited' allows resources *, and * does not include nodes/proxy, which must be named", carol.Email),
+		},
+		{
+			name:    "resources * without services/proxy",
+			flags:   []string{"--resource", "*"},
+			allowed: []string{"get", "configmaps", "-n", ns},
+			denied:  []string{"get", "--raw", "/api/v1/namespaces/" + ns + "/services/web:80/proxy/admin"},
+			code:    proto.CodeResourceNotAllowed,
+			message: fmt.Sprintf("may not get services/proxy 'web:80' in namespace '%s' on cluster 'kind': role 'limited' allows resources *, and * does not include services/proxy, which must be named", ns),
+		},
+		{
+			name:    "non-resource URLs",
+			flags:   []string{"--namespace", ns},
+			allowed: []string{"get", "--raw", "/version"},
+			denied:  []string{"get", "--raw", "/metrics"},
+			code:    proto.CodeResourceNotAllowed,
+			message: fmt.Sprintf("%s may not get /metrics on cluster 'kind': role 'limited' allows no non-resource URL but discovery (/api, /apis, /version, /openapi)", carol.Email),
+		},
+		{
+			name:    "listed non-resource URL",
+			flags:   []string{"--namespace", ns, "--non-resource-url", "/healthz"},
+			allowed: []string{"get", "--raw", "/healthz"},
+			denied:  []string{"get", "--raw", "/metrics"},
+			code:    proto.CodeResourceNotAllowed,
+			message: "role 'limited' allows the non-resource URLs /healthz besides discovery",
+		},
+		{
 			name:    "time window including now",
 			flags:   []string{"--window", "daily 00:00-24:00 UTC", "--namespace", ns},
 			allowed: []string{"get", "configmaps", "-n", ns},

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -348,6 +349,113 @@ func editRecord(t *testing.T, path string, seq uint64) {
 			return err
 		}
 		return b.Put(key, raw)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckpointCatchesTruncation: an administrator exports a signed
+// checkpoint with the CLI and the log verifies against it, online and
+// offline. Someone who can write the store then cuts the log back below
+// the checkpoint's record, makes the head and the sequence agree and
+// deletes every stored checkpoint: the chain alone still verifies, but
+// the log no longer extends the exported checkpoint, offline and online.
+func TestCheckpointCatchesTruncation(t *testing.T) {
+	m := newMesh(t)
+	ctx := context.Background()
+	ckFile := filepath.Join(t.TempDir(), "checkpoint.json")
+	out, _, err := m.Admin.Run(ctx, "audit", "checkpoint", "--file", ckFile)
+	if err != nil || !strings.Contains(out, "written to "+ckFile) {
+		t.Fatalf("audit checkpoint: %q %v", out, err)
+	}
+	raw, err := os.ReadFile(ckFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, err := proto.ParseAuditCheckpoint(raw)
+	if err != nil {
+		t.Fatalf("exported checkpoint %s: %v", raw, err)
+	}
+	out, _, err = m.Admin.Run(ctx, "audit", "verify", "--checkpoint", ckFile)
+	if err != nil || !strings.Contains(out, "intact") || !strings.Contains(out, fmt.Sprintf("Extends the exported checkpoint of record %d", ck.Seq)) {
+		t.Fatalf("verify against the export: %q %v", out, err)
+	}
+	m.alice.MustLogin() // more records after the checkpoint
+	m.Coord.Stop()
+	dataDir := filepath.Join(m.Coord.Dir, "data")
+	out, _, err = m.Admin.Run(ctx, "audit", "verify", "--data-dir", dataDir, "--checkpoint", ckFile)
+	if err != nil || !strings.Contains(out, "Extends the exported checkpoint") {
+		t.Fatalf("offline verify against the export before tampering: %q %v", out, err)
+	}
+
+	truncateLog(t, filepath.Join(dataDir, "coordinator.db"), ck.Seq-1)
+	out, _, err = m.Admin.Run(ctx, "audit", "verify", "--data-dir", dataDir)
+	if err != nil || !strings.Contains(out, "intact") {
+		t.Fatalf("offline verify without the export after the cut: %q %v (nothing left in the store to catch it)", out, err)
+	}
+	out, _, err = m.Admin.Run(ctx, "audit", "verify", "--data-dir", dataDir, "--checkpoint", ckFile)
+	if err == nil || !strings.Contains(out, "BROKEN") || !strings.Contains(out, "cut off") {
+		t.Fatalf("offline verify against the export after the cut: %q %v", out, err)
+	}
+	if err := m.Coord.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = m.Admin.Run(ctx, "audit", "verify", "--checkpoint", ckFile, "-o", "json")
+	var v proto.AuditVerification
+	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
+		t.Fatalf("verify -o json = %q: %v", out, jerr)
+	}
+	if err == nil || v.OK || !strings.Contains(v.Problem, "exported checkpoint") {
+		t.Fatalf("online verify against the export after the cut = %+v (err %v)", v, err)
+	}
+}
+
+// truncateLog removes the audit records after seq from the bbolt file,
+// moves the head and the bucket's sequence back to seq and deletes every
+// signed checkpoint, leaving a chain that verifies on its own.
+func truncateLog(t *testing.T, path string, seq uint64) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("audit"))
+		if b == nil {
+			return errors.New("no audit bucket")
+		}
+		var drop [][]byte
+		b.ForEach(func(k, _ []byte) error {
+			if string(k) > fmt.Sprintf("%020d", seq) {
+				drop = append(drop, k)
+			}
+			return nil
+		})
+		for _, k := range drop {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		if err := b.SetSequence(seq); err != nil {
+			return err
+		}
+		var last struct {
+			Hash string `json:"hash"`
+		}
+		if err := json.Unmarshal(b.Get([]byte(fmt.Sprintf("%020d", seq))), &last); err != nil {
+			return err
+		}
+		head, _ := json.Marshal(map[string]any{"seq": seq, "hash": last.Hash})
+		if err := tx.Bucket([]byte("meta")).Put([]byte("audit_head"), head); err != nil {
+			return err
+		}
+		if err := tx.DeleteBucket([]byte("audit_ckpt")); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket([]byte("audit_ckpt"))
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

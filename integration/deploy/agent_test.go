@@ -127,7 +127,7 @@ func TestAgentManifest(t *testing.T) {
 		t.Errorf("service account %s/%s, want %s/%s", sa.Namespace, sa.Name, agentNS, agentSA)
 	}
 
-	// DESIGN §3 invariant 6: impersonate on users and groups, nothing else.
+	// invariant 6 of docs/design.md: impersonate on users and groups, nothing else.
 	var cr rbacv1.ClusterRole
 	find(t, objs, "ClusterRole").decode(t, &cr)
 	wantRules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"users", "groups"}, Verbs: []string{"impersonate"}}}

@@ -152,6 +152,50 @@ func (b *Browser) login(ctx context.Context, authURL, login, password, stopAt st
 	return nil, nil, errors.New("browser login: too many pages")
 }
 
+// Submit fills in and submits the form of an HTML page that has a control
+// named control, as a browser does when a button is pressed: set holds the
+// values typed (and the pressed button's name and value), the other
+// controls keep theirs, and the request carries the page's Origin. page is
+// a response Login or LoginFollow returned; its body is read. Redirects
+// are followed; the caller closes the returned response.
+func (b *Browser) Submit(ctx context.Context, page *http.Response, control string, set url.Values) (*http.Response, error) {
+	body, err := io.ReadAll(io.LimitReader(page.Body, 1<<20))
+	page.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("submit: read %s: %w", page.Request.URL, err)
+	}
+	forms, err := parseForms(string(body))
+	if err != nil {
+		return nil, fmt.Errorf("submit: parse %s: %w", page.Request.URL, err)
+	}
+	f := findForm(forms, control)
+	if f == nil {
+		return nil, fmt.Errorf("submit: no form with %q at %s: %s", control, page.Request.URL, pageText(string(body)))
+	}
+	for k, v := range set {
+		f.values[k] = v
+	}
+	action, err := page.Request.URL.Parse(f.action)
+	if err != nil {
+		return nil, fmt.Errorf("submit: form action %q: %w", f.action, err)
+	}
+	var req *http.Request
+	if strings.EqualFold(f.method, http.MethodPost) {
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, action.String(), strings.NewReader(f.values.Encode()))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Origin", page.Request.URL.Scheme+"://"+page.Request.URL.Host)
+		}
+	} else {
+		action.RawQuery = f.values.Encode()
+		req, err = http.NewRequestWithContext(ctx, http.MethodGet, action.String(), nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("submit: %w", err)
+	}
+	return b.Client.Do(req)
+}
+
 // form is one HTML form with its successful controls' values.
 type form struct {
 	action string

@@ -2,73 +2,272 @@ package mesh
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
 )
 
-// TestInteractiveLogin plays the browser: `clustral login --no-browser`
-// prints Dex's URL, the test signs in through Dex's HTML form, Dex
-// redirects to the coordinator's callback, and the CLI's poll picks up the
-// session.
+// cliLogin is a running `clustral login`.
+type cliLogin struct {
+	cmd      *exec.Cmd
+	stdout   strings.Builder
+	authURL  string
+	userCode string // headless only
+}
+
+// startCLILogin runs `clustral login` as u with args and extra
+// environment, and reads from its stderr the URL (and, headless, the
+// code) it prints.
+func startCLILogin(t *testing.T, ctx context.Context, u *harness.TestUser, env []string, args ...string) *cliLogin {
+	t.Helper()
+	l := &cliLogin{}
+	l.cmd = exec.CommandContext(ctx, u.Bin, append([]string{"login", suite.CoordURL()}, args...)...)
+	l.cmd.Env = append(u.Environ(), env...)
+	l.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := l.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.cmd.Stdout = &l.stdout
+	if err := l.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.cmd.Process.Kill(); l.cmd.Wait() })
+	headless := slices.Contains(args, "--no-browser")
+	sc := bufio.NewScanner(stderr)
+	wantCode := false
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(line, "https://") && l.authURL == "":
+			l.authURL = line
+		case strings.Contains(line, "asks for this code"):
+			wantCode = true
+		case wantCode && line != "":
+			l.userCode = line
+		}
+		if l.authURL != "" && (!headless || l.userCode != "") {
+			break
+		}
+	}
+	go io.Copy(io.Discard, stderr)
+	if l.authURL == "" {
+		t.Fatal("clustral login printed no URL")
+	}
+	if !strings.HasPrefix(l.authURL, suite.Env.Dex.Issuer) || !strings.Contains(l.authURL, "code_challenge_method=S256") {
+		t.Fatalf("auth URL %q is not Dex's with PKCE", l.authURL)
+	}
+	return l
+}
+
+// desktop is the environment of a machine with a browser: a display,
+// and an xdg-open that opens nothing (the test plays the browser).
+func desktop(t *testing.T) []string {
+	t.Helper()
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "xdg-open"), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"DISPLAY=:99", "PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}
+}
+
+func readPage(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// TestInteractiveLogin is the default flow: `clustral login` listens on
+// 127.0.0.1, the user signs in through Dex's HTML form, the coordinator
+// sends the browser back to the CLI's listener with a one-time code, and
+// the CLI redeems it with its verifier.
 func TestInteractiveLogin(t *testing.T) {
 	suite.StartCoordinator(t)
 	u := suite.NewUser(t, alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, u.Bin, "login", suite.CoordURL(), "--no-browser")
-	cmd.Env = u.Environ()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := cmd.StderrPipe()
+	l := startCLILogin(t, ctx, u, desktop(t))
+	if l.userCode != "" {
+		t.Fatalf("a loopback login printed a code %q", l.userCode)
+	}
+	resp, err := suite.Env.Dex.Browser().LoginFollow(ctx, l.authURL, alice.Email, alice.Password)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stdout strings.Builder
-	cmd.Stdout = &stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	page := readPage(t, resp)
+	if resp.StatusCode != 200 || resp.Request.URL.Hostname() != "127.0.0.1" || !strings.HasPrefix(resp.Request.URL.Path, "/clustral/callback/") || !strings.Contains(page, "Signed in as "+alice.Email) {
+		t.Fatalf("the browser ended at %s: %d %s", resp.Request.URL, resp.StatusCode, page)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-
-	// The URL is printed on its own indented line.
-	sc := bufio.NewScanner(stderr)
-	var authURL string
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); strings.HasPrefix(l, "https://") {
-			authURL = l
-			break
-		}
-	}
-	if authURL == "" {
-		t.Fatal("clustral login printed no URL")
-	}
-	if !strings.HasPrefix(authURL, suite.Env.Dex.Issuer) || !strings.Contains(authURL, "code_challenge_method=S256") {
-		t.Fatalf("auth URL %q is not Dex's with PKCE", authURL)
-	}
-	go io.Copy(io.Discard, stderr)
-
-	resp, err := suite.Env.Dex.Browser().LoginFollow(ctx, authURL, alice.Email, alice.Password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(page), "Signed in as "+alice.Email) {
-		t.Fatalf("callback page: %d %s", resp.StatusCode, page)
-	}
-	if err := cmd.Wait(); err != nil {
+	if err := l.cmd.Wait(); err != nil {
 		t.Fatalf("clustral login: %v", err)
 	}
-	if !strings.Contains(stdout.String(), "Logged in to "+suite.CoordURL()+" as "+alice.Email) {
-		t.Fatalf("stdout = %q", stdout.String())
+	if !strings.Contains(l.stdout.String(), "Logged in to "+suite.CoordURL()+" as "+alice.Email) {
+		t.Fatalf("stdout = %q", l.stdout.String())
 	}
-	// The stored session works.
 	out := u.MustRun("status", "-o", "json")
 	if !strings.Contains(out, `"user": "alice@example.com"`) {
 		t.Fatalf("status after login = %s", out)
+	}
+}
+
+// TestHeadlessLogin: `clustral login --no-browser` prints the URL and a
+// code; the browser signs in through Dex, lands on the confirmation page
+// naming the device, and the session is issued once the code is typed.
+func TestHeadlessLogin(t *testing.T) {
+	suite.StartCoordinator(t)
+	u := suite.NewUser(t, alice)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l := startCLILogin(t, ctx, u, nil, "--no-browser")
+	if len(l.userCode) != 9 {
+		t.Fatalf("code %q, want XXXX-XXXX", l.userCode)
+	}
+	b := suite.Env.Dex.Browser()
+	resp, err := b.LoginFollow(ctx, l.authURL, alice.Email, alice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	var body bytes.Buffer
+	resp.Body = io.NopCloser(io.TeeReader(resp.Body, &body))
+	confirmed, err := b.Submit(ctx, resp, "user_code", url.Values{"user_code": {l.userCode}, "action": {"confirm"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Confirm this login", alice.Email, host, "127.0.0.1"} {
+		if !strings.Contains(body.String(), want) {
+			t.Fatalf("confirmation page lacks %q:\n%s", want, body.String())
+		}
+	}
+	if page := readPage(t, confirmed); confirmed.StatusCode != 200 || !strings.Contains(page, "Signed in as "+alice.Email) {
+		t.Fatalf("after confirming: %d %s", confirmed.StatusCode, page)
+	}
+	if err := l.cmd.Wait(); err != nil {
+		t.Fatalf("clustral login: %v", err)
+	}
+	if !strings.Contains(l.stdout.String(), "as "+alice.Email) {
+		t.Fatalf("stdout = %q", l.stdout.String())
+	}
+}
+
+// TestLoginLinkSentToAnotherUser is the phishing attack on the login: an
+// attacker starts a login and gets someone else to sign in through its
+// URL. In both flows the attacker, holding the handle and its own
+// verifier, gets no session; the unbound login is audited as AU005W.
+func TestLoginLinkSentToAnotherUser(t *testing.T) {
+	m := suite.NewMesh(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	poll := func(handle, verifier string) (int, proto.Problem, proto.Session) {
+		t.Helper()
+		b, _ := json.Marshal(proto.LoginPollRequest{Handle: handle, CodeVerifier: verifier})
+		resp, err := http.Post(suite.CoordURL()+proto.APIVersion+"/login/poll", "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var p proto.Problem
+		var s proto.Session
+		if resp.StatusCode == 200 {
+			json.Unmarshal(raw, &s)
+		} else {
+			json.Unmarshal(raw, &p)
+		}
+		return resp.StatusCode, p, s
+	}
+	start := func(redirect string) (proto.LoginStartResponse, string) {
+		t.Helper()
+		v := oauth2.GenerateVerifier()
+		var r proto.LoginStartResponse
+		err := harness.CallAPI(ctx, suite.CoordURL(), "POST", proto.APIVersion+"/login/start", "", proto.LoginStartRequest{
+			CodeChallenge: oauth2.S256ChallengeFromVerifier(v), CodeChallengeMethod: proto.CodeChallengeS256,
+			RedirectURI: redirect, Device: proto.LoginDevice{Hostname: "alice-laptop", OS: "darwin/arm64"},
+		}, &r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, v
+	}
+
+	t.Run("headless", func(t *testing.T) {
+		atk, v := start("")
+		b := suite.Env.Dex.Browser()
+		resp, err := b.LoginFollow(ctx, atk.AuthURL, admin.Email, admin.Password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Request.URL.Path != "/oidc/callback" {
+			t.Fatalf("the victim's browser ended at %s", resp.Request.URL)
+		}
+		if st, p, s := poll(atk.Handle, v); st != http.StatusAccepted || p.Code != proto.CodeLoginPending || s.Token != "" {
+			t.Fatalf("attacker's poll after the victim signed in = %d %+v", st, p)
+		}
+		// The page names a device the victim does not know; they cancel.
+		cancelled, err := b.Submit(ctx, resp, "user_code", url.Values{"action": {"decline"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if page := readPage(t, cancelled); !strings.Contains(page, "No session was issued") {
+			t.Fatalf("after cancel: %d %s", cancelled.StatusCode, page)
+		}
+		if st, p, s := poll(atk.Handle, v); st != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed || s.Token != "" {
+			t.Fatalf("attacker's poll after cancel = %d %+v", st, p)
+		}
+	})
+
+	t.Run("loopback", func(t *testing.T) {
+		// The attacker's own listener address; the victim's browser is sent
+		// there, on the victim's machine, where the attacker is not.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		redirect := "http://" + ln.Addr().String() + "/cb"
+		ln.Close()
+		atk, v := start(redirect)
+		u, err := suite.Env.Dex.Browser().Login(ctx, atk.AuthURL, admin.Email, admin.Password, redirect)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Query().Get("code") == "" {
+			t.Fatalf("the victim's browser was sent to %s", u)
+		}
+		for range 2 {
+			if st, p, s := poll(atk.Handle, v); st != http.StatusAccepted || s.Token != "" {
+				t.Fatalf("attacker's poll after the victim signed in = %d %+v", st, p)
+			}
+		}
+	})
+
+	// The cancelled login is in the audit trail under its own code.
+	var page proto.AuditPage
+	deadline := time.Now().Add(10 * time.Second)
+	for len(page.Events) == 0 && time.Now().Before(deadline) {
+		m.Admin.MustAPI("GET", proto.APIVersion+"/audit/events?code="+string(proto.AuditLoginUnbound), nil, &page)
+		if len(page.Events) == 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if len(page.Events) == 0 || page.Events[0].Actor != admin.Email || page.Events[0].Metadata["hostname"] != "alice-laptop" {
+		t.Fatalf("AU005W events: %+v", page.Events)
 	}
 }

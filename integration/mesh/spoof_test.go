@@ -21,7 +21,7 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// TestSpoofedSourceDropped (DESIGN invariant 2): bob registers a device of
+// TestSpoofedSourceDropped (invariant 2 of docs/design.md): bob registers a device of
 // his own, then sends from alice's overlay address. The agent's WireGuard
 // peer for bob allows only bob's addresses, so the packets are dropped and
 // the connection never opens; from his own address the same node reaches

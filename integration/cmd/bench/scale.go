@@ -47,7 +47,7 @@ const (
 	scaleChangeTimeout = 30 * time.Second
 )
 
-// benchScale measures the coordinator against the budget of DESIGN.md §6:
+// benchScale measures the coordinator against the budget in docs/design.md §5:
 // f.scaleNodes simulated devices (users scale-NNN@example.com with
 // scaleDevicesPerUser devices each, all holding the reader role on the
 // cluster "scale") each hold one map stream. It reports how long opening
