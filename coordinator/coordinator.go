@@ -126,6 +126,14 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.archiveEnded(); err != nil {
 		return nil, err
 	}
+	for login, others := range s.sharedLogins() {
+		ids := make([]string, len(others))
+		for i, u := range others {
+			ids[i] = u.ID
+		}
+		s.log.Error("several users hold one login, stored before logins were unique: the oldest keeps it, the others cannot log in until an administrator disables them (clustral users disable <id>)",
+			"login", login, "holder", s.userByLogin(login).ID, "others", ids)
+	}
 	if s.auditKey, err = loadAuditKey(cfg.auditKeyPath(), true); err != nil {
 		return nil, err
 	}

@@ -1,11 +1,13 @@
 package coordinator
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -257,6 +259,43 @@ func TestAllowRulesConfig(t *testing.T) {
 			_, err := tt.cfg.withDefaults()
 			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestSharedLoginFromAnOlderStore: a store written before logins were
+// unique may hold two users with one login; the one who had it first
+// keeps it, whatever order the store lists them in.
+func TestSharedLoginFromAnOlderStore(t *testing.T) {
+	for _, newerFirst := range []bool{true, false} {
+		t.Run(fmt.Sprint("newer id first ", newerFirst), func(t *testing.T) {
+			e := newTestEnv(t)
+			e.login("admin@example.com")
+			t0 := time.Now().Add(-time.Hour)
+			owner := user{ID: "usr_b", Subject: e.iss.URL + "#owner", Login: "alice@example.com", Created: t0}
+			taker := user{ID: "usr_a", Subject: e.iss.URL + "#taker", Login: "Alice@example.com", Created: t0.Add(time.Minute)}
+			if !newerFirst {
+				owner.ID, taker.ID = "usr_a", "usr_b"
+			}
+			err := e.srv.st.Update(func(tx store.Tx) error {
+				for _, u := range []user{owner, taker} {
+					if err := store.Put(tx, store.Users, u.ID, &u); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.stop()
+			e.start()
+			if _, st, p := e.exchange(map[string]any{"sub": "taker", "email": "alice@example.com", "email_verified": true}); st != http.StatusForbidden {
+				t.Fatalf("the later holder logs in = %d %+v, want 403", st, p)
+			}
+			if _, st, p := e.exchange(map[string]any{"sub": "owner", "email": "alice@example.com", "email_verified": true}); p != nil {
+				t.Fatalf("the first holder logs in = %d %+v", st, p)
 			}
 		})
 	}

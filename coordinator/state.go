@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
 	"sort"
@@ -117,6 +118,26 @@ func (s *state) putUser(u *user) {
 // loginKey is the key of usersByLogin: logins are unique regardless of
 // case, as the administrator list matches them.
 func loginKey(login string) string { return strings.ToLower(login) }
+
+// sharedLogins gives each login that several stored users hold (stores
+// written before logins were unique) to the user who had it first, the
+// oldest, and returns the others by login.
+func (s *state) sharedLogins() map[string][]*user {
+	byKey := map[string][]*user{}
+	for _, u := range s.users {
+		byKey[loginKey(u.Login)] = append(byKey[loginKey(u.Login)], u)
+	}
+	out := map[string][]*user{}
+	for k, us := range byKey {
+		if len(us) < 2 {
+			continue
+		}
+		slices.SortFunc(us, func(a, b *user) int { return cmp.Or(a.Created.Compare(b.Created), strings.Compare(a.ID, b.ID)) })
+		s.usersByLogin[k] = us[0]
+		out[us[0].Login] = us[1:]
+	}
+	return out
+}
 
 // userByLogin returns the user whose login is login, in any case.
 func (s *state) userByLogin(login string) *user { return s.usersByLogin[loginKey(login)] }
