@@ -2,8 +2,10 @@ package coordinator
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"slices"
 	"sort"
@@ -134,11 +136,22 @@ func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	state := r.URL.Query().Get("state")
+	s.mu.Lock()
+	approvable := map[string]bool{} // role ids
+	for id, ro := range s.roles {
+		if s.canApprove(p.user, ro) {
+			approvable[id] = true
+		}
+	}
+	s.mu.Unlock()
+	visible := func(ar *accessRequest) bool {
+		return (state == "" || ar.State == state) && (ar.UserID == p.user.ID || approvable[ar.RoleID])
+	}
 	// Ended requests are read from the archive without the global lock.
 	var ended []*accessRequest
 	if state == "" || requestEnded(state) {
 		var err error
-		if ended, err = s.archivedRequests(state); err != nil {
+		if ended, err = s.archivedRequests(visible); err != nil {
 			writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "read archived requests: "+err.Error(), "")
 			return
 		}
@@ -147,14 +160,9 @@ func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
 	out := []proto.AccessRequest{}
 	for _, list := range [][]*accessRequest{slices.Collect(maps.Values(s.requests)), ended} {
 		for _, ar := range list {
-			if state != "" && ar.State != state {
-				continue
+			if visible(ar) {
+				out = append(out, s.requestToProto(ar))
 			}
-			ro := s.roles[ar.RoleID]
-			if ar.UserID != p.user.ID && (ro == nil || !s.canApprove(p.user, ro)) {
-				continue
-			}
-			out = append(out, s.requestToProto(ar))
 		}
 	}
 	s.mu.Unlock()
@@ -171,10 +179,20 @@ func requestEnded(state string) bool {
 	return state == proto.RequestDenied || state == proto.RequestRevoked || state == proto.RequestExpired
 }
 
-// archivedRequests returns the newest ended requests in state (any ended
-// state when empty), at most maxListedEnded. It reads the store, not the
-// memory, and takes no lock of the Server.
-func (s *Server) archivedRequests(state string) ([]*accessRequest, error) {
+// archiveKey orders the archive newest first: the time the request was
+// made, counted down from the largest time, then its id.
+func archiveKey(ar *accessRequest) string {
+	return fmt.Sprintf("%016x_%s", uint64(math.MaxInt64-max(ar.Created.UnixNano(), 0)), ar.ID)
+}
+
+// errEnough ends an archive scan that has found what it needs.
+var errEnough = errors.New("enough")
+
+// archivedRequests returns the newest ended requests that keep accepts,
+// newest first, at most maxListedEnded. It reads the store, not the
+// memory, and takes no lock of the Server; the archive is ordered newest
+// first, so it stops as soon as it has enough.
+func (s *Server) archivedRequests(keep func(*accessRequest) bool) ([]*accessRequest, error) {
 	var out []*accessRequest
 	err := s.st.View(func(tx store.Tx) error {
 		return tx.ForEach(store.RequestArchive, func(k string, raw []byte) error {
@@ -182,14 +200,19 @@ func (s *Server) archivedRequests(state string) ([]*accessRequest, error) {
 			if err := json.Unmarshal(raw, &ar); err != nil {
 				return fmt.Errorf("decode archived request %s: %w", k, err)
 			}
-			if state == "" || ar.State == state {
+			if keep(&ar) {
 				out = append(out, &ar)
+			}
+			if len(out) >= maxListedEnded {
+				return errEnough
 			}
 			return nil
 		})
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
-	return out[:min(len(out), maxListedEnded)], err
+	if errors.Is(err, errEnough) {
+		err = nil
+	}
+	return out, err
 }
 
 // putRequest stores ar inside tx where its state belongs: a live one in
@@ -201,7 +224,7 @@ func putRequest(tx store.Tx, ar *accessRequest) error {
 	if err := tx.Delete(store.Requests, ar.ID); err != nil {
 		return err
 	}
-	return store.Put(tx, store.RequestArchive, ar.ID, ar)
+	return store.Put(tx, store.RequestArchive, archiveKey(ar), ar)
 }
 
 // setRequestLocked applies a stored ar to memory, which holds live
@@ -258,13 +281,8 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	defer s.mu.Unlock()
 	ar := s.requests[r.PathValue("id")]
 	if ar == nil {
-		var old accessRequest
-		err := s.st.View(func(tx store.Tx) error { return store.Get(tx, store.RequestArchive, r.PathValue("id"), &old) })
-		if err == nil && (old.UserID == p.user.ID || s.isAdmin(p.user)) {
-			writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("request %s is %s; it can no longer be decided or revoked", old.ID, old.State), "make a new request if access is still needed")
-			return
-		}
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no access request %q", r.PathValue("id")), "list them with clustral access list")
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no pending or approved access request %q; an ended one (denied, revoked, expired) cannot be decided or revoked", r.PathValue("id")),
+			"list them with clustral access list, and make a new request if access is still needed")
 		return
 	}
 	ro := s.roles[ar.RoleID]

@@ -154,7 +154,7 @@ func TestPendingRequestExpires(t *testing.T) {
 		t.Fatalf("expired request still live: %+v", live)
 	}
 	// Every session expired with the clock too: read the archive.
-	list, err := e.srv.archivedRequests(proto.RequestExpired)
+	list, err := e.srv.archivedRequests(func(ar *accessRequest) bool { return ar.State == proto.RequestExpired })
 	if err != nil || len(list) != 1 || list[0].ID != ar.ID {
 		t.Fatalf("archived expired requests = %+v, %v", list, err)
 	}

@@ -99,8 +99,39 @@ func TestEndedRequestsAreArchived(t *testing.T) {
 	if n := live(); n != 0 {
 		t.Fatalf("%d live requests after restart, want 0", n)
 	}
-	got, err := e.srv.archivedRequests("")
+	got, err := e.srv.archivedRequests(func(*accessRequest) bool { return true })
 	if err != nil || len(got) != 2 {
 		t.Fatalf("archive = %+v, %v; want the denied and the migrated request", got, err)
+	}
+}
+
+// TestArchiveNewestFirst: the archive is read newest first and a listing
+// stops at maxListedEnded, whatever the history holds.
+func TestArchiveNewestFirst(t *testing.T) {
+	e := newTestEnv(t)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const n = maxListedEnded + 50
+	err := e.srv.st.Update(func(tx store.Tx) error {
+		for i := range n {
+			// Stored in an order unrelated to their times.
+			j := (i * 7) % n
+			ar := accessRequest{ID: fmt.Sprintf("req_%04d", j), UserID: "usr_x", State: proto.RequestDenied, Created: t0.Add(time.Duration(j) * time.Minute)}
+			if err := putRequest(tx, &ar); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.srv.archivedRequests(func(*accessRequest) bool { return true })
+	if err != nil || len(got) != maxListedEnded {
+		t.Fatalf("listed %d, %v; want the newest %d", len(got), err, maxListedEnded)
+	}
+	for i, ar := range got {
+		if want := fmt.Sprintf("req_%04d", n-1-i); ar.ID != want {
+			t.Fatalf("entry %d = %s, want %s (newest first)", i, ar.ID, want)
+		}
 	}
 }
