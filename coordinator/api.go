@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"io"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -808,7 +809,9 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request, p principa
 	w.Header().Set("Content-Disposition", `attachment; filename="coordinator.db"`)
 	w.Header().Set("Cache-Control", "no-store")
 	start := time.Now()
-	n, err := s.st.BackupTo(w)
+	// A large store on a slow link takes longer than the write timeout:
+	// each chunk gets its own deadline instead.
+	n, err := s.st.BackupTo(&deadlineWriter{w: w, extend: s.longLived(w)})
 	if err != nil {
 		s.log.Error("backup failed", "actor", p.user.Login, "bytes", n, "err", err)
 		if n == 0 {
@@ -818,4 +821,15 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request, p principa
 		panic(http.ErrAbortHandler)
 	}
 	s.log.Info("backup", "actor", p.user.Login, "bytes", n, "duration", time.Since(start))
+}
+
+// deadlineWriter calls extend before each write to w.
+type deadlineWriter struct {
+	w      io.Writer
+	extend func()
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.extend()
+	return d.w.Write(p)
 }
