@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -539,10 +540,41 @@ func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) {
 
 // ---- admin ----
 
-// admin wraps a handler that only administrators may call.
+// authSessionBody is authSession for a request that changes state from
+// its body. The session is checked when the headers arrive, so a caller
+// without one is refused before its body is read; then the whole body is
+// read (bounded by proto.MaxBodyBytes and the server's read timeout) and
+// the session is checked again. A logout or a disable that lands while
+// the body is on its way thus authorizes nothing: a client cannot hold a
+// checked request open until its credential is gone. The handler decodes
+// the buffered body as usual.
+func (s *Server) authSessionBody(w http.ResponseWriter, r *http.Request) (principal, bool) {
+	if _, ok := s.authSession(w, r); !ok {
+		return principal{}, false
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
+			} else {
+				writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "read request body: "+err.Error(), "send the whole body at once")
+			}
+			return principal{}, false
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.ContentLength = int64(len(b))
+	}
+	return s.authSession(w, r)
+}
+
+// admin wraps a handler that only administrators may call. The session
+// and the administrator's rights are checked after the body has arrived
+// (see authSessionBody).
 func (s *Server) admin(h func(http.ResponseWriter, *http.Request, principal)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.authSession(w, r)
+		p, ok := s.authSessionBody(w, r)
 		if !ok {
 			return
 		}

@@ -271,3 +271,50 @@ func TestRegistrationSlowBodyWithValidCredential(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionWritesRecheckAfterBody: a change made with a session (an
+// administrator's, an approver's, a requester's) whose body arrives after
+// that session was logged out or its user disabled is refused and changes
+// nothing: the session is checked again once the body is in.
+func TestSessionWritesRecheckAfterBody(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		start  func(e *accessEnv, ar proto.AccessRequest) *slowRequest
+		revoke func(e *accessEnv)
+	}{
+		{"assignment after the admin's logout", func(e *accessEnv, _ proto.AccessRequest) *slowRequest {
+			return startSlow(e.t, e.srv.Handler(), "POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{User: "sam@example.com", Role: "viewer", Cluster: "prod"})
+		}, func(e *accessEnv) {
+			e.must("DELETE", "/api/v1/session", e.admin.Token, nil, nil)
+		}},
+		{"approval after the approver is disabled", func(e *accessEnv, ar proto.AccessRequest) *slowRequest {
+			return startSlow(e.t, e.srv.Handler(), "POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.sam.Token, proto.AccessDecision{Reason: "ok"})
+		}, func(e *accessEnv) {
+			e.must("POST", "/api/v1/users/sam@example.com/disable", e.admin.Token, nil, nil)
+		}},
+		{"access request after the requester's logout", func(e *accessEnv, _ proto.AccessRequest) *slowRequest {
+			return startSlow(e.t, e.srv.Handler(), "POST", "/api/v1/access-requests", e.sam.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-2"})
+		}, func(e *accessEnv) {
+			e.must("DELETE", "/api/v1/session", e.sam.Token, nil, nil)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newAccessEnv(t)
+			ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-1"})
+			if p != nil {
+				t.Fatalf("request = %d %+v", st, p)
+			}
+			sr := tc.start(e, ar)
+			tc.revoke(e)
+			if st, p := sr.finish(); st != http.StatusUnauthorized {
+				t.Errorf("change straddling the revocation = %d %+v, want 401", st, p)
+			}
+			e.srv.mu.Lock()
+			asgs, reqs, state := len(e.srv.assignments), len(e.srv.requests), e.srv.requests[ar.ID].State
+			e.srv.mu.Unlock()
+			if asgs != 0 || reqs != 1 || state != proto.RequestPending {
+				t.Errorf("after the refusal: %d assignments, %d requests, the first %s; want none, 1, pending", asgs, reqs, state)
+			}
+		})
+	}
+}
