@@ -171,3 +171,45 @@ func TestLongLivedRoutesOutliveTimeouts(t *testing.T) {
 		t.Fatalf("backup = %d, %d bytes, %v", bresp.StatusCode, n, err)
 	}
 }
+
+// TestRelayOutlivesTimeouts: a relay connection carries packets long after
+// the server's timeouts. (The relay takes the connection over from the
+// HTTP server, which clears its deadlines; a relay that streamed through
+// the server instead would have to lift them as the map stream does.)
+func TestRelayOutlivesTimeouts(t *testing.T) {
+	e := newTestEnv(t)
+	addr := serveShort(t, e)
+	m := newRelayMesh(e)
+	dial := func(token string) *relayPeer {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		req, _ := http.NewRequest("GET", "http://"+addr+proto.RelayPath, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", proto.RelayUpgrade)
+		if err := req.Write(c); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("relay = %d", resp.StatusCode)
+		}
+		return &relayPeer{t: t, conn: c, br: br, buf: make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)}
+	}
+	agent, alice := dial(m.agent.NodeToken), dial(m.alice.NodeToken)
+	// Past every timeout of the server: only time passing can show that
+	// nothing cut the connections.
+	time.Sleep(4 * shortTimeouts.read)
+	alice.send(m.agentKey, []byte("late"))
+	if _, pkt, ok := agent.recv(5 * time.Second); !ok || string(pkt) != "late" {
+		t.Fatalf("agent got %q %v after the timeouts, want alice's packet", pkt, ok)
+	}
+}
