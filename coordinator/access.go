@@ -55,7 +55,7 @@ func (s *Server) canApprove(u *user, r *role) bool {
 }
 
 func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSession(w, r)
+	p, ok := s.authSessionBody(w, r)
 	if !ok {
 		return
 	}
@@ -140,7 +140,7 @@ func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSession(w, r)
+	p, ok := s.authSessionBody(w, r)
 	if !ok {
 		return
 	}
