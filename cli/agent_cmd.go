@@ -249,7 +249,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		w.Write([]byte("ok\n"))
 	})
 	hmux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{Registry: metrics}))
-	hsrv := &http.Server{Handler: hmux, ReadHeaderTimeout: 5 * time.Second}
+	hsrv := &http.Server{Handler: hmux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 	go hsrv.Serve(hl)
 	defer hsrv.Close()
 	log.Info("health endpoints", "addr", hl.Addr().String())

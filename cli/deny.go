@@ -109,6 +109,9 @@ func (d *denier) conn(cluster string) net.Conn {
 			w.Write([]byte(msg))
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       10 * time.Second,
 	}
 	go srv.Serve(&oneConnListener{c: tc})
 	return client

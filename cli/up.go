@@ -495,7 +495,7 @@ func serveControl(dir string, state func() *upState, m *mesh, reqs chan<- contex
 	}
 	mux.HandleFunc("POST /contexts/{cluster}", contexts(true))
 	mux.HandleFunc("DELETE /contexts/{cluster}", contexts(false))
-	srv := &http.Server{Handler: mux}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 	go srv.Serve(l)
 	return closerFunc(func() error { err := srv.Close(); os.Remove(path); return err }), nil
 }

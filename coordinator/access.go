@@ -59,7 +59,7 @@ func (s *Server) canApprove(u *user, r *role) bool {
 }
 
 func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSession(w, r)
+	p, ok := s.authSessionBody(w, r)
 	if !ok {
 		return
 	}
@@ -267,7 +267,7 @@ func (s *Server) archiveEnded() error {
 }
 
 func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSession(w, r)
+	p, ok := s.authSessionBody(w, r)
 	if !ok {
 		return
 	}

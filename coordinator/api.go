@@ -1,9 +1,11 @@
 package coordinator
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -301,6 +303,11 @@ func checkRegistration(w http.ResponseWriter, key proto.Key, hostname string) bo
 	return true
 }
 
+// handleRegisterDevice registers a device under the caller's session. The
+// session is checked when the headers arrive, so that a caller without one
+// is refused before its body is read, and again when the device is written
+// (see registerNode): a logout or a disable that lands while the body is
+// on its way refuses the registration.
 func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request) {
 	if !s.sourceReady(w, r, "register") {
 		return
@@ -314,14 +321,20 @@ func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) || !checkRegistration(w, req.PublicKey, req.Hostname) {
 		return
 	}
-	now := s.now()
 	token := newSecret("cnt_")
-	n := &node{
-		ID: newID("dev"), Kind: proto.KindDevice, Key: req.PublicKey, TokenHash: hashSecret(token),
-		Hostname: req.Hostname, Created: now, UserID: p.user.ID, SessionID: p.session.IDHash,
-		Expires: p.session.Expires,
-	}
-	resp, prob := s.registerNode(n, p.user.Login, nil)
+	n := &node{ID: newID("dev"), Kind: proto.KindDevice, Key: req.PublicKey, TokenHash: hashSecret(token), Hostname: req.Hostname}
+	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
+		se, u := s.sessions[p.session.IDHash], s.users[p.user.ID]
+		switch {
+		case se == nil || u == nil || se.UserID != u.ID || !now.Before(se.Expires):
+			return "", &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeSessionExpired,
+				Title: "this session was revoked or has expired while the device registered", Hint: "run clustral login"}
+		case u.Disabled:
+			return "", &proto.Problem{Status: http.StatusForbidden, Code: proto.CodeForbidden, Title: "user " + u.Login + " is disabled", Hint: "ask an administrator"}
+		}
+		n.UserID, n.SessionID, n.Expires = u.ID, se.IDHash, se.Expires
+		return u.Login, nil
+	}, nil)
 	if prob != nil {
 		writeProblemDoc(w, prob)
 		return
@@ -330,6 +343,15 @@ func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
+// errJoinToken is why an agent registration is refused for its token.
+var errJoinToken = errors.New("invalid or revoked join token")
+
+// handleRegisterAgent registers an agent of the cluster whose join token
+// the caller holds. The token is looked up when the headers arrive, so a
+// caller without one is refused before its body is read, and again when
+// the agent is written (see registerNode): a revoke-token, rotate-token or
+// cluster delete that lands while the body is on its way refuses the
+// registration, and no certificate is issued.
 func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	if !s.sourceReady(w, r, "register") {
 		return
@@ -340,13 +362,12 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "missing join token", "pass the cluster's join token (clustral clusters add prints it)")
 		return
 	}
+	tokenHash := hashSecret(raw)
 	s.mu.Lock()
-	c := s.clustersByToken[hashSecret(raw)]
+	known := s.clustersByToken[tokenHash] != nil
 	s.mu.Unlock()
-	if c == nil {
-		s.sourceFailed(r)
-		s.auditFailure(proto.AuditAgentRefused, r, "", errors.New("invalid or revoked join token"))
-		writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "invalid or revoked join token", "get the cluster's current join token from an administrator (clustral clusters rotate-token)")
+	if !known {
+		s.refuseJoinToken(w, r)
 		return
 	}
 	var req proto.RegisterAgentRequest
@@ -357,15 +378,22 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "csr is required", "send a PEM certificate request for the agent's serving key")
 		return
 	}
-	now := s.now()
 	token := newSecret("cnt_")
-	n := &node{
-		ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token),
-		Hostname: req.Hostname, Created: now, ClusterID: c.ID, LastSeen: now,
-	}
-	resp, prob := s.registerNode(n, "agent:"+c.Name, func(addrs []netip.Prefix) (string, error) {
+	n := &node{ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token), Hostname: req.Hostname}
+	var c *cluster
+	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
+		if c = s.clustersByToken[tokenHash]; c == nil {
+			return "", &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeInvalidJoinToken}
+		}
+		n.ClusterID, n.LastSeen = c.ID, now
+		return "agent:" + c.Name, nil
+	}, func(addrs []netip.Prefix, now time.Time) (string, error) {
 		return s.ca.issue(req.CSR, []string{c.Name + "." + s.cfg.MeshDomain}, addrs, now)
 	})
+	if prob != nil && prob.Code == proto.CodeInvalidJoinToken {
+		s.refuseJoinToken(w, r)
+		return
+	}
 	if prob != nil {
 		writeProblemDoc(w, prob)
 		return
@@ -375,11 +403,34 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
+// refuseJoinToken audits and answers an agent registration whose join
+// token is unknown, revoked or rotated away.
+func (s *Server) refuseJoinToken(w http.ResponseWriter, r *http.Request) {
+	s.sourceFailed(r)
+	s.auditFailure(proto.AuditAgentRefused, r, "", errJoinToken)
+	writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, errJoinToken.Error(), "get the cluster's current join token from an administrator (clustral clusters rotate-token)")
+}
+
 // registerNode allocates addresses for n, stores it, and tells the nodes
-// that should see it. certify, if set, issues the agent's certificate.
-func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix) (string, error)) (*proto.RegisterResponse, *proto.Problem) {
+// that should see it.
+//
+// authorize checks the credential the registration was accepted with,
+// against the state as it is at the write: it runs with s.mu held, just
+// before the store transaction, so no revocation (which takes s.mu too)
+// can land between the check and the write. It fills in n's owner (user
+// and session, or cluster) and creation time from what it finds, and
+// returns the audit actor, or the problem that refuses the registration;
+// then nothing is written and no map changes. certify, if set, issues the
+// agent's certificate inside the transaction.
+func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor string, p *proto.Problem), certify func([]netip.Prefix, time.Time) (string, error)) (*proto.RegisterResponse, *proto.Problem) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := s.now()
+	actor, prob := authorize(now)
+	if prob != nil {
+		return nil, prob
+	}
+	n.Created = now
 	if old := s.nodesByKey[n.Key]; old != nil {
 		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Title: "this WireGuard key is already registered", Hint: "generate a new key (clustral up does this after clustral down)"}
 	}
@@ -396,7 +447,7 @@ func (s *Server) registerNode(n *node, actor string, certify func([]netip.Prefix
 		}
 		n.Addresses = addrs
 		if certify != nil {
-			if cert, err = certify(addrs); err != nil {
+			if cert, err = certify(addrs, now); err != nil {
 				return err
 			}
 		}
@@ -447,10 +498,41 @@ func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) {
 
 // ---- admin ----
 
-// admin wraps a handler that only administrators may call.
+// authSessionBody is authSession for a request that changes state from
+// its body. The session is checked when the headers arrive, so a caller
+// without one is refused before its body is read; then the whole body is
+// read (bounded by proto.MaxBodyBytes and the server's read timeout) and
+// the session is checked again. A logout or a disable that lands while
+// the body is on its way thus authorizes nothing: a client cannot hold a
+// checked request open until its credential is gone. The handler decodes
+// the buffered body as usual.
+func (s *Server) authSessionBody(w http.ResponseWriter, r *http.Request) (principal, bool) {
+	if _, ok := s.authSession(w, r); !ok {
+		return principal{}, false
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
+			} else {
+				writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "read request body: "+err.Error(), "send the whole body at once")
+			}
+			return principal{}, false
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.ContentLength = int64(len(b))
+	}
+	return s.authSession(w, r)
+}
+
+// admin wraps a handler that only administrators may call. The session
+// and the administrator's rights are checked after the body has arrived
+// (see authSessionBody).
 func (s *Server) admin(h func(http.ResponseWriter, *http.Request, principal)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.authSession(w, r)
+		p, ok := s.authSessionBody(w, r)
 		if !ok {
 			return
 		}
@@ -740,7 +822,9 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request, p principa
 	w.Header().Set("Content-Disposition", `attachment; filename="coordinator.db"`)
 	w.Header().Set("Cache-Control", "no-store")
 	start := time.Now()
-	n, err := s.st.BackupTo(w)
+	// A large store on a slow link takes longer than the write timeout:
+	// each chunk gets its own deadline instead.
+	n, err := s.st.BackupTo(&deadlineWriter{w: w, extend: s.longLived(w)})
 	if err != nil {
 		s.log.Error("backup failed", "actor", p.user.Login, "bytes", n, "err", err)
 		if n == 0 {
@@ -750,4 +834,15 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request, p principa
 		panic(http.ErrAbortHandler)
 	}
 	s.log.Info("backup", "actor", p.user.Login, "bytes", n, "duration", time.Since(start))
+}
+
+// deadlineWriter calls extend before each write to w.
+type deadlineWriter struct {
+	w      io.Writer
+	extend func()
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.extend()
+	return d.w.Write(p)
 }

@@ -57,6 +57,8 @@ type Server struct {
 	oidc     *oidcProvider
 	metrics  *metrics
 	cert     atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
+	// timeouts are those of the HTTP servers; set before serving.
+	timeouts serverTimeouts
 
 	mu sync.Mutex
 	state
@@ -113,6 +115,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
 	}
+	s.timeouts = defaultServerTimeouts
 	s.state.init()
 	s.relay = newRelay(s)
 	s.sources = newSourceLimiters(cfg)
@@ -225,13 +228,51 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 	return s.Serve(ctx, l)
 }
 
+// serverTimeouts bound each part of an HTTP connection's life on the
+// coordinator's servers, so that no unauthenticated client can hold a
+// connection (and its goroutine) open by sending or reading slowly:
+// readHeader for the request's headers, read for the whole request with
+// its body, write for the answer, idle for a keep-alive connection between
+// requests. The routes that live long (the map stream, the relay, the
+// backup) lift them for themselves once the caller is authenticated.
+type serverTimeouts struct {
+	readHeader, read, write, idle time.Duration
+}
+
+var defaultServerTimeouts = serverTimeouts{
+	readHeader: 10 * time.Second,
+	read:       30 * time.Second,
+	write:      60 * time.Second,
+	idle:       2 * time.Minute,
+}
+
 // httpServer is an HTTP server for h with the coordinator's timeouts and
 // its logger for connection errors.
 func (s *Server) httpServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.timeouts.readHeader,
+		ReadTimeout:       s.timeouts.read,
+		WriteTimeout:      s.timeouts.write,
+		IdleTimeout:       s.timeouts.idle,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// longLived lifts the server's read deadline from the connection of an
+// authenticated request that streams for longer than serverTimeouts
+// allow, and returns a function that gives the next write of its answer
+// its own deadline (the server's write timeout from now). A stream whose
+// reader stops reading thus still fails, one write timeout later.
+func (s *Server) longLived(w http.ResponseWriter) (extendWrite func()) {
+	rc := http.NewResponseController(w)
+	if err := rc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		s.log.Debug("lift read deadline", "err", err)
+	}
+	return func() {
+		if s.timeouts.write > 0 {
+			rc.SetWriteDeadline(time.Now().Add(s.timeouts.write))
+		}
 	}
 }
 

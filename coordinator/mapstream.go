@@ -300,6 +300,10 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		s.auditStream(n, actor, cluster, false)
 	}()
 
+	// The stream lives for hours: each message gets its own write
+	// deadline instead of the server's.
+	extendWrite := s.longLived(w)
+	extendWrite()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -319,6 +323,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		case <-c.done:
 			return
 		case <-ka.C:
+			extendWrite()
 			if err := enc.Encode(proto.MapMessage{Version: version, KeepAlive: true}); err != nil {
 				return
 			}
@@ -334,6 +339,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 			}
 			version++
 			msg.Version = version
+			extendWrite()
 			if err := enc.Encode(msg); err != nil {
 				return
 			}

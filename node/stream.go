@@ -28,8 +28,18 @@ const (
 	// not even a keep-alive, before it is considered dead. The
 	// coordinator sends keep-alives well within it.
 	DefaultStreamIdleTimeout = 60 * time.Second
-	DefaultStreamMinBackoff  = 500 * time.Millisecond
-	DefaultStreamMaxBackoff  = 30 * time.Second
+	// DefaultStreamMinBackoff and DefaultStreamMaxBackoff bound the wait
+	// between connection attempts. While a node is disconnected it runs
+	// on its last map, so a revocation made meanwhile reaches it only
+	// when it reconnects: the cap bounds how long after the coordinator
+	// comes back that takes (a revocation made as the coordinator turns
+	// ready reaches every node within a second), however long the
+	// outage. Waits are jittered over the upper half, so a mesh's nodes
+	// spread their reconnections over [cap/2, cap] rather than arriving
+	// at once; an attempt against a coordinator that is down costs a
+	// refused connection.
+	DefaultStreamMinBackoff = 100 * time.Millisecond
+	DefaultStreamMaxBackoff = 800 * time.Millisecond
 )
 
 // ErrNoSnapshot is the error of a map stream whose first message is not a

@@ -388,3 +388,56 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamBackoffDefaultsStayUnderASecond: however many attempts have
+// failed (however long the coordinator was down), the next one comes
+// within DefaultStreamMaxBackoff, under a second, jittered over its upper
+// half.
+func TestStreamBackoffDefaultsStayUnderASecond(t *testing.T) {
+	if DefaultStreamMaxBackoff >= time.Second {
+		t.Fatalf("DefaultStreamMaxBackoff = %v, want under 1s", DefaultStreamMaxBackoff)
+	}
+	for attempt := range 64 {
+		for range 20 {
+			d := backoff(attempt, DefaultStreamMinBackoff, DefaultStreamMaxBackoff)
+			if d > DefaultStreamMaxBackoff || d < DefaultStreamMinBackoff/2 {
+				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", attempt, d, DefaultStreamMinBackoff/2, DefaultStreamMaxBackoff)
+			}
+		}
+	}
+}
+
+// TestStreamResyncsSoonAfterOutage: with the default backoff, a stream
+// whose attempts failed long enough for the backoff to reach its cap (the
+// coordinator down, its proxy answering 503) is synced again within a
+// second of the coordinator coming back.
+func TestStreamResyncsSoonAfterOutage(t *testing.T) {
+	var mu sync.Mutex
+	down := true
+	srv := newMapServer(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		d := down
+		mu.Unlock()
+		if d {
+			http.Error(w, "coordinator down", http.StatusServiceUnavailable)
+			return
+		}
+		lines(proto.MapMessage{Version: 1, Snapshot: true})(w, r)
+	})
+	s, _ := runStream(t, newBareNode(t), srv, func(c *StreamConfig) { c.MinBackoff, c.MaxBackoff = 0, 0 })
+	// Six failed attempts: the backoff has reached its cap.
+	waitFor(t, "six failed attempts", func() bool { return len(srv.requests()) >= 6 })
+	if s.Status().Connects != 0 {
+		t.Fatal("connected while the coordinator was down")
+	}
+	mu.Lock()
+	down = false
+	back := time.Now()
+	mu.Unlock()
+	waitFor(t, "the stream to resync", func() bool { return s.Status().Connects == 1 })
+	took := time.Since(back)
+	t.Logf("resynced %v after the coordinator came back (%d attempts)", took, len(srv.requests()))
+	if took > time.Second {
+		t.Errorf("resynced %v after the coordinator came back, want within 1s", took)
+	}
+}

@@ -21,6 +21,10 @@
 //     assignment until a GET on a new connection through the mesh first
 //     succeeds (map deltas to the device and the agent, handshake, TLS);
 //     revoke_to_denied_ms: from deleting it until such a GET first fails.
+//   - revocation_after_restart_ms: the coordinator killed with SIGKILL,
+//     kept down for -restart-outage (60s) and started again; from deleting
+//     the user's assignment as soon as /readyz answers until the user's
+//     watch through the mesh ends.
 //
 // It starts etcd, kube-apiserver and Dex (integration/harness), a
 // coordinator and an agent, and stops every process it started before it
@@ -55,6 +59,8 @@ type flags struct {
 	skipMesh    bool
 	scaleNodes  int
 	only        string
+	// restartOutage is how long benchRestart keeps the coordinator down.
+	restartOutage time.Duration
 }
 
 func main() {
@@ -69,7 +75,8 @@ func main() {
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, up, delta, nat, revocation, scale)")
+	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
+	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, up, delta, nat, revocation, restart, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -104,7 +111,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}

@@ -146,7 +146,7 @@ func prepareAPIServer(ctx context.Context, api *harness.APIServer) error {
 	_, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "bench-reader"},
 		Rules: []rbacv1.PolicyRule{{
-			APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list"},
+			APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch"},
 		}},
 	}, metav1.CreateOptions{})
 	if err != nil {
