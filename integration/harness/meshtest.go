@@ -137,8 +137,16 @@ func (s *MeshSuite) KWOK() (*KWOK, error) { return s.kwok() }
 // administrator. t's cleanup stops it and logs its tail if t failed.
 func (s *MeshSuite) StartCoordinator(t testing.TB) *Coordinator {
 	t.Helper()
+	return s.StartCoordinatorWith(t)
+}
+
+// StartCoordinatorWith is StartCoordinator with extraArgs added to
+// `clustral coordinator`.
+func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coordinator {
+	t.Helper()
 	c, err := StartCoordinator(context.Background(), s.Bin, t.TempDir(), CoordinatorOptions{
 		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{s.opts.Admin.Email},
+		ExtraArgs: extraArgs,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -298,9 +306,16 @@ func (u *TestUser) RunCode(args ...string) (stdout, stderr string, code int) {
 // MustLogin logs u in to the suite's coordinator (User.LoginWithToken).
 func (u *TestUser) MustLogin() {
 	u.t.Helper()
-	if err := u.LoginWithToken(context.Background(), u.s.Env.Dex, meshClientID, u.s.OIDCSecret, u.s.CoordURL()); err != nil {
+	if err := u.TryLogin(); err != nil {
 		u.t.Fatal(err)
 	}
+}
+
+// TryLogin logs u in to the suite's coordinator (User.LoginWithToken) and
+// returns the error of a refused login, whose text holds clustral's
+// output.
+func (u *TestUser) TryLogin() error {
+	return u.LoginWithToken(context.Background(), u.s.Env.Dex, meshClientID, u.s.OIDCSecret, u.s.CoordURL())
 }
 
 // MustUp runs `clustral up` as u.
