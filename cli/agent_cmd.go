@@ -202,6 +202,8 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	if err != nil {
 		return err
 	}
+	var serving atomic.Pointer[tls.Certificate]
+	serving.Store(&cert)
 	m, err := joinMesh(priv, reg, a.wgPort, false, log)
 	if err != nil {
 		return err
@@ -233,6 +235,21 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	defer proxy.Close()
 	remove := m.node.OnChange(func(node.Change) { proxy.Reevaluate() })
 	defer remove()
+	// The coordinator renews the short-lived serving certificate over the
+	// map stream; handshakes pick up the new one at once.
+	removeRenew := m.node.OnChange(func(ch node.Change) {
+		if !ch.CertificateChanged {
+			return
+		}
+		c, err := tlsCertificate(m.node.Certificate(), tlsKey)
+		if err != nil {
+			log.Error("renewed certificate refused; serving the old one", "err", err)
+			return
+		}
+		serving.Store(&c)
+		log.Info("serving certificate renewed", "expires", c.Leaf.NotAfter)
+	})
+	defer removeRenew()
 
 	var ready atomic.Bool
 	hl, err := net.Listen("tcp", healthListen)
@@ -260,7 +277,9 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		if err != nil {
 			return fmt.Errorf("listen on overlay %s:443: %w", p.Addr(), err)
 		}
-		go func() { errc <- proxy.ServeTLS(l, cert) }()
+		go func() {
+			errc <- proxy.ServeTLSFunc(l, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving.Load(), nil })
+		}()
 	}
 	// The hook goes in before the stream starts: a snapshot applied in
 	// between would otherwise leave the agent unready until the next one.

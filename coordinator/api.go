@@ -404,14 +404,19 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "csr is required", "send a PEM certificate request for the agent's serving key")
 		return
 	}
+	certKey, err := csrPublicKey(req.CSR)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "send a valid PEM certificate request")
+		return
+	}
 	now := s.now()
 	token := newSecret("cnt_")
 	n := &node{
 		ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token),
-		Hostname: req.Hostname, Created: now, ClusterID: c.ID, LastSeen: now,
+		Hostname: req.Hostname, Created: now, ClusterID: c.ID, LastSeen: now, CertKey: certKey,
 	}
 	resp, prob := s.registerNode(n, "agent:"+c.Name, func(addrs []netip.Prefix) (string, error) {
-		return s.ca.issue(req.CSR, []string{c.Name + "." + s.cfg.MeshDomain}, addrs, now)
+		return s.ca.issue(certKey, s.agentNames(c), addrs, now)
 	})
 	if prob != nil {
 		writeProblemDoc(w, prob)
