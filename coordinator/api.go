@@ -158,20 +158,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// decode reads a JSON body into v, answering the problem itself on error.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
-			return false
-		}
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body: "+err.Error(), "check the request against the API")
-		return false
-	}
-	return true
-}
-
 func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 	if err := s.st.View(func(tx store.Tx) error { _, err := tx.GetRaw(store.Meta, metaCA); return err }); err != nil {
 		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
@@ -404,6 +390,9 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "csr is required", "send a PEM certificate request for the agent's serving key")
 		return
 	}
+	if !checkText(w, "csr", req.CSR, maxCSR) {
+		return
+	}
 	certKey, err := csrPublicKey(req.CSR)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "send a valid PEM certificate request")
@@ -546,7 +535,7 @@ func (s *Server) handleListClusters(w http.ResponseWriter, r *http.Request, _ pr
 
 func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.CreateClusterRequest
-	if !decode(w, r, &req) || !checkName(w, "cluster", req.Name) {
+	if !decode(w, r, &req) || !checkName(w, "cluster", req.Name) || !checkLabels(w, "labels", req.Labels) {
 		return
 	}
 	token := newSecret("cjt_")
@@ -666,7 +655,8 @@ func (s *Server) lookupCluster(ref string) *cluster {
 
 func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.Assignment
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req) || !checkText(w, "user", req.User, maxIdentifier) || !checkText(w, "group", req.Group, maxIdentifier) ||
+		!checkLabels(w, "cluster_selector", req.ClusterSelector) {
 		return
 	}
 	if (req.User == "") == (req.Group == "") {
