@@ -370,7 +370,16 @@ func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	filter := r.URL.Query().Get("user")
 	var fu *user
 	if filter != "" {
-		if fu = s.lookupUser(filter); fu == nil {
+		fu = s.lookupUser(filter)
+		// A non-admin may name only themselves. Anyone else is refused
+		// the same way whether they exist or not, so the filter cannot
+		// be used to find out who has an account.
+		if !admin && fu != p.user {
+			s.mu.Unlock()
+			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "only administrators may list other users' devices", "leave out --user to list your own")
+			return
+		}
+		if fu == nil {
 			s.mu.Unlock()
 			writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no user %q", filter), "")
 			return
