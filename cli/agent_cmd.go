@@ -46,6 +46,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		drain                                       time.Duration
 		auditDir                                    string
 		auditMax                                    int
+		insecure                                    bool
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -73,7 +74,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 			if coord == "" {
 				return usageError{errors.New("--coordinator is required (the coordinator's URL)")}
 			}
-			if coord, err = normalizeURL(coord); err != nil {
+			if coord, err = coordinatorURL(coord, insecure); err != nil {
 				return usageError{err}
 			}
 			if tokenFile != "" {
@@ -113,6 +114,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.StringVar(&token, "join-token", "", "the cluster's join token (prefer --join-token-file or CLUSTRAL_JOIN_TOKEN)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for kube-apiserver (default: in-cluster config)")
 	f.StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator")
+	f.BoolVar(&insecure, "insecure", false, "allow a plain http:// coordinator URL on a host other than this machine")
 	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz, /readyz and /metrics (Prometheus)")
 	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	f.DurationVar(&drain, "drain-timeout", 20*time.Second, "on SIGTERM, how long open requests may finish")
