@@ -103,6 +103,11 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 			if err != nil {
 				return err
 			}
+			if auditDir == "" {
+				if auditDir, err = defaultAuditDir(); err != nil {
+					return err
+				}
+			}
 			a := &agentRun{coord: coord, token: token, upstream: upstream, hc: hc, wgPort: wgPort, log: log, drain: drain,
 				rateLimit: rate.Limit(rateQPS), rateBurst: rateBurst, auditDir: auditDir, auditMax: auditMax}
 			return a.run(c.Context(), healthListen)
@@ -118,7 +123,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz, /readyz and /metrics (Prometheus)")
 	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	f.DurationVar(&drain, "drain-timeout", 20*time.Second, "on SIGTERM, how long open requests may finish")
-	f.StringVar(&auditDir, "audit-dir", filepath.Join(os.TempDir(), "clustral-audit"), "directory of the audit spool; keep it across restarts of the agent (in a pod with a read-only root, mount an emptyDir here)")
+	f.StringVar(&auditDir, "audit-dir", "", "directory of the audit spool, one per agent (locked while in use); keep it across restarts of the agent (default: $STATE_DIRECTORY/audit under systemd, /var/lib/clustral/agent-audit as root, else $XDG_STATE_HOME/clustral/agent-audit)")
 	f.IntVar(&auditMax, "audit-spool-max-events", spool.DefaultMaxEvents, "audit events the spool keeps while the coordinator is unreachable; when full, new events are dropped with a warning and counted")
 	f.Float64Var(&rateQPS, "rate-limit-qps", float64(agent.DefaultRateLimit), "requests per second each user may start through the proxy (sustained); negative turns the limit off")
 	f.IntVar(&rateBurst, "rate-limit-burst", agent.DefaultRateBurst, "requests each user may start at once above --rate-limit-qps; negative turns the limit off")
@@ -315,6 +320,28 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		}
 		return err
 	}
+}
+
+// defaultAuditDir is the agent's audit spool directory when --audit-dir
+// is not given: a state directory, never a shared temporary one. Under
+// systemd (StateDirectory=) it is $STATE_DIRECTORY/audit; for root
+// /var/lib/clustral/agent-audit; otherwise under $XDG_STATE_HOME
+// (~/.local/state).
+func defaultAuditDir() (string, error) {
+	if sd, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); sd != "" {
+		return filepath.Join(sd, "audit"), nil
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/clustral/agent-audit", nil
+	}
+	if x := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(x) {
+		return filepath.Join(x, "clustral", "agent-audit"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" || home == "/" {
+		return "", usageError{errors.New("no state directory for the audit spool (no home directory): pass --audit-dir")}
+	}
+	return filepath.Join(home, ".local", "state", "clustral", "agent-audit"), nil
 }
 
 func tlsCertificate(certPEM string, key *ecdsa.PrivateKey) (tls.Certificate, error) {
