@@ -106,7 +106,7 @@ stops it and removes its contexts.`,
 	c.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file to write contexts to (default: KUBECONFIG or ~/.kube/config)")
 	c.Flags().IntVar(&listenPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	c.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the tunnel to come up")
-	c.Flags().BoolVar(&tunMode, "tun", false, "use a TUN device ("+tunName+") and route the overlay ranges, so any program reaches overlay addresses (Linux, root)")
+	c.Flags().BoolVar(&tunMode, "tun", false, "use a TUN device ("+tunName+") and route the overlay ranges, so any program reaches overlay addresses; the mesh may only answer connections this machine opens (Linux, root)")
 	return c
 }
 
