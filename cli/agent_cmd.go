@@ -233,6 +233,10 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 			Name: "clustral_audit_spool_events", ConstLabels: cl,
 			Help: "Audit events spooled on local disk, not yet shipped to the coordinator.",
 		}, func() float64 { return float64(sp.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "clustral_agent_certificate_expiry_timestamp_seconds", ConstLabels: cl,
+			Help: "When the agent's serving certificate expires (Unix time). The coordinator renews it over the map stream; alert when it gets close.",
+		}, func() float64 { return float64(serving.Load().Leaf.NotAfter.Unix()) }),
 	)
 	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
 		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Audit: auditTo(sp, log), Metrics: metrics})
