@@ -52,6 +52,19 @@ clean-go-cache:
 test-integration: build components
 	cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./...
 
+# fuzz runs every fuzz target of the module for FUZZTIME each (their seed
+# corpora, testdata/fuzz/, already run as tests in test-unit). A crasher
+# is written to the package's testdata/fuzz/ and fails the target.
+FUZZTIME ?= 20s
+.PHONY: fuzz
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
