@@ -205,12 +205,10 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	}
 	defer deregister()
 
-	cert, err := tlsCertificate(reg.Certificate, tlsKey)
-	if err != nil {
+	serving := &servingCert{key: tlsKey}
+	if err := serving.set(reg.Certificate); err != nil {
 		return err
 	}
-	var serving atomic.Pointer[tls.Certificate]
-	serving.Store(&cert)
 	m, err := joinMesh(priv, reg, a.wgPort, false, log)
 	if err != nil {
 		return err
@@ -236,7 +234,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "clustral_agent_certificate_expiry_timestamp_seconds", ConstLabels: cl,
 			Help: "When the agent's serving certificate expires (Unix time). The coordinator renews it over the map stream; alert when it gets close.",
-		}, func() float64 { return float64(serving.Load().Leaf.NotAfter.Unix()) }),
+		}, func() float64 { return float64(serving.expires().Unix()) }),
 	)
 	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
 		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Audit: auditTo(sp, log), Metrics: metrics})
@@ -252,13 +250,11 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		if !ch.CertificateChanged {
 			return
 		}
-		c, err := tlsCertificate(m.node.Certificate(), tlsKey)
-		if err != nil {
+		if err := serving.set(m.node.Certificate()); err != nil {
 			log.Error("renewed certificate refused; serving the old one", "err", err)
 			return
 		}
-		serving.Store(&c)
-		log.Info("serving certificate renewed", "expires", c.Leaf.NotAfter)
+		log.Info("serving certificate renewed", "expires", serving.expires())
 	})
 	defer removeRenew()
 
@@ -289,7 +285,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 			return fmt.Errorf("listen on overlay %s:443: %w", p.Addr(), err)
 		}
 		go func() {
-			errc <- proxy.ServeTLSFunc(l, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving.Load(), nil })
+			errc <- proxy.ServeTLSFunc(l, serving.get)
 		}()
 	}
 	// The hook goes in before the stream starts: a snapshot applied in
@@ -347,6 +343,29 @@ func defaultAuditDir() (string, error) {
 	}
 	return filepath.Join(home, ".local", "state", "clustral", "agent-audit"), nil
 }
+
+// servingCert is the agent's serving certificate for key, replaced whole
+// when the coordinator renews it. Its methods are safe for concurrent use.
+type servingCert struct {
+	key *ecdsa.PrivateKey
+	cur atomic.Pointer[tls.Certificate]
+}
+
+// set serves certPEM from now on, if it is a certificate for the agent's
+// key; otherwise it returns why and the current certificate stays.
+func (s *servingCert) set(certPEM string) error {
+	c, err := tlsCertificate(certPEM, s.key)
+	if err != nil {
+		return err
+	}
+	s.cur.Store(&c)
+	return nil
+}
+
+// get is a tls.Config.GetCertificate.
+func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cur.Load(), nil }
+
+func (s *servingCert) expires() time.Time { return s.cur.Load().Leaf.NotAfter }
 
 func tlsCertificate(certPEM string, key *ecdsa.PrivateKey) (tls.Certificate, error) {
 	keyDER, err := x509.MarshalECPrivateKey(key)
