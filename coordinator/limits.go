@@ -1,12 +1,8 @@
 package coordinator
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -23,59 +19,6 @@ const (
 	maxLabelValue  = 253
 	maxCSR         = 16 << 10
 )
-
-// decode reads exactly one JSON object into v, answering the problem
-// itself on error. It is strict: a field v does not have (a typo like
-// "descriptoin") is refused with 400 naming the field, and so is anything
-// after the object, so that nothing a client sends is silently dropped.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil {
-		if _, terr := dec.Token(); terr != io.EOF {
-			err = errTrailingData
-		}
-	}
-	if err == nil {
-		return true
-	}
-	var (
-		mbe *http.MaxBytesError
-		ute *json.UnmarshalTypeError
-		se  *json.SyntaxError
-	)
-	switch {
-	case errors.As(err, &mbe):
-		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
-	case errors.Is(err, errTrailingData):
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "unexpected data after the JSON object in the request body", "send exactly one JSON object")
-	case errors.Is(err, io.EOF):
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "empty request body", "send a JSON object")
-	case unknownField(err) != "":
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("unknown field %s in the request body", unknownField(err)),
-			"check the field's spelling against the API; a client newer than this coordinator may send fields it does not know yet: upgrade the coordinator")
-	case errors.As(err, &ute) && ute.Field != "":
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("field %q: JSON %s where %s is expected", ute.Field, ute.Value, ute.Type), "send the field with the type the API documents")
-	case errors.As(err, &se):
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("malformed JSON body at byte %d: %v", se.Offset, err), "check the request against the API")
-	default:
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body: "+err.Error(), "check the request against the API")
-	}
-	return false
-}
-
-var errTrailingData = errors.New("data after the JSON object")
-
-// unknownField returns the quoted name of the field a DisallowUnknownFields
-// decoder refused, or "". encoding/json reports it only in the message.
-func unknownField(err error) string {
-	name, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
-	if !ok {
-		return ""
-	}
-	return name
-}
 
 // checkText answers 400 and returns false when the free-text field is
 // longer than max bytes. (encoding/json has already replaced invalid
