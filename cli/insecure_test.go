@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCoordinatorURLRefusesPlainHTTPToOtherHosts(t *testing.T) {
@@ -47,6 +48,27 @@ func TestLoginAndAgentRefusePlainHTTP(t *testing.T) {
 		code, _, errb := e.run(args...)
 		if code != exitUsage || !strings.Contains(errb, "plain HTTP") || !strings.Contains(errb, "--insecure") {
 			t.Errorf("%v: exit %d, stderr %q; want a usage error naming --insecure", args, code, errb)
+		}
+	}
+}
+
+func TestManifestWarnsOfPlainHTTP(t *testing.T) {
+	e := newTestEnv(t)
+	e.login("alice@example.com", fixedNow.Add(time.Hour))
+	installAdmin(e)
+	for _, tt := range []struct {
+		url  string
+		warn bool
+	}{
+		{"http://10.0.0.5:7443", true},
+		{"https://clustral.example.com", false},
+	} {
+		code, out, errb := e.run("clusters", "add", "qa", "--manifest", "--manifest-coordinator-url", tt.url)
+		if code != 0 || !strings.Contains(out, tt.url) {
+			t.Fatalf("%s: exit %d, stdout %q, stderr %q", tt.url, code, out, errb)
+		}
+		if got := strings.Contains(errb, "agents refuse the plain-HTTP coordinator") && strings.Contains(errb, "CLUSTRAL_INSECURE"); got != tt.warn {
+			t.Errorf("%s: warned = %v, want %v; stderr %q", tt.url, got, tt.warn, errb)
 		}
 	}
 }
