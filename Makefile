@@ -52,14 +52,15 @@ clean-go-cache:
 test-integration: build components
 	cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./...
 
-# fuzz runs every fuzz target of the root module for FUZZTIME each. Their
-# seed corpora (testdata/fuzz/) also run as ordinary tests in test-unit.
+# fuzz runs every fuzz target of the module for FUZZTIME each (their seed
+# corpora, testdata/fuzz/, already run as tests in test-unit). A crasher
+# is written to the package's testdata/fuzz/ and fails the target.
 FUZZTIME ?= 20s
+.PHONY: fuzz
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
-	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
-	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
-	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; \
 	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done

@@ -30,9 +30,16 @@ func (p *Proxy) Serve(l net.Listener) error {
 // always returns a non-nil error: http.ErrServerClosed after Close. It
 // closes l when it returns.
 func (p *Proxy) ServeTLS(l net.Listener, cert tls.Certificate) error {
+	return p.ServeTLSFunc(l, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil })
+}
+
+// ServeTLSFunc is ServeTLS with the certificate chosen for each handshake
+// by getCert, for a certificate that is renewed while the proxy runs.
+// getCert is called concurrently from every handshake.
+func (p *Proxy) ServeTLSFunc(l net.Listener, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) error {
 	return p.serve(l, &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
+		GetCertificate: getCert,
+		MinVersion:     tls.VersionTLS12,
 	})
 }
 

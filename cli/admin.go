@@ -88,13 +88,20 @@ for it, if any).`,
 				return err
 			}
 			fmt.Fprintf(g.stderr, "Cluster %s registered. The manifest holds its join token, shown only this once.\n", resp.Cluster.Name)
+			if _, err := coordinatorURL(agentURL, false); err != nil {
+				fmt.Fprintf(g.stderr, "Warning: agents refuse the plain-HTTP coordinator %s; use --manifest-coordinator-url https://..., or set CLUSTRAL_INSECURE=true in the agent DaemonSet on a network you trust.\n", agentURL)
+			}
 			_, err = g.stdout.Write(b)
 			return err
 		}
 		return render(g.stdout, *addOut, resp, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "Cluster %s registered.\n\n", resp.Cluster.Name)
 			fmt.Fprintf(tw, "Join token (shown once, keep it secret):\n  %s\n\n", resp.JoinToken)
-			fmt.Fprintf(tw, "Run an agent with it:\n  clustral agent --coordinator %s --join-token-file <file>\n", s.Coordinator)
+			insecure := ""
+			if _, err := coordinatorURL(s.Coordinator, false); err != nil {
+				insecure = " --insecure" // agents refuse plain HTTP to another machine without it
+			}
+			fmt.Fprintf(tw, "Run an agent with it:\n  clustral agent --coordinator %s --join-token-file <file>%s\n", s.Coordinator, insecure)
 		})
 	}
 	list := callCmd(g, &cobra.Command{

@@ -46,6 +46,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		drain                                       time.Duration
 		auditDir                                    string
 		auditMax                                    int
+		insecure                                    bool
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -73,7 +74,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 			if coord == "" {
 				return usageError{errors.New("--coordinator is required (the coordinator's URL)")}
 			}
-			if coord, err = normalizeURL(coord); err != nil {
+			if coord, err = coordinatorURL(coord, insecure); err != nil {
 				return usageError{err}
 			}
 			if tokenFile != "" {
@@ -102,6 +103,11 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 			if err != nil {
 				return err
 			}
+			if auditDir == "" {
+				if auditDir, err = defaultAuditDir(); err != nil {
+					return err
+				}
+			}
 			a := &agentRun{coord: coord, token: token, upstream: upstream, hc: hc, wgPort: wgPort, log: log, drain: drain,
 				rateLimit: rate.Limit(rateQPS), rateBurst: rateBurst, auditDir: auditDir, auditMax: auditMax}
 			return a.run(c.Context(), healthListen)
@@ -113,10 +119,11 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.StringVar(&token, "join-token", "", "the cluster's join token (prefer --join-token-file or CLUSTRAL_JOIN_TOKEN)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for kube-apiserver (default: in-cluster config)")
 	f.StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator")
+	f.BoolVar(&insecure, "insecure", false, "allow a plain http:// coordinator URL on a host other than this machine")
 	f.StringVar(&healthListen, "health-listen", ":8080", "address of /healthz, /readyz and /metrics (Prometheus)")
 	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	f.DurationVar(&drain, "drain-timeout", 20*time.Second, "on SIGTERM, how long open requests may finish")
-	f.StringVar(&auditDir, "audit-dir", filepath.Join(os.TempDir(), "clustral-audit"), "directory of the audit spool; keep it across restarts of the agent (in a pod with a read-only root, mount an emptyDir here)")
+	f.StringVar(&auditDir, "audit-dir", "", "directory of the audit spool, one per agent (locked while in use); keep it across restarts of the agent (default: $STATE_DIRECTORY/audit under systemd, /var/lib/clustral/agent-audit as root, else $XDG_STATE_HOME/clustral/agent-audit)")
 	f.IntVar(&auditMax, "audit-spool-max-events", spool.DefaultMaxEvents, "audit events the spool keeps while the coordinator is unreachable; when full, new events are dropped with a warning and counted")
 	f.Float64Var(&rateQPS, "rate-limit-qps", float64(agent.DefaultRateLimit), "requests per second each user may start through the proxy (sustained); negative turns the limit off")
 	f.IntVar(&rateBurst, "rate-limit-burst", agent.DefaultRateBurst, "requests each user may start at once above --rate-limit-qps; negative turns the limit off")
@@ -198,8 +205,8 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	}
 	defer deregister()
 
-	cert, err := tlsCertificate(reg.Certificate, tlsKey)
-	if err != nil {
+	serving := &servingCert{key: tlsKey}
+	if err := serving.set(reg.Certificate); err != nil {
 		return err
 	}
 	m, err := joinMesh(priv, reg, a.wgPort, false, log)
@@ -224,6 +231,10 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 			Name: "clustral_audit_spool_events", ConstLabels: cl,
 			Help: "Audit events spooled on local disk, not yet shipped to the coordinator.",
 		}, func() float64 { return float64(sp.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "clustral_agent_certificate_expiry_timestamp_seconds", ConstLabels: cl,
+			Help: "When the agent's serving certificate expires (Unix time). The coordinator renews it over the map stream; alert when it gets close.",
+		}, func() float64 { return float64(serving.expires().Unix()) }),
 	)
 	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
 		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Audit: auditTo(sp, log), Metrics: metrics})
@@ -233,6 +244,19 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	defer proxy.Close()
 	remove := m.node.OnChange(func(node.Change) { proxy.Reevaluate() })
 	defer remove()
+	// The coordinator renews the short-lived serving certificate over the
+	// map stream; handshakes pick up the new one at once.
+	removeRenew := m.node.OnChange(func(ch node.Change) {
+		if !ch.CertificateChanged {
+			return
+		}
+		if err := serving.set(m.node.Certificate()); err != nil {
+			log.Error("renewed certificate refused; serving the old one", "err", err)
+			return
+		}
+		log.Info("serving certificate renewed", "expires", serving.expires())
+	})
+	defer removeRenew()
 
 	var ready atomic.Bool
 	hl, err := net.Listen("tcp", healthListen)
@@ -260,7 +284,9 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		if err != nil {
 			return fmt.Errorf("listen on overlay %s:443: %w", p.Addr(), err)
 		}
-		go func() { errc <- proxy.ServeTLS(l, cert) }()
+		go func() {
+			errc <- proxy.ServeTLSFunc(l, serving.get)
+		}()
 	}
 	// The hook goes in before the stream starts: a snapshot applied in
 	// between would otherwise leave the agent unready until the next one.
@@ -295,6 +321,51 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		return err
 	}
 }
+
+// defaultAuditDir is the agent's audit spool directory when --audit-dir
+// is not given: a state directory, never a shared temporary one. Under
+// systemd (StateDirectory=) it is $STATE_DIRECTORY/audit; for root
+// /var/lib/clustral/agent-audit; otherwise under $XDG_STATE_HOME
+// (~/.local/state).
+func defaultAuditDir() (string, error) {
+	if sd, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); sd != "" {
+		return filepath.Join(sd, "audit"), nil
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/clustral/agent-audit", nil
+	}
+	if x := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(x) {
+		return filepath.Join(x, "clustral", "agent-audit"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" || home == "/" {
+		return "", usageError{errors.New("no state directory for the audit spool (no home directory): pass --audit-dir")}
+	}
+	return filepath.Join(home, ".local", "state", "clustral", "agent-audit"), nil
+}
+
+// servingCert is the agent's serving certificate for key, replaced whole
+// when the coordinator renews it. Its methods are safe for concurrent use.
+type servingCert struct {
+	key *ecdsa.PrivateKey
+	cur atomic.Pointer[tls.Certificate]
+}
+
+// set serves certPEM from now on, if it is a certificate for the agent's
+// key; otherwise it returns why and the current certificate stays.
+func (s *servingCert) set(certPEM string) error {
+	c, err := tlsCertificate(certPEM, s.key)
+	if err != nil {
+		return err
+	}
+	s.cur.Store(&c)
+	return nil
+}
+
+// get is a tls.Config.GetCertificate.
+func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cur.Load(), nil }
+
+func (s *servingCert) expires() time.Time { return s.cur.Load().Leaf.NotAfter }
 
 func tlsCertificate(certPEM string, key *ecdsa.PrivateKey) (tls.Certificate, error) {
 	keyDER, err := x509.MarshalECPrivateKey(key)

@@ -19,7 +19,10 @@ import (
 )
 
 func newCoordinatorBackupCmd(g *globals) *cobra.Command {
-	var coord, dataDir, caFile string
+	var (
+		coord, dataDir, caFile string
+		insecure               bool
+	)
 	c := &cobra.Command{
 		Use:   "backup <file>",
 		Short: "Write a consistent snapshot of the coordinator's store to a file",
@@ -50,28 +53,33 @@ it again; see deploy/README.md.`,
 					_, err := store.BackupFile(db, w, 2*time.Second)
 					return db, err
 				}
-				return backupOnline(c.Context(), g, coord, caFile, w)
+				return backupOnline(c.Context(), g, coord, caFile, insecure, w)
 			}, g.stdout)
 		},
 	}
 	f := c.Flags()
 	f.StringVar(&coord, "coordinator", "", "coordinator URL (default: the one you are logged in to)")
 	f.StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator (default: the login's)")
+	f.BoolVar(&insecure, "insecure", false, "allow a plain http:// --coordinator on a host other than this machine")
 	f.StringVar(&dataDir, "data-dir", "", "read the store in this directory instead, with the coordinator stopped")
 	return c
 }
 
 // backupOnline streams a snapshot from the running coordinator to w with
 // the stored session, and returns the coordinator's URL.
-func backupOnline(ctx context.Context, g *globals, coord, caFile string, w io.Writer) (string, error) {
+func backupOnline(ctx context.Context, g *globals, coord, caFile string, insecure bool, w io.Writer) (string, error) {
+	if coord != "" {
+		var err error
+		if coord, err = coordinatorURL(coord, insecure); err != nil {
+			return "", usageError{err}
+		}
+	}
 	_, api, err := g.session()
 	if err != nil {
 		return "", err
 	}
 	if coord != "" {
-		if api.base, err = normalizeURL(coord); err != nil {
-			return "", usageError{err}
-		}
+		api.base = coord
 	}
 	if caFile != "" {
 		if api.hc, err = newHTTPClient(caFile, nil); err != nil {

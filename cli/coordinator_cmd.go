@@ -148,7 +148,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.StringVar(&cfg.OIDC.LoginClaim, "oidc-login-claim", d.OIDC.LoginClaim, "ID token claim that becomes the user's login (the name Kubernetes sees)")
 	f.StringVar(&cfg.OIDC.GroupsClaim, "oidc-groups-claim", d.OIDC.GroupsClaim, "ID token claim holding the user's groups")
 	f.StringSliceVar(&cfg.OIDC.Scopes, "oidc-scopes", d.OIDC.Scopes, "scopes to request besides openid")
-	f.StringSliceVar(&cfg.OIDC.ExtraAudiences, "oidc-extra-audience", nil, "further audiences accepted for --id-token-file logins")
+	f.StringSliceVar(&cfg.OIDC.ExtraAudiences, "oidc-extra-audience", nil, "further client ids accepted for --id-token-file logins, as audience (aud) or as the client the token was issued to (azp)")
 	f.StringSliceVar(&cfg.Admins, "admin", nil, "administrator login, the value of --oidc-login-claim (repeatable)")
 	f.StringSliceVar(&cfg.AdminGroups, "admin-group", nil, "OIDC group whose members are administrators (repeatable)")
 	f.StringSliceVar(&cfg.Allow.EmailDomains, "allow-email-domain", nil, "let users whose verified email is in this domain log in (repeatable)")

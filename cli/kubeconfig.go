@@ -1,8 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -17,8 +20,13 @@ func contextName(cluster string) string { return "clustral-" + cluster }
 // kubeconfigWriter edits the user's kubeconfig with clientcmd: the file
 // named by path, or the standard KUBECONFIG/~/.kube/config rules when path
 // is empty. Everything else in the file is preserved.
+//
+// The contexts it writes hold the SOCKS proxy's credential, so every file
+// it writes one into is made mode 0600 (owner only) before the write;
+// tightened, if set, hears of each file whose mode that changed.
 type kubeconfigWriter struct {
-	path string
+	path      string
+	tightened func(file string, was fs.FileMode)
 }
 
 func (k kubeconfigWriter) options() *clientcmd.PathOptions {
@@ -72,11 +80,18 @@ func (k kubeconfigWriter) Set(ctxs []meshContext, remove []string) error {
 			}
 		}
 	}
+	files := map[string]bool{}
 	for _, mc := range ctxs {
 		name := contextName(mc.Cluster)
 		if _, exists := cfg.Contexts[name]; exists && !isOurs(cfg, name) {
 			return fmt.Errorf("kubeconfig already has a context %q that clustral did not write; rename or remove it", name)
 		}
+		// clientcmd writes an entry back where it came from, and a new
+		// one into the default file.
+		if old := cfg.Clusters[name]; old != nil && old.LocationOfOrigin != "" {
+			files[old.LocationOfOrigin] = true
+		}
+		files[po.GetDefaultFilename()] = true
 		cl := clientcmdapi.NewCluster()
 		cl.Server = mc.Server
 		cl.CertificateAuthorityData = mc.CA
@@ -91,8 +106,40 @@ func (k kubeconfigWriter) Set(ctxs []meshContext, remove []string) error {
 		ctx.AuthInfo = name
 		cfg.Contexts[name] = ctx
 	}
+	for f := range files {
+		if err := k.restrict(f); err != nil {
+			return err
+		}
+	}
 	if err := clientcmd.ModifyConfig(po, *cfg, false); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", k.File(), err)
+	}
+	for f := range files { // one clientcmd created
+		if err := k.restrict(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restrict makes file mode 0600 if it exists with any access for group or
+// others.
+func (k kubeconfigWriter) restrict(file string) error {
+	fi, err := os.Stat(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kubeconfig %s: %w", file, err)
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	if err := os.Chmod(file, 0o600); err != nil {
+		return fmt.Errorf("kubeconfig %s is mode %04o and will hold the SOCKS proxy credential, but it cannot be made 0600: %w (chmod 600 it yourself, or pass --kubeconfig with a file of your own)", file, fi.Mode().Perm(), err)
+	}
+	if k.tightened != nil {
+		k.tightened(file, fi.Mode().Perm())
 	}
 	return nil
 }

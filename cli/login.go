@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -27,6 +28,7 @@ func newLoginCmd(g *globals) *cobra.Command {
 		idTokenFile string
 		noBrowser   bool
 		caFile      string
+		insecure    bool
 	)
 	c := &cobra.Command{
 		Use:   "login [coordinator-url]",
@@ -70,7 +72,7 @@ issuer directly.`,
 			if coord == "" {
 				return usageError{errors.New("which coordinator? pass its URL, e.g. clustral login https://clustral.example.com")}
 			}
-			coord, err = normalizeURL(coord)
+			coord, err = coordinatorURL(coord, insecure)
 			if err != nil {
 				return usageError{err}
 			}
@@ -109,6 +111,7 @@ issuer directly.`,
 	c.Flags().StringVar(&idTokenFile, "id-token-file", "", "exchange the ID token in this file instead of a browser login")
 	c.Flags().BoolVar(&noBrowser, "no-browser", false, "sign in from a browser on any machine, confirming the code this terminal shows")
 	c.Flags().StringVar(&caFile, "ca-file", "", "PEM bundle to trust for the coordinator (private CAs)")
+	c.Flags().BoolVar(&insecure, "insecure", false, "allow a plain http:// coordinator URL on a host other than this machine")
 	return c
 }
 
@@ -317,6 +320,26 @@ func normalizeURL(s string) (string, error) {
 		return "", fmt.Errorf("coordinator URL %q is not valid (e.g. https://clustral.example.com)", s)
 	}
 	return strings.TrimRight(u.String(), "/"), nil
+}
+
+// coordinatorURL normalizes s (normalizeURL) and refuses plain HTTP to a
+// host other than this machine unless insecure is set: the session, node
+// and join tokens it carries would cross the network in the clear.
+func coordinatorURL(s string, insecure bool) (string, error) {
+	u, err := normalizeURL(s)
+	if err != nil {
+		return "", err
+	}
+	if insecure || !strings.HasPrefix(u, "http://") {
+		return u, nil
+	}
+	pu, _ := url.Parse(u)
+	if host := pu.Hostname(); host == "localhost" {
+		return u, nil
+	} else if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return u, nil
+	}
+	return "", fmt.Errorf("coordinator URL %s is plain HTTP to another machine: tokens would cross the network unencrypted; use https://, or pass --insecure on a network you trust", u)
 }
 
 func firstNonEmpty(s ...string) string {

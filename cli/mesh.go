@@ -47,6 +47,10 @@ func joinMesh(priv wgtypes.Key, reg proto.RegisterResponse, listenPort int, tunM
 		if dev, err = openTUN(tunName, netstack.DefaultMTU, reg.Addresses, reg.Prefixes); err != nil {
 			return nil, err
 		}
+		// The kernel would accept any connection a peer in the map
+		// opens toward this machine's services; let the mesh only
+		// answer what this machine started.
+		dev = netstack.NewReplyFilter(dev)
 	} else {
 		var addrs []netip.Addr
 		for _, p := range reg.Addresses {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -50,6 +51,10 @@ type upState struct {
 	SOCKSPass   string         `json:"socks_password"`
 	Expires     time.Time      `json:"expires"`
 	Extra       map[string]any `json:"extra,omitempty"`
+
+	// KubeconfigWas is the mode (octal) the kubeconfig had before up made
+	// it 0600 to hold the SOCKS credential; empty if it was already.
+	KubeconfigWas string `json:"kubeconfig_was,omitempty"`
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -67,7 +72,9 @@ func newUpCmd(g *globals) *cobra.Command {
 		Long: `Join the mesh: register this device's WireGuard key (generated here, kept
 0600), bring up the tunnel and a SOCKS5 proxy on 127.0.0.1 that only you
 can use, and write one kubeconfig context per reachable cluster
-(clustral-<cluster>). Existing kubeconfig content is preserved.
+(clustral-<cluster>). Existing kubeconfig content is preserved. The
+contexts carry the proxy's password, so a kubeconfig that others could read
+is made mode 0600, and clustral up says so.
 
 clustral up returns once connected and leaves a background process;
 --foreground keeps it attached (containers, debugging). clustral down
@@ -99,7 +106,7 @@ stops it and removes its contexts.`,
 	c.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file to write contexts to (default: KUBECONFIG or ~/.kube/config)")
 	c.Flags().IntVar(&listenPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	c.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the tunnel to come up")
-	c.Flags().BoolVar(&tunMode, "tun", false, "use a TUN device ("+tunName+") and route the overlay ranges, so any program reaches overlay addresses (Linux, root)")
+	c.Flags().BoolVar(&tunMode, "tun", false, "use a TUN device ("+tunName+") and route the overlay ranges, so any program reaches overlay addresses; the mesh may only answer connections this machine opens (Linux, root)")
 	return c
 }
 
@@ -188,6 +195,9 @@ func printUp(w io.Writer, st *upState) {
 	if len(st.Contexts) == 0 {
 		fmt.Fprintln(w, "You may reach no cluster yet. Ask an administrator for a role, then run clustral up again.")
 		return
+	}
+	if st.KubeconfigWas != "" {
+		fmt.Fprintf(w, "kubeconfig %s was mode %s; it is now 0600 because it holds the tunnel's proxy credential.\n", st.Kubeconfig, st.KubeconfigWas)
 	}
 	fmt.Fprintf(w, "kubeconfig %s has %d context(s):\n", st.Kubeconfig, len(st.Contexts))
 	for _, c := range st.Contexts {
@@ -314,6 +324,10 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	}
 	for _, a := range reg.Addresses {
 		st.Addresses = append(st.Addresses, a.Addr().String())
+	}
+	kw.tightened = func(file string, was fs.FileMode) {
+		log.Warn("kubeconfig made mode 0600: it now holds the SOCKS proxy credential", "file", file, "was", fmt.Sprintf("%04o", was))
+		st.KubeconfigWas = fmt.Sprintf("%04o", was)
 	}
 	statePath := filepath.Join(dir, upStateFile)
 	// The loop below owns st; the status socket reads the copy it

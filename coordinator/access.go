@@ -78,8 +78,7 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
 	case d > maxGrant:
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("duration %s is over the %s maximum", d, maxGrant), "ask for less time; you can request again")
 		return
-	case len(req.Reason) > 1000:
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "reason is over 1000 characters", "shorten it")
+	case !checkText(w, "reason", req.Reason, maxReason):
 		return
 	}
 	now := s.now()
@@ -273,7 +272,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	action := r.PathValue("action")
 	var dec proto.AccessDecision
-	if r.ContentLength != 0 && !decode(w, r, &dec) {
+	if r.ContentLength != 0 && !decode(w, r, &dec) || !checkText(w, "reason", dec.Reason, maxReason) {
 		return
 	}
 	now := s.now()

@@ -163,18 +163,57 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// decode reads a JSON body into v, answering the problem itself on error.
+// decode reads exactly one JSON object into v, answering the problem
+// itself on error. It is strict: a field v does not have (a typo like
+// "descriptoin") is refused with 400 naming the field, and so is anything
+// after the object, so that nothing a client sends is silently dropped.
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
-			return false
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errTrailingData
 		}
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body: "+err.Error(), "check the request against the API")
-		return false
 	}
-	return true
+	if err == nil {
+		return true
+	}
+	var (
+		mbe *http.MaxBytesError
+		ute *json.UnmarshalTypeError
+		se  *json.SyntaxError
+	)
+	switch {
+	case errors.As(err, &mbe):
+		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
+	case errors.Is(err, errTrailingData):
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "unexpected data after the JSON object in the request body", "send exactly one JSON object")
+	case errors.Is(err, io.EOF):
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "empty request body", "send a JSON object")
+	case unknownField(err) != "":
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("unknown field %s in the request body", unknownField(err)),
+			"check the field's spelling against the API; a client newer than this coordinator may send fields it does not know yet: upgrade the coordinator")
+	case errors.As(err, &ute) && ute.Field != "":
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("field %q: JSON %s where %s is expected", ute.Field, ute.Value, ute.Type), "send the field with the type the API documents")
+	case errors.As(err, &se):
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("malformed JSON body at byte %d: %v", se.Offset, err), "check the request against the API")
+	default:
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body: "+err.Error(), "check the request against the API")
+	}
+	return false
+}
+
+var errTrailingData = errors.New("data after the JSON object")
+
+// unknownField returns the quoted name of the field a DisallowUnknownFields
+// decoder refused, or "". encoding/json reports it only in the message.
+func unknownField(err error) string {
+	name, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
+	if !ok {
+		return ""
+	}
+	return name
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
@@ -378,8 +417,19 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "csr is required", "send a PEM certificate request for the agent's serving key")
 		return
 	}
+	if !checkText(w, "csr", req.CSR, maxCSR) {
+		return
+	}
+	certKey, err := csrPublicKey(req.CSR)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "send a valid PEM certificate request")
+		return
+	}
 	token := newSecret("cnt_")
-	n := &node{ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token), Hostname: req.Hostname}
+	n := &node{
+		ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token),
+		Hostname: req.Hostname, CertKey: certKey,
+	}
 	var c *cluster
 	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
 		if c = s.clustersByToken[tokenHash]; c == nil {
@@ -388,7 +438,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		n.ClusterID, n.LastSeen = c.ID, now
 		return "agent:" + c.Name, nil
 	}, func(addrs []netip.Prefix, now time.Time) (string, error) {
-		return s.ca.issue(req.CSR, []string{c.Name + "." + s.cfg.MeshDomain}, addrs, now)
+		return s.ca.issue(certKey, s.agentNames(c), addrs, now)
 	})
 	if prob != nil && prob.Code == proto.CodeInvalidJoinToken {
 		s.refuseJoinToken(w, r)
@@ -581,7 +631,7 @@ func (s *Server) handleListClusters(w http.ResponseWriter, r *http.Request, _ pr
 
 func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.CreateClusterRequest
-	if !decode(w, r, &req) || !checkName(w, "cluster", req.Name) {
+	if !decode(w, r, &req) || !checkName(w, "cluster", req.Name) || !checkLabels(w, "labels", req.Labels) {
 		return
 	}
 	token := newSecret("cjt_")
@@ -724,7 +774,8 @@ func (s *Server) lookupCluster(ref string) *cluster {
 
 func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.Assignment
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req) || !checkText(w, "user", req.User, maxIdentifier) || !checkText(w, "group", req.Group, maxIdentifier) ||
+		!checkLabels(w, "cluster_selector", req.ClusterSelector) {
 		return
 	}
 	if (req.User == "") == (req.Group == "") {

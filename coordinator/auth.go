@@ -73,21 +73,72 @@ func (p *oidcProvider) ctx(ctx context.Context) context.Context {
 	return oidc.ClientContext(ctx, p.client)
 }
 
-// verifyDirect verifies an ID token presented for direct exchange: our
-// client id or one of the extra audiences.
+// verifyDirect verifies an ID token presented for direct exchange: signed
+// by the issuer, an ID token and not an access token, issued to our client
+// id or one of the extra audiences (azp, when present) and meant for one
+// of them (aud).
 func (p *oidcProvider) verifyDirect(ctx context.Context, raw string) (*oidc.IDToken, error) {
 	v := p.provider.Verifier(&oidc.Config{SkipClientIDCheck: true})
 	tok, err := v.Verify(p.ctx(ctx), raw)
 	if err != nil {
 		return nil, err
 	}
+	// The signature is good; what kind of token is it, and for whom?
+	if err := refuseAccessToken(raw); err != nil {
+		return nil, err
+	}
 	allowed := append([]string{p.cfg.ClientID}, p.cfg.ExtraAudiences...)
+	// azp, when present, is the client the token was issued to (OIDC Core
+	// §2): a token some other client obtained, even with our client id in
+	// its audience, is that client's, not ours.
+	var c struct {
+		AZP string `json:"azp"`
+	}
+	if err := tok.Claims(&c); err != nil {
+		return nil, fmt.Errorf("decode ID token claims: %w", err)
+	}
+	if c.AZP != "" && !slices.Contains(allowed, c.AZP) {
+		return nil, fmt.Errorf("ID token was issued to client %q (azp), which is not accepted (accepted: %v; add it with --oidc-extra-audience)", c.AZP, allowed)
+	}
 	for _, a := range tok.Audience {
 		if slices.Contains(allowed, a) {
 			return tok, nil
 		}
 	}
 	return nil, fmt.Errorf("ID token audience %v is not accepted (accepted: %v)", tok.Audience, allowed)
+}
+
+// refuseAccessToken returns an error when the already verified JWT raw is
+// an access token rather than an ID token. An access token is meant for a
+// resource server and says nothing about the login at a client; accepting
+// one would let any API that receives the user's access tokens sign in as
+// them. Access tokens are told by what issuers mark them with: the JOSE
+// type at+jwt (RFC 9068), token_use "access" (Cognito), typ "Bearer"
+// (Keycloak), or a scope or scp claim, which ID tokens do not carry.
+func refuseAccessToken(raw string) error {
+	claims := jwt.MapClaims{}
+	t, _, err := jwt.NewParser().ParseUnverified(raw, claims)
+	if err != nil {
+		return fmt.Errorf("parse ID token: %w", err)
+	}
+	refuse := func(why string) error {
+		return fmt.Errorf("this is an access token (%s), not an ID token: pass the id_token the identity provider issued", why)
+	}
+	if typ, _ := t.Header["typ"].(string); strings.EqualFold(strings.TrimPrefix(strings.ToLower(typ), "application/"), "at+jwt") {
+		return refuse("JOSE type " + typ)
+	}
+	if use, _ := claims["token_use"].(string); use != "" && use != "id" {
+		return refuse("token_use " + use)
+	}
+	if typ, _ := claims["typ"].(string); strings.EqualFold(typ, "Bearer") {
+		return refuse("typ " + typ)
+	}
+	for _, k := range []string{"scope", "scp"} {
+		if _, ok := claims[k]; ok {
+			return refuse(k + " claim")
+		}
+	}
+	return nil
 }
 
 // idClaims is the identity an ID token carries, as the coordinator uses it.

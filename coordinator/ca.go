@@ -10,28 +10,52 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"net/netip"
+	"slices"
 	"time"
 )
 
 // meshCA is the mesh's certificate authority. It issues each agent a
 // serving certificate for <cluster>.<mesh domain> and the agent's overlay
 // addresses. Its key is kept in the store and never leaves the coordinator.
+//
+// The CA certificate is name-constrained to the mesh domain and the overlay
+// prefixes: a client that trusts the mesh CA (the kubeconfig contexts of
+// clustral up) cannot be made to accept a certificate for any other name,
+// even one the CA's key signed.
 type meshCA struct {
 	cert    *x509.Certificate
 	key     *ecdsa.PrivateKey
 	certPEM []byte
 }
 
-// agentCertTTL is the lifetime of an agent serving certificate. Agents
-// re-register (and get a new certificate) when they restart.
-const agentCertTTL = 90 * 24 * time.Hour
+const (
+	// agentCertTTL is the lifetime of an agent serving certificate. It is
+	// short because certificates are not revoked: an agent that is removed
+	// (or whose cluster is) stops being renewed, and its certificate is
+	// worthless a day later at most.
+	agentCertTTL = 24 * time.Hour
+	// agentCertRenew is how often an agent's open map stream carries a new
+	// certificate. A snapshot (every stream open) carries one too, so an
+	// agent survives an outage of the coordinator of agentCertTTL minus
+	// agentCertRenew.
+	agentCertRenew = 8 * time.Hour
+)
 
-func newMeshCA(now time.Time) (*meshCA, []byte, error) {
+// newMeshCA creates a CA constrained to domain and prefixes. It returns
+// the CA and its PEM encoding (certificate and key) for the store.
+func newMeshCA(now time.Time, domain string, prefixes []netip.Prefix) (*meshCA, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
+	return signMeshCA(key, now, domain, prefixes)
+}
+
+// signMeshCA makes the self-signed CA certificate for key, constrained to
+// domain and prefixes.
+func signMeshCA(key *ecdsa.PrivateKey, now time.Time, domain string, prefixes []netip.Prefix) (*meshCA, []byte, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber:          randomSerial(),
 		Subject:               pkix.Name{CommonName: "clustral mesh CA"},
@@ -41,10 +65,15 @@ func newMeshCA(now time.Time) (*meshCA, []byte, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
+		// Critical, so that a verifier that cannot check name constraints
+		// refuses the chain instead of ignoring them.
+		PermittedDNSDomainsCritical: true,
+		PermittedDNSDomains:         []string{domain},
+		PermittedIPRanges:           ipNets(prefixes),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("sign mesh CA certificate: %w", err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -54,6 +83,47 @@ func newMeshCA(now time.Time) (*meshCA, []byte, error) {
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...)
 	ca, err := loadMeshCA(stored)
 	return ca, stored, err
+}
+
+func ipNets(prefixes []netip.Prefix) []*net.IPNet {
+	var out []*net.IPNet
+	for _, p := range prefixes {
+		p = p.Masked()
+		out = append(out, &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())})
+	}
+	return out
+}
+
+// constrainedTo reports whether the CA certificate permits exactly domain
+// and prefixes.
+func (ca *meshCA) constrainedTo(domain string, prefixes []netip.Prefix) bool {
+	if !ca.cert.PermittedDNSDomainsCritical || !slices.Equal(ca.cert.PermittedDNSDomains, []string{domain}) {
+		return false
+	}
+	want := ipNets(prefixes)
+	got := ca.cert.PermittedIPRanges
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range want {
+		if got[i].String() != want[i].String() {
+			return false
+		}
+	}
+	return true
+}
+
+// constrain returns ca, or when its certificate does not carry exactly the
+// given constraints (a CA created before constraints existed, or a mesh
+// domain changed in the configuration), a new CA certificate for the same
+// key with them, and its PEM encoding for the store. Certificates the old
+// CA certificate issued verify under the new one: the key and subject are
+// the same.
+func (ca *meshCA) constrain(now time.Time, domain string, prefixes []netip.Prefix) (*meshCA, []byte, error) {
+	if ca.constrainedTo(domain, prefixes) {
+		return ca, nil, nil
+	}
+	return signMeshCA(ca.key, now, domain, prefixes)
 }
 
 func loadMeshCA(stored []byte) (*meshCA, error) {
@@ -91,20 +161,36 @@ func loadMeshCA(stored []byte) (*meshCA, error) {
 	return &ca, nil
 }
 
-// issue signs the agent's certificate request for the given names and
-// addresses. Only the CSR's public key is used; names come from the
-// coordinator, never from the request.
-func (ca *meshCA) issue(csrPEM string, dnsNames []string, addrs []netip.Prefix, now time.Time) (string, error) {
+// csrPublicKey checks the agent's certificate request and returns its
+// public key, PKIX DER-encoded. Only the key is used; the request's names
+// are ignored.
+func csrPublicKey(csrPEM string) ([]byte, error) {
 	b, _ := pem.Decode([]byte(csrPEM))
 	if b == nil || b.Type != "CERTIFICATE REQUEST" {
-		return "", errors.New("csr is not a PEM CERTIFICATE REQUEST")
+		return nil, errors.New("csr is not a PEM CERTIFICATE REQUEST")
 	}
 	csr, err := x509.ParseCertificateRequest(b.Bytes)
 	if err != nil {
-		return "", fmt.Errorf("parse csr: %w", err)
+		return nil, fmt.Errorf("parse csr: %w", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return "", fmt.Errorf("csr signature: %w", err)
+		return nil, fmt.Errorf("csr signature: %w", err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(csr.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("csr public key: %w", err)
+	}
+	return der, nil
+}
+
+// issue signs a serving certificate for the public key pubDER (PKIX DER,
+// from csrPublicKey) with the given names and addresses, valid for
+// agentCertTTL from now. Names come from the coordinator, never from the
+// agent.
+func (ca *meshCA) issue(pubDER []byte, dnsNames []string, addrs []netip.Prefix, now time.Time) (string, error) {
+	pub, err := x509.ParsePKIXPublicKey(pubDER)
+	if err != nil {
+		return "", fmt.Errorf("agent public key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
@@ -118,7 +204,7 @@ func (ca *meshCA) issue(csrPEM string, dnsNames []string, addrs []netip.Prefix, 
 	for _, p := range addrs {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, p.Addr().AsSlice())
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
 		return "", fmt.Errorf("sign agent certificate: %w", err)
 	}

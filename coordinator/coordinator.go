@@ -73,6 +73,9 @@ type Server struct {
 	// The relay's cached decisions about who may reach whom are valid only
 	// in the generation they were made in.
 	mapGen atomic.Uint64
+	// certRenew is how often an agent's map stream carries a renewed
+	// certificate (a time.Duration; agentCertRenew, shorter in tests).
+	certRenew atomic.Int64
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -117,6 +120,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	}
 	s.timeouts = defaultServerTimeouts
 	s.state.init()
+	s.certRenew.Store(int64(agentCertRenew))
 	s.relay = newRelay(s)
 	s.sources = newSourceLimiters(cfg)
 	if err := s.loadKeys(); err != nil {
@@ -400,25 +404,6 @@ func (s *Server) loadKeys() error {
 			s.signKey = ek
 		}
 
-		raw, err = tx.GetRaw(store.Meta, metaCA)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			ca, stored, err := newMeshCA(s.now())
-			if err != nil {
-				return fmt.Errorf("create mesh CA: %w", err)
-			}
-			if err := tx.PutRaw(store.Meta, metaCA, stored); err != nil {
-				return err
-			}
-			s.ca = ca
-		case err != nil:
-			return err
-		default:
-			if s.ca, err = loadMeshCA(raw); err != nil {
-				return err
-			}
-		}
-
 		raw, err = tx.GetRaw(store.Meta, metaIPv6)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -441,6 +426,39 @@ func (s *Server) loadKeys() error {
 				return fmt.Errorf("configured IPv6 prefix %s differs from the mesh's %s: remove the setting or migrate the mesh", s.cfg.IPv6Prefix, p)
 			}
 			s.v6 = p
+		}
+		// The CA is constrained to the mesh domain and both overlay
+		// prefixes, so it comes after the IPv6 prefix.
+		prefixes := []netip.Prefix{s.cfg.IPv4Prefix, s.v6}
+		raw, err = tx.GetRaw(store.Meta, metaCA)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			ca, stored, err := newMeshCA(s.now(), s.cfg.MeshDomain, prefixes)
+			if err != nil {
+				return fmt.Errorf("create mesh CA: %w", err)
+			}
+			if err := tx.PutRaw(store.Meta, metaCA, stored); err != nil {
+				return err
+			}
+			s.ca = ca
+		case err != nil:
+			return err
+		default:
+			ca, err := loadMeshCA(raw)
+			if err != nil {
+				return err
+			}
+			ca, stored, err := ca.constrain(s.now(), s.cfg.MeshDomain, prefixes)
+			if err != nil {
+				return err
+			}
+			if stored != nil {
+				s.log.Info("mesh CA certificate re-signed with name constraints", "domain", s.cfg.MeshDomain, "prefixes", prefixes)
+				if err := tx.PutRaw(store.Meta, metaCA, stored); err != nil {
+					return err
+				}
+			}
+			s.ca = ca
 		}
 		return nil
 	})

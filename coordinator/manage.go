@@ -67,7 +67,12 @@ func (s *Server) userRef(w http.ResponseWriter, r *http.Request) *user {
 
 // validateRole checks a role's fields.
 func validateRole(w http.ResponseWriter, req *proto.Role) bool {
-	if !checkName(w, "role", req.Name) {
+	if !checkName(w, "role", req.Name) ||
+		!checkText(w, "description", req.Description, maxDescription) ||
+		!checkText(w, "kube_user", req.KubeUser, maxIdentifier) ||
+		!checkList(w, "groups", req.Groups, maxIdentifier) ||
+		!checkList(w, "approver_groups", req.ApproverGroups, maxIdentifier) ||
+		!checkRestrictions(w, req.Restrictions) {
 		return false
 	}
 	if len(req.Groups) == 0 && req.KubeUser == "" {
@@ -173,14 +178,8 @@ func (s *Server) handleShowCluster(w http.ResponseWriter, r *http.Request, _ pri
 
 func (s *Server) handleLabelCluster(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.ClusterLabels
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req) || !checkLabels(w, "labels", req.Labels) {
 		return
-	}
-	for k := range req.Labels {
-		if k == "" || len(k) > 63 {
-			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("label key %q is not valid", k), "use a non-empty key of at most 63 characters")
-			return
-		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -372,7 +371,16 @@ func (s *Server) handleListDevices(w http.ResponseWriter, r *http.Request) {
 	var fu *user
 	if filter != "" {
 		var err error
-		if fu, err = s.lookupUser(filter); fu == nil {
+		fu, err = s.lookupUser(filter)
+		// A non-admin may name only themselves. Anyone else is refused
+		// the same way whether they exist or not, so the filter cannot
+		// be used to find out who has an account.
+		if !admin && (fu == nil || fu != p.user) {
+			s.mu.Unlock()
+			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "only administrators may list other users' devices", "leave out --user to list your own")
+			return
+		}
+		if fu == nil {
 			s.mu.Unlock()
 			writeUserLookup(w, filter, err, "")
 			return

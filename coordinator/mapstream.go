@@ -273,6 +273,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	}
 	n.LastSeen = s.now()
 	snap := s.snapshot(n, s.cfg.MeshDomain, s.ca.certPEM, s.now())
+	snap.Certificate = s.renewCertLocked(n)
 	s.nodeChanged(n)
 	actor, cluster := s.nodeActorLocked(n)
 	s.mu.Unlock()
@@ -316,12 +317,30 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	flusher.Flush()
 	ka := time.NewTicker(keepAliveInterval)
 	defer ka.Stop()
+	var renew <-chan time.Time
+	if snap.Certificate != "" {
+		t := time.NewTicker(time.Duration(s.certRenew.Load()))
+		defer t.Stop()
+		renew = t.C
+	}
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-c.done:
 			return
+		case <-renew:
+			s.mu.Lock()
+			cert := s.renewCertLocked(n)
+			s.mu.Unlock()
+			if cert == "" {
+				continue
+			}
+			version++
+			if err := enc.Encode(proto.MapMessage{Version: version, Certificate: cert}); err != nil {
+				return
+			}
+			flusher.Flush()
 		case <-ka.C:
 			extendWrite()
 			if err := enc.Encode(proto.MapMessage{Version: version, KeepAlive: true}); err != nil {
@@ -347,4 +366,29 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 			s.metrics.mapDeltas.Inc()
 		}
 	}
+}
+
+// agentNames are the DNS names of c's agents' serving certificates.
+func (s *Server) agentNames(c *cluster) []string {
+	return []string{c.Name + "." + s.cfg.MeshDomain}
+}
+
+// renewCertLocked issues agent n a new serving certificate for the key it
+// registered with, or returns "" when n is not an agent, registered without
+// a key to renew for, or is gone with its cluster. Called with s.mu held:
+// an agent removed under the lock is never renewed after.
+func (s *Server) renewCertLocked(n *node) string {
+	if n.Kind != proto.KindAgent || len(n.CertKey) == 0 || s.nodes[n.ID] == nil {
+		return ""
+	}
+	c := s.clusters[n.ClusterID]
+	if c == nil {
+		return ""
+	}
+	cert, err := s.ca.issue(n.CertKey, s.agentNames(c), n.Addresses, s.now())
+	if err != nil {
+		s.log.Error("renew agent certificate", "node", n.ID, "err", err)
+		return ""
+	}
+	return cert
 }

@@ -46,6 +46,11 @@ type node struct {
 	// Agents: the cluster.
 	ClusterID string    `json:"cluster_id,omitempty"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
+	// CertKey is an agent's serving public key (PKIX DER) from its
+	// registration's certificate request; its certificate is renewed for
+	// this key over the map stream. Agents registered before renewal
+	// existed have none and are not renewed.
+	CertKey []byte `json:"cert_key,omitempty"`
 }
 
 type cluster struct {

@@ -119,6 +119,7 @@ type Node struct {
 	self       *proto.Peer
 	meshDomain string
 	caBundle   string
+	cert       string // an agent's serving certificate, latest first
 	peers      map[proto.Key]*proto.Peer
 	byAddr     map[netip.Addr]*proto.Peer
 	byCluster  map[string]map[proto.Key]*proto.Peer // agents only
@@ -266,6 +267,15 @@ func (n *Node) CABundle() string {
 	return n.caBundle
 }
 
+// Certificate returns the serving certificate (PEM) the map last carried
+// for this node, "" if none has; only agents get one. Subscribers learn of
+// a new one from Change.CertificateChanged.
+func (n *Node) Certificate() string {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.cert
+}
+
 // Peer returns the peer with the given key.
 //
 // Peers returned by the node share their slices with the node's view; the
@@ -371,6 +381,9 @@ type Change struct {
 	Removed  []proto.Peer
 	// SelfChanged reports that Self, MeshDomain or CABundle changed.
 	SelfChanged bool
+	// CertificateChanged reports that the map carried a new serving
+	// certificate for this node (see Certificate).
+	CertificateChanged bool
 	// ClustersAdded and ClustersRemoved name the clusters that gained their
 	// first agent or lost their last one.
 	ClustersAdded   []string
@@ -384,7 +397,7 @@ type PeerUpdate struct {
 
 // Empty reports whether c changes nothing.
 func (c *Change) Empty() bool {
-	return len(c.Added) == 0 && len(c.Updated) == 0 && len(c.Removed) == 0 && !c.SelfChanged
+	return len(c.Added) == 0 && len(c.Updated) == 0 && len(c.Removed) == 0 && !c.SelfChanged && !c.CertificateChanged
 }
 
 // OnChange registers fn to be called after every Apply that changes the
@@ -834,6 +847,10 @@ func (n *Node) commit(msg *proto.MapMessage, pl *plan) Change {
 		}
 		c.SelfChanged = selfChanged(self, domain, ca)
 		n.self, n.meshDomain, n.caBundle = self, domain, ca
+	}
+	if msg.Certificate != "" && msg.Certificate != n.cert {
+		n.cert = msg.Certificate
+		c.CertificateChanged = true
 	}
 	n.version = msg.Version
 	n.synced = true

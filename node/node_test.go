@@ -767,6 +767,41 @@ func TestOnChangeAndClusters(t *testing.T) {
 	}
 }
 
+func TestCertificateRenewal(t *testing.T) {
+	n := newBareNode(t)
+	var changes []Change
+	defer n.OnChange(func(c Change) { changes = append(changes, c) })()
+	self := proto.Peer{Key: n.PublicKey(), Kind: proto.KindAgent, Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.1/32")}}
+	steps := []struct {
+		name    string
+		msg     proto.MapMessage
+		want    string
+		changed bool
+	}{
+		{"snapshot with a certificate", proto.MapMessage{Version: 1, Snapshot: true, Self: &self, Certificate: "C1"}, "C1", true},
+		{"renewal alone", proto.MapMessage{Version: 2, Certificate: "C2"}, "C2", true},
+		{"delta without one keeps it", proto.MapMessage{Version: 3, Peers: []proto.Peer{fakePeer(t, 7)}}, "C2", false},
+		{"the same one again", proto.MapMessage{Version: 4, Certificate: "C2"}, "C2", false},
+		{"snapshot without one keeps it", proto.MapMessage{Version: 9, Snapshot: true, Self: &self}, "C2", false},
+	}
+	for _, st := range steps {
+		changes = nil
+		if err := n.Apply(st.msg); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if got := n.Certificate(); got != st.want {
+			t.Errorf("%s: Certificate = %q, want %q", st.name, got, st.want)
+		}
+		got := len(changes) > 0 && changes[0].CertificateChanged
+		if got != st.changed {
+			t.Errorf("%s: CertificateChanged = %v, want %v", st.name, got, st.changed)
+		}
+		if v, _ := n.Version(); v != st.msg.Version {
+			t.Errorf("%s: version %d, want %d", st.name, v, st.msg.Version)
+		}
+	}
+}
+
 func TestConcurrentLookups(t *testing.T) {
 	n := newBareNode(t)
 	peers := make([]proto.Peer, 20)

@@ -315,6 +315,12 @@ type MapMessage struct {
 	Self       *Peer  `json:"self,omitempty"`
 	MeshDomain string `json:"mesh_domain,omitempty"`
 	CABundle   string `json:"ca_bundle,omitempty"`
+	// Certificate is an agent's serving certificate (PEM), for the key of
+	// its registration's certificate request. It is set on an agent's
+	// snapshots and, while its stream stays open, on a message of its own
+	// well before the current certificate expires. Agent certificates are
+	// short-lived and never revoked: a removed agent is no longer renewed.
+	Certificate string `json:"certificate,omitempty"`
 
 	// Peers are added or replaced whole, keyed by Key. On a snapshot they are
 	// the complete peer set.

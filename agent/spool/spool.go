@@ -24,7 +24,11 @@
 // first appends one event (code AG006E) that says how many were dropped
 // and when, so the gap is itself in the audit log.
 //
-// One directory serves one agent process at a time.
+// One directory serves one agent process at a time: Open takes an
+// exclusive lock (flock(2) on the file "lock", which also names the
+// holder's pid) and fails with ErrLocked while another Spool holds it;
+// Close releases it. The lock dies with the process, so a killed agent
+// never leaves a stale one.
 package spool
 
 import (
@@ -46,6 +50,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/clustral/clustral/proto"
@@ -80,6 +85,7 @@ type Spool struct {
 	log     *slog.Logger
 	source  string
 	notify  chan struct{}
+	lock    *os.File // holds the directory's flock until Close
 
 	mu       sync.Mutex
 	closed   bool
@@ -113,6 +119,10 @@ type position struct {
 // dropped.
 var ErrFull = errors.New("audit spool full")
 
+// ErrLocked is returned (wrapped) by Open when another Spool, in this or
+// another process, has the directory open.
+var ErrLocked = errors.New("audit spool directory is in use")
+
 // Open opens the spool in o.Dir, creating it on first use, and recovers
 // its state: a torn last line (the process died mid-write) is cut off.
 func Open(o Options) (*Spool, error) {
@@ -131,15 +141,47 @@ func Open(o Options) (*Spool, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open audit spool: %w", err)
 	}
-	s := &Spool{dir: o.Dir, max: o.MaxEvents, segSize: o.SegmentEvents, log: o.Logger, notify: make(chan struct{}, 1)}
-	var err error
+	lock, err := lockDir(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Spool{dir: o.Dir, max: o.MaxEvents, segSize: o.SegmentEvents, log: o.Logger, notify: make(chan struct{}, 1), lock: lock}
 	if s.source, err = loadSource(o.Dir); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	if err := s.recover(); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("open audit spool %s: %w", o.Dir, err)
 	}
 	return s, nil
+}
+
+// lockDir takes the exclusive lock of the spool in dir, without waiting,
+// and records this process's pid in the lock file for the next one's
+// error message.
+func lockDir(dir string) (*os.File, error) {
+	p := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open audit spool lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := io.ReadAll(io.LimitReader(f, 32))
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			who := "another agent"
+			if pid := strings.TrimSpace(string(holder)); pid != "" {
+				who += " (pid " + pid + ")"
+			}
+			return nil, fmt.Errorf("%w: %s holds %s; give each agent its own --audit-dir", ErrLocked, who, dir)
+		}
+		return nil, fmt.Errorf("lock audit spool %s: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
 }
 
 func loadSource(dir string) (string, error) {
@@ -526,7 +568,8 @@ func (s *Spool) Ship(ctx context.Context, send Sender, batch int) error {
 	}
 }
 
-// Close syncs and closes the current segment. Append fails afterwards.
+// Close syncs and closes the current segment and releases the
+// directory's lock. Append fails afterwards.
 func (s *Spool) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -534,6 +577,7 @@ func (s *Spool) Close() error {
 		return nil
 	}
 	s.closed = true
+	defer s.lock.Close() // releases the flock
 	if s.cur == nil {
 		return nil
 	}

@@ -30,6 +30,10 @@ func open(t *testing.T, dir string, o Options) *Spool {
 	return s
 }
 
+// die drops s's directory lock as the kernel does when the agent is
+// killed, and nothing else: no sync, no close of the segment.
+func die(s *Spool) { s.lock.Close() }
+
 func ev(actor string) proto.AuditEvent {
 	return proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: actor, Status: 200}
 }
@@ -91,6 +95,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	s.Ack(5)
 	// No Close: the process died. Tear the last line as a kill mid-write
 	// would.
+	die(s)
 	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*"))
 	last := segs[len(segs)-1]
 	f, _ := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
@@ -223,6 +228,7 @@ func TestShipInOrderThroughOutageAndRestart(t *testing.T) {
 
 	// The coordinator acknowledged, but the agent died before it wrote
 	// the ack: a restarted agent resends, and nothing is stored twice.
+	die(s)
 	os.Remove(filepath.Join(dir, "acked"))
 	s2 := open(t, dir, Options{SegmentEvents: 50})
 	appendN(t, s2, 100)
@@ -349,5 +355,26 @@ func BenchmarkShipOneByOne(b *testing.B) {
 		if err := s.Ack(evs[0].SourceSeq); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestOneSpoolPerDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	appendN(t, s, 3)
+	_, err := Open(Options{Dir: dir, Logger: slog.New(slog.DiscardHandler)})
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "--audit-dir") || !strings.Contains(err.Error(), "pid ") {
+		t.Fatalf("second Open = %v, want ErrLocked naming the holder and --audit-dir", err)
+	}
+	if s.Len() != 3 {
+		t.Fatal("a refused Open disturbed the spool")
+	}
+	// Close releases the directory for the next agent.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := open(t, dir, Options{})
+	if s2.Len() != 3 {
+		t.Fatalf("after a handover Len = %d, want 3", s2.Len())
 	}
 }

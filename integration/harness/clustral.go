@@ -164,8 +164,10 @@ func StartAgent(ctx context.Context, bin, dir, coordURL, joinToken, kubeconfig s
 	if err != nil {
 		return nil, err
 	}
+	// Each agent has its own audit spool (the agent locks it); an
+	// --audit-dir in extraArgs comes later and wins.
 	args := append([]string{"agent", "--coordinator", coordURL, "--join-token-file", tf, "--kubeconfig", kubeconfig,
-		"--health-listen", "127.0.0.1:" + strconv.Itoa(hp), "--log-format", "text"}, extraArgs...)
+		"--health-listen", "127.0.0.1:" + strconv.Itoa(hp), "--log-format", "text", "--audit-dir", filepath.Join(dir, "audit")}, extraArgs...)
 	p, err := StartProcess("agent", bin, args, os.Environ(), filepath.Join(dir, "agent.log"))
 	if err != nil {
 		return nil, err

@@ -242,7 +242,7 @@ func (m *Mesh) startAgent(ctx context.Context, joinToken string) error {
 	args := []string{"netns", "exec", m.Topo.Cluster, m.bin, "agent",
 		"--coordinator", m.CoordURL, "--ca-file", m.caFile(),
 		"--join-token-file", tf, "--kubeconfig", kcPath,
-		"--health-listen", "127.0.0.1:9090", "--log-format", "text"}
+		"--health-listen", "127.0.0.1:9090", "--log-format", "text", "--audit-dir", filepath.Join(dir, "audit")}
 	p, err := harness.StartProcess("agent", "ip", args, os.Environ(), filepath.Join(dir, "agent.log"))
 	if err != nil {
 		return err
