@@ -18,15 +18,15 @@ all: build
 PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 build:
 ifeq ($(origin GOOS)$(origin GOARCH),undefinedundefined)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(CLUSTRAL) ./cli
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(CLUSTRAL) ./cli/clustral
 else
-	CGO_ENABLED=0 GOOS=$(GOOS) GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$(GOOS)-$(GOARCH) ./cli
+	CGO_ENABLED=0 GOOS=$(GOOS) GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$(GOOS)-$(GOARCH) ./cli/clustral
 endif
 
 build-cross:
 	@for p in $(PLATFORMS); do \
 	  echo "building $$p"; \
-	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$${p%/*}-$${p#*/} ./cli || exit 1; \
+	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$${p%/*}-$${p#*/} ./cli/clustral || exit 1; \
 	done
 
 # image builds the container image (deploy/Dockerfile) for the agent and

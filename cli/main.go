@@ -1,7 +1,7 @@
-// Command clustral is the single clustral binary: the user commands
-// (login, up, down, status, ...) and the server commands
-// (clustral coordinator, clustral agent).
-package main
+// Package cli is the clustral command line: the user commands (login, up,
+// down, status, ...) and the server commands (clustral coordinator,
+// clustral agent). The binary is cli/clustral, which calls Main.
+package cli
 
 import (
 	"context"
@@ -17,11 +17,13 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func main() {
+// Main runs the clustral command line with the process's arguments and
+// standard streams, stops on SIGINT or SIGTERM, and returns the exit code
+// (documented in README.md) for the caller to pass to os.Exit.
+func Main() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	defer stop()
+	return run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 }
 
 // Exit codes, documented in README.md.

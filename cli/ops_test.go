@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -152,10 +152,10 @@ func TestCrossBuild(t *testing.T) {
 			if p.goos == runtime.GOOS && p.goarch == runtime.GOARCH {
 				t.Skip("the host platform")
 			}
-			cmd := exec.CommandContext(t.Context(), "go", "build", "-o", os.DevNull, ".")
+			cmd := exec.CommandContext(t.Context(), "go", "build", "-o", os.DevNull, "./clustral")
 			cmd.Env = append(os.Environ(), "GOOS="+p.goos, "GOARCH="+p.goarch, "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("GOOS=%s GOARCH=%s go build ./cli: %v\n%s", p.goos, p.goarch, err, out)
+				t.Fatalf("GOOS=%s GOARCH=%s go build ./cli/clustral: %v\n%s", p.goos, p.goarch, err, out)
 			}
 		})
 	}

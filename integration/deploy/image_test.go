@@ -46,7 +46,7 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("builder golang:%s does not match go.mod's go %s (the image sets GOTOOLCHAIN=local)", tag, goVer)
 	}
 
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "./cli", "USER 65532:65532",
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "./cli/clustral", "USER 65532:65532",
 		`org.opencontainers.image.version="${VERSION}"`, `org.opencontainers.image.revision="${COMMIT}"`} {
 		if !strings.Contains(df, want) {
 			t.Errorf("Dockerfile lacks %s", want)
@@ -94,7 +94,7 @@ func TestMakeImage(t *testing.T) {
 }
 
 // TestDockerignore checks that the build context keeps every file
-// `go build ./cli` reads.
+// `go build ./cli/clustral` reads.
 func TestDockerignore(t *testing.T) {
 	b, err := os.ReadFile(repoPath("deploy", "Dockerfile.dockerignore"))
 	if err != nil {
@@ -110,11 +110,11 @@ func TestDockerignore(t *testing.T) {
 	defer cancel()
 	c := exec.CommandContext(ctx, "go", "list", "-deps",
 		"-f", `{{if .Module}}{{if eq .Module.Path "github.com/clustral/clustral"}}{{$d := .Dir}}{{range .GoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .EmbedFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{end}}{{end}}`,
-		"./cli")
+		"./cli/clustral")
 	c.Dir = root
 	out, err := c.Output()
 	if err != nil {
-		t.Skipf("go list ./cli failed (the command does not build now): %v", err)
+		t.Skipf("go list ./cli/clustral failed (the command does not build now): %v", err)
 	}
 	files := []string{"go.mod", "go.sum"}
 	for line := range strings.Lines(string(out)) {
@@ -125,11 +125,11 @@ func TestDockerignore(t *testing.T) {
 		files = append(files, rel)
 	}
 	if len(files) < 10 {
-		t.Fatalf("only %d files listed for ./cli", len(files))
+		t.Fatalf("only %d files listed for ./cli/clustral", len(files))
 	}
 	for _, f := range files {
 		if ignored(rules, f) {
-			t.Errorf("%s is needed by go build ./cli but excluded from the build context", f)
+			t.Errorf("%s is needed by go build ./cli/clustral but excluded from the build context", f)
 		}
 	}
 	for _, f := range []string{".git/config", "integration/go.mod", "bin/clustral", "deploy/agent/overlays/example/join-token", "cli/main_test.go"} {

@@ -38,7 +38,7 @@ func ClustralBinary(dir string) (string, error) {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
 	out := filepath.Join(dir, "clustral")
-	cmd := exec.Command("go", "build", "-o", out, "./cli")
+	cmd := exec.Command("go", "build", "-o", out, "./cli/clustral")
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build clustral: %v\n%s", err, b)
