@@ -26,6 +26,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,6 +93,10 @@ type Config struct {
 	// Metrics receives the proxy's Prometheus series (clustral_proxy_*),
 	// labelled with the cluster. Nil keeps them in a registry of the proxy's own.
 	Metrics prometheus.Registerer
+
+	// timeouts replaces the fields of defaultServerTimeouts that it sets;
+	// tests shorten them.
+	timeouts serverTimeouts
 }
 
 // Proxy is the identity-aware Kubernetes proxy. It is an http.Handler and
@@ -141,6 +146,8 @@ type Proxy struct {
 	live    map[proto.Key]*peerLive
 	conns   map[*trackedConn]struct{}
 	servers map[*http.Server]struct{}
+
+	timeouts serverTimeouts // of the servers of Serve and ServeTLS
 }
 
 // New returns a Proxy forwarding to c.Upstream and starts its expiry
@@ -173,6 +180,7 @@ func New(c Config) (*Proxy, error) {
 		live:       make(map[proto.Key]*peerLive),
 		conns:      make(map[*trackedConn]struct{}),
 		servers:    make(map[*http.Server]struct{}),
+		timeouts:   c.timeouts.orDefaults(),
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -373,7 +381,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isUpgrade {
 		rp = p.rpUpgrade
 	}
-	rp.ServeHTTP(sw, r.WithContext(context.WithValue(ctx, streamKey{}, s)))
+	ctx = withClientBody(context.WithValue(ctx, streamKey{}, s), r)
+	rp.ServeHTTP(sw, r.WithContext(ctx))
 }
 
 // limit takes a token from the bucket of peer's user. A request counts
@@ -500,6 +509,19 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	var d *denial
 	if errors.As(context.Cause(ctx), &d) {
 		writeDenial(w, d)
+		return
+	}
+	// The client's body failed before the apiserver did: on HTTP/1.1
+	// that also cancels ctx, so it is checked first.
+	if berr := clientBodyErr(ctx); errors.Is(berr, os.ErrDeadlineExceeded) {
+		writeError(w, http.StatusRequestTimeout, proto.CodeRequestTimeout, fmt.Sprintf(
+			"The request body did not reach the clustral proxy of cluster '%s' within %v of the request's start, so the request was not sent on. Check the connection (clustral status) and try again.",
+			p.cluster, p.timeouts.read))
+		return
+	} else if berr != nil {
+		writeError(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf(
+			"The clustral proxy of cluster '%s' could not read the request body (%v), so the request was not sent on. Try again.",
+			p.cluster, berr))
 		return
 	}
 	if ctx.Err() != nil {

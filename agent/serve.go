@@ -25,6 +25,11 @@ func (p *Proxy) Serve(l net.Listener) error {
 // RemoteAddr is the overlay source address. Clients may speak HTTP/2 or
 // HTTP/1.1; kubectl uses HTTP/1.1 for upgrades.
 //
+// A client has 10 s to send a request's headers and 30 s for the whole
+// request with its body; a keep-alive connection idle for 2 min is
+// closed. Answers are not bounded: watches, logs --follow and upgraded
+// streams last until they end or a revocation cuts them.
+//
 // ServeTLS tracks every connection it accepts, so Reevaluate, ClosePeer
 // and Close can cut it. It blocks until l fails or Close is called, and
 // always returns a non-nil error: http.ErrServerClosed after Close. It
@@ -43,12 +48,55 @@ func (p *Proxy) ServeTLSFunc(l net.Listener, getCert func(*tls.ClientHelloInfo) 
 	})
 }
 
+// serverTimeouts are the timeouts of the HTTP servers of Serve and
+// ServeTLS.
+type serverTimeouts struct {
+	// readHeader bounds the request line and headers (and the TLS
+	// handshake).
+	readHeader time.Duration
+	// read bounds a whole request, headers and body, from its first
+	// byte: a client that trickles its body is cut (on HTTP/1.1 the
+	// connection is closed, on HTTP/2 the stream's body fails). It never
+	// cuts an answer, so a watch, logs --follow, a slow list or an
+	// upgraded exec, attach or port-forward lasts as long as the
+	// apiserver and the revocation rules let it: net/http lifts the
+	// connection's read deadline once the body has been read to its end
+	// (at once for a request without one) and when a handler hijacks
+	// the connection, and on HTTP/2 the deadline only ever fails a body
+	// still being read. TestProxyLongRequestsOutliveTimeouts holds this.
+	read time.Duration
+	// idle bounds a keep-alive connection between two requests.
+	idle time.Duration
+}
+
+// defaultServerTimeouts: the header and body bounds are generous for a
+// client on the overlay; the idle bound outlasts client-go's own (90 s),
+// so kubectl normally closes first.
+var defaultServerTimeouts = serverTimeouts{readHeader: 10 * time.Second, read: 30 * time.Second, idle: 2 * time.Minute}
+
+// orDefaults returns t with its unset fields taken from
+// defaultServerTimeouts.
+func (t serverTimeouts) orDefaults() serverTimeouts {
+	d := defaultServerTimeouts
+	if t.readHeader > 0 {
+		d.readHeader = t.readHeader
+	}
+	if t.read > 0 {
+		d.read = t.read
+	}
+	if t.idle > 0 {
+		d.idle = t.idle
+	}
+	return d
+}
+
 func (p *Proxy) serve(l net.Listener, tlsConf *tls.Config) error {
 	srv := &http.Server{
 		Handler:           p,
 		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ReadHeaderTimeout: p.timeouts.readHeader,
+		ReadTimeout:       p.timeouts.read,
+		IdleTimeout:       p.timeouts.idle,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ConnContext:       connContext,
 	}

@@ -423,7 +423,10 @@ func stampAgentEvent(e proto.AuditEvent, a agentStamp, now time.Time) (_ proto.A
 // or below the source's highest stored sequence are duplicates of a resend
 // and are skipped, so each is stored once. Each event is stamped with the
 // agent's identity and a bounded time (stampAgentEvent); a batch with
-// events dated too far ahead is followed by one AG007W.
+// events dated too far ahead is followed by one AG007W. The agent is
+// checked when the headers arrive and again, under s.mu, when the batch
+// is written: a batch from an agent removed in between gets 401 and
+// stores nothing.
 func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 	n, ok := s.authNode(w, r)
 	if !ok {
@@ -445,12 +448,20 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("over %d events in one batch", proto.MaxAuditBatch), "send smaller batches")
 		return
 	}
+	// The node was authenticated when the headers arrived; the batch may
+	// have taken long to follow, and the agent may have been removed
+	// meanwhile (its join token revoked, its cluster deleted). Look it
+	// up again with s.mu held across the write: every removal takes
+	// s.mu, so it lands entirely before this check (the batch is
+	// refused, nothing is stored) or after the write.
 	s.mu.Lock()
-	cluster := ""
-	if c := s.clusters[n.ClusterID]; c != nil {
-		cluster = c.Name
+	c := s.clusters[n.ClusterID]
+	if s.nodes[n.ID] == nil || c == nil {
+		s.mu.Unlock()
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "agent is no longer registered: its join token was revoked or its cluster deleted", "register the agent again with a valid join token")
+		return
 	}
-	s.mu.Unlock()
+	cluster := c.Name
 	key := n.ClusterID + "/" + b.Source
 	stamp := agentStamp{node: n.ID, cluster: cluster, source: b.Source}
 	var ack proto.AuditAck
@@ -496,6 +507,7 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 		}
 		return tx.PutRaw(store.AuditSource, key, []byte(strconv.FormatUint(ack.Acked, 10)))
 	})
+	s.mu.Unlock()
 	if err != nil {
 		writeAuditError(w, err, "", "store audit events", "retry")
 		return

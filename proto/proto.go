@@ -63,6 +63,7 @@ const (
 	CodeRateLimited         ErrorCode = "RATE_LIMITED"
 	CodeUpstreamUnavailable ErrorCode = "UPSTREAM_UNAVAILABLE"
 	CodeBadUpgrade          ErrorCode = "BAD_UPGRADE"
+	CodeRequestTimeout      ErrorCode = "REQUEST_TIMEOUT"
 )
 
 // Problem is an RFC 7807 problem document (application/problem+json), the
