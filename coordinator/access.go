@@ -214,6 +214,23 @@ func (s *Server) archivedRequests(keep func(*accessRequest) bool) ([]*accessRequ
 	return out, err
 }
 
+// writeEndedOrUnknown answers a decision on request id, which is not
+// live: 409 naming its state when the archive holds it, else 404. It
+// reads the archive without the Server's lock.
+func (s *Server) writeEndedOrUnknown(w http.ResponseWriter, id string) {
+	ended, err := s.archivedRequests(func(ar *accessRequest) bool { return ar.ID == id })
+	if err == nil && len(ended) > 0 {
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("request %s is %s, not pending", id, ended[0].State),
+			"make a new request if access is still needed (clustral access request)")
+		return
+	}
+	if err != nil {
+		s.log.Error("read the access request archive", "err", err)
+	}
+	writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no pending or approved access request %q", id),
+		"list them with clustral access list, and make a new request if access is still needed")
+}
+
 // putRequest stores ar inside tx where its state belongs: a live one in
 // Requests, an ended one moved to RequestArchive.
 func putRequest(tx store.Tx, ar *accessRequest) error {
@@ -277,13 +294,13 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	ar := s.requests[r.PathValue("id")]
 	if ar == nil {
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no pending or approved access request %q; an ended one (denied, revoked, expired) cannot be decided or revoked", r.PathValue("id")),
-			"list them with clustral access list, and make a new request if access is still needed")
+		s.mu.Unlock()
+		s.writeEndedOrUnknown(w, r.PathValue("id"))
 		return
 	}
+	defer s.mu.Unlock()
 	ro := s.roles[ar.RoleID]
 	mayDecide := ro != nil && s.canApprove(p.user, ro)
 	var a *assignment

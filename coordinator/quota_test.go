@@ -3,6 +3,7 @@ package coordinator
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,8 +86,11 @@ func TestEndedRequestsAreArchived(t *testing.T) {
 		t.Fatalf("alice's requests = %+v", list)
 	}
 	for _, tt := range []struct{ who, action string }{{e.sam.Token, "approve"}, {e.alice.Token, "revoke"}} {
-		if st, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/"+tt.action, tt.who, proto.AccessDecision{Reason: "again"}, nil); st != http.StatusConflict && st != http.StatusNotFound {
-			t.Fatalf("%s of a denied request = %d %+v", tt.action, st, p)
+		// The archive still names the request's state, as before it was
+		// archived.
+		st, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/"+tt.action, tt.who, proto.AccessDecision{Reason: "again"}, nil)
+		if st != http.StatusConflict || !strings.Contains(p.Title, "is denied, not pending") {
+			t.Fatalf("%s of a denied request = %d %+v, want 409 naming its state", tt.action, st, p)
 		}
 	}
 	// A store of an earlier version kept ended requests live.
