@@ -8,7 +8,7 @@
 // # Running
 //
 //	cd integration
-//	./components/build.sh   # one time, ~15 minutes; idempotent
+//	./components/build.sh   # one time, ~30 minutes on 2 cores; idempotent
 //	go test ./...
 //
 // The harness runs build.sh itself when a component is missing, but the
