@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
 )
 
 // helmRelease is one entry of `helm list -o json`.
@@ -26,15 +27,36 @@ type helmRelease struct {
 
 // TestHelm: an editor installs, lists, upgrades and uninstalls the chart
 // in testdata/demo with helm through the mesh context, and the apiserver
-// holds exactly what helm said it did at each step.
+// holds exactly what helm said it did at each step; so does an editor
+// whose role is limited to the release's namespace.
 func TestHelm(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		limited bool // the role is limited to the release's namespace
+	}{
+		{"editor", false},
+		{"editor limited to the namespace", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) { testHelm(t, tt.limited) })
+	}
+}
+
+func testHelm(t *testing.T, limited bool) {
 	m := suite.NewMesh(t)
 	suite.StartAgent(t, m.JoinToken)
+	ns := suite.NewNamespace(t)
 	a := suite.NewUser(t, alice)
 	a.MustLogin()
-	m.Assign(t, alice.Email, "editor")
+	role := "editor"
+	if limited {
+		role = "team"
+		m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{
+			Name: role, Groups: []string{"clustral:editors"},
+			Restrictions: &proto.Restrictions{Namespaces: []string{ns}},
+		}, nil)
+	}
+	m.Assign(t, alice.Email, role)
 	a.MustUp()
-	ns := suite.NewNamespace(t)
 	chart, err := filepath.Abs(filepath.Join("testdata", "demo"))
 	if err != nil {
 		t.Fatal(err)
