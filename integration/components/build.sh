@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # build.sh builds the real components the integration suite runs: etcd,
 # kube-apiserver, kube-controller-manager, Dex, KWOK, and the clients helm
-# and k9s. Each is built from
-# the Go module proxy through a small wrapper module in this directory and
-# installed into a per-user cache outside the clone, keyed by version, so a
-# fresh clone on the same machine reuses it.
+# and k9s. Each is built from the Go module proxy through a small wrapper
+# module in this directory and installed into a per-user cache outside
+# the clone, keyed by version, so a fresh clone on the same machine
+# reuses it.
 #
 #   build.sh            build whatever is missing
 #   build.sh --print    print the cache directory
