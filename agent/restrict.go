@@ -39,13 +39,14 @@ var stageCodes = [...]proto.ErrorCode{
 // Restrictions that limit what a grant touches (see scoped) allow the
 // sensitive subresources only where Resources names them, and
 // non-resource URLs only where NonResourceURLs lists them. Discovery
-// (/api, /apis, /version, /openapi) is judged by time windows only, so
-// that kubectl works for every role.
+// (/api, /apis, /version, /openapi) and self reviews (see selfReview) are
+// judged by time windows only, so that kubectl and k9s work for every
+// role.
 func check(rs *proto.Restrictions, info requestInfo, now time.Time) stage {
 	if rs == nil {
 		return stageAllowed
 	}
-	if (info.IsResourceRequest || !discovery(info)) && scoped(rs) {
+	if (info.IsResourceRequest || !discovery(info)) && !selfReview(info) && scoped(rs) {
 		if len(rs.Verbs) > 0 && !matchVerb(rs.Verbs, info.Verb) {
 			return stageVerb
 		}

@@ -1,5 +1,6 @@
 // Package integration holds clustral's end-to-end tests. They run real
 // processes: etcd, kube-apiserver, kube-controller-manager, Dex, KWOK, the
+// clients helm and k9s (k9s in a tmux pane; tmux must be installed), the
 // installed kubectl and the clustral binary, all on 127.0.0.1. The
 // components are built once by components/build.sh into a cache outside
 // the clone.
@@ -7,7 +8,7 @@
 // # Running
 //
 //	cd integration
-//	./components/build.sh   # one time, ~15 minutes; idempotent
+//	./components/build.sh   # one time, ~30 minutes on 2 cores; idempotent
 //	go test ./...
 //
 // The harness runs build.sh itself when a component is missing, but the
@@ -67,7 +68,12 @@
 //     KWOK sees these rules through a watch, so retry the first request
 //     (harness.Eventually).
 //   - harness.Kubectl runs the installed kubectl with a kubeconfig,
-//     context, environment and timeout.
+//     context, environment and timeout; harness.Helm runs helm the same
+//     way, with its configuration in a directory of the test's.
+//   - harness.StartK9s runs k9s in the pane of a tmux server of its own:
+//     WaitScreen/WaitContains poll capture-pane, Keys types; the test's
+//     cleanup stops both. TestUser.Helm and TestUser.StartK9s point them
+//     at the mesh context.
 //   - harness.StartProcess runs any other program (e.g. the clustral
 //     binary) the same way the components run: own process group,
 //     SIGKILL when the test binary dies, output in a log file.

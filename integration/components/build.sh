@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # build.sh builds the real components the integration suite runs: etcd,
-# kube-apiserver, kube-controller-manager, Dex and KWOK. Each is built from
-# the Go module proxy through a small wrapper module in this directory and
-# installed into a per-user cache outside the clone, keyed by version, so a
-# fresh clone on the same machine reuses it.
+# kube-apiserver, kube-controller-manager, Dex, KWOK, and the clients helm
+# and k9s. Each is built from the Go module proxy through a small wrapper
+# module in this directory and installed into a per-user cache outside
+# the clone, keyed by version, so a fresh clone on the same machine
+# reuses it.
 #
 #   build.sh            build whatever is missing
 #   build.sh --print    print the cache directory
@@ -19,6 +20,8 @@ ETCD_VERSION=v3.7.3
 KUBE_VERSION=v1.37.2
 DEX_VERSION=v2.45.1
 KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+K9S_VERSION=v0.50.16
 
 clean_cache=0
 for a in "$@"; do
@@ -64,6 +67,17 @@ if [ ! -x "$kwok" ]; then
   GOFLAGS= GOBIN="$(dirname "$kwok")" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   log "built kwok in $((SECONDS - start))s"
 fi
+
+# helm is built against clustral's Kubernetes libraries (the wrapper module
+# pins them), so it shares their compiled packages with kube-apiserver; the
+# chartutil/lint variables tell it which Kubernetes version it speaks.
+hv="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+hv="$hv -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
+hv="$hv -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37"
+build helm "$HELM_VERSION" helm helm.sh/helm/v3/cmd/helm "$hv"
+
+# k9s keeps its own Kubernetes libraries: it is a client, tested as released.
+build k9s "$K9S_VERSION" k9s github.com/derailed/k9s "-X github.com/derailed/k9s/cmd.version=$K9S_VERSION"
 
 if [ "$clean_cache" = 1 ]; then
   log "dropping the Go build cache ($(go env GOCACHE))"

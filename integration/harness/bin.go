@@ -16,6 +16,8 @@ const (
 	KubeVersion = "v1.37.2"
 	DexVersion  = "v2.45.1"
 	KWOKVersion = "v0.8.0"
+	HelmVersion = "v3.22.0"
+	K9sVersion  = "v0.50.16"
 )
 
 var versions = map[string]string{
@@ -24,6 +26,8 @@ var versions = map[string]string{
 	"kube-controller-manager": KubeVersion,
 	"dex":                     DexVersion,
 	"kwok":                    KWOKVersion,
+	"helm":                    HelmVersion,
+	"k9s":                     K9sVersion,
 }
 
 // BinDir returns the directory holding the built components:
@@ -50,7 +54,7 @@ func BuildScript() string {
 var buildMu sync.Mutex
 
 // Binary returns the path of component name ("etcd", "kube-apiserver",
-// "kube-controller-manager", "dex" or "kwok"). If it is missing it runs
+// "kube-controller-manager", "dex", "kwok", "helm" or "k9s"). If it is missing it runs
 // components/build.sh once (under a file lock, so concurrent test binaries
 // do not build twice); the first build takes several minutes.
 func Binary(name string) (string, error) {

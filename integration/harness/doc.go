@@ -16,6 +16,8 @@
 // For packages that run a whole clustral mesh per test, MeshMain is the
 // TestMain and MeshSuite starts coordinators, agents and users (TestUser)
 // bound to a test; BackgroundKubectl reads a running kubectl's output.
+// Helm runs helm, and StartK9s runs k9s in a tmux pane whose screen the
+// test reads.
 //
 // Component binaries come from ../components/build.sh (see Binary), which
 // the harness runs when one is missing.

@@ -36,8 +36,10 @@ type KubectlResult struct {
 }
 
 // KubectlError is returned by Run when kubectl exits non-zero or times
-// out. The result is also returned by Run.
+// out. The result is also returned by Run. Helm.Run returns it too, with
+// Program "helm".
 type KubectlError struct {
+	Program  string // "kubectl" when empty
 	Args     []string
 	Result   KubectlResult
 	TimedOut bool
@@ -49,7 +51,11 @@ func (e *KubectlError) Error() string {
 	if e.TimedOut {
 		what = "timed out"
 	}
-	return fmt.Sprintf("kubectl %s: %s: %v\nstderr: %s", strings.Join(e.Args, " "), what, e.Err, strings.TrimSpace(e.Result.Stderr))
+	prog := e.Program
+	if prog == "" {
+		prog = "kubectl"
+	}
+	return fmt.Sprintf("%s %s: %s: %v\nstderr: %s", prog, strings.Join(e.Args, " "), what, e.Err, strings.TrimSpace(e.Result.Stderr))
 }
 
 func (e *KubectlError) Unwrap() error { return e.Err }
@@ -62,23 +68,31 @@ func (k Kubectl) Run(ctx context.Context, args ...string) (KubectlResult, error)
 	if err != nil {
 		return KubectlResult{ExitCode: -1}, fmt.Errorf("kubectl: %w", err)
 	}
-	timeout := k.Timeout
+	env := append(EnvironWithout("KUBECONFIG="), k.Env...)
+	return runClient(ctx, "kubectl", path, k.commandLine(args), env, k.Stdin, k.Timeout)
+}
+
+// runClient runs the client program at path with args and the complete
+// environment env, captures its output and returns a *KubectlError naming
+// program if it fails. It runs in its own process group, which is killed
+// when it exits (so nothing it started lives on), on timeout (zero means
+// one minute) or when ctx is done.
+func runClient(ctx context.Context, program, path string, args, env []string, stdin io.Reader, timeout time.Duration) (KubectlResult, error) {
 	if timeout == 0 {
 		timeout = time.Minute
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	full := k.commandLine(args)
-	cmd := exec.CommandContext(ctx, path, full...)
-	cmd.Env = append(EnvironWithout("KUBECONFIG="), k.Env...)
-	cmd.Stdin = k.Stdin
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = env
+	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
-	err = cmd.Run()
+	err := cmd.Run()
 	if cmd.Process != nil {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
@@ -87,7 +101,7 @@ func (k Kubectl) Run(ctx context.Context, args ...string) (KubectlResult, error)
 		res.ExitCode = cmd.ProcessState.ExitCode()
 	}
 	if err != nil {
-		return res, &KubectlError{Args: full, Result: res, TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), Err: err}
+		return res, &KubectlError{Program: program, Args: args, Result: res, TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), Err: err}
 	}
 	return res, nil
 }

@@ -349,12 +349,31 @@ func (k *KWOK) apply(ctx context.Context, kind, resource, namespace, name string
 // WriteCRILog writes lines to path in the CRI log format KWOK reads:
 // "<RFC3339Nano time> stdout F <line>".
 func WriteCRILog(path string, lines ...string) error {
+	return os.WriteFile(path, criLog(lines), 0o644)
+}
+
+// AppendCRILog appends lines to the CRI-format log at path, as a running
+// container would: a `logs -f` reading it shows them.
+func AppendCRILog(path string, lines ...string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(criLog(lines)); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// criLog returns lines in the CRI log format, stamped from now on.
+func criLog(lines []string) []byte {
 	var buf bytes.Buffer
 	now := time.Now()
 	for i, l := range lines {
 		fmt.Fprintf(&buf, "%s stdout F %s\n", now.Add(time.Duration(i)*time.Millisecond).UTC().Format(time.RFC3339Nano), l)
 	}
-	return os.WriteFile(path, buf.Bytes(), 0o644)
+	return buf.Bytes()
 }
 
 // installKWOKCRDs creates KWOK's CRDs for kwokCRDs in api (keeping ones

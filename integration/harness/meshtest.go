@@ -362,6 +362,20 @@ func (u *TestUser) StartKubectl(t testing.TB, extraEnv []string, stdin io.Reader
 	return k.Start(t, args...)
 }
 
+// Helm returns a helm runner for u in MeshContext, keeping helm's
+// configuration, cache and data in u's directory.
+func (u *TestUser) Helm() Helm {
+	return Helm{Dir: filepath.Join(u.Dir, "helm"), Kubeconfig: u.Kubeconfig, Context: MeshContext}
+}
+
+// StartK9s starts k9s as u in MeshContext for t (see StartK9s); o's
+// Kubeconfig and Context are u's.
+func (u *TestUser) StartK9s(t testing.TB, o K9sOptions) *K9s {
+	t.Helper()
+	o.Kubeconfig, o.Context = u.Kubeconfig, MeshContext
+	return StartK9s(t, o)
+}
+
 // errorCodeLog finds the X-Clustral-Error-Code response header in the
 // request log kubectl writes at -v=8 and above.
 var errorCodeLog = regexp.MustCompile(`(?i)X-Clustral-Error-Code:?\s*"?\[?([A-Z_]+)`)
