@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -304,25 +305,15 @@ func TestSpoofedSource(t *testing.T) {
 // waitHandshake waits until tn has completed a handshake with key.
 func (tn *testNode) waitHandshake(t testing.TB, key proto.Key) {
 	t.Helper()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(okTimeout)
-	for {
+	testkit.WaitFor(t, "a handshake with "+key.ShortString(), func() bool {
 		st, err := tn.Status()
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, ps := range st.Peers {
-			if ps.Key == key && !ps.LastHandshake.IsZero() {
-				return
-			}
-		}
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("no handshake with %s within %v", key.ShortString(), okTimeout)
-		}
-	}
+		return slices.ContainsFunc(st.Peers, func(ps PeerStatus) bool {
+			return ps.Key == key && !ps.LastHandshake.IsZero()
+		})
+	})
 }
 
 // recorder wraps a node's UAPI setter and records every set.

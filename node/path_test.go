@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -146,17 +148,13 @@ func openFake(t *testing.T, b *Bind) <-chan received {
 
 func waitPath(t *testing.T, b *Bind, key proto.Key, want Path) PathStatus {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, ok := b.PathStatus(key)
-		if ok && st.Path == want {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("path to %v = %+v, want %v", key.ShortString(), st, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var st PathStatus
+	testkit.WaitFor(t, fmt.Sprintf("the path to %v to be %v", key.ShortString(), want), func() bool {
+		var ok bool
+		st, ok = b.PathStatus(key)
+		return ok && st.Path == want
+	})
+	return st
 }
 
 func TestBindPathDirectRelayDirect(t *testing.T) {
