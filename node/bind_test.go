@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -211,4 +212,46 @@ func TestLearnPingsBackWithoutDirectPath(t *testing.T) {
 	if other := netip.MustParseAddrPort("192.0.2.2:51820"); !pp.learn(other) {
 		t.Fatal("a new address is always probed")
 	}
+}
+
+// TestCloseWaitsForProbing: Close returns only after the probing goroutine
+// Open started has, so nothing the Bind started outlives it. In a synctest
+// bubble, a probe held inside Send keeps that goroutine running.
+func TestCloseWaitsForProbing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sending, release := make(chan struct{}, 1), make(chan struct{})
+		releaseSend := sync.OnceFunc(func() { close(release) })
+		defer releaseSend() // on failure too, so the bubble can end
+		f := &fakeUDP{onProbe: func([]byte, netip.AddrPort) {
+			select {
+			case sending <- struct{}{}:
+			default:
+			}
+			<-release
+		}}
+		b := NewBind()
+		b.udp = f
+		keyBind(t, b)
+		if _, _, err := b.Open(0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.ParseEndpoint(FormatEndpoint(genKey(t), []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1000")})); err != nil {
+			t.Fatal(err)
+		}
+		<-sending // the probing goroutine is inside Send
+
+		closed := make(chan struct{})
+		go func() {
+			b.Close()
+			close(closed)
+		}()
+		synctest.Wait()
+		select {
+		case <-closed:
+			t.Fatal("Close returned while its probing goroutine was still sending")
+		default:
+		}
+		releaseSend()
+		<-closed
+	})
 }

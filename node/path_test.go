@@ -284,7 +284,7 @@ func TestRelayUntilDirectIsConfirmed(t *testing.T) {
 	if d, r := sent(); d != 0 || r != 1 {
 		t.Errorf("direct not confirmed: sent %d direct, %d relayed; want 0 and 1", d, r)
 	}
-	pp := a.paths[keyB]
+	pp := a.peers.paths[keyB]
 	pp.mu.Lock()
 	pp.pending[[12]byte{5}] = pendingPing{to: addrB, at: time.Now()}
 	pp.mu.Unlock()

@@ -74,7 +74,7 @@ func FuzzHandleProbe(f *testing.F) {
 			}
 		default:
 		}
-		pp := b.paths[peer]
+		pp := b.peers.paths[peer]
 		pp.mu.Lock()
 		learned := len(pp.learned) > 0
 		pp.mu.Unlock()

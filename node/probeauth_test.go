@@ -108,7 +108,7 @@ func TestForgedProbesIgnored(t *testing.T) {
 		}
 	}
 	learned := func(ap netip.AddrPort) bool {
-		pp := a.paths[pubB]
+		pp := a.peers.paths[pubB]
 		pp.mu.Lock()
 		defer pp.mu.Unlock()
 		for _, l := range pp.learned {
