@@ -618,13 +618,13 @@ func (b *Bind) PathStatus(key proto.Key) (PathStatus, bool) {
 	pp := e.path
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
-	st := PathStatus{Path: e.Path()}
+	ps := PathStatus{Path: e.Path()}
 	if cur := pp.cur.Load(); cur != nil {
-		st.Addr, st.RTT, st.DirectSince = cur.AddrPort, pp.rtt, pp.directSince
-	} else if st.Path == PathRelay {
-		st.RTT = pp.relayRTT
+		ps.Addr, ps.RTT, ps.DirectSince = cur.AddrPort, pp.rtt, pp.directSince
+	} else if ps.Path == PathRelay {
+		ps.RTT = pp.relayRTT
 	}
-	return st, true
+	return ps, true
 }
 
 // Discover asks the endpoint-discovery service at server (the

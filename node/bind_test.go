@@ -156,8 +156,8 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	if e := eps[1].(*Endpoint); !e.Key().IsZero() || e.AddrPort() != unknown {
 		t.Errorf("unknown source = %v, want a keyless endpoint at %v", e, unknown)
 	}
-	if st := b.Stats(PathDirect); st.RxPackets != 3 || st.RxBytes != 100+101+102 {
-		t.Errorf("rx stats = %+v", st)
+	if stats := b.Stats(PathDirect); stats.RxPackets != 3 || stats.RxBytes != 100+101+102 {
+		t.Errorf("rx stats = %+v", stats)
 	}
 
 	if err := b.Send([][]byte{make([]byte, 10), make([]byte, 20)}, eps[1]); err != nil {
@@ -166,14 +166,14 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	if _, ok := f.sentTo(0).(*conn.StdNetEndpoint); !ok {
 		t.Errorf("inner Send got %T, want *conn.StdNetEndpoint", f.sentTo(0))
 	}
-	if st := b.Stats(PathDirect); st.TxPackets != 2 || st.TxBytes != 30 {
-		t.Errorf("tx stats = %+v", st)
+	if stats := b.Stats(PathDirect); stats.TxPackets != 2 || stats.TxBytes != 30 {
+		t.Errorf("tx stats = %+v", stats)
 	}
 	if err := b.Send(nil, &conn.StdNetEndpoint{}); !errors.Is(err, conn.ErrWrongEndpointType) {
 		t.Errorf("Send to a foreign endpoint: err = %v", err)
 	}
-	if st := b.Stats(PathRelay); st != (PathStats{}) {
-		t.Errorf("relay stats = %+v, want none", st)
+	if stats := b.Stats(PathRelay); stats != (PathStats{}) {
+		t.Errorf("relay stats = %+v, want none", stats)
 	}
 
 	// A newer endpoint for the key replaces the old address; Forget drops it.

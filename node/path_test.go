@@ -148,13 +148,13 @@ func openFake(t *testing.T, b *Bind) <-chan received {
 
 func waitPath(t *testing.T, b *Bind, key proto.Key, want Path) PathStatus {
 	t.Helper()
-	var st PathStatus
+	var ps PathStatus
 	testkit.WaitFor(t, fmt.Sprintf("the path to %v to be %v", key.ShortString(), want), func() bool {
 		var ok bool
-		st, ok = b.PathStatus(key)
-		return ok && st.Path == want
+		ps, ok = b.PathStatus(key)
+		return ok && ps.Path == want
 	})
-	return st
+	return ps
 }
 
 func TestBindPathDirectRelayDirect(t *testing.T) {
@@ -204,9 +204,9 @@ func TestBindPathDirectRelayDirect(t *testing.T) {
 		}
 	}
 
-	st := waitPath(t, a, keyB, PathDirect)
-	if st.Addr.String() != "198.51.100.2:2000" || st.RTT <= 0 {
-		t.Errorf("direct path = %+v", st)
+	ps := waitPath(t, a, keyB, PathDirect)
+	if ps.Addr.String() != "198.51.100.2:2000" || ps.RTT <= 0 {
+		t.Errorf("direct path = %+v", ps)
 	}
 	// B learned A's address from A's pings and found the way back.
 	waitPath(t, b, keyA, PathDirect)
@@ -219,9 +219,9 @@ func TestBindPathDirectRelayDirect(t *testing.T) {
 	sendAndReceive(PathRelay)
 	// Probes cross the relay too, for the relayed latency.
 	deadline := time.Now().Add(5 * time.Second)
-	for st, _ := a.PathStatus(keyB); st.RTT <= 0; st, _ = a.PathStatus(keyB) {
+	for ps, _ := a.PathStatus(keyB); ps.RTT <= 0; ps, _ = a.PathStatus(keyB) {
 		if time.Now().After(deadline) {
-			t.Fatalf("relayed path has no RTT: %+v", st)
+			t.Fatalf("relayed path has no RTT: %+v", ps)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

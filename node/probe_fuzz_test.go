@@ -81,7 +81,7 @@ func FuzzHandleProbe(f *testing.F) {
 		if learned && !genuine {
 			t.Fatalf("%x taught an address without a valid MAC", pkt)
 		}
-		if st, _ := b.PathStatus(peer); st.Addr.IsValid() && !genuine {
+		if ps, _ := b.PathStatus(peer); ps.Addr.IsValid() && !genuine {
 			t.Fatalf("%x confirmed a direct path without a valid MAC", pkt)
 		}
 	})

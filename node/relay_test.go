@@ -53,14 +53,14 @@ func TestTunnelOverRelayOnly(t *testing.T) {
 	if err := a.echo(netip.AddrPortFrom(addrB, 80), okTimeout); err != nil {
 		t.Fatalf("A → B over the relay: %v", err)
 	}
-	st, err := a.Status()
+	status, err := a.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := st.Paths[PathRelay]; r.TxPackets == 0 || r.RxPackets == 0 {
+	if r := status.Paths[PathRelay]; r.TxPackets == 0 || r.RxPackets == 0 {
 		t.Errorf("relay stats = %+v, want traffic both ways", r)
 	}
-	if d := st.Paths[PathDirect]; d.TxPackets != 0 || d.RxPackets != 0 {
+	if d := status.Paths[PathDirect]; d.TxPackets != 0 || d.RxPackets != 0 {
 		t.Errorf("direct stats = %+v, want none", d)
 	}
 	if ps, ok := a.PathStatus(b.PublicKey()); !ok || ps.Path != PathRelay {

@@ -176,8 +176,8 @@ func TestStreamSnapshotAndDeltas(t *testing.T) {
 		t.Errorf("peers after deltas = %d, want only p2", len(got))
 	}
 	testkit.WaitFor(t, "status version 3", func() bool { return s.Status().Version == 3 })
-	if st := s.Status(); !st.Connected || st.Connects != 1 || st.LastError != nil || st.Since.IsZero() {
-		t.Errorf("status = %+v", st)
+	if status := s.Status(); !status.Connected || status.Connects != 1 || status.LastError != nil || status.Since.IsZero() {
+		t.Errorf("status = %+v", status)
 	}
 
 	req := srv.requests()[0]
@@ -266,13 +266,13 @@ func TestStreamResyncs(t *testing.T) {
 			if v, synced := n.Version(); v != 7 || !synced || len(n.Peers()) != 2 {
 				t.Errorf("after resync: version %d synced %v peers %d", v, synced, len(n.Peers()))
 			}
-			testkit.WaitFor(t, "reconnected status", func() bool { st := s.Status(); return st.Connected && st.Version == 7 })
-			st := s.Status()
-			if st.Connects != 2 || st.LastError == nil || st.LastErrorAt.IsZero() {
-				t.Errorf("status = %+v", st)
+			testkit.WaitFor(t, "reconnected status", func() bool { status := s.Status(); return status.Connected && status.Version == 7 })
+			status := s.Status()
+			if status.Connects != 2 || status.LastError == nil || status.LastErrorAt.IsZero() {
+				t.Errorf("status = %+v", status)
 			}
-			if tt.wantErr != nil && !errors.Is(st.LastError, tt.wantErr) {
-				t.Errorf("last error = %v, want %v", st.LastError, tt.wantErr)
+			if tt.wantErr != nil && !errors.Is(status.LastError, tt.wantErr) {
+				t.Errorf("last error = %v, want %v", status.LastError, tt.wantErr)
 			}
 		})
 	}
