@@ -228,13 +228,9 @@ func TestClose(t *testing.T) {
 	}
 	// Close does not wait for handlers: the upgraded stream's handler
 	// logs once it has seen its connection close.
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(h.logs.String(), "status=101") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line for the upgraded stream:\n%s", h.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "a log line for the upgraded stream", func() bool {
+		return strings.Contains(h.logs.String(), "status=101")
+	})
 }
 
 func tlsCertOrFatal(t *testing.T) tls.Certificate {

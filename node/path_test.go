@@ -218,13 +218,10 @@ func TestBindPathDirectRelayDirect(t *testing.T) {
 	waitPath(t, a, keyB, PathRelay)
 	sendAndReceive(PathRelay)
 	// Probes cross the relay too, for the relayed latency.
-	deadline := time.Now().Add(5 * time.Second)
-	for ps, _ := a.PathStatus(keyB); ps.RTT <= 0; ps, _ = a.PathStatus(keyB) {
-		if time.Now().After(deadline) {
-			t.Fatalf("relayed path has no RTT: %+v", ps)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "an RTT measured over the relay", func() bool {
+		ps, _ := a.PathStatus(keyB)
+		return ps.RTT > 0
+	})
 
 	// UDP is back: probing finds the direct path again.
 	fnet.blocked.Store(false)
