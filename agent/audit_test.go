@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -53,7 +54,7 @@ func TestAuditEvents(t *testing.T) {
 			if resp.StatusCode != tt.status {
 				t.Fatalf("status = %d, want %d", resp.StatusCode, tt.status)
 			}
-			e := waitFor(t, events, "the audit event")
+			e := testkit.Recv(t, events, "the audit event")
 			if e.Code != tt.want.Code || e.Outcome != tt.want.Outcome || e.Status != tt.want.Status || e.Error != tt.want.Error ||
 				e.Actor != "alice@example.com" || e.Cluster != "prod" || *e.Resource != *tt.want.Resource || e.Latency <= 0 {
 				t.Fatalf("event = %+v %+v\nwant    %+v %+v", e, e.Resource, tt.want, tt.want.Resource)
@@ -71,12 +72,12 @@ func TestAuditEvents(t *testing.T) {
 func TestAuditStreamStartAndEnd(t *testing.T) {
 	h, events := newAuditHarness(t, newEchoUpgrade(t))
 	c := openUpgrade(t, h, "SPDY/3.1")
-	start := waitFor(t, events, "the stream start event")
+	start := testkit.Recv(t, events, "the stream start event")
 	if start.Code != proto.AuditStreamStarted || start.Resource.Subresource != "exec" || start.Resource.Name != "p" || start.Actor != "alice@example.com" {
 		t.Fatalf("start = %+v %+v", start, start.Resource)
 	}
 	c.Close()
-	end := waitFor(t, events, "the stream end event")
+	end := testkit.Recv(t, events, "the stream end event")
 	if end.Code != proto.AuditStreamEnded || end.Correlation != start.Correlation || end.Status != http.StatusSwitchingProtocols {
 		t.Fatalf("end = %+v, start correlation %s", end, start.Correlation)
 	}

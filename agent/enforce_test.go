@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -43,7 +44,7 @@ func TestRestrictionsThroughProxy(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET %s: %d %s", tt.path, resp.StatusCode, body)
 		}
-		hd := waitFor(t, seen, "upstream request")
+		hd := testkit.Recv(t, seen, "upstream request")
 		if got := hd.Values("Impersonate-Group"); !slices.Equal(got, tt.groups) {
 			t.Errorf("GET %s: Impersonate-Group = %q, want %q", tt.path, got, tt.groups)
 		}

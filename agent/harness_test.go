@@ -289,15 +289,3 @@ func (c *rawConn) waitClosed(tb testing.TB) {
 		tb.Fatalf("connection still open after 5s")
 	}
 }
-
-// waitFor fails unless ch delivers within a few seconds.
-func waitFor[T any](tb testing.TB, ch <-chan T, what string) T {
-	tb.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(5 * time.Second):
-		tb.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -37,20 +38,6 @@ func series(t *testing.T, reg prometheus.Gatherer, name string) int {
 		}
 	}
 	return 0
-}
-
-// eventually fails t unless cond holds within a few seconds. The metrics
-// of a request are recorded when its handler returns, which may be just
-// after the client has the answer.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestMetrics(t *testing.T) {
@@ -85,7 +72,7 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	list200 := count(m.requests.WithLabelValues("200", "list"))
-	eventually(t, "two lists counted", func() bool { return list200() == 2 })
+	testkit.WaitFor(t, "two lists counted", func() bool { return list200() == 2 })
 
 	// A watch is live while it streams, and done after.
 	req, _ := http.NewRequestWithContext(t.Context(), "GET", h.url("/api/v1/namespaces/default/pods?watch=true"), nil)
@@ -93,20 +80,20 @@ func TestMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, watching, "watch upstream")
+	testkit.Recv(t, watching, "watch upstream")
 	if got := value(m.live); got != 1 {
 		t.Errorf("live streams during a watch = %v, want 1", got)
 	}
 	resp.Body.Close()
-	eventually(t, "watch counted", func() bool { return count(m.requests.WithLabelValues("200", "watch"))() == 1 })
-	eventually(t, "no live streams", func() bool { return value(m.live) == 0 })
+	testkit.WaitFor(t, "watch counted", func() bool { return count(m.requests.WithLabelValues("200", "watch"))() == 1 })
+	testkit.WaitFor(t, "no live streams", func() bool { return value(m.live) == 0 })
 
 	// The burst of 3 is spent: the next is refused.
 	resp2, b := h.get("/api/v1/namespaces/default/pods")
 	if resp2.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("over the limit: %d %s", resp2.StatusCode, b)
 	}
-	eventually(t, "rate limit counted", func() bool { return value(m.rateLimited) == 1 })
+	testkit.WaitFor(t, "rate limit counted", func() bool { return value(m.rateLimited) == 1 })
 	if got := value(m.denials.WithLabelValues(string(proto.CodeRateLimited))); got != 1 {
 		t.Errorf("RATE_LIMITED denials = %v, want 1", got)
 	}
@@ -117,7 +104,7 @@ func TestMetrics(t *testing.T) {
 	if resp, b := h.get("/api/v1/namespaces/default/secrets"); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("no role: %d %s", resp.StatusCode, b)
 	}
-	eventually(t, "no-role denial counted", func() bool {
+	testkit.WaitFor(t, "no-role denial counted", func() bool {
 		return value(m.denials.WithLabelValues(string(proto.CodeNoRoleAssignment))) == 1
 	})
 

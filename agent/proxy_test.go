@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -54,7 +55,7 @@ func TestHeaderInjection(t *testing.T) {
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("status = %d, want 200", resp.StatusCode)
 			}
-			got := waitFor(t, rec, "upstream request").Header
+			got := testkit.Recv(t, rec, "upstream request").Header
 
 			want := map[string][]string{
 				"Authorization":     {"Bearer " + agentToken},
@@ -93,12 +94,12 @@ func TestUpstreamProtocols(t *testing.T) {
 	if resp.ProtoMajor != 2 {
 		t.Errorf("client to proxy over HTTP/%d, want 2", resp.ProtoMajor)
 	}
-	if p := waitFor(t, protos, "GET upstream"); p != 2 {
+	if p := testkit.Recv(t, protos, "GET upstream"); p != 2 {
 		t.Errorf("ordinary request went upstream over HTTP/%d, want 2", p)
 	}
 	c := h.dial()
 	c.do(t, "POST", "/api/v1/namespaces/default/pods/p/exec", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n")
-	if p := waitFor(t, protos, "upgrade upstream"); p != 1 {
+	if p := testkit.Recv(t, protos, "upgrade upstream"); p != 1 {
 		t.Errorf("upgrade went upstream over HTTP/%d, want 1", p)
 	}
 }
@@ -250,7 +251,7 @@ func openWatch(t *testing.T, h *harness) (*bufio.Reader, io.Closer) {
 		l, _ := br.ReadString('\n')
 		line <- l
 	}()
-	if got := waitFor(t, line, "first watch event"); got != `{"type":"ADDED"}`+"\n" {
+	if got := testkit.Recv(t, line, "first watch event"); got != `{"type":"ADDED"}`+"\n" {
 		t.Fatalf("first event = %q", got)
 	}
 	return br, resp.Body
@@ -268,7 +269,7 @@ func TestWatchStreams(t *testing.T) {
 		l, _ := br.ReadString('\n')
 		line <- l
 	}()
-	if got := waitFor(t, line, "second watch event"); got != `{"type":"MODIFIED"}`+"\n" {
+	if got := testkit.Recv(t, line, "second watch event"); got != `{"type":"MODIFIED"}`+"\n" {
 		t.Fatalf("second event = %q", got)
 	}
 	close(up.next)
@@ -363,7 +364,7 @@ func TestUpgrade(t *testing.T) {
 			c := openUpgrade(t, h, proto)
 			c.echo(t, "more bytes")
 			c.CloseWrite()
-			waitFor(t, up.ended, "upstream stream end")
+			testkit.Recv(t, up.ended, "upstream stream end")
 			c.waitClosed(t)
 		})
 	}
@@ -506,7 +507,7 @@ func TestOverlaySourceAddress(t *testing.T) {
 				checkError(t, resp, string(body), http.StatusForbidden, proto.CodeUnknownPeer, "clustral up")
 				return
 			}
-			got := waitFor(t, rec, "upstream request").Header
+			got := testkit.Recv(t, rec, "upstream request").Header
 			if u := got.Get("Impersonate-User"); u != tt.user {
 				t.Errorf("Impersonate-User = %q, want %q", u, tt.user)
 			}
@@ -547,7 +548,7 @@ func TestEarlyResponse(t *testing.T) {
 		b, err := io.ReadAll(resp.Body)
 		done <- result{resp, string(b), err}
 	}()
-	r := waitFor(t, done, "the response to end")
+	r := testkit.Recv(t, done, "the response to end")
 	if r.err != nil {
 		t.Fatal(r.err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -38,7 +39,7 @@ func waitEOF(t *testing.T, br *bufio.Reader, what string) {
 		_, err := io.Copy(io.Discard, br)
 		done <- err
 	}()
-	waitFor(t, done, what+" to close")
+	testkit.Recv(t, done, what+" to close")
 }
 
 func TestRevocation(t *testing.T) {
@@ -110,8 +111,8 @@ func TestRevocation(t *testing.T) {
 			}
 			waitEOF(t, watch, "watch")
 			exec.waitClosed(t)
-			waitFor(t, up.watch.ended, "upstream watch end")
-			waitFor(t, up.upgrade.ended, "upstream exec end")
+			testkit.Recv(t, up.watch.ended, "upstream watch end")
+			testkit.Recv(t, up.upgrade.ended, "upstream exec end")
 
 			// A new request after the change is decided anew.
 			if resp, _ := h.get("/api/v1/pods"); resp.StatusCode != tt.after {
@@ -169,7 +170,7 @@ func TestRevokedBeforeAnswer(t *testing.T) {
 		<-r.Context().Done()
 	}), func(c *Config) { c.SweepInterval = time.Hour })
 	go func() {
-		waitFor(t, arrived, "request upstream")
+		testkit.Recv(t, arrived, "request upstream")
 		h.peers.set(loopback, device(1, "alice@example.com"))
 		h.proxy.Reevaluate()
 	}()
@@ -227,13 +228,9 @@ func TestClose(t *testing.T) {
 	}
 	// Close does not wait for handlers: the upgraded stream's handler
 	// logs once it has seen its connection close.
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(h.logs.String(), "status=101") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line for the upgraded stream:\n%s", h.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "a log line for the upgraded stream", func() bool {
+		return strings.Contains(h.logs.String(), "status=101")
+	})
 }
 
 func tlsCertOrFatal(t *testing.T) tls.Certificate {
@@ -275,5 +272,5 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	cancel() // the drain ends: what is left is cut
 	waitEOF(t, watch, "watch")
-	waitFor(t, done, "Shutdown to return")
+	testkit.Recv(t, done, "Shutdown to return")
 }

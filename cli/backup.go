@@ -139,7 +139,7 @@ func writeBackup(path string, snapshot func(io.Writer) (string, error), out io.W
 	if err != nil {
 		return fmt.Errorf("the snapshot from %s is not a complete store: %w", from, err)
 	}
-	st, err := os.Stat(tmp)
+	fi, err := os.Stat(tmp)
 	if err != nil {
 		return err
 	}
@@ -150,6 +150,6 @@ func writeBackup(path string, snapshot func(io.Writer) (string, error), out io.W
 	for _, b := range []store.Bucket{store.Users, store.Clusters, store.Roles, store.Assignments, store.Nodes} {
 		parts = append(parts, fmt.Sprintf("%d %s", counts[b], b))
 	}
-	fmt.Fprintf(out, "Backup of %s written to %s (%d bytes: %s).\n", from, path, st.Size(), strings.Join(parts, ", "))
+	fmt.Fprintf(out, "Backup of %s written to %s (%d bytes: %s).\n", from, path, fi.Size(), strings.Join(parts, ", "))
 	return nil
 }

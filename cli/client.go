@@ -128,8 +128,9 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any) 
 	return nil
 }
 
-// cliErr turns a coordinator problem into a CLI error with a hint and an
-// exit code.
+// cliErr turns a coordinator problem (*problemError) into a *hintError
+// with the problem's hint and the exit code its status calls for (3 for
+// 401, 4 for 403, else 1). Other errors it returns unchanged.
 func cliErr(err error) error {
 	var pe *problemError
 	if !errors.As(err, &pe) {

@@ -74,13 +74,13 @@ clustral doctor exits 1 when a check fails.`,
 		if err != nil {
 			return err
 		}
-		st := g.style(g.stdout)
+		color := g.style(g.stdout)
 		if err := render(g.stdout, *out, r, func(tw *tabwriter.Writer) {
 			for _, ch := range r.Checks {
-				mark := map[string]string{checkOK: st.green("[ ok ]"), checkWarn: st.yellow("[warn]"), checkFail: st.red("[FAIL]"), checkSkip: st.dim("[skip]")}[ch.Status]
+				mark := map[string]string{checkOK: color.green("[ ok ]"), checkWarn: color.yellow("[warn]"), checkFail: color.red("[FAIL]"), checkSkip: color.dim("[skip]")}[ch.Status]
 				fmt.Fprintf(tw, "%s %s: %s\n", mark, ch.Name, ch.Detail)
 				if ch.Fix != "" {
-					fmt.Fprintf(tw, "       %s\n", st.dim("fix: "+ch.Fix))
+					fmt.Fprintf(tw, "       %s\n", color.dim("fix: "+ch.Fix))
 				}
 			}
 		}); err != nil {

@@ -36,19 +36,21 @@ const (
 	exitUnreach = 5 // the coordinator or tunnel is unreachable
 )
 
-// exitError carries an exit code and a hint through cobra.
-type cliError struct {
+// hintError carries an exit code and a hint line through cobra to run,
+// which prints the hint under the error and exits with the code. withHint
+// makes one; cliErr makes one from a coordinator problem.
+type hintError struct {
 	err  error
 	hint string
 	code int
 }
 
-func (e *cliError) Error() string { return e.err.Error() }
-func (e *cliError) Unwrap() error { return e.err }
+func (e *hintError) Error() string { return e.err.Error() }
+func (e *hintError) Unwrap() error { return e.err }
 
 // withHint wraps err with a hint line and an exit code.
 func withHint(code int, err error, hint string) error {
-	return &cliError{err: err, hint: hint, code: code}
+	return &hintError{err: err, hint: hint, code: code}
 }
 
 // run executes the CLI with args and returns the process exit code.
@@ -60,15 +62,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitOK
 	}
 	noColor, _ := root.PersistentFlags().GetBool("no-color")
-	st := style{on: colorEnabled(stderr, noColor)}
-	fmt.Fprintln(stderr, st.red("error: "+oneLine(err.Error())))
+	color := style{on: colorEnabled(stderr, noColor)}
+	fmt.Fprintln(stderr, color.red("error: "+oneLine(err.Error())))
 	if code, ok := offerLogin(ctx, root, cmd, err, args, stdin, stdout, stderr); ok {
 		return code
 	}
-	var ce *cliError
+	var ce *hintError
 	if errors.As(err, &ce) {
 		if ce.hint != "" {
-			fmt.Fprintln(stderr, st.dim("hint: "+ce.hint))
+			fmt.Fprintln(stderr, color.dim("hint: "+ce.hint))
 		}
 		return ce.code
 	}

@@ -20,7 +20,7 @@ var noRelogin = []string{"login", "logout", "doctor", "config", "profiles", "acc
 // true. Otherwise (no terminal, declined, another error) it returns ok
 // false and the caller reports err, which exits with code 3.
 func offerLogin(ctx context.Context, root, cmd *cobra.Command, err error, args []string, stdin io.Reader, stdout, stderr io.Writer) (code int, ok bool) {
-	var ce *cliError
+	var ce *hintError
 	if !errors.As(err, &ce) || ce.code != exitAuth || cmd == nil || cmd == root {
 		return 0, false
 	}

@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -502,29 +504,25 @@ func TestAuditCheckpointJSON(t *testing.T) {
 
 // TestAuditSignerSignsPeriodically: while the log grows, the coordinator
 // signs a checkpoint of its head every AuditCheckpointInterval, without
-// anyone asking.
+// anyone asking. It runs in a synctest bubble: the signer's ticker runs on
+// the bubble's clock, so the rounds take no real time.
 func TestAuditSignerSignsPeriodically(t *testing.T) {
-	srv, err := New(context.Background(), Config{DataDir: t.TempDir(), AuditCheckpointInterval: time.Second, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	pub := srv.auditKey.Public().(ed25519.PublicKey)
-	for round := range 2 {
-		srv.audit(proto.AuditEvent{Code: proto.AuditAgentRefused, Actor: fmt.Sprint("round", round), Outcome: proto.OutcomeFailure})
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			v, err := VerifyAudit(srv.st, AuditVerifyOptions{Key: pub})
-			if err != nil || !v.OK {
-				t.Fatalf("verify = %+v, %v", v, err)
-			}
-			if v.Last == uint64(round+1) && v.SignedSeq == v.Last && v.Checkpoints == round+1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: no checkpoint of the head after 10s: %+v", round, v)
-			}
-			time.Sleep(50 * time.Millisecond)
+	synctest.Test(t, func(t *testing.T) {
+		srv, err := New(context.Background(), Config{DataDir: t.TempDir(), AuditCheckpointInterval: time.Second, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		t.Cleanup(func() { srv.Close() })
+		pub := srv.auditKey.Public().(ed25519.PublicKey)
+		for round := range 2 {
+			srv.audit(proto.AuditEvent{Code: proto.AuditAgentRefused, Actor: fmt.Sprint("round", round), Outcome: proto.OutcomeFailure})
+			testkit.WaitFor(t, fmt.Sprintf("round %d: a checkpoint of the head", round), func() bool {
+				v, err := VerifyAudit(srv.st, AuditVerifyOptions{Key: pub})
+				if err != nil || !v.OK {
+					t.Fatalf("verify = %+v, %v", v, err)
+				}
+				return v.Last == uint64(round+1) && v.SignedSeq == v.Last && v.Checkpoints == round+1
+			})
+		}
+	})
 }

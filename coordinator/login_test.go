@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -138,7 +139,7 @@ func (e *testEnv) waitAudit(code proto.AuditCode) proto.AuditEvent {
 	e.t.Helper()
 	admin := e.login("admin@example.com")
 	var found proto.AuditEvent
-	waitFor(e.t, func() bool {
+	testkit.WaitFor(e.t, "an audit event "+string(code), func() bool {
 		var page proto.AuditPage
 		e.must("GET", "/api/v1/audit/events?code="+string(code), admin.Token, nil, &page)
 		if len(page.Events) > 0 {
@@ -407,7 +408,7 @@ func TestLoginSweptAndCapped(t *testing.T) {
 		pl.expires = t0.Add(-time.Second)
 	}
 	e.srv.logins.mu.Unlock()
-	waitFor(t, func() bool { return e.srv.logins.len() == 0 })
+	testkit.WaitFor(t, "the pending logins to be swept", func() bool { return e.srv.logins.len() == 0 })
 	ev := e.waitAudit(proto.AuditLoginUnbound)
 	if ev.Actor != "alice@example.com" || !strings.Contains(ev.Metadata["reason"], "expired") {
 		t.Fatalf("audit = %+v", ev)

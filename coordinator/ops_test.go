@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -141,13 +142,9 @@ func TestMetrics(t *testing.T) {
 
 	// A closed stream leaves the gauge.
 	dm.body.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for value(t, e.scrape(), "clustral_coordinator_connected_nodes", map[string]string{"kind": "device"}) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("connected devices still 1 after its stream closed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "connected devices to drop to 0 after the stream closed", func() bool {
+		return value(t, e.scrape(), "clustral_coordinator_connected_nodes", map[string]string{"kind": "device"}) == 0
+	})
 }
 
 func TestBackupAPI(t *testing.T) {

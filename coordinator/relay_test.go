@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -277,7 +278,7 @@ func TestSTUNAnswersWithObservedAddress(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- e.srv.ServeSTUN(ctx, pc) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, func() bool { return e.srv.stunAddr() != "" })
+	testkit.WaitFor(t, "the discovery server to listen", func() bool { return e.srv.stunAddr() != "" })
 	if got, want := e.srv.stunAddr(), pc.LocalAddr().String(); got != want {
 		t.Errorf("stunAddr = %q, want %q", got, want)
 	}
@@ -309,17 +310,6 @@ func TestSTUNAnswersWithObservedAddress(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestRelayFollowsGrantAtOnce: the relay's cached "not peers" ends with the
 // grant that makes them peers, so the first packet after it (WireGuard's
 // handshake, which is otherwise retried only after 5 s) gets through.
@@ -331,7 +321,7 @@ func TestRelayFollowsGrantAtOnce(t *testing.T) {
 	bob, _ := e.dialRelay(m.bob.NodeToken, true)
 
 	bob.send(m.agentKey, []byte("before")) // refused, and the refusal cached
-	waitFor(t, func() bool { return e.srv.RelayStats().DroppedNoPeer == 1 })
+	testkit.WaitFor(t, "the relay to drop the packet between non-peers", func() bool { return e.srv.RelayStats().DroppedNoPeer == 1 })
 	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "bob@example.com", Role: "viewer", Cluster: "prod"}, nil)
 	bob.send(m.agentKey, []byte("after"))
 	if _, pkt, ok := agent.recv(5 * time.Second); !ok || string(pkt) != "after" {

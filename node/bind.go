@@ -109,76 +109,74 @@ type relayPacket struct {
 }
 
 // Bind is the node's packet transport: a conn.Bind that wireguard-go sends
-// and receives WireGuard datagrams through, and the single place where the
-// path to each peer is chosen. wireguard-go itself is unchanged.
+// and receives WireGuard datagrams through, and the one place where the path
+// to each peer, direct UDP or the coordinator's relay, is chosen.
 //
-//   - Endpoints. wireguard-go learns a peer's endpoint from the UAPI line
-//     "endpoint=", which it hands to ParseEndpoint. The Bind accepts, besides
-//     the plain "ip:port", the keyed form "<public key hex>@ip:port[,ip:port...]"
-//     that Node writes, and the relay-only form "<public key hex>@". A keyed
-//     *Endpoint knows the peer's key and its candidate addresses, and shares
-//     the peer's path state with every later endpoint of the same key.
-//   - Paths. Send routes by the peer's current path: a confirmed direct
-//     address when there is one; else the relay, when it is connected, so
-//     that the first packets get through behind any NAT at once; else the
-//     first candidate address (the only path a Bind without a relay has).
-//     Open connections move from the relay to the direct path when a pong
-//     confirms it.
-//   - Probing. While open, the Bind pings every candidate address of every
-//     keyed peer (proto.Probe, on the WireGuard UDP socket, which also
-//     punches holes in NATs), every ProbeInterval while the peer has no
-//     direct path and every DirectProbeInterval while it has one. A pong
-//     that echoes a ping sent to the address it came from confirms that
-//     address as the peer's direct path. A direct path whose address has
-//     not answered for DirectTimeout is dropped: the peer falls back to the
-//     relay, and probing goes on, so it switches back when the direct path
-//     works again. Pings from a known peer are answered, and their source
-//     address becomes a candidate too (the peer's NAT mapping, when it did
-//     not know it). Over the relay, peers ping each other too, to measure
-//     the relayed latency.
-//   - Receive. Probes are consumed by the Bind; wireguard-go never sees
-//     them (a WireGuard message starts with its type, 1 to 4, and three
-//     zero bytes; a probe with proto.ProbeMagic). WireGuard datagrams from
-//     an address that is one of a keyed endpoint's candidates or its
-//     confirmed direct address are reported with that keyed *Endpoint;
-//     from other addresses with a keyless one. Datagrams from the relay
-//     come from an extra ReceiveFunc, with the sender's keyed *Endpoint.
-//
-// The counters (Stats) are per path.
+// Besides "ip:port", ParseEndpoint accepts the keyed form FormatEndpoint
+// writes; a keyed *Endpoint carries the peer's key and candidate addresses
+// and shares the peer's path state. Send uses a confirmed direct address,
+// else the relay when it is up, else the first candidate. While open, the
+// Bind probes every keyed peer's candidates with authenticated probes
+// (timed by ProbeInterval, DirectProbeInterval and DirectTimeout), and
+// consumes the probes it receives; wireguard-go never sees them. Received
+// datagrams are reported with the keyed *Endpoint of their source when it
+// is known. docs/design.md §6 "Relay policy" explains the choices.
 //
 // A Bind is safe for concurrent use. It is owned by the wireguard-go device
-// it is given to, which opens and closes it; Close stops its probing.
+// it is given to, which opens and closes it. Close stops probing and
+// returns once the probing goroutine has; the relay connection is not the
+// Bind's and stays.
 type Bind struct {
 	udp  conn.Bind        // *conn.StdNetBind
-	self proto.Key        // this node's key, carried in probes
-	priv *ecdh.PrivateKey // this node's key, for probe keys (setKey)
+	self proto.Key        // this node's key, carried in probes; set by setKey
+	priv *ecdh.PrivateKey // this node's key, for probe keys; set by setKey
 	log  *slog.Logger
 
 	// ProbeInterval, DirectProbeInterval and DirectTimeout time the
-	// probing (see the type's doc). Set them before Open; zero means the
-	// defaults.
+	// probing. Set them before Open; zero means the defaults.
 	ProbeInterval       time.Duration
 	DirectProbeInterval time.Duration
 	DirectTimeout       time.Duration
 
-	mu    sync.Mutex // guards the fields below
-	byKey map[proto.Key]*Endpoint
-	paths map[proto.Key]*peerPath
-	port  uint16
-	done  chan struct{} // closed by Close; nil while closed
+	// peers is the keyed endpoint and path state of each peer. Its lock
+	// is taken by ParseEndpoint, Forget, PathStatus, endpointOf,
+	// handleProbe and probe. It is never held while sending, and the only
+	// lock taken under it is a peerPath's.
+	peers struct {
+		sync.Mutex
+		byKey map[proto.Key]*Endpoint
+		paths map[proto.Key]*peerPath
+	}
+
 	// byAddr maps a normalized direct address to the keyed endpoint it
-	// belongs to. Read on every received batch, written on configuration
-	// and path changes.
+	// belongs to, for receiveDirect, which reads it on every batch without
+	// a lock. ParseEndpoint and Forget write it under peers' lock, so it
+	// agrees with peers.byKey; a confirming pong adds an entry on its own.
 	byAddr sync.Map // netip.AddrPort → *Endpoint
 
-	relay   atomic.Pointer[relayLinkBox]
-	relayIn chan relayPacket
-	wake    chan struct{}
+	// sockets is what Open sets up and Close tears down; Open, Close and
+	// Port take its lock.
+	sockets struct {
+		sync.Mutex
+		port uint16
+		done chan struct{} // closed by Close; nil while closed
+	}
+	// probing counts the probeLoop goroutine Open starts; Close waits for
+	// it.
+	probing sync.WaitGroup
 
-	stunMu   sync.Mutex
-	stunWait map[[12]byte]chan netip.AddrPort
+	relay   atomic.Pointer[relayLinkBox] // set by setRelay; nil: no relay
+	relayIn chan relayPacket             // deliverRelay → receiveRelay
+	wake    chan struct{}                // kick → probeLoop
 
-	stats [numPaths]pathCounters
+	// stun holds the endpoint-discovery requests waiting for their
+	// answer, by transaction ID; Discover and handleProbe take its lock.
+	stun struct {
+		sync.Mutex
+		wait map[[12]byte]chan netip.AddrPort
+	}
+
+	stats [numPaths]pathCounters // atomic
 }
 
 // relayLinkBox lets an interface value live in an atomic.Pointer.
@@ -202,15 +200,16 @@ func (b *Bind) setKey(priv proto.Key) error {
 
 // NewBind returns a Bind carrying UDP on the default sockets of the platform.
 func NewBind() *Bind {
-	return &Bind{
-		udp:      conn.NewStdNetBind(),
-		log:      slog.Default(),
-		byKey:    make(map[proto.Key]*Endpoint),
-		paths:    make(map[proto.Key]*peerPath),
-		relayIn:  make(chan relayPacket, 1024),
-		wake:     make(chan struct{}, 1),
-		stunWait: make(map[[12]byte]chan netip.AddrPort),
+	b := &Bind{
+		udp:     conn.NewStdNetBind(),
+		log:     slog.Default(),
+		relayIn: make(chan relayPacket, 1024),
+		wake:    make(chan struct{}, 1),
 	}
+	b.peers.byKey = make(map[proto.Key]*Endpoint)
+	b.peers.paths = make(map[proto.Key]*peerPath)
+	b.stun.wait = make(map[[12]byte]chan netip.AddrPort)
+	return b
 }
 
 // packetBufSize is the size of the pooled buffers relayed datagrams and
@@ -260,44 +259,46 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // Open implements conn.Bind. It opens the UDP sockets on port (0 picks a
 // random one) and returns their receive functions and the relay's, and
-// starts probing.
+// starts probing, until Close.
 func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.udp.Open(port)
 	if err != nil {
 		return nil, 0, err
 	}
 	done := make(chan struct{})
-	b.mu.Lock()
-	b.port = actual
-	b.done = done
-	b.mu.Unlock()
+	b.sockets.Lock()
+	b.sockets.port = actual
+	b.sockets.done = done
+	b.sockets.Unlock()
 	wrapped := make([]conn.ReceiveFunc, 0, len(fns)+1)
 	for _, fn := range fns {
 		wrapped = append(wrapped, b.receiveDirect(fn))
 	}
 	wrapped = append(wrapped, b.receiveRelay(done))
-	go b.probeLoop(done)
+	b.probing.Go(func() { b.probeLoop(done) })
 	return wrapped, actual, nil
 }
 
 // Port reports the UDP port the Bind was last opened on, or 0.
 func (b *Bind) Port() uint16 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.port
+	b.sockets.Lock()
+	defer b.sockets.Unlock()
+	return b.sockets.port
 }
 
 // Close implements conn.Bind. It closes the UDP sockets, ends the relay's
-// receive function and stops probing. The relay connection stays: it
-// belongs to RunRelay.
+// receive function and stops probing, and returns once the probing
+// goroutine has. The relay connection stays: it belongs to RunRelay.
 func (b *Bind) Close() error {
-	b.mu.Lock()
-	if b.done != nil {
-		close(b.done)
-		b.done = nil
+	b.sockets.Lock()
+	if b.sockets.done != nil {
+		close(b.sockets.done)
+		b.sockets.done = nil
 	}
-	b.mu.Unlock()
-	return b.udp.Close()
+	b.sockets.Unlock()
+	err := b.udp.Close()
+	b.probing.Wait()
+	return err
 }
 
 // SetMark implements conn.Bind.
@@ -441,9 +442,9 @@ func (b *Bind) receiveRelay(done <-chan struct{}) conn.ReceiveFunc {
 // endpointOf returns the keyed endpoint of key, or a relay-only one when
 // the key has none.
 func (b *Bind) endpointOf(key proto.Key) *Endpoint {
-	b.mu.Lock()
-	e := b.byKey[key]
-	b.mu.Unlock()
+	b.peers.Lock()
+	e := b.peers.byKey[key]
+	b.peers.Unlock()
 	if e == nil {
 		e = &Endpoint{key: key, bind: b}
 	}
@@ -534,8 +535,8 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 		e.direct = &conn.StdNetEndpoint{AddrPort: e.addr}
 	}
 
-	b.mu.Lock()
-	pp := b.paths[key]
+	b.peers.Lock()
+	pp := b.peers.paths[key]
 	if pp == nil {
 		pp = &peerPath{key: key, pending: map[[12]byte]pendingPing{}}
 		if b.priv != nil {
@@ -546,11 +547,11 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 				b.log.Warn("no direct path to a peer whose key is not a valid X25519 public key", "peer", key.ShortString(), "err", err)
 			}
 		}
-		b.paths[key] = pp
+		b.peers.paths[key] = pp
 	}
 	e.path = pp
 	b.unindexLocked(key)
-	b.byKey[key] = e
+	b.peers.byKey[key] = e
 	pp.mu.Lock()
 	pp.published = e.candidates
 	if cur := pp.cur.Load(); cur != nil {
@@ -561,7 +562,7 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	for _, ap := range e.candidates {
 		b.byAddr.Store(ap, e)
 	}
-	b.mu.Unlock()
+	b.peers.Unlock()
 	b.kick()
 	return e, nil
 }
@@ -570,16 +571,17 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 // packets from its addresses are no longer attributed to it and it is no
 // longer probed. Node calls it when a peer is removed.
 func (b *Bind) Forget(key proto.Key) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.peers.Lock()
+	defer b.peers.Unlock()
 	b.unindexLocked(key)
-	delete(b.byKey, key)
-	delete(b.paths, key)
+	delete(b.peers.byKey, key)
+	delete(b.peers.paths, key)
 }
 
-// unindexLocked removes the byAddr entries of key's endpoint.
+// unindexLocked removes the byAddr entries of key's endpoint. b.peers must
+// be locked.
 func (b *Bind) unindexLocked(key proto.Key) {
-	old, ok := b.byKey[key]
+	old, ok := b.peers.byKey[key]
 	if !ok {
 		return
 	}
@@ -607,22 +609,22 @@ type PathStatus struct {
 // PathStatus reports the path to the peer with key, false when the Bind
 // has no keyed endpoint for it.
 func (b *Bind) PathStatus(key proto.Key) (PathStatus, bool) {
-	b.mu.Lock()
-	e := b.byKey[key]
-	b.mu.Unlock()
+	b.peers.Lock()
+	e := b.peers.byKey[key]
+	b.peers.Unlock()
 	if e == nil {
 		return PathStatus{}, false
 	}
 	pp := e.path
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
-	st := PathStatus{Path: e.Path()}
+	ps := PathStatus{Path: e.Path()}
 	if cur := pp.cur.Load(); cur != nil {
-		st.Addr, st.RTT, st.DirectSince = cur.AddrPort, pp.rtt, pp.directSince
-	} else if st.Path == PathRelay {
-		st.RTT = pp.relayRTT
+		ps.Addr, ps.RTT, ps.DirectSince = cur.AddrPort, pp.rtt, pp.directSince
+	} else if ps.Path == PathRelay {
+		ps.RTT = pp.relayRTT
 	}
-	return st, true
+	return ps, true
 }
 
 // Discover asks the endpoint-discovery service at server (the
@@ -634,13 +636,13 @@ func (b *Bind) Discover(ctx context.Context, server netip.AddrPort) (netip.AddrP
 	p := proto.Probe{Type: proto.ProbePing, Key: b.self}
 	rand.Read(p.TxID[:])
 	ch := make(chan netip.AddrPort, 1)
-	b.stunMu.Lock()
-	b.stunWait[p.TxID] = ch
-	b.stunMu.Unlock()
+	b.stun.Lock()
+	b.stun.wait[p.TxID] = ch
+	b.stun.Unlock()
 	defer func() {
-		b.stunMu.Lock()
-		delete(b.stunWait, p.TxID)
-		b.stunMu.Unlock()
+		b.stun.Lock()
+		delete(b.stun.wait, p.TxID)
+		b.stun.Unlock()
 	}()
 	pkt, _ := p.AppendBinary(nil)
 	dst := &conn.StdNetEndpoint{AddrPort: normalize(server)}
@@ -676,9 +678,9 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, relayed proto.Key) {
 		if p.Key.IsZero() || p.Key == b.self {
 			return
 		}
-		b.mu.Lock()
-		pp := b.paths[p.Key]
-		b.mu.Unlock()
+		b.peers.Lock()
+		pp := b.peers.paths[p.Key]
+		b.peers.Unlock()
 		if pp == nil || !pp.authOK || !pp.auth.verify(pkt) {
 			return // not a peer, or not from it: answer no strangers
 		}
@@ -698,9 +700,9 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, relayed proto.Key) {
 			if viaRelay {
 				return
 			}
-			b.stunMu.Lock()
-			ch := b.stunWait[p.TxID]
-			b.stunMu.Unlock()
+			b.stun.Lock()
+			ch := b.stun.wait[p.TxID]
+			b.stun.Unlock()
 			if ch != nil && p.Observed.IsValid() {
 				select {
 				case ch <- p.Observed:
@@ -709,9 +711,9 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, relayed proto.Key) {
 			}
 			return
 		}
-		b.mu.Lock()
-		e := b.byKey[p.Key]
-		b.mu.Unlock()
+		b.peers.Lock()
+		e := b.peers.byKey[p.Key]
+		b.peers.Unlock()
 		if e == nil || !e.path.authOK || !e.path.auth.verify(pkt) {
 			return
 		}
@@ -722,7 +724,8 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, relayed proto.Key) {
 	}
 }
 
-// probeLoop probes until done is closed.
+// probeLoop probes until done is closed. Open starts it, counted in
+// b.probing.
 func (b *Bind) probeLoop(done <-chan struct{}) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
@@ -739,12 +742,12 @@ func (b *Bind) probeLoop(done <-chan struct{}) {
 
 // probe sends the pings that are due.
 func (b *Bind) probe(now time.Time) {
-	b.mu.Lock()
-	paths := make([]*peerPath, 0, len(b.paths))
-	for _, pp := range b.paths {
+	b.peers.Lock()
+	paths := make([]*peerPath, 0, len(b.peers.paths))
+	for _, pp := range b.peers.paths {
 		paths = append(paths, pp)
 	}
-	b.mu.Unlock()
+	b.peers.Unlock()
 	relay := b.relayLink()
 	var pkt []byte
 	for _, pp := range paths {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -155,8 +156,8 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	if e := eps[1].(*Endpoint); !e.Key().IsZero() || e.AddrPort() != unknown {
 		t.Errorf("unknown source = %v, want a keyless endpoint at %v", e, unknown)
 	}
-	if st := b.Stats(PathDirect); st.RxPackets != 3 || st.RxBytes != 100+101+102 {
-		t.Errorf("rx stats = %+v", st)
+	if stats := b.Stats(PathDirect); stats.RxPackets != 3 || stats.RxBytes != 100+101+102 {
+		t.Errorf("rx stats = %+v", stats)
 	}
 
 	if err := b.Send([][]byte{make([]byte, 10), make([]byte, 20)}, eps[1]); err != nil {
@@ -165,14 +166,14 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	if _, ok := f.sentTo(0).(*conn.StdNetEndpoint); !ok {
 		t.Errorf("inner Send got %T, want *conn.StdNetEndpoint", f.sentTo(0))
 	}
-	if st := b.Stats(PathDirect); st.TxPackets != 2 || st.TxBytes != 30 {
-		t.Errorf("tx stats = %+v", st)
+	if stats := b.Stats(PathDirect); stats.TxPackets != 2 || stats.TxBytes != 30 {
+		t.Errorf("tx stats = %+v", stats)
 	}
 	if err := b.Send(nil, &conn.StdNetEndpoint{}); !errors.Is(err, conn.ErrWrongEndpointType) {
 		t.Errorf("Send to a foreign endpoint: err = %v", err)
 	}
-	if st := b.Stats(PathRelay); st != (PathStats{}) {
-		t.Errorf("relay stats = %+v, want none", st)
+	if stats := b.Stats(PathRelay); stats != (PathStats{}) {
+		t.Errorf("relay stats = %+v, want none", stats)
 	}
 
 	// A newer endpoint for the key replaces the old address; Forget drops it.
@@ -211,4 +212,46 @@ func TestLearnPingsBackWithoutDirectPath(t *testing.T) {
 	if other := netip.MustParseAddrPort("192.0.2.2:51820"); !pp.learn(other) {
 		t.Fatal("a new address is always probed")
 	}
+}
+
+// TestCloseWaitsForProbing: Close returns only after the probing goroutine
+// Open started has, so nothing the Bind started outlives it. In a synctest
+// bubble, a probe held inside Send keeps that goroutine running.
+func TestCloseWaitsForProbing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sending, release := make(chan struct{}, 1), make(chan struct{})
+		releaseSend := sync.OnceFunc(func() { close(release) })
+		defer releaseSend() // on failure too, so the bubble can end
+		f := &fakeUDP{onProbe: func([]byte, netip.AddrPort) {
+			select {
+			case sending <- struct{}{}:
+			default:
+			}
+			<-release
+		}}
+		b := NewBind()
+		b.udp = f
+		keyBind(t, b)
+		if _, _, err := b.Open(0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.ParseEndpoint(FormatEndpoint(genKey(t), []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1000")})); err != nil {
+			t.Fatal(err)
+		}
+		<-sending // the probing goroutine is inside Send
+
+		closed := make(chan struct{})
+		go func() {
+			b.Close()
+			close(closed)
+		}()
+		synctest.Wait()
+		select {
+		case <-closed:
+			t.Fatal("Close returned while its probing goroutine was still sending")
+		default:
+		}
+		releaseSend()
+		<-closed
+	})
 }

@@ -344,11 +344,11 @@ func (n *Node) AgentsOf(cluster string) []proto.Peer {
 	if len(out) == 0 {
 		return out
 	}
-	st := n.cachedStatus()
+	statuses := n.cachedStatus()
 	now := time.Now()
 	rank := func(p proto.Peer) int {
 		r := 3
-		healthy := st[p.Key].Healthy(now)
+		healthy := statuses[p.Key].Healthy(now)
 		switch {
 		case p.Online && healthy:
 			r = 0

@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -206,25 +207,25 @@ func TestTunnelEcho(t *testing.T) {
 		t.Fatalf("A → B: %v", err)
 	}
 
-	st, err := a.Status()
+	status, err := a.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Peers) != 1 || st.Peers[0].Key != b.PublicKey() {
-		t.Fatalf("A status peers = %+v, want only B", st.Peers)
+	if len(status.Peers) != 1 || status.Peers[0].Key != b.PublicKey() {
+		t.Fatalf("A status peers = %+v, want only B", status.Peers)
 	}
-	if ps := st.Peers[0]; !ps.Healthy(time.Now()) || ps.RxBytes == 0 || ps.TxBytes == 0 {
+	if ps := status.Peers[0]; !ps.Healthy(time.Now()) || ps.RxBytes == 0 || ps.TxBytes == 0 {
 		t.Errorf("A's view of B = %+v, want a recent handshake and traffic", ps)
 	}
 	if ps, ok := a.PeerStatus(b.PublicKey()); !ok || ps.LastHandshake.IsZero() {
 		t.Errorf("PeerStatus(B) = %+v, %v; want a handshake", ps, ok)
 	}
-	d := st.Paths[PathDirect]
+	d := status.Paths[PathDirect]
 	if d.TxPackets == 0 || d.RxPackets == 0 || d.TxBytes < d.TxPackets*32 || d.RxBytes < d.RxPackets*32 {
 		t.Errorf("direct path stats = %+v, want traffic both ways", d)
 	}
-	if st.ListenPort != a.ListenPort() || st.ListenPort == 0 || !st.Synced || st.Version != 1 {
-		t.Errorf("status = port %d synced %v version %d", st.ListenPort, st.Synced, st.Version)
+	if status.ListenPort != a.ListenPort() || status.ListenPort == 0 || !status.Synced || status.Version != 1 {
+		t.Errorf("status = port %d synced %v version %d", status.ListenPort, status.Synced, status.Version)
 	}
 	if got, ok := a.PeerByAddr(addrB); !ok || got.Key != b.PublicKey() {
 		t.Errorf("PeerByAddr(B) = %v, %v", got.Key, ok)
@@ -304,25 +305,15 @@ func TestSpoofedSource(t *testing.T) {
 // waitHandshake waits until tn has completed a handshake with key.
 func (tn *testNode) waitHandshake(t testing.TB, key proto.Key) {
 	t.Helper()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(okTimeout)
-	for {
-		st, err := tn.Status()
+	testkit.WaitFor(t, "a handshake with "+key.ShortString(), func() bool {
+		status, err := tn.Status()
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, ps := range st.Peers {
-			if ps.Key == key && !ps.LastHandshake.IsZero() {
-				return
-			}
-		}
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("no handshake with %s within %v", key.ShortString(), okTimeout)
-		}
-	}
+		return slices.ContainsFunc(status.Peers, func(ps PeerStatus) bool {
+			return ps.Key == key && !ps.LastHandshake.IsZero()
+		})
+	})
 }
 
 // recorder wraps a node's UAPI setter and records every set.
@@ -784,20 +775,20 @@ func TestCertificateRenewal(t *testing.T) {
 		{"the same one again", proto.MapMessage{Version: 4, Certificate: "C2"}, "C2", false},
 		{"snapshot without one keeps it", proto.MapMessage{Version: 9, Snapshot: true, Self: &self}, "C2", false},
 	}
-	for _, st := range steps {
+	for _, step := range steps {
 		changes = nil
-		if err := n.Apply(st.msg); err != nil {
-			t.Fatalf("%s: %v", st.name, err)
+		if err := n.Apply(step.msg); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
 		}
-		if got := n.Certificate(); got != st.want {
-			t.Errorf("%s: Certificate = %q, want %q", st.name, got, st.want)
+		if got := n.Certificate(); got != step.want {
+			t.Errorf("%s: Certificate = %q, want %q", step.name, got, step.want)
 		}
 		got := len(changes) > 0 && changes[0].CertificateChanged
-		if got != st.changed {
-			t.Errorf("%s: CertificateChanged = %v, want %v", st.name, got, st.changed)
+		if got != step.changed {
+			t.Errorf("%s: CertificateChanged = %v, want %v", step.name, got, step.changed)
 		}
-		if v, _ := n.Version(); v != st.msg.Version {
-			t.Errorf("%s: version %d, want %d", st.name, v, st.msg.Version)
+		if v, _ := n.Version(); v != step.msg.Version {
+			t.Errorf("%s: version %d, want %d", step.name, v, step.msg.Version)
 		}
 	}
 }

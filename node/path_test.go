@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -146,17 +148,13 @@ func openFake(t *testing.T, b *Bind) <-chan received {
 
 func waitPath(t *testing.T, b *Bind, key proto.Key, want Path) PathStatus {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, ok := b.PathStatus(key)
-		if ok && st.Path == want {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("path to %v = %+v, want %v", key.ShortString(), st, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var ps PathStatus
+	testkit.WaitFor(t, fmt.Sprintf("the path to %v to be %v", key.ShortString(), want), func() bool {
+		var ok bool
+		ps, ok = b.PathStatus(key)
+		return ok && ps.Path == want
+	})
+	return ps
 }
 
 func TestBindPathDirectRelayDirect(t *testing.T) {
@@ -206,9 +204,9 @@ func TestBindPathDirectRelayDirect(t *testing.T) {
 		}
 	}
 
-	st := waitPath(t, a, keyB, PathDirect)
-	if st.Addr.String() != "198.51.100.2:2000" || st.RTT <= 0 {
-		t.Errorf("direct path = %+v", st)
+	ps := waitPath(t, a, keyB, PathDirect)
+	if ps.Addr.String() != "198.51.100.2:2000" || ps.RTT <= 0 {
+		t.Errorf("direct path = %+v", ps)
 	}
 	// B learned A's address from A's pings and found the way back.
 	waitPath(t, b, keyA, PathDirect)
@@ -220,13 +218,10 @@ func TestBindPathDirectRelayDirect(t *testing.T) {
 	waitPath(t, a, keyB, PathRelay)
 	sendAndReceive(PathRelay)
 	// Probes cross the relay too, for the relayed latency.
-	deadline := time.Now().Add(5 * time.Second)
-	for st, _ := a.PathStatus(keyB); st.RTT <= 0; st, _ = a.PathStatus(keyB) {
-		if time.Now().After(deadline) {
-			t.Fatalf("relayed path has no RTT: %+v", st)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, "an RTT measured over the relay", func() bool {
+		ps, _ := a.PathStatus(keyB)
+		return ps.RTT > 0
+	})
 
 	// UDP is back: probing finds the direct path again.
 	fnet.blocked.Store(false)
@@ -286,7 +281,7 @@ func TestRelayUntilDirectIsConfirmed(t *testing.T) {
 	if d, r := sent(); d != 0 || r != 1 {
 		t.Errorf("direct not confirmed: sent %d direct, %d relayed; want 0 and 1", d, r)
 	}
-	pp := a.paths[keyB]
+	pp := a.peers.paths[keyB]
 	pp.mu.Lock()
 	pp.pending[[12]byte{5}] = pendingPing{to: addrB, at: time.Now()}
 	pp.mu.Unlock()

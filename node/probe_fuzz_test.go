@@ -74,14 +74,14 @@ func FuzzHandleProbe(f *testing.F) {
 			}
 		default:
 		}
-		pp := b.paths[peer]
+		pp := b.peers.paths[peer]
 		pp.mu.Lock()
 		learned := len(pp.learned) > 0
 		pp.mu.Unlock()
 		if learned && !genuine {
 			t.Fatalf("%x taught an address without a valid MAC", pkt)
 		}
-		if st, _ := b.PathStatus(peer); st.Addr.IsValid() && !genuine {
+		if ps, _ := b.PathStatus(peer); ps.Addr.IsValid() && !genuine {
 			t.Fatalf("%x confirmed a direct path without a valid MAC", pkt)
 		}
 	})

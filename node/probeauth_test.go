@@ -108,7 +108,7 @@ func TestForgedProbesIgnored(t *testing.T) {
 		}
 	}
 	learned := func(ap netip.AddrPort) bool {
-		pp := a.paths[pubB]
+		pp := a.peers.paths[pubB]
 		pp.mu.Lock()
 		defer pp.mu.Unlock()
 		for _, l := range pp.learned {
@@ -170,15 +170,15 @@ func TestForgedProbesIgnored(t *testing.T) {
 	} {
 		t.Run("pong/"+tt.name, func(t *testing.T) {
 			a.handleProbe(tt.pkt, peerAddr, proto.Key{})
-			if st, _ := a.PathStatus(pubB); st.Addr.IsValid() {
-				t.Errorf("a forged pong confirmed a direct path to %v", st.Addr)
+			if ps, _ := a.PathStatus(pubB); ps.Addr.IsValid() {
+				t.Errorf("a forged pong confirmed a direct path to %v", ps.Addr)
 			}
 		})
 	}
 	t.Run("pong/genuine", func(t *testing.T) {
 		a.handleProbe(genuine.seal(nil, pong), peerAddr, proto.Key{})
-		if st, _ := a.PathStatus(pubB); st.Addr != peerAddr {
-			t.Errorf("the peer's pong left the direct path at %v, want %v", st.Addr, peerAddr)
+		if ps, _ := a.PathStatus(pubB); ps.Addr != peerAddr {
+			t.Errorf("the peer's pong left the direct path at %v, want %v", ps.Addr, peerAddr)
 		}
 	})
 }

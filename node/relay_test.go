@@ -3,11 +3,11 @@ package node
 import (
 	"net/netip"
 	"testing"
-	"time"
 
 	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -53,14 +53,14 @@ func TestTunnelOverRelayOnly(t *testing.T) {
 	if err := a.echo(netip.AddrPortFrom(addrB, 80), okTimeout); err != nil {
 		t.Fatalf("A → B over the relay: %v", err)
 	}
-	st, err := a.Status()
+	status, err := a.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := st.Paths[PathRelay]; r.TxPackets == 0 || r.RxPackets == 0 {
+	if r := status.Paths[PathRelay]; r.TxPackets == 0 || r.RxPackets == 0 {
 		t.Errorf("relay stats = %+v, want traffic both ways", r)
 	}
-	if d := st.Paths[PathDirect]; d.TxPackets != 0 || d.RxPackets != 0 {
+	if d := status.Paths[PathDirect]; d.TxPackets != 0 || d.RxPackets != 0 {
 		t.Errorf("direct stats = %+v, want none", d)
 	}
 	if ps, ok := a.PathStatus(b.PublicKey()); !ok || ps.Path != PathRelay {
@@ -74,17 +74,10 @@ func TestTunnelMovesToDirect(t *testing.T) {
 	a.snapshot(t, 1, b)
 	b.snapshot(t, 1, a)
 	b.serveEcho(t, 80)
-	deadline := time.Now().Add(okTimeout)
-	for {
+	testkit.WaitFor(t, "a measured direct path to B", func() bool {
 		ps, _ := a.PathStatus(b.PublicKey())
-		if ps.Path == PathDirect && ps.Addr.IsValid() && ps.RTT > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("path to B = %+v, want direct", ps)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return ps.Path == PathDirect && ps.Addr.IsValid() && ps.RTT > 0
+	})
 	before := a.bind.Stats(PathRelay).TxPackets
 	if err := a.echo(netip.AddrPortFrom(addrB, 80), okTimeout); err != nil {
 		t.Fatalf("A → B: %v", err)

@@ -63,12 +63,12 @@ func (n *Node) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	st := Status{PublicKey: n.pub, ListenPort: n.ListenPort(), Peers: peers}
-	st.Version, st.Synced = n.Version()
+	status := Status{PublicKey: n.pub, ListenPort: n.ListenPort(), Peers: peers}
+	status.Version, status.Synced = n.Version()
 	for p := range numPaths {
-		st.Paths[p] = n.bind.Stats(p)
+		status.Paths[p] = n.bind.Stats(p)
 	}
-	return st, nil
+	return status, nil
 }
 
 // PathStatus reports the path packets to the peer with key take now, and
@@ -88,9 +88,9 @@ func (n *Node) PeerStatus(key proto.Key) (PeerStatus, bool) {
 	if _, ok := n.Peer(key); !ok {
 		return PeerStatus{}, false
 	}
-	st := n.cachedStatus()[key]
-	st.Key = key
-	return st, true
+	ps := n.cachedStatus()[key]
+	ps.Key = key
+	return ps, true
 }
 
 // cachedStatus returns the device status by key, read at most StatusMaxAge

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -148,21 +149,6 @@ func runStream(t *testing.T, a Applier, srv *mapServer, mod func(*StreamConfig))
 	return s, done
 }
 
-// waitFor polls cond until it holds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(okTimeout)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 func TestStreamSnapshotAndDeltas(t *testing.T) {
 	n := newBareNode(t)
 	p1, p2 := fakePeer(t, 1), fakePeer(t, 2)
@@ -189,9 +175,9 @@ func TestStreamSnapshotAndDeltas(t *testing.T) {
 	if got := n.Peers(); len(got) != 1 || got[0].Key != p2.Key {
 		t.Errorf("peers after deltas = %d, want only p2", len(got))
 	}
-	waitFor(t, "status version 3", func() bool { return s.Status().Version == 3 })
-	if st := s.Status(); !st.Connected || st.Connects != 1 || st.LastError != nil || st.Since.IsZero() {
-		t.Errorf("status = %+v", st)
+	testkit.WaitFor(t, "status version 3", func() bool { return s.Status().Version == 3 })
+	if status := s.Status(); !status.Connected || status.Connects != 1 || status.LastError != nil || status.Since.IsZero() {
+		t.Errorf("status = %+v", status)
 	}
 
 	req := srv.requests()[0]
@@ -280,13 +266,13 @@ func TestStreamResyncs(t *testing.T) {
 			if v, synced := n.Version(); v != 7 || !synced || len(n.Peers()) != 2 {
 				t.Errorf("after resync: version %d synced %v peers %d", v, synced, len(n.Peers()))
 			}
-			waitFor(t, "reconnected status", func() bool { st := s.Status(); return st.Connected && st.Version == 7 })
-			st := s.Status()
-			if st.Connects != 2 || st.LastError == nil || st.LastErrorAt.IsZero() {
-				t.Errorf("status = %+v", st)
+			testkit.WaitFor(t, "reconnected status", func() bool { status := s.Status(); return status.Connected && status.Version == 7 })
+			status := s.Status()
+			if status.Connects != 2 || status.LastError == nil || status.LastErrorAt.IsZero() {
+				t.Errorf("status = %+v", status)
 			}
-			if tt.wantErr != nil && !errors.Is(st.LastError, tt.wantErr) {
-				t.Errorf("last error = %v, want %v", st.LastError, tt.wantErr)
+			if tt.wantErr != nil && !errors.Is(status.LastError, tt.wantErr) {
+				t.Errorf("last error = %v, want %v", status.LastError, tt.wantErr)
 			}
 		})
 	}
@@ -304,7 +290,7 @@ func TestStreamRequiresSnapshotFirst(t *testing.T) {
 	if a := rec.next(t); a.msg.Version != 4 || a.err != nil {
 		t.Fatalf("first apply: version %d err %v, want the snapshot 4", a.msg.Version, a.err)
 	}
-	waitFor(t, "connected", func() bool { return s.Status().Connected })
+	testkit.WaitFor(t, "connected", func() bool { return s.Status().Connected })
 	if err := s.Status().LastError; !errors.Is(err, ErrNoSnapshot) {
 		t.Errorf("last error = %v, want ErrNoSnapshot", err)
 	}
@@ -326,7 +312,7 @@ func TestStreamRetriesServerErrors(t *testing.T) {
 			t.Fatalf("apply: version %d err %v, want %d", a.msg.Version, a.err, v)
 		}
 	}
-	waitFor(t, "connected", func() bool { return s.Status().Connected })
+	testkit.WaitFor(t, "connected", func() bool { return s.Status().Connected })
 	if got := len(srv.requests()); got != 4 {
 		t.Errorf("connections = %d, want 4", got)
 	}
@@ -426,7 +412,7 @@ func TestStreamResyncsSoonAfterOutage(t *testing.T) {
 	})
 	s, _ := runStream(t, newBareNode(t), srv, func(c *StreamConfig) { c.MinBackoff, c.MaxBackoff = 0, 0 })
 	// Six failed attempts: the backoff has reached its cap.
-	waitFor(t, "six failed attempts", func() bool { return len(srv.requests()) >= 6 })
+	testkit.WaitFor(t, "six failed attempts", func() bool { return len(srv.requests()) >= 6 })
 	if s.Status().Connects != 0 {
 		t.Fatal("connected while the coordinator was down")
 	}
@@ -434,7 +420,7 @@ func TestStreamResyncsSoonAfterOutage(t *testing.T) {
 	down = false
 	back := time.Now()
 	mu.Unlock()
-	waitFor(t, "the stream to resync", func() bool { return s.Status().Connects == 1 })
+	testkit.WaitFor(t, "the stream to resync", func() bool { return s.Status().Connects == 1 })
 	took := time.Since(back)
 	t.Logf("resynced %v after the coordinator came back (%d attempts)", took, len(srv.requests()))
 	if took > time.Second {

@@ -11,8 +11,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -199,51 +201,45 @@ func (c *fakeCoordinator) count() int {
 	return len(c.stored)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
+// TestShipInOrderThroughOutageAndRestart runs in a synctest bubble: Ship's
+// retry backoff runs on the bubble's clock, so the outage costs no real
+// time and the test does not depend on the machine's speed.
 func TestShipInOrderThroughOutageAndRestart(t *testing.T) {
-	dir := t.TempDir()
-	c := &fakeCoordinator{down: true}
-	s := open(t, dir, Options{SegmentEvents: 50})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Ship(ctx, c.send, 64); close(done) }()
-	appendN(t, s, 300)
-	waitFor(t, "a failed send", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.calls > 0 })
-	c.mu.Lock()
-	c.down = false
-	c.mu.Unlock()
-	waitFor(t, "300 events", func() bool { return c.count() == 300 })
-	cancel()
-	<-done
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		c := &fakeCoordinator{down: true}
+		s := open(t, dir, Options{SegmentEvents: 50})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { s.Ship(ctx, c.send, 64); close(done) }()
+		appendN(t, s, 300)
+		testkit.WaitFor(t, "a failed send", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.calls > 0 })
+		c.mu.Lock()
+		c.down = false
+		c.mu.Unlock()
+		testkit.WaitFor(t, "300 events", func() bool { return c.count() == 300 })
+		cancel()
+		<-done
 
-	// The coordinator acknowledged, but the agent died before it wrote
-	// the ack: a restarted agent resends, and nothing is stored twice.
-	die(s)
-	os.Remove(filepath.Join(dir, "acked"))
-	s2 := open(t, dir, Options{SegmentEvents: 50})
-	appendN(t, s2, 100)
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	defer cancel2()
-	go s2.Ship(ctx2, c.send, 64)
-	waitFor(t, "400 events", func() bool { return c.count() == 400 })
-	waitFor(t, "an empty spool", func() bool { return s2.Len() == 0 })
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, seq := range c.stored {
-		if seq != uint64(i+1) {
-			t.Fatalf("stored out of order or twice at %d: %v", i, c.stored[max(0, i-3):i+1])
+		// The coordinator acknowledged, but the agent died before it wrote
+		// the ack: a restarted agent resends, and nothing is stored twice.
+		die(s)
+		os.Remove(filepath.Join(dir, "acked"))
+		s2 := open(t, dir, Options{SegmentEvents: 50})
+		appendN(t, s2, 100)
+		ctx2, cancel2 := context.WithCancel(context.Background())
+		defer cancel2()
+		go s2.Ship(ctx2, c.send, 64)
+		testkit.WaitFor(t, "400 events", func() bool { return c.count() == 400 })
+		testkit.WaitFor(t, "an empty spool", func() bool { return s2.Len() == 0 })
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i, seq := range c.stored {
+			if seq != uint64(i+1) {
+				t.Fatalf("stored out of order or twice at %d: %v", i, c.stored[max(0, i-3):i+1])
+			}
 		}
-	}
+	})
 }
 
 // benchSpool opens an unbounded spool for b, closed when b ends, and

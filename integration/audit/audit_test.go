@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -243,11 +244,11 @@ func TestNoEventLost(t *testing.T) {
 		}
 	}()
 	before := len(g.answered())
-	waitUntil(t, 30*time.Second, "200 requests before the kill", func() bool { return len(g.answered()) >= before+200 })
+	testkit.WaitForWithin(t, 30*time.Second, "200 requests before the kill", func() bool { return len(g.answered()) >= before+200 })
 	ag.Proc.Kill()
 	killedAt := len(g.answered())
 	startAgent(t, m.JoinToken, spoolDir)
-	waitUntil(t, time.Minute, "200 requests through the new agent", func() bool { return len(g.answered()) >= killedAt+200 })
+	testkit.WaitForWithin(t, time.Minute, "200 requests through the new agent", func() bool { return len(g.answered()) >= killedAt+200 })
 	cancel()
 	<-loopDone
 	want = len(g.answered())
@@ -277,17 +278,6 @@ func countConfigmaps(evs []proto.AuditEvent) int {
 		}
 	}
 	return n
-}
-
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestTamperingDetected: an edit of one stored record in the

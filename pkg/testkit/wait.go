@@ -1,0 +1,53 @@
+package testkit
+
+import (
+	"testing"
+	"time"
+)
+
+// WaitTimeout is how long WaitFor and Recv wait before they fail the test.
+// It is long because the race detector and a busy machine slow everything;
+// a passing test never waits for it.
+const WaitTimeout = 10 * time.Second
+
+// WaitFor polls cond until it returns true and fails t, naming what it
+// waited for, if that takes longer than WaitTimeout. cond runs on the
+// calling goroutine; it may take locks and may call t.Fatal, but must not
+// block.
+//
+// Inside a testing/synctest bubble the polling sleeps advance the fake
+// clock, so a condition that time alone makes true is reached at once.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	WaitForWithin(t, WaitTimeout, what, cond)
+}
+
+// WaitForWithin is WaitFor with a timeout other than WaitTimeout, for
+// conditions that take long by design (a process restart, a large
+// workload).
+func WaitForWithin(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for wait := time.Millisecond; !cond(); wait = min(2*wait, 20*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// Recv returns the next value from ch, or the zero value once ch is closed,
+// and fails t, naming what it waited for, if neither happens within
+// WaitTimeout.
+func Recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(WaitTimeout)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", WaitTimeout, what)
+	}
+	panic("unreachable")
+}
