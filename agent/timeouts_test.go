@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -111,7 +112,7 @@ func TestProxyTimeoutsCutSlowClients(t *testing.T) {
 			}
 			c.waitClosed(t)
 			if tc.status == http.StatusRequestTimeout {
-				if n := waitFor(t, up.bodies, "the upstream's read of the body"); n >= 0 {
+				if n := testkit.Recv(t, up.bodies, "the upstream's read of the body"); n >= 0 {
 					t.Errorf("the apiserver received a whole body of %d bytes", n)
 				}
 			}
@@ -146,7 +147,7 @@ func TestProxyTimeoutsCutSlowClients(t *testing.T) {
 			resp.Body.Close()
 			done <- result{resp, string(b), err}
 		}()
-		r := waitFor(t, done, "the slow request to end")
+		r := testkit.Recv(t, done, "the slow request to end")
 		if r.err != nil {
 			t.Fatal(r.err)
 		}
@@ -154,7 +155,7 @@ func TestProxyTimeoutsCutSlowClients(t *testing.T) {
 			t.Errorf("answered over HTTP/%d, want HTTP/2", r.resp.ProtoMajor)
 		}
 		checkError(t, r.resp, r.body, http.StatusRequestTimeout, proto.CodeRequestTimeout, "The request body did not reach the clustral proxy of cluster 'prod'")
-		if n := waitFor(t, up.bodies, "the upstream's read of the body"); n >= 0 {
+		if n := testkit.Recv(t, up.bodies, "the upstream's read of the body"); n >= 0 {
 			t.Errorf("the apiserver received a whole body of %d bytes", n)
 		}
 	})
@@ -231,7 +232,7 @@ func TestProxyLongRequestsOutliveTimeouts(t *testing.T) {
 		pastTimeouts()
 		c.echo(t, "still there")
 		c.CloseWrite()
-		waitFor(t, up.ended, "upstream stream end")
+		testkit.Recv(t, up.ended, "upstream stream end")
 		c.waitClosed(t)
 	})
 }
