@@ -52,6 +52,16 @@ image:
 docker-image:
 	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(or $(IMAGE),ghcr.io/clustral/clustral):$(VERSION) .
 
+# release writes bin/release/: a clustral_<version>_<os>_<arch>.tar.gz
+# for each of PLATFORMS (the binary, bash/zsh/fish completions, man
+# pages, README.md and LICENSE) and SHA256SUMS, with
+# integration/cmd/release. Check a download with: sha256sum -c SHA256SUMS
+.PHONY: release
+release: build-cross
+	cd integration && $(GO) run ./cmd/release -version '$(VERSION)' -created '$(SOURCE_DATE_EPOCH)' \
+	  -platforms '$(subst $(eval) ,$(comma),$(PLATFORMS))' -bin '$(BIN)' -out '$(BIN)/release' \
+	  -docs '$(CURDIR)/README.md,$(CURDIR)/LICENSE'
+
 # test: unit tests with -race, then the integration suite (which builds the
 # real components once into a cache outside the clone).
 test: test-unit test-integration
