@@ -39,6 +39,9 @@ build-cross:
 # commit gives the same digest. docker-image builds deploy/Dockerfile
 # with Docker instead.
 IMAGE_PLATFORMS := linux/amd64 linux/arm64
+# The CA certificates copied into the image: Debian/Ubuntu/Alpine,
+# Fedora/RHEL, or macOS's bundle.
+CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt /etc/ssl/cert.pem))
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 .PHONY: image docker-image
 image:
@@ -47,7 +50,8 @@ image:
 	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$${p%/*}-$${p#*/} ./cli/clustral || exit 1; \
 	done
 	cd integration && $(GO) run ./cmd/image -version '$(VERSION)' -commit '$(COMMIT)' -created '$(SOURCE_DATE_EPOCH)' \
-	  -platforms '$(subst $(eval) ,$(comma),$(IMAGE_PLATFORMS))' -bin '$(BIN)' $(if $(IMAGE),-push '$(IMAGE)',-out '$(BIN)/image')
+	  -platforms '$(subst $(eval) ,$(comma),$(IMAGE_PLATFORMS))' -bin '$(abspath $(BIN))' -ca-bundle '$(CA_BUNDLE)' \
+	  $(if $(IMAGE),-push '$(IMAGE)',-out '$(abspath $(BIN))/image')
 
 docker-image:
 	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(or $(IMAGE),ghcr.io/clustral/clustral):$(VERSION) .
@@ -59,7 +63,7 @@ docker-image:
 .PHONY: release
 release: build-cross
 	cd integration && $(GO) run ./cmd/release -version '$(VERSION)' -created '$(SOURCE_DATE_EPOCH)' \
-	  -platforms '$(subst $(eval) ,$(comma),$(PLATFORMS))' -bin '$(BIN)' -out '$(BIN)/release' \
+	  -platforms '$(subst $(eval) ,$(comma),$(PLATFORMS))' -bin '$(abspath $(BIN))' -out '$(abspath $(BIN))/release' \
 	  -docs '$(CURDIR)/README.md,$(CURDIR)/LICENSE'
 
 # test: unit tests with -race, then the integration suite (which builds the

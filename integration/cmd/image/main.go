@@ -105,6 +105,9 @@ func parseFlags(args []string) (options, error) {
 		}
 		o.platforms = append(o.platforms, os_+"/"+arch)
 	}
+	if o.caFile == "" {
+		return o, errors.New("-ca-bundle is empty: make found no CA bundle on this machine; pass CA_BUNDLE=<PEM file> to make, or -ca-bundle")
+	}
 	if created == "" {
 		created = "0"
 	}
@@ -152,7 +155,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 func build(o options) (v1.ImageIndex, error) {
 	ca, err := os.ReadFile(o.caFile)
 	if err != nil {
-		return nil, fmt.Errorf("read CA bundle: %w (pass -ca-bundle with a PEM file, e.g. from the ca-certificates package)", err)
+		return nil, fmt.Errorf("read CA bundle: %w (pass -ca-bundle, or CA_BUNDLE= to make, with a PEM file, e.g. from the ca-certificates package)", err)
 	}
 	if !bytes.Contains(ca, []byte("-----BEGIN CERTIFICATE-----")) {
 		return nil, fmt.Errorf("CA bundle %s holds no PEM certificate", o.caFile)

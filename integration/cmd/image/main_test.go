@@ -237,6 +237,7 @@ func TestFlags(t *testing.T) {
 		{"bad created", []string{"-version", "v1", "-commit", "c", "-created", "yesterday"}, "want Unix seconds"},
 		{"argument", []string{"-version", "v1", "-commit", "c", "extra"}, `unexpected argument "extra"`},
 		{"no binary", []string{"-version", "v1", "-commit", "c", "-bin", bin}, "make build GOOS=linux GOARCH=amd64"},
+		{"no CA bundle", []string{"-version", "v1", "-commit", "c", "-ca-bundle", ""}, "pass CA_BUNDLE="},
 		{"bad CA bundle", []string{"-version", "v1", "-commit", "c", "-ca-bundle", ca}, "holds no PEM certificate"},
 		{"bad tag", []string{"-version", "v1+x", "-commit", "c", "-bin", fakeBins(t), "-push", "127.0.0.1:1/x"}, "-push"},
 	} {
