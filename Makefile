@@ -6,6 +6,7 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/clustral/clustral/pkg/version.Version=$(VERSION) -X github.com/clustral/clustral/pkg/version.Commit=$(COMMIT)
 BIN := $(CURDIR)/bin
 CLUSTRAL := $(BIN)/clustral
+comma := ,
 INTEGRATION_TIMEOUT ?= 45m
 
 .PHONY: all build build-cross test test-unit test-integration components clean-go-cache lint bench demo clean fuzz
@@ -29,11 +30,41 @@ build-cross:
 	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$${p%/*}-$${p#*/} ./cli/clustral || exit 1; \
 	done
 
-# image builds the container image (deploy/Dockerfile) for the agent and
-# coordinator: IMAGE=registry/name to push elsewhere.
-.PHONY: image
+# image builds the multi-architecture OCI image (linux/amd64 and
+# linux/arm64: FROM scratch, CA bundle, user 65532) from the static
+# binaries with integration/cmd/image, no container engine needed. It
+# writes an OCI layout to bin/image/, or with IMAGE=registry/name pushes
+# IMAGE:VERSION (credentials from ~/.docker/config.json). The files and
+# the image carry the commit's time (SOURCE_DATE_EPOCH), so the same
+# commit gives the same digest. docker-image builds deploy/Dockerfile
+# with Docker instead.
+IMAGE_PLATFORMS := linux/amd64 linux/arm64
+# The CA certificates copied into the image: Debian/Ubuntu/Alpine,
+# Fedora/RHEL, or macOS's bundle.
+CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt /etc/ssl/cert.pem))
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+.PHONY: image docker-image
 image:
+	@for p in $(IMAGE_PLATFORMS); do \
+	  echo "building $$p"; \
+	  CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/clustral-$${p%/*}-$${p#*/} ./cli/clustral || exit 1; \
+	done
+	cd integration && $(GO) run ./cmd/image -version '$(VERSION)' -commit '$(COMMIT)' -created '$(SOURCE_DATE_EPOCH)' \
+	  -platforms '$(subst $(eval) ,$(comma),$(IMAGE_PLATFORMS))' -bin '$(abspath $(BIN))' -ca-bundle '$(CA_BUNDLE)' \
+	  $(if $(IMAGE),-push '$(IMAGE)',-out '$(abspath $(BIN))/image')
+
+docker-image:
 	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(or $(IMAGE),ghcr.io/clustral/clustral):$(VERSION) .
+
+# release writes bin/release/: a clustral_<version>_<os>_<arch>.tar.gz
+# for each of PLATFORMS (the binary, bash/zsh/fish completions, man
+# pages, README.md and LICENSE) and SHA256SUMS, with
+# integration/cmd/release. Check a download with: sha256sum -c SHA256SUMS
+.PHONY: release
+release: build-cross
+	cd integration && $(GO) run ./cmd/release -version '$(VERSION)' -created '$(SOURCE_DATE_EPOCH)' \
+	  -platforms '$(subst $(eval) ,$(comma),$(PLATFORMS))' -bin '$(abspath $(BIN))' -out '$(abspath $(BIN))/release' \
+	  -docs '$(CURDIR)/README.md,$(CURDIR)/LICENSE'
 
 # test: unit tests with -race, then the integration suite (which builds the
 # real components once into a cache outside the clone).

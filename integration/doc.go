@@ -81,4 +81,13 @@
 // Every process is stopped with SIGTERM, then SIGKILL of its process
 // group, when the test or package ends, and dies with the test binary if
 // it crashes.
+//
+// # Tools
+//
+// The programs under cmd/ are run by the Makefile and live in this
+// module to keep their dependencies out of the root module: cmd/bench
+// (make bench), cmd/demo (make demo), cmd/image (make image: the OCI
+// image, with go-containerregistry) and cmd/release (make release: the
+// archives, completions, man pages and SHA256SUMS). The tests of
+// cmd/image and cmd/release run those make targets.
 package integration

@@ -68,28 +68,29 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// TestMakeImage checks the command `make image` runs (there may be no
-// Docker engine here, so it is printed, not run).
-func TestMakeImage(t *testing.T) {
+// TestMakeDockerImage checks the command `make docker-image` runs (there
+// may be no Docker engine here, so it is printed, not run). `make image`,
+// which needs no engine, is tested in integration/cmd/image.
+func TestMakeDockerImage(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make is not installed")
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	c := exec.CommandContext(ctx, "make", "--no-print-directory", "-n", "image", "VERSION=v9.8.7", "COMMIT=abc1234")
+	c := exec.CommandContext(ctx, "make", "--no-print-directory", "-n", "docker-image", "VERSION=v9.8.7", "COMMIT=abc1234")
 	c.Dir = root
 	out, err := c.CombinedOutput()
 	if err != nil {
-		t.Fatalf("make -n image: %v\n%s", err, out)
+		t.Fatalf("make -n docker-image: %v\n%s", err, out)
 	}
 	cmd := strings.TrimSpace(string(out))
 	for _, want := range []string{"docker build ", "-f deploy/Dockerfile", "--build-arg VERSION=v9.8.7", "--build-arg COMMIT=abc1234", "-t ghcr.io/clustral/clustral:v9.8.7"} {
 		if !strings.Contains(cmd, want) {
-			t.Errorf("make image runs %q, which lacks %q", cmd, want)
+			t.Errorf("make docker-image runs %q, which lacks %q", cmd, want)
 		}
 	}
 	if !strings.HasSuffix(cmd, " .") {
-		t.Errorf("make image runs %q: the build context must be the repository root", cmd)
+		t.Errorf("make docker-image runs %q: the build context must be the repository root", cmd)
 	}
 }
 
