@@ -152,7 +152,9 @@ func TestCrossBuild(t *testing.T) {
 			if p.goos == runtime.GOOS && p.goarch == runtime.GOARCH {
 				t.Skip("the host platform")
 			}
-			cmd := exec.CommandContext(t.Context(), "go", "build", "-o", os.DevNull, "./clustral")
+			// -trimpath as make build-cross and make release build, so
+			// the packages compiled here are reused there.
+			cmd := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-o", os.DevNull, "./clustral")
 			cmd.Env = append(os.Environ(), "GOOS="+p.goos, "GOARCH="+p.goarch, "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("GOOS=%s GOARCH=%s go build ./cli/clustral: %v\n%s", p.goos, p.goarch, err, out)
