@@ -1,17 +1,15 @@
 package cli
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
+	"errors"
+	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/clustral/clustral/agent"
+	"github.com/clustral/clustral/proto"
 )
 
 func TestDefaultAuditDirIsAStateDirectory(t *testing.T) {
@@ -45,53 +43,45 @@ func TestDefaultAuditDirIsAStateDirectory(t *testing.T) {
 	}
 }
 
-func TestServingCertificateRenewal(t *testing.T) {
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	ca, _ := x509.ParseCertificate(caDER)
-	issue := func(pub *ecdsa.PublicKey, serial int64, ttl time.Duration) string {
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), DNSNames: []string{"prod.clustral.internal"},
-			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(ttl)}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+func TestAgentErrorExitCodes(t *testing.T) {
+	refused := func(status int) error {
+		return fmt.Errorf("register agent: %w", &agent.CoordinatorError{Problem: proto.Problem{Status: status, Title: "refused", Hint: "fix it"}})
 	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	s := &servingCert{key: key}
-	if err := s.set(issue(&key.PublicKey, 2, time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	serial := func() int64 {
-		c, _ := s.get(nil)
-		return c.Leaf.SerialNumber.Int64()
-	}
-	steps := []struct {
-		name   string
-		pem    string
-		ok     bool
-		serial int64
+	unreachable := fmt.Errorf("register agent: reach coordinator https://c: %w", &url.Error{Op: "Post", URL: "https://c", Err: errors.New("connection refused")})
+	tests := []struct {
+		name     string
+		err      error
+		code     int
+		hint     string
+		wrapped  bool
+		wantText string
 	}{
-		{"renewal for the agent's key", issue(&key.PublicKey, 3, 24*time.Hour), true, 3},
-		{"certificate for another key", issue(&other.PublicKey, 4, 24*time.Hour), false, 3},
-		{"not PEM", "garbage", false, 3},
-		{"empty", "", false, 3},
-		{"next renewal", issue(&key.PublicKey, 5, 24*time.Hour), true, 5},
+		{"bad join token", refused(401), exitAuth, "fix it", true, "register agent: refused"},
+		{"forbidden", refused(403), exitDenied, "fix it", true, "register agent: refused"},
+		{"other refusal", refused(409), exitError, "fix it", true, "register agent: refused"},
+		{"unreachable", unreachable, exitUnreach, "check the URL and your network, or run: clustral doctor", true, "register agent: reach coordinator https://c"},
+		{"anything else", errors.New("health listener: address in use"), 0, "", false, "health listener: address in use"},
+		{"nil", nil, 0, "", false, ""},
 	}
-	for _, st := range steps {
-		err := s.set(st.pem)
-		if (err == nil) != st.ok {
-			t.Errorf("%s: set = %v, want ok=%v", st.name, err, st.ok)
-		}
-		if got := serial(); got != st.serial {
-			t.Errorf("%s: serving serial %d, want %d", st.name, got, st.serial)
-		}
-	}
-	if time.Until(s.expires()) < 23*time.Hour {
-		t.Errorf("expires() = %v, want the renewed certificate's", s.expires())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := agentError(tt.err)
+			if tt.err == nil {
+				if err != nil {
+					t.Fatalf("agentError(nil) = %v", err)
+				}
+				return
+			}
+			if !strings.HasPrefix(err.Error(), tt.wantText) {
+				t.Errorf("message %q, want it to start with %q", err, tt.wantText)
+			}
+			var ce *cliError
+			if errors.As(err, &ce) != tt.wrapped {
+				t.Fatalf("agentError(%v) = %#v, want a cliError: %v", tt.err, err, tt.wrapped)
+			}
+			if tt.wrapped && (ce.code != tt.code || ce.hint != tt.hint) {
+				t.Errorf("exit code %d hint %q, want %d %q", ce.code, ce.hint, tt.code, tt.hint)
+			}
+		})
 	}
 }
