@@ -183,15 +183,15 @@ func Run(ctx context.Context, cfg Config) error {
 	// addresses, a node token and a serving certificate for the TLS key.
 	wgKey, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
-		return err
+		return fmt.Errorf("generate WireGuard key: %w", err)
 	}
 	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return fmt.Errorf("generate TLS key: %w", err)
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
 	if err != nil {
-		return err
+		return fmt.Errorf("certificate request: %w", err)
 	}
 	reg, err := register(ctx, &coordClient{base: cfg.CoordinatorURL, token: cfg.JoinToken, hc: hc}, proto.RegisterAgentRequest{
 		PublicKey: proto.Key(wgKey.PublicKey()),
