@@ -62,7 +62,8 @@ type Config struct {
 	// the relay are long-lived.
 	HTTPClient *http.Client
 	// Hostname is the name the agent registers under, shown with the
-	// cluster's agents; empty means os.Hostname.
+	// cluster's agents; empty means the machine's host name (os.Hostname)
+	// cut to the characters and length the coordinator accepts.
 	Hostname string
 
 	// Upstream reaches the kube-apiserver with the agent's own
@@ -165,7 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	host := cfg.Hostname
 	if host == "" {
-		host, _ = os.Hostname()
+		host = machineName()
 	}
 
 	// The audit spool comes first: what a previous run left is shipped
@@ -345,4 +346,22 @@ func auditTo(sp *spool.Spool, log *slog.Logger) func(proto.AuditEvent) {
 			log.Error("audit spool", "err", err)
 		}
 	}
+}
+
+// machineName is os.Hostname kept to letters, digits, '-', '.' and '_'
+// and cut to 63 bytes, as the coordinator accepts it; "device" when
+// nothing is left.
+func machineName() string {
+	h, _ := os.Hostname()
+	out := make([]byte, 0, 63)
+	for i := 0; i < len(h) && len(out) < 63; i++ {
+		c := h[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 {
+		return "device"
+	}
+	return string(out)
 }

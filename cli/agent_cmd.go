@@ -90,12 +90,10 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 					return err
 				}
 			}
-			host, _ := os.Hostname()
 			return agentError(agent.Run(c.Context(), agent.Config{
 				CoordinatorURL: coord,
 				JoinToken:      token,
 				HTTPClient:     hc,
-				Hostname:       sanitizeHostname(host),
 				Upstream:       upstream,
 				RateLimit:      rate.Limit(rateQPS),
 				RateBurst:      rateBurst,

@@ -1,14 +1,15 @@
 package cli
 
 import (
-	"errors"
-	"fmt"
-	"net/url"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
-	"github.com/clustral/clustral/agent"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -43,44 +44,57 @@ func TestDefaultAuditDirIsAStateDirectory(t *testing.T) {
 	}
 }
 
-func TestAgentErrorExitCodes(t *testing.T) {
-	refused := func(status int) error {
-		return fmt.Errorf("register agent: %w", &agent.CoordinatorError{Problem: proto.Problem{Status: status, Title: "refused", Hint: "fix it"}})
+func TestAgentRegistrationRefused(t *testing.T) {
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	unreachable := fmt.Errorf("register agent: reach coordinator https://c: %w", &url.Error{Op: "Post", URL: "https://c", Err: errors.New("connection refused")})
 	tests := []struct {
-		name     string
-		err      error
-		code     int
-		hint     string
-		wrapped  bool
-		wantText string
+		name    string
+		status  int
+		problem proto.Problem
+		code    int
+		stderr  []string
 	}{
-		{"bad join token", refused(401), exitAuth, "fix it", true, "register agent: refused"},
-		{"forbidden", refused(403), exitDenied, "fix it", true, "register agent: refused"},
-		{"other refusal", refused(409), exitError, "fix it", true, "register agent: refused"},
-		{"unreachable", unreachable, exitUnreach, "check the URL and your network, or run: clustral doctor", true, "register agent: reach coordinator https://c"},
-		{"anything else", errors.New("health listener: address in use"), 0, "", false, "health listener: address in use"},
-		{"nil", nil, 0, "", false, ""},
+		{"bad join token", 401, proto.Problem{Title: "invalid join token", Detail: "the join token is not valid", Hint: "rotate it: clustral clusters rotate-token"},
+			exitAuth, []string{"error: register agent: invalid join token: the join token is not valid\n", "hint: rotate it: clustral clusters rotate-token\n"}},
+		{"forbidden", 403, proto.Problem{Title: "cluster deleted"}, exitDenied, []string{"error: register agent: cluster deleted\n"}},
+		{"other refusal", 409, proto.Problem{Title: "conflict", Detail: "key in use"}, exitError, []string{"error: register agent: conflict: key in use\n"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := agentError(tt.err)
-			if tt.err == nil {
-				if err != nil {
-					t.Fatalf("agentError(nil) = %v", err)
+			var calls atomic.Int32
+			coord := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				if r.Method != "POST" || r.URL.Path != proto.APIVersion+"/agents" {
+					http.NotFound(w, r)
+					return
 				}
-				return
+				w.Header().Set("Content-Type", "application/problem+json")
+				w.WriteHeader(tt.status)
+				p := tt.problem
+				p.Status = tt.status
+				json.NewEncoder(w).Encode(p)
+			}))
+			defer coord.Close()
+			code, _, stderr := runCLI(t, "agent", "--coordinator", coord.URL, "--join-token", "cjt_x", "--kubeconfig", kubeconfig,
+				"--audit-dir", t.TempDir(), "--health-listen", "127.0.0.1:0", "--log-level", "error")
+			if code != tt.code {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", code, tt.code, stderr)
 			}
-			if !strings.HasPrefix(err.Error(), tt.wantText) {
-				t.Errorf("message %q, want it to start with %q", err, tt.wantText)
+			for _, want := range tt.stderr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr %q lacks %q", stderr, want)
+				}
 			}
-			var ce *cliError
-			if errors.As(err, &ce) != tt.wrapped {
-				t.Fatalf("agentError(%v) = %#v, want a cliError: %v", tt.err, err, tt.wrapped)
-			}
-			if tt.wrapped && (ce.code != tt.code || ce.hint != tt.hint) {
-				t.Errorf("exit code %d hint %q, want %d %q", ce.code, ce.hint, tt.code, tt.hint)
+			if n := calls.Load(); n != 1 {
+				t.Errorf("%d requests to the coordinator, want one registration: a refusal is not retried", n)
 			}
 		})
 	}
