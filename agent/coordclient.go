@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"github.com/clustral/clustral/proto"
@@ -88,4 +89,10 @@ func (c *coordClient) shipAudit(ctx context.Context, b proto.AuditBatch) (proto.
 	var ack proto.AuditAck
 	err := c.do(ctx, "POST", proto.APIVersion+"/audit/events", b, &ack)
 	return ack, err
+}
+
+// publishEndpoints publishes the agent's UDP endpoints (endpoint
+// discovery found a new public one).
+func (c *coordClient) publishEndpoints(ctx context.Context, eps []netip.AddrPort) error {
+	return c.do(ctx, "PUT", proto.APIVersion+"/nodes/self/endpoints", proto.EndpointsUpdate{Endpoints: eps}, nil)
 }

@@ -189,8 +189,7 @@ func runDiscovery(ctx context.Context, m *mesh, api *coordClient, stun string, e
 			continue
 		}
 		log.Info("public endpoint discovered", "endpoint", obs)
-		list := eps.list()
-		if err := api.do(ctx, "PUT", proto.APIVersion+"/nodes/self/endpoints", proto.EndpointsUpdate{Endpoints: list}, nil); err != nil {
+		if err := api.publishEndpoints(ctx, eps.list()); err != nil {
 			log.Warn("publish endpoints", "err", err)
 			eps.setObserved(netip.AddrPort{}) // try again next round
 		}
