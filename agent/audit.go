@@ -13,7 +13,7 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// The proxy reports one audit event per request to Config.Audit: RQ001I
+// The proxy reports one audit event per request to ProxyConfig.Audit: RQ001I
 // or RQ002W for a request the apiserver answered (by its status), DN001W
 // with the error code for one the proxy refused, and for an upgraded
 // exec, attach or port-forward stream RQ003I when it starts and RQ004I

@@ -12,7 +12,7 @@ import (
 func newAuditHarness(t *testing.T, upstream http.Handler) (*harness, <-chan proto.AuditEvent) {
 	t.Helper()
 	events := make(chan proto.AuditEvent, 16)
-	h := newHarness(t, upstream, func(c *Config) { c.Audit = func(e proto.AuditEvent) { events <- e } })
+	h := newHarness(t, upstream, func(c *ProxyConfig) { c.Audit = func(e proto.AuditEvent) { events <- e } })
 	return h, events
 }
 

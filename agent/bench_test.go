@@ -16,7 +16,7 @@ func BenchmarkProxyGet(b *testing.B) {
 	h := newHarness(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, body)
-	}), func(c *Config) { c.RateLimit = -1 }) // measure the proxy, not the limiter
+	}), func(c *ProxyConfig) { c.RateLimit = -1 }) // measure the proxy, not the limiter
 	roots := x509.NewCertPool()
 	roots.AddCert(h.upstream.Certificate())
 	direct := &http.Client{Transport: &http.Transport{

@@ -67,7 +67,7 @@ func TestRestrictionsThroughProxy(t *testing.T) {
 // allows them leaves its time window, by the proxy's clock alone.
 func TestTimeWindowSweep(t *testing.T) {
 	up := &liveUpstream{watch: newWatchUpstream(), upgrade: newEchoUpgrade(t)}
-	h := newHarness(t, up, func(c *Config) { c.SweepInterval = 10 * time.Millisecond })
+	h := newHarness(t, up, func(c *ProxyConfig) { c.SweepInterval = 10 * time.Millisecond })
 	// t0 is Friday 12:00 UTC, 14:00 in Berlin.
 	h.peers.set(loopback, device(1, "alice@example.com", restricted("oncall", proto.Restrictions{
 		TimeWindows: []proto.TimeWindow{{Days: []string{"fri"}, Start: "13:00", End: "14:01", TimeZone: "Europe/Berlin"}},
@@ -92,7 +92,7 @@ func TestTimeWindowSweep(t *testing.T) {
 // cannot go on with the groups of a grant that no longer allows it.
 func TestTimeWindowNarrowsLiveWatch(t *testing.T) {
 	up := &liveUpstream{watch: newWatchUpstream(), upgrade: newEchoUpgrade(t)}
-	h := newHarness(t, up, func(c *Config) { c.SweepInterval = 10 * time.Millisecond })
+	h := newHarness(t, up, func(c *ProxyConfig) { c.SweepInterval = 10 * time.Millisecond })
 	h.peers.set(loopback, device(1, "alice@example.com",
 		grant("view", "viewers"),
 		restricted("admin", proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "11:00", End: "12:01"}}}, "admins"),
@@ -111,7 +111,7 @@ func TestTimeWindowNarrowsLiveWatch(t *testing.T) {
 
 func TestRateLimit(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("{}")) }),
-		func(c *Config) { c.RateLimit, c.RateBurst = 0.5, 3 })
+		func(c *ProxyConfig) { c.RateLimit, c.RateBurst = 0.5, 3 })
 	const path = "/api/v1/namespaces/default/pods"
 	for i := range 3 {
 		if resp, b := h.get(path); resp.StatusCode != http.StatusOK {
@@ -147,7 +147,7 @@ func TestRateLimit(t *testing.T) {
 // A watch takes one token when it starts, however long it lives.
 func TestRateLimitStreamsCountOnce(t *testing.T) {
 	up := &liveUpstream{watch: newWatchUpstream(), upgrade: newEchoUpgrade(t)}
-	h := newHarness(t, up, func(c *Config) {
+	h := newHarness(t, up, func(c *ProxyConfig) {
 		c.RateLimit, c.RateBurst = 0.001, 2
 		c.SweepInterval = time.Millisecond
 	})

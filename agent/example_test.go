@@ -1,10 +1,14 @@
 package agent_test
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"k8s.io/client-go/rest"
 
@@ -20,7 +24,7 @@ func (m staticPeers) PeerByAddr(a netip.Addr) (proto.Peer, bool) {
 	return p, ok
 }
 
-func Example() {
+func ExampleNewProxy() {
 	var (
 		overlay net.Listener    // the agent's overlay :443 inside the netstack
 		cert    tls.Certificate // issued by the mesh CA
@@ -31,7 +35,7 @@ func Example() {
 		slog.Error("in-cluster config", "err", err)
 		return
 	}
-	p, err := agent.New(agent.Config{Cluster: "prod", Upstream: upstream, Peers: peers})
+	p, err := agent.NewProxy(agent.ProxyConfig{Cluster: "prod", Upstream: upstream, Peers: peers})
 	if err != nil {
 		slog.Error("proxy", "err", err)
 		return
@@ -41,4 +45,24 @@ func Example() {
 
 	// After each network map change is applied:
 	p.Reevaluate()
+}
+
+func ExampleRun() {
+	upstream, err := rest.InClusterConfig()
+	if err != nil {
+		slog.Error("in-cluster config", "err", err)
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	err = agent.Run(ctx, agent.Config{
+		CoordinatorURL: "https://clustral.example.com",
+		JoinToken:      os.Getenv("CLUSTRAL_JOIN_TOKEN"),
+		Upstream:       upstream,
+		DrainTimeout:   agent.DefaultDrainTimeout,
+		AuditDir:       "/var/lib/clustral/agent-audit",
+	})
+	if err != nil {
+		slog.Error("agent", "err", err)
+	}
 }

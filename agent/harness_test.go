@@ -155,7 +155,7 @@ var proxyCert = sync.OnceValues(func() (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 })
 
-func newHarness(tb testing.TB, upstream http.Handler, configure ...func(*Config)) *harness {
+func newHarness(tb testing.TB, upstream http.Handler, configure ...func(*ProxyConfig)) *harness {
 	tb.Helper()
 	up := httptest.NewUnstartedServer(upstream)
 	up.EnableHTTP2 = true
@@ -171,7 +171,7 @@ func newHarness(tb testing.TB, upstream http.Handler, configure ...func(*Config)
 	}
 	h.peers.set(loopback, device(1, "alice@example.com", grant("dev", "developers", "viewers"), grant("view", "viewers")))
 
-	cfg := Config{
+	cfg := ProxyConfig{
 		Cluster: "prod",
 		Upstream: &rest.Config{
 			Host:            up.URL,
@@ -185,7 +185,7 @@ func newHarness(tb testing.TB, upstream http.Handler, configure ...func(*Config)
 	for _, f := range configure {
 		f(&cfg)
 	}
-	p, err := New(cfg)
+	p, err := NewProxy(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -52,7 +52,7 @@ func TestMetrics(t *testing.T) {
 			return
 		}
 		w.Write([]byte("{}"))
-	}), func(c *Config) {
+	}), func(c *ProxyConfig) {
 		c.Metrics = reg
 		c.RateLimit, c.RateBurst = 0.001, 3
 	})

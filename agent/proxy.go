@@ -1,5 +1,7 @@
-// Package agent is the in-cluster side of clustral: the identity-aware
-// Kubernetes proxy that an agent serves on its overlay address.
+// Package agent is the in-cluster side of clustral. Run is the whole
+// agent process: it registers with the coordinator, joins the mesh and
+// serves Proxy, the identity-aware Kubernetes proxy, on its overlay
+// addresses.
 //
 // The proxy knows who is calling only from the connection: the overlay
 // source address of the connection names a WireGuard peer, and the peer's
@@ -59,8 +61,8 @@ type Peers interface {
 // take effect within a second.
 const DefaultSweepInterval = 500 * time.Millisecond
 
-// Config configures a Proxy.
-type Config struct {
+// ProxyConfig configures a Proxy.
+type ProxyConfig struct {
 	// Cluster is the name of the cluster, used in messages to the user.
 	Cluster string
 	// Upstream reaches the kube-apiserver with the agent's own
@@ -150,9 +152,9 @@ type Proxy struct {
 	timeouts serverTimeouts // of the servers of Serve and ServeTLS
 }
 
-// New returns a Proxy forwarding to c.Upstream and starts its expiry
+// NewProxy returns a Proxy forwarding to c.Upstream and starts its expiry
 // sweep. The caller must Close it.
-func New(c Config) (*Proxy, error) {
+func NewProxy(c ProxyConfig) (*Proxy, error) {
 	if c.Upstream == nil {
 		return nil, errors.New("new proxy: no upstream config")
 	}

@@ -29,7 +29,7 @@ type limiters struct {
 	users *keyrate.Limiters[string]
 }
 
-// newLimiters returns per-user limiters as Config describes them, or nil
+// newLimiters returns per-user limiters as ProxyConfig describes them, or nil
 // when limiting is off.
 func newLimiters(limit rate.Limit, burst int) *limiters {
 	if limit == 0 {

@@ -100,7 +100,7 @@ func TestRevocation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			up := &liveUpstream{watch: newWatchUpstream(), upgrade: newEchoUpgrade(t)}
-			h := newHarness(t, up, func(c *Config) { c.SweepInterval = time.Hour })
+			h := newHarness(t, up, func(c *ProxyConfig) { c.SweepInterval = time.Hour })
 			watch, body := openWatch(t, h)
 			defer body.Close()
 			exec := openUpgrade(t, h, "SPDY/3.1")
@@ -141,7 +141,7 @@ func TestExpirySweep(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			up := &liveUpstream{watch: newWatchUpstream(), upgrade: newEchoUpgrade(t)}
-			h := newHarness(t, up, func(c *Config) { c.SweepInterval = 10 * time.Millisecond })
+			h := newHarness(t, up, func(c *ProxyConfig) { c.SweepInterval = 10 * time.Millisecond })
 			p := device(1, "alice@example.com", grant("view", "viewers"))
 			tt.expire(&p)
 			h.peers.set(loopback, p)
@@ -168,7 +168,7 @@ func TestRevokedBeforeAnswer(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
 		<-r.Context().Done()
-	}), func(c *Config) { c.SweepInterval = time.Hour })
+	}), func(c *ProxyConfig) { c.SweepInterval = time.Hour })
 	go func() {
 		testkit.Recv(t, arrived, "request upstream")
 		h.peers.set(loopback, device(1, "alice@example.com"))
@@ -196,7 +196,7 @@ func TestConnPinnedToPeer(t *testing.T) {
 
 // Reevaluate closes idle keep-alive connections whose peer is gone.
 func TestIdleConnClosed(t *testing.T) {
-	h := newHarness(t, make(recorder, 4), func(c *Config) { c.SweepInterval = time.Hour })
+	h := newHarness(t, make(recorder, 4), func(c *ProxyConfig) { c.SweepInterval = time.Hour })
 	c := h.dial()
 	resp := c.do(t, "GET", "/api/v1/pods", "")
 	io.Copy(io.Discard, resp.Body)

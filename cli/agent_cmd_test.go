@@ -1,17 +1,16 @@
 package cli
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/clustral/clustral/proto"
 )
 
 func TestDefaultAuditDirIsAStateDirectory(t *testing.T) {
@@ -45,53 +44,58 @@ func TestDefaultAuditDirIsAStateDirectory(t *testing.T) {
 	}
 }
 
-func TestServingCertificateRenewal(t *testing.T) {
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	ca, _ := x509.ParseCertificate(caDER)
-	issue := func(pub *ecdsa.PublicKey, serial int64, ttl time.Duration) string {
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), DNSNames: []string{"prod.clustral.internal"},
-			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(ttl)}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	s := &servingCert{key: key}
-	if err := s.set(issue(&key.PublicKey, 2, time.Hour)); err != nil {
+func TestAgentRegistrationRefused(t *testing.T) {
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	serial := func() int64 {
-		c, _ := s.get(nil)
-		return c.Leaf.SerialNumber.Int64()
-	}
-	steps := []struct {
-		name   string
-		pem    string
-		ok     bool
-		serial int64
+	tests := []struct {
+		name    string
+		status  int
+		problem proto.Problem
+		code    int
+		stderr  []string
 	}{
-		{"renewal for the agent's key", issue(&key.PublicKey, 3, 24*time.Hour), true, 3},
-		{"certificate for another key", issue(&other.PublicKey, 4, 24*time.Hour), false, 3},
-		{"not PEM", "garbage", false, 3},
-		{"empty", "", false, 3},
-		{"next renewal", issue(&key.PublicKey, 5, 24*time.Hour), true, 5},
+		{"bad join token", 401, proto.Problem{Title: "invalid join token", Detail: "the join token is not valid", Hint: "rotate it: clustral clusters rotate-token"},
+			exitAuth, []string{"error: register agent: invalid join token: the join token is not valid\n", "hint: rotate it: clustral clusters rotate-token\n"}},
+		{"forbidden", 403, proto.Problem{Title: "cluster deleted"}, exitDenied, []string{"error: register agent: cluster deleted\n"}},
+		{"other refusal", 409, proto.Problem{Title: "conflict", Detail: "key in use"}, exitError, []string{"error: register agent: conflict: key in use\n"}},
 	}
-	for _, st := range steps {
-		err := s.set(st.pem)
-		if (err == nil) != st.ok {
-			t.Errorf("%s: set = %v, want ok=%v", st.name, err, st.ok)
-		}
-		if got := serial(); got != st.serial {
-			t.Errorf("%s: serving serial %d, want %d", st.name, got, st.serial)
-		}
-	}
-	if time.Until(s.expires()) < 23*time.Hour {
-		t.Errorf("expires() = %v, want the renewed certificate's", s.expires())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int32
+			coord := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				if r.Method != "POST" || r.URL.Path != proto.APIVersion+"/agents" {
+					http.NotFound(w, r)
+					return
+				}
+				w.Header().Set("Content-Type", "application/problem+json")
+				w.WriteHeader(tt.status)
+				p := tt.problem
+				p.Status = tt.status
+				json.NewEncoder(w).Encode(p)
+			}))
+			defer coord.Close()
+			code, _, stderr := runCLI(t, "agent", "--coordinator", coord.URL, "--join-token", "cjt_x", "--kubeconfig", kubeconfig,
+				"--audit-dir", t.TempDir(), "--health-listen", "127.0.0.1:0", "--log-level", "error")
+			if code != tt.code {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", code, tt.code, stderr)
+			}
+			for _, want := range tt.stderr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr %q lacks %q", stderr, want)
+				}
+			}
+			if n := calls.Load(); n != 1 {
+				t.Errorf("%d requests to the coordinator, want one registration: a refusal is not retried", n)
+			}
+		})
 	}
 }

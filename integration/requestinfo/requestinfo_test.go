@@ -155,7 +155,7 @@ func TestAgentReadsRequestsAsTheAPIServer(t *testing.T) {
 		mu     sync.Mutex
 		agentR = map[string]*proto.AuditResource{} // by correlation id
 	)
-	p, err := agent.New(agent.Config{
+	p, err := agent.NewProxy(agent.ProxyConfig{
 		Cluster:   "diff",
 		Upstream:  api.Config(),
 		Peers:     &peers,
