@@ -25,6 +25,7 @@ import (
 
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -253,7 +254,7 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	eventually(t, "/readyz answering 200", func() bool {
+	testkit.WaitFor(t, "/readyz answering 200", func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("Run returned before it was ready: %v", err)
@@ -266,7 +267,7 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 		t.Errorf("/metrics = %d, without the certificate expiry of cluster prod:\n%s", st, body)
 	}
 	var shown proto.Cluster
-	eventually(t, "the coordinator showing the agent online", func() bool {
+	testkit.WaitFor(t, "the coordinator showing the agent online", func() bool {
 		c.call("GET", proto.APIVersion+"/clusters/prod", admin, nil, &shown)
 		return len(shown.Agents) == 1 && shown.Agents[0].Online
 	})

@@ -18,7 +18,7 @@ import (
 // TLS handshake within.
 var shortTimeouts = serverTimeouts{readHeader: 500 * time.Millisecond, read: 500 * time.Millisecond, idle: 500 * time.Millisecond}
 
-func withShortTimeouts(c *Config) { c.timeouts = shortTimeouts }
+func withShortTimeouts(c *ProxyConfig) { c.timeouts = shortTimeouts }
 
 // pastTimeouts lets every timeout of the proxy's server pass several
 // times over: only time passing can show that nothing cut a request.
