@@ -58,11 +58,7 @@ func (s *Server) canApprove(u *user, r *role) bool {
 	return false
 }
 
-func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSessionBody(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.CreateAccessRequest
 	if !decode(w, r, &req) {
 		return
@@ -129,11 +125,7 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
 
 // handleListRequests lists the caller's own requests and those they may
 // decide; administrators see all. ?state= filters.
-func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSession(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request, p principal) {
 	state := r.URL.Query().Get("state")
 	s.mu.Lock()
 	approvable := map[string]bool{} // role ids
@@ -151,7 +143,7 @@ func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
 	if state == "" || requestEnded(state) {
 		var err error
 		if ended, err = s.archivedRequests(visible); err != nil {
-			writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "read archived requests: "+err.Error(), "")
+			s.writeInternal(w, "read archived requests", err, "")
 			return
 		}
 	}
@@ -265,11 +257,7 @@ func (s *Server) archiveEnded() error {
 	return nil
 }
 
-func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSessionBody(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request, p principal) {
 	action := r.PathValue("action")
 	var dec proto.AccessDecision
 	if r.ContentLength != 0 && !decode(w, r, &dec) || !checkText(w, "reason", dec.Reason, maxReason) {

@@ -346,14 +346,14 @@ func (e errBadBatch) Error() string { return e.msg }
 
 // writeAuditError answers a failed audit request. An errBadBatch is the
 // caller's mistake: 400 titled with its message, hinting badHint. Any
-// other error is the coordinator's: 500 titled "what: err", hinting hint.
-func writeAuditError(w http.ResponseWriter, err error, badHint, what, hint string) {
+// other error is the coordinator's: 500 (see writeInternal), hinting hint.
+func (s *Server) writeAuditError(w http.ResponseWriter, err error, badHint, what, hint string) {
 	var bad errBadBatch
 	if errors.As(err, &bad) {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, bad.msg, badHint)
 		return
 	}
-	writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, what+": "+err.Error(), hint)
+	s.writeInternal(w, what, err, hint)
 }
 
 // agentStamp is who sent a batch of audit events, as the coordinator
@@ -424,15 +424,7 @@ func stampAgentEvent(e proto.AuditEvent, a agentStamp, now time.Time) (_ proto.A
 // and are skipped, so each is stored once. Each event is stamped with the
 // agent's identity and a bounded time (stampAgentEvent); a batch with
 // events dated too far ahead is followed by one AG007W.
-func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
-	n, ok := s.authNode(w, r)
-	if !ok {
-		return
-	}
-	if n.Kind != proto.KindAgent {
-		writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "only agents send audit events", "")
-		return
-	}
+func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request, n *node) {
 	var b proto.AuditBatch
 	if !decode(w, r, &b) {
 		return
@@ -497,7 +489,7 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request) {
 		return tx.PutRaw(store.AuditSource, key, []byte(strconv.FormatUint(ack.Acked, 10)))
 	})
 	if err != nil {
-		writeAuditError(w, err, "", "store audit events", "retry")
+		s.writeAuditError(w, err, "", "store audit events", "retry")
 		return
 	}
 	writeJSON(w, http.StatusOK, ack)
@@ -718,11 +710,7 @@ func queryAudit(st store.Store, f *auditFilter, cursor string, asc bool, limit i
 
 // handleAuditQuery serves GET /api/v1/audit/events. Administrators see
 // every event; anyone else sees only the events they are the actor of.
-func (s *Server) handleAuditQuery(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSession(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleAuditQuery(w http.ResponseWriter, r *http.Request, p principal) {
 	q := r.URL.Query()
 	f, err := parseAuditFilter(q)
 	if err != nil {
@@ -754,7 +742,7 @@ func (s *Server) handleAuditQuery(w http.ResponseWriter, r *http.Request) {
 	}
 	page, err := queryAudit(s.st, &f, q.Get(proto.AuditParamCursor), order == "asc", limit)
 	if err != nil {
-		writeAuditError(w, err, "start again without a cursor", "read audit log", "")
+		s.writeAuditError(w, err, "start again without a cursor", "read audit log", "")
 		return
 	}
 	writeJSON(w, http.StatusOK, page)
@@ -879,7 +867,7 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 	}
 	v, err := VerifyAudit(s.st, o)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "verify audit log: "+err.Error(), "")
+		s.writeInternal(w, "verify audit log", err, "")
 		return
 	}
 	writeJSON(w, http.StatusOK, v)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -365,12 +366,13 @@ func TestWriteAuditError(t *testing.T) {
 	}{
 		{"bad", errBadBatch{"invalid cursor"}, http.StatusBadRequest, proto.CodeBadRequest, "invalid cursor", "bad hint"},
 		{"wrapped bad", fmt.Errorf("view: %w", errBadBatch{"an event has no source_seq"}), http.StatusBadRequest, proto.CodeBadRequest, "an event has no source_seq", "bad hint"},
-		{"internal", errors.New("disk full"), http.StatusInternalServerError, proto.CodeInternal, "read audit log: disk full", "retry"},
+		{"internal", errors.New("disk full"), http.StatusInternalServerError, proto.CodeInternal, "read audit log: internal error", "retry"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := httptest.NewRecorder()
-			writeAuditError(w, tt.err, "bad hint", "read audit log", "retry")
+			s := &Server{log: slog.New(slog.DiscardHandler)}
+			s.writeAuditError(w, tt.err, "bad hint", "read audit log", "retry")
 			var p proto.Problem
 			if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
 				t.Fatalf("decode problem: %v", err)

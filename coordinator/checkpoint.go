@@ -197,7 +197,7 @@ func (s *Server) handleAuditCheckpoint(w http.ResponseWriter, r *http.Request, p
 		return err
 	})
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "sign audit checkpoint: "+err.Error(), "")
+		s.writeInternal(w, "sign audit checkpoint", err, "")
 		return
 	}
 	s.lastCkpt = c.Seq

@@ -230,11 +230,7 @@ func (s *Server) userChangedLocked(u *user, before map[string]bool) {
 // node publishes its candidate endpoints (comma-separated ip:port).
 const endpointsParam = proto.MapEndpointsParam
 
-func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
-	n, ok := s.authNode(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	var eps []netip.AddrPort
 	if v := r.URL.Query().Get(endpointsParam); v != "" {
 		for _, e := range strings.Split(v, ",") {

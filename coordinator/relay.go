@@ -144,24 +144,13 @@ func (s *Server) closeRelays() {
 	}
 }
 
-// relayRoutes adds the relay's and endpoint discovery's routes to mux.
-func (s *Server) relayRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+proto.RelayPath, s.handleRelay)
-	mux.HandleFunc("GET "+proto.RelayPath+"/stats", s.handleRelayStats)
-	mux.HandleFunc("PUT "+proto.APIVersion+"/nodes/self/endpoints", s.handleEndpoints)
-}
-
 // handleRelayStats serves the relay's aggregate counters. They name no
 // node, so they are served like metrics, without authentication.
 func (s *Server) handleRelayStats(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.RelayStats())
 }
 
-func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request) {
-	n, ok := s.authNode(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 	if !headerHasToken(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), proto.RelayUpgrade) {
 		w.Header().Set("Upgrade", proto.RelayUpgrade)
 		writeProblem(w, http.StatusUpgradeRequired, proto.CodeBadRequest, "the relay needs an HTTP/1.1 upgrade to "+proto.RelayUpgrade, "connect over HTTP/1.1 with Connection: Upgrade")
@@ -353,38 +342,6 @@ func headerHasToken(h http.Header, name, token string) bool {
 
 // maxEndpoints bounds the endpoints one node may publish.
 const maxEndpoints = 16
-
-// handleEndpoints replaces the calling node's published endpoints and
-// tells its peers.
-func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request) {
-	n, ok := s.authNode(w, r)
-	if !ok {
-		return
-	}
-	var req proto.EndpointsUpdate
-	if !decode(w, r, &req) {
-		return
-	}
-	if len(req.Endpoints) > maxEndpoints {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "too many endpoints", "publish at most "+strconv.Itoa(maxEndpoints)+" endpoints")
-		return
-	}
-	for _, e := range req.Endpoints {
-		if !e.IsValid() || e.Port() == 0 || e.Addr().IsUnspecified() {
-			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad endpoint "+e.String(), "endpoints must be ip:port")
-			return
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.nodes[n.ID] == nil {
-		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
-		return
-	}
-	s.endpoints[n.ID] = req.Endpoints
-	s.nodeChanged(n)
-	w.WriteHeader(http.StatusNoContent)
-}
 
 // ServeSTUN answers endpoint-discovery pings on pc until ctx is done or pc
 // fails: each proto.ProbePing gets a proto.ProbePong, of the same size,
