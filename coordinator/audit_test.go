@@ -343,7 +343,7 @@ func TestAuditQueueFlushedOnClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	p, err := queryAudit(st, &auditFilter{codes: map[proto.AuditCode]bool{proto.AuditAgentRefused: true}}, "", true, 100)
+	p, err := queryAudit(st, &auditFilter{Codes: map[proto.AuditCode]bool{proto.AuditAgentRefused: true}}, "", true, 100)
 	if err != nil {
 		t.Fatal(err)
 	}

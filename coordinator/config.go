@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/clustral/clustral/coordinator/auditlog"
 )
 
 // Config configures a coordinator. The zero value of every optional field
@@ -386,6 +388,14 @@ func PublicIssuer(issuer string) bool {
 	}
 	return false
 }
+
+// Defaults of the audit settings, and the name of the checkpoint signing
+// key in the data directory (see package auditlog).
+const (
+	DefaultAuditRetention          = auditlog.DefaultRetention
+	DefaultAuditCheckpointInterval = auditlog.DefaultCheckpointInterval
+	AuditKeyFile                   = auditlog.KeyFile
+)
 
 // auditKeyPath is where the audit checkpoint key is kept.
 func (c Config) auditKeyPath() string { return filepath.Join(c.DataDir, AuditKeyFile) }

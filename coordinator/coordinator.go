@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/keyrate"
 	"github.com/clustral/clustral/proto"
@@ -141,13 +142,13 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		s.log.Error("several users hold one login, stored before logins were unique: the oldest keeps it, the others cannot log in until an administrator disables them (clustral users disable <id>)",
 			"login", login, "holder", s.userByLogin(login).ID, "others", ids)
 	}
-	if s.auditKey, err = loadAuditKey(cfg.auditKeyPath(), true); err != nil {
+	if s.auditKey, err = auditlog.LoadKey(cfg.auditKeyPath(), true); err != nil {
 		return nil, err
 	}
 	var last proto.AuditCheckpoint
 	if err := s.st.View(func(tx store.Tx) error {
 		var err error
-		last, err = lastCheckpoint(tx)
+		last, err = auditlog.LastCheckpoint(tx)
 		return err
 	}); err != nil {
 		return nil, err
@@ -508,7 +509,7 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 	if err != nil {
 		return err
 	}
-	_, err = appendAudit(tx, e)
+	_, err = auditlog.Append(tx, e)
 	return err
 }
 
