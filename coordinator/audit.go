@@ -103,7 +103,6 @@ func (s *Server) flushAudit() {
 
 // auditWriter stores queued events until Close, and what is queued then.
 func (s *Server) auditWriter() {
-	defer s.wg.Done()
 	q := &s.auditq
 	q.mu.Lock()
 	if q.wake == nil {
@@ -498,7 +497,6 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 
 // auditJanitor applies the retention at start and every hour.
 func (s *Server) auditJanitor() {
-	defer s.wg.Done()
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {

@@ -44,7 +44,6 @@ func (s *Server) checkpointAudit() error {
 // auditSigner signs a checkpoint every AuditCheckpointInterval while the
 // log grows, until Close.
 func (s *Server) auditSigner() {
-	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.AuditCheckpointInterval)
 	defer t.Stop()
 	for {

@@ -25,6 +25,12 @@ type Config struct {
 	// network; the API then no longer serves /metrics. Empty serves
 	// /metrics on the API, to anyone who reaches it.
 	MetricsListen string
+	// STUNListen is the UDP address of endpoint discovery for NAT
+	// traversal, served by ListenAndServe: empty means DefaultSTUNPort on
+	// the Listen host, best effort (a busy port only turns discovery
+	// off); "0" or "off" turns it off; a bare port means that port on the
+	// Listen host.
+	STUNListen string
 	// PublicURL is the URL nodes and browsers reach the coordinator at. It
 	// defaults to http(s)://Listen.
 	PublicURL string

@@ -78,8 +78,13 @@ type Server struct {
 	// certificate (a time.Duration; agentCertRenew, shorter in tests).
 	certRenew atomic.Int64
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// life owns every goroutine the Server starts; see goOwned and Close.
+	life struct {
+		sync.Mutex
+		closed bool
+	}
+	stop chan struct{}  // closed when Close begins
+	wg   sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
 }
 
 // New opens the store in cfg.DataDir, loads the state and the mesh's keys
@@ -172,25 +177,56 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
 		}
 	}
-	s.wg.Add(4)
-	go s.janitor()
-	go s.auditJanitor()
-	go s.auditWriter()
-	go s.auditSigner()
+	s.goOwned(s.janitor)
+	s.goOwned(s.auditJanitor)
+	s.goOwned(s.auditWriter)
+	s.goOwned(s.auditSigner)
 	return s, nil
+}
+
+// goOwned runs f in a goroutine that Close waits for. Once Close has
+// begun it runs nothing and returns false. f must return soon after
+// s.stop is closed.
+func (s *Server) goOwned(f func()) bool {
+	if !s.enter() {
+		return false
+	}
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// enter counts the caller in s.wg, which Close waits for, unless Close
+// has begun; then it returns false. A caller that entered calls s.wg.Done
+// when it is done.
+func (s *Server) enter() bool {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.life.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
 }
 
 // Config returns the effective configuration.
 func (s *Server) Config() Config { return s.cfg }
 
 // Close stops the server's background work, ends every map stream and
-// closes the store.
+// relay connection, stops what Serve and ListenAndServe serve, waits for
+// every goroutine the Server started (the janitors, the audit writer and
+// signer, the HTTP servers, endpoint discovery, the relay's connections),
+// and closes the store. Calls after the first return nil.
 func (s *Server) Close() error {
-	select {
-	case <-s.stop:
+	s.life.Lock()
+	if s.life.closed {
+		s.life.Unlock()
 		return nil
-	default:
 	}
+	s.life.closed = true
+	s.life.Unlock()
 	// Store every count of failures, closed window or not.
 	s.flushFailures(s.now().Add(failureWindow))
 	close(s.stop)
@@ -209,13 +245,30 @@ func (s *Server) Close() error {
 	return s.st.Close()
 }
 
-// ListenAndServe serves the API on cfg.Listen until ctx is done, then shuts
-// down gracefully. ready, if not nil, is called with the bound address.
+// ListenAndServe serves the API on cfg.Listen, the ops routes on
+// cfg.MetricsListen if set, and endpoint discovery on cfg.STUNListen (see
+// Config) until ctx is done or Close is called, then shuts them down
+// gracefully and returns once all of them have stopped. ready, if not nil,
+// is called with the API's bound address.
 func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error {
 	l, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	// What this call starts beside Serve is owned by the Server (Close
+	// waits for it) and by this call (it returns once that has stopped).
+	var wg sync.WaitGroup
+	start := func(f func()) bool {
+		wg.Add(1)
+		if !s.goOwned(func() { defer wg.Done(); f() }) {
+			wg.Done()
+			return false
+		}
+		return true
+	}
+	defer wg.Wait()
+	defer cancel()
 	if s.cfg.MetricsListen != "" {
 		ml, err := net.Listen("tcp", s.cfg.MetricsListen)
 		if err != nil {
@@ -223,9 +276,23 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 			return fmt.Errorf("listen on %s for metrics: %w", s.cfg.MetricsListen, err)
 		}
 		ops := s.httpServer(s.OpsHandler())
-		go ops.Serve(ml)
+		if !start(func() { ops.Serve(ml) }) {
+			ml.Close()
+		}
 		defer ops.Close()
 		s.log.Info("metrics listening", "addr", ml.Addr().String())
+	}
+	pc, err := s.listenSTUN()
+	if err != nil {
+		l.Close()
+		return err
+	}
+	if pc != nil && !start(func() {
+		if err := s.ServeSTUN(ctx, pc); err != nil {
+			s.log.Error("endpoint discovery stopped", "err", err)
+		}
+	}) {
+		pc.Close()
 	}
 	if ready != nil {
 		ready(l.Addr())
@@ -281,13 +348,22 @@ func (s *Server) longLived(w http.ResponseWriter) (extendWrite func()) {
 	}
 }
 
-// Serve serves the API on l until ctx is done.
+// Serve serves the API on l until ctx is done or Close is called, then
+// ends the map streams and relay connections, shuts the HTTP server down
+// gracefully (waiting up to 10 s for requests in flight) and returns once
+// it has stopped. Close waits for Serve to return.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	if !s.enter() {
+		l.Close()
+		return http.ErrServerClosed
+	}
+	defer s.wg.Done()
 	srv := s.httpServer(s.Handler())
 	if s.cfg.TLSCertFile != "" {
 		if s.cert.Load() == nil {
 			cert, err := s.loadTLS()
 			if err != nil {
+				l.Close()
 				return err
 			}
 			s.cert.CompareAndSwap(nil, cert)
@@ -302,6 +378,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
+	case <-s.stop:
 	}
 	// Map streams and relay connections never finish on their own; end
 	// them first.
@@ -313,7 +390,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.closeRelays()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		srv.Close()
+	}
+	<-errc // srv.Serve has returned ErrServerClosed
+	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
@@ -516,7 +598,6 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 // janitor expires sessions, devices and assignments, and reclaims agents
 // that have been gone for AgentTTL.
 func (s *Server) janitor() {
-	defer s.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {

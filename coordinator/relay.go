@@ -2,13 +2,8 @@ package coordinator
 
 import (
 	"bufio"
-	"context"
-	"errors"
 	"net"
 	"net/http"
-	"net/netip"
-	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -167,6 +162,12 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 		conn.Close()
 		return
 	}
+	// The connection is no longer the HTTP server's: Close waits for it.
+	if !s.enter() {
+		conn.Close()
+		return
+	}
+	defer s.wg.Done()
 	rl := s.relay
 	rl.mu.Lock()
 	c := &relayConn{
@@ -184,8 +185,19 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 	if old != nil {
 		old.close()
 	}
+	select {
+	case <-s.stop:
+		// Close began, and closeRelays may have run before c was in
+		// conns.
+		c.close()
+	default:
+	}
 	s.log.Info("relay connection open", "node", n.ID)
-	go rl.write(c, brw.Writer)
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		rl.write(c, brw.Writer)
+	}()
 	err = rl.read(c, brw.Reader)
 	rl.mu.Lock()
 	if rl.conns[c.key] == c {
@@ -193,6 +205,7 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 	}
 	rl.mu.Unlock()
 	c.close()
+	<-wrote
 	s.log.Info("relay connection closed", "node", n.ID, "err", err)
 }
 
@@ -342,61 +355,3 @@ func headerHasToken(h http.Header, name, token string) bool {
 
 // maxEndpoints bounds the endpoints one node may publish.
 const maxEndpoints = 16
-
-// ServeSTUN answers endpoint-discovery pings on pc until ctx is done or pc
-// fails: each proto.ProbePing gets a proto.ProbePong, of the same size,
-// carrying the address and port the ping came from. ServeSTUN closes pc.
-// While it runs, registrations name its port (RegisterResponse.STUN).
-func (s *Server) ServeSTUN(ctx context.Context, pc net.PacketConn) error {
-	u, ok := pc.(*net.UDPConn)
-	if !ok {
-		pc.Close()
-		return errors.New("serve STUN: not a UDP socket")
-	}
-	if ap, err := netip.ParseAddrPort(u.LocalAddr().String()); err == nil {
-		s.relay.stunPort.Store(uint32(ap.Port()))
-	}
-	defer s.relay.stunPort.Store(0)
-	stop := context.AfterFunc(ctx, func() { u.Close() })
-	defer stop()
-	defer u.Close()
-	s.log.Info("endpoint discovery listening", "addr", u.LocalAddr().String())
-	buf := make([]byte, 1500)
-	var out []byte
-	for {
-		n, from, err := u.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		p, ok := proto.ParseProbe(buf[:n])
-		if !ok || p.Type != proto.ProbePing {
-			continue
-		}
-		pong := proto.Probe{Type: proto.ProbePong, TxID: p.TxID, Observed: netip.AddrPortFrom(from.Addr().Unmap(), from.Port())}
-		out, _ = pong.AppendBinary(out[:0])
-		if _, err := u.WriteToUDPAddrPort(out, from); err == nil {
-			s.relay.stunRequests.Add(1)
-		}
-	}
-}
-
-// stunAddr is the discovery address nodes are told: the public URL's host
-// and the port ServeSTUN listens on, or "" when it does not run.
-func (s *Server) stunAddr() string {
-	port := s.relay.stunPort.Load()
-	if port == 0 {
-		return ""
-	}
-	u, err := url.Parse(s.cfg.PublicURL)
-	if err != nil {
-		return ""
-	}
-	return net.JoinHostPort(u.Hostname(), strconv.Itoa(int(port)))
-}
