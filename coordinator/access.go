@@ -185,7 +185,7 @@ var errEnough = errors.New("enough")
 // first, so it stops as soon as it has enough.
 func (s *Server) archivedRequests(keep func(*accessRequest) bool) ([]*accessRequest, error) {
 	var out []*accessRequest
-	err := s.st.View(func(tx store.Tx) error {
+	err := s.store.View(func(tx store.Tx) error {
 		return tx.ForEach(store.RequestArchive, func(k string, raw []byte) error {
 			var ar accessRequest
 			if err := json.Unmarshal(raw, &ar); err != nil {
@@ -206,9 +206,9 @@ func (s *Server) archivedRequests(keep func(*accessRequest) bool) ([]*accessRequ
 	return out, err
 }
 
-// putRequest stores ar inside tx where its state belongs: a live one in
+// storeRequest stores ar inside tx where its state belongs: a live one in
 // Requests, an ended one moved to RequestArchive.
-func putRequest(tx store.Tx, ar *accessRequest) error {
+func storeRequest(tx store.Tx, ar *accessRequest) error {
 	if !requestEnded(ar.State) {
 		return store.Put(tx, store.Requests, ar.ID, ar)
 	}
@@ -240,9 +240,9 @@ func (s *Server) archiveEnded() error {
 	if len(ended) == 0 {
 		return nil
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		for _, ar := range ended {
-			if err := putRequest(tx, ar); err != nil {
+			if err := storeRequest(tx, ar); err != nil {
 				return err
 			}
 		}
@@ -335,7 +335,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request, p p
 	}
 	old := s.assignments[ar.AssignmentID]
 	if !s.commit(w, "store decision", func(tx store.Tx) error {
-		if err := putRequest(tx, &updated); err != nil {
+		if err := storeRequest(tx, &updated); err != nil {
 			return err
 		}
 		if a != nil {
@@ -355,10 +355,10 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request, p p
 	*ar = updated
 	s.setRequestLocked(ar)
 	if a != nil {
-		s.addAssignmentLocked(a)
+		s.addAssignmentAndSyncLocked(a)
 	}
 	if action == "revoke" && old != nil {
-		s.removeAssignmentLocked(old)
+		s.removeAssignmentAndSyncLocked(old)
 	}
 	s.log.Info("access "+action, "request", ar.ID, "by", p.user.Login)
 	writeJSON(w, http.StatusOK, s.requestToProto(ar))
@@ -374,7 +374,7 @@ func (s *Server) expireRequestsLocked(tx store.Tx, now time.Time) ([]*accessRequ
 			ar.State == proto.RequestApproved && ar.GrantExpires != nil && !now.Before(*ar.GrantExpires):
 			u := *ar
 			u.State = proto.RequestExpired
-			if err := putRequest(tx, &u); err != nil {
+			if err := storeRequest(tx, &u); err != nil {
 				return nil, err
 			}
 			if err := s.recordChange(tx, "system", "access.expired", u.ID, nil); err != nil {

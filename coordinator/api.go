@@ -155,7 +155,7 @@ func writeProblem(w http.ResponseWriter, status int, code proto.ErrorCode, title
 // commit answers the problem itself (500, see writeInternal) and returns
 // false; nothing was stored.
 func (s *Server) commit(w http.ResponseWriter, what string, fn func(store.Tx) error) bool {
-	if err := s.st.Update(fn); err != nil {
+	if err := s.store.Update(fn); err != nil {
 		s.writeInternal(w, what, err, "")
 		return false
 	}

@@ -93,7 +93,7 @@ func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, 
 	}) {
 		return
 	}
-	s.addAssignmentLocked(a)
+	s.addAssignmentAndSyncLocked(a)
 	writeJSON(w, http.StatusCreated, s.assignmentToProto(a))
 }
 
@@ -114,7 +114,7 @@ func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request, 
 	}) {
 		return
 	}
-	s.removeAssignmentLocked(a)
+	s.removeAssignmentAndSyncLocked(a)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -129,7 +129,7 @@ func (s *Server) auditWriter() {
 		q.flushed = nil
 		q.mu.Unlock()
 		if len(evs) > 0 {
-			err := s.st.Update(func(tx store.Tx) error {
+			err := s.store.Update(func(tx store.Tx) error {
 				for _, e := range evs {
 					if _, err := auditlog.Append(tx, e); err != nil {
 						return err
@@ -379,7 +379,7 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request, n *no
 	key := n.ClusterID + "/" + b.Source
 	stamp := agentStamp{node: n.ID, cluster: cluster, source: b.Source}
 	var ack proto.AuditAck
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		ack = proto.AuditAck{}
 		if raw, err := tx.GetRaw(store.AuditSource, key); err == nil {
 			if ack.Acked, err = strconv.ParseUint(string(raw), 10, 64); err != nil {
@@ -462,7 +462,7 @@ func (s *Server) handleAuditQuery(w http.ResponseWriter, r *http.Request, p prin
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "order must be asc or desc", "")
 		return
 	}
-	page, err := auditlog.Query(s.st, &f, q.Get(proto.AuditParamCursor), order == "asc", limit)
+	page, err := auditlog.Query(s.store, &f, q.Get(proto.AuditParamCursor), order == "asc", limit)
 	if err != nil {
 		s.writeAuditError(w, err, "start again without a cursor", "read audit log", "")
 		return
@@ -485,7 +485,7 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 		}
 		o.Against = req.Checkpoint
 	}
-	v, err := auditlog.Verify(s.st, o)
+	v, err := auditlog.Verify(s.store, o)
 	if err != nil {
 		s.writeInternal(w, "verify audit log", err, "")
 		return
@@ -500,7 +500,7 @@ func (s *Server) auditJanitor() {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
-		if n, err := auditlog.Prune(s.st, s.cfg.AuditRetention, s.now()); err != nil {
+		if n, err := auditlog.Prune(s.store, s.cfg.AuditRetention, s.now()); err != nil {
 			s.log.Error("prune audit log", "err", err)
 		} else if n > 0 {
 			s.log.Info("pruned audit log", "records", n, "retention", s.cfg.AuditRetention)

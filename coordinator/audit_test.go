@@ -226,11 +226,11 @@ func TestAuditIngestIsIdempotent(t *testing.T) {
 	// Agents may not send administrative events, nor users.
 	bad := ev(5)
 	bad.Code = proto.AuditRoleCreated
-	if st, _ := e.call("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool1", Events: []proto.AuditEvent{bad}}, nil); st != 400 {
-		t.Fatalf("admin code from an agent = %d, want 400", st)
+	if status, _ := e.call("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool1", Events: []proto.AuditEvent{bad}}, nil); status != 400 {
+		t.Fatalf("admin code from an agent = %d, want 400", status)
 	}
-	if st, _ := e.call("POST", "/api/v1/audit/events", e.admin.Token, proto.AuditBatch{Source: "x", Events: []proto.AuditEvent{ev(1)}}, nil); st != 401 {
-		t.Fatalf("batch with a session token = %d, want 401", st)
+	if status, _ := e.call("POST", "/api/v1/audit/events", e.admin.Token, proto.AuditBatch{Source: "x", Events: []proto.AuditEvent{ev(1)}}, nil); status != 401 {
+		t.Fatalf("batch with a session token = %d, want 401", status)
 	}
 
 	var page proto.AuditPage
@@ -299,13 +299,13 @@ func TestAuditCoversChangesAndFailures(t *testing.T) {
 			t.Fatalf("bob sees %+v", ev)
 		}
 	}
-	if st, _ := e.call("GET", "/api/v1/audit/events?user=admin@example.com", bob.Token, nil, nil); st != 403 {
-		t.Fatalf("bob asking for the admin's events = %d, want 403", st)
+	if status, _ := e.call("GET", "/api/v1/audit/events?user=admin@example.com", bob.Token, nil, nil); status != 403 {
+		t.Fatalf("bob asking for the admin's events = %d, want 403", status)
 	}
-	if st, _ := e.call("GET", "/api/v1/audit/verify", bob.Token, nil, nil); st != 403 {
-		t.Fatalf("bob verifying = %d, want 403", st)
+	if status, _ := e.call("GET", "/api/v1/audit/verify", bob.Token, nil, nil); status != 403 {
+		t.Fatalf("bob verifying = %d, want 403", status)
 	}
-	if v := mustVerify(t, e.srv.st); !v.OK {
+	if v := mustVerify(t, e.srv.store); !v.OK {
 		t.Fatalf("verify = %+v", v)
 	}
 }
@@ -397,7 +397,7 @@ func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	held, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- e.srv.st.Update(func(store.Tx) error { close(held); <-release; return nil })
+		done <- e.srv.store.Update(func(store.Tx) error { close(held); <-release; return nil })
 	}()
 	<-held
 	const total = 3 * limit
@@ -410,7 +410,7 @@ func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	}
 	e.srv.flushAudit()
 	var stored, lost, lossEvents int
-	err := e.srv.st.View(func(tx store.Tx) error {
+	err := e.srv.store.View(func(tx store.Tx) error {
 		return tx.ForEach(store.Audit, func(_ string, raw []byte) error {
 			var ev proto.AuditEvent
 			if err := json.Unmarshal(raw, &ev); err != nil {

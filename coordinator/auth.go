@@ -239,7 +239,7 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 		// A directly exchanged token gives no more than it carries.
 		se.Expires = idt.Expiry
 	}
-	err = s.st.Update(func(tx store.Tx) error {
+	err = s.store.Update(func(tx store.Tx) error {
 		if err := store.Put(tx, store.Users, nu.ID, nu); err != nil {
 			return err
 		}
@@ -252,7 +252,7 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 		return nil, fmt.Errorf("store login: %w", err)
 	}
 	stored := nu
-	s.putUser(&stored)
+	s.indexUser(&stored)
 	s.sessions[se.IDHash] = se
 	if u != nil && !slices.Equal(u.Groups, groups) {
 		s.userChangedLocked(&stored, before)

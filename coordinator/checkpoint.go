@@ -23,7 +23,7 @@ func (s *Server) checkpointAudit() error {
 	s.ckptMu.Lock()
 	defer s.ckptMu.Unlock()
 	var signed uint64
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		head, err := auditlog.Head(tx)
 		if err != nil || head.Seq == 0 || head.Seq == s.lastCkpt {
 			return err
@@ -64,7 +64,7 @@ func (s *Server) handleAuditCheckpoint(w http.ResponseWriter, r *http.Request, p
 	s.ckptMu.Lock()
 	defer s.ckptMu.Unlock()
 	var c proto.AuditCheckpoint
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		if _, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditCheckpointExport, Time: s.now(), Actor: p.user.Login,
 			Metadata: map[string]string{"remote": r.RemoteAddr}}); err != nil {
 			return err

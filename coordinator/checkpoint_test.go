@@ -297,8 +297,8 @@ func TestAuditCheckpointsInServer(t *testing.T) {
 	if len(page.Events) != 1 || page.Events[0].Seq != ck.Seq || page.Events[0].Actor != "admin@example.com" {
 		t.Fatalf("export events = %+v, want one AL001I by the admin at record %d", page.Events, ck.Seq)
 	}
-	if st, _ := e.call("POST", "/api/v1/audit/checkpoints", e.alice.Token, nil, nil); st != 403 {
-		t.Fatalf("checkpoint by a non-admin = %d, want 403", st)
+	if status, _ := e.call("POST", "/api/v1/audit/checkpoints", e.alice.Token, nil, nil); status != 403 {
+		t.Fatalf("checkpoint by a non-admin = %d, want 403", status)
 	}
 	var v proto.AuditVerification
 	e.must("POST", "/api/v1/audit/verify", e.admin.Token, proto.AuditVerifyRequest{Checkpoint: &ck}, &v)
@@ -311,8 +311,8 @@ func TestAuditCheckpointsInServer(t *testing.T) {
 	if v.OK || !strings.Contains(v.Problem, "signature") {
 		t.Fatalf("online verify against an edited checkpoint = %+v", v)
 	}
-	if st, p := e.call("POST", "/api/v1/audit/verify", e.admin.Token, map[string]any{}, nil); st != 400 || !strings.Contains(p.Title, "checkpoint") {
-		t.Fatalf("verify with an empty body = %d %+v", st, p)
+	if status, p := e.call("POST", "/api/v1/audit/verify", e.admin.Token, map[string]any{}, nil); status != 400 || !strings.Contains(p.Title, "checkpoint") {
+		t.Fatalf("verify with an empty body = %d %+v", status, p)
 	}
 
 	e.admin = e.login("admin@example.com") // records after the export
@@ -514,7 +514,7 @@ func TestAuditSignerSignsPeriodically(t *testing.T) {
 		srv.audit(proto.AuditEvent{Code: proto.AuditAgentRefused, Actor: fmt.Sprint("round", round), Outcome: proto.OutcomeFailure})
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			v, err := VerifyAudit(srv.st, AuditVerifyOptions{Key: pub})
+			v, err := VerifyAudit(srv.store, AuditVerifyOptions{Key: pub})
 			if err != nil || !v.OK {
 				t.Fatalf("verify = %+v, %v", v, err)
 			}

@@ -16,7 +16,7 @@ import (
 
 func (s *Server) clusterToProto(c *cluster) proto.Cluster {
 	pc := proto.Cluster{ID: c.ID, Name: c.Name, Labels: c.Labels, Created: c.Created}
-	for _, a := range s.agentsByClust[c.ID] {
+	for _, a := range s.agentsByCluster[c.ID] {
 		pc.Agents = append(pc.Agents, proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0})
 	}
 	sort.Slice(pc.Agents, func(i, j int) bool { return pc.Agents[i].NodeID < pc.Agents[j].NodeID })
@@ -55,7 +55,7 @@ func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p p
 	}) {
 		return
 	}
-	s.putCluster(c)
+	s.indexCluster(c)
 	writeJSON(w, http.StatusCreated, proto.CreateClusterResponse{Cluster: s.clusterToProto(c), JoinToken: token})
 }
 
@@ -107,7 +107,7 @@ func (s *Server) handleLabelCluster(w http.ResponseWriter, r *http.Request, p pr
 	}) {
 		return
 	}
-	s.putCluster(&nc)
+	s.indexCluster(&nc)
 	for id, u := range s.usersOn(nc.ID, s.now()) {
 		before[id] = u
 	}
@@ -139,7 +139,7 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 		token = newSecret("cjt_")
 		nc.JoinTokenHash = hashSecret(token)
 	} else {
-		agents = slices.Collect(maps.Values(s.agentsByClust[c.ID]))
+		agents = slices.Collect(maps.Values(s.agentsByCluster[c.ID]))
 	}
 	if !s.commit(w, action, func(tx store.Tx) error {
 		if err := store.Put(tx, store.Clusters, nc.ID, &nc); err != nil {
@@ -153,9 +153,9 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 		return
 	}
 	delete(s.clustersByToken, c.JoinTokenHash)
-	s.putCluster(&nc)
+	s.indexCluster(&nc)
 	for _, a := range agents {
-		s.removeNodeLocked(a)
+		s.removeNodeAndSyncLocked(a)
 	}
 	writeJSON(w, http.StatusOK, proto.JoinToken{Cluster: nc.Name, JoinToken: token})
 }
@@ -167,8 +167,8 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 	if c == nil {
 		return
 	}
-	agents := slices.Collect(maps.Values(s.agentsByClust[c.ID]))
-	asgs := slices.Collect(maps.Values(s.asgByClust[c.ID]))
+	agents := slices.Collect(maps.Values(s.agentsByCluster[c.ID]))
+	asgs := slices.Collect(maps.Values(s.assignmentsByCluster[c.ID]))
 	if !s.commit(w, "delete cluster", func(tx store.Tx) error {
 		if err := tx.Delete(store.Clusters, c.ID); err != nil {
 			return err
@@ -184,13 +184,11 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 		return
 	}
 	for _, a := range agents {
-		s.removeNodeLocked(a)
+		s.removeNodeAndSyncLocked(a)
 	}
 	for _, a := range asgs {
-		s.dropAssignment(a)
+		s.unindexAssignment(a)
 	}
-	delete(s.clusters, c.ID)
-	delete(s.clustersByName, c.Name)
-	delete(s.clustersByToken, c.JoinTokenHash)
+	s.unindexCluster(c)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -40,10 +40,10 @@ import (
 // Server is a coordinator. Create one with New; it is safe for concurrent
 // use. Close stops background work and closes the store; map streams end.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	st  store.Store
-	now func() time.Time
+	cfg   Config
+	log   *slog.Logger
+	store store.Store
+	now   func() time.Time
 
 	ca      *meshCA
 	signKey *ecdsa.PrivateKey
@@ -117,7 +117,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		st:      st,
+		store:   st,
 		now:     cfg.Now,
 		logins:  newLoginTable(),
 		clients: map[string]*mapClient{},
@@ -151,7 +151,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		return nil, err
 	}
 	var last proto.AuditCheckpoint
-	if err := s.st.View(func(tx store.Tx) error {
+	if err := s.store.View(func(tx store.Tx) error {
 		var err error
 		last, err = auditlog.LastCheckpoint(tx)
 		return err
@@ -242,7 +242,7 @@ func (s *Server) Close() error {
 	if err := s.checkpointAudit(); err != nil {
 		s.log.Error("audit checkpoint at close", "err", err)
 	}
-	return s.st.Close()
+	return s.store.Close()
 }
 
 // ListenAndServe serves the API on cfg.Listen, the ops routes on
@@ -453,7 +453,7 @@ const (
 // loadKeys loads the session signing key, the mesh CA and the IPv6 prefix,
 // creating them on first start.
 func (s *Server) loadKeys() error {
-	return s.st.Update(func(tx store.Tx) error {
+	return s.store.Update(func(tx store.Tx) error {
 		raw, err := tx.GetRaw(store.Meta, metaSessionKey)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -549,16 +549,16 @@ func (s *Server) loadKeys() error {
 
 // load reads every record into memory.
 func (s *Server) load() error {
-	return s.st.View(func(tx store.Tx) error {
+	return s.store.View(func(tx store.Tx) error {
 		for _, load := range []func(store.Tx) error{
 			s.state.ipam.loadAddresses,
-			loadAll(store.Users, s.state.putUser),
+			loadAll(store.Users, s.state.indexUser),
 			loadAll(store.Sessions, func(se *session) { s.state.sessions[se.IDHash] = se }),
-			loadAll(store.Clusters, s.state.putCluster),
-			loadAll(store.Roles, s.state.putRole),
-			loadAll(store.Assignments, s.state.putAssignment),
+			loadAll(store.Clusters, s.state.indexCluster),
+			loadAll(store.Roles, s.state.indexRole),
+			loadAll(store.Assignments, s.state.indexAssignment),
 			loadAll(store.Requests, func(ar *accessRequest) { s.state.requests[ar.ID] = ar }),
-			loadAll(store.Nodes, s.state.putNode),
+			loadAll(store.Nodes, s.state.indexNode),
 		} {
 			if err := load(tx); err != nil {
 				return err
@@ -654,7 +654,7 @@ func (s *Server) expire() error {
 		return nil
 	}
 	var expiredReqs []*accessRequest
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		var err error
 		if expiredReqs, err = s.expireRequestsLocked(tx, now); err != nil {
 			return err
@@ -688,10 +688,10 @@ func (s *Server) expire() error {
 	}
 	for _, n := range nodes {
 		s.log.Info("node expired", "node", n.ID, "kind", n.Kind)
-		s.removeNodeLocked(n)
+		s.removeNodeAndSyncLocked(n)
 	}
 	for _, a := range asg {
-		s.removeAssignmentLocked(a)
+		s.removeAssignmentAndSyncLocked(a)
 	}
 	return nil
 }

@@ -78,6 +78,6 @@ func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request, p pr
 	}) {
 		return
 	}
-	s.removeNodeLocked(d)
+	s.removeNodeAndSyncLocked(d)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -840,7 +840,7 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, p principa
 	}
 	delete(s.sessions, p.session.IDHash)
 	for _, d := range devs {
-		s.removeNodeLocked(d)
+		s.removeNodeAndSyncLocked(d)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -75,7 +75,7 @@ func TestCommit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &Server{st: updateStore{}, log: slog.New(slog.DiscardHandler)}
+			s := &Server{store: updateStore{}, log: slog.New(slog.DiscardHandler)}
 			w := httptest.NewRecorder()
 			ran := false
 			ok := s.commit(w, "delete role", func(store.Tx) error { ran = true; return tt.err })

@@ -112,7 +112,7 @@ func (s *Server) sendRemove(to *node, k proto.Key) {
 func (s *Server) syncPair(u *user, clusterID string) {
 	now := s.now()
 	reach := len(s.rolesOn(u, clusterID, now)) > 0
-	agents := s.agentsByClust[clusterID]
+	agents := s.agentsByCluster[clusterID]
 	for _, d := range s.devicesByUser[u.ID] {
 		if reach {
 			dp := s.peer(d, clusterID, now)
@@ -136,7 +136,7 @@ func (s *Server) nodeChanged(n *node) {
 	case proto.KindDevice:
 		u := s.users[n.UserID]
 		for cid := range s.clustersOf(u, now) {
-			for _, a := range s.agentsByClust[cid] {
+			for _, a := range s.agentsByCluster[cid] {
 				s.sendUpsert(a, s.peer(n, cid, now))
 			}
 		}
@@ -150,16 +150,16 @@ func (s *Server) nodeChanged(n *node) {
 	}
 }
 
-// removeNodeLocked drops n from the state and from every map, and ends its
-// own stream.
-func (s *Server) removeNodeLocked(n *node) {
+// removeNodeAndSyncLocked removes n from every map that holds it,
+// unindexes it, and ends its own stream.
+func (s *Server) removeNodeAndSyncLocked(n *node) {
 	now := s.now()
 	switch n.Kind {
 	case proto.KindDevice:
 		// Every agent that might hold it.
 		u := s.users[n.UserID]
 		for cid := range s.possibleClusters(u) {
-			for _, a := range s.agentsByClust[cid] {
+			for _, a := range s.agentsByCluster[cid] {
 				s.sendRemove(a, n.Key)
 			}
 		}
@@ -170,7 +170,7 @@ func (s *Server) removeNodeLocked(n *node) {
 			}
 		}
 	}
-	s.dropNode(n)
+	s.unindexNode(n)
 	if c := s.clients[n.ID]; c != nil {
 		c.close()
 		delete(s.clients, n.ID)
@@ -191,13 +191,17 @@ func (s *Server) affectedUsers(a *assignment) []*user {
 	return out
 }
 
-func (s *Server) addAssignmentLocked(a *assignment) {
-	s.putAssignment(a)
+// addAssignmentAndSyncLocked indexes a and pushes the map updates it
+// causes.
+func (s *Server) addAssignmentAndSyncLocked(a *assignment) {
+	s.indexAssignment(a)
 	s.syncAssignment(a)
 }
 
-func (s *Server) removeAssignmentLocked(a *assignment) {
-	s.dropAssignment(a)
+// removeAssignmentAndSyncLocked unindexes a and pushes the map updates its
+// end causes.
+func (s *Server) removeAssignmentAndSyncLocked(a *assignment) {
+	s.unindexAssignment(a)
 	s.syncAssignment(a)
 }
 

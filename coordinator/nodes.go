@@ -157,7 +157,7 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 			Hint:  "revoke one you no longer use (clustral devices list, clustral devices revoke <id>), or run clustral down where you are done"}
 	}
 	var cert string
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		addrs, err := s.ipam.allocate(tx, n.ID)
 		if err != nil {
 			return err
@@ -184,7 +184,7 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 		s.log.Error("register node", "node", n.ID, "kind", n.Kind, "err", err)
 		return nil, &proto.Problem{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Title: "register node: internal error (see the coordinator's log)"}
 	}
-	s.putNode(n)
+	s.indexNode(n)
 	s.nodeChanged(n)
 	s.metrics.registrations.WithLabelValues(string(n.Kind)).Inc()
 	s.log.Info("node registered", "node", n.ID, "kind", n.Kind, "actor", actor, "addresses", n.Addresses)
@@ -207,7 +207,7 @@ func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request, n *nod
 	}) {
 		return
 	}
-	s.removeNodeLocked(n)
+	s.removeNodeAndSyncLocked(n)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -30,7 +30,7 @@ func (s *Server) opsRoutes(mux *http.ServeMux, metrics bool) {
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
-	if err := s.st.View(func(tx store.Tx) error { _, err := tx.GetRaw(store.Meta, metaCA); return err }); err != nil {
+	if err := s.store.View(func(tx store.Tx) error { _, err := tx.GetRaw(store.Meta, metaCA); return err }); err != nil {
 		s.log.Warn("readyz: store unavailable", "err", err)
 		http.Error(w, "store unavailable", http.StatusServiceUnavailable)
 		return
@@ -61,7 +61,7 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request, p principa
 	start := time.Now()
 	// A large store on a slow link takes longer than the write timeout:
 	// each chunk gets its own deadline instead.
-	n, err := s.st.BackupTo(&deadlineWriter{w: w, extend: s.longLived(w)})
+	n, err := s.store.BackupTo(&deadlineWriter{w: w, extend: s.longLived(w)})
 	if err != nil {
 		s.log.Error("backup failed", "actor", p.user.Login, "bytes", n, "err", err)
 		if n == 0 {

@@ -49,7 +49,7 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 	}) {
 		return
 	}
-	s.putRole(ro)
+	s.indexRole(ro)
 	writeJSON(w, http.StatusCreated, ro.toProto())
 }
 
@@ -141,8 +141,8 @@ func (s *Server) handleUpdateRole(w http.ResponseWriter, r *http.Request, p prin
 	}) {
 		return
 	}
-	s.putRole(&nr)
-	for _, a := range s.asgByRole[nr.ID] {
+	s.indexRole(&nr)
+	for _, a := range s.assignmentsByRole[nr.ID] {
 		s.syncAssignment(a)
 	}
 	writeJSON(w, http.StatusOK, nr.toProto())
@@ -155,7 +155,7 @@ func (s *Server) handleDeleteRole(w http.ResponseWriter, r *http.Request, p prin
 	if ro == nil {
 		return
 	}
-	asgs := slices.Collect(maps.Values(s.asgByRole[ro.ID]))
+	asgs := slices.Collect(maps.Values(s.assignmentsByRole[ro.ID]))
 	if !s.commit(w, "delete role", func(tx store.Tx) error {
 		if err := tx.Delete(store.Roles, ro.ID); err != nil {
 			return err
@@ -167,10 +167,9 @@ func (s *Server) handleDeleteRole(w http.ResponseWriter, r *http.Request, p prin
 	}) {
 		return
 	}
-	delete(s.roles, ro.ID)
-	delete(s.rolesByName, ro.Name)
+	s.unindexRole(ro)
 	for _, a := range asgs {
-		s.removeAssignmentLocked(a)
+		s.removeAssignmentAndSyncLocked(a)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -133,11 +133,11 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 	}
 	// Remove the devices while the user still maps to their clusters.
 	for _, d := range devs {
-		s.removeNodeLocked(d)
+		s.removeNodeAndSyncLocked(d)
 	}
 	for _, h := range sess {
 		delete(s.sessions, h)
 	}
-	s.putUser(&nu)
+	s.indexUser(&nu)
 	writeJSON(w, http.StatusOK, nu.toProto(s.isAdmin(&nu)))
 }
