@@ -26,6 +26,7 @@ import (
 // maxGrant bounds any just-in-time grant.
 const maxGrant = 7 * 24 * time.Hour
 
+// requestToProto is the API form of r. Called with s.mu held.
 func (s *Server) requestToProto(r *accessRequest) proto.AccessRequest {
 	p := proto.AccessRequest{
 		ID: r.ID, Reason: r.Reason, Duration: proto.Duration(r.Duration), State: r.State,
@@ -229,7 +230,8 @@ func (s *Server) setRequestLocked(ar *accessRequest) {
 }
 
 // archiveEnded moves the ended requests a store of an earlier version
-// kept among the live ones to the archive.
+// kept among the live ones to the archive. New calls it before anything
+// else can reach the state, so it takes no lock.
 func (s *Server) archiveEnded() error {
 	var ended []*accessRequest
 	for _, ar := range s.requests {

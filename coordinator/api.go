@@ -153,7 +153,9 @@ func writeProblem(w http.ResponseWriter, status int, code proto.ErrorCode, title
 // commit runs fn in one store transaction, for a handler that applies
 // the change to memory only once it is stored. When the transaction fails
 // commit answers the problem itself (500, see writeInternal) and returns
-// false; nothing was stored.
+// false; nothing was stored. Called with s.mu held: the store's write,
+// with its disk sync, under the global lock is deliberate, and its cost
+// is written down at guarded.
 func (s *Server) commit(w http.ResponseWriter, what string, fn func(store.Tx) error) bool {
 	if err := s.store.Update(fn); err != nil {
 		s.writeInternal(w, what, err, "")

@@ -12,6 +12,7 @@ import (
 // The assignments resource: which user or group holds which role on
 // which clusters. Administrators only.
 
+// assignmentToProto is the API form of a. Called with s.mu held.
 func (s *Server) assignmentToProto(a *assignment) proto.Assignment {
 	pa := proto.Assignment{ID: a.ID, Group: a.Group, Expires: a.Expires, Created: a.Created}
 	if u := s.users[a.UserID]; u != nil {

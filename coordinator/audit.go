@@ -202,6 +202,7 @@ func (s *Server) changeEvent(actor, action, object string, detail any) (proto.Au
 }
 
 // clusterOfObject names the cluster a change concerns, if one does.
+// Called with s.mu held.
 func (s *Server) clusterOfObject(actor, object string, md map[string]string) string {
 	if c, ok := strings.CutPrefix(actor, "agent:"); ok {
 		return c

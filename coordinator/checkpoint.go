@@ -20,12 +20,12 @@ import (
 // checkpointAudit signs a checkpoint of the head unless the newest one
 // already names it, or the log is empty.
 func (s *Server) checkpointAudit() error {
-	s.ckptMu.Lock()
-	defer s.ckptMu.Unlock()
+	s.ckpt.Lock()
+	defer s.ckpt.Unlock()
 	var signed uint64
 	err := s.store.Update(func(tx store.Tx) error {
 		head, err := auditlog.Head(tx)
-		if err != nil || head.Seq == 0 || head.Seq == s.lastCkpt {
+		if err != nil || head.Seq == 0 || head.Seq == s.ckpt.last {
 			return err
 		}
 		c, err := auditlog.SignCheckpoint(tx, s.auditKey, s.now())
@@ -36,7 +36,7 @@ func (s *Server) checkpointAudit() error {
 		return fmt.Errorf("sign audit checkpoint: %w", err)
 	}
 	if signed != 0 {
-		s.lastCkpt = signed
+		s.ckpt.last = signed
 	}
 	return nil
 }
@@ -61,8 +61,8 @@ func (s *Server) auditSigner() {
 // handleAuditCheckpoint serves POST /api/v1/audit/checkpoints: it records
 // the export (AL001I) and signs a checkpoint that covers that record.
 func (s *Server) handleAuditCheckpoint(w http.ResponseWriter, r *http.Request, p principal) {
-	s.ckptMu.Lock()
-	defer s.ckptMu.Unlock()
+	s.ckpt.Lock()
+	defer s.ckpt.Unlock()
 	var c proto.AuditCheckpoint
 	err := s.store.Update(func(tx store.Tx) error {
 		if _, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditCheckpointExport, Time: s.now(), Actor: p.user.Login,
@@ -77,6 +77,6 @@ func (s *Server) handleAuditCheckpoint(w http.ResponseWriter, r *http.Request, p
 		s.writeInternal(w, "sign audit checkpoint", err, "")
 		return
 	}
-	s.lastCkpt = c.Seq
+	s.ckpt.last = c.Seq
 	writeJSON(w, http.StatusOK, c)
 }

@@ -14,6 +14,7 @@ import (
 // The clusters resource: create, list, show, label, rotate or revoke the
 // join token of, and delete clusters. Administrators only.
 
+// clusterToProto is the API form of c, with its agents. Called with s.mu held.
 func (s *Server) clusterToProto(c *cluster) proto.Cluster {
 	pc := proto.Cluster{ID: c.ID, Name: c.Name, Labels: c.Labels, Created: c.Created}
 	for _, a := range s.agentsByCluster[c.ID] {
@@ -59,6 +60,7 @@ func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p p
 	writeJSON(w, http.StatusCreated, proto.CreateClusterResponse{Cluster: s.clusterToProto(c), JoinToken: token})
 }
 
+// lookupCluster finds a cluster by id or name, or returns nil. Called with s.mu held.
 func (s *Server) lookupCluster(ref string) *cluster {
 	if c := s.clusters[ref]; c != nil {
 		return c

@@ -39,37 +39,56 @@ import (
 
 // Server is a coordinator. Create one with New; it is safe for concurrent
 // use. Close stops background work and closes the store; map streams end.
+//
+// Locks. The fields are grouped by what protects them:
+//   - set by New (or before serving) and never changed: read freely;
+//   - guarded: the state and the map streams, under the global lock mu;
+//   - ckpt: the checkpoint signer's own lock and what it guards;
+//   - logins, sources, auditq, failures, relay: each has its own lock
+//     inside and needs no other;
+//   - atomics.
+//
+// A method named *Locked, the state's methods, and a method whose doc
+// says "called with s.mu held" need mu; a handler takes it itself, once,
+// around its whole change. Lock order: mu before a mapClient's, auditq's
+// and failures' locks (s.audit may be called with mu held); ckpt before
+// the store's write transaction. The relay's lock is never held with mu:
+// relay.allowed takes mu only after it let go of the relay's.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	store store.Store
-	now   func() time.Time
-
+	// Set by New and never changed.
+	cfg     Config
+	log     *slog.Logger
+	store   store.Store
+	now     func() time.Time
 	ca      *meshCA
 	signKey *ecdsa.PrivateKey
 	// auditKey signs audit checkpoints; it lives in its own file in the
-	// data directory, not in the store (see checkpoint.go).
+	// data directory, not in the store (see package auditlog).
 	auditKey ed25519.PrivateKey
-	// ckptMu serializes signing checkpoints; lastCkpt is the record the
-	// newest one names.
-	ckptMu   sync.Mutex
-	lastCkpt uint64
 	v6       netip.Prefix
 	oidc     *oidcProvider
 	metrics  *metrics
-	cert     atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
 	// timeouts are those of the HTTP servers; set before serving.
 	timeouts serverTimeouts
 
-	mu sync.Mutex
-	state
-	logins  *loginTable
-	clients map[string]*mapClient         // by node id
-	sources *keyrate.Limiters[netip.Addr] // unauthenticated requests by source; nil: no limit
-	auditq  auditQueue                    // events without a change of state
-	// failures counts failed unauthenticated attempts; see auditFailure.
-	failures failures
-	relay    *relay
+	guarded
+
+	// ckpt serializes signing audit checkpoints; last is the record the
+	// newest one names.
+	ckpt struct {
+		sync.Mutex
+		last uint64
+	}
+
+	// Each with its own lock.
+	logins   *loginTable                   // logins waiting for a browser
+	sources  *keyrate.Limiters[netip.Addr] // unauthenticated requests by source; nil: no limit
+	auditq   auditQueue                    // events without a change of state
+	failures failures                      // failed unauthenticated attempts; see auditFailure
+	relay    *relay                        // relay connections; its counters are atomic
+
+	// Atomic.
+	cert atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
 	// mapGen counts changes to any node's map (sendUpsert, sendRemove).
 	// The relay's cached decisions about who may reach whom are valid only
 	// in the generation they were made in.
@@ -85,6 +104,30 @@ type Server struct {
 	}
 	stop chan struct{}  // closed when Close begins
 	wg   sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
+}
+
+// guarded is what the coordinator's global lock mu guards: the in-memory
+// state with its indexes, and the open map streams by node id.
+//
+// Every change is written through to the store while mu is held: a
+// handler takes mu, checks what the change depends on, runs the store
+// transaction (commit, registerNode, expire), and applies the change to
+// memory and to the nodes' maps before it lets go. Holding mu through the
+// write keeps memory in the order the store committed, and makes a check
+// made under mu (registerNode's authorize, a role still existing) hold at
+// the write, so no revocation lands between the two. The price is that
+// each write's disk sync (bbolt fsyncs every transaction) holds off every
+// other API call and map computation: one registration holds mu about
+// 1.1 ms, so registrations run at about 900 a second and a burst delays
+// map streams by that much per registration (docs/design.md, Known gaps;
+// BenchmarkRegisterNode measured 1.6-2.8 ms, 360-610 a second, on a
+// shared 2-core machine). Reads of the audit log and the request archive
+// (auditlog.Query, archivedRequests) and the audit writer's batches run
+// without mu.
+type guarded struct {
+	mu sync.Mutex
+	state
+	clients map[string]*mapClient // open map streams by node id
 }
 
 // New opens the store in cfg.DataDir, loads the state and the mesh's keys
@@ -120,7 +163,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		store:   st,
 		now:     cfg.Now,
 		logins:  newLoginTable(),
-		clients: map[string]*mapClient{},
+		guarded: guarded{clients: map[string]*mapClient{}},
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
 	}
@@ -158,7 +201,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	}); err != nil {
 		return nil, err
 	}
-	s.lastCkpt = last.Seq
+	s.ckpt.last = last.Seq
 	if k := proto.AuditKeyID(s.auditKey.Public().(ed25519.PublicKey)); last.Seq != 0 && last.KeyID() != k {
 		s.log.Error("the audit checkpoints in the store were signed with another key than "+cfg.auditKeyPath()+" holds: audit verify will report them; restore the key file the store was used with",
 			"stored_key", last.KeyID(), "key", k)

@@ -12,6 +12,7 @@ import (
 // The devices resource as users see it: list and revoke. Devices register
 // themselves in nodes.go.
 
+// deviceToProto is the API form of the device d. Called with s.mu held.
 func (s *Server) deviceToProto(d *node) proto.Device {
 	pd := proto.Device{ID: d.ID, Hostname: d.Hostname, Key: d.Key, Addresses: d.Addresses, Online: s.online[d.ID] > 0, Created: d.Created, Expires: d.Expires}
 	if u := s.users[d.UserID]; u != nil {

@@ -92,6 +92,7 @@ func (c *mapClient) close() {
 
 // ---- propagation (all called with s.mu held) ----
 
+// sendUpsert queues p for the map stream of to, if it has one. Called with s.mu held.
 func (s *Server) sendUpsert(to *node, p proto.Peer) {
 	s.mapGen.Add(1)
 	if c := s.clients[to.ID]; c != nil {
@@ -99,6 +100,7 @@ func (s *Server) sendUpsert(to *node, p proto.Peer) {
 	}
 }
 
+// sendRemove queues the removal of peer k for the map stream of to, if it has one. Called with s.mu held.
 func (s *Server) sendRemove(to *node, k proto.Key) {
 	s.mapGen.Add(1)
 	if c := s.clients[to.ID]; c != nil {
@@ -109,6 +111,7 @@ func (s *Server) sendRemove(to *node, k proto.Key) {
 // syncPair brings the maps of u's devices and cluster c's agents in line
 // with whether u may reach c now. Its cost is proportional to the nodes it
 // touches.
+// Called with s.mu held.
 func (s *Server) syncPair(u *user, clusterID string) {
 	now := s.now()
 	reach := len(s.rolesOn(u, clusterID, now)) > 0
@@ -130,6 +133,7 @@ func (s *Server) syncPair(u *user, clusterID string) {
 }
 
 // nodeChanged tells every node that sees n about its new state.
+// Called with s.mu held.
 func (s *Server) nodeChanged(n *node) {
 	now := s.now()
 	switch n.Kind {
@@ -178,6 +182,7 @@ func (s *Server) removeNodeAndSyncLocked(n *node) {
 }
 
 // affectedUsers returns the users an assignment applies to.
+// Called with s.mu held.
 func (s *Server) affectedUsers(a *assignment) []*user {
 	var out []*user
 	if a.UserID != "" {

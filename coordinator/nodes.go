@@ -138,7 +138,9 @@ func (s *Server) refuseJoinToken(w http.ResponseWriter, r *http.Request) {
 // and session, or cluster) and creation time from what it finds, and
 // returns the audit actor, or the problem that refuses the registration;
 // then nothing is written and no map changes. certify, if set, issues the
-// agent's certificate inside the transaction.
+// agent's certificate inside the transaction. registerNode takes s.mu
+// and holds it through the store's write (see guarded for why, and what
+// that costs).
 func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor string, p *proto.Problem), certify func([]netip.Prefix, time.Time) (string, error)) (*proto.RegisterResponse, *proto.Problem) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -53,6 +53,7 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 	writeJSON(w, http.StatusCreated, ro.toProto())
 }
 
+// lookupRole finds a role by id or name, or returns nil. Called with s.mu held.
 func (s *Server) lookupRole(ref string) *role {
 	if r := s.roles[ref]; r != nil {
 		return r
