@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustral/clustral/agent/spool"
-	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -338,7 +338,7 @@ a copy of it (e.g. a backup), with the checkpoint key in that directory
 		switch {
 		case dataDir != "":
 			var err error
-			if v, err = coordinator.VerifyAuditDir(dataDir, against); err != nil {
+			if v, err = auditlog.VerifyDir(dataDir, against); err != nil {
 				return err
 			}
 		case against != nil:

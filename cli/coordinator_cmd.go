@@ -58,7 +58,6 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		v4, v6              string
 		secretFile          string
 		logFormat, logLevel string
-		stunListen          string
 	)
 	c := &cobra.Command{
 		Use:   "coordinator",
@@ -125,9 +124,6 @@ keeps serving the old one. Other settings are read only at start.`,
 			}
 			defer srv.Close()
 			go reloadOnHUP(c.Context(), hup, srv, log)
-			if err := serveSTUN(c.Context(), srv, stunListen, cfg.Listen, log); err != nil {
-				return err
-			}
 			return srv.ListenAndServe(c.Context(), nil)
 		},
 	}
@@ -164,7 +160,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.DurationVar(&cfg.PendingRequestTTL, "pending-request-ttl", d.PendingRequestTTL, "expire an access request nobody decided after this long")
 	f.IntVar(&cfg.MaxDevicesPerUser, "max-devices-per-user", coordinator.DefaultMaxDevicesPerUser, "devices one user may have registered at once")
 	f.IntVar(&cfg.MaxPendingRequests, "max-pending-requests", coordinator.DefaultMaxPendingRequests, "access requests one user may have waiting for a decision")
-	f.StringVar(&stunListen, "stun-listen", "", "UDP address of endpoint discovery for NAT traversal (default: port 3478 on the --listen host; 0 turns it off)")
+	f.StringVar(&cfg.STUNListen, "stun-listen", "", "UDP address of endpoint discovery for NAT traversal (default: port 3478 on the --listen host; 0 turns it off)")
 	f.IntVar(&cfg.RelayRate, "relay-rate", coordinator.DefaultRelayRate, "bytes per second one node may send through the relay")
 	f.IntVar(&cfg.SourceRate, "source-rate", coordinator.DefaultSourceRate, "unauthenticated requests (logins, callbacks, refused registrations) one address may make per minute; beyond it 429; negative turns the limit off")
 	f.IntVar(&cfg.SourceBurst, "source-burst", coordinator.DefaultSourceBurst, "unauthenticated requests one address may make at once")

@@ -26,6 +26,7 @@ import (
 // maxGrant bounds any just-in-time grant.
 const maxGrant = 7 * 24 * time.Hour
 
+// requestToProto is the API form of r. Called with s.mu held.
 func (s *Server) requestToProto(r *accessRequest) proto.AccessRequest {
 	p := proto.AccessRequest{
 		ID: r.ID, Reason: r.Reason, Duration: proto.Duration(r.Duration), State: r.State,
@@ -58,11 +59,7 @@ func (s *Server) canApprove(u *user, r *role) bool {
 	return false
 }
 
-func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSessionBody(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request, p principal) {
 	var req proto.CreateAccessRequest
 	if !decode(w, r, &req) {
 		return
@@ -129,11 +126,7 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request) {
 
 // handleListRequests lists the caller's own requests and those they may
 // decide; administrators see all. ?state= filters.
-func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSession(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request, p principal) {
 	state := r.URL.Query().Get("state")
 	s.mu.Lock()
 	approvable := map[string]bool{} // role ids
@@ -151,7 +144,7 @@ func (s *Server) handleListRequests(w http.ResponseWriter, r *http.Request) {
 	if state == "" || requestEnded(state) {
 		var err error
 		if ended, err = s.archivedRequests(visible); err != nil {
-			writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "read archived requests: "+err.Error(), "")
+			s.writeInternal(w, "read archived requests", err, "")
 			return
 		}
 	}
@@ -193,7 +186,7 @@ var errEnough = errors.New("enough")
 // first, so it stops as soon as it has enough.
 func (s *Server) archivedRequests(keep func(*accessRequest) bool) ([]*accessRequest, error) {
 	var out []*accessRequest
-	err := s.st.View(func(tx store.Tx) error {
+	err := s.store.View(func(tx store.Tx) error {
 		return tx.ForEach(store.RequestArchive, func(k string, raw []byte) error {
 			var ar accessRequest
 			if err := json.Unmarshal(raw, &ar); err != nil {
@@ -231,9 +224,9 @@ func (s *Server) writeEndedOrUnknown(w http.ResponseWriter, id string) {
 		"list them with clustral access list, and make a new request if access is still needed")
 }
 
-// putRequest stores ar inside tx where its state belongs: a live one in
+// storeRequest stores ar inside tx where its state belongs: a live one in
 // Requests, an ended one moved to RequestArchive.
-func putRequest(tx store.Tx, ar *accessRequest) error {
+func storeRequest(tx store.Tx, ar *accessRequest) error {
 	if !requestEnded(ar.State) {
 		return store.Put(tx, store.Requests, ar.ID, ar)
 	}
@@ -254,7 +247,8 @@ func (s *Server) setRequestLocked(ar *accessRequest) {
 }
 
 // archiveEnded moves the ended requests a store of an earlier version
-// kept among the live ones to the archive.
+// kept among the live ones to the archive. New calls it before anything
+// else can reach the state, so it takes no lock.
 func (s *Server) archiveEnded() error {
 	var ended []*accessRequest
 	for _, ar := range s.requests {
@@ -265,9 +259,9 @@ func (s *Server) archiveEnded() error {
 	if len(ended) == 0 {
 		return nil
 	}
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		for _, ar := range ended {
-			if err := putRequest(tx, ar); err != nil {
+			if err := storeRequest(tx, ar); err != nil {
 				return err
 			}
 		}
@@ -282,11 +276,7 @@ func (s *Server) archiveEnded() error {
 	return nil
 }
 
-func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.authSessionBody(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request, p principal) {
 	action := r.PathValue("action")
 	var dec proto.AccessDecision
 	if r.ContentLength != 0 && !decode(w, r, &dec) || !checkText(w, "reason", dec.Reason, maxReason) {
@@ -364,7 +354,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	old := s.assignments[ar.AssignmentID]
 	if !s.commit(w, "store decision", func(tx store.Tx) error {
-		if err := putRequest(tx, &updated); err != nil {
+		if err := storeRequest(tx, &updated); err != nil {
 			return err
 		}
 		if a != nil {
@@ -384,10 +374,10 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request) {
 	*ar = updated
 	s.setRequestLocked(ar)
 	if a != nil {
-		s.addAssignmentLocked(a)
+		s.addAssignmentAndSyncLocked(a)
 	}
 	if action == "revoke" && old != nil {
-		s.removeAssignmentLocked(old)
+		s.removeAssignmentAndSyncLocked(old)
 	}
 	s.log.Info("access "+action, "request", ar.ID, "by", p.user.Login)
 	writeJSON(w, http.StatusOK, s.requestToProto(ar))
@@ -403,7 +393,7 @@ func (s *Server) expireRequestsLocked(tx store.Tx, now time.Time) ([]*accessRequ
 			ar.State == proto.RequestApproved && ar.GrantExpires != nil && !now.Before(*ar.GrantExpires):
 			u := *ar
 			u.State = proto.RequestExpired
-			if err := putRequest(tx, &u); err != nil {
+			if err := storeRequest(tx, &u); err != nil {
 				return nil, err
 			}
 			if err := s.recordChange(tx, "system", "access.expired", u.ID, nil); err != nil {

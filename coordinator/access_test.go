@@ -50,26 +50,26 @@ func newAccessEnvWith(t *testing.T, configure func(*Config)) *accessEnv {
 
 func (e *accessEnv) request(tok string, body proto.CreateAccessRequest) (proto.AccessRequest, int, *proto.Problem) {
 	var ar proto.AccessRequest
-	st, p := e.call("POST", "/api/v1/access-requests", tok, body, &ar)
-	return ar, st, p
+	status, p := e.call("POST", "/api/v1/access-requests", tok, body, &ar)
+	return ar, status, p
 }
 
 func TestAccessRequestLifecycle(t *testing.T) {
 	e := newAccessEnv(t)
-	ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-1"})
+	ar, status, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-1"})
 	if p != nil {
-		t.Fatalf("request = %d %+v", st, p)
+		t.Fatalf("request = %d %+v", status, p)
 	}
 	if ar.State != proto.RequestPending || ar.User != "alice@example.com" {
 		t.Fatalf("request = %+v", ar)
 	}
 	// Nobody approves their own request, not even with the right.
-	if st, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.alice.Token, nil, nil); st != http.StatusForbidden || p.Code != proto.CodeForbidden {
-		t.Fatalf("self-approval = %d %+v", st, p)
+	if status, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.alice.Token, nil, nil); status != http.StatusForbidden || p.Code != proto.CodeForbidden {
+		t.Fatalf("self-approval = %d %+v", status, p)
 	}
 	// Lengthening is refused.
-	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.sam.Token, proto.AccessDecision{Duration: proto.Duration(2 * time.Hour)}, nil); st != http.StatusBadRequest {
-		t.Fatalf("approve longer = %d, want 400", st)
+	if status, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.sam.Token, proto.AccessDecision{Duration: proto.Duration(2 * time.Hour)}, nil); status != http.StatusBadRequest {
+		t.Fatalf("approve longer = %d, want 400", status)
 	}
 	var approved proto.AccessRequest
 	e.must("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.sam.Token, proto.AccessDecision{Duration: proto.Duration(30 * time.Minute), Reason: "ok"}, &approved)
@@ -85,8 +85,8 @@ func TestAccessRequestLifecycle(t *testing.T) {
 		t.Fatalf("grant in agent map = %+v", g)
 	}
 	// Deciding twice is refused.
-	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/deny", e.sam.Token, proto.AccessDecision{Reason: "no"}, nil); st != http.StatusConflict {
-		t.Fatalf("deny after approve = %d, want 409", st)
+	if status, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/deny", e.sam.Token, proto.AccessDecision{Reason: "no"}, nil); status != http.StatusConflict {
+		t.Fatalf("deny after approve = %d, want 409", status)
 	}
 	// Revoking removes the device from the agent's map at once.
 	e.must("POST", "/api/v1/access-requests/"+ar.ID+"/revoke", e.sam.Token, nil, nil)
@@ -96,8 +96,8 @@ func TestAccessRequestLifecycle(t *testing.T) {
 
 	// Deny needs a reason; a denied request grants nothing.
 	ar2, _, _ := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "again"})
-	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar2.ID+"/deny", e.sam.Token, nil, nil); st != http.StatusBadRequest {
-		t.Fatalf("deny without reason = %d", st)
+	if status, _ := e.call("POST", "/api/v1/access-requests/"+ar2.ID+"/deny", e.sam.Token, nil, nil); status != http.StatusBadRequest {
+		t.Fatalf("deny without reason = %d", status)
 	}
 	var denied proto.AccessRequest
 	e.must("POST", "/api/v1/access-requests/"+ar2.ID+"/deny", e.sam.Token, proto.AccessDecision{Reason: "use staging"}, &denied)
@@ -126,15 +126,15 @@ func TestAccessRequestValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, st, _ := e.request(e.alice.Token, tt.req); st != tt.code {
-				t.Fatalf("= %d, want %d", st, tt.code)
+			if _, status, _ := e.request(e.alice.Token, tt.req); status != tt.code {
+				t.Fatalf("= %d, want %d", status, tt.code)
 			}
 		})
 	}
 	// A user outside the approver groups cannot decide.
 	ar, _, _ := e.request(e.sam.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
-	if st, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.alice.Token, nil, nil); st != http.StatusForbidden {
-		t.Fatalf("approval by a non-approver = %d, want 403", st)
+	if status, _ := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/approve", e.alice.Token, nil, nil); status != http.StatusForbidden {
+		t.Fatalf("approval by a non-approver = %d, want 403", status)
 	}
 }
 
@@ -170,11 +170,11 @@ func TestDisableUserRevokesEverything(t *testing.T) {
 	if m := e.agentMap.next(); len(m.Removed) != 1 {
 		t.Fatalf("after disable the agent got %+v", m)
 	}
-	if st, _ := e.call("GET", "/api/v1/whoami", e.alice.Token, nil, nil); st != http.StatusUnauthorized {
-		t.Fatalf("disabled user's session = %d, want 401", st)
+	if status, _ := e.call("GET", "/api/v1/whoami", e.alice.Token, nil, nil); status != http.StatusUnauthorized {
+		t.Fatalf("disabled user's session = %d, want 401", status)
 	}
-	if st, _ := e.call("POST", "/api/v1/users/admin@example.com/disable", e.admin.Token, nil, nil); st != http.StatusBadRequest {
-		t.Fatalf("self-disable = %d", st)
+	if status, _ := e.call("POST", "/api/v1/users/admin@example.com/disable", e.admin.Token, nil, nil); status != http.StatusBadRequest {
+		t.Fatalf("self-disable = %d", status)
 	}
 }
 
@@ -198,8 +198,8 @@ func TestJoinTokenRotateAndRevoke(t *testing.T) {
 	if jt.JoinToken == "" || jt.JoinToken == e.joinToken {
 		t.Fatalf("rotated token = %+v", jt)
 	}
-	if st, _ := e.call("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil); st != http.StatusUnauthorized {
-		t.Fatalf("old token after rotation = %d, want 401", st)
+	if status, _ := e.call("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil); status != http.StatusUnauthorized {
+		t.Fatalf("old token after rotation = %d, want 401", status)
 	}
 	e.must("POST", "/api/v1/agents", jt.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil)
 	e.must("POST", "/api/v1/clusters/prod/revoke-token", e.admin.Token, nil, nil)
@@ -231,8 +231,8 @@ func TestRoleRestrictionsValidatedAndDelivered(t *testing.T) {
 		{proto.Restrictions{NonResourceURLs: []string{"/logs/../etc"}}, `non-resource URL "/logs/../etc": want a clean path`},
 	} {
 		bad := proto.Role{Name: "broken", Groups: []string{"g"}, Restrictions: &tt.rs}
-		if st, p := e.call("POST", "/api/v1/roles", e.admin.Token, bad, nil); st != 400 || p.Code != proto.CodeBadRequest || !strings.Contains(p.Title+p.Detail, tt.want) {
-			t.Fatalf("bad restriction %+v = %d %+v, want 400 naming %s", tt.rs, st, p, tt.want)
+		if status, p := e.call("POST", "/api/v1/roles", e.admin.Token, bad, nil); status != 400 || p.Code != proto.CodeBadRequest || !strings.Contains(p.Title+p.Detail, tt.want) {
+			t.Fatalf("bad restriction %+v = %d %+v, want 400 naming %s", tt.rs, status, p, tt.want)
 		}
 	}
 	upd := proto.Role{Groups: []string{"viewers"}, Restrictions: &proto.Restrictions{Namespaces: []string{"dev"}, NonResourceURLs: []string{"/healthz"}}}
@@ -250,9 +250,9 @@ func TestRoleRestrictionsValidatedAndDelivered(t *testing.T) {
 // approved; the answer is a 409 with a sentence, not a panic.
 func TestApproveWithDeletedRole(t *testing.T) {
 	e := newAccessEnv(t)
-	ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-2"})
+	ar, status, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-2"})
 	if p != nil {
-		t.Fatalf("request = %d %+v", st, p)
+		t.Fatalf("request = %d %+v", status, p)
 	}
 	e.must("DELETE", "/api/v1/roles/viewer", e.admin.Token, nil, nil)
 	for _, tc := range []struct {
@@ -264,9 +264,9 @@ func TestApproveWithDeletedRole(t *testing.T) {
 		{"approver denies", e.sam.Token, "deny", proto.AccessDecision{Reason: "gone"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/"+tc.action, tc.who, tc.body, nil)
-			if st != http.StatusConflict || p.Code != proto.CodeConflict || !strings.Contains(p.Title, "was deleted") {
-				t.Fatalf("%s = %d %+v, want 409 naming the deleted role", tc.action, st, p)
+			status, p := e.call("POST", "/api/v1/access-requests/"+ar.ID+"/"+tc.action, tc.who, tc.body, nil)
+			if status != http.StatusConflict || p.Code != proto.CodeConflict || !strings.Contains(p.Title, "was deleted") {
+				t.Fatalf("%s = %d %+v, want 409 naming the deleted role", tc.action, status, p)
 			}
 		})
 	}

@@ -4,199 +4,63 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
-func openTestStore(t *testing.T) *store.Bolt {
-	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "coordinator.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
-
-// fillAudit appends n events, one an hour from start.
-func fillAudit(t *testing.T, st store.Store, start time.Time, n int) {
-	t.Helper()
-	err := st.Update(func(tx store.Tx) error {
-		for i := range n {
-			e := proto.AuditEvent{Code: proto.AuditRequest, Time: start.Add(time.Duration(i) * time.Hour), Actor: fmt.Sprintf("user%d", i%3),
-				Resource: &proto.AuditResource{Verb: "get", Resource: "pods", Namespace: "default"}, Status: 200}
-			if _, err := appendAudit(tx, e); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 func mustVerify(t *testing.T, st store.Store) proto.AuditVerification {
 	t.Helper()
-	v, err := VerifyAudit(st, AuditVerifyOptions{})
+	v, err := auditlog.Verify(st, auditlog.VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
 }
 
-// editRecord rewrites record seq through fn, in place.
-func editRecord(t *testing.T, st store.Store, seq uint64, fn func(*proto.AuditEvent)) {
+// cutAudit does what someone who can write the store can: it cuts the
+// audit log back to record seq and removes every checkpoint, so that the
+// store alone still verifies.
+func cutAudit(t *testing.T, st store.Store, seq uint64) {
 	t.Helper()
 	err := st.Update(func(tx store.Tx) error {
-		var e proto.AuditEvent
-		if err := store.Get(tx, store.Audit, auditKey(seq), &e); err != nil {
+		head, err := auditlog.Head(tx)
+		if err != nil {
 			return err
 		}
-		fn(&e)
-		return store.Put(tx, store.Audit, auditKey(seq), e)
+		for s := seq + 1; s <= head.Seq; s++ {
+			if err := tx.Delete(store.Audit, auditlog.Key(s)); err != nil {
+				return err
+			}
+		}
+		var keys []string
+		tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
+			keys = append(keys, k)
+			return nil
+		})
+		for _, k := range keys {
+			if err := tx.Delete(store.AuditCheckpoints, k); err != nil {
+				return err
+			}
+		}
+		var e proto.AuditEvent
+		if err := store.Get(tx, store.Audit, auditlog.Key(seq), &e); err != nil {
+			return err
+		}
+		return store.Put(tx, store.Meta, auditlog.MetaHead, auditlog.Mark{Seq: seq, Hash: e.Hash})
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestAuditChain(t *testing.T) {
-	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	tests := []struct {
-		name    string
-		tamper  func(t *testing.T, st store.Store)
-		badSeq  uint64
-		problem string
-	}{
-		{"intact", func(*testing.T, store.Store) {}, 0, ""},
-		{"edited actor", func(t *testing.T, st store.Store) {
-			editRecord(t, st, 5, func(e *proto.AuditEvent) { e.Actor = "nobody" })
-		}, 5, "edited"},
-		{"edited and rehashed", func(t *testing.T, st store.Store) {
-			editRecord(t, st, 5, func(e *proto.AuditEvent) { e.Status = 403; e.Hash = proto.AuditHash(*e) })
-		}, 6, "does not follow"},
-		{"deleted in the middle", func(t *testing.T, st store.Store) {
-			st.Update(func(tx store.Tx) error { return tx.Delete(store.Audit, auditKey(7)) })
-		}, 7, "missing"},
-		{"deleted at the end", func(t *testing.T, st store.Store) {
-			st.Update(func(tx store.Tx) error { return tx.Delete(store.Audit, auditKey(10)) })
-		}, 10, "missing"},
-		{"last replaced", func(t *testing.T, st store.Store) {
-			editRecord(t, st, 10, func(e *proto.AuditEvent) { e.Actor = "x"; e.Hash = proto.AuditHash(*e) })
-		}, 10, "head"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := openTestStore(t)
-			fillAudit(t, st, start, 10)
-			tt.tamper(t, st)
-			v := mustVerify(t, st)
-			if tt.badSeq == 0 {
-				if !v.OK || v.Checked != 10 || v.First != 1 || v.Last != 10 {
-					t.Fatalf("intact chain: %+v", v)
-				}
-				return
-			}
-			if v.OK || v.BadSeq != tt.badSeq || !strings.Contains(v.Problem, tt.problem) {
-				t.Fatalf("verify = %+v, want record %d named (%q)", v, tt.badSeq, tt.problem)
-			}
-		})
-	}
-}
-
-func TestAuditPruneKeepsChainValid(t *testing.T) {
-	st := openTestStore(t)
-	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	fillAudit(t, st, start, 72) // three days, one event an hour
-	// Now is day 4 noon; 2 days of retention cut before day 2 (Jan 2):
-	// day 1 (24 records) goes whole.
-	now := start.Add(3*24*time.Hour + 12*time.Hour)
-	n, err := pruneAudit(st, 48*time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != 24 {
-		t.Fatalf("pruned %d records, want 24 (one whole day)", n)
-	}
-	v := mustVerify(t, st)
-	if !v.OK || v.First != 25 || v.Last != 72 || v.Anchor == "" {
-		t.Fatalf("after prune: %+v", v)
-	}
-	if n, _ := pruneAudit(st, 48*time.Hour, now); n != 0 {
-		t.Fatalf("second prune removed %d", n)
-	}
-	// The chain goes on from the pruned log.
-	fillAudit(t, st, now, 1)
-	if v := mustVerify(t, st); !v.OK || v.Last != 73 {
-		t.Fatalf("after append: %+v", v)
-	}
-	// Deleting the first remaining record is still caught.
-	st.Update(func(tx store.Tx) error { return tx.Delete(store.Audit, auditKey(25)) })
-	if v := mustVerify(t, st); v.OK || v.BadSeq != 25 {
-		t.Fatalf("deleted first record after prune: %+v", v)
-	}
-}
-
-func TestAuditQueryPagesAndFilters(t *testing.T) {
-	st := openTestStore(t)
-	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	fillAudit(t, st, start, 25)
-	f := auditFilter{}
-	var got []uint64
-	cursor := ""
-	for {
-		p, err := queryAudit(st, &f, cursor, false, 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range p.Events {
-			got = append(got, e.Seq)
-		}
-		if p.Next == "" {
-			break
-		}
-		cursor = p.Next
-	}
-	if len(got) != 25 || got[0] != 25 || got[24] != 1 {
-		t.Fatalf("newest-first pages = %v", got)
-	}
-	q := url.Values{"user": {"user1"}, "from": {start.Add(10 * time.Hour).Format(time.RFC3339)}}
-	f, err := parseAuditFilter(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := queryAudit(st, &f, "", true, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range p.Events {
-		if e.Actor != "user1" || e.Time.Before(start.Add(10*time.Hour)) {
-			t.Fatalf("filter let through %+v", e)
-		}
-	}
-	if len(p.Events) != 5 { // 10,13,16,19,22 (0-based hours) are user1
-		t.Fatalf("filtered %d events, want 5", len(p.Events))
-	}
-	// Following: the asc cursor sees only what comes later.
-	fillAudit(t, st, start.Add(100*time.Hour), 2)
-	p2, err := queryAudit(st, &auditFilter{}, p.Next, true, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(p2.Events) != 2 || p2.Events[0].Seq != 26 {
-		t.Fatalf("follow page = %+v", p2.Events)
 	}
 }
 
@@ -228,11 +92,11 @@ func TestAuditIngestIsIdempotent(t *testing.T) {
 	// Agents may not send administrative events, nor users.
 	bad := ev(5)
 	bad.Code = proto.AuditRoleCreated
-	if st, _ := e.call("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool1", Events: []proto.AuditEvent{bad}}, nil); st != 400 {
-		t.Fatalf("admin code from an agent = %d, want 400", st)
+	if status, _ := e.call("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool1", Events: []proto.AuditEvent{bad}}, nil); status != 400 {
+		t.Fatalf("admin code from an agent = %d, want 400", status)
 	}
-	if st, _ := e.call("POST", "/api/v1/audit/events", e.admin.Token, proto.AuditBatch{Source: "x", Events: []proto.AuditEvent{ev(1)}}, nil); st != 401 {
-		t.Fatalf("batch with a session token = %d, want 401", st)
+	if status, _ := e.call("POST", "/api/v1/audit/events", e.admin.Token, proto.AuditBatch{Source: "x", Events: []proto.AuditEvent{ev(1)}}, nil); status != 401 {
+		t.Fatalf("batch with a session token = %d, want 401", status)
 	}
 
 	var page proto.AuditPage
@@ -289,37 +153,15 @@ func TestAuditCoversChangesAndFailures(t *testing.T) {
 			t.Fatalf("bob sees %+v", ev)
 		}
 	}
-	if st, _ := e.call("GET", "/api/v1/audit/events?user=admin@example.com", bob.Token, nil, nil); st != 403 {
-		t.Fatalf("bob asking for the admin's events = %d, want 403", st)
+	if status, _ := e.call("GET", "/api/v1/audit/events?user=admin@example.com", bob.Token, nil, nil); status != 403 {
+		t.Fatalf("bob asking for the admin's events = %d, want 403", status)
 	}
-	if st, _ := e.call("GET", "/api/v1/audit/verify", bob.Token, nil, nil); st != 403 {
-		t.Fatalf("bob verifying = %d, want 403", st)
+	if status, _ := e.call("GET", "/api/v1/audit/verify", bob.Token, nil, nil); status != 403 {
+		t.Fatalf("bob verifying = %d, want 403", status)
 	}
-	if v := mustVerify(t, e.srv.st); !v.OK {
+	if v := mustVerify(t, e.srv.store); !v.OK {
 		t.Fatalf("verify = %+v", v)
 	}
-}
-
-func TestAuditHashSurvivesStorage(t *testing.T) {
-	// What is stored decodes to the event that was hashed.
-	st := openTestStore(t)
-	err := st.Update(func(tx store.Tx) error {
-		_, err := appendAudit(tx, proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Latency: proto.Duration(1234567 * time.Nanosecond),
-			Metadata: map[string]string{"z": "1", "a": "ü"}, Resource: &proto.AuditResource{Path: "/api/v1/pods"}})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.View(func(tx store.Tx) error {
-		raw, _ := tx.GetRaw(store.Audit, auditKey(1))
-		var e proto.AuditEvent
-		json.Unmarshal(raw, &e)
-		if proto.AuditHash(e) != e.Hash {
-			t.Fatalf("stored event does not hash to its hash: %s", raw)
-		}
-		return nil
-	})
 }
 
 func TestAuditQueueFlushedOnClose(t *testing.T) {
@@ -333,7 +175,7 @@ func TestAuditQueueFlushedOnClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	p, err := queryAudit(st, &auditFilter{codes: map[proto.AuditCode]bool{proto.AuditAgentRefused: true}}, "", true, 100)
+	p, err := auditlog.Query(st, &auditlog.Filter{Codes: map[proto.AuditCode]bool{proto.AuditAgentRefused: true}}, "", true, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,12 +198,13 @@ func TestWriteAuditError(t *testing.T) {
 	}{
 		{"bad", errBadBatch{"invalid cursor"}, http.StatusBadRequest, proto.CodeBadRequest, "invalid cursor", "bad hint"},
 		{"wrapped bad", fmt.Errorf("view: %w", errBadBatch{"an event has no source_seq"}), http.StatusBadRequest, proto.CodeBadRequest, "an event has no source_seq", "bad hint"},
-		{"internal", errors.New("disk full"), http.StatusInternalServerError, proto.CodeInternal, "read audit log: disk full", "retry"},
+		{"internal", errors.New("disk full"), http.StatusInternalServerError, proto.CodeInternal, "read audit log: internal error", "retry"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := httptest.NewRecorder()
-			writeAuditError(w, tt.err, "bad hint", "read audit log", "retry")
+			s := &Server{log: slog.New(slog.DiscardHandler)}
+			s.writeAuditError(w, tt.err, "bad hint", "read audit log", "retry")
 			var p proto.Problem
 			if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
 				t.Fatalf("decode problem: %v", err)
@@ -386,7 +229,7 @@ func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	held, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- e.srv.st.Update(func(store.Tx) error { close(held); <-release; return nil })
+		done <- e.srv.store.Update(func(store.Tx) error { close(held); <-release; return nil })
 	}()
 	<-held
 	const total = 3 * limit
@@ -399,7 +242,7 @@ func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	}
 	e.srv.flushAudit()
 	var stored, lost, lossEvents int
-	err := e.srv.st.View(func(tx store.Tx) error {
+	err := e.srv.store.View(func(tx store.Tx) error {
 		return tx.ForEach(store.Audit, func(_ string, raw []byte) error {
 			var ev proto.AuditEvent
 			if err := json.Unmarshal(raw, &ev); err != nil {

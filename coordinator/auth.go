@@ -1,11 +1,13 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -237,7 +239,7 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 		// A directly exchanged token gives no more than it carries.
 		se.Expires = idt.Expiry
 	}
-	err = s.st.Update(func(tx store.Tx) error {
+	err = s.store.Update(func(tx store.Tx) error {
 		if err := store.Put(tx, store.Users, nu.ID, nu); err != nil {
 			return err
 		}
@@ -250,7 +252,7 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 		return nil, fmt.Errorf("store login: %w", err)
 	}
 	stored := nu
-	s.putUser(&stored)
+	s.indexUser(&stored)
 	s.sessions[se.IDHash] = se
 	if u != nil && !slices.Equal(u.Groups, groups) {
 		s.userChangedLocked(&stored, before)
@@ -329,7 +331,8 @@ func (s *Server) authSession(w http.ResponseWriter, r *http.Request) (principal,
 	return principal{user: u, session: se}, true
 }
 
-// authNode verifies a node token.
+// authNode verifies a node token; it writes the problem response and
+// returns false when the caller is not a registered node.
 func (s *Server) authNode(w http.ResponseWriter, r *http.Request) (*node, bool) {
 	raw, ok := bearer(r)
 	if !ok {
@@ -344,6 +347,156 @@ func (s *Server) authNode(w http.ResponseWriter, r *http.Request) (*node, bool) 
 		return nil, false
 	}
 	return n, true
+}
+
+// ---- authentication wrappers of the route table (see Handler) ----
+
+// userHandler serves a request of the logged-in user p.
+type userHandler func(w http.ResponseWriter, r *http.Request, p principal)
+
+// nodeHandler serves a request of the registered node n.
+type nodeHandler func(w http.ResponseWriter, r *http.Request, n *node)
+
+// public marks a route that takes no credential. It adds nothing: it is
+// there so that every route in Handler names its authentication.
+func (s *Server) public(h http.HandlerFunc) http.HandlerFunc { return h }
+
+// user wraps a handler for a logged-in user. The session is checked when
+// the headers arrive and again once the body has been read (see
+// authSessionBody), so a logout or a disable that lands while the body is
+// on its way authorizes nothing.
+func (s *Server) user(h userHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := s.authSessionBody(w, r)
+		if !ok {
+			return
+		}
+		h(w, r, p)
+	}
+}
+
+// admin wraps a handler that only administrators may call. The session
+// and the administrator's rights are checked after the body has arrived
+// (see authSessionBody); a refusal is audited.
+func (s *Server) admin(h userHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := s.authSessionBody(w, r)
+		if !ok {
+			return
+		}
+		s.mu.Lock()
+		isAdmin := s.isAdmin(p.user)
+		s.mu.Unlock()
+		if !isAdmin {
+			s.audit(proto.AuditEvent{Code: proto.AuditAPIDenied, Actor: p.user.Login, Outcome: proto.OutcomeDenied, Error: proto.CodeForbidden,
+				Metadata: map[string]string{"method": r.Method, "path": r.URL.Path}})
+			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, p.user.Login+" is not an administrator", "ask an administrator; admins are named in the coordinator's configuration")
+			return
+		}
+		h(w, r, p)
+	}
+}
+
+// node wraps a handler for a registered device or agent, authenticated by
+// its node token.
+func (s *Server) node(h nodeHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n, ok := s.authNode(w, r)
+		if !ok {
+			return
+		}
+		h(w, r, n)
+	}
+}
+
+// agent is node for a route only agents may call; a device is refused
+// with 403.
+func (s *Server) agent(h nodeHandler) http.HandlerFunc {
+	return s.node(func(w http.ResponseWriter, r *http.Request, n *node) {
+		if n.Kind != proto.KindAgent {
+			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "only agents send audit events", "")
+			return
+		}
+		h(w, r, n)
+	})
+}
+
+// deviceOwner wraps the device registration. The session is checked when
+// the headers arrive, so a caller without one is refused before its body
+// is read, and the handler checks it again at the write (registerNode).
+// Refusals cost the source a token of its rate limit ("register"), and a
+// source without tokens is refused before its session is looked at.
+func (s *Server) deviceOwner(h userHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.sourceReady(w, r, "register") {
+			return
+		}
+		p, ok := s.authSession(w, r)
+		if !ok {
+			s.sourceFailed(r)
+			return
+		}
+		h(w, r, p)
+	}
+}
+
+// joinToken wraps the agent registration: the caller presents a cluster's
+// join token, which is looked up when the headers arrive, so a caller
+// without a known one is refused (and audited) before its body is read;
+// the handler gets the token's hash and looks it up again at the write
+// (registerNode). Refusals cost the source a token of its rate limit
+// ("register"), as in deviceOwner.
+func (s *Server) joinToken(h func(w http.ResponseWriter, r *http.Request, tokenHash string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.sourceReady(w, r, "register") {
+			return
+		}
+		raw, ok := bearer(r)
+		if !ok {
+			s.sourceFailed(r)
+			writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, "missing join token", "pass the cluster's join token (clustral clusters add prints it)")
+			return
+		}
+		tokenHash := hashSecret(raw)
+		s.mu.Lock()
+		known := s.clustersByToken[tokenHash] != nil
+		s.mu.Unlock()
+		if !known {
+			s.refuseJoinToken(w, r)
+			return
+		}
+		h(w, r, tokenHash)
+	}
+}
+
+// authSessionBody is authSession for a request whose body may change
+// state. The session is checked when the headers arrive, so a caller
+// without one is refused before its body is read; then the whole body is
+// read (bounded by proto.MaxBodyBytes and the server's read timeout) and
+// the session is checked again. A logout or a disable that lands while
+// the body is on its way thus authorizes nothing: a client cannot hold a
+// checked request open until its credential is gone. The handler decodes
+// the buffered body as usual. Like authSession, it writes the problem
+// response itself and returns false when the request is refused.
+func (s *Server) authSessionBody(w http.ResponseWriter, r *http.Request) (principal, bool) {
+	if _, ok := s.authSession(w, r); !ok {
+		return principal{}, false
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("request body over %d bytes", mbe.Limit), "send a smaller request")
+			} else {
+				writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "read request body: "+err.Error(), "send the whole body at once")
+			}
+			return principal{}, false
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.ContentLength = int64(len(b))
+	}
+	return s.authSession(w, r)
 }
 
 func bearer(r *http.Request) (string, bool) {

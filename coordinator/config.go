@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/clustral/clustral/coordinator/auditlog"
 )
 
 // Config configures a coordinator. The zero value of every optional field
@@ -23,6 +25,12 @@ type Config struct {
 	// network; the API then no longer serves /metrics. Empty serves
 	// /metrics on the API, to anyone who reaches it.
 	MetricsListen string
+	// STUNListen is the UDP address of endpoint discovery for NAT
+	// traversal, served by ListenAndServe: empty means DefaultSTUNPort on
+	// the Listen host, best effort (a busy port only turns discovery
+	// off); "0" or "off" turns it off; a bare port means that port on the
+	// Listen host.
+	STUNListen string
 	// PublicURL is the URL nodes and browsers reach the coordinator at. It
 	// defaults to http(s)://Listen.
 	PublicURL string
@@ -386,6 +394,14 @@ func PublicIssuer(issuer string) bool {
 	}
 	return false
 }
+
+// Defaults of the audit settings, and the name of the checkpoint signing
+// key in the data directory (see package auditlog).
+const (
+	DefaultAuditRetention          = auditlog.DefaultRetention
+	DefaultAuditCheckpointInterval = auditlog.DefaultCheckpointInterval
+	AuditKeyFile                   = auditlog.KeyFile
+)
 
 // auditKeyPath is where the audit checkpoint key is kept.
 func (c Config) auditKeyPath() string { return filepath.Join(c.DataDir, AuditKeyFile) }

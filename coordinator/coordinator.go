@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/keyrate"
 	"github.com/clustral/clustral/proto"
@@ -38,37 +39,56 @@ import (
 
 // Server is a coordinator. Create one with New; it is safe for concurrent
 // use. Close stops background work and closes the store; map streams end.
+//
+// Locks. The fields are grouped by what protects them:
+//   - set by New (or before serving) and never changed: read freely;
+//   - guarded: the state and the map streams, under the global lock mu;
+//   - ckpt: the checkpoint signer's own lock and what it guards;
+//   - logins, sources, auditq, failures, relay: each has its own lock
+//     inside and needs no other;
+//   - atomics.
+//
+// A method named *Locked, the state's methods, and a method whose doc
+// says "called with s.mu held" need mu; a handler takes it itself, once,
+// around its whole change. Lock order: mu before a mapClient's, auditq's
+// and failures' locks (s.audit may be called with mu held); ckpt before
+// the store's write transaction. The relay's lock is never held with mu:
+// relay.allowed takes mu only after it let go of the relay's.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	st  store.Store
-	now func() time.Time
-
+	// Set by New and never changed.
+	cfg     Config
+	log     *slog.Logger
+	store   store.Store
+	now     func() time.Time
 	ca      *meshCA
 	signKey *ecdsa.PrivateKey
 	// auditKey signs audit checkpoints; it lives in its own file in the
-	// data directory, not in the store (see checkpoint.go).
+	// data directory, not in the store (see package auditlog).
 	auditKey ed25519.PrivateKey
-	// ckptMu serializes signing checkpoints; lastCkpt is the record the
-	// newest one names.
-	ckptMu   sync.Mutex
-	lastCkpt uint64
 	v6       netip.Prefix
 	oidc     *oidcProvider
 	metrics  *metrics
-	cert     atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
 	// timeouts are those of the HTTP servers; set before serving.
 	timeouts serverTimeouts
 
-	mu sync.Mutex
-	state
-	logins  *loginTable
-	clients map[string]*mapClient         // by node id
-	sources *keyrate.Limiters[netip.Addr] // unauthenticated requests by source; nil: no limit
-	auditq  auditQueue                    // events without a change of state
-	// failures counts failed unauthenticated attempts; see auditFailure.
-	failures failures
-	relay    *relay
+	guarded
+
+	// ckpt serializes signing audit checkpoints; last is the record the
+	// newest one names.
+	ckpt struct {
+		sync.Mutex
+		last uint64
+	}
+
+	// Each with its own lock.
+	logins   *loginTable                   // logins waiting for a browser
+	sources  *keyrate.Limiters[netip.Addr] // unauthenticated requests by source; nil: no limit
+	auditq   auditQueue                    // events without a change of state
+	failures failures                      // failed unauthenticated attempts; see auditFailure
+	relay    *relay                        // relay connections; its counters are atomic
+
+	// Atomic.
+	cert atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
 	// mapGen counts changes to any node's map (sendUpsert, sendRemove).
 	// The relay's cached decisions about who may reach whom are valid only
 	// in the generation they were made in.
@@ -77,8 +97,37 @@ type Server struct {
 	// certificate (a time.Duration; agentCertRenew, shorter in tests).
 	certRenew atomic.Int64
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// life owns every goroutine the Server starts; see goOwned and Close.
+	life struct {
+		sync.Mutex
+		closed bool
+	}
+	stop chan struct{}  // closed when Close begins
+	wg   sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
+}
+
+// guarded is what the coordinator's global lock mu guards: the in-memory
+// state with its indexes, and the open map streams by node id.
+//
+// Every change is written through to the store while mu is held: a
+// handler takes mu, checks what the change depends on, runs the store
+// transaction (commit, registerNode, expire), and applies the change to
+// memory and to the nodes' maps before it lets go. Holding mu through the
+// write keeps memory in the order the store committed, and makes a check
+// made under mu (registerNode's authorize, a role still existing) hold at
+// the write, so no revocation lands between the two. The price is that
+// each write's disk sync (bbolt fsyncs every transaction) holds off every
+// other API call and map computation: one registration holds mu about
+// 1.1 ms, so registrations run at about 900 a second and a burst delays
+// map streams by that much per registration (docs/design.md, Known gaps;
+// BenchmarkRegisterNode measured 1.6-2.8 ms, 360-610 a second, on a
+// shared 2-core machine). Reads of the audit log and the request archive
+// (auditlog.Query, archivedRequests) and the audit writer's batches run
+// without mu.
+type guarded struct {
+	mu sync.Mutex
+	state
+	clients map[string]*mapClient // open map streams by node id
 }
 
 // New opens the store in cfg.DataDir, loads the state and the mesh's keys
@@ -111,10 +160,10 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		st:      st,
+		store:   st,
 		now:     cfg.Now,
 		logins:  newLoginTable(),
-		clients: map[string]*mapClient{},
+		guarded: guarded{clients: map[string]*mapClient{}},
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
 	}
@@ -141,18 +190,18 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		s.log.Error("several users hold one login, stored before logins were unique: the oldest keeps it, the others cannot log in until an administrator disables them (clustral users disable <id>)",
 			"login", login, "holder", s.userByLogin(login).ID, "others", ids)
 	}
-	if s.auditKey, err = loadAuditKey(cfg.auditKeyPath(), true); err != nil {
+	if s.auditKey, err = auditlog.LoadKey(cfg.auditKeyPath(), true); err != nil {
 		return nil, err
 	}
 	var last proto.AuditCheckpoint
-	if err := s.st.View(func(tx store.Tx) error {
+	if err := s.store.View(func(tx store.Tx) error {
 		var err error
-		last, err = lastCheckpoint(tx)
+		last, err = auditlog.LastCheckpoint(tx)
 		return err
 	}); err != nil {
 		return nil, err
 	}
-	s.lastCkpt = last.Seq
+	s.ckpt.last = last.Seq
 	if k := proto.AuditKeyID(s.auditKey.Public().(ed25519.PublicKey)); last.Seq != 0 && last.KeyID() != k {
 		s.log.Error("the audit checkpoints in the store were signed with another key than "+cfg.auditKeyPath()+" holds: audit verify will report them; restore the key file the store was used with",
 			"stored_key", last.KeyID(), "key", k)
@@ -171,25 +220,56 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
 		}
 	}
-	s.wg.Add(4)
-	go s.janitor()
-	go s.auditJanitor()
-	go s.auditWriter()
-	go s.auditSigner()
+	s.goOwned(s.janitor)
+	s.goOwned(s.auditJanitor)
+	s.goOwned(s.auditWriter)
+	s.goOwned(s.auditSigner)
 	return s, nil
+}
+
+// goOwned runs f in a goroutine that Close waits for. Once Close has
+// begun it runs nothing and returns false. f must return soon after
+// s.stop is closed.
+func (s *Server) goOwned(f func()) bool {
+	if !s.enter() {
+		return false
+	}
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// enter counts the caller in s.wg, which Close waits for, unless Close
+// has begun; then it returns false. A caller that entered calls s.wg.Done
+// when it is done.
+func (s *Server) enter() bool {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.life.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
 }
 
 // Config returns the effective configuration.
 func (s *Server) Config() Config { return s.cfg }
 
 // Close stops the server's background work, ends every map stream and
-// closes the store.
+// relay connection, stops what Serve and ListenAndServe serve, waits for
+// every goroutine the Server started (the janitors, the audit writer and
+// signer, the HTTP servers, endpoint discovery, the relay's connections),
+// and closes the store. Calls after the first return nil.
 func (s *Server) Close() error {
-	select {
-	case <-s.stop:
+	s.life.Lock()
+	if s.life.closed {
+		s.life.Unlock()
 		return nil
-	default:
 	}
+	s.life.closed = true
+	s.life.Unlock()
 	// Store every count of failures, closed window or not.
 	s.flushFailures(s.now().Add(failureWindow))
 	close(s.stop)
@@ -205,16 +285,33 @@ func (s *Server) Close() error {
 	if err := s.checkpointAudit(); err != nil {
 		s.log.Error("audit checkpoint at close", "err", err)
 	}
-	return s.st.Close()
+	return s.store.Close()
 }
 
-// ListenAndServe serves the API on cfg.Listen until ctx is done, then shuts
-// down gracefully. ready, if not nil, is called with the bound address.
+// ListenAndServe serves the API on cfg.Listen, the ops routes on
+// cfg.MetricsListen if set, and endpoint discovery on cfg.STUNListen (see
+// Config) until ctx is done or Close is called, then shuts them down
+// gracefully and returns once all of them have stopped. ready, if not nil,
+// is called with the API's bound address.
 func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error {
 	l, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	// What this call starts beside Serve is owned by the Server (Close
+	// waits for it) and by this call (it returns once that has stopped).
+	var wg sync.WaitGroup
+	start := func(f func()) bool {
+		wg.Add(1)
+		if !s.goOwned(func() { defer wg.Done(); f() }) {
+			wg.Done()
+			return false
+		}
+		return true
+	}
+	defer wg.Wait()
+	defer cancel()
 	if s.cfg.MetricsListen != "" {
 		ml, err := net.Listen("tcp", s.cfg.MetricsListen)
 		if err != nil {
@@ -222,9 +319,23 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 			return fmt.Errorf("listen on %s for metrics: %w", s.cfg.MetricsListen, err)
 		}
 		ops := s.httpServer(s.OpsHandler())
-		go ops.Serve(ml)
+		if !start(func() { ops.Serve(ml) }) {
+			ml.Close()
+		}
 		defer ops.Close()
 		s.log.Info("metrics listening", "addr", ml.Addr().String())
+	}
+	pc, err := s.listenSTUN()
+	if err != nil {
+		l.Close()
+		return err
+	}
+	if pc != nil && !start(func() {
+		if err := s.ServeSTUN(ctx, pc); err != nil {
+			s.log.Error("endpoint discovery stopped", "err", err)
+		}
+	}) {
+		pc.Close()
 	}
 	if ready != nil {
 		ready(l.Addr())
@@ -280,13 +391,22 @@ func (s *Server) longLived(w http.ResponseWriter) (extendWrite func()) {
 	}
 }
 
-// Serve serves the API on l until ctx is done.
+// Serve serves the API on l until ctx is done or Close is called, then
+// ends the map streams and relay connections, shuts the HTTP server down
+// gracefully (waiting up to 10 s for requests in flight) and returns once
+// it has stopped. Close waits for Serve to return.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	if !s.enter() {
+		l.Close()
+		return http.ErrServerClosed
+	}
+	defer s.wg.Done()
 	srv := s.httpServer(s.Handler())
 	if s.cfg.TLSCertFile != "" {
 		if s.cert.Load() == nil {
 			cert, err := s.loadTLS()
 			if err != nil {
+				l.Close()
 				return err
 			}
 			s.cert.CompareAndSwap(nil, cert)
@@ -301,6 +421,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
+	case <-s.stop:
 	}
 	// Map streams and relay connections never finish on their own; end
 	// them first.
@@ -312,7 +433,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.closeRelays()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		srv.Close()
+	}
+	<-errc // srv.Serve has returned ErrServerClosed
+	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
@@ -370,7 +496,7 @@ const (
 // loadKeys loads the session signing key, the mesh CA and the IPv6 prefix,
 // creating them on first start.
 func (s *Server) loadKeys() error {
-	return s.st.Update(func(tx store.Tx) error {
+	return s.store.Update(func(tx store.Tx) error {
 		raw, err := tx.GetRaw(store.Meta, metaSessionKey)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -466,16 +592,16 @@ func (s *Server) loadKeys() error {
 
 // load reads every record into memory.
 func (s *Server) load() error {
-	return s.st.View(func(tx store.Tx) error {
+	return s.store.View(func(tx store.Tx) error {
 		for _, load := range []func(store.Tx) error{
 			s.state.ipam.loadAddresses,
-			loadAll(store.Users, s.state.putUser),
+			loadAll(store.Users, s.state.indexUser),
 			loadAll(store.Sessions, func(se *session) { s.state.sessions[se.IDHash] = se }),
-			loadAll(store.Clusters, s.state.putCluster),
-			loadAll(store.Roles, s.state.putRole),
-			loadAll(store.Assignments, s.state.putAssignment),
+			loadAll(store.Clusters, s.state.indexCluster),
+			loadAll(store.Roles, s.state.indexRole),
+			loadAll(store.Assignments, s.state.indexAssignment),
 			loadAll(store.Requests, func(ar *accessRequest) { s.state.requests[ar.ID] = ar }),
-			loadAll(store.Nodes, s.state.putNode),
+			loadAll(store.Nodes, s.state.indexNode),
 		} {
 			if err := load(tx); err != nil {
 				return err
@@ -508,14 +634,13 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 	if err != nil {
 		return err
 	}
-	_, err = appendAudit(tx, e)
+	_, err = auditlog.Append(tx, e)
 	return err
 }
 
 // janitor expires sessions, devices and assignments, and reclaims agents
 // that have been gone for AgentTTL.
 func (s *Server) janitor() {
-	defer s.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -572,7 +697,7 @@ func (s *Server) expire() error {
 		return nil
 	}
 	var expiredReqs []*accessRequest
-	err := s.st.Update(func(tx store.Tx) error {
+	err := s.store.Update(func(tx store.Tx) error {
 		var err error
 		if expiredReqs, err = s.expireRequestsLocked(tx, now); err != nil {
 			return err
@@ -606,10 +731,10 @@ func (s *Server) expire() error {
 	}
 	for _, n := range nodes {
 		s.log.Info("node expired", "node", n.ID, "kind", n.Kind)
-		s.removeNodeLocked(n)
+		s.removeNodeAndSyncLocked(n)
 	}
 	for _, a := range asg {
-		s.removeAssignmentLocked(a)
+		s.removeAssignmentAndSyncLocked(a)
 	}
 	return nil
 }

@@ -129,8 +129,8 @@ func (e *testEnv) call(method, path, token string, body, out any) (int, *proto.P
 
 func (e *testEnv) must(method, path, token string, body, out any) {
 	e.t.Helper()
-	if st, p := e.call(method, path, token, body, out); p != nil {
-		e.t.Fatalf("%s %s = %d %+v", method, path, st, p)
+	if status, p := e.call(method, path, token, body, out); p != nil {
+		e.t.Fatalf("%s %s = %d %+v", method, path, status, p)
 	}
 }
 
@@ -177,9 +177,9 @@ func TestTokenExchangeRejectsBadTokens(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: tt.token}, nil)
-			if st != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed {
-				t.Fatalf("= %d %+v, want 401 LOGIN_FAILED", st, p)
+			status, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: tt.token}, nil)
+			if status != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed {
+				t.Fatalf("= %d %+v, want 401 LOGIN_FAILED", status, p)
 			}
 		})
 	}
@@ -196,13 +196,13 @@ func TestSessionTokenChecks(t *testing.T) {
 	s := e.login("alice@example.com")
 	tampered := s.Token[:len(s.Token)-4] + "AAAA"
 	for _, tok := range []string{"", "garbage", tampered} {
-		if st, _ := e.call("GET", "/api/v1/whoami", tok, nil, nil); st != http.StatusUnauthorized {
-			t.Errorf("whoami with %q = %d, want 401", tok, st)
+		if status, _ := e.call("GET", "/api/v1/whoami", tok, nil, nil); status != http.StatusUnauthorized {
+			t.Errorf("whoami with %q = %d, want 401", tok, status)
 		}
 	}
 	e.must("DELETE", "/api/v1/session", s.Token, nil, nil)
-	if st, p := e.call("GET", "/api/v1/whoami", s.Token, nil, nil); st != http.StatusUnauthorized || p.Code != proto.CodeSessionExpired {
-		t.Fatalf("whoami after logout = %d %+v", st, p)
+	if status, p := e.call("GET", "/api/v1/whoami", s.Token, nil, nil); status != http.StatusUnauthorized || p.Code != proto.CodeSessionExpired {
+		t.Fatalf("whoami after logout = %d %+v", status, p)
 	}
 }
 
@@ -215,9 +215,9 @@ func TestAdminAPIRefusesNonAdmins(t *testing.T) {
 		{"GET", "/api/v1/assignments"}, {"POST", "/api/v1/assignments"},
 		{"DELETE", "/api/v1/assignments/x"}, {"GET", "/api/v1/users"},
 	} {
-		st, p := e.call(c.method, c.path, bob.Token, map[string]string{"name": "x"}, nil)
-		if st != http.StatusForbidden || p.Code != proto.CodeForbidden || !strings.Contains(p.Title, "not an administrator") {
-			t.Errorf("%s %s = %d %+v, want 403 FORBIDDEN", c.method, c.path, st, p)
+		status, p := e.call(c.method, c.path, bob.Token, map[string]string{"name": "x"}, nil)
+		if status != http.StatusForbidden || p.Code != proto.CodeForbidden || !strings.Contains(p.Title, "not an administrator") {
+			t.Errorf("%s %s = %d %+v, want 403 FORBIDDEN", c.method, c.path, status, p)
 		}
 	}
 }
@@ -241,9 +241,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, p := e.call("POST", tt.path, admin.Token, tt.body, nil)
-			if st != tt.status || p.Code != tt.code {
-				t.Fatalf("= %d %+v, want %d %s", st, p, tt.status, tt.code)
+			status, p := e.call("POST", tt.path, admin.Token, tt.body, nil)
+			if status != tt.status || p.Code != tt.code {
+				t.Fatalf("= %d %+v, want %d %s", status, p, tt.status, tt.code)
 			}
 		})
 	}
@@ -313,8 +313,8 @@ func TestMeshRegistrationAndMapDeltas(t *testing.T) {
 
 	// Agent registration: bad token, then good.
 	agentKey := newKey(t)
-	if st, p := e.call("POST", "/api/v1/agents", "cjt_wrong", proto.RegisterAgentRequest{PublicKey: agentKey, CSR: newCSR(t)}, nil); st != 401 || p.Code != proto.CodeInvalidJoinToken {
-		t.Fatalf("agent with bad token = %d %+v", st, p)
+	if status, p := e.call("POST", "/api/v1/agents", "cjt_wrong", proto.RegisterAgentRequest{PublicKey: agentKey, CSR: newCSR(t)}, nil); status != 401 || p.Code != proto.CodeInvalidJoinToken {
+		t.Fatalf("agent with bad token = %d %+v", status, p)
 	}
 	var agent proto.RegisterResponse
 	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: agentKey, Hostname: "node-1", CSR: newCSR(t)}, &agent)
@@ -338,8 +338,8 @@ func TestMeshRegistrationAndMapDeltas(t *testing.T) {
 	devKey := newKey(t)
 	var dev proto.RegisterResponse
 	e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: devKey, Hostname: "laptop"}, &dev)
-	if st, _ := e.call("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: devKey}, nil); st != http.StatusConflict {
-		t.Fatalf("duplicate key registration = %d, want 409", st)
+	if status, _ := e.call("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: devKey}, nil); status != http.StatusConflict {
+		t.Fatalf("duplicate key registration = %d, want 409", status)
 	}
 
 	am := e.openMap(agent.NodeToken)

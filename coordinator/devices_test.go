@@ -18,8 +18,8 @@ func TestDeviceListUserFilterDoesNotRevealUsers(t *testing.T) {
 	list := func(token, user string) (int, *proto.Problem, []proto.Device) {
 		t.Helper()
 		var ds []proto.Device
-		st, p := e.call("GET", "/api/v1/devices?user="+url.QueryEscape(user), token, nil, &ds)
-		return st, p, ds
+		status, p := e.call("GET", "/api/v1/devices?user="+url.QueryEscape(user), token, nil, &ds)
+		return status, p, ds
 	}
 	// Alice asking about an existing and a missing user gets the same
 	// answer.
@@ -29,14 +29,14 @@ func TestDeviceListUserFilterDoesNotRevealUsers(t *testing.T) {
 		t.Fatalf("non-admin filter: existing user = %d %+v, missing user = %d %+v; want the same 403", stBob, pBob, stNobody, pNobody)
 	}
 	// Naming herself works.
-	if st, p, ds := list(alice.Token, "alice@example.com"); p != nil || len(ds) != 1 {
-		t.Fatalf("own filter = %d %+v %v", st, p, ds)
+	if status, p, ds := list(alice.Token, "alice@example.com"); p != nil || len(ds) != 1 {
+		t.Fatalf("own filter = %d %+v %v", status, p, ds)
 	}
 	// An administrator still learns that a user does not exist.
-	if st, p, _ := list(admin.Token, "nobody@example.com"); st != http.StatusNotFound || p.Code != proto.CodeNotFound {
-		t.Fatalf("admin filter on a missing user = %d %+v, want 404", st, p)
+	if status, p, _ := list(admin.Token, "nobody@example.com"); status != http.StatusNotFound || p.Code != proto.CodeNotFound {
+		t.Fatalf("admin filter on a missing user = %d %+v, want 404", status, p)
 	}
-	if st, p, ds := list(admin.Token, "alice@example.com"); p != nil || len(ds) != 1 {
-		t.Fatalf("admin filter = %d %+v %v", st, p, ds)
+	if status, p, ds := list(admin.Token, "alice@example.com"); p != nil || len(ds) != 1 {
+		t.Fatalf("admin filter = %d %+v %v", status, p, ds)
 	}
 }

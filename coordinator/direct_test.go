@@ -56,15 +56,15 @@ func TestDirectExchangeChecksAZPAndRefusesAccessTokens(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var s proto.Session
-			st, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: e.iss.mint(t, tt.claims, tt.header)}, &s)
+			status, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: e.iss.mint(t, tt.claims, tt.header)}, &s)
 			if tt.want == "" {
 				if p != nil || s.Token == "" {
-					t.Fatalf("= %d %+v, want a session", st, p)
+					t.Fatalf("= %d %+v, want a session", status, p)
 				}
 				return
 			}
-			if st != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed || !strings.Contains(p.Title, tt.want) {
-				t.Fatalf("= %d %+v, want 401 LOGIN_FAILED with %q", st, p, tt.want)
+			if status != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed || !strings.Contains(p.Title, tt.want) {
+				t.Fatalf("= %d %+v, want 401 LOGIN_FAILED with %q", status, p, tt.want)
 			}
 		})
 	}
@@ -74,7 +74,7 @@ func TestDirectExchangeAcceptsExtraAudienceAsAZP(t *testing.T) {
 	e := newTestEnv(t)
 	e.srv.oidc.cfg.ExtraAudiences = []string{"ci-bot"}
 	var s proto.Session
-	if st, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: e.iss.mint(t, map[string]any{"azp": "ci-bot"}, nil)}, &s); p != nil {
-		t.Fatalf("token of a listed client = %d %+v", st, p)
+	if status, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: e.iss.mint(t, map[string]any{"azp": "ci-bot"}, nil)}, &s); p != nil {
+		t.Fatalf("token of a listed client = %d %+v", status, p)
 	}
 }

@@ -17,8 +17,8 @@ func (e *testEnv) exchange(claims map[string]any) (proto.Session, int, *proto.Pr
 	e.t.Helper()
 	e.iss.signInClaims(claims)
 	var s proto.Session
-	st, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: e.iss.token(e.t, "clustral", "", time.Hour)}, &s)
-	return s, st, p
+	status, p := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: e.iss.token(e.t, "clustral", "", time.Hour)}, &s)
+	return s, status, p
 }
 
 // auditCodes returns the codes of every stored audit event, once the
@@ -52,15 +52,15 @@ func TestLoginCollisionRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// Mallory's account at the provider now carries the admin's
 			// address, verified.
-			s, st, p := e.exchange(map[string]any{"sub": "sub-mallory@example.com", "email": tt.email, "email_verified": true})
-			if st != http.StatusForbidden || !strings.Contains(p.Title, "already belongs to another user") {
-				t.Fatalf("login = %d %+v (session %+v), want 403 naming the collision", st, p, s.User)
+			s, status, p := e.exchange(map[string]any{"sub": "sub-mallory@example.com", "email": tt.email, "email_verified": true})
+			if status != http.StatusForbidden || !strings.Contains(p.Title, "already belongs to another user") {
+				t.Fatalf("login = %d %+v (session %+v), want 403 naming the collision", status, p, s.User)
 			}
 		})
 	}
 	// A new subject claiming the login is refused the same way.
-	if _, st, p := e.exchange(map[string]any{"sub": "sub-new", "email": "admin@example.com", "email_verified": true}); st != http.StatusForbidden || !strings.Contains(p.Title, "already belongs") {
-		t.Fatalf("new subject = %d %+v", st, p)
+	if _, status, p := e.exchange(map[string]any{"sub": "sub-new", "email": "admin@example.com", "email_verified": true}); status != http.StatusForbidden || !strings.Contains(p.Title, "already belongs") {
+		t.Fatalf("new subject = %d %+v", status, p)
 	}
 	var who proto.Whoami
 	e.must("GET", "/api/v1/whoami", mallory.Token, nil, &who)
@@ -102,12 +102,12 @@ func TestEmailVerifiedMustBeTrue(t *testing.T) {
 			if tt.verified != nil {
 				c["email_verified"] = tt.verified
 			}
-			_, st, p := e.exchange(c)
+			_, status, p := e.exchange(c)
 			if tt.ok && p != nil {
-				t.Fatalf("login = %d %+v, want success", st, p)
+				t.Fatalf("login = %d %+v, want success", status, p)
 			}
-			if !tt.ok && (st != http.StatusForbidden || !strings.Contains(p.Title, "not verified")) {
-				t.Fatalf("login = %d %+v, want 403 not verified", st, p)
+			if !tt.ok && (status != http.StatusForbidden || !strings.Contains(p.Title, "not verified")) {
+				t.Fatalf("login = %d %+v, want 403 not verified", status, p)
 			}
 		})
 	}
@@ -133,9 +133,9 @@ func TestAdminsMatchTheLoginClaim(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, st, p := e.exchange(tt.claims)
+			s, status, p := e.exchange(tt.claims)
 			if p != nil {
-				t.Fatalf("login = %d %+v", st, p)
+				t.Fatalf("login = %d %+v", status, p)
 			}
 			if s.User.Admin != tt.admin || s.User.Email != tt.email {
 				t.Fatalf("user = %+v, want admin %v email %q", s.User, tt.admin, tt.email)
@@ -162,8 +162,8 @@ func TestUserLookupByEmail(t *testing.T) {
 		{"sub": "s3", "preferred_username": "bo2", "email": "bo@example.com", "email_verified": true},
 		{"sub": "s4", "preferred_username": "cy", "email": "cy@example.com"},
 	} {
-		if _, st, p := e.exchange(c); p != nil {
-			t.Fatalf("login %v = %d %+v", c, st, p)
+		if _, status, p := e.exchange(c); p != nil {
+			t.Fatalf("login %v = %d %+v", c, status, p)
 		}
 	}
 	tests := []struct {
@@ -180,9 +180,9 @@ func TestUserLookupByEmail(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.ref, func(t *testing.T) {
 			var u proto.User
-			st, p := e.call("GET", "/api/v1/users/"+tt.ref, root.Token, nil, &u)
-			if st != tt.status || (p == nil && u.Login != tt.login) {
-				t.Fatalf("lookup = %d %+v %+v, want %d %q", st, p, u, tt.status, tt.login)
+			status, p := e.call("GET", "/api/v1/users/"+tt.ref, root.Token, nil, &u)
+			if status != tt.status || (p == nil && u.Login != tt.login) {
+				t.Fatalf("lookup = %d %+v %+v, want %d %q", status, p, u, tt.status, tt.login)
 			}
 		})
 	}
@@ -212,12 +212,12 @@ func TestAllowRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, st, p := e.exchange(tt.claims)
+			_, status, p := e.exchange(tt.claims)
 			if tt.ok != (p == nil) {
-				t.Fatalf("login = %d %+v, want ok=%v", st, p, tt.ok)
+				t.Fatalf("login = %d %+v, want ok=%v", status, p, tt.ok)
 			}
-			if !tt.ok && (st != http.StatusForbidden || !strings.Contains(p.Title, "may not log in")) {
-				t.Fatalf("refusal = %d %+v, want 403 naming the allow rules", st, p)
+			if !tt.ok && (status != http.StatusForbidden || !strings.Contains(p.Title, "may not log in")) {
+				t.Fatalf("refusal = %d %+v, want 403 naming the allow rules", status, p)
 			}
 		})
 	}
@@ -230,11 +230,11 @@ func TestAllowRulesDomainNeedsVerifiedEmail(t *testing.T) {
 		c.OIDC.LoginClaim = "sub"
 		c.Allow = AllowRules{EmailDomains: []string{"example.com"}}
 	})
-	if _, st, p := e.exchange(map[string]any{"sub": "x", "email": "ceo@example.com", "email_verified": "true"}); st != http.StatusForbidden {
-		t.Fatalf("unverified email in the allowed domain = %d %+v, want 403", st, p)
+	if _, status, p := e.exchange(map[string]any{"sub": "x", "email": "ceo@example.com", "email_verified": "true"}); status != http.StatusForbidden {
+		t.Fatalf("unverified email in the allowed domain = %d %+v, want 403", status, p)
 	}
-	if _, st, p := e.exchange(map[string]any{"sub": "y", "email": "ceo@example.com", "email_verified": true}); p != nil {
-		t.Fatalf("verified email in the allowed domain = %d %+v", st, p)
+	if _, status, p := e.exchange(map[string]any{"sub": "y", "email": "ceo@example.com", "email_verified": true}); p != nil {
+		t.Fatalf("verified email in the allowed domain = %d %+v", status, p)
 	}
 }
 
@@ -278,7 +278,7 @@ func TestSharedLoginFromAnOlderStore(t *testing.T) {
 			if !newerFirst {
 				owner.ID, taker.ID = "usr_a", "usr_b"
 			}
-			err := e.srv.st.Update(func(tx store.Tx) error {
+			err := e.srv.store.Update(func(tx store.Tx) error {
 				for _, u := range []user{owner, taker} {
 					if err := store.Put(tx, store.Users, u.ID, &u); err != nil {
 						return err
@@ -291,11 +291,11 @@ func TestSharedLoginFromAnOlderStore(t *testing.T) {
 			}
 			e.stop()
 			e.start()
-			if _, st, p := e.exchange(map[string]any{"sub": "taker", "email": "alice@example.com", "email_verified": true}); st != http.StatusForbidden {
-				t.Fatalf("the later holder logs in = %d %+v, want 403", st, p)
+			if _, status, p := e.exchange(map[string]any{"sub": "taker", "email": "alice@example.com", "email_verified": true}); status != http.StatusForbidden {
+				t.Fatalf("the later holder logs in = %d %+v, want 403", status, p)
 			}
-			if _, st, p := e.exchange(map[string]any{"sub": "owner", "email": "alice@example.com", "email_verified": true}); p != nil {
-				t.Fatalf("the first holder logs in = %d %+v", st, p)
+			if _, status, p := e.exchange(map[string]any{"sub": "owner", "email": "alice@example.com", "email_verified": true}); p != nil {
+				t.Fatalf("the first holder logs in = %d %+v", status, p)
 			}
 		})
 	}

@@ -48,7 +48,7 @@ func TestAuditIngestRechecksAgentAtWrite(t *testing.T) {
 			}
 
 			stored, sources := 0, 0
-			err := e.srv.st.View(func(tx store.Tx) error {
+			err := e.srv.store.View(func(tx store.Tx) error {
 				evs, err := store.List[proto.AuditEvent](tx, store.Audit)
 				for _, ev := range evs {
 					if ev.Source == batch.Source {

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"fmt"
 	"net/http"
+	"regexp"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -66,7 +67,8 @@ func checkLabels(w http.ResponseWriter, field string, labels map[string]string) 
 	return true
 }
 
-// checkRestrictions bounds the lists of a role's restrictions; their
+// checkRestrictions bounds the lists of a role's restrictions, answering
+// 400 itself and returning false when one is over (checkList); their
 // meaning is checked by Restrictions.Validate.
 func checkRestrictions(w http.ResponseWriter, r *proto.Restrictions) bool {
 	if r == nil {
@@ -88,6 +90,18 @@ func checkRestrictions(w http.ResponseWriter, r *proto.Restrictions) bool {
 	}
 	if len(r.TimeWindows) > maxListItems {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("restrictions.time_windows has %d entries, over the limit of %d", len(r.TimeWindows), maxListItems), "merge windows")
+		return false
+	}
+	return true
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// checkName answers 400 itself and returns false unless name is a DNS
+// label, the form of cluster and role names.
+func checkName(w http.ResponseWriter, what, name string) bool {
+	if !nameRE.MatchString(name) {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%s name %q is not valid", what, name), "use lowercase letters, digits and dashes (a DNS label), at most 63 characters")
 		return false
 	}
 	return true

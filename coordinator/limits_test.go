@@ -72,9 +72,9 @@ func TestAPIDecodesStrictlyAndBoundsText(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, p := e.postRaw(tt.method, tt.path, tt.token, tt.body)
-			if st != http.StatusBadRequest || p.Code != proto.CodeBadRequest || !strings.Contains(p.Title, tt.want) || p.Hint == "" {
-				t.Fatalf("= %d %+v, want 400 %s with %q and a hint", st, p, proto.CodeBadRequest, tt.want)
+			status, p := e.postRaw(tt.method, tt.path, tt.token, tt.body)
+			if status != http.StatusBadRequest || p.Code != proto.CodeBadRequest || !strings.Contains(p.Title, tt.want) || p.Hint == "" {
+				t.Fatalf("= %d %+v, want 400 %s with %q and a hint", status, p, proto.CodeBadRequest, tt.want)
 			}
 		})
 	}

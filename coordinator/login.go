@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -761,4 +763,84 @@ func (s *Server) handleConfirm(w http.ResponseWriter, r *http.Request) {
 		d.Done = true
 		writeLoginPage(w, http.StatusOK, d)
 	}
+}
+
+func (s *Server) handleLoginToken(w http.ResponseWriter, r *http.Request) {
+	var req proto.TokenExchangeRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if s.oidc == nil {
+		writeProblem(w, http.StatusServiceUnavailable, proto.CodeLoginFailed, errNoOIDC.Error(), "configure --oidc-issuer on the coordinator")
+		return
+	}
+	if req.IDToken == "" {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "id_token is required", "pass an ID token from the configured issuer")
+		return
+	}
+	idt, err := s.oidc.verifyDirect(r.Context(), req.IDToken)
+	if err != nil {
+		s.metrics.login("token", err)
+		s.log.Warn("login by token refused", "err", err)
+		s.auditFailure(proto.AuditIDTokenRefused, r, "", err)
+		writeProblem(w, http.StatusUnauthorized, proto.CodeLoginFailed, "ID token refused: "+err.Error(), "use a fresh ID token from "+s.cfg.OIDC.Issuer)
+		return
+	}
+	sess, err := s.loginFromToken(idt, "token")
+	s.metrics.login("token", err)
+	if err != nil {
+		s.auditFailure(proto.AuditIDTokenRefused, r, idt.Subject, err)
+		writeProblem(w, http.StatusForbidden, proto.CodeLoginFailed, err.Error(), "")
+		return
+	}
+	writeJSON(w, http.StatusOK, sess)
+}
+
+// whoamiResponse is served at GET /api/v1/whoami.
+type whoamiResponse = proto.Whoami
+
+func (s *Server) handleWhoami(w http.ResponseWriter, r *http.Request, p principal) {
+	s.mu.Lock()
+	now := s.now()
+	resp := whoamiResponse{User: p.user.toProto(s.isAdmin(p.user)), SessionExpires: p.session.Expires}
+	for cid := range s.clustersOf(p.user, now) {
+		c := s.clusters[cid]
+		rc := proto.ReachableCluster{Name: c.Name, Roles: s.rolesOn(p.user, cid, now)}
+		resp.Clusters = append(resp.Clusters, rc)
+	}
+	for _, c := range s.clusters {
+		resp.Requestable = append(resp.Requestable, c.Name)
+	}
+	s.mu.Unlock()
+	sort.Strings(resp.Requestable)
+	sort.Slice(resp.Clusters, func(i, j int) bool { return resp.Clusters[i].Name < resp.Clusters[j].Name })
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// handleLogout revokes the caller's session and every device under it.
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, p principal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var devs []*node
+	for _, d := range s.devicesByUser[p.user.ID] {
+		if d.SessionID == p.session.IDHash {
+			devs = append(devs, d)
+		}
+	}
+	if !s.commit(w, "revoke session", func(tx store.Tx) error {
+		if err := tx.Delete(store.Sessions, p.session.IDHash); err != nil {
+			return err
+		}
+		if err := deleteNodes(tx, devs); err != nil {
+			return err
+		}
+		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": len(devs)})
+	}) {
+		return
+	}
+	delete(s.sessions, p.session.IDHash)
+	for _, d := range devs {
+		s.removeNodeAndSyncLocked(d)
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -41,8 +41,8 @@ func (e *testEnv) startLogin(redirect string) pendingStart {
 func (e *testEnv) pollLogin(handle, verifier string) (int, *proto.Problem, proto.Session) {
 	e.t.Helper()
 	var sess proto.Session
-	st, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: handle, CodeVerifier: verifier}, &sess)
-	return st, p, sess
+	status, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: handle, CodeVerifier: verifier}, &sess)
+	return status, p, sess
 }
 
 // newBrowser is a victim's or a user's browser: it keeps cookies and
@@ -76,12 +76,12 @@ func TestLoginAttackerWithHandleGetsNothing(t *testing.T) {
 			}
 			resp.Body.Close()
 			for range 3 {
-				st, p, sess := e.pollLogin(attacker.Handle, attacker.verifier)
-				if st == http.StatusOK || sess.Token != "" {
+				status, p, sess := e.pollLogin(attacker.Handle, attacker.verifier)
+				if status == http.StatusOK || sess.Token != "" {
 					t.Fatalf("attacker's poll returned the victim's session %+v", sess)
 				}
-				if st != http.StatusAccepted || p.Code != proto.CodeLoginPending {
-					t.Fatalf("attacker's poll = %d %+v, want 202 LOGIN_PENDING", st, p)
+				if status != http.StatusAccepted || p.Code != proto.CodeLoginPending {
+					t.Fatalf("attacker's poll = %d %+v, want 202 LOGIN_PENDING", status, p)
 				}
 			}
 		})
@@ -160,13 +160,13 @@ func TestLoginLoopback(t *testing.T) {
 		t.Errorf("a loopback login has a user code %q", cli.UserCode)
 	}
 	e.iss.signIn("alice@example.com", "dev")
-	st, _, loc := visit(t, newBrowser(t), cli.AuthURL)
-	if st != http.StatusSeeOther || loc == nil || loc.Host != "127.0.0.1:1" || loc.Path != "/cb/x" || loc.Query().Get("code") == "" {
-		t.Fatalf("callback answered %d to %v, want 303 to the loopback URI with a code", st, loc)
+	status, _, loc := visit(t, newBrowser(t), cli.AuthURL)
+	if status != http.StatusSeeOther || loc == nil || loc.Host != "127.0.0.1:1" || loc.Path != "/cb/x" || loc.Query().Get("code") == "" {
+		t.Fatalf("callback answered %d to %v, want 303 to the loopback URI with a code", status, loc)
 	}
 	code := loc.Query().Get("code")
-	if st, p, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusAccepted || p.Code != proto.CodeLoginPending {
-		t.Fatalf("poll of a loopback login = %d %+v, want 202: the poll never yields its session", st, p)
+	if status, p, _ := e.pollLogin(cli.Handle, cli.verifier); status != http.StatusAccepted || p.Code != proto.CodeLoginPending {
+		t.Fatalf("poll of a loopback login = %d %+v, want 202: the poll never yields its session", status, p)
 	}
 	var sess proto.Session
 	e.must("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: cli.verifier}, &sess)
@@ -179,15 +179,15 @@ func TestLoginLoopback(t *testing.T) {
 		t.Fatalf("whoami = %+v", who)
 	}
 	// The code is one-time, and the login is gone.
-	if st, p := e.call("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: cli.verifier}, nil); st != http.StatusGone || p.Code != proto.CodeLoginConsumed {
-		t.Fatalf("replayed code = %d %+v, want 410", st, p)
+	if status, p := e.call("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: cli.verifier}, nil); status != http.StatusGone || p.Code != proto.CodeLoginConsumed {
+		t.Fatalf("replayed code = %d %+v, want 410", status, p)
 	}
-	if st, _, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusGone {
-		t.Fatalf("poll after the exchange = %d, want 410", st)
+	if status, _, _ := e.pollLogin(cli.Handle, cli.verifier); status != http.StatusGone {
+		t.Fatalf("poll after the exchange = %d, want 410", status)
 	}
 	// Replaying the callback gets nothing either.
-	if st, _, _ := visit(t, newBrowser(t), cli.AuthURL); st != http.StatusUnauthorized {
-		t.Fatalf("replayed callback = %d, want 401", st)
+	if status, _, _ := visit(t, newBrowser(t), cli.AuthURL); status != http.StatusUnauthorized {
+		t.Fatalf("replayed callback = %d, want 401", status)
 	}
 }
 
@@ -204,11 +204,11 @@ func TestLoginCodeNeedsVerifier(t *testing.T) {
 	}
 	code := loc.Query().Get("code")
 	other := oauth2.GenerateVerifier()
-	if st, p := e.call("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: other}, nil); st != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed {
-		t.Fatalf("exchange with another verifier = %d %+v, want 401 LOGIN_FAILED", st, p)
+	if status, p := e.call("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: other}, nil); status != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed {
+		t.Fatalf("exchange with another verifier = %d %+v, want 401 LOGIN_FAILED", status, p)
 	}
-	if st, p := e.call("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: cli.verifier}, nil); st != http.StatusGone {
-		t.Fatalf("exchange after a wrong verifier = %d %+v, want 410: the code is spent", st, p)
+	if status, p := e.call("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: cli.verifier}, nil); status != http.StatusGone {
+		t.Fatalf("exchange after a wrong verifier = %d %+v, want 410: the code is spent", status, p)
 	}
 	ev := e.waitAudit(proto.AuditLoginUnbound)
 	if ev.Actor != "alice@example.com" || !strings.Contains(ev.Metadata["reason"], "verifier") || ev.Metadata["hostname"] != "build-box" {
@@ -216,15 +216,15 @@ func TestLoginCodeNeedsVerifier(t *testing.T) {
 	}
 	// A poll with the wrong verifier ends a login too.
 	cli = e.startLogin("")
-	if st, p, _ := e.pollLogin(cli.Handle, other); st != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed {
-		t.Fatalf("poll with another verifier = %d %+v, want 401", st, p)
+	if status, p, _ := e.pollLogin(cli.Handle, other); status != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed {
+		t.Fatalf("poll with another verifier = %d %+v, want 401", status, p)
 	}
-	if st, _, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusGone {
-		t.Fatalf("poll after a wrong verifier = %d, want 410", st)
+	if status, _, _ := e.pollLogin(cli.Handle, cli.verifier); status != http.StatusGone {
+		t.Fatalf("poll after a wrong verifier = %d, want 410", status)
 	}
 	// Without a verifier the poll is refused outright.
-	if st, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: cli.Handle}, nil); st != http.StatusBadRequest || !strings.Contains(p.Title, "code_verifier") {
-		t.Fatalf("poll without verifier = %d %+v, want 400 naming code_verifier", st, p)
+	if status, p := e.call("POST", "/api/v1/login/poll", "", proto.LoginPollRequest{Handle: cli.Handle}, nil); status != http.StatusBadRequest || !strings.Contains(p.Title, "code_verifier") {
+		t.Fatalf("poll without verifier = %d %+v, want 400 naming code_verifier", status, p)
 	}
 }
 
@@ -254,9 +254,9 @@ func TestLoginStartChecks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, p := e.call("POST", "/api/v1/login/start", "", tt.req, nil)
-			if st != http.StatusBadRequest || !strings.Contains(p.Title, tt.want) || p.Hint == "" {
-				t.Fatalf("login/start = %d %+v, want 400 with %q and a hint", st, p, tt.want)
+			status, p := e.call("POST", "/api/v1/login/start", "", tt.req, nil)
+			if status != http.StatusBadRequest || !strings.Contains(p.Title, tt.want) || p.Hint == "" {
+				t.Fatalf("login/start = %d %+v, want 400 with %q and a hint", status, p, tt.want)
 			}
 		})
 	}
@@ -277,40 +277,40 @@ func TestLoginHeadlessConfirm(t *testing.T) {
 	}
 	e.iss.signIn("alice@example.com")
 	b := newBrowser(t)
-	st, page, _ := visit(t, b, cli.AuthURL)
+	status, page, _ := visit(t, b, cli.AuthURL)
 	for _, want := range []string{"Confirm this login", "alice@example.com", "build-box", "linux/amd64", "127.0.0.1", time.Now().UTC().Format("2006-01-02"), `name="user_code"`} {
-		if st != http.StatusOK || !strings.Contains(page, want) {
-			t.Fatalf("confirmation page (%d) lacks %q:\n%s", st, want, page)
+		if status != http.StatusOK || !strings.Contains(page, want) {
+			t.Fatalf("confirmation page (%d) lacks %q:\n%s", status, want, page)
 		}
 	}
 	if strings.Contains(page, cli.UserCode) {
 		t.Fatal("the confirmation page shows the code it asks for")
 	}
-	if st, p, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusAccepted || !strings.Contains(p.Detail, "confirmed in the browser") || strings.Contains(p.Detail, "alice") {
-		t.Fatalf("poll before confirmation = %d %+v", st, p)
+	if status, p, _ := e.pollLogin(cli.Handle, cli.verifier); status != http.StatusAccepted || !strings.Contains(p.Detail, "confirmed in the browser") || strings.Contains(p.Detail, "alice") {
+		t.Fatalf("poll before confirmation = %d %+v", status, p)
 	}
 	// A wrong code shows the form again.
-	if st, body := e.confirmForm(b, page, "BBBB-BBBB", "confirm", nil); st != http.StatusUnprocessableEntity || !strings.Contains(body, "4 tries left") {
-		t.Fatalf("wrong code = %d %s", st, body)
+	if status, body := e.confirmForm(b, page, "BBBB-BBBB", "confirm", nil); status != http.StatusUnprocessableEntity || !strings.Contains(body, "4 tries left") {
+		t.Fatalf("wrong code = %d %s", status, body)
 	}
-	if st, _, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusAccepted {
-		t.Fatalf("poll after a wrong code = %d, want 202", st)
+	if status, _, _ := e.pollLogin(cli.Handle, cli.verifier); status != http.StatusAccepted {
+		t.Fatalf("poll after a wrong code = %d, want 202", status)
 	}
 	// Typed as people type it.
-	st, body := e.confirmForm(b, page, " "+strings.ToLower(strings.ReplaceAll(cli.UserCode, "-", " "))+" ", "confirm", nil)
-	if st != http.StatusOK || !strings.Contains(body, "Signed in as alice@example.com") || !strings.Contains(body, "build-box") {
-		t.Fatalf("confirm = %d %s", st, body)
+	status, body := e.confirmForm(b, page, " "+strings.ToLower(strings.ReplaceAll(cli.UserCode, "-", " "))+" ", "confirm", nil)
+	if status != http.StatusOK || !strings.Contains(body, "Signed in as alice@example.com") || !strings.Contains(body, "build-box") {
+		t.Fatalf("confirm = %d %s", status, body)
 	}
-	st, p, sess := e.pollLogin(cli.Handle, cli.verifier)
-	if st != http.StatusOK || sess.User.Login != "alice@example.com" {
-		t.Fatalf("poll after confirmation = %d %+v %+v", st, p, sess)
+	status, p, sess := e.pollLogin(cli.Handle, cli.verifier)
+	if status != http.StatusOK || sess.User.Login != "alice@example.com" {
+		t.Fatalf("poll after confirmation = %d %+v %+v", status, p, sess)
 	}
-	if st, _, _ := e.pollLogin(cli.Handle, cli.verifier); st != http.StatusGone {
-		t.Fatalf("second poll = %d, want 410", st)
+	if status, _, _ := e.pollLogin(cli.Handle, cli.verifier); status != http.StatusGone {
+		t.Fatalf("second poll = %d, want 410", status)
 	}
 	// The form does not take a second confirmation.
-	if st, _ := e.confirmForm(b, page, cli.UserCode, "confirm", nil); st != http.StatusForbidden {
-		t.Fatalf("second confirmation = %d, want 403", st)
+	if status, _ := e.confirmForm(b, page, cli.UserCode, "confirm", nil); status != http.StatusForbidden {
+		t.Fatalf("second confirmation = %d, want 403", status)
 	}
 }
 
@@ -333,12 +333,12 @@ func TestLoginHeadlessRefusals(t *testing.T) {
 			for range maxConfirmAttempts - 1 {
 				e.confirmForm(b, page, "BBBB-BBBB", "confirm", nil)
 			}
-			st, body := e.confirmForm(b, page, "BBBB-BBBB", "confirm", nil)
-			if st == http.StatusForbidden {
+			status, body := e.confirmForm(b, page, "BBBB-BBBB", "confirm", nil)
+			if status == http.StatusForbidden {
 				// The right code does not help any more.
 				return e.confirmForm(b, page, code, "confirm", nil)
 			}
-			return st, body
+			return status, body
 		}, http.StatusForbidden, proto.CodeLoginFailed, "wrong code"},
 		{"another browser", func(e *testEnv, _ *http.Client, page, code string) (int, string) {
 			return e.confirmForm(newBrowser(e.t), page, code, "confirm", nil)
@@ -363,12 +363,12 @@ func TestLoginHeadlessRefusals(t *testing.T) {
 			e.iss.signIn("alice@example.com")
 			b := newBrowser(t)
 			_, page, _ := visit(t, b, cli.AuthURL)
-			if st, body := tt.act(e, b, page, cli.UserCode); st != tt.status {
-				t.Fatalf("confirmation POST = %d, want %d:\n%s", st, tt.status, body)
+			if status, body := tt.act(e, b, page, cli.UserCode); status != tt.status {
+				t.Fatalf("confirmation POST = %d, want %d:\n%s", status, tt.status, body)
 			}
-			st, p, sess := e.pollLogin(cli.Handle, cli.verifier)
+			status, p, sess := e.pollLogin(cli.Handle, cli.verifier)
 			if sess.Token != "" || p == nil || p.Code != tt.pollCode {
-				t.Fatalf("poll = %d %+v %+v, want no session and %s", st, p, sess, tt.pollCode)
+				t.Fatalf("poll = %d %+v %+v, want no session and %s", status, p, sess, tt.pollCode)
 			}
 			if tt.reason != "" {
 				if ev := e.waitAudit(proto.AuditLoginUnbound); !strings.Contains(ev.Metadata["reason"], tt.reason) || ev.Outcome != proto.OutcomeDenied {
@@ -396,10 +396,10 @@ func TestLoginSweptAndCapped(t *testing.T) {
 	for range max - 1 {
 		e.startLogin("")
 	}
-	st, p := e.call("POST", "/api/v1/login/start", "", proto.LoginStartRequest{
+	status, p := e.call("POST", "/api/v1/login/start", "", proto.LoginStartRequest{
 		CodeChallenge: oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier()), CodeChallengeMethod: "S256"}, nil)
-	if st != http.StatusServiceUnavailable || p.Code != proto.CodeTooManyLogins || !strings.Contains(p.Hint, "try again") {
-		t.Fatalf("login/start past the cap = %d %+v, want 503 %s", st, p, proto.CodeTooManyLogins)
+	if status != http.StatusServiceUnavailable || p.Code != proto.CodeTooManyLogins || !strings.Contains(p.Hint, "try again") {
+		t.Fatalf("login/start past the cap = %d %+v, want 503 %s", status, p, proto.CodeTooManyLogins)
 	}
 	// Expire them all; the janitor, not a poll, must clear them.
 	t0 := e.srv.now()
@@ -413,8 +413,8 @@ func TestLoginSweptAndCapped(t *testing.T) {
 	if ev.Actor != "alice@example.com" || !strings.Contains(ev.Metadata["reason"], "expired") {
 		t.Fatalf("audit = %+v", ev)
 	}
-	if st, _, _ := e.pollLogin(bound.Handle, bound.verifier); st != http.StatusGone {
-		t.Fatalf("poll of a swept login = %d, want 410", st)
+	if status, _, _ := e.pollLogin(bound.Handle, bound.verifier); status != http.StatusGone {
+		t.Fatalf("poll of a swept login = %d, want 410", status)
 	}
 	e.startLogin("") // room again
 }

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -70,11 +71,11 @@ func TestCommit(t *testing.T) {
 		wantTitle string
 	}{
 		{"stored", nil, true, ""},
-		{"failed", errors.New("disk full"), false, "delete role: disk full"},
+		{"failed", errors.New("disk full"), false, "delete role: internal error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &Server{st: updateStore{}}
+			s := &Server{store: updateStore{}, log: slog.New(slog.DiscardHandler)}
 			w := httptest.NewRecorder()
 			ran := false
 			ok := s.commit(w, "delete role", func(store.Tx) error { ran = true; return tt.err })

@@ -92,6 +92,7 @@ func (c *mapClient) close() {
 
 // ---- propagation (all called with s.mu held) ----
 
+// sendUpsert queues p for the map stream of to, if it has one. Called with s.mu held.
 func (s *Server) sendUpsert(to *node, p proto.Peer) {
 	s.mapGen.Add(1)
 	if c := s.clients[to.ID]; c != nil {
@@ -99,6 +100,7 @@ func (s *Server) sendUpsert(to *node, p proto.Peer) {
 	}
 }
 
+// sendRemove queues the removal of peer k for the map stream of to, if it has one. Called with s.mu held.
 func (s *Server) sendRemove(to *node, k proto.Key) {
 	s.mapGen.Add(1)
 	if c := s.clients[to.ID]; c != nil {
@@ -109,10 +111,11 @@ func (s *Server) sendRemove(to *node, k proto.Key) {
 // syncPair brings the maps of u's devices and cluster c's agents in line
 // with whether u may reach c now. Its cost is proportional to the nodes it
 // touches.
+// Called with s.mu held.
 func (s *Server) syncPair(u *user, clusterID string) {
 	now := s.now()
 	reach := len(s.rolesOn(u, clusterID, now)) > 0
-	agents := s.agentsByClust[clusterID]
+	agents := s.agentsByCluster[clusterID]
 	for _, d := range s.devicesByUser[u.ID] {
 		if reach {
 			dp := s.peer(d, clusterID, now)
@@ -130,13 +133,14 @@ func (s *Server) syncPair(u *user, clusterID string) {
 }
 
 // nodeChanged tells every node that sees n about its new state.
+// Called with s.mu held.
 func (s *Server) nodeChanged(n *node) {
 	now := s.now()
 	switch n.Kind {
 	case proto.KindDevice:
 		u := s.users[n.UserID]
 		for cid := range s.clustersOf(u, now) {
-			for _, a := range s.agentsByClust[cid] {
+			for _, a := range s.agentsByCluster[cid] {
 				s.sendUpsert(a, s.peer(n, cid, now))
 			}
 		}
@@ -150,16 +154,16 @@ func (s *Server) nodeChanged(n *node) {
 	}
 }
 
-// removeNodeLocked drops n from the state and from every map, and ends its
-// own stream.
-func (s *Server) removeNodeLocked(n *node) {
+// removeNodeAndSyncLocked removes n from every map that holds it,
+// unindexes it, and ends its own stream.
+func (s *Server) removeNodeAndSyncLocked(n *node) {
 	now := s.now()
 	switch n.Kind {
 	case proto.KindDevice:
 		// Every agent that might hold it.
 		u := s.users[n.UserID]
 		for cid := range s.possibleClusters(u) {
-			for _, a := range s.agentsByClust[cid] {
+			for _, a := range s.agentsByCluster[cid] {
 				s.sendRemove(a, n.Key)
 			}
 		}
@@ -170,7 +174,7 @@ func (s *Server) removeNodeLocked(n *node) {
 			}
 		}
 	}
-	s.dropNode(n)
+	s.unindexNode(n)
 	if c := s.clients[n.ID]; c != nil {
 		c.close()
 		delete(s.clients, n.ID)
@@ -178,6 +182,7 @@ func (s *Server) removeNodeLocked(n *node) {
 }
 
 // affectedUsers returns the users an assignment applies to.
+// Called with s.mu held.
 func (s *Server) affectedUsers(a *assignment) []*user {
 	var out []*user
 	if a.UserID != "" {
@@ -191,13 +196,17 @@ func (s *Server) affectedUsers(a *assignment) []*user {
 	return out
 }
 
-func (s *Server) addAssignmentLocked(a *assignment) {
-	s.putAssignment(a)
+// addAssignmentAndSyncLocked indexes a and pushes the map updates it
+// causes.
+func (s *Server) addAssignmentAndSyncLocked(a *assignment) {
+	s.indexAssignment(a)
 	s.syncAssignment(a)
 }
 
-func (s *Server) removeAssignmentLocked(a *assignment) {
-	s.dropAssignment(a)
+// removeAssignmentAndSyncLocked unindexes a and pushes the map updates its
+// end causes.
+func (s *Server) removeAssignmentAndSyncLocked(a *assignment) {
+	s.unindexAssignment(a)
 	s.syncAssignment(a)
 }
 
@@ -230,11 +239,7 @@ func (s *Server) userChangedLocked(u *user, before map[string]bool) {
 // node publishes its candidate endpoints (comma-separated ip:port).
 const endpointsParam = proto.MapEndpointsParam
 
-func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
-	n, ok := s.authNode(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	var eps []netip.AddrPort
 	if v := r.URL.Query().Get(endpointsParam); v != "" {
 		for _, e := range strings.Split(v, ",") {

@@ -99,8 +99,8 @@ func TestMetrics(t *testing.T) {
 
 	admin := e.login("admin@example.com")
 	alice := e.login("alice@example.com", "dev")
-	if st, _ := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: "not-a-token"}, nil); st != http.StatusUnauthorized {
-		t.Fatalf("bad token login = %d", st)
+	if status, _ := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: "not-a-token"}, nil); status != http.StatusUnauthorized {
+		t.Fatalf("bad token login = %d", status)
 	}
 	var cl proto.CreateClusterResponse
 	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)

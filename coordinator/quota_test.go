@@ -23,9 +23,9 @@ func TestDeviceCapPerUser(t *testing.T) {
 		e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, &r)
 		ids = append(ids, r.NodeID)
 	}
-	st, p := e.call("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
-	if st != http.StatusConflict || p.Code != proto.CodeQuotaExceeded || p.Title != "alice@example.com already has 3 devices, the most one user may have" {
-		t.Fatalf("fourth device = %d %+v, want 409 QUOTA_EXCEEDED", st, p)
+	status, p := e.call("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
+	if status != http.StatusConflict || p.Code != proto.CodeQuotaExceeded || p.Title != "alice@example.com already has 3 devices, the most one user may have" {
+		t.Fatalf("fourth device = %d %+v, want 409 QUOTA_EXCEEDED", status, p)
 	}
 	// The cap is per user.
 	e.must("POST", "/api/v1/devices", bob.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
@@ -42,22 +42,22 @@ func TestPendingRequestCap(t *testing.T) {
 	}
 	var first proto.AccessRequest
 	for i := range 2 {
-		ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: fmt.Sprintf("r%d", i), Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
+		ar, status, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: fmt.Sprintf("r%d", i), Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
 		if p != nil {
-			t.Fatalf("request %d = %d %+v", i, st, p)
+			t.Fatalf("request %d = %d %+v", i, status, p)
 		}
 		if i == 0 {
 			first = ar
 		}
 	}
-	_, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "r2", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
-	if st != http.StatusConflict || p.Code != proto.CodeQuotaExceeded {
-		t.Fatalf("third pending request = %d %+v, want 409 QUOTA_EXCEEDED", st, p)
+	_, status, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "r2", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"})
+	if status != http.StatusConflict || p.Code != proto.CodeQuotaExceeded {
+		t.Fatalf("third pending request = %d %+v, want 409 QUOTA_EXCEEDED", status, p)
 	}
 	// A decision frees a place.
 	e.must("POST", "/api/v1/access-requests/"+first.ID+"/deny", e.admin.Token, proto.AccessDecision{Reason: "no"}, nil)
-	if _, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "r2", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"}); p != nil {
-		t.Fatalf("request after a denial = %d %+v", st, p)
+	if _, status, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "r2", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "x"}); p != nil {
+		t.Fatalf("request after a denial = %d %+v", status, p)
 	}
 }
 
@@ -95,7 +95,7 @@ func TestEndedRequestsAreArchived(t *testing.T) {
 	}
 	// A store of an earlier version kept ended requests live.
 	old := accessRequest{ID: "req_old", UserID: "usr_x", State: proto.RequestRevoked, Created: time.Now()}
-	if err := e.srv.st.Update(func(tx store.Tx) error { return store.Put(tx, store.Requests, old.ID, &old) }); err != nil {
+	if err := e.srv.store.Update(func(tx store.Tx) error { return store.Put(tx, store.Requests, old.ID, &old) }); err != nil {
 		t.Fatal(err)
 	}
 	e.stop()
@@ -115,12 +115,12 @@ func TestArchiveNewestFirst(t *testing.T) {
 	e := newTestEnv(t)
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	const n = maxListedEnded + 50
-	err := e.srv.st.Update(func(tx store.Tx) error {
+	err := e.srv.store.Update(func(tx store.Tx) error {
 		for i := range n {
 			// Stored in an order unrelated to their times.
 			j := (i * 7) % n
 			ar := accessRequest{ID: fmt.Sprintf("req_%04d", j), UserID: "usr_x", State: proto.RequestDenied, Created: t0.Add(time.Duration(j) * time.Minute)}
-			if err := putRequest(tx, &ar); err != nil {
+			if err := storeRequest(tx, &ar); err != nil {
 				return err
 			}
 		}

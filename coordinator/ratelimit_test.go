@@ -32,7 +32,7 @@ func TestUnauthenticatedRoutesRateLimited(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newTestEnvWith(t, func(c *Config) { c.SourceRate, c.SourceBurst = 6, burst })
 			for i := range burst {
-				if st, _ := e.call(tt.method, tt.path, tt.token, tt.body, nil); st == http.StatusTooManyRequests {
+				if status, _ := e.call(tt.method, tt.path, tt.token, tt.body, nil); status == http.StatusTooManyRequests {
 					t.Fatalf("request %d of the burst = 429", i+1)
 				}
 			}

@@ -143,7 +143,7 @@ func (r *readSignal) Read(p []byte) (int, error) {
 func (e *registerEnv) storedNodes() (keys map[proto.Key]bool, addrs int) {
 	e.t.Helper()
 	keys = map[proto.Key]bool{}
-	err := e.srv.st.View(func(tx store.Tx) error {
+	err := e.srv.store.View(func(tx store.Tx) error {
 		ns, err := store.List[node](tx, store.Nodes)
 		for _, n := range ns {
 			keys[n.Key] = true
@@ -205,8 +205,8 @@ func TestRegistrationRechecksCredentialAtWrite(t *testing.T) {
 				sr = startSlow(t, e.srv.Handler(), "POST", "/api/v1/devices", e.alice.Token, proto.RegisterDeviceRequest{PublicKey: rogue, Hostname: "rogue"})
 			}
 			tc.revoke(e)
-			if st, p := sr.finish(); st != tc.wantHTTP || p.Code != tc.wantCode {
-				t.Errorf("registration straddling the revocation = %d %+v, want %d %s", st, p, tc.wantHTTP, tc.wantCode)
+			if status, p := sr.finish(); status != tc.wantHTTP || p.Code != tc.wantCode {
+				t.Errorf("registration straddling the revocation = %d %+v, want %d %s", status, p, tc.wantHTTP, tc.wantCode)
 			}
 
 			keys, addrs := e.storedNodes()
@@ -265,8 +265,8 @@ func TestRegistrationSlowBodyWithValidCredential(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sr := startSlow(t, e.srv.Handler(), "POST", tc.path, tc.token, tc.body)
-			if st, p := sr.finish(); st != http.StatusOK {
-				t.Fatalf("slow registration with a valid credential = %d %+v", st, p)
+			if status, p := sr.finish(); status != http.StatusOK {
+				t.Fatalf("slow registration with a valid credential = %d %+v", status, p)
 			}
 		})
 	}
@@ -300,14 +300,14 @@ func TestSessionWritesRecheckAfterBody(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newAccessEnv(t)
-			ar, st, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-1"})
+			ar, status, p := e.request(e.alice.Token, proto.CreateAccessRequest{Role: "viewer", Cluster: "prod", Duration: proto.Duration(time.Hour), Reason: "INC-1"})
 			if p != nil {
-				t.Fatalf("request = %d %+v", st, p)
+				t.Fatalf("request = %d %+v", status, p)
 			}
 			sr := tc.start(e, ar)
 			tc.revoke(e)
-			if st, p := sr.finish(); st != http.StatusUnauthorized {
-				t.Errorf("change straddling the revocation = %d %+v, want 401", st, p)
+			if status, p := sr.finish(); status != http.StatusUnauthorized {
+				t.Errorf("change straddling the revocation = %d %+v, want 401", status, p)
 			}
 			e.srv.mu.Lock()
 			asgs, reqs, state := len(e.srv.assignments), len(e.srv.requests), e.srv.requests[ar.ID].State

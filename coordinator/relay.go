@@ -2,13 +2,8 @@ package coordinator
 
 import (
 	"bufio"
-	"context"
-	"errors"
 	"net"
 	"net/http"
-	"net/netip"
-	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -144,24 +139,13 @@ func (s *Server) closeRelays() {
 	}
 }
 
-// relayRoutes adds the relay's and endpoint discovery's routes to mux.
-func (s *Server) relayRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+proto.RelayPath, s.handleRelay)
-	mux.HandleFunc("GET "+proto.RelayPath+"/stats", s.handleRelayStats)
-	mux.HandleFunc("PUT "+proto.APIVersion+"/nodes/self/endpoints", s.handleEndpoints)
-}
-
 // handleRelayStats serves the relay's aggregate counters. They name no
 // node, so they are served like metrics, without authentication.
 func (s *Server) handleRelayStats(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.RelayStats())
 }
 
-func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request) {
-	n, ok := s.authNode(w, r)
-	if !ok {
-		return
-	}
+func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 	if !headerHasToken(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), proto.RelayUpgrade) {
 		w.Header().Set("Upgrade", proto.RelayUpgrade)
 		writeProblem(w, http.StatusUpgradeRequired, proto.CodeBadRequest, "the relay needs an HTTP/1.1 upgrade to "+proto.RelayUpgrade, "connect over HTTP/1.1 with Connection: Upgrade")
@@ -178,6 +162,12 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
+	// The connection is no longer the HTTP server's: Close waits for it.
+	if !s.enter() {
+		conn.Close()
+		return
+	}
+	defer s.wg.Done()
 	rl := s.relay
 	rl.mu.Lock()
 	c := &relayConn{
@@ -195,8 +185,19 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request) {
 	if old != nil {
 		old.close()
 	}
+	select {
+	case <-s.stop:
+		// Close began, and closeRelays may have run before c was in
+		// conns.
+		c.close()
+	default:
+	}
 	s.log.Info("relay connection open", "node", n.ID)
-	go rl.write(c, brw.Writer)
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		rl.write(c, brw.Writer)
+	}()
 	err = rl.read(c, brw.Reader)
 	rl.mu.Lock()
 	if rl.conns[c.key] == c {
@@ -204,6 +205,7 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request) {
 	}
 	rl.mu.Unlock()
 	c.close()
+	<-wrote
 	s.log.Info("relay connection closed", "node", n.ID, "err", err)
 }
 
@@ -353,93 +355,3 @@ func headerHasToken(h http.Header, name, token string) bool {
 
 // maxEndpoints bounds the endpoints one node may publish.
 const maxEndpoints = 16
-
-// handleEndpoints replaces the calling node's published endpoints and
-// tells its peers.
-func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request) {
-	n, ok := s.authNode(w, r)
-	if !ok {
-		return
-	}
-	var req proto.EndpointsUpdate
-	if !decode(w, r, &req) {
-		return
-	}
-	if len(req.Endpoints) > maxEndpoints {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "too many endpoints", "publish at most "+strconv.Itoa(maxEndpoints)+" endpoints")
-		return
-	}
-	for _, e := range req.Endpoints {
-		if !e.IsValid() || e.Port() == 0 || e.Addr().IsUnspecified() {
-			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad endpoint "+e.String(), "endpoints must be ip:port")
-			return
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.nodes[n.ID] == nil {
-		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
-		return
-	}
-	s.endpoints[n.ID] = req.Endpoints
-	s.nodeChanged(n)
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// ServeSTUN answers endpoint-discovery pings on pc until ctx is done or pc
-// fails: each proto.ProbePing gets a proto.ProbePong, of the same size,
-// carrying the address and port the ping came from. ServeSTUN closes pc.
-// While it runs, registrations name its port (RegisterResponse.STUN).
-func (s *Server) ServeSTUN(ctx context.Context, pc net.PacketConn) error {
-	u, ok := pc.(*net.UDPConn)
-	if !ok {
-		pc.Close()
-		return errors.New("serve STUN: not a UDP socket")
-	}
-	if ap, err := netip.ParseAddrPort(u.LocalAddr().String()); err == nil {
-		s.relay.stunPort.Store(uint32(ap.Port()))
-	}
-	defer s.relay.stunPort.Store(0)
-	stop := context.AfterFunc(ctx, func() { u.Close() })
-	defer stop()
-	defer u.Close()
-	s.log.Info("endpoint discovery listening", "addr", u.LocalAddr().String())
-	buf := make([]byte, 1500)
-	var out []byte
-	for {
-		n, from, err := u.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		p, ok := proto.ParseProbe(buf[:n])
-		if !ok || p.Type != proto.ProbePing {
-			continue
-		}
-		pong := proto.Probe{Type: proto.ProbePong, TxID: p.TxID, Observed: netip.AddrPortFrom(from.Addr().Unmap(), from.Port())}
-		out, _ = pong.AppendBinary(out[:0])
-		if _, err := u.WriteToUDPAddrPort(out, from); err == nil {
-			s.relay.stunRequests.Add(1)
-		}
-	}
-}
-
-// stunAddr is the discovery address nodes are told: the public URL's host
-// and the port ServeSTUN listens on, or "" when it does not run.
-func (s *Server) stunAddr() string {
-	port := s.relay.stunPort.Load()
-	if port == 0 {
-		return ""
-	}
-	u, err := url.Parse(s.cfg.PublicURL)
-	if err != nil {
-		return ""
-	}
-	return net.JoinHostPort(u.Hostname(), strconv.Itoa(int(port)))
-}

@@ -158,9 +158,9 @@ func TestRelayForwardsBetweenPeersOnly(t *testing.T) {
 	if _, pkt, ok := bob.recv(200 * time.Millisecond); ok {
 		t.Fatalf("bob got %q from a node he is not a peer of", pkt)
 	}
-	st := e.srv.RelayStats()
-	if st.Conns != 3 || st.Packets != 3 || st.DroppedNoPeer != 3 || st.Bytes != uint64(len("hello agent")+len("hello alice")+len("marker")) {
-		t.Errorf("stats = %+v", st)
+	status := e.srv.RelayStats()
+	if status.Conns != 3 || status.Packets != 3 || status.DroppedNoPeer != 3 || status.Bytes != uint64(len("hello agent")+len("hello alice")+len("marker")) {
+		t.Errorf("stats = %+v", status)
 	}
 
 	// A second connection of a node replaces the first.
@@ -202,10 +202,10 @@ func TestRelayRateLimit(t *testing.T) {
 		}
 		got++
 	}
-	st := e.srv.RelayStats()
-	if got+int(st.DroppedQueue) != burst || st.DroppedRate != sent-burst {
+	status := e.srv.RelayStats()
+	if got+int(status.DroppedQueue) != burst || status.DroppedRate != sent-burst {
 		t.Errorf("forwarded %d of %d packets over a 64 KiB burst; stats = %+v; want %d forwarded or queue-dropped and %d dropped for rate",
-			got, sent, st, burst, sent-burst)
+			got, sent, status, burst, sent-burst)
 	}
 }
 
@@ -231,8 +231,8 @@ func TestRelayQueueBound(t *testing.T) {
 	for range 5 {
 		rl.forward(src, dst.key, []byte("x"))
 	}
-	if st := e.srv.RelayStats(); st.Packets != 2 || st.DroppedQueue != 3 {
-		t.Errorf("stats = %+v, want 2 queued and 3 dropped", st)
+	if status := e.srv.RelayStats(); status.Packets != 2 || status.DroppedQueue != 3 {
+		t.Errorf("stats = %+v, want 2 queued and 3 dropped", status)
 	}
 	frame := <-dst.out
 	if k, pkt, err := proto.ParseRelayPacket(frame[proto.RelayFrameHeaderLen:]); err != nil || k != m.aliceKey || string(pkt) != "x" {
@@ -259,12 +259,12 @@ func TestEndpointsUpdateReachesPeers(t *testing.T) {
 		{Endpoints: make([]netip.AddrPort, maxEndpoints+1)},
 	}
 	for _, b := range bad {
-		if st, _ := e.call("PUT", "/api/v1/nodes/self/endpoints", m.alice.NodeToken, b, nil); st != http.StatusBadRequest {
-			t.Errorf("endpoints %v: status %d, want 400", b.Endpoints, st)
+		if status, _ := e.call("PUT", "/api/v1/nodes/self/endpoints", m.alice.NodeToken, b, nil); status != http.StatusBadRequest {
+			t.Errorf("endpoints %v: status %d, want 400", b.Endpoints, status)
 		}
 	}
-	if st, _ := e.call("PUT", "/api/v1/nodes/self/endpoints", "cnt_forged", proto.EndpointsUpdate{}, nil); st != http.StatusUnauthorized {
-		t.Errorf("forged token: status %d, want 401", st)
+	if status, _ := e.call("PUT", "/api/v1/nodes/self/endpoints", "cnt_forged", proto.EndpointsUpdate{}, nil); status != http.StatusUnauthorized {
+		t.Errorf("forged token: status %d, want 401", status)
 	}
 }
 
@@ -327,8 +327,8 @@ func TestRelayFollowsGrantAtOnce(t *testing.T) {
 	if _, pkt, ok := agent.recv(5 * time.Second); !ok || string(pkt) != "after" {
 		t.Fatalf("agent got %q %v, want bob's packet sent right after the grant", pkt, ok)
 	}
-	if st := e.srv.RelayStats(); st.DroppedNoPeer != 1 {
-		t.Errorf("stats = %+v, want only the packet before the grant dropped", st)
+	if status := e.srv.RelayStats(); status.DroppedNoPeer != 1 {
+		t.Errorf("stats = %+v, want only the packet before the grant dropped", status)
 	}
 }
 
@@ -366,8 +366,8 @@ func TestRelayQueueBoundInBytes(t *testing.T) {
 	for range 10 {
 		e.srv.relay.forward(src, dst.key, pkt)
 	}
-	if st := e.srv.RelayStats(); st.Packets != 3 || st.DroppedQueue != 7 {
-		t.Fatalf("stats = %+v, want 3 queued and 7 dropped", st)
+	if status := e.srv.RelayStats(); status.Packets != 3 || status.DroppedQueue != 7 {
+		t.Fatalf("stats = %+v, want 3 queued and 7 dropped", status)
 	}
 	if q := dst.queued.Load(); q != 3*1037 {
 		t.Fatalf("queued bytes = %d, want %d", q, 3*1037)

@@ -13,6 +13,13 @@ import (
 
 // state is the coordinator's in-memory model with the indexes the map
 // computations need. It is guarded by Server.mu.
+//
+// Its index* and unindex* methods change the maps and indexes only: no
+// node is told. The Server's *AndSync* methods (addAssignmentAndSyncLocked,
+// removeNodeAndSyncLocked, ...) index or unindex and then push the map
+// updates the change causes; nodeChanged, syncAssignment and
+// userChangedLocked push updates for a change already indexed. Loading
+// the store uses index* alone, since no stream is open yet.
 type state struct {
 	users        map[string]*user
 	usersByLogin map[string]*user // by loginKey
@@ -21,13 +28,13 @@ type state struct {
 
 	sessions map[string]*session // by id hash
 
-	nodes         map[string]*node
-	nodesByKey    map[proto.Key]*node
-	nodesByToken  map[string]*node
-	devicesByUser map[string]map[string]*node
-	agentsByClust map[string]map[string]*node
-	online        map[string]int              // node id → open map streams
-	endpoints     map[string][]netip.AddrPort // node id → published endpoints
+	nodes           map[string]*node
+	nodesByKey      map[proto.Key]*node
+	nodesByToken    map[string]*node
+	devicesByUser   map[string]map[string]*node // user id → their devices
+	agentsByCluster map[string]map[string]*node // cluster id → its agents
+	online          map[string]int              // node id → open map streams
+	endpoints       map[string][]netip.AddrPort // node id → published endpoints
 
 	clusters        map[string]*cluster
 	clustersByName  map[string]*cluster
@@ -36,12 +43,12 @@ type state struct {
 	roles       map[string]*role
 	rolesByName map[string]*role
 
-	assignments map[string]*assignment
-	asgBySel    map[string]*assignment // assignments with a cluster selector
-	asgByUser   map[string]map[string]*assignment
-	asgByGroup  map[string]map[string]*assignment
-	asgByClust  map[string]map[string]*assignment
-	asgByRole   map[string]map[string]*assignment
+	assignments          map[string]*assignment
+	selectorAssignments  map[string]*assignment // by id, those with a cluster selector
+	assignmentsByUser    map[string]map[string]*assignment
+	assignmentsByGroup   map[string]map[string]*assignment
+	assignmentsByCluster map[string]map[string]*assignment
+	assignmentsByRole    map[string]map[string]*assignment
 
 	requests map[string]*accessRequest
 
@@ -60,7 +67,7 @@ func (s *state) init() {
 	s.nodesByKey = map[proto.Key]*node{}
 	s.nodesByToken = map[string]*node{}
 	s.devicesByUser = map[string]map[string]*node{}
-	s.agentsByClust = map[string]map[string]*node{}
+	s.agentsByCluster = map[string]map[string]*node{}
 	s.online = map[string]int{}
 	s.endpoints = map[string][]netip.AddrPort{}
 	s.clusters = map[string]*cluster{}
@@ -69,12 +76,12 @@ func (s *state) init() {
 	s.roles = map[string]*role{}
 	s.rolesByName = map[string]*role{}
 	s.assignments = map[string]*assignment{}
-	s.asgBySel = map[string]*assignment{}
+	s.selectorAssignments = map[string]*assignment{}
 	s.requests = map[string]*accessRequest{}
-	s.asgByUser = map[string]map[string]*assignment{}
-	s.asgByGroup = map[string]map[string]*assignment{}
-	s.asgByClust = map[string]map[string]*assignment{}
-	s.asgByRole = map[string]map[string]*assignment{}
+	s.assignmentsByUser = map[string]map[string]*assignment{}
+	s.assignmentsByGroup = map[string]map[string]*assignment{}
+	s.assignmentsByCluster = map[string]map[string]*assignment{}
+	s.assignmentsByRole = map[string]map[string]*assignment{}
 }
 
 func addTo[V any](m map[string]map[string]V, k, id string, v V) {
@@ -98,7 +105,8 @@ func delFrom[V any](m map[string]map[string]V, k, id string) {
 	}
 }
 
-func (s *state) putUser(u *user) {
+// indexUser adds u, or replaces the user with u's id, in the indexes.
+func (s *state) indexUser(u *user) {
 	if old := s.users[u.ID]; old != nil {
 		for _, g := range old.Groups {
 			delFrom(s.groupMembers, g, u.ID)
@@ -142,7 +150,8 @@ func (s *state) sharedLogins() map[string][]*user {
 // userByLogin returns the user whose login is login, in any case.
 func (s *state) userByLogin(login string) *user { return s.usersByLogin[loginKey(login)] }
 
-func (s *state) putNode(n *node) {
+// indexNode adds n to the indexes and marks its addresses in use.
+func (s *state) indexNode(n *node) {
 	s.nodes[n.ID] = n
 	s.nodesByKey[n.Key] = n
 	s.nodesByToken[n.TokenHash] = n
@@ -153,11 +162,12 @@ func (s *state) putNode(n *node) {
 	case proto.KindDevice:
 		addTo(s.devicesByUser, n.UserID, n.ID, n)
 	case proto.KindAgent:
-		addTo(s.agentsByClust, n.ClusterID, n.ID, n)
+		addTo(s.agentsByCluster, n.ClusterID, n.ID, n)
 	}
 }
 
-func (s *state) dropNode(n *node) {
+// unindexNode removes n from the indexes and frees its addresses.
+func (s *state) unindexNode(n *node) {
 	delete(s.nodes, n.ID)
 	if s.nodesByKey[n.Key] == n {
 		delete(s.nodesByKey, n.Key)
@@ -168,10 +178,12 @@ func (s *state) dropNode(n *node) {
 		s.ipam.free(a.Addr())
 	}
 	delFrom(s.devicesByUser, n.UserID, n.ID)
-	delFrom(s.agentsByClust, n.ClusterID, n.ID)
+	delFrom(s.agentsByCluster, n.ClusterID, n.ID)
 }
 
-func (s *state) putCluster(c *cluster) {
+// indexCluster adds c, or replaces the cluster with c's id, in the
+// indexes.
+func (s *state) indexCluster(c *cluster) {
 	if old := s.clusters[c.ID]; old != nil {
 		delete(s.clustersByToken, old.JoinTokenHash)
 	}
@@ -182,7 +194,15 @@ func (s *state) putCluster(c *cluster) {
 	}
 }
 
-func (s *state) putRole(r *role) {
+// unindexCluster removes c from the indexes.
+func (s *state) unindexCluster(c *cluster) {
+	delete(s.clusters, c.ID)
+	delete(s.clustersByName, c.Name)
+	delete(s.clustersByToken, c.JoinTokenHash)
+}
+
+// indexRole adds r, or replaces the role with r's id, in the indexes.
+func (s *state) indexRole(r *role) {
 	if old := s.roles[r.ID]; old != nil {
 		delete(s.rolesByName, old.Name)
 	}
@@ -190,35 +210,43 @@ func (s *state) putRole(r *role) {
 	s.rolesByName[r.Name] = r
 }
 
-func (s *state) putAssignment(a *assignment) {
-	s.assignments[a.ID] = a
-	if a.ClusterID == "" {
-		s.asgBySel[a.ID] = a
-	}
-	addTo(s.asgByUser, a.UserID, a.ID, a)
-	addTo(s.asgByGroup, a.Group, a.ID, a)
-	addTo(s.asgByClust, a.ClusterID, a.ID, a)
-	addTo(s.asgByRole, a.RoleID, a.ID, a)
+// unindexRole removes r from the indexes.
+func (s *state) unindexRole(r *role) {
+	delete(s.roles, r.ID)
+	delete(s.rolesByName, r.Name)
 }
 
-func (s *state) dropAssignment(a *assignment) {
+// indexAssignment adds a to the indexes.
+func (s *state) indexAssignment(a *assignment) {
+	s.assignments[a.ID] = a
+	if a.ClusterID == "" {
+		s.selectorAssignments[a.ID] = a
+	}
+	addTo(s.assignmentsByUser, a.UserID, a.ID, a)
+	addTo(s.assignmentsByGroup, a.Group, a.ID, a)
+	addTo(s.assignmentsByCluster, a.ClusterID, a.ID, a)
+	addTo(s.assignmentsByRole, a.RoleID, a.ID, a)
+}
+
+// unindexAssignment removes a from the indexes.
+func (s *state) unindexAssignment(a *assignment) {
 	delete(s.assignments, a.ID)
-	delete(s.asgBySel, a.ID)
-	delFrom(s.asgByUser, a.UserID, a.ID)
-	delFrom(s.asgByGroup, a.Group, a.ID)
-	delFrom(s.asgByClust, a.ClusterID, a.ID)
-	delFrom(s.asgByRole, a.RoleID, a.ID)
+	delete(s.selectorAssignments, a.ID)
+	delFrom(s.assignmentsByUser, a.UserID, a.ID)
+	delFrom(s.assignmentsByGroup, a.Group, a.ID)
+	delFrom(s.assignmentsByCluster, a.ClusterID, a.ID)
+	delFrom(s.assignmentsByRole, a.RoleID, a.ID)
 }
 
 // assignmentsOf returns the assignments that name u directly or through one
 // of u's groups.
 func (s *state) assignmentsOf(u *user) []*assignment {
 	var out []*assignment
-	for _, a := range s.asgByUser[u.ID] {
+	for _, a := range s.assignmentsByUser[u.ID] {
 		out = append(out, a)
 	}
 	for _, g := range u.Groups {
-		for _, a := range s.asgByGroup[g] {
+		for _, a := range s.assignmentsByGroup[g] {
 			out = append(out, a)
 		}
 	}
@@ -319,11 +347,11 @@ func (s *state) possibleClusters(u *user) map[string]bool {
 func (s *state) usersOn(clusterID string, now time.Time) map[string]*user {
 	out := map[string]*user{}
 	c := s.clusters[clusterID]
-	asgs := make([]*assignment, 0, len(s.asgByClust[clusterID]))
-	for _, a := range s.asgByClust[clusterID] {
+	asgs := make([]*assignment, 0, len(s.assignmentsByCluster[clusterID]))
+	for _, a := range s.assignmentsByCluster[clusterID] {
 		asgs = append(asgs, a)
 	}
-	for _, a := range s.asgBySel {
+	for _, a := range s.selectorAssignments {
 		if a.appliesTo(c) {
 			asgs = append(asgs, a)
 		}
@@ -396,7 +424,7 @@ func (s *state) snapshot(n *node, meshDomain string, caPEM []byte, now time.Time
 	case proto.KindDevice:
 		u := s.users[n.UserID]
 		for cid := range s.clustersOf(u, now) {
-			for _, a := range s.agentsByClust[cid] {
+			for _, a := range s.agentsByCluster[cid] {
 				msg.Peers = append(msg.Peers, s.peer(a, "", now))
 			}
 		}

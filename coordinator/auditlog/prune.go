@@ -1,0 +1,107 @@
+package auditlog
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
+)
+
+// maxPrunePerTx bounds the records one pruning transaction removes.
+const maxPrunePerTx = 10_000
+
+// MaxSkew is how far ahead of the coordinator's clock an event may
+// be dated. An agent's event dated further ahead is stored with the time
+// the coordinator received it; a stored record dated
+// further ahead (written before that rule, or while the coordinator's own
+// clock was wrong) does not hold back retention (Prune).
+const MaxSkew = 5 * time.Minute
+
+// Prune removes the records of whole UTC days that lie entirely
+// before now minus the retention, oldest first, and moves the anchor to
+// the last one removed. It returns how many it removed. A record dated
+// more than MaxSkew after now cannot be dated right; it is kept as
+// long as the first correctly dated record after it, so that one such
+// record does not stop retention for everything behind it. Checkpoints
+// of removed records are removed with them.
+func Prune(st store.Store, retention time.Duration, now time.Time) (int, error) {
+	if retention <= 0 {
+		return 0, nil
+	}
+	cutoff := now.Add(-retention).UTC().Truncate(24 * time.Hour)
+	future := now.Add(MaxSkew)
+	total := 0
+	for {
+		n := 0
+		err := st.Update(func(tx store.Tx) error {
+			n = 0
+			head, anchor, err := Marks(tx)
+			if err != nil {
+				return err
+			}
+			var misdated []uint64 // since the last record removed
+			for seq := anchor.Seq + 1; seq <= head.Seq && n < maxPrunePerTx; seq++ {
+				raw, err := tx.GetRaw(store.Audit, Key(seq))
+				if err != nil {
+					return err
+				}
+				var e proto.AuditEvent
+				if err := json.Unmarshal(raw, &e); err != nil {
+					return fmt.Errorf("decode audit event %d: %w", seq, err)
+				}
+				if e.Time.After(future) {
+					misdated = append(misdated, seq)
+					continue
+				}
+				if !e.Time.Before(cutoff) {
+					break
+				}
+				for _, m := range append(misdated, seq) {
+					if err := tx.Delete(store.Audit, Key(m)); err != nil {
+						return err
+					}
+					n++
+				}
+				misdated = misdated[:0]
+				anchor = Mark{Seq: seq, Hash: e.Hash, Time: e.Time}
+			}
+			if n == 0 {
+				return nil
+			}
+			if err := pruneCheckpoints(tx, anchor.Seq); err != nil {
+				return err
+			}
+			return store.Put(tx, store.Meta, MetaAnchor, anchor)
+		})
+		total += n
+		if err != nil || n < maxPrunePerTx {
+			return total, err
+		}
+	}
+}
+
+// pruneCheckpoints removes the checkpoints of records before the anchor;
+// one of the anchor itself stays, and verifies against it.
+func pruneCheckpoints(tx store.Tx, anchor uint64) error {
+	var old []string
+	stop := errors.New("stop")
+	err := tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
+		if k >= Key(anchor) {
+			return stop
+		}
+		old = append(old, k)
+		return nil
+	})
+	if err != nil && !errors.Is(err, stop) {
+		return err
+	}
+	for _, k := range old {
+		if err := tx.Delete(store.AuditCheckpoints, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,242 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
+)
+
+// Nodes: the registration of devices and agents, deregistration, and the
+// endpoints a node publishes. A node's map stream is in mapstream.go, its
+// relay in relay.go.
+
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// checkRegistration answers 400 itself and returns false unless the
+// registration names a WireGuard key and, if any, a valid host name.
+func checkRegistration(w http.ResponseWriter, key proto.Key, hostname string) bool {
+	if key.IsZero() {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "public_key is required", "send the node's WireGuard public key")
+		return false
+	}
+	if hostname != "" && !hostnameRE.MatchString(hostname) {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("hostname %q is not a valid host name", hostname), "use letters, digits, dots, dashes, at most 63 characters")
+		return false
+	}
+	return true
+}
+
+// handleRegisterDevice registers a device under the caller's session. The
+// session is checked when the headers arrive, so that a caller without one
+// is refused before its body is read, and again when the device is written
+// (see registerNode): a logout or a disable that lands while the body is
+// on its way refuses the registration.
+func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request, p principal) {
+	var req proto.RegisterDeviceRequest
+	if !decode(w, r, &req) || !checkRegistration(w, req.PublicKey, req.Hostname) {
+		return
+	}
+	token := newSecret("cnt_")
+	n := &node{ID: newID("dev"), Kind: proto.KindDevice, Key: req.PublicKey, TokenHash: hashSecret(token), Hostname: req.Hostname}
+	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
+		se, u := s.sessions[p.session.IDHash], s.users[p.user.ID]
+		switch {
+		case se == nil || u == nil || se.UserID != u.ID || !now.Before(se.Expires):
+			return "", &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeSessionExpired,
+				Title: "this session was revoked or has expired while the device registered", Hint: "run clustral login"}
+		case u.Disabled:
+			return "", &proto.Problem{Status: http.StatusForbidden, Code: proto.CodeForbidden, Title: "user " + u.Login + " is disabled", Hint: "ask an administrator"}
+		}
+		n.UserID, n.SessionID, n.Expires = u.ID, se.IDHash, se.Expires
+		return u.Login, nil
+	}, nil)
+	if prob != nil {
+		writeProblemDoc(w, prob)
+		return
+	}
+	resp.NodeToken = token
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// errJoinToken is why an agent registration is refused for its token.
+var errJoinToken = errors.New("invalid or revoked join token")
+
+// handleRegisterAgent registers an agent of the cluster whose join token
+// the caller holds. The token is looked up when the headers arrive, so a
+// caller without one is refused before its body is read, and again when
+// the agent is written (see registerNode): a revoke-token, rotate-token or
+// cluster delete that lands while the body is on its way refuses the
+// registration, and no certificate is issued.
+func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request, tokenHash string) {
+	var req proto.RegisterAgentRequest
+	if !decode(w, r, &req) || !checkRegistration(w, req.PublicKey, req.Hostname) {
+		return
+	}
+	if req.CSR == "" {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "csr is required", "send a PEM certificate request for the agent's serving key")
+		return
+	}
+	if !checkText(w, "csr", req.CSR, maxCSR) {
+		return
+	}
+	certKey, err := csrPublicKey(req.CSR)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "send a valid PEM certificate request")
+		return
+	}
+	token := newSecret("cnt_")
+	n := &node{
+		ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token),
+		Hostname: req.Hostname, CertKey: certKey,
+	}
+	var c *cluster
+	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
+		if c = s.clustersByToken[tokenHash]; c == nil {
+			return "", &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeInvalidJoinToken}
+		}
+		n.ClusterID, n.LastSeen = c.ID, now
+		return "agent:" + c.Name, nil
+	}, func(addrs []netip.Prefix, now time.Time) (string, error) {
+		return s.ca.issue(certKey, s.agentNames(c), addrs, now)
+	})
+	if prob != nil && prob.Code == proto.CodeInvalidJoinToken {
+		s.refuseJoinToken(w, r)
+		return
+	}
+	if prob != nil {
+		writeProblemDoc(w, prob)
+		return
+	}
+	resp.NodeToken = token
+	resp.Cluster = c.Name
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// refuseJoinToken audits and answers an agent registration whose join
+// token is unknown, revoked or rotated away.
+func (s *Server) refuseJoinToken(w http.ResponseWriter, r *http.Request) {
+	s.sourceFailed(r)
+	s.auditFailure(proto.AuditAgentRefused, r, "", errJoinToken)
+	writeProblem(w, http.StatusUnauthorized, proto.CodeInvalidJoinToken, errJoinToken.Error(), "get the cluster's current join token from an administrator (clustral clusters rotate-token)")
+}
+
+// registerNode allocates addresses for n, stores it, and tells the nodes
+// that should see it.
+//
+// authorize checks the credential the registration was accepted with,
+// against the state as it is at the write: it runs with s.mu held, just
+// before the store transaction, so no revocation (which takes s.mu too)
+// can land between the check and the write. It fills in n's owner (user
+// and session, or cluster) and creation time from what it finds, and
+// returns the audit actor, or the problem that refuses the registration;
+// then nothing is written and no map changes. certify, if set, issues the
+// agent's certificate inside the transaction. registerNode takes s.mu
+// and holds it through the store's write (see guarded for why, and what
+// that costs).
+func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor string, p *proto.Problem), certify func([]netip.Prefix, time.Time) (string, error)) (*proto.RegisterResponse, *proto.Problem) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	actor, prob := authorize(now)
+	if prob != nil {
+		return nil, prob
+	}
+	n.Created = now
+	if old := s.nodesByKey[n.Key]; old != nil {
+		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Title: "this WireGuard key is already registered", Hint: "generate a new key (clustral up does this after clustral down)"}
+	}
+	if n.Kind == proto.KindDevice && len(s.devicesByUser[n.UserID]) >= s.cfg.MaxDevicesPerUser {
+		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeQuotaExceeded,
+			Title: fmt.Sprintf("%s already has %d devices, the most one user may have", actor, len(s.devicesByUser[n.UserID])),
+			Hint:  "revoke one you no longer use (clustral devices list, clustral devices revoke <id>), or run clustral down where you are done"}
+	}
+	var cert string
+	err := s.store.Update(func(tx store.Tx) error {
+		addrs, err := s.ipam.allocate(tx, n.ID)
+		if err != nil {
+			return err
+		}
+		n.Addresses = addrs
+		if certify != nil {
+			if cert, err = certify(addrs, now); err != nil {
+				return err
+			}
+		}
+		if err := store.Put(tx, store.Nodes, n.ID, n); err != nil {
+			return err
+		}
+		return s.recordChange(tx, actor, string(n.Kind)+".register", n.ID, map[string]any{"key": n.Key.String(), "hostname": n.Hostname})
+	})
+	if errors.Is(err, errPoolExhausted) {
+		return nil, &proto.Problem{Status: http.StatusServiceUnavailable, Code: proto.CodeAddressExhausted, Title: err.Error(), Hint: "widen the overlay prefix or remove stale nodes"}
+	}
+	if err != nil {
+		if certify != nil && strings.Contains(err.Error(), "csr") {
+			return nil, &proto.Problem{Status: http.StatusBadRequest, Code: proto.CodeBadRequest, Title: err.Error(), Hint: "send a valid PEM certificate request"}
+		}
+		// A store error stays in the log (see writeInternal).
+		s.log.Error("register node", "node", n.ID, "kind", n.Kind, "err", err)
+		return nil, &proto.Problem{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Title: "register node: internal error (see the coordinator's log)"}
+	}
+	s.indexNode(n)
+	s.nodeChanged(n)
+	s.metrics.registrations.WithLabelValues(string(n.Kind)).Inc()
+	s.log.Info("node registered", "node", n.ID, "kind", n.Kind, "actor", actor, "addresses", n.Addresses)
+	return &proto.RegisterResponse{
+		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain, Prefixes: []netip.Prefix{s.cfg.IPv4Prefix, s.v6},
+		ExpiresAt: n.Expires, Certificate: cert, CABundle: string(s.ca.certPEM), STUN: s.stunAddr(),
+	}, nil
+}
+
+// handleDeregister removes the calling node (an agent shutting down, or
+// clustral down).
+func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request, n *node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.commit(w, "deregister", func(tx store.Tx) error {
+		if err := deleteNode(tx, n); err != nil {
+			return err
+		}
+		return s.recordChange(tx, n.ID, string(n.Kind)+".deregister", n.ID, nil)
+	}) {
+		return
+	}
+	s.removeNodeAndSyncLocked(n)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleEndpoints replaces the calling node's published endpoints and
+// tells its peers.
+func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request, n *node) {
+	var req proto.EndpointsUpdate
+	if !decode(w, r, &req) {
+		return
+	}
+	if len(req.Endpoints) > maxEndpoints {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "too many endpoints", "publish at most "+strconv.Itoa(maxEndpoints)+" endpoints")
+		return
+	}
+	for _, e := range req.Endpoints {
+		if !e.IsValid() || e.Port() == 0 || e.Addr().IsUnspecified() {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad endpoint "+e.String(), "endpoints must be ip:port")
+			return
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodes[n.ID] == nil {
+		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
+		return
+	}
+	s.endpoints[n.ID] = req.Endpoints
+	s.nodeChanged(n)
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,35 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// BenchmarkRegisterNode measures one registration as the coordinator
+// makes it: the global lock held through the store's transaction and its
+// disk sync (see Server.guarded). Its rate bounds how many registrations
+// a second the coordinator takes, and how long each holds everyone else
+// off.
+func BenchmarkRegisterNode(b *testing.B) {
+	s, err := New(context.Background(), Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:1", DataDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	authorize := func(now time.Time) (string, *proto.Problem) { return "bench", nil }
+	b.ResetTimer()
+	for b.Loop() {
+		var k proto.Key
+		rand.Read(k[:])
+		n := &node{ID: newID("agt"), Kind: proto.KindAgent, Key: k, TokenHash: hashSecret(newSecret("cnt_"))}
+		if _, p := s.registerNode(n, authorize, nil); p != nil {
+			b.Fatalf("register: %+v", p)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+}
