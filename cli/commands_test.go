@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustral/clustral/cli/kubeconfig"
 )
 
 // TestKubeLoginLogout: with up running, logout and login remove and add
@@ -19,7 +21,7 @@ func TestKubeLoginLogout(t *testing.T) {
 	u := startFakeUp(e, "prod", "staging")
 	ours := func() []string {
 		t.Helper()
-		names, err := kubeconfigWriter{path: e.kubeconfig}.Ours()
+		names, err := kubeconfig.Writer{Path: e.kubeconfig}.Ours()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/spf13/cobra"
 )
 
@@ -73,12 +74,12 @@ func newConfigShowCmd(g *globals) *cobra.Command {
 		}
 		as, _ := listAccounts(dir)
 		v.Accounts = len(as)
-		kw := kubeconfigWriter{}
+		kw := kubeconfig.Writer{}
 		if st, _ := readUpState(dir); st != nil {
-			kw.path = st.Kubeconfig
+			kw.Path = st.Kubeconfig
 		}
 		v.Kubeconfig = kw.File()
-		if cfg, err := kw.options().GetStartingConfig(); err == nil {
+		if cfg, err := kw.Load(); err == nil {
 			v.CurrentContext = cfg.CurrentContext
 		}
 		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -169,9 +170,9 @@ required when there is no terminal.`,
 			}
 			target := dir
 			st, alive := readUpState(dir)
-			kw := kubeconfigWriter{}
+			kw := kubeconfig.Writer{}
 			if st != nil {
-				kw.path = st.Kubeconfig
+				kw.Path = st.Kubeconfig
 			}
 			ctxs, _ := kw.Ours()
 			if st != nil {

@@ -26,7 +26,9 @@ import (
 	"golang.org/x/oauth2"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/netstack/socks5"
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -321,7 +323,7 @@ func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.CurrentContext = contextName(clusters[0])
+		cfg.CurrentContext = kubeconfig.ContextName(clusters[0])
 		if err := clientcmd.WriteToFile(*cfg, e.kubeconfig); err != nil {
 			t.Fatal(err)
 		}
@@ -367,11 +369,11 @@ func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
 func (u *fakeUp) setContext(cluster string, add bool) []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	name := contextName(cluster)
-	kw := kubeconfigWriter{path: u.e.kubeconfig}
+	name := kubeconfig.ContextName(cluster)
+	kw := kubeconfig.Writer{Path: u.e.kubeconfig}
 	proxy := &url.URL{Scheme: "socks5", User: url.UserPassword(u.st.SOCKSUser, u.st.SOCKSPass), Host: u.st.SOCKS}
 	if add {
-		if err := kw.Set([]meshContext{{Cluster: cluster, Server: "https://" + cluster + ".clustral.internal", CA: []byte("ca"), Proxy: proxy, Login: u.st.User}}, nil); err != nil {
+		if err := kw.Set([]kubeconfig.Context{{Cluster: cluster, Server: "https://" + cluster + ".clustral.internal", CA: []byte("ca"), Proxy: proxy, Login: u.st.User}}, nil); err != nil {
 			u.e.t.Error(err)
 		}
 		if !slices.Contains(u.st.Contexts, name) {
@@ -385,7 +387,7 @@ func (u *fakeUp) setContext(cluster string, add bool) []string {
 		u.st.Contexts = slices.DeleteFunc(u.st.Contexts, func(c string) bool { return c == name })
 	}
 	if u.st != nil {
-		writeJSONFile(filepath.Join(u.e.dir, upStateFile), u.st, 0o600)
+		atomicfile.WriteJSON(filepath.Join(u.e.dir, upStateFile), u.st, 0o600)
 	}
 	return slices.Clone(u.st.Contexts)
 }
@@ -401,7 +403,7 @@ func (u *fakeUp) set(change func(*fakeUp)) {
 func (u *fakeUp) save() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if err := writeJSONFile(filepath.Join(u.e.dir, upStateFile), u.st, 0o600); err != nil {
+	if err := atomicfile.WriteJSON(filepath.Join(u.e.dir, upStateFile), u.st, 0o600); err != nil {
 		u.e.t.Fatal(err)
 	}
 }

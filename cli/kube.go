@@ -15,6 +15,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/clustral/clustral/cli/kubeconfig"
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -30,7 +32,7 @@ type kubePrefs struct {
 
 func loadKubePrefs(dir string) kubePrefs {
 	var p kubePrefs
-	_ = readJSONFile(filepath.Join(dir, kubePrefsFile), &p)
+	_ = atomicfile.ReadJSON(filepath.Join(dir, kubePrefsFile), &p)
 	return p
 }
 
@@ -47,7 +49,7 @@ func setExcluded(dir, cluster string, exclude bool) error {
 	default:
 		return nil
 	}
-	return writeJSONFile(filepath.Join(dir, kubePrefsFile), p, 0o600)
+	return atomicfile.WriteJSON(filepath.Join(dir, kubePrefsFile), p, 0o600)
 }
 
 // contextRequest asks a running up to add or remove one cluster's context.
@@ -160,7 +162,7 @@ func newKubeLsCmd(g *globals) *cobra.Command {
 		excluded := loadKubePrefs(dir).Excluded
 		vs := []kubeClusterView{}
 		for _, cl := range who.Clusters {
-			v := kubeClusterView{Cluster: cl.Name, Roles: cl.Roles, Context: contextName(cl.Name), State: "down"}
+			v := kubeClusterView{Cluster: cl.Name, Roles: cl.Roles, Context: kubeconfig.ContextName(cl.Name), State: "down"}
 			switch {
 			case slices.Contains(excluded, cl.Name):
 				v.State = "logged-out"
@@ -241,7 +243,7 @@ func kubeSwitch(ctx context.Context, g *globals, cluster string, add bool) error
 			return withHint(exitDenied, fmt.Errorf("there is no cluster %q you may reach or request", cluster), "see: clustral kube ls")
 		}
 	}
-	name := contextName(cluster)
+	name := kubeconfig.ContextName(cluster)
 	if _, alive := readUpState(dir); !alive {
 		if err := setExcluded(dir, cluster, !add); err != nil {
 			return err

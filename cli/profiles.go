@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/spf13/cobra"
 )
 
@@ -34,7 +35,7 @@ type profileConfig struct {
 
 func loadProfileConfig(dir string) profileConfig {
 	var pc profileConfig
-	_ = readJSONFile(filepath.Join(dir, profileConfigFile), &pc)
+	_ = atomicfile.ReadJSON(filepath.Join(dir, profileConfigFile), &pc)
 	return pc
 }
 
@@ -166,7 +167,7 @@ func newProfilesCreateCmd(g *globals) *cobra.Command {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
 			}
-			if err := writeJSONFile(filepath.Join(dir, profileConfigFile), pc, 0o600); err != nil {
+			if err := atomicfile.WriteJSON(filepath.Join(dir, profileConfigFile), pc, 0o600); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "Created profile %s.\n", name)
@@ -187,7 +188,7 @@ func setCurrentProfile(g *globals, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(base, currentProfileFile), []byte(name+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(base, currentProfileFile), []byte(name+"\n"), 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(g.stdout, "Now using profile %s.\n", name)
@@ -307,7 +308,7 @@ func listAccounts(dir string) ([]accountView, []*storedSession) {
 	seenCur := false
 	for _, f := range files {
 		var s storedSession
-		if readJSONFile(f, &s) != nil {
+		if atomicfile.ReadJSON(f, &s) != nil {
 			continue
 		}
 		isCur := cur != nil && cur.Session.User.Login == s.Session.User.Login && cur.Coordinator == s.Coordinator

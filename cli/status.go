@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -164,7 +165,7 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 			}
 			roles = append(roles, s)
 		}
-		ctx := contextName(c.Name)
+		ctx := kubeconfig.ContextName(c.Name)
 		if !slices.Contains(v.Contexts, ctx) {
 			ctx = "-"
 		}

@@ -23,7 +23,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -247,7 +249,7 @@ func splitLines(s string) []string {
 // alive.
 func readUpState(dir string) (*upState, bool) {
 	var st upState
-	if err := readJSONFile(filepath.Join(dir, upStateFile), &st); err != nil {
+	if err := atomicfile.ReadJSON(filepath.Join(dir, upStateFile), &st); err != nil {
 		return nil, false
 	}
 	return &st, st.PID > 0 && syscall.Kill(st.PID, 0) == nil
@@ -267,7 +269,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, deviceKey), []byte(priv.String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, deviceKey), []byte(priv.String()+"\n"), 0o600); err != nil {
 		return fmt.Errorf("store device key: %w", err)
 	}
 	host, _ := os.Hostname()
@@ -316,7 +318,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	defer socks.Close()
 	proxyURL := &url.URL{Scheme: "socks5", User: url.UserPassword(socksUser, socksPass), Host: sl.Addr().String()}
 
-	kw := kubeconfigWriter{path: o.kubeconfig}
+	kw := kubeconfig.Writer{Path: o.kubeconfig}
 	st := &upState{
 		PID: os.Getpid(), Status: "starting", Coordinator: sess.Coordinator, User: sess.Session.User.Login,
 		NodeID: reg.NodeID, SOCKS: sl.Addr().String(), Kubeconfig: kw.File(), Started: time.Now(),
@@ -325,7 +327,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	for _, a := range reg.Addresses {
 		st.Addresses = append(st.Addresses, a.Addr().String())
 	}
-	kw.tightened = func(file string, was fs.FileMode) {
+	kw.Tightened = func(file string, was fs.FileMode) {
 		log.Warn("kubeconfig made mode 0600: it now holds the SOCKS proxy credential", "file", file, "was", fmt.Sprintf("%04o", was))
 		st.KubeconfigWas = fmt.Sprintf("%04o", was)
 	}
@@ -345,7 +347,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	// those clustral kube logout excluded (kube.json).
 	var written []string
 	sync := func() error {
-		var want []meshContext
+		var want []kubeconfig.Context
 		var names []string
 		clusters := m.node.Clusters()
 		for _, cl := range who.Requestable {
@@ -358,8 +360,8 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		clusters = slices.DeleteFunc(clusters, func(cl string) bool { return slices.Contains(excluded, cl) })
 		ca := append([]byte(m.node.CABundle()), deny.caPEM...)
 		for _, cl := range clusters {
-			want = append(want, meshContext{Cluster: cl, Server: "https://" + cl + "." + m.node.MeshDomain(), CA: ca, Proxy: proxyURL, Login: sess.Session.User.Login})
-			names = append(names, contextName(cl))
+			want = append(want, kubeconfig.Context{Cluster: cl, Server: "https://" + cl + "." + m.node.MeshDomain(), CA: ca, Proxy: proxyURL, Login: sess.Session.User.Login})
+			names = append(names, kubeconfig.ContextName(cl))
 		}
 		var remove []string
 		for _, w := range written {
@@ -375,7 +377,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		st.Contexts = names
 		st.Status = "connected"
 		publish()
-		if err := writeJSONFile(statePath, st, 0o600); err != nil {
+		if err := atomicfile.WriteJSON(statePath, st, 0o600); err != nil {
 			log.Error("write state", "err", err)
 			return err
 		}
@@ -543,7 +545,7 @@ func stopUp(g *globals, dir string) error {
 	if !alive {
 		if st != nil {
 			// A crashed up: clean its contexts here.
-			kubeconfigWriter{path: st.Kubeconfig}.Set(nil, st.Contexts)
+			kubeconfig.Writer{Path: st.Kubeconfig}.Set(nil, st.Contexts)
 			os.Remove(filepath.Join(dir, upStateFile))
 		}
 		fmt.Fprintln(g.stdout, "clustral is not up.")
