@@ -34,6 +34,7 @@ import (
 	"github.com/clustral/clustral/agent"
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -170,10 +171,9 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	if err != nil {
 		return err
 	}
-	host, _ := os.Hostname()
 	api := &apiClient{base: a.coord, token: a.token, hc: a.hc}
 	var reg proto.RegisterResponse
-	req := proto.RegisterAgentRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: sanitizeHostname(host), CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
+	req := proto.RegisterAgentRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: mesh.Hostname(), CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
 	// The coordinator may not be up yet when the pod starts: retry.
 	for attempt := 0; ; attempt++ {
 		err = api.do(ctx, "POST", proto.APIVersion+"/agents", req, &reg)
@@ -209,7 +209,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	if err := serving.set(reg.Certificate); err != nil {
 		return err
 	}
-	m, err := joinMesh(priv, reg, a.wgPort, false, log)
+	m, err := mesh.Join(mesh.Config{PrivateKey: priv, Registration: reg, ListenPort: a.wgPort, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -222,7 +222,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "clustral_relay_bytes_total", ConstLabels: prometheus.Labels{"cluster": reg.Cluster, "direction": dir},
 			Help: "WireGuard bytes sent (tx) and received (rx) through the coordinator's relay.",
-		}, func() float64 { return float64(f(m.node.Bind().Stats(node.PathRelay))) })
+		}, func() float64 { return float64(f(m.Node.Bind().Stats(node.PathRelay))) })
 	}
 	metrics.MustRegister(
 		relayBytes("tx", func(s node.PathStats) uint64 { return s.TxBytes }),
@@ -236,21 +236,21 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 			Help: "When the agent's serving certificate expires (Unix time). The coordinator renews it over the map stream; alert when it gets close.",
 		}, func() float64 { return float64(serving.expires().Unix()) }),
 	)
-	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.node, Logger: log,
+	proxy, err := agent.New(agent.Config{Cluster: reg.Cluster, Upstream: a.upstream, Peers: m.Node, Logger: log,
 		RateLimit: a.rateLimit, RateBurst: a.rateBurst, Audit: auditTo(sp, log), Metrics: metrics})
 	if err != nil {
 		return err
 	}
 	defer proxy.Close()
-	remove := m.node.OnChange(func(node.Change) { proxy.Reevaluate() })
+	remove := m.Node.OnChange(func(node.Change) { proxy.Reevaluate() })
 	defer remove()
 	// The coordinator renews the short-lived serving certificate over the
 	// map stream; handshakes pick up the new one at once.
-	removeRenew := m.node.OnChange(func(ch node.Change) {
+	removeRenew := m.Node.OnChange(func(ch node.Change) {
 		if !ch.CertificateChanged {
 			return
 		}
-		if err := serving.set(m.node.Certificate()); err != nil {
+		if err := serving.set(m.Node.Certificate()); err != nil {
 			log.Error("renewed certificate refused; serving the old one", "err", err)
 			return
 		}
@@ -280,7 +280,7 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 
 	errc := make(chan error, 4)
 	for _, p := range reg.Addresses {
-		l, err := m.stack.ListenTCP(netip.AddrPortFrom(p.Addr(), 443))
+		l, err := m.Stack.ListenTCP(netip.AddrPortFrom(p.Addr(), 443))
 		if err != nil {
 			return fmt.Errorf("listen on overlay %s:443: %w", p.Addr(), err)
 		}
@@ -290,13 +290,13 @@ func (a *agentRun) run(ctx context.Context, healthListen string) error {
 	}
 	// The hook goes in before the stream starts: a snapshot applied in
 	// between would otherwise leave the agent unready until the next one.
-	removeReady := m.node.OnChange(func(ch node.Change) {
+	removeReady := m.Node.OnChange(func(ch node.Change) {
 		if ch.Snapshot {
 			ready.Store(true)
 		}
 	})
 	defer removeReady()
-	go func() { errc <- runMapStream(ctx, m, nodeAPI, log) }()
+	go func() { errc <- m.Run(ctx, nodeAPI.meshCoordinator()) }()
 	// Shipping goes on while requests drain, and stops before the agent
 	// deregisters; what is left waits in the spool for the next start.
 	shipCtx, stopShip := context.WithCancel(context.Background())

@@ -11,10 +11,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -143,4 +145,31 @@ func cliErr(err error) error {
 		code = exitDenied
 	}
 	return withHint(code, pe, pe.p.Hint)
+}
+
+// callAs is do with token as the bearer credential instead of c's own: a
+// device.CallFunc.
+func (c *apiClient) callAs(ctx context.Context, token, method, path string, body, out any) error {
+	as := *c
+	as.token = token
+	return as.do(ctx, method, path, body, out)
+}
+
+// relayClient returns the client for the coordinator's relay, an HTTP
+// upgrade, which needs hc's transport without the --debug trace.
+func relayClient(hc *http.Client) *http.Client {
+	if tt, ok := hc.Transport.(traceTransport); ok {
+		return &http.Client{Transport: tt.next}
+	}
+	return hc
+}
+
+// meshCoordinator is c, holding a node token, as a mesh reaches it.
+func (c *apiClient) meshCoordinator() mesh.Coordinator {
+	return mesh.Coordinator{
+		BaseURL: c.base, Token: c.token, Client: c.hc, RelayClient: relayClient(c.hc),
+		PublishEndpoints: func(ctx context.Context, eps []netip.AddrPort) error {
+			return c.do(ctx, "PUT", proto.APIVersion+"/nodes/self/endpoints", proto.EndpointsUpdate{Endpoints: eps}, nil)
+		},
+	}
 }

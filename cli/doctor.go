@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/proto"
@@ -269,7 +270,7 @@ func checkOIDC(ctx context.Context, hc *http.Client, issuer string, r *doctorRep
 
 // checkTunnel runs the tunnel, kubeconfig, SOCKS5 and WireGuard checks.
 func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Whoami) {
-	st, alive := readUpState(dir)
+	st, alive := device.ReadState(dir)
 	switch {
 	case st == nil:
 		r.add("tunnel", checkFail, "clustral up is not running", "clustral up")
