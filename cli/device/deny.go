@@ -38,7 +38,7 @@ type denier struct {
 	certs map[string]*tls.Certificate
 
 	serversMu sync.Mutex
-	servers   map[*http.Server]struct{} // serving a conn; nil once closed
+	servers   map[*http.Server]net.Conn // serving a conn (its end of the pipe); nil once closed
 	wg        sync.WaitGroup            // the servers' Serve calls
 }
 
@@ -67,7 +67,7 @@ func newDenier(user, domain string, ttl time.Duration) (*denier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &denier{user: user, domain: domain, ca: ca, key: key, certs: map[string]*tls.Certificate{}, servers: map[*http.Server]struct{}{},
+	return &denier{user: user, domain: domain, ca: ca, key: key, certs: map[string]*tls.Certificate{}, servers: map[*http.Server]net.Conn{},
 		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
@@ -126,7 +126,7 @@ func (d *denier) conn(cluster string) net.Conn {
 		server.Close()
 		return client
 	}
-	d.servers[srv] = struct{}{}
+	d.servers[srv] = server
 	d.wg.Go(func() {
 		srv.Serve(&oneConnListener{c: tc})
 		d.serversMu.Lock()
@@ -143,8 +143,9 @@ func (d *denier) Close() error {
 	servers := d.servers
 	d.servers = nil
 	d.serversMu.Unlock()
-	for srv := range servers {
+	for srv, c := range servers {
 		srv.Close()
+		c.Close() // in case srv closed before it took the conn
 	}
 	d.wg.Wait()
 	return nil
