@@ -21,6 +21,7 @@ func TestDenierAnswersPlainText403(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { d.Close() }) // the goroutine checks of other tests see none of its servers
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(d.caPEM) {
 		t.Fatal("caPEM holds no certificate")
@@ -85,6 +86,8 @@ func TestDenierCANameConstrained(t *testing.T) {
 
 // TestDenierCloseEndsItsServers: Close ends the connections conn handed
 // out and waits for their servers; a conn after Close is closed at once.
+// Every other test in the package closes its deniers, so any denier
+// goroutine left is this one's.
 func TestDenierCloseEndsItsServers(t *testing.T) {
 	d, err := newDenier("alice@example.com", "clustral.internal", time.Hour)
 	if err != nil {
