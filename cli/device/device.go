@@ -108,6 +108,9 @@ type Config struct {
 // contexts and files, left the mesh and deregistered, and every goroutine
 // it started has ended. It returns nil when ctx ends it.
 func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.check(); err != nil {
+		return err
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -137,6 +140,26 @@ func Run(ctx context.Context, cfg Config) error {
 	// Wait: keep the contexts in step with the map until ctx is done or
 	// the map stream fails.
 	return d.wait(ctx)
+}
+
+// check names the first field Run cannot do without.
+func (cfg Config) check() error {
+	for _, f := range []struct {
+		name    string
+		missing bool
+	}{
+		{"Dir", cfg.Dir == ""},
+		{"Coordinator", cfg.Coordinator == ""},
+		{"Token", cfg.Token == ""},
+		{"User", cfg.User == ""},
+		{"Call", cfg.Call == nil},
+		{"HTTPClient", cfg.HTTPClient == nil},
+	} {
+		if f.missing {
+			return fmt.Errorf("device: Config.%s is not set (the caller builds it from the stored session)", f.name)
+		}
+	}
+	return nil
 }
 
 // device is one run of Run. The fields set by register, Run and serve do

@@ -188,3 +188,33 @@ func TestRunReturnsRegistrationError(t *testing.T) {
 		t.Fatalf("Run = %v, want %v", err, refused)
 	}
 }
+
+// TestRunNamesMissingConfig: a Config without a field Run needs is
+// refused before anything is registered, naming the field.
+func TestRunNamesMissingConfig(t *testing.T) {
+	tests := []struct {
+		field string
+		unset func(*Config)
+	}{
+		{"Dir", func(c *Config) { c.Dir = "" }},
+		{"Coordinator", func(c *Config) { c.Coordinator = "" }},
+		{"Token", func(c *Config) { c.Token = "" }},
+		{"User", func(c *Config) { c.User = "" }},
+		{"Call", func(c *Config) { c.Call = nil }},
+		{"HTTPClient", func(c *Config) { c.HTTPClient = nil }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.field, func(t *testing.T) {
+			f := &fakeCoordinator{}
+			cfg := testConfig(t, f)
+			tt.unset(&cfg)
+			err := Run(context.Background(), cfg)
+			if err == nil || !strings.Contains(err.Error(), "Config."+tt.field+" is not set") {
+				t.Fatalf("Run = %v, want it to name Config.%s", err, tt.field)
+			}
+			if len(f.calls) > 0 {
+				t.Fatalf("calls before the refusal: %v", f.calls)
+			}
+		})
+	}
+}
