@@ -266,6 +266,10 @@ func (m *Mesh) PathView(key proto.Key) (string, float64) {
 // left.
 func Hostname() string {
 	h, _ := os.Hostname()
+	return sanitizeHostname(h)
+}
+
+func sanitizeHostname(h string) string {
 	out := []byte{}
 	for i := 0; i < len(h) && len(out) < 63; i++ {
 		c := h[i]
