@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -20,17 +18,6 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// controlClient talks HTTP to a running up over its unix socket.
-func controlClient(dir string) *http.Client {
-	path := filepath.Join(dir, device.SocketFile)
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}
-}
-
 // setContext asks the running up to add or remove cluster's context and
 // returns the contexts it has afterwards.
 func setContext(ctx context.Context, dir, cluster string, add bool) ([]string, error) {
@@ -42,7 +29,7 @@ func setContext(ctx context.Context, dir, cluster string, add bool) ([]string, e
 	if err != nil {
 		return nil, err
 	}
-	resp, err := controlClient(dir).Do(req)
+	resp, err := device.StatusClient(dir, 10*time.Second).Do(req)
 	if err != nil {
 		return nil, withHint(exitUnreach, fmt.Errorf("ask clustral up: %w", err), "restart it: clustral down && clustral up")
 	}

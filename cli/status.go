@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -183,13 +181,7 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 
 // queryControl asks a running up for its agents and their handshakes.
 func queryControl(ctx context.Context, dir string) ([]device.AgentView, error) {
-	path := filepath.Join(dir, device.SocketFile)
-	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}
+	hc := device.StatusClient(dir, 3*time.Second)
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://up/status", nil)
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -1,6 +1,7 @@
 package device
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -41,6 +42,19 @@ type contextRequest struct {
 type contextReply struct {
 	contexts []string
 	err      error
+}
+
+// StatusClient returns an HTTP client, with timeout, for the status
+// socket of the device running for the profile directory dir. The URL's
+// host is ignored: every request goes to the socket.
+func StatusClient(dir string, timeout time.Duration) *http.Client {
+	path := filepath.Join(dir, SocketFile)
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
 }
 
 // serveControl serves the local status API of the device on a unix

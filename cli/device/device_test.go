@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -116,11 +115,7 @@ func TestRunServesThenCleansUp(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg) }()
 
-	sock := filepath.Join(cfg.Dir, SocketFile)
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
+	hc := StatusClient(cfg.Dir, 5*time.Second)
 	defer hc.CloseIdleConnections()
 	var status struct {
 		State *State `json:"state"`
