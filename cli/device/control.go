@@ -68,6 +68,7 @@ func StatusClient(dir string, timeout time.Duration) *http.Client {
 //
 // stop closes it.
 func (d *device) serveControl() error {
+	d.ctxReqs = make(chan contextRequest)
 	path := filepath.Join(d.cfg.Dir, SocketFile)
 	os.Remove(path)
 	l, err := net.Listen("unix", path)

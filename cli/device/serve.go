@@ -56,7 +56,23 @@ func (d *device) serve(ctx context.Context) (err error) {
 			d.stop()
 		}
 	}()
-	socksUser, socksPass := "clustral", rand.Text()
+	if err := d.serveSOCKS(ctx); err != nil {
+		return err
+	}
+	d.initState()
+	d.watchMap()
+	if err := d.serveControl(); err != nil {
+		return err
+	}
+	d.runMapStream(ctx)
+	d.log.Info("joining the mesh", "coordinator", d.cfg.Coordinator, "addresses", d.state.Addresses, "socks", d.state.SOCKS)
+	return nil
+}
+
+// serveSOCKS serves the loopback SOCKS5 proxy with a fresh credential.
+// Connections to a cluster the user may not reach get a local denial.
+func (d *device) serveSOCKS(ctx context.Context) error {
+	user, pass := "clustral", rand.Text()
 	sl, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(d.cfg.SOCKSPort)))
 	if err != nil {
 		return fmt.Errorf("listen for SOCKS5 on 127.0.0.1:%d: %w (pick another --socks-port)", d.cfg.SOCKSPort, err)
@@ -76,15 +92,20 @@ func (d *device) serve(ctx context.Context) (err error) {
 		sl.Close()
 		return err
 	}
-	d.socks = newSOCKSServer(socksUser, socksPass, d.mesh, d.deny.conn, d.log)
+	d.socks = newSOCKSServer(user, pass, d.mesh, d.deny.conn, d.log)
 	d.wg.Go(func() { d.socks.Serve(sl) })
-	d.proxy = &url.URL{Scheme: "socks5", User: url.UserPassword(socksUser, socksPass), Host: sl.Addr().String()}
+	d.proxy = &url.URL{Scheme: "socks5", User: url.UserPassword(user, pass), Host: sl.Addr().String()}
+	return nil
+}
 
+// initState makes the device's state, "starting", and publishes it.
+func (d *device) initState() {
 	d.kw = kubeconfig.Writer{Path: d.cfg.Kubeconfig}
+	pass, _ := d.proxy.User.Password()
 	d.state = &State{
 		PID: os.Getpid(), Status: "starting", Coordinator: d.cfg.Coordinator, User: d.cfg.User,
-		NodeID: d.reg.NodeID, SOCKS: sl.Addr().String(), Kubeconfig: d.kw.File(), Started: time.Now(),
-		SOCKSUser: socksUser, SOCKSPass: socksPass, Expires: d.reg.ExpiresAt,
+		NodeID: d.reg.NodeID, SOCKS: d.proxy.Host, Kubeconfig: d.kw.File(), Started: time.Now(),
+		SOCKSUser: d.proxy.User.Username(), SOCKSPass: pass, Expires: d.reg.ExpiresAt,
 	}
 	for _, a := range d.reg.Addresses {
 		d.state.Addresses = append(d.state.Addresses, a.Addr().String())
@@ -94,7 +115,11 @@ func (d *device) serve(ctx context.Context) (err error) {
 		d.state.KubeconfigWas = fmt.Sprintf("%04o", was)
 	}
 	d.publish()
+}
 
+// watchMap hands the node's map changes to wait, dropping them while
+// wait is busy: it looks at the whole map each time.
+func (d *device) watchMap() {
 	d.changes = make(chan node.Change, 16)
 	d.unwatch = d.mesh.Node.OnChange(func(ch node.Change) {
 		select {
@@ -102,12 +127,12 @@ func (d *device) serve(ctx context.Context) (err error) {
 		default:
 		}
 	})
-	d.ctxReqs = make(chan contextRequest)
-	if err := d.serveControl(); err != nil {
-		return err
-	}
+}
 
-	streamCtx, cancel := context.WithCancel(ctx)
+// runMapStream runs the mesh's map stream, with its relay and discovery,
+// on a goroutine until stop; its end goes to wait.
+func (d *device) runMapStream(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
 	d.stopStream = cancel
 	d.streamErr = make(chan error, 1)
 	coord := mesh.Coordinator{
@@ -116,9 +141,7 @@ func (d *device) serve(ctx context.Context) (err error) {
 			return d.cfg.Call(ctx, d.reg.NodeToken, "PUT", proto.APIVersion+"/nodes/self/endpoints", proto.EndpointsUpdate{Endpoints: eps}, nil)
 		},
 	}
-	d.wg.Go(func() { d.streamErr <- d.mesh.Run(streamCtx, coord) })
-	d.log.Info("joining the mesh", "coordinator", d.cfg.Coordinator, "addresses", d.state.Addresses, "socks", d.state.SOCKS)
-	return nil
+	d.wg.Go(func() { d.streamErr <- d.mesh.Run(ctx, coord) })
 }
 
 // stop releases what serve started, in this order: the status socket,
