@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -166,7 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	host := cfg.Hostname
 	if host == "" {
-		host = machineName()
+		host = mesh.Hostname()
 	}
 
 	// The audit spool comes first: what a previous run left is shipped
@@ -218,7 +218,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	// Join the mesh.
-	m, err := joinMesh(wgKey, reg, cfg.WireGuardPort, log)
+	m, err := mesh.Join(mesh.Config{PrivateKey: wgKey, Registration: reg, ListenPort: cfg.WireGuardPort, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -231,21 +231,21 @@ func Run(ctx context.Context, cfg Config) error {
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 
-	metrics := agentMetrics(reg.Cluster, m.node, sp, serving)
-	proxy, err := NewProxy(ProxyConfig{Cluster: reg.Cluster, Upstream: cfg.Upstream, Peers: m.node, Logger: log,
+	metrics := agentMetrics(reg.Cluster, m.Node, sp, serving)
+	proxy, err := NewProxy(ProxyConfig{Cluster: reg.Cluster, Upstream: cfg.Upstream, Peers: m.Node, Logger: log,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Audit: auditTo(sp, log), Metrics: metrics})
 	if err != nil {
 		return err
 	}
 	defer proxy.Close()
-	defer m.node.OnChange(func(node.Change) { proxy.Reevaluate() })()
+	defer m.Node.OnChange(func(node.Change) { proxy.Reevaluate() })()
 	// The coordinator renews the short-lived serving certificate over the
 	// map stream; handshakes pick up the new one at once.
-	defer m.node.OnChange(func(ch node.Change) {
+	defer m.Node.OnChange(func(ch node.Change) {
 		if !ch.CertificateChanged {
 			return
 		}
-		if err := serving.set(m.node.Certificate()); err != nil {
+		if err := serving.set(m.Node.Certificate()); err != nil {
 			log.Error("renewed certificate refused; serving the old one", "err", err)
 			return
 		}
@@ -272,7 +272,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// blocks once Run has stopped listening.
 	errc := make(chan error, len(reg.Addresses)+1)
 	for _, p := range reg.Addresses {
-		l, err := m.stack.ListenTCP(netip.AddrPortFrom(p.Addr(), 443))
+		l, err := m.Stack.ListenTCP(netip.AddrPortFrom(p.Addr(), 443))
 		if err != nil {
 			return fmt.Errorf("listen on overlay %s:443: %w", p.Addr(), err)
 		}
@@ -280,12 +280,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// The hook goes in before the stream starts: a snapshot applied in
 	// between would otherwise leave the agent unready until the next one.
-	defer m.node.OnChange(func(ch node.Change) {
+	defer m.Node.OnChange(func(ch node.Change) {
 		if ch.Snapshot {
 			ready.Store(true)
 		}
 	})()
-	wg.Go(func() { errc <- runMapStream(serveCtx, m, api, reg.STUN, log) })
+	wg.Go(func() {
+		errc <- m.Run(serveCtx, mesh.Coordinator{BaseURL: api.base, Token: api.token, Client: api.hc, PublishEndpoints: api.publishEndpoints})
+	})
 	// Shipping goes on while requests drain, and stops when Run returns;
 	// what is left waits in the spool for the next start.
 	shipCtx, stopShip := context.WithCancel(context.Background())
@@ -346,22 +348,4 @@ func auditTo(sp *spool.Spool, log *slog.Logger) func(proto.AuditEvent) {
 			log.Error("audit spool", "err", err)
 		}
 	}
-}
-
-// machineName is os.Hostname kept to letters, digits, '-', '.' and '_'
-// and cut to 63 bytes, as the coordinator accepts it; "device" when
-// nothing is left.
-func machineName() string {
-	h, _ := os.Hostname()
-	out := make([]byte, 0, 63)
-	for i := 0; i < len(h) && len(out) < 63; i++ {
-		c := h[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' {
-			out = append(out, c)
-		}
-	}
-	if len(out) == 0 {
-		return "device"
-	}
-	return string(out)
 }

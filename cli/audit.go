@@ -20,6 +20,7 @@ import (
 
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -440,7 +441,7 @@ and the coordinator still signs with the same key.`,
 				_, err := g.stdout.Write(b)
 				return err
 			}
-			if err := writeFileAtomic(file, b, 0o644); err != nil {
+			if err := atomicfile.Write(file, b, 0o644); err != nil {
 				return fmt.Errorf("write checkpoint: %w", err)
 			}
 			fmt.Fprintf(g.stdout, "Checkpoint of audit record %d, signed at %s by key %s, written to %s.\n", ck.Seq, ck.Time.Local().Format("2006-01-02 15:04:05"), ck.KeyID(), file)

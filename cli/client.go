@@ -145,3 +145,20 @@ func cliErr(err error) error {
 	}
 	return withHint(code, pe, pe.p.Hint)
 }
+
+// callAs is do with token as the bearer credential instead of c's own: a
+// device.CallFunc.
+func (c *apiClient) callAs(ctx context.Context, token, method, path string, body, out any) error {
+	as := *c
+	as.token = token
+	return as.do(ctx, method, path, body, out)
+}
+
+// relayClient returns the client for the coordinator's relay, an HTTP
+// upgrade, which needs hc's transport without the --debug trace.
+func relayClient(hc *http.Client) *http.Client {
+	if tt, ok := hc.Transport.(traceTransport); ok {
+		return &http.Client{Transport: tt.next}
+	}
+	return hc
+}

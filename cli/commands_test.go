@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/cli/kubeconfig"
 )
 
 // TestKubeLoginLogout: with up running, logout and login remove and add
@@ -19,7 +22,7 @@ func TestKubeLoginLogout(t *testing.T) {
 	u := startFakeUp(e, "prod", "staging")
 	ours := func() []string {
 		t.Helper()
-		names, err := kubeconfigWriter{path: e.kubeconfig}.Ours()
+		names, err := kubeconfig.Writer{Path: e.kubeconfig}.Ours()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,11 +55,11 @@ func TestKubeLoginLogout(t *testing.T) {
 	}
 
 	// Without a running up the choice is recorded for the next one.
-	os.Remove(filepath.Join(e.dir, upStateFile))
+	os.Remove(filepath.Join(e.dir, device.StateFile))
 	if code, out, _ := e.run("kube", "logout", "prod"); code != 0 || !strings.Contains(out, "not running") {
 		t.Errorf("logout without up: exit %d, %s", code, out)
 	}
-	if got := loadKubePrefs(e.dir).Excluded; !slices.Equal(got, []string{"prod"}) {
+	if got := device.Excluded(e.dir); !slices.Equal(got, []string{"prod"}) {
 		t.Errorf("excluded = %v", got)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/spf13/cobra"
 )
 
@@ -65,7 +67,7 @@ func newConfigShowCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		v := configView{Profile: profile, Dir: dir, Tunnel: tunnelState(dir), Files: []fileView{}, Excluded: loadKubePrefs(dir).Excluded}
+		v := configView{Profile: profile, Dir: dir, Tunnel: tunnelState(dir), Files: []fileView{}, Excluded: device.Excluded(dir)}
 		pc := loadProfileConfig(dir)
 		v.Coordinator, v.CAFile = pc.Coordinator, pc.CAFile
 		if s, _ := loadSession(dir); s != nil {
@@ -73,12 +75,12 @@ func newConfigShowCmd(g *globals) *cobra.Command {
 		}
 		as, _ := listAccounts(dir)
 		v.Accounts = len(as)
-		kw := kubeconfigWriter{}
-		if st, _ := readUpState(dir); st != nil {
-			kw.path = st.Kubeconfig
+		kw := kubeconfig.Writer{}
+		if st, _ := device.ReadState(dir); st != nil {
+			kw.Path = st.Kubeconfig
 		}
 		v.Kubeconfig = kw.File()
-		if cfg, err := kw.options().GetStartingConfig(); err == nil {
+		if cfg, err := kw.Load(); err == nil {
 			v.CurrentContext = cfg.CurrentContext
 		}
 		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -124,7 +126,7 @@ func newConfigShowCmd(g *globals) *cobra.Command {
 // tunnelState says whether the profile's up runs: "up (pid N)",
 // "stopped (pid N is gone)" or "down".
 func tunnelState(dir string) string {
-	st, alive := readUpState(dir)
+	st, alive := device.ReadState(dir)
 	switch {
 	case alive:
 		return fmt.Sprintf("%s (pid %d)", st.Status, st.PID)
@@ -168,10 +170,10 @@ required when there is no terminal.`,
 				return err
 			}
 			target := dir
-			st, alive := readUpState(dir)
-			kw := kubeconfigWriter{}
+			st, alive := device.ReadState(dir)
+			kw := kubeconfig.Writer{}
 			if st != nil {
-				kw.path = st.Kubeconfig
+				kw.Path = st.Kubeconfig
 			}
 			ctxs, _ := kw.Ours()
 			if st != nil {

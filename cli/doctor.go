@@ -18,6 +18,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/proto"
 )
@@ -268,7 +270,7 @@ func checkOIDC(ctx context.Context, hc *http.Client, issuer string, r *doctorRep
 
 // checkTunnel runs the tunnel, kubeconfig, SOCKS5 and WireGuard checks.
 func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Whoami) {
-	st, alive := readUpState(dir)
+	st, alive := device.ReadState(dir)
 	switch {
 	case st == nil:
 		r.add("tunnel", checkFail, "clustral up is not running", "clustral up")
@@ -281,11 +283,11 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 	}
 
 	// Kubeconfig.
-	kw := kubeconfigWriter{}
+	kw := kubeconfig.Writer{}
 	if st != nil {
-		kw.path = st.Kubeconfig
+		kw.Path = st.Kubeconfig
 	}
-	cfg, err := kw.options().GetStartingConfig()
+	cfg, err := kw.Load()
 	if err != nil {
 		r.add("kubeconfig", checkFail, fmt.Sprintf("cannot read %s: %v", kw.File(), err), "repair or move the file aside, then: clustral kube login <cluster>")
 	} else {
@@ -300,11 +302,11 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 			}
 			if len(missing) > 0 {
 				problems = append(problems, fmt.Sprintf("context %s is missing from %s (deleted?)", strings.Join(missing, ", "), kw.File()))
-				fix = "clustral kube login " + strings.TrimPrefix(missing[0], contextName(""))
+				fix = "clustral kube login " + strings.TrimPrefix(missing[0], kubeconfig.ContextName(""))
 			}
 		}
 		cur := cfg.CurrentContext
-		if isOurs(cfg, cur) {
+		if kubeconfig.Managed(cfg, cur) {
 			proxy := ""
 			if cl := cfg.Clusters[cfg.Contexts[cur].Cluster]; cl != nil {
 				if pu, err := url.Parse(cl.ProxyURL); err == nil {
@@ -317,7 +319,7 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 				fix = firstNonEmpty(fix, "clustral up")
 			case proxy != st.SOCKS:
 				problems = append(problems, fmt.Sprintf("current context %s points at %s, but the tunnel listens on %s", cur, proxy, st.SOCKS))
-				fix = firstNonEmpty(fix, "clustral kube login "+strings.TrimPrefix(cur, contextName("")))
+				fix = firstNonEmpty(fix, "clustral kube login "+strings.TrimPrefix(cur, kubeconfig.ContextName("")))
 			}
 		}
 		switch {
@@ -332,7 +334,7 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 			}
 		default:
 			detail := fmt.Sprintf("%d context(s) in %s", len(st.Contexts), kw.File())
-			if isOurs(cfg, cur) {
+			if kubeconfig.Managed(cfg, cur) {
 				detail += "; current context " + cur + " uses the tunnel"
 			}
 			r.add("kubeconfig", checkOK, detail, "")

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/cli/device"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -51,7 +52,7 @@ func TestDoctorFailures(t *testing.T) {
 			u.set(func(u *fakeUp) { u.st.PID = cmd.Process.Pid }) // gone
 		}, "tunnel", "stopped without cleaning up", "clustral down && clustral up", []string{"session"}},
 		{"tunnel not running", func(e *testEnv, u *fakeUp) {
-			os.Remove(filepath.Join(e.dir, upStateFile))
+			os.Remove(filepath.Join(e.dir, device.StateFile))
 		}, "tunnel", "clustral up is not running", "clustral up", []string{"session"}},
 		{"socks credential wrong", func(e *testEnv, u *fakeUp) {
 			u.set(func(u *fakeUp) { u.st.SOCKSPass = "stale" })

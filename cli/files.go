@@ -1,13 +1,13 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -38,55 +38,6 @@ func configBase() (string, error) {
 	return filepath.Join(d, "clustral"), nil
 }
 
-// writeFileAtomic writes data to path with mode perm through a temporary
-// file and a rename, so readers never see a partial file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func writeJSONFile(path string, v any, perm os.FileMode) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(path, append(b, '\n'), perm)
-}
-
-func readJSONFile(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s is corrupt: %w (remove it and log in again)", path, err)
-	}
-	return nil
-}
-
 // storedSession is the login kept on disk (0600).
 type storedSession struct {
 	Coordinator string        `json:"coordinator"`
@@ -98,7 +49,7 @@ const sessionFile = "session.json"
 
 func loadSession(dir string) (*storedSession, error) {
 	var s storedSession
-	err := readJSONFile(filepath.Join(dir, sessionFile), &s)
+	err := atomicfile.ReadJSON(filepath.Join(dir, sessionFile), &s)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, withHint(exitAuth, errors.New("not logged in"), "run: clustral login <coordinator-url>")
 	}
@@ -117,8 +68,8 @@ var errSessionExpired = errors.New("expired")
 // saveSession makes s the profile's active session (session.json) and
 // keeps a copy among the profile's accounts (sessions/<login>.json).
 func saveSession(dir string, s *storedSession) error {
-	if err := writeJSONFile(accountPath(dir, s.Session.User.Login), s, 0o600); err != nil {
+	if err := atomicfile.WriteJSON(accountPath(dir, s.Session.User.Login), s, 0o600); err != nil {
 		return err
 	}
-	return writeJSONFile(filepath.Join(dir, sessionFile), s, 0o600)
+	return atomicfile.WriteJSON(filepath.Join(dir, sessionFile), s, 0o600)
 }

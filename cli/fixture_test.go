@@ -26,7 +26,10 @@ import (
 	"golang.org/x/oauth2"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/netstack/socks5"
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -289,8 +292,8 @@ func writeTestProblem(w http.ResponseWriter, status int, code proto.ErrorCode, t
 type fakeUp struct {
 	e      *testEnv
 	mu     sync.Mutex
-	st     *upState
-	agents []agentView
+	st     *device.State
+	agents []device.AgentView
 	reqs   []string // "POST prod", "DELETE staging"
 }
 
@@ -307,12 +310,12 @@ func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
 	}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	u.st = &upState{
+	u.st = &device.State{
 		PID: os.Getpid(), Status: "connected", Coordinator: e.coord.srv.URL, User: "alice@example.com", NodeID: "n-device",
 		Addresses: []string{"100.64.0.2", "fd7a:115c:a1e0::2"}, SOCKS: l.Addr().String(), Kubeconfig: e.kubeconfig,
 		Started: fixedNow.Add(-time.Hour), SOCKSUser: "clustral", SOCKSPass: "s3cret", Expires: fixedNow.Add(8 * time.Hour),
 	}
-	u.agents = []agentView{{Cluster: "prod", NodeID: "n-agent1", Address: "100.64.0.1", Online: true, LastHandshake: fixedNow.Add(-20 * time.Second), Path: "direct"}}
+	u.agents = []device.AgentView{{Cluster: "prod", NodeID: "n-agent1", Address: "100.64.0.1", Online: true, LastHandshake: fixedNow.Add(-20 * time.Second), Path: "direct"}}
 	for _, c := range clusters {
 		u.setContext(c, true)
 	}
@@ -321,13 +324,13 @@ func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.CurrentContext = contextName(clusters[0])
+		cfg.CurrentContext = kubeconfig.ContextName(clusters[0])
 		if err := clientcmd.WriteToFile(*cfg, e.kubeconfig); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	sock := filepath.Join(e.dir, upSocketFile)
+	sock := filepath.Join(e.dir, device.SocketFile)
 	os.MkdirAll(e.dir, 0o700)
 	ul, err := net.Listen("unix", sock)
 	if err != nil {
@@ -345,11 +348,11 @@ func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
 			u.mu.Lock()
 			u.reqs = append(u.reqs, r.Method+" "+cl)
 			u.mu.Unlock()
-			if err := setExcluded(e.dir, cl, !add); err != nil {
-				writeTestJSON(w, contextsResponse{Error: err.Error()})
+			if err := device.SetExcluded(e.dir, cl, !add); err != nil {
+				writeTestJSON(w, device.ContextsResponse{Error: err.Error()})
 				return
 			}
-			writeTestJSON(w, contextsResponse{Contexts: u.setContext(cl, add)})
+			writeTestJSON(w, device.ContextsResponse{Contexts: u.setContext(cl, add)})
 		}
 	}
 	mux.HandleFunc("POST /contexts/{cluster}", ctxs(true))
@@ -367,11 +370,11 @@ func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
 func (u *fakeUp) setContext(cluster string, add bool) []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	name := contextName(cluster)
-	kw := kubeconfigWriter{path: u.e.kubeconfig}
+	name := kubeconfig.ContextName(cluster)
+	kw := kubeconfig.Writer{Path: u.e.kubeconfig}
 	proxy := &url.URL{Scheme: "socks5", User: url.UserPassword(u.st.SOCKSUser, u.st.SOCKSPass), Host: u.st.SOCKS}
 	if add {
-		if err := kw.Set([]meshContext{{Cluster: cluster, Server: "https://" + cluster + ".clustral.internal", CA: []byte("ca"), Proxy: proxy, Login: u.st.User}}, nil); err != nil {
+		if err := kw.Set([]kubeconfig.Context{{Cluster: cluster, Server: "https://" + cluster + ".clustral.internal", CA: []byte("ca"), Proxy: proxy, Login: u.st.User}}, nil); err != nil {
 			u.e.t.Error(err)
 		}
 		if !slices.Contains(u.st.Contexts, name) {
@@ -385,7 +388,7 @@ func (u *fakeUp) setContext(cluster string, add bool) []string {
 		u.st.Contexts = slices.DeleteFunc(u.st.Contexts, func(c string) bool { return c == name })
 	}
 	if u.st != nil {
-		writeJSONFile(filepath.Join(u.e.dir, upStateFile), u.st, 0o600)
+		atomicfile.WriteJSON(filepath.Join(u.e.dir, device.StateFile), u.st, 0o600)
 	}
 	return slices.Clone(u.st.Contexts)
 }
@@ -401,7 +404,7 @@ func (u *fakeUp) set(change func(*fakeUp)) {
 func (u *fakeUp) save() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if err := writeJSONFile(filepath.Join(u.e.dir, upStateFile), u.st, 0o600); err != nil {
+	if err := atomicfile.WriteJSON(filepath.Join(u.e.dir, device.StateFile), u.st, 0o600); err != nil {
 		u.e.t.Fatal(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/pkg/version"
 )
 
@@ -16,7 +17,7 @@ func TestGolden(t *testing.T) {
 	e := newTestEnv(t)
 	e.login("alice@example.com", fixedNow.Add(7*time.Hour+59*time.Minute))
 	startFakeUp(e, "prod", "staging")
-	if err := setExcluded(e.dir, "dev", true); err != nil {
+	if err := device.SetExcluded(e.dir, "dev", true); err != nil {
 		t.Fatal(err)
 	}
 	oldVersion, oldCommit := version.Version, version.Commit

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -15,70 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/proto"
 )
-
-// kubePrefsFile (in the profile directory) lists the clusters whose
-// kubeconfig context the user removed with clustral kube logout. A running
-// up honours it on every change and owns it while it runs; the CLI edits it
-// itself only when no up runs.
-const kubePrefsFile = "kube.json"
-
-type kubePrefs struct {
-	Excluded []string `json:"excluded,omitempty"`
-}
-
-func loadKubePrefs(dir string) kubePrefs {
-	var p kubePrefs
-	_ = readJSONFile(filepath.Join(dir, kubePrefsFile), &p)
-	return p
-}
-
-// setExcluded adds cluster to the excluded list, or removes it.
-func setExcluded(dir, cluster string, exclude bool) error {
-	p := loadKubePrefs(dir)
-	has := slices.Contains(p.Excluded, cluster)
-	switch {
-	case exclude && !has:
-		p.Excluded = append(p.Excluded, cluster)
-		slices.Sort(p.Excluded)
-	case !exclude && has:
-		p.Excluded = slices.DeleteFunc(p.Excluded, func(c string) bool { return c == cluster })
-	default:
-		return nil
-	}
-	return writeJSONFile(filepath.Join(dir, kubePrefsFile), p, 0o600)
-}
-
-// contextRequest asks a running up to add or remove one cluster's context.
-type contextRequest struct {
-	cluster string
-	add     bool
-	reply   chan contextReply
-}
-
-type contextReply struct {
-	contexts []string
-	err      error
-}
-
-// contextsResponse answers POST and DELETE /contexts/{cluster} on the up
-// control socket.
-type contextsResponse struct {
-	Contexts []string `json:"contexts"`
-	Error    string   `json:"error,omitempty"`
-}
-
-// controlClient talks HTTP to a running up over its unix socket.
-func controlClient(dir string) *http.Client {
-	path := filepath.Join(dir, upSocketFile)
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}
-}
 
 // setContext asks the running up to add or remove cluster's context and
 // returns the contexts it has afterwards.
@@ -91,12 +29,12 @@ func setContext(ctx context.Context, dir, cluster string, add bool) ([]string, e
 	if err != nil {
 		return nil, err
 	}
-	resp, err := controlClient(dir).Do(req)
+	resp, err := device.StatusClient(dir, 10*time.Second).Do(req)
 	if err != nil {
 		return nil, withHint(exitUnreach, fmt.Errorf("ask clustral up: %w", err), "restart it: clustral down && clustral up")
 	}
 	defer resp.Body.Close()
-	var body contextsResponse
+	var body device.ContextsResponse
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 		return nil, fmt.Errorf("clustral up answered %s: %w", resp.Status, err)
 	}
@@ -156,11 +94,11 @@ func newKubeLsCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		st, alive := readUpState(dir)
-		excluded := loadKubePrefs(dir).Excluded
+		st, alive := device.ReadState(dir)
+		excluded := device.Excluded(dir)
 		vs := []kubeClusterView{}
 		for _, cl := range who.Clusters {
-			v := kubeClusterView{Cluster: cl.Name, Roles: cl.Roles, Context: contextName(cl.Name), State: "down"}
+			v := kubeClusterView{Cluster: cl.Name, Roles: cl.Roles, Context: kubeconfig.ContextName(cl.Name), State: "down"}
 			switch {
 			case slices.Contains(excluded, cl.Name):
 				v.State = "logged-out"
@@ -241,9 +179,9 @@ func kubeSwitch(ctx context.Context, g *globals, cluster string, add bool) error
 			return withHint(exitDenied, fmt.Errorf("there is no cluster %q you may reach or request", cluster), "see: clustral kube ls")
 		}
 	}
-	name := contextName(cluster)
-	if _, alive := readUpState(dir); !alive {
-		if err := setExcluded(dir, cluster, !add); err != nil {
+	name := kubeconfig.ContextName(cluster)
+	if _, alive := device.ReadState(dir); !alive {
+		if err := device.SetExcluded(dir, cluster, !add); err != nil {
 			return err
 		}
 		if add {

@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/spf13/cobra"
 )
 
@@ -34,7 +36,7 @@ type profileConfig struct {
 
 func loadProfileConfig(dir string) profileConfig {
 	var pc profileConfig
-	_ = readJSONFile(filepath.Join(dir, profileConfigFile), &pc)
+	_ = atomicfile.ReadJSON(filepath.Join(dir, profileConfigFile), &pc)
 	return pc
 }
 
@@ -166,7 +168,7 @@ func newProfilesCreateCmd(g *globals) *cobra.Command {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
 			}
-			if err := writeJSONFile(filepath.Join(dir, profileConfigFile), pc, 0o600); err != nil {
+			if err := atomicfile.WriteJSON(filepath.Join(dir, profileConfigFile), pc, 0o600); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "Created profile %s.\n", name)
@@ -187,7 +189,7 @@ func setCurrentProfile(g *globals, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(base, currentProfileFile), []byte(name+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(base, currentProfileFile), []byte(name+"\n"), 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(g.stdout, "Now using profile %s.\n", name)
@@ -272,7 +274,7 @@ func newProfilesDeleteCmd(g *globals) *cobra.Command {
 			if _, err := os.Stat(dir); err != nil {
 				return withHint(exitError, fmt.Errorf("no profile %q", name), "see: clustral profiles list")
 			}
-			if st, alive := readUpState(dir); alive {
+			if st, alive := device.ReadState(dir); alive {
 				return withHint(exitError, fmt.Errorf("profile %q has a running tunnel (pid %d)", name, st.PID), "stop it first: clustral --profile "+name+" down")
 			}
 			if err := os.RemoveAll(dir); err != nil {
@@ -307,7 +309,7 @@ func listAccounts(dir string) ([]accountView, []*storedSession) {
 	seenCur := false
 	for _, f := range files {
 		var s storedSession
-		if readJSONFile(f, &s) != nil {
+		if atomicfile.ReadJSON(f, &s) != nil {
 			continue
 		}
 		isCur := cur != nil && cur.Session.User.Login == s.Session.User.Login && cur.Coordinator == s.Coordinator
@@ -403,7 +405,7 @@ func newAccountsUseCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "Now using %s on %s (%s).\n", s.Session.User.Login, s.Coordinator, remaining(s.Session.ExpiresAt))
-			if st, alive := readUpState(dir); alive && st.User != s.Session.User.Login {
+			if st, alive := device.ReadState(dir); alive && st.User != s.Session.User.Login {
 				fmt.Fprintln(g.stderr, g.style(g.stderr).dim(fmt.Sprintf("hint: the tunnel still runs as %s; switch it: clustral down && clustral up", st.User)))
 			}
 			return nil

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -36,26 +36,15 @@ type statusView struct {
 	// Grants are the roles that expire (just-in-time access).
 	Grants []grantView `json:"grants,omitempty"`
 	// CoordinatorHealth is "ok", or why GET /readyz failed.
-	CoordinatorHealth string      `json:"coordinator_health,omitempty"`
-	Agents            []agentView `json:"agents,omitempty"`
-	Error             string      `json:"error,omitempty"`
+	CoordinatorHealth string             `json:"coordinator_health,omitempty"`
+	Agents            []device.AgentView `json:"agents,omitempty"`
+	Error             string             `json:"error,omitempty"`
 }
 
 type grantView struct {
 	Cluster string    `json:"cluster"`
 	Role    string    `json:"role"`
 	Expires time.Time `json:"expires"`
-}
-
-type agentView struct {
-	Cluster       string    `json:"cluster"`
-	NodeID        string    `json:"node_id"`
-	Address       string    `json:"address"`
-	Online        bool      `json:"online"`
-	LastHandshake time.Time `json:"last_handshake,omitzero"`
-	Path          string    `json:"path,omitempty"`
-	// LatencyMS is the last probe round trip on Path, 0 if none.
-	LatencyMS float64 `json:"latency_ms,omitempty"`
 }
 
 func newStatusCmd(g *globals) *cobra.Command {
@@ -103,7 +92,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 				v.CoordinatorHealth = "not ready: " + resp.Status
 			}
 		}
-		st, alive := readUpState(dir)
+		st, alive := device.ReadState(dir)
 		if st != nil && !alive {
 			v.Tunnel = "stopped"
 		}
@@ -164,7 +153,7 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 			}
 			roles = append(roles, s)
 		}
-		ctx := contextName(c.Name)
+		ctx := kubeconfig.ContextName(c.Name)
 		if !slices.Contains(v.Contexts, ctx) {
 			ctx = "-"
 		}
@@ -191,14 +180,8 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 }
 
 // queryControl asks a running up for its agents and their handshakes.
-func queryControl(ctx context.Context, dir string) ([]agentView, error) {
-	path := filepath.Join(dir, upSocketFile)
-	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}
+func queryControl(ctx context.Context, dir string) ([]device.AgentView, error) {
+	hc := device.StatusClient(dir, 3*time.Second)
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://up/status", nil)
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -206,7 +189,7 @@ func queryControl(ctx context.Context, dir string) ([]agentView, error) {
 	}
 	defer resp.Body.Close()
 	var body struct {
-		Agents []agentView `json:"agents"`
+		Agents []device.AgentView `json:"agents"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 		return nil, err
@@ -215,7 +198,7 @@ func queryControl(ctx context.Context, dir string) ([]agentView, error) {
 }
 
 // pathText is an agent's path with its latency, e.g. "direct 1.2ms".
-func pathText(a agentView) string {
+func pathText(a device.AgentView) string {
 	if a.Path == "" || a.LatencyMS <= 0 {
 		return dash(a.Path)
 	}

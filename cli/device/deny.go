@@ -1,4 +1,4 @@
-package cli
+package device
 
 import (
 	"crypto/ecdsa"
@@ -24,6 +24,9 @@ import (
 // its own, created in memory for this `clustral up` and trusted only by
 // this user's kubeconfig contexts, next to the mesh CA; its key never
 // leaves the process.
+//
+// Each conn is served on a goroutine of its own, which ends when the
+// connection closes; Close ends them all and waits for them.
 type denier struct {
 	user   string
 	domain string
@@ -33,6 +36,10 @@ type denier struct {
 
 	mu    sync.Mutex
 	certs map[string]*tls.Certificate
+
+	serversMu sync.Mutex
+	servers   map[*http.Server]net.Conn // serving a conn (its end of the pipe); nil once closed
+	wg        sync.WaitGroup            // the servers' Serve calls
 }
 
 func newDenier(user, domain string, ttl time.Duration) (*denier, error) {
@@ -60,7 +67,7 @@ func newDenier(user, domain string, ttl time.Duration) (*denier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &denier{user: user, domain: domain, ca: ca, key: key, certs: map[string]*tls.Certificate{},
+	return &denier{user: user, domain: domain, ca: ca, key: key, certs: map[string]*tls.Certificate{}, servers: map[*http.Server]net.Conn{},
 		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
@@ -113,8 +120,35 @@ func (d *denier) conn(cluster string) net.Conn {
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       10 * time.Second,
 	}
-	go srv.Serve(&oneConnListener{c: tc})
+	d.serversMu.Lock()
+	defer d.serversMu.Unlock()
+	if d.servers == nil { // closed
+		server.Close()
+		return client
+	}
+	d.servers[srv] = server
+	d.wg.Go(func() {
+		srv.Serve(&oneConnListener{c: tc})
+		d.serversMu.Lock()
+		delete(d.servers, srv)
+		d.serversMu.Unlock()
+	})
 	return client
+}
+
+// Close closes the connections conn handed out and waits until their
+// servers have stopped. Later conns are closed at once.
+func (d *denier) Close() error {
+	d.serversMu.Lock()
+	servers := d.servers
+	d.servers = nil
+	d.serversMu.Unlock()
+	for srv, c := range servers {
+		srv.Close()
+		c.Close() // in case srv closed before it took the conn
+	}
+	d.wg.Wait()
+	return nil
 }
 
 // oneConnListener hands out one connection, then blocks until closed.

@@ -1,11 +1,14 @@
-package cli
+package device
 
 import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +21,7 @@ func TestDenierAnswersPlainText403(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { d.Close() }) // the goroutine checks of other tests see none of its servers
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(d.caPEM) {
 		t.Fatal("caPEM holds no certificate")
@@ -77,5 +81,30 @@ func TestDenierCANameConstrained(t *testing.T) {
 	}
 	if got := d.ca.PermittedDNSDomains; len(got) != 1 || got[0] != "clustral.internal" || !d.ca.PermittedDNSDomainsCritical && len(got) == 0 {
 		t.Fatalf("permitted domains = %v", got)
+	}
+}
+
+// TestDenierCloseEndsItsServers: Close ends the connections conn handed
+// out and waits for their servers; a conn after Close is closed at once.
+// Every other test in the package closes its deniers, so any denier
+// goroutine left is this one's.
+func TestDenierCloseEndsItsServers(t *testing.T) {
+	d, err := newDenier("alice@example.com", "clustral.internal", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := d.conn("prod")
+	defer open.Close()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if g := deviceGoroutines(); len(g) > 0 {
+		t.Fatalf("goroutines left after Close:\n%s", strings.Join(g, "\n\n"))
+	}
+	for name, c := range map[string]net.Conn{"open before Close": open, "after Close": d.conn("staging")} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("read on the conn %s = %v, want it closed", name, err)
+		}
 	}
 }

@@ -1,4 +1,8 @@
-package cli
+// Package kubeconfig writes the kubeconfig contexts of `clustral up`: one
+// per cluster the user may reach, each through the up's SOCKS5 proxy. It
+// edits the user's file with clientcmd and leaves everything it did not
+// write alone.
+package kubeconfig
 
 import (
 	"errors"
@@ -13,35 +17,41 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// contextName is the kubeconfig context (and cluster entry) clustral
+// ContextName is the kubeconfig context (and cluster entry) clustral
 // writes for a cluster.
-func contextName(cluster string) string { return "clustral-" + cluster }
+func ContextName(cluster string) string { return "clustral-" + cluster }
 
-// kubeconfigWriter edits the user's kubeconfig with clientcmd: the file
-// named by path, or the standard KUBECONFIG/~/.kube/config rules when path
+// Writer edits the user's kubeconfig with clientcmd: the file
+// named by Path, or the standard KUBECONFIG/~/.kube/config rules when Path
 // is empty. Everything else in the file is preserved.
 //
 // The contexts it writes hold the SOCKS proxy's credential, so every file
 // it writes one into is made mode 0600 (owner only) before the write;
-// tightened, if set, hears of each file whose mode that changed.
-type kubeconfigWriter struct {
-	path      string
-	tightened func(file string, was fs.FileMode)
+// Tightened, if set, hears of each file whose mode that changed.
+type Writer struct {
+	Path      string
+	Tightened func(file string, was fs.FileMode)
 }
 
-func (k kubeconfigWriter) options() *clientcmd.PathOptions {
+func (k Writer) options() *clientcmd.PathOptions {
 	po := clientcmd.NewDefaultPathOptions()
-	if k.path != "" {
-		po.LoadingRules.ExplicitPath = k.path
-		po.LoadingRules.Precedence = []string{k.path}
-		po.GlobalFile = k.path
+	if k.Path != "" {
+		po.LoadingRules.ExplicitPath = k.Path
+		po.LoadingRules.Precedence = []string{k.Path}
+		po.GlobalFile = k.Path
 		po.EnvVar = ""
 	}
 	return po
 }
 
+// Load reads the kubeconfig as kubectl sees it: every file the loading
+// rules merge.
+func (k Writer) Load() (*clientcmdapi.Config, error) {
+	return k.options().GetStartingConfig()
+}
+
 // File returns the file contexts are written to.
-func (k kubeconfigWriter) File() string {
+func (k Writer) File() string {
 	po := k.options()
 	if po.IsExplicitFile() {
 		return po.GetExplicitFile()
@@ -49,8 +59,8 @@ func (k kubeconfigWriter) File() string {
 	return po.GetDefaultFilename()
 }
 
-// meshContext is one cluster's context.
-type meshContext struct {
+// Context is one cluster's context.
+type Context struct {
 	Cluster string
 	Server  string // https://<cluster>.<mesh domain>
 	CA      []byte
@@ -64,14 +74,14 @@ type meshContext struct {
 // Set writes ctxs and removes the clustral contexts in remove, in one
 // update. A context of the same name that clustral did not write is left
 // alone, and an error names it.
-func (k kubeconfigWriter) Set(ctxs []meshContext, remove []string) error {
+func (k Writer) Set(ctxs []Context, remove []string) error {
 	po := k.options()
 	cfg, err := po.GetStartingConfig()
 	if err != nil {
 		return fmt.Errorf("read kubeconfig: %w", err)
 	}
 	for _, name := range remove {
-		if c, ok := cfg.Contexts[name]; ok && isOurs(cfg, name) {
+		if c, ok := cfg.Contexts[name]; ok && Managed(cfg, name) {
 			delete(cfg.Clusters, c.Cluster)
 			delete(cfg.AuthInfos, c.AuthInfo)
 			delete(cfg.Contexts, name)
@@ -82,8 +92,8 @@ func (k kubeconfigWriter) Set(ctxs []meshContext, remove []string) error {
 	}
 	files := map[string]bool{}
 	for _, mc := range ctxs {
-		name := contextName(mc.Cluster)
-		if _, exists := cfg.Contexts[name]; exists && !isOurs(cfg, name) {
+		name := ContextName(mc.Cluster)
+		if _, exists := cfg.Contexts[name]; exists && !Managed(cfg, name) {
 			return fmt.Errorf("kubeconfig already has a context %q that clustral did not write; rename or remove it", name)
 		}
 		// clientcmd writes an entry back where it came from, and a new
@@ -124,7 +134,7 @@ func (k kubeconfigWriter) Set(ctxs []meshContext, remove []string) error {
 
 // restrict makes file mode 0600 if it exists with any access for group or
 // others.
-func (k kubeconfigWriter) restrict(file string) error {
+func (k Writer) restrict(file string) error {
 	fi, err := os.Stat(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -138,8 +148,8 @@ func (k kubeconfigWriter) restrict(file string) error {
 	if err := os.Chmod(file, 0o600); err != nil {
 		return fmt.Errorf("kubeconfig %s is mode %04o and will hold the SOCKS proxy credential, but it cannot be made 0600: %w (chmod 600 it yourself, or pass --kubeconfig with a file of your own)", file, fi.Mode().Perm(), err)
 	}
-	if k.tightened != nil {
-		k.tightened(file, fi.Mode().Perm())
+	if k.Tightened != nil {
+		k.Tightened(file, fi.Mode().Perm())
 	}
 	return nil
 }
@@ -147,7 +157,9 @@ func (k kubeconfigWriter) restrict(file string) error {
 // extensionName marks the kubeconfig entries clustral owns.
 const extensionName = "clustral.dev/managed"
 
-func isOurs(cfg *clientcmdapi.Config, ctxName string) bool {
+// Managed reports whether the context ctxName in cfg is one clustral
+// wrote.
+func Managed(cfg *clientcmdapi.Config, ctxName string) bool {
 	c, ok := cfg.Contexts[ctxName]
 	if !ok {
 		return false
@@ -157,14 +169,14 @@ func isOurs(cfg *clientcmdapi.Config, ctxName string) bool {
 }
 
 // Ours lists the clustral contexts in the kubeconfig.
-func (k kubeconfigWriter) Ours() ([]string, error) {
+func (k Writer) Ours() ([]string, error) {
 	cfg, err := k.options().GetStartingConfig()
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for name := range cfg.Contexts {
-		if isOurs(cfg, name) {
+		if Managed(cfg, name) {
 			out = append(out, name)
 		}
 	}

@@ -1,4 +1,4 @@
-package cli
+package kubeconfig
 
 import (
 	"net/url"
@@ -35,14 +35,14 @@ users:
 	if err := os.WriteFile(path, []byte(existing), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	k := kubeconfigWriter{path: path}
+	k := Writer{Path: path}
 	proxy, _ := url.Parse("socks5://u:p@127.0.0.1:1080")
 	// A context of ours by name, but not written by us, is not overwritten.
-	err := k.Set([]meshContext{{Cluster: "prod", Server: "https://prod.clustral.internal", CA: []byte("ca"), Proxy: proxy}}, nil)
+	err := k.Set([]Context{{Cluster: "prod", Server: "https://prod.clustral.internal", CA: []byte("ca"), Proxy: proxy}}, nil)
 	if err == nil || !strings.Contains(err.Error(), "did not write") {
 		t.Fatalf("Set over a foreign context = %v", err)
 	}
-	if err := k.Set([]meshContext{{Cluster: "staging", Server: "https://staging.clustral.internal", CA: []byte("ca"), Proxy: proxy, Login: "alice@example.com"}}, nil); err != nil {
+	if err := k.Set([]Context{{Cluster: "staging", Server: "https://staging.clustral.internal", CA: []byte("ca"), Proxy: proxy, Login: "alice@example.com"}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := clientcmd.LoadFromFile(path)

@@ -1,4 +1,4 @@
-package cli
+package kubeconfig
 
 import (
 	"io/fs"
@@ -10,11 +10,11 @@ import (
 
 func TestKubeconfigWithCredentialIsOwnerOnly(t *testing.T) {
 	proxy, _ := url.Parse("socks5://clustral:secret@127.0.0.1:1080")
-	ctx := []meshContext{{Cluster: "prod", Server: "https://prod.clustral.internal", CA: []byte("ca"), Proxy: proxy}}
+	ctx := []Context{{Cluster: "prod", Server: "https://prod.clustral.internal", CA: []byte("ca"), Proxy: proxy}}
 	tests := []struct {
 		name    string
 		mode    fs.FileMode // 0: no file yet
-		ctxs    []meshContext
+		ctxs    []Context
 		wantWas fs.FileMode // 0: not tightened
 		want    fs.FileMode
 	}{
@@ -35,7 +35,7 @@ func TestKubeconfigWithCredentialIsOwnerOnly(t *testing.T) {
 				os.Chmod(path, tt.mode) // past the umask
 			}
 			var was fs.FileMode
-			k := kubeconfigWriter{path: path, tightened: func(f string, m fs.FileMode) {
+			k := Writer{Path: path, Tightened: func(f string, m fs.FileMode) {
 				if f != path {
 					t.Errorf("tightened %s, want %s", f, path)
 				}

@@ -1,0 +1,209 @@
+// Package device is the runtime of `clustral up`: it registers this
+// device with the coordinator, joins the mesh, serves a loopback SOCKS5
+// proxy and one kubeconfig context per cluster the user may reach, and
+// keeps them in step with the network map until it is stopped. Run is its
+// one entry point; the `clustral up` command parses flags, builds a
+// Config and calls it.
+//
+// A running device keeps its files in the profile directory: the state
+// (StateFile), a status socket (SocketFile), the device key (KeyFile),
+// and honours the clusters excluded in KubePrefsFile.
+package device
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/node/mesh"
+	"github.com/clustral/clustral/pkg/atomicfile"
+	"github.com/clustral/clustral/proto"
+)
+
+// The files of a running device, in the profile directory.
+const (
+	StateFile  = "up.json"    // State, 0600 (holds the SOCKS credential)
+	SocketFile = "up.sock"    // local status API (unix socket, 0600)
+	KeyFile    = "device.key" // the device's WireGuard private key, 0600
+)
+
+// State describes a running device. Run writes it to StateFile and
+// serves it on the status socket.
+type State struct {
+	PID         int            `json:"pid"`
+	Status      string         `json:"status"` // starting, connected
+	Coordinator string         `json:"coordinator"`
+	User        string         `json:"user"`
+	NodeID      string         `json:"node_id"`
+	Addresses   []string       `json:"addresses"`
+	SOCKS       string         `json:"socks"`
+	Kubeconfig  string         `json:"kubeconfig"`
+	Contexts    []string       `json:"contexts"`
+	Started     time.Time      `json:"started"`
+	SOCKSUser   string         `json:"socks_user"`
+	SOCKSPass   string         `json:"socks_password"`
+	Expires     time.Time      `json:"expires"`
+	Extra       map[string]any `json:"extra,omitempty"`
+
+	// KubeconfigWas is the mode (octal) the kubeconfig had before up made
+	// it 0600 to hold the SOCKS credential; empty if it was already.
+	KubeconfigWas string `json:"kubeconfig_was,omitempty"`
+}
+
+// ReadState reads the state of the device running for the profile
+// directory dir, and whether its process is alive.
+func ReadState(dir string) (*State, bool) {
+	var st State
+	if err := atomicfile.ReadJSON(filepath.Join(dir, StateFile), &st); err != nil {
+		return nil, false
+	}
+	return &st, st.PID > 0 && syscall.Kill(st.PID, 0) == nil
+}
+
+// CallFunc sends one request to the coordinator's JSON API with token as
+// its bearer credential, the JSON of body (nil: none), and decodes the
+// answer into out (nil: discarded).
+type CallFunc func(ctx context.Context, token, method, path string, body, out any) error
+
+// Config configures Run.
+type Config struct {
+	// Dir is the profile directory, where the device keeps its files.
+	Dir string
+	// Coordinator is the coordinator's URL, Token the user's session
+	// token and User the user's login.
+	Coordinator string
+	Token       string
+	User        string
+	// Call reaches the coordinator's JSON API. Run returns the error of
+	// the registration call unchanged, so the caller may render it.
+	Call CallFunc
+	// HTTPClient carries the map stream; RelayClient the relay (see
+	// mesh.Coordinator).
+	HTTPClient  *http.Client
+	RelayClient *http.Client
+
+	// SOCKSPort is the loopback port of the SOCKS5 proxy, WGPort the
+	// WireGuard UDP port; 0 picks a free one.
+	SOCKSPort int
+	WGPort    int
+	// TUN puts the node on a TUN device instead of a netstack (see
+	// mesh.Config).
+	TUN bool
+	// Kubeconfig is the kubeconfig file for the contexts; empty means
+	// KUBECONFIG or ~/.kube/config.
+	Kubeconfig string
+
+	Logger *slog.Logger
+}
+
+// Run runs the device until ctx is done or the map stream fails:
+// register, join, serve, wait. On return it has removed its kubeconfig
+// contexts and files, left the mesh and deregistered, and every goroutine
+// it started has ended. It returns nil when ctx ends it.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	d := &device{cfg: cfg, log: cfg.Logger}
+
+	// Register: a fresh WireGuard key, and this device in the coordinator.
+	if err := d.register(ctx); err != nil {
+		return err
+	}
+	defer d.deregister()
+
+	// Join: the WireGuard node on a netstack or a TUN device.
+	m, err := mesh.Join(mesh.Config{PrivateKey: d.key, Registration: d.reg, ListenPort: cfg.WGPort, TUN: cfg.TUN, Logger: d.log})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	d.mesh = m
+
+	// Serve: the SOCKS5 proxy, the kubeconfig contexts, the status
+	// socket and the map stream.
+	if err := d.serve(ctx); err != nil {
+		return err
+	}
+	defer d.stop()
+
+	// Wait: keep the contexts in step with the map until ctx is done or
+	// the map stream fails.
+	return d.wait(ctx)
+}
+
+// check names the first field Run cannot do without.
+func (cfg Config) check() error {
+	for _, f := range []struct {
+		name    string
+		missing bool
+	}{
+		{"Dir", cfg.Dir == ""},
+		{"Coordinator", cfg.Coordinator == ""},
+		{"Token", cfg.Token == ""},
+		{"User", cfg.User == ""},
+		{"Call", cfg.Call == nil},
+		{"HTTPClient", cfg.HTTPClient == nil},
+	} {
+		if f.missing {
+			return fmt.Errorf("device: Config.%s is not set (the caller builds it from the stored session)", f.name)
+		}
+	}
+	return nil
+}
+
+// device is one run of Run. The fields set by register, Run and serve do
+// not change afterwards; the ones marked below belong to the goroutine
+// running wait.
+type device struct {
+	cfg  Config
+	log  *slog.Logger
+	key  wgtypes.Key
+	reg  proto.RegisterResponse
+	mesh *mesh.Mesh
+
+	serving // set by serve, released by stop
+
+	// Owned by wait (and stop, after wait has returned).
+	state   *State
+	written []string // the contexts this run wrote
+}
+
+// register makes the device's WireGuard key, stores it in KeyFile, and
+// registers the device with the user's session.
+func (d *device) register(ctx context.Context) error {
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(d.cfg.Dir, KeyFile), []byte(priv.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("store device key: %w", err)
+	}
+	req := proto.RegisterDeviceRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: mesh.Hostname()}
+	if err := d.cfg.Call(ctx, d.cfg.Token, "POST", proto.APIVersion+"/devices", req, &d.reg); err != nil {
+		return err
+	}
+	d.key = priv
+	return nil
+}
+
+// deregister removes the device from the coordinator, so it leaves every
+// map at once, and deletes its key.
+func (d *device) deregister() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.cfg.Call(ctx, d.reg.NodeToken, "DELETE", proto.APIVersion+"/nodes/self", nil, nil); err != nil {
+		d.log.Warn("deregister device", "err", err)
+	}
+	os.Remove(filepath.Join(d.cfg.Dir, KeyFile))
+}

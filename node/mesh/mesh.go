@@ -1,0 +1,284 @@
+// Package mesh joins a registered node to the overlay: a WireGuard node
+// (package node) on a userspace netstack or a TUN device, kept in step
+// with the coordinator's map, its relay and its endpoint discovery. The
+// device runtime (`clustral up`) and the agent both run one.
+//
+// A Mesh is made by Join and released by Close; Run keeps it in step with
+// the coordinator until its context is done. The methods of a Mesh are
+// safe for concurrent use.
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/netstack"
+	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/proto"
+)
+
+// TUNName is the TUN device of a mesh joined with Config.TUN.
+const TUNName = "clustral0"
+
+// Config configures Join.
+type Config struct {
+	// PrivateKey is the node's WireGuard key, whose public half the
+	// coordinator registered.
+	PrivateKey wgtypes.Key
+	// Registration is the coordinator's answer to the registration: the
+	// node's overlay addresses, the mesh's prefixes, the discovery
+	// address.
+	Registration proto.RegisterResponse
+	// ListenPort is the WireGuard UDP port; 0 picks a free one.
+	ListenPort int
+	// TUN puts the node on the TUN device TUNName, with routes for the
+	// mesh's prefixes, instead of a userspace netstack (Linux, root).
+	TUN    bool
+	Logger *slog.Logger
+}
+
+// Mesh is a node joined to the overlay: a netstack with the node's overlay
+// addresses, or a TUN device, and a WireGuard node on it.
+type Mesh struct {
+	// Stack is the userspace netstack; nil in TUN mode.
+	Stack *netstack.Stack
+	// Node is the WireGuard node.
+	Node *node.Node
+
+	reg proto.RegisterResponse
+	log *slog.Logger
+
+	connsMu sync.Mutex
+	conns   map[proto.Key]map[*peerConn]struct{} // dialled by DialCluster, by peer
+}
+
+// Join brings up the WireGuard node for a registered node: on a userspace
+// netstack, or with cfg.TUN on a TUN device that routes the mesh's
+// prefixes, so any program reaches overlay addresses. Close releases it.
+func Join(cfg Config) (*Mesh, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := cfg.Registration
+	m := &Mesh{reg: reg, log: log, conns: map[proto.Key]map[*peerConn]struct{}{}}
+	var dev tun.Device
+	if cfg.TUN {
+		var err error
+		if dev, err = openTUN(TUNName, netstack.DefaultMTU, reg.Addresses, reg.Prefixes); err != nil {
+			return nil, err
+		}
+		// The kernel would accept any connection a peer in the map
+		// opens toward this machine's services; let the mesh only
+		// answer what this machine started.
+		dev = netstack.NewReplyFilter(dev)
+	} else {
+		var addrs []netip.Addr
+		for _, p := range reg.Addresses {
+			addrs = append(addrs, p.Addr())
+		}
+		st, err := netstack.New(netstack.Config{Addrs: addrs, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("netstack: %w", err)
+		}
+		m.Stack, dev = st, st.TUN()
+	}
+	n, err := node.New(node.Config{PrivateKey: cfg.PrivateKey, TUN: dev, ListenPort: cfg.ListenPort, Logger: log, Relay: true})
+	if err != nil {
+		return nil, fmt.Errorf("wireguard node: %w", err)
+	}
+	m.Node = n
+	n.OnChange(m.closeRemoved)
+	return m, nil
+}
+
+// Close stops the node, which closes its TUN device or netstack.
+func (m *Mesh) Close() error { return m.Node.Close() }
+
+// dial opens a TCP connection to an overlay address: through the netstack,
+// or through the kernel and the TUN device.
+func (m *Mesh) dial(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+	if m.Stack != nil {
+		return m.Stack.DialTCPAddrPort(ctx, ap)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", ap.String())
+}
+
+// peerConn is a connection dialled through the mesh to a peer. Close
+// forgets it.
+type peerConn struct {
+	net.Conn
+	m   *Mesh
+	key proto.Key
+}
+
+func (c *peerConn) Close() error {
+	c.m.connsMu.Lock()
+	if set := c.m.conns[c.key]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(c.m.conns, c.key)
+		}
+	}
+	c.m.connsMu.Unlock()
+	return c.Conn.Close()
+}
+
+// CloseWrite half-closes the connection, so the SOCKS server can pass on
+// a client's EOF.
+func (c *peerConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// track registers c, dialled to peer key at addr, to be closed when the peer
+// leaves the map.
+func (m *Mesh) track(key proto.Key, addr netip.Addr, c net.Conn) net.Conn {
+	pc := &peerConn{Conn: c, m: m, key: key}
+	m.connsMu.Lock()
+	set := m.conns[key]
+	if set == nil {
+		set = map[*peerConn]struct{}{}
+		m.conns[key] = set
+	}
+	set[pc] = struct{}{}
+	m.connsMu.Unlock()
+	if p, ok := m.Node.PeerByAddr(addr); !ok || p.Key != key {
+		pc.Close() // removed while dialling
+	}
+	return pc
+}
+
+// closeRemoved closes the connections to peers that left the map. Their
+// packets can no longer flow either way, so neither side would otherwise
+// learn that the connection is gone: a client would wait forever, e.g. on
+// a watch whose user just lost access.
+func (m *Mesh) closeRemoved(ch node.Change) {
+	// Reset, rather than close, every connection to a peer that left:
+	// FINs and data retried toward it would start a WireGuard handshake
+	// the moment it comes back, crossing its own and stalling the pair.
+	if m.Stack != nil && len(ch.Removed) > 0 {
+		var addrs []netip.Addr
+		for _, p := range ch.Removed {
+			for _, a := range p.Addresses {
+				addrs = append(addrs, a.Addr())
+			}
+		}
+		if n := m.Stack.AbortTCP(addrs...); n > 0 {
+			m.log.Debug("reset connections to peers that left the map", "peers", len(ch.Removed), "conns", n)
+		}
+	}
+	for _, p := range ch.Removed {
+		m.connsMu.Lock()
+		set := m.conns[p.Key]
+		delete(m.conns, p.Key)
+		m.connsMu.Unlock()
+		for c := range set {
+			c.Conn.Close()
+		}
+		if len(set) > 0 {
+			m.log.Info("closed connections to a peer that left the map", "peer", p.Key.ShortString(), "conns", len(set))
+		}
+	}
+}
+
+// DialCluster dials host:port through the mesh. host is a mesh name
+// (<cluster>.<mesh domain>), resolved to the cluster's agents, healthiest
+// first, trying the next one when a dial fails; or an overlay address.
+// The connection is closed when its peer leaves the map. When the map
+// has no agent of the cluster, the error is a *NoAgentError.
+func (m *Mesh) DialCluster(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		p, ok := m.Node.PeerByAddr(a)
+		if !ok {
+			return nil, fmt.Errorf("%s is not a peer of this node", a)
+		}
+		c, err := m.dial(ctx, netip.AddrPortFrom(a, port))
+		if err != nil {
+			return nil, err
+		}
+		return m.track(p.Key, a, c), nil
+	}
+	domain := "." + m.Node.MeshDomain()
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if !strings.HasSuffix(host, domain) {
+		return nil, fmt.Errorf("%s is not a mesh name (*%s)", host, domain)
+	}
+	cluster := strings.TrimSuffix(host, domain)
+	agents := m.Node.AgentsOf(cluster)
+	if len(agents) == 0 {
+		return nil, &NoAgentError{Cluster: cluster}
+	}
+	var lastErr error
+	for _, a := range agents {
+		if len(a.Addresses) == 0 {
+			continue
+		}
+		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		c, err := m.dial(dctx, netip.AddrPortFrom(a.Addresses[0].Addr(), port))
+		cancel()
+		if err == nil {
+			return m.track(a.Key, a.Addresses[0].Addr(), c), nil
+		}
+		m.log.Warn("agent unreachable, trying the next", "cluster", cluster, "agent", a.NodeID, "err", err)
+		lastErr = err
+	}
+	return nil, fmt.Errorf("no agent of cluster %q answered: %w", cluster, lastErr)
+}
+
+// NoAgentError reports that this node's map has no agent of a cluster:
+// the user may not reach it now.
+type NoAgentError struct{ Cluster string }
+
+func (e *NoAgentError) Error() string {
+	return fmt.Sprintf("no agent of cluster %q is reachable: you may have no role there, or its agents are down", e.Cluster)
+}
+
+// PathView returns how packets reach a peer ("direct", "relayed", or ""
+// when unknown) and the last probe round trip in milliseconds.
+func (m *Mesh) PathView(key proto.Key) (string, float64) {
+	st, ok := m.Node.PathStatus(key)
+	if !ok {
+		return "", 0
+	}
+	path := "direct"
+	if st.Path == node.PathRelay {
+		path = "relayed"
+	}
+	return path, float64(st.RTT.Microseconds()) / 1000
+}
+
+// Hostname returns this machine's hostname as a registration carries it:
+// at most 63 letters, digits, '-', '.' and '_'; "device" if nothing is
+// left.
+func Hostname() string {
+	h, _ := os.Hostname()
+	return sanitizeHostname(h)
+}
+
+func sanitizeHostname(h string) string {
+	out := []byte{}
+	for i := 0; i < len(h) && len(out) < 63; i++ {
+		c := h[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 {
+		return "device"
+	}
+	return string(out)
+}
