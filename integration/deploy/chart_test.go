@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/clustral/clustral/integration/harness"
 )
@@ -543,4 +544,24 @@ func readFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestChartValuesDocumented: every value of the chart is in the table of
+// deploy/README.md, so a new value cannot ship undocumented.
+func TestChartValuesDocumented(t *testing.T) {
+	var values map[string]any
+	if err := yaml.Unmarshal(readFile(t, filepath.Join(chartDir(), "values.yaml")), &values); err != nil {
+		t.Fatalf("values.yaml: %v", err)
+	}
+	readme := string(readFile(t, repoPath("deploy", "README.md")))
+	_, section, ok := strings.Cut(readme, "### Or: install with Helm")
+	if !ok {
+		t.Fatal(`deploy/README.md has no "### Or: install with Helm" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n### ")
+	for key := range values {
+		if !strings.Contains(section, "| `"+key) && !strings.Contains(section, ", `"+key+"`") {
+			t.Errorf("value %s is not in the table of deploy/README.md", key)
+		}
+	}
 }
