@@ -125,6 +125,7 @@ func TestChartValuesRefused(t *testing.T) {
 		{"not a token", append(url, "--set", "joinToken.value=hunter2"), "joinToken.value is not a join token (they start with cjt_)"},
 		{"plain http coordinator", append(tok, "--set", "coordinator.url=http://clustral.example.com"), `coordinator.url "http://clustral.example.com" is not an https:// URL`},
 		{"coordinator without scheme", append(tok, "--set", "coordinator.url=clustral.example.com"), "is not an https:// URL"},
+		{"numeric image tag", append(chartValues(), "-f", writeTemp(t, "values.yaml", "image:\n  tag: 1.10\n")), "image.tag 1.1 is a number"},
 		{"log format", append(chartValues(), "--set", "logFormat=xml"), `logFormat "xml": use json or text`},
 		{"log level", append(chartValues(), "--set", "logLevel=trace"), `logLevel "trace": use debug, info, warn or error`},
 		{"health port", append(chartValues(), "--set", "healthPort=70000"), "healthPort 70000: use a port between 1 and 65535"},

@@ -31,7 +31,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ include "clustral-agent.selectorLabels" . }}
 app.kubernetes.io/component: agent
 app.kubernetes.io/part-of: clustral
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | toString | trunc 63 | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -51,7 +51,7 @@ The Secret holding the join token, and its key.
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
 {{- end }}
 {{- end }}
 
@@ -76,6 +76,11 @@ cannot make a working and locked-down agent.
 {{- end }}
 {{- if not (regexMatch "^https://[^/?#\\s]+(/[^?#\\s]*)?$" $url) }}
 {{- fail (printf "coordinator.url %q is not an https:// URL: set it to the coordinator's public URL, e.g. https://clustral.example.com" $url) }}
+{{- end }}
+{{- with .Values.image.tag }}
+{{- if not (kindIs "string" .) }}
+{{- fail (printf "image.tag %v is a number, and YAML may have changed it (1.10 reads as 1.1): quote it in the values file, or use --set-string image.tag=..." .) }}
+{{- end }}
 {{- end }}
 {{- if not (has .Values.logFormat (list "json" "text")) }}
 {{- fail (printf "logFormat %q: use json or text" (toString .Values.logFormat)) }}
