@@ -498,6 +498,30 @@ func TestChartInstall(t *testing.T) {
 		t.Fatalf("installed join token secret = %v, %v; want token %q", secret, err, chartToken)
 	}
 
+	// A new token through helm upgrade replaces the Secret and changes
+	// the pod template, so the agents roll.
+	t.Run("upgrade with a new token", func(t *testing.T) {
+		before, err := kube.AppsV1().DaemonSets(chartNS).Get(ctx, chartInstall.DaemonSet, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const newToken = "cjt_ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvu"
+		newValues := []string{"--namespace", chartNS, "--set", "coordinator.url=" + chartURL, "--set-file", "joinToken.value=" + writeTemp(t, "join-token", newToken+"\n")}
+		if res, err := h.Run(ctx, append([]string{"upgrade", chartRelease, chartDir()}, newValues...)...); err != nil {
+			t.Fatalf("helm upgrade: %v\n%s%s", err, res.Stdout, res.Stderr)
+		}
+		after, err := kube.AppsV1().DaemonSets(chartNS).Get(ctx, chartInstall.DaemonSet, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, b := before.Spec.Template.Annotations["checksum/config"], after.Spec.Template.Annotations["checksum/config"]; a == "" || a == b {
+			t.Errorf("pod template checksum %q before, %q after a new token: want a change that rolls the agents", a, b)
+		}
+		secret, err := kube.CoreV1().Secrets(chartNS).Get(ctx, chartInstall.TokenSecret, metav1.GetOptions{})
+		if err != nil || string(secret.Data["token"]) != newToken {
+			t.Errorf("join token secret after upgrade = %v, %v; want token %q", secret, err, newToken)
+		}
+	})
 	t.Run("rbac", func(t *testing.T) { checkRBAC(t, chartInstall) })
 	t.Run("token", func(t *testing.T) { checkToken(t, chartInstall) })
 	t.Run("pod admission", func(t *testing.T) {
