@@ -2,7 +2,9 @@
 // kustomize base against a real kube-apiserver (server-side dry run, the
 // impersonate-only RBAC judged by the apiserver, the restricted Pod
 // Security Standard), the coordinator's systemd unit and example
-// configuration against the real clustral binary, and the Dockerfile.
+// configuration against the real clustral binary, the Dockerfile, and the
+// agent's Helm chart (lint, template, server dry run, install, and the
+// same RBAC matrix and hardening as the kustomize base).
 package deploy
 
 import (
