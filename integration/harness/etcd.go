@@ -84,3 +84,102 @@ func (e *Etcd) Close() error {
 	e.proc.Stop()
 	return nil
 }
+
+// EtcdCluster is a multi-member etcd cluster serving plain HTTP on
+// 127.0.0.1, each member in its own process.
+type EtcdCluster struct {
+	// URLs are the members' client URLs, in member order.
+	URLs []string
+
+	members []*Process
+}
+
+// StartEtcdCluster starts an n-member etcd cluster with its data under
+// dir and waits until every member is healthy (which needs a leader). The
+// caller must call Close.
+func StartEtcdCluster(ctx context.Context, dir string, n int) (*EtcdCluster, error) {
+	bin, err := Binary("etcd")
+	if err != nil {
+		return nil, err
+	}
+	c := &EtcdCluster{}
+	err = retryOnPortClash(func() error {
+		ports, err := FreePorts(2 * n)
+		if err != nil {
+			return err
+		}
+		names := make([]string, n)
+		clients := make([]string, n)
+		peers := make([]string, n)
+		initial := make([]string, n)
+		for i := range n {
+			names[i] = fmt.Sprintf("m%d", i)
+			clients[i] = "http://" + hostPort(ports[2*i])
+			peers[i] = "http://" + hostPort(ports[2*i+1])
+			initial[i] = names[i] + "=" + peers[i]
+		}
+		var members []*Process
+		stopAll := func() {
+			for _, p := range members {
+				p.Stop()
+			}
+		}
+		for i := range n {
+			data := filepath.Join(dir, "etcd-"+names[i])
+			os.RemoveAll(data)
+			args := []string{
+				"--name=" + names[i],
+				"--data-dir=" + data,
+				"--listen-client-urls=" + clients[i],
+				"--advertise-client-urls=" + clients[i],
+				"--listen-peer-urls=" + peers[i],
+				"--initial-advertise-peer-urls=" + peers[i],
+				"--initial-cluster=" + strings.Join(initial, ","),
+				"--initial-cluster-state=new",
+				"--initial-cluster-token=clustral-test",
+				"--unsafe-no-fsync",
+				"--log-level=warn",
+			}
+			p, err := StartProcess("etcd-"+names[i], bin, args, EnvironWithout("ETCD_"), filepath.Join(dir, "etcd-"+names[i]+".log"))
+			if err != nil {
+				stopAll()
+				return err
+			}
+			members = append(members, p)
+		}
+		hc := &http.Client{Timeout: 2 * time.Second}
+		for i, p := range members {
+			err := p.waitReady(ctx, 60*time.Second, func(ctx context.Context) error {
+				b, err := getOK(ctx, hc, clients[i]+"/health", nil)
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(string(b), `"health":"true"`) {
+					return fmt.Errorf("unhealthy: %s", b)
+				}
+				return nil
+			})
+			if err != nil {
+				stopAll()
+				return err
+			}
+		}
+		c.URLs, c.members = clients, members
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start etcd cluster: %w", err)
+	}
+	return c, nil
+}
+
+// Pid returns member i's process id.
+func (c *EtcdCluster) Pid(i int) int { return c.members[i].Pid() }
+
+// Close stops every member.
+func (c *EtcdCluster) Close() error {
+	for _, p := range c.members {
+		p.Stop()
+	}
+	return nil
+}
