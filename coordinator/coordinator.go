@@ -81,7 +81,7 @@ type Server struct {
 	wg   sync.WaitGroup
 }
 
-// New opens the store in cfg.DataDir, loads the state and the mesh's keys
+// New opens the store (bbolt in cfg.DataDir, or etcd), loads the state and the mesh's keys
 // (creating them on first start), and discovers the OIDC provider if one is
 // configured.
 func New(ctx context.Context, cfg Config) (*Server, error) {
@@ -89,7 +89,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "coordinator.db"))
+	var st store.Store
+	switch cfg.Store {
+	case StoreEtcd:
+		st, err = store.OpenEtcd(ctx, cfg.Etcd)
+	default:
+		st, err = store.OpenBolt(filepath.Join(cfg.DataDir, "coordinator.db"))
+	}
 	if err != nil {
 		return nil, err
 	}
