@@ -33,6 +33,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
@@ -513,13 +514,47 @@ func missing(a, b []string) []string {
 // TestBackupUnderLoad takes `clustral coordinator backup` while logins,
 // agent registrations and role assignments keep arriving, restores it
 // into a new coordinator and compares what both serve.
-func TestBackupUnderLoad(t *testing.T) {
+func TestBackupUnderLoad(t *testing.T) { backupUnderLoad(t) }
+
+// TestBackupUnderLoadOnEtcd is TestBackupUnderLoad with the coordinator's
+// state in a real etcd (--store etcd): its backup is a bbolt file like
+// any other, and restores into a coordinator on the default store as
+// deploy/README.md says.
+func TestBackupUnderLoadOnEtcd(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	const prefix = "/clustral-backup-test"
+	backupUnderLoad(t, "--store", "etcd", "--etcd-endpoints", e.URL, "--etcd-prefix", prefix)
+	// The state the load made is in etcd, under the prefix.
+	st, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	clusters := 0
+	err = st.View(func(tx store.Tx) error {
+		return tx.ForEach(store.Clusters, func(string, []byte) error { clusters++; return nil })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if clusters < 2 {
+		t.Errorf("etcd holds %d clusters under %s, want the base one and the load's", clusters, prefix)
+	}
+}
+
+// backupUnderLoad runs TestBackupUnderLoad with extra coordinator flags
+// for the coordinator that is backed up.
+func backupUnderLoad(t *testing.T, extra ...string) {
 	env.LogOnFailure(t)
 	ctx := t.Context()
 	// The load logs in and registers from one address far faster than the
 	// per-source limit of unauthenticated routes allows; that limit is
 	// not what this test is about.
-	coord := startCoordinatorOn(t, t.TempDir(), 0, "--source-rate=-1")
+	coord := startCoordinatorOn(t, t.TempDir(), 0, append([]string{"--source-rate=-1"}, extra...)...)
 	adm := login(t, admin, coord.URL)
 	admTok, err := adm.SessionToken()
 	if err != nil {
