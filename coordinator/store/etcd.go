@@ -85,6 +85,9 @@ func (c EtcdConfig) Check() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
 			return fmt.Errorf("etcd endpoint %q is not a client URL: use scheme://host:port, e.g. https://etcd-0.example.com:2379", e)
 		}
+		if first, _ := url.Parse(c.Endpoints[0]); first.Scheme != u.Scheme {
+			return fmt.Errorf("etcd endpoints %q and %q use different schemes: use https:// (or, on loopback only, http://) for all of them", c.Endpoints[0], e)
+		}
 		if u.Scheme == "http" && (c.CertFile != "" || c.CAFile != "") {
 			return fmt.Errorf("etcd endpoint %q is plain HTTP but a TLS certificate or CA is set: use https:// endpoints", e)
 		}
@@ -603,7 +606,9 @@ func (t *etcdTx) commit() (bool, error) {
 	defer cancel()
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return false, fmt.Errorf("etcd commit: %w", err)
+		// The commit may or may not have been applied (a lost reply,
+		// a leader change): say so rather than guess.
+		return false, fmt.Errorf("etcd commit, outcome unknown (the change may or may not be stored; check before retrying): %w", err)
 	}
 	return resp.Succeeded, nil
 }

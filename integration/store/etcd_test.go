@@ -5,6 +5,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -69,6 +70,7 @@ func TestEtcdOpenErrors(t *testing.T) {
 		{"no endpoint", store.EtcdConfig{}, "--etcd-endpoints"},
 		{"not a URL", store.EtcdConfig{Endpoints: []string{"etcd:2379"}}, "scheme://host:port"},
 		{"no port", store.EtcdConfig{Endpoints: []string{"https://etcd"}}, "scheme://host:port"},
+		{"mixed schemes", store.EtcdConfig{Endpoints: []string{"https://127.0.0.1:2379", "http://127.0.0.1:2380"}}, "different schemes"},
 		{"cert without key", store.EtcdConfig{Endpoints: []string{"https://127.0.0.1:2379"}, CertFile: missing}, "--etcd-key"},
 		{"missing CA", store.EtcdConfig{Endpoints: []string{"https://127.0.0.1:2379"}, CAFile: missing}, "--etcd-ca"},
 		{"TLS on http", store.EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}, CAFile: missing}, "https://"},
@@ -84,6 +86,68 @@ func TestEtcdOpenErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestEtcdTLS: the store reaches an etcd that serves HTTPS and requires
+// client certificates with --etcd-cert, --etcd-key and --etcd-ca, passes
+// the suite there, and is refused without its certificate or with
+// another CA.
+func TestEtcdTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := harness.NewCA("etcd-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, files, err := harness.StartEtcdTLS(t.Context(), dir, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if !strings.HasPrefix(e.URL, "https://") {
+		t.Fatalf("etcd URL %s is not https", e.URL)
+	}
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T) store.Store {
+		t.Helper()
+		s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{
+			Endpoints: []string{e.URL},
+			CertFile:  files.ClientCertFile, KeyFile: files.ClientKeyFile, CAFile: files.CAFile,
+			Prefix: fmt.Sprintf("/clustral-tls/%d", n.Add(1)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+
+	other, err := harness.NewCA("other-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCA := dir + "/other-ca.pem"
+	if err := os.WriteFile(otherCA, other.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		cfg  store.EtcdConfig
+	}{
+		{"no client certificate", store.EtcdConfig{CAFile: files.CAFile}},
+		{"another CA", store.EtcdConfig{CertFile: files.ClientCertFile, KeyFile: files.ClientKeyFile, CAFile: otherCA}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.Endpoints, tt.cfg.DialTimeout = []string{e.URL}, 2*time.Second
+			s, err := store.OpenEtcd(t.Context(), tt.cfg)
+			if err == nil {
+				s.Close()
+				t.Fatal("OpenEtcd succeeded")
+			}
+			if !strings.Contains(err.Error(), "TLS settings") {
+				t.Fatalf("err = %v, want it to point at the TLS settings", err)
 			}
 		})
 	}
