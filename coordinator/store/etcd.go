@@ -117,7 +117,7 @@ func (c EtcdConfig) Check() error {
 // holds b's NextSequence counter (decimal), and <prefix>/_version/<b> is
 // rewritten by every commit that writes to b, so that a transaction that
 // ranged over b can detect any change to it, deletions included, with
-// one comparison.
+// one comparison. <prefix>/_restoring marks a Restore in progress.
 //
 // Transactions are serializable (optimistic concurrency): every read of
 // a transaction is served at one etcd revision, the first read's, and is
@@ -166,11 +166,104 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	s := &Etcd{cfg: cfg, cli: cli, ctx: sctx, cancel: cancel}
 	pctx, pcancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer pcancel()
-	if _, err := cli.Get(pctx, cfg.Prefix+"/", clientv3.WithCountOnly(), clientv3.WithPrefix()); err != nil {
+	resp, err := cli.Get(pctx, s.restoringKey(), clientv3.WithCountOnly())
+	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("reach etcd %s: %w (check --etcd-endpoints, that etcd runs, and its TLS settings)", strings.Join(cfg.Endpoints, ","), err)
 	}
+	if resp.Count > 0 {
+		s.Close()
+		return nil, fmt.Errorf("etcd prefix %s holds a restore that did not finish: delete it (etcdctl del --prefix %s/) and restore the backup again", cfg.Prefix, cfg.Prefix)
+	}
 	return s, nil
+}
+
+// Restore loads a backup, the bbolt file at path, into the store's
+// prefix, which must be empty. It is not one transaction: it marks the
+// prefix as being restored first (OpenEtcd refuses such a prefix), loads
+// the buckets and their sequences in batches, and removes the mark last,
+// so an interrupted restore is never mistaken for a store. It returns the
+// number of keys loaded per bucket. No coordinator may use the prefix
+// meanwhile.
+func (s *Etcd) Restore(path string) (map[Bucket]int, error) {
+	if _, err := Verify(path); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("restore: open %s: %w", path, err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	txn := func(cmps []clientv3.Cmp, ops []clientv3.Op) (bool, error) {
+		c, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		defer cancel()
+		resp, err := s.cli.Txn(c).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return false, fmt.Errorf("restore into etcd: %w", err)
+		}
+		return resp.Succeeded, nil
+	}
+	// Mark the prefix, if and only if it is empty.
+	end := clientv3.GetPrefixRangeEnd(s.cfg.Prefix + "/")
+	ok, err := txn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(s.cfg.Prefix+"/"), "=", 0).WithRange(end)},
+		[]clientv3.Op{clientv3.OpPut(s.restoringKey(), path)})
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("restore: etcd prefix %s is not empty: restore into a new prefix (--etcd-prefix), or delete this one first (etcdctl del --prefix %s/)", s.cfg.Prefix, s.cfg.Prefix)
+	}
+	const maxBatchBytes = 1 << 20 // below etcd's default --max-request-bytes (1.5 MiB)
+	counts := map[Bucket]int{}
+	var (
+		ops  []clientv3.Op
+		size int
+	)
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		_, err := txn(nil, ops)
+		ops, size = ops[:0], 0
+		return err
+	}
+	add := func(k string, v []byte) error {
+		if len(ops) > 0 && (len(ops) >= s.cfg.MaxTxnOps || size+len(k)+len(v) > maxBatchBytes) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		ops = append(ops, clientv3.OpPut(k, string(v)))
+		size += len(k) + len(v)
+		return nil
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		for _, b := range AllBuckets {
+			bk := tx.Bucket([]byte(b))
+			err := bk.ForEach(func(k, v []byte) error {
+				counts[b]++
+				return add(s.bucketPrefix(b)+string(k), v)
+			})
+			if err != nil {
+				return err
+			}
+			if seq := bk.Sequence(); seq > 0 {
+				if err := add(s.seqKey(b), []byte(strconv.FormatUint(seq, 10))); err != nil {
+					return err
+				}
+			}
+		}
+		return flush()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w (delete the prefix with etcdctl del --prefix %s/ and restore again)", path, err, s.cfg.Prefix)
+	}
+	if _, err := txn(nil, []clientv3.Op{clientv3.OpDelete(s.restoringKey())}); err != nil {
+		return nil, err
+	}
+	return counts, nil
 }
 
 // Close implements Store. It cancels calls in flight and closes the
@@ -183,6 +276,7 @@ func (s *Etcd) Close() error {
 func (s *Etcd) bucketPrefix(b Bucket) string { return s.cfg.Prefix + "/" + string(b) + "/" }
 func (s *Etcd) seqKey(b Bucket) string       { return s.cfg.Prefix + "/_sequence/" + string(b) }
 func (s *Etcd) versionKey(b Bucket) string   { return s.cfg.Prefix + "/_version/" + string(b) }
+func (s *Etcd) restoringKey() string         { return s.cfg.Prefix + "/_restoring" }
 
 func (s *Etcd) call() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(s.ctx, s.cfg.RequestTimeout)

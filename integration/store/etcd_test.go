@@ -1,5 +1,6 @@
-// Package store runs the store conformance suite against real etcd: one
-// member, and a three-member cluster on loopback.
+// Package store runs the store conformance suite against real etcd (one
+// member, three members on loopback, and with client TLS) and tests the
+// etcd store's configuration errors and restore.
 package store
 
 import (
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/coordinator/store/storetest"
@@ -150,5 +153,118 @@ func TestEtcdTLS(t *testing.T) {
 				t.Fatalf("err = %v, want it to point at the TLS settings", err)
 			}
 		})
+	}
+}
+
+// TestEtcdRestore: a backup of an etcd store, restored into an empty
+// prefix, holds the same keys, values and sequences; a restore refuses a
+// prefix in use, and a coordinator's store refuses a prefix whose
+// restore did not finish.
+func TestEtcdRestore(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	open := func(prefix string) *store.Etcd {
+		t.Helper()
+		s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	src := open("/restore-src")
+	big := strings.Repeat("x", 900<<10)
+	for i := 0; i < 300; i += 100 {
+		err := src.Update(func(tx store.Tx) error {
+			for j := i; j < i+100; j++ {
+				if err := tx.PutRaw(store.Nodes, fmt.Sprintf("n%04d", j), []byte(fmt.Sprint(j))); err != nil {
+					return err
+				}
+				if _, err := tx.NextSequence(store.Audit); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range []string{big, big + "y"} { // two values that do not fit one request together
+		err := src.Update(func(tx store.Tx) error { return tx.PutRaw(store.Meta, fmt.Sprintf("big%d", len(v)), []byte(v)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := t.TempDir() + "/backup.db"
+	if err := src.Backup(file); err != nil {
+		t.Fatal(err)
+	}
+	dst := open("/restore-dst")
+	counts, err := dst.Restore(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[store.Nodes] != 300 || counts[store.Meta] != 2 {
+		t.Errorf("restored counts = %v, want 300 nodes and 2 meta keys", counts)
+	}
+	dump := func(s store.Store) map[string]string {
+		t.Helper()
+		m := map[string]string{}
+		err := s.View(func(tx store.Tx) error {
+			for _, b := range store.AllBuckets {
+				err := tx.ForEach(b, func(k string, v []byte) error {
+					m[string(b)+"/"+k] = string(v)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	want, got := dump(src), dump(dst)
+	if len(got) != len(want) {
+		t.Fatalf("restored %d keys, backed up %d", len(got), len(want))
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("restored %s differs (%d bytes, want %d)", k, len(got[k]), len(v))
+		}
+	}
+	var seq uint64
+	if err := dst.Update(func(tx store.Tx) (err error) { seq, err = tx.NextSequence(store.Audit); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if seq != 301 {
+		t.Errorf("NextSequence after restore = %d, want 301", seq)
+	}
+
+	if _, err := dst.Restore(file); err == nil || !strings.Contains(err.Error(), "is not empty") {
+		t.Errorf("restore into a prefix in use = %v, want a refusal saying it is not empty", err)
+	}
+
+	// A restore that stopped half way leaves its mark.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.URL}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(t.Context(), "/restore-half/_restoring", file); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: "/restore-half"}); err == nil {
+		s.Close()
+		t.Error("OpenEtcd on a half-restored prefix succeeded")
+	} else if !strings.Contains(err.Error(), "did not finish") {
+		t.Errorf("OpenEtcd on a half-restored prefix = %v, want it to say the restore did not finish", err)
 	}
 }
