@@ -134,6 +134,7 @@ keeps serving the old one. Other settings are read only at start.`,
 		},
 	}
 	c.AddCommand(newCoordinatorBackupCmd(g))
+	c.AddCommand(newCoordinatorRestoreCmd(g))
 	f := c.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file (keys are the flag names)")
 	f.StringVar(&cfg.Listen, "listen", d.Listen, "address to serve the API on")

@@ -42,3 +42,34 @@ func TestCoordinatorStoreSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestCoordinatorRestoreSettings: restore refuses what it cannot use
+// before it connects anywhere, naming the fix.
+func TestCoordinatorRestoreSettings(t *testing.T) {
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	if err := os.WriteFile(backup, []byte("not checked before the settings"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"no backup file", []string{"restore", "--etcd-endpoints", "https://etcd-0:2379", filepath.Join(t.TempDir(), "missing.db")}, nil, "backup file:"},
+		{"no endpoints", []string{"restore", backup}, nil, "set --etcd-endpoints (with the bbolt store, install the file as coordinator.db instead)"},
+		{"env: endpoint not a URL", []string{"restore", backup}, map[string]string{"CLUSTRAL_ETCD_ENDPOINTS": "etcd-0:2379"}, "is not a client URL"},
+		{"key without cert", []string{"restore", "--etcd-endpoints", "https://etcd-0:2379", "--etcd-key", "k.pem", backup}, nil, "needs both --etcd-cert and --etcd-key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			code, _, errb := runCLI(t, append([]string{"coordinator"}, tt.args...)...)
+			if code != exitUsage || !strings.Contains(errb, tt.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d mentioning %q", code, errb, exitUsage, tt.want)
+			}
+		})
+	}
+}

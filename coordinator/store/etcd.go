@@ -266,6 +266,9 @@ func (s *Etcd) Restore(path string) (map[Bucket]int, error) {
 	return counts, nil
 }
 
+// Prefix returns the key prefix the store owns.
+func (s *Etcd) Prefix() string { return s.cfg.Prefix }
+
 // Close implements Store. It cancels calls in flight and closes the
 // connection to etcd.
 func (s *Etcd) Close() error {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -544,6 +545,24 @@ func TestBackupUnderLoadOnEtcd(t *testing.T) {
 	if clusters < 2 {
 		t.Errorf("etcd holds %d clusters under %s, want the base one and the load's", clusters, prefix)
 	}
+
+	// Back to etcd: `clustral coordinator restore` loads a backup into an
+	// empty prefix, and a coordinator starts on it.
+	file := filepath.Join(t.TempDir(), "etcd-backup.db")
+	if err := st.Backup(file); err != nil {
+		t.Fatal(err)
+	}
+	const restoredPrefix = "/clustral-restored"
+	cmd := exec.CommandContext(t.Context(), clustral(t), "coordinator", "restore", "--etcd-endpoints", e.URL, "--etcd-prefix", restoredPrefix, file)
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("clustral coordinator restore: %v\n%s", err, out)
+	}
+	if want := fmt.Sprintf("into etcd prefix %s (2 users, %d clusters", restoredPrefix, clusters); !strings.Contains(string(out), want) {
+		t.Errorf("restore said %q, want it to contain %q", out, want)
+	}
+	startCoordinatorOn(t, t.TempDir(), 0, "--store", "etcd", "--etcd-endpoints", e.URL, "--etcd-prefix", restoredPrefix)
 }
 
 // backupUnderLoad runs TestBackupUnderLoad with extra coordinator flags
