@@ -243,6 +243,9 @@ func StartEtcdCluster(ctx context.Context, dir string, n int) (*EtcdCluster, err
 // Pid returns member i's process id.
 func (c *EtcdCluster) Pid(i int) int { return c.members[i].Pid() }
 
+// Kill kills member i with SIGKILL, as a crash would.
+func (c *EtcdCluster) Kill(i int) { c.members[i].Kill() }
+
 // Close stops every member.
 func (c *EtcdCluster) Close() error {
 	for _, p := range c.members {

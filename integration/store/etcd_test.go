@@ -268,3 +268,53 @@ func TestEtcdRestore(t *testing.T) {
 		t.Errorf("OpenEtcd on a half-restored prefix = %v, want it to say the restore did not finish", err)
 	}
 }
+
+// TestEtcdClusterMemberCrash: with one of three members killed while
+// Updates run, Updates go on (a quorum remains) and every Update that
+// returned nil is in the store afterwards.
+func TestEtcdClusterMemberCrash(t *testing.T) {
+	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s := openOn(c.URLs)(t)
+	var acked []string
+	write := func(i int) {
+		t.Helper()
+		k := fmt.Sprintf("%05d", i)
+		err := s.Update(func(tx store.Tx) error {
+			if _, err := tx.NextSequence(store.Changes); err != nil {
+				return err
+			}
+			return tx.PutRaw(store.Changes, k, []byte(k))
+		})
+		if err == nil {
+			acked = append(acked, k)
+		} else {
+			t.Logf("write %s: %v", k, err) // unknown outcome while the member dies
+		}
+	}
+	for i := range 50 {
+		write(i)
+	}
+	c.Kill(0) // the member the client likely talks to: it is listed first
+	for i := 50; i < 150; i++ {
+		write(i)
+	}
+	if len(acked) < 140 {
+		t.Fatalf("only %d of 150 writes succeeded with two of three members up", len(acked))
+	}
+	got := map[string]bool{}
+	err = s.View(func(tx store.Tx) error {
+		return tx.ForEach(store.Changes, func(k string, _ []byte) error { got[k] = true; return nil })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range acked {
+		if !got[k] {
+			t.Errorf("acknowledged write %s is missing after a member crashed", k)
+		}
+	}
+}
