@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/store"
 )
 
 // serverLogger returns the structured logger the servers use.
@@ -64,7 +65,8 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		Short: "Run the clustral coordinator (control plane)",
 		Long: `Run the coordinator: OIDC login, device and agent registration, overlay
 addresses, roles and the network map stream. State lives in one bbolt file
-in --data-dir.
+in --data-dir, or with --store etcd in an etcd cluster (--etcd-endpoints,
+--etcd-cert, --etcd-key, --etcd-ca) under --etcd-prefix.
 
 Every setting can also come from the environment as CLUSTRAL_<SETTING>
 (e.g. CLUSTRAL_OIDC_ISSUER) or from a YAML file given with --config whose
@@ -128,12 +130,19 @@ keeps serving the old one. Other settings are read only at start.`,
 		},
 	}
 	c.AddCommand(newCoordinatorBackupCmd(g))
+	c.AddCommand(newCoordinatorRestoreCmd(g))
 	f := c.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file (keys are the flag names)")
 	f.StringVar(&cfg.Listen, "listen", d.Listen, "address to serve the API on")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "address to serve /metrics, /healthz and /readyz on, plain HTTP, instead of /metrics on the API (e.g. 10.0.0.5:9090)")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "URL nodes and browsers reach the coordinator at (default http(s)://<listen>)")
-	f.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory of the bbolt store")
+	f.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory of the bbolt store and the audit checkpoint key")
+	f.StringVar(&cfg.Store, "store", coordinator.StoreBolt, "where the coordinator keeps its state: bolt (one file in --data-dir) or etcd (--etcd-*)")
+	f.StringSliceVar(&cfg.Etcd.Endpoints, "etcd-endpoints", nil, "etcd client URLs, with --store etcd (e.g. https://etcd-0.example.com:2379, comma-separated or repeated)")
+	f.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "TLS client certificate for etcd (PEM)")
+	f.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "key of --etcd-cert (PEM)")
+	f.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle that signs etcd's serving certificate (default: the system roots)")
+	f.StringVar(&cfg.Etcd.Prefix, "etcd-prefix", store.DefaultEtcdPrefix, "etcd key prefix of the coordinator's state; nothing else may write under it")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate file (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS key file (PEM)")
 	f.StringVar(&cfg.OIDC.Issuer, "oidc-issuer", "", "OIDC issuer URL")

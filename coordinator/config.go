@@ -13,6 +13,13 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/coordinator/store"
+)
+
+// The store backends (Config.Store).
+const (
+	StoreBolt = "bolt"
+	StoreEtcd = "etcd"
 )
 
 // Config configures a coordinator. The zero value of every optional field
@@ -34,8 +41,15 @@ type Config struct {
 	// PublicURL is the URL nodes and browsers reach the coordinator at. It
 	// defaults to http(s)://Listen.
 	PublicURL string
-	// DataDir holds the bbolt store.
+	// DataDir holds the bbolt store (with Store "bolt") and the audit
+	// checkpoint key.
 	DataDir string
+	// Store selects the backend of the coordinator's state: StoreBolt
+	// (the default, one file in DataDir) or StoreEtcd (an etcd cluster,
+	// configured by Etcd).
+	Store string
+	// Etcd says how to reach etcd when Store is StoreEtcd.
+	Etcd store.EtcdConfig
 	// TLSCertFile and TLSKeyFile serve HTTPS. Without them the coordinator
 	// serves plain HTTP, which it allows only on a loopback address.
 	TLSCertFile string
@@ -170,6 +184,21 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DataDir == "" {
 		c.DataDir = d.DataDir
+	}
+	if c.Store == "" {
+		c.Store = StoreBolt
+	}
+	switch c.Store {
+	case StoreBolt:
+		if len(c.Etcd.Endpoints) > 0 {
+			return c, errors.New("etcd endpoints are set but the store is bbolt: set --store etcd, or remove --etcd-endpoints")
+		}
+	case StoreEtcd:
+		if err := c.Etcd.Check(); err != nil {
+			return c, err
+		}
+	default:
+		return c, fmt.Errorf("store %q: use --store bolt (one file in --data-dir, the default) or --store etcd", c.Store)
 	}
 	if !c.IPv4Prefix.IsValid() {
 		c.IPv4Prefix = d.IPv4Prefix

@@ -130,7 +130,7 @@ type guarded struct {
 	clients map[string]*mapClient // open map streams by node id
 }
 
-// New opens the store in cfg.DataDir, loads the state and the mesh's keys
+// New opens the store (bbolt in cfg.DataDir, or etcd), loads the state and the mesh's keys
 // (creating them on first start), and discovers the OIDC provider if one is
 // configured.
 func New(ctx context.Context, cfg Config) (*Server, error) {
@@ -138,7 +138,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "coordinator.db"))
+	var st store.Store
+	switch cfg.Store {
+	case StoreEtcd:
+		st, err = store.OpenEtcd(ctx, cfg.Etcd)
+	default:
+		st, err = store.OpenBolt(filepath.Join(cfg.DataDir, "coordinator.db"))
+	}
 	if err != nil {
 		return nil, err
 	}

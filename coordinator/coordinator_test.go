@@ -23,6 +23,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -445,6 +446,11 @@ func TestConfigValidation(t *testing.T) {
 		{"tiny v4", Config{IPv4Prefix: mustPrefix("100.64.0.0/30")}, "at least a /24"},
 		{"issuer without client", Config{OIDC: OIDCConfig{Issuer: "https://idp"}}, "client id"},
 		{"checkpoint interval too short", Config{AuditCheckpointInterval: time.Millisecond}, "audit checkpoint interval"},
+		{"unknown store", Config{Store: "postgres"}, "use --store bolt"},
+		{"etcd without endpoints", Config{Store: StoreEtcd}, "--etcd-endpoints"},
+		{"etcd endpoint not a URL", Config{Store: StoreEtcd, Etcd: store.EtcdConfig{Endpoints: []string{"etcd-0:2379"}}}, "scheme://host:port"},
+		{"etcd cert without key", Config{Store: StoreEtcd, Etcd: store.EtcdConfig{Endpoints: []string{"https://etcd-0:2379"}, CertFile: "c.pem"}}, "--etcd-key"},
+		{"etcd endpoints with bolt", Config{Etcd: store.EtcdConfig{Endpoints: []string{"https://etcd-0:2379"}}}, "--store etcd"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

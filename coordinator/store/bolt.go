@@ -59,13 +59,17 @@ func (s *Bolt) Update(fn func(Tx) error) error {
 
 // Backup implements Store: a consistent online snapshot, written to a
 // temporary file and renamed into place, mode 0600.
-func (s *Bolt) Backup(path string) error {
+func (s *Bolt) Backup(path string) error { return backupFile(path, s.BackupTo) }
+
+// backupFile writes a snapshot through to into a temporary file beside
+// path, syncs it and renames it into place, mode 0600.
+func backupFile(path string, to func(io.Writer) (int64, error)) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	_, err = s.BackupTo(f)
+	_, err = to(f)
 	if err == nil {
 		err = f.Sync()
 	}

@@ -1,8 +1,8 @@
 // Package store is the coordinator's persistent state: a small transactional
-// key-value interface with a bbolt implementation (the default, one file on
-// a small VM). Everything the coordinator persists goes through Store, so a
-// coordinator that outgrows one machine can run on another backend (etcd)
-// by implementing the same interface.
+// key-value interface with two implementations, bbolt (Bolt, the default:
+// one file on a small VM) and etcd (Etcd, for a coordinator that outgrows
+// one machine). Everything the coordinator persists goes through Store;
+// package storetest holds the conformance suite both pass.
 //
 // Values are JSON documents; keys are strings within named buckets. A write
 // transaction is atomic and durable once Update returns nil: a crash at any
@@ -54,7 +54,15 @@ type Store interface {
 	View(fn func(Tx) error) error
 	// Update runs fn in a read-write transaction. If fn returns an error
 	// nothing it wrote is kept. When Update returns nil, the writes are
-	// durable.
+	// durable. Transactions are serializable: the outcome is as if every
+	// Update ran alone, one after another.
+	//
+	// fn may run more than once: a backend with optimistic concurrency
+	// (Etcd) reruns it when a concurrent writer changed what it read. So
+	// fn must have no effect besides its calls on the Tx (no sends, no
+	// changes to memory outside it that a rerun would repeat or a failed
+	// attempt would leave behind), and must derive what it writes only
+	// from what the Tx returns and from values fixed before Update.
 	Update(fn func(Tx) error) error
 	// Backup writes a consistent snapshot of the whole store to path.
 	Backup(path string) error

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -33,6 +34,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
@@ -513,13 +515,65 @@ func missing(a, b []string) []string {
 // TestBackupUnderLoad takes `clustral coordinator backup` while logins,
 // agent registrations and role assignments keep arriving, restores it
 // into a new coordinator and compares what both serve.
-func TestBackupUnderLoad(t *testing.T) {
+func TestBackupUnderLoad(t *testing.T) { backupUnderLoad(t) }
+
+// TestBackupUnderLoadOnEtcd is TestBackupUnderLoad with the coordinator's
+// state in a real etcd (--store etcd): its backup is a bbolt file like
+// any other, and restores into a coordinator on the default store as
+// deploy/README.md says.
+func TestBackupUnderLoadOnEtcd(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	const prefix = "/clustral-backup-test"
+	backupUnderLoad(t, "--store", "etcd", "--etcd-endpoints", e.URL, "--etcd-prefix", prefix)
+	// The state the load made is in etcd, under the prefix.
+	st, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	clusters := 0
+	err = st.View(func(tx store.Tx) error {
+		return tx.ForEach(store.Clusters, func(string, []byte) error { clusters++; return nil })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if clusters < 2 {
+		t.Errorf("etcd holds %d clusters under %s, want the base one and the load's", clusters, prefix)
+	}
+
+	// Back to etcd: `clustral coordinator restore` loads a backup into an
+	// empty prefix, and a coordinator starts on it.
+	file := filepath.Join(t.TempDir(), "etcd-backup.db")
+	if err := st.Backup(file); err != nil {
+		t.Fatal(err)
+	}
+	const restoredPrefix = "/clustral-restored"
+	cmd := exec.CommandContext(t.Context(), clustral(t), "coordinator", "restore", "--etcd-endpoints", e.URL, "--etcd-prefix", restoredPrefix, file)
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("clustral coordinator restore: %v\n%s", err, out)
+	}
+	if want := fmt.Sprintf("into etcd prefix %s (2 users, %d clusters", restoredPrefix, clusters); !strings.Contains(string(out), want) {
+		t.Errorf("restore said %q, want it to contain %q", out, want)
+	}
+	startCoordinatorOn(t, t.TempDir(), 0, "--store", "etcd", "--etcd-endpoints", e.URL, "--etcd-prefix", restoredPrefix)
+}
+
+// backupUnderLoad runs TestBackupUnderLoad with extra coordinator flags
+// for the coordinator that is backed up.
+func backupUnderLoad(t *testing.T, extra ...string) {
 	env.LogOnFailure(t)
 	ctx := t.Context()
 	// The load logs in and registers from one address far faster than the
 	// per-source limit of unauthenticated routes allows; that limit is
 	// not what this test is about.
-	coord := startCoordinatorOn(t, t.TempDir(), 0, "--source-rate=-1")
+	coord := startCoordinatorOn(t, t.TempDir(), 0, append([]string{"--source-rate=-1"}, extra...)...)
 	adm := login(t, admin, coord.URL)
 	admTok, err := adm.SessionToken()
 	if err != nil {

@@ -1,0 +1,320 @@
+// Package store runs the store conformance suite against real etcd (one
+// member, three members on loopback, and with client TLS) and tests the
+// etcd store's configuration errors and restore.
+package store
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/coordinator/store/storetest"
+	"github.com/clustral/clustral/integration/harness"
+)
+
+// openOn returns an opener of stores on endpoints, each under its own
+// key prefix so the subtests start empty.
+func openOn(endpoints []string) func(t *testing.T) store.Store {
+	var n atomic.Int64
+	return func(t *testing.T) store.Store {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := store.OpenEtcd(ctx, store.EtcdConfig{
+			Endpoints: endpoints,
+			Prefix:    fmt.Sprintf("/clustral-test/%d", n.Add(1)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+}
+
+func TestEtcdConformance(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	storetest.Run(t, openOn([]string{e.URL}))
+}
+
+func TestEtcdClusterConformance(t *testing.T) {
+	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	storetest.Run(t, openOn(c.URLs))
+}
+
+// TestEtcdOpenErrors: a store that cannot reach etcd, or is configured
+// wrongly, says which setting to fix.
+func TestEtcdOpenErrors(t *testing.T) {
+	port, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := t.TempDir() + "/missing.pem"
+	tests := []struct {
+		name string
+		cfg  store.EtcdConfig
+		want string
+	}{
+		{"no endpoint", store.EtcdConfig{}, "--etcd-endpoints"},
+		{"not a URL", store.EtcdConfig{Endpoints: []string{"etcd:2379"}}, "scheme://host:port"},
+		{"no port", store.EtcdConfig{Endpoints: []string{"https://etcd"}}, "scheme://host:port"},
+		{"mixed schemes", store.EtcdConfig{Endpoints: []string{"https://127.0.0.1:2379", "http://127.0.0.1:2380"}}, "different schemes"},
+		{"cert without key", store.EtcdConfig{Endpoints: []string{"https://127.0.0.1:2379"}, CertFile: missing}, "--etcd-key"},
+		{"missing CA", store.EtcdConfig{Endpoints: []string{"https://127.0.0.1:2379"}, CAFile: missing}, "--etcd-ca"},
+		{"TLS on http", store.EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}, CAFile: missing}, "https://"},
+		{"bad prefix", store.EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "clustral/"}, "must start with /"},
+		{"unreachable", store.EtcdConfig{Endpoints: []string{fmt.Sprintf("http://127.0.0.1:%d", port)}, DialTimeout: time.Second}, "check --etcd-endpoints"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := store.OpenEtcd(t.Context(), tt.cfg)
+			if err == nil {
+				s.Close()
+				t.Fatal("OpenEtcd succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestEtcdTLS: the store reaches an etcd that serves HTTPS and requires
+// client certificates with --etcd-cert, --etcd-key and --etcd-ca, passes
+// the suite there, and is refused without its certificate or with
+// another CA.
+func TestEtcdTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := harness.NewCA("etcd-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, files, err := harness.StartEtcdTLS(t.Context(), dir, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if !strings.HasPrefix(e.URL, "https://") {
+		t.Fatalf("etcd URL %s is not https", e.URL)
+	}
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T) store.Store {
+		t.Helper()
+		s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{
+			Endpoints: []string{e.URL},
+			CertFile:  files.ClientCertFile, KeyFile: files.ClientKeyFile, CAFile: files.CAFile,
+			Prefix: fmt.Sprintf("/clustral-tls/%d", n.Add(1)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+
+	other, err := harness.NewCA("other-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCA := dir + "/other-ca.pem"
+	if err := os.WriteFile(otherCA, other.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		cfg  store.EtcdConfig
+	}{
+		{"no client certificate", store.EtcdConfig{CAFile: files.CAFile}},
+		{"another CA", store.EtcdConfig{CertFile: files.ClientCertFile, KeyFile: files.ClientKeyFile, CAFile: otherCA}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.Endpoints, tt.cfg.DialTimeout = []string{e.URL}, 2*time.Second
+			s, err := store.OpenEtcd(t.Context(), tt.cfg)
+			if err == nil {
+				s.Close()
+				t.Fatal("OpenEtcd succeeded")
+			}
+			if !strings.Contains(err.Error(), "TLS settings") {
+				t.Fatalf("err = %v, want it to point at the TLS settings", err)
+			}
+		})
+	}
+}
+
+// TestEtcdRestore: a backup of an etcd store, restored into an empty
+// prefix, holds the same keys, values and sequences; a restore refuses a
+// prefix in use, and a coordinator's store refuses a prefix whose
+// restore did not finish.
+func TestEtcdRestore(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	open := func(prefix string) *store.Etcd {
+		t.Helper()
+		s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	src := open("/restore-src")
+	big := strings.Repeat("x", 900<<10)
+	for i := 0; i < 300; i += 100 {
+		err := src.Update(func(tx store.Tx) error {
+			for j := i; j < i+100; j++ {
+				if err := tx.PutRaw(store.Nodes, fmt.Sprintf("n%04d", j), []byte(fmt.Sprint(j))); err != nil {
+					return err
+				}
+				if _, err := tx.NextSequence(store.Audit); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range []string{big, big + "y"} { // two values that do not fit one request together
+		err := src.Update(func(tx store.Tx) error { return tx.PutRaw(store.Meta, fmt.Sprintf("big%d", len(v)), []byte(v)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := t.TempDir() + "/backup.db"
+	if err := src.Backup(file); err != nil {
+		t.Fatal(err)
+	}
+	dst := open("/restore-dst")
+	counts, err := dst.Restore(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[store.Nodes] != 300 || counts[store.Meta] != 2 {
+		t.Errorf("restored counts = %v, want 300 nodes and 2 meta keys", counts)
+	}
+	dump := func(s store.Store) map[string]string {
+		t.Helper()
+		m := map[string]string{}
+		err := s.View(func(tx store.Tx) error {
+			for _, b := range store.AllBuckets {
+				err := tx.ForEach(b, func(k string, v []byte) error {
+					m[string(b)+"/"+k] = string(v)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	want, got := dump(src), dump(dst)
+	if len(got) != len(want) {
+		t.Fatalf("restored %d keys, backed up %d", len(got), len(want))
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("restored %s differs (%d bytes, want %d)", k, len(got[k]), len(v))
+		}
+	}
+	var seq uint64
+	if err := dst.Update(func(tx store.Tx) (err error) { seq, err = tx.NextSequence(store.Audit); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if seq != 301 {
+		t.Errorf("NextSequence after restore = %d, want 301", seq)
+	}
+
+	if _, err := dst.Restore(file); err == nil || !strings.Contains(err.Error(), "is not empty") {
+		t.Errorf("restore into a prefix in use = %v, want a refusal saying it is not empty", err)
+	}
+
+	// A restore that stopped half way leaves its mark.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.URL}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(t.Context(), "/restore-half/_restoring", file); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: "/restore-half"}); err == nil {
+		s.Close()
+		t.Error("OpenEtcd on a half-restored prefix succeeded")
+	} else if !strings.Contains(err.Error(), "did not finish") {
+		t.Errorf("OpenEtcd on a half-restored prefix = %v, want it to say the restore did not finish", err)
+	}
+}
+
+// TestEtcdClusterMemberCrash: with one of three members killed while
+// Updates run, Updates go on (a quorum remains) and every Update that
+// returned nil is in the store afterwards.
+func TestEtcdClusterMemberCrash(t *testing.T) {
+	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s := openOn(c.URLs)(t)
+	var acked []string
+	write := func(i int) {
+		t.Helper()
+		k := fmt.Sprintf("%05d", i)
+		err := s.Update(func(tx store.Tx) error {
+			if _, err := tx.NextSequence(store.Changes); err != nil {
+				return err
+			}
+			return tx.PutRaw(store.Changes, k, []byte(k))
+		})
+		if err == nil {
+			acked = append(acked, k)
+		} else {
+			t.Logf("write %s: %v", k, err) // unknown outcome while the member dies
+		}
+	}
+	for i := range 50 {
+		write(i)
+	}
+	c.Kill(0) // the member the client likely talks to: it is listed first
+	for i := 50; i < 150; i++ {
+		write(i)
+	}
+	if len(acked) < 140 {
+		t.Fatalf("only %d of 150 writes succeeded with two of three members up", len(acked))
+	}
+	got := map[string]bool{}
+	err = s.View(func(tx store.Tx) error {
+		return tx.ForEach(store.Changes, func(k string, _ []byte) error { got[k] = true; return nil })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range acked {
+		if !got[k] {
+			t.Errorf("acknowledged write %s is missing after a member crashed", k)
+		}
+	}
+}
