@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -352,7 +353,7 @@ func TestNewStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := s.mapURL.String(); got != "https://coord.example/base/api/v1/map" {
+	if got := s.client.BaseURL() + coordclient.MapPath; got != "https://coord.example/base/api/v1/map" {
 		t.Errorf("map URL = %q", got)
 	}
 	c := s.cfg
