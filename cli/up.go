@@ -226,9 +226,11 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		Coordinator: sess.Coordinator,
 		Token:       sess.Session.Token,
 		User:        sess.Session.User.Login,
-		Call:        api.callAs,
-		HTTPClient:  api.hc,
-		RelayClient: relayClient(api.hc),
+		Call: func(ctx context.Context, token, method, path string, body, out any) error {
+			return api.WithToken(token).Do(ctx, method, path, body, out)
+		},
+		HTTPClient:  api.HTTPClient(),
+		RelayClient: relayClient(api.HTTPClient()),
 		SOCKSPort:   o.socksPort,
 		WGPort:      o.wgPort,
 		TUN:         o.tun,
