@@ -287,7 +287,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	})()
 	wg.Go(func() {
-		errc <- m.Run(serveCtx, mesh.Coordinator{BaseURL: api.BaseURL(), Token: api.Token(), Client: api.HTTPClient(), PublishEndpoints: api.PublishEndpoints})
+		errc <- m.Run(serveCtx, mesh.Coordinator{Client: api})
 	})
 	// Shipping goes on while requests drain, and stops when Run returns;
 	// what is left waits in the spool for the next start.

@@ -223,13 +223,8 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	}
 	err = device.Run(ctx, device.Config{
 		Dir:         dir,
-		Coordinator: sess.Coordinator,
-		Token:       sess.Session.Token,
+		Coordinator: api,
 		User:        sess.Session.User.Login,
-		Call: func(ctx context.Context, token, method, path string, body, out any) error {
-			return api.WithToken(token).Do(ctx, method, path, body, out)
-		},
-		HTTPClient:  api.HTTPClient(),
 		RelayClient: relayClient(api.HTTPClient()),
 		SOCKSPort:   o.socksPort,
 		WGPort:      o.wgPort,
