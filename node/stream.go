@@ -174,20 +174,6 @@ func (s *Stream) Run(ctx context.Context) error {
 	}
 }
 
-// backoff returns the wait before retry number attempt under the
-// stream's policy (coordclient.Backoff): exponential from lo, capped at
-// hi, with the upper half jittered.
-func backoff(attempt int, lo, hi time.Duration) time.Duration {
-	b := coordclient.Backoff(lo, hi)
-	for range attempt {
-		if b.Steps < 1 {
-			break // capped: every further step is the same
-		}
-		b.Step()
-	}
-	return b.Step()
-}
-
 func (s *Stream) setDisconnected(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

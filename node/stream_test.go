@@ -363,6 +363,20 @@ func TestNewStream(t *testing.T) {
 	}
 }
 
+// backoff returns the wait before retry number attempt as Run steps it
+// (coordclient.Backoff): exponential from lo, capped at hi, with the
+// upper half jittered.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	b := coordclient.Backoff(lo, hi)
+	for range attempt {
+		if b.Steps < 1 {
+			break // capped: every further step is the same
+		}
+		b.Step()
+	}
+	return b.Step()
+}
+
 func TestBackoff(t *testing.T) {
 	lo, hi := 100*time.Millisecond, 2*time.Second
 	for attempt := range 12 {
