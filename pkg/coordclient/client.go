@@ -156,6 +156,13 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
+// call is Do for a call that answers a T.
+func call[T any](ctx context.Context, c *Client, method, path string, body any) (T, error) {
+	var out T
+	err := c.Do(ctx, method, path, body, &out)
+	return out, err
+}
+
 // Open sends a GET for path with the extra header hdr (may be nil) and
 // returns the body of a 200 answer for the caller to stream and close.
 // Any other answer is an *Error.
@@ -200,33 +207,25 @@ func (c *Client) Info(ctx context.Context, out any) error {
 
 // LoginStart starts a login (POST /api/v1/login/start).
 func (c *Client) LoginStart(ctx context.Context, req proto.LoginStartRequest) (proto.LoginStartResponse, error) {
-	var resp proto.LoginStartResponse
-	err := c.Do(ctx, http.MethodPost, proto.APIVersion+"/login/start", req, &resp)
-	return resp, err
+	return call[proto.LoginStartResponse](ctx, c, http.MethodPost, proto.APIVersion+"/login/start", req)
 }
 
 // LoginPoll asks whether the login is complete (POST /api/v1/login/poll).
 // While it is not, the error is an *Error with Code proto.CodeLoginPending.
 func (c *Client) LoginPoll(ctx context.Context, req proto.LoginPollRequest) (proto.Session, error) {
-	var s proto.Session
-	err := c.Do(ctx, http.MethodPost, proto.APIVersion+"/login/poll", req, &s)
-	return s, err
+	return call[proto.Session](ctx, c, http.MethodPost, proto.APIVersion+"/login/poll", req)
 }
 
 // LoginExchange exchanges the one-time code of a loopback redirect for a
 // session (POST /api/v1/login/exchange).
 func (c *Client) LoginExchange(ctx context.Context, req proto.LoginExchangeRequest) (proto.Session, error) {
-	var s proto.Session
-	err := c.Do(ctx, http.MethodPost, proto.APIVersion+"/login/exchange", req, &s)
-	return s, err
+	return call[proto.Session](ctx, c, http.MethodPost, proto.APIVersion+"/login/exchange", req)
 }
 
 // LoginToken exchanges an ID token for a session (POST
 // /api/v1/login/token).
 func (c *Client) LoginToken(ctx context.Context, req proto.TokenExchangeRequest) (proto.Session, error) {
-	var s proto.Session
-	err := c.Do(ctx, http.MethodPost, proto.APIVersion+"/login/token", req, &s)
-	return s, err
+	return call[proto.Session](ctx, c, http.MethodPost, proto.APIVersion+"/login/token", req)
 }
 
 // Logout ends c's session (DELETE /api/v1/session).
@@ -236,9 +235,7 @@ func (c *Client) Logout(ctx context.Context) error {
 
 // Whoami returns who c's session is (GET /api/v1/whoami).
 func (c *Client) Whoami(ctx context.Context) (proto.Whoami, error) {
-	var w proto.Whoami
-	err := c.Do(ctx, http.MethodGet, proto.APIVersion+"/whoami", nil, &w)
-	return w, err
+	return call[proto.Whoami](ctx, c, http.MethodGet, proto.APIVersion+"/whoami", nil)
 }
 
 // ---- Registration (a session or a join token; then the node token) ----
@@ -246,17 +243,13 @@ func (c *Client) Whoami(ctx context.Context) (proto.Whoami, error) {
 // RegisterDevice registers a device's key under c's session (POST
 // /api/v1/devices).
 func (c *Client) RegisterDevice(ctx context.Context, req proto.RegisterDeviceRequest) (proto.RegisterResponse, error) {
-	var reg proto.RegisterResponse
-	err := c.Do(ctx, http.MethodPost, proto.APIVersion+"/devices", req, &reg)
-	return reg, err
+	return call[proto.RegisterResponse](ctx, c, http.MethodPost, proto.APIVersion+"/devices", req)
 }
 
 // RegisterAgent registers an agent with c's join token (POST
 // /api/v1/agents).
 func (c *Client) RegisterAgent(ctx context.Context, req proto.RegisterAgentRequest) (proto.RegisterResponse, error) {
-	var reg proto.RegisterResponse
-	err := c.Do(ctx, http.MethodPost, proto.APIVersion+"/agents", req, &reg)
-	return reg, err
+	return call[proto.RegisterResponse](ctx, c, http.MethodPost, proto.APIVersion+"/agents", req)
 }
 
 // Deregister removes the node whose node token c holds (DELETE
@@ -275,9 +268,7 @@ func (c *Client) PublishEndpoints(ctx context.Context, eps []netip.AddrPort) err
 
 // ShipAudit sends a batch of audit events (POST /api/v1/audit/events).
 func (c *Client) ShipAudit(ctx context.Context, b proto.AuditBatch) (proto.AuditAck, error) {
-	var ack proto.AuditAck
-	err := c.Do(ctx, http.MethodPost, proto.APIVersion+"/audit/events", b, &ack)
-	return ack, err
+	return call[proto.AuditAck](ctx, c, http.MethodPost, proto.APIVersion+"/audit/events", b)
 }
 
 // MapPath is the path of the map stream.
