@@ -26,6 +26,7 @@ import (
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/node/mesh"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -194,7 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("certificate request: %w", err)
 	}
-	reg, err := register(ctx, &coordClient{base: cfg.CoordinatorURL, token: cfg.JoinToken, hc: hc}, proto.RegisterAgentRequest{
+	reg, err := register(ctx, coordclient.New(cfg.CoordinatorURL, cfg.JoinToken, hc), proto.RegisterAgentRequest{
 		PublicKey: proto.Key(wgKey.PublicKey()),
 		Hostname:  host,
 		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})),
@@ -203,11 +204,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log.Info("agent registered", "cluster", reg.Cluster, "node", reg.NodeID, "addresses", reg.Addresses)
-	api := &coordClient{base: cfg.CoordinatorURL, token: reg.NodeToken, hc: hc}
+	api := coordclient.New(cfg.CoordinatorURL, reg.NodeToken, hc)
 	deregister := sync.OnceFunc(func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := api.do(dctx, "DELETE", proto.APIVersion+"/nodes/self", nil, nil); err != nil {
+		if err := api.Deregister(dctx); err != nil {
 			log.Warn("deregister agent", "err", err)
 		}
 	})
@@ -286,13 +287,13 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	})()
 	wg.Go(func() {
-		errc <- m.Run(serveCtx, mesh.Coordinator{BaseURL: api.base, Token: api.token, Client: api.hc, PublishEndpoints: api.publishEndpoints})
+		errc <- m.Run(serveCtx, mesh.Coordinator{Client: api})
 	})
 	// Shipping goes on while requests drain, and stops when Run returns;
 	// what is left waits in the spool for the next start.
 	shipCtx, stopShip := context.WithCancel(context.Background())
 	defer stopShip()
-	wg.Go(func() { sp.Ship(shipCtx, api.shipAudit, 0) })
+	wg.Go(func() { sp.Ship(shipCtx, api.ShipAudit, 0) })
 
 	// Wait.
 	select {
@@ -318,21 +319,17 @@ func Run(ctx context.Context, cfg Config) error {
 // coordinator cannot be reached (it may not be up yet when the pod
 // starts) it tries again every registerRetry, up to registerRetries
 // times; a refusal ends it at once.
-func register(ctx context.Context, api *coordClient, req proto.RegisterAgentRequest, log *slog.Logger) (proto.RegisterResponse, error) {
+func register(ctx context.Context, api *coordclient.Client, req proto.RegisterAgentRequest, log *slog.Logger) (proto.RegisterResponse, error) {
 	var reg proto.RegisterResponse
-	var err error
-	for attempt := 0; ; attempt++ {
-		err = api.do(ctx, "POST", proto.APIVersion+"/agents", req, &reg)
-		var ce *CoordinatorError
-		if err == nil || errors.As(err, &ce) || attempt >= registerRetries {
-			break
-		}
+	err := coordclient.Retry(ctx, coordclient.Fixed(registerRetry, registerRetries), func(ctx context.Context) error {
+		var err error
+		reg, err = api.RegisterAgent(ctx, req)
+		return err
+	}, func(err error, _ time.Duration) {
 		log.Warn("coordinator unreachable, retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return reg, ctx.Err()
-		case <-time.After(registerRetry):
-		}
+	})
+	if ctx.Err() != nil && err == ctx.Err() {
+		return reg, err
 	}
 	if err != nil {
 		return reg, fmt.Errorf("register agent: %w", err)

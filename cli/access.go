@@ -133,7 +133,7 @@ func newDevicesCmd(g *globals) *cobra.Command {
 			id := args[0]
 			if !strings.HasPrefix(id, "dev_") {
 				var ds []proto.Device
-				if err := api.do(c.Context(), "GET", proto.APIVersion+"/devices", nil, &ds); err != nil {
+				if err := api.Do(c.Context(), "GET", proto.APIVersion+"/devices", nil, &ds); err != nil {
 					return cliErr(err)
 				}
 				var match []string
@@ -151,7 +151,7 @@ func newDevicesCmd(g *globals) *cobra.Command {
 					return withHint(exitUsage, fmt.Errorf("%d devices are named %q", len(match), id), "pass the id: "+strings.Join(match, ", "))
 				}
 			}
-			if err := api.do(c.Context(), "DELETE", apiPath("devices", id), nil, nil); err != nil {
+			if err := api.Do(c.Context(), "DELETE", apiPath("devices", id), nil, nil); err != nil {
 				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Device %s revoked.\n", id)

@@ -79,7 +79,7 @@ for it, if any).`,
 			req.Labels[k] = v
 		}
 		var resp proto.CreateClusterResponse
-		if err := api.do(c.Context(), "POST", proto.APIVersion+"/clusters", req, &resp); err != nil {
+		if err := api.Do(c.Context(), "POST", proto.APIVersion+"/clusters", req, &resp); err != nil {
 			return cliErr(err)
 		}
 		if manifest {
@@ -121,7 +121,7 @@ for it, if any).`,
 				return err
 			}
 			var cl proto.Cluster
-			if err := api.do(c.Context(), "GET", apiPath("clusters", args[0]), nil, &cl); err != nil {
+			if err := api.Do(c.Context(), "GET", apiPath("clusters", args[0]), nil, &cl); err != nil {
 				return cliErr(err)
 			}
 			labels := map[string]string{}
@@ -139,7 +139,7 @@ for it, if any).`,
 				}
 				labels[k] = v
 			}
-			if err := api.do(c.Context(), "PUT", apiPath("clusters", args[0], "labels"), proto.ClusterLabels{Labels: labels}, &cl); err != nil {
+			if err := api.Do(c.Context(), "PUT", apiPath("clusters", args[0], "labels"), proto.ClusterLabels{Labels: labels}, &cl); err != nil {
 				return cliErr(err)
 			}
 			fmt.Fprintf(g.stdout, "Cluster %s labels: %s\n", cl.Name, formatLabels(cl.Labels))

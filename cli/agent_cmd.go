@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -132,14 +131,7 @@ func agentError(err error) error {
 	var ue *url.Error
 	switch {
 	case errors.As(err, &ce):
-		code := exitError
-		switch ce.Problem.Status {
-		case http.StatusUnauthorized:
-			code = exitAuth
-		case http.StatusForbidden:
-			code = exitDenied
-		}
-		return withHint(code, err, ce.Problem.Hint)
+		return withHint(problemExit(ce), err, ce.Hint)
 	case errors.As(err, &ue):
 		return withHint(exitUnreach, err, "check the URL and your network, or run: clustral doctor")
 	}

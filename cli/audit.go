@@ -21,6 +21,7 @@ import (
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/pkg/atomicfile"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -157,7 +158,7 @@ func parseWhen(v string, now time.Time) (time.Time, error) {
 
 // newestAudit returns up to limit matching events (all with limit 0),
 // newest first, and the cursor that follows the log from now.
-func newestAudit(ctx context.Context, api *apiClient, q url.Values, limit int) ([]proto.AuditEvent, string, error) {
+func newestAudit(ctx context.Context, api *coordclient.Client, q url.Values, limit int) ([]proto.AuditEvent, string, error) {
 	var out []proto.AuditEvent
 	follow := ""
 	cursor := ""
@@ -171,7 +172,7 @@ func newestAudit(ctx context.Context, api *apiClient, q url.Values, limit int) (
 			pq.Set(proto.AuditParamCursor, cursor)
 		}
 		var page proto.AuditPage
-		if err := api.do(ctx, "GET", proto.APIVersion+"/audit/events?"+pq.Encode(), nil, &page); err != nil {
+		if err := api.Do(ctx, "GET", proto.APIVersion+"/audit/events?"+pq.Encode(), nil, &page); err != nil {
 			return nil, "", err
 		}
 		if follow == "" {
@@ -194,7 +195,7 @@ func cloneValues(q url.Values) url.Values {
 }
 
 // followAudit polls for events after cursor until ctx is done.
-func followAudit(ctx context.Context, api *apiClient, q url.Values, cursor string, every time.Duration, w *auditWriter) error {
+func followAudit(ctx context.Context, api *coordclient.Client, q url.Values, cursor string, every time.Duration, w *auditWriter) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -206,7 +207,7 @@ func followAudit(ctx context.Context, api *apiClient, q url.Values, cursor strin
 				pq.Set(proto.AuditParamCursor, cursor)
 			}
 			var page proto.AuditPage
-			if err := api.do(ctx, "GET", proto.APIVersion+"/audit/events?"+pq.Encode(), nil, &page); err != nil {
+			if err := api.Do(ctx, "GET", proto.APIVersion+"/audit/events?"+pq.Encode(), nil, &page); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -459,14 +460,5 @@ func auditTo(sp *spool.Spool, log *slog.Logger) func(proto.AuditEvent) {
 		if err := sp.Append(e); err != nil && !errors.Is(err, spool.ErrFull) {
 			log.Error("audit spool", "err", err)
 		}
-	}
-}
-
-// shipAudit sends spooled batches with the agent's node token.
-func shipAudit(api *apiClient) spool.Sender {
-	return func(ctx context.Context, b proto.AuditBatch) (proto.AuditAck, error) {
-		var ack proto.AuditAck
-		err := api.do(ctx, "POST", proto.APIVersion+"/audit/events", b, &ack)
-		return ack, err
 	}
 }

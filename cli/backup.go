@@ -2,11 +2,9 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -78,36 +77,28 @@ func backupOnline(ctx context.Context, g *globals, coord, caFile string, insecur
 	if err != nil {
 		return "", err
 	}
+	base, hc := api.BaseURL(), api.HTTPClient()
 	if coord != "" {
-		api.base = coord
+		base = coord
 	}
 	if caFile != "" {
-		if api.hc, err = newHTTPClient(caFile, nil); err != nil {
+		if hc, err = newHTTPClient(caFile, nil); err != nil {
 			return "", err
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, "GET", api.base+proto.APIVersion+"/admin/backup", nil)
+	api = coordclient.New(base, api.Token(), hc)
+	body, err := api.Open(ctx, proto.APIVersion+"/admin/backup", nil)
+	if errors.Is(err, coordclient.ErrUnreachable) {
+		return "", withHint(exitUnreach, err, "check the URL, or back up offline with --data-dir while the coordinator is stopped")
+	}
 	if err != nil {
-		return "", err
+		return "", cliErr(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+api.token)
-	resp, err := api.hc.Do(req)
-	if err != nil {
-		return "", withHint(exitUnreach, fmt.Errorf("reach coordinator %s: %w", api.base, err), "check the URL, or back up offline with --data-dir while the coordinator is stopped")
+	defer body.Close()
+	if _, err := io.Copy(w, body); err != nil {
+		return "", fmt.Errorf("backup from %s interrupted: %w", base, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		pe := &problemError{status: resp.StatusCode}
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if json.Unmarshal(b, &pe.p) != nil || pe.p.Title == "" {
-			pe.p.Title = fmt.Sprintf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
-		}
-		return "", cliErr(pe)
-	}
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		return "", fmt.Errorf("backup from %s interrupted: %w", api.base, err)
-	}
-	return api.base, nil
+	return base, nil
 }
 
 // writeBackup writes what snapshot produces to a temporary file next to

@@ -12,14 +12,14 @@ import (
 )
 
 // call sends one request to the coordinator with the stored session and
-// decodes the answer into out, as apiClient.do does. A coordinator
+// decodes the answer into out (coordclient.Client.Do). A coordinator
 // problem comes back through cliErr, with its hint and exit code.
 func (g *globals) call(ctx context.Context, method, path string, body, out any) error {
 	_, api, err := g.session()
 	if err != nil {
 		return err
 	}
-	if err := api.do(ctx, method, path, body, out); err != nil {
+	if err := api.Do(ctx, method, path, body, out); err != nil {
 		return cliErr(err)
 	}
 	return nil

@@ -21,6 +21,7 @@ import (
 	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -226,11 +227,11 @@ func checkCoordinator(ctx context.Context, g *globals, dir string, r *doctorRepo
 		r.add("session", checkFail, fmt.Sprintf("your session expired %s ago", humanDuration(now().Sub(s.Session.ExpiresAt))), "clustral login "+s.Coordinator)
 		return nil
 	}
-	api := &apiClient{base: base, token: s.Session.Token, hc: hc}
-	var who proto.Whoami
-	if err := api.do(ctx, "GET", proto.APIVersion+"/whoami", nil, &who); err != nil {
-		var pe *problemError
-		if errors.As(err, &pe) && pe.status == http.StatusUnauthorized {
+	api := coordclient.New(base, s.Session.Token, hc)
+	who, err := api.Whoami(ctx)
+	if err != nil {
+		var pe *coordclient.Error
+		if errors.As(err, &pe) && pe.Status == http.StatusUnauthorized {
 			r.add("session", checkFail, "the coordinator rejected your session (revoked, or you logged out elsewhere): "+pe.Error(), "clustral login "+s.Coordinator)
 		} else {
 			r.add("session", checkFail, "cannot check your session: "+oneLine(err.Error()), "run clustral doctor again once the coordinator answers")

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/oauth2"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -84,14 +85,14 @@ issuer directly.`,
 			if err != nil {
 				return err
 			}
-			api := &apiClient{base: coord, hc: hc}
+			api := coordclient.New(coord, "", hc)
 			var sess proto.Session
 			if idTokenFile != "" {
 				raw, err := os.ReadFile(idTokenFile)
 				if err != nil {
 					return fmt.Errorf("read ID token: %w", err)
 				}
-				if err := api.do(c.Context(), "POST", proto.APIVersion+"/login/token", proto.TokenExchangeRequest{IDToken: strings.TrimSpace(string(raw))}, &sess); err != nil {
+				if sess, err = api.LoginToken(c.Context(), proto.TokenExchangeRequest{IDToken: strings.TrimSpace(string(raw))}); err != nil {
 					return cliErr(err)
 				}
 			} else {
@@ -122,7 +123,7 @@ issuer directly.`,
 // only this verifier redeems. Without one (--no-browser, SSH), the URL may
 // be opened anywhere, and the person confirms in the browser the code this
 // terminal shows before the poll yields the session.
-func interactiveLogin(ctx context.Context, g *globals, api *apiClient, noBrowser bool) (*proto.Session, error) {
+func interactiveLogin(ctx context.Context, g *globals, api *coordclient.Client, noBrowser bool) (*proto.Session, error) {
 	verifier := oauth2.GenerateVerifier()
 	req := proto.LoginStartRequest{
 		CodeChallenge:       oauth2.S256ChallengeFromVerifier(verifier),
@@ -140,8 +141,8 @@ func interactiveLogin(ctx context.Context, g *globals, api *apiClient, noBrowser
 			req.RedirectURI = lb.uri
 		}
 	}
-	var start proto.LoginStartResponse
-	if err := api.do(ctx, "POST", proto.APIVersion+"/login/start", req, &start); err != nil {
+	start, err := api.LoginStart(ctx, req)
+	if err != nil {
 		return nil, cliErr(err)
 	}
 	// The coordinator ends the login at ExpiresAt (a poll then says so);
@@ -189,14 +190,13 @@ func interactiveLogin(ctx context.Context, g *globals, api *apiClient, noBrowser
 			return res.sess, res.err
 		case <-t.C:
 		}
-		var sess proto.Session
-		err := api.do(ctx, "POST", proto.APIVersion+"/login/poll", proto.LoginPollRequest{Handle: start.Handle, CodeVerifier: verifier}, &sess)
-		var pe *problemError
+		sess, err := api.LoginPoll(ctx, proto.LoginPollRequest{Handle: start.Handle, CodeVerifier: verifier})
+		var pe *coordclient.Error
 		switch {
 		case err == nil && sess.Token != "":
 			return &sess, nil
-		case errors.As(err, &pe) && pe.p.Code == proto.CodeLoginPending:
-		case errors.As(err, &pe) && pe.p.Code == proto.CodeLoginConsumed && lb != nil && gone < 3:
+		case errors.As(err, &pe) && pe.Code == proto.CodeLoginPending:
+		case errors.As(err, &pe) && pe.Code == proto.CodeLoginConsumed && lb != nil && gone < 3:
 			// The loopback listener is redeeming the code right now.
 			gone++
 		case ctx.Err() != nil:
@@ -224,7 +224,7 @@ type loopbackResult struct {
 	err  error
 }
 
-func newLoopback(api *apiClient, verifier string) (*loopback, error) {
+func newLoopback(api *coordclient.Client, verifier string) (*loopback, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -242,8 +242,7 @@ func newLoopback(api *apiClient, verifier string) (*loopback, error) {
 			http.Error(w, "no code in this request", http.StatusBadRequest)
 			return
 		default:
-			var sess proto.Session
-			if err := api.do(r.Context(), "POST", proto.APIVersion+"/login/exchange", proto.LoginExchangeRequest{Code: q.Get("code"), CodeVerifier: verifier}, &sess); err != nil {
+			if sess, err := api.LoginExchange(r.Context(), proto.LoginExchangeRequest{Code: q.Get("code"), CodeVerifier: verifier}); err != nil {
 				res.err = cliErr(err)
 			} else {
 				res.sess = &sess
@@ -368,9 +367,9 @@ func newLogoutCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if err == nil {
-				if err := api.do(c.Context(), "DELETE", proto.APIVersion+"/session", nil, nil); err != nil {
-					var pe *problemError
-					if !errors.As(err, &pe) || pe.status != 401 {
+				if err := api.Logout(c.Context()); err != nil {
+					var pe *coordclient.Error
+					if !errors.As(err, &pe) || pe.Status != 401 {
 						return cliErr(err)
 					}
 				}

@@ -15,6 +15,8 @@ import (
 	_ "time/tzdata" // time windows name zones; distroless images have no zoneinfo
 
 	"github.com/spf13/cobra"
+
+	"github.com/clustral/clustral/pkg/coordclient"
 )
 
 // Main runs the clustral command line with the process's arguments and
@@ -68,7 +70,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return code
 	}
 	var ce *hintError
-	if errors.As(err, &ce) {
+	if !errors.As(err, &ce) && errors.Is(err, coordclient.ErrUnreachable) {
+		ce = unreachable(err).(*hintError)
+	}
+	if ce != nil {
 		if ce.hint != "" {
 			fmt.Fprintln(stderr, color.dim("hint: "+ce.hint))
 		}
@@ -168,7 +173,7 @@ func (g *globals) dir() (string, error) {
 }
 
 // session loads the stored session and an API client that uses it.
-func (g *globals) session() (*storedSession, *apiClient, error) {
+func (g *globals) session() (*storedSession, *coordclient.Client, error) {
 	dir, err := g.dir()
 	if err != nil {
 		return nil, nil, err
@@ -185,5 +190,5 @@ func (g *globals) session() (*storedSession, *apiClient, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return s, &apiClient{base: s.Coordinator, token: s.Session.Token, hc: hc}, nil
+	return s, coordclient.New(s.Coordinator, s.Session.Token, hc), nil
 }

@@ -68,8 +68,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 			v.Coordinator, v.User, v.Session = sess.Coordinator, sess.Session.User.Login, sess.Session.ExpiresAt
 		}
 		if serr == nil {
-			var who proto.Whoami
-			if err := api.do(c.Context(), "GET", proto.APIVersion+"/whoami", nil, &who); err != nil {
+			if who, err := api.Whoami(c.Context()); err != nil {
 				v.Error = err.Error()
 			} else {
 				v.Clusters = who.Clusters
@@ -86,7 +85,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		}
 		if sess != nil {
 			v.CoordinatorHealth = "ok"
-			if resp, err := get(c.Context(), api.hc, sess.Coordinator+"/readyz"); err != nil {
+			if resp, err := get(c.Context(), api.HTTPClient(), sess.Coordinator+"/readyz"); err != nil {
 				v.CoordinatorHealth = "unreachable: " + unwrapNet(err).Error()
 			} else if resp.StatusCode != 200 {
 				v.CoordinatorHealth = "not ready: " + resp.Status

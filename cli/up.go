@@ -223,12 +223,9 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	}
 	err = device.Run(ctx, device.Config{
 		Dir:         dir,
-		Coordinator: sess.Coordinator,
-		Token:       sess.Session.Token,
+		Coordinator: api,
 		User:        sess.Session.User.Login,
-		Call:        api.callAs,
-		HTTPClient:  api.hc,
-		RelayClient: relayClient(api.hc),
+		RelayClient: relayClient(api.HTTPClient()),
 		SOCKSPort:   o.socksPort,
 		WGPort:      o.wgPort,
 		TUN:         o.tun,

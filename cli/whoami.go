@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/clustral/clustral/proto"
+	"github.com/clustral/clustral/pkg/coordclient"
 )
 
 // coordinatorInfo is the coordinator's GET /api/v1/info answer.
@@ -49,8 +49,7 @@ func (g *globals) coordinator() (string, *http.Client, error) {
 
 func fetchInfo(ctx context.Context, base string, hc *http.Client) (*coordinatorInfo, error) {
 	var info coordinatorInfo
-	api := &apiClient{base: base, hc: hc}
-	if err := api.do(ctx, "GET", proto.APIVersion+"/info", nil, &info); err != nil {
+	if err := coordclient.New(base, "", hc).Info(ctx, &info); err != nil {
 		return nil, cliErr(err)
 	}
 	return &info, nil
@@ -86,8 +85,8 @@ func newWhoamiCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var who proto.Whoami
-		if err := api.do(c.Context(), "GET", proto.APIVersion+"/whoami", nil, &who); err != nil {
+		who, err := api.Whoami(c.Context())
+		if err != nil {
 			return cliErr(err)
 		}
 		v := whoamiView{

@@ -3,9 +3,7 @@ package node
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -13,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -65,8 +64,7 @@ func (n *Node) RunRelay(ctx context.Context, cfg RelayConfig) error {
 // relayLink.
 type relayClient struct {
 	cfg     RelayConfig
-	url     string
-	hc      *http.Client
+	client  *coordclient.Client
 	log     *slog.Logger
 	deliver func(src proto.Key, buf *[]byte, off, n int)
 
@@ -108,8 +106,7 @@ func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int))
 	}
 	return &relayClient{
 		cfg:     cfg,
-		url:     u.JoinPath(proto.RelayPath).String(),
-		hc:      hc,
+		client:  coordclient.New(u.String(), cfg.Token, hc),
 		log:     cfg.Logger,
 		deliver: deliver,
 		out:     make(chan *[]byte, relayQueue),
@@ -134,27 +131,23 @@ func (c *relayClient) send(dst proto.Key, pkt []byte) bool {
 }
 
 func (c *relayClient) run(ctx context.Context) error {
-	var attempt int
+	b := coordclient.Backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	for {
 		connected, err := c.connect(ctx)
 		c.isUp.Store(false)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var p *proto.Problem
-		if errors.As(err, &p) && (p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden) {
+		if coordclient.IsRefused(err) {
 			return fmt.Errorf("relay: %w", err)
 		}
 		if connected {
-			attempt = 0
+			b = coordclient.Backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 		}
-		wait := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
-		attempt++
+		wait := b.Step()
 		c.log.Warn("relay connection interrupted", "err", err, "retry_in", wait.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := coordclient.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }
@@ -164,25 +157,9 @@ func (c *relayClient) run(ctx context.Context) error {
 func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
-	if err != nil {
-		return false, fmt.Errorf("relay request: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", proto.RelayUpgrade)
-	resp, err := c.hc.Do(req)
+	rwc, err := c.client.DialRelay(ctx)
 	if err != nil {
 		return false, fmt.Errorf("open relay connection: %w", err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		defer resp.Body.Close()
-		return false, fmt.Errorf("open relay connection: %w", readProblem(resp))
-	}
-	rwc, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		resp.Body.Close()
-		return false, errors.New("open relay connection: upgraded body is not writable")
 	}
 	defer rwc.Close()
 	// Datagrams queued while the relay was down are stale.
@@ -190,7 +167,7 @@ func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
 		putPacketBuf(<-c.out)
 	}
 	c.isUp.Store(true)
-	c.log.Info("relay connected", "url", c.url)
+	c.log.Info("relay connected", "url", c.client.BaseURL()+proto.RelayPath)
 
 	idle := time.AfterFunc(relayIdle, func() { rwc.Close() })
 	defer idle.Stop()

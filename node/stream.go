@@ -7,16 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -106,7 +104,7 @@ type Stream struct {
 	cfg     StreamConfig
 	applier Applier
 	logger  *slog.Logger
-	mapURL  *url.URL
+	client  *coordclient.Client
 
 	mu     sync.Mutex
 	status StreamStatus
@@ -121,7 +119,6 @@ func NewStream(a Applier, cfg StreamConfig) (*Stream, error) {
 	if u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
 		return nil, fmt.Errorf("map stream: coordinator URL %q is not an http(s) URL", cfg.BaseURL)
 	}
-	u = u.JoinPath(proto.APIVersion, "map")
 	if cfg.Client == nil {
 		cfg.Client = http.DefaultClient
 	}
@@ -141,7 +138,7 @@ func NewStream(a Applier, cfg StreamConfig) (*Stream, error) {
 	if cfg.MaxLineBytes <= 0 {
 		cfg.MaxLineBytes = MaxMapLineBytes
 	}
-	return &Stream{cfg: cfg, applier: a, logger: cfg.Logger, mapURL: u}, nil
+	return &Stream{cfg: cfg, applier: a, logger: cfg.Logger, client: coordclient.New(cfg.BaseURL, cfg.Token, cfg.Client)}, nil
 }
 
 // Status returns the stream's state.
@@ -155,41 +152,26 @@ func (s *Stream) Status() StreamStatus {
 // returns early only when the coordinator refuses the node token (401 or
 // 403): the error wraps the *proto.Problem, and retrying cannot help.
 func (s *Stream) Run(ctx context.Context) error {
-	var attempt int
+	b := coordclient.Backoff(s.cfg.MinBackoff, s.cfg.MaxBackoff)
 	for {
 		synced, err := s.connect(ctx)
 		if synced {
-			attempt = 0
+			b = coordclient.Backoff(s.cfg.MinBackoff, s.cfg.MaxBackoff)
 		}
 		if ctx.Err() != nil {
 			s.setDisconnected(nil)
 			return ctx.Err()
 		}
 		s.setDisconnected(err)
-		var p *proto.Problem
-		if errors.As(err, &p) && (p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden) {
+		if coordclient.IsRefused(err) {
 			return fmt.Errorf("map stream: %w", err)
 		}
-		wait := backoff(attempt, s.cfg.MinBackoff, s.cfg.MaxBackoff)
-		attempt++
+		wait := b.Step()
 		s.logger.Warn("map stream interrupted", "err", err, "retry_in", wait.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := coordclient.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
-}
-
-// backoff returns the wait before retry number attempt: exponential from
-// lo, capped at hi, with the upper half jittered.
-func backoff(attempt int, lo, hi time.Duration) time.Duration {
-	d := lo
-	for i := 0; i < attempt && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return d/2 + rand.N(d/2+1)
 }
 
 func (s *Stream) setDisconnected(err error) {
@@ -208,40 +190,25 @@ func (s *Stream) connect(ctx context.Context) (synced bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	u := *s.mapURL
+	var eps []netip.AddrPort
 	if s.cfg.Endpoints != nil {
-		if eps := s.cfg.Endpoints(); len(eps) > 0 {
-			list := make([]string, len(eps))
-			for i, e := range eps {
-				list[i] = e.String()
-			}
-			u.RawQuery = url.Values{proto.MapEndpointsParam: {strings.Join(list, ",")}}.Encode()
-		}
+		eps = s.cfg.Endpoints()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return false, fmt.Errorf("map stream request: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+s.cfg.Token)
-	req.Header.Set("Accept", "application/x-ndjson")
 
 	errIdle := fmt.Errorf("map stream idle for %v", s.cfg.IdleTimeout)
 	idle := time.AfterFunc(s.cfg.IdleTimeout, func() { cancel(errIdle) })
 	defer idle.Stop()
 
-	resp, err := s.cfg.Client.Do(req)
+	body, err := s.client.MapStream(ctx, eps)
 	if err != nil {
 		if cause := context.Cause(ctx); cause == errIdle {
 			return false, cause
 		}
 		return false, fmt.Errorf("open map stream: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("open map stream: %w", readProblem(resp))
-	}
+	defer body.Close()
 
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(body)
 	// The scanner's limit is the larger of its buffer's capacity and max.
 	sc.Buffer(make([]byte, 0, min(64<<10, s.cfg.MaxLineBytes)), s.cfg.MaxLineBytes)
 	for sc.Scan() {
@@ -286,18 +253,4 @@ func (s *Stream) connect(ctx context.Context) (synced bool, err error) {
 		return synced, fmt.Errorf("read map stream: %w", err)
 	}
 	return synced, errors.New("map stream closed by the coordinator")
-}
-
-// readProblem turns a non-200 answer into a *proto.Problem.
-func readProblem(resp *http.Response) error {
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	p := &proto.Problem{}
-	if err := json.Unmarshal(body, p); err != nil || p.Title == "" && p.Detail == "" {
-		p = &proto.Problem{Title: strings.TrimSpace(string(body))}
-		if p.Title == "" {
-			p.Title = resp.Status
-		}
-	}
-	p.Status = resp.StatusCode
-	return p
 }

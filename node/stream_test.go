@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -352,7 +353,7 @@ func TestNewStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := s.mapURL.String(); got != "https://coord.example/base/api/v1/map" {
+	if got := s.client.BaseURL() + coordclient.MapPath; got != "https://coord.example/base/api/v1/map" {
 		t.Errorf("map URL = %q", got)
 	}
 	c := s.cfg
@@ -360,6 +361,20 @@ func TestNewStream(t *testing.T) {
 		c.MinBackoff != DefaultStreamMinBackoff || c.MaxBackoff != DefaultStreamMaxBackoff || c.Client != http.DefaultClient {
 		t.Errorf("defaults not applied: %+v", c)
 	}
+}
+
+// backoff returns the wait before retry number attempt as Run steps it
+// (coordclient.Backoff): exponential from lo, capped at hi, with the
+// upper half jittered.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	b := coordclient.Backoff(lo, hi)
+	for range attempt {
+		if b.Steps < 1 {
+			break // capped: every further step is the same
+		}
+		b.Step()
+	}
+	return b.Step()
 }
 
 func TestBackoff(t *testing.T) {

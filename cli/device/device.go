@@ -24,6 +24,7 @@ import (
 
 	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/pkg/atomicfile"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -67,26 +68,19 @@ func ReadState(dir string) (*State, bool) {
 	return &st, st.PID > 0 && syscall.Kill(st.PID, 0) == nil
 }
 
-// CallFunc sends one request to the coordinator's JSON API with token as
-// its bearer credential, the JSON of body (nil: none), and decodes the
-// answer into out (nil: discarded).
-type CallFunc func(ctx context.Context, token, method, path string, body, out any) error
-
 // Config configures Run.
 type Config struct {
 	// Dir is the profile directory, where the device keeps its files.
 	Dir string
-	// Coordinator is the coordinator's URL, Token the user's session
-	// token and User the user's login.
-	Coordinator string
-	Token       string
-	User        string
-	// Call reaches the coordinator's JSON API. Run returns the error of
-	// the registration call unchanged, so the caller may render it.
-	Call CallFunc
-	// HTTPClient carries the map stream; RelayClient the relay (see
-	// mesh.Coordinator).
-	HTTPClient  *http.Client
+	// Coordinator reaches the coordinator with the user's session token:
+	// Run registers the device with it, and makes the node's calls (the
+	// map stream among them) with it and the node token. Run returns the
+	// error of the registration unchanged, so the caller may render it.
+	Coordinator *coordclient.Client
+	// User is the user's login.
+	User string
+	// RelayClient carries the relay (see mesh.Coordinator); nil means
+	// Coordinator's *http.Client.
 	RelayClient *http.Client
 
 	// SOCKSPort is the loopback port of the SOCKS5 proxy, WGPort the
@@ -149,11 +143,8 @@ func (cfg Config) check() error {
 		missing bool
 	}{
 		{"Dir", cfg.Dir == ""},
-		{"Coordinator", cfg.Coordinator == ""},
-		{"Token", cfg.Token == ""},
+		{"Coordinator", cfg.Coordinator == nil || cfg.Coordinator.Token() == ""},
 		{"User", cfg.User == ""},
-		{"Call", cfg.Call == nil},
-		{"HTTPClient", cfg.HTTPClient == nil},
 	} {
 		if f.missing {
 			return fmt.Errorf("device: Config.%s is not set (the caller builds it from the stored session)", f.name)
@@ -190,7 +181,7 @@ func (d *device) register(ctx context.Context) error {
 		return fmt.Errorf("store device key: %w", err)
 	}
 	req := proto.RegisterDeviceRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: mesh.Hostname()}
-	if err := d.cfg.Call(ctx, d.cfg.Token, "POST", proto.APIVersion+"/devices", req, &d.reg); err != nil {
+	if d.reg, err = d.cfg.Coordinator.RegisterDevice(ctx, req); err != nil {
 		return err
 	}
 	d.key = priv
@@ -202,7 +193,7 @@ func (d *device) register(ctx context.Context) error {
 func (d *device) deregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := d.cfg.Call(ctx, d.reg.NodeToken, "DELETE", proto.APIVersion+"/nodes/self", nil, nil); err != nil {
+	if err := d.cfg.Coordinator.WithToken(d.reg.NodeToken).Deregister(ctx); err != nil {
 		d.log.Warn("deregister device", "err", err)
 	}
 	os.Remove(filepath.Join(d.cfg.Dir, KeyFile))

@@ -1,9 +1,12 @@
 package device
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -14,36 +17,65 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
 // fakeCoordinator answers the device's calls as the coordinator would,
 // without a map: the map stream and the relay hang (lingerTransport), so
-// the device stays "starting".
+// the device stays "starting". It is the transport of the device's
+// coordinator client.
 type fakeCoordinator struct {
+	refuse bool // refuse the registration with a 403 problem
+
 	mu    sync.Mutex
 	calls []string // "token method path"
 }
 
-func (f *fakeCoordinator) call(_ context.Context, token, method, path string, body, out any) error {
+func (f *fakeCoordinator) RoundTrip(r *http.Request) (*http.Response, error) {
+	call := r.Method + " " + r.URL.Path
+	switch call {
+	case "POST " + proto.APIVersion + "/devices", "GET " + proto.APIVersion + "/whoami",
+		"DELETE " + proto.APIVersion + "/nodes/self", "PUT " + proto.APIVersion + "/nodes/self/endpoints":
+	default:
+		return lingerTransport{}.RoundTrip(r)
+	}
+	if r.Body != nil {
+		defer r.Body.Close()
+	}
 	f.mu.Lock()
-	f.calls = append(f.calls, token+" "+method+" "+path)
+	f.calls = append(f.calls, strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")+" "+call)
 	f.mu.Unlock()
-	switch method + " " + path {
+	status, out := http.StatusOK, any(nil)
+	switch call {
 	case "POST " + proto.APIVersion + "/devices":
-		req := body.(proto.RegisterDeviceRequest)
-		if req.Hostname == "" || req.PublicKey == (proto.Key{}) {
-			return errors.New("registration without a hostname or key")
-		}
-		*out.(*proto.RegisterResponse) = proto.RegisterResponse{
-			NodeID: "dev-1", NodeToken: "node-token", MeshDomain: "clustral.internal",
-			Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.9/32")},
-			Prefixes:  []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
+		var req proto.RegisterDeviceRequest
+		switch {
+		case f.refuse:
+			status, out = http.StatusForbidden, proto.Problem{Title: "Forbidden", Detail: "refused", Status: http.StatusForbidden}
+		case json.NewDecoder(r.Body).Decode(&req) != nil || req.Hostname == "" || req.PublicKey == (proto.Key{}):
+			status, out = http.StatusBadRequest, proto.Problem{Title: "registration without a hostname or key"}
+		default:
+			out = proto.RegisterResponse{
+				NodeID: "dev-1", NodeToken: "node-token", MeshDomain: "clustral.internal",
+				Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.9/32")},
+				Prefixes:  []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
+			}
 		}
 	case "GET " + proto.APIVersion + "/whoami":
-		*out.(*proto.Whoami) = proto.Whoami{}
+		out = proto.Whoami{}
+	default:
+		status = http.StatusNoContent
 	}
-	return nil
+	var body []byte
+	if out != nil {
+		body, _ = json.Marshal(out)
+	}
+	return &http.Response{
+		StatusCode: status, Status: fmt.Sprintf("%d %s", status, http.StatusText(status)),
+		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)), Request: r,
+	}, nil
 }
 
 func (f *fakeCoordinator) called(call string) bool {
@@ -66,9 +98,9 @@ func testConfig(t *testing.T, f *fakeCoordinator) Config {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return Config{
-		Dir: dir, Coordinator: "http://coordinator.test", Token: "session-token", User: "alice@example.com",
-		Call: f.call, HTTPClient: &http.Client{Transport: lingerTransport{}},
-		Kubeconfig: filepath.Join(t.TempDir(), "kubeconfig"),
+		Dir: dir, User: "alice@example.com",
+		Coordinator: coordclient.New("http://coordinator.test", "session-token", &http.Client{Transport: f}),
+		Kubeconfig:  filepath.Join(t.TempDir(), "kubeconfig"),
 	}
 }
 
@@ -176,11 +208,11 @@ func TestRunServesThenCleansUp(t *testing.T) {
 // TestRunReturnsRegistrationError: the caller gets the registration's
 // error itself, to render it.
 func TestRunReturnsRegistrationError(t *testing.T) {
-	refused := errors.New("refused")
-	cfg := testConfig(t, &fakeCoordinator{})
-	cfg.Call = func(context.Context, string, string, string, any, any) error { return refused }
-	if err := Run(context.Background(), cfg); !errors.Is(err, refused) {
-		t.Fatalf("Run = %v, want %v", err, refused)
+	cfg := testConfig(t, &fakeCoordinator{refuse: true})
+	err := Run(context.Background(), cfg)
+	var pe *coordclient.Error
+	if !errors.As(err, &pe) || pe.Status != http.StatusForbidden || pe.Detail != "refused" {
+		t.Fatalf("Run = %v, want the 403 problem", err)
 	}
 }
 
@@ -192,11 +224,9 @@ func TestRunNamesMissingConfig(t *testing.T) {
 		unset func(*Config)
 	}{
 		{"Dir", func(c *Config) { c.Dir = "" }},
-		{"Coordinator", func(c *Config) { c.Coordinator = "" }},
-		{"Token", func(c *Config) { c.Token = "" }},
+		{"Coordinator", func(c *Config) { c.Coordinator = nil }},
+		{"Coordinator", func(c *Config) { c.Coordinator = c.Coordinator.WithToken("") }},
 		{"User", func(c *Config) { c.User = "" }},
-		{"Call", func(c *Config) { c.Call = nil }},
-		{"HTTPClient", func(c *Config) { c.HTTPClient = nil }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.field, func(t *testing.T) {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -24,7 +23,6 @@ import (
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/pkg/atomicfile"
-	"github.com/clustral/clustral/proto"
 )
 
 // serving is what serve starts and stop releases. stop waits for every
@@ -65,7 +63,7 @@ func (d *device) serve(ctx context.Context) (err error) {
 		return err
 	}
 	d.runMapStream(ctx)
-	d.log.Info("joining the mesh", "coordinator", d.cfg.Coordinator, "addresses", d.state.Addresses, "socks", d.state.SOCKS)
+	d.log.Info("joining the mesh", "coordinator", d.cfg.Coordinator.BaseURL(), "addresses", d.state.Addresses, "socks", d.state.SOCKS)
 	return nil
 }
 
@@ -79,8 +77,8 @@ func (d *device) serveSOCKS(ctx context.Context) error {
 	}
 	// Clusters the user may request get a context too: kubectl then hears
 	// a plain-text 403 naming the way forward instead of "no context".
-	var who proto.Whoami
-	if err := d.cfg.Call(ctx, d.cfg.Token, "GET", proto.APIVersion+"/whoami", nil, &who); err != nil {
+	who, err := d.cfg.Coordinator.Whoami(ctx)
+	if err != nil {
 		d.log.Warn("list requestable clusters", "err", err)
 	}
 	d.requestable = who.Requestable
@@ -103,7 +101,7 @@ func (d *device) initState() {
 	d.kw = kubeconfig.Writer{Path: d.cfg.Kubeconfig}
 	pass, _ := d.proxy.User.Password()
 	d.state = &State{
-		PID: os.Getpid(), Status: "starting", Coordinator: d.cfg.Coordinator, User: d.cfg.User,
+		PID: os.Getpid(), Status: "starting", Coordinator: d.cfg.Coordinator.BaseURL(), User: d.cfg.User,
 		NodeID: d.reg.NodeID, SOCKS: d.proxy.Host, Kubeconfig: d.kw.File(), Started: time.Now(),
 		SOCKSUser: d.proxy.User.Username(), SOCKSPass: pass, Expires: d.reg.ExpiresAt,
 	}
@@ -136,10 +134,7 @@ func (d *device) runMapStream(ctx context.Context) {
 	d.stopStream = cancel
 	d.streamErr = make(chan error, 1)
 	coord := mesh.Coordinator{
-		BaseURL: d.cfg.Coordinator, Token: d.reg.NodeToken, Client: d.cfg.HTTPClient, RelayClient: d.cfg.RelayClient,
-		PublishEndpoints: func(ctx context.Context, eps []netip.AddrPort) error {
-			return d.cfg.Call(ctx, d.reg.NodeToken, "PUT", proto.APIVersion+"/nodes/self/endpoints", proto.EndpointsUpdate{Endpoints: eps}, nil)
-		},
+		Client: d.cfg.Coordinator.WithToken(d.reg.NodeToken), RelayClient: d.cfg.RelayClient,
 	}
 	d.wg.Go(func() { d.streamErr <- d.mesh.Run(ctx, coord) })
 }

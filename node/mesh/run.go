@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/pkg/coordclient"
 )
 
 // discoverInterval is how often a node asks the coordinator which address
@@ -21,18 +22,13 @@ const discoverInterval = 30 * time.Second
 
 // Coordinator is how a mesh reaches the coordinator as its node.
 type Coordinator struct {
-	// BaseURL is the coordinator's URL; Token the node token from the
-	// registration.
-	BaseURL string
-	Token   string
-	// Client carries the map stream.
-	Client *http.Client
+	// Client reaches the coordinator with the node token from the
+	// registration: the map stream, and the node's endpoints when
+	// endpoint discovery finds a new public one.
+	Client *coordclient.Client
 	// RelayClient carries the relay, an HTTP upgrade: its transport must
-	// be a bare *http.Transport. Nil means Client.
+	// be a bare *http.Transport. Nil means Client's *http.Client.
 	RelayClient *http.Client
-	// PublishEndpoints sends the node's UDP endpoints to the coordinator
-	// when endpoint discovery finds a new public one.
-	PublishEndpoints func(ctx context.Context, eps []netip.AddrPort) error
 }
 
 // Run keeps m in step with the coordinator until ctx is done or the map
@@ -51,9 +47,9 @@ func (m *Mesh) Run(ctx context.Context, c Coordinator) error {
 		wg.Go(func() { m.runDiscovery(ctx, c, m.reg.STUN, eps) })
 	}
 	s, err := node.NewStream(m.Node, node.StreamConfig{
-		BaseURL:   c.BaseURL,
-		Token:     c.Token,
-		Client:    c.Client,
+		BaseURL:   c.Client.BaseURL(),
+		Token:     c.Client.Token(),
+		Client:    c.Client.HTTPClient(),
 		Endpoints: eps.list,
 		Logger:    m.log,
 	})
@@ -71,9 +67,9 @@ func (m *Mesh) Run(ctx context.Context, c Coordinator) error {
 func (m *Mesh) runRelay(ctx context.Context, c Coordinator) {
 	hc := c.RelayClient
 	if hc == nil {
-		hc = c.Client
+		hc = c.Client.HTTPClient()
 	}
-	err := m.Node.RunRelay(ctx, node.RelayConfig{BaseURL: c.BaseURL, Token: c.Token, Client: hc, Logger: m.log})
+	err := m.Node.RunRelay(ctx, node.RelayConfig{BaseURL: c.Client.BaseURL(), Token: c.Client.Token(), Client: hc, Logger: m.log})
 	if err != nil && ctx.Err() == nil {
 		m.log.Error("relay stopped", "err", err)
 	}
@@ -109,10 +105,7 @@ func (m *Mesh) runDiscovery(ctx context.Context, c Coordinator, stun string, eps
 			continue
 		}
 		log.Info("public endpoint discovered", "endpoint", obs)
-		if c.PublishEndpoints == nil {
-			continue
-		}
-		if err := c.PublishEndpoints(ctx, eps.list()); err != nil {
+		if err := c.Client.PublishEndpoints(ctx, eps.list()); err != nil {
 			log.Warn("publish endpoints", "err", err)
 			eps.setObserved(netip.AddrPort{}) // try again next round
 		}

@@ -1,0 +1,317 @@
+// Package coordclient is the one client of the coordinator's HTTP API:
+// the CLI's commands, the device runtime, the agent and a node's map
+// stream and relay all reach the coordinator through it.
+//
+// A Client is one caller: a base URL, a bearer token (a session, a join
+// token or a node token; empty for the public calls) and the *http.Client
+// that carries the requests. Every request it makes sends the token as
+// "Authorization: Bearer"; every error answer becomes an *Error carrying
+// the coordinator's problem document; a coordinator that cannot be
+// reached gives an error matching ErrUnreachable. Backoff and Retry are
+// the one policy by which callers wait before they try again.
+//
+// A Client is immutable and safe for concurrent use; WithToken returns a
+// copy for another credential.
+package coordclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// maxProblemBytes bounds how much of an error answer is read.
+const maxProblemBytes = 64 << 10
+
+// ErrUnreachable matches (errors.Is) the error of a request that got no
+// answer from the coordinator: a refused connection, a TLS failure, a
+// timeout. Its text reads "reach coordinator <URL>: <cause>".
+var ErrUnreachable = errors.New("reach coordinator")
+
+// Error is an error answer of the coordinator: its problem document, with
+// Status set to the HTTP status code. Its Error reads "Title: Detail" (or
+// the title alone); it unwraps to the *proto.Problem, so errors.As finds
+// either.
+type Error struct {
+	proto.Problem
+}
+
+func (e *Error) Error() string {
+	if e.Detail != "" {
+		return e.Title + ": " + e.Detail
+	}
+	return e.Title
+}
+
+// Unwrap returns the problem document.
+func (e *Error) Unwrap() error { return &e.Problem }
+
+// IsRefused reports whether err is the coordinator refusing the caller's
+// credential (401 or 403): trying again with it cannot help.
+func IsRefused(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && (e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden)
+}
+
+// Client makes requests to the coordinator as one caller. Create it with
+// New.
+type Client struct {
+	base  string // without a trailing slash
+	token string
+	hc    *http.Client
+}
+
+// New returns a client of the coordinator at baseURL (such as
+// "https://coord.example") that authenticates with token, if not empty,
+// and sends its requests with hc (nil means http.DefaultClient). baseURL
+// is taken as given; a trailing slash is dropped.
+func New(baseURL, token string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, hc: hc}
+}
+
+// WithToken returns a copy of c that authenticates with token.
+func (c *Client) WithToken(token string) *Client {
+	cp := *c
+	cp.token = token
+	return &cp
+}
+
+// BaseURL returns the coordinator's URL, without a trailing slash.
+func (c *Client) BaseURL() string { return c.base }
+
+// Token returns the bearer credential c sends.
+func (c *Client) Token() string { return c.token }
+
+// HTTPClient returns the *http.Client that carries c's requests.
+func (c *Client) HTTPClient() *http.Client { return c.hc }
+
+// newRequest builds a request for path (which starts with "/") with the
+// bearer token and, if body is not nil, a JSON body.
+func (c *Client) newRequest(ctx context.Context, method, path string, body any) (*http.Request, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
+}
+
+// send sends req and returns its answer, or an ErrUnreachable error.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %w", ErrUnreachable, c.base, err)
+	}
+	return resp, nil
+}
+
+// Do sends one request to path (such as proto.APIVersion+"/whoami") with
+// body, if not nil, as JSON, and decodes a JSON answer into out, if not
+// nil. An answer other than 2xx, and 202 (the coordinator's "not yet"),
+// is an *Error.
+func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	req, err := c.newRequest(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 || resp.StatusCode == http.StatusAccepted {
+		return readError(resp)
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode coordinator answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// call is Do for a call that answers a T.
+func call[T any](ctx context.Context, c *Client, method, path string, body any) (T, error) {
+	var out T
+	err := c.Do(ctx, method, path, body, &out)
+	return out, err
+}
+
+// Open sends a GET for path with the extra header hdr (may be nil) and
+// returns the body of a 200 answer for the caller to stream and close.
+// Any other answer is an *Error.
+func (c *Client) Open(ctx context.Context, path string, hdr http.Header) (io.ReadCloser, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, readError(resp)
+	}
+	return resp.Body, nil
+}
+
+// readError reads an error answer into an *Error. A body that is not a
+// problem document becomes the title, after the status.
+func readError(resp *http.Response) *Error {
+	e := &Error{}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxProblemBytes))
+	if json.Unmarshal(b, &e.Problem) != nil || e.Title == "" {
+		e.Problem = proto.Problem{Title: fmt.Sprintf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
+	}
+	e.Status = resp.StatusCode
+	return e
+}
+
+// ---- Login (public calls: a Client without a token) ----
+
+// Info returns the coordinator's public description (GET /api/v1/info)
+// into out.
+func (c *Client) Info(ctx context.Context, out any) error {
+	return c.Do(ctx, http.MethodGet, proto.APIVersion+"/info", nil, out)
+}
+
+// LoginStart starts a login (POST /api/v1/login/start).
+func (c *Client) LoginStart(ctx context.Context, req proto.LoginStartRequest) (proto.LoginStartResponse, error) {
+	return call[proto.LoginStartResponse](ctx, c, http.MethodPost, proto.APIVersion+"/login/start", req)
+}
+
+// LoginPoll asks whether the login is complete (POST /api/v1/login/poll).
+// While it is not, the error is an *Error with Code proto.CodeLoginPending.
+func (c *Client) LoginPoll(ctx context.Context, req proto.LoginPollRequest) (proto.Session, error) {
+	return call[proto.Session](ctx, c, http.MethodPost, proto.APIVersion+"/login/poll", req)
+}
+
+// LoginExchange exchanges the one-time code of a loopback redirect for a
+// session (POST /api/v1/login/exchange).
+func (c *Client) LoginExchange(ctx context.Context, req proto.LoginExchangeRequest) (proto.Session, error) {
+	return call[proto.Session](ctx, c, http.MethodPost, proto.APIVersion+"/login/exchange", req)
+}
+
+// LoginToken exchanges an ID token for a session (POST
+// /api/v1/login/token).
+func (c *Client) LoginToken(ctx context.Context, req proto.TokenExchangeRequest) (proto.Session, error) {
+	return call[proto.Session](ctx, c, http.MethodPost, proto.APIVersion+"/login/token", req)
+}
+
+// Logout ends c's session (DELETE /api/v1/session).
+func (c *Client) Logout(ctx context.Context) error {
+	return c.Do(ctx, http.MethodDelete, proto.APIVersion+"/session", nil, nil)
+}
+
+// Whoami returns who c's session is (GET /api/v1/whoami).
+func (c *Client) Whoami(ctx context.Context) (proto.Whoami, error) {
+	return call[proto.Whoami](ctx, c, http.MethodGet, proto.APIVersion+"/whoami", nil)
+}
+
+// ---- Registration (a session or a join token; then the node token) ----
+
+// RegisterDevice registers a device's key under c's session (POST
+// /api/v1/devices).
+func (c *Client) RegisterDevice(ctx context.Context, req proto.RegisterDeviceRequest) (proto.RegisterResponse, error) {
+	return call[proto.RegisterResponse](ctx, c, http.MethodPost, proto.APIVersion+"/devices", req)
+}
+
+// RegisterAgent registers an agent with c's join token (POST
+// /api/v1/agents).
+func (c *Client) RegisterAgent(ctx context.Context, req proto.RegisterAgentRequest) (proto.RegisterResponse, error) {
+	return call[proto.RegisterResponse](ctx, c, http.MethodPost, proto.APIVersion+"/agents", req)
+}
+
+// Deregister removes the node whose node token c holds (DELETE
+// /api/v1/nodes/self).
+func (c *Client) Deregister(ctx context.Context) error {
+	return c.Do(ctx, http.MethodDelete, proto.APIVersion+"/nodes/self", nil, nil)
+}
+
+// ---- A node's calls (the node token) ----
+
+// PublishEndpoints publishes the node's UDP endpoints (PUT
+// /api/v1/nodes/self/endpoints).
+func (c *Client) PublishEndpoints(ctx context.Context, eps []netip.AddrPort) error {
+	return c.Do(ctx, http.MethodPut, proto.APIVersion+"/nodes/self/endpoints", proto.EndpointsUpdate{Endpoints: eps}, nil)
+}
+
+// ShipAudit sends a batch of audit events (POST /api/v1/audit/events).
+func (c *Client) ShipAudit(ctx context.Context, b proto.AuditBatch) (proto.AuditAck, error) {
+	return call[proto.AuditAck](ctx, c, http.MethodPost, proto.APIVersion+"/audit/events", b)
+}
+
+// MapPath is the path of the map stream.
+const MapPath = proto.APIVersion + "/map"
+
+// MapStream opens the node's map stream (GET /api/v1/map), publishing eps
+// (if any) as its endpoints, and returns the newline-delimited JSON body
+// for the caller to read and close. ctx bounds the whole stream.
+func (c *Client) MapStream(ctx context.Context, eps []netip.AddrPort) (io.ReadCloser, error) {
+	path := MapPath
+	if len(eps) > 0 {
+		list := make([]string, len(eps))
+		for i, e := range eps {
+			list[i] = e.String()
+		}
+		path += "?" + url.Values{proto.MapEndpointsParam: {strings.Join(list, ",")}}.Encode()
+	}
+	return c.Open(ctx, path, http.Header{"Accept": {"application/x-ndjson"}})
+}
+
+// DialRelay opens the node's relay connection (GET proto.RelayPath,
+// upgraded to proto.RelayUpgrade) and returns it for the caller to
+// close. The upgrade needs HTTP/1.1: c's *http.Client must not
+// negotiate HTTP/2. ctx bounds the connection.
+func (c *Client) DialRelay(ctx context.Context) (io.ReadWriteCloser, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, proto.RelayPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", proto.RelayUpgrade)
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		defer resp.Body.Close()
+		return nil, readError(resp)
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return nil, errors.New("upgraded body is not writable")
+	}
+	return rwc, nil
+}
