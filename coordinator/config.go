@@ -113,6 +113,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; tests inject one.
 	Now func() time.Time
+	// Version is the version GET /api/v1/info reports; empty means this
+	// binary's (version.Get). Tests that run a CLI of one version against
+	// a coordinator of another in one process set it.
+	Version string
 }
 
 // OIDCConfig names the identity provider. The coordinator is its only

@@ -1,0 +1,194 @@
+// Package coordinatortest runs a real coordinator in-process for other
+// packages' tests: its store is bbolt in a temporary directory, its clock
+// is the caller's, and a small OIDC identity provider served beside it
+// signs users in, so a test can log in, set up clusters, roles and
+// grants through the API, and run a client against what the coordinator
+// really answers.
+package coordinatortest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/proto"
+)
+
+// ClientID is the OIDC client id the coordinator is configured with.
+const ClientID = "clustral"
+
+// IssuerPath is where the identity provider is served on the
+// coordinator's test server: its issuer is URL + IssuerPath.
+const IssuerPath = "/idp"
+
+// Coordinator is a coordinator serving HTTPS on a loopback test server,
+// with its identity provider at URL + IssuerPath. Start closes it when
+// the test ends.
+type Coordinator struct {
+	*coordinator.Server
+	// URL is the coordinator's public URL, https://127.0.0.1:port.
+	URL string
+	// CAFile is a PEM file with the test server's certificate, for a
+	// client to trust.
+	CAFile string
+
+	tb  testing.TB
+	srv *httptest.Server
+	key *ecdsa.PrivateKey
+}
+
+// Start starts a coordinator with its store in tb.TempDir(), the clock
+// now, the identity provider beside it, and configure (if not nil)
+// applied to its Config last. Logins get sessions of 8 hours unless
+// configure sets SessionTTL.
+func Start(tb testing.TB, now func() time.Time, configure func(*coordinator.Config)) *Coordinator {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := &Coordinator{tb: tb, key: key}
+	// The URL must be known before the coordinator is made, and its OIDC
+	// discovery needs the issuer up: serve the issuer first and plug the
+	// coordinator in after.
+	var api http.Handler = http.NotFoundHandler()
+	mux := http.NewServeMux()
+	mux.Handle(IssuerPath+"/", http.StripPrefix(IssuerPath, c.issuer()))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { api.ServeHTTP(w, r) })
+	c.srv = httptest.NewUnstartedServer(mux)
+	c.srv.StartTLS()
+	tb.Cleanup(c.srv.Close)
+	c.URL = c.srv.URL
+	c.CAFile = filepath.Join(tb.TempDir(), "ca.pem")
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.srv.Certificate().Raw})
+	if err := os.WriteFile(c.CAFile, ca, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+
+	cfg := coordinator.Config{
+		Listen:     c.srv.Listener.Addr().String(),
+		STUNListen: "off",
+		PublicURL:  c.URL,
+		DataDir:    tb.TempDir(),
+		OIDC:       coordinator.OIDCConfig{Issuer: c.URL + IssuerPath, ClientID: ClientID, ClientSecret: "secret", CAFile: c.CAFile},
+		SessionTTL: 8 * time.Hour,
+		Logger:     slog.New(slog.DiscardHandler),
+		Now:        now,
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	s, err := coordinator.New(context.Background(), cfg)
+	if err != nil {
+		tb.Fatalf("start coordinator: %v", err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	c.Server = s
+	api = s.Handler()
+	return c
+}
+
+// issuer serves OIDC discovery and the signing keys: enough for the
+// coordinator to verify the ID tokens Login mints.
+func (c *Coordinator) issuer() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		iss := c.URL + IssuerPath
+		json.NewEncoder(w).Encode(map[string]any{
+			"issuer":                                iss,
+			"authorization_endpoint":                iss + "/authorize",
+			"token_endpoint":                        iss + "/token",
+			"jwks_uri":                              iss + "/keys",
+			"id_token_signing_alg_values_supported": []string{"ES256"},
+		})
+	})
+	mux.HandleFunc("GET /keys", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &c.key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	})
+	return mux
+}
+
+// Login signs email in with groups by ID-token exchange (POST
+// /api/v1/login/token) and returns the session the coordinator issued.
+// The ID token's validity is real time, which the OIDC verifier checks;
+// the session's is the coordinator's clock.
+func (c *Coordinator) Login(email string, groups ...string) proto.Session {
+	c.tb.Helper()
+	if groups == nil {
+		groups = []string{}
+	}
+	claims := jwt.MapClaims{
+		"iss": c.URL + IssuerPath, "aud": ClientID, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Hour).Unix(),
+		"sub": "sub-" + email, "email": email, "email_verified": true, "name": email, "groups": groups,
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
+	tok.Header["kid"] = "k1"
+	idt, err := tok.SignedString(c.key)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	var s proto.Session
+	c.Do("", http.MethodPost, proto.APIVersion+"/login/token", proto.TokenExchangeRequest{IDToken: idt}, &s)
+	return s
+}
+
+// Do sends a JSON request with the bearer token (none if empty) and
+// decodes a 2xx answer into out (if not nil); any other answer fails the
+// test.
+func (c *Coordinator) Do(token, method, path string, body, out any) {
+	c.tb.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			c.tb.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.URL+path, rd)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.srv.Client().Do(req)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	if resp.StatusCode/100 != 2 {
+		c.tb.Fatalf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			c.tb.Fatal(fmt.Errorf("%s %s: decode %s: %w", method, path, b, err))
+		}
+	}
+}
+
+// CloseListener stops the test server, so the coordinator is unreachable.
+func (c *Coordinator) CloseListener() { c.srv.Close() }
