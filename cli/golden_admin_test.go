@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/pkg/version"
+	"github.com/clustral/clustral/proto"
 )
 
 // TestGoldenAdmin runs the management, access, audit and version commands
@@ -169,8 +171,9 @@ func TestGoldenAdmin(t *testing.T) {
 
 // TestGoldenLogout checks logout's lines, without a running up.
 func TestGoldenLogout(t *testing.T) {
-	e := newTestEnv(t)
-	e.login("alice@example.com", fixedNow.Add(8*time.Hour))
+	e := newRealEnv(t, nil)
+	alice := e.real.Login("alice@example.com")
+	e.useSession(alice)
 	code, out, errb := e.run("logout")
 	if code != 0 {
 		t.Fatalf("exit %d; stderr:\n%s", code, errb)
@@ -179,6 +182,20 @@ func TestGoldenLogout(t *testing.T) {
 		t.Errorf("colour escapes in output that is not a terminal:\n%q", out+errb)
 	}
 	golden(t, "logout", e.mask(out+errb))
+	// The coordinator revoked the session.
+	req, err := http.NewRequest(http.MethodGet, e.coordURL+proto.APIVersion+"/whoami", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+alice.Token)
+	resp, err := e.real.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("whoami with the logged-out session: %s, want 401", resp.Status)
+	}
 }
 
 // checkJSONOutput checks that out is one JSON document, or with lines

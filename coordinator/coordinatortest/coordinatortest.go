@@ -171,7 +171,7 @@ func (c *Coordinator) Do(token, method, path string, body, out any) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := c.srv.Client().Do(req)
+	resp, err := c.Client().Do(req)
 	if err != nil {
 		c.tb.Fatal(err)
 	}
@@ -190,5 +190,6 @@ func (c *Coordinator) Do(token, method, path string, body, out any) {
 	}
 }
 
-// CloseListener stops the test server, so the coordinator is unreachable.
-func (c *Coordinator) CloseListener() { c.srv.Close() }
+
+// Client returns an HTTP client that trusts the test server.
+func (c *Coordinator) Client() *http.Client { return c.srv.Client() }
