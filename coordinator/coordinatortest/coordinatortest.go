@@ -190,6 +190,5 @@ func (c *Coordinator) Do(token, method, path string, body, out any) {
 	}
 }
 
-
 // Client returns an HTTP client that trusts the test server.
 func (c *Coordinator) Client() *http.Client { return c.srv.Client() }
