@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/pkg/version"
 	"github.com/clustral/clustral/proto"
 )
@@ -47,34 +49,7 @@ func TestGoldenAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tests := []struct {
-		name string
-		args []string
-		// plain commands have no -o and print one line.
-		plain bool
-		// brokenAt makes the audit log fail verification at that record.
-		brokenAt uint64
-		// jsonLines: -o json writes one compact document a line.
-		jsonLines bool
-		// code is the exit status.
-		code int
-		// sent are substrings of the requests the command must send,
-		// as fakeAdmin.record writes them.
-		sent []string
-	}{
-		{name: "roles-list", args: []string{"roles", "list"}},
-		{name: "roles-show", args: []string{"roles", "show", "dev-deployer"}, sent: []string{"GET /api/v1/roles/dev-deployer"}},
-		{name: "roles-create", args: []string{"roles", "create", "deployer", "--group", "clustral:edit", "--description", "roll out to dev",
-			"--namespace", "dev,staging", "--api-group", "apps", "--resource", "deployments,deployments/scale", "--verb", "get,list,patch",
-			"--resource-name", "api", "--non-resource-url", "/metrics,/logs/*", "--window", "mon-fri 09:00-18:00 Europe/Berlin", "--approver-group", "sre"},
-			sent: []string{`POST /api/v1/roles {"id":"","name":"deployer","description":"roll out to dev","groups":["clustral:edit"],` +
-				`"restrictions":{"namespaces":["dev","staging"],"api_groups":["apps"],"resources":["deployments","deployments/scale"],"verbs":["get","list","patch"],` +
-				`"resource_names":["api"],"non_resource_urls":["/metrics","/logs/*"],"time_windows":[{"days":["mon","tue","wed","thu","fri"],"start":"09:00","end":"18:00","time_zone":"Europe/Berlin"}]},` +
-				`"approver_groups":["sre"]}`}},
-		{name: "roles-update", args: []string{"roles", "update", "viewer", "--rename", "reader", "--group", "clustral:view", "--namespace", "dev,staging"},
-			sent: []string{`PUT /api/v1/roles/viewer {"id":"","name":"reader","groups":["clustral:view"],"restrictions":{"namespaces":["dev","staging"]}}`}},
-		{name: "roles-delete", args: []string{"roles", "delete", "viewer"}, plain: true, sent: []string{"DELETE /api/v1/roles/viewer"}},
-
+	tests := []goldenCase{
 		{name: "clusters-list", args: []string{"clusters", "list"}},
 		{name: "clusters-show", args: []string{"clusters", "show", "prod"}},
 		{name: "clusters-add", args: []string{"clusters", "add", "qa", "--label", "env=qa", "--label", "team=payments"},
@@ -127,6 +102,72 @@ func TestGoldenAdmin(t *testing.T) {
 
 		{name: "version", args: []string{"version"}},
 	}
+	runGolden(t, tests, func(t *testing.T, tt goldenCase) (*testEnv, func() []string) {
+		a.requests()
+		a.mu.Lock()
+		a.brokenAt = tt.brokenAt
+		a.mu.Unlock()
+		return e, a.requests
+	})
+}
+
+// TestGoldenRoles runs the roles commands against a real coordinator
+// in-process, a fresh one for each, which holds the roles admin,
+// dev-deployer and viewer and alice@example.com as its administrator.
+func TestGoldenRoles(t *testing.T) {
+	tests := []goldenCase{
+		{name: "roles-list", args: []string{"roles", "list"}},
+		{name: "roles-show", args: []string{"roles", "show", "dev-deployer"}, sent: []string{"GET /api/v1/roles/dev-deployer"}},
+		{name: "roles-create", args: []string{"roles", "create", "deployer", "--group", "clustral:edit", "--description", "roll out to dev",
+			"--namespace", "dev,staging", "--api-group", "apps", "--resource", "deployments,deployments/scale", "--verb", "get,list,patch",
+			"--resource-name", "api", "--non-resource-url", "/metrics,/logs/*", "--window", "mon-fri 09:00-18:00 Europe/Berlin", "--approver-group", "sre"},
+			sent: []string{`POST /api/v1/roles {"id":"","name":"deployer","description":"roll out to dev","groups":["clustral:edit"],` +
+				`"restrictions":{"namespaces":["dev","staging"],"api_groups":["apps"],"resources":["deployments","deployments/scale"],"verbs":["get","list","patch"],` +
+				`"resource_names":["api"],"non_resource_urls":["/metrics","/logs/*"],"time_windows":[{"days":["mon","tue","wed","thu","fri"],"start":"09:00","end":"18:00","time_zone":"Europe/Berlin"}]},` +
+				`"approver_groups":["sre"]}`}},
+		{name: "roles-update", args: []string{"roles", "update", "viewer", "--rename", "reader", "--group", "clustral:view", "--namespace", "dev,staging"},
+			sent: []string{`PUT /api/v1/roles/viewer {"id":"","name":"reader","groups":["clustral:view"],"restrictions":{"namespaces":["dev","staging"]}}`}},
+		{name: "roles-delete", args: []string{"roles", "delete", "viewer"}, plain: true, sent: []string{"DELETE /api/v1/roles/viewer"}},
+	}
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) (*testEnv, func() []string) {
+		e := newRealEnv(t, func(c *coordinator.Config) {
+			c.Admins = append(c.Admins, "alice@example.com")
+			c.NewID = coordinatortest.IDs(rolAdmin, rolDeploy, rolViewer, rolNew)
+		})
+		alice := e.real.Login("alice@example.com", "dev", "sre")
+		e.useSession(alice)
+		for _, ro := range fakeRoles() {
+			ro.ID = ""
+			e.real.Do(alice.Token, http.MethodPost, proto.APIVersion+"/roles", ro, nil)
+		}
+		e.real.Requests()
+		return e, e.real.Requests
+	})
+}
+
+// goldenCase is a command whose output testdata holds.
+type goldenCase struct {
+	name string
+	args []string
+	// plain commands have no -o and print one line.
+	plain bool
+	// brokenAt makes the audit log fail verification at that record.
+	brokenAt uint64
+	// jsonLines: -o json writes one compact document a line.
+	jsonLines bool
+	// code is the exit status.
+	code int
+	// sent are substrings of the requests the command must send, as
+	// "METHOD /path ?query body".
+	sent []string
+}
+
+// runGolden runs each case, in table and JSON format unless it is plain,
+// in the environment env returns for it, and compares its output with
+// testdata/<name>[.<format>].golden. env's second result returns the
+// requests the coordinator received since env returned.
+func runGolden(t *testing.T, tests []goldenCase, env func(*testing.T, goldenCase) (*testEnv, func() []string)) {
+	t.Helper()
 	for _, tt := range tests {
 		formats := []string{"table", "json"}
 		if tt.plain {
@@ -139,10 +180,7 @@ func TestGoldenAdmin(t *testing.T) {
 				args = append(args[:len(args):len(args)], "-o", format)
 			}
 			t.Run(name, func(t *testing.T) {
-				a.requests()
-				a.mu.Lock()
-				a.brokenAt = tt.brokenAt
-				a.mu.Unlock()
+				e, requests := env(t, tt)
 				code, out, errb := e.run(args...)
 				if code != tt.code {
 					t.Fatalf("exit %d, want %d; stderr:\n%s", code, tt.code, errb)
@@ -150,7 +188,7 @@ func TestGoldenAdmin(t *testing.T) {
 				if strings.Contains(out+errb, "\033[") {
 					t.Errorf("colour escapes in output that is not a terminal:\n%q", out+errb)
 				}
-				sent := strings.Join(a.requests(), "\n")
+				sent := strings.Join(requests(), "\n")
 				for _, s := range tt.sent {
 					if !strings.Contains(sent, s) {
 						t.Errorf("requests sent:\n%s\nwant one with %s", sent, s)

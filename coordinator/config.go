@@ -113,6 +113,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; tests inject one.
 	Now func() time.Time
+	// NewID, when set, makes the identifiers of new users, clusters,
+	// roles, assignments, access requests and nodes (prefix "usr",
+	// "cls", "rol", "asg", "req", "dev", "agt"; the result is the whole
+	// id) instead of random ones, for tests that compare output with
+	// recorded files. Its results must be unique. It is called with the
+	// coordinator's lock held and must not call back into it.
+	NewID func(prefix string) string
 	// Version is the version GET /api/v1/info reports; empty means this
 	// binary's (version.Get). Tests that run a CLI of one version against
 	// a coordinator of another in one process set it.

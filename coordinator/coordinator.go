@@ -741,6 +741,15 @@ func (s *Server) expire() error {
 
 // ---- small helpers ----
 
+// newID returns the identifier of a new object: Config.NewID's, or
+// a random one.
+func (s *Server) newID(prefix string) string {
+	if s.cfg.NewID != nil {
+		return s.cfg.NewID(prefix)
+	}
+	return newID(prefix)
+}
+
 // newID returns a random identifier with a type prefix, e.g. "usr_3f9c…".
 func newID(prefix string) string {
 	var b [10]byte

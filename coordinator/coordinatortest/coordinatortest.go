@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,6 +54,9 @@ type Coordinator struct {
 	tb  testing.TB
 	srv *httptest.Server
 	key *ecdsa.PrivateKey
+
+	mu   sync.Mutex
+	reqs []string // see Requests
 }
 
 // Start starts a coordinator with its store in tb.TempDir(), the clock
@@ -72,7 +76,10 @@ func Start(tb testing.TB, now func() time.Time, configure func(*coordinator.Conf
 	var api http.Handler = http.NotFoundHandler()
 	mux := http.NewServeMux()
 	mux.Handle(IssuerPath+"/", http.StripPrefix(IssuerPath, c.issuer()))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { api.ServeHTTP(w, r) })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		c.record(r)
+		api.ServeHTTP(w, r)
+	})
 	c.srv = httptest.NewUnstartedServer(mux)
 	c.srv.StartTLS()
 	tb.Cleanup(c.srv.Close)
@@ -192,3 +199,58 @@ func (c *Coordinator) Do(token, method, path string, body, out any) {
 
 // Client returns an HTTP client that trusts the test server.
 func (c *Coordinator) Client() *http.Client { return c.srv.Client() }
+
+// Requests returns the API requests the coordinator received since the
+// last call, in order, as "METHOD /path ?query body" (the query and the
+// body, with surrounding space trimmed, only when present).
+func (c *Coordinator) Requests() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.reqs
+	c.reqs = nil
+	return r
+}
+
+func (c *Coordinator) record(r *http.Request) {
+	s := r.Method + " " + r.URL.Path
+	if r.URL.RawQuery != "" {
+		s += " ?" + r.URL.RawQuery
+	}
+	if r.Body != nil {
+		b, err := io.ReadAll(r.Body)
+		r.Body.Close()
+		if err != nil {
+			c.tb.Errorf("read request body: %v", err)
+		}
+		if t := bytes.TrimSpace(b); len(t) > 0 {
+			s += " " + string(t)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+	}
+	c.mu.Lock()
+	c.reqs = append(c.reqs, s)
+	c.mu.Unlock()
+}
+
+// IDs returns a Config.NewID that hands out ids in order by their
+// prefix (the text before "_"), and once a prefix's are used up,
+// prefix_00000000000000000001 and on.
+func IDs(ids ...string) func(prefix string) string {
+	var mu sync.Mutex
+	queue := map[string][]string{}
+	for _, id := range ids {
+		p, _, _ := strings.Cut(id, "_")
+		queue[p] = append(queue[p], id)
+	}
+	n := 0
+	return func(prefix string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		if q := queue[prefix]; len(q) > 0 {
+			queue[prefix] = q[1:]
+			return q[0]
+		}
+		n++
+		return fmt.Sprintf("%s_%020x", prefix, n)
+	}
+}
