@@ -70,6 +70,8 @@ type testEnv struct {
 	// Either real or coord is set.
 	real  *coordinatortest.Coordinator
 	coord *fakeCoord
+	// realNow is the real coordinator's clock; see setRealNow.
+	realNow atomic.Pointer[time.Time]
 }
 
 // newTestEnv is a testEnv with the fake coordinator.
@@ -82,12 +84,14 @@ func newTestEnv(t *testing.T) *testEnv {
 }
 
 // newRealEnv is a testEnv with a real coordinator in-process: its store
-// in a temporary directory, its clock fixedNow, admin@example.com its
+// in a temporary directory, its clock fixedNow (see setRealNow),
+// admin@example.com its
 // administrator, and configure (if not nil) applied to its Config.
 func newRealEnv(t *testing.T, configure func(*coordinator.Config)) *testEnv {
 	t.Helper()
 	e := newBareEnv(t)
-	e.real = coordinatortest.Start(t, func() time.Time { return fixedNow }, func(c *coordinator.Config) {
+	e.realNow.Store(&fixedNow)
+	e.real = coordinatortest.Start(t, func() time.Time { return *e.realNow.Load() }, func(c *coordinator.Config) {
 		c.Admins = []string{"admin@example.com"}
 		if configure != nil {
 			configure(c)
@@ -95,6 +99,13 @@ func newRealEnv(t *testing.T, configure func(*coordinator.Config)) *testEnv {
 	})
 	e.coordURL, e.caFile = e.real.URL, e.real.CAFile
 	return e
+}
+
+// setRealNow sets the real coordinator's clock to fixedNow+d, to set
+// up what happened before fixedNow; the CLI's stays at fixedNow.
+func (e *testEnv) setRealNow(d time.Duration) {
+	t := fixedNow.Add(d)
+	e.realNow.Store(&t)
 }
 
 // newBareEnv is a testEnv without a coordinator.

@@ -67,11 +67,6 @@ func TestGoldenAdmin(t *testing.T) {
 			sent: []string{`POST /api/v1/assignments {"id":"","group":"sre","role":"admin","cluster_selector":{"env":"prod"},"expires":"2030-01-02T18:00:00Z"`}},
 		{name: "unassign", args: []string{"unassign", asgNew}, plain: true, sent: []string{"DELETE /api/v1/assignments/" + asgNew}},
 
-		{name: "users-list", args: []string{"users", "list"}},
-		{name: "users-show", args: []string{"users", "show", "alice@example.com"}},
-		{name: "users-disable", args: []string{"users", "disable", "bob@example.com"}, plain: true, sent: []string{"POST /api/v1/users/bob@example.com/disable"}},
-		{name: "users-enable", args: []string{"users", "enable", "carol@example.com"}, plain: true, sent: []string{"POST /api/v1/users/carol@example.com/enable"}},
-
 		{name: "devices-list", args: []string{"devices", "list"}},
 		{name: "devices-list-user", args: []string{"devices", "list", "--user", "bob@example.com"}, sent: []string{"GET /api/v1/devices ?user=bob%40example.com"}},
 		{name: "devices-revoke", args: []string{"devices", "revoke", devBob}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devBob}},
@@ -143,6 +138,54 @@ func TestGoldenRoles(t *testing.T) {
 		e.real.Requests()
 		return e, e.real.Requests
 	})
+}
+
+// TestGoldenUsers runs the users commands against a real coordinator
+// in-process, a fresh one for each, to which alice@example.com (its
+// administrator), bob@example.com and carol@example.com (disabled since)
+// logged in.
+func TestGoldenUsers(t *testing.T) {
+	tests := []goldenCase{
+		{name: "users-list", args: []string{"users", "list"}},
+		{name: "users-show", args: []string{"users", "show", "alice@example.com"}},
+		{name: "users-disable", args: []string{"users", "disable", "bob@example.com"}, plain: true, sent: []string{"POST /api/v1/users/bob@example.com/disable"}},
+		{name: "users-enable", args: []string{"users", "enable", "carol@example.com"}, plain: true, sent: []string{"POST /api/v1/users/carol@example.com/enable"}},
+	}
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) (*testEnv, func() []string) {
+		e := newRealEnv(t, func(c *coordinator.Config) {
+			c.Admins = append(c.Admins, "alice@example.com")
+			c.NewID = coordinatortest.IDs(usrAlice, usrBob, usrCarol)
+		})
+		e.useSession(setupUsers(e))
+		e.real.Requests()
+		return e, e.real.Requests
+	})
+}
+
+// setupUsers has the users of fakeUsers log in to e's real coordinator
+// when they were created and last seen (in that order, so they get their
+// ids if the coordinator's NewID hands them out), and disables carol. It
+// returns alice's session.
+func setupUsers(e *testEnv) proto.Session {
+	e.t.Helper()
+	var alice proto.Session
+	for _, u := range fakeUsers() {
+		claims := map[string]any{"email": u.Email, "name": u.Name, "groups": append([]string{}, u.Groups...)}
+		e.setRealNow(u.Created.Sub(fixedNow))
+		e.real.LoginClaims(claims)
+		e.setRealNow(u.LastSeen.Sub(fixedNow))
+		s := e.real.LoginClaims(claims)
+		if u.Login == "alice@example.com" {
+			alice = s
+		}
+	}
+	e.setRealNow(0)
+	for _, u := range fakeUsers() {
+		if u.Disabled {
+			e.real.Do(alice.Token, http.MethodPost, proto.APIVersion+"/users/"+u.Login+"/disable", nil, nil)
+		}
+	}
+	return alice
 }
 
 // goldenCase is a command whose output testdata holds.

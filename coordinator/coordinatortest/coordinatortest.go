@@ -133,20 +133,36 @@ func (c *Coordinator) issuer() http.Handler {
 	return mux
 }
 
-// Login signs email in with groups by ID-token exchange (POST
-// /api/v1/login/token) and returns the session the coordinator issued.
-// The ID token's validity is real time, which the OIDC verifier checks;
-// the session's is the coordinator's clock.
+// Login signs email in with groups by ID-token exchange; see
+// LoginClaims.
 func (c *Coordinator) Login(email string, groups ...string) proto.Session {
 	c.tb.Helper()
 	if groups == nil {
 		groups = []string{}
 	}
-	claims := jwt.MapClaims{
-		"iss": c.URL + IssuerPath, "aud": ClientID, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Hour).Unix(),
-		"sub": "sub-" + email, "email": email, "email_verified": true, "name": email, "groups": groups,
+	return c.LoginClaims(map[string]any{"email": email, "groups": groups})
+}
+
+// LoginClaims signs in the user the ID token's claims describe by
+// ID-token exchange (POST /api/v1/login/token) and returns the session
+// the coordinator issued. claims must hold "email"; "sub" defaults to
+// "sub-<email>", "name" to the email, "email_verified" to true and
+// "groups" to none. The token's validity is real time, which the OIDC
+// verifier checks; the session's is the coordinator's clock.
+func (c *Coordinator) LoginClaims(claims map[string]any) proto.Session {
+	c.tb.Helper()
+	email, ok := claims["email"].(string)
+	if !ok {
+		c.tb.Fatalf("LoginClaims: no email in %v", claims)
 	}
-	tok := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
+	mc := jwt.MapClaims{
+		"iss": c.URL + IssuerPath, "aud": ClientID, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Hour).Unix(),
+		"sub": "sub-" + email, "email_verified": true, "name": email, "groups": []string{},
+	}
+	for k, v := range claims {
+		mc[k] = v
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, mc)
 	tok.Header["kid"] = "k1"
 	idt, err := tok.SignedString(c.key)
 	if err != nil {
