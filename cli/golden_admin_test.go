@@ -62,12 +62,6 @@ func TestGoldenAdmin(t *testing.T) {
 		{name: "clusters-revoke-token", args: []string{"clusters", "revoke-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/revoke-token"}},
 		{name: "clusters-delete", args: []string{"clusters", "delete", "dev"}, plain: true, sent: []string{"DELETE /api/v1/clusters/dev"}},
 
-		{name: "assign-user", args: []string{"assign", "--user", "bob@example.com", "--role", "viewer", "--cluster", "prod"},
-			sent: []string{`POST /api/v1/assignments {"id":"","user":"bob@example.com","role":"viewer","cluster":"prod","created":"0001-01-01T00:00:00Z"}`}},
-		{name: "assign-group", args: []string{"assign", "--group", "sre", "--role", "admin", "--selector", "env=prod", "--for", "8h"},
-			sent: []string{`POST /api/v1/assignments {"id":"","group":"sre","role":"admin","cluster_selector":{"env":"prod"},"expires":"2030-01-02T18:00:00Z"`}},
-		{name: "unassign", args: []string{"unassign", asgNew}, plain: true, sent: []string{"DELETE /api/v1/assignments/" + asgNew}},
-
 		{name: "devices-list", args: []string{"devices", "list"}},
 		{name: "devices-list-user", args: []string{"devices", "list", "--user", "bob@example.com"}, sent: []string{"GET /api/v1/devices ?user=bob%40example.com"}},
 		{name: "devices-revoke", args: []string{"devices", "revoke", devBob}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devBob}},
@@ -276,6 +270,42 @@ func setupAccess(e *testEnv) proto.Session {
 	}
 	e.setRealNow(0)
 	return c.Login("alice@example.com", "dev", "sre")
+}
+
+// TestGoldenAssign runs assign and unassign against a real coordinator
+// in-process, a fresh one for each, that holds the clusters and roles of
+// fakeClusters and fakeRoles, alice@example.com (its administrator) and
+// bob@example.com, and for unassign the assignment it removes.
+func TestGoldenAssign(t *testing.T) {
+	tests := []goldenCase{
+		{name: "assign-user", args: []string{"assign", "--user", "bob@example.com", "--role", "viewer", "--cluster", "prod"},
+			sent: []string{`POST /api/v1/assignments {"id":"","user":"bob@example.com","role":"viewer","cluster":"prod","created":"0001-01-01T00:00:00Z"}`}},
+		{name: "assign-group", args: []string{"assign", "--group", "sre", "--role", "admin", "--selector", "env=prod", "--for", "8h"},
+			sent: []string{`POST /api/v1/assignments {"id":"","group":"sre","role":"admin","cluster_selector":{"env":"prod"},"expires":"2030-01-02T18:00:00Z"`}},
+		{name: "unassign", args: []string{"unassign", asgNew}, plain: true, sent: []string{"DELETE /api/v1/assignments/" + asgNew}},
+	}
+	runGolden(t, tests, func(t *testing.T, tt goldenCase) (*testEnv, func() []string) {
+		e := newRealEnv(t, func(c *coordinator.Config) {
+			c.Admins = append(c.Admins, "alice@example.com")
+			c.NewID = coordinatortest.IDs(asgNew)
+		})
+		c, v := e.real, proto.APIVersion
+		alice := c.Login("alice@example.com", "dev", "sre")
+		c.Login("bob@example.com", "dev")
+		for _, cl := range fakeClusters() {
+			c.Do(alice.Token, http.MethodPost, v+"/clusters", proto.CreateClusterRequest{Name: cl.Name, Labels: cl.Labels}, nil)
+		}
+		for _, ro := range fakeRoles() {
+			ro.ID = ""
+			c.Do(alice.Token, http.MethodPost, v+"/roles", ro, nil)
+		}
+		if tt.name == "unassign" {
+			c.Do(alice.Token, http.MethodPost, v+"/assignments", proto.Assignment{User: "bob@example.com", Role: "viewer", Cluster: "prod"}, nil)
+		}
+		e.useSession(alice)
+		c.Requests()
+		return e, c.Requests
+	})
 }
 
 // goldenCase is a command whose output testdata holds.
