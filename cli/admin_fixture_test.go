@@ -15,12 +15,14 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// fakeAdmin is the coordinator's management, access and audit API as the
-// coordinator answers it (api.go, manage.go, access.go, audit.go), over
-// the fake coordinator of a testEnv. It keeps a fixed set of clusters,
-// roles, users, devices, access requests and audit events; creations and
-// changes answer what the coordinator would store, without storing it, so
-// every command sees the same data.
+// fakeAdmin is the coordinator's cluster, device and audit API as the
+// coordinator answers it, over the fake coordinator of a testEnv, for
+// the goldens a real coordinator cannot reproduce (see TestGoldenAdmin).
+// It keeps a fixed set of clusters, devices and audit events; creations
+// and changes answer what the coordinator would store, without storing
+// it, so every command sees the same data. The roles, users and access
+// requests here are what the real coordinator is set up with for the
+// other goldens.
 type fakeAdmin struct {
 	e *testEnv
 
@@ -159,7 +161,7 @@ func fakeAuditEvents() []proto.AuditEvent {
 	return evs
 }
 
-// installAdmin adds the management, access and audit routes to e's fake
+// installAdmin adds the cluster, device and audit routes to e's fake
 // coordinator.
 func installAdmin(e *testEnv) *fakeAdmin {
 	e.t.Helper()
@@ -245,102 +247,6 @@ func installAdmin(e *testEnv) *fakeAdmin {
 		}
 	})
 
-	role := func(w http.ResponseWriter, ref string) (proto.Role, bool) {
-		for _, ro := range fakeRoles() {
-			if ro.Name == ref || ro.ID == ref {
-				return ro, true
-			}
-		}
-		notFound(w, "role", ref)
-		return proto.Role{}, false
-	}
-	route("GET "+v+"/roles", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		writeTestJSON(w, fakeRoles())
-	})
-	route("POST "+v+"/roles", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.Role
-		if !a.decode(w, r, &req) {
-			return
-		}
-		req.ID = rolNew
-		writeTestStatusJSON(w, http.StatusCreated, req)
-	})
-	route("GET "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if ro, ok := role(w, r.PathValue("role")); ok {
-			writeTestJSON(w, ro)
-		}
-	})
-	route("PUT "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.Role
-		if !a.decode(w, r, &req) {
-			return
-		}
-		ro, ok := role(w, r.PathValue("role"))
-		if !ok {
-			return
-		}
-		req.ID = ro.ID
-		if req.Name == "" {
-			req.Name = ro.Name
-		}
-		writeTestJSON(w, req)
-	})
-	route("DELETE "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if _, ok := role(w, r.PathValue("role")); ok {
-			w.WriteHeader(http.StatusNoContent)
-		}
-	})
-
-	route("POST "+v+"/assignments", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.Assignment
-		if !a.decode(w, r, &req) {
-			return
-		}
-		// The coordinator answers with names, and the expiry it was sent.
-		out := proto.Assignment{ID: asgNew, User: req.User, Group: req.Group, Role: req.Role, Cluster: req.Cluster, ClusterSelector: req.ClusterSelector, Created: fixedNow, Expires: req.Expires}
-		writeTestStatusJSON(w, http.StatusCreated, out)
-	})
-	route("DELETE "+v+"/assignments/{id}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if r.PathValue("id") != asgNew {
-			notFound(w, "assignment", r.PathValue("id"))
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-
-	user := func(w http.ResponseWriter, ref string) (proto.User, bool) {
-		for _, u := range fakeUsers() {
-			if u.Login == ref || u.Email == ref || u.ID == ref {
-				return u, true
-			}
-		}
-		notFound(w, "user", ref)
-		return proto.User{}, false
-	}
-	route("GET "+v+"/users", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		writeTestJSON(w, fakeUsers())
-	})
-	route("GET "+v+"/users/{user}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if u, ok := user(w, r.PathValue("user")); ok {
-			writeTestJSON(w, u)
-		}
-	})
-	route("POST "+v+"/users/{user}/{action}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		u, ok := user(w, r.PathValue("user"))
-		if !ok {
-			return
-		}
-		u.Disabled = r.PathValue("action") == "disable"
-		writeTestJSON(w, u)
-	})
-
 	route("GET "+v+"/devices", func(w http.ResponseWriter, r *http.Request) {
 		a.record(r, nil)
 		ds := fakeDevices()
@@ -356,55 +262,6 @@ func installAdmin(e *testEnv) *fakeAdmin {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
-	})
-
-	route("POST "+v+"/access-requests", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.CreateAccessRequest
-		if !a.decode(w, r, &req) {
-			return
-		}
-		writeTestStatusJSON(w, http.StatusCreated, proto.AccessRequest{
-			ID: reqNew, User: "alice@example.com", Role: req.Role, Cluster: req.Cluster, Reason: req.Reason, Duration: req.Duration,
-			State: proto.RequestPending, Created: fixedNow, PendingUntil: at(time.Hour),
-		})
-	})
-	route("GET "+v+"/access-requests", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		ars := fakeAccessRequests()
-		if s := r.URL.Query().Get("state"); s != "" {
-			ars = slices.DeleteFunc(ars, func(ar proto.AccessRequest) bool { return ar.State != s })
-		}
-		writeTestJSON(w, ars)
-	})
-	route("POST "+v+"/access-requests/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
-		var d proto.AccessDecision
-		if !a.decode(w, r, &d) {
-			return
-		}
-		i := slices.IndexFunc(fakeAccessRequests(), func(ar proto.AccessRequest) bool { return ar.ID == r.PathValue("id") })
-		if i < 0 {
-			notFound(w, "access request", r.PathValue("id"))
-			return
-		}
-		ar := fakeAccessRequests()[i]
-		ar.DecidedBy, ar.DecidedAt, ar.DecisionReason = "alice@example.com", fixedNow, d.Reason
-		switch r.PathValue("action") {
-		case "approve":
-			ar.State = proto.RequestApproved
-			if d.Duration != 0 {
-				ar.Duration = d.Duration
-			}
-			ar.GrantExpires = atp(time.Duration(ar.Duration))
-		case "deny":
-			ar.State = proto.RequestDenied
-		case "revoke":
-			ar.State = proto.RequestRevoked
-			ar.GrantExpires = atp(0)
-		default:
-			notFound(w, "action", r.PathValue("action"))
-			return
-		}
-		writeTestJSON(w, ar)
 	})
 
 	route("GET "+v+"/audit/events", func(w http.ResponseWriter, r *http.Request) {
