@@ -15,14 +15,13 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// fakeAdmin is the coordinator's cluster, device and audit API as the
+// fakeAdmin is the coordinator's device and audit API as the
 // coordinator answers it, over the fake coordinator of a testEnv, for
 // the goldens a real coordinator cannot reproduce (see TestGoldenAdmin).
-// It keeps a fixed set of clusters, devices and audit events; creations
-// and changes answer what the coordinator would store, without storing
-// it, so every command sees the same data. The roles, users and access
-// requests here are what the real coordinator is set up with for the
-// other goldens.
+// It keeps a fixed set of devices and audit events; changes answer what
+// the coordinator would, without storing them, so every command sees the
+// same data. The clusters, roles, users and access requests here are
+// what the real coordinator is set up with for the other goldens.
 type fakeAdmin struct {
 	e *testEnv
 
@@ -38,6 +37,7 @@ const (
 	clsProd    = "cls_1f0e2d3c4b5a69788796"
 	clsStaging = "cls_2a3b4c5d6e7f80919a0b"
 	clsDev     = "cls_3c4d5e6f708192a3b4c5"
+	clsNew     = "cls_4d5e6f708192a3b4c5d6"
 	rolViewer  = "rol_0a1b2c3d4e5f60718293"
 	rolDeploy  = "rol_1b2c3d4e5f6071829304"
 	rolAdmin   = "rol_2c3d4e5f607182930415"
@@ -53,8 +53,8 @@ const (
 	reqActive  = "req_d3c4d5e6f708192a3b4c"
 	reqDenied  = "req_e4d5e6f708192a3b4c5d"
 	reqNew     = "req_f5e6f708192a3b4c5d6e"
-	// Join tokens as newSecret makes them: a prefix and 43 base64url
-	// characters.
+	// Join tokens as the goldens show them (made up; the coordinator's
+	// are random).
 	joinNew     = "cjt_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2Fy"
 	joinRotated = "cjt_cm90YXRlZHRva2VuZm9ycHJvZGFnZW50c29ubHkx"
 )
@@ -161,7 +161,7 @@ func fakeAuditEvents() []proto.AuditEvent {
 	return evs
 }
 
-// installAdmin adds the cluster, device and audit routes to e's fake
+// installAdmin adds the device and audit routes to e's fake
 // coordinator.
 func installAdmin(e *testEnv) *fakeAdmin {
 	e.t.Helper()
@@ -182,70 +182,6 @@ func installAdmin(e *testEnv) *fakeAdmin {
 	notFound := func(w http.ResponseWriter, what, ref string) {
 		writeTestProblem(w, http.StatusNotFound, proto.CodeNotFound, what+" "+strconv.Quote(ref)+" not found", "")
 	}
-
-	route("GET "+v+"/clusters", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		writeTestJSON(w, fakeClusters())
-	})
-	cluster := func(w http.ResponseWriter, ref string) (proto.Cluster, bool) {
-		for _, c := range fakeClusters() {
-			if c.Name == ref || c.ID == ref {
-				return c, true
-			}
-		}
-		notFound(w, "cluster", ref)
-		return proto.Cluster{}, false
-	}
-	route("POST "+v+"/clusters", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.CreateClusterRequest
-		if !a.decode(w, r, &req) {
-			return
-		}
-		if len(req.Labels) == 0 {
-			req.Labels = nil
-		}
-		writeTestStatusJSON(w, http.StatusCreated, proto.CreateClusterResponse{
-			Cluster:   proto.Cluster{ID: "cls_4d5e6f708192a3b4c5d6", Name: req.Name, Labels: req.Labels, Created: fixedNow},
-			JoinToken: joinNew,
-		})
-	})
-	route("GET "+v+"/clusters/{cluster}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if c, ok := cluster(w, r.PathValue("cluster")); ok {
-			writeTestJSON(w, c)
-		}
-	})
-	route("PUT "+v+"/clusters/{cluster}/labels", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.ClusterLabels
-		if !a.decode(w, r, &req) {
-			return
-		}
-		if c, ok := cluster(w, r.PathValue("cluster")); ok {
-			c.Labels = req.Labels
-			writeTestJSON(w, c)
-		}
-	})
-	route("POST "+v+"/clusters/{cluster}/{action}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		c, ok := cluster(w, r.PathValue("cluster"))
-		if !ok {
-			return
-		}
-		switch r.PathValue("action") {
-		case "rotate-token":
-			writeTestJSON(w, proto.JoinToken{Cluster: c.Name, JoinToken: joinRotated})
-		case "revoke-token":
-			writeTestJSON(w, proto.JoinToken{Cluster: c.Name})
-		default:
-			notFound(w, "action", r.PathValue("action"))
-		}
-	})
-	route("DELETE "+v+"/clusters/{cluster}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if _, ok := cluster(w, r.PathValue("cluster")); ok {
-			w.WriteHeader(http.StatusNoContent)
-		}
-	})
 
 	route("GET "+v+"/devices", func(w http.ResponseWriter, r *http.Request) {
 		a.record(r, nil)
@@ -347,10 +283,4 @@ func (a *fakeAdmin) requests() []string {
 	r := a.reqs
 	a.reqs = nil
 	return r
-}
-
-func writeTestStatusJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
 }

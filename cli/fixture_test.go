@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -72,6 +73,9 @@ type testEnv struct {
 	coord *fakeCoord
 	// realNow is the real coordinator's clock; see setRealNow.
 	realNow atomic.Pointer[time.Time]
+	// joinToken, if set, replaces the join tokens in the output (raw and
+	// in a manifest's Secret) in mask.
+	joinToken string
 }
 
 // newTestEnv is a testEnv with the fake coordinator.
@@ -174,8 +178,25 @@ func (e *testEnv) mask(s string) string {
 	// ("grant:req_…", random), which the goldens, written before it did,
 	// show as "grant".
 	s = regexp.MustCompile(`"source": "grant:req_[0-9a-f]+"`).ReplaceAllString(s, `"source": "grant"`)
+	if e.joinToken != "" {
+		s = joinTokenRE.ReplaceAllString(s, e.joinToken)
+		s = secretTokenRE.ReplaceAllStringFunc(s, func(m string) string {
+			b64 := strings.TrimPrefix(m, "token: ")
+			if raw, err := base64.StdEncoding.DecodeString(b64); err == nil && joinTokenRE.Match(raw) {
+				return "token: " + base64.StdEncoding.EncodeToString([]byte(e.joinToken))
+			}
+			return m
+		})
+	}
 	return s
 }
+
+// A join token as the coordinator makes them, and a Secret's data
+// holding one.
+var (
+	joinTokenRE   = regexp.MustCompile(`cjt_[A-Za-z0-9_-]{43}`)
+	secretTokenRE = regexp.MustCompile(`token: [A-Za-z0-9+/=]+`)
+)
 
 // golden compares got with testdata/name.golden; -update rewrites it.
 func golden(t *testing.T, name, got string) {

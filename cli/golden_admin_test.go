@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -17,22 +18,20 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// TestGoldenAdmin runs the clusters, devices, audit and version commands
-// against the fake coordinator with its management API, and compares
-// their output with testdata/<name>.<format>.golden, or, for the commands
-// that print one success line and have no -o, with testdata/<name>.golden
+// TestGoldenAdmin runs the devices, audit and version commands against
+// the fake coordinator with its management API, and compares their
+// output with testdata/<name>.<format>.golden, or, for the commands that
+// print one success line and have no -o, with testdata/<name>.golden
 // (go test ./cli -run TestGoldenAdmin -update rewrites them). The JSON
 // goldens are the commands' stable contract.
 //
 // The other management goldens run against a real coordinator
-// (TestGoldenRoles, TestGoldenUsers, TestGoldenAccess, TestGoldenAssign);
-// these stay on the fake because a coordinator cannot hold what their
-// goldens show: the audit goldens a log whose records start at 1201 and
-// chain from a made-up anchor, with 144 checkpoints; the devices goldens
-// a device whose session ended 42 hours ago, which the coordinator's
-// sweep deletes; the clusters goldens agents online and offline at
-// fixed overlay addresses, which the coordinator draws at random, and
-// made-up join tokens.
+// (TestGoldenRoles, TestGoldenClusters, TestGoldenUsers, TestGoldenAccess,
+// TestGoldenAssign); these stay on the fake because a coordinator cannot
+// hold what their goldens show: the audit goldens a log whose records
+// start at 1201 and chain from a made-up anchor, with 144 checkpoints;
+// the devices goldens a device whose session ended 42 hours ago, which
+// the coordinator's sweep deletes.
 func TestGoldenAdmin(t *testing.T) {
 	e := newTestEnv(t)
 	e.login("alice@example.com", fixedNow.Add(7*time.Hour+59*time.Minute))
@@ -61,17 +60,6 @@ func TestGoldenAdmin(t *testing.T) {
 	}
 
 	tests := []goldenCase{
-		{name: "clusters-list", args: []string{"clusters", "list"}},
-		{name: "clusters-show", args: []string{"clusters", "show", "prod"}},
-		{name: "clusters-add", args: []string{"clusters", "add", "qa", "--label", "env=qa", "--label", "team=payments"},
-			sent: []string{`POST /api/v1/clusters {"name":"qa","labels":{"env":"qa","team":"payments"}}`}},
-		{name: "clusters-add-manifest", args: []string{"clusters", "add", "qa", "--manifest", "--manifest-coordinator-url", "https://clustral.example.com"}, plain: true},
-		{name: "clusters-label", args: []string{"clusters", "label", "prod", "tier=1", "team-"}, plain: true,
-			sent: []string{`PUT /api/v1/clusters/prod/labels {"labels":{"env":"prod","tier":"1"}}`}},
-		{name: "clusters-rotate-token", args: []string{"clusters", "rotate-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/rotate-token"}},
-		{name: "clusters-revoke-token", args: []string{"clusters", "revoke-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/revoke-token"}},
-		{name: "clusters-delete", args: []string{"clusters", "delete", "dev"}, plain: true, sent: []string{"DELETE /api/v1/clusters/dev"}},
-
 		{name: "devices-list", args: []string{"devices", "list"}},
 		{name: "devices-list-user", args: []string{"devices", "list", "--user", "bob@example.com"}, sent: []string{"GET /api/v1/devices ?user=bob%40example.com"}},
 		{name: "devices-revoke", args: []string{"devices", "revoke", devBob}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devBob}},
@@ -316,6 +304,89 @@ func TestGoldenAssign(t *testing.T) {
 		c.Requests()
 		return e, c.Requests
 	})
+}
+
+// TestGoldenClusters runs the clusters commands against a real
+// coordinator in-process, a fresh one for each, that holds the clusters
+// and agents of fakeClusters, with their ids, addresses and online
+// states, and alice@example.com as its administrator.
+func TestGoldenClusters(t *testing.T) {
+	tests := []goldenCase{
+		{name: "clusters-list", args: []string{"clusters", "list"}},
+		{name: "clusters-show", args: []string{"clusters", "show", "prod"}},
+		{name: "clusters-add", args: []string{"clusters", "add", "qa", "--label", "env=qa", "--label", "team=payments"},
+			sent: []string{`POST /api/v1/clusters {"name":"qa","labels":{"env":"qa","team":"payments"}}`}},
+		{name: "clusters-add-manifest", args: []string{"clusters", "add", "qa", "--manifest", "--manifest-coordinator-url", "https://clustral.example.com"}, plain: true},
+		{name: "clusters-label", args: []string{"clusters", "label", "prod", "tier=1", "team-"}, plain: true,
+			sent: []string{`PUT /api/v1/clusters/prod/labels {"labels":{"env":"prod","tier":"1"}}`}},
+		{name: "clusters-rotate-token", args: []string{"clusters", "rotate-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/rotate-token"}},
+		{name: "clusters-revoke-token", args: []string{"clusters", "revoke-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/revoke-token"}},
+		{name: "clusters-delete", args: []string{"clusters", "delete", "dev"}, plain: true, sent: []string{"DELETE /api/v1/clusters/dev"}},
+	}
+	runGolden(t, tests, func(t *testing.T, tt goldenCase) (*testEnv, func() []string) {
+		e := newRealEnv(t, func(c *coordinator.Config) {
+			c.Admins = append(c.Admins, "alice@example.com")
+			c.IPv6Prefix = netip.MustParsePrefix("fd7a:115c:a1e0::/48")
+			// In the order setupClusters makes them.
+			c.NewID = coordinatortest.IDs(clsProd, clsStaging, clsDev, clsNew,
+				"agt_0011223344556677889a", "agt_2233445566778899aa0b", "agt_1122334455667788990a")
+			c.AddrRand = coordinatortest.Addrs(1, 3, 7)
+		})
+		// Join tokens are secrets the coordinator draws at random; the
+		// goldens show made-up ones.
+		switch tt.name {
+		case "clusters-add", "clusters-add-manifest":
+			e.joinToken = joinNew
+		case "clusters-rotate-token":
+			e.joinToken = joinRotated
+		}
+		e.useSession(setupClusters(e))
+		e.real.Requests()
+		return e, e.real.Requests
+	})
+}
+
+// setupClusters makes the clusters of fakeClusters on e's real
+// coordinator, oldest first, each when it was created, and registers
+// their agents an hour ago, in the order prod-node-a, staging-node-a,
+// prod-node-b, with the online ones connected. It returns the session of
+// alice@example.com, an administrator.
+func setupClusters(e *testEnv) proto.Session {
+	e.t.Helper()
+	c, v := e.real, proto.APIVersion
+	cls := fakeClusters()
+	slices.SortFunc(cls, func(a, b proto.Cluster) int { return a.Created.Compare(b.Created) })
+	tokens := map[string]string{}
+	for _, cl := range cls {
+		e.setRealNow(cl.Created.Sub(fixedNow))
+		alice := c.Login("alice@example.com")
+		var resp proto.CreateClusterResponse
+		c.Do(alice.Token, http.MethodPost, v+"/clusters", proto.CreateClusterRequest{Name: cl.Name, Labels: cl.Labels}, &resp)
+		tokens[cl.Name] = resp.JoinToken
+	}
+	e.setRealNow(-time.Hour)
+	type clusterAgent struct {
+		cluster string
+		proto.Agent
+	}
+	agents := map[string]clusterAgent{}
+	for _, cl := range cls {
+		for _, a := range cl.Agents {
+			agents[a.NodeID] = clusterAgent{cl.Name, a}
+		}
+	}
+	for _, id := range []string{"agt_0011223344556677889a", "agt_2233445566778899aa0b", "agt_1122334455667788990a"} {
+		a := agents[id]
+		reg := c.RegisterAgent(tokens[a.cluster], a.Hostname)
+		if reg.NodeID != id || !slices.Equal(reg.Addresses, a.Addresses) {
+			e.t.Fatalf("agent %s registered as %s %v, want %s %v", a.Hostname, reg.NodeID, reg.Addresses, id, a.Addresses)
+		}
+		if a.Online {
+			c.Connect(reg.NodeToken)
+		}
+	}
+	e.setRealNow(0)
+	return c.Login("alice@example.com")
 }
 
 // goldenCase is a command whose output testdata holds.

@@ -175,7 +175,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.loadKeys(); err != nil {
 		return nil, err
 	}
-	s.state.ipam = newIPAM(cfg.IPv4Prefix, s.v6)
+	s.state.ipam = newIPAM(cfg.IPv4Prefix, s.v6).withRand(cfg.AddrRand)
 	if err := s.load(); err != nil {
 		return nil, err
 	}

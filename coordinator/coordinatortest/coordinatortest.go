@@ -7,11 +7,15 @@
 package coordinatortest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -269,4 +273,63 @@ func IDs(ids ...string) func(prefix string) string {
 		n++
 		return fmt.Sprintf("%s_%020x", prefix, n)
 	}
+}
+
+// RegisterAgent registers an agent named hostname with a cluster's join
+// token, with a random WireGuard key and a serving key's certificate
+// request, and returns the coordinator's answer.
+func (c *Coordinator) RegisterAgent(joinToken, hostname string) proto.RegisterResponse {
+	c.tb.Helper()
+	var pub proto.Key
+	rand.Read(pub[:])
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: hostname}}, k)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	var resp proto.RegisterResponse
+	c.Do(joinToken, http.MethodPost, proto.APIVersion+"/agents", proto.RegisterAgentRequest{PublicKey: pub, Hostname: hostname, CSR: csr}, &resp)
+	return resp
+}
+
+// Connect opens the map stream of the node nodeToken authenticates and
+// returns once its first map arrived, when the coordinator counts the
+// node online; it stays open until the test ends.
+func (c *Coordinator) Connect(nodeToken string) {
+	c.tb.Helper()
+	req, err := http.NewRequest(http.MethodGet, c.URL+proto.APIVersion+"/map", nil)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+nodeToken)
+	resp, err := c.Client().Do(req)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	c.tb.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		c.tb.Fatalf("map stream: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	if _, err := bufio.NewReader(resp.Body).ReadBytes('\n'); err != nil {
+		c.tb.Fatalf("map stream: %v", err)
+	}
+}
+
+// Addrs returns a Config.AddrRand under which the i-th node to register
+// gets offsets[i] into each overlay prefix (if that address is free),
+// and later ones their prefixes' first free addresses (IPv4) or any
+// (IPv6).
+func Addrs(offsets ...uint64) io.Reader {
+	var b []byte
+	for _, off := range offsets {
+		for range 2 { // the IPv4 address, then the IPv6 one
+			b = binary.BigEndian.AppendUint64(b, off)
+		}
+	}
+	return bytes.NewReader(b)
 }
