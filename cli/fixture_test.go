@@ -142,10 +142,18 @@ func (e *testEnv) useSession(s proto.Session) {
 	}
 }
 
-// login stores a session for login with the given expiry and returns its
-// token; the fake coordinator accepts it while valid.
+// login stores a session for login (groups dev) with the given expiry
+// and returns its token; the coordinator accepts it while valid. A real
+// coordinator issues it, logged in a session's length before expires.
 func (e *testEnv) login(login string, expires time.Time) string {
 	e.t.Helper()
+	if e.real != nil {
+		e.setRealNow(expires.Sub(fixedNow) - e.real.Config().SessionTTL)
+		s := e.real.Login(login, "dev")
+		e.setRealNow(0)
+		e.useSession(s)
+		return s.Token
+	}
 	tok := "tok-" + login
 	s := proto.Session{Token: tok, ExpiresAt: expires, User: proto.User{ID: "u-" + login, Login: login, Email: login, Groups: []string{"dev"}}}
 	e.coord.mu.Lock()
