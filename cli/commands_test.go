@@ -124,7 +124,7 @@ func TestCompletionBash(t *testing.T) {
 	if err != nil {
 		t.Skip("no bash")
 	}
-	e := newTestEnv(t)
+	e := newBareEnv(t)
 	for _, sh := range []string{"bash", "zsh", "fish", "powershell"} {
 		code, out, errb := e.run("completion", sh)
 		if code != 0 || !strings.Contains(out, "clustral") {

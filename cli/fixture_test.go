@@ -174,9 +174,11 @@ func (e *testEnv) run(args ...string) (code int, stdout, stderr string) {
 // mask replaces what changes from run to run: the coordinator's address,
 // temporary paths, ports and process ids.
 func (e *testEnv) mask(s string) string {
-	s = strings.ReplaceAll(s, e.coordURL, "https://COORD")
+	if e.coordURL != "" {
+		s = strings.ReplaceAll(s, e.coordURL, "https://COORD")
+		s = strings.ReplaceAll(s, e.caFile, "$CAFILE")
+	}
 	s = strings.ReplaceAll(s, e.kubeconfig, "$KUBECONFIG")
-	s = strings.ReplaceAll(s, e.caFile, "$CAFILE")
 	s = strings.ReplaceAll(s, runtime.Version(), "GOVERSION")
 	s = strings.ReplaceAll(s, runtime.GOOS+"/"+runtime.GOARCH, "PLATFORM")
 	s = strings.ReplaceAll(s, e.base, "$CONFIG")
@@ -225,49 +227,27 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// fakeCoord is the coordinator's API as the CLI uses it, over TLS.
+// fakeCoord is the coordinator's login API as the CLI uses it, over
+// TLS, for the login flows' tests, and the base of fakeAdmin. The other
+// tests run against a real coordinator (newRealEnv).
 type fakeCoord struct {
 	srv    *httptest.Server
 	caFile string
 
-	mu          sync.Mutex
-	ready       bool
-	version     string
-	skew        time.Duration
-	clusters    []proto.ReachableCluster
-	requestable []string
-	sessions    map[string]proto.Session
-	logins      int
+	mu       sync.Mutex
+	sessions map[string]proto.Session
+	logins   int
 	// The CLI's last login/start.
 	loginStart proto.LoginStartRequest
 }
 
 func newFakeCoord(t *testing.T) *fakeCoord {
 	t.Helper()
-	grantEnd := fixedNow.Add(2 * time.Hour)
-	f := &fakeCoord{
-		ready: true, version: "v1.3.0", sessions: map[string]proto.Session{},
-		clusters: []proto.ReachableCluster{
-			{Name: "prod", Roles: []proto.RoleGrant{{Role: "viewer", Groups: []string{"view"}, Source: "user"}}},
-			{Name: "staging", Roles: []proto.RoleGrant{{Role: "admin", Groups: []string{"system:masters"}, Source: "grant", Expires: &grantEnd}}},
-		},
-		requestable: []string{"dev", "prod", "staging"},
-	}
+	f := &fakeCoord{sessions: map[string]proto.Session{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if !f.ready {
-			http.Error(w, "store unavailable", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok\n"))
-	})
 	mux.HandleFunc("GET /api/v1/info", func(w http.ResponseWriter, _ *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		writeTestJSON(w, coordinatorInfo{Version: f.version, MeshDomain: "clustral.internal", Issuer: f.srv.URL + "/idp", Time: now().Add(f.skew)})
+		writeTestJSON(w, coordinatorInfo{Version: "v1.3.0", MeshDomain: "clustral.internal", Issuer: f.srv.URL + "/idp", Time: now()})
 	})
 	mux.HandleFunc("GET /idp/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
 		writeTestJSON(w, map[string]string{"issuer": f.srv.URL + "/idp"})
@@ -278,9 +258,7 @@ func newFakeCoord(t *testing.T) *fakeCoord {
 			writeTestProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "session expired or revoked", "run: clustral login")
 			return
 		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		writeTestJSON(w, proto.Whoami{User: s.User, SessionExpires: s.ExpiresAt, Clusters: f.clusters, Requestable: f.requestable})
+		writeTestJSON(w, proto.Whoami{User: s.User, SessionExpires: s.ExpiresAt})
 	})
 	mux.HandleFunc("POST /api/v1/login/start", func(w http.ResponseWriter, r *http.Request) {
 		var req proto.LoginStartRequest
@@ -341,13 +319,6 @@ func newFakeCoord(t *testing.T) *fakeCoord {
 		t.Fatal(err)
 	}
 	return f
-}
-
-// set changes the fake coordinator under its lock.
-func (f *fakeCoord) set(change func(*fakeCoord)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	change(f)
 }
 
 func (f *fakeCoord) auth(r *http.Request) (proto.Session, bool) {

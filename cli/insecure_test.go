@@ -40,7 +40,7 @@ func TestCoordinatorURLRefusesPlainHTTPToOtherHosts(t *testing.T) {
 }
 
 func TestLoginAndAgentRefusePlainHTTP(t *testing.T) {
-	e := newTestEnv(t)
+	e := newBareEnv(t)
 	for _, args := range [][]string{
 		{"login", "http://clustral.example.com"},
 		{"agent", "--coordinator", "http://clustral.example.com", "--join-token", "cjt_x"},

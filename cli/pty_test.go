@@ -127,12 +127,12 @@ func TestReloginOnTerminal(t *testing.T) {
 // TestReloginNotInteractive: without a terminal, an expired session fails
 // at once with exit code 3, one error line and one hint line.
 func TestReloginNotInteractive(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
 	e.login("alice@example.com", fixedNow.Add(-time.Minute))
 	for _, args := range [][]string{{"whoami"}, {"kube", "ls"}} {
 		code, _, errb := e.run(args...)
 		lines := strings.Split(strings.TrimSpace(errb), "\n")
-		if code != exitAuth || len(lines) != 2 || !strings.HasPrefix(lines[0], "error: your session for ") || lines[1] != "hint: run: clustral login "+e.coord.srv.URL {
+		if code != exitAuth || len(lines) != 2 || !strings.HasPrefix(lines[0], "error: your session for ") || lines[1] != "hint: run: clustral login "+e.coordURL {
 			t.Errorf("%v: exit %d, stderr:\n%s", args, code, errb)
 		}
 	}
@@ -141,7 +141,7 @@ func TestReloginNotInteractive(t *testing.T) {
 // TestConfigCleanConfirm: config clean asks on a terminal; no keeps the
 // files, yes removes them; without a terminal it needs --yes.
 func TestConfigCleanConfirm(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
 	e.login("alice@example.com", fixedNow.Add(time.Hour))
 
 	code, _, errb := e.run("config", "clean")
@@ -175,7 +175,7 @@ func TestConfigCleanConfirm(t *testing.T) {
 // TestColourOnlyOnTerminal: errors are red on a terminal, plain when not,
 // and plain on a terminal with NO_COLOR or --no-color.
 func TestColourOnlyOnTerminal(t *testing.T) {
-	e := newTestEnv(t)
+	e := newBareEnv(t)
 	code, _, errb := e.run("whoami")
 	if code != exitAuth || strings.Contains(errb, "\033[") || !strings.HasPrefix(errb, "error: not logged in\nhint: ") {
 		t.Errorf("not a terminal: exit %d, stderr %q", code, errb)

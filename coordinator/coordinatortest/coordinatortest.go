@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -59,11 +61,13 @@ type Coordinator struct {
 	srv *httptest.Server
 	key *ecdsa.PrivateKey
 
+	store *failingStore
+
 	mu   sync.Mutex
 	reqs []string // see Requests
 }
 
-// Start starts a coordinator with its store in tb.TempDir(), the clock
+// Start starts a coordinator with its bbolt store in tb.TempDir(), the clock
 // now, the identity provider beside it, and configure (if not nil)
 // applied to its Config last. Logins get sessions of 8 hours unless
 // configure sets SessionTTL.
@@ -107,8 +111,15 @@ func Start(tb testing.TB, now func() time.Time, configure func(*coordinator.Conf
 	if configure != nil {
 		configure(&cfg)
 	}
-	s, err := coordinator.New(context.Background(), cfg)
+	// As coordinator.New, with a store that FailStore can break.
+	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "coordinator.db"))
 	if err != nil {
+		tb.Fatalf("open store: %v", err)
+	}
+	c.store = &failingStore{Store: st}
+	s, err := coordinator.NewWithStore(context.Background(), cfg, c.store)
+	if err != nil {
+		st.Close()
 		tb.Fatalf("start coordinator: %v", err)
 	}
 	tb.Cleanup(func() { s.Close() })
@@ -332,4 +343,37 @@ func Addrs(offsets ...uint64) io.Reader {
 		}
 	}
 	return bytes.NewReader(b)
+}
+
+// CloseServer stops serving: from then on nothing answers at URL.
+func (c *Coordinator) CloseServer() { c.srv.Close() }
+
+// FailStore makes every store transaction fail with err from now on, as
+// a store that became unavailable does; nil makes them work again.
+func (c *Coordinator) FailStore(err error) {
+	if err == nil {
+		c.store.err.Store(nil)
+		return
+	}
+	c.store.err.Store(&err)
+}
+
+// failingStore is a store whose transactions fail while err is set.
+type failingStore struct {
+	store.Store
+	err atomic.Pointer[error]
+}
+
+func (f *failingStore) View(fn func(store.Tx) error) error {
+	if err := f.err.Load(); err != nil {
+		return *err
+	}
+	return f.Store.View(fn)
+}
+
+func (f *failingStore) Update(fn func(store.Tx) error) error {
+	if err := f.err.Load(); err != nil {
+		return *err
+	}
+	return f.Store.Update(fn)
 }
