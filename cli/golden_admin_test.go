@@ -18,20 +18,22 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// TestGoldenAdmin runs the devices, audit and version commands against
-// the fake coordinator with its management API, and compares their
-// output with testdata/<name>.<format>.golden, or, for the commands that
-// print one success line and have no -o, with testdata/<name>.golden
-// (go test ./cli -run TestGoldenAdmin -update rewrites them). The JSON
-// goldens are the commands' stable contract.
+// TestGoldenAdmin runs devices list, devices revoke by hostname, the
+// audit commands and version against the fake coordinator with its
+// management API, and compares their output with
+// testdata/<name>.<format>.golden, or, for the commands that print one
+// success line and have no -o, with testdata/<name>.golden (go test
+// ./cli -run TestGoldenAdmin -update rewrites them). The JSON goldens are
+// the commands' stable contract.
 //
 // The other management goldens run against a real coordinator
-// (TestGoldenRoles, TestGoldenClusters, TestGoldenUsers, TestGoldenAccess,
-// TestGoldenAssign); these stay on the fake because a coordinator cannot
-// hold what their goldens show: the audit goldens a log whose records
-// start at 1201 and chain from a made-up anchor, with 144 checkpoints;
-// the devices goldens a device whose session ended 42 hours ago, which
-// the coordinator's sweep deletes.
+// (TestGoldenRoles, TestGoldenClusters, TestGoldenUsers,
+// TestGoldenDevices, TestGoldenAccess, TestGoldenAssign); these stay on
+// the fake because a coordinator cannot hold what their goldens show:
+// the audit goldens a log whose records start at 1201 and chain from a
+// made-up anchor, with 144 checkpoints signed by a fixed key; the device
+// goldens here a device whose session ended 42 hours ago, which the
+// coordinator's sweep deletes within a second.
 func TestGoldenAdmin(t *testing.T) {
 	e := newTestEnv(t)
 	e.login("alice@example.com", fixedNow.Add(7*time.Hour+59*time.Minute))
@@ -61,8 +63,6 @@ func TestGoldenAdmin(t *testing.T) {
 
 	tests := []goldenCase{
 		{name: "devices-list", args: []string{"devices", "list"}},
-		{name: "devices-list-user", args: []string{"devices", "list", "--user", "bob@example.com"}, sent: []string{"GET /api/v1/devices ?user=bob%40example.com"}},
-		{name: "devices-revoke", args: []string{"devices", "revoke", devBob}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devBob}},
 		{name: "devices-revoke-hostname", args: []string{"devices", "revoke", "old-laptop"}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devDesktop}},
 
 		{name: "audit", args: []string{"audit"}, jsonLines: true, sent: []string{"GET /api/v1/audit/events ?limit=50"}},
@@ -387,6 +387,61 @@ func setupClusters(e *testEnv) proto.Session {
 	}
 	e.setRealNow(0)
 	return c.Login("alice@example.com")
+}
+
+// TestGoldenDevices runs devices list --user and devices revoke against
+// a real coordinator in-process, a fresh one for each, that holds the
+// devices of fakeDevices that have not expired, registered when they
+// were created and connected, and alice@example.com as its
+// administrator. (The device list of all users, and revoking by
+// hostname, show an expired device and stay on the fake: see
+// TestGoldenAdmin.)
+func TestGoldenDevices(t *testing.T) {
+	tests := []goldenCase{
+		{name: "devices-list-user", args: []string{"devices", "list", "--user", "bob@example.com"}, sent: []string{"GET /api/v1/devices ?user=bob%40example.com"}},
+		{name: "devices-revoke", args: []string{"devices", "revoke", devBob}, plain: true, sent: []string{"DELETE /api/v1/devices/" + devBob}},
+	}
+	// The devices that have not expired, oldest first, in the order they
+	// register, with their ids and addresses.
+	var devs []proto.Device
+	for _, d := range fakeDevices() {
+		if d.Expires.After(fixedNow) {
+			devs = append(devs, d)
+		}
+	}
+	slices.SortFunc(devs, func(a, b proto.Device) int { return a.Created.Compare(b.Created) })
+	var ids []string
+	var offs []uint64
+	for _, d := range devs {
+		ids = append(ids, d.ID)
+		offs = append(offs, uint64(d.Addresses[0].Addr().As4()[3]))
+	}
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) (*testEnv, func() []string) {
+		e := newRealEnv(t, func(c *coordinator.Config) {
+			c.Admins = append(c.Admins, "alice@example.com")
+			c.IPv6Prefix = netip.MustParsePrefix("fd7a:115c:a1e0::/48")
+			c.NewID = coordinatortest.IDs(ids...)
+			c.AddrRand = coordinatortest.Addrs(offs...)
+		})
+		for _, d := range devs {
+			// A device lasts as long as the session it registered under.
+			e.setRealNow(d.Created.Sub(fixedNow))
+			s := e.login(d.User, d.Expires)
+			e.setRealNow(d.Created.Sub(fixedNow))
+			var reg proto.RegisterResponse
+			e.real.Do(s, http.MethodPost, proto.APIVersion+"/devices", proto.RegisterDeviceRequest{PublicKey: d.Key, Hostname: d.Hostname}, &reg)
+			if reg.NodeID != d.ID || !slices.Equal(reg.Addresses, d.Addresses) {
+				t.Fatalf("device %s registered as %s %v, want %s %v", d.Hostname, reg.NodeID, reg.Addresses, d.ID, d.Addresses)
+			}
+			if d.Online {
+				e.real.Connect(reg.NodeToken)
+			}
+		}
+		e.setRealNow(0)
+		e.login("alice@example.com", fixedNow.Add(8*time.Hour))
+		e.real.Requests()
+		return e, e.real.Requests
+	})
 }
 
 // goldenCase is a command whose output testdata holds.
