@@ -227,9 +227,11 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// fakeCoord is the coordinator's login API as the CLI uses it, over
-// TLS, for the login flows' tests, and the base of fakeAdmin. The other
-// tests run against a real coordinator (newRealEnv).
+// fakeCoord is the coordinator's headless login API as the CLI uses it,
+// over TLS, for TestLoginHeadless and TestReloginOnTerminal (whose
+// device codes and confirmation a real coordinator would need a browser
+// for), and the base of fakeAdmin. The other tests run against a real
+// coordinator (newRealEnv).
 type fakeCoord struct {
 	srv    *httptest.Server
 	caFile string
@@ -275,8 +277,8 @@ func newFakeCoord(t *testing.T) *fakeCoord {
 		}
 		writeTestJSON(w, resp)
 	})
-	// A session goes only to the verifier of the login's challenge: by
-	// poll for a headless login, by code exchange for a loopback one.
+	// A session goes only to the verifier of the login's challenge, by
+	// poll: the fake serves headless logins only.
 	issue := func(w http.ResponseWriter, verifier string) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -292,22 +294,6 @@ func newFakeCoord(t *testing.T) *fakeCoord {
 	mux.HandleFunc("POST /api/v1/login/poll", func(w http.ResponseWriter, r *http.Request) {
 		var req proto.LoginPollRequest
 		json.NewDecoder(r.Body).Decode(&req)
-		f.mu.Lock()
-		loopback := f.loginStart.RedirectURI != ""
-		f.mu.Unlock()
-		if loopback {
-			writeTestProblem(w, http.StatusAccepted, proto.CodeLoginPending, "waiting for the browser", "")
-			return
-		}
-		issue(w, req.CodeVerifier)
-	})
-	mux.HandleFunc("POST /api/v1/login/exchange", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.LoginExchangeRequest
-		json.NewDecoder(r.Body).Decode(&req)
-		if req.Code != "good" {
-			writeTestProblem(w, http.StatusGone, proto.CodeLoginConsumed, "unknown or already used login code", "")
-			return
-		}
 		issue(w, req.CodeVerifier)
 	})
 	mux.HandleFunc("DELETE /api/v1/session", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })

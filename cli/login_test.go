@@ -1,31 +1,36 @@
 package cli
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/clustral/clustral/proto"
 )
 
 // TestLoginLoopback: with a browser on this machine, login listens on
-// 127.0.0.1 under a random path, the browser comes back there with a
-// code, and the CLI redeems it with its verifier.
+// 127.0.0.1 under a random path, the browser signs in at the identity
+// provider and the coordinator sends it back there with a code, and the
+// CLI redeems it with its verifier.
 func TestLoginLoopback(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
+	e.real.SignInNext("alice@example.com")
 	oldHas, oldOpen := hasBrowser, openBrowser
 	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
 	hasBrowser = func() bool { return true }
 	pages := make(chan string, 2)
-	openBrowser = func(string) error {
-		// Play the coordinator's redirect, as the browser follows it.
-		e.coord.mu.Lock()
-		redirect := e.coord.loginStart.RedirectURI
-		e.coord.mu.Unlock()
+	openBrowser = func(authURL string) error {
+		// The browser follows the redirects: to the identity provider,
+		// the coordinator's callback and the CLI's listener; then it
+		// comes back to the listener once more.
+		redirect := loginRedirect(t, e)
 		go func() {
-			for _, code := range []string{"good", "good"} {
-				resp, err := http.Get(redirect + "?" + url.Values{"code": {code}}.Encode())
+			for _, u := range []string{authURL, redirect + "?" + url.Values{"code": {"again"}}.Encode()} {
+				resp, err := e.real.Client().Get(u)
 				if err != nil {
 					pages <- err.Error()
 					continue
@@ -37,24 +42,43 @@ func TestLoginLoopback(t *testing.T) {
 		}()
 		return nil
 	}
-	code, out, errb := e.run("login", e.coord.srv.URL, "--ca-file", e.coord.caFile)
-	if code != 0 || !strings.Contains(out, "Logged in to "+e.coord.srv.URL+" as alice@example.com") {
+	code, out, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
+	if code != 0 || !strings.Contains(out, "Logged in to "+e.coordURL+" as alice@example.com") {
 		t.Fatalf("login: exit %d\n%s\n%s", code, out, errb)
 	}
-	if !strings.Contains(errb, "Opened your browser") || strings.Contains(errb, "BCDF-GHJK") {
+	if !strings.Contains(errb, "Opened your browser") {
 		t.Errorf("stderr:\n%s", errb)
-	}
-	u, err := url.Parse(e.coord.loginStart.RedirectURI)
-	if err != nil || u.Scheme != "http" || u.Hostname() != "127.0.0.1" || !strings.HasPrefix(u.Path, "/clustral/callback/") || len(u.Path) < len("/clustral/callback/")+20 {
-		t.Errorf("redirect_uri %q is not a loopback URL with a random path", e.coord.loginStart.RedirectURI)
 	}
 	if p := <-pages; !strings.Contains(p, "Signed in as alice@example.com") {
 		t.Errorf("browser page: %s", p)
 	}
-	if s, err := loadSession(e.dir); err != nil || s.Session.Token != "tok-new-1" {
-		t.Errorf("stored session %+v, %v", s, err)
+	s, err := loadSession(e.dir)
+	if err != nil || s.Session.User.Login != "alice@example.com" {
+		t.Fatalf("stored session %+v, %v", s, err)
 	}
+	var who proto.Whoami
+	e.real.Do(s.Session.Token, http.MethodGet, proto.APIVersion+"/whoami", nil, &who)
 	<-pages // the second visit found the listener finished or closed
+}
+
+// loginRedirect returns the redirect_uri of the login/start the
+// coordinator of e received last, after checking that it is a loopback
+// URL with a random path.
+func loginRedirect(t *testing.T, e *testEnv) string {
+	t.Helper()
+	var start proto.LoginStartRequest
+	for _, r := range e.real.Requests() {
+		if body, ok := strings.CutPrefix(r, "POST "+proto.APIVersion+"/login/start "); ok {
+			if err := json.Unmarshal([]byte(body), &start); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	u, err := url.Parse(start.RedirectURI)
+	if err != nil || u.Scheme != "http" || u.Hostname() != "127.0.0.1" || !strings.HasPrefix(u.Path, "/clustral/callback/") || len(u.Path) < len("/clustral/callback/")+20 {
+		t.Errorf("redirect_uri %q is not a loopback URL with a random path", start.RedirectURI)
+	}
+	return start.RedirectURI
 }
 
 // TestLoginHeadless: --no-browser prints the URL, this device's name and
@@ -76,21 +100,20 @@ func TestLoginHeadless(t *testing.T) {
 	}
 }
 
-// TestLoginLoopbackError: a login the coordinator refused comes back to
-// the listener as an error, which the CLI reports at once (exit 3) and
-// shows in the browser.
+// TestLoginLoopbackError: a login the identity provider refused comes
+// back from the coordinator to the listener as an error, which the CLI
+// reports at once (exit 3) and shows in the browser.
 func TestLoginLoopbackError(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
+	e.real.RefuseNext("the user cancelled")
 	oldHas, oldOpen := hasBrowser, openBrowser
 	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
 	hasBrowser = func() bool { return true }
 	page := make(chan string, 1)
-	openBrowser = func(string) error {
-		e.coord.mu.Lock()
-		redirect := e.coord.loginStart.RedirectURI
-		e.coord.mu.Unlock()
+	openBrowser = func(authURL string) error {
+		loginRedirect(t, e)
 		go func() {
-			resp, err := http.Get(redirect + "?" + url.Values{"error": {"login_failed"}, "error_description": {"user bob@example.com is disabled; ask an administrator"}}.Encode())
+			resp, err := e.real.Client().Get(authURL)
 			if err != nil {
 				page <- err.Error()
 				return
@@ -101,12 +124,46 @@ func TestLoginLoopbackError(t *testing.T) {
 		}()
 		return nil
 	}
-	code, _, errb := e.run("login", e.coord.srv.URL, "--ca-file", e.coord.caFile)
-	if code != exitAuth || !strings.Contains(errb, "error: login failed: user bob@example.com is disabled") || !strings.Contains(errb, "hint: run clustral login again") {
+	code, _, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
+	if code != exitAuth || !strings.Contains(errb, "error: login failed: the identity provider refused the login: access_denied: the user cancelled") ||
+		!strings.Contains(errb, "hint: run clustral login again") {
 		t.Fatalf("login: exit %d\n%s", code, errb)
 	}
 	if p := <-page; !strings.Contains(p, "Login failed") {
 		t.Errorf("browser page: %s", p)
+	}
+	if s, _ := loadSession(e.dir); s != nil {
+		t.Errorf("a session was stored: %+v", s)
+	}
+}
+
+// TestLoginDisabledUser: the coordinator refuses a session to a disabled
+// user when the CLI redeems the browser's code; the CLI says so (exit 4)
+// and stores nothing.
+func TestLoginDisabledUser(t *testing.T) {
+	e := newRealEnv(t, nil)
+	admin := e.real.Login("admin@example.com")
+	e.real.Login("bob@example.com")
+	e.real.Do(admin.Token, http.MethodPost, proto.APIVersion+"/users/bob@example.com/disable", nil, nil)
+	e.real.SignInNext("bob@example.com")
+	oldHas, oldOpen := hasBrowser, openBrowser
+	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
+	hasBrowser = func() bool { return true }
+	done := make(chan struct{})
+	openBrowser = func(authURL string) error {
+		go func() {
+			defer close(done)
+			if resp, err := e.real.Client().Get(authURL); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+		return nil
+	}
+	code, _, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
+	<-done
+	if code != exitDenied || !strings.Contains(errb, "error: user bob@example.com is disabled; ask an administrator") {
+		t.Fatalf("login: exit %d\n%s", code, errb)
 	}
 	if s, _ := loadSession(e.dir); s != nil {
 		t.Errorf("a session was stored: %+v", s)

@@ -21,8 +21,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +35,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/oauth2"
 
 	"github.com/clustral/clustral/coordinator"
 	"github.com/clustral/clustral/coordinator/store"
@@ -63,8 +66,11 @@ type Coordinator struct {
 
 	store *failingStore
 
-	mu   sync.Mutex
-	reqs []string // see Requests
+	mu      sync.Mutex
+	reqs    []string       // see Requests
+	next    map[string]any // claims of whoever the issuer signs in next
+	refusal string         // or why it refuses the next sign-in
+	codes   map[string]codeGrant
 }
 
 // Start starts a coordinator with its bbolt store in tb.TempDir(), the clock
@@ -77,7 +83,7 @@ func Start(tb testing.TB, now func() time.Time, configure func(*coordinator.Conf
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c := &Coordinator{tb: tb, key: key}
+	c := &Coordinator{tb: tb, key: key, codes: map[string]codeGrant{}}
 	// The URL must be known before the coordinator is made, and its OIDC
 	// discovery needs the issuer up: serve the issuer first and plug the
 	// coordinator in after.
@@ -145,7 +151,86 @@ func (c *Coordinator) issuer() http.Handler {
 	mux.HandleFunc("GET /keys", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &c.key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
 	})
+	// The browser's sign-in: whoever SignInNext named is signed in at
+	// once, and the code goes back to the coordinator.
+	mux.HandleFunc("GET /authorize", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		c.mu.Lock()
+		claims, refusal := c.next, c.refusal
+		c.mu.Unlock()
+		if (claims == nil && refusal == "") || q.Get("code_challenge_method") != "S256" {
+			http.Error(w, "nobody to sign in (SignInNext or RefuseNext), or no PKCE", http.StatusBadRequest)
+			return
+		}
+		u, err := url.Parse(q.Get("redirect_uri"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		v := u.Query()
+		if refusal != "" {
+			v.Set("error", "access_denied")
+			v.Set("error_description", refusal)
+		} else {
+			code := rand.Text()
+			c.mu.Lock()
+			c.codes[code] = codeGrant{claims: claims, nonce: q.Get("nonce"), challenge: q.Get("code_challenge")}
+			c.mu.Unlock()
+			v.Set("code", code)
+		}
+		v.Set("state", q.Get("state"))
+		u.RawQuery = v.Encode()
+		http.Redirect(w, r, u.String(), http.StatusFound)
+	})
+	mux.HandleFunc("POST /token", func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		c.mu.Lock()
+		g, ok := c.codes[r.PostForm.Get("code")]
+		delete(c.codes, r.PostForm.Get("code"))
+		c.mu.Unlock()
+		if !ok || oauth2.S256ChallengeFromVerifier(r.PostForm.Get("code_verifier")) != g.challenge {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			w.Write([]byte(`{"error":"invalid_grant"}`))
+			return
+		}
+		claims := maps.Clone(g.claims)
+		claims["nonce"] = g.nonce
+		idt, err := c.idToken(claims)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"access_token": "at", "token_type": "Bearer", "expires_in": 300, "id_token": idt})
+	})
 	return mux
+}
+
+// codeGrant is an authorization code the issuer handed out.
+type codeGrant struct {
+	claims           map[string]any
+	nonce, challenge string
+}
+
+// SignInNext makes email (with groups) the user the identity provider
+// signs in when a browser comes to it, as for a login the CLI started.
+func (c *Coordinator) SignInNext(email string, groups ...string) {
+	if groups == nil {
+		groups = []string{}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.next, c.refusal = map[string]any{"email": email, "groups": groups}, ""
+}
+
+// RefuseNext makes the identity provider refuse the next browser that
+// comes to it, with error access_denied and the description reason, as
+// when the user cancels.
+func (c *Coordinator) RefuseNext(reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.next, c.refusal = nil, reason
 }
 
 // Login signs email in with groups by ID-token exchange; see
@@ -158,17 +243,14 @@ func (c *Coordinator) Login(email string, groups ...string) proto.Session {
 	return c.LoginClaims(map[string]any{"email": email, "groups": groups})
 }
 
-// LoginClaims signs in the user the ID token's claims describe by
-// ID-token exchange (POST /api/v1/login/token) and returns the session
-// the coordinator issued. claims must hold "email"; "sub" defaults to
-// "sub-<email>", "name" to the email, "email_verified" to true and
-// "groups" to none. The token's validity is real time, which the OIDC
-// verifier checks; the session's is the coordinator's clock.
-func (c *Coordinator) LoginClaims(claims map[string]any) proto.Session {
-	c.tb.Helper()
+// idToken mints an ID token for claims, which must hold "email"; "sub"
+// defaults to "sub-<email>", "name" to the email, "email_verified" to
+// true and "groups" to none. Its validity is real time, which the OIDC
+// verifier checks.
+func (c *Coordinator) idToken(claims map[string]any) (string, error) {
 	email, ok := claims["email"].(string)
 	if !ok {
-		c.tb.Fatalf("LoginClaims: no email in %v", claims)
+		return "", fmt.Errorf("no email in the claims %v", claims)
 	}
 	mc := jwt.MapClaims{
 		"iss": c.URL + IssuerPath, "aud": ClientID, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Hour).Unix(),
@@ -179,7 +261,18 @@ func (c *Coordinator) LoginClaims(claims map[string]any) proto.Session {
 	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodES256, mc)
 	tok.Header["kid"] = "k1"
-	idt, err := tok.SignedString(c.key)
+	return tok.SignedString(c.key)
+}
+
+// LoginClaims signs in the user the ID token's claims describe by
+// ID-token exchange (POST /api/v1/login/token) and returns the session
+// the coordinator issued. claims must hold "email"; "sub" defaults to
+// "sub-<email>", "name" to the email, "email_verified" to true and
+// "groups" to none. The token's validity is real time, which the OIDC
+// verifier checks; the session's is the coordinator's clock.
+func (c *Coordinator) LoginClaims(claims map[string]any) proto.Session {
+	c.tb.Helper()
+	idt, err := c.idToken(claims)
 	if err != nil {
 		c.tb.Fatal(err)
 	}
