@@ -51,7 +51,9 @@ const IssuerPath = "/idp"
 
 // Coordinator is a coordinator serving HTTPS on a loopback test server,
 // with its identity provider at URL + IssuerPath. Start closes it when
-// the test ends.
+// the test ends. Login, LoginClaims, Do, RegisterAgent and Connect fail
+// the test on any error, so they run on the test's goroutine; the other
+// methods may be called from any goroutine.
 type Coordinator struct {
 	*coordinator.Server
 	// URL is the coordinator's public URL, https://127.0.0.1:port.
@@ -66,15 +68,15 @@ type Coordinator struct {
 
 	store *failingStore
 
-	mu      sync.Mutex
+	mu      sync.Mutex     // guards the fields below
 	reqs    []string       // see Requests
 	next    map[string]any // claims of whoever the issuer signs in next
 	refusal string         // or why it refuses the next sign-in
 	codes   map[string]codeGrant
 }
 
-// Start starts a coordinator with its bbolt store in tb.TempDir(), the clock
-// now, the identity provider beside it, and configure (if not nil)
+// Start starts a coordinator with its bbolt store in tb.TempDir(), the
+// clock now, the identity provider beside it, and configure (if not nil)
 // applied to its Config last. Logins get sessions of 8 hours unless
 // configure sets SessionTTL.
 func Start(tb testing.TB, now func() time.Time, configure func(*coordinator.Config)) *Coordinator {
