@@ -1,12 +1,17 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/clustral/clustral/proto"
@@ -82,21 +87,98 @@ func loginRedirect(t *testing.T, e *testEnv) string {
 }
 
 // TestLoginHeadless: --no-browser prints the URL, this device's name and
-// the code to confirm, and polls with the verifier.
+// the code to confirm, and polls with the verifier until the login is
+// confirmed in a browser.
 func TestLoginHeadless(t *testing.T) {
-	e := newTestEnv(t)
-	code, out, errb := e.run("login", e.coord.srv.URL, "--ca-file", e.coord.caFile, "--no-browser")
-	if code != 0 || !strings.Contains(out, "as alice@example.com") {
-		t.Fatalf("login: exit %d\n%s\n%s", code, out, errb)
+	e := newRealEnv(t, nil)
+	e.real.SignInNext("alice@example.com")
+	var out bytes.Buffer
+	stderr := newWatchedWriter()
+	confirmed := make(chan error, 1)
+	go func() {
+		// The user reads the URL and code, and confirms in a browser.
+		m := stderr.waitMatch(loginPromptRE)
+		if m == nil {
+			confirmed <- errors.New("the login printed no URL and code")
+			return
+		}
+		_, err := e.real.ConfirmLogin(m[1], m[2])
+		confirmed <- err
+	}()
+	code := run(context.Background(), []string{"login", e.coordURL, "--ca-file", e.caFile, "--no-browser"}, strings.NewReader(""), &out, stderr)
+	stderr.Close()
+	errb := stderr.String()
+	if err := <-confirmed; err != nil {
+		t.Error(err)
+	}
+	if code != 0 || !strings.Contains(out.String(), "as alice@example.com") {
+		t.Fatalf("login: exit %d\n%s\n%s", code, out.String(), errb)
 	}
 	host, _ := os.Hostname()
-	for _, want := range []string{e.coord.srv.URL + "/idp/auth", "names this device (" + host + ")", "  BCDF-GHJK\n"} {
+	for _, want := range []string{e.coordURL + "/idp/authorize", "names this device (" + host + ")"} {
 		if !strings.Contains(errb, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, errb)
 		}
 	}
-	if e.coord.loginStart.RedirectURI != "" || e.coord.loginStart.Device.Hostname != host {
-		t.Errorf("login/start = %+v", e.coord.loginStart)
+	var start proto.LoginStartRequest
+	for _, r := range e.real.Requests() {
+		if body, ok := strings.CutPrefix(r, "POST "+proto.APIVersion+"/login/start "); ok {
+			json.Unmarshal([]byte(body), &start)
+		}
+	}
+	if start.RedirectURI != "" || start.Device.Hostname != host {
+		t.Errorf("login/start = %+v", start)
+	}
+}
+
+// loginPromptRE finds, in what a headless login prints, the URL to open
+// and the code to confirm there.
+var loginPromptRE = regexp.MustCompile(`(?s)(https://\S+/idp/authorize\S*).*\n  ([A-Z]{4}-[A-Z]{4})\r?\n`)
+
+// watchedWriter is an io.Writer whose text so far a goroutine can wait
+// on.
+type watchedWriter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	wrote  chan struct{} // signalled on every write
+	closed chan struct{} // closed by Close
+}
+
+func newWatchedWriter() *watchedWriter {
+	return &watchedWriter{wrote: make(chan struct{}, 1), closed: make(chan struct{})}
+}
+
+// Close ends the writing: waitMatch no longer waits.
+func (w *watchedWriter) Close() { close(w.closed) }
+
+func (w *watchedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case w.wrote <- struct{}{}:
+	default:
+	}
+	return w.buf.Write(p)
+}
+
+func (w *watchedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// waitMatch waits until the text written matches re and returns the
+// submatches, or nil once w is closed without a match.
+func (w *watchedWriter) waitMatch(re *regexp.Regexp) []string {
+	for {
+		if m := re.FindStringSubmatch(w.String()); m != nil {
+			return m
+		}
+		select {
+		case <-w.wrote:
+		case <-w.closed:
+			return re.FindStringSubmatch(w.String())
+		}
 	}
 }
 

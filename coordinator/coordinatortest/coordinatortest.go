@@ -23,10 +23,12 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -472,3 +474,43 @@ func (f *failingStore) Update(fn func(store.Tx) error) error {
 	}
 	return f.Store.Update(fn)
 }
+
+// ConfirmLogin plays the browser of a headless login: it follows authURL
+// (the identity provider signs in whoever SignInNext named, and sends it
+// to the coordinator), and confirms the login on the coordinator's page
+// with userCode, the code the CLI shows. It returns the page the
+// coordinator answers with last.
+func (c *Coordinator) ConfirmLogin(authURL, userCode string) (string, error) {
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		return "", err
+	}
+	browser := *c.Client()
+	browser.Jar = jar
+	resp, err := browser.Get(authURL)
+	if err != nil {
+		return "", err
+	}
+	page, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return "", err
+	}
+	m := csrfRE.FindSubmatch(page)
+	if m == nil {
+		return "", fmt.Errorf("no confirmation form on the page (%s):\n%s", resp.Status, page)
+	}
+	resp, err = browser.PostForm(c.URL+"/oidc/confirm", url.Values{"action": {"confirm"}, "csrf": {string(m[1])}, "user_code": {userCode}})
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	page, err = io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("confirm: %s:\n%s", resp.Status, page)
+	}
+	return string(page), err
+}
+
+// csrfRE finds the confirmation form's CSRF token.
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
