@@ -17,14 +17,12 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/oauth2"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/cli/device"
@@ -227,10 +225,9 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// fakeCoord is the coordinator's headless login API as the CLI uses it,
-// over TLS, for TestLoginHeadless and TestReloginOnTerminal (whose
-// device codes and confirmation a real coordinator would need a browser
-// for), and the base of fakeAdmin. The other tests run against a real
+// fakeCoord serves, over TLS, the sessions testEnv.login stores, and is
+// the base of fakeAdmin, for the goldens a real coordinator cannot
+// reproduce (see TestGoldenAdmin). Every other test runs against a real
 // coordinator (newRealEnv).
 type fakeCoord struct {
 	srv    *httptest.Server
@@ -238,65 +235,12 @@ type fakeCoord struct {
 
 	mu       sync.Mutex
 	sessions map[string]proto.Session
-	logins   int
-	// The CLI's last login/start.
-	loginStart proto.LoginStartRequest
 }
 
 func newFakeCoord(t *testing.T) *fakeCoord {
 	t.Helper()
 	f := &fakeCoord{sessions: map[string]proto.Session{}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /api/v1/info", func(w http.ResponseWriter, _ *http.Request) {
-		writeTestJSON(w, coordinatorInfo{Version: "v1.3.0", MeshDomain: "clustral.internal", Issuer: f.srv.URL + "/idp", Time: now()})
-	})
-	mux.HandleFunc("GET /idp/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
-		writeTestJSON(w, map[string]string{"issuer": f.srv.URL + "/idp"})
-	})
-	mux.HandleFunc("GET /api/v1/whoami", func(w http.ResponseWriter, r *http.Request) {
-		s, ok := f.auth(r)
-		if !ok {
-			writeTestProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "session expired or revoked", "run: clustral login")
-			return
-		}
-		writeTestJSON(w, proto.Whoami{User: s.User, SessionExpires: s.ExpiresAt})
-	})
-	mux.HandleFunc("POST /api/v1/login/start", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.LoginStartRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.CodeChallenge == "" || req.CodeChallengeMethod != proto.CodeChallengeS256 {
-			writeTestProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "code_challenge is required", "")
-			return
-		}
-		f.mu.Lock()
-		f.loginStart = req
-		f.mu.Unlock()
-		resp := proto.LoginStartResponse{AuthURL: f.srv.URL + "/idp/auth", Handle: "h", ExpiresAt: now().Add(time.Minute), PollInterval: proto.Duration(10 * time.Millisecond)}
-		if req.RedirectURI == "" {
-			resp.UserCode = "BCDF-GHJK"
-		}
-		writeTestJSON(w, resp)
-	})
-	// A session goes only to the verifier of the login's challenge, by
-	// poll: the fake serves headless logins only.
-	issue := func(w http.ResponseWriter, verifier string) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if oauth2.S256ChallengeFromVerifier(verifier) != f.loginStart.CodeChallenge {
-			writeTestProblem(w, http.StatusUnauthorized, proto.CodeLoginFailed, "the code verifier does not match this login", "")
-			return
-		}
-		f.logins++
-		s := proto.Session{Token: "tok-new-" + strconv.Itoa(f.logins), ExpiresAt: now().Add(8 * time.Hour), User: proto.User{ID: "u-alice", Login: "alice@example.com", Email: "alice@example.com"}}
-		f.sessions[s.Token] = s
-		writeTestJSON(w, s)
-	}
-	mux.HandleFunc("POST /api/v1/login/poll", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.LoginPollRequest
-		json.NewDecoder(r.Body).Decode(&req)
-		issue(w, req.CodeVerifier)
-	})
-	mux.HandleFunc("DELETE /api/v1/session", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	f.srv = httptest.NewTLSServer(mux)
 	t.Cleanup(f.srv.Close)
 	f.caFile = filepath.Join(t.TempDir(), "ca.pem")
