@@ -18,10 +18,9 @@ import (
 // fakeAdmin is the coordinator's device and audit API as the
 // coordinator answers it, over the fake coordinator of a testEnv, for
 // the goldens a real coordinator cannot reproduce (see TestGoldenAdmin).
-// It keeps a fixed set of devices and audit events; changes answer what
-// the coordinator would, without storing them, so every command sees the
-// same data. The clusters, roles, users and access requests here are
-// what the real coordinator is set up with for the other goldens.
+// It keeps a fixed set of devices (goldenDevices) and audit events;
+// changes answer what the coordinator would, without storing them, so
+// every command sees the same data.
 type fakeAdmin struct {
 	e *testEnv
 
@@ -80,7 +79,11 @@ func at(d time.Duration) time.Time { return fixedNow.Add(d) }
 
 func atp(d time.Duration) *time.Time { t := at(d); return &t }
 
-func fakeClusters() []proto.Cluster {
+// The clusters, roles, users, devices and access requests the goldens
+// show: the real coordinator is set up with them (setupClusters and the
+// like), and the fake serves the devices.
+
+func goldenClusters() []proto.Cluster {
 	return []proto.Cluster{
 		{ID: clsDev, Name: "dev", Created: at(-72 * time.Hour)},
 		{ID: clsProd, Name: "prod", Labels: map[string]string{"env": "prod", "team": "payments"}, Created: at(-30 * 24 * time.Hour), Agents: []proto.Agent{
@@ -93,7 +96,7 @@ func fakeClusters() []proto.Cluster {
 	}
 }
 
-func fakeRoles() []proto.Role {
+func goldenRoles() []proto.Role {
 	return []proto.Role{
 		{ID: rolAdmin, Name: "admin", Description: "full control, on request", Groups: []string{"system:masters"}, ApproverGroups: []string{"sre"}, Admin: true},
 		{ID: rolDeploy, Name: "dev-deployer", Description: "roll out to dev", Groups: []string{"clustral:edit"}, Restrictions: &proto.Restrictions{
@@ -104,7 +107,7 @@ func fakeRoles() []proto.Role {
 	}
 }
 
-func fakeUsers() []proto.User {
+func goldenUsers() []proto.User {
 	return []proto.User{
 		{ID: usrAlice, Login: "alice@example.com", Email: "alice@example.com", Name: "Alice Liddell", Groups: []string{"dev", "sre"}, Admin: true, Created: at(-90 * 24 * time.Hour), LastSeen: at(-5 * time.Minute)},
 		{ID: usrBob, Login: "bob@example.com", Email: "bob@example.com", Name: "Bob Builder", Groups: []string{"dev"}, Created: at(-60 * 24 * time.Hour), LastSeen: at(-26 * time.Hour)},
@@ -112,7 +115,7 @@ func fakeUsers() []proto.User {
 	}
 }
 
-func fakeDevices() []proto.Device {
+func goldenDevices() []proto.Device {
 	return []proto.Device{
 		{ID: devLaptop, User: "alice@example.com", Hostname: "alice-laptop", Key: adminKey(1), Addresses: prefixes("100.64.0.2", "fd7a:115c:a1e0::2"), Online: true, Created: at(-time.Hour), Expires: at(7 * time.Hour)},
 		{ID: devDesktop, User: "alice@example.com", Hostname: "old-laptop", Key: adminKey(2), Addresses: prefixes("100.64.0.4", "fd7a:115c:a1e0::4"), Online: false, Created: at(-50 * time.Hour), Expires: at(-42 * time.Hour)},
@@ -120,7 +123,7 @@ func fakeDevices() []proto.Device {
 	}
 }
 
-func fakeAccessRequests() []proto.AccessRequest {
+func goldenAccessRequests() []proto.AccessRequest {
 	return []proto.AccessRequest{
 		{ID: reqPending, User: "bob@example.com", Role: "admin", Cluster: "prod", Reason: "INC-1234: restart the ingress", Duration: proto.Duration(time.Hour),
 			State: proto.RequestPending, Created: at(-10 * time.Minute), PendingUntil: at(50 * time.Minute)},
@@ -185,7 +188,7 @@ func installAdmin(e *testEnv) *fakeAdmin {
 
 	route("GET "+v+"/devices", func(w http.ResponseWriter, r *http.Request) {
 		a.record(r, nil)
-		ds := fakeDevices()
+		ds := goldenDevices()
 		if u := r.URL.Query().Get("user"); u != "" {
 			ds = slices.DeleteFunc(ds, func(d proto.Device) bool { return d.User != u })
 		}
@@ -193,7 +196,7 @@ func installAdmin(e *testEnv) *fakeAdmin {
 	})
 	route("DELETE "+v+"/devices/{id}", func(w http.ResponseWriter, r *http.Request) {
 		a.record(r, nil)
-		if !slices.ContainsFunc(fakeDevices(), func(d proto.Device) bool { return d.ID == r.PathValue("id") }) {
+		if !slices.ContainsFunc(goldenDevices(), func(d proto.Device) bool { return d.ID == r.PathValue("id") }) {
 			notFound(w, "device", r.PathValue("id"))
 			return
 		}

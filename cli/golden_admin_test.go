@@ -114,7 +114,7 @@ func TestGoldenRoles(t *testing.T) {
 		})
 		alice := e.real.Login("alice@example.com", "dev", "sre")
 		e.useSession(alice)
-		for _, ro := range fakeRoles() {
+		for _, ro := range goldenRoles() {
 			ro.ID = ""
 			e.real.Do(alice.Token, http.MethodPost, proto.APIVersion+"/roles", ro, nil)
 		}
@@ -145,14 +145,14 @@ func TestGoldenUsers(t *testing.T) {
 	})
 }
 
-// setupUsers has the users of fakeUsers log in to e's real coordinator
+// setupUsers has the users of goldenUsers log in to e's real coordinator
 // when they were created and last seen (in that order, so they get their
 // ids if the coordinator's NewID hands them out), and disables carol. It
 // returns alice's session.
 func setupUsers(e *testEnv) proto.Session {
 	e.t.Helper()
 	var alice proto.Session
-	for _, u := range fakeUsers() {
+	for _, u := range goldenUsers() {
 		claims := map[string]any{"email": u.Email, "name": u.Name, "groups": append([]string{}, u.Groups...)}
 		e.setRealNow(u.Created.Sub(fixedNow))
 		e.real.LoginClaims(claims)
@@ -163,7 +163,7 @@ func setupUsers(e *testEnv) proto.Session {
 		}
 	}
 	e.setRealNow(0)
-	for _, u := range fakeUsers() {
+	for _, u := range goldenUsers() {
 		if u.Disabled {
 			e.real.Do(alice.Token, http.MethodPost, proto.APIVersion+"/users/"+u.Login+"/disable", nil, nil)
 		}
@@ -173,7 +173,7 @@ func setupUsers(e *testEnv) proto.Session {
 
 // TestGoldenAccess runs the access commands against a real coordinator
 // in-process, a fresh one for each, that holds the access requests of
-// fakeAccessRequests, made and decided when they say.
+// goldenAccessRequests, made and decided when they say.
 func TestGoldenAccess(t *testing.T) {
 	tests := []goldenCase{
 		{name: "access-request", args: []string{"access", "request", "--cluster", "prod", "--role", "admin", "--for", "1h", "--reason", "INC-1234: restart the ingress"},
@@ -214,14 +214,14 @@ func TestGoldenAccess(t *testing.T) {
 
 // setupAccess makes the clusters prod and staging, the role admin
 // (approved by the group sre), and the access requests of
-// fakeAccessRequests on e's real coordinator, oldest first, each at its
+// goldenAccessRequests on e's real coordinator, oldest first, each at its
 // time and decided at its time; carol@example.com (group sre) and
 // alice@example.com (an administrator) decide them. It returns alice's
 // session.
 func setupAccess(e *testEnv) proto.Session {
 	e.t.Helper()
 	c, v := e.real, proto.APIVersion
-	ars := fakeAccessRequests()
+	ars := goldenAccessRequests()
 	slices.SortFunc(ars, func(a, b proto.AccessRequest) int { return a.Created.Compare(b.Created) })
 	e.setRealNow(ars[0].Created.Sub(fixedNow))
 	sessions := map[string]string{}
@@ -235,7 +235,7 @@ func setupAccess(e *testEnv) proto.Session {
 	for _, name := range []string{"prod", "staging"} {
 		c.Do(admin, http.MethodPost, v+"/clusters", proto.CreateClusterRequest{Name: name}, nil)
 	}
-	for _, ro := range fakeRoles() {
+	for _, ro := range goldenRoles() {
 		ro.ID = ""
 		c.Do(admin, http.MethodPost, v+"/roles", ro, nil)
 	}
@@ -272,7 +272,7 @@ func setupAccess(e *testEnv) proto.Session {
 
 // TestGoldenAssign runs assign and unassign against a real coordinator
 // in-process, a fresh one for each, that holds the clusters and roles of
-// fakeClusters and fakeRoles, alice@example.com (its administrator) and
+// goldenClusters and goldenRoles, alice@example.com (its administrator) and
 // bob@example.com, and for unassign the assignment it removes.
 func TestGoldenAssign(t *testing.T) {
 	tests := []goldenCase{
@@ -290,10 +290,10 @@ func TestGoldenAssign(t *testing.T) {
 		c, v := e.real, proto.APIVersion
 		alice := c.Login("alice@example.com", "dev", "sre")
 		c.Login("bob@example.com", "dev")
-		for _, cl := range fakeClusters() {
+		for _, cl := range goldenClusters() {
 			c.Do(alice.Token, http.MethodPost, v+"/clusters", proto.CreateClusterRequest{Name: cl.Name, Labels: cl.Labels}, nil)
 		}
-		for _, ro := range fakeRoles() {
+		for _, ro := range goldenRoles() {
 			ro.ID = ""
 			c.Do(alice.Token, http.MethodPost, v+"/roles", ro, nil)
 		}
@@ -308,7 +308,7 @@ func TestGoldenAssign(t *testing.T) {
 
 // TestGoldenClusters runs the clusters commands against a real
 // coordinator in-process, a fresh one for each, that holds the clusters
-// and agents of fakeClusters, with their ids, addresses and online
+// and agents of goldenClusters, with their ids, addresses and online
 // states, and alice@example.com as its administrator.
 func TestGoldenClusters(t *testing.T) {
 	tests := []goldenCase{
@@ -346,7 +346,7 @@ func TestGoldenClusters(t *testing.T) {
 	})
 }
 
-// setupClusters makes the clusters of fakeClusters on e's real
+// setupClusters makes the clusters of goldenClusters on e's real
 // coordinator, oldest first, each when it was created, and registers
 // their agents an hour ago, in the order prod-node-a, staging-node-a,
 // prod-node-b, with the online ones connected. It returns the session of
@@ -354,7 +354,7 @@ func TestGoldenClusters(t *testing.T) {
 func setupClusters(e *testEnv) proto.Session {
 	e.t.Helper()
 	c, v := e.real, proto.APIVersion
-	cls := fakeClusters()
+	cls := goldenClusters()
 	slices.SortFunc(cls, func(a, b proto.Cluster) int { return a.Created.Compare(b.Created) })
 	tokens := map[string]string{}
 	for _, cl := range cls {
@@ -391,7 +391,7 @@ func setupClusters(e *testEnv) proto.Session {
 
 // TestGoldenDevices runs devices list --user and devices revoke against
 // a real coordinator in-process, a fresh one for each, that holds the
-// devices of fakeDevices that have not expired, registered when they
+// devices of goldenDevices that have not expired, registered when they
 // were created and connected, and alice@example.com as its
 // administrator. (The device list of all users, and revoking by
 // hostname, show an expired device and stay on the fake: see
@@ -404,7 +404,7 @@ func TestGoldenDevices(t *testing.T) {
 	// The devices that have not expired, oldest first, in the order they
 	// register, with their ids and addresses.
 	var devs []proto.Device
-	for _, d := range fakeDevices() {
+	for _, d := range goldenDevices() {
 		if d.Expires.After(fixedNow) {
 			devs = append(devs, d)
 		}
