@@ -15,11 +15,11 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// fakeAdmin is the coordinator's management, access and audit API as the
-// coordinator answers it (api.go, manage.go, access.go, audit.go), over
-// the fake coordinator of a testEnv. It keeps a fixed set of clusters,
-// roles, users, devices, access requests and audit events; creations and
-// changes answer what the coordinator would store, without storing it, so
+// fakeAdmin is the coordinator's device and audit API as the
+// coordinator answers it, over the fake coordinator of a testEnv, for
+// the goldens a real coordinator cannot reproduce (see TestGoldenAdmin).
+// It keeps a fixed set of devices (goldenDevices) and audit events;
+// changes answer what the coordinator would, without storing them, so
 // every command sees the same data.
 type fakeAdmin struct {
 	e *testEnv
@@ -36,6 +36,7 @@ const (
 	clsProd    = "cls_1f0e2d3c4b5a69788796"
 	clsStaging = "cls_2a3b4c5d6e7f80919a0b"
 	clsDev     = "cls_3c4d5e6f708192a3b4c5"
+	clsNew     = "cls_4d5e6f708192a3b4c5d6"
 	rolViewer  = "rol_0a1b2c3d4e5f60718293"
 	rolDeploy  = "rol_1b2c3d4e5f6071829304"
 	rolAdmin   = "rol_2c3d4e5f607182930415"
@@ -51,8 +52,8 @@ const (
 	reqActive  = "req_d3c4d5e6f708192a3b4c"
 	reqDenied  = "req_e4d5e6f708192a3b4c5d"
 	reqNew     = "req_f5e6f708192a3b4c5d6e"
-	// Join tokens as newSecret makes them: a prefix and 43 base64url
-	// characters.
+	// Join tokens as the goldens show them (made up; the coordinator's
+	// are random).
 	joinNew     = "cjt_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2Fy"
 	joinRotated = "cjt_cm90YXRlZHRva2VuZm9ycHJvZGFnZW50c29ubHkx"
 )
@@ -78,7 +79,11 @@ func at(d time.Duration) time.Time { return fixedNow.Add(d) }
 
 func atp(d time.Duration) *time.Time { t := at(d); return &t }
 
-func fakeClusters() []proto.Cluster {
+// The clusters, roles, users, devices and access requests the goldens
+// show: the real coordinator is set up with them (setupClusters and the
+// like), and the fake serves the devices.
+
+func goldenClusters() []proto.Cluster {
 	return []proto.Cluster{
 		{ID: clsDev, Name: "dev", Created: at(-72 * time.Hour)},
 		{ID: clsProd, Name: "prod", Labels: map[string]string{"env": "prod", "team": "payments"}, Created: at(-30 * 24 * time.Hour), Agents: []proto.Agent{
@@ -91,7 +96,7 @@ func fakeClusters() []proto.Cluster {
 	}
 }
 
-func fakeRoles() []proto.Role {
+func goldenRoles() []proto.Role {
 	return []proto.Role{
 		{ID: rolAdmin, Name: "admin", Description: "full control, on request", Groups: []string{"system:masters"}, ApproverGroups: []string{"sre"}, Admin: true},
 		{ID: rolDeploy, Name: "dev-deployer", Description: "roll out to dev", Groups: []string{"clustral:edit"}, Restrictions: &proto.Restrictions{
@@ -102,7 +107,7 @@ func fakeRoles() []proto.Role {
 	}
 }
 
-func fakeUsers() []proto.User {
+func goldenUsers() []proto.User {
 	return []proto.User{
 		{ID: usrAlice, Login: "alice@example.com", Email: "alice@example.com", Name: "Alice Liddell", Groups: []string{"dev", "sre"}, Admin: true, Created: at(-90 * 24 * time.Hour), LastSeen: at(-5 * time.Minute)},
 		{ID: usrBob, Login: "bob@example.com", Email: "bob@example.com", Name: "Bob Builder", Groups: []string{"dev"}, Created: at(-60 * 24 * time.Hour), LastSeen: at(-26 * time.Hour)},
@@ -110,7 +115,7 @@ func fakeUsers() []proto.User {
 	}
 }
 
-func fakeDevices() []proto.Device {
+func goldenDevices() []proto.Device {
 	return []proto.Device{
 		{ID: devLaptop, User: "alice@example.com", Hostname: "alice-laptop", Key: adminKey(1), Addresses: prefixes("100.64.0.2", "fd7a:115c:a1e0::2"), Online: true, Created: at(-time.Hour), Expires: at(7 * time.Hour)},
 		{ID: devDesktop, User: "alice@example.com", Hostname: "old-laptop", Key: adminKey(2), Addresses: prefixes("100.64.0.4", "fd7a:115c:a1e0::4"), Online: false, Created: at(-50 * time.Hour), Expires: at(-42 * time.Hour)},
@@ -118,7 +123,7 @@ func fakeDevices() []proto.Device {
 	}
 }
 
-func fakeAccessRequests() []proto.AccessRequest {
+func goldenAccessRequests() []proto.AccessRequest {
 	return []proto.AccessRequest{
 		{ID: reqPending, User: "bob@example.com", Role: "admin", Cluster: "prod", Reason: "INC-1234: restart the ingress", Duration: proto.Duration(time.Hour),
 			State: proto.RequestPending, Created: at(-10 * time.Minute), PendingUntil: at(50 * time.Minute)},
@@ -159,7 +164,7 @@ func fakeAuditEvents() []proto.AuditEvent {
 	return evs
 }
 
-// installAdmin adds the management, access and audit routes to e's fake
+// installAdmin adds the device and audit routes to e's fake
 // coordinator.
 func installAdmin(e *testEnv) *fakeAdmin {
 	e.t.Helper()
@@ -181,169 +186,9 @@ func installAdmin(e *testEnv) *fakeAdmin {
 		writeTestProblem(w, http.StatusNotFound, proto.CodeNotFound, what+" "+strconv.Quote(ref)+" not found", "")
 	}
 
-	route("GET "+v+"/clusters", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		writeTestJSON(w, fakeClusters())
-	})
-	cluster := func(w http.ResponseWriter, ref string) (proto.Cluster, bool) {
-		for _, c := range fakeClusters() {
-			if c.Name == ref || c.ID == ref {
-				return c, true
-			}
-		}
-		notFound(w, "cluster", ref)
-		return proto.Cluster{}, false
-	}
-	route("POST "+v+"/clusters", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.CreateClusterRequest
-		if !a.decode(w, r, &req) {
-			return
-		}
-		if len(req.Labels) == 0 {
-			req.Labels = nil
-		}
-		writeTestStatusJSON(w, http.StatusCreated, proto.CreateClusterResponse{
-			Cluster:   proto.Cluster{ID: "cls_4d5e6f708192a3b4c5d6", Name: req.Name, Labels: req.Labels, Created: fixedNow},
-			JoinToken: joinNew,
-		})
-	})
-	route("GET "+v+"/clusters/{cluster}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if c, ok := cluster(w, r.PathValue("cluster")); ok {
-			writeTestJSON(w, c)
-		}
-	})
-	route("PUT "+v+"/clusters/{cluster}/labels", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.ClusterLabels
-		if !a.decode(w, r, &req) {
-			return
-		}
-		if c, ok := cluster(w, r.PathValue("cluster")); ok {
-			c.Labels = req.Labels
-			writeTestJSON(w, c)
-		}
-	})
-	route("POST "+v+"/clusters/{cluster}/{action}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		c, ok := cluster(w, r.PathValue("cluster"))
-		if !ok {
-			return
-		}
-		switch r.PathValue("action") {
-		case "rotate-token":
-			writeTestJSON(w, proto.JoinToken{Cluster: c.Name, JoinToken: joinRotated})
-		case "revoke-token":
-			writeTestJSON(w, proto.JoinToken{Cluster: c.Name})
-		default:
-			notFound(w, "action", r.PathValue("action"))
-		}
-	})
-	route("DELETE "+v+"/clusters/{cluster}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if _, ok := cluster(w, r.PathValue("cluster")); ok {
-			w.WriteHeader(http.StatusNoContent)
-		}
-	})
-
-	role := func(w http.ResponseWriter, ref string) (proto.Role, bool) {
-		for _, ro := range fakeRoles() {
-			if ro.Name == ref || ro.ID == ref {
-				return ro, true
-			}
-		}
-		notFound(w, "role", ref)
-		return proto.Role{}, false
-	}
-	route("GET "+v+"/roles", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		writeTestJSON(w, fakeRoles())
-	})
-	route("POST "+v+"/roles", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.Role
-		if !a.decode(w, r, &req) {
-			return
-		}
-		req.ID = rolNew
-		writeTestStatusJSON(w, http.StatusCreated, req)
-	})
-	route("GET "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if ro, ok := role(w, r.PathValue("role")); ok {
-			writeTestJSON(w, ro)
-		}
-	})
-	route("PUT "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.Role
-		if !a.decode(w, r, &req) {
-			return
-		}
-		ro, ok := role(w, r.PathValue("role"))
-		if !ok {
-			return
-		}
-		req.ID = ro.ID
-		if req.Name == "" {
-			req.Name = ro.Name
-		}
-		writeTestJSON(w, req)
-	})
-	route("DELETE "+v+"/roles/{role}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if _, ok := role(w, r.PathValue("role")); ok {
-			w.WriteHeader(http.StatusNoContent)
-		}
-	})
-
-	route("POST "+v+"/assignments", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.Assignment
-		if !a.decode(w, r, &req) {
-			return
-		}
-		// The coordinator answers with names, and the expiry it was sent.
-		out := proto.Assignment{ID: asgNew, User: req.User, Group: req.Group, Role: req.Role, Cluster: req.Cluster, ClusterSelector: req.ClusterSelector, Created: fixedNow, Expires: req.Expires}
-		writeTestStatusJSON(w, http.StatusCreated, out)
-	})
-	route("DELETE "+v+"/assignments/{id}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if r.PathValue("id") != asgNew {
-			notFound(w, "assignment", r.PathValue("id"))
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-
-	user := func(w http.ResponseWriter, ref string) (proto.User, bool) {
-		for _, u := range fakeUsers() {
-			if u.Login == ref || u.Email == ref || u.ID == ref {
-				return u, true
-			}
-		}
-		notFound(w, "user", ref)
-		return proto.User{}, false
-	}
-	route("GET "+v+"/users", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		writeTestJSON(w, fakeUsers())
-	})
-	route("GET "+v+"/users/{user}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		if u, ok := user(w, r.PathValue("user")); ok {
-			writeTestJSON(w, u)
-		}
-	})
-	route("POST "+v+"/users/{user}/{action}", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		u, ok := user(w, r.PathValue("user"))
-		if !ok {
-			return
-		}
-		u.Disabled = r.PathValue("action") == "disable"
-		writeTestJSON(w, u)
-	})
-
 	route("GET "+v+"/devices", func(w http.ResponseWriter, r *http.Request) {
 		a.record(r, nil)
-		ds := fakeDevices()
+		ds := goldenDevices()
 		if u := r.URL.Query().Get("user"); u != "" {
 			ds = slices.DeleteFunc(ds, func(d proto.Device) bool { return d.User != u })
 		}
@@ -351,60 +196,11 @@ func installAdmin(e *testEnv) *fakeAdmin {
 	})
 	route("DELETE "+v+"/devices/{id}", func(w http.ResponseWriter, r *http.Request) {
 		a.record(r, nil)
-		if !slices.ContainsFunc(fakeDevices(), func(d proto.Device) bool { return d.ID == r.PathValue("id") }) {
+		if !slices.ContainsFunc(goldenDevices(), func(d proto.Device) bool { return d.ID == r.PathValue("id") }) {
 			notFound(w, "device", r.PathValue("id"))
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
-	})
-
-	route("POST "+v+"/access-requests", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.CreateAccessRequest
-		if !a.decode(w, r, &req) {
-			return
-		}
-		writeTestStatusJSON(w, http.StatusCreated, proto.AccessRequest{
-			ID: reqNew, User: "alice@example.com", Role: req.Role, Cluster: req.Cluster, Reason: req.Reason, Duration: req.Duration,
-			State: proto.RequestPending, Created: fixedNow, PendingUntil: at(time.Hour),
-		})
-	})
-	route("GET "+v+"/access-requests", func(w http.ResponseWriter, r *http.Request) {
-		a.record(r, nil)
-		ars := fakeAccessRequests()
-		if s := r.URL.Query().Get("state"); s != "" {
-			ars = slices.DeleteFunc(ars, func(ar proto.AccessRequest) bool { return ar.State != s })
-		}
-		writeTestJSON(w, ars)
-	})
-	route("POST "+v+"/access-requests/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
-		var d proto.AccessDecision
-		if !a.decode(w, r, &d) {
-			return
-		}
-		i := slices.IndexFunc(fakeAccessRequests(), func(ar proto.AccessRequest) bool { return ar.ID == r.PathValue("id") })
-		if i < 0 {
-			notFound(w, "access request", r.PathValue("id"))
-			return
-		}
-		ar := fakeAccessRequests()[i]
-		ar.DecidedBy, ar.DecidedAt, ar.DecisionReason = "alice@example.com", fixedNow, d.Reason
-		switch r.PathValue("action") {
-		case "approve":
-			ar.State = proto.RequestApproved
-			if d.Duration != 0 {
-				ar.Duration = d.Duration
-			}
-			ar.GrantExpires = atp(time.Duration(ar.Duration))
-		case "deny":
-			ar.State = proto.RequestDenied
-		case "revoke":
-			ar.State = proto.RequestRevoked
-			ar.GrantExpires = atp(0)
-		default:
-			notFound(w, "action", r.PathValue("action"))
-			return
-		}
-		writeTestJSON(w, ar)
 	})
 
 	route("GET "+v+"/audit/events", func(w http.ResponseWriter, r *http.Request) {
@@ -490,10 +286,4 @@ func (a *fakeAdmin) requests() []string {
 	r := a.reqs
 	a.reqs = nil
 	return r
-}
-
-func writeTestStatusJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
 }

@@ -17,8 +17,8 @@ import (
 // one context through the control socket and leave the others alone;
 // without up they only record the choice.
 func TestKubeLoginLogout(t *testing.T) {
-	e := newTestEnv(t)
-	e.login("alice@example.com", fixedNow.Add(time.Hour))
+	e := newRealEnv(t, nil)
+	e.useSession(setupUserGrants(e))
 	u := startFakeUp(e, "prod", "staging")
 	ours := func() []string {
 		t.Helper()
@@ -67,7 +67,7 @@ func TestKubeLoginLogout(t *testing.T) {
 // TestProfilesAndAccounts: profiles keep coordinators apart, default
 // cannot be deleted; accounts switch logins within a profile.
 func TestProfilesAndAccounts(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
 	steps := []struct {
 		args     []string
 		wantCode int
@@ -124,7 +124,7 @@ func TestCompletionBash(t *testing.T) {
 	if err != nil {
 		t.Skip("no bash")
 	}
-	e := newTestEnv(t)
+	e := newBareEnv(t)
 	for _, sh := range []string{"bash", "zsh", "fish", "powershell"} {
 		code, out, errb := e.run("completion", sh)
 		if code != 0 || !strings.Contains(out, "clustral") {

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/proto"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -24,17 +27,21 @@ func TestDoctorFailures(t *testing.T) {
 		fix        string
 		wantPassed []string // checks that must still pass
 	}{
-		{"coordinator down", func(e *testEnv, _ *fakeUp) { e.coord.srv.Close() },
+		{"coordinator down", func(e *testEnv, _ *fakeUp) { e.real.CloseServer() },
 			"tls", "nothing answers at", "check that the coordinator runs", []string{"dns", "tunnel", "socks5"}},
-		{"coordinator not ready", func(e *testEnv, _ *fakeUp) { e.coord.set(func(f *fakeCoord) { f.ready = false }) },
+		{"coordinator not ready", func(e *testEnv, _ *fakeUp) { e.real.FailStore(errors.New("disk gone")) },
 			"health", "not ready: 503", "coordinator's log", []string{"tls", "session"}},
 		{"session expired", func(e *testEnv, _ *fakeUp) { e.login("alice@example.com", fixedNow.Add(-90*time.Minute)) },
 			"session", "your session expired 1h30m ago", "clustral login https://", []string{"health", "tunnel"}},
 		{"session revoked", func(e *testEnv, _ *fakeUp) {
-			e.coord.set(func(f *fakeCoord) { delete(f.sessions, "tok-alice@example.com") })
+			s, err := loadSession(e.dir)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			e.real.Do(s.Session.Token, http.MethodDelete, proto.APIVersion+"/session", nil, nil)
 		},
 			"session", "rejected your session", "clustral login", []string{"health"}},
-		{"clock skew", func(e *testEnv, _ *fakeUp) { e.coord.set(func(f *fakeCoord) { f.skew = 5 * time.Minute }) },
+		{"clock skew", func(e *testEnv, _ *fakeUp) { e.setRealNow(5 * time.Minute) },
 			"clock", "your clock is 5m behind", "time sync", []string{"session"}},
 		{"context deleted", func(e *testEnv, _ *fakeUp) {
 			cfg, _ := clientcmd.LoadFromFile(e.kubeconfig)
@@ -68,7 +75,7 @@ func TestDoctorFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newTestEnv(t)
+			e := newRealEnv(t, nil)
 			e.login("alice@example.com", fixedNow.Add(8*time.Hour))
 			u := startFakeUp(e, "prod", "staging")
 			tt.breakIt(e, u)
@@ -107,7 +114,7 @@ func TestDoctorFailures(t *testing.T) {
 // TestDoctorNotLoggedIn: with nothing configured doctor still runs and
 // says to log in.
 func TestDoctorNotLoggedIn(t *testing.T) {
-	e := newTestEnv(t)
+	e := newBareEnv(t)
 	code, out, _ := e.run("doctor")
 	if code != exitError || !strings.Contains(out, "[FAIL] coordinator: no coordinator configured") || !strings.Contains(out, "fix: clustral login") {
 		t.Errorf("exit %d, out:\n%s", code, out)

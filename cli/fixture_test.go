@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -16,18 +17,18 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/oauth2"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/cli/kubeconfig"
+	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/netstack/socks5"
 	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
@@ -55,17 +56,62 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// testEnv is an isolated config directory, kubeconfig and fake
-// coordinator, with the CLI's clock fixed at fixedNow.
+// testEnv is an isolated config directory, kubeconfig and coordinator
+// (a real one in-process, or the fake), with the CLI's clock fixed at
+// fixedNow.
 type testEnv struct {
 	t          *testing.T
 	base       string // CLUSTRAL_CONFIG_DIR
 	dir        string // the default profile's directory
 	kubeconfig string
-	coord      *fakeCoord
+	coordURL   string // the coordinator's URL
+	caFile     string // trusts the coordinator's certificate
+	// Either real or coord is set.
+	real  *coordinatortest.Coordinator
+	coord *fakeCoord
+	// realNow is the real coordinator's clock; see setRealNow.
+	realNow atomic.Pointer[time.Time]
+	// joinToken, if set, replaces the join tokens in the output (raw and
+	// in a manifest's Secret) in mask.
+	joinToken string
 }
 
+// newTestEnv is a testEnv with the fake coordinator.
 func newTestEnv(t *testing.T) *testEnv {
+	t.Helper()
+	e := newBareEnv(t)
+	e.coord = newFakeCoord(t)
+	e.coordURL, e.caFile = e.coord.srv.URL, e.coord.caFile
+	return e
+}
+
+// newRealEnv is a testEnv with a real coordinator in-process: its store
+// in a temporary directory, its clock fixedNow (see setRealNow),
+// admin@example.com its
+// administrator, and configure (if not nil) applied to its Config.
+func newRealEnv(t *testing.T, configure func(*coordinator.Config)) *testEnv {
+	t.Helper()
+	e := newBareEnv(t)
+	e.realNow.Store(&fixedNow)
+	e.real = coordinatortest.Start(t, func() time.Time { return *e.realNow.Load() }, func(c *coordinator.Config) {
+		c.Admins = []string{"admin@example.com"}
+		if configure != nil {
+			configure(c)
+		}
+	})
+	e.coordURL, e.caFile = e.real.URL, e.real.CAFile
+	return e
+}
+
+// setRealNow sets the real coordinator's clock to fixedNow+d, to set
+// up what happened before fixedNow; the CLI's stays at fixedNow.
+func (e *testEnv) setRealNow(d time.Duration) {
+	t := fixedNow.Add(d)
+	e.realNow.Store(&t)
+}
+
+// newBareEnv is a testEnv without a coordinator.
+func newBareEnv(t *testing.T) *testEnv {
 	t.Helper()
 	// Short: unix socket paths are limited to ~100 bytes.
 	tmp, err := os.MkdirTemp("", "cl")
@@ -83,22 +129,35 @@ func newTestEnv(t *testing.T) *testEnv {
 	}
 	testClock.Store(&fixedNow)
 	t.Cleanup(func() { testClock.Store(nil) })
-	e.coord = newFakeCoord(t)
 	return e
 }
 
-// login stores a session for login with the given expiry and returns its
-// token; the fake coordinator accepts it while valid.
+// useSession stores s as the CLI's session with e's coordinator.
+func (e *testEnv) useSession(s proto.Session) {
+	e.t.Helper()
+	if err := saveSession(e.dir, &storedSession{Coordinator: e.coordURL, CAFile: e.caFile, Session: s}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// login stores a session for login (groups dev) with the given expiry
+// and returns its token; the coordinator accepts it while valid. A real
+// coordinator issues it, logged in a session's length before expires.
 func (e *testEnv) login(login string, expires time.Time) string {
 	e.t.Helper()
+	if e.real != nil {
+		e.setRealNow(expires.Sub(fixedNow) - e.real.Config().SessionTTL)
+		s := e.real.Login(login, "dev")
+		e.setRealNow(0)
+		e.useSession(s)
+		return s.Token
+	}
 	tok := "tok-" + login
 	s := proto.Session{Token: tok, ExpiresAt: expires, User: proto.User{ID: "u-" + login, Login: login, Email: login, Groups: []string{"dev"}}}
 	e.coord.mu.Lock()
 	e.coord.sessions[tok] = s
 	e.coord.mu.Unlock()
-	if err := saveSession(e.dir, &storedSession{Coordinator: e.coord.srv.URL, CAFile: e.coord.caFile, Session: s}); err != nil {
-		e.t.Fatal(err)
-	}
+	e.useSession(s)
 	return tok
 }
 
@@ -113,16 +172,39 @@ func (e *testEnv) run(args ...string) (code int, stdout, stderr string) {
 // mask replaces what changes from run to run: the coordinator's address,
 // temporary paths, ports and process ids.
 func (e *testEnv) mask(s string) string {
-	s = strings.ReplaceAll(s, e.coord.srv.URL, "https://COORD")
+	if e.coordURL != "" {
+		s = strings.ReplaceAll(s, e.coordURL, "https://COORD")
+		s = strings.ReplaceAll(s, e.caFile, "$CAFILE")
+	}
 	s = strings.ReplaceAll(s, e.kubeconfig, "$KUBECONFIG")
-	s = strings.ReplaceAll(s, e.coord.caFile, "$CAFILE")
 	s = strings.ReplaceAll(s, runtime.Version(), "GOVERSION")
 	s = strings.ReplaceAll(s, runtime.GOOS+"/"+runtime.GOARCH, "PLATFORM")
 	s = strings.ReplaceAll(s, e.base, "$CONFIG")
 	s = regexp.MustCompile(`127\.0\.0\.1:\d+`).ReplaceAllString(s, "127.0.0.1:PORT")
 	s = regexp.MustCompile(`pid \d+`).ReplaceAllString(s, "pid N")
+	// The coordinator names the access request a grant comes from
+	// ("grant:req_…", random), which the goldens, written before it did,
+	// show as "grant".
+	s = regexp.MustCompile(`"source": "grant:req_[0-9a-f]+"`).ReplaceAllString(s, `"source": "grant"`)
+	if e.joinToken != "" {
+		s = joinTokenRE.ReplaceAllString(s, e.joinToken)
+		s = secretTokenRE.ReplaceAllStringFunc(s, func(m string) string {
+			b64 := strings.TrimPrefix(m, "token: ")
+			if raw, err := base64.StdEncoding.DecodeString(b64); err == nil && joinTokenRE.Match(raw) {
+				return "token: " + base64.StdEncoding.EncodeToString([]byte(e.joinToken))
+			}
+			return m
+		})
+	}
 	return s
 }
+
+// A join token as the coordinator makes them, and a Secret's data
+// holding one.
+var (
+	joinTokenRE   = regexp.MustCompile(`cjt_[A-Za-z0-9_-]{43}`)
+	secretTokenRE = regexp.MustCompile(`token: [A-Za-z0-9+/=]+`)
+)
 
 // golden compares got with testdata/name.golden; -update rewrites it.
 func golden(t *testing.T, name, got string) {
@@ -143,114 +225,22 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// fakeCoord is the coordinator's API as the CLI uses it, over TLS.
+// fakeCoord serves, over TLS, the sessions testEnv.login stores, and is
+// the base of fakeAdmin, for the goldens a real coordinator cannot
+// reproduce (see TestGoldenAdmin). Every other test runs against a real
+// coordinator (newRealEnv).
 type fakeCoord struct {
 	srv    *httptest.Server
 	caFile string
 
-	mu          sync.Mutex
-	ready       bool
-	version     string
-	skew        time.Duration
-	clusters    []proto.ReachableCluster
-	requestable []string
-	sessions    map[string]proto.Session
-	logins      int
-	// The CLI's last login/start.
-	loginStart proto.LoginStartRequest
+	mu       sync.Mutex
+	sessions map[string]proto.Session
 }
 
 func newFakeCoord(t *testing.T) *fakeCoord {
 	t.Helper()
-	grantEnd := fixedNow.Add(2 * time.Hour)
-	f := &fakeCoord{
-		ready: true, version: "v1.3.0", sessions: map[string]proto.Session{},
-		clusters: []proto.ReachableCluster{
-			{Name: "prod", Roles: []proto.RoleGrant{{Role: "viewer", Groups: []string{"view"}, Source: "user"}}},
-			{Name: "staging", Roles: []proto.RoleGrant{{Role: "admin", Groups: []string{"system:masters"}, Source: "grant", Expires: &grantEnd}}},
-		},
-		requestable: []string{"dev", "prod", "staging"},
-	}
+	f := &fakeCoord{sessions: map[string]proto.Session{}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if !f.ready {
-			http.Error(w, "store unavailable", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /api/v1/info", func(w http.ResponseWriter, _ *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		writeTestJSON(w, coordinatorInfo{Version: f.version, MeshDomain: "clustral.internal", Issuer: f.srv.URL + "/idp", Time: now().Add(f.skew)})
-	})
-	mux.HandleFunc("GET /idp/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
-		writeTestJSON(w, map[string]string{"issuer": f.srv.URL + "/idp"})
-	})
-	mux.HandleFunc("GET /api/v1/whoami", func(w http.ResponseWriter, r *http.Request) {
-		s, ok := f.auth(r)
-		if !ok {
-			writeTestProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "session expired or revoked", "run: clustral login")
-			return
-		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		writeTestJSON(w, proto.Whoami{User: s.User, SessionExpires: s.ExpiresAt, Clusters: f.clusters, Requestable: f.requestable})
-	})
-	mux.HandleFunc("POST /api/v1/login/start", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.LoginStartRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.CodeChallenge == "" || req.CodeChallengeMethod != proto.CodeChallengeS256 {
-			writeTestProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "code_challenge is required", "")
-			return
-		}
-		f.mu.Lock()
-		f.loginStart = req
-		f.mu.Unlock()
-		resp := proto.LoginStartResponse{AuthURL: f.srv.URL + "/idp/auth", Handle: "h", ExpiresAt: now().Add(time.Minute), PollInterval: proto.Duration(10 * time.Millisecond)}
-		if req.RedirectURI == "" {
-			resp.UserCode = "BCDF-GHJK"
-		}
-		writeTestJSON(w, resp)
-	})
-	// A session goes only to the verifier of the login's challenge: by
-	// poll for a headless login, by code exchange for a loopback one.
-	issue := func(w http.ResponseWriter, verifier string) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if oauth2.S256ChallengeFromVerifier(verifier) != f.loginStart.CodeChallenge {
-			writeTestProblem(w, http.StatusUnauthorized, proto.CodeLoginFailed, "the code verifier does not match this login", "")
-			return
-		}
-		f.logins++
-		s := proto.Session{Token: "tok-new-" + strconv.Itoa(f.logins), ExpiresAt: now().Add(8 * time.Hour), User: proto.User{ID: "u-alice", Login: "alice@example.com", Email: "alice@example.com"}}
-		f.sessions[s.Token] = s
-		writeTestJSON(w, s)
-	}
-	mux.HandleFunc("POST /api/v1/login/poll", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.LoginPollRequest
-		json.NewDecoder(r.Body).Decode(&req)
-		f.mu.Lock()
-		loopback := f.loginStart.RedirectURI != ""
-		f.mu.Unlock()
-		if loopback {
-			writeTestProblem(w, http.StatusAccepted, proto.CodeLoginPending, "waiting for the browser", "")
-			return
-		}
-		issue(w, req.CodeVerifier)
-	})
-	mux.HandleFunc("POST /api/v1/login/exchange", func(w http.ResponseWriter, r *http.Request) {
-		var req proto.LoginExchangeRequest
-		json.NewDecoder(r.Body).Decode(&req)
-		if req.Code != "good" {
-			writeTestProblem(w, http.StatusGone, proto.CodeLoginConsumed, "unknown or already used login code", "")
-			return
-		}
-		issue(w, req.CodeVerifier)
-	})
-	mux.HandleFunc("DELETE /api/v1/session", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	f.srv = httptest.NewTLSServer(mux)
 	t.Cleanup(f.srv.Close)
 	f.caFile = filepath.Join(t.TempDir(), "ca.pem")
@@ -259,13 +249,6 @@ func newFakeCoord(t *testing.T) *fakeCoord {
 		t.Fatal(err)
 	}
 	return f
-}
-
-// set changes the fake coordinator under its lock.
-func (f *fakeCoord) set(change func(*fakeCoord)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	change(f)
 }
 
 func (f *fakeCoord) auth(r *http.Request) (proto.Session, bool) {
@@ -311,7 +294,7 @@ func startFakeUp(e *testEnv, clusters ...string) *fakeUp {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	u.st = &device.State{
-		PID: os.Getpid(), Status: "connected", Coordinator: e.coord.srv.URL, User: "alice@example.com", NodeID: "n-device",
+		PID: os.Getpid(), Status: "connected", Coordinator: e.coordURL, User: "alice@example.com", NodeID: "n-device",
 		Addresses: []string{"100.64.0.2", "fd7a:115c:a1e0::2"}, SOCKS: l.Addr().String(), Kubeconfig: e.kubeconfig,
 		Started: fixedNow.Add(-time.Hour), SOCKSUser: "clustral", SOCKSPass: "s3cret", Expires: fixedNow.Add(8 * time.Hour),
 	}

@@ -1,21 +1,27 @@
 package cli
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/coordinator"
 	"github.com/clustral/clustral/pkg/version"
+	"github.com/clustral/clustral/proto"
 )
 
-// TestGolden runs each user command against the fake coordinator and a
-// fake running up, and compares its table and JSON output with
-// testdata/<name>.golden (go test ./cli -run TestGolden -update rewrites
-// them).
+// TestGolden runs each user command against a real coordinator
+// in-process and a fake running up, and compares its table and JSON
+// output with testdata/<name>.golden (go test ./cli -run TestGolden
+// -update rewrites them).
 func TestGolden(t *testing.T) {
-	e := newTestEnv(t)
-	e.login("alice@example.com", fixedNow.Add(7*time.Hour+59*time.Minute))
+	e := newRealEnv(t, func(c *coordinator.Config) {
+		c.SessionTTL = 7*time.Hour + 59*time.Minute
+		c.Version = "v1.3.0"
+	})
+	e.useSession(setupUserGrants(e))
 	startFakeUp(e, "prod", "staging")
 	if err := device.SetExcluded(e.dir, "dev", true); err != nil {
 		t.Fatal(err)
@@ -54,4 +60,26 @@ func TestGolden(t *testing.T) {
 			})
 		}
 	}
+}
+
+// setupUserGrants gives e's real coordinator two clusters, prod and
+// staging, and alice@example.com (groups dev) the role viewer on prod by
+// assignment and the role admin on staging by an access request approved
+// for two hours; it returns alice's session.
+func setupUserGrants(e *testEnv) proto.Session {
+	e.t.Helper()
+	c, v := e.real, proto.APIVersion
+	admin := c.Login("admin@example.com").Token
+	alice := c.Login("alice@example.com", "dev")
+	for _, name := range []string{"prod", "staging"} {
+		c.Do(admin, http.MethodPost, v+"/clusters", proto.CreateClusterRequest{Name: name}, nil)
+	}
+	c.Do(admin, http.MethodPost, v+"/roles", proto.Role{Name: "viewer", Groups: []string{"view"}}, nil)
+	c.Do(admin, http.MethodPost, v+"/roles", proto.Role{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	c.Do(admin, http.MethodPost, v+"/assignments", proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
+	var ar proto.AccessRequest
+	c.Do(alice.Token, http.MethodPost, v+"/access-requests",
+		proto.CreateAccessRequest{Role: "admin", Cluster: "staging", Duration: proto.Duration(2 * time.Hour), Reason: "load test"}, &ar)
+	c.Do(admin, http.MethodPost, v+"/access-requests/"+ar.ID+"/approve", proto.AccessDecision{}, nil)
+	return alice
 }

@@ -3,7 +3,8 @@ package cli
 import (
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/clustral/clustral/coordinator"
 )
 
 func TestCoordinatorURLRefusesPlainHTTPToOtherHosts(t *testing.T) {
@@ -39,7 +40,7 @@ func TestCoordinatorURLRefusesPlainHTTPToOtherHosts(t *testing.T) {
 }
 
 func TestLoginAndAgentRefusePlainHTTP(t *testing.T) {
-	e := newTestEnv(t)
+	e := newBareEnv(t)
 	for _, args := range [][]string{
 		{"login", "http://clustral.example.com"},
 		{"agent", "--coordinator", "http://clustral.example.com", "--join-token", "cjt_x"},
@@ -53,9 +54,6 @@ func TestLoginAndAgentRefusePlainHTTP(t *testing.T) {
 }
 
 func TestManifestWarnsOfPlainHTTP(t *testing.T) {
-	e := newTestEnv(t)
-	e.login("alice@example.com", fixedNow.Add(time.Hour))
-	installAdmin(e)
 	for _, tt := range []struct {
 		url  string
 		warn bool
@@ -63,6 +61,8 @@ func TestManifestWarnsOfPlainHTTP(t *testing.T) {
 		{"http://10.0.0.5:7443", true},
 		{"https://clustral.example.com", false},
 	} {
+		e := newRealEnv(t, func(c *coordinator.Config) { c.Admins = []string{"alice@example.com"} })
+		e.useSession(e.real.Login("alice@example.com"))
 		code, out, errb := e.run("clusters", "add", "qa", "--manifest", "--manifest-coordinator-url", tt.url)
 		if code != 0 || !strings.Contains(out, tt.url) {
 			t.Fatalf("%s: exit %d, stdout %q, stderr %q", tt.url, code, out, errb)

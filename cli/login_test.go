@@ -1,31 +1,41 @@
 package cli
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/clustral/clustral/proto"
 )
 
 // TestLoginLoopback: with a browser on this machine, login listens on
-// 127.0.0.1 under a random path, the browser comes back there with a
-// code, and the CLI redeems it with its verifier.
+// 127.0.0.1 under a random path, the browser signs in at the identity
+// provider and the coordinator sends it back there with a code, and the
+// CLI redeems it with its verifier.
 func TestLoginLoopback(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
+	e.real.SignInNext("alice@example.com")
 	oldHas, oldOpen := hasBrowser, openBrowser
 	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
 	hasBrowser = func() bool { return true }
 	pages := make(chan string, 2)
-	openBrowser = func(string) error {
-		// Play the coordinator's redirect, as the browser follows it.
-		e.coord.mu.Lock()
-		redirect := e.coord.loginStart.RedirectURI
-		e.coord.mu.Unlock()
+	openBrowser = func(authURL string) error {
+		// The browser follows the redirects: to the identity provider,
+		// the coordinator's callback and the CLI's listener; then it
+		// comes back to the listener once more.
+		redirect := loginRedirect(t, e)
 		go func() {
-			for _, code := range []string{"good", "good"} {
-				resp, err := http.Get(redirect + "?" + url.Values{"code": {code}}.Encode())
+			for _, u := range []string{authURL, redirect + "?" + url.Values{"code": {"again"}}.Encode()} {
+				resp, err := e.real.Client().Get(u)
 				if err != nil {
 					pages <- err.Error()
 					continue
@@ -37,60 +47,155 @@ func TestLoginLoopback(t *testing.T) {
 		}()
 		return nil
 	}
-	code, out, errb := e.run("login", e.coord.srv.URL, "--ca-file", e.coord.caFile)
-	if code != 0 || !strings.Contains(out, "Logged in to "+e.coord.srv.URL+" as alice@example.com") {
+	code, out, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
+	if code != 0 || !strings.Contains(out, "Logged in to "+e.coordURL+" as alice@example.com") {
 		t.Fatalf("login: exit %d\n%s\n%s", code, out, errb)
 	}
-	if !strings.Contains(errb, "Opened your browser") || strings.Contains(errb, "BCDF-GHJK") {
+	if !strings.Contains(errb, "Opened your browser") {
 		t.Errorf("stderr:\n%s", errb)
-	}
-	u, err := url.Parse(e.coord.loginStart.RedirectURI)
-	if err != nil || u.Scheme != "http" || u.Hostname() != "127.0.0.1" || !strings.HasPrefix(u.Path, "/clustral/callback/") || len(u.Path) < len("/clustral/callback/")+20 {
-		t.Errorf("redirect_uri %q is not a loopback URL with a random path", e.coord.loginStart.RedirectURI)
 	}
 	if p := <-pages; !strings.Contains(p, "Signed in as alice@example.com") {
 		t.Errorf("browser page: %s", p)
 	}
-	if s, err := loadSession(e.dir); err != nil || s.Session.Token != "tok-new-1" {
-		t.Errorf("stored session %+v, %v", s, err)
+	s, err := loadSession(e.dir)
+	if err != nil || s.Session.User.Login != "alice@example.com" {
+		t.Fatalf("stored session %+v, %v", s, err)
 	}
+	var who proto.Whoami
+	e.real.Do(s.Session.Token, http.MethodGet, proto.APIVersion+"/whoami", nil, &who)
 	<-pages // the second visit found the listener finished or closed
 }
 
+// loginRedirect returns the redirect_uri of the login/start the
+// coordinator of e received last, after checking that it is a loopback
+// URL with a random path.
+func loginRedirect(t *testing.T, e *testEnv) string {
+	t.Helper()
+	var start proto.LoginStartRequest
+	for _, r := range e.real.Requests() {
+		if body, ok := strings.CutPrefix(r, "POST "+proto.APIVersion+"/login/start "); ok {
+			if err := json.Unmarshal([]byte(body), &start); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	u, err := url.Parse(start.RedirectURI)
+	if err != nil || u.Scheme != "http" || u.Hostname() != "127.0.0.1" || !strings.HasPrefix(u.Path, "/clustral/callback/") || len(u.Path) < len("/clustral/callback/")+20 {
+		t.Errorf("redirect_uri %q is not a loopback URL with a random path", start.RedirectURI)
+	}
+	return start.RedirectURI
+}
+
 // TestLoginHeadless: --no-browser prints the URL, this device's name and
-// the code to confirm, and polls with the verifier.
+// the code to confirm, and polls with the verifier until the login is
+// confirmed in a browser.
 func TestLoginHeadless(t *testing.T) {
-	e := newTestEnv(t)
-	code, out, errb := e.run("login", e.coord.srv.URL, "--ca-file", e.coord.caFile, "--no-browser")
-	if code != 0 || !strings.Contains(out, "as alice@example.com") {
-		t.Fatalf("login: exit %d\n%s\n%s", code, out, errb)
+	e := newRealEnv(t, nil)
+	e.real.SignInNext("alice@example.com")
+	var out bytes.Buffer
+	stderr := newWatchedWriter()
+	confirmed := make(chan error, 1)
+	go func() {
+		// The user reads the URL and code, and confirms in a browser.
+		m := stderr.waitMatch(loginPromptRE)
+		if m == nil {
+			confirmed <- errors.New("the login printed no URL and code")
+			return
+		}
+		_, err := e.real.ConfirmLogin(m[1], m[2])
+		confirmed <- err
+	}()
+	code := run(context.Background(), []string{"login", e.coordURL, "--ca-file", e.caFile, "--no-browser"}, strings.NewReader(""), &out, stderr)
+	stderr.Close()
+	errb := stderr.String()
+	if err := <-confirmed; err != nil {
+		t.Error(err)
+	}
+	if code != 0 || !strings.Contains(out.String(), "as alice@example.com") {
+		t.Fatalf("login: exit %d\n%s\n%s", code, out.String(), errb)
 	}
 	host, _ := os.Hostname()
-	for _, want := range []string{e.coord.srv.URL + "/idp/auth", "names this device (" + host + ")", "  BCDF-GHJK\n"} {
+	for _, want := range []string{e.coordURL + "/idp/authorize", "names this device (" + host + ")"} {
 		if !strings.Contains(errb, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, errb)
 		}
 	}
-	if e.coord.loginStart.RedirectURI != "" || e.coord.loginStart.Device.Hostname != host {
-		t.Errorf("login/start = %+v", e.coord.loginStart)
+	var start proto.LoginStartRequest
+	for _, r := range e.real.Requests() {
+		if body, ok := strings.CutPrefix(r, "POST "+proto.APIVersion+"/login/start "); ok {
+			json.Unmarshal([]byte(body), &start)
+		}
+	}
+	if start.RedirectURI != "" || start.Device.Hostname != host {
+		t.Errorf("login/start = %+v", start)
 	}
 }
 
-// TestLoginLoopbackError: a login the coordinator refused comes back to
-// the listener as an error, which the CLI reports at once (exit 3) and
-// shows in the browser.
+// loginPromptRE finds, in what a headless login prints, the URL to open
+// and the code to confirm there.
+var loginPromptRE = regexp.MustCompile(`(?s)(https://\S+/idp/authorize\S*).*\n  ([A-Z]{4}-[A-Z]{4})\r?\n`)
+
+// watchedWriter is an io.Writer whose text so far a goroutine can wait
+// on.
+type watchedWriter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	wrote  chan struct{} // signalled on every write
+	closed chan struct{} // closed by Close
+}
+
+func newWatchedWriter() *watchedWriter {
+	return &watchedWriter{wrote: make(chan struct{}, 1), closed: make(chan struct{})}
+}
+
+// Close ends the writing: waitMatch no longer waits.
+func (w *watchedWriter) Close() { close(w.closed) }
+
+func (w *watchedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case w.wrote <- struct{}{}:
+	default:
+	}
+	return w.buf.Write(p)
+}
+
+func (w *watchedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// waitMatch waits until the text written matches re and returns the
+// submatches, or nil once w is closed without a match.
+func (w *watchedWriter) waitMatch(re *regexp.Regexp) []string {
+	for {
+		if m := re.FindStringSubmatch(w.String()); m != nil {
+			return m
+		}
+		select {
+		case <-w.wrote:
+		case <-w.closed:
+			return re.FindStringSubmatch(w.String())
+		}
+	}
+}
+
+// TestLoginLoopbackError: a login the identity provider refused comes
+// back from the coordinator to the listener as an error, which the CLI
+// reports at once (exit 3) and shows in the browser.
 func TestLoginLoopbackError(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
+	e.real.RefuseNext("the user cancelled")
 	oldHas, oldOpen := hasBrowser, openBrowser
 	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
 	hasBrowser = func() bool { return true }
 	page := make(chan string, 1)
-	openBrowser = func(string) error {
-		e.coord.mu.Lock()
-		redirect := e.coord.loginStart.RedirectURI
-		e.coord.mu.Unlock()
+	openBrowser = func(authURL string) error {
+		loginRedirect(t, e)
 		go func() {
-			resp, err := http.Get(redirect + "?" + url.Values{"error": {"login_failed"}, "error_description": {"user bob@example.com is disabled; ask an administrator"}}.Encode())
+			resp, err := e.real.Client().Get(authURL)
 			if err != nil {
 				page <- err.Error()
 				return
@@ -101,12 +206,46 @@ func TestLoginLoopbackError(t *testing.T) {
 		}()
 		return nil
 	}
-	code, _, errb := e.run("login", e.coord.srv.URL, "--ca-file", e.coord.caFile)
-	if code != exitAuth || !strings.Contains(errb, "error: login failed: user bob@example.com is disabled") || !strings.Contains(errb, "hint: run clustral login again") {
+	code, _, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
+	if code != exitAuth || !strings.Contains(errb, "error: login failed: the identity provider refused the login: access_denied: the user cancelled") ||
+		!strings.Contains(errb, "hint: run clustral login again") {
 		t.Fatalf("login: exit %d\n%s", code, errb)
 	}
 	if p := <-page; !strings.Contains(p, "Login failed") {
 		t.Errorf("browser page: %s", p)
+	}
+	if s, _ := loadSession(e.dir); s != nil {
+		t.Errorf("a session was stored: %+v", s)
+	}
+}
+
+// TestLoginDisabledUser: the coordinator refuses a session to a disabled
+// user when the CLI redeems the browser's code; the CLI says so (exit 4)
+// and stores nothing.
+func TestLoginDisabledUser(t *testing.T) {
+	e := newRealEnv(t, nil)
+	admin := e.real.Login("admin@example.com")
+	e.real.Login("bob@example.com")
+	e.real.Do(admin.Token, http.MethodPost, proto.APIVersion+"/users/bob@example.com/disable", nil, nil)
+	e.real.SignInNext("bob@example.com")
+	oldHas, oldOpen := hasBrowser, openBrowser
+	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
+	hasBrowser = func() bool { return true }
+	done := make(chan struct{})
+	openBrowser = func(authURL string) error {
+		go func() {
+			defer close(done)
+			if resp, err := e.real.Client().Get(authURL); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+		return nil
+	}
+	code, _, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
+	<-done
+	if code != exitDenied || !strings.Contains(errb, "error: user bob@example.com is disabled; ask an administrator") {
+		t.Fatalf("login: exit %d\n%s", code, errb)
 	}
 	if s, _ := loadSession(e.dir); s != nil {
 		t.Errorf("a session was stored: %+v", s)

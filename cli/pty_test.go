@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -74,6 +75,24 @@ func (term *terminal) answer(t *testing.T, prompt, line string) {
 	io.WriteString(term.ptmx, line+"\n")
 }
 
+// waitMatch waits until the terminal shows text matching re and returns
+// the submatches, or nil (after failing the test) if it does not soon.
+func (term *terminal) waitMatch(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(term.output()); m != nil {
+			return m
+		}
+		select {
+		case <-term.seen:
+		case <-deadline:
+			t.Errorf("nothing matches %s; terminal shows:\n%s", re, term.output())
+			return nil
+		}
+	}
+}
+
 // runOnTerminal runs the CLI with stdin and stderr on term and stdout in
 // a buffer, while answer plays the user.
 func runOnTerminal(t *testing.T, term *terminal, answer func(), args ...string) (int, string) {
@@ -94,23 +113,33 @@ func runOnTerminal(t *testing.T, term *terminal, answer func(), args ...string) 
 // TestReloginOnTerminal: an expired session on a terminal offers to log
 // in again; yes runs the login flow and then the command.
 func TestReloginOnTerminal(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
 	e.login("alice@example.com", fixedNow.Add(-time.Minute))
+	e.real.SignInNext("alice@example.com")
 	term := newTerminal(t)
-	code, out := runOnTerminal(t, term, func() { term.answer(t, "Log in again now? [y/N]", "y") }, "whoami")
+	code, out := runOnTerminal(t, term, func() {
+		term.answer(t, "Log in again now? [y/N]", "y")
+		m := term.waitMatch(t, loginPromptRE)
+		if m == nil {
+			return
+		}
+		if _, err := e.real.ConfirmLogin(m[1], m[2]); err != nil {
+			t.Error(err)
+		}
+	}, "whoami")
 	if code != 0 {
 		t.Fatalf("exit %d; terminal:\n%s", code, term.output())
 	}
-	if !strings.Contains(out, "alice@example.com on "+e.coord.srv.URL) {
+	if !strings.Contains(out, "alice@example.com on "+e.coordURL) {
 		t.Errorf("whoami after login printed %q", out)
 	}
 	shown := term.output()
-	for _, want := range []string{"session for " + e.coord.srv.URL + " expired", e.coord.srv.URL + "/idp/auth", "\033[31merror: "} {
+	for _, want := range []string{"session for " + e.coordURL + " expired", e.coordURL + "/idp/authorize", "\033[31merror: "} {
 		if !strings.Contains(shown, want) {
 			t.Errorf("terminal does not show %q:\n%s", want, shown)
 		}
 	}
-	if s, err := loadSession(e.dir); err != nil || s.Session.Token != "tok-new-1" {
+	if s, err := loadSession(e.dir); err != nil || !s.Session.ExpiresAt.After(fixedNow) {
 		t.Errorf("session after login: %+v, %v", s, err)
 	}
 
@@ -127,12 +156,12 @@ func TestReloginOnTerminal(t *testing.T) {
 // TestReloginNotInteractive: without a terminal, an expired session fails
 // at once with exit code 3, one error line and one hint line.
 func TestReloginNotInteractive(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
 	e.login("alice@example.com", fixedNow.Add(-time.Minute))
 	for _, args := range [][]string{{"whoami"}, {"kube", "ls"}} {
 		code, _, errb := e.run(args...)
 		lines := strings.Split(strings.TrimSpace(errb), "\n")
-		if code != exitAuth || len(lines) != 2 || !strings.HasPrefix(lines[0], "error: your session for ") || lines[1] != "hint: run: clustral login "+e.coord.srv.URL {
+		if code != exitAuth || len(lines) != 2 || !strings.HasPrefix(lines[0], "error: your session for ") || lines[1] != "hint: run: clustral login "+e.coordURL {
 			t.Errorf("%v: exit %d, stderr:\n%s", args, code, errb)
 		}
 	}
@@ -141,7 +170,7 @@ func TestReloginNotInteractive(t *testing.T) {
 // TestConfigCleanConfirm: config clean asks on a terminal; no keeps the
 // files, yes removes them; without a terminal it needs --yes.
 func TestConfigCleanConfirm(t *testing.T) {
-	e := newTestEnv(t)
+	e := newRealEnv(t, nil)
 	e.login("alice@example.com", fixedNow.Add(time.Hour))
 
 	code, _, errb := e.run("config", "clean")
@@ -175,7 +204,7 @@ func TestConfigCleanConfirm(t *testing.T) {
 // TestColourOnlyOnTerminal: errors are red on a terminal, plain when not,
 // and plain on a terminal with NO_COLOR or --no-color.
 func TestColourOnlyOnTerminal(t *testing.T) {
-	e := newTestEnv(t)
+	e := newBareEnv(t)
 	code, _, errb := e.run("whoami")
 	if code != exitAuth || strings.Contains(errb, "\033[") || !strings.HasPrefix(errb, "error: not logged in\nhint: ") {
 		t.Errorf("not a terminal: exit %d, stderr %q", code, errb)

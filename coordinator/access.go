@@ -108,7 +108,7 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request, p p
 		return
 	}
 	ar := &accessRequest{
-		ID: newID("req"), UserID: p.user.ID, RoleID: ro.ID, ClusterID: c.ID, Reason: req.Reason,
+		ID: s.newID("req"), UserID: p.user.ID, RoleID: ro.ID, ClusterID: c.ID, Reason: req.Reason,
 		Duration: d, State: proto.RequestPending, Created: now, PendingUntil: now.Add(s.cfg.PendingRequestTTL),
 	}
 	if !s.commit(w, "store request", func(tx store.Tx) error {
@@ -333,7 +333,7 @@ func (s *Server) handleDecideRequest(w http.ResponseWriter, r *http.Request, p p
 			d = time.Duration(dec.Duration)
 		}
 		exp := now.Add(d)
-		a = &assignment{ID: newID("asg"), UserID: ar.UserID, RoleID: ar.RoleID, ClusterID: ar.ClusterID, Expires: &exp, Created: now, CreatedBy: p.user.Login, RequestID: ar.ID}
+		a = &assignment{ID: s.newID("asg"), UserID: ar.UserID, RoleID: ar.RoleID, ClusterID: ar.ClusterID, Expires: &exp, Created: now, CreatedBy: p.user.Login, RequestID: ar.ID}
 		updated.State, updated.GrantExpires, updated.AssignmentID = proto.RequestApproved, &exp, a.ID
 	case "revoke":
 		if ar.UserID != p.user.ID && !mayDecide {

@@ -57,7 +57,7 @@ func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a := &assignment{ID: newID("asg"), Group: req.Group, Expires: req.Expires, Created: now, CreatedBy: p.user.Login}
+	a := &assignment{ID: s.newID("asg"), Group: req.Group, Expires: req.Expires, Created: now, CreatedBy: p.user.Login}
 	if req.User != "" {
 		u, err := s.lookupUser(req.User)
 		if u == nil {

@@ -229,7 +229,7 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 		before = s.clustersOf(u, now)
 		nu = *u
 	} else {
-		nu = user{ID: newID("usr"), Subject: c.Subject, Created: now}
+		nu = user{ID: s.newID("usr"), Subject: c.Subject, Created: now}
 	}
 	nu.Login, nu.Email, nu.Name, nu.Groups, nu.LastSeen = login, email, name, groups, now
 

@@ -41,7 +41,7 @@ func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p p
 		return
 	}
 	token := newSecret("cjt_")
-	c := &cluster{ID: newID("cls"), Name: req.Name, Labels: req.Labels, JoinTokenHash: hashSecret(token), Created: s.now()}
+	c := &cluster{ID: s.newID("cls"), Name: req.Name, Labels: req.Labels, JoinTokenHash: hashSecret(token), Created: s.now()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.clustersByName[c.Name] != nil {

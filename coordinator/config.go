@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -127,6 +128,23 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; tests inject one.
 	Now func() time.Time
+	// NewID, when set, makes the identifiers of new users, clusters,
+	// roles, assignments, access requests and nodes (prefix "usr",
+	// "cls", "rol", "asg", "req", "dev", "agt"; the result is the whole
+	// id) instead of random ones, for tests that compare output with
+	// recorded files. Its results must be unique. It is called with the
+	// coordinator's lock held and must not call back into it.
+	NewID func(prefix string) string
+	// AddrRand, when set, is where overlay address allocation draws the
+	// place its search for a free address starts, instead of
+	// crypto/rand: 8 bytes, big-endian, per address, the IPv4 one first,
+	// taken modulo the prefix's size. Tests that compare output with
+	// recorded files script it to get fixed addresses.
+	AddrRand io.Reader
+	// Version is the version GET /api/v1/info reports; empty means this
+	// binary's (version.Get). Tests that run a CLI of one version against
+	// a coordinator of another in one process set it.
+	Version string
 }
 
 // OIDCConfig names the identity provider. The coordinator is its only

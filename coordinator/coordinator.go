@@ -181,7 +181,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.loadKeys(); err != nil {
 		return nil, err
 	}
-	s.state.ipam = newIPAM(cfg.IPv4Prefix, s.v6)
+	s.state.ipam = newIPAM(cfg.IPv4Prefix, s.v6).withRand(cfg.AddrRand)
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -746,6 +746,15 @@ func (s *Server) expire() error {
 }
 
 // ---- small helpers ----
+
+// newID returns the identifier of a new object: Config.NewID's, or
+// a random one.
+func (s *Server) newID(prefix string) string {
+	if s.cfg.NewID != nil {
+		return s.cfg.NewID(prefix)
+	}
+	return newID(prefix)
+}
 
 // newID returns a random identifier with a type prefix, e.g. "usr_3f9c…".
 func newID(prefix string) string {

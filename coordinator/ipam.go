@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"math/bits"
 	"net/netip"
 
@@ -21,6 +22,17 @@ var errPoolExhausted = errors.New("overlay address pool exhausted")
 // free again when the node is deleted. It is guarded by Server.mu.
 type ipam struct {
 	pools []*addrPool
+}
+
+// withRand makes m's pools draw where their searches start from r
+// instead of crypto/rand (Config.AddrRand); nil keeps crypto/rand.
+func (m *ipam) withRand(r io.Reader) *ipam {
+	if r != nil {
+		for _, p := range m.pools {
+			p.rand = r
+		}
+	}
+	return m
 }
 
 func newIPAM(prefixes ...netip.Prefix) *ipam {
@@ -85,6 +97,7 @@ type addrPool struct {
 	used   uint64 // offsets in use, the two reserved ones included
 	bits   []uint64
 	sparse map[uint64]bool
+	rand   io.Reader // where searches start; crypto/rand unless set
 }
 
 // maxBitmapBits bounds the prefixes indexed by a bitmap.
@@ -153,7 +166,11 @@ func (p *addrPool) candidate() (uint64, bool) {
 		return 0, false
 	}
 	var rb [8]byte
-	rand.Read(rb[:])
+	if p.rand != nil {
+		io.ReadFull(p.rand, rb[:]) // a short read starts at 0
+	} else {
+		rand.Read(rb[:])
+	}
 	start := beUint64(rb[:]) % p.size
 	if p.bits == nil {
 		for i := uint64(0); i < maxSparseProbes; i++ {

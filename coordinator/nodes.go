@@ -45,7 +45,7 @@ func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request, p 
 		return
 	}
 	token := newSecret("cnt_")
-	n := &node{ID: newID("dev"), Kind: proto.KindDevice, Key: req.PublicKey, TokenHash: hashSecret(token), Hostname: req.Hostname}
+	n := &node{ID: s.newID("dev"), Kind: proto.KindDevice, Key: req.PublicKey, TokenHash: hashSecret(token), Hostname: req.Hostname}
 	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
 		se, u := s.sessions[p.session.IDHash], s.users[p.user.ID]
 		switch {
@@ -94,7 +94,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request, tok
 	}
 	token := newSecret("cnt_")
 	n := &node{
-		ID: newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token),
+		ID: s.newID("agt"), Kind: proto.KindAgent, Key: req.PublicKey, TokenHash: hashSecret(token),
 		Hostname: req.Hostname, CertKey: certKey,
 	}
 	var c *cluster

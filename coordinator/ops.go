@@ -47,7 +47,7 @@ type infoResponse struct {
 }
 
 func (s *Server) handleInfo(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, infoResponse{Version: version.Get().Version, MeshDomain: s.cfg.MeshDomain, Issuer: s.cfg.OIDC.Issuer, Time: s.now().UTC()})
+	writeJSON(w, http.StatusOK, infoResponse{Version: s.version(), MeshDomain: s.cfg.MeshDomain, Issuer: s.cfg.OIDC.Issuer, Time: s.now().UTC()})
 }
 
 // handleBackup streams a consistent snapshot of the store: the bbolt file
@@ -82,4 +82,13 @@ type deadlineWriter struct {
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	d.extend()
 	return d.w.Write(p)
+}
+
+// version is the version the coordinator reports: Config.Version, or
+// this binary's.
+func (s *Server) version() string {
+	if s.cfg.Version != "" {
+		return s.cfg.Version
+	}
+	return version.Get().Version
 }

@@ -31,7 +31,7 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 	if !decode(w, r, &req) || !validateRole(w, &req) {
 		return
 	}
-	ro := &role{ID: newID("rol"), Name: req.Name, Description: req.Description, Groups: req.Groups, KubeUser: req.KubeUser,
+	ro := &role{ID: s.newID("rol"), Name: req.Name, Description: req.Description, Groups: req.Groups, KubeUser: req.KubeUser,
 		Restrictions: req.Restrictions, ApproverGroups: req.ApproverGroups, Admin: req.Admin, Created: s.now()}
 	slices.Sort(ro.Groups)
 	ro.Groups = slices.Compact(ro.Groups)
