@@ -364,7 +364,7 @@ type RoleGrant struct {
 	Groups   []string   `json:"groups"`
 	KubeUser string     `json:"kube_user,omitempty"`
 	Expires  *time.Time `json:"expires,omitempty"`
-	// Source says why the role applies: "user", "group:<name>" or "grant".
+	// Source says why the role applies: "user", "group:<name>" or "grant:<access request id>".
 	Source string `json:"source,omitempty"`
 	// Restrictions narrow what the role allows; nil means none.
 	Restrictions *Restrictions `json:"restrictions,omitempty"`
