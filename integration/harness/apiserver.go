@@ -134,11 +134,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 		svcRange = "10.96.0.0/16"
 	}
 
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		url := "https://" + hostPort(ports[0])
 		args := []string{
 			"--bind-address=127.0.0.1",

@@ -47,11 +47,7 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 	}
 	cm := &ControllerManager{LogPath: filepath.Join(dir, "kube-controller-manager.log")}
 	client := api.Client()
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		args := []string{
 			"--kubeconfig=" + kubeconfig,
 			"--authentication-kubeconfig=" + kubeconfig,

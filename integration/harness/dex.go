@@ -114,11 +114,7 @@ func StartDex(ctx context.Context, dir string, opts DexOptions) (*Dex, error) {
 	if err := writeFiles(map[string][]byte{d.tlsCert: cert, d.tlsKey: key}); err != nil {
 		return nil, fmt.Errorf("start dex: %w", err)
 	}
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		d.port = ports[0]
 		d.Issuer = fmt.Sprintf("https://%s/dex", hostPort(d.port))
 		return d.start(ctx)

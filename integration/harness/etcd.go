@@ -28,11 +28,7 @@ func StartEtcd(ctx context.Context, dir string) (*Etcd, error) {
 		return nil, err
 	}
 	e := &Etcd{LogPath: filepath.Join(dir, "etcd.log")}
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(2)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(2, func(ports []int) error {
 		client := "http://" + hostPort(ports[0])
 		peer := "http://" + hostPort(ports[1])
 		data := filepath.Join(dir, "etcd-data")

@@ -100,11 +100,7 @@ func StartKWOK(ctx context.Context, dir string, api *APIServer) (*KWOK, error) {
 	if err := os.WriteFile(k.config, stages, 0o644); err != nil {
 		return nil, fmt.Errorf("start kwok: %w", err)
 	}
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		k.Port = ports[0]
 		return k.start(ctx)
 	})

@@ -245,12 +245,16 @@ func getOK(ctx context.Context, c *http.Client, url string, hdr http.Header) ([]
 	return b, nil
 }
 
-// retryOnPortClash runs start up to three times while it fails with
-// errAddrInUse.
-func retryOnPortClash(start func() error) error {
+// onFreePorts calls start with n free ports (see FreePorts), and again
+// with new ones, three tries in all, while it fails with errAddrInUse.
+func onFreePorts(n int, start func(ports []int) error) error {
 	var err error
 	for range 3 {
-		if err = start(); !errors.Is(err, errAddrInUse) {
+		ports, perr := FreePorts(n)
+		if perr != nil {
+			return perr
+		}
+		if err = start(ports); !errors.Is(err, errAddrInUse) {
 			return err
 		}
 	}
