@@ -168,7 +168,6 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 			return err
 		})
 		if err != nil {
-			p.Stop()
 			return err
 		}
 		a.URL, a.proc = url, p

@@ -77,7 +77,6 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 			return nil
 		})
 		if err != nil {
-			p.Stop()
 			return err
 		}
 		cm.proc = p

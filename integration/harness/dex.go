@@ -220,7 +220,6 @@ func (d *Dex) start(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		p.Stop()
 		return err
 	}
 	d.proc = p

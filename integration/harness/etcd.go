@@ -60,7 +60,6 @@ func StartEtcd(ctx context.Context, dir string) (*Etcd, error) {
 			return nil
 		})
 		if err != nil {
-			p.Stop()
 			return err
 		}
 		e.URL, e.proc = client, p

@@ -144,7 +144,6 @@ func (k *KWOK) start(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		p.Stop()
 		return err
 	}
 	k.proc = p

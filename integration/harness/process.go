@@ -161,11 +161,16 @@ func (p *Process) WaitHTTPClient(ctx context.Context, c *http.Client, url string
 	})
 }
 
-// waitReady is Wait bounded by timeout.
+// waitReady is Wait bounded by timeout. A process that does not get
+// ready is stopped.
 func (p *Process) waitReady(ctx context.Context, timeout time.Duration, check func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return p.Wait(ctx, check)
+	if err := p.Wait(ctx, check); err != nil {
+		p.Stop()
+		return err
+	}
+	return nil
 }
 
 func tailFile(path string, n int) string {
