@@ -12,7 +12,6 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
@@ -85,12 +84,7 @@ func reachable(u *harness.TestUser) []string {
 // the file.
 func restClient(u *harness.TestUser) rest.Interface {
 	u.T().Helper()
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: u.Kubeconfig},
-		&clientcmd.ConfigOverrides{CurrentContext: "clustral-kind"}).ClientConfig()
-	if err != nil {
-		u.T().Fatal(err)
-	}
+	cfg := u.RESTConfig()
 	cfg.Timeout = 3 * time.Second
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

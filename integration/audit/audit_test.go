@@ -18,8 +18,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -107,15 +107,9 @@ type loadGen struct {
 	failed int
 }
 
-func newLoadGen(t *testing.T, kubeconfig string) *loadGen {
+func newLoadGen(t *testing.T, u *harness.TestUser) *loadGen {
 	t.Helper()
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig},
-		&clientcmd.ConfigOverrides{CurrentContext: "clustral-kind"},
-	).ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := u.RESTConfig()
 	cfg.Timeout = 5 * time.Second
 	rt, err := rest.TransportFor(cfg)
 	if err != nil {
@@ -213,7 +207,7 @@ func TestNoEventLost(t *testing.T) {
 	spoolDir := filepath.Join(t.TempDir(), "spool")
 	ag := startAgent(t, m.JoinToken, spoolDir)
 	m.alice.MustUp()
-	g := newLoadGen(t, m.alice.Kubeconfig)
+	g := newLoadGen(t, m.alice)
 	g.run(t, 10, 30*time.Second) // the mesh is up
 
 	// 1. Coordinator outage.
