@@ -6,7 +6,6 @@ import (
 	"encoding/csv"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -70,13 +69,9 @@ type APIServer struct {
 // StartAPIServer starts kube-apiserver against etcdURL, with its files
 // under dir, and waits for /readyz. The caller must call Close.
 func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOptions) (*APIServer, error) {
-	bin, err := Binary("kube-apiserver")
+	bin, dir, err := componentDir("kube-apiserver", dir)
 	if err != nil {
 		return nil, err
-	}
-	dir = filepath.Join(dir, "kube-apiserver")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	ca, err := NewCA("clustral-test-kube-ca")
 	if err != nil {

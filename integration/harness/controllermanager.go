@@ -29,13 +29,9 @@ type ControllerManager struct {
 // files under dir, and waits until the built-in "view" ClusterRole has
 // been aggregated. The caller must call Close.
 func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*ControllerManager, error) {
-	bin, err := Binary("kube-controller-manager")
+	bin, dir, err := componentDir("kube-controller-manager", dir)
 	if err != nil {
 		return nil, err
-	}
-	dir = filepath.Join(dir, "kube-controller-manager")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start kube-controller-manager: %w", err)
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := api.WriteKubeconfig(kubeconfig, "kube-controller-manager", api.AdminToken); err != nil {

@@ -83,13 +83,9 @@ type Dex struct {
 // StartDex starts Dex with its files under dir and waits until its
 // discovery document is served. The caller must call Close.
 func StartDex(ctx context.Context, dir string, opts DexOptions) (*Dex, error) {
-	bin, err := Binary("dex")
+	bin, dir, err := componentDir("dex", dir)
 	if err != nil {
 		return nil, err
-	}
-	dir = filepath.Join(dir, "dex")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start dex: %w", err)
 	}
 	ca, err := NewCA("clustral-test-dex-ca")
 	if err != nil {

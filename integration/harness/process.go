@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -248,6 +249,19 @@ func getOK(ctx context.Context, c *http.Client, url string, hdr http.Header) ([]
 		return b, fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(b))
 	}
 	return b, nil
+}
+
+// componentDir finds the binary of the component name and makes its
+// directory, name below dir. It returns both.
+func componentDir(name, dir string) (bin, sub string, err error) {
+	if bin, err = Binary(name); err != nil {
+		return "", "", err
+	}
+	sub = filepath.Join(dir, name)
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		return "", "", fmt.Errorf("start %s: %w", name, err)
+	}
+	return bin, sub, nil
 }
 
 // onFreePorts calls start with n free ports (see FreePorts), and again
