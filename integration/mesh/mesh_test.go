@@ -9,17 +9,26 @@ import (
 	"github.com/clustral/clustral/integration/harness"
 )
 
-// TestIdentityAndRoles: two users, at the same time on two devices, with
-// different roles, get different answers from the real apiserver's RBAC,
-// and the cluster sees each as themselves with their role's groups.
-func TestIdentityAndRoles(t *testing.T) {
+// newAliceAndBob starts a mesh with an agent and returns it with alice
+// and bob logged in, holding aliceRole and bobRole on the cluster. Neither
+// is up yet.
+func newAliceAndBob(t *testing.T, aliceRole, bobRole string) (*harness.Mesh, *harness.TestUser, *harness.TestUser) {
+	t.Helper()
 	m := suite.NewMesh(t)
 	suite.StartAgent(t, m.JoinToken)
 	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
 	a.MustLogin()
 	b.MustLogin()
-	m.Assign(t, alice.Email, "viewer")
-	m.Assign(t, bob.Email, "editor")
+	m.Assign(t, alice.Email, aliceRole)
+	m.Assign(t, bob.Email, bobRole)
+	return m, a, b
+}
+
+// TestIdentityAndRoles: two users, at the same time on two devices, with
+// different roles, get different answers from the real apiserver's RBAC,
+// and the cluster sees each as themselves with their role's groups.
+func TestIdentityAndRoles(t *testing.T) {
+	_, a, b := newAliceAndBob(t, "viewer", "editor")
 	a.MustUp()
 	b.MustUp()
 
