@@ -17,12 +17,7 @@ import (
 // the cluster sees (security invariant 1). alice is a viewer; every
 // attempt to claim more must still be judged as alice.
 func TestInjectionIgnored(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	a := suite.NewUser(t, alice)
-	a.MustLogin()
-	m.Assign(t, alice.Email, "viewer")
-	a.MustUp()
+	_, a, _ := newUpUser(t, alice, "viewer")
 	ns := suite.NewNamespace(t)
 
 	t.Run("kubectl --as", func(t *testing.T) {

@@ -7,7 +7,21 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
 )
+
+// newUpUser starts a mesh with an agent and returns it with the user d
+// logged in, holding role on the cluster and up, and that assignment.
+func newUpUser(t *testing.T, d harness.DexUser, role string) (*harness.Mesh, *harness.TestUser, proto.Assignment) {
+	t.Helper()
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	u := suite.NewUser(t, d)
+	u.MustLogin()
+	asg := m.Assign(t, d.Email, role)
+	u.MustUp()
+	return m, u, asg
+}
 
 // newAliceAndBob starts a mesh with an agent and returns it with alice
 // and bob logged in, holding aliceRole and bobRole on the cluster. Neither
