@@ -26,6 +26,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -241,6 +242,41 @@ func (h *harness) get(path string) (*http.Response, string) {
 		h.tb.Fatalf("GET %s: read body: %v", path, err)
 	}
 	return resp, string(b)
+}
+
+// postUnended POSTs a configmap through the proxy whose body starts with
+// partial and never ends, and returns the response with its body read,
+// once the proxy has answered.
+func (h *harness) postUnended(partial string) (*http.Response, string) {
+	h.tb.Helper()
+	body, bw := io.Pipe()
+	h.tb.Cleanup(func() { bw.Close() })
+	go bw.Write([]byte(partial)) // the rest never comes
+	req, err := http.NewRequest("POST", h.url("/api/v1/namespaces/default/configmaps"), body)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	type result struct {
+		resp *http.Response
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := h.client.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{resp, string(b), err}
+	}()
+	r := testkit.Recv(h.tb, done, "the answer to the unended request")
+	if r.err != nil {
+		h.tb.Fatal(r.err)
+	}
+	return r.resp, r.body
 }
 
 // rawConn is an HTTP/1.1 TLS connection to the proxy, as kubectl opens for

@@ -525,34 +525,8 @@ func TestEarlyResponse(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "configmaps is forbidden", http.StatusForbidden)
 	}))
-	body, bw := io.Pipe()
-	t.Cleanup(func() { bw.Close() })
-	go bw.Write([]byte(`{"apiVersion":"v1",`)) // the rest never comes
-	req, err := http.NewRequest("POST", h.url("/api/v1/namespaces/default/configmaps"), body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	type result struct {
-		resp *http.Response
-		body string
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, err := h.client.Do(req)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		done <- result{resp, string(b), err}
-	}()
-	r := testkit.Recv(t, done, "the response to end")
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if r.resp.ProtoMajor != 2 || r.resp.StatusCode != http.StatusForbidden || !strings.Contains(r.body, "configmaps is forbidden") {
-		t.Errorf("got HTTP/%d %d %q, want HTTP/2 403 with the apiserver's message", r.resp.ProtoMajor, r.resp.StatusCode, r.body)
+	resp, body := h.postUnended(`{"apiVersion":"v1",`)
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "configmaps is forbidden") {
+		t.Errorf("got HTTP/%d %d %q, want HTTP/2 403 with the apiserver's message", resp.ProtoMajor, resp.StatusCode, body)
 	}
 }

@@ -124,37 +124,11 @@ func TestProxyTimeoutsCutSlowClients(t *testing.T) {
 		up := &longUpstream{upgrade: newEchoUpgrade(t), release: make(chan struct{}), bodies: make(chan int, 1)}
 		close(up.release)
 		h := newHarness(t, up, withShortTimeouts)
-		body, bw := io.Pipe()
-		t.Cleanup(func() { bw.Close() })
-		go bw.Write([]byte(`{"apiVersion":`)) // the rest never comes
-		req, err := http.NewRequest("POST", h.url("/api/v1/namespaces/default/configmaps"), body)
-		if err != nil {
-			t.Fatal(err)
+		resp, body := h.postUnended(`{"apiVersion":`)
+		if resp.ProtoMajor != 2 {
+			t.Errorf("answered over HTTP/%d, want HTTP/2", resp.ProtoMajor)
 		}
-		type result struct {
-			resp *http.Response
-			body string
-			err  error
-		}
-		done := make(chan result, 1)
-		go func() {
-			resp, err := h.client.Do(req)
-			if err != nil {
-				done <- result{err: err}
-				return
-			}
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			done <- result{resp, string(b), err}
-		}()
-		r := testkit.Recv(t, done, "the slow request to end")
-		if r.err != nil {
-			t.Fatal(r.err)
-		}
-		if r.resp.ProtoMajor != 2 {
-			t.Errorf("answered over HTTP/%d, want HTTP/2", r.resp.ProtoMajor)
-		}
-		checkError(t, r.resp, r.body, http.StatusRequestTimeout, proto.CodeRequestTimeout, "The request body did not reach the clustral proxy of cluster 'prod'")
+		checkError(t, resp, body, http.StatusRequestTimeout, proto.CodeRequestTimeout, "The request body did not reach the clustral proxy of cluster 'prod'")
 		if n := testkit.Recv(t, up.bodies, "the upstream's read of the body"); n >= 0 {
 			t.Errorf("the apiserver received a whole body of %d bytes", n)
 		}

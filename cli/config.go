@@ -51,21 +51,15 @@ type fileView struct {
 }
 
 func newConfigShowCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{
+	return viewCmd(g, &cobra.Command{
 		Use:     "show",
 		Short:   "Show the profile's files, login (no secrets) and current kubeconfig context",
 		Example: "  clustral config show\n  clustral config show -o yaml",
 		Args:    cobra.NoArgs,
-	}
-	out := outputFlag(c)
-	c.RunE = func(c *cobra.Command, _ []string) error {
+	}, func(_ *cobra.Command, dir string) (configView, error) {
 		profile, err := g.profileName()
 		if err != nil {
-			return err
-		}
-		dir, err := g.dir()
-		if err != nil {
-			return err
+			return configView{}, err
 		}
 		v := configView{Profile: profile, Dir: dir, Tunnel: tunnelState(dir), Files: []fileView{}, Excluded: device.Excluded(dir)}
 		pc := loadProfileConfig(dir)
@@ -95,32 +89,31 @@ func newConfigShowCmd(g *globals) *cobra.Command {
 			v.Files = append(v.Files, fileView{Name: rel, Mode: info.Mode().String()})
 			return nil
 		})
-		return render(g.stdout, *out, v, func(tw *tabwriter.Writer) {
-			fmt.Fprintf(tw, "Profile:\t%s\n", v.Profile)
-			fmt.Fprintf(tw, "Directory:\t%s\n", v.Dir)
-			fmt.Fprintf(tw, "Coordinator:\t%s\n", dash(v.Coordinator))
-			if v.CAFile != "" {
-				fmt.Fprintf(tw, "CA file:\t%s\n", v.CAFile)
-			}
-			if v.User != "" {
-				fmt.Fprintf(tw, "Session:\t%s (%s), %d account(s)\n", v.User, remaining(v.SessionExpires), v.Accounts)
-			} else {
-				fmt.Fprintf(tw, "Session:\tnot logged in\n")
-			}
-			fmt.Fprintf(tw, "Tunnel:\t%s\n", v.Tunnel)
-			fmt.Fprintf(tw, "Kubeconfig:\t%s\n", v.Kubeconfig)
-			fmt.Fprintf(tw, "Current context:\t%s\n", dash(v.CurrentContext))
-			if len(v.Excluded) > 0 {
-				fmt.Fprintf(tw, "Logged out of:\t%s\n", strings.Join(v.Excluded, ", "))
-			}
-			fmt.Fprintln(tw)
-			fmt.Fprintln(tw, "FILE\tMODE")
-			for _, f := range v.Files {
-				fmt.Fprintf(tw, "%s\t%s\n", f.Name, f.Mode)
-			}
-		})
-	}
-	return c
+		return v, nil
+	}, func(tw *tabwriter.Writer, v configView) {
+		fmt.Fprintf(tw, "Profile:\t%s\n", v.Profile)
+		fmt.Fprintf(tw, "Directory:\t%s\n", v.Dir)
+		fmt.Fprintf(tw, "Coordinator:\t%s\n", dash(v.Coordinator))
+		if v.CAFile != "" {
+			fmt.Fprintf(tw, "CA file:\t%s\n", v.CAFile)
+		}
+		if v.User != "" {
+			fmt.Fprintf(tw, "Session:\t%s (%s), %d account(s)\n", v.User, remaining(v.SessionExpires), v.Accounts)
+		} else {
+			fmt.Fprintf(tw, "Session:\tnot logged in\n")
+		}
+		fmt.Fprintf(tw, "Tunnel:\t%s\n", v.Tunnel)
+		fmt.Fprintf(tw, "Kubeconfig:\t%s\n", v.Kubeconfig)
+		fmt.Fprintf(tw, "Current context:\t%s\n", dash(v.CurrentContext))
+		if len(v.Excluded) > 0 {
+			fmt.Fprintf(tw, "Logged out of:\t%s\n", strings.Join(v.Excluded, ", "))
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "FILE\tMODE")
+		for _, f := range v.Files {
+			fmt.Fprintf(tw, "%s\t%s\n", f.Name, f.Mode)
+		}
+	})
 }
 
 // tunnelState says whether the profile's up runs: "up (pid N)",

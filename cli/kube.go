@@ -77,22 +77,16 @@ func whoami(ctx context.Context, g *globals) (*proto.Whoami, error) {
 }
 
 func newKubeLsCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{
+	return viewCmd(g, &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List the clusters you may reach, your roles there and their contexts",
 		Example: "  clustral kube ls\n  clustral kube ls -o json",
 		Args:    cobra.NoArgs,
-	}
-	out := outputFlag(c)
-	c.RunE = func(c *cobra.Command, _ []string) error {
-		dir, err := g.dir()
-		if err != nil {
-			return err
-		}
+	}, func(c *cobra.Command, dir string) ([]kubeClusterView, error) {
 		who, err := whoami(c.Context(), g)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		st, alive := device.ReadState(dir)
 		excluded := device.Excluded(dir)
@@ -107,18 +101,17 @@ func newKubeLsCmd(g *globals) *cobra.Command {
 			}
 			vs = append(vs, v)
 		}
-		return render(g.stdout, *out, vs, func(tw *tabwriter.Writer) {
-			if len(vs) == 0 {
-				fmt.Fprintln(tw, "You may reach no cluster. Ask for access: clustral access request <cluster> --role <role>")
-				return
-			}
-			fmt.Fprintln(tw, "CLUSTER\tROLES\tCONTEXT\tSTATE")
-			for _, v := range vs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Cluster, rolesText(v.Roles), v.Context, v.State)
-			}
-		})
-	}
-	return c
+		return vs, nil
+	}, func(tw *tabwriter.Writer, vs []kubeClusterView) {
+		if len(vs) == 0 {
+			fmt.Fprintln(tw, "You may reach no cluster. Ask for access: clustral access request <cluster> --role <role>")
+			return
+		}
+		fmt.Fprintln(tw, "CLUSTER\tROLES\tCONTEXT\tSTATE")
+		for _, v := range vs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Cluster, rolesText(v.Roles), v.Context, v.State)
+		}
+	})
 }
 
 // rolesText renders roles as "admin,viewer (until 15:04)".

@@ -70,3 +70,22 @@ func valueCmd(g *globals, cmd *cobra.Command, key string, get func() (string, er
 	}
 	return cmd
 }
+
+// viewCmd gives cmd the -o flag and a RunE that builds a view from the
+// profile's directory and renders it: as JSON or YAML, or as the table
+// table writes.
+func viewCmd[V any](g *globals, cmd *cobra.Command, build func(c *cobra.Command, dir string) (V, error), table func(tw *tabwriter.Writer, v V)) *cobra.Command {
+	out := outputFlag(cmd)
+	cmd.RunE = func(c *cobra.Command, _ []string) error {
+		dir, err := g.dir()
+		if err != nil {
+			return err
+		}
+		v, err := build(c, dir)
+		if err != nil {
+			return err
+		}
+		return render(g.stdout, *out, v, func(tw *tabwriter.Writer) { table(tw, v) })
+	}
+	return cmd
+}

@@ -340,39 +340,32 @@ session is valid.`,
 }
 
 func newAccountsListCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{
+	return viewCmd(g, &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List the profile's logins",
 		Example: "  clustral accounts list\n  clustral accounts list -o json",
 		Args:    cobra.NoArgs,
-	}
-	out := outputFlag(c)
-	c.RunE = func(c *cobra.Command, _ []string) error {
-		dir, err := g.dir()
-		if err != nil {
-			return err
-		}
+	}, func(_ *cobra.Command, dir string) ([]accountView, error) {
 		as, _ := listAccounts(dir)
 		if as == nil {
 			as = []accountView{}
 		}
-		return render(g.stdout, *out, as, func(tw *tabwriter.Writer) {
-			if len(as) == 0 {
-				fmt.Fprintln(tw, "No accounts. Run: clustral login <coordinator-url>")
-				return
+		return as, nil
+	}, func(tw *tabwriter.Writer, as []accountView) {
+		if len(as) == 0 {
+			fmt.Fprintln(tw, "No accounts. Run: clustral login <coordinator-url>")
+			return
+		}
+		fmt.Fprintln(tw, "CURRENT\tLOGIN\tCOORDINATOR\tSESSION")
+		for _, a := range as {
+			mark := ""
+			if a.Current {
+				mark = "*"
 			}
-			fmt.Fprintln(tw, "CURRENT\tLOGIN\tCOORDINATOR\tSESSION")
-			for _, a := range as {
-				mark := ""
-				if a.Current {
-					mark = "*"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", mark, a.Login, a.Coordinator, remaining(a.SessionExpires))
-			}
-		})
-	}
-	return c
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", mark, a.Login, a.Coordinator, remaining(a.SessionExpires))
+		}
+	})
 }
 
 // account finds the profile's account login, and returns the profile's

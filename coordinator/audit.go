@@ -510,20 +510,15 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 
 // auditJanitor applies the retention at start and every hour.
 func (s *Server) auditJanitor() {
-	t := time.NewTicker(time.Hour)
-	defer t.Stop()
-	for {
+	prune := func() {
 		if n, err := auditlog.Prune(s.store, s.cfg.AuditRetention, s.now()); err != nil {
 			s.log.Error("prune audit log", "err", err)
 		} else if n > 0 {
 			s.log.Info("pruned audit log", "records", n, "retention", s.cfg.AuditRetention)
 		}
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
 	}
+	prune()
+	s.every(time.Hour, prune)
 }
 
 // ---- events without a change of state ----

@@ -357,6 +357,16 @@ type userHandler func(w http.ResponseWriter, r *http.Request, p principal)
 // nodeHandler serves a request of the registered node n.
 type nodeHandler func(w http.ResponseWriter, r *http.Request, n *node)
 
+// authed serves a request with h once auth has authenticated it as who.
+// auth writes the refusal itself and reports whether the request goes on.
+func authed[Who any](auth func(http.ResponseWriter, *http.Request) (Who, bool), h func(http.ResponseWriter, *http.Request, Who)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if who, ok := auth(w, r); ok {
+			h(w, r, who)
+		}
+	}
+}
+
 // public marks a route that takes no credential. It adds nothing: it is
 // there so that every route in Handler names its authentication.
 func (s *Server) public(h http.HandlerFunc) http.HandlerFunc { return h }
@@ -366,24 +376,14 @@ func (s *Server) public(h http.HandlerFunc) http.HandlerFunc { return h }
 // authSessionBody), so a logout or a disable that lands while the body is
 // on its way authorizes nothing.
 func (s *Server) user(h userHandler) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.authSessionBody(w, r)
-		if !ok {
-			return
-		}
-		h(w, r, p)
-	}
+	return authed(s.authSessionBody, h)
 }
 
-// admin wraps a handler that only administrators may call. The session
-// and the administrator's rights are checked after the body has arrived
-// (see authSessionBody); a refusal is audited.
+// admin is user for a handler that only administrators may call. The
+// administrator's rights are checked after the body has arrived, with the
+// session; a refusal is audited.
 func (s *Server) admin(h userHandler) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.authSessionBody(w, r)
-		if !ok {
-			return
-		}
+	return s.user(func(w http.ResponseWriter, r *http.Request, p principal) {
 		s.mu.Lock()
 		isAdmin := s.isAdmin(p.user)
 		s.mu.Unlock()
@@ -394,19 +394,13 @@ func (s *Server) admin(h userHandler) http.HandlerFunc {
 			return
 		}
 		h(w, r, p)
-	}
+	})
 }
 
 // node wraps a handler for a registered device or agent, authenticated by
 // its node token.
 func (s *Server) node(h nodeHandler) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		n, ok := s.authNode(w, r)
-		if !ok {
-			return
-		}
-		h(w, r, n)
-	}
+	return authed(s.authNode, h)
 }
 
 // agent is node for a route only agents may call; a device is refused

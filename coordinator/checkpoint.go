@@ -3,7 +3,6 @@ package coordinator
 import (
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
@@ -44,18 +43,11 @@ func (s *Server) checkpointAudit() error {
 // auditSigner signs a checkpoint every AuditCheckpointInterval while the
 // log grows, until Close.
 func (s *Server) auditSigner() {
-	t := time.NewTicker(s.cfg.AuditCheckpointInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
+	s.every(s.cfg.AuditCheckpointInterval, func() {
 		if err := s.checkpointAudit(); err != nil {
 			s.log.Error("audit checkpoint", "err", err)
 		}
-	}
+	})
 }
 
 // handleAuditCheckpoint serves POST /api/v1/audit/checkpoints: it records

@@ -62,21 +62,34 @@ func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p p
 
 // lookupCluster finds a cluster by id or name, or returns nil. Called with s.mu held.
 func (s *Server) lookupCluster(ref string) *cluster {
-	if c := s.clusters[ref]; c != nil {
-		return c
+	return byIDOrName(s.clusters, s.clustersByName, ref)
+}
+
+// byIDOrName returns the object whose id is ref, else the one named ref,
+// else nil.
+func byIDOrName[T any](byID, byName map[string]*T, ref string) *T {
+	if v := byID[ref]; v != nil {
+		return v
 	}
-	return s.clustersByName[ref]
+	return byName[ref]
 }
 
 // clusterFromPath returns the cluster the request's {cluster} path value
 // names (id or name). When there is none it answers 404 itself and
 // returns nil. Called with s.mu held.
 func (s *Server) clusterFromPath(w http.ResponseWriter, r *http.Request) *cluster {
-	c := s.lookupCluster(r.PathValue("cluster"))
-	if c == nil {
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no cluster %q", r.PathValue("cluster")), "list them with clustral clusters list")
+	return fromPath(w, r, "cluster", s.lookupCluster, "list them with clustral clusters list")
+}
+
+// fromPath returns what lookup finds for the request's path value name.
+// When it finds nothing it answers 404 itself, naming what was asked for
+// with hint, and returns nil.
+func fromPath[T any](w http.ResponseWriter, r *http.Request, name string, lookup func(ref string) *T, hint string) *T {
+	v := lookup(r.PathValue(name))
+	if v == nil {
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no %s %q", name, r.PathValue(name)), hint)
 	}
-	return c
+	return v
 }
 
 func (s *Server) handleShowCluster(w http.ResponseWriter, r *http.Request, _ principal) {

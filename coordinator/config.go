@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -197,15 +198,9 @@ func Defaults() Config {
 // withDefaults fills zero fields from Defaults and validates the result.
 func (c Config) withDefaults() (Config, error) {
 	d := Defaults()
-	if c.Listen == "" {
-		c.Listen = d.Listen
-	}
-	if c.DataDir == "" {
-		c.DataDir = d.DataDir
-	}
-	if c.Store == "" {
-		c.Store = StoreBolt
-	}
+	c.Listen = cmp.Or(c.Listen, d.Listen)
+	c.DataDir = cmp.Or(c.DataDir, d.DataDir)
+	c.Store = cmp.Or(c.Store, StoreBolt)
 	switch c.Store {
 	case StoreBolt:
 		if len(c.Etcd.Endpoints) > 0 {
@@ -221,48 +216,30 @@ func (c Config) withDefaults() (Config, error) {
 	if !c.IPv4Prefix.IsValid() {
 		c.IPv4Prefix = d.IPv4Prefix
 	}
-	if c.MeshDomain == "" {
-		c.MeshDomain = d.MeshDomain
-	}
-	if c.SessionTTL == 0 {
-		c.SessionTTL = d.SessionTTL
-	}
-	if c.LoginTTL == 0 {
-		c.LoginTTL = d.LoginTTL
-	}
+	c.MeshDomain = cmp.Or(c.MeshDomain, d.MeshDomain)
+	c.SessionTTL = cmp.Or(c.SessionTTL, d.SessionTTL)
+	c.LoginTTL = cmp.Or(c.LoginTTL, d.LoginTTL)
 	if c.MaxPendingLogins <= 0 {
 		c.MaxPendingLogins = DefaultMaxPendingLogins
 	}
-	if c.AgentTTL == 0 {
-		c.AgentTTL = d.AgentTTL
-	}
-	if c.PendingRequestTTL == 0 {
-		c.PendingRequestTTL = d.PendingRequestTTL
-	}
+	c.AgentTTL = cmp.Or(c.AgentTTL, d.AgentTTL)
+	c.PendingRequestTTL = cmp.Or(c.PendingRequestTTL, d.PendingRequestTTL)
 	if c.MaxDevicesPerUser <= 0 {
 		c.MaxDevicesPerUser = DefaultMaxDevicesPerUser
 	}
 	if c.MaxPendingRequests <= 0 {
 		c.MaxPendingRequests = DefaultMaxPendingRequests
 	}
-	if c.AuditRetention == 0 {
-		c.AuditRetention = d.AuditRetention
-	}
-	if c.AuditCheckpointInterval == 0 {
-		c.AuditCheckpointInterval = d.AuditCheckpointInterval
-	}
+	c.AuditRetention = cmp.Or(c.AuditRetention, d.AuditRetention)
+	c.AuditCheckpointInterval = cmp.Or(c.AuditCheckpointInterval, d.AuditCheckpointInterval)
 	if c.AuditCheckpointInterval < time.Second {
 		return c, fmt.Errorf("audit checkpoint interval %s is too short: use at least 1s, e.g. 10m", c.AuditCheckpointInterval)
 	}
 	if len(c.OIDC.Scopes) == 0 {
 		c.OIDC.Scopes = d.OIDC.Scopes
 	}
-	if c.OIDC.LoginClaim == "" {
-		c.OIDC.LoginClaim = d.OIDC.LoginClaim
-	}
-	if c.OIDC.GroupsClaim == "" {
-		c.OIDC.GroupsClaim = d.OIDC.GroupsClaim
-	}
+	c.OIDC.LoginClaim = cmp.Or(c.OIDC.LoginClaim, d.OIDC.LoginClaim)
+	c.OIDC.GroupsClaim = cmp.Or(c.OIDC.GroupsClaim, d.OIDC.GroupsClaim)
 	if c.RelayRate <= 0 {
 		c.RelayRate = DefaultRelayRate
 	}
@@ -276,9 +253,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RelayQueueBytes <= 0 {
 		c.RelayQueueBytes = DefaultRelayQueueBytes
 	}
-	if c.SourceRate == 0 {
-		c.SourceRate = DefaultSourceRate
-	}
+	c.SourceRate = cmp.Or(c.SourceRate, DefaultSourceRate)
 	if c.SourceBurst <= 0 {
 		c.SourceBurst = DefaultSourceBurst
 	}

@@ -647,21 +647,29 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 // janitor expires sessions, devices and assignments, and reclaims agents
 // that have been gone for AgentTTL.
 func (s *Server) janitor() {
-	t := time.NewTicker(time.Second)
+	s.every(time.Second, func() {
+		s.sweepLogins()
+		if err := s.expire(); err != nil {
+			s.log.Error("expire", "err", err)
+		}
+		if s.sources != nil {
+			s.sources.Evict(s.now())
+		}
+		s.flushFailures(s.now())
+	})
+}
+
+// every calls f each interval d until Close begins. It runs on the
+// goroutine that calls it (see goOwned).
+func (s *Server) every(d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
-			s.sweepLogins()
-			if err := s.expire(); err != nil {
-				s.log.Error("expire", "err", err)
-			}
-			if s.sources != nil {
-				s.sources.Evict(s.now())
-			}
-			s.flushFailures(s.now())
+			f()
 		}
 	}
 }

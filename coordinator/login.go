@@ -572,31 +572,28 @@ func (s *Server) handleLoginStart(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleLoginPoll(w http.ResponseWriter, r *http.Request) {
 	var req proto.LoginPollRequest
-	if !decode(w, r, &req) {
-		return
+	if decode(w, r, &req) {
+		issueSession(w, req.Handle, req.CodeVerifier, "handle and code_verifier", s.poll)
 	}
-	if req.Handle == "" || req.CodeVerifier == "" {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "handle and code_verifier are required", "update clustral to the coordinator's version")
-		return
-	}
-	sess, p := s.poll(req.Handle, req.CodeVerifier)
-	if p != nil {
-		writeProblemDoc(w, p)
-		return
-	}
-	writeJSON(w, http.StatusOK, sess)
 }
 
 func (s *Server) handleLoginExchange(w http.ResponseWriter, r *http.Request) {
 	var req proto.LoginExchangeRequest
-	if !decode(w, r, &req) {
+	if decode(w, r, &req) {
+		issueSession(w, req.Code, req.CodeVerifier, "code and code_verifier", s.exchange)
+	}
+}
+
+// issueSession ends the poll and exchange handlers, whose requests carry
+// a key (the login handle or the authorization code) and the PKCE
+// verifier: it writes the problem for a request missing either (fields
+// names them), else the session issue returns for them or its problem.
+func issueSession(w http.ResponseWriter, key, verifier, fields string, issue func(key, verifier string) (*proto.Session, *proto.Problem)) {
+	if key == "" || verifier == "" {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fields+" are required", "update clustral to the coordinator's version")
 		return
 	}
-	if req.Code == "" || req.CodeVerifier == "" {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "code and code_verifier are required", "update clustral to the coordinator's version")
-		return
-	}
-	sess, p := s.exchange(req.Code, req.CodeVerifier)
+	sess, p := issue(key, verifier)
 	if p != nil {
 		writeProblemDoc(w, p)
 		return

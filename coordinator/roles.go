@@ -55,21 +55,14 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 
 // lookupRole finds a role by id or name, or returns nil. Called with s.mu held.
 func (s *Server) lookupRole(ref string) *role {
-	if r := s.roles[ref]; r != nil {
-		return r
-	}
-	return s.rolesByName[ref]
+	return byIDOrName(s.roles, s.rolesByName, ref)
 }
 
 // roleFromPath returns the role the request's {role} path value names (id
 // or name). When there is none it answers 404 itself and returns nil.
 // Called with s.mu held.
 func (s *Server) roleFromPath(w http.ResponseWriter, r *http.Request) *role {
-	ro := s.lookupRole(r.PathValue("role"))
-	if ro == nil {
-		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no role %q", r.PathValue("role")), "list them with clustral roles list")
-	}
-	return ro
+	return fromPath(w, r, "role", s.lookupRole, "list them with clustral roles list")
 }
 
 // validateRole checks a role's fields. When one is not valid it answers

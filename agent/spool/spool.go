@@ -53,6 +53,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -197,18 +198,10 @@ func loadSource(dir string) (string, error) {
 	var r [16]byte
 	rand.Read(r[:])
 	id := hex.EncodeToString(r[:])
-	if err := writeFileAtomic(p, []byte(id+"\n")); err != nil {
+	if err := atomicfile.Write(p, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write audit spool source: %w", err)
 	}
 	return id, nil
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func (s *Spool) segPath(first uint64) string {
@@ -485,7 +478,7 @@ func (s *Spool) Ack(seq uint64) error {
 		return nil
 	}
 	s.acked = seq
-	if err := writeFileAtomic(filepath.Join(s.dir, "acked"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.dir, "acked"), []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write audit spool ack: %w", err)
 	}
 	// The next unacknowledged line starts where the acknowledged one ends.

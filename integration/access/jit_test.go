@@ -12,7 +12,6 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
@@ -85,12 +84,7 @@ func reachable(u *harness.TestUser) []string {
 // the file.
 func restClient(u *harness.TestUser) rest.Interface {
 	u.T().Helper()
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: u.Kubeconfig},
-		&clientcmd.ConfigOverrides{CurrentContext: "clustral-kind"}).ClientConfig()
-	if err != nil {
-		u.T().Fatal(err)
-	}
+	cfg := u.RESTConfig()
 	cfg.Timeout = 3 * time.Second
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
@@ -130,6 +124,19 @@ func untilDenied(t *testing.T, c rest.Interface, ns string, timeout time.Duratio
 	return probe{}, probe{}
 }
 
+// newJITMesh starts a mesh with an agent and returns it, alice (logged
+// in and up; she asks for access) and bob (logged in; he decides).
+func newJITMesh(t *testing.T) (*harness.Mesh, *harness.TestUser, *harness.TestUser) {
+	t.Helper()
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
+	a.MustLogin()
+	b.MustLogin()
+	a.MustUp()
+	return m, a, b
+}
+
 // TestJITLifecycle: alice, with no role, asks for editor for a short
 // while; bob, a member of the role's approver group, approves; the
 // cluster appears in alice's running tunnel and kubectl works. The grant
@@ -138,12 +145,7 @@ func untilDenied(t *testing.T, c rest.Interface, ns string, timeout time.Duratio
 // alice from the moment the grant expires, with ACCESS_EXPIRED. Back up,
 // the coordinator records the request as expired.
 func TestJITLifecycle(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
-	a.MustLogin()
-	b.MustLogin()
-	a.MustUp()
+	m, a, b := newJITMesh(t)
 	if got := reachable(a); len(got) != 0 {
 		t.Fatalf("alice reaches %v before any grant", got)
 	}
@@ -233,12 +235,7 @@ func TestJITLifecycle(t *testing.T) {
 
 // TestJITDeny: a denied request gives nothing; denying needs a reason.
 func TestJITDeny(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
-	a.MustLogin()
-	b.MustLogin()
-	a.MustUp()
+	_, a, b := newJITMesh(t)
 	ar := requestAccess(a, "editor", "1h", "INC-1235")
 
 	_, stderr, code := b.RunCode("access", "deny", ar.ID)

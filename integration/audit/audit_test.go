@@ -18,8 +18,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -107,15 +107,9 @@ type loadGen struct {
 	failed int
 }
 
-func newLoadGen(t *testing.T, kubeconfig string) *loadGen {
+func newLoadGen(t *testing.T, u *harness.TestUser) *loadGen {
 	t.Helper()
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig},
-		&clientcmd.ConfigOverrides{CurrentContext: "clustral-kind"},
-	).ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := u.RESTConfig()
 	cfg.Timeout = 5 * time.Second
 	rt, err := rest.TransportFor(cfg)
 	if err != nil {
@@ -213,7 +207,7 @@ func TestNoEventLost(t *testing.T) {
 	spoolDir := filepath.Join(t.TempDir(), "spool")
 	ag := startAgent(t, m.JoinToken, spoolDir)
 	m.alice.MustUp()
-	g := newLoadGen(t, m.alice.Kubeconfig)
+	g := newLoadGen(t, m.alice)
 	g.run(t, 10, 30*time.Second) // the mesh is up
 
 	// 1. Coordinator outage.
@@ -304,11 +298,7 @@ func TestTamperingDetected(t *testing.T) {
 	if err := m.Coord.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	out, _, err = m.Admin.Run(ctx, "audit", "verify", "-o", "json")
-	var v proto.AuditVerification
-	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
-		t.Fatalf("verify -o json = %q: %v", out, jerr)
-	}
+	v, err := verifyJSON(t, m, ctx)
 	if err == nil || v.OK || v.BadSeq != victim || !strings.Contains(v.Problem, "edited") {
 		t.Fatalf("online verify after tampering = %+v (err %v)", v, err)
 	}
@@ -318,16 +308,7 @@ func TestTamperingDetected(t *testing.T) {
 // leaving its hash as it was.
 func editRecord(t *testing.T, path string, seq uint64) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("audit"))
-		if b == nil {
-			return errors.New("no audit bucket")
-		}
+	updateAudit(t, path, func(tx *bolt.Tx, b *bolt.Bucket) error {
 		key := []byte(fmt.Sprintf("%020d", seq))
 		var e map[string]any
 		if err := json.Unmarshal(b.Get(key), &e); err != nil {
@@ -340,9 +321,6 @@ func editRecord(t *testing.T, path string, seq uint64) {
 		}
 		return b.Put(key, raw)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestCheckpointCatchesTruncation: an administrator exports a signed
@@ -391,11 +369,7 @@ func TestCheckpointCatchesTruncation(t *testing.T) {
 	if err := m.Coord.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	out, _, err = m.Admin.Run(ctx, "audit", "verify", "--checkpoint", ckFile, "-o", "json")
-	var v proto.AuditVerification
-	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
-		t.Fatalf("verify -o json = %q: %v", out, jerr)
-	}
+	v, err := verifyJSON(t, m, ctx, "--checkpoint", ckFile)
 	if err == nil || v.OK || !strings.Contains(v.Problem, "exported checkpoint") {
 		t.Fatalf("online verify against the export after the cut = %+v (err %v)", v, err)
 	}
@@ -406,16 +380,7 @@ func TestCheckpointCatchesTruncation(t *testing.T) {
 // signed checkpoint, leaving a chain that verifies on its own.
 func truncateLog(t *testing.T, path string, seq uint64) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("audit"))
-		if b == nil {
-			return errors.New("no audit bucket")
-		}
+	updateAudit(t, path, func(tx *bolt.Tx, b *bolt.Bucket) error {
 		var drop [][]byte
 		b.ForEach(func(k, _ []byte) error {
 			if string(k) > fmt.Sprintf("%020d", seq) {
@@ -446,6 +411,36 @@ func truncateLog(t *testing.T, path string, seq uint64) {
 		}
 		_, err := tx.CreateBucket([]byte("audit_ckpt"))
 		return err
+	})
+}
+
+// verifyJSON runs audit verify -o json against the running coordinator
+// with args and returns the decoded verification and the command's error.
+func verifyJSON(t *testing.T, m *testMesh, ctx context.Context, args ...string) (proto.AuditVerification, error) {
+	t.Helper()
+	out, _, err := m.Admin.Run(ctx, append(append([]string{"audit", "verify"}, args...), "-o", "json")...)
+	var v proto.AuditVerification
+	if jerr := json.Unmarshal([]byte(out), &v); jerr != nil {
+		t.Fatalf("verify -o json = %q: %v", out, jerr)
+	}
+	return v, err
+}
+
+// updateAudit opens the stopped coordinator's bbolt file at path and runs
+// edit in one write transaction with the audit bucket.
+func updateAudit(t *testing.T, path string, edit func(tx *bolt.Tx, audit *bolt.Bucket) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("audit"))
+		if b == nil {
+			return errors.New("no audit bucket")
+		}
+		return edit(tx, b)
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -126,27 +126,34 @@ func TestAgentManifest(t *testing.T) {
 		t.Errorf("service account %s/%s, want %s/%s", sa.Namespace, sa.Name, agentNS, agentSA)
 	}
 
-	// invariant 6 of docs/design.md: impersonate on users and groups, nothing else.
-	var cr rbacv1.ClusterRole
-	find(t, objs, "ClusterRole").decode(t, &cr)
-	wantRules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"users", "groups"}, Verbs: []string{"impersonate"}}}
-	if !slices.EqualFunc(cr.Rules, wantRules, ruleEqual) || cr.AggregationRule != nil {
-		t.Errorf("ClusterRole %s rules = %+v (aggregation %v), want exactly %+v", cr.Name, cr.Rules, cr.AggregationRule, wantRules)
-	}
-
-	var crb rbacv1.ClusterRoleBinding
-	find(t, objs, "ClusterRoleBinding").decode(t, &crb)
-	wantRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: cr.Name}
-	wantSubj := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: agentSA, Namespace: agentNS}}
-	if crb.RoleRef != wantRef || !slices.Equal(crb.Subjects, wantSubj) {
-		t.Errorf("ClusterRoleBinding = %+v %+v, want %+v %+v", crb.RoleRef, crb.Subjects, wantRef, wantSubj)
-	}
+	checkImpersonateOnly(t, objs, agentSA, agentNS)
 
 	var ds appsv1.DaemonSet
 	find(t, objs, "DaemonSet").decode(t, &ds)
 	checkDaemonSet(t, &ds, baseInstall)
 	if got := ds.Spec.Template.Spec.Containers[0].Image; got != image {
 		t.Errorf("image = %q, want %q (set by the base's images:)", got, image)
+	}
+}
+
+// checkImpersonateOnly checks the ClusterRole and ClusterRoleBinding of
+// objs against invariant 6 of docs/design.md: the agent's service
+// account sa in namespace ns may impersonate users and groups, nothing
+// else.
+func checkImpersonateOnly(t *testing.T, objs []object, sa, ns string) {
+	t.Helper()
+	var cr rbacv1.ClusterRole
+	find(t, objs, "ClusterRole").decode(t, &cr)
+	wantRules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"users", "groups"}, Verbs: []string{"impersonate"}}}
+	if !slices.EqualFunc(cr.Rules, wantRules, ruleEqual) || cr.AggregationRule != nil {
+		t.Errorf("ClusterRole %s rules = %+v (aggregation %v), want exactly %+v", cr.Name, cr.Rules, cr.AggregationRule, wantRules)
+	}
+	var crb rbacv1.ClusterRoleBinding
+	find(t, objs, "ClusterRoleBinding").decode(t, &crb)
+	wantRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: cr.Name}
+	wantSubj := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}}
+	if crb.RoleRef != wantRef || !slices.Equal(crb.Subjects, wantSubj) {
+		t.Errorf("ClusterRoleBinding = %+v %+v, want %+v %+v", crb.RoleRef, crb.Subjects, wantRef, wantSubj)
 	}
 }
 

@@ -186,19 +186,7 @@ func TestChartManifest(t *testing.T) {
 	if sa.Name != chartInstall.ServiceAccount {
 		t.Errorf("service account %s, want %s", sa.Name, chartInstall.ServiceAccount)
 	}
-	var cr rbacv1.ClusterRole
-	find(t, objs, "ClusterRole").decode(t, &cr)
-	wantRules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"users", "groups"}, Verbs: []string{"impersonate"}}}
-	if !slices.EqualFunc(cr.Rules, wantRules, ruleEqual) || cr.AggregationRule != nil {
-		t.Errorf("ClusterRole %s rules = %+v (aggregation %v), want exactly %+v", cr.Name, cr.Rules, cr.AggregationRule, wantRules)
-	}
-	var crb rbacv1.ClusterRoleBinding
-	find(t, objs, "ClusterRoleBinding").decode(t, &crb)
-	wantRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: cr.Name}
-	wantSubj := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: chartInstall.ServiceAccount, Namespace: chartNS}}
-	if crb.RoleRef != wantRef || !slices.Equal(crb.Subjects, wantSubj) {
-		t.Errorf("ClusterRoleBinding = %+v %+v, want %+v %+v", crb.RoleRef, crb.Subjects, wantRef, wantSubj)
-	}
+	checkImpersonateOnly(t, objs, chartInstall.ServiceAccount, chartNS)
 
 	ds := chartDaemonSet(t, objs)
 	checkDaemonSet(t, ds, chartInstall)

@@ -6,7 +6,6 @@ import (
 	"encoding/csv"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -70,13 +69,9 @@ type APIServer struct {
 // StartAPIServer starts kube-apiserver against etcdURL, with its files
 // under dir, and waits for /readyz. The caller must call Close.
 func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOptions) (*APIServer, error) {
-	bin, err := Binary("kube-apiserver")
+	bin, dir, err := componentDir("kube-apiserver", dir)
 	if err != nil {
 		return nil, err
-	}
-	dir = filepath.Join(dir, "kube-apiserver")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	ca, err := NewCA("clustral-test-kube-ca")
 	if err != nil {
@@ -134,11 +129,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 		svcRange = "10.96.0.0/16"
 	}
 
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		url := "https://" + hostPort(ports[0])
 		args := []string{
 			"--bind-address=127.0.0.1",
@@ -172,7 +163,6 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 			return err
 		})
 		if err != nil {
-			p.Stop()
 			return err
 		}
 		a.URL, a.proc = url, p

@@ -29,13 +29,9 @@ type ControllerManager struct {
 // files under dir, and waits until the built-in "view" ClusterRole has
 // been aggregated. The caller must call Close.
 func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*ControllerManager, error) {
-	bin, err := Binary("kube-controller-manager")
+	bin, dir, err := componentDir("kube-controller-manager", dir)
 	if err != nil {
 		return nil, err
-	}
-	dir = filepath.Join(dir, "kube-controller-manager")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start kube-controller-manager: %w", err)
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := api.WriteKubeconfig(kubeconfig, "kube-controller-manager", api.AdminToken); err != nil {
@@ -47,11 +43,7 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 	}
 	cm := &ControllerManager{LogPath: filepath.Join(dir, "kube-controller-manager.log")}
 	client := api.Client()
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		args := []string{
 			"--kubeconfig=" + kubeconfig,
 			"--authentication-kubeconfig=" + kubeconfig,
@@ -81,7 +73,6 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 			return nil
 		})
 		if err != nil {
-			p.Stop()
 			return err
 		}
 		cm.proc = p

@@ -83,13 +83,9 @@ type Dex struct {
 // StartDex starts Dex with its files under dir and waits until its
 // discovery document is served. The caller must call Close.
 func StartDex(ctx context.Context, dir string, opts DexOptions) (*Dex, error) {
-	bin, err := Binary("dex")
+	bin, dir, err := componentDir("dex", dir)
 	if err != nil {
 		return nil, err
-	}
-	dir = filepath.Join(dir, "dex")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start dex: %w", err)
 	}
 	ca, err := NewCA("clustral-test-dex-ca")
 	if err != nil {
@@ -114,11 +110,7 @@ func StartDex(ctx context.Context, dir string, opts DexOptions) (*Dex, error) {
 	if err := writeFiles(map[string][]byte{d.tlsCert: cert, d.tlsKey: key}); err != nil {
 		return nil, fmt.Errorf("start dex: %w", err)
 	}
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		d.port = ports[0]
 		d.Issuer = fmt.Sprintf("https://%s/dex", hostPort(d.port))
 		return d.start(ctx)
@@ -224,7 +216,6 @@ func (d *Dex) start(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		p.Stop()
 		return err
 	}
 	d.proc = p

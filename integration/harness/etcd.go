@@ -92,11 +92,7 @@ func startEtcd(ctx context.Context, dir string, st *etcdServerTLS) (*Etcd, error
 		}
 		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: st.ca.Pool(), Certificates: []tls.Certificate{cert}}}
 	}
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(2)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(2, func(ports []int) error {
 		client := scheme + hostPort(ports[0])
 		peer := "http://" + hostPort(ports[1])
 		data := filepath.Join(dir, "etcd-data")
@@ -131,7 +127,6 @@ func startEtcd(ctx context.Context, dir string, st *etcdServerTLS) (*Etcd, error
 			return nil
 		})
 		if err != nil {
-			p.Stop()
 			return err
 		}
 		e.URL, e.proc = client, p
@@ -170,11 +165,7 @@ func StartEtcdCluster(ctx context.Context, dir string, n int) (*EtcdCluster, err
 		return nil, err
 	}
 	c := &EtcdCluster{}
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(2 * n)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(2*n, func(ports []int) error {
 		names := make([]string, n)
 		clients := make([]string, n)
 		peers := make([]string, n)

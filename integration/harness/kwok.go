@@ -72,13 +72,9 @@ type KWOK struct {
 // starts KWOK with its files under dir. It does not create the node; see
 // CreateNode (Env.StartKWOK does both). The caller must call Close.
 func StartKWOK(ctx context.Context, dir string, api *APIServer) (*KWOK, error) {
-	bin, err := Binary("kwok")
+	bin, dir, err := componentDir("kwok", dir)
 	if err != nil {
 		return nil, err
-	}
-	dir = filepath.Join(dir, "kwok")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start kwok: %w", err)
 	}
 	if err := installKWOKCRDs(ctx, api); err != nil {
 		return nil, fmt.Errorf("start kwok: %w", err)
@@ -100,11 +96,7 @@ func StartKWOK(ctx context.Context, dir string, api *APIServer) (*KWOK, error) {
 	if err := os.WriteFile(k.config, stages, 0o644); err != nil {
 		return nil, fmt.Errorf("start kwok: %w", err)
 	}
-	err = retryOnPortClash(func() error {
-		ports, err := FreePorts(1)
-		if err != nil {
-			return err
-		}
+	err = onFreePorts(1, func(ports []int) error {
 		k.Port = ports[0]
 		return k.start(ctx)
 	})
@@ -148,7 +140,6 @@ func (k *KWOK) start(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		p.Stop()
 		return err
 	}
 	k.proc = p

@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -384,6 +386,21 @@ var errorCodeLog = regexp.MustCompile(`(?i)X-Clustral-Error-Code:?\s*"?\[?([A-Z_
 type Refusal struct {
 	Code    proto.ErrorCode // the last X-Clustral-Error-Code kubectl logged
 	Message string          // kubectl's error lines, without the request log
+}
+
+// RESTConfig loads u's MeshContext from u's kubeconfig as kubectl would,
+// SOCKS proxy and mesh CA included, read now: it keeps working after the
+// context is removed from the file.
+func (u *TestUser) RESTConfig() *rest.Config {
+	u.t.Helper()
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		&clientcmd.ClientConfigLoadingRules{ExplicitPath: u.Kubeconfig},
+		&clientcmd.ConfigOverrides{CurrentContext: MeshContext},
+	).ClientConfig()
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	return cfg
 }
 
 // KubectlRefused runs RunKubectl at -v=8 and returns the clustral error

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -161,11 +162,16 @@ func (p *Process) WaitHTTPClient(ctx context.Context, c *http.Client, url string
 	})
 }
 
-// waitReady is Wait bounded by timeout.
+// waitReady is Wait bounded by timeout. A process that does not get
+// ready is stopped.
 func (p *Process) waitReady(ctx context.Context, timeout time.Duration, check func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return p.Wait(ctx, check)
+	if err := p.Wait(ctx, check); err != nil {
+		p.Stop()
+		return err
+	}
+	return nil
 }
 
 func tailFile(path string, n int) string {
@@ -245,12 +251,29 @@ func getOK(ctx context.Context, c *http.Client, url string, hdr http.Header) ([]
 	return b, nil
 }
 
-// retryOnPortClash runs start up to three times while it fails with
-// errAddrInUse.
-func retryOnPortClash(start func() error) error {
+// componentDir finds the binary of the component name and makes its
+// directory, name below dir. It returns both.
+func componentDir(name, dir string) (bin, sub string, err error) {
+	if bin, err = Binary(name); err != nil {
+		return "", "", err
+	}
+	sub = filepath.Join(dir, name)
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		return "", "", fmt.Errorf("start %s: %w", name, err)
+	}
+	return bin, sub, nil
+}
+
+// onFreePorts calls start with n free ports (see FreePorts), and again
+// with new ones, three tries in all, while it fails with errAddrInUse.
+func onFreePorts(n int, start func(ports []int) error) error {
 	var err error
 	for range 3 {
-		if err = start(); !errors.Is(err, errAddrInUse) {
+		ports, perr := FreePorts(n)
+		if perr != nil {
+			return perr
+		}
+		if err = start(ports); !errors.Is(err, errAddrInUse) {
 			return err
 		}
 	}

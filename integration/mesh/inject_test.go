@@ -11,19 +11,13 @@ import (
 
 	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // TestInjectionIgnored: nothing a client puts in its request changes who
 // the cluster sees (security invariant 1). alice is a viewer; every
 // attempt to claim more must still be judged as alice.
 func TestInjectionIgnored(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	a := suite.NewUser(t, alice)
-	a.MustLogin()
-	m.Assign(t, alice.Email, "viewer")
-	a.MustUp()
+	_, a, _ := newUpUser(t, alice, "viewer")
 	ns := suite.NewNamespace(t)
 
 	t.Run("kubectl --as", func(t *testing.T) {
@@ -39,7 +33,10 @@ func TestInjectionIgnored(t *testing.T) {
 		}
 	})
 
-	cfg := restConfig(t, a.Kubeconfig)
+	cfg := a.RESTConfig()
+	if cfg.Proxy == nil {
+		t.Fatal("the clustral-kind context has no proxy-url")
+	}
 	h1 := rest.CopyConfig(cfg)
 	h1.NextProtos = []string{"http/1.1"}
 	tests := []struct {
@@ -97,23 +94,6 @@ func checkSelf(t *testing.T, review []byte) {
 	if u.Username != alice.Email || strings.Join(u.Groups, ",") != strings.Join(want, ",") || u.UID != "" || len(u.Extra) != 0 {
 		t.Errorf("the cluster sees %+v, want user %s with groups %v and nothing else", u, alice.Email, want)
 	}
-}
-
-// restConfig loads the clustral-kind context of a kubeconfig as kubectl
-// would, SOCKS proxy and mesh CA included.
-func restConfig(t *testing.T, kubeconfig string) *rest.Config {
-	t.Helper()
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig},
-		&clientcmd.ConfigOverrides{CurrentContext: "clustral-kind"},
-	).ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Proxy == nil {
-		t.Fatal("the clustral-kind context has no proxy-url")
-	}
-	return cfg
 }
 
 // headerTransport is the transport of cfg that adds hdr to every request.

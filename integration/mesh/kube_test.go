@@ -10,12 +10,7 @@ import (
 // TestKubeLogoutLogin: with a running `clustral up`, kube logout removes
 // one context and kube login brings it back, without down/up.
 func TestKubeLogoutLogin(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	a := suite.NewUser(t, alice)
-	a.MustLogin()
-	m.Assign(t, alice.Email, "viewer")
-	a.MustUp()
+	_, a, _ := newUpUser(t, alice, "viewer")
 	hasContext := func() bool {
 		t.Helper()
 		cfg, err := clientcmd.LoadFromFile(a.Kubeconfig)

@@ -7,19 +7,42 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
 )
 
-// TestIdentityAndRoles: two users, at the same time on two devices, with
-// different roles, get different answers from the real apiserver's RBAC,
-// and the cluster sees each as themselves with their role's groups.
-func TestIdentityAndRoles(t *testing.T) {
+// newUpUser starts a mesh with an agent and returns it with the user d
+// logged in, holding role on the cluster and up, and that assignment.
+func newUpUser(t *testing.T, d harness.DexUser, role string) (*harness.Mesh, *harness.TestUser, proto.Assignment) {
+	t.Helper()
+	m := suite.NewMesh(t)
+	suite.StartAgent(t, m.JoinToken)
+	u := suite.NewUser(t, d)
+	u.MustLogin()
+	asg := m.Assign(t, d.Email, role)
+	u.MustUp()
+	return m, u, asg
+}
+
+// newAliceAndBob starts a mesh with an agent and returns it with alice
+// and bob logged in, holding aliceRole and bobRole on the cluster. Neither
+// is up yet.
+func newAliceAndBob(t *testing.T, aliceRole, bobRole string) (*harness.Mesh, *harness.TestUser, *harness.TestUser) {
+	t.Helper()
 	m := suite.NewMesh(t)
 	suite.StartAgent(t, m.JoinToken)
 	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
 	a.MustLogin()
 	b.MustLogin()
-	m.Assign(t, alice.Email, "viewer")
-	m.Assign(t, bob.Email, "editor")
+	m.Assign(t, alice.Email, aliceRole)
+	m.Assign(t, bob.Email, bobRole)
+	return m, a, b
+}
+
+// TestIdentityAndRoles: two users, at the same time on two devices, with
+// different roles, get different answers from the real apiserver's RBAC,
+// and the cluster sees each as themselves with their role's groups.
+func TestIdentityAndRoles(t *testing.T) {
+	_, a, b := newAliceAndBob(t, "viewer", "editor")
 	a.MustUp()
 	b.MustUp()
 

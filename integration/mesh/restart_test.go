@@ -36,12 +36,7 @@ func restartOutage(t *testing.T) time.Duration {
 // retries at least every 800ms.
 func TestRevocationAfterCoordinatorRestart(t *testing.T) {
 	outage := restartOutage(t)
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	c := suite.NewUser(t, carol)
-	c.MustLogin()
-	asg := m.Assign(t, carol.Email, "viewer")
-	c.MustUp()
+	m, c, asg := newUpUser(t, carol, "viewer")
 	ns := suite.NewNamespace(t)
 	w := c.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
 	suite.CreateConfigMap(t, ns, "before-outage")

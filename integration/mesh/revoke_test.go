@@ -19,12 +19,7 @@ import (
 // its cluster, so a device without one is never its peer (the agent's
 // tests cover that answer). What a user sees instead is this.
 func TestRoleRemovedWhileUp(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	c := suite.NewUser(t, carol)
-	c.MustLogin()
-	asg := m.Assign(t, carol.Email, "viewer")
-	c.MustUp()
+	m, c, asg := newUpUser(t, carol, "viewer")
 	ns := suite.NewNamespace(t)
 	if _, err := c.RunKubectl("get", "configmaps", "-n", ns); err != nil {
 		t.Fatalf("before removal: %v", err)

@@ -27,13 +27,7 @@ import (
 // the connection never opens; from his own address the same node reaches
 // the agent and is seen as bob.
 func TestSpoofedSourceDropped(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
-	a.MustLogin()
-	b.MustLogin()
-	m.Assign(t, alice.Email, "viewer")
-	m.Assign(t, bob.Email, "viewer")
+	_, a, b := newAliceAndBob(t, "viewer", "viewer")
 	a.MustUp() // alice's device holds the address bob will claim
 
 	var devices []proto.Device

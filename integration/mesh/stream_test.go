@@ -35,13 +35,7 @@ func TestStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
-	a.MustLogin()
-	b.MustLogin()
-	m.Assign(t, alice.Email, "viewer")
-	m.Assign(t, bob.Email, "editor")
+	_, a, b := newAliceAndBob(t, "viewer", "editor")
 	a.MustUp()
 	b.MustUp()
 

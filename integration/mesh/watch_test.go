@@ -12,12 +12,7 @@ import (
 // TestWatch: `kubectl get -w` through the mesh streams each event as it
 // happens, without buffering.
 func TestWatch(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	b := suite.NewUser(t, bob)
-	b.MustLogin()
-	m.Assign(t, bob.Email, "editor")
-	b.MustUp()
+	_, b, _ := newUpUser(t, bob, "editor")
 	ns := suite.NewNamespace(t)
 
 	w := b.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")

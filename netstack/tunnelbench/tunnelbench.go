@@ -173,69 +173,74 @@ func NewSetup(which string) (*Setup, error) {
 	return nil, fmt.Errorf("unknown setup %q", which)
 }
 
+// stack is one end of a tunnelled Setup, whichever netstack runs it.
+type stack struct {
+	tun tun.Device
+	// close releases the stack while no Link owns its TUN yet.
+	close  func()
+	listen func(netip.AddrPort) (net.Listener, error)
+	dial   func(context.Context, netip.AddrPort) (net.Conn, error)
+}
+
 func newOurs() (*Setup, error) {
-	sa, err := netstack.New(netstack.Config{Addrs: []netip.Addr{AddrA}, MTU: MTU})
-	if err != nil {
-		return nil, err
-	}
-	sb, err := netstack.New(netstack.Config{Addrs: []netip.Addr{AddrB}, MTU: MTU})
-	if err != nil {
-		sa.Close()
-		return nil, err
-	}
-	link, err := Connect(
-		Peer{TUN: sa.TUN(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrA, 32)}},
-		Peer{TUN: sb.TUN(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrB, 32)}},
-	)
-	if err != nil {
-		sa.Close()
-		sb.Close()
-		return nil, err
-	}
-	ln, err := sb.ListenTCP(netip.AddrPortFrom(AddrB, 5001))
-	if err != nil {
-		link.Close()
-		return nil, err
-	}
-	return &Setup{
-		Listener: ln,
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			return sa.DialTCPAddrPort(ctx, netip.AddrPortFrom(AddrB, 5001))
-		},
-		close: func() { ln.Close(); link.Close() },
-	}, nil
+	return newTunnelled(func(addr netip.Addr) (*stack, error) {
+		s, err := netstack.New(netstack.Config{Addrs: []netip.Addr{addr}, MTU: MTU})
+		if err != nil {
+			return nil, err
+		}
+		return &stack{tun: s.TUN(), close: func() { s.Close() }, listen: s.ListenTCP, dial: s.DialTCPAddrPort}, nil
+	})
 }
 
 func newStock() (*Setup, error) {
-	ta, na, err := stocknetstack.CreateNetTUN([]netip.Addr{AddrA}, nil, MTU)
+	return newTunnelled(func(addr netip.Addr) (*stack, error) {
+		t, n, err := stocknetstack.CreateNetTUN([]netip.Addr{addr}, nil, MTU)
+		if err != nil {
+			return nil, err
+		}
+		return &stack{
+			tun:    t,
+			close:  func() { t.Close() },
+			listen: func(ap netip.AddrPort) (net.Listener, error) { return n.ListenTCPAddrPort(ap) },
+			dial: func(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+				return n.DialContextTCPAddrPort(ctx, ap)
+			},
+		}, nil
+	})
+}
+
+// newTunnelled opens a stack at AddrA and one at AddrB, joins them with
+// Connect and listens on B's port 5001. On failure it releases what it
+// opened.
+func newTunnelled(open func(netip.Addr) (*stack, error)) (*Setup, error) {
+	a, err := open(AddrA)
 	if err != nil {
 		return nil, err
 	}
-	tb, nb, err := stocknetstack.CreateNetTUN([]netip.Addr{AddrB}, nil, MTU)
+	b, err := open(AddrB)
 	if err != nil {
-		ta.Close()
+		a.close()
 		return nil, err
 	}
 	link, err := Connect(
-		Peer{TUN: ta, AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrA, 32)}},
-		Peer{TUN: tb, AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrB, 32)}},
+		Peer{TUN: a.tun, AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrA, 32)}},
+		Peer{TUN: b.tun, AllowedIPs: []netip.Prefix{netip.PrefixFrom(AddrB, 32)}},
 	)
 	if err != nil {
-		ta.Close()
-		tb.Close()
+		a.close()
+		b.close()
 		return nil, err
 	}
-	ln, err := nb.ListenTCPAddrPort(netip.AddrPortFrom(AddrB, 5001))
+	addr := netip.AddrPortFrom(AddrB, 5001)
+	ln, err := b.listen(addr)
 	if err != nil {
 		link.Close()
 		return nil, err
 	}
 	return &Setup{
 		Listener: ln,
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			return na.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(AddrB, 5001))
-		},
-		close: func() { ln.Close(); link.Close() },
+		Dial:     func(ctx context.Context) (net.Conn, error) { return a.dial(ctx, addr) },
+		close:    func() { ln.Close(); link.Close() },
 	}, nil
 }
 

@@ -30,7 +30,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -43,6 +42,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/clustral/clustral/integration/cmd/internal/stamp"
 )
 
 // Where things are in the image. The Dockerfile puts the binary at the
@@ -108,15 +109,9 @@ func parseFlags(args []string) (options, error) {
 	if o.caFile == "" {
 		return o, errors.New("-ca-bundle is empty: make found no CA bundle on this machine; pass CA_BUNDLE=<PEM file> to make, or -ca-bundle")
 	}
-	if created == "" {
-		created = "0"
-	}
-	secs, err := strconv.ParseInt(created, 10, 64)
-	if err != nil || secs < 0 {
-		return o, fmt.Errorf("-created %q: want Unix seconds, e.g. $(git log -1 --format=%%ct)", created)
-	}
-	o.created = time.Unix(secs, 0).UTC()
-	return o, nil
+	var err error
+	o.created, err = stamp.Created(created)
+	return o, err
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -25,6 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/clustral/clustral/integration/cmd/internal/maketest"
 )
 
 // TestMakeImage runs `make image` against an in-process registry, pulls
@@ -44,23 +45,13 @@ func TestMakeImage(t *testing.T) {
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 
-	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := maketest.Root(t)
 	bin := t.TempDir()
 	const version, commit = "v9.8.7-image", "abc1234"
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
-	start := time.Now()
-	mk := exec.CommandContext(ctx, "make", "--no-print-directory", "image",
+	out := maketest.Make(ctx, t, root, "image",
 		"BIN="+bin, "VERSION="+version, "COMMIT="+commit, "IMAGE="+host+"/clustral/clustral")
-	mk.Dir = root
-	out, err := mk.CombinedOutput()
-	if err != nil {
-		t.Fatalf("make image: %v\n%s", err, out)
-	}
-	t.Logf("make image took %s", time.Since(start).Round(time.Second))
 
 	ref, err := name.ParseReference(host + "/clustral/clustral:" + version)
 	if err != nil {
@@ -117,7 +108,10 @@ func TestMakeImage(t *testing.T) {
 			t.Errorf("%s: /etc/passwd lacks the nonroot user:\n%s", d.Platform, files["etc/passwd"])
 		}
 		if d.Platform.Architecture == "amd64" && runtime.GOOS == "linux" && runtime.GOARCH == "amd64" {
-			runVersion(t, files["usr/local/bin/clustral"], version, commit)
+			if len(files["usr/local/bin/clustral"]) == 0 {
+				t.Fatal("no /usr/local/bin/clustral in the amd64 image")
+			}
+			maketest.CheckVersion(t, files["usr/local/bin/clustral"], "the image", version, commit, "linux/amd64")
 		}
 	}
 	slices.Sort(arches)
@@ -193,31 +187,6 @@ func extract(t *testing.T, img v1.Image) map[string][]byte {
 		files[strings.TrimPrefix(h.Name, "/")] = b
 	}
 	return files
-}
-
-// runVersion runs the image's binary and checks what it was stamped with.
-func runVersion(t *testing.T, bin []byte, version, commit string) {
-	t.Helper()
-	if len(bin) == 0 {
-		t.Fatal("no /usr/local/bin/clustral in the amd64 image")
-	}
-	path := filepath.Join(t.TempDir(), "clustral")
-	if err := os.WriteFile(path, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(path, "version", "-o", "json").Output()
-	if err != nil {
-		t.Fatalf("clustral version from the image: %v", err)
-	}
-	var v struct {
-		Version, Commit, Platform string
-	}
-	if err := json.Unmarshal(out, &v); err != nil {
-		t.Fatalf("clustral version -o json: %v\n%s", err, out)
-	}
-	if v.Version != version || v.Commit != commit || v.Platform != "linux/amd64" {
-		t.Errorf("clustral version from the image: %+v, want %s, commit %s, linux/amd64", v, version, commit)
-	}
 }
 
 // TestFlags checks that bad input is refused with a message naming the fix.

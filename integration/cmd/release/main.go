@@ -31,7 +31,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +39,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustral/clustral/cli"
+	"github.com/clustral/clustral/integration/cmd/internal/stamp"
 )
 
 func main() {
@@ -92,15 +92,9 @@ func parseFlags(args []string) (options, error) {
 			o.docs = append(o.docs, d)
 		}
 	}
-	if created == "" {
-		created = "0"
-	}
-	secs, err := strconv.ParseInt(created, 10, 64)
-	if err != nil || secs < 0 {
-		return o, fmt.Errorf("-created %q: want Unix seconds, e.g. $(git log -1 --format=%%ct)", created)
-	}
-	o.created = time.Unix(secs, 0).UTC()
-	return o, nil
+	var err error
+	o.created, err = stamp.Created(created)
+	return o, err
 }
 
 // entry is one file of an archive, its name relative to the archive's

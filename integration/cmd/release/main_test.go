@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustral/clustral/integration/cmd/internal/maketest"
 )
 
 // archiveFile is one regular file read back from an archive.
@@ -37,21 +38,12 @@ func TestMakeRelease(t *testing.T) {
 			t.Skipf("%s is not installed", tool)
 		}
 	}
-	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := maketest.Root(t)
 	bin := t.TempDir()
 	const version, commit = "v9.8.7-release", "abc1234"
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 	defer cancel()
-	start := time.Now()
-	mk := exec.CommandContext(ctx, "make", "--no-print-directory", "release", "BIN="+bin, "VERSION="+version, "COMMIT="+commit)
-	mk.Dir = root
-	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("make release: %v\n%s", err, out)
-	}
-	t.Logf("make release took %s", time.Since(start).Round(time.Second))
+	maketest.Make(ctx, t, root, "release", "BIN="+bin, "VERSION="+version, "COMMIT="+commit)
 	out := filepath.Join(bin, "release")
 
 	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
@@ -75,7 +67,7 @@ func TestMakeRelease(t *testing.T) {
 		}
 		checkShared(t, base, files, readme)
 		if goos == runtime.GOOS && arch == runtime.GOARCH {
-			runVersion(t, files["clustral"].data, version, commit, p)
+			maketest.CheckVersion(t, files["clustral"].data, "the archive", version, commit, p)
 		}
 	}
 
@@ -188,26 +180,6 @@ func readArchive(t *testing.T, path, base string) map[string]archiveFile {
 		files[rel] = archiveFile{mode: h.Mode, data: b}
 	}
 	return files
-}
-
-// runVersion runs a binary taken from an archive.
-func runVersion(t *testing.T, bin []byte, version, commit, platform string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "clustral")
-	if err := os.WriteFile(path, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(path, "version", "-o", "json").Output()
-	if err != nil {
-		t.Fatalf("clustral version from the archive: %v", err)
-	}
-	var v struct{ Version, Commit, Platform string }
-	if err := json.Unmarshal(out, &v); err != nil {
-		t.Fatalf("clustral version -o json: %v\n%s", err, out)
-	}
-	if v.Version != version || v.Commit != commit || v.Platform != platform {
-		t.Errorf("clustral version from the archive: %+v, want %s, commit %s, %s", v, version, commit, platform)
-	}
 }
 
 // TestRelease runs the program on stand-in binaries: the archives are
