@@ -184,7 +184,12 @@ var (
 )
 
 const (
-	okTimeout   = 10 * time.Second
+	// okTimeout bounds what must work. It outlasts WireGuard's 15 s
+	// handshake retry: on a loaded machine two first handshakes can still
+	// cross (docs/design.md, "First handshakes"), and these tests are about
+	// the tunnel working, not about how fast its first handshake is, which
+	// make bench measures.
+	okTimeout   = 20 * time.Second
 	failTimeout = 700 * time.Millisecond
 )
 
