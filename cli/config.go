@@ -70,8 +70,8 @@ func newConfigShowCmd(g *globals) *cobra.Command {
 		as, _ := listAccounts(dir)
 		v.Accounts = len(as)
 		kw := kubeconfig.Writer{}
-		if st, _ := device.ReadState(dir); st != nil {
-			kw.Path = st.Kubeconfig
+		if tunnel, _ := device.ReadState(dir); tunnel != nil {
+			kw.Path = tunnel.Kubeconfig
 		}
 		v.Kubeconfig = kw.File()
 		if cfg, err := kw.Load(); err == nil {
@@ -119,12 +119,12 @@ func newConfigShowCmd(g *globals) *cobra.Command {
 // tunnelState says whether the profile's up runs: "up (pid N)",
 // "stopped (pid N is gone)" or "down".
 func tunnelState(dir string) string {
-	st, alive := device.ReadState(dir)
+	tunnel, alive := device.ReadState(dir)
 	switch {
 	case alive:
-		return fmt.Sprintf("%s (pid %d)", st.Status, st.PID)
-	case st != nil:
-		return fmt.Sprintf("stopped (pid %d is gone)", st.PID)
+		return fmt.Sprintf("%s (pid %d)", tunnel.Status, tunnel.PID)
+	case tunnel != nil:
+		return fmt.Sprintf("stopped (pid %d is gone)", tunnel.PID)
 	}
 	return "down"
 }
@@ -163,14 +163,14 @@ required when there is no terminal.`,
 				return err
 			}
 			target := dir
-			st, alive := device.ReadState(dir)
+			tunnel, alive := device.ReadState(dir)
 			kw := kubeconfig.Writer{}
-			if st != nil {
-				kw.Path = st.Kubeconfig
+			if tunnel != nil {
+				kw.Path = tunnel.Kubeconfig
 			}
 			ctxs, _ := kw.Ours()
-			if st != nil {
-				for _, c := range st.Contexts {
+			if tunnel != nil {
+				for _, c := range tunnel.Contexts {
 					if !slices.Contains(ctxs, c) {
 						ctxs = append(ctxs, c)
 					}
@@ -178,7 +178,7 @@ required when there is no terminal.`,
 			}
 			var plan []string
 			if alive {
-				plan = append(plan, fmt.Sprintf("stop clustral up (pid %d)", st.PID))
+				plan = append(plan, fmt.Sprintf("stop clustral up (pid %d)", tunnel.PID))
 			}
 			if len(ctxs) > 0 {
 				plan = append(plan, fmt.Sprintf("remove kubeconfig contexts %s from %s", strings.Join(ctxs, ", "), kw.File()))

@@ -271,22 +271,22 @@ func checkOIDC(ctx context.Context, hc *http.Client, issuer string, r *doctorRep
 
 // checkTunnel runs the tunnel, kubeconfig, SOCKS5 and WireGuard checks.
 func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Whoami) {
-	st, alive := device.ReadState(dir)
+	tunnel, alive := device.ReadState(dir)
 	switch {
-	case st == nil:
+	case tunnel == nil:
 		r.add("tunnel", checkFail, "clustral up is not running", "clustral up")
 	case !alive:
-		r.add("tunnel", checkFail, fmt.Sprintf("clustral up (pid %d) stopped without cleaning up; its contexts point at a proxy that is gone", st.PID), "clustral down && clustral up")
-	case st.Status != "connected":
-		r.add("tunnel", checkWarn, fmt.Sprintf("clustral up (pid %d) is %s", st.PID, st.Status), "wait, or see clustral status")
+		r.add("tunnel", checkFail, fmt.Sprintf("clustral up (pid %d) stopped without cleaning up; its contexts point at a proxy that is gone", tunnel.PID), "clustral down && clustral up")
+	case tunnel.Status != "connected":
+		r.add("tunnel", checkWarn, fmt.Sprintf("clustral up (pid %d) is %s", tunnel.PID, tunnel.Status), "wait, or see clustral status")
 	default:
-		r.add("tunnel", checkOK, fmt.Sprintf("clustral up (pid %d) is connected; SOCKS5 on %s", st.PID, st.SOCKS), "")
+		r.add("tunnel", checkOK, fmt.Sprintf("clustral up (pid %d) is connected; SOCKS5 on %s", tunnel.PID, tunnel.SOCKS), "")
 	}
 
 	// Kubeconfig.
 	kw := kubeconfig.Writer{}
-	if st != nil {
-		kw.Path = st.Kubeconfig
+	if tunnel != nil {
+		kw.Path = tunnel.Kubeconfig
 	}
 	cfg, err := kw.Load()
 	if err != nil {
@@ -296,7 +296,7 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 		fix := ""
 		if alive {
 			var missing []string
-			for _, name := range st.Contexts {
+			for _, name := range tunnel.Contexts {
 				if _, ok := cfg.Contexts[name]; !ok {
 					missing = append(missing, name)
 				}
@@ -318,8 +318,8 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 			case !alive:
 				problems = append(problems, fmt.Sprintf("current context %s points at %s, where no tunnel runs", cur, proxy))
 				fix = firstNonEmpty(fix, "clustral up")
-			case proxy != st.SOCKS:
-				problems = append(problems, fmt.Sprintf("current context %s points at %s, but the tunnel listens on %s", cur, proxy, st.SOCKS))
+			case proxy != tunnel.SOCKS:
+				problems = append(problems, fmt.Sprintf("current context %s points at %s, but the tunnel listens on %s", cur, proxy, tunnel.SOCKS))
 				fix = firstNonEmpty(fix, "clustral kube login "+strings.TrimPrefix(cur, kubeconfig.ContextName("")))
 			}
 		}
@@ -334,7 +334,7 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 				r.add("kubeconfig", checkSkip, "no clustral contexts while the tunnel is down", "")
 			}
 		default:
-			detail := fmt.Sprintf("%d context(s) in %s", len(st.Contexts), kw.File())
+			detail := fmt.Sprintf("%d context(s) in %s", len(tunnel.Contexts), kw.File())
 			if kubeconfig.Managed(cfg, cur) {
 				detail += "; current context " + cur + " uses the tunnel"
 			}
@@ -347,10 +347,10 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 		r.add("wireguard", checkSkip, "the tunnel is not running", "")
 		return
 	}
-	if err := socksAuth(ctx, st.SOCKS, st.SOCKSUser, st.SOCKSPass); err != nil {
-		r.add("socks5", checkFail, fmt.Sprintf("the SOCKS5 proxy on %s: %v", st.SOCKS, err), "clustral down && clustral up")
+	if err := socksAuth(ctx, tunnel.SOCKS, tunnel.SOCKSUser, tunnel.SOCKSPass); err != nil {
+		r.add("socks5", checkFail, fmt.Sprintf("the SOCKS5 proxy on %s: %v", tunnel.SOCKS, err), "clustral down && clustral up")
 	} else {
-		r.add("socks5", checkOK, "the proxy on "+st.SOCKS+" accepts your credential", "")
+		r.add("socks5", checkOK, "the proxy on "+tunnel.SOCKS+" accepts your credential", "")
 	}
 	agents, err := queryControl(ctx, dir)
 	if err != nil {

@@ -88,7 +88,7 @@ func newKubeLsCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return nil, err
 		}
-		st, alive := device.ReadState(dir)
+		tunnel, alive := device.ReadState(dir)
 		excluded := device.Excluded(dir)
 		vs := []kubeClusterView{}
 		for _, cl := range who.Clusters {
@@ -96,7 +96,7 @@ func newKubeLsCmd(g *globals) *cobra.Command {
 			switch {
 			case slices.Contains(excluded, cl.Name):
 				v.State = "logged-out"
-			case alive && slices.Contains(st.Contexts, v.Context):
+			case alive && slices.Contains(tunnel.Contexts, v.Context):
 				v.State = "active"
 			}
 			vs = append(vs, v)

@@ -274,8 +274,8 @@ func newProfilesDeleteCmd(g *globals) *cobra.Command {
 			if _, err := os.Stat(dir); err != nil {
 				return withHint(exitError, fmt.Errorf("no profile %q", name), "see: clustral profiles list")
 			}
-			if st, alive := device.ReadState(dir); alive {
-				return withHint(exitError, fmt.Errorf("profile %q has a running tunnel (pid %d)", name, st.PID), "stop it first: clustral --profile "+name+" down")
+			if tunnel, alive := device.ReadState(dir); alive {
+				return withHint(exitError, fmt.Errorf("profile %q has a running tunnel (pid %d)", name, tunnel.PID), "stop it first: clustral --profile "+name+" down")
 			}
 			if err := os.RemoveAll(dir); err != nil {
 				return err
@@ -398,8 +398,8 @@ func newAccountsUseCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "Now using %s on %s (%s).\n", s.Session.User.Login, s.Coordinator, remaining(s.Session.ExpiresAt))
-			if st, alive := device.ReadState(dir); alive && st.User != s.Session.User.Login {
-				fmt.Fprintln(g.stderr, g.style(g.stderr).dim(fmt.Sprintf("hint: the tunnel still runs as %s; switch it: clustral down && clustral up", st.User)))
+			if tunnel, alive := device.ReadState(dir); alive && tunnel.User != s.Session.User.Login {
+				fmt.Fprintln(g.stderr, g.style(g.stderr).dim(fmt.Sprintf("hint: the tunnel still runs as %s; switch it: clustral down && clustral up", tunnel.User)))
 			}
 			return nil
 		},

@@ -43,12 +43,12 @@ load: install the backup as coordinator.db in the data directory instead
 			if err := cfg.Check(); err != nil {
 				return usageError{err}
 			}
-			st, err := store.OpenEtcd(c.Context(), cfg)
+			etcd, err := store.OpenEtcd(c.Context(), cfg)
 			if err != nil {
 				return err
 			}
-			defer st.Close()
-			counts, err := st.Restore(args[0])
+			defer etcd.Close()
+			counts, err := etcd.Restore(args[0])
 			if err != nil {
 				return err
 			}
@@ -56,7 +56,7 @@ load: install the backup as coordinator.db in the data directory instead
 			for _, b := range []store.Bucket{store.Users, store.Clusters, store.Roles, store.Assignments, store.Nodes} {
 				parts = append(parts, fmt.Sprintf("%d %s", counts[b], b))
 			}
-			fmt.Fprintf(g.stdout, "Restored %s into etcd prefix %s (%s).\n", args[0], st.Prefix(), strings.Join(parts, ", "))
+			fmt.Fprintf(g.stdout, "Restored %s into etcd prefix %s (%s).\n", args[0], etcd.Prefix(), strings.Join(parts, ", "))
 			return nil
 		},
 	}

@@ -91,15 +91,15 @@ func newStatusCmd(g *globals) *cobra.Command {
 				v.CoordinatorHealth = "not ready: " + resp.Status
 			}
 		}
-		st, alive := device.ReadState(dir)
-		if st != nil && !alive {
+		tunnel, alive := device.ReadState(dir)
+		if tunnel != nil && !alive {
 			v.Tunnel = "stopped"
 		}
 		if alive {
-			v.Connected = st.Status == "connected"
-			v.Tunnel = st.Status
-			v.Contexts = st.Contexts
-			v.Addresses, v.SOCKS, v.Kubeconfig = st.Addresses, st.SOCKS, st.Kubeconfig
+			v.Connected = tunnel.Status == "connected"
+			v.Tunnel = tunnel.Status
+			v.Contexts = tunnel.Contexts
+			v.Addresses, v.SOCKS, v.Kubeconfig = tunnel.Addresses, tunnel.SOCKS, tunnel.Kubeconfig
 			if ns, err := queryControl(c.Context(), dir); err == nil {
 				v.Agents = ns
 			}
