@@ -73,6 +73,11 @@ func ParseWindow(tw TimeWindow) (Window, error) {
 	if w.start == w.end {
 		return Window{}, fmt.Errorf("start and end are both %s, an empty window; for a whole day use 00:00-24:00", tw.Start)
 	}
+	if w.end == 0 {
+		// An end of 00:00 is midnight at the end of the start's day: the
+		// same minutes as 24:00, held one way so a window never ends at 0.
+		w.end = 24 * 60
+	}
 	if w.loc, err = loadZone(tw.TimeZone); err != nil {
 		return Window{}, fmt.Errorf("time zone %q: %w", tw.TimeZone, err)
 	}
