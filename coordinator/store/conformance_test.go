@@ -19,3 +19,25 @@ func TestBoltConformance(t *testing.T) {
 		return s
 	})
 }
+
+func TestBoltFeed(t *testing.T) {
+	storetest.RunFeed(t, func(t *testing.T) store.Feed {
+		t.Helper()
+		s, err := store.OpenBolt(filepath.Join(t.TempDir(), "coordinator.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}, storetest.FeedOptions{Compact: func(t *testing.T, f store.Feed) {
+		store.SetHistory(f.(*store.Bolt), 1)
+		if err := f.Update(func(tx store.Tx) error { return tx.PutRaw(store.Meta, "compact", nil) }); err != nil {
+			t.Fatal(err)
+		}
+	}})
+}
+
+func TestMemFeed(t *testing.T) {
+	storetest.RunFeed(t, func(t *testing.T) store.Feed { return store.NewMem() },
+		storetest.FeedOptions{Replica: func(t *testing.T, f store.Feed) store.Feed { return f.(*store.Mem).Replica() }})
+}

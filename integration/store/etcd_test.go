@@ -57,6 +57,57 @@ func TestEtcdClusterConformance(t *testing.T) {
 	storetest.Run(t, openOn(c.URLs))
 }
 
+// feedOn returns the options of the feed suite on etcd endpoints: a
+// compaction through a client of its own, and a replica as a second
+// store on the same prefix.
+func feedOn(t *testing.T, endpoints []string) storetest.FeedOptions {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return storetest.FeedOptions{
+		Compact: func(t *testing.T, f store.Feed) {
+			resp, err := cli.Get(t.Context(), "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cli.Compact(t.Context(), resp.Header.Revision); err != nil {
+				t.Fatal(err)
+			}
+		},
+		Replica: func(t *testing.T, f store.Feed) store.Feed {
+			s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: endpoints, Prefix: f.(*store.Etcd).Prefix()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+	}
+}
+
+// TestEtcdFeed runs the feed suite on one member and on three.
+func TestEtcdFeed(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for name, urls := range map[string][]string{"one": {e.URL}, "three": c.URLs} {
+		t.Run(name, func(t *testing.T) {
+			open := openOn(urls)
+			storetest.RunFeed(t, func(t *testing.T) store.Feed { return open(t).(store.Feed) }, feedOn(t, urls))
+		})
+	}
+}
+
 // TestEtcdOpenErrors: a store that cannot reach etcd, or is configured
 // wrongly, says which setting to fix.
 func TestEtcdOpenErrors(t *testing.T) {
