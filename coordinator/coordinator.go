@@ -181,8 +181,20 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.loadKeys(); err != nil {
 		return nil, err
 	}
-	s.state.ipam = newIPAM(cfg.IPv4Prefix, s.v6).withRand(cfg.AddrRand)
-	if err := s.load(); err != nil {
+	s.state.ipam = s.newIPAM()
+	// A replica on a shared store follows the other replicas' commits
+	// from the revision it loaded at (see follow).
+	feed, _ := st.(store.Feed)
+	if feed != nil && !feed.Shared() {
+		feed = nil
+	}
+	var rev int64
+	if feed != nil {
+		rev, err = feed.ViewRev(s.state.load)
+	} else {
+		err = s.store.View(s.state.load)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := s.archiveEnded(); err != nil {
@@ -225,6 +237,9 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		if cfg.Allow.empty() {
 			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
 		}
+	}
+	if feed != nil {
+		s.goOwned(func() { s.follow(feed, rev) })
 	}
 	s.goOwned(s.janitor)
 	s.goOwned(s.auditJanitor)
@@ -596,25 +611,24 @@ func (s *Server) loadKeys() error {
 	})
 }
 
-// load reads every record into memory.
-func (s *Server) load() error {
-	return s.store.View(func(tx store.Tx) error {
-		for _, load := range []func(store.Tx) error{
-			s.state.ipam.loadAddresses,
-			loadAll(store.Users, s.state.indexUser),
-			loadAll(store.Sessions, func(se *session) { s.state.sessions[se.IDHash] = se }),
-			loadAll(store.Clusters, s.state.indexCluster),
-			loadAll(store.Roles, s.state.indexRole),
-			loadAll(store.Assignments, s.state.indexAssignment),
-			loadAll(store.Requests, func(ar *accessRequest) { s.state.requests[ar.ID] = ar }),
-			loadAll(store.Nodes, s.state.indexNode),
-		} {
-			if err := load(tx); err != nil {
-				return err
-			}
+// load reads every record of tx into st, whose ipam is set and whose
+// maps are empty.
+func (st *state) load(tx store.Tx) error {
+	for _, load := range []func(store.Tx) error{
+		st.ipam.loadAddresses,
+		loadAll(store.Users, st.indexUser),
+		loadAll(store.Sessions, func(se *session) { st.sessions[se.IDHash] = se }),
+		loadAll(store.Clusters, st.indexCluster),
+		loadAll(store.Roles, st.indexRole),
+		loadAll(store.Assignments, st.indexAssignment),
+		loadAll(store.Requests, func(ar *accessRequest) { st.requests[ar.ID] = ar }),
+		loadAll(store.Nodes, st.indexNode),
+	} {
+		if err := load(tx); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // loadAll returns a loader that lists every record of bucket b and hands

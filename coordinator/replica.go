@@ -1,0 +1,270 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+)
+
+// Replicas. Several coordinators may serve one mesh from one shared store
+// (etcd). Each keeps its own in-memory state and applies its own writes to
+// it as it makes them, as a lone coordinator does; follow applies the
+// other replicas' commits, which the store's Feed delivers in order, so a
+// change made on any replica reaches the map streams of every replica.
+// What a replica keeps only in memory (which nodes stream from it, their
+// published endpoints, pending logins) is its own.
+
+// followRetry is how long follow waits before watching again after the
+// store failed.
+const followRetry = time.Second
+
+// newIPAM returns an empty address index for the mesh's prefixes.
+func (s *Server) newIPAM() *ipam {
+	return newIPAM(s.cfg.IPv4Prefix, s.v6).withRand(s.cfg.AddrRand)
+}
+
+// follow applies the commits of feed after revision rev, those of other
+// replicas, to the state until Close begins. When the store no longer
+// has the history it needs (etcd compacted it while this replica was cut
+// off) it reloads the whole state. It runs on the goroutine that calls it
+// (see goOwned).
+func (s *Server) follow(feed store.Feed, rev int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		err := feed.Watch(ctx, rev, func(c store.Commit) error {
+			s.applyCommit(feed, c)
+			rev = c.Rev
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		var ce *store.CompactedError
+		if errors.As(err, &ce) {
+			s.log.Warn("the store's history since this replica's last change is gone: reloading the whole state", "err", err)
+			if rev, err = s.resync(feed); err == nil {
+				continue
+			}
+		}
+		s.log.Error("follow the store's changes; retrying", "after_revision", rev, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(followRetry):
+		}
+	}
+}
+
+// applyOrder is the order in which one commit's changes are applied:
+// removals first (a user's devices leave the maps while the user still
+// maps to the clusters, assignments before their role and cluster), then
+// additions, each after what it refers to. It is the order the handlers
+// apply their own writes in.
+var (
+	deleteOrder = []store.Bucket{store.Nodes, store.Assignments, store.Sessions, store.Requests, store.Roles, store.Clusters, store.Users, store.Addresses}
+	putOrder    = []store.Bucket{store.Addresses, store.Users, store.Clusters, store.Roles, store.Assignments, store.Requests, store.Sessions, store.Nodes}
+)
+
+// applyCommit applies the changes of c that this replica did not make
+// itself (store.Feed.Superseded) to the state and the map streams.
+func (s *Server) applyCommit(feed store.Feed, c store.Commit) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var changes []store.Change
+	for _, ch := range c.Changes {
+		if !feed.Superseded(c.Rev, ch.Bucket, ch.Key) {
+			changes = append(changes, ch)
+		}
+	}
+	for _, pass := range []struct {
+		deleted bool
+		order   []store.Bucket
+	}{{true, deleteOrder}, {false, putOrder}} {
+		for _, b := range pass.order {
+			for _, ch := range changes {
+				if ch.Bucket != b || ch.Deleted != pass.deleted {
+					continue
+				}
+				if err := s.applyChangeLocked(ch); err != nil {
+					s.log.Error("apply another replica's change", "revision", c.Rev, "bucket", ch.Bucket, "key", ch.Key, "err", err)
+				}
+			}
+		}
+	}
+	s.metrics.replicaApplied.Add(float64(len(changes)))
+}
+
+// applyChangeLocked applies one change made by another replica, through
+// the same index and sync methods the handlers use for their own.
+// Called with s.mu held.
+func (s *Server) applyChangeLocked(ch store.Change) error {
+	switch ch.Bucket {
+	case store.Users:
+		if ch.Deleted {
+			return nil // users are disabled, never deleted
+		}
+		var u user
+		if err := decodeChange(ch, &u); err != nil {
+			return err
+		}
+		old := s.users[u.ID]
+		var before map[string]bool
+		if old != nil {
+			before = s.possibleClusters(old)
+		}
+		s.indexUser(&u)
+		if old != nil {
+			s.userChangedLocked(&u, before)
+		}
+	case store.Sessions:
+		if ch.Deleted {
+			delete(s.sessions, ch.Key)
+			return nil
+		}
+		var se session
+		if err := decodeChange(ch, &se); err != nil {
+			return err
+		}
+		s.sessions[se.IDHash] = &se
+	case store.Nodes:
+		if ch.Deleted {
+			if n := s.nodes[ch.Key]; n != nil {
+				s.removeNodeAndSyncLocked(n)
+			}
+			return nil
+		}
+		var n node
+		if err := decodeChange(ch, &n); err != nil {
+			return err
+		}
+		if old := s.nodes[n.ID]; old != nil {
+			eps := s.endpoints[n.ID]
+			s.unindexNode(old)
+			s.endpoints[n.ID] = eps
+		}
+		s.indexNode(&n)
+		s.nodeChanged(&n)
+	case store.Clusters:
+		old := s.clusters[ch.Key]
+		if ch.Deleted {
+			if old != nil {
+				s.unindexCluster(old)
+			}
+			return nil
+		}
+		var c cluster
+		if err := decodeChange(ch, &c); err != nil {
+			return err
+		}
+		users := s.usersOn(c.ID, s.now())
+		s.indexCluster(&c)
+		for id, u := range s.usersOn(c.ID, s.now()) {
+			users[id] = u
+		}
+		for _, u := range users {
+			s.syncPair(u, c.ID)
+		}
+	case store.Roles:
+		if ch.Deleted {
+			if r := s.roles[ch.Key]; r != nil {
+				s.unindexRole(r)
+				for _, a := range s.assignmentsByRole[r.ID] {
+					s.syncAssignment(a)
+				}
+			}
+			return nil
+		}
+		var r role
+		if err := decodeChange(ch, &r); err != nil {
+			return err
+		}
+		s.indexRole(&r)
+		for _, a := range s.assignmentsByRole[r.ID] {
+			s.syncAssignment(a)
+		}
+	case store.Assignments:
+		if old := s.assignments[ch.Key]; old != nil {
+			s.removeAssignmentAndSyncLocked(old)
+		}
+		if ch.Deleted {
+			return nil
+		}
+		var a assignment
+		if err := decodeChange(ch, &a); err != nil {
+			return err
+		}
+		s.addAssignmentAndSyncLocked(&a)
+	case store.Requests:
+		if ch.Deleted {
+			delete(s.requests, ch.Key)
+			return nil
+		}
+		var ar accessRequest
+		if err := decodeChange(ch, &ar); err != nil {
+			return err
+		}
+		s.setRequestLocked(&ar)
+	case store.Addresses:
+		a, err := netip.ParseAddr(ch.Key)
+		if err != nil {
+			return fmt.Errorf("overlay address %q: %w", ch.Key, err)
+		}
+		if ch.Deleted {
+			s.ipam.free(a)
+		} else {
+			s.ipam.use(a)
+		}
+	}
+	return nil
+}
+
+// decodeChange decodes the new value of ch into v.
+func decodeChange(ch store.Change, v any) error {
+	if err := json.Unmarshal(ch.Value, v); err != nil {
+		return fmt.Errorf("decode %s/%s: %w", ch.Bucket, ch.Key, err)
+	}
+	return nil
+}
+
+// resync reloads the whole state from feed and ends every map stream, so
+// each node reconnects and starts again from a snapshot. It holds s.mu
+// throughout, so no write of this replica falls between the read and the
+// swap. It returns the revision it read at.
+func (s *Server) resync(feed store.Feed) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st state
+	st.init()
+	st.ipam = s.newIPAM()
+	rev, err := feed.ViewRev(st.load)
+	if err != nil {
+		return 0, fmt.Errorf("reload the state: %w", err)
+	}
+	st.online, st.endpoints = s.online, s.endpoints
+	for id := range st.endpoints {
+		if st.nodes[id] == nil {
+			delete(st.endpoints, id)
+		}
+	}
+	s.state = st
+	for id, c := range s.clients {
+		c.close()
+		delete(s.clients, id)
+	}
+	s.mapGen.Add(1)
+	s.log.Info("state reloaded from the store", "revision", rev, "nodes", len(s.nodes), "users", len(s.users))
+	return rev, nil
+}

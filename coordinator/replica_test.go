@@ -1,0 +1,263 @@
+package coordinator
+
+import (
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
+	"github.com/clustral/clustral/proto"
+)
+
+// newReplicaEnvs starts n coordinators on one shared in-memory store (a
+// handle each, as replicas on one etcd have) and one identity provider,
+// all with the first one's public URL, as replicas behind one load
+// balancer have.
+func newReplicaEnvs(t *testing.T, n int) []*testEnv {
+	t.Helper()
+	m := store.NewMem()
+	iss := newFakeIssuer(t)
+	stores := []*store.Mem{m}
+	for len(stores) < n {
+		stores = append(stores, m.Replica())
+	}
+	envs := make([]*testEnv, n)
+	for i := range envs {
+		envs[i] = &testEnv{t: t, iss: iss, dir: t.TempDir(), st: stores[i]}
+		if i > 0 {
+			public := envs[0].ts.URL
+			envs[i].configure = func(c *Config) { c.PublicURL = public }
+		}
+		envs[i].start()
+	}
+	return envs
+}
+
+// stateDigest describes what a Server's state holds, for comparing
+// replicas: every record by id with its main fields, and the addresses in
+// use.
+func stateDigest(s *Server) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	line := func(kind string, m map[string]string) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			fmt.Fprintf(&b, "%s %s %s\n", kind, k, m[k])
+		}
+	}
+	mapOf := func(f func(add func(k, v string))) map[string]string {
+		m := map[string]string{}
+		f(func(k, v string) { m[k] = v })
+		return m
+	}
+	line("user", mapOf(func(add func(k, v string)) {
+		for id, u := range s.users {
+			add(id, fmt.Sprintf("%s %v disabled=%v", u.Login, u.Groups, u.Disabled))
+		}
+	}))
+	line("session", mapOf(func(add func(k, v string)) {
+		for h, se := range s.sessions {
+			add(h, se.UserID)
+		}
+	}))
+	line("node", mapOf(func(add func(k, v string)) {
+		for id, n := range s.nodes {
+			add(id, fmt.Sprintf("%s %s %v", n.Kind, n.Key, n.Addresses))
+		}
+	}))
+	line("cluster", mapOf(func(add func(k, v string)) {
+		for id, c := range s.clusters {
+			add(id, fmt.Sprintf("%s %v %s", c.Name, c.Labels, c.JoinTokenHash))
+		}
+	}))
+	line("role", mapOf(func(add func(k, v string)) {
+		for id, r := range s.roles {
+			add(id, fmt.Sprintf("%s %v", r.Name, r.Groups))
+		}
+	}))
+	line("assignment", mapOf(func(add func(k, v string)) {
+		for id, a := range s.assignments {
+			add(id, fmt.Sprintf("%s %s %s %s", a.UserID, a.Group, a.RoleID, a.ClusterID))
+		}
+	}))
+	line("request", mapOf(func(add func(k, v string)) {
+		for id, r := range s.requests {
+			add(id, r.State)
+		}
+	}))
+	for _, p := range s.ipam.pools {
+		fmt.Fprintf(&b, "pool %s used %d\n", p.prefix, p.used)
+	}
+	return b.String()
+}
+
+// waitSameState waits until every replica's state is the first's.
+func waitSameState(t *testing.T, envs []*testEnv) {
+	t.Helper()
+	var last string
+	defer func() {
+		if t.Failed() {
+			t.Log(last)
+		}
+	}()
+	testkit.WaitFor(t, "every replica's state to match the first's", func() bool {
+		want := stateDigest(envs[0].srv)
+		for _, e := range envs[1:] {
+			if got := stateDigest(e.srv); got != want {
+				last = fmt.Sprintf("first:\n%s\nother:\n%s", want, got)
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// peers follows a map stream's peers by key, as a node applies them.
+type peers struct {
+	ms *mapStream
+	m  map[proto.Key]proto.Peer
+}
+
+func follow(ms *mapStream) *peers { return &peers{ms: ms, m: map[proto.Key]proto.Peer{}} }
+
+// waitFor reads messages until the peers satisfy ok.
+func (p *peers) waitFor(what string, ok func(map[proto.Key]proto.Peer) bool) {
+	p.ms.t.Helper()
+	for !ok(p.m) {
+		select {
+		case m, open := <-p.ms.msgs:
+			if !open {
+				p.ms.t.Fatalf("map stream ended waiting for %s", what)
+			}
+			if m.Snapshot {
+				clear(p.m)
+			}
+			for _, peer := range m.Peers {
+				p.m[peer.Key] = peer
+			}
+			for _, k := range m.Removed {
+				delete(p.m, k)
+			}
+		case <-time.After(5 * time.Second):
+			p.ms.t.Fatalf("map stream: no %s within 5s (peers %v)", what, slices.Collect(maps.Keys(p.m)))
+		}
+	}
+}
+
+// waitEnd reads the stream until it ends.
+func (ms *mapStream) waitEnd(why string) {
+	ms.t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case _, ok := <-ms.msgs:
+			if !ok {
+				return
+			}
+		case <-deadline:
+			ms.t.Fatalf("map stream still open 5s %s", why)
+		}
+	}
+}
+
+// waitKeys waits until the peers are exactly keys.
+func (p *peers) waitKeys(what string, keys ...proto.Key) {
+	p.ms.t.Helper()
+	p.waitFor(what, func(m map[proto.Key]proto.Peer) bool {
+		return len(m) == len(keys) && !slices.ContainsFunc(keys, func(k proto.Key) bool { _, ok := m[k]; return !ok })
+	})
+}
+
+// TestReplicasFollowEachOther: two coordinators on one store. Changes made
+// on either (logins, clusters, roles, registrations, assignments,
+// revocations) reach the other's state and the map streams open on it,
+// and the two states end the same.
+func TestReplicasFollowEachOther(t *testing.T) {
+	envs := newReplicaEnvs(t, 2)
+	a, b := envs[0], envs[1]
+
+	// A session made on a is good on b once b followed.
+	admin := a.login("admin@example.com")
+	testkit.WaitFor(t, "b to know a's session", func() bool {
+		st, _ := b.call("GET", "/api/v1/whoami", admin.Token, nil, nil)
+		return st == http.StatusOK
+	})
+	var cl proto.CreateClusterResponse
+	b.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	waitSameState(t, envs)
+	a.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
+
+	// The agent registers and streams on a; alice's device on b.
+	var agent proto.RegisterResponse
+	agentKey := newKey(t)
+	a.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: agentKey, Hostname: "node-1", CSR: newCSR(t)}, &agent)
+	alice := b.login("alice@example.com", "dev")
+	var dev proto.RegisterResponse
+	devKey := newKey(t)
+	b.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: devKey, Hostname: "laptop"}, &dev)
+	waitSameState(t, envs)
+	agentMap := follow(a.openMap(agent.NodeToken))
+	devMap := follow(b.openMap(dev.NodeToken))
+
+	// An assignment made on a opens the pair on both replicas' streams.
+	var asg proto.Assignment
+	a.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, &asg)
+	devMap.waitKeys("the agent after the assignment on a", agentKey)
+	agentMap.waitKeys("the device after the assignment on a", devKey)
+
+	// A role change on b reaches the agent's map on a.
+	b.must("PUT", "/api/v1/roles/viewer", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers", "auditors"}}, nil)
+	agentMap.waitFor("the device with the role's new groups", func(m map[proto.Key]proto.Peer) bool {
+		id := m[devKey].Identity
+		return id != nil && len(id.Roles) == 1 && slices.Equal(id.Roles[0].Groups, []string{"auditors", "viewers"})
+	})
+
+	// Deleting the assignment on b removes the pair on both.
+	b.must("DELETE", "/api/v1/assignments/"+asg.ID, admin.Token, nil, nil)
+	agentMap.waitKeys("the device's removal after the deletion on b")
+	devMap.waitKeys("the agent's removal after the deletion on b")
+	waitSameState(t, envs)
+
+	// Disabling alice on a ends her device's stream on b.
+	a.must("POST", "/api/v1/users/alice@example.com/disable", admin.Token, nil, nil)
+	devMap.ms.waitEnd("after alice was disabled on a")
+	waitSameState(t, envs)
+	b.srv.mu.Lock()
+	n := len(b.srv.devicesByUser)
+	b.srv.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("b still holds %d users' devices after alice was disabled on a", n)
+	}
+}
+
+// TestReplicaResync: a replica that reloads its whole state (after the
+// store's history it needed was compacted) ends up with the store's
+// state and ends its map streams, whose nodes reconnect for a snapshot.
+func TestReplicaResync(t *testing.T) {
+	envs := newReplicaEnvs(t, 2)
+	a, b := envs[0], envs[1]
+	admin := a.login("admin@example.com")
+	var cl proto.CreateClusterResponse
+	a.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	var agent proto.RegisterResponse
+	a.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "node-1", CSR: newCSR(t)}, &agent)
+	waitSameState(t, envs)
+	ms := b.openMap(agent.NodeToken)
+	ms.next()
+	want := stateDigest(b.srv)
+	if _, err := b.srv.resync(b.st.(store.Feed)); err != nil {
+		t.Fatal(err)
+	}
+	if got := stateDigest(b.srv); got != want {
+		t.Fatalf("after resync:\n%s\nwant:\n%s", got, want)
+	}
+	ms.waitEnd("after the resync")
+	b.openMap(agent.NodeToken).next() // and it reconnects
+	a.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
+	waitSameState(t, envs)
+}
