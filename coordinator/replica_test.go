@@ -261,3 +261,66 @@ func TestReplicaResync(t *testing.T) {
 	a.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 	waitSameState(t, envs)
 }
+
+// TestRegistrationRechecksTheStore: a registration reads its credential
+// in its own transaction, so a revocation another replica committed and
+// this one has not applied yet refuses it. The store is changed behind
+// the coordinator's memory here, as such a commit is.
+func TestRegistrationRechecksTheStore(t *testing.T) {
+	e := newTestEnv(t)
+	admin := e.login("admin@example.com")
+	alice := e.login("alice@example.com")
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	behind := func(fn func(tx store.Tx) error) {
+		t.Helper()
+		if err := e.srv.store.Update(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.srv.mu.Lock()
+	var aliceSession string
+	for h, se := range e.srv.sessions {
+		if e.srv.users[se.UserID].Login == "alice@example.com" {
+			aliceSession = h
+		}
+	}
+	c := *e.srv.clustersByName["prod"]
+	e.srv.mu.Unlock()
+
+	tests := []struct {
+		name   string
+		revoke func(tx store.Tx) error
+		token  string
+		path   string
+		body   any
+		status int
+		code   proto.ErrorCode
+	}{
+		{"device after logout elsewhere", func(tx store.Tx) error { return tx.Delete(store.Sessions, aliceSession) },
+			alice.Token, "/api/v1/devices", proto.RegisterDeviceRequest{PublicKey: newKey(t), Hostname: "laptop"}, http.StatusUnauthorized, proto.CodeSessionExpired},
+		{"agent after token rotation elsewhere", func(tx store.Tx) error {
+			nc := c
+			nc.JoinTokenHash = hashSecret("cjt_rotated")
+			return store.Put(tx, store.Clusters, nc.ID, &nc)
+		}, cl.JoinToken, "/api/v1/agents", proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "node-1", CSR: newCSR(t)}, http.StatusUnauthorized, proto.CodeInvalidJoinToken},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			behind(tt.revoke)
+			status, p := e.call("POST", tt.path, tt.token, tt.body, nil)
+			if status != tt.status || p == nil || p.Code != tt.code {
+				t.Fatalf("registration = %d %+v, want %d %s", status, p, tt.status, tt.code)
+			}
+		})
+	}
+	var nodes int
+	if err := e.srv.store.View(func(tx store.Tx) error {
+		return tx.ForEach(store.Nodes, func(string, []byte) error { nodes++; return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if nodes != 0 {
+		t.Fatalf("%d nodes stored by refused registrations", nodes)
+	}
+}
