@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"cmp"
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -508,8 +509,9 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 
 // ---- retention ----
 
-// auditJanitor applies the retention at start and every hour.
-func (s *Server) auditJanitor() {
+// auditJanitor applies the retention at start and every hour, until ctx
+// ends (singleton work).
+func (s *Server) auditJanitor(ctx context.Context) {
 	prune := func() {
 		if n, err := auditlog.Prune(s.store, s.cfg.AuditRetention, s.now()); err != nil {
 			s.log.Error("prune audit log", "err", err)
@@ -518,7 +520,7 @@ func (s *Server) auditJanitor() {
 		}
 	}
 	prune()
-	s.every(time.Hour, prune)
+	s.every(ctx, time.Hour, prune)
 }
 
 // ---- events without a change of state ----

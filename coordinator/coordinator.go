@@ -102,8 +102,15 @@ type Server struct {
 		sync.Mutex
 		closed bool
 	}
-	stop chan struct{}  // closed when Close begins
-	wg   sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
+	stop chan struct{} // closed when Close begins
+	// stopCtx ends when Close begins, as stop is closed.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+	// replica names this Server among the replicas of a shared store.
+	replica string
+	// leader is true while this replica runs the singleton work.
+	leader atomic.Bool
+	wg     sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
 }
 
 // guarded is what the coordinator's global lock mu guards: the in-memory
@@ -172,7 +179,9 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		guarded: guarded{clients: map[string]*mapClient{}},
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
+		replica: replicaName(),
 	}
+	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	s.timeouts = defaultServerTimeouts
 	s.state.init()
 	s.certRenew.Store(int64(agentCertRenew))
@@ -242,9 +251,17 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		s.goOwned(func() { s.follow(feed, rev) })
 	}
 	s.goOwned(s.janitor)
-	s.goOwned(s.auditJanitor)
+	s.singleton(feed, func(ctx context.Context) {
+		var wg sync.WaitGroup
+		wg.Go(func() { s.expirer(ctx) })
+		wg.Go(func() { s.auditJanitor(ctx) })
+		wg.Go(func() { s.auditSigner(ctx) })
+		wg.Wait()
+	})
+	if feed != nil {
+		s.goOwned(func() { s.touchAgents(s.stopCtx) })
+	}
 	s.goOwned(s.auditWriter)
-	s.goOwned(s.auditSigner)
 	return s, nil
 }
 
@@ -294,6 +311,7 @@ func (s *Server) Close() error {
 	// Store every count of failures, closed window or not.
 	s.flushFailures(s.now().Add(failureWindow))
 	close(s.stop)
+	s.stopCancel()
 	s.mu.Lock()
 	for _, c := range s.clients {
 		c.close()
@@ -658,14 +676,11 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 	return err
 }
 
-// janitor expires sessions, devices and assignments, and reclaims agents
-// that have been gone for AgentTTL.
+// janitor forgets expired pending logins and idle rate limiters, and
+// audits the failures counted; each replica does this for its own.
 func (s *Server) janitor() {
-	s.every(time.Second, func() {
+	s.every(s.stopCtx, time.Second, func() {
 		s.sweepLogins()
-		if err := s.expire(); err != nil {
-			s.log.Error("expire", "err", err)
-		}
 		if s.sources != nil {
 			s.sources.Evict(s.now())
 		}
@@ -673,14 +688,25 @@ func (s *Server) janitor() {
 	})
 }
 
-// every calls f each interval d until Close begins. It runs on the
-// goroutine that calls it (see goOwned).
-func (s *Server) every(d time.Duration, f func()) {
+// expirer expires sessions, devices, assignments and access requests, and
+// reclaims agents that have been gone for AgentTTL, until ctx ends. It is
+// singleton work (see singleton).
+func (s *Server) expirer(ctx context.Context) {
+	s.every(ctx, time.Second, func() {
+		if err := s.expire(); err != nil {
+			s.log.Error("expire", "err", err)
+		}
+	})
+}
+
+// every calls f each interval d until ctx ends. It runs on the goroutine
+// that calls it (see goOwned).
+func (s *Server) every(ctx context.Context, d time.Duration, f func()) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.stop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 			f()

@@ -2,13 +2,17 @@ package coordinator
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
 )
 
 // Replicas. Several coordinators may serve one mesh from one shared store
@@ -34,15 +38,7 @@ func (s *Server) newIPAM() *ipam {
 // off) it reloads the whole state. It runs on the goroutine that calls it
 // (see goOwned).
 func (s *Server) follow(feed store.Feed, rev int64) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-s.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx := s.stopCtx
 	for {
 		err := feed.Watch(ctx, rev, func(c store.Commit) error {
 			s.applyCommit(feed, c)
@@ -267,4 +263,89 @@ func (s *Server) resync(feed store.Feed) (int64, error) {
 	s.mapGen.Add(1)
 	s.log.Info("state reloaded from the store", "revision", rev, "nodes", len(s.nodes), "users", len(s.users))
 	return rev, nil
+}
+
+// singleton runs f, work that must run in one place at a time (expiry,
+// audit retention and checkpoints), until Close begins: at once on a
+// store with one writer, and on a shared store only while this replica
+// is the one the store elected (store.Elector), moving to another
+// replica when it dies or loses etcd. f must return soon after its
+// context ends.
+func (s *Server) singleton(feed store.Feed, f func(ctx context.Context)) {
+	el, ok := s.store.(store.Elector)
+	if feed == nil || !ok {
+		s.goOwned(func() { f(s.stopCtx) })
+		return
+	}
+	s.goOwned(func() {
+		el.Lead(s.stopCtx, "singleton", s.replica, func(ctx context.Context) {
+			s.log.Info("this replica now runs expiry, audit retention and checkpoints", "replica", s.replica)
+			s.leader.Store(true)
+			defer s.leader.Store(false)
+			f(ctx)
+		})
+	})
+}
+
+// replicaName names this process among the replicas: the host name and
+// a random suffix, so that two replicas on one host differ.
+func replicaName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "coordinator"
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}
+
+// touchInterval is how often touchAgents runs: often enough within any
+// AgentTTL that an agent streaming from some replica is never reclaimed.
+func (s *Server) touchInterval() time.Duration {
+	return min(s.cfg.AgentTTL/4, time.Hour)
+}
+
+// touchAgents stores, every touchInterval until ctx ends, the time as the
+// last-seen time of every agent streaming from this replica. The replica
+// that expires agents sees only its own streams: without this it would
+// reclaim an agent that streams from another replica for longer than
+// AgentTTL. Only on a shared store; a node deleted meanwhile stays
+// deleted.
+func (s *Server) touchAgents(ctx context.Context) {
+	s.every(ctx, s.touchInterval(), func() {
+		now := s.now()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		var agents []*node
+		for id := range s.online {
+			if n := s.nodes[id]; n != nil && n.Kind == proto.KindAgent {
+				agents = append(agents, n)
+			}
+		}
+		if len(agents) == 0 {
+			return
+		}
+		err := s.store.Update(func(tx store.Tx) error {
+			for _, n := range agents {
+				if _, err := tx.GetRaw(store.Nodes, n.ID); errors.Is(err, store.ErrNotFound) {
+					continue
+				} else if err != nil {
+					return err
+				}
+				c := *n
+				c.LastSeen = now
+				if err := store.Put(tx, store.Nodes, c.ID, &c); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			s.log.Error("store the agents' last-seen times", "err", err)
+			return
+		}
+		for _, n := range agents {
+			n.LastSeen = now
+		}
+	})
 }

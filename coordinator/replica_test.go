@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
@@ -322,5 +323,129 @@ func TestRegistrationRechecksTheStore(t *testing.T) {
 	}
 	if nodes != 0 {
 		t.Fatalf("%d nodes stored by refused registrations", nodes)
+	}
+}
+
+// leaderOf waits until exactly one of envs leads and returns it.
+func leaderOf(t *testing.T, envs []*testEnv) *testEnv {
+	t.Helper()
+	var leader *testEnv
+	testkit.WaitFor(t, "exactly one replica to lead", func() bool {
+		leader = nil
+		n := 0
+		for _, e := range envs {
+			if e.ts != nil && e.srv.leader.Load() {
+				leader = e
+				n++
+			}
+		}
+		return n == 1
+	})
+	return leader
+}
+
+// TestReplicasElectOneLeader: of two replicas one runs the singleton
+// work: an expired assignment is expired, and recorded, once; when the
+// leader stops, the other takes over.
+func TestReplicasElectOneLeader(t *testing.T) {
+	envs := newReplicaEnvs(t, 2)
+	leader := leaderOf(t, envs)
+	a := envs[0]
+	admin := a.login("admin@example.com")
+	a.login("alice@example.com")
+	a.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, nil)
+	a.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
+	exp := time.Now().Add(time.Second)
+	var asg proto.Assignment
+	a.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod", Expires: &exp}, &asg)
+	testkit.WaitFor(t, "the assignment to expire on both replicas", func() bool {
+		for _, e := range envs {
+			e.srv.mu.Lock()
+			_, ok := e.srv.assignments[asg.ID]
+			e.srv.mu.Unlock()
+			if ok {
+				return false
+			}
+		}
+		return true
+	})
+	expired := 0
+	err := a.srv.store.View(func(tx store.Tx) error {
+		return tx.ForEach(store.Audit, func(_ string, raw []byte) error {
+			var ev proto.AuditEvent
+			if err := json.Unmarshal(raw, &ev); err != nil {
+				return err
+			}
+			if ev.Object == asg.ID && ev.Code == changeCodes["assignment.expired"] {
+				expired++
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if expired != 1 {
+		t.Fatalf("the assignment's expiry was recorded %d times, want once", expired)
+	}
+	leader.stop()
+	var rest []*testEnv
+	for _, e := range envs {
+		if e != leader {
+			rest = append(rest, e)
+		}
+	}
+	leaderOf(t, rest)
+}
+
+// TestReplicaKeepsItsAgents: an agent streaming from a replica that does
+// not lead is not reclaimed by the one that does after AgentTTL: the
+// replica it streams from keeps its last-seen time fresh in the store.
+func TestReplicaKeepsItsAgents(t *testing.T) {
+	const ttl = 2 * time.Second
+	m := store.NewMem()
+	iss := newFakeIssuer(t)
+	stores := []*store.Mem{m, m.Replica()}
+	envs := make([]*testEnv, 2)
+	for i := range envs {
+		envs[i] = &testEnv{t: t, iss: iss, dir: t.TempDir(), st: stores[i]}
+		public := ""
+		if i > 0 {
+			public = envs[0].ts.URL
+		}
+		envs[i].configure = func(c *Config) {
+			c.AgentTTL = ttl
+			if public != "" {
+				c.PublicURL = public
+			}
+		}
+		envs[i].start()
+	}
+	leader := leaderOf(t, envs)
+	other := envs[0]
+	if other == leader {
+		other = envs[1]
+	}
+	admin := other.login("admin@example.com")
+	var cl proto.CreateClusterResponse
+	other.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	var agent proto.RegisterResponse
+	other.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "node-1", CSR: newCSR(t)}, &agent)
+	ms := other.openMap(agent.NodeToken)
+	ms.next()
+	start := time.Now()
+	testkit.WaitForWithin(t, 5*ttl, "the leader to see the agent seen more than AgentTTL after it connected", func() bool {
+		leader.srv.mu.Lock()
+		defer leader.srv.mu.Unlock()
+		n := leader.srv.nodes[agent.NodeID]
+		return n != nil && n.LastSeen.After(start.Add(ttl))
+	})
+	for _, e := range envs {
+		e.srv.mu.Lock()
+		n := e.srv.nodes[agent.NodeID]
+		e.srv.mu.Unlock()
+		if n == nil {
+			t.Fatal("the agent streaming from the other replica was reclaimed")
+		}
 	}
 }

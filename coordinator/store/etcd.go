@@ -19,6 +19,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // EtcdConfig says how to reach the etcd cluster that holds a store.
@@ -142,7 +143,60 @@ type Etcd struct {
 	own    ownCommits
 }
 
-var _ Feed = (*Etcd)(nil)
+var (
+	_ Feed    = (*Etcd)(nil)
+	_ Elector = (*Etcd)(nil)
+)
+
+// electionTTL is how long, in seconds, a leader's etcd lease outlives
+// the leader: after a crash, or once cut off from etcd, the leadership
+// moves to another handle within about this long.
+const electionTTL = 5
+
+// Lead implements Elector with an etcd election under
+// <prefix>/_election/<name>, on a session whose lease the handle keeps
+// alive. The leadership is lost when the lease expires (the handle could
+// not reach etcd for electionTTL seconds); fn's context ends then, and a
+// former leader that is only slow to notice overlaps the next one by at
+// most the time it takes to notice, which is why the work done under it
+// must also be safe to repeat (it is: each step is a store transaction
+// that decides from what the store holds).
+func (s *Etcd) Lead(ctx context.Context, name, id string, fn func(context.Context)) error {
+	for ctx.Err() == nil {
+		if err := s.leadOnce(ctx, name, id, fn); err != nil && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// leadOnce campaigns once and, if elected, runs fn until the leadership
+// or ctx ends.
+func (s *Etcd) leadOnce(ctx context.Context, name, id string, fn func(context.Context)) error {
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(electionTTL), concurrency.WithContext(s.ctx))
+	if err != nil {
+		return fmt.Errorf("etcd session for election %s: %w", name, err)
+	}
+	defer sess.Close() // revokes the lease: a successor is elected at once
+	e := concurrency.NewElection(sess, s.cfg.Prefix+"/_election/"+name)
+	if err := e.Campaign(ctx, id); err != nil {
+		return fmt.Errorf("campaign for %s: %w", name, err)
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	fn(lctx)
+	return nil
+}
 
 // OpenEtcd connects to etcd and checks that it answers. The caller must
 // Close the store, which closes the connection.

@@ -181,3 +181,14 @@ func (o *ownCommits) superseded(rev int64, b Bucket, key string) bool {
 	}
 	return own >= rev
 }
+
+// Elector is a shared store that elects one of the processes using it to
+// do work that must run in one place at a time (expiry, retention, audit
+// checkpoints).
+type Elector interface {
+	// Lead campaigns for the leadership called name, as id; each time
+	// this handle wins it, Lead runs fn with a context that ends when the
+	// leadership is lost or ctx ends, and then campaigns again. It
+	// returns when ctx ends. fn must return soon after its context ends.
+	Lead(ctx context.Context, name, id string, fn func(context.Context)) error
+}

@@ -30,6 +30,8 @@ type memCore struct {
 	rev    int64
 	shared bool
 	hist   *history
+	// leads holds, per leadership name, a token the leader takes.
+	leads map[string]chan struct{}
 }
 
 // memHistory is how many commits a Mem keeps for Watch.
@@ -38,7 +40,7 @@ const memHistory = 1 << 14
 // NewMem returns an empty Mem.
 func NewMem() *Mem {
 	return &Mem{
-		core: &memCore{b: map[Bucket]map[string][]byte{}, n: map[Bucket]uint64{}, hist: newHistory(memHistory)},
+		core: &memCore{b: map[Bucket]map[string][]byte{}, n: map[Bucket]uint64{}, hist: newHistory(memHistory), leads: map[string]chan struct{}{}},
 		own:  &ownCommits{},
 	}
 }
@@ -116,6 +118,27 @@ func (s *Mem) Superseded(rev int64, b Bucket, key string) bool {
 	return s.own.superseded(rev, b, key)
 }
 
+// Lead implements Elector: of the handles of one Mem, one at a time
+// leads each name, until its ctx ends.
+func (s *Mem) Lead(ctx context.Context, name, id string, fn func(context.Context)) error {
+	s.core.mu.Lock()
+	token := s.core.leads[name]
+	if token == nil {
+		token = make(chan struct{}, 1)
+		s.core.leads[name] = token
+	}
+	s.core.mu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case token <- struct{}{}:
+		}
+		fn(ctx)
+		<-token
+	}
+}
+
 // Backup is not supported.
 func (*Mem) Backup(string) error { return errors.New("not supported") }
 
@@ -175,4 +198,7 @@ func (t *memTx) NextSequence(b Bucket) (uint64, error) {
 	return t.s.n[b], nil
 }
 
-var _ Feed = (*Mem)(nil)
+var (
+	_ Feed    = (*Mem)(nil)
+	_ Elector = (*Mem)(nil)
+)
