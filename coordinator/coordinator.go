@@ -108,6 +108,8 @@ type Server struct {
 	stopCancel context.CancelFunc
 	// replica names this Server among the replicas of a shared store.
 	replica string
+	// feed is the store's feed when other replicas share it, else nil.
+	feed store.Feed
 	// leader is true while this replica runs the singleton work.
 	leader atomic.Bool
 	wg     sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
@@ -197,6 +199,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if feed != nil && !feed.Shared() {
 		feed = nil
 	}
+	s.feed = feed
 	var rev int64
 	if feed != nil {
 		rev, err = feed.ViewRev(s.state.load)

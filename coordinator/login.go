@@ -828,10 +828,11 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, p principa
 		if err := tx.Delete(store.Sessions, p.session.IDHash); err != nil {
 			return err
 		}
-		if err := deleteNodes(tx, devs); err != nil {
+		n, err := s.deleteNodesWhere(tx, devs, func(n *node) bool { return n.Kind == proto.KindDevice && n.SessionID == p.session.IDHash })
+		if err != nil {
 			return err
 		}
-		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": len(devs)})
+		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": n})
 	}) {
 		return
 	}

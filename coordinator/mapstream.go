@@ -275,6 +275,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	s.online[n.ID]++
 	if eps != nil {
 		s.endpoints[n.ID] = eps
+		s.shareEndpointsLocked(n, eps)
 	}
 	n.LastSeen = s.now()
 	snap := s.snapshot(n, s.cfg.MeshDomain, s.ca.certPEM, s.now())

@@ -295,6 +295,7 @@ func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request, n *node
 		return
 	}
 	s.endpoints[n.ID] = req.Endpoints
+	s.shareEndpointsLocked(n, req.Endpoints)
 	s.nodeChanged(n)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -327,14 +327,7 @@ func (s *Server) touchAgents(ctx context.Context) {
 		}
 		err := s.store.Update(func(tx store.Tx) error {
 			for _, n := range agents {
-				if _, err := tx.GetRaw(store.Nodes, n.ID); errors.Is(err, store.ErrNotFound) {
-					continue
-				} else if err != nil {
-					return err
-				}
-				c := *n
-				c.LastSeen = now
-				if err := store.Put(tx, store.Nodes, c.ID, &c); err != nil {
+				if err := updateNode(tx, n.ID, func(stored *node) { stored.LastSeen = now }); err != nil {
 					return err
 				}
 			}
@@ -348,4 +341,82 @@ func (s *Server) touchAgents(ctx context.Context) {
 			n.LastSeen = now
 		}
 	})
+}
+
+// shareEndpointsLocked stores n's published endpoints in its record on a
+// shared store, so that every replica offers them to n's peers: a node
+// and its peers may stream from different replicas. A node deleted
+// meanwhile stays deleted. Called with s.mu held.
+func (s *Server) shareEndpointsLocked(n *node, eps []netip.AddrPort) {
+	if s.feed == nil {
+		return
+	}
+	err := s.store.Update(func(tx store.Tx) error {
+		return updateNode(tx, n.ID, func(stored *node) { stored.Endpoints = eps })
+	})
+	if err != nil {
+		s.log.Error("share a node's endpoints with the other replicas", "node", n.ID, "err", err)
+	}
+}
+
+// updateNode applies change to the stored record of node id inside tx;
+// a node that is no longer stored is left alone.
+func updateNode(tx store.Tx, id string, change func(*node)) error {
+	var stored node
+	if err := store.Get(tx, store.Nodes, id, &stored); errors.Is(err, store.ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	change(&stored)
+	return store.Put(tx, store.Nodes, id, &stored)
+}
+
+// deleteNodesWhere deletes inside tx the nodes a removal ends: mem, the
+// ones this replica knows, and on a shared store every stored node that
+// match accepts, so that a node another replica registered and this one
+// has not applied yet is removed too (revoking a join token removes every
+// agent of the cluster, whichever replica registered it). The scan puts
+// the whole Nodes bucket in the transaction's reads, so a registration
+// committed meanwhile makes it run again. It returns how many nodes it
+// deleted.
+func (s *Server) deleteNodesWhere(tx store.Tx, mem []*node, match func(*node) bool) (int, error) {
+	if s.feed == nil {
+		return len(mem), deleteNodes(tx, mem)
+	}
+	return deleteStoredWhere(tx, store.Nodes, match, deleteNode)
+}
+
+// deleteSessionsWhere is deleteNodesWhere for sessions: mem holds the
+// hashes of the sessions this replica knows.
+func (s *Server) deleteSessionsWhere(tx store.Tx, mem []string, match func(*session) bool) (int, error) {
+	del := func(tx store.Tx, se *session) error { return tx.Delete(store.Sessions, se.IDHash) }
+	if s.feed == nil {
+		for _, h := range mem {
+			if err := del(tx, &session{IDHash: h}); err != nil {
+				return 0, err
+			}
+		}
+		return len(mem), nil
+	}
+	return deleteStoredWhere(tx, store.Sessions, match, del)
+}
+
+// deleteStoredWhere deletes with del every record of bucket b inside tx
+// that match accepts, and returns how many.
+func deleteStoredWhere[T any](tx store.Tx, b store.Bucket, match func(*T) bool, del func(store.Tx, *T) error) (int, error) {
+	stored, err := store.List[T](tx, b)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := range stored {
+		if match(&stored[i]) {
+			if err := del(tx, &stored[i]); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
 }
