@@ -1,0 +1,175 @@
+package replicas
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/proto"
+)
+
+// newReplicaMesh starts three replicas, logs the admin in at the first,
+// and creates the cluster and the suite's role there.
+func newReplicaMesh(t *testing.T) (*harness.Replicas, *harness.TestUser, proto.CreateClusterResponse) {
+	t.Helper()
+	r := suite.StartReplicas(t, 3)
+	a := suite.NewUser(t, admin)
+	a.MustLogin()
+	var cl proto.CreateClusterResponse
+	a.MustAPI("POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: harness.MeshCluster}, &cl)
+	a.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "viewer", Groups: []string{"clustral:viewers"}}, nil)
+	return r, a, cl
+}
+
+// TestRevocationAcrossReplicas: the agent streams from replica B, carol's
+// device from replica C, and the administrator works on replica A. An
+// assignment made on A opens the cluster to carol; its deletion on A
+// ends her open watch within a second, as on one coordinator.
+func TestRevocationAcrossReplicas(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t)
+	urls := r.URLs()
+	suite.StartAgentAt(t, urls[1], cl.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLoginAt(urls[2])
+	var asg proto.Assignment
+	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, &asg)
+	c.MustUp()
+	ns := suite.NewNamespace(t)
+	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
+		_, err := c.RunKubectl("get", "configmaps", "-n", ns)
+		return err
+	})
+	w := c.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
+	suite.CreateConfigMap(t, ns, "before-revocation")
+	w.WaitContains(10*time.Second, "before-revocation")
+
+	start := time.Now()
+	adm.MustAPI("DELETE", "/api/v1/assignments/"+asg.ID, nil, nil)
+	err := w.WaitExit(10 * time.Second)
+	took := time.Since(start)
+	_, stderr := w.Output()
+	t.Logf("watch through replica C's device and replica B's agent ended %v after the revocation on A: %v %s", took, err, strings.TrimSpace(stderr))
+	// As TestRoleRemovedWhileUp: within 1s at the agent, plus kubectl's
+	// own retry.
+	if took > 3*time.Second {
+		t.Errorf("watch ended %v after the revocation on another replica, want within 1s (and one retry by kubectl)", took)
+	}
+}
+
+// registerAgent registers an agent with a fresh key at the replica url
+// and returns its node id, or the refusal.
+func registerAgent(ctx context.Context, url, joinToken string) (string, error) {
+	var key proto.Key
+	rand.Read(key[:])
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "race"}}, k)
+	if err != nil {
+		return "", err
+	}
+	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	resp, err := coordclient.New(url, joinToken, nil).RegisterAgent(ctx, proto.RegisterAgentRequest{PublicKey: key, Hostname: "race", CSR: csr})
+	return resp.NodeID, err
+}
+
+// TestJoinTokenRevokedDuringRegistrations: agents register with the
+// cluster's join token on replicas B and C while the administrator
+// revokes the token on A. Whichever order the store put them in, no
+// agent outlives the revocation: each registration either was refused
+// or landed before the revocation, which then removed it; and every
+// replica agrees.
+func TestJoinTokenRevokedDuringRegistrations(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t)
+	urls := r.URLs()
+	ctx := t.Context()
+	var (
+		wg                  sync.WaitGroup
+		mu                  sync.Mutex
+		registered, refused int
+		other               []error
+	)
+	stop := make(chan struct{})
+	for i := range 6 {
+		url := urls[1+i%2]
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := registerAgent(ctx, url, cl.JoinToken)
+				mu.Lock()
+				switch {
+				case err == nil:
+					registered++
+				case coordclient.IsRefused(err):
+					refused++
+				default:
+					other = append(other, err)
+				}
+				mu.Unlock()
+				if err != nil && coordclient.IsRefused(err) {
+					return
+				}
+			}
+		})
+	}
+	// Let some registrations land first.
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if registered < 6 {
+			return fmt.Errorf("%d agents registered so far", registered)
+		}
+		return nil
+	})
+	adm.MustAPI("POST", "/api/v1/clusters/"+harness.MeshCluster+"/revoke-token", nil, nil)
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if refused < 6 {
+			return fmt.Errorf("%d of 6 registering loops refused so far", refused)
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	if err := errors.Join(other...); err != nil {
+		t.Fatalf("registrations failed other than by refusal: %v", err)
+	}
+	t.Logf("%d agents registered before the revocation, %d loops refused after it", registered, refused)
+	for i, url := range urls {
+		var last error
+		err := harness.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+			var c proto.Cluster
+			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if err := adm.API(actx, url, "GET", "/api/v1/clusters/"+harness.MeshCluster, nil, &c); err != nil {
+				return err
+			}
+			if len(c.Agents) != 0 {
+				last = fmt.Errorf("replica %d still lists %d agents after the join token was revoked: %v", i, len(c.Agents), c.Agents)
+				return last
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%v (last: %v)", err, last)
+		}
+	}
+}
