@@ -173,3 +173,82 @@ func TestJoinTokenRevokedDuringRegistrations(t *testing.T) {
 		}
 	}
 }
+
+// connectedDevices returns how many devices hold a map stream on the
+// replica at url, from its metrics.
+func connectedDevices(url string) (int, error) {
+	m, err := harness.HTTPGet(url + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(m, "\n") {
+		if rest, ok := strings.CutPrefix(l, `clustral_coordinator_connected_nodes{kind="device"} `); ok {
+			var n int
+			_, err := fmt.Sscan(rest, &n)
+			return n, err
+		}
+	}
+	return 0, fmt.Errorf("no connected_nodes series in %s/metrics", url)
+}
+
+// TestReplicaKilled: carol's device knows all three replicas and streams
+// from the first; the agent streams from the second. The first is killed
+// (SIGKILL): the watch carol has open goes on (the data path does not
+// touch the coordinator), her device is back on a map stream at another
+// replica within 5 s, and a revocation made on a surviving replica still
+// ends her watch.
+func TestReplicaKilled(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t)
+	urls := r.URLs()
+	suite.StartAgentAt(t, urls[1]+","+urls[2], cl.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLoginAt(strings.Join(urls, ","))
+	var asg proto.Assignment
+	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, &asg)
+	c.MustUp()
+	ns := suite.NewNamespace(t)
+	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
+		_, err := c.RunKubectl("get", "configmaps", "-n", ns)
+		return err
+	})
+	if n, err := connectedDevices(urls[0]); err != nil || n != 1 {
+		t.Fatalf("devices streaming from the first replica: %d, %v; want carol's", n, err)
+	}
+	w := c.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
+	suite.CreateConfigMap(t, ns, "before-kill")
+	w.WaitContains(10*time.Second, "before-kill")
+
+	r.Coords[0].Proc.Kill()
+	killed := time.Now()
+	suite.CreateConfigMap(t, ns, "after-kill")
+	w.WaitContains(10*time.Second, "after-kill")
+	harness.MustEventually(t, 5*time.Second, func(context.Context) error {
+		total := 0
+		for _, u := range urls[1:] {
+			n, err := connectedDevices(u)
+			if err != nil {
+				return err
+			}
+			total += n
+		}
+		if total != 1 {
+			return fmt.Errorf("%d devices on the surviving replicas", total)
+		}
+		return nil
+	})
+	t.Logf("carol's device streams from another replica %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+	if _, err := c.RunKubectl("get", "configmaps", "-n", ns); err != nil {
+		t.Fatalf("kubectl after the kill: %v", err)
+	}
+
+	start := time.Now()
+	if err := adm.API(t.Context(), urls[1], "DELETE", "/api/v1/assignments/"+asg.ID, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := w.WaitExit(10 * time.Second)
+	took := time.Since(start)
+	t.Logf("watch ended %v after the revocation on a surviving replica: %v", took, err)
+	if took > 3*time.Second {
+		t.Errorf("watch ended %v after the revocation, want within 1s (and one retry by kubectl)", took)
+	}
+}
