@@ -70,8 +70,8 @@ func (s *Server) follow(feed store.Feed, rev int64) {
 // additions, each after what it refers to. It is the order the handlers
 // apply their own writes in.
 var (
-	deleteOrder = []store.Bucket{store.Nodes, store.Assignments, store.Sessions, store.Requests, store.Roles, store.Clusters, store.Users, store.Addresses}
-	putOrder    = []store.Bucket{store.Addresses, store.Users, store.Clusters, store.Roles, store.Assignments, store.Requests, store.Sessions, store.Nodes}
+	deleteOrder = []store.Bucket{store.Nodes, store.Assignments, store.Sessions, store.Requests, store.Roles, store.Clusters, store.Users, store.Addresses, store.Logins}
+	putOrder    = []store.Bucket{store.Addresses, store.Users, store.Clusters, store.Roles, store.Assignments, store.Requests, store.Sessions, store.Nodes, store.Logins}
 )
 
 // applyCommit applies the changes of c that this replica did not make
@@ -213,6 +213,8 @@ func (s *Server) applyChangeLocked(ch store.Change) error {
 			return err
 		}
 		s.setRequestLocked(&ar)
+	case store.Logins:
+		return s.applyLoginLocked(ch)
 	case store.Addresses:
 		a, err := netip.ParseAddr(ch.Key)
 		if err != nil {

@@ -449,3 +449,103 @@ func TestReplicaKeepsItsAgents(t *testing.T) {
 		}
 	}
 }
+
+// waitLogins waits until every replica's login table holds n logins
+// and, if field is set, n of them have it.
+func waitLogins(t *testing.T, envs []*testEnv, what string, count func(*loginTable) int, n int) {
+	t.Helper()
+	testkit.WaitFor(t, what, func() bool {
+		for _, e := range envs {
+			e.srv.logins.mu.Lock()
+			got := count(e.srv.logins)
+			e.srv.logins.mu.Unlock()
+			if got != n {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestLoginAcrossReplicas: each step of a login may reach another
+// replica. A loopback login started on b comes back from the identity
+// provider to a (the public URL), and its code is exchanged on a and c at
+// once: exactly one gets the session. A headless login started on c is
+// confirmed on b and polled on a.
+func TestLoginAcrossReplicas(t *testing.T) {
+	envs := newReplicaEnvs(t, 3)
+	a, b, c := envs[0], envs[1], envs[2]
+	handles := func(t *loginTable) int { return len(t.byHandle) }
+
+	cli := b.startLogin("http://127.0.0.1:1/cb")
+	waitLogins(t, envs, "every replica to know the login started on b", handles, 1)
+	a.iss.signIn("alice@example.com")
+	status, _, loc := visit(t, newBrowser(t), cli.AuthURL)
+	if status != http.StatusSeeOther || loc == nil || loc.Query().Get("code") == "" {
+		t.Fatalf("callback on a answered %d to %v, want 303 to the loopback URI with a code", status, loc)
+	}
+	code := loc.Query().Get("code")
+	waitLogins(t, envs, "every replica to know the login's code", func(t *loginTable) int { return len(t.byCode) }, 1)
+	type result struct {
+		status int
+		sess   proto.Session
+	}
+	results := make(chan result, 2)
+	for _, e := range []*testEnv{a, c} {
+		go func() {
+			var r result
+			// call fails the test only on a transport error.
+			r.status, _ = e.call("POST", "/api/v1/login/exchange", "", proto.LoginExchangeRequest{Code: code, CodeVerifier: cli.verifier}, &r.sess)
+			results <- r
+		}()
+	}
+	var won []proto.Session
+	for range 2 {
+		r := testkit.Recv(t, results, "an exchange's answer")
+		switch r.status {
+		case http.StatusOK:
+			won = append(won, r.sess)
+		case http.StatusGone:
+		default:
+			t.Errorf("exchange answered %d, want 200 or 410", r.status)
+		}
+	}
+	if len(won) != 1 || won[0].User.Login != "alice@example.com" {
+		t.Fatalf("%d exchanges of one code on two replicas got a session (%+v), want exactly one", len(won), won)
+	}
+	var who proto.Whoami
+	testkit.WaitFor(t, "b to know the session issued on a or c", func() bool {
+		st, _ := b.call("GET", "/api/v1/whoami", won[0].Token, nil, &who)
+		return st == http.StatusOK
+	})
+	waitLogins(t, envs, "every replica to forget the finished login", handles, 0)
+
+	head := c.startLogin("")
+	waitLogins(t, envs, "every replica to know the login started on c", handles, 1)
+	a.iss.signIn("bob@example.com")
+	browser := newBrowser(t)
+	status, page, _ := visit(t, browser, head.AuthURL)
+	if status != http.StatusOK || !strings.Contains(page, "Confirm this login") {
+		t.Fatalf("callback on a = %d:\n%s", status, page)
+	}
+	waitLogins(t, envs, "every replica to know the confirmation page", func(t *loginTable) int { return len(t.byConfirm) }, 1)
+	// The form comes from the public URL (a's), whichever replica takes it.
+	if status, body := b.confirmForm(browser, page, head.UserCode, "confirm", map[string]string{"Origin": a.ts.URL}); status != http.StatusOK || !strings.Contains(body, "Signed in as bob@example.com") {
+		t.Fatalf("confirm on b = %d %s", status, body)
+	}
+	var sess proto.Session
+	testkit.WaitFor(t, "a's poll to yield the session confirmed on b", func() bool {
+		st, p, s := a.pollLogin(head.Handle, head.verifier)
+		if st != http.StatusOK && st != http.StatusAccepted {
+			t.Fatalf("poll on a = %d %+v", st, p)
+		}
+		sess = s
+		return st == http.StatusOK
+	})
+	if sess.User.Login != "bob@example.com" {
+		t.Fatalf("session = %+v", sess)
+	}
+	if st, _, _ := c.pollLogin(head.Handle, head.verifier); st != http.StatusGone && st != http.StatusAccepted {
+		t.Fatalf("second poll on c = %d, want 410 (or 202 until c follows)", st)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -188,6 +189,9 @@ func Verify(path string) (map[Bucket]int, error) {
 		}
 		for _, b := range AllBuckets {
 			bk := tx.Bucket([]byte(b))
+			if bk == nil && slices.Contains(addedBuckets, b) {
+				continue // written before the bucket existed: empty
+			}
 			if bk == nil {
 				return fmt.Errorf("bucket %s is missing", b)
 			}

@@ -301,6 +301,9 @@ func (s *Etcd) Restore(path string) (map[Bucket]int, error) {
 	err = db.View(func(tx *bolt.Tx) error {
 		for _, b := range AllBuckets {
 			bk := tx.Bucket([]byte(b))
+			if bk == nil {
+				continue // a bucket added after the backup was made (Verify)
+			}
 			err := bk.ForEach(func(k, v []byte) error {
 				counts[b]++
 				return add(s.bucketPrefix(b)+string(k), v)

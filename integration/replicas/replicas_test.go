@@ -252,3 +252,34 @@ func TestReplicaKilled(t *testing.T) {
 		t.Errorf("watch ended %v after the revocation, want within 1s (and one retry by kubectl)", took)
 	}
 }
+
+// TestLoginAcrossReplicas: `clustral login` starts at replica B, Dex
+// sends the browser back to the public URL, replica A, and the CLI
+// redeems its one-time code at B: a login started on one replica
+// completes through another.
+func TestLoginAcrossReplicas(t *testing.T) {
+	r := suite.StartReplicas(t, 3)
+	urls := r.URLs()
+	u := suite.NewUser(t, carol)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	l := harness.StartCLILogin(t, ctx, u, urls[1], harness.Desktop(t))
+	resp, err := suite.Env.Dex.Browser().LoginFollow(ctx, l.AuthURL, carol.Email, carol.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := harness.ReadPage(t, resp)
+	if resp.StatusCode != 200 || !strings.Contains(page, "Signed in as "+carol.Email) {
+		t.Fatalf("the browser ended at %s: %d %s", resp.Request.URL, resp.StatusCode, page)
+	}
+	if err := l.Cmd.Wait(); err != nil {
+		t.Fatalf("clustral login: %v", err)
+	}
+	if !strings.Contains(l.Stdout.String(), "Logged in to "+urls[1]+" as "+carol.Email) {
+		t.Fatalf("stdout = %q", l.Stdout.String())
+	}
+	out := u.MustRun("status", "-o", "json")
+	if !strings.Contains(out, `"user": "carol@example.com"`) || !strings.Contains(out, `"replica": "`) {
+		t.Fatalf("status after login = %s, want carol and the replica in use", out)
+	}
+}
