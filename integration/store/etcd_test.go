@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -460,27 +459,13 @@ func TestEtcdAuditChainAcrossReplicas(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() })
 	const writers, each = 4, 15
-	var wg sync.WaitGroup
-	errs := make(chan error, 2*writers)
-	for i, st := range []store.Store{a, b, a, b, a, b, a, b}[:2*writers] {
-		wg.Go(func() {
-			for j := range each {
-				err := st.Update(func(tx store.Tx) error {
-					_, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditCheckpointExport, Time: time.Now(), Actor: fmt.Sprintf("w%d-%d", i, j)})
-					return err
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
+	stores := []store.Store{a, b}
+	storetest.Concurrently(t, 2*writers, each, func(w, i int) error {
+		return stores[w%2].Update(func(tx store.Tx) error {
+			_, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditCheckpointExport, Time: time.Now(), Actor: fmt.Sprintf("w%d-%d", w, i)})
+			return err
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	})
 	for name, st := range map[string]store.Store{"a": a, "b": b} {
 		v, err := auditlog.Verify(st, auditlog.VerifyOptions{})
 		if err != nil {

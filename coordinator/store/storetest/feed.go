@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -200,32 +199,17 @@ func testFeedConcurrent(t *testing.T, f store.Feed, _ FeedOptions) {
 	}
 	w := watch(t, f, rev0)
 	const writers, each = 4, 15
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for i := range writers {
-		wg.Go(func() {
-			for j := range each {
-				err := f.Update(func(tx store.Tx) error {
-					if j%3 == 2 {
-						return tx.Delete(store.Nodes, fmt.Sprintf("w%d-%d", i, j-1))
-					}
-					if err := tx.PutRaw(store.Nodes, fmt.Sprintf("w%d-%d", i, j), []byte(fmt.Sprint(j))); err != nil {
-						return err
-					}
-					return tx.PutRaw(store.Nodes, "shared", []byte(fmt.Sprintf("w%d-%d", i, j)))
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
+	Concurrently(t, writers, each, func(i, j int) error {
+		return f.Update(func(tx store.Tx) error {
+			if j%3 == 2 {
+				return tx.Delete(store.Nodes, fmt.Sprintf("w%d-%d", i, j-1))
 			}
+			if err := tx.PutRaw(store.Nodes, fmt.Sprintf("w%d-%d", i, j), []byte(fmt.Sprint(j))); err != nil {
+				return err
+			}
+			return tx.PutRaw(store.Nodes, "shared", []byte(fmt.Sprintf("w%d-%d", i, j)))
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	})
 	want := map[string]string{}
 	rev, err := f.ViewRev(func(tx store.Tx) error {
 		return tx.ForEach(store.Nodes, func(k string, v []byte) error { want[k] = string(v); return nil })

@@ -47,6 +47,30 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 }
 
+// Concurrently runs fn(w, i) for i from 0 to each-1 on each of workers
+// goroutines w at once; a worker stops at its first error, and t fails
+// with it once all have stopped.
+func Concurrently(t *testing.T, workers, each int, fn func(w, i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				if err := fn(w, i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("worker: %v", err)
+	}
+}
+
 func mustUpdate(t *testing.T, s store.Store, fn func(store.Tx) error) {
 	t.Helper()
 	if err := s.Update(fn); err != nil {
@@ -305,37 +329,22 @@ func testAtomicity(t *testing.T, s store.Store) {
 // increment.
 func testIsolationCounter(t *testing.T, s store.Store) {
 	const workers, each = 8, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				err := s.Update(func(tx store.Tx) error {
-					n := 0
-					v, err := tx.GetRaw(store.Meta, "counter")
-					switch {
-					case errors.Is(err, store.ErrNotFound):
-					case err != nil:
-						return err
-					default:
-						if n, err = strconv.Atoi(string(v)); err != nil {
-							return err
-						}
-					}
-					return tx.PutRaw(store.Meta, "counter", []byte(strconv.Itoa(n+1)))
-				})
-				if err != nil {
-					errs <- err
-					return
+	Concurrently(t, workers, each, func(int, int) error {
+		return s.Update(func(tx store.Tx) error {
+			n := 0
+			v, err := tx.GetRaw(store.Meta, "counter")
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+			case err != nil:
+				return err
+			default:
+				if n, err = strconv.Atoi(string(v)); err != nil {
+					return err
 				}
 			}
+			return tx.PutRaw(store.Meta, "counter", []byte(strconv.Itoa(n+1)))
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+	})
 	v, err := get(t, s, store.Meta, "counter")
 	if err != nil {
 		t.Fatal(err)
@@ -349,30 +358,15 @@ func testIsolationCounter(t *testing.T, s store.Store) {
 // conflicts with one that adds a key to the bucket.
 func testIsolationRangeInsert(t *testing.T, s store.Store) {
 	const workers, each = 6, 15
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				err := s.Update(func(tx store.Tx) error {
-					n := 0
-					if err := tx.ForEach(store.Addresses, func(string, []byte) error { n++; return nil }); err != nil {
-						return err
-					}
-					return tx.PutRaw(store.Addresses, fmt.Sprintf("%06d", n), nil)
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
+	Concurrently(t, workers, each, func(int, int) error {
+		return s.Update(func(tx store.Tx) error {
+			n := 0
+			if err := tx.ForEach(store.Addresses, func(string, []byte) error { n++; return nil }); err != nil {
+				return err
 			}
+			return tx.PutRaw(store.Addresses, fmt.Sprintf("%06d", n), nil)
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+	})
 	got := all(t, s, store.Addresses)
 	if len(got) != workers*each {
 		t.Fatalf("%d keys after %d Updates that each add the next one: two Updates counted the same bucket", len(got), workers*each)
@@ -458,37 +452,26 @@ var errStop = errors.New("stop")
 func testNextSequence(t *testing.T, s store.Store) {
 	const workers, each = 6, 20
 	var (
-		wg  sync.WaitGroup
 		mu  sync.Mutex
 		got []uint64
 	)
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				var n uint64
-				err := s.Update(func(tx store.Tx) (err error) {
-					n, err = tx.NextSequence(store.Audit)
-					if err != nil {
-						return err
-					}
-					return tx.PutRaw(store.Audit, fmt.Sprintf("%020d", n), nil)
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
-				mu.Lock()
-				got = append(got, n)
-				mu.Unlock()
+	Concurrently(t, workers, each, func(int, int) error {
+		var n uint64
+		err := s.Update(func(tx store.Tx) (err error) {
+			n, err = tx.NextSequence(store.Audit)
+			if err != nil {
+				return err
 			}
+			return tx.PutRaw(store.Audit, fmt.Sprintf("%020d", n), nil)
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		got = append(got, n)
+		mu.Unlock()
+		return nil
+	})
 	slices.Sort(got)
 	for i, n := range got {
 		if n != uint64(i+1) {

@@ -1,15 +1,15 @@
-package replicas
+package mesh
+
+// Several coordinator replicas serving one mesh from one etcd: real
+// coordinator processes on a three-member etcd cluster, agents and
+// `clustral up` attached to different replicas.
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -29,8 +29,40 @@ func newReplicaMesh(t *testing.T) (*harness.Replicas, *harness.TestUser, proto.C
 	a.MustLogin()
 	var cl proto.CreateClusterResponse
 	a.MustAPI("POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: harness.MeshCluster}, &cl)
-	a.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "viewer", Groups: []string{"clustral:viewers"}}, nil)
+	for _, ro := range []string{"viewer", "editor"} {
+		a.MustAPI("POST", "/api/v1/roles", proto.Role{Name: ro, Groups: []string{"clustral:" + ro + "s"}}, nil)
+	}
 	return r, a, cl
+}
+
+// openWatch waits until c reaches the cluster through the mesh and
+// returns a watch of configmaps in a new namespace, open end to end.
+func openWatch(t *testing.T, c *harness.TestUser) (ns string, w *harness.BackgroundKubectl) {
+	t.Helper()
+	ns = suite.NewNamespace(t)
+	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
+		_, err := c.RunKubectl("get", "configmaps", "-n", ns)
+		return err
+	})
+	w = c.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
+	suite.CreateConfigMap(t, ns, "opened")
+	w.WaitContains(10*time.Second, "opened")
+	return ns, w
+}
+
+// watchEndsAfter runs revoke and fails t unless the watch w ends within
+// 1 s at the agent plus kubectl's own retry (as TestRoleRemovedWhileUp
+// in integration/mesh allows), logging how long it took after where.
+func watchEndsAfter(t *testing.T, w *harness.BackgroundKubectl, where string, revoke func()) {
+	t.Helper()
+	start := time.Now()
+	revoke()
+	err := w.WaitExit(10 * time.Second)
+	took := time.Since(start)
+	t.Logf("watch ended %v after the revocation %s: %v", took, where, err)
+	if took > 3*time.Second {
+		t.Errorf("watch ended %v after the revocation %s, want within 1s (and one retry by kubectl)", took, where)
+	}
 }
 
 // TestRevocationAcrossReplicas: the agent streams from replica B, carol's
@@ -46,44 +78,10 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 	var asg proto.Assignment
 	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, &asg)
 	c.MustUp()
-	ns := suite.NewNamespace(t)
-	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
-		_, err := c.RunKubectl("get", "configmaps", "-n", ns)
-		return err
+	_, w := openWatch(t, c)
+	watchEndsAfter(t, w, "on A (device on C, agent on B)", func() {
+		adm.MustAPI("DELETE", "/api/v1/assignments/"+asg.ID, nil, nil)
 	})
-	w := c.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
-	suite.CreateConfigMap(t, ns, "before-revocation")
-	w.WaitContains(10*time.Second, "before-revocation")
-
-	start := time.Now()
-	adm.MustAPI("DELETE", "/api/v1/assignments/"+asg.ID, nil, nil)
-	err := w.WaitExit(10 * time.Second)
-	took := time.Since(start)
-	_, stderr := w.Output()
-	t.Logf("watch through replica C's device and replica B's agent ended %v after the revocation on A: %v %s", took, err, strings.TrimSpace(stderr))
-	// As TestRoleRemovedWhileUp: within 1s at the agent, plus kubectl's
-	// own retry.
-	if took > 3*time.Second {
-		t.Errorf("watch ended %v after the revocation on another replica, want within 1s (and one retry by kubectl)", took)
-	}
-}
-
-// registerAgent registers an agent with a fresh key at the replica url
-// and returns its node id, or the refusal.
-func registerAgent(ctx context.Context, url, joinToken string) (string, error) {
-	var key proto.Key
-	rand.Read(key[:])
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", err
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "race"}}, k)
-	if err != nil {
-		return "", err
-	}
-	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-	resp, err := coordclient.New(url, joinToken, nil).RegisterAgent(ctx, proto.RegisterAgentRequest{PublicKey: key, Hostname: "race", CSR: csr})
-	return resp.NodeID, err
 }
 
 // TestJoinTokenRevokedDuringRegistrations: agents register with the
@@ -112,7 +110,9 @@ func TestJoinTokenRevokedDuringRegistrations(t *testing.T) {
 					return
 				default:
 				}
-				_, err := registerAgent(ctx, url, cl.JoinToken)
+				var key proto.Key
+				rand.Read(key[:])
+				_, err := harness.RegisterAgent(ctx, http.DefaultClient, url, cl.JoinToken, key, "race")
 				mu.Lock()
 				switch {
 				case err == nil:
@@ -206,17 +206,10 @@ func TestReplicaKilled(t *testing.T) {
 	var asg proto.Assignment
 	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, &asg)
 	c.MustUp()
-	ns := suite.NewNamespace(t)
-	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
-		_, err := c.RunKubectl("get", "configmaps", "-n", ns)
-		return err
-	})
+	ns, w := openWatch(t, c)
 	if n, err := connectedDevices(urls[0]); err != nil || n != 1 {
 		t.Fatalf("devices streaming from the first replica: %d, %v; want carol's", n, err)
 	}
-	w := c.StartKubectl(t, nil, nil, "get", "configmaps", "-n", ns, "-w", "--output-watch-events")
-	suite.CreateConfigMap(t, ns, "before-kill")
-	w.WaitContains(10*time.Second, "before-kill")
 
 	r.Coords[0].Proc.Kill()
 	killed := time.Now()
@@ -241,16 +234,11 @@ func TestReplicaKilled(t *testing.T) {
 		t.Fatalf("kubectl after the kill: %v", err)
 	}
 
-	start := time.Now()
-	if err := adm.API(t.Context(), urls[1], "DELETE", "/api/v1/assignments/"+asg.ID, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	err := w.WaitExit(10 * time.Second)
-	took := time.Since(start)
-	t.Logf("watch ended %v after the revocation on a surviving replica: %v", took, err)
-	if took > 3*time.Second {
-		t.Errorf("watch ended %v after the revocation, want within 1s (and one retry by kubectl)", took)
-	}
+	watchEndsAfter(t, w, "on a surviving replica", func() {
+		if err := adm.API(t.Context(), urls[1], "DELETE", "/api/v1/assignments/"+asg.ID, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // TestLoginAcrossReplicas: `clustral login` starts at replica B, Dex
