@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -143,10 +144,24 @@ func (s *MeshSuite) StartCoordinator(t testing.TB) *Coordinator {
 	return s.StartCoordinatorWith(t)
 }
 
+// StoreEnv names the environment variable that selects the store of the
+// coordinators StartCoordinator starts: "etcd" gives each its own etcd
+// (one member, stopped by t's cleanup), anything else the default bbolt
+// file. CI runs the mesh and access suites both ways.
+const StoreEnv = "CLUSTRAL_TEST_STORE"
+
 // StartCoordinatorWith is StartCoordinator with extraArgs added to
 // `clustral coordinator`.
 func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coordinator {
 	t.Helper()
+	if os.Getenv(StoreEnv) == "etcd" && !slices.Contains(extraArgs, "--store") {
+		e, err := StartEtcd(context.Background(), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		extraArgs = append([]string{"--store", "etcd", "--etcd-endpoints", e.URL}, extraArgs...)
+	}
 	c, err := StartCoordinator(context.Background(), s.Bin, t.TempDir(), CoordinatorOptions{
 		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{s.opts.Admin.Email},
 		ExtraArgs: extraArgs,
