@@ -16,13 +16,16 @@ import (
 
 // Bolt is a Store in one bbolt file. It is a Feed of its own commits
 // (one process holds the file, so there are no others): their revision
-// is bbolt's transaction id, and the latest boltHistory are kept for
-// Watch.
+// is bbolt's transaction id. It keeps commits for Watch (the latest
+// boltHistory, within historyBytes) only from the first ViewRev or Watch
+// on, so a coordinator that never follows its store (bbolt is not
+// Shared) pays nothing for it.
 type Bolt struct {
 	db *bolt.DB
 	// wmu orders the publishing of commits as bbolt ordered the commits.
-	wmu  sync.Mutex
-	hist *history
+	wmu       sync.Mutex
+	hist      *history
+	recording bool // under wmu: commits go to hist
 }
 
 var _ Feed = (*Bolt)(nil)
@@ -64,8 +67,26 @@ func (s *Bolt) View(fn func(Tx) error) error {
 	return s.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx: tx}) })
 }
 
+// record starts keeping commits for Watch, if it has not: what came
+// before is not kept.
+func (s *Bolt) record() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.recording {
+		return nil
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		s.hist.forget(int64(tx.ID()))
+		s.recording = true
+		return nil
+	})
+}
+
 // ViewRev implements Feed: the revision is the id of the newest commit.
 func (s *Bolt) ViewRev(fn func(Tx) error) (int64, error) {
+	if err := s.record(); err != nil {
+		return 0, err
+	}
 	var rev int64
 	err := s.db.View(func(tx *bolt.Tx) error {
 		rev = int64(tx.ID())
@@ -79,7 +100,10 @@ func (s *Bolt) Update(fn func(Tx) error) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	var c Commit
-	changes := changeSet{}
+	var changes changeSet // nil, recording nothing, until record
+	if s.recording {
+		changes = changeSet{}
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		c.Rev = int64(tx.ID())
 		return fn(boltTx{tx: tx, changes: changes})
@@ -96,6 +120,9 @@ func (s *Bolt) Shared() bool { return false }
 
 // Watch implements Feed, from the commits this Bolt keeps.
 func (s *Bolt) Watch(ctx context.Context, after int64, fn func(Commit) error) error {
+	if err := s.record(); err != nil {
+		return err
+	}
 	return s.hist.watch(ctx, after, fn)
 }
 
@@ -250,8 +277,10 @@ func (t boltTx) Delete(b Bucket, key string) error {
 	if err != nil {
 		return err
 	}
-	if k, _ := bk.Cursor().Seek([]byte(key)); string(k) != key {
-		return nil // deleting an absent key changes nothing
+	if t.changes != nil {
+		if k, _ := bk.Cursor().Seek([]byte(key)); string(k) != key {
+			return nil // deleting an absent key changes nothing
+		}
 	}
 	if err := bk.Delete([]byte(key)); err != nil {
 		return err

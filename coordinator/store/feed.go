@@ -71,11 +71,18 @@ func (e *CompactedError) Error() string {
 // key winning.
 type changeSet map[[2]string]Change
 
+// put and del record nothing in a nil changeSet.
 func (c changeSet) put(b Bucket, key string, value []byte) {
+	if c == nil {
+		return
+	}
 	c[[2]string{string(b), key}] = Change{Bucket: b, Key: key, Value: slices.Clone(value)}
 }
 
 func (c changeSet) del(b Bucket, key string) {
+	if c == nil {
+		return
+	}
 	c[[2]string{string(b), key}] = Change{Bucket: b, Key: key, Deleted: true}
 }
 
@@ -89,12 +96,17 @@ func (c changeSet) sorted() []Change {
 	return out
 }
 
+// historyBytes bounds the values an in-process store's history holds.
+const historyBytes = 16 << 20
+
 // history is the recent commits of an in-process store (Bolt, Mem),
-// kept for Watch. Publishing must happen in commit order.
+// kept for Watch: at most max commits and historyBytes of values.
+// Publishing must happen in commit order.
 type history struct {
 	mu      sync.Mutex
 	max     int      // commits kept
 	commits []Commit // in revision order
+	size    int      // bytes of values in commits
 	dropped int64    // revision of the newest commit no longer kept
 	wake    chan struct{}
 }
@@ -103,18 +115,38 @@ func newHistory(max int) *history {
 	return &history{max: max, wake: make(chan struct{})}
 }
 
+func commitSize(c Commit) int {
+	n := 0
+	for _, ch := range c.Changes {
+		n += len(ch.Key) + len(ch.Value)
+	}
+	return n
+}
+
 // publish appends c and wakes the watchers.
 func (h *history) publish(c Commit) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.commits) >= h.max {
-		n := len(h.commits) - h.max + 1
+	h.commits = append(h.commits, c)
+	h.size += commitSize(c)
+	n := 0
+	for len(h.commits)-n > h.max || (h.size > historyBytes && len(h.commits)-n > 1) {
+		h.size -= commitSize(h.commits[n])
+		n++
+	}
+	if n > 0 {
 		h.dropped = h.commits[n-1].Rev
 		h.commits = slices.Delete(h.commits, 0, n)
 	}
-	h.commits = append(h.commits, c)
 	close(h.wake)
 	h.wake = make(chan struct{})
+}
+
+// forget marks every revision up to rev as not kept.
+func (h *history) forget(rev int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dropped = max(h.dropped, rev)
 }
 
 // since returns the kept commits after rev, and a channel closed at the
