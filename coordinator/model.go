@@ -53,7 +53,7 @@ type node struct {
 	CertKey []byte `json:"cert_key,omitempty"`
 	// Endpoints are the node's published endpoints, stored only on a
 	// shared store, so that replicas other than the one the node
-	// streams from can offer them to its peers (shareEndpointsLocked).
+	// streams from can offer them to its peers (shareEndpoints).
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
 }
 

@@ -289,13 +289,14 @@ func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request, n *node
 		}
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.nodes[n.ID] == nil {
+		s.mu.Unlock()
 		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
 		return
 	}
 	s.endpoints[n.ID] = req.Endpoints
-	s.shareEndpointsLocked(n, req.Endpoints)
 	s.nodeChanged(n)
+	s.mu.Unlock()
+	s.shareEndpoints(n, req.Endpoints)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -345,11 +345,13 @@ func (s *Server) touchAgents(ctx context.Context) {
 	})
 }
 
-// shareEndpointsLocked stores n's published endpoints in its record on a
+// shareEndpoints stores n's published endpoints in its record on a
 // shared store, so that every replica offers them to n's peers: a node
 // and its peers may stream from different replicas. A node deleted
-// meanwhile stays deleted. Called with s.mu held.
-func (s *Server) shareEndpointsLocked(n *node, eps []netip.AddrPort) {
+// meanwhile stays deleted. It is called without s.mu, so that the write
+// to etcd holds no one up (a replica's nodes reconnecting at once to
+// another each publish theirs).
+func (s *Server) shareEndpoints(n *node, eps []netip.AddrPort) {
 	if s.feed == nil {
 		return
 	}
