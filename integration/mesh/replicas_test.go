@@ -10,10 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/pkg/coordclient"
@@ -270,4 +273,73 @@ func TestLoginAcrossReplicas(t *testing.T) {
 	if !strings.Contains(out, `"user": "carol@example.com"`) || !strings.Contains(out, `"replica": "`) {
 		t.Fatalf("status after login = %s, want carol and the replica in use", out)
 	}
+}
+
+// etcdLeader returns the index of the etcd cluster's leader.
+func etcdLeader(t *testing.T, urls []string) int {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: urls, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for i, u := range urls {
+		st, err := cli.Status(t.Context(), u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader == st.Header.MemberId {
+			return i
+		}
+	}
+	t.Fatal("the etcd cluster has no leader")
+	return -1
+}
+
+// TestReplicasSurviveEtcdLeaderLoss: roles are created through all three
+// replicas while the etcd leader is killed (SIGKILL). Every role whose
+// creation was acknowledged is there afterwards, and every replica's view
+// ends the same as the store's.
+func TestReplicasSurviveEtcdLeaderLoss(t *testing.T) {
+	r, adm, _ := newReplicaMesh(t)
+	urls := r.URLs()
+	const writes = 60
+	var acked []string
+	for i := range writes {
+		if i == writes/3 {
+			r.Etcd.Kill(etcdLeader(t, r.Etcd.URLs))
+		}
+		name := fmt.Sprintf("load-%03d", i)
+		err := adm.API(t.Context(), urls[i%len(urls)], "POST", "/api/v1/roles", proto.Role{Name: name, Groups: []string{"g"}}, nil)
+		if err == nil {
+			acked = append(acked, name)
+		}
+	}
+	if len(acked) < writes/2 {
+		t.Fatalf("only %d of %d writes acknowledged with two of three etcd members up", len(acked), writes)
+	}
+	views := make([]string, len(urls))
+	harness.MustEventually(t, 15*time.Second, func(ctx context.Context) error {
+		for i, u := range urls {
+			var roles []proto.Role
+			if err := adm.API(ctx, u, "GET", "/api/v1/roles", nil, &roles); err != nil {
+				return err
+			}
+			names := make([]string, len(roles))
+			for j, ro := range roles {
+				names[j] = ro.Name
+			}
+			views[i] = strings.Join(names, ",")
+			for _, a := range acked {
+				if !slices.Contains(names, a) {
+					return fmt.Errorf("replica %d lacks the acknowledged role %s", i, a)
+				}
+			}
+		}
+		if views[0] != views[1] || views[0] != views[2] {
+			return fmt.Errorf("replicas differ:\n%s", strings.Join(views, "\n"))
+		}
+		return nil
+	})
+	t.Logf("%d of %d role creations acknowledged across the leader's loss; all three replicas list the same %d roles", len(acked), writes, strings.Count(views[0], ",")+1)
 }
