@@ -13,21 +13,13 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-var (
-	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
-	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
-)
+var alice = harness.Alice
 
 var suite *harness.MeshSuite
 
 // TestMain runs the tests against one apiserver and Dex. Every mesh has
-// the role viewer (group clustral:viewers, bound to view).
+// the role viewer (see harness.ViewerRole).
 func TestMain(m *testing.M) {
-	os.Exit(harness.MeshMain(m, harness.MeshOptions{
-		Name:       "audit",
-		Users:      []harness.DexUser{admin, alice},
-		Admin:      admin,
-		GroupRoles: map[string]string{"clustral:viewers": "view"},
-		Roles:      []proto.Role{{Name: "viewer", Groups: []string{"clustral:viewers"}}},
-	}, func(s *harness.MeshSuite) { suite = s }))
+	opts := harness.MeshOptions{Name: "audit", Users: []harness.DexUser{alice}, Roles: []proto.Role{harness.ViewerRole}}
+	os.Exit(harness.MeshMain(m, opts, func(s *harness.MeshSuite) { suite = s }))
 }

@@ -42,8 +42,7 @@ func TestHelm(t *testing.T) {
 }
 
 func testHelm(t *testing.T, limited bool) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	ns := suite.NewNamespace(t)
 	a := suite.NewUser(t, alice)
 	a.MustLogin()

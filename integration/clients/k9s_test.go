@@ -29,8 +29,7 @@ func TestK9s(t *testing.T) {
 		{"viewer limited to the namespace", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			m := suite.NewMesh(t)
-			suite.StartAgent(t, m.JoinToken)
+			m := suite.NewMeshWithAgent(t)
 			ns, pod := suite.NewNamespace(t), "web-7f9c"
 			b := suite.NewUser(t, bob)
 			b.MustLogin()

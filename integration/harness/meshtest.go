@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,19 +42,38 @@ const (
 	meshOIDCSecret = "coordinator-secret-0123456789"
 )
 
+// The Dex users the end-to-end test packages share. Admin administers
+// every coordinator a MeshSuite starts; Carol is in no group.
+var (
+	Admin = DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
+	Alice = DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
+	Bob   = DexUser{Email: "bob@example.com", Password: "bob-pw", Groups: []string{"ops"}}
+	Carol = DexUser{Email: "carol@example.com", Password: "carol-pw"}
+	Dave  = DexUser{Email: "dave@example.com", Password: "dave-pw", Groups: []string{"dev"}}
+)
+
+// The clustral roles a MeshSuite's meshes have unless MeshOptions.Roles
+// says otherwise: viewer (the group clustral:viewers, bound to the
+// ClusterRole view) and editor (clustral:editors, bound to edit).
+var (
+	ViewerRole = proto.Role{Name: "viewer", Groups: []string{"clustral:viewers"}}
+	EditorRole = proto.Role{Name: "editor", Groups: []string{"clustral:editors"}}
+)
+
+// meshGroupRoles binds the groups of ViewerRole and EditorRole to their
+// ClusterRoles in every MeshSuite's apiserver.
+var meshGroupRoles = map[string]string{"clustral:viewers": "view", "clustral:editors": "edit"}
+
 // MeshOptions configure MeshMain.
 type MeshOptions struct {
 	// Name names the package's temporary files and the namespaces of
 	// NewNamespace.
 	Name string
-	// Users are Dex's static users.
+	// Users are Dex's static users; Admin, who administers every
+	// coordinator the suite starts, is one whether listed or not.
 	Users []DexUser
-	// Admin administers every coordinator the suite starts.
-	Admin DexUser
-	// GroupRoles binds each group (as the agent impersonates it, e.g.
-	// "clustral:viewers") to a ClusterRole (e.g. "view") in the apiserver.
-	GroupRoles map[string]string
-	// Roles are the clustral roles NewMesh creates.
+	// Roles are the clustral roles NewMesh creates; nil means ViewerRole
+	// and EditorRole.
 	Roles []proto.Role
 }
 
@@ -73,8 +93,9 @@ type MeshSuite struct {
 }
 
 // MeshMain is TestMain for a package of mesh tests: it builds the clustral
-// binary (see ClustralBinary), starts an Env with Dex serving o.Users,
-// grants the agent identity impersonation, binds o.GroupRoles, hands the
+// binary (see ClustralBinary), starts an Env with Dex serving Admin and
+// o.Users, grants the agent identity impersonation, binds the groups of
+// ViewerRole and EditorRole to the ClusterRoles view and edit, hands the
 // suite to setup and runs the tests. It returns the exit code for os.Exit:
 //
 //	var suite *harness.MeshSuite
@@ -83,6 +104,13 @@ type MeshSuite struct {
 //		os.Exit(harness.MeshMain(m, opts, func(s *harness.MeshSuite) { suite = s }))
 //	}
 func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
+	if o.Roles == nil {
+		o.Roles = []proto.Role{ViewerRole, EditorRole}
+	}
+	users := o.Users
+	if !slices.ContainsFunc(users, func(u DexUser) bool { return u.Email == Admin.Email }) {
+		users = append([]DexUser{Admin}, users...)
+	}
 	port, err := FreePort()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
@@ -104,7 +132,7 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 	opts := Options{
 		APIServer: APIServerOptions{Identities: []Identity{AgentIdentity}},
 		Dex: &DexOptions{
-			Users: o.Users,
+			Users: users,
 			Clients: []DexClient{{
 				ID: meshClientID, Secret: s.OIDCSecret,
 				RedirectURIs: []string{s.CoordURL() + "/oidc/callback"},
@@ -118,7 +146,7 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 		if err := GrantImpersonation(ctx, c, AgentIdentity.User); err != nil {
 			panic(fmt.Sprintf("grant impersonation: %v", err))
 		}
-		for group, role := range o.GroupRoles {
+		for group, role := range meshGroupRoles {
 			if err := BindClusterRole(ctx, c, group, role, rbacv1.GroupKind, group); err != nil {
 				panic(fmt.Sprintf("bind %s to %s: %v", group, role, err))
 			}
@@ -147,7 +175,7 @@ func (s *MeshSuite) StartCoordinator(t testing.TB) *Coordinator {
 func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coordinator {
 	t.Helper()
 	c, err := StartCoordinator(context.Background(), s.Bin, t.TempDir(), CoordinatorOptions{
-		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{s.opts.Admin.Email},
+		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
 		ExtraArgs: extraArgs,
 	})
 	if err != nil {
@@ -240,7 +268,7 @@ type Mesh struct {
 // in, and registers MeshCluster and the suite's roles. No agent runs yet.
 func (s *MeshSuite) NewMesh(t testing.TB) *Mesh {
 	t.Helper()
-	m := &Mesh{Coord: s.StartCoordinator(t), Admin: s.NewUser(t, s.opts.Admin)}
+	m := &Mesh{Coord: s.StartCoordinator(t), Admin: s.NewUser(t, Admin)}
 	m.Admin.MustLogin()
 	var cl proto.CreateClusterResponse
 	m.Admin.MustAPI("POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: MeshCluster}, &cl)
@@ -248,6 +276,15 @@ func (s *MeshSuite) NewMesh(t testing.TB) *Mesh {
 	for _, r := range s.opts.Roles {
 		m.Admin.MustAPI("POST", "/api/v1/roles", r, nil)
 	}
+	return m
+}
+
+// NewMeshWithAgent is NewMesh with an agent for MeshCluster running
+// (StartAgent).
+func (s *MeshSuite) NewMeshWithAgent(t testing.TB) *Mesh {
+	t.Helper()
+	m := s.NewMesh(t)
+	s.StartAgent(t, m.JoinToken)
 	return m
 }
 
