@@ -8,7 +8,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -153,14 +153,12 @@ func newKey(t *testing.T) proto.Key {
 	return proto.Key(k.PublicKey())
 }
 
+// newCSR returns a certificate request whose names the coordinator must
+// ignore.
 func newCSR(t *testing.T) string {
 	t.Helper()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ignored"}, DNSNames: []string{"evil.example.com"}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csr, _ := testkit.CSR(t, "ignored", "evil.example.com")
+	return csr
 }
 
 func TestTokenExchangeRejectsBadTokens(t *testing.T) {

@@ -2,13 +2,8 @@ package deploy
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net/http"
 	"os"
@@ -36,6 +31,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -45,10 +41,7 @@ import (
 // of clusters add).
 
 // The users in Dex.
-var (
-	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
-	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
-)
+var admin, alice = harness.Admin, harness.Alice
 
 const (
 	oidcClient = "clustral"
@@ -428,7 +421,7 @@ func TestClustersAddManifest(t *testing.T) {
 	// The token in the manifest registers an agent of cluster piped.
 	var reg proto.RegisterResponse
 	if err := harness.CallAPI(t.Context(), coord.URL, "POST", "/api/v1/agents", string(secret.Data["token"]),
-		proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: csr(t)}, &reg); err != nil || reg.Cluster != "piped" {
+		proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: agentCSR(t)}, &reg); err != nil || reg.Cluster != "piped" {
 		t.Errorf("register with the manifest's token: %+v, %v", reg, err)
 	}
 }
@@ -449,18 +442,11 @@ func publicKey(t *testing.T) proto.Key {
 	return k
 }
 
-// csr returns a PEM certificate request for a fresh P-256 key.
-func csr(t *testing.T) string {
+// agentCSR returns a PEM certificate request for a fresh key.
+func agentCSR(t *testing.T) string {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "agent"}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csr, _ := testkit.CSR(t, "agent")
+	return csr
 }
 
 // listing is what an administrator sees of a coordinator.
@@ -610,7 +596,7 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 		},
 		func(int) { // agent registrations
 			if err := harness.CallAPI(ctx, coord.URL, "POST", "/api/v1/agents", cl.JoinToken,
-				proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: csr(t)}, nil); err != nil {
+				proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: agentCSR(t)}, nil); err != nil {
 				fail("register", err)
 				return
 			}

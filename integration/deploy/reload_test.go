@@ -1,16 +1,8 @@
 package deploy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,31 +13,8 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/testkit"
 )
-
-// certPair returns a PEM certificate for 127.0.0.1 named cn, and its key.
-func certPair(t *testing.T, cn string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
-}
 
 // TestCoordinatorReloadOnSIGHUP is `systemctl reload` of the unit
 // (ExecReload sends SIGHUP) against the real binary: a renewed
@@ -66,8 +35,8 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 			}
 		}
 	}
-	oldCert, oldKey := certPair(t, "old")
-	newCert, newKey := certPair(t, "new")
+	oldCert, oldKey := testkit.ServerCert(t, "old")
+	newCert, newKey := testkit.ServerCert(t, "new")
 	install(oldCert, oldKey)
 
 	port, err := harness.FreePort()
