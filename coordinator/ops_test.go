@@ -3,7 +3,6 @@ package coordinator
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -279,27 +278,9 @@ func TestReloadTLS(t *testing.T) {
 	})
 	url := "https://" + l.Addr().String() + "/healthz"
 
-	// peerCN makes a request on c and returns the common name of the
-	// certificate of the connection it went over.
-	peerCN := func(c *http.Client) (string, error) {
-		resp, err := c.Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
-	}
-	// Each client keeps one connection alive across requests.
-	client := func() *http.Client {
-		return &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
-			MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1,
-		}}
-	}
-	open := client()
+	open := testkit.OneConnClient()
 	defer open.CloseIdleConnections()
-	if cn, err := peerCN(open); err != nil || cn != "old" {
+	if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 		t.Fatalf("before reload: cn = %q, %v", cn, err)
 	}
 
@@ -308,7 +289,7 @@ func TestReloadTLS(t *testing.T) {
 	if err := srv.ReloadTLS(); err == nil {
 		t.Fatal("reload of a mismatched pair succeeded")
 	}
-	if cn, err := peerCN(client()); err != nil || cn != "old" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "old" {
 		t.Fatalf("after a failed reload: new connection sees %q, %v; want old", cn, err)
 	}
 
@@ -316,13 +297,13 @@ func TestReloadTLS(t *testing.T) {
 	if err := srv.ReloadTLS(); err != nil {
 		t.Fatal(err)
 	}
-	if cn, err := peerCN(client()); err != nil || cn != "new" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "new" {
 		t.Fatalf("after reload: new connection sees %q, %v; want new", cn, err)
 	}
 	// The connection opened before the reload is still the same one, and
 	// still works.
 	for range 3 {
-		if cn, err := peerCN(open); err != nil || cn != "old" {
+		if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 			t.Fatalf("open connection after reload: cn = %q, %v; want the old connection to keep working", cn, err)
 		}
 	}

@@ -1,9 +1,6 @@
 package deploy
 
 import (
-	"crypto/tls"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,28 +53,13 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 			t.Logf("coordinator log:\n%s", p.Tail(30))
 		}
 	})
-	// client returns a client that keeps one connection open.
-	client := func() *http.Client {
-		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1,
-		}}
-	}
 	url := "https://" + addr + "/healthz"
-	if err := p.WaitHTTPClient(t.Context(), client(), url); err != nil {
+	if err := p.WaitHTTPClient(t.Context(), testkit.OneConnClient(), url); err != nil {
 		t.Fatal(err)
 	}
-	served := func(c *http.Client) (string, error) {
-		resp, err := c.Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
-	}
-	open := client()
+	open := testkit.OneConnClient()
 	defer open.CloseIdleConnections()
-	if cn, err := served(open); err != nil || cn != "old" {
+	if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 		t.Fatalf("before reload: %q, %v", cn, err)
 	}
 	hup := func() {
@@ -105,11 +87,11 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 	install(newCert, newKey)
 	hup()
 	at := waitLog("TLS certificate reloaded", 0)
-	if cn, err := served(client()); err != nil || cn != "new" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "new" {
 		t.Errorf("a new connection after reload gets %q, %v; want new", cn, err)
 	}
 	for range 3 {
-		if cn, err := served(open); err != nil || cn != "old" {
+		if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 			t.Fatalf("the connection opened before the reload: %q, %v; want it kept, on the old certificate", cn, err)
 		}
 	}
@@ -118,7 +100,7 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 	install(oldCert, newKey)
 	hup()
 	waitLog("TLS certificate not reloaded", at)
-	if cn, err := served(client()); err != nil || cn != "new" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "new" {
 		t.Errorf("after a refused reload a new connection gets %q, %v; want new", cn, err)
 	}
 	if p.Exited() {

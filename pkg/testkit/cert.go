@@ -4,11 +4,15 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -62,4 +66,29 @@ func newKey(tb testing.TB) *ecdsa.PrivateKey {
 		tb.Fatal(err)
 	}
 	return key
+}
+
+// OneConnClient returns a client that opens at most one connection to a
+// host and keeps it for the next request, trusts any server certificate
+// (for tests of which certificate a server presents), and gives up on a
+// request after 5 seconds.
+func OneConnClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1,
+	}}
+}
+
+// ServedCN makes a GET request to url on c and returns the common name of
+// the certificate the server presented on the connection it went over.
+func ServedCN(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+		return "", fmt.Errorf("GET %s: no TLS certificate", url)
+	}
+	return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
 }
