@@ -22,7 +22,10 @@ import (
 // either cannot be made.
 func CSR(tb testing.TB, cn string, dnsNames ...string) (csrPEM string, key *ecdsa.PrivateKey) {
 	tb.Helper()
-	key = newKey(tb)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}, DNSNames: dnsNames}, key)
 	if err != nil {
 		tb.Fatal(err)
@@ -31,41 +34,56 @@ func CSR(tb testing.TB, cn string, dnsNames ...string) (csrPEM string, key *ecds
 }
 
 // ServerCert returns a self-signed PEM certificate for serving TLS on
-// 127.0.0.1, with the common name cn and valid from an hour ago for two
-// hours, and its PEM (PKCS #8) key. It fails tb if they cannot be made.
+// 127.0.0.1 with the common name cn (see SelfSigned), and its PEM key. It
+// fails tb if they cannot be made.
 func ServerCert(tb testing.TB, cn string) (certPEM, keyPEM []byte) {
 	tb.Helper()
-	key := newKey(tb)
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	certPEM, keyPEM, err := SelfSigned(cn, "127.0.0.1")
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return certPEM, keyPEM
+}
+
+// SelfSigned returns a PEM certificate for a fresh P-256 key, with the
+// common name cn, for serving TLS as hosts (IP addresses or DNS names),
+// valid from an hour ago for two hours and signed by itself as a CA, so
+// that a client may trust it as its own root; and the key, PEM (PKCS #8).
+func SelfSigned(cn string, hosts ...string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		return nil, nil, err
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		tb.Fatal(err)
+		return nil, nil, fmt.Errorf("self-signed certificate for %s: %w", cn, err)
 	}
 	kd, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		tb.Fatal(err)
+		return nil, nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
-}
-
-func newKey(tb testing.TB) *ecdsa.PrivateKey {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return key
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), nil
 }
 
 // OneConnClient returns a client that opens at most one connection to a
