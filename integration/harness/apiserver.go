@@ -158,11 +158,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 		}
 		hc := ca.HTTPClient()
 		hdr := http.Header{"Authorization": {"Bearer " + a.AdminToken}}
-		err = p.waitReady(ctx, 2*time.Minute, func(ctx context.Context) error {
-			_, err := getOK(ctx, hc, url+"/readyz", hdr)
-			return err
-		})
-		if err != nil {
+		if err := p.waitReady(ctx, 2*time.Minute, answersOK(hc, url+"/readyz", hdr)); err != nil {
 			return err
 		}
 		a.URL, a.proc = url, p

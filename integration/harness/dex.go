@@ -211,11 +211,7 @@ func (d *Dex) start(ctx context.Context) error {
 	}
 	d.pids = append(d.pids, p.Pid())
 	hc := d.CA.HTTPClient()
-	err = p.waitReady(ctx, 30*time.Second, func(ctx context.Context) error {
-		_, err := getOK(ctx, hc, d.Issuer+"/.well-known/openid-configuration", nil)
-		return err
-	})
-	if err != nil {
+	if err := p.waitReady(ctx, 30*time.Second, answersOK(hc, d.Issuer+"/.well-known/openid-configuration", nil)); err != nil {
 		return err
 	}
 	d.proc = p

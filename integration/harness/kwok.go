@@ -135,11 +135,7 @@ func (k *KWOK) start(ctx context.Context) error {
 	}
 	k.pids = append(k.pids, p.Pid())
 	hc := &http.Client{Timeout: 2 * time.Second}
-	err = p.waitReady(ctx, time.Minute, func(ctx context.Context) error {
-		_, err := getOK(ctx, hc, "http://"+hostPort(k.Port)+"/healthz", nil)
-		return err
-	})
-	if err != nil {
+	if err := p.waitReady(ctx, time.Minute, answersOK(hc, "http://"+hostPort(k.Port)+"/healthz", nil)); err != nil {
 		return err
 	}
 	k.proc = p

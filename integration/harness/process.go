@@ -156,10 +156,7 @@ func (p *Process) WaitHTTP(ctx context.Context, url string) error {
 // WaitHTTPClient is WaitHTTP with the given client, e.g. one trusting a
 // test CA.
 func (p *Process) WaitHTTPClient(ctx context.Context, c *http.Client, url string) error {
-	return p.Wait(ctx, func(ctx context.Context) error {
-		_, err := getOK(ctx, c, url, nil)
-		return err
-	})
+	return p.Wait(ctx, answersOK(c, url, nil))
 }
 
 // waitReady is Wait bounded by timeout. A process that does not get
@@ -229,6 +226,15 @@ func FreePort() (int, error) {
 }
 
 func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// answersOK is a readiness check (see Process.Wait): a GET of url with
+// the headers hdr on c answers 200.
+func answersOK(c *http.Client, url string, hdr http.Header) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := getOK(ctx, c, url, hdr)
+		return err
+	}
+}
 
 // getOK performs a GET and returns nil on a 200 response.
 func getOK(ctx context.Context, c *http.Client, url string, hdr http.Header) ([]byte, error) {
