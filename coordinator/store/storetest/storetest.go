@@ -305,37 +305,22 @@ func testAtomicity(t *testing.T, s store.Store) {
 // increment.
 func testIsolationCounter(t *testing.T, s store.Store) {
 	const workers, each = 8, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				err := s.Update(func(tx store.Tx) error {
-					n := 0
-					v, err := tx.GetRaw(store.Meta, "counter")
-					switch {
-					case errors.Is(err, store.ErrNotFound):
-					case err != nil:
-						return err
-					default:
-						if n, err = strconv.Atoi(string(v)); err != nil {
-							return err
-						}
-					}
-					return tx.PutRaw(store.Meta, "counter", []byte(strconv.Itoa(n+1)))
-				})
-				if err != nil {
-					errs <- err
-					return
+	concurrently(t, workers, each, func() (bool, error) {
+		return true, s.Update(func(tx store.Tx) error {
+			n := 0
+			v, err := tx.GetRaw(store.Meta, "counter")
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+			case err != nil:
+				return err
+			default:
+				if n, err = strconv.Atoi(string(v)); err != nil {
+					return err
 				}
 			}
+			return tx.PutRaw(store.Meta, "counter", []byte(strconv.Itoa(n+1)))
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+	})
 	v, err := get(t, s, store.Meta, "counter")
 	if err != nil {
 		t.Fatal(err)
@@ -349,30 +334,15 @@ func testIsolationCounter(t *testing.T, s store.Store) {
 // conflicts with one that adds a key to the bucket.
 func testIsolationRangeInsert(t *testing.T, s store.Store) {
 	const workers, each = 6, 15
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				err := s.Update(func(tx store.Tx) error {
-					n := 0
-					if err := tx.ForEach(store.Addresses, func(string, []byte) error { n++; return nil }); err != nil {
-						return err
-					}
-					return tx.PutRaw(store.Addresses, fmt.Sprintf("%06d", n), nil)
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
+	concurrently(t, workers, each, func() (bool, error) {
+		return true, s.Update(func(tx store.Tx) error {
+			n := 0
+			if err := tx.ForEach(store.Addresses, func(string, []byte) error { n++; return nil }); err != nil {
+				return err
 			}
+			return tx.PutRaw(store.Addresses, fmt.Sprintf("%06d", n), nil)
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+	})
 	got := all(t, s, store.Addresses)
 	if len(got) != workers*each {
 		t.Fatalf("%d keys after %d Updates that each add the next one: two Updates counted the same bucket", len(got), workers*each)
@@ -397,52 +367,38 @@ func testIsolationRangeDelete(t *testing.T, s store.Store) {
 		return nil
 	})
 	var (
-		wg     sync.WaitGroup
 		mu     sync.Mutex
 		claims = map[string]int{}
 	)
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for {
-				var got string
-				err := s.Update(func(tx store.Tx) error {
-					got = ""
-					err := tx.ForEach(store.Requests, func(k string, _ []byte) error {
-						got = k
-						return errStop
-					})
-					if err != nil && !errors.Is(err, errStop) {
-						return err
-					}
-					if got == "" {
-						return nil
-					}
-					if err := tx.Delete(store.Requests, got); err != nil {
-						return err
-					}
-					// Count in a key that is written but never read, so only
-					// the range protects it.
-					return tx.PutRaw(store.RequestArchive, got+"/"+strconv.FormatUint(rand.Uint64(), 16), nil)
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
-				if got == "" {
-					return
-				}
-				mu.Lock()
-				claims[got]++
-				mu.Unlock()
+	concurrently(t, workers, 0, func() (bool, error) {
+		var got string
+		err := s.Update(func(tx store.Tx) error {
+			got = ""
+			err := tx.ForEach(store.Requests, func(k string, _ []byte) error {
+				got = k
+				return errStop
+			})
+			if err != nil && !errors.Is(err, errStop) {
+				return err
 			}
+			if got == "" {
+				return nil
+			}
+			if err := tx.Delete(store.Requests, got); err != nil {
+				return err
+			}
+			// Count in a key that is written but never read, so only
+			// the range protects it.
+			return tx.PutRaw(store.RequestArchive, got+"/"+strconv.FormatUint(rand.Uint64(), 16), nil)
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+		if err != nil || got == "" {
+			return false, err
+		}
+		mu.Lock()
+		claims[got]++
+		mu.Unlock()
+		return true, nil
+	})
 	if arch := all(t, s, store.RequestArchive); len(arch) != keys {
 		t.Fatalf("%d claims stored for %d keys: a key deleted by one Update was also claimed by another", len(arch), keys)
 	}
@@ -455,32 +411,24 @@ func testIsolationRangeDelete(t *testing.T, s store.Store) {
 
 var errStop = errors.New("stop")
 
-func testNextSequence(t *testing.T, s store.Store) {
-	const workers, each = 6, 20
-	var (
-		wg  sync.WaitGroup
-		mu  sync.Mutex
-		got []uint64
-	)
+// concurrently calls step on workers goroutines at once, each calling
+// it times times (without limit if times is 0) or until it returns false
+// or an error, and fails t with the errors once all have stopped.
+func concurrently(t *testing.T, workers, times int, step func() (more bool, err error)) {
+	t.Helper()
+	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for range workers {
 		wg.Go(func() {
-			for range each {
-				var n uint64
-				err := s.Update(func(tx store.Tx) (err error) {
-					n, err = tx.NextSequence(store.Audit)
-					if err != nil {
-						return err
-					}
-					return tx.PutRaw(store.Audit, fmt.Sprintf("%020d", n), nil)
-				})
+			for i := 0; times == 0 || i < times; i++ {
+				more, err := step()
 				if err != nil {
 					errs <- err
 					return
 				}
-				mu.Lock()
-				got = append(got, n)
-				mu.Unlock()
+				if !more {
+					return
+				}
 			}
 		})
 	}
@@ -489,6 +437,31 @@ func testNextSequence(t *testing.T, s store.Store) {
 	for err := range errs {
 		t.Fatalf("Update: %v", err)
 	}
+}
+
+func testNextSequence(t *testing.T, s store.Store) {
+	const workers, each = 6, 20
+	var (
+		mu  sync.Mutex
+		got []uint64
+	)
+	concurrently(t, workers, each, func() (bool, error) {
+		var n uint64
+		err := s.Update(func(tx store.Tx) (err error) {
+			n, err = tx.NextSequence(store.Audit)
+			if err != nil {
+				return err
+			}
+			return tx.PutRaw(store.Audit, fmt.Sprintf("%020d", n), nil)
+		})
+		if err != nil {
+			return false, err
+		}
+		mu.Lock()
+		got = append(got, n)
+		mu.Unlock()
+		return true, nil
+	})
 	slices.Sort(got)
 	for i, n := range got {
 		if n != uint64(i+1) {
@@ -548,16 +521,10 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 			default:
 			}
 			err := s.Update(func(tx store.Tx) error {
-				av, err := tx.GetRaw(store.Meta, "a")
+				a, b, err := getPair(tx)
 				if err != nil {
 					return err
 				}
-				bv, err := tx.GetRaw(store.Meta, "b")
-				if err != nil {
-					return err
-				}
-				a, _ := strconv.Atoi(string(av))
-				b, _ := strconv.Atoi(string(bv))
 				d := 1 + i%7
 				if i%2 == 1 {
 					d = -d
@@ -612,6 +579,21 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 	checkBackup(t, path, total)
 }
 
+// getPair reads the two numbers testBackupConsistency moves between.
+func getPair(tx store.Tx) (a, b int, err error) {
+	av, err := tx.GetRaw(store.Meta, "a")
+	if err != nil {
+		return 0, 0, err
+	}
+	bv, err := tx.GetRaw(store.Meta, "b")
+	if err != nil {
+		return 0, 0, err
+	}
+	a, _ = strconv.Atoi(string(av))
+	b, _ = strconv.Atoi(string(bv))
+	return a, b, nil
+}
+
 // checkBackup opens a backup as a bbolt store, the way a restore does.
 func checkBackup(t *testing.T, path string, total int) {
 	t.Helper()
@@ -625,17 +607,10 @@ func checkBackup(t *testing.T, path string, total int) {
 	defer b.Close()
 	var a, c int
 	var seq uint64
-	err = b.Update(func(tx store.Tx) error {
-		av, err := tx.GetRaw(store.Meta, "a")
-		if err != nil {
+	err = b.Update(func(tx store.Tx) (err error) {
+		if a, c, err = getPair(tx); err != nil {
 			return err
 		}
-		bv, err := tx.GetRaw(store.Meta, "b")
-		if err != nil {
-			return err
-		}
-		a, _ = strconv.Atoi(string(av))
-		c, _ = strconv.Atoi(string(bv))
 		seq, err = tx.NextSequence(store.Changes)
 		return err
 	})
