@@ -68,12 +68,7 @@ func startCoordinatorOn(t *testing.T, dir string, port int, extra ...string) *ha
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Stop()
-		if t.Failed() {
-			t.Logf("coordinator %s log:\n%s", c.URL, c.Proc.Tail(40))
-		}
-	})
+	c.StopAtEnd(t, 40)
 	return c
 }
 
@@ -242,12 +237,7 @@ func TestAgentAsDeployed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		agent.Proc.Stop()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", agent.Proc.Tail(40))
-		}
-	})
+	agent.Proc.StopAtEnd(t, 40)
 
 	if err := al.Up(ctx); err != nil {
 		t.Fatal(err)

@@ -47,12 +47,7 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		p.Stop()
-		if t.Failed() {
-			t.Logf("coordinator log:\n%s", p.Tail(30))
-		}
-	})
+	p.StopAtEnd(t, 30)
 	url := "https://" + addr + "/healthz"
 	if err := p.WaitHTTPClient(t.Context(), testkit.OneConnClient(), url); err != nil {
 		t.Fatal(err)

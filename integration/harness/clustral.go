@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -135,6 +136,17 @@ func (c *Coordinator) Start(ctx context.Context) error {
 		return fmt.Errorf("coordinator not ready: %w", err)
 	}
 	return nil
+}
+
+// StopAtEnd stops c when t ends, whichever process it runs then, and
+// logs the last lines of its log if t failed.
+func (c *Coordinator) StopAtEnd(t testing.TB, lines int) {
+	t.Cleanup(func() {
+		c.Stop()
+		if t.Failed() {
+			t.Logf("coordinator %s log:\n%s", c.URL, c.Proc.Tail(lines))
+		}
+	})
 }
 
 // Stop stops the coordinator.

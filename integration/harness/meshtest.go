@@ -181,12 +181,7 @@ func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coo
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Stop()
-		if t.Failed() {
-			t.Logf("coordinator log:\n%s", c.Proc.Tail(40))
-		}
-	})
+	c.StopAtEnd(t, 40)
 	return c
 }
 
@@ -204,12 +199,7 @@ func (s *MeshSuite) StartAgent(t testing.TB, joinToken string, extraArgs ...stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		a.Proc.Stop()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.Proc.Tail(60))
-		}
-	})
+	a.Proc.StopAtEnd(t, 60)
 	return a
 }
 

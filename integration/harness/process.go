@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -107,6 +108,17 @@ func (p *Process) Stop() {
 		syscall.Kill(-pgid, syscall.SIGKILL)
 		<-p.done
 		p.log.Close()
+	})
+}
+
+// StopAtEnd stops p when t ends and logs the last lines of its log if t
+// failed.
+func (p *Process) StopAtEnd(t testing.TB, lines int) {
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			t.Logf("%s log:\n%s", p.name, p.Tail(lines))
+		}
 	})
 }
 
