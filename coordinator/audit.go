@@ -73,6 +73,12 @@ func (s *Server) audit(e proto.AuditEvent) {
 	q.pending = append(q.pending, e)
 	wake := q.wake
 	q.mu.Unlock()
+	kick(wake)
+}
+
+// kick wakes whoever waits on wake, a channel of capacity 1, without
+// blocking: a wake-up already pending serves for this one too.
+func kick(wake chan struct{}) {
 	select {
 	case wake <- struct{}{}:
 	default:
@@ -91,10 +97,7 @@ func (s *Server) flushAudit() {
 	q.flushed = append(q.flushed, done)
 	wake := q.wake
 	q.mu.Unlock()
-	select {
-	case wake <- struct{}{}:
-	default:
-	}
+	kick(wake)
 	select {
 	case <-done:
 	case <-s.stop:

@@ -490,3 +490,31 @@ func TestRequestIDs(t *testing.T) {
 		}
 	}
 }
+
+// newBareServer is a coordinator without an identity provider, its store
+// in tb's temporary directory, closed when tb ends: enough for what needs
+// no login.
+func newBareServer(tb testing.TB) *Server {
+	tb.Helper()
+	s, err := New(context.Background(), Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:1", DataDir: tb.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+// serveSTUN serves s's endpoint discovery on a loopback UDP port until tb
+// ends, and returns the port's address.
+func serveSTUN(tb testing.TB, s *Server) string {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeSTUN(ctx, pc) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	return pc.LocalAddr().String()
+}

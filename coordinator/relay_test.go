@@ -3,7 +3,6 @@ package coordinator
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -270,26 +269,19 @@ func TestEndpointsUpdateReachesPeers(t *testing.T) {
 
 func TestSTUNAnswersWithObservedAddress(t *testing.T) {
 	e := newTestEnv(t)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.srv.ServeSTUN(ctx, pc) }()
-	t.Cleanup(func() { cancel(); <-done })
+	addr := serveSTUN(t, e.srv)
 	testkit.WaitFor(t, "the discovery server to listen", func() bool { return e.srv.stunAddr() != "" })
-	if got, want := e.srv.stunAddr(), pc.LocalAddr().String(); got != want {
+	if got, want := e.srv.stunAddr(), addr; got != want {
 		t.Errorf("stunAddr = %q, want %q", got, want)
 	}
 	admin := e.login("alice@example.com")
 	var reg proto.RegisterResponse
 	e.must("POST", "/api/v1/devices", admin.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, &reg)
-	if reg.STUN != pc.LocalAddr().String() {
-		t.Errorf("registration STUN = %q, want %q", reg.STUN, pc.LocalAddr())
+	if reg.STUN != addr {
+		t.Errorf("registration STUN = %q, want %q", reg.STUN, addr)
 	}
 
-	c, err := net.Dial("udp", pc.LocalAddr().String())
+	c, err := net.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
