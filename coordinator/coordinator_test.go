@@ -512,9 +512,32 @@ func serveSTUN(tb testing.TB, s *Server) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	serveUntilEnd(tb, func(ctx context.Context) error { return s.ServeSTUN(ctx, pc) })
+	return pc.LocalAddr().String()
+}
+
+// serveAPI serves s through Serve, as the coordinator command does, on a
+// loopback port until tb ends, and returns the port's address.
+func serveAPI(tb testing.TB, s *Server) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	serveUntilEnd(tb, func(ctx context.Context) error { return s.Serve(ctx, l) })
+	return l.Addr().String()
+}
+
+// serveUntilEnd runs serve until tb ends; then it cancels serve's
+// context, waits for it to return and fails tb if it returned an error.
+func serveUntilEnd(tb testing.TB, serve func(context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.ServeSTUN(ctx, pc) }()
-	tb.Cleanup(func() { cancel(); <-done })
-	return pc.LocalAddr().String()
+	go func() { done <- serve(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("serve: %v", err)
+		}
+	})
 }

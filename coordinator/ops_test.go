@@ -263,20 +263,7 @@ func TestReloadTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	url := "https://" + l.Addr().String() + "/healthz"
+	url := "https://" + serveAPI(t, srv) + "/healthz"
 
 	open := testkit.OneConnClient()
 	defer open.CloseIdleConnections()

@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -25,20 +24,7 @@ var shortTimeouts = serverTimeouts{readHeader: 300 * time.Millisecond, read: 300
 func serveShort(t *testing.T, e *testEnv) string {
 	t.Helper()
 	e.srv.timeouts = shortTimeouts
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return l.Addr().String()
+	return serveAPI(t, e.srv)
 }
 
 // closedWithin reads from c until the server closes it, and returns how
