@@ -42,11 +42,7 @@ func mustSign(t *testing.T, st store.Store, key ed25519.PrivateKey, now time.Tim
 // seq, as someone who can write the store would to hide the tail.
 func truncateAudit(t *testing.T, st store.Store, seq uint64) {
 	t.Helper()
-	err := st.Update(func(tx store.Tx) error {
-		head, err := Head(tx)
-		if err != nil {
-			return err
-		}
+	editLog(t, st, func(tx store.Tx, head Mark) error {
 		for s := seq + 1; s <= head.Seq; s++ {
 			if err := tx.Delete(store.Audit, Key(s)); err != nil {
 				return err
@@ -58,20 +54,13 @@ func truncateAudit(t *testing.T, st store.Store, seq uint64) {
 		}
 		return store.Put(tx, store.Meta, MetaHead, Mark{Seq: seq, Hash: e.Hash})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // rewriteAudit changes the actor of record seq and rehashes it and every
 // record after it, and the head: a chain that verifies on its own.
 func rewriteAudit(t *testing.T, st store.Store, seq uint64) {
 	t.Helper()
-	err := st.Update(func(tx store.Tx) error {
-		head, err := Head(tx)
-		if err != nil {
-			return err
-		}
+	editLog(t, st, func(tx store.Tx, head Mark) error {
 		prev := ""
 		if seq > 1 {
 			var e proto.AuditEvent
@@ -96,6 +85,19 @@ func rewriteAudit(t *testing.T, st store.Store, seq uint64) {
 			}
 		}
 		return store.Put(tx, store.Meta, MetaHead, Mark{Seq: head.Seq, Hash: prev})
+	})
+}
+
+// editLog runs edit on st's audit log in one transaction, with the log's
+// head, and fails t if that fails.
+func editLog(t *testing.T, st store.Store, edit func(tx store.Tx, head Mark) error) {
+	t.Helper()
+	err := st.Update(func(tx store.Tx) error {
+		head, err := Head(tx)
+		if err != nil {
+			return err
+		}
+		return edit(tx, head)
 	})
 	if err != nil {
 		t.Fatal(err)
