@@ -54,8 +54,7 @@ func TestAgentCertificateIsShortLivedAndRenewedOverTheMapStream(t *testing.T) {
 	e := newTestEnv(t)
 	e.srv.certRenew.Store(int64(50 * time.Millisecond))
 	admin := e.login("admin@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	csr, key := testkit.CSR(t, "agent")
 	var reg proto.RegisterResponse
 	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: csr}, &reg)

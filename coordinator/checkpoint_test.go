@@ -96,8 +96,7 @@ func TestAuditCheckpointsInServer(t *testing.T) {
 // later than 5 minutes after the coordinator's clock.
 func TestAuditIngestStampsAgent(t *testing.T) {
 	e := newAccessEnv(t)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	agent := e.registerAgent(e.joinToken, "")
 	now := time.Now().UTC()
 	ev := func(seq uint64, actor string, at time.Time) proto.AuditEvent {
 		return proto.AuditEvent{Code: proto.AuditRequest, Time: at, Actor: actor, SourceSeq: seq, Cluster: "staging",

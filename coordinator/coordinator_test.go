@@ -128,6 +128,24 @@ func (e *testEnv) call(method, path, token string, body, out any) (int, *proto.P
 	return resp.StatusCode, nil
 }
 
+// createCluster creates the cluster name as the administrator whose
+// session token is token.
+func (e *testEnv) createCluster(token, name string) proto.CreateClusterResponse {
+	e.t.Helper()
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", token, proto.CreateClusterRequest{Name: name}, &cl)
+	return cl
+}
+
+// registerAgent registers an agent named hostname (none if empty) with
+// joinToken, a fresh WireGuard key and a certificate request.
+func (e *testEnv) registerAgent(joinToken, hostname string) proto.RegisterResponse {
+	e.t.Helper()
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", joinToken, proto.RegisterAgentRequest{PublicKey: newKey(e.t), Hostname: hostname, CSR: newCSR(e.t)}, &agent)
+	return agent
+}
+
 func (e *testEnv) must(method, path, token string, body, out any) {
 	e.t.Helper()
 	if status, p := e.call(method, path, token, body, out); p != nil {
@@ -306,8 +324,7 @@ func TestMeshRegistrationAndMapDeltas(t *testing.T) {
 	admin := e.login("admin@example.com")
 	alice := e.login("alice@example.com", "dev")
 
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 
 	// Agent registration: bad token, then good.
@@ -411,10 +428,8 @@ func TestMeshRegistrationAndMapDeltas(t *testing.T) {
 func TestStateSurvivesRestart(t *testing.T) {
 	e := newTestEnv(t)
 	admin := e.login("admin@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	cl := e.createCluster(admin.Token, "prod")
+	agent := e.registerAgent(cl.JoinToken, "")
 
 	e.stop()
 	e.start()
@@ -425,7 +440,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	}
 	// The session and the join token still work; the address pool still
 	// knows the agent's address.
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil)
+	e.registerAgent(cl.JoinToken, "")
 	m := e.openMap(agent.NodeToken).next()
 	if !m.Snapshot || m.Self.Addresses[0] != agent.Addresses[0] {
 		t.Fatalf("after restart snapshot = %+v", m)

@@ -94,8 +94,7 @@ func TestMetrics(t *testing.T) {
 	if status, _ := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: "not-a-token"}, nil); status != http.StatusUnauthorized {
 		t.Fatalf("bad token login = %d", status)
 	}
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 	var agent, dev proto.RegisterResponse
 	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)

@@ -95,8 +95,7 @@ func newRelayMesh(e *testEnv) relayMesh {
 	admin := e.login("admin@example.com")
 	alice := e.login("alice@example.com")
 	bob := e.login("bob@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
 	m := relayMesh{agentKey: newKey(e.t), aliceKey: newKey(e.t), bobKey: newKey(e.t)}

@@ -18,8 +18,7 @@ import (
 func TestSecretsStoredHashed(t *testing.T) {
 	e := newTestEnv(t)
 	admin := e.login("admin@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	var agent proto.RegisterResponse
 	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "node-1", CSR: newCSR(t)}, &agent)
 	var dev proto.RegisterResponse

@@ -91,12 +91,10 @@ func TestLongLivedRoutesOutliveTimeouts(t *testing.T) {
 	e := newTestEnv(t)
 	addr := serveShort(t, e)
 	admin, sam := e.login("admin@example.com"), e.login("sam@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "sam@example.com", Role: "viewer", Cluster: "prod"}, nil)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	agent := e.registerAgent(cl.JoinToken, "")
 
 	req, _ := http.NewRequest("GET", "http://"+addr+"/api/v1/map", nil)
 	req.Header.Set("Authorization", "Bearer "+agent.NodeToken)
