@@ -519,40 +519,36 @@ func newBareServer(tb testing.TB) *Server {
 	return s
 }
 
-// serveSTUN serves s's endpoint discovery on a loopback UDP port until tb
-// ends, and returns the port's address.
-func serveSTUN(tb testing.TB, s *Server) string {
+// serve serves s on a loopback port until tb ends, and returns the
+// port's address: on "udp" its endpoint discovery, on "tcp" its API
+// through Serve, as the coordinator command does. When tb ends it stops
+// serving, and fails tb if serving returned an error.
+func serve(tb testing.TB, s *Server, network string) string {
 	tb.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	serveUntilEnd(tb, func(ctx context.Context) error { return s.ServeSTUN(ctx, pc) })
-	return pc.LocalAddr().String()
-}
-
-// serveAPI serves s through Serve, as the coordinator command does, on a
-// loopback port until tb ends, and returns the port's address.
-func serveAPI(tb testing.TB, s *Server) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	serveUntilEnd(tb, func(ctx context.Context) error { return s.Serve(ctx, l) })
-	return l.Addr().String()
-}
-
-// serveUntilEnd runs serve until tb ends; then it cancels serve's
-// context, waits for it to return and fails tb if it returned an error.
-func serveUntilEnd(tb testing.TB, serve func(context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx) }()
+	var addr string
+	switch network {
+	case "udp":
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		addr = pc.LocalAddr().String()
+		go func() { done <- s.ServeSTUN(ctx, pc) }()
+	default:
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		addr = l.Addr().String()
+		go func() { done <- s.Serve(ctx, l) }()
+	}
 	tb.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			tb.Errorf("serve: %v", err)
 		}
 	})
+	return addr
 }

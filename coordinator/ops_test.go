@@ -262,7 +262,7 @@ func TestReloadTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	url := "https://" + serveAPI(t, srv) + "/healthz"
+	url := "https://" + serve(t, srv, "tcp") + "/healthz"
 
 	open := testkit.OneConnClient()
 	defer open.CloseIdleConnections()

@@ -268,7 +268,7 @@ func TestEndpointsUpdateReachesPeers(t *testing.T) {
 
 func TestSTUNAnswersWithObservedAddress(t *testing.T) {
 	e := newTestEnv(t)
-	addr := serveSTUN(t, e.srv)
+	addr := serve(t, e.srv, "udp")
 	testkit.WaitFor(t, "the discovery server to listen", func() bool { return e.srv.stunAddr() != "" })
 	if got, want := e.srv.stunAddr(), addr; got != want {
 		t.Errorf("stunAddr = %q, want %q", got, want)

@@ -16,7 +16,7 @@ import (
 // datagram is followed by a marker ping, so "no answer" is seen without
 // waiting: the marker's pong arrives first.
 func FuzzServeSTUN(f *testing.F) {
-	c, err := net.Dial("udp", serveSTUN(f, newBareServer(f)))
+	c, err := net.Dial("udp", serve(f, newBareServer(f), "udp"))
 	if err != nil {
 		f.Fatal(err)
 	}

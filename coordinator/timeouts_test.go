@@ -24,7 +24,7 @@ var shortTimeouts = serverTimeouts{readHeader: 300 * time.Millisecond, read: 300
 func serveShort(t *testing.T, e *testEnv) string {
 	t.Helper()
 	e.srv.timeouts = shortTimeouts
-	return serveAPI(t, e.srv)
+	return serve(t, e.srv, "tcp")
 }
 
 // closedWithin reads from c until the server closes it, and returns how
