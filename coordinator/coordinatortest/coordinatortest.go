@@ -436,6 +436,11 @@ func Addrs(offsets ...uint64) io.Reader {
 // CloseServer stops serving: from then on nothing answers at URL.
 func (c *Coordinator) CloseServer() { c.srv.Close() }
 
+// Store returns the coordinator's store, for a test to do what someone
+// with access to the coordinator's data can: read it, or change it
+// behind the coordinator's back.
+func (c *Coordinator) Store() store.Store { return c.store.Store }
+
 // FailStore makes every store transaction fail with err from now on, as
 // a store that became unavailable does; nil makes them work again.
 func (c *Coordinator) FailStore(err error) {
