@@ -50,7 +50,7 @@ func TestGoldenAudit(t *testing.T) {
 		{name: "audit-checkpoint", args: []string{"audit", "checkpoint"}, plain: true, unstableHash: true, sent: []string{"POST /api/v1/audit/checkpoints"}},
 		{name: "audit-checkpoint-file", args: []string{"audit", "checkpoint", "--file", filepath.Join("$CONFIG", "exported.json")}, plain: true},
 	}
-	runGolden(t, tests, func(t *testing.T, tt goldenCase) (*testEnv, func() []string) {
+	runGolden(t, tests, func(t *testing.T, tt goldenCase) *testEnv {
 		e := newRealEnv(t, func(c *coordinator.Config) {
 			c.Admins = append(c.Admins, "alice@example.com")
 			// Only the checkpoints setupAudit and the commands sign.
@@ -79,8 +79,7 @@ func TestGoldenAudit(t *testing.T) {
 		if tt.brokenAt != 0 {
 			editAuditRecord(t, e.real.Store(), tt.brokenAt)
 		}
-		e.real.Requests()
-		return e, e.real.Requests
+		return e
 	})
 }
 
@@ -175,7 +174,7 @@ func TestGoldenRoles(t *testing.T) {
 			sent: []string{`PUT /api/v1/roles/viewer {"id":"","name":"reader","groups":["clustral:view"],"restrictions":{"namespaces":["dev","staging"]}}`}},
 		{name: "roles-delete", args: []string{"roles", "delete", "viewer"}, plain: true, sent: []string{"DELETE /api/v1/roles/viewer"}},
 	}
-	runGolden(t, tests, func(t *testing.T, _ goldenCase) (*testEnv, func() []string) {
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) *testEnv {
 		e := newRealEnv(t, func(c *coordinator.Config) {
 			c.Admins = append(c.Admins, "alice@example.com")
 			c.NewID = coordinatortest.IDs(rolAdmin, rolDeploy, rolViewer, rolNew)
@@ -186,8 +185,7 @@ func TestGoldenRoles(t *testing.T) {
 			ro.ID = ""
 			e.real.Do(alice.Token, http.MethodPost, proto.APIVersion+"/roles", ro, nil)
 		}
-		e.real.Requests()
-		return e, e.real.Requests
+		return e
 	})
 }
 
@@ -202,14 +200,13 @@ func TestGoldenUsers(t *testing.T) {
 		{name: "users-disable", args: []string{"users", "disable", "bob@example.com"}, plain: true, sent: []string{"POST /api/v1/users/bob@example.com/disable"}},
 		{name: "users-enable", args: []string{"users", "enable", "carol@example.com"}, plain: true, sent: []string{"POST /api/v1/users/carol@example.com/enable"}},
 	}
-	runGolden(t, tests, func(t *testing.T, _ goldenCase) (*testEnv, func() []string) {
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) *testEnv {
 		e := newRealEnv(t, func(c *coordinator.Config) {
 			c.Admins = append(c.Admins, "alice@example.com")
 			c.NewID = coordinatortest.IDs(usrAlice, usrBob, usrCarol)
 		})
 		e.useSession(setupUsers(e))
-		e.real.Requests()
-		return e, e.real.Requests
+		return e
 	})
 }
 
@@ -255,7 +252,7 @@ func TestGoldenAccess(t *testing.T) {
 		{name: "access-revoke", args: []string{"access", "revoke", reqActive},
 			sent: []string{`POST /api/v1/access-requests/` + reqActive + `/revoke {}`}},
 	}
-	runGolden(t, tests, func(t *testing.T, _ goldenCase) (*testEnv, func() []string) {
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) *testEnv {
 		e := newRealEnv(t, func(c *coordinator.Config) {
 			c.Admins = append(c.Admins, "alice@example.com")
 			c.PendingRequestTTL = time.Hour
@@ -263,8 +260,7 @@ func TestGoldenAccess(t *testing.T) {
 			c.NewID = coordinatortest.IDs(reqDenied, reqActive, reqPending, reqNew)
 		})
 		e.useSession(setupAccess(e))
-		e.real.Requests()
-		return e, e.real.Requests
+		return e
 	})
 }
 
@@ -338,7 +334,7 @@ func TestGoldenAssign(t *testing.T) {
 			sent: []string{`POST /api/v1/assignments {"id":"","group":"sre","role":"admin","cluster_selector":{"env":"prod"},"expires":"2030-01-02T18:00:00Z"`}},
 		{name: "unassign", args: []string{"unassign", asgNew}, plain: true, sent: []string{"DELETE /api/v1/assignments/" + asgNew}},
 	}
-	runGolden(t, tests, func(t *testing.T, tt goldenCase) (*testEnv, func() []string) {
+	runGolden(t, tests, func(t *testing.T, tt goldenCase) *testEnv {
 		e := newRealEnv(t, func(c *coordinator.Config) {
 			c.Admins = append(c.Admins, "alice@example.com")
 			c.NewID = coordinatortest.IDs(asgNew)
@@ -357,8 +353,7 @@ func TestGoldenAssign(t *testing.T) {
 			c.Do(alice.Token, http.MethodPost, v+"/assignments", proto.Assignment{User: "bob@example.com", Role: "viewer", Cluster: "prod"}, nil)
 		}
 		e.useSession(alice)
-		c.Requests()
-		return e, c.Requests
+		return e
 	})
 }
 
@@ -379,7 +374,7 @@ func TestGoldenClusters(t *testing.T) {
 		{name: "clusters-revoke-token", args: []string{"clusters", "revoke-token", "prod"}, sent: []string{"POST /api/v1/clusters/prod/revoke-token"}},
 		{name: "clusters-delete", args: []string{"clusters", "delete", "dev"}, plain: true, sent: []string{"DELETE /api/v1/clusters/dev"}},
 	}
-	runGolden(t, tests, func(t *testing.T, tt goldenCase) (*testEnv, func() []string) {
+	runGolden(t, tests, func(t *testing.T, tt goldenCase) *testEnv {
 		e := newRealEnv(t, func(c *coordinator.Config) {
 			c.Admins = append(c.Admins, "alice@example.com")
 			c.IPv6Prefix = netip.MustParsePrefix("fd7a:115c:a1e0::/48")
@@ -397,8 +392,7 @@ func TestGoldenClusters(t *testing.T) {
 			e.joinToken = joinRotated
 		}
 		e.useSession(setupClusters(e))
-		e.real.Requests()
-		return e, e.real.Requests
+		return e
 	})
 }
 
@@ -466,7 +460,7 @@ func TestGoldenDevices(t *testing.T) {
 		ids = append(ids, d.ID)
 		offs = append(offs, uint64(d.Addresses[0].Addr().As4()[3]))
 	}
-	runGolden(t, tests, func(t *testing.T, _ goldenCase) (*testEnv, func() []string) {
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) *testEnv {
 		e := newRealEnv(t, func(c *coordinator.Config) {
 			c.Admins = append(c.Admins, "alice@example.com")
 			c.IPv6Prefix = netip.MustParsePrefix("fd7a:115c:a1e0::/48")
@@ -489,8 +483,7 @@ func TestGoldenDevices(t *testing.T) {
 		}
 		e.setRealNow(0)
 		e.login("alice@example.com", fixedNow.Add(8*time.Hour))
-		e.real.Requests()
-		return e, e.real.Requests
+		return e
 	})
 }
 
@@ -516,9 +509,9 @@ type goldenCase struct {
 
 // runGolden runs each case, in table and JSON format unless it is plain,
 // in the environment env returns for it, and compares its output with
-// testdata/<name>[.<format>].golden. env's second result returns the
-// requests the coordinator received since env returned.
-func runGolden(t *testing.T, tests []goldenCase, env func(*testing.T, goldenCase) (*testEnv, func() []string)) {
+// testdata/<name>[.<format>].golden, and the requests its coordinator
+// received after env returned with the case's sent.
+func runGolden(t *testing.T, tests []goldenCase, env func(*testing.T, goldenCase) *testEnv) {
 	t.Helper()
 	for _, tt := range tests {
 		formats := []string{"table", "json"}
@@ -532,7 +525,8 @@ func runGolden(t *testing.T, tests []goldenCase, env func(*testing.T, goldenCase
 				args = append(args[:len(args):len(args)], "-o", format)
 			}
 			t.Run(name, func(t *testing.T) {
-				e, requests := env(t, tt)
+				e := env(t, tt)
+				e.real.Requests()
 				args := slices.Clone(args)
 				for i := range args {
 					args[i] = e.expand(args[i])
@@ -544,7 +538,7 @@ func runGolden(t *testing.T, tests []goldenCase, env func(*testing.T, goldenCase
 				if strings.Contains(out+errb, "\033[") {
 					t.Errorf("colour escapes in output that is not a terminal:\n%q", out+errb)
 				}
-				sent := strings.Join(requests(), "\n")
+				sent := strings.Join(e.real.Requests(), "\n")
 				for _, s := range tt.sent {
 					if !strings.Contains(sent, s) {
 						t.Errorf("requests sent:\n%s\nwant one with %s", sent, s)
