@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -171,24 +170,13 @@ func TestBackupAPI(t *testing.T) {
 	}
 
 	// Writes go on while the snapshot streams.
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			e.call("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "load-" + string(rune('a'+i%26)) + time.Now().Format("150405.000000")[7:], Groups: []string{"g"}}, nil)
-		}
-	}()
+	stop := testkit.Repeat(t, func(i int) bool {
+		e.call("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "load-" + string(rune('a'+i%26)) + time.Now().Format("150405.000000")[7:], Groups: []string{"g"}}, nil)
+		return true
+	})
 	resp := get(admin.Token)
 	body, err := io.ReadAll(resp.Body)
-	close(stop)
-	wg.Wait()
+	stop()
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("backup = %s, %v", resp.Status, err)
 	}

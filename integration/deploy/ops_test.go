@@ -561,9 +561,7 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 	login(t, alice, coord.URL)
 	before := list(t, adm, coord.URL)
 
-	// The load: three writers until stop, each counting what it did.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	// The load: three writers until stopLoad, each counting what it did.
 	var logins, registrations, assignments, failures atomic.Int64
 	fail := func(what string, err error) {
 		if failures.Add(1) <= 3 {
@@ -606,22 +604,15 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 			assignments.Add(1)
 		},
 	}
+	var stops []func()
 	for _, w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				w(i)
-			}
-		}()
+		stops = append(stops, testkit.Repeat(t, func(i int) bool { w(i); return true }))
 	}
-	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	t.Cleanup(stopLoad)
+	stopLoad := func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
 	// Let the load reach every kind of record, then back up in its midst.
 	deadline := time.Now().Add(20 * time.Second)
 	for logins.Load() < 5 || registrations.Load() < 5 || assignments.Load() < 5 {

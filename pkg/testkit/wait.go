@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"sync"
 	"testing"
 	"time"
 )
@@ -50,4 +51,31 @@ func Recv[T any](t testing.TB, ch <-chan T, what string) T {
 		t.Fatalf("timed out after %v waiting for %s", WaitTimeout, what)
 	}
 	panic("unreachable")
+}
+
+// Repeat calls step with 0, 1, 2 and on, on a goroutine of its own, until
+// step returns false or stop is called, as a load that runs while a test
+// does something else. stop ends the repetition, waits for the call under
+// way to return and may be called again; tb's cleanup calls it too.
+func Repeat(tb testing.TB, step func(i int) bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if !step(i) {
+				return
+			}
+		}
+	})
+	stop = sync.OnceFunc(func() {
+		close(done)
+		wg.Wait()
+	})
+	tb.Cleanup(stop)
+	return stop
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 // Run runs the suite. open must return a new, empty store for each call
@@ -510,43 +511,34 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 		}
 		return tx.PutRaw(store.Meta, "b", []byte("0"))
 	})
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	werr := make(chan error, 1)
-	wg.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			err := s.Update(func(tx store.Tx) error {
-				a, b, err := getPair(tx)
-				if err != nil {
-					return err
-				}
-				d := 1 + i%7
-				if i%2 == 1 {
-					d = -d
-				}
-				if err := tx.PutRaw(store.Meta, "a", []byte(strconv.Itoa(a-d))); err != nil {
-					return err
-				}
-				return tx.PutRaw(store.Meta, "b", []byte(strconv.Itoa(b+d)))
-			})
+	stop := testkit.Repeat(t, func(i int) bool {
+		err := s.Update(func(tx store.Tx) error {
+			a, b, err := getPair(tx)
 			if err != nil {
-				werr <- err
-				return
+				return err
 			}
+			d := 1 + i%7
+			if i%2 == 1 {
+				d = -d
+			}
+			if err := tx.PutRaw(store.Meta, "a", []byte(strconv.Itoa(a-d))); err != nil {
+				return err
+			}
+			return tx.PutRaw(store.Meta, "b", []byte(strconv.Itoa(b+d)))
+		})
+		if err != nil {
+			werr <- err
+			return false
 		}
+		return true
 	})
 	dir := t.TempDir()
 	for i := range 5 {
 		var buf bytes.Buffer
 		n, err := s.BackupTo(&buf)
 		if err != nil {
-			close(stop)
-			wg.Wait()
+			stop()
 			t.Fatalf("BackupTo: %v", err)
 		}
 		if n != int64(buf.Len()) {
@@ -558,8 +550,7 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 		}
 		checkBackup(t, path, total)
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	select {
 	case err := <-werr:
 		t.Fatalf("writer: %v", err)
