@@ -183,13 +183,8 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 	close(held.release)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run after cancel = %v, want nil", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return after its context was cancelled")
+	if err := testkit.RecvWithin(t, 20*time.Second, done, "Run to return after its context was cancelled"); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
 	}
 	// Everything Run started has stopped by the time it returns.
 	if gs := runGoroutines(); len(gs) > 0 {

@@ -42,13 +42,20 @@ func WaitForWithin(t testing.TB, timeout time.Duration, what string, cond func()
 // WaitTimeout.
 func Recv[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()
-	timer := time.NewTimer(WaitTimeout)
+	return RecvWithin(t, WaitTimeout, ch, what)
+}
+
+// RecvWithin is Recv with a timeout other than WaitTimeout, for what
+// takes long by design (a shutdown that drains).
+func RecvWithin[T any](t testing.TB, timeout time.Duration, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case v := <-ch:
 		return v
 	case <-timer.C:
-		t.Fatalf("timed out after %v waiting for %s", WaitTimeout, what)
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 	panic("unreachable")
 }
