@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/coordinator/store/storetest"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -214,7 +215,7 @@ func TestAuditCheckpointsCatchRewrite(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openTestStore(t)
+			st := storetest.OpenBolt(t)
 			fillAudit(t, st, start, 10)
 			mustSign(t, st, key, start.Add(10*time.Hour))
 			fillAudit(t, st, start.Add(10*time.Hour), 5)
@@ -250,7 +251,7 @@ func TestAuditCheckpointsCatchRewrite(t *testing.T) {
 // the records it removes; the rest still verify, and an exported
 // checkpoint of a pruned record is reported as such.
 func TestAuditCheckpointsAndRetention(t *testing.T) {
-	st := openTestStore(t)
+	st := storetest.OpenBolt(t)
 	key := newAuditKey(t)
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var marks []proto.AuditCheckpoint
@@ -278,7 +279,7 @@ func TestAuditCheckpointsAndRetention(t *testing.T) {
 // wrong, does not stop retention for the records behind it; it goes with
 // the first correctly dated record after it.
 func TestAuditPruneMisdatedRecord(t *testing.T) {
-	st := openTestStore(t)
+	st := storetest.OpenBolt(t)
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	fillAudit(t, st, start, 24)                     // day 1: 1-24
 	fillAudit(t, st, start.AddDate(3, 0, 0), 1)     // 25, years ahead

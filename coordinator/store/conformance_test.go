@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/clustral/clustral/coordinator/store"
@@ -9,13 +8,5 @@ import (
 )
 
 func TestBoltConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		t.Helper()
-		s, err := store.OpenBolt(filepath.Join(t.TempDir(), "coordinator.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	})
+	storetest.Run(t, func(t *testing.T) store.Store { return storetest.OpenBolt(t) })
 }

@@ -20,6 +20,18 @@ import (
 	"github.com/clustral/clustral/pkg/testkit"
 )
 
+// OpenBolt opens a new bbolt store in tb's temporary directory, closed
+// when tb ends.
+func OpenBolt(tb testing.TB) *store.Bolt {
+	tb.Helper()
+	s, err := store.OpenBolt(filepath.Join(tb.TempDir(), "coordinator.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
 // Run runs the suite. open must return a new, empty store for each call
 // and arrange (t.Cleanup) for it to be closed.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
