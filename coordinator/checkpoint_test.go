@@ -25,9 +25,7 @@ import (
 func TestAuditCheckpointsInServer(t *testing.T) {
 	e := newAccessEnv(t)
 	keyPath := filepath.Join(e.dir, AuditKeyFile)
-	if fi, err := os.Stat(keyPath); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("checkpoint key file: %v, %v; want mode 0600", fi, err)
-	}
+	testkit.CheckPerm(t, "checkpoint key file", keyPath, 0o600)
 	var ck proto.AuditCheckpoint
 	e.must("POST", "/api/v1/audit/checkpoints", e.admin.Token, nil, &ck)
 	if err := ck.Verify(); err != nil {

@@ -634,13 +634,7 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 	stopLoad()
 	t.Logf("%s(took %v; %d writes during the backup; %d logins, %d registrations, %d assignments in all)",
 		outp, took.Round(time.Millisecond), n1-n0, logins.Load(), registrations.Load(), assignments.Load())
-	fi, err := os.Stat(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("backup mode %v, want 0600", fi.Mode().Perm())
-	}
+	testkit.CheckPerm(t, "backup", file, 0o600)
 	after := list(t, adm, coord.URL)
 
 	// Restore as deploy/README.md says: stop the coordinator, put the

@@ -572,13 +572,7 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 	if err := s.Backup(path); err != nil {
 		t.Fatalf("Backup: %v", err)
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("backup mode = %v, want 0600", fi.Mode().Perm())
-	}
+	testkit.CheckPerm(t, "backup", path, 0o600)
 	checkBackup(t, path, total)
 }
 
