@@ -19,7 +19,7 @@ type Etcd struct {
 	// LogPath is the file receiving etcd's output.
 	LogPath string
 
-	proc *Process
+	component
 }
 
 // StartEtcd starts etcd with its data under dir and waits until it is
@@ -126,15 +126,6 @@ func startEtcd(ctx context.Context, dir string, st *etcdServerTLS) (*Etcd, error
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
 	return e, nil
-}
-
-// Pid returns etcd's process id.
-func (e *Etcd) Pid() int { return e.proc.Pid() }
-
-// Close stops etcd (SIGTERM, then SIGKILL of its process group).
-func (e *Etcd) Close() error {
-	e.proc.Stop()
-	return nil
 }
 
 // EtcdCluster is a multi-member etcd cluster serving plain HTTP on

@@ -111,6 +111,19 @@ func (p *Process) Stop() {
 	})
 }
 
+// component is a process the harness started for a component (etcd, the
+// controller manager), giving the type that embeds it Pid and Close.
+type component struct{ proc *Process }
+
+// Pid returns the component's process id.
+func (c *component) Pid() int { return c.proc.Pid() }
+
+// Close stops the component (SIGTERM, then SIGKILL of its process group).
+func (c *component) Close() error {
+	c.proc.Stop()
+	return nil
+}
+
 // StopAtEnd stops p when t ends and logs the last lines of its log if t
 // failed.
 func (p *Process) StopAtEnd(t testing.TB, lines int) {
