@@ -33,15 +33,7 @@ func (s *Server) requestToProto(r *accessRequest) proto.AccessRequest {
 		Created: r.Created, PendingUntil: r.PendingUntil, DecidedBy: r.DecidedBy, DecidedAt: r.DecidedAt,
 		DecisionReason: r.DecisionReason, GrantExpires: r.GrantExpires,
 	}
-	if u := s.users[r.UserID]; u != nil {
-		p.User = u.Login
-	}
-	if ro := s.roles[r.RoleID]; ro != nil {
-		p.Role = ro.Name
-	}
-	if c := s.clusters[r.ClusterID]; c != nil {
-		p.Cluster = c.Name
-	}
+	p.User, p.Role, p.Cluster = s.names(r.UserID, r.RoleID, r.ClusterID)
 	return p
 }
 

@@ -716,10 +716,8 @@ func (s *Server) expire() error {
 		if expiredReqs, err = s.expireRequestsLocked(tx, now); err != nil {
 			return err
 		}
-		for _, h := range sessions {
-			if err := tx.Delete(store.Sessions, h); err != nil {
-				return err
-			}
+		if err := deleteSessions(tx, sessions); err != nil {
+			return err
 		}
 		if err := deleteNodes(tx, nodes); err != nil {
 			return err
