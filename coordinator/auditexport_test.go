@@ -1,19 +1,19 @@
 package coordinator
 
 import (
-	"compress/gzip"
-	"io"
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	collogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
-	pb "google.golang.org/protobuf/proto"
 
+	"github.com/clustral/clustral/coordinator/auditexport/otlptest"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/testkit"
@@ -30,23 +30,13 @@ func TestAuditExportWired(t *testing.T) {
 		down atomic.Bool
 	)
 	down.Store(true)
-	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	rcv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		var body io.Reader = r.Body
-		if r.Header.Get("Content-Encoding") == "gzip" {
-			zr, err := gzip.NewReader(r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			body = zr
-		}
-		raw, _ := io.ReadAll(body)
-		var req collogs.ExportLogsServiceRequest
-		if err := pb.Unmarshal(raw, &req); err != nil {
+		req, err := otlptest.Decode(r)
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
@@ -63,10 +53,15 @@ func TestAuditExportWired(t *testing.T) {
 			}
 		}
 		mu.Unlock()
+		otlptest.Answer(w, nil)
 	}))
 	t.Cleanup(rcv.Close)
 	e := newTestEnvWith(t, func(c *Config) {
-		c.AuditExport = []string{"otlp+http://" + rcv.Listener.Addr().String() + "/v1/logs?name=otel&retry-min=10ms&retry-max=50ms"}
+		caFile := filepath.Join(t.TempDir(), "ca.pem")
+		if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rcv.Certificate().Raw}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.AuditExport = []string{"otlp+https://" + rcv.Listener.Addr().String() + "/v1/logs?name=otel&retry-min=10ms&retry-max=50ms&ca=" + caFile}
 		c.AuditExportPoll = 10 * time.Millisecond
 	})
 	// Records older than the retention, which the destination has not

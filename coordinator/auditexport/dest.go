@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -22,7 +21,7 @@ import (
 // The kinds of destination, named by the scheme of its URL.
 const (
 	KindSyslog = "syslog" // syslog+tls://host[:6514]
-	KindOTLP   = "otlp"   // otlp+https://host[:4318][/v1/logs], otlp+http on loopback
+	KindOTLP   = "otlp"   // otlp+https://host[:4318][/v1/logs]
 )
 
 // The defaults of a destination's settings.
@@ -64,8 +63,7 @@ type Destination struct {
 	Addr     string
 	Endpoint string
 	// TLS is the client configuration: the system roots or the ca= file,
-	// and the client certificate of cert= and key= if given. Nil only
-	// for otlp+http on loopback.
+	// and the client certificate of cert= and key= if given.
 	TLS *tls.Config
 
 	// Syslog: the APP-NAME, HOSTNAME and SD-ID of each message, and its
@@ -108,8 +106,7 @@ const (
 //	otlp+https://host[:port][/path]?ca=FILE&cert=FILE&key=FILE&headers-file=FILE&headers-env=VAR
 //
 // and, for both, name=NAME, start=oldest|now, batch=N, retry-min=D,
-// retry-max=D, timeout=D. otlp+http is accepted on a loopback host only.
-// It reads the files the URL names, so its errors say what to fix.
+// retry-max=D, timeout=D. Both go over TLS only. It reads the files the URL names, so its errors say what to fix.
 func Parse(raw string) (Destination, error) {
 	d := Destination{Start: StartOldest, Batch: DefaultBatch, RetryMin: DefaultRetryMin, RetryMax: DefaultRetryMax,
 		Timeout: DefaultTimeout, AckWait: DefaultAckWait, AppName: DefaultAppName, SDID: DefaultSDID, Facility: 13}
@@ -120,18 +117,15 @@ func Parse(raw string) (Destination, error) {
 	if err != nil {
 		return fail("not a URL (%v): use e.g. %s or %s", unwrapURLError(err), exampleSyslog, exampleOTLP)
 	}
-	var insecure bool
 	switch u.Scheme {
 	case "syslog+tls":
 		d.Kind = KindSyslog
 	case "otlp+https":
 		d.Kind = KindOTLP
-	case "otlp+http":
-		d.Kind, insecure = KindOTLP, true
+	case "otlp+http", "http", "https", "otlp", "otlp+grpc":
+		return fail("OTLP is sent over HTTPS: use otlp+https://host:4318/v1/logs")
 	case "syslog", "syslog+tcp", "syslog+udp", "tcp", "udp", "tls":
 		return fail("syslog is sent only over TLS: use syslog+tls://host:6514")
-	case "https", "http", "otlp", "otlp+grpc":
-		return fail("OTLP is sent over HTTP: use otlp+https://host:4318/v1/logs")
 	default:
 		return fail("unknown scheme %q: use syslog+tls://host:6514 or otlp+https://host:4318/v1/logs", u.Scheme)
 	}
@@ -162,18 +156,11 @@ func Parse(raw string) (Destination, error) {
 		d.Addr = net.JoinHostPort(host, cmp.Or(port, DefaultSyslogPort))
 		d.Name = "syslog+tls://" + d.Addr
 	case KindOTLP:
-		if insecure && !loopback(host) {
-			return fail("plain HTTP to %s would send audit events and headers unencrypted: use otlp+https (otlp+http is accepted on loopback only)", host)
-		}
 		path := u.EscapedPath()
 		if path == "" || path == "/" {
 			path = DefaultOTLPPath
 		}
-		scheme := "https"
-		if insecure {
-			scheme = "http"
-		}
-		d.Endpoint = scheme + "://" + net.JoinHostPort(host, cmp.Or(port, DefaultOTLPPort)) + path
+		d.Endpoint = "https://" + net.JoinHostPort(host, cmp.Or(port, DefaultOTLPPort)) + path
 		d.Name = u.Scheme + "://" + net.JoinHostPort(host, cmp.Or(port, DefaultOTLPPort)) + path
 	}
 	if v := q.Get("name"); v != "" {
@@ -210,12 +197,8 @@ func Parse(raw string) (Destination, error) {
 	if d.RetryMax < d.RetryMin {
 		return fail("retry-max=%s is below retry-min=%s: raise retry-max", d.RetryMax, d.RetryMin)
 	}
-	if !insecure {
-		if d.TLS, err = tlsConfig(q.Get("ca"), q.Get("cert"), q.Get("key"), cmp.Or(q.Get("server-name"), host)); err != nil {
-			return fail("%v", err)
-		}
-	} else if q.Get("ca") != "" || q.Get("cert") != "" || q.Get("key") != "" {
-		return fail("ca=, cert= and key= need TLS: use otlp+https")
+	if d.TLS, err = tlsConfig(q.Get("ca"), q.Get("cert"), q.Get("key"), cmp.Or(q.Get("server-name"), host)); err != nil {
+		return fail("%v", err)
 	}
 	switch d.Kind {
 	case KindSyslog:
@@ -374,14 +357,6 @@ func parseInt(v string, lo, hi int) (int, error) {
 		return 0, fmt.Errorf("use %d to %d", lo, hi)
 	}
 	return n, nil
-}
-
-func loopback(h string) bool {
-	if h == "localhost" {
-		return true
-	}
-	a, err := netip.ParseAddr(h)
-	return err == nil && a.IsLoopback()
 }
 
 // redact drops the query and any user information from a destination URL

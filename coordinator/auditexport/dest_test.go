@@ -47,8 +47,8 @@ func TestParse(t *testing.T) {
 				t.Errorf("%+v", d)
 			}
 		}},
-		{raw: "otlp+http://127.0.0.1:4318/custom/path", check: func(t *testing.T, d Destination) {
-			if d.Endpoint != "http://127.0.0.1:4318/custom/path" || d.TLS != nil {
+		{raw: "otlp+https://127.0.0.1:4318/custom/path?server-name=otel.internal", check: func(t *testing.T, d Destination) {
+			if d.Endpoint != "https://127.0.0.1:4318/custom/path" || d.TLS.ServerName != "otel.internal" {
 				t.Errorf("%+v", d)
 			}
 		}},
@@ -57,7 +57,7 @@ func TestParse(t *testing.T) {
 		{raw: "https://otel:4318", err: "otlp+https://"},
 		{raw: "kafka://broker", err: `unknown scheme "kafka"`},
 		{raw: "otlp+https://user:pa55@otel.example.com", err: "headers-file="},
-		{raw: "otlp+http://otel.example.com:4318", err: "loopback only"},
+		{raw: "otlp+http://127.0.0.1:4318", err: "over HTTPS"},
 		{raw: "syslog+tls://", err: "no host"},
 		{raw: "syslog+tls://siem?tls=on", err: `unknown setting "tls"`},
 		{raw: "syslog+tls://siem?headers-file=x", err: `unknown setting "headers-file"`},
@@ -76,7 +76,6 @@ func TestParse(t *testing.T) {
 		{raw: "syslog+tls://siem?cert=" + caFile, err: "both cert= and key="},
 		{raw: "otlp+https://otel?headers-env=TEST_UNSET_VARIABLE", err: "not set"},
 		{raw: "otlp+https://otel?headers-file=" + writeFile(t, "bad", "Bearer abc\n"), err: "line 1 is not a header"},
-		{raw: "otlp+http://127.0.0.1?ca=" + caFile, err: "need TLS"},
 		{raw: "syslog+tls://siem:6514#frag", err: "fragment"},
 		{raw: "%zz://x", err: "not a URL"},
 	}

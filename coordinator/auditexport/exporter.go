@@ -387,32 +387,20 @@ type exportMetrics struct {
 }
 
 func newExportMetrics(reg prometheus.Registerer) *exportMetrics {
-	l := []string{"destination"}
+	const prefix = "clustral_coordinator_audit_export_"
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: prefix + name, Help: help}, []string{"destination"})
+	}
+	counter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: prefix + name, Help: help}, []string{"destination"})
+	}
 	m := &exportMetrics{
-		lagEvents: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "clustral_coordinator_audit_export_lag_events",
-			Help: "Audit events stored but not yet taken by the destination.",
-		}, l),
-		lagSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "clustral_coordinator_audit_export_lag_seconds",
-			Help: "Age of the oldest audit event the destination has not taken yet; 0 when it is caught up.",
-		}, l),
-		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "clustral_coordinator_audit_export_last_success_timestamp_seconds",
-			Help: "When the destination last took a batch, as a Unix time; 0 if it never did since the coordinator started.",
-		}, l),
-		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "clustral_coordinator_audit_export_sent_total",
-			Help: "Audit events the destination took (a batch sent again after a failure counts again).",
-		}, l),
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "clustral_coordinator_audit_export_failures_total",
-			Help: "Failed attempts to send a batch to the destination; each is retried with back-off.",
-		}, l),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "clustral_coordinator_audit_export_rejected_batches_total",
-			Help: "Batches an OTLP receiver took while rejecting some of their records (partial success); those records are not sent again.",
-		}, l),
+		lagEvents:   gauge("lag_events", "Audit events stored but not yet taken by the destination."),
+		lagSeconds:  gauge("lag_seconds", "Age of the oldest audit event the destination has not taken yet; 0 when it is caught up."),
+		lastSuccess: gauge("last_success_timestamp_seconds", "When the destination last took a batch, as a Unix time; 0 if it never did since the coordinator started."),
+		sent:        counter("sent_total", "Audit events the destination took (a batch sent again after a failure counts again)."),
+		failures:    counter("failures_total", "Failed attempts to send a batch to the destination; each is retried with back-off."),
+		rejected:    counter("rejected_batches_total", "Batches an OTLP receiver took while rejecting some of their records (partial success); those records are not sent again."),
 	}
 	if reg != nil {
 		reg.MustRegister(m.lagEvents, m.lagSeconds, m.lastSuccess, m.sent, m.failures, m.rejected)

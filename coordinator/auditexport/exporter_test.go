@@ -295,7 +295,7 @@ func TestExportHoldAndGap(t *testing.T) {
 }
 
 func TestNewRefusesSharedName(t *testing.T) {
-	d, err := Parse("otlp+http://127.0.0.1:4318/v1/logs")
+	d, err := Parse("otlp+https://127.0.0.1:4318/v1/logs")
 	if err != nil {
 		t.Fatal(err)
 	}

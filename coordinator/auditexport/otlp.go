@@ -73,11 +73,7 @@ func newOTLPSender(d *Destination) (*otlpSender, error) {
 		otlploghttp.WithTimeout(d.Timeout),
 		otlploghttp.WithRetry(otlploghttp.RetryConfig{Enabled: false}),
 		otlploghttp.WithCompression(otlploghttp.GzipCompression),
-	}
-	if d.TLS != nil {
-		opts = append(opts, otlploghttp.WithTLSClientConfig(d.TLS))
-	} else {
-		opts = append(opts, otlploghttp.WithInsecure())
+		otlploghttp.WithTLSClientConfig(d.TLS),
 	}
 	exp, err := otlploghttp.New(context.Background(), opts...)
 	if err != nil {

@@ -1,12 +1,10 @@
 package auditexport
 
 import (
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -17,8 +15,8 @@ import (
 	collogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
-	pb "google.golang.org/protobuf/proto"
 
+	"github.com/clustral/clustral/coordinator/auditexport/otlptest"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -36,22 +34,9 @@ func startOTLPReceiver(t *testing.T) *otlpReceiver {
 	t.Helper()
 	r := &otlpReceiver{}
 	r.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		var body io.Reader = req.Body
-		if req.Header.Get("Content-Encoding") == "gzip" {
-			zr, err := gzip.NewReader(req.Body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			body = zr
-		}
-		raw, err := io.ReadAll(body)
-		var m collogs.ExportLogsServiceRequest
-		if err == nil {
-			err = pb.Unmarshal(raw, &m)
-		}
-		if err != nil || req.URL.Path != "/v1/logs" || req.Header.Get("Content-Type") != "application/x-protobuf" {
-			http.Error(w, "bad request", http.StatusBadRequest)
+		m, err := otlptest.Decode(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		r.mu.Lock()
@@ -61,15 +46,24 @@ func startOTLPReceiver(t *testing.T) *otlpReceiver {
 			return
 		}
 		r.mu.Lock()
-		r.reqs = append(r.reqs, &m)
+		r.reqs = append(r.reqs, m)
 		r.auth = append(r.auth, req.Header.Get("Authorization"))
 		r.mu.Unlock()
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		out, _ := pb.Marshal(&collogs.ExportLogsServiceResponse{})
-		w.Write(out)
+		otlptest.Answer(w, nil)
 	}))
 	t.Cleanup(r.srv.Close)
 	return r
+}
+
+// sender is an otlpSender to the receiver, closed when the test ends.
+func (r *otlpReceiver) sender(t *testing.T) *otlpSender {
+	t.Helper()
+	s, err := newOTLPSender(r.dest(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
 
 func (r *otlpReceiver) dest(t *testing.T, extra string) *Destination {
@@ -105,11 +99,7 @@ func kvMap(kvs []*commonpb.KeyValue) map[string]string {
 // clustral-coordinator; the headers from the file are sent.
 func TestOTLPRecords(t *testing.T) {
 	r := startOTLPReceiver(t)
-	s, err := newOTLPSender(r.dest(t, ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := r.sender(t)
 	evs := testEvents()
 	if err := s.Send(context.Background(), evs); err != nil {
 		t.Fatal(err)
@@ -154,11 +144,7 @@ func TestOTLPRecords(t *testing.T) {
 // RejectedError (the caller does not resend it).
 func TestOTLPAnswers(t *testing.T) {
 	r := startOTLPReceiver(t)
-	s, err := newOTLPSender(r.dest(t, ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := r.sender(t)
 	for _, tt := range []struct {
 		name     string
 		answer   func(w http.ResponseWriter) bool
@@ -167,9 +153,7 @@ func TestOTLPAnswers(t *testing.T) {
 		{"unavailable", func(w http.ResponseWriter) bool { http.Error(w, "busy", http.StatusServiceUnavailable); return true }, false},
 		{"unauthorized", func(w http.ResponseWriter) bool { http.Error(w, "who", http.StatusUnauthorized); return true }, false},
 		{"partial success", func(w http.ResponseWriter) bool {
-			w.Header().Set("Content-Type", "application/x-protobuf")
-			out, _ := pb.Marshal(&collogs.ExportLogsServiceResponse{PartialSuccess: &collogs.ExportLogsPartialSuccess{RejectedLogRecords: 1, ErrorMessage: "too old"}})
-			w.Write(out)
+			otlptest.Answer(w, &collogs.ExportLogsServiceResponse{PartialSuccess: &collogs.ExportLogsPartialSuccess{RejectedLogRecords: 1, ErrorMessage: "too old"}})
 			return true
 		}, true},
 	} {

@@ -7,7 +7,6 @@ package siem
 
 import (
 	"os"
-	"sync"
 	"testing"
 
 	"github.com/clustral/clustral/integration/harness"
@@ -32,31 +31,5 @@ func TestMain(m *testing.M) {
 			Clients: []harness.DexClient{{ID: oidcClient, Secret: oidcSecret, RedirectURIs: []string{"http://127.0.0.1/oidc/callback"}}},
 		},
 	}
-	code := harness.Main(m, opts, func(e *harness.Env) { env = e })
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-var (
-	binOnce sync.Once
-	binDir  string
-	binPath string
-	binErr  error
-)
-
-// clustral returns the clustral binary under test.
-func clustral(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "clustral-siem-bin-")
-		if binErr == nil {
-			binPath, binErr = harness.ClustralBinary(binDir)
-		}
-	})
-	if binErr != nil {
-		t.Fatalf("no clustral binary (set CLUSTRAL_BIN or fix the build): %v", binErr)
-	}
-	return binPath
+	os.Exit(harness.Main(m, opts, func(e *harness.Env) { env = e }))
 }

@@ -1,12 +1,10 @@
 package siem
 
 import (
-	"compress/gzip"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,9 +17,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	collogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
-	pb "google.golang.org/protobuf/proto"
 
+	"github.com/clustral/clustral/coordinator/auditexport/otlptest"
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
@@ -95,28 +92,11 @@ func (r *otlpReceiver) Down() {
 }
 
 func (r *otlpReceiver) serve(w http.ResponseWriter, req *http.Request) {
-	if req.URL.Path != "/v1/logs" || req.Header.Get("Content-Type") != "application/x-protobuf" {
-		http.Error(w, "not an OTLP/HTTP protobuf logs request", http.StatusNotFound)
-		return
-	}
 	if req.Header.Get("Authorization") != "Bearer "+otlpToken {
 		http.Error(w, "no token", http.StatusUnauthorized)
 		return
 	}
-	var body io.Reader = req.Body
-	if req.Header.Get("Content-Encoding") == "gzip" {
-		zr, err := gzip.NewReader(req.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		body = zr
-	}
-	raw, err := io.ReadAll(body)
-	var m collogs.ExportLogsServiceRequest
-	if err == nil {
-		err = pb.Unmarshal(raw, &m)
-	}
+	m, err := otlptest.Decode(req)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -155,9 +135,7 @@ func (r *otlpReceiver) serve(w http.ResponseWriter, req *http.Request) {
 	r.seqs = append(r.seqs, seqs...)
 	r.problems = append(r.problems, problems...)
 	r.mu.Unlock()
-	out, _ := pb.Marshal(&collogs.ExportLogsServiceResponse{})
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	w.Write(out)
+	otlptest.Answer(w, nil)
 }
 
 func (r *otlpReceiver) received() ([]uint64, []string) {
@@ -274,7 +252,11 @@ func newSite(t *testing.T) *site {
 			t.Fatal(err)
 		}
 	}
-	c, err := harness.StartCoordinator(ctx, clustral(t), filepath.Join(dir, "coordinator"), harness.CoordinatorOptions{
+	bin, err := harness.ClustralBinary(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := harness.StartCoordinator(ctx, bin, filepath.Join(dir, "coordinator"), harness.CoordinatorOptions{
 		Dex: env.Dex, ClientID: oidcClient, ClientSecret: oidcSecret, Admins: []string{admin.Email},
 		ExtraArgs: []string{"--stun-listen", "0",
 			"--audit-export", "syslog+tls://" + rs.Addr + "?name=siem&hostname=coord-it&retry-max=1s&ca=" + filepath.Join(dir, "syslog-ca.pem"),
@@ -291,7 +273,7 @@ func newSite(t *testing.T) *site {
 			t.Logf("coordinator log:\n%s", c.Proc.Tail(60))
 		}
 	})
-	u := harness.NewUser(clustral(t), filepath.Join(dir, "admin"), admin)
+	u := harness.NewUser(bin, filepath.Join(dir, "admin"), admin)
 	if err := u.LoginWithToken(ctx, env.Dex, oidcClient, oidcSecret, c.URL); err != nil {
 		t.Fatal(err)
 	}
