@@ -286,84 +286,23 @@ func (x *Exporter) advance(d *dest, from, last auditlog.Mark) error {
 	})
 }
 
+// health is what a destination's loop remembers between attempts.
+type health struct {
+	backoff   *wait.Backoff
+	next      time.Time // no attempt before
+	failures  int       // since the last success
+	failSince time.Time
+	lastErr   string
+}
+
 // loop exports to d until ctx is done.
 func (x *Exporter) loop(ctx context.Context, d *dest) {
-	log := x.cfg.Logger.With("destination", d.Name)
-	backoff := newBackoff(d.RetryMin, d.RetryMax)
-	var (
-		next      time.Time // no attempt before
-		failures  int       // since the last success
-		failSince time.Time
-		lastErr   string
-	)
+	h := &health{backoff: newBackoff(d.RetryMin, d.RetryMax)}
 	tick := time.NewTicker(x.cfg.Poll)
 	defer tick.Stop()
 	for {
-		now := x.cfg.Now()
-		try := !now.Before(next)
-		limit := 0
-		if try {
-			limit = d.Batch
-		}
-		p, err := x.read(d, limit)
-		if err != nil {
-			log.Error("audit export: read the audit log", "err", err)
-		} else {
-			x.m.lag(d.Name, p, now)
-			if p.reason != "" {
-				log.Error("audit export: gap in what the destination gets", "first", p.gapFirst, "last", p.gapLast, "reason", p.reason)
-				x.cfg.Audit(proto.AuditEvent{Code: proto.AuditExportGap, Actor: "system", Outcome: proto.OutcomeFailure,
-					Metadata: map[string]string{"destination": d.Name, "first": strconv.FormatUint(p.gapFirst, 10),
-						"last": strconv.FormatUint(p.gapLast, 10), "reason": p.reason}})
-			}
-		}
-		if err == nil && try && len(p.events) > 0 {
-			sctx, cancel := context.WithTimeout(ctx, d.Timeout)
-			err = d.send.Send(sctx, p.events)
-			cancel()
-			var rej *RejectedError
-			if errors.As(err, &rej) {
-				log.Error("audit export: the receiver rejected records of a batch it took; they are not sent again", "err", err,
-					"first", p.events[0].Seq, "last", p.events[len(p.events)-1].Seq)
-				x.m.rejected.WithLabelValues(d.Name).Inc()
-				err = nil
-			}
-			last := p.events[len(p.events)-1]
-			if err == nil {
-				err = x.advance(d, p.cursor, auditlog.Mark{Seq: last.Seq, Hash: last.Hash, Time: last.Time})
-			}
-			if err != nil && ctx.Err() == nil {
-				failures++
-				x.m.failures.WithLabelValues(d.Name).Inc()
-				if failures == 1 {
-					failSince, lastErr = now, err.Error()
-					log.Warn("audit export failed; retrying with back-off", "err", err)
-					x.cfg.Audit(proto.AuditEvent{Code: proto.AuditExportFailing, Actor: "system", Outcome: proto.OutcomeFailure,
-						Metadata: map[string]string{"destination": d.Name, "error": err.Error(),
-							"pending": strconv.FormatUint(p.head-p.cursor.Seq, 10)}})
-				} else if err.Error() != lastErr {
-					lastErr = err.Error()
-					log.Warn("audit export still failing", "err", err, "failures", failures)
-				}
-				next = now.Add(backoff.Step())
-			} else if err == nil {
-				x.m.sent.WithLabelValues(d.Name).Add(float64(len(p.events)))
-				x.m.lastSuccess.WithLabelValues(d.Name).Set(float64(x.cfg.Now().UnixNano()) / 1e9)
-				if failures > 0 {
-					log.Info("audit export recovered", "failures", failures, "since", failSince)
-					x.cfg.Audit(proto.AuditEvent{Code: proto.AuditExportRecovered, Actor: "system",
-						Metadata: map[string]string{"destination": d.Name, "failures": strconv.Itoa(failures),
-							"since": failSince.UTC().Format(time.RFC3339Nano)}})
-				}
-				failures, next = 0, time.Time{}
-				backoff = newBackoff(d.RetryMin, d.RetryMax)
-				if len(p.events) == d.Batch {
-					continue // more is waiting: no pause
-				}
-				if p2, err := x.read(d, 0); err == nil {
-					x.m.lag(d.Name, p2, x.cfg.Now())
-				}
-			}
+		if x.step(ctx, d, h) {
+			continue // a full batch went: more is waiting
 		}
 		select {
 		case <-ctx.Done():
@@ -371,6 +310,90 @@ func (x *Exporter) loop(ctx context.Context, d *dest) {
 		case <-tick.C:
 		}
 	}
+}
+
+// step looks at the chain once, brings the lag metrics up to date and,
+// unless d is backing off, sends it one batch. It reports whether a full
+// batch was taken.
+func (x *Exporter) step(ctx context.Context, d *dest, h *health) bool {
+	log := x.cfg.Logger.With("destination", d.Name)
+	now := x.cfg.Now()
+	limit := 0
+	if !now.Before(h.next) {
+		limit = d.Batch
+	}
+	p, err := x.read(d, limit)
+	if err != nil {
+		log.Error("audit export: read the audit log", "err", err)
+		return false
+	}
+	x.m.lag(d.Name, p, now)
+	if p.reason != "" {
+		log.Error("audit export: gap in what the destination gets", "first", p.gapFirst, "last", p.gapLast, "reason", p.reason)
+		x.cfg.Audit(proto.AuditEvent{Code: proto.AuditExportGap, Actor: "system", Outcome: proto.OutcomeFailure,
+			Metadata: map[string]string{"destination": d.Name, "first": strconv.FormatUint(p.gapFirst, 10),
+				"last": strconv.FormatUint(p.gapLast, 10), "reason": p.reason}})
+	}
+	if len(p.events) == 0 {
+		return false
+	}
+	err = x.deliver(ctx, d, p, log)
+	switch {
+	case ctx.Err() != nil:
+		return false
+	case err != nil:
+		h.failures++
+		x.m.failures.WithLabelValues(d.Name).Inc()
+		if h.failures == 1 {
+			h.failSince, h.lastErr = now, err.Error()
+			log.Warn("audit export failed; retrying with back-off", "err", err)
+			x.cfg.Audit(proto.AuditEvent{Code: proto.AuditExportFailing, Actor: "system", Outcome: proto.OutcomeFailure,
+				Metadata: map[string]string{"destination": d.Name, "error": err.Error(),
+					"pending": strconv.FormatUint(p.head-p.cursor.Seq, 10)}})
+		} else if err.Error() != h.lastErr {
+			h.lastErr = err.Error()
+			log.Warn("audit export still failing", "err", err, "failures", h.failures)
+		}
+		h.next = now.Add(h.backoff.Step())
+		return false
+	}
+	x.m.sent.WithLabelValues(d.Name).Add(float64(len(p.events)))
+	x.m.lastSuccess.WithLabelValues(d.Name).Set(float64(x.cfg.Now().UnixNano()) / 1e9)
+	if h.failures > 0 {
+		log.Info("audit export recovered", "failures", h.failures, "since", h.failSince)
+		x.cfg.Audit(proto.AuditEvent{Code: proto.AuditExportRecovered, Actor: "system",
+			Metadata: map[string]string{"destination": d.Name, "failures": strconv.Itoa(h.failures),
+				"since": h.failSince.UTC().Format(time.RFC3339Nano)}})
+	}
+	*h = health{backoff: newBackoff(d.RetryMin, d.RetryMax)}
+	if len(p.events) == d.Batch {
+		return true
+	}
+	if p2, err := x.read(d, 0); err == nil {
+		x.m.lag(d.Name, p2, x.cfg.Now())
+	}
+	return false
+}
+
+// deliver sends p's events to d and, once d took them, moves its cursor
+// to the last one. Records a receiver took but rejected are counted and
+// not sent again.
+func (x *Exporter) deliver(ctx context.Context, d *dest, p position, log *slog.Logger) error {
+	sctx, cancel := context.WithTimeout(ctx, d.Timeout)
+	err := d.send.Send(sctx, p.events)
+	cancel()
+	first, last := p.events[0], p.events[len(p.events)-1]
+	var rej *RejectedError
+	if errors.As(err, &rej) {
+		log.Error("audit export: the receiver rejected records of a batch it took; they are not sent again", "err", err,
+			"first", first.Seq, "last", last.Seq)
+		x.m.rejected.WithLabelValues(d.Name).Inc()
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	return x.advance(d, p.cursor, auditlog.Mark{Seq: last.Seq, Hash: last.Hash, Time: last.Time})
 }
 
 // newBackoff is the wait between failed attempts: from min, doubling,

@@ -97,6 +97,15 @@ type running struct {
 
 func runFake(t *testing.T, st store.Store, senders map[string]*fakeSender, start string) *running {
 	t.Helper()
+	m := map[string]sender{}
+	for k, v := range senders {
+		m[k] = v
+	}
+	return runFakeWith(t, st, m, start)
+}
+
+func runFakeWith(t *testing.T, st store.Store, senders map[string]sender, start string) *running {
+	t.Helper()
 	r := &running{reg: prometheus.NewRegistry(), audits: make(chan proto.AuditEvent, 100)}
 	x, err := New(Config{Store: st, Registerer: r.reg, Poll: 5 * time.Millisecond, Logger: slog.New(slog.DiscardHandler),
 		Audit: func(e proto.AuditEvent) { r.audits <- e }})
@@ -302,5 +311,37 @@ func TestNewRefusesSharedName(t *testing.T) {
 	_, err = New(Config{Store: store.NewMem(), Destinations: []Destination{d, d}})
 	if err == nil || !contains(err.Error(), "name=") {
 		t.Fatalf("New = %v, want an error asking for name=", err)
+	}
+}
+
+// rejectingSender takes every batch but reports records rejected, as an
+// OTLP receiver's partial success does.
+type rejectingSender struct{ fakeSender }
+
+func (r *rejectingSender) Send(ctx context.Context, evs []proto.AuditEvent) error {
+	if err := r.fakeSender.Send(ctx, evs); err != nil {
+		return err
+	}
+	return &RejectedError{Msg: "OTLP partial success: too old (1 logs rejected)"}
+}
+
+// TestExportRejectedRecordsAreNotResent: a batch the receiver took with
+// some records rejected moves the cursor (a resend would be rejected
+// again) and is counted, not retried.
+func TestExportRejectedRecordsAreNotResent(t *testing.T) {
+	st := openStore(t, filepath.Join(t.TempDir(), "coordinator.db"))
+	t.Cleanup(func() { st.Close() })
+	appendEvents(t, st, time.Now(), 3)
+	rs := &rejectingSender{}
+	r := runFakeWith(t, st, map[string]sender{"a": rs}, StartOldest)
+	testkit.WaitFor(t, "cursor past the batch", func() bool { return cursorOf(t, st, "a").Seq == 3 })
+	if got := testutil.ToFloat64(r.x.m.rejected.WithLabelValues("a")); got != 1 {
+		t.Errorf("rejected batches = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(r.x.m.failures.WithLabelValues("a")); got != 0 {
+		t.Errorf("failures = %v, want 0", got)
+	}
+	if !equal(rs.taken(), seqs(1, 3)) {
+		t.Errorf("taken %v, want each once", rs.taken())
 	}
 }
