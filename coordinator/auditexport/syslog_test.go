@@ -25,30 +25,52 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// testCA returns a CA's PEM and a serving certificate it signed for
-// 127.0.0.1 and localhost.
-func testCA(t *testing.T) ([]byte, tls.Certificate) {
+// testPKI is a throwaway CA for one test.
+type testPKI struct {
+	caPEM []byte
+	ca    *x509.Certificate
+	key   *ecdsa.PrivateKey
+}
+
+func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, _ := x509.ParseCertificate(caDER)
+	ca, _ := x509.ParseCertificate(der)
+	return &testPKI{caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca: ca, key: key}
+}
+
+// issue returns a certificate the CA signed for 127.0.0.1 and localhost,
+// for a server or, with client set, a client.
+func (p *testPKI) issue(t *testing.T, client bool) tls.Certificate {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "receiver"},
+	usage := x509.ExtKeyUsageServerAuth
+	if client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// testCA returns a CA's PEM and a serving certificate it signed.
+func testCA(t *testing.T) ([]byte, tls.Certificate) {
+	t.Helper()
+	p := newTestPKI(t)
+	return p.caPEM, p.issue(t, false)
 }
 
 // syslogReceiver is a TLS listener that parses what it receives with
@@ -66,7 +88,12 @@ type syslogReceiver struct {
 
 func startSyslogReceiver(t *testing.T, cert tls.Certificate, refuse bool) *syslogReceiver {
 	t.Helper()
-	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	return startSyslogReceiverWith(t, &tls.Config{Certificates: []tls.Certificate{cert}}, refuse)
+}
+
+func startSyslogReceiverWith(t *testing.T, cfg *tls.Config, refuse bool) *syslogReceiver {
+	t.Helper()
+	l, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +241,38 @@ func TestSyslogVerifiesServer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("Send = %v, want a certificate error", err)
 	}
+}
+
+// TestSyslogClientCertificate: with cert= and key= the sender presents a
+// client certificate to a receiver that requires one; without them the
+// receiver refuses it.
+func TestSyslogClientCertificate(t *testing.T) {
+	p := newTestPKI(t)
+	pool := x509.NewCertPool()
+	pool.AddCert(p.ca)
+	r := startSyslogReceiverWith(t, &tls.Config{Certificates: []tls.Certificate{p.issue(t, false)},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, false)
+	client := p.issue(t, true)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: client.Certificate[0]})
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(client.PrivateKey)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+
+	without := newSyslogSender(syslogDest(t, p.caPEM, r.l.Addr().String()))
+	defer without.Close()
+	if err := without.Send(context.Background(), testEvents()); err == nil {
+		t.Fatal("a receiver requiring a client certificate took a batch without one")
+	}
+	d, err := Parse("syslog+tls://" + r.l.Addr().String() + "?hostname=coord-1&ca=" + writeFile(t, "ca.pem", string(p.caPEM)) +
+		"&cert=" + writeFile(t, "client.pem", string(certPEM)) + "&key=" + writeFile(t, "client-key.pem", string(keyPEM)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := newSyslogSender(&d)
+	defer with.Close()
+	if err := with.Send(context.Background(), testEvents()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "delivered with a client certificate", func() bool { m, _ := r.received(); return len(m) == 3 })
 }
 
 // FuzzSyslogMessage formats events with arbitrary texts: every message
