@@ -150,11 +150,20 @@ func (s *syslogSender) Send(ctx context.Context, evs []proto.AuditEvent) error {
 		deadline = d
 	}
 	s.conn.SetWriteDeadline(deadline)
+	// A cancelled ctx (the coordinator closing) ends a write or the
+	// wait after it at once.
+	conn := s.conn
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })()
 	if _, err := s.conn.Write(s.buf); err != nil {
 		s.Close()
 		return fmt.Errorf("write to %s: %w", s.d.Addr, err)
 	}
-	if s.closedByPeer(s.d.AckWait) {
+	closed := s.closedByPeer(s.d.AckWait)
+	if err := ctx.Err(); err != nil {
+		s.Close() // the wait was cut short: not taken
+		return err
+	}
+	if closed {
 		s.Close()
 		return fmt.Errorf("%s closed the connection: the batch is sent again", s.d.Addr)
 	}

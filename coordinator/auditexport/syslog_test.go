@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"strings"
@@ -316,4 +317,24 @@ func FuzzSyslogMessage(f *testing.F) {
 			t.Fatalf("body %q: %v", *m.Message, err)
 		}
 	})
+}
+
+// TestSyslogCancelledIsNotTaken: a Send whose context ends while it waits
+// to see the connection stay up does not count the batch as taken.
+func TestSyslogCancelledIsNotTaken(t *testing.T) {
+	caPEM, cert := testCA(t)
+	r := startSyslogReceiver(t, cert, false)
+	d := syslogDest(t, caPEM, r.l.Addr().String())
+	d.AckWait = time.Minute
+	s := newSyslogSender(d)
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Send(ctx, testEvents()) }()
+	testkit.WaitFor(t, "the batch arrived (Send now waits)", func() bool { m, _ := r.received(); return len(m) == 3 })
+	cancel()
+	if err := testkit.Recv(t, done, "Send returns after the cancel"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Send = %v, want context.Canceled", err)
+	}
 }
