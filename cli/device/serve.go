@@ -21,6 +21,7 @@ import (
 	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/netstack/socks5"
 	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/node/dns"
 	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/pkg/atomicfile"
 )
@@ -29,6 +30,8 @@ import (
 // goroutine in wg.
 type serving struct {
 	socks       *socks5.Server
+	dns         *dns.Server // the mesh DNS (--tun), nil if off
+	dnsState    *DNSState   // what the system's resolver was told
 	deny        *denier
 	proxy       *url.URL          // the SOCKS5 proxy, with its credential
 	kw          kubeconfig.Writer // the kubeconfig the contexts go to
@@ -46,8 +49,9 @@ type serving struct {
 	wg sync.WaitGroup // the goroutines serve started
 }
 
-// serve starts the SOCKS5 proxy, the state, the status socket and the map
-// stream. On error it has released what it started.
+// serve starts the SOCKS5 proxy, the mesh DNS in TUN mode, the state, the
+// status socket and the map stream. On error it has released what it
+// started.
 func (d *device) serve(ctx context.Context) (err error) {
 	defer func() {
 		if err != nil {
@@ -56,6 +60,11 @@ func (d *device) serve(ctx context.Context) (err error) {
 	}()
 	if err := d.serveSOCKS(ctx); err != nil {
 		return err
+	}
+	if d.cfg.TUN && d.cfg.DNS != "" && d.cfg.DNS != DNSOff {
+		if err := d.serveDNS(); err != nil {
+			return err
+		}
 	}
 	d.initState()
 	d.watchMap()
@@ -103,7 +112,7 @@ func (d *device) initState() {
 	d.state = &State{
 		PID: os.Getpid(), Status: "starting", Coordinator: d.cfg.Coordinator.BaseURL(), User: d.cfg.User,
 		NodeID: d.reg.NodeID, SOCKS: d.proxy.Host, Kubeconfig: d.kw.File(), Started: time.Now(),
-		SOCKSUser: d.proxy.User.Username(), SOCKSPass: pass, Expires: d.reg.ExpiresAt,
+		SOCKSUser: d.proxy.User.Username(), SOCKSPass: pass, Expires: d.reg.ExpiresAt, DNS: d.dnsState,
 	}
 	for _, a := range d.reg.Addresses {
 		d.state.Addresses = append(d.state.Addresses, a.Addr().String())
@@ -140,9 +149,10 @@ func (d *device) runMapStream(ctx context.Context) {
 }
 
 // stop releases what serve started, in this order: the status socket,
-// the map stream, the kubeconfig contexts, the state file, the SOCKS5
-// proxy and its connections, the denials; then it waits for every
-// goroutine serve started. It runs after wait has returned.
+// the map stream, the system's resolver change and the mesh DNS, the
+// kubeconfig contexts, the state file, the SOCKS5 proxy and its
+// connections, the denials; then it waits for every goroutine serve
+// started. It runs after wait has returned.
 func (d *device) stop() {
 	if d.control != nil {
 		d.control.Close()
@@ -151,6 +161,7 @@ func (d *device) stop() {
 	if d.stopStream != nil {
 		d.stopStream()
 	}
+	d.stopDNS()
 	if len(d.written) > 0 {
 		if err := d.kw.Set(nil, d.written); err != nil {
 			d.log.Error("remove kubeconfig contexts", "err", err)
