@@ -314,7 +314,7 @@ func stopUp(g *globals, dir string) error {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if syscall.Kill(st.PID, 0) != nil {
+		if !device.Alive(st.PID) {
 			fmt.Fprintf(g.stdout, "Down. Removed %d kubeconfig context(s).\n", len(st.Contexts))
 			return nil
 		}

@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -67,7 +66,7 @@ func ReadState(dir string) (*State, bool) {
 	if err := atomicfile.ReadJSON(filepath.Join(dir, StateFile), &st); err != nil {
 		return nil, false
 	}
-	return &st, st.PID > 0 && syscall.Kill(st.PID, 0) == nil
+	return &st, Alive(st.PID)
 }
 
 // Config configures Run.

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/clustral/clustral/node/dns"
 	"github.com/clustral/clustral/node/mesh"
@@ -293,7 +292,7 @@ func RestoreDNS(dir string) (string, error) {
 		}
 		return "", fmt.Errorf("read %s: %w (remove it once the system's DNS is as you want it)", filepath.Join(dir, DNSFile), err)
 	}
-	if st.PID > 0 && st.PID != os.Getpid() && syscall.Kill(st.PID, 0) == nil {
+	if st.PID != os.Getpid() && Alive(st.PID) {
 		return "", fmt.Errorf("the mesh DNS is configured by clustral up (pid %d), which still runs: stop it with clustral down", st.PID)
 	}
 	return unconfigureDNS(dir, &st)
@@ -306,7 +305,7 @@ func LeftoverDNS(dir string) *DNSState {
 	if atomicfile.ReadJSON(filepath.Join(dir, DNSFile), &st) != nil {
 		return nil
 	}
-	if st.PID > 0 && syscall.Kill(st.PID, 0) == nil {
+	if Alive(st.PID) {
 		return nil
 	}
 	return &st

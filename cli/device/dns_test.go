@@ -5,10 +5,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/clustral/clustral/pkg/atomicfile"
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 const (
@@ -286,5 +288,34 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAlive: a running process is alive; one that exited is not, even
+// while it is a zombie nobody has reaped yet.
+func TestAlive(t *testing.T) {
+	if !Alive(os.Getpid()) {
+		t.Fatal("this process is not alive")
+	}
+	cmd := exec.Command("true")
+	must(t, cmd.Start())
+	// Not waited for yet: a zombie once it exits.
+	pid := cmd.Process.Pid
+	waitZombie := func() bool {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		return err == nil && strings.Contains(string(b), ") Z ")
+	}
+	if _, err := os.Stat("/proc/self/stat"); err == nil {
+		testkit.WaitFor(t, "the child to exit", waitZombie)
+		if Alive(pid) {
+			t.Fatal("a zombie is alive")
+		}
+	}
+	must(t, cmd.Wait())
+	if Alive(pid) {
+		t.Fatal("a reaped process is alive")
+	}
+	if Alive(0) || Alive(-1) {
+		t.Fatal("pid 0 or -1 is alive")
 	}
 }
