@@ -1,6 +1,8 @@
 package device
 
 import (
+	"cmp"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/pkg/testkit"
+	"github.com/clustral/clustral/proto"
 )
 
 const (
@@ -317,5 +320,44 @@ func TestAlive(t *testing.T) {
 	}
 	if Alive(0) || Alive(-1) {
 		t.Fatal("pid 0 or -1 is alive")
+	}
+}
+
+// TestRunRestoresDNSLeftBehind: the next clustral up undoes what a killed
+// one left in resolv.conf before it registers, and refuses to start
+// while the device that made the change still runs.
+func TestRunRestoresDNSLeftBehind(t *testing.T) {
+	const orig = "nameserver 10.0.0.1\n"
+	for _, tt := range []struct {
+		name    string
+		pid     func(t *testing.T) int
+		wantErr string // "" : the registration's refusal, after the restore
+		want    string // resolv.conf after Run
+	}{
+		{"killed device", deadPID, "refused", orig},
+		{"running device", func(*testing.T) int { return os.Getppid() }, "still runs", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeCoordinator{refuse: true}
+			cfg := testConfig(t, f)
+			file := filepath.Join(t.TempDir(), "resolv.conf")
+			writeFile(t, file, orig)
+			st := configure(t, cfg.Dir, file, DNSResolvConf)
+			edited := readFile(t, file)
+			st.PID = tt.pid(t)
+			must(t, atomicfile.WriteJSON(filepath.Join(cfg.Dir, DNSFile), st, 0o600))
+
+			err := Run(context.Background(), cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Run = %v, want an error with %q", err, tt.wantErr)
+			}
+			want := cmp.Or(tt.want, edited)
+			if got := readFile(t, file); got != want {
+				t.Fatalf("resolv.conf after Run:\n%q\nwant\n%q", got, want)
+			}
+			if registered := f.called("session-token POST " + proto.APIVersion + "/devices"); registered != (tt.want != "") {
+				t.Fatalf("registered %v", registered)
+			}
+		})
 	}
 }
