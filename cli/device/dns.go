@@ -2,6 +2,7 @@ package device
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -151,7 +152,7 @@ func (z meshZone) Lookup(name string) ([]netip.Addr, error) {
 // serveDNS serves the mesh DNS on the device's IPv4 overlay address, port
 // 53, UDP and TCP, answering only this machine's own programs, and points
 // the system's resolver at it by cfg.DNS. stop undoes both.
-func (d *device) serveDNS() error {
+func (d *device) serveDNS(ctx context.Context) error {
 	var server netip.Addr
 	for _, p := range d.reg.Addresses {
 		if p.Addr().Is4() {
@@ -175,14 +176,18 @@ func (d *device) serveDNS() error {
 	// Programs on this machine ask from the address itself (or from
 	// loopback); the mesh cannot reach it (the reply filter), and the
 	// kernel drops packets from outside that claim a local source.
-	d.dns = &dns.Server{
+	srv := &dns.Server{
 		Zone:   meshZone{d.mesh},
 		Allow:  func(src netip.Addr) bool { return src == server || src.IsLoopback() },
 		Logger: d.log,
 	}
-	srv := d.dns
-	d.wg.Go(func() { srv.ServeUDP(pc) })
-	d.wg.Go(func() { srv.ServeTCP(l) })
+	ctx, cancel := context.WithCancel(ctx)
+	d.stopDNSServer = cancel
+	d.wg.Go(func() {
+		if err := srv.Serve(ctx, pc, l); err != nil {
+			d.log.Error("mesh DNS stopped", "err", err)
+		}
+	})
 
 	st := &DNSState{Server: server.String(), Domain: strings.ToLower(d.reg.MeshDomain), PID: os.Getpid()}
 	if err := configureDNS(d.cfg, st); err != nil {
@@ -275,8 +280,8 @@ func (d *device) stopDNS() {
 			d.log.Info("restored the system's DNS", "done", done)
 		}
 	}
-	if d.dns != nil {
-		d.dns.Close()
+	if d.stopDNSServer != nil {
+		d.stopDNSServer()
 	}
 }
 

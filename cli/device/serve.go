@@ -21,7 +21,6 @@ import (
 	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/netstack/socks5"
 	"github.com/clustral/clustral/node"
-	"github.com/clustral/clustral/node/dns"
 	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/pkg/atomicfile"
 )
@@ -30,8 +29,6 @@ import (
 // goroutine in wg.
 type serving struct {
 	socks       *socks5.Server
-	dns         *dns.Server // the mesh DNS (--tun), nil if off
-	dnsState    *DNSState   // what the system's resolver was told
 	deny        *denier
 	proxy       *url.URL          // the SOCKS5 proxy, with its credential
 	kw          kubeconfig.Writer // the kubeconfig the contexts go to
@@ -45,6 +42,11 @@ type serving struct {
 
 	streamErr  chan error // the map stream's end
 	stopStream context.CancelFunc
+
+	// The mesh DNS (--tun): what the system's resolver was told, and
+	// the server's end; nil if off.
+	dnsState      *DNSState
+	stopDNSServer context.CancelFunc
 
 	wg sync.WaitGroup // the goroutines serve started
 }
@@ -62,7 +64,7 @@ func (d *device) serve(ctx context.Context) (err error) {
 		return err
 	}
 	if d.cfg.TUN && d.cfg.DNS != "" && d.cfg.DNS != DNSOff {
-		if err := d.serveDNS(); err != nil {
+		if err := d.serveDNS(ctx); err != nil {
 			return err
 		}
 	}

@@ -19,6 +19,7 @@
 package dns
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -74,62 +75,46 @@ type Server struct {
 	Allow func(src netip.Addr) bool
 	// Logger gets one debug line per query; nothing if nil.
 	Logger *slog.Logger
-
-	mu        sync.Mutex
-	closed    bool
-	listeners map[io.Closer]struct{} // packet conns and listeners being served
-	conns     map[net.Conn]struct{}  // open TCP connections
-	wg        sync.WaitGroup         // TCP connection goroutines
 }
-
-// ErrServerClosed is returned by the Serve methods after Close.
-var ErrServerClosed = errors.New("dns: server closed")
 
 // tcpIdle is how long a TCP connection may wait for its next query.
 const tcpIdle = 10 * time.Second
 
-// track adds c to the closers Close closes; false once closed.
-func (s *Server) track(c io.Closer) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	if s.listeners == nil {
-		s.listeners = map[io.Closer]struct{}{}
-		s.conns = map[net.Conn]struct{}{}
-	}
-	s.listeners[c] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(c io.Closer) {
-	s.mu.Lock()
-	delete(s.listeners, c)
-	s.mu.Unlock()
-}
-
-// ServeUDP answers the queries that arrive on pc until Close, then
-// returns ErrServerClosed; or another error when pc fails. It closes pc.
-func (s *Server) ServeUDP(pc net.PacketConn) error {
-	if !s.track(pc) {
+// Serve answers the queries that arrive on pc (UDP) and on the
+// connections l accepts (TCP: length-prefixed messages, RFC 7766) until
+// ctx is done; then it closes pc, l and the open connections, waits for
+// every goroutine it started and returns nil. If pc or l fails first, it
+// stops the same way and returns the error.
+func (s *Server) Serve(ctx context.Context, pc net.PacketConn, l net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	context.AfterFunc(ctx, func() {
 		pc.Close()
-		return ErrServerClosed
-	}
-	defer s.untrack(pc)
-	defer pc.Close()
+		l.Close()
+	})
+	var wg sync.WaitGroup
+	var udpErr, tcpErr error
+	wg.Go(func() {
+		defer cancel()
+		udpErr = s.serveUDP(ctx, pc)
+	})
+	wg.Go(func() {
+		defer cancel()
+		tcpErr = s.serveTCP(ctx, l, &wg)
+	})
+	wg.Wait()
+	return errors.Join(udpErr, tcpErr)
+}
+
+// serveUDP answers the datagrams on pc until it fails or ctx ends it.
+func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	buf := make([]byte, maxTCPSize)
 	for {
 		n, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			if s.isClosed() {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("dns: read: %w", err)
+		if temporary(err) {
+			continue
+		} else if err != nil {
+			return ended(ctx, "read", err)
 		}
 		if !s.allowed(from) {
 			continue
@@ -140,55 +125,46 @@ func (s *Server) ServeUDP(pc net.PacketConn) error {
 	}
 }
 
-// ServeTCP answers the queries of the connections that l accepts (each a
-// stream of length-prefixed messages, RFC 7766) until Close, then returns
-// ErrServerClosed; or another error when l fails. It closes l.
-func (s *Server) ServeTCP(l net.Listener) error {
-	if !s.track(l) {
-		l.Close()
-		return ErrServerClosed
-	}
-	defer s.untrack(l)
-	defer l.Close()
+// serveTCP serves the connections l accepts, each on a goroutine in wg,
+// until l fails or ctx ends it.
+func (s *Server) serveTCP(ctx context.Context, l net.Listener, wg *sync.WaitGroup) error {
 	for {
 		c, err := l.Accept()
-		if err != nil {
-			if s.isClosed() {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("dns: accept: %w", err)
+		if temporary(err) {
+			continue
+		} else if err != nil {
+			return ended(ctx, "accept", err)
 		}
 		if !s.allowed(c.RemoteAddr()) {
 			c.Close()
 			continue
 		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serveConn(c)
+		wg.Go(func() {
+			defer context.AfterFunc(ctx, func() { c.Close() })()
+			defer c.Close()
+			s.serveConn(c)
+		})
 	}
+}
+
+// temporary says whether a read or accept error is worth going on after.
+func temporary(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// ended is a serve loop's result for err: nil when ctx ended the loop
+// (by closing what it reads), else err with what failed.
+func ended(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("dns: %s: %w", op, err)
 }
 
 // serveConn answers the queries of one TCP connection until the client
 // closes it, stays idle for tcpIdle, or sends what is not a message.
 func (s *Server) serveConn(c net.Conn) {
-	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.Close()
-	}()
 	var lenBuf [2]byte
 	buf := make([]byte, maxTCPSize)
 	for {
@@ -211,28 +187,6 @@ func (s *Server) serveConn(c net.Conn) {
 			return
 		}
 	}
-}
-
-// Close stops every Serve, closes the open TCP connections and waits for
-// their goroutines. The Serve methods then return ErrServerClosed.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	for c := range s.listeners {
-		c.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
-}
-
-func (s *Server) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
 }
 
 func (s *Server) allowed(from net.Addr) bool {
