@@ -3,6 +3,8 @@ package device
 import (
 	"cmp"
 	"context"
+	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,10 @@ import (
 	"strings"
 	"testing"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/node/dns"
+	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
@@ -359,5 +365,40 @@ func TestRunRestoresDNSLeftBehind(t *testing.T) {
 				t.Fatalf("registered %v", registered)
 			}
 		})
+	}
+}
+
+// TestMeshZone: the mesh DNS answers from the live map through
+// Mesh.Resolve: nothing before the first map (SERVFAIL, not a cached
+// NXDOMAIN), every overlay address of a cluster's agents after it, and
+// no such name once the cluster's agents leave.
+func TestMeshZone(t *testing.T) {
+	priv, err := wgtypes.GeneratePrivateKey()
+	must(t, err)
+	self := netip.MustParsePrefix("100.64.0.1/32")
+	m, err := mesh.Join(mesh.Config{PrivateKey: priv, Registration: proto.RegisterResponse{Addresses: []netip.Prefix{self}}})
+	must(t, err)
+	t.Cleanup(func() { m.Close() })
+	z := meshZone{m}
+	if _, err := z.Lookup("prod.clustral.internal"); err == nil || errors.Is(err, dns.ErrNoSuchName) {
+		t.Fatalf("Lookup before the first map = %v, want an error that is not ErrNoSuchName", err)
+	}
+	agent := proto.Peer{Key: proto.Key(wgtypes.Key{1, 2}.PublicKey()), NodeID: "a2", Kind: proto.KindAgent, Cluster: "prod", Online: true,
+		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.2/32"), netip.MustParsePrefix("fd7a::2/128")}}
+	selfPeer := proto.Peer{Key: proto.Key(priv.PublicKey()), Kind: proto.KindDevice, Addresses: []netip.Prefix{self}}
+	must(t, m.Node.Apply(proto.MapMessage{Version: 1, Snapshot: true, Self: &selfPeer, MeshDomain: "Clustral.Internal", Peers: []proto.Peer{agent}}))
+	if d := z.Domain(); d != "clustral.internal" {
+		t.Fatalf("Domain = %q", d)
+	}
+	got, err := z.Lookup("prod.clustral.internal")
+	if want := []netip.Addr{netip.MustParseAddr("100.64.0.2"), netip.MustParseAddr("fd7a::2")}; err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Lookup = %v, %v; want %v", got, err, want)
+	}
+	if _, err := z.Lookup("dev.clustral.internal"); !errors.Is(err, dns.ErrNoSuchName) {
+		t.Fatalf("Lookup of a cluster without agents = %v, want ErrNoSuchName", err)
+	}
+	must(t, m.Node.Apply(proto.MapMessage{Version: 2, Removed: []proto.Key{agent.Key}}))
+	if _, err := z.Lookup("prod.clustral.internal"); !errors.Is(err, dns.ErrNoSuchName) {
+		t.Fatalf("Lookup after the agent left = %v, want ErrNoSuchName", err)
 	}
 }

@@ -242,7 +242,7 @@ func (m *Mesh) DialCluster(ctx context.Context, host string, port uint16) (net.C
 // domain is a *NotMeshNameError; a cluster with no agent in the map, the
 // user's view of a cluster they may not reach now, a *NoAgentError.
 func (m *Mesh) Resolve(host string) (cluster string, agents []proto.Peer, err error) {
-	domain := m.Node.MeshDomain()
+	domain := strings.ToLower(m.Node.MeshDomain())
 	name := strings.TrimSuffix(strings.ToLower(host), ".")
 	cluster, ok := strings.CutSuffix(name, "."+domain)
 	if !ok || domain == "" || cluster == "" {
