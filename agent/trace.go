@@ -25,9 +25,13 @@ import (
 // its span id, and the audit event the trace id, beside the correlation
 // id.
 //
-// A trace the proxy starts is not sampled: the apiserver's ParentBased
-// sampler then records it only if the client asked for it, so clients
-// cannot make the proxy raise the apiserver's tracing cost, and a client
+// The apiserver follows the traceparent only when the agent's own
+// identity is in system:masters or system:monitoring; otherwise it starts
+// a trace of its own and links this one.
+//
+// A trace the proxy starts is not sampled: an apiserver that follows it
+// then records the request only if the client asked for it, so the proxy
+// does not make every traced apiserver record every request, and a client
 // that wants the apiserver's spans sends a sampled traceparent.
 //
 // Parsing and writing are go.opentelemetry.io/otel/propagation's; what

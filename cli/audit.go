@@ -46,8 +46,9 @@ W warning, E error. The codes are listed in docs/audit-codes.md.
 
 -o json writes JSON Lines (one event per line) for piping to jq or a SIEM.
 A request's event carries its correlation id (the X-Clustral-Request-Id
-header of the response) and its W3C trace id (trace_id), the one the
-apiserver's own traces of that request carry; --search finds either.`,
+header of the response) and its W3C trace id (trace_id), which the
+apiserver's own traces of that request carry or link; --search finds
+either.`,
 		Example: `  clustral audit --since 1h
   clustral audit --user alice@example.com --cluster prod --resource pods
   clustral audit --category denial --severity W,E --since 1d

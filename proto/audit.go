@@ -53,7 +53,8 @@ type AuditEvent struct {
 	Correlation string `json:"correlation,omitempty"`
 	// TraceID is the W3C trace id (32 lowercase hex digits) a proxied
 	// request went to the apiserver with: the client's, or one the agent
-	// started. The apiserver's spans of the request carry it.
+	// started. The apiserver's spans of the request carry it, or link
+	// it (see docs/design.md, "Trace context").
 	TraceID  string            `json:"trace_id,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 
