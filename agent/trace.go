@@ -14,16 +14,16 @@ import (
 // Trace context (W3C Trace Context, traceparent and tracestate).
 //
 // Every request the proxy forwards carries a traceparent to the apiserver,
-// which, with tracing enabled, records its spans under it. The proxy keeps
-// a valid traceparent from the client (its trace id, sampled flag and
-// tracestate) and starts a trace of its own when there is none or it does
-// not parse: a random trace id, flags "random" and not sampled. Either way
-// the proxy takes a new span id, its own, as the parent of the apiserver's
-// span, so each apiserver span names exactly one of the proxy's requests
-// even when a client sends the same traceparent every time. The proxy
-// records no spans itself; its request log line carries the trace id and
-// its span id, and the audit event the trace id, beside the correlation
-// id.
+// which, with tracing enabled, records its spans under it or links it
+// (below). The proxy keeps a valid traceparent from the client (its trace
+// id, sampled flag and tracestate) and starts a trace of its own when
+// there is none or it does not parse: a random trace id, flags "random"
+// and not sampled. Either way the proxy takes a new span id, its own, as
+// the parent of the apiserver's span, so each apiserver span names exactly
+// one of the proxy's requests even when a client sends the same
+// traceparent every time. The proxy records no spans itself; its request
+// log line carries the trace id and its span id, and the audit event the
+// trace id, beside the correlation id.
 //
 // The apiserver follows the traceparent only when the agent's own
 // identity is in system:masters or system:monitoring; otherwise it starts
