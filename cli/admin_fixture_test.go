@@ -149,7 +149,7 @@ func fakeAuditEvents() []proto.AuditEvent {
 		{Seq: 1204, Code: proto.AuditRequest, Category: proto.CategoryRequest, Time: at(-30 * time.Minute), Actor: "alice@example.com", Cluster: "prod",
 			Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"},
 			Outcome:  proto.OutcomeSuccess, Status: 200, Bytes: 4817, Latency: proto.Duration(12345 * time.Microsecond),
-			Correlation: "c0ffee00c0ffee00", Source: "agt_0011223344556677889a", SourceSeq: 77},
+			Correlation: "c0ffee00c0ffee00", TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Source: "agt_0011223344556677889a", SourceSeq: 77},
 		{Seq: 1205, Code: proto.AuditProxyDenied, Category: proto.CategoryDenial, Time: at(-20 * time.Minute), Actor: "bob@example.com", Cluster: "prod",
 			Resource: &proto.AuditResource{Verb: "delete", APIGroup: "apps", Resource: "deployments", Namespace: "payments", Name: "api", Path: "/apis/apps/v1/namespaces/payments/deployments/api"},
 			Outcome:  proto.OutcomeDenied, Status: 403, Error: proto.CodeOutsideTimeWindow, Source: "agt_0011223344556677889a", SourceSeq: 78},

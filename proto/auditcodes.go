@@ -138,7 +138,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditAccessDenied, CategoryAccess, "An approver denied an access request. Metadata: reason."},
 	{AuditAccessRevoked, CategoryAccess, "An approver revoked an approved access request before it expired. Metadata: reason."},
 	{AuditAccessExpired, CategoryAccess, "An access request expired: pending too long, or its grant ran out."},
-	{AuditRequest, CategoryRequest, "A Kubernetes request went through the proxy and the API server answered below 400. Resource, status, bytes, latency."},
+	{AuditRequest, CategoryRequest, "A Kubernetes request went through the proxy and the API server answered below 400. Resource, status, bytes, latency. Like every event of the agent (RQ, DN001W), it carries the request's correlation id and the W3C trace id the request went to the API server with, which the API server's own traces of it carry or link."},
 	{AuditRequestFailed, CategoryRequest, "A Kubernetes request went through the proxy and the API server (or the way to it) answered 400 or above, e.g. an RBAC refusal."},
 	{AuditStreamStarted, CategoryRequest, "An exec, attach or port-forward stream was upgraded (101). Its end is a RQ004I with the same correlation id."},
 	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did."},
