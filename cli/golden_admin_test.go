@@ -122,7 +122,8 @@ func setupAudit(e *testEnv) proto.AuditCheckpoint {
 	c.Do(agent.NodeToken, http.MethodPost, v+"/audit/events", proto.AuditBatch{Source: "spool-prod-node-a", Events: []proto.AuditEvent{
 		{Code: proto.AuditRequest, Time: at(-30 * time.Minute), Actor: "alice@example.com", SourceSeq: 77,
 			Resource: &proto.AuditResource{Verb: "list", Resource: "pods", Namespace: "default", Path: "/api/v1/namespaces/default/pods"},
-			Outcome:  proto.OutcomeSuccess, Status: 200, Bytes: 4817, Latency: proto.Duration(12345 * time.Microsecond), Correlation: "c0ffee00c0ffee00"},
+			Outcome:  proto.OutcomeSuccess, Status: 200, Bytes: 4817, Latency: proto.Duration(12345 * time.Microsecond), Correlation: "c0ffee00c0ffee00",
+			TraceID: "4bf92f3577b34da6a3ce929d0e0e4736"},
 		{Code: proto.AuditProxyDenied, Time: at(-20 * time.Minute), Actor: "bob@example.com", SourceSeq: 78,
 			Resource: &proto.AuditResource{Verb: "delete", APIGroup: "apps", Resource: "deployments", Namespace: "payments", Name: "api", Path: "/apis/apps/v1/namespaces/payments/deployments/api"},
 			Outcome:  proto.OutcomeDenied, Status: 403, Error: proto.CodeOutsideTimeWindow},

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -513,15 +514,26 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 
 // auditJanitor applies the retention at start and every hour.
 func (s *Server) auditJanitor() {
-	prune := func() {
-		if n, err := auditlog.Prune(s.store, s.cfg.AuditRetention, s.now()); err != nil {
-			s.log.Error("prune audit log", "err", err)
-		} else if n > 0 {
-			s.log.Info("pruned audit log", "records", n, "retention", s.cfg.AuditRetention)
+	s.pruneAudit()
+	s.every(time.Hour, s.pruneAudit)
+}
+
+// pruneAudit applies the retention. Records an export destination has
+// not taken yet are kept (auditexport.Exporter.Hold).
+func (s *Server) pruneAudit() {
+	hold := uint64(math.MaxUint64)
+	if s.export != nil {
+		var err error
+		if hold, err = s.export.Hold(); err != nil {
+			s.log.Error("prune audit log: read the export cursors", "err", err)
+			return
 		}
 	}
-	prune()
-	s.every(time.Hour, prune)
+	if n, err := auditlog.PruneHeld(s.store, s.cfg.AuditRetention, s.now(), hold); err != nil {
+		s.log.Error("prune audit log", "err", err)
+	} else if n > 0 {
+		s.log.Info("pruned audit log", "records", n, "retention", s.cfg.AuditRetention)
+	}
 }
 
 // ---- events without a change of state ----

@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/keyrate"
@@ -68,6 +69,9 @@ type Server struct {
 	v6       netip.Prefix
 	oidc     *oidcProvider
 	metrics  *metrics
+	// export streams the audit log to the configured destinations; nil
+	// without any.
+	export *auditexport.Exporter
 	// timeouts are those of the HTTP servers; set before serving.
 	timeouts serverTimeouts
 
@@ -225,6 +229,25 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		if cfg.Allow.empty() {
 			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
 		}
+	}
+	if len(cfg.auditExport) > 0 {
+		s.export, err = auditexport.New(auditexport.Config{Store: st, Destinations: cfg.auditExport, Logger: s.log,
+			Registerer: s.metrics.reg, Audit: s.audit, Now: s.now, Poll: cfg.AuditExportPoll})
+		if err != nil {
+			return nil, err
+		}
+		s.goOwned(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() {
+				select {
+				case <-s.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			s.export.Run(ctx)
+		})
 	}
 	s.goOwned(s.janitor)
 	s.goOwned(s.auditJanitor)

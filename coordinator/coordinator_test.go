@@ -464,6 +464,8 @@ func TestConfigValidation(t *testing.T) {
 		{"etcd endpoint not a URL", Config{Store: StoreEtcd, Etcd: store.EtcdConfig{Endpoints: []string{"etcd-0:2379"}}}, "scheme://host:port"},
 		{"etcd cert without key", Config{Store: StoreEtcd, Etcd: store.EtcdConfig{Endpoints: []string{"https://etcd-0:2379"}, CertFile: "c.pem"}}, "--etcd-key"},
 		{"etcd endpoints with bolt", Config{Etcd: store.EtcdConfig{Endpoints: []string{"https://etcd-0:2379"}}}, "--store etcd"},
+		{"audit export over plain syslog", Config{AuditExport: []string{"syslog://siem:514"}}, "syslog+tls://"},
+		{"audit export token in URL", Config{AuditExport: []string{"otlp+https://u:p@otel"}}, "headers-file="},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

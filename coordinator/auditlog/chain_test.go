@@ -205,3 +205,30 @@ func TestAuditHashSurvivesStorage(t *testing.T) {
 		return nil
 	})
 }
+
+// TestAuditPruneHeld: a hold (an export destination's cursor) keeps the
+// records after it however old they are, and pruning resumes when it
+// moves.
+func TestAuditPruneHeld(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := start.Add(3*24*time.Hour + 12*time.Hour) // day 1 is past retention
+	for _, tt := range []struct {
+		hold       uint64
+		want, last uint64 // records pruned, the anchor after
+	}{
+		{hold: 0, want: 0},
+		{hold: 10, want: 10, last: 10},
+		{hold: 24, want: 24, last: 24},
+		{hold: 60, want: 24, last: 24}, // retention still decides
+	} {
+		st := storetest.OpenBolt(t)
+		fillAudit(t, st, start, 72)
+		n, err := PruneHeld(st, 48*time.Hour, now, tt.hold)
+		if err != nil || uint64(n) != tt.want {
+			t.Fatalf("hold %d: pruned %d (%v), want %d", tt.hold, n, err, tt.want)
+		}
+		if v := mustVerify(t, st); !v.OK || v.First != tt.last+1 {
+			t.Fatalf("hold %d: after prune %+v, want first %d", tt.hold, v, tt.last+1)
+		}
+	}
+}

@@ -35,6 +35,12 @@ type APIServerOptions struct {
 	ServiceClusterIPRange string
 	// ExtraArgs are appended to the kube-apiserver command line.
 	ExtraArgs []string
+	// TracingEndpoint, if set, turns on the apiserver's tracing
+	// (--tracing-config-file): it exports its spans over OTLP/gRPC to this
+	// host:port (e.g. an OTLPReceiver's Addr). It starts no trace of its
+	// own (samplingRatePerMillion 0): it records a request only under a
+	// sampled traceparent.
+	TracingEndpoint string
 }
 
 // AdminUser is the name of the apiserver's admin identity, a member of
@@ -95,6 +101,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 		"tokens":    filepath.Join(dir, "tokens.csv"),
 		"certdir":   filepath.Join(dir, "certs"),
 		"kubeadmin": filepath.Join(dir, "admin.kubeconfig"),
+		"tracing":   filepath.Join(dir, "tracing.yaml"),
 	}
 	a.ServiceAccountKey = files["sa"]
 	a.Kubeconfig = files["kubeadmin"]
@@ -116,12 +123,17 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 	if err != nil {
 		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
-	err = writeFiles(map[string][]byte{
+	toWrite := map[string][]byte{
 		files["ca"]: ca.CertPEM, files["cert"]: cert, files["key"]: key,
 		files["kcert"]: kcert, files["kkey"]: kkey,
 		files["sa"]: saKey, files["sapub"]: saPub, files["tokens"]: tokens,
-	})
-	if err != nil {
+	}
+	var extra []string
+	if opts.TracingEndpoint != "" {
+		toWrite[files["tracing"]] = fmt.Appendf(nil, "apiVersion: apiserver.config.k8s.io/v1\nkind: TracingConfiguration\nendpoint: %q\nsamplingRatePerMillion: 0\n", opts.TracingEndpoint)
+		extra = append(extra, "--tracing-config-file="+files["tracing"])
+	}
+	if err := writeFiles(toWrite); err != nil {
 		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	svcRange := opts.ServiceClusterIPRange
@@ -151,6 +163,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 			"--etcd-servers=" + etcdURL,
 			"--profiling=false",
 		}
+		args = append(args, extra...)
 		args = append(args, opts.ExtraArgs...)
 		p, err := StartProcess("kube-apiserver", bin, args, EnvironWithout("KUBECONFIG="), a.LogPath)
 		if err != nil {

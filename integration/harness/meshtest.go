@@ -75,6 +75,14 @@ type MeshOptions struct {
 	// Roles are the clustral roles NewMesh creates; nil means ViewerRole
 	// and EditorRole.
 	Roles []proto.Role
+	// Tracing starts an OTLPReceiver (MeshSuite.Traces) and has the
+	// apiserver export its spans to it (APIServerOptions.TracingEndpoint).
+	Tracing bool
+	// AgentGroups are groups of the agent's apiserver identity
+	// (AgentIdentity) besides system:authenticated, e.g.
+	// system:monitoring, the group whose trace context the apiserver
+	// follows.
+	AgentGroups []string
 }
 
 // MeshSuite is what the tests of one package share: the Env (kube-apiserver
@@ -87,6 +95,9 @@ type MeshSuite struct {
 	CoordPort  int
 	OIDCSecret string // the coordinator's secret at Dex
 	Bin        string // the clustral binary under test
+	// Traces receives the apiserver's spans; nil unless
+	// MeshOptions.Tracing.
+	Traces *OTLPReceiver
 
 	opts MeshOptions
 	kwok func() (*KWOK, error)
@@ -130,7 +141,7 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 	s := &MeshSuite{CoordPort: port, OIDCSecret: meshOIDCSecret, Bin: bin, opts: o}
 	s.kwok = sync.OnceValues(func() (*KWOK, error) { return s.Env.StartKWOK(context.Background()) })
 	opts := Options{
-		APIServer: APIServerOptions{Identities: []Identity{AgentIdentity}},
+		APIServer: APIServerOptions{Identities: []Identity{{Token: AgentIdentity.Token, User: AgentIdentity.User, Groups: o.AgentGroups}}},
 		Dex: &DexOptions{
 			Users: users,
 			Clients: []DexClient{{
@@ -138,6 +149,15 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 				RedirectURIs: []string{s.CoordURL() + "/oidc/callback"},
 			}},
 		},
+	}
+	if o.Tracing {
+		r, err := StartOTLPReceiver()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "harness: %v\n", err)
+			return 1
+		}
+		defer r.Close() // after Main has stopped the apiserver
+		s.Traces, opts.APIServer.TracingEndpoint = r, r.Addr
 	}
 	return Main(m, opts, func(e *Env) {
 		s.Env = e
