@@ -2,16 +2,9 @@ package auditexport
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -26,52 +19,36 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// testPKI is a throwaway CA for one test.
-type testPKI struct {
-	caPEM []byte
-	ca    *x509.Certificate
-	key   *ecdsa.PrivateKey
-}
-
-func newTestPKI(t *testing.T) *testPKI {
+// newCA returns a throwaway CA for one test.
+func newCA(t *testing.T) *testkit.CA {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	ca, err := testkit.NewCA("test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, _ := x509.ParseCertificate(der)
-	return &testPKI{caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca: ca, key: key}
+	return ca
 }
 
-// issue returns a certificate the CA signed for 127.0.0.1 and localhost,
-// for a server or, with client set, a client.
-func (p *testPKI) issue(t *testing.T, client bool) tls.Certificate {
+// issue returns a certificate ca signed for 127.0.0.1 and localhost, for
+// a server or, with client set, a client too, and it and its key as PEM.
+func issue(t *testing.T, ca *testkit.CA, client bool) (cert tls.Certificate, certPEM, keyPEM []byte) {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	usage := x509.ExtKeyUsageServerAuth
-	if client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.key)
+	certPEM, keyPEM, err := ca.Issue("test", nil, []string{"127.0.0.1", "localhost"}, client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	if cert, err = tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		t.Fatal(err)
+	}
+	return cert, certPEM, keyPEM
 }
 
 // testCA returns a CA's PEM and a serving certificate it signed.
 func testCA(t *testing.T) ([]byte, tls.Certificate) {
 	t.Helper()
-	p := newTestPKI(t)
-	return p.caPEM, p.issue(t, false)
+	ca := newCA(t)
+	cert, _, _ := issue(t, ca, false)
+	return ca.CertPEM, cert
 }
 
 // syslogReceiver is a TLS listener that parses what it receives with
@@ -248,22 +225,18 @@ func TestSyslogVerifiesServer(t *testing.T) {
 // client certificate to a receiver that requires one; without them the
 // receiver refuses it.
 func TestSyslogClientCertificate(t *testing.T) {
-	p := newTestPKI(t)
-	pool := x509.NewCertPool()
-	pool.AddCert(p.ca)
-	r := startSyslogReceiverWith(t, &tls.Config{Certificates: []tls.Certificate{p.issue(t, false)},
-		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, false)
-	client := p.issue(t, true)
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: client.Certificate[0]})
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(client.PrivateKey)
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	ca := newCA(t)
+	server, _, _ := issue(t, ca, false)
+	r := startSyslogReceiverWith(t, &tls.Config{Certificates: []tls.Certificate{server},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()}, false)
+	_, certPEM, keyPEM := issue(t, ca, true)
 
-	without := newSyslogSender(syslogDest(t, p.caPEM, r.l.Addr().String()))
+	without := newSyslogSender(syslogDest(t, ca.CertPEM, r.l.Addr().String()))
 	defer without.Close()
 	if err := without.Send(context.Background(), testEvents()); err == nil {
 		t.Fatal("a receiver requiring a client certificate took a batch without one")
 	}
-	d, err := Parse("syslog+tls://" + r.l.Addr().String() + "?hostname=coord-1&ca=" + writeFile(t, "ca.pem", string(p.caPEM)) +
+	d, err := Parse("syslog+tls://" + r.l.Addr().String() + "?hostname=coord-1&ca=" + writeFile(t, "ca.pem", string(ca.CertPEM)) +
 		"&cert=" + writeFile(t, "client.pem", string(certPEM)) + "&key=" + writeFile(t, "client-key.pem", string(keyPEM)))
 	if err != nil {
 		t.Fatal(err)
