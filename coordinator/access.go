@@ -103,12 +103,7 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request, p p
 		ID: s.newID("req"), UserID: p.user.ID, RoleID: ro.ID, ClusterID: c.ID, Reason: req.Reason,
 		Duration: d, State: proto.RequestPending, Created: now, PendingUntil: now.Add(s.cfg.PendingRequestTTL),
 	}
-	if !s.commit(w, "store request", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Requests, ar.ID, ar); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "access.request", ar.ID, map[string]any{"role": ro.Name, "cluster": c.Name, "duration": d.String(), "reason": ar.Reason})
-	}) {
+	if !s.commit(w, "store request", s.putChange(store.Requests, ar.ID, ar, p.user.Login, "access.request", map[string]any{"role": ro.Name, "cluster": c.Name, "duration": d.String(), "reason": ar.Reason})) {
 		return
 	}
 	s.requests[ar.ID] = ar

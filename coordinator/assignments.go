@@ -78,12 +78,7 @@ func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, 
 		}
 		a.ClusterID = c.ID
 	}
-	if !s.commit(w, "create assignment", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Assignments, a.ID, a); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "assignment.create", a.ID, a)
-	}) {
+	if !s.commit(w, "create assignment", s.putChange(store.Assignments, a.ID, a, p.user.Login, "assignment.create", a)) {
 		return
 	}
 	s.addAssignmentAndSyncLocked(a)

@@ -658,6 +658,18 @@ func loadAll[T any](b store.Bucket, put func(*T)) func(store.Tx) error {
 // recordChange appends the audit event of an administrative change inside
 // tx, so that the change and its record commit together. Called with s.mu
 // held.
+// putChange returns a transaction that stores v as the record id of
+// bucket b and records the change action on id, with detail, by actor
+// (recordChange).
+func (s *Server) putChange(b store.Bucket, id string, v any, actor, action string, detail any) func(store.Tx) error {
+	return func(tx store.Tx) error {
+		if err := store.Put(tx, b, id, v); err != nil {
+			return err
+		}
+		return s.recordChange(tx, actor, action, id, detail)
+	}
+}
+
 func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail any) error {
 	e, err := s.changeEvent(actor, action, object, detail)
 	if err != nil {
