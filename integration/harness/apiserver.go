@@ -75,13 +75,9 @@ type APIServer struct {
 // StartAPIServer starts kube-apiserver against etcdURL, with its files
 // under dir, and waits for /readyz. The caller must call Close.
 func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOptions) (*APIServer, error) {
-	bin, dir, err := componentDir("kube-apiserver", dir)
+	bin, dir, ca, err := tlsComponentDir("kube-apiserver", dir, "clustral-test-kube-ca")
 	if err != nil {
 		return nil, err
-	}
-	ca, err := NewCA("clustral-test-kube-ca")
-	if err != nil {
-		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	a := &APIServer{
 		CA:         ca,

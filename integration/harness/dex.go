@@ -83,13 +83,9 @@ type Dex struct {
 // StartDex starts Dex with its files under dir and waits until its
 // discovery document is served. The caller must call Close.
 func StartDex(ctx context.Context, dir string, opts DexOptions) (*Dex, error) {
-	bin, dir, err := componentDir("dex", dir)
+	bin, dir, ca, err := tlsComponentDir("dex", dir, "clustral-test-dex-ca")
 	if err != nil {
 		return nil, err
-	}
-	ca, err := NewCA("clustral-test-dex-ca")
-	if err != nil {
-		return nil, fmt.Errorf("start dex: %w", err)
 	}
 	cert, key, err := ca.Issue("dex", nil, []string{"127.0.0.1", "localhost"}, false)
 	if err != nil {

@@ -295,6 +295,18 @@ func componentDir(name, dir string) (bin, sub string, err error) {
 	return bin, sub, nil
 }
 
+// tlsComponentDir is componentDir for a component that serves TLS: it
+// also makes the component's own CA, named caName.
+func tlsComponentDir(name, dir, caName string) (bin, sub string, ca *CA, err error) {
+	if bin, sub, err = componentDir(name, dir); err != nil {
+		return "", "", nil, err
+	}
+	if ca, err = NewCA(caName); err != nil {
+		return "", "", nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	return bin, sub, ca, nil
+}
+
 // onFreePorts calls start with n free ports (see FreePorts), and again
 // with new ones, three tries in all, while it fails with errAddrInUse.
 func onFreePorts(n int, start func(ports []int) error) error {
