@@ -30,6 +30,22 @@ import (
 // This file runs clustral itself: the coordinator, agents and users with
 // their own config directories, for the tests, the demo and the bench.
 
+// TempClustral makes a temporary directory named after prefix and returns
+// it with the clustral binary under test (ClustralBinary, which may build
+// into it). The caller removes dir; on error there is nothing to remove.
+func TempClustral(prefix string) (dir, bin string, err error) {
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", "", err
+	}
+	dir = filepath.Clean(dir)
+	if bin, err = ClustralBinary(dir); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, bin, nil
+}
+
 // ClustralBinary returns the clustral binary under test: $CLUSTRAL_BIN if
 // set (make builds it), otherwise one built from the repository into dir.
 func ClustralBinary(dir string) (string, error) {

@@ -127,17 +127,12 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
 		return 1
 	}
-	dir, err := os.MkdirTemp("", "clustral-"+o.Name+"-bin")
+	dir, bin, err := TempClustral("clustral-" + o.Name + "-bin")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin, err := ClustralBinary(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
-		return 1
-	}
 	s := &MeshSuite{CoordPort: port, OIDCSecret: meshOIDCSecret, Bin: bin, opts: o}
 	s.kwok = sync.OnceValues(func() (*KWOK, error) { return s.Env.StartKWOK(context.Background()) })
 	opts := Options{

@@ -64,15 +64,11 @@ func benchNAT(ctx context.Context, _ *mesh, f flags) error {
 		progress("nat: skipped: %v", err)
 		return nil
 	}
-	dir, err := tempDir()
+	dir, bin, err := harness.TempClustral("clustral-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := harness.ClustralBinary(dir)
-	if err != nil {
-		return err
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
