@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"slices"
 	"syscall"
 	"time"
@@ -46,13 +45,7 @@ func init() {
 	if !ok {
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := natInner(ctx, topo)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: nat: %v\n", err)
-		os.Exit(1)
-	}
+	runOrExit("bench: nat", func(ctx context.Context) error { return natInner(ctx, topo) })
 	os.Exit(0)
 }
 
