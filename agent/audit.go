@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -18,7 +19,8 @@ import (
 // with the error code for one the proxy refused, and for an upgraded
 // exec, attach or port-forward stream RQ003I when it starts and RQ004I
 // when it ends, with the same correlation id. Every response carries its
-// correlation id in X-Clustral-Request-Id.
+// correlation id in X-Clustral-Request-Id. Every event carries the trace
+// id the request went to the apiserver with (see requestTrace).
 
 // correlation ids: a random per-process prefix and a counter; unique
 // without a random read per request.
@@ -62,7 +64,7 @@ func (p *Proxy) auditRequest(r *http.Request, info requestInfo, start time.Time,
 	e := proto.AuditEvent{
 		Code: proto.AuditRequest, Time: start.UTC(), Actor: loginOf(peer), Cluster: p.cluster,
 		Resource: auditResource(info), Outcome: proto.OutcomeSuccess, Status: status, Bytes: sw.n,
-		Latency: proto.Duration(time.Since(start)), Correlation: sw.corr,
+		Latency: proto.Duration(time.Since(start)), Correlation: sw.corr, TraceID: sw.trace.TraceID().String(),
 	}
 	if imp.user != "" && imp.user != e.Actor {
 		e.Metadata = map[string]string{"kube_user": imp.user}
@@ -88,13 +90,24 @@ func (p *Proxy) auditRequest(r *http.Request, info requestInfo, start time.Time,
 	p.audit(e)
 }
 
-// auditUpgrade reports the start of an upgraded stream.
-func (p *Proxy) auditUpgrade(res *http.Response) {
-	if p.audit == nil || res.StatusCode != http.StatusSwitchingProtocols {
+// streamStarted logs and reports the start of an upgraded stream.
+func (p *Proxy) streamStarted(res *http.Response) {
+	if res.StatusCode != http.StatusSwitchingProtocols {
 		return
 	}
 	s := streamFrom(res.Request.Context())
 	if s == nil {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("cluster", p.cluster),
+		slog.String("user", s.login),
+		slog.String("verb", s.info.Verb),
+		slog.String("path", s.info.Path),
+		slog.String("protocol", res.Header.Get("Upgrade")),
+	}
+	p.log.LogAttrs(s.ctx, slog.LevelInfo, "stream started", appendRequestIDs(attrs, s.corr, s.trace)...)
+	if p.audit == nil {
 		return
 	}
 	md := map[string]string{"protocol": res.Header.Get("Upgrade")}
@@ -104,6 +117,6 @@ func (p *Proxy) auditUpgrade(res *http.Response) {
 	p.audit(proto.AuditEvent{
 		Code: proto.AuditStreamStarted, Time: time.Now().UTC(), Actor: s.login, Cluster: p.cluster,
 		Resource: auditResource(s.info), Outcome: proto.OutcomeSuccess, Status: res.StatusCode,
-		Correlation: s.corr, Metadata: md,
+		Correlation: s.corr, TraceID: s.trace.TraceID().String(), Metadata: md,
 	})
 }

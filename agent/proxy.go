@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/rest"
@@ -221,7 +222,7 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 		ErrorHandler:  p.proxyError,
 		ModifyResponse: func(res *http.Response) error {
 			err := modifyUpgradeResponse(res)
-			p.auditUpgrade(res)
+			p.streamStarted(res)
 			return err
 		},
 	}
@@ -312,7 +313,7 @@ func upgradeOf(h http.Header) (protocol string, upgrade, ok bool) {
 // ServeHTTP authorizes r from its connection's peer and forwards it.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w, corr: newCorrelation()}
+	sw := &statusWriter{ResponseWriter: w, corr: newCorrelation(), trace: requestTrace(r.Header)}
 	w.Header().Set(proto.HeaderRequestID, sw.corr)
 	info := parseRequestInfo(r)
 	var (
@@ -363,7 +364,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if d == nil {
 			s = &stream{key: peer.Key, addr: addr, imp: imp, info: info, ctx: ctx, cancel: cancel, conn: connFrom(r.Context()),
-				login: loginOf(peer), corr: sw.corr}
+				login: loginOf(peer), corr: sw.corr, trace: sw.trace}
 			d = p.track(s)
 		}
 		if d != nil {
@@ -437,7 +438,8 @@ func streamFrom(ctx context.Context) *stream {
 
 // rewriteRequest builds the upstream request. ReverseProxy has already
 // removed hop-by-hop headers, those named in Connection, and Forwarded /
-// X-Forwarded-{For,Host,Proto}.
+// X-Forwarded-{For,Host,Proto}. The trace context headers are the
+// request's trace (see requestTrace), re-encoded.
 func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
 	s := streamFrom(pr.In.Context())
 	pr.SetURL(target)
@@ -465,6 +467,7 @@ func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
 	h.Set("X-Forwarded-For", s.addr.String())
 	h["Impersonate-User"] = []string{s.imp.user}
 	h["Impersonate-Group"] = slices.Clip(s.imp.groups)
+	setTrace(h, s.trace)
 }
 
 // dropHeader reports whether a client header (in canonical form) must not
@@ -529,7 +532,11 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if ctx.Err() != nil {
 		return // the client went away
 	}
-	p.log.Warn("upstream request failed", "cluster", p.cluster, "path", r.URL.Path, "err", err)
+	attrs := []slog.Attr{slog.String("cluster", p.cluster), slog.String("path", r.URL.Path), slog.Any("err", err)}
+	if s := streamFrom(ctx); s != nil {
+		attrs = appendRequestIDs(attrs, s.corr, s.trace)
+	}
+	p.log.LogAttrs(ctx, slog.LevelWarn, "upstream request failed", attrs...)
 	writeError(w, http.StatusBadGateway, proto.CodeUpstreamUnavailable, fmt.Sprintf(
 		"The agent of cluster '%s' cannot reach the Kubernetes API server. Check that the API server is up and look at the agent's logs; then try again.",
 		p.cluster))
@@ -558,14 +565,16 @@ func writeError(w http.ResponseWriter, status int, code proto.ErrorCode, msg str
 
 func (p *Proxy) logRequest(r *http.Request, info requestInfo, start time.Time, sw *statusWriter, peer proto.Peer, imp impersonation, code proto.ErrorCode, s *stream, aborted bool) {
 	status := responseStatus(sw, s)
-	attrs := []slog.Attr{
+	attrs := make([]slog.Attr, 0, 16) // all there may be: one allocation
+	attrs = append(attrs,
 		slog.String("cluster", p.cluster),
 		slog.String("remote", r.RemoteAddr),
 		slog.String("verb", info.Verb),
 		slog.String("path", r.URL.Path),
 		slog.Int("status", status),
 		slog.Duration("duration", time.Since(start)),
-	}
+	)
+	attrs = appendRequestIDs(attrs, sw.corr, sw.trace)
 	if !peer.Key.IsZero() {
 		attrs = append(attrs, slog.String("peer", peer.Key.ShortString()))
 	}
@@ -596,6 +605,17 @@ func (p *Proxy) logRequest(r *http.Request, info requestInfo, start time.Time, s
 	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
+// appendRequestIDs appends the log attributes that name a request: its
+// correlation id, and its trace id and the proxy's span id (see
+// requestTrace).
+func appendRequestIDs(attrs []slog.Attr, corr string, sc trace.SpanContext) []slog.Attr {
+	return append(attrs,
+		slog.String("correlation", corr),
+		slog.String("trace_id", sc.TraceID().String()),
+		slog.String("span_id", sc.SpanID().String()),
+	)
+}
+
 // responseStatus is the status a request was answered with: 101 for an
 // upgraded stream, 0 if nothing was written.
 func responseStatus(sw *statusWriter, s *stream) int {
@@ -610,8 +630,9 @@ func responseStatus(sw *statusWriter, s *stream) int {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
-	n      int64  // body bytes written
-	corr   string // the request's correlation id
+	n      int64             // body bytes written
+	corr   string            // the request's correlation id
+	trace  trace.SpanContext // the request's trace, as sent upstream
 }
 
 func (w *statusWriter) WriteHeader(code int) {

@@ -167,6 +167,7 @@ func TestUpstreamUnavailable(t *testing.T) {
 	h.upstream.Close()
 	resp, body := h.get("/api/v1/pods")
 	checkError(t, resp, body, http.StatusBadGateway, proto.CodeUpstreamUnavailable, "cannot reach the Kubernetes API server")
+	h.waitLog(t, `msg="upstream request failed" .*correlation=`+resp.Header.Get(proto.HeaderRequestID)+` trace_id=[0-9a-f]{32} span_id=[0-9a-f]{16}`)
 }
 
 func TestLogLine(t *testing.T) {

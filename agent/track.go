@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/clustral/clustral/proto"
 )
 
@@ -19,9 +21,10 @@ type stream struct {
 	info   requestInfo   // what it asks for; never changes
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	conn   *trackedConn // nil unless served by Serve or ServeTLS
-	login  string       // the caller's login, for audit events
-	corr   string       // the request's correlation id
+	conn   *trackedConn      // nil unless served by Serve or ServeTLS
+	login  string            // the caller's login, for audit events
+	corr   string            // the request's correlation id
+	trace  trace.SpanContext // the request's trace, as sent upstream
 
 	responded atomic.Bool // the upstream answered; headers are on the way
 	upgraded  atomic.Bool // the upstream switched protocols

@@ -44,12 +44,17 @@ Administrators see every event; other users see their own. Each event has a
 stable code (e.g. RQ001I) whose last letter is its severity: I info,
 W warning, E error. The codes are listed in docs/audit-codes.md.
 
--o json writes JSON Lines (one event per line) for piping to jq or a SIEM.`,
+-o json writes JSON Lines (one event per line) for piping to jq or a SIEM.
+A request's event carries its correlation id (the X-Clustral-Request-Id
+header of the response) and its W3C trace id (trace_id), which the
+apiserver's own traces of that request carry or link; --search finds
+either.`,
 		Example: `  clustral audit --since 1h
   clustral audit --user alice@example.com --cluster prod --resource pods
   clustral audit --category denial --severity W,E --since 1d
   clustral audit --code AR002I,AR003W --from 2026-01-01T00:00:00Z --to 2026-02-01T00:00:00Z
   clustral audit --search kube-system -o json | jq .resource
+  clustral audit --search 4bf92f3577b34da6a3ce929d0e0e4736 -o json
   clustral audit --follow --category request`,
 		Args: cobra.NoArgs,
 	}
@@ -64,7 +69,7 @@ W warning, E error. The codes are listed in docs/audit-codes.md.
 	f.StringVar(&since, "since", "", "only events newer than this, e.g. 30m, 1h, 1d")
 	f.StringVar(&from, "from", "", "only events at or after this time (RFC 3339, or a duration ago)")
 	f.StringVar(&to, "to", "", "only events before this time (RFC 3339, or a duration ago)")
-	f.StringVar(&search, "search", "", "free text in the request path, object, actor or metadata")
+	f.StringVar(&search, "search", "", "free text in the request path, object, actor, metadata, correlation id or trace id")
 	f.IntVar(&limit, "limit", 50, "how many of the newest matching events to show; 0 shows all")
 	f.BoolVarP(&follow, "follow", "f", false, "keep showing new events as they come")
 	f.DurationVar(&interval, "interval", time.Second, "with --follow, how often to ask for new events")

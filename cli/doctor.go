@@ -63,7 +63,8 @@ func newDoctorCmd(g *globals) *cobra.Command {
 identity provider's discovery document, your clock against the
 coordinator's, your session, the tunnel, the kubeconfig contexts (present,
 and the current one pointing at the running tunnel), the SOCKS5 proxy and
-its credential, and the WireGuard handshake with each agent.
+its credential, the mesh DNS of --tun mode, and the WireGuard handshake
+with each agent.
 
 Each failed check names what is wrong and the command that fixes it.
 clustral doctor exits 1 when a check fails.`,
@@ -348,6 +349,9 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 	}
 
 	if !alive {
+		if left := device.LeftoverDNS(dir); left != nil {
+			r.add("mesh dns", checkFail, fmt.Sprintf("the system's resolver still points at the mesh DNS of a clustral up that is gone (%s), so lookups wait on it", left.Describe()), "clustral down")
+		}
 		r.add("socks5", checkSkip, "the tunnel is not running", "")
 		r.add("wireguard", checkSkip, "the tunnel is not running", "")
 		return
@@ -358,6 +362,9 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 		r.add("socks5", checkOK, "the proxy on "+tunnel.SOCKS+" accepts your credential", "")
 	}
 	agents, err := queryControl(ctx, dir)
+	if err == nil && tunnel.DNS != nil {
+		checkMeshDNS(ctx, tunnel.DNS, agents, r)
+	}
 	if err != nil {
 		r.add("wireguard", checkFail, "clustral up does not answer on its status socket: "+unwrapNet(err).Error(), "clustral down && clustral up")
 		return
@@ -383,6 +390,39 @@ func checkTunnel(ctx context.Context, dir string, r *doctorReport, who *proto.Wh
 			r.add(name, checkOK, fmt.Sprintf("handshake %s ago with %s (%s)", humanDuration(now().Sub(a.LastHandshake)), a.Address, a.Path), "")
 		}
 	}
+}
+
+// lookupHost is the system's resolver, as programs use it; tests replace
+// it.
+var lookupHost = net.DefaultResolver.LookupHost
+
+// checkMeshDNS resolves the first agent's cluster name with the system's
+// resolver, as any program would in --tun mode, and expects the agents'
+// addresses.
+func checkMeshDNS(ctx context.Context, st *device.DNSState, agents []device.AgentView, r *doctorReport) {
+	if len(agents) == 0 {
+		r.add("mesh dns", checkSkip, "no agent in the mesh to resolve: "+st.Describe(), "")
+		return
+	}
+	name := agents[0].Cluster + "." + st.Domain
+	fix := "another program may have rewritten " + device.DefaultResolvConf + ": clustral down && clustral up --tun"
+	if st.Method == device.DNSResolved {
+		fix = "check the link in systemd-resolved (resolvectl status " + st.Link + "), then: clustral down && clustral up --tun"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	addrs, err := lookupHost(ctx, name)
+	if err != nil {
+		r.add("mesh dns", checkFail, fmt.Sprintf("%s does not resolve through the system's resolver: %v (mesh DNS: %s)", name, unwrapNet(err), st.Describe()), fix)
+		return
+	}
+	for _, a := range agents {
+		if a.Cluster == agents[0].Cluster && slices.Contains(addrs, a.Address) {
+			r.add("mesh dns", checkOK, fmt.Sprintf("%s resolves to %s (%s)", name, strings.Join(addrs, ", "), st.Describe()), "")
+			return
+		}
+	}
+	r.add("mesh dns", checkFail, fmt.Sprintf("%s resolves to %s, not to an agent of the cluster: another resolver answers for %s first (mesh DNS: %s)", name, strings.Join(addrs, ", "), st.Domain, st.Describe()), fix)
 }
 
 // socksAuth opens a SOCKS5 session to addr and authenticates with user and

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/cli/device"
+	"github.com/clustral/clustral/pkg/atomicfile"
 	"github.com/clustral/clustral/proto"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -74,6 +77,14 @@ func TestDoctorFailures(t *testing.T) {
 			"wireguard prod/n-agent1", "was 10m ago", "check the agent", []string{"socks5"}},
 		{"agent offline", func(e *testEnv, u *fakeUp) { u.set(func(u *fakeUp) { u.agents[0].Online = false }) },
 			"wireguard prod/n-agent1", "offline at the coordinator", "kubectl -n clustral logs", []string{"socks5"}},
+		{"mesh name does not resolve", func(e *testEnv, u *fakeUp) {
+			u.set(func(u *fakeUp) { u.st.DNS = testDNSState(device.DNSResolvConf) })
+			fakeLookup(e.t, nil, &net.DNSError{Err: "no such host", Name: "prod.clustral.internal", IsNotFound: true})
+		}, "mesh dns", "prod.clustral.internal does not resolve through the system's resolver", "another program may have rewritten /etc/resolv.conf", []string{"socks5", "wireguard prod/n-agent1"}},
+		{"mesh name answered by another resolver", func(e *testEnv, u *fakeUp) {
+			u.set(func(u *fakeUp) { u.st.DNS = testDNSState(device.DNSResolved) })
+			fakeLookup(e.t, []string{"192.0.2.1"}, nil)
+		}, "mesh dns", "resolves to 192.0.2.1, not to an agent", "resolvectl status clustral0", []string{"socks5"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -111,6 +122,61 @@ func TestDoctorFailures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDoctorMeshDNS: with the mesh DNS of --tun mode, doctor resolves a
+// cluster's name as programs do and passes when the agent answers; after
+// a crash it names the resolver change left behind.
+func TestDoctorMeshDNS(t *testing.T) {
+	e := newRealEnv(t, nil)
+	e.login("alice@example.com", fixedNow.Add(8*time.Hour))
+	u := startFakeUp(e, "prod")
+	u.set(func(u *fakeUp) { u.st.DNS = testDNSState(device.DNSResolved) })
+	fakeLookup(t, []string{"100.64.0.1"}, nil)
+	code, out, errb := e.run("doctor")
+	if code != 0 || !strings.Contains(out, "[ ok ] mesh dns: prod.clustral.internal resolves to 100.64.0.1 (*.clustral.internal at 100.64.0.2 (systemd-resolved, link clustral0))") {
+		t.Fatalf("exit %d:\n%s%s", code, out, errb)
+	}
+	code, out, _ = e.run("status")
+	if code != 0 || !strings.Contains(out, "Mesh DNS:     *.clustral.internal at 100.64.0.2") {
+		t.Fatalf("status, exit %d:\n%s", code, out)
+	}
+
+	// The up is killed: its change is left behind.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Skip(err)
+	}
+	st := testDNSState(device.DNSResolvConf)
+	st.PID = dead.Process.Pid
+	if err := atomicfile.WriteJSON(filepath.Join(e.dir, device.DNSFile), st, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u.set(func(u *fakeUp) { u.st.PID = dead.Process.Pid })
+	_, out, _ = e.run("doctor")
+	if !strings.Contains(out, "[FAIL] mesh dns: the system's resolver still points at the mesh DNS of a clustral up that is gone") || !strings.Contains(out, "fix: clustral down") {
+		t.Fatalf("doctor after a crash:\n%s", out)
+	}
+	_, out, _ = e.run("status")
+	if !strings.Contains(out, "left behind by a stopped clustral up") {
+		t.Fatalf("status after a crash:\n%s", out)
+	}
+}
+
+func testDNSState(m device.DNSMethod) *device.DNSState {
+	st := &device.DNSState{Method: m, Server: "100.64.0.2", Domain: "clustral.internal", PID: os.Getpid()}
+	if m == device.DNSResolved {
+		st.Link = "clustral0"
+	}
+	return st
+}
+
+// fakeLookup makes the system's resolver answer addrs or err until the
+// test ends.
+func fakeLookup(t *testing.T, addrs []string, err error) {
+	old := lookupHost
+	t.Cleanup(func() { lookupHost = old })
+	lookupHost = func(context.Context, string) ([]string, error) { return addrs, err }
 }
 
 // TestDoctorNotLoggedIn: with nothing configured doctor still runs and
@@ -175,5 +241,56 @@ func TestStatusNamesReplica(t *testing.T) {
 		if got := b.String(); tt.want != "" && !strings.Contains(got, tt.want) || tt.want == "" && strings.Contains(got, "Replica") {
 			t.Errorf("status of %+v:\n%s\nwant a line %q", tt.v, got, tt.want)
 		}
+	}
+}
+
+// TestUpDNSFlags: --dns-method is checked before anything starts, and
+// only makes sense with --tun.
+func TestUpDNSFlags(t *testing.T) {
+	e := newRealEnv(t, nil)
+	e.login("alice@example.com", fixedNow.Add(8*time.Hour))
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"up", "--dns-method", "resolved"}, "--dns-method needs --tun"},
+		{[]string{"up", "--tun", "--dns-method", "hosts"}, `unknown DNS method "hosts": use auto, resolved (systemd-resolved), resolv.conf or off`},
+	} {
+		code, out, errb := e.run(tt.args...)
+		if code != exitUsage || !strings.Contains(errb, tt.want) {
+			t.Errorf("%v: exit %d, %s%s; want exit %d with %q", tt.args, code, out, errb, exitUsage, tt.want)
+		}
+	}
+}
+
+// TestDownRestoresDNSAfterCrash: clustral down after a killed up takes
+// the mesh DNS out of resolv.conf, keeping the rest of the file.
+func TestDownRestoresDNSAfterCrash(t *testing.T) {
+	e := newRealEnv(t, nil)
+	e.login("alice@example.com", fixedNow.Add(8*time.Hour))
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Skip(err)
+	}
+	const orig = "nameserver 10.0.0.1\n"
+	conf := filepath.Join(t.TempDir(), "resolv.conf")
+	edited := "# clustral begin: mesh DNS, removed by clustral down\nnameserver 100.64.0.2\n# clustral end\n" + orig
+	if err := os.WriteFile(conf, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := map[string]any{"method": "resolv.conf", "server": "100.64.0.2", "domain": "clustral.internal", "pid": dead.Process.Pid,
+		"resolv_conf": map[string]any{"file": conf, "original": orig}}
+	if err := atomicfile.WriteJSON(filepath.Join(e.dir, device.DNSFile), rec, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errb := e.run("down")
+	if code != 0 || !strings.Contains(out, "Restored the system's DNS: removed clustral's nameserver from "+conf) {
+		t.Fatalf("down: exit %d, %s%s", code, out, errb)
+	}
+	if b, _ := os.ReadFile(conf); string(b) != orig {
+		t.Fatalf("resolv.conf after down = %q, want %q", b, orig)
+	}
+	if device.LeftoverDNS(e.dir) != nil {
+		t.Fatal("the record is still there after down")
 	}
 }

@@ -42,7 +42,10 @@ type statusView struct {
 	Replica    string             `json:"replica,omitempty"`
 	ReplicaURL string             `json:"replica_url,omitempty"`
 	Agents     []device.AgentView `json:"agents,omitempty"`
-	Error      string             `json:"error,omitempty"`
+	// DNS describes the mesh DNS of --tun mode, or a resolver change a
+	// stopped up left behind.
+	DNS   string `json:"dns,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 type grantView struct {
@@ -103,11 +106,17 @@ func newStatusCmd(g *globals) *cobra.Command {
 		if tunnel != nil && !alive {
 			v.Tunnel = "stopped"
 		}
+		if left := device.LeftoverDNS(dir); left != nil {
+			v.DNS = "left behind by a stopped clustral up: " + left.Describe() + " (run clustral down)"
+		}
 		if alive {
 			v.Connected = tunnel.Status == "connected"
 			v.Tunnel = tunnel.Status
 			v.Contexts = tunnel.Contexts
 			v.Addresses, v.SOCKS, v.Kubeconfig = tunnel.Addresses, tunnel.SOCKS, tunnel.Kubeconfig
+			if tunnel.DNS != nil {
+				v.DNS = tunnel.DNS.Describe()
+			}
 			if ns, err := queryControl(c.Context(), dir); err == nil {
 				v.Agents = ns
 			}
@@ -148,6 +157,9 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 	if v.Connected {
 		fmt.Fprintf(tw, "Addresses:\t%s\n", strings.Join(v.Addresses, ", "))
 		fmt.Fprintf(tw, "SOCKS5:\t%s\n", v.SOCKS)
+	}
+	if v.DNS != "" {
+		fmt.Fprintf(tw, "Mesh DNS:\t%s\n", v.DNS)
 	}
 	if v.Error != "" {
 		fmt.Fprintf(tw, "Error:\t%s\n", v.Error)

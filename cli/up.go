@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,6 +33,8 @@ func newUpCmd(g *globals) *cobra.Command {
 		listenPort int
 		timeout    time.Duration
 		tunMode    bool
+		meshDNS    bool
+		dnsMethod  string
 	)
 	c := &cobra.Command{
 		Use:   "up",
@@ -45,10 +48,19 @@ is made mode 0600, and clustral up says so.
 
 clustral up returns once connected and leaves a background process;
 --foreground keeps it attached (containers, debugging). clustral down
-stops it and removes its contexts.`,
+stops it and removes its contexts.
+
+With --tun, every program reaches the mesh, and resolves its names:
+clustral serves DNS for <cluster>.clustral.internal on this device's
+overlay address and points the system's resolver at it for the mesh
+domain only (systemd-resolved), or as the first nameserver in
+/etc/resolv.conf where systemd-resolved does not manage DNS. clustral down
+undoes it, also after a crash; --dns=false leaves the system's DNS
+alone.`,
 		Example: `  clustral up
   kubectl --context clustral-prod get pods
-  clustral up --foreground --kubeconfig ./kubeconfig`,
+  clustral up --foreground --kubeconfig ./kubeconfig
+  sudo clustral up --tun && curl --cacert ca.pem https://prod.clustral.internal/version`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			dir, err := g.dir()
@@ -62,10 +74,21 @@ stops it and removes its contexts.`,
 			if _, _, err := g.session(); err != nil {
 				return err
 			}
-			if foreground {
-				return runUp(c.Context(), g, dir, upOptions{socksPort, kubeconfig, listenPort, tunMode})
+			method, err := device.ParseDNSMethod(dnsMethod)
+			if err != nil {
+				return withHint(exitUsage, err, "clustral up --tun --dns-method auto")
 			}
-			return startUpBackground(c.Context(), g, dir, timeout, upOptions{socksPort, kubeconfig, listenPort, tunMode})
+			if c.Flags().Changed("dns-method") && !tunMode {
+				return withHint(exitUsage, errors.New("--dns-method needs --tun: without it, mesh names resolve in the SOCKS5 proxy only"), "clustral up --tun --dns-method "+dnsMethod)
+			}
+			if !meshDNS {
+				method = device.DNSOff
+			}
+			o := upOptions{socksPort, kubeconfig, listenPort, tunMode, method}
+			if foreground {
+				return runUp(c.Context(), g, dir, o)
+			}
+			return startUpBackground(c.Context(), g, dir, timeout, o)
 		},
 	}
 	c.Flags().BoolVar(&foreground, "foreground", false, "stay attached instead of leaving a background process")
@@ -74,6 +97,8 @@ stops it and removes its contexts.`,
 	c.Flags().IntVar(&listenPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	c.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the tunnel to come up")
 	c.Flags().BoolVar(&tunMode, "tun", false, "use a TUN device ("+mesh.TUNName+") and route the overlay ranges, so any program reaches overlay addresses; the mesh may only answer connections this machine opens (Linux, root)")
+	c.Flags().BoolVar(&meshDNS, "dns", true, "with --tun, serve DNS for the mesh domain and point the system's resolver at it; false leaves the system's DNS alone")
+	c.Flags().StringVar(&dnsMethod, "dns-method", string(device.DNSAuto), "with --tun, how the system's resolver learns of the mesh DNS: auto, resolved (systemd-resolved split DNS), resolv.conf (first nameserver in /etc/resolv.conf, not split)")
 	return c
 }
 
@@ -82,6 +107,7 @@ type upOptions struct {
 	kubeconfig string
 	wgPort     int
 	tun        bool
+	dns        device.DNSMethod
 }
 
 // startUpBackground starts `clustral up --foreground` as a detached
@@ -101,6 +127,11 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 	args = append(args, "--socks-port", strconv.Itoa(o.socksPort), "--wg-port", strconv.Itoa(o.wgPort))
 	if o.tun {
 		args = append(args, "--tun")
+		if o.dns == device.DNSOff {
+			args = append(args, "--dns=false")
+		} else {
+			args = append(args, "--dns-method", string(o.dns))
+		}
 	}
 	if o.kubeconfig != "" {
 		kc, err := filepath.Abs(o.kubeconfig)
@@ -162,6 +193,9 @@ func printUp(w io.Writer, st *device.State) {
 	if len(st.Contexts) == 0 {
 		fmt.Fprintln(w, "You may reach no cluster yet. Ask an administrator for a role, then run clustral up again.")
 		return
+	}
+	if st.DNS != nil {
+		fmt.Fprintf(w, "Mesh DNS: %s.\n", st.DNS.Describe())
 	}
 	if st.KubeconfigWas != "" {
 		fmt.Fprintf(w, "kubeconfig %s was mode %s; it is now 0600 because it holds the tunnel's proxy credential.\n", st.Kubeconfig, st.KubeconfigWas)
@@ -229,6 +263,7 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		SOCKSPort:   o.socksPort,
 		WGPort:      o.wgPort,
 		TUN:         o.tun,
+		DNS:         o.dns,
 		Kubeconfig:  o.kubeconfig,
 		Logger:      log,
 	})
@@ -263,6 +298,14 @@ func stopUp(g *globals, dir string) error {
 			kubeconfig.Writer{Path: st.Kubeconfig}.Set(nil, st.Contexts)
 			os.Remove(filepath.Join(dir, device.StateFile))
 		}
+		// And the system's resolver, if it pointed at the mesh DNS.
+		done, err := device.RestoreDNS(dir)
+		if err != nil {
+			return fmt.Errorf("restore the system's DNS: %w", err)
+		}
+		if done != "" {
+			fmt.Fprintf(g.stdout, "Restored the system's DNS: %s.\n", done)
+		}
 		fmt.Fprintln(g.stdout, "clustral is not up.")
 		return nil
 	}
@@ -271,7 +314,7 @@ func stopUp(g *globals, dir string) error {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if syscall.Kill(st.PID, 0) != nil {
+		if !device.Alive(st.PID) {
 			fmt.Fprintf(g.stdout, "Down. Removed %d kubeconfig context(s).\n", len(st.Contexts))
 			return nil
 		}

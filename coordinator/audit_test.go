@@ -66,8 +66,7 @@ func cutAudit(t *testing.T, st store.Store, seq uint64) {
 
 func TestAuditIngestIsIdempotent(t *testing.T) {
 	e := newAccessEnv(t)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	agent := e.registerAgent(e.joinToken, "")
 	ev := func(seq uint64) proto.AuditEvent {
 		return proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", SourceSeq: seq, Cluster: "forged",
 			Resource: &proto.AuditResource{Verb: "list", Resource: "pods"}, Status: 200}
@@ -267,5 +266,38 @@ func TestAuditQueueFullCountsTheLoss(t *testing.T) {
 	// so the loss can be told in more than one event; never in none.
 	if lossEvents == 0 || lost < limit || stored+lost != total {
 		t.Fatalf("stored %d, lost %d in %d loss events; want every one of %d stored or counted as lost", stored, lost, lossEvents, total)
+	}
+}
+
+// TestAuditIngestTraceID: an agent's event keeps its trace id, an event
+// without one (an agent from before trace ids) is stored as before, the
+// chain verifies with both, and search finds an event by its trace id.
+func TestAuditIngestTraceID(t *testing.T) {
+	e := newAccessEnv(t)
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	evs := []proto.AuditEvent{
+		{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", SourceSeq: 1, Status: 200, Correlation: "c-1"},
+		{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", SourceSeq: 2, Status: 200, Correlation: "c-2", TraceID: trace},
+	}
+	var ack proto.AuditAck
+	e.must("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool1", Events: evs}, &ack)
+	if ack.Stored != 2 {
+		t.Fatalf("ack = %+v, want 2 stored", ack)
+	}
+	var page proto.AuditPage
+	e.must("GET", "/api/v1/audit/events?category=request&order=asc", e.admin.Token, nil, &page)
+	if len(page.Events) != 2 || page.Events[0].TraceID != "" || page.Events[1].TraceID != trace {
+		t.Fatalf("stored %+v, want the second with trace id %s", page.Events, trace)
+	}
+	e.must("GET", "/api/v1/audit/events?q="+trace, e.admin.Token, nil, &page)
+	if len(page.Events) != 1 || page.Events[0].Correlation != "c-2" {
+		t.Fatalf("search by trace id found %+v, want the event of c-2", page.Events)
+	}
+	var v proto.AuditVerification
+	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
+	if !v.OK {
+		t.Fatalf("verify = %+v", v)
 	}
 }

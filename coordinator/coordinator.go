@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/keyrate"
@@ -68,6 +69,9 @@ type Server struct {
 	v6       netip.Prefix
 	oidc     *oidcProvider
 	metrics  *metrics
+	// export streams the audit log to the configured destinations; nil
+	// without any.
+	export *auditexport.Exporter
 	// timeouts are those of the HTTP servers; set before serving.
 	timeouts serverTimeouts
 
@@ -250,15 +254,27 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
 		}
 	}
+	if len(cfg.auditExport) > 0 {
+		s.export, err = auditexport.New(auditexport.Config{Store: st, Destinations: cfg.auditExport, Logger: s.log,
+			Registerer: s.metrics.reg, Audit: s.audit, Now: s.now, Poll: cfg.AuditExportPoll})
+		if err != nil {
+			return nil, err
+		}
+	}
 	if feed != nil {
 		s.goOwned(func() { s.follow(feed, rev) })
 	}
 	s.goOwned(s.janitor)
+	// Of several replicas, one exports the audit log, or each record
+	// would reach the destinations once per replica.
 	s.singleton(feed, func(ctx context.Context) {
 		var wg sync.WaitGroup
 		wg.Go(func() { s.expirer(ctx) })
 		wg.Go(func() { s.auditJanitor(ctx) })
 		wg.Go(func() { s.auditSigner(ctx) })
+		if s.export != nil {
+			wg.Go(func() { s.export.Run(ctx) })
+		}
 		wg.Wait()
 	})
 	if feed != nil {
@@ -670,6 +686,18 @@ func loadAll[T any](b store.Bucket, put func(*T)) func(store.Tx) error {
 // recordChange appends the audit event of an administrative change inside
 // tx, so that the change and its record commit together. Called with s.mu
 // held.
+// putChange returns a transaction that stores v as the record id of
+// bucket b and records the change action on id, with detail, by actor
+// (recordChange).
+func (s *Server) putChange(b store.Bucket, id string, v any, actor, action string, detail any) func(store.Tx) error {
+	return func(tx store.Tx) error {
+		if err := store.Put(tx, b, id, v); err != nil {
+			return err
+		}
+		return s.recordChange(tx, actor, action, id, detail)
+	}
+}
+
 func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail any) error {
 	e, err := s.changeEvent(actor, action, object, detail)
 	if err != nil {
@@ -759,10 +787,8 @@ func (s *Server) expire() error {
 		if expiredReqs, err = s.expireRequestsLocked(tx, now); err != nil {
 			return err
 		}
-		for _, h := range sessions {
-			if err := tx.Delete(store.Sessions, h); err != nil {
-				return err
-			}
+		if err := deleteSessions(tx, sessions); err != nil {
+			return err
 		}
 		if err := deleteNodes(tx, nodes); err != nil {
 			return err

@@ -56,10 +56,7 @@ func (c *mapClient) enqueue(k proto.Key, p *proto.Peer) {
 		c.order = append(c.order, k)
 	}
 	c.pending[k] = p
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	kick(c.wake)
 }
 
 // take returns and clears the queued changes as one delta message.

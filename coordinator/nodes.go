@@ -169,10 +169,7 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 				return err
 			}
 		}
-		if err := store.Put(tx, store.Nodes, n.ID, n); err != nil {
-			return err
-		}
-		return s.recordChange(tx, actor, string(n.Kind)+".register", n.ID, map[string]any{"key": n.Key.String(), "hostname": n.Hostname})
+		return s.putChange(store.Nodes, n.ID, n, actor, string(n.Kind)+".register", map[string]any{"key": n.Key.String(), "hostname": n.Hostname})(tx)
 	})
 	if gone, ok := errors.AsType[*credentialGoneError](err); ok {
 		return nil, gone.problem

@@ -1,9 +1,7 @@
 package coordinator
 
 import (
-	"context"
 	"crypto/rand"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -17,11 +15,7 @@ import (
 // a second the coordinator takes, and how long each holds everyone else
 // off.
 func BenchmarkRegisterNode(b *testing.B) {
-	s, err := New(context.Background(), Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:1", DataDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { s.Close() })
+	s := newBareServer(b)
 	c := &cluster{ID: "cls_bench", Name: "bench", JoinTokenHash: hashSecret("cjt_bench")}
 	if err := s.store.Update(func(tx store.Tx) error { return store.Put(tx, store.Clusters, c.ID, c) }); err != nil {
 		b.Fatal(err)

@@ -394,16 +394,10 @@ func (s *Server) deleteNodesWhere(tx store.Tx, mem []*node, match func(*node) bo
 // deleteSessionsWhere is deleteNodesWhere for sessions: mem holds the
 // hashes of the sessions this replica knows.
 func (s *Server) deleteSessionsWhere(tx store.Tx, mem []string, match func(*session) bool) (int, error) {
-	del := func(tx store.Tx, se *session) error { return tx.Delete(store.Sessions, se.IDHash) }
 	if s.feed == nil {
-		for _, h := range mem {
-			if err := del(tx, &session{IDHash: h}); err != nil {
-				return 0, err
-			}
-		}
-		return len(mem), nil
+		return len(mem), deleteSessions(tx, mem)
 	}
-	return deleteStoredWhere(tx, store.Sessions, match, del)
+	return deleteStoredWhere(tx, store.Sessions, match, func(tx store.Tx, se *session) error { return tx.Delete(store.Sessions, se.IDHash) })
 }
 
 // deleteStoredWhere deletes with del every record of bucket b inside tx

@@ -141,3 +141,14 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 	s.indexUser(&nu)
 	writeJSON(w, http.StatusOK, nu.toProto(s.isAdmin(&nu)))
 }
+
+// deleteSessions deletes the sessions whose id hashes are hashes from the
+// store inside tx, stopping at the first error.
+func deleteSessions(tx store.Tx, hashes []string) error {
+	for _, h := range hashes {
+		if err := tx.Delete(store.Sessions, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}

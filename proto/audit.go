@@ -50,8 +50,13 @@ type AuditEvent struct {
 	Error ErrorCode `json:"error,omitempty"`
 	// Correlation ties related events together, e.g. the start and end of
 	// an exec stream (the X-Clustral-Request-Id of the request).
-	Correlation string            `json:"correlation,omitempty"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
+	Correlation string `json:"correlation,omitempty"`
+	// TraceID is the W3C trace id (32 lowercase hex digits) a proxied
+	// request went to the apiserver with: the client's, or one the agent
+	// started. The apiserver's spans of the request carry it, or link
+	// it (see docs/design.md, "Trace context").
+	TraceID  string            `json:"trace_id,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
 
 	// Source and SourceSeq identify an event from an agent's spool.
 	Source    string `json:"source,omitempty"`
@@ -164,7 +169,7 @@ const (
 	AuditParamResource = "resource" // resource name, e.g. pods or apps/deployments
 	AuditParamFrom     = "from"     // RFC 3339, inclusive
 	AuditParamTo       = "to"       // RFC 3339, exclusive
-	AuditParamSearch   = "q"        // free text: path, object, actor, metadata
+	AuditParamSearch   = "q"        // free text: path, object, actor, metadata, correlation or trace id
 	AuditParamCursor   = "cursor"
 	AuditParamLimit    = "limit"
 	AuditParamOrder    = "order" // desc (default, newest first) or asc

@@ -87,6 +87,9 @@ const (
 	AuditAPIDenied        AuditCode = "DN002W"
 	AuditCheckpointExport AuditCode = "AL001I"
 	AuditEventsLost       AuditCode = "AL002E"
+	AuditExportFailing    AuditCode = "AL003W"
+	AuditExportRecovered  AuditCode = "AL004I"
+	AuditExportGap        AuditCode = "AL005E"
 )
 
 // AuditCodeInfo describes one code in the catalogue.
@@ -135,7 +138,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditAccessDenied, CategoryAccess, "An approver denied an access request. Metadata: reason."},
 	{AuditAccessRevoked, CategoryAccess, "An approver revoked an approved access request before it expired. Metadata: reason."},
 	{AuditAccessExpired, CategoryAccess, "An access request expired: pending too long, or its grant ran out."},
-	{AuditRequest, CategoryRequest, "A Kubernetes request went through the proxy and the API server answered below 400. Resource, status, bytes, latency."},
+	{AuditRequest, CategoryRequest, "A Kubernetes request went through the proxy and the API server answered below 400. Resource, status, bytes, latency. Like every event of the agent (RQ, DN001W), it carries the request's correlation id and the W3C trace id the request went to the API server with, which the API server's own traces of it carry or link."},
 	{AuditRequestFailed, CategoryRequest, "A Kubernetes request went through the proxy and the API server (or the way to it) answered 400 or above, e.g. an RBAC refusal."},
 	{AuditStreamStarted, CategoryRequest, "An exec, attach or port-forward stream was upgraded (101). Its end is a RQ004I with the same correlation id."},
 	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did."},
@@ -143,6 +146,9 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditAPIDenied, CategoryDenial, "The coordinator refused an administrative API call to a user who is not an administrator. Metadata: method, path."},
 	{AuditCheckpointExport, CategoryAudit, "An administrator exported a signed checkpoint of the audit log (clustral audit checkpoint). The checkpoint names this event's own record."},
 	{AuditEventsLost, CategoryAudit, "The coordinator could not queue or store audit events (its queue was full, or the store failed); this event counts them. Metadata: lost, first, last (times)."},
+	{AuditExportFailing, CategoryAudit, "An audit export destination (--audit-export) could not take a batch: unreachable, TLS refused, or the receiver answered an error. The events stay in the log and are sent again with back-off from the destination's cursor; recorded at the first failure after a success or a start. Metadata: destination, error, pending (events not yet taken)."},
+	{AuditExportRecovered, CategoryAudit, "An audit export destination took a batch again after failures, and catches up from its cursor. Metadata: destination, failures, since (the first failure)."},
+	{AuditExportGap, CategoryAudit, "An audit export destination will not get some records: they were pruned while it was not configured, or the store was restored from a backup that does not hold its cursor. Export goes on after the gap (for a restore, from the oldest record kept, so records may be sent again). Metadata: destination, first, last (sequence numbers), reason."},
 }
 
 var auditCodeIndex = func() map[AuditCode]AuditCodeInfo {

@@ -2,6 +2,7 @@ package proto
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -108,5 +109,35 @@ func TestAuditHashStable(t *testing.T) {
 	const want = "349d8d37596e864c5366b61747cd3d6147bff3489698ae6a9e8f8efd1b623d42"
 	if got := AuditHash(e); got != want {
 		t.Fatalf("the hash of a stored record changed: %s, was %s; records written before would fail verification", got, want)
+	}
+}
+
+// TestAuditHashTraceID: a record stored before events had a trace id
+// decodes and verifies as it did, and a trace id is part of what is
+// hashed, so editing it breaks the chain.
+func TestAuditHashTraceID(t *testing.T) {
+	const stored = `{"seq":42,"code":"RQ001I","category":"request","time":"2026-01-02T03:04:05.000006Z","actor":"alice@example.com","cluster":"prod","resource":{"verb":"list","resource":"pods","namespace":"default","path":"/api/v1/namespaces/default/pods"},"outcome":"success","status":200,"latency":"12ms","correlation":"c-1","source":"src","source_seq":7,"prev_hash":"00","hash":"349d8d37596e864c5366b61747cd3d6147bff3489698ae6a9e8f8efd1b623d42"}`
+	var e AuditEvent
+	if err := json.Unmarshal([]byte(stored), &e); err != nil {
+		t.Fatal(err)
+	}
+	if got := AuditHash(e); got != e.Hash {
+		t.Fatalf("a record without trace_id hashes as %s, was stored as %s", got, e.Hash)
+	}
+	e.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	withTrace := AuditHash(e)
+	if withTrace == e.Hash {
+		t.Fatal("the trace id is not part of the hash")
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back AuditEvent
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.TraceID != e.TraceID || AuditHash(back) != withTrace {
+		t.Fatalf("after a round trip through JSON: trace id %q, hash %s, want %q, %s", back.TraceID, AuditHash(back), e.TraceID, withTrace)
 	}
 }

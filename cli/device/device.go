@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -52,6 +51,8 @@ type State struct {
 	SOCKSPass   string         `json:"socks_password"`
 	Expires     time.Time      `json:"expires"`
 	Extra       map[string]any `json:"extra,omitempty"`
+	// DNS is the mesh DNS of --tun mode; nil when off.
+	DNS *DNSState `json:"dns,omitempty"`
 
 	// KubeconfigWas is the mode (octal) the kubeconfig had before up made
 	// it 0600 to hold the SOCKS credential; empty if it was already.
@@ -65,7 +66,7 @@ func ReadState(dir string) (*State, bool) {
 	if err := atomicfile.ReadJSON(filepath.Join(dir, StateFile), &st); err != nil {
 		return nil, false
 	}
-	return &st, st.PID > 0 && syscall.Kill(st.PID, 0) == nil
+	return &st, Alive(st.PID)
 }
 
 // Config configures Run.
@@ -93,6 +94,15 @@ type Config struct {
 	// Kubeconfig is the kubeconfig file for the contexts; empty means
 	// KUBECONFIG or ~/.kube/config.
 	Kubeconfig string
+	// DNS, in TUN mode, serves the mesh DNS on the device's IPv4 overlay
+	// address and points the system's resolver at it for the mesh domain
+	// by this method; "" is DNSOff. Whatever it changes is recorded in
+	// DNSFile and undone when Run returns, or by the next Run or
+	// RestoreDNS after a crash.
+	DNS DNSMethod
+	// ResolvConf is the file the resolv.conf method edits; empty means
+	// DefaultResolvConf.
+	ResolvConf string
 
 	Logger *slog.Logger
 }
@@ -110,6 +120,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	d := &device{cfg: cfg, log: cfg.Logger}
 
+	// A run that crashed may have left the system's resolver pointed at
+	// its mesh DNS.
+	if done, err := RestoreDNS(cfg.Dir); err != nil {
+		return err
+	} else if done != "" {
+		d.log.Info("restored the system's DNS after an earlier clustral up", "done", done)
+	}
+
 	// Register: a fresh WireGuard key, and this device in the coordinator.
 	if err := d.register(ctx); err != nil {
 		return err
@@ -124,8 +142,8 @@ func Run(ctx context.Context, cfg Config) error {
 	defer m.Close()
 	d.mesh = m
 
-	// Serve: the SOCKS5 proxy, the kubeconfig contexts, the status
-	// socket and the map stream.
+	// Serve: the SOCKS5 proxy, the mesh DNS (--tun), the kubeconfig
+	// contexts, the status socket and the map stream.
 	if err := d.serve(ctx); err != nil {
 		return err
 	}

@@ -43,11 +43,17 @@ type serving struct {
 	streamErr  chan error // the map stream's end
 	stopStream context.CancelFunc
 
+	// The mesh DNS (--tun): what the system's resolver was told, and
+	// the server's end; nil if off.
+	dnsState      *DNSState
+	stopDNSServer context.CancelFunc
+
 	wg sync.WaitGroup // the goroutines serve started
 }
 
-// serve starts the SOCKS5 proxy, the state, the status socket and the map
-// stream. On error it has released what it started.
+// serve starts the SOCKS5 proxy, the mesh DNS in TUN mode, the state, the
+// status socket and the map stream. On error it has released what it
+// started.
 func (d *device) serve(ctx context.Context) (err error) {
 	defer func() {
 		if err != nil {
@@ -56,6 +62,11 @@ func (d *device) serve(ctx context.Context) (err error) {
 	}()
 	if err := d.serveSOCKS(ctx); err != nil {
 		return err
+	}
+	if d.cfg.TUN && d.cfg.DNS != "" && d.cfg.DNS != DNSOff {
+		if err := d.serveDNS(ctx); err != nil {
+			return err
+		}
 	}
 	d.initState()
 	d.watchMap()
@@ -103,7 +114,7 @@ func (d *device) initState() {
 	d.state = &State{
 		PID: os.Getpid(), Status: "starting", Coordinator: d.cfg.Coordinator.BaseURL(), User: d.cfg.User,
 		NodeID: d.reg.NodeID, SOCKS: d.proxy.Host, Kubeconfig: d.kw.File(), Started: time.Now(),
-		SOCKSUser: d.proxy.User.Username(), SOCKSPass: pass, Expires: d.reg.ExpiresAt,
+		SOCKSUser: d.proxy.User.Username(), SOCKSPass: pass, Expires: d.reg.ExpiresAt, DNS: d.dnsState,
 	}
 	for _, a := range d.reg.Addresses {
 		d.state.Addresses = append(d.state.Addresses, a.Addr().String())
@@ -140,9 +151,10 @@ func (d *device) runMapStream(ctx context.Context) {
 }
 
 // stop releases what serve started, in this order: the status socket,
-// the map stream, the kubeconfig contexts, the state file, the SOCKS5
-// proxy and its connections, the denials; then it waits for every
-// goroutine serve started. It runs after wait has returned.
+// the map stream, the system's resolver change and the mesh DNS, the
+// kubeconfig contexts, the state file, the SOCKS5 proxy and its
+// connections, the denials; then it waits for every goroutine serve
+// started. It runs after wait has returned.
 func (d *device) stop() {
 	if d.control != nil {
 		d.control.Close()
@@ -151,6 +163,7 @@ func (d *device) stop() {
 	if d.stopStream != nil {
 		d.stopStream()
 	}
+	d.stopDNS()
 	if len(d.written) > 0 {
 		if err := d.kw.Set(nil, d.written); err != nil {
 			d.log.Error("remove kubeconfig contexts", "err", err)

@@ -119,7 +119,7 @@ func (f *Filter) Match(e *proto.AuditEvent) bool {
 		}
 	}
 	if f.Text != "" {
-		hay := []string{e.Actor, e.Object, e.Cluster, string(e.Error), e.Correlation}
+		hay := []string{e.Actor, e.Object, e.Cluster, string(e.Error), e.Correlation, e.TraceID}
 		if e.Resource != nil {
 			hay = append(hay, e.Resource.Path, e.Resource.Name, e.Resource.Namespace)
 		}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -24,9 +25,13 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
+// traceIDRE is a W3C trace id as the agent writes it.
+var traceIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
 // TestRequestEvents: kubectl through the mesh produces request events
-// with the user, verb, resource, namespace, name, status, bytes and
-// latency, and clustral audit shows them.
+// with the user, verb, resource, namespace, name, status, bytes, latency,
+// correlation id and a trace id the agent started (kubectl sends none),
+// and clustral audit shows them.
 func TestRequestEvents(t *testing.T) {
 	m := newMesh(t)
 	startAgent(t, m.JoinToken, t.TempDir())
@@ -54,11 +59,12 @@ func TestRequestEvents(t *testing.T) {
 		switch {
 		case r.Resource == "configmaps" && r.Name == "kube-root-ca.crt":
 			if e.Code != proto.AuditRequest || r.Verb != "get" || r.Namespace != "default" || e.Status != 200 || e.Bytes == 0 ||
-				e.Latency <= 0 || e.Cluster != "kind" || e.Outcome != proto.OutcomeSuccess || e.Source == "" || e.SourceSeq == 0 || e.Correlation == "" {
+				e.Latency <= 0 || e.Cluster != "kind" || e.Outcome != proto.OutcomeSuccess || e.Source == "" || e.SourceSeq == 0 || e.Correlation == "" || !traceIDRE.MatchString(e.TraceID) {
 				t.Errorf("get configmap event = %+v %+v", e, *r)
 			}
 		case r.Resource == "secrets":
-			if e.Code != proto.AuditRequestFailed || r.Verb != "list" || r.Namespace != "kube-system" || e.Status != 403 || e.Outcome != proto.OutcomeFailure {
+			if e.Code != proto.AuditRequestFailed || r.Verb != "list" || r.Namespace != "kube-system" || e.Status != 403 || e.Outcome != proto.OutcomeFailure ||
+				!traceIDRE.MatchString(e.TraceID) {
 				t.Errorf("list secrets event = %+v %+v", e, *r)
 			}
 		}

@@ -35,6 +35,12 @@ type APIServerOptions struct {
 	ServiceClusterIPRange string
 	// ExtraArgs are appended to the kube-apiserver command line.
 	ExtraArgs []string
+	// TracingEndpoint, if set, turns on the apiserver's tracing
+	// (--tracing-config-file): it exports its spans over OTLP/gRPC to this
+	// host:port (e.g. an OTLPReceiver's Addr). It starts no trace of its
+	// own (samplingRatePerMillion 0): it records a request only under a
+	// sampled traceparent.
+	TracingEndpoint string
 }
 
 // AdminUser is the name of the apiserver's admin identity, a member of
@@ -69,13 +75,9 @@ type APIServer struct {
 // StartAPIServer starts kube-apiserver against etcdURL, with its files
 // under dir, and waits for /readyz. The caller must call Close.
 func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOptions) (*APIServer, error) {
-	bin, dir, err := componentDir("kube-apiserver", dir)
+	bin, dir, ca, err := tlsComponentDir("kube-apiserver", dir, "clustral-test-kube-ca")
 	if err != nil {
 		return nil, err
-	}
-	ca, err := NewCA("clustral-test-kube-ca")
-	if err != nil {
-		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	a := &APIServer{
 		CA:         ca,
@@ -95,6 +97,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 		"tokens":    filepath.Join(dir, "tokens.csv"),
 		"certdir":   filepath.Join(dir, "certs"),
 		"kubeadmin": filepath.Join(dir, "admin.kubeconfig"),
+		"tracing":   filepath.Join(dir, "tracing.yaml"),
 	}
 	a.ServiceAccountKey = files["sa"]
 	a.Kubeconfig = files["kubeadmin"]
@@ -116,12 +119,17 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 	if err != nil {
 		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
-	err = writeFiles(map[string][]byte{
+	toWrite := map[string][]byte{
 		files["ca"]: ca.CertPEM, files["cert"]: cert, files["key"]: key,
 		files["kcert"]: kcert, files["kkey"]: kkey,
 		files["sa"]: saKey, files["sapub"]: saPub, files["tokens"]: tokens,
-	})
-	if err != nil {
+	}
+	var extra []string
+	if opts.TracingEndpoint != "" {
+		toWrite[files["tracing"]] = fmt.Appendf(nil, "apiVersion: apiserver.config.k8s.io/v1\nkind: TracingConfiguration\nendpoint: %q\nsamplingRatePerMillion: 0\n", opts.TracingEndpoint)
+		extra = append(extra, "--tracing-config-file="+files["tracing"])
+	}
+	if err := writeFiles(toWrite); err != nil {
 		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	svcRange := opts.ServiceClusterIPRange
@@ -151,6 +159,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 			"--etcd-servers=" + etcdURL,
 			"--profiling=false",
 		}
+		args = append(args, extra...)
 		args = append(args, opts.ExtraArgs...)
 		p, err := StartProcess("kube-apiserver", bin, args, EnvironWithout("KUBECONFIG="), a.LogPath)
 		if err != nil {
@@ -158,11 +167,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 		}
 		hc := ca.HTTPClient()
 		hdr := http.Header{"Authorization": {"Bearer " + a.AdminToken}}
-		err = p.waitReady(ctx, 2*time.Minute, func(ctx context.Context) error {
-			_, err := getOK(ctx, hc, url+"/readyz", hdr)
-			return err
-		})
-		if err != nil {
+		if err := p.waitReady(ctx, 2*time.Minute, answersOK(hc, url+"/readyz", hdr)); err != nil {
 			return err
 		}
 		a.URL, a.proc = url, p

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -35,6 +36,22 @@ import (
 
 // This file runs clustral itself: the coordinator, agents and users with
 // their own config directories, for the tests, the demo and the bench.
+
+// TempClustral makes a temporary directory named after prefix and returns
+// it with the clustral binary under test (ClustralBinary, which may build
+// into it). The caller removes dir; on error there is nothing to remove.
+func TempClustral(prefix string) (dir, bin string, err error) {
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", "", err
+	}
+	dir = filepath.Clean(dir)
+	if bin, err = ClustralBinary(dir); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, bin, nil
+}
 
 // ClustralBinary returns the clustral binary under test: $CLUSTRAL_BIN if
 // set (make builds it), otherwise one built from the repository into dir.
@@ -142,6 +159,17 @@ func (c *Coordinator) Start(ctx context.Context) error {
 		return fmt.Errorf("coordinator not ready: %w", err)
 	}
 	return nil
+}
+
+// StopAtEnd stops c when t ends, whichever process it runs then, and
+// logs the last lines of its log if t failed.
+func (c *Coordinator) StopAtEnd(t testing.TB, lines int) {
+	t.Cleanup(func() {
+		c.Stop()
+		if t.Failed() {
+			t.Logf("coordinator %s log:\n%s", c.URL, c.Proc.Tail(lines))
+		}
+	})
 }
 
 // Stop stops the coordinator.

@@ -43,20 +43,47 @@ const (
 	meshOIDCSecret = "coordinator-secret-0123456789"
 )
 
+// The Dex users the end-to-end test packages share. Admin administers
+// every coordinator a MeshSuite starts; Carol is in no group.
+var (
+	Admin = DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
+	Alice = DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
+	Bob   = DexUser{Email: "bob@example.com", Password: "bob-pw", Groups: []string{"ops"}}
+	Carol = DexUser{Email: "carol@example.com", Password: "carol-pw"}
+	Dave  = DexUser{Email: "dave@example.com", Password: "dave-pw", Groups: []string{"dev"}}
+)
+
+// The clustral roles a MeshSuite's meshes have unless MeshOptions.Roles
+// says otherwise: viewer (the group clustral:viewers, bound to the
+// ClusterRole view) and editor (clustral:editors, bound to edit).
+var (
+	ViewerRole = proto.Role{Name: "viewer", Groups: []string{"clustral:viewers"}}
+	EditorRole = proto.Role{Name: "editor", Groups: []string{"clustral:editors"}}
+)
+
+// meshGroupRoles binds the groups of ViewerRole and EditorRole to their
+// ClusterRoles in every MeshSuite's apiserver.
+var meshGroupRoles = map[string]string{"clustral:viewers": "view", "clustral:editors": "edit"}
+
 // MeshOptions configure MeshMain.
 type MeshOptions struct {
 	// Name names the package's temporary files and the namespaces of
 	// NewNamespace.
 	Name string
-	// Users are Dex's static users.
+	// Users are Dex's static users; Admin, who administers every
+	// coordinator the suite starts, is one whether listed or not.
 	Users []DexUser
-	// Admin administers every coordinator the suite starts.
-	Admin DexUser
-	// GroupRoles binds each group (as the agent impersonates it, e.g.
-	// "clustral:viewers") to a ClusterRole (e.g. "view") in the apiserver.
-	GroupRoles map[string]string
-	// Roles are the clustral roles NewMesh creates.
+	// Roles are the clustral roles NewMesh creates; nil means ViewerRole
+	// and EditorRole.
 	Roles []proto.Role
+	// Tracing starts an OTLPReceiver (MeshSuite.Traces) and has the
+	// apiserver export its spans to it (APIServerOptions.TracingEndpoint).
+	Tracing bool
+	// AgentGroups are groups of the agent's apiserver identity
+	// (AgentIdentity) besides system:authenticated, e.g.
+	// system:monitoring, the group whose trace context the apiserver
+	// follows.
+	AgentGroups []string
 }
 
 // MeshSuite is what the tests of one package share: the Env (kube-apiserver
@@ -69,14 +96,18 @@ type MeshSuite struct {
 	CoordPort  int
 	OIDCSecret string // the coordinator's secret at Dex
 	Bin        string // the clustral binary under test
+	// Traces receives the apiserver's spans; nil unless
+	// MeshOptions.Tracing.
+	Traces *OTLPReceiver
 
 	opts MeshOptions
 	kwok func() (*KWOK, error)
 }
 
 // MeshMain is TestMain for a package of mesh tests: it builds the clustral
-// binary (see ClustralBinary), starts an Env with Dex serving o.Users,
-// grants the agent identity impersonation, binds o.GroupRoles, hands the
+// binary (see ClustralBinary), starts an Env with Dex serving Admin and
+// o.Users, grants the agent identity impersonation, binds the groups of
+// ViewerRole and EditorRole to the ClusterRoles view and edit, hands the
 // suite to setup and runs the tests. It returns the exit code for os.Exit:
 //
 //	var suite *harness.MeshSuite
@@ -85,33 +116,44 @@ type MeshSuite struct {
 //		os.Exit(harness.MeshMain(m, opts, func(s *harness.MeshSuite) { suite = s }))
 //	}
 func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
+	if o.Roles == nil {
+		o.Roles = []proto.Role{ViewerRole, EditorRole}
+	}
+	users := o.Users
+	if !slices.ContainsFunc(users, func(u DexUser) bool { return u.Email == Admin.Email }) {
+		users = append([]DexUser{Admin}, users...)
+	}
 	port, err := FreePort()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
 		return 1
 	}
-	dir, err := os.MkdirTemp("", "clustral-"+o.Name+"-bin")
+	dir, bin, err := TempClustral("clustral-" + o.Name + "-bin")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin, err := ClustralBinary(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
-		return 1
-	}
 	s := &MeshSuite{CoordPort: port, OIDCSecret: meshOIDCSecret, Bin: bin, opts: o}
 	s.kwok = sync.OnceValues(func() (*KWOK, error) { return s.Env.StartKWOK(context.Background()) })
 	opts := Options{
-		APIServer: APIServerOptions{Identities: []Identity{AgentIdentity}},
+		APIServer: APIServerOptions{Identities: []Identity{{Token: AgentIdentity.Token, User: AgentIdentity.User, Groups: o.AgentGroups}}},
 		Dex: &DexOptions{
-			Users: o.Users,
+			Users: users,
 			Clients: []DexClient{{
 				ID: meshClientID, Secret: s.OIDCSecret,
 				RedirectURIs: []string{s.CoordURL() + "/oidc/callback"},
 			}},
 		},
+	}
+	if o.Tracing {
+		r, err := StartOTLPReceiver()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "harness: %v\n", err)
+			return 1
+		}
+		defer r.Close() // after Main has stopped the apiserver
+		s.Traces, opts.APIServer.TracingEndpoint = r, r.Addr
 	}
 	return Main(m, opts, func(e *Env) {
 		s.Env = e
@@ -120,7 +162,7 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 		if err := GrantImpersonation(ctx, c, AgentIdentity.User); err != nil {
 			panic(fmt.Sprintf("grant impersonation: %v", err))
 		}
-		for group, role := range o.GroupRoles {
+		for group, role := range meshGroupRoles {
 			if err := BindClusterRole(ctx, c, group, role, rbacv1.GroupKind, group); err != nil {
 				panic(fmt.Sprintf("bind %s to %s: %v", group, role, err))
 			}
@@ -163,18 +205,13 @@ func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coo
 		extraArgs = append([]string{"--store", "etcd", "--etcd-endpoints", e.URL}, extraArgs...)
 	}
 	c, err := StartCoordinator(context.Background(), s.Bin, t.TempDir(), CoordinatorOptions{
-		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{s.opts.Admin.Email},
+		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
 		ExtraArgs: extraArgs,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Stop()
-		if t.Failed() {
-			t.Logf("coordinator log:\n%s", c.Proc.Tail(40))
-		}
-	})
+	c.StopAtEnd(t, 40)
 	return c
 }
 
@@ -227,18 +264,13 @@ func (s *MeshSuite) StartReplicas(t testing.TB, n int, extraArgs ...string) *Rep
 			}
 		}
 		c, err := StartCoordinator(context.Background(), s.Bin, dir, CoordinatorOptions{
-			Port: port, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{s.opts.Admin.Email},
+			Port: port, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
 			ExtraArgs: args,
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() {
-			c.Stop()
-			if t.Failed() {
-				t.Logf("coordinator replica %d log:\n%s", i, c.Proc.Tail(40))
-			}
-		})
+		c.StopAtEnd(t, 40)
 		r.Coords = append(r.Coords, c)
 		if key == nil {
 			if key, err = os.ReadFile(filepath.Join(dir, "data", auditlog.KeyFile)); err != nil {
@@ -269,12 +301,7 @@ func (s *MeshSuite) StartAgentAt(t testing.TB, coordURL, joinToken string, extra
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		a.Proc.Stop()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.Proc.Tail(60))
-		}
-	})
+	a.Proc.StopAtEnd(t, 60)
 	return a
 }
 
@@ -333,7 +360,7 @@ type Mesh struct {
 // in, and registers MeshCluster and the suite's roles. No agent runs yet.
 func (s *MeshSuite) NewMesh(t testing.TB) *Mesh {
 	t.Helper()
-	m := &Mesh{Coord: s.StartCoordinator(t), Admin: s.NewUser(t, s.opts.Admin)}
+	m := &Mesh{Coord: s.StartCoordinator(t), Admin: s.NewUser(t, Admin)}
 	m.Admin.MustLogin()
 	var cl proto.CreateClusterResponse
 	m.Admin.MustAPI("POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: MeshCluster}, &cl)
@@ -341,6 +368,15 @@ func (s *MeshSuite) NewMesh(t testing.TB) *Mesh {
 	for _, r := range s.opts.Roles {
 		m.Admin.MustAPI("POST", "/api/v1/roles", r, nil)
 	}
+	return m
+}
+
+// NewMeshWithAgent is NewMesh with an agent for MeshCluster running
+// (StartAgent).
+func (s *MeshSuite) NewMeshWithAgent(t testing.TB) *Mesh {
+	t.Helper()
+	m := s.NewMesh(t)
+	s.StartAgent(t, m.JoinToken)
 	return m
 }
 

@@ -32,8 +32,8 @@ func newReplicaMesh(t *testing.T) (*harness.Replicas, *harness.TestUser, proto.C
 	a.MustLogin()
 	var cl proto.CreateClusterResponse
 	a.MustAPI("POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: harness.MeshCluster}, &cl)
-	for _, ro := range []string{"viewer", "editor"} {
-		a.MustAPI("POST", "/api/v1/roles", proto.Role{Name: ro, Groups: []string{"clustral:" + ro + "s"}}, nil)
+	for _, ro := range []proto.Role{harness.ViewerRole, harness.EditorRole} {
+		a.MustAPI("POST", "/api/v1/roles", ro, nil)
 	}
 	return r, a, cl
 }

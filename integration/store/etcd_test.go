@@ -460,8 +460,8 @@ func TestEtcdAuditChainAcrossReplicas(t *testing.T) {
 	t.Cleanup(func() { b.Close() })
 	const writers, each = 4, 15
 	stores := []store.Store{a, b}
-	storetest.Concurrently(t, 2*writers, each, func(w, i int) error {
-		return stores[w%2].Update(func(tx store.Tx) error {
+	storetest.Concurrently(t, 2*writers, each, func(w, i int) (bool, error) {
+		return true, stores[w%2].Update(func(tx store.Tx) error {
 			_, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditCheckpointExport, Time: time.Now(), Actor: fmt.Sprintf("w%d-%d", w, i)})
 			return err
 		})

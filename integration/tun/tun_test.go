@@ -9,13 +9,16 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,7 +27,9 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -66,6 +71,9 @@ func TestUpTUN(t *testing.T) {
 		}
 	})
 	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	// ip netns exec mounts /etc/netns/<ns>/resolv.conf over
+	// /etc/resolv.conf: the namespace's own, for the mesh DNS to edit.
+	netnsConf(t, ns)
 
 	bin, err := harness.ClustralBinary(t.TempDir())
 	if err != nil {
@@ -83,6 +91,32 @@ func TestUpTUN(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "--- PASS: TestUpTUN") {
 		t.Fatalf("the inner test did not pass:\n%s", out)
+	}
+}
+
+// origResolvConf is the namespace's resolv.conf before clustral up: a
+// nameserver that does not answer (nothing outside the mesh is resolved
+// in the test) and lines clustral must keep.
+const origResolvConf = "# the namespace's own resolver\nsearch example.test\nnameserver 192.0.2.53\noptions timeout:1\n"
+
+// netnsConf gives namespace ns its own resolv.conf, removed with the
+// test's other traces.
+func netnsConf(t *testing.T, ns string) {
+	t.Helper()
+	_, err := os.Stat("/etc/netns")
+	created := os.IsNotExist(err)
+	dir := filepath.Join("/etc/netns", ns)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		if created {
+			os.Remove("/etc/netns") // only if empty: another test may use it
+		}
+	})
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(origResolvConf), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -211,6 +245,102 @@ func inner(t *testing.T) {
 	if _, err := net.InterfaceByName("clustral0"); err == nil {
 		t.Fatal("clustral0 still exists after clustral down")
 	}
+
+	meshDNS(t, ctx, u, adm, coordURL, agents[0].Agents[0].Addresses, cfgCA)
+}
+
+// meshDNS checks the mesh DNS of clustral up --tun with the namespace's
+// own resolv.conf (no systemd-resolved there, so the resolv.conf method):
+// any program resolves the cluster's name to its agent and reaches it by
+// name, a revoked cluster stops resolving, and after kill -9 of the
+// device clustral down puts resolv.conf back as it was.
+func meshDNS(t *testing.T, ctx context.Context, u, adm *harness.User, coordURL string, agentAddrs []netip.Prefix, ca []byte) {
+	if got := readConf(t); got != origResolvConf {
+		t.Fatalf("/etc/resolv.conf in the namespace = %q, want the test's own", got)
+	}
+	if out, _, err := u.Run(ctx, "up", "--tun", "--kubeconfig", u.Kubeconfig); err != nil {
+		t.Fatal(err)
+	} else if !strings.Contains(out, "Mesh DNS: *.clustral.internal at 100.") {
+		t.Fatalf("clustral up does not report the mesh DNS:\n%s", out)
+	}
+	t.Cleanup(func() { u.Down(context.Background()) })
+	conf := readConf(t)
+	if !strings.HasPrefix(conf, "# clustral begin") || !strings.HasSuffix(conf, origResolvConf) {
+		t.Fatalf("resolv.conf with clustral up --tun:\n%s", conf)
+	}
+
+	// getent asks the C library's resolver, as any program does.
+	const name = "kind.clustral.internal"
+	out, err := exec.CommandContext(ctx, "getent", "ahostsv4", name).Output()
+	if err != nil || !strings.HasPrefix(string(out), agentAddrs[0].Addr().String()+" ") {
+		t.Fatalf("getent ahostsv4 %s = %q, %v; want %s", name, out, err, agentAddrs[0].Addr())
+	}
+	out, err = exec.CommandContext(ctx, "getent", "hosts", name).Output()
+	if err != nil || !slices.ContainsFunc(agentAddrs, func(p netip.Prefix) bool { return strings.HasPrefix(string(out), p.Addr().String()+" ") }) {
+		t.Fatalf("getent hosts %s = %q, %v; want one of %v", name, out, err, agentAddrs)
+	}
+	t.Logf("getent hosts %s: %s", name, strings.TrimSpace(string(out)))
+
+	// A plain curl reaches the agent by name, through the kernel and the
+	// TUN device, trusting the mesh CA.
+	if _, err := exec.LookPath("curl"); err == nil {
+		caFile := filepath.Join(t.TempDir(), "mesh-ca.pem")
+		must(t, os.WriteFile(caFile, ca, 0o600))
+		out, err := exec.CommandContext(ctx, "curl", "-sS", "--noproxy", "*", "--max-time", "20", "--cacert", caFile, "https://"+name+"/version").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "gitVersion") {
+			t.Fatalf("curl https://%s/version: %v\n%s", name, err, out)
+		}
+		t.Logf("curl https://%s/version: %.60s...", name, out)
+	} else {
+		t.Log("curl is not installed; the HTTPS request by name is not checked")
+	}
+
+	// The status shows it.
+	if out, _, err := u.Run(ctx, "status"); err != nil || !strings.Contains(out, "Mesh DNS:") {
+		t.Fatalf("clustral status: %v\n%s", err, out)
+	}
+
+	// Access ends: the name stops resolving, from the live map.
+	var asgs []proto.Assignment
+	must(t, adm.API(ctx, coordURL, "GET", "/api/v1/assignments", nil, &asgs))
+	for _, a := range asgs {
+		must(t, adm.API(ctx, coordURL, "DELETE", "/api/v1/assignments/"+a.ID, nil, nil))
+	}
+	testkit.WaitFor(t, name+" to stop resolving after the assignment is removed", func() bool {
+		err := exec.CommandContext(ctx, "getent", "ahostsv4", name).Run()
+		var ee *exec.ExitError
+		return errors.As(err, &ee) && ee.ExitCode() == 2 // not found
+	})
+
+	// kill -9: nothing restores resolv.conf until the next down.
+	cfgDir, _, err := u.Run(ctx, "config", "path")
+	must(t, err)
+	st, alive := device.ReadState(strings.TrimSpace(cfgDir))
+	if !alive {
+		t.Fatalf("no running clustral up in %s", cfgDir)
+	}
+	must(t, syscall.Kill(st.PID, syscall.SIGKILL))
+	testkit.WaitFor(t, "the killed clustral up to exit", func() bool { return !device.Alive(st.PID) })
+	if !strings.HasPrefix(readConf(t), "# clustral begin") {
+		t.Fatal("resolv.conf lost clustral's block without clustral down; the test kills nothing")
+	}
+	if out, _, err := u.Run(ctx, "doctor"); !strings.Contains(out, "still points at the mesh DNS of a clustral up that is gone") {
+		t.Fatalf("clustral doctor after kill -9 (%v):\n%s", err, out)
+	}
+	downOut, _, err := u.Run(ctx, "down")
+	if err != nil || !strings.Contains(downOut, "Restored the system's DNS") {
+		t.Fatalf("clustral down after kill -9: %v\n%s", err, downOut)
+	}
+	if got := readConf(t); got != origResolvConf {
+		t.Fatalf("resolv.conf after kill -9 and clustral down:\n%q\nwant\n%q", got, origResolvConf)
+	}
+}
+
+func readConf(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/etc/resolv.conf")
+	must(t, err)
+	return string(b)
 }
 
 func must(t *testing.T, err error) {

@@ -196,10 +196,10 @@ func (m *Mesh) closeRemoved(ch node.Change) {
 }
 
 // DialCluster dials host:port through the mesh. host is a mesh name
-// (<cluster>.<mesh domain>), resolved to the cluster's agents, healthiest
-// first, trying the next one when a dial fails; or an overlay address.
-// The connection is closed when its peer leaves the map. When the map
-// has no agent of the cluster, the error is a *NoAgentError.
+// (<cluster>.<mesh domain>), resolved by Resolve to the cluster's agents,
+// healthiest first, trying the next one when a dial fails; or an overlay
+// address. The connection is closed when its peer leaves the map. When the
+// map has no agent of the cluster, the error is a *NoAgentError.
 func (m *Mesh) DialCluster(ctx context.Context, host string, port uint16) (net.Conn, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		p, ok := m.Node.PeerByAddr(a)
@@ -212,15 +212,9 @@ func (m *Mesh) DialCluster(ctx context.Context, host string, port uint16) (net.C
 		}
 		return m.track(p.Key, a, c), nil
 	}
-	domain := "." + m.Node.MeshDomain()
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if !strings.HasSuffix(host, domain) {
-		return nil, fmt.Errorf("%s is not a mesh name (*%s)", host, domain)
-	}
-	cluster := strings.TrimSuffix(host, domain)
-	agents := m.Node.AgentsOf(cluster)
-	if len(agents) == 0 {
-		return nil, &NoAgentError{Cluster: cluster}
+	cluster, agents, err := m.Resolve(host)
+	if err != nil {
+		return nil, err
 	}
 	var lastErr error
 	for _, a := range agents {
@@ -237,6 +231,34 @@ func (m *Mesh) DialCluster(ctx context.Context, host string, port uint16) (net.C
 		lastErr = err
 	}
 	return nil, fmt.Errorf("no agent of cluster %q answered: %w", cluster, lastErr)
+}
+
+// Resolve is the one meaning of a mesh name, shared by DialCluster (the
+// SOCKS5 proxy) and the mesh DNS of `clustral up --tun`: host, in any
+// case and with or without a final dot, must be <cluster>.<mesh domain>,
+// the name the coordinator puts in the serving certificate of each agent
+// of the cluster. Resolve returns the cluster and its agents in the
+// current map, best first (node.AgentsOf). A name outside the mesh
+// domain is a *NotMeshNameError; a cluster with no agent in the map, the
+// user's view of a cluster they may not reach now, a *NoAgentError.
+func (m *Mesh) Resolve(host string) (cluster string, agents []proto.Peer, err error) {
+	domain := strings.ToLower(m.Node.MeshDomain())
+	name := strings.TrimSuffix(strings.ToLower(host), ".")
+	cluster, ok := strings.CutSuffix(name, "."+domain)
+	if !ok || domain == "" || cluster == "" {
+		return "", nil, &NotMeshNameError{Name: host, Domain: domain}
+	}
+	if agents = m.Node.AgentsOf(cluster); len(agents) == 0 {
+		return cluster, nil, &NoAgentError{Cluster: cluster}
+	}
+	return cluster, agents, nil
+}
+
+// NotMeshNameError reports a name outside the mesh domain.
+type NotMeshNameError struct{ Name, Domain string }
+
+func (e *NotMeshNameError) Error() string {
+	return fmt.Sprintf("%s is not a mesh name (<cluster>.%s)", e.Name, e.Domain)
 }
 
 // NoAgentError reports that this node's map has no agent of a cluster:

@@ -2,9 +2,15 @@ package mesh
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustral/clustral/proto"
 )
 
 func TestSanitizeHostname(t *testing.T) {
@@ -67,5 +73,68 @@ func TestEndpointsObservedFirst(t *testing.T) {
 	}
 	if got := e.list(); len(got) == 0 || got[0] != obs {
 		t.Fatalf("list() = %v, want %v first", got, obs)
+	}
+}
+
+// TestResolve: a mesh name means the agents of its cluster in the current
+// map, whatever its case or final dot; a name outside the mesh domain and
+// a cluster without agents are typed errors, and a cluster whose agents
+// leave the map stops resolving.
+func TestResolve(t *testing.T) {
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := netip.MustParsePrefix("100.64.0.1/32")
+	m, err := Join(Config{PrivateKey: priv, Registration: proto.RegisterResponse{Addresses: []netip.Prefix{self}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	agent := func(i byte, cluster, addr string) proto.Peer {
+		return proto.Peer{Key: proto.Key(wgtypes.Key{1, i}.PublicKey()), NodeID: fmt.Sprint("a", i), Kind: proto.KindAgent,
+			Cluster: cluster, Online: true, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)}}
+	}
+	selfPeer := proto.Peer{Key: proto.Key(priv.PublicKey()), Kind: proto.KindDevice, Addresses: []netip.Prefix{self}}
+	if err := m.Node.Apply(proto.MapMessage{Version: 1, Snapshot: true, Self: &selfPeer, MeshDomain: "clustral.internal",
+		Peers: []proto.Peer{agent(2, "prod", "100.64.0.2/32"), agent(3, "dev", "100.64.0.3/32")}}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		host        string
+		wantCluster string
+		wantAgent   string
+		wantErr     any
+	}{
+		{"prod.clustral.internal", "prod", "a2", nil},
+		{"PROD.Clustral.Internal.", "prod", "a2", nil},
+		{"dev.clustral.internal", "dev", "a3", nil},
+		{"staging.clustral.internal", "staging", "", new(*NoAgentError)},
+		{"x.prod.clustral.internal", "x.prod", "", new(*NoAgentError)},
+		{"clustral.internal", "", "", new(*NotMeshNameError)},
+		{".clustral.internal", "", "", new(*NotMeshNameError)},
+		{"prod.example.com", "", "", new(*NotMeshNameError)},
+		{"prodclustral.internal", "", "", new(*NotMeshNameError)},
+	}
+	for _, tt := range tests {
+		cluster, agents, err := m.Resolve(tt.host)
+		if tt.wantErr != nil {
+			if !errors.As(err, tt.wantErr) {
+				t.Errorf("Resolve(%q) error = %v, want %T", tt.host, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || cluster != tt.wantCluster || len(agents) != 1 || agents[0].NodeID != tt.wantAgent {
+			t.Errorf("Resolve(%q) = %q, %v, %v; want %q and agent %s", tt.host, cluster, agents, err, tt.wantCluster, tt.wantAgent)
+		}
+	}
+
+	// The agents of prod leave the map: its name no longer resolves.
+	if err := m.Node.Apply(proto.MapMessage{Version: 2, Removed: []proto.Key{agent(2, "", "100.64.0.2/32").Key}}); err != nil {
+		t.Fatal(err)
+	}
+	var na *NoAgentError
+	if _, _, err := m.Resolve("prod.clustral.internal"); !errors.As(err, &na) || na.Cluster != "prod" {
+		t.Fatalf("Resolve after revocation = %v, want a *NoAgentError for prod", err)
 	}
 }

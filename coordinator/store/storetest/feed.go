@@ -199,8 +199,8 @@ func testFeedConcurrent(t *testing.T, f store.Feed, _ FeedOptions) {
 	}
 	w := watch(t, f, rev0)
 	const writers, each = 4, 15
-	Concurrently(t, writers, each, func(i, j int) error {
-		return f.Update(func(tx store.Tx) error {
+	Concurrently(t, writers, each, func(i, j int) (bool, error) {
+		return true, f.Update(func(tx store.Tx) error {
 			if j%3 == 2 {
 				return tx.Delete(store.Nodes, fmt.Sprintf("w%d-%d", i, j-1))
 			}

@@ -84,11 +84,17 @@ func main() {
 	f.transfer <<= 20
 
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	runOrExit("bench", func(ctx context.Context) error { return run(ctx, f) })
+}
+
+// runOrExit calls run with a context that SIGINT or SIGTERM cancels and,
+// if run fails, prints "what: error" on standard error and exits 1.
+func runOrExit(what string, run func(context.Context) error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, f)
+	err := run(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", what, err)
 		os.Exit(1)
 	}
 }
