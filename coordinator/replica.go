@@ -20,8 +20,10 @@ import (
 // it as it makes them, as a lone coordinator does; follow applies the
 // other replicas' commits, which the store's Feed delivers in order, so a
 // change made on any replica reaches the map streams of every replica.
-// What a replica keeps only in memory (which nodes stream from it, their
-// published endpoints, pending logins) is its own.
+// What a replica keeps only in memory (which nodes stream from it and the
+// relay connections attached to it) is its own; nodes' published
+// endpoints (shareEndpoints) and pending logins (loginshare.go) go
+// through the store too.
 
 // followRetry is how long follow waits before watching again after the
 // store failed.
@@ -51,7 +53,9 @@ func (s *Server) follow(feed store.Feed, rev int64) {
 		var ce *store.CompactedError
 		if errors.As(err, &ce) {
 			s.log.Warn("the store's history since this replica's last change is gone: reloading the whole state", "err", err)
-			if rev, err = s.resync(feed); err == nil {
+			var r int64
+			if r, err = s.resync(feed); err == nil {
+				rev = r
 				continue
 			}
 		}
