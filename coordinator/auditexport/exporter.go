@@ -51,17 +51,20 @@ type sender interface {
 }
 
 // Exporter runs one export loop per destination. Create it with New,
-// run it with Run; Hold is safe to call concurrently with Run.
+// run it with Run, as many times as needed, one Run at a time; Hold is
+// safe to call concurrently with Run.
 type Exporter struct {
 	cfg   Config
 	dests []*dest
 	m     *exportMetrics
 }
 
-// dest is one destination's loop state, owned by its goroutine.
+// dest is one configured destination.
 type dest struct {
 	Destination
-	send sender
+	// open makes a sender to the destination; each Run opens its own
+	// and closes it when it ends.
+	open func() (sender, error)
 }
 
 // New builds the senders of cfg.Destinations (their TLS settings and
@@ -84,45 +87,46 @@ func New(cfg Config) (*Exporter, error) {
 	seen := map[string]bool{}
 	for _, d := range cfg.Destinations {
 		if seen[d.Name] {
-			x.close()
 			return nil, fmt.Errorf("audit export: two destinations are named %q: give one of them another name=", d.Name)
 		}
 		seen[d.Name] = true
-		var s sender
+		var open func() (sender, error)
 		switch d.Kind {
 		case KindSyslog:
-			s = newSyslogSender(&d)
+			open = func() (sender, error) { return newSyslogSender(&d), nil }
 		case KindOTLP:
-			o, err := newOTLPSender(&d)
-			if err != nil {
-				x.close()
-				return nil, err
-			}
-			s = o
+			open = func() (sender, error) { return newOTLPSender(&d) }
 		default:
-			x.close()
 			return nil, fmt.Errorf("audit export %s: unknown kind %q", d.Name, d.Kind)
 		}
-		x.dests = append(x.dests, &dest{Destination: d, send: s})
+		// Opening one now reports a setting the sender refuses at
+		// start-up rather than at the first Run.
+		s, err := open()
+		if err != nil {
+			return nil, err
+		}
+		s.Close()
+		x.dests = append(x.dests, &dest{Destination: d, open: open})
 		x.m.init(d.Name)
 	}
 	return x, nil
 }
 
-func (x *Exporter) close() {
-	for _, d := range x.dests {
-		d.send.Close()
-	}
-}
-
-// Run exports until ctx is done, one goroutine per destination, and
-// returns when all of them have stopped and closed their connections.
+// Run exports until ctx is done, one goroutine per destination, each
+// with a sender of its own, and returns when all of them have stopped
+// and closed their senders. A later Run opens new senders: a closed
+// OTLP exporter refuses every batch.
 func (x *Exporter) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, d := range x.dests {
+		s, err := d.open()
+		if err != nil { // New opened one with the same settings
+			x.cfg.Logger.Error("audit export: open the destination", "destination", d.Name, "err", err)
+			continue
+		}
 		wg.Go(func() {
-			defer d.send.Close()
-			x.loop(ctx, d)
+			defer s.Close()
+			x.loop(ctx, d, s)
 		})
 	}
 	wg.Wait()
@@ -295,13 +299,13 @@ type health struct {
 	lastErr   string
 }
 
-// loop exports to d until ctx is done.
-func (x *Exporter) loop(ctx context.Context, d *dest) {
+// loop exports to d through s until ctx is done.
+func (x *Exporter) loop(ctx context.Context, d *dest, s sender) {
 	h := &health{backoff: newBackoff(d.RetryMin, d.RetryMax)}
 	tick := time.NewTicker(x.cfg.Poll)
 	defer tick.Stop()
 	for {
-		if x.step(ctx, d, h) {
+		if x.step(ctx, d, s, h) {
 			continue // a full batch went: more is waiting
 		}
 		select {
@@ -313,9 +317,9 @@ func (x *Exporter) loop(ctx context.Context, d *dest) {
 }
 
 // step looks at the chain once, brings the lag metrics up to date and,
-// unless d is backing off, sends it one batch. It reports whether a full
-// batch was taken.
-func (x *Exporter) step(ctx context.Context, d *dest, h *health) bool {
+// unless d is backing off, sends it one batch through s. It reports
+// whether a full batch was taken.
+func (x *Exporter) step(ctx context.Context, d *dest, s sender, h *health) bool {
 	log := x.cfg.Logger.With("destination", d.Name)
 	now := x.cfg.Now()
 	limit := 0
@@ -337,7 +341,7 @@ func (x *Exporter) step(ctx context.Context, d *dest, h *health) bool {
 	if len(p.events) == 0 {
 		return false
 	}
-	err = x.deliver(ctx, d, p, log)
+	err = x.deliver(ctx, d, s, p, log)
 	switch {
 	case ctx.Err() != nil:
 		return false
@@ -375,12 +379,12 @@ func (x *Exporter) step(ctx context.Context, d *dest, h *health) bool {
 	return false
 }
 
-// deliver sends p's events to d and, once d took them, moves its cursor
-// to the last one. Records a receiver took but rejected are counted and
-// not sent again.
-func (x *Exporter) deliver(ctx context.Context, d *dest, p position, log *slog.Logger) error {
+// deliver sends p's events to d through s and, once d took them, moves
+// its cursor to the last one. Records a receiver took but rejected are
+// counted and not sent again.
+func (x *Exporter) deliver(ctx context.Context, d *dest, s sender, p position, log *slog.Logger) error {
 	sctx, cancel := context.WithTimeout(ctx, d.Timeout)
-	err := d.send.Send(sctx, p.events)
+	err := s.Send(sctx, p.events)
 	cancel()
 	first, last := p.events[0], p.events[len(p.events)-1]
 	var rej *RejectedError

@@ -114,7 +114,7 @@ func runFakeWith(t *testing.T, st store.Store, senders map[string]sender, start 
 	}
 	for name, s := range senders {
 		d := Destination{Name: name, Kind: "fake", Start: start, Batch: 7, RetryMin: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond, Timeout: time.Second}
-		x.dests = append(x.dests, &dest{Destination: d, send: s})
+		x.dests = append(x.dests, &dest{Destination: d, open: func() (sender, error) { return s, nil }})
 		x.m.init(name)
 	}
 	r.x = x
@@ -343,5 +343,65 @@ func TestExportRejectedRecordsAreNotResent(t *testing.T) {
 	}
 	if !equal(rs.taken(), seqs(1, 3)) {
 		t.Errorf("taken %v, want each once", rs.taken())
+	}
+}
+
+// TestExportRunsAgain: an Exporter whose Run ended (its replica lost the
+// election) exports again to every kind of destination when Run is
+// called again (the replica leads again), without a new Exporter.
+func TestExportRunsAgain(t *testing.T) {
+	caPEM, cert := testCA(t)
+	sl := startSyslogReceiver(t, cert, false)
+	ot := startOTLPReceiver(t)
+	otlpRecords := func() int {
+		ot.mu.Lock()
+		defer ot.mu.Unlock()
+		n := 0
+		for _, r := range ot.reqs {
+			for _, rl := range r.ResourceLogs {
+				for _, sl := range rl.ScopeLogs {
+					n += len(sl.LogRecords)
+				}
+			}
+		}
+		return n
+	}
+	syslogRecords := func() int { m, _ := sl.received(); return len(m) }
+	for _, tc := range []struct {
+		name     string
+		dest     *Destination
+		received func() int
+	}{
+		{"syslog", syslogDest(t, caPEM, sl.l.Addr().String()), syslogRecords},
+		{"otlp", ot.dest(t, ""), otlpRecords},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := store.NewMem()
+			x, err := New(Config{Store: st, Destinations: []Destination{*tc.dest}, Poll: 5 * time.Millisecond,
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := tc.received()
+			for lead := 1; lead <= 3; lead++ {
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { x.Run(ctx); close(done) }()
+				t.Cleanup(func() { cancel(); <-done })
+				appendEvents(t, st, time.Now(), 2)
+				// Waiting for the cursor first: a Run stopped while a batch
+				// is on its way sends it again, which is right but would
+				// make the count inexact.
+				want := uint64(2 * lead)
+				testkit.WaitFor(t, fmt.Sprintf("lead %d: the cursor at %d", lead, want), func() bool {
+					return cursorOf(t, st, tc.dest.Name).Seq == want
+				})
+				testkit.WaitFor(t, fmt.Sprintf("lead %d: the receiver has %d records", lead, want), func() bool {
+					return tc.received()-base == int(want)
+				})
+				cancel()
+				<-done
+			}
+		})
 	}
 }
