@@ -30,6 +30,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
@@ -177,6 +178,80 @@ func (c *Coordinator) Stop() {
 	if c.Proc != nil {
 		c.Proc.Stop()
 	}
+}
+
+// Replicas are coordinators serving one mesh from one etcd prefix, as an
+// HA deployment runs them. Coords[0] listens on the port the options
+// name, if any; the others listen on ports of their own.
+type Replicas struct {
+	Etcd   *EtcdCluster
+	Coords []*Coordinator
+}
+
+// URLs returns the replicas' URLs in order.
+func (r *Replicas) URLs() []string {
+	out := make([]string, len(r.Coords))
+	for i, c := range r.Coords {
+		out[i] = c.URL
+	}
+	return out
+}
+
+// StartReplicas starts a three-member etcd cluster and n coordinator
+// replicas on it (--store etcd) with their files under dir, each with o
+// (o.Port for the first), sharing the first one's audit checkpoint key
+// as a deployment does. On error it stops what it started; otherwise the
+// caller must call Close.
+func StartReplicas(ctx context.Context, bin, dir string, n int, o CoordinatorOptions) (*Replicas, error) {
+	edir := filepath.Join(dir, "etcd")
+	if err := os.MkdirAll(edir, 0o700); err != nil {
+		return nil, err
+	}
+	ec, err := StartEtcdCluster(ctx, edir, 3)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replicas{Etcd: ec}
+	o.ExtraArgs = append([]string{"--store", "etcd", "--etcd-endpoints", strings.Join(ec.URLs, ",")}, o.ExtraArgs...)
+	var key []byte
+	for i := range n {
+		ro := o
+		if i > 0 {
+			ro.Port = 0
+		}
+		rdir := filepath.Join(dir, "replica-"+strconv.Itoa(i))
+		if key != nil {
+			if err := os.MkdirAll(filepath.Join(rdir, "data"), 0o700); err != nil {
+				r.Close()
+				return nil, err
+			}
+			if err := os.WriteFile(filepath.Join(rdir, "data", auditlog.KeyFile), key, 0o600); err != nil {
+				r.Close()
+				return nil, err
+			}
+		}
+		c, err := StartCoordinator(ctx, bin, rdir, ro)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("replica %d: %w", i, err)
+		}
+		r.Coords = append(r.Coords, c)
+		if key == nil {
+			if key, err = os.ReadFile(filepath.Join(rdir, "data", auditlog.KeyFile)); err != nil {
+				r.Close()
+				return nil, err
+			}
+		}
+	}
+	return r, nil
+}
+
+// Close stops the replicas and then etcd.
+func (r *Replicas) Close() {
+	for _, c := range r.Coords {
+		c.Stop()
+	}
+	r.Etcd.Close()
 }
 
 // Agent is a running `clustral agent`.

@@ -23,7 +23,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -215,68 +214,22 @@ func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coo
 	return c
 }
 
-// Replicas are coordinators serving one mesh from one etcd prefix, as an
-// HA deployment runs them. Coords[0] listens on the suite's CoordPort
-// (Dex's redirect URI names it) and its URL is every replica's public
-// URL; the others listen on ports of their own.
-type Replicas struct {
-	Etcd   *EtcdCluster
-	Coords []*Coordinator
-}
-
-// URLs returns the replicas' URLs in order.
-func (r *Replicas) URLs() []string {
-	out := make([]string, len(r.Coords))
-	for i, c := range r.Coords {
-		out[i] = c.URL
-	}
-	return out
-}
-
 // StartReplicas starts a three-member etcd cluster and n coordinator
 // replicas on it (--store etcd), with extraArgs, sharing the first
 // one's audit checkpoint key as a deployment does. t's cleanup stops
 // them all, logging the coordinators' tails if t failed.
 func (s *MeshSuite) StartReplicas(t testing.TB, n int, extraArgs ...string) *Replicas {
 	t.Helper()
-	ec, err := StartEtcdCluster(context.Background(), t.TempDir(), 3)
+	r, err := StartReplicas(context.Background(), s.Bin, t.TempDir(), n, CoordinatorOptions{
+		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
+		ExtraArgs: append([]string{"--public-url", s.CoordURL()}, extraArgs...),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ec.Close() })
-	r := &Replicas{Etcd: ec}
-	args := append([]string{"--store", "etcd", "--etcd-endpoints", strings.Join(ec.URLs, ","), "--public-url", s.CoordURL()}, extraArgs...)
-	var key []byte
-	for i := range n {
-		port := s.CoordPort
-		if i > 0 {
-			if port, err = FreePort(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		dir := t.TempDir()
-		if key != nil {
-			if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, "data", auditlog.KeyFile), key, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c, err := StartCoordinator(context.Background(), s.Bin, dir, CoordinatorOptions{
-			Port: port, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
-			ExtraArgs: args,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+	t.Cleanup(func() { r.Etcd.Close() })
+	for _, c := range r.Coords {
 		c.StopAtEnd(t, 40)
-		r.Coords = append(r.Coords, c)
-		if key == nil {
-			if key, err = os.ReadFile(filepath.Join(dir, "data", auditlog.KeyFile)); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
 	return r
 }
