@@ -28,6 +28,11 @@
 //     kept down for -restart-outage (60s) and started again; from deleting
 //     the user's assignment as soon as /readyz answers until the user's
 //     watch through the mesh ends.
+//   - ha_change_fanout_p99_ms and ha_failover_reconnect_p99_ms: -ha-devices
+//     map streams over three coordinator replicas on a three-member etcd;
+//     an assignment made on one replica until every stream saw it, and
+//     kill -9 of a replica until its streams have a snapshot from another
+//     (benchHA).
 //
 // It starts etcd, kube-apiserver and Dex (integration/harness), a
 // coordinator and an agent, and stops every process it started before it
@@ -61,6 +66,7 @@ type flags struct {
 	skipTunnel  bool
 	skipMesh    bool
 	scaleNodes  int
+	haDevices   int
 	only        string
 	// restartOutage is how long benchRestart keeps the coordinator down.
 	restartOutage time.Duration
@@ -78,8 +84,9 @@ func main() {
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
+	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, up, delta, nat, revocation, restart, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, up, delta, nat, revocation, restart, ha, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -125,7 +132,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}

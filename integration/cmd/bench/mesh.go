@@ -40,6 +40,7 @@ var (
 // all, whatever state it is in.
 type mesh struct {
 	dir   string
+	bin   string
 	env   *harness.Env
 	coord *harness.Coordinator
 	agent *harness.Agent
@@ -63,6 +64,7 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	if err != nil {
 		return m, err
 	}
+	m.bin = bin
 	port, err := harness.FreePort()
 	if err != nil {
 		return m, err

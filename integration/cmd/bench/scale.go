@@ -90,7 +90,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	w := newWatch(n, keys[:])
 	progress("opening %d map streams", n)
 	start := time.Now()
-	if err := w.open(sctx, m.coord.URL, tokens); err != nil {
+	if err := w.open(sctx, []string{m.coord.URL}, tokens); err != nil {
 		cancel()
 		w.wg.Wait()
 		return err
@@ -265,6 +265,8 @@ type watch struct {
 	all   [scaleRounds]chan struct{}
 	// snapBytes is the size of one snapshot line.
 	snapBytes atomic.Int64
+	// snapAt[i] is when stream i last read a snapshot (Unix nanoseconds).
+	snapAt []atomic.Int64
 
 	// errc receives the first stream failure.
 	errc chan error
@@ -272,7 +274,7 @@ type watch struct {
 }
 
 func newWatch(n int, keys []proto.Key) *watch {
-	w := &watch{keys: keys, seen: make([][scaleRounds]atomic.Int64, n), errc: make(chan error, 1)}
+	w := &watch{keys: keys, seen: make([][scaleRounds]atomic.Int64, n), snapAt: make([]atomic.Int64, n), errc: make(chan error, 1)}
 	for r := range w.all {
 		w.all[r] = make(chan struct{})
 	}
@@ -286,12 +288,19 @@ func (w *watch) fail(err error) {
 	}
 }
 
-// open starts one stream per token and returns once every stream has its
-// snapshot. The streams run until ctx is done; w.wg counts them.
-func (w *watch) open(ctx context.Context, coordURL string, tokens []string) error {
-	u, err := url.Parse(coordURL)
-	if err != nil {
-		return err
+// open starts one stream per token, stream i at coordURLs[i%len], and
+// returns once every stream has its snapshot. The streams run until ctx
+// is done; w.wg counts them. With one URL a stream that ends is a
+// failure; with several, a stream that ends opens again at the next URL
+// at once, as a device given several coordinator URLs does.
+func (w *watch) open(ctx context.Context, coordURLs []string, tokens []string) error {
+	hosts := make([]string, len(coordURLs))
+	for i, cu := range coordURLs {
+		u, err := url.Parse(cu)
+		if err != nil {
+			return err
+		}
+		hosts[i] = u.Host
 	}
 	var synced sync.WaitGroup
 	synced.Add(len(tokens))
@@ -308,7 +317,7 @@ func (w *watch) open(ctx context.Context, coordURL string, tokens []string) erro
 			var once sync.Once
 			ready := func() { once.Do(func() { <-sem; synced.Done() }) }
 			defer ready()
-			if err := w.stream(ctx, u.Host, tok, i, ready); err != nil && ctx.Err() == nil {
+			if err := w.follow(ctx, hosts, tok, i, ready); err != nil && ctx.Err() == nil {
 				w.fail(fmt.Errorf("map stream %d: %w", i, err))
 			}
 		})
@@ -331,6 +340,25 @@ func (w *watch) open(ctx context.Context, coordURL string, tokens []string) erro
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// follow holds stream i at hosts[i%len(hosts)] and, with several hosts,
+// opens it again at the next one whenever it ends. It gives up when
+// every host in turn failed to give a snapshot.
+func (w *watch) follow(ctx context.Context, hosts []string, token string, i int, ready func()) error {
+	failed := 0
+	for j := i; ; j++ {
+		before := w.snapAt[i].Load()
+		err := w.stream(ctx, hosts[j%len(hosts)], token, i, ready)
+		if ctx.Err() != nil || len(hosts) == 1 {
+			return err
+		}
+		if w.snapAt[i].Load() != before {
+			failed = 0
+		} else if failed++; failed >= len(hosts) {
+			return fmt.Errorf("no snapshot from any of %d coordinators: %w", len(hosts), err)
+		}
 	}
 }
 
@@ -386,6 +414,7 @@ func (w *watch) stream(ctx context.Context, host, token string, i int, ready fun
 			}
 		}
 		if msg.Snapshot {
+			w.snapAt[i].Store(now)
 			ready()
 		}
 	}
