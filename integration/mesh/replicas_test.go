@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -19,15 +20,16 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
-// newReplicaMesh starts three replicas, logs the admin in at the first,
-// and creates the cluster and the suite's role there.
-func newReplicaMesh(t *testing.T) (*harness.Replicas, *harness.TestUser, proto.CreateClusterResponse) {
+// newReplicaMesh starts three replicas with extraArgs, logs the admin
+// in at the first, and creates the cluster and the suite's role there.
+func newReplicaMesh(t *testing.T, extraArgs ...string) (*harness.Replicas, *harness.TestUser, proto.CreateClusterResponse) {
 	t.Helper()
-	r := suite.StartReplicas(t, 3)
+	r := suite.StartReplicas(t, 3, extraArgs...)
 	a := suite.NewUser(t, admin)
 	a.MustLogin()
 	var cl proto.CreateClusterResponse
@@ -194,14 +196,61 @@ func connectedDevices(url string) (int, error) {
 	return 0, fmt.Errorf("no connected_nodes series in %s/metrics", url)
 }
 
-// TestReplicaKilled: carol's device knows all three replicas and streams
-// from the first; the agent streams from the second. The first is killed
-// (SIGKILL): the watch carol has open goes on (the data path does not
-// touch the coordinator), her device is back on a map stream at another
-// replica within 5 s, and a revocation made on a surviving replica still
-// ends her watch.
+// simDevices is how many in-process devices TestReplicaKilled adds to
+// carol's real one.
+const simDevices = 99
+
+// streamSimDevices registers n devices of the user whose session is
+// given at the replica urls[0] and holds a map stream for each with the
+// devices' own client (node.Stream, its back-off included), given every
+// replica's URL, first urls[0]. It returns once each has its snapshot;
+// t's cleanup stops them.
+func streamSimDevices(t *testing.T, urls []string, session string, n int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	reg := coordclient.New(urls[0], session, nil)
+	streams := make([]*node.Stream, n)
+	for i := range streams {
+		var k proto.Key
+		rand.Read(k[:]) // any 32 bytes are a Curve25519 public key
+		resp, err := reg.RegisterDevice(ctx, proto.RegisterDeviceRequest{PublicKey: k, Hostname: fmt.Sprintf("sim-%d", i)})
+		if err != nil {
+			t.Fatalf("register simulated device %d: %v", i, err)
+		}
+		st, err := node.NewStream(discard{}, node.StreamConfig{BaseURL: strings.Join(urls, ","), Token: resp.NodeToken,
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams[i] = st
+		wg.Go(func() { st.Run(ctx) })
+	}
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		for i, st := range streams {
+			if !st.Status().Connected {
+				return fmt.Errorf("simulated device %d has no snapshot yet", i)
+			}
+		}
+		return nil
+	})
+}
+
+// discard is a node.Applier that keeps nothing.
+type discard struct{}
+
+func (discard) Apply(proto.MapMessage) error { return nil }
+
+// TestReplicaKilled: carol's real device and 99 simulated ones (the
+// devices' map stream client in this process) know all three replicas
+// and stream from the first; the agent streams from the second. The
+// first is killed (SIGKILL): the watch carol has open goes on (the data
+// path does not touch the coordinator), all 100 devices are back on a
+// map stream at another replica within 5 s, kubectl works, and a
+// revocation made on a surviving replica still ends her watch.
 func TestReplicaKilled(t *testing.T) {
-	r, adm, cl := newReplicaMesh(t)
+	r, adm, cl := newReplicaMesh(t, fmt.Sprintf("--max-devices-per-user=%d", simDevices+1))
 	urls := r.URLs()
 	suite.StartAgentAt(t, urls[1]+","+urls[2], cl.JoinToken)
 	c := suite.NewUser(t, carol)
@@ -209,15 +258,18 @@ func TestReplicaKilled(t *testing.T) {
 	var asg proto.Assignment
 	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, &asg)
 	c.MustUp()
+	session, err := c.SessionToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamSimDevices(t, urls, session, simDevices)
 	ns, w := openWatch(t, c)
-	if n, err := connectedDevices(urls[0]); err != nil || n != 1 {
-		t.Fatalf("devices streaming from the first replica: %d, %v; want carol's", n, err)
+	if n, err := connectedDevices(urls[0]); err != nil || n != simDevices+1 {
+		t.Fatalf("devices streaming from the first replica: %d, %v; want %d", n, err, simDevices+1)
 	}
 
 	r.Coords[0].Proc.Kill()
 	killed := time.Now()
-	suite.CreateConfigMap(t, ns, "after-kill")
-	w.WaitContains(10*time.Second, "after-kill")
 	harness.MustEventually(t, 5*time.Second, func(context.Context) error {
 		total := 0
 		for _, u := range urls[1:] {
@@ -227,12 +279,14 @@ func TestReplicaKilled(t *testing.T) {
 			}
 			total += n
 		}
-		if total != 1 {
-			return fmt.Errorf("%d devices on the surviving replicas", total)
+		if total != simDevices+1 {
+			return fmt.Errorf("%d devices on the surviving replicas, want %d", total, simDevices+1)
 		}
 		return nil
 	})
-	t.Logf("carol's device streams from another replica %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+	t.Logf("%d devices stream from other replicas %v after the kill", simDevices+1, time.Since(killed).Round(10*time.Millisecond))
+	suite.CreateConfigMap(t, ns, "after-kill")
+	w.WaitContains(10*time.Second, "after-kill")
 	if _, err := c.RunKubectl("get", "configmaps", "-n", ns); err != nil {
 		t.Fatalf("kubectl after the kill: %v", err)
 	}
