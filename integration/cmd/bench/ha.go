@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -135,16 +136,12 @@ func benchHA(ctx context.Context, m *mesh, f flags) error {
 		if err := admin.API(ctx, urls[0], "POST", "/api/v1/assignments", proto.Assignment{User: benchUser.Email, Role: "reader", Cluster: haCluster(rd)}, nil); err != nil {
 			return fmt.Errorf("round %d: %w", rd+1, err)
 		}
-		if err := w.waitRound(ctx, rd); err != nil {
+		took, err := w.waitRound(ctx, rd, t0)
+		if err != nil {
 			return fmt.Errorf("round %d: %w", rd+1, err)
 		}
-		var worst time.Duration
-		for i := range w.seen {
-			d := time.Duration(w.seen[i][rd].Load() - t0.UnixNano())
-			samples = append(samples, d)
-			worst = max(worst, d)
-		}
-		progress("round %d: every stream saw the assignment within %v", rd+1, worst.Round(time.Microsecond))
+		samples = append(samples, took...)
+		progress("round %d: every stream saw the assignment within %v", rd+1, slices.Max(took).Round(time.Microsecond))
 	}
 
 	progress("killing replica %d (SIGKILL)", haReplicas)
@@ -162,6 +159,11 @@ func benchHA(ctx context.Context, m *mesh, f flags) error {
 		}
 		return true
 	}); err != nil {
+		select {
+		case serr := <-w.errc:
+			err = serr
+		default:
+		}
 		return fmt.Errorf("streams of the killed replica back on another: %w", err)
 	}
 	back := make([]time.Duration, len(moved))

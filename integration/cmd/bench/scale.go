@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,18 +123,14 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 			return fmt.Errorf("round %d: %w", r+1, err)
 		}
 		agentTokens = append(agentTokens, tok)
-		if err := w.waitRound(ctx, r); err != nil {
+		took, err := w.waitRound(ctx, r, t0)
+		if err != nil {
 			cancel()
 			w.wg.Wait()
 			return fmt.Errorf("round %d: %w", r+1, err)
 		}
-		var worst time.Duration
-		for i := range w.seen {
-			d := time.Duration(w.seen[i][r].Load() - t0.UnixNano())
-			samples = append(samples, d)
-			worst = max(worst, d)
-		}
-		progress("round %d: every stream saw the new agent within %v", r+1, worst.Round(time.Microsecond))
+		samples = append(samples, took...)
+		progress("round %d: every stream saw the new agent within %v", r+1, slices.Max(took).Round(time.Microsecond))
 	}
 	cancel()
 	w.wg.Wait()
@@ -424,20 +421,25 @@ func (w *watch) stream(ctx context.Context, host, token string, i int, ready fun
 	return errors.New("closed by the coordinator")
 }
 
-// waitRound waits until every stream has seen keys[r].
-func (w *watch) waitRound(ctx context.Context, r int) error {
+// waitRound waits until every stream has seen keys[r] and returns how
+// long after since each one saw it.
+func (w *watch) waitRound(ctx context.Context, r int, since time.Time) ([]time.Duration, error) {
 	t := time.NewTimer(scaleChangeTimeout)
 	defer t.Stop()
 	select {
 	case <-w.all[r]:
-		return nil
 	case err := <-w.errc:
-		return err
+		return nil, err
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	case <-t.C:
-		return fmt.Errorf("%d of %d streams saw the new agent within %v", w.count[r].Load(), len(w.seen), scaleChangeTimeout)
+		return nil, fmt.Errorf("%d of %d streams saw the change within %v", w.count[r].Load(), len(w.seen), scaleChangeTimeout)
 	}
+	took := make([]time.Duration, len(w.seen))
+	for i := range w.seen {
+		took[i] = time.Duration(w.seen[i][r].Load() - since.UnixNano())
+	}
+	return took, nil
 }
 
 // goMetrics returns the Go runtime gauges of the coordinator's /metrics,
