@@ -48,6 +48,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /oidc/confirm", s.public(s.perSource("confirm", s.handleConfirm)))
 	mux.HandleFunc("GET "+v+"/whoami", s.user(s.handleWhoami))
 	mux.HandleFunc("DELETE "+v+"/session", s.user(s.handleLogout))
+	mux.HandleFunc("GET "+v+"/sessions", s.user(s.handleListSessions))
+	mux.HandleFunc("DELETE "+v+"/sessions/{id}", s.user(s.handleEndSession))
 
 	// nodes.go, mapstream.go, relay.go
 	mux.HandleFunc("POST "+v+"/devices", s.deviceOwner(s.handleRegisterDevice))
