@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/clustral/clustral/coordinator/console"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
@@ -99,6 +100,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 	mux.HandleFunc("POST "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 	mux.HandleFunc("POST "+v+"/audit/checkpoints", s.admin(s.handleAuditCheckpoint))
+
+	// The web console at "/", on the API's origin: its pages call this
+	// mux in process with the browser session (coordinator/console).
+	console.New(console.Config{PublicURL: s.cfg.PublicURL, API: mux, SignIn: s.consoleSignIn, Exchange: s.consoleExchange,
+		SignInTTL: s.cfg.LoginTTL, PerSource: s.perSource, Logger: s.log}).Register(mux)
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)

@@ -1,0 +1,548 @@
+package console_test
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/cli/kubeconfig"
+	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/console"
+	"github.com/clustral/clustral/coordinator/coordinatortest"
+	"github.com/clustral/clustral/pkg/testkit"
+	"github.com/clustral/clustral/proto"
+)
+
+// env is a coordinator with its console, a cluster "prod" and a role
+// "admin" anyone may request.
+type env struct {
+	t *testing.T
+	*coordinatortest.Coordinator
+	admin proto.Session
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	c := coordinatortest.Start(t, time.Now, func(cfg *coordinator.Config) { cfg.Admins = []string{"root@example.com"} })
+	e := &env{t: t, Coordinator: c}
+	e.admin = c.Login("root@example.com")
+	c.Do(e.admin.Token, "POST", proto.APIVersion+"/clusters", map[string]any{"name": "prod"}, nil)
+	c.Do(e.admin.Token, "POST", proto.APIVersion+"/roles", proto.Role{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	return e
+}
+
+// browser is a person's browser: a cookie jar, and the last page it
+// loaded.
+type browser struct {
+	e    *env
+	hc   *http.Client
+	page string
+}
+
+// newBrowser is a browser that follows no redirect by itself.
+func (e *env) newBrowser() *browser {
+	e.t.Helper()
+	jar, _ := cookiejar.New(nil)
+	hc := *e.Client()
+	hc.Jar = jar
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &browser{e: e, hc: &hc}
+}
+
+// get loads u (a path on the coordinator, or a full URL) and follows
+// redirects, recording each answer in hops; it returns the last.
+func (b *browser) get(u string) (*http.Response, []*http.Response) {
+	b.e.t.Helper()
+	if strings.HasPrefix(u, "/") {
+		u = b.e.URL + u
+	}
+	var hops []*http.Response
+	for range 10 {
+		resp, err := b.hc.Get(u)
+		if err != nil {
+			b.e.t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		b.page = string(body)
+		hops = append(hops, resp)
+		loc, err := resp.Location()
+		if err != nil {
+			return resp, hops
+		}
+		u = loc.String()
+	}
+	b.e.t.Fatalf("too many redirects from %s", u)
+	return nil, nil
+}
+
+// signIn signs email in through the identity provider in b and returns
+// the answer that set the session cookie.
+func (e *env) signIn(email string) (*browser, *http.Response) {
+	e.t.Helper()
+	b := e.newBrowser()
+	e.SignInNext(email)
+	last, hops := b.get("/signin/start")
+	if last.StatusCode != http.StatusOK || last.Request.URL.Path != "/" {
+		e.t.Fatalf("sign-in ended at %s with %d:\n%s", last.Request.URL, last.StatusCode, b.page)
+	}
+	for _, h := range hops {
+		if h.Request.URL.Path == console.SignInDonePath {
+			return b, h
+		}
+	}
+	e.t.Fatal("the sign-in never came back to the console")
+	return nil, nil
+}
+
+// csrf is the CSRF token on b's last page.
+func (b *browser) csrf() string {
+	const attr = `name="csrf" value="`
+	i := strings.Index(b.page, attr)
+	if i < 0 {
+		b.e.t.Fatalf("no CSRF token on the page:\n%s", b.page)
+	}
+	rest := b.page[i+len(attr):]
+	return rest[:strings.IndexByte(rest, '"')]
+}
+
+// post submits form to path from a page of origin (empty: none), with
+// extra headers, and returns the status, the redirect's target and the
+// body.
+func (b *browser) post(path string, form url.Values, origin string, hdr map[string]string) (int, string, string) {
+	b.e.t.Helper()
+	req, _ := http.NewRequest("POST", b.e.URL+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if origin != "" {
+		req.Header.Set("Origin", origin)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := b.hc.Do(req)
+	if err != nil {
+		b.e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	b.page = string(body)
+	return resp.StatusCode, resp.Header.Get("Location"), string(body)
+}
+
+// submit loads page and posts form to path with the page's CSRF token,
+// as the console's own form does; it wants a redirect and follows it.
+func (b *browser) submit(page, path string, form url.Values) string {
+	b.e.t.Helper()
+	b.get(page)
+	form.Set("csrf", b.csrf())
+	status, loc, body := b.post(path, form, b.e.URL, nil)
+	if status != http.StatusSeeOther {
+		b.e.t.Fatalf("POST %s = %d, want 303:\n%s", path, status, body)
+	}
+	b.get(loc)
+	return b.page
+}
+
+func TestSignInCookie(t *testing.T) {
+	e := newEnv(t)
+	b, done := e.signIn("alice@example.com")
+	var sc *http.Cookie
+	for _, c := range done.Cookies() {
+		if c.Name == "clustral_console" && c.Value != "" {
+			sc = c
+		}
+	}
+	if sc == nil {
+		t.Fatalf("no session cookie set by %s: %v", console.SignInDonePath, done.Header["Set-Cookie"])
+	}
+	if !sc.HttpOnly || !sc.Secure || sc.SameSite != http.SameSiteLaxMode || sc.Path != "/" {
+		t.Errorf("session cookie flags: HttpOnly %v Secure %v SameSite %v Path %q; want HttpOnly, Secure (TLS), Lax, /", sc.HttpOnly, sc.Secure, sc.SameSite, sc.Path)
+	}
+	if ttl := time.Until(sc.Expires); ttl > coordinator.DefaultConsoleSessionTTL || ttl < coordinator.DefaultConsoleSessionTTL-time.Minute {
+		t.Errorf("session cookie lasts %v, want the console session's %v", ttl, coordinator.DefaultConsoleSessionTTL)
+	}
+	if !strings.Contains(b.page, "alice@example.com") || !strings.Contains(b.page, "You cannot reach any cluster") {
+		t.Errorf("My access after sign-in does not show alice and the empty state:\n%s", b.page)
+	}
+	// The browser session is a coordinator session of its own kind,
+	// listed among alice's sessions, and the sign-in is audited.
+	b.get("/devices")
+	if !strings.Contains(b.page, "browser (this browser)") {
+		t.Errorf("the devices page does not list this browser's session:\n%s", b.page)
+	}
+	e.waitAudit(proto.AuditConsoleSignIn, "alice@example.com")
+
+	// Signing out ends the session at the coordinator: the old cookie is
+	// worth nothing afterwards.
+	old := e.cookie(b)
+	b.get("/")
+	status, loc, _ := b.post("/signout", url.Values{"csrf": {b.csrf()}}, e.URL, nil)
+	if status != http.StatusSeeOther || loc != "/signin" {
+		t.Fatalf("sign out = %d to %q, want 303 to /signin", status, loc)
+	}
+	e.waitAudit(proto.AuditSessionRevoked, "alice@example.com")
+	replay := e.newBrowser()
+	u, _ := url.Parse(e.URL)
+	replay.hc.Jar.SetCookies(u, []*http.Cookie{old})
+	if last, _ := replay.get("/"); last.Request.URL.Path != "/signin" {
+		t.Errorf("a signed-out session cookie still opens %s", last.Request.URL)
+	}
+}
+
+// cookie is b's session cookie.
+func (e *env) cookie(b *browser) *http.Cookie {
+	e.t.Helper()
+	u, _ := url.Parse(e.URL)
+	for _, c := range b.hc.Jar.Cookies(u) {
+		if c.Name == "clustral_console" {
+			return c
+		}
+	}
+	e.t.Fatal("no session cookie in the browser")
+	return nil
+}
+
+// waitAudit waits for an audit event with code and actor.
+func (e *env) waitAudit(code proto.AuditCode, actor string) proto.AuditEvent {
+	e.t.Helper()
+	var found proto.AuditEvent
+	testkit.WaitFor(e.t, "audit event "+string(code)+" by "+actor, func() bool {
+		var page proto.AuditPage
+		e.Do(e.admin.Token, "GET", proto.APIVersion+"/audit/events?code="+string(code), nil, &page)
+		for _, ev := range page.Events {
+			if ev.Actor == actor {
+				found = ev
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// TestSignInBoundToBrowser: a sign-in completes only in the browser that
+// started it. An attacker who starts one and gets a victim to finish it
+// at the identity provider, or who sends the victim the return link of
+// their own sign-in, gets no session into either browser.
+func TestSignInBoundToBrowser(t *testing.T) {
+	e := newEnv(t)
+	attacker, victim := e.newBrowser(), e.newBrowser()
+	resp, err := attacker.hc.Get(e.URL + "/signin/start")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	authURL, err := resp.Location()
+	if err != nil {
+		t.Fatalf("sign-in start did not send the browser to the identity provider: %d", resp.StatusCode)
+	}
+	e.SignInNext("victim@example.com")
+	last, _ := victim.get(authURL.String())
+	if last.StatusCode != http.StatusUnauthorized || !strings.Contains(victim.page, "not started in this browser") {
+		t.Errorf("the victim's browser finishing the attacker's sign-in = %d:\n%s", last.StatusCode, victim.page)
+	}
+	for _, b := range []*browser{attacker, victim} {
+		if last, _ := b.get("/"); last.Request.URL.Path != "/signin" {
+			t.Errorf("a browser holds a session after a sign-in bound elsewhere: it opened %s", last.Request.URL)
+		}
+	}
+}
+
+func TestSecurityHeaders(t *testing.T) {
+	e := newEnv(t)
+	b, _ := e.signIn("root@example.com")
+	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/static/console.js", "/nope"} {
+		resp, _ := b.get(path)
+		h := resp.Header
+		if path == "/nope" {
+			if resp.StatusCode != http.StatusNotFound {
+				t.Errorf("GET /nope = %d, want 404", resp.StatusCode)
+			}
+			continue
+		}
+		csp := h.Get("Content-Security-Policy")
+		for _, want := range []string{"script-src 'self'", "frame-ancestors 'none'", "default-src 'none'"} {
+			if !strings.Contains(csp, want) {
+				t.Errorf("%s: CSP %q lacks %q", path, csp, want)
+			}
+		}
+		if strings.Contains(csp, "unsafe-inline") || strings.Contains(csp, "unsafe-eval") {
+			t.Errorf("%s: CSP %q allows inline or eval", path, csp)
+		}
+		if h.Get("X-Content-Type-Options") != "nosniff" || h.Get("Referrer-Policy") != "no-referrer" || h.Get("X-Frame-Options") != "DENY" {
+			t.Errorf("%s: headers %v lack nosniff, no-referrer or DENY", path, h)
+		}
+		if strings.Contains(b.page, "<script>") || strings.Contains(b.page, " on") && strings.Contains(b.page, "onclick=") {
+			t.Errorf("%s has an inline script or handler", path)
+		}
+	}
+}
+
+// TestCSRF: a state-changing request must come from the console's origin
+// with the session's token.
+func TestCSRF(t *testing.T) {
+	e := newEnv(t)
+	b, _ := e.signIn("alice@example.com")
+	b.get("/requests")
+	token := b.csrf()
+	form := func(tok string) url.Values {
+		return url.Values{"csrf": {tok}, "cluster": {"prod"}, "role": {"admin"}, "duration": {"1h"}, "reason": {"INC-1"}}
+	}
+	for _, tc := range []struct {
+		name, origin, token string
+		hdr                 map[string]string
+		want                int
+	}{
+		{"other origin", "https://evil.example", token, nil, http.StatusForbidden},
+		{"same host other port", "https://127.0.0.1:1", token, nil, http.StatusForbidden},
+		{"no origin", "", token, nil, http.StatusForbidden},
+		{"cross-site fetch", e.URL, token, map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusForbidden},
+		{"no token", e.URL, "", nil, http.StatusForbidden},
+		{"wrong token", e.URL, "x" + token[1:], nil, http.StatusForbidden},
+		{"another session's token", e.URL, func() string { o, _ := e.signIn("bob@example.com"); o.get("/requests"); return o.csrf() }(), nil, http.StatusForbidden},
+		{"good", e.URL, token, map[string]string{"Sec-Fetch-Site": "same-origin"}, http.StatusSeeOther},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, _, body := b.post("/requests", form(tc.token), tc.origin, tc.hdr)
+			if status != tc.want {
+				t.Fatalf("POST /requests = %d, want %d:\n%s", status, tc.want, body)
+			}
+			if status == http.StatusForbidden && !strings.Contains(body, "refused") {
+				t.Errorf("the refusal has no sentence:\n%s", body)
+			}
+		})
+	}
+	var reqs []proto.AccessRequest
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/access-requests", nil, &reqs)
+	if len(reqs) != 1 {
+		t.Errorf("%d requests were made, want only the good one's", len(reqs))
+	}
+}
+
+// TestRouteAccess goes through every route of the console: without a
+// session a page sends the browser to sign in and a POST is refused
+// (401); a
+// user who is not an administrator gets a 403 page on every admin route,
+// GET or POST.
+func TestRouteAccess(t *testing.T) {
+	e := newEnv(t)
+	bob, _ := e.signIn("bob@example.com")
+	bob.get("/")
+	token := bob.csrf()
+	anon := e.newBrowser()
+	for _, rt := range console.Routes() {
+		path := strings.ReplaceAll(strings.ReplaceAll(rt.Pattern, "{$}", ""), "{id}", "x")
+		t.Run(rt.Method+" "+rt.Pattern, func(t *testing.T) {
+			if rt.Access == console.Public {
+				return
+			}
+			var status int
+			var loc string
+			if rt.Method == "GET" {
+				resp, _ := anon.get(path)
+				status, loc = resp.StatusCode, resp.Request.URL.Path
+				if loc != "/signin" || status != http.StatusOK {
+					t.Errorf("anonymous GET %s ended at %s with %d, want the sign-in page", path, loc, status)
+				}
+			} else if status, _, _ = anon.post(path, url.Values{"csrf": {token}}, e.URL, nil); status != http.StatusUnauthorized {
+				t.Errorf("anonymous POST %s = %d, want 401", path, status)
+			}
+			if rt.Access != console.Admin {
+				return
+			}
+			var body string
+			if rt.Method == "GET" {
+				resp, _ := bob.get(path)
+				status, body = resp.StatusCode, bob.page
+			} else {
+				status, _, body = bob.post(path, url.Values{"csrf": {token}, "reason": {"no"}}, e.URL, nil)
+			}
+			if status != http.StatusForbidden || !strings.Contains(body, "is not an administrator") {
+				t.Errorf("non-admin %s %s = %d, want 403 with a sentence:\n%s", rt.Method, path, status, body)
+			}
+		})
+	}
+}
+
+// Text that would be markup if it were not escaped.
+var hostile = []string{`<script>alert(1)</script>`, `"><img src=x onerror=alert(1)>`}
+
+// TestRequestFlow: alice requests access, the admin sees it in the live
+// queue, shortens and approves it, alice sees the grant with its end;
+// the admin's own request cannot be approved by themselves, and the
+// console shows the coordinator's sentence.
+func TestRequestFlow(t *testing.T) {
+	e := newEnv(t)
+	alice, _ := e.signIn("alice@example.com")
+	root, _ := e.signIn("root@example.com")
+
+	// The admin's live queue, open before the request is made.
+	events := root.events("/admin/requests/events")
+	first := testkit.Recv(t, events, "a queue event")
+	if !strings.Contains(first, "No request is waiting") {
+		t.Fatalf("first queue event is not the empty queue:\n%s", first)
+	}
+
+	reason := "INC-7 " + strings.Join(hostile, " ")
+	page := alice.submit("/requests", "/requests", url.Values{"cluster": {"prod"}, "role": {"admin"}, "duration": {"2h"}, "reason": {reason}})
+	if !strings.Contains(page, "sent to the approvers") || !strings.Contains(page, "pending") {
+		t.Fatalf("after the request, the page does not show it pending:\n%s", page)
+	}
+	var reqs []proto.AccessRequest
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/access-requests", nil, &reqs)
+	if len(reqs) != 1 || reqs[0].Reason != reason {
+		t.Fatalf("requests = %+v, want alice's with the reason as typed", reqs)
+	}
+	id := reqs[0].ID
+
+	live := testkit.Recv(t, events, "a queue event")
+	if !strings.Contains(live, "req-"+id) {
+		t.Fatalf("the live queue did not show the new request:\n%s", live)
+	}
+	root.get("/admin/requests")
+	for _, p := range []string{live, root.page, page} {
+		for _, h := range hostile {
+			if strings.Contains(p, h) || strings.Contains(p, "<img") {
+				t.Errorf("the reason %q is markup on a page:\n%s", h, p)
+			}
+		}
+		if !strings.Contains(p, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+			t.Errorf("the reason is not shown as text:\n%s", p)
+		}
+	}
+
+	// Approving shorter than asked.
+	page = root.submit("/admin/requests", "/admin/requests/"+id+"/approve", url.Values{"duration": {"30m"}})
+	if !strings.Contains(page, "was approved") {
+		t.Fatalf("after approving, the queue says:\n%s", page)
+	}
+	alice.get("/")
+	if !strings.Contains(alice.page, "prod") || !strings.Contains(alice.page, `class="role">admin`) || !strings.Contains(alice.page, "data-until=") {
+		t.Errorf("alice's access does not show admin on prod with its end:\n%s", alice.page)
+	}
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/access-requests", nil, &reqs)
+	if got := time.Until(*reqs[0].GrantExpires); got > 30*time.Minute || got < 29*time.Minute {
+		t.Errorf("grant ends in %v, want the shortened 30m", got)
+	}
+
+	// Nobody approves their own request.
+	root.submit("/requests", "/requests", url.Values{"cluster": {"prod"}, "role": {"admin"}, "duration": {"1h"}, "reason": {"mine"}})
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/access-requests?state=pending", nil, &reqs)
+	root.get("/admin/requests")
+	status, _, body := root.post("/admin/requests/"+reqs[0].ID+"/approve", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
+	if status != http.StatusForbidden || !strings.Contains(body, "Nobody approves or denies their own request. Ask another approver.") {
+		t.Errorf("self-approval = %d:\n%s", status, body)
+	}
+
+	// Alice withdraws nothing pending; denying needs a reason.
+	status, _, body = root.post("/admin/requests/"+reqs[0].ID+"/deny", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
+	if status != http.StatusForbidden {
+		t.Errorf("denying one's own request = %d:\n%s", status, body)
+	}
+}
+
+// events opens an SSE stream on path and returns a channel of its
+// events' data, each event's lines joined; the stream ends with the test.
+func (b *browser) events(path string) <-chan string {
+	b.e.t.Helper()
+	req, _ := http.NewRequest("GET", b.e.URL+path, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.hc.Do(req)
+	if err != nil {
+		b.e.t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		resp.Body.Close()
+		b.e.t.Fatalf("GET %s = %d %s", path, resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	ch := make(chan string, 16)
+	done := make(chan struct{})
+	b.e.t.Cleanup(func() { resp.Body.Close(); <-done })
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 1<<20)
+		var ev strings.Builder
+		for sc.Scan() {
+			l := sc.Text()
+			switch {
+			case strings.HasPrefix(l, "data: "):
+				ev.WriteString(strings.TrimPrefix(l, "data: ") + "\n")
+			case l == "" && ev.Len() > 0:
+				select {
+				case ch <- ev.String():
+				default:
+				}
+				ev.Reset()
+			}
+		}
+	}()
+	return ch
+}
+
+func TestCancelAndDevices(t *testing.T) {
+	e := newEnv(t)
+	alice, _ := e.signIn("alice@example.com")
+	alice.submit("/requests", "/requests", url.Values{"cluster": {"prod"}, "role": {"admin"}, "duration": {"1h"}, "reason": {"x"}})
+	var reqs []proto.AccessRequest
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/access-requests", nil, &reqs)
+	page := alice.submit("/requests", "/requests/"+reqs[0].ID+"/cancel", url.Values{})
+	if !strings.Contains(page, "withdrawn") || !strings.Contains(page, "revoked") {
+		t.Errorf("after cancelling, the page says:\n%s", page)
+	}
+
+	// A terminal session of alice's, ended from the browser.
+	cli := e.Login("alice@example.com")
+	alice.get("/devices")
+	if !strings.Contains(alice.page, ">terminal<") {
+		t.Fatalf("the terminal session is not listed:\n%s", alice.page)
+	}
+	var sessions []proto.SessionInfo
+	e.Do(cli.Token, "GET", proto.APIVersion+"/sessions", nil, &sessions)
+	var other string
+	for _, s := range sessions {
+		if s.Kind == "" {
+			other = s.ID
+		}
+	}
+	page = alice.submit("/devices", "/sessions/"+other+"/end", url.Values{})
+	if !strings.Contains(page, "session was ended") || strings.Contains(page, ">terminal<") {
+		t.Errorf("after ending the terminal session, the page says:\n%s", page)
+	}
+	e.waitAudit(proto.AuditSessionEnded, "alice@example.com")
+	if st, _ := e.call(cli.Token, "GET", proto.APIVersion+"/whoami"); st != http.StatusUnauthorized {
+		t.Errorf("the ended terminal session still answers whoami: %d", st)
+	}
+}
+
+// call is a raw API call, for its status.
+func (e *env) call(token, method, path string) (int, string) {
+	req, _ := http.NewRequest(method, e.URL+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := e.Client().Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestConnectLines(t *testing.T) {
+	e := newEnv(t)
+	alice, _ := e.signIn("alice@example.com")
+	alice.get("/connect")
+	if !strings.Contains(alice.page, `data-copy="clustral login `+e.URL+`"`) || !strings.Contains(alice.page, "You cannot reach any cluster yet") {
+		t.Errorf("connect page lacks the login line or the empty state:\n%s", alice.page)
+	}
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/assignments", proto.Assignment{User: "alice@example.com", Role: "admin", Cluster: "prod"}, nil)
+	alice.get("/connect")
+	if want := "kubectl --context " + kubeconfig.ContextName("prod") + " get pods"; !strings.Contains(alice.page, want) {
+		t.Errorf("connect page lacks %q:\n%s", want, alice.page)
+	}
+}
