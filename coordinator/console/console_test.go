@@ -274,8 +274,8 @@ func TestSecurityHeaders(t *testing.T) {
 		if strings.Contains(csp, "unsafe-inline") || strings.Contains(csp, "unsafe-eval") {
 			t.Errorf("%s: CSP %q allows inline or eval", path, csp)
 		}
-		if h.Get("X-Content-Type-Options") != "nosniff" || h.Get("Referrer-Policy") != "no-referrer" || h.Get("X-Frame-Options") != "DENY" {
-			t.Errorf("%s: headers %v lack nosniff, no-referrer or DENY", path, h)
+		if h.Get("X-Content-Type-Options") != "nosniff" || h.Get("Referrer-Policy") != "same-origin" || h.Get("X-Frame-Options") != "DENY" {
+			t.Errorf("%s: headers %v lack nosniff, same-origin referrers or DENY", path, h)
 		}
 		if strings.Contains(b.page, "<script>") || strings.Contains(b.page, " on") && strings.Contains(b.page, "onclick=") {
 			t.Errorf("%s has an inline script or handler", path)
