@@ -12,22 +12,20 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// The static users in Dex.
-var (
-	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
-	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
-)
+// The people in Dex: an administrator, and alice, who has no role until
+// she asks for one.
+var admin, alice = harness.DexUser{Email: "approver@example.com", Password: "root-console-pw"},
+	harness.DexUser{Email: "alice@example.com", Password: "alice-console-pw", Groups: []string{"developers"}}
 
 var suite *harness.MeshSuite
 
 // TestMain runs the tests against one apiserver and Dex. Every mesh has
 // the role admin (the group clustral:admins, bound to cluster-admin),
-// which anyone may request.
+// which anyone may request; its description is hostile markup, which
+// the console must show as text.
 func TestMain(m *testing.M) {
 	os.Exit(harness.MeshMain(m, harness.MeshOptions{
-		Name:       "console",
-		Users:      []harness.DexUser{admin, alice},
-		Admin:      admin,
+		Name: "console", Admin: admin, Users: []harness.DexUser{admin, alice},
 		GroupRoles: map[string]string{"clustral:admins": "cluster-admin"},
 		Roles: []proto.Role{
 			{Name: "admin", Description: `cluster admin <script>alert(1)</script> "><img src=x onerror=alert(2)>`, Groups: []string{"clustral:admins"}},
