@@ -152,6 +152,14 @@ func Routes() []Route {
 		{"GET", "/admin/requests/events", Admin, (*Console).queueEvents},
 		{"POST", "/admin/requests/{id}/approve", Admin, (*Console).approveRequest},
 		{"POST", "/admin/requests/{id}/deny", Admin, (*Console).denyRequest},
+		{"GET", "/admin/clusters", Admin, (*Console).clustersPage},
+		{"POST", "/admin/clusters", Admin, (*Console).createCluster},
+		{"POST", "/admin/clusters/{cluster}/{action}", Admin, (*Console).clusterToken},
+		{"GET", "/admin/users", Admin, (*Console).usersPage},
+		{"POST", "/admin/users/{user}/{action}", Admin, (*Console).userState},
+		{"GET", "/admin/roles", Admin, (*Console).rolesPage},
+		{"GET", "/admin/audit", Admin, (*Console).auditPage},
+		{"POST", "/admin/audit/verify", Admin, (*Console).verifyAudit},
 	}
 }
 
@@ -467,12 +475,15 @@ func (c *Console) page(r *http.Request, v *visit, title string) *pageData {
 // notices are the sentences a page shows after a change; a redirect
 // names one by its key, so no text travels in the URL.
 var notices = map[string]string{
-	"requested": "Your request was sent to the approvers. It shows below until they decide.",
-	"cancelled": "The request was withdrawn.",
-	"revoked":   "The device was revoked; it is off the mesh now.",
-	"ended":     "The session was ended, with every device under it.",
-	"approved":  "The request was approved; the grant applies now.",
-	"denied":    "The request was denied.",
+	"requested":     "Your request was sent to the approvers. It shows below until they decide.",
+	"cancelled":     "The request was withdrawn.",
+	"revoked":       "The device was revoked; it is off the mesh now.",
+	"ended":         "The session was ended, with every device under it.",
+	"approved":      "The request was approved; the grant applies now.",
+	"denied":        "The request was denied.",
+	"token-revoked": "The join token was revoked; the cluster's agents left the mesh. Rotate it to issue a new one.",
+	"disabled":      "The user was disabled; their devices left the mesh and their open streams were cut.",
+	"enabled":       "The user was enabled; they can sign in again.",
 }
 
 // render writes the page name with d.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -257,7 +258,7 @@ func TestSignInBoundToBrowser(t *testing.T) {
 func TestSecurityHeaders(t *testing.T) {
 	e := newEnv(t)
 	b, _ := e.signIn("root@example.com")
-	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/static/console.js", "/nope"} {
+	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/admin/clusters", "/admin/users", "/admin/roles", "/admin/audit", "/static/console.js", "/nope"} {
 		resp, _ := b.get(path)
 		h := resp.Header
 		if path == "/nope" {
@@ -337,7 +338,7 @@ func TestRouteAccess(t *testing.T) {
 	token := bob.csrf()
 	anon := e.newBrowser()
 	for _, rt := range console.Routes() {
-		path := strings.ReplaceAll(strings.ReplaceAll(rt.Pattern, "{$}", ""), "{id}", "x")
+		path := wildcard.ReplaceAllString(strings.ReplaceAll(rt.Pattern, "{$}", ""), "x")
 		t.Run(rt.Method+" "+rt.Pattern, func(t *testing.T) {
 			if rt.Access == console.Public {
 				return
@@ -369,6 +370,9 @@ func TestRouteAccess(t *testing.T) {
 		})
 	}
 }
+
+// wildcard is a path wildcard of a route pattern.
+var wildcard = regexp.MustCompile(`\{[a-z]+\}`)
 
 // Text that would be markup if it were not escaped.
 var hostile = []string{`<script>alert(1)</script>`, `"><img src=x onerror=alert(1)>`}
@@ -532,5 +536,125 @@ func TestConnectLines(t *testing.T) {
 	alice.get("/connect")
 	if want := "kubectl --context " + kubeconfig.ContextName("prod") + " get pods"; !strings.Contains(alice.page, want) {
 		t.Errorf("connect page lacks %q:\n%s", want, alice.page)
+	}
+}
+
+// markupFree fails t if page holds any of the hostile strings as markup,
+// or does not show the first as text.
+func markupFree(t *testing.T, where, page string) {
+	t.Helper()
+	for _, h := range hostile {
+		if strings.Contains(page, h) || strings.Contains(page, "<img") {
+			t.Errorf("%s: %q is markup on the page:\n%s", where, h, page)
+		}
+	}
+	if !strings.Contains(page, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+		t.Errorf("%s: the hostile text is not shown as text:\n%s", where, page)
+	}
+}
+
+// TestAdminPages: clusters (a new cluster's join token shown once, its
+// hostile label as text), roles (a hostile description as text), users
+// (disable and enable, never oneself), and the audit log (filters,
+// paging, a hostile field as text, the chain verified).
+func TestAdminPages(t *testing.T) {
+	e := newEnv(t)
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/roles", proto.Role{Name: "viewer", Description: strings.Join(hostile, " "), Groups: []string{"view"},
+		Restrictions: &proto.Restrictions{Namespaces: []string{"dev"}}}, nil)
+	alice, _ := e.signIn("alice@example.com")
+	root, _ := e.signIn("root@example.com")
+
+	// A new cluster: its token is on the answer, and on no later page.
+	root.get("/admin/clusters")
+	status, _, page := root.post("/admin/clusters", url.Values{"csrf": {root.csrf()}, "name": {"staging"},
+		"labels": {"team=" + hostile[0] + ", env=" + hostile[1]}}, e.URL, nil)
+	if status != http.StatusOK || !strings.Contains(page, "Shown only this once") || !strings.Contains(page, "--from-literal=token=cjt_") {
+		t.Fatalf("adding a cluster = %d, without the join token and its install lines:\n%s", status, page)
+	}
+	markupFree(t, "clusters", page)
+	root.get("/admin/clusters")
+	if strings.Contains(root.page, "cjt_") || !strings.Contains(root.page, "staging") {
+		t.Errorf("the clusters page shows a join token again, or not the cluster:\n%s", root.page)
+	}
+	status, _, page = root.post("/admin/clusters", url.Values{"csrf": {root.csrf()}, "name": {"Bad Name"}, "labels": {"oops"}}, e.URL, nil)
+	if status != http.StatusBadRequest || !strings.Contains(page, `Label &#34;oops&#34; is not key=value`) || !strings.Contains(page, `value="Bad Name"`) {
+		t.Errorf("a bad label = %d, without its sentence or the form as typed:\n%s", status, page)
+	}
+	root.get("/admin/clusters")
+	status, _, page = root.post("/admin/clusters/staging/rotate-token", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
+	if status != http.StatusOK || !strings.Contains(page, "Join token for staging") {
+		t.Errorf("rotating the token = %d:\n%s", status, page)
+	}
+
+	// Roles, with the description as text and the limits in words.
+	root.get("/admin/roles")
+	markupFree(t, "roles", root.page)
+	if !strings.Contains(root.page, "<dt>Namespaces</dt><dd>dev</dd>") {
+		t.Errorf("the roles page does not show viewer's limit:\n%s", root.page)
+	}
+
+	// Users: alice disabled is signed out of the console too; enabled
+	// again. Nobody disables themselves.
+	page = root.submit("/admin/users", "/admin/users/alice@example.com/disable", url.Values{})
+	if !strings.Contains(page, "was disabled") || !strings.Contains(page, ">disabled<") {
+		t.Errorf("after disabling alice:\n%s", page)
+	}
+	if last, _ := alice.get("/"); last.StatusCode != http.StatusForbidden && last.Request.URL.Path != "/signin" {
+		t.Errorf("disabled alice still sees %s (%d)", last.Request.URL, last.StatusCode)
+	}
+	root.submit("/admin/users", "/admin/users/alice@example.com/enable", url.Values{})
+	if strings.Contains(root.page, "root@example.com/disable") {
+		t.Errorf("the users page offers to disable oneself:\n%s", root.page)
+	}
+
+	// Audit: a request's hostile reason, found by user, shown as text.
+	alice, _ = e.signIn("alice@example.com")
+	alice.submit("/requests", "/requests", url.Values{"cluster": {"staging"}, "role": {"viewer"}, "duration": {"1h"}, "reason": {hostile[0] + hostile[1]}})
+	e.waitAudit(proto.AuditAccessRequested, "alice@example.com")
+	root.get("/admin/audit?user=alice@example.com&code=" + string(proto.AuditAccessRequested))
+	if strings.Count(root.page, "<details>") != 1 {
+		t.Errorf("the audit page filtered by alice's request shows %d events, want 1:\n%s", strings.Count(root.page, "<details>"), root.page)
+	}
+	markupFree(t, "audit", root.page)
+	root.get("/admin/audit?from=yesterday")
+	if !strings.Contains(root.page, `class="error"`) {
+		t.Errorf("a bad time filter gives no sentence:\n%s", root.page)
+	}
+	root.get("/admin/audit")
+	status, _, page = root.post("/admin/audit/verify", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
+	if status != http.StatusOK || !strings.Contains(page, "The hash chain verifies") {
+		t.Errorf("verifying the chain = %d:\n%s", status, page)
+	}
+}
+
+// TestAuditPaging: the audit page shows a page of events and links the
+// older ones, keeping the filter.
+func TestAuditPaging(t *testing.T) {
+	e := newEnv(t)
+	for range 8 {
+		e.Login("bob@example.com")
+	}
+	root, _ := e.signIn("root@example.com")
+	testkit.WaitFor(t, "bob's 8 logins in the audit log", func() bool {
+		var page proto.AuditPage
+		e.Do(e.admin.Token, "GET", proto.APIVersion+"/audit/events?user=bob@example.com", nil, &page)
+		return len(page.Events) == 8
+	})
+	root.get("/admin/audit?user=bob@example.com&limit=5")
+	if n := strings.Count(root.page, "<details>"); n != 5 {
+		t.Fatalf("first page shows %d events, want 5", n)
+	}
+	i := strings.Index(root.page, `href="/admin/audit?`)
+	if i < 0 {
+		t.Fatalf("no link to older events:\n%s", root.page)
+	}
+	next := root.page[i+len(`href="`):]
+	next = strings.ReplaceAll(next[:strings.IndexByte(next, '"')], "&amp;", "&")
+	if !strings.Contains(next, "user=bob%40example.com") || !strings.Contains(next, "limit=5") {
+		t.Errorf("the next page's link %q drops the filter", next)
+	}
+	root.get(next)
+	if n := strings.Count(root.page, "<details>"); n != 3 || strings.Contains(root.page, "Older events") {
+		t.Errorf("second page shows %d events, want the 3 left and no further page", n)
 	}
 }

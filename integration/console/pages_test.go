@@ -52,6 +52,10 @@ func TestPages(t *testing.T) {
 		{"requests", "/requests", at},
 		{"devices", "/devices", at},
 		{"admin-requests", "/admin/requests", rt},
+		{"admin-clusters", "/admin/clusters", rt},
+		{"admin-users", "/admin/users", rt},
+		{"admin-roles", "/admin/roles", rt},
+		{"admin-audit", "/admin/audit", rt},
 	} {
 		t.Run(p.name, func(t *testing.T) {
 			p.tab.Do(t, chromedp.Navigate(m.Coord.URL+p.path), chromedp.WaitVisible(chromedp.CSS("main h1")))
