@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/clustral/clustral/integration/harness"
 )
@@ -64,8 +65,8 @@ func noProblems(t *testing.T, tabs ...*harness.Tab) {
 // TestRequestApproveKubectl: alice signs in through Dex's form and asks
 // for admin on the cluster; the administrator, in a browser of their
 // own, sees the request appear in the queue without reloading and
-// approves it; alice's kubectl through the mesh then works. No page
-// logs an error or fails a request.
+// approves it with the keyboard; alice's kubectl through the mesh then
+// works. No page logs an error or fails a request.
 func TestRequestApproveKubectl(t *testing.T) {
 	m := suite.NewMesh(t)
 	suite.StartAgent(t, m.JoinToken)
@@ -118,10 +119,13 @@ func TestRequestApproveKubectl(t *testing.T) {
 	if err != nil || injected != 0 {
 		t.Errorf("the reason became markup in the queue: %d elements (%v)", injected, err)
 	}
-	rt.Do(t,
-		chromedp.Click(chromedp.CSS("li.request button.approve")),
-		chromedp.WaitVisible(chromedp.CSS(".notice")),
-	)
+	// With the keyboard only: from the duration, Tab reaches Approve,
+	// and Enter presses it.
+	rt.Do(t, chromedp.Focus(chromedp.CSS("li.request select")), chromedp.KeyEvent(kb.Tab))
+	if focused, err := chromedp.Run(rt.Ctx, chromedp.Evaluate[string](`document.activeElement.className`)); err != nil || focused != "approve" {
+		t.Fatalf("Tab from the duration focused %q (%v), want the Approve button", focused, err)
+	}
+	rt.Do(t, chromedp.KeyEvent(kb.Enter), chromedp.WaitVisible(chromedp.CSS(".notice")))
 
 	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
 		_, err := a.RunKubectl("get", "namespaces")
