@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -250,4 +251,100 @@ func (c *Console) verifyAudit(w http.ResponseWriter, r *http.Request, v *visit) 
 		return
 	}
 	c.showAudit(w, r, v, &res, "")
+}
+
+// ---- assignments ----
+
+type assignmentsData struct {
+	Assignments []proto.Assignment
+	Roles       []string
+	Clusters    []string
+	Durations   []time.Duration
+	Form        url.Values
+}
+
+func (c *Console) assignmentsPage(w http.ResponseWriter, r *http.Request, v *visit) {
+	c.showAssignments(w, r, v, http.StatusOK, "", nil)
+}
+
+func (c *Console) showAssignments(w http.ResponseWriter, r *http.Request, v *visit, status int, problem string, form url.Values) {
+	var (
+		as    []proto.Assignment
+		roles []proto.Role
+		cls   []proto.Cluster
+	)
+	err := apiCall(r, v, "GET", proto.APIVersion+"/assignments", nil, &as)
+	if err == nil {
+		err = apiCall(r, v, "GET", proto.APIVersion+"/roles", nil, &roles)
+	}
+	if err == nil {
+		err = apiCall(r, v, "GET", proto.APIVersion+"/clusters", nil, &cls)
+	}
+	if err != nil {
+		c.failAPI(w, r, v, err)
+		return
+	}
+	ad := assignmentsData{Assignments: as, Durations: durations, Form: form}
+	if ad.Form == nil {
+		ad.Form = url.Values{"who": {"user"}}
+	}
+	for _, ro := range roles {
+		ad.Roles = append(ad.Roles, ro.Name)
+	}
+	for _, cl := range cls {
+		ad.Clusters = append(ad.Clusters, cl.Name)
+	}
+	sort.Strings(ad.Roles)
+	sort.Strings(ad.Clusters)
+	d := c.page(r, v, "Assignments")
+	d.Error = problem
+	d.Data = ad
+	c.render(w, status, "assignments", d)
+}
+
+func (c *Console) createAssignment(w http.ResponseWriter, r *http.Request, v *visit) {
+	f := r.PostForm
+	a := proto.Assignment{Role: f.Get("role")}
+	name := strings.TrimSpace(f.Get("name"))
+	switch f.Get("who") {
+	case "user":
+		a.User = name
+	case "group":
+		a.Group = name
+	default:
+		c.showAssignments(w, r, v, http.StatusBadRequest, "Choose whether the role goes to a user or to a group.", f)
+		return
+	}
+	if sel := strings.TrimSpace(f.Get("selector")); sel != "" {
+		labels, err := parseLabels(sel)
+		if err != nil {
+			c.showAssignments(w, r, v, http.StatusBadRequest, capitalize(err.Error())+".", f)
+			return
+		}
+		a.ClusterSelector = labels
+	} else {
+		a.Cluster = f.Get("cluster")
+	}
+	if s := f.Get("for"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			c.showAssignments(w, r, v, http.StatusBadRequest, fmt.Sprintf("%q is not a duration; choose one from the list.", s), f)
+			return
+		}
+		exp := time.Now().Add(d)
+		a.Expires = &exp
+	}
+	if err := apiCall(r, v, "POST", proto.APIVersion+"/assignments", a, nil); err != nil {
+		c.showAssignments(w, r, v, statusOf(err), sentence(err), f)
+		return
+	}
+	http.Redirect(w, r, "/admin/assignments?done=assigned", http.StatusSeeOther)
+}
+
+func (c *Console) deleteAssignment(w http.ResponseWriter, r *http.Request, v *visit) {
+	if err := apiCall(r, v, "DELETE", proto.APIVersion+"/assignments/"+url.PathEscape(r.PathValue("id")), nil, nil); err != nil {
+		c.showAssignments(w, r, v, statusOf(err), sentence(err), nil)
+		return
+	}
+	http.Redirect(w, r, "/admin/assignments?done=unassigned", http.StatusSeeOther)
 }

@@ -158,6 +158,9 @@ func Routes() []Route {
 		{"GET", "/admin/users", Admin, (*Console).usersPage},
 		{"POST", "/admin/users/{user}/{action}", Admin, (*Console).userState},
 		{"GET", "/admin/roles", Admin, (*Console).rolesPage},
+		{"GET", "/admin/assignments", Admin, (*Console).assignmentsPage},
+		{"POST", "/admin/assignments", Admin, (*Console).createAssignment},
+		{"POST", "/admin/assignments/{id}/delete", Admin, (*Console).deleteAssignment},
 		{"GET", "/admin/audit", Admin, (*Console).auditPage},
 		{"POST", "/admin/audit/verify", Admin, (*Console).verifyAudit},
 	}
@@ -484,6 +487,8 @@ var notices = map[string]string{
 	"token-revoked": "The join token was revoked; the cluster's agents left the mesh. Rotate it to issue a new one.",
 	"disabled":      "The user was disabled; their devices left the mesh and their open streams were cut.",
 	"enabled":       "The user was enabled; they can sign in again.",
+	"assigned":      "The role was assigned; it applies now.",
+	"unassigned":    "The assignment was removed; the access it gave ends now.",
 }
 
 // render writes the page name with d.

@@ -258,7 +258,7 @@ func TestSignInBoundToBrowser(t *testing.T) {
 func TestSecurityHeaders(t *testing.T) {
 	e := newEnv(t)
 	b, _ := e.signIn("root@example.com")
-	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/admin/clusters", "/admin/users", "/admin/roles", "/admin/audit", "/static/console.js", "/nope"} {
+	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/admin/clusters", "/admin/users", "/admin/roles", "/admin/assignments", "/admin/audit", "/static/console.js", "/nope"} {
 		resp, _ := b.get(path)
 		h := resp.Header
 		if path == "/nope" {
@@ -656,5 +656,46 @@ func TestAuditPaging(t *testing.T) {
 	root.get(next)
 	if n := strings.Count(root.page, "<details>"); n != 3 || strings.Contains(root.page, "Older events") {
 		t.Errorf("second page shows %d events, want the 3 left and no further page", n)
+	}
+}
+
+// TestAssignments: an administrator assigns a role to a user for a
+// while and to a group by labels, sees a bad selector's sentence with
+// the form kept, and removes an assignment; the user's My access
+// follows.
+func TestAssignments(t *testing.T) {
+	e := newEnv(t)
+	alice, _ := e.signIn("alice@example.com")
+	root, _ := e.signIn("root@example.com")
+
+	page := root.submit("/admin/assignments", "/admin/assignments", url.Values{"who": {"user"}, "name": {"alice@example.com"}, "role": {"admin"}, "cluster": {"prod"}, "for": {"1h"}})
+	if !strings.Contains(page, "was assigned") || !strings.Contains(page, "data-until=") {
+		t.Fatalf("after assigning:\n%s", page)
+	}
+	alice.get("/")
+	if !strings.Contains(alice.page, `class="role">admin`) || !strings.Contains(alice.page, "Ends <time") {
+		t.Errorf("alice's access does not show the assignment with its end:\n%s", alice.page)
+	}
+
+	root.get("/admin/assignments")
+	status, _, page := root.post("/admin/assignments", url.Values{"csrf": {root.csrf()}, "who": {"group"}, "name": {"developers"}, "role": {"admin"}, "selector": {"env"}}, e.URL, nil)
+	if status != http.StatusBadRequest || !strings.Contains(page, "is not key=value") || !strings.Contains(page, `value="developers"`) {
+		t.Errorf("a bad selector = %d:\n%s", status, page)
+	}
+	page = root.submit("/admin/assignments", "/admin/assignments", url.Values{"who": {"group"}, "name": {"developers"}, "role": {"admin"}, "selector": {"env=prod"}})
+	if !strings.Contains(page, "group developers") || !strings.Contains(page, "env=prod") {
+		t.Errorf("the group assignment is not listed:\n%s", page)
+	}
+
+	var as []proto.Assignment
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/assignments", nil, &as)
+	for _, a := range as {
+		if a.User == "alice@example.com" {
+			root.submit("/admin/assignments", "/admin/assignments/"+a.ID+"/delete", url.Values{})
+		}
+	}
+	alice.get("/")
+	if !strings.Contains(alice.page, "You cannot reach any cluster") {
+		t.Errorf("alice still reaches a cluster after the assignment was removed:\n%s", alice.page)
 	}
 }
