@@ -1,9 +1,11 @@
 package console
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -191,8 +193,21 @@ type auditData struct {
 	Events     []proto.AuditEvent
 	// Next is the URL of the following page, empty on the last.
 	Next string
+	// Tail is the URL of the live tail with the page's filter.
+	Tail string
 	// Verified is the chain's check, when asked for.
 	Verified *proto.AuditVerification
+}
+
+// auditFilter is the filter of the query in, as the API names it.
+func auditFilter(in url.Values) url.Values {
+	q := url.Values{}
+	for _, k := range auditFilters {
+		if s := strings.TrimSpace(in.Get(k)); s != "" {
+			q.Set(k, s)
+		}
+	}
+	return q
 }
 
 func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, v *visit) {
@@ -201,12 +216,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, v *visit) {
 
 func (c *Console) showAudit(w http.ResponseWriter, r *http.Request, v *visit, verified *proto.AuditVerification, problem string) {
 	in := r.URL.Query()
-	q := url.Values{}
-	for _, k := range auditFilters {
-		if s := strings.TrimSpace(in.Get(k)); s != "" {
-			q.Set(k, s)
-		}
-	}
+	q := auditFilter(in)
 	api := url.Values{}
 	for k, vs := range q {
 		api[k] = vs
@@ -222,7 +232,13 @@ func (c *Console) showAudit(w http.ResponseWriter, r *http.Request, v *visit, ve
 	}
 	d := c.page(r, v, "Audit log")
 	d.Error = problem
-	ad := auditData{Filter: q, Categories: proto.AuditCategories, Verified: verified}
+	tail := url.Values{}
+	for k, vs := range q {
+		if k != proto.AuditParamLimit {
+			tail[k] = vs
+		}
+	}
+	ad := auditData{Filter: q, Categories: proto.AuditCategories, Verified: verified, Tail: "/admin/audit/events?" + tail.Encode()}
 	var page proto.AuditPage
 	status := http.StatusOK
 	if err := apiCall(r, v, "GET", proto.APIVersion+"/audit/events?"+api.Encode(), nil, &page); err != nil {
@@ -347,4 +363,50 @@ func (c *Console) deleteAssignment(w http.ResponseWriter, r *http.Request, v *vi
 		return
 	}
 	http.Redirect(w, r, "/admin/assignments?done=unassigned", http.StatusSeeOther)
+}
+
+// auditTail streams the events that come after it opened, matching the
+// page's filter, newest first, as Server-Sent Events.
+func (c *Console) auditTail(w http.ResponseWriter, r *http.Request, v *visit) {
+	q := auditFilter(r.URL.Query())
+	first := url.Values{}
+	for k, vs := range q {
+		first[k] = vs
+	}
+	first.Set(proto.AuditParamLimit, "1")
+	var page proto.AuditPage
+	if err := apiCall(r, v, "GET", proto.APIVersion+"/audit/events?"+first.Encode(), nil, &page); err != nil {
+		c.failAPI(w, r, v, err)
+		return
+	}
+	cursor := page.Follow
+	c.serveEvents(w, r, func() ([]byte, error) {
+		pq := url.Values{}
+		for k, vs := range q {
+			pq[k] = vs
+		}
+		pq.Set(proto.AuditParamOrder, "asc")
+		pq.Set(proto.AuditParamLimit, strconv.Itoa(maxAuditPageSize))
+		if cursor != "" {
+			pq.Set(proto.AuditParamCursor, cursor)
+		}
+		var page proto.AuditPage
+		if err := apiCall(r, v, "GET", proto.APIVersion+"/audit/events?"+pq.Encode(), nil, &page); err != nil {
+			return nil, err
+		}
+		if page.Next != "" {
+			cursor = page.Next
+		}
+		if len(page.Events) == 0 {
+			return nil, nil
+		}
+		slices.Reverse(page.Events) // newest first, as the page lists them
+		var buf bytes.Buffer
+		for _, ev := range page.Events {
+			if err := c.pages["audit"].ExecuteTemplate(&buf, "event", ev); err != nil {
+				return nil, err
+			}
+		}
+		return buf.Bytes(), nil
+	})
 }

@@ -162,6 +162,7 @@ func Routes() []Route {
 		{"POST", "/admin/assignments", Admin, (*Console).createAssignment},
 		{"POST", "/admin/assignments/{id}/delete", Admin, (*Console).deleteAssignment},
 		{"GET", "/admin/audit", Admin, (*Console).auditPage},
+		{"GET", "/admin/audit/events", Admin, (*Console).auditTail},
 		{"POST", "/admin/audit/verify", Admin, (*Console).verifyAudit},
 	}
 }

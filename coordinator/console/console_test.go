@@ -699,3 +699,23 @@ func TestAssignments(t *testing.T) {
 		t.Errorf("alice still reaches a cluster after the assignment was removed:\n%s", alice.page)
 	}
 }
+
+// TestAuditTail: the audit page's live tail sends the events recorded
+// after it opened that match its filter, rendered as text.
+func TestAuditTail(t *testing.T) {
+	e := newEnv(t)
+	root, _ := e.signIn("root@example.com")
+	alice, _ := e.signIn("alice@example.com")
+	root.get("/admin/audit?user=alice@example.com")
+	if !strings.Contains(root.page, `data-live="/admin/audit/events?user=alice%40example.com"`) {
+		t.Fatalf("the audit page has no live tail with its filter:\n%s", root.page)
+	}
+	tail := root.events("/admin/audit/events?user=alice@example.com")
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/clusters", map[string]any{"name": "other"}, nil) // not alice's: not sent
+	alice.submit("/requests", "/requests", url.Values{"cluster": {"prod"}, "role": {"admin"}, "duration": {"1h"}, "reason": {hostile[0]}})
+	ev := testkit.Recv(t, tail, "a live audit event")
+	if !strings.Contains(ev, string(proto.AuditAccessRequested)) || strings.Contains(ev, "CL001I") {
+		t.Errorf("the tail sent, for alice's filter:\n%s", ev)
+	}
+	markupFree(t, "audit tail", ev)
+}

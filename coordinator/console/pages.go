@@ -269,59 +269,63 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, v *visit, actio
 	http.Redirect(w, r, "/admin/requests?done="+done, http.StatusSeeOther)
 }
 
-// queueTick is how often the live queue looks for changes.
-const queueTick = time.Second
-
-// queueEvents streams the queue as Server-Sent Events: an event "queue"
-// with the rendered rows whenever they change, and "end" when the
-// session does. It reads the queue through the API once a tick.
+// queueEvents streams the queue as Server-Sent Events: "html" with the
+// rendered rows whenever they change, and "end" when the session does.
 func (c *Console) queueEvents(w http.ResponseWriter, r *http.Request, v *visit) {
+	var last []byte
+	c.serveEvents(w, r, func() ([]byte, error) {
+		q, err := c.queue(r, v)
+		if err != nil {
+			return nil, err
+		}
+		var buf bytes.Buffer
+		if err := c.pages["queue"].ExecuteTemplate(&buf, "queue-rows", q); err != nil {
+			return nil, err
+		}
+		if bytes.Equal(buf.Bytes(), last) {
+			return nil, nil
+		}
+		last = buf.Bytes()
+		return last, nil
+	})
+}
+
+// liveTick is how often a live page looks for changes.
+const liveTick = time.Second
+
+// serveEvents serves a Server-Sent Events stream: once a tick it asks
+// next for HTML to send; a non-empty answer goes out as an event "html",
+// an error as an event "end" with its sentence, which ends the stream, as
+// does the request's end. The page's script puts the HTML in place
+// (static/console.js); it was rendered by html/template like any page.
+func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request, next func() ([]byte, error)) {
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Time{})
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	var last []byte
-	t := time.NewTicker(queueTick)
+	t := time.NewTicker(liveTick)
 	defer t.Stop()
 	for n := 0; ; n++ {
-		var buf bytes.Buffer
-		q, err := c.queue(r, v)
-		if err != nil {
-			fmt.Fprintf(&buf, "event: end\ndata: %s\n\n", strings.ReplaceAll(sentence(err), "\n", " "))
-		} else if err := c.pages["queue"].ExecuteTemplate(&buf, "queue-rows", q); err != nil {
-			c.log.Error("render console queue", "err", err)
-			return
-		}
-		rows := buf.Bytes()
+		html, err := next()
+		var ev bytes.Buffer
 		switch {
 		case err != nil:
-			rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			w.Write(rows)
-			rc.Flush()
-			return
-		case !bytes.Equal(rows, last):
-			last = slices.Clone(rows)
-			var ev bytes.Buffer
-			ev.WriteString("event: queue\n")
-			for _, l := range bytes.Split(bytes.TrimRight(rows, "\n"), []byte("\n")) {
+			fmt.Fprintf(&ev, "event: end\ndata: %s\n\n", strings.ReplaceAll(sentence(err), "\n", " "))
+		case len(html) > 0:
+			ev.WriteString("event: html\n")
+			for _, l := range bytes.Split(bytes.TrimRight(html, "\n"), []byte("\n")) {
 				ev.WriteString("data: ")
 				ev.Write(l)
 				ev.WriteString("\n")
 			}
 			ev.WriteString("\n")
-			rows = ev.Bytes()
 		case n%15 == 0:
-			rows = []byte(": still here\n\n")
-		default:
-			rows = nil
+			ev.WriteString(": still here\n\n")
 		}
-		if rows != nil {
+		if ev.Len() > 0 {
 			rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			if _, err := w.Write(rows); err != nil {
-				return
-			}
-			if err := rc.Flush(); err != nil {
+			if _, werr := w.Write(ev.Bytes()); werr != nil || rc.Flush() != nil || err != nil {
 				return
 			}
 		}

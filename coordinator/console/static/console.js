@@ -38,21 +38,26 @@ document.addEventListener("click", (ev) => {
   }
 });
 
-function live() {
-  const el = document.querySelector("[data-live]");
-  if (!el || !window.EventSource) return;
+// live opens the event stream of each [data-live] element and puts the
+// HTML of its "html" events into its target: in place of what is there
+// (data-live-mode="replace") or before it ("prepend").
+function live(el) {
   const target = document.getElementById(el.dataset.liveTarget);
   const es = new EventSource(el.dataset.live);
-  es.addEventListener("queue", (ev) => {
-    // The rows are rendered and escaped by the server's templates.
+  es.addEventListener("html", (ev) => {
+    // The HTML is rendered and escaped by the server's templates.
     const focused = document.activeElement && document.activeElement.id;
-    target.innerHTML = ev.data;
+    if (el.dataset.liveMode === "prepend") {
+      target.insertAdjacentHTML("afterbegin", ev.data);
+    } else {
+      target.innerHTML = ev.data;
+    }
     if (focused) {
       const f = document.getElementById(focused);
       if (f) f.focus();
     }
     tick();
-    el.textContent = "This list updates by itself. Last change: " + new Date().toLocaleTimeString() + ".";
+    el.dataset.changed = new Date().toLocaleTimeString();
   });
   es.addEventListener("end", (ev) => {
     es.close();
@@ -63,5 +68,5 @@ function live() {
 document.addEventListener("DOMContentLoaded", () => {
   tick();
   setInterval(tick, 1000);
-  live();
+  if (window.EventSource) document.querySelectorAll("[data-live]").forEach(live);
 });
