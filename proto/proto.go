@@ -76,6 +76,10 @@ type Problem struct {
 	Code   ErrorCode `json:"code"`
 	// Hint says how to fix the problem, for the CLI's hint line.
 	Hint string `json:"hint,omitempty"`
+	// Field names the request's field that caused the problem, as its
+	// JSON names it (description, restrictions.verbs), when one did, so a
+	// form can show the problem beside it.
+	Field string `json:"field,omitempty"`
 }
 
 func (p *Problem) Error() string {
