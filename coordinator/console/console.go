@@ -158,6 +158,10 @@ func Routes() []Route {
 		{"GET", "/admin/users", Admin, (*Console).usersPage},
 		{"POST", "/admin/users/{user}/{action}", Admin, (*Console).userState},
 		{"GET", "/admin/roles", Admin, (*Console).rolesPage},
+		{"GET", "/admin/roles/new", Admin, (*Console).newRolePage},
+		{"POST", "/admin/roles/new", Admin, (*Console).createRole},
+		{"GET", "/admin/roles/{role}/edit", Admin, (*Console).editRolePage},
+		{"POST", "/admin/roles/{role}/edit", Admin, (*Console).updateRole},
 		{"GET", "/admin/assignments", Admin, (*Console).assignmentsPage},
 		{"POST", "/admin/assignments", Admin, (*Console).createAssignment},
 		{"POST", "/admin/assignments/{id}/delete", Admin, (*Console).deleteAssignment},
@@ -490,6 +494,7 @@ var notices = map[string]string{
 	"enabled":       "The user was enabled; they can sign in again.",
 	"assigned":      "The role was assigned; it applies now.",
 	"unassigned":    "The assignment was removed; the access it gave ends now.",
+	"role-saved":    "The role was saved; it applies at once to whoever holds it.",
 }
 
 // render writes the page name with d.

@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"bufio"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -258,7 +259,7 @@ func TestSignInBoundToBrowser(t *testing.T) {
 func TestSecurityHeaders(t *testing.T) {
 	e := newEnv(t)
 	b, _ := e.signIn("root@example.com")
-	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/admin/clusters", "/admin/users", "/admin/roles", "/admin/assignments", "/admin/audit", "/static/console.js", "/nope"} {
+	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/admin/clusters", "/admin/users", "/admin/roles", "/admin/roles/new", "/admin/assignments", "/admin/audit", "/static/console.js", "/nope"} {
 		resp, _ := b.get(path)
 		h := resp.Header
 		if path == "/nope" {
@@ -718,4 +719,72 @@ func TestAuditTail(t *testing.T) {
 		t.Errorf("the tail sent, for alice's filter:\n%s", ev)
 	}
 	markupFree(t, "audit tail", ev)
+}
+
+// TestRoleForm: an administrator creates and edits a role in the form;
+// the coordinator's refusal shows beside the field it names, with the
+// form kept as typed, and a role's time windows survive an edit.
+func TestRoleForm(t *testing.T) {
+	e := newEnv(t)
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/roles", proto.Role{Name: "office", Groups: []string{"edit"},
+		Restrictions: &proto.Restrictions{TimeWindows: []proto.TimeWindow{{Days: []string{"mon"}, Start: "09:00", End: "17:00"}}}}, nil)
+	root, _ := e.signIn("root@example.com")
+
+	form := url.Values{"name": {"deployer"}, "description": {hostile[0]}, "groups": {"edit, view"}, "namespaces": {"dev,\nstaging"}, "verbs": {"get, steal"}}
+	root.get("/admin/roles/new")
+	form.Set("csrf", root.csrf())
+	status, _, page := root.post("/admin/roles/new", form, e.URL, nil)
+	if status != http.StatusBadRequest || !strings.Contains(page, `id="err-verbs"`) || !strings.Contains(page, `verb &#34;steal&#34;`) {
+		t.Fatalf("a bad verb = %d, without its error beside the verbs field:\n%s", status, page)
+	}
+	if !strings.Contains(page, `value="get, steal"`) || !strings.Contains(page, `aria-errormessage="err-verbs"`) {
+		t.Errorf("the form is not kept as typed, or the field not marked:\n%s", page)
+	}
+	markupFree(t, "role form", page)
+
+	form.Set("verbs", "get, list")
+	status, loc, page := root.post("/admin/roles/new", form, e.URL, nil)
+	if status != http.StatusSeeOther {
+		t.Fatalf("creating the fixed role = %d:\n%s", status, page)
+	}
+	root.get(loc)
+	if !strings.Contains(root.page, "role was saved") || !strings.Contains(root.page, "<dt>Namespaces</dt><dd>dev, staging</dd>") {
+		t.Errorf("the new role is not listed with its limits:\n%s", root.page)
+	}
+
+	// The name of another role: the error is beside the name.
+	root.get("/admin/roles/deployer/edit")
+	if !strings.Contains(root.page, `value="edit, view"`) {
+		t.Fatalf("the edit form is not filled in:\n%s", root.page)
+	}
+	status, _, page = root.post("/admin/roles/deployer/edit", url.Values{"csrf": {root.csrf()}, "name": {"office"}, "groups": {"edit"}}, e.URL, nil)
+	if status != http.StatusConflict || !strings.Contains(page, `id="err-name"`) {
+		t.Errorf("renaming onto another role = %d, without the error beside the name:\n%s", status, page)
+	}
+
+	// Editing keeps the windows the form does not show.
+	root.get("/admin/roles/office/edit")
+	if !strings.Contains(root.page, "mon 09:00-17:00 UTC") {
+		t.Errorf("the edit form does not show the role's window:\n%s", root.page)
+	}
+	form = roleFormValues(root.page)
+	form.Set("description", "office hours only")
+	form.Set("csrf", root.csrf())
+	if status, _, page := root.post("/admin/roles/office/edit", form, e.URL, nil); status != http.StatusSeeOther {
+		t.Fatalf("saving office = %d:\n%s", status, page)
+	}
+	var ro proto.Role
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/roles/office", nil, &ro)
+	if ro.Description != "office hours only" || ro.Restrictions == nil || len(ro.Restrictions.TimeWindows) != 1 {
+		t.Errorf("after the edit, office = %+v, want the new description and its window", ro)
+	}
+}
+
+// roleFormValues reads the values of the role form's inputs on page.
+func roleFormValues(page string) url.Values {
+	v := url.Values{}
+	for _, m := range regexp.MustCompile(`<input id="ro-[a-z_]+" name="([a-z_]+)" autocomplete="off" value="([^"]*)"`).FindAllStringSubmatch(page, -1) {
+		v.Set(m[1], html.UnescapeString(m[2]))
+	}
+	return v
 }

@@ -55,6 +55,7 @@ func TestPages(t *testing.T) {
 		{"admin-clusters", "/admin/clusters", rt},
 		{"admin-users", "/admin/users", rt},
 		{"admin-roles", "/admin/roles", rt},
+		{"admin-role-edit", "/admin/roles/admin/edit", rt},
 		{"admin-assignments", "/admin/assignments", rt},
 		{"admin-audit", "/admin/audit", rt},
 	} {
