@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,9 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -464,4 +467,57 @@ func HTTPGet(url string) (string, error) {
 		return "", fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	return string(b), nil
+}
+
+// CLILogin is a running `clustral login`.
+type CLILogin struct {
+	Cmd      *exec.Cmd
+	Stdout   strings.Builder
+	AuthURL  string
+	UserCode string // headless only
+}
+
+// StartCLILogin runs `clustral login CoordURL` as u with args and extra
+// environment, and reads from its stderr the URL (and, headless, the
+// code) it prints. t's cleanup kills it if it still runs.
+func (s *MeshSuite) StartCLILogin(t testing.TB, ctx context.Context, u *TestUser, env []string, args ...string) *CLILogin {
+	t.Helper()
+	l := &CLILogin{}
+	l.Cmd = exec.CommandContext(ctx, u.Bin, append([]string{"login", s.CoordURL()}, args...)...)
+	l.Cmd.Env = append(u.Environ(), env...)
+	l.Cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := l.Cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Cmd.Stdout = &l.Stdout
+	if err := l.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Cmd.Process.Kill(); l.Cmd.Wait() })
+	headless := slices.Contains(args, "--no-browser")
+	sc := bufio.NewScanner(stderr)
+	wantCode := false
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(line, "https://") && l.AuthURL == "":
+			l.AuthURL = line
+		case strings.Contains(line, "asks for this code"):
+			wantCode = true
+		case wantCode && line != "":
+			l.UserCode = line
+		}
+		if l.AuthURL != "" && (!headless || l.UserCode != "") {
+			break
+		}
+	}
+	go io.Copy(io.Discard, stderr)
+	if l.AuthURL == "" {
+		t.Fatal("clustral login printed no URL")
+	}
+	if !strings.HasPrefix(l.AuthURL, s.Env.Dex.Issuer) || !strings.Contains(l.AuthURL, "code_challenge_method=S256") {
+		t.Fatalf("auth URL %q is not Dex's with PKCE", l.AuthURL)
+	}
+	return l
 }
