@@ -410,3 +410,52 @@ func (c *Console) auditTail(w http.ResponseWriter, r *http.Request, v *visit) {
 		return buf.Bytes(), nil
 	})
 }
+
+// userData is one user's page: who they are, what is assigned to them
+// (directly or through a group), and their devices.
+type userData struct {
+	User        proto.User
+	Assignments []proto.Assignment
+	Devices     []proto.Device
+}
+
+func (c *Console) userPage(w http.ResponseWriter, r *http.Request, v *visit) {
+	c.showUser(w, r, v, http.StatusOK, "")
+}
+
+func (c *Console) showUser(w http.ResponseWriter, r *http.Request, v *visit, status int, problem string) {
+	var (
+		ud  userData
+		all []proto.Assignment
+	)
+	name := r.PathValue("user")
+	err := apiCall(r, v, "GET", proto.APIVersion+"/users/"+url.PathEscape(name), nil, &ud.User)
+	if err == nil {
+		err = apiCall(r, v, "GET", proto.APIVersion+"/assignments", nil, &all)
+	}
+	if err == nil {
+		err = apiCall(r, v, "GET", proto.APIVersion+"/devices?user="+url.QueryEscape(ud.User.Login), nil, &ud.Devices)
+	}
+	if err != nil {
+		c.failAPI(w, r, v, err)
+		return
+	}
+	for _, a := range all {
+		if a.User == ud.User.Login || a.Group != "" && slices.Contains(ud.User.Groups, a.Group) {
+			ud.Assignments = append(ud.Assignments, a)
+		}
+	}
+	d := c.page(r, v, "User "+ud.User.Login)
+	d.Error = problem
+	d.Data = ud
+	c.render(w, status, "user", d)
+}
+
+// revokeUserDevice revokes one of a user's devices from their page.
+func (c *Console) revokeUserDevice(w http.ResponseWriter, r *http.Request, v *visit) {
+	if err := apiCall(r, v, "DELETE", proto.APIVersion+"/devices/"+url.PathEscape(r.PathValue("id")), nil, nil); err != nil {
+		c.showUser(w, r, v, statusOf(err), sentence(err))
+		return
+	}
+	http.Redirect(w, r, "/admin/users/"+url.PathEscape(r.PathValue("user"))+"?done=revoked", http.StatusSeeOther)
+}

@@ -157,6 +157,8 @@ func Routes() []Route {
 		{"POST", "/admin/clusters/{cluster}/{action}", Admin, (*Console).clusterToken},
 		{"GET", "/admin/users", Admin, (*Console).usersPage},
 		{"POST", "/admin/users/{user}/{action}", Admin, (*Console).userState},
+		{"GET", "/admin/users/{user}", Admin, (*Console).userPage},
+		{"POST", "/admin/users/{user}/devices/{id}/revoke", Admin, (*Console).revokeUserDevice},
 		{"GET", "/admin/roles", Admin, (*Console).rolesPage},
 		{"GET", "/admin/roles/new", Admin, (*Console).newRolePage},
 		{"POST", "/admin/roles/new", Admin, (*Console).createRole},

@@ -788,3 +788,32 @@ func roleFormValues(page string) url.Values {
 	}
 	return v
 }
+
+// TestUserPage: an administrator sees a user's assignments (their own
+// and their groups') and devices, and revokes a device from there.
+func TestUserPage(t *testing.T) {
+	e := newEnv(t)
+	cli := e.LoginClaims(map[string]any{"email": "alice@example.com", "groups": []string{"developers"}})
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/assignments", proto.Assignment{Group: "developers", Role: "admin", Cluster: "prod"}, nil)
+	var key [32]byte
+	key[0] = 1
+	var dev proto.RegisterResponse
+	e.Do(cli.Token, "POST", proto.APIVersion+"/devices", proto.RegisterDeviceRequest{PublicKey: proto.Key(key), Hostname: "alice-laptop"}, &dev)
+	root, _ := e.signIn("root@example.com")
+
+	root.get("/admin/users")
+	if !strings.Contains(root.page, `href="/admin/users/alice@example.com"`) {
+		t.Fatalf("the users page does not link alice's page:\n%s", root.page)
+	}
+	root.get("/admin/users/alice@example.com")
+	if !strings.Contains(root.page, "through the group developers") || !strings.Contains(root.page, "alice-laptop") {
+		t.Fatalf("alice's page lacks her group's assignment or her device:\n%s", root.page)
+	}
+	page := root.submit("/admin/users/alice@example.com", "/admin/users/alice@example.com/devices/"+dev.NodeID+"/revoke", url.Values{})
+	if !strings.Contains(page, "device was revoked") || strings.Contains(page, "alice-laptop") {
+		t.Errorf("after revoking alice's device:\n%s", page)
+	}
+	if last, _ := root.get("/admin/users/nobody@example.com"); last.StatusCode != http.StatusNotFound {
+		t.Errorf("an unknown user's page = %d, want 404", last.StatusCode)
+	}
+}

@@ -1,6 +1,11 @@
 package console
 
 import (
+	"bytes"
+	"image"
+	"image/color/palette"
+	"image/draw"
+	"image/png"
 	"os"
 	"path/filepath"
 	"testing"
@@ -54,6 +59,7 @@ func TestPages(t *testing.T) {
 		{"admin-requests", "/admin/requests", rt},
 		{"admin-clusters", "/admin/clusters", rt},
 		{"admin-users", "/admin/users", rt},
+		{"admin-user", "/admin/users/" + alice.Email, rt},
 		{"admin-roles", "/admin/roles", rt},
 		{"admin-role-edit", "/admin/roles/admin/edit", rt},
 		{"admin-assignments", "/admin/assignments", rt},
@@ -97,13 +103,34 @@ func shoot(t *testing.T, tab *harness.Tab, name string) {
 	}
 	for _, w := range widths {
 		tab.Do(t, chromedp.EmulateViewport(w.width, w.height))
-		png, err := chromedp.Run(tab.Ctx, chromedp.CaptureScreenshot())
+		shot, err := chromedp.Run(tab.Ctx, chromedp.CaptureScreenshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		small, err := smallPNG(shot)
 		if err != nil {
 			t.Fatal(err)
 		}
 		f := filepath.Join(dir, name+"-"+w.name+".png")
-		if err := os.WriteFile(f, png, 0o644); err != nil {
+		if err := os.WriteFile(f, small, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// smallPNG re-encodes a screenshot with the web-safe palette, about a
+// quarter of the size, so the committed screenshots stay small; text
+// stays sharp (no dithering).
+func smallPNG(b []byte) ([]byte, error) {
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	p := image.NewPaletted(img.Bounds(), palette.WebSafe)
+	draw.Draw(p, img.Bounds(), img, img.Bounds().Min, draw.Src)
+	var out bytes.Buffer
+	if err := (&png.Encoder{CompressionLevel: png.BestCompression}).Encode(&out, p); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }
