@@ -259,7 +259,7 @@ func TestSignInBoundToBrowser(t *testing.T) {
 func TestSecurityHeaders(t *testing.T) {
 	e := newEnv(t)
 	b, _ := e.signIn("root@example.com")
-	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/admin/requests", "/admin/clusters", "/admin/users", "/admin/roles", "/admin/roles/new", "/admin/assignments", "/admin/audit", "/static/console.js", "/nope"} {
+	for _, path := range []string{"/signin", "/", "/connect", "/requests", "/devices", "/approvals", "/admin/clusters", "/admin/users", "/admin/roles", "/admin/roles/new", "/admin/assignments", "/admin/audit", "/static/console.js", "/nope"} {
 		resp, _ := b.get(path)
 		h := resp.Header
 		if path == "/nope" {
@@ -388,7 +388,7 @@ func TestRequestFlow(t *testing.T) {
 	root, _ := e.signIn("root@example.com")
 
 	// The admin's live queue, open before the request is made.
-	events := root.events("/admin/requests/events")
+	events := root.events("/approvals/events")
 	first := testkit.Recv(t, events, "a queue event")
 	if !strings.Contains(first, "No request is waiting") {
 		t.Fatalf("first queue event is not the empty queue:\n%s", first)
@@ -410,7 +410,7 @@ func TestRequestFlow(t *testing.T) {
 	if !strings.Contains(live, "req-"+id) {
 		t.Fatalf("the live queue did not show the new request:\n%s", live)
 	}
-	root.get("/admin/requests")
+	root.get("/approvals")
 	for _, p := range []string{live, root.page, page} {
 		for _, h := range hostile {
 			if strings.Contains(p, h) || strings.Contains(p, "<img") {
@@ -423,7 +423,7 @@ func TestRequestFlow(t *testing.T) {
 	}
 
 	// Approving shorter than asked.
-	page = root.submit("/admin/requests", "/admin/requests/"+id+"/approve", url.Values{"duration": {"30m"}})
+	page = root.submit("/approvals", "/approvals/"+id+"/approve", url.Values{"duration": {"30m"}})
 	if !strings.Contains(page, "was approved") {
 		t.Fatalf("after approving, the queue says:\n%s", page)
 	}
@@ -439,14 +439,14 @@ func TestRequestFlow(t *testing.T) {
 	// Nobody approves their own request.
 	root.submit("/requests", "/requests", url.Values{"cluster": {"prod"}, "role": {"admin"}, "duration": {"1h"}, "reason": {"mine"}})
 	e.Do(e.admin.Token, "GET", proto.APIVersion+"/access-requests?state=pending", nil, &reqs)
-	root.get("/admin/requests")
-	status, _, body := root.post("/admin/requests/"+reqs[0].ID+"/approve", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
+	root.get("/approvals")
+	status, _, body := root.post("/approvals/"+reqs[0].ID+"/approve", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
 	if status != http.StatusForbidden || !strings.Contains(body, "Nobody approves or denies their own request. Ask another approver.") {
 		t.Errorf("self-approval = %d:\n%s", status, body)
 	}
 
 	// Alice withdraws nothing pending; denying needs a reason.
-	status, _, body = root.post("/admin/requests/"+reqs[0].ID+"/deny", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
+	status, _, body = root.post("/approvals/"+reqs[0].ID+"/deny", url.Values{"csrf": {root.csrf()}}, e.URL, nil)
 	if status != http.StatusForbidden {
 		t.Errorf("denying one's own request = %d:\n%s", status, body)
 	}
@@ -815,5 +815,45 @@ func TestUserPage(t *testing.T) {
 	}
 	if last, _ := root.get("/admin/users/nobody@example.com"); last.StatusCode != http.StatusNotFound {
 		t.Errorf("an unknown user's page = %d, want 404", last.StatusCode)
+	}
+}
+
+// TestApprovers: a member of a role's approver groups, not an
+// administrator, decides requests for that role from the queue; a user
+// who may approve nothing sees an empty queue and the coordinator's
+// refusal if they post a decision anyway.
+func TestApprovers(t *testing.T) {
+	e := newEnv(t)
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/roles", proto.Role{Name: "editor", Groups: []string{"edit"}, ApproverGroups: []string{"ops"}}, nil)
+	e.SignInNext("bob@example.com", "ops")
+	bob := e.newBrowser()
+	if last, _ := bob.get("/signin/start"); last.Request.URL.Path != "/" {
+		t.Fatalf("bob's sign-in ended at %s", last.Request.URL)
+	}
+	alice, _ := e.signIn("alice@example.com")
+	carol, _ := e.signIn("carol@example.com")
+	alice.submit("/requests", "/requests", url.Values{"cluster": {"prod"}, "role": {"editor"}, "duration": {"1h"}, "reason": {"deploy"}})
+	var reqs []proto.AccessRequest
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/access-requests", nil, &reqs)
+
+	carol.get("/approvals")
+	if !strings.Contains(carol.page, "No request is waiting for your decision") {
+		t.Errorf("carol, who approves nothing, sees a queue:\n%s", carol.page)
+	}
+	status, _, page := carol.post("/approvals/"+reqs[0].ID+"/approve", url.Values{"csrf": {carol.csrf()}}, e.URL, nil)
+	if status != http.StatusForbidden || !strings.Contains(page, "may not decide requests for role editor") {
+		t.Errorf("carol approving = %d:\n%s", status, page)
+	}
+	bob.get("/approvals")
+	if !strings.Contains(bob.page, "req-"+reqs[0].ID) || strings.Contains(bob.page, ">Clusters<") {
+		t.Fatalf("bob's queue lacks alice's request, or shows admin pages:\n%s", bob.page)
+	}
+	page = bob.submit("/approvals", "/approvals/"+reqs[0].ID+"/approve", url.Values{})
+	if !strings.Contains(page, "was approved") {
+		t.Errorf("after bob approves:\n%s", page)
+	}
+	alice.get("/approvals")
+	if strings.Contains(alice.page, "req-"+reqs[0].ID) {
+		t.Errorf("alice's own request is in her approvals queue:\n%s", alice.page)
 	}
 }

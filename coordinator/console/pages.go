@@ -197,14 +197,17 @@ func (c *Console) endSession(w http.ResponseWriter, r *http.Request, v *visit) {
 	http.Redirect(w, r, "/devices?done=ended", http.StatusSeeOther)
 }
 
-// ---- Admin: the access request queue ----
+// ---- Approvals: the access request queue ----
+
+// The queue is every user's page: the API lists the requests the caller
+// may decide (administrators: all; others: those of roles whose approver
+// groups they are in), besides their own, which the queue leaves out.
 
 type queueData struct {
 	Pending   []proto.AccessRequest
 	Decided   []proto.AccessRequest
 	Durations []time.Duration
 	CSRF      string
-	Me        string
 }
 
 // maxDecided is how many decided requests the queue page shows.
@@ -216,8 +219,13 @@ func (c *Console) queue(r *http.Request, v *visit) (queueData, error) {
 	if err := apiCall(r, v, "GET", proto.APIVersion+"/access-requests", nil, &all); err != nil {
 		return queueData{}, err
 	}
-	q := queueData{Durations: durations, CSRF: v.csrf, Me: v.who.User.Login}
+	q := queueData{Durations: durations, CSRF: v.csrf}
 	for _, ar := range all {
+		// One's own requests are on the requests page; nobody decides
+		// them here.
+		if ar.User == v.who.User.Login {
+			continue
+		}
 		if ar.State == proto.RequestPending {
 			q.Pending = append(q.Pending, ar)
 		} else if ar.DecidedBy != "" && len(q.Decided) < maxDecided {
@@ -237,7 +245,7 @@ func (c *Console) showQueue(w http.ResponseWriter, r *http.Request, v *visit, st
 		c.failAPI(w, r, v, err)
 		return
 	}
-	d := c.page(r, v, "Access requests")
+	d := c.page(r, v, "Approvals")
 	d.Error = problem
 	d.Data = q
 	c.render(w, status, "queue", d)
@@ -266,7 +274,7 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, v *visit, actio
 		c.showQueue(w, r, v, statusOf(err), sentence(err))
 		return
 	}
-	http.Redirect(w, r, "/admin/requests?done="+done, http.StatusSeeOther)
+	http.Redirect(w, r, "/approvals?done="+done, http.StatusSeeOther)
 }
 
 // queueEvents streams the queue as Server-Sent Events: "html" with the

@@ -87,7 +87,7 @@ func TestRequestApproveKubectl(t *testing.T) {
 
 	// The admin's queue is open, and empty, before alice asks.
 	rt.Do(t,
-		chromedp.Navigate(m.Coord.URL+"/admin/requests"),
+		chromedp.Navigate(m.Coord.URL+"/approvals"),
 		chromedp.WaitVisible(chromedp.ID("queue-empty")),
 	)
 

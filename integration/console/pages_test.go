@@ -56,7 +56,7 @@ func TestPages(t *testing.T) {
 		{"connect", "/connect", at},
 		{"requests", "/requests", at},
 		{"devices", "/devices", at},
-		{"admin-requests", "/admin/requests", rt},
+		{"approvals", "/approvals", rt},
 		{"admin-clusters", "/admin/clusters", rt},
 		{"admin-users", "/admin/users", rt},
 		{"admin-user", "/admin/users/" + alice.Email, rt},
