@@ -21,6 +21,7 @@ package console
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
@@ -387,18 +388,18 @@ func capitalize(s string) string {
 // ---- sign-in ----
 
 func (c *Console) signInPage(w http.ResponseWriter, r *http.Request, _ *visit) {
-	d := c.page(r, nil, "Sign in")
-	if e := r.URL.Query().Get("failed"); e != "" {
-		d.Error = "Signing in failed. Try again; if it keeps failing, ask an administrator to look at the coordinator's log."
-	}
-	c.render(w, http.StatusOK, "signin", d)
+	c.render(w, http.StatusOK, "signin", c.page(r, nil, "Sign in"))
 }
 
 // signInStart starts a sign-in bound to this browser: the verifier stays
 // in an HttpOnly cookie that only the sign-in's return path receives.
 func (c *Console) signInStart(w http.ResponseWriter, r *http.Request, _ *visit) {
 	verifier := oauth2.GenerateVerifier()
-	authURL, err := c.cfg.SignIn(oauth2.S256ChallengeFromVerifier(verifier), strings.TrimRight(c.cfg.PublicURL, "/")+SignInDonePath, r.RemoteAddr)
+	source := r.RemoteAddr
+	if h, _, err := net.SplitHostPort(source); err == nil {
+		source = h
+	}
+	authURL, err := c.cfg.SignIn(oauth2.S256ChallengeFromVerifier(verifier), strings.TrimRight(c.cfg.PublicURL, "/")+SignInDonePath, source)
 	if err != nil {
 		c.log.Warn("console sign-in not started", "err", err)
 		d := c.page(r, nil, "Sign in")
@@ -418,12 +419,17 @@ func (c *Console) signInDone(w http.ResponseWriter, r *http.Request, _ *visit) {
 	q := r.URL.Query()
 	d := c.page(r, nil, "Sign in")
 	if desc := q.Get("error_description"); q.Get("error") != "" {
-		d.Error = "Signing in failed: " + strings.TrimRight(cmpOr(desc, q.Get("error")), ".") + "."
+		d.Error = "Signing in failed: " + strings.TrimRight(cmp.Or(desc, q.Get("error")), ".") + "."
 		c.render(w, http.StatusUnauthorized, "signin", d)
 		return
 	}
 	ck, err := r.Cookie(signInCookie)
 	if err != nil || ck.Value == "" || q.Get("code") == "" {
+		if code := q.Get("code"); code != "" {
+			// Spend the code: a sign-in that reached the wrong browser
+			// ends here, and the coordinator audits it as unbound.
+			c.cfg.Exchange(code, "")
+		}
 		d.Error = "This sign-in was not started in this browser, or it took too long. Sign in again from this page."
 		c.render(w, http.StatusUnauthorized, "signin", d)
 		return
@@ -437,13 +443,6 @@ func (c *Console) signInDone(w http.ResponseWriter, r *http.Request, _ *visit) {
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sess.Token, Path: "/", Expires: sess.ExpiresAt,
 		HttpOnly: true, Secure: c.secure, SameSite: http.SameSiteLaxMode})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func (c *Console) clearSession(w http.ResponseWriter) {
@@ -561,7 +560,7 @@ func human(d any) string {
 	if strings.HasSuffix(s, "h0m") {
 		s = strings.TrimSuffix(s, "0m")
 	}
-	return cmpOr(s, "0s")
+	return cmp.Or(s, "0s")
 }
 
 // parsePages parses each page with the layout.

@@ -254,6 +254,12 @@ func TestSignInBoundToBrowser(t *testing.T) {
 			t.Errorf("a browser holds a session after a sign-in bound elsewhere: it opened %s", last.Request.URL)
 		}
 	}
+	// The code was spent where it landed, and the sign-in audited as
+	// not bound to the browser that started it.
+	ev := e.waitAudit(proto.AuditLoginUnbound, "victim@example.com")
+	if ev.Metadata["hostname"] != "web console" {
+		t.Errorf("unbound sign-in audited as %+v", ev)
+	}
 }
 
 func TestSecurityHeaders(t *testing.T) {
