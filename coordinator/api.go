@@ -104,7 +104,7 @@ func (s *Server) Handler() http.Handler {
 	// The web console at "/", on the API's origin: its pages call this
 	// mux in process with the browser session (coordinator/console).
 	console.New(console.Config{PublicURL: s.cfg.PublicURL, API: mux, SignIn: s.consoleSignIn, Exchange: s.consoleExchange,
-		SignInTTL: s.cfg.LoginTTL, PerSource: s.perSource, Logger: s.log}).Register(mux)
+		SignInTTL: s.cfg.LoginTTL, PerSource: s.perSource, Done: s.consoleDone, Logger: s.log}).Register(mux)
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)

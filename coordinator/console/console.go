@@ -79,6 +79,9 @@ type Config struct {
 	Exchange func(code, verifier string) (*proto.Session, error)
 	// SignInTTL is how long a started sign-in may take.
 	SignInTTL time.Duration
+	// Done, when closed, ends every open event stream: the coordinator
+	// closes it when it stops serving.
+	Done <-chan struct{}
 	// PerSource, if not nil, wraps the routes that need no session with
 	// the coordinator's per-source rate limit, under the name route.
 	PerSource func(route string, h http.HandlerFunc) http.HandlerFunc

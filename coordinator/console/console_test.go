@@ -459,7 +459,8 @@ func TestRequestFlow(t *testing.T) {
 }
 
 // events opens an SSE stream on path and returns a channel of its
-// events' data, each event's lines joined; the stream ends with the test.
+// events' data, each event's lines joined, closed when the stream ends;
+// the test's end closes the stream.
 func (b *browser) events(path string) <-chan string {
 	b.e.t.Helper()
 	req, _ := http.NewRequest("GET", b.e.URL+path, nil)
@@ -477,6 +478,7 @@ func (b *browser) events(path string) <-chan string {
 	b.e.t.Cleanup(func() { resp.Body.Close(); <-done })
 	go func() {
 		defer close(done)
+		defer close(ch)
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(nil, 1<<20)
 		var ev strings.Builder

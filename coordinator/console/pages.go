@@ -340,6 +340,8 @@ func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request, next func(
 		select {
 		case <-r.Context().Done():
 			return
+		case <-c.cfg.Done:
+			return
 		case <-t.C:
 		}
 	}
