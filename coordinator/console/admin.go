@@ -417,6 +417,8 @@ type userData struct {
 	User        proto.User
 	Assignments []proto.Assignment
 	Devices     []proto.Device
+	// RevokeBase and CSRF are for the devices table's revoke forms.
+	RevokeBase, CSRF string
 }
 
 func (c *Console) userPage(w http.ResponseWriter, r *http.Request, v *visit) {
@@ -445,6 +447,7 @@ func (c *Console) showUser(w http.ResponseWriter, r *http.Request, v *visit, sta
 			ud.Assignments = append(ud.Assignments, a)
 		}
 	}
+	ud.RevokeBase, ud.CSRF = "/admin/users/"+url.PathEscape(ud.User.Login)+"/devices/", v.csrf
 	d := c.page(r, v, "User "+ud.User.Login)
 	d.Error = problem
 	d.Data = ud

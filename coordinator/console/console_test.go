@@ -817,6 +817,9 @@ func TestUserPage(t *testing.T) {
 	if !strings.Contains(root.page, "through the group developers") || !strings.Contains(root.page, "alice-laptop") {
 		t.Fatalf("alice's page lacks her group's assignment or her device:\n%s", root.page)
 	}
+	if want := `action="/admin/users/alice@example.com/devices/` + dev.NodeID + `/revoke"`; !strings.Contains(root.page, want) {
+		t.Errorf("alice's page lacks the revoke form %s:\n%s", want, root.page)
+	}
 	page := root.submit("/admin/users/alice@example.com", "/admin/users/alice@example.com/devices/"+dev.NodeID+"/revoke", url.Values{})
 	if !strings.Contains(page, "device was revoked") || strings.Contains(page, "alice-laptop") {
 		t.Errorf("after revoking alice's device:\n%s", page)

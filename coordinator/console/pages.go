@@ -163,9 +163,10 @@ func (c *Console) showDevices(w http.ResponseWriter, r *http.Request, v *visit, 
 	d := c.page(r, v, "Devices and sessions")
 	d.Error = problem
 	d.Data = struct {
-		Devices  []proto.Device
-		Sessions []proto.SessionInfo
-	}{devs, sessions}
+		Devices          []proto.Device
+		Sessions         []proto.SessionInfo
+		RevokeBase, CSRF string
+	}{devs, sessions, "/devices/", v.csrf}
 	c.render(w, status, "devices", d)
 }
 
