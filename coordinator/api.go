@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/clustral/clustral/coordinator/console"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
@@ -48,6 +49,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /oidc/confirm", s.public(s.perSource("confirm", s.handleConfirm)))
 	mux.HandleFunc("GET "+v+"/whoami", s.user(s.handleWhoami))
 	mux.HandleFunc("DELETE "+v+"/session", s.user(s.handleLogout))
+	mux.HandleFunc("GET "+v+"/sessions", s.user(s.handleListSessions))
+	mux.HandleFunc("DELETE "+v+"/sessions/{id}", s.user(s.handleEndSession))
 
 	// nodes.go, mapstream.go, relay.go
 	mux.HandleFunc("POST "+v+"/devices", s.deviceOwner(s.handleRegisterDevice))
@@ -97,6 +100,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 	mux.HandleFunc("POST "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 	mux.HandleFunc("POST "+v+"/audit/checkpoints", s.admin(s.handleAuditCheckpoint))
+
+	// The web console at "/", on the API's origin: its pages call this
+	// mux in process with the browser session (coordinator/console).
+	console.New(console.Config{PublicURL: s.cfg.PublicURL, API: mux, SignIn: s.consoleSignIn, Exchange: s.consoleExchange,
+		SignInTTL: s.cfg.LoginTTL, PerSource: s.perSource, Done: s.consoleDone, Logger: s.log}).Register(mux)
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)

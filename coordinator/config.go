@@ -83,6 +83,9 @@ type Config struct {
 
 	// SessionTTL is how long a login lasts.
 	SessionTTL time.Duration
+	// ConsoleSessionTTL is how long a web console's browser session
+	// lasts, at most SessionTTL.
+	ConsoleSessionTTL time.Duration
 	// LoginTTL bounds how long a started login waits for the browser.
 	LoginTTL time.Duration
 	// MaxPendingLogins caps the logins waiting for a browser; past it
@@ -184,6 +187,10 @@ const (
 	DefaultMaxPendingRequests = 10
 )
 
+// DefaultConsoleSessionTTL is the default of Config.ConsoleSessionTTL:
+// a browser session lasts a working day.
+const DefaultConsoleSessionTTL = 8 * time.Hour
+
 // Defaults returns the embedded defaults.
 func Defaults() Config {
 	return Config{
@@ -192,6 +199,7 @@ func Defaults() Config {
 		IPv4Prefix:              netip.MustParsePrefix("100.64.0.0/10"),
 		MeshDomain:              "clustral.internal",
 		SessionTTL:              12 * time.Hour,
+		ConsoleSessionTTL:       DefaultConsoleSessionTTL,
 		LoginTTL:                10 * time.Minute,
 		AgentTTL:                24 * time.Hour,
 		PendingRequestTTL:       24 * time.Hour,
@@ -228,6 +236,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	c.MeshDomain = cmp.Or(c.MeshDomain, d.MeshDomain)
 	c.SessionTTL = cmp.Or(c.SessionTTL, d.SessionTTL)
+	c.ConsoleSessionTTL = min(cmp.Or(c.ConsoleSessionTTL, d.ConsoleSessionTTL), c.SessionTTL)
 	c.LoginTTL = cmp.Or(c.LoginTTL, d.LoginTTL)
 	if c.MaxPendingLogins <= 0 {
 		c.MaxPendingLogins = DefaultMaxPendingLogins

@@ -117,6 +117,17 @@ type Server struct {
 	// leader is true while this replica runs the singleton work.
 	leader atomic.Bool
 	wg     sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
+
+	// consoleDone is closed (once, endConsoleStreams) when the server
+	// stops serving, to end the web console's event streams, which
+	// would otherwise hold the HTTP server's Shutdown.
+	consoleDone     chan struct{}
+	consoleDoneOnce sync.Once
+}
+
+// endConsoleStreams ends the web console's open event streams.
+func (s *Server) endConsoleStreams() {
+	s.consoleDoneOnce.Do(func() { close(s.consoleDone) })
 }
 
 // guarded is what the coordinator's global lock mu guards: the in-memory
@@ -186,6 +197,8 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
 		replica: replicaName(),
+
+		consoleDone: make(chan struct{}),
 	}
 	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	s.timeouts = defaultServerTimeouts
@@ -337,6 +350,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.closeRelays()
+	s.endConsoleStreams()
 	s.wg.Wait()
 	// The audit writer has stored what was queued: sign the log as it is
 	// left.
@@ -489,6 +503,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	s.mu.Unlock()
 	s.closeRelays()
+	s.endConsoleStreams()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := srv.Shutdown(sctx)
