@@ -1,0 +1,200 @@
+package node
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// Handshake order.
+//
+// wireguard-go keeps one handshake state per peer and processes handshake
+// messages on several goroutines at once. When two nodes initiate at the
+// same moment (a device with traffic for an agent that is starting its own
+// handshake as the two learn of each other), each consumes the other's
+// initiation, which replaces its own initiation's state, so neither
+// response completes a handshake and the pair waits for WireGuard's 5 s
+// retry. Worse, when one node processes the other's initiation and the
+// response to its own concurrently, it can derive the session from the
+// response while the index the peer will address it by is already gone:
+// both ends log a completed handshake, one end's packets arrive and the
+// other end hears nothing until its 15 s "stopped hearing back" retry.
+//
+// The Bind keeps wireguard-go from seeing both initiations of a crossing,
+// so these states never occur:
+//   - Of each pair, one node leads (Node.lazyToward: the agent, which
+//     initiates as soon as a device arrives; between nodes of one kind,
+//     the smaller key). For RekeyTimeout after the leader sent an
+//     initiation (as long as wireguard-go waits before it retries), the
+//     leader's Bind drops the peer's initiations; the peer consumes the
+//     leader's, and its answer completes the handshake.
+//   - An initiation from a sender wireguard-go is not configured with yet
+//     (the map has not named it, or the UAPI set adding it is still
+//     running) is held, not handed to wireguard-go, which would drop it or
+//     answer it before this node's own first initiation is on its way; it
+//     is delivered once the peer is configured (Node.Apply calls
+//     peerReady, then releaseHeld), or after holdInitiation as it came.
+//     Otherwise a leader whose initiation reached the peer before the
+//     peer knew it would drop the peer's and wait for its own retry.
+
+// holdInitiation bounds how long a held initiation waits for the map to
+// name its sender: as long as the sender waits before it initiates again.
+const holdInitiation = device.RekeyTimeout
+
+// maxHeld bounds the initiations held at once; beyond it, initiations
+// from unknown senders go to wireguard-go at once.
+const maxHeld = 64
+
+// isInitiation reports whether pkt is a WireGuard handshake initiation.
+func isInitiation(pkt []byte) bool {
+	return len(pkt) == device.MessageInitiationSize &&
+		binary.LittleEndian.Uint32(pkt) == device.MessageInitiationType
+}
+
+// heldSrc is where a held initiation came from: the relay's sender key, or
+// a direct address.
+type heldSrc struct {
+	key  proto.Key
+	addr netip.AddrPort
+}
+
+type heldInit struct {
+	pkt []byte
+	at  time.Time
+}
+
+// peerReady records that wireguard-go is configured with the peer key,
+// and whether this node leads their handshakes (see "Handshake order").
+// Until then, the peer's initiations are held like a stranger's: they
+// would reach wireguard-go before it can answer them, or before this
+// node's own first initiation to the peer is on its way. Node calls it
+// after the UAPI set that adds the peer, then releaseHeld.
+func (b *Bind) peerReady(key proto.Key, lead bool) {
+	b.peers.Lock()
+	defer b.peers.Unlock()
+	b.peers.ready[key] = lead
+	if pp := b.peers.paths[key]; pp != nil {
+		pp.mu.Lock()
+		pp.ready, pp.lead = true, lead
+		pp.mu.Unlock()
+	}
+}
+
+// noteSent records when this node last sent the peer a handshake
+// initiation, if bufs hold one.
+func (pp *peerPath) noteSent(bufs [][]byte) {
+	for _, buf := range bufs {
+		if isInitiation(buf) {
+			pp.mu.Lock()
+			pp.initAt = time.Now()
+			pp.mu.Unlock()
+		}
+	}
+}
+
+// initiationIn decides what becomes of the handshake initiation pkt that
+// came from src, whose keyed endpoint is e (nil when it has none). It
+// reports whether wireguard-go gets it now; if not, it was held or
+// dropped.
+func (b *Bind) initiationIn(pkt []byte, e *Endpoint, src heldSrc) bool {
+	if e != nil && e.path != nil {
+		if admit, ready := e.path.admit(time.Now()); ready {
+			if !admit {
+				b.log.Debug("dropped a handshake initiation that crosses ours", "peer", e.key.ShortString())
+			}
+			return admit
+		}
+	}
+	return !b.hold(pkt, src)
+}
+
+// admit reports whether a handshake initiation from the peer goes to
+// wireguard-go now: not when this node leads and sent its own initiation
+// within RekeyTimeout. The peer's initiation then crossed it, or is a
+// retry of one that did, and wireguard-go must not consume it: the peer
+// answers this node's. ready reports whether the peer is ready
+// (peerReady); admit means nothing when it is not.
+func (pp *peerPath) admit(now time.Time) (admit, ready bool) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	crossing := pp.lead && !pp.initAt.IsZero() && now.Sub(pp.initAt) < device.RekeyTimeout
+	return !crossing, pp.ready
+}
+
+// hold keeps a copy of the initiation pkt from src, a sender that is not a
+// ready peer, for releaseHeld, and reports whether it did: not when maxHeld
+// initiations are held already. A later initiation from src replaces the
+// earlier one, as it replaces it in its sender.
+func (b *Bind) hold(pkt []byte, src heldSrc) bool {
+	b.held.Lock()
+	defer b.held.Unlock()
+	if _, ok := b.held.bySrc[src]; !ok && len(b.held.bySrc) >= maxHeld {
+		return false
+	}
+	b.held.bySrc[src] = heldInit{pkt: append([]byte(nil), pkt...), at: time.Now()}
+	return true
+}
+
+// releaseHeld hands wireguard-go the held initiations held for
+// holdInitiation already, as it would have received them, and with
+// ready those whose sender is now a ready peer. Node calls it with ready
+// after it configured new peers; the probe loop calls it without.
+func (b *Bind) releaseHeld(now time.Time, ready bool) {
+	b.held.Lock()
+	var out []heldSrc
+	for src, h := range b.held.bySrc {
+		if ready || now.Sub(h.at) >= holdInitiation {
+			out = append(out, src)
+		}
+	}
+	b.held.Unlock()
+
+	for _, src := range out {
+		var e *Endpoint
+		if src.key.IsZero() {
+			if v, ok := b.byAddr.Load(src.addr); ok {
+				e = v.(*Endpoint)
+			}
+		} else {
+			b.peers.Lock()
+			e = b.peers.byKey[src.key]
+			b.peers.Unlock()
+		}
+		b.held.Lock()
+		h, ok := b.held.bySrc[src]
+		expired := ok && now.Sub(h.at) >= holdInitiation
+		admit, isReady := true, false
+		if ok && e != nil && e.path != nil {
+			admit, isReady = e.path.admit(now)
+		}
+		if ok && (isReady || expired) {
+			delete(b.held.bySrc, src)
+		}
+		b.held.Unlock()
+		if !ok || !isReady && !expired || !admit {
+			continue
+		}
+		var ep *Endpoint
+		switch {
+		case e != nil:
+			ep = e
+		case src.key.IsZero():
+			ep = &Endpoint{direct: &conn.StdNetEndpoint{AddrPort: src.addr}, addr: src.addr}
+		default:
+			ep = &Endpoint{key: src.key, bind: b}
+		}
+		buf := getPacketBuf(len(h.pkt))
+		copy(*buf, h.pkt)
+		select {
+		case b.relayIn <- relayPacket{buf: buf, n: len(h.pkt), ep: ep}:
+			b.log.Debug("released a held handshake initiation", "from", ep, "ready", isReady)
+		default:
+			putPacketBuf(buf)
+		}
+	}
+}
