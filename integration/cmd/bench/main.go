@@ -21,6 +21,11 @@
 //     assignment until a GET on a new connection through the mesh first
 //     succeeds (map deltas to the device and the agent, handshake, TLS);
 //     revoke_to_denied_ms: from deleting it until such a GET first fails.
+//   - grant_first_request_max_ms and grant_rounds_over_1s: revoke/grant
+//     rounds (-grant-rounds) while GETs on new connections through the
+//     mesh run back to back, so the device has traffic for the agent at
+//     the moment of each grant; from the grant call until the first GET
+//     that succeeds has its answer.
 //   - revocation_after_restart_ms: the coordinator killed with SIGKILL,
 //     kept down for -restart-outage (60s) and started again; from deleting
 //     the user's assignment as soon as /readyz answers until the user's
@@ -55,6 +60,7 @@ type flags struct {
 	warmup      int
 	upRounds    int
 	deltaRounds int
+	grantRounds int
 	skipTunnel  bool
 	skipMesh    bool
 	scaleNodes  int
@@ -71,12 +77,13 @@ func main() {
 	flag.IntVar(&f.warmup, "warmup", 200, "GET warm-up requests per path")
 	flag.IntVar(&f.upRounds, "up-rounds", 5, "down/up rounds for up_to_first_kubectl_ms")
 	flag.IntVar(&f.deltaRounds, "delta-rounds", 5, "revoke/grant rounds for coordinator_map_delta_ms (0 skips)")
+	flag.IntVar(&f.grantRounds, "grant-rounds", 1000, "revoke/grant rounds with traffic at the grant for grant_first_request_max_ms (0 skips)")
 	flag.DurationVar(&probeTimeout, "probe-timeout", probeTimeout, "timeout of one revoke/grant probe")
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, up, delta, nat, revocation, restart, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, up, delta, grant, nat, revocation, restart, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -111,7 +118,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}
