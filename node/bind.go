@@ -497,11 +497,18 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	direct := e.direct
 	if e.path != nil {
-		e.path.noteSent(bufs)
-		if d := e.path.cur.Load(); d != nil {
-			direct = d
-		} else if r := b.relayLink(); r != nil {
-			return b.sendRelay(r, e.key, bufs)
+		via, answer := e.path.handshakeOut(bufs)
+		switch {
+		case answer && via.IsValid():
+			direct = &conn.StdNetEndpoint{AddrPort: via}
+		case answer && b.relayLink() != nil:
+			return b.sendRelay(b.relayLink(), e.key, bufs)
+		default:
+			if d := e.path.cur.Load(); d != nil {
+				direct = d
+			} else if r := b.relayLink(); r != nil {
+				return b.sendRelay(r, e.key, bufs)
+			}
 		}
 	}
 	if direct == nil {
@@ -837,10 +844,14 @@ type peerPath struct {
 	relayRTT    time.Duration // last relayed RTT
 
 	// Handshake order (handshake.go): ready and lead are peerReady's;
-	// initAt is when this node last sent the peer a handshake initiation.
-	ready  bool
-	lead   bool
-	initAt time.Time
+	// initAt is when this node last sent the peer a handshake initiation;
+	// answerVia is where the last initiation wireguard-go got from the
+	// peer came from (invalid: the relay), at answerAt.
+	ready     bool
+	lead      bool
+	initAt    time.Time
+	answerVia netip.AddrPort
+	answerAt  time.Time
 }
 
 // pingBackAfter bounds how often a ping from a peer without a direct path

@@ -41,6 +41,13 @@ import (
 //     peerReady, then releaseHeld), or after holdInitiation as it came.
 //     Otherwise a leader whose initiation reached the peer before the
 //     peer knew it would drop the peer's and wait for its own retry.
+//   - A handshake response goes back the way its initiation came, direct
+//     from the address it came from or over the relay, whatever path the
+//     Bind would choose for the peer now: the initiator sent on a path
+//     that works from its side. An agent that has just started initiates
+//     before its relay connection is up, on the device's direct address;
+//     a response over the device's relay, which the coordinator cannot
+//     deliver yet, would be lost and the pair would wait 5 s.
 
 // holdInitiation bounds how long a held initiation waits for the map to
 // name its sender: as long as the sender waits before it initiates again.
@@ -85,9 +92,25 @@ func (b *Bind) peerReady(key proto.Key, lead bool) {
 	}
 }
 
-// noteSent records when this node last sent the peer a handshake
-// initiation, if bufs hold one.
-func (pp *peerPath) noteSent(bufs [][]byte) {
+// isResponse reports whether pkt is a WireGuard handshake response.
+func isResponse(pkt []byte) bool {
+	return len(pkt) == device.MessageResponseSize &&
+		binary.LittleEndian.Uint32(pkt) == device.MessageResponseType
+}
+
+// handshakeOut records when this node last sent the peer a handshake
+// initiation, if bufs hold one. For a handshake response it reports the
+// way the initiation it answers came (answerVia): when answer is true, to
+// send it on, direct to addr, or over the relay when addr is invalid.
+func (pp *peerPath) handshakeOut(bufs [][]byte) (addr netip.AddrPort, answer bool) {
+	if len(bufs) == 1 && isResponse(bufs[0]) {
+		pp.mu.Lock()
+		defer pp.mu.Unlock()
+		if pp.answerAt.IsZero() || time.Since(pp.answerAt) > device.RekeyTimeout {
+			return netip.AddrPort{}, false
+		}
+		return pp.answerVia, true
+	}
 	for _, buf := range bufs {
 		if isInitiation(buf) {
 			pp.mu.Lock()
@@ -95,6 +118,15 @@ func (pp *peerPath) noteSent(bufs [][]byte) {
 			pp.mu.Unlock()
 		}
 	}
+	return netip.AddrPort{}, false
+}
+
+// cameBy records that an initiation from the peer, which goes to
+// wireguard-go now, came from src: its response goes back that way.
+func (pp *peerPath) cameBy(src heldSrc, now time.Time) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.answerVia, pp.answerAt = src.addr, now // relayed: addr is invalid
 }
 
 // initiationIn decides what becomes of the handshake initiation pkt that
@@ -103,8 +135,11 @@ func (pp *peerPath) noteSent(bufs [][]byte) {
 // dropped.
 func (b *Bind) initiationIn(pkt []byte, e *Endpoint, src heldSrc) bool {
 	if e != nil && e.path != nil {
-		if admit, ready := e.path.admit(time.Now()); ready {
-			if !admit {
+		now := time.Now()
+		if admit, ready := e.path.admit(now); ready {
+			if admit {
+				e.path.cameBy(src, now)
+			} else {
 				b.log.Debug("dropped a handshake initiation that crosses ours", "peer", e.key.ShortString())
 			}
 			return admit
@@ -183,6 +218,9 @@ func (b *Bind) releaseHeld(now time.Time, ready bool) {
 		switch {
 		case e != nil:
 			ep = e
+			if isReady {
+				e.path.cameBy(src, now)
+			}
 		case src.key.IsZero():
 			ep = &Endpoint{direct: &conn.StdNetEndpoint{AddrPort: src.addr}, addr: src.addr}
 		default:

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ type link struct {
 
 	mu       sync.Mutex
 	crossing bool        // hold initiations until both ways have one
+	noProbes bool        // drop probes, so no direct path is confirmed
 	held     [2][][]byte // initiations held, by way
 	inits    [2]int      // initiations delivered, by way
 }
@@ -74,6 +76,12 @@ func (l *link) pump(dir int) {
 			return
 		}
 		pkt := append([]byte(nil), buf[:n]...)
+		l.mu.Lock()
+		drop := l.noProbes && proto.IsProbe(pkt)
+		l.mu.Unlock()
+		if drop {
+			continue
+		}
 		if !isInitiation(pkt) {
 			w.out.WriteToUDP(pkt, w.dst)
 			continue
@@ -266,5 +274,56 @@ func TestHeldInitiations(t *testing.T) {
 	}
 	if !b.hold(initiation(6), heldSrc{addr: netip.MustParseAddrPort("203.0.113.1:1")}) {
 		t.Error("a sender's newer initiation did not replace its held one")
+	}
+}
+
+// lateRelay is a relay to one node whose connection comes up only after
+// the first WireGuard datagram for it was lost, as an agent's does when
+// it initiates right after it started.
+type lateRelay struct {
+	fakeRelay
+	connected atomic.Bool
+}
+
+func (r *lateRelay) send(dst proto.Key, pkt []byte) bool {
+	if !r.connected.Load() {
+		if !proto.IsProbe(pkt) {
+			r.connected.Store(true)
+		}
+		return false
+	}
+	return r.fakeRelay.send(dst, pkt)
+}
+
+// TestHandshakeAnsweredTheWayItCame: an agent that has just started has
+// no relay connection yet and initiates on the device's direct address;
+// the device, whose path to the agent is still the relay (no probe gets
+// through to confirm a direct one), answers on the direct path the
+// initiation came by. Into the relay, which cannot deliver to the agent
+// yet, the answer was lost and the pair waited 5 s for the agent's retry.
+func TestHandshakeAnsweredTheWayItCame(t *testing.T) {
+	a, b := newRelayTestNode(t, addrA), newRelayTestNode(t, addrB)
+	a.kind = proto.KindAgent
+	a.serveEcho(t, 80)
+	l := newLink(t, a, b)
+	l.mu.Lock()
+	l.noProbes = true
+	l.mu.Unlock()
+	relay := &lateRelay{fakeRelay: fakeRelay{self: b.PublicKey(), peers: map[proto.Key]*Bind{a.PublicKey(): a.bind}}}
+	b.bind.setRelay(relay)
+
+	b.applySnapshot(t, a.peerVia(l.toA))
+	a.applySnapshot(t, b.peerVia(l.toB))
+	testkit.WaitForWithin(t, 3*time.Second, "the agent's first handshake", func() bool {
+		status, err := a.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(status.Peers) == 1 && !status.Peers[0].LastHandshake.IsZero()
+	})
+	// The agent's relay is up now; the device's traffic takes it.
+	a.bind.setRelay(&fakeRelay{self: a.PublicKey(), peers: map[proto.Key]*Bind{b.PublicKey(): b.bind}})
+	if err := b.echo(netip.AddrPortFrom(addrA, 80), okTimeout); err != nil {
+		t.Fatal(err)
 	}
 }
