@@ -37,8 +37,9 @@ import (
 //     (the map has not named it, or the UAPI set adding it is still
 //     running) is held, not handed to wireguard-go, which would drop it or
 //     answer it before this node's own first initiation is on its way; it
-//     is delivered once the peer is configured (Node.Apply calls
-//     peerReady, then releaseHeld), or after holdInitiation as it came.
+//     is delivered once the peer is configured, or a new endpoint names
+//     the address it came from (Node.Apply calls peerReady and
+//     releaseHeld), or after holdInitiation as it came.
 //     Otherwise a leader whose initiation reached the peer before the
 //     peer knew it would drop the peer's and wait for its own retry.
 //   - A handshake response goes back the way its initiation came, direct
@@ -50,8 +51,11 @@ import (
 //     deliver yet, would be lost and the pair would wait 5 s.
 
 // holdInitiation bounds how long a held initiation waits for the map to
-// name its sender: as long as the sender waits before it initiates again.
-const holdInitiation = device.RekeyTimeout
+// name its sender: about as long as the maps of two nodes, sent at the
+// same moment, may arrive apart. An initiation from a peer at an address
+// its endpoint does not name yet waits as long, then goes to
+// wireguard-go, which knows the peer by its key.
+const holdInitiation = time.Second
 
 // maxHeld bounds the initiations held at once; beyond it, initiations
 // from unknown senders go to wireguard-go at once.

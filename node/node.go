@@ -514,9 +514,9 @@ func (n *Node) Apply(msg proto.MapMessage) error {
 	for _, r := range p.removed {
 		n.bind.Forget(r.Key)
 	}
-	if len(p.added) > 0 {
-		// wireguard-go has the new peers now: their handshake
-		// initiations, and those held since before, may reach it.
+	if uapi != "" {
+		// wireguard-go has the new peers and endpoints now: the
+		// handshake initiations held since before may reach it.
 		for _, a := range p.added {
 			n.bind.peerReady(a.Key, !n.lazyToward(a))
 		}
