@@ -26,6 +26,10 @@
 //     mesh run back to back, so the device has traffic for the agent at
 //     the moment of each grant; from the grant call until the first GET
 //     that succeeds has its answer.
+//   - agent_restart_to_first_kubectl_ms: the agent killed with SIGKILL and
+//     replaced by a new one (-agent-restarts rounds) while kubectl runs
+//     back to back; from the new agent's registration until kubectl
+//     first answers.
 //   - revocation_after_restart_ms: the coordinator killed with SIGKILL,
 //     kept down for -restart-outage (60s) and started again; from deleting
 //     the user's assignment as soon as /readyz answers until the user's
@@ -61,10 +65,12 @@ type flags struct {
 	upRounds    int
 	deltaRounds int
 	grantRounds int
-	skipTunnel  bool
-	skipMesh    bool
-	scaleNodes  int
-	only        string
+	// agentRestarts is how many times benchAgentRestart replaces the agent.
+	agentRestarts int
+	skipTunnel    bool
+	skipMesh      bool
+	scaleNodes    int
+	only          string
 	// restartOutage is how long benchRestart keeps the coordinator down.
 	restartOutage time.Duration
 }
@@ -78,12 +84,13 @@ func main() {
 	flag.IntVar(&f.upRounds, "up-rounds", 5, "down/up rounds for up_to_first_kubectl_ms")
 	flag.IntVar(&f.deltaRounds, "delta-rounds", 5, "revoke/grant rounds for coordinator_map_delta_ms (0 skips)")
 	flag.IntVar(&f.grantRounds, "grant-rounds", 1000, "revoke/grant rounds with traffic at the grant for grant_first_request_max_ms (0 skips)")
+	flag.IntVar(&f.agentRestarts, "agent-restarts", 5, "agent kill/replace rounds for agent_restart_to_first_kubectl_ms (0 skips)")
 	flag.DurationVar(&probeTimeout, "probe-timeout", probeTimeout, "timeout of one revoke/grant probe")
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, up, delta, grant, nat, revocation, restart, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, up, delta, grant, agent-restart, nat, revocation, restart, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -118,7 +125,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}
