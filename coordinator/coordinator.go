@@ -60,6 +60,7 @@ type Server struct {
 	log     *slog.Logger
 	store   store.Store
 	now     func() time.Time
+	started time.Time // s.now() when New began
 	ca      *meshCA
 	signKey *ecdsa.PrivateKey
 	// auditKey signs audit checkpoints; it lives in its own file in the
@@ -173,6 +174,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
 	}
+	s.started = s.now()
 	s.timeouts = defaultServerTimeouts
 	s.state.init()
 	s.certRenew.Store(int64(agentCertRenew))
@@ -649,6 +651,7 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 func (s *Server) janitor() {
 	s.every(time.Second, func() {
 		s.sweepLogins()
+		s.agentsGone()
 		if err := s.expire(); err != nil {
 			s.log.Error("expire", "err", err)
 		}
@@ -657,6 +660,38 @@ func (s *Server) janitor() {
 		}
 		s.flushFailures(s.now())
 	})
+}
+
+// agentsGone takes the agents whose map stream has been closed for
+// AgentGrace out of their users' devices' maps, so a dead agent is no
+// longer dialed; an agent that never connected since this coordinator
+// started gets AgentGrace from the start. Its stream's return puts it
+// back (mapStream).
+func (s *Server) agentsGone() {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cid, agents := range s.agentsByCluster {
+		for _, a := range agents {
+			if s.online[a.ID] > 0 || s.gone[a.ID] {
+				continue
+			}
+			since := a.LastSeen
+			if since.Before(s.started) {
+				since = s.started
+			}
+			if now.Sub(since) < s.cfg.AgentGrace {
+				continue
+			}
+			s.gone[a.ID] = true
+			for _, u := range s.usersOn(cid, now) {
+				for _, d := range s.devicesByUser[u.ID] {
+					s.sendRemove(d, a.Key)
+				}
+			}
+			s.log.Info("agent left its users' maps: its map stream is closed", "node", a.ID, "since", since)
+		}
+	}
 }
 
 // every calls f each interval d until Close begins. It runs on the
