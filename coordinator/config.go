@@ -93,7 +93,8 @@ type Config struct {
 	// agent killed, or cut off) before the agent leaves the maps of its
 	// users' devices, so they stop dialing it; it returns when its stream
 	// opens again. After a coordinator start, its agents get as long to
-	// reconnect. Default 5 s.
+	// reconnect. A new agent enters the maps when its stream first opens.
+	// Default 5 s.
 	AgentGrace time.Duration
 	// PendingRequestTTL expires an access request nobody decided.
 	PendingRequestTTL time.Duration

@@ -664,9 +664,10 @@ func (s *Server) janitor() {
 
 // agentsGone takes the agents whose map stream has been closed for
 // AgentGrace out of their users' devices' maps, so a dead agent is no
-// longer dialed; an agent that never connected since this coordinator
+// longer dialed; an agent that has not connected since this coordinator
 // started gets AgentGrace from the start. Its stream's return puts it
-// back (mapStream).
+// back (mapStream). An agent registered since is in no map until its
+// stream opens (registerNode).
 func (s *Server) agentsGone() {
 	now := s.now()
 	s.mu.Lock()

@@ -36,8 +36,9 @@ type state struct {
 	online          map[string]int              // node id → open map streams
 	endpoints       map[string][]netip.AddrPort // node id → published endpoints
 
-	// gone holds the agents that left their users' devices' maps: their
-	// map stream has been closed for AgentGrace (Server.agentsGone).
+	// gone holds the agents that are not in their users' devices' maps:
+	// registered whose map stream has not opened yet, or whose stream has
+	// been closed for AgentGrace (Server.agentsGone).
 	gone map[string]bool
 
 	clusters        map[string]*cluster
