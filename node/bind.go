@@ -395,7 +395,8 @@ func (b *Bind) receiveDirect(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					lastEP = nil
 				}
 			}
-			if isInitiation(bufs[i][:sizes[i]]) && !b.initiationIn(bufs[i][:sizes[i]], lastEP, heldSrc{addr: ap}) {
+			if isInitiation(bufs[i][:sizes[i]]) && !b.initiationIn(bufs[i][:sizes[i]], lastEP, heldSrc{addr: ap}) ||
+				lastEP != nil && lastEP.path != nil && isResponse(bufs[i][:sizes[i]]) && !lastEP.path.responseIn(bufs[i][:sizes[i]]) {
 				sizes[i] = 0 // held, or dropped: not for wireguard-go now
 				continue
 			}
@@ -423,11 +424,12 @@ func (b *Bind) deliverRelay(src proto.Key, buf *[]byte, off, n int) {
 		putPacketBuf(buf)
 		return
 	}
-	if isInitiation(pkt) {
+	if isInitiation(pkt) || isResponse(pkt) {
 		b.peers.Lock()
 		e := b.peers.byKey[src]
 		b.peers.Unlock()
-		if !b.initiationIn(pkt, e, heldSrc{key: src}) {
+		if isInitiation(pkt) && !b.initiationIn(pkt, e, heldSrc{key: src}) ||
+			isResponse(pkt) && e != nil && e.path != nil && !e.path.responseIn(pkt) {
 			putPacketBuf(buf)
 			return
 		}
@@ -622,6 +624,11 @@ func (b *Bind) Forget(key proto.Key) {
 	defer b.peers.Unlock()
 	b.unindexLocked(key)
 	delete(b.peers.byKey, key)
+	if pp := b.peers.paths[key]; pp != nil {
+		pp.mu.Lock()
+		pp.dropCrossedLocked()
+		pp.mu.Unlock()
+	}
 	delete(b.peers.paths, key)
 	delete(b.peers.ready, key)
 }
@@ -852,6 +859,19 @@ type peerPath struct {
 	initAt    time.Time
 	answerVia netip.AddrPort
 	answerAt  time.Time
+	// initIdx is the sender index of that initiation, answered whether a
+	// response to it came; abandoned is the index of an initiation given
+	// up for the peer's crossing one (releaseCrossed). crossed is the
+	// peer's crossing initiation held meanwhile (holdCrossed), from
+	// crossedSrc to crossedEP, released by crossTimer.
+	initIdx    uint32
+	answered   bool
+	abandoned  uint32
+	gaveUp     bool // abandoned is set
+	crossed    []byte
+	crossedSrc heldSrc
+	crossedEP  *Endpoint
+	crossTimer *time.Timer
 }
 
 // pingBackAfter bounds how often a ping from a peer without a direct path

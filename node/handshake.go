@@ -31,8 +31,15 @@ import (
 //     initiates as soon as a device arrives; between nodes of one kind,
 //     the smaller key). For RekeyTimeout after the leader sent an
 //     initiation (as long as wireguard-go waits before it retries), the
-//     leader's Bind drops the peer's initiations; the peer consumes the
-//     leader's, and its answer completes the handshake.
+//     leader's Bind keeps the peer's initiations from wireguard-go; the
+//     peer consumes the leader's, and its answer completes the handshake.
+//     The peer can fail to answer: when it creates its own initiation
+//     while it consumes the leader's, wireguard-go on its side replaces
+//     the consumed state and sends no response. So the leader holds the
+//     peer's latest crossing initiation, drops it once its own is
+//     answered, and hands it to wireguard-go when its own is not answered
+//     within crossWait, from then on dropping any late answer to its own,
+//     which would otherwise be processed beside the peer's initiation.
 //   - An initiation from a sender wireguard-go is not configured with yet
 //     (the map has not named it, or the UAPI set adding it is still
 //     running) is held, not handed to wireguard-go, which would drop it or
@@ -56,6 +63,11 @@ import (
 // its endpoint does not name yet waits as long, then goes to
 // wireguard-go, which knows the peer by its key.
 const holdInitiation = time.Second
+
+// crossWait is how long a leader waits for the answer to its initiation
+// before it answers the peer's crossing one instead: far longer than a
+// peer takes to answer, short enough to stay well within a second.
+const crossWait = 500 * time.Millisecond
 
 // maxHeld bounds the initiations held at once; beyond it, initiations
 // from unknown senders go to wireguard-go at once.
@@ -119,10 +131,84 @@ func (pp *peerPath) handshakeOut(bufs [][]byte) (addr netip.AddrPort, answer boo
 		if isInitiation(buf) {
 			pp.mu.Lock()
 			pp.initAt = time.Now()
+			pp.initIdx = binary.LittleEndian.Uint32(buf[4:8])
+			pp.answered = false
+			pp.dropCrossedLocked() // the peer answers this one
 			pp.mu.Unlock()
 		}
 	}
 	return netip.AddrPort{}, false
+}
+
+// responseIn reports whether the handshake response pkt from the peer goes
+// to wireguard-go: not when it answers an initiation this node gave up on
+// (releaseCrossed). An answer to the latest initiation ends the wait for
+// it: the crossing initiation held meanwhile is dropped.
+func (pp *peerPath) responseIn(pkt []byte) bool {
+	to := binary.LittleEndian.Uint32(pkt[8:12])
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	switch {
+	case pp.gaveUp && to == pp.abandoned:
+		return false
+	case to == pp.initIdx:
+		pp.answered = true
+		pp.dropCrossedLocked()
+	}
+	return true
+}
+
+// holdCrossed keeps the crossing initiation pkt, which came from src to
+// e, until this node's own initiation is answered, or crossWait passes
+// without an answer and releaseCrossed hands it to wireguard-go. Once
+// the own initiation is answered, a crossing one is dropped outright.
+func (b *Bind) holdCrossed(pkt []byte, e *Endpoint, src heldSrc) {
+	pp := e.path
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pp.answered {
+		return
+	}
+	pp.crossed = append(pp.crossed[:0], pkt...)
+	pp.crossedSrc, pp.crossedEP = src, e
+	if pp.crossTimer == nil {
+		pp.crossTimer = time.AfterFunc(crossWait, func() { b.releaseCrossed(pp) })
+	}
+}
+
+// releaseCrossed hands wireguard-go the peer's crossing initiation when
+// this node's own is still unanswered, and drops any answer to the own
+// one from then on: wireguard-go answers the peer's instead.
+func (b *Bind) releaseCrossed(pp *peerPath) {
+	pp.mu.Lock()
+	pp.crossTimer = nil
+	if pp.crossed == nil || pp.answered {
+		pp.crossed = nil
+		pp.mu.Unlock()
+		return
+	}
+	pkt, src, e := pp.crossed, pp.crossedSrc, pp.crossedEP
+	pp.crossed = nil
+	pp.abandoned, pp.gaveUp = pp.initIdx, true
+	pp.answerVia, pp.answerAt = src.addr, time.Now()
+	pp.mu.Unlock()
+	buf := getPacketBuf(len(pkt))
+	copy(*buf, pkt)
+	select {
+	case b.relayIn <- relayPacket{buf: buf, n: len(pkt), ep: e}:
+		b.log.Debug("our handshake initiation went unanswered; answering the peer's", "peer", pp.key.ShortString())
+	default:
+		putPacketBuf(buf)
+	}
+}
+
+// dropCrossedLocked forgets the crossing initiation held; pp.mu is held.
+func (pp *peerPath) dropCrossedLocked() {
+	pp.crossed = nil
+	if pp.crossTimer != nil {
+		pp.crossTimer.Stop()
+		pp.crossTimer = nil
+	}
 }
 
 // cameBy records that an initiation from the peer, which goes to
@@ -144,7 +230,8 @@ func (b *Bind) initiationIn(pkt []byte, e *Endpoint, src heldSrc) bool {
 			if admit {
 				e.path.cameBy(src, now)
 			} else {
-				b.log.Debug("dropped a handshake initiation that crosses ours", "peer", e.key.ShortString())
+				b.log.Debug("held a handshake initiation that crosses ours", "peer", e.key.ShortString())
+				b.holdCrossed(pkt, e, src)
 			}
 			return admit
 		}
@@ -215,7 +302,11 @@ func (b *Bind) releaseHeld(now time.Time, ready bool) {
 			delete(b.held.bySrc, src)
 		}
 		b.held.Unlock()
-		if !ok || !isReady && !expired || !admit {
+		if !ok || !isReady && !expired {
+			continue
+		}
+		if !admit {
+			b.holdCrossed(h.pkt, e, src)
 			continue
 		}
 		var ep *Endpoint

@@ -194,7 +194,8 @@ func TestFirstHandshake(t *testing.T) {
 
 // TestHeldInitiations: an initiation from a sender wireguard-go is not
 // configured with waits in the Bind until it is, or until holdInitiation
-// has passed; a leader drops the initiations that cross its own.
+// has passed; a leader keeps the initiations that cross its own from
+// wireguard-go until its own is answered, or given up after crossWait.
 func TestHeldInitiations(t *testing.T) {
 	var fnet fakeNet
 	a, b := NewBind(), NewBind()
@@ -251,16 +252,44 @@ func TestHeldInitiations(t *testing.T) {
 		t.Fatalf("released initiation %x from %v, want the second, from A", r.b[:8], r.ep)
 	}
 
-	// b leads: once it initiated, A's initiations cross it and are dropped.
+	// b leads: once it initiated, A's initiations cross it. The crossing
+	// one waits, and is dropped when A answers b's.
+	response := func(to byte) []byte {
+		pkt := make([]byte, device.MessageResponseSize)
+		pkt[0], pkt[4], pkt[8] = device.MessageResponseType, 7, to
+		return pkt
+	}
 	if err := b.Send([][]byte{initiation(9)}, epA); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.udp.Send([][]byte{initiation(3)}, toB); err != nil {
 		t.Fatal(err)
 	}
-	noneReceived("a crossing initiation")
+	if err := a.udp.Send([][]byte{response(9)}, toB); err != nil {
+		t.Fatal(err)
+	}
+	if r := testkit.Recv(t, inB, "A's answer"); r.b[0] != device.MessageResponseType {
+		t.Fatalf("wireguard-go received %x, want A's answer", r.b[:8])
+	}
+	noneReceived("a crossing initiation, b's answered")
+
+	// Unanswered, b gives its initiation up after crossWait: wireguard-go
+	// gets A's, and a late answer to b's is dropped.
+	if err := b.Send([][]byte{initiation(10)}, epA); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.udp.Send([][]byte{initiation(4)}, toB); err != nil {
+		t.Fatal(err)
+	}
+	if r := testkit.Recv(t, inB, "the crossing initiation, b's unanswered"); r.b[4] != 4 || r.ep.(*Endpoint).Key() != keyA {
+		t.Fatalf("wireguard-go received %x from %v, want A's fourth initiation", r.b[:8], r.ep)
+	}
+	if err := a.udp.Send([][]byte{response(10)}, toB); err != nil {
+		t.Fatal(err)
+	}
+	noneReceived("a late answer to an initiation given up")
 	if n := held(); n != 0 {
-		t.Fatalf("%d initiations held, want the crossing one dropped", n)
+		t.Fatalf("%d initiations held, want none", n)
 	}
 
 	// The Bind holds at most maxHeld, one per sender.
