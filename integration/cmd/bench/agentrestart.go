@@ -11,6 +11,33 @@ import (
 	"github.com/clustral/clustral/integration/harness"
 )
 
+// registeredAt returns the time an agent's text log gives its
+// "agent registered" line.
+func registeredAt(logPath string) (time.Time, error) {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, `msg="agent registered"`) {
+			continue
+		}
+		ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		t, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("agent log %s: registration time %q: %w", logPath, ts, err)
+		}
+		return t, nil
+	}
+	if err := sc.Err(); err != nil {
+		return time.Time{}, err
+	}
+	return time.Time{}, fmt.Errorf("agent log %s: no registration line", logPath)
+}
+
 // benchAgentRestart kills the cluster's agent with SIGKILL and starts a
 // new one (a new key, as a replaced pod has) f.agentRestarts times, with
 // kubectl through the mesh running back to back from the kill on. It
@@ -67,31 +94,4 @@ func benchAgentRestart(ctx context.Context, m *mesh, f flags) error {
 	report("agent_restart_to_first_kubectl_max_ms", ms(percentile(samples, 100)), "ms")
 	report("agent_restart_samples", float64(len(samples)), "rounds")
 	return nil
-}
-
-// registeredAt returns the time an agent's text log gives its
-// "agent registered" line.
-func registeredAt(logPath string) (time.Time, error) {
-	f, err := os.Open(logPath)
-	if err != nil {
-		return time.Time{}, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.Contains(line, `msg="agent registered"`) {
-			continue
-		}
-		ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
-		t, err := time.Parse(time.RFC3339Nano, ts)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("agent log %s: registration time %q: %w", logPath, ts, err)
-		}
-		return t, nil
-	}
-	if err := sc.Err(); err != nil {
-		return time.Time{}, err
-	}
-	return time.Time{}, fmt.Errorf("agent log %s: no registration line", logPath)
 }
