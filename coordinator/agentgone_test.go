@@ -14,21 +14,12 @@ import (
 // opens again it is back, online.
 func TestAgentLeavesMapsWhenItsStreamEnds(t *testing.T) {
 	e := newTestEnvWith(t, func(c *Config) { c.AgentGrace = 100 * time.Millisecond })
-	admin := e.login("admin@example.com")
-	alice := e.login("alice@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
-	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
-	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
-	agentKey := newKey(t)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: agentKey, Hostname: "node-1", CSR: newCSR(t)}, &agent)
-	var dev proto.RegisterResponse
-	e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t), Hostname: "laptop"}, &dev)
+	m := newRelayMesh(e) // an agent of prod, and a device of alice, who may reach it
+	agentKey := m.agentKey
 
-	am := e.openMap(agent.NodeToken)
+	am := e.openMap(m.agent.NodeToken)
 	am.next()
-	dm := e.openMap(dev.NodeToken)
+	dm := e.openMap(m.alice.NodeToken)
 	type agentState int
 	const (
 		absent agentState = iota
@@ -74,13 +65,12 @@ func TestAgentLeavesMapsWhenItsStreamEnds(t *testing.T) {
 	waitAgent(absent, "agent's stream closed for AgentGrace")
 
 	// A device that connects now does not get it either.
-	dev2Key := newKey(t)
 	var dev2 proto.RegisterResponse
-	e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: dev2Key, Hostname: "laptop-2"}, &dev2)
+	e.must("POST", "/api/v1/devices", e.login("alice@example.com").Token, proto.RegisterDeviceRequest{PublicKey: newKey(t), Hostname: "laptop-2"}, &dev2)
 	if snap := e.openMap(dev2.NodeToken).next(); slices.ContainsFunc(snap.Peers, func(p proto.Peer) bool { return p.Key == agentKey }) {
 		t.Errorf("a new device's snapshot has the gone agent: %+v", snap.Peers)
 	}
 
-	e.openMap(agent.NodeToken).next()
+	e.openMap(m.agent.NodeToken).next()
 	waitAgent(online, "agent's stream open again")
 }

@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -311,14 +310,16 @@ func TestHeldInitiations(t *testing.T) {
 // it initiates right after it started.
 type lateRelay struct {
 	fakeRelay
-	connected atomic.Bool
+	mu        sync.Mutex
+	connected bool
 }
 
 func (r *lateRelay) send(dst proto.Key, pkt []byte) bool {
-	if !r.connected.Load() {
-		if !proto.IsProbe(pkt) {
-			r.connected.Store(true)
-		}
+	r.mu.Lock()
+	connected := r.connected
+	r.connected = connected || !proto.IsProbe(pkt)
+	r.mu.Unlock()
+	if !connected {
 		return false
 	}
 	return r.fakeRelay.send(dst, pkt)
