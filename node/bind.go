@@ -499,18 +499,15 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	direct := e.direct
 	if e.path != nil {
+		// A handshake response takes a confirmed direct path, else the
+		// way its initiation came (handshake.go).
 		via, answer := e.path.handshakeOut(bufs)
-		switch {
-		case answer && via.IsValid():
+		if d := e.path.cur.Load(); d != nil {
+			direct = d
+		} else if answer && via.IsValid() {
 			direct = &conn.StdNetEndpoint{AddrPort: via}
-		case answer && b.relayLink() != nil:
-			return b.sendRelay(b.relayLink(), e.key, bufs)
-		default:
-			if d := e.path.cur.Load(); d != nil {
-				direct = d
-			} else if r := b.relayLink(); r != nil {
-				return b.sendRelay(r, e.key, bufs)
-			}
+		} else if r := b.relayLink(); r != nil {
+			return b.sendRelay(r, e.key, bufs)
 		}
 	}
 	if direct == nil {

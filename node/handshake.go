@@ -49,10 +49,10 @@ import (
 //     releaseHeld), or after holdInitiation as it came.
 //     Otherwise a leader whose initiation reached the peer before the
 //     peer knew it would drop the peer's and wait for its own retry.
-//   - A handshake response goes back the way its initiation came, direct
-//     from the address it came from or over the relay, whatever path the
-//     Bind would choose for the peer now: the initiator sent on a path
-//     that works from its side. An agent that has just started initiates
+//   - While no direct path is confirmed, a handshake response goes back
+//     the way its initiation came, direct to the address it came from or
+//     over the relay, whatever path the Bind would choose for the peer
+//     now: the initiator sent on a path that works from its side. An agent that has just started initiates
 //     before its relay connection is up, on the device's direct address;
 //     a response over the device's relay, which the coordinator cannot
 //     deliver yet, would be lost and the pair would wait 5 s.
