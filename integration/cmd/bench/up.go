@@ -140,6 +140,16 @@ func benchGrant(ctx context.Context, m *mesh, f flags) error {
 	if f.grantRounds <= 0 {
 		return nil
 	}
+	if m.assignment == "" {
+		if err := m.grant(ctx); err != nil {
+			return err
+		}
+	}
+	// The user's kubeconfig context is back once the device's map has
+	// the agent again (the bench before may have just granted).
+	if _, err := firstKubectl(ctx, m.user.Kubectl(), time.Now()); err != nil {
+		return err
+	}
 	probe, err := getProbe(ctx, m, true)
 	if err != nil {
 		return err
