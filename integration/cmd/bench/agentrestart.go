@@ -49,10 +49,8 @@ func benchAgentRestart(ctx context.Context, m *mesh, f flags) error {
 	if f.agentRestarts <= 0 {
 		return nil
 	}
-	if m.assignment == "" {
-		if err := m.grant(ctx); err != nil {
-			return err
-		}
+	if err := m.ensureGranted(ctx); err != nil {
+		return err
 	}
 	k := m.user.Kubectl()
 	k.Timeout = 30 * time.Second

@@ -189,6 +189,14 @@ func (m *mesh) grant(ctx context.Context) error {
 	return nil
 }
 
+// ensureGranted grants the bench user the role when it has none now.
+func (m *mesh) ensureGranted(ctx context.Context) error {
+	if m.assignment != "" {
+		return nil
+	}
+	return m.grant(ctx)
+}
+
 // revoke deletes the bench user's assignment.
 func (m *mesh) revoke(ctx context.Context) error {
 	if err := m.api(ctx, "DELETE", "/api/v1/assignments/"+m.assignment, nil, nil); err != nil {

@@ -140,10 +140,8 @@ func benchGrant(ctx context.Context, m *mesh, f flags) error {
 	if f.grantRounds <= 0 {
 		return nil
 	}
-	if m.assignment == "" {
-		if err := m.grant(ctx); err != nil {
-			return err
-		}
+	if err := m.ensureGranted(ctx); err != nil {
+		return err
 	}
 	// The user's kubeconfig context is back once the device's map has
 	// the agent again (the bench before may have just granted).
