@@ -93,6 +93,13 @@ type Config struct {
 	MaxPendingLogins int
 	// AgentTTL reclaims an agent that has not connected for this long.
 	AgentTTL time.Duration
+	// AgentGrace is how long an agent's map stream may stay closed (the
+	// agent killed, or cut off) before the agent leaves the maps of its
+	// users' devices, so they stop dialing it; it returns when its stream
+	// opens again. After a coordinator start, its agents get as long to
+	// reconnect. A new agent enters the maps when its stream first opens.
+	// Default 5 s.
+	AgentGrace time.Duration
 	// PendingRequestTTL expires an access request nobody decided.
 	PendingRequestTTL time.Duration
 	// MaxDevicesPerUser bounds the devices one user may have registered
@@ -202,6 +209,7 @@ func Defaults() Config {
 		ConsoleSessionTTL:       DefaultConsoleSessionTTL,
 		LoginTTL:                10 * time.Minute,
 		AgentTTL:                24 * time.Hour,
+		AgentGrace:              5 * time.Second,
 		PendingRequestTTL:       24 * time.Hour,
 		AuditRetention:          DefaultAuditRetention,
 		AuditCheckpointInterval: DefaultAuditCheckpointInterval,
@@ -242,6 +250,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxPendingLogins = DefaultMaxPendingLogins
 	}
 	c.AgentTTL = cmp.Or(c.AgentTTL, d.AgentTTL)
+	c.AgentGrace = cmp.Or(c.AgentGrace, d.AgentGrace)
 	c.PendingRequestTTL = cmp.Or(c.PendingRequestTTL, d.PendingRequestTTL)
 	if c.MaxDevicesPerUser <= 0 {
 		c.MaxDevicesPerUser = DefaultMaxDevicesPerUser
