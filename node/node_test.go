@@ -71,6 +71,13 @@ func (w *testWriter) stop() {
 // address is stackAddr (the same, unless a test spoofs).
 func newTestNode(t testing.TB, addr, stackAddr netip.Addr) *testNode {
 	t.Helper()
+	return newTestNodeConfig(t, addr, stackAddr, Config{})
+}
+
+// newTestNodeConfig is newTestNode with the settings of cfg other than
+// its key, TUN and logger, which it fills in.
+func newTestNodeConfig(t testing.TB, addr, stackAddr netip.Addr, cfg Config) *testNode {
+	t.Helper()
 	priv, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +86,8 @@ func newTestNode(t testing.TB, addr, stackAddr netip.Addr) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := New(Config{PrivateKey: priv, TUN: dev, Logger: testLogger(t)})
+	cfg.PrivateKey, cfg.TUN, cfg.Logger = priv, dev, testLogger(t)
+	n, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,6 +367,20 @@ func fakePeer(t testing.TB, i int) proto.Peer {
 	}
 }
 
+// applyFakePeers applies to n a snapshot (version 1) of count fake
+// peers, fakePeer(tb, first) onwards, and returns them.
+func applyFakePeers(tb testing.TB, n *Node, count, first int) []proto.Peer {
+	tb.Helper()
+	peers := make([]proto.Peer, count)
+	for i := range peers {
+		peers[i] = fakePeer(tb, first+i)
+	}
+	if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}); err != nil {
+		tb.Fatal(err)
+	}
+	return peers
+}
+
 // newBareNode is a node on a netstack no test dials through.
 func newBareNode(t testing.TB) *Node {
 	t.Helper()
@@ -390,13 +412,7 @@ func deviceAllowedIPs(t *testing.T, n *Node, key proto.Key) []string {
 func TestApplyTouchesOnlyChangedPeers(t *testing.T) {
 	n := newBareNode(t)
 	rec := record(n)
-	peers := make([]proto.Peer, 50)
-	for i := range peers {
-		peers[i] = fakePeer(t, i+10)
-	}
-	if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}); err != nil {
-		t.Fatal(err)
-	}
+	peers := applyFakePeers(t, n, 50, 10)
 	if sets := rec.take(); len(sets) != 1 || len(keysIn(sets[0])) != len(peers) {
 		t.Fatalf("snapshot: %d sets, want 1 naming %d peers", len(sets), len(peers))
 	}
@@ -778,13 +794,7 @@ func TestCertificateRenewal(t *testing.T) {
 
 func TestConcurrentLookups(t *testing.T) {
 	n := newBareNode(t)
-	peers := make([]proto.Peer, 20)
-	for i := range peers {
-		peers[i] = fakePeer(t, i+1)
-	}
-	if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}); err != nil {
-		t.Fatal(err)
-	}
+	peers := applyFakePeers(t, n, 20, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for range 4 {
@@ -922,40 +932,31 @@ func TestLazyKeepalive(t *testing.T) {
 	// A peer removed before its keepalives are due is left alone, and so
 	// is the same key added again: its own delay counts from its arrival.
 	first1 := arrival{smaller.Key, n.addedAt[smaller.Key]}
-	if err := n.Apply(proto.MapMessage{Version: 2, Removed: []proto.Key{smaller.Key}}); err != nil {
-		t.Fatal(err)
+	// applyThenFireFirst applies msg, takes the set it makes, then fires
+	// first1's keepalive timer, which must set nothing.
+	applyThenFireFirst := func(msg proto.MapMessage, what string) {
+		t.Helper()
+		if err := n.Apply(msg); err != nil {
+			t.Fatal(err)
+		}
+		<-sets
+		n.enableKeepalive([]arrival{first1})
+		select {
+		case s := <-sets:
+			t.Errorf("%s: %q", what, s)
+		default:
+		}
 	}
-	<-sets
-	n.enableKeepalive([]arrival{first1})
-	select {
-	case s := <-sets:
-		t.Errorf("keepalive set for a removed peer: %q", s)
-	default:
-	}
+	applyThenFireFirst(proto.MapMessage{Version: 2, Removed: []proto.Key{smaller.Key}}, "keepalive set for a removed peer")
 	n.lazyKeepalive = time.Hour // the new arrival's own timer stays out of the way
-	if err := n.Apply(proto.MapMessage{Version: 3, Peers: []proto.Peer{smaller}}); err != nil {
-		t.Fatal(err)
-	}
-	<-sets
-	n.enableKeepalive([]arrival{first1})
-	select {
-	case s := <-sets:
-		t.Errorf("a keepalive planned for an earlier arrival of the peer was set: %q", s)
-	default:
-	}
+	applyThenFireFirst(proto.MapMessage{Version: 3, Peers: []proto.Peer{smaller}}, "a keepalive planned for an earlier arrival of the peer was set")
 }
 
 func BenchmarkApplyDelta(b *testing.B) {
 	for _, size := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("peers=%d", size), func(b *testing.B) {
 			n := newBareNode(b)
-			peers := make([]proto.Peer, size)
-			for i := range peers {
-				peers[i] = fakePeer(b, i+1)
-			}
-			if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}); err != nil {
-				b.Fatal(err)
-			}
+			peers := applyFakePeers(b, n, size, 1)
 			// Each delta moves one peer between two addresses and two
 			// endpoints, so every Apply reconfigures it in the device.
 			var alt [2]proto.Peer
@@ -979,13 +980,7 @@ func BenchmarkApplyDelta(b *testing.B) {
 
 func BenchmarkPeerByAddr(b *testing.B) {
 	n := newBareNode(b)
-	peers := make([]proto.Peer, 10000)
-	for i := range peers {
-		peers[i] = fakePeer(b, i+1)
-	}
-	if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}); err != nil {
-		b.Fatal(err)
-	}
+	peers := applyFakePeers(b, n, 10000, 1)
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
