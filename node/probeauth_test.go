@@ -3,6 +3,7 @@ package node
 import (
 	"crypto/ecdh"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -111,12 +112,7 @@ func TestForgedProbesIgnored(t *testing.T) {
 		pp := a.peers.paths[pubB]
 		pp.mu.Lock()
 		defer pp.mu.Unlock()
-		for _, l := range pp.learned {
-			if l == ap {
-				return true
-			}
-		}
-		return false
+		return slices.Contains(pp.learned, ap)
 	}
 
 	ping := proto.Probe{Type: proto.ProbePing, TxID: [12]byte{7}, Key: pubB}
