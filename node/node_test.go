@@ -19,7 +19,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
@@ -78,10 +77,7 @@ func newTestNode(t testing.TB, addr, stackAddr netip.Addr) *testNode {
 // its key, TUN and logger, which it fills in.
 func newTestNodeConfig(t testing.TB, addr, stackAddr netip.Addr, cfg Config) *testNode {
 	t.Helper()
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := testkit.WireGuardKey(t)
 	dev, tnet, err := netstack.CreateNetTUN([]netip.Addr{stackAddr}, nil, 1420)
 	if err != nil {
 		t.Fatal(err)
@@ -346,10 +342,7 @@ func keysIn(uapi string) []string {
 
 func genKey(t testing.TB) proto.Key {
 	t.Helper()
-	k, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.WireGuardKey(t)
 	return proto.Key(k.PublicKey())
 }
 
@@ -836,10 +829,7 @@ func TestCloseStopsApply(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := testkit.WireGuardKey(t)
 	tests := []struct {
 		name string
 		cfg  func() Config

@@ -7,8 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -16,10 +15,7 @@ import (
 // its public key.
 func genPriv(t testing.TB) (*ecdh.PrivateKey, proto.Key) {
 	t.Helper()
-	k, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.WireGuardKey(t)
 	priv, err := ecdh.X25519().NewPrivateKey(k[:])
 	if err != nil {
 		t.Fatal(err)
