@@ -20,7 +20,6 @@ import (
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/node/mesh"
-	"github.com/clustral/clustral/pkg/certreq"
 	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
@@ -182,7 +181,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("generate WireGuard key: %w", err)
 	}
-	csr, tlsKey, err := certreq.New("clustral-agent")
+	csr, tlsKey, err := NewCSR()
 	if err != nil {
 		return fmt.Errorf("TLS key: %w", err)
 	}

@@ -16,8 +16,6 @@ import (
 	"net/http"
 	"testing"
 	"time"
-
-	"github.com/clustral/clustral/pkg/certreq"
 )
 
 // CSR returns a PEM certificate request for a fresh P-256 key, with the
@@ -25,11 +23,15 @@ import (
 // either cannot be made.
 func CSR(tb testing.TB, cn string, dnsNames ...string) (csrPEM string, key *ecdsa.PrivateKey) {
 	tb.Helper()
-	csrPEM, key, err := certreq.New(cn, dnsNames...)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return csrPEM, key
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}, DNSNames: dnsNames}, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), key
 }
 
 // ServerCert returns a self-signed PEM certificate for serving TLS on

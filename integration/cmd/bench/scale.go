@@ -20,8 +20,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/clustral/clustral/agent"
 	"github.com/clustral/clustral/integration/harness"
-	"github.com/clustral/clustral/pkg/certreq"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -246,7 +246,7 @@ func parallel(ctx context.Context, n, conc int, fn func(i int) error) error {
 // registerSimAgent registers an agent with key k in the cluster of
 // joinToken, as `clustral agent` does, and returns its node token.
 func registerSimAgent(ctx context.Context, hc *http.Client, coordURL, joinToken string, k proto.Key, i int) (string, error) {
-	csr, _, err := certreq.New("clustral-agent")
+	csr, _, err := agent.NewCSR()
 	if err != nil {
 		return "", err
 	}
