@@ -51,7 +51,7 @@ func tlsCertificate(certPEM string, key *ecdsa.PrivateKey) (tls.Certificate, err
 // NewCSR returns a fresh P-256 key, which the caller owns, and the PEM
 // certificate request for it that an agent sends when it registers: the
 // coordinator issues the agent's serving certificate for that key.
-// Benchmarks that register as an agent use it too.
+// The integration harness, which registers agents of its own, uses it too.
 func NewCSR() (csrPEM string, key *ecdsa.PrivateKey, err error) {
 	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"cmp"
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -512,10 +513,11 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 
 // ---- retention ----
 
-// auditJanitor applies the retention at start and every hour.
-func (s *Server) auditJanitor() {
+// auditJanitor applies the retention at start and every hour, until ctx
+// ends (singleton work).
+func (s *Server) auditJanitor(ctx context.Context) {
 	s.pruneAudit()
-	s.every(time.Hour, s.pruneAudit)
+	s.every(ctx, time.Hour, s.pruneAudit)
 }
 
 // pruneAudit applies the retention. Records an export destination has

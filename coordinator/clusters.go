@@ -150,10 +150,13 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 		if err := store.Put(tx, store.Clusters, nc.ID, &nc); err != nil {
 			return err
 		}
-		if err := deleteNodes(tx, agents); err != nil {
+		removed, err := s.deleteNodesWhere(tx, agents, func(n *node) bool {
+			return action == "revoke-token" && n.Kind == proto.KindAgent && n.ClusterID == c.ID
+		})
+		if err != nil {
 			return err
 		}
-		return s.recordChange(tx, p.user.Login, "cluster."+action, nc.ID, map[string]any{"agents_removed": len(agents)})
+		return s.recordChange(tx, p.user.Login, "cluster."+action, nc.ID, map[string]any{"agents_removed": removed})
 	}) {
 		return
 	}
@@ -178,7 +181,7 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 		if err := tx.Delete(store.Clusters, c.ID); err != nil {
 			return err
 		}
-		if err := deleteNodes(tx, agents); err != nil {
+		if _, err := s.deleteNodesWhere(tx, agents, func(n *node) bool { return n.Kind == proto.KindAgent && n.ClusterID == c.ID }); err != nil {
 			return err
 		}
 		if err := deleteAssignments(tx, asgs); err != nil {

@@ -34,6 +34,9 @@ type testEnv struct {
 	addr string
 	// configure, if set, changes the configuration before each start.
 	configure func(*Config)
+	// st, if set, is the store instead of bbolt in dir (see
+	// newReplicaEnvs).
+	st store.Store
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -77,7 +80,13 @@ func (e *testEnv) start() {
 	if e.configure != nil {
 		e.configure(&cfg)
 	}
-	srv, err := New(context.Background(), cfg)
+	var srv *Server
+	var err error
+	if e.st != nil {
+		srv, err = NewWithStore(context.Background(), cfg, e.st)
+	} else {
+		srv, err = New(context.Background(), cfg)
+	}
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -126,6 +126,28 @@ func TestRelayUpgradeRefusals(t *testing.T) {
 	}
 }
 
+// TestRelayAttachedBeforeUpgradeAnswered: once a node has read the
+// relay's 101, packets to it are forwarded; the relay does not answer
+// before the connection is in its table.
+func TestRelayAttachedBeforeUpgradeAnswered(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	rl := e.srv.relay
+	attached := func() *relayConn {
+		rl.mu.RLock()
+		defer rl.mu.RUnlock()
+		return rl.conns[m.agentKey]
+	}
+	for i := range 200 {
+		prev := attached()
+		p, _ := e.dialRelay(m.agent.NodeToken, true)
+		if c := attached(); c == nil || c == prev {
+			t.Fatalf("dial %d: the relay answered 101 before the agent's connection was attached", i)
+		}
+		p.conn.Close()
+	}
+}
+
 func TestRelayForwardsBetweenPeersOnly(t *testing.T) {
 	e := newTestEnv(t)
 	m := newRelayMesh(e)

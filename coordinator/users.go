@@ -119,13 +119,15 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 		if err := store.Put(tx, store.Users, nu.ID, &nu); err != nil {
 			return err
 		}
-		if err := deleteSessions(tx, sess); err != nil {
+		nsess, err := s.deleteSessionsWhere(tx, sess, func(se *session) bool { return nu.Disabled && se.UserID == u.ID })
+		if err != nil {
 			return err
 		}
-		if err := deleteNodes(tx, devs); err != nil {
+		ndevs, err := s.deleteNodesWhere(tx, devs, func(n *node) bool { return nu.Disabled && n.Kind == proto.KindDevice && n.UserID == u.ID })
+		if err != nil {
 			return err
 		}
-		return s.recordChange(tx, p.user.Login, "user."+action, u.ID, map[string]any{"login": u.Login, "sessions": len(sess), "devices": len(devs)})
+		return s.recordChange(tx, p.user.Login, "user."+action, u.ID, map[string]any{"login": u.Login, "sessions": nsess, "devices": ndevs})
 	}) {
 		return
 	}

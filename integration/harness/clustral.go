@@ -24,6 +24,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/clustral/clustral/agent"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -356,6 +358,18 @@ func CallAPIWith(ctx context.Context, hc *http.Client, coordURL, method, path, t
 // static token user bound to a ClusterRole that allows only impersonating
 // users and groups.
 var AgentIdentity = Identity{Token: "clustral-agent-token-0123456789abcdef", User: "clustral-agent"}
+
+// RegisterAgent registers an agent named hostname with WireGuard key k
+// in the cluster of joinToken, as `clustral agent` does (with a fresh
+// serving key's certificate request), through hc. A refusal is a
+// *coordclient.Error.
+func RegisterAgent(ctx context.Context, hc *http.Client, coordURL, joinToken string, k proto.Key, hostname string) (proto.RegisterResponse, error) {
+	csr, _, err := agent.NewCSR()
+	if err != nil {
+		return proto.RegisterResponse{}, err
+	}
+	return coordclient.New(coordURL, joinToken, hc).RegisterAgent(ctx, proto.RegisterAgentRequest{PublicKey: k, Hostname: hostname, CSR: csr})
+}
 
 // GrantImpersonation creates the impersonate-only ClusterRole and binds
 // the agent identity to it.

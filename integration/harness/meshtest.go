@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -185,10 +186,24 @@ func (s *MeshSuite) StartCoordinator(t testing.TB) *Coordinator {
 	return s.StartCoordinatorWith(t)
 }
 
+// StoreEnv names the environment variable that selects the store of the
+// coordinators StartCoordinator starts: "etcd" gives each its own etcd
+// (one member, stopped by t's cleanup), anything else the default bbolt
+// file. CI runs the mesh and access suites both ways.
+const StoreEnv = "CLUSTRAL_TEST_STORE"
+
 // StartCoordinatorWith is StartCoordinator with extraArgs added to
 // `clustral coordinator`.
 func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coordinator {
 	t.Helper()
+	if os.Getenv(StoreEnv) == "etcd" && !slices.Contains(extraArgs, "--store") {
+		e, err := StartEtcd(context.Background(), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		extraArgs = append([]string{"--store", "etcd", "--etcd-endpoints", e.URL}, extraArgs...)
+	}
 	c, err := StartCoordinator(context.Background(), s.Bin, t.TempDir(), CoordinatorOptions{
 		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
 		ExtraArgs: extraArgs,
@@ -200,17 +215,89 @@ func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coo
 	return c
 }
 
+// Replicas are coordinators serving one mesh from one etcd prefix, as an
+// HA deployment runs them. Coords[0] listens on the suite's CoordPort
+// (Dex's redirect URI names it) and its URL is every replica's public
+// URL; the others listen on ports of their own.
+type Replicas struct {
+	Etcd   *EtcdCluster
+	Coords []*Coordinator
+}
+
+// URLs returns the replicas' URLs in order.
+func (r *Replicas) URLs() []string {
+	out := make([]string, len(r.Coords))
+	for i, c := range r.Coords {
+		out[i] = c.URL
+	}
+	return out
+}
+
+// StartReplicas starts a three-member etcd cluster and n coordinator
+// replicas on it (--store etcd), with extraArgs, sharing the first
+// one's audit checkpoint key as a deployment does. t's cleanup stops
+// them all, logging the coordinators' tails if t failed.
+func (s *MeshSuite) StartReplicas(t testing.TB, n int, extraArgs ...string) *Replicas {
+	t.Helper()
+	ec, err := StartEtcdCluster(context.Background(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ec.Close() })
+	r := &Replicas{Etcd: ec}
+	args := append([]string{"--store", "etcd", "--etcd-endpoints", strings.Join(ec.URLs, ","), "--public-url", s.CoordURL()}, extraArgs...)
+	var key []byte
+	for i := range n {
+		port := s.CoordPort
+		if i > 0 {
+			if port, err = FreePort(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dir := t.TempDir()
+		if key != nil {
+			if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "data", auditlog.KeyFile), key, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, err := StartCoordinator(context.Background(), s.Bin, dir, CoordinatorOptions{
+			Port: port, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
+			ExtraArgs: args,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.StopAtEnd(t, 40)
+		r.Coords = append(r.Coords, c)
+		if key == nil {
+			if key, err = os.ReadFile(filepath.Join(dir, "data", auditlog.KeyFile)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return r
+}
+
 // StartAgent runs an agent for the cluster of joinToken, with extraArgs,
 // as the least-privilege AgentIdentity against the Env's apiserver. t's
 // cleanup stops it and logs its tail if t failed.
 func (s *MeshSuite) StartAgent(t testing.TB, joinToken string, extraArgs ...string) *Agent {
+	t.Helper()
+	return s.StartAgentAt(t, s.CoordURL(), joinToken, extraArgs...)
+}
+
+// StartAgentAt is StartAgent with the agent's --coordinator coordURL.
+func (s *MeshSuite) StartAgentAt(t testing.TB, coordURL, joinToken string, extraArgs ...string) *Agent {
 	t.Helper()
 	dir := t.TempDir()
 	kc := filepath.Join(dir, "kubeconfig")
 	if err := s.Env.APIServer.WriteKubeconfig(kc, "agent", AgentIdentity.Token); err != nil {
 		t.Fatal(err)
 	}
-	a, err := StartAgent(context.Background(), s.Bin, dir, s.CoordURL(), joinToken, kc, extraArgs...)
+	a, err := StartAgent(context.Background(), s.Bin, dir, coordURL, joinToken, kc, extraArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,6 +447,15 @@ func (u *TestUser) MustLogin() {
 // output.
 func (u *TestUser) TryLogin() error {
 	return u.LoginWithToken(context.Background(), u.s.Env.Dex, meshClientID, u.s.OIDCSecret, u.s.CoordURL())
+}
+
+// MustLoginAt logs u in to the coordinator at coordURL, e.g. one of
+// several replicas, which u's later commands then use.
+func (u *TestUser) MustLoginAt(coordURL string) {
+	u.t.Helper()
+	if err := u.LoginWithToken(context.Background(), u.s.Env.Dex, meshClientID, u.s.OIDCSecret, coordURL); err != nil {
+		u.t.Fatal(err)
+	}
 }
 
 // MustUp runs `clustral up` as u.

@@ -318,7 +318,7 @@ func testAtomicity(t *testing.T, s store.Store) {
 // increment.
 func testIsolationCounter(t *testing.T, s store.Store) {
 	const workers, each = 8, 25
-	concurrently(t, workers, each, func() (bool, error) {
+	Concurrently(t, workers, each, func(int, int) (bool, error) {
 		return true, s.Update(func(tx store.Tx) error {
 			n := 0
 			v, err := tx.GetRaw(store.Meta, "counter")
@@ -347,7 +347,7 @@ func testIsolationCounter(t *testing.T, s store.Store) {
 // conflicts with one that adds a key to the bucket.
 func testIsolationRangeInsert(t *testing.T, s store.Store) {
 	const workers, each = 6, 15
-	concurrently(t, workers, each, func() (bool, error) {
+	Concurrently(t, workers, each, func(int, int) (bool, error) {
 		return true, s.Update(func(tx store.Tx) error {
 			n := 0
 			if err := tx.ForEach(store.Addresses, func(string, []byte) error { n++; return nil }); err != nil {
@@ -383,7 +383,7 @@ func testIsolationRangeDelete(t *testing.T, s store.Store) {
 		mu     sync.Mutex
 		claims = map[string]int{}
 	)
-	concurrently(t, workers, 0, func() (bool, error) {
+	Concurrently(t, workers, 0, func(int, int) (bool, error) {
 		var got string
 		err := s.Update(func(tx store.Tx) error {
 			got = ""
@@ -424,17 +424,18 @@ func testIsolationRangeDelete(t *testing.T, s store.Store) {
 
 var errStop = errors.New("stop")
 
-// concurrently calls step on workers goroutines at once, each calling
+// Concurrently calls step on workers goroutines at once, each calling
 // it times times (without limit if times is 0) or until it returns false
-// or an error, and fails t with the errors once all have stopped.
-func concurrently(t *testing.T, workers, times int, step func() (more bool, err error)) {
+// or an error, and fails t with the errors once all have stopped. step
+// gets its worker's number w and the call's number i on that worker.
+func Concurrently(t *testing.T, workers, times int, step func(w, i int) (more bool, err error)) {
 	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
-	for range workers {
+	for w := range workers {
 		wg.Go(func() {
 			for i := 0; times == 0 || i < times; i++ {
-				more, err := step()
+				more, err := step(w, i)
 				if err != nil {
 					errs <- err
 					return
@@ -458,7 +459,7 @@ func testNextSequence(t *testing.T, s store.Store) {
 		mu  sync.Mutex
 		got []uint64
 	)
-	concurrently(t, workers, each, func() (bool, error) {
+	Concurrently(t, workers, each, func(int, int) (bool, error) {
 		var n uint64
 		err := s.Update(func(tx store.Tx) (err error) {
 			n, err = tx.NextSequence(store.Audit)

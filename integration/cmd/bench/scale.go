@@ -20,7 +20,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/clustral/clustral/agent"
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
@@ -246,17 +245,8 @@ func parallel(ctx context.Context, n, conc int, fn func(i int) error) error {
 // registerSimAgent registers an agent with key k in the cluster of
 // joinToken, as `clustral agent` does, and returns its node token.
 func registerSimAgent(ctx context.Context, hc *http.Client, coordURL, joinToken string, k proto.Key, i int) (string, error) {
-	csr, _, err := agent.NewCSR()
+	resp, err := harness.RegisterAgent(ctx, hc, coordURL, joinToken, k, "scale-agent-"+strconv.Itoa(i))
 	if err != nil {
-		return "", err
-	}
-	req := proto.RegisterAgentRequest{
-		PublicKey: k,
-		Hostname:  "scale-agent-" + strconv.Itoa(i),
-		CSR:       csr,
-	}
-	var resp proto.RegisterResponse
-	if err := harness.CallAPIWith(ctx, hc, coordURL, "POST", proto.APIVersion+"/agents", joinToken, req, &resp); err != nil {
 		return "", fmt.Errorf("register simulated agent: %w", err)
 	}
 	return resp.NodeToken, nil
