@@ -213,6 +213,7 @@ func (c *relayClient) write(ctx context.Context, bw *bufio.Writer) {
 	ka := time.NewTicker(relayKeepAlive)
 	defer ka.Stop()
 	for {
+		var buf *[]byte
 		select {
 		case <-ctx.Done():
 			return
@@ -220,16 +221,20 @@ func (c *relayClient) write(ctx context.Context, bw *bufio.Writer) {
 			if _, err := bw.Write(proto.AppendRelayKeepAlive(nil)); err != nil {
 				return
 			}
-		case buf := <-c.out:
-			if writeFrame(bw, buf) != nil {
+		case buf = <-c.out:
+			_, err := bw.Write(*buf)
+			putPacketBuf(buf)
+			if err != nil {
 				return
 			}
 		}
 	drain:
 		for bw.Buffered() < 32<<10 {
 			select {
-			case buf := <-c.out:
-				if writeFrame(bw, buf) != nil {
+			case buf = <-c.out:
+				_, err := bw.Write(*buf)
+				putPacketBuf(buf)
+				if err != nil {
 					return
 				}
 			default:
@@ -240,12 +245,4 @@ func (c *relayClient) write(ctx context.Context, bw *bufio.Writer) {
 			return
 		}
 	}
-}
-
-// writeFrame writes a queued frame to bw and gives its buffer back to the
-// pool, whether or not the write succeeds.
-func writeFrame(bw *bufio.Writer, buf *[]byte) error {
-	_, err := bw.Write(*buf)
-	putPacketBuf(buf)
-	return err
 }
