@@ -247,15 +247,22 @@ func openWatch(t *testing.T, h *harness) (*bufio.Reader, io.Closer) {
 		t.Fatalf("watch status = %d", resp.StatusCode)
 	}
 	br := bufio.NewReader(resp.Body)
+	wantWatchEvent(t, br, "first", `{"type":"ADDED"}`)
+	return br, resp.Body
+}
+
+// wantWatchEvent reads br's next line, waiting at most testkit.Recv's
+// timeout, and fails t unless it is want; which names the event.
+func wantWatchEvent(t *testing.T, br *bufio.Reader, which, want string) {
+	t.Helper()
 	line := make(chan string, 1)
 	go func() {
 		l, _ := br.ReadString('\n')
 		line <- l
 	}()
-	if got := testkit.Recv(t, line, "first watch event"); got != `{"type":"ADDED"}`+"\n" {
-		t.Fatalf("first event = %q", got)
+	if got := testkit.Recv(t, line, which+" watch event"); got != want+"\n" {
+		t.Fatalf("%s event = %q", which, got)
 	}
-	return br, resp.Body
 }
 
 func TestWatchStreams(t *testing.T) {
@@ -265,14 +272,7 @@ func TestWatchStreams(t *testing.T) {
 	defer body.Close()
 
 	up.next <- `{"type":"MODIFIED"}`
-	line := make(chan string, 1)
-	go func() {
-		l, _ := br.ReadString('\n')
-		line <- l
-	}()
-	if got := testkit.Recv(t, line, "second watch event"); got != `{"type":"MODIFIED"}`+"\n" {
-		t.Fatalf("second event = %q", got)
-	}
+	wantWatchEvent(t, br, "second", `{"type":"MODIFIED"}`)
 	close(up.next)
 	rest, err := io.ReadAll(br)
 	if err != nil || len(rest) != 0 {

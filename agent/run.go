@@ -2,12 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -187,18 +181,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("generate WireGuard key: %w", err)
 	}
-	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, tlsKey, err := NewCSR()
 	if err != nil {
-		return fmt.Errorf("generate TLS key: %w", err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
-	if err != nil {
-		return fmt.Errorf("certificate request: %w", err)
+		return fmt.Errorf("TLS key: %w", err)
 	}
 	reg, err := register(ctx, coordclient.New(cfg.CoordinatorURL, cfg.JoinToken, hc), proto.RegisterAgentRequest{
 		PublicKey: proto.Key(wgKey.PublicKey()),
 		Hostname:  host,
-		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})),
+		CSR:       csr,
 	}, log)
 	if err != nil {
 		return err
