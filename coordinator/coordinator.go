@@ -126,6 +126,19 @@ type Server struct {
 	consoleDoneOnce sync.Once
 }
 
+// endStreams ends what never finishes on its own: the map streams, the
+// relay connections and the web console's event streams. Safe to call
+// more than once; it takes s.mu.
+func (s *Server) endStreams() {
+	s.mu.Lock()
+	for _, c := range s.clients {
+		c.close()
+	}
+	s.mu.Unlock()
+	s.closeRelays()
+	s.endConsoleStreams()
+}
+
 // endConsoleStreams ends the web console's open event streams.
 func (s *Server) endConsoleStreams() {
 	s.consoleDoneOnce.Do(func() { close(s.consoleDone) })
@@ -346,13 +359,7 @@ func (s *Server) Close() error {
 	s.flushFailures(s.now().Add(failureWindow))
 	close(s.stop)
 	s.stopCancel()
-	s.mu.Lock()
-	for _, c := range s.clients {
-		c.close()
-	}
-	s.mu.Unlock()
-	s.closeRelays()
-	s.endConsoleStreams()
+	s.endStreams()
 	s.wg.Wait()
 	// The audit writer has stored what was queued: sign the log as it is
 	// left.
@@ -499,13 +506,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	// Map streams and relay connections never finish on their own; end
 	// them first.
-	s.mu.Lock()
-	for _, c := range s.clients {
-		c.close()
-	}
-	s.mu.Unlock()
-	s.closeRelays()
-	s.endConsoleStreams()
+	s.endStreams()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := srv.Shutdown(sctx)

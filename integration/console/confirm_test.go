@@ -2,7 +2,6 @@ package console
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -38,11 +37,6 @@ func TestHeadlessConfirmInBrowser(t *testing.T) {
 	if h := text(t, tab, "h1"); h != "Signed in as "+alice.Email {
 		t.Fatalf("after confirming in the browser: %q: %s", h, text(t, tab, "body"))
 	}
-	if err := l.Cmd.Wait(); err != nil {
-		t.Fatalf("clustral login: %v", err)
-	}
-	if !strings.Contains(l.Stdout.String(), "as "+alice.Email) {
-		t.Errorf("clustral login printed %q", l.Stdout.String())
-	}
+	l.Wait(t, "as "+alice.Email)
 	noProblems(t, tab)
 }
