@@ -1,0 +1,106 @@
+package proto
+
+import (
+	"fmt"
+	"time"
+)
+
+// RecordingPolicy says whether the exec and attach sessions a role allows
+// are recorded by the agent (see agent/recording).
+type RecordingPolicy string
+
+const (
+	// RecordingOff records nothing. The empty policy means the same.
+	RecordingOff RecordingPolicy = "off"
+	// RecordingBestEffort records the session; if the recording cannot
+	// be written the session goes on unrecorded, and its end event says
+	// so.
+	RecordingBestEffort RecordingPolicy = "best-effort"
+	// RecordingRequired fails closed: a session whose recording cannot be
+	// started is refused before any byte reaches the pod, and one whose
+	// recording stops is ended.
+	RecordingRequired RecordingPolicy = "required"
+)
+
+// RecordingPolicies lists the policies, weakest first.
+var RecordingPolicies = []RecordingPolicy{RecordingOff, RecordingBestEffort, RecordingRequired}
+
+// Validate reports whether p is a known policy (or empty, which is off).
+func (p RecordingPolicy) Validate() error {
+	switch p {
+	case "", RecordingOff, RecordingBestEffort, RecordingRequired:
+		return nil
+	}
+	return fmt.Errorf("recording policy %q is not one of off, best-effort, required", string(p))
+}
+
+// Rank orders policies by strength: off (or empty) 0, best-effort 1,
+// required 2. A request allowed by several grants is recorded by the
+// strongest of their policies.
+func (p RecordingPolicy) Rank() int {
+	switch p {
+	case RecordingBestEffort:
+		return 1
+	case RecordingRequired:
+		return 2
+	}
+	return 0
+}
+
+// RecordingHeader is the first line of a session recording: an asciicast
+// v2 header (version 2, terminal width and height, start as Unix seconds)
+// with the session it records under "clustral", which asciicast players
+// ignore.
+type RecordingHeader struct {
+	Version   int    `json:"version"`
+	Width     int    `json:"width"`
+	Height    int    `json:"height"`
+	Timestamp int64  `json:"timestamp"`
+	Title     string `json:"title,omitempty"`
+	// Session names the recorded session.
+	Session RecordingSession `json:"clustral"`
+}
+
+// RecordingSession names a recorded exec or attach session.
+type RecordingSession struct {
+	// ID is the session's id: its request's correlation id.
+	ID        string `json:"id"`
+	User      string `json:"user"`
+	KubeUser  string `json:"kube_user,omitempty"`
+	Cluster   string `json:"cluster"`
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	Container string `json:"container,omitempty"`
+	// Subresource is exec or attach.
+	Subresource string   `json:"subresource"`
+	Command     []string `json:"command,omitempty"`
+	// TTY says whether the client asked for a terminal.
+	TTY bool `json:"tty,omitempty"`
+	// Protocol is the stream protocol the apiserver chose: a WebSocket
+	// subprotocol (v5.channel.k8s.io, ...) or a SPDY one
+	// (v4.channel.k8s.io over SPDY/3.1).
+	Protocol string    `json:"protocol"`
+	Start    time.Time `json:"start"`
+	// Correlation and TraceID are those of the session's audit events.
+	Correlation string `json:"correlation"`
+	TraceID     string `json:"trace_id,omitempty"`
+	// Stdin says whether the client's input is recorded ("i" events).
+	Stdin bool `json:"stdin"`
+	// MaxBytes is the size cap of the recording.
+	MaxBytes int64 `json:"max_bytes"`
+}
+
+// Metadata keys the end event of a recorded session (RQ004I) carries.
+const (
+	MetaRecording       = "recording"        // the session id
+	MetaRecordingSHA256 = "recording_sha256" // hex SHA-256 of the whole recording file
+	MetaRecordingBytes  = "recording_bytes"  // its size
+	MetaRecordingStatus = "recording_status" // complete, truncated, failed
+)
+
+// Recording statuses (MetaRecordingStatus).
+const (
+	RecordingComplete  = "complete"
+	RecordingTruncated = "truncated" // the size cap was reached, or a stream could not be parsed
+	RecordingFailed    = "failed"    // the recording could not be written (best-effort)
+)
