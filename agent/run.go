@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/rest"
 
+	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/node/mesh"
@@ -102,6 +104,14 @@ type Config struct {
 	// full, new events are dropped with a warning and counted.
 	AuditMaxEvents int
 
+	// RecordingDir is where exec and attach sessions whose roles ask for
+	// it are recorded (agent/recording); empty means the "recordings"
+	// directory in AuditDir.
+	RecordingDir string
+	// RecordingMaxBytes caps each recording; zero means
+	// recording.DefaultMaxBytes.
+	RecordingMaxBytes int64
+
 	// Logger receives the agent's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -180,6 +190,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if n := sp.Len(); n > 0 {
 		log.Info("audit spool resumed", "dir", cfg.AuditDir, "waiting", n)
 	}
+	recDir := cfg.RecordingDir
+	if recDir == "" {
+		recDir = filepath.Join(cfg.AuditDir, "recordings")
+	}
+	recorder, err := recording.New(recording.Options{Dir: recDir, MaxBytes: cfg.RecordingMaxBytes})
+	if err != nil {
+		return err
+	}
 
 	// Register: fresh WireGuard and TLS keys; the join token buys overlay
 	// addresses, a node token and a serving certificate for the TLS key.
@@ -234,7 +252,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	metrics := agentMetrics(reg.Cluster, m.Node, sp, serving)
 	proxy, err := NewProxy(ProxyConfig{Cluster: reg.Cluster, Upstream: cfg.Upstream, Peers: m.Node, Logger: log,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Audit: auditTo(sp, log), Metrics: metrics})
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Audit: auditTo(sp, log), Metrics: metrics,
+		Recorder: recorder})
 	if err != nil {
 		return err
 	}

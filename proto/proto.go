@@ -64,6 +64,9 @@ const (
 	CodeUpstreamUnavailable ErrorCode = "UPSTREAM_UNAVAILABLE"
 	CodeBadUpgrade          ErrorCode = "BAD_UPGRADE"
 	CodeRequestTimeout      ErrorCode = "REQUEST_TIMEOUT"
+	// CodeRecordingUnavailable refuses or ends a session whose role
+	// requires a recording that the agent cannot write.
+	CodeRecordingUnavailable ErrorCode = "RECORDING_UNAVAILABLE"
 )
 
 // Problem is an RFC 7807 problem document (application/problem+json), the
