@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -313,6 +314,14 @@ func Run(ctx context.Context, cfg Config) error {
 	shipCtx, stopShip := context.WithCancel(context.Background())
 	defer stopShip()
 	wg.Go(func() { sp.Ship(shipCtx, api.ShipAudit, 0) })
+	wg.Go(func() {
+		recorder.Ship(shipCtx, func(ctx context.Context, id string, body io.Reader) error {
+			_, err := api.PutRecording(ctx, id, body)
+			return err
+		}, func(id string, err error) {
+			log.Warn("session recording not shipped; keeping it and retrying", "recording", id, "err", err)
+		})
+	})
 
 	// Wait.
 	select {

@@ -204,6 +204,9 @@ type AuditVerification struct {
 	// one was given; OK then also means the log still holds its record
 	// with its hash (the log extends it).
 	Against *AuditCheckpoint `json:"against,omitempty"`
+	// Recordings counts the stored session recordings checked against
+	// the digest in their session's end event.
+	Recordings int `json:"recordings,omitempty"`
 }
 
 // AuditVerifyRequest is the body of POST /api/v1/audit/verify: verify the

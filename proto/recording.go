@@ -1,7 +1,10 @@
 package proto
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -104,3 +107,52 @@ const (
 	RecordingTruncated = "truncated" // the size cap was reached, or a stream could not be parsed
 	RecordingFailed    = "failed"    // the recording could not be written (best-effort)
 )
+
+// RecordingInfo describes a stored recording: GET /api/v1/recordings
+// lists them, newest first.
+type RecordingInfo struct {
+	Session RecordingSession `json:"session"`
+	Bytes   int64            `json:"bytes"`
+	SHA256  string           `json:"sha256"`
+	Stored  time.Time        `json:"stored"`
+}
+
+// MaxRecordingUpload bounds the body of PUT /api/v1/recordings/{id}, an
+// agent shipping one recording: the largest cap an agent may set.
+const MaxRecordingUpload = 1 << 30
+
+// Query parameters of GET /api/v1/recordings.
+const (
+	RecordingParamUser    = "user"
+	RecordingParamCluster = "cluster"
+	RecordingParamPod     = "pod"
+	RecordingParamSince   = "since" // RFC 3339: sessions that started at or after it
+)
+
+var recordingID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// CheckRecordingID reports whether id can name a recording (and its
+// file): letters, digits, '.', '_' and '-', up to 128, not starting
+// with a dot.
+func CheckRecordingID(id string) error {
+	if !recordingID.MatchString(id) {
+		return fmt.Errorf("recording id %q is not letters, digits, '.', '_' and '-' (up to 128)", id)
+	}
+	return nil
+}
+
+// ParseRecordingHeader decodes the first line of a recording, and checks
+// that it is an asciicast v2 header that names a session.
+func ParseRecordingHeader(line []byte) (RecordingHeader, error) {
+	var h RecordingHeader
+	if err := json.Unmarshal(line, &h); err != nil {
+		return h, fmt.Errorf("recording header is not JSON: %w", err)
+	}
+	if h.Version != 2 {
+		return h, fmt.Errorf("recording header has version %d, want asciicast version 2", h.Version)
+	}
+	if h.Session.ID == "" || h.Session.Cluster == "" {
+		return h, errors.New("recording header names no session (clustral.id and clustral.cluster)")
+	}
+	return h, nil
+}

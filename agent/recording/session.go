@@ -27,7 +27,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -40,8 +39,12 @@ import (
 // DefaultMaxBytes is the default size cap of one recording.
 const DefaultMaxBytes = 64 << 20
 
-// Ext is the file name extension of a recording.
-const Ext = ".cast"
+// Ext is the file name extension of a finished recording; one in
+// progress ends in partExt.
+const (
+	Ext     = ".cast"
+	partExt = ".cast.part"
+)
 
 // Options configure a Recorder.
 type Options struct {
@@ -53,12 +56,14 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Recorder writes session recordings to a directory. It is safe for
-// concurrent use and holds no resources of its own.
+// Recorder writes session recordings to a directory, and ships the
+// finished ones (Ship). It is safe for concurrent use and holds no
+// resources of its own.
 type Recorder struct {
-	dir string
-	max int64
-	now func() time.Time
+	dir    string
+	max    int64
+	now    func() time.Time
+	notify chan struct{} // a recording finished
 }
 
 // New returns a Recorder writing to o.Dir.
@@ -78,15 +83,25 @@ func New(o Options) (*Recorder, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("session recorder: %w", err)
 	}
-	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now}, nil
+	// Recordings in progress when the last agent died end here: what
+	// they hold is all there will be.
+	parts, err := filepath.Glob(filepath.Join(o.Dir, "*"+partExt))
+	if err != nil {
+		return nil, fmt.Errorf("session recorder: %w", err)
+	}
+	for _, p := range parts {
+		if err := os.Rename(p, strings.TrimSuffix(p, partExt)+Ext); err != nil {
+			return nil, fmt.Errorf("session recorder: finish the recording of a stopped agent: %w", err)
+		}
+	}
+	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1)}, nil
 }
 
 // Dir returns the directory recordings are written to.
 func (r *Recorder) Dir() string { return r.dir }
 
-var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
-// Path returns the file of the recording with the given session id.
+// Path returns the file of the finished recording with the given
+// session id, until it is shipped.
 func (r *Recorder) Path(id string) string { return filepath.Join(r.dir, id+Ext) }
 
 // Start creates the recording of session m, which must have an ID made
@@ -94,10 +109,10 @@ func (r *Recorder) Path(id string) string { return filepath.Join(r.dir, id+Ext) 
 // created; the caller refuses a session whose recording is required. The
 // caller must Close or Abort the Session.
 func (r *Recorder) Start(m proto.RecordingSession, required bool) (*Session, error) {
-	if !validID.MatchString(m.ID) {
-		return nil, fmt.Errorf("start recording: session id %q is not a file name", m.ID)
+	if err := proto.CheckRecordingID(m.ID); err != nil {
+		return nil, fmt.Errorf("start recording: %w", err)
 	}
-	f, err := os.OpenFile(r.Path(m.ID), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(filepath.Join(r.dir, m.ID+partExt), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("start recording %s: %w", m.ID, err)
 	}
@@ -105,7 +120,7 @@ func (r *Recorder) Start(m proto.RecordingSession, required bool) (*Session, err
 	if m.Start.IsZero() {
 		m.Start = r.now()
 	}
-	return &Session{meta: m, required: required, f: f, now: r.now}, nil
+	return &Session{meta: m, required: required, f: f, now: r.now, r: r}, nil
 }
 
 // Result is what Close reports of a recording.
@@ -127,6 +142,7 @@ type Result struct {
 // used from one reader and one writer goroutine at once, as
 // httputil.ReverseProxy does, also while Close runs.
 type Session struct {
+	r        *Recorder
 	meta     proto.RecordingSession
 	required bool
 	f        *os.File
@@ -288,9 +304,29 @@ func (k clientSink) resize(w, h int) error {
 }
 
 // Close ends the recording: it stops the parsers, syncs and closes the
-// file, and reports its digest. A session that never began leaves an
-// empty file, reported as failed.
+// file, gives it its final name for Ship, and reports its digest. The
+// file of a session that never began is removed, and reported as failed.
 func (s *Session) Close() Result {
+	res := s.close()
+	if s.c == nil {
+		os.Remove(res.Path)
+		res.Path = ""
+	} else {
+		final := s.r.Path(s.meta.ID)
+		if err := os.Rename(res.Path, final); err != nil && res.Err == nil {
+			res.Status, res.Err = proto.RecordingFailed, fmt.Errorf("finish recording: %w", err)
+		} else if err == nil {
+			res.Path = final
+			select {
+			case s.r.notify <- struct{}{}:
+			default:
+			}
+		}
+	}
+	return res
+}
+
+func (s *Session) close() Result {
 	s.dir[0].Lock()
 	s.dir[1].Lock()
 	s.mu.Lock()
@@ -327,6 +363,6 @@ func (s *Session) Close() Result {
 // Abort removes the recording of a session that did not start (the
 // apiserver did not switch protocols).
 func (s *Session) Abort() {
-	s.Close()
+	s.close()
 	os.Remove(s.f.Name())
 }

@@ -263,7 +263,7 @@ func TestSessionWriteFailure(t *testing.T) {
 
 func TestStartFails(t *testing.T) {
 	r := newRecorder(t, 0)
-	if _, err := r.Start(meta("../x", false), true); err == nil || !strings.Contains(err.Error(), "not a file name") {
+	if _, err := r.Start(meta("../x", false), true); err == nil || !strings.Contains(err.Error(), "is not letters, digits") {
 		t.Errorf("path id: %v", err)
 	}
 	s, err := r.Start(meta("dup", false), true)
