@@ -183,7 +183,7 @@ func TestRecordingsShippedListedAndVerified(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
-	if v.OK || v.BadSeq != page.Events[0].Seq || !strings.Contains(v.Problem, "recording s-2 was edited") {
+	if v.OK || v.BadSeq != page.Events[0].Seq || v.BadRecording != "s-2" || !strings.Contains(v.Problem, "recording s-2 was edited") {
 		t.Fatalf("verify after an edit = %+v, want it to name s-2 at record %d", v, page.Events[0].Seq)
 	}
 }

@@ -146,7 +146,7 @@ func (s *Server) checkRecordings(v *proto.AuditVerification, refs []recordingRef
 		}
 		v.Recordings++
 		if sum != ref.sha256 {
-			v.OK, v.BadSeq = false, ref.seq
+			v.OK, v.BadSeq, v.BadRecording = false, ref.seq, ref.id
 			v.Problem = fmt.Sprintf("recording %s was edited: its content does not match the digest in its session's end event (record %d)", ref.id, ref.seq)
 			return nil
 		}
