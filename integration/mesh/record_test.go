@@ -1,0 +1,188 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
+)
+
+// TestRecordExec: bob's role requires recording. kubectl exec -it, typed
+// on a terminal, over websocket and over SPDY: each session's recording
+// reaches the coordinator and replays the typed commands' output in
+// order, without stdin (the role does not ask for it); audit verify
+// checks both, and names the one whose stored copy had a byte edited.
+// With the agent's recording directory gone, an exec is refused with a
+// sentence.
+func TestRecordExec(t *testing.T) {
+	kw, err := suite.KWOK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	m := suite.NewMesh(t)
+	recDir := filepath.Join(t.TempDir(), "recordings")
+	suite.StartAgent(t, m.JoinToken, "--recording-dir", recDir)
+	m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "recorded", Groups: []string{"clustral:editors"}, Recording: proto.RecordingRequired}, nil)
+	b := suite.NewUser(t, bob)
+	b.MustLogin()
+	m.Assign(t, bob.Email, "recorded")
+	b.MustUp()
+
+	ns, pod := suite.NewNamespace(t), "app"
+	if err := kw.SetExec(ctx, ns, pod, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kw.CreatePod(ctx, harness.FakePod(ns, pod, "c")); err != nil {
+		t.Fatal(err)
+	}
+	harness.MustEventually(t, 20*time.Second, func(context.Context) error {
+		_, err := b.RunKubectl("exec", "-n", ns, pod, "-c", "c", "--", "true")
+		return err
+	})
+	before := recordingsOf(t, m, pod)
+
+	modes := []struct {
+		name, protocol string
+		ws             bool
+	}{{"websocket", "websocket", true}, {"spdy", "SPDY/3.1", false}}
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			env := []string{"KUBECTL_REMOTE_COMMAND_WEBSOCKETS=" + strconv.FormatBool(mode.ws)}
+			p := b.StartKubectlPane(t, env, "exec", "-it", "-n", ns, pod, "-c", "c", "--", "sh")
+			// The output differs from what is typed, so the screen shows
+			// that the pod answered.
+			p.Keys("echo $((6*7))-"+mode.name, "Enter")
+			p.WaitContains(20*time.Second, "42-"+mode.name)
+			p.Keys("echo $((7*8))-"+mode.name, "Enter")
+			p.WaitContains(10*time.Second, "56-"+mode.name)
+			p.Keys("exit", "Enter")
+			p.WaitExited(10 * time.Second)
+		})
+	}
+
+	// Both recordings reach the coordinator once their sessions end.
+	var recs []proto.RecordingInfo
+	harness.MustEventually(t, 20*time.Second, func(context.Context) error {
+		recs = recordingsOf(t, m, pod)
+		if len(recs) < len(before)+2 {
+			return fmt.Errorf("%d recordings of pod %s at the coordinator, want %d", len(recs), pod, len(before)+2)
+		}
+		return nil
+	})
+	byProtocol := map[string]proto.RecordingInfo{}
+	for _, r := range recs[:2] { // newest first
+		byProtocol[r.Session.Protocol] = r
+	}
+	for _, mode := range modes {
+		var r proto.RecordingInfo
+		for protocol, ri := range byProtocol {
+			if strings.Contains(protocol, "("+mode.protocol+")") {
+				r = ri
+			}
+		}
+		if r.Session.ID == "" {
+			t.Fatalf("no recording over %s among %+v", mode.protocol, byProtocol)
+		}
+		if r.Session.User != bob.Email || r.Session.Namespace != ns || r.Session.Container != "c" || !r.Session.TTY ||
+			strings.Join(r.Session.Command, " ") != "sh" || r.Session.Stdin {
+			t.Errorf("%s: session %+v", mode.name, r.Session)
+		}
+		out := m.Admin.MustRun("sessions", "export", r.Session.ID)
+		output, codes := replayOutput(t, out)
+		i42, i56 := strings.Index(output, "42-"+mode.name), strings.Index(output, "56-"+mode.name)
+		if i42 < 0 || i56 < i42 {
+			t.Errorf("%s: the recording's output does not hold 42-… then 56-…:\n%q", mode.name, output)
+		}
+		if codes["i"] != 0 {
+			t.Errorf("%s: stdin recorded (%d events), though the role does not ask for it", mode.name, codes["i"])
+		}
+		if codes["r"] == 0 {
+			t.Errorf("%s: no terminal size recorded", mode.name)
+		}
+	}
+	out := m.Admin.MustRun("audit", "verify")
+	if !strings.Contains(out, "Session recordings intact") {
+		t.Errorf("audit verify:\n%s", out)
+	}
+
+	// One byte of a stored recording edited: verify names the session.
+	edited := recs[0].Session.ID
+	path := filepath.Join(m.Coord.Dir, "data", "recordings", edited+".cast")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if stdout, stderr, code := m.Admin.RunCode("audit", "verify"); code == 0 || !strings.Contains(stdout+stderr, "Session recording "+edited+" EDITED") {
+		t.Errorf("audit verify after an edit: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	// The agent cannot write recordings: the required exec is refused.
+	if err := os.RemoveAll(recDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range modes {
+		res, err := b.RunKubectlEnv([]string{"KUBECTL_REMOTE_COMMAND_WEBSOCKETS=" + strconv.FormatBool(mode.ws)}, "exec", "-n", ns, pod, "-c", "c", "--", "echo", "not recorded")
+		if err == nil || !strings.Contains(res.Stderr, "requires that this exec session be recorded, and the agent cannot record it") {
+			t.Errorf("%s: exec with no recording directory: %v\nstdout %q\nstderr %q", mode.name, err, res.Stdout, res.Stderr)
+		}
+	}
+}
+
+// recordingsOf lists the coordinator's recordings of pod, newest first.
+func recordingsOf(t *testing.T, m *harness.Mesh, pod string) []proto.RecordingInfo {
+	t.Helper()
+	out := m.Admin.MustRun("sessions", "ls", "--pod", pod, "-o", "json")
+	var recs []proto.RecordingInfo
+	if err := json.Unmarshal([]byte(out), &recs); err != nil {
+		t.Fatalf("sessions ls -o json: %v\n%s", err, out)
+	}
+	return recs
+}
+
+// replayOutput joins the output events of an asciicast recording and
+// counts its events by code.
+func replayOutput(t *testing.T, cast string) (string, map[string]int) {
+	t.Helper()
+	sc := bufio.NewScanner(strings.NewReader(cast))
+	sc.Buffer(nil, 1<<20)
+	if !sc.Scan() {
+		t.Fatal("empty recording")
+	}
+	var out strings.Builder
+	codes := map[string]int{}
+	last := 0.0
+	for sc.Scan() {
+		var ev []any
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil || len(ev) != 3 {
+			t.Fatalf("recording line %q: %v", sc.Text(), err)
+		}
+		at, _ := ev[0].(float64)
+		if at < last {
+			t.Errorf("event %q is earlier than the one before", sc.Text())
+		}
+		last = at
+		code, _ := ev[1].(string)
+		codes[code]++
+		if code == "o" {
+			out.WriteString(ev[2].(string))
+		}
+	}
+	return out.String(), codes
+}
