@@ -13,9 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/spdystream/spdy"
-
 	"github.com/clustral/clustral/agent/recording"
+	"github.com/clustral/clustral/agent/recording/recordingtest"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -53,36 +52,12 @@ func (f *fakePod) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	io.Copy(io.Discard, brw)
 }
 
-// wsMsg is one WebSocket binary message on a channel; a client's is
-// masked, with the zero key.
+// wsMsg is one WebSocket message on a channel; a client's is masked.
 func wsMsg(client bool, channel byte, data string) []byte {
-	n := len(data) + 1
-	if n > 125 {
-		panic("wsMsg: use short messages")
+	if client {
+		return recordingtest.WSMessage(channel, data, recordingtest.ClientMask)
 	}
-	if !client {
-		return append([]byte{0x82, byte(n), channel}, data...)
-	}
-	return append([]byte{0x82, 0x80 | byte(n), 0, 0, 0, 0, channel}, data...)
-}
-
-func spdyBytes(t testing.TB, frames ...spdy.Frame) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	f, err := spdy.NewFramer(&buf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, fr := range frames {
-		if err := f.WriteFrame(fr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return buf.Bytes()
-}
-
-func spdyStream(id spdy.StreamId, typ string) *spdy.SynStreamFrame {
-	return &spdy.SynStreamFrame{StreamId: id, Headers: http.Header{"Streamtype": {typ}}}
+	return recordingtest.WSMessage(channel, data, nil)
 }
 
 func recordingGrant(policy proto.RecordingPolicy, stdin bool) proto.RoleGrant {
@@ -111,9 +86,9 @@ func newRecordingHarness(t *testing.T, pod http.Handler, dir string, max int64, 
 func TestRecordSession(t *testing.T) {
 	wsClient := append(wsMsg(true, 4, `{"Width":100,"Height":30}`), wsMsg(true, 0, "echo hi\r")...)
 	wsPod := append(wsMsg(false, 1, "echo hi\r\nhi\r\n"), wsMsg(false, 2, "done\r\n")...)
-	spdyClient := spdyBytes(t, spdyStream(1, "error"), spdyStream(3, "stdin"), spdyStream(5, "stdout"), spdyStream(7, "resize"),
-		&spdy.DataFrame{StreamId: 7, Data: []byte(`{"Width":100,"Height":30}` + "\n")}, &spdy.DataFrame{StreamId: 3, Data: []byte("echo hi\r")})
-	spdyPod := spdyBytes(t, &spdy.DataFrame{StreamId: 5, Data: []byte("echo hi\r\nhi\r\n")}, &spdy.DataFrame{StreamId: 5, Data: []byte("done\r\n")})
+	spdyClient := recordingtest.SPDYFrames(t, recordingtest.SynStream(1, "error"), recordingtest.SynStream(3, "stdin"), recordingtest.SynStream(5, "stdout"), recordingtest.SynStream(7, "resize"),
+		recordingtest.Data(7, `{"Width":100,"Height":30}`+"\n"), recordingtest.Data(3, "echo hi\r"))
+	spdyPod := recordingtest.SPDYFrames(t, recordingtest.Data(5, "echo hi\r\nhi\r\n"), recordingtest.Data(5, "done\r\n"))
 	tests := []struct {
 		upgrade     string
 		stdin       bool

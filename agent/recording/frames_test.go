@@ -3,77 +3,25 @@ package recording
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/binary"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/moby/spdystream/spdy"
+
+	"github.com/clustral/clustral/agent/recording/recordingtest"
 )
 
-// wsFrame encodes one WebSocket frame; a non-nil mask masks it as a
-// client does.
-func wsFrame(fin bool, opcode byte, payload []byte, mask []byte) []byte {
-	var b []byte
-	b0 := opcode
-	if fin {
-		b0 |= 0x80
-	}
-	b = append(b, b0)
-	var m byte
-	if mask != nil {
-		m = 0x80
-	}
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, m|byte(n))
-	case n <= 0xffff:
-		b = append(b, m|126)
-		b = binary.BigEndian.AppendUint16(b, uint16(n))
-	default:
-		b = append(b, m|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	if mask == nil {
-		return append(b, payload...)
-	}
-	b = append(b, mask...)
-	for i, c := range payload {
-		b = append(b, c^mask[i%4])
-	}
-	return b
-}
-
-// wsMessage is one whole binary message on channel ch.
-func wsMessage(ch byte, data string, mask []byte) []byte {
-	return wsFrame(true, 2, append([]byte{ch}, data...), mask)
-}
-
-// spdyFrames encodes frames with the spdystream framer, as client-go and
-// the kubelet do.
-func spdyFrames(t testing.TB, frames ...spdy.Frame) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	f, err := spdy.NewFramer(&buf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, fr := range frames {
-		if err := f.WriteFrame(fr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return buf.Bytes()
-}
-
-func synStream(id spdy.StreamId, streamType string) *spdy.SynStreamFrame {
-	return &spdy.SynStreamFrame{StreamId: id, Headers: http.Header{"Streamtype": {streamType}}}
-}
-
-func data(id spdy.StreamId, s string) *spdy.DataFrame {
-	return &spdy.DataFrame{StreamId: id, Data: []byte(s)}
-}
+// Shorter names for the encoders of recordingtest.
+var (
+	wsFrame    = recordingtest.WSFrame
+	wsMessage  = recordingtest.WSMessage
+	spdyFrames = recordingtest.SPDYFrames
+	synStream  = recordingtest.SynStream
+	data       = recordingtest.Data
+	mask       = recordingtest.ClientMask
+)
 
 // events collects what a parser hands its sink, as text.
 type events struct{ got []string }
@@ -98,8 +46,6 @@ func (e *events) merged() []string {
 	}
 	return out
 }
-
-var mask = []byte{0x37, 0xfa, 0x21, 0x3d}
 
 func TestWebSocketParser(t *testing.T) {
 	big := strings.Repeat("x", 70000)

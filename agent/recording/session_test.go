@@ -210,14 +210,7 @@ func TestSessionStops(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRecorder(t, 1024)
-			s, err := r.Start(meta("cap-1", false), tt.required)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Begin("websocket", "v4.channel.k8s.io"); err != nil {
-				t.Fatal(err)
-			}
+			s := begun(t, newRecorder(t, 1024), "cap-1", tt.required, "websocket", "v4.channel.k8s.io")
 			up, err := replay(s, nil, tt.pod)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("session error %v, want one: %v", err, tt.wantErr)
@@ -240,18 +233,24 @@ func TestSessionStops(t *testing.T) {
 	}
 }
 
+// begun starts and begins the recording of session id.
+func begun(t *testing.T, r *Recorder, id string, required bool, upgrade, protocol string) *Session {
+	t.Helper()
+	s, err := r.Start(meta(id, false), required)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Begin(upgrade, protocol); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func TestSessionWriteFailure(t *testing.T) {
 	for _, required := range []bool{false, true} {
-		r := newRecorder(t, 0)
-		s, err := r.Start(meta("fail-1", false), required)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Begin("websocket", "v5.channel.k8s.io"); err != nil {
-			t.Fatal(err)
-		}
+		s := begun(t, newRecorder(t, 0), "fail-1", required, "websocket", "v5.channel.k8s.io")
 		s.f.Close() // every later write fails, as on a disk gone bad
-		_, err = replay(s, nil, [][]byte{wsMessage(1, "x", nil)})
+		_, err := replay(s, nil, [][]byte{wsMessage(1, "x", nil)})
 		if (err != nil) != required {
 			t.Errorf("required %v: session error %v", required, err)
 		}
@@ -302,14 +301,7 @@ func TestAbortRemoves(t *testing.T) {
 }
 
 func TestSpdyGoroutinesEnd(t *testing.T) {
-	r := newRecorder(t, 0)
-	s, err := r.Start(meta("g", false), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Begin("SPDY/3.1", "v4.channel.k8s.io"); err != nil {
-		t.Fatal(err)
-	}
+	s := begun(t, newRecorder(t, 0), "g", false, "SPDY/3.1", "v4.channel.k8s.io")
 	// A frame cut in the middle when the session ends.
 	b := spdyFrames(t, synStream(1, "stdout"), data(1, "partial"))
 	if _, err := replay(s, [][]byte{b[:len(b)-3]}, nil); err != nil {

@@ -19,13 +19,7 @@ import (
 // finish records a short session with id and returns its bytes.
 func finish(t *testing.T, r *Recorder, id string) []byte {
 	t.Helper()
-	s, err := r.Start(meta(id, false), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Begin("websocket", "v5.channel.k8s.io"); err != nil {
-		t.Fatal(err)
-	}
+	s := begun(t, r, id, false, "websocket", "v5.channel.k8s.io")
 	if _, err := replay(s, nil, [][]byte{wsMessage(1, id, nil)}); err != nil {
 		t.Fatal(err)
 	}
@@ -114,13 +108,7 @@ func TestRecorderFinishesStoppedSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := r.Start(meta("killed", false), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Begin("websocket", "v5.channel.k8s.io"); err != nil {
-		t.Fatal(err)
-	}
+	s := begun(t, r, "killed", false, "websocket", "v5.channel.k8s.io")
 	if _, err := replay(s, nil, [][]byte{wsMessage(1, "before the kill", nil)}); err != nil {
 		t.Fatal(err)
 	}
