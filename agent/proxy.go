@@ -483,6 +483,12 @@ func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
 	// The overlay source address is the only client address there is, and
 	// the client cannot choose it. Host and proto are not forwarded.
 	h.Set("X-Forwarded-For", s.addr.String())
+	if s.rec != nil {
+		// A recorded session's frames must stay readable: no WebSocket
+		// extension (compression sets RSV1 and deflates the payload).
+		// The Kubernetes clients ask for none anyway.
+		delete(h, "Sec-Websocket-Extensions")
+	}
 	h["Impersonate-User"] = []string{s.imp.user}
 	h["Impersonate-Group"] = slices.Clip(s.imp.groups)
 	setTrace(h, s.trace)

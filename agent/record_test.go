@@ -27,10 +27,13 @@ type fakePod struct {
 	t        testing.TB
 	output   []byte
 	requests atomic.Int32
+	// extensions is the Sec-WebSocket-Extensions of the last request.
+	extensions atomic.Value
 }
 
 func (f *fakePod) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.requests.Add(1)
+	f.extensions.Store(r.Header.Get("Sec-WebSocket-Extensions"))
 	up := r.Header.Get("Upgrade")
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -102,15 +105,19 @@ func TestRecordSession(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s stdin %v", tt.upgrade, tt.stdin), func(t *testing.T) {
 			dir := t.TempDir()
-			h, events := newRecordingHarness(t, &fakePod{t: t, output: tt.pod}, dir, 0, recordingGrant(proto.RecordingRequired, tt.stdin))
+			pod := &fakePod{t: t, output: tt.pod}
+			h, events := newRecordingHarness(t, pod, dir, 0, recordingGrant(proto.RecordingRequired, tt.stdin))
 			c := h.dial()
 			resp := c.do(t, "POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh&container=app&stdin=true&stdout=true&tty=true",
-				"Connection: Upgrade\r\nUpgrade: "+tt.upgrade+"\r\n")
+				"Connection: Upgrade\r\nUpgrade: "+tt.upgrade+"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n")
 			if resp.StatusCode != http.StatusSwitchingProtocols {
 				b, _ := io.ReadAll(resp.Body)
 				t.Fatalf("upgrade = %d %q", resp.StatusCode, b)
 			}
 			start := testkit.Recv(t, events, "the stream start event")
+			if ext := pod.extensions.Load(); ext != "" {
+				t.Errorf("the apiserver was offered WebSocket extensions %q; a recorded stream must have none", ext)
+			}
 			c.SetDeadline(time.Now().Add(5 * time.Second))
 			if _, err := c.Write(tt.client); err != nil {
 				t.Fatal(err)
