@@ -1,6 +1,7 @@
 package recording
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -43,11 +44,19 @@ type cast struct {
 	// carry holds the start of a UTF-8 sequence cut at the end of the
 	// last output (0) or input (1) chunk, sent with the next one.
 	carry [2][]byte
-	line  []byte
+	// line is the event being encoded, by enc: its buffer is reused, so
+	// an event costs no allocation of its size.
+	line bytes.Buffer
+	enc  *json.Encoder
 }
 
 func newCast(w io.Writer, max int64, start time.Time, now func() time.Time) *cast {
-	return &cast{w: w, h: sha256.New(), max: max, start: start, now: now}
+	c := &cast{w: w, h: sha256.New(), max: max, start: start, now: now}
+	c.enc = json.NewEncoder(&c.line)
+	// Terminal output is full of < > &: as themselves they take one
+	// byte, escaped six. asciicast players read JSON, not HTML.
+	c.enc.SetEscapeHTML(false)
+	return c
 }
 
 func (c *cast) write(b []byte) error {
@@ -97,17 +106,17 @@ func (c *cast) event(code string, data []byte) error {
 			return nil
 		}
 	}
-	c.line = c.appendEvent(c.line[:0], code, string(data))
-	if c.n+int64(len(c.line)) > c.max-markerReserve {
+	c.encodeEvent(code, string(data))
+	if c.n+int64(c.line.Len()) > c.max-markerReserve {
 		c.capped = true
-		c.line = c.appendEvent(c.line[:0], codeMarker, fmt.Sprintf(
+		c.encodeEvent(codeMarker, fmt.Sprintf(
 			"clustral: the recording reached its cap of %d bytes; the rest of the session was not recorded", c.max))
-		if err := c.write(c.line); err != nil {
+		if err := c.write(c.line.Bytes()); err != nil {
 			return err
 		}
 		return errCapped
 	}
-	return c.write(c.line)
+	return c.write(c.line.Bytes())
 }
 
 // marker writes a marker event, unless the cap was reached.
@@ -115,20 +124,22 @@ func (c *cast) marker(text string) error {
 	if c.capped {
 		return errCapped
 	}
-	c.line = c.appendEvent(c.line[:0], codeMarker, text)
-	return c.write(c.line)
+	c.encodeEvent(codeMarker, text)
+	return c.write(c.line.Bytes())
 }
 
-func (c *cast) appendEvent(b []byte, code, data string) []byte {
+// encodeEvent puts the line of one event in c.line: [seconds, code, data].
+func (c *cast) encodeEvent(code, data string) {
 	t := max(c.now().Sub(c.start), 0)
-	b = append(b, '[')
-	b = strconv.AppendFloat(b, t.Seconds(), 'f', 6, 64)
-	b = append(b, `, "`...)
-	b = append(b, code...)
-	b = append(b, `", `...)
-	s, _ := json.Marshal(data) // a string always encodes
-	b = append(b, s...)
-	return append(b, "]\n"...)
+	c.line.Reset()
+	c.line.WriteByte('[')
+	c.line.Write(strconv.AppendFloat(c.line.AvailableBuffer(), t.Seconds(), 'f', 6, 64))
+	c.line.WriteString(`, "`)
+	c.line.WriteString(code)
+	c.line.WriteString(`", `)
+	c.enc.Encode(data) // a string always encodes; Encode ends it with '\n'
+	c.line.Truncate(c.line.Len() - 1)
+	c.line.WriteString("]\n")
 }
 
 // sum returns the hex SHA-256 of everything written.
