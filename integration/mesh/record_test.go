@@ -186,3 +186,65 @@ func replayOutput(t *testing.T, cast string) (string, map[string]int) {
 	}
 	return out.String(), codes
 }
+
+// TestRecordingSurvivesOutageAndAgentKill: a recorded session goes on
+// while the coordinator is down; then the agent is killed with SIGKILL.
+// Once both are back (the agent on the same directories), the recording
+// reaches the coordinator with every byte the pod had sent before the
+// kill, from before and during the outage.
+func TestRecordingSurvivesOutageAndAgentKill(t *testing.T) {
+	kw, err := suite.KWOK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	m := suite.NewMesh(t)
+	dir := t.TempDir()
+	agentArgs := []string{"--audit-dir", filepath.Join(dir, "audit"), "--recording-dir", filepath.Join(dir, "recordings")}
+	first := suite.StartAgent(t, m.JoinToken, agentArgs...)
+	m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "recorded", Groups: []string{"clustral:editors"}, Recording: proto.RecordingRequired}, nil)
+	b := suite.NewUser(t, bob)
+	b.MustLogin()
+	m.Assign(t, bob.Email, "recorded")
+	b.MustUp()
+	ns, pod := suite.NewNamespace(t), "app"
+	if err := kw.SetExec(ctx, ns, pod, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kw.CreatePod(ctx, harness.FakePod(ns, pod, "c")); err != nil {
+		t.Fatal(err)
+	}
+	harness.MustEventually(t, 20*time.Second, func(context.Context) error {
+		_, err := b.RunKubectl("exec", "-n", ns, pod, "-c", "c", "--", "true")
+		return err
+	})
+	before := len(recordingsOf(t, m, pod))
+
+	p := b.StartKubectlPane(t, nil, "exec", "-it", "-n", ns, pod, "-c", "c", "--", "sh")
+	p.Keys("echo $((6*7))-before-the-outage", "Enter")
+	p.WaitContains(20*time.Second, "42-before-the-outage")
+	m.Coord.Proc.Kill()
+	p.Keys("echo $((7*8))-during-the-outage", "Enter")
+	p.WaitContains(10*time.Second, "56-during-the-outage")
+	first.Proc.Kill()
+	// kubectl would wait for its TCP connection to time out: the agent
+	// that held its other end is gone without a word.
+	p.Stop()
+
+	if err := m.Coord.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	suite.StartAgent(t, m.JoinToken, agentArgs...)
+	var recs []proto.RecordingInfo
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		if recs = recordingsOf(t, m, pod); len(recs) <= before {
+			return fmt.Errorf("the killed session's recording is not at the coordinator yet")
+		}
+		return nil
+	})
+	output, _ := replayOutput(t, m.Admin.MustRun("sessions", "export", recs[0].Session.ID))
+	i42, i56 := strings.Index(output, "42-before-the-outage"), strings.Index(output, "56-during-the-outage")
+	if i42 < 0 || i56 < i42 {
+		t.Errorf("the recording lost what the pod sent before the kill:\n%q", output)
+	}
+}

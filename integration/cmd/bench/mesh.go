@@ -43,8 +43,10 @@ type mesh struct {
 	env   *harness.Env
 	coord *harness.Coordinator
 	agent *harness.Agent
-	admin *harness.User
-	user  *harness.User
+	// agentDir holds the agent's kubeconfig, spool and recordings.
+	agentDir string
+	admin    *harness.User
+	user     *harness.User
 	// assignment is the bench user's current assignment id ("" if none).
 	assignment string
 }
@@ -110,6 +112,7 @@ func startMesh(ctx context.Context) (*mesh, error) {
 		return m, err
 	}
 	agentDir := filepath.Join(dir, "agent")
+	m.agentDir = agentDir
 	if err := os.MkdirAll(agentDir, 0o700); err != nil {
 		return m, err
 	}
@@ -117,7 +120,8 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	if err := m.env.APIServer.WriteKubeconfig(kc, "agent", harness.AgentIdentity.Token); err != nil {
 		return m, err
 	}
-	m.agent, err = harness.StartAgent(sctx, bin, agentDir, m.coord.URL, cl.JoinToken, kc)
+	// Recordings of the exec bench's 64 MiB stream fit under the cap.
+	m.agent, err = harness.StartAgent(sctx, bin, agentDir, m.coord.URL, cl.JoinToken, kc, "--recording-max-bytes", "1073741824")
 	if err != nil {
 		return m, err
 	}
