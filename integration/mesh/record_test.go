@@ -115,6 +115,30 @@ func TestRecordExec(t *testing.T) {
 		t.Errorf("audit verify:\n%s", out)
 	}
 
+	// The role asks for stdin: once the agent has the change, what bob
+	// sends is recorded too.
+	m.Admin.MustAPI("PUT", "/api/v1/roles/recorded", proto.Role{Groups: []string{"clustral:editors"}, Recording: proto.RecordingRequired, RecordStdin: true}, nil)
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		k := b.Kubectl()
+		k.Context, k.Stdin = harness.MeshContext, strings.NewReader("typed by bob\n")
+		if _, err := k.Run(ctx, "exec", "-i", "-n", ns, pod, "-c", "c", "--", "head", "-n", "1"); err != nil {
+			return err
+		}
+		var newest []proto.RecordingInfo
+		harness.MustEventually(t, 20*time.Second, func(context.Context) error {
+			if newest = recordingsOf(t, m, pod); len(newest) == len(recs) {
+				return fmt.Errorf("the stdin session's recording is not at the coordinator yet")
+			}
+			return nil
+		})
+		recs = newest
+		cast := m.Admin.MustRun("sessions", "export", newest[0].Session.ID)
+		if _, codes := replayOutput(t, cast); codes["i"] == 0 || !strings.Contains(cast, `"i", "typed by bob\n"]`) {
+			return fmt.Errorf("no stdin in the newest recording:\n%s", cast)
+		}
+		return nil
+	})
+
 	// One byte of a stored recording edited: verify names the session.
 	edited := recs[0].Session.ID
 	path := filepath.Join(m.Coord.Dir, "data", "recordings", edited+".cast")
