@@ -24,31 +24,10 @@ import (
 // With the agent's recording directory gone, an exec is refused with a
 // sentence.
 func TestRecordExec(t *testing.T) {
-	kw, err := suite.KWOK()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	m := suite.NewMesh(t)
 	recDir := filepath.Join(t.TempDir(), "recordings")
-	suite.StartAgent(t, m.JoinToken, "--recording-dir", recDir)
-	m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "recorded", Groups: []string{"clustral:editors"}, Recording: proto.RecordingRequired}, nil)
-	b := suite.NewUser(t, bob)
-	b.MustLogin()
-	m.Assign(t, bob.Email, "recorded")
-	b.MustUp()
-
-	ns, pod := suite.NewNamespace(t), "app"
-	if err := kw.SetExec(ctx, ns, pod, "", nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kw.CreatePod(ctx, harness.FakePod(ns, pod, "c")); err != nil {
-		t.Fatal(err)
-	}
-	harness.MustEventually(t, 20*time.Second, func(context.Context) error {
-		_, err := b.RunKubectl("exec", "-n", ns, pod, "-c", "c", "--", "true")
-		return err
-	})
+	r := newRecordedPod(t, "--recording-dir", recDir)
+	m, b, ns, pod := r.mesh, r.bob, r.ns, r.pod
 	before := recordingsOf(t, m, pod)
 
 	modes := []struct {
@@ -169,6 +148,44 @@ func TestRecordExec(t *testing.T) {
 	}
 }
 
+// recordedPod is a mesh whose agent runs with the given arguments, bob
+// up with the role "recorded" (editors, recording required), and a pod
+// on KWOK's node whose exec works.
+type recordedPod struct {
+	mesh    *harness.Mesh
+	agent   *harness.Agent
+	bob     *harness.TestUser
+	ns, pod string
+}
+
+func newRecordedPod(t *testing.T, agentArgs ...string) recordedPod {
+	t.Helper()
+	kw, err := suite.KWOK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r := recordedPod{mesh: suite.NewMesh(t), pod: "app"}
+	r.agent = suite.StartAgent(t, r.mesh.JoinToken, agentArgs...)
+	r.mesh.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "recorded", Groups: []string{"clustral:editors"}, Recording: proto.RecordingRequired}, nil)
+	r.bob = suite.NewUser(t, bob)
+	r.bob.MustLogin()
+	r.mesh.Assign(t, bob.Email, "recorded")
+	r.bob.MustUp()
+	r.ns = suite.NewNamespace(t)
+	if err := kw.SetExec(ctx, r.ns, r.pod, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kw.CreatePod(ctx, harness.FakePod(r.ns, r.pod, "c")); err != nil {
+		t.Fatal(err)
+	}
+	harness.MustEventually(t, 20*time.Second, func(context.Context) error {
+		_, err := r.bob.RunKubectl("exec", "-n", r.ns, r.pod, "-c", "c", "--", "true")
+		return err
+	})
+	return r
+}
+
 // recordingsOf lists the coordinator's recordings of pod, newest first.
 func recordingsOf(t *testing.T, m *harness.Mesh, pod string) []proto.RecordingInfo {
 	t.Helper()
@@ -217,31 +234,11 @@ func replayOutput(t *testing.T, cast string) (string, map[string]int) {
 // reaches the coordinator with every byte the pod had sent before the
 // kill, from before and during the outage.
 func TestRecordingSurvivesOutageAndAgentKill(t *testing.T) {
-	kw, err := suite.KWOK()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	m := suite.NewMesh(t)
 	dir := t.TempDir()
 	agentArgs := []string{"--audit-dir", filepath.Join(dir, "audit"), "--recording-dir", filepath.Join(dir, "recordings")}
-	first := suite.StartAgent(t, m.JoinToken, agentArgs...)
-	m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "recorded", Groups: []string{"clustral:editors"}, Recording: proto.RecordingRequired}, nil)
-	b := suite.NewUser(t, bob)
-	b.MustLogin()
-	m.Assign(t, bob.Email, "recorded")
-	b.MustUp()
-	ns, pod := suite.NewNamespace(t), "app"
-	if err := kw.SetExec(ctx, ns, pod, "", nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kw.CreatePod(ctx, harness.FakePod(ns, pod, "c")); err != nil {
-		t.Fatal(err)
-	}
-	harness.MustEventually(t, 20*time.Second, func(context.Context) error {
-		_, err := b.RunKubectl("exec", "-n", ns, pod, "-c", "c", "--", "true")
-		return err
-	})
+	r := newRecordedPod(t, agentArgs...)
+	m, b, ns, pod, first := r.mesh, r.bob, r.ns, r.pod, r.agent
 	before := len(recordingsOf(t, m, pod))
 
 	p := b.StartKubectlPane(t, nil, "exec", "-it", "-n", ns, pod, "-c", "c", "--", "sh")
