@@ -8,14 +8,15 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
-	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -126,8 +127,89 @@ func newSessionsExportCmd(g *globals) *cobra.Command {
 	}
 }
 
-// playSleep waits between the events of a replay; tests replace it.
-var playSleep = coordclient.Sleep
+// playAfter is the timer between the events of a replay; tests replace
+// it.
+var playAfter = time.After
+
+// Keys of a replay on a terminal.
+const (
+	keyPause = ' '  // pause, and go on
+	keySkip  = '.'  // skip the rest of the current pause
+	keyQuit  = 'q'  // stop
+	keyCtrlC = 0x03 // stop (the terminal is raw: no SIGINT)
+)
+
+// errQuit ends a replay the user stopped.
+var errQuit = errors.New("stopped")
+
+// playKeys puts the terminal on stdin in raw mode and returns the keys
+// typed, and the function that restores the terminal. Without a terminal
+// it returns a nil channel (no keys) and a no-op.
+func playKeys(stdin io.Reader, stderr io.Writer) (<-chan byte, func()) {
+	f, ok := stdin.(*os.File)
+	if !ok || !interactive(stdin, stderr) {
+		return nil, func() {}
+	}
+	old, err := term.MakeRaw(int(f.Fd()))
+	if err != nil {
+		return nil, func() {}
+	}
+	keys := make(chan byte, 8)
+	// The reader ends with the process: a read of a terminal cannot be
+	// cancelled, and the command returns right after the replay.
+	go func() {
+		b := make([]byte, 1)
+		for {
+			if _, err := f.Read(b); err != nil {
+				close(keys)
+				return
+			}
+			keys <- b[0]
+		}
+	}()
+	return keys, func() { term.Restore(int(f.Fd()), old) }
+}
+
+// pauseFor waits d between two events, or less: keySkip ends the wait,
+// keyPause holds the replay until it is pressed again, keyQuit and
+// Ctrl-C stop it (errQuit).
+func pauseFor(ctx context.Context, d time.Duration, keys <-chan byte) error {
+	timer := playAfter(d)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer:
+			return nil
+		case k, ok := <-keys:
+			switch {
+			case !ok:
+				keys = nil
+			case k == keySkip:
+				return nil
+			case k == keyQuit || k == keyCtrlC:
+				return errQuit
+			case k == keyPause:
+				for held := true; held; {
+					select {
+					case <-ctx.Done():
+						return ctx.Err()
+					case k, ok := <-keys:
+						switch {
+						case !ok:
+							return nil
+						case k == keyQuit || k == keyCtrlC:
+							return errQuit
+						case k == keyPause:
+							held = false
+						}
+					}
+				}
+				return nil // the rest of the pause is skipped too
+			}
+		}
+	}
+}
 
 func newSessionsPlayCmd(g *globals) *cobra.Command {
 	var (
@@ -140,7 +222,10 @@ func newSessionsPlayCmd(g *globals) *cobra.Command {
 		Long: `Replay a recorded session: its output is written to this terminal with
 the pauses it had, divided by --speed, and no pause longer than
 --max-idle. Markers (the recording reached its size cap, or a stream
-could not be parsed) are shown on standard error. Ctrl-C stops.`,
+could not be parsed) are shown on standard error.
+
+On a terminal: space pauses and resumes, . skips the current pause,
+q or Ctrl-C stops.`,
 		Example: `  clustral sessions play 1a2b3c4d5e6f-2k
   clustral sessions play 1a2b3c4d5e6f-2k --speed 4 --max-idle 1s`,
 		Args: cobra.ExactArgs(1),
@@ -159,7 +244,13 @@ could not be parsed) are shown on standard error. Ctrl-C stops.`,
 			return err
 		}
 		defer rc.Close()
-		return play(c.Context(), rc, g.stdout, g.stderr, speed, maxIdle)
+		keys, restore := playKeys(g.stdin, g.stderr)
+		err = play(c.Context(), rc, g.stdout, g.stderr, speed, maxIdle, keys)
+		restore()
+		if errors.Is(err, errQuit) {
+			return nil
+		}
+		return err
 	}
 	return c
 }
@@ -189,9 +280,10 @@ func parseCastEvent(line []byte) (castEvent, error) {
 
 // play replays the recording read from r: output events to out, with
 // their pauses divided by speed and capped at maxIdle (if positive),
-// markers to errw. It stops at ctx's end and at the first line that is
-// not an event, naming it.
-func play(ctx context.Context, r io.Reader, out, errw io.Writer, speed float64, maxIdle time.Duration) error {
+// markers to errw, under the control of keys (see pauseFor; nil: none).
+// It stops at ctx's end, at errQuit, and at the first line that is not
+// an event, naming it.
+func play(ctx context.Context, r io.Reader, out, errw io.Writer, speed float64, maxIdle time.Duration, keys <-chan byte) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	head, err := br.ReadBytes('\n')
 	if err != nil && len(head) == 0 {
@@ -199,6 +291,10 @@ func play(ctx context.Context, r io.Reader, out, errw io.Writer, speed float64, 
 	}
 	if _, err := proto.ParseRecordingHeader(head); err != nil {
 		return fmt.Errorf("not a clustral recording: %w", err)
+	}
+	nl := "\n"
+	if keys != nil {
+		nl = "\r\n" // the terminal is raw
 	}
 	last := 0.0
 	for n := 2; ; n++ {
@@ -216,7 +312,7 @@ func play(ctx context.Context, r io.Reader, out, errw io.Writer, speed float64, 
 				last = ev.at
 			}
 			if wait > 0 {
-				if err := playSleep(ctx, wait); err != nil {
+				if err := pauseFor(ctx, wait, keys); err != nil {
 					return err
 				}
 			}
@@ -226,7 +322,7 @@ func play(ctx context.Context, r io.Reader, out, errw io.Writer, speed float64, 
 					return err
 				}
 			case "m":
-				fmt.Fprintf(errw, "\n[%s at %s]\n", ev.data, strconv.FormatFloat(ev.at, 'f', 1, 64)+"s")
+				fmt.Fprintf(errw, "%s[%s at %s]%s", nl, ev.data, strconv.FormatFloat(ev.at, 'f', 1, 64)+"s", nl)
 			}
 		}
 		if errors.Is(err, io.EOF) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -74,9 +75,14 @@ func TestGoldenSessions(t *testing.T) {
 // stubPlaySleep makes play record its waits instead of waiting.
 func stubPlaySleep(t testing.TB) *[]time.Duration {
 	var slept []time.Duration
-	old := playSleep
-	playSleep = func(_ context.Context, d time.Duration) error { slept = append(slept, d); return nil }
-	t.Cleanup(func() { playSleep = old })
+	old := playAfter
+	playAfter = func(d time.Duration) <-chan time.Time {
+		slept = append(slept, d)
+		c := make(chan time.Time, 1)
+		c <- time.Time{}
+		return c
+	}
+	t.Cleanup(func() { playAfter = old })
 	return &slept
 }
 
@@ -114,7 +120,7 @@ func TestPlay(t *testing.T) {
 			if speed == 0 {
 				speed = 1
 			}
-			err := play(context.Background(), bytes.NewReader(tt.cast), &out, &errs, speed, tt.maxIdle)
+			err := play(context.Background(), bytes.NewReader(tt.cast), &out, &errs, speed, tt.maxIdle, nil)
 			if fmt.Sprint(err) != fmt.Sprint(nil) && (tt.err == "" || !strings.Contains(err.Error(), tt.err)) || err == nil && tt.err != "" {
 				t.Fatalf("play = %v, want %q", err, tt.err)
 			}
@@ -135,11 +141,11 @@ func FuzzPlay(f *testing.F) {
 	f.Add([]byte("{\"version\":2}\n[1, \"o\"]\n"))
 	f.Add([]byte(""))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		old := playSleep
-		playSleep = func(context.Context, time.Duration) error { return nil }
-		defer func() { playSleep = old }()
+		old := playAfter
+		playAfter = func(time.Duration) <-chan time.Time { c := make(chan time.Time, 1); c <- time.Time{}; return c }
+		defer func() { playAfter = old }()
 		var out bytes.Buffer
-		play(context.Background(), bytes.NewReader(b), &out, io.Discard, 1, time.Second)
+		play(context.Background(), bytes.NewReader(b), &out, io.Discard, 1, time.Second, nil)
 		if out.Len() > len(b)*4 {
 			t.Fatalf("wrote %d bytes from a %d byte recording", out.Len(), len(b))
 		}
@@ -167,5 +173,39 @@ func TestVerifyNamesEditedRecording(t *testing.T) {
 		if b.String() != tt.want {
 			t.Errorf("got\n%s\nwant\n%s", b.String(), tt.want)
 		}
+	}
+}
+
+// TestPlayKeys: on a terminal, . skips a pause, space holds the replay
+// until it is pressed again, q stops it.
+func TestPlayKeys(t *testing.T) {
+	never := func(time.Duration) <-chan time.Time { return nil } // only keys end a pause
+	old := playAfter
+	playAfter = never
+	t.Cleanup(func() { playAfter = old })
+	cast := sessionCast(t, "a", "u", "p", time.Now(), `[1, "o", "one "]`, `[2, "o", "two "]`, `[3, "o", "three "]`, `[4, "o", "four"]`)
+	for _, tt := range []struct {
+		name string
+		keys string
+		out  string
+		err  error
+	}{
+		{"skip every pause", "....", "one two three four", nil},
+		{"pause and resume", ". x .  .", "one two three four", nil},
+		{"quit", "..q", "one two ", errQuit},
+		{"ctrl-c while paused", ". \x03", "one ", errQuit},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			keys := make(chan byte, len(tt.keys))
+			for i := range len(tt.keys) {
+				keys <- tt.keys[i]
+			}
+			close(keys)
+			var out bytes.Buffer
+			err := play(context.Background(), bytes.NewReader(cast), &out, io.Discard, 1, 0, keys)
+			if !errors.Is(err, tt.err) || out.String() != tt.out {
+				t.Errorf("play = %q, %v; want %q, %v", out.String(), err, tt.out, tt.err)
+			}
+		})
 	}
 }
