@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
+	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -127,6 +129,23 @@ func (p *Proxy) endRecording(s *stream) {
 		p.log.LogAttrs(s.ctx, slog.LevelWarn, "session recording incomplete", appendRequestIDs([]slog.Attr{
 			slog.String("cluster", p.cluster), slog.String("user", s.login), slog.String("status", res.Status), slog.Any("err", res.Err)},
 			s.corr, s.trace)...)
+	}
+}
+
+// rescuedEvent is the RQ005W of a recording a stopped agent left: it
+// vouches for the recording as the session's RQ004I would have.
+func rescuedEvent(rec recording.Recovered, now time.Time) proto.AuditEvent {
+	m := rec.Session
+	actor := m.User
+	if actor == "" {
+		actor = "unknown"
+	}
+	return proto.AuditEvent{
+		Code: proto.AuditRecordingRescued, Time: now.UTC(), Actor: actor, Cluster: m.Cluster, Outcome: proto.OutcomeFailure,
+		Resource:    &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: m.Subresource, Namespace: m.Namespace, Name: m.Pod},
+		Correlation: rec.ID, TraceID: m.TraceID,
+		Metadata: map[string]string{proto.MetaRecording: rec.ID, proto.MetaRecordingSHA256: rec.SHA256,
+			proto.MetaRecordingBytes: strconv.FormatInt(rec.Bytes, 10), proto.MetaRecordingStatus: rec.Status},
 	}
 }
 

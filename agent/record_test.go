@@ -261,3 +261,23 @@ func TestRecordingPolicyOfGrants(t *testing.T) {
 		}
 	}
 }
+
+// TestRescuedEvent: the event of a recording a stopped agent left vouches
+// for it as the session's end event would have.
+func TestRescuedEvent(t *testing.T) {
+	rec := recording.Recovered{
+		Result: recording.Result{ID: "abc-7", SHA256: "00ff", Bytes: 1234, Status: proto.RecordingTruncated},
+		Session: proto.RecordingSession{ID: "abc-7", User: "alice@example.com", Cluster: "prod", Namespace: "default", Pod: "web-0",
+			Subresource: "exec", TraceID: "4bf92f3577b34da6a3ce929d0e0e4736"},
+	}
+	e := rescuedEvent(rec, t0)
+	if e.Code != proto.AuditRecordingRescued || e.Actor != "alice@example.com" || e.Cluster != "prod" || e.Correlation != "abc-7" ||
+		e.TraceID != rec.Session.TraceID || e.Resource.Subresource != "exec" || e.Resource.Name != "web-0" ||
+		e.Metadata[proto.MetaRecording] != "abc-7" || e.Metadata[proto.MetaRecordingSHA256] != "00ff" ||
+		e.Metadata[proto.MetaRecordingBytes] != "1234" || e.Metadata[proto.MetaRecordingStatus] != proto.RecordingTruncated {
+		t.Errorf("event %+v %+v", e, e.Resource)
+	}
+	if e := rescuedEvent(recording.Recovered{Result: recording.Result{ID: "torn"}}, t0); e.Actor != "unknown" {
+		t.Errorf("a recording with a torn header: actor %q", e.Actor)
+	}
+}

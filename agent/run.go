@@ -199,6 +199,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	for _, rec := range recorder.Recovered() {
+		log.Warn("finished the recording of a session the last agent did not end", "recording", rec.ID, "bytes", rec.Bytes)
+		auditTo(sp, log)(rescuedEvent(rec, time.Now()))
+	}
 
 	// Register: fresh WireGuard and TLS keys; the join token buys overlay
 	// addresses, a node token and a serving certificate for the TLS key.

@@ -154,13 +154,15 @@ func TestRecordingsShippedListedAndVerified(t *testing.T) {
 		t.Errorf("missing recording = %d", status)
 	}
 
-	// The end events carry the digests.
-	end := func(seq uint64, id string, b []byte) proto.AuditEvent {
-		return proto.AuditEvent{Code: proto.AuditStreamEnded, Time: time.Now(), Actor: "alice@example.com", SourceSeq: seq, Correlation: id,
+	// The end events carry the digests (s-1's agent was killed: the
+	// next one vouches for it with RQ005W).
+	end := func(seq uint64, code proto.AuditCode, id string, b []byte) proto.AuditEvent {
+		return proto.AuditEvent{Code: code, Time: time.Now(), Actor: "alice@example.com", SourceSeq: seq, Correlation: id,
 			Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: "exec"}, Status: 101,
 			Metadata: map[string]string{proto.MetaRecording: id, proto.MetaRecordingSHA256: sha(b), proto.MetaRecordingStatus: proto.RecordingComplete}}
 	}
-	e.must("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{end(1, "s-1", rec1), end(2, "s-2", rec2)}}, nil)
+	e.must("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{
+		end(1, proto.AuditRecordingRescued, "s-1", rec1), end(2, proto.AuditStreamEnded, "s-2", rec2)}}, nil)
 	var v proto.AuditVerification
 	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
 	if !v.OK || v.Recordings != 2 {

@@ -125,7 +125,7 @@ type recordingRef struct {
 
 // recordingRefOf returns the recording an audit event vouches for.
 func recordingRefOf(e proto.AuditEvent) (recordingRef, bool) {
-	if e.Code != proto.AuditStreamEnded || e.Metadata[proto.MetaRecordingSHA256] == "" {
+	if e.Code != proto.AuditStreamEnded && e.Code != proto.AuditRecordingRescued || e.Metadata[proto.MetaRecordingSHA256] == "" {
 		return recordingRef{}, false
 	}
 	return recordingRef{seq: e.Seq, id: e.Metadata[proto.MetaRecording], sha256: e.Metadata[proto.MetaRecordingSHA256]}, true

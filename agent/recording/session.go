@@ -22,6 +22,8 @@
 package recording
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -60,10 +62,19 @@ type Options struct {
 // finished ones (Ship). It is safe for concurrent use and holds no
 // resources of its own.
 type Recorder struct {
-	dir    string
-	max    int64
-	now    func() time.Time
-	notify chan struct{} // a recording finished
+	dir       string
+	max       int64
+	now       func() time.Time
+	notify    chan struct{} // a recording finished
+	recovered []Recovered
+}
+
+// Recovered is a recording that a stopped agent left in progress and New
+// finished.
+type Recovered struct {
+	Result
+	// Session is what its header says; empty if the header is torn.
+	Session proto.RecordingSession
 }
 
 // New returns a Recorder writing to o.Dir.
@@ -89,13 +100,40 @@ func New(o Options) (*Recorder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session recorder: %w", err)
 	}
+	var recovered []Recovered
 	for _, p := range parts {
-		if err := os.Rename(p, strings.TrimSuffix(p, partExt)+Ext); err != nil {
+		final := strings.TrimSuffix(p, partExt) + Ext
+		if err := os.Rename(p, final); err != nil {
 			return nil, fmt.Errorf("session recorder: finish the recording of a stopped agent: %w", err)
 		}
+		rec, err := recoveredAt(final)
+		if err != nil {
+			return nil, fmt.Errorf("session recorder: read the recording of a stopped agent: %w", err)
+		}
+		recovered = append(recovered, rec)
 	}
-	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1)}, nil
+	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1), recovered: recovered}, nil
 }
+
+// recoveredAt describes the finished recording at path.
+func recoveredAt(path string) (Recovered, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Recovered{}, err
+	}
+	id := strings.TrimSuffix(filepath.Base(path), Ext)
+	rec := Recovered{Result: Result{ID: id, Path: path, SHA256: fmt.Sprintf("%x", sha256.Sum256(b)), Bytes: int64(len(b)),
+		Status: proto.RecordingTruncated, Err: errors.New("the agent stopped before the session ended")}}
+	if line, _, ok := bytes.Cut(b, []byte("\n")); ok {
+		if h, err := proto.ParseRecordingHeader(line); err == nil {
+			rec.Session = h.Session
+		}
+	}
+	return rec, nil
+}
+
+// Recovered returns the recordings New finished for a stopped agent.
+func (r *Recorder) Recovered() []Recovered { return r.recovered }
 
 // Dir returns the directory recordings are written to.
 func (r *Recorder) Dir() string { return r.dir }

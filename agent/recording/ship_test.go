@@ -2,7 +2,9 @@ package recording
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -119,6 +121,18 @@ func TestRecorderFinishesStoppedSessions(t *testing.T) {
 	}
 	if ids := r2.mustFinished(t); !slices.Equal(ids, []string{"killed"}) {
 		t.Fatalf("finished after restart: %v", ids)
+	}
+	b, err := os.ReadFile(r2.Path("killed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := r2.Recovered()
+	if len(rec) != 1 || rec[0].ID != "killed" || rec[0].SHA256 != fmt.Sprintf("%x", sha256.Sum256(b)) || rec[0].Bytes != int64(len(b)) ||
+		rec[0].Status != proto.RecordingTruncated || rec[0].Session.User != "alice" || rec[0].Session.Pod != "web-0" {
+		t.Errorf("recovered %+v", rec)
+	}
+	if r3, err := New(Options{Dir: dir}); err != nil || len(r3.Recovered()) != 0 {
+		t.Errorf("a third start recovers %v, %v; the recording was finished already", r3.Recovered(), err)
 	}
 	_, evs := readCast(t, r2.Path("killed"))
 	if !slices.Equal(merged(evs), []string{"o:before the kill"}) {

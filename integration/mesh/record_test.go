@@ -263,9 +263,20 @@ func TestRecordingSurvivesOutageAndAgentKill(t *testing.T) {
 		}
 		return nil
 	})
-	output, _ := replayOutput(t, m.Admin.MustRun("sessions", "export", recs[0].Session.ID))
+	id := recs[0].Session.ID
+	output, _ := replayOutput(t, m.Admin.MustRun("sessions", "export", id))
 	i42, i56 := strings.Index(output, "42-before-the-outage"), strings.Index(output, "56-during-the-outage")
 	if i42 < 0 || i56 < i42 {
 		t.Errorf("the recording lost what the pod sent before the kill:\n%q", output)
+	}
+	// The new agent vouches for it (RQ005W), so verify checks it.
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		if out := m.Admin.MustRun("audit", "--code", string(proto.AuditRecordingRescued), "--search", id, "-o", "json"); !strings.Contains(out, id) {
+			return fmt.Errorf("no RQ005W for %s yet", id)
+		}
+		return nil
+	})
+	if out := m.Admin.MustRun("audit", "verify"); !strings.Contains(out, "Session recordings intact") {
+		t.Errorf("audit verify:\n%s", out)
 	}
 }
