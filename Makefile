@@ -9,7 +9,7 @@ CLUSTRAL := $(BIN)/clustral
 comma := ,
 INTEGRATION_TIMEOUT ?= 45m
 
-.PHONY: all build build-cross test test-unit test-integration components clean-go-cache lint bench demo clean fuzz
+.PHONY: all build build-cross test test-unit test-integration test-integration-etcd components clean-go-cache lint bench demo clean fuzz
 
 all: build
 
@@ -67,8 +67,9 @@ release: build-cross
 	  -docs '$(CURDIR)/README.md,$(CURDIR)/LICENSE'
 
 # test: unit tests with -race, then the integration suite (which builds the
-# real components once into a cache outside the clone).
-test: test-unit test-integration
+# real components once into a cache outside the clone), then the mesh and
+# access suites again with each coordinator on etcd.
+test: test-unit test-integration test-integration-etcd
 
 test-unit:
 	$(GO) test -race -count=1 ./...
@@ -82,6 +83,11 @@ clean-go-cache:
 
 test-integration: build components
 	cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./...
+
+# test-integration-etcd: the mesh and access suites with the coordinator
+# on etcd (harness.StoreEnv).
+test-integration-etcd: build components
+	cd integration && CLUSTRAL_TEST_STORE=etcd CLUSTRAL_BIN=$(CLUSTRAL) $(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./mesh/ ./access/
 
 # fuzz runs every fuzz target of the module for FUZZTIME each (their seed
 # corpora, testdata/fuzz/, already run as tests in test-unit). A crasher

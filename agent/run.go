@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -55,8 +54,9 @@ const (
 // means its default.
 type Config struct {
 	// CoordinatorURL is the coordinator's base URL, e.g.
-	// "https://clustral.example.com". Whether a plain http:// URL is
-	// acceptable is the caller's decision.
+	// "https://clustral.example.com", or several replicas' URLs,
+	// comma-separated (the agent moves to the next when one fails).
+	// Whether a plain http:// URL is acceptable is the caller's decision.
 	CoordinatorURL string
 	// JoinToken is the cluster's join token (`clustral clusters add`
 	// prints one). It is sent once, to register.
@@ -122,8 +122,8 @@ func (c *Config) validate() error {
 	var errs []error
 	if c.CoordinatorURL == "" {
 		errs = append(errs, errors.New("no coordinator URL: set Config.CoordinatorURL"))
-	} else if u, err := url.Parse(c.CoordinatorURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("Config.CoordinatorURL %q is not an http(s) URL: use e.g. https://clustral.example.com", c.CoordinatorURL))
+	} else if err := coordclient.CheckURLs(c.CoordinatorURL); err != nil {
+		errs = append(errs, fmt.Errorf("Config.CoordinatorURL: %w: use e.g. https://clustral.example.com, or several replicas comma-separated", err))
 	}
 	if c.JoinToken == "" {
 		errs = append(errs, errors.New("no join token: set Config.JoinToken to the cluster's join token (clustral clusters add prints one)"))

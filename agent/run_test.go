@@ -1,30 +1,23 @@
 package agent
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
-	"github.com/golang-jwt/jwt/v5"
 	"k8s.io/client-go/rest"
 
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -77,56 +70,13 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-// testCoordinator is a real coordinator in-process, with an OIDC issuer
-// that signs whatever ID token the test asks for.
-type testCoordinator struct {
-	t       *testing.T
-	url     string
-	srv     *coordinator.Server
-	idToken func(email string) string // a signed ID token of email
-}
-
-func newTestCoordinator(t *testing.T) *testCoordinator {
+// startCoordinator starts a real coordinator in-process
+// (coordinatortest.Start) with admin@example.com its administrator, and
+// serves its endpoint discovery, so that Run starts its discovery loop
+// too.
+func startCoordinator(t *testing.T) *coordinatortest.Coordinator {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	iss := httptest.NewServer(mux)
-	t.Cleanup(iss.Close)
-	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
-		json.NewEncoder(w).Encode(map[string]any{
-			"issuer": iss.URL, "authorization_endpoint": iss.URL + "/authorize", "token_endpoint": iss.URL + "/token",
-			"jwks_uri": iss.URL + "/keys", "id_token_signing_alg_values_supported": []string{"ES256"},
-		})
-	})
-	mux.HandleFunc("/keys", func(w http.ResponseWriter, _ *http.Request) {
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	})
-
-	// The public URL must be known before the coordinator starts.
-	var h http.Handler
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	srv, err := coordinator.New(context.Background(), coordinator.Config{
-		Listen:    "127.0.0.1:0",
-		PublicURL: ts.URL,
-		DataDir:   t.TempDir(),
-		OIDC:      coordinator.OIDCConfig{Issuer: iss.URL, ClientID: "clustral", ClientSecret: "secret"},
-		Admins:    []string{"admin@example.com"},
-		Logger:    slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h = srv.Handler()
-	t.Cleanup(func() {
-		ts.CloseClientConnections()
-		srv.Close()
-		ts.Close()
-	})
-
-	// Endpoint discovery, so that Run starts its discovery loop too.
+	c := coordinatortest.Start(t, nil, func(cfg *coordinator.Config) { cfg.Admins = []string{"admin@example.com"} })
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -135,63 +85,13 @@ func newTestCoordinator(t *testing.T) *testCoordinator {
 	stunDone := make(chan struct{})
 	go func() {
 		defer close(stunDone)
-		srv.ServeSTUN(stunCtx, pc)
+		c.ServeSTUN(stunCtx, pc)
 	}()
 	t.Cleanup(func() {
 		stopSTUN()
 		<-stunDone
 	})
-
-	c := &testCoordinator{t: t, url: ts.URL, srv: srv}
-	c.idToken = func(email string) string {
-		claims := jwt.MapClaims{"iss": iss.URL, "aud": "clustral", "iat": time.Now().Unix(), "exp": time.Now().Add(time.Hour).Unix(),
-			"sub": "sub-" + email, "email": email, "email_verified": true, "name": email}
-		tok := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
-		tok.Header["kid"] = "k1"
-		s, err := tok.SignedString(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
 	return c
-}
-
-// call makes an API request and decodes the answer into out; an error
-// answer fails the test.
-func (c *testCoordinator) call(method, path, token string, body, out any) {
-	c.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, c.url+path, rd)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode >= 300 {
-		c.t.Fatalf("%s %s = %s %s", method, path, resp.Status, b)
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			c.t.Fatalf("%s %s: decode: %v", method, path, err)
-		}
-	}
-}
-
-// admin signs the admin in and returns the session token.
-func (c *testCoordinator) admin() string {
-	c.t.Helper()
-	var s proto.Session
-	c.call("POST", proto.APIVersion+"/login/token", "", proto.TokenExchangeRequest{IDToken: c.idToken("admin@example.com")}, &s)
-	return s.Token
 }
 
 // runGoroutines lists the goroutines running code that Run starts.
@@ -214,10 +114,10 @@ func runGoroutines() []string {
 }
 
 func TestRunRegistersServesAndDrains(t *testing.T) {
-	c := newTestCoordinator(t)
-	admin := c.admin()
+	c := startCoordinator(t)
+	admin := c.Login("admin@example.com").Token
 	var cl proto.CreateClusterResponse
-	c.call("POST", proto.APIVersion+"/clusters", admin, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	c.Do(admin, "POST", proto.APIVersion+"/clusters", proto.CreateClusterRequest{Name: "prod"}, &cl)
 
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -225,7 +125,7 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 	}
 	// The map stream's goroutine is held up as it winds down, as a
 	// goroutine may be: Run must wait for it all the same.
-	held := &holdingTransport{RoundTripper: http.DefaultTransport.(*http.Transport).Clone(), path: proto.APIVersion + "/map",
+	held := &holdingTransport{RoundTripper: c.Client().Transport.(*http.Transport).Clone(), path: proto.APIVersion + "/map",
 		closed: make(chan struct{}), release: make(chan struct{})}
 	auditDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -233,7 +133,7 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, Config{
-			CoordinatorURL: c.url,
+			CoordinatorURL: c.URL,
 			JoinToken:      cl.JoinToken,
 			HTTPClient:     &http.Client{Transport: held},
 			Hostname:       "node-1",
@@ -268,7 +168,7 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 	}
 	var shown proto.Cluster
 	testkit.WaitFor(t, "the coordinator showing the agent online", func() bool {
-		c.call("GET", proto.APIVersion+"/clusters/prod", admin, nil, &shown)
+		c.Do(admin, "GET", proto.APIVersion+"/clusters/prod", nil, &shown)
 		return len(shown.Agents) == 1 && shown.Agents[0].Online
 	})
 	if a := shown.Agents[0]; a.Hostname != "node-1" || len(a.Addresses) == 0 {
@@ -283,20 +183,15 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 	close(held.release)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run after cancel = %v, want nil", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return after its context was cancelled")
+	if err := testkit.RecvWithin(t, 20*time.Second, done, "Run to return after its context was cancelled"); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
 	}
 	// Everything Run started has stopped by the time it returns.
 	if gs := runGoroutines(); len(gs) > 0 {
 		t.Errorf("goroutines of Run still running after it returned:\n%s", strings.Join(gs, "\n\n"))
 	}
 	var after proto.Cluster
-	c.call("GET", proto.APIVersion+"/clusters/prod", admin, nil, &after)
+	c.Do(admin, "GET", proto.APIVersion+"/clusters/prod", nil, &after)
 	if len(after.Agents) != 0 {
 		t.Errorf("agents after Run returned = %+v, want none: it deregisters", after.Agents)
 	}
@@ -311,14 +206,15 @@ func TestRunRegistersServesAndDrains(t *testing.T) {
 }
 
 func TestRunRefusedJoinToken(t *testing.T) {
-	c := newTestCoordinator(t)
+	c := startCoordinator(t)
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = Run(context.Background(), Config{
-		CoordinatorURL: c.url,
+		CoordinatorURL: c.URL,
 		JoinToken:      "cjt_wrong",
+		HTTPClient:     c.Client(),
 		Upstream:       &rest.Config{Host: "https://127.0.0.1:1"},
 		HealthListener: hl,
 		AuditDir:       t.TempDir(),

@@ -110,7 +110,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&coord, "coordinator", "", "coordinator URL")
+	f.StringVar(&coord, "coordinator", "", "coordinator URL, or several replicas' URLs comma-separated (the agent moves to the next when one fails)")
 	f.StringVar(&tokenFile, "join-token-file", "", "file holding the cluster's join token")
 	f.StringVar(&token, "join-token", "", "the cluster's join token (prefer --join-token-file or CLUSTRAL_JOIN_TOKEN)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for kube-apiserver (default: in-cluster config)")

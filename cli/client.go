@@ -2,14 +2,13 @@ package cli
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
 	"time"
 
+	"github.com/clustral/clustral/pkg/capool"
 	"github.com/clustral/clustral/pkg/coordclient"
 )
 
@@ -21,16 +20,9 @@ func newHTTPClient(caFile string, debug *slog.Logger) (*http.Client, error) {
 		caFile = os.Getenv("CLUSTRAL_CA_FILE")
 	}
 	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
+		pool, err := capool.Load(caFile, "CA file")
 		if err != nil {
-			return nil, fmt.Errorf("read CA file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
+			return nil, err
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}

@@ -79,6 +79,22 @@ the identity provider signs in may log in; the coordinator refuses to start
 that way with a public provider (Google, GitHub, GitLab, Apple, Microsoft's
 multi-tenant endpoints) and warns with any other.
 
+Audit export: each --audit-export streams the audit log, in order and at
+least once, to a SIEM; every destination keeps its own cursor in the store,
+so a restart resumes where it stopped, and a destination that is down is
+retried with back-off and catches up later without holding up the
+coordinator. Retention keeps the events a destination has not taken yet.
+  syslog+tls://HOST[:6514]    RFC 5424 over TLS, octet-counting framing;
+                              ca=FILE cert=FILE key=FILE app-name= hostname=
+                              sd-id= facility= (default 13, log audit)
+  otlp+https://HOST[:4318][/v1/logs]
+                              OpenTelemetry logs over OTLP/HTTP; ca= cert=
+                              key=, headers-file=FILE or headers-env=VAR with
+                              lines "Name: value" (tokens never in the URL)
+Both take name= (metrics label and cursor), start=oldest|now, batch=,
+retry-min=, retry-max= and timeout= as query parameters. The lag of each is
+clustral_coordinator_audit_export_lag_seconds{destination=NAME}.
+
 On SIGHUP (systemctl reload) the coordinator reads --tls-cert and --tls-key
 again and serves the new pair to new connections; open connections and
 map streams are kept. If the new pair is not valid, it logs an error and
@@ -89,7 +105,12 @@ keeps serving the old one. Other settings are read only at start.`,
       --allow-email-domain example.com
 
   # production
-  clustral coordinator --config /etc/clustral/coordinator.yaml`,
+  clustral coordinator --config /etc/clustral/coordinator.yaml
+
+  # stream the audit log to a syslog server and an OpenTelemetry collector
+  clustral coordinator --config /etc/clustral/coordinator.yaml \
+      --audit-export 'syslog+tls://siem.example.com:6514?ca=/etc/clustral/siem-ca.pem' \
+      --audit-export 'otlp+https://otel.example.com:4318/v1/logs?headers-file=/etc/clustral/otlp-headers'`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := bindEnvAndFile(c, "CLUSTRAL", configFile); err != nil {
@@ -165,6 +186,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.DurationVar(&cfg.SessionTTL, "session-ttl", d.SessionTTL, "how long a login lasts")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", d.AuditRetention, "how long audit events are kept (whole days older are pruned); negative keeps them all")
 	f.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", d.AuditCheckpointInterval, "how often the coordinator signs a checkpoint of its audit log while it grows (with the key <data-dir>/"+coordinator.AuditKeyFile+")")
+	f.StringArrayVar(&cfg.AuditExport, "audit-export", nil, "stream the audit log to this destination, syslog+tls://HOST:6514?ca=FILE or otlp+https://HOST:4318/v1/logs?headers-file=FILE (repeatable; see above)")
 	f.DurationVar(&cfg.AgentTTL, "agent-ttl", d.AgentTTL, "reclaim an agent after it has been gone this long")
 	f.DurationVar(&cfg.PendingRequestTTL, "pending-request-ttl", d.PendingRequestTTL, "expire an access request nobody decided after this long")
 	f.IntVar(&cfg.MaxDevicesPerUser, "max-devices-per-user", coordinator.DefaultMaxDevicesPerUser, "devices one user may have registered at once")

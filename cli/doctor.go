@@ -127,6 +127,9 @@ func checkCoordinator(ctx context.Context, g *globals, dir string, r *doctorRepo
 		return nil
 	}
 	hc.Timeout = 5 * time.Second
+	if replicas := coordclient.SplitURLs(base); len(replicas) > 1 {
+		base = pickReplica(ctx, hc, replicas, r)
+	}
 	u, err := url.Parse(base)
 	if err != nil {
 		r.add("coordinator", checkFail, fmt.Sprintf("coordinator URL %q is not valid: %v", base, err), "clustral login <coordinator-url>")
@@ -193,6 +196,8 @@ func checkCoordinator(ctx context.Context, g *globals, dir string, r *doctorRepo
 			detail += fmt.Sprintf(": %s %s", resp.Status, strings.TrimSpace(resp.body))
 		}
 		r.add("health", checkFail, detail, "see the coordinator's log (journalctl -u clustral-coordinator)")
+	} else if name := resp.Header.Get(proto.HeaderReplica); name != "" {
+		r.add("health", checkOK, fmt.Sprintf("the coordinator is ready (replica %s at %s)", name, base), "")
 	} else {
 		r.add("health", checkOK, "the coordinator is ready", "")
 	}
@@ -500,4 +505,26 @@ func get(ctx context.Context, hc *http.Client, u string) (*fetched, error) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	return &fetched{resp, string(b)}, nil
+}
+
+// pickReplica returns the first of several replicas' URLs that answers
+// /readyz, which the checks that follow then examine, and reports how
+// many answer; if none does, the first, whose checks then say why.
+func pickReplica(ctx context.Context, hc *http.Client, replicas []string, r *doctorReport) string {
+	var up []string
+	for _, u := range replicas {
+		if resp, err := get(ctx, hc, u+"/readyz"); err == nil && resp.StatusCode == http.StatusOK {
+			up = append(up, u)
+		}
+	}
+	switch {
+	case len(up) == 0:
+		r.add("replicas", checkFail, fmt.Sprintf("none of the %d coordinator replicas is ready", len(replicas)), "see below for the first one; check the others the same way")
+		return replicas[0]
+	case len(up) < len(replicas):
+		r.add("replicas", checkWarn, fmt.Sprintf("%d of %d coordinator replicas are ready; using %s", len(up), len(replicas), up[0]), "see the log of the replicas that are not")
+	default:
+		r.add("replicas", checkOK, fmt.Sprintf("all %d coordinator replicas are ready; using %s", len(replicas), up[0]), "")
+	}
+	return up[0]
 }

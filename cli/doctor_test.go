@@ -6,11 +6,13 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"text/tabwriter"
 	"time"
 
 	"github.com/clustral/clustral/cli/device"
@@ -184,6 +186,61 @@ func TestDoctorNotLoggedIn(t *testing.T) {
 	code, out, _ := e.run("doctor")
 	if code != exitError || !strings.Contains(out, "[FAIL] coordinator: no coordinator configured") || !strings.Contains(out, "fix: clustral login") {
 		t.Errorf("exit %d, out:\n%s", code, out)
+	}
+}
+
+// TestPickReplica: with several coordinator URLs, doctor checks the
+// first replica that is ready and says how many are.
+func TestPickReplica(t *testing.T) {
+	ready := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
+	t.Cleanup(ready.Close)
+	notReady := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	t.Cleanup(notReady.Close)
+	gone := httptest.NewServer(http.NotFoundHandler())
+	down := gone.URL
+	gone.Close()
+	tests := []struct {
+		name     string
+		replicas []string
+		want     string
+		status   string
+		detail   string
+	}{
+		{"all ready", []string{ready.URL, ready.URL}, ready.URL, checkOK, "all 2 coordinator replicas are ready"},
+		{"first down", []string{down, notReady.URL, ready.URL}, ready.URL, checkWarn, "1 of 3 coordinator replicas are ready"},
+		{"none ready", []string{down, notReady.URL}, down, checkFail, "none of the 2 coordinator replicas is ready"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r doctorReport
+			got := pickReplica(t.Context(), &http.Client{Timeout: 5 * time.Second}, tt.replicas, &r)
+			if got != tt.want {
+				t.Errorf("picked %s, want %s", got, tt.want)
+			}
+			if len(r.Checks) != 1 || r.Checks[0].Name != "replicas" || r.Checks[0].Status != tt.status || !strings.Contains(r.Checks[0].Detail, tt.detail) {
+				t.Errorf("checks = %+v, want one replicas check, %s, saying %q", r.Checks, tt.status, tt.detail)
+			}
+		})
+	}
+}
+
+// TestStatusNamesReplica: status prints the replica that answered only
+// when the coordinator names one.
+func TestStatusNamesReplica(t *testing.T) {
+	for _, tt := range []struct {
+		v    statusView
+		want string
+	}{
+		{statusView{User: "alice", Coordinator: "https://c0,https://c1", CoordinatorHealth: "ok", Replica: "vm-2-a1b2c3", ReplicaURL: "https://c1"}, "vm-2-a1b2c3 at https://c1"},
+		{statusView{User: "alice", Coordinator: "https://c0", CoordinatorHealth: "ok"}, ""},
+	} {
+		var b strings.Builder
+		tw := tabwriter.NewWriter(&b, 0, 2, 2, ' ', 0)
+		printStatus(tw, tt.v)
+		tw.Flush()
+		if got := b.String(); tt.want != "" && !strings.Contains(got, tt.want) || tt.want == "" && strings.Contains(got, "Replica") {
+			t.Errorf("status of %+v:\n%s\nwant a line %q", tt.v, got, tt.want)
+		}
 	}
 }
 

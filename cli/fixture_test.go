@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -56,8 +54,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// testEnv is an isolated config directory, kubeconfig and coordinator
-// (a real one in-process, or the fake), with the CLI's clock fixed at
+// testEnv is an isolated config directory, kubeconfig and, unless it is
+// bare, a real coordinator in-process, with the CLI's clock fixed at
 // fixedNow.
 type testEnv struct {
 	t          *testing.T
@@ -66,23 +64,12 @@ type testEnv struct {
 	kubeconfig string
 	coordURL   string // the coordinator's URL
 	caFile     string // trusts the coordinator's certificate
-	// Either real or coord is set.
-	real  *coordinatortest.Coordinator
-	coord *fakeCoord
+	real       *coordinatortest.Coordinator
 	// realNow is the real coordinator's clock; see setRealNow.
 	realNow atomic.Pointer[time.Time]
 	// joinToken, if set, replaces the join tokens in the output (raw and
 	// in a manifest's Secret) in mask.
 	joinToken string
-}
-
-// newTestEnv is a testEnv with the fake coordinator.
-func newTestEnv(t *testing.T) *testEnv {
-	t.Helper()
-	e := newBareEnv(t)
-	e.coord = newFakeCoord(t)
-	e.coordURL, e.caFile = e.coord.srv.URL, e.coord.caFile
-	return e
 }
 
 // newRealEnv is a testEnv with a real coordinator in-process: its store
@@ -140,25 +127,16 @@ func (e *testEnv) useSession(s proto.Session) {
 	}
 }
 
-// login stores a session for login (groups dev) with the given expiry
-// and returns its token; the coordinator accepts it while valid. A real
-// coordinator issues it, logged in a session's length before expires.
+// login stores a session for login (groups dev) that expires at expires
+// and returns its token: e's coordinator issues it, logged in a
+// session's length before.
 func (e *testEnv) login(login string, expires time.Time) string {
 	e.t.Helper()
-	if e.real != nil {
-		e.setRealNow(expires.Sub(fixedNow) - e.real.Config().SessionTTL)
-		s := e.real.Login(login, "dev")
-		e.setRealNow(0)
-		e.useSession(s)
-		return s.Token
-	}
-	tok := "tok-" + login
-	s := proto.Session{Token: tok, ExpiresAt: expires, User: proto.User{ID: "u-" + login, Login: login, Email: login, Groups: []string{"dev"}}}
-	e.coord.mu.Lock()
-	e.coord.sessions[tok] = s
-	e.coord.mu.Unlock()
+	e.setRealNow(expires.Sub(fixedNow) - e.real.Config().SessionTTL)
+	s := e.real.Login(login, "dev")
+	e.setRealNow(0)
 	e.useSession(s)
-	return tok
+	return s.Token
 }
 
 // run runs the CLI in-process without a terminal.
@@ -198,6 +176,10 @@ func (e *testEnv) mask(s string) string {
 	return s
 }
 
+// expand replaces $CONFIG in arg with e's config directory, as mask
+// shows it.
+func (e *testEnv) expand(arg string) string { return strings.ReplaceAll(arg, "$CONFIG", e.base) }
+
 // A join token as the coordinator makes them, and a Secret's data
 // holding one.
 var (
@@ -224,48 +206,9 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// fakeCoord serves, over TLS, the sessions testEnv.login stores, and is
-// the base of fakeAdmin, for the goldens a real coordinator cannot
-// reproduce (see TestGoldenAdmin). Every other test runs against a real
-// coordinator (newRealEnv).
-type fakeCoord struct {
-	srv    *httptest.Server
-	caFile string
-
-	mu       sync.Mutex
-	sessions map[string]proto.Session
-}
-
-func newFakeCoord(t *testing.T) *fakeCoord {
-	t.Helper()
-	f := &fakeCoord{sessions: map[string]proto.Session{}}
-	mux := http.NewServeMux()
-	f.srv = httptest.NewTLSServer(mux)
-	t.Cleanup(f.srv.Close)
-	f.caFile = filepath.Join(t.TempDir(), "ca.pem")
-	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.srv.Certificate().Raw})
-	if err := os.WriteFile(f.caFile, ca, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-func (f *fakeCoord) auth(r *http.Request) (proto.Session, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	s, ok := f.sessions[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
-	return s, ok && now().Before(s.ExpiresAt)
-}
-
 func writeTestJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(v)
-}
-
-func writeTestProblem(w http.ResponseWriter, status int, code proto.ErrorCode, title, hint string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(proto.Problem{Status: status, Code: code, Title: title, Hint: hint})
 }
 
 // fakeUp stands in for a running `clustral up` of the test's profile: its

@@ -43,6 +43,7 @@ func TestGolden(t *testing.T) {
 		{"profiles-current", []string{"profiles", "current"}},
 		{"accounts-list", []string{"accounts", "list"}},
 		{"doctor", []string{"doctor"}},
+		{"version", []string{"version"}},
 		{"version-check", []string{"version", "--check"}},
 	}
 	for _, tt := range tests {

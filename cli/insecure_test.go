@@ -25,6 +25,10 @@ func TestCoordinatorURLRefusesPlainHTTPToOtherHosts(t *testing.T) {
 		{"http://127.0.0.1.nip.io", false, ""},
 		{"http://[::ffff:10.0.0.5]:7443", false, ""},
 		{"http://clustral.example.com", true, "http://clustral.example.com"},
+		// Several replicas: each normalized, and each judged.
+		{"c0.example.com, https://c1.example.com/", false, "https://c0.example.com,https://c1.example.com"},
+		{"http://127.0.0.1:7443,http://127.0.0.1:7444", false, "http://127.0.0.1:7443,http://127.0.0.1:7444"},
+		{"https://c0.example.com,http://c1.example.com", false, ""},
 	}
 	for _, tt := range tests {
 		got, err := coordinatorURL(tt.in, tt.insecure)

@@ -310,35 +310,48 @@ var openBrowser = func(u string) error {
 	return cmd.Start()
 }
 
+// normalizeURL normalizes a coordinator URL, or several replicas' URLs
+// separated by commas, each on its own: https:// when no scheme is
+// given, no trailing slash.
 func normalizeURL(s string) (string, error) {
-	if !strings.Contains(s, "://") {
-		s = "https://" + s
+	list := coordclient.SplitURLs(s)
+	if len(list) == 0 {
+		list = []string{s}
 	}
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return "", fmt.Errorf("coordinator URL %q is not valid (e.g. https://clustral.example.com)", s)
+	for i, e := range list {
+		if !strings.Contains(e, "://") {
+			e = "https://" + e
+		}
+		u, err := url.Parse(e)
+		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return "", fmt.Errorf("coordinator URL %q is not valid (e.g. https://clustral.example.com, or several replicas comma-separated)", e)
+		}
+		list[i] = strings.TrimRight(u.String(), "/")
 	}
-	return strings.TrimRight(u.String(), "/"), nil
+	return strings.Join(list, ","), nil
 }
 
 // coordinatorURL normalizes s (normalizeURL) and refuses plain HTTP to a
 // host other than this machine unless insecure is set: the session, node
 // and join tokens it carries would cross the network in the clear.
 func coordinatorURL(s string, insecure bool) (string, error) {
-	u, err := normalizeURL(s)
+	norm, err := normalizeURL(s)
 	if err != nil {
 		return "", err
 	}
-	if insecure || !strings.HasPrefix(u, "http://") {
-		return u, nil
+	for _, u := range coordclient.SplitURLs(norm) {
+		if insecure || !strings.HasPrefix(u, "http://") {
+			continue
+		}
+		pu, _ := url.Parse(u)
+		if host := pu.Hostname(); host == "localhost" {
+			continue
+		} else if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+			continue
+		}
+		return "", fmt.Errorf("coordinator URL %s is plain HTTP to another machine: tokens would cross the network unencrypted; use https://, or pass --insecure on a network you trust", u)
 	}
-	pu, _ := url.Parse(u)
-	if host := pu.Hostname(); host == "localhost" {
-		return u, nil
-	} else if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
-		return u, nil
-	}
-	return "", fmt.Errorf("coordinator URL %s is plain HTTP to another machine: tokens would cross the network unencrypted; use https://, or pass --insecure on a network you trust", u)
+	return norm, nil
 }
 
 func firstNonEmpty(s ...string) string {

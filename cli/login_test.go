@@ -24,29 +24,12 @@ import (
 func TestLoginLoopback(t *testing.T) {
 	e := newRealEnv(t, nil)
 	e.real.SignInNext("alice@example.com")
-	oldHas, oldOpen := hasBrowser, openBrowser
-	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
-	hasBrowser = func() bool { return true }
-	pages := make(chan string, 2)
-	openBrowser = func(authURL string) error {
-		// The browser follows the redirects: to the identity provider,
-		// the coordinator's callback and the CLI's listener; then it
-		// comes back to the listener once more.
-		redirect := loginRedirect(t, e)
-		go func() {
-			for _, u := range []string{authURL, redirect + "?" + url.Values{"code": {"again"}}.Encode()} {
-				resp, err := e.real.Client().Get(u)
-				if err != nil {
-					pages <- err.Error()
-					continue
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				pages <- string(b)
-			}
-		}()
-		return nil
-	}
+	// The browser follows the redirects: to the identity provider, the
+	// coordinator's callback and the CLI's listener; then it comes back
+	// to the listener once more.
+	pages := useBrowser(t, e, func(authURL string) []string {
+		return []string{authURL, loginRedirect(t, e) + "?" + url.Values{"code": {"again"}}.Encode()}
+	})
 	code, out, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
 	if code != 0 || !strings.Contains(out, "Logged in to "+e.coordURL+" as alice@example.com") {
 		t.Fatalf("login: exit %d\n%s\n%s", code, out, errb)
@@ -64,6 +47,35 @@ func TestLoginLoopback(t *testing.T) {
 	var who proto.Whoami
 	e.real.Do(s.Session.Token, http.MethodGet, proto.APIVersion+"/whoami", nil, &who)
 	<-pages // the second visit found the listener finished or closed
+}
+
+// useBrowser stands in for the user's browser until t ends: when the CLI
+// opens it on an authorization URL, it visits the URLs visit returns for
+// it, one after the other (following redirects, trusting e's
+// coordinator), and sends the page each ends on, or the error, on the
+// returned channel.
+func useBrowser(t *testing.T, e *testEnv, visit func(authURL string) []string) <-chan string {
+	oldHas, oldOpen := hasBrowser, openBrowser
+	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
+	hasBrowser = func() bool { return true }
+	pages := make(chan string, 2)
+	openBrowser = func(authURL string) error {
+		urls := visit(authURL)
+		go func() {
+			for _, u := range urls {
+				resp, err := e.real.Client().Get(u)
+				if err != nil {
+					pages <- err.Error()
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				pages <- string(b)
+			}
+		}()
+		return nil
+	}
+	return pages
 }
 
 // loginRedirect returns the redirect_uri of the login/start the
@@ -188,24 +200,10 @@ func (w *watchedWriter) waitMatch(re *regexp.Regexp) []string {
 func TestLoginLoopbackError(t *testing.T) {
 	e := newRealEnv(t, nil)
 	e.real.RefuseNext("the user cancelled")
-	oldHas, oldOpen := hasBrowser, openBrowser
-	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
-	hasBrowser = func() bool { return true }
-	page := make(chan string, 1)
-	openBrowser = func(authURL string) error {
+	page := useBrowser(t, e, func(authURL string) []string {
 		loginRedirect(t, e)
-		go func() {
-			resp, err := e.real.Client().Get(authURL)
-			if err != nil {
-				page <- err.Error()
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			page <- string(b)
-		}()
-		return nil
-	}
+		return []string{authURL}
+	})
 	code, _, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
 	if code != exitAuth || !strings.Contains(errb, "error: login failed: the identity provider refused the login: access_denied: the user cancelled") ||
 		!strings.Contains(errb, "hint: run clustral login again") {
@@ -228,22 +226,9 @@ func TestLoginDisabledUser(t *testing.T) {
 	e.real.Login("bob@example.com")
 	e.real.Do(admin.Token, http.MethodPost, proto.APIVersion+"/users/bob@example.com/disable", nil, nil)
 	e.real.SignInNext("bob@example.com")
-	oldHas, oldOpen := hasBrowser, openBrowser
-	t.Cleanup(func() { hasBrowser, openBrowser = oldHas, oldOpen })
-	hasBrowser = func() bool { return true }
-	done := make(chan struct{})
-	openBrowser = func(authURL string) error {
-		go func() {
-			defer close(done)
-			if resp, err := e.real.Client().Get(authURL); err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-		}()
-		return nil
-	}
+	page := useBrowser(t, e, func(authURL string) []string { return []string{authURL} })
 	code, _, errb := e.run("login", e.coordURL, "--ca-file", e.caFile)
-	<-done
+	<-page
 	if code != exitDenied || !strings.Contains(errb, "error: user bob@example.com is disabled; ask an administrator") {
 		t.Fatalf("login: exit %d\n%s", code, errb)
 	}

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 func TestAgentManifest(t *testing.T) {
@@ -102,13 +103,7 @@ func TestCoordinatorBackupOffline(t *testing.T) {
 	if !strings.Contains(stdout, "2 users, 1 clusters") {
 		t.Errorf("stdout = %q", stdout)
 	}
-	fi, err := os.Stat(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("backup mode = %v, want 0600", fi.Mode().Perm())
-	}
+	testkit.CheckPerm(t, "backup", file, 0o600)
 	counts, err := store.Verify(file)
 	if err != nil || counts[store.Users] != 2 {
 		t.Fatalf("backup: %v, %v", counts, err)

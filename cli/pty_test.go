@@ -63,16 +63,9 @@ func (term *terminal) output() string {
 // answer waits until the terminal shows prompt, then types line.
 func (term *terminal) answer(t *testing.T, prompt, line string) {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for !strings.Contains(term.output(), prompt) {
-		select {
-		case <-term.seen:
-		case <-deadline:
-			t.Errorf("no prompt %q; terminal shows:\n%s", prompt, term.output())
-			return
-		}
+	if term.waitMatch(t, regexp.MustCompile(regexp.QuoteMeta(prompt))) != nil {
+		io.WriteString(term.ptmx, line+"\n")
 	}
-	io.WriteString(term.ptmx, line+"\n")
 }
 
 // waitMatch waits until the terminal shows text matching re and returns
@@ -232,15 +225,11 @@ func TestColourOnlyOnTerminal(t *testing.T) {
 	}
 }
 
-// waitFor waits until the terminal shows s.
+// waitFor waits until the terminal shows s, and stops the test if it
+// does not soon.
 func (term *terminal) waitFor(t *testing.T, s string) {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for !strings.Contains(term.output(), s) {
-		select {
-		case <-term.seen:
-		case <-deadline:
-			t.Fatalf("terminal never showed %q:\n%s", s, term.output())
-		}
+	if term.waitMatch(t, regexp.MustCompile(regexp.QuoteMeta(s))) == nil {
+		t.FailNow()
 	}
 }

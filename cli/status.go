@@ -36,8 +36,12 @@ type statusView struct {
 	// Grants are the roles that expire (just-in-time access).
 	Grants []grantView `json:"grants,omitempty"`
 	// CoordinatorHealth is "ok", or why GET /readyz failed.
-	CoordinatorHealth string             `json:"coordinator_health,omitempty"`
-	Agents            []device.AgentView `json:"agents,omitempty"`
+	CoordinatorHealth string `json:"coordinator_health,omitempty"`
+	// Replica names the coordinator replica that answered, and
+	// ReplicaURL its URL, when the coordinator runs as several replicas.
+	Replica    string             `json:"replica,omitempty"`
+	ReplicaURL string             `json:"replica_url,omitempty"`
+	Agents     []device.AgentView `json:"agents,omitempty"`
 	// DNS describes the mesh DNS of --tun mode, or a resolver change a
 	// stopped up left behind.
 	DNS   string `json:"dns,omitempty"`
@@ -71,7 +75,11 @@ func newStatusCmd(g *globals) *cobra.Command {
 			v.Coordinator, v.User, v.Session = sess.Coordinator, sess.Session.User.Login, sess.Session.ExpiresAt
 		}
 		if serr == nil {
-			if who, err := api.Whoami(c.Context()); err != nil {
+			who, err := api.Whoami(c.Context())
+			if v.Replica = api.Replica(); v.Replica != "" {
+				v.ReplicaURL = api.BaseURL()
+			}
+			if err != nil {
 				v.Error = err.Error()
 			} else {
 				v.Clusters = who.Clusters
@@ -88,7 +96,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		}
 		if sess != nil {
 			v.CoordinatorHealth = "ok"
-			if resp, err := get(c.Context(), api.HTTPClient(), sess.Coordinator+"/readyz"); err != nil {
+			if resp, err := get(c.Context(), api.HTTPClient(), api.BaseURL()+"/readyz"); err != nil {
 				v.CoordinatorHealth = "unreachable: " + unwrapNet(err).Error()
 			} else if resp.StatusCode != 200 {
 				v.CoordinatorHealth = "not ready: " + resp.Status
@@ -139,6 +147,9 @@ func printStatus(tw *tabwriter.Writer, v statusView) {
 	fmt.Fprintf(tw, "Profile:\t%s\n", v.Profile)
 	fmt.Fprintf(tw, "User:\t%s\n", v.User)
 	fmt.Fprintf(tw, "Coordinator:\t%s (%s)\n", v.Coordinator, v.CoordinatorHealth)
+	if v.Replica != "" {
+		fmt.Fprintf(tw, "Replica:\t%s at %s\n", v.Replica, v.ReplicaURL)
+	}
 	if !v.Session.IsZero() {
 		fmt.Fprintf(tw, "Session:\tuntil %s (%s)\n", v.Session.Local().Format("Jan 2 15:04"), remaining(v.Session))
 	}

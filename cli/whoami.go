@@ -68,39 +68,35 @@ type whoamiView struct {
 }
 
 func newWhoamiCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{
+	return viewCmd(g, &cobra.Command{
 		Use:   "whoami",
 		Short: "Show who you are logged in as, for how long, and in which profile",
 		Example: `  clustral whoami
   clustral whoami -o json`,
 		Args: cobra.NoArgs,
-	}
-	out := outputFlag(c)
-	c.RunE = func(c *cobra.Command, _ []string) error {
+	}, func(c *cobra.Command, _ string) (whoamiView, error) {
 		profile, err := g.profileName()
 		if err != nil {
-			return err
+			return whoamiView{}, err
 		}
 		sess, api, err := g.session()
 		if err != nil {
-			return err
+			return whoamiView{}, err
 		}
 		who, err := api.Whoami(c.Context())
 		if err != nil {
-			return cliErr(err)
+			return whoamiView{}, cliErr(err)
 		}
-		v := whoamiView{
+		return whoamiView{
 			User: who.User.Login, Email: who.User.Email, Groups: who.User.Groups, Admin: who.User.Admin,
 			Coordinator: sess.Coordinator, Profile: profile, SessionExpires: who.SessionExpires,
 			SessionRemaining: int64(who.SessionExpires.Sub(now()).Seconds()),
+		}, nil
+	}, func(tw *tabwriter.Writer, v whoamiView) {
+		admin := ""
+		if v.Admin {
+			admin = ", admin"
 		}
-		return render(g.stdout, *out, v, func(tw *tabwriter.Writer) {
-			admin := ""
-			if v.Admin {
-				admin = ", admin"
-			}
-			fmt.Fprintf(tw, "%s on %s (session %s, profile %s%s)\n", v.User, v.Coordinator, remaining(v.SessionExpires), v.Profile, admin)
-		})
-	}
-	return c
+		fmt.Fprintf(tw, "%s on %s (session %s, profile %s%s)\n", v.User, v.Coordinator, remaining(v.SessionExpires), v.Profile, admin)
+	})
 }

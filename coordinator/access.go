@@ -33,15 +33,7 @@ func (s *Server) requestToProto(r *accessRequest) proto.AccessRequest {
 		Created: r.Created, PendingUntil: r.PendingUntil, DecidedBy: r.DecidedBy, DecidedAt: r.DecidedAt,
 		DecisionReason: r.DecisionReason, GrantExpires: r.GrantExpires,
 	}
-	if u := s.users[r.UserID]; u != nil {
-		p.User = u.Login
-	}
-	if ro := s.roles[r.RoleID]; ro != nil {
-		p.Role = ro.Name
-	}
-	if c := s.clusters[r.ClusterID]; c != nil {
-		p.Cluster = c.Name
-	}
+	p.User, p.Role, p.Cluster = s.names(r.UserID, r.RoleID, r.ClusterID)
 	return p
 }
 
@@ -111,12 +103,7 @@ func (s *Server) handleCreateRequest(w http.ResponseWriter, r *http.Request, p p
 		ID: s.newID("req"), UserID: p.user.ID, RoleID: ro.ID, ClusterID: c.ID, Reason: req.Reason,
 		Duration: d, State: proto.RequestPending, Created: now, PendingUntil: now.Add(s.cfg.PendingRequestTTL),
 	}
-	if !s.commit(w, "store request", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Requests, ar.ID, ar); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "access.request", ar.ID, map[string]any{"role": ro.Name, "cluster": c.Name, "duration": d.String(), "reason": ar.Reason})
-	}) {
+	if !s.commit(w, "store request", s.putChange(store.Requests, ar.ID, ar, p.user.Login, "access.request", map[string]any{"role": ro.Name, "cluster": c.Name, "duration": d.String(), "reason": ar.Reason})) {
 		return
 	}
 	s.requests[ar.ID] = ar

@@ -37,8 +37,7 @@ func newAccessEnvWith(t *testing.T, configure func(*Config)) *accessEnv {
 	e.must("POST", "/api/v1/clusters", e.admin.Token, proto.CreateClusterRequest{Name: "prod", Labels: map[string]string{"env": "prod"}}, &cl)
 	e.joinToken = cl.JoinToken
 	e.must("POST", "/api/v1/roles", e.admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}, ApproverGroups: []string{"sre"}}, nil)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	agent := e.registerAgent(cl.JoinToken, "")
 	var dev proto.RegisterResponse
 	e.must("POST", "/api/v1/devices", e.alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, &dev)
 	e.agentMap = e.openMap(agent.NodeToken)
@@ -201,7 +200,7 @@ func TestJoinTokenRotateAndRevoke(t *testing.T) {
 	if status, _ := e.call("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil); status != http.StatusUnauthorized {
 		t.Fatalf("old token after rotation = %d, want 401", status)
 	}
-	e.must("POST", "/api/v1/agents", jt.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil)
+	e.registerAgent(jt.JoinToken, "")
 	e.must("POST", "/api/v1/clusters/prod/revoke-token", e.admin.Token, nil, nil)
 	// The streaming agent was removed: its stream ends.
 	select {

@@ -117,6 +117,9 @@ func (s *Server) Handler() http.Handler {
 			id = newID("req")[4:]
 		}
 		w.Header().Set(proto.HeaderRequestID, id)
+		if s.feed != nil {
+			w.Header().Set(proto.HeaderReplica, s.replica)
+		}
 		start := s.now()
 		sw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		mux.ServeHTTP(sw, r)

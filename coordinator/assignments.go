@@ -15,15 +15,7 @@ import (
 // assignmentToProto is the API form of a. Called with s.mu held.
 func (s *Server) assignmentToProto(a *assignment) proto.Assignment {
 	pa := proto.Assignment{ID: a.ID, Group: a.Group, Expires: a.Expires, Created: a.Created}
-	if u := s.users[a.UserID]; u != nil {
-		pa.User = u.Login
-	}
-	if r := s.roles[a.RoleID]; r != nil {
-		pa.Role = r.Name
-	}
-	if c := s.clusters[a.ClusterID]; c != nil {
-		pa.Cluster = c.Name
-	}
+	pa.User, pa.Role, pa.Cluster = s.names(a.UserID, a.RoleID, a.ClusterID)
 	pa.ClusterSelector = a.Selector
 	pa.Request = a.RequestID
 	return pa
@@ -86,12 +78,7 @@ func (s *Server) handleCreateAssignment(w http.ResponseWriter, r *http.Request, 
 		}
 		a.ClusterID = c.ID
 	}
-	if !s.commit(w, "create assignment", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Assignments, a.ID, a); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "assignment.create", a.ID, a)
-	}) {
+	if !s.commit(w, "create assignment", s.putChange(store.Assignments, a.ID, a, p.user.Login, "assignment.create", a)) {
 		return
 	}
 	s.addAssignmentAndSyncLocked(a)
@@ -117,6 +104,22 @@ func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request, 
 	}
 	s.removeAssignmentAndSyncLocked(a)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// names returns the login of the user userID and the names of the role
+// roleID and the cluster clusterID, each empty where there is none (or no
+// id). Called with s.mu held.
+func (s *Server) names(userID, roleID, clusterID string) (user, role, cluster string) {
+	if u := s.users[userID]; u != nil {
+		user = u.Login
+	}
+	if r := s.roles[roleID]; r != nil {
+		role = r.Name
+	}
+	if c := s.clusters[clusterID]; c != nil {
+		cluster = c.Name
+	}
+	return user, role, cluster
 }
 
 // deleteAssignments deletes each of as from the store inside tx, stopping

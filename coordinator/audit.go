@@ -2,10 +2,12 @@ package coordinator
 
 import (
 	"cmp"
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -73,6 +75,12 @@ func (s *Server) audit(e proto.AuditEvent) {
 	q.pending = append(q.pending, e)
 	wake := q.wake
 	q.mu.Unlock()
+	kick(wake)
+}
+
+// kick wakes whoever waits on wake, a channel of capacity 1, without
+// blocking: a wake-up already pending serves for this one too.
+func kick(wake chan struct{}) {
 	select {
 	case wake <- struct{}{}:
 	default:
@@ -91,10 +99,7 @@ func (s *Server) flushAudit() {
 	q.flushed = append(q.flushed, done)
 	wake := q.wake
 	q.mu.Unlock()
-	select {
-	case wake <- struct{}{}:
-	default:
-	}
+	kick(wake)
 	select {
 	case <-done:
 	case <-s.stop:
@@ -517,17 +522,29 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 
 // ---- retention ----
 
-// auditJanitor applies the retention at start and every hour.
-func (s *Server) auditJanitor() {
-	prune := func() {
-		if n, err := auditlog.Prune(s.store, s.cfg.AuditRetention, s.now()); err != nil {
-			s.log.Error("prune audit log", "err", err)
-		} else if n > 0 {
-			s.log.Info("pruned audit log", "records", n, "retention", s.cfg.AuditRetention)
+// auditJanitor applies the retention at start and every hour, until ctx
+// ends (singleton work).
+func (s *Server) auditJanitor(ctx context.Context) {
+	s.pruneAudit()
+	s.every(ctx, time.Hour, s.pruneAudit)
+}
+
+// pruneAudit applies the retention. Records an export destination has
+// not taken yet are kept (auditexport.Exporter.Hold).
+func (s *Server) pruneAudit() {
+	hold := uint64(math.MaxUint64)
+	if s.export != nil {
+		var err error
+		if hold, err = s.export.Hold(); err != nil {
+			s.log.Error("prune audit log: read the export cursors", "err", err)
+			return
 		}
 	}
-	prune()
-	s.every(time.Hour, prune)
+	if n, err := auditlog.PruneHeld(s.store, s.cfg.AuditRetention, s.now(), hold); err != nil {
+		s.log.Error("prune audit log", "err", err)
+	} else if n > 0 {
+		s.log.Info("pruned audit log", "records", n, "retention", s.cfg.AuditRetention)
+	}
 }
 
 // ---- events without a change of state ----

@@ -66,8 +66,7 @@ func cutAudit(t *testing.T, st store.Store, seq uint64) {
 
 func TestAuditIngestIsIdempotent(t *testing.T) {
 	e := newAccessEnv(t)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	agent := e.registerAgent(e.joinToken, "")
 	ev := func(seq uint64) proto.AuditEvent {
 		return proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", SourceSeq: seq, Cluster: "forged",
 			Resource: &proto.AuditResource{Verb: "list", Resource: "pods"}, Status: 200}

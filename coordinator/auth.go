@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/capool"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -35,16 +34,9 @@ type oidcProvider struct {
 func newOIDCProvider(ctx context.Context, cfg OIDCConfig, redirectURL string) (*oidcProvider, error) {
 	hc := http.DefaultClient
 	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
+		pool, err := capool.Load(cfg.CAFile, "OIDC CA file")
 		if err != nil {
-			return nil, fmt.Errorf("read OIDC CA file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("OIDC CA file %s holds no PEM certificate", cfg.CAFile)
+			return nil, err
 		}
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}

@@ -11,22 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
-
-// newAgentCSR returns a certificate request and the key it is for.
-func newAgentCSR(t *testing.T) (string, *ecdsa.PrivateKey) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "agent"}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), k
-}
 
 func parseCertPEM(t *testing.T, s string) *x509.Certificate {
 	t.Helper()
@@ -67,9 +54,8 @@ func TestAgentCertificateIsShortLivedAndRenewedOverTheMapStream(t *testing.T) {
 	e := newTestEnv(t)
 	e.srv.certRenew.Store(int64(50 * time.Millisecond))
 	admin := e.login("admin@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
-	csr, key := newAgentCSR(t)
+	cl := e.createCluster(admin.Token, "prod")
+	csr, key := testkit.CSR(t, "agent")
 	var reg proto.RegisterResponse
 	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: csr}, &reg)
 	first := verifyAgentCert(t, reg.Certificate, reg.CABundle, key, "prod.clustral.internal", time.Now())
@@ -130,7 +116,7 @@ func TestMeshCAIsNameConstrained(t *testing.T) {
 	}
 
 	// Even a certificate the CA's key signs is refused outside the mesh.
-	csr, _ := newAgentCSR(t)
+	csr, _ := testkit.CSR(t, "agent")
 	pub, err := csrPublicKey(csr)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +174,7 @@ func TestMeshCAConstraintsAddedToAnExistingCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, agentKey := newAgentCSR(t)
+	csr, agentKey := testkit.CSR(t, "agent")
 	pub, _ := csrPublicKey(csr)
 	prefixes := []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd00:1::/48")}
 	leaf, err := old.issue(pub, []string{"prod.clustral.internal"}, []netip.Prefix{netip.MustParsePrefix("100.64.0.1/32")}, now)

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 
@@ -41,9 +42,9 @@ func (s *Server) checkpointAudit() error {
 }
 
 // auditSigner signs a checkpoint every AuditCheckpointInterval while the
-// log grows, until Close.
-func (s *Server) auditSigner() {
-	s.every(s.cfg.AuditCheckpointInterval, func() {
+// log grows, until ctx ends (singleton work).
+func (s *Server) auditSigner(ctx context.Context) {
+	s.every(ctx, s.cfg.AuditCheckpointInterval, func() {
 		if err := s.checkpointAudit(); err != nil {
 			s.log.Error("audit checkpoint", "err", err)
 		}

@@ -25,9 +25,7 @@ import (
 func TestAuditCheckpointsInServer(t *testing.T) {
 	e := newAccessEnv(t)
 	keyPath := filepath.Join(e.dir, AuditKeyFile)
-	if fi, err := os.Stat(keyPath); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("checkpoint key file: %v, %v; want mode 0600", fi, err)
-	}
+	testkit.CheckPerm(t, "checkpoint key file", keyPath, 0o600)
 	var ck proto.AuditCheckpoint
 	e.must("POST", "/api/v1/audit/checkpoints", e.admin.Token, nil, &ck)
 	if err := ck.Verify(); err != nil {
@@ -96,8 +94,7 @@ func TestAuditCheckpointsInServer(t *testing.T) {
 // later than 5 minutes after the coordinator's clock.
 func TestAuditIngestStampsAgent(t *testing.T) {
 	e := newAccessEnv(t)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	agent := e.registerAgent(e.joinToken, "")
 	now := time.Now().UTC()
 	ev := func(seq uint64, actor string, at time.Time) proto.AuditEvent {
 		return proto.AuditEvent{Code: proto.AuditRequest, Time: at, Actor: actor, SourceSeq: seq, Cluster: "staging",

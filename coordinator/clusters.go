@@ -48,12 +48,7 @@ func (s *Server) handleCreateCluster(w http.ResponseWriter, r *http.Request, p p
 		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("cluster %q already exists", c.Name), "pick another name, or rotate the existing cluster's token")
 		return
 	}
-	if !s.commit(w, "create cluster", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Clusters, c.ID, c); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "cluster.create", c.ID, map[string]any{"name": c.Name})
-	}) {
+	if !s.commit(w, "create cluster", s.putChange(store.Clusters, c.ID, c, p.user.Login, "cluster.create", map[string]any{"name": c.Name})) {
 		return
 	}
 	s.indexCluster(c)
@@ -114,12 +109,7 @@ func (s *Server) handleLabelCluster(w http.ResponseWriter, r *http.Request, p pr
 	before := s.usersOn(c.ID, s.now())
 	nc := *c
 	nc.Labels = req.Labels
-	if !s.commit(w, "label cluster", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Clusters, nc.ID, &nc); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "cluster.label", nc.ID, req.Labels)
-	}) {
+	if !s.commit(w, "label cluster", s.putChange(store.Clusters, nc.ID, &nc, p.user.Login, "cluster.label", req.Labels)) {
 		return
 	}
 	s.indexCluster(&nc)
@@ -160,10 +150,13 @@ func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request, p pr
 		if err := store.Put(tx, store.Clusters, nc.ID, &nc); err != nil {
 			return err
 		}
-		if err := deleteNodes(tx, agents); err != nil {
+		removed, err := s.deleteNodesWhere(tx, agents, func(n *node) bool {
+			return action == "revoke-token" && n.Kind == proto.KindAgent && n.ClusterID == c.ID
+		})
+		if err != nil {
 			return err
 		}
-		return s.recordChange(tx, p.user.Login, "cluster."+action, nc.ID, map[string]any{"agents_removed": len(agents)})
+		return s.recordChange(tx, p.user.Login, "cluster."+action, nc.ID, map[string]any{"agents_removed": removed})
 	}) {
 		return
 	}
@@ -188,7 +181,7 @@ func (s *Server) handleDeleteCluster(w http.ResponseWriter, r *http.Request, p p
 		if err := tx.Delete(store.Clusters, c.ID); err != nil {
 			return err
 		}
-		if err := deleteNodes(tx, agents); err != nil {
+		if _, err := s.deleteNodesWhere(tx, agents, func(n *node) bool { return n.Kind == proto.KindAgent && n.ClusterID == c.ID }); err != nil {
 			return err
 		}
 		if err := deleteAssignments(tx, asgs); err != nil {

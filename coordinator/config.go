@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/coordinator/store"
@@ -109,6 +110,15 @@ type Config struct {
 	// is signed while the log grows. Zero means
 	// DefaultAuditCheckpointInterval.
 	AuditCheckpointInterval time.Duration
+	// AuditExport are the destinations the audit log is streamed to, one
+	// URL each (see auditexport.Parse): syslog+tls://host:6514?ca=FILE or
+	// otlp+https://host:4318/v1/logs?headers-file=FILE. Each has its own
+	// cursor in the store; retention keeps what one has not taken yet.
+	AuditExport []string
+	// auditExport are AuditExport parsed, by withDefaults.
+	auditExport []auditexport.Destination
+	// AuditExportPoll, when set, replaces auditexport.DefaultPoll (tests).
+	AuditExportPoll time.Duration
 
 	// RelayRate is the bytes per second one node may send through the
 	// relay, RelayBurst how many at once, and RelayQueue how many
@@ -238,6 +248,14 @@ func (c Config) withDefaults() (Config, error) {
 	c.AuditCheckpointInterval = cmp.Or(c.AuditCheckpointInterval, d.AuditCheckpointInterval)
 	if c.AuditCheckpointInterval < time.Second {
 		return c, fmt.Errorf("audit checkpoint interval %s is too short: use at least 1s, e.g. 10m", c.AuditCheckpointInterval)
+	}
+	c.auditExport = nil
+	for _, raw := range c.AuditExport {
+		d, err := auditexport.Parse(raw)
+		if err != nil {
+			return c, err
+		}
+		c.auditExport = append(c.auditExport, d)
 	}
 	if len(c.OIDC.Scopes) == 0 {
 		c.OIDC.Scopes = d.OIDC.Scopes

@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/coordinator/store"
@@ -71,6 +72,9 @@ type Server struct {
 	v6         netip.Prefix
 	oidc       *oidcProvider
 	metrics    *metrics
+	// export streams the audit log to the configured destinations; nil
+	// without any.
+	export *auditexport.Exporter
 	// timeouts are those of the HTTP servers; set before serving.
 	timeouts serverTimeouts
 
@@ -105,8 +109,17 @@ type Server struct {
 		sync.Mutex
 		closed bool
 	}
-	stop chan struct{}  // closed when Close begins
-	wg   sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
+	stop chan struct{} // closed when Close begins
+	// stopCtx ends when Close begins, as stop is closed.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+	// replica names this Server among the replicas of a shared store.
+	replica string
+	// feed is the store's feed when other replicas share it, else nil.
+	feed store.Feed
+	// leader is true while this replica runs the singleton work.
+	leader atomic.Bool
+	wg     sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
 }
 
 // guarded is what the coordinator's global lock mu guards: the in-memory
@@ -175,7 +188,9 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		guarded: guarded{clients: map[string]*mapClient{}},
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
+		replica: replicaName(),
 	}
+	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	s.timeouts = defaultServerTimeouts
 	s.state.init()
 	s.certRenew.Store(int64(agentCertRenew))
@@ -184,8 +199,21 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.loadKeys(); err != nil {
 		return nil, err
 	}
-	s.state.ipam = newIPAM(cfg.IPv4Prefix, s.v6).withRand(cfg.AddrRand)
-	if err := s.load(); err != nil {
+	s.state.ipam = s.newIPAM()
+	// A replica on a shared store follows the other replicas' commits
+	// from the revision it loaded at (see follow).
+	feed, _ := st.(store.Feed)
+	if feed != nil && !feed.Shared() {
+		feed = nil
+	}
+	s.feed = feed
+	var rev int64
+	if feed != nil {
+		rev, err = feed.ViewRev(s.state.load)
+	} else {
+		err = s.store.View(s.state.load)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := s.archiveEnded(); err != nil {
@@ -234,10 +262,33 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			s.log.Warn("no allow rule: everyone the identity provider signs in may log in; set --allow-email-domain, --allow-group or --allow-user", "issuer", cfg.OIDC.Issuer)
 		}
 	}
+	if len(cfg.auditExport) > 0 {
+		s.export, err = auditexport.New(auditexport.Config{Store: st, Destinations: cfg.auditExport, Logger: s.log,
+			Registerer: s.metrics.reg, Audit: s.audit, Now: s.now, Poll: cfg.AuditExportPoll})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if feed != nil {
+		s.goOwned(func() { s.follow(feed, rev) })
+	}
 	s.goOwned(s.janitor)
-	s.goOwned(s.auditJanitor)
+	// Of several replicas, one exports the audit log, or each record
+	// would reach the destinations once per replica.
+	s.singleton(feed, func(ctx context.Context) {
+		var wg sync.WaitGroup
+		wg.Go(func() { s.expirer(ctx) })
+		wg.Go(func() { s.auditJanitor(ctx) })
+		wg.Go(func() { s.auditSigner(ctx) })
+		if s.export != nil {
+			wg.Go(func() { s.export.Run(ctx) })
+		}
+		wg.Wait()
+	})
+	if feed != nil {
+		s.goOwned(func() { s.touchAgents(s.stopCtx) })
+	}
 	s.goOwned(s.auditWriter)
-	s.goOwned(s.auditSigner)
 	return s, nil
 }
 
@@ -287,6 +338,7 @@ func (s *Server) Close() error {
 	// Store every count of failures, closed window or not.
 	s.flushFailures(s.now().Add(failureWindow))
 	close(s.stop)
+	s.stopCancel()
 	s.mu.Lock()
 	for _, c := range s.clients {
 		c.close()
@@ -604,25 +656,24 @@ func (s *Server) loadKeys() error {
 	})
 }
 
-// load reads every record into memory.
-func (s *Server) load() error {
-	return s.store.View(func(tx store.Tx) error {
-		for _, load := range []func(store.Tx) error{
-			s.state.ipam.loadAddresses,
-			loadAll(store.Users, s.state.indexUser),
-			loadAll(store.Sessions, func(se *session) { s.state.sessions[se.IDHash] = se }),
-			loadAll(store.Clusters, s.state.indexCluster),
-			loadAll(store.Roles, s.state.indexRole),
-			loadAll(store.Assignments, s.state.indexAssignment),
-			loadAll(store.Requests, func(ar *accessRequest) { s.state.requests[ar.ID] = ar }),
-			loadAll(store.Nodes, s.state.indexNode),
-		} {
-			if err := load(tx); err != nil {
-				return err
-			}
+// load reads every record of tx into st, whose ipam is set and whose
+// maps are empty.
+func (st *state) load(tx store.Tx) error {
+	for _, load := range []func(store.Tx) error{
+		st.ipam.loadAddresses,
+		loadAll(store.Users, st.indexUser),
+		loadAll(store.Sessions, func(se *session) { st.sessions[se.IDHash] = se }),
+		loadAll(store.Clusters, st.indexCluster),
+		loadAll(store.Roles, st.indexRole),
+		loadAll(store.Assignments, st.indexAssignment),
+		loadAll(store.Requests, func(ar *accessRequest) { st.requests[ar.ID] = ar }),
+		loadAll(store.Nodes, st.indexNode),
+	} {
+		if err := load(tx); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // loadAll returns a loader that lists every record of bucket b and hands
@@ -643,6 +694,18 @@ func loadAll[T any](b store.Bucket, put func(*T)) func(store.Tx) error {
 // recordChange appends the audit event of an administrative change inside
 // tx, so that the change and its record commit together. Called with s.mu
 // held.
+// putChange returns a transaction that stores v as the record id of
+// bucket b and records the change action on id, with detail, by actor
+// (recordChange).
+func (s *Server) putChange(b store.Bucket, id string, v any, actor, action string, detail any) func(store.Tx) error {
+	return func(tx store.Tx) error {
+		if err := store.Put(tx, b, id, v); err != nil {
+			return err
+		}
+		return s.recordChange(tx, actor, action, id, detail)
+	}
+}
+
 func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail any) error {
 	e, err := s.changeEvent(actor, action, object, detail)
 	if err != nil {
@@ -652,14 +715,11 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 	return err
 }
 
-// janitor expires sessions, devices and assignments, and reclaims agents
-// that have been gone for AgentTTL.
+// janitor forgets expired pending logins and idle rate limiters, and
+// audits the failures counted; each replica does this for its own.
 func (s *Server) janitor() {
-	s.every(time.Second, func() {
+	s.every(s.stopCtx, time.Second, func() {
 		s.sweepLogins()
-		if err := s.expire(); err != nil {
-			s.log.Error("expire", "err", err)
-		}
 		if s.sources != nil {
 			s.sources.Evict(s.now())
 		}
@@ -667,14 +727,25 @@ func (s *Server) janitor() {
 	})
 }
 
-// every calls f each interval d until Close begins. It runs on the
-// goroutine that calls it (see goOwned).
-func (s *Server) every(d time.Duration, f func()) {
+// expirer expires sessions, devices, assignments and access requests, and
+// reclaims agents that have been gone for AgentTTL, until ctx ends. It is
+// singleton work (see singleton).
+func (s *Server) expirer(ctx context.Context) {
+	s.every(ctx, time.Second, func() {
+		if err := s.expire(); err != nil {
+			s.log.Error("expire", "err", err)
+		}
+	})
+}
+
+// every calls f each interval d until ctx ends. It runs on the goroutine
+// that calls it (see goOwned).
+func (s *Server) every(ctx context.Context, d time.Duration, f func()) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.stop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 			f()
@@ -724,10 +795,8 @@ func (s *Server) expire() error {
 		if expiredReqs, err = s.expireRequestsLocked(tx, now); err != nil {
 			return err
 		}
-		for _, h := range sessions {
-			if err := tx.Delete(store.Sessions, h); err != nil {
-				return err
-			}
+		if err := deleteSessions(tx, sessions); err != nil {
+			return err
 		}
 		if err := deleteNodes(tx, nodes); err != nil {
 			return err

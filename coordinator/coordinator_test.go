@@ -8,7 +8,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -36,6 +36,9 @@ type testEnv struct {
 	addr string
 	// configure, if set, changes the configuration before each start.
 	configure func(*Config)
+	// st, if set, is the store instead of bbolt in dir (see
+	// newReplicaEnvs).
+	st store.Store
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -79,7 +82,13 @@ func (e *testEnv) start() {
 	if e.configure != nil {
 		e.configure(&cfg)
 	}
-	srv, err := New(context.Background(), cfg)
+	var srv *Server
+	var err error
+	if e.st != nil {
+		srv, err = NewWithStore(context.Background(), cfg, e.st)
+	} else {
+		srv, err = New(context.Background(), cfg)
+	}
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -128,6 +137,24 @@ func (e *testEnv) call(method, path, token string, body, out any) (int, *proto.P
 	return resp.StatusCode, nil
 }
 
+// createCluster creates the cluster name as the administrator whose
+// session token is token.
+func (e *testEnv) createCluster(token, name string) proto.CreateClusterResponse {
+	e.t.Helper()
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", token, proto.CreateClusterRequest{Name: name}, &cl)
+	return cl
+}
+
+// registerAgent registers an agent named hostname (none if empty) with
+// joinToken, a fresh WireGuard key and a certificate request.
+func (e *testEnv) registerAgent(joinToken, hostname string) proto.RegisterResponse {
+	e.t.Helper()
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", joinToken, proto.RegisterAgentRequest{PublicKey: newKey(e.t), Hostname: hostname, CSR: newCSR(e.t)}, &agent)
+	return agent
+}
+
 func (e *testEnv) must(method, path, token string, body, out any) {
 	e.t.Helper()
 	if status, p := e.call(method, path, token, body, out); p != nil {
@@ -153,14 +180,12 @@ func newKey(t *testing.T) proto.Key {
 	return proto.Key(k.PublicKey())
 }
 
+// newCSR returns a certificate request whose names the coordinator must
+// ignore.
 func newCSR(t *testing.T) string {
 	t.Helper()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ignored"}, DNSNames: []string{"evil.example.com"}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csr, _ := testkit.CSR(t, "ignored", "evil.example.com")
+	return csr
 }
 
 func TestTokenExchangeRejectsBadTokens(t *testing.T) {
@@ -308,8 +333,7 @@ func TestMeshRegistrationAndMapDeltas(t *testing.T) {
 	admin := e.login("admin@example.com")
 	alice := e.login("alice@example.com", "dev")
 
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 
 	// Agent registration: bad token, then good.
@@ -413,10 +437,8 @@ func TestMeshRegistrationAndMapDeltas(t *testing.T) {
 func TestStateSurvivesRestart(t *testing.T) {
 	e := newTestEnv(t)
 	admin := e.login("admin@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	cl := e.createCluster(admin.Token, "prod")
+	agent := e.registerAgent(cl.JoinToken, "")
 
 	e.stop()
 	e.start()
@@ -427,7 +449,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	}
 	// The session and the join token still work; the address pool still
 	// knows the agent's address.
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil)
+	e.registerAgent(cl.JoinToken, "")
 	m := e.openMap(agent.NodeToken).next()
 	if !m.Snapshot || m.Self.Addresses[0] != agent.Addresses[0] {
 		t.Fatalf("after restart snapshot = %+v", m)
@@ -451,6 +473,8 @@ func TestConfigValidation(t *testing.T) {
 		{"etcd endpoint not a URL", Config{Store: StoreEtcd, Etcd: store.EtcdConfig{Endpoints: []string{"etcd-0:2379"}}}, "scheme://host:port"},
 		{"etcd cert without key", Config{Store: StoreEtcd, Etcd: store.EtcdConfig{Endpoints: []string{"https://etcd-0:2379"}, CertFile: "c.pem"}}, "--etcd-key"},
 		{"etcd endpoints with bolt", Config{Etcd: store.EtcdConfig{Endpoints: []string{"https://etcd-0:2379"}}}, "--store etcd"},
+		{"audit export over plain syslog", Config{AuditExport: []string{"syslog://siem:514"}}, "syslog+tls://"},
+		{"audit export token in URL", Config{AuditExport: []string{"otlp+https://u:p@otel"}}, "headers-file="},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -491,4 +515,51 @@ func TestRequestIDs(t *testing.T) {
 			t.Errorf("sent %q, answer carries %q", tt.sent, got)
 		}
 	}
+}
+
+// newBareServer is a coordinator without an identity provider, its store
+// in tb's temporary directory, closed when tb ends: enough for what needs
+// no login.
+func newBareServer(tb testing.TB) *Server {
+	tb.Helper()
+	s, err := New(context.Background(), Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:1", DataDir: tb.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+// serve serves s on a loopback port until tb ends, and returns the
+// port's address: on "udp" its endpoint discovery, on "tcp" its API
+// through Serve, as the coordinator command does. When tb ends it stops
+// serving, and fails tb if serving returned an error.
+func serve(tb testing.TB, s *Server, network string) string {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var addr string
+	switch network {
+	case "udp":
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		addr = pc.LocalAddr().String()
+		go func() { done <- s.ServeSTUN(ctx, pc) }()
+	default:
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		addr = l.Addr().String()
+		go func() { done <- s.Serve(ctx, l) }()
+	}
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("serve: %v", err)
+		}
+	})
+	return addr
 }

@@ -31,8 +31,7 @@ func TestAuditIngestRechecksAgentAtWrite(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newRegisterEnv(t)
-			var agent proto.RegisterResponse
-			e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "slow", CSR: newCSR(t)}, &agent)
+			agent := e.registerAgent(e.joinToken, "slow")
 			batch := proto.AuditBatch{Source: "slowspool", Events: []proto.AuditEvent{{
 				Code: proto.AuditRequest, Time: time.Now(), Actor: "alice@example.com", SourceSeq: 1,
 				Resource: &proto.AuditResource{Verb: "list", Resource: "pods"}, Status: 200,

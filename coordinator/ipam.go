@@ -45,25 +45,20 @@ func newIPAM(prefixes ...netip.Prefix) *ipam {
 
 // use marks a as in use, in the pool whose prefix holds it. A nil ipam
 // ignores it.
-func (m *ipam) use(a netip.Addr) {
-	if m == nil {
-		return
-	}
-	for _, p := range m.pools {
-		if p.prefix.Contains(a) {
-			p.set(p.offset(a), true)
-		}
-	}
-}
+func (m *ipam) use(a netip.Addr) { m.mark(a, true) }
 
 // free marks a as free.
-func (m *ipam) free(a netip.Addr) {
+func (m *ipam) free(a netip.Addr) { m.mark(a, false) }
+
+// mark marks a as in use or free, in the pool whose prefix holds it. A
+// nil ipam ignores it.
+func (m *ipam) mark(a netip.Addr, used bool) {
 	if m == nil {
 		return
 	}
 	for _, p := range m.pools {
 		if p.prefix.Contains(a) {
-			p.set(p.offset(a), false)
+			p.set(p.offset(a), used)
 		}
 	}
 }

@@ -3,10 +3,10 @@ package coordinator
 import (
 	"errors"
 	"net/netip"
-	"path/filepath"
 	"testing"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/coordinator/store/storetest"
 )
 
 func TestAddOffset(t *testing.T) {
@@ -47,11 +47,7 @@ func allocateIn(t *testing.T, st store.Store, m *ipam, nodeID string) ([]netip.P
 }
 
 func TestAllocateUniqueStableAndReclaimed(t *testing.T) {
-	s, err := store.OpenBolt(filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := storetest.OpenBolt(t)
 	p4 := netip.MustParsePrefix("100.64.0.0/29") // 6 usable
 	p6 := randomULA()
 	m := newIPAM(p4, p6)
@@ -119,14 +115,10 @@ func (c *countingTx) GetRaw(b store.Bucket, k string) ([]byte, error) {
 // /20 in use, finding the free one reads one key in the write
 // transaction, not thousands; a full pool reads none.
 func TestAllocateNearlyFullPoolReadsOneKey(t *testing.T) {
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.OpenBolt(t)
 	p4 := netip.MustParsePrefix("10.1.64.0/20")
 	free := netip.MustParseAddr("10.1.77.3") // in the middle
-	err = st.Update(func(tx store.Tx) error {
+	err := st.Update(func(tx store.Tx) error {
 		for a := p4.Addr(); p4.Contains(a); a = a.Next() {
 			if a != free {
 				if err := tx.PutRaw(store.Addresses, a.String(), []byte("n")); err != nil {

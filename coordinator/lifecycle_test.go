@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -65,13 +66,8 @@ func TestCloseStopsListenAndServe(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("ListenAndServe after Close = %v, want nil", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("ListenAndServe still running after Close")
+	if err := testkit.RecvWithin(t, 10*time.Second, done, "ListenAndServe to return after Close"); err != nil {
+		t.Errorf("ListenAndServe after Close = %v, want nil", err)
 	}
 	if s.relay.stunPort.Load() != 0 {
 		t.Error("discovery still announced after Close")

@@ -58,7 +58,7 @@ const (
 )
 
 // pendingLogin is a login started by a CLI and not yet finished. It lives
-// in memory only, in a loginTable.
+// in a loginTable, and on a shared store in the store too (loginshare.go).
 type pendingLogin struct {
 	handle    string // hash of the poll handle
 	state     string // OAuth state toward the IdP
@@ -72,14 +72,16 @@ type pendingLogin struct {
 	started   time.Time
 	expires   time.Time
 
-	phase    loginPhase
-	idt      *oidc.IDToken // set once the browser came back
-	who      string        // the login claim of whoever signed in
-	code     string        // loopback: hash of the one-time code
-	confirm  string        // headless: hash of the confirmation cookie
-	csrf     string        // headless: the confirmation form's token
-	attempts int           // headless: wrong codes typed
-	failure  string
+	phase      loginPhase
+	stateUsed  bool          // the browser came back once (the state is spent)
+	idt        *oidc.IDToken // set once the browser came back, on the replica it came back to
+	rawIDToken string        // shared store: the ID token, verified again by another replica
+	who        string        // the login claim of whoever signed in
+	code       string        // loopback: hash of the one-time code
+	confirm    string        // headless: hash of the confirmation cookie
+	csrf       string        // headless: the confirmation form's token
+	attempts   int           // headless: wrong codes typed
+	failure    string
 }
 
 // loginTable holds the pending logins under its own lock, so that logins
@@ -297,6 +299,13 @@ func (s *Server) startLogin(req proto.LoginStartRequest, source string) (proto.L
 	t.byHandle[pl.handle] = pl
 	t.byState[pl.state] = pl
 	t.mu.Unlock()
+	if err := s.shareLogin(pl); err != nil {
+		t.mu.Lock()
+		t.removeLocked(pl)
+		t.mu.Unlock()
+		s.log.Error("start login", "err", err)
+		return proto.LoginStartResponse{}, loginProblem(http.StatusServiceUnavailable, proto.CodeInternal, "login start: internal error (see the coordinator's log)", "try again in a moment")
+	}
 	authURL := s.oidc.oauth.AuthCodeURL(pl.state, oidc.Nonce(pl.nonce), oauth2.S256ChallengeOption(pl.pkce))
 	return proto.LoginStartResponse{AuthURL: authURL, Handle: handle, ExpiresAt: pl.expires,
 		PollInterval: proto.Duration(time.Second), UserCode: pl.userCode}, nil
@@ -309,12 +318,31 @@ func (s *Server) startLogin(req proto.LoginStartRequest, source string) (proto.L
 // the browser.
 func (s *Server) callback(ctx context.Context, state, code, idpErr string) (pl *pendingLogin, secret string, err error) {
 	t := s.logins
+	s.findLogin("", func(t *loginTable) bool { return t.byState[state] != nil },
+		func(sl *storedLogin) bool { return sl.State == state && !sl.StateUsed })
 	t.mu.Lock()
 	pl = t.byState[state]
 	if pl != nil {
 		delete(t.byState, state) // a state is good for one callback
+		pl.stateUsed = true
 	}
 	t.mu.Unlock()
+	if pl != nil {
+		// And across replicas: the store decides which callback takes it.
+		err := s.claimLogin(pl.handle, false, func(sl *storedLogin) bool {
+			if sl.StateUsed || sl.State != state {
+				return false
+			}
+			sl.StateUsed = true
+			return true
+		})
+		if err != nil {
+			if !errors.Is(err, errLoginTaken) {
+				s.log.Error("claim a shared login's callback", "err", err)
+			}
+			pl = nil
+		}
+	}
 	if pl == nil {
 		return nil, "", errors.New("unknown or already used login; start again with clustral login")
 	}
@@ -325,6 +353,9 @@ func (s *Server) callback(ctx context.Context, state, code, idpErr string) (pl *
 		t.mu.Lock()
 		pl.failure = err.Error()
 		t.mu.Unlock()
+		if serr := s.shareLogin(pl); serr != nil {
+			s.log.Error("share a failed login", "err", serr)
+		}
 		return pl, "", err
 	}
 	if idpErr != "" {
@@ -352,11 +383,21 @@ func (s *Server) callback(ctx context.Context, state, code, idpErr string) (pl *
 	who := c.Login
 	secret = newSecret("")
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if pl.failure != "" || t.byHandle[pl.handle] != pl {
+	cur := t.byHandle[pl.handle]
+	if pl.failure != "" || cur == nil || cur.failure != "" {
+		t.mu.Unlock()
 		return pl, "", errors.New("this login ended while you signed in; start again with clustral login")
 	}
+	if cur != pl {
+		// Another replica's earlier change of this login was mirrored
+		// meanwhile (applyLoginLocked); this callback's state is newer.
+		t.removeLocked(cur)
+		t.byHandle[pl.handle] = pl
+	}
 	pl.phase, pl.idt, pl.who = loginAuthenticated, idt, who
+	if s.feed != nil {
+		pl.rawIDToken = raw
+	}
 	if pl.redirect != "" {
 		pl.code = hashSecret(secret)
 		t.byCode[pl.code] = pl
@@ -364,6 +405,11 @@ func (s *Server) callback(ctx context.Context, state, code, idpErr string) (pl *
 		pl.confirm = hashSecret(secret)
 		pl.csrf = newSecret("")
 		t.byConfirm[pl.confirm] = pl
+	}
+	t.mu.Unlock()
+	if err := s.shareLogin(pl); err != nil {
+		s.log.Error("share a signed-in login", "err", err)
+		return pl, "", errors.New("this login could not be recorded; start again with clustral login")
 	}
 	return pl, secret, nil
 }
@@ -384,7 +430,11 @@ func (s *Server) unbound(pl *pendingLogin, reason string) {
 // finish issues the session of a login bound to its device. pl is already
 // out of the table.
 func (s *Server) finish(pl *pendingLogin) (*proto.Session, *proto.Problem) {
-	sess, err := s.loginFromToken(pl.idt, "browser")
+	err := s.verifyStoredToken(pl)
+	var sess *proto.Session
+	if err == nil {
+		sess, err = s.loginFromToken(pl.idt, "browser")
+	}
 	s.metrics.login("browser", err)
 	if err != nil {
 		s.audit(proto.AuditEvent{Code: proto.AuditLoginFailed, Actor: pl.who, Outcome: proto.OutcomeFailure,
@@ -407,6 +457,8 @@ func (s *Server) wrongVerifier(pl *pendingLogin, where string) *proto.Problem {
 // once, and only against the verifier.
 func (s *Server) poll(handle, verifier string) (*proto.Session, *proto.Problem) {
 	t := s.logins
+	s.findLogin(hashSecret(handle), func(t *loginTable) bool { return t.byHandle[hashSecret(handle)] != nil },
+		func(sl *storedLogin) bool { return sl.Handle == hashSecret(handle) })
 	t.mu.Lock()
 	pl := t.byHandle[hashSecret(handle)]
 	switch {
@@ -416,21 +468,26 @@ func (s *Server) poll(handle, verifier string) (*proto.Session, *proto.Problem) 
 	case !verifierMatches(pl.challenge, verifier):
 		t.removeLocked(pl)
 		t.mu.Unlock()
+		s.forgetLogin(pl.handle)
 		return nil, s.wrongVerifier(pl, "poll")
 	case pl.failure != "":
 		t.removeLocked(pl)
 		t.mu.Unlock()
+		s.forgetLogin(pl.handle)
 		return nil, &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeLoginFailed, Title: "login failed", Detail: pl.failure, Hint: "run clustral login again"}
 	case !s.now().Before(pl.expires):
 		t.removeLocked(pl)
 		t.mu.Unlock()
-		if pl.phase == loginAuthenticated {
+		if s.forgetLogin(pl.handle) && pl.phase == loginAuthenticated {
 			s.unbound(pl, "expired before it was bound to the device that started it")
 		}
 		return nil, loginProblem(http.StatusGone, proto.CodeLoginExpired, "the login expired before it was completed", "run clustral login again")
 	case pl.phase == loginConfirmed:
 		t.removeLocked(pl)
 		t.mu.Unlock()
+		if err := s.claimLogin(pl.handle, true, func(sl *storedLogin) bool { return sl.Phase == loginConfirmed && sl.Failure == "" }); err != nil {
+			return nil, loginProblem(http.StatusGone, proto.CodeLoginConsumed, "unknown, expired or already used login handle", "run clustral login again")
+		}
 		return s.finish(pl)
 	}
 	p := loginProblem(http.StatusAccepted, proto.CodeLoginPending, "waiting for the browser", "")
@@ -451,6 +508,10 @@ func (s *Server) poll(handle, verifier string) (*proto.Session, *proto.Problem) 
 // loopback listener, with the login's verifier, for the session.
 func (s *Server) exchange(code, verifier string) (*proto.Session, *proto.Problem) {
 	t := s.logins
+	s.findLogin("", func(t *loginTable) bool { return t.byCode[hashSecret(code)] != nil },
+		func(sl *storedLogin) bool {
+			return sl.Code == hashSecret(code) && sl.Phase == loginAuthenticated && sl.Failure == ""
+		})
 	t.mu.Lock()
 	pl := t.byCode[hashSecret(code)]
 	if pl == nil {
@@ -459,6 +520,11 @@ func (s *Server) exchange(code, verifier string) (*proto.Session, *proto.Problem
 	}
 	t.removeLocked(pl) // the code is good for one exchange, right or wrong
 	t.mu.Unlock()
+	if err := s.claimLogin(pl.handle, true, func(sl *storedLogin) bool {
+		return sl.Phase == loginAuthenticated && sl.Code == pl.code && sl.Failure == ""
+	}); err != nil {
+		return nil, loginProblem(http.StatusGone, proto.CodeLoginConsumed, "unknown or already used login code", "run clustral login again")
+	}
 	if !verifierMatches(pl.challenge, verifier) {
 		return nil, s.wrongVerifier(pl, "exchange")
 	}
@@ -482,6 +548,10 @@ const (
 // csrf the form's token.
 func (s *Server) confirm(secret, csrf, userCode string, decline bool) (*pendingLogin, confirmResult, error) {
 	t := s.logins
+	s.findLogin("", func(t *loginTable) bool { return t.byConfirm[hashSecret(secret)] != nil },
+		func(sl *storedLogin) bool {
+			return secret != "" && sl.Confirm == hashSecret(secret) && sl.Phase == loginAuthenticated && sl.Failure == ""
+		})
 	t.mu.Lock()
 	pl := t.byConfirm[hashSecret(secret)]
 	if pl == nil || secret == "" {
@@ -506,6 +576,7 @@ func (s *Server) confirm(secret, csrf, userCode string, decline bool) (*pendingL
 		pl.failure = "the login was declined in the browser"
 		delete(t.byConfirm, pl.confirm)
 		t.mu.Unlock()
+		s.shareConfirm(pl)
 		s.unbound(pl, "declined in the browser")
 		return pl, confirmDeclined, nil
 	}
@@ -516,16 +587,19 @@ func (s *Server) confirm(secret, csrf, userCode string, decline bool) (*pendingL
 			pl.failure = fmt.Sprintf("the code was typed wrong %d times in the browser", pl.attempts)
 			delete(t.byConfirm, pl.confirm)
 			t.mu.Unlock()
+			s.shareConfirm(pl)
 			s.unbound(pl, "wrong code typed too often")
 			return pl, confirmDeclined, fmt.Errorf("wrong code %d times: this login was ended; start again with clustral login --no-browser", maxConfirmAttempts)
 		}
 		left := maxConfirmAttempts - pl.attempts
 		t.mu.Unlock()
+		s.shareConfirm(pl)
 		return pl, confirmAgain, fmt.Errorf("that is not the code your terminal shows (%d tries left)", left)
 	}
 	pl.phase = loginConfirmed
 	delete(t.byConfirm, pl.confirm)
 	t.mu.Unlock()
+	s.shareConfirm(pl)
 	return pl, confirmDone, nil
 }
 
@@ -535,17 +609,23 @@ func (s *Server) sweepLogins() {
 	now := s.now()
 	var unbound []*pendingLogin
 	t := s.logins
+	var expired []*pendingLogin
 	t.mu.Lock()
 	for _, pl := range t.byHandle {
 		if now.Before(pl.expires) {
 			continue
 		}
 		t.removeLocked(pl)
-		if pl.phase == loginAuthenticated && pl.failure == "" {
+		expired = append(expired, pl)
+	}
+	t.mu.Unlock()
+	for _, pl := range expired {
+		// Of the replicas that sweep one shared login, the one that
+		// deletes it audits it.
+		if s.forgetLogin(pl.handle) && pl.phase == loginAuthenticated && pl.failure == "" {
 			unbound = append(unbound, pl)
 		}
 	}
-	t.mu.Unlock()
 	for _, pl := range unbound {
 		s.unbound(pl, "expired before it was bound to the device that started it")
 	}
@@ -828,10 +908,11 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, p principa
 		if err := tx.Delete(store.Sessions, p.session.IDHash); err != nil {
 			return err
 		}
-		if err := deleteNodes(tx, devs); err != nil {
+		n, err := s.deleteNodesWhere(tx, devs, func(n *node) bool { return n.Kind == proto.KindDevice && n.SessionID == p.session.IDHash })
+		if err != nil {
 			return err
 		}
-		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": len(devs)})
+		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": n})
 	}) {
 		return
 	}

@@ -56,10 +56,7 @@ func (c *mapClient) enqueue(k proto.Key, p *proto.Peer) {
 		c.order = append(c.order, k)
 	}
 	c.pending[k] = p
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	kick(c.wake)
 }
 
 // take returns and clears the queued changes as one delta message.
@@ -282,6 +279,9 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	s.nodeChanged(n)
 	actor, cluster := s.nodeActorLocked(n)
 	s.mu.Unlock()
+	if eps != nil {
+		s.shareEndpoints(n, eps)
+	}
 	s.log.Info("map stream open", "node", n.ID, "kind", n.Kind, "peers", len(snap.Peers))
 	s.auditStream(n, actor, cluster, true)
 	connected := s.metrics.connected.WithLabelValues(string(n.Kind))

@@ -22,6 +22,9 @@ type metrics struct {
 	mapDeltas     prometheus.Counter
 	auditLost     prometheus.Counter
 	refused       *prometheus.CounterVec // route: unauthenticated requests refused by the rate limit
+	// replicaApplied counts changes made by other replicas and applied
+	// here (see follow).
+	replicaApplied prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -51,6 +54,10 @@ func newMetrics() *metrics {
 			Name: "clustral_coordinator_rate_limited_total",
 			Help: "Unauthenticated requests answered 429 because their source address exceeded its rate, by route.",
 		}, []string{"route"}),
+		replicaApplied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clustral_coordinator_replica_changes_applied_total",
+			Help: "Changes committed by other coordinator replicas and applied to this one's state (zero on a lone coordinator).",
+		}),
 	}
 	// Every series exists from the start, so a rate() over a fresh
 	// coordinator has a zero to start from.
@@ -63,7 +70,7 @@ func newMetrics() *metrics {
 		m.registrations.WithLabelValues(string(k))
 		m.connected.WithLabelValues(string(k))
 	}
-	m.reg.MustRegister(m.logins, m.registrations, m.connected, m.mapDeltas, m.auditLost, m.refused,
+	m.reg.MustRegister(m.logins, m.registrations, m.connected, m.mapDeltas, m.auditLost, m.refused, m.replicaApplied,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

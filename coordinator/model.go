@@ -51,6 +51,10 @@ type node struct {
 	// this key over the map stream. Agents registered before renewal
 	// existed have none and are not renewed.
 	CertKey []byte `json:"cert_key,omitempty"`
+	// Endpoints are the node's published endpoints, stored only on a
+	// shared store, so that replicas other than the one the node
+	// streams from can offer them to its peers (shareEndpoints).
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
 }
 
 type cluster struct {

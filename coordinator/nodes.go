@@ -48,12 +48,8 @@ func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request, p 
 	n := &node{ID: s.newID("dev"), Kind: proto.KindDevice, Key: req.PublicKey, TokenHash: hashSecret(token), Hostname: req.Hostname}
 	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
 		se, u := s.sessions[p.session.IDHash], s.users[p.user.ID]
-		switch {
-		case se == nil || u == nil || se.UserID != u.ID || !now.Before(se.Expires):
-			return "", &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeSessionExpired,
-				Title: "this session was revoked or has expired while the device registered", Hint: "run clustral login"}
-		case u.Disabled:
-			return "", &proto.Problem{Status: http.StatusForbidden, Code: proto.CodeForbidden, Title: "user " + u.Login + " is disabled", Hint: "ask an administrator"}
+		if prob := deviceOwnerProblem(se, u, now); prob != nil {
+			return "", prob
 		}
 		n.UserID, n.SessionID, n.Expires = u.ID, se.IDHash, se.Expires
 		return u.Login, nil
@@ -160,6 +156,9 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 	}
 	var cert string
 	err := s.store.Update(func(tx store.Tx) error {
+		if err := s.credentialHolds(tx, n, now); err != nil {
+			return err
+		}
 		addrs, err := s.ipam.allocate(tx, n.ID)
 		if err != nil {
 			return err
@@ -170,11 +169,11 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 				return err
 			}
 		}
-		if err := store.Put(tx, store.Nodes, n.ID, n); err != nil {
-			return err
-		}
-		return s.recordChange(tx, actor, string(n.Kind)+".register", n.ID, map[string]any{"key": n.Key.String(), "hostname": n.Hostname})
+		return s.putChange(store.Nodes, n.ID, n, actor, string(n.Kind)+".register", map[string]any{"key": n.Key.String(), "hostname": n.Hostname})(tx)
 	})
+	if gone, ok := errors.AsType[*credentialGoneError](err); ok {
+		return nil, gone.problem
+	}
 	if errors.Is(err, errPoolExhausted) {
 		return nil, &proto.Problem{Status: http.StatusServiceUnavailable, Code: proto.CodeAddressExhausted, Title: err.Error(), Hint: "widen the overlay prefix or remove stale nodes"}
 	}
@@ -194,6 +193,62 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain, Prefixes: []netip.Prefix{s.cfg.IPv4Prefix, s.v6},
 		ExpiresAt: n.Expires, Certificate: cert, CABundle: string(s.ca.certPEM), STUN: s.stunAddr(),
 	}, nil
+}
+
+// deviceOwnerProblem says why session se of user u may not register a
+// device at now, or returns nil if it may. se and u may be nil (gone).
+func deviceOwnerProblem(se *session, u *user, now time.Time) *proto.Problem {
+	switch {
+	case se == nil || u == nil || se.UserID != u.ID || !now.Before(se.Expires):
+		return &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeSessionExpired,
+			Title: "this session was revoked or has expired while the device registered", Hint: "run clustral login"}
+	case u.Disabled:
+		return &proto.Problem{Status: http.StatusForbidden, Code: proto.CodeForbidden, Title: "user " + u.Login + " is disabled", Hint: "ask an administrator"}
+	}
+	return nil
+}
+
+// credentialGoneError refuses a registration whose credential the store
+// no longer holds.
+type credentialGoneError struct{ problem *proto.Problem }
+
+func (e *credentialGoneError) Error() string { return e.problem.Title }
+
+// credentialHolds reads, inside tx, the credential n's registration was
+// authorized with from memory: the session and user of a device, the
+// join token of an agent's cluster. A revocation committed by another
+// replica that this one has not applied yet thus refuses the
+// registration, and on etcd one committed concurrently makes tx conflict
+// and run again (invariant 8 across replicas). Called with s.mu held.
+func (s *Server) credentialHolds(tx store.Tx, n *node, now time.Time) error {
+	gone := func(p *proto.Problem) error { return &credentialGoneError{p} }
+	switch n.Kind {
+	case proto.KindDevice:
+		se, u := &session{}, &user{}
+		if err := store.Get(tx, store.Sessions, n.SessionID, se); errors.Is(err, store.ErrNotFound) {
+			se = nil
+		} else if err != nil {
+			return err
+		}
+		if err := store.Get(tx, store.Users, n.UserID, u); errors.Is(err, store.ErrNotFound) {
+			u = nil
+		} else if err != nil {
+			return err
+		}
+		if prob := deviceOwnerProblem(se, u, now); prob != nil {
+			return gone(prob)
+		}
+	case proto.KindAgent:
+		var c cluster
+		err := store.Get(tx, store.Clusters, n.ClusterID, &c)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if mem := s.clusters[n.ClusterID]; err != nil || mem == nil || c.JoinTokenHash == "" || c.JoinTokenHash != mem.JoinTokenHash {
+			return gone(&proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeInvalidJoinToken})
+		}
+	}
+	return nil
 }
 
 // handleDeregister removes the calling node (an agent shutting down, or
@@ -231,12 +286,14 @@ func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request, n *node
 		}
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.nodes[n.ID] == nil {
+		s.mu.Unlock()
 		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
 		return
 	}
 	s.endpoints[n.ID] = req.Endpoints
 	s.nodeChanged(n)
+	s.mu.Unlock()
+	s.shareEndpoints(n, req.Endpoints)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -3,21 +3,12 @@ package coordinator
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,8 +93,7 @@ func TestMetrics(t *testing.T) {
 	if status, _ := e.call("POST", "/api/v1/login/token", "", proto.TokenExchangeRequest{IDToken: "not-a-token"}, nil); status != http.StatusUnauthorized {
 		t.Fatalf("bad token login = %d", status)
 	}
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 	var agent, dev proto.RegisterResponse
 	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
@@ -180,24 +170,13 @@ func TestBackupAPI(t *testing.T) {
 	}
 
 	// Writes go on while the snapshot streams.
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			e.call("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "load-" + string(rune('a'+i%26)) + time.Now().Format("150405.000000")[7:], Groups: []string{"g"}}, nil)
-		}
-	}()
+	stop := testkit.Repeat(t, func(i int) bool {
+		e.call("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "load-" + string(rune('a'+i%26)) + time.Now().Format("150405.000000")[7:], Groups: []string{"g"}}, nil)
+		return true
+	})
 	resp := get(admin.Token)
 	body, err := io.ReadAll(resp.Body)
-	close(stop)
-	wg.Wait()
+	stop()
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("backup = %s, %v", resp.Status, err)
 	}
@@ -230,29 +209,12 @@ func TestBackupAPI(t *testing.T) {
 // common name to dir and returns its cert and key paths.
 func selfSigned(t *testing.T, dir, cn string) (certFile, keyFile string) {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, _ := x509.MarshalPKCS8PrivateKey(k)
+	certPEM, keyPEM := testkit.ServerCert(t, cn)
 	certFile, keyFile = filepath.Join(dir, cn+".crt"), filepath.Join(dir, cn+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
@@ -288,42 +250,11 @@ func TestReloadTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	url := "https://" + l.Addr().String() + "/healthz"
+	url := "https://" + serve(t, srv, "tcp") + "/healthz"
 
-	// peerCN makes a request on c and returns the common name of the
-	// certificate of the connection it went over.
-	peerCN := func(c *http.Client) (string, error) {
-		resp, err := c.Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
-	}
-	// Each client keeps one connection alive across requests.
-	client := func() *http.Client {
-		return &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
-			MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1,
-		}}
-	}
-	open := client()
+	open := testkit.OneConnClient()
 	defer open.CloseIdleConnections()
-	if cn, err := peerCN(open); err != nil || cn != "old" {
+	if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 		t.Fatalf("before reload: cn = %q, %v", cn, err)
 	}
 
@@ -332,7 +263,7 @@ func TestReloadTLS(t *testing.T) {
 	if err := srv.ReloadTLS(); err == nil {
 		t.Fatal("reload of a mismatched pair succeeded")
 	}
-	if cn, err := peerCN(client()); err != nil || cn != "old" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "old" {
 		t.Fatalf("after a failed reload: new connection sees %q, %v; want old", cn, err)
 	}
 
@@ -340,13 +271,13 @@ func TestReloadTLS(t *testing.T) {
 	if err := srv.ReloadTLS(); err != nil {
 		t.Fatal(err)
 	}
-	if cn, err := peerCN(client()); err != nil || cn != "new" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "new" {
 		t.Fatalf("after reload: new connection sees %q, %v; want new", cn, err)
 	}
 	// The connection opened before the reload is still the same one, and
 	// still works.
 	for range 3 {
-		if cn, err := peerCN(open); err != nil || cn != "old" {
+		if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 			t.Fatalf("open connection after reload: cn = %q, %v; want the old connection to keep working", cn, err)
 		}
 	}

@@ -68,10 +68,9 @@ func TestUnauthenticatedRoutesRateLimited(t *testing.T) {
 func TestGoodCredentialsCostNoTokens(t *testing.T) {
 	e := newTestEnvWith(t, func(c *Config) { c.SourceRate, c.SourceBurst = 6, 2 })
 	admin := e.login("admin@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	for range 5 {
-		e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, nil)
+		e.registerAgent(cl.JoinToken, "")
 		e.must("POST", "/api/v1/devices", admin.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
 	}
 }

@@ -1,12 +1,11 @@
 package coordinator
 
 import (
-	"context"
 	"crypto/rand"
-	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -16,17 +15,18 @@ import (
 // a second the coordinator takes, and how long each holds everyone else
 // off.
 func BenchmarkRegisterNode(b *testing.B) {
-	s, err := New(context.Background(), Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:1", DataDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
+	s := newBareServer(b)
+	c := &cluster{ID: "cls_bench", Name: "bench", JoinTokenHash: hashSecret("cjt_bench")}
+	if err := s.store.Update(func(tx store.Tx) error { return store.Put(tx, store.Clusters, c.ID, c) }); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { s.Close() })
+	s.indexCluster(c)
 	authorize := func(now time.Time) (string, *proto.Problem) { return "bench", nil }
 	b.ResetTimer()
 	for b.Loop() {
 		var k proto.Key
 		rand.Read(k[:])
-		n := &node{ID: newID("agt"), Kind: proto.KindAgent, Key: k, TokenHash: hashSecret(newSecret("cnt_"))}
+		n := &node{ID: newID("agt"), Kind: proto.KindAgent, Key: k, TokenHash: hashSecret(newSecret("cnt_")), ClusterID: c.ID}
 		if _, p := s.registerNode(n, authorize, nil); p != nil {
 			b.Fatalf("register: %+v", p)
 		}

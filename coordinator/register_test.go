@@ -236,7 +236,7 @@ func TestRegistrationRechecksCredentialAtWrite(t *testing.T) {
 				var cl proto.CreateClusterResponse
 				e.must("POST", "/api/v1/clusters", e.admin.Token, proto.CreateClusterRequest{Name: "canary"}, &cl)
 				e.must("POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "canary"}, nil)
-				e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "sentinel", CSR: newCSR(t)}, nil)
+				e.registerAgent(cl.JoinToken, "sentinel")
 			}
 			for sentinel := false; !sentinel; {
 				m := watch.next()

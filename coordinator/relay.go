@@ -157,11 +157,6 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + proto.RelayUpgrade + "\r\n\r\n")
-	if err := brw.Flush(); err != nil {
-		conn.Close()
-		return
-	}
 	// The connection is no longer the HTTP server's: Close waits for it.
 	if !s.enter() {
 		conn.Close()
@@ -191,6 +186,18 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 		// conns.
 		c.close()
 	default:
+	}
+	// The 101 goes out only once c is in conns, so that a peer which saw
+	// this node's upgrade succeed can relay to it at once.
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + proto.RelayUpgrade + "\r\n\r\n")
+	if err := brw.Flush(); err != nil {
+		rl.mu.Lock()
+		if rl.conns[c.key] == c {
+			delete(rl.conns, c.key)
+		}
+		rl.mu.Unlock()
+		c.close()
+		return
 	}
 	s.log.Info("relay connection open", "node", n.ID)
 	wrote := make(chan struct{})

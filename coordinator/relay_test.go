@@ -3,7 +3,6 @@ package coordinator
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -96,8 +95,7 @@ func newRelayMesh(e *testEnv) relayMesh {
 	admin := e.login("admin@example.com")
 	alice := e.login("alice@example.com")
 	bob := e.login("bob@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
 	m := relayMesh{agentKey: newKey(e.t), aliceKey: newKey(e.t), bobKey: newKey(e.t)}
@@ -125,6 +123,28 @@ func TestRelayUpgradeRefusals(t *testing.T) {
 		if _, got := e.dialRelay(tt.token, tt.upgrade); got != tt.want {
 			t.Errorf("%s: status %d, want %d", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestRelayAttachedBeforeUpgradeAnswered: once a node has read the
+// relay's 101, packets to it are forwarded; the relay does not answer
+// before the connection is in its table.
+func TestRelayAttachedBeforeUpgradeAnswered(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	rl := e.srv.relay
+	attached := func() *relayConn {
+		rl.mu.RLock()
+		defer rl.mu.RUnlock()
+		return rl.conns[m.agentKey]
+	}
+	for i := range 200 {
+		prev := attached()
+		p, _ := e.dialRelay(m.agent.NodeToken, true)
+		if c := attached(); c == nil || c == prev {
+			t.Fatalf("dial %d: the relay answered 101 before the agent's connection was attached", i)
+		}
+		p.conn.Close()
 	}
 }
 
@@ -270,26 +290,19 @@ func TestEndpointsUpdateReachesPeers(t *testing.T) {
 
 func TestSTUNAnswersWithObservedAddress(t *testing.T) {
 	e := newTestEnv(t)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.srv.ServeSTUN(ctx, pc) }()
-	t.Cleanup(func() { cancel(); <-done })
+	addr := serve(t, e.srv, "udp")
 	testkit.WaitFor(t, "the discovery server to listen", func() bool { return e.srv.stunAddr() != "" })
-	if got, want := e.srv.stunAddr(), pc.LocalAddr().String(); got != want {
+	if got, want := e.srv.stunAddr(), addr; got != want {
 		t.Errorf("stunAddr = %q, want %q", got, want)
 	}
 	admin := e.login("alice@example.com")
 	var reg proto.RegisterResponse
 	e.must("POST", "/api/v1/devices", admin.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, &reg)
-	if reg.STUN != pc.LocalAddr().String() {
-		t.Errorf("registration STUN = %q, want %q", reg.STUN, pc.LocalAddr())
+	if reg.STUN != addr {
+		t.Errorf("registration STUN = %q, want %q", reg.STUN, addr)
 	}
 
-	c, err := net.Dial("udp", pc.LocalAddr().String())
+	c, err := net.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

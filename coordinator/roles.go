@@ -42,12 +42,7 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("role %q already exists", ro.Name), "update it instead")
 		return
 	}
-	if !s.commit(w, "create role", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Roles, ro.ID, ro); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "role.create", ro.ID, ro)
-	}) {
+	if !s.commit(w, "create role", s.putChange(store.Roles, ro.ID, ro, p.user.Login, "role.create", ro)) {
 		return
 	}
 	s.indexRole(ro)
@@ -138,12 +133,7 @@ func (s *Server) handleUpdateRole(w http.ResponseWriter, r *http.Request, p prin
 	nr.Recording, nr.RecordStdin = req.Recording, req.RecordStdin
 	slices.Sort(nr.Groups)
 	nr.Groups = slices.Compact(nr.Groups)
-	if !s.commit(w, "update role", func(tx store.Tx) error {
-		if err := store.Put(tx, store.Roles, nr.ID, &nr); err != nil {
-			return err
-		}
-		return s.recordChange(tx, p.user.Login, "role.update", nr.ID, &nr)
-	}) {
+	if !s.commit(w, "update role", s.putChange(store.Roles, nr.ID, &nr, p.user.Login, "role.update", &nr)) {
 		return
 	}
 	s.indexRole(&nr)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -18,8 +19,7 @@ import (
 func TestSecretsStoredHashed(t *testing.T) {
 	e := newTestEnv(t)
 	admin := e.login("admin@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	var agent proto.RegisterResponse
 	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "node-1", CSR: newCSR(t)}, &agent)
 	var dev proto.RegisterResponse
@@ -50,13 +50,7 @@ func TestSecretsStoredHashed(t *testing.T) {
 	if !bytes.Contains(db, []byte(hashSecret(cl.JoinToken))) {
 		t.Errorf("the store holds no hash of the join token; the check above proves nothing")
 	}
-	fi, err := os.Stat(filepath.Join(e.dir, "coordinator.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("store mode = %v, want 0600", fi.Mode().Perm())
-	}
+	testkit.CheckPerm(t, "store", filepath.Join(e.dir, "coordinator.db"), 0o600)
 }
 
 // sessionID returns the session id inside a session token.

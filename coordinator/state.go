@@ -158,6 +158,9 @@ func (s *state) indexNode(n *node) {
 	for _, a := range n.Addresses {
 		s.ipam.use(a.Addr())
 	}
+	if len(n.Endpoints) > 0 {
+		s.endpoints[n.ID] = n.Endpoints
+	}
 	switch n.Kind {
 	case proto.KindDevice:
 		addTo(s.devicesByUser, n.UserID, n.ID, n)

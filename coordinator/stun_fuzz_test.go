@@ -1,8 +1,6 @@
 package coordinator
 
 import (
-	"context"
-	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -18,20 +16,7 @@ import (
 // datagram is followed by a marker ping, so "no answer" is seen without
 // waiting: the marker's pong arrives first.
 func FuzzServeSTUN(f *testing.F) {
-	s, err := New(context.Background(), Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:1", DataDir: f.TempDir(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { s.Close() })
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.ServeSTUN(ctx, pc) }()
-	f.Cleanup(func() { cancel(); <-done })
-	c, err := net.Dial("udp", pc.LocalAddr().String())
+	c, err := net.Dial("udp", serve(f, newBareServer(f), "udp"))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -25,20 +24,7 @@ var shortTimeouts = serverTimeouts{readHeader: 300 * time.Millisecond, read: 300
 func serveShort(t *testing.T, e *testEnv) string {
 	t.Helper()
 	e.srv.timeouts = shortTimeouts
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return l.Addr().String()
+	return serve(t, e.srv, "tcp")
 }
 
 // closedWithin reads from c until the server closes it, and returns how
@@ -105,12 +91,10 @@ func TestLongLivedRoutesOutliveTimeouts(t *testing.T) {
 	e := newTestEnv(t)
 	addr := serveShort(t, e)
 	admin, sam := e.login("admin@example.com"), e.login("sam@example.com")
-	var cl proto.CreateClusterResponse
-	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	cl := e.createCluster(admin.Token, "prod")
 	e.must("POST", "/api/v1/roles", admin.Token, proto.Role{Name: "viewer", Groups: []string{"viewers"}}, nil)
 	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "sam@example.com", Role: "viewer", Cluster: "prod"}, nil)
-	var agent proto.RegisterResponse
-	e.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	agent := e.registerAgent(cl.JoinToken, "")
 
 	req, _ := http.NewRequest("GET", "http://"+addr+"/api/v1/map", nil)
 	req.Header.Set("Authorization", "Bearer "+agent.NodeToken)

@@ -119,15 +119,15 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 		if err := store.Put(tx, store.Users, nu.ID, &nu); err != nil {
 			return err
 		}
-		for _, h := range sess {
-			if err := tx.Delete(store.Sessions, h); err != nil {
-				return err
-			}
-		}
-		if err := deleteNodes(tx, devs); err != nil {
+		nsess, err := s.deleteSessionsWhere(tx, sess, func(se *session) bool { return nu.Disabled && se.UserID == u.ID })
+		if err != nil {
 			return err
 		}
-		return s.recordChange(tx, p.user.Login, "user."+action, u.ID, map[string]any{"login": u.Login, "sessions": len(sess), "devices": len(devs)})
+		ndevs, err := s.deleteNodesWhere(tx, devs, func(n *node) bool { return nu.Disabled && n.Kind == proto.KindDevice && n.UserID == u.ID })
+		if err != nil {
+			return err
+		}
+		return s.recordChange(tx, p.user.Login, "user."+action, u.ID, map[string]any{"login": u.Login, "sessions": nsess, "devices": ndevs})
 	}) {
 		return
 	}
@@ -140,4 +140,15 @@ func (s *Server) handleUserState(w http.ResponseWriter, r *http.Request, p princ
 	}
 	s.indexUser(&nu)
 	writeJSON(w, http.StatusOK, nu.toProto(s.isAdmin(&nu)))
+}
+
+// deleteSessions deletes the sessions whose id hashes are hashes from the
+// store inside tx, stopping at the first error.
+func deleteSessions(tx store.Tx, hashes []string) error {
+	for _, h := range hashes {
+		if err := tx.Delete(store.Sessions, h); err != nil {
+			return err
+		}
+	}
+	return nil
 }

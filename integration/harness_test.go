@@ -267,28 +267,9 @@ func TestImpersonation(t *testing.T) {
 		_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 		return err
 	})
+	mustCreate(t, ctx, func() error { return harness.GrantImpersonation(ctx, admin, agentUser) })
 	mustCreate(t, ctx, func() error {
-		_, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-			ObjectMeta: metav1.ObjectMeta{Name: "clustral-impersonator"},
-			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"users", "groups"}, Verbs: []string{"impersonate"}}},
-		}, metav1.CreateOptions{})
-		return err
-	})
-	mustCreate(t, ctx, func() error {
-		_, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: "clustral-impersonator"},
-			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "clustral-impersonator"},
-			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: agentUser}},
-		}, metav1.CreateOptions{})
-		return err
-	})
-	mustCreate(t, ctx, func() error {
-		_, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: "viewers-view"},
-			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "view"},
-			Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "viewers"}},
-		}, metav1.CreateOptions{})
-		return err
+		return harness.BindClusterRole(ctx, admin, "viewers-view", "view", rbacv1.GroupKind, "viewers")
 	})
 
 	clientAs := func(user string, groups ...string) kubernetes.Interface {

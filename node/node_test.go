@@ -119,37 +119,9 @@ func (tn *testNode) serveEcho(t testing.TB, port uint16) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
 	// A connection whose FIN was lost (its peer removed) would block
-	// forever: cleanup closes every accepted connection.
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				io.Copy(c, c)
-			})
-		}
-	})
+	// forever: Serve closes every accepted connection at the end.
+	testkit.Serve(t, ln, func(c net.Conn) { io.Copy(c, c) })
 }
 
 // echo dials dst through tn's netstack within timeout and checks that a

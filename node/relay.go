@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +28,8 @@ const (
 
 // RelayConfig configures the relay path of a node (RunRelay).
 type RelayConfig struct {
-	// BaseURL is the coordinator's base URL, e.g. "https://coord.example".
+	// BaseURL is the coordinator's base URL, e.g. "https://coord.example",
+	// or several replicas' URLs, comma-separated (see coordclient.New).
 	BaseURL string
 	// Client carries the connection. Its *http.Transport, if it has one,
 	// is copied and restricted to HTTP/1.1, which the upgrade needs. nil
@@ -73,9 +73,8 @@ type relayClient struct {
 }
 
 func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int)) (*relayClient, error) {
-	u, err := url.Parse(cfg.BaseURL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("relay: coordinator URL %q is not an http(s) URL", cfg.BaseURL)
+	if err := coordclient.CheckURLs(cfg.BaseURL); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -106,7 +105,7 @@ func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int))
 	}
 	return &relayClient{
 		cfg:     cfg,
-		client:  coordclient.New(u.String(), cfg.Token, hc),
+		client:  coordclient.New(cfg.BaseURL, cfg.Token, hc),
 		log:     cfg.Logger,
 		deliver: deliver,
 		out:     make(chan *[]byte, relayQueue),

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"sync"
 	"time"
 
@@ -51,7 +50,8 @@ type Applier interface {
 
 // StreamConfig configures a Stream.
 type StreamConfig struct {
-	// BaseURL is the coordinator's base URL, e.g. "https://coord.example".
+	// BaseURL is the coordinator's base URL, e.g. "https://coord.example",
+	// or several replicas' URLs, comma-separated (see coordclient.New).
 	BaseURL string
 	// Client makes the requests; nil means http.DefaultClient. Its
 	// Timeout must be zero: the stream is long-lived (IdleTimeout bounds
@@ -112,12 +112,8 @@ type Stream struct {
 
 // NewStream returns a Stream feeding a. Call Run to start it.
 func NewStream(a Applier, cfg StreamConfig) (*Stream, error) {
-	u, err := url.Parse(cfg.BaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("map stream: coordinator URL: %w", err)
-	}
-	if u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
-		return nil, fmt.Errorf("map stream: coordinator URL %q is not an http(s) URL", cfg.BaseURL)
+	if err := coordclient.CheckURLs(cfg.BaseURL); err != nil {
+		return nil, fmt.Errorf("map stream: %w", err)
 	}
 	if cfg.Client == nil {
 		cfg.Client = http.DefaultClient

@@ -88,6 +88,9 @@ const (
 	AuditAPIDenied        AuditCode = "DN002W"
 	AuditCheckpointExport AuditCode = "AL001I"
 	AuditEventsLost       AuditCode = "AL002E"
+	AuditExportFailing    AuditCode = "AL003W"
+	AuditExportRecovered  AuditCode = "AL004I"
+	AuditExportGap        AuditCode = "AL005E"
 )
 
 // AuditCodeInfo describes one code in the catalogue.
@@ -145,6 +148,9 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditAPIDenied, CategoryDenial, "The coordinator refused an administrative API call to a user who is not an administrator. Metadata: method, path."},
 	{AuditCheckpointExport, CategoryAudit, "An administrator exported a signed checkpoint of the audit log (clustral audit checkpoint). The checkpoint names this event's own record."},
 	{AuditEventsLost, CategoryAudit, "The coordinator could not queue or store audit events (its queue was full, or the store failed); this event counts them. Metadata: lost, first, last (times)."},
+	{AuditExportFailing, CategoryAudit, "An audit export destination (--audit-export) could not take a batch: unreachable, TLS refused, or the receiver answered an error. The events stay in the log and are sent again with back-off from the destination's cursor; recorded at the first failure after a success or a start. Metadata: destination, error, pending (events not yet taken)."},
+	{AuditExportRecovered, CategoryAudit, "An audit export destination took a batch again after failures, and catches up from its cursor. Metadata: destination, failures, since (the first failure)."},
+	{AuditExportGap, CategoryAudit, "An audit export destination will not get some records: they were pruned while it was not configured, or the store was restored from a backup that does not hold its cursor. Export goes on after the gap (for a restore, from the oldest record kept, so records may be sent again). Metadata: destination, first, last (sequence numbers), reason."},
 }
 
 var auditCodeIndex = func() map[AuditCode]AuditCodeInfo {

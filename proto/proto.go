@@ -24,6 +24,9 @@ const (
 	HeaderErrorCode = "X-Clustral-Error-Code"
 	// HeaderRequestID carries the correlation id of a request.
 	HeaderRequestID = "X-Clustral-Request-Id"
+	// HeaderReplica names the coordinator replica that answered, on the
+	// answers of a coordinator that shares its store with other replicas.
+	HeaderReplica = "X-Clustral-Replica"
 )
 
 // MaxBodyBytes bounds every request body the coordinator accepts.

@@ -4,24 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/coordinator/store/storetest"
 	"github.com/clustral/clustral/proto"
 )
-
-func openTestStore(t *testing.T) *store.Bolt {
-	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "coordinator.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
 
 // fillAudit appends n events, one an hour from start.
 func fillAudit(t *testing.T, st store.Store, start time.Time, n int) {
@@ -93,7 +83,7 @@ func TestAuditChain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openTestStore(t)
+			st := storetest.OpenBolt(t)
 			fillAudit(t, st, start, 10)
 			tt.tamper(t, st)
 			v := mustVerify(t, st)
@@ -111,7 +101,7 @@ func TestAuditChain(t *testing.T) {
 }
 
 func TestAuditPruneKeepsChainValid(t *testing.T) {
-	st := openTestStore(t)
+	st := storetest.OpenBolt(t)
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	fillAudit(t, st, start, 72) // three days, one event an hour
 	// Now is day 4 noon; 2 days of retention cut before day 2 (Jan 2):
@@ -144,7 +134,7 @@ func TestAuditPruneKeepsChainValid(t *testing.T) {
 }
 
 func TestAuditQueryPagesAndFilters(t *testing.T) {
-	st := openTestStore(t)
+	st := storetest.OpenBolt(t)
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	fillAudit(t, st, start, 25)
 	f := Filter{}
@@ -196,7 +186,7 @@ func TestAuditQueryPagesAndFilters(t *testing.T) {
 
 func TestAuditHashSurvivesStorage(t *testing.T) {
 	// What is stored decodes to the event that was hashed.
-	st := openTestStore(t)
+	st := storetest.OpenBolt(t)
 	err := st.Update(func(tx store.Tx) error {
 		_, err := Append(tx, proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now(), Latency: proto.Duration(1234567 * time.Nanosecond),
 			Metadata: map[string]string{"z": "1", "a": "ü"}, Resource: &proto.AuditResource{Path: "/api/v1/pods"}})
@@ -214,4 +204,31 @@ func TestAuditHashSurvivesStorage(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAuditPruneHeld: a hold (an export destination's cursor) keeps the
+// records after it however old they are, and pruning resumes when it
+// moves.
+func TestAuditPruneHeld(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := start.Add(3*24*time.Hour + 12*time.Hour) // day 1 is past retention
+	for _, tt := range []struct {
+		hold       uint64
+		want, last uint64 // records pruned, the anchor after
+	}{
+		{hold: 0, want: 0},
+		{hold: 10, want: 10, last: 10},
+		{hold: 24, want: 24, last: 24},
+		{hold: 60, want: 24, last: 24}, // retention still decides
+	} {
+		st := storetest.OpenBolt(t)
+		fillAudit(t, st, start, 72)
+		n, err := PruneHeld(st, 48*time.Hour, now, tt.hold)
+		if err != nil || uint64(n) != tt.want {
+			t.Fatalf("hold %d: pruned %d (%v), want %d", tt.hold, n, err, tt.want)
+		}
+		if v := mustVerify(t, st); !v.OK || v.First != tt.last+1 {
+			t.Fatalf("hold %d: after prune %+v, want first %d", tt.hold, v, tt.last+1)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/coordinator/store/storetest"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -42,11 +43,7 @@ func mustSign(t *testing.T, st store.Store, key ed25519.PrivateKey, now time.Tim
 // seq, as someone who can write the store would to hide the tail.
 func truncateAudit(t *testing.T, st store.Store, seq uint64) {
 	t.Helper()
-	err := st.Update(func(tx store.Tx) error {
-		head, err := Head(tx)
-		if err != nil {
-			return err
-		}
+	editLog(t, st, func(tx store.Tx, head Mark) error {
 		for s := seq + 1; s <= head.Seq; s++ {
 			if err := tx.Delete(store.Audit, Key(s)); err != nil {
 				return err
@@ -58,20 +55,13 @@ func truncateAudit(t *testing.T, st store.Store, seq uint64) {
 		}
 		return store.Put(tx, store.Meta, MetaHead, Mark{Seq: seq, Hash: e.Hash})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // rewriteAudit changes the actor of record seq and rehashes it and every
 // record after it, and the head: a chain that verifies on its own.
 func rewriteAudit(t *testing.T, st store.Store, seq uint64) {
 	t.Helper()
-	err := st.Update(func(tx store.Tx) error {
-		head, err := Head(tx)
-		if err != nil {
-			return err
-		}
+	editLog(t, st, func(tx store.Tx, head Mark) error {
 		prev := ""
 		if seq > 1 {
 			var e proto.AuditEvent
@@ -96,6 +86,19 @@ func rewriteAudit(t *testing.T, st store.Store, seq uint64) {
 			}
 		}
 		return store.Put(tx, store.Meta, MetaHead, Mark{Seq: head.Seq, Hash: prev})
+	})
+}
+
+// editLog runs edit on st's audit log in one transaction, with the log's
+// head, and fails t if that fails.
+func editLog(t *testing.T, st store.Store, edit func(tx store.Tx, head Mark) error) {
+	t.Helper()
+	err := st.Update(func(tx store.Tx) error {
+		head, err := Head(tx)
+		if err != nil {
+			return err
+		}
+		return edit(tx, head)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +215,7 @@ func TestAuditCheckpointsCatchRewrite(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openTestStore(t)
+			st := storetest.OpenBolt(t)
 			fillAudit(t, st, start, 10)
 			mustSign(t, st, key, start.Add(10*time.Hour))
 			fillAudit(t, st, start.Add(10*time.Hour), 5)
@@ -248,7 +251,7 @@ func TestAuditCheckpointsCatchRewrite(t *testing.T) {
 // the records it removes; the rest still verify, and an exported
 // checkpoint of a pruned record is reported as such.
 func TestAuditCheckpointsAndRetention(t *testing.T) {
-	st := openTestStore(t)
+	st := storetest.OpenBolt(t)
 	key := newAuditKey(t)
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var marks []proto.AuditCheckpoint
@@ -276,7 +279,7 @@ func TestAuditCheckpointsAndRetention(t *testing.T) {
 // wrong, does not stop retention for the records behind it; it goes with
 // the first correctly dated record after it.
 func TestAuditPruneMisdatedRecord(t *testing.T) {
-	st := openTestStore(t)
+	st := storetest.OpenBolt(t)
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	fillAudit(t, st, start, 24)                     // day 1: 1-24
 	fillAudit(t, st, start.AddDate(3, 0, 0), 1)     // 25, years ahead

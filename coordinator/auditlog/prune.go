@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
@@ -28,6 +29,13 @@ const MaxSkew = 5 * time.Minute
 // record does not stop retention for everything behind it. Checkpoints
 // of removed records are removed with them.
 func Prune(st store.Store, retention time.Duration, now time.Time) (int, error) {
+	return PruneHeld(st, retention, now, math.MaxUint64)
+}
+
+// PruneHeld is Prune that removes no record after hold: the records an
+// export destination has not taken yet (see package auditexport) stay
+// until it has, however old they are.
+func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint64) (int, error) {
 	if retention <= 0 {
 		return 0, nil
 	}
@@ -43,7 +51,7 @@ func Prune(st store.Store, retention time.Duration, now time.Time) (int, error) 
 				return err
 			}
 			var misdated []uint64 // since the last record removed
-			for seq := anchor.Seq + 1; seq <= head.Seq && n < maxPrunePerTx; seq++ {
+			for seq := anchor.Seq + 1; seq <= min(head.Seq, hold) && n < maxPrunePerTx; seq++ {
 				raw, err := tx.GetRaw(store.Audit, Key(seq))
 				if err != nil {
 					return err

@@ -13,8 +13,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
@@ -41,6 +39,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator"
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -390,15 +389,7 @@ func (c *Coordinator) RegisterAgent(joinToken, hostname string) proto.RegisterRe
 	c.tb.Helper()
 	var pub proto.Key
 	rand.Read(pub[:])
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		c.tb.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: hostname}}, k)
-	if err != nil {
-		c.tb.Fatal(err)
-	}
-	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csr, _ := testkit.CSR(c.tb, hostname)
 	var resp proto.RegisterResponse
 	c.Do(joinToken, http.MethodPost, proto.APIVersion+"/agents", proto.RegisterAgentRequest{PublicKey: pub, Hostname: hostname, CSR: csr}, &resp)
 	return resp
@@ -444,6 +435,11 @@ func Addrs(offsets ...uint64) io.Reader {
 
 // CloseServer stops serving: from then on nothing answers at URL.
 func (c *Coordinator) CloseServer() { c.srv.Close() }
+
+// Store returns the coordinator's store, for a test to do what someone
+// with access to the coordinator's data can: read it, or change it
+// behind the coordinator's back.
+func (c *Coordinator) Store() store.Store { return c.store.Store }
 
 // FailStore makes every store transaction fail with err from now on, as
 // a store that became unavailable does; nil makes them work again.

@@ -1,22 +1,37 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
-// Bolt is a Store in one bbolt file.
+// Bolt is a Store in one bbolt file. It is a Feed of its own commits
+// (one process holds the file, so there are no others): their revision
+// is bbolt's transaction id. It keeps commits for Watch (the latest
+// boltHistory, within historyBytes) only from the first ViewRev or Watch
+// on, so a coordinator that never follows its store (bbolt is not
+// Shared) pays nothing for it.
 type Bolt struct {
 	db *bolt.DB
+	// wmu orders the publishing of commits as bbolt ordered the commits.
+	wmu       sync.Mutex
+	hist      *history
+	recording bool // under wmu: commits go to hist
 }
 
-var _ Store = (*Bolt)(nil)
+var _ Feed = (*Bolt)(nil)
+
+// boltHistory is how many commits a Bolt keeps for Watch.
+const boltHistory = 4096
 
 // OpenBolt opens (or creates) the bbolt store at path, creating its
 // directory with mode 0700 and the file with mode 0600. It fails fast if
@@ -44,18 +59,75 @@ func OpenBolt(path string) (*Bolt, error) {
 		db.Close()
 		return nil, err
 	}
-	return &Bolt{db: db}, nil
+	return &Bolt{db: db, hist: newHistory(boltHistory)}, nil
 }
 
 // View implements Store.
 func (s *Bolt) View(fn func(Tx) error) error {
-	return s.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return s.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx: tx}) })
+}
+
+// record starts keeping commits for Watch, if it has not: what came
+// before is not kept.
+func (s *Bolt) record() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.recording {
+		return nil
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		s.hist.forget(int64(tx.ID()))
+		s.recording = true
+		return nil
+	})
+}
+
+// ViewRev implements Feed: the revision is the id of the newest commit.
+func (s *Bolt) ViewRev(fn func(Tx) error) (int64, error) {
+	if err := s.record(); err != nil {
+		return 0, err
+	}
+	var rev int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rev = int64(tx.ID())
+		return fn(boltTx{tx: tx})
+	})
+	return rev, err
 }
 
 // Update implements Store.
 func (s *Bolt) Update(fn func(Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var c Commit
+	var changes changeSet // nil, recording nothing, until record
+	if s.recording {
+		changes = changeSet{}
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c.Rev = int64(tx.ID())
+		return fn(boltTx{tx: tx, changes: changes})
+	})
+	if err == nil && len(changes) > 0 {
+		c.Changes = changes.sorted()
+		s.hist.publish(c)
+	}
+	return err
 }
+
+// Shared implements Feed: a bbolt file has one writer.
+func (s *Bolt) Shared() bool { return false }
+
+// Watch implements Feed, from the commits this Bolt keeps.
+func (s *Bolt) Watch(ctx context.Context, after int64, fn func(Commit) error) error {
+	if err := s.record(); err != nil {
+		return err
+	}
+	return s.hist.watch(ctx, after, fn)
+}
+
+// Superseded implements Feed: every commit of a Bolt is its own.
+func (s *Bolt) Superseded(int64, Bucket, string) bool { return true }
 
 // Backup implements Store: a consistent online snapshot, written to a
 // temporary file and renamed into place, mode 0600.
@@ -144,6 +216,9 @@ func Verify(path string) (map[Bucket]int, error) {
 		}
 		for _, b := range AllBuckets {
 			bk := tx.Bucket([]byte(b))
+			if bk == nil && slices.Contains(addedBuckets, b) {
+				continue // written before the bucket existed: empty
+			}
 			if bk == nil {
 				return fmt.Errorf("bucket %s is missing", b)
 			}
@@ -160,7 +235,10 @@ func Verify(path string) (map[Bucket]int, error) {
 // Close implements Store.
 func (s *Bolt) Close() error { return s.db.Close() }
 
-type boltTx struct{ tx *bolt.Tx }
+type boltTx struct {
+	tx      *bolt.Tx
+	changes changeSet // nil in View
+}
 
 func (t boltTx) bucket(b Bucket) (*bolt.Bucket, error) {
 	bk := t.tx.Bucket([]byte(b))
@@ -187,7 +265,11 @@ func (t boltTx) PutRaw(b Bucket, key string, value []byte) error {
 	if err != nil {
 		return err
 	}
-	return bk.Put([]byte(key), value)
+	if err := bk.Put([]byte(key), value); err != nil {
+		return err
+	}
+	t.changes.put(b, key, value)
+	return nil
 }
 
 func (t boltTx) Delete(b Bucket, key string) error {
@@ -195,7 +277,16 @@ func (t boltTx) Delete(b Bucket, key string) error {
 	if err != nil {
 		return err
 	}
-	return bk.Delete([]byte(key))
+	if t.changes != nil {
+		if k, _ := bk.Cursor().Seek([]byte(key)); string(k) != key {
+			return nil // deleting an absent key changes nothing
+		}
+	}
+	if err := bk.Delete([]byte(key)); err != nil {
+		return err
+	}
+	t.changes.del(b, key)
+	return nil
 }
 
 func (t boltTx) ForEach(b Bucket, fn func(string, []byte) error) error {

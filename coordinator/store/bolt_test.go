@@ -2,10 +2,11 @@ package store
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 type doc struct {
@@ -35,13 +36,7 @@ func TestBoltRoundTripAndPersistence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("store mode = %v, want 0600", fi.Mode().Perm())
-	}
+	testkit.CheckPerm(t, "store", path, 0o600)
 	s.Close()
 
 	s2, err := OpenBolt(path)

@@ -19,6 +19,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // EtcdConfig says how to reach the etcd cluster that holds a store.
@@ -130,14 +131,72 @@ func (c EtcdConfig) Check() error {
 // *ConflictError. A transaction that read more keys than MaxTxnOps
 // comparisons allow compares the version keys of their buckets instead,
 // which is coarser (more reruns) but as safe.
+//
+// Every coordinator replica opens its own Etcd; Watch follows the commits
+// of all of them (etcd's watch on the prefix), and Superseded knows this
+// handle's own.
 type Etcd struct {
 	cfg    EtcdConfig
 	cli    *clientv3.Client
 	ctx    context.Context
 	cancel context.CancelFunc
+	own    ownCommits
 }
 
-var _ Store = (*Etcd)(nil)
+var (
+	_ Feed    = (*Etcd)(nil)
+	_ Elector = (*Etcd)(nil)
+)
+
+// electionTTL is how long, in seconds, a leader's etcd lease outlives
+// the leader: after a crash, or once cut off from etcd, the leadership
+// moves to another handle within about this long.
+const electionTTL = 5
+
+// Lead implements Elector with an etcd election under
+// <prefix>/_election/<name>, on a session whose lease the handle keeps
+// alive. The leadership is lost when the lease expires (the handle could
+// not reach etcd for electionTTL seconds); fn's context ends then, and a
+// former leader that is only slow to notice overlaps the next one by at
+// most the time it takes to notice, which is why the work done under it
+// must also be safe to repeat (it is: each step is a store transaction
+// that decides from what the store holds).
+func (s *Etcd) Lead(ctx context.Context, name, id string, fn func(context.Context)) error {
+	for ctx.Err() == nil {
+		if err := s.leadOnce(ctx, name, id, fn); err != nil && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// leadOnce campaigns once and, if elected, runs fn until the leadership
+// or ctx ends.
+func (s *Etcd) leadOnce(ctx context.Context, name, id string, fn func(context.Context)) error {
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(electionTTL), concurrency.WithContext(s.ctx))
+	if err != nil {
+		return fmt.Errorf("etcd session for election %s: %w", name, err)
+	}
+	defer sess.Close() // revokes the lease: a successor is elected at once
+	e := concurrency.NewElection(sess, s.cfg.Prefix+"/_election/"+name)
+	if err := e.Campaign(ctx, id); err != nil {
+		return fmt.Errorf("campaign for %s: %w", name, err)
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	fn(lctx)
+	return nil
+}
 
 // OpenEtcd connects to etcd and checks that it answers. The caller must
 // Close the store, which closes the connection.
@@ -242,6 +301,9 @@ func (s *Etcd) Restore(path string) (map[Bucket]int, error) {
 	err = db.View(func(tx *bolt.Tx) error {
 		for _, b := range AllBuckets {
 			bk := tx.Bucket([]byte(b))
+			if bk == nil {
+				continue // a bucket added after the backup was made (Verify)
+			}
 			err := bk.ForEach(func(k, v []byte) error {
 				counts[b]++
 				return add(s.bucketPrefix(b)+string(k), v)
@@ -300,6 +362,101 @@ func (e *ConflictError) Error() string {
 // View implements Store. Every read is served at one etcd revision.
 func (s *Etcd) View(fn func(Tx) error) error {
 	return fn(&etcdTx{s: s})
+}
+
+// ViewRev implements Feed: every read of fn is served at the revision it
+// returns.
+func (s *Etcd) ViewRev(fn func(Tx) error) (int64, error) {
+	tx := &etcdTx{s: s}
+	if err := fn(tx); err != nil {
+		return 0, err
+	}
+	if tx.rev == 0 { // fn read nothing: the current revision
+		if _, err := tx.get(s.restoringKey(), clientv3.WithCountOnly()); err != nil {
+			return 0, err
+		}
+	}
+	return tx.rev, nil
+}
+
+// Shared implements Feed: other replicas may write to the prefix.
+func (s *Etcd) Shared() bool { return true }
+
+// Superseded implements Feed.
+func (s *Etcd) Superseded(rev int64, b Bucket, key string) bool {
+	return s.own.superseded(rev, b, key)
+}
+
+// Watch implements Feed with an etcd watch on the prefix. The watch
+// requires a leader: on a member cut off from the quorum it ends with an
+// error instead of going quiet, and the caller retries on another member.
+// A commit's events arrive in one response (etcd never splits a revision
+// unless asked to fragment), so each is delivered whole.
+func (s *Etcd) Watch(ctx context.Context, after int64, fn func(Commit) error) error {
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := s.cli.Watch(ctx, s.cfg.Prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(after+1))
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			return &CompactedError{After: after, Compacted: resp.CompactRevision}
+		}
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("etcd watch of %s after revision %d: %w", s.cfg.Prefix, after, err)
+		}
+		var c Commit
+		flush := func() error {
+			if len(c.Changes) > 0 {
+				if err := fn(c); err != nil {
+					return err
+				}
+			}
+			if c.Rev > after {
+				after = c.Rev
+			}
+			c = Commit{}
+			return nil
+		}
+		for _, ev := range resp.Events {
+			if ev.Kv.ModRevision != c.Rev && c.Rev != 0 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			c.Rev = ev.Kv.ModRevision
+			b, key, ok := s.splitKey(string(ev.Kv.Key))
+			if !ok {
+				continue // bookkeeping
+			}
+			ch := Change{Bucket: b, Key: key}
+			if ev.Type == clientv3.EventTypeDelete {
+				ch.Deleted = true
+			} else {
+				ch.Value = ev.Kv.Value
+			}
+			c.Changes = append(c.Changes, ch)
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("etcd watch of %s ended after revision %d", s.cfg.Prefix, after)
+}
+
+// splitKey returns the bucket and key of a full data key; ok is false
+// for bookkeeping keys.
+func (s *Etcd) splitKey(full string) (b Bucket, key string, ok bool) {
+	rest, ok := strings.CutPrefix(full, s.cfg.Prefix+"/")
+	if !ok {
+		return "", "", false
+	}
+	name, key, ok := strings.Cut(rest, "/")
+	if !ok || strings.HasPrefix(name, "_") {
+		return "", "", false
+	}
+	return Bucket(name), key, true
 }
 
 // Update implements Store. fn may run more than once (after a conflict
@@ -634,12 +791,8 @@ func (t *etcdTx) NextSequence(b Bucket) (uint64, error) {
 
 // bucketOf returns the bucket of a full data key, or "" for bookkeeping.
 func (t *etcdTx) bucketOf(key string) Bucket {
-	rest := strings.TrimPrefix(key, t.s.cfg.Prefix+"/")
-	b, _, ok := strings.Cut(rest, "/")
-	if !ok || strings.HasPrefix(b, "_") {
-		return ""
-	}
-	return Bucket(b)
+	b, _, _ := t.s.splitKey(key)
+	return b
 }
 
 func (t *etcdTx) readBuckets() []Bucket {
@@ -706,6 +859,15 @@ func (t *etcdTx) commit() (bool, error) {
 		// The commit may or may not have been applied (a lost reply,
 		// a leader change): say so rather than guess.
 		return false, fmt.Errorf("etcd commit, outcome unknown (the change may or may not be stored; check before retrying): %w", err)
+	}
+	if resp.Succeeded {
+		var mine []Change
+		for _, k := range keys {
+			if b, key, ok := t.s.splitKey(k); ok {
+				mine = append(mine, Change{Bucket: b, Key: key})
+			}
+		}
+		t.s.own.record(resp.Header.Revision, mine)
 	}
 	return resp.Succeeded, nil
 }

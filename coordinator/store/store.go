@@ -38,10 +38,18 @@ const (
 	AuditSource    Bucket = "audit_src"        // cluster id/agent spool id → highest stored spool sequence
 	// AuditCheckpoints: zero-padded sequence → signed checkpoint of that record.
 	AuditCheckpoints Bucket = "audit_ckpt"
+	// Logins: sha256(poll handle) → a login waiting for its browser, kept
+	// only by coordinators that share their store, so that any replica
+	// can take each step of it.
+	Logins Bucket = "logins"
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins}
+
+// addedBuckets are buckets a store (or backup) written by an earlier
+// version may lack; Verify and Restore take their absence as empty.
+var addedBuckets = []Bucket{Logins}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

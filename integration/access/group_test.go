@@ -16,8 +16,7 @@ import (
 // once the identity provider puts them in the group and they log in
 // again; before, they have no access.
 func TestGroupAssignment(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	m.Admin.MustRun("assign", "--group", "sre", "--role", "viewer", "--cluster", "kind")
 	d := suite.NewUser(t, dave)
 	d.MustLogin()

@@ -128,8 +128,7 @@ func untilDenied(t *testing.T, c rest.Interface, ns string, timeout time.Duratio
 // in and up; she asks for access) and bob (logged in; he decides).
 func newJITMesh(t *testing.T) (*harness.Mesh, *harness.TestUser, *harness.TestUser) {
 	t.Helper()
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
 	a.MustLogin()
 	b.MustLogin()
@@ -272,8 +271,7 @@ func TestJITDeny(t *testing.T) {
 // TestJITRevoke: revoking an active grant refuses the next request
 // within 1s of the revoke call returning.
 func TestJITRevoke(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	a := suite.NewUser(t, alice)
 	a.MustLogin()
 	ar := requestAccess(a, "editor", "1h", "INC-1236")

@@ -16,8 +16,7 @@ import (
 // refuses what it does not with the matching X-Clustral-Error-Code and a
 // message kubectl shows that names the limit.
 func TestRestrictions(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	ns, other := suite.NewNamespace(t), suite.NewNamespace(t)
 	suite.CreateConfigMap(t, ns, "allowed")
 	suite.CreateConfigMap(t, ns, "another")

@@ -24,8 +24,7 @@ func TestStreamsCutOnRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	b := suite.NewUser(t, bob)
 	b.MustLogin()
 	b.MustUp()

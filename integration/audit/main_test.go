@@ -14,25 +14,20 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-var (
-	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
-	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
-)
+var alice = harness.Alice
 
 var suite *harness.MeshSuite
 
 // TestMain runs the tests against one apiserver and Dex. Every mesh has
-// the role viewer (group clustral:viewers, bound to view). The apiserver
-// exports its spans to suite.Traces, and follows the agent's trace
-// context: the agent's identity is in system:monitoring.
+// the role viewer (see harness.ViewerRole). The apiserver exports its
+// spans to suite.Traces, and follows the agent's trace context: the
+// agent's identity is in system:monitoring.
 func TestMain(m *testing.M) {
 	os.Exit(harness.MeshMain(m, harness.MeshOptions{
-		Name:       "audit",
-		Users:      []harness.DexUser{admin, alice},
-		Admin:      admin,
-		GroupRoles: map[string]string{"clustral:viewers": "view"},
-		Roles:      []proto.Role{{Name: "viewer", Groups: []string{"clustral:viewers"}}},
-		Tracing:    true,
+		Name:    "audit",
+		Users:   []harness.DexUser{alice},
+		Roles:   []proto.Role{harness.ViewerRole},
+		Tracing: true,
 		// The apiserver follows a caller's traceparent only if the caller
 		// is in system:masters or system:monitoring; otherwise it starts
 		// a trace of its own and links the caller's.

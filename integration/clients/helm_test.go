@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustral/clustral/integration/harness"
-	"github.com/clustral/clustral/proto"
 )
 
 // helmRelease is one entry of `helm list -o json`.
@@ -42,21 +41,7 @@ func TestHelm(t *testing.T) {
 }
 
 func testHelm(t *testing.T, limited bool) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
-	ns := suite.NewNamespace(t)
-	a := suite.NewUser(t, alice)
-	a.MustLogin()
-	role := "editor"
-	if limited {
-		role = "team"
-		m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{
-			Name: role, Groups: []string{"clustral:editors"},
-			Restrictions: &proto.Restrictions{Namespaces: []string{ns}},
-		}, nil)
-	}
-	m.Assign(t, alice.Email, role)
-	a.MustUp()
+	m, ns, a := upWithRole(t, alice, harness.EditorRole, limited)
 	chart, err := filepath.Abs(filepath.Join("testdata", "demo"))
 	if err != nil {
 		t.Fatal(err)

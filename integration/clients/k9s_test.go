@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/integration/harness"
-	"github.com/clustral/clustral/proto"
 )
 
 // TestK9s: a viewer runs k9s in a terminal against the mesh context; it
@@ -29,21 +28,8 @@ func TestK9s(t *testing.T) {
 		{"viewer limited to the namespace", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			m := suite.NewMesh(t)
-			suite.StartAgent(t, m.JoinToken)
-			ns, pod := suite.NewNamespace(t), "web-7f9c"
-			b := suite.NewUser(t, bob)
-			b.MustLogin()
-			role := "viewer"
-			if tt.limited {
-				role = "team"
-				m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{
-					Name: role, Groups: []string{"clustral:viewers"},
-					Restrictions: &proto.Restrictions{Namespaces: []string{ns}},
-				}, nil)
-			}
-			m.Assign(t, bob.Email, role)
-			b.MustUp()
+			_, ns, b := upWithRole(t, bob, harness.ViewerRole, tt.limited)
+			pod := "web-7f9c"
 
 			ctx := context.Background()
 			logFile := filepath.Join(t.TempDir(), "app.log")

@@ -13,26 +13,30 @@ import (
 )
 
 // The static users in Dex.
-var (
-	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
-	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
-	bob   = harness.DexUser{Email: "bob@example.com", Password: "bob-pw", Groups: []string{"ops"}}
-)
+var alice, bob = harness.Alice, harness.Bob
 
 var suite *harness.MeshSuite
 
 // TestMain runs the tests against one apiserver and Dex. Every mesh has
-// the roles viewer (group clustral:viewers, bound to view) and editor
-// (clustral:editors, bound to edit).
+// the roles viewer and editor (see harness.ViewerRole).
 func TestMain(m *testing.M) {
-	os.Exit(harness.MeshMain(m, harness.MeshOptions{
-		Name:       "clients",
-		Users:      []harness.DexUser{admin, alice, bob},
-		Admin:      admin,
-		GroupRoles: map[string]string{"clustral:viewers": "view", "clustral:editors": "edit"},
-		Roles: []proto.Role{
-			{Name: "viewer", Groups: []string{"clustral:viewers"}},
-			{Name: "editor", Groups: []string{"clustral:editors"}},
-		},
-	}, func(s *harness.MeshSuite) { suite = s }))
+	os.Exit(harness.MeshMain(m, harness.MeshOptions{Name: "clients", Users: []harness.DexUser{alice, bob}}, func(s *harness.MeshSuite) { suite = s }))
+}
+
+// upWithRole starts a mesh with an agent and a new namespace, and returns
+// them and d logged in and up, holding role on the mesh's cluster, or, if
+// limited, a role "team" with role's groups limited to the namespace.
+func upWithRole(t *testing.T, d harness.DexUser, role proto.Role, limited bool) (*harness.Mesh, string, *harness.TestUser) {
+	t.Helper()
+	m := suite.NewMeshWithAgent(t)
+	ns := suite.NewNamespace(t)
+	u := suite.NewUser(t, d)
+	u.MustLogin()
+	if limited {
+		role = proto.Role{Name: "team", Groups: role.Groups, Restrictions: &proto.Restrictions{Namespaces: []string{ns}}}
+		m.Admin.MustAPI("POST", "/api/v1/roles", role, nil)
+	}
+	m.Assign(t, d.Email, role.Name)
+	u.MustUp()
+	return m, ns, u
 }

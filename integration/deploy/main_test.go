@@ -167,10 +167,7 @@ var (
 func clustral(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "clustral-deploy-bin-")
-		if binErr == nil {
-			binPath, binErr = harness.ClustralBinary(binDir)
-		}
+		binDir, binPath, binErr = harness.TempClustral("clustral-deploy-bin-")
 	})
 	if binErr != nil {
 		t.Skipf("no clustral binary to check against (set CLUSTRAL_BIN or fix the build): %v", binErr)

@@ -2,13 +2,8 @@ package deploy
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net/http"
 	"os"
@@ -36,6 +31,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -45,10 +41,7 @@ import (
 // of clusters add).
 
 // The users in Dex.
-var (
-	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
-	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
-)
+var admin, alice = harness.Admin, harness.Alice
 
 const (
 	oidcClient = "clustral"
@@ -75,12 +68,7 @@ func startCoordinatorOn(t *testing.T, dir string, port int, extra ...string) *ha
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Stop()
-		if t.Failed() {
-			t.Logf("coordinator %s log:\n%s", c.URL, c.Proc.Tail(40))
-		}
-	})
+	c.StopAtEnd(t, 40)
 	return c
 }
 
@@ -249,12 +237,7 @@ func TestAgentAsDeployed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		agent.Proc.Stop()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", agent.Proc.Tail(40))
-		}
-	})
+	agent.Proc.StopAtEnd(t, 40)
 
 	if err := al.Up(ctx); err != nil {
 		t.Fatal(err)
@@ -428,7 +411,7 @@ func TestClustersAddManifest(t *testing.T) {
 	// The token in the manifest registers an agent of cluster piped.
 	var reg proto.RegisterResponse
 	if err := harness.CallAPI(t.Context(), coord.URL, "POST", "/api/v1/agents", string(secret.Data["token"]),
-		proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: csr(t)}, &reg); err != nil || reg.Cluster != "piped" {
+		proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: agentCSR(t)}, &reg); err != nil || reg.Cluster != "piped" {
 		t.Errorf("register with the manifest's token: %+v, %v", reg, err)
 	}
 }
@@ -449,18 +432,11 @@ func publicKey(t *testing.T) proto.Key {
 	return k
 }
 
-// csr returns a PEM certificate request for a fresh P-256 key.
-func csr(t *testing.T) string {
+// agentCSR returns a PEM certificate request for a fresh key.
+func agentCSR(t *testing.T) string {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "agent"}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csr, _ := testkit.CSR(t, "agent")
+	return csr
 }
 
 // listing is what an administrator sees of a coordinator.
@@ -585,9 +561,7 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 	login(t, alice, coord.URL)
 	before := list(t, adm, coord.URL)
 
-	// The load: three writers until stop, each counting what it did.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	// The load: three writers until stopLoad, each counting what it did.
 	var logins, registrations, assignments, failures atomic.Int64
 	fail := func(what string, err error) {
 		if failures.Add(1) <= 3 {
@@ -610,7 +584,7 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 		},
 		func(int) { // agent registrations
 			if err := harness.CallAPI(ctx, coord.URL, "POST", "/api/v1/agents", cl.JoinToken,
-				proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: csr(t)}, nil); err != nil {
+				proto.RegisterAgentRequest{PublicKey: publicKey(t), CSR: agentCSR(t)}, nil); err != nil {
 				fail("register", err)
 				return
 			}
@@ -630,22 +604,15 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 			assignments.Add(1)
 		},
 	}
+	var stops []func()
 	for _, w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				w(i)
-			}
-		}()
+		stops = append(stops, testkit.Repeat(t, func(i int) bool { w(i); return true }))
 	}
-	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	t.Cleanup(stopLoad)
+	stopLoad := func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
 	// Let the load reach every kind of record, then back up in its midst.
 	deadline := time.Now().Add(20 * time.Second)
 	for logins.Load() < 5 || registrations.Load() < 5 || assignments.Load() < 5 {
@@ -667,13 +634,7 @@ func backupUnderLoad(t *testing.T, extra ...string) {
 	stopLoad()
 	t.Logf("%s(took %v; %d writes during the backup; %d logins, %d registrations, %d assignments in all)",
 		outp, took.Round(time.Millisecond), n1-n0, logins.Load(), registrations.Load(), assignments.Load())
-	fi, err := os.Stat(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("backup mode %v, want 0600", fi.Mode().Perm())
-	}
+	testkit.CheckPerm(t, "backup", file, 0o600)
 	after := list(t, adm, coord.URL)
 
 	// Restore as deploy/README.md says: stop the coordinator, put the

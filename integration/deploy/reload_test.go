@@ -1,17 +1,6 @@
 package deploy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"io"
-	"math/big"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,31 +10,8 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/testkit"
 )
-
-// certPair returns a PEM certificate for 127.0.0.1 named cn, and its key.
-func certPair(t *testing.T, cn string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
-}
 
 // TestCoordinatorReloadOnSIGHUP is `systemctl reload` of the unit
 // (ExecReload sends SIGHUP) against the real binary: a renewed
@@ -66,8 +32,8 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 			}
 		}
 	}
-	oldCert, oldKey := certPair(t, "old")
-	newCert, newKey := certPair(t, "new")
+	oldCert, oldKey := testkit.ServerCert(t, "old")
+	newCert, newKey := testkit.ServerCert(t, "new")
 	install(oldCert, oldKey)
 
 	port, err := harness.FreePort()
@@ -81,34 +47,14 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		p.Stop()
-		if t.Failed() {
-			t.Logf("coordinator log:\n%s", p.Tail(30))
-		}
-	})
-	// client returns a client that keeps one connection open.
-	client := func() *http.Client {
-		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1,
-		}}
-	}
+	p.StopAtEnd(t, 30)
 	url := "https://" + addr + "/healthz"
-	if err := p.WaitHTTPClient(t.Context(), client(), url); err != nil {
+	if err := p.WaitHTTPClient(t.Context(), testkit.OneConnClient(), url); err != nil {
 		t.Fatal(err)
 	}
-	served := func(c *http.Client) (string, error) {
-		resp, err := c.Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
-	}
-	open := client()
+	open := testkit.OneConnClient()
 	defer open.CloseIdleConnections()
-	if cn, err := served(open); err != nil || cn != "old" {
+	if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 		t.Fatalf("before reload: %q, %v", cn, err)
 	}
 	hup := func() {
@@ -136,11 +82,11 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 	install(newCert, newKey)
 	hup()
 	at := waitLog("TLS certificate reloaded", 0)
-	if cn, err := served(client()); err != nil || cn != "new" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "new" {
 		t.Errorf("a new connection after reload gets %q, %v; want new", cn, err)
 	}
 	for range 3 {
-		if cn, err := served(open); err != nil || cn != "old" {
+		if cn, err := testkit.ServedCN(open, url); err != nil || cn != "old" {
 			t.Fatalf("the connection opened before the reload: %q, %v; want it kept, on the old certificate", cn, err)
 		}
 	}
@@ -149,7 +95,7 @@ func TestCoordinatorReloadOnSIGHUP(t *testing.T) {
 	install(oldCert, newKey)
 	hup()
 	waitLog("TLS certificate not reloaded", at)
-	if cn, err := served(client()); err != nil || cn != "new" {
+	if cn, err := testkit.ServedCN(testkit.OneConnClient(), url); err != nil || cn != "new" {
 		t.Errorf("after a refused reload a new connection gets %q, %v; want new", cn, err)
 	}
 	if p.Exited() {

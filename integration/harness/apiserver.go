@@ -75,13 +75,9 @@ type APIServer struct {
 // StartAPIServer starts kube-apiserver against etcdURL, with its files
 // under dir, and waits for /readyz. The caller must call Close.
 func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOptions) (*APIServer, error) {
-	bin, dir, err := componentDir("kube-apiserver", dir)
+	bin, dir, ca, err := tlsComponentDir("kube-apiserver", dir, "clustral-test-kube-ca")
 	if err != nil {
 		return nil, err
-	}
-	ca, err := NewCA("clustral-test-kube-ca")
-	if err != nil {
-		return nil, fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	a := &APIServer{
 		CA:         ca,
@@ -171,11 +167,7 @@ func StartAPIServer(ctx context.Context, dir, etcdURL string, opts APIServerOpti
 		}
 		hc := ca.HTTPClient()
 		hdr := http.Header{"Authorization": {"Bearer " + a.AdminToken}}
-		err = p.waitReady(ctx, 2*time.Minute, func(ctx context.Context) error {
-			_, err := getOK(ctx, hc, url+"/readyz", hdr)
-			return err
-		})
-		if err != nil {
+		if err := p.waitReady(ctx, 2*time.Minute, answersOK(hc, url+"/readyz", hdr)); err != nil {
 			return err
 		}
 		a.URL, a.proc = url, p

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"golang.org/x/net/html"
 )
 
@@ -25,7 +26,7 @@ type Browser struct {
 // NewBrowser returns a Browser with an empty cookie jar trusting the given
 // PEM CAs (and no others).
 func NewBrowser(caPEMs ...[]byte) *Browser {
-	c := httpClient(caPEMs...)
+	c := testkit.HTTPClient(caPEMs...)
 	c.Jar, _ = cookiejar.New(nil)
 	return &Browser{Client: c}
 }

@@ -3,7 +3,13 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -23,11 +30,28 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
 // This file runs clustral itself: the coordinator, agents and users with
 // their own config directories, for the tests, the demo and the bench.
+
+// TempClustral makes a temporary directory named after prefix and returns
+// it with the clustral binary under test (ClustralBinary, which may build
+// into it). The caller removes dir; on error there is nothing to remove.
+func TempClustral(prefix string) (dir, bin string, err error) {
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", "", err
+	}
+	dir = filepath.Clean(dir)
+	if bin, err = ClustralBinary(dir); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, bin, nil
+}
 
 // ClustralBinary returns the clustral binary under test: $CLUSTRAL_BIN if
 // set (make builds it), otherwise one built from the repository into dir.
@@ -135,6 +159,17 @@ func (c *Coordinator) Start(ctx context.Context) error {
 		return fmt.Errorf("coordinator not ready: %w", err)
 	}
 	return nil
+}
+
+// StopAtEnd stops c when t ends, whichever process it runs then, and
+// logs the last lines of its log if t failed.
+func (c *Coordinator) StopAtEnd(t testing.TB, lines int) {
+	t.Cleanup(func() {
+		c.Stop()
+		if t.Failed() {
+			t.Logf("coordinator %s log:\n%s", c.URL, c.Proc.Tail(lines))
+		}
+	})
 }
 
 // Stop stops the coordinator.
@@ -328,6 +363,23 @@ func CallAPIWith(ctx context.Context, hc *http.Client, coordURL, method, path, t
 // static token user bound to a ClusterRole that allows only impersonating
 // users and groups.
 var AgentIdentity = Identity{Token: "clustral-agent-token-0123456789abcdef", User: "clustral-agent"}
+
+// RegisterAgent registers an agent named hostname with WireGuard key k
+// in the cluster of joinToken, as `clustral agent` does (with a fresh
+// serving key's certificate request), through hc. A refusal is a
+// *coordclient.Error.
+func RegisterAgent(ctx context.Context, hc *http.Client, coordURL, joinToken string, k proto.Key, hostname string) (proto.RegisterResponse, error) {
+	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return proto.RegisterResponse{}, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
+	if err != nil {
+		return proto.RegisterResponse{}, err
+	}
+	return coordclient.New(coordURL, joinToken, hc).RegisterAgent(ctx, proto.RegisterAgentRequest{PublicKey: k, Hostname: hostname,
+		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
+}
 
 // GrantImpersonation creates the impersonate-only ClusterRole and binds
 // the agent identity to it.

@@ -22,7 +22,7 @@ type ControllerManager struct {
 	// LogPath is the file receiving kube-controller-manager's output.
 	LogPath string
 
-	proc *Process
+	component
 }
 
 // StartControllerManager starts kube-controller-manager for api, with its
@@ -82,13 +82,4 @@ func StartControllerManager(ctx context.Context, dir string, api *APIServer) (*C
 		return nil, fmt.Errorf("start kube-controller-manager: %w", err)
 	}
 	return cm, nil
-}
-
-// Pid returns kube-controller-manager's process id.
-func (c *ControllerManager) Pid() int { return c.proc.Pid() }
-
-// Close stops kube-controller-manager.
-func (c *ControllerManager) Close() error {
-	c.proc.Stop()
-	return nil
 }

@@ -83,13 +83,9 @@ type Dex struct {
 // StartDex starts Dex with its files under dir and waits until its
 // discovery document is served. The caller must call Close.
 func StartDex(ctx context.Context, dir string, opts DexOptions) (*Dex, error) {
-	bin, dir, err := componentDir("dex", dir)
+	bin, dir, ca, err := tlsComponentDir("dex", dir, "clustral-test-dex-ca")
 	if err != nil {
 		return nil, err
-	}
-	ca, err := NewCA("clustral-test-dex-ca")
-	if err != nil {
-		return nil, fmt.Errorf("start dex: %w", err)
 	}
 	cert, key, err := ca.Issue("dex", nil, []string{"127.0.0.1", "localhost"}, false)
 	if err != nil {
@@ -211,11 +207,7 @@ func (d *Dex) start(ctx context.Context) error {
 	}
 	d.pids = append(d.pids, p.Pid())
 	hc := d.CA.HTTPClient()
-	err = p.waitReady(ctx, 30*time.Second, func(ctx context.Context) error {
-		_, err := getOK(ctx, hc, d.Issuer+"/.well-known/openid-configuration", nil)
-		return err
-	})
-	if err != nil {
+	if err := p.waitReady(ctx, 30*time.Second, answersOK(hc, d.Issuer+"/.well-known/openid-configuration", nil)); err != nil {
 		return err
 	}
 	d.proc = p

@@ -19,7 +19,7 @@ type Etcd struct {
 	// LogPath is the file receiving etcd's output.
 	LogPath string
 
-	proc *Process
+	component
 }
 
 // StartEtcd starts etcd with its data under dir and waits until it is
@@ -116,17 +116,7 @@ func startEtcd(ctx context.Context, dir string, st *etcdServerTLS) (*Etcd, error
 		if err != nil {
 			return err
 		}
-		err = p.waitReady(ctx, 30*time.Second, func(ctx context.Context) error {
-			b, err := getOK(ctx, hc, client+"/health", nil)
-			if err != nil {
-				return err
-			}
-			if !strings.Contains(string(b), `"health":"true"`) {
-				return fmt.Errorf("unhealthy: %s", b)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := p.waitReady(ctx, 30*time.Second, etcdHealthy(hc, client)); err != nil {
 			return err
 		}
 		e.URL, e.proc = client, p
@@ -136,15 +126,6 @@ func startEtcd(ctx context.Context, dir string, st *etcdServerTLS) (*Etcd, error
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
 	return e, nil
-}
-
-// Pid returns etcd's process id.
-func (e *Etcd) Pid() int { return e.proc.Pid() }
-
-// Close stops etcd (SIGTERM, then SIGKILL of its process group).
-func (e *Etcd) Close() error {
-	e.proc.Stop()
-	return nil
 }
 
 // EtcdCluster is a multi-member etcd cluster serving plain HTTP on
@@ -207,17 +188,7 @@ func StartEtcdCluster(ctx context.Context, dir string, n int) (*EtcdCluster, err
 		}
 		hc := &http.Client{Timeout: 2 * time.Second}
 		for i, p := range members {
-			err := p.waitReady(ctx, 60*time.Second, func(ctx context.Context) error {
-				b, err := getOK(ctx, hc, clients[i]+"/health", nil)
-				if err != nil {
-					return err
-				}
-				if !strings.Contains(string(b), `"health":"true"`) {
-					return fmt.Errorf("unhealthy: %s", b)
-				}
-				return nil
-			})
-			if err != nil {
+			if err := p.waitReady(ctx, 60*time.Second, etcdHealthy(hc, clients[i])); err != nil {
 				stopAll()
 				return err
 			}
@@ -243,4 +214,19 @@ func (c *EtcdCluster) Close() error {
 		p.Stop()
 	}
 	return nil
+}
+
+// etcdHealthy is a readiness check (see Process.Wait): the etcd member
+// at url reports itself healthy.
+func etcdHealthy(c *http.Client, url string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		b, err := getOK(ctx, c, url+"/health", nil)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), `"health":"true"`) {
+			return fmt.Errorf("unhealthy: %s", b)
+		}
+		return nil
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -127,23 +126,9 @@ func TestKubectlTimeout(t *testing.T) {
 	if _, err := exec.LookPath("kubectl"); err != nil {
 		t.Skip("kubectl not installed")
 	}
-	// A server that accepts connections and never answers.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	addr := hangingServer(t)
 	start := time.Now()
-	_, err = Kubectl{Timeout: time.Second}.Run(t.Context(), "--server=http://"+l.Addr().String(), "get", "pods")
+	_, err := Kubectl{Timeout: time.Second}.Run(t.Context(), "--server=http://"+addr, "get", "pods")
 	var kerr *KubectlError
 	if !errors.As(err, &kerr) || !kerr.TimedOut {
 		t.Fatalf("err = %v, want a timeout", err)

@@ -68,12 +68,5 @@ func (h Helm) environ() ([]string, error) {
 
 // commandLine returns helm's arguments: h's flags, then args.
 func (h Helm) commandLine(args []string) []string {
-	var full []string
-	if h.Kubeconfig != "" {
-		full = append(full, "--kubeconfig="+h.Kubeconfig)
-	}
-	if h.Context != "" {
-		full = append(full, "--kube-context="+h.Context)
-	}
-	return append(full, args...)
+	return kubeArgs(h.Kubeconfig, "--kube-context", h.Context, args)
 }

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -12,32 +13,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustral/clustral/pkg/testkit"
 )
+
+// hangingServer serves a loopback port that accepts connections and never
+// answers until t ends, and returns its address.
+func hangingServer(t *testing.T) string {
+	t.Helper()
+	return testkit.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+}
 
 // hangingKubeconfig writes a kubeconfig whose server accepts connections
 // and never answers, so k9s keeps running, waiting for it.
 func hangingKubeconfig(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
+	addr := hangingServer(t)
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	cfg := fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -45,7 +36,7 @@ clusters: [{name: c, cluster: {server: "http://%s"}}]
 users: [{name: u, user: {token: t}}]
 contexts: [{name: hang, context: {cluster: c, user: u}}]
 current-context: hang
-`, l.Addr())
+`, addr)
 	if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -108,12 +108,18 @@ func runClient(ctx context.Context, program, path string, args, env []string, st
 
 // commandLine returns kubectl's arguments: k's flags, then args.
 func (k Kubectl) commandLine(args []string) []string {
+	return kubeArgs(k.Kubeconfig, "--context", k.Context, args)
+}
+
+// kubeArgs returns a Kubernetes client's arguments: --kubeconfig and the
+// client's context flag, each if set, then args.
+func kubeArgs(kubeconfig, contextFlag, kubeContext string, args []string) []string {
 	var full []string
-	if k.Kubeconfig != "" {
-		full = append(full, "--kubeconfig="+k.Kubeconfig)
+	if kubeconfig != "" {
+		full = append(full, "--kubeconfig="+kubeconfig)
 	}
-	if k.Context != "" {
-		full = append(full, "--context="+k.Context)
+	if kubeContext != "" {
+		full = append(full, contextFlag+"="+kubeContext)
 	}
 	return append(full, args...)
 }

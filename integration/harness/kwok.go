@@ -135,11 +135,7 @@ func (k *KWOK) start(ctx context.Context) error {
 	}
 	k.pids = append(k.pids, p.Pid())
 	hc := &http.Client{Timeout: 2 * time.Second}
-	err = p.waitReady(ctx, time.Minute, func(ctx context.Context) error {
-		_, err := getOK(ctx, hc, "http://"+hostPort(k.Port)+"/healthz", nil)
-		return err
-	})
-	if err != nil {
+	if err := p.waitReady(ctx, time.Minute, answersOK(hc, "http://"+hostPort(k.Port)+"/healthz", nil)); err != nil {
 		return err
 	}
 	k.proc = p
@@ -498,13 +494,7 @@ func kwokStages() ([]byte, error) {
 // NodeIP, NodeName and NodePort are KWOK's --node-ip, --node-name and
 // --node-port.
 const nodeInitializeTemplate = `{{ $now := Now }}
-conditions:
-- type: Ready
-  status: "True"
-  reason: KubeletReady
-  message: kwok fake kubelet is ready
-  lastHeartbeatTime: {{ $now | Quote }}
-  lastTransitionTime: {{ $now | Quote }}
+` + nodeReadyCondition + `  lastTransitionTime: {{ $now | Quote }}
 addresses:
 - type: InternalIP
   address: {{ NodeIP | Quote }}
@@ -530,13 +520,17 @@ phase: Running
 `
 
 const nodeHeartbeatTemplate = `{{ $now := Now }}
-conditions:
+` + nodeReadyCondition + `  lastTransitionTime: {{ or .metadata.creationTimestamp $now | Quote }}
+`
+
+// nodeReadyCondition is the node's Ready condition in both templates, up
+// to its lastTransitionTime, which each sets its own way.
+const nodeReadyCondition = `conditions:
 - type: Ready
   status: "True"
   reason: KubeletReady
   message: kwok fake kubelet is ready
   lastHeartbeatTime: {{ $now | Quote }}
-  lastTransitionTime: {{ or .metadata.creationTimestamp $now | Quote }}
 `
 
 const podReadyTemplate = `{{ $now := Now }}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -41,19 +43,38 @@ const (
 	meshOIDCSecret = "coordinator-secret-0123456789"
 )
 
+// The Dex users the end-to-end test packages share. Admin administers
+// every coordinator a MeshSuite starts; Carol is in no group.
+var (
+	Admin = DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
+	Alice = DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
+	Bob   = DexUser{Email: "bob@example.com", Password: "bob-pw", Groups: []string{"ops"}}
+	Carol = DexUser{Email: "carol@example.com", Password: "carol-pw"}
+	Dave  = DexUser{Email: "dave@example.com", Password: "dave-pw", Groups: []string{"dev"}}
+)
+
+// The clustral roles a MeshSuite's meshes have unless MeshOptions.Roles
+// says otherwise: viewer (the group clustral:viewers, bound to the
+// ClusterRole view) and editor (clustral:editors, bound to edit).
+var (
+	ViewerRole = proto.Role{Name: "viewer", Groups: []string{"clustral:viewers"}}
+	EditorRole = proto.Role{Name: "editor", Groups: []string{"clustral:editors"}}
+)
+
+// meshGroupRoles binds the groups of ViewerRole and EditorRole to their
+// ClusterRoles in every MeshSuite's apiserver.
+var meshGroupRoles = map[string]string{"clustral:viewers": "view", "clustral:editors": "edit"}
+
 // MeshOptions configure MeshMain.
 type MeshOptions struct {
 	// Name names the package's temporary files and the namespaces of
 	// NewNamespace.
 	Name string
-	// Users are Dex's static users.
+	// Users are Dex's static users; Admin, who administers every
+	// coordinator the suite starts, is one whether listed or not.
 	Users []DexUser
-	// Admin administers every coordinator the suite starts.
-	Admin DexUser
-	// GroupRoles binds each group (as the agent impersonates it, e.g.
-	// "clustral:viewers") to a ClusterRole (e.g. "view") in the apiserver.
-	GroupRoles map[string]string
-	// Roles are the clustral roles NewMesh creates.
+	// Roles are the clustral roles NewMesh creates; nil means ViewerRole
+	// and EditorRole.
 	Roles []proto.Role
 	// Tracing starts an OTLPReceiver (MeshSuite.Traces) and has the
 	// apiserver export its spans to it (APIServerOptions.TracingEndpoint).
@@ -84,8 +105,9 @@ type MeshSuite struct {
 }
 
 // MeshMain is TestMain for a package of mesh tests: it builds the clustral
-// binary (see ClustralBinary), starts an Env with Dex serving o.Users,
-// grants the agent identity impersonation, binds o.GroupRoles, hands the
+// binary (see ClustralBinary), starts an Env with Dex serving Admin and
+// o.Users, grants the agent identity impersonation, binds the groups of
+// ViewerRole and EditorRole to the ClusterRoles view and edit, hands the
 // suite to setup and runs the tests. It returns the exit code for os.Exit:
 //
 //	var suite *harness.MeshSuite
@@ -94,28 +116,30 @@ type MeshSuite struct {
 //		os.Exit(harness.MeshMain(m, opts, func(s *harness.MeshSuite) { suite = s }))
 //	}
 func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
+	if o.Roles == nil {
+		o.Roles = []proto.Role{ViewerRole, EditorRole}
+	}
+	users := o.Users
+	if !slices.ContainsFunc(users, func(u DexUser) bool { return u.Email == Admin.Email }) {
+		users = append([]DexUser{Admin}, users...)
+	}
 	port, err := FreePort()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
 		return 1
 	}
-	dir, err := os.MkdirTemp("", "clustral-"+o.Name+"-bin")
+	dir, bin, err := TempClustral("clustral-" + o.Name + "-bin")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin, err := ClustralBinary(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "harness: %v\n", err)
-		return 1
-	}
 	s := &MeshSuite{CoordPort: port, OIDCSecret: meshOIDCSecret, Bin: bin, opts: o}
 	s.kwok = sync.OnceValues(func() (*KWOK, error) { return s.Env.StartKWOK(context.Background()) })
 	opts := Options{
 		APIServer: APIServerOptions{Identities: []Identity{{Token: AgentIdentity.Token, User: AgentIdentity.User, Groups: o.AgentGroups}}},
 		Dex: &DexOptions{
-			Users: o.Users,
+			Users: users,
 			Clients: []DexClient{{
 				ID: meshClientID, Secret: s.OIDCSecret,
 				RedirectURIs: []string{s.CoordURL() + "/oidc/callback"},
@@ -138,7 +162,7 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 		if err := GrantImpersonation(ctx, c, AgentIdentity.User); err != nil {
 			panic(fmt.Sprintf("grant impersonation: %v", err))
 		}
-		for group, role := range o.GroupRoles {
+		for group, role := range meshGroupRoles {
 			if err := BindClusterRole(ctx, c, group, role, rbacv1.GroupKind, group); err != nil {
 				panic(fmt.Sprintf("bind %s to %s: %v", group, role, err))
 			}
@@ -162,24 +186,99 @@ func (s *MeshSuite) StartCoordinator(t testing.TB) *Coordinator {
 	return s.StartCoordinatorWith(t)
 }
 
+// StoreEnv names the environment variable that selects the store of the
+// coordinators StartCoordinator starts: "etcd" gives each its own etcd
+// (one member, stopped by t's cleanup), anything else the default bbolt
+// file. CI runs the mesh and access suites both ways.
+const StoreEnv = "CLUSTRAL_TEST_STORE"
+
 // StartCoordinatorWith is StartCoordinator with extraArgs added to
 // `clustral coordinator`.
 func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coordinator {
 	t.Helper()
+	if os.Getenv(StoreEnv) == "etcd" && !slices.Contains(extraArgs, "--store") {
+		e, err := StartEtcd(context.Background(), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		extraArgs = append([]string{"--store", "etcd", "--etcd-endpoints", e.URL}, extraArgs...)
+	}
 	c, err := StartCoordinator(context.Background(), s.Bin, t.TempDir(), CoordinatorOptions{
-		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{s.opts.Admin.Email},
+		Port: s.CoordPort, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
 		ExtraArgs: extraArgs,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Stop()
-		if t.Failed() {
-			t.Logf("coordinator log:\n%s", c.Proc.Tail(40))
-		}
-	})
+	c.StopAtEnd(t, 40)
 	return c
+}
+
+// Replicas are coordinators serving one mesh from one etcd prefix, as an
+// HA deployment runs them. Coords[0] listens on the suite's CoordPort
+// (Dex's redirect URI names it) and its URL is every replica's public
+// URL; the others listen on ports of their own.
+type Replicas struct {
+	Etcd   *EtcdCluster
+	Coords []*Coordinator
+}
+
+// URLs returns the replicas' URLs in order.
+func (r *Replicas) URLs() []string {
+	out := make([]string, len(r.Coords))
+	for i, c := range r.Coords {
+		out[i] = c.URL
+	}
+	return out
+}
+
+// StartReplicas starts a three-member etcd cluster and n coordinator
+// replicas on it (--store etcd), with extraArgs, sharing the first
+// one's audit checkpoint key as a deployment does. t's cleanup stops
+// them all, logging the coordinators' tails if t failed.
+func (s *MeshSuite) StartReplicas(t testing.TB, n int, extraArgs ...string) *Replicas {
+	t.Helper()
+	ec, err := StartEtcdCluster(context.Background(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ec.Close() })
+	r := &Replicas{Etcd: ec}
+	args := append([]string{"--store", "etcd", "--etcd-endpoints", strings.Join(ec.URLs, ","), "--public-url", s.CoordURL()}, extraArgs...)
+	var key []byte
+	for i := range n {
+		port := s.CoordPort
+		if i > 0 {
+			if port, err = FreePort(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dir := t.TempDir()
+		if key != nil {
+			if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "data", auditlog.KeyFile), key, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, err := StartCoordinator(context.Background(), s.Bin, dir, CoordinatorOptions{
+			Port: port, Dex: s.Env.Dex, ClientID: meshClientID, ClientSecret: s.OIDCSecret, Admins: []string{Admin.Email},
+			ExtraArgs: args,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.StopAtEnd(t, 40)
+		r.Coords = append(r.Coords, c)
+		if key == nil {
+			if key, err = os.ReadFile(filepath.Join(dir, "data", auditlog.KeyFile)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return r
 }
 
 // StartAgent runs an agent for the cluster of joinToken, with extraArgs,
@@ -187,21 +286,22 @@ func (s *MeshSuite) StartCoordinatorWith(t testing.TB, extraArgs ...string) *Coo
 // cleanup stops it and logs its tail if t failed.
 func (s *MeshSuite) StartAgent(t testing.TB, joinToken string, extraArgs ...string) *Agent {
 	t.Helper()
+	return s.StartAgentAt(t, s.CoordURL(), joinToken, extraArgs...)
+}
+
+// StartAgentAt is StartAgent with the agent's --coordinator coordURL.
+func (s *MeshSuite) StartAgentAt(t testing.TB, coordURL, joinToken string, extraArgs ...string) *Agent {
+	t.Helper()
 	dir := t.TempDir()
 	kc := filepath.Join(dir, "kubeconfig")
 	if err := s.Env.APIServer.WriteKubeconfig(kc, "agent", AgentIdentity.Token); err != nil {
 		t.Fatal(err)
 	}
-	a, err := StartAgent(context.Background(), s.Bin, dir, s.CoordURL(), joinToken, kc, extraArgs...)
+	a, err := StartAgent(context.Background(), s.Bin, dir, coordURL, joinToken, kc, extraArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		a.Proc.Stop()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.Proc.Tail(60))
-		}
-	})
+	a.Proc.StopAtEnd(t, 60)
 	return a
 }
 
@@ -260,7 +360,7 @@ type Mesh struct {
 // in, and registers MeshCluster and the suite's roles. No agent runs yet.
 func (s *MeshSuite) NewMesh(t testing.TB) *Mesh {
 	t.Helper()
-	m := &Mesh{Coord: s.StartCoordinator(t), Admin: s.NewUser(t, s.opts.Admin)}
+	m := &Mesh{Coord: s.StartCoordinator(t), Admin: s.NewUser(t, Admin)}
 	m.Admin.MustLogin()
 	var cl proto.CreateClusterResponse
 	m.Admin.MustAPI("POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: MeshCluster}, &cl)
@@ -268,6 +368,15 @@ func (s *MeshSuite) NewMesh(t testing.TB) *Mesh {
 	for _, r := range s.opts.Roles {
 		m.Admin.MustAPI("POST", "/api/v1/roles", r, nil)
 	}
+	return m
+}
+
+// NewMeshWithAgent is NewMesh with an agent for MeshCluster running
+// (StartAgent).
+func (s *MeshSuite) NewMeshWithAgent(t testing.TB) *Mesh {
+	t.Helper()
+	m := s.NewMesh(t)
+	s.StartAgent(t, m.JoinToken)
 	return m
 }
 
@@ -338,6 +447,15 @@ func (u *TestUser) MustLogin() {
 // output.
 func (u *TestUser) TryLogin() error {
 	return u.LoginWithToken(context.Background(), u.s.Env.Dex, meshClientID, u.s.OIDCSecret, u.s.CoordURL())
+}
+
+// MustLoginAt logs u in to the coordinator at coordURL, e.g. one of
+// several replicas, which u's later commands then use.
+func (u *TestUser) MustLoginAt(coordURL string) {
+	u.t.Helper()
+	if err := u.LoginWithToken(context.Background(), u.s.Env.Dex, meshClientID, u.s.OIDCSecret, coordURL); err != nil {
+		u.t.Fatal(err)
+	}
 }
 
 // MustUp runs `clustral up` as u.

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -110,6 +111,30 @@ func (p *Process) Stop() {
 	})
 }
 
+// component is a process the harness started for a component (etcd, the
+// controller manager), giving the type that embeds it Pid and Close.
+type component struct{ proc *Process }
+
+// Pid returns the component's process id.
+func (c *component) Pid() int { return c.proc.Pid() }
+
+// Close stops the component (SIGTERM, then SIGKILL of its process group).
+func (c *component) Close() error {
+	c.proc.Stop()
+	return nil
+}
+
+// StopAtEnd stops p when t ends and logs the last lines of its log if t
+// failed.
+func (p *Process) StopAtEnd(t testing.TB, lines int) {
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			t.Logf("%s log:\n%s", p.name, p.Tail(lines))
+		}
+	})
+}
+
 // Kill kills the process group at once, without a grace period, and
 // waits for the process: a crash, for tests of recovery.
 func (p *Process) Kill() {
@@ -156,10 +181,7 @@ func (p *Process) WaitHTTP(ctx context.Context, url string) error {
 // WaitHTTPClient is WaitHTTP with the given client, e.g. one trusting a
 // test CA.
 func (p *Process) WaitHTTPClient(ctx context.Context, c *http.Client, url string) error {
-	return p.Wait(ctx, func(ctx context.Context) error {
-		_, err := getOK(ctx, c, url, nil)
-		return err
-	})
+	return p.Wait(ctx, answersOK(c, url, nil))
 }
 
 // waitReady is Wait bounded by timeout. A process that does not get
@@ -230,6 +252,15 @@ func FreePort() (int, error) {
 
 func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
+// answersOK is a readiness check (see Process.Wait): a GET of url with
+// the headers hdr on c answers 200.
+func answersOK(c *http.Client, url string, hdr http.Header) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := getOK(ctx, c, url, hdr)
+		return err
+	}
+}
+
 // getOK performs a GET and returns nil on a 200 response.
 func getOK(ctx context.Context, c *http.Client, url string, hdr http.Header) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -262,6 +293,18 @@ func componentDir(name, dir string) (bin, sub string, err error) {
 		return "", "", fmt.Errorf("start %s: %w", name, err)
 	}
 	return bin, sub, nil
+}
+
+// tlsComponentDir is componentDir for a component that serves TLS: it
+// also makes the component's own CA, named caName.
+func tlsComponentDir(name, dir, caName string) (bin, sub string, ca *CA, err error) {
+	if bin, sub, err = componentDir(name, dir); err != nil {
+		return "", "", nil, err
+	}
+	if ca, err = NewCA(caName); err != nil {
+		return "", "", nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	return bin, sub, ca, nil
 }
 
 // onFreePorts calls start with n free ports (see FreePorts), and again

@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -10,11 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,77 +18,6 @@ import (
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
-
-// cliLogin is a running `clustral login`.
-type cliLogin struct {
-	cmd      *exec.Cmd
-	stdout   strings.Builder
-	authURL  string
-	userCode string // headless only
-}
-
-// startCLILogin runs `clustral login` as u with args and extra
-// environment, and reads from its stderr the URL (and, headless, the
-// code) it prints.
-func startCLILogin(t *testing.T, ctx context.Context, u *harness.TestUser, env []string, args ...string) *cliLogin {
-	t.Helper()
-	l := &cliLogin{}
-	l.cmd = exec.CommandContext(ctx, u.Bin, append([]string{"login", suite.CoordURL()}, args...)...)
-	l.cmd.Env = append(u.Environ(), env...)
-	l.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := l.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.cmd.Stdout = &l.stdout
-	if err := l.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.cmd.Process.Kill(); l.cmd.Wait() })
-	headless := slices.Contains(args, "--no-browser")
-	sc := bufio.NewScanner(stderr)
-	wantCode := false
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		switch {
-		case strings.HasPrefix(line, "https://") && l.authURL == "":
-			l.authURL = line
-		case strings.Contains(line, "asks for this code"):
-			wantCode = true
-		case wantCode && line != "":
-			l.userCode = line
-		}
-		if l.authURL != "" && (!headless || l.userCode != "") {
-			break
-		}
-	}
-	go io.Copy(io.Discard, stderr)
-	if l.authURL == "" {
-		t.Fatal("clustral login printed no URL")
-	}
-	if !strings.HasPrefix(l.authURL, suite.Env.Dex.Issuer) || !strings.Contains(l.authURL, "code_challenge_method=S256") {
-		t.Fatalf("auth URL %q is not Dex's with PKCE", l.authURL)
-	}
-	return l
-}
-
-// desktop is the environment of a machine with a browser: a display,
-// and an xdg-open that opens nothing (the test plays the browser).
-func desktop(t *testing.T) []string {
-	t.Helper()
-	bin := t.TempDir()
-	if err := os.WriteFile(filepath.Join(bin, "xdg-open"), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return []string{"DISPLAY=:99", "PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}
-}
-
-func readPage(t *testing.T, resp *http.Response) string {
-	t.Helper()
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
-}
 
 // TestInteractiveLogin is the default flow: `clustral login` listens on
 // 127.0.0.1, the user signs in through Dex's HTML form, the coordinator
@@ -104,23 +28,23 @@ func TestInteractiveLogin(t *testing.T) {
 	u := suite.NewUser(t, alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	l := startCLILogin(t, ctx, u, desktop(t))
-	if l.userCode != "" {
-		t.Fatalf("a loopback login printed a code %q", l.userCode)
+	l := harness.StartCLILogin(t, ctx, u, suite.CoordURL(), harness.Desktop(t))
+	if l.UserCode != "" {
+		t.Fatalf("a loopback login printed a code %q", l.UserCode)
 	}
-	resp, err := suite.Env.Dex.Browser().LoginFollow(ctx, l.authURL, alice.Email, alice.Password)
+	resp, err := suite.Env.Dex.Browser().LoginFollow(ctx, l.AuthURL, alice.Email, alice.Password)
 	if err != nil {
 		t.Fatal(err)
 	}
-	page := readPage(t, resp)
+	page := harness.ReadPage(t, resp)
 	if resp.StatusCode != 200 || resp.Request.URL.Hostname() != "127.0.0.1" || !strings.HasPrefix(resp.Request.URL.Path, "/clustral/callback/") || !strings.Contains(page, "Signed in as "+alice.Email) {
 		t.Fatalf("the browser ended at %s: %d %s", resp.Request.URL, resp.StatusCode, page)
 	}
-	if err := l.cmd.Wait(); err != nil {
+	if err := l.Cmd.Wait(); err != nil {
 		t.Fatalf("clustral login: %v", err)
 	}
-	if !strings.Contains(l.stdout.String(), "Logged in to "+suite.CoordURL()+" as "+alice.Email) {
-		t.Fatalf("stdout = %q", l.stdout.String())
+	if !strings.Contains(l.Stdout.String(), "Logged in to "+suite.CoordURL()+" as "+alice.Email) {
+		t.Fatalf("stdout = %q", l.Stdout.String())
 	}
 	out := u.MustRun("status", "-o", "json")
 	if !strings.Contains(out, `"user": "alice@example.com"`) {
@@ -136,19 +60,19 @@ func TestHeadlessLogin(t *testing.T) {
 	u := suite.NewUser(t, alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	l := startCLILogin(t, ctx, u, nil, "--no-browser")
-	if len(l.userCode) != 9 {
-		t.Fatalf("code %q, want XXXX-XXXX", l.userCode)
+	l := harness.StartCLILogin(t, ctx, u, suite.CoordURL(), nil, "--no-browser")
+	if len(l.UserCode) != 9 {
+		t.Fatalf("code %q, want XXXX-XXXX", l.UserCode)
 	}
 	b := suite.Env.Dex.Browser()
-	resp, err := b.LoginFollow(ctx, l.authURL, alice.Email, alice.Password)
+	resp, err := b.LoginFollow(ctx, l.AuthURL, alice.Email, alice.Password)
 	if err != nil {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
 	var body bytes.Buffer
 	resp.Body = io.NopCloser(io.TeeReader(resp.Body, &body))
-	confirmed, err := b.Submit(ctx, resp, "user_code", url.Values{"user_code": {l.userCode}, "action": {"confirm"}})
+	confirmed, err := b.Submit(ctx, resp, "user_code", url.Values{"user_code": {l.UserCode}, "action": {"confirm"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,14 +81,14 @@ func TestHeadlessLogin(t *testing.T) {
 			t.Fatalf("confirmation page lacks %q:\n%s", want, body.String())
 		}
 	}
-	if page := readPage(t, confirmed); confirmed.StatusCode != 200 || !strings.Contains(page, "Signed in as "+alice.Email) {
+	if page := harness.ReadPage(t, confirmed); confirmed.StatusCode != 200 || !strings.Contains(page, "Signed in as "+alice.Email) {
 		t.Fatalf("after confirming: %d %s", confirmed.StatusCode, page)
 	}
-	if err := l.cmd.Wait(); err != nil {
+	if err := l.Cmd.Wait(); err != nil {
 		t.Fatalf("clustral login: %v", err)
 	}
-	if !strings.Contains(l.stdout.String(), "as "+alice.Email) {
-		t.Fatalf("stdout = %q", l.stdout.String())
+	if !strings.Contains(l.Stdout.String(), "as "+alice.Email) {
+		t.Fatalf("stdout = %q", l.Stdout.String())
 	}
 }
 
@@ -226,7 +150,7 @@ func TestLoginLinkSentToAnotherUser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if page := readPage(t, cancelled); !strings.Contains(page, "No session was issued") {
+		if page := harness.ReadPage(t, cancelled); !strings.Contains(page, "No session was issued") {
 			t.Fatalf("after cancel: %d %s", cancelled.StatusCode, page)
 		}
 		if st, p, s := poll(atk.Handle, v); st != http.StatusUnauthorized || p.Code != proto.CodeLoginFailed || s.Token != "" {

@@ -9,31 +9,16 @@ import (
 	"testing"
 
 	"github.com/clustral/clustral/integration/harness"
-	"github.com/clustral/clustral/proto"
 )
 
 // The static users in Dex.
-var (
-	admin = harness.DexUser{Email: "admin@example.com", Password: "admin-pw", Groups: []string{"platform"}}
-	alice = harness.DexUser{Email: "alice@example.com", Password: "alice-pw", Groups: []string{"dev"}}
-	bob   = harness.DexUser{Email: "bob@example.com", Password: "bob-pw", Groups: []string{"ops"}}
-	carol = harness.DexUser{Email: "carol@example.com", Password: "carol-pw"}
-)
+var admin, alice, bob, carol = harness.Admin, harness.Alice, harness.Bob, harness.Carol
 
 var suite *harness.MeshSuite
 
 // TestMain runs the tests against one apiserver and Dex. Every mesh has
-// the roles viewer (group clustral:viewers, bound to view) and editor
-// (clustral:editors, bound to edit).
+// the roles viewer and editor (see harness.ViewerRole).
 func TestMain(m *testing.M) {
-	os.Exit(harness.MeshMain(m, harness.MeshOptions{
-		Name:       "mesh",
-		Users:      []harness.DexUser{admin, alice, bob, carol},
-		Admin:      admin,
-		GroupRoles: map[string]string{"clustral:viewers": "view", "clustral:editors": "edit"},
-		Roles: []proto.Role{
-			{Name: "viewer", Groups: []string{"clustral:viewers"}},
-			{Name: "editor", Groups: []string{"clustral:editors"}},
-		},
-	}, func(s *harness.MeshSuite) { suite = s }))
+	users := []harness.DexUser{alice, bob, carol}
+	os.Exit(harness.MeshMain(m, harness.MeshOptions{Name: "mesh", Users: users}, func(s *harness.MeshSuite) { suite = s }))
 }

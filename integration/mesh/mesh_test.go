@@ -14,8 +14,7 @@ import (
 // logged in, holding role on the cluster and up, and that assignment.
 func newUpUser(t *testing.T, d harness.DexUser, role string) (*harness.Mesh, *harness.TestUser, proto.Assignment) {
 	t.Helper()
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	u := suite.NewUser(t, d)
 	u.MustLogin()
 	asg := m.Assign(t, d.Email, role)
@@ -28,8 +27,7 @@ func newUpUser(t *testing.T, d harness.DexUser, role string) (*harness.Mesh, *ha
 // is up yet.
 func newAliceAndBob(t *testing.T, aliceRole, bobRole string) (*harness.Mesh, *harness.TestUser, *harness.TestUser) {
 	t.Helper()
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	m := suite.NewMeshWithAgent(t)
 	a, b := suite.NewUser(t, alice), suite.NewUser(t, bob)
 	a.MustLogin()
 	b.MustLogin()

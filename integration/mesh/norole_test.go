@@ -12,8 +12,7 @@ import (
 // and kubectl prints the plain-text 403 naming the cluster and the way
 // forward.
 func TestNoRole(t *testing.T) {
-	m := suite.NewMesh(t)
-	suite.StartAgent(t, m.JoinToken)
+	suite.NewMeshWithAgent(t)
 	c := suite.NewUser(t, carol)
 	c.MustLogin()
 	c.MustUp()

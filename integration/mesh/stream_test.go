@@ -91,31 +91,33 @@ func TestStreams(t *testing.T) {
 			}
 		}
 
-		t.Run(mode.name+"/exec", func(t *testing.T) {
-			res, err := b.RunKubectlEnv(env, kargs("exec", "-n", ns, pod, "-c", "c", "--", "echo", "hello")...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.Stdout != "hello\n" {
-				t.Errorf("exec echo hello: stdout = %q", res.Stdout)
-			}
-			checkProtocol(t, res.Stderr)
-		})
-
-		t.Run(mode.name+"/exec stdin", func(t *testing.T) {
-			k := b.Kubectl()
-			k.Env = env
-			k.Stdin = strings.NewReader("one line from stdin\nanother\n")
+		for _, ex := range []struct {
+			name, stdin string
+			command     []string // after exec [-i] -n ns pod -c c --
+			want        string
+		}{
+			{"exec", "", []string{"echo", "hello"}, "hello\n"},
 			// head, not cat: KWOK does not pass on stdin's EOF.
-			res, err := k.Run(ctx, kargs("exec", "-i", "-n", ns, pod, "-c", "c", "--", "head", "-n", "1")...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.Stdout != "one line from stdin\n" {
-				t.Errorf("exec -i head -n 1: stdout = %q", res.Stdout)
-			}
-			checkProtocol(t, res.Stderr)
-		})
+			{"exec stdin", "one line from stdin\nanother\n", []string{"head", "-n", "1"}, "one line from stdin\n"},
+		} {
+			t.Run(mode.name+"/"+ex.name, func(t *testing.T) {
+				k := b.Kubectl()
+				k.Env = env
+				args := []string{"exec", "-n", ns, pod, "-c", "c", "--"}
+				if ex.stdin != "" {
+					k.Stdin = strings.NewReader(ex.stdin)
+					args = append([]string{"exec", "-i"}, args[1:]...)
+				}
+				res, err := k.Run(ctx, kargs(append(args, ex.command...)...)...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Stdout != ex.want {
+					t.Errorf("%s: stdout = %q, want %q", strings.Join(ex.command, " "), res.Stdout, ex.want)
+				}
+				checkProtocol(t, res.Stderr)
+			})
+		}
 
 		t.Run(mode.name+"/logs -f", func(t *testing.T) {
 			harness.MustEventually(t, 20*time.Second, func(context.Context) error {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,9 +15,12 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/coordinator/store/storetest"
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/testkit"
+	"github.com/clustral/clustral/proto"
 )
 
 // openOn returns an opener of stores on endpoints, each under its own
@@ -55,6 +59,57 @@ func TestEtcdClusterConformance(t *testing.T) {
 	}
 	t.Cleanup(func() { c.Close() })
 	storetest.Run(t, openOn(c.URLs))
+}
+
+// feedOn returns the options of the feed suite on etcd endpoints: a
+// compaction through a client of its own, and a replica as a second
+// store on the same prefix.
+func feedOn(t *testing.T, endpoints []string) storetest.FeedOptions {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return storetest.FeedOptions{
+		Compact: func(t *testing.T, f store.Feed) {
+			resp, err := cli.Get(t.Context(), "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cli.Compact(t.Context(), resp.Header.Revision); err != nil {
+				t.Fatal(err)
+			}
+		},
+		Replica: func(t *testing.T, f store.Feed) store.Feed {
+			s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: endpoints, Prefix: f.(*store.Etcd).Prefix()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+	}
+}
+
+// TestEtcdFeed runs the feed suite on one member and on three.
+func TestEtcdFeed(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for name, urls := range map[string][]string{"one": {e.URL}, "three": c.URLs} {
+		t.Run(name, func(t *testing.T) {
+			open := openOn(urls)
+			storetest.RunFeed(t, func(t *testing.T) store.Feed { return open(t).(store.Feed) }, feedOn(t, urls))
+		})
+	}
 }
 
 // TestEtcdOpenErrors: a store that cannot reach etcd, or is configured
@@ -315,6 +370,109 @@ func TestEtcdClusterMemberCrash(t *testing.T) {
 	for _, k := range acked {
 		if !got[k] {
 			t.Errorf("acknowledged write %s is missing after a member crashed", k)
+		}
+	}
+}
+
+// TestEtcdLead: of two stores on one prefix one leads at a time; when the
+// leader resigns the other leads at once, and when the leader's process
+// stops without resigning (its store closed under it, as a crash leaves
+// it) the other leads once the leader's lease expires, within seconds.
+func TestEtcdLead(t *testing.T) {
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	open := openOn([]string{e.URL})
+	first := open(t).(*store.Etcd)
+	var leading atomic.Value // name of the leader
+	leading.Store("")
+	lead := func(s *store.Etcd, name string) (stop func()) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.Lead(ctx, "test", name, func(ctx context.Context) {
+				if !leading.CompareAndSwap("", name) {
+					t.Errorf("%s leads while %s does", name, leading.Load())
+				}
+				<-ctx.Done()
+				leading.CompareAndSwap(name, "")
+			})
+		}()
+		return func() { cancel(); <-done }
+	}
+	waitLeader := func(within time.Duration, want ...string) string {
+		t.Helper()
+		var l string
+		testkit.WaitForWithin(t, within, fmt.Sprintf("one of %v to lead", want), func() bool {
+			l = leading.Load().(string)
+			return slices.Contains(want, l)
+		})
+		return l
+	}
+	// Each store needs its own prefix-sharing handle.
+	second, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: first.Prefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { second.Close() })
+	stops := map[string]func(){"first": lead(first, "first"), "second": lead(second, "second")}
+	l := waitLeader(5*time.Second, "first", "second")
+	// The leader resigns: the other leads at once.
+	stops[l]()
+	other := map[string]string{"first": "second", "second": "first"}[l]
+	waitLeader(2*time.Second, other)
+	// The leader's store is closed under it, as a crash leaves etcd: its
+	// lease outlives it by its TTL, then the other leads.
+	third, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: first.Prefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { third.Close() })
+	stopThird := lead(third, "third")
+	t.Cleanup(stopThird)
+	map[string]*store.Etcd{"first": first, "second": second}[other].Close()
+	start := time.Now()
+	stops[other]()
+	leading.CompareAndSwap(other, "")
+	waitLeader(10*time.Second, "third")
+	t.Logf("the leadership moved %s after the leader's store closed", time.Since(start).Round(100*time.Millisecond))
+}
+
+// TestEtcdAuditChainAcrossReplicas: two stores on one prefix (two
+// replicas) append to the audit chain at once; the head is read in each
+// append's transaction, so the commit compares it and no two appends
+// chain to the same record: one chain, every record once, that verifies.
+func TestEtcdAuditChainAcrossReplicas(t *testing.T) {
+	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	open := openOn(c.URLs)
+	a := open(t).(*store.Etcd)
+	b, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: c.URLs, Prefix: a.Prefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	const writers, each = 4, 15
+	stores := []store.Store{a, b}
+	storetest.Concurrently(t, 2*writers, each, func(w, i int) (bool, error) {
+		return true, stores[w%2].Update(func(tx store.Tx) error {
+			_, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditCheckpointExport, Time: time.Now(), Actor: fmt.Sprintf("w%d-%d", w, i)})
+			return err
+		})
+	})
+	for name, st := range map[string]store.Store{"a": a, "b": b} {
+		v, err := auditlog.Verify(st, auditlog.VerifyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !v.OK || v.Checked != 2*writers*each || v.First != 1 || v.Last != 2*writers*each {
+			t.Fatalf("chain as %s reads it: %+v, want %d records 1..%d that verify", name, v, 2*writers*each, 2*writers*each)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"golang.org/x/net/proxy"
 )
 
@@ -271,28 +272,11 @@ func TestDialErrorReplies(t *testing.T) {
 // the half-close.
 func echoServer(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, err := io.ReadAll(c)
-				if err != nil {
-					return
-				}
-				c.Write(b)
-			}()
+	return testkit.ServeTCP(t, func(c net.Conn) {
+		if b, err := io.ReadAll(c); err == nil {
+			c.Write(b)
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // meshDial resolves the names in hosts to loopback addresses and refuses

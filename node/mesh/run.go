@@ -47,7 +47,7 @@ func (m *Mesh) Run(ctx context.Context, c Coordinator) error {
 		wg.Go(func() { m.runDiscovery(ctx, c, m.reg.STUN, eps) })
 	}
 	s, err := node.NewStream(m.Node, node.StreamConfig{
-		BaseURL:   c.Client.BaseURL(),
+		BaseURL:   c.Client.URLs(),
 		Token:     c.Client.Token(),
 		Client:    c.Client.HTTPClient(),
 		Endpoints: eps.list,
@@ -69,7 +69,7 @@ func (m *Mesh) runRelay(ctx context.Context, c Coordinator) {
 	if hc == nil {
 		hc = c.Client.HTTPClient()
 	}
-	err := m.Node.RunRelay(ctx, node.RelayConfig{BaseURL: c.Client.BaseURL(), Token: c.Client.Token(), Client: hc, Logger: m.log})
+	err := m.Node.RunRelay(ctx, node.RelayConfig{BaseURL: c.Client.URLs(), Token: c.Client.Token(), Client: hc, Logger: m.log})
 	if err != nil && ctx.Err() == nil {
 		m.log.Error("relay stopped", "err", err)
 	}

@@ -4,7 +4,9 @@
 //
 // A Client is one caller: a base URL, a bearer token (a session, a join
 // token or a node token; empty for the public calls) and the *http.Client
-// that carries the requests. Every request it makes sends the token as
+// that carries the requests. The base URL may name several coordinator
+// replicas, comma-separated: the Client sends to one, and moves to the
+// next when it cannot reach it (see Client.send). Every request it makes sends the token as
 // "Authorization: Bearer"; every error answer becomes an *Error carrying
 // the coordinator's problem document; a coordinator that cannot be
 // reached gives an error matching ErrUnreachable. Backoff and Retry are
@@ -21,10 +23,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync/atomic"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -65,20 +69,72 @@ func IsRefused(err error) bool {
 // Client makes requests to the coordinator as one caller. Create it with
 // New.
 type Client struct {
-	base  string // without a trailing slash
+	bases []string // without trailing slashes; at least one
 	token string
 	hc    *http.Client
+	// at is the replica in use: the index in bases of the one that
+	// answered last, and the name it answered with. Copies made by
+	// WithToken share it.
+	at *replicaInUse
+}
+
+// replicaInUse is where a Client and its copies send their requests.
+type replicaInUse struct {
+	idx  atomic.Int32
+	name atomic.Pointer[string]
 }
 
 // New returns a client of the coordinator at baseURL (such as
 // "https://coord.example") that authenticates with token, if not empty,
 // and sends its requests with hc (nil means http.DefaultClient). baseURL
-// is taken as given; a trailing slash is dropped.
+// is taken as given, a trailing slash dropped; several replicas'
+// URLs, comma-separated, are tried in turn (see send).
 func New(baseURL, token string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, hc: hc}
+	c := &Client{token: token, hc: hc, at: &replicaInUse{}}
+	for _, b := range SplitURLs(baseURL) {
+		c.bases = append(c.bases, strings.TrimRight(b, "/"))
+	}
+	if len(c.bases) == 0 {
+		c.bases = []string{""}
+	}
+	return c
+}
+
+// SplitURLs returns the URLs of a comma-separated list, spaces trimmed,
+// empty elements left out.
+func SplitURLs(list string) []string {
+	var out []string
+	for _, u := range strings.Split(list, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// BadURLError names a coordinator URL that is not an http(s) URL.
+type BadURLError struct{ URL string }
+
+func (e *BadURLError) Error() string {
+	return fmt.Sprintf("coordinator URL %q is not an http(s) URL", e.URL)
+}
+
+// CheckURLs checks that list names at least one coordinator URL and
+// that each is an http(s) URL with a host; the error is a *BadURLError.
+func CheckURLs(list string) error {
+	urls := SplitURLs(list)
+	if len(urls) == 0 {
+		return &BadURLError{URL: list}
+	}
+	for _, s := range urls {
+		if u, err := url.Parse(s); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return &BadURLError{URL: s}
+		}
+	}
+	return nil
 }
 
 // WithToken returns a copy of c that authenticates with token.
@@ -88,8 +144,25 @@ func (c *Client) WithToken(token string) *Client {
 	return &cp
 }
 
-// BaseURL returns the coordinator's URL, without a trailing slash.
-func (c *Client) BaseURL() string { return c.base }
+// BaseURL returns the URL of the coordinator replica in use (the one
+// that answered last), without a trailing slash.
+func (c *Client) BaseURL() string { return c.bases[c.at.idx.Load()] }
+
+// URLs returns every replica's URL, comma-separated, the one in use
+// first: what New takes for another client of the same replicas.
+func (c *Client) URLs() string {
+	i := int(c.at.idx.Load())
+	return strings.Join(append(append([]string(nil), c.bases[i:]...), c.bases[:i]...), ",")
+}
+
+// Replica returns the name the replica in use answered with last, or ""
+// when it named none (a coordinator that does not share its store).
+func (c *Client) Replica() string {
+	if n := c.at.name.Load(); n != nil {
+		return *n
+	}
+	return ""
+}
 
 // Token returns the bearer credential c sends.
 func (c *Client) Token() string { return c.token }
@@ -108,7 +181,7 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body any) 
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL()+path, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -122,12 +195,65 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body any) 
 }
 
 // send sends req and returns its answer, or an ErrUnreachable error.
+// With several replicas, a request that got no answer from the replica
+// in use is sent to the next one, and so on once around: any request
+// whose connection could not be opened (it never left), and a GET
+// whatever failed. The replica that answers is the one in use from then
+// on.
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%w %s: %w", ErrUnreachable, c.base, err)
+	start := int(c.at.idx.Load())
+	from := c.bases[start]
+	var errs []error
+	for i := range c.bases {
+		idx := (start + i) % len(c.bases)
+		r := req
+		if i > 0 {
+			var err error
+			if r, err = retarget(req, from, c.bases[idx]); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := c.hc.Do(r)
+		if err == nil {
+			c.at.idx.Store(int32(idx))
+			name := resp.Header.Get(proto.HeaderReplica)
+			c.at.name.Store(&name)
+			return resp, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", c.bases[idx], err))
+		if req.Context().Err() != nil || !(req.Method == http.MethodGet || neverSent(err)) {
+			break
+		}
 	}
-	return resp, nil
+	if len(errs) == 1 {
+		return nil, fmt.Errorf("%w %w", ErrUnreachable, errs[0])
+	}
+	return nil, fmt.Errorf("%w: none of %d replicas answered: %w", ErrUnreachable, len(c.bases), errors.Join(errs...))
+}
+
+// retarget returns req sent to base to instead of base from, with a fresh
+// copy of its body.
+func retarget(req *http.Request, from, to string) (*http.Request, error) {
+	u, err := url.Parse(to + strings.TrimPrefix(req.URL.String(), from))
+	if err != nil {
+		return nil, fmt.Errorf("coordinator URL %q: %w", to, err)
+	}
+	r := req.Clone(req.Context())
+	r.URL, r.Host = u, ""
+	if req.GetBody != nil {
+		if r.Body, err = req.GetBody(); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// neverSent reports whether err says the request's connection could not
+// be opened, so the coordinator never saw it and another replica may
+// take it without doing it twice.
+func neverSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // Do sends one request to path (such as proto.APIVersion+"/whoami") with
@@ -273,6 +399,9 @@ func (c *Client) ShipAudit(ctx context.Context, b proto.AuditBatch) (proto.Audit
 
 // PutRecording ships one session recording, read from body
 // (PUT /api/v1/recordings/{id}), and returns what the coordinator stored.
+// Like every call that changes something, it moves on to the next
+// coordinator only when the last could not be reached at all, so body
+// is still unread then.
 func (c *Client) PutRecording(ctx context.Context, id string, body io.Reader) (proto.RecordingInfo, error) {
 	var out proto.RecordingInfo
 	req, err := c.newRequest(ctx, http.MethodPut, proto.APIVersion+"/recordings/"+url.PathEscape(id), nil)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -214,5 +215,108 @@ func TestRetry(t *testing.T) {
 	cancel()
 	if err := Retry(ctx, Fixed(time.Hour, 1), func(context.Context) error { return down }, nil); err != context.Canceled {
 		t.Errorf("Retry with a done context = %v", err)
+	}
+}
+
+// TestReplicas: a Client of several replicas sends to the one in use and
+// moves on when it cannot reach it: any request whose connection was
+// refused, a GET whatever failed, never a request the replica may have
+// taken.
+func TestReplicas(t *testing.T) {
+	// down is a URL where nothing listens.
+	gone := httptest.NewServer(http.NotFoundHandler())
+	down := gone.URL
+	gone.Close()
+	// cut takes a request and drops the connection without answering.
+	cut, _ := server(t, func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	})
+	var seen []string
+	up, _ := server(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		seen = append(seen, r.Method+" "+r.URL.Path+" "+string(b))
+		w.Header().Set(proto.HeaderReplica, "replica-b")
+		w.Write([]byte("{}"))
+	})
+	tests := []struct {
+		name     string
+		bases    string
+		method   string
+		wantSeen string // "" when the request must fail
+		wantBase string
+		wantURLs string // the one in use first
+	}{
+		{"refused POST moves on", down + ", " + up.URL, http.MethodPost, "POST /x {\"a\":1}", up.URL, up.URL + "," + down},
+		{"dropped GET moves on", cut.URL + "," + up.URL, http.MethodGet, "GET /x ", up.URL, up.URL + "," + cut.URL},
+		{"dropped POST does not", cut.URL + "," + up.URL, http.MethodPost, "", cut.URL, cut.URL + "," + up.URL},
+		{"all down", down + "," + down, http.MethodGet, "", down, down + "," + down},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			seen = nil
+			c := New(tt.bases, "tok", nil)
+			var body any
+			if tt.method == http.MethodPost {
+				body = map[string]int{"a": 1}
+			}
+			err := c.Do(context.Background(), tt.method, "/x", body, nil)
+			if tt.wantSeen == "" {
+				if err == nil || !errors.Is(err, ErrUnreachable) {
+					t.Fatalf("Do = %v, want an ErrUnreachable error", err)
+				}
+				if len(seen) != 0 {
+					t.Fatalf("the next replica got %v", seen)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(seen) != 1 || seen[0] != tt.wantSeen {
+					t.Fatalf("the answering replica saw %q, want %q once", seen, tt.wantSeen)
+				}
+				if c.Replica() != "replica-b" {
+					t.Errorf("Replica = %q, want replica-b", c.Replica())
+				}
+			}
+			if c.BaseURL() != tt.wantBase {
+				t.Errorf("BaseURL = %s, want %s", c.BaseURL(), tt.wantBase)
+			}
+			if c.URLs() != tt.wantURLs {
+				t.Errorf("URLs = %s, want %s", c.URLs(), tt.wantURLs)
+			}
+			// A copy with another token uses the same replica.
+			if w := c.WithToken("other"); w.BaseURL() != c.BaseURL() {
+				t.Errorf("WithToken's BaseURL = %s, want %s", w.BaseURL(), c.BaseURL())
+			}
+		})
+	}
+}
+
+// TestPutRecordingMovesOn: a recording whose first coordinator cannot be
+// reached reaches the next one whole.
+func TestPutRecordingMovesOn(t *testing.T) {
+	gone := httptest.NewServer(http.NotFoundHandler())
+	down := gone.URL
+	gone.Close()
+	var got string
+	up, _ := server(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got = r.Method + " " + r.URL.Path + " " + string(b)
+		w.Write([]byte(`{"bytes":5}`))
+	})
+	f, err := os.CreateTemp(t.TempDir(), "rec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString("cast\n")
+	f.Seek(0, io.SeekStart)
+	info, err := New(down+","+up.URL, "tok", nil).PutRecording(context.Background(), "abc-1", f)
+	if err != nil || info.Bytes != 5 || got != "PUT /api/v1/recordings/abc-1 cast\n" {
+		t.Fatalf("PutRecording = %+v, %v; the coordinator got %q", info, err, got)
 	}
 }

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"sync"
 	"testing"
 	"time"
 )
@@ -41,13 +42,47 @@ func WaitForWithin(t testing.TB, timeout time.Duration, what string, cond func()
 // WaitTimeout.
 func Recv[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()
-	timer := time.NewTimer(WaitTimeout)
+	return RecvWithin(t, WaitTimeout, ch, what)
+}
+
+// RecvWithin is Recv with a timeout other than WaitTimeout, for what
+// takes long by design (a shutdown that drains).
+func RecvWithin[T any](t testing.TB, timeout time.Duration, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case v := <-ch:
 		return v
 	case <-timer.C:
-		t.Fatalf("timed out after %v waiting for %s", WaitTimeout, what)
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 	panic("unreachable")
+}
+
+// Repeat calls step with 0, 1, 2 and on, on a goroutine of its own, until
+// step returns false or stop is called, as a load that runs while a test
+// does something else. stop ends the repetition, waits for the call under
+// way to return and may be called again; tb's cleanup calls it too.
+func Repeat(tb testing.TB, step func(i int) bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if !step(i) {
+				return
+			}
+		}
+	})
+	stop = sync.OnceFunc(func() {
+		close(done)
+		wg.Wait()
+	})
+	tb.Cleanup(stop)
+	return stop
 }

@@ -17,7 +17,20 @@ import (
 	"testing"
 
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/testkit"
 )
+
+// OpenBolt opens a new bbolt store in tb's temporary directory, closed
+// when tb ends.
+func OpenBolt(tb testing.TB) *store.Bolt {
+	tb.Helper()
+	s, err := store.OpenBolt(filepath.Join(tb.TempDir(), "coordinator.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
 
 // Run runs the suite. open must return a new, empty store for each call
 // and arrange (t.Cleanup) for it to be closed.
@@ -305,37 +318,22 @@ func testAtomicity(t *testing.T, s store.Store) {
 // increment.
 func testIsolationCounter(t *testing.T, s store.Store) {
 	const workers, each = 8, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				err := s.Update(func(tx store.Tx) error {
-					n := 0
-					v, err := tx.GetRaw(store.Meta, "counter")
-					switch {
-					case errors.Is(err, store.ErrNotFound):
-					case err != nil:
-						return err
-					default:
-						if n, err = strconv.Atoi(string(v)); err != nil {
-							return err
-						}
-					}
-					return tx.PutRaw(store.Meta, "counter", []byte(strconv.Itoa(n+1)))
-				})
-				if err != nil {
-					errs <- err
-					return
+	Concurrently(t, workers, each, func(int, int) (bool, error) {
+		return true, s.Update(func(tx store.Tx) error {
+			n := 0
+			v, err := tx.GetRaw(store.Meta, "counter")
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+			case err != nil:
+				return err
+			default:
+				if n, err = strconv.Atoi(string(v)); err != nil {
+					return err
 				}
 			}
+			return tx.PutRaw(store.Meta, "counter", []byte(strconv.Itoa(n+1)))
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+	})
 	v, err := get(t, s, store.Meta, "counter")
 	if err != nil {
 		t.Fatal(err)
@@ -349,30 +347,15 @@ func testIsolationCounter(t *testing.T, s store.Store) {
 // conflicts with one that adds a key to the bucket.
 func testIsolationRangeInsert(t *testing.T, s store.Store) {
 	const workers, each = 6, 15
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for range each {
-				err := s.Update(func(tx store.Tx) error {
-					n := 0
-					if err := tx.ForEach(store.Addresses, func(string, []byte) error { n++; return nil }); err != nil {
-						return err
-					}
-					return tx.PutRaw(store.Addresses, fmt.Sprintf("%06d", n), nil)
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
+	Concurrently(t, workers, each, func(int, int) (bool, error) {
+		return true, s.Update(func(tx store.Tx) error {
+			n := 0
+			if err := tx.ForEach(store.Addresses, func(string, []byte) error { n++; return nil }); err != nil {
+				return err
 			}
+			return tx.PutRaw(store.Addresses, fmt.Sprintf("%06d", n), nil)
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+	})
 	got := all(t, s, store.Addresses)
 	if len(got) != workers*each {
 		t.Fatalf("%d keys after %d Updates that each add the next one: two Updates counted the same bucket", len(got), workers*each)
@@ -397,52 +380,38 @@ func testIsolationRangeDelete(t *testing.T, s store.Store) {
 		return nil
 	})
 	var (
-		wg     sync.WaitGroup
 		mu     sync.Mutex
 		claims = map[string]int{}
 	)
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for {
-				var got string
-				err := s.Update(func(tx store.Tx) error {
-					got = ""
-					err := tx.ForEach(store.Requests, func(k string, _ []byte) error {
-						got = k
-						return errStop
-					})
-					if err != nil && !errors.Is(err, errStop) {
-						return err
-					}
-					if got == "" {
-						return nil
-					}
-					if err := tx.Delete(store.Requests, got); err != nil {
-						return err
-					}
-					// Count in a key that is written but never read, so only
-					// the range protects it.
-					return tx.PutRaw(store.RequestArchive, got+"/"+strconv.FormatUint(rand.Uint64(), 16), nil)
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
-				if got == "" {
-					return
-				}
-				mu.Lock()
-				claims[got]++
-				mu.Unlock()
+	Concurrently(t, workers, 0, func(int, int) (bool, error) {
+		var got string
+		err := s.Update(func(tx store.Tx) error {
+			got = ""
+			err := tx.ForEach(store.Requests, func(k string, _ []byte) error {
+				got = k
+				return errStop
+			})
+			if err != nil && !errors.Is(err, errStop) {
+				return err
 			}
+			if got == "" {
+				return nil
+			}
+			if err := tx.Delete(store.Requests, got); err != nil {
+				return err
+			}
+			// Count in a key that is written but never read, so only
+			// the range protects it.
+			return tx.PutRaw(store.RequestArchive, got+"/"+strconv.FormatUint(rand.Uint64(), 16), nil)
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Update: %v", err)
-	}
+		if err != nil || got == "" {
+			return false, err
+		}
+		mu.Lock()
+		claims[got]++
+		mu.Unlock()
+		return true, nil
+	})
 	if arch := all(t, s, store.RequestArchive); len(arch) != keys {
 		t.Fatalf("%d claims stored for %d keys: a key deleted by one Update was also claimed by another", len(arch), keys)
 	}
@@ -455,32 +424,25 @@ func testIsolationRangeDelete(t *testing.T, s store.Store) {
 
 var errStop = errors.New("stop")
 
-func testNextSequence(t *testing.T, s store.Store) {
-	const workers, each = 6, 20
-	var (
-		wg  sync.WaitGroup
-		mu  sync.Mutex
-		got []uint64
-	)
+// Concurrently calls step on workers goroutines at once, each calling
+// it times times (without limit if times is 0) or until it returns false
+// or an error, and fails t with the errors once all have stopped. step
+// gets its worker's number w and the call's number i on that worker.
+func Concurrently(t *testing.T, workers, times int, step func(w, i int) (more bool, err error)) {
+	t.Helper()
+	var wg sync.WaitGroup
 	errs := make(chan error, workers)
-	for range workers {
+	for w := range workers {
 		wg.Go(func() {
-			for range each {
-				var n uint64
-				err := s.Update(func(tx store.Tx) (err error) {
-					n, err = tx.NextSequence(store.Audit)
-					if err != nil {
-						return err
-					}
-					return tx.PutRaw(store.Audit, fmt.Sprintf("%020d", n), nil)
-				})
+			for i := 0; times == 0 || i < times; i++ {
+				more, err := step(w, i)
 				if err != nil {
 					errs <- err
 					return
 				}
-				mu.Lock()
-				got = append(got, n)
-				mu.Unlock()
+				if !more {
+					return
+				}
 			}
 		})
 	}
@@ -489,6 +451,31 @@ func testNextSequence(t *testing.T, s store.Store) {
 	for err := range errs {
 		t.Fatalf("Update: %v", err)
 	}
+}
+
+func testNextSequence(t *testing.T, s store.Store) {
+	const workers, each = 6, 20
+	var (
+		mu  sync.Mutex
+		got []uint64
+	)
+	Concurrently(t, workers, each, func(int, int) (bool, error) {
+		var n uint64
+		err := s.Update(func(tx store.Tx) (err error) {
+			n, err = tx.NextSequence(store.Audit)
+			if err != nil {
+				return err
+			}
+			return tx.PutRaw(store.Audit, fmt.Sprintf("%020d", n), nil)
+		})
+		if err != nil {
+			return false, err
+		}
+		mu.Lock()
+		got = append(got, n)
+		mu.Unlock()
+		return true, nil
+	})
 	slices.Sort(got)
 	for i, n := range got {
 		if n != uint64(i+1) {
@@ -537,49 +524,34 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 		}
 		return tx.PutRaw(store.Meta, "b", []byte("0"))
 	})
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	werr := make(chan error, 1)
-	wg.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			err := s.Update(func(tx store.Tx) error {
-				av, err := tx.GetRaw(store.Meta, "a")
-				if err != nil {
-					return err
-				}
-				bv, err := tx.GetRaw(store.Meta, "b")
-				if err != nil {
-					return err
-				}
-				a, _ := strconv.Atoi(string(av))
-				b, _ := strconv.Atoi(string(bv))
-				d := 1 + i%7
-				if i%2 == 1 {
-					d = -d
-				}
-				if err := tx.PutRaw(store.Meta, "a", []byte(strconv.Itoa(a-d))); err != nil {
-					return err
-				}
-				return tx.PutRaw(store.Meta, "b", []byte(strconv.Itoa(b+d)))
-			})
+	stop := testkit.Repeat(t, func(i int) bool {
+		err := s.Update(func(tx store.Tx) error {
+			a, b, err := getPair(tx)
 			if err != nil {
-				werr <- err
-				return
+				return err
 			}
+			d := 1 + i%7
+			if i%2 == 1 {
+				d = -d
+			}
+			if err := tx.PutRaw(store.Meta, "a", []byte(strconv.Itoa(a-d))); err != nil {
+				return err
+			}
+			return tx.PutRaw(store.Meta, "b", []byte(strconv.Itoa(b+d)))
+		})
+		if err != nil {
+			werr <- err
+			return false
 		}
+		return true
 	})
 	dir := t.TempDir()
 	for i := range 5 {
 		var buf bytes.Buffer
 		n, err := s.BackupTo(&buf)
 		if err != nil {
-			close(stop)
-			wg.Wait()
+			stop()
 			t.Fatalf("BackupTo: %v", err)
 		}
 		if n != int64(buf.Len()) {
@@ -591,8 +563,7 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 		}
 		checkBackup(t, path, total)
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	select {
 	case err := <-werr:
 		t.Fatalf("writer: %v", err)
@@ -602,14 +573,23 @@ func testBackupConsistency(t *testing.T, s store.Store) {
 	if err := s.Backup(path); err != nil {
 		t.Fatalf("Backup: %v", err)
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("backup mode = %v, want 0600", fi.Mode().Perm())
-	}
+	testkit.CheckPerm(t, "backup", path, 0o600)
 	checkBackup(t, path, total)
+}
+
+// getPair reads the two numbers testBackupConsistency moves between.
+func getPair(tx store.Tx) (a, b int, err error) {
+	av, err := tx.GetRaw(store.Meta, "a")
+	if err != nil {
+		return 0, 0, err
+	}
+	bv, err := tx.GetRaw(store.Meta, "b")
+	if err != nil {
+		return 0, 0, err
+	}
+	a, _ = strconv.Atoi(string(av))
+	b, _ = strconv.Atoi(string(bv))
+	return a, b, nil
 }
 
 // checkBackup opens a backup as a bbolt store, the way a restore does.
@@ -625,17 +605,10 @@ func checkBackup(t *testing.T, path string, total int) {
 	defer b.Close()
 	var a, c int
 	var seq uint64
-	err = b.Update(func(tx store.Tx) error {
-		av, err := tx.GetRaw(store.Meta, "a")
-		if err != nil {
+	err = b.Update(func(tx store.Tx) (err error) {
+		if a, c, err = getPair(tx); err != nil {
 			return err
 		}
-		bv, err := tx.GetRaw(store.Meta, "b")
-		if err != nil {
-			return err
-		}
-		a, _ = strconv.Atoi(string(av))
-		c, _ = strconv.Atoi(string(bv))
 		seq, err = tx.NextSequence(store.Changes)
 		return err
 	})

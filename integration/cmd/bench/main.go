@@ -25,6 +25,9 @@
 //     assignment until a GET on a new connection through the mesh first
 //     succeeds (map deltas to the device and the agent, handshake, TLS);
 //     revoke_to_denied_ms: from deleting it until such a GET first fails.
+//   - store_write_per_s_<backend>_<writers>: acknowledged store writes a
+//     second on bbolt and on a three-member etcd, with 1 and 16 writers
+//     (benchStore).
 //   - revocation_after_restart_ms: the coordinator killed with SIGKILL,
 //     kept down for -restart-outage (60s) and started again; from deleting
 //     the user's assignment as soon as /readyz answers until the user's
@@ -80,16 +83,22 @@ func main() {
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this mesh bench (get, exec, up, delta, nat, revocation, restart, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, nat, revocation, restart, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	runOrExit("bench", func(ctx context.Context) error { return run(ctx, f) })
+}
+
+// runOrExit calls run with a context that SIGINT or SIGTERM cancels and,
+// if run fails, prints "what: error" on standard error and exits 1.
+func runOrExit(what string, run func(context.Context) error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, f)
+	err := run(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", what, err)
 		os.Exit(1)
 	}
 }
@@ -102,7 +111,12 @@ func run(ctx context.Context, f flags) error {
 			return err
 		}
 	}
-	if f.skipMesh {
+	if f.only == "" || f.only == "store" {
+		if err := benchStore(ctx); err != nil {
+			return err
+		}
+	}
+	if f.skipMesh || f.only == "store" {
 		return nil
 	}
 	m, err := startMesh(ctx)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"slices"
 	"syscall"
 	"time"
@@ -46,13 +45,7 @@ func init() {
 	if !ok {
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := natInner(ctx, topo)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: nat: %v\n", err)
-		os.Exit(1)
-	}
+	runOrExit("bench: nat", func(ctx context.Context) error { return natInner(ctx, topo) })
 	os.Exit(0)
 }
 
@@ -64,15 +57,11 @@ func benchNAT(ctx context.Context, _ *mesh, f flags) error {
 		progress("nat: skipped: %v", err)
 		return nil
 	}
-	dir, err := tempDir()
+	dir, bin, err := harness.TempClustral("clustral-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := harness.ClustralBinary(dir)
-	if err != nil {
-		return err
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return err

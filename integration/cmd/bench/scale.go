@@ -4,13 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -250,21 +245,8 @@ func parallel(ctx context.Context, n, conc int, fn func(i int) error) error {
 // registerSimAgent registers an agent with key k in the cluster of
 // joinToken, as `clustral agent` does, and returns its node token.
 func registerSimAgent(ctx context.Context, hc *http.Client, coordURL, joinToken string, k proto.Key, i int) (string, error) {
-	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	resp, err := harness.RegisterAgent(ctx, hc, coordURL, joinToken, k, "scale-agent-"+strconv.Itoa(i))
 	if err != nil {
-		return "", err
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
-	if err != nil {
-		return "", err
-	}
-	req := proto.RegisterAgentRequest{
-		PublicKey: k,
-		Hostname:  "scale-agent-" + strconv.Itoa(i),
-		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
-	}
-	var resp proto.RegisterResponse
-	if err := harness.CallAPIWith(ctx, hc, coordURL, "POST", proto.APIVersion+"/agents", joinToken, req, &resp); err != nil {
 		return "", fmt.Errorf("register simulated agent: %w", err)
 	}
 	return resp.NodeToken, nil

@@ -53,16 +53,11 @@ func step(format string, args ...any) {
 
 func run(ctx context.Context) error {
 	start := time.Now()
-	dir, err := os.MkdirTemp("", "clustral-demo-")
+	dir, bin, err := harness.TempClustral("clustral-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-
-	bin, err := harness.ClustralBinary(dir)
-	if err != nil {
-		return err
-	}
 	port, err := harness.FreePort()
 	if err != nil {
 		return err

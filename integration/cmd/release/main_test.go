@@ -71,14 +71,7 @@ func TestMakeRelease(t *testing.T) {
 		}
 	}
 
-	entries, err := os.ReadDir(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, e := range entries {
-		got = append(got, e.Name())
-	}
+	got := dirNames(t, out)
 	slices.Sort(want)
 	if w := append([]string{"SHA256SUMS"}, want...); !slices.Equal(got, w) {
 		t.Errorf("bin/release holds %q, want %q", got, w)
@@ -221,14 +214,7 @@ func TestRelease(t *testing.T) {
 	if !bytes.Equal(first, second) {
 		t.Errorf("two runs on the same input differ:\n%s\n%s", first, second)
 	}
-	entries, err := os.ReadDir(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
+	names := dirNames(t, out)
 	if want := []string{"SHA256SUMS", "clustral_v1.0.0_darwin_arm64.tar.gz", "clustral_v1.0.0_linux_amd64.tar.gz", "notes.txt"}; !slices.Equal(names, want) {
 		t.Errorf("out holds %q, want %q", names, want)
 	}
@@ -271,4 +257,18 @@ func TestFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dirNames returns the names in directory dir, sorted.
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }

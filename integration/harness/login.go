@@ -1,0 +1,87 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// CLILogin is a running `clustral login`.
+type CLILogin struct {
+	Cmd      *exec.Cmd
+	Stdout   strings.Builder
+	AuthURL  string
+	UserCode string // headless only
+}
+
+// StartCLILogin runs `clustral login coordURL` as u with args and extra
+// environment, and reads from its stderr the URL (and, headless, the
+// code) it prints. t's cleanup kills it if it still runs.
+func StartCLILogin(t *testing.T, ctx context.Context, u *TestUser, coordURL string, env []string, args ...string) *CLILogin {
+	t.Helper()
+	l := &CLILogin{}
+	l.Cmd = exec.CommandContext(ctx, u.Bin, append([]string{"login", coordURL}, args...)...)
+	l.Cmd.Env = append(u.Environ(), env...)
+	l.Cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := l.Cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Cmd.Stdout = &l.Stdout
+	if err := l.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Cmd.Process.Kill(); l.Cmd.Wait() })
+	headless := slices.Contains(args, "--no-browser")
+	sc := bufio.NewScanner(stderr)
+	wantCode := false
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(line, "https://") && l.AuthURL == "":
+			l.AuthURL = line
+		case strings.Contains(line, "asks for this code"):
+			wantCode = true
+		case wantCode && line != "":
+			l.UserCode = line
+		}
+		if l.AuthURL != "" && (!headless || l.UserCode != "") {
+			break
+		}
+	}
+	go io.Copy(io.Discard, stderr)
+	if l.AuthURL == "" {
+		t.Fatal("clustral login printed no URL")
+	}
+	if !strings.HasPrefix(l.AuthURL, u.s.Env.Dex.Issuer) || !strings.Contains(l.AuthURL, "code_challenge_method=S256") {
+		t.Fatalf("auth URL %q is not Dex's with PKCE", l.AuthURL)
+	}
+	return l
+}
+
+// Desktop is the environment of a machine with a browser: a display,
+// and an xdg-open that opens nothing (the test plays the browser).
+func Desktop(t *testing.T) []string {
+	t.Helper()
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "xdg-open"), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"DISPLAY=:99", "PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}
+}
+
+// ReadPage reads and closes resp's body.
+func ReadPage(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
