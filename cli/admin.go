@@ -277,19 +277,8 @@ func printRole(tw *tabwriter.Writer, r proto.Role) {
 		}
 		fmt.Fprintf(tw, "Recording:\t%s, %s\n", r.Recording, stdin)
 	}
-	if x := r.Restrictions; x != nil {
-		for _, l := range []struct {
-			k string
-			v []string
-		}{{"Namespaces", x.Namespaces}, {"API groups", x.APIGroups}, {"Resources", x.Resources}, {"Verbs", x.Verbs}, {"Names", x.ResourceNames},
-			{"Non-resource URLs", x.NonResourceURLs}} {
-			if len(l.v) > 0 {
-				fmt.Fprintf(tw, "%s:\t%s\n", l.k, strings.Join(l.v, ", "))
-			}
-		}
-		for _, w := range x.TimeWindows {
-			fmt.Fprintf(tw, "Window:\t%s\n", w)
-		}
+	for _, l := range r.Restrictions.Limits() {
+		fmt.Fprintf(tw, "%s:\t%s\n", l.Name, l.Value)
 	}
 }
 

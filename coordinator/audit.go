@@ -168,7 +168,9 @@ func (s *Server) auditWriter() {
 var changeCodes = map[string]proto.AuditCode{
 	"login.browser":        proto.AuditLoginBrowser,
 	"login.token":          proto.AuditLoginToken,
+	"login.console":        proto.AuditConsoleSignIn,
 	"session.revoke":       proto.AuditSessionRevoked,
+	"session.end":          proto.AuditSessionEnded,
 	"device.register":      proto.AuditDeviceRegistered,
 	"device.deregister":    proto.AuditDeviceLeft,
 	"device.revoke":        proto.AuditDeviceRevoked,

@@ -29,6 +29,9 @@ type session struct {
 	UserID  string    `json:"user_id"`
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires"`
+	// Kind is proto.SessionConsole for a web console's browser session;
+	// empty for a CLI's.
+	Kind proto.SessionKind `json:"kind,omitempty"`
 }
 
 type node struct {

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -39,7 +40,8 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.rolesByName[ro.Name] != nil {
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("role %q already exists", ro.Name), "update it instead")
+		writeProblemDoc(w, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Field: "name",
+			Title: fmt.Sprintf("role %q already exists", ro.Name), Hint: "update it instead"})
 		return
 	}
 	if !s.commit(w, "create role", s.putChange(store.Roles, ro.ID, ro, p.user.Login, "role.create", ro)) {
@@ -73,17 +75,22 @@ func validateRole(w http.ResponseWriter, req *proto.Role) bool {
 		return false
 	}
 	if len(req.Groups) == 0 && req.KubeUser == "" {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("role %q names no Kubernetes group", req.Name), "pass at least one group, e.g. --group view-all")
+		writeFieldProblem(w, "groups", fmt.Sprintf("role %q names no Kubernetes group", req.Name), "pass at least one group, e.g. --group view-all")
 		return false
 	}
 	for _, g := range req.Groups {
 		if strings.TrimSpace(g) == "" {
-			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "empty Kubernetes group name in role "+req.Name, "remove the empty --group")
+			writeFieldProblem(w, "groups", "empty Kubernetes group name in role "+req.Name, "remove the empty --group")
 			return false
 		}
 	}
 	if err := req.Restrictions.Validate(); err != nil {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "role "+req.Name+": "+err.Error(), "fix the restriction and try again")
+		var fe *proto.FieldError
+		field := "restrictions"
+		if errors.As(err, &fe) {
+			field = fe.Field // the first problem's
+		}
+		writeFieldProblem(w, field, "role "+req.Name+": "+err.Error(), "fix the restriction and try again")
 		return false
 	}
 	if err := req.Recording.Validate(); err != nil {
@@ -124,7 +131,8 @@ func (s *Server) handleUpdateRole(w http.ResponseWriter, r *http.Request, p prin
 		return
 	}
 	if other := s.rolesByName[req.Name]; other != nil && other != ro {
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("role %q already exists", req.Name), "pick another name")
+		writeProblemDoc(w, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Field: "name",
+			Title: fmt.Sprintf("role %q already exists", req.Name), Hint: "pick another name"})
 		return
 	}
 	nr := *ro

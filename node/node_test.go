@@ -156,32 +156,22 @@ var (
 )
 
 const (
-	// okTimeout bounds what must work. It outlasts WireGuard's 15 s
-	// handshake retry: on a loaded machine two first handshakes can still
-	// cross (docs/design.md, "First handshakes"), and these tests are about
-	// the tunnel working, not about how fast its first handshake is, which
-	// make bench measures.
-	okTimeout   = 20 * time.Second
+	// okTimeout bounds what must work. It is generous for a loaded
+	// machine; how fast a first handshake is, make bench measures.
+	okTimeout   = 10 * time.Second
 	failTimeout = 700 * time.Millisecond
 )
 
 func TestTunnelEcho(t *testing.T) {
 	a := newTestNode(t, addrA, addrA)
 	b := newTestNode(t, addrB, addrB)
-	// An agent and a device, as in the mesh: two devices with traffic for
-	// each other at once can cross their first handshakes and wait for
-	// WireGuard's 5 s retry (keepaliveDelay).
+	// An agent and a device, as in the mesh; the device sends at once,
+	// while the agent starts its own handshake (TestFirstHandshake).
 	a.kind = proto.KindAgent
 	a.snapshot(t, 1, b)
 	b.snapshot(t, 1, a)
 	a.serveEcho(t, 80)
 	b.serveEcho(t, 80)
-	// The agent starts its handshake as soon as the device arrives, and in
-	// the mesh it completes before the device has traffic (clustral up
-	// comes before the first kubectl). A device that sends at that very
-	// moment can cross it: the known first-handshake stall of
-	// docs/design.md, which make bench measures and this test does not.
-	a.waitHandshake(t, b.PublicKey())
 
 	if err := b.echo(netip.AddrPortFrom(addrA, 80), okTimeout); err != nil {
 		t.Fatalf("B → A: %v", err)

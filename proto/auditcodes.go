@@ -48,7 +48,9 @@ const (
 	AuditIDTokenRefused   AuditCode = "AU004W"
 	AuditLoginUnbound     AuditCode = "AU005W"
 	AuditLoginCollision   AuditCode = "AU006W"
+	AuditConsoleSignIn    AuditCode = "AU007I"
 	AuditSessionRevoked   AuditCode = "SE001I"
+	AuditSessionEnded     AuditCode = "SE002I"
 	AuditDeviceRegistered AuditCode = "DV001I"
 	AuditDeviceLeft       AuditCode = "DV002I"
 	AuditDeviceRevoked    AuditCode = "DV003W"
@@ -108,7 +110,9 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditIDTokenRefused, CategoryAuth, "An ID token presented for direct exchange was refused (issuer, audience, expiry, signature), or its user may not log in. Metadata: reason. Failures from one source are aggregated: the first in a minute is stored at once, the rest as one event with Metadata count, first, last (reason is the last one's)."},
 	{AuditLoginUnbound, CategoryAuth, "A browser login was signed in at the identity provider but never bound to the machine that started it, so no session was issued: the confirmation page was declined, the code was typed wrong too often, a poll or code exchange came with the wrong verifier, or it expired before the confirmation or the loopback exchange (for example because the link was opened on another machine). Metadata: reason, hostname, os, source, started."},
 	{AuditLoginCollision, CategoryAuth, "A login was refused because its login claim is already another user's login (another subject at the identity provider); logins are unique. Actor: the login; object: the user who holds it. Metadata: subject, login, holder."},
-	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices."},
+	{AuditConsoleSignIn, CategoryAuth, "A user signed in to the web console through the identity provider: a browser session was issued, bound to the browser that started the sign-in. Metadata: groups."},
+	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices, kind (console when a browser session signed out of the web console)."},
+	{AuditSessionEnded, CategorySession, "A user ended one of their sessions by its id (DELETE /api/v1/sessions/{id}, the web console's Sessions list), with every device under it. Metadata: kind (console for a browser session), devices."},
 	{AuditDeviceRegistered, CategoryDevice, "A device registered its WireGuard key (clustral up). Metadata: key, hostname."},
 	{AuditDeviceLeft, CategoryDevice, "A device deregistered itself (clustral down)."},
 	{AuditDeviceRevoked, CategoryDevice, "A user or an administrator revoked a device. Metadata: hostname."},

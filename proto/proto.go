@@ -82,6 +82,10 @@ type Problem struct {
 	Code   ErrorCode `json:"code"`
 	// Hint says how to fix the problem, for the CLI's hint line.
 	Hint string `json:"hint,omitempty"`
+	// Field names the request's field that caused the problem, as its
+	// JSON names it (description, restrictions.verbs), when one did, so a
+	// form can show the problem beside it.
+	Field string `json:"field,omitempty"`
 }
 
 func (p *Problem) Error() string {
@@ -474,6 +478,36 @@ func (w TimeWindow) String() string {
 	return days + " " + w.Start + "-" + w.End + " " + tz
 }
 
+// Limit is one line of a role's restrictions in words: what it limits
+// and to what, e.g. {"Namespaces", "dev, staging"} or {"Window",
+// "mon-fri 09:00-18:00 Europe/Berlin"}.
+type Limit struct {
+	Name, Value string
+}
+
+// Limits describes rs line by line, the way `clustral roles show` and the
+// web console show them: each non-empty list, then each time window. A
+// nil or empty rs has no limits.
+func (rs *Restrictions) Limits() []Limit {
+	if rs == nil {
+		return nil
+	}
+	var out []Limit
+	for _, l := range []struct {
+		k string
+		v []string
+	}{{"Namespaces", rs.Namespaces}, {"API groups", rs.APIGroups}, {"Resources", rs.Resources}, {"Verbs", rs.Verbs},
+		{"Names", rs.ResourceNames}, {"Non-resource URLs", rs.NonResourceURLs}} {
+		if len(l.v) > 0 {
+			out = append(out, Limit{l.k, strings.Join(l.v, ", ")})
+		}
+	}
+	for _, w := range rs.TimeWindows {
+		out = append(out, Limit{"Window", w.String()})
+	}
+	return out
+}
+
 // Access request states.
 const (
 	RequestPending  = "pending"
@@ -517,6 +551,27 @@ type AccessDecision struct {
 	// Duration, on approval, shortens the grant; zero keeps the request's.
 	Duration Duration `json:"duration,omitempty"`
 	Reason   string   `json:"reason,omitempty"`
+}
+
+// SessionKind tells a web console's browser session from a CLI's.
+type SessionKind string
+
+// SessionConsole is the kind of a web console's browser session; a CLI's
+// session has the empty kind.
+const SessionConsole SessionKind = "console"
+
+// SessionInfo is one of the caller's sessions (GET /api/v1/sessions).
+type SessionInfo struct {
+	// ID names the session in DELETE /api/v1/sessions/{id}; it is not
+	// the session's secret.
+	ID      string      `json:"id"`
+	Kind    SessionKind `json:"kind,omitempty"`
+	Created time.Time   `json:"created"`
+	Expires time.Time   `json:"expires"`
+	// Current is true for the session the request came with.
+	Current bool `json:"current,omitempty"`
+	// Devices counts the devices registered under the session.
+	Devices int `json:"devices"`
 }
 
 // Device is a user's registered device.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -84,6 +85,9 @@ type MeshOptions struct {
 	// system:monitoring, the group whose trace context the apiserver
 	// follows.
 	AgentGroups []string
+	// GroupRoles binds more groups to ClusterRoles (group → ClusterRole),
+	// besides those of ViewerRole and EditorRole.
+	GroupRoles map[string]string
 }
 
 // MeshSuite is what the tests of one package share: the Env (kube-apiserver
@@ -162,7 +166,7 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 		if err := GrantImpersonation(ctx, c, AgentIdentity.User); err != nil {
 			panic(fmt.Sprintf("grant impersonation: %v", err))
 		}
-		for group, role := range meshGroupRoles {
+		for group, role := range mergeMaps(meshGroupRoles, o.GroupRoles) {
 			if err := BindClusterRole(ctx, c, group, role, rbacv1.GroupKind, group); err != nil {
 				panic(fmt.Sprintf("bind %s to %s: %v", group, role, err))
 			}
@@ -616,4 +620,11 @@ func HTTPGet(url string) (string, error) {
 		return "", fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	return string(b), nil
+}
+
+// mergeMaps returns a new map with the entries of a and then b.
+func mergeMaps(a, b map[string]string) map[string]string {
+	m := maps.Clone(a)
+	maps.Copy(m, b)
+	return m
 }
