@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/coordinator/store"
 )
 
@@ -53,6 +54,9 @@ type Config struct {
 	Store string
 	// Etcd says how to reach etcd when Store is StoreEtcd.
 	Etcd store.EtcdConfig
+	// Recordings stores the session recordings agents ship; nil means
+	// the directory "recordings" in DataDir.
+	Recordings recordings.Store
 	// TLSCertFile and TLSKeyFile serve HTTPS. Without them the coordinator
 	// serves plain HTTP, which it allows only on a loopback address.
 	TLSCertFile string

@@ -33,6 +33,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/keyrate"
 	"github.com/clustral/clustral/proto"
@@ -67,9 +68,11 @@ type Server struct {
 	// auditKey signs audit checkpoints; it lives in its own file in the
 	// data directory, not in the store (see package auditlog).
 	auditKey ed25519.PrivateKey
-	v6       netip.Prefix
-	oidc     *oidcProvider
-	metrics  *metrics
+	// recordings keeps the session recordings agents ship.
+	recordings recordings.Store
+	v6         netip.Prefix
+	oidc       *oidcProvider
+	metrics    *metrics
 	// export streams the audit log to the configured destinations; nil
 	// without any.
 	export *auditexport.Exporter
@@ -251,6 +254,11 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		}
 		s.log.Error("several users hold one login, stored before logins were unique: the oldest keeps it, the others cannot log in until an administrator disables them (clustral users disable <id>)",
 			"login", login, "holder", s.userByLogin(login).ID, "others", ids)
+	}
+	if s.recordings = cfg.Recordings; s.recordings == nil {
+		if s.recordings, err = recordings.NewDir(filepath.Join(cfg.DataDir, "recordings"), cfg.Now); err != nil {
+			return nil, err
+		}
 	}
 	if s.auditKey, err = auditlog.LoadKey(cfg.auditKeyPath(), true); err != nil {
 		return nil, err

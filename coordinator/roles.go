@@ -33,7 +33,8 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 		return
 	}
 	ro := &role{ID: s.newID("rol"), Name: req.Name, Description: req.Description, Groups: req.Groups, KubeUser: req.KubeUser,
-		Restrictions: req.Restrictions, ApproverGroups: req.ApproverGroups, Admin: req.Admin, Created: s.now()}
+		Restrictions: req.Restrictions, ApproverGroups: req.ApproverGroups, Admin: req.Admin,
+		Recording: req.Recording, RecordStdin: req.RecordStdin, Created: s.now()}
 	slices.Sort(ro.Groups)
 	ro.Groups = slices.Compact(ro.Groups)
 	s.mu.Lock()
@@ -92,6 +93,15 @@ func validateRole(w http.ResponseWriter, req *proto.Role) bool {
 		writeFieldProblem(w, field, "role "+req.Name+": "+err.Error(), "fix the restriction and try again")
 		return false
 	}
+	if err := req.Recording.Validate(); err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "role "+req.Name+": "+err.Error(), "pass --recording off, best-effort or required")
+		return false
+	}
+	if req.RecordStdin && req.Recording.Rank() == 0 {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "role "+req.Name+" records stdin but records no sessions",
+			"pass --recording best-effort or required with --record-stdin, or drop --record-stdin")
+		return false
+	}
 	return true
 }
 
@@ -128,6 +138,7 @@ func (s *Server) handleUpdateRole(w http.ResponseWriter, r *http.Request, p prin
 	nr := *ro
 	nr.Name, nr.Description, nr.Groups, nr.KubeUser = req.Name, req.Description, req.Groups, req.KubeUser
 	nr.Restrictions, nr.ApproverGroups, nr.Admin = req.Restrictions, req.ApproverGroups, req.Admin
+	nr.Recording, nr.RecordStdin = req.Recording, req.RecordStdin
 	slices.Sort(nr.Groups)
 	nr.Groups = slices.Compact(nr.Groups)
 	if !s.commit(w, "update role", s.putChange(store.Roles, nr.ID, &nr, p.user.Login, "role.update", &nr)) {

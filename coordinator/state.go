@@ -288,7 +288,8 @@ func (s *state) rolesOn(u *user, clusterID string, now time.Time) []proto.RoleGr
 		}
 		g, ok := byRole[r.ID]
 		if !ok {
-			g = &proto.RoleGrant{Role: r.Name, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser, Expires: a.Expires, Source: src, Restrictions: r.Restrictions}
+			g = &proto.RoleGrant{Role: r.Name, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser, Expires: a.Expires, Source: src, Restrictions: r.Restrictions,
+				Recording: r.Recording, RecordStdin: r.RecordStdin}
 			byRole[r.ID] = g
 			continue
 		}

@@ -67,6 +67,9 @@ const (
 	CodeUpstreamUnavailable ErrorCode = "UPSTREAM_UNAVAILABLE"
 	CodeBadUpgrade          ErrorCode = "BAD_UPGRADE"
 	CodeRequestTimeout      ErrorCode = "REQUEST_TIMEOUT"
+	// CodeRecordingUnavailable refuses or ends a session whose role
+	// requires a recording that the agent cannot write.
+	CodeRecordingUnavailable ErrorCode = "RECORDING_UNAVAILABLE"
 )
 
 // Problem is an RFC 7807 problem document (application/problem+json), the
@@ -280,6 +283,12 @@ type Role struct {
 	ApproverGroups []string `json:"approver_groups,omitempty"`
 	// Admin makes holders of this role clustral administrators.
 	Admin bool `json:"admin,omitempty"`
+	// Recording says whether the agent records the exec and attach
+	// sessions this role allows; empty means off.
+	Recording RecordingPolicy `json:"recording,omitempty"`
+	// RecordStdin adds what the user types to recordings. Off by
+	// default: stdin carries passwords typed at prompts.
+	RecordStdin bool `json:"record_stdin,omitempty"`
 }
 
 // Assignment gives a user (or an OIDC group) a role on a cluster, or on
@@ -375,6 +384,11 @@ type RoleGrant struct {
 	Source string `json:"source,omitempty"`
 	// Restrictions narrow what the role allows; nil means none.
 	Restrictions *Restrictions `json:"restrictions,omitempty"`
+	// Recording and RecordStdin are the role's recording policy (see
+	// Role). A session allowed by several grants is recorded by the
+	// strongest policy among them, with stdin if any of them asks.
+	Recording   RecordingPolicy `json:"recording,omitempty"`
+	RecordStdin bool            `json:"record_stdin,omitempty"`
 }
 
 // Whoami answers GET /api/v1/whoami: the caller, their session and the

@@ -506,6 +506,20 @@ func (u *TestUser) StartKubectl(t testing.TB, extraEnv []string, stdin io.Reader
 	return k.Start(t, args...)
 }
 
+// StartKubectlPane starts `kubectl --context clustral-kind args...` as u
+// in a Pane for t, on a terminal as a user types it (kubectl exec -it),
+// with extraEnv added; the pane is named "kubectl".
+func (u *TestUser) StartKubectlPane(t testing.TB, extraEnv []string, args ...string) *Pane {
+	t.Helper()
+	path, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Fatalf("kubectl: %v", err)
+	}
+	k := u.kubectl(extraEnv)
+	env := append(EnvironWithout("KUBECONFIG=", "TMUX", OwnerEnv+"="), ownerEntry)
+	return StartPane(t, PaneOptions{Name: "kubectl", Program: path, Args: k.commandLine(args), Env: append(env, k.Env...), Width: 120, Height: 40})
+}
+
 // Helm returns a helm runner for u in MeshContext, keeping helm's
 // configuration, cache and data in u's directory.
 func (u *TestUser) Helm() Helm {

@@ -14,6 +14,10 @@
 //     agent's identity-aware proxy, impersonation) and straight to the
 //     same kube-apiserver with the admin token, interleaved, on reused
 //     keep-alive connections; proxy_overhead_p50_us is the difference.
+//   - exec_throughput_mbps_off and _on, recording_overhead_pct,
+//     recording_bytes_per_output_byte: kubectl exec of a 64 MiB stream
+//     against KWOK's exec, with session recording off and required, and
+//     the recording size of a session of short lines (exec.go).
 //   - up_to_first_kubectl_ms: from invoking `clustral up` with a valid
 //     session until the first `kubectl get --raw /version` through the
 //     mesh succeeds, median over several down/up rounds.
@@ -93,7 +97,7 @@ func main() {
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, up, delta, grant, agent-restart, nat, revocation, restart, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -139,7 +143,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"scale", benchScale}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}

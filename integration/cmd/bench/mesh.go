@@ -43,8 +43,10 @@ type mesh struct {
 	env   *harness.Env
 	coord *harness.Coordinator
 	agent *harness.Agent
-	admin *harness.User
-	user  *harness.User
+	// agentDir holds the spool and recordings of the last agent started.
+	agentDir string
+	admin    *harness.User
+	user     *harness.User
 	// assignment is the bench user's current assignment id ("" if none).
 	assignment string
 	// bin, joinToken and agentKubeconfig start another agent of the
@@ -141,8 +143,9 @@ func startMesh(ctx context.Context) (*mesh, error) {
 // its own, and returns once it is ready.
 func (m *mesh) startAgent(ctx context.Context) (*harness.Agent, error) {
 	m.agents++
-	dir := filepath.Join(m.dir, fmt.Sprintf("agent-%d", m.agents))
-	return harness.StartAgent(ctx, m.bin, dir, m.coord.URL, m.joinToken, m.agentKubeconfig)
+	m.agentDir = filepath.Join(m.dir, fmt.Sprintf("agent-%d", m.agents))
+	// Recordings of the exec bench's 64 MiB stream fit under the cap.
+	return harness.StartAgent(ctx, m.bin, m.agentDir, m.coord.URL, m.joinToken, m.agentKubeconfig, "--recording-max-bytes", "1073741824")
 }
 
 // prepareAPIServer lets the agent impersonate, binds the bench role's
