@@ -491,8 +491,16 @@ func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
 	}
 	h["Impersonate-User"] = []string{s.imp.user}
 	h["Impersonate-Group"] = slices.Clip(s.imp.groups)
+	// The apiserver takes Audit-ID as its audit event's id and its
+	// span's audit-id: it is the request's correlation id, so that the
+	// apiserver's audit log and clustral's name a request alike, and a
+	// client cannot choose (or reuse) the id the apiserver records.
+	h.Set(auditIDHeader, s.corr)
 	setTrace(h, s.trace)
 }
+
+// auditIDHeader is the header kube-apiserver reads its audit id from.
+const auditIDHeader = "Audit-Id"
 
 // dropHeader reports whether a client header (in canonical form) must not
 // reach the apiserver: credentials, impersonation, forwarding claims and

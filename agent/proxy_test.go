@@ -46,6 +46,7 @@ func TestHeaderInjection(t *testing.T) {
 		{"Authorization named in Connection", "Connection: Authorization\r\nAuthorization: Bearer x\r\n"},
 		{"forwarded spoof", "X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: http\r\nX-Forwarded-User: admin\r\nX-Real-Ip: 10.0.0.1\r\n"},
 		{"front-proxy headers", "X-Remote-User: admin\r\nX-Remote-Group: system:masters\r\nX-Remote-Extra-Scopes: all\r\n"},
+		{"audit id", "Audit-Id: forged\r\naudit-id: forged-too\r\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,6 +63,8 @@ func TestHeaderInjection(t *testing.T) {
 				"Impersonate-User":  {"alice@example.com"},
 				"Impersonate-Group": {"developers", "viewers", "system:authenticated"},
 				"X-Forwarded-For":   {"127.0.0.1"},
+				// The apiserver's audit id is the agent's correlation id.
+				"Audit-Id": {resp.Header.Get(proto.HeaderRequestID)},
 			}
 			for k, v := range want {
 				if !slices.Equal(got[k], v) {
