@@ -89,6 +89,14 @@ test-integration: build components
 test-integration-etcd: build components
 	cd integration && CLUSTRAL_TEST_STORE=etcd CLUSTRAL_BIN=$(CLUSTRAL) $(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./mesh/ ./access/
 
+# screenshots writes a PNG of every page of the web console, at 1280 and
+# 390 px wide, into docs/console/ (shown in docs/console.md), from the
+# browser test that checks each page (integration/console TestPages).
+.PHONY: screenshots
+screenshots: build components
+	mkdir -p docs/console
+	cd integration && CLUSTRAL_BIN=$(CLUSTRAL) CLUSTRAL_SCREENSHOTS=$(CURDIR)/docs/console $(GO) test -count=1 -run '^TestPages$$' ./console/
+
 # fuzz runs every fuzz target of the module for FUZZTIME each (their seed
 # corpora, testdata/fuzz/, already run as tests in test-unit). A crasher
 # is written to the package's testdata/fuzz/ and fails the target.

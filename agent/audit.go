@@ -81,6 +81,7 @@ func (p *Proxy) auditRequest(r *http.Request, info requestInfo, start time.Time,
 		if errors.As(context.Cause(s.ctx), &d) {
 			e.Error = d.code
 		}
+		e.Metadata = recordingMetadata(e.Metadata, s)
 	case status == 0 || status >= 400:
 		e.Code, e.Outcome = proto.AuditRequestFailed, proto.OutcomeFailure
 		if status >= 500 && sw.Header().Get(proto.HeaderErrorCode) != "" {
@@ -111,6 +112,9 @@ func (p *Proxy) streamStarted(res *http.Response) {
 		return
 	}
 	md := map[string]string{"protocol": res.Header.Get("Upgrade")}
+	if s.rec != nil {
+		md[proto.MetaRecording] = s.rec.ID()
+	}
 	if s.imp.user != s.login {
 		md["kube_user"] = s.imp.user
 	}

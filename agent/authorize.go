@@ -14,14 +14,23 @@ import (
 // apiserver's own authenticators do for any authenticated user.
 const groupAuthenticated = "system:authenticated"
 
-// impersonation is the Kubernetes identity a request is forwarded as.
+// impersonation is the Kubernetes identity a request is forwarded as,
+// and how its exec or attach session is recorded.
 type impersonation struct {
 	user   string
 	groups []string // distinct, in grant order, system:authenticated last
+	// recording is the strongest policy of the allowing grants;
+	// recordStdin is set if one of those that record asks for stdin.
+	recording   proto.RecordingPolicy
+	recordStdin bool
 }
 
+// equal reports whether a stream authorized as a may go on as b: a
+// stream whose recording policy changed is closed too, so that it starts
+// again under the new one.
 func (a impersonation) equal(b impersonation) bool {
-	return a.user == b.user && slices.Equal(a.groups, b.groups)
+	return a.user == b.user && slices.Equal(a.groups, b.groups) &&
+		a.recording.Rank() == b.recording.Rank() && a.recordStdin == b.recordStdin
 }
 
 // denial is why a caller may not use the proxy. Its message is a sentence
@@ -107,6 +116,12 @@ func authorize(cluster string, peer proto.Peer, info requestInfo, now time.Time)
 			continue
 		}
 		allowed = true
+		if g.Recording.Rank() > imp.recording.Rank() {
+			imp.recording = g.Recording
+		}
+		if g.Recording.Rank() > 0 && g.RecordStdin {
+			imp.recordStdin = true
+		}
 		if imp.user == "" && g.KubeUser != "" {
 			imp.user = g.KubeUser
 		}

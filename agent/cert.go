@@ -2,8 +2,11 @@ package agent
 
 import (
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"sync/atomic"
@@ -43,4 +46,20 @@ func tlsCertificate(certPEM string, key *ecdsa.PrivateKey) (tls.Certificate, err
 		return tls.Certificate{}, fmt.Errorf("agent certificate from the coordinator: %w", err)
 	}
 	return cert, nil
+}
+
+// NewCSR returns a fresh P-256 key, which the caller owns, and the PEM
+// certificate request for it that an agent sends when it registers: the
+// coordinator issues the agent's serving certificate for that key.
+// The integration harness, which registers agents of its own, uses it too.
+func NewCSR() (csrPEM string, key *ecdsa.PrivateKey, err error) {
+	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", nil, fmt.Errorf("generate key: %w", err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, key)
+	if err != nil {
+		return "", nil, fmt.Errorf("certificate request: %w", err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), key, nil
 }

@@ -62,3 +62,29 @@ func TestServingCertificateRenewal(t *testing.T) {
 		t.Errorf("expires() = %v, want the renewed certificate's", s.expires())
 	}
 }
+
+// TestNewCSR: the request parses, is signed by the key returned, and
+// names the agent.
+func TestNewCSR(t *testing.T) {
+	csrPEM, key, err := NewCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode([]byte(csrPEM))
+	if b == nil || b.Type != "CERTIFICATE REQUEST" {
+		t.Fatalf("not a PEM certificate request: %q", csrPEM)
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		t.Fatal(err)
+	}
+	if !key.PublicKey.Equal(csr.PublicKey) {
+		t.Error("the request is not for the key returned")
+	}
+	if csr.Subject.CommonName != "clustral-agent" {
+		t.Errorf("request for %q, want clustral-agent", csr.Subject.CommonName)
+	}
+}

@@ -42,6 +42,7 @@ import (
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/rest"
 
+	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -96,6 +97,10 @@ type ProxyConfig struct {
 	// Metrics receives the proxy's Prometheus series (clustral_proxy_*),
 	// labelled with the cluster. Nil keeps them in a registry of the proxy's own.
 	Metrics prometheus.Registerer
+	// Recorder records the exec and attach sessions whose roles ask for
+	// it (see record.go). Nil records none: a session whose role
+	// requires a recording is then refused.
+	Recorder *recording.Recorder
 
 	// timeouts replaces the fields of defaultServerTimeouts that it sets;
 	// tests shorten them.
@@ -138,7 +143,8 @@ type Proxy struct {
 	limits  *limiters // nil if off
 	metrics *metrics
 
-	audit func(proto.AuditEvent) // nil if off
+	audit    func(proto.AuditEvent) // nil if off
+	recorder *recording.Recorder    // nil if none
 
 	sweepEvery time.Duration
 	stop       chan struct{}
@@ -176,6 +182,7 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 		log:        c.Logger,
 		sweepEvery: c.SweepInterval,
 		audit:      c.Audit,
+		recorder:   c.Recorder,
 		limits:     newLimiters(c.RateLimit, c.RateBurst),
 		metrics:    newMetrics(c.Cluster),
 		stop:       make(chan struct{}),
@@ -221,6 +228,9 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 		ErrorLog:      errLog,
 		ErrorHandler:  p.proxyError,
 		ModifyResponse: func(res *http.Response) error {
+			if err := p.beginRecording(res); err != nil {
+				return err
+			}
 			err := modifyUpgradeResponse(res)
 			p.streamStarted(res)
 			return err
@@ -326,6 +336,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		v := recover()
 		aborted = v != nil
+		p.endRecording(s)
 		p.logRequest(r, info, start, sw, peer, imp, code, s, aborted)
 		p.auditRequest(r, info, start, sw, peer, imp, code, s)
 		p.metrics.done(info.Verb, responseStatus(sw, s), code, time.Since(start))
@@ -379,6 +390,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.untrack(s)
 	}
 	defer p.untrack(s)
+	if isUpgrade {
+		if d := p.startRecording(s, r); d != nil {
+			code = d.code
+			writeDenial(sw, d)
+			return
+		}
+	}
 
 	rp := p.rp
 	if isUpgrade {
@@ -465,10 +483,24 @@ func rewriteRequest(pr *httputil.ProxyRequest, target *url.URL) {
 	// The overlay source address is the only client address there is, and
 	// the client cannot choose it. Host and proto are not forwarded.
 	h.Set("X-Forwarded-For", s.addr.String())
+	if s.rec != nil {
+		// A recorded session's frames must stay readable: no WebSocket
+		// extension (compression sets RSV1 and deflates the payload).
+		// The Kubernetes clients ask for none anyway.
+		delete(h, "Sec-Websocket-Extensions")
+	}
 	h["Impersonate-User"] = []string{s.imp.user}
 	h["Impersonate-Group"] = slices.Clip(s.imp.groups)
+	// The apiserver takes Audit-ID as its audit event's id and its
+	// span's audit-id: it is the request's correlation id, so that the
+	// apiserver's audit log and clustral's name a request alike, and a
+	// client cannot choose (or reuse) the id the apiserver records.
+	h.Set(auditIDHeader, s.corr)
 	setTrace(h, s.trace)
 }
+
+// auditIDHeader is the header kube-apiserver reads its audit id from.
+const auditIDHeader = "Audit-Id"
 
 // dropHeader reports whether a client header (in canonical form) must not
 // reach the apiserver: credentials, impersonation, forwarding claims and

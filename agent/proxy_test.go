@@ -46,6 +46,7 @@ func TestHeaderInjection(t *testing.T) {
 		{"Authorization named in Connection", "Connection: Authorization\r\nAuthorization: Bearer x\r\n"},
 		{"forwarded spoof", "X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: http\r\nX-Forwarded-User: admin\r\nX-Real-Ip: 10.0.0.1\r\n"},
 		{"front-proxy headers", "X-Remote-User: admin\r\nX-Remote-Group: system:masters\r\nX-Remote-Extra-Scopes: all\r\n"},
+		{"audit id", "Audit-Id: forged\r\naudit-id: forged-too\r\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,6 +63,8 @@ func TestHeaderInjection(t *testing.T) {
 				"Impersonate-User":  {"alice@example.com"},
 				"Impersonate-Group": {"developers", "viewers", "system:authenticated"},
 				"X-Forwarded-For":   {"127.0.0.1"},
+				// The apiserver's audit id is the agent's correlation id.
+				"Audit-Id": {resp.Header.Get(proto.HeaderRequestID)},
 			}
 			for k, v := range want {
 				if !slices.Equal(got[k], v) {
@@ -247,15 +250,22 @@ func openWatch(t *testing.T, h *harness) (*bufio.Reader, io.Closer) {
 		t.Fatalf("watch status = %d", resp.StatusCode)
 	}
 	br := bufio.NewReader(resp.Body)
+	wantWatchEvent(t, br, "first", `{"type":"ADDED"}`)
+	return br, resp.Body
+}
+
+// wantWatchEvent reads br's next line, waiting at most testkit.Recv's
+// timeout, and fails t unless it is want; which names the event.
+func wantWatchEvent(t *testing.T, br *bufio.Reader, which, want string) {
+	t.Helper()
 	line := make(chan string, 1)
 	go func() {
 		l, _ := br.ReadString('\n')
 		line <- l
 	}()
-	if got := testkit.Recv(t, line, "first watch event"); got != `{"type":"ADDED"}`+"\n" {
-		t.Fatalf("first event = %q", got)
+	if got := testkit.Recv(t, line, which+" watch event"); got != want+"\n" {
+		t.Fatalf("%s event = %q", which, got)
 	}
-	return br, resp.Body
 }
 
 func TestWatchStreams(t *testing.T) {
@@ -265,14 +275,7 @@ func TestWatchStreams(t *testing.T) {
 	defer body.Close()
 
 	up.next <- `{"type":"MODIFIED"}`
-	line := make(chan string, 1)
-	go func() {
-		l, _ := br.ReadString('\n')
-		line <- l
-	}()
-	if got := testkit.Recv(t, line, "second watch event"); got != `{"type":"MODIFIED"}`+"\n" {
-		t.Fatalf("second event = %q", got)
-	}
+	wantWatchEvent(t, br, "second", `{"type":"MODIFIED"}`)
 	close(up.next)
 	rest, err := io.ReadAll(br)
 	if err != nil || len(rest) != 0 {

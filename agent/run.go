@@ -2,18 +2,14 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/rest"
 
+	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/node/mesh"
@@ -102,6 +99,14 @@ type Config struct {
 	// full, new events are dropped with a warning and counted.
 	AuditMaxEvents int
 
+	// RecordingDir is where exec and attach sessions whose roles ask for
+	// it are recorded (agent/recording); empty means the "recordings"
+	// directory in AuditDir.
+	RecordingDir string
+	// RecordingMaxBytes caps each recording; zero means
+	// recording.DefaultMaxBytes.
+	RecordingMaxBytes int64
+
 	// Logger receives the agent's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -180,6 +185,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if n := sp.Len(); n > 0 {
 		log.Info("audit spool resumed", "dir", cfg.AuditDir, "waiting", n)
 	}
+	recDir := cfg.RecordingDir
+	if recDir == "" {
+		recDir = filepath.Join(cfg.AuditDir, "recordings")
+	}
+	recorder, err := recording.New(recording.Options{Dir: recDir, MaxBytes: cfg.RecordingMaxBytes})
+	if err != nil {
+		return err
+	}
+	for _, rec := range recorder.Recovered() {
+		log.Warn("finished the recording of a session the last agent did not end", "recording", rec.ID, "bytes", rec.Bytes)
+		auditTo(sp, log)(rescuedEvent(rec, time.Now()))
+	}
 
 	// Register: fresh WireGuard and TLS keys; the join token buys overlay
 	// addresses, a node token and a serving certificate for the TLS key.
@@ -187,18 +204,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("generate WireGuard key: %w", err)
 	}
-	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, tlsKey, err := NewCSR()
 	if err != nil {
-		return fmt.Errorf("generate TLS key: %w", err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
-	if err != nil {
-		return fmt.Errorf("certificate request: %w", err)
+		return fmt.Errorf("TLS key: %w", err)
 	}
 	reg, err := register(ctx, coordclient.New(cfg.CoordinatorURL, cfg.JoinToken, hc), proto.RegisterAgentRequest{
 		PublicKey: proto.Key(wgKey.PublicKey()),
 		Hostname:  host,
-		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})),
+		CSR:       csr,
 	}, log)
 	if err != nil {
 		return err
@@ -234,7 +247,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	metrics := agentMetrics(reg.Cluster, m.Node, sp, serving)
 	proxy, err := NewProxy(ProxyConfig{Cluster: reg.Cluster, Upstream: cfg.Upstream, Peers: m.Node, Logger: log,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Audit: auditTo(sp, log), Metrics: metrics})
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Audit: auditTo(sp, log), Metrics: metrics,
+		Recorder: recorder})
 	if err != nil {
 		return err
 	}
@@ -294,6 +308,14 @@ func Run(ctx context.Context, cfg Config) error {
 	shipCtx, stopShip := context.WithCancel(context.Background())
 	defer stopShip()
 	wg.Go(func() { sp.Ship(shipCtx, api.ShipAudit, 0) })
+	wg.Go(func() {
+		recorder.Ship(shipCtx, func(ctx context.Context, id string, body io.Reader) error {
+			_, err := api.PutRecording(ctx, id, body)
+			return err
+		}, func(id string, err error) {
+			log.Warn("session recording not shipped; keeping it and retrying", "recording", id, "err", err)
+		})
+	})
 
 	// Wait.
 	select {

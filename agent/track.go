@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -28,6 +29,14 @@ type stream struct {
 
 	responded atomic.Bool // the upstream answered; headers are on the way
 	upgraded  atomic.Bool // the upstream switched protocols
+
+	// The session's recording (see record.go), used only on the
+	// request's goroutine: rec until it ends, then recResult; recErr
+	// if it could not start or begin.
+	rec       *recording.Session
+	recBegan  bool
+	recResult *recording.Result
+	recErr    error
 }
 
 // peerLive is what one peer has open.

@@ -219,6 +219,8 @@ func (f *roleFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.r.KubeUser, "kube-user", "", "impersonate this Kubernetes user instead of the user's login")
 	fl.StringSliceVar(&f.r.ApproverGroups, "approver-group", nil, "OIDC group whose members may approve requests for this role")
 	fl.BoolVar(&f.r.Admin, "admin", false, "holders of this role are clustral administrators")
+	fl.StringVar((*string)(&f.r.Recording), "recording", "", "record the exec and attach sessions this role allows: off, best-effort, or required (refuse a session that cannot be recorded)")
+	fl.BoolVar(&f.r.RecordStdin, "record-stdin", false, "also record what the user types (off by default: stdin carries passwords)")
 	fl.StringSliceVar(&f.namespaces, "namespace", nil, "restrict to these namespaces (\"\" allows cluster-scoped requests)")
 	fl.StringSliceVar(&f.apiGroups, "api-group", nil, "restrict to these API groups (\"\" is the core group)")
 	fl.StringSliceVar(&f.resources, "resource", nil, "restrict to these resources, e.g. pods, pods/log, deployments; * excludes exec, attach, portforward, proxy, ephemeralcontainers and serviceaccounts/token, which must be named (pods/exec, */exec)")
@@ -231,6 +233,9 @@ func (f *roleFlags) add(c *cobra.Command) {
 func (f *roleFlags) role(name string) (proto.Role, error) {
 	r := f.r
 	r.Name = name
+	if err := r.Recording.Validate(); err != nil {
+		return r, usageError{err}
+	}
 	res := proto.Restrictions{Namespaces: f.namespaces, APIGroups: f.apiGroups, Resources: f.resources, Verbs: f.verbs, ResourceNames: f.names,
 		NonResourceURLs: f.nonResourceURLs}
 	for _, w := range f.windows {
@@ -265,19 +270,15 @@ func printRole(tw *tabwriter.Writer, r proto.Role) {
 	if r.Admin {
 		fmt.Fprintf(tw, "Admin:\tyes\n")
 	}
-	if x := r.Restrictions; x != nil {
-		for _, l := range []struct {
-			k string
-			v []string
-		}{{"Namespaces", x.Namespaces}, {"API groups", x.APIGroups}, {"Resources", x.Resources}, {"Verbs", x.Verbs}, {"Names", x.ResourceNames},
-			{"Non-resource URLs", x.NonResourceURLs}} {
-			if len(l.v) > 0 {
-				fmt.Fprintf(tw, "%s:\t%s\n", l.k, strings.Join(l.v, ", "))
-			}
+	if r.Recording.Rank() > 0 {
+		stdin := "without stdin"
+		if r.RecordStdin {
+			stdin = "with stdin"
 		}
-		for _, w := range x.TimeWindows {
-			fmt.Fprintf(tw, "Window:\t%s\n", w)
-		}
+		fmt.Fprintf(tw, "Recording:\t%s, %s\n", r.Recording, stdin)
+	}
+	for _, l := range r.Restrictions.Limits() {
+		fmt.Fprintf(tw, "%s:\t%s\n", l.Name, l.Value)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/agent"
+	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/agent/spool"
 )
 
@@ -25,7 +26,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 		wgPort, rateBurst                           int
 		rateQPS                                     float64
 		drain                                       time.Duration
-		auditDir                                    string
+		auditDir, recDir                            string
+		recMax                                      int64
 		auditMax                                    int
 		insecure                                    bool
 	)
@@ -90,18 +92,20 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 				}
 			}
 			return agentError(agent.Run(c.Context(), agent.Config{
-				CoordinatorURL: coord,
-				JoinToken:      token,
-				HTTPClient:     hc,
-				Upstream:       upstream,
-				RateLimit:      rate.Limit(rateQPS),
-				RateBurst:      rateBurst,
-				WireGuardPort:  wgPort,
-				HealthListen:   healthListen,
-				DrainTimeout:   drain,
-				AuditDir:       auditDir,
-				AuditMaxEvents: auditMax,
-				Logger:         log,
+				CoordinatorURL:    coord,
+				JoinToken:         token,
+				HTTPClient:        hc,
+				Upstream:          upstream,
+				RateLimit:         rate.Limit(rateQPS),
+				RateBurst:         rateBurst,
+				WireGuardPort:     wgPort,
+				HealthListen:      healthListen,
+				DrainTimeout:      drain,
+				AuditDir:          auditDir,
+				AuditMaxEvents:    auditMax,
+				RecordingDir:      recDir,
+				RecordingMaxBytes: recMax,
+				Logger:            log,
 			}))
 		},
 	}
@@ -116,6 +120,8 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.IntVar(&wgPort, "wg-port", 0, "WireGuard UDP port (default: a free port)")
 	f.DurationVar(&drain, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM, how long open requests may finish")
 	f.StringVar(&auditDir, "audit-dir", "", "directory of the audit spool, one per agent (locked while in use); keep it across restarts of the agent (default: $STATE_DIRECTORY/audit under systemd, /var/lib/clustral/agent-audit as root, else $XDG_STATE_HOME/clustral/agent-audit)")
+	f.StringVar(&recDir, "recording-dir", "", "directory of the exec and attach session recordings, for roles with a recording policy (default: recordings in --audit-dir)")
+	f.Int64Var(&recMax, "recording-max-bytes", recording.DefaultMaxBytes, "size cap of one session recording; at the cap a marker is recorded and the rest is not (a role that requires recording ends the session)")
 	f.IntVar(&auditMax, "audit-spool-max-events", spool.DefaultMaxEvents, "audit events the spool keeps while the coordinator is unreachable; when full, new events are dropped with a warning and counted")
 	f.Float64Var(&rateQPS, "rate-limit-qps", float64(agent.DefaultRateLimit), "requests per second each user may start through the proxy (sustained); negative turns the limit off")
 	f.IntVar(&rateBurst, "rate-limit-burst", agent.DefaultRateBurst, "requests each user may start at once above --rate-limit-qps; negative turns the limit off")

@@ -387,6 +387,11 @@ func readCheckpointFile(path string) (proto.AuditCheckpoint, error) {
 }
 
 func verificationTable(tw *tabwriter.Writer, v proto.AuditVerification) {
+	if !v.OK && v.BadRecording != "" {
+		fmt.Fprintf(tw, "Session recording %s EDITED: %s\n", v.BadRecording, v.Problem)
+		fmt.Fprintf(tw, "The audit log itself is intact: %d records, %d to %d; %d recordings checked.\n", v.Checked, v.First, v.Last, v.Recordings)
+		return
+	}
 	if !v.OK {
 		fmt.Fprintf(tw, "Audit log BROKEN at record %d: %s\n", v.BadSeq, v.Problem)
 		if v.Checked > 0 {
@@ -398,6 +403,9 @@ func verificationTable(tw *tabwriter.Writer, v proto.AuditVerification) {
 		fmt.Fprintln(tw, "Audit log intact: no records.")
 	} else {
 		fmt.Fprintf(tw, "Audit log intact: %d records, %d to %d.\n", v.Checked, v.First, v.Last)
+	}
+	if v.Recordings > 0 {
+		fmt.Fprintf(tw, "Session recordings intact: %d checked against their end events.\n", v.Recordings)
 	}
 	switch {
 	case v.Key == "":

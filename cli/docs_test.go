@@ -3,11 +3,11 @@ package cli
 import (
 	"bytes"
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 )
@@ -44,22 +44,7 @@ func TestCLIReference(t *testing.T) {
 	if err := walk(root); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join("..", "docs", "cli.md")
-	if *updateDocs {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run: go test ./cli -run TestCLIReference -update-docs)", err)
-	}
-	if !bytes.Equal(got, buf.Bytes()) {
-		t.Fatal("docs/cli.md is out of date; run: go test ./cli -run TestCLIReference -update-docs")
-	}
+	testkit.Golden(t, filepath.Join("..", "docs", "cli.md"), buf.Bytes(), *updateDocs, "go test ./cli -run TestCLIReference -update-docs")
 }
 
 // TestEveryCommandHasExamples: every runnable command's help shows how

@@ -29,6 +29,7 @@ import (
 	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/netstack/socks5"
 	"github.com/clustral/clustral/pkg/atomicfile"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -190,20 +191,7 @@ var (
 // golden compares got with testdata/name.golden; -update rewrites it.
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run: go test ./cli -run %s -update)", err, t.Name())
-	}
-	if string(want) != got {
-		t.Errorf("%s differs (run with -update if the change is intended)\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	testkit.Golden(t, filepath.Join("testdata", name+".golden"), []byte(got), *update, "go test ./cli -run "+t.Name()+" -update")
 }
 
 func writeTestJSON(w http.ResponseWriter, v any) {

@@ -166,11 +166,12 @@ func TestGoldenRoles(t *testing.T) {
 		{name: "roles-show", args: []string{"roles", "show", "dev-deployer"}, sent: []string{"GET /api/v1/roles/dev-deployer"}},
 		{name: "roles-create", args: []string{"roles", "create", "deployer", "--group", "clustral:edit", "--description", "roll out to dev",
 			"--namespace", "dev,staging", "--api-group", "apps", "--resource", "deployments,deployments/scale", "--verb", "get,list,patch",
-			"--resource-name", "api", "--non-resource-url", "/metrics,/logs/*", "--window", "mon-fri 09:00-18:00 Europe/Berlin", "--approver-group", "sre"},
+			"--resource-name", "api", "--non-resource-url", "/metrics,/logs/*", "--window", "mon-fri 09:00-18:00 Europe/Berlin", "--approver-group", "sre",
+			"--recording", "required", "--record-stdin"},
 			sent: []string{`POST /api/v1/roles {"id":"","name":"deployer","description":"roll out to dev","groups":["clustral:edit"],` +
 				`"restrictions":{"namespaces":["dev","staging"],"api_groups":["apps"],"resources":["deployments","deployments/scale"],"verbs":["get","list","patch"],` +
 				`"resource_names":["api"],"non_resource_urls":["/metrics","/logs/*"],"time_windows":[{"days":["mon","tue","wed","thu","fri"],"start":"09:00","end":"18:00","time_zone":"Europe/Berlin"}]},` +
-				`"approver_groups":["sre"]}`}},
+				`"approver_groups":["sre"],"recording":"required","record_stdin":true}`}},
 		{name: "roles-update", args: []string{"roles", "update", "viewer", "--rename", "reader", "--group", "clustral:view", "--namespace", "dev,staging"},
 			sent: []string{`PUT /api/v1/roles/viewer {"id":"","name":"reader","groups":["clustral:view"],"restrictions":{"namespaces":["dev","staging"]}}`}},
 		{name: "roles-delete", args: []string{"roles", "delete", "viewer"}, plain: true, sent: []string{"DELETE /api/v1/roles/viewer"}},

@@ -134,6 +134,7 @@ OIDC provider.
 		newAccessCmd(g),
 		newDevicesCmd(g),
 		newAuditCmd(g),
+		newSessionsCmd(g),
 		newWhoamiCmd(g),
 		newKubeCmd(g),
 		newConfigCmd(g),

@@ -25,6 +25,10 @@ import (
 // directory.
 const upLogFile = "up.log"
 
+// upPollInterval is how often `clustral up` looks whether the background
+// process it started is connected.
+const upPollInterval = 5 * time.Millisecond
+
 func newUpCmd(g *globals) *cobra.Command {
 	var (
 		foreground bool
@@ -162,7 +166,9 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 	defer sp.stop()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
+	// Reading the state file is cheap; each tick of waiting delays the
+	// user's first kubectl.
+	tick := time.NewTicker(upPollInterval)
 	defer tick.Stop()
 	for {
 		select {

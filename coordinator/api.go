@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/clustral/clustral/coordinator/console"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
@@ -48,6 +49,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /oidc/confirm", s.public(s.perSource("confirm", s.handleConfirm)))
 	mux.HandleFunc("GET "+v+"/whoami", s.user(s.handleWhoami))
 	mux.HandleFunc("DELETE "+v+"/session", s.user(s.handleLogout))
+	mux.HandleFunc("GET "+v+"/sessions", s.user(s.handleListSessions))
+	mux.HandleFunc("DELETE "+v+"/sessions/{id}", s.user(s.handleEndSession))
 
 	// nodes.go, mapstream.go, relay.go
 	mux.HandleFunc("POST "+v+"/devices", s.deviceOwner(s.handleRegisterDevice))
@@ -98,8 +101,22 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 	mux.HandleFunc("POST "+v+"/audit/checkpoints", s.admin(s.handleAuditCheckpoint))
 
+	// Session recordings (recordings.go).
+	mux.HandleFunc("PUT "+v+"/recordings/{id}", s.agent(s.handlePutRecording))
+	mux.HandleFunc("GET "+v+"/recordings", s.admin(s.handleListRecordings))
+	mux.HandleFunc("GET "+v+"/recordings/{id}", s.admin(s.handleGetRecording))
+
+	// The web console at "/", on the API's origin: its pages call this
+	// mux in process with the browser session (coordinator/console).
+	console.New(console.Config{PublicURL: s.cfg.PublicURL, API: mux, SignIn: s.consoleSignIn, Exchange: s.consoleExchange,
+		SignInTTL: s.cfg.LoginTTL, PerSource: s.perSource, Done: s.consoleDone, Logger: s.log}).Register(mux)
+
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, proto.MaxBodyBytes)
+		limit := int64(proto.MaxBodyBytes)
+		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, v+"/recordings/") {
+			limit = proto.MaxRecordingUpload
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
 		// Every request has a correlation id: the caller's, if it sent a
 		// sane one, else a new one. It is echoed in the answer and in the
 		// log line, so a CLI error can be matched with the server's log.

@@ -168,7 +168,9 @@ func (s *Server) auditWriter() {
 var changeCodes = map[string]proto.AuditCode{
 	"login.browser":        proto.AuditLoginBrowser,
 	"login.token":          proto.AuditLoginToken,
+	"login.console":        proto.AuditConsoleSignIn,
 	"session.revoke":       proto.AuditSessionRevoked,
+	"session.end":          proto.AuditSessionEnded,
 	"device.register":      proto.AuditDeviceRegistered,
 	"device.deregister":    proto.AuditDeviceLeft,
 	"device.revoke":        proto.AuditDeviceRevoked,
@@ -503,7 +505,16 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 		}
 		o.Against = req.Checkpoint
 	}
+	var refs []recordingRef
+	o.Visit = func(e proto.AuditEvent) {
+		if ref, ok := recordingRefOf(e); ok {
+			refs = append(refs, ref)
+		}
+	}
 	v, err := auditlog.Verify(s.store, o)
+	if err == nil && v.OK {
+		err = s.checkRecordings(&v, refs)
+	}
 	if err != nil {
 		s.writeInternal(w, "verify audit log", err, "")
 		return

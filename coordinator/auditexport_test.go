@@ -35,9 +35,8 @@ func TestAuditExportWired(t *testing.T) {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		req, err := otlptest.Decode(r)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+		req, ok := otlptest.Receive(w, r)
+		if !ok {
 			return
 		}
 		mu.Lock()

@@ -227,6 +227,9 @@ func (s *Server) loginFromToken(idt *oidc.IDToken, how string) (*proto.Session, 
 
 	sid := newSecret("")
 	se := &session{IDHash: hashSecret(sid), UserID: nu.ID, Created: now, Expires: now.Add(s.cfg.SessionTTL)}
+	if how == "console" {
+		se.Kind, se.Expires = proto.SessionConsole, now.Add(s.cfg.ConsoleSessionTTL)
+	}
 	if idt.Expiry.After(now) && how == "token" && idt.Expiry.Before(se.Expires) {
 		// A directly exchanged token gives no more than it carries.
 		se.Expires = idt.Expiry

@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/coordinator/store"
 )
 
@@ -53,6 +54,9 @@ type Config struct {
 	Store string
 	// Etcd says how to reach etcd when Store is StoreEtcd.
 	Etcd store.EtcdConfig
+	// Recordings stores the session recordings agents ship; nil means
+	// the directory "recordings" in DataDir.
+	Recordings recordings.Store
 	// TLSCertFile and TLSKeyFile serve HTTPS. Without them the coordinator
 	// serves plain HTTP, which it allows only on a loopback address.
 	TLSCertFile string
@@ -83,6 +87,9 @@ type Config struct {
 
 	// SessionTTL is how long a login lasts.
 	SessionTTL time.Duration
+	// ConsoleSessionTTL is how long a web console's browser session
+	// lasts, at most SessionTTL.
+	ConsoleSessionTTL time.Duration
 	// LoginTTL bounds how long a started login waits for the browser.
 	LoginTTL time.Duration
 	// MaxPendingLogins caps the logins waiting for a browser; past it
@@ -90,6 +97,13 @@ type Config struct {
 	MaxPendingLogins int
 	// AgentTTL reclaims an agent that has not connected for this long.
 	AgentTTL time.Duration
+	// AgentGrace is how long an agent's map stream may stay closed (the
+	// agent killed, or cut off) before the agent leaves the maps of its
+	// users' devices, so they stop dialing it; it returns when its stream
+	// opens again. After a coordinator start, its agents get as long to
+	// reconnect. A new agent enters the maps when its stream first opens.
+	// Default 5 s.
+	AgentGrace time.Duration
 	// PendingRequestTTL expires an access request nobody decided.
 	PendingRequestTTL time.Duration
 	// MaxDevicesPerUser bounds the devices one user may have registered
@@ -184,6 +198,10 @@ const (
 	DefaultMaxPendingRequests = 10
 )
 
+// DefaultConsoleSessionTTL is the default of Config.ConsoleSessionTTL:
+// a browser session lasts a working day.
+const DefaultConsoleSessionTTL = 8 * time.Hour
+
 // Defaults returns the embedded defaults.
 func Defaults() Config {
 	return Config{
@@ -192,8 +210,10 @@ func Defaults() Config {
 		IPv4Prefix:              netip.MustParsePrefix("100.64.0.0/10"),
 		MeshDomain:              "clustral.internal",
 		SessionTTL:              12 * time.Hour,
+		ConsoleSessionTTL:       DefaultConsoleSessionTTL,
 		LoginTTL:                10 * time.Minute,
 		AgentTTL:                24 * time.Hour,
+		AgentGrace:              5 * time.Second,
 		PendingRequestTTL:       24 * time.Hour,
 		AuditRetention:          DefaultAuditRetention,
 		AuditCheckpointInterval: DefaultAuditCheckpointInterval,
@@ -228,11 +248,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	c.MeshDomain = cmp.Or(c.MeshDomain, d.MeshDomain)
 	c.SessionTTL = cmp.Or(c.SessionTTL, d.SessionTTL)
+	c.ConsoleSessionTTL = min(cmp.Or(c.ConsoleSessionTTL, d.ConsoleSessionTTL), c.SessionTTL)
 	c.LoginTTL = cmp.Or(c.LoginTTL, d.LoginTTL)
 	if c.MaxPendingLogins <= 0 {
 		c.MaxPendingLogins = DefaultMaxPendingLogins
 	}
 	c.AgentTTL = cmp.Or(c.AgentTTL, d.AgentTTL)
+	c.AgentGrace = cmp.Or(c.AgentGrace, d.AgentGrace)
 	c.PendingRequestTTL = cmp.Or(c.PendingRequestTTL, d.PendingRequestTTL)
 	if c.MaxDevicesPerUser <= 0 {
 		c.MaxDevicesPerUser = DefaultMaxDevicesPerUser

@@ -33,6 +33,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/keyrate"
 	"github.com/clustral/clustral/proto"
@@ -61,14 +62,17 @@ type Server struct {
 	log     *slog.Logger
 	store   store.Store
 	now     func() time.Time
+	started time.Time // s.now() when New began
 	ca      *meshCA
 	signKey *ecdsa.PrivateKey
 	// auditKey signs audit checkpoints; it lives in its own file in the
 	// data directory, not in the store (see package auditlog).
 	auditKey ed25519.PrivateKey
-	v6       netip.Prefix
-	oidc     *oidcProvider
-	metrics  *metrics
+	// recordings keeps the session recordings agents ship.
+	recordings recordings.Store
+	v6         netip.Prefix
+	oidc       *oidcProvider
+	metrics    *metrics
 	// export streams the audit log to the configured destinations; nil
 	// without any.
 	export *auditexport.Exporter
@@ -117,6 +121,30 @@ type Server struct {
 	// leader is true while this replica runs the singleton work.
 	leader atomic.Bool
 	wg     sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
+
+	// consoleDone is closed (once, endConsoleStreams) when the server
+	// stops serving, to end the web console's event streams, which
+	// would otherwise hold the HTTP server's Shutdown.
+	consoleDone     chan struct{}
+	consoleDoneOnce sync.Once
+}
+
+// endStreams ends what never finishes on its own: the map streams, the
+// relay connections and the web console's event streams. Safe to call
+// more than once; it takes s.mu.
+func (s *Server) endStreams() {
+	s.mu.Lock()
+	for _, c := range s.clients {
+		c.close()
+	}
+	s.mu.Unlock()
+	s.closeRelays()
+	s.endConsoleStreams()
+}
+
+// endConsoleStreams ends the web console's open event streams.
+func (s *Server) endConsoleStreams() {
+	s.consoleDoneOnce.Do(func() { close(s.consoleDone) })
 }
 
 // guarded is what the coordinator's global lock mu guards: the in-memory
@@ -186,8 +214,11 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		metrics: newMetrics(),
 		stop:    make(chan struct{}),
 		replica: replicaName(),
+
+		consoleDone: make(chan struct{}),
 	}
 	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
+	s.started = s.now()
 	s.timeouts = defaultServerTimeouts
 	s.state.init()
 	s.certRenew.Store(int64(agentCertRenew))
@@ -223,6 +254,11 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		}
 		s.log.Error("several users hold one login, stored before logins were unique: the oldest keeps it, the others cannot log in until an administrator disables them (clustral users disable <id>)",
 			"login", login, "holder", s.userByLogin(login).ID, "others", ids)
+	}
+	if s.recordings = cfg.Recordings; s.recordings == nil {
+		if s.recordings, err = recordings.NewDir(filepath.Join(cfg.DataDir, "recordings"), cfg.Now); err != nil {
+			return nil, err
+		}
 	}
 	if s.auditKey, err = auditlog.LoadKey(cfg.auditKeyPath(), true); err != nil {
 		return nil, err
@@ -331,12 +367,7 @@ func (s *Server) Close() error {
 	s.flushFailures(s.now().Add(failureWindow))
 	close(s.stop)
 	s.stopCancel()
-	s.mu.Lock()
-	for _, c := range s.clients {
-		c.close()
-	}
-	s.mu.Unlock()
-	s.closeRelays()
+	s.endStreams()
 	s.wg.Wait()
 	// The audit writer has stored what was queued: sign the log as it is
 	// left.
@@ -483,12 +514,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	// Map streams and relay connections never finish on their own; end
 	// them first.
-	s.mu.Lock()
-	for _, c := range s.clients {
-		c.close()
-	}
-	s.mu.Unlock()
-	s.closeRelays()
+	s.endStreams()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := srv.Shutdown(sctx)
@@ -712,11 +738,53 @@ func (s *Server) recordChange(tx store.Tx, actor, action, object string, detail 
 func (s *Server) janitor() {
 	s.every(s.stopCtx, time.Second, func() {
 		s.sweepLogins()
+		s.agentsGone()
 		if s.sources != nil {
 			s.sources.Evict(s.now())
 		}
 		s.flushFailures(s.now())
 	})
+}
+
+// agentsGone takes the agents whose map stream has been closed for
+// AgentGrace out of their users' devices' maps, so a dead agent is no
+// longer dialed; an agent that has not connected since this coordinator
+// started gets AgentGrace from the start. Its stream's return puts it
+// back (mapStream). An agent registered since is in no map until its
+// stream opens (registerNode).
+//
+// Only a coordinator without replicas does this: a replica knows only
+// the streams open to itself (see docs/design.md, Replicas), so with
+// replicas an agent stays in the maps until AgentTTL and devices skip a
+// dead one by dialing the next (node/mesh).
+func (s *Server) agentsGone() {
+	if s.feed != nil {
+		return
+	}
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cid, agents := range s.agentsByCluster {
+		for _, a := range agents {
+			if s.online[a.ID] > 0 || s.gone[a.ID] {
+				continue
+			}
+			since := a.LastSeen
+			if since.Before(s.started) {
+				since = s.started
+			}
+			if now.Sub(since) < s.cfg.AgentGrace {
+				continue
+			}
+			s.gone[a.ID] = true
+			for _, u := range s.usersOn(cid, now) {
+				for _, d := range s.devicesByUser[u.ID] {
+					s.sendRemove(d, a.Key)
+				}
+			}
+			s.log.Info("agent left its users' maps: its map stream is closed", "node", a.ID, "since", since)
+		}
+	}
 }
 
 // expirer expires sessions, devices, assignments and access requests, and

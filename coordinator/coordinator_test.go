@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
@@ -173,10 +171,7 @@ func (e *testEnv) login(email string, groups ...string) proto.Session {
 
 func newKey(t *testing.T) proto.Key {
 	t.Helper()
-	k, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.WireGuardKey(t)
 	return proto.Key(k.PublicKey())
 }
 

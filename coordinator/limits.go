@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -26,17 +27,24 @@ const (
 // UTF-8.)
 func checkText(w http.ResponseWriter, field, value string, max int) bool {
 	if len(value) > max {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%s is %d bytes, over the %d-byte limit", field, len(value), max), "shorten it")
+		writeFieldProblem(w, field, fmt.Sprintf("%s is %d bytes, over the %d-byte limit", field, len(value), max), "shorten it")
 		return false
 	}
 	return true
+}
+
+// writeFieldProblem answers 400 for the request field field (its JSON
+// name; an index such as groups[2] names the list).
+func writeFieldProblem(w http.ResponseWriter, field, title, hint string) {
+	f, _, _ := strings.Cut(field, "[")
+	writeProblemDoc(w, &proto.Problem{Status: http.StatusBadRequest, Code: proto.CodeBadRequest, Title: title, Hint: hint, Field: f})
 }
 
 // checkList answers 400 and returns false when the list has more than
 // maxListItems entries or an entry fails checkText with max.
 func checkList(w http.ResponseWriter, field string, values []string, max int) bool {
 	if len(values) > maxListItems {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%s has %d entries, over the limit of %d", field, len(values), maxListItems), "name fewer")
+		writeFieldProblem(w, field, fmt.Sprintf("%s has %d entries, over the limit of %d", field, len(values), maxListItems), "name fewer")
 		return false
 	}
 	for i, v := range values {
@@ -89,7 +97,7 @@ func checkRestrictions(w http.ResponseWriter, r *proto.Restrictions) bool {
 		}
 	}
 	if len(r.TimeWindows) > maxListItems {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("restrictions.time_windows has %d entries, over the limit of %d", len(r.TimeWindows), maxListItems), "merge windows")
+		writeFieldProblem(w, "restrictions.time_windows", fmt.Sprintf("restrictions.time_windows has %d entries, over the limit of %d", len(r.TimeWindows), maxListItems), "merge windows")
 		return false
 	}
 	return true
@@ -101,7 +109,7 @@ var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 // label, the form of cluster and role names.
 func checkName(w http.ResponseWriter, what, name string) bool {
 	if !nameRE.MatchString(name) {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%s name %q is not valid", what, name), "use lowercase letters, digits and dashes (a DNS label), at most 63 characters")
+		writeFieldProblem(w, "name", fmt.Sprintf("%s name %q is not valid", what, name), "use lowercase letters, digits and dashes (a DNS label), at most 63 characters")
 		return false
 	}
 	return true

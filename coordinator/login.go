@@ -66,6 +66,7 @@ type pendingLogin struct {
 	pkce      string // the coordinator's own verifier toward the IdP
 	challenge string // the CLI's S256 challenge
 	redirect  string // the CLI's loopback URI; empty for headless
+	console   bool   // a web console's sign-in: redirect is the console's
 	userCode  string // headless: what the terminal shows
 	device    proto.LoginDevice
 	source    string // address login/start came from
@@ -268,6 +269,38 @@ func (s *Server) startLogin(req proto.LoginStartRequest, source string) (proto.L
 	if p := checkLoginStart(req); p != nil {
 		return proto.LoginStartResponse{}, p
 	}
+	return s.addLogin(req, source, false)
+}
+
+// consoleSignIn starts the web console's sign-in for the browser at
+// source, bound to the S256 challenge of a verifier the console keeps in
+// that browser: the identity provider's answer comes back to the
+// console's redirect, and only that verifier redeems its code (exchange),
+// so a sign-in completes only in the browser that started it.
+func (s *Server) consoleSignIn(challenge, redirect, source string) (string, error) {
+	if s.oidc == nil {
+		return "", errNoOIDC
+	}
+	resp, p := s.addLogin(proto.LoginStartRequest{CodeChallenge: challenge, CodeChallengeMethod: proto.CodeChallengeS256,
+		RedirectURI: redirect, Device: proto.LoginDevice{Hostname: "web console", OS: "browser"}}, source, true)
+	if p != nil {
+		return "", p
+	}
+	return resp.AuthURL, nil
+}
+
+// consoleExchange redeems the code the identity provider's answer brought
+// to the console, with the verifier the browser kept.
+func (s *Server) consoleExchange(code, verifier string) (*proto.Session, error) {
+	sess, p := s.exchange(code, verifier)
+	if p != nil {
+		return nil, p
+	}
+	return sess, nil
+}
+
+// addLogin registers a checked pending login.
+func (s *Server) addLogin(req proto.LoginStartRequest, source string, console bool) (proto.LoginStartResponse, *proto.Problem) {
 	now := s.now()
 	handle := newSecret("lh_")
 	pl := &pendingLogin{
@@ -277,6 +310,7 @@ func (s *Server) startLogin(req proto.LoginStartRequest, source string) (proto.L
 		pkce:      oauth2.GenerateVerifier(),
 		challenge: req.CodeChallenge,
 		redirect:  req.RedirectURI,
+		console:   console,
 		device: proto.LoginDevice{
 			Hostname: cleanDeviceText(req.Device.Hostname, 64),
 			OS:       cleanDeviceText(req.Device.OS, 32),
@@ -430,12 +464,16 @@ func (s *Server) unbound(pl *pendingLogin, reason string) {
 // finish issues the session of a login bound to its device. pl is already
 // out of the table.
 func (s *Server) finish(pl *pendingLogin) (*proto.Session, *proto.Problem) {
+	how := "browser"
+	if pl.console {
+		how = "console"
+	}
 	err := s.verifyStoredToken(pl)
 	var sess *proto.Session
 	if err == nil {
-		sess, err = s.loginFromToken(pl.idt, "browser")
+		sess, err = s.loginFromToken(pl.idt, how)
 	}
-	s.metrics.login("browser", err)
+	s.metrics.login(how, err)
 	if err != nil {
 		s.audit(proto.AuditEvent{Code: proto.AuditLoginFailed, Actor: pl.who, Outcome: proto.OutcomeFailure,
 			Metadata: map[string]string{"reason": err.Error(), "source": pl.source}})
@@ -738,7 +776,10 @@ func writeLoginPage(w http.ResponseWriter, status int, d loginPageData) {
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: under no-referrer a browser posts
+	// the confirmation form with "Origin: null", which sameOrigin refuses.
+	// Nothing is sent to another origin either way.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	w.WriteHeader(status)
 	loginPage.Execute(w, d)
@@ -898,27 +939,40 @@ func (s *Server) handleWhoami(w http.ResponseWriter, r *http.Request, p principa
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, p principal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.revokeSessionLocked(w, p.user, p.session, "session.revoke") {
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// revokeSessionLocked deletes the session se of u and every device under
+// it, recording action; it answers the problem itself and returns false
+// when the store refuses. Called with s.mu held.
+func (s *Server) revokeSessionLocked(w http.ResponseWriter, u *user, se *session, action string) bool {
 	var devs []*node
-	for _, d := range s.devicesByUser[p.user.ID] {
-		if d.SessionID == p.session.IDHash {
+	for _, d := range s.devicesByUser[u.ID] {
+		if d.SessionID == se.IDHash {
 			devs = append(devs, d)
 		}
 	}
 	if !s.commit(w, "revoke session", func(tx store.Tx) error {
-		if err := tx.Delete(store.Sessions, p.session.IDHash); err != nil {
+		if err := tx.Delete(store.Sessions, se.IDHash); err != nil {
 			return err
 		}
-		n, err := s.deleteNodesWhere(tx, devs, func(n *node) bool { return n.Kind == proto.KindDevice && n.SessionID == p.session.IDHash })
+		n, err := s.deleteNodesWhere(tx, devs, func(n *node) bool { return n.Kind == proto.KindDevice && n.SessionID == se.IDHash })
 		if err != nil {
 			return err
 		}
-		return s.recordChange(tx, p.user.Login, "session.revoke", p.user.ID, map[string]any{"devices": n})
+		md := map[string]any{"devices": n}
+		if se.Kind != "" {
+			md["kind"] = string(se.Kind)
+		}
+		return s.recordChange(tx, u.Login, action, u.ID, md)
 	}) {
-		return
+		return false
 	}
-	delete(s.sessions, p.session.IDHash)
+	delete(s.sessions, se.IDHash)
 	for _, d := range devs {
 		s.removeNodeAndSyncLocked(d)
 	}
-	w.WriteHeader(http.StatusNoContent)
+	return true
 }

@@ -118,7 +118,9 @@ func (s *Server) syncPair(u *user, clusterID string) {
 			dp := s.peer(d, clusterID, now)
 			for _, a := range agents {
 				s.sendUpsert(a, dp)
-				s.sendUpsert(d, s.peer(a, "", now))
+				if !s.gone[a.ID] {
+					s.sendUpsert(d, s.peer(a, "", now))
+				}
 			}
 		} else {
 			for _, a := range agents {
@@ -142,6 +144,9 @@ func (s *Server) nodeChanged(n *node) {
 			}
 		}
 	case proto.KindAgent:
+		if s.gone[n.ID] {
+			return // not in its users' maps
+		}
 		p := s.peer(n, "", now)
 		for _, u := range s.usersOn(n.ClusterID, now) {
 			for _, d := range s.devicesByUser[u.ID] {
@@ -270,6 +275,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	}
 	s.clients[n.ID] = c
 	s.online[n.ID]++
+	delete(s.gone, n.ID) // back in its users' maps (nodeChanged below)
 	if eps != nil {
 		s.endpoints[n.ID] = eps
 	}

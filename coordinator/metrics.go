@@ -61,7 +61,7 @@ func newMetrics() *metrics {
 	}
 	// Every series exists from the start, so a rate() over a fresh
 	// coordinator has a zero to start from.
-	for _, method := range []string{"browser", "token"} {
+	for _, method := range []string{"browser", "console", "token"} {
 		for _, result := range []string{"success", "failure"} {
 			m.logins.WithLabelValues(method, result)
 		}

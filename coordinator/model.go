@@ -29,6 +29,9 @@ type session struct {
 	UserID  string    `json:"user_id"`
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires"`
+	// Kind is proto.SessionConsole for a web console's browser session;
+	// empty for a CLI's.
+	Kind proto.SessionKind `json:"kind,omitempty"`
 }
 
 type node struct {
@@ -66,15 +69,17 @@ type cluster struct {
 }
 
 type role struct {
-	ID             string              `json:"id"`
-	Name           string              `json:"name"`
-	Description    string              `json:"description,omitempty"`
-	Groups         []string            `json:"groups"`
-	KubeUser       string              `json:"kube_user,omitempty"`
-	Restrictions   *proto.Restrictions `json:"restrictions,omitempty"`
-	ApproverGroups []string            `json:"approver_groups,omitempty"`
-	Admin          bool                `json:"admin,omitempty"`
-	Created        time.Time           `json:"created"`
+	ID             string                `json:"id"`
+	Name           string                `json:"name"`
+	Description    string                `json:"description,omitempty"`
+	Groups         []string              `json:"groups"`
+	KubeUser       string                `json:"kube_user,omitempty"`
+	Restrictions   *proto.Restrictions   `json:"restrictions,omitempty"`
+	ApproverGroups []string              `json:"approver_groups,omitempty"`
+	Admin          bool                  `json:"admin,omitempty"`
+	Recording      proto.RecordingPolicy `json:"recording,omitempty"`
+	RecordStdin    bool                  `json:"record_stdin,omitempty"`
+	Created        time.Time             `json:"created"`
 }
 
 type assignment struct {
@@ -145,5 +150,6 @@ func (u *user) toProto(admin bool) proto.User {
 
 func (r *role) toProto() proto.Role {
 	return proto.Role{ID: r.ID, Name: r.Name, Description: r.Description, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser,
-		Restrictions: r.Restrictions, ApproverGroups: slices.Clone(r.ApproverGroups), Admin: r.Admin}
+		Restrictions: r.Restrictions, ApproverGroups: slices.Clone(r.ApproverGroups), Admin: r.Admin,
+		Recording: r.Recording, RecordStdin: r.RecordStdin}
 }

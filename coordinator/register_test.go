@@ -236,7 +236,9 @@ func TestRegistrationRechecksCredentialAtWrite(t *testing.T) {
 				var cl proto.CreateClusterResponse
 				e.must("POST", "/api/v1/clusters", e.admin.Token, proto.CreateClusterRequest{Name: "canary"}, &cl)
 				e.must("POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "canary"}, nil)
-				e.registerAgent(cl.JoinToken, "sentinel")
+				sentinel := e.registerAgent(cl.JoinToken, "sentinel")
+				// An agent enters its users' maps when its map stream opens.
+				e.openMap(sentinel.NodeToken)
 			}
 			for sentinel := false; !sentinel; {
 				m := watch.next()

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -32,13 +33,15 @@ func (s *Server) handleCreateRole(w http.ResponseWriter, r *http.Request, p prin
 		return
 	}
 	ro := &role{ID: s.newID("rol"), Name: req.Name, Description: req.Description, Groups: req.Groups, KubeUser: req.KubeUser,
-		Restrictions: req.Restrictions, ApproverGroups: req.ApproverGroups, Admin: req.Admin, Created: s.now()}
+		Restrictions: req.Restrictions, ApproverGroups: req.ApproverGroups, Admin: req.Admin,
+		Recording: req.Recording, RecordStdin: req.RecordStdin, Created: s.now()}
 	slices.Sort(ro.Groups)
 	ro.Groups = slices.Compact(ro.Groups)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.rolesByName[ro.Name] != nil {
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("role %q already exists", ro.Name), "update it instead")
+		writeProblemDoc(w, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Field: "name",
+			Title: fmt.Sprintf("role %q already exists", ro.Name), Hint: "update it instead"})
 		return
 	}
 	if !s.commit(w, "create role", s.putChange(store.Roles, ro.ID, ro, p.user.Login, "role.create", ro)) {
@@ -72,17 +75,31 @@ func validateRole(w http.ResponseWriter, req *proto.Role) bool {
 		return false
 	}
 	if len(req.Groups) == 0 && req.KubeUser == "" {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("role %q names no Kubernetes group", req.Name), "pass at least one group, e.g. --group view-all")
+		writeFieldProblem(w, "groups", fmt.Sprintf("role %q names no Kubernetes group", req.Name), "pass at least one group, e.g. --group view-all")
 		return false
 	}
 	for _, g := range req.Groups {
 		if strings.TrimSpace(g) == "" {
-			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "empty Kubernetes group name in role "+req.Name, "remove the empty --group")
+			writeFieldProblem(w, "groups", "empty Kubernetes group name in role "+req.Name, "remove the empty --group")
 			return false
 		}
 	}
 	if err := req.Restrictions.Validate(); err != nil {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "role "+req.Name+": "+err.Error(), "fix the restriction and try again")
+		var fe *proto.FieldError
+		field := "restrictions"
+		if errors.As(err, &fe) {
+			field = fe.Field // the first problem's
+		}
+		writeFieldProblem(w, field, "role "+req.Name+": "+err.Error(), "fix the restriction and try again")
+		return false
+	}
+	if err := req.Recording.Validate(); err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "role "+req.Name+": "+err.Error(), "pass --recording off, best-effort or required")
+		return false
+	}
+	if req.RecordStdin && req.Recording.Rank() == 0 {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "role "+req.Name+" records stdin but records no sessions",
+			"pass --recording best-effort or required with --record-stdin, or drop --record-stdin")
 		return false
 	}
 	return true
@@ -114,12 +131,14 @@ func (s *Server) handleUpdateRole(w http.ResponseWriter, r *http.Request, p prin
 		return
 	}
 	if other := s.rolesByName[req.Name]; other != nil && other != ro {
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("role %q already exists", req.Name), "pick another name")
+		writeProblemDoc(w, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Field: "name",
+			Title: fmt.Sprintf("role %q already exists", req.Name), Hint: "pick another name"})
 		return
 	}
 	nr := *ro
 	nr.Name, nr.Description, nr.Groups, nr.KubeUser = req.Name, req.Description, req.Groups, req.KubeUser
 	nr.Restrictions, nr.ApproverGroups, nr.Admin = req.Restrictions, req.ApproverGroups, req.Admin
+	nr.Recording, nr.RecordStdin = req.Recording, req.RecordStdin
 	slices.Sort(nr.Groups)
 	nr.Groups = slices.Compact(nr.Groups)
 	if !s.commit(w, "update role", s.putChange(store.Roles, nr.ID, &nr, p.user.Login, "role.update", &nr)) {

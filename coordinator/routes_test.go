@@ -24,7 +24,7 @@ func TestRouteAuthentication(t *testing.T) {
 		{"GET", "/healthz"}, {"GET", "/readyz"}, {"GET", v + "/info"}, {"GET", proto.RelayPath + "/stats"},
 	}
 	user := []route{
-		{"GET", v + "/whoami"}, {"GET", v + "/devices"}, {"GET", v + "/access-requests"}, {"GET", v + "/audit/events"},
+		{"GET", v + "/whoami"}, {"GET", v + "/devices"}, {"GET", v + "/sessions"}, {"GET", v + "/access-requests"}, {"GET", v + "/audit/events"},
 	}
 	admin := []route{
 		{"GET", v + "/admin/backup"},
@@ -36,7 +36,7 @@ func TestRouteAuthentication(t *testing.T) {
 		{"GET", v + "/audit/verify"}, {"POST", v + "/audit/verify"}, {"POST", v + "/audit/checkpoints"},
 	}
 	others := []route{
-		{"DELETE", v + "/session"}, {"DELETE", v + "/devices/x"}, {"POST", v + "/access-requests"}, {"POST", v + "/access-requests/x/approve"},
+		{"DELETE", v + "/session"}, {"DELETE", v + "/sessions/x"}, {"DELETE", v + "/devices/x"}, {"POST", v + "/access-requests"}, {"POST", v + "/access-requests/x/approve"},
 		{"POST", v + "/devices"}, {"POST", v + "/agents"},
 		{"DELETE", v + "/nodes/self"}, {"PUT", v + "/nodes/self/endpoints"}, {"GET", v + "/map"}, {"GET", proto.RelayPath},
 		{"POST", v + "/audit/events"},

@@ -36,6 +36,11 @@ type state struct {
 	online          map[string]int              // node id → open map streams
 	endpoints       map[string][]netip.AddrPort // node id → published endpoints
 
+	// gone holds the agents that are not in their users' devices' maps:
+	// registered whose map stream has not opened yet, or whose stream has
+	// been closed for AgentGrace (Server.agentsGone).
+	gone map[string]bool
+
 	clusters        map[string]*cluster
 	clustersByName  map[string]*cluster
 	clustersByToken map[string]*cluster
@@ -69,6 +74,7 @@ func (s *state) init() {
 	s.devicesByUser = map[string]map[string]*node{}
 	s.agentsByCluster = map[string]map[string]*node{}
 	s.online = map[string]int{}
+	s.gone = map[string]bool{}
 	s.endpoints = map[string][]netip.AddrPort{}
 	s.clusters = map[string]*cluster{}
 	s.clustersByName = map[string]*cluster{}
@@ -177,6 +183,7 @@ func (s *state) unindexNode(n *node) {
 	}
 	delete(s.nodesByToken, n.TokenHash)
 	delete(s.endpoints, n.ID)
+	delete(s.gone, n.ID)
 	for _, a := range n.Addresses {
 		s.ipam.free(a.Addr())
 	}
@@ -281,7 +288,8 @@ func (s *state) rolesOn(u *user, clusterID string, now time.Time) []proto.RoleGr
 		}
 		g, ok := byRole[r.ID]
 		if !ok {
-			g = &proto.RoleGrant{Role: r.Name, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser, Expires: a.Expires, Source: src, Restrictions: r.Restrictions}
+			g = &proto.RoleGrant{Role: r.Name, Groups: slices.Clone(r.Groups), KubeUser: r.KubeUser, Expires: a.Expires, Source: src, Restrictions: r.Restrictions,
+				Recording: r.Recording, RecordStdin: r.RecordStdin}
 			byRole[r.ID] = g
 			continue
 		}
@@ -428,7 +436,9 @@ func (s *state) snapshot(n *node, meshDomain string, caPEM []byte, now time.Time
 		u := s.users[n.UserID]
 		for cid := range s.clustersOf(u, now) {
 			for _, a := range s.agentsByCluster[cid] {
-				msg.Peers = append(msg.Peers, s.peer(a, "", now))
+				if !s.gone[a.ID] {
+					msg.Peers = append(msg.Peers, s.peer(a, "", now))
+				}
 			}
 		}
 	case proto.KindAgent:

@@ -100,12 +100,16 @@ type relayLink interface {
 	send(dst proto.Key, pkt []byte) bool
 }
 
-// relayPacket is a datagram received from the relay, in a pooled buffer.
+// relayPacket is a datagram received from the relay, in a pooled buffer,
+// or a held handshake initiation on its way to wireguard-go (releaseHeld).
 type relayPacket struct {
 	src proto.Key
 	buf *[]byte
 	n   int // datagram bytes at (*buf)[off:off+n]
 	off int
+	// ep, when set, is the endpoint to report the datagram with: a held
+	// initiation, already counted on the path it arrived by.
+	ep conn.Endpoint
 }
 
 // Bind is the node's packet transport: a conn.Bind that wireguard-go sends
@@ -120,7 +124,10 @@ type relayPacket struct {
 // (timed by ProbeInterval, DirectProbeInterval and DirectTimeout), and
 // consumes the probes it receives; wireguard-go never sees them. Received
 // datagrams are reported with the keyed *Endpoint of their source when it
-// is known. docs/design.md §6 "Relay policy" explains the choices.
+// is known. It also orders first handshakes: it holds the handshake
+// initiations of peers wireguard-go is not configured with yet, and drops
+// those that would cross this node's own (handshake.go). docs/design.md §6
+// "Relay policy" and "First handshakes" explain the choices.
 //
 // A Bind is safe for concurrent use. It is owned by the wireguard-go device
 // it is given to, which opens and closes it. Close stops probing and
@@ -146,6 +153,17 @@ type Bind struct {
 		sync.Mutex
 		byKey map[proto.Key]*Endpoint
 		paths map[proto.Key]*peerPath
+		// ready holds the peers wireguard-go is configured with
+		// (peerReady), and whether this node leads their handshakes.
+		ready map[proto.Key]bool
+	}
+
+	// held keeps handshake initiations from senders the node does not
+	// know yet, until its map names them (see hold); its lock is taken
+	// only for handshake initiations and by releaseHeld.
+	held struct {
+		sync.Mutex
+		bySrc map[heldSrc]heldInit
 	}
 
 	// byAddr maps a normalized direct address to the keyed endpoint it
@@ -208,6 +226,8 @@ func NewBind() *Bind {
 	}
 	b.peers.byKey = make(map[proto.Key]*Endpoint)
 	b.peers.paths = make(map[proto.Key]*peerPath)
+	b.peers.ready = make(map[proto.Key]bool)
+	b.held.bySrc = make(map[heldSrc]heldInit)
 	b.stun.wait = make(map[[12]byte]chan netip.AddrPort)
 	return b
 }
@@ -375,6 +395,11 @@ func (b *Bind) receiveDirect(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					lastEP = nil
 				}
 			}
+			if isInitiation(bufs[i][:sizes[i]]) && !b.initiationIn(bufs[i][:sizes[i]], lastEP, heldSrc{addr: ap}) ||
+				lastEP != nil && lastEP.path != nil && isResponse(bufs[i][:sizes[i]]) && !lastEP.path.responseIn(bufs[i][:sizes[i]]) {
+				sizes[i] = 0 // held, or dropped: not for wireguard-go now
+				continue
+			}
 			if lastEP != nil {
 				eps[i] = lastEP
 			} else {
@@ -399,6 +424,16 @@ func (b *Bind) deliverRelay(src proto.Key, buf *[]byte, off, n int) {
 		putPacketBuf(buf)
 		return
 	}
+	if isInitiation(pkt) || isResponse(pkt) {
+		b.peers.Lock()
+		e := b.peers.byKey[src]
+		b.peers.Unlock()
+		if isInitiation(pkt) && !b.initiationIn(pkt, e, heldSrc{key: src}) ||
+			isResponse(pkt) && e != nil && e.path != nil && !e.path.responseIn(pkt) {
+			putPacketBuf(buf)
+			return
+		}
+	}
 	select {
 	case b.relayIn <- relayPacket{src: src, buf: buf, off: off, n: n}:
 	default:
@@ -415,12 +450,17 @@ func (b *Bind) receiveRelay(done <-chan struct{}) conn.ReceiveFunc {
 		case <-done:
 			return 0, net.ErrClosed
 		}
-		n, bytes := 0, 0
+		n, relayed, bytes := 0, 0, 0
 		for {
 			sizes[n] = copy(bufs[n], (*p.buf)[p.off:p.off+p.n])
-			bytes += sizes[n]
 			putPacketBuf(p.buf)
-			eps[n] = b.endpointOf(p.src)
+			if p.ep != nil {
+				eps[n] = p.ep
+			} else {
+				eps[n] = b.endpointOf(p.src)
+				relayed++
+				bytes += sizes[n]
+			}
 			n++
 			if n == len(bufs) {
 				break
@@ -433,7 +473,7 @@ func (b *Bind) receiveRelay(done <-chan struct{}) conn.ReceiveFunc {
 			break
 		}
 		c := &b.stats[PathRelay]
-		c.rxPackets.Add(uint64(n))
+		c.rxPackets.Add(uint64(relayed))
 		c.rxBytes.Add(uint64(bytes))
 		return n, nil
 	}
@@ -459,8 +499,13 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	direct := e.direct
 	if e.path != nil {
+		// A handshake response takes a confirmed direct path, else the
+		// way its initiation came (handshake.go).
+		via, answer := e.path.handshakeOut(bufs)
 		if d := e.path.cur.Load(); d != nil {
 			direct = d
+		} else if answer && via.IsValid() {
+			direct = &conn.StdNetEndpoint{AddrPort: via}
 		} else if r := b.relayLink(); r != nil {
 			return b.sendRelay(r, e.key, bufs)
 		}
@@ -553,6 +598,7 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	b.unindexLocked(key)
 	b.peers.byKey[key] = e
 	pp.mu.Lock()
+	pp.lead, pp.ready = b.peers.ready[key]
 	pp.published = e.candidates
 	if cur := pp.cur.Load(); cur != nil {
 		b.byAddr.Store(cur.AddrPort, e)
@@ -575,7 +621,13 @@ func (b *Bind) Forget(key proto.Key) {
 	defer b.peers.Unlock()
 	b.unindexLocked(key)
 	delete(b.peers.byKey, key)
+	if pp := b.peers.paths[key]; pp != nil {
+		pp.mu.Lock()
+		pp.dropCrossedLocked()
+		pp.mu.Unlock()
+	}
 	delete(b.peers.paths, key)
+	delete(b.peers.ready, key)
 }
 
 // unindexLocked removes the byAddr entries of key's endpoint. b.peers must
@@ -736,7 +788,9 @@ func (b *Bind) probeLoop(done <-chan struct{}) {
 		case <-t.C:
 		case <-b.wake:
 		}
-		b.probe(time.Now())
+		now := time.Now()
+		b.probe(now)
+		b.releaseHeld(now, false)
 	}
 }
 
@@ -792,6 +846,29 @@ type peerPath struct {
 	directSince time.Time
 	rtt         time.Duration // last direct RTT
 	relayRTT    time.Duration // last relayed RTT
+
+	// Handshake order (handshake.go): ready and lead are peerReady's;
+	// initAt is when this node last sent the peer a handshake initiation;
+	// answerVia is where the last initiation wireguard-go got from the
+	// peer came from (invalid: the relay), at answerAt.
+	ready     bool
+	lead      bool
+	initAt    time.Time
+	answerVia netip.AddrPort
+	answerAt  time.Time
+	// initIdx is the sender index of that initiation, answered whether a
+	// response to it came; abandoned is the index of an initiation given
+	// up for the peer's crossing one (releaseCrossed). crossed is the
+	// peer's crossing initiation held meanwhile (holdCrossed), from
+	// crossedSrc to crossedEP, released by crossTimer.
+	initIdx    uint32
+	answered   bool
+	abandoned  uint32
+	gaveUp     bool // abandoned is set
+	crossed    []byte
+	crossedSrc heldSrc
+	crossedEP  *Endpoint
+	crossTimer *time.Timer
 }
 
 // pingBackAfter bounds how often a ping from a peer without a direct path

@@ -514,6 +514,14 @@ func (n *Node) Apply(msg proto.MapMessage) error {
 	for _, r := range p.removed {
 		n.bind.Forget(r.Key)
 	}
+	if uapi != "" {
+		// wireguard-go has the new peers and endpoints now: the
+		// handshake initiations held since before may reach it.
+		for _, a := range p.added {
+			n.bind.peerReady(a.Key, !n.lazyToward(a))
+		}
+		n.bind.releaseHeld(time.Now(), true)
+	}
 	if n.logger.Enabled(context.Background(), slog.LevelDebug) {
 		n.logger.Debug("map applied", "version", msg.Version, "snapshot", msg.Snapshot,
 			"added", len(c.Added), "updated", len(c.Updated), "removed", len(c.Removed), "peers", len(n.peers))
@@ -673,9 +681,9 @@ func (n *Node) lazyToward(p *proto.Peer) bool {
 // eps its endpoint and keepalive.
 //
 // Turning keepalives on makes wireguard-go send one at once, starting a
-// handshake when there is no session. Handshakes that cross invalidate
-// each other and the pair waits for WireGuard's retry, so for a new peer
-// lazyToward decides who starts: the lazy side appends the peer to lazy,
+// handshake when there is no session. For a new peer lazyToward decides
+// who starts (and the Bind lets that side's initiation win a crossing,
+// see handshake.go): the lazy side appends the peer to lazy,
 // and enableKeepalive turns its keepalives on later, only if the peer is
 // still the arrival it was planned for (Node.addedAt).
 func (n *Node) writePeer(b *strings.Builder, p, old *proto.Peer, addrs, eps bool, lazy *[]proto.Key) {

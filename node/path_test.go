@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
@@ -239,10 +238,7 @@ func TestBindPathDirectRelayDirect(t *testing.T) {
 // keyBind gives b a fresh private key and returns its public key.
 func keyBind(t testing.TB, b *Bind) proto.Key {
 	t.Helper()
-	k, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.WireGuardKey(t)
 	if err := b.setKey(proto.Key(k)); err != nil {
 		t.Fatal(err)
 	}

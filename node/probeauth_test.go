@@ -3,11 +3,11 @@ package node
 import (
 	"crypto/ecdh"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -15,10 +15,7 @@ import (
 // its public key.
 func genPriv(t testing.TB) (*ecdh.PrivateKey, proto.Key) {
 	t.Helper()
-	k, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.WireGuardKey(t)
 	priv, err := ecdh.X25519().NewPrivateKey(k[:])
 	if err != nil {
 		t.Fatal(err)
@@ -111,12 +108,7 @@ func TestForgedProbesIgnored(t *testing.T) {
 		pp := a.peers.paths[pubB]
 		pp.mu.Lock()
 		defer pp.mu.Unlock()
-		for _, l := range pp.learned {
-			if l == ap {
-				return true
-			}
-		}
-		return false
+		return slices.Contains(pp.learned, ap)
 	}
 
 	ping := proto.Probe{Type: proto.ProbePing, TxID: [12]byte{7}, Key: pubB}

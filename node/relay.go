@@ -42,6 +42,9 @@ type RelayConfig struct {
 	// MinBackoff and MaxBackoff bound the jittered exponential wait
 	// between connection attempts. 0 means the map stream's defaults.
 	MinBackoff, MaxBackoff time.Duration
+	// OnConnect, if set, is called each time a relay connection is up,
+	// on RunRelay's goroutine; it must not block.
+	OnConnect func()
 }
 
 // RunRelay gives the node the coordinator's relay as a path to its peers:
@@ -167,6 +170,9 @@ func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
 	}
 	c.isUp.Store(true)
 	c.log.Info("relay connected", "url", c.client.BaseURL()+proto.RelayPath)
+	if c.cfg.OnConnect != nil {
+		c.cfg.OnConnect()
+	}
 
 	idle := time.AfterFunc(relayIdle, func() { rwc.Close() })
 	defer idle.Stop()

@@ -4,9 +4,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"golang.zx2c4.com/wireguard/tun/netstack"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -14,20 +11,7 @@ import (
 // newRelayTestNode is newTestNode with Config.Relay set.
 func newRelayTestNode(t *testing.T, addr netip.Addr) *testNode {
 	t.Helper()
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(Config{PrivateKey: priv, TUN: dev, Logger: testLogger(t), Relay: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	return &testNode{Node: n, net: tnet, addr: addr}
+	return newTestNodeConfig(t, addr, addr, Config{Relay: true})
 }
 
 // linkRelay joins the nodes' Binds with a fake relay.

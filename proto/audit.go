@@ -204,6 +204,12 @@ type AuditVerification struct {
 	// one was given; OK then also means the log still holds its record
 	// with its hash (the log extends it).
 	Against *AuditCheckpoint `json:"against,omitempty"`
+	// Recordings counts the stored session recordings checked against
+	// the digest in their session's end event. BadRecording names the
+	// first that does not match it (BadSeq is then its end event, and the
+	// chain itself is intact).
+	Recordings   int    `json:"recordings,omitempty"`
+	BadRecording string `json:"bad_recording,omitempty"`
 }
 
 // AuditVerifyRequest is the body of POST /api/v1/audit/verify: verify the

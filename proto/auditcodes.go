@@ -48,7 +48,9 @@ const (
 	AuditIDTokenRefused   AuditCode = "AU004W"
 	AuditLoginUnbound     AuditCode = "AU005W"
 	AuditLoginCollision   AuditCode = "AU006W"
+	AuditConsoleSignIn    AuditCode = "AU007I"
 	AuditSessionRevoked   AuditCode = "SE001I"
+	AuditSessionEnded     AuditCode = "SE002I"
 	AuditDeviceRegistered AuditCode = "DV001I"
 	AuditDeviceLeft       AuditCode = "DV002I"
 	AuditDeviceRevoked    AuditCode = "DV003W"
@@ -83,6 +85,7 @@ const (
 	AuditRequestFailed    AuditCode = "RQ002W"
 	AuditStreamStarted    AuditCode = "RQ003I"
 	AuditStreamEnded      AuditCode = "RQ004I"
+	AuditRecordingRescued AuditCode = "RQ005W"
 	AuditProxyDenied      AuditCode = "DN001W"
 	AuditAPIDenied        AuditCode = "DN002W"
 	AuditCheckpointExport AuditCode = "AL001I"
@@ -107,7 +110,9 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditIDTokenRefused, CategoryAuth, "An ID token presented for direct exchange was refused (issuer, audience, expiry, signature), or its user may not log in. Metadata: reason. Failures from one source are aggregated: the first in a minute is stored at once, the rest as one event with Metadata count, first, last (reason is the last one's)."},
 	{AuditLoginUnbound, CategoryAuth, "A browser login was signed in at the identity provider but never bound to the machine that started it, so no session was issued: the confirmation page was declined, the code was typed wrong too often, a poll or code exchange came with the wrong verifier, or it expired before the confirmation or the loopback exchange (for example because the link was opened on another machine). Metadata: reason, hostname, os, source, started."},
 	{AuditLoginCollision, CategoryAuth, "A login was refused because its login claim is already another user's login (another subject at the identity provider); logins are unique. Actor: the login; object: the user who holds it. Metadata: subject, login, holder."},
-	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices."},
+	{AuditConsoleSignIn, CategoryAuth, "A user signed in to the web console through the identity provider: a browser session was issued, bound to the browser that started the sign-in. Metadata: groups."},
+	{AuditSessionRevoked, CategorySession, "A user logged out: the session and every device under it were revoked. Metadata: devices, kind (console when a browser session signed out of the web console)."},
+	{AuditSessionEnded, CategorySession, "A user ended one of their sessions by its id (DELETE /api/v1/sessions/{id}, the web console's Sessions list), with every device under it. Metadata: kind (console for a browser session), devices."},
 	{AuditDeviceRegistered, CategoryDevice, "A device registered its WireGuard key (clustral up). Metadata: key, hostname."},
 	{AuditDeviceLeft, CategoryDevice, "A device deregistered itself (clustral down)."},
 	{AuditDeviceRevoked, CategoryDevice, "A user or an administrator revoked a device. Metadata: hostname."},
@@ -141,8 +146,9 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditRequest, CategoryRequest, "A Kubernetes request went through the proxy and the API server answered below 400. Resource, status, bytes, latency. Like every event of the agent (RQ, DN001W), it carries the request's correlation id and the W3C trace id the request went to the API server with, which the API server's own traces of it carry or link."},
 	{AuditRequestFailed, CategoryRequest, "A Kubernetes request went through the proxy and the API server (or the way to it) answered 400 or above, e.g. an RBAC refusal."},
 	{AuditStreamStarted, CategoryRequest, "An exec, attach or port-forward stream was upgraded (101). Its end is a RQ004I with the same correlation id."},
-	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did."},
-	{AuditProxyDenied, CategoryDenial, "The agent's proxy refused a request before it reached the API server; error holds the code (NO_ROLE_ASSIGNMENT, OUTSIDE_TIME_WINDOW, RATE_LIMITED, ...)."},
+	{AuditStreamEnded, CategoryRequest, "An exec, attach or port-forward stream ended. Latency is how long it was open; error names why the proxy closed it, if it did. A recorded session's end carries Metadata recording (its id), recording_sha256, recording_bytes and recording_status (complete, truncated, failed), so clustral audit verify proves the stored recording was not edited; its start (RQ003I) names the recording too."},
+	{AuditRecordingRescued, CategoryRequest, "A recorded exec or attach session's agent stopped before the session ended (killed or crashed), so the session has no RQ004I; the next agent on the same directory finished the recording with what it held and ships it. Correlation and metadata recording name the session; recording_sha256, recording_bytes and recording_status (truncated) vouch for the recording as RQ004I does."},
+	{AuditProxyDenied, CategoryDenial, "The agent's proxy refused a request before it reached the API server; error holds the code (NO_ROLE_ASSIGNMENT, OUTSIDE_TIME_WINDOW, RATE_LIMITED, RECORDING_UNAVAILABLE, ...)."},
 	{AuditAPIDenied, CategoryDenial, "The coordinator refused an administrative API call to a user who is not an administrator. Metadata: method, path."},
 	{AuditCheckpointExport, CategoryAudit, "An administrator exported a signed checkpoint of the audit log (clustral audit checkpoint). The checkpoint names this event's own record."},
 	{AuditEventsLost, CategoryAudit, "The coordinator could not queue or store audit events (its queue was full, or the store failed); this event counts them. Metadata: lost, first, last (times)."},

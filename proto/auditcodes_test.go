@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 var updateAuditDocs = flag.Bool("update", false, "rewrite docs/audit-codes.md from the catalogue")
@@ -54,19 +55,7 @@ func TestAuditCodesDoc(t *testing.T) {
 		}
 		b.WriteString("\n")
 	}
-	path := filepath.Join("..", "docs", "audit-codes.md")
-	if *updateAuditDocs {
-		if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run: go test ./proto -run TestAuditCodesDoc -update)", err)
-	}
-	if !bytes.Equal(got, b.Bytes()) {
-		t.Fatal("docs/audit-codes.md is out of date; run: go test ./proto -run TestAuditCodesDoc -update")
-	}
+	testkit.Golden(t, filepath.Join("..", "docs", "audit-codes.md"), b.Bytes(), *updateAuditDocs, "go test ./proto -run TestAuditCodesDoc -update")
 }
 
 func TestAuditHash(t *testing.T) {

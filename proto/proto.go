@@ -67,6 +67,9 @@ const (
 	CodeUpstreamUnavailable ErrorCode = "UPSTREAM_UNAVAILABLE"
 	CodeBadUpgrade          ErrorCode = "BAD_UPGRADE"
 	CodeRequestTimeout      ErrorCode = "REQUEST_TIMEOUT"
+	// CodeRecordingUnavailable refuses or ends a session whose role
+	// requires a recording that the agent cannot write.
+	CodeRecordingUnavailable ErrorCode = "RECORDING_UNAVAILABLE"
 )
 
 // Problem is an RFC 7807 problem document (application/problem+json), the
@@ -79,6 +82,10 @@ type Problem struct {
 	Code   ErrorCode `json:"code"`
 	// Hint says how to fix the problem, for the CLI's hint line.
 	Hint string `json:"hint,omitempty"`
+	// Field names the request's field that caused the problem, as its
+	// JSON names it (description, restrictions.verbs), when one did, so a
+	// form can show the problem beside it.
+	Field string `json:"field,omitempty"`
 }
 
 func (p *Problem) Error() string {
@@ -276,6 +283,12 @@ type Role struct {
 	ApproverGroups []string `json:"approver_groups,omitempty"`
 	// Admin makes holders of this role clustral administrators.
 	Admin bool `json:"admin,omitempty"`
+	// Recording says whether the agent records the exec and attach
+	// sessions this role allows; empty means off.
+	Recording RecordingPolicy `json:"recording,omitempty"`
+	// RecordStdin adds what the user types to recordings. Off by
+	// default: stdin carries passwords typed at prompts.
+	RecordStdin bool `json:"record_stdin,omitempty"`
 }
 
 // Assignment gives a user (or an OIDC group) a role on a cluster, or on
@@ -371,6 +384,11 @@ type RoleGrant struct {
 	Source string `json:"source,omitempty"`
 	// Restrictions narrow what the role allows; nil means none.
 	Restrictions *Restrictions `json:"restrictions,omitempty"`
+	// Recording and RecordStdin are the role's recording policy (see
+	// Role). A session allowed by several grants is recorded by the
+	// strongest policy among them, with stdin if any of them asks.
+	Recording   RecordingPolicy `json:"recording,omitempty"`
+	RecordStdin bool            `json:"record_stdin,omitempty"`
 }
 
 // Whoami answers GET /api/v1/whoami: the caller, their session and the
@@ -460,6 +478,36 @@ func (w TimeWindow) String() string {
 	return days + " " + w.Start + "-" + w.End + " " + tz
 }
 
+// Limit is one line of a role's restrictions in words: what it limits
+// and to what, e.g. {"Namespaces", "dev, staging"} or {"Window",
+// "mon-fri 09:00-18:00 Europe/Berlin"}.
+type Limit struct {
+	Name, Value string
+}
+
+// Limits describes rs line by line, the way `clustral roles show` and the
+// web console show them: each non-empty list, then each time window. A
+// nil or empty rs has no limits.
+func (rs *Restrictions) Limits() []Limit {
+	if rs == nil {
+		return nil
+	}
+	var out []Limit
+	for _, l := range []struct {
+		k string
+		v []string
+	}{{"Namespaces", rs.Namespaces}, {"API groups", rs.APIGroups}, {"Resources", rs.Resources}, {"Verbs", rs.Verbs},
+		{"Names", rs.ResourceNames}, {"Non-resource URLs", rs.NonResourceURLs}} {
+		if len(l.v) > 0 {
+			out = append(out, Limit{l.k, strings.Join(l.v, ", ")})
+		}
+	}
+	for _, w := range rs.TimeWindows {
+		out = append(out, Limit{"Window", w.String()})
+	}
+	return out
+}
+
 // Access request states.
 const (
 	RequestPending  = "pending"
@@ -503,6 +551,27 @@ type AccessDecision struct {
 	// Duration, on approval, shortens the grant; zero keeps the request's.
 	Duration Duration `json:"duration,omitempty"`
 	Reason   string   `json:"reason,omitempty"`
+}
+
+// SessionKind tells a web console's browser session from a CLI's.
+type SessionKind string
+
+// SessionConsole is the kind of a web console's browser session; a CLI's
+// session has the empty kind.
+const SessionConsole SessionKind = "console"
+
+// SessionInfo is one of the caller's sessions (GET /api/v1/sessions).
+type SessionInfo struct {
+	// ID names the session in DELETE /api/v1/sessions/{id}; it is not
+	// the session's secret.
+	ID      string      `json:"id"`
+	Kind    SessionKind `json:"kind,omitempty"`
+	Created time.Time   `json:"created"`
+	Expires time.Time   `json:"expires"`
+	// Current is true for the session the request came with.
+	Current bool `json:"current,omitempty"`
+	// Devices counts the devices registered under the session.
+	Devices int `json:"devices"`
 }
 
 // Device is a user's registered device.

@@ -197,6 +197,17 @@ func MatchNonResourceURL(rules []string, path string) bool {
 // Verbs are the verbs a request to the Kubernetes API can have.
 var Verbs = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "*"}
 
+// FieldError is a problem with one field of a request, named as its JSON
+// names it (restrictions.verbs).
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Err.Error() }
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
 // Validate reports every problem in rs that would make the
 // agent refuse more than its author meant: unknown verbs or days, times
 // that are not HH:MM, empty windows, unknown time zones, malformed
@@ -209,33 +220,33 @@ func (rs *Restrictions) Validate() error {
 	var errs []error
 	for _, v := range rs.Verbs {
 		if !slices.Contains(Verbs, v) {
-			errs = append(errs, fmt.Errorf("verb %q: want one of %s", v, strings.Join(Verbs, ", ")))
+			errs = append(errs, &FieldError{"restrictions.verbs", fmt.Errorf("verb %q: want one of %s", v, strings.Join(Verbs, ", "))})
 		}
 	}
 	for _, r := range rs.Resources {
 		res, sub, hasSub := strings.Cut(r, "/")
 		switch {
 		case res == "" || hasSub && (sub == "" || strings.Contains(sub, "/")):
-			errs = append(errs, fmt.Errorf("resource %q: want a plural resource name with an optional subresource (pods, pods/log, */scale) or *", r))
+			errs = append(errs, &FieldError{"restrictions.resources", fmt.Errorf("resource %q: want a plural resource name with an optional subresource (pods, pods/log, */scale) or *", r)})
 		case sub == "*":
-			errs = append(errs, fmt.Errorf("resource %q: a subresource cannot be *; name each one (%s/log, %s/exec), or use * for the resources and their subresources but exec, attach, portforward, proxy, ephemeralcontainers and serviceaccounts/token", r, res, res))
+			errs = append(errs, &FieldError{"restrictions.resources", fmt.Errorf("resource %q: a subresource cannot be *; name each one (%s/log, %s/exec), or use * for the resources and their subresources but exec, attach, portforward, proxy, ephemeralcontainers and serviceaccounts/token", r, res, res)})
 		case res != "*" && strings.Contains(res, "*") || strings.Contains(sub, "*"):
-			errs = append(errs, fmt.Errorf("resource %q: * stands only for a whole resource (*) or a whole resource name (*/scale)", r))
+			errs = append(errs, &FieldError{"restrictions.resources", fmt.Errorf("resource %q: * stands only for a whole resource (*) or a whole resource name (*/scale)", r)})
 		}
 	}
 	for _, u := range rs.NonResourceURLs {
 		if err := validNonResourceURL(u); err != nil {
-			errs = append(errs, fmt.Errorf("non-resource URL %q: %w", u, err))
+			errs = append(errs, &FieldError{"restrictions.non_resource_urls", fmt.Errorf("non-resource URL %q: %w", u, err)})
 		}
 	}
 	for _, n := range rs.ResourceNames {
 		if n == "" {
-			errs = append(errs, errors.New("resource name \"\": names must not be empty"))
+			errs = append(errs, &FieldError{"restrictions.resource_names", errors.New("resource name \"\": names must not be empty")})
 		}
 	}
 	for i, tw := range rs.TimeWindows {
 		if _, err := ParseWindow(tw); err != nil {
-			errs = append(errs, fmt.Errorf("time window %d: %w", i+1, err))
+			errs = append(errs, &FieldError{"restrictions.time_windows", fmt.Errorf("time window %d: %w", i+1, err)})
 		}
 	}
 	return errors.Join(errs...)

@@ -6,14 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 func TestKeyJSONRoundTrip(t *testing.T) {
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := testkit.WireGuardKey(t)
 	k := Key(priv.PublicKey())
 	b, err := json.Marshal(struct{ K Key }{k})
 	if err != nil {

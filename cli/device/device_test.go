@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -81,12 +82,7 @@ func (f *fakeCoordinator) RoundTrip(r *http.Request) (*http.Response, error) {
 func (f *fakeCoordinator) called(call string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, c := range f.calls {
-		if c == call {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(f.calls, call)
 }
 
 func testConfig(t *testing.T, f *fakeCoordinator) Config {

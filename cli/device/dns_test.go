@@ -373,8 +373,7 @@ func TestRunRestoresDNSLeftBehind(t *testing.T) {
 // NXDOMAIN), every overlay address of a cluster's agents after it, and
 // no such name once the cluster's agents leave.
 func TestMeshZone(t *testing.T) {
-	priv, err := wgtypes.GeneratePrivateKey()
-	must(t, err)
+	priv := testkit.WireGuardKey(t)
 	self := netip.MustParsePrefix("100.64.0.1/32")
 	m, err := mesh.Join(mesh.Config{PrivateKey: priv, Registration: proto.RegisterResponse{Addresses: []netip.Prefix{self}}})
 	must(t, err)

@@ -34,9 +34,8 @@ func startOTLPReceiver(t *testing.T) *otlpReceiver {
 	t.Helper()
 	r := &otlpReceiver{}
 	r.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		m, err := otlptest.Decode(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+		m, ok := otlptest.Receive(w, req)
+		if !ok {
 			return
 		}
 		r.mu.Lock()

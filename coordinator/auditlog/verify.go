@@ -75,6 +75,9 @@ func Verify(st store.Store, o VerifyOptions) (proto.AuditVerification, error) {
 				}
 			}
 			delete(claims, ks)
+			if o.Visit != nil {
+				o.Visit(e)
+			}
 			if v.First == 0 {
 				v.First = ks
 			}
@@ -128,6 +131,9 @@ type VerifyOptions struct {
 	// extend: signed by Key (if set), with its record still in the log
 	// (or the retention anchor) carrying its hash.
 	Against *proto.AuditCheckpoint
+	// Visit, when set, is called with every record whose hash holds, in
+	// order, inside the store's read transaction: it must not block.
+	Visit func(proto.AuditEvent)
 }
 
 // checkpointClaim is what a checkpoint says the hash of one record is.

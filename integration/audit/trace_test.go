@@ -8,10 +8,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	commonv1 "go.opentelemetry.io/proto/otlp/common/v1"
+	tracev1 "go.opentelemetry.io/proto/otlp/trace/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -79,6 +82,15 @@ func TestTraceThroughMesh(t *testing.T) {
 	if len(evs) != 1 || e.Code != proto.AuditRequest || e.TraceID != traceID || e.Actor != alice.Email ||
 		e.Resource == nil || e.Resource.Resource != "configmaps" || e.Resource.Namespace != ns {
 		t.Errorf("events found by trace id %s: %+v, want the one RQ001I of alice's configmaps list in %s", traceID, evs, ns)
+	}
+	// The apiserver's audit id for the request is the agent's correlation
+	// id (Audit-ID, set by the agent): its span names it as audit-id.
+	if !slices.ContainsFunc(suite.Traces.Spans(traceID), func(s *tracev1.Span) bool {
+		return slices.ContainsFunc(s.GetAttributes(), func(kv *commonv1.KeyValue) bool {
+			return kv.GetKey() == "audit-id" && kv.GetValue().GetStringValue() == e.Correlation
+		})
+	}) {
+		t.Errorf("no apiserver span of trace %s has audit-id %s, the agent's correlation id", traceID, e.Correlation)
 	}
 	if !agentLogHas(t, agent, "correlation="+e.Correlation+" trace_id="+traceID) {
 		t.Errorf("the agent's log has no line with correlation %s and trace id %s", e.Correlation, traceID)

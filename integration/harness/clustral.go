@@ -3,13 +3,7 @@ package harness
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/clustral/clustral/agent"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
@@ -444,16 +439,11 @@ var AgentIdentity = Identity{Token: "clustral-agent-token-0123456789abcdef", Use
 // serving key's certificate request), through hc. A refusal is a
 // *coordclient.Error.
 func RegisterAgent(ctx context.Context, hc *http.Client, coordURL, joinToken string, k proto.Key, hostname string) (proto.RegisterResponse, error) {
-	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _, err := agent.NewCSR()
 	if err != nil {
 		return proto.RegisterResponse{}, err
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "clustral-agent"}}, tlsKey)
-	if err != nil {
-		return proto.RegisterResponse{}, err
-	}
-	return coordclient.New(coordURL, joinToken, hc).RegisterAgent(ctx, proto.RegisterAgentRequest{PublicKey: k, Hostname: hostname,
-		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
+	return coordclient.New(coordURL, joinToken, hc).RegisterAgent(ctx, proto.RegisterAgentRequest{PublicKey: k, Hostname: hostname, CSR: csr})
 }
 
 // GrantImpersonation creates the impersonate-only ClusterRole and binds

@@ -46,6 +46,10 @@ type DexOptions struct {
 	Clients []DexClient
 }
 
+// ServingCertPEM returns the certificate Dex serves, e.g. for a browser
+// to accept (ChromeOptions.TrustCertPEMs).
+func (d *Dex) ServingCertPEM() ([]byte, error) { return os.ReadFile(d.tlsCert) }
+
 // Dex scopes requested by IDToken.
 var dexScopes = []string{"openid", "email", "profile", "groups"}
 

@@ -97,17 +97,7 @@ func startEtcd(ctx context.Context, dir string, st *etcdServerTLS) (*Etcd, error
 		peer := "http://" + hostPort(ports[1])
 		data := filepath.Join(dir, "etcd-data")
 		os.RemoveAll(data)
-		args := []string{
-			"--name=default",
-			"--data-dir=" + data,
-			"--listen-client-urls=" + client,
-			"--advertise-client-urls=" + client,
-			"--listen-peer-urls=" + peer,
-			"--initial-advertise-peer-urls=" + peer,
-			"--initial-cluster=default=" + peer,
-			"--unsafe-no-fsync",
-			"--log-level=warn",
-		}
+		args := etcdMemberArgs("default", data, client, peer, "default="+peer)
 		if st != nil {
 			args = append(args, "--cert-file="+st.certFile, "--key-file="+st.keyFile,
 				"--trusted-ca-file="+st.client.CAFile, "--client-cert-auth")
@@ -126,6 +116,23 @@ func startEtcd(ctx context.Context, dir string, st *etcdServerTLS) (*Etcd, error
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
 	return e, nil
+}
+
+// etcdMemberArgs returns the flags of etcd member name with its data in
+// dir data, serving clients on client and peers on peer, in the cluster
+// initial (--initial-cluster's name=peer list), without fsync.
+func etcdMemberArgs(name, data, client, peer, initial string) []string {
+	return []string{
+		"--name=" + name,
+		"--data-dir=" + data,
+		"--listen-client-urls=" + client,
+		"--advertise-client-urls=" + client,
+		"--listen-peer-urls=" + peer,
+		"--initial-advertise-peer-urls=" + peer,
+		"--initial-cluster=" + initial,
+		"--unsafe-no-fsync",
+		"--log-level=warn",
+	}
 }
 
 // EtcdCluster is a multi-member etcd cluster serving plain HTTP on
@@ -166,19 +173,8 @@ func StartEtcdCluster(ctx context.Context, dir string, n int) (*EtcdCluster, err
 		for i := range n {
 			data := filepath.Join(dir, "etcd-"+names[i])
 			os.RemoveAll(data)
-			args := []string{
-				"--name=" + names[i],
-				"--data-dir=" + data,
-				"--listen-client-urls=" + clients[i],
-				"--advertise-client-urls=" + clients[i],
-				"--listen-peer-urls=" + peers[i],
-				"--initial-advertise-peer-urls=" + peers[i],
-				"--initial-cluster=" + strings.Join(initial, ","),
-				"--initial-cluster-state=new",
-				"--initial-cluster-token=clustral-test",
-				"--unsafe-no-fsync",
-				"--log-level=warn",
-			}
+			args := append(etcdMemberArgs(names[i], data, clients[i], peers[i], strings.Join(initial, ",")),
+				"--initial-cluster-state=new", "--initial-cluster-token=clustral-test")
 			p, err := StartProcess("etcd-"+names[i], bin, args, EnvironWithout("ETCD_"), filepath.Join(dir, "etcd-"+names[i]+".log"))
 			if err != nil {
 				stopAll()

@@ -51,7 +51,7 @@ func k9sPids(k *K9s) []int { return []int{k.server.Pid(), k.panePid} }
 func TestK9sStopLeavesNoProcess(t *testing.T) {
 	k := StartK9s(t, K9sOptions{Kubeconfig: hangingKubeconfig(t), Context: "hang"})
 	pids := k9sPids(k)
-	if dead, how := k.exited(); dead {
+	if dead, how := k.Exited(); dead {
 		t.Fatalf("k9s exited at once (%s):\n%s", how, k.Screen())
 	}
 	k.Stop()
@@ -69,7 +69,7 @@ func TestK9sStopLeavesNoProcess(t *testing.T) {
 func TestK9sCrashLeavesNoProcess(t *testing.T) {
 	if os.Getenv("HARNESS_K9S_CRASH") != "" {
 		k := StartK9s(t, K9sOptions{Kubeconfig: hangingKubeconfig(t), Context: "hang"})
-		if dead, how := k.exited(); dead {
+		if dead, how := k.Exited(); dead {
 			fmt.Printf("k9s exited at once (%s)\n", how)
 			os.Exit(3)
 		}

@@ -67,6 +67,19 @@ func StartCLILogin(t *testing.T, ctx context.Context, u *TestUser, coordURL stri
 	return l
 }
 
+// Wait waits for the login to end and fails t unless it exited cleanly
+// and printed that it signed in as want (e.g. "as alice@example.com", or
+// "Logged in to URL as alice@example.com").
+func (l *CLILogin) Wait(t testing.TB, want string) {
+	t.Helper()
+	if err := l.Cmd.Wait(); err != nil {
+		t.Fatalf("clustral login: %v", err)
+	}
+	if !strings.Contains(l.Stdout.String(), want) {
+		t.Fatalf("clustral login printed %q, want %q in it", l.Stdout.String(), want)
+	}
+}
+
 // Desktop is the environment of a machine with a browser: a display,
 // and an xdg-open that opens nothing (the test plays the browser).
 func Desktop(t *testing.T) []string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -83,6 +84,9 @@ type MeshOptions struct {
 	// system:monitoring, the group whose trace context the apiserver
 	// follows.
 	AgentGroups []string
+	// GroupRoles binds more groups to ClusterRoles (group → ClusterRole),
+	// besides those of ViewerRole and EditorRole.
+	GroupRoles map[string]string
 }
 
 // MeshSuite is what the tests of one package share: the Env (kube-apiserver
@@ -161,7 +165,7 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 		if err := GrantImpersonation(ctx, c, AgentIdentity.User); err != nil {
 			panic(fmt.Sprintf("grant impersonation: %v", err))
 		}
-		for group, role := range meshGroupRoles {
+		for group, role := range mergeMaps(meshGroupRoles, o.GroupRoles) {
 			if err := BindClusterRole(ctx, c, group, role, rbacv1.GroupKind, group); err != nil {
 				panic(fmt.Sprintf("bind %s to %s: %v", group, role, err))
 			}
@@ -455,6 +459,20 @@ func (u *TestUser) StartKubectl(t testing.TB, extraEnv []string, stdin io.Reader
 	return k.Start(t, args...)
 }
 
+// StartKubectlPane starts `kubectl --context clustral-kind args...` as u
+// in a Pane for t, on a terminal as a user types it (kubectl exec -it),
+// with extraEnv added; the pane is named "kubectl".
+func (u *TestUser) StartKubectlPane(t testing.TB, extraEnv []string, args ...string) *Pane {
+	t.Helper()
+	path, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Fatalf("kubectl: %v", err)
+	}
+	k := u.kubectl(extraEnv)
+	env := append(EnvironWithout("KUBECONFIG=", "TMUX", OwnerEnv+"="), ownerEntry)
+	return StartPane(t, PaneOptions{Name: "kubectl", Program: path, Args: k.commandLine(args), Env: append(env, k.Env...), Width: 120, Height: 40})
+}
+
 // Helm returns a helm runner for u in MeshContext, keeping helm's
 // configuration, cache and data in u's directory.
 func (u *TestUser) Helm() Helm {
@@ -555,4 +573,11 @@ func HTTPGet(url string) (string, error) {
 		return "", fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	return string(b), nil
+}
+
+// mergeMaps returns a new map with the entries of a and then b.
+func mergeMaps(a, b map[string]string) map[string]string {
+	m := maps.Clone(a)
+	maps.Copy(m, b)
+	return m
 }

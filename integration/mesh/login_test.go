@@ -40,12 +40,7 @@ func TestInteractiveLogin(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Request.URL.Hostname() != "127.0.0.1" || !strings.HasPrefix(resp.Request.URL.Path, "/clustral/callback/") || !strings.Contains(page, "Signed in as "+alice.Email) {
 		t.Fatalf("the browser ended at %s: %d %s", resp.Request.URL, resp.StatusCode, page)
 	}
-	if err := l.Cmd.Wait(); err != nil {
-		t.Fatalf("clustral login: %v", err)
-	}
-	if !strings.Contains(l.Stdout.String(), "Logged in to "+suite.CoordURL()+" as "+alice.Email) {
-		t.Fatalf("stdout = %q", l.Stdout.String())
-	}
+	l.Wait(t, "Logged in to "+suite.CoordURL()+" as "+alice.Email)
 	out := u.MustRun("status", "-o", "json")
 	if !strings.Contains(out, `"user": "alice@example.com"`) {
 		t.Fatalf("status after login = %s", out)
@@ -84,12 +79,7 @@ func TestHeadlessLogin(t *testing.T) {
 	if page := harness.ReadPage(t, confirmed); confirmed.StatusCode != 200 || !strings.Contains(page, "Signed in as "+alice.Email) {
 		t.Fatalf("after confirming: %d %s", confirmed.StatusCode, page)
 	}
-	if err := l.Cmd.Wait(); err != nil {
-		t.Fatalf("clustral login: %v", err)
-	}
-	if !strings.Contains(l.Stdout.String(), "as "+alice.Email) {
-		t.Fatalf("stdout = %q", l.Stdout.String())
-	}
+	l.Wait(t, "as "+alice.Email)
 }
 
 // TestLoginLinkSentToAnotherUser is the phishing attack on the login: an

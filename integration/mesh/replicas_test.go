@@ -317,12 +317,7 @@ func TestLoginAcrossReplicas(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(page, "Signed in as "+carol.Email) {
 		t.Fatalf("the browser ended at %s: %d %s", resp.Request.URL, resp.StatusCode, page)
 	}
-	if err := l.Cmd.Wait(); err != nil {
-		t.Fatalf("clustral login: %v", err)
-	}
-	if !strings.Contains(l.Stdout.String(), "Logged in to "+urls[1]+" as "+carol.Email) {
-		t.Fatalf("stdout = %q", l.Stdout.String())
-	}
+	l.Wait(t, "Logged in to "+urls[1]+" as "+carol.Email)
 	out := u.MustRun("status", "-o", "json")
 	if !strings.Contains(out, `"user": "carol@example.com"`) || !strings.Contains(out, `"replica": "`) {
 		t.Fatalf("status after login = %s, want carol and the replica in use", out)

@@ -13,11 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/netstack"
 	"github.com/clustral/clustral/node"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -38,10 +37,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	aliceAddr := devices[0].Addresses[0].Addr()
 
 	// bob's own node, registered through the API with his session.
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := testkit.WireGuardKey(t)
 	var reg proto.RegisterResponse
 	b.MustAPI("POST", "/api/v1/devices", proto.RegisterDeviceRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: "rogue"}, &reg)
 	bobAddr := reg.Addresses[0].Addr()

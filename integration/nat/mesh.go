@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -365,8 +364,7 @@ func (m *Mesh) Kubectl(ctx context.Context, args ...string) *exec.Cmd {
 	full := append([]string{"netns", "exec", m.Topo.Laptop, "kubectl", "--kubeconfig", m.Alice.Kubeconfig, "--context", Context}, args...)
 	cmd := exec.CommandContext(ctx, "ip", full...)
 	cmd.Env = append(harness.EnvironWithout("KUBECONFIG="), "NO_COLOR=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	harness.KillGroupWith(cmd)
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }

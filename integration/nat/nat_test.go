@@ -5,9 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,17 +42,7 @@ func TestNAT(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", topo.Core, os.Args[0], "-test.run", "^TestNAT$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), topo.Environ(), "CLUSTRAL_BIN="+bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("inside the topology: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "--- PASS: TestNAT") {
-		t.Fatalf("the inner test did not pass:\n%s", out)
-	}
+	out := harness.RunInNetns(ctx, t, topo.Core, "topology", "TestNAT", topo.Environ(), "CLUSTRAL_BIN="+bin)
 	if testing.Verbose() {
 		t.Logf("inside the topology:\n%s", out)
 	}

@@ -96,9 +96,8 @@ func (r *otlpReceiver) serve(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "no token", http.StatusUnauthorized)
 		return
 	}
-	m, err := otlptest.Decode(req)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	m, ok := otlptest.Receive(w, req)
+	if !ok {
 		return
 	}
 	var seqs []uint64

@@ -31,33 +31,21 @@ func openOn(endpoints []string) func(t *testing.T) store.Store {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		s, err := store.OpenEtcd(ctx, store.EtcdConfig{
+		s := openEtcd(ctx, t, store.EtcdConfig{
 			Endpoints: endpoints,
 			Prefix:    fmt.Sprintf("/clustral-test/%d", n.Add(1)),
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
 		return s
 	}
 }
 
 func TestEtcdConformance(t *testing.T) {
-	e, err := harness.StartEtcd(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
+	e := startEtcd(t)
 	storetest.Run(t, openOn([]string{e.URL}))
 }
 
 func TestEtcdClusterConformance(t *testing.T) {
-	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := startEtcdCluster(t, 3)
 	storetest.Run(t, openOn(c.URLs))
 }
 
@@ -82,11 +70,7 @@ func feedOn(t *testing.T, endpoints []string) storetest.FeedOptions {
 			}
 		},
 		Replica: func(t *testing.T, f store.Feed) store.Feed {
-			s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: endpoints, Prefix: f.(*store.Etcd).Prefix()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
+			s := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: endpoints, Prefix: f.(*store.Etcd).Prefix()})
 			return s
 		},
 	}
@@ -94,16 +78,8 @@ func feedOn(t *testing.T, endpoints []string) storetest.FeedOptions {
 
 // TestEtcdFeed runs the feed suite on one member and on three.
 func TestEtcdFeed(t *testing.T) {
-	e, err := harness.StartEtcd(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	e := startEtcd(t)
+	c := startEtcdCluster(t, 3)
 	for name, urls := range map[string][]string{"one": {e.URL}, "three": c.URLs} {
 		t.Run(name, func(t *testing.T) {
 			open := openOn(urls)
@@ -170,15 +146,11 @@ func TestEtcdTLS(t *testing.T) {
 	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T) store.Store {
 		t.Helper()
-		s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{
+		s := openEtcd(t.Context(), t, store.EtcdConfig{
 			Endpoints: []string{e.URL},
 			CertFile:  files.ClientCertFile, KeyFile: files.ClientKeyFile, CAFile: files.CAFile,
 			Prefix: fmt.Sprintf("/clustral-tls/%d", n.Add(1)),
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
 		return s
 	})
 
@@ -216,18 +188,10 @@ func TestEtcdTLS(t *testing.T) {
 // prefix in use, and a coordinator's store refuses a prefix whose
 // restore did not finish.
 func TestEtcdRestore(t *testing.T) {
-	e, err := harness.StartEtcd(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
+	e := startEtcd(t)
 	open := func(prefix string) *store.Etcd {
 		t.Helper()
-		s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: prefix})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
+		s := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: prefix})
 		return s
 	}
 	src := open("/restore-src")
@@ -328,11 +292,7 @@ func TestEtcdRestore(t *testing.T) {
 // Updates run, Updates go on (a quorum remains) and every Update that
 // returned nil is in the store afterwards.
 func TestEtcdClusterMemberCrash(t *testing.T) {
-	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := startEtcdCluster(t, 3)
 	s := openOn(c.URLs)(t)
 	var acked []string
 	write := func(i int) {
@@ -361,7 +321,7 @@ func TestEtcdClusterMemberCrash(t *testing.T) {
 		t.Fatalf("only %d of 150 writes succeeded with two of three members up", len(acked))
 	}
 	got := map[string]bool{}
-	err = s.View(func(tx store.Tx) error {
+	err := s.View(func(tx store.Tx) error {
 		return tx.ForEach(store.Changes, func(k string, _ []byte) error { got[k] = true; return nil })
 	})
 	if err != nil {
@@ -379,11 +339,7 @@ func TestEtcdClusterMemberCrash(t *testing.T) {
 // stops without resigning (its store closed under it, as a crash leaves
 // it) the other leads once the leader's lease expires, within seconds.
 func TestEtcdLead(t *testing.T) {
-	e, err := harness.StartEtcd(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
+	e := startEtcd(t)
 	open := openOn([]string{e.URL})
 	first := open(t).(*store.Etcd)
 	var leading atomic.Value // name of the leader
@@ -413,11 +369,7 @@ func TestEtcdLead(t *testing.T) {
 		return l
 	}
 	// Each store needs its own prefix-sharing handle.
-	second, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: first.Prefix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { second.Close() })
+	second := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: first.Prefix()})
 	stops := map[string]func(){"first": lead(first, "first"), "second": lead(second, "second")}
 	l := waitLeader(5*time.Second, "first", "second")
 	// The leader resigns: the other leads at once.
@@ -426,11 +378,7 @@ func TestEtcdLead(t *testing.T) {
 	waitLeader(2*time.Second, other)
 	// The leader's store is closed under it, as a crash leaves etcd: its
 	// lease outlives it by its TTL, then the other leads.
-	third, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: first.Prefix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { third.Close() })
+	third := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: first.Prefix()})
 	stopThird := lead(third, "third")
 	t.Cleanup(stopThird)
 	map[string]*store.Etcd{"first": first, "second": second}[other].Close()
@@ -446,18 +394,10 @@ func TestEtcdLead(t *testing.T) {
 // append's transaction, so the commit compares it and no two appends
 // chain to the same record: one chain, every record once, that verifies.
 func TestEtcdAuditChainAcrossReplicas(t *testing.T) {
-	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := startEtcdCluster(t, 3)
 	open := openOn(c.URLs)
 	a := open(t).(*store.Etcd)
-	b, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: c.URLs, Prefix: a.Prefix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: c.URLs, Prefix: a.Prefix()})
 	const writers, each = 4, 15
 	stores := []store.Store{a, b}
 	storetest.Concurrently(t, 2*writers, each, func(w, i int) (bool, error) {
@@ -475,4 +415,38 @@ func TestEtcdAuditChainAcrossReplicas(t *testing.T) {
 			t.Fatalf("chain as %s reads it: %+v, want %d records 1..%d that verify", name, v, 2*writers*each, 2*writers*each)
 		}
 	}
+}
+
+// startEtcd starts a one-member etcd for t, stopped when t ends.
+func startEtcd(t *testing.T) *harness.Etcd {
+	t.Helper()
+	e, err := harness.StartEtcd(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// startEtcdCluster starts an n-member etcd cluster for t, stopped when t
+// ends.
+func startEtcdCluster(t *testing.T, n int) *harness.EtcdCluster {
+	t.Helper()
+	c, err := harness.StartEtcdCluster(t.Context(), t.TempDir(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// openEtcd opens an etcd store with cfg for t, closed when t ends.
+func openEtcd(ctx context.Context, t *testing.T, cfg store.EtcdConfig) *store.Etcd {
+	t.Helper()
+	s, err := store.OpenEtcd(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

@@ -81,17 +81,7 @@ func TestUpTUN(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, os.Args[0], "-test.run", "^TestUpTUN$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), innerEnv+"=1", "CLUSTRAL_BIN="+bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("inside the namespace: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "--- PASS: TestUpTUN") {
-		t.Fatalf("the inner test did not pass:\n%s", out)
-	}
+	harness.RunInNetns(ctx, t, ns, "namespace", "TestUpTUN", innerEnv+"=1", "CLUSTRAL_BIN="+bin)
 }
 
 // origResolvConf is the namespace's resolv.conf before clustral up: a

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -57,6 +58,8 @@ type Mesh struct {
 
 	reg proto.RegisterResponse
 	log *slog.Logger
+	// dialAddr dials an overlay address: dial, unless a test replaces it.
+	dialAddr func(context.Context, netip.AddrPort) (net.Conn, error)
 
 	connsMu sync.Mutex
 	conns   map[proto.Key]map[*peerConn]struct{} // dialled by DialCluster, by peer
@@ -72,6 +75,7 @@ func Join(cfg Config) (*Mesh, error) {
 	}
 	reg := cfg.Registration
 	m := &Mesh{reg: reg, log: log, conns: map[proto.Key]map[*peerConn]struct{}{}}
+	m.dialAddr = m.dial
 	var dev tun.Device
 	if cfg.TUN {
 		var err error
@@ -206,31 +210,128 @@ func (m *Mesh) DialCluster(ctx context.Context, host string, port uint16) (net.C
 		if !ok {
 			return nil, fmt.Errorf("%s is not a peer of this node", a)
 		}
-		c, err := m.dial(ctx, netip.AddrPortFrom(a, port))
+		c, err := m.dialAddr(ctx, netip.AddrPortFrom(a, port))
 		if err != nil {
 			return nil, err
 		}
 		return m.track(p.Key, a, c), nil
 	}
-	cluster, agents, err := m.Resolve(host)
+	cluster, _, err := m.Resolve(host)
 	if err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for _, a := range agents {
-		if len(a.Addresses) == 0 {
-			continue
+	return m.dialAgents(ctx, cluster, port)
+}
+
+const (
+	// agentDialTimeout bounds one dial to one agent.
+	agentDialTimeout = 3 * time.Second
+	// dialStagger is how long DialCluster waits for an agent to answer
+	// before it dials the next best one too.
+	dialStagger = 250 * time.Millisecond
+)
+
+// dialAgents dials port on the agents of cluster and returns the first
+// connection made. It starts with the best agent (AgentsOf); while none
+// has answered it dials the next best too, each dialStagger, at once when
+// a dial fails, and at once when the map changes, so an agent that arrives
+// or comes online meanwhile (one replacing a dead agent) is dialed as soon
+// as the map has it, not after the dead agent's timeout. The other dials
+// are cancelled and their connections closed before it returns.
+func (m *Mesh) dialAgents(ctx context.Context, cluster string, port uint16) (net.Conn, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// changed signals that the map gained an agent of the cluster, or
+	// one came online.
+	changed := make(chan struct{}, 1)
+	defer m.Node.OnChange(func(c node.Change) {
+		news := slices.ContainsFunc(c.Added, func(p proto.Peer) bool { return p.Cluster == cluster }) ||
+			slices.ContainsFunc(c.Updated, func(u node.PeerUpdate) bool {
+				return u.New.Cluster == cluster && u.New.Online && !u.Old.Online
+			})
+		if news {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
 		}
-		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		c, err := m.dial(dctx, netip.AddrPortFrom(a.Addresses[0].Addr(), port))
-		cancel()
-		if err == nil {
-			return m.track(a.Key, a.Addresses[0].Addr(), c), nil
-		}
-		m.log.Warn("agent unreachable, trying the next", "cluster", cluster, "agent", a.NodeID, "err", err)
-		lastErr = err
+	})()
+
+	type result struct {
+		agent proto.Peer
+		addr  netip.Addr
+		conn  net.Conn
+		err   error
 	}
-	return nil, fmt.Errorf("no agent of cluster %q answered: %w", cluster, lastErr)
+	results := make(chan result)
+	var wg sync.WaitGroup
+	running := 0
+	// Whatever returns, the dials still running end (cancel) and their
+	// connections are closed.
+	defer func() {
+		cancel()
+		go func() {
+			wg.Wait()
+			close(results)
+		}()
+		for r := range results {
+			if r.conn != nil {
+				r.conn.Close()
+			}
+		}
+	}()
+	// tried holds the agents dialed, and whether each was online then:
+	// one that comes online later (its map stream opened, so it knows
+	// this node now) is dialed again.
+	tried := map[proto.Key]bool{}
+	// next dials the best agent not tried yet and reports whether there
+	// was one.
+	next := func() bool {
+		for _, a := range m.Node.AgentsOf(cluster) {
+			if online, ok := tried[a.Key]; ok && (online || !a.Online) || len(a.Addresses) == 0 {
+				continue
+			}
+			tried[a.Key] = a.Online
+			running++
+			addr := a.Addresses[0].Addr()
+			wg.Go(func() {
+				dctx, dcancel := context.WithTimeout(ctx, agentDialTimeout)
+				c, err := m.dialAddr(dctx, netip.AddrPortFrom(addr, port))
+				dcancel()
+				results <- result{a, addr, c, err}
+			})
+			return true
+		}
+		return false
+	}
+	stagger := time.NewTicker(dialStagger)
+	defer stagger.Stop()
+	next()
+	var lastErr error
+	for {
+		if running == 0 && !next() {
+			if lastErr == nil {
+				return nil, &NoAgentError{Cluster: cluster}
+			}
+			return nil, fmt.Errorf("no agent of cluster %q answered: %w", cluster, lastErr)
+		}
+		select {
+		case r := <-results:
+			running--
+			if r.err == nil {
+				return m.track(r.agent.Key, r.addr, r.conn), nil
+			}
+			m.log.Warn("agent unreachable, trying the next", "cluster", cluster, "agent", r.agent.NodeID, "err", r.err)
+			lastErr = r.err
+			next()
+		case <-stagger.C:
+			next()
+		case <-changed:
+			next()
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dial cluster %q: %w", cluster, ctx.Err())
+		}
+	}
 }
 
 // Resolve is the one meaning of a mesh name, shared by DialCluster (the

@@ -10,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -81,10 +82,7 @@ func TestEndpointsObservedFirst(t *testing.T) {
 // a cluster without agents are typed errors, and a cluster whose agents
 // leave the map stops resolving.
 func TestResolve(t *testing.T) {
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := testkit.WireGuardKey(t)
 	self := netip.MustParsePrefix("100.64.0.1/32")
 	m, err := Join(Config{PrivateKey: priv, Registration: proto.RegisterResponse{Addresses: []netip.Prefix{self}}})
 	if err != nil {

@@ -42,7 +42,28 @@ func (m *Mesh) Run(ctx context.Context, c Coordinator) error {
 	var wg sync.WaitGroup
 	defer wg.Wait() // after cancel: defers run last-in first-out
 	eps := &endpoints{port: m.Node.ListenPort}
-	wg.Go(func() { m.runRelay(ctx, c) })
+	relayUp := make(chan struct{}, 1)
+	wg.Go(func() {
+		m.runRelay(ctx, c, func() {
+			select {
+			case relayUp <- struct{}{}:
+			default:
+			}
+		})
+	})
+	// The map stream and endpoint discovery publish this node's
+	// endpoints, and a peer starts its handshake as soon as it has them,
+	// over the relay while no direct path is confirmed. Until this node's
+	// relay connection is up the coordinator could not deliver that
+	// initiation, and the pair would wait for a retry: let the relay
+	// connect first, for a bounded time.
+	select {
+	case <-relayUp:
+	case <-time.After(relayFirstWait):
+		m.log.Warn("relay not connected yet; publishing endpoints anyway", "waited", relayFirstWait)
+	case <-ctx.Done():
+		return nil
+	}
 	if m.reg.STUN != "" {
 		wg.Go(func() { m.runDiscovery(ctx, c, m.reg.STUN, eps) })
 	}
@@ -63,13 +84,18 @@ func (m *Mesh) Run(ctx context.Context, c Coordinator) error {
 	return err
 }
 
-// runRelay gives m the coordinator's relay until ctx is done.
-func (m *Mesh) runRelay(ctx context.Context, c Coordinator) {
+// relayFirstWait bounds how long Run waits for the relay to connect
+// before it publishes this node's endpoints.
+const relayFirstWait = time.Second
+
+// runRelay gives m the coordinator's relay until ctx is done, calling
+// onConnect each time its connection is up.
+func (m *Mesh) runRelay(ctx context.Context, c Coordinator, onConnect func()) {
 	hc := c.RelayClient
 	if hc == nil {
 		hc = c.Client.HTTPClient()
 	}
-	err := m.Node.RunRelay(ctx, node.RelayConfig{BaseURL: c.Client.URLs(), Token: c.Client.Token(), Client: hc, Logger: m.log})
+	err := m.Node.RunRelay(ctx, node.RelayConfig{BaseURL: c.Client.URLs(), Token: c.Client.Token(), Client: hc, Logger: m.log, OnConnect: onConnect})
 	if err != nil && ctx.Err() == nil {
 		m.log.Error("relay stopped", "err", err)
 	}

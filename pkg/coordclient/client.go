@@ -397,6 +397,33 @@ func (c *Client) ShipAudit(ctx context.Context, b proto.AuditBatch) (proto.Audit
 	return call[proto.AuditAck](ctx, c, http.MethodPost, proto.APIVersion+"/audit/events", b)
 }
 
+// PutRecording ships one session recording, read from body
+// (PUT /api/v1/recordings/{id}), and returns what the coordinator stored.
+// Like every call that changes something, it moves on to the next
+// coordinator only when the last could not be reached at all, so body
+// is still unread then.
+func (c *Client) PutRecording(ctx context.Context, id string, body io.Reader) (proto.RecordingInfo, error) {
+	var out proto.RecordingInfo
+	req, err := c.newRequest(ctx, http.MethodPut, proto.APIVersion+"/recordings/"+url.PathEscape(id), nil)
+	if err != nil {
+		return out, err
+	}
+	req.Body = io.NopCloser(body)
+	req.Header.Set("Content-Type", "application/x-asciicast")
+	resp, err := c.send(req)
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return out, readError(resp)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return out, fmt.Errorf("decode coordinator answer to recording %s: %w", id, err)
+	}
+	return out, nil
+}
+
 // MapPath is the path of the map stream.
 const MapPath = proto.APIVersion + "/map"
 

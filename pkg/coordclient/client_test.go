@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -292,5 +293,30 @@ func TestReplicas(t *testing.T) {
 				t.Errorf("WithToken's BaseURL = %s, want %s", w.BaseURL(), c.BaseURL())
 			}
 		})
+	}
+}
+
+// TestPutRecordingMovesOn: a recording whose first coordinator cannot be
+// reached reaches the next one whole.
+func TestPutRecordingMovesOn(t *testing.T) {
+	gone := httptest.NewServer(http.NotFoundHandler())
+	down := gone.URL
+	gone.Close()
+	var got string
+	up, _ := server(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got = r.Method + " " + r.URL.Path + " " + string(b)
+		w.Write([]byte(`{"bytes":5}`))
+	})
+	f, err := os.CreateTemp(t.TempDir(), "rec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString("cast\n")
+	f.Seek(0, io.SeekStart)
+	info, err := New(down+","+up.URL, "tok", nil).PutRecording(context.Background(), "abc-1", f)
+	if err != nil || info.Bytes != 5 || got != "PUT /api/v1/recordings/abc-1 cast\n" {
+		t.Fatalf("PutRecording = %+v, %v; the coordinator got %q", info, err, got)
 	}
 }

@@ -1,8 +1,10 @@
 package testkit
 
 import (
+	"bytes"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -16,5 +18,28 @@ func CheckPerm(tb testing.TB, what, path string, perm fs.FileMode) {
 	}
 	if got := fi.Mode().Perm(); got != perm {
 		tb.Errorf("%s mode = %v, want %v", what, got, perm)
+	}
+}
+
+// Golden fails tb unless the file at path holds got. With update it
+// writes got there first (making its directory). Both failures say to
+// run regenerate, the command that rewrites the file; a difference shows
+// got and the file.
+func Golden(tb testing.TB, path string, got []byte, update bool, regenerate string) {
+	tb.Helper()
+	if update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatalf("%v (run: %s)", err, regenerate)
+	}
+	if !bytes.Equal(got, want) {
+		tb.Errorf("%s is out of date; run: %s\n--- got\n%s\n--- want\n%s", path, regenerate, got, want)
 	}
 }

@@ -53,6 +53,17 @@ func Decode(r *http.Request) (*collogs.ExportLogsServiceRequest, error) {
 	return &m, nil
 }
 
+// Receive is Decode for a receiver's handler: when r is not an export
+// request it answers 400 Bad Request naming why and returns false.
+func Receive(w http.ResponseWriter, r *http.Request) (*collogs.ExportLogsServiceRequest, bool) {
+	m, err := Decode(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	return m, true
+}
+
 // Answer writes resp (an empty one when nil) as the protobuf answer to an
 // export request.
 func Answer(w http.ResponseWriter, resp *collogs.ExportLogsServiceResponse) {

@@ -63,6 +63,24 @@ func getProbe(ctx context.Context, m *mesh, fresh bool) (func() error, error) {
 	}, nil
 }
 
+// probeUntil runs probe back to back until ok(its error), for at most
+// 30 s, and returns when the deciding probe ended.
+func probeUntil(ctx context.Context, probe func() error, ok func(error) bool) (time.Time, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := probe()
+		if ok(err) {
+			return time.Now(), nil
+		}
+		if ctx.Err() != nil {
+			return time.Time{}, ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("timed out; last probe: %v", err)
+		}
+	}
+}
+
 // restClient is a client-go REST client for cfg without client-side rate
 // limiting, so the measured time is the request's alone.
 func restClient(cfg *rest.Config) (rest.Interface, error) {

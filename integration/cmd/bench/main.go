@@ -14,6 +14,10 @@
 //     agent's identity-aware proxy, impersonation) and straight to the
 //     same kube-apiserver with the admin token, interleaved, on reused
 //     keep-alive connections; proxy_overhead_p50_us is the difference.
+//   - exec_throughput_mbps_off and _on, recording_overhead_pct,
+//     recording_bytes_per_output_byte: kubectl exec of a 64 MiB stream
+//     against KWOK's exec, with session recording off and required, and
+//     the recording size of a session of short lines (exec.go).
 //   - up_to_first_kubectl_ms: from invoking `clustral up` with a valid
 //     session until the first `kubectl get --raw /version` through the
 //     mesh succeeds, median over several down/up rounds.
@@ -24,6 +28,15 @@
 //   - store_write_per_s_<backend>_<writers>: acknowledged store writes a
 //     second on bbolt and on a three-member etcd, with 1 and 16 writers
 //     (benchStore).
+//   - grant_first_request_max_ms and grant_rounds_over_1s: revoke/grant
+//     rounds (-grant-rounds) while GETs on new connections through the
+//     mesh run back to back, so the device has traffic for the agent at
+//     the moment of each grant; from the grant call until the first GET
+//     that succeeds has its answer.
+//   - agent_restart_to_first_kubectl_ms: the agent killed with SIGKILL and
+//     replaced by a new one (-agent-restarts rounds) while kubectl runs
+//     back to back; from the new agent's registration until kubectl
+//     first answers.
 //   - revocation_after_restart_ms: the coordinator killed with SIGKILL,
 //     kept down for -restart-outage (60s) and started again; from deleting
 //     the user's assignment as soon as /readyz answers until the user's
@@ -63,11 +76,14 @@ type flags struct {
 	warmup      int
 	upRounds    int
 	deltaRounds int
-	skipTunnel  bool
-	skipMesh    bool
-	scaleNodes  int
-	haDevices   int
-	only        string
+	grantRounds int
+	// agentRestarts is how many times benchAgentRestart replaces the agent.
+	agentRestarts int
+	skipTunnel    bool
+	skipMesh      bool
+	scaleNodes    int
+	haDevices     int
+	only          string
 	// restartOutage is how long benchRestart keeps the coordinator down.
 	restartOutage time.Duration
 }
@@ -80,13 +96,15 @@ func main() {
 	flag.IntVar(&f.warmup, "warmup", 200, "GET warm-up requests per path")
 	flag.IntVar(&f.upRounds, "up-rounds", 5, "down/up rounds for up_to_first_kubectl_ms")
 	flag.IntVar(&f.deltaRounds, "delta-rounds", 5, "revoke/grant rounds for coordinator_map_delta_ms (0 skips)")
+	flag.IntVar(&f.grantRounds, "grant-rounds", 1000, "revoke/grant rounds with traffic at the grant for grant_first_request_max_ms (0 skips)")
+	flag.IntVar(&f.agentRestarts, "agent-restarts", 5, "agent kill/replace rounds for agent_restart_to_first_kubectl_ms (0 skips)")
 	flag.DurationVar(&probeTimeout, "probe-timeout", probeTimeout, "timeout of one revoke/grant probe")
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, up, delta, nat, revocation, restart, ha, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, ha, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -132,7 +150,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"up", benchUp}, {"delta", benchDelta}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}

@@ -40,14 +40,19 @@ var (
 // all, whatever state it is in.
 type mesh struct {
 	dir   string
-	bin   string
 	env   *harness.Env
 	coord *harness.Coordinator
 	agent *harness.Agent
-	admin *harness.User
-	user  *harness.User
+	// agentDir holds the spool and recordings of the last agent started.
+	agentDir string
+	admin    *harness.User
+	user     *harness.User
 	// assignment is the bench user's current assignment id ("" if none).
 	assignment string
+	// bin, joinToken and agentKubeconfig start another agent of the
+	// cluster (startAgent).
+	bin, joinToken, agentKubeconfig string
+	agents                          int // agents started, for their directories
 }
 
 // startMesh starts etcd, kube-apiserver and Dex, a coordinator with one
@@ -64,7 +69,6 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	if err != nil {
 		return m, err
 	}
-	m.bin = bin
 	port, err := harness.FreePort()
 	if err != nil {
 		return m, err
@@ -111,15 +115,12 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	if err := m.api(sctx, "POST", "/api/v1/roles", proto.Role{Name: "reader", Groups: []string{readerGroup}}, nil); err != nil {
 		return m, err
 	}
-	agentDir := filepath.Join(dir, "agent")
-	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+	m.bin, m.joinToken = bin, cl.JoinToken
+	m.agentKubeconfig = filepath.Join(dir, "agent-kubeconfig")
+	if err := m.env.APIServer.WriteKubeconfig(m.agentKubeconfig, "agent", harness.AgentIdentity.Token); err != nil {
 		return m, err
 	}
-	kc := filepath.Join(agentDir, "kubeconfig")
-	if err := m.env.APIServer.WriteKubeconfig(kc, "agent", harness.AgentIdentity.Token); err != nil {
-		return m, err
-	}
-	m.agent, err = harness.StartAgent(sctx, bin, agentDir, m.coord.URL, cl.JoinToken, kc)
+	m.agent, err = m.startAgent(sctx)
 	if err != nil {
 		return m, err
 	}
@@ -136,6 +137,15 @@ func startMesh(ctx context.Context) (*mesh, error) {
 		return m, err
 	}
 	return m, nil
+}
+
+// startAgent starts another agent of the bench cluster, in a directory of
+// its own, and returns once it is ready.
+func (m *mesh) startAgent(ctx context.Context) (*harness.Agent, error) {
+	m.agents++
+	m.agentDir = filepath.Join(m.dir, fmt.Sprintf("agent-%d", m.agents))
+	// Recordings of the exec bench's 64 MiB stream fit under the cap.
+	return harness.StartAgent(ctx, m.bin, m.agentDir, m.coord.URL, m.joinToken, m.agentKubeconfig, "--recording-max-bytes", "1073741824")
 }
 
 // prepareAPIServer lets the agent impersonate, binds the bench role's
@@ -180,6 +190,14 @@ func (m *mesh) grant(ctx context.Context) error {
 	}
 	m.assignment = a.ID
 	return nil
+}
+
+// ensureGranted grants the bench user the role when it has none now.
+func (m *mesh) ensureGranted(ctx context.Context) error {
+	if m.assignment != "" {
+		return nil
+	}
+	return m.grant(ctx)
 }
 
 // revoke deletes the bench user's assignment.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/clustral/clustral/integration/harness"
@@ -79,8 +78,7 @@ func benchNAT(ctx context.Context, _ *mesh, f flags) error {
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", topo.Core, self)
 	cmd.Env = append(os.Environ(), topo.Environ(), "CLUSTRAL_BIN="+bin, fmt.Sprintf("CLUSTRAL_BENCH_NAT_RUNS=%d", f.transferRun))
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	harness.KillGroupWith(cmd)
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("nat: %w", err)
 	}

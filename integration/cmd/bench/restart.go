@@ -27,10 +27,8 @@ func benchRestart(ctx context.Context, m *mesh, f flags) error {
 	if f.restartOutage <= 0 {
 		return nil
 	}
-	if m.assignment == "" {
-		if err := m.grant(ctx); err != nil {
-			return err
-		}
+	if err := m.ensureGranted(ctx); err != nil {
+		return err
 	}
 	probe, err := getProbe(ctx, m, true)
 	if err != nil {

@@ -41,23 +41,7 @@ func benchRevocation(ctx context.Context, m *mesh, f flags) error {
 	if err != nil {
 		return err
 	}
-	// until probes back to back until ok(probe()), and returns when the
-	// deciding probe ended.
-	until := func(ok func(error) bool) (time.Time, error) {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			err := probe()
-			if ok(err) {
-				return time.Now(), nil
-			}
-			if ctx.Err() != nil {
-				return time.Time{}, ctx.Err()
-			}
-			if time.Now().After(deadline) {
-				return time.Time{}, fmt.Errorf("timed out; last probe: %v", err)
-			}
-		}
-	}
+	until := func(ok func(error) bool) (time.Time, error) { return probeUntil(ctx, probe, ok) }
 	allowed := func(err error) bool { return err == nil }
 	denied := func(err error) bool { return err != nil }
 

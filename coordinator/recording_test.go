@@ -1,0 +1,191 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/proto"
+)
+
+// TestRoleRecordingValidatedAndDelivered: a role's recording policy is
+// checked when it is written and reaches the agents in the role's grants.
+func TestRoleRecordingValidatedAndDelivered(t *testing.T) {
+	e := newAccessEnv(t)
+	for _, tt := range []struct {
+		name string
+		role proto.Role
+		want string
+	}{
+		{"unknown policy", proto.Role{Name: "broken", Groups: []string{"g"}, Recording: "always"}, `recording policy "always" is not one of off, best-effort, required`},
+		{"stdin without recording", proto.Role{Name: "broken", Groups: []string{"g"}, RecordStdin: true}, "records stdin but records no sessions"},
+		{"stdin with recording off", proto.Role{Name: "broken", Groups: []string{"g"}, Recording: proto.RecordingOff, RecordStdin: true}, "records stdin but records no sessions"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if status, p := e.call("POST", "/api/v1/roles", e.admin.Token, tt.role, nil); status != 400 || p.Code != proto.CodeBadRequest || !strings.Contains(p.Title+p.Detail, tt.want) {
+				t.Fatalf("create %+v = %d %+v, want 400 naming %s", tt.role, status, p, tt.want)
+			}
+		})
+	}
+	e.must("POST", "/api/v1/assignments", e.admin.Token, proto.Assignment{User: "alice@example.com", Role: "viewer", Cluster: "prod"}, nil)
+	e.agentMap.next()
+	e.must("PUT", "/api/v1/roles/viewer", e.admin.Token, proto.Role{Groups: []string{"viewers"}, Recording: proto.RecordingRequired, RecordStdin: true}, nil)
+	m := e.agentMap.next()
+	if len(m.Peers) != 1 || m.Peers[0].Identity.Roles[0].Recording != proto.RecordingRequired || !m.Peers[0].Identity.Roles[0].RecordStdin {
+		t.Fatalf("role update delta = %+v", m)
+	}
+	var got proto.Role
+	e.must("GET", "/api/v1/roles/viewer", e.admin.Token, nil, &got)
+	if got.Recording != proto.RecordingRequired || !got.RecordStdin {
+		t.Fatalf("stored role = %+v", got)
+	}
+}
+
+// castFile is a small recording of session id on cluster.
+func castFile(t *testing.T, id, cluster, user, pod string, start time.Time) []byte {
+	t.Helper()
+	h, err := json.Marshal(proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Timestamp: start.Unix(),
+		Session: proto.RecordingSession{ID: id, User: user, Cluster: cluster, Namespace: "default", Pod: pod, Subresource: "exec",
+			Protocol: "v5.channel.k8s.io (websocket)", Start: start, Correlation: id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(h, "\n[0.100000, \"o\", \"$ whoami\\r\\nroot\\r\\n\"]\n"...)
+}
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestRecordingsShippedListedAndVerified: an agent ships recordings of
+// its own cluster only, once; administrators list and read them; audit
+// verify checks each stored recording against the digest in its
+// session's end event, and names the one edited.
+func TestRecordingsShippedListedAndVerified(t *testing.T) {
+	e := newAccessEnv(t)
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	api := coordclient.New(e.ts.URL, agent.NodeToken, http.DefaultClient)
+	ctx := context.Background()
+	t0 := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	rec1 := castFile(t, "s-1", "prod", "alice@example.com", "web-0", t0)
+	rec2 := castFile(t, "s-2", "prod", "bob@example.com", "db-0", t0.Add(time.Hour))
+
+	for _, tt := range []struct {
+		name, id string
+		body     []byte
+		status   int
+		want     string
+	}{
+		{"other cluster", "s-9", castFile(t, "s-9", "staging", "alice@example.com", "web-0", t0), 400, `this agent may ship only session "s-9" of cluster "prod"`},
+		{"other id", "s-8", rec1, 400, `recording names session "s-1"`},
+		{"no header", "s-7", []byte("[0.1, \"o\", \"x\"]"), 400, "no complete header line"},
+		{"not asciicast v2", "s-6", []byte(`{"version":1,"clustral":{"id":"s-6","cluster":"prod"}}` + "\n"), 400, "want asciicast version 2"},
+		{"bad id", "-x", rec1, 400, "is not letters, digits"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := api.PutRecording(ctx, tt.id, bytes.NewReader(tt.body))
+			var ce *coordclient.Error
+			if !errors.As(err, &ce) || ce.Status != tt.status || !strings.Contains(ce.Title, tt.want) {
+				t.Fatalf("put = %v, want %d naming %q", err, tt.status, tt.want)
+			}
+		})
+	}
+	for _, b := range [][]byte{rec1, rec1, rec2} { // a resend is stored once
+		id := map[bool]string{true: "s-1", false: "s-2"}[bytes.Equal(b, rec1)]
+		info, err := api.PutRecording(ctx, id, bytes.NewReader(b))
+		if err != nil || info.SHA256 != sha(b) || info.Bytes != int64(len(b)) {
+			t.Fatalf("put %s = %+v, %v", id, info, err)
+		}
+	}
+	if _, err := api.PutRecording(ctx, "s-1", bytes.NewReader(append(rec1, '\n'))); err == nil || !strings.Contains(err.Error(), "already stored with other content") {
+		t.Fatalf("put other bytes under s-1 = %v", err)
+	}
+	if status, _ := e.call("GET", "/api/v1/recordings", e.alice.Token, nil, nil); status != http.StatusForbidden {
+		t.Errorf("list by a non-admin = %d", status)
+	}
+
+	for _, tt := range []struct {
+		query string
+		want  []string
+	}{
+		{"", []string{"s-2", "s-1"}},
+		{"?user=alice@example.com", []string{"s-1"}},
+		{"?pod=db-0&cluster=prod", []string{"s-2"}},
+		{"?since=2026-03-04T10:30:00Z", []string{"s-2"}},
+		{"?cluster=staging", nil},
+	} {
+		var got []proto.RecordingInfo
+		e.must("GET", "/api/v1/recordings"+tt.query, e.admin.Token, nil, &got)
+		var ids []string
+		for _, ri := range got {
+			ids = append(ids, ri.Session.ID)
+		}
+		if !slices.Equal(ids, tt.want) {
+			t.Errorf("list%s = %v, want %v", tt.query, ids, tt.want)
+		}
+	}
+	if status, p := e.call("GET", "/api/v1/recordings?since=yesterday", e.admin.Token, nil, nil); status != 400 || !strings.Contains(p.Title, "RFC 3339") {
+		t.Errorf("bad since = %d %+v", status, p)
+	}
+	rc, err := coordclient.New(e.ts.URL, e.admin.Token, http.DefaultClient).Open(ctx, "/api/v1/recordings/s-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, rec1) {
+		t.Errorf("read back %q", got)
+	}
+	if status, _ := e.call("GET", "/api/v1/recordings/s-404", e.admin.Token, nil, nil); status != 404 {
+		t.Errorf("missing recording = %d", status)
+	}
+
+	// The end events carry the digests (s-1's agent was killed: the
+	// next one vouches for it with RQ005W).
+	end := func(seq uint64, code proto.AuditCode, id string, b []byte) proto.AuditEvent {
+		return proto.AuditEvent{Code: code, Time: time.Now(), Actor: "alice@example.com", SourceSeq: seq, Correlation: id,
+			Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: "exec"}, Status: 101,
+			Metadata: map[string]string{proto.MetaRecording: id, proto.MetaRecordingSHA256: sha(b), proto.MetaRecordingStatus: proto.RecordingComplete}}
+	}
+	e.must("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{
+		end(1, proto.AuditRecordingRescued, "s-1", rec1), end(2, proto.AuditStreamEnded, "s-2", rec2)}}, nil)
+	var v proto.AuditVerification
+	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
+	if !v.OK || v.Recordings != 2 {
+		t.Fatalf("verify = %+v, want OK with 2 recordings checked", v)
+	}
+	var page proto.AuditPage
+	e.must("GET", "/api/v1/audit/events?q=s-2", e.admin.Token, nil, &page)
+	if len(page.Events) != 1 {
+		t.Fatalf("end event of s-2: %+v", page.Events)
+	}
+
+	// One byte of s-2 edited: verify names it, at its end event.
+	p := filepath.Join(e.dir, "recordings", "s-2.cast")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-5] ^= 1
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
+	if v.OK || v.BadSeq != page.Events[0].Seq || v.BadRecording != "s-2" || !strings.Contains(v.Problem, "recording s-2 was edited") {
+		t.Fatalf("verify after an edit = %+v, want it to name s-2 at record %d", v, page.Events[0].Seq)
+	}
+}

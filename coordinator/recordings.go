@@ -1,0 +1,155 @@
+package coordinator
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/clustral/clustral/coordinator/recordings"
+	"github.com/clustral/clustral/proto"
+)
+
+// Session recordings: agents ship each finished recording with PUT
+// /api/v1/recordings/{id} (the agent's node token; the recording must
+// name the agent's own cluster), administrators list them and read them
+// back. They are kept in Config.Recordings. The end event of a recorded
+// session (RQ004I) carries the recording's SHA-256, so audit verify also
+// proves a stored recording was not edited (checkRecordings).
+
+func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *node) {
+	id := r.PathValue("id")
+	if err := proto.CheckRecordingID(id); err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "")
+		return
+	}
+	s.mu.Lock()
+	_, cluster := s.nodeActorLocked(n)
+	s.mu.Unlock()
+	// The header comes first: a recording of another cluster is refused
+	// before anything is stored.
+	br := bufio.NewReaderSize(r.Body, 16<<10)
+	line, err := br.ReadSlice('\n')
+	var h proto.RecordingHeader
+	if err == nil {
+		h, err = proto.ParseRecordingHeader(line)
+	} else {
+		err = errors.New("recording has no complete header line")
+	}
+	if err == nil && (h.Session.ID != id || h.Session.Cluster != cluster) {
+		err = fmt.Errorf("recording names session %q of cluster %q; this agent may ship only session %q of cluster %q", h.Session.ID, h.Session.Cluster, id, cluster)
+	}
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "recording "+id+": "+err.Error(), "")
+		return
+	}
+	info, err := s.recordings.Put(id, io.MultiReader(bytes.NewReader(bytes.Clone(line)), br))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.Is(err, recordings.ErrConflict):
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+" is already stored with other content", "")
+		return
+	case errors.As(err, &mbe):
+		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("recording %s is over %d bytes", id, mbe.Limit), "lower the agent's --recording-max-bytes")
+		return
+	case err != nil:
+		s.writeInternal(w, "store recording", err, "")
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) handleListRecordings(w http.ResponseWriter, r *http.Request, _ principal) {
+	q := r.URL.Query()
+	var since time.Time
+	if v := q.Get(proto.RecordingParamSince); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("since %q is not an RFC 3339 time", v), "use e.g. 2026-01-02T15:04:05Z")
+			return
+		}
+		since = t
+	}
+	all, err := s.recordings.List()
+	if err != nil {
+		s.writeInternal(w, "list recordings", err, "")
+		return
+	}
+	out := []proto.RecordingInfo{}
+	for _, ri := range all {
+		m := ri.Session
+		if u := q.Get(proto.RecordingParamUser); u != "" && m.User != u {
+			continue
+		}
+		if c := q.Get(proto.RecordingParamCluster); c != "" && m.Cluster != c {
+			continue
+		}
+		if p := q.Get(proto.RecordingParamPod); p != "" && m.Pod != p {
+			continue
+		}
+		if !since.IsZero() && m.Start.Before(since) {
+			continue
+		}
+		out = append(out, ri)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleGetRecording(w http.ResponseWriter, r *http.Request, _ principal) {
+	id := r.PathValue("id")
+	rc, err := s.recordings.Open(id)
+	switch {
+	case errors.Is(err, recordings.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "no recording "+id, "list them with clustral sessions ls")
+		return
+	case err != nil && proto.CheckRecordingID(id) != nil:
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "")
+		return
+	case err != nil:
+		s.writeInternal(w, "open recording", err, "")
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/x-asciicast")
+	io.Copy(w, rc)
+}
+
+// recordingRef is what an end event says of its recording.
+type recordingRef struct {
+	seq        uint64
+	id, sha256 string
+}
+
+// recordingRefOf returns the recording an audit event vouches for.
+func recordingRefOf(e proto.AuditEvent) (recordingRef, bool) {
+	if e.Code != proto.AuditStreamEnded && e.Code != proto.AuditRecordingRescued || e.Metadata[proto.MetaRecordingSHA256] == "" {
+		return recordingRef{}, false
+	}
+	return recordingRef{seq: e.Seq, id: e.Metadata[proto.MetaRecording], sha256: e.Metadata[proto.MetaRecordingSHA256]}, true
+}
+
+// checkRecordings checks the stored recordings that the verified events
+// vouch for, and fails v at the first whose content does not match. A
+// recording not (yet) stored is not a failure: its agent may not have
+// shipped it.
+func (s *Server) checkRecordings(v *proto.AuditVerification, refs []recordingRef) error {
+	for _, ref := range refs {
+		sum, err := recordings.Digest(s.recordings, ref.id)
+		if errors.Is(err, recordings.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		v.Recordings++
+		if sum != ref.sha256 {
+			v.OK, v.BadSeq, v.BadRecording = false, ref.seq, ref.id
+			v.Problem = fmt.Sprintf("recording %s was edited: its content does not match the digest in its session's end event (record %d)", ref.id, ref.seq)
+			return nil
+		}
+	}
+	return nil
+}

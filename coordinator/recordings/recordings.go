@@ -1,0 +1,207 @@
+// Package recordings stores the session recordings that agents ship to
+// the coordinator (asciicast v2 files, see agent/recording), behind the
+// Store interface so that an object store can take the place of the data
+// directory.
+package recordings
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// ErrNotFound is returned (wrapped) for a recording the store does not
+// hold.
+var ErrNotFound = errors.New("no such recording")
+
+// ErrConflict is returned (wrapped) by Put when the store holds another
+// recording under the same id.
+var ErrConflict = errors.New("another recording is stored under this id")
+
+// Store keeps recordings by session id. Implementations are safe for
+// concurrent use.
+type Store interface {
+	// Put stores the recording read from r under id, and returns what it
+	// stored. Putting the same bytes again succeeds (an agent resends a
+	// recording whose acknowledgement it lost); other bytes under a
+	// stored id fail with ErrConflict and change nothing.
+	Put(id string, r io.Reader) (proto.RecordingInfo, error)
+	// Open returns the recording id, to be closed by the caller.
+	Open(id string) (io.ReadCloser, error)
+	// List returns every stored recording, newest session first.
+	List() ([]proto.RecordingInfo, error)
+}
+
+// Ext is the file name extension of a recording in a Dir.
+const Ext = ".cast"
+
+// Dir is a Store in a directory: one file per recording, <id>.cast,
+// written to a temporary file, synced, and renamed into place.
+type Dir struct {
+	path string
+	now  func() time.Time
+}
+
+// NewDir returns the Store in dir, creating it if needed. now stamps
+// stored recordings; nil means time.Now.
+func NewDir(dir string, now func() time.Time) (*Dir, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("recordings directory: %w", err)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Dir{path: dir, now: now}, nil
+}
+
+func (d *Dir) file(id string) string { return filepath.Join(d.path, id+Ext) }
+
+// Put implements Store.
+func (d *Dir) Put(id string, r io.Reader) (proto.RecordingInfo, error) {
+	if err := proto.CheckRecordingID(id); err != nil {
+		return proto.RecordingInfo{}, err
+	}
+	tmp, err := os.CreateTemp(d.path, ".put-*")
+	if err != nil {
+		return proto.RecordingInfo{}, fmt.Errorf("store recording %s: %w", id, err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h), r)
+	if err != nil {
+		return proto.RecordingInfo{}, fmt.Errorf("store recording %s: %w", id, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return proto.RecordingInfo{}, fmt.Errorf("store recording %s: %w", id, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return proto.RecordingInfo{}, err
+	}
+	hdr, err := readHeader(tmp)
+	if err != nil {
+		return proto.RecordingInfo{}, fmt.Errorf("recording %s: %w", id, err)
+	}
+	if hdr.Session.ID != id {
+		return proto.RecordingInfo{}, fmt.Errorf("recording %s: its header names session %q", id, hdr.Session.ID)
+	}
+	info := proto.RecordingInfo{Session: hdr.Session, Bytes: n, SHA256: sum, Stored: d.now().UTC()}
+	if old, err := d.info(id); err == nil {
+		if old.SHA256 == sum {
+			return old, nil
+		}
+		return proto.RecordingInfo{}, fmt.Errorf("%w: %s", ErrConflict, id)
+	}
+	if err := os.Chtimes(tmp.Name(), info.Stored, info.Stored); err != nil {
+		return proto.RecordingInfo{}, err
+	}
+	// Link, not rename: it fails if a concurrent Put stored id meanwhile.
+	if err := os.Link(tmp.Name(), d.file(id)); err != nil {
+		if old, ierr := d.info(id); errors.Is(err, fs.ErrExist) && ierr == nil {
+			if old.SHA256 == sum {
+				return old, nil
+			}
+			return proto.RecordingInfo{}, fmt.Errorf("%w: %s", ErrConflict, id)
+		}
+		return proto.RecordingInfo{}, fmt.Errorf("store recording %s: %w", id, err)
+	}
+	return info, nil
+}
+
+// readHeader reads a recording's first line as its header.
+func readHeader(r io.Reader) (proto.RecordingHeader, error) {
+	line, err := bufio.NewReaderSize(r, 16<<10).ReadSlice('\n')
+	if err != nil {
+		return proto.RecordingHeader{}, errors.New("recording has no complete header line")
+	}
+	return proto.ParseRecordingHeader(line)
+}
+
+// info describes the stored recording id.
+func (d *Dir) info(id string) (proto.RecordingInfo, error) {
+	f, err := os.Open(d.file(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return proto.RecordingInfo{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return proto.RecordingInfo{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return proto.RecordingInfo{}, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return proto.RecordingInfo{}, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return proto.RecordingInfo{}, err
+	}
+	hdr, err := readHeader(f)
+	if err != nil {
+		return proto.RecordingInfo{}, fmt.Errorf("stored recording %s: %w", id, err)
+	}
+	return proto.RecordingInfo{Session: hdr.Session, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), Stored: fi.ModTime().UTC()}, nil
+}
+
+// Open implements Store.
+func (d *Dir) Open(id string) (io.ReadCloser, error) {
+	if err := proto.CheckRecordingID(id); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(d.file(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return f, err
+}
+
+// List implements Store. A file that is not a recording is skipped.
+func (d *Dir) List() ([]proto.RecordingInfo, error) {
+	ents, err := os.ReadDir(d.path)
+	if err != nil {
+		return nil, fmt.Errorf("list recordings: %w", err)
+	}
+	var out []proto.RecordingInfo
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), Ext)
+		if !ok || proto.CheckRecordingID(id) != nil {
+			continue
+		}
+		info, err := d.info(id)
+		if err != nil {
+			continue
+		}
+		out = append(out, info)
+	}
+	slices.SortFunc(out, func(a, b proto.RecordingInfo) int { return b.Session.Start.Compare(a.Session.Start) })
+	return out, nil
+}
+
+// Digest returns the hex SHA-256 of the stored recording id.
+func Digest(s Store, id string) (string, error) {
+	rc, err := s.Open(id)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, rc); err != nil {
+		return "", fmt.Errorf("read recording %s: %w", id, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

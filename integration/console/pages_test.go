@@ -1,0 +1,136 @@
+package console
+
+import (
+	"bytes"
+	"image"
+	"image/color/palette"
+	"image/draw"
+	"image/png"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
+)
+
+// ScreenshotsEnv names the directory TestPages writes its screenshots to
+// (make screenshots sets it to docs/console); unset, it writes none.
+const ScreenshotsEnv = "CLUSTRAL_SCREENSHOTS"
+
+// widths are the window widths every page must work at: a laptop and a
+// phone.
+var widths = []struct {
+	name          string
+	width, height int64
+}{{"1280", 1280, 800}, {"390", 390, 844}}
+
+// TestPages opens every page of the console, with content, at both
+// widths: none logs an error or fails a request, none is wider than the
+// window, and every control has a label. With CLUSTRAL_SCREENSHOTS set
+// it writes each page's screenshot there.
+func TestPages(t *testing.T) {
+	m := suite.NewMesh(t)
+	var ar proto.AccessRequest
+	a := suite.NewUser(t, alice)
+	a.MustLogin()
+	m.Assign(t, alice.Email, "admin")
+	a.MustAPI("POST", "/api/v1/access-requests", proto.CreateAccessRequest{Role: "admin", Cluster: harness.MeshCluster,
+		Duration: proto.Duration(2 * 3600e9), Reason: "INC-1234: restart the ingress"}, &ar)
+
+	chrome := startChrome(t)
+	at, rt := chrome.NewTab(), chrome.NewTab()
+	signIn(t, rt, m.Coord.URL, admin)
+	// The sign-in page, before alice signs in.
+	at.Do(t, chromedp.Navigate(m.Coord.URL+"/signin"), chromedp.WaitVisible(chromedp.ID("signin")))
+	shoot(t, at, "signin")
+	signIn(t, at, m.Coord.URL, alice)
+
+	for _, p := range []struct {
+		name, path string
+		tab        *harness.Tab
+	}{
+		{"access", "/", at},
+		{"connect", "/connect", at},
+		{"requests", "/requests", at},
+		{"devices", "/devices", at},
+		{"approvals", "/approvals", rt},
+		{"admin-clusters", "/admin/clusters", rt},
+		{"admin-users", "/admin/users", rt},
+		{"admin-user", "/admin/users/" + alice.Email, rt},
+		{"admin-roles", "/admin/roles", rt},
+		{"admin-role-edit", "/admin/roles/admin/edit", rt},
+		{"admin-assignments", "/admin/assignments", rt},
+		{"admin-audit", "/admin/audit", rt},
+	} {
+		t.Run(p.name, func(t *testing.T) {
+			p.tab.Do(t, chromedp.Navigate(m.Coord.URL+p.path), chromedp.WaitVisible(chromedp.CSS("main h1")))
+			checkPage(t, p.tab)
+			shoot(t, p.tab, p.name)
+			noProblems(t, p.tab)
+		})
+	}
+}
+
+// checkPage checks the page in tab at both widths: no sideways scrolling
+// of the page, and a label for every visible form control.
+func checkPage(t *testing.T, tab *harness.Tab) {
+	t.Helper()
+	for _, w := range widths {
+		tab.Do(t, chromedp.EmulateViewport(w.width, w.height))
+		over, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth - window.innerWidth`))
+		if err != nil || over > 0 {
+			t.Errorf("at %d px the page is %d px too wide (%v)", w.width, over, err)
+		}
+		unlabelled, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll("input:not([type=hidden]), select, textarea, button"))
+			.filter(e => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.textContent.trim())
+			.map(e => e.outerHTML)`))
+		if err != nil || len(unlabelled) > 0 {
+			t.Errorf("controls without a label at %d px: %v (%v)", w.width, unlabelled, err)
+		}
+	}
+}
+
+// shoot writes the page in tab at both widths to the screenshot
+// directory, if there is one.
+func shoot(t *testing.T, tab *harness.Tab, name string) {
+	t.Helper()
+	dir := os.Getenv(ScreenshotsEnv)
+	if dir == "" {
+		return
+	}
+	for _, w := range widths {
+		tab.Do(t, chromedp.EmulateViewport(w.width, w.height))
+		shot, err := chromedp.Run(tab.Ctx, chromedp.CaptureScreenshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		small, err := smallPNG(shot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(dir, name+"-"+w.name+".png")
+		if err := os.WriteFile(f, small, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// smallPNG re-encodes a screenshot with the web-safe palette, about a
+// quarter of the size, so the committed screenshots stay small; text
+// stays sharp (no dithering).
+func smallPNG(b []byte) ([]byte, error) {
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	p := image.NewPaletted(img.Bounds(), palette.WebSafe)
+	draw.Draw(p, img.Bounds(), img, img.Bounds().Min, draw.Src)
+	var out bytes.Buffer
+	if err := (&png.Encoder{CompressionLevel: png.BestCompression}).Encode(&out, p); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
