@@ -311,9 +311,15 @@ func (s *Server) authSession(w http.ResponseWriter, r *http.Request) (principal,
 		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "invalid session token", "run clustral login")
 		return principal{}, false
 	}
+	seHash := hashSecret(c.SessionID)
+	s.awaitReplicated(r.Context(), func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.sessions[seHash] != nil && s.users[c.Subject] != nil
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	se := s.sessions[hashSecret(c.SessionID)]
+	se := s.sessions[seHash]
 	u := s.users[c.Subject]
 	if se == nil || u == nil || se.UserID != u.ID {
 		writeProblem(w, http.StatusUnauthorized, proto.CodeSessionExpired, "this session was revoked or has expired", "run clustral login")
@@ -334,9 +340,13 @@ func (s *Server) authNode(w http.ResponseWriter, r *http.Request) (*node, bool) 
 		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "missing node token", "run clustral up again")
 		return nil, false
 	}
-	s.mu.Lock()
-	n := s.nodesByToken[hashSecret(raw)]
-	s.mu.Unlock()
+	var n *node
+	s.awaitReplicated(r.Context(), func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		n = s.nodesByToken[hashSecret(raw)]
+		return n != nil
+	})
 	if n == nil {
 		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "unknown node token: the node was removed or expired", "register again (clustral up, or restart the agent)")
 		return nil, false
@@ -447,9 +457,11 @@ func (s *Server) joinToken(h func(w http.ResponseWriter, r *http.Request, tokenH
 			return
 		}
 		tokenHash := hashSecret(raw)
-		s.mu.Lock()
-		known := s.clustersByToken[tokenHash] != nil
-		s.mu.Unlock()
+		known := s.awaitReplicated(r.Context(), func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.clustersByToken[tokenHash] != nil
+		})
 		if !known {
 			s.refuseJoinToken(w, r)
 			return

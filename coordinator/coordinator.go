@@ -120,7 +120,10 @@ type Server struct {
 	feed store.Feed
 	// leader is true while this replica runs the singleton work.
 	leader atomic.Bool
-	wg     sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
+	// applied is the store revision this replica's view has applied
+	// (follow); see awaitReplicated.
+	applied appliedRev
+	wg      sync.WaitGroup // the goroutines of goOwned, and Serve while it runs
 
 	// consoleDone is closed (once, endConsoleStreams) when the server
 	// stops serving, to end the web console's event streams, which

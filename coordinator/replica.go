@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
@@ -41,10 +42,12 @@ func (s *Server) newIPAM() *ipam {
 // (see goOwned).
 func (s *Server) follow(feed store.Feed, rev int64) {
 	ctx := s.stopCtx
+	s.applied.advance(rev)
 	for {
 		err := feed.Watch(ctx, rev, func(c store.Commit) error {
 			s.applyCommit(feed, c)
 			rev = c.Rev
+			s.applied.advance(rev)
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -56,6 +59,7 @@ func (s *Server) follow(feed store.Feed, rev int64) {
 			var r int64
 			if r, err = s.resync(feed); err == nil {
 				rev = r
+				s.applied.advance(rev)
 				continue
 			}
 		}
@@ -421,4 +425,78 @@ func deleteStoredWhere[T any](tx store.Tx, b store.Bucket, match func(*T) bool, 
 		}
 	}
 	return n, nil
+}
+
+// replicaCatchUp bounds how long a request with a credential this replica
+// does not know waits for the replica to apply what other replicas
+// committed before the request arrived (awaitReplicated).
+const replicaCatchUp = time.Second
+
+// appliedRev is the store revision a replica's view has applied. Safe for
+// concurrent use.
+type appliedRev struct {
+	mu   sync.Mutex
+	rev  int64
+	wake chan struct{} // closed and replaced when rev advances
+}
+
+// advance records that every commit up to rev is applied.
+func (a *appliedRev) advance(rev int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if rev <= a.rev {
+		return
+	}
+	a.rev = rev
+	if a.wake != nil {
+		close(a.wake)
+		a.wake = nil
+	}
+}
+
+// at returns the applied revision and a channel closed when it advances.
+func (a *appliedRev) at() (int64, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.wake == nil {
+		a.wake = make(chan struct{})
+	}
+	return a.rev, a.wake
+}
+
+// awaitReplicated is for a credential (session, node token, join token)
+// this replica may not know yet because another replica has just made it:
+// a load balancer can send the next request of a login, a registration or
+// a join to any replica. found reports whether the view has it; it takes
+// s.mu itself. When found is false and replicas share the store, it waits
+// until found is true or this replica has applied every commit up to the
+// store's revision at the call, for at most replicaCatchUp or until ctx
+// ends, and returns found's last answer. Without replicas it is found().
+// Called without s.mu held.
+func (s *Server) awaitReplicated(ctx context.Context, found func() bool) bool {
+	if found() || s.feed == nil {
+		return found()
+	}
+	target, err := s.feed.ViewRev(func(store.Tx) error { return nil })
+	if err != nil {
+		return found()
+	}
+	timer := time.NewTimer(replicaCatchUp)
+	defer timer.Stop()
+	for {
+		rev, wake := s.applied.at()
+		if found() {
+			return true
+		}
+		if rev >= target {
+			return false
+		}
+		select {
+		case <-wake:
+		case <-timer.C:
+			return found()
+		case <-ctx.Done():
+			return false
+		}
+	}
 }

@@ -1,12 +1,14 @@
 package coordinator
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,13 +21,19 @@ import (
 // handle each, as replicas on one etcd have) and one identity provider,
 // all with the first one's public URL, as replicas behind one load
 // balancer have.
-func newReplicaEnvs(t *testing.T, n int) []*testEnv {
+// With wrap, replica i uses wrap(i, its handle) as its store.
+func newReplicaEnvs(t *testing.T, n int, wrap ...func(int, *store.Mem) store.Store) []*testEnv {
 	t.Helper()
 	m := store.NewMem()
 	iss := newFakeIssuer(t)
-	stores := []*store.Mem{m}
+	stores := []store.Store{m}
 	for len(stores) < n {
 		stores = append(stores, m.Replica())
+	}
+	for _, w := range wrap {
+		for i := range stores {
+			stores[i] = w(i, stores[i].(*store.Mem))
+		}
 	}
 	envs := make([]*testEnv, n)
 	for i := range envs {
@@ -544,5 +552,106 @@ func TestLoginAcrossReplicas(t *testing.T) {
 	}
 	if st, _, _ := c.pollLogin(head.Handle, head.verifier); st != http.StatusGone && st != http.StatusAccepted {
 		t.Fatalf("second poll on c = %d, want 410 (or 202 until c follows)", st)
+	}
+}
+
+// lagFeed is a replica's store handle whose Watch delivers nothing while
+// held: a replica that has not yet applied what the others committed.
+type lagFeed struct {
+	*store.Mem
+	mu   sync.Mutex
+	held chan struct{} // non-nil while held; closed by release
+}
+
+func (l *lagFeed) hold() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.held = make(chan struct{})
+}
+
+func (l *lagFeed) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	close(l.held)
+	l.held = nil
+}
+
+func (l *lagFeed) Watch(ctx context.Context, after int64, fn func(store.Commit) error) error {
+	return l.Mem.Watch(ctx, after, func(c store.Commit) error {
+		l.mu.Lock()
+		h := l.held
+		l.mu.Unlock()
+		if h != nil {
+			select {
+			case <-h:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return fn(c)
+	})
+}
+
+// TestCredentialsFromAnotherReplicaAtOnce: behind a load balancer the
+// request after a login, a registration or a cluster's creation may reach
+// a replica that has not applied it yet. That replica waits for its view
+// to catch up with the store (awaitReplicated) instead of refusing the
+// new session, node token or join token; a credential the store does not
+// hold is still refused.
+func TestCredentialsFromAnotherReplicaAtOnce(t *testing.T) {
+	var lag *lagFeed
+	envs := newReplicaEnvs(t, 2, func(i int, m *store.Mem) store.Store {
+		if i == 0 {
+			return m
+		}
+		lag = &lagFeed{Mem: m}
+		return lag
+	})
+	a, b := envs[0], envs[1]
+	admin := a.login("admin@example.com")
+	waitSameState(t, envs)
+
+	// behind runs make on a while b applies nothing, then calls check on
+	// b, releasing b's feed a moment after the call began.
+	behind := func(what string, make func() string, check func(cred string) (int, *proto.Problem)) {
+		t.Helper()
+		lag.hold()
+		cred := make()
+		release := time.AfterFunc(50*time.Millisecond, lag.release)
+		st, p := check(cred)
+		if release.Stop() { // not released yet
+			lag.release()
+		}
+		if st >= 300 {
+			t.Errorf("%s on the replica behind: %d %+v, want it to wait for the store and succeed", what, st, p)
+		}
+		waitSameState(t, envs)
+	}
+	behind("a session made on a", func() string {
+		return a.login("alice@example.com").Token
+	}, func(tok string) (int, *proto.Problem) {
+		return b.call("GET", "/api/v1/whoami", tok, nil, nil)
+	})
+	var joinToken string
+	behind("a cluster's join token made on a", func() string {
+		joinToken = a.createCluster(admin.Token, "prod").JoinToken
+		return joinToken
+	}, func(tok string) (int, *proto.Problem) {
+		return b.call("POST", "/api/v1/agents", tok, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "node-1", CSR: newCSR(t)}, nil)
+	})
+	behind("a node token made on a", func() string {
+		return a.registerAgent(joinToken, "node-2").NodeToken
+	}, func(tok string) (int, *proto.Problem) {
+		return b.call("PUT", "/api/v1/nodes/self/endpoints", tok, proto.EndpointsUpdate{}, nil)
+	})
+
+	// What the store does not hold is refused, once b has caught up.
+	for _, tt := range []struct{ what, method, path, tok string }{
+		{"a forged node token", "PUT", "/api/v1/nodes/self/endpoints", "cnt_forged"},
+		{"a forged join token", "POST", "/api/v1/agents", "cjt_forged"},
+	} {
+		if st, _ := b.call(tt.method, tt.path, tt.tok, proto.EndpointsUpdate{}, nil); st != http.StatusUnauthorized {
+			t.Errorf("%s: %d, want 401", tt.what, st)
+		}
 	}
 }
