@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -39,6 +41,27 @@ func closedWithin(t *testing.T, c net.Conn, limit time.Duration) time.Duration {
 		t.Fatalf("connection still open after %v", limit)
 	}
 	return time.Since(start)
+}
+
+// openStream GETs the long-lived stream at url, with the credential that
+// authorize sets, and returns its response, which must be 200 OK. t's
+// cleanup closes the body.
+func openStream(t *testing.T, url string, authorize func(*http.Request)) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorize(req)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s = %d", url, resp.StatusCode)
+	}
+	return resp
 }
 
 // TestServerTimeoutsCutSlowClients: a client that sends its headers or its
@@ -96,16 +119,9 @@ func TestLongLivedRoutesOutliveTimeouts(t *testing.T) {
 	e.must("POST", "/api/v1/assignments", admin.Token, proto.Assignment{User: "sam@example.com", Role: "viewer", Cluster: "prod"}, nil)
 	agent := e.registerAgent(cl.JoinToken, "")
 
-	req, _ := http.NewRequest("GET", "http://"+addr+"/api/v1/map", nil)
-	req.Header.Set("Authorization", "Bearer "+agent.NodeToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("map stream = %d", resp.StatusCode)
-	}
+	resp := openStream(t, "http://"+addr+"/api/v1/map", func(r *http.Request) {
+		r.Header.Set("Authorization", "Bearer "+agent.NodeToken)
+	})
 	msgs := make(chan proto.MapMessage, 16)
 	go func() {
 		defer close(msgs)
@@ -143,16 +159,12 @@ func TestLongLivedRoutesOutliveTimeouts(t *testing.T) {
 		t.Fatalf("delta after the timeouts = %+v, want sam's new device", m)
 	}
 
-	req, _ = http.NewRequest("GET", "http://"+addr+"/api/v1/admin/backup", nil)
-	req.Header.Set("Authorization", "Bearer "+admin.Token)
-	bresp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bresp.Body.Close()
+	bresp := openStream(t, "http://"+addr+"/api/v1/admin/backup", func(r *http.Request) {
+		r.Header.Set("Authorization", "Bearer "+admin.Token)
+	})
 	n, err := io.Copy(io.Discard, bresp.Body)
-	if err != nil || bresp.StatusCode != http.StatusOK || n == 0 {
-		t.Fatalf("backup = %d, %d bytes, %v", bresp.StatusCode, n, err)
+	if err != nil || n == 0 {
+		t.Fatalf("backup = %d bytes, %v", n, err)
 	}
 }
 
@@ -195,5 +207,34 @@ func TestRelayOutlivesTimeouts(t *testing.T) {
 	alice.send(m.agentKey, []byte("late"))
 	if _, pkt, ok := agent.recv(5 * time.Second); !ok || string(pkt) != "late" {
 		t.Fatalf("agent got %q %v after the timeouts, want alice's packet", pkt, ok)
+	}
+}
+
+// TestConsoleStreamsEndAtShutdown: an open event stream of the web
+// console ends when ListenAndServe stops, which then returns at once
+// and without error; before, the stream held the HTTP server's Shutdown
+// until its 10 s deadline.
+func TestConsoleStreamsEndAtShutdown(t *testing.T) {
+	e := newTestEnvWith(t, func(c *Config) { c.STUNListen = "off" })
+	admin := e.login("admin@example.com")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- e.srv.ListenAndServe(ctx, func(a net.Addr) { ready <- a }) }()
+	addr := testkit.Recv(t, ready, "the coordinator to listen")
+
+	resp := openStream(t, "http://"+addr.String()+"/approvals/events", func(r *http.Request) {
+		r.AddCookie(&http.Cookie{Name: "clustral_console", Value: admin.Token})
+	})
+	sc := bufio.NewScanner(resp.Body)
+	if !sc.Scan() {
+		t.Fatalf("the stream sent nothing: %v", sc.Err())
+	}
+	cancel()
+	if err := testkit.Recv(t, done, "ListenAndServe to return"); err != nil {
+		t.Errorf("ListenAndServe = %v, want nil: an open console stream held the shutdown", err)
+	}
+	for sc.Scan() {
 	}
 }

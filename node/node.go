@@ -247,10 +247,15 @@ func (n *Node) Version() (version uint64, synced bool) {
 func (n *Node) Self() (proto.Peer, bool) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	if n.self == nil {
+	return peerValue(n.self)
+}
+
+// peerValue returns a copy of *p, and false if p is nil.
+func peerValue(p *proto.Peer) (proto.Peer, bool) {
+	if p == nil {
 		return proto.Peer{}, false
 	}
-	return *n.self, true
+	return *p, true
 }
 
 // MeshDomain returns the mesh's DNS domain (e.g. "clustral.internal").
@@ -283,11 +288,7 @@ func (n *Node) Certificate() string {
 func (n *Node) Peer(key proto.Key) (proto.Peer, bool) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	p, ok := n.peers[key]
-	if !ok {
-		return proto.Peer{}, false
-	}
-	return *p, true
+	return peerValue(n.peers[key])
 }
 
 // PeerByAddr returns the peer whose overlay address is addr. Because a
@@ -297,11 +298,7 @@ func (n *Node) PeerByAddr(addr netip.Addr) (proto.Peer, bool) {
 	addr = addr.Unmap()
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	p, ok := n.byAddr[addr]
-	if !ok {
-		return proto.Peer{}, false
-	}
-	return *p, true
+	return peerValue(n.byAddr[addr])
 }
 
 // Peers returns every peer, ordered by key.

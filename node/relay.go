@@ -82,13 +82,7 @@ func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int))
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = DefaultStreamMinBackoff
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = DefaultStreamMaxBackoff
-	}
-	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	cfg.MinBackoff, cfg.MaxBackoff = backoffBounds(cfg.MinBackoff, cfg.MaxBackoff)
 	hc := cfg.Client
 	if hc == nil {
 		hc = http.DefaultClient

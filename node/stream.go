@@ -110,6 +110,19 @@ type Stream struct {
 	status StreamStatus
 }
 
+// backoffBounds returns the bounds of a reconnect loop's backoff:
+// DefaultStreamMinBackoff and DefaultStreamMaxBackoff where minB or maxB
+// is not positive, and maxB no lower than minB.
+func backoffBounds(minB, maxB time.Duration) (time.Duration, time.Duration) {
+	if minB <= 0 {
+		minB = DefaultStreamMinBackoff
+	}
+	if maxB <= 0 {
+		maxB = DefaultStreamMaxBackoff
+	}
+	return minB, max(maxB, minB)
+}
+
 // NewStream returns a Stream feeding a. Call Run to start it.
 func NewStream(a Applier, cfg StreamConfig) (*Stream, error) {
 	if err := coordclient.CheckURLs(cfg.BaseURL); err != nil {
@@ -124,13 +137,7 @@ func NewStream(a Applier, cfg StreamConfig) (*Stream, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultStreamIdleTimeout
 	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = DefaultStreamMinBackoff
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = DefaultStreamMaxBackoff
-	}
-	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	cfg.MinBackoff, cfg.MaxBackoff = backoffBounds(cfg.MinBackoff, cfg.MaxBackoff)
 	if cfg.MaxLineBytes <= 0 {
 		cfg.MaxLineBytes = MaxMapLineBytes
 	}

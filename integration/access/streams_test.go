@@ -20,10 +20,7 @@ import (
 // within 1s of the access that allowed them being revoked, for a static
 // assignment and for a just-in-time grant.
 func TestStreamsCutOnRevoke(t *testing.T) {
-	kw, err := suite.KWOK()
-	if err != nil {
-		t.Fatal(err)
-	}
+	kw := suite.KWOK(t)
 	m := suite.NewMeshWithAgent(t)
 	b := suite.NewUser(t, bob)
 	b.MustLogin()

@@ -16,10 +16,7 @@ import (
 // the agent must let through the access reviews k9s asks before it opens
 // any view.
 func TestK9s(t *testing.T) {
-	kw, err := suite.KWOK()
-	if err != nil {
-		t.Fatal(err)
-	}
+	kw := suite.KWOK(t)
 	for _, tt := range []struct {
 		name    string
 		limited bool // the role is limited to the pod's namespace

@@ -1,13 +1,9 @@
 package console
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
-
-	"github.com/clustral/clustral/integration/harness"
 )
 
 // TestHeadlessConfirmInBrowser: `clustral login --no-browser`, confirmed
@@ -16,11 +12,7 @@ import (
 // earlier Referrer-Policy no-referrer, Chromium sent "Origin: null" and
 // the confirmation was refused as posted from another site.
 func TestHeadlessConfirmInBrowser(t *testing.T) {
-	suite.StartCoordinator(t)
-	u := suite.NewUser(t, alice)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	l := harness.StartCLILogin(t, ctx, u, suite.CoordURL(), nil, "--no-browser")
+	_, l, _ := suite.StartLogin(t, alice, nil, "--no-browser")
 
 	tab := startChrome(t).NewTab()
 	tab.Do(t,

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // CLILogin is a running `clustral login`.
@@ -20,6 +21,19 @@ type CLILogin struct {
 	Stdout   strings.Builder
 	AuthURL  string
 	UserCode string // headless only
+}
+
+// StartLogin starts a coordinator and, as a new user d, `clustral login`
+// against it with env and args (see StartCLILogin). It returns the user,
+// the login, and the context that bounds the login, which ends after a
+// minute or when t ends.
+func (s *MeshSuite) StartLogin(t *testing.T, d DexUser, env []string, args ...string) (*TestUser, *CLILogin, context.Context) {
+	t.Helper()
+	s.StartCoordinator(t)
+	u := s.NewUser(t, d)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return u, StartCLILogin(t, ctx, u, s.CoordURL(), env, args...), ctx
 }
 
 // StartCLILogin runs `clustral login coordURL` as u with args and extra

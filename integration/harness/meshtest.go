@@ -177,9 +177,17 @@ func MeshMain(m *testing.M, o MeshOptions, setup func(*MeshSuite)) int {
 // CoordURL is the URL of the coordinators StartCoordinator starts.
 func (s *MeshSuite) CoordURL() string { return "http://127.0.0.1:" + strconv.Itoa(s.CoordPort) }
 
-// KWOK starts KWOK for the Env the first time it is called and returns it
-// (or the error) every time; the Env stops it.
-func (s *MeshSuite) KWOK() (*KWOK, error) { return s.kwok() }
+// KWOK starts KWOK for the Env the first time it is called and returns
+// it every time; the Env stops it. If KWOK did not start, it fails t with
+// the error, every time.
+func (s *MeshSuite) KWOK(t testing.TB) *KWOK {
+	t.Helper()
+	kw, err := s.kwok()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kw
+}
 
 // StartCoordinator starts a coordinator with a fresh data directory on
 // CoordPort, logging in through Dex, with the suite's admin as

@@ -24,11 +24,7 @@ import (
 // sends the browser back to the CLI's listener with a one-time code, and
 // the CLI redeems it with its verifier.
 func TestInteractiveLogin(t *testing.T) {
-	suite.StartCoordinator(t)
-	u := suite.NewUser(t, alice)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	l := harness.StartCLILogin(t, ctx, u, suite.CoordURL(), harness.Desktop(t))
+	u, l, ctx := suite.StartLogin(t, alice, harness.Desktop(t))
 	if l.UserCode != "" {
 		t.Fatalf("a loopback login printed a code %q", l.UserCode)
 	}
@@ -51,11 +47,7 @@ func TestInteractiveLogin(t *testing.T) {
 // code; the browser signs in through Dex, lands on the confirmation page
 // naming the device, and the session is issued once the code is typed.
 func TestHeadlessLogin(t *testing.T) {
-	suite.StartCoordinator(t)
-	u := suite.NewUser(t, alice)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	l := harness.StartCLILogin(t, ctx, u, suite.CoordURL(), nil, "--no-browser")
+	_, l, ctx := suite.StartLogin(t, alice, nil, "--no-browser")
 	if len(l.UserCode) != 9 {
 		t.Fatalf("code %q, want XXXX-XXXX", l.UserCode)
 	}

@@ -160,10 +160,7 @@ type recordedPod struct {
 
 func newRecordedPod(t *testing.T, agentArgs ...string) recordedPod {
 	t.Helper()
-	kw, err := suite.KWOK()
-	if err != nil {
-		t.Fatal(err)
-	}
+	kw := suite.KWOK(t)
 	ctx := context.Background()
 	r := recordedPod{mesh: suite.NewMesh(t), pod: "app"}
 	r.agent = suite.StartAgent(t, r.mesh.JoinToken, agentArgs...)

@@ -31,10 +31,7 @@ var (
 // KWOK's fake node; a role without pods/exec gets the apiserver's own
 // harness.Refusal.
 func TestStreams(t *testing.T) {
-	kw, err := suite.KWOK()
-	if err != nil {
-		t.Fatal(err)
-	}
+	kw := suite.KWOK(t)
 	_, a, b := newAliceAndBob(t, "viewer", "editor")
 	a.MustUp()
 	b.MustUp()

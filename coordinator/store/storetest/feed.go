@@ -43,6 +43,17 @@ func RunFeed(t *testing.T, open func(t *testing.T) store.Feed, o FeedOptions) {
 	}
 }
 
+// currentRev returns f's revision now, the one a watch from it starts
+// after.
+func currentRev(t *testing.T, f store.Feed) int64 {
+	t.Helper()
+	rev, err := f.ViewRev(func(store.Tx) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev
+}
+
 // watcher collects a Watch's commits on a channel until the test ends.
 type watcher struct {
 	c    chan store.Commit
@@ -141,10 +152,7 @@ func feedWrites(t *testing.T, f store.Feed) []string {
 }
 
 func testFeedOrder(t *testing.T, f store.Feed, _ FeedOptions) {
-	rev0, err := f.ViewRev(func(store.Tx) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rev0 := currentRev(t, f)
 	w := watch(t, f, rev0)
 	want := feedWrites(t, f)
 	last := rev0
@@ -169,10 +177,7 @@ func testFeedOrder(t *testing.T, f store.Feed, _ FeedOptions) {
 }
 
 func testFeedResume(t *testing.T, f store.Feed, _ FeedOptions) {
-	rev0, err := f.ViewRev(func(store.Tx) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rev0 := currentRev(t, f)
 	w := watch(t, f, rev0)
 	want := feedWrites(t, f)
 	first, second := w.next(t), w.next(t)
@@ -193,10 +198,7 @@ func testFeedResume(t *testing.T, f store.Feed, _ FeedOptions) {
 // testFeedConcurrent: concurrent writers; the watch delivers every commit
 // once, in revision order, and applying them gives the store's contents.
 func testFeedConcurrent(t *testing.T, f store.Feed, _ FeedOptions) {
-	rev0, err := f.ViewRev(func(store.Tx) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rev0 := currentRev(t, f)
 	w := watch(t, f, rev0)
 	const writers, each = 4, 15
 	Concurrently(t, writers, each, func(i, j int) (bool, error) {
@@ -248,17 +250,14 @@ func testFeedCompacted(t *testing.T, f store.Feed, o FeedOptions) {
 	if o.Compact == nil {
 		t.Skip("no compaction for this store")
 	}
-	rev0, err := f.ViewRev(func(store.Tx) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rev0 := currentRev(t, f)
 	for i := range 3 {
 		mustUpdate(t, f, func(tx store.Tx) error { return tx.PutRaw(store.Roles, fmt.Sprint(i), []byte("v")) })
 	}
 	o.Compact(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = f.Watch(ctx, rev0, func(c store.Commit) error { return fmt.Errorf("delivered %s from compacted history", describe(c)) })
+	err := f.Watch(ctx, rev0, func(c store.Commit) error { return fmt.Errorf("delivered %s from compacted history", describe(c)) })
 	var ce *store.CompactedError
 	if !errors.As(err, &ce) {
 		t.Fatalf("Watch from compacted revision %d = %v, want a *store.CompactedError", rev0, err)
@@ -278,10 +277,7 @@ func testFeedCompacted(t *testing.T, f store.Feed, o FeedOptions) {
 }
 
 func testSupersededOwn(t *testing.T, f store.Feed, _ FeedOptions) {
-	rev0, err := f.ViewRev(func(store.Tx) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rev0 := currentRev(t, f)
 	w := watch(t, f, rev0)
 	for _, v := range []string{"1", "2"} {
 		mustUpdate(t, f, func(tx store.Tx) error { return tx.PutRaw(store.Roles, "k", []byte(v)) })
@@ -311,10 +307,7 @@ func testSupersededReplicas(t *testing.T, a store.Feed, o FeedOptions) {
 	if !a.Shared() || !b.Shared() {
 		t.Fatal("Shared is false on a store with two handles")
 	}
-	rev0, err := a.ViewRev(func(store.Tx) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rev0 := currentRev(t, a)
 	wa, wb := watch(t, a, rev0), watch(t, b, rev0)
 	mustUpdate(t, a, func(tx store.Tx) error { return tx.PutRaw(store.Roles, "k", []byte("a")) })
 	mustUpdate(t, b, func(tx store.Tx) error { return tx.PutRaw(store.Roles, "k", []byte("b")) })
