@@ -23,27 +23,39 @@ import (
 // recording is shown exactly as the bytes the terminal received, less
 // the escape sequences the player does not interpret.
 
-// recordingFilters are the sessions page's filters, as the API names
-// them.
-var recordingFilters = []string{proto.RecordingParamUser, proto.RecordingParamCluster, proto.RecordingParamPod, proto.RecordingParamSince}
+// recordingFilters are the sessions page's filters: the API's names, and
+// their labels and placeholders.
+var recordingFilters = []filterField{
+	{Name: proto.RecordingParamUser, Label: "User"},
+	{Name: proto.RecordingParamCluster, Label: "Cluster"},
+	{Name: proto.RecordingParamPod, Label: "Pod"},
+	{Name: proto.RecordingParamSince, Label: "Since", Placeholder: "2h, 1d or RFC 3339"},
+}
+
+// filterField is one field of a page's filter form, with its value.
+type filterField struct {
+	Name, Label, Placeholder, Value string
+}
 
 type recordingsData struct {
-	Filter     url.Values
+	Fields     []filterField
 	Recordings []proto.RecordingInfo
 }
 
 func (c *Console) recordingsPage(w http.ResponseWriter, r *http.Request, v *visit) {
 	in := r.URL.Query()
-	q, api := url.Values{}, url.Values{}
-	for _, k := range recordingFilters {
-		if x := strings.TrimSpace(in.Get(k)); x != "" {
-			q.Set(k, x)
-			api.Set(k, x)
+	api := url.Values{}
+	var fields []filterField
+	for _, f := range recordingFilters {
+		f.Value = strings.TrimSpace(in.Get(f.Name))
+		if f.Value != "" {
+			api.Set(f.Name, f.Value)
 		}
+		fields = append(fields, f)
 	}
 	d := c.page(r, v, "Recorded sessions")
-	d.Data = recordingsData{Filter: q}
-	if s := q.Get(proto.RecordingParamSince); s != "" {
+	d.Data = recordingsData{Fields: fields}
+	if s := api.Get(proto.RecordingParamSince); s != "" {
 		t, err := sinceTime(s, time.Now())
 		if err != nil {
 			d.Error = err.Error()
@@ -57,7 +69,7 @@ func (c *Console) recordingsPage(w http.ResponseWriter, r *http.Request, v *visi
 		c.failAPI(w, r, v, err)
 		return
 	}
-	d.Data = recordingsData{Filter: q, Recordings: list}
+	d.Data = recordingsData{Fields: fields, Recordings: list}
 	c.render(w, http.StatusOK, "recordings", d)
 }
 
@@ -103,9 +115,8 @@ type recordingData struct {
 // check `clustral audit verify` makes of every recording.
 func (c *Console) recordingPage(w http.ResponseWriter, r *http.Request, v *visit) {
 	id := r.PathValue("id")
-	rc, err := openRecording(r, v, id)
-	if err != nil {
-		c.failAPI(w, r, v, err)
+	rc, ok := c.openRecording(w, r, v, id)
+	if !ok {
 		return
 	}
 	rec, err := io.ReadAll(rc)
@@ -152,9 +163,8 @@ func (c *Console) recordingPage(w http.ResponseWriter, r *http.Request, v *visit
 // writes).
 func (c *Console) recordingCast(w http.ResponseWriter, r *http.Request, v *visit) {
 	id := r.PathValue("id")
-	rc, err := openRecording(r, v, id)
-	if err != nil {
-		c.failAPI(w, r, v, err)
+	rc, ok := c.openRecording(w, r, v, id)
+	if !ok {
 		return
 	}
 	defer rc.Close()
@@ -167,9 +177,15 @@ func (c *Console) recordingCast(w http.ResponseWriter, r *http.Request, v *visit
 	io.Copy(w, rc)
 }
 
-// openRecording opens the recording id through the API.
-func openRecording(r *http.Request, v *visit, id string) (io.ReadCloser, error) {
-	return v.api.Open(r.Context(), proto.APIVersion+"/recordings/"+url.PathEscape(id), nil)
+// openRecording opens the recording id through the API; the caller
+// closes it. If the API refuses, it shows the refusal and returns false.
+func (c *Console) openRecording(w http.ResponseWriter, r *http.Request, v *visit, id string) (io.ReadCloser, bool) {
+	rc, err := v.api.Open(r.Context(), proto.APIVersion+"/recordings/"+url.PathEscape(id), nil)
+	if err != nil {
+		c.failAPI(w, r, v, err)
+		return nil, false
+	}
+	return rc, true
 }
 
 // recordingPath is the playback page of the recording id.

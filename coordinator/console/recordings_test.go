@@ -1,49 +1,24 @@
 package console_test
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/proto"
 )
 
-// shipRecording stores a recording of session id on cluster "lab" as its
-// agent would, with an end event (RQ004I) that carries digest, or none if
-// digest is empty, and returns the recording.
+// shipRecording stores a recording of session id on cluster "lab" in
+// the pod web-0, as its agent would, with an end event that carries
+// digest (see coordinatortest.Recording), and returns the recording.
 func (e *env) shipRecording(agent proto.RegisterResponse, id, user, command, output, digest string, seq uint64) []byte {
 	e.t.Helper()
-	h, err := json.Marshal(proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Timestamp: time.Now().Unix(),
-		Session: proto.RecordingSession{ID: id, User: user, Cluster: "lab", Namespace: "default", Pod: "web-0", Container: command,
-			Subresource: "exec", Command: []string{"sh", "-c", command}, Protocol: "v5.channel.k8s.io", Start: time.Now(), Correlation: id, TraceID: "trace-" + id}})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ev, _ := json.Marshal([]any{0.25, "o", output})
-	rec := append(append(h, '\n'), append(ev, '\n')...)
-	api := coordclient.New(e.URL, agent.NodeToken, e.Client())
-	if _, err := api.PutRecording(context.Background(), id, strings.NewReader(string(rec))); err != nil {
-		e.t.Fatalf("ship recording %s: %v", id, err)
-	}
-	if digest == "" {
-		return rec
-	}
-	if digest == "match" {
-		s := sha256.Sum256(rec)
-		digest = hex.EncodeToString(s[:])
-	}
-	e.Do(agent.NodeToken, "POST", proto.APIVersion+"/audit/events", proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{{
-		Code: proto.AuditStreamEnded, Time: time.Now(), Actor: user, SourceSeq: seq, Correlation: id, Status: 101,
-		Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: "exec"},
-		Metadata: map[string]string{proto.MetaRecording: id, proto.MetaRecordingSHA256: digest, proto.MetaRecordingStatus: proto.RecordingComplete},
-	}}}, nil)
-	return rec
+	s := proto.RecordingSession{ID: id, User: user, Cluster: "lab", Namespace: "default", Pod: "web-0", Container: command,
+		Subresource: "exec", Command: []string{"sh", "-c", command}, Protocol: "v5.channel.k8s.io", Start: time.Now(), Correlation: id, TraceID: "trace-" + id}
+	return coordinatortest.ShipRecording(e.t, e.URL, e.Client(), agent.NodeToken,
+		coordinatortest.Recording{Session: s, Output: []coordinatortest.CastOutput{{T: 0.25, Data: output}}, Digest: digest, Seq: seq})
 }
 
 // TestRecordingPages: the sessions page lists and filters recordings;
@@ -57,9 +32,9 @@ func TestRecordingPages(t *testing.T) {
 	e.Do(e.admin.Token, "POST", proto.APIVersion+"/clusters", map[string]any{"name": "lab"}, &cl)
 	agent := e.RegisterAgent(cl.JoinToken, "agent-lab")
 	hostileOut := "$ cat x\r\n" + hostile[0] + hostile[1] + "\r\n"
-	good := e.shipRecording(agent, "s-good", "alice@example.com", hostile[0], hostileOut, "match", 1)
+	good := e.shipRecording(agent, "s-good", "alice@example.com", hostile[0], hostileOut, "", 1)
 	e.shipRecording(agent, "s-edited", "bob@example.com", "ls", "ls\r\n", strings.Repeat("0", 64), 2)
-	e.shipRecording(agent, "s-open", "bob@example.com", "ls", "ls\r\n", "", 0)
+	e.shipRecording(agent, "s-open", "bob@example.com", "ls", "ls\r\n", coordinatortest.NoEndEvent, 0)
 	e.waitAudit(proto.AuditStreamEnded, "bob@example.com")
 
 	b, _ := e.signIn("root@example.com")

@@ -1,12 +1,8 @@
 package console
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -14,8 +10,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/integration/harness"
-	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -66,42 +62,22 @@ func TestPlayback(t *testing.T) {
 // hostile markup.
 func shipRecording(t *testing.T, m *harness.Mesh, id string) {
 	t.Helper()
-	ctx := context.Background()
 	var k proto.Key
 	rand.Read(k[:])
-	reg, err := harness.RegisterAgent(ctx, http.DefaultClient, m.Coord.URL, m.JoinToken, k, "recorder")
+	reg, err := harness.RegisterAgent(context.Background(), http.DefaultClient, m.Coord.URL, m.JoinToken, k, "recorder")
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now().Add(-time.Minute)
-	h, _ := json.Marshal(proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Timestamp: start.Unix(),
+	coordinatortest.ShipRecording(t, m.Coord.URL, http.DefaultClient, reg.NodeToken, coordinatortest.Recording{
 		Session: proto.RecordingSession{ID: id, User: alice.Email, Cluster: harness.MeshCluster, Namespace: "default", Pod: "web-0",
-			Subresource: "exec", Command: []string{"sh"}, TTY: true, Protocol: "v5.channel.k8s.io", Start: start, Correlation: id}})
-	var cast bytes.Buffer
-	cast.Write(append(h, '\n'))
-	for _, ev := range []struct {
-		t   float64
-		out string
-	}{
-		{0.1, "\x1b[1;32m$ \x1b[0mecho hi\r\n"},
-		{0.3, "hi\r\n"},
-		{5.0, "$ cat page\r\n<script>window.pwned=1</script>\"><img src=x onerror=\"window.pwned=2\">\r\n"},
-		{5.2, "\x1b]0;title\x07$ exit\r\n"},
-	} {
-		b, _ := json.Marshal([]any{ev.t, "o", ev.out})
-		cast.Write(append(b, '\n'))
-	}
-	api := coordclient.New(m.Coord.URL, reg.NodeToken, http.DefaultClient)
-	if _, err := api.PutRecording(ctx, id, bytes.NewReader(cast.Bytes())); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(cast.Bytes())
-	if _, err := api.ShipAudit(ctx, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{{
-		Code: proto.AuditStreamEnded, Time: time.Now(), Actor: alice.Email, SourceSeq: 1, Correlation: id, Status: 101,
-		Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: "exec", Namespace: "default", Name: "web-0"},
-		Metadata: map[string]string{proto.MetaRecording: id, proto.MetaRecordingSHA256: hex.EncodeToString(sum[:]), proto.MetaRecordingStatus: proto.RecordingComplete},
-	}}}); err != nil {
-		t.Fatal(err)
-	}
-
+			Subresource: "exec", Command: []string{"sh"}, TTY: true, Protocol: "v5.channel.k8s.io", Start: start, Correlation: id},
+		Output: []coordinatortest.CastOutput{
+			{T: 0.1, Data: "\x1b[1;32m$ \x1b[0mecho hi\r\n"},
+			{T: 0.3, Data: "hi\r\n"},
+			{T: 5.0, Data: "$ cat page\r\n<script>window.pwned=1</script>\"><img src=x onerror=\"window.pwned=2\">\r\n"},
+			{T: 5.2, Data: "\x1b]0;title\x07$ exit\r\n"},
+		},
+		Seq: 1,
+	})
 }
