@@ -39,9 +39,27 @@ func TestPlayback(t *testing.T) {
 		t.Errorf("verification = %q", v)
 	}
 	checkPage(t, tab)
+	// Skip-idle plays the 4.7s pause in 2s; the slider seeks.
+	for _, tt := range []struct {
+		action, clock, screen string
+	}{
+		{"", "0:00 / 0:02", ""},
+		{"document.querySelector('[data-skip-idle]').click()", "0:00 / 0:05", ""},
+		{"document.querySelector('[data-skip-idle]').click()", "0:00 / 0:02", ""},
+		{"const s = document.querySelector('[data-position]'); s.value = 1; s.dispatchEvent(new Event('input'))", "0:01 / 0:02", "$ echo hi\nhi"},
+		{"const s = document.querySelector('[data-position]'); s.value = 0; s.dispatchEvent(new Event('input'))", "0:00 / 0:02", ""},
+	} {
+		if tt.action != "" {
+			if _, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[chromedp.Void]("{"+tt.action+"}")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c, s := text(t, tab, "[data-clock]"), text(t, tab, "#screen"); c != tt.clock || s != tt.screen {
+			t.Errorf("after %q: clock %q, screen %q; want %q, %q", tt.action, c, s, tt.clock, tt.screen)
+		}
+	}
 	tab.Do(t, chromedp.Click(chromedp.CSS("[data-play]")))
 	want := "$ echo hi\nhi\n$ cat page\n<script>window.pwned=1</script>\"><img src=x onerror=\"window.pwned=2\">\n$ exit\n"
-	// Skip-idle plays the 4.7s pause in 2s.
 	if _, err := chromedp.Run(tab.Ctx, chromedp.Poll[bool](`document.getElementById("screen").textContent.includes("$ exit")`,
 		chromedp.WithPollingTimeout(20*time.Second))); err != nil {
 		t.Fatalf("the recorded output did not play: %v", err)
