@@ -174,6 +174,9 @@ func Routes() []Route {
 		{"GET", "/admin/audit", Admin, (*Console).auditPage},
 		{"GET", "/admin/audit/events", Admin, (*Console).auditTail},
 		{"POST", "/admin/audit/verify", Admin, (*Console).verifyAudit},
+		{"GET", "/admin/sessions", Admin, (*Console).recordingsPage},
+		{"GET", "/admin/sessions/{id}", Admin, (*Console).recordingPage},
+		{"GET", "/admin/sessions/{id}/cast", Admin, (*Console).recordingCast},
 	}
 }
 

@@ -31,7 +31,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	c := coordinatortest.Start(t, time.Now, func(cfg *coordinator.Config) { cfg.Admins = []string{"root@example.com"} })
+	c := coordinatortest.Start(t, time.Now, func(cfg *coordinator.Config) {
+		cfg.Admins = []string{"root@example.com"}
+		// TestRouteAccess loads the rate-limited sign-in page once for
+		// every route of the console.
+		cfg.SourceBurst = 100
+	})
 	e := &env{t: t, Coordinator: c}
 	e.admin = c.Login("root@example.com")
 	c.Do(e.admin.Token, "POST", proto.APIVersion+"/clusters", map[string]any{"name": "prod"}, nil)

@@ -39,6 +39,7 @@ func TestPages(t *testing.T) {
 	m.Assign(t, alice.Email, "admin")
 	a.MustAPI("POST", "/api/v1/access-requests", proto.CreateAccessRequest{Role: "admin", Cluster: harness.MeshCluster,
 		Duration: proto.Duration(2 * 3600e9), Reason: "INC-1234: restart the ingress"}, &ar)
+	shipRecording(t, m, "s-1")
 
 	chrome := startChrome(t)
 	at, rt := chrome.NewTab(), chrome.NewTab()
@@ -64,6 +65,8 @@ func TestPages(t *testing.T) {
 		{"admin-role-edit", "/admin/roles/admin/edit", rt},
 		{"admin-assignments", "/admin/assignments", rt},
 		{"admin-audit", "/admin/audit", rt},
+		{"admin-sessions", "/admin/sessions", rt},
+		{"admin-session", "/admin/sessions/s-1", rt},
 	} {
 		t.Run(p.name, func(t *testing.T) {
 			p.tab.Do(t, chromedp.Navigate(m.Coord.URL+p.path), chromedp.WaitVisible(chromedp.CSS("main h1")))

@@ -1,5 +1,5 @@
-// clustral web console: copy buttons, live countdowns and the live
-// access request queue. No inline script: the page's CSP allows this
+// clustral web console: copy buttons, live countdowns, the live
+// access request queue and the session recording player. No inline script: the page's CSP allows this
 // file only.
 "use strict";
 
@@ -65,8 +65,120 @@ function live(el) {
   });
 }
 
+// plain is a recording's output as text: CSI sequences (colours, cursor
+// movement, erasing), OSC sequences (window titles) and other escape
+// sequences are dropped, "\r\n" is a line break, and a backspace removes
+// the character before it. Everything else is kept as text: the player
+// never renders markup.
+function plain(screen, out) {
+  out = out.replace(/\x1b\[[0-?]*[ -\/]*[@-~]/g, "")
+    .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, "")
+    .replace(/\x1b[@-_]/g, "")
+    .replace(/\r+\n/g, "\n")
+    .replace(/\r/g, "");
+  for (const ch of out) {
+    if (ch === "\b") screen = screen.slice(0, -1);
+    else if (ch >= " " || ch === "\n" || ch === "\t") screen += ch;
+  }
+  return screen;
+}
+
+function clock(s) {
+  s = Math.floor(s);
+  return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
+}
+
+// player plays the asciicast v2 recording at el.dataset.cast: its output
+// events ("o"), timed, with play/pause, speed, a position slider and
+// skip-idle (pauses over 2s play as 2s).
+function player(el) {
+  const screen = el.querySelector("[data-screen]");
+  const status = el.querySelector("[data-player-status]");
+  const btn = el.querySelector("[data-play]");
+  const speed = el.querySelector("[data-speed]");
+  const skip = el.querySelector("[data-skip-idle]");
+  const slider = el.querySelector("[data-position]");
+  const time = el.querySelector("[data-clock]");
+  let events = [], at = [], shown = 0, text = "", pos = 0, timer = null, anchor = 0;
+
+  const retime = () => {
+    let t = 0, prev = 0;
+    at = events.map((e) => {
+      const gap = Math.max(0, e.t - prev);
+      prev = e.t;
+      t += skip.checked ? Math.min(gap, 2) : gap;
+      return t;
+    });
+    slider.max = at.length ? at[at.length - 1] : 0;
+  };
+  const show = () => {
+    screen.textContent = text;
+    screen.scrollTop = screen.scrollHeight;
+    slider.value = pos;
+    time.textContent = clock(pos) + " / " + clock(Number(slider.max));
+  };
+  // seek shows the output up to position p.
+  const seek = (p) => {
+    if (p < pos) { shown = 0; text = ""; }
+    pos = p;
+    while (shown < events.length && at[shown] <= pos) text = plain(text, events[shown++].o);
+    show();
+  };
+  const pause = () => {
+    clearTimeout(timer);
+    timer = null;
+    btn.textContent = "Play";
+  };
+  const step = () => {
+    const p = (performance.now() - anchor) / 1000 * Number(speed.value);
+    seek(Math.min(p, Number(slider.max)));
+    if (shown >= events.length) { pause(); status.textContent = "End of the recording."; return; }
+    timer = setTimeout(step, Math.min(100, Math.max(10, (at[shown] - pos) * 1000 / Number(speed.value))));
+  };
+  const play = () => {
+    if (shown >= events.length) seek(0);
+    anchor = performance.now() - pos * 1000 / Number(speed.value);
+    btn.textContent = "Pause";
+    status.textContent = "Playing.";
+    step();
+  };
+  btn.addEventListener("click", () => (timer ? pause() : play()));
+  speed.addEventListener("change", () => { if (timer) { pause(); play(); } });
+  skip.addEventListener("change", () => {
+    const playing = timer;
+    pause();
+    retime();
+    seek(shown ? at[shown - 1] : 0);
+    if (playing) play();
+  });
+  slider.addEventListener("input", () => {
+    const playing = timer;
+    pause();
+    seek(Number(slider.value));
+    if (playing) play();
+  });
+
+  status.textContent = "Loading the recording…";
+  fetch(el.dataset.cast, { credentials: "same-origin" })
+    .then((r) => { if (!r.ok) throw new Error("the coordinator answered " + r.status); return r.text(); })
+    .then((cast) => {
+      for (const line of cast.split("\n").slice(1)) {
+        let e;
+        try { e = JSON.parse(line); } catch (_) { continue; }
+        if (Array.isArray(e) && e[1] === "o" && typeof e[2] === "string" && isFinite(e[0])) events.push({ t: Number(e[0]), o: e[2] });
+      }
+      retime();
+      show();
+      btn.disabled = false;
+      status.textContent = events.length + " output events. Press Play.";
+      el.dataset.loaded = "true";
+    })
+    .catch((err) => { status.textContent = "The recording could not be loaded: " + err.message + ". Reload the page."; });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   tick();
   setInterval(tick, 1000);
   if (window.EventSource) document.querySelectorAll("[data-live]").forEach(live);
+  document.querySelectorAll("[data-cast]").forEach(player);
 });
