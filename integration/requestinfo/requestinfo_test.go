@@ -125,7 +125,9 @@ func corpus() []request {
 // through a real agent proxy to a real kube-apiserver, once for a device
 // whose role has no limits (so the agent forwards all it can), and
 // compares the request info the agent recorded with the one the
-// apiserver's audit log recorded under the same Audit-ID. Every request
+// apiserver's audit log recorded under the agent's correlation id (the
+// agent's Audit-ID; the one each request is sent with must be replaced,
+// and is checked to be absent from the apiserver's log). Every request
 // where the two differ, or that the apiserver never saw, is sent again
 // for a device whose role has the widest limits there are, and the agent
 // must refuse it.
@@ -200,8 +202,8 @@ func TestAgentReadsRequestsAsTheAPIServer(t *testing.T) {
 	// cannot read the request at all (then it answers 500 unaudited). A
 	// last request marks the end of the log; the agent records each
 	// request when it ends.
-	const sentinel = "clustral-diff-sentinel"
-	send(t, l.Addr().String(), request{method: "GET", target: "/version"}, sentinel)
+	last, _ := send(t, l.Addr().String(), request{method: "GET", target: "/version"}, "clustral-diff-sentinel")
+	sentinel := last.Header.Get(proto.HeaderRequestID)
 	var audited map[string]apiEvent
 	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
 		mu.Lock()
@@ -229,7 +231,11 @@ func TestAgentReadsRequestsAsTheAPIServer(t *testing.T) {
 	var mustRefuse []int
 	agreed := 0
 	for i, s := range results {
-		ev, seen := audited[s.auditID]
+		if _, ok := audited[s.auditID]; ok {
+			t.Errorf("%s %s: the apiserver audited it under the Audit-ID the client sent", s.req.method, s.req.target)
+		}
+		ev, seen := audited[s.corr]
+		seen = seen && s.corr != ""
 		var why string
 		switch {
 		case s.corr == "":
