@@ -412,7 +412,11 @@ func verificationTable(tw *tabwriter.Writer, v proto.AuditVerification) {
 	case v.Checkpoints == 0:
 		fmt.Fprintf(tw, "No signed checkpoint in the store yet (key %s).\n", v.Key)
 	default:
-		fmt.Fprintf(tw, "Signed: %d checkpoints, the newest of record %d at %s (key %s).\n", v.Checkpoints, v.SignedSeq, v.SignedAt.Local().Format("2006-01-02 15:04:05"), v.Key)
+		checkpoints := "checkpoints"
+		if v.Checkpoints == 1 {
+			checkpoints = "checkpoint"
+		}
+		fmt.Fprintf(tw, "Signed: %d %s, the newest of record %d at %s (key %s).\n", v.Checkpoints, checkpoints, v.SignedSeq, v.SignedAt.Local().Format("2006-01-02 15:04:05"), v.Key)
 	}
 	if c := v.Against; c != nil {
 		fmt.Fprintf(tw, "Extends the exported checkpoint of record %d, signed at %s.\n", c.Seq, c.Time.Local().Format("2006-01-02 15:04:05"))
