@@ -59,7 +59,7 @@ func (s *Server) handleAuditCheckpoint(w http.ResponseWriter, r *http.Request, p
 	var c proto.AuditCheckpoint
 	err := s.store.Update(func(tx store.Tx) error {
 		if _, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditCheckpointExport, Time: s.now(), Actor: p.user.Login,
-			Metadata: map[string]string{"remote": r.RemoteAddr}}); err != nil {
+			Metadata: map[string]string{"remote": remoteHost(r)}}); err != nil {
 			return err
 		}
 		var err error
