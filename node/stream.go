@@ -62,6 +62,12 @@ type StreamConfig struct {
 	// Endpoints, if set, returns the endpoints to publish (query parameter
 	// proto.MapEndpointsParam). It is called before every connection.
 	Endpoints func() []netip.AddrPort
+	// Synced, if set, is called on the stream's goroutine each time a
+	// connection's snapshot has been applied, with the endpoints that
+	// connection published when it opened. The coordinator has recorded
+	// them by then, possibly over a newer list published meanwhile by
+	// other means, which Synced can publish again. It must not block.
+	Synced func(published []netip.AddrPort)
 	// Logger receives the stream's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// IdleTimeout: a connection that carries nothing for this long is
@@ -243,6 +249,9 @@ func (s *Stream) connect(ctx context.Context) (synced bool, err error) {
 		s.mu.Unlock()
 		if !synced {
 			s.logger.Info("map stream synced", "version", msg.Version, "peers", len(msg.Peers))
+			if s.cfg.Synced != nil {
+				s.cfg.Synced(eps)
+			}
 		}
 		synced = true
 	}

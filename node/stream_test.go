@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -442,3 +444,54 @@ func TestStreamResyncsSoonAfterOutage(t *testing.T) {
 		t.Errorf("resynced %v after the coordinator came back, want within 1s", took)
 	}
 }
+
+// TestStreamSyncedReportsPublished: Synced is called once per connection,
+// after its snapshot is applied, with the endpoints that connection
+// opened with, even when the list has changed since.
+func TestStreamSyncedReportsPublished(t *testing.T) {
+	n := newBareNode(t)
+	srv := newMapServer(t,
+		func(w http.ResponseWriter, r *http.Request) { // then the connection ends
+			send(w, proto.MapMessage{Version: 1, Snapshot: true}, proto.MapMessage{Version: 2, Peers: []proto.Peer{fakePeer(t, 1)}})
+		},
+		lines(proto.MapMessage{Version: 3, Snapshot: true}),
+	)
+	first := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820")}
+	later := []netip.AddrPort{netip.MustParseAddrPort("203.0.113.7:40000"), first[0]}
+	var calls atomic.Int32
+	var applied atomic.Uint64 // the last version applied
+	synced := make(chan []netip.AddrPort, 4)
+	rec := applierFunc(func(m proto.MapMessage) error {
+		applied.Store(m.Version)
+		return n.Apply(m)
+	})
+	runStream(t, rec, srv, func(c *StreamConfig) {
+		c.Endpoints = func() []netip.AddrPort {
+			if calls.Add(1) == 1 {
+				return first
+			}
+			return later
+		}
+		c.Synced = func(published []netip.AddrPort) {
+			if v := applied.Load(); v != 1 && v != 3 {
+				t.Errorf("Synced called after version %d, want right after a snapshot", v)
+			}
+			synced <- published
+		}
+	})
+	for i, want := range [][]netip.AddrPort{first, later} {
+		if got := testkit.Recv(t, synced, "Synced"); !slices.Equal(got, want) {
+			t.Errorf("connection %d: Synced(%v), want the list it opened with, %v", i+1, got, want)
+		}
+	}
+	testkit.WaitFor(t, "version 3 applied", func() bool { return applied.Load() == 3 })
+	select {
+	case p := <-synced:
+		t.Errorf("Synced(%v) called a third time", p)
+	default:
+	}
+}
+
+type applierFunc func(proto.MapMessage) error
+
+func (f applierFunc) Apply(m proto.MapMessage) error { return f(m) }

@@ -77,6 +77,33 @@ func TestEndpointsObservedFirst(t *testing.T) {
 	}
 }
 
+// TestEndpointsStale: a map stream that opened with a list other than the
+// current one (discovery found the public endpoint meanwhile, or lost it)
+// must publish again; one that opened with the current list need not.
+func TestEndpointsStale(t *testing.T) {
+	e := &endpoints{port: func() uint16 { return 51820 }}
+	local := e.list()
+	obs := netip.MustParseAddrPort("203.0.113.7:40000")
+	e.setObserved(obs)
+	withObs := e.list()
+	for _, tt := range []struct {
+		name      string
+		published []netip.AddrPort
+		want      bool
+	}{
+		{"opened before discovery", local, true},
+		{"opened with the current list", withObs, false},
+		{"opened with nothing", nil, true},
+		{"opened with another public endpoint", append([]netip.AddrPort{netip.MustParseAddrPort("198.51.100.1:1")}, local...), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := e.stale(tt.published); got != tt.want {
+				t.Errorf("stale(%v) = %v with current %v, want %v", tt.published, got, withObs, tt.want)
+			}
+		})
+	}
+}
+
 // TestResolve: a mesh name means the agents of its cluster in the current
 // map, whatever its case or final dot; a name outside the mesh domain and
 // a cluster without agents are typed errors, and a cluster whose agents

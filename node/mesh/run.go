@@ -72,7 +72,18 @@ func (m *Mesh) Run(ctx context.Context, c Coordinator) error {
 		Token:     c.Client.Token(),
 		Client:    c.Client.HTTPClient(),
 		Endpoints: eps.list,
-		Logger:    m.log,
+		// A stream's open carries the endpoints known when it was sent;
+		// discovery may have published newer ones that the coordinator
+		// took first, and the open then replaced them with the stale
+		// list. Peers would never learn this node's public endpoint
+		// (discovery publishes only changes), and no direct path could
+		// be punched through its NAT. Publish again when they differ.
+		Synced: func(published []netip.AddrPort) {
+			if eps.stale(published) {
+				wg.Go(func() { m.publish(ctx, c, eps) })
+			}
+		},
+		Logger: m.log,
 	})
 	if err != nil {
 		return err
@@ -131,10 +142,18 @@ func (m *Mesh) runDiscovery(ctx context.Context, c Coordinator, stun string, eps
 			continue
 		}
 		log.Info("public endpoint discovered", "endpoint", obs)
-		if err := c.Client.PublishEndpoints(ctx, eps.list()); err != nil {
+		if err := eps.publish(ctx, c.Client); err != nil {
 			log.Warn("publish endpoints", "err", err)
 			eps.setObserved(netip.AddrPort{}) // try again next round
 		}
+	}
+}
+
+// publish publishes eps again, after a map stream open that may have
+// replaced them with an older list.
+func (m *Mesh) publish(ctx context.Context, c Coordinator, eps *endpoints) {
+	if err := eps.publish(ctx, c.Client); err != nil && ctx.Err() == nil {
+		m.log.Warn("publish endpoints", "err", err)
 	}
 }
 
@@ -145,6 +164,25 @@ type endpoints struct {
 
 	mu       sync.Mutex
 	observed netip.AddrPort
+
+	// pub serializes publications and is held across each request, so
+	// the coordinator takes them in order and the last one it takes
+	// carries the newest list.
+	pub sync.Mutex
+}
+
+// publish sends the current list to the coordinator, after any
+// publication already under way.
+func (e *endpoints) publish(ctx context.Context, c *coordclient.Client) error {
+	e.pub.Lock()
+	defer e.pub.Unlock()
+	return c.PublishEndpoints(ctx, e.list())
+}
+
+// stale reports whether published, the list a map stream opened with,
+// differs from the current one.
+func (e *endpoints) stale(published []netip.AddrPort) bool {
+	return !slices.Equal(published, e.list())
 }
 
 func (e *endpoints) list() []netip.AddrPort {
