@@ -80,7 +80,9 @@ func TestK9sCrashLeavesNoProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestK9sCrashLeavesNoProcess$", "-test.v")
-	cmd.Env = append(os.Environ(), "HARNESS_K9S_CRASH=1")
+	// The child exits without its cleanups, as a crash would: its
+	// temporary directories go under one of ours, removed when we end.
+	cmd.Env = append(os.Environ(), "HARNESS_K9S_CRASH=1", "TMPDIR="+t.TempDir())
 	out, _ := cmd.CombinedOutput()
 	var pids []int
 	for _, line := range strings.Split(string(out), "\n") {
