@@ -23,6 +23,7 @@ import (
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/pkg/version"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -303,6 +304,20 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Go(func() {
 		errc <- m.Run(serveCtx, mesh.Coordinator{Client: api})
 	})
+	// Live sessions: reported on change and every interval; ended when
+	// the map stream names them.
+	defer m.Node.OnChange(func(ch node.Change) {
+		for _, id := range ch.EndStreams {
+			if !proxy.EndStream(id) {
+				log.Info("an administrator ended a live session that had ended already", "correlation", id)
+			}
+		}
+	})()
+	wg.Go(func() {
+		reportStatus(serveCtx, proxy.LiveChanged(), proto.AgentStatusInterval, func() proto.AgentStatus {
+			return proxy.status(version.Get().Version, ready.Load(), pathCounts(m))
+		}, api.ReportStatus, log)
+	})
 	// Shipping goes on while requests drain, and stops when Run returns;
 	// what is left waits in the spool for the next start.
 	shipCtx, stopShip := context.WithCancel(context.Background())
@@ -367,4 +382,19 @@ func auditTo(sp *spool.Spool, log *slog.Logger) func(proto.AuditEvent) {
 			log.Error("audit spool", "err", err)
 		}
 	}
+}
+
+// pathCounts counts m's peers by how packets reach them, of those whose
+// path is known.
+func pathCounts(m *mesh.Mesh) proto.PathCounts {
+	var pc proto.PathCounts
+	for _, p := range m.Node.Peers() {
+		switch path, _ := m.PathView(p.Key); path {
+		case "direct":
+			pc.Direct++
+		case "relayed":
+			pc.Relayed++
+		}
+	}
+	return pc
 }

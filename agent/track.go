@@ -26,6 +26,10 @@ type stream struct {
 	login  string            // the caller's login, for audit events
 	corr   string            // the request's correlation id
 	trace  trace.SpanContext // the request's trace, as sent upstream
+	h2     bool              // the client's request came over HTTP/2
+	// live is what a long-lived request reports as a live session (see
+	// live.go); nil for one that is not. It never changes.
+	live *proto.LiveStream
 
 	responded atomic.Bool // the upstream answered; headers are on the way
 	upgraded  atomic.Bool // the upstream switched protocols
@@ -74,6 +78,7 @@ func (p *Proxy) track(s *stream) *denial {
 	}
 	p.peerLiveLocked(s.key).streams[s] = struct{}{}
 	p.metrics.live.Inc()
+	p.liveChangedLocked(s)
 	return nil
 }
 
@@ -83,6 +88,7 @@ func (p *Proxy) untrack(s *stream) {
 	if pl := p.live[s.key]; pl != nil {
 		if _, ok := pl.streams[s]; ok {
 			p.metrics.live.Dec()
+			p.liveChangedLocked(s)
 		}
 		delete(pl.streams, s)
 		p.dropIfEmptyLocked(s.key, pl)
