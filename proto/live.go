@@ -61,13 +61,13 @@ type LiveStream struct {
 	// Namespace, Resource, Name and Subresource say what it touches;
 	// Container and Command are those of an exec or attach (from the
 	// request's query), Path is the request's path.
-	Namespace   string   `json:"namespace,omitempty"`
-	Resource    string   `json:"resource,omitempty"`
-	Name        string   `json:"name,omitempty"`
-	Subresource string   `json:"subresource,omitempty"`
-	Container   string   `json:"container,omitempty"`
-	Command     []string `json:"command,omitempty"`
-	Path        string   `json:"path"`
+	Namespace   string    `json:"namespace,omitempty"`
+	Resource    string    `json:"resource,omitempty"`
+	Name        string    `json:"name,omitempty"`
+	Subresource string    `json:"subresource,omitempty"`
+	Container   string    `json:"container,omitempty"`
+	Command     []string  `json:"command,omitempty"`
+	Path        string    `json:"path"`
 	Started     time.Time `json:"started"`
 	// Recording is the id of the session's recording, if it is recorded.
 	Recording string `json:"recording,omitempty"`
