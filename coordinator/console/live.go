@@ -1,0 +1,104 @@
+package console
+
+import (
+	"bytes"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/clustral/clustral/proto"
+)
+
+// The live sessions page: every open watch, followed log, exec, attach
+// and port-forward through any agent, updating by itself, with "End now".
+
+// liveData is what the live-rows template gets.
+type liveData struct {
+	CSRF    string
+	Streams []liveRow
+	// Stale names agents whose last report is too old to list.
+	Stale []string
+}
+
+// liveRow is one stream with the words the page shows for it.
+type liveRow struct {
+	proto.LiveStream
+	// What names what it touches: namespace/name, or the path.
+	What string
+	// For is how long it has been open, as of the page's rendering.
+	For string
+}
+
+// liveView lists the live sessions as the signed-in administrator.
+func (c *Console) liveView(r *http.Request, v *visit) (liveData, error) {
+	var ls proto.LiveSessions
+	if err := apiCall(r, v, "GET", proto.LiveSessionsPath, nil, &ls); err != nil {
+		return liveData{}, err
+	}
+	d := liveData{CSRF: v.csrf, Stale: ls.Stale}
+	now := time.Now()
+	for _, s := range ls.Streams {
+		what := s.Path
+		if s.Name != "" {
+			what = s.Resource + " " + s.Namespace + "/" + s.Name
+		} else if s.Resource != "" {
+			what = s.Resource + " in " + s.Namespace
+			if s.Namespace == "" {
+				what = s.Resource + " in every namespace"
+			}
+		}
+		d.Streams = append(d.Streams, liveRow{LiveStream: s, What: what, For: human(now.Sub(s.Started).Truncate(time.Second))})
+	}
+	return d, nil
+}
+
+func (c *Console) livePage(w http.ResponseWriter, r *http.Request, v *visit) {
+	c.showLive(w, r, v, http.StatusOK, "")
+}
+
+func (c *Console) showLive(w http.ResponseWriter, r *http.Request, v *visit, status int, problem string) {
+	ld, err := c.liveView(r, v)
+	if err != nil {
+		c.failAPI(w, r, v, err)
+		return
+	}
+	d := c.page(r, v, "Live sessions")
+	d.Error = problem
+	d.Data = ld
+	c.render(w, status, "live", d)
+}
+
+// liveEvents streams the live sessions' rows as Server-Sent Events, as
+// queueEvents does for the approvals queue.
+func (c *Console) liveEvents(w http.ResponseWriter, r *http.Request, v *visit) {
+	var last []byte
+	c.serveEvents(w, r, func() ([]byte, error) {
+		ld, err := c.liveView(r, v)
+		if err != nil {
+			return nil, err
+		}
+		var buf bytes.Buffer
+		if err := c.pages["live"].ExecuteTemplate(&buf, "live-rows", ld); err != nil {
+			return nil, err
+		}
+		if bytes.Equal(buf.Bytes(), last) {
+			return nil, nil
+		}
+		last = buf.Bytes()
+		return last, nil
+	})
+}
+
+// endLive ends one live session.
+func (c *Console) endLive(w http.ResponseWriter, r *http.Request, v *visit) {
+	id := r.PathValue("id")
+	if err := apiCall(r, v, "POST", proto.LiveSessionsPath+"/"+url.PathEscape(id)+"/end", nil, nil); err != nil {
+		c.showLive(w, r, v, statusOf(err), sentence(err))
+		return
+	}
+	http.Redirect(w, r, "/admin/live?done=live-ended", http.StatusSeeOther)
+}
+
+// commandLine is an exec's command as one line.
+func commandLine(cmd []string) string { return strings.Join(cmd, " ") }
