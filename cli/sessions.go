@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bufio"
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,14 +59,9 @@ func printLiveSessions(tw *tabwriter.Writer, ls proto.LiveSessions) {
 	} else {
 		fmt.Fprintln(tw, "ID\tSTARTED\tUSER\tCLUSTER\tKIND\tWHAT\tAGENT")
 		for _, s := range ls.Streams {
-			what := s.Path
-			if s.Name != "" {
-				what = s.Resource + " " + s.Namespace + "/" + s.Name
-				if len(s.Command) > 0 {
-					what += " -- " + strings.Join(s.Command, " ")
-				}
-			} else if s.Resource != "" {
-				what = s.Resource + " in " + cmp.Or(s.Namespace, "every namespace")
+			what := s.Target()
+			if len(s.Command) > 0 {
+				what += " -- " + strings.Join(s.Command, " ")
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Started.UTC().Format(time.RFC3339), s.User, s.Cluster, s.Kind, what, s.AgentHost)
 		}

@@ -80,6 +80,20 @@ type LiveStream struct {
 	AgentHost string `json:"agent_host,omitempty"`
 }
 
+// Target names what s touches in words: "pods default/web-0", "pods in
+// default", "pods in every namespace", or the request's path.
+func (s *LiveStream) Target() string {
+	switch {
+	case s.Name != "":
+		return s.Resource + " " + s.Namespace + "/" + s.Name
+	case s.Resource != "" && s.Namespace != "":
+		return s.Resource + " in " + s.Namespace
+	case s.Resource != "":
+		return s.Resource + " in every namespace"
+	}
+	return s.Path
+}
+
 // Validate checks what a coordinator stores of a reported stream.
 func (s *LiveStream) Validate() error {
 	switch {

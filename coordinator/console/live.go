@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -26,8 +25,6 @@ type liveRow struct {
 	proto.LiveStream
 	// What names what it touches: namespace/name, or the path.
 	What string
-	// For is how long it has been open, as of the page's rendering.
-	For string
 }
 
 // liveView lists the live sessions as the signed-in administrator.
@@ -37,18 +34,8 @@ func (c *Console) liveView(r *http.Request, v *visit) (liveData, error) {
 		return liveData{}, err
 	}
 	d := liveData{CSRF: v.csrf, Stale: ls.Stale}
-	now := time.Now()
 	for _, s := range ls.Streams {
-		what := s.Path
-		if s.Name != "" {
-			what = s.Resource + " " + s.Namespace + "/" + s.Name
-		} else if s.Resource != "" {
-			what = s.Resource + " in " + s.Namespace
-			if s.Namespace == "" {
-				what = s.Resource + " in every namespace"
-			}
-		}
-		d.Streams = append(d.Streams, liveRow{LiveStream: s, What: what, For: human(now.Sub(s.Started).Truncate(time.Second))})
+		d.Streams = append(d.Streams, liveRow{LiveStream: s, What: s.Target()})
 	}
 	return d, nil
 }

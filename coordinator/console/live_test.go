@@ -53,7 +53,7 @@ func TestLivePage(t *testing.T) {
 	}
 	root.get("/admin/live")
 	markupFree(t, "live", root.page)
-	if !strings.Contains(root.page, "pods in default") || !strings.Contains(root.page, "agent-lab") || !strings.Contains(root.page, ">lab<") {
+	if !strings.Contains(root.page, "pods in default") || !strings.Contains(root.page, "on lab, agent agent-lab") {
 		t.Errorf("the live page does not say what the watch touches, its agent or cluster:\n%s", root.page)
 	}
 
