@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -93,20 +92,11 @@ func (s *Server) handleAgentStatus(w http.ResponseWriter, r *http.Request, n *no
 	if !decode(w, r, &st) {
 		return
 	}
-	if len(st.Streams) > proto.MaxLiveStreams {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "too many live streams",
-			"report at most "+strconv.Itoa(proto.MaxLiveStreams)+" streams and set truncated")
-		return
-	}
-	if len(st.Version) > 128 {
-		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "version too long", "send the agent's version, at most 128 characters")
+	if err := st.Validate(); err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad agent status", err.Error())
 		return
 	}
 	for i := range st.Streams {
-		if err := st.Streams[i].Validate(); err != nil {
-			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad live stream", err.Error())
-			return
-		}
 		// Set by the coordinator only.
 		st.Streams[i].Cluster, st.Streams[i].Agent, st.Streams[i].AgentHost = "", "", ""
 	}

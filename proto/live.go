@@ -128,6 +128,26 @@ type AgentStatus struct {
 	Truncated bool         `json:"truncated,omitempty"`
 }
 
+// Validate checks a reported status: at most MaxLiveStreams streams, a
+// version of at most 128 bytes, and every stream valid.
+func (st *AgentStatus) Validate() error {
+	if len(st.Streams) > MaxLiveStreams {
+		return fmt.Errorf("%d live streams: report at most %d and set truncated", len(st.Streams), MaxLiveStreams)
+	}
+	if len(st.Version) > 128 {
+		return fmt.Errorf("version of %d bytes: send the agent's version, at most 128", len(st.Version))
+	}
+	if st.Paths.Direct < 0 || st.Paths.Relayed < 0 {
+		return fmt.Errorf("negative path counts %+v", st.Paths)
+	}
+	for i := range st.Streams {
+		if err := st.Streams[i].Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // LiveSessions is the answer of GET LiveSessionsPath.
 type LiveSessions struct {
 	Streams []LiveStream `json:"streams"`
