@@ -25,9 +25,9 @@ func (s *Server) clusterToProto(c *cluster) proto.Cluster {
 			pa.LastSeen = now
 		}
 		if rep, ok := s.live.get(a.ID); ok {
-			st := rep.status
+			st := rep.Status
 			pa.Streams, st.Streams = len(st.Streams), nil
-			pa.Status, pa.Reported = &st, rep.at
+			pa.Status, pa.Reported = &st, rep.At
 		}
 		pc.Agents = append(pc.Agents, pa)
 	}

@@ -3,11 +3,14 @@ package coordinator
 import (
 	"cmp"
 	"net/http"
+	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -15,68 +18,87 @@ import (
 // it (PUT proto.AgentStatusPath): on change, coalesced, and in full every
 // proto.AgentStatusInterval. Each report replaces the last, so a
 // coordinator that restarted, or a replica the agent moved to, has the
-// whole picture again within an interval. Reports live in memory only,
-// on the replica the agent reports to; one older than liveStale is left
-// out. An administrator ends a stream (POST .../{id}/end): the
+// whole picture again within an interval; a report older than liveStale
+// is left out. An administrator ends a stream (POST .../{id}/end): the
 // coordinator names it in proto.MapMessage.EndStreams on the agent's map
-// stream, which must be open on this replica, and the agent closes it.
+// stream, at once if the stream is open here, else when it opens.
+//
+// On a shared store (replicas) the reports and the ends are also kept in
+// the store (bucket Live, one record per agent), and every replica
+// mirrors them (applyLiveLocked): so every replica lists every agent's
+// sessions, and the replica that holds an agent's map stream sends the
+// ends another replica stored. On bbolt memory is the only copy.
 
 // liveStale is how old an agent's last report may be before its streams
 // are left out: it missed three reports.
 const liveStale = 3 * proto.AgentStatusInterval
 
-// agentReport is an agent's last status and when it came in.
+// agentReport is an agent's last status, when it came in, and the ids of
+// its sessions administrators ended that it still reported open.
 type agentReport struct {
-	status proto.AgentStatus
-	at     time.Time
+	Status proto.AgentStatus `json:"status"`
+	At     time.Time         `json:"at"`
+	Ends   []string          `json:"ends,omitempty"`
+}
+
+// withStatus returns r with st reported at at: ends that st no longer
+// lists are done and dropped.
+func (r agentReport) withStatus(st proto.AgentStatus, at time.Time) agentReport {
+	var ends []string
+	for _, id := range r.Ends {
+		if slices.ContainsFunc(st.Streams, func(ls proto.LiveStream) bool { return ls.ID == id }) {
+			ends = append(ends, id)
+		}
+	}
+	return agentReport{Status: st, At: at, Ends: ends}
+}
+
+// withEnd returns r with stream id ended: out of its list, into its ends.
+func (r agentReport) withEnd(id string) agentReport {
+	r.Status.Streams = slices.DeleteFunc(slices.Clone(r.Status.Streams), func(ls proto.LiveStream) bool { return ls.ID == id })
+	if !slices.Contains(r.Ends, id) {
+		r.Ends = append(slices.Clone(r.Ends), id)
+	}
+	return r
 }
 
 // liveTable holds the agents' last reports by node id. Its own lock,
 // taken after s.mu when both are held.
 type liveTable struct {
 	mu      sync.Mutex
-	reports map[string]*agentReport
+	reports map[string]agentReport
 }
 
-func (t *liveTable) put(nodeID string, st proto.AgentStatus, at time.Time) {
+// set stores r for nodeID and returns the ends it adds to what was there.
+func (t *liveTable) set(nodeID string, r agentReport) (added []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.reports == nil {
-		t.reports = map[string]*agentReport{}
+		t.reports = map[string]agentReport{}
 	}
-	t.reports[nodeID] = &agentReport{status: st, at: at}
+	old := t.reports[nodeID]
+	for _, id := range r.Ends {
+		if !slices.Contains(old.Ends, id) {
+			added = append(added, id)
+		}
+	}
+	t.reports[nodeID] = r
+	return added
 }
 
-// get returns a copy of the report of nodeID, if any.
+// get returns the report of nodeID, if any.
 func (t *liveTable) get(nodeID string) (agentReport, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	r := t.reports[nodeID]
-	if r == nil {
-		return agentReport{}, false
-	}
-	return *r, true
+	r, ok := t.reports[nodeID]
+	return r, ok
 }
 
-// all returns a copy of every report.
+// all returns every report.
 func (t *liveTable) all() map[string]agentReport {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make(map[string]agentReport, len(t.reports))
-	for id, r := range t.reports {
-		out[id] = *r
-	}
-	return out
-}
-
-// drop removes stream id from the report of nodeID, so that lists show
-// it gone before the agent's next report confirms it.
-func (t *liveTable) drop(nodeID, id string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if r := t.reports[nodeID]; r != nil {
-		r.status.Streams = slices.DeleteFunc(slices.Clone(r.status.Streams), func(s proto.LiveStream) bool { return s.ID == id })
-	}
+	return maps.Clone(t.reports)
 }
 
 // forget drops the report of a node that is gone.
@@ -84,6 +106,73 @@ func (t *liveTable) forget(nodeID string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.reports, nodeID)
+}
+
+// updateLive changes the report of agent nodeID with change: in the
+// store on a shared one (read and written in one transaction, so an end
+// and a report never undo each other), and in memory. It returns the
+// report as it is now.
+func (s *Server) updateLive(nodeID string, change func(agentReport) agentReport) (agentReport, error) {
+	if s.feed == nil {
+		r, _ := s.live.get(nodeID)
+		r = change(r)
+		s.live.set(nodeID, r)
+		return r, nil
+	}
+	var r agentReport
+	err := s.store.Update(func(tx store.Tx) error {
+		var stored agentReport
+		if err := store.Get(tx, store.Nodes, nodeID, &node{}); errors.Is(err, store.ErrNotFound) {
+			return errNodeGone
+		} else if err != nil {
+			return err
+		}
+		if err := store.Get(tx, store.Live, nodeID, &stored); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		r = change(stored)
+		return store.Put(tx, store.Live, nodeID, &r)
+	})
+	if err != nil {
+		return r, err
+	}
+	s.live.set(nodeID, r)
+	return r, nil
+}
+
+// errNodeGone: the node was removed meanwhile.
+var errNodeGone = errors.New("node is no longer registered")
+
+// applyLiveLocked mirrors another replica's change of an agent's report,
+// and sends the ends it adds if the agent's map stream is open here.
+// Called with s.mu held.
+func (s *Server) applyLiveLocked(ch store.Change) error {
+	if ch.Deleted {
+		s.live.forget(ch.Key)
+		return nil
+	}
+	var r agentReport
+	if err := decodeChange(ch, &r); err != nil {
+		return err
+	}
+	added := s.live.set(ch.Key, r)
+	if c := s.clients[ch.Key]; c != nil {
+		for _, id := range added {
+			c.endStream(id)
+		}
+	}
+	return nil
+}
+
+// sendPendingEndsLocked queues on c, the map stream of agent nodeID that
+// just opened, the ends of sessions its last report still listed.
+// Called with s.mu held.
+func (s *Server) sendPendingEndsLocked(nodeID string, c *mapClient) {
+	if r, ok := s.live.get(nodeID); ok {
+		for _, id := range r.Ends {
+			c.endStream(id)
+		}
+	}
 }
 
 // handleAgentStatus takes an agent's report (PUT proto.AgentStatusPath).
@@ -102,15 +191,24 @@ func (s *Server) handleAgentStatus(w http.ResponseWriter, r *http.Request, n *no
 	}
 	now := s.now()
 	s.mu.Lock()
-	if s.nodes[n.ID] == nil {
-		s.mu.Unlock()
+	gone := s.nodes[n.ID] == nil
+	if !gone {
+		n.LastSeen = now
+	}
+	s.mu.Unlock()
+	if !gone {
+		_, err := s.updateLive(n.ID, func(r agentReport) agentReport { return r.withStatus(st, now) })
+		gone = errors.Is(err, errNodeGone)
+		if err != nil && !gone {
+			s.writeInternal(w, "store the agent's status", err, "")
+			return
+		}
+	}
+	if gone {
 		s.live.forget(n.ID)
 		writeProblem(w, http.StatusUnauthorized, proto.CodeUnauthenticated, "node is no longer registered", "register again")
 		return
 	}
-	n.LastSeen = now
-	s.mu.Unlock()
-	s.live.put(n.ID, st, now)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -126,7 +224,7 @@ func (s *Server) liveSessions() proto.LiveSessions {
 		if n == nil {
 			continue
 		}
-		if now.Sub(rep.at) > liveStale {
+		if now.Sub(rep.At) > liveStale {
 			out.Stale = append(out.Stale, id)
 			continue
 		}
@@ -134,7 +232,7 @@ func (s *Server) liveSessions() proto.LiveSessions {
 		if c := s.clusters[n.ClusterID]; c != nil {
 			clusterName = c.Name
 		}
-		for _, ls := range rep.status.Streams {
+		for _, ls := range rep.Status.Streams {
 			ls.Cluster, ls.Agent, ls.AgentHost = clusterName, n.ID, n.Hostname
 			out.Streams = append(out.Streams, ls)
 		}
@@ -168,19 +266,27 @@ func (s *Server) handleEndLive(w http.ResponseWriter, r *http.Request, p princip
 			"it has ended, or its agent has not reported it: list the live sessions again (clustral sessions live)")
 		return
 	}
-	s.mu.Lock()
-	c := s.clients[found.Agent]
-	s.mu.Unlock()
-	if c == nil || !c.endStream(id) {
-		writeProblem(w, http.StatusServiceUnavailable, proto.CodeUpstreamUnavailable, "the agent of this session is not connected here",
-			"its map stream is not open on this coordinator (it is reconnecting, or streams from another replica): try again in a moment")
+	if _, err := s.updateLive(found.Agent, func(r agentReport) agentReport { return r.withEnd(id) }); err != nil {
+		if errors.Is(err, errNodeGone) {
+			writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "no live session "+id, "its agent is gone, and the session with it")
+			return
+		}
+		s.writeInternal(w, "end the live session", err, "")
 		return
 	}
-	s.live.drop(found.Agent, id)
+	// Sent now if the agent's map stream is open here; otherwise by the
+	// replica that holds it (applyLiveLocked), or when it opens again
+	// (sendPendingEndsLocked).
+	s.mu.Lock()
+	sent := false
+	if c := s.clients[found.Agent]; c != nil {
+		sent = c.endStream(id)
+	}
+	s.mu.Unlock()
 	s.audit(proto.AuditEvent{Code: proto.AuditLiveEnded, Actor: p.user.Login, Object: found.User, Cluster: found.Cluster,
 		Outcome: proto.OutcomeSuccess, Correlation: id, Metadata: map[string]string{
 			"kind": found.Kind, "cluster": found.Cluster, "agent": found.Agent, "namespace": found.Namespace,
 			"name": found.Name, "path": found.Path}})
 	s.log.Info("live session ended", "by", p.user.Login, "user", found.User, "cluster", found.Cluster, "kind", found.Kind, "correlation", id)
-	writeJSON(w, http.StatusOK, proto.EndLiveSession{Stream: *found, Sent: true})
+	writeJSON(w, http.StatusOK, proto.EndLiveSession{Stream: *found, Sent: sent})
 }

@@ -90,18 +90,71 @@ func TestLiveSessionsEndNow(t *testing.T) {
 	if len(list.Streams) != 1 || list.Streams[0].ID != "c1-2" {
 		t.Errorf("after the end, live sessions = %+v, want c1-2 alone", list.Streams)
 	}
+	// The agent ended it and reports without it.
+	e.must("PUT", proto.AgentStatusPath, m.agent.NodeToken, proto.AgentStatus{Version: "v9.9.9", Ready: true, Streams: []proto.LiveStream{execS}}, nil)
 	if n := e.auditCodes(admin.Token)[proto.AuditLiveEnded]; n != 1 {
 		t.Errorf("%s events = %d, want 1", proto.AuditLiveEnded, n)
 	}
 
-	// An agent without its map stream here cannot be told.
+	// An agent whose map stream is closed gets the end when it opens
+	// again.
 	am.body.Close()
 	testkit.WaitFor(t, "the agent's map stream to close", func() bool {
 		e.srv.mu.Lock()
 		defer e.srv.mu.Unlock()
 		return e.srv.clients[m.agent.NodeID] == nil
 	})
-	if status, p := e.call("POST", proto.LiveSessionsPath+"/c1-2/end", admin.Token, nil, nil); status != http.StatusServiceUnavailable {
-		t.Errorf("end with the agent's stream closed = %d %+v, want 503", status, p)
+	e.must("POST", proto.LiveSessionsPath+"/c1-2/end", admin.Token, nil, &ended)
+	if ended.Sent {
+		t.Errorf("end with the agent's stream closed = %+v, want Sent false", ended)
+	}
+	am = e.openMap(m.agent.NodeToken)
+	am.next() // snapshot
+	if msg := am.next(); !slices.Equal(msg.EndStreams, []string{"c1-2"}) {
+		t.Errorf("the reopened stream's message = %+v, want EndStreams [c1-2]", msg)
+	}
+	// The agent's next report without the stream settles it: no end is
+	// sent again.
+	e.must("PUT", proto.AgentStatusPath, m.agent.NodeToken, proto.AgentStatus{Version: "v9.9.9", Ready: true, Streams: []proto.LiveStream{}}, nil)
+	if r, _ := e.srv.live.get(m.agent.NodeID); len(r.Ends) != 0 {
+		t.Errorf("ends after a report without them = %v", r.Ends)
+	}
+}
+
+// TestLiveSessionsAcrossReplicas: an agent streams from and reports to
+// one replica; an administrator on another lists its sessions and ends
+// one, and the agent's map stream on the first carries the end.
+func TestLiveSessionsAcrossReplicas(t *testing.T) {
+	envs := newReplicaEnvs(t, 2)
+	a, b := envs[0], envs[1]
+	admin := a.login("admin@example.com")
+	cl := a.createCluster(admin.Token, "prod")
+	var agent proto.RegisterResponse
+	a.must("POST", "/api/v1/agents", cl.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "a", CSR: newCSR(t)}, &agent)
+	am := a.openMap(agent.NodeToken)
+	am.next()
+	a.must("PUT", proto.AgentStatusPath, agent.NodeToken, proto.AgentStatus{Version: "v1", Ready: true, Streams: []proto.LiveStream{
+		{ID: "c-1", Kind: proto.LiveWatch, User: "alice@example.com", Resource: "pods", Path: "/api/v1/pods", Started: time.Unix(1, 0).UTC()}}}, nil)
+
+	var list proto.LiveSessions
+	testkit.WaitFor(t, "the other replica to list the agent's session", func() bool {
+		list = proto.LiveSessions{}
+		b.must("GET", proto.LiveSessionsPath, admin.Token, nil, &list)
+		return len(list.Streams) == 1
+	})
+	if got := list.Streams[0]; got.ID != "c-1" || got.Cluster != "prod" || got.AgentHost != "a" {
+		t.Errorf("the other replica lists %+v", got)
+	}
+	var ended proto.EndLiveSession
+	b.must("POST", proto.LiveSessionsPath+"/c-1/end", admin.Token, nil, &ended)
+	if ended.Sent {
+		t.Errorf("the replica without the agent's stream says it sent the end: %+v", ended)
+	}
+	if msg := am.next(); !slices.Equal(msg.EndStreams, []string{"c-1"}) {
+		t.Errorf("the agent's map message = %+v, want EndStreams [c-1]", msg)
+	}
+	a.must("GET", proto.LiveSessionsPath, admin.Token, nil, &list)
+	if len(list.Streams) != 0 {
+		t.Errorf("after the end, the agent's replica lists %+v", list.Streams)
 	}
 }

@@ -290,6 +290,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 		old.close()
 	}
 	s.clients[n.ID] = c
+	s.sendPendingEndsLocked(n.ID, c)
 	s.online[n.ID]++
 	delete(s.gone, n.ID) // back in its users' maps (nodeChanged below)
 	if eps != nil {

@@ -14,8 +14,8 @@ import (
 // restarted, or a replica the agent moved to, converges. Each report
 // replaces the last. Administrators list them with GET LiveSessionsPath
 // and end one with POST LiveSessionsPath/{id}/end; the coordinator then
-// names the stream in MapMessage.EndStreams on the agent's map stream,
-// and the agent closes it.
+// names the stream in MapMessage.EndStreams on the agent's map stream
+// (at once, or when the stream opens again), and the agent closes it.
 
 // Paths of the live-session calls.
 const (
@@ -158,7 +158,9 @@ type LiveSessions struct {
 
 // EndLiveSession answers POST LiveSessionsPath/{id}/end: the stream and
 // whether the agent was told at once (its map stream is open on the
-// coordinator that answered).
+// coordinator that answered). When it was not, the replica holding the
+// agent's map stream tells it, or the coordinator does when the stream
+// opens again.
 type EndLiveSession struct {
 	Stream LiveStream `json:"stream"`
 	Sent   bool       `json:"sent"`
