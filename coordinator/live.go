@@ -2,9 +2,9 @@ package coordinator
 
 import (
 	"cmp"
-	"net/http"
 	"errors"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
