@@ -1,7 +1,6 @@
 package console
 
 import (
-	"bytes"
 	"net/http"
 	"net/url"
 	"strings"
@@ -45,36 +44,13 @@ func (c *Console) livePage(w http.ResponseWriter, r *http.Request, v *visit) {
 }
 
 func (c *Console) showLive(w http.ResponseWriter, r *http.Request, v *visit, status int, problem string) {
-	ld, err := c.liveView(r, v)
-	if err != nil {
-		c.failAPI(w, r, v, err)
-		return
-	}
-	d := c.page(r, v, "Live sessions")
-	d.Error = problem
-	d.Data = ld
-	c.render(w, status, "live", d)
+	c.showView(w, r, v, status, problem, "Live sessions", "live", func() (any, error) { return c.liveView(r, v) })
 }
 
 // liveEvents streams the live sessions' rows as Server-Sent Events, as
 // queueEvents does for the approvals queue.
 func (c *Console) liveEvents(w http.ResponseWriter, r *http.Request, v *visit) {
-	var last []byte
-	c.serveEvents(w, r, func() ([]byte, error) {
-		ld, err := c.liveView(r, v)
-		if err != nil {
-			return nil, err
-		}
-		var buf bytes.Buffer
-		if err := c.pages["live"].ExecuteTemplate(&buf, "live-rows", ld); err != nil {
-			return nil, err
-		}
-		if bytes.Equal(buf.Bytes(), last) {
-			return nil, nil
-		}
-		last = buf.Bytes()
-		return last, nil
-	})
+	c.rowsEvents(w, r, "live", "live-rows", func() (any, error) { return c.liveView(r, v) })
 }
 
 // endLive ends one live session.
