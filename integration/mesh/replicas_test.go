@@ -89,6 +89,43 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 	})
 }
 
+// TestEndLiveSessionAcrossReplicas: the agent streams from and reports
+// to replica B, carol's device streams from C, and the administrator
+// works on A: A lists carol's open watch, and ending it there cuts it
+// within a second, through the store to B and B's map stream to the
+// agent.
+func TestEndLiveSessionAcrossReplicas(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t)
+	urls := r.URLs()
+	suite.StartAgentAt(t, urls[1], cl.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLoginAt(urls[2])
+	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, nil)
+	c.MustUp()
+	_, w := openWatch(t, c)
+	var watch proto.LiveStream
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		var ls proto.LiveSessions
+		adm.MustAPI("GET", proto.LiveSessionsPath, nil, &ls)
+		for _, s := range ls.Streams {
+			if s.User == carol.Email && s.Kind == proto.LiveWatch {
+				watch = s
+				return nil
+			}
+		}
+		return fmt.Errorf("replica A lists no watch of carol: %+v", ls.Streams)
+	})
+	start := time.Now()
+	var ended proto.EndLiveSession
+	adm.MustAPI("POST", proto.LiveSessionsPath+"/"+watch.ID+"/end", nil, &ended)
+	w.WaitExit(10 * time.Second)
+	took := time.Since(start)
+	t.Logf("carol's watch ended %v after the end on A (agent on B, sent at once: %v)", took.Round(time.Millisecond), ended.Sent)
+	if took > time.Second {
+		t.Errorf("carol's watch ended %v after the end on A, want within 1s", took)
+	}
+}
+
 // TestJoinTokenRevokedDuringRegistrations: agents register with the
 // cluster's join token on replicas B and C while the administrator
 // revokes the token on A. Whichever order the store put them in, no
