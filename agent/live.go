@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -57,7 +58,7 @@ func (p *Proxy) LiveStreams() (out []proto.LiveStream, truncated bool) {
 		for s := range pl.streams {
 			if s.live != nil {
 				ls := *s.live
-				if s.imp.recording.Rank() > 0 && recordable(s.info) {
+				if s.recording.Load() {
 					ls.Recording = s.corr // a recording's id is its session's correlation
 				}
 				out = append(out, ls)
@@ -78,7 +79,10 @@ func (p *Proxy) LiveStreams() (out []proto.LiveStream, truncated bool) {
 // session opens or ends.
 func (p *Proxy) LiveChanged() <-chan struct{} { return p.liveCh }
 
-func (p *Proxy) liveChangedLocked(s *stream) {
+// liveChanged tells LiveChanged's reader that s, if it is a live
+// session, opened, ended or changed. It does not block, and needs no
+// lock.
+func (p *Proxy) liveChanged(s *stream) {
 	if s.live == nil {
 		return
 	}
@@ -134,15 +138,22 @@ func (p *Proxy) status(version string, ready bool, paths proto.PathCounts) proto
 // before it reports: a burst of watches opening is one report.
 const statusCoalesce = 100 * time.Millisecond
 
+// statusRetryMin is the first wait before a failed report is sent
+// again; the wait doubles up to the report interval.
+const statusRetryMin = time.Second
+
 // reportStatus sends status() with send after every change of the live
 // sessions (coalesced) and every interval, until ctx is done. A failed
-// report is logged and retried at the next change or interval.
+// report is logged once and sent again after a backoff from
+// statusRetryMin up to interval, or at the next change.
 func reportStatus(ctx context.Context, changed <-chan struct{}, interval time.Duration, status func() proto.AgentStatus,
 	send func(context.Context, proto.AgentStatus) error, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	retry := coordclient.Backoff(min(statusRetryMin, interval), interval)
 	failing := false
 	for {
+		var again <-chan time.Time
 		if err := send(ctx, status()); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -151,13 +162,16 @@ func reportStatus(ctx context.Context, changed <-chan struct{}, interval time.Du
 				log.Warn("report live sessions to the coordinator; retrying", "err", err)
 			}
 			failing = true
-		} else {
+			again = time.After(retry.Step())
+		} else if failing {
 			failing = false
+			retry = coordclient.Backoff(min(statusRetryMin, interval), interval)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-again:
 		case <-changed:
 			select {
 			case <-ctx.Done():

@@ -99,7 +99,8 @@ func TestEndStream(t *testing.T) {
 }
 
 // TestReportStatus: a report goes out at once, after each change
-// (coalesced), and again after a failure once something changes.
+// (coalesced), and again after a failure, after a backoff or at once
+// when something changes.
 func TestReportStatus(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	changed := make(chan struct{}, 1)
@@ -131,10 +132,15 @@ func TestReportStatus(t *testing.T) {
 	if st := testkit.Recv(t, sent, "a report after a change"); st.Version != "b" {
 		t.Errorf("second report = %+v", st)
 	}
+	// No change: the failed report is sent again after a backoff.
+	fail <- true
+	if st := testkit.Recv(t, sent, "a retry after a failure"); st.Version != "c" {
+		t.Errorf("third report = %+v", st)
+	}
 	changed <- struct{}{}
 	fail <- false
-	if st := testkit.Recv(t, sent, "a report after a failure and a change"); st.Version != "c" {
-		t.Errorf("third report = %+v", st)
+	if st := testkit.Recv(t, sent, "a report after a failure and a change"); st.Version != "d" {
+		t.Errorf("fourth report = %+v", st)
 	}
 }
 

@@ -33,6 +33,7 @@ type stream struct {
 
 	responded atomic.Bool // the upstream answered; headers are on the way
 	upgraded  atomic.Bool // the upstream switched protocols
+	recording atomic.Bool // its recording started (rec is set)
 
 	// The session's recording (see record.go), used only on the
 	// request's goroutine: rec until it ends, then recResult; recErr
@@ -78,7 +79,7 @@ func (p *Proxy) track(s *stream) *denial {
 	}
 	p.peerLiveLocked(s.key).streams[s] = struct{}{}
 	p.metrics.live.Inc()
-	p.liveChangedLocked(s)
+	p.liveChanged(s)
 	return nil
 }
 
@@ -88,7 +89,7 @@ func (p *Proxy) untrack(s *stream) {
 	if pl := p.live[s.key]; pl != nil {
 		if _, ok := pl.streams[s]; ok {
 			p.metrics.live.Dec()
-			p.liveChangedLocked(s)
+			p.liveChanged(s)
 		}
 		delete(pl.streams, s)
 		p.dropIfEmptyLocked(s.key, pl)
