@@ -18,20 +18,17 @@ import (
 // it (PUT proto.AgentStatusPath): on change, coalesced, and in full every
 // proto.AgentStatusInterval. Each report replaces the last, so a
 // coordinator that restarted, or a replica the agent moved to, has the
-// whole picture again within an interval; a report older than liveStale
-// is left out. An administrator ends a stream (POST .../{id}/end): the
-// coordinator names it in proto.MapMessage.EndStreams on the agent's map
-// stream, at once if the stream is open here, else when it opens.
+// whole picture again within an interval; a report older than
+// proto.LiveStaleAfter is left out. An administrator ends a stream (POST
+// .../{id}/end): the coordinator names it in proto.MapMessage.EndStreams
+// on the agent's map stream, at once if the stream is open here, else
+// when it opens.
 //
 // On a shared store (replicas) the reports and the ends are also kept in
 // the store (bucket Live, one record per agent), and every replica
 // mirrors them (applyLiveLocked): so every replica lists every agent's
 // sessions, and the replica that holds an agent's map stream sends the
 // ends another replica stored. On bbolt memory is the only copy.
-
-// liveStale is how old an agent's last report may be before its streams
-// are left out: it missed three reports.
-const liveStale = 3 * proto.AgentStatusInterval
 
 // agentReport is an agent's last status, when it came in, and the ids of
 // its sessions administrators ended that it still reported open.
@@ -224,7 +221,7 @@ func (s *Server) liveSessions() proto.LiveSessions {
 		if n == nil {
 			continue
 		}
-		if now.Sub(rep.At) > liveStale {
+		if now.Sub(rep.At) > proto.LiveStaleAfter {
 			out.Stale = append(out.Stale, id)
 			continue
 		}

@@ -28,9 +28,13 @@ const (
 )
 
 // AgentStatusInterval is how often an agent sends its full status even
-// when nothing changed. The coordinator drops the live sessions of an
-// agent whose last report is older than three intervals.
-const AgentStatusInterval = 30 * time.Second
+// when nothing changed. The coordinator leaves out the live sessions of
+// an agent whose last report is older than LiveStaleAfter: it missed
+// three reports.
+const (
+	AgentStatusInterval = 30 * time.Second
+	LiveStaleAfter      = 3 * AgentStatusInterval
+)
 
 // MaxLiveStreams bounds the streams of one AgentStatus; an agent with more
 // reports the oldest ones and sets AgentStatus.Truncated.
@@ -152,7 +156,7 @@ func (st *AgentStatus) Validate() error {
 type LiveSessions struct {
 	Streams []LiveStream `json:"streams"`
 	// Stale names the agents (node ids) whose last report is older than
-	// three AgentStatusInterval: their streams are left out.
+	// LiveStaleAfter: their streams are left out.
 	Stale []string `json:"stale,omitempty"`
 }
 

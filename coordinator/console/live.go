@@ -15,8 +15,9 @@ import (
 type liveData struct {
 	CSRF    string
 	Streams []liveRow
-	// Stale names agents whose last report is too old to list.
-	Stale []string
+	// Stale names agents whose last report is older than StaleAfter.
+	Stale      []string
+	StaleAfter string
 }
 
 // liveRow is one stream with the words the page shows for it.
@@ -32,7 +33,7 @@ func (c *Console) liveView(r *http.Request, v *visit) (liveData, error) {
 	if err := apiCall(r, v, "GET", proto.LiveSessionsPath, nil, &ls); err != nil {
 		return liveData{}, err
 	}
-	d := liveData{CSRF: v.csrf, Stale: ls.Stale}
+	d := liveData{CSRF: v.csrf, Stale: ls.Stale, StaleAfter: human(proto.LiveStaleAfter)}
 	for _, s := range ls.Streams {
 		d.Streams = append(d.Streams, liveRow{LiveStream: s, What: s.Target()})
 	}
