@@ -143,10 +143,10 @@ const statusCoalesce = 100 * time.Millisecond
 const statusRetryMin = time.Second
 
 // reportStatus sends status() with send after every change of the live
-// sessions (coalesced) and every interval, until ctx is done. A failed
-// report is logged once and sent again after a backoff from
-// statusRetryMin up to interval, or at the next change.
-func reportStatus(ctx context.Context, changed <-chan struct{}, interval time.Duration, status func() proto.AgentStatus,
+// sessions or of readiness (coalesced) and every interval, until ctx is
+// done. A failed report is logged once and sent again after a backoff
+// from statusRetryMin up to interval, or at the next change.
+func reportStatus(ctx context.Context, changed, readyChanged <-chan struct{}, interval time.Duration, status func() proto.AgentStatus,
 	send func(context.Context, proto.AgentStatus) error, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -172,6 +172,7 @@ func reportStatus(ctx context.Context, changed <-chan struct{}, interval time.Du
 			return
 		case <-t.C:
 		case <-again:
+		case <-readyChanged:
 		case <-changed:
 			select {
 			case <-ctx.Done():

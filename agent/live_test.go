@@ -110,7 +110,7 @@ func TestReportStatus(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		reportStatus(ctx, changed, time.Hour, func() proto.AgentStatus {
+		reportStatus(ctx, changed, nil, time.Hour, func() proto.AgentStatus {
 			n++
 			return proto.AgentStatus{Version: string(rune('a' + n - 1))}
 		}, func(_ context.Context, st proto.AgentStatus) error {

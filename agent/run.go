@@ -296,9 +296,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// The hook goes in before the stream starts: a snapshot applied in
 	// between would otherwise leave the agent unready until the next one.
+	readyChanged := make(chan struct{}, 1) // for the status report
 	defer m.Node.OnChange(func(ch node.Change) {
-		if ch.Snapshot {
-			ready.Store(true)
+		if ch.Snapshot && !ready.Swap(true) {
+			select {
+			case readyChanged <- struct{}{}:
+			default:
+			}
 		}
 	})()
 	wg.Go(func() {
@@ -314,7 +318,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	})()
 	wg.Go(func() {
-		reportStatus(serveCtx, proxy.LiveChanged(), proto.AgentStatusInterval, func() proto.AgentStatus {
+		reportStatus(serveCtx, proxy.LiveChanged(), readyChanged, proto.AgentStatusInterval, func() proto.AgentStatus {
 			return proxy.status(version.Get().Version, ready.Load(), pathCounts(m))
 		}, api.ReportStatus, log)
 	})
