@@ -248,42 +248,47 @@ func (s *Server) handleLiveSessions(w http.ResponseWriter, r *http.Request, _ pr
 
 // handleEndLive ends one live session (POST
 // proto.LiveSessionsPath/{id}/end): the agent's map stream carries the
-// order, and the agent closes the stream at once.
+// order, and the agent closes the stream at once. Ids are the agents'
+// correlation ids; should two agents report the same one, each is told,
+// so no agent can shield another's session by reporting its id.
 func (s *Server) handleEndLive(w http.ResponseWriter, r *http.Request, p principal) {
 	id := r.PathValue("id")
-	var found *proto.LiveStream
+	var found []proto.LiveStream
 	for _, ls := range s.liveSessions().Streams {
 		if ls.ID == id {
-			found = &ls
-			break
+			found = append(found, ls)
 		}
 	}
-	if found == nil {
+	var out *proto.EndLiveSession
+	for _, ls := range found {
+		if _, err := s.updateLive(ls.Agent, func(r agentReport) agentReport { return r.withEnd(id) }); errors.Is(err, errNodeGone) {
+			continue // gone with its agent
+		} else if err != nil {
+			s.writeInternal(w, "end the live session", err, "")
+			return
+		}
+		// Sent now if the agent's map stream is open here; otherwise by
+		// the replica that holds it (applyLiveLocked), or when it opens
+		// again (sendPendingEndsLocked).
+		s.mu.Lock()
+		sent := false
+		if c := s.clients[ls.Agent]; c != nil {
+			sent = c.endStream(id)
+		}
+		s.mu.Unlock()
+		s.audit(proto.AuditEvent{Code: proto.AuditLiveEnded, Actor: p.user.Login, Object: ls.User, Cluster: ls.Cluster,
+			Outcome: proto.OutcomeSuccess, Correlation: id, Metadata: map[string]string{
+				"kind": ls.Kind, "cluster": ls.Cluster, "agent": ls.Agent, "namespace": ls.Namespace,
+				"name": ls.Name, "path": ls.Path}})
+		s.log.Info("live session ended", "by", p.user.Login, "user", ls.User, "cluster", ls.Cluster, "kind", ls.Kind, "correlation", id)
+		if out == nil {
+			out = &proto.EndLiveSession{Stream: ls, Sent: sent}
+		}
+	}
+	if out == nil {
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "no live session "+id,
 			"it has ended, or its agent has not reported it: list the live sessions again (clustral sessions live)")
 		return
 	}
-	if _, err := s.updateLive(found.Agent, func(r agentReport) agentReport { return r.withEnd(id) }); err != nil {
-		if errors.Is(err, errNodeGone) {
-			writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "no live session "+id, "its agent is gone, and the session with it")
-			return
-		}
-		s.writeInternal(w, "end the live session", err, "")
-		return
-	}
-	// Sent now if the agent's map stream is open here; otherwise by the
-	// replica that holds it (applyLiveLocked), or when it opens again
-	// (sendPendingEndsLocked).
-	s.mu.Lock()
-	sent := false
-	if c := s.clients[found.Agent]; c != nil {
-		sent = c.endStream(id)
-	}
-	s.mu.Unlock()
-	s.audit(proto.AuditEvent{Code: proto.AuditLiveEnded, Actor: p.user.Login, Object: found.User, Cluster: found.Cluster,
-		Outcome: proto.OutcomeSuccess, Correlation: id, Metadata: map[string]string{
-			"kind": found.Kind, "cluster": found.Cluster, "agent": found.Agent, "namespace": found.Namespace,
-			"name": found.Name, "path": found.Path}})
-	s.log.Info("live session ended", "by", p.user.Login, "user", found.User, "cluster", found.Cluster, "kind", found.Kind, "correlation", id)
-	writeJSON(w, http.StatusOK, proto.EndLiveSession{Stream: *found, Sent: sent})
+	writeJSON(w, http.StatusOK, out)
 }

@@ -158,3 +158,32 @@ func TestLiveSessionsAcrossReplicas(t *testing.T) {
 		t.Errorf("after the end, the agent's replica lists %+v", list.Streams)
 	}
 }
+
+// TestEndLiveSessionReachesEveryAgentReportingIt: an agent that reports
+// another agent's session id cannot shield that session: ending the id
+// tells both agents.
+func TestEndLiveSessionReachesEveryAgentReportingIt(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e) // an agent "a" of prod
+	admin := e.login("admin@example.com")
+	staging := e.createCluster(admin.Token, "staging")
+	var other proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", staging.JoinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), Hostname: "b", CSR: newCSR(t)}, &other)
+	streams := map[string]*mapStream{}
+	for _, tok := range []string{m.agent.NodeToken, other.NodeToken} {
+		ms := e.openMap(tok)
+		ms.next()
+		streams[tok] = ms
+		e.must("PUT", proto.AgentStatusPath, tok, proto.AgentStatus{Streams: []proto.LiveStream{
+			{ID: "same", Kind: proto.LiveWatch, User: "alice@example.com", Path: "/api/v1/pods", Started: time.Unix(1, 0).UTC()}}}, nil)
+	}
+	e.must("POST", proto.LiveSessionsPath+"/same/end", admin.Token, nil, nil)
+	for tok, ms := range streams {
+		if msg := ms.next(); !slices.Equal(msg.EndStreams, []string{"same"}) {
+			t.Errorf("agent %s... got %+v, want EndStreams [same]", tok[:8], msg)
+		}
+	}
+	if n := e.auditCodes(admin.Token)[proto.AuditLiveEnded]; n != 2 {
+		t.Errorf("%s events = %d, want one per agent", proto.AuditLiveEnded, n)
+	}
+}
