@@ -231,6 +231,12 @@ func (s *Server) liveSessions() proto.LiveSessions {
 		}
 		for _, ls := range rep.Status.Streams {
 			ls.Cluster, ls.Agent, ls.AgentHost = clusterName, n.ID, n.Hostname
+			// Who owns the device is the coordinator's to say.
+			if d := s.nodesByKey[ls.Device]; d != nil && d.Kind == proto.KindDevice {
+				if u := s.users[d.UserID]; u != nil {
+					ls.User = u.Login
+				}
+			}
 			out.Streams = append(out.Streams, ls)
 		}
 	}

@@ -23,7 +23,8 @@ func TestLiveSessionsEndNow(t *testing.T) {
 	am := e.openMap(m.agent.NodeToken)
 	am.next() // snapshot
 
-	watch := proto.LiveStream{ID: "c1-1", Kind: proto.LiveWatch, User: "alice@example.com", Device: m.aliceKey,
+	// The user is the device owner's login, whatever the agent says.
+	watch := proto.LiveStream{ID: "c1-1", Kind: proto.LiveWatch, User: "mallory@example.com", Device: m.aliceKey,
 		Namespace: "default", Resource: "pods", Path: "/api/v1/namespaces/default/pods", Started: time.Unix(100, 0).UTC()}
 	execS := proto.LiveStream{ID: "c1-2", Kind: proto.LiveExec, User: "alice@example.com", Device: m.aliceKey,
 		Namespace: "default", Resource: "pods", Name: "web-0", Subresource: "exec", Command: []string{"sh"},
@@ -36,8 +37,8 @@ func TestLiveSessionsEndNow(t *testing.T) {
 	if len(list.Streams) != 2 || list.Streams[0].ID != "c1-1" || list.Streams[1].ID != "c1-2" {
 		t.Fatalf("live sessions = %+v, want c1-1 then c1-2 (oldest first)", list.Streams)
 	}
-	if got := list.Streams[0]; got.Cluster != "prod" || got.Agent != m.agent.NodeID || got.AgentHost != "a" {
-		t.Errorf("stream's cluster and agent = %q %q %q, want prod %s a", got.Cluster, got.Agent, got.AgentHost, m.agent.NodeID)
+	if got := list.Streams[0]; got.Cluster != "prod" || got.Agent != m.agent.NodeID || got.AgentHost != "a" || got.User != "alice@example.com" {
+		t.Errorf("stream's cluster, agent and user = %q %q %q %q, want prod %s a alice@example.com", got.Cluster, got.Agent, got.AgentHost, got.User, m.agent.NodeID)
 	}
 
 	// The clusters page's view of the agent.
