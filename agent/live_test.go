@@ -113,34 +113,39 @@ func TestReportStatus(t *testing.T) {
 		reportStatus(ctx, changed, nil, time.Hour, func() proto.AgentStatus {
 			n++
 			return proto.AgentStatus{Version: string(rune('a' + n - 1))}
-		}, func(_ context.Context, st proto.AgentStatus) error {
+		}, func(ctx context.Context, st proto.AgentStatus) error {
 			sent <- st
-			if <-fail {
-				return errors.New("coordinator down")
+			select {
+			case f := <-fail:
+				if f {
+					return errors.New("coordinator down")
+				}
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-			return nil
 		}, slog.New(slog.DiscardHandler))
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 
-	fail <- false
-	if st := testkit.Recv(t, sent, "the first report"); st.Version != "a" {
-		t.Errorf("first report = %+v", st)
-	}
-	changed <- struct{}{}
-	fail <- true
-	if st := testkit.Recv(t, sent, "a report after a change"); st.Version != "b" {
-		t.Errorf("second report = %+v", st)
-	}
-	// No change: the failed report is sent again after a backoff.
-	fail <- true
-	if st := testkit.Recv(t, sent, "a retry after a failure"); st.Version != "c" {
-		t.Errorf("third report = %+v", st)
-	}
-	changed <- struct{}{}
-	fail <- false
-	if st := testkit.Recv(t, sent, "a report after a failure and a change"); st.Version != "d" {
-		t.Errorf("fourth report = %+v", st)
+	for i, step := range []struct {
+		what   string
+		change bool // a live session opened or ended first
+		fail   bool // the coordinator refuses this report
+	}{
+		{"the first report", false, false},
+		{"a report after a change", true, true},
+		{"a retry after a failure, with no change", false, true},
+		{"a report after a failure and a change", true, false},
+	} {
+		want := string(rune('a' + i))
+		if step.change {
+			changed <- struct{}{}
+		}
+		fail <- step.fail
+		if st := testkit.Recv(t, sent, step.what); st.Version != want {
+			t.Errorf("%s = %+v, want report %s", step.what, st, want)
+		}
 	}
 }
 
