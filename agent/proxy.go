@@ -153,6 +153,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	closed  bool
 	live    map[proto.Key]*peerLive
+	liveCh  chan struct{} // LiveChanged
 	conns   map[*trackedConn]struct{}
 	servers map[*http.Server]struct{}
 
@@ -188,6 +189,7 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 		stop:       make(chan struct{}),
 		sweepDone:  make(chan struct{}),
 		live:       make(map[proto.Key]*peerLive),
+		liveCh:     make(chan struct{}, 1),
 		conns:      make(map[*trackedConn]struct{}),
 		servers:    make(map[*http.Server]struct{}),
 		timeouts:   c.timeouts.orDefaults(),
@@ -375,7 +377,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if d == nil {
 			s = &stream{key: peer.Key, addr: addr, imp: imp, info: info, ctx: ctx, cancel: cancel, conn: connFrom(r.Context()),
-				login: loginOf(peer), corr: sw.corr, trace: sw.trace}
+				login: loginOf(peer), corr: sw.corr, trace: sw.trace, h2: r.ProtoMajor == 2,
+				live: liveOf(info, r, peer.Key, loginOf(peer), sw.corr, start)}
 			d = p.track(s)
 		}
 		if d != nil {

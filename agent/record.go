@@ -55,6 +55,8 @@ func (p *Proxy) startRecording(s *stream, r *http.Request) *denial {
 		s.rec, err = p.recorder.Start(meta, s.imp.recording == proto.RecordingRequired)
 	}
 	if err == nil {
+		s.recording.Store(true)
+		p.liveChanged(s) // its report now names the recording
 		return nil
 	}
 	s.recErr = err

@@ -115,6 +115,9 @@ func TestRecordSession(t *testing.T) {
 				t.Fatalf("upgrade = %d %q", resp.StatusCode, b)
 			}
 			start := testkit.Recv(t, events, "the stream start event")
+			if live, _ := h.proxy.LiveStreams(); len(live) != 1 || live[0].Kind != proto.LiveExec || live[0].Recording != start.Correlation {
+				t.Errorf("live streams = %+v, want the exec naming its recording %s", live, start.Correlation)
+			}
 			if ext := pod.extensions.Load(); ext != "" {
 				t.Errorf("the apiserver was offered WebSocket extensions %q; a recorded stream must have none", ext)
 			}

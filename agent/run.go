@@ -23,6 +23,7 @@ import (
 	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/node/mesh"
 	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/pkg/version"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -295,13 +296,31 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// The hook goes in before the stream starts: a snapshot applied in
 	// between would otherwise leave the agent unready until the next one.
+	readyChanged := make(chan struct{}, 1) // for the status report
 	defer m.Node.OnChange(func(ch node.Change) {
-		if ch.Snapshot {
-			ready.Store(true)
+		if ch.Snapshot && !ready.Swap(true) {
+			select {
+			case readyChanged <- struct{}{}:
+			default:
+			}
 		}
 	})()
 	wg.Go(func() {
 		errc <- m.Run(serveCtx, mesh.Coordinator{Client: api})
+	})
+	// Live sessions: reported on change and every interval; ended when
+	// the map stream names them.
+	defer m.Node.OnChange(func(ch node.Change) {
+		for _, id := range ch.EndStreams {
+			if !proxy.EndStream(id) {
+				log.Info("an administrator ended a live session that had ended already", "correlation", id)
+			}
+		}
+	})()
+	wg.Go(func() {
+		reportStatus(serveCtx, proxy.LiveChanged(), readyChanged, proto.AgentStatusInterval, func() proto.AgentStatus {
+			return proxy.status(version.Get().Version, ready.Load(), pathCounts(m))
+		}, api.ReportStatus, log)
 	})
 	// Shipping goes on while requests drain, and stops when Run returns;
 	// what is left waits in the spool for the next start.
@@ -367,4 +386,19 @@ func auditTo(sp *spool.Spool, log *slog.Logger) func(proto.AuditEvent) {
 			log.Error("audit spool", "err", err)
 		}
 	}
+}
+
+// pathCounts counts m's peers by how packets reach them, of those whose
+// path is known.
+func pathCounts(m *mesh.Mesh) proto.PathCounts {
+	var pc proto.PathCounts
+	for _, p := range m.Node.Peers() {
+		switch path, _ := m.PathView(p.Key); path {
+		case "direct":
+			pc.Direct++
+		case "relayed":
+			pc.Relayed++
+		}
+	}
+	return pc
 }

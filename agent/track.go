@@ -26,9 +26,14 @@ type stream struct {
 	login  string            // the caller's login, for audit events
 	corr   string            // the request's correlation id
 	trace  trace.SpanContext // the request's trace, as sent upstream
+	h2     bool              // the client's request came over HTTP/2
+	// live is what a long-lived request reports as a live session (see
+	// live.go); nil for one that is not. It never changes.
+	live *proto.LiveStream
 
 	responded atomic.Bool // the upstream answered; headers are on the way
 	upgraded  atomic.Bool // the upstream switched protocols
+	recording atomic.Bool // its recording started (rec is set)
 
 	// The session's recording (see record.go), used only on the
 	// request's goroutine: rec until it ends, then recResult; recErr
@@ -74,6 +79,7 @@ func (p *Proxy) track(s *stream) *denial {
 	}
 	p.peerLiveLocked(s.key).streams[s] = struct{}{}
 	p.metrics.live.Inc()
+	p.liveChanged(s)
 	return nil
 }
 
@@ -83,6 +89,7 @@ func (p *Proxy) untrack(s *stream) {
 	if pl := p.live[s.key]; pl != nil {
 		if _, ok := pl.streams[s]; ok {
 			p.metrics.live.Dec()
+			p.liveChanged(s)
 		}
 		delete(pl.streams, s)
 		p.dropIfEmptyLocked(s.key, pl)

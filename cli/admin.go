@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -175,9 +176,13 @@ func printClusters(tw *tabwriter.Writer, cs []proto.Cluster) {
 
 func printCluster(tw *tabwriter.Writer, cl proto.Cluster) {
 	fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nLabels:\t%s\n\n", cl.Name, cl.ID, formatLabels(cl.Labels))
-	fmt.Fprintln(tw, "AGENT\tHOSTNAME\tADDRESS\tONLINE")
+	fmt.Fprintln(tw, "AGENT\tHOSTNAME\tADDRESS\tONLINE\tVERSION\tREADY\tLIVE")
 	for _, a := range cl.Agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", a.NodeID, a.Hostname, firstAddr(a.Addresses), a.Online)
+		version, ready := "-", "-"
+		if a.Status != nil {
+			version, ready = a.Status.Version, strconv.FormatBool(a.Status.Ready)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%d\n", a.NodeID, a.Hostname, firstAddr(a.Addresses), a.Online, version, ready, a.Streams)
 	}
 }
 

@@ -23,19 +23,64 @@ import (
 func newSessionsCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "sessions",
-		Short: "List, play and export recorded exec and attach sessions (administrators)",
+		Short: "List, play and export recorded sessions; list and end live ones (administrators)",
 		Long: `Sessions are the kubectl exec, attach and debug sessions that the agent
 recorded, for roles with a recording policy (clustral roles create
 --recording). A recording is asciicast v2: export writes it for any
 asciicast player, play replays it in this terminal. Each recording's
 digest is in its session's end event (RQ004I), so clustral audit verify
-proves it was not edited.`,
+proves it was not edited.
+
+Live sessions are the long-lived requests open now through any agent:
+watches, followed logs, exec, attach and port-forward. live lists them,
+end cuts one at once (audited as AR006W).`,
 		Example: `  clustral sessions ls --cluster prod --since 1d
   clustral sessions play 1a2b3c4d5e6f-2k --speed 2
-  clustral sessions export 1a2b3c4d5e6f-2k > session.cast`,
+  clustral sessions export 1a2b3c4d5e6f-2k > session.cast
+  clustral sessions live
+  clustral sessions end 1a2b3c4d5e6f-2k`,
 	}
-	c.AddCommand(newSessionsLsCmd(g), newSessionsPlayCmd(g), newSessionsExportCmd(g))
+	c.AddCommand(newSessionsLsCmd(g), newSessionsPlayCmd(g), newSessionsExportCmd(g), newSessionsLiveCmd(g), newSessionsEndCmd(g))
 	return c
+}
+
+func newSessionsLiveCmd(g *globals) *cobra.Command {
+	return callCmd(g, &cobra.Command{
+		Use:     "live",
+		Short:   "List the live sessions open now through any agent, oldest first",
+		Example: "  clustral sessions live -o json",
+		Args:    cobra.NoArgs,
+	}, "GET", func([]string) string { return proto.LiveSessionsPath }, printLiveSessions)
+}
+
+func printLiveSessions(tw *tabwriter.Writer, ls proto.LiveSessions) {
+	if len(ls.Streams) == 0 {
+		fmt.Fprintln(tw, "No live sessions.")
+	} else {
+		fmt.Fprintln(tw, "ID\tSTARTED\tUSER\tCLUSTER\tKIND\tWHAT\tAGENT")
+		for _, s := range ls.Streams {
+			what := s.Target()
+			if len(s.Command) > 0 {
+				what += " -- " + strings.Join(s.Command, " ")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Started.UTC().Format(time.RFC3339), s.User, s.Cluster, s.Kind, what, s.AgentHost)
+		}
+	}
+	if len(ls.Stale) > 0 {
+		fmt.Fprintf(tw, "Not listed: the sessions of agents that stopped reporting (%s).\n", strings.Join(ls.Stale, ", "))
+	}
+}
+
+func newSessionsEndCmd(g *globals) *cobra.Command {
+	return callCmd(g, &cobra.Command{
+		Use:     "end <id>",
+		Short:   "End a live session now (its id from clustral sessions live)",
+		Example: "  clustral sessions end 1a2b3c4d5e6f-2k",
+		Args:    cobra.ExactArgs(1),
+	}, "POST", func(args []string) string { return apiPath("live-sessions", args[0], "end") },
+		func(tw *tabwriter.Writer, e proto.EndLiveSession) {
+			fmt.Fprintf(tw, "Ended the %s of %s on %s; its agent cut it.\n", e.Stream.Kind, e.Stream.User, e.Stream.Cluster)
+		})
 }
 
 func newSessionsLsCmd(g *globals) *cobra.Command {

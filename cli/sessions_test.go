@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/coordinator"
+	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/proto"
 )
@@ -207,4 +208,35 @@ func TestPlayKeys(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGoldenLiveSessions lists the live sessions an agent of prod
+// reported, and ends one.
+func TestGoldenLiveSessions(t *testing.T) {
+	tests := []goldenCase{
+		{name: "sessions-live", args: []string{"sessions", "live"}, sent: []string{"GET /api/v1/live-sessions"}},
+		{name: "sessions-end", args: []string{"sessions", "end", "c-watch"}, sent: []string{"POST /api/v1/live-sessions/c-watch/end"}},
+		{name: "sessions-end-gone", args: []string{"sessions", "end", "c-gone"}, plain: true, code: 1},
+	}
+	runGolden(t, tests, func(t *testing.T, _ goldenCase) *testEnv {
+		e := newRealEnv(t, func(c *coordinator.Config) {
+			c.NewID = coordinatortest.IDs("cls_00112233445566778899", "agt_0011223344556677889a")
+			c.AddrRand = coordinatortest.Addrs(1)
+		})
+		admin := e.real.Login("admin@example.com")
+		var cl proto.CreateClusterResponse
+		e.real.Do(admin.Token, "POST", proto.APIVersion+"/clusters", proto.CreateClusterRequest{Name: "prod"}, &cl)
+		agent := e.real.RegisterAgent(cl.JoinToken, "agent-prod")
+		e.real.Connect(agent.NodeToken)
+		dev := proto.Key{1, 2, 3}
+		e.real.Do(agent.NodeToken, "PUT", proto.AgentStatusPath, proto.AgentStatus{Version: "v1.2.3", Ready: true, Streams: []proto.LiveStream{
+			{ID: "c-watch", Kind: proto.LiveWatch, User: "alice@example.com", Device: dev, Namespace: "default", Resource: "pods",
+				Path: "/api/v1/namespaces/default/pods", Started: fixedNow.Add(-time.Hour)},
+			{ID: "c-exec", Kind: proto.LiveExec, User: "bob@example.com", Device: dev, Namespace: "default", Resource: "pods", Name: "web-0",
+				Subresource: "exec", Container: "app", Command: []string{"sh", "-c", "top"}, Path: "/api/v1/namespaces/default/pods/web-0/exec",
+				Started: fixedNow.Add(-time.Minute)},
+		}}, nil)
+		e.useSession(admin)
+		return e
+	})
 }

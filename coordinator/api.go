@@ -58,6 +58,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE "+v+"/nodes/self", s.node(s.handleDeregister))
 	mux.HandleFunc("PUT "+v+"/nodes/self/endpoints", s.node(s.handleEndpoints))
 	mux.HandleFunc("GET "+v+"/map", s.node(s.handleMap))
+	mux.HandleFunc("PUT "+proto.AgentStatusPath, s.agent(s.handleAgentStatus))
+	mux.HandleFunc("GET "+proto.LiveSessionsPath, s.admin(s.handleLiveSessions))
+	mux.HandleFunc("POST "+proto.LiveSessionsPath+"/{id}/end", s.admin(s.handleEndLive))
 	mux.HandleFunc("GET "+proto.RelayPath, s.node(s.handleRelay))
 
 	// devices.go

@@ -413,7 +413,7 @@ func (s *Server) node(h nodeHandler) http.HandlerFunc {
 func (s *Server) agent(h nodeHandler) http.HandlerFunc {
 	return s.node(func(w http.ResponseWriter, r *http.Request, n *node) {
 		if n.Kind != proto.KindAgent {
-			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "only agents send audit events", "")
+			writeProblem(w, http.StatusForbidden, proto.CodeForbidden, "only agents may "+r.Method+" "+r.URL.Path, "this call takes an agent's node token; a device's is refused")
 			return
 		}
 		h(w, r, n)

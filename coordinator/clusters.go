@@ -17,8 +17,19 @@ import (
 // clusterToProto is the API form of c, with its agents. Called with s.mu held.
 func (s *Server) clusterToProto(c *cluster) proto.Cluster {
 	pc := proto.Cluster{ID: c.ID, Name: c.Name, Labels: c.Labels, Created: c.Created}
+	now := s.now()
 	for _, a := range s.agentsByCluster[c.ID] {
-		pc.Agents = append(pc.Agents, proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0})
+		pa := proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0,
+			LastSeen: a.LastSeen, Relayed: len(s.endpoints[a.ID]) == 0}
+		if pa.Online {
+			pa.LastSeen = now
+		}
+		if rep, ok := s.live.get(a.ID); ok {
+			st := rep.Status
+			pa.Streams, st.Streams = len(st.Streams), nil
+			pa.Status, pa.Reported = &st, rep.At
+		}
+		pc.Agents = append(pc.Agents, pa)
 	}
 	sort.Slice(pc.Agents, func(i, j int) bool { return pc.Agents[i].NodeID < pc.Agents[j].NodeID })
 	return pc

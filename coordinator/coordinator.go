@@ -94,6 +94,7 @@ type Server struct {
 	auditq   auditQueue                    // events without a change of state
 	failures failures                      // failed unauthenticated attempts; see auditFailure
 	relay    *relay                        // relay connections; its counters are atomic
+	live     liveTable                     // the agents' live sessions
 
 	// Atomic.
 	cert atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS

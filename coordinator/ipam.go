@@ -235,6 +235,9 @@ func deleteNode(tx store.Tx, n *node) error {
 	if err := tx.Delete(store.Nodes, n.ID); err != nil {
 		return fmt.Errorf("delete node %s: %w", n.ID, err)
 	}
+	if err := tx.Delete(store.Live, n.ID); err != nil { // an agent's live sessions (live.go)
+		return fmt.Errorf("delete node %s: %w", n.ID, err)
+	}
 	return release(tx, n.Addresses)
 }
 

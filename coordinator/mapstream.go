@@ -27,6 +27,7 @@ type mapClient struct {
 	mu      sync.Mutex
 	pending map[proto.Key]*proto.Peer // nil value: removal
 	order   []proto.Key
+	ends    []string // live sessions to end (proto.MapMessage.EndStreams)
 	overrun bool
 	closed  bool
 
@@ -59,12 +60,26 @@ func (c *mapClient) enqueue(k proto.Key, p *proto.Peer) {
 	kick(c.wake)
 }
 
+// endStream queues the end of live session id, and reports whether the
+// stream is still open to carry it.
+func (c *mapClient) endStream(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.ends = append(c.ends, id)
+	kick(c.wake)
+	return true
+}
+
 // take returns and clears the queued changes as one delta message.
 func (c *mapClient) take() (msg proto.MapMessage, overrun, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	msg.EndStreams, c.ends = c.ends, nil
 	if len(c.order) == 0 {
-		return msg, c.overrun, false
+		return msg, c.overrun, len(msg.EndStreams) > 0
 	}
 	for _, k := range c.order {
 		if p := c.pending[k]; p != nil {
@@ -177,6 +192,7 @@ func (s *Server) removeNodeAndSyncLocked(n *node) {
 		}
 	}
 	s.unindexNode(n)
+	s.live.forget(n.ID)
 	if c := s.clients[n.ID]; c != nil {
 		c.close()
 		delete(s.clients, n.ID)
@@ -274,6 +290,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 		old.close()
 	}
 	s.clients[n.ID] = c
+	s.sendPendingEndsLocked(n.ID, c)
 	s.online[n.ID]++
 	delete(s.gone, n.ID) // back in its users' maps (nodeChanged below)
 	if eps != nil {

@@ -23,8 +23,9 @@ import (
 // change made on any replica reaches the map streams of every replica.
 // What a replica keeps only in memory (which nodes stream from it and the
 // relay connections attached to it) is its own; nodes' published
-// endpoints (shareEndpoints) and pending logins (loginshare.go) go
-// through the store too.
+// endpoints (shareEndpoints), pending logins (loginshare.go) and the
+// agents' live sessions with their ends (live.go) go through the store
+// too.
 
 // followRetry is how long follow waits before watching again after the
 // store failed.
@@ -78,8 +79,8 @@ func (s *Server) follow(feed store.Feed, rev int64) {
 // additions, each after what it refers to. It is the order the handlers
 // apply their own writes in.
 var (
-	deleteOrder = []store.Bucket{store.Nodes, store.Assignments, store.Sessions, store.Requests, store.Roles, store.Clusters, store.Users, store.Addresses, store.Logins}
-	putOrder    = []store.Bucket{store.Addresses, store.Users, store.Clusters, store.Roles, store.Assignments, store.Requests, store.Sessions, store.Nodes, store.Logins}
+	deleteOrder = []store.Bucket{store.Nodes, store.Assignments, store.Sessions, store.Requests, store.Roles, store.Clusters, store.Users, store.Addresses, store.Logins, store.Live}
+	putOrder    = []store.Bucket{store.Addresses, store.Users, store.Clusters, store.Roles, store.Assignments, store.Requests, store.Sessions, store.Nodes, store.Logins, store.Live}
 )
 
 // applyCommit applies the changes of c that this replica did not make
@@ -223,6 +224,8 @@ func (s *Server) applyChangeLocked(ch store.Change) error {
 		s.setRequestLocked(&ar)
 	case store.Logins:
 		return s.applyLoginLocked(ch)
+	case store.Live:
+		return s.applyLiveLocked(ch)
 	case store.Addresses:
 		a, err := netip.ParseAddr(ch.Key)
 		if err != nil {

@@ -381,6 +381,9 @@ type Change struct {
 	// CertificateChanged reports that the map carried a new serving
 	// certificate for this node (see Certificate).
 	CertificateChanged bool
+	// EndStreams names the live sessions an administrator ended (an
+	// agent's map only; see proto.MapMessage.EndStreams).
+	EndStreams []string
 	// ClustersAdded and ClustersRemoved name the clusters that gained their
 	// first agent or lost their last one.
 	ClustersAdded   []string
@@ -394,7 +397,7 @@ type PeerUpdate struct {
 
 // Empty reports whether c changes nothing.
 func (c *Change) Empty() bool {
-	return len(c.Added) == 0 && len(c.Updated) == 0 && len(c.Removed) == 0 && !c.SelfChanged && !c.CertificateChanged
+	return len(c.Added) == 0 && len(c.Updated) == 0 && len(c.Removed) == 0 && !c.SelfChanged && !c.CertificateChanged && len(c.EndStreams) == 0
 }
 
 // OnChange registers fn to be called after every Apply that changes the
@@ -857,6 +860,7 @@ func (n *Node) commit(msg *proto.MapMessage, pl *plan) Change {
 		n.cert = msg.Certificate
 		c.CertificateChanged = true
 	}
+	c.EndStreams = msg.EndStreams
 	n.version = msg.Version
 	n.synced = true
 	n.mu.Unlock()

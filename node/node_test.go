@@ -775,6 +775,35 @@ func TestCertificateRenewal(t *testing.T) {
 	}
 }
 
+// TestEndStreamsReachSubscribers: a message naming live sessions to end
+// is a change of its own, with the ids, and advances the version.
+func TestEndStreamsReachSubscribers(t *testing.T) {
+	n := newBareNode(t)
+	var changes []Change
+	defer n.OnChange(func(c Change) { changes = append(changes, c) })()
+	self := proto.Peer{Key: n.PublicKey(), Kind: proto.KindAgent, Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.1/32")}}
+	if err := n.Apply(proto.MapMessage{Version: 1, Snapshot: true, Self: &self}); err != nil {
+		t.Fatal(err)
+	}
+	changes = nil
+	if err := n.Apply(proto.MapMessage{Version: 2, EndStreams: []string{"c-1", "c-2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 1 || !slices.Equal(changes[0].EndStreams, []string{"c-1", "c-2"}) {
+		t.Errorf("changes = %+v, want one naming c-1 and c-2", changes)
+	}
+	if v, _ := n.Version(); v != 2 {
+		t.Errorf("version %d, want 2", v)
+	}
+	changes = nil
+	if err := n.Apply(proto.MapMessage{Version: 3, Peers: []proto.Peer{fakePeer(t, 7)}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 1 || changes[0].EndStreams != nil {
+		t.Errorf("a delta without ends = %+v", changes)
+	}
+}
+
 func TestConcurrentLookups(t *testing.T) {
 	n := newBareNode(t)
 	peers := applyFakePeers(t, n, 20, 1)

@@ -81,6 +81,7 @@ const (
 	AuditAccessDenied     AuditCode = "AR003W"
 	AuditAccessRevoked    AuditCode = "AR004W"
 	AuditAccessExpired    AuditCode = "AR005I"
+	AuditLiveEnded        AuditCode = "AR006W"
 	AuditRequest          AuditCode = "RQ001I"
 	AuditRequestFailed    AuditCode = "RQ002W"
 	AuditStreamStarted    AuditCode = "RQ003I"
@@ -143,6 +144,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditAccessDenied, CategoryAccess, "An approver denied an access request. Metadata: reason."},
 	{AuditAccessRevoked, CategoryAccess, "An approver revoked an approved access request before it expired. Metadata: reason."},
 	{AuditAccessExpired, CategoryAccess, "An access request expired: pending too long, or its grant ran out."},
+	{AuditLiveEnded, CategoryAccess, "An administrator ended a user's live session (a watch, followed logs, exec, attach or port-forward) from the console's Live page, clustral sessions end or the API; the agent closes it within a second (an agent whose map stream is not open gets the end when it reconnects). Actor: the administrator; object: the user. Correlation: the stream's. Metadata: kind, cluster, agent, namespace, name, path."},
 	{AuditRequest, CategoryRequest, "A Kubernetes request went through the proxy and the API server answered below 400. Resource, status, bytes, latency. Like every event of the agent (RQ, DN001W), it carries the request's correlation id and the W3C trace id the request went to the API server with, which the API server's own traces of it carry or link."},
 	{AuditRequestFailed, CategoryRequest, "A Kubernetes request went through the proxy and the API server (or the way to it) answered 400 or above, e.g. an RBAC refusal."},
 	{AuditStreamStarted, CategoryRequest, "An exec, attach or port-forward stream was upgraded (101). Its end is a RQ004I with the same correlation id."},

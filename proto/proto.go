@@ -253,6 +253,19 @@ type Agent struct {
 	Hostname  string         `json:"hostname"`
 	Addresses []netip.Prefix `json:"addresses"`
 	Online    bool           `json:"online"`
+	// LastSeen is when the agent's map stream was last open or its last
+	// status came in.
+	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Status is the agent's last report (PUT AgentStatusPath), nil when
+	// none came in since the coordinator started; its Streams are left
+	// out (see LiveSessionsPath). Reported is when it came in.
+	Status   *AgentStatus `json:"status,omitempty"`
+	Reported time.Time    `json:"reported,omitzero"`
+	// Streams counts the agent's live sessions in that report.
+	Streams int `json:"streams"`
+	// Relayed reports that the agent published no endpoint, so devices
+	// reach it only through the coordinator's relay.
+	Relayed bool `json:"relayed"`
 }
 
 // CreateClusterRequest is the body of POST /api/v1/clusters.
@@ -344,6 +357,9 @@ type MapMessage struct {
 	Peers []Peer `json:"peers,omitempty"`
 	// Removed lists the keys of peers that are gone.
 	Removed []Key `json:"removed,omitempty"`
+	// EndStreams, on an agent's stream only, names live streams
+	// (LiveStream.ID) an administrator ended: the agent closes them.
+	EndStreams []string `json:"end_streams,omitempty"`
 }
 
 // Peer is one node as another node sees it.

@@ -67,6 +67,27 @@ func (c *Console) showClusters(w http.ResponseWriter, r *http.Request, v *visit,
 	c.render(w, status, "clusters", d)
 }
 
+// agentPath says how devices reach agent a: directly, through the
+// coordinator's relay, or both, from its peers' paths as it last
+// reported them, and whether it published an endpoint at all.
+func agentPath(a proto.Agent) string {
+	var pc proto.PathCounts
+	if a.Status != nil {
+		pc = a.Status.Paths
+	}
+	switch {
+	case pc.Direct > 0 && pc.Relayed > 0:
+		return fmt.Sprintf("direct to %d, relayed to %d devices", pc.Direct, pc.Relayed)
+	case pc.Direct > 0:
+		return "direct"
+	case pc.Relayed > 0:
+		return "relayed"
+	case a.Relayed:
+		return "relayed (no endpoint published)"
+	}
+	return "direct (no device connected)"
+}
+
 // parseLabels reads "k=v, k2=v2" (commas or new lines between).
 func parseLabels(s string) (map[string]string, error) {
 	out := map[string]string{}

@@ -174,6 +174,9 @@ func Routes() []Route {
 		{"GET", "/admin/audit", Admin, (*Console).auditPage},
 		{"GET", "/admin/audit/events", Admin, (*Console).auditTail},
 		{"POST", "/admin/audit/verify", Admin, (*Console).verifyAudit},
+		{"GET", "/admin/live", Admin, (*Console).livePage},
+		{"GET", "/admin/live/events", Admin, (*Console).liveEvents},
+		{"POST", "/admin/live/{id}/end", Admin, (*Console).endLive},
 		{"GET", "/admin/sessions", Admin, (*Console).recordingsPage},
 		{"GET", "/admin/sessions/{id}", Admin, (*Console).recordingPage},
 		{"GET", "/admin/sessions/{id}/cast", Admin, (*Console).recordingCast},
@@ -502,6 +505,7 @@ var notices = map[string]string{
 	"assigned":      "The role was assigned; it applies now.",
 	"unassigned":    "The assignment was removed; the access it gave ends now.",
 	"role-saved":    "The role was saved; it applies at once to whoever holds it.",
+	"live-ended":    "The session was ended; its agent cut it, and the user's client saw it end.",
 }
 
 // render writes the page name with d.
@@ -536,8 +540,10 @@ var funcs = template.FuncMap{
 		}
 		return t.UTC().Format("2006-01-02 15:04 UTC")
 	},
-	"iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-	"dur": human,
+	"iso":       func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"cmdline":   commandLine,
+	"agentPath": agentPath,
+	"dur":       human,
 	// shorter reports whether d is shorter than asked.
 	"shorter": func(d time.Duration, asked proto.Duration) bool { return d < time.Duration(asked) },
 	"deref": func(t *time.Time) time.Time {

@@ -241,15 +241,21 @@ func (c *Console) queuePage(w http.ResponseWriter, r *http.Request, v *visit) {
 }
 
 func (c *Console) showQueue(w http.ResponseWriter, r *http.Request, v *visit, status int, problem string) {
-	q, err := c.queue(r, v)
+	c.showView(w, r, v, status, problem, "Approvals", "queue", func() (any, error) { return c.queue(r, v) })
+}
+
+// showView renders page, titled title, with the data view returns and
+// problem as its error; the API's refusal of view is the error page.
+func (c *Console) showView(w http.ResponseWriter, r *http.Request, v *visit, status int, problem, title, page string, view func() (any, error)) {
+	data, err := view()
 	if err != nil {
 		c.failAPI(w, r, v, err)
 		return
 	}
-	d := c.page(r, v, "Approvals")
+	d := c.page(r, v, title)
 	d.Error = problem
-	d.Data = q
-	c.render(w, status, "queue", d)
+	d.Data = data
+	c.render(w, status, page, d)
 }
 
 func (c *Console) approveRequest(w http.ResponseWriter, r *http.Request, v *visit) {
@@ -281,14 +287,20 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, v *visit, actio
 // queueEvents streams the queue as Server-Sent Events: "html" with the
 // rendered rows whenever they change, and "end" when the session does.
 func (c *Console) queueEvents(w http.ResponseWriter, r *http.Request, v *visit) {
+	c.rowsEvents(w, r, "queue", "queue-rows", func() (any, error) { return c.queue(r, v) })
+}
+
+// rowsEvents streams the template rows of page, rendered from the data
+// view returns, as Server-Sent Events whenever the HTML changes.
+func (c *Console) rowsEvents(w http.ResponseWriter, r *http.Request, page, rows string, view func() (any, error)) {
 	var last []byte
 	c.serveEvents(w, r, func() ([]byte, error) {
-		q, err := c.queue(r, v)
+		data, err := view()
 		if err != nil {
 			return nil, err
 		}
 		var buf bytes.Buffer
-		if err := c.pages["queue"].ExecuteTemplate(&buf, "queue-rows", q); err != nil {
+		if err := c.pages[page].ExecuteTemplate(&buf, rows, data); err != nil {
 			return nil, err
 		}
 		if bytes.Equal(buf.Bytes(), last) {

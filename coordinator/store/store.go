@@ -42,14 +42,19 @@ const (
 	// only by coordinators that share their store, so that any replica
 	// can take each step of it.
 	Logins Bucket = "logins"
+	// Live: agent node id → the agent's last status report and the live
+	// sessions administrators ended, kept only by coordinators that share
+	// their store, so that every replica lists every agent's sessions
+	// and the one holding an agent's map stream carries the end.
+	Live Bucket = "live"
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins, Live}
 
 // addedBuckets are buckets a store (or backup) written by an earlier
 // version may lack; Verify and Restore take their absence as empty.
-var addedBuckets = []Bucket{Logins}
+var addedBuckets = []Bucket{Logins, Live}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

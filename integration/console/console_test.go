@@ -66,7 +66,9 @@ func noProblems(t *testing.T, tabs ...*harness.Tab) {
 // for admin on the cluster; the administrator, in a browser of their
 // own, sees the request appear in the queue without reloading and
 // approves it with the keyboard; alice's kubectl through the mesh then
-// works. No page logs an error or fails a request.
+// works. The administrator then ends alice's open kubectl get -w from the
+// live sessions page, and kubectl sees it end within a second of the
+// click. No page logs an error or fails a request.
 func TestRequestApproveKubectl(t *testing.T) {
 	m := suite.NewMesh(t)
 	suite.StartAgent(t, m.JoinToken)
@@ -137,6 +139,38 @@ func TestRequestApproveKubectl(t *testing.T) {
 	}
 	if got := text(t, at, "time[data-until]"); !strings.HasPrefix(got, "in ") {
 		t.Errorf("the grant's end reads %q, want a countdown", got)
+	}
+
+	// The admin ends alice's open watch from the live sessions page:
+	// the watch appears there without a reload, and kubectl sees it end
+	// within a second of the click.
+	rt.Do(t, chromedp.Navigate(m.Coord.URL+"/admin/live"), chromedp.WaitVisible(chromedp.ID("live-empty")))
+	watch := a.StartKubectl(t, nil, nil, "get", "namespaces", "--watch")
+	watch.WaitContains(30*time.Second, "default")
+	ctx, cancel = context.WithTimeout(rt.Ctx, 15*time.Second)
+	defer cancel()
+	row := `tr[id^="live-"]`
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(row+" button.deny"))); err != nil {
+		t.Fatalf("alice's watch did not appear on the live sessions page: %v", err)
+	}
+	if got := text(t, rt, row); !strings.Contains(got, alice.Email) || !strings.Contains(got, "watch") || !strings.Contains(got, "namespaces") {
+		t.Errorf("the live session reads %q, want alice's watch of namespaces", got)
+	}
+	clicked := time.Now()
+	rt.Do(t, chromedp.Click(chromedp.CSS(row+" button.deny")))
+	// kubectl get --watch exits when its watch ends, with status 0.
+	watch.WaitExit(10 * time.Second)
+	took := time.Since(clicked)
+	if took > time.Second {
+		t.Errorf("kubectl's watch ended %v after End now, want within 1s\n%s", took, watch)
+	}
+	t.Logf("End now: kubectl's watch exited %v after the click", took.Round(time.Millisecond))
+	rt.Do(t, chromedp.WaitVisible(chromedp.CSS(".notice")), chromedp.WaitVisible(chromedp.ID("live-empty")))
+
+	// The clusters page shows the agent's own report.
+	rt.Do(t, chromedp.Navigate(m.Coord.URL+"/admin/clusters"), chromedp.WaitVisible(chromedp.CSS(".agent")))
+	if got := text(t, rt, ".agent"); !strings.Contains(got, "ready") || !strings.Contains(got, "online") || !strings.Contains(got, "Last seen") {
+		t.Errorf("the clusters page's agent reads %q, want it online and ready", got)
 	}
 	noProblems(t, at, rt)
 }

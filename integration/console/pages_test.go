@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"image"
 	"image/color/palette"
 	"image/draw"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 
@@ -40,6 +42,14 @@ func TestPages(t *testing.T) {
 	a.MustAPI("POST", "/api/v1/access-requests", proto.CreateAccessRequest{Role: "admin", Cluster: harness.MeshCluster,
 		Duration: proto.Duration(2 * 3600e9), Reason: "INC-1234: restart the ingress"}, &ar)
 	shipRecording(t, m, "s-1")
+	// A live session for the live sessions page: alice's watch.
+	suite.StartAgent(t, m.JoinToken)
+	a.MustUp()
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		_, err := a.RunKubectl("get", "namespaces")
+		return err
+	})
+	a.StartKubectl(t, nil, nil, "get", "pods", "--all-namespaces", "--watch")
 
 	chrome := startChrome(t)
 	at, rt := chrome.NewTab(), chrome.NewTab()
@@ -65,11 +75,19 @@ func TestPages(t *testing.T) {
 		{"admin-role-edit", "/admin/roles/admin/edit", rt},
 		{"admin-assignments", "/admin/assignments", rt},
 		{"admin-audit", "/admin/audit", rt},
+		{"admin-live", "/admin/live", rt},
 		{"admin-sessions", "/admin/sessions", rt},
 		{"admin-session", "/admin/sessions/s-1", rt},
 	} {
 		t.Run(p.name, func(t *testing.T) {
 			p.tab.Do(t, chromedp.Navigate(m.Coord.URL+p.path), chromedp.WaitVisible(chromedp.CSS("main h1")))
+			if p.name == "admin-live" {
+				ctx, cancel := context.WithTimeout(p.tab.Ctx, 15*time.Second)
+				defer cancel()
+				if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`tr[id^="live-"]`))); err != nil {
+					t.Fatalf("alice's watch is not on the live sessions page: %v", err)
+				}
+			}
 			checkPage(t, p.tab)
 			shoot(t, p.tab, p.name)
 			noProblems(t, p.tab)

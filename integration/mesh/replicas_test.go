@@ -70,11 +70,12 @@ func watchEndsAfter(t *testing.T, w *harness.BackgroundKubectl, where string, re
 	}
 }
 
-// TestRevocationAcrossReplicas: the agent streams from replica B, carol's
-// device from replica C, and the administrator works on replica A. An
-// assignment made on A opens the cluster to carol; its deletion on A
-// ends her open watch within a second, as on one coordinator.
-func TestRevocationAcrossReplicas(t *testing.T) {
+// carolWatchingAcrossReplicas starts three replicas with the agent on B
+// and carol's device on C, assigns carol the viewer role on A, and
+// returns the administrator (on A), the assignment and carol's open
+// watch.
+func carolWatchingAcrossReplicas(t *testing.T) (*harness.TestUser, proto.Assignment, *harness.BackgroundKubectl) {
+	t.Helper()
 	r, adm, cl := newReplicaMesh(t)
 	urls := r.URLs()
 	suite.StartAgentAt(t, urls[1], cl.JoinToken)
@@ -84,9 +85,48 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, &asg)
 	c.MustUp()
 	_, w := openWatch(t, c)
+	return adm, asg, w
+}
+
+// TestRevocationAcrossReplicas: the agent streams from replica B, carol's
+// device from replica C, and the administrator works on replica A. An
+// assignment made on A opens the cluster to carol; its deletion on A
+// ends her open watch within a second, as on one coordinator.
+func TestRevocationAcrossReplicas(t *testing.T) {
+	adm, asg, w := carolWatchingAcrossReplicas(t)
 	watchEndsAfter(t, w, "on A (device on C, agent on B)", func() {
 		adm.MustAPI("DELETE", "/api/v1/assignments/"+asg.ID, nil, nil)
 	})
+}
+
+// TestEndLiveSessionAcrossReplicas: the agent streams from and reports
+// to replica B, carol's device streams from C, and the administrator
+// works on A: A lists carol's open watch, and ending it there cuts it
+// within a second, through the store to B and B's map stream to the
+// agent.
+func TestEndLiveSessionAcrossReplicas(t *testing.T) {
+	adm, _, w := carolWatchingAcrossReplicas(t)
+	var watch proto.LiveStream
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		var ls proto.LiveSessions
+		adm.MustAPI("GET", proto.LiveSessionsPath, nil, &ls)
+		for _, s := range ls.Streams {
+			if s.User == carol.Email && s.Kind == proto.LiveWatch {
+				watch = s
+				return nil
+			}
+		}
+		return fmt.Errorf("replica A lists no watch of carol: %+v", ls.Streams)
+	})
+	start := time.Now()
+	var ended proto.EndLiveSession
+	adm.MustAPI("POST", proto.LiveSessionsPath+"/"+watch.ID+"/end", nil, &ended)
+	w.WaitExit(10 * time.Second)
+	took := time.Since(start)
+	t.Logf("carol's watch ended %v after the end on A (agent on B, sent at once: %v)", took.Round(time.Millisecond), ended.Sent)
+	if took > time.Second {
+		t.Errorf("carol's watch ended %v after the end on A, want within 1s", took)
+	}
 }
 
 // TestJoinTokenRevokedDuringRegistrations: agents register with the

@@ -392,6 +392,24 @@ func (c *Client) PublishEndpoints(ctx context.Context, eps []netip.AddrPort) err
 	return c.Do(ctx, http.MethodPut, proto.APIVersion+"/nodes/self/endpoints", proto.EndpointsUpdate{Endpoints: eps}, nil)
 }
 
+// ReportStatus sends an agent's status and live sessions (PUT
+// proto.AgentStatusPath).
+func (c *Client) ReportStatus(ctx context.Context, st proto.AgentStatus) error {
+	return c.Do(ctx, http.MethodPut, proto.AgentStatusPath, st, nil)
+}
+
+// LiveSessions lists the live sessions of every agent (GET
+// proto.LiveSessionsPath, administrators).
+func (c *Client) LiveSessions(ctx context.Context) (proto.LiveSessions, error) {
+	return call[proto.LiveSessions](ctx, c, http.MethodGet, proto.LiveSessionsPath, nil)
+}
+
+// EndLiveSession ends the live session id (POST
+// proto.LiveSessionsPath/{id}/end, administrators).
+func (c *Client) EndLiveSession(ctx context.Context, id string) (proto.EndLiveSession, error) {
+	return call[proto.EndLiveSession](ctx, c, http.MethodPost, proto.LiveSessionsPath+"/"+url.PathEscape(id)+"/end", nil)
+}
+
 // ShipAudit sends a batch of audit events (POST /api/v1/audit/events).
 func (c *Client) ShipAudit(ctx context.Context, b proto.AuditBatch) (proto.AuditAck, error) {
 	return call[proto.AuditAck](ctx, c, http.MethodPost, proto.APIVersion+"/audit/events", b)
