@@ -18,7 +18,7 @@ import (
 func (s *Server) clusterToProto(c *cluster) proto.Cluster {
 	pc := proto.Cluster{ID: c.ID, Name: c.Name, Labels: c.Labels, Created: c.Created}
 	for _, a := range s.agentsByCluster[c.ID] {
-		pc.Agents = append(pc.Agents, proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0})
+		pc.Agents = append(pc.Agents, proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0 || s.replicas.streamingElsewhere(a.ID)})
 	}
 	sort.Slice(pc.Agents, func(i, j int) bool { return pc.Agents[i].NodeID < pc.Agents[j].NodeID })
 	return pc

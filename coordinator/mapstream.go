@@ -275,6 +275,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	}
 	s.clients[n.ID] = c
 	s.online[n.ID]++
+	s.replicas.announceStream(n, true)
 	delete(s.gone, n.ID) // back in its users' maps (nodeChanged below)
 	if eps != nil {
 		s.endpoints[n.ID] = eps
@@ -301,6 +302,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 		}
 		if s.online[n.ID]--; s.online[n.ID] <= 0 {
 			delete(s.online, n.ID)
+			s.replicas.announceStream(n, false)
 		}
 		if s.nodes[n.ID] != nil {
 			n.LastSeen = s.now()

@@ -154,10 +154,18 @@ func (s *Server) applyChangeLocked(ch store.Change) error {
 		if err := decodeChange(ch, &n); err != nil {
 			return err
 		}
-		if old := s.nodes[n.ID]; old != nil {
-			eps := s.endpoints[n.ID]
+		old := s.nodes[n.ID]
+		if old != nil {
+			eps, gone := s.endpoints[n.ID], s.gone[n.ID]
 			s.unindexNode(old)
 			s.endpoints[n.ID] = eps
+			if gone {
+				s.gone[n.ID] = true
+			}
+		} else if n.Kind == proto.KindAgent && s.replicas != nil && !s.replicas.streamingElsewhere(n.ID) {
+			// Registered on another replica: in its users' maps once
+			// its stream opens, as there (registerNode).
+			s.gone[n.ID] = true
 		}
 		s.indexNode(&n)
 		s.nodeChanged(&n)
