@@ -164,6 +164,8 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "key of --etcd-cert (PEM)")
 	f.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle that signs etcd's serving certificate (default: the system roots)")
 	f.StringVar(&cfg.Etcd.Prefix, "etcd-prefix", store.DefaultEtcdPrefix, "etcd key prefix of the coordinator's state; nothing else may write under it")
+	f.StringVar(&cfg.ReplicaListen, "replica-listen", "", "with --store etcd, TCP address on which this replica takes the relay links of the other replicas, mutual TLS (e.g. :7947); off by default, and then the relay pairs only nodes on the same replica")
+	f.StringVar(&cfg.ReplicaAdvertise, "replica-advertise", "", "address the other replicas dial for --replica-listen: this replica's own host:port, not the load balancer's (default: --replica-listen, which must then name a host)")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate file (PEM)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS key file (PEM)")
 	f.StringVar(&cfg.OIDC.Issuer, "oidc-issuer", "", "OIDC issuer URL")

@@ -78,8 +78,8 @@ type replicas struct {
 	tls *tls.Config
 
 	mu      sync.RWMutex
-	addrs   map[string]string    // replica → its replica-to-replica address
-	relayAt map[proto.Key]string // node key → replica whose relay it is attached to
+	addrs   map[string]string       // replica → its replica-to-replica address
+	relayAt map[proto.Key]string    // node key → replica whose relay it is attached to
 	links   map[string]*replicaLink // replica → link to it
 
 	// agentsAt holds, per agent node id, the other replicas it streams
