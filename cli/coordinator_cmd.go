@@ -194,6 +194,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.IntVar(&cfg.MaxDevicesPerUser, "max-devices-per-user", coordinator.DefaultMaxDevicesPerUser, "devices one user may have registered at once")
 	f.IntVar(&cfg.MaxPendingRequests, "max-pending-requests", coordinator.DefaultMaxPendingRequests, "access requests one user may have waiting for a decision")
 	f.StringVar(&cfg.STUNListen, "stun-listen", "", "UDP address of endpoint discovery for NAT traversal (default: port 3478 on the --listen host; 0 turns it off)")
+	f.BoolVar(&cfg.RelayOnly, "relay-only", false, "pass on no node's endpoints, so that every pair of nodes talks through the relay instead of directly over UDP")
 	f.IntVar(&cfg.RelayRate, "relay-rate", coordinator.DefaultRelayRate, "bytes per second one node may send through the relay")
 	f.IntVar(&cfg.SourceRate, "source-rate", coordinator.DefaultSourceRate, "unauthenticated requests (logins, callbacks, refused registrations) one address may make per minute; beyond it 429; negative turns the limit off")
 	f.IntVar(&cfg.SourceBurst, "source-burst", coordinator.DefaultSourceBurst, "unauthenticated requests one address may make at once")

@@ -53,6 +53,11 @@ type Config struct {
 	// ReplicaListen: this replica's own address, not a load balancer's.
 	// Empty means ReplicaListen, which must then name a host.
 	ReplicaAdvertise string
+	// RelayOnly keeps the endpoints nodes publish to the coordinator: no
+	// node learns where its peers are, so every pair talks through the
+	// relay. For networks where UDP between nodes is unwanted, and for
+	// tests of the relay.
+	RelayOnly bool
 	// PublicURL is the URL nodes and browsers reach the coordinator at. It
 	// defaults to http(s)://Listen.
 	PublicURL string

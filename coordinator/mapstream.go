@@ -257,6 +257,9 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 			}
 		}
 	}
+	if s.cfg.RelayOnly {
+		eps = nil // passed on to no one
+	}
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "streaming unsupported", "")

@@ -293,6 +293,10 @@ func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request, n *node
 			return
 		}
 	}
+	if s.cfg.RelayOnly {
+		w.WriteHeader(http.StatusNoContent) // passed on to no one
+		return
+	}
 	s.mu.Lock()
 	if s.nodes[n.ID] == nil {
 		s.mu.Unlock()
