@@ -7,6 +7,7 @@ package mesh
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -391,4 +392,58 @@ func TestReplicasSurviveEtcdLeaderLoss(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d of %d role creations acknowledged across the leader's loss; all three replicas list the same %d roles", len(acked), writes, strings.Count(views[0], ",")+1)
+}
+
+// relayStats reads a replica's relay counters.
+func relayStats(ctx context.Context, url string) (proto.RelayStats, error) {
+	var st proto.RelayStats
+	req, err := http.NewRequestWithContext(ctx, "GET", url+proto.RelayPath+"/stats", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("relay stats of %s: %s", url, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// TestRelayAcrossReplicas: with --relay-only no pair has a direct path;
+// the agent's relay connection is on replica B and carol's device's on
+// replica C, so kubectl through the mesh works only if B and C forward
+// each other's datagrams over their replica link.
+func TestRelayAcrossReplicas(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t, "--relay-only")
+	urls := r.URLs()
+	suite.StartAgentAt(t, urls[1], cl.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLoginAt(urls[2])
+	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, nil)
+	c.MustUp()
+	ns, w := openWatch(t, c)
+	suite.CreateConfigMap(t, ns, "through-two-replicas")
+	w.WaitContains(10*time.Second, "through-two-replicas")
+
+	var b, cs proto.RelayStats
+	harness.MustEventually(t, 5*time.Second, func(ctx context.Context) error {
+		var err error
+		if b, err = relayStats(ctx, urls[1]); err != nil {
+			return err
+		}
+		if cs, err = relayStats(ctx, urls[2]); err != nil {
+			return err
+		}
+		if b.ForwardedOut == 0 || b.ForwardedIn == 0 || cs.ForwardedOut == 0 || cs.ForwardedIn == 0 {
+			return fmt.Errorf("replica B %+v, replica C %+v: want datagrams forwarded both ways", b, cs)
+		}
+		return nil
+	})
+	t.Logf("replica B %+v; replica C %+v", b, cs)
+	if a, err := relayStats(t.Context(), urls[0]); err != nil || a.ForwardedIn != 0 || a.ForwardedOut != 0 {
+		t.Errorf("replica A, which holds neither end, forwarded: %+v, %v", a, err)
+	}
 }
