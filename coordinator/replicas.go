@@ -579,6 +579,8 @@ func (ps *replicas) serveLink(raw net.Conn) {
 		}
 		if rl.enqueue(dst, src, pkt) {
 			ps.forwardedIn.Add(1)
+			rl.packets.Add(1)
+			rl.bytes.Add(uint64(len(pkt)))
 		}
 	}
 }

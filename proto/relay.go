@@ -153,7 +153,9 @@ type RelayStats struct {
 	// Conns is the number of open relay connections.
 	Conns int `json:"conns"`
 	// Packets and Bytes count the datagrams forwarded (bytes of WireGuard
-	// datagrams, without framing).
+	// datagrams, without framing) to the nodes attached to this
+	// coordinator, those that came through another replica included:
+	// over replicas, their sums count each datagram once.
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
 	// DroppedRate counts datagrams dropped because their sender exceeded
