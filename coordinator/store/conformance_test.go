@@ -24,3 +24,8 @@ func TestMemFeed(t *testing.T) {
 	storetest.RunFeed(t, func(t *testing.T) store.Feed { return store.NewMem() },
 		storetest.FeedOptions{Replica: func(t *testing.T, f store.Feed) store.Feed { return f.(*store.Mem).Replica() }})
 }
+
+func TestMemPresence(t *testing.T) {
+	storetest.RunPresence(t, func(t *testing.T) store.Presence { return store.NewMem() },
+		storetest.PresenceOptions{Replica: func(t *testing.T, p store.Presence) store.Presence { return p.(*store.Mem).Replica() }})
+}

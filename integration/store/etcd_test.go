@@ -450,3 +450,23 @@ func openEtcd(ctx context.Context, t *testing.T, cfg store.EtcdConfig) *store.Et
 	t.Cleanup(func() { s.Close() })
 	return s
 }
+
+// TestEtcdPresence runs the presence suite on one member and on three;
+// a handle closed without ending its announcements, as a crash leaves
+// etcd, loses its entries when its lease expires.
+func TestEtcdPresence(t *testing.T) {
+	e := startEtcd(t)
+	c := startEtcdCluster(t, 3)
+	for name, urls := range map[string][]string{"one": {e.URL}, "three": c.URLs} {
+		t.Run(name, func(t *testing.T) {
+			open := openOn(urls)
+			storetest.RunPresence(t, func(t *testing.T) store.Presence { return open(t).(store.Presence) }, storetest.PresenceOptions{
+				Replica: func(t *testing.T, p store.Presence) store.Presence {
+					return openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: urls, Prefix: p.(*store.Etcd).Prefix()})
+				},
+				Kill:   func(t *testing.T, p store.Presence) { p.(*store.Etcd).Close() },
+				Expiry: 10 * time.Second,
+			})
+		})
+	}
+}
