@@ -76,16 +76,22 @@ func feedOn(t *testing.T, endpoints []string) storetest.FeedOptions {
 	}
 }
 
-// TestEtcdFeed runs the feed suite on one member and on three.
-func TestEtcdFeed(t *testing.T) {
+// onOneAndThree runs f in a subtest against one etcd member and in
+// another against a three-member cluster.
+func onOneAndThree(t *testing.T, f func(t *testing.T, urls []string)) {
 	e := startEtcd(t)
 	c := startEtcdCluster(t, 3)
 	for name, urls := range map[string][]string{"one": {e.URL}, "three": c.URLs} {
-		t.Run(name, func(t *testing.T) {
-			open := openOn(urls)
-			storetest.RunFeed(t, func(t *testing.T) store.Feed { return open(t).(store.Feed) }, feedOn(t, urls))
-		})
+		t.Run(name, func(t *testing.T) { f(t, urls) })
 	}
+}
+
+// TestEtcdFeed runs the feed suite on one member and on three.
+func TestEtcdFeed(t *testing.T) {
+	onOneAndThree(t, func(t *testing.T, urls []string) {
+		open := openOn(urls)
+		storetest.RunFeed(t, func(t *testing.T) store.Feed { return open(t).(store.Feed) }, feedOn(t, urls))
+	})
 }
 
 // TestEtcdOpenErrors: a store that cannot reach etcd, or is configured
@@ -455,18 +461,14 @@ func openEtcd(ctx context.Context, t *testing.T, cfg store.EtcdConfig) *store.Et
 // a handle closed without ending its announcements, as a crash leaves
 // etcd, loses its entries when its lease expires.
 func TestEtcdPresence(t *testing.T) {
-	e := startEtcd(t)
-	c := startEtcdCluster(t, 3)
-	for name, urls := range map[string][]string{"one": {e.URL}, "three": c.URLs} {
-		t.Run(name, func(t *testing.T) {
-			open := openOn(urls)
-			storetest.RunPresence(t, func(t *testing.T) store.Presence { return open(t).(store.Presence) }, storetest.PresenceOptions{
-				Replica: func(t *testing.T, p store.Presence) store.Presence {
-					return openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: urls, Prefix: p.(*store.Etcd).Prefix()})
-				},
-				Kill:   func(t *testing.T, p store.Presence) { p.(*store.Etcd).Close() },
-				Expiry: 10 * time.Second,
-			})
+	onOneAndThree(t, func(t *testing.T, urls []string) {
+		open := openOn(urls)
+		storetest.RunPresence(t, func(t *testing.T) store.Presence { return open(t).(store.Presence) }, storetest.PresenceOptions{
+			Replica: func(t *testing.T, p store.Presence) store.Presence {
+				return openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: urls, Prefix: p.(*store.Etcd).Prefix()})
+			},
+			Kill:   func(t *testing.T, p store.Presence) { p.(*store.Etcd).Close() },
+			Expiry: 10 * time.Second,
 		})
-	}
+	})
 }
