@@ -144,8 +144,9 @@ type Etcd struct {
 }
 
 var (
-	_ Feed    = (*Etcd)(nil)
-	_ Elector = (*Etcd)(nil)
+	_ Feed          = (*Etcd)(nil)
+	_ Elector       = (*Etcd)(nil)
+	_ LastCommitter = (*Etcd)(nil)
 )
 
 // electionTTL is how long, in seconds, a leader's etcd lease outlives
@@ -377,6 +378,23 @@ func (s *Etcd) ViewRev(fn func(Tx) error) (int64, error) {
 		}
 	}
 	return tx.rev, nil
+}
+
+// LastCommit implements LastCommitter: every commit rewrites the version
+// keys of the buckets it writes to, so the latest is the highest mod
+// revision among them, read with one request.
+func (s *Etcd) LastCommit() (int64, error) {
+	ctx, cancel := s.call()
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.cfg.Prefix+"/_version/", clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortDescend), clientv3.WithLimit(1))
+	if err != nil {
+		return 0, fmt.Errorf("read the revision of the last commit under %s: %w", s.cfg.Prefix, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
 }
 
 // Shared implements Feed: other replicas may write to the prefix.

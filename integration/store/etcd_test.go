@@ -472,3 +472,30 @@ func TestEtcdPresence(t *testing.T) {
 		})
 	})
 }
+
+// TestEtcdLastCommit: LastCommit is the revision of the last commit the
+// feed delivers, not the cluster's revision, which presence entries (and
+// any other write to etcd) move on without a commit.
+func TestEtcdLastCommit(t *testing.T) {
+	e := startEtcd(t)
+	s := openOn([]string{e.URL})(t).(*store.Etcd)
+	if err := s.Update(func(tx store.Tx) error { return tx.PutRaw(store.Meta, "k", []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	committed, err := s.ViewRev(func(store.Tx) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last, err := s.LastCommit(); err != nil || last != committed {
+		t.Fatalf("LastCommit after a commit at %d = %d, %v", committed, last, err)
+	}
+	a := s.Announce(t.Context(), "r1")
+	a.Set("peer", "10.0.0.1:7947")
+	testkit.WaitFor(t, "the presence entry to move the revision on", func() bool {
+		rev, err := s.ViewRev(func(store.Tx) error { return nil })
+		return err == nil && rev > committed
+	})
+	if last, err := s.LastCommit(); err != nil || last != committed {
+		t.Fatalf("LastCommit after a presence entry = %d, %v; want the commit's %d", last, err, committed)
+	}
+}
