@@ -807,6 +807,9 @@ func (s *Server) agentsGone() {
 				continue
 			}
 			s.gone[a.ID] = true
+			if s.replicas != nil {
+				delete(s.replicas.offSince, a.ID)
+			}
 			for _, u := range s.usersOn(cid, now) {
 				for _, d := range s.devicesByUser[u.ID] {
 					s.sendRemove(d, a.Key)

@@ -299,6 +299,7 @@ func (ps *replicas) agentStream(id, replica string, open bool) {
 	}
 	switch now := len(at) > 0; {
 	case now && !was:
+		delete(ps.offSince, id)
 		if s.gone[id] {
 			delete(s.gone, id)
 			if n := s.nodes[id]; n != nil {
@@ -414,9 +415,18 @@ func (l *replicaLink) run(ctx context.Context) {
 	defer l.cancel()
 	log := l.ps.s.log.With("replica", l.replica)
 	for ctx.Err() == nil {
-		l.ps.mu.RLock()
-		addr := l.ps.addrs[l.replica]
-		l.ps.mu.RUnlock()
+		l.ps.mu.Lock()
+		addr, ok := l.ps.addrs[l.replica]
+		if !ok {
+			// The replica's presence ended while the link was down: the
+			// next datagram for it starts a new link if it is back.
+			if l.ps.links[l.replica] == l {
+				delete(l.ps.links, l.replica)
+			}
+			l.ps.mu.Unlock()
+			return
+		}
+		l.ps.mu.Unlock()
 		err := l.connect(ctx, addr)
 		if ctx.Err() != nil {
 			return

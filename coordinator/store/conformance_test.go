@@ -1,7 +1,9 @@
 package store_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/coordinator/store/storetest"
@@ -26,6 +28,14 @@ func TestMemFeed(t *testing.T) {
 }
 
 func TestMemPresence(t *testing.T) {
-	storetest.RunPresence(t, func(t *testing.T) store.Presence { return store.NewMem() },
-		storetest.PresenceOptions{Replica: func(t *testing.T, p store.Presence) store.Presence { return p.(*store.Mem).Replica() }})
+	storetest.RunPresence(t, func(t *testing.T) store.Presence { return store.NewMem() }, storetest.PresenceOptions{
+		Replica: func(t *testing.T, p store.Presence) store.Presence { return p.(*store.Mem).Replica() },
+		// A Mem handle has no process to die: its announcements end.
+		Crash: func(t *testing.T, p store.Presence, replica, key, value string) func() {
+			ctx, cancel := context.WithCancel(t.Context())
+			p.(*store.Mem).Replica().Announce(ctx, replica).Set(key, value)
+			return cancel
+		},
+		Expiry: time.Second,
+	})
 }

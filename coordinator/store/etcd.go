@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -141,6 +142,11 @@ type Etcd struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	own    ownCommits
+	// closing ends when Close begins; Close then waits for the
+	// announcers (Announce) to revoke their leases.
+	closing    context.Context
+	endClosing context.CancelFunc
+	announcers sync.WaitGroup
 }
 
 var (
@@ -224,6 +230,7 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &Etcd{cfg: cfg, cli: cli, ctx: sctx, cancel: cancel}
+	s.closing, s.endClosing = context.WithCancel(context.Background())
 	pctx, pcancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer pcancel()
 	resp, err := cli.Get(pctx, s.restoringKey(), clientv3.WithCountOnly())
@@ -335,6 +342,8 @@ func (s *Etcd) Prefix() string { return s.cfg.Prefix }
 // Close implements Store. It cancels calls in flight and closes the
 // connection to etcd.
 func (s *Etcd) Close() error {
+	s.endClosing()
+	s.announcers.Wait() // their leases revoked: their entries are gone
 	s.cancel()
 	return s.cli.Close()
 }

@@ -24,12 +24,23 @@ func (s *Etcd) presencePrefix() string { return s.cfg.Prefix + "/_live/" }
 
 // Announce implements Presence: replica's entries are the keys
 // <prefix>/_live/<replica>/<key>, on a lease of presenceTTL seconds that
-// a goroutine keeps alive until ctx ends, when it revokes the lease. A
+// a goroutine keeps alive until ctx ends or Close begins, when it revokes
+// the lease. A
 // lease that expired anyway (etcd was out of reach) is replaced, and every
 // entry written again under the new one.
 func (s *Etcd) Announce(ctx context.Context, replica string) Announcer {
 	a := &etcdAnnouncer{s: s, prefix: s.presencePrefix() + replica + "/", want: map[string]string{}, dirty: map[string]bool{}, wake: make(chan struct{}, 1)}
-	go a.run(ctx)
+	// Close ends the announcements too, and waits for their lease to be
+	// revoked.
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.closing, cancel)
+	s.announcers.Add(1)
+	go func() {
+		defer s.announcers.Done()
+		defer stop()
+		defer cancel()
+		a.run(ctx)
+	}()
 	return a
 }
 

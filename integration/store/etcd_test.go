@@ -7,8 +7,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -467,10 +469,45 @@ func TestEtcdPresence(t *testing.T) {
 			Replica: func(t *testing.T, p store.Presence) store.Presence {
 				return openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: urls, Prefix: p.(*store.Etcd).Prefix()})
 			},
-			Kill:   func(t *testing.T, p store.Presence) { p.(*store.Etcd).Close() },
+			Crash:  announceInChild(urls),
 			Expiry: 10 * time.Second,
 		})
 	})
+}
+
+// Environment of the child process of announceInChild.
+const (
+	envPresenceChild = "CLUSTRAL_TEST_PRESENCE_CHILD" // endpoints, prefix, replica, key, value; tab-separated
+)
+
+// announceInChild returns a PresenceOptions.Crash that runs the
+// announcing handle in a child process (this test binary, running
+// TestEtcdPresenceChild) and kills it with SIGKILL.
+func announceInChild(urls []string) func(t *testing.T, p store.Presence, replica, key, value string) func() {
+	return func(t *testing.T, p store.Presence, replica, key, value string) func() {
+		t.Helper()
+		arg := strings.Join([]string{strings.Join(urls, ","), p.(*store.Etcd).Prefix(), replica, key, value}, "\t")
+		proc, err := harness.StartProcess("presence-child", os.Args[0], []string{"-test.run", "^TestEtcdPresenceChild$"},
+			append(os.Environ(), envPresenceChild+"="+arg), filepath.Join(t.TempDir(), "child.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(proc.Stop)
+		return proc.Kill
+	}
+}
+
+// TestEtcdPresenceChild is the child process of announceInChild: it
+// announces one entry and waits to be killed.
+func TestEtcdPresenceChild(t *testing.T) {
+	v := os.Getenv(envPresenceChild)
+	if v == "" {
+		t.Skip("runs only as the child of TestEtcdPresence")
+	}
+	f := strings.Split(v, "\t")
+	s := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: strings.Split(f[0], ","), Prefix: f[1]})
+	s.Announce(t.Context(), f[2]).Set(f[3], f[4])
+	select {} // until killed
 }
 
 // TestEtcdLastCommit: LastCommit is the revision of the last commit the
@@ -498,4 +535,27 @@ func TestEtcdLastCommit(t *testing.T) {
 	if last, err := s.LastCommit(); err != nil || last != committed {
 		t.Fatalf("LastCommit after a presence entry = %d, %v; want the commit's %d", last, err, committed)
 	}
+}
+
+// TestEtcdCloseEndsPresence: a handle closed on a clean shutdown revokes
+// its announcements' lease, so the other replicas see them go at once,
+// not a lease's TTL later.
+func TestEtcdCloseEndsPresence(t *testing.T) {
+	e := startEtcd(t)
+	s := openOn([]string{e.URL})(t).(*store.Etcd)
+	other := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: s.Prefix()})
+	var mu sync.Mutex
+	present := false
+	go other.WatchPresence(t.Context(), func(ev store.PresenceEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		present = !ev.Reset && !ev.Deleted
+	})
+	s.Announce(t.Context(), "r1").Set("peer", "10.0.0.1:7947")
+	is := func(want bool) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return present == want }
+	}
+	testkit.WaitFor(t, "the entry", is(true))
+	s.Close()
+	testkit.WaitForWithin(t, time.Second, "the entry to go when its handle closed", is(false))
 }

@@ -18,9 +18,11 @@ type PresenceOptions struct {
 	// Replica opens a second handle on p's data, as another coordinator
 	// replica does.
 	Replica func(t *testing.T, p store.Presence) store.Presence
-	// Kill, if set, ends handle p as a crash would: without ending its
-	// announcements. Its entries must then vanish within Expiry.
-	Kill   func(t *testing.T, p store.Presence)
+	// Crash, if set, announces key=value as replica on p's data from a
+	// handle that kill then ends as a crash would, without ending its
+	// announcements (on etcd: a process killed with SIGKILL). Its entries
+	// must then vanish within Expiry.
+	Crash  func(t *testing.T, p store.Presence, replica, key, value string) (kill func())
 	Expiry time.Duration
 }
 
@@ -30,7 +32,7 @@ type PresenceOptions struct {
 // a new, empty store for each call and close it in t.Cleanup.
 func RunPresence(t *testing.T, open func(t *testing.T) store.Presence, o PresenceOptions) {
 	t.Run("AnnounceWatchEnd", func(t *testing.T) { testPresence(t, open(t), o) })
-	if o.Kill != nil {
+	if o.Crash != nil {
 		t.Run("Crash", func(t *testing.T) { testPresenceCrash(t, open(t), o) })
 	}
 }
@@ -136,13 +138,11 @@ func testPresence(t *testing.T, p store.Presence, o PresenceOptions) {
 }
 
 func testPresenceCrash(t *testing.T, p store.Presence, o PresenceOptions) {
-	other := o.Replica(t, p)
-	v := watchPresence(t, other)
-	a := p.Announce(t.Context(), "doomed")
-	a.Set("peer", "10.0.0.3:7947")
-	v.waitFor(t, 5*time.Second, "the announcement", map[string]string{"doomed/peer": "10.0.0.3:7947"})
+	v := watchPresence(t, p)
+	kill := o.Crash(t, p, "doomed", "peer", "10.0.0.3:7947")
+	v.waitFor(t, 10*time.Second, "the announcement", map[string]string{"doomed/peer": "10.0.0.3:7947"})
 	start := time.Now()
-	o.Kill(t, p)
+	kill()
 	v.waitFor(t, o.Expiry, "after the announcing handle died", map[string]string{})
 	t.Logf("the entries of a dead handle vanished after %s", time.Since(start).Round(100*time.Millisecond))
 }
