@@ -447,3 +447,77 @@ func TestRelayAcrossReplicas(t *testing.T) {
 		t.Errorf("replica A, which holds neither end, forwarded: %+v, %v", a, err)
 	}
 }
+
+// TestAgentGoneAcrossReplicas: the agent streams from replica B and
+// carol's device from replica C. Replica A, which holds neither, shows the
+// agent online; killed, the agent leaves carol's map (C removes it
+// AgentGrace after B saw its stream close), and every replica shows it
+// offline.
+func TestAgentGoneAcrossReplicas(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t)
+	urls := r.URLs()
+	agent := suite.StartAgentAt(t, urls[1], cl.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLoginAt(urls[2])
+	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, nil)
+	c.MustUp()
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		_, err := c.RunKubectl("get", "configmaps", "-n", "default")
+		return err
+	})
+	agentsInMap := func() (int, error) {
+		var st struct {
+			Agents []struct {
+				Cluster string `json:"cluster"`
+			} `json:"agents"`
+		}
+		if err := json.Unmarshal([]byte(c.MustRun("status", "-o", "json")), &st); err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, a := range st.Agents {
+			if a.Cluster == harness.MeshCluster {
+				n++
+			}
+		}
+		return n, nil
+	}
+	onlineAt := func(ctx context.Context, url string) (bool, error) {
+		var cls []proto.Cluster
+		if err := adm.API(ctx, url, "GET", "/api/v1/clusters", nil, &cls); err != nil {
+			return false, err
+		}
+		for _, c := range cls {
+			if c.Name == harness.MeshCluster && len(c.Agents) == 1 {
+				return c.Agents[0].Online, nil
+			}
+		}
+		return false, fmt.Errorf("cluster %s with one agent not found", harness.MeshCluster)
+	}
+	if n, err := agentsInMap(); err != nil || n != 1 {
+		t.Fatalf("agents of %s in carol's map: %d, %v; want 1", harness.MeshCluster, n, err)
+	}
+	harness.MustEventually(t, 5*time.Second, func(ctx context.Context) error {
+		for _, u := range urls {
+			if on, err := onlineAt(ctx, u); err != nil || !on {
+				return fmt.Errorf("%s: agent online %v, %v", u, on, err)
+			}
+		}
+		return nil
+	})
+
+	agent.Proc.Kill()
+	killed := time.Now()
+	harness.MustEventually(t, 15*time.Second, func(context.Context) error {
+		if n, err := agentsInMap(); err != nil || n != 0 {
+			return fmt.Errorf("%d agents in carol's map (%v)", n, err)
+		}
+		return nil
+	})
+	t.Logf("the killed agent left the map of a device on another replica %v later", time.Since(killed).Round(100*time.Millisecond))
+	for _, u := range urls {
+		if on, err := onlineAt(t.Context(), u); err != nil || on {
+			t.Errorf("%s: the killed agent is online: %v, %v", u, on, err)
+		}
+	}
+}
