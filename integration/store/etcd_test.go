@@ -559,3 +559,22 @@ func TestEtcdCloseEndsPresence(t *testing.T) {
 	s.Close()
 	testkit.WaitForWithin(t, time.Second, "the entry to go when its handle closed", is(false))
 }
+
+// TestEtcdCloseWithoutEtcd: Close waits for the presence lease to be
+// revoked, but not forever: with etcd gone it returns within the
+// request timeout and the lease's TTL.
+func TestEtcdCloseWithoutEtcd(t *testing.T) {
+	e := startEtcd(t)
+	s := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: "/clustral-test/close", RequestTimeout: 2 * time.Second})
+	s.Announce(t.Context(), "r1").Set("peer", "10.0.0.1:7947")
+	e.Close()
+	done := make(chan struct{})
+	start := time.Now()
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+		t.Logf("Close returned %v after etcd stopped", time.Since(start).Round(100*time.Millisecond))
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close still waiting 20 s after etcd stopped")
+	}
+}
