@@ -63,8 +63,12 @@ const (
 	// peerDialTimeout bounds a connection to another replica, TLS
 	// handshake included; the accepting side gives a handshake as long.
 	peerDialTimeout = 5 * time.Second
-	// peerRetry is how long a link waits after a failed connection.
-	peerRetry = time.Second
+	// peerRetry is how long a link waits after a failed connection, the
+	// first time; the wait doubles with each failure in a row, up to
+	// peerRetryMax, so an unreachable replica costs a log line every
+	// half a minute, not every second.
+	peerRetry    = time.Second
+	peerRetryMax = 30 * time.Second
 )
 
 // replicas is a replica's view of the other replicas. Its maps are guarded
@@ -414,6 +418,7 @@ func (l *replicaLink) redial() {
 func (l *replicaLink) run(ctx context.Context) {
 	defer l.cancel()
 	log := l.ps.s.log.With("replica", l.replica)
+	wait := peerRetry
 	for ctx.Err() == nil {
 		l.ps.mu.Lock()
 		addr, ok := l.ps.addrs[l.replica]
@@ -427,11 +432,14 @@ func (l *replicaLink) run(ctx context.Context) {
 			return
 		}
 		l.ps.mu.Unlock()
-		err := l.connect(ctx, addr)
+		connected, err := l.connect(ctx, addr)
 		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("relay link to another replica interrupted", "addr", addr, "err", err, "retry_in", peerRetry)
+		if connected {
+			wait = peerRetry
+		}
+		log.Warn("relay link to another replica interrupted", "addr", addr, "err", err, "retry_in", wait)
 		// What waited for the link is stale by now.
 		for len(l.out) > 0 {
 			<-l.out
@@ -439,21 +447,23 @@ func (l *replicaLink) run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(peerRetry):
+		case <-time.After(wait):
 		case <-l.wake:
 		}
+		wait = min(2*wait, peerRetryMax)
 	}
 }
 
 // connect dials addr and writes frames to it until the connection fails,
-// ctx ends or the replica's address changes.
-func (l *replicaLink) connect(ctx context.Context, addr string) error {
+// ctx ends or the replica's address changes. connected reports whether
+// the TLS handshake succeeded.
+func (l *replicaLink) connect(ctx context.Context, addr string) (connected bool, err error) {
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: peerDialTimeout}, Config: l.ps.tls}
 	dctx, cancel := context.WithTimeout(ctx, peerDialTimeout)
 	conn, err := d.DialContext(dctx, "tcp", addr)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("connect to replica at %s: %w", addr, err)
+		return false, fmt.Errorf("connect to replica at %s: %w", addr, err)
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -474,32 +484,32 @@ func (l *replicaLink) connect(ctx context.Context, addr string) error {
 		var frame []byte
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return true, ctx.Err()
 		case <-closed:
-			return errors.New("the other replica closed the link")
+			return true, errors.New("the other replica closed the link")
 		case <-l.wake:
-			return errors.New("the other replica's address changed")
+			return true, errors.New("the other replica's address changed")
 		case <-ka.C:
 			frame = proto.AppendRelayKeepAlive(nil)
 		case frame = <-l.out:
 		}
 		conn.SetWriteDeadline(time.Now().Add(relayIdle))
 		if _, err := bw.Write(frame); err != nil {
-			return err
+			return true, err
 		}
 	drain:
 		for bw.Buffered() < 32<<10 {
 			select {
 			case frame = <-l.out:
 				if _, err := bw.Write(frame); err != nil {
-					return err
+					return true, err
 				}
 			default:
 				break drain
 			}
 		}
 		if err := bw.Flush(); err != nil {
-			return err
+			return true, err
 		}
 	}
 }

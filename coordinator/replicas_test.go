@@ -85,6 +85,23 @@ func TestRelayAcrossReplicas(t *testing.T) {
 	if out.ForwardedOut == 0 || in.ForwardedIn == 0 || out.ForwardedIn == 0 || in.ForwardedOut == 0 {
 		t.Errorf("forward counters: replica 0 %+v, replica 1 %+v", out, in)
 	}
+	for _, e := range envs {
+		mfs, err := e.srv.Metrics().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		directions := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() == "clustral_coordinator_relay_replica_packets_total" {
+				for _, m := range mf.GetMetric() {
+					directions[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+		if directions["in"] == 0 || directions["out"] == 0 {
+			t.Errorf("clustral_coordinator_relay_replica_packets_total = %v, want datagrams in and out", directions)
+		}
+	}
 	if out.DroppedNoPeer == 0 || in.DroppedNoPeer == 0 {
 		t.Errorf("bob's and the agent's datagrams to each other were not counted as dropped: %+v, %+v", out, in)
 	}
