@@ -437,6 +437,9 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 	}) {
 		pc.Close()
 	}
+	if s.cfg.ReplicaListen == "" && s.replicas != nil {
+		s.log.Warn("no --replica-listen: the other replicas cannot forward relayed datagrams to the nodes on this one, which then reach through the relay only nodes on this replica")
+	}
 	if s.cfg.ReplicaListen != "" {
 		rl, err := net.Listen("tcp", s.cfg.ReplicaListen)
 		if err != nil {
