@@ -19,7 +19,7 @@ func (s *Server) clusterToProto(c *cluster) proto.Cluster {
 	pc := proto.Cluster{ID: c.ID, Name: c.Name, Labels: c.Labels, Created: c.Created}
 	now := s.now()
 	for _, a := range s.agentsByCluster[c.ID] {
-		pa := proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0,
+		pa := proto.Agent{NodeID: a.ID, Hostname: a.Hostname, Addresses: a.Addresses, Online: s.online[a.ID] > 0 || s.replicas.streamingElsewhere(a.ID),
 			LastSeen: a.LastSeen, Relayed: len(s.endpoints[a.ID]) == 0}
 		if pa.Online {
 			pa.LastSeen = now

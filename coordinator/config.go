@@ -42,6 +42,22 @@ type Config struct {
 	// off); "0" or "off" turns it off; a bare port means that port on the
 	// Listen host.
 	STUNListen string
+	// ReplicaListen is the TCP address on which a replica (Store
+	// StoreEtcd) accepts the relay links of the other replicas, which
+	// send it the datagrams for nodes attached to its relay (mutual TLS
+	// with the replicas' shared identity; see peers.go). Empty turns the
+	// links off: a node then reaches through the relay only the nodes
+	// attached to the same replica. Served by ListenAndServe.
+	ReplicaListen string
+	// ReplicaAdvertise is the address the other replicas dial to reach
+	// ReplicaListen: this replica's own address, not a load balancer's.
+	// Empty means ReplicaListen, which must then name a host.
+	ReplicaAdvertise string
+	// RelayOnly keeps the endpoints nodes publish to the coordinator: no
+	// node learns where its peers are, so every pair talks through the
+	// relay. For networks where UDP between nodes is unwanted, and for
+	// tests of the relay.
+	RelayOnly bool
 	// PublicURL is the URL nodes and browsers reach the coordinator at. It
 	// defaults to http(s)://Listen.
 	PublicURL string
@@ -242,6 +258,9 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	default:
 		return c, fmt.Errorf("store %q: use --store bolt (one file in --data-dir, the default) or --store etcd", c.Store)
+	}
+	if err := c.checkReplicaListen(); err != nil {
+		return c, err
 	}
 	if !c.IPv4Prefix.IsValid() {
 		c.IPv4Prefix = d.IPv4Prefix
@@ -466,4 +485,33 @@ const (
 )
 
 // auditKeyPath is where the audit checkpoint key is kept.
+// checkReplicaListen checks ReplicaListen and ReplicaAdvertise.
+func (c Config) checkReplicaListen() error {
+	if c.ReplicaListen == "" {
+		if c.ReplicaAdvertise != "" {
+			return errors.New("--replica-advertise is set without --replica-listen: set both, or neither")
+		}
+		return nil
+	}
+	if c.Store != StoreEtcd {
+		return fmt.Errorf("--replica-listen %s links coordinator replicas, which need a shared store: set --store etcd, or remove --replica-listen", c.ReplicaListen)
+	}
+	host, port, err := net.SplitHostPort(c.ReplicaListen)
+	if err != nil || port == "" {
+		return fmt.Errorf("--replica-listen %q is not host:port: use e.g. 10.0.0.11:7947 or :7947", c.ReplicaListen)
+	}
+	adv := c.ReplicaAdvertise
+	if adv == "" {
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			return fmt.Errorf("--replica-listen %s names no address the other replicas can dial: set --replica-advertise to this replica's own host:port (not the load balancer's)", c.ReplicaListen)
+		}
+		return nil
+	}
+	ahost, aport, err := net.SplitHostPort(adv)
+	if ip := net.ParseIP(ahost); err != nil || ahost == "" || aport == "" || aport == "0" || (ip != nil && ip.IsUnspecified()) {
+		return fmt.Errorf("--replica-advertise %q is not a host:port the other replicas can dial: use this replica's own address, e.g. 10.0.0.11:7947", adv)
+	}
+	return nil
+}
+
 func (c Config) auditKeyPath() string { return filepath.Join(c.DataDir, AuditKeyFile) }

@@ -119,6 +119,9 @@ type Server struct {
 	replica string
 	// feed is the store's feed when other replicas share it, else nil.
 	feed store.Feed
+	// replicas links this replica to the others (presence, relay links);
+	// nil without a shared store that has a presence register.
+	replicas *replicas
 	// leader is true while this replica runs the singleton work.
 	leader atomic.Bool
 	// applied is the store revision this replica's view has applied
@@ -303,6 +306,11 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	}
 	if feed != nil {
 		s.goOwned(func() { s.follow(feed, rev) })
+		if p, ok := st.(store.Presence); ok {
+			if s.replicas, err = s.newReplicas(p); err != nil {
+				return nil, err
+			}
+		}
 	}
 	s.goOwned(s.janitor)
 	// Of several replicas, one exports the audit log, or each record
@@ -429,6 +437,23 @@ func (s *Server) ListenAndServe(ctx context.Context, ready func(net.Addr)) error
 		}
 	}) {
 		pc.Close()
+	}
+	if s.cfg.ReplicaListen == "" && s.replicas != nil {
+		s.log.Warn("no --replica-listen: the other replicas cannot forward relayed datagrams to the nodes on this one, which then reach through the relay only nodes on this replica")
+	}
+	if s.cfg.ReplicaListen != "" {
+		rl, err := net.Listen("tcp", s.cfg.ReplicaListen)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("listen on %s for the other replicas (--replica-listen): %w", s.cfg.ReplicaListen, err)
+		}
+		if !start(func() {
+			if err := s.ServeReplicas(rl, s.cfg.ReplicaAdvertise); err != nil {
+				s.log.Error("replica links stopped: nodes reach only the nodes on this replica through the relay", "err", err)
+			}
+		}) {
+			rl.Close()
+		}
 	}
 	if ready != nil {
 		ready(l.Addr())
@@ -757,12 +782,14 @@ func (s *Server) janitor() {
 // back (mapStream). An agent registered since is in no map until its
 // stream opens (registerNode).
 //
-// Only a coordinator without replicas does this: a replica knows only
-// the streams open to itself (see docs/design.md, Replicas), so with
-// replicas an agent stays in the maps until AgentTTL and devices skip a
-// dead one by dialing the next (node/mesh).
+// With replicas an agent may stream from any of them: each announces the
+// agents streaming from it (replicas.go), and each takes out of its own
+// devices' maps the agents that stream from none. A replica on a shared
+// store without a presence register knows only its own streams, so it
+// leaves agents in the maps until AgentTTL, and devices skip a dead one
+// by dialing the next (node/mesh).
 func (s *Server) agentsGone() {
-	if s.feed != nil {
+	if s.feed != nil && s.replicas == nil {
 		return
 	}
 	now := s.now()
@@ -770,17 +797,23 @@ func (s *Server) agentsGone() {
 	defer s.mu.Unlock()
 	for cid, agents := range s.agentsByCluster {
 		for _, a := range agents {
-			if s.online[a.ID] > 0 || s.gone[a.ID] {
+			if s.online[a.ID] > 0 || s.gone[a.ID] || s.replicas.streamingElsewhere(a.ID) {
 				continue
 			}
 			since := a.LastSeen
 			if since.Before(s.started) {
 				since = s.started
 			}
+			if s.replicas != nil && s.replicas.offSince[a.ID].After(since) {
+				since = s.replicas.offSince[a.ID]
+			}
 			if now.Sub(since) < s.cfg.AgentGrace {
 				continue
 			}
 			s.gone[a.ID] = true
+			if s.replicas != nil {
+				delete(s.replicas.offSince, a.ID)
+			}
 			for _, u := range s.usersOn(cid, now) {
 				for _, d := range s.devicesByUser[u.ID] {
 					s.sendRemove(d, a.Key)

@@ -470,6 +470,13 @@ func TestConfigValidation(t *testing.T) {
 		{"etcd endpoints with bolt", Config{Etcd: store.EtcdConfig{Endpoints: []string{"https://etcd-0:2379"}}}, "--store etcd"},
 		{"audit export over plain syslog", Config{AuditExport: []string{"syslog://siem:514"}}, "syslog+tls://"},
 		{"audit export token in URL", Config{AuditExport: []string{"otlp+https://u:p@otel"}}, "headers-file="},
+		{"replica listen on bolt", Config{ReplicaListen: "127.0.0.1:7947"}, "--store etcd"},
+		{"replica advertise alone", Config{ReplicaAdvertise: "10.0.0.11:7947"}, "without --replica-listen"},
+		{"replica listen not host:port", Config{Store: StoreEtcd, Etcd: etcdOne, ReplicaListen: "7947"}, "not host:port"},
+		{"replica listen on every address, nothing advertised", Config{Store: StoreEtcd, Etcd: etcdOne, ReplicaListen: ":7947"}, "--replica-advertise"},
+		{"replica listen on 0.0.0.0, nothing advertised", Config{Store: StoreEtcd, Etcd: etcdOne, ReplicaListen: "0.0.0.0:7947"}, "--replica-advertise"},
+		{"replica advertise unspecified", Config{Store: StoreEtcd, Etcd: etcdOne, ReplicaListen: ":7947", ReplicaAdvertise: "0.0.0.0:7947"}, "this replica's own address"},
+		{"replica advertise without port", Config{Store: StoreEtcd, Etcd: etcdOne, ReplicaListen: ":7947", ReplicaAdvertise: "10.0.0.11"}, "this replica's own address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -482,7 +489,18 @@ func TestConfigValidation(t *testing.T) {
 	if _, err := (Config{}).withDefaults(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)
 	}
+	for _, ok := range []Config{
+		{Store: StoreEtcd, Etcd: etcdOne, ReplicaListen: "10.0.0.11:7947"},
+		{Store: StoreEtcd, Etcd: etcdOne, ReplicaListen: ":7947", ReplicaAdvertise: "coordinator-0.example.com:7947"},
+	} {
+		if _, err := ok.withDefaults(); err != nil {
+			t.Errorf("--replica-listen %s --replica-advertise %q: %v", ok.ReplicaListen, ok.ReplicaAdvertise, err)
+		}
+	}
 }
+
+// etcdOne is a valid etcd configuration for configuration tests.
+var etcdOne = store.EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}}
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 

@@ -273,6 +273,9 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 			}
 		}
 	}
+	if s.cfg.RelayOnly {
+		eps = nil // passed on to no one
+	}
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "streaming unsupported", "")
@@ -292,6 +295,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	s.clients[n.ID] = c
 	s.sendPendingEndsLocked(n.ID, c)
 	s.online[n.ID]++
+	s.replicas.announceStream(n, true)
 	delete(s.gone, n.ID) // back in its users' maps (nodeChanged below)
 	if eps != nil {
 		s.endpoints[n.ID] = eps
@@ -318,6 +322,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 		}
 		if s.online[n.ID]--; s.online[n.ID] <= 0 {
 			delete(s.online, n.ID)
+			s.replicas.announceStream(n, false)
 		}
 		if s.nodes[n.ID] != nil {
 			n.LastSeen = s.now()

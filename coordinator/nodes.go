@@ -186,11 +186,12 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 		return nil, &proto.Problem{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Title: "register node: internal error (see the coordinator's log)"}
 	}
 	s.indexNode(n)
-	if n.Kind == proto.KindAgent && s.feed == nil {
+	if n.Kind == proto.KindAgent && (s.feed == nil || s.replicas != nil) {
 		// Not in its users' maps before its map stream opens: until
 		// then it does not know their devices and cannot answer them.
 		// (With replicas the stream may open on another replica, which
-		// this one would never hear of; see agentsGone.)
+		// this one hears of only through the presence register; see
+		// agentsGone.)
 		s.gone[n.ID] = true
 	}
 	s.nodeChanged(n)
@@ -291,6 +292,10 @@ func (s *Server) handleEndpoints(w http.ResponseWriter, r *http.Request, n *node
 			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "bad endpoint "+e.String(), "endpoints must be ip:port")
 			return
 		}
+	}
+	if s.cfg.RelayOnly {
+		w.WriteHeader(http.StatusNoContent) // passed on to no one
+		return
 	}
 	s.mu.Lock()
 	if s.nodes[n.ID] == nil {

@@ -115,7 +115,14 @@ func (s *Server) RelayStats() proto.RelayStats {
 	r.mu.RLock()
 	n := len(r.conns)
 	r.mu.RUnlock()
+	var out, in, dropped uint64
+	if ps := s.replicas; ps != nil {
+		out, in, dropped = ps.forwardedOut.Load(), ps.forwardedIn.Load(), ps.dropped.Load()
+	}
 	return proto.RelayStats{
+		ForwardedOut:    out,
+		ForwardedIn:     in,
+		DroppedReplica:  dropped,
 		Conns:           n,
 		Packets:         r.packets.Load(),
 		Bytes:           r.bytes.Load(),
@@ -176,6 +183,8 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 	}
 	old := rl.conns[c.key]
 	rl.conns[c.key] = c
+	// Under rl.mu, so that announcements of one key keep its order.
+	s.replicas.announceRelay(c.key, true)
 	rl.mu.Unlock()
 	if old != nil {
 		old.close()
@@ -191,12 +200,7 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 	// this node's upgrade succeed can relay to it at once.
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + proto.RelayUpgrade + "\r\n\r\n")
 	if err := brw.Flush(); err != nil {
-		rl.mu.Lock()
-		if rl.conns[c.key] == c {
-			delete(rl.conns, c.key)
-		}
-		rl.mu.Unlock()
-		c.close()
+		rl.detach(c)
 		return
 	}
 	s.log.Info("relay connection open", "node", n.ID)
@@ -206,14 +210,21 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 		rl.write(c, brw.Writer)
 	}()
 	err = rl.read(c, brw.Reader)
+	rl.detach(c)
+	<-wrote
+	s.log.Info("relay connection closed", "node", n.ID, "err", err)
+}
+
+// detach closes c and takes it out of the relay, unless a newer
+// connection of its node replaced it.
+func (rl *relay) detach(c *relayConn) {
 	rl.mu.Lock()
 	if rl.conns[c.key] == c {
 		delete(rl.conns, c.key)
+		rl.s.replicas.announceRelay(c.key, false)
 	}
 	rl.mu.Unlock()
 	c.close()
-	<-wrote
-	s.log.Info("relay connection closed", "node", n.ID, "err", err)
 }
 
 // read forwards the frames a node sends until its connection fails.
@@ -238,8 +249,10 @@ func (rl *relay) read(c *relayConn, br *bufio.Reader) error {
 
 // forward queues pkt from src for dst, or drops it: when it is larger
 // than a WireGuard datagram of the tunnel's MTU, src exceeds its rate, dst
-// is not connected or not src's peer, or dst's queue is full (in
-// datagrams or in bytes).
+// is not connected (here or, with replicas, to another replica) or not
+// src's peer, or dst's queue is full (in datagrams or in bytes). A
+// datagram for a node attached to another replica is sent on to it
+// (peers.forward).
 func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
 	if len(pkt) > proto.MaxRelayDatagram {
 		rl.droppedSize.Add(1)
@@ -252,44 +265,59 @@ func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
 	rl.mu.RLock()
 	dst := rl.conns[dstKey]
 	rl.mu.RUnlock()
-	if dst == nil || dst == src || !rl.allowed(src, dst) {
+	if dst == nil {
+		if ps := rl.s.replicas; ps == nil || dstKey == src.key || !rl.allowed(src, dstKey) || !ps.forward(src, dstKey, pkt) {
+			rl.droppedPeer.Add(1)
+		}
+		return
+	}
+	if dst == src || !rl.allowed(src, dstKey) {
 		rl.droppedPeer.Add(1)
 		return
 	}
-	frame := proto.AppendRelayPacket(make([]byte, 0, proto.RelayFrameHeaderLen+len(src.key)+len(pkt)), src.key, pkt)
+	if rl.enqueue(dst, src.key, pkt) {
+		rl.packets.Add(1)
+		rl.bytes.Add(uint64(len(pkt)))
+	}
+}
+
+// enqueue queues pkt from srcKey for dst and reports whether it did; it
+// drops it when dst's queue is full (in datagrams or in bytes).
+func (rl *relay) enqueue(dst *relayConn, srcKey proto.Key, pkt []byte) bool {
+	frame := proto.AppendRelayPacket(make([]byte, 0, proto.RelayFrameHeaderLen+len(srcKey)+len(pkt)), srcKey, pkt)
 	n := int64(len(frame))
 	if dst.queued.Add(n) > rl.queueBytes {
 		dst.queued.Add(-n)
 		rl.droppedQueue.Add(1)
-		return
+		return false
 	}
 	select {
 	case dst.out <- frame:
-		rl.packets.Add(1)
-		rl.bytes.Add(uint64(len(pkt)))
+		return true
 	default:
 		dst.queued.Add(-n)
 		rl.droppedQueue.Add(1)
+		return false
 	}
 }
 
-// allowed reports whether src may relay to dst, from src's cache or the
-// coordinator's state.
-func (rl *relay) allowed(src, dst *relayConn) bool {
+// allowed reports whether src may relay to the node with key dstKey,
+// from src's cache or the coordinator's state.
+func (rl *relay) allowed(src *relayConn, dstKey proto.Key) bool {
 	now := time.Now()
 	s := rl.s
-	if e, ok := src.allowed[dst.key]; ok && e.gen == s.mapGen.Load() && now.Before(e.until) {
+	if e, ok := src.allowed[dstKey]; ok && e.gen == s.mapGen.Load() && now.Before(e.until) {
 		return e.ok
 	}
 	s.mu.Lock()
-	a, b := s.nodes[src.nodeID], s.nodes[dst.nodeID]
+	a, b := s.nodes[src.nodeID], s.nodesByKey[dstKey]
 	ok := a != nil && b != nil && s.mayRelayLocked(a, b, s.now())
 	gen := s.mapGen.Load()
 	s.mu.Unlock()
 	if len(src.allowed) > 4096 {
 		clear(src.allowed)
 	}
-	src.allowed[dst.key] = allowEntry{ok: ok, gen: gen, until: now.Add(relayAllowTTL)}
+	src.allowed[dstKey] = allowEntry{ok: ok, gen: gen, until: now.Add(relayAllowTTL)}
 	return ok
 }
 

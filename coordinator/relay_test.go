@@ -413,3 +413,34 @@ func TestRelayRefusesOversizedDatagrams(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayOnlyPassesOnNoEndpoints: with RelayOnly the endpoints a node
+// publishes, on its map stream or later, reach no peer.
+func TestRelayOnlyPassesOnNoEndpoints(t *testing.T) {
+	e := newTestEnvWith(t, func(c *Config) { c.RelayOnly = true })
+	m := newRelayMesh(e)
+	am := e.openMap(m.agent.NodeToken)
+	am.next()
+	req, _ := http.NewRequest("GET", e.ts.URL+"/api/v1/map?"+endpointsParam+"=198.51.100.8:41641", nil)
+	req.Header.Set("Authorization", "Bearer "+m.alice.NodeToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("map stream with endpoints = %d", resp.StatusCode)
+	}
+	e.must("PUT", "/api/v1/nodes/self/endpoints", m.alice.NodeToken, proto.EndpointsUpdate{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:41641")}}, nil)
+	// The stream's opening changes alice's online state: one delta, with
+	// no endpoints.
+	d := am.next()
+	if len(d.Peers) != 1 || d.Peers[0].Key != m.aliceKey || len(d.Peers[0].Endpoints) != 0 {
+		t.Fatalf("agent delta = %+v, want alice without endpoints", d)
+	}
+	e.srv.mu.Lock()
+	defer e.srv.mu.Unlock()
+	if eps := e.srv.endpoints[m.alice.NodeID]; len(eps) != 0 {
+		t.Fatalf("the coordinator kept alice's endpoints %v", eps)
+	}
+}

@@ -155,10 +155,18 @@ func (s *Server) applyChangeLocked(ch store.Change) error {
 		if err := decodeChange(ch, &n); err != nil {
 			return err
 		}
-		if old := s.nodes[n.ID]; old != nil {
-			eps := s.endpoints[n.ID]
+		old := s.nodes[n.ID]
+		if old != nil {
+			eps, gone := s.endpoints[n.ID], s.gone[n.ID]
 			s.unindexNode(old)
 			s.endpoints[n.ID] = eps
+			if gone {
+				s.gone[n.ID] = true
+			}
+		} else if n.Kind == proto.KindAgent && s.replicas != nil && !s.replicas.streamingElsewhere(n.ID) {
+			// Registered on another replica: in its users' maps once
+			// its stream opens, as there (registerNode).
+			s.gone[n.ID] = true
 		}
 		s.indexNode(&n)
 		s.nodeChanged(&n)
@@ -480,7 +488,16 @@ func (s *Server) awaitReplicated(ctx context.Context, found func() bool) bool {
 	if found() || s.feed == nil {
 		return found()
 	}
-	target, err := s.feed.ViewRev(func(store.Tx) error { return nil })
+	var target int64
+	var err error
+	if lc, ok := s.feed.(store.LastCommitter); ok {
+		// The store's revision may be ahead of every commit the watch
+		// delivers (presence, elections): waiting for it would hold
+		// every refusal for replicaCatchUp.
+		target, err = lc.LastCommit()
+	} else {
+		target, err = s.feed.ViewRev(func(store.Tx) error { return nil })
+	}
 	if err != nil {
 		return found()
 	}

@@ -24,6 +24,13 @@ import (
 // With wrap, replica i uses wrap(i, its handle) as its store.
 func newReplicaEnvs(t *testing.T, n int, wrap ...func(int, *store.Mem) store.Store) []*testEnv {
 	t.Helper()
+	return newReplicaEnvsWith(t, n, nil, wrap...)
+}
+
+// newReplicaEnvsWith is newReplicaEnvs with configure applied to each
+// replica's configuration, when not nil.
+func newReplicaEnvsWith(t *testing.T, n int, configure func(*Config), wrap ...func(int, *store.Mem) store.Store) []*testEnv {
+	t.Helper()
 	m := store.NewMem()
 	iss := newFakeIssuer(t)
 	stores := []store.Store{m}
@@ -38,9 +45,17 @@ func newReplicaEnvs(t *testing.T, n int, wrap ...func(int, *store.Mem) store.Sto
 	envs := make([]*testEnv, n)
 	for i := range envs {
 		envs[i] = &testEnv{t: t, iss: iss, dir: t.TempDir(), st: stores[i]}
+		public := ""
 		if i > 0 {
-			public := envs[0].ts.URL
-			envs[i].configure = func(c *Config) { c.PublicURL = public }
+			public = envs[0].ts.URL
+		}
+		envs[i].configure = func(c *Config) {
+			if public != "" {
+				c.PublicURL = public
+			}
+			if configure != nil {
+				configure(c)
+			}
 		}
 		envs[i].start()
 	}

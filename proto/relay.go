@@ -38,6 +38,10 @@ const (
 	// RelayFrameKeepAlive carries nothing; each side sends one when it has
 	// been quiet, so the other can tell a dead connection from an idle one.
 	RelayFrameKeepAlive RelayFrameType = 2
+	// RelayFrameForward carries a datagram between coordinator replicas
+	// (never to or from a node): the authenticated sender's key, the
+	// destination's key and the datagram. See AppendRelayForward.
+	RelayFrameForward RelayFrameType = 3
 )
 
 // RelayFrameHeaderLen is the length of a relay frame header.
@@ -109,13 +113,49 @@ func ParseRelayPacket(payload []byte) (Key, []byte, error) {
 	return k, payload[len(k):], nil
 }
 
+// ---- Relay between coordinator replicas ----
+//
+// Replicas sharing one store forward datagrams for nodes attached to
+// another replica's relay over a connection of their own (mutual TLS
+// between replicas, see the coordinator), carrying relay frames: keep-
+// alives and RelayFrameForward frames, whose payload is
+//
+//	sender key (32) | destination key (32) | WireGuard datagram
+
+// ReplicaRelayALPN is the TLS application protocol of the connections
+// between coordinator replicas.
+const ReplicaRelayALPN = "clustral-replica-relay/1"
+
+// AppendRelayForward appends a RelayFrameForward frame carrying pkt from
+// src to dstKey to dst.
+func AppendRelayForward(dst []byte, src, dstKey Key, pkt []byte) []byte {
+	dst = append(dst, byte(RelayFrameForward))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(src)+len(dstKey)+len(pkt)))
+	dst = append(dst, src[:]...)
+	dst = append(dst, dstKey[:]...)
+	return append(dst, pkt...)
+}
+
+// ParseRelayForward splits a RelayFrameForward payload into its sender,
+// destination and datagram.
+func ParseRelayForward(payload []byte) (src, dst Key, pkt []byte, err error) {
+	if len(payload) <= len(src)+len(dst) {
+		return src, dst, nil, fmt.Errorf("%w: forward payload of %d bytes", ErrRelayFrame, len(payload))
+	}
+	copy(src[:], payload)
+	copy(dst[:], payload[len(src):])
+	return src, dst, payload[len(src)+len(dst):], nil
+}
+
 // RelayStats are the coordinator relay's counters, served at
 // GET RelayPath + "/stats".
 type RelayStats struct {
 	// Conns is the number of open relay connections.
 	Conns int `json:"conns"`
 	// Packets and Bytes count the datagrams forwarded (bytes of WireGuard
-	// datagrams, without framing).
+	// datagrams, without framing) to the nodes attached to this
+	// coordinator, those that came through another replica included:
+	// over replicas, their sums count each datagram once.
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
 	// DroppedRate counts datagrams dropped because their sender exceeded
@@ -130,6 +170,15 @@ type RelayStats struct {
 	DroppedTooLarge uint64 `json:"dropped_too_large"`
 	// STUNRequests counts endpoint-discovery probes answered.
 	STUNRequests uint64 `json:"stun_requests"`
+	// ForwardedOut counts datagrams this replica sent on to the replica
+	// their destination is attached to; ForwardedIn those it received
+	// from other replicas and queued for a node attached here.
+	// DroppedReplica counts datagrams for a node attached to another
+	// replica that could not be sent there (no connection to it, or its
+	// queue was full). All three stay zero on a lone coordinator.
+	ForwardedOut   uint64 `json:"forwarded_out,omitempty"`
+	ForwardedIn    uint64 `json:"forwarded_in,omitempty"`
+	DroppedReplica uint64 `json:"dropped_replica,omitempty"`
 }
 
 // EndpointsUpdate is the body of PUT /api/v1/nodes/self/endpoints: the

@@ -25,6 +25,8 @@ func relaySeeds() [][]byte {
 		over,
 		{byte(RelayFramePacket), 0xff, 0xff, 0xff, 0xff},
 		{},
+		AppendRelayForward(nil, k, k, []byte("hello")),
+		append([]byte{byte(RelayFrameForward), 0, 0, 0, 64}, append(k[:], k[:]...)...), // two keys, no datagram
 	}
 }
 
@@ -51,6 +53,19 @@ func FuzzRelayFrame(f *testing.F) {
 			end := len(data) - r.Len()
 			if len(payload) > MaxRelayPayload || end-start != RelayFrameHeaderLen+len(payload) {
 				t.Fatalf("payload of %d bytes from %d bytes of frame", len(payload), end-start)
+			}
+			if typ == RelayFrameForward {
+				src, dst, pkt, err := ParseRelayForward(payload)
+				if err != nil {
+					if !errors.Is(err, ErrRelayFrame) || len(payload) > 2*len(src) {
+						t.Fatalf("ParseRelayForward(%d bytes) = %v", len(payload), err)
+					}
+					continue
+				}
+				if again := AppendRelayForward(nil, src, dst, pkt); !bytes.Equal(again, data[start:end]) {
+					t.Fatalf("re-encoded forward frame differs:\n got %x\nwant %x", again, data[start:end])
+				}
+				continue
 			}
 			if typ != RelayFramePacket {
 				continue

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -141,11 +142,17 @@ type Etcd struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	own    ownCommits
+	// closing ends when Close begins; Close then waits for the
+	// announcers (Announce) to revoke their leases.
+	closing    context.Context
+	endClosing context.CancelFunc
+	announcers sync.WaitGroup
 }
 
 var (
-	_ Feed    = (*Etcd)(nil)
-	_ Elector = (*Etcd)(nil)
+	_ Feed          = (*Etcd)(nil)
+	_ Elector       = (*Etcd)(nil)
+	_ LastCommitter = (*Etcd)(nil)
 )
 
 // electionTTL is how long, in seconds, a leader's etcd lease outlives
@@ -223,6 +230,7 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &Etcd{cfg: cfg, cli: cli, ctx: sctx, cancel: cancel}
+	s.closing, s.endClosing = context.WithCancel(context.Background())
 	pctx, pcancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer pcancel()
 	resp, err := cli.Get(pctx, s.restoringKey(), clientv3.WithCountOnly())
@@ -334,6 +342,8 @@ func (s *Etcd) Prefix() string { return s.cfg.Prefix }
 // Close implements Store. It cancels calls in flight and closes the
 // connection to etcd.
 func (s *Etcd) Close() error {
+	s.endClosing()
+	s.announcers.Wait() // their leases revoked: their entries are gone
 	s.cancel()
 	return s.cli.Close()
 }
@@ -377,6 +387,23 @@ func (s *Etcd) ViewRev(fn func(Tx) error) (int64, error) {
 		}
 	}
 	return tx.rev, nil
+}
+
+// LastCommit implements LastCommitter: every commit rewrites the version
+// keys of the buckets it writes to, so the latest is the highest mod
+// revision among them, read with one request.
+func (s *Etcd) LastCommit() (int64, error) {
+	ctx, cancel := s.call()
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.cfg.Prefix+"/_version/", clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortDescend), clientv3.WithLimit(1))
+	if err != nil {
+		return 0, fmt.Errorf("read the revision of the last commit under %s: %w", s.cfg.Prefix, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
 }
 
 // Shared implements Feed: other replicas may write to the prefix.

@@ -214,6 +214,15 @@ func (o *ownCommits) superseded(rev int64, b Bucket, key string) bool {
 	return own >= rev
 }
 
+// LastCommitter is a Feed whose revisions also advance without a commit
+// Watch delivers (etcd: any write to the cluster, the replicas' presence
+// and elections among them). LastCommit returns the revision of the
+// latest commit Watch delivers, the one a follower that has seen
+// everything has reached.
+type LastCommitter interface {
+	LastCommit() (int64, error)
+}
+
 // Elector is a shared store that elects one of the processes using it to
 // do work that must run in one place at a time (expiry, retention, audit
 // checkpoints).

@@ -32,6 +32,8 @@ type memCore struct {
 	hist   *history
 	// leads holds, per leadership name, a token the leader takes.
 	leads map[string]chan struct{}
+	// pres is the presence register (presence.go), made on first use.
+	pres *memPresence
 }
 
 // memHistory is how many commits a Mem keeps for Watch.

@@ -215,6 +215,14 @@ func StartReplicas(ctx context.Context, bin, dir string, n int, o CoordinatorOpt
 			ro.Port = 0
 		}
 		rdir := filepath.Join(dir, "replica-"+strconv.Itoa(i))
+		// Each replica takes the others' relay links on a port of its
+		// own, and announces it.
+		lp, err := FreePort()
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		ro.ExtraArgs = append([]string{"--replica-listen", "127.0.0.1:" + strconv.Itoa(lp)}, ro.ExtraArgs...)
 		if key != nil {
 			if err := os.MkdirAll(filepath.Join(rdir, "data"), 0o700); err != nil {
 				r.Close()

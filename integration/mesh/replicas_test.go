@@ -7,6 +7,7 @@ package mesh
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -431,4 +432,132 @@ func TestReplicasSurviveEtcdLeaderLoss(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d of %d role creations acknowledged across the leader's loss; all three replicas list the same %d roles", len(acked), writes, strings.Count(views[0], ",")+1)
+}
+
+// relayStats reads a replica's relay counters.
+func relayStats(ctx context.Context, url string) (proto.RelayStats, error) {
+	var st proto.RelayStats
+	req, err := http.NewRequestWithContext(ctx, "GET", url+proto.RelayPath+"/stats", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("relay stats of %s: %s", url, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// TestRelayAcrossReplicas: with --relay-only no pair has a direct path;
+// the agent's relay connection is on replica B and carol's device's on
+// replica C, so kubectl through the mesh works only if B and C forward
+// each other's datagrams over their replica link.
+func TestRelayAcrossReplicas(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t, "--relay-only")
+	urls := r.URLs()
+	suite.StartAgentAt(t, urls[1], cl.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLoginAt(urls[2])
+	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, nil)
+	c.MustUp()
+	ns, w := openWatch(t, c)
+	suite.CreateConfigMap(t, ns, "through-two-replicas")
+	w.WaitContains(10*time.Second, "through-two-replicas")
+
+	var b, cs proto.RelayStats
+	harness.MustEventually(t, 5*time.Second, func(ctx context.Context) error {
+		var err error
+		if b, err = relayStats(ctx, urls[1]); err != nil {
+			return err
+		}
+		if cs, err = relayStats(ctx, urls[2]); err != nil {
+			return err
+		}
+		if b.ForwardedOut == 0 || b.ForwardedIn == 0 || cs.ForwardedOut == 0 || cs.ForwardedIn == 0 {
+			return fmt.Errorf("replica B %+v, replica C %+v: want datagrams forwarded both ways", b, cs)
+		}
+		return nil
+	})
+	t.Logf("replica B %+v; replica C %+v", b, cs)
+	if a, err := relayStats(t.Context(), urls[0]); err != nil || a.ForwardedIn != 0 || a.ForwardedOut != 0 {
+		t.Errorf("replica A, which holds neither end, forwarded: %+v, %v", a, err)
+	}
+}
+
+// TestAgentGoneAcrossReplicas: the agent streams from replica B and
+// carol's device from replica C. Replica A, which holds neither, shows the
+// agent online; killed, the agent leaves carol's map (C removes it
+// AgentGrace after B saw its stream close), and every replica shows it
+// offline.
+func TestAgentGoneAcrossReplicas(t *testing.T) {
+	r, adm, cl := newReplicaMesh(t)
+	urls := r.URLs()
+	agent := suite.StartAgentAt(t, urls[1], cl.JoinToken)
+	c := suite.NewUser(t, carol)
+	c.MustLoginAt(urls[2])
+	adm.MustAPI("POST", "/api/v1/assignments", proto.Assignment{User: carol.Email, Role: "viewer", Cluster: harness.MeshCluster}, nil)
+	c.MustUp()
+	harness.MustEventually(t, 10*time.Second, func(context.Context) error {
+		_, err := c.RunKubectl("get", "configmaps", "-n", "default")
+		return err
+	})
+	agentsInMap := func() (int, error) {
+		var st struct {
+			Agents []struct {
+				Cluster string `json:"cluster"`
+			} `json:"agents"`
+		}
+		if err := json.Unmarshal([]byte(c.MustRun("status", "-o", "json")), &st); err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, a := range st.Agents {
+			if a.Cluster == harness.MeshCluster {
+				n++
+			}
+		}
+		return n, nil
+	}
+	onlineAt := func(ctx context.Context, url string) (bool, error) {
+		var cls []proto.Cluster
+		if err := adm.API(ctx, url, "GET", "/api/v1/clusters", nil, &cls); err != nil {
+			return false, err
+		}
+		for _, c := range cls {
+			if c.Name == harness.MeshCluster && len(c.Agents) == 1 {
+				return c.Agents[0].Online, nil
+			}
+		}
+		return false, fmt.Errorf("cluster %s with one agent not found", harness.MeshCluster)
+	}
+	if n, err := agentsInMap(); err != nil || n != 1 {
+		t.Fatalf("agents of %s in carol's map: %d, %v; want 1", harness.MeshCluster, n, err)
+	}
+	harness.MustEventually(t, 5*time.Second, func(ctx context.Context) error {
+		for _, u := range urls {
+			if on, err := onlineAt(ctx, u); err != nil || !on {
+				return fmt.Errorf("%s: agent online %v, %v", u, on, err)
+			}
+		}
+		return nil
+	})
+
+	agent.Proc.Kill()
+	killed := time.Now()
+	harness.MustEventually(t, 15*time.Second, func(context.Context) error {
+		if n, err := agentsInMap(); err != nil || n != 0 {
+			return fmt.Errorf("%d agents in carol's map (%v)", n, err)
+		}
+		return nil
+	})
+	t.Logf("the killed agent left the map of a device on another replica %v later", time.Since(killed).Round(100*time.Millisecond))
+	for _, u := range urls {
+		if on, err := onlineAt(t.Context(), u); err != nil || on {
+			t.Errorf("%s: the killed agent is online: %v, %v", u, on, err)
+		}
+	}
 }

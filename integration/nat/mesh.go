@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,36 +49,54 @@ const (
 // Mesh is clustral running across a Topology: etcd, kube-apiserver, Dex
 // and the coordinator (TLS, on Public) in the core namespace, the agent in
 // the cluster namespace and alice's `clustral up` and kubectl in the
-// laptop namespace. The agent reaches kube-apiserver at Public through its
+// laptop namespace. With replicas, the coordinators share an etcd of their
+// own (in core too), each on its own port of Public: the agent and the
+// administrator use the first, alice the last, so that the two ends of
+// the pair are attached to different replicas. The agent reaches kube-apiserver at Public through its
 // NAT, as it would reach a control plane outside its LAN.
 //
 // StartMesh must run in t.Core: the harness binds etcd, the apiserver and
 // Dex on the loopback of the namespace it runs in. A Mesh is safe for
 // concurrent use by the methods that run commands; Close is not.
 type Mesh struct {
-	Env      *harness.Env
-	Topo     *Topology
+	Env  *harness.Env
+	Topo *Topology
+	// CoordURL is the coordinator the agent and the admin use; AliceURL
+	// the one alice uses (the same without replicas); URLs every replica.
 	CoordURL string
+	AliceURL string
+	URLs     []string
 	Alice    *harness.User // runs in the laptop namespace
 	Admin    *harness.User // runs in core
 
-	bin   string
-	dir   string
-	caPEM []byte
-	hc    *http.Client
-	coord *harness.Process
-	agent *harness.Process
+	bin    string
+	dir    string
+	caPEM  []byte
+	hc     *http.Client
+	etcd   *harness.EtcdCluster
+	coords []*harness.Process
+	agent  *harness.Process
 }
 
 // StartMesh starts the components with their files under dir, joins the
 // agent and logs alice in, but does not run `clustral up` (see Up). bin
 // is the clustral binary. On error it stops whatever it started.
-func StartMesh(ctx context.Context, topo *Topology, bin, dir string) (m *Mesh, err error) {
-	m = &Mesh{Topo: topo, bin: bin, dir: dir, CoordURL: "https://" + net.JoinHostPort(Public.String(), strconv.Itoa(coordPort))}
+func StartMesh(ctx context.Context, topo *Topology, bin, dir string) (*Mesh, error) {
+	return StartMeshReplicas(ctx, topo, bin, dir, 1)
+}
+
+// StartMeshReplicas is StartMesh with n coordinator replicas on etcd
+// when n > 1.
+func StartMeshReplicas(ctx context.Context, topo *Topology, bin, dir string, n int) (m *Mesh, err error) {
+	m = &Mesh{Topo: topo, bin: bin, dir: dir}
+	for i := range max(n, 1) {
+		m.URLs = append(m.URLs, "https://"+net.JoinHostPort(Public.String(), strconv.Itoa(coordPort+i)))
+	}
+	m.CoordURL, m.AliceURL = m.URLs[0], m.URLs[len(m.URLs)-1]
+	started := m // the returns below set m to nil
 	defer func() {
 		if err != nil {
-			m.Close()
-			m = nil
+			started.Close()
 		}
 	}()
 	m.Env, err = harness.Start(ctx, harness.Options{
@@ -96,10 +115,10 @@ func StartMesh(ctx context.Context, topo *Topology, bin, dir string) (m *Mesh, e
 	if err != nil {
 		return nil, err
 	}
-	if err := m.grantRBAC(ctx); err != nil {
+	if err = m.grantRBAC(ctx); err != nil {
 		return nil, err
 	}
-	if err := m.startCoordinator(ctx); err != nil {
+	if err = m.startCoordinators(ctx); err != nil {
 		return nil, err
 	}
 
@@ -110,10 +129,11 @@ func StartMesh(ctx context.Context, topo *Topology, bin, dir string) (m *Mesh, e
 		return nil, err
 	}
 	m.Alice = harness.NewUser(wrapper, filepath.Join(dir, "alice"), alice)
-	for _, u := range []*harness.User{m.Admin, m.Alice} {
-		if err := m.login(ctx, u); err != nil {
-			return nil, err
-		}
+	if err := m.login(ctx, m.Admin, m.CoordURL); err != nil {
+		return nil, err
+	}
+	if err := m.login(ctx, m.Alice, m.AliceURL); err != nil {
+		return nil, err
 	}
 	var cl proto.CreateClusterResponse
 	for _, c := range []struct {
@@ -157,7 +177,9 @@ func (m *Mesh) grantRBAC(ctx context.Context) error {
 	return nil
 }
 
-func (m *Mesh) startCoordinator(ctx context.Context) error {
+// startCoordinators starts one coordinator per URL, on etcd when there
+// are several.
+func (m *Mesh) startCoordinators(ctx context.Context) error {
 	dir := filepath.Join(m.dir, "coord")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -178,24 +200,52 @@ func (m *Mesh) startCoordinator(ctx context.Context) error {
 			return err
 		}
 	}
-	args := []string{"coordinator",
-		"--listen", net.JoinHostPort(Public.String(), strconv.Itoa(coordPort)),
-		"--data-dir", filepath.Join(dir, "data"),
-		"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"),
-		"--oidc-issuer", m.Env.Dex.Issuer, "--oidc-client-id", "clustral", "--oidc-ca-file", filepath.Join(dir, "oidc-ca.pem"),
-		"--admin", admin.Email,
-		"--log-format", "text",
+	var shared []string
+	if len(m.URLs) > 1 {
+		edir := filepath.Join(dir, "etcd")
+		if err := os.MkdirAll(edir, 0o700); err != nil {
+			return err
+		}
+		if m.etcd, err = harness.StartEtcdCluster(ctx, edir, 1); err != nil {
+			return err
+		}
+		shared = []string{"--store", "etcd", "--etcd-endpoints", strings.Join(m.etcd.URLs, ",")}
 	}
-	env := append(os.Environ(), "CLUSTRAL_OIDC_CLIENT_SECRET="+oidcSecret)
-	p, err := harness.StartProcess("coordinator", m.bin, args, env, filepath.Join(dir, "coordinator.log"))
-	if err != nil {
-		return err
-	}
-	m.coord = p
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := p.WaitHTTPClient(wctx, m.hc, m.CoordURL+"/readyz"); err != nil {
-		return fmt.Errorf("coordinator not ready: %w", err)
+	for i, u := range m.URLs {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return err
+		}
+		args := append([]string{"coordinator",
+			"--listen", pu.Host,
+			"--data-dir", filepath.Join(dir, "data-"+strconv.Itoa(i)),
+			"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"),
+			"--oidc-issuer", m.Env.Dex.Issuer, "--oidc-client-id", "clustral", "--oidc-ca-file", filepath.Join(dir, "oidc-ca.pem"),
+			"--admin", admin.Email,
+			"--log-format", "text",
+		}, shared...)
+		if shared != nil {
+			// Each replica has its own discovery port, as each host
+			// behind a load balancer would.
+			args = append(args, "--stun-listen", net.JoinHostPort(Public.String(), strconv.Itoa(3478+i)))
+			lp, err := harness.FreePort()
+			if err != nil {
+				return err
+			}
+			args = append(args, "--replica-listen", "127.0.0.1:"+strconv.Itoa(lp))
+		}
+		env := append(os.Environ(), "CLUSTRAL_OIDC_CLIENT_SECRET="+oidcSecret)
+		p, err := harness.StartProcess("coordinator", m.bin, args, env, filepath.Join(dir, "coordinator-"+strconv.Itoa(i)+".log"))
+		if err != nil {
+			return err
+		}
+		m.coords = append(m.coords, p)
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = p.WaitHTTPClient(wctx, m.hc, u+"/readyz")
+		cancel()
+		if err != nil {
+			return fmt.Errorf("coordinator %s not ready: %w", u, err)
+		}
 	}
 	return nil
 }
@@ -203,9 +253,10 @@ func (m *Mesh) startCoordinator(ctx context.Context) error {
 // caFile is the coordinator's CA bundle on disk.
 func (m *Mesh) caFile() string { return filepath.Join(m.dir, "coord", "ca.pem") }
 
-// login logs u in with an ID token from Dex (--id-token-file).
-func (m *Mesh) login(ctx context.Context, u *harness.User) error {
-	return u.LoginWithToken(ctx, m.Env.Dex, "clustral", oidcSecret, m.CoordURL, "--ca-file", m.caFile())
+// login logs u in at coordURL with an ID token from Dex
+// (--id-token-file).
+func (m *Mesh) login(ctx context.Context, u *harness.User, coordURL string) error {
+	return u.LoginWithToken(ctx, m.Env.Dex, "clustral", oidcSecret, coordURL, "--ca-file", m.caFile())
 }
 
 // startAgent runs the agent in the cluster namespace and waits until the
@@ -338,10 +389,28 @@ func (m *Mesh) agentPath() string {
 	return "relayed"
 }
 
-// RelayStats returns the coordinator relay's counters.
+// RelayStats returns the coordinator relay's counters, summed over the
+// replicas.
 func (m *Mesh) RelayStats(ctx context.Context) (proto.RelayStats, error) {
-	var s proto.RelayStats
-	return s, m.call(ctx, "GET", proto.RelayPath+"/stats", "", nil, &s)
+	var sum proto.RelayStats
+	for _, u := range m.URLs {
+		var s proto.RelayStats
+		if err := harness.CallAPIWith(ctx, m.hc, u, "GET", proto.RelayPath+"/stats", "", nil, &s); err != nil {
+			return sum, err
+		}
+		sum.Conns += s.Conns
+		sum.Packets += s.Packets
+		sum.Bytes += s.Bytes
+		sum.DroppedRate += s.DroppedRate
+		sum.DroppedQueue += s.DroppedQueue
+		sum.DroppedNoPeer += s.DroppedNoPeer
+		sum.DroppedTooLarge += s.DroppedTooLarge
+		sum.STUNRequests += s.STUNRequests
+		sum.ForwardedOut += s.ForwardedOut
+		sum.ForwardedIn += s.ForwardedIn
+		sum.DroppedReplica += s.DroppedReplica
+	}
+	return sum, nil
 }
 
 // API calls the coordinator's API as the admin.
@@ -372,7 +441,7 @@ func (m *Mesh) Kubectl(ctx context.Context, args ...string) *exec.Cmd {
 // Logs returns the tails of the coordinator's and the agent's logs.
 func (m *Mesh) Logs() string {
 	var b strings.Builder
-	for _, p := range []*harness.Process{m.coord, m.agent} {
+	for _, p := range append(slices.Clone(m.coords), m.agent) {
 		if p != nil {
 			fmt.Fprintf(&b, "--- %s\n%s\n", p.LogPath(), p.Tail(40))
 		}
@@ -393,10 +462,13 @@ func (m *Mesh) Close() {
 		m.Down(ctx)
 		cancel()
 	}
-	for _, p := range []*harness.Process{m.agent, m.coord} {
+	for _, p := range append([]*harness.Process{m.agent}, m.coords...) {
 		if p != nil {
 			p.Stop()
 		}
+	}
+	if m.etcd != nil {
+		m.etcd.Close()
 	}
 	if m.Env != nil {
 		m.Env.Close()

@@ -14,14 +14,24 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/proto"
 )
 
 // TestNAT builds a Topology and runs itself again inside its core
 // namespace, where the mesh is started and the scenarios run in order,
 // each starting from the path the one before left.
-func TestNAT(t *testing.T) {
+func TestNAT(t *testing.T) { runNAT(t, "TestNAT", 1) }
+
+// TestNATReplicas is TestNAT with two coordinator replicas on etcd, the
+// agent attached to one and alice's device to the other: the direct path
+// is found from endpoints shared through the store, and relayed traffic
+// crosses from one replica to the other.
+func TestNATReplicas(t *testing.T) { runNAT(t, "TestNATReplicas", 2) }
+
+// runNAT runs the scenarios of test with replicas coordinators.
+func runNAT(t *testing.T, test string, replicas int) {
 	if topo, ok := FromEnv(); ok {
-		inner(t, topo)
+		inner(t, topo, replicas)
 		return
 	}
 	if err := Supported(); err != nil {
@@ -42,7 +52,7 @@ func TestNAT(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	out := harness.RunInNetns(ctx, t, topo.Core, "topology", "TestNAT", topo.Environ(), "CLUSTRAL_BIN="+bin)
+	out := harness.RunInNetns(ctx, t, topo.Core, "topology", test, topo.Environ(), "CLUSTRAL_BIN="+bin)
 	if testing.Verbose() {
 		t.Logf("inside the topology:\n%s", out)
 	}
@@ -57,9 +67,9 @@ const (
 	bulkBytes      = bulkObjects * bulkObjectSize
 )
 
-func inner(t *testing.T, topo *Topology) {
+func inner(t *testing.T, topo *Topology, replicas int) {
 	ctx := context.Background()
-	m, err := StartMesh(ctx, topo, os.Getenv("CLUSTRAL_BIN"), t.TempDir())
+	m, err := StartMeshReplicas(ctx, topo, os.Getenv("CLUSTRAL_BIN"), t.TempDir(), replicas)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,6 +147,9 @@ func inner(t *testing.T, topo *Topology) {
 		}
 		if after.Conns < 2 {
 			t.Fatalf("relay connections = %d, want the device's and the agent's", after.Conns)
+		}
+		if crossed := after.ForwardedOut - before.ForwardedOut; replicas > 1 && crossed < uint64(moved)/proto.MaxRelayDatagram {
+			t.Fatalf("%d datagrams crossed replicas during a relayed transfer of %d bytes between nodes on different replicas", crossed, moved)
 		}
 		t.Logf("relayed: over %d bytes moved, relay counters +%d bytes +%d packets", moved, after.Bytes-before.Bytes, after.Packets-before.Packets)
 	})

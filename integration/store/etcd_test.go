@@ -7,8 +7,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -76,16 +78,22 @@ func feedOn(t *testing.T, endpoints []string) storetest.FeedOptions {
 	}
 }
 
-// TestEtcdFeed runs the feed suite on one member and on three.
-func TestEtcdFeed(t *testing.T) {
+// onOneAndThree runs f in a subtest against one etcd member and in
+// another against a three-member cluster.
+func onOneAndThree(t *testing.T, f func(t *testing.T, urls []string)) {
 	e := startEtcd(t)
 	c := startEtcdCluster(t, 3)
 	for name, urls := range map[string][]string{"one": {e.URL}, "three": c.URLs} {
-		t.Run(name, func(t *testing.T) {
-			open := openOn(urls)
-			storetest.RunFeed(t, func(t *testing.T) store.Feed { return open(t).(store.Feed) }, feedOn(t, urls))
-		})
+		t.Run(name, func(t *testing.T) { f(t, urls) })
 	}
+}
+
+// TestEtcdFeed runs the feed suite on one member and on three.
+func TestEtcdFeed(t *testing.T) {
+	onOneAndThree(t, func(t *testing.T, urls []string) {
+		open := openOn(urls)
+		storetest.RunFeed(t, func(t *testing.T) store.Feed { return open(t).(store.Feed) }, feedOn(t, urls))
+	})
 }
 
 // TestEtcdOpenErrors: a store that cannot reach etcd, or is configured
@@ -449,4 +457,124 @@ func openEtcd(ctx context.Context, t *testing.T, cfg store.EtcdConfig) *store.Et
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// TestEtcdPresence runs the presence suite on one member and on three;
+// a handle closed without ending its announcements, as a crash leaves
+// etcd, loses its entries when its lease expires.
+func TestEtcdPresence(t *testing.T) {
+	onOneAndThree(t, func(t *testing.T, urls []string) {
+		open := openOn(urls)
+		storetest.RunPresence(t, func(t *testing.T) store.Presence { return open(t).(store.Presence) }, storetest.PresenceOptions{
+			Replica: func(t *testing.T, p store.Presence) store.Presence {
+				return openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: urls, Prefix: p.(*store.Etcd).Prefix()})
+			},
+			Crash:  announceInChild(urls),
+			Expiry: 10 * time.Second,
+		})
+	})
+}
+
+// Environment of the child process of announceInChild.
+const (
+	envPresenceChild = "CLUSTRAL_TEST_PRESENCE_CHILD" // endpoints, prefix, replica, key, value; tab-separated
+)
+
+// announceInChild returns a PresenceOptions.Crash that runs the
+// announcing handle in a child process (this test binary, running
+// TestEtcdPresenceChild) and kills it with SIGKILL.
+func announceInChild(urls []string) func(t *testing.T, p store.Presence, replica, key, value string) func() {
+	return func(t *testing.T, p store.Presence, replica, key, value string) func() {
+		t.Helper()
+		arg := strings.Join([]string{strings.Join(urls, ","), p.(*store.Etcd).Prefix(), replica, key, value}, "\t")
+		proc, err := harness.StartProcess("presence-child", os.Args[0], []string{"-test.run", "^TestEtcdPresenceChild$"},
+			append(os.Environ(), envPresenceChild+"="+arg), filepath.Join(t.TempDir(), "child.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(proc.Stop)
+		return proc.Kill
+	}
+}
+
+// TestEtcdPresenceChild is the child process of announceInChild: it
+// announces one entry and waits to be killed.
+func TestEtcdPresenceChild(t *testing.T) {
+	v := os.Getenv(envPresenceChild)
+	if v == "" {
+		t.Skip("runs only as the child of TestEtcdPresence")
+	}
+	f := strings.Split(v, "\t")
+	s := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: strings.Split(f[0], ","), Prefix: f[1]})
+	s.Announce(t.Context(), f[2]).Set(f[3], f[4])
+	select {} // until killed
+}
+
+// TestEtcdLastCommit: LastCommit is the revision of the last commit the
+// feed delivers, not the cluster's revision, which presence entries (and
+// any other write to etcd) move on without a commit.
+func TestEtcdLastCommit(t *testing.T) {
+	e := startEtcd(t)
+	s := openOn([]string{e.URL})(t).(*store.Etcd)
+	if err := s.Update(func(tx store.Tx) error { return tx.PutRaw(store.Meta, "k", []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	committed, err := s.ViewRev(func(store.Tx) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last, err := s.LastCommit(); err != nil || last != committed {
+		t.Fatalf("LastCommit after a commit at %d = %d, %v", committed, last, err)
+	}
+	a := s.Announce(t.Context(), "r1")
+	a.Set("peer", "10.0.0.1:7947")
+	testkit.WaitFor(t, "the presence entry to move the revision on", func() bool {
+		rev, err := s.ViewRev(func(store.Tx) error { return nil })
+		return err == nil && rev > committed
+	})
+	if last, err := s.LastCommit(); err != nil || last != committed {
+		t.Fatalf("LastCommit after a presence entry = %d, %v; want the commit's %d", last, err, committed)
+	}
+}
+
+// TestEtcdCloseEndsPresence: a handle closed on a clean shutdown revokes
+// its announcements' lease, so the other replicas see them go at once,
+// not a lease's TTL later.
+func TestEtcdCloseEndsPresence(t *testing.T) {
+	e := startEtcd(t)
+	s := openOn([]string{e.URL})(t).(*store.Etcd)
+	other := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: s.Prefix()})
+	var mu sync.Mutex
+	present := false
+	go other.WatchPresence(t.Context(), func(ev store.PresenceEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		present = !ev.Reset && !ev.Deleted
+	})
+	s.Announce(t.Context(), "r1").Set("peer", "10.0.0.1:7947")
+	is := func(want bool) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return present == want }
+	}
+	testkit.WaitFor(t, "the entry", is(true))
+	s.Close()
+	testkit.WaitForWithin(t, time.Second, "the entry to go when its handle closed", is(false))
+}
+
+// TestEtcdCloseWithoutEtcd: Close waits for the presence lease to be
+// revoked, but not forever: with etcd gone it returns within the
+// request timeout and the lease's TTL.
+func TestEtcdCloseWithoutEtcd(t *testing.T) {
+	e := startEtcd(t)
+	s := openEtcd(t.Context(), t, store.EtcdConfig{Endpoints: []string{e.URL}, Prefix: "/clustral-test/close", RequestTimeout: 2 * time.Second})
+	s.Announce(t.Context(), "r1").Set("peer", "10.0.0.1:7947")
+	e.Close()
+	done := make(chan struct{})
+	start := time.Now()
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+		t.Logf("Close returned %v after etcd stopped", time.Since(start).Round(100*time.Millisecond))
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close still waiting 20 s after etcd stopped")
+	}
 }
