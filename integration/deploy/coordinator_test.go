@@ -224,26 +224,32 @@ func TestCoordinatorConfigKeys(t *testing.T) {
 // overlay prefixes first, then fails to read the secret, so that error
 // shows every value in the file was accepted, and nothing is started.
 func TestCoordinatorConfigLoads(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-secret")
+	configLoadsUntil(t, repoPath("deploy", "coordinator", "coordinator.yaml"), missing, nil, "--oidc-client-secret-file", missing)
+}
+
+// configLoadsUntil runs the coordinator on the config file at path, with
+// env and args added, and wants it refused with an error that names
+// missing and nothing else: no configuration error, and not started.
+func configLoadsUntil(t *testing.T, path, missing string, env []string, args ...string) {
+	t.Helper()
 	bin := clustral(t)
 	dir := t.TempDir()
-	missing := filepath.Join(dir, "no-such-secret")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	c := exec.CommandContext(ctx, bin, "coordinator",
-		"--config", repoPath("deploy", "coordinator", "coordinator.yaml"),
-		"--oidc-client-secret-file", missing,
+	c := exec.CommandContext(ctx, bin, append([]string{"coordinator", "--config", path,
 		// Should the coordinator ever get further, keep it off the host.
-		"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0")
-	c.Env = cleanEnv()
+		"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0"}, args...)...)
+	c.Env = append(cleanEnv(), env...)
 	c.Dir = dir
 	out, err := c.CombinedOutput()
 	if ctx.Err() != nil {
-		t.Fatalf("the coordinator did not stop at the missing secret file; it may have started:\n%s", out)
+		t.Fatalf("the coordinator did not stop at %s; it may have started:\n%s", missing, out)
 	}
 	if err == nil {
-		t.Fatalf("clustral coordinator started without its OIDC client secret:\n%s", out)
+		t.Fatalf("clustral coordinator started without %s:\n%s", missing, out)
 	}
 	if strings.Contains(string(out), "configuration:") || !strings.Contains(string(out), missing) {
-		t.Fatalf("want only the missing secret file refused, got:\n%s", out)
+		t.Fatalf("want only %s refused, got:\n%s", missing, out)
 	}
 }
