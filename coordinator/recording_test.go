@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +188,91 @@ func TestRecordingsShippedListedAndVerified(t *testing.T) {
 	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
 	if v.OK || v.BadSeq != page.Events[0].Seq || v.BadRecording != "s-2" || !strings.Contains(v.Problem, "recording s-2 was edited") {
 		t.Fatalf("verify after an edit = %+v, want it to name s-2 at record %d", v, page.Events[0].Seq)
+	}
+}
+
+// TestRecordingFollowedLive: an agent appends a running session's
+// recording as it goes; an administrator reads it from an offset, marked
+// live, and, once the agent stored the whole recording, marked stored
+// with nothing lost between the two.
+func TestRecordingFollowedLive(t *testing.T) {
+	e := newAccessEnv(t)
+	var agent proto.RegisterResponse
+	e.must("POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: newKey(t), CSR: newCSR(t)}, &agent)
+	api := coordclient.New(e.ts.URL, agent.NodeToken, http.DefaultClient)
+	admin := coordclient.New(e.ts.URL, e.admin.Token, http.DefaultClient)
+	ctx := context.Background()
+	rec := castFile(t, "run-1", "prod", "alice@example.com", "web-0", time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC))
+	rec = append(rec, "[0.200000, \"o\", \"$ \"]\n"...)
+	head := bytes.IndexByte(rec, '\n') + 1
+
+	// read returns the recording from off, and its state.
+	read := func(off int) (string, string, int) {
+		t.Helper()
+		req, err := http.NewRequest("GET", e.ts.URL+"/api/v1/recordings/run-1?live=true&offset="+strconv.Itoa(off), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+e.admin.Token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), resp.Header.Get(proto.HeaderRecordingState), resp.StatusCode
+	}
+	if _, _, status := read(0); status != 404 {
+		t.Fatalf("before any part: %d, want 404", status)
+	}
+	for _, tt := range []struct {
+		name   string
+		id     string
+		off    int
+		body   []byte
+		status int
+		want   string
+	}{
+		{"other cluster", "run-9", 0, castFile(t, "run-9", "staging", "alice@example.com", "web-0", time.Now()), 400, `may ship only session "run-9" of cluster "prod"`},
+		{"no header", "run-1", 0, rec[head:], 400, "recording header is not JSON"},
+		{"gap", "run-1", head + 3, rec[head+3:], 409, "past the end"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := api.AppendRecording(ctx, tt.id, int64(tt.off), bytes.NewReader(tt.body))
+			var ce *coordclient.Error
+			if !errors.As(err, &ce) || ce.Status != tt.status || !strings.Contains(ce.Title, tt.want) {
+				t.Fatalf("append = %v, want %d naming %q", err, tt.status, tt.want)
+			}
+		})
+	}
+	if n, err := api.AppendRecording(ctx, "run-1", 0, bytes.NewReader(rec[:head+5])); err != nil || n != int64(head+5) {
+		t.Fatalf("first part = %d, %v", n, err)
+	}
+	if got, state, _ := read(0); got != string(rec[:head+5]) || state != proto.RecordingStateLive {
+		t.Fatalf("live from 0 = %q (%s)", got, state)
+	}
+	if n, err := api.AppendRecording(ctx, "run-1", int64(head+5), bytes.NewReader(rec[head+5:len(rec)-3])); err != nil || n != int64(len(rec)-3) {
+		t.Fatalf("second part = %d, %v", n, err)
+	}
+	if got, state, _ := read(head); got != string(rec[head:len(rec)-3]) || state != proto.RecordingStateLive {
+		t.Fatalf("live from %d = %q (%s)", head, got, state)
+	}
+	// Without ?live=true only stored recordings are answered.
+	if status, _ := e.call("GET", "/api/v1/recordings/run-1", e.admin.Token, nil, nil); status != 404 {
+		t.Errorf("a live recording without ?live: %d, want 404", status)
+	}
+	if _, err := api.PutRecording(ctx, "run-1", bytes.NewReader(rec)); err != nil {
+		t.Fatal(err)
+	}
+	if got, state, _ := read(len(rec) - 3); got != string(rec[len(rec)-3:]) || state != proto.RecordingStateStored {
+		t.Fatalf("stored from %d = %q (%s)", len(rec)-3, got, state)
+	}
+	if _, err := api.AppendRecording(ctx, "run-1", 0, bytes.NewReader(rec)); err == nil || !strings.Contains(err.Error(), "already stored") {
+		t.Errorf("append after the end = %v, want a conflict", err)
+	}
+	rc, err := admin.Open(ctx, "/api/v1/recordings/run-1?offset=x", nil)
+	if err == nil {
+		rc.Close()
+		t.Errorf("a bad offset was accepted")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/recordings"
@@ -20,6 +21,81 @@ import (
 // session (RQ004I) carries the recording's SHA-256, so audit verify also
 // proves a stored recording was not edited (checkRecordings).
 
+// checkRecordingHeader reads the header line of a recording an agent of
+// cluster sends as session id, and returns it.
+func checkRecordingHeader(br *bufio.Reader, id, cluster string) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return nil, errors.New("recording has no complete header line")
+	}
+	h, err := proto.ParseRecordingHeader(line)
+	if err != nil {
+		return nil, err
+	}
+	if h.Session.ID != id || h.Session.Cluster != cluster {
+		return nil, fmt.Errorf("recording names session %q of cluster %q; this agent may ship only session %q of cluster %q", h.Session.ID, h.Session.Cluster, id, cluster)
+	}
+	return line, nil
+}
+
+// handleAppendRecording takes the part of a running session's recording
+// its agent shipped so far (PATCH /api/v1/recordings/{id}?offset=N): the
+// first part must start with the header, naming the agent's cluster.
+func (s *Server) handleAppendRecording(w http.ResponseWriter, r *http.Request, n *node) {
+	id := r.PathValue("id")
+	if err := proto.CheckRecordingID(id); err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "")
+		return
+	}
+	off, err := strconv.ParseInt(r.URL.Query().Get(proto.RecordingParamOffset), 10, 64)
+	if err != nil || off < 0 {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("offset %q is not a byte offset", r.URL.Query().Get(proto.RecordingParamOffset)), "give ?offset=N, N >= 0")
+		return
+	}
+	s.mu.Lock()
+	_, cluster := s.nodeActorLocked(n)
+	s.mu.Unlock()
+	// The header is checked whatever the offset: the first part's, or
+	// the live part's the store holds.
+	var body io.Reader = r.Body
+	if off == 0 {
+		br := bufio.NewReaderSize(r.Body, 16<<10)
+		line, err := checkRecordingHeader(br, id, cluster)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "recording "+id+": "+err.Error(), "")
+			return
+		}
+		body = io.MultiReader(bytes.NewReader(bytes.Clone(line)), br)
+	} else {
+		rc, err := s.recordings.OpenLive(id)
+		if err == nil {
+			_, err = checkRecordingHeader(bufio.NewReaderSize(rc, 16<<10), id, cluster)
+			rc.Close()
+		}
+		if err != nil && !errors.Is(err, recordings.ErrNotFound) {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "recording "+id+": "+err.Error(), "")
+			return
+		}
+	}
+	size, err := s.recordings.Append(id, off, body)
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.Is(err, recordings.ErrGap):
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+": "+err.Error(), "send it again from offset 0")
+		return
+	case errors.Is(err, recordings.ErrConflict):
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+" is already stored", "")
+		return
+	case errors.As(err, &mbe):
+		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("recording %s is over %d bytes", id, mbe.Limit), "lower the agent's --recording-max-bytes")
+		return
+	case err != nil:
+		s.writeInternal(w, "append to live recording", err, "")
+		return
+	}
+	writeJSON(w, http.StatusOK, proto.RecordingAppended{Bytes: size})
+}
+
 func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *node) {
 	id := r.PathValue("id")
 	if err := proto.CheckRecordingID(id); err != nil {
@@ -32,16 +108,7 @@ func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *n
 	// The header comes first: a recording of another cluster is refused
 	// before anything is stored.
 	br := bufio.NewReaderSize(r.Body, 16<<10)
-	line, err := br.ReadSlice('\n')
-	var h proto.RecordingHeader
-	if err == nil {
-		h, err = proto.ParseRecordingHeader(line)
-	} else {
-		err = errors.New("recording has no complete header line")
-	}
-	if err == nil && (h.Session.ID != id || h.Session.Cluster != cluster) {
-		err = fmt.Errorf("recording names session %q of cluster %q; this agent may ship only session %q of cluster %q", h.Session.ID, h.Session.Cluster, id, cluster)
-	}
+	line, err := checkRecordingHeader(br, id, cluster)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "recording "+id+": "+err.Error(), "")
 		return
@@ -98,9 +165,32 @@ func (s *Server) handleListRecordings(w http.ResponseWriter, r *http.Request, _ 
 	writeJSON(w, http.StatusOK, out)
 }
 
+// handleGetRecording answers a stored recording, or with ?live=true
+// the part of a running session's recording shipped so far; from
+// ?offset=N on, if given. HeaderRecordingState says which.
 func (s *Server) handleGetRecording(w http.ResponseWriter, r *http.Request, _ principal) {
 	id := r.PathValue("id")
+	q := r.URL.Query()
+	var off int64
+	if v := q.Get(proto.RecordingParamOffset); v != "" {
+		var err error
+		if off, err = strconv.ParseInt(v, 10, 64); err != nil || off < 0 {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("offset %q is not a byte offset", v), "give ?offset=N, N >= 0")
+			return
+		}
+	}
+	live, _ := strconv.ParseBool(q.Get(proto.RecordingParamLive))
+	state := proto.RecordingStateStored
 	rc, err := s.recordings.Open(id)
+	if live && errors.Is(err, recordings.ErrNotFound) {
+		state = proto.RecordingStateLive
+		rc, err = s.recordings.OpenLive(id)
+		if errors.Is(err, recordings.ErrNotFound) {
+			// Stored between the two looks.
+			state = proto.RecordingStateStored
+			rc, err = s.recordings.Open(id)
+		}
+	}
 	switch {
 	case errors.Is(err, recordings.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "no recording "+id, "list them with clustral sessions ls")
@@ -113,7 +203,19 @@ func (s *Server) handleGetRecording(w http.ResponseWriter, r *http.Request, _ pr
 		return
 	}
 	defer rc.Close()
+	if off > 0 {
+		if sk, ok := rc.(io.Seeker); ok {
+			_, err = sk.Seek(off, io.SeekStart)
+		} else {
+			_, err = io.CopyN(io.Discard, rc, off)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			s.writeInternal(w, "read recording", err, "")
+			return
+		}
+	}
 	w.Header().Set("Content-Type", "application/x-asciicast")
+	w.Header().Set(proto.HeaderRecordingState, state)
 	io.Copy(w, rc)
 }
 

@@ -129,6 +129,37 @@ const (
 	RecordingParamSince   = "since" // RFC 3339: sessions that started at or after it
 )
 
+// Live recordings: while a recorded session runs, its agent appends what
+// it recorded so far with PATCH /api/v1/recordings/{id}?offset=N (the
+// body is the recording's bytes from N on), about once a second, and
+// ships the whole recording with PUT when the session ends. A reader
+// follows a running session with GET /api/v1/recordings/{id}?live=true
+// &offset=N, once a second: the answer is the recording's bytes from N on
+// and its HeaderRecordingState says whether more may follow.
+const (
+	// RecordingParamOffset is the byte offset of a PATCH's body, or
+	// where a GET's answer starts.
+	RecordingParamOffset = "offset"
+	// RecordingParamLive lets a GET answer with the recording of a
+	// session still running.
+	RecordingParamLive = "live"
+	// HeaderRecordingState is RecordingStateLive or RecordingStateStored
+	// on the answer to a GET of a recording.
+	HeaderRecordingState = "X-Clustral-Recording-State"
+	// RecordingStateLive: the session is running (or its agent has not
+	// shipped its end yet); more bytes may follow.
+	RecordingStateLive = "live"
+	// RecordingStateStored: the recording is complete and stored; its
+	// digest is the one its end event carries.
+	RecordingStateStored = "stored"
+)
+
+// RecordingAppended answers a PATCH of a live recording.
+type RecordingAppended struct {
+	// Bytes is how much of the recording the coordinator now holds.
+	Bytes int64 `json:"bytes"`
+}
+
 var recordingID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // CheckRecordingID reports whether id can name a recording (and its

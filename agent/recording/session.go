@@ -67,6 +67,9 @@ type Recorder struct {
 	now       func() time.Time
 	notify    chan struct{} // a recording finished
 	recovered []Recovered
+
+	mu   sync.Mutex
+	live map[string]*Session // recordings in progress, for ShipLive
 }
 
 // Recovered is a recording that a stopped agent left in progress and New
@@ -112,7 +115,7 @@ func New(o Options) (*Recorder, error) {
 		}
 		recovered = append(recovered, rec)
 	}
-	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1), recovered: recovered}, nil
+	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1), recovered: recovered, live: map[string]*Session{}}, nil
 }
 
 // recoveredAt describes the finished recording at path.
@@ -158,7 +161,11 @@ func (r *Recorder) Start(m proto.RecordingSession, required bool) (*Session, err
 	if m.Start.IsZero() {
 		m.Start = r.now()
 	}
-	return &Session{meta: m, required: required, f: f, now: r.now, r: r}, nil
+	s := &Session{meta: m, required: required, f: f, now: r.now, r: r}
+	r.mu.Lock()
+	r.live[m.ID] = s
+	r.mu.Unlock()
+	return s, nil
 }
 
 // Result is what Close reports of a recording.
@@ -365,6 +372,9 @@ func (s *Session) Close() Result {
 }
 
 func (s *Session) close() Result {
+	s.r.mu.Lock()
+	delete(s.r.live, s.meta.ID)
+	s.r.mu.Unlock()
 	s.dir[0].Lock()
 	s.dir[1].Lock()
 	s.mu.Lock()

@@ -77,3 +77,73 @@ func TestDir(t *testing.T) {
 		}
 	}
 }
+
+func TestDirLive(t *testing.T) {
+	d, err := NewDir(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := cast("s", "alice", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	head := len(rec) - 10
+	live := func() string {
+		t.Helper()
+		rc, err := d.OpenLive("s")
+		if errors.Is(err, ErrNotFound) {
+			return "(none)"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, _ := io.ReadAll(rc)
+		return string(b)
+	}
+	for _, tt := range []struct {
+		name  string
+		off   int
+		body  []byte
+		want  int64
+		err   error
+		holds string
+	}{
+		{"first part", 0, rec[:head], int64(head), nil, string(rec[:head])},
+		{"gap", head + 1, rec[head+1:], int64(head), ErrGap, string(rec[:head])},
+		{"resent from the start", 0, rec[:head+4], int64(head + 4), nil, string(rec[:head+4])},
+		{"overlap", head, rec[head:], int64(len(rec)), nil, string(rec)},
+		{"nothing new", 0, rec[:3], int64(len(rec)), nil, string(rec)},
+	} {
+		n, err := d.Append("s", int64(tt.off), bytes.NewReader(tt.body))
+		if n != tt.want || !errors.Is(err, tt.err) {
+			t.Errorf("%s: append = %d, %v; want %d, %v", tt.name, n, err, tt.want, tt.err)
+		}
+		if got := live(); got != tt.holds {
+			t.Errorf("%s: live part %q, want %q", tt.name, got, tt.holds)
+		}
+	}
+	if list, err := d.List(); err != nil || len(list) != 0 {
+		t.Errorf("list with a live part only = %+v, %v; want none", list, err)
+	}
+	// The whole recording is stored: the live part goes, and no append
+	// brings it back.
+	if _, err := d.Put("s", bytes.NewReader(rec)); err != nil {
+		t.Fatal(err)
+	}
+	if got := live(); got != "(none)" {
+		t.Errorf("live part after Put: %q", got)
+	}
+	if _, err := d.Append("s", 0, bytes.NewReader(rec)); !errors.Is(err, ErrConflict) {
+		t.Errorf("append after Put = %v, want ErrConflict", err)
+	}
+	if got := live(); got != "(none)" {
+		t.Errorf("live part after a late append: %q", got)
+	}
+	if err := d.Delete("s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Open("s"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("open after Delete = %v", err)
+	}
+	if err := d.Delete("s"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete again = %v, want ErrNotFound", err)
+	}
+}
