@@ -14,10 +14,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -274,5 +278,93 @@ func TestRecordingFollowedLive(t *testing.T) {
 	if err == nil {
 		rc.Close()
 		t.Errorf("a bad offset was accepted")
+	}
+}
+
+// TestRecordingRetention: recordings whose sessions started before the
+// retention are removed, each with an AL006I naming it, except one that
+// an audit event an export destination has not taken yet names; that
+// one goes once the destination has it. Newer recordings stay.
+func TestRecordingRetention(t *testing.T) {
+	t0 := time.Now().UTC().Truncate(time.Second)
+	var clock atomic.Pointer[time.Time]
+	clock.Store(&t0)
+	rcv := newExportReceiver(t)
+	e := newTestEnvWith(t, func(c *Config) {
+		rcv.configure(c)
+		c.RecordingRetention = 24 * time.Hour
+		c.Now = func() time.Time { return *clock.Load() }
+	})
+	for _, r := range []struct {
+		id    string
+		start time.Time
+	}{{"old-1", t0.Add(-time.Hour)}, {"held-2", t0.Add(-time.Hour)}, {"new-3", t0.Add(47 * time.Hour)}} {
+		if _, err := e.srv.recordings.Put(r.id, bytes.NewReader(castFile(t, r.id, "prod", "alice@example.com", "web-0", r.start))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// held-2's end event, which the destination (down) has not taken.
+	if err := e.srv.store.Update(func(tx store.Tx) error {
+		_, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditStreamEnded, Time: t0, Actor: "alice@example.com", Cluster: "prod",
+			Correlation: "held-2", Metadata: map[string]string{proto.MetaRecording: "held-2", proto.MetaRecordingSHA256: "00"}})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	later := t0.Add(48 * time.Hour)
+	clock.Store(&later)
+
+	stored := func() []string {
+		t.Helper()
+		list, err := e.srv.recordings.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, ri := range list {
+			ids = append(ids, ri.Session.ID)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	pruned := func(id string) {
+		t.Helper()
+		testkit.WaitFor(t, "AL006I for "+id, func() bool {
+			page, err := auditlog.Query(e.srv.store, &auditlog.Filter{Codes: map[proto.AuditCode]bool{proto.AuditRecordingPruned: true}, Text: id}, "", true, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range page.Events {
+				if ev.Correlation == id && ev.Metadata[proto.MetaRecording] == id && ev.Metadata["retention"] == "24h0m0s" && ev.Metadata[proto.MetaRecordingSHA256] != "" {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	e.srv.pruneRecordings()
+	if got, want := stored(), []string{"held-2", "new-3"}; !slices.Equal(got, want) {
+		t.Fatalf("stored after retention, destination behind: %v, want %v", got, want)
+	}
+	pruned("old-1")
+
+	rcv.down.Store(false)
+	testkit.WaitFor(t, "the destination took held-2's end event", func() bool {
+		held, err := e.srv.heldRecordings()
+		return err == nil && !held["held-2"]
+	})
+	e.srv.pruneRecordings()
+	if got, want := stored(), []string{"new-3"}; !slices.Equal(got, want) {
+		t.Fatalf("stored after retention, destination caught up: %v, want %v", got, want)
+	}
+	pruned("held-2")
+}
+
+// TestRecordingRetentionConfig: a negative retention is refused with a
+// sentence saying what to give; none keeps everything.
+func TestRecordingRetentionConfig(t *testing.T) {
+	c := Config{RecordingRetention: -time.Hour}
+	if _, err := c.withDefaults(); err == nil || !strings.Contains(err.Error(), "give 0 to keep recordings for ever") {
+		t.Errorf("negative retention: %v", err)
 	}
 }

@@ -3,13 +3,16 @@ package coordinator
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/proto"
 )
@@ -254,4 +257,96 @@ func (s *Server) checkRecordings(v *proto.AuditVerification, refs []recordingRef
 		}
 	}
 	return nil
+}
+
+// ---- retention ----
+
+// recordingJanitor applies the recording retention at start and every
+// hour, until ctx ends (singleton work). Without a retention it does
+// nothing.
+func (s *Server) recordingJanitor(ctx context.Context) {
+	if s.cfg.RecordingRetention <= 0 {
+		return
+	}
+	s.pruneRecordings()
+	s.every(ctx, time.Hour, s.pruneRecordings)
+}
+
+// pruneRecordings removes the stored recordings whose sessions started
+// before the retention, each with an AL006I event, except those an
+// audit event not yet taken by an export destination names
+// (heldRecordings): a destination that is behind still gets the events
+// with the recordings they vouch for in place.
+func (s *Server) pruneRecordings() {
+	retention := s.cfg.RecordingRetention
+	cutoff := s.now().Add(-retention)
+	all, err := s.recordings.List()
+	if err != nil {
+		s.log.Error("recording retention: list recordings", "err", err)
+		return
+	}
+	var old []proto.RecordingInfo
+	for _, ri := range all {
+		if started(ri).Before(cutoff) {
+			old = append(old, ri)
+		}
+	}
+	if len(old) == 0 {
+		return
+	}
+	held, err := s.heldRecordings()
+	if err != nil {
+		s.log.Error("recording retention: read the audit events export destinations have not taken", "err", err)
+		return
+	}
+	removed, kept := 0, 0
+	for _, ri := range old {
+		id := ri.Session.ID
+		if held[id] {
+			kept++
+			continue
+		}
+		if err := s.recordings.Delete(id); err != nil {
+			if !errors.Is(err, recordings.ErrNotFound) {
+				s.log.Error("recording retention: remove recording", "recording", id, "err", err)
+			}
+			continue
+		}
+		removed++
+		s.audit(proto.AuditEvent{Code: proto.AuditRecordingPruned, Actor: "system", Cluster: ri.Session.Cluster, Correlation: id,
+			Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: ri.Session.Subresource, Namespace: ri.Session.Namespace, Name: ri.Session.Pod},
+			Metadata: map[string]string{proto.MetaRecording: id, proto.MetaRecordingSHA256: ri.SHA256, proto.MetaRecordingBytes: strconv.FormatInt(ri.Bytes, 10),
+				"started": started(ri).UTC().Format(time.RFC3339), "retention": retention.String()}})
+	}
+	if removed > 0 || kept > 0 {
+		s.log.Info("recording retention applied", "removed", removed, "held_for_export", kept, "retention", retention)
+	}
+}
+
+// started is when the session of a recording started; for a header
+// without a start, when the recording was stored.
+func started(ri proto.RecordingInfo) time.Time {
+	if ri.Session.Start.IsZero() {
+		return ri.Stored
+	}
+	return ri.Session.Start
+}
+
+// heldRecordings returns the recordings named by audit events that an
+// export destination has not taken yet (auditexport.Exporter.Hold).
+func (s *Server) heldRecordings() (map[string]bool, error) {
+	if s.export == nil {
+		return nil, nil
+	}
+	hold, err := s.export.Hold()
+	if err != nil || hold == math.MaxUint64 {
+		return nil, err
+	}
+	held := map[string]bool{}
+	err = auditlog.Scan(s.store, hold+1, func(e proto.AuditEvent) {
+		if id := e.Metadata[proto.MetaRecording]; id != "" {
+			held[id] = true
+		}
+	})
+	return held, err
 }
