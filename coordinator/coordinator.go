@@ -70,9 +70,13 @@ type Server struct {
 	auditKey ed25519.PrivateKey
 	// recordings keeps the session recordings agents ship.
 	recordings recordings.Store
-	v6         netip.Prefix
-	oidc       *oidcProvider
-	metrics    *metrics
+	// watched is when each live recording was last read (GET with
+	// ?live=true), for the agent's appends: see watching.
+	watchedMu sync.Mutex
+	watched   map[string]time.Time
+	v6        netip.Prefix
+	oidc      *oidcProvider
+	metrics   *metrics
 	// export streams the audit log to the configured destinations; nil
 	// without any.
 	export *auditexport.Exporter

@@ -249,14 +249,15 @@ func TestRecordingFollowedLive(t *testing.T) {
 			}
 		})
 	}
-	if n, err := api.AppendRecording(ctx, "run-1", 0, bytes.NewReader(rec[:head+5])); err != nil || n != int64(head+5) {
-		t.Fatalf("first part = %d, %v", n, err)
+	// Nobody watches yet; reading the live recording is watching it.
+	if a, err := api.AppendRecording(ctx, "run-1", 0, bytes.NewReader(rec[:head+5])); err != nil || a.Bytes != int64(head+5) || a.Watched {
+		t.Fatalf("first part = %+v, %v; want %d bytes, not watched", a, err, head+5)
 	}
 	if got, state, _ := read(0); got != string(rec[:head+5]) || state != proto.RecordingStateLive {
 		t.Fatalf("live from 0 = %q (%s)", got, state)
 	}
-	if n, err := api.AppendRecording(ctx, "run-1", int64(head+5), bytes.NewReader(rec[head+5:len(rec)-3])); err != nil || n != int64(len(rec)-3) {
-		t.Fatalf("second part = %d, %v", n, err)
+	if a, err := api.AppendRecording(ctx, "run-1", int64(head+5), bytes.NewReader(rec[head+5:len(rec)-3])); err != nil || a.Bytes != int64(len(rec)-3) || !a.Watched {
+		t.Fatalf("second part = %+v, %v; want %d bytes, watched", a, err, len(rec)-3)
 	}
 	if got, state, _ := read(head); got != string(rec[head:len(rec)-3]) || state != proto.RecordingStateLive {
 		t.Fatalf("live from %d = %q (%s)", head, got, state)

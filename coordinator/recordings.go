@@ -96,7 +96,30 @@ func (s *Server) handleAppendRecording(w http.ResponseWriter, r *http.Request, n
 		s.writeInternal(w, "append to live recording", err, "")
 		return
 	}
-	writeJSON(w, http.StatusOK, proto.RecordingAppended{Bytes: size})
+	writeJSON(w, http.StatusOK, proto.RecordingAppended{Bytes: size, Watched: s.watching(id, false)})
+}
+
+// watching reports whether the live recording id was read within
+// proto.RecordingWatchWindow; read records a read now. Entries older
+// than the window are forgotten as they are looked at.
+func (s *Server) watching(id string, read bool) bool {
+	now := s.now()
+	s.watchedMu.Lock()
+	defer s.watchedMu.Unlock()
+	if read {
+		if s.watched == nil {
+			s.watched = map[string]time.Time{}
+		}
+		s.watched[id] = now
+		return true
+	}
+	for k, t := range s.watched {
+		if now.Sub(t) > proto.RecordingWatchWindow {
+			delete(s.watched, k)
+		}
+	}
+	_, ok := s.watched[id]
+	return ok
 }
 
 func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *node) {
@@ -188,6 +211,9 @@ func (s *Server) handleGetRecording(w http.ResponseWriter, r *http.Request, _ pr
 	if live && errors.Is(err, recordings.ErrNotFound) {
 		state = proto.RecordingStateLive
 		rc, err = s.recordings.OpenLive(id)
+		if err == nil {
+			s.watching(id, true)
+		}
 		if errors.Is(err, recordings.ErrNotFound) {
 			// Stored between the two looks.
 			state = proto.RecordingStateStored

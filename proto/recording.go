@@ -132,7 +132,8 @@ const (
 // Live recordings: while a recorded session runs, its agent appends what
 // it recorded so far with PATCH /api/v1/recordings/{id}?offset=N (the
 // body is the recording's bytes from N on), about once a second, and
-// ships the whole recording with PUT when the session ends. A reader
+// ships the whole recording with PUT when the session ends (beyond its
+// header, only while someone watches: RecordingAppended.Watched). A reader
 // follows a running session with GET /api/v1/recordings/{id}?live=true
 // &offset=N, once a second: the answer is the recording's bytes from N on
 // and its HeaderRecordingState says whether more may follow.
@@ -158,7 +159,16 @@ const (
 type RecordingAppended struct {
 	// Bytes is how much of the recording the coordinator now holds.
 	Bytes int64 `json:"bytes"`
+	// Watched says someone read the live recording lately: the agent
+	// ships the rest as it comes. Until then it ships the header only
+	// and asks again with empty appends, so a session nobody watches
+	// costs no second copy of its bytes while it runs.
+	Watched bool `json:"watched"`
 }
+
+// RecordingWatchWindow is how long after the last read of a live
+// recording it counts as watched.
+const RecordingWatchWindow = 10 * time.Second
 
 var recordingID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 

@@ -15,27 +15,30 @@ import (
 
 // liveStore is a coordinator's live parts, as Append keeps them.
 type liveStore struct {
-	parts map[string][]byte
-	fail  error // the next append fails with it
-	calls int
+	parts   map[string][]byte
+	watched bool  // what its answers say
+	fail    error // the next append fails with it
+	calls   int
 }
 
-func (l *liveStore) append(_ context.Context, id string, off int64, body io.Reader) (int64, error) {
+func (l *liveStore) append(_ context.Context, id string, off int64, body io.Reader) (proto.RecordingAppended, error) {
 	l.calls++
 	if err := l.fail; err != nil {
 		l.fail = nil
-		return 0, err
+		return proto.RecordingAppended{}, err
 	}
 	b, err := io.ReadAll(body)
 	if err != nil {
-		return 0, err
+		return proto.RecordingAppended{}, err
 	}
 	have := l.parts[id]
 	if off > int64(len(have)) {
-		return 0, &coordclient.Error{Problem: proto.Problem{Title: "gap", Status: http.StatusConflict}}
+		return proto.RecordingAppended{}, &coordclient.Error{Problem: proto.Problem{Title: "gap", Status: http.StatusConflict}}
 	}
-	l.parts[id] = append(have, b[int64(len(have))-off:]...)
-	return int64(len(l.parts[id])), nil
+	if skip := int64(len(have)) - off; skip < int64(len(b)) {
+		l.parts[id] = append(have, b[skip:]...)
+	}
+	return proto.RecordingAppended{Bytes: int64(len(l.parts[id])), Watched: l.watched}, nil
 }
 
 func TestShipLive(t *testing.T) {
@@ -48,12 +51,8 @@ func TestShipLive(t *testing.T) {
 	}
 	t.Cleanup(idle.Abort)
 	store := &liveStore{parts: map[string][]byte{}}
-	sent := map[string]int64{}
+	state := map[string]*liveState{}
 	var errs []error
-	ship := func() {
-		t.Helper()
-		r.shipLive(context.Background(), store.append, sent, func(_ string, err error) { errs = append(errs, err) })
-	}
 	file := func() []byte {
 		t.Helper()
 		b, err := os.ReadFile(s.f.Name())
@@ -62,6 +61,7 @@ func TestShipLive(t *testing.T) {
 		}
 		return b
 	}
+	_, head := s.written()
 	output := func(text string) {
 		t.Helper()
 		if _, err := replay(s, nil, [][]byte{wsMessage(1, text, nil)}); err != nil {
@@ -73,30 +73,43 @@ func TestShipLive(t *testing.T) {
 		name   string
 		before func()
 		errs   int
-		synced bool // the coordinator holds the whole file after it
+		holds  int64 // bytes the coordinator holds after it; -1: the whole file
 	}{
-		{"header", nil, 0, true},
-		{"output", func() { output("first\n") }, 0, true},
-		{"nothing new", nil, 0, true},
-		{"outage", func() { output("second\n"); store.fail = errors.New("coordinator down") }, 1, false},
-		{"after the outage", nil, 1, true},
+		{"header", nil, 0, head},
+		{"nobody watches: the header only", func() { output("first\n") }, 0, head},
+		{"someone watches: everything so far", func() { store.watched = true }, 0, -1},
+		{"output as it comes", func() { output("second\n") }, 0, -1},
+		{"nothing new", nil, 0, -1},
+		{"outage", func() { output("third\n"); store.fail = errors.New("coordinator down") }, 1, head + 1},
+		{"after the outage", nil, 1, -1},
 		{"coordinator lost the part", func() {
-			output("third\n")
+			output("fourth\n")
 			store.parts["live-1"] = nil // a restarted coordinator
-		}, 2, false},
-		{"sent again from the start", nil, 2, true},
+		}, 2, 0},
+		{"sent again from the start", nil, 2, -1},
+		{"the watcher left", func() { store.watched = false }, 2, -1},
+		{"no more output shipped", func() { output("fifth\n") }, 2, int64(len(file()))},
 	} {
+		var before int64
 		if step.before != nil {
+			before = int64(len(file()))
 			step.before()
 		}
-		ship()
+		r.shipLive(context.Background(), store.append, state, func(_ string, err error) { errs = append(errs, err) })
 		if len(errs) != step.errs {
 			t.Fatalf("step %d (%s): errors %v, want %d", i, step.name, errs, step.errs)
 		}
-		if step.synced {
-			if got, want := store.parts["live-1"], file(); !bytes.Equal(got, want) {
-				t.Fatalf("step %d (%s): coordinator holds %q, want %q", i, step.name, got, want)
-			}
+		want := file()
+		switch {
+		case step.holds == head+1: // an outage: what was there before
+			want = want[:len(store.parts["live-1"])]
+		case step.holds >= 0 && step.name == "no more output shipped":
+			want = want[:before]
+		case step.holds >= 0:
+			want = want[:step.holds]
+		}
+		if got := store.parts["live-1"]; !bytes.Equal(got, want) {
+			t.Fatalf("step %d (%s): coordinator holds %q, want %q", i, step.name, got, want)
 		}
 	}
 	if _, ok := store.parts["idle-2"]; ok {
@@ -106,9 +119,9 @@ func TestShipLive(t *testing.T) {
 	// recording waits for Ship.
 	res := s.Close()
 	calls := store.calls
-	ship()
-	if store.calls != calls || len(sent) != 0 {
-		t.Errorf("after Close: %d more appends, sent %v; want none", store.calls-calls, sent)
+	r.shipLive(context.Background(), store.append, state, func(_ string, err error) { t.Error(err) })
+	if store.calls != calls || len(state) != 0 {
+		t.Errorf("after Close: %d more appends, state %v; want none", store.calls-calls, state)
 	}
 	final, err := os.ReadFile(res.Path)
 	if err != nil {
@@ -119,23 +132,21 @@ func TestShipLive(t *testing.T) {
 	}
 }
 
-// TestShipLiveChunks: a large backlog goes in chunks of maxLiveChunk, all
-// in one round.
+// TestShipLiveChunks: a watched session's large backlog goes in chunks
+// of maxLiveChunk, all in one round.
 func TestShipLiveChunks(t *testing.T) {
 	r := newRecorder(t, 1<<30)
 	s := begun(t, r, "big-1", false, "websocket", "v5.channel.k8s.io")
 	t.Cleanup(func() { s.Close() })
-	msg := bytes.Repeat([]byte("y"), 1<<20)
-	var pod [][]byte
-	for range 9 {
-		pod = append(pod, wsMessage(1, string(msg), nil))
-	}
-	if _, err := replay(s, nil, pod); err != nil {
+	msg := wsMessage(1, string(bytes.Repeat([]byte("y"), 1<<20)), nil)
+	if _, err := io.Copy(io.Discard, s.Conn(&upstream{reads: [][]byte{msg, msg, msg, msg, msg, msg, msg, msg, msg}})); err != nil {
 		t.Fatal(err)
 	}
-	store := &liveStore{parts: map[string][]byte{}}
-	r.shipLive(context.Background(), store.append, map[string]int64{}, func(_ string, err error) { t.Error(err) })
-	if got, want := int64(len(store.parts["big-1"])), s.written(); got != want || store.calls != int(want/maxLiveChunk)+1 {
-		t.Errorf("shipped %d bytes in %d appends, want %d in %d", got, store.calls, want, want/maxLiveChunk+1)
+	store := &liveStore{parts: map[string][]byte{"big-1": nil}, watched: true}
+	r.shipLive(context.Background(), store.append, map[string]*liveState{}, func(_ string, err error) { t.Error(err) })
+	n, head := s.written()
+	// The header, then an append per chunk.
+	if got, calls := int64(len(store.parts["big-1"])), int((n-head+maxLiveChunk-1)/maxLiveChunk)+1; n < 2*maxLiveChunk || got != n || store.calls != calls {
+		t.Errorf("shipped %d bytes in %d appends, want %d in %d", got, store.calls, n, calls)
 	}
 }

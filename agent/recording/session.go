@@ -197,13 +197,14 @@ type Session struct {
 	// parser runs after it.
 	dir [2]sync.Mutex
 	// mu guards what follows; parsers' sinks take it.
-	mu      sync.Mutex
-	c       *cast
-	closed  bool
-	stopped error // why recording stopped (cap, parse error, write error)
-	fromPod streamParser
-	toPod   streamParser
-	spdy    [2]*spdyParser
+	mu        sync.Mutex
+	c         *cast
+	headerLen int64 // bytes of the header line, once begun
+	closed    bool
+	stopped   error // why recording stopped (cap, parse error, write error)
+	fromPod   streamParser
+	toPod     streamParser
+	spdy      [2]*spdyParser
 }
 
 type streamParser interface {
@@ -239,7 +240,9 @@ func (s *Session) Begin(upgrade, protocol string) error {
 	s.c = newCast(s.f, s.meta.MaxBytes, s.meta.Start, s.now)
 	h := proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Timestamp: s.meta.Start.Unix(),
 		Title: fmt.Sprintf("%s %s/%s on %s", s.meta.User, s.meta.Namespace, s.meta.Pod, s.meta.Cluster), Session: s.meta}
-	return s.c.header(h)
+	err := s.c.header(h)
+	s.headerLen = s.c.n
+	return err
 }
 
 // Conn wraps the upstream side of the upgraded connection: what it reads

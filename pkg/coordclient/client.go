@@ -428,27 +428,27 @@ func (c *Client) PutRecording(ctx context.Context, id string, body io.Reader) (p
 // AppendRecording ships the part of a running session's recording read
 // from body, which starts at byte off of it (PATCH
 // /api/v1/recordings/{id}?offset=off), and returns how many bytes of the
-// recording the coordinator now holds.
-func (c *Client) AppendRecording(ctx context.Context, id string, off int64, body io.Reader) (int64, error) {
+// recording the coordinator now holds and whether someone watches it.
+func (c *Client) AppendRecording(ctx context.Context, id string, off int64, body io.Reader) (proto.RecordingAppended, error) {
+	var out proto.RecordingAppended
 	req, err := c.newRequest(ctx, http.MethodPatch, proto.APIVersion+"/recordings/"+url.PathEscape(id)+"?"+proto.RecordingParamOffset+"="+strconv.FormatInt(off, 10), nil)
 	if err != nil {
-		return 0, err
+		return out, err
 	}
 	req.Body = io.NopCloser(body)
 	req.Header.Set("Content-Type", "application/x-asciicast")
 	resp, err := c.send(req)
 	if err != nil {
-		return 0, err
+		return out, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, readError(resp)
+		return out, readError(resp)
 	}
-	var out proto.RecordingAppended
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return 0, fmt.Errorf("decode coordinator answer to live recording %s: %w", id, err)
+		return out, fmt.Errorf("decode coordinator answer to live recording %s: %w", id, err)
 	}
-	return out.Bytes, nil
+	return out, nil
 }
 
 // MapPath is the path of the map stream.
