@@ -81,19 +81,11 @@ func (s *Server) handleAppendRecording(w http.ResponseWriter, r *http.Request, n
 		}
 	}
 	size, err := s.recordings.Append(id, off, body)
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.Is(err, recordings.ErrGap):
+	if errors.Is(err, recordings.ErrGap) {
 		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+": "+err.Error(), "send it again from offset 0")
 		return
-	case errors.Is(err, recordings.ErrConflict):
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+" is already stored", "")
-		return
-	case errors.As(err, &mbe):
-		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("recording %s is over %d bytes", id, mbe.Limit), "lower the agent's --recording-max-bytes")
-		return
-	case err != nil:
-		s.writeInternal(w, "append to live recording", err, "")
+	}
+	if s.writeRecordingError(w, id, err, "is already stored", "append to live recording") {
 		return
 	}
 	writeJSON(w, http.StatusOK, proto.RecordingAppended{Bytes: size, Watched: s.watching(id, false)})
@@ -140,19 +132,29 @@ func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *n
 		return
 	}
 	info, err := s.recordings.Put(id, io.MultiReader(bytes.NewReader(bytes.Clone(line)), br))
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.Is(err, recordings.ErrConflict):
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+" is already stored with other content", "")
-		return
-	case errors.As(err, &mbe):
-		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("recording %s is over %d bytes", id, mbe.Limit), "lower the agent's --recording-max-bytes")
-		return
-	case err != nil:
-		s.writeInternal(w, "store recording", err, "")
+	if s.writeRecordingError(w, id, err, "is already stored with other content", "store recording") {
 		return
 	}
 	writeJSON(w, http.StatusOK, info)
+}
+
+// writeRecordingError answers the error of storing recording id, if
+// there is one, and reports whether there was: ErrConflict is 409 saying
+// the recording conflict, a body over the limit 413, anything else an
+// internal error while doing what.
+func (s *Server) writeRecordingError(w http.ResponseWriter, id string, err error, conflict, what string) bool {
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, recordings.ErrConflict):
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+" "+conflict, "")
+	case errors.As(err, &mbe):
+		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("recording %s is over %d bytes", id, mbe.Limit), "lower the agent's --recording-max-bytes")
+	default:
+		s.writeInternal(w, what, err, "")
+	}
+	return true
 }
 
 func (s *Server) handleListRecordings(w http.ResponseWriter, r *http.Request, _ principal) {

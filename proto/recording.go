@@ -137,22 +137,20 @@ const (
 // follows a running session with GET /api/v1/recordings/{id}?live=true
 // &offset=N, once a second: the answer is the recording's bytes from N on
 // and its HeaderRecordingState says whether more may follow.
+//
+// RecordingParamOffset is the byte offset of a PATCH's body, or where a
+// GET's answer starts; RecordingParamLive lets a GET answer with the
+// recording of a session still running.
+const RecordingParamOffset, RecordingParamLive = "offset", "live"
+
+// HeaderRecordingState is RecordingStateLive (the session is running, or
+// its agent has not shipped its end yet: more bytes may follow) or
+// RecordingStateStored (the recording is complete and stored; its digest
+// is the one its end event carries) on the answer to a GET of a
+// recording.
 const (
-	// RecordingParamOffset is the byte offset of a PATCH's body, or
-	// where a GET's answer starts.
-	RecordingParamOffset = "offset"
-	// RecordingParamLive lets a GET answer with the recording of a
-	// session still running.
-	RecordingParamLive = "live"
-	// HeaderRecordingState is RecordingStateLive or RecordingStateStored
-	// on the answer to a GET of a recording.
-	HeaderRecordingState = "X-Clustral-Recording-State"
-	// RecordingStateLive: the session is running (or its agent has not
-	// shipped its end yet); more bytes may follow.
-	RecordingStateLive = "live"
-	// RecordingStateStored: the recording is complete and stored; its
-	// digest is the one its end event carries.
-	RecordingStateStored = "stored"
+	HeaderRecordingState                     = "X-Clustral-Recording-State"
+	RecordingStateLive, RecordingStateStored = "live", "stored"
 )
 
 // RecordingAppended answers a PATCH of a live recording.

@@ -192,11 +192,14 @@ func (d *Dir) info(id string) (proto.RecordingInfo, error) {
 }
 
 // Open implements Store.
-func (d *Dir) Open(id string) (io.ReadCloser, error) {
+func (d *Dir) Open(id string) (io.ReadCloser, error) { return d.open(id, d.file) }
+
+// open opens the file of recording id that path names.
+func (d *Dir) open(id string, path func(string) string) (io.ReadCloser, error) {
 	if err := proto.CheckRecordingID(id); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(d.file(id))
+	f, err := os.Open(path(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -293,16 +296,7 @@ func (d *Dir) Append(id string, off int64, r io.Reader) (int64, error) {
 }
 
 // OpenLive implements Store.
-func (d *Dir) OpenLive(id string) (io.ReadCloser, error) {
-	if err := proto.CheckRecordingID(id); err != nil {
-		return nil, err
-	}
-	f, err := os.Open(d.liveFile(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	return f, err
-}
+func (d *Dir) OpenLive(id string) (io.ReadCloser, error) { return d.open(id, d.liveFile) }
 
 // Digest returns the hex SHA-256 of the stored recording id.
 func Digest(s Store, id string) (string, error) {
