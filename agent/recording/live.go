@@ -33,8 +33,9 @@ type liveState struct {
 
 // ShipLive ships, every interval, what each running session recorded
 // since the last time, with send, so that the session can be watched
-// while it runs, until ctx is done. Of a session nobody watches it ships
-// the header only, then an empty append each interval to learn whether
+// while it runs, until ctx is done. A session's header goes as soon as
+// it begins, so that it can be found at once. Of a session nobody
+// watches it ships the header only, then an empty append each interval to learn whether
 // someone started to: once someone does, everything recorded so far
 // goes, and then what comes. It is a copy for watching: Ship still ships
 // the whole recording when the session ends, and a part that failed to
@@ -50,6 +51,7 @@ func (r *Recorder) ShipLive(ctx context.Context, send Appender, interval time.Du
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
+		case <-r.begun:
 		}
 		r.shipLive(ctx, send, state, onError)
 	}

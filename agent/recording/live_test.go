@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -148,5 +150,33 @@ func TestShipLiveChunks(t *testing.T) {
 	// The header, then an append per chunk.
 	if got, calls := int64(len(store.parts["big-1"])), int((n-head+maxLiveChunk-1)/maxLiveChunk)+1; n < 2*maxLiveChunk || got != n || store.calls != calls {
 		t.Errorf("shipped %d bytes in %d appends, want %d in %d", got, store.calls, n, calls)
+	}
+}
+
+// TestShipLiveAtBegin: a session's header is shipped when it begins, not
+// a tick later.
+func TestShipLiveAtBegin(t *testing.T) {
+	r := newRecorder(t, 0)
+	got := make(chan string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- r.ShipLive(ctx, func(_ context.Context, id string, off int64, body io.Reader) (proto.RecordingAppended, error) {
+			b, _ := io.ReadAll(body)
+			select {
+			case got <- id:
+			default:
+			}
+			return proto.RecordingAppended{Bytes: off + int64(len(b))}, nil
+		}, time.Hour, nil)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	s := begun(t, r, "soon-1", false, "websocket", "v5.channel.k8s.io")
+	t.Cleanup(func() { s.Close() })
+	if id := testkit.Recv(t, got, "the header shipped at begin"); id != "soon-1" {
+		t.Errorf("shipped %s", id)
 	}
 }

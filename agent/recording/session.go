@@ -66,6 +66,7 @@ type Recorder struct {
 	max       int64
 	now       func() time.Time
 	notify    chan struct{} // a recording finished
+	begun     chan struct{} // a recording began, for ShipLive
 	recovered []Recovered
 
 	mu   sync.Mutex
@@ -115,7 +116,7 @@ func New(o Options) (*Recorder, error) {
 		}
 		recovered = append(recovered, rec)
 	}
-	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1), recovered: recovered, live: map[string]*Session{}}, nil
+	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1), begun: make(chan struct{}, 1), recovered: recovered, live: map[string]*Session{}}, nil
 }
 
 // recoveredAt describes the finished recording at path.
@@ -242,6 +243,10 @@ func (s *Session) Begin(upgrade, protocol string) error {
 		Title: fmt.Sprintf("%s %s/%s on %s", s.meta.User, s.meta.Namespace, s.meta.Pod, s.meta.Cluster), Session: s.meta}
 	err := s.c.header(h)
 	s.headerLen = s.c.n
+	select {
+	case s.r.begun <- struct{}{}:
+	default:
+	}
 	return err
 }
 
