@@ -263,8 +263,25 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			"login", login, "holder", s.userByLogin(login).ID, "others", ids)
 	}
 	if s.recordings = cfg.Recordings; s.recordings == nil {
-		if s.recordings, err = recordings.NewDir(filepath.Join(cfg.DataDir, "recordings"), cfg.Now); err != nil {
+		dir, err := recordings.NewDir(filepath.Join(cfg.DataDir, "recordings"), cfg.Now)
+		if err != nil {
 			return nil, err
+		}
+		s.recordings = dir
+		// Replicas keep recordings in the store they share, so that each
+		// plays what another stored; the live parts stay in the
+		// directory. What this coordinator stored there before it
+		// shared its store moves over.
+		if feed != nil {
+			shared := recordings.NewShared(st, dir, cfg.Now)
+			n, err := shared.Import(dir)
+			if err != nil {
+				return nil, fmt.Errorf("move the recordings of %s into the shared store: %w", dir.Path(), err)
+			}
+			if n > 0 {
+				s.log.Info("recordings moved into the shared store", "recordings", n, "from", dir.Path())
+			}
+			s.recordings = shared
 		}
 	}
 	if s.auditKey, err = auditlog.LoadKey(cfg.auditKeyPath(), true); err != nil {

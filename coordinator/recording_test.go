@@ -70,6 +70,22 @@ func castFile(t *testing.T, id, cluster, user, pod string, start time.Time) []by
 	return append(h, "\n[0.100000, \"o\", \"$ whoami\\r\\nroot\\r\\n\"]\n"...)
 }
 
+// readRecording reads the stored recording id from the coordinator at
+// url as the holder of token.
+func readRecording(t *testing.T, url, token, id string) []byte {
+	t.Helper()
+	var b []byte
+	rc, err := coordclient.New(url, token, http.DefaultClient).Open(context.Background(), "/api/v1/recordings/"+id, nil)
+	if err == nil {
+		b, err = io.ReadAll(rc)
+		rc.Close()
+	}
+	if err != nil {
+		t.Fatalf("read recording %s: %v", id, err)
+	}
+	return b
+}
+
 func sha(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
@@ -146,13 +162,7 @@ func TestRecordingsShippedListedAndVerified(t *testing.T) {
 	if status, p := e.call("GET", "/api/v1/recordings?since=yesterday", e.admin.Token, nil, nil); status != 400 || !strings.Contains(p.Title, "RFC 3339") {
 		t.Errorf("bad since = %d %+v", status, p)
 	}
-	rc, err := coordclient.New(e.ts.URL, e.admin.Token, http.DefaultClient).Open(ctx, "/api/v1/recordings/s-1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(rc)
-	rc.Close()
-	if !bytes.Equal(got, rec1) {
+	if got := readRecording(t, e.ts.URL, e.admin.Token, "s-1"); !bytes.Equal(got, rec1) {
 		t.Errorf("read back %q", got)
 	}
 	if status, _ := e.call("GET", "/api/v1/recordings/s-404", e.admin.Token, nil, nil); status != 404 {
@@ -368,4 +378,39 @@ func TestRecordingRetentionConfig(t *testing.T) {
 	if _, err := c.withDefaults(); err == nil || !strings.Contains(err.Error(), "give 0 to keep recordings for ever") {
 		t.Errorf("negative retention: %v", err)
 	}
+}
+
+// TestRecordingsAcrossReplicas: replicas that share their store keep
+// recordings in it, so a recording an agent shipped to one replica is
+// listed, read and verified on another.
+func TestRecordingsAcrossReplicas(t *testing.T) {
+	envs := newReplicaEnvs(t, 2)
+	a, b := envs[0], envs[1]
+	admin := a.login("admin@example.com")
+	agent := a.registerAgent(a.createCluster(admin.Token, "prod").JoinToken, "node-1")
+	testkit.WaitFor(t, "b to know the admin's session", func() bool {
+		st, _ := b.call("GET", "/api/v1/whoami", admin.Token, nil, nil)
+		return st == http.StatusOK
+	})
+	rec := castFile(t, "s-1", "prod", "alice@example.com", "web-0", time.Now())
+	if _, err := coordclient.New(a.ts.URL, agent.NodeToken, http.DefaultClient).PutRecording(context.Background(), "s-1", bytes.NewReader(rec)); err != nil {
+		t.Fatal(err)
+	}
+	var list []proto.RecordingInfo
+	b.must("GET", "/api/v1/recordings", admin.Token, nil, &list)
+	if len(list) != 1 || list[0].Session.ID != "s-1" || list[0].SHA256 != sha(rec) {
+		t.Fatalf("list on the other replica = %+v", list)
+	}
+	if got := readRecording(t, b.ts.URL, admin.Token, "s-1"); !bytes.Equal(got, rec) {
+		t.Errorf("read back on the other replica: %q", got)
+	}
+	a.must("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{{
+		Code: proto.AuditStreamEnded, Time: time.Now(), Actor: "alice@example.com", SourceSeq: 1, Correlation: "s-1", Status: 101,
+		Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: "exec"},
+		Metadata: map[string]string{proto.MetaRecording: "s-1", proto.MetaRecordingSHA256: sha(rec), proto.MetaRecordingStatus: proto.RecordingComplete}}}}, nil)
+	testkit.WaitFor(t, "verify on the other replica checks the recording", func() bool {
+		var v proto.AuditVerification
+		b.must("GET", "/api/v1/audit/verify", admin.Token, nil, &v)
+		return v.OK && v.Recordings == 1
+	})
 }

@@ -92,6 +92,9 @@ func NewDir(dir string, now func() time.Time) (*Dir, error) {
 	return &Dir{path: dir, now: now}, nil
 }
 
+// Path returns the directory.
+func (d *Dir) Path() string { return d.path }
+
 func (d *Dir) file(id string) string { return filepath.Join(d.path, id+Ext) }
 
 func (d *Dir) liveFile(id string) string { return filepath.Join(d.path, liveDir, id+Ext) }

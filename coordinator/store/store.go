@@ -42,14 +42,20 @@ const (
 	// only by coordinators that share their store, so that any replica
 	// can take each step of it.
 	Logins Bucket = "logins"
+	// Recordings and RecordingChunks hold the session recordings of
+	// coordinators that share their store (coordinator/recordings.Shared):
+	// session id → what is stored, and "<session id>/<chunk index>" →
+	// that chunk's bytes.
+	Recordings      Bucket = "recordings"
+	RecordingChunks Bucket = "recording_chunks"
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins, Recordings, RecordingChunks}
 
 // addedBuckets are buckets a store (or backup) written by an earlier
 // version may lack; Verify and Restore take their absence as empty.
-var addedBuckets = []Bucket{Logins}
+var addedBuckets = []Bucket{Logins, Recordings, RecordingChunks}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

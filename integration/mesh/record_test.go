@@ -120,13 +120,7 @@ func TestRecordExec(t *testing.T) {
 
 	// One byte of a stored recording edited: verify names the session.
 	edited := recs[0].Session.ID
-	path := filepath.Join(m.Coord.Dir, "data", "recordings", edited+".cast")
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[len(data)/2] ^= 0x01
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	if err := m.Coord.EditRecording(ctx, edited, func(b []byte) { b[len(b)/2] ^= 0x01 }); err != nil {
 		t.Fatal(err)
 	}
 	if stdout, stderr, code := m.Admin.RunCode("audit", "verify"); code == 0 || !strings.Contains(stdout+stderr, "Session recording "+edited+" EDITED") {
