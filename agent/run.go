@@ -335,6 +335,11 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("session recording not shipped; keeping it and retrying", "recording", id, "err", err)
 		})
 	})
+	wg.Go(func() {
+		recorder.ShipLive(shipCtx, api.AppendRecording, recording.LiveInterval, func(id string, err error) {
+			log.Debug("live part of a session recording not shipped; trying again", "recording", id, "err", err)
+		})
+	})
 
 	// Wait.
 	select {

@@ -187,6 +187,7 @@ keeps serving the old one. Other settings are read only at start.`,
 	f.StringVar(&cfg.MeshDomain, "mesh-domain", d.MeshDomain, "DNS suffix of mesh names")
 	f.DurationVar(&cfg.SessionTTL, "session-ttl", d.SessionTTL, "how long a login lasts")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", d.AuditRetention, "how long audit events are kept (whole days older are pruned); negative keeps them all")
+	f.DurationVar(&cfg.RecordingRetention, "recording-retention", 0, "how long session recordings are kept (from the session's start); 0 keeps them all")
 	f.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", d.AuditCheckpointInterval, "how often the coordinator signs a checkpoint of its audit log while it grows (with the key <data-dir>/"+coordinator.AuditKeyFile+")")
 	f.StringArrayVar(&cfg.AuditExport, "audit-export", nil, "stream the audit log to this destination, syslog+tls://HOST:6514?ca=FILE or otlp+https://HOST:4318/v1/logs?headers-file=FILE (repeatable; see above)")
 	f.DurationVar(&cfg.AgentTTL, "agent-ttl", d.AgentTTL, "reclaim an agent after it has been gone this long")

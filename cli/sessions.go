@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"strconv"
@@ -260,6 +261,7 @@ func newSessionsPlayCmd(g *globals) *cobra.Command {
 	var (
 		speed   float64
 		maxIdle time.Duration
+		follow  bool
 	)
 	c := &cobra.Command{
 		Use:   "play <id>",
@@ -270,13 +272,19 @@ the pauses it had, divided by --speed, and no pause longer than
 could not be parsed) are shown on standard error.
 
 On a terminal: space pauses and resumes, . skips the current pause,
-q or Ctrl-C stops.`,
+q or Ctrl-C stops.
+
+With --follow the session may still be running: what it recorded so far
+is shown at once, then its output as it comes (a second or two behind),
+until the session ends and its whole recording is stored.`,
 		Example: `  clustral sessions play 1a2b3c4d5e6f-2k
-  clustral sessions play 1a2b3c4d5e6f-2k --speed 4 --max-idle 1s`,
+  clustral sessions play 1a2b3c4d5e6f-2k --speed 4 --max-idle 1s
+  clustral sessions play --follow 1a2b3c4d5e6f-2k`,
 		Args: cobra.ExactArgs(1),
 	}
 	c.Flags().Float64Var(&speed, "speed", 1, "playback speed: 2 plays twice as fast")
 	c.Flags().DurationVar(&maxIdle, "max-idle", 2*time.Second, "longest pause; 0 keeps every pause as recorded")
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "watch a running session: show its output as it comes, until it ends")
 	c.RunE = func(c *cobra.Command, args []string) error {
 		if speed <= 0 {
 			return usageError{fmt.Errorf("--speed %v: give a positive speed, e.g. 1 or 2.5", speed)}
@@ -284,8 +292,25 @@ q or Ctrl-C stops.`,
 		if maxIdle < 0 {
 			return usageError{fmt.Errorf("--max-idle %v: give zero or a positive duration", maxIdle)}
 		}
-		rc, err := openRecording(c.Context(), g, args[0])
-		if err != nil {
+		if follow && c.Flags().Changed("speed") {
+			return usageError{errors.New("--follow plays a running session as it comes, not at a --speed; give one of them")}
+		}
+		var (
+			rc  io.ReadCloser
+			err error
+		)
+		if follow {
+			_, api, err := g.session()
+			if err != nil {
+				return err
+			}
+			rc = api.FollowRecording(c.Context(), args[0], followInterval)
+			// The first answer shows whether there is anything to follow.
+			if rc, err = peeked(rc); err != nil {
+				return cliErr(err)
+			}
+			speed = math.Inf(1) // the pauses are the session's own
+		} else if rc, err = openRecording(c.Context(), g, args[0]); err != nil {
 			return err
 		}
 		defer rc.Close()
@@ -298,6 +323,28 @@ q or Ctrl-C stops.`,
 		return err
 	}
 	return c
+}
+
+// followInterval is how often play --follow asks for more of a running
+// session; tests shorten it.
+var followInterval = time.Second
+
+// peeked reads the first byte of rc, so that a recording that cannot be
+// read fails before the replay starts, and returns a reader that still
+// gives it.
+func peeked(rc io.ReadCloser) (io.ReadCloser, error) {
+	br := bufio.NewReaderSize(rc, 64<<10)
+	if _, err := br.Peek(1); err != nil {
+		rc.Close()
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("the recording is empty")
+		}
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{br, rc}, nil
 }
 
 // castEvent is one event line of an asciicast v2 recording.

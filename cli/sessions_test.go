@@ -46,6 +46,11 @@ func TestGoldenSessions(t *testing.T) {
 		{name: "sessions-play", args: []string{"sessions", "play", "s-1", "--speed", "2"}, plain: true},
 		{name: "sessions-play-missing", args: []string{"sessions", "play", "s-404"}, plain: true, code: 1},
 		{name: "sessions-play-bad-speed", args: []string{"sessions", "play", "s-1", "--speed", "0"}, plain: true, code: 2},
+		// A session that ended plays at once, without pauses.
+		{name: "sessions-play-follow", args: []string{"sessions", "play", "--follow", "s-1"}, plain: true,
+			sent: []string{"GET /api/v1/recordings/s-1 ?live=true"}},
+		{name: "sessions-play-follow-missing", args: []string{"sessions", "play", "-f", "s-404"}, plain: true, code: 1},
+		{name: "sessions-play-follow-speed", args: []string{"sessions", "play", "-f", "s-1", "--speed", "2"}, plain: true, code: 2},
 	}
 	runGolden(t, tests, func(t *testing.T, _ goldenCase) *testEnv {
 		dir, err := recordings.NewDir(t.TempDir(), func() time.Time { return fixedNow })

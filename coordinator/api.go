@@ -106,6 +106,7 @@ func (s *Server) Handler() http.Handler {
 
 	// Session recordings (recordings.go).
 	mux.HandleFunc("PUT "+v+"/recordings/{id}", s.agent(s.handlePutRecording))
+	mux.HandleFunc("PATCH "+v+"/recordings/{id}", s.agent(s.handleAppendRecording))
 	mux.HandleFunc("GET "+v+"/recordings", s.admin(s.handleListRecordings))
 	mux.HandleFunc("GET "+v+"/recordings/{id}", s.admin(s.handleGetRecording))
 
@@ -116,7 +117,7 @@ func (s *Server) Handler() http.Handler {
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		limit := int64(proto.MaxBodyBytes)
-		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, v+"/recordings/") {
+		if (r.Method == http.MethodPut || r.Method == http.MethodPatch) && strings.HasPrefix(r.URL.Path, v+"/recordings/") {
 			limit = proto.MaxRecordingUpload
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, limit)

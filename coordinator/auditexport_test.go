@@ -24,45 +24,8 @@ import (
 // streams its audit log to the destination, reports it in its metrics,
 // and its retention keeps what the destination has not taken.
 func TestAuditExportWired(t *testing.T) {
-	var (
-		mu   sync.Mutex
-		seqs []int64
-		down atomic.Bool
-	)
-	down.Store(true)
-	rcv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		}
-		req, ok := otlptest.Receive(w, r)
-		if !ok {
-			return
-		}
-		mu.Lock()
-		for _, rl := range req.ResourceLogs {
-			for _, sl := range rl.ScopeLogs {
-				for _, rec := range sl.LogRecords {
-					for _, a := range rec.Attributes {
-						if a.Key == "clustral.audit.seq" {
-							seqs = append(seqs, a.Value.GetIntValue())
-						}
-					}
-				}
-			}
-		}
-		mu.Unlock()
-		otlptest.Answer(w, nil)
-	}))
-	t.Cleanup(rcv.Close)
-	e := newTestEnvWith(t, func(c *Config) {
-		caFile := filepath.Join(t.TempDir(), "ca.pem")
-		if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rcv.Certificate().Raw}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		c.AuditExport = []string{"otlp+https://" + rcv.Listener.Addr().String() + "/v1/logs?name=otel&retry-min=10ms&retry-max=50ms&ca=" + caFile}
-		c.AuditExportPoll = 10 * time.Millisecond
-	})
+	rcv := newExportReceiver(t)
+	e := newTestEnvWith(t, rcv.configure)
 	// Records older than the retention, which the destination has not
 	// taken: pruning keeps them while it is down.
 	old := time.Now().Add(-2 * DefaultAuditRetention)
@@ -91,10 +54,11 @@ func TestAuditExportWired(t *testing.T) {
 		n, err := testutil.GatherAndCount(lag, "clustral_coordinator_audit_export_lag_events")
 		return err == nil && n == 1 && metricValue(t, e.srv, "clustral_coordinator_audit_export_lag_events") >= float64(head.Seq)
 	})
-	down.Store(false)
+	rcv.down.Store(false)
 	testkit.WaitFor(t, "every event exported in order", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		seqs := rcv.seqs
 		if len(seqs) < int(head.Seq) {
 			return false
 		}
@@ -115,6 +79,59 @@ func TestAuditExportWired(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// exportReceiver is an OTLP receiver for a coordinator's --audit-export,
+// down (answering 503) until down is cleared.
+type exportReceiver struct {
+	srv  *httptest.Server
+	down atomic.Bool
+	mu   sync.Mutex
+	seqs []int64 // the sequence numbers received, in order
+	ca   string  // the file of its certificate
+}
+
+func newExportReceiver(t *testing.T) *exportReceiver {
+	t.Helper()
+	x := &exportReceiver{}
+	x.down.Store(true)
+	x.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if x.down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		req, ok := otlptest.Receive(w, r)
+		if !ok {
+			return
+		}
+		x.mu.Lock()
+		for _, rl := range req.ResourceLogs {
+			for _, sl := range rl.ScopeLogs {
+				for _, rec := range sl.LogRecords {
+					for _, a := range rec.Attributes {
+						if a.Key == "clustral.audit.seq" {
+							x.seqs = append(x.seqs, a.Value.GetIntValue())
+						}
+					}
+				}
+			}
+		}
+		x.mu.Unlock()
+		otlptest.Answer(w, nil)
+	}))
+	t.Cleanup(x.srv.Close)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: x.srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	x.ca = caFile
+	return x
+}
+
+// configure points c's audit export at x.
+func (x *exportReceiver) configure(c *Config) {
+	c.AuditExport = []string{"otlp+https://" + x.srv.Listener.Addr().String() + "/v1/logs?name=otel&retry-min=10ms&retry-max=50ms&ca=" + x.ca}
+	c.AuditExportPoll = 10 * time.Millisecond
 }
 
 // metricValue is the value of the single series of a gauge or counter.

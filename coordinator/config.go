@@ -132,6 +132,13 @@ type Config struct {
 	// than it are pruned. Zero means DefaultAuditRetention, negative keeps
 	// everything.
 	AuditRetention time.Duration
+	// RecordingRetention is how long session recordings are kept: a
+	// recording whose session started longer ago is removed (with an
+	// AL006I event), unless an audit event that names it has not been
+	// taken by an export destination yet. Zero, the default, keeps them
+	// all: a recording is evidence, removed only when an operator says
+	// so.
+	RecordingRetention time.Duration
 	// AuditCheckpointInterval is how often a checkpoint of the audit log
 	// is signed while the log grows. Zero means
 	// DefaultAuditCheckpointInterval.
@@ -283,6 +290,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	c.AuditRetention = cmp.Or(c.AuditRetention, d.AuditRetention)
 	c.AuditCheckpointInterval = cmp.Or(c.AuditCheckpointInterval, d.AuditCheckpointInterval)
+	if c.RecordingRetention < 0 {
+		return c, fmt.Errorf("recording retention %s is negative: give 0 to keep recordings for ever, or how long to keep them, e.g. 2160h", c.RecordingRetention)
+	}
 	if c.AuditCheckpointInterval < time.Second {
 		return c, fmt.Errorf("audit checkpoint interval %s is too short: use at least 1s, e.g. 10m", c.AuditCheckpointInterval)
 	}

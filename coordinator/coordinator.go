@@ -70,9 +70,13 @@ type Server struct {
 	auditKey ed25519.PrivateKey
 	// recordings keeps the session recordings agents ship.
 	recordings recordings.Store
-	v6         netip.Prefix
-	oidc       *oidcProvider
-	metrics    *metrics
+	// watched is when each live recording was last read (GET with
+	// ?live=true), for the agent's appends: see watching.
+	watchedMu sync.Mutex
+	watched   map[string]time.Time
+	v6        netip.Prefix
+	oidc      *oidcProvider
+	metrics   *metrics
 	// export streams the audit log to the configured destinations; nil
 	// without any.
 	export *auditexport.Exporter
@@ -263,8 +267,25 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			"login", login, "holder", s.userByLogin(login).ID, "others", ids)
 	}
 	if s.recordings = cfg.Recordings; s.recordings == nil {
-		if s.recordings, err = recordings.NewDir(filepath.Join(cfg.DataDir, "recordings"), cfg.Now); err != nil {
+		dir, err := recordings.NewDir(filepath.Join(cfg.DataDir, "recordings"), cfg.Now)
+		if err != nil {
 			return nil, err
+		}
+		s.recordings = dir
+		// Replicas keep recordings in the store they share, so that each
+		// plays what another stored; the live parts stay in the
+		// directory. What this coordinator stored there before it
+		// shared its store moves over.
+		if feed != nil {
+			shared := recordings.NewShared(st, dir, cfg.Now)
+			n, err := shared.Import(dir)
+			if err != nil {
+				return nil, fmt.Errorf("move the recordings of %s into the shared store: %w", dir.Path(), err)
+			}
+			if n > 0 {
+				s.log.Info("recordings moved into the shared store", "recordings", n, "from", dir.Path())
+			}
+			s.recordings = shared
 		}
 	}
 	if s.auditKey, err = auditlog.LoadKey(cfg.auditKeyPath(), true); err != nil {
@@ -319,6 +340,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		var wg sync.WaitGroup
 		wg.Go(func() { s.expirer(ctx) })
 		wg.Go(func() { s.auditJanitor(ctx) })
+		wg.Go(func() { s.recordingJanitor(ctx) })
 		wg.Go(func() { s.auditSigner(ctx) })
 		if s.export != nil {
 			wg.Go(func() { s.export.Run(ctx) })

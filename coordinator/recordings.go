@@ -3,12 +3,16 @@ package coordinator
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"strconv"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/proto"
 )
@@ -19,6 +23,96 @@ import (
 // back. They are kept in Config.Recordings. The end event of a recorded
 // session (RQ004I) carries the recording's SHA-256, so audit verify also
 // proves a stored recording was not edited (checkRecordings).
+
+// checkRecordingHeader reads the header line of a recording an agent of
+// cluster sends as session id, and returns it.
+func checkRecordingHeader(br *bufio.Reader, id, cluster string) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return nil, errors.New("recording has no complete header line")
+	}
+	h, err := proto.ParseRecordingHeader(line)
+	if err != nil {
+		return nil, err
+	}
+	if h.Session.ID != id || h.Session.Cluster != cluster {
+		return nil, fmt.Errorf("recording names session %q of cluster %q; this agent may ship only session %q of cluster %q", h.Session.ID, h.Session.Cluster, id, cluster)
+	}
+	return line, nil
+}
+
+// handleAppendRecording takes the part of a running session's recording
+// its agent shipped so far (PATCH /api/v1/recordings/{id}?offset=N): the
+// first part must start with the header, naming the agent's cluster.
+func (s *Server) handleAppendRecording(w http.ResponseWriter, r *http.Request, n *node) {
+	id := r.PathValue("id")
+	if err := proto.CheckRecordingID(id); err != nil {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error(), "")
+		return
+	}
+	off, err := strconv.ParseInt(r.URL.Query().Get(proto.RecordingParamOffset), 10, 64)
+	if err != nil || off < 0 {
+		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("offset %q is not a byte offset", r.URL.Query().Get(proto.RecordingParamOffset)), "give ?offset=N, N >= 0")
+		return
+	}
+	s.mu.Lock()
+	_, cluster := s.nodeActorLocked(n)
+	s.mu.Unlock()
+	// The header is checked whatever the offset: the first part's, or
+	// the live part's the store holds.
+	var body io.Reader = r.Body
+	if off == 0 {
+		br := bufio.NewReaderSize(r.Body, 16<<10)
+		line, err := checkRecordingHeader(br, id, cluster)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "recording "+id+": "+err.Error(), "")
+			return
+		}
+		body = io.MultiReader(bytes.NewReader(bytes.Clone(line)), br)
+	} else {
+		rc, err := s.recordings.OpenLive(id)
+		if err == nil {
+			_, err = checkRecordingHeader(bufio.NewReaderSize(rc, 16<<10), id, cluster)
+			rc.Close()
+		}
+		if err != nil && !errors.Is(err, recordings.ErrNotFound) {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "recording "+id+": "+err.Error(), "")
+			return
+		}
+	}
+	size, err := s.recordings.Append(id, off, body)
+	if errors.Is(err, recordings.ErrGap) {
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+": "+err.Error(), "send it again from offset 0")
+		return
+	}
+	if s.writeRecordingError(w, id, err, "is already stored", "append to live recording") {
+		return
+	}
+	writeJSON(w, http.StatusOK, proto.RecordingAppended{Bytes: size, Watched: s.watching(id, false)})
+}
+
+// watching reports whether the live recording id was read within
+// proto.RecordingWatchWindow; read records a read now. Entries older
+// than the window are forgotten as they are looked at.
+func (s *Server) watching(id string, read bool) bool {
+	now := s.now()
+	s.watchedMu.Lock()
+	defer s.watchedMu.Unlock()
+	if read {
+		if s.watched == nil {
+			s.watched = map[string]time.Time{}
+		}
+		s.watched[id] = now
+		return true
+	}
+	for k, t := range s.watched {
+		if now.Sub(t) > proto.RecordingWatchWindow {
+			delete(s.watched, k)
+		}
+	}
+	_, ok := s.watched[id]
+	return ok
+}
 
 func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *node) {
 	id := r.PathValue("id")
@@ -32,34 +126,35 @@ func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *n
 	// The header comes first: a recording of another cluster is refused
 	// before anything is stored.
 	br := bufio.NewReaderSize(r.Body, 16<<10)
-	line, err := br.ReadSlice('\n')
-	var h proto.RecordingHeader
-	if err == nil {
-		h, err = proto.ParseRecordingHeader(line)
-	} else {
-		err = errors.New("recording has no complete header line")
-	}
-	if err == nil && (h.Session.ID != id || h.Session.Cluster != cluster) {
-		err = fmt.Errorf("recording names session %q of cluster %q; this agent may ship only session %q of cluster %q", h.Session.ID, h.Session.Cluster, id, cluster)
-	}
+	line, err := checkRecordingHeader(br, id, cluster)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "recording "+id+": "+err.Error(), "")
 		return
 	}
 	info, err := s.recordings.Put(id, io.MultiReader(bytes.NewReader(bytes.Clone(line)), br))
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.Is(err, recordings.ErrConflict):
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+" is already stored with other content", "")
-		return
-	case errors.As(err, &mbe):
-		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("recording %s is over %d bytes", id, mbe.Limit), "lower the agent's --recording-max-bytes")
-		return
-	case err != nil:
-		s.writeInternal(w, "store recording", err, "")
+	if s.writeRecordingError(w, id, err, "is already stored with other content", "store recording") {
 		return
 	}
 	writeJSON(w, http.StatusOK, info)
+}
+
+// writeRecordingError answers the error of storing recording id, if
+// there is one, and reports whether there was: ErrConflict is 409 saying
+// the recording conflict, a body over the limit 413, anything else an
+// internal error while doing what.
+func (s *Server) writeRecordingError(w http.ResponseWriter, id string, err error, conflict, what string) bool {
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, recordings.ErrConflict):
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, "recording "+id+" "+conflict, "")
+	case errors.As(err, &mbe):
+		writeProblem(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("recording %s is over %d bytes", id, mbe.Limit), "lower the agent's --recording-max-bytes")
+	default:
+		s.writeInternal(w, what, err, "")
+	}
+	return true
 }
 
 func (s *Server) handleListRecordings(w http.ResponseWriter, r *http.Request, _ principal) {
@@ -98,9 +193,35 @@ func (s *Server) handleListRecordings(w http.ResponseWriter, r *http.Request, _ 
 	writeJSON(w, http.StatusOK, out)
 }
 
+// handleGetRecording answers a stored recording, or with ?live=true
+// the part of a running session's recording shipped so far; from
+// ?offset=N on, if given. HeaderRecordingState says which.
 func (s *Server) handleGetRecording(w http.ResponseWriter, r *http.Request, _ principal) {
 	id := r.PathValue("id")
+	q := r.URL.Query()
+	var off int64
+	if v := q.Get(proto.RecordingParamOffset); v != "" {
+		var err error
+		if off, err = strconv.ParseInt(v, 10, 64); err != nil || off < 0 {
+			writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("offset %q is not a byte offset", v), "give ?offset=N, N >= 0")
+			return
+		}
+	}
+	live, _ := strconv.ParseBool(q.Get(proto.RecordingParamLive))
+	state := proto.RecordingStateStored
 	rc, err := s.recordings.Open(id)
+	if live && errors.Is(err, recordings.ErrNotFound) {
+		state = proto.RecordingStateLive
+		rc, err = s.recordings.OpenLive(id)
+		if err == nil {
+			s.watching(id, true)
+		}
+		if errors.Is(err, recordings.ErrNotFound) {
+			// Stored between the two looks.
+			state = proto.RecordingStateStored
+			rc, err = s.recordings.Open(id)
+		}
+	}
 	switch {
 	case errors.Is(err, recordings.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "no recording "+id, "list them with clustral sessions ls")
@@ -113,7 +234,19 @@ func (s *Server) handleGetRecording(w http.ResponseWriter, r *http.Request, _ pr
 		return
 	}
 	defer rc.Close()
+	if off > 0 {
+		if sk, ok := rc.(io.Seeker); ok {
+			_, err = sk.Seek(off, io.SeekStart)
+		} else {
+			_, err = io.CopyN(io.Discard, rc, off)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			s.writeInternal(w, "read recording", err, "")
+			return
+		}
+	}
 	w.Header().Set("Content-Type", "application/x-asciicast")
+	w.Header().Set(proto.HeaderRecordingState, state)
 	io.Copy(w, rc)
 }
 
@@ -152,4 +285,96 @@ func (s *Server) checkRecordings(v *proto.AuditVerification, refs []recordingRef
 		}
 	}
 	return nil
+}
+
+// ---- retention ----
+
+// recordingJanitor applies the recording retention at start and every
+// hour, until ctx ends (singleton work). Without a retention it does
+// nothing.
+func (s *Server) recordingJanitor(ctx context.Context) {
+	if s.cfg.RecordingRetention <= 0 {
+		return
+	}
+	s.pruneRecordings()
+	s.every(ctx, time.Hour, s.pruneRecordings)
+}
+
+// pruneRecordings removes the stored recordings whose sessions started
+// before the retention, each with an AL006I event, except those an
+// audit event not yet taken by an export destination names
+// (heldRecordings): a destination that is behind still gets the events
+// with the recordings they vouch for in place.
+func (s *Server) pruneRecordings() {
+	retention := s.cfg.RecordingRetention
+	cutoff := s.now().Add(-retention)
+	all, err := s.recordings.List()
+	if err != nil {
+		s.log.Error("recording retention: list recordings", "err", err)
+		return
+	}
+	var old []proto.RecordingInfo
+	for _, ri := range all {
+		if started(ri).Before(cutoff) {
+			old = append(old, ri)
+		}
+	}
+	if len(old) == 0 {
+		return
+	}
+	held, err := s.heldRecordings()
+	if err != nil {
+		s.log.Error("recording retention: read the audit events export destinations have not taken", "err", err)
+		return
+	}
+	removed, kept := 0, 0
+	for _, ri := range old {
+		id := ri.Session.ID
+		if held[id] {
+			kept++
+			continue
+		}
+		if err := s.recordings.Delete(id); err != nil {
+			if !errors.Is(err, recordings.ErrNotFound) {
+				s.log.Error("recording retention: remove recording", "recording", id, "err", err)
+			}
+			continue
+		}
+		removed++
+		s.audit(proto.AuditEvent{Code: proto.AuditRecordingPruned, Actor: "system", Cluster: ri.Session.Cluster, Correlation: id,
+			Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: ri.Session.Subresource, Namespace: ri.Session.Namespace, Name: ri.Session.Pod},
+			Metadata: map[string]string{proto.MetaRecording: id, proto.MetaRecordingSHA256: ri.SHA256, proto.MetaRecordingBytes: strconv.FormatInt(ri.Bytes, 10),
+				"started": started(ri).UTC().Format(time.RFC3339), "retention": retention.String()}})
+	}
+	if removed > 0 || kept > 0 {
+		s.log.Info("recording retention applied", "removed", removed, "held_for_export", kept, "retention", retention)
+	}
+}
+
+// started is when the session of a recording started; for a header
+// without a start, when the recording was stored.
+func started(ri proto.RecordingInfo) time.Time {
+	if ri.Session.Start.IsZero() {
+		return ri.Stored
+	}
+	return ri.Session.Start
+}
+
+// heldRecordings returns the recordings named by audit events that an
+// export destination has not taken yet (auditexport.Exporter.Hold).
+func (s *Server) heldRecordings() (map[string]bool, error) {
+	if s.export == nil {
+		return nil, nil
+	}
+	hold, err := s.export.Hold()
+	if err != nil || hold == math.MaxUint64 {
+		return nil, err
+	}
+	held := map[string]bool{}
+	err = auditlog.Scan(s.store, hold+1, func(e proto.AuditEvent) {
+		if id := e.Metadata[proto.MetaRecording]; id != "" {
+			held[id] = true
+		}
+	})
+	return held, err
 }

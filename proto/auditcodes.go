@@ -94,6 +94,7 @@ const (
 	AuditExportFailing    AuditCode = "AL003W"
 	AuditExportRecovered  AuditCode = "AL004I"
 	AuditExportGap        AuditCode = "AL005E"
+	AuditRecordingPruned  AuditCode = "AL006I"
 )
 
 // AuditCodeInfo describes one code in the catalogue.
@@ -157,6 +158,7 @@ var AuditCodes = []AuditCodeInfo{
 	{AuditExportFailing, CategoryAudit, "An audit export destination (--audit-export) could not take a batch: unreachable, TLS refused, or the receiver answered an error. The events stay in the log and are sent again with back-off from the destination's cursor; recorded at the first failure after a success or a start. Metadata: destination, error, pending (events not yet taken)."},
 	{AuditExportRecovered, CategoryAudit, "An audit export destination took a batch again after failures, and catches up from its cursor. Metadata: destination, failures, since (the first failure)."},
 	{AuditExportGap, CategoryAudit, "An audit export destination will not get some records: they were pruned while it was not configured, or the store was restored from a backup that does not hold its cursor. Export goes on after the gap (for a restore, from the oldest record kept, so records may be sent again). Metadata: destination, first, last (sequence numbers), reason."},
+	{AuditRecordingPruned, CategoryAudit, "Retention (--recording-retention) removed a stored session recording whose session started longer ago than the retention. Correlation and metadata recording name the session; recording_sha256 and recording_bytes say what was removed; metadata started and retention say why. A recording that an audit event not yet taken by an export destination names is kept until the destination has it."},
 }
 
 var auditCodeIndex = func() map[AuditCode]AuditCodeInfo {

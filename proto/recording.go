@@ -129,6 +129,45 @@ const (
 	RecordingParamSince   = "since" // RFC 3339: sessions that started at or after it
 )
 
+// Live recordings: while a recorded session runs, its agent appends what
+// it recorded so far with PATCH /api/v1/recordings/{id}?offset=N (the
+// body is the recording's bytes from N on), about once a second, and
+// ships the whole recording with PUT when the session ends (beyond its
+// header, only while someone watches: RecordingAppended.Watched). A reader
+// follows a running session with GET /api/v1/recordings/{id}?live=true
+// &offset=N, once a second: the answer is the recording's bytes from N on
+// and its HeaderRecordingState says whether more may follow.
+//
+// RecordingParamOffset is the byte offset of a PATCH's body, or where a
+// GET's answer starts; RecordingParamLive lets a GET answer with the
+// recording of a session still running.
+const RecordingParamOffset, RecordingParamLive = "offset", "live"
+
+// HeaderRecordingState is RecordingStateLive (the session is running, or
+// its agent has not shipped its end yet: more bytes may follow) or
+// RecordingStateStored (the recording is complete and stored; its digest
+// is the one its end event carries) on the answer to a GET of a
+// recording.
+const (
+	HeaderRecordingState                     = "X-Clustral-Recording-State"
+	RecordingStateLive, RecordingStateStored = "live", "stored"
+)
+
+// RecordingAppended answers a PATCH of a live recording.
+type RecordingAppended struct {
+	// Bytes is how much of the recording the coordinator now holds.
+	Bytes int64 `json:"bytes"`
+	// Watched says someone read the live recording lately: the agent
+	// ships the rest as it comes. Until then it ships the header only
+	// and asks again with empty appends, so a session nobody watches
+	// costs no second copy of its bytes while it runs.
+	Watched bool `json:"watched"`
+}
+
+// RecordingWatchWindow is how long after the last read of a live
+// recording it counts as watched.
+const RecordingWatchWindow = 10 * time.Second
+
 var recordingID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // CheckRecordingID reports whether id can name a recording (and its

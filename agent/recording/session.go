@@ -66,7 +66,11 @@ type Recorder struct {
 	max       int64
 	now       func() time.Time
 	notify    chan struct{} // a recording finished
+	begun     chan struct{} // a recording began, for ShipLive
 	recovered []Recovered
+
+	mu   sync.Mutex
+	live map[string]*Session // recordings in progress, for ShipLive
 }
 
 // Recovered is a recording that a stopped agent left in progress and New
@@ -112,7 +116,7 @@ func New(o Options) (*Recorder, error) {
 		}
 		recovered = append(recovered, rec)
 	}
-	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1), recovered: recovered}, nil
+	return &Recorder{dir: o.Dir, max: o.MaxBytes, now: o.Now, notify: make(chan struct{}, 1), begun: make(chan struct{}, 1), recovered: recovered, live: map[string]*Session{}}, nil
 }
 
 // recoveredAt describes the finished recording at path.
@@ -158,7 +162,11 @@ func (r *Recorder) Start(m proto.RecordingSession, required bool) (*Session, err
 	if m.Start.IsZero() {
 		m.Start = r.now()
 	}
-	return &Session{meta: m, required: required, f: f, now: r.now, r: r}, nil
+	s := &Session{meta: m, required: required, f: f, now: r.now, r: r}
+	r.mu.Lock()
+	r.live[m.ID] = s
+	r.mu.Unlock()
+	return s, nil
 }
 
 // Result is what Close reports of a recording.
@@ -190,13 +198,14 @@ type Session struct {
 	// parser runs after it.
 	dir [2]sync.Mutex
 	// mu guards what follows; parsers' sinks take it.
-	mu      sync.Mutex
-	c       *cast
-	closed  bool
-	stopped error // why recording stopped (cap, parse error, write error)
-	fromPod streamParser
-	toPod   streamParser
-	spdy    [2]*spdyParser
+	mu        sync.Mutex
+	c         *cast
+	headerLen int64 // bytes of the header line, once begun
+	closed    bool
+	stopped   error // why recording stopped (cap, parse error, write error)
+	fromPod   streamParser
+	toPod     streamParser
+	spdy      [2]*spdyParser
 }
 
 type streamParser interface {
@@ -232,7 +241,13 @@ func (s *Session) Begin(upgrade, protocol string) error {
 	s.c = newCast(s.f, s.meta.MaxBytes, s.meta.Start, s.now)
 	h := proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Timestamp: s.meta.Start.Unix(),
 		Title: fmt.Sprintf("%s %s/%s on %s", s.meta.User, s.meta.Namespace, s.meta.Pod, s.meta.Cluster), Session: s.meta}
-	return s.c.header(h)
+	err := s.c.header(h)
+	s.headerLen = s.c.n
+	select {
+	case s.r.begun <- struct{}{}:
+	default:
+	}
+	return err
 }
 
 // Conn wraps the upstream side of the upgraded connection: what it reads
@@ -365,6 +380,9 @@ func (s *Session) Close() Result {
 }
 
 func (s *Session) close() Result {
+	s.r.mu.Lock()
+	delete(s.r.live, s.meta.ID)
+	s.r.mu.Unlock()
 	s.dir[0].Lock()
 	s.dir[1].Lock()
 	s.mu.Lock()

@@ -162,6 +162,33 @@ func decodeCursor(c string) (dir byte, seq uint64, err error) {
 	return b[0], seq, nil
 }
 
+// Scan calls visit with each record from sequence from on (from the
+// oldest kept, if from is before it), oldest first, in one view
+// transaction.
+func Scan(st store.Store, from uint64, visit func(proto.AuditEvent)) error {
+	return st.View(func(tx store.Tx) error {
+		head, anchor, err := Marks(tx)
+		if err != nil {
+			return err
+		}
+		for seq := max(from, anchor.Seq+1); seq <= head.Seq; seq++ {
+			raw, err := tx.GetRaw(store.Audit, Key(seq))
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			var e proto.AuditEvent
+			if err := json.Unmarshal(raw, &e); err != nil {
+				return fmt.Errorf("decode audit event %d: %w", seq, err)
+			}
+			visit(e)
+		}
+		return nil
+	})
+}
+
 // Query returns a page of events matching f, read from st in one view
 // transaction. A cursor, if given,
 // decides the direction; otherwise asc selects oldest first.

@@ -180,6 +180,7 @@ func Routes() []Route {
 		{"GET", "/admin/sessions", Admin, (*Console).recordingsPage},
 		{"GET", "/admin/sessions/{id}", Admin, (*Console).recordingPage},
 		{"GET", "/admin/sessions/{id}/cast", Admin, (*Console).recordingCast},
+		{"GET", "/admin/sessions/{id}/live", Admin, (*Console).recordingLivePage},
 	}
 }
 

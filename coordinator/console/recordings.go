@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -108,6 +110,11 @@ type recordingData struct {
 	Cast     string
 	Status   string
 	Download string
+	// Live: the session is running; the player follows it (Cast then
+	// answers from ?offset=N, with the recording's state), and the
+	// stored recording is verified at Stored once it ends.
+	Live   bool
+	Stored string
 }
 
 // recordingPage shows one recording with its player, its header and
@@ -158,14 +165,76 @@ func (c *Console) recordingPage(w http.ResponseWriter, r *http.Request, v *visit
 	c.render(w, http.StatusOK, "recording", d)
 }
 
+// recordingLivePage follows a running session: its player shows the
+// recording as the agent ships it, about a second behind, until the
+// session ends; then it links to the playback page, which verifies the
+// stored recording. The live-sessions page links here
+// (RecordingLivePath). A session that ended already goes straight to
+// its playback page.
+func (c *Console) recordingLivePage(w http.ResponseWriter, r *http.Request, v *visit) {
+	id := r.PathValue("id")
+	rc, more, err := v.api.OpenRecording(r.Context(), id, 0, true)
+	if err != nil {
+		c.failAPI(w, r, v, err)
+		return
+	}
+	line, err := bufio.NewReaderSize(rc, 16<<10).ReadSlice('\n')
+	rc.Close()
+	if !more {
+		http.Redirect(w, r, recordingPath(id), http.StatusSeeOther)
+		return
+	}
+	rd := recordingData{ID: id, State: recordingUnvouched, Live: true, Cast: recordingPath(id) + "/cast?live=1", Stored: recordingPath(id)}
+	if err == nil {
+		rd.Header, err = proto.ParseRecordingHeader(line)
+	}
+	if err != nil {
+		rd.State = recordingUnreadable
+	}
+	d := c.page(r, v, "Live session "+id)
+	d.Nav = "/admin/sessions"
+	d.Data = rd
+	c.render(w, http.StatusOK, "recording", d)
+}
+
+// RecordingLivePath is the page that follows the running session id
+// while it runs (and then leads to its recording).
+func RecordingLivePath(id string) string { return recordingPath(id) + "/live" }
+
 // recordingCast answers the recording itself: for the player, or, with
 // ?download=1, as a file to save (what `clustral sessions export`
-// writes).
+// writes). With ?live=1 it answers a running session's recording too,
+// from ?offset=N, and says in HeaderRecordingState whether more may
+// follow: the live player asks again from where the answer ended.
 func (c *Console) recordingCast(w http.ResponseWriter, r *http.Request, v *visit) {
 	id := r.PathValue("id")
-	rc, ok := c.openRecording(w, r, v, id)
-	if !ok {
-		return
+	q := r.URL.Query()
+	var rc io.ReadCloser
+	if q.Get("live") != "" {
+		off, err := strconv.ParseInt(q.Get("offset"), 10, 64)
+		if q.Get("offset") == "" {
+			off, err = 0, nil
+		}
+		if err != nil || off < 0 {
+			c.fail(w, r, v, http.StatusBadRequest, fmt.Sprintf("Offset %q is not a byte offset.", q.Get("offset")))
+			return
+		}
+		var more bool
+		if rc, more, err = v.api.OpenRecording(r.Context(), id, off, true); err != nil {
+			c.failAPI(w, r, v, err)
+			return
+		}
+		state := proto.RecordingStateStored
+		if more {
+			state = proto.RecordingStateLive
+		}
+		w.Header().Set(proto.HeaderRecordingState, state)
+		w.Header().Set("Cache-Control", "no-store")
+	} else {
+		var ok bool
+		if rc, ok = c.openRecording(w, r, v, id); !ok {
+			return
+		}
 	}
 	defer rc.Close()
 	w.Header().Set("Content-Type", "application/x-asciicast")

@@ -1,12 +1,17 @@
 package console_test
 
 import (
+	"context"
+	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/console"
 	"github.com/clustral/clustral/coordinator/coordinatortest"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -122,5 +127,70 @@ func TestRecordingPages(t *testing.T) {
 	b.get("/admin/audit?user=root@example.com")
 	if strings.Contains(b.page, "Play recorded session") {
 		t.Errorf("an event without a recording links a playback:\n%s", b.page)
+	}
+}
+
+// TestRecordingLivePage: a running session's live page follows it (the
+// player's source answers from an offset and says the session is live),
+// and once the whole recording is stored the source says so and the live
+// page leads to the playback page.
+func TestRecordingLivePage(t *testing.T) {
+	e := newEnv(t)
+	var cl proto.CreateClusterResponse
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/clusters", map[string]any{"name": "lab"}, &cl)
+	agent := e.RegisterAgent(cl.JoinToken, "agent-lab")
+	h, err := json.Marshal(proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Session: proto.RecordingSession{
+		ID: "s-live", User: "alice@example.com", Cluster: "lab", Namespace: "default", Pod: "web-0", Subresource: "exec",
+		Command: []string{"sh"}, Start: time.Now(), Correlation: "s-live"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := string(h) + "\n" + `[0.1, "o", "$ "]` + "\n"
+	rest := `[0.5, "o", "ls\r\n"]` + "\n"
+	api := coordclient.New(e.URL, agent.NodeToken, e.Client())
+	if _, err := api.AppendRecording(context.Background(), "s-live", 0, strings.NewReader(first)); err != nil {
+		t.Fatal(err)
+	}
+
+	b, _ := e.signIn("root@example.com")
+	if got := console.RecordingLivePath("s-live"); got != "/admin/sessions/s-live/live" {
+		t.Fatalf("RecordingLivePath = %s", got)
+	}
+	resp, _ := b.get("/admin/sessions/s-live/live")
+	for _, w := range []string{"Live: this session is running", `data-follow="/admin/sessions/s-live/cast?live=1"`, "<dd>default/web-0</dd>"} {
+		if resp.StatusCode != 200 || !strings.Contains(b.page, w) {
+			t.Errorf("live page = %d, lacks %s:\n%s", resp.StatusCode, w, b.page)
+		}
+	}
+	if strings.Contains(b.page, "download=1") {
+		t.Errorf("the live page offers a download of a recording in progress")
+	}
+	cast := func(offset int, wantState, want string) {
+		t.Helper()
+		resp, _ := b.get("/admin/sessions/s-live/cast?live=1&offset=" + strconv.Itoa(offset))
+		if resp.StatusCode != 200 || b.page != want || resp.Header.Get(proto.HeaderRecordingState) != wantState {
+			t.Errorf("cast from %d = %d %s %q, want %s %q", offset, resp.StatusCode, resp.Header.Get(proto.HeaderRecordingState), b.page, wantState, want)
+		}
+	}
+	cast(0, proto.RecordingStateLive, first)
+	cast(len(first), proto.RecordingStateLive, "")
+	if _, err := api.AppendRecording(context.Background(), "s-live", int64(len(first)), strings.NewReader(rest)); err != nil {
+		t.Fatal(err)
+	}
+	cast(len(first), proto.RecordingStateLive, rest)
+	if resp, _ := b.get("/admin/sessions/s-live/cast?live=1&offset=x"); resp.StatusCode != 400 {
+		t.Errorf("a bad offset = %d", resp.StatusCode)
+	}
+	if resp, _ := b.get("/admin/sessions/s-none/live"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the live page of no session = %d, want 404", resp.StatusCode)
+	}
+
+	// The session ends: its whole recording is stored.
+	if _, err := api.PutRecording(context.Background(), "s-live", strings.NewReader(first+rest)); err != nil {
+		t.Fatal(err)
+	}
+	cast(len(first)+len(rest), proto.RecordingStateStored, "")
+	if _, hops := b.get("/admin/sessions/s-live/live"); len(hops) != 2 || hops[1].Request.URL.Path != "/admin/sessions/s-live" {
+		t.Errorf("the live page of an ended session does not lead to its playback: %d hops", len(hops))
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/clustral/clustral/proto"
@@ -41,22 +42,48 @@ type Store interface {
 	Open(id string) (io.ReadCloser, error)
 	// List returns every stored recording, newest session first.
 	List() ([]proto.RecordingInfo, error)
+	// Delete removes the stored recording id, and its live part if any.
+	Delete(id string) error
+
+	// Append adds the bytes read from r at offset off of the live
+	// recording id, the part of a running session shipped so far, and
+	// returns how many bytes of it the store holds. Bytes before the
+	// end of what it holds are skipped: the agent sent them before (it
+	// resends from 0 when unsure). An offset past the end fails with
+	// ErrGap. Once id is stored, Append fails with ErrConflict; Put
+	// drops the live part.
+	Append(id string, off int64, r io.Reader) (int64, error)
+	// OpenLive returns the live part of the recording id, to be closed
+	// by the caller, or ErrNotFound.
+	OpenLive(id string) (io.ReadCloser, error)
 }
+
+// ErrGap is returned (wrapped) by Append for an offset past the end of
+// what the store holds of a live recording.
+var ErrGap = errors.New("the offset is past the end of the live recording")
 
 // Ext is the file name extension of a recording in a Dir.
 const Ext = ".cast"
 
 // Dir is a Store in a directory: one file per recording, <id>.cast,
-// written to a temporary file, synced, and renamed into place.
+// written to a temporary file, synced, and renamed into place. The live
+// part of a running session is live/<id>.cast, appended to as it comes
+// and not synced: the agent keeps the recording until its PUT.
 type Dir struct {
 	path string
 	now  func() time.Time
+	// mu orders Append with the end of Put, so that no live part
+	// outlives its stored recording.
+	mu sync.Mutex
 }
+
+// liveDir is the subdirectory of live parts.
+const liveDir = "live"
 
 // NewDir returns the Store in dir, creating it if needed. now stamps
 // stored recordings; nil means time.Now.
 func NewDir(dir string, now func() time.Time) (*Dir, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, liveDir), 0o700); err != nil {
 		return nil, fmt.Errorf("recordings directory: %w", err)
 	}
 	if now == nil {
@@ -65,7 +92,12 @@ func NewDir(dir string, now func() time.Time) (*Dir, error) {
 	return &Dir{path: dir, now: now}, nil
 }
 
+// Path returns the directory.
+func (d *Dir) Path() string { return d.path }
+
 func (d *Dir) file(id string) string { return filepath.Join(d.path, id+Ext) }
+
+func (d *Dir) liveFile(id string) string { return filepath.Join(d.path, liveDir, id+Ext) }
 
 // Put implements Store.
 func (d *Dir) Put(id string, r io.Reader) (proto.RecordingInfo, error) {
@@ -100,6 +132,7 @@ func (d *Dir) Put(id string, r io.Reader) (proto.RecordingInfo, error) {
 	info := proto.RecordingInfo{Session: hdr.Session, Bytes: n, SHA256: sum, Stored: d.now().UTC()}
 	if old, err := d.info(id); err == nil {
 		if old.SHA256 == sum {
+			d.dropLive(id)
 			return old, nil
 		}
 		return proto.RecordingInfo{}, fmt.Errorf("%w: %s", ErrConflict, id)
@@ -107,6 +140,8 @@ func (d *Dir) Put(id string, r io.Reader) (proto.RecordingInfo, error) {
 	if err := os.Chtimes(tmp.Name(), info.Stored, info.Stored); err != nil {
 		return proto.RecordingInfo{}, err
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	// Link, not rename: it fails if a concurrent Put stored id meanwhile.
 	if err := os.Link(tmp.Name(), d.file(id)); err != nil {
 		if old, ierr := d.info(id); errors.Is(err, fs.ErrExist) && ierr == nil {
@@ -117,6 +152,7 @@ func (d *Dir) Put(id string, r io.Reader) (proto.RecordingInfo, error) {
 		}
 		return proto.RecordingInfo{}, fmt.Errorf("store recording %s: %w", id, err)
 	}
+	os.Remove(d.liveFile(id))
 	return info, nil
 }
 
@@ -159,11 +195,14 @@ func (d *Dir) info(id string) (proto.RecordingInfo, error) {
 }
 
 // Open implements Store.
-func (d *Dir) Open(id string) (io.ReadCloser, error) {
+func (d *Dir) Open(id string) (io.ReadCloser, error) { return d.open(id, d.file) }
+
+// open opens the file of recording id that path names.
+func (d *Dir) open(id string, path func(string) string) (io.ReadCloser, error) {
 	if err := proto.CheckRecordingID(id); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(d.file(id))
+	f, err := os.Open(path(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -191,6 +230,76 @@ func (d *Dir) List() ([]proto.RecordingInfo, error) {
 	slices.SortFunc(out, func(a, b proto.RecordingInfo) int { return b.Session.Start.Compare(a.Session.Start) })
 	return out, nil
 }
+
+// dropLive removes the live part of id, stored meanwhile.
+func (d *Dir) dropLive(id string) {
+	d.mu.Lock()
+	os.Remove(d.liveFile(id))
+	d.mu.Unlock()
+}
+
+// Delete implements Store.
+func (d *Dir) Delete(id string) error {
+	if err := proto.CheckRecordingID(id); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	os.Remove(d.liveFile(id))
+	err := os.Remove(d.file(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return fmt.Errorf("delete recording %s: %w", id, err)
+	}
+	return nil
+}
+
+// Append implements Store. A live part holds at most
+// proto.MaxRecordingUpload bytes.
+func (d *Dir) Append(id string, off int64, r io.Reader) (int64, error) {
+	if err := proto.CheckRecordingID(id); err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, err := os.Stat(d.file(id)); err == nil {
+		return 0, fmt.Errorf("%w: %s (the session ended)", ErrConflict, id)
+	}
+	f, err := os.OpenFile(d.liveFile(id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("live recording %s: %w", id, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("live recording %s: %w", id, err)
+	}
+	size := fi.Size()
+	if off > size {
+		return size, fmt.Errorf("%w: %s holds %d bytes, the append starts at %d", ErrGap, id, size, off)
+	}
+	if _, err := io.CopyN(io.Discard, r, size-off); err != nil {
+		// The body ends before what the store holds: nothing new.
+		return size, nil
+	}
+	room := proto.MaxRecordingUpload - size
+	n, err := io.Copy(f, io.LimitReader(r, room))
+	size += n
+	if err != nil {
+		return size, fmt.Errorf("live recording %s: %w", id, err)
+	}
+	if n == room {
+		if k, _ := r.Read(make([]byte, 1)); k > 0 {
+			return size, fmt.Errorf("live recording %s: over %d bytes", id, int64(proto.MaxRecordingUpload))
+		}
+	}
+	return size, nil
+}
+
+// OpenLive implements Store.
+func (d *Dir) OpenLive(id string) (io.ReadCloser, error) { return d.open(id, d.liveFile) }
 
 // Digest returns the hex SHA-256 of the stored recording id.
 func Digest(s Store, id string) (string, error) {

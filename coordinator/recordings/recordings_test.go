@@ -2,6 +2,8 @@ package recordings
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"os"
@@ -15,6 +17,22 @@ func cast(id, user string, start time.Time) []byte {
 	return []byte(`{"version":2,"width":80,"height":24,"timestamp":1,"clustral":{"id":"` + id + `","user":"` + user +
 		`","cluster":"prod","namespace":"default","pod":"p","subresource":"exec","protocol":"v5.channel.k8s.io","start":"` +
 		start.Format(time.RFC3339) + `","correlation":"` + id + `","stdin":false,"max_bytes":1024}}` + "\n" + `[0.1, "o", "hi"]` + "\n")
+}
+
+// holds reports whether s holds want as the recording id, byte for
+// byte.
+func holds(t *testing.T, s Store, id string, want []byte) bool {
+	t.Helper()
+	sum, err := Digest(s, id)
+	if err != nil {
+		t.Errorf("read recording %s: %v", id, err)
+	}
+	return sum == hexSHA(want)
+}
+
+func hexSHA(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }
 
 func TestDir(t *testing.T) {
@@ -54,14 +72,8 @@ func TestDir(t *testing.T) {
 	if err != nil || len(list) != 2 || list[0].Session.ID != "b" || list[1].Session.ID != "a" {
 		t.Fatalf("list = %+v, %v; want b then a", list, err)
 	}
-	rc, err := d.Open("a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(rc)
-	rc.Close()
-	if !bytes.Equal(got, a) {
-		t.Errorf("open a = %q", got)
+	if !holds(t, d, "a", a) {
+		t.Errorf("recording a is not what was put")
 	}
 	if _, err := d.Open("zz"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("open missing = %v", err)
@@ -75,5 +87,75 @@ func TestDir(t *testing.T) {
 		if strings.HasPrefix(e.Name(), ".put-") {
 			t.Errorf("left behind: %s", e.Name())
 		}
+	}
+}
+
+func TestDirLive(t *testing.T) {
+	d, err := NewDir(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := cast("s", "alice", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	head := len(rec) - 10
+	live := func() string {
+		t.Helper()
+		rc, err := d.OpenLive("s")
+		if errors.Is(err, ErrNotFound) {
+			return "(none)"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, _ := io.ReadAll(rc)
+		return string(b)
+	}
+	for _, tt := range []struct {
+		name  string
+		off   int
+		body  []byte
+		want  int64
+		err   error
+		holds string
+	}{
+		{"first part", 0, rec[:head], int64(head), nil, string(rec[:head])},
+		{"gap", head + 1, rec[head+1:], int64(head), ErrGap, string(rec[:head])},
+		{"resent from the start", 0, rec[:head+4], int64(head + 4), nil, string(rec[:head+4])},
+		{"overlap", head, rec[head:], int64(len(rec)), nil, string(rec)},
+		{"nothing new", 0, rec[:3], int64(len(rec)), nil, string(rec)},
+	} {
+		n, err := d.Append("s", int64(tt.off), bytes.NewReader(tt.body))
+		if n != tt.want || !errors.Is(err, tt.err) {
+			t.Errorf("%s: append = %d, %v; want %d, %v", tt.name, n, err, tt.want, tt.err)
+		}
+		if got := live(); got != tt.holds {
+			t.Errorf("%s: live part %q, want %q", tt.name, got, tt.holds)
+		}
+	}
+	if list, err := d.List(); err != nil || len(list) != 0 {
+		t.Errorf("list with a live part only = %+v, %v; want none", list, err)
+	}
+	// The whole recording is stored: the live part goes, and no append
+	// brings it back.
+	if _, err := d.Put("s", bytes.NewReader(rec)); err != nil {
+		t.Fatal(err)
+	}
+	if got := live(); got != "(none)" {
+		t.Errorf("live part after Put: %q", got)
+	}
+	if _, err := d.Append("s", 0, bytes.NewReader(rec)); !errors.Is(err, ErrConflict) {
+		t.Errorf("append after Put = %v, want ErrConflict", err)
+	}
+	if got := live(); got != "(none)" {
+		t.Errorf("live part after a late append: %q", got)
+	}
+	if err := d.Delete("s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Open("s"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("open after Delete = %v", err)
+	}
+	if err := d.Delete("s"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete again = %v, want ErrNotFound", err)
 	}
 }

@@ -47,14 +47,20 @@ const (
 	// their store, so that every replica lists every agent's sessions
 	// and the one holding an agent's map stream carries the end.
 	Live Bucket = "live"
+	// Recordings and RecordingChunks hold the session recordings of
+	// coordinators that share their store (coordinator/recordings.Shared):
+	// session id → what is stored, and "<session id>/<chunk index>" →
+	// that chunk's bytes.
+	Recordings      Bucket = "recordings"
+	RecordingChunks Bucket = "recording_chunks"
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins, Live}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins, Live, Recordings, RecordingChunks}
 
 // addedBuckets are buckets a store (or backup) written by an earlier
 // version may lack; Verify and Restore take their absence as empty.
-var addedBuckets = []Bucket{Logins, Live}
+var addedBuckets = []Bucket{Logins, Live, Recordings, RecordingChunks}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

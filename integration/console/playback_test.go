@@ -3,15 +3,19 @@ package console
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/clustral/clustral/coordinator/console"
 	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -98,4 +102,60 @@ func shipRecording(t *testing.T, m *harness.Mesh, id string) {
 		},
 		Seq: 1,
 	})
+}
+
+// TestLivePlayback: a running session's live page shows its output as
+// its agent ships it, a chunk at a time (a chunk may end inside a line),
+// and, once the whole recording is stored, says the session ended and
+// links to the stored recording.
+func TestLivePlayback(t *testing.T) {
+	const id = "live-1"
+	m := suite.NewMesh(t)
+	var k proto.Key
+	rand.Read(k[:])
+	reg, err := harness.RegisterAgent(context.Background(), http.DefaultClient, m.Coord.URL, m.JoinToken, k, "recorder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := json.Marshal(proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Session: proto.RecordingSession{
+		ID: id, User: alice.Email, Cluster: harness.MeshCluster, Namespace: "default", Pod: "web-0", Subresource: "exec",
+		Command: []string{"sh"}, TTY: true, Protocol: "v5.channel.k8s.io", Start: time.Now(), Correlation: id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := string(h) + "\n" + `[0.1, "o", "\u001b[1;32m$ \u001b[0mecho hi\r\n"]` + "\n" + `[0.3, "o", "hi\r\n"]` + "\n" + `[1.5, "o", "$ exit\r\n"]` + "\n"
+	cut := strings.Index(rec, `[0.3`) + 6 // inside the second event
+	api := coordclient.New(m.Coord.URL, reg.NodeToken, http.DefaultClient)
+	if _, err := api.AppendRecording(context.Background(), id, 0, strings.NewReader(rec[:cut])); err != nil {
+		t.Fatal(err)
+	}
+
+	chrome := startChrome(t)
+	tab := chrome.NewTab()
+	signIn(t, tab, m.Coord.URL, admin)
+	tab.Do(t, chromedp.Navigate(m.Coord.URL+console.RecordingLivePath(id)), chromedp.WaitVisible(chromedp.CSS("main h1")))
+	if v := text(t, tab, "#verification"); !strings.HasPrefix(v, "Live") {
+		t.Errorf("verification = %q", v)
+	}
+	screenHas := func(want string) {
+		t.Helper()
+		js := `document.getElementById("screen").textContent === ` + strconv.Quote(want)
+		if _, err := chromedp.Run(tab.Ctx, chromedp.Poll[bool](js, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+			t.Fatalf("the screen never showed %q (it shows %q): %v", want, text(t, tab, "#screen"), err)
+		}
+	}
+	screenHas("$ echo hi\n")
+	if _, err := api.AppendRecording(context.Background(), id, int64(cut), strings.NewReader(rec[cut:])); err != nil {
+		t.Fatal(err)
+	}
+	screenHas("$ echo hi\nhi\n$ exit\n")
+	if _, err := api.PutRecording(context.Background(), id, strings.NewReader(rec)); err != nil {
+		t.Fatal(err)
+	}
+	tab.Do(t, chromedp.WaitVisible(chromedp.CSS(`[data-stored] a[href="/admin/sessions/`+id+`"]`)))
+	if s := text(t, tab, "[data-player-status]"); !strings.HasPrefix(s, "The session ended") {
+		t.Errorf("status after the end = %q", s)
+	}
+	checkPage(t, tab)
+	noProblems(t, tab)
 }

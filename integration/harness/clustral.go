@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/clustral/clustral/agent"
 	"github.com/clustral/clustral/coordinator/auditlog"
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
@@ -480,4 +482,39 @@ func BindClusterRole(ctx context.Context, c kubernetes.Interface, name, role, ki
 		return err
 	}
 	return nil
+}
+
+// EditRecording changes the stored recording id with edit, where c keeps
+// it: the file in its data directory, or, on etcd (--store etcd, the
+// default --etcd-prefix), its first chunk in the shared store
+// (coordinator/recordings.Shared). It is what someone who can write the
+// coordinator's storage could do.
+func (c *Coordinator) EditRecording(ctx context.Context, id string, edit func([]byte)) error {
+	i := slices.Index(c.args, "--etcd-endpoints")
+	if i < 0 || i+1 >= len(c.args) {
+		path := filepath.Join(c.Dir, "data", "recordings", id+".cast")
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		edit(b)
+		return os.WriteFile(path, b, 0o600)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.args[i+1]}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	key := store.DefaultEtcdPrefix + "/" + string(store.RecordingChunks) + "/" + id + "/0"
+	res, err := cli.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	if len(res.Kvs) != 1 {
+		return fmt.Errorf("no chunk %s in etcd", key)
+	}
+	b := res.Kvs[0].Value
+	edit(b)
+	_, err = cli.Put(ctx, key, string(b))
+	return err
 }

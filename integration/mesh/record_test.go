@@ -120,13 +120,7 @@ func TestRecordExec(t *testing.T) {
 
 	// One byte of a stored recording edited: verify names the session.
 	edited := recs[0].Session.ID
-	path := filepath.Join(m.Coord.Dir, "data", "recordings", edited+".cast")
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[len(data)/2] ^= 0x01
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	if err := m.Coord.EditRecording(ctx, edited, func(b []byte) { b[len(b)/2] ^= 0x01 }); err != nil {
 		t.Fatal(err)
 	}
 	if stdout, stderr, code := m.Admin.RunCode("audit", "verify"); code == 0 || !strings.Contains(stdout+stderr, "Session recording "+edited+" EDITED") {
@@ -270,6 +264,65 @@ func TestRecordingSurvivesOutageAndAgentKill(t *testing.T) {
 	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
 		if out := m.Admin.MustRun("audit", "--code", string(proto.AuditRecordingRescued), "--search", id, "-o", "json"); !strings.Contains(out, id) {
 			return fmt.Errorf("no RQ005W for %s yet", id)
+		}
+		return nil
+	})
+	if out := m.Admin.MustRun("audit", "verify"); !strings.Contains(out, "Session recordings intact") {
+		t.Errorf("audit verify:\n%s", out)
+	}
+}
+
+// TestRecordingWatchedLive: while bob's recorded kubectl exec -it runs,
+// the admin follows it with `clustral sessions play --follow`, named by
+// the recording id its start event (RQ003I) carries: what bob's commands
+// print shows up in the admin's terminal while the session still runs,
+// and the follow ends when the session does. The stored recording is
+// then the whole session, vouched for by its end event.
+func TestRecordingWatchedLive(t *testing.T) {
+	r := newRecordedPod(t)
+	m, b, ns, pod := r.mesh, r.bob, r.ns, r.pod
+
+	p := b.StartKubectlPane(t, nil, "exec", "-it", "-n", ns, pod, "-c", "c", "--", "sh")
+	p.Keys("echo $((6*7))-live", "Enter")
+	p.WaitContains(20*time.Second, "42-live")
+	var id string
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		out := m.Admin.MustRun("audit", "--code", string(proto.AuditStreamStarted), "--search", pod, "-o", "json")
+		dec := json.NewDecoder(strings.NewReader(out))
+		for {
+			var e proto.AuditEvent
+			if dec.Decode(&e) != nil {
+				break
+			}
+			if e.Actor == bob.Email && e.Metadata[proto.MetaRecording] != "" && e.Resource != nil && e.Resource.Namespace == ns {
+				id = e.Metadata[proto.MetaRecording]
+			}
+		}
+		if id == "" {
+			return fmt.Errorf("no RQ003I naming the session's recording yet")
+		}
+		return nil
+	})
+	watch := harness.StartPane(t, harness.PaneOptions{Name: "watch", Program: m.Admin.Bin,
+		Args: []string{"sessions", "play", "--follow", id}, Env: m.Admin.Environ(), Width: 120, Height: 40})
+	watch.WaitContains(20*time.Second, "42-live")
+	p.Keys("echo $((7*8))-live", "Enter")
+	p.WaitContains(10*time.Second, "56-live")
+	watch.WaitContains(20*time.Second, "56-live")
+	if exited, _ := watch.Exited(); exited {
+		t.Fatalf("the follow ended while the session runs:\n%s", watch.Screen())
+	}
+	p.Keys("exit", "Enter")
+	p.WaitExited(10 * time.Second)
+	watch.WaitExited(30 * time.Second)
+
+	output, _ := replayOutput(t, m.Admin.MustRun("sessions", "export", id))
+	if i42, i56 := strings.Index(output, "42-live"), strings.Index(output, "56-live"); i42 < 0 || i56 < i42 {
+		t.Errorf("the stored recording does not hold the whole session:\n%q", output)
+	}
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		if out := m.Admin.MustRun("audit", "--code", string(proto.AuditStreamEnded), "--search", id, "-o", "json"); !strings.Contains(out, `"recording_sha256"`) {
+			return fmt.Errorf("no RQ004I with the digest of %s yet", id)
 		}
 		return nil
 	})

@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -421,8 +422,14 @@ func (c *Client) ShipAudit(ctx context.Context, b proto.AuditBatch) (proto.Audit
 // coordinator only when the last could not be reached at all, so body
 // is still unread then.
 func (c *Client) PutRecording(ctx context.Context, id string, body io.Reader) (proto.RecordingInfo, error) {
-	var out proto.RecordingInfo
-	req, err := c.newRequest(ctx, http.MethodPut, proto.APIVersion+"/recordings/"+url.PathEscape(id), nil)
+	return sendRecording[proto.RecordingInfo](ctx, c, http.MethodPut, proto.APIVersion+"/recordings/"+url.PathEscape(id), id, body)
+}
+
+// sendRecording sends body, bytes of recording id, with method to path,
+// and decodes the answer.
+func sendRecording[T any](ctx context.Context, c *Client, method, path, id string, body io.Reader) (T, error) {
+	var out T
+	req, err := c.newRequest(ctx, method, path, nil)
 	if err != nil {
 		return out, err
 	}
@@ -440,6 +447,15 @@ func (c *Client) PutRecording(ctx context.Context, id string, body io.Reader) (p
 		return out, fmt.Errorf("decode coordinator answer to recording %s: %w", id, err)
 	}
 	return out, nil
+}
+
+// AppendRecording ships the part of a running session's recording read
+// from body, which starts at byte off of it (PATCH
+// /api/v1/recordings/{id}?offset=off), and returns how many bytes of the
+// recording the coordinator now holds and whether someone watches it.
+func (c *Client) AppendRecording(ctx context.Context, id string, off int64, body io.Reader) (proto.RecordingAppended, error) {
+	return sendRecording[proto.RecordingAppended](ctx, c, http.MethodPatch,
+		proto.APIVersion+"/recordings/"+url.PathEscape(id)+"?"+proto.RecordingParamOffset+"="+strconv.FormatInt(off, 10), id, body)
 }
 
 // MapPath is the path of the map stream.

@@ -176,9 +176,63 @@ function player(el) {
     .catch((err) => { status.textContent = "The recording could not be loaded: " + err.message + ". Reload the page."; });
 }
 
+// follower shows a running session's recording, at el.dataset.follow, as
+// it grows: once a second it asks for the bytes after those it has
+// (&offset=N), shows the output events of the complete lines, and keeps
+// an incomplete last line for the next answer. It stops when the
+// answer's X-Clustral-Recording-State is "stored" (the session ended),
+// and shows the link to the stored recording.
+function follower(el) {
+  const screen = el.querySelector("[data-screen]");
+  const status = el.querySelector("[data-player-status]");
+  const stored = el.querySelector("[data-stored]");
+  const decoder = new TextDecoder();
+  let offset = 0, pending = "", header = true, text = "", events = 0;
+  const take = (chunk) => {
+    const lines = (pending + chunk).split("\n");
+    pending = lines.pop();
+    for (const line of lines) {
+      if (header) { header = false; continue; }
+      let e;
+      try { e = JSON.parse(line); } catch (_) { continue; }
+      if (Array.isArray(e) && e[1] === "o" && typeof e[2] === "string") { text = plain(text, e[2]); events++; }
+    }
+    screen.textContent = text;
+    screen.scrollTop = screen.scrollHeight;
+  };
+  const poll = () => {
+    fetch(el.dataset.follow + "&offset=" + offset, { credentials: "same-origin", cache: "no-store" })
+      .then((r) => {
+        if (!r.ok) throw new Error("the coordinator answered " + r.status);
+        const state = r.headers.get("X-Clustral-Recording-State");
+        return r.arrayBuffer().then((b) => ({ b, state }));
+      })
+      .then(({ b, state }) => {
+        offset += b.byteLength;
+        take(decoder.decode(b, { stream: true }));
+        el.dataset.offset = String(offset);
+        if (state === "stored") {
+          status.textContent = "The session ended (" + events + " output events).";
+          stored.hidden = false;
+          el.dataset.ended = "true";
+          return;
+        }
+        status.textContent = "Live: " + events + " output events so far.";
+        setTimeout(poll, 1000);
+      })
+      .catch((err) => {
+        status.textContent = "The session could not be followed: " + err.message + ". Trying again.";
+        setTimeout(poll, 5000);
+      });
+  };
+  status.textContent = "Connecting to the session…";
+  poll();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   tick();
   setInterval(tick, 1000);
   if (window.EventSource) document.querySelectorAll("[data-live]").forEach(live);
   document.querySelectorAll("[data-cast]").forEach(player);
+  document.querySelectorAll("[data-follow]").forEach(follower);
 });

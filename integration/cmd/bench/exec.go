@@ -18,11 +18,14 @@ import (
 	"github.com/clustral/clustral/proto"
 )
 
-// The exec measurements' pod, role and Kubernetes group.
+// The exec measurements' pod, roles, Kubernetes group, and the namespace
+// where sessions are recorded (the pod is in it and in "default").
 const (
-	execPod   = "bench-exec"
-	execRole  = "shell"
-	execGroup = "clustral:bench-shell"
+	execPod      = "bench-exec"
+	execRole     = "shell"
+	execRecRole  = "shell-recorded"
+	execGroup    = "clustral:bench-shell"
+	execRecorded = "bench-recorded"
 	// execStreamBytes is what `kubectl exec -- cat` of a stream moves.
 	execStreamBytes = 64 << 20
 )
@@ -31,8 +34,17 @@ const (
 // command on this host), with the session recording off and then on:
 //
 //   - exec_throughput_mbps_off and _on: a 64 MiB stream of printable
-//     bytes to kubectl exec's stdout, median of -transfer-runs;
-//   - recording_overhead_pct: how much longer the recorded stream takes;
+//     bytes to kubectl exec's stdout, median of -transfer-runs; the runs
+//     alternate, off then on, so that a change of the machine's load
+//     weighs on both alike. A pod in "default" is not recorded (the
+//     shell role records nothing), the same pod in execRecorded is (the
+//     shell-recorded role, limited to that namespace, requires it: a
+//     session is recorded by the strongest policy of the roles that
+//     allow it);
+//   - recording_overhead_pct: how much longer the recorded stream takes
+//     than the unrecorded one run just before it, median of the pairs
+//     (a pair shares the machine's load, the medians of each side need
+//     not);
 //   - recording_bytes_per_output_byte: the size of the recording of a
 //     session that writes 2000 short lines, one write each, as an
 //     interactive shell does, over the bytes it wrote.
@@ -42,18 +54,24 @@ func benchExec(ctx context.Context, m *mesh, f flags) error {
 	if err != nil {
 		return err
 	}
-	if err := kw.SetExec(ctx, "default", execPod, "", nil); err != nil {
-		return err
-	}
 	c := m.env.APIServer.Client()
-	// Without the controller manager nobody makes the namespace's
-	// default service account, which admission wants for a pod.
-	_, err = c.CoreV1().ServiceAccounts("default").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+	_, err = c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: execRecorded}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create service account: %w", err)
+		return fmt.Errorf("create namespace: %w", err)
 	}
-	if _, err := kw.CreatePod(ctx, harness.FakePod("default", execPod, "c")); err != nil {
-		return err
+	for _, ns := range []string{"default", execRecorded} {
+		if err := kw.SetExec(ctx, ns, execPod, "", nil); err != nil {
+			return err
+		}
+		// Without the controller manager nobody makes the namespace's
+		// default service account, which admission wants for a pod.
+		_, err = c.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create service account: %w", err)
+		}
+		if _, err := kw.CreatePod(ctx, harness.FakePod(ns, execPod, "c")); err != nil {
+			return err
+		}
 	}
 	_, err = c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "bench-shell"},
@@ -65,95 +83,96 @@ func benchExec(ctx context.Context, m *mesh, f flags) error {
 	if err := harness.BindClusterRole(ctx, c, "bench-shell", "bench-shell", rbacv1.GroupKind, execGroup); err != nil {
 		return err
 	}
-	role := proto.Role{Name: execRole, Groups: []string{execGroup}, Recording: proto.RecordingOff}
-	if err := m.api(ctx, "POST", "/api/v1/roles", role, nil); err != nil {
-		return err
+	for _, role := range []proto.Role{
+		{Name: execRole, Groups: []string{execGroup}, Recording: proto.RecordingOff},
+		{Name: execRecRole, Groups: []string{execGroup}, Recording: proto.RecordingRequired, Restrictions: &proto.Restrictions{Namespaces: []string{execRecorded}, Resources: []string{"pods", "pods/exec"}}},
+	} {
+		if err := m.api(ctx, "POST", "/api/v1/roles", role, nil); err != nil {
+			return err
+		}
+		var a proto.Assignment
+		if err := m.api(ctx, "POST", "/api/v1/assignments", proto.Assignment{User: benchUser.Email, Role: role.Name, Cluster: cluster}, &a); err != nil {
+			return err
+		}
+		defer m.api(context.Background(), "DELETE", "/api/v1/assignments/"+a.ID, nil, nil)
 	}
-	var a proto.Assignment
-	if err := m.api(ctx, "POST", "/api/v1/assignments", proto.Assignment{User: benchUser.Email, Role: execRole, Cluster: cluster}, &a); err != nil {
-		return err
-	}
-	defer m.api(context.Background(), "DELETE", "/api/v1/assignments/"+a.ID, nil, nil)
 
 	k := m.user.Kubectl()
 	k.Context, k.Timeout = kubeContext, 5*time.Minute
-	exec := func(command string) (string, error) {
-		res, err := k.Run(ctx, "exec", "-n", "default", execPod, "-c", "c", "--", "sh", "-c", command)
+	exec := func(ns, command string) (string, error) {
+		res, err := k.Run(ctx, "exec", "-n", ns, execPod, "-c", "c", "--", "sh", "-c", command)
 		return res.Stdout, err
 	}
-	// KWOK learns of the exec rule, and the map of the assignment, soon.
-	if err := harness.Eventually(ctx, time.Minute, func(context.Context) error { _, err := exec("true"); return err }); err != nil {
-		return fmt.Errorf("exec never worked: %w", err)
-	}
-	stream := fmt.Sprintf("head -c %d /dev/zero | tr '\\0' x", execStreamBytes)
-	// One stream unmeasured first: the first ones through a fresh mesh
-	// are slower, which would count against the recording measured later.
-	if _, err := exec(stream); err != nil {
-		return err
-	}
 	recDir := filepath.Join(m.coord.Dir, "data", "recordings")
-	throughput := func(label string) (float64, error) {
-		var mbps []float64
-		for i := range max(f.transferRun, 1) {
-			// The last run's recording is shipped first: the overhead
-			// measured is the session's, not the upload's beside it.
-			stored := len(casts(recDir))
-			if err := harness.Eventually(ctx, time.Minute, func(context.Context) error {
-				if n := len(casts(recDir)); n != stored || len(casts(filepath.Join(m.agentDir, "audit", "recordings"))) > 0 {
-					stored = n
-					return fmt.Errorf("recordings still being shipped")
-				}
-				return nil
-			}); err != nil {
-				return 0, err
-			}
-			start := time.Now()
-			out, err := exec(stream)
-			d := time.Since(start)
-			if err != nil {
-				return 0, err
-			}
-			if len(out) != execStreamBytes {
-				return 0, fmt.Errorf("exec stream %s: %d bytes, want %d", label, len(out), execStreamBytes)
-			}
-			mbps = append(mbps, float64(execStreamBytes)*8/1e6/d.Seconds())
-			progress("exec: stream with recording %s, run %d: %.0f Mbit/s", label, i+1, mbps[len(mbps)-1])
-		}
-		slices.Sort(mbps)
-		return mbps[len(mbps)/2], nil
-	}
-	off, err := throughput("off")
-	if err != nil {
-		return err
-	}
-
-	// Recording on: the agent has the new policy once an exec leaves a
-	// recording at the coordinator.
-	role.Recording = proto.RecordingRequired
-	if err := m.api(ctx, "PUT", "/api/v1/roles/"+execRole, role, nil); err != nil {
-		return err
-	}
+	// KWOK learns of the exec rules, and the agent of the assignments,
+	// soon: a session in execRecorded then leaves a recording.
 	if err := harness.Eventually(ctx, time.Minute, func(context.Context) error {
-		if _, err := exec("true"); err != nil {
+		if _, err := exec("default", "true"); err != nil {
 			return err
 		}
-		if n := len(casts(recDir)); n == 0 {
+		if _, err := exec(execRecorded, "true"); err != nil {
+			return err
+		}
+		if len(casts(recDir)) == 0 {
 			return fmt.Errorf("no recording yet")
 		}
 		return nil
 	}); err != nil {
-		return fmt.Errorf("recording never started: %w", err)
+		return fmt.Errorf("exec never worked, or was never recorded: %w", err)
 	}
-	on, err := throughput("on")
-	if err != nil {
+	stream := fmt.Sprintf("head -c %d /dev/zero | tr '\\0' x", execStreamBytes)
+	// One stream unmeasured first: the first ones through a fresh mesh
+	// are slower, which would count against the one measured first.
+	if _, err := exec("default", stream); err != nil {
 		return err
 	}
-	report("exec_throughput_mbps_off", off, "Mbit/s")
-	report("exec_throughput_mbps_on", on, "Mbit/s")
-	report("recording_overhead_pct", (off/on-1)*100, "%")
+	run := func(label, ns string) (float64, error) {
+		// The last run's recording is shipped first: the overhead
+		// measured is the session's, not the upload's beside it.
+		stored := len(casts(recDir))
+		if err := harness.Eventually(ctx, time.Minute, func(context.Context) error {
+			if n := len(casts(recDir)); n != stored || len(casts(filepath.Join(m.agentDir, "audit", "recordings"))) > 0 {
+				stored = n
+				return fmt.Errorf("recordings still being shipped")
+			}
+			return nil
+		}); err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		out, err := exec(ns, stream)
+		d := time.Since(start)
+		if err != nil {
+			return 0, err
+		}
+		if len(out) != execStreamBytes {
+			return 0, fmt.Errorf("exec stream %s: %d bytes, want %d", label, len(out), execStreamBytes)
+		}
+		return float64(execStreamBytes) * 8 / 1e6 / d.Seconds(), nil
+	}
+	var offs, ons, overheads []float64
+	for i := range max(f.transferRun, 1) {
+		off, err := run("off", "default")
+		if err != nil {
+			return err
+		}
+		on, err := run("on", execRecorded)
+		if err != nil {
+			return err
+		}
+		offs, ons, overheads = append(offs, off), append(ons, on), append(overheads, (off/on-1)*100)
+		progress("exec: stream run %d: %.0f Mbit/s with recording off, %.0f on", i+1, off, on)
+	}
+	median := func(xs []float64) float64 {
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	report("exec_throughput_mbps_off", median(offs), "Mbit/s")
+	report("exec_throughput_mbps_on", median(ons), "Mbit/s")
+	report("recording_overhead_pct", median(overheads), "%")
 
 	const lines = `i=0; while [ $i -lt 2000 ]; do echo "line $i of an interactive session"; i=$((i+1)); done`
-	out, err := exec(lines)
+	out, err := exec(execRecorded, lines)
 	if err != nil {
 		return err
 	}
