@@ -190,7 +190,9 @@ func TestStreamResnapshotsWhenAccessChanges(t *testing.T) {
 	upsert(s, "b", "p2")
 	var allowB atomic.Bool
 	allowB.Store(true)
-	may := func(_ context.Context, _ Kind, ns string) (bool, error) { return ns == "a" || ns == "b" && allowB.Load(), nil }
+	may := func(_ context.Context, _ Kind, ns string) (bool, error) {
+		return ns == "a" || ns == "b" && allowB.Load(), nil
+	}
 	events, _ := follow(t, s, proto.LiveCursor{}, may)
 	var v View
 	until(t, &v, events, "both pods", func(v *View) bool { return len(v.Objects) == 2 })
