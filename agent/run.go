@@ -373,6 +373,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 }
 
+// The client rate of the live view's reviews and lists.
+const (
+	liveQPS   = 200
+	liveBurst = 400
+)
+
 // newLiveSource builds the live view of cfg: its informers and reviews
 // go to the apiserver as cfg.LiveUser, impersonated.
 func newLiveSource(cfg Config, log *slog.Logger) (*live.Source, error) {
@@ -382,6 +388,10 @@ func newLiveSource(cfg Config, log *slog.Logger) (*live.Source, error) {
 	}
 	rc := rest.CopyConfig(cfg.Upstream)
 	rc.Impersonate = rest.ImpersonationConfig{UserName: cmp.Or(cfg.LiveUser, DefaultLiveUser)}
+	// An RBAC change has every viewer's access reviewed again at once:
+	// a few reviews per kind and namespace per distinct identity. The
+	// client-go default (5/s) would take minutes over that.
+	rc.QPS, rc.Burst = liveQPS, liveBurst
 	dc, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("live view client: %w", err)

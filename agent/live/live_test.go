@@ -201,6 +201,41 @@ func TestStreamResnapshotsWhenAccessChanges(t *testing.T) {
 	until(t, &v, events, "b/p2 gone", func(v *View) bool { return equalKeys(keys(v), "pods/a/p1") })
 }
 
+// The apiserver's authorizer follows RBAC a moment behind the agent's
+// informers: a review asked at once may still allow. The view is right
+// rbacSettle later anyway.
+func TestStreamSettlesAfterRBACChange(t *testing.T) {
+	var allowB atomic.Bool
+	allowB.Store(true)
+	reviews := &fakeReviews{allow: func(s authorizationv1.SubjectAccessReviewSpec) bool {
+		return s.ResourceAttributes.Namespace == "a" || allowB.Load()
+	}}
+	s, err := New(Config{Client: dynamicfake.NewSimpleDynamicClient(runtime.NewScheme()), Reviews: reviews, ReviewTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.synced = true
+	s.mu.Unlock()
+	upsert(s, "a", "p1")
+	upsert(s, "b", "p2")
+	may := func(ctx context.Context, k Kind, ns string) (bool, error) {
+		return s.Allowed(ctx, Identity{User: "u"}, "list", k.GVR.Group, k.GVR.Resource, ns)
+	}
+	events, _ := follow(t, s, proto.LiveCursor{}, may)
+	var v View
+	until(t, &v, events, "both pods", func(v *View) bool { return len(v.Objects) == 2 })
+	asked := reviews.n.Load()
+	s.RBACChanged() // seen before the authorizer has it
+	testkit.WaitFor(t, "the reviews asked again", func() bool { return reviews.n.Load() > asked })
+	allowB.Store(false)
+	start := time.Now()
+	until(t, &v, events, "b/p2 gone", func(v *View) bool { return equalKeys(keys(v), "pods/a/p1") })
+	if took := time.Since(start); took > 3*rbacSettle {
+		t.Errorf("view right %v after the authorizer changed, want about %v", took, rbacSettle)
+	}
+}
+
 func TestStreamEndsWithContext(t *testing.T) {
 	s := newTestSource(t, 0)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -83,7 +83,16 @@ type Source struct {
 	deltas  []delta       // the latest changes, in revision order, without gaps
 	changed chan struct{} // closed and replaced on every change
 	access  chan struct{} // closed and replaced when access may have changed
+
+	settleMu sync.Mutex
+	settle   *time.Timer // asks the reviews again rbacSettle after an RBAC change
 }
+
+// rbacSettle is how long after an RBAC change the reviews are asked
+// again: the apiserver's authorizer follows RBAC objects through a watch
+// of its own, which may be a moment behind the agent's, so a review
+// asked at once can still give the old answer.
+const rbacSettle = time.Second
 
 type item struct {
 	rev uint64
@@ -170,7 +179,10 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	for _, gvr := range rbacKinds {
 		names = append(names, gvr.Resource+"."+gvr.Group)
-		changed := func(any) { s.RBACChanged() }
+		changed := func(any) {
+			s.log.Debug("live view: RBAC changed; asking reviews again", "resource", gvr.Resource)
+			s.RBACChanged()
+		}
 		inf, err := s.informer(gvr, cache.ResourceEventHandlerFuncs{
 			AddFunc: changed, UpdateFunc: func(_, o any) { changed(o) }, DeleteFunc: changed,
 		})
@@ -280,10 +292,21 @@ func (s *Source) wakeLocked() {
 }
 
 // RBACChanged drops every cached review and has every stream check its
-// viewer's access again. Run calls it on every change of an RBAC object.
+// viewer's access again, at once and rbacSettle after the last RBAC
+// change. Run calls it on every change of an RBAC object.
 func (s *Source) RBACChanged() {
 	s.review.invalidate()
 	s.AccessChanged()
+	s.settleMu.Lock()
+	defer s.settleMu.Unlock()
+	if s.settle == nil {
+		s.settle = time.AfterFunc(rbacSettle, func() {
+			s.review.invalidate()
+			s.AccessChanged()
+		})
+		return
+	}
+	s.settle.Reset(rbacSettle)
 }
 
 // AccessChanged has every stream check its viewer's access again (from

@@ -90,6 +90,7 @@ func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, si
 			if lost, err := v.recheck(ctx); err != nil {
 				return err
 			} else if lost {
+				s.log.Debug("live view: a viewer's access changed; sending a new snapshot")
 				cur = proto.LiveCursor{}
 			}
 		case <-recheck.C:
@@ -99,6 +100,7 @@ func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, si
 			if lost, err := v.recheck(ctx); err != nil {
 				return err
 			} else if lost {
+				s.log.Debug("live view: a viewer's access changed; sending a new snapshot")
 				cur = proto.LiveCursor{}
 			}
 		case <-ping.C:

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -28,7 +29,7 @@ type View struct {
 	next map[proto.LiveKey]json.RawMessage // the snapshot being received
 }
 
-// Apply applies e. It refuses an event that would skip or repeat one: a
+// Apply applies e. It refuses, with a *SequenceError, an event that would skip or repeat one: a
 // change from another epoch or at or before the cursor outside a
 // snapshot, or an object twice in one snapshot.
 func (v *View) Apply(e proto.LiveEvent) error {
@@ -46,20 +47,20 @@ func (v *View) Apply(e proto.LiveEvent) error {
 			v.Objects, v.next = v.next, nil
 			v.Synced = true
 		} else if e.Epoch != v.Cursor.Epoch || e.Rev < v.Cursor.Rev {
-			return fmt.Errorf("live view: synced at %s:%d outside a snapshot, after %s", e.Epoch, e.Rev, v.Cursor)
+			return sequenceError("synced at %s:%d outside a snapshot, after %s", e.Epoch, e.Rev, v.Cursor)
 		}
 		v.Cursor = proto.LiveCursor{Epoch: e.Epoch, Rev: e.Rev}
 		return nil
 	}
 	if v.next != nil {
 		if _, dup := v.next[e.Key()]; dup || e.Type != proto.LiveUpsert {
-			return fmt.Errorf("live view: %s %s twice in one snapshot", e.Type, e.Key())
+			return sequenceError("%s %s twice in one snapshot", e.Type, e.Key())
 		}
 		v.next[e.Key()] = e.Object
 		return nil
 	}
 	if e.Epoch != v.Cursor.Epoch || e.Rev <= v.Cursor.Rev {
-		return fmt.Errorf("live view: %s of %s at %s:%d after %s: out of order", e.Type, e.Key(), e.Epoch, e.Rev, v.Cursor)
+		return sequenceError("%s of %s at %s:%d after %s: out of order", e.Type, e.Key(), e.Epoch, e.Rev, v.Cursor)
 	}
 	if e.Type == proto.LiveDelete {
 		delete(v.Objects, e.Key())
@@ -73,13 +74,15 @@ func (v *View) Apply(e proto.LiveEvent) error {
 // Clone returns a copy of the objects held.
 func (v *View) Clone() map[proto.LiveKey]json.RawMessage { return maps.Clone(v.Objects) }
 
-// Follow reads one live stream from base (an agent's URL, through hc)
-// into v, from v.Cursor, calling applied after each event, until the
-// stream ends or ctx is done. Call it again to resume.
-func Follow(ctx context.Context, hc *http.Client, base string, v *View, applied func(proto.LiveEvent)) error {
+// Follow reads one live stream from base (an agent's URL, reached
+// through hc) from the cursor since, passing each event to apply, until
+// the stream ends, apply fails or ctx is done. It returns apply's error
+// as is; call it again, from the cursor of the last event applied, to
+// resume.
+func Follow(ctx context.Context, hc *http.Client, base string, since proto.LiveCursor, apply func(proto.LiveEvent) error) error {
 	u := base + proto.LiveStreamPath
-	if v.Cursor.Epoch != "" {
-		u += "?since=" + url.QueryEscape(v.Cursor.String())
+	if since.Epoch != "" {
+		u += "?since=" + url.QueryEscape(since.String())
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -92,7 +95,7 @@ func Follow(ctx context.Context, hc *http.Client, base string, v *View, applied 
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(res.Body, 4<<10))
-		return fmt.Errorf("live view: %s: %s", res.Status, b)
+		return &StatusError{Status: res.StatusCode, Code: proto.ErrorCode(res.Header.Get(proto.HeaderErrorCode)), Message: strings.TrimSpace(string(b))}
 	}
 	sc := bufio.NewScanner(res.Body)
 	sc.Buffer(make([]byte, 64<<10), maxEventBytes)
@@ -101,17 +104,35 @@ func Follow(ctx context.Context, hc *http.Client, base string, v *View, applied 
 		if err != nil {
 			return err
 		}
-		if err := v.Apply(e); err != nil {
+		if err := apply(e); err != nil {
 			return err
-		}
-		if applied != nil {
-			applied(e)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("live view: %w", err)
 	}
-	return io.ErrUnexpectedEOF
+	return fmt.Errorf("live view: %w", io.ErrUnexpectedEOF)
+}
+
+// StatusError is an agent's refusal of a live stream.
+type StatusError struct {
+	Status  int
+	Code    proto.ErrorCode
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("live view refused (%d %s): %s", e.Status, e.Code, e.Message)
+}
+
+// SequenceError is an event that would skip or repeat a change: a bug at
+// one end, never a network failure.
+type SequenceError struct{ msg string }
+
+func (e *SequenceError) Error() string { return "live view: " + e.msg }
+
+func sequenceError(format string, args ...any) error {
+	return &SequenceError{msg: fmt.Sprintf(format, args...)}
 }
 
 // maxEventBytes bounds one line of the stream: the largest object the
