@@ -234,4 +234,3 @@ func TestLogRelay(t *testing.T) {
 		t.Errorf("refused log: %q, want a failure naming the refusal", got)
 	}
 }
-
