@@ -225,18 +225,11 @@ func watchers(t *testing.T) map[string]float64 {
 	return out
 }
 
-// TestLiveView: three users with different access, 100 viewers among
-// them, a few hundred objects created, updated and deleted: every
-// viewer's state equals, object for object, what its user lists through
-// the proxy; the apiserver sees one watch per kind from the agent
-// whatever the number of viewers; viewers cut mid-update resume without
-// a missed or repeated object; a RoleBinding removed empties its user's
-// view within the review cache's lifetime; a revoked user's streams end
-// within 1 s.
-func TestLiveView(t *testing.T) {
-	ctx := t.Context()
-	admin := suite.Env.APIServer.Client()
-	if err := suite.KWOK(t).CreateNode(ctx); err != nil {
+// startLive starts a KWOK node, the live view's RBAC as shipped, a mesh
+// and an agent with --live, whose live-view log lines t's failure shows.
+func startLive(t *testing.T) *harness.Mesh {
+	t.Helper()
+	if err := suite.KWOK(t).CreateNode(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	applyLiveRBAC(t)
@@ -252,6 +245,21 @@ func TestLiveView(t *testing.T) {
 			}
 		}
 	})
+	return m
+}
+
+// TestLiveView: three users with different access, 100 viewers among
+// them, a few hundred objects created, updated and deleted: every
+// viewer's state equals, object for object, what its user lists through
+// the proxy; the apiserver sees one watch per kind from the agent
+// whatever the number of viewers; viewers cut mid-update resume without
+// a missed or repeated object; a RoleBinding removed empties its user's
+// view within the review cache's lifetime; a revoked user's streams end
+// within 1 s.
+func TestLiveView(t *testing.T) {
+	ctx := t.Context()
+	admin := suite.Env.APIServer.Client()
+	m := startLive(t)
 	nsA, nsB := suite.NewNamespace(t), suite.NewNamespace(t)
 	rb := &rbacv1.RoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "ns-readers", Namespace: nsA},
