@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"net/http"
 	"testing"
@@ -53,10 +52,7 @@ func fakeLiveSource(t *testing.T, reviews live.Reviews, objs ...runtime.Object) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	t.Cleanup(func() { cancel(); testkit.Recv(t, done, "live source to stop") })
+	t.Cleanup(src.Start(context.Background()))
 	testkit.WaitFor(t, "live source synced", src.Synced)
 	return src
 }
@@ -79,15 +75,7 @@ func openLive(t *testing.T, h *harness) (*http.Response, <-chan proto.LiveEvent)
 	events := make(chan proto.LiveEvent, 64)
 	go func() {
 		defer close(events)
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			e, err := proto.ParseLiveEvent(sc.Bytes())
-			if err != nil {
-				t.Errorf("bad live line %s: %v", sc.Bytes(), err)
-				return
-			}
-			events <- e
-		}
+		live.Decode(resp.Body, func(e proto.LiveEvent) error { events <- e; return nil })
 	}()
 	return resp, events
 }

@@ -276,11 +276,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if view, err = newLiveSource(cfg, log); err != nil {
 			return err
 		}
-		wg.Go(func() {
-			if err := view.Run(serveCtx); err != nil {
-				log.Error("live view stopped", "err", err)
-			}
-		})
+		defer view.Start(serveCtx)()
 	}
 	proxy, err := NewProxy(ProxyConfig{Cluster: reg.Cluster, Upstream: cfg.Upstream, Peers: m.Node, Logger: log,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Audit: auditTo(sp, log), Metrics: metrics,

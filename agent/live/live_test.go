@@ -1,7 +1,6 @@
 package live
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -72,14 +71,8 @@ func follow(t *testing.T, s *Source, since proto.LiveCursor, may Access) (<-chan
 	})
 	wg.Go(func() {
 		defer close(events)
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			e, err := proto.ParseLiveEvent(sc.Bytes())
-			if err != nil {
-				t.Errorf("stream sent a bad line %s: %v", sc.Bytes(), err)
-				return
-			}
-			events <- e
+		if err := Decode(pr, func(e proto.LiveEvent) error { events <- e; return nil }); err != nil && ctx.Err() == nil {
+			t.Errorf("stream: %v", err)
 		}
 	})
 	stop := func() { cancel(); pr.Close(); wg.Wait() }
@@ -327,10 +320,8 @@ func TestRunFollowsObjectsAndRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); testkit.Recv(t, done, "Run to end") })
+	ctx := t.Context()
+	t.Cleanup(s.Start(context.Background()))
 	testkit.WaitFor(t, "sync", s.Synced)
 
 	events, _ := follow(t, s, proto.LiveCursor{}, namespaces("a"))

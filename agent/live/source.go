@@ -237,6 +237,20 @@ func (s *Source) informer(gvr schema.GroupVersionResource, h cache.ResourceEvent
 	return inf, nil
 }
 
+// Start runs Run on a goroutine of its own, logging its failure. The
+// returned stop cancels it and waits for it to end.
+func (s *Source) Start(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.Run(ctx); err != nil {
+			s.log.Error("live view stopped", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
 // stripManagedFields drops what no viewer needs and costs the most
 // memory.
 func stripManagedFields(o any) (any, error) {

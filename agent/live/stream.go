@@ -79,30 +79,15 @@ func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, si
 			cur = proto.LiveCursor{Epoch: s.epoch, Rev: rev}
 		}
 
+		checkAccess := false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-changed:
 		case <-access:
-			if !synced {
-				continue
-			}
-			if lost, err := v.recheck(ctx); err != nil {
-				return err
-			} else if lost {
-				s.log.Debug("live view: a viewer's access changed; sending a new snapshot")
-				cur = proto.LiveCursor{}
-			}
+			checkAccess = synced
 		case <-recheck.C:
-			if !synced {
-				continue
-			}
-			if lost, err := v.recheck(ctx); err != nil {
-				return err
-			} else if lost {
-				s.log.Debug("live view: a viewer's access changed; sending a new snapshot")
-				cur = proto.LiveCursor{}
-			}
+			checkAccess = synced
 		case <-ping.C:
 			if err := v.write(proto.LiveEvent{Type: proto.LivePing, Epoch: s.epoch, Rev: cur.Rev}); err != nil {
 				return err
@@ -114,6 +99,16 @@ func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, si
 				if err := flush(); err != nil {
 					return err
 				}
+			}
+		}
+		if checkAccess {
+			lost, err := v.recheck(ctx)
+			if err != nil {
+				return err
+			}
+			if lost {
+				s.log.Debug("live view: a viewer's access changed; sending a new snapshot")
+				cur = proto.LiveCursor{}
 			}
 		}
 	}

@@ -97,7 +97,17 @@ func Follow(ctx context.Context, hc *http.Client, base string, since proto.LiveC
 		b, _ := io.ReadAll(io.LimitReader(res.Body, 4<<10))
 		return &StatusError{Status: res.StatusCode, Code: proto.ErrorCode(res.Header.Get(proto.HeaderErrorCode)), Message: strings.TrimSpace(string(b))}
 	}
-	sc := bufio.NewScanner(res.Body)
+	if err := Decode(res.Body, apply); err != nil {
+		return err
+	}
+	return fmt.Errorf("live view: %w", io.ErrUnexpectedEOF)
+}
+
+// Decode reads a live stream from r, one proto.LiveEvent a line, passing
+// each to apply, until r ends (it then returns nil), a line does not
+// parse, or apply fails (it returns apply's error as is).
+func Decode(r io.Reader, apply func(proto.LiveEvent) error) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxEventBytes)
 	for sc.Scan() {
 		e, err := proto.ParseLiveEvent(sc.Bytes())
@@ -111,7 +121,7 @@ func Follow(ctx context.Context, hc *http.Client, base string, since proto.LiveC
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("live view: %w", err)
 	}
-	return fmt.Errorf("live view: %w", io.ErrUnexpectedEOF)
+	return nil
 }
 
 // StatusError is an agent's refusal of a live stream.
