@@ -35,7 +35,7 @@ func (f *fakeReviews) Create(_ context.Context, sar *authorizationv1.SubjectAcce
 	return out, nil
 }
 
-func newTestSource(t *testing.T, maxDeltas int) *Source {
+func newTestSource(t testing.TB, maxDeltas int) *Source {
 	t.Helper()
 	s, err := New(Config{Client: dynamicfake.NewSimpleDynamicClient(runtime.NewScheme()), Reviews: &fakeReviews{}, MaxDeltas: maxDeltas})
 	if err != nil {
