@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +158,9 @@ func (c *Config) validate() error {
 	if c.Live {
 		if _, err := live.ParseKinds(c.LiveKinds); err != nil {
 			errs = append(errs, fmt.Errorf("Config.LiveKinds: %w", err))
+		}
+		if c.LiveUser != "" && !strings.HasPrefix(c.LiveUser, "system:") {
+			errs = append(errs, fmt.Errorf("Config.LiveUser %q could be taken by a login: use a name under system: (no login can be one), e.g. %s", c.LiveUser, DefaultLiveUser))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
