@@ -483,6 +483,33 @@ func TestLiveView(t *testing.T) {
 		}
 		t.Logf("%s holds %d objects", email, len(l))
 	}
+	// And kubectl itself agrees, for the kinds of the churn in namespace
+	// A: what each user's `kubectl get` prints is what their viewers hold
+	// there, forbidden (dave's events) being nothing.
+	for _, v := range viewers[:3] {
+		got, _, _ := v.state()
+		for _, kind := range []string{"pods", "services", "deployments.apps", "events"} {
+			res, err := users[v.user].RunKubectl("get", kind, "-n", nsA, "-o", `jsonpath={range .items[*]}{.metadata.name}@{.metadata.resourceVersion}{"\n"}{end}`)
+			var want []string
+			if err != nil && !strings.Contains(res.Stderr, "Forbidden") {
+				t.Fatalf("%s: kubectl get %s: %v", v.user, kind, err)
+			} else if err == nil {
+				want = strings.Fields(res.Stdout)
+			}
+			var have []string
+			for k, rv := range got {
+				if p := kind + "/" + nsA + "/"; strings.HasPrefix(k, p) {
+					have = append(have, strings.TrimPrefix(k, p)+"@"+rv)
+				}
+			}
+			slices.Sort(want)
+			slices.Sort(have)
+			if !slices.Equal(have, want) {
+				t.Errorf("%s: kubectl get %s -n %s prints %d objects, the view holds %d: %s", v.user, kind, nsA, len(want), len(have),
+					diff(toMap(have), toMap(want)))
+			}
+		}
+	}
 
 	// A RoleBinding removed: bob's viewers lose namespace A.
 	if err := admin.RbacV1().RoleBindings(nsA).Delete(ctx, rb.Name, metav1.DeleteOptions{}); err != nil {
@@ -528,4 +555,14 @@ func TestLiveView(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// toMap reads name@resourceVersion lines as diff takes them.
+func toMap(lines []string) map[string]string {
+	m := make(map[string]string, len(lines))
+	for _, l := range lines {
+		name, rv, _ := strings.Cut(l, "@")
+		m[name] = rv
+	}
+	return m
 }
