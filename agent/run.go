@@ -280,6 +280,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if view, err = newLiveSource(cfg, log); err != nil {
 			return err
 		}
+		metrics.MustRegister(view.Collectors(reg.Cluster)...)
 		defer view.Start(serveCtx)()
 	}
 	proxy, err := NewProxy(ProxyConfig{Cluster: reg.Cluster, Upstream: cfg.Upstream, Peers: m.Node, Logger: log,

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -416,4 +419,37 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+func TestCollectors(t *testing.T) {
+	s := newTestSource(t, 0)
+	upsert(s, "a", "p1")
+	upsert(s, "a", "p2")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(s.Collectors("prod")...)
+	events, _ := follow(t, s, proto.LiveCursor{}, func(ctx context.Context, k Kind, ns string) (bool, error) {
+		return s.Allowed(ctx, Identity{User: "u"}, "list", k.GVR.Group, k.GVR.Resource, ns)
+	})
+	var v View
+	until(t, &v, events, "both pods", func(v *View) bool { return len(v.Objects) == 2 })
+	want := `
+# HELP clustral_live_changes_total Changes the live view has recorded (its revision).
+# TYPE clustral_live_changes_total counter
+clustral_live_changes_total{cluster="prod"} 2
+# HELP clustral_live_objects Objects the live view holds.
+# TYPE clustral_live_objects gauge
+clustral_live_objects{cluster="prod"} 2
+# HELP clustral_live_reviews_total SubjectAccessReviews the live view asked of the apiserver (the rest came from its cache).
+# TYPE clustral_live_reviews_total counter
+clustral_live_reviews_total{cluster="prod"} 1
+# HELP clustral_live_synced 1 once every informer of the live view has listed, else 0.
+# TYPE clustral_live_synced gauge
+clustral_live_synced{cluster="prod"} 1
+# HELP clustral_live_viewers Open live view streams.
+# TYPE clustral_live_viewers gauge
+clustral_live_viewers{cluster="prod"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -67,6 +68,8 @@ type reviewer struct {
 	client Reviews
 	ttl    time.Duration
 	now    func() time.Time
+
+	asked atomic.Int64 // reviews sent to the apiserver
 
 	mu      sync.Mutex
 	gen     uint64 // advances on invalidate
@@ -134,6 +137,7 @@ func (r *reviewer) allowed(ctx context.Context, id Identity, verb, group, resour
 			Namespace: namespace, Verb: verb, Group: group, Resource: resource,
 		},
 	}}
+	r.asked.Add(1)
 	res, err := r.client.Create(ctx, sar, metav1.CreateOptions{})
 	if err != nil {
 		a.err = fmt.Errorf("review whether %s may %s %s in namespace %q: %w", id.User, verb, resource, namespace, err)

@@ -22,7 +22,10 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -83,6 +86,8 @@ type Source struct {
 	deltas  []delta       // the latest changes, in revision order, without gaps
 	changed chan struct{} // closed and replaced on every change
 	access  chan struct{} // closed and replaced when access may have changed
+
+	viewers atomic.Int64 // open streams
 
 	settleMu sync.Mutex
 	settle   *time.Timer // asks the reviews again rbacSettle after an RBAC change
@@ -235,6 +240,37 @@ func (s *Source) informer(gvr schema.GroupVersionResource, h cache.ResourceEvent
 		return nil, fmt.Errorf("live view: informer of %s: %w", gvr.Resource, err)
 	}
 	return inf, nil
+}
+
+// Collectors are the Source's Prometheus series, labelled with cluster:
+// clustral_live_viewers (open streams), clustral_live_objects (objects
+// held), clustral_live_changes_total (revisions), clustral_live_synced
+// (1 once every informer has listed) and clustral_live_reviews_total
+// (SubjectAccessReviews asked of the apiserver).
+func (s *Source) Collectors(cluster string) []prometheus.Collector {
+	cl := prometheus.Labels{"cluster": cluster}
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "clustral_live_viewers", ConstLabels: cl,
+			Help: "Open live view streams."}, func() float64 { return float64(s.viewers.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "clustral_live_objects", ConstLabels: cl,
+			Help: "Objects the live view holds."}, func() float64 { return float64(s.Len()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "clustral_live_changes_total", ConstLabels: cl,
+			Help: "Changes the live view has recorded (its revision)."}, func() float64 {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return float64(s.rev)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "clustral_live_synced", ConstLabels: cl,
+			Help: "1 once every informer of the live view has listed, else 0."}, func() float64 {
+			if s.Synced() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "clustral_live_reviews_total", ConstLabels: cl,
+			Help: "SubjectAccessReviews the live view asked of the apiserver (the rest came from its cache)."},
+			func() float64 { return float64(s.review.asked.Load()) }),
+	}
 }
 
 // Start runs Run on a goroutine of its own, logging its failure. The

@@ -34,6 +34,8 @@ const pingEvery = 15 * time.Second
 // differs, the viewer gets a new snapshot, so an object it may no longer
 // see leaves its view.
 func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, since proto.LiveCursor, may Access) error {
+	s.viewers.Add(1)
+	defer s.viewers.Add(-1)
 	v := &viewer{s: s, may: may, decisions: make(map[scope]bool), bw: bufio.NewWriterSize(w, 8<<10)}
 	cur := since
 	ping := time.NewTicker(pingEvery)
