@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -300,6 +301,23 @@ func TestReviewerCaches(t *testing.T) {
 	ask("a", true, 3)
 	now = now.Add(time.Second)
 	ask("a", true, 4) // expired
+
+	// Answers nobody asks for again are dropped once there are many.
+	for i := range pruneAt {
+		if _, err := r.allowed(ctx, id, "list", "", "pods", fmt.Sprintf("ns%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now = now.Add(time.Second)
+	if _, err := r.allowed(ctx, id, "list", "", "pods", "fresh"); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	n := len(r.answers)
+	r.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d answers kept after their expiry, want 1 (the fresh one)", n)
+	}
 }
 
 func TestRunFollowsObjectsAndRBAC(t *testing.T) {

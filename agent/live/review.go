@@ -94,6 +94,24 @@ func newReviewer(c Reviews, ttl time.Duration, now func() time.Time) *reviewer {
 	return &reviewer{client: c, ttl: ttl, now: now, answers: make(map[string]*answer)}
 }
 
+// pruneAt is the number of answers at which expired ones are dropped
+// before a new one is kept, so that answers nobody asks for again do not
+// pile up.
+const pruneAt = 4096
+
+func (r *reviewer) pruneLocked() {
+	now := r.now()
+	for k, a := range r.answers {
+		select {
+		case <-a.done:
+			if !now.Before(a.expires) {
+				delete(r.answers, k)
+			}
+		default:
+		}
+	}
+}
+
 // invalidate drops every answer; reviews in flight are not kept.
 func (r *reviewer) invalidate() {
 	r.mu.Lock()
@@ -125,6 +143,9 @@ func (r *reviewer) allowed(ctx context.Context, id Identity, verb, group, resour
 		case <-ctx.Done():
 			return false, ctx.Err()
 		}
+	}
+	if len(r.answers) >= pruneAt {
+		r.pruneLocked()
 	}
 	a = &answer{done: make(chan struct{}), gen: r.gen}
 	r.answers[key] = a
