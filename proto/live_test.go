@@ -79,3 +79,23 @@ func FuzzParseLiveEvent(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseLiveCursor: the agent reads ?since from any viewer, and
+// clustral ui reads Last-Event-ID from the browser. Any string gives a
+// cursor or an error, and an accepted cursor reads back as itself.
+func FuzzParseLiveCursor(f *testing.F) {
+	f.Add("")
+	f.Add("abc:12")
+	f.Add("abc:18446744073709551616")
+	f.Add("a:b:1")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseLiveCursor(s)
+		if err != nil || s == "" {
+			return
+		}
+		again, err := ParseLiveCursor(c.String())
+		if err != nil || again != c {
+			t.Fatalf("%q reads as %+v, whose string %q reads as %+v (%v)", s, c, c.String(), again, err)
+		}
+	})
+}
