@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustral/clustral/integration/harness"
 )
@@ -61,6 +64,23 @@ func TestLiveViewPage(t *testing.T) {
 	// A deep link works on its own once the browser has its session.
 	tab.Do(t, chromedp.Navigate("http://"+u.Host+"/"+harness.MeshCluster+"/ns/"+ns+"/pods/"+pod))
 	poll(t, tab, `document.querySelector('h1') !== null && document.querySelector('h1').textContent === '`+pod+`'`, "the pod's page from a deep link")
+	// From the top: clusters → namespaces → the namespace's workloads.
+	tab.Do(t,
+		chromedp.Navigate("http://"+u.Host+"/"),
+		chromedp.Click(chromedp.CSS(`main a[href="/`+harness.MeshCluster+`"]`)),
+		chromedp.Click(chromedp.CSS(`main a[href="/`+harness.MeshCluster+`/ns/`+ns+`"]`)),
+		chromedp.WaitVisible(chromedp.CSS(podLink)),
+	)
+	labels := map[string]string{"app": "web"}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/fake:latest"}}}}}}
+	if _, err := suite.Env.APIServer.Client().AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, tab, `[...document.querySelectorAll('td')].some(e => e.textContent === 'Deployment') && [...document.querySelectorAll('td')].some(e => e.textContent === 'web')`, "the new deployment among the workloads")
+
 	for _, p := range tab.Problems() {
 		t.Errorf("page problem: %s", p)
 	}
