@@ -243,14 +243,17 @@ func (v *viewer) write(e proto.LiveEvent) error {
 	if err != nil {
 		return fmt.Errorf("encode live event: %w", err)
 	}
-	if len(obj) > 0 {
-		b = b[:len(b)-1]
-		b = append(b, `,"object":`...)
-		b = append(b, obj...)
-		b = append(b, '}')
+	if len(obj) == 0 {
+		b = append(b, '\n')
+		_, err = v.bw.Write(b)
+		return err
 	}
-	b = append(b, '\n')
-	_, err = v.bw.Write(b)
+	// The object goes to the buffer as it is: copying it into the line
+	// first would make garbage of every object sent to every viewer.
+	v.bw.Write(b[:len(b)-1])
+	v.bw.WriteString(`,"object":`)
+	v.bw.Write(obj)
+	_, err = v.bw.WriteString("}\n")
 	return err
 }
 
