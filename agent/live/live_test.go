@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -416,7 +417,7 @@ func TestParseKinds(t *testing.T) {
 		for _, k := range got {
 			names = append(names, k.Name)
 		}
-		if !tc.wantErr && !equalStrings(names, tc.want) {
+		if !tc.wantErr && !slices.Equal(names, tc.want) {
 			t.Errorf("ParseKinds(%v) = %v, want %v", tc.in, names, tc.want)
 		}
 	}
@@ -425,18 +426,6 @@ func TestParseKinds(t *testing.T) {
 			t.Fatal("secrets among the default kinds")
 		}
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestCollectors(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -202,27 +199,14 @@ func benchLive(ctx context.Context, m *mesh, f flags) error {
 	return nil
 }
 
-// apiserverWatches is the apiserver's count of open watches
-// (apiserver_longrunning_requests, verb WATCH).
+// apiserverWatches is the apiserver's count of open watches.
 func apiserverWatches(ctx context.Context, m *mesh) (float64, error) {
-	raw, err := m.env.APIServer.Client().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
-	if err != nil {
-		return 0, err
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(raw))
-	if err != nil {
-		return 0, err
-	}
+	w, err := m.env.APIServer.Watches(ctx)
 	n := 0.0
-	for _, mt := range fams["apiserver_longrunning_requests"].GetMetric() {
-		for _, l := range mt.GetLabel() {
-			if l.GetName() == "verb" && l.GetValue() == "WATCH" {
-				n += mt.GetGauge().GetValue()
-			}
-		}
+	for _, v := range w {
+		n += v
 	}
-	return n, nil
+	return n, err
 }
 
 // rssMiB is the resident memory of process pid.
