@@ -114,6 +114,16 @@ func (p *page) signIn(t *testing.T) {
 	}
 }
 
+// The token's redirect stays on the page whatever the path.
+func TestExchangeRedirectsHome(t *testing.T) {
+	p := newPage(t)
+	u, _ := url.Parse(p.link)
+	res := p.get(t, "//evil.example/x?"+u.RawQuery)
+	if loc := res.Header.Get("Location"); res.StatusCode != http.StatusSeeOther || loc != "/evil.example/x" {
+		t.Errorf("redirect %d to %q, want 303 to /evil.example/x", res.StatusCode, loc)
+	}
+}
+
 func TestPageGuards(t *testing.T) {
 	p := newPage(t)
 	if res := p.get(t, "/"); res.StatusCode != http.StatusUnauthorized {
