@@ -88,8 +88,12 @@ func benchLive(ctx context.Context, m *mesh, f flags) error {
 	if m.agent, err = m.startAgent(ctx, "--live"); err != nil {
 		return err
 	}
-	cfg, err := meshConfig(m)
-	if err != nil {
+	// The user's context comes back once the new agent is in the map.
+	var cfg *rest.Config
+	if err := harness.Eventually(ctx, time.Minute, func(context.Context) error {
+		cfg, err = meshConfig(m)
+		return err
+	}); err != nil {
 		return err
 	}
 	hc, err := rest.HTTPClientFor(cfg)
