@@ -42,6 +42,7 @@ import (
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/rest"
 
+	"github.com/clustral/clustral/agent/live"
 	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/proto"
 )
@@ -101,6 +102,10 @@ type ProxyConfig struct {
 	// it (see record.go). Nil records none: a session whose role
 	// requires a recording is then refused.
 	Recorder *recording.Recorder
+	// Live, if set, is served as the live cluster view under
+	// proto.LivePrefix (see liveview.go); nil answers those paths with
+	// 404. Reevaluate has its streams check their access again.
+	Live *live.Source
 
 	// timeouts replaces the fields of defaultServerTimeouts that it sets;
 	// tests shorten them.
@@ -145,6 +150,7 @@ type Proxy struct {
 
 	audit    func(proto.AuditEvent) // nil if off
 	recorder *recording.Recorder    // nil if none
+	view     *live.Source           // nil if off
 
 	sweepEvery time.Duration
 	stop       chan struct{}
@@ -184,6 +190,7 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 		sweepEvery: c.SweepInterval,
 		audit:      c.Audit,
 		recorder:   c.Recorder,
+		view:       c.Live,
 		limits:     newLimiters(c.RateLimit, c.RateBurst),
 		metrics:    newMetrics(c.Cluster),
 		stop:       make(chan struct{}),
@@ -401,6 +408,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	if isLive(r) {
+		p.serveLive(sw, r.WithContext(ctx), s)
+		return
+	}
 	rp := p.rp
 	if isUpgrade {
 		rp = p.rpUpgrade

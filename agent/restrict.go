@@ -41,7 +41,8 @@ var stageCodes = [...]proto.ErrorCode{
 // non-resource URLs only where NonResourceURLs lists them. Discovery
 // (/api, /apis, /version, /openapi) and self reviews (see selfReview) are
 // judged by time windows only, so that kubectl and k9s work for every
-// role.
+// role. So is the live view (proto.LivePrefix), which never reaches the
+// apiserver and filters every object it sends by what the grants allow.
 func check(rs *proto.Restrictions, info requestInfo, now time.Time) stage {
 	if rs == nil {
 		return stageAllowed
@@ -79,7 +80,7 @@ func discovery(info requestInfo) bool {
 		// The parser reads longer paths under these as resource
 		// requests.
 		return true
-	case strings.HasPrefix(p, "/openapi/"):
+	case strings.HasPrefix(p, "/openapi/"), strings.HasPrefix(p, proto.LivePrefix):
 		return true
 	}
 	return false

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,14 +11,17 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
+	"github.com/clustral/clustral/agent/live"
 	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/agent/spool"
 	"github.com/clustral/clustral/node"
@@ -108,9 +112,26 @@ type Config struct {
 	// recording.DefaultMaxBytes.
 	RecordingMaxBytes int64
 
+	// Live turns on the live cluster view (agent/live): shared informers
+	// of LiveKinds, run as LiveUser, served to viewers on the overlay
+	// under proto.LivePrefix.
+	Live bool
+	// LiveKinds are the kinds the live view follows (live.ParseKinds);
+	// empty means live.DefaultKinds, which leave out secrets.
+	LiveKinds []string
+	// LiveUser is the Kubernetes user the agent impersonates to list and
+	// watch those kinds and to create SubjectAccessReviews; empty means
+	// DefaultLiveUser. The cluster's admin grants it that, and nothing
+	// else; the agent's own service account keeps only impersonate.
+	LiveUser string
+
 	// Logger receives the agent's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultLiveUser is the identity of the live view's informers. Logins
+// under system: are refused by the proxy, so no user can be it.
+const DefaultLiveUser = "system:clustral:live-view"
 
 // validate says what is wrong with c, and how to fix it.
 func (c *Config) validate() error {
@@ -134,6 +155,14 @@ func (c *Config) validate() error {
 	}
 	if c.AuditDir == "" {
 		errs = append(errs, errors.New("no audit spool directory: set Config.AuditDir to a directory kept across restarts"))
+	}
+	if c.Live {
+		if _, err := live.ParseKinds(c.LiveKinds); err != nil {
+			errs = append(errs, fmt.Errorf("Config.LiveKinds: %w", err))
+		}
+		if c.LiveUser != "" && !strings.HasPrefix(c.LiveUser, "system:") {
+			errs = append(errs, fmt.Errorf("Config.LiveUser %q could be taken by a login: use a name under system: (no login can be one), e.g. %s", c.LiveUser, DefaultLiveUser))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("agent config: %w", err)
@@ -247,9 +276,17 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopServing()
 
 	metrics := agentMetrics(reg.Cluster, m.Node, sp, serving)
+	var view *live.Source
+	if cfg.Live {
+		if view, err = newLiveSource(cfg, log); err != nil {
+			return err
+		}
+		metrics.MustRegister(view.Collectors(reg.Cluster)...)
+		defer view.Start(serveCtx)()
+	}
 	proxy, err := NewProxy(ProxyConfig{Cluster: reg.Cluster, Upstream: cfg.Upstream, Peers: m.Node, Logger: log,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Audit: auditTo(sp, log), Metrics: metrics,
-		Recorder: recorder})
+		Recorder: recorder, Live: view})
 	if err != nil {
 		return err
 	}
@@ -359,6 +396,32 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return err
 	}
+}
+
+// The client rate of the live view's reviews and lists.
+const (
+	liveQPS   = 200
+	liveBurst = 400
+)
+
+// newLiveSource builds the live view of cfg: its informers and reviews
+// go to the apiserver as cfg.LiveUser, impersonated.
+func newLiveSource(cfg Config, log *slog.Logger) (*live.Source, error) {
+	kinds, err := live.ParseKinds(cfg.LiveKinds)
+	if err != nil {
+		return nil, err
+	}
+	rc := rest.CopyConfig(cfg.Upstream)
+	rc.Impersonate = rest.ImpersonationConfig{UserName: cmp.Or(cfg.LiveUser, DefaultLiveUser)}
+	// An RBAC change has every viewer's access reviewed again at once:
+	// a few reviews per kind and namespace per distinct identity. The
+	// client-go default (5/s) would take minutes over that.
+	rc.QPS, rc.Burst = liveQPS, liveBurst
+	dc, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("live view client: %w", err)
+	}
+	return live.New(live.Config{Kinds: kinds, Client: dc, Logger: log})
 }
 
 // register registers the agent with its join token. While the

@@ -47,6 +47,10 @@ func TestConfigValidation(t *testing.T) {
 		{"port too large", func(c *Config) { c.WireGuardPort = 70000 }, "Config.WireGuardPort 70000 is not a UDP port"},
 		{"negative port", func(c *Config) { c.WireGuardPort = -1 }, "Config.WireGuardPort -1 is not a UDP port"},
 		{"no audit dir", func(c *Config) { c.AuditDir = "" }, "set Config.AuditDir"},
+		{"live view", func(c *Config) { c.Live = true }, ""},
+		{"live view of secrets too", func(c *Config) { c.Live, c.LiveKinds = true, []string{"pods", "secrets"} }, ""},
+		{"live view of an unknown kind", func(c *Config) { c.Live, c.LiveKinds = true, []string{"widgets"} }, `unknown kind "widgets"`},
+		{"live user a login could be", func(c *Config) { c.Live, c.LiveUser = true, "viewer" }, "use a name under system:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -149,11 +149,15 @@ func (p *Proxy) kill(s *stream, d *denial) {
 // connections it closed.
 //
 // The owner of Peers calls Reevaluate after applying each map change; the
-// proxy's sweep does the same on its own every SweepInterval. Requests
+// proxy's sweep does the same on its own every SweepInterval. Live view
+// streams also check again what their viewer may see. Requests
 // that are being authorized while Reevaluate runs decide again. It must
 // not be called with a lock held that PeerByAddr takes.
 func (p *Proxy) Reevaluate() int {
 	p.gen.Add(1)
+	if p.view != nil {
+		p.view.AccessChanged()
+	}
 	return p.reevaluate()
 }
 

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/agent"
+	"github.com/clustral/clustral/agent/live"
 	"github.com/clustral/clustral/agent/recording"
 	"github.com/clustral/clustral/agent/spool"
 )
@@ -29,7 +30,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 		auditDir, recDir                            string
 		recMax                                      int64
 		auditMax                                    int
-		insecure                                    bool
+		insecure, liveOn                            bool
+		liveKinds                                   []string
+		liveUser                                    string
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -105,6 +108,9 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 				AuditMaxEvents:    auditMax,
 				RecordingDir:      recDir,
 				RecordingMaxBytes: recMax,
+				Live:              liveOn,
+				LiveKinds:         liveKinds,
+				LiveUser:          liveUser,
 				Logger:            log,
 			}))
 		},
@@ -125,6 +131,9 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.IntVar(&auditMax, "audit-spool-max-events", spool.DefaultMaxEvents, "audit events the spool keeps while the coordinator is unreachable; when full, new events are dropped with a warning and counted")
 	f.Float64Var(&rateQPS, "rate-limit-qps", float64(agent.DefaultRateLimit), "requests per second each user may start through the proxy (sustained); negative turns the limit off")
 	f.IntVar(&rateBurst, "rate-limit-burst", agent.DefaultRateBurst, "requests each user may start at once above --rate-limit-qps; negative turns the limit off")
+	f.BoolVar(&liveOn, "live", false, "serve the live cluster view (clustral ui) on the overlay: one watch per kind, each viewer filtered by their own access")
+	f.StringSliceVar(&liveKinds, "live-kinds", nil, "kinds the live view follows, e.g. pods,deployments.apps (default: "+strings.Join(live.DefaultKinds, ",")+"; secrets only if named)")
+	f.StringVar(&liveUser, "live-user", agent.DefaultLiveUser, "Kubernetes user impersonated to list and watch those kinds and to create subjectaccessreviews (bind it a ClusterRole; see deploy/agent/components/live-view)")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return c

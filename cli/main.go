@@ -141,6 +141,7 @@ OIDC provider.
 		newProfilesCmd(g),
 		newAccountsCmd(g),
 		newDoctorCmd(g),
+		newUICmd(g),
 		newCompletionCmd(root),
 	)
 	return root

@@ -41,6 +41,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/pkg/webstyle"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -187,6 +188,7 @@ func Routes() []Route {
 // Register adds the console's routes to mux.
 func (c *Console) Register(mux *http.ServeMux) {
 	mux.Handle("GET /static/", c.withHeaders(c.static))
+	mux.Handle("GET /static/console.css", c.withHeaders(http.StripPrefix("/static/", http.FileServerFS(webstyle.FS))))
 	for _, rt := range Routes() {
 		h := c.guard(rt)
 		if rt.Access == Public && c.cfg.PerSource != nil {

@@ -46,6 +46,11 @@
 //     an assignment made on one replica until every stream saw it, and
 //     kill -9 of a replica until its streams have a snapshot from another
 //     (benchHA).
+//   - live_apiserver_watches, live_agent_rss_mib_1000_viewers,
+//     live_fanout_p99_ms and _p50_ms: an agent run with --live and 1,000
+//     live streams of the bench user through the mesh; the watches the
+//     live agent adds at the apiserver, its memory, and from a pod's
+//     patch until every viewer has decoded it (benchLive).
 //
 // It starts etcd, kube-apiserver and Dex (integration/harness), a
 // coordinator and an agent, and stops every process it started before it
@@ -104,7 +109,7 @@ func main() {
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, ha, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, ha, scale, live)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -150,7 +155,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}, {"live", benchLive}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}

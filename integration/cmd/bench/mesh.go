@@ -141,11 +141,11 @@ func startMesh(ctx context.Context) (*mesh, error) {
 
 // startAgent starts another agent of the bench cluster, in a directory of
 // its own, and returns once it is ready.
-func (m *mesh) startAgent(ctx context.Context) (*harness.Agent, error) {
+func (m *mesh) startAgent(ctx context.Context, extraArgs ...string) (*harness.Agent, error) {
 	m.agents++
 	m.agentDir = filepath.Join(m.dir, fmt.Sprintf("agent-%d", m.agents))
 	// Recordings of the exec bench's 64 MiB stream fit under the cap.
-	return harness.StartAgent(ctx, m.bin, m.agentDir, m.coord.URL, m.joinToken, m.agentKubeconfig, "--recording-max-bytes", "1073741824")
+	return harness.StartAgent(ctx, m.bin, m.agentDir, m.coord.URL, m.joinToken, m.agentKubeconfig, append([]string{"--recording-max-bytes", "1073741824"}, extraArgs...)...)
 }
 
 // prepareAPIServer lets the agent impersonate, binds the bench role's

@@ -96,7 +96,7 @@ cannot make a working and locked-down agent.
 {{- fail (printf "drainTimeoutSeconds %v: use a whole number of seconds, at least 1" .Values.drainTimeoutSeconds) }}
 {{- end }}
 {{- $token := "set joinToken.value or joinToken.existingSecret (a token in the args is readable by anyone who may read the DaemonSet)" }}
-{{- $managed := dict "coordinator" "set coordinator.url" "join-token-file" $token "join-token" $token "ca-file" "set coordinator.caCert" "health-listen" "set healthPort" "drain-timeout" "set drainTimeoutSeconds" "log-format" "set logFormat" "log-level" "set logLevel" "audit-dir" "the spool lives on the pod's state volume (auditSpool.sizeLimit)" "kubeconfig" "the agent uses its service account" "insecure" "the agent reaches the coordinator over https only" }}
+{{- $managed := dict "coordinator" "set coordinator.url" "join-token-file" $token "join-token" $token "ca-file" "set coordinator.caCert" "health-listen" "set healthPort" "drain-timeout" "set drainTimeoutSeconds" "log-format" "set logFormat" "log-level" "set logLevel" "audit-dir" "the spool lives on the pod's state volume (auditSpool.sizeLimit)" "kubeconfig" "the agent uses its service account" "insecure" "the agent reaches the coordinator over https only" "live" "set liveView.enabled" "live-user" "set liveView.user" }}
 {{- range .Values.extraArgs }}
 {{- $a := toString . }}
 {{- if not (hasPrefix "--" $a) }}
