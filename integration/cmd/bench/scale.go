@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -34,7 +35,9 @@ const (
 	scaleDevicesPerUser = 100
 	// scaleRounds is how many changes the fan-out is measured over.
 	scaleRounds = 3
-	// scaleRegisterConcurrency bounds concurrent device registrations.
+	// scaleRegisterConcurrency bounds concurrent logins and role
+	// assignments of the scale users; -register-concurrency bounds the
+	// device registrations.
 	scaleRegisterConcurrency = 8
 	// scaleOpenConcurrency bounds map streams waiting for their snapshot.
 	scaleOpenConcurrency = 32
@@ -46,7 +49,8 @@ const (
 // benchScale measures the coordinator against the budget in docs/design.md §5:
 // f.scaleNodes simulated devices (users scale-NNN@example.com with
 // scaleDevicesPerUser devices each, all holding the reader role on the
-// cluster "scale") each hold one map stream. It reports how long opening
+// cluster "scale") each hold one map stream, registered by
+// f.registerConcurrency concurrent callers. It reports how long opening
 // every stream took until each had its snapshot, the coordinator's
 // resident memory and its growth per connected node, and then, over
 // scaleRounds rounds, the time from registering a new agent in the
@@ -59,7 +63,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	// One pooled client for the registrations: the default one keeps two
 	// idle connections per host, and the others' TIME_WAIT sockets would
 	// eat into the ports the streams need.
-	tr := &http.Transport{MaxIdleConnsPerHost: 2 * scaleRegisterConcurrency, IdleConnTimeout: 30 * time.Second}
+	tr := &http.Transport{MaxIdleConnsPerHost: 2 * max(scaleRegisterConcurrency, f.registerConcurrency), IdleConnTimeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 
@@ -67,7 +71,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	if err := m.api(ctx, "POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: scaleCluster}, &cl); err != nil {
 		return err
 	}
-	tokens, reg, err := m.scaleDevices(ctx, hc, n)
+	tokens, reg, err := m.scaleDevices(ctx, hc, n, f.registerConcurrency)
 	if err != nil {
 		return fmt.Errorf("scale devices: %w", err)
 	}
@@ -123,6 +127,13 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 			return fmt.Errorf("round %d: %w", r+1, err)
 		}
 		agentTokens = append(agentTokens, tok)
+		// A new agent enters its users' maps once its own map stream
+		// opens, as `clustral agent` opens it right after registering.
+		if err := openSimAgentMap(sctx, m.coord.URL, tok); err != nil {
+			cancel()
+			w.wg.Wait()
+			return fmt.Errorf("round %d: %w", r+1, err)
+		}
 		took, err := w.waitRound(ctx, r, t0)
 		if err != nil {
 			cancel()
@@ -137,6 +148,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 
 	report("scale_nodes", float64(n), "nodes")
 	report("scale_register_per_s", float64(n)/reg.Seconds(), "devices/s")
+	report("scale_register_concurrency", float64(f.registerConcurrency), "callers")
 	report("scale_connect_s", connect.Seconds(), "s")
 	report("coordinator_rss_mib", float64(after)/1024, "MiB")
 	report("coordinator_rss_per_node_kib", float64(after-before)/float64(n), "KiB")
@@ -157,7 +169,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 // each in with an ID token, assigns each the reader role on the scale
 // cluster and registers their devices with random keys, and returns the
 // devices' node tokens and how long registering the devices took.
-func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]string, time.Duration, error) {
+func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n, conc int) ([]string, time.Duration, error) {
 	// Dex keeps only the users it is given: the others must stay.
 	users := crowdDexUsers()
 	type job struct {
@@ -199,7 +211,7 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]stri
 	start := time.Now()
 	tokens := make([]string, n)
 	var done atomic.Int64
-	if err := parallel(ctx, n, scaleRegisterConcurrency, func(i int) error {
+	if err := parallel(ctx, n, max(1, conc), func(i int) error {
 		j := i / scaleDevicesPerUser
 		var k proto.Key
 		rand.Read(k[:]) // any 32 bytes are a Curve25519 public key
@@ -247,6 +259,29 @@ func registerSimAgent(ctx context.Context, hc *http.Client, coordURL, joinToken 
 		return "", fmt.Errorf("register simulated agent: %w", err)
 	}
 	return resp.NodeToken, nil
+}
+
+// openSimAgentMap opens the map stream of the simulated agent whose node
+// token is token and reads it, discarding what comes, until ctx ends.
+func openSimAgentMap(ctx context.Context, coordURL, token string) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", coordURL+proto.APIVersion+"/map", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req) // no timeout: the stream lasts
+	if err != nil {
+		return fmt.Errorf("simulated agent's map stream: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return fmt.Errorf("simulated agent's map stream: %s", resp.Status)
+	}
+	go func() {
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+	}()
+	return nil
 }
 
 // watch holds n map streams, each on its own raw connection read by its
