@@ -85,8 +85,11 @@ type flags struct {
 	// registerConcurrency is how many device registrations benchScale
 	// has in flight at once.
 	registerConcurrency int
-	haDevices           int
-	only                string
+	// revocationDevices is how many simulated devices benchRevocation
+	// holds connected.
+	revocationDevices int
+	haDevices         int
+	only              string
 	// restartOutage is how long benchRestart keeps the coordinator down.
 	restartOutage time.Duration
 }
@@ -106,11 +109,13 @@ func main() {
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.IntVar(&f.registerConcurrency, "register-concurrency", 32, "device registrations in flight at once for scale_register_per_s (a fleet registering after an outage)")
+	flag.IntVar(&f.revocationDevices, "revocation-devices", 10000, "simulated devices connected (map streams open) while revocation_to_denied_* is measured")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
 	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, ha, scale)")
 	flag.Parse()
 	f.transfer <<= 20
+	crowdUsers = max(1, (f.revocationDevices+devicesPerUser-1)/devicesPerUser)
 
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	runOrExit("bench", func(ctx context.Context) error { return run(ctx, f) })
