@@ -71,13 +71,24 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	if err := m.api(ctx, "POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: scaleCluster}, &cl); err != nil {
 		return err
 	}
+	pid := m.coord.Proc.Pid()
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return err
+	}
 	tokens, reg, err := m.scaleDevices(ctx, hc, n, f.registerConcurrency)
 	if err != nil {
 		return fmt.Errorf("scale devices: %w", err)
 	}
-	progress("%d scale devices registered in %v (%.0f/s)", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds())
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return err
+	}
+	// The logins come before the registrations' clock starts; their
+	// share of the CPU is small beside n registrations.
+	regCPU := (cpu1 - cpu0) / time.Duration(n)
+	progress("%d scale devices registered in %v (%.0f/s), %v of coordinator CPU each", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds(), regCPU)
 
-	pid := m.coord.Proc.Pid()
 	before, err := rssKiB(pid)
 	if err != nil {
 		return err
@@ -149,6 +160,10 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	report("scale_nodes", float64(n), "nodes")
 	report("scale_register_per_s", float64(n)/reg.Seconds(), "devices/s")
 	report("scale_register_concurrency", float64(f.registerConcurrency), "callers")
+	// The coordinator's CPU per registration (HTTP, authentication, the
+	// store's transaction), steadier than the rate on a shared machine:
+	// 1e6/scale_register_cpu_us is what one core could take.
+	report("scale_register_cpu_us", us(regCPU), "µs")
 	report("scale_connect_s", connect.Seconds(), "s")
 	report("coordinator_rss_mib", float64(after)/1024, "MiB")
 	report("coordinator_rss_per_node_kib", float64(after-before)/float64(n), "KiB")
@@ -502,6 +517,34 @@ func goMetrics(ctx context.Context, hc *http.Client, coordURL string) map[string
 	}
 	return out
 }
+
+// cpuTime returns the user and system CPU time process pid has used.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("coordinator CPU time: %w", err)
+	}
+	// The fields after the command, which is in parentheses and may
+	// hold spaces: state is the 3rd field, utime the 14th, stime the 15th.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("coordinator CPU time: unexpected /proc/%d/stat", pid)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		t, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("coordinator CPU time: %w", err)
+		}
+		ticks += t
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
 
 // rssKiB returns the resident set size of process pid.
 func rssKiB(pid int) (int64, error) {
