@@ -1,8 +1,12 @@
 package coordinator
 
 import (
+	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,4 +54,76 @@ func BenchmarkRegisterNode(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
 		})
 	}
+}
+
+// BenchmarkRegisterDeviceHTTP measures device registrations as a fleet
+// makes them: 32 concurrent callers POST /api/v1/devices through Serve,
+// each with a user's session token (checked when the headers arrive and
+// at the write), on keep-alive connections. With the CPU profile it shows
+// what a registration costs besides its share of a disk sync.
+func BenchmarkRegisterDeviceHTTP(b *testing.B) {
+	const callers, users = 32, 100
+	s := newBareServer(b)
+	s.cfg.MaxDevicesPerUser = 1 << 20
+	addr := serve(b, s, "tcp")
+	now := s.now()
+	tokens := make([]string, users)
+	for i := range users {
+		u := &user{ID: newID("usr"), Login: fmt.Sprintf("user-%03d@example.com", i), Created: now}
+		u.Subject, u.Email = u.ID, u.Login
+		sid := newSecret("cs_")
+		se := &session{IDHash: hashSecret(sid), UserID: u.ID, Created: now, Expires: now.Add(time.Hour)}
+		err := s.store.Update(func(tx store.Tx) error {
+			if err := store.Put(tx, store.Users, u.ID, u); err != nil {
+				return err
+			}
+			return store.Put(tx, store.Sessions, se.IDHash, se)
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.mu.Lock()
+		s.indexUser(u)
+		s.sessions[se.IDHash] = se
+		s.mu.Unlock()
+		if tokens[i], err = s.signSession(u, sid, se.Expires); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: callers}
+	b.Cleanup(tr.CloseIdleConnections)
+	hc := &http.Client{Transport: tr}
+	register := func(i int64) error {
+		var k proto.Key
+		rand.Read(k[:])
+		body, _ := json.Marshal(proto.RegisterDeviceRequest{PublicKey: k, Hostname: "bench"})
+		req, _ := http.NewRequest("POST", "http://"+addr+proto.APIVersion+"/devices", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tokens[i%users])
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("register: %s", resp.Status)
+		}
+		return nil
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for range callers {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+				if err := register(i); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
 }
