@@ -24,6 +24,9 @@
 //   - up_rss_mib_under_load: the `clustral up` daemon's largest resident
 //     set while 10 kubectl clients make 7 requests a second through it
 //     (benchUpLoad).
+//   - agent_rss_mib_1000_watches, agent_idle_cpu_pct_1000_watches and
+//     agent_watch_revocation_ms: 100 users, each with its own `clustral
+//     up`, hold 10 watches each through one agent (benchWatches).
 //   - coordinator_map_delta_ms: from asking the coordinator for an
 //     assignment until a GET on a new connection through the mesh first
 //     succeeds (map deltas to the device and the agent, handshake, TLS);
@@ -92,6 +95,8 @@ type flags struct {
 	upLoadClients int
 	upLoadRate    float64
 	upLoadTime    time.Duration
+	// watchUsers and watchesPerUser: the watches benchWatches holds.
+	watchUsers, watchesPerUser int
 	// revocationDevices is how many simulated devices benchRevocation
 	// holds connected.
 	revocationDevices int
@@ -119,10 +124,12 @@ func main() {
 	flag.IntVar(&f.upLoadClients, "up-load-clients", 10, "kubectl clients for up_rss_mib_under_load")
 	flag.Float64Var(&f.upLoadRate, "up-load-rate", 7, "kubectl requests a second, all clients together, for up_rss_mib_under_load")
 	flag.DurationVar(&f.upLoadTime, "up-load-time", 60*time.Second, "how long the kubectl load for up_rss_mib_under_load runs (0 skips)")
+	flag.IntVar(&f.watchUsers, "watch-users", 100, "users, each with its own clustral up, holding watches through one agent for agent_*_1000_watches (0 skips)")
+	flag.IntVar(&f.watchesPerUser, "watches-per-user", 10, "watches each of -watch-users holds")
 	flag.IntVar(&f.revocationDevices, "revocation-devices", 10000, "simulated devices connected (map streams open) while revocation_to_denied_* is measured")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, revocation, restart, ha, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 	crowdUsers = max(1, (f.revocationDevices+devicesPerUser-1)/devicesPerUser)
@@ -169,7 +176,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"up-load", benchUpLoad}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}} {
+	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"up-load", benchUpLoad}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"watches", benchWatches}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}
