@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -26,13 +25,7 @@ func BenchmarkMapStreamMemory(b *testing.B) {
 	const mapStreams = 2000
 	s := newBareServer(b)
 	addr := serve(b, s, "tcp")
-	c := &cluster{ID: "cls_bench", Name: "bench", JoinTokenHash: hashSecret("cjt_bench")}
-	if err := s.store.Update(func(tx store.Tx) error { return store.Put(tx, store.Clusters, c.ID, c) }); err != nil {
-		b.Fatal(err)
-	}
-	s.mu.Lock()
-	s.indexCluster(c)
-	s.mu.Unlock()
+	c := benchCluster(b, s)
 	tokens := make([]string, mapStreams)
 	for i := range tokens {
 		var k proto.Key

@@ -26,13 +26,7 @@ func BenchmarkRegisterNode(b *testing.B) {
 	for _, callers := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			s := newBareServer(b)
-			c := &cluster{ID: "cls_bench", Name: "bench", JoinTokenHash: hashSecret("cjt_bench")}
-			if err := s.store.Update(func(tx store.Tx) error { return store.Put(tx, store.Clusters, c.ID, c) }); err != nil {
-				b.Fatal(err)
-			}
-			s.mu.Lock()
-			s.indexCluster(c)
-			s.mu.Unlock()
+			c := benchCluster(b, s)
 			authorize := func(now time.Time) (string, *proto.Problem) { return "bench", nil }
 			var next atomic.Int64
 			var wg sync.WaitGroup
@@ -54,6 +48,19 @@ func BenchmarkRegisterNode(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
 		})
 	}
+}
+
+// benchCluster stores and indexes the cluster "bench" in s.
+func benchCluster(b *testing.B, s *Server) *cluster {
+	b.Helper()
+	c := &cluster{ID: "cls_bench", Name: "bench", JoinTokenHash: hashSecret("cjt_bench")}
+	if err := s.store.Update(func(tx store.Tx) error { return store.Put(tx, store.Clusters, c.ID, c) }); err != nil {
+		b.Fatal(err)
+	}
+	s.mu.Lock()
+	s.indexCluster(c)
+	s.mu.Unlock()
+	return c
 }
 
 // BenchmarkRegisterDeviceHTTP measures device registrations as a fleet

@@ -39,16 +39,13 @@ func benchUpLoad(ctx context.Context, m *mesh, f flags) error {
 	defer cancel()
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
+		for lctx.Err() == nil {
+			if kib, err := rssKiB(pid); err == nil && kib > peak.Load() {
+				peak.Store(kib)
+			}
 			select {
 			case <-lctx.Done():
-				return
-			case <-t.C:
-				if kib, err := rssKiB(pid); err == nil && kib > peak.Load() {
-					peak.Store(kib)
-				}
+			case <-time.After(250 * time.Millisecond):
 			}
 		}
 	})
