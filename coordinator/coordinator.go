@@ -31,6 +31,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/cache"
+
 	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/recordings"
@@ -98,6 +100,7 @@ type Server struct {
 	auditq   auditQueue                    // events without a change of state
 	failures failures                      // failed unauthenticated attempts; see auditFailure
 	relay    *relay                        // relay connections; its counters are atomic
+	verified *cache.LRUExpireCache         // session token → sessionClaims whose signature checked out (verifySession)
 
 	// Atomic.
 	cert atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
@@ -213,15 +216,16 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		store:   st,
-		now:     cfg.Now,
-		logins:  newLoginTable(),
-		guarded: guarded{clients: map[string]*mapClient{}},
-		metrics: newMetrics(),
-		stop:    make(chan struct{}),
-		replica: replicaName(),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		store:    st,
+		now:      cfg.Now,
+		logins:   newLoginTable(),
+		verified: cache.NewLRUExpireCache(verifiedSessionsMax),
+		guarded:  guarded{clients: map[string]*mapClient{}},
+		metrics:  newMetrics(),
+		stop:     make(chan struct{}),
+		replica:  replicaName(),
 
 		consoleDone: make(chan struct{}),
 	}
