@@ -139,6 +139,7 @@ type Proxy struct {
 
 	rp        *httputil.ReverseProxy // HTTP/2 or HTTP/1.1 upstream
 	rpUpgrade *httputil.ReverseProxy // HTTP/1.1 only, no keep-alive
+	rpWatch   *httputil.ReverseProxy // rp with small copy buffers, for watches
 	upgradeTr *http.Transport
 
 	// gen advances on every Reevaluate and ClosePeer, so a request that
@@ -223,17 +224,20 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 		Rewrite:        rewrite,
 		Transport:      mainTr,
 		FlushInterval:  -1,
-		BufferPool:     bufferPool{},
+		BufferPool:     copyBuffers,
 		ErrorLog:       errLog,
 		ErrorHandler:   p.proxyError,
 		ModifyResponse: modifyResponse,
 	}
+	rpWatch := *p.rp
+	rpWatch.BufferPool = watchBuffers
+	p.rpWatch = &rpWatch
 	p.upgradeTr = upgradeTr.base
 	p.rpUpgrade = &httputil.ReverseProxy{
 		Rewrite:       rewrite,
 		Transport:     upgradeTr.rt,
 		FlushInterval: -1,
-		BufferPool:    bufferPool{},
+		BufferPool:    copyBuffers,
 		ErrorLog:      errLog,
 		ErrorHandler:  p.proxyError,
 		ModifyResponse: func(res *http.Response) error {
@@ -413,8 +417,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rp := p.rp
-	if isUpgrade {
+	switch {
+	case isUpgrade:
 		rp = p.rpUpgrade
+	case info.Verb == "watch":
+		rp = p.rpWatch
 	}
 	ctx = withClientBody(context.WithValue(ctx, streamKey{}, s), r)
 	rp.ServeHTTP(sw, r.WithContext(ctx))
@@ -699,10 +706,21 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// bufferPool recycles ReverseProxy's copy buffers.
-type bufferPool struct{}
+// bufferPool recycles ReverseProxy's copy buffers of one size.
+type bufferPool struct{ pool *sync.Pool }
 
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+func newBufferPool(size int) bufferPool {
+	return bufferPool{&sync.Pool{New: func() any { b := make([]byte, size); return &b }}}
+}
 
-func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }
+func (p bufferPool) Get() []byte  { return *p.pool.Get().(*[]byte) }
+func (p bufferPool) Put(b []byte) { p.pool.Put(&b) }
+
+// The copy buffers: 32 KiB for answers in general (a large list moves in
+// few writes), 4 KiB for watches. A watch holds its buffer for as long as
+// it lives, mostly idle, and its events are small: a thousand watches
+// held 32 MiB of buffers (BenchmarkIdleWatches' heap profile).
+var (
+	copyBuffers  = newBufferPool(32 << 10)
+	watchBuffers = newBufferPool(4 << 10)
+)

@@ -31,6 +31,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/cache"
+
 	"github.com/clustral/clustral/coordinator/auditexport"
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/recordings"
@@ -82,6 +84,10 @@ type Server struct {
 	export *auditexport.Exporter
 	// timeouts are those of the HTTP servers; set before serving.
 	timeouts serverTimeouts
+	// testRegisterWritten, set only by tests before serving, runs when a
+	// registration's write is durable and before its node is applied to
+	// memory (registerNode), where a revocation may land.
+	testRegisterWritten func()
 
 	guarded
 
@@ -99,6 +105,7 @@ type Server struct {
 	failures failures                      // failed unauthenticated attempts; see auditFailure
 	relay    *relay                        // relay connections; its counters are atomic
 	live     liveTable                     // the agents' live sessions
+	verified *cache.LRUExpireCache         // session token → sessionClaims whose signature checked out (verifySession)
 
 	// Atomic.
 	cert atomic.Pointer[tls.Certificate] // served over TLS; see ReloadTLS
@@ -161,21 +168,22 @@ func (s *Server) endConsoleStreams() {
 // guarded is what the coordinator's global lock mu guards: the in-memory
 // state with its indexes, and the open map streams by node id.
 //
-// Every change is written through to the store while mu is held: a
-// handler takes mu, checks what the change depends on, runs the store
-// transaction (commit, registerNode, expire), and applies the change to
+// Every change but a registration is written through to the store while
+// mu is held: a handler takes mu, checks what the change depends on, runs
+// the store transaction (commit, expire), and applies the change to
 // memory and to the nodes' maps before it lets go. Holding mu through the
 // write keeps memory in the order the store committed, and makes a check
-// made under mu (registerNode's authorize, a role still existing) hold at
-// the write, so no revocation lands between the two. The price is that
-// each write's disk sync (bbolt fsyncs every transaction) holds off every
-// other API call and map computation: one registration holds mu about
-// 1.1 ms, so registrations run at about 900 a second and a burst delays
-// map streams by that much per registration (docs/design.md, Known gaps;
-// BenchmarkRegisterNode measured 1.6-2.8 ms, 360-610 a second, on a
-// shared 2-core machine). Reads of the audit log and the request archive
-// (auditlog.Query, archivedRequests) and the audit writer's batches run
-// without mu.
+// made under mu (a role still existing) hold at the write, so no
+// revocation lands between the two. The price is that each such write's
+// disk sync holds off every other API call and map computation.
+// Registrations, which come in bursts (a fleet of laptops after an
+// outage, an agent rollout), do not pay it: registerNode checks and claims
+// under mu, writes without it (concurrent registrations share one disk
+// sync, the store's group commit), and takes mu again to apply, checking
+// the credential once more; its doc says how that keeps the guarantees.
+// BenchmarkRegisterNode measures it. Reads of the audit log and the
+// request archive (auditlog.Query, archivedRequests) and the audit
+// writer's batches run without mu.
 type guarded struct {
 	mu sync.Mutex
 	state
@@ -216,15 +224,16 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		store:   st,
-		now:     cfg.Now,
-		logins:  newLoginTable(),
-		guarded: guarded{clients: map[string]*mapClient{}},
-		metrics: newMetrics(),
-		stop:    make(chan struct{}),
-		replica: replicaName(),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		store:    st,
+		now:      cfg.Now,
+		logins:   newLoginTable(),
+		verified: cache.NewLRUExpireCache(verifiedSessionsMax),
+		guarded:  guarded{clients: map[string]*mapClient{}},
+		metrics:  newMetrics(),
+		stop:     make(chan struct{}),
+		replica:  replicaName(),
 
 		consoleDone: make(chan struct{}),
 	}

@@ -227,6 +227,42 @@ func TestSessionTokenChecks(t *testing.T) {
 	}
 }
 
+// TestSessionTokenCheckCached: a token whose check is cached (it
+// answered once) is still refused once it expires by the server's clock,
+// once its session is ended, and when tampered with.
+func TestSessionTokenCheckCached(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		end      func(e *testEnv, s proto.Session)
+		wantCode proto.ErrorCode
+	}{
+		{"expired", func(e *testEnv, s proto.Session) {
+			later := time.Now().Add(25 * time.Hour)
+			e.srv.now = func() time.Time { return later }
+		}, proto.CodeSessionExpired},
+		{"logged out", func(e *testEnv, s proto.Session) {
+			e.must("DELETE", "/api/v1/session", s.Token, nil, nil)
+		}, proto.CodeSessionExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			s := e.login("alice@example.com")
+			e.must("GET", "/api/v1/whoami", s.Token, nil, nil) // checked, and cached
+			if _, ok := e.srv.verified.Get(s.Token); !ok {
+				t.Fatal("a token that answered is not cached")
+			}
+			tampered := s.Token[:len(s.Token)-4] + "AAAA"
+			if status, _ := e.call("GET", "/api/v1/whoami", tampered, nil, nil); status != http.StatusUnauthorized {
+				t.Errorf("whoami with the cached token tampered = %d, want 401", status)
+			}
+			tc.end(e, s)
+			if status, p := e.call("GET", "/api/v1/whoami", s.Token, nil, nil); status != http.StatusUnauthorized || p.Code != tc.wantCode {
+				t.Errorf("whoami after the session %s = %d %+v, want 401 %s", tc.name, status, p, tc.wantCode)
+			}
+		})
+	}
+}
+
 func TestAdminAPIRefusesNonAdmins(t *testing.T) {
 	e := newTestEnv(t)
 	bob := e.login("bob@example.com")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/bits"
 	"net/netip"
+	"sync"
 
 	"github.com/clustral/clustral/coordinator/store"
 )
@@ -19,8 +20,11 @@ var errPoolExhausted = errors.New("overlay address pool exhausted")
 // a write transaction reads one key per address it hands out (to confirm
 // it is free) however full the pool is. The store (address → node id)
 // stays the record: addresses are unique and stable across restarts and
-// free again when the node is deleted. It is guarded by Server.mu.
+// free again when the node is deleted. It has its own lock, so that a
+// registration allocates in its store transaction without Server.mu
+// (registerNode); it is never held while taking another.
 type ipam struct {
+	mu    sync.Mutex
 	pools []*addrPool
 }
 
@@ -56,6 +60,8 @@ func (m *ipam) mark(a netip.Addr, used bool) {
 	if m == nil {
 		return
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	for _, p := range m.pools {
 		if p.prefix.Contains(a) {
 			p.set(p.offset(a), used)
@@ -67,9 +73,13 @@ func (m *ipam) mark(a netip.Addr, used bool) {
 // a candidate is taken only when the index and the store disagree.
 const maxConfirm = 8
 
-// allocate reserves one free address in each pool for nodeID, inside tx.
-// It does not mark them in use: the caller does (use) once tx committed.
+// allocate reserves one free address in each pool for nodeID, inside tx,
+// and marks each in use at once, so that a concurrent transaction does
+// not pick it too. The caller frees (free) those of a transaction that
+// did not commit; marking a committed one in use again (use) is harmless.
 func (m *ipam) allocate(tx store.Tx, nodeID string) ([]netip.Prefix, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var out []netip.Prefix
 	for _, p := range m.pools {
 		a, err := p.allocate(tx, nodeID, m)
@@ -212,6 +222,7 @@ func (p *addrPool) allocate(tx store.Tx, nodeID string, m *ipam) (netip.Addr, er
 		if err := tx.PutRaw(store.Addresses, key, []byte(nodeID)); err != nil {
 			return netip.Addr{}, fmt.Errorf("reserve %s: %w", a, err)
 		}
+		p.set(off, true)
 		return a, nil
 	}
 	return netip.Addr{}, fmt.Errorf("%w: %s", errPoolExhausted, p.prefix)

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/netip"
@@ -257,6 +258,19 @@ func (s *Server) userChangedLocked(u *user, before map[string]bool) {
 // node publishes its candidate endpoints (comma-separated ip:port).
 const endpointsParam = proto.MapEndpointsParam
 
+// handleMap serves a node's map stream: a snapshot, then deltas as they
+// come, keep-alives, and an agent's renewed certificates, one JSON
+// document a line.
+//
+// Over HTTP/1.1 the connection is taken from the HTTP server (hijacked)
+// once the stream is set up, and the handler returns: the stream then
+// holds only its connection, a goroutine writing it and one waiting for
+// the node to hang up, both with small stacks, instead of the server's
+// request goroutine with the stack the request's parsing and
+// authentication grew and the server's read and write buffers (about
+// 10 KiB). Elsewhere (HTTP/2, a recorder in tests) it is written
+// through the ResponseWriter. The stream is counted in s.wg either way,
+// so Close waits for it, having ended it (endStreams).
 func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	var eps []netip.AddrPort
 	if v := r.URL.Query().Get(endpointsParam); v != "" {
@@ -276,11 +290,20 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	if s.cfg.RelayOnly {
 		eps = nil // passed on to no one
 	}
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		writeProblem(w, http.StatusInternalServerError, proto.CodeInternal, "streaming unsupported", "")
 		return
 	}
+	if !s.enter() {
+		writeProblem(w, http.StatusServiceUnavailable, proto.CodeInternal, "the coordinator is shutting down", "connect again")
+		return
+	}
+	owned := true // s.wg counts this handler until the stream goes on elsewhere
+	defer func() {
+		if owned {
+			s.wg.Done()
+		}
+	}()
 
 	c := newMapClient(n.ID)
 	s.mu.Lock()
@@ -306,6 +329,13 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	s.nodeChanged(n)
 	actor, cluster := s.nodeActorLocked(n)
 	s.mu.Unlock()
+	select {
+	case <-s.stop:
+		// Close began, and endStreams may have run before c was in
+		// clients.
+		c.close()
+	default:
+	}
 	if eps != nil {
 		s.shareEndpoints(n, eps)
 	}
@@ -313,9 +343,8 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	s.auditStream(n, actor, cluster, true)
 	connected := s.metrics.connected.WithLabelValues(string(n.Kind))
 	connected.Inc()
-	defer connected.Dec()
 
-	defer func() {
+	ended := func() {
 		s.mu.Lock()
 		if s.clients[n.ID] == c {
 			delete(s.clients, n.ID)
@@ -330,10 +359,99 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 		}
 		s.mu.Unlock()
 		c.close()
+		connected.Dec()
 		s.log.Info("map stream closed", "node", n.ID)
 		s.auditStream(n, actor, cluster, false)
-	}()
+	}
+	snap.Version = 1
+	if out, ok := s.hijackMap(w, &snap); ok {
+		owned = false
+		go func() {
+			defer s.wg.Done()
+			defer ended()
+			defer out.close()
+			s.streamMap(n, c, out, snap.Certificate != "")
+		}()
+		return
+	}
+	defer ended()
+	out := s.responseMap(w, r)
+	if out.send(&snap) != nil {
+		return
+	}
+	s.streamMap(n, c, out, snap.Certificate != "")
+}
 
+// mapOut is where a map stream's messages go.
+type mapOut struct {
+	enc   *json.Encoder
+	flush func() error
+	// extendWrite gives the next write its own deadline (longLived).
+	extendWrite func()
+	// gone is closed when the node hung up.
+	gone <-chan struct{}
+	// close ends the connection, if the stream owns it.
+	close func()
+}
+
+// send writes one message and flushes it to the node.
+func (o *mapOut) send(msg any) error {
+	if err := o.enc.Encode(msg); err != nil {
+		return err
+	}
+	return o.flush()
+}
+
+// hijackMap takes the connection of w from the HTTP server and writes the
+// response's header and first, the snapshot, on it. It returns false,
+// having written nothing, where the connection cannot be taken (HTTP/2,
+// a recorder); then w is as it was.
+func (s *Server) hijackMap(w http.ResponseWriter, first *proto.MapMessage) (*mapOut, bool) {
+	h := w.Header().Clone()
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, false
+	}
+	// The read deadline goes (the node sends nothing more); each write
+	// gets its own (extendWrite).
+	conn.SetDeadline(time.Time{})
+	extendWrite := func() {
+		if s.timeouts.write > 0 {
+			conn.SetWriteDeadline(time.Now().Add(s.timeouts.write))
+		}
+	}
+	gone := make(chan struct{})
+	out := &mapOut{
+		enc: json.NewEncoder(conn), flush: func() error { return nil },
+		extendWrite: extendWrite, gone: gone, close: func() { conn.Close() },
+	}
+	// The node sends nothing after its request: a read returns when it
+	// hangs up, or when the stream ends and closes the connection.
+	go func() {
+		var b [1]byte
+		conn.Read(b[:])
+		close(gone)
+	}()
+	// Without a length or chunking, the body runs until the connection
+	// closes (Connection: close), as a stream's does.
+	h.Set("Content-Type", "application/x-ndjson")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Connection", "close")
+	var head bytes.Buffer
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	h.Write(&head)
+	head.WriteString("\r\n")
+	json.NewEncoder(&head).Encode(first)
+	extendWrite()
+	if _, err := conn.Write(head.Bytes()); err != nil {
+		conn.Close() // ends the reader above; the stream's loop sees gone
+	}
+	return out, true
+}
+
+// responseMap starts the answer on w, as a stream through the HTTP
+// server.
+func (s *Server) responseMap(w http.ResponseWriter, r *http.Request) *mapOut {
 	// The stream lives for hours: each message gets its own write
 	// deadline instead of the server's.
 	extendWrite := s.longLived(w)
@@ -341,24 +459,26 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(w)
+	rc := http.NewResponseController(w)
+	return &mapOut{enc: json.NewEncoder(w), flush: rc.Flush, extendWrite: extendWrite, gone: r.Context().Done(), close: func() {}}
+}
+
+// streamMap writes n's map stream to out, its snapshot sent, until the
+// node hangs up, c is closed, or a write fails. certs says whether n gets
+// renewed certificates.
+func (s *Server) streamMap(n *node, c *mapClient, out *mapOut, certs bool) {
 	version := uint64(1)
-	snap.Version = version
-	if err := enc.Encode(snap); err != nil {
-		return
-	}
-	flusher.Flush()
 	ka := time.NewTicker(keepAliveInterval)
 	defer ka.Stop()
 	var renew <-chan time.Time
-	if snap.Certificate != "" {
+	if certs {
 		t := time.NewTicker(time.Duration(s.certRenew.Load()))
 		defer t.Stop()
 		renew = t.C
 	}
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-out.gone:
 			return
 		case <-c.done:
 			return
@@ -370,16 +490,15 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 				continue
 			}
 			version++
-			if err := enc.Encode(proto.MapMessage{Version: version, Certificate: cert}); err != nil {
+			out.extendWrite()
+			if err := out.send(proto.MapMessage{Version: version, Certificate: cert}); err != nil {
 				return
 			}
-			flusher.Flush()
 		case <-ka.C:
-			extendWrite()
-			if err := enc.Encode(proto.MapMessage{Version: version, KeepAlive: true}); err != nil {
+			out.extendWrite()
+			if err := out.send(proto.MapMessage{Version: version, KeepAlive: true}); err != nil {
 				return
 			}
-			flusher.Flush()
 		case <-c.wake:
 			msg, overrun, ok := c.take()
 			if overrun {
@@ -391,11 +510,10 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request, n *node) {
 			}
 			version++
 			msg.Version = version
-			extendWrite()
-			if err := enc.Encode(msg); err != nil {
+			out.extendWrite()
+			if err := out.send(msg); err != nil {
 				return
 			}
-			flusher.Flush()
 			s.metrics.mapDeltas.Inc()
 		}
 	}

@@ -6,10 +6,12 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/proto"
 )
@@ -94,14 +96,16 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request, tok
 		Hostname: req.Hostname, CertKey: certKey,
 	}
 	var c *cluster
+	var names []string // the certificate's, read under s.mu
 	resp, prob := s.registerNode(n, func(now time.Time) (string, *proto.Problem) {
 		if c = s.clustersByToken[tokenHash]; c == nil {
 			return "", &proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeInvalidJoinToken}
 		}
 		n.ClusterID, n.LastSeen = c.ID, now
+		names = s.agentNames(c)
 		return "agent:" + c.Name, nil
 	}, func(addrs []netip.Prefix, now time.Time) (string, error) {
-		return s.ca.issue(certKey, s.agentNames(c), addrs, now)
+		return s.ca.issue(certKey, names, addrs, now)
 	})
 	if prob != nil && prob.Code == proto.CodeInvalidJoinToken {
 		s.refuseJoinToken(w, r)
@@ -128,79 +132,195 @@ func (s *Server) refuseJoinToken(w http.ResponseWriter, r *http.Request) {
 // that should see it.
 //
 // authorize checks the credential the registration was accepted with,
-// against the state as it is at the write: it runs with s.mu held, just
-// before the store transaction, so no revocation (which takes s.mu too)
-// can land between the check and the write. It fills in n's owner (user
-// and session, or cluster) and creation time from what it finds, and
-// returns the audit actor, or the problem that refuses the registration;
-// then nothing is written and no map changes. certify, if set, issues the
-// agent's certificate inside the transaction. registerNode takes s.mu
-// and holds it through the store's write (see guarded for why, and what
-// that costs).
+// against the state in memory: it runs with s.mu held, before the store
+// transaction, and again after it. It fills in n's owner (user and
+// session, or cluster) from what it finds, and returns the audit actor,
+// or the problem that refuses the registration; then nothing is written
+// and no map changes. certify, if set, issues the agent's certificate
+// inside the transaction; it runs without s.mu.
+//
+// s.mu is not held through the store's write, so that concurrent
+// registrations share one disk sync (the store's group commit) and do
+// not hold off every other API call meanwhile. What the lock used to
+// guarantee is kept thus:
+//   - a key or a device quota is claimed under s.mu before the write
+//     (registering), so two registrations cannot both take it;
+//   - the transaction reads the credential again from the store
+//     (credentialHolds), so a revocation committed before it refuses
+//     the registration;
+//   - a revocation committed after it, but applied to memory before the
+//     node was (it did not know the node), is caught by the second
+//     authorize, and the node is deleted again (revokedWhileWriting);
+//     the registration is refused, as if the revocation came first;
+//   - the response is sent only once the write is durable.
 func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor string, p *proto.Problem), certify func([]netip.Prefix, time.Time) (string, error)) (*proto.RegisterResponse, *proto.Problem) {
+	action := string(n.Kind) + ".register"
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	now := s.now()
 	actor, prob := authorize(now)
+	if prob == nil {
+		prob = s.claimRegistrationLocked(n, actor)
+	}
+	var ev proto.AuditEvent
+	var joinTokenHash string
+	var err error
+	if prob == nil {
+		n.Created = now
+		if c := s.clusters[n.ClusterID]; c != nil && n.Kind == proto.KindAgent {
+			joinTokenHash = c.JoinTokenHash
+		}
+		// The audit event is made now: it names the cluster from memory.
+		ev, err = s.changeEvent(actor, action, n.ID, map[string]any{"key": n.Key.String(), "hostname": n.Hostname})
+		if err != nil {
+			s.releaseRegistrationLocked(n)
+		}
+	}
+	s.mu.Unlock()
 	if prob != nil {
 		return nil, prob
 	}
-	n.Created = now
-	if old := s.nodesByKey[n.Key]; old != nil {
-		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Title: "this WireGuard key is already registered", Hint: "generate a new key (clustral up does this after clustral down)"}
+	if err != nil {
+		return nil, s.registerFailed(n, err)
 	}
-	if n.Kind == proto.KindDevice && len(s.devicesByUser[n.UserID]) >= s.cfg.MaxDevicesPerUser {
-		return nil, &proto.Problem{Status: http.StatusConflict, Code: proto.CodeQuotaExceeded,
-			Title: fmt.Sprintf("%s already has %d devices, the most one user may have", actor, len(s.devicesByUser[n.UserID])),
-			Hint:  "revoke one you no longer use (clustral devices list, clustral devices revoke <id>), or run clustral down where you are done"}
-	}
+
 	var cert string
-	err := s.store.Update(func(tx store.Tx) error {
-		if err := s.credentialHolds(tx, n, now); err != nil {
+	var reserved []netip.Prefix // by every run of the transaction
+	err = s.store.Update(func(tx store.Tx) error {
+		if err := credentialHolds(tx, n, now, joinTokenHash); err != nil {
 			return err
 		}
 		addrs, err := s.ipam.allocate(tx, n.ID)
 		if err != nil {
 			return err
 		}
+		reserved = append(reserved, addrs...)
 		n.Addresses = addrs
 		if certify != nil {
 			if cert, err = certify(addrs, now); err != nil {
 				return err
 			}
 		}
-		return s.putChange(store.Nodes, n.ID, n, actor, string(n.Kind)+".register", map[string]any{"key": n.Key.String(), "hostname": n.Hostname})(tx)
+		if err := store.Put(tx, store.Nodes, n.ID, n); err != nil {
+			return err
+		}
+		_, err = auditlog.Append(tx, ev)
+		return err
 	})
-	if gone, ok := errors.AsType[*credentialGoneError](err); ok {
-		return nil, gone.problem
+	if err == nil && s.testRegisterWritten != nil {
+		s.testRegisterWritten()
 	}
-	if errors.Is(err, errPoolExhausted) {
-		return nil, &proto.Problem{Status: http.StatusServiceUnavailable, Code: proto.CodeAddressExhausted, Title: err.Error(), Hint: "widen the overlay prefix or remove stale nodes"}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.releaseRegistrationLocked(n)
+	for _, a := range reserved {
+		if err != nil || !slices.Contains(n.Addresses, a) {
+			s.ipam.free(a.Addr())
+		}
 	}
 	if err != nil {
-		if certify != nil && strings.Contains(err.Error(), "csr") {
-			return nil, &proto.Problem{Status: http.StatusBadRequest, Code: proto.CodeBadRequest, Title: err.Error(), Hint: "send a valid PEM certificate request"}
+		return nil, s.registerFailed(n, err)
+	}
+	if _, prob := authorize(now); prob != nil {
+		return nil, s.revokedWhileWriting(n, prob)
+	}
+	if s.nodes[n.ID] == nil { // else this replica's follow applied it first
+		s.indexNode(n)
+		if n.Kind == proto.KindAgent && (s.feed == nil || s.replicas != nil) {
+			// Not in its users' maps before its map stream opens: until
+			// then it does not know their devices and cannot answer them.
+			// (With replicas the stream may open on another replica, which
+			// this one hears of only through the presence register; see
+			// agentsGone.)
+			s.gone[n.ID] = true
 		}
-		// A store error stays in the log (see writeInternal).
-		s.log.Error("register node", "node", n.ID, "kind", n.Kind, "err", err)
-		return nil, &proto.Problem{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Title: "register node: internal error (see the coordinator's log)"}
+		s.nodeChanged(n)
 	}
-	s.indexNode(n)
-	if n.Kind == proto.KindAgent && (s.feed == nil || s.replicas != nil) {
-		// Not in its users' maps before its map stream opens: until
-		// then it does not know their devices and cannot answer them.
-		// (With replicas the stream may open on another replica, which
-		// this one hears of only through the presence register; see
-		// agentsGone.)
-		s.gone[n.ID] = true
-	}
-	s.nodeChanged(n)
 	s.metrics.registrations.WithLabelValues(string(n.Kind)).Inc()
 	s.log.Info("node registered", "node", n.ID, "kind", n.Kind, "actor", actor, "addresses", n.Addresses)
 	return &proto.RegisterResponse{
 		NodeID: n.ID, Addresses: n.Addresses, MeshDomain: s.cfg.MeshDomain, Prefixes: []netip.Prefix{s.cfg.IPv4Prefix, s.v6},
 		ExpiresAt: n.Expires, Certificate: cert, CABundle: string(s.ca.certPEM), STUN: s.stunAddr(),
 	}, nil
+}
+
+// claimRegistrationLocked refuses n's registration if its key is taken,
+// by a node or by a registration under way, or its user has as many
+// devices as they may, counting those being registered; otherwise it
+// claims both for n until releaseRegistrationLocked. Called with s.mu
+// held.
+func (s *Server) claimRegistrationLocked(n *node, actor string) *proto.Problem {
+	if _, busy := s.registering[n.Key]; busy || s.nodesByKey[n.Key] != nil {
+		return &proto.Problem{Status: http.StatusConflict, Code: proto.CodeConflict, Title: "this WireGuard key is already registered", Hint: "generate a new key (clustral up does this after clustral down)"}
+	}
+	if n.Kind == proto.KindDevice {
+		if have := len(s.devicesByUser[n.UserID]) + s.registeringByUser[n.UserID]; have >= s.cfg.MaxDevicesPerUser {
+			return &proto.Problem{Status: http.StatusConflict, Code: proto.CodeQuotaExceeded,
+				Title: fmt.Sprintf("%s already has %d devices, the most one user may have", actor, have),
+				Hint:  "revoke one you no longer use (clustral devices list, clustral devices revoke <id>), or run clustral down where you are done"}
+		}
+		s.registeringByUser[n.UserID]++
+	}
+	s.registering[n.Key] = n.UserID
+	return nil
+}
+
+// releaseRegistrationLocked gives up what claimRegistrationLocked claimed
+// for n. Called with s.mu held.
+func (s *Server) releaseRegistrationLocked(n *node) {
+	userID, ok := s.registering[n.Key]
+	if !ok {
+		return
+	}
+	delete(s.registering, n.Key)
+	if n.Kind == proto.KindDevice {
+		if s.registeringByUser[userID]--; s.registeringByUser[userID] <= 0 {
+			delete(s.registeringByUser, userID)
+		}
+	}
+}
+
+// registerFailed maps the error of a registration's transaction to the
+// problem the caller is answered with.
+func (s *Server) registerFailed(n *node, err error) *proto.Problem {
+	if gone, ok := errors.AsType[*credentialGoneError](err); ok {
+		return gone.problem
+	}
+	if errors.Is(err, errPoolExhausted) {
+		return &proto.Problem{Status: http.StatusServiceUnavailable, Code: proto.CodeAddressExhausted, Title: err.Error(), Hint: "widen the overlay prefix or remove stale nodes"}
+	}
+	if n.Kind == proto.KindAgent && strings.Contains(err.Error(), "csr") {
+		return &proto.Problem{Status: http.StatusBadRequest, Code: proto.CodeBadRequest, Title: err.Error(), Hint: "send a valid PEM certificate request"}
+	}
+	// A store error stays in the log (see writeInternal).
+	s.log.Error("register node", "node", n.ID, "kind", n.Kind, "err", err)
+	return &proto.Problem{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Title: "register node: internal error (see the coordinator's log)"}
+}
+
+// revokedWhileWriting deletes n, stored but not yet in memory, whose
+// credential was revoked while its registration was being written, and
+// returns the problem that refuses the registration (prob, from
+// authorize). The revocation did not know n, so it did not delete it.
+// Called with s.mu held.
+func (s *Server) revokedWhileWriting(n *node, prob *proto.Problem) *proto.Problem {
+	err := s.store.Update(func(tx store.Tx) error {
+		if err := deleteNode(tx, n); err != nil {
+			return err
+		}
+		return s.recordChange(tx, n.ID, string(n.Kind)+".deregister", n.ID, map[string]any{"reason": "credential revoked while registering"})
+	})
+	if err != nil {
+		s.log.Error("delete a node whose credential was revoked while it registered", "node", n.ID, "err", err)
+		return &proto.Problem{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Title: "register node: internal error (see the coordinator's log)"}
+	}
+	if old := s.nodes[n.ID]; old != nil { // applied by follow meanwhile
+		s.removeNodeAndSyncLocked(old)
+	} else {
+		for _, a := range n.Addresses {
+			s.ipam.free(a.Addr())
+		}
+	}
+	return prob
 }
 
 // deviceOwnerProblem says why session se of user u may not register a
@@ -224,11 +344,12 @@ func (e *credentialGoneError) Error() string { return e.problem.Title }
 
 // credentialHolds reads, inside tx, the credential n's registration was
 // authorized with from memory: the session and user of a device, the
-// join token of an agent's cluster. A revocation committed by another
-// replica that this one has not applied yet thus refuses the
-// registration, and on etcd one committed concurrently makes tx conflict
-// and run again (invariant 8 across replicas). Called with s.mu held.
-func (s *Server) credentialHolds(tx store.Tx, n *node, now time.Time) error {
+// join token of an agent's cluster (joinTokenHash, as memory had it). A
+// revocation committed before tx, by this replica or by another one that
+// this one has not applied yet, thus refuses the registration, and on
+// etcd one committed concurrently makes tx conflict and run again
+// (invariant 8 across replicas).
+func credentialHolds(tx store.Tx, n *node, now time.Time, joinTokenHash string) error {
 	gone := func(p *proto.Problem) error { return &credentialGoneError{p} }
 	switch n.Kind {
 	case proto.KindDevice:
@@ -252,7 +373,7 @@ func (s *Server) credentialHolds(tx store.Tx, n *node, now time.Time) error {
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		if mem := s.clusters[n.ClusterID]; err != nil || mem == nil || c.JoinTokenHash == "" || c.JoinTokenHash != mem.JoinTokenHash {
+		if err != nil || joinTokenHash == "" || c.JoinTokenHash != joinTokenHash {
 			return gone(&proto.Problem{Status: http.StatusUnauthorized, Code: proto.CodeInvalidJoinToken})
 		}
 	}

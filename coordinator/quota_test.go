@@ -3,8 +3,10 @@ package coordinator
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,6 +34,63 @@ func TestDeviceCapPerUser(t *testing.T) {
 	e.must("POST", "/api/v1/devices", bob.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
 	e.must("DELETE", "/api/v1/devices/"+ids[0], alice.Token, nil, nil)
 	e.must("POST", "/api/v1/devices", alice.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t)}, nil)
+}
+
+// TestConcurrentRegistrationsClaim: registrations write without the
+// coordinator's lock, so what they claim is checked against those under
+// way too: of concurrent registrations by one user, only as many as the
+// device cap succeed, of two with one WireGuard key only one does, and
+// every device gets its own addresses.
+func TestConcurrentRegistrationsClaim(t *testing.T) {
+	const maxDevices, tries = 3, 12
+	e := newTestEnvWith(t, func(c *Config) { c.MaxDevicesPerUser = maxDevices })
+	alice := e.login("alice@example.com")
+	bob := e.login("bob@example.com")
+	shared := newKey(t)
+	type result struct {
+		status int
+		code   proto.ErrorCode
+		resp   proto.RegisterResponse
+	}
+	results := make([]result, tries+2)
+	var wg sync.WaitGroup
+	for i := range results {
+		token, key := alice.Token, newKey(t)
+		if i >= tries { // bob's two, with one key
+			token, key = bob.Token, shared
+		}
+		wg.Go(func() {
+			r := &results[i]
+			var p *proto.Problem
+			if r.status, p = e.call("POST", "/api/v1/devices", token, proto.RegisterDeviceRequest{PublicKey: key}, &r.resp); p != nil {
+				r.code = p.Code
+			}
+		})
+	}
+	wg.Wait()
+	addrs := map[netip.Prefix]bool{}
+	var alices, bobs int
+	for i, r := range results {
+		switch {
+		case r.status == http.StatusOK:
+			if i < tries {
+				alices++
+			} else {
+				bobs++
+			}
+			for _, a := range r.resp.Addresses {
+				if addrs[a] {
+					t.Errorf("address %s handed out twice", a)
+				}
+				addrs[a] = true
+			}
+		case i < tries && r.code != proto.CodeQuotaExceeded, i >= tries && r.code != proto.CodeConflict:
+			t.Errorf("registration %d = %d %s", i, r.status, r.code)
+		}
+	}
+	if alices != maxDevices || bobs != 1 {
+		t.Errorf("%d of alice's %d concurrent registrations and %d of bob's 2 with one key succeeded, want %d and 1", alices, tries, bobs, maxDevices)
+	}
 }
 
 // TestPendingRequestCap: a user has at most MaxPendingRequests requests

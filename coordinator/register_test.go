@@ -164,8 +164,11 @@ func (e *registerEnv) storedNodes() (keys map[proto.Key]bool, addrs int) {
 // was revoked (join token revoked or rotated, cluster deleted, user
 // disabled, session logged out), is refused, and leaves nothing behind: no
 // node or address in the store or in memory, and no map message naming
-// it. The handler is held while reading the body, so the revocation lands
-// exactly between the header checks and the write.
+// it. The revocation lands at one of the two places where the
+// registration does not hold the coordinator's lock: while the handler
+// reads the body (between the header checks and the write), or once the
+// write is durable and before the node is applied to memory, where the
+// revocation does not know the node yet.
 func TestRegistrationRechecksCredentialAtWrite(t *testing.T) {
 	type target int
 	const (
@@ -195,18 +198,44 @@ func TestRegistrationRechecksCredentialAtWrite(t *testing.T) {
 			e.must("POST", "/api/v1/users/alice@example.com/disable", e.admin.Token, nil, nil)
 		}, proto.CodeSessionExpired, http.StatusUnauthorized},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		for _, during := range []string{"body", "write"} {
+			t.Run(tc.name+" during "+during, func(t *testing.T) {
+				testRevokedWhileRegistering(t, tc.target == agentTarget, during == "write", tc.revoke, tc.wantHTTP, tc.wantCode)
+			})
+		}
+	}
+}
+
+// testRevokedWhileRegistering registers an agent (or a device of alice's)
+// while revoke runs, during its body or its write, and checks it is
+// refused and leaves nothing behind.
+func testRevokedWhileRegistering(t *testing.T, agent, duringWrite bool, revoke func(e *registerEnv), wantHTTP int, wantCode proto.ErrorCode) {
+	t.Helper()
+	{
+		{
 			e := newRegisterEnv(t)
 			rogue := newKey(t)
-			var sr *slowRequest
-			if tc.target == agentTarget {
-				sr = startSlow(t, e.srv.Handler(), "POST", "/api/v1/agents", e.joinToken, proto.RegisterAgentRequest{PublicKey: rogue, Hostname: "rogue", CSR: newCSR(t)})
-			} else {
-				sr = startSlow(t, e.srv.Handler(), "POST", "/api/v1/devices", e.alice.Token, proto.RegisterDeviceRequest{PublicKey: rogue, Hostname: "rogue"})
+			path, token := "/api/v1/devices", e.alice.Token
+			var body any = proto.RegisterDeviceRequest{PublicKey: rogue, Hostname: "rogue"}
+			if agent {
+				path, token = "/api/v1/agents", e.joinToken
+				body = proto.RegisterAgentRequest{PublicKey: rogue, Hostname: "rogue", CSR: newCSR(t)}
 			}
-			tc.revoke(e)
-			if status, p := sr.finish(); status != tc.wantHTTP || p.Code != tc.wantCode {
-				t.Errorf("registration straddling the revocation = %d %+v, want %d %s", status, p, tc.wantHTTP, tc.wantCode)
+			var status int
+			var p proto.Problem
+			if duringWrite {
+				e.srv.testRegisterWritten = sync.OnceFunc(func() { revoke(e) })
+				var pp *proto.Problem
+				if status, pp = e.call("POST", path, token, body, nil); pp != nil {
+					p = *pp
+				}
+			} else {
+				sr := startSlow(t, e.srv.Handler(), "POST", path, token, body)
+				revoke(e)
+				status, p = sr.finish()
+			}
+			if status != wantHTTP || p.Code != wantCode {
+				t.Errorf("registration straddling the revocation = %d %+v, want %d %s", status, p, wantHTTP, wantCode)
 			}
 
 			keys, addrs := e.storedNodes()
@@ -228,7 +257,7 @@ func TestRegistrationRechecksCredentialAtWrite(t *testing.T) {
 			// these revocations). A sentinel change that reaches it marks
 			// the end; nothing before it may name the refused key.
 			watch := e.devMap
-			if tc.target == deviceTarget {
+			if !agent {
 				watch = e.agentMap
 				var sam proto.RegisterResponse
 				e.must("POST", "/api/v1/devices", e.sam.Token, proto.RegisterDeviceRequest{PublicKey: newKey(t), Hostname: "sentinel"}, &sam)
@@ -249,7 +278,7 @@ func TestRegistrationRechecksCredentialAtWrite(t *testing.T) {
 					sentinel = sentinel || p.Hostname == "sentinel"
 				}
 			}
-		})
+		}
 	}
 }
 

@@ -57,6 +57,13 @@ type state struct {
 
 	requests map[string]*accessRequest
 
+	// registering holds the keys of the registrations being written,
+	// with their user (for a device), and registeringByUser counts them
+	// by user: claimed before the write, which runs without the lock
+	// (registerNode).
+	registering       map[proto.Key]string
+	registeringByUser map[string]int
+
 	// ipam indexes the overlay addresses in use: those of the nodes, and
 	// any other the store holds. Set before the nodes are loaded.
 	ipam *ipam
@@ -70,6 +77,8 @@ func (s *state) init() {
 	s.sessions = map[string]*session{}
 	s.nodes = map[string]*node{}
 	s.nodesByKey = map[proto.Key]*node{}
+	s.registering = map[proto.Key]string{}
+	s.registeringByUser = map[string]int{}
 	s.nodesByToken = map[string]*node{}
 	s.devicesByUser = map[string]map[string]*node{}
 	s.agentsByCluster = map[string]map[string]*node{}

@@ -22,10 +22,22 @@ import (
 // Shared) pays nothing for it.
 type Bolt struct {
 	db *bolt.DB
-	// wmu orders the publishing of commits as bbolt ordered the commits.
+	// wmu is held by the caller committing the queue (Update); it orders
+	// the publishing of commits as bbolt ordered the commits.
 	wmu       sync.Mutex
 	hist      *history
 	recording bool // under wmu: commits go to hist
+	// queue holds the Update calls waiting for the next commit, under
+	// qmu (never held with wmu's commit under way).
+	qmu   sync.Mutex
+	queue []*boltCall
+}
+
+// boltCall is one Update waiting to be committed: its function, and
+// where its outcome is sent once the commit that holds it is durable.
+type boltCall struct {
+	fn   func(Tx) error
+	done chan error // buffered: the committer never waits on it
 }
 
 var _ Feed = (*Bolt)(nil)
@@ -95,24 +107,83 @@ func (s *Bolt) ViewRev(fn func(Tx) error) (int64, error) {
 	return rev, err
 }
 
-// Update implements Store.
+// Update implements Store with group commit: concurrent calls share one
+// bbolt transaction and so one disk sync. Each call joins the queue and
+// takes wmu; whoever holds wmu commits everything queued by then, in the
+// order it was queued, and every call returns once the transaction that
+// held it is durable (or failed). A commit under way thus gathers the
+// calls that arrive meanwhile into the next one, and a call alone is
+// committed alone, as before.
+//
+// A call whose fn fails gets its error and is dropped, and the others are
+// run again in a fresh transaction (Store.Update lets fn run more than
+// once). The outcome is still serializable: the failed call ran after
+// those queued before it, and wrote nothing.
 func (s *Bolt) Update(fn func(Tx) error) error {
+	c := &boltCall{fn: fn, done: make(chan error, 1)}
+	s.qmu.Lock()
+	s.queue = append(s.queue, c)
+	s.qmu.Unlock()
+
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	var c Commit
-	var changes changeSet // nil, recording nothing, until record
-	if s.recording {
-		changes = changeSet{}
+	s.qmu.Lock()
+	batch := s.queue
+	s.queue = nil
+	s.qmu.Unlock()
+	// batch is empty when an earlier holder of wmu committed c; either
+	// way c.done holds c's outcome once commitLocked returns.
+	s.commitLocked(batch)
+	return <-c.done
+}
+
+// errTxPanicked is what the other calls of a transaction in which one fn
+// panicked return; the panic goes on in the committing goroutine.
+var errTxPanicked = errors.New("store: another write in the same transaction panicked; nothing was written")
+
+// commitLocked commits batch in one transaction, dropping the calls that
+// fail (see Update), and sends each call its outcome. Called with wmu
+// held.
+func (s *Bolt) commitLocked(batch []*boltCall) {
+	defer func() {
+		if p := recover(); p != nil {
+			for _, c := range batch {
+				c.done <- errTxPanicked
+			}
+			panic(p)
+		}
+	}()
+	for len(batch) > 0 {
+		var c Commit
+		var changes changeSet // nil, recording nothing, until record
+		if s.recording {
+			changes = changeSet{}
+		}
+		failed, ferr := -1, error(nil)
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			c.Rev = int64(tx.ID())
+			for i, call := range batch {
+				if err := call.fn(boltTx{tx: tx, changes: changes}); err != nil {
+					failed, ferr = i, err
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			batch[failed].done <- ferr
+			batch = slices.Delete(batch, failed, failed+1)
+			continue
+		}
+		if err == nil && len(changes) > 0 {
+			c.Changes = changes.sorted()
+			s.hist.publish(c)
+		}
+		for _, call := range batch {
+			call.done <- err
+		}
+		return
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		c.Rev = int64(tx.ID())
-		return fn(boltTx{tx: tx, changes: changes})
-	})
-	if err == nil && len(changes) > 0 {
-		c.Changes = changes.sorted()
-		s.hist.publish(c)
-	}
-	return err
 }
 
 // Shared implements Feed: a bbolt file has one writer.

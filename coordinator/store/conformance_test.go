@@ -19,7 +19,7 @@ func TestBoltFeed(t *testing.T) {
 		if err := f.Update(func(tx store.Tx) error { return tx.PutRaw(store.Meta, "compact", nil) }); err != nil {
 			t.Fatal(err)
 		}
-	}})
+	}, GroupCommit: true})
 }
 
 func TestMemFeed(t *testing.T) {

@@ -18,7 +18,8 @@ type Change struct {
 }
 
 // Commit is every change one transaction committed, in (bucket, key)
-// order, with the transaction's revision. Bookkeeping (NextSequence
+// order, with the transaction's revision. One transaction may hold the
+// writes of several concurrent Updates (Bolt's group commit). Bookkeeping (NextSequence
 // counters) is not part of it.
 type Commit struct {
 	Rev     int64

@@ -17,7 +17,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -27,6 +26,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/netstack"
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 // Which names a stack to measure.
@@ -280,11 +280,11 @@ func MeasureTunnel(ctx context.Context, which string, n int64) (Result, error) {
 	if _, err := Transfer(ctx, s, 1<<20); err != nil {
 		return Result{}, fmt.Errorf("warm up %s: %w", which, err)
 	}
-	cpu0 := cpuTime()
+	cpu0 := testkit.CPUTime()
 	start := time.Now()
 	got, err := Transfer(ctx, s, n)
 	d := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := testkit.CPUTime() - cpu0
 	if err != nil {
 		return Result{}, fmt.Errorf("transfer %s: %w", which, err)
 	}
@@ -348,12 +348,4 @@ func Transfer(ctx context.Context, s *Setup, n int64) (int64, error) {
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -11,6 +11,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/flowcontrol"
+
+	"github.com/clustral/clustral/integration/harness"
 )
 
 // getPath is the small GET both paths make.
@@ -18,13 +20,16 @@ const getPath = "/api/v1/namespaces/default/configmaps/" + configMap
 
 // meshConfig is the rest.Config of the kubeconfig context `clustral up`
 // wrote for the bench cluster: SOCKS5 proxy-url and the mesh CA.
-func meshConfig(m *mesh) (*rest.Config, error) {
+func meshConfig(m *mesh) (*rest.Config, error) { return userConfig(m.user) }
+
+// userConfig is meshConfig for user u.
+func userConfig(u *harness.User) (*rest.Config, error) {
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: m.user.Kubeconfig},
+		&clientcmd.ClientConfigLoadingRules{ExplicitPath: u.Kubeconfig},
 		&clientcmd.ConfigOverrides{CurrentContext: kubeContext},
 	).ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("load context %s from %s: %w", kubeContext, m.user.Kubeconfig, err)
+		return nil, fmt.Errorf("load context %s from %s: %w", kubeContext, u.Kubeconfig, err)
 	}
 	return cfg, nil
 }

@@ -21,6 +21,12 @@
 //   - up_to_first_kubectl_ms: from invoking `clustral up` with a valid
 //     session until the first `kubectl get --raw /version` through the
 //     mesh succeeds, median over several down/up rounds.
+//   - up_rss_mib_under_load: the `clustral up` daemon's largest resident
+//     set while 10 kubectl clients make 7 requests a second through it
+//     (benchUpLoad).
+//   - agent_rss_mib_1000_watches, agent_idle_cpu_pct_1000_watches and
+//     agent_watch_revocation_ms: 100 users, each with its own `clustral
+//     up`, hold 10 watches each through one agent (benchWatches).
 //   - coordinator_map_delta_ms: from asking the coordinator for an
 //     assignment until a GET on a new connection through the mesh first
 //     succeeds (map deltas to the device and the agent, handshake, TLS);
@@ -87,8 +93,20 @@ type flags struct {
 	skipTunnel    bool
 	skipMesh      bool
 	scaleNodes    int
-	haDevices     int
-	only          string
+	// registerConcurrency is how many device registrations benchScale
+	// has in flight at once.
+	registerConcurrency int
+	// upLoad*: the kubectl load benchUpLoad puts through clustral up.
+	upLoadClients int
+	upLoadRate    float64
+	upLoadTime    time.Duration
+	// watchUsers and watchesPerUser: the watches benchWatches holds.
+	watchUsers, watchesPerUser int
+	// revocationDevices is how many simulated devices benchRevocation
+	// holds connected.
+	revocationDevices int
+	haDevices         int
+	only              string
 	// restartOutage is how long benchRestart keeps the coordinator down.
 	restartOutage time.Duration
 }
@@ -107,11 +125,19 @@ func main() {
 	flag.BoolVar(&f.skipTunnel, "skip-tunnel", false, "skip the tunnel throughput measurements")
 	flag.BoolVar(&f.skipMesh, "skip-mesh", false, "skip everything that needs the mesh")
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
+	flag.IntVar(&f.registerConcurrency, "register-concurrency", 32, "device registrations in flight at once for scale_register_per_s (a fleet registering after an outage)")
+	flag.IntVar(&f.upLoadClients, "up-load-clients", 10, "kubectl clients for up_rss_mib_under_load")
+	flag.Float64Var(&f.upLoadRate, "up-load-rate", 7, "kubectl requests a second, all clients together, for up_rss_mib_under_load")
+	flag.DurationVar(&f.upLoadTime, "up-load-time", 60*time.Second, "how long the kubectl load for up_rss_mib_under_load runs (0 skips)")
+	flag.IntVar(&f.watchUsers, "watch-users", 100, "users, each with its own clustral up, holding watches through one agent for agent_*_1000_watches (0 skips)")
+	flag.IntVar(&f.watchesPerUser, "watches-per-user", 10, "watches each of -watch-users holds")
+	flag.IntVar(&f.revocationDevices, "revocation-devices", 10000, "simulated devices connected (map streams open) while revocation_to_denied_* is measured")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, ha, scale, live)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale, live)")
 	flag.Parse()
 	f.transfer <<= 20
+	crowdUsers = max(1, (f.revocationDevices+devicesPerUser-1)/devicesPerUser)
 
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	runOrExit("bench", func(ctx context.Context) error { return run(ctx, f) })
@@ -155,7 +181,7 @@ func run(ctx context.Context, f flags) error {
 	for _, b := range []struct {
 		name string
 		run  func(context.Context, *mesh, flags) error
-	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}, {"live", benchLive}} {
+	}{{"get", benchGet}, {"exec", benchExec}, {"up", benchUp}, {"up-load", benchUpLoad}, {"delta", benchDelta}, {"grant", benchGrant}, {"agent-restart", benchAgentRestart}, {"nat", benchNAT}, {"watches", benchWatches}, {"revocation", benchRevocation}, {"restart", benchRestart}, {"ha", benchHA}, {"scale", benchScale}, {"live", benchLive}} {
 		if f.only != "" && f.only != b.name {
 			continue
 		}

@@ -13,29 +13,45 @@ import (
 )
 
 // The crowd benchRevocation measures in: simulated users, each with
-// devices that register but never connect. Their users hold the bench
-// role too, so the agent's map and the coordinator's deltas carry them.
+// devicesPerUser devices that register and hold their map streams open.
+// Their users hold the bench role too, so the agent's map and the
+// coordinator's deltas carry them.
 const (
-	crowdUsers      = 20
 	devicesPerUser  = 50
 	revocationRound = 120
 )
 
-// benchRevocation measures how long revocation takes to bite with a
-// thousand other devices in the mesh: crowdUsers users log in with Dex
-// ID tokens and register devicesPerUser devices each, with random
-// WireGuard keys, and are assigned the bench role. Then, revocationRound
-// times, it assigns the bench user the role, waits until a GET through
-// the mesh on a warm client-go connection succeeds, deletes the
-// assignment, and times from the start of the delete call until the first
-// GET through the mesh is refused (any answer but 200, or a connection
-// error). It reports the median and the 99th percentile.
+// crowdUsers is how many simulated users the crowd has: enough for
+// -revocation-devices devices (set by main).
+var crowdUsers = 20
+
+// benchRevocation measures how long revocation takes to bite with
+// f.revocationDevices other devices connected: crowdUsers users log in
+// with Dex ID tokens and register devicesPerUser devices each, with
+// random WireGuard keys, are assigned the bench role, and each device
+// opens its map stream. Then, revocationRound times, it assigns the
+// bench user the role, waits until a GET through the mesh on a warm
+// client-go connection succeeds, deletes the assignment, and times from
+// the start of the delete call until the first GET through the mesh is
+// refused (any answer but 200, or a connection error). It reports the
+// median and the 99th percentile.
 func benchRevocation(ctx context.Context, m *mesh, f flags) error {
 	start := time.Now()
-	if err := m.crowd(ctx); err != nil {
+	tokens, err := m.crowd(ctx)
+	if err != nil {
 		return fmt.Errorf("simulated devices: %w", err)
 	}
-	progress("%d simulated devices registered in %v", crowdUsers*devicesPerUser, time.Since(start).Round(time.Millisecond))
+	progress("%d simulated devices registered in %v", len(tokens), time.Since(start).Round(time.Millisecond))
+	sctx, cancel := context.WithCancel(ctx)
+	w := newWatch(len(tokens), nil)
+	defer func() {
+		cancel()
+		w.wg.Wait()
+	}()
+	if err := w.open(sctx, []string{m.coord.URL}, tokens); err != nil {
+		return fmt.Errorf("simulated devices' map streams: %w", err)
+	}
+	progress("%d simulated devices connected", len(tokens))
 
 	probe, err := getProbe(ctx, m, false)
 	if err != nil {
@@ -81,7 +97,12 @@ func benchRevocation(ctx context.Context, m *mesh, f flags) error {
 	report("revocation_to_denied_p99_ms", ms(percentile(samples, 99)), "ms")
 	report("revocation_to_denied_max_ms", ms(percentile(samples, 100)), "ms")
 	report("revocation_samples", float64(len(samples)), "rounds")
-	report("revocation_mesh_devices", float64(crowdUsers*devicesPerUser), "devices")
+	report("revocation_mesh_devices", float64(len(tokens)), "devices")
+	select {
+	case err := <-w.errc:
+		return fmt.Errorf("simulated devices' map streams: %w", err)
+	default:
+	}
 	return nil
 }
 
@@ -97,37 +118,40 @@ func crowdDexUsers() []harness.DexUser {
 }
 
 // crowd adds crowdUsers users to Dex (restarting it), logs each in with
-// an ID token, assigns each the bench role, and registers
-// devicesPerUser devices for each.
-func (m *mesh) crowd(ctx context.Context) error {
+// an ID token, assigns each the bench role, registers devicesPerUser
+// devices for each, and returns the devices' node tokens.
+func (m *mesh) crowd(ctx context.Context) ([]string, error) {
 	users := crowdDexUsers()
 	if err := m.env.Dex.Restart(ctx, users); err != nil {
-		return err
+		return nil, err
 	}
+	tokens := make([]string, crowdUsers*devicesPerUser)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for _, u := range users[2:] {
+	g.SetLimit(8)
+	for i, u := range users[2:] {
 		g.Go(func() error {
-			if err := m.crowdUser(gctx, u); err != nil {
+			if err := m.crowdUser(gctx, u, tokens[i*devicesPerUser:(i+1)*devicesPerUser]); err != nil {
 				return fmt.Errorf("%s: %w", u.Email, err)
 			}
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return err
+		return nil, err
 	}
 	var ds []proto.Device
 	if err := m.api(ctx, "GET", "/api/v1/devices", nil, &ds); err != nil {
-		return err
+		return nil, err
 	}
-	if len(ds) < crowdUsers*devicesPerUser {
-		return fmt.Errorf("the coordinator lists %d devices, want at least %d", len(ds), crowdUsers*devicesPerUser)
+	if len(ds) < len(tokens) {
+		return nil, fmt.Errorf("the coordinator lists %d devices, want at least %d", len(ds), len(tokens))
 	}
-	return nil
+	return tokens, nil
 }
 
-func (m *mesh) crowdUser(ctx context.Context, u harness.DexUser) error {
+// crowdUser logs u in, assigns it the bench role and registers
+// len(tokens) devices, writing their node tokens into tokens.
+func (m *mesh) crowdUser(ctx context.Context, u harness.DexUser, tokens []string) error {
 	idt, err := m.env.Dex.IDToken(ctx, u.Email, u.Password)
 	if err != nil {
 		return err
@@ -139,13 +163,15 @@ func (m *mesh) crowdUser(ctx context.Context, u harness.DexUser) error {
 	if err := m.api(ctx, "POST", "/api/v1/assignments", proto.Assignment{User: u.Email, Role: "reader", Cluster: cluster}, nil); err != nil {
 		return err
 	}
-	for i := range devicesPerUser {
+	for i := range tokens {
 		var k proto.Key
 		rand.Read(k[:]) // any 32 bytes are a Curve25519 public key
 		req := proto.RegisterDeviceRequest{PublicKey: k, Hostname: fmt.Sprintf("sim-%d", i)}
-		if err := harness.CallAPI(ctx, m.coord.URL, "POST", proto.APIVersion+"/devices", s.Token, req, nil); err != nil {
+		var resp proto.RegisterResponse
+		if err := harness.CallAPI(ctx, m.coord.URL, "POST", proto.APIVersion+"/devices", s.Token, req, &resp); err != nil {
 			return fmt.Errorf("device %d: %w", i, err)
 		}
+		tokens[i] = resp.NodeToken
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -34,7 +35,9 @@ const (
 	scaleDevicesPerUser = 100
 	// scaleRounds is how many changes the fan-out is measured over.
 	scaleRounds = 3
-	// scaleRegisterConcurrency bounds concurrent device registrations.
+	// scaleRegisterConcurrency bounds concurrent logins and role
+	// assignments of the scale users; -register-concurrency bounds the
+	// device registrations.
 	scaleRegisterConcurrency = 8
 	// scaleOpenConcurrency bounds map streams waiting for their snapshot.
 	scaleOpenConcurrency = 32
@@ -46,7 +49,8 @@ const (
 // benchScale measures the coordinator against the budget in docs/design.md §5:
 // f.scaleNodes simulated devices (users scale-NNN@example.com with
 // scaleDevicesPerUser devices each, all holding the reader role on the
-// cluster "scale") each hold one map stream. It reports how long opening
+// cluster "scale") each hold one map stream, registered by
+// f.registerConcurrency concurrent callers. It reports how long opening
 // every stream took until each had its snapshot, the coordinator's
 // resident memory and its growth per connected node, and then, over
 // scaleRounds rounds, the time from registering a new agent in the
@@ -59,7 +63,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	// One pooled client for the registrations: the default one keeps two
 	// idle connections per host, and the others' TIME_WAIT sockets would
 	// eat into the ports the streams need.
-	tr := &http.Transport{MaxIdleConnsPerHost: 2 * scaleRegisterConcurrency, IdleConnTimeout: 30 * time.Second}
+	tr := &http.Transport{MaxIdleConnsPerHost: 2 * max(scaleRegisterConcurrency, f.registerConcurrency), IdleConnTimeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 
@@ -67,13 +71,24 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	if err := m.api(ctx, "POST", "/api/v1/clusters", proto.CreateClusterRequest{Name: scaleCluster}, &cl); err != nil {
 		return err
 	}
-	tokens, reg, err := m.scaleDevices(ctx, hc, n)
+	pid := m.coord.Proc.Pid()
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return err
+	}
+	tokens, reg, err := m.scaleDevices(ctx, hc, n, f.registerConcurrency)
 	if err != nil {
 		return fmt.Errorf("scale devices: %w", err)
 	}
-	progress("%d scale devices registered in %v (%.0f/s)", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds())
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return err
+	}
+	// The logins come before the registrations' clock starts; their
+	// share of the CPU is small beside n registrations.
+	regCPU := (cpu1 - cpu0) / time.Duration(n)
+	progress("%d scale devices registered in %v (%.0f/s), %v of coordinator CPU each", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds(), regCPU)
 
-	pid := m.coord.Proc.Pid()
 	before, err := rssKiB(pid)
 	if err != nil {
 		return err
@@ -123,6 +138,13 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 			return fmt.Errorf("round %d: %w", r+1, err)
 		}
 		agentTokens = append(agentTokens, tok)
+		// A new agent enters its users' maps once its own map stream
+		// opens, as `clustral agent` opens it right after registering.
+		if err := openSimAgentMap(sctx, m.coord.URL, tok); err != nil {
+			cancel()
+			w.wg.Wait()
+			return fmt.Errorf("round %d: %w", r+1, err)
+		}
 		took, err := w.waitRound(ctx, r, t0)
 		if err != nil {
 			cancel()
@@ -137,6 +159,11 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 
 	report("scale_nodes", float64(n), "nodes")
 	report("scale_register_per_s", float64(n)/reg.Seconds(), "devices/s")
+	report("scale_register_concurrency", float64(f.registerConcurrency), "callers")
+	// The coordinator's CPU per registration (HTTP, authentication, the
+	// store's transaction), steadier than the rate on a shared machine:
+	// 1e6/scale_register_cpu_us is what one core could take.
+	report("scale_register_cpu_us", us(regCPU), "µs")
 	report("scale_connect_s", connect.Seconds(), "s")
 	report("coordinator_rss_mib", float64(after)/1024, "MiB")
 	report("coordinator_rss_per_node_kib", float64(after-before)/float64(n), "KiB")
@@ -157,7 +184,7 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 // each in with an ID token, assigns each the reader role on the scale
 // cluster and registers their devices with random keys, and returns the
 // devices' node tokens and how long registering the devices took.
-func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]string, time.Duration, error) {
+func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n, conc int) ([]string, time.Duration, error) {
 	// Dex keeps only the users it is given: the others must stay.
 	users := crowdDexUsers()
 	type job struct {
@@ -199,7 +226,7 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n int) ([]stri
 	start := time.Now()
 	tokens := make([]string, n)
 	var done atomic.Int64
-	if err := parallel(ctx, n, scaleRegisterConcurrency, func(i int) error {
+	if err := parallel(ctx, n, max(1, conc), func(i int) error {
 		j := i / scaleDevicesPerUser
 		var k proto.Key
 		rand.Read(k[:]) // any 32 bytes are a Curve25519 public key
@@ -247,6 +274,29 @@ func registerSimAgent(ctx context.Context, hc *http.Client, coordURL, joinToken 
 		return "", fmt.Errorf("register simulated agent: %w", err)
 	}
 	return resp.NodeToken, nil
+}
+
+// openSimAgentMap opens the map stream of the simulated agent whose node
+// token is token and reads it, discarding what comes, until ctx ends.
+func openSimAgentMap(ctx context.Context, coordURL, token string) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", coordURL+proto.APIVersion+"/map", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req) // no timeout: the stream lasts
+	if err != nil {
+		return fmt.Errorf("simulated agent's map stream: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return fmt.Errorf("simulated agent's map stream: %s", resp.Status)
+	}
+	go func() {
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+	}()
+	return nil
 }
 
 // watch holds n map streams, each on its own raw connection read by its
@@ -467,6 +517,34 @@ func goMetrics(ctx context.Context, hc *http.Client, coordURL string) map[string
 	}
 	return out
 }
+
+// cpuTime returns the user and system CPU time process pid has used.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("coordinator CPU time: %w", err)
+	}
+	// The fields after the command, which is in parentheses and may
+	// hold spaces: state is the 3rd field, utime the 14th, stime the 15th.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("coordinator CPU time: unexpected /proc/%d/stat", pid)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		t, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("coordinator CPU time: %w", err)
+		}
+		ticks += t
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
 
 // rssKiB returns the resident set size of process pid.
 func rssKiB(pid int) (int64, error) {
