@@ -24,3 +24,5 @@ func TestMemFeed(t *testing.T) {
 	storetest.RunFeed(t, func(t *testing.T) store.Feed { return store.NewMem() },
 		storetest.FeedOptions{Replica: func(t *testing.T, f store.Feed) store.Feed { return f.(*store.Mem).Replica() }})
 }
+
+func TestMemScan(t *testing.T) { storetest.Scan(t, store.NewMem()) }

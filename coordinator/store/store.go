@@ -94,8 +94,33 @@ type Tx interface {
 	// ForEach calls fn for every key in b in key order. The value slice is
 	// only valid during the call. Returning an error stops the iteration.
 	ForEach(b Bucket, fn func(key string, value []byte) error) error
+	// Scan calls fn for every key of b in [from, to), in key order, or
+	// in reverse key order when reverse is set; an empty to means the
+	// end of b. The value slice is only valid during the call. If fn
+	// returns StopScan, the scan ends and Scan returns nil; any other
+	// error ends it and is returned. Unlike ForEach it reads only the
+	// range, so a lookup in a large bucket costs what it returns.
+	Scan(b Bucket, from, to string, reverse bool, fn func(key string, value []byte) error) error
 	// NextSequence returns a monotonically increasing number for b.
 	NextSequence(b Bucket) (uint64, error)
+}
+
+// StopScan, returned by the function Tx.Scan calls, ends the scan
+// without an error.
+var StopScan = errors.New("stop scan")
+
+// scanned is what Scan returns when fn returned err.
+func scanned(err error) error {
+	if errors.Is(err, StopScan) {
+		return nil
+	}
+	return err
+}
+
+// inRange reports whether key lies in [from, to), an empty to meaning
+// no upper bound.
+func inRange(key, from, to string) bool {
+	return key >= from && (to == "" || key < to)
 }
 
 // Get decodes the JSON value at key into v.
