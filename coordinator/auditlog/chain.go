@@ -52,8 +52,8 @@ func Marks(tx store.Tx) (head, anchor Mark, err error) {
 	return head, anchor, err
 }
 
-// Append numbers e, chains it to the head and stores it in tx. It
-// fills Category from the catalogue when it is empty.
+// Append numbers e, chains it to the head and stores it in tx with its
+// index entries. It fills Category from the catalogue when it is empty.
 func Append(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {
 	head, err := getMark(tx, MetaHead)
 	if err != nil {
@@ -79,6 +79,15 @@ func Append(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {
 	}
 	if err := tx.PutRaw(store.Audit, Key(seq), raw); err != nil {
 		return e, err
+	}
+	if err := index(tx, &e); err != nil {
+		return e, err
+	}
+	if head.Seq == 0 {
+		// The log's first record: the index covers it from its start.
+		if err := store.Put(tx, store.Meta, MetaIndex, indexState{}); err != nil {
+			return e, err
+		}
 	}
 	return e, store.Put(tx, store.Meta, MetaHead, Mark{Seq: seq, Hash: e.Hash})
 }

@@ -67,7 +67,17 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 				if !e.Time.Before(cutoff) {
 					break
 				}
+				at := e
+				at.Seq = seq // where it is indexed, whatever it claims
+				if err := unindex(tx, &at); err != nil {
+					return err
+				}
 				for _, m := range append(misdated, seq) {
+					if m != seq {
+						if err := unindexSeq(tx, m); err != nil {
+							return err
+						}
+					}
 					if err := tx.Delete(store.Audit, Key(m)); err != nil {
 						return err
 					}
@@ -82,6 +92,9 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 			if err := pruneCheckpoints(tx, anchor.Seq); err != nil {
 				return err
 			}
+			if err := pruneHours(tx, anchor.Seq); err != nil {
+				return err
+			}
 			return store.Put(tx, store.Meta, MetaAnchor, anchor)
 		})
 		total += n
@@ -89,6 +102,20 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 			return total, err
 		}
 	}
+}
+
+// unindexSeq removes the index entries of record seq.
+func unindexSeq(tx store.Tx, seq uint64) error {
+	raw, err := tx.GetRaw(store.Audit, Key(seq))
+	if err != nil {
+		return err
+	}
+	var e proto.AuditEvent
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return fmt.Errorf("decode audit event %d: %w", seq, err)
+	}
+	e.Seq = seq
+	return unindex(tx, &e)
 }
 
 // pruneCheckpoints removes the checkpoints of records before the anchor;

@@ -38,6 +38,9 @@ const (
 	AuditSource    Bucket = "audit_src"        // cluster id/agent spool id → highest stored spool sequence
 	// AuditCheckpoints: zero-padded sequence → signed checkpoint of that record.
 	AuditCheckpoints Bucket = "audit_ckpt"
+	// AuditIndex: the audit log's indexes (by user, cluster, code,
+	// category and hour), kept by package auditlog.
+	AuditIndex Bucket = "audit_idx"
 	// Logins: sha256(poll handle) → a login waiting for its browser, kept
 	// only by coordinators that share their store, so that any replica
 	// can take each step of it.
@@ -45,11 +48,11 @@ const (
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, AuditIndex, Logins}
 
 // addedBuckets are buckets a store (or backup) written by an earlier
 // version may lack; Verify and Restore take their absence as empty.
-var addedBuckets = []Bucket{Logins}
+var addedBuckets = []Bucket{Logins, AuditIndex}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")
