@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,9 +134,11 @@ func (s *Server) auditWriter() {
 		flushed := q.flushed
 		q.flushed = nil
 		q.mu.Unlock()
-		if len(evs) > 0 {
+		// As many events a transaction as the store takes (etcd bounds
+		// the keys one commit writes).
+		for chunk := range slices.Chunk(evs, auditlog.AppendsPerTx(s.store)) {
 			err := s.store.Update(func(tx store.Tx) error {
-				for _, e := range evs {
+				for _, e := range chunk {
 					if _, err := auditlog.Append(tx, e); err != nil {
 						return err
 					}
@@ -143,16 +146,16 @@ func (s *Server) auditWriter() {
 				return nil
 			})
 			if err != nil {
-				s.log.Error("store audit events", "events", len(evs), "err", err)
+				s.log.Error("store audit events", "events", len(chunk), "err", err)
 				// Count them, so the next batch records the loss.
 				q.mu.Lock()
 				if q.lost == 0 {
-					q.lostFirst = evs[0].Time
+					q.lostFirst = chunk[0].Time
 				}
-				q.lost += uint64(len(evs))
-				q.lostLast = evs[len(evs)-1].Time
+				q.lost += uint64(len(chunk))
+				q.lostLast = chunk[len(chunk)-1].Time
 				q.mu.Unlock()
-				s.metrics.auditLost.Add(float64(len(evs)))
+				s.metrics.auditLost.Add(float64(len(chunk)))
 			}
 		}
 		for _, c := range flushed {
@@ -520,6 +523,35 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// ---- index ----
+
+// auditIndexBatch is how many records one transaction of BuildIndex
+// indexes, unless the store takes fewer (AppendsPerTx).
+const auditIndexBatch = 5000
+
+// auditIndexer indexes the records of a log written before the audit
+// index existed, once (singleton work); Query scans until it is done.
+// It logs how long it took, and stops with ctx (the next start goes on
+// from there).
+func (s *Server) auditIndexer(ctx context.Context) {
+	start := time.Now()
+	logged := start
+	n, err := auditlog.BuildIndex(ctx, s.store, min(auditIndexBatch, auditlog.AppendsPerTx(s.store)), func(done, total uint64) {
+		if time.Since(logged) >= 10*time.Second {
+			logged = time.Now()
+			s.log.Info("indexing the audit log", "done", done, "records", total, "elapsed", time.Since(start).Round(time.Millisecond))
+		}
+	})
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.Error("index the audit log: audit queries scan the log until it is indexed (at the next start)", "indexed", n, "err", err)
+	case err != nil:
+		s.log.Info("indexing the audit log stopped; the next start goes on", "indexed", n)
+	case n > 0:
+		s.log.Info("indexed the audit log", "records", n, "took", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 // ---- retention ----

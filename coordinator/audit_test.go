@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -299,5 +302,82 @@ func TestAuditIngestTraceID(t *testing.T) {
 	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
 	if !v.OK {
 		t.Fatalf("verify = %+v", v)
+	}
+}
+
+// lockedLog is a log destination tests read while the server writes.
+type lockedLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// TestAuditIndexBuiltOnStart: a store whose log was written before the
+// audit index existed is indexed when the coordinator starts, which logs
+// how many records it indexed and how long it took.
+func TestAuditIndexBuiltOnStart(t *testing.T) {
+	st := store.NewMem()
+	err := st.Update(func(tx store.Tx) error {
+		for i := range 300 {
+			e := proto.AuditEvent{Code: proto.AuditRequest, Actor: fmt.Sprintf("user%d", i%7), Time: time.Now().Add(-time.Hour)}
+			if _, err := auditlog.Append(tx, e); err != nil {
+				return err
+			}
+		}
+		// As an earlier version left it: no index.
+		var keys []string
+		tx.ForEach(store.AuditIndex, func(k string, _ []byte) error {
+			keys = append(keys, k)
+			return nil
+		})
+		for _, k := range keys {
+			if err := tx.Delete(store.AuditIndex, k); err != nil {
+				return err
+			}
+		}
+		return tx.Delete(store.Meta, auditlog.MetaIndex)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedLog
+	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), st: st, configure: func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}}
+	e.start()
+	testkit.WaitFor(t, "the coordinator to index the audit log", func() bool {
+		return strings.Contains(logs.String(), `msg="indexed the audit log" records=300 took=`)
+	})
+	f := auditlog.Filter{User: "user3"}
+	p, err := auditlog.Query(st, &f, "", false, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Events) != 43 {
+		t.Fatalf("user3 has %d events, want 43", len(p.Events))
+	}
+	n := 0
+	err = st.View(func(tx store.Tx) error {
+		return tx.Scan(store.AuditIndex, "u/user3/", "u/user30", false, func(string, []byte) error {
+			n++
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 43 {
+		t.Fatalf("the index holds %d entries of user3, want 43 or more", n)
 	}
 }

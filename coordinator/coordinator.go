@@ -310,6 +310,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		var wg sync.WaitGroup
 		wg.Go(func() { s.expirer(ctx) })
 		wg.Go(func() { s.auditJanitor(ctx) })
+		wg.Go(func() { s.auditIndexer(ctx) })
 		wg.Go(func() { s.auditSigner(ctx) })
 		if s.export != nil {
 			wg.Go(func() { s.export.Run(ctx) })

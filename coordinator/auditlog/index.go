@@ -1,9 +1,11 @@
 package auditlog
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"strconv"
 	"strings"
@@ -51,8 +53,10 @@ const (
 const hourLayout = "2006010215"
 
 // foldKey maps s to one representative of the strings strings.EqualFold
-// takes as equal to it: each rune becomes the smallest rune of its simple
-// case-folding orbit.
+// takes as equal to it: each rune becomes the lower case of the smallest
+// rune of its simple case-folding orbit ("Alice" is "alice"). Should two
+// orbits share one, the index holds a few extra candidates, which Query
+// drops by matching the records.
 func foldKey(s string) string {
 	var b strings.Builder
 	b.Grow(len(s))
@@ -61,7 +65,7 @@ func foldKey(s string) string {
 		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
 			m = min(m, f)
 		}
-		b.WriteRune(m)
+		b.WriteRune(unicode.ToLower(m))
 	}
 	return b.String()
 }
@@ -205,15 +209,38 @@ func indexComplete(tx store.Tx) (bool, error) {
 	return started && p == 0, err
 }
 
+// How many keys Append writes: per record (the record, four index
+// entries, its hour), and once per transaction (the head, the index
+// state, and a backend's bookkeeping: a sequence counter and a version
+// key per bucket written).
+const (
+	appendWrites      = 6
+	appendFixedWrites = 6
+)
+
+// AppendsPerTx returns how many records Append may store in one
+// transaction of st that writes nothing else, at least 1.
+func AppendsPerTx(st store.Store) int {
+	n := store.MaxWrites(st)
+	if n == 0 {
+		return math.MaxInt
+	}
+	return max(1, (n-appendFixedWrites)/appendWrites)
+}
+
 // BuildIndex indexes the records of st stored before the index existed,
 // newest first, batch records a transaction, and returns how many it
 // indexed. Records appended meanwhile are indexed by Append. It picks up
 // where an interrupted run stopped, and is safe to run on several
 // replicas at once (they write the same entries); until it is done Query
-// scans. progress, if not nil, is called after each batch.
-func BuildIndex(st store.Store, batch int, progress func(done, total uint64)) (uint64, error) {
+// scans. progress, if not nil, is called after each batch. It stops,
+// returning ctx's error, when ctx ends; the next run goes on from there.
+func BuildIndex(ctx context.Context, st store.Store, batch int, progress func(done, total uint64)) (uint64, error) {
 	var total, done uint64
 	for {
+		if err := ctx.Err(); err != nil {
+			return done, err
+		}
 		var pending, n uint64
 		err := st.Update(func(tx store.Tx) error {
 			p, started, err := indexPending(tx)

@@ -1,6 +1,7 @@
 package auditlog
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -179,7 +180,7 @@ func TestAuditIndexMatchesScan(t *testing.T) {
 	dropIndex(t, st)
 	check(t, "without index")
 	var calls int
-	n, err := BuildIndex(st, 64, func(done, total uint64) {
+	n, err := BuildIndex(context.Background(), st, 64, func(done, total uint64) {
 		calls++
 		if done > total {
 			t.Errorf("progress %d of %d", done, total)
@@ -257,7 +258,7 @@ func ExampleBuildIndex() {
 		_, err := Append(tx, proto.AuditEvent{Code: proto.AuditRequest, Actor: "alice", Time: time.Unix(0, 0)})
 		return err
 	})
-	n, err := BuildIndex(st, 1000, nil)
+	n, err := BuildIndex(context.Background(), st, 1000, nil)
 	fmt.Println(n, err)
 	// Output: 0 <nil>
 }

@@ -328,6 +328,9 @@ func (s *Etcd) Restore(path string) (map[Bucket]int, error) {
 	return counts, nil
 }
 
+// MaxWrites returns how many keys one Update may write (see MaxWrites).
+func (s *Etcd) MaxWrites() int { return s.cfg.MaxTxnOps }
+
 // Prefix returns the key prefix the store owns.
 func (s *Etcd) Prefix() string { return s.cfg.Prefix }
 

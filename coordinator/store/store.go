@@ -108,6 +108,16 @@ type Tx interface {
 	NextSequence(b Bucket) (uint64, error)
 }
 
+// MaxWrites returns how many keys one Update of st may write, 0 when st
+// sets no bound (an Etcd's is etcd's --max-txn-ops, counting the
+// bookkeeping keys of its commit).
+func MaxWrites(st Store) int {
+	if l, ok := st.(interface{ MaxWrites() int }); ok {
+		return l.MaxWrites()
+	}
+	return 0
+}
+
 // StopScan, returned by the function Tx.Scan calls, ends the scan
 // without an error.
 var StopScan = errors.New("stop scan")
