@@ -528,8 +528,10 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 // ---- index ----
 
 // auditIndexBatch is how many records one transaction of BuildIndex
-// indexes, unless the store takes fewer (AppendsPerTx).
-const auditIndexBatch = 5000
+// indexes, unless the store takes fewer (AppendsPerTx). Larger bbolt
+// transactions are slower, not faster: their entries land all over the
+// index and bbolt splits its pages only at the commit.
+const auditIndexBatch = 2000
 
 // auditIndexer indexes the records of a log written before the audit
 // index existed, once (singleton work); Query scans until it is done.
