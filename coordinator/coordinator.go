@@ -250,6 +250,11 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.archiveEnded(); err != nil {
 		return nil, err
 	}
+	if n, err := indexRequestArchive(s.store); err != nil {
+		return nil, err
+	} else if n > 0 {
+		s.log.Info("indexed the access request archive by request id", "requests", n)
+	}
 	for login, others := range s.sharedLogins() {
 		ids := make([]string, len(others))
 		for i, u := range others {

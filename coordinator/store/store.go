@@ -33,7 +33,9 @@ const (
 	Requests    Bucket = "requests"    // request id → access request, pending or approved
 	// RequestArchive holds ended access requests (denied, revoked,
 	// expired), out of the way of the live ones.
-	RequestArchive Bucket = "requests_archive" // request id → access request
+	RequestArchive Bucket = "requests_archive" // archive key (newest first) → access request
+	// RequestArchiveIDs: request id → its key in RequestArchive.
+	RequestArchiveIDs Bucket = "requests_archive_ids"
 	Audit          Bucket = "audit"            // zero-padded sequence → chained audit event
 	AuditSource    Bucket = "audit_src"        // cluster id/agent spool id → highest stored spool sequence
 	// AuditCheckpoints: zero-padded sequence → signed checkpoint of that record.
@@ -48,11 +50,11 @@ const (
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, AuditIndex, Logins}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, RequestArchiveIDs, Audit, AuditSource, AuditCheckpoints, AuditIndex, Logins}
 
 // addedBuckets are buckets a store (or backup) written by an earlier
 // version may lack; Verify and Restore take their absence as empty.
-var addedBuckets = []Bucket{Logins, AuditIndex}
+var addedBuckets = []Bucket{Logins, AuditIndex, RequestArchiveIDs}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")
