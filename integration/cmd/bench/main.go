@@ -28,6 +28,11 @@
 //   - store_write_per_s_<backend>_<writers>: acknowledged store writes a
 //     second on bbolt and on a three-member etcd, with 1 and 16 writers
 //     (benchStore).
+//   - console_audit_page_p50_ms and _p99_ms: the console's audit page,
+//     filtered by one user, loaded 100 times by a signed-in administrator
+//     from a coordinator whose log holds a million records, and
+//     audit_index_build_s, indexing such a log written before the index
+//     existed (benchConsole).
 //   - grant_first_request_max_ms and grant_rounds_over_1s: revoke/grant
 //     rounds (-grant-rounds) while GETs on new connections through the
 //     mesh run back to back, so the device has traffic for the agent at
@@ -104,7 +109,7 @@ func main() {
 	flag.IntVar(&f.scaleNodes, "scale-nodes", 10000, "map streams held open for the coordinator scale measurements (0 skips)")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, ha, scale)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, console, or a mesh one: get, exec, up, delta, grant, agent-restart, nat, revocation, restart, ha, scale)")
 	flag.Parse()
 	f.transfer <<= 20
 
@@ -137,7 +142,12 @@ func run(ctx context.Context, f flags) error {
 			return err
 		}
 	}
-	if f.skipMesh || f.only == "store" {
+	if f.only == "" || f.only == "console" {
+		if err := benchConsole(ctx); err != nil {
+			return err
+		}
+	}
+	if f.skipMesh || f.only == "store" || f.only == "console" {
 		return nil
 	}
 	m, err := startMesh(ctx)
