@@ -36,8 +36,8 @@ const (
 	RequestArchive Bucket = "requests_archive" // archive key (newest first) → access request
 	// RequestArchiveIDs: request id → its key in RequestArchive.
 	RequestArchiveIDs Bucket = "requests_archive_ids"
-	Audit          Bucket = "audit"            // zero-padded sequence → chained audit event
-	AuditSource    Bucket = "audit_src"        // cluster id/agent spool id → highest stored spool sequence
+	Audit             Bucket = "audit"     // zero-padded sequence → chained audit event
+	AuditSource       Bucket = "audit_src" // cluster id/agent spool id → highest stored spool sequence
 	// AuditCheckpoints: zero-padded sequence → signed checkpoint of that record.
 	AuditCheckpoints Bucket = "audit_ckpt"
 	// AuditIndex: the audit log's indexes (by user, cluster, code,
