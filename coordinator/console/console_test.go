@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -1002,5 +1003,57 @@ func TestApprovers(t *testing.T) {
 	alice.get("/approvals")
 	if strings.Contains(alice.page, "req-"+reqs[0].ID) {
 		t.Errorf("alice's own request is in her approvals queue:\n%s", alice.page)
+	}
+}
+
+// TestAuditPageChainAndDetail: the audit page shows the last signed
+// checkpoint before any verification, an event's detail, and reads a
+// time range as a duration ago or an RFC 3339 time, naming a bad one.
+func TestAuditPageChainAndDetail(t *testing.T) {
+	e := newEnv(t)
+	root, _ := e.signIn("root@example.com")
+	e.waitAudit(proto.AuditClusterCreated, "root@example.com")
+	var ck proto.AuditCheckpoint
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/audit/checkpoints", nil, &ck)
+
+	root.get("/admin/audit?code=" + string(proto.AuditClusterCreated))
+	cp := regexp.MustCompile(`<p id="checkpoint">([^\n]*)</p>`).FindStringSubmatch(root.page)
+	if cp == nil || !strings.Contains(cp[1], fmt.Sprintf("record %d,", ck.Seq)) || !strings.Contains(cp[1], ck.KeyID()) {
+		t.Errorf("the chain section does not name the last checkpoint (record %d, key %s):\n%s", ck.Seq, ck.KeyID(), root.page)
+	}
+	if !strings.Contains(root.page, "Not verified on this page yet") {
+		t.Errorf("the chain's state before verifying is not said:\n%s", root.page)
+	}
+	for _, want := range []string{"<dt>Time</dt>", "<dt>Actor</dt><dd>root@example.com</dd>", "<dt>Object</dt>", "<dt>Previous hash</dt>"} {
+		if !strings.Contains(root.page, want) {
+			t.Errorf("the event's detail lacks %s:\n%s", want, root.page)
+		}
+	}
+
+	tests := []struct {
+		from   string
+		status int
+		events bool
+	}{
+		{"2h", http.StatusOK, true},
+		{"1d", http.StatusOK, true},
+		{time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), http.StatusOK, true},
+		{time.Now().Add(time.Hour).UTC().Format(time.RFC3339), http.StatusOK, false},
+		{"yesterday", http.StatusBadRequest, false},
+	}
+	for _, tt := range tests {
+		resp, _ := root.get("/admin/audit?code=" + string(proto.AuditClusterCreated) + "&from=" + url.QueryEscape(tt.from))
+		if resp.StatusCode != tt.status || strings.Contains(root.page, "<details>") != tt.events {
+			t.Errorf("from=%s: %d with events %v, want %d with %v:\n%s", tt.from, resp.StatusCode, strings.Contains(root.page, "<details>"), tt.status, tt.events, root.page)
+		}
+	}
+	if !strings.Contains(root.page, `From &#34;yesterday&#34; is neither a duration ago`) {
+		t.Errorf("a bad from is not named:\n%s", root.page)
+	}
+	// The live tail takes the range as read when the page loaded.
+	root.get("/admin/audit?from=2h")
+	tail := regexp.MustCompile(`data-live="([^"]*)"`).FindStringSubmatch(root.page)
+	if tail == nil || !strings.Contains(tail[1], "from=20") || strings.Contains(tail[1], "from=2h") {
+		t.Errorf("the live tail's range = %v, want the time 2h ago", tail)
 	}
 }
