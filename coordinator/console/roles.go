@@ -79,10 +79,19 @@ const maxWindowRows = 100
 // windowDays lists the days Monday first, as people read a week.
 var windowDays = append(slices.Clone(proto.Days[1:]), proto.Days[0])
 
+// newWindowRow is row n with days ticked. A day the form does not offer
+// (sent by hand, or stored some other way) gets a ticked box of its own,
+// so that the form shown again sends it again rather than dropping it,
+// which would turn the window into one for every day.
 func newWindowRow(n int, days []string) windowRow {
 	w := windowRow{N: n}
 	for _, d := range windowDays {
 		w.Days = append(w.Days, dayBox{Day: d, Checked: slices.Contains(days, d)})
+	}
+	for _, d := range days {
+		if !slices.Contains(windowDays, d) && !slices.ContainsFunc(w.Days, func(b dayBox) bool { return b.Day == d }) {
+			w.Days = append(w.Days, dayBox{Day: d, Checked: true})
+		}
 	}
 	return w
 }
@@ -128,7 +137,7 @@ func formWindows(f url.Values) (rows []windowRow, windows []proto.TimeWindow, se
 			}
 		}
 		for _, d := range days {
-			if !slices.Contains(proto.Days, d) {
+			if !slices.Contains(proto.Days, d) && !slices.Contains(tw.Days, d) {
 				tw.Days = append(tw.Days, d)
 			}
 		}
