@@ -381,3 +381,100 @@ func TestAuditIndexBuiltOnStart(t *testing.T) {
 		t.Fatalf("the index holds %d entries of user3, want 43 or more", n)
 	}
 }
+
+// limitedStore refuses a commit that writes more keys than max, counted
+// as etcd counts them (each key written, a version key per bucket
+// written, a sequence counter), as etcd refuses one over --max-txn-ops;
+// MaxWrites says so.
+type limitedStore struct {
+	store.Store
+	max int
+}
+
+func (l *limitedStore) MaxWrites() int { return l.max }
+
+func (l *limitedStore) Update(fn func(store.Tx) error) error {
+	return l.Store.Update(func(tx store.Tx) error {
+		c := &writeCountingTx{Tx: tx, keys: map[string]bool{}, buckets: map[store.Bucket]bool{}}
+		if err := fn(c); err != nil {
+			return err
+		}
+		if n := len(c.keys) + len(c.buckets) + c.seqs; n > l.max {
+			return fmt.Errorf("a commit of %d keys, over the store's %d", n, l.max)
+		}
+		return nil
+	})
+}
+
+type writeCountingTx struct {
+	store.Tx
+	keys    map[string]bool
+	buckets map[store.Bucket]bool
+	seqs    int
+}
+
+func (c *writeCountingTx) PutRaw(b store.Bucket, k string, v []byte) error {
+	c.keys[string(b)+"/"+k], c.buckets[b] = true, true
+	return c.Tx.PutRaw(b, k, v)
+}
+
+func (c *writeCountingTx) Delete(b store.Bucket, k string) error {
+	c.keys[string(b)+"/"+k], c.buckets[b] = true, true
+	return c.Tx.Delete(b, k)
+}
+
+func (c *writeCountingTx) NextSequence(b store.Bucket) (uint64, error) {
+	if c.seqs == 0 {
+		c.seqs = 1 // one counter key, however often it moves
+	}
+	return c.Tx.NextSequence(b)
+}
+
+// TestAuditIngestFitsTheStoreCommits: on a store that bounds the keys
+// of a commit (etcd), an agent's batch larger than one commit takes is
+// stored in several, each with the source's sequence, and acknowledged
+// whole; the queued events of the coordinator are too.
+func TestAuditIngestFitsTheStoreCommits(t *testing.T) {
+	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), st: &limitedStore{Store: store.NewMem(), max: 40}}
+	e.start()
+	admin := e.login("admin@example.com")
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	agent := e.registerAgent(cl.JoinToken, "")
+	var b proto.AuditBatch
+	b.Source = "spool1"
+	for i := range 50 {
+		b.Events = append(b.Events, proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now().Add(time.Hour), Actor: fmt.Sprintf("user%d@example.com", i%4),
+			SourceSeq: uint64(i + 1), Resource: &proto.AuditResource{Verb: "get", Resource: "pods"}, Status: 200})
+	}
+	var ack proto.AuditAck
+	e.must("POST", "/api/v1/audit/events", agent.NodeToken, b, &ack)
+	if ack.Acked != 50 || ack.Stored != 50 || ack.Duplicates != 0 {
+		t.Fatalf("ack = %+v, want all 50 stored", ack)
+	}
+	e.must("POST", "/api/v1/audit/events", agent.NodeToken, b, &ack)
+	if ack.Acked != 50 || ack.Stored != 0 || ack.Duplicates != 50 {
+		t.Fatalf("resend ack = %+v, want 50 duplicates", ack)
+	}
+	var page proto.AuditPage
+	e.must("GET", "/api/v1/audit/events?category=request&limit=1000", admin.Token, nil, &page)
+	if len(page.Events) != 50 {
+		t.Fatalf("stored %d request events, want 50", len(page.Events))
+	}
+	e.must("GET", "/api/v1/audit/events?code="+string(proto.AuditAgentClockSkew), admin.Token, nil, &page)
+	if len(page.Events) != 1 || page.Events[0].Metadata["events"] != "50" {
+		t.Fatalf("clock skew events = %+v, want one for the 50 events dated ahead", page.Events)
+	}
+	// The writer's queue, a burst larger than a commit.
+	for i := range 30 {
+		e.srv.audit(proto.AuditEvent{Code: proto.AuditDeviceGone, Actor: fmt.Sprintf("device:%d", i)})
+	}
+	e.srv.flushAudit()
+	e.must("GET", "/api/v1/audit/events?code="+string(proto.AuditDeviceGone)+"&limit=1000", admin.Token, nil, &page)
+	if len(page.Events) != 30 {
+		t.Fatalf("stored %d queued events, want 30", len(page.Events))
+	}
+	if v := mustVerify(t, e.st); !v.OK {
+		t.Fatalf("verify = %+v", v)
+	}
+}
