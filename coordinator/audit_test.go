@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,24 @@ import (
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
+
+// emptyBucket deletes every key of b in tx.
+func emptyBucket(tx store.Tx, b store.Bucket) error {
+	var keys []string
+	err := tx.ForEach(b, func(k string, _ []byte) error {
+		keys = append(keys, k)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := tx.Delete(b, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func mustVerify(t *testing.T, st store.Store) proto.AuditVerification {
 	t.Helper()
@@ -46,15 +62,8 @@ func cutAudit(t *testing.T, st store.Store, seq uint64) {
 				return err
 			}
 		}
-		var keys []string
-		tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
-			keys = append(keys, k)
-			return nil
-		})
-		for _, k := range keys {
-			if err := tx.Delete(store.AuditCheckpoints, k); err != nil {
-				return err
-			}
+		if err := emptyBucket(tx, store.AuditCheckpoints); err != nil {
+			return err
 		}
 		var e proto.AuditEvent
 		if err := store.Get(tx, store.Audit, auditlog.Key(seq), &e); err != nil {
@@ -305,24 +314,6 @@ func TestAuditIngestTraceID(t *testing.T) {
 	}
 }
 
-// lockedLog is a log destination tests read while the server writes.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // TestAuditIndexBuiltOnStart: a store whose log was written before the
 // audit index existed is indexed when the coordinator starts, which logs
 // how many records it indexed and how long it took.
@@ -336,22 +327,15 @@ func TestAuditIndexBuiltOnStart(t *testing.T) {
 			}
 		}
 		// As an earlier version left it: no index.
-		var keys []string
-		tx.ForEach(store.AuditIndex, func(k string, _ []byte) error {
-			keys = append(keys, k)
-			return nil
-		})
-		for _, k := range keys {
-			if err := tx.Delete(store.AuditIndex, k); err != nil {
-				return err
-			}
+		if err := emptyBucket(tx, store.AuditIndex); err != nil {
+			return err
 		}
 		return tx.Delete(store.Meta, auditlog.MetaIndex)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedLog
+	var logs testkit.Buffer
 	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), st: st, configure: func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	}}

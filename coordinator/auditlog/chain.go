@@ -52,6 +52,22 @@ func Marks(tx store.Tx) (head, anchor Mark, err error) {
 	return head, anchor, err
 }
 
+// readRecord reads and decodes record seq in tx; its error wraps
+// store.ErrNotFound when the record is absent. Seq is where it is
+// stored, whatever the record claims.
+func readRecord(tx store.Tx, seq uint64) (proto.AuditEvent, error) {
+	var e proto.AuditEvent
+	raw, err := tx.GetRaw(store.Audit, Key(seq))
+	if err != nil {
+		return e, err
+	}
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return e, fmt.Errorf("decode audit event %d: %w", seq, err)
+	}
+	e.Seq = seq
+	return e, nil
+}
+
 // Append numbers e, chains it to the head and stores it in tx with its
 // index entries. It fills Category from the catalogue when it is empty.
 func Append(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {

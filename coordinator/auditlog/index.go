@@ -2,7 +2,6 @@ package auditlog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -258,18 +257,13 @@ func BuildIndex(ctx context.Context, st store.Store, batch int, progress func(do
 				total = p - anchor.Seq
 			}
 			for n = 0; p > anchor.Seq && n < uint64(batch); p, n = p-1, n+1 {
-				raw, err := tx.GetRaw(store.Audit, Key(p))
+				e, err := readRecord(tx, p)
 				if errors.Is(err, store.ErrNotFound) {
 					continue // removed: Verify names the gap
 				}
 				if err != nil {
-					return err
+					return fmt.Errorf("index: %w", err)
 				}
-				var e proto.AuditEvent
-				if err := json.Unmarshal(raw, &e); err != nil {
-					return fmt.Errorf("index audit event %d: %w", p, err)
-				}
-				e.Seq = p // where it is, whatever it claims
 				if err := index(tx, &e); err != nil {
 					return err
 				}

@@ -1,14 +1,11 @@
 package auditlog
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"math"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
-	"github.com/clustral/clustral/proto"
 )
 
 // maxPrunePerTx bounds the records one pruning transaction removes.
@@ -52,13 +49,9 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 			}
 			var misdated []uint64 // since the last record removed
 			for seq := anchor.Seq + 1; seq <= min(head.Seq, hold) && n < maxPrunePerTx; seq++ {
-				raw, err := tx.GetRaw(store.Audit, Key(seq))
+				e, err := readRecord(tx, seq)
 				if err != nil {
 					return err
-				}
-				var e proto.AuditEvent
-				if err := json.Unmarshal(raw, &e); err != nil {
-					return fmt.Errorf("decode audit event %d: %w", seq, err)
 				}
 				if e.Time.After(future) {
 					misdated = append(misdated, seq)
@@ -67,14 +60,16 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 				if !e.Time.Before(cutoff) {
 					break
 				}
-				at := e
-				at.Seq = seq // where it is indexed, whatever it claims
-				if err := unindex(tx, &at); err != nil {
+				if err := unindex(tx, &e); err != nil {
 					return err
 				}
 				for _, m := range append(misdated, seq) {
 					if m != seq {
-						if err := unindexSeq(tx, m); err != nil {
+						me, err := readRecord(tx, m)
+						if err != nil {
+							return err
+						}
+						if err := unindex(tx, &me); err != nil {
 							return err
 						}
 					}
@@ -102,20 +97,6 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 			return total, err
 		}
 	}
-}
-
-// unindexSeq removes the index entries of record seq.
-func unindexSeq(tx store.Tx, seq uint64) error {
-	raw, err := tx.GetRaw(store.Audit, Key(seq))
-	if err != nil {
-		return err
-	}
-	var e proto.AuditEvent
-	if err := json.Unmarshal(raw, &e); err != nil {
-		return fmt.Errorf("decode audit event %d: %w", seq, err)
-	}
-	e.Seq = seq
-	return unindex(tx, &e)
 }
 
 // pruneCheckpoints removes the checkpoints of records before the anchor;

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -94,8 +94,10 @@ func benchConsole(ctx context.Context) error {
 		if err != nil {
 			return 0, err
 		}
-		body, err := io.ReadAll(resp.Body)
+		var buf bytes.Buffer
+		_, err = buf.ReadFrom(resp.Body)
 		resp.Body.Close()
+		body := buf.Bytes()
 		took := time.Since(start)
 		if err != nil {
 			return 0, err
