@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/coordinator/store/storetest"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -366,60 +367,12 @@ func TestAuditIndexBuiltOnStart(t *testing.T) {
 	}
 }
 
-// limitedStore refuses a commit that writes more keys than max, counted
-// as etcd counts them (each key written, a version key per bucket
-// written, a sequence counter), as etcd refuses one over --max-txn-ops;
-// MaxWrites says so.
-type limitedStore struct {
-	store.Store
-	max int
-}
-
-func (l *limitedStore) MaxWrites() int { return l.max }
-
-func (l *limitedStore) Update(fn func(store.Tx) error) error {
-	return l.Store.Update(func(tx store.Tx) error {
-		c := &writeCountingTx{Tx: tx, keys: map[string]bool{}, buckets: map[store.Bucket]bool{}}
-		if err := fn(c); err != nil {
-			return err
-		}
-		if n := len(c.keys) + len(c.buckets) + c.seqs; n > l.max {
-			return fmt.Errorf("a commit of %d keys, over the store's %d", n, l.max)
-		}
-		return nil
-	})
-}
-
-type writeCountingTx struct {
-	store.Tx
-	keys    map[string]bool
-	buckets map[store.Bucket]bool
-	seqs    int
-}
-
-func (c *writeCountingTx) PutRaw(b store.Bucket, k string, v []byte) error {
-	c.keys[string(b)+"/"+k], c.buckets[b] = true, true
-	return c.Tx.PutRaw(b, k, v)
-}
-
-func (c *writeCountingTx) Delete(b store.Bucket, k string) error {
-	c.keys[string(b)+"/"+k], c.buckets[b] = true, true
-	return c.Tx.Delete(b, k)
-}
-
-func (c *writeCountingTx) NextSequence(b store.Bucket) (uint64, error) {
-	if c.seqs == 0 {
-		c.seqs = 1 // one counter key, however often it moves
-	}
-	return c.Tx.NextSequence(b)
-}
-
 // TestAuditIngestFitsTheStoreCommits: on a store that bounds the keys
 // of a commit (etcd), an agent's batch larger than one commit takes is
 // stored in several, each with the source's sequence, and acknowledged
 // whole; the queued events of the coordinator are too.
 func TestAuditIngestFitsTheStoreCommits(t *testing.T) {
-	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), st: &limitedStore{Store: store.NewMem(), max: 40}}
+	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), st: storetest.Limit(store.NewMem(), 40)}
 	e.start()
 	admin := e.login("admin@example.com")
 	var cl proto.CreateClusterResponse

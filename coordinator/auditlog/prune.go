@@ -38,6 +38,9 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 	}
 	cutoff := now.Add(-retention).UTC().Truncate(24 * time.Hour)
 	future := now.Add(MaxSkew)
+	// A record removed deletes five keys, and perhaps a checkpoint and
+	// an hour's entry: half what Append may write in a commit of st.
+	per := min(maxPrunePerTx, max(1, AppendsPerTx(st)/2))
 	total := 0
 	for {
 		n := 0
@@ -48,7 +51,7 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 				return err
 			}
 			var misdated []uint64 // since the last record removed
-			for seq := anchor.Seq + 1; seq <= min(head.Seq, hold) && n < maxPrunePerTx; seq++ {
+			for seq := anchor.Seq + 1; seq <= min(head.Seq, hold) && n < per; seq++ {
 				e, err := readRecord(tx, seq)
 				if err != nil {
 					return err
@@ -93,7 +96,7 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 			return store.Put(tx, store.Meta, MetaAnchor, anchor)
 		})
 		total += n
-		if err != nil || n < maxPrunePerTx {
+		if err != nil || n < per {
 			return total, err
 		}
 	}
