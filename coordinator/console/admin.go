@@ -191,8 +191,9 @@ type auditData struct {
 	Filter     url.Values
 	Categories []proto.AuditCategory
 	Events     []proto.AuditEvent
-	// Next is the URL of the following page, empty on the last.
-	Next string
+	// Next is the URL of the following page, empty on the last; Newest,
+	// on a following page, the URL of the first.
+	Next, Newest string
 	// Tail is the URL of the live tail with the page's filter.
 	Tail string
 	// Verified is the chain's check, when asked for.
@@ -308,6 +309,10 @@ func (c *Console) showAudit(w http.ResponseWriter, r *http.Request, v *visit, ve
 			}
 			next.Set(proto.AuditParamCursor, page.Next)
 			ad.Next = "/admin/audit?" + next.Encode()
+		}
+		if in.Get(proto.AuditParamCursor) != "" {
+			// An older page: back to the newest, the filter kept as typed.
+			ad.Newest = "/admin/audit?" + q.Encode()
 		}
 	}
 	d.Data = ad

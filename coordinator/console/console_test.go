@@ -674,6 +674,9 @@ func TestAuditPaging(t *testing.T) {
 	if n := strings.Count(root.page, "<details>"); n != 3 || strings.Contains(root.page, "Older events") {
 		t.Errorf("second page shows %d events, want the 3 left and no further page", n)
 	}
+	if !strings.Contains(root.page, `<a class="button" href="/admin/audit?limit=5&amp;user=bob%40example.com">Newest events</a>`) {
+		t.Errorf("the second page does not link back to the newest with the filter:\n%s", root.page)
+	}
 }
 
 // TestAssignments: an administrator assigns a role to a user for a
