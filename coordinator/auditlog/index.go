@@ -19,9 +19,10 @@ import (
 // Append in the transaction that stores the record and removed by Prune
 // in the one that removes it, so they cannot drift from the log:
 //
-//   - u/<actor>/<Key(seq)>, c/<cluster>/<Key(seq)>, k/<code>/<Key(seq)>
-//     and g/<category>/<Key(seq)>: one entry per record and dimension
-//     (none for an empty cluster or category), whose value is the
+//   - u/<actor>/<Key(seq)>, c/<cluster>/<Key(seq)>, k/<code>/<Key(seq)>,
+//     g/<category>/<Key(seq)> and x/<correlation>/<Key(seq)>: one entry
+//     per record and dimension (none for an empty cluster, category or
+//     correlation), whose value is the
 //     record's time (indexTime). The actor is case-folded (foldKey), as
 //     Filter.User matches it; every name is path-escaped, so it holds no
 //     "/". A dimension's records, in sequence order, are one key range.
@@ -42,11 +43,12 @@ type indexState struct {
 
 // Index dimensions: the first segment of an entry's key.
 const (
-	dimUser     = "u"
-	dimCluster  = "c"
-	dimCode     = "k"
-	dimCategory = "g"
-	dimHour     = "h"
+	dimUser        = "u"
+	dimCluster     = "c"
+	dimCode        = "k"
+	dimCategory    = "g"
+	dimCorrelation = "x"
+	dimHour        = "h"
 )
 
 const hourLayout = "2006010215"
@@ -85,6 +87,9 @@ func indexEntries(e *proto.AuditEvent) []string {
 	}
 	if e.Category != "" {
 		out = append(out, dimPrefix(dimCategory, string(e.Category)))
+	}
+	if e.Correlation != "" {
+		out = append(out, dimPrefix(dimCorrelation, e.Correlation))
 	}
 	return out
 }
@@ -208,12 +213,12 @@ func indexComplete(tx store.Tx) (bool, error) {
 	return started && p == 0, err
 }
 
-// How many keys Append writes: per record (the record, four index
+// How many keys Append writes: per record (the record, five index
 // entries, its hour), and once per transaction (the head, the index
 // state, and a backend's bookkeeping: a sequence counter and a version
 // key per bucket written).
 const (
-	appendWrites      = 6
+	appendWrites      = 7
 	appendFixedWrites = 6
 )
 

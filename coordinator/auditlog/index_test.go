@@ -25,7 +25,7 @@ func fillMixed(t *testing.T, st store.Store, r *rand.Rand, start time.Time, n in
 	err := st.Update(func(tx store.Tx) error {
 		for range n {
 			e := proto.AuditEvent{Code: codes[r.IntN(len(codes))], Actor: actors[r.IntN(len(actors))], Cluster: clusters[r.IntN(len(clusters))],
-				Time: start.Add(time.Duration(r.Int64N(int64(48 * time.Hour))))}
+				Time: start.Add(time.Duration(r.Int64N(int64(48 * time.Hour)))), Correlation: []string{"", "", "s-1", "s-2", "s/3"}[r.IntN(5)]}
 			if _, err := Append(tx, e); err != nil {
 				return err
 			}
@@ -157,6 +157,9 @@ func TestAuditIndexMatchesScan(t *testing.T) {
 		{"empty time range", Filter{From: at(100), To: at(101)}},
 		{"user and time", Filter{User: "bob", From: at(27), To: at(45)}},
 		{"user and cluster", Filter{User: "Alice", Cluster: "staging"}},
+		{"correlation", Filter{Correlation: "s-1"}},
+		{"correlation with slash", Filter{Correlation: "s/3"}},
+		{"correlation and codes", Filter{Correlation: "s-2", Codes: map[proto.AuditCode]bool{proto.AuditRequest: true, proto.AuditAccessDenied: true}}},
 		{"code and severity", Filter{Codes: map[proto.AuditCode]bool{proto.AuditAccessDenied: true}, Severities: map[string]bool{"W": true}}},
 	}
 	check := func(t *testing.T, stage string) {

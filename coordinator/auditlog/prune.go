@@ -38,8 +38,8 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 	}
 	cutoff := now.Add(-retention).UTC().Truncate(24 * time.Hour)
 	future := now.Add(MaxSkew)
-	// A record removed deletes five keys, and perhaps a checkpoint and
-	// an hour's entry: half what Append may write in a commit of st.
+	// A record removed deletes up to six keys, and perhaps a checkpoint
+	// and an hour's entry: half what Append may write in a commit of st.
 	per := min(maxPrunePerTx, max(1, AppendsPerTx(st)/2))
 	total := 0
 	for {

@@ -33,8 +33,10 @@ type Filter struct {
 	User       string          // the actor, case-insensitively
 	Cluster    string
 	Resource   string // "group/resource", or "resource" in the core group
-	From, To   time.Time
-	Text       string // lower case; found in any of the event's texts
+	// Correlation is the correlation id, exactly.
+	Correlation string
+	From, To    time.Time
+	Text        string // lower case; found in any of the event's texts
 }
 
 func splitList(v string) []string {
@@ -82,6 +84,7 @@ func ParseFilter(q map[string][]string) (Filter, error) {
 	}
 	f.User, f.Cluster, f.Resource = get(proto.AuditParamUser), get(proto.AuditParamCluster), get(proto.AuditParamResource)
 	f.Text = strings.ToLower(get(proto.AuditParamSearch))
+	f.Correlation = get(proto.AuditParamCorrelation)
 	for k, t := range map[string]*time.Time{proto.AuditParamFrom: &f.From, proto.AuditParamTo: &f.To} {
 		if v := get(k); v != "" {
 			p, err := time.Parse(time.RFC3339Nano, v)
@@ -102,6 +105,7 @@ func (f *Filter) Match(e *proto.AuditEvent) bool {
 		f.Severities != nil && !f.Severities[e.Code.Severity()],
 		f.User != "" && !strings.EqualFold(f.User, e.Actor),
 		f.Cluster != "" && f.Cluster != e.Cluster,
+		f.Correlation != "" && f.Correlation != e.Correlation,
 		!f.From.IsZero() && e.Time.Before(f.From),
 		!f.To.IsZero() && !e.Time.Before(f.To):
 		return false
@@ -272,6 +276,8 @@ const maxIndexScan = 500_000
 // false when f names none of them.
 func (f *Filter) indexPrefixes() (prefixes []string, ok bool) {
 	switch {
+	case f.Correlation != "":
+		return []string{dimPrefix(dimCorrelation, f.Correlation)}, true
 	case f.User != "":
 		return []string{dimPrefix(dimUser, f.User)}, true
 	case f.Cluster != "":

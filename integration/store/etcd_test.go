@@ -426,7 +426,7 @@ func TestEtcdAuditIndex(t *testing.T) {
 	e := startEtcd(t)
 	st := openOn([]string{e.URL})(t)
 	per := auditlog.AppendsPerTx(st)
-	if per < 1 || per*6+6 > 128 {
+	if per < 1 || per*7+6 > 128 {
 		t.Fatalf("AppendsPerTx on etcd = %d, does not fit 128 keys a commit", per)
 	}
 	start := time.Now().Add(-time.Hour)
