@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -91,24 +90,6 @@ func grant(role string, groups ...string) proto.RoleGrant {
 	return proto.RoleGrant{Role: role, Groups: groups}
 }
 
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // harness is a proxy served over TLS on loopback in front of a fake
 // apiserver (an HTTP/2-capable TLS httptest server). Peers maps 127.0.0.1
 // to alice by default.
@@ -120,7 +101,7 @@ type harness struct {
 	addr     string
 	upstream *httptest.Server
 	tlsConf  *tls.Config
-	logs     *syncBuffer
+	logs     *testkit.Buffer
 	client   *http.Client
 }
 
@@ -146,7 +127,7 @@ func newHarness(tb testing.TB, upstream http.Handler, configure ...func(*ProxyCo
 		peers:    &fakePeers{},
 		clock:    &fakeClock{now: t0},
 		upstream: up,
-		logs:     &syncBuffer{},
+		logs:     &testkit.Buffer{},
 	}
 	h.peers.set(loopback, device(1, "alice@example.com", grant("dev", "developers", "viewers"), grant("view", "viewers")))
 

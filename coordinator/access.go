@@ -198,9 +198,9 @@ func (s *Server) archivedRequests(keep func(*accessRequest) bool) ([]*accessRequ
 // live: 409 naming its state when the archive holds it, else 404. It
 // reads the archive without the Server's lock.
 func (s *Server) writeEndedOrUnknown(w http.ResponseWriter, id string) {
-	ended, err := s.archivedRequests(func(ar *accessRequest) bool { return ar.ID == id })
-	if err == nil && len(ended) > 0 {
-		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("request %s is %s, not pending", id, ended[0].State),
+	ended, err := s.archivedRequest(id)
+	if err == nil && ended != nil {
+		writeProblem(w, http.StatusConflict, proto.CodeConflict, fmt.Sprintf("request %s is %s, not pending", id, ended.State),
 			"make a new request if access is still needed (clustral access request)")
 		return
 	}
@@ -209,6 +209,101 @@ func (s *Server) writeEndedOrUnknown(w http.ResponseWriter, id string) {
 	}
 	writeProblem(w, http.StatusNotFound, proto.CodeNotFound, fmt.Sprintf("no pending or approved access request %q", id),
 		"list them with clustral access list, and make a new request if access is still needed")
+}
+
+// archivedRequest returns the ended request id from the archive, nil if
+// the archive does not hold it. It looks it up by id (RequestArchiveIDs);
+// in an archive written before those existed, and not yet indexed
+// (indexRequestArchive), it reads the archive through.
+func (s *Server) archivedRequest(id string) (*accessRequest, error) {
+	var found *accessRequest
+	err := s.store.View(func(tx store.Tx) error {
+		key, err := tx.GetRaw(store.RequestArchiveIDs, id)
+		if err == nil {
+			var ar accessRequest
+			if err := store.Get(tx, store.RequestArchive, string(key), &ar); err != nil {
+				return fmt.Errorf("archived request %s: %w", id, err)
+			}
+			found = &ar
+			return nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if _, err := tx.GetRaw(store.Meta, metaArchiveIDs); err == nil || !errors.Is(err, store.ErrNotFound) {
+			return err // indexed: the archive does not hold it
+		}
+		return tx.ForEach(store.RequestArchive, func(k string, raw []byte) error {
+			var ar accessRequest
+			if err := json.Unmarshal(raw, &ar); err != nil {
+				return fmt.Errorf("decode archived request %s: %w", k, err)
+			}
+			if ar.ID == id {
+				found = &ar
+				return errEnough
+			}
+			return nil
+		})
+	})
+	if errors.Is(err, errEnough) {
+		err = nil
+	}
+	return found, err
+}
+
+// metaArchiveIDs is the Meta key present once every request in the
+// archive has its entry in RequestArchiveIDs.
+const metaArchiveIDs = "request_archive_ids"
+
+// indexRequestArchive gives every archived request an entry in
+// RequestArchiveIDs, once, for an archive written before those existed,
+// in as many transactions as the store needs; storeRequest keeps them
+// from then on. It returns how many it wrote.
+func indexRequestArchive(st store.Store) (int, error) {
+	type entry struct{ id, key string }
+	var todo []entry
+	err := st.View(func(tx store.Tx) error {
+		if _, err := tx.GetRaw(store.Meta, metaArchiveIDs); err == nil || !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		todo = []entry{}
+		return tx.ForEach(store.RequestArchive, func(k string, raw []byte) error {
+			var ar accessRequest
+			if err := json.Unmarshal(raw, &ar); err != nil {
+				return fmt.Errorf("decode archived request %s: %w", k, err)
+			}
+			todo = append(todo, entry{ar.ID, k})
+			return nil
+		})
+	})
+	if err != nil || todo == nil {
+		return 0, err
+	}
+	per := 1000
+	if n := store.MaxWrites(st); n > 0 {
+		per = max(1, n-4) // the marker and a backend's bookkeeping
+	}
+	for i := 0; ; i += per {
+		batch := todo[min(i, len(todo)):min(i+per, len(todo))]
+		last := i+per >= len(todo)
+		err := st.Update(func(tx store.Tx) error {
+			for _, e := range batch {
+				if err := tx.PutRaw(store.RequestArchiveIDs, e.id, []byte(e.key)); err != nil {
+					return err
+				}
+			}
+			if last {
+				return tx.PutRaw(store.Meta, metaArchiveIDs, []byte("1"))
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("index the access request archive: %w", err)
+		}
+		if last {
+			return len(todo), nil
+		}
+	}
 }
 
 // storeRequest stores ar inside tx where its state belongs: a live one in
@@ -220,7 +315,11 @@ func storeRequest(tx store.Tx, ar *accessRequest) error {
 	if err := tx.Delete(store.Requests, ar.ID); err != nil {
 		return err
 	}
-	return store.Put(tx, store.RequestArchive, archiveKey(ar), ar)
+	key := archiveKey(ar)
+	if err := tx.PutRaw(store.RequestArchiveIDs, ar.ID, []byte(key)); err != nil {
+		return err
+	}
+	return store.Put(tx, store.RequestArchive, key, ar)
 }
 
 // setRequestLocked applies a stored ar to memory, which holds live

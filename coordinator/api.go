@@ -104,6 +104,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 	mux.HandleFunc("POST "+v+"/audit/verify", s.admin(s.handleAuditVerify))
 	mux.HandleFunc("POST "+v+"/audit/checkpoints", s.admin(s.handleAuditCheckpoint))
+	mux.HandleFunc("GET "+v+"/audit/checkpoints/latest", s.admin(s.handleLatestCheckpoint))
 
 	// Session recordings (recordings.go).
 	mux.HandleFunc("PUT "+v+"/recordings/{id}", s.agent(s.handlePutRecording))

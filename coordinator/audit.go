@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,9 +134,11 @@ func (s *Server) auditWriter() {
 		flushed := q.flushed
 		q.flushed = nil
 		q.mu.Unlock()
-		if len(evs) > 0 {
+		// As many events a transaction as the store takes (etcd bounds
+		// the keys one commit writes).
+		for chunk := range slices.Chunk(evs, auditlog.AppendsPerTx(s.store)) {
 			err := s.store.Update(func(tx store.Tx) error {
-				for _, e := range evs {
+				for _, e := range chunk {
 					if _, err := auditlog.Append(tx, e); err != nil {
 						return err
 					}
@@ -143,16 +146,16 @@ func (s *Server) auditWriter() {
 				return nil
 			})
 			if err != nil {
-				s.log.Error("store audit events", "events", len(evs), "err", err)
+				s.log.Error("store audit events", "events", len(chunk), "err", err)
 				// Count them, so the next batch records the loss.
 				q.mu.Lock()
 				if q.lost == 0 {
-					q.lostFirst = evs[0].Time
+					q.lostFirst = chunk[0].Time
 				}
-				q.lost += uint64(len(evs))
-				q.lostLast = evs[len(evs)-1].Time
+				q.lost += uint64(len(chunk))
+				q.lostLast = chunk[len(chunk)-1].Time
 				q.mu.Unlock()
-				s.metrics.auditLost.Add(float64(len(evs)))
+				s.metrics.auditLost.Add(float64(len(chunk)))
 			}
 		}
 		for _, c := range flushed {
@@ -397,49 +400,73 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request, n *no
 	cluster := c.Name
 	key := n.ClusterID + "/" + b.Source
 	stamp := agentStamp{node: n.ID, cluster: cluster, source: b.Source}
+	now := s.now().UTC()
+	// Refuse a bad batch whole, before storing any of it.
+	var err error
+	for _, e := range b.Events {
+		if e.SourceSeq == 0 {
+			err = errBadBatch{"an event has no source_seq"}
+			break
+		}
+		if _, _, err = stampAgentEvent(e, stamp, now); err != nil {
+			break
+		}
+	}
+	// As many events a transaction as the store takes, with room for the
+	// clock skew event and the source's sequence; each commits the
+	// source's sequence with its events, so a failure part way stores a
+	// prefix the agent's resend skips.
+	per := max(1, auditlog.AppendsPerTx(s.store)-2)
 	var ack proto.AuditAck
-	err := s.store.Update(func(tx store.Tx) error {
-		ack = proto.AuditAck{}
-		if raw, err := tx.GetRaw(store.AuditSource, key); err == nil {
-			if ack.Acked, err = strconv.ParseUint(string(raw), 10, 64); err != nil {
-				return fmt.Errorf("audit source %s: %w", key, err)
-			}
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		now := s.now().UTC()
-		skewed, maxSkew := 0, time.Duration(0)
-		for _, e := range b.Events {
-			if e.SourceSeq == 0 {
-				return errBadBatch{"an event has no source_seq"}
-			}
-			if e.SourceSeq <= ack.Acked {
-				ack.Duplicates++
-				continue
-			}
-			e, skew, err := stampAgentEvent(e, stamp, now)
-			if err != nil {
+	skewed, maxSkew := 0, time.Duration(0)
+	for start := 0; err == nil && (start == 0 || start < len(b.Events)); start += per {
+		chunk := b.Events[start:min(start+per, len(b.Events))]
+		last := len(b.Events)-start <= per
+		var got proto.AuditAck
+		var gotSkewed int
+		var gotMax time.Duration
+		err = s.store.Update(func(tx store.Tx) error {
+			got, gotSkewed, gotMax = proto.AuditAck{}, skewed, maxSkew
+			if raw, err := tx.GetRaw(store.AuditSource, key); err == nil {
+				if got.Acked, err = strconv.ParseUint(string(raw), 10, 64); err != nil {
+					return fmt.Errorf("audit source %s: %w", key, err)
+				}
+			} else if !errors.Is(err, store.ErrNotFound) {
 				return err
 			}
-			if skew > 0 {
-				skewed, maxSkew = skewed+1, max(maxSkew, skew)
+			for _, e := range chunk {
+				if e.SourceSeq <= got.Acked {
+					got.Duplicates++
+					continue
+				}
+				e, skew, err := stampAgentEvent(e, stamp, now)
+				if err != nil {
+					return err
+				}
+				if skew > 0 {
+					gotSkewed, gotMax = gotSkewed+1, max(gotMax, skew)
+				}
+				if _, err := auditlog.Append(tx, e); err != nil {
+					return err
+				}
+				got.Acked = e.SourceSeq
+				got.Stored++
 			}
-			if _, err := auditlog.Append(tx, e); err != nil {
-				return err
+			if last && gotSkewed > 0 {
+				_, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditAgentClockSkew, Time: now, Actor: "agent:" + cluster, Cluster: cluster,
+					Outcome: proto.OutcomeFailure, Source: b.Source,
+					Metadata: map[string]string{"agent": n.ID, "events": strconv.Itoa(gotSkewed), "max_skew": gotMax.Round(time.Second).String()}})
+				if err != nil {
+					return err
+				}
 			}
-			ack.Acked = e.SourceSeq
-			ack.Stored++
+			return tx.PutRaw(store.AuditSource, key, []byte(strconv.FormatUint(got.Acked, 10)))
+		})
+		if err == nil {
+			ack.Acked, ack.Stored, ack.Duplicates = got.Acked, ack.Stored+got.Stored, ack.Duplicates+got.Duplicates
+			skewed, maxSkew = gotSkewed, gotMax
 		}
-		if skewed > 0 {
-			_, err := auditlog.Append(tx, proto.AuditEvent{Code: proto.AuditAgentClockSkew, Time: now, Actor: "agent:" + cluster, Cluster: cluster,
-				Outcome: proto.OutcomeFailure, Source: b.Source,
-				Metadata: map[string]string{"agent": n.ID, "events": strconv.Itoa(skewed), "max_skew": maxSkew.Round(time.Second).String()}})
-			if err != nil {
-				return err
-			}
-		}
-		return tx.PutRaw(store.AuditSource, key, []byte(strconv.FormatUint(ack.Acked, 10)))
-	})
+	}
 	s.mu.Unlock()
 	if err != nil {
 		s.writeAuditError(w, err, "", "store audit events", "retry")
@@ -520,6 +547,37 @@ func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ pri
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// ---- index ----
+
+// auditIndexBatch is how many records one transaction of BuildIndex
+// indexes, unless the store takes fewer (AppendsPerTx). Larger bbolt
+// transactions are slower, not faster: their entries land all over the
+// index and bbolt splits its pages only at the commit.
+const auditIndexBatch = 2000
+
+// auditIndexer indexes the records of a log written before the audit
+// index existed, once (singleton work); Query scans until it is done.
+// It logs how long it took, and stops with ctx (the next start goes on
+// from there).
+func (s *Server) auditIndexer(ctx context.Context) {
+	start := time.Now()
+	logged := start
+	n, err := auditlog.BuildIndex(ctx, s.store, min(auditIndexBatch, auditlog.AppendsPerTx(s.store)), func(done, total uint64) {
+		if time.Since(logged) >= 10*time.Second {
+			logged = time.Now()
+			s.log.Info("indexing the audit log", "done", done, "records", total, "elapsed", time.Since(start).Round(time.Millisecond))
+		}
+	})
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.Error("index the audit log: audit queries scan the log until it is indexed (at the next start)", "indexed", n, "err", err)
+	case err != nil:
+		s.log.Info("indexing the audit log stopped; the next start goes on", "indexed", n)
+	case n > 0:
+		s.log.Info("indexed the audit log", "records", n, "took", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 // ---- retention ----

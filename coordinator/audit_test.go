@@ -10,14 +10,34 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/coordinator/store/storetest"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
+
+// emptyBucket deletes every key of b in tx.
+func emptyBucket(tx store.Tx, b store.Bucket) error {
+	var keys []string
+	err := tx.ForEach(b, func(k string, _ []byte) error {
+		keys = append(keys, k)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := tx.Delete(b, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func mustVerify(t *testing.T, st store.Store) proto.AuditVerification {
 	t.Helper()
@@ -43,15 +63,8 @@ func cutAudit(t *testing.T, st store.Store, seq uint64) {
 				return err
 			}
 		}
-		var keys []string
-		tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
-			keys = append(keys, k)
-			return nil
-		})
-		for _, k := range keys {
-			if err := tx.Delete(store.AuditCheckpoints, k); err != nil {
-				return err
-			}
+		if err := emptyBucket(tx, store.AuditCheckpoints); err != nil {
+			return err
 		}
 		var e proto.AuditEvent
 		if err := store.Get(tx, store.Audit, auditlog.Key(seq), &e); err != nil {
@@ -298,6 +311,107 @@ func TestAuditIngestTraceID(t *testing.T) {
 	var v proto.AuditVerification
 	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
 	if !v.OK {
+		t.Fatalf("verify = %+v", v)
+	}
+}
+
+// TestAuditIndexBuiltOnStart: a store whose log was written before the
+// audit index existed is indexed when the coordinator starts, which logs
+// how many records it indexed and how long it took.
+func TestAuditIndexBuiltOnStart(t *testing.T) {
+	st := store.NewMem()
+	err := st.Update(func(tx store.Tx) error {
+		for i := range 300 {
+			e := proto.AuditEvent{Code: proto.AuditRequest, Actor: fmt.Sprintf("user%d", i%7), Time: time.Now().Add(-time.Hour)}
+			if _, err := auditlog.Append(tx, e); err != nil {
+				return err
+			}
+		}
+		// As an earlier version left it: no index.
+		if err := emptyBucket(tx, store.AuditIndex); err != nil {
+			return err
+		}
+		return tx.Delete(store.Meta, auditlog.MetaIndex)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testkit.Buffer
+	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), st: st, configure: func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}}
+	e.start()
+	testkit.WaitFor(t, "the coordinator to index the audit log", func() bool {
+		return strings.Contains(logs.String(), `msg="indexed the audit log" records=300 took=`)
+	})
+	f := auditlog.Filter{User: "user3"}
+	p, err := auditlog.Query(st, &f, "", false, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Events) != 43 {
+		t.Fatalf("user3 has %d events, want 43", len(p.Events))
+	}
+	n := 0
+	err = st.View(func(tx store.Tx) error {
+		return tx.Scan(store.AuditIndex, "u/user3/", "u/user30", false, func(string, []byte) error {
+			n++
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 43 {
+		t.Fatalf("the index holds %d entries of user3, want 43 or more", n)
+	}
+}
+
+// TestAuditIngestFitsTheStoreCommits: on a store that bounds the keys
+// of a commit (etcd), an agent's batch larger than one commit takes is
+// stored in several, each with the source's sequence, and acknowledged
+// whole; the queued events of the coordinator are too.
+func TestAuditIngestFitsTheStoreCommits(t *testing.T) {
+	e := &testEnv{t: t, iss: newFakeIssuer(t), dir: t.TempDir(), st: storetest.Limit(store.NewMem(), 40)}
+	e.start()
+	admin := e.login("admin@example.com")
+	var cl proto.CreateClusterResponse
+	e.must("POST", "/api/v1/clusters", admin.Token, proto.CreateClusterRequest{Name: "prod"}, &cl)
+	agent := e.registerAgent(cl.JoinToken, "")
+	var b proto.AuditBatch
+	b.Source = "spool1"
+	for i := range 50 {
+		b.Events = append(b.Events, proto.AuditEvent{Code: proto.AuditRequest, Time: time.Now().Add(time.Hour), Actor: fmt.Sprintf("user%d@example.com", i%4),
+			SourceSeq: uint64(i + 1), Resource: &proto.AuditResource{Verb: "get", Resource: "pods"}, Status: 200})
+	}
+	var ack proto.AuditAck
+	e.must("POST", "/api/v1/audit/events", agent.NodeToken, b, &ack)
+	if ack.Acked != 50 || ack.Stored != 50 || ack.Duplicates != 0 {
+		t.Fatalf("ack = %+v, want all 50 stored", ack)
+	}
+	e.must("POST", "/api/v1/audit/events", agent.NodeToken, b, &ack)
+	if ack.Acked != 50 || ack.Stored != 0 || ack.Duplicates != 50 {
+		t.Fatalf("resend ack = %+v, want 50 duplicates", ack)
+	}
+	var page proto.AuditPage
+	e.must("GET", "/api/v1/audit/events?category=request&limit=1000", admin.Token, nil, &page)
+	if len(page.Events) != 50 {
+		t.Fatalf("stored %d request events, want 50", len(page.Events))
+	}
+	e.must("GET", "/api/v1/audit/events?code="+string(proto.AuditAgentClockSkew), admin.Token, nil, &page)
+	if len(page.Events) != 1 || page.Events[0].Metadata["events"] != "50" {
+		t.Fatalf("clock skew events = %+v, want one for the 50 events dated ahead", page.Events)
+	}
+	// The writer's queue, a burst larger than a commit.
+	for i := range 30 {
+		e.srv.audit(proto.AuditEvent{Code: proto.AuditDeviceGone, Actor: fmt.Sprintf("device:%d", i)})
+	}
+	e.srv.flushAudit()
+	e.must("GET", "/api/v1/audit/events?code="+string(proto.AuditDeviceGone)+"&limit=1000", admin.Token, nil, &page)
+	if len(page.Events) != 30 {
+		t.Fatalf("stored %d queued events, want 30", len(page.Events))
+	}
+	if v := mustVerify(t, e.st); !v.OK {
 		t.Fatalf("verify = %+v", v)
 	}
 }

@@ -51,6 +51,29 @@ func (s *Server) auditSigner(ctx context.Context) {
 	})
 }
 
+// handleLatestCheckpoint serves GET /api/v1/audit/checkpoints/latest:
+// the newest checkpoint the coordinator signed, as stored, without
+// signing one or recording the read (the console shows it beside the
+// log); 404 while there is none.
+func (s *Server) handleLatestCheckpoint(w http.ResponseWriter, r *http.Request, _ principal) {
+	var c proto.AuditCheckpoint
+	err := s.store.View(func(tx store.Tx) error {
+		var err error
+		c, err = auditlog.LastCheckpoint(tx)
+		return err
+	})
+	if err != nil {
+		s.writeInternal(w, "read the latest audit checkpoint", err, "")
+		return
+	}
+	if c.Seq == 0 {
+		writeProblem(w, http.StatusNotFound, proto.CodeNotFound, "no signed audit checkpoint yet",
+			"the coordinator signs one as soon as the log holds a record; export one with clustral audit checkpoint")
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
 // handleAuditCheckpoint serves POST /api/v1/audit/checkpoints: it records
 // the export (AL001I) and signs a checkpoint that covers that record.
 func (s *Server) handleAuditCheckpoint(w http.ResponseWriter, r *http.Request, p principal) {

@@ -42,6 +42,15 @@ func TestAuditCheckpointsInServer(t *testing.T) {
 	if status, _ := e.call("POST", "/api/v1/audit/checkpoints", e.alice.Token, nil, nil); status != 403 {
 		t.Fatalf("checkpoint by a non-admin = %d, want 403", status)
 	}
+	// The latest checkpoint is readable without signing another.
+	var latest proto.AuditCheckpoint
+	e.must("GET", "/api/v1/audit/checkpoints/latest", e.admin.Token, nil, &latest)
+	if latest != ck {
+		t.Fatalf("latest checkpoint = %+v, want the export %+v", latest, ck)
+	}
+	if status, _ := e.call("GET", "/api/v1/audit/checkpoints/latest", e.alice.Token, nil, nil); status != 403 {
+		t.Fatalf("latest checkpoint for a non-admin = %d, want 403", status)
+	}
 	var v proto.AuditVerification
 	e.must("POST", "/api/v1/audit/verify", e.admin.Token, proto.AuditVerifyRequest{Checkpoint: &ck}, &v)
 	if !v.OK || v.Against == nil || v.Checkpoints == 0 || v.SignedSeq != ck.Seq {

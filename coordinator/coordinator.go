@@ -267,6 +267,11 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 	if err := s.archiveEnded(); err != nil {
 		return nil, err
 	}
+	if n, err := indexRequestArchive(s.store); err != nil {
+		return nil, err
+	} else if n > 0 {
+		s.log.Info("indexed the access request archive by request id", "requests", n)
+	}
 	for login, others := range s.sharedLogins() {
 		ids := make([]string, len(others))
 		for i, u := range others {
@@ -350,6 +355,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		wg.Go(func() { s.expirer(ctx) })
 		wg.Go(func() { s.auditJanitor(ctx) })
 		wg.Go(func() { s.recordingJanitor(ctx) })
+		wg.Go(func() { s.auditIndexer(ctx) })
 		wg.Go(func() { s.auditSigner(ctx) })
 		if s.export != nil {
 			wg.Go(func() { s.export.Run(ctx) })

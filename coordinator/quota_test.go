@@ -232,3 +232,57 @@ func TestDeviceListUserFilterDoesNotRevealUsers(t *testing.T) {
 		t.Fatalf("admin filter = %d %+v %v", status, p, ds)
 	}
 }
+
+// TestArchivedRequestByID: a decision on an ended request finds it in
+// the archive by its id, also in an archive written before the archive
+// was indexed by id (read through until the coordinator indexes it at
+// start), and an unknown id is answered from the index alone.
+func TestArchivedRequestByID(t *testing.T) {
+	e := newTestEnv(t)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	// As an earlier version archived them: no id entries, no marker.
+	err := e.srv.store.Update(func(tx store.Tx) error {
+		for i := range 30 {
+			ar := accessRequest{ID: fmt.Sprintf("req_%04d", i), UserID: "usr_x", State: proto.RequestDenied, Created: t0.Add(time.Duration(i) * time.Minute)}
+			if err := store.Put(tx, store.RequestArchive, archiveKey(&ar), &ar); err != nil {
+				return err
+			}
+		}
+		return tx.Delete(store.Meta, metaArchiveIDs)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(id string) *accessRequest {
+		t.Helper()
+		ar, err := e.srv.archivedRequest(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ar
+	}
+	if ar := lookup("req_0003"); ar == nil || ar.State != proto.RequestDenied {
+		t.Fatalf("before indexing, req_0003 = %+v, want it denied (read through)", ar)
+	}
+	e.stop()
+	e.start()
+	if ar := lookup("req_0017"); ar == nil || ar.ID != "req_0017" {
+		t.Fatalf("after indexing, req_0017 = %+v", ar)
+	}
+	if ar := lookup("req_nope"); ar != nil {
+		t.Fatalf("req_nope = %+v, want none", ar)
+	}
+	// Indexed, the archive is no longer read through: a request that has
+	// no id entry is not found.
+	err = e.srv.store.Update(func(tx store.Tx) error { return tx.Delete(store.RequestArchiveIDs, "req_0020") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ar := lookup("req_0020"); ar != nil {
+		t.Fatalf("req_0020 without its id entry = %+v: the archive was read through", ar)
+	}
+	st, p := e.call("POST", "/api/v1/access-requests/req_0017/approve", e.login("admin@example.com").Token, proto.AccessDecision{}, nil)
+	if st != http.StatusConflict || !strings.Contains(p.Title, "is denied, not pending") {
+		t.Fatalf("approve of an archived request = %d %+v, want 409 naming its state", st, p)
+	}
+}

@@ -170,9 +170,12 @@ const (
 	AuditParamFrom     = "from"     // RFC 3339, inclusive
 	AuditParamTo       = "to"       // RFC 3339, exclusive
 	AuditParamSearch   = "q"        // free text: path, object, actor, metadata, correlation or trace id
-	AuditParamCursor   = "cursor"
-	AuditParamLimit    = "limit"
-	AuditParamOrder    = "order" // desc (default, newest first) or asc
+	// AuditParamCorrelation selects the events of one request or stream
+	// by its correlation id, exactly (an exec session's is its id).
+	AuditParamCorrelation = "correlation"
+	AuditParamCursor      = "cursor"
+	AuditParamLimit       = "limit"
+	AuditParamOrder       = "order" // desc (default, newest first) or asc
 )
 
 // AuditVerification is the answer of GET /api/v1/audit/verify: the result

@@ -53,6 +53,9 @@ func (k *Key) UnmarshalText(b []byte) error {
 // Duration is a time.Duration encoded as a Go duration string ("1.5s").
 type Duration time.Duration
 
+// String formats d as time.Duration does ("1.5s"), as it is encoded.
+func (d Duration) String() string { return time.Duration(d).String() }
+
 // MarshalJSON implements json.Marshaler.
 func (d Duration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(time.Duration(d).String())

@@ -52,8 +52,24 @@ func Marks(tx store.Tx) (head, anchor Mark, err error) {
 	return head, anchor, err
 }
 
-// Append numbers e, chains it to the head and stores it in tx. It
-// fills Category from the catalogue when it is empty.
+// readRecord reads and decodes record seq in tx; its error wraps
+// store.ErrNotFound when the record is absent. Seq is where it is
+// stored, whatever the record claims.
+func readRecord(tx store.Tx, seq uint64) (proto.AuditEvent, error) {
+	var e proto.AuditEvent
+	raw, err := tx.GetRaw(store.Audit, Key(seq))
+	if err != nil {
+		return e, err
+	}
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return e, fmt.Errorf("decode audit event %d: %w", seq, err)
+	}
+	e.Seq = seq
+	return e, nil
+}
+
+// Append numbers e, chains it to the head and stores it in tx with its
+// index entries. It fills Category from the catalogue when it is empty.
 func Append(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {
 	head, err := getMark(tx, MetaHead)
 	if err != nil {
@@ -79,6 +95,15 @@ func Append(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {
 	}
 	if err := tx.PutRaw(store.Audit, Key(seq), raw); err != nil {
 		return e, err
+	}
+	if err := index(tx, &e); err != nil {
+		return e, err
+	}
+	if head.Seq == 0 {
+		// The log's first record: the index covers it from its start.
+		if err := store.Put(tx, store.Meta, MetaIndex, indexState{}); err != nil {
+			return e, err
+		}
 	}
 	return e, store.Put(tx, store.Meta, MetaHead, Mark{Seq: seq, Hash: e.Hash})
 }

@@ -232,3 +232,28 @@ func TestAuditPruneHeld(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditPruneFitsTheStoreCommits: on a store that bounds the keys of
+// a commit (etcd), retention removes records and their index entries in
+// as many commits as it takes.
+func TestAuditPruneFitsTheStoreCommits(t *testing.T) {
+	mem := store.NewMem()
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	fillAudit(t, mem, start, 200) // one an hour, over 8 days and a bit
+	st := storetest.Limit(mem, 128)
+	n, err := Prune(st, 48*time.Hour, start.Add(200*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 100 {
+		t.Fatalf("pruned %d records, want the days before the last two", n)
+	}
+	if v := mustVerify(t, st); !v.OK || v.First != uint64(n)+1 {
+		t.Fatalf("after pruning %d: %+v", n, v)
+	}
+	for _, k := range indexEntriesOf(t, st) {
+		if seq := k[strings.LastIndexByte(k, '/')+1:]; !strings.HasPrefix(k, "h/") && seq[:20] <= Key(uint64(n)) {
+			t.Fatalf("the index keeps %s of a pruned record", k)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package auditlog
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
@@ -105,9 +106,9 @@ func SignCheckpoint(tx store.Tx, key ed25519.PrivateKey, now time.Time) (proto.A
 // there is none.
 func LastCheckpoint(tx store.Tx) (proto.AuditCheckpoint, error) {
 	var last []byte
-	err := tx.ForEach(store.AuditCheckpoints, func(_ string, raw []byte) error {
-		last = raw
-		return nil
+	err := tx.Scan(store.AuditCheckpoints, "", "", true, func(_ string, raw []byte) error {
+		last = bytes.Clone(raw)
+		return store.StopScan
 	})
 	var c proto.AuditCheckpoint
 	if err != nil || last == nil {

@@ -1,14 +1,11 @@
 package auditlog
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"math"
 	"time"
 
 	"github.com/clustral/clustral/coordinator/store"
-	"github.com/clustral/clustral/proto"
 )
 
 // maxPrunePerTx bounds the records one pruning transaction removes.
@@ -41,6 +38,9 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 	}
 	cutoff := now.Add(-retention).UTC().Truncate(24 * time.Hour)
 	future := now.Add(MaxSkew)
+	// A record removed deletes up to six keys, and perhaps a checkpoint
+	// and an hour's entry: half what Append may write in a commit of st.
+	per := min(maxPrunePerTx, max(1, AppendsPerTx(st)/2))
 	total := 0
 	for {
 		n := 0
@@ -51,14 +51,10 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 				return err
 			}
 			var misdated []uint64 // since the last record removed
-			for seq := anchor.Seq + 1; seq <= min(head.Seq, hold) && n < maxPrunePerTx; seq++ {
-				raw, err := tx.GetRaw(store.Audit, Key(seq))
+			for seq := anchor.Seq + 1; seq <= min(head.Seq, hold) && n < per; seq++ {
+				e, err := readRecord(tx, seq)
 				if err != nil {
 					return err
-				}
-				var e proto.AuditEvent
-				if err := json.Unmarshal(raw, &e); err != nil {
-					return fmt.Errorf("decode audit event %d: %w", seq, err)
 				}
 				if e.Time.After(future) {
 					misdated = append(misdated, seq)
@@ -67,7 +63,19 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 				if !e.Time.Before(cutoff) {
 					break
 				}
+				if err := unindex(tx, &e); err != nil {
+					return err
+				}
 				for _, m := range append(misdated, seq) {
+					if m != seq {
+						me, err := readRecord(tx, m)
+						if err != nil {
+							return err
+						}
+						if err := unindex(tx, &me); err != nil {
+							return err
+						}
+					}
 					if err := tx.Delete(store.Audit, Key(m)); err != nil {
 						return err
 					}
@@ -82,10 +90,13 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 			if err := pruneCheckpoints(tx, anchor.Seq); err != nil {
 				return err
 			}
+			if err := pruneHours(tx, anchor.Seq); err != nil {
+				return err
+			}
 			return store.Put(tx, store.Meta, MetaAnchor, anchor)
 		})
 		total += n
-		if err != nil || n < maxPrunePerTx {
+		if err != nil || n < per {
 			return total, err
 		}
 	}

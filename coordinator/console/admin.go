@@ -212,12 +212,42 @@ type auditData struct {
 	Filter     url.Values
 	Categories []proto.AuditCategory
 	Events     []proto.AuditEvent
-	// Next is the URL of the following page, empty on the last.
-	Next string
+	// Next is the URL of the following page, empty on the last; Newest,
+	// on a following page, the URL of the first.
+	Next, Newest string
 	// Tail is the URL of the live tail with the page's filter.
 	Tail string
 	// Verified is the chain's check, when asked for.
 	Verified *proto.AuditVerification
+	// Checkpoint is the newest signed checkpoint, nil while there is
+	// none; CheckpointErr says why it could not be read.
+	Checkpoint    *proto.AuditCheckpoint
+	CheckpointErr string
+}
+
+// auditTime reads the audit page's from or to filter (label names it): a
+// duration ago (30m, 2h, 1d) or an RFC 3339 time, as on the sessions
+// page, in the RFC 3339 form the API takes.
+func auditTime(label, s string, now time.Time) (string, error) {
+	t, err := sinceTime(s, now)
+	if err != nil {
+		return "", fmt.Errorf("%s %q is neither a duration ago (30m, 2h, 1d) nor an RFC 3339 time (2026-01-02T15:04:05Z); correct it and show again.", label, s)
+	}
+	return t.UTC().Format(time.RFC3339Nano), nil
+}
+
+// latestCheckpoint reads the newest signed checkpoint for the audit
+// page: nil and no problem while there is none.
+func latestCheckpoint(r *http.Request, v *visit) (*proto.AuditCheckpoint, string) {
+	var ck proto.AuditCheckpoint
+	err := apiCall(r, v, "GET", proto.APIVersion+"/audit/checkpoints/latest", nil, &ck)
+	if statusOf(err) == http.StatusNotFound {
+		return nil, ""
+	}
+	if err != nil {
+		return nil, sentence(err)
+	}
+	return &ck, ""
 }
 
 // auditFilter is the filter of the query in, as the API names it.
@@ -242,6 +272,17 @@ func (c *Console) showAudit(w http.ResponseWriter, r *http.Request, v *visit, ve
 	for k, vs := range q {
 		api[k] = vs
 	}
+	now := time.Now()
+	badTime := ""
+	for _, k := range []string{proto.AuditParamFrom, proto.AuditParamTo} {
+		if s := q.Get(k); s != "" {
+			t, err := auditTime(capitalize(k), s, now)
+			if err != nil && badTime == "" {
+				badTime = err.Error()
+			}
+			api.Set(k, t)
+		}
+	}
 	size := auditPageSize
 	if n, err := strconv.Atoi(in.Get(proto.AuditParamLimit)); err == nil && n > 0 && n <= maxAuditPageSize {
 		size = n
@@ -253,16 +294,25 @@ func (c *Console) showAudit(w http.ResponseWriter, r *http.Request, v *visit, ve
 	}
 	d := c.page(r, v, "Audit log")
 	d.Error = problem
+	// The tail and the older pages take the times as read now, so that
+	// "2h" means the same on each.
 	tail := url.Values{}
 	for k, vs := range q {
+		if k == proto.AuditParamFrom || k == proto.AuditParamTo {
+			vs = api[k]
+		}
 		if k != proto.AuditParamLimit {
 			tail[k] = vs
 		}
 	}
 	ad := auditData{Filter: q, Categories: proto.AuditCategories, Verified: verified, Tail: "/admin/audit/events?" + tail.Encode()}
+	ad.Checkpoint, ad.CheckpointErr = latestCheckpoint(r, v)
 	var page proto.AuditPage
 	status := http.StatusOK
-	if err := apiCall(r, v, "GET", proto.APIVersion+"/audit/events?"+api.Encode(), nil, &page); err != nil {
+	if badTime != "" {
+		// The user's to fix: the form, with the sentence.
+		status, d.Error = http.StatusBadRequest, badTime
+	} else if err := apiCall(r, v, "GET", proto.APIVersion+"/audit/events?"+api.Encode(), nil, &page); err != nil {
 		// A bad filter is the user's to fix: show the form with the
 		// coordinator's sentence.
 		status, d.Error = statusOf(err), sentence(err)
@@ -273,8 +323,17 @@ func (c *Console) showAudit(w http.ResponseWriter, r *http.Request, v *visit, ve
 			for k, vs := range q {
 				next[k] = vs
 			}
+			for _, k := range []string{proto.AuditParamFrom, proto.AuditParamTo} {
+				if _, ok := q[k]; ok {
+					next[k] = api[k]
+				}
+			}
 			next.Set(proto.AuditParamCursor, page.Next)
 			ad.Next = "/admin/audit?" + next.Encode()
+		}
+		if in.Get(proto.AuditParamCursor) != "" {
+			// An older page: back to the newest, the filter kept as typed.
+			ad.Newest = "/admin/audit?" + q.Encode()
 		}
 	}
 	d.Data = ad

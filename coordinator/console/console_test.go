@@ -2,15 +2,18 @@ package console_test
 
 import (
 	"bufio"
-	"html"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	xhtml "golang.org/x/net/html"
 
 	"github.com/clustral/clustral/cli/kubeconfig"
 	"github.com/clustral/clustral/coordinator"
@@ -671,6 +674,9 @@ func TestAuditPaging(t *testing.T) {
 	if n := strings.Count(root.page, "<details>"); n != 3 || strings.Contains(root.page, "Older events") {
 		t.Errorf("second page shows %d events, want the 3 left and no further page", n)
 	}
+	if !strings.Contains(root.page, `<a class="button" href="/admin/audit?limit=5&amp;user=bob%40example.com">Newest events</a>`) {
+		t.Errorf("the second page does not link back to the newest with the filter:\n%s", root.page)
+	}
 }
 
 // TestAssignments: an administrator assigns a role to a user for a
@@ -775,29 +781,150 @@ func TestRoleForm(t *testing.T) {
 		t.Errorf("renaming onto another role = %d, without the error beside the name:\n%s", status, page)
 	}
 
-	// Editing keeps the windows the form does not show.
+	// Editing shows the role's windows, and keeps them.
 	root.get("/admin/roles/office/edit")
-	if !strings.Contains(root.page, "mon 09:00-17:00 UTC") {
-		t.Errorf("the edit form does not show the role's window:\n%s", root.page)
+	form = roleFormValues(t, root.page)
+	if form.Get("windows") != "2" || !slices.Equal(form["window_days_0"], []string{"mon"}) || form.Get("window_start_0") != "09:00" || form.Get("window_end_0") != "17:00" {
+		t.Fatalf("the edit form does not show office's window (and a row to add one): %v\n%s", form, root.page)
 	}
-	form = roleFormValues(root.page)
 	form.Set("description", "office hours only")
-	form.Set("csrf", root.csrf())
-	if status, _, page := root.post("/admin/roles/office/edit", form, e.URL, nil); status != http.StatusSeeOther {
+	save := func(form url.Values) (int, string) {
+		t.Helper()
+		form.Set("csrf", root.csrf())
+		status, _, page := root.post("/admin/roles/office/edit", form, e.URL, nil)
+		return status, page
+	}
+	windows := func() []string {
+		t.Helper()
+		var ro proto.Role
+		e.Do(e.admin.Token, "GET", proto.APIVersion+"/roles/office", nil, &ro)
+		var out []string
+		if ro.Restrictions != nil {
+			for _, w := range ro.Restrictions.TimeWindows {
+				out = append(out, w.String())
+			}
+		}
+		return out
+	}
+	if status, page := save(form); status != http.StatusSeeOther {
 		t.Fatalf("saving office = %d:\n%s", status, page)
 	}
-	var ro proto.Role
-	e.Do(e.admin.Token, "GET", proto.APIVersion+"/roles/office", nil, &ro)
-	if ro.Description != "office hours only" || ro.Restrictions == nil || len(ro.Restrictions.TimeWindows) != 1 {
-		t.Errorf("after the edit, office = %+v, want the new description and its window", ro)
+	if got := windows(); !slices.Equal(got, []string{"mon 09:00-17:00 UTC"}) {
+		t.Errorf("after the edit, office's windows = %q, want its window kept", got)
+	}
+
+	// Adding a window in the empty row.
+	root.get("/admin/roles/office/edit")
+	form = roleFormValues(t, root.page)
+	form["window_days_1"] = []string{"sun", "sat"}
+	form.Set("window_start_1", "10:00")
+	form.Set("window_end_1", "14:00")
+	form.Set("window_tz_1", "Europe/Berlin")
+	if status, page := save(form); status != http.StatusSeeOther {
+		t.Fatalf("adding a window = %d:\n%s", status, page)
+	}
+	if got := windows(); !slices.Equal(got, []string{"mon 09:00-17:00 UTC", "sat,sun 10:00-14:00 Europe/Berlin"}) {
+		t.Errorf("after adding a window, office's windows = %q", got)
+	}
+
+	// The coordinator's refusal of a window shows beside its row, with
+	// the form as typed; nothing is saved.
+	root.get("/admin/roles/office/edit")
+	form = roleFormValues(t, root.page)
+	form.Set("window_start_1", "9")
+	form.Set("window_tz_1", hostile[1])
+	form.Set("description", hostile[0])
+	status, page = save(form)
+	if status != http.StatusBadRequest || !strings.Contains(page, `id="err-window-1"`) || !strings.Contains(page, `aria-errormessage="err-window-1"`) {
+		t.Fatalf("a bad window = %d, without its error beside its row:\n%s", status, page)
+	}
+	errText := regexp.MustCompile(`id="err-window-1">([^<]*)<`).FindStringSubmatch(page)
+	if errText == nil || !strings.Contains(errText[1], "Time window 2: start: &#34;9&#34; is not a time of day") {
+		t.Errorf("the error beside window 2 = %q, want the coordinator's sentence naming its start", errText)
+	}
+	if strings.Contains(page, `id="err-window-0"`) {
+		t.Errorf("window 1, which is fine, is marked:\n%s", page)
+	}
+	if kept := roleFormValues(t, page); kept.Get("window_start_1") != "9" || kept.Get("window_tz_1") != hostile[1] || kept.Get("description") != hostile[0] {
+		t.Errorf("the form is not kept as typed: %v", kept)
+	}
+	markupFree(t, "role form with a bad window", page)
+	if got := windows(); len(got) != 2 {
+		t.Errorf("a refused edit changed the windows: %q", got)
+	}
+
+	// Removing a window, then the last one.
+	for _, want := range [][]string{{"sat,sun 10:00-14:00 Europe/Berlin"}, nil} {
+		root.get("/admin/roles/office/edit")
+		form = roleFormValues(t, root.page)
+		form.Set("window_remove_0", "1")
+		if status, page := save(form); status != http.StatusSeeOther {
+			t.Fatalf("removing a window = %d:\n%s", status, page)
+		}
+		if got := windows(); !slices.Equal(got, want) {
+			t.Errorf("after removing window 1, office's windows = %q, want %q", got, want)
+		}
+	}
+
+	// A new role with a window.
+	root.get("/admin/roles/new")
+	form = roleFormValues(t, root.page)
+	form.Set("name", "night")
+	form.Set("groups", "view")
+	form.Set("window_start_0", "22:00")
+	form.Set("window_end_0", "06:00")
+	form.Set("csrf", root.csrf())
+	if status, _, page := root.post("/admin/roles/new", form, e.URL, nil); status != http.StatusSeeOther {
+		t.Fatalf("creating a role with a window = %d:\n%s", status, page)
+	}
+	var night proto.Role
+	e.Do(e.admin.Token, "GET", proto.APIVersion+"/roles/night", nil, &night)
+	if night.Restrictions == nil || len(night.Restrictions.TimeWindows) != 1 || night.Restrictions.TimeWindows[0].String() != "daily 22:00-06:00 UTC" {
+		t.Errorf("night = %+v, want the window daily 22:00-06:00 UTC", night.Restrictions)
 	}
 }
 
-// roleFormValues reads the values of the role form's inputs on page.
-func roleFormValues(page string) url.Values {
+// roleFormValues reads the values the role form on page would send: its
+// text inputs and text areas, its hidden inputs but the CSRF token, and
+// its ticked checkboxes.
+func roleFormValues(t *testing.T, page string) url.Values {
+	t.Helper()
+	doc, err := xhtml.Parse(strings.NewReader(page))
+	if err != nil {
+		t.Fatal(err)
+	}
 	v := url.Values{}
-	for _, m := range regexp.MustCompile(`<input id="ro-[a-z_]+" name="([a-z_]+)" autocomplete="off" value="([^"]*)"`).FindAllStringSubmatch(page, -1) {
-		v.Set(m[1], html.UnescapeString(m[2]))
+	attr := func(n *xhtml.Node, k string) (string, bool) {
+		for _, a := range n.Attr {
+			if a.Key == k {
+				return a.Val, true
+			}
+		}
+		return "", false
+	}
+	for n := range doc.Descendants() {
+		if n.Type != xhtml.ElementNode {
+			continue
+		}
+		name, ok := attr(n, "name")
+		if !ok || name == "csrf" {
+			continue
+		}
+		switch n.Data {
+		case "textarea":
+			text := ""
+			if n.FirstChild != nil {
+				text = n.FirstChild.Data
+			}
+			v.Add(name, strings.TrimPrefix(text, "\n"))
+		case "input":
+			typ, _ := attr(n, "type")
+			val, _ := attr(n, "value")
+			if _, checked := attr(n, "checked"); typ == "checkbox" && !checked {
+				continue
+			}
+			v.Add(name, val)
+		}
 	}
 	return v
 }
@@ -871,5 +998,57 @@ func TestApprovers(t *testing.T) {
 	alice.get("/approvals")
 	if strings.Contains(alice.page, "req-"+reqs[0].ID) {
 		t.Errorf("alice's own request is in her approvals queue:\n%s", alice.page)
+	}
+}
+
+// TestAuditPageChainAndDetail: the audit page shows the last signed
+// checkpoint before any verification, an event's detail, and reads a
+// time range as a duration ago or an RFC 3339 time, naming a bad one.
+func TestAuditPageChainAndDetail(t *testing.T) {
+	e := newEnv(t)
+	root, _ := e.signIn("root@example.com")
+	e.waitAudit(proto.AuditClusterCreated, "root@example.com")
+	var ck proto.AuditCheckpoint
+	e.Do(e.admin.Token, "POST", proto.APIVersion+"/audit/checkpoints", nil, &ck)
+
+	root.get("/admin/audit?code=" + string(proto.AuditClusterCreated))
+	cp := regexp.MustCompile(`<p id="checkpoint">([^\n]*)</p>`).FindStringSubmatch(root.page)
+	if cp == nil || !strings.Contains(cp[1], fmt.Sprintf("record %d,", ck.Seq)) || !strings.Contains(cp[1], ck.KeyID()) {
+		t.Errorf("the chain section does not name the last checkpoint (record %d, key %s):\n%s", ck.Seq, ck.KeyID(), root.page)
+	}
+	if !strings.Contains(root.page, "Not verified on this page yet") {
+		t.Errorf("the chain's state before verifying is not said:\n%s", root.page)
+	}
+	for _, want := range []string{"<dt>Time</dt>", "<dt>Actor</dt><dd>root@example.com</dd>", "<dt>Object</dt>", "<dt>Previous hash</dt>"} {
+		if !strings.Contains(root.page, want) {
+			t.Errorf("the event's detail lacks %s:\n%s", want, root.page)
+		}
+	}
+
+	tests := []struct {
+		from   string
+		status int
+		events bool
+	}{
+		{"2h", http.StatusOK, true},
+		{"1d", http.StatusOK, true},
+		{time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), http.StatusOK, true},
+		{time.Now().Add(time.Hour).UTC().Format(time.RFC3339), http.StatusOK, false},
+		{"yesterday", http.StatusBadRequest, false},
+	}
+	for _, tt := range tests {
+		resp, _ := root.get("/admin/audit?code=" + string(proto.AuditClusterCreated) + "&from=" + url.QueryEscape(tt.from))
+		if resp.StatusCode != tt.status || strings.Contains(root.page, "<details>") != tt.events {
+			t.Errorf("from=%s: %d with events %v, want %d with %v:\n%s", tt.from, resp.StatusCode, strings.Contains(root.page, "<details>"), tt.status, tt.events, root.page)
+		}
+	}
+	if !strings.Contains(root.page, `From &#34;yesterday&#34; is neither a duration ago`) {
+		t.Errorf("a bad from is not named:\n%s", root.page)
+	}
+	// The live tail takes the range as read when the page loaded.
+	root.get("/admin/audit?from=2h")
+	tail := regexp.MustCompile(`data-live="([^"]*)"`).FindStringSubmatch(root.page)
+	if tail == nil || !strings.Contains(tail[1], "from=20") || strings.Contains(tail[1], "from=2h") {
+		t.Errorf("the live tail's range = %v, want the time 2h ago", tail)
 	}
 }

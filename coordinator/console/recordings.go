@@ -142,7 +142,8 @@ func (c *Console) recordingPage(w http.ResponseWriter, r *http.Request, v *visit
 	// The end event (RQ004I, or RQ005W for a rescued recording) carries
 	// the digest; its correlation is the session id.
 	var page proto.AuditPage
-	q := url.Values{proto.AuditParamSearch: {id}, proto.AuditParamLimit: {"500"}}
+	q := url.Values{proto.AuditParamCorrelation: {id}, proto.AuditParamCode: {string(proto.AuditStreamEnded) + "," + string(proto.AuditRecordingRescued)},
+		proto.AuditParamLimit: {"500"}}
 	if err := apiCall(r, v, "GET", proto.APIVersion+"/audit/events?"+q.Encode(), nil, &page); err != nil {
 		c.failAPI(w, r, v, err)
 		return

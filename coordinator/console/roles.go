@@ -2,8 +2,12 @@ package console
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/clustral/clustral/pkg/coordclient"
@@ -42,9 +46,138 @@ type roleFormData struct {
 	Values  url.Values
 	// Errs holds the coordinator's refusal by form field name.
 	Errs map[string]string
-	// Windows are the role's time windows, kept as they are.
-	Windows []proto.TimeWindow
+	// Windows are the rows of the time windows' part of the form: the
+	// role's windows, then an empty one to add a window.
+	Windows []windowRow
 }
+
+// windowRow is one time window of the role form. Its inputs are named
+// window_<field>_<N>; the form's "windows" says how many rows it has.
+type windowRow struct {
+	N                    int
+	Days                 []dayBox
+	Start, End, TimeZone string
+	// New marks the empty row that adds a window; Remove, a row ticked
+	// for removal.
+	New, Remove bool
+	// Err is the coordinator's refusal of this window.
+	Err string
+}
+
+// Number is the row's number as the form shows it, from 1.
+func (w windowRow) Number() int { return w.N + 1 }
+
+// dayBox is one day's checkbox in a windowRow.
+type dayBox struct {
+	Day     string
+	Checked bool
+}
+
+// maxWindowRows bounds the rows a posted form may claim.
+const maxWindowRows = 100
+
+// windowDays lists the days Monday first, as people read a week.
+var windowDays = append(slices.Clone(proto.Days[1:]), proto.Days[0])
+
+// newWindowRow is row n with days ticked. A day the form does not offer
+// (sent by hand, or stored some other way) gets a ticked box of its own,
+// so that the form shown again sends it again rather than dropping it,
+// which would turn the window into one for every day.
+func newWindowRow(n int, days []string) windowRow {
+	w := windowRow{N: n}
+	for _, d := range windowDays {
+		w.Days = append(w.Days, dayBox{Day: d, Checked: slices.Contains(days, d)})
+	}
+	for _, d := range days {
+		if !slices.Contains(windowDays, d) && !slices.ContainsFunc(w.Days, func(b dayBox) bool { return b.Day == d }) {
+			w.Days = append(w.Days, dayBox{Day: d, Checked: true})
+		}
+	}
+	return w
+}
+
+// windowRows are the rows of a stored role's windows, and an empty one.
+func windowRows(tws []proto.TimeWindow) []windowRow {
+	var rows []windowRow
+	for i, tw := range tws {
+		w := newWindowRow(i, tw.Days)
+		w.Start, w.End, w.TimeZone = tw.Start, tw.End, tw.TimeZone
+		rows = append(rows, w)
+	}
+	w := newWindowRow(len(rows), nil)
+	w.New = true
+	return append(rows, w)
+}
+
+// formWindows reads the window rows of a posted form, as typed, and the
+// windows they describe: those not ticked for removal, and not left
+// empty. sent[i] is the row of the i-th window.
+func formWindows(f url.Values) (rows []windowRow, windows []proto.TimeWindow, sent []int) {
+	n, _ := strconv.Atoi(f.Get("windows"))
+	n = min(max(n, 0), maxWindowRows)
+	for i := range n {
+		get := func(field string) string { return strings.TrimSpace(f.Get(fmt.Sprintf("window_%s_%d", field, i))) }
+		days := f[fmt.Sprintf("window_days_%d", i)]
+		w := newWindowRow(i, days)
+		w.Start, w.End, w.TimeZone, w.Remove = get("start"), get("end"), get("tz"), get("remove") != ""
+		empty := len(days) == 0 && w.Start == "" && w.End == "" && w.TimeZone == ""
+		if empty {
+			continue
+		}
+		rows = append(rows, w)
+		if w.Remove {
+			continue
+		}
+		// Days in the week's order, Monday first; one the form does not offer is
+		// sent as it came, for the coordinator to name.
+		var tw proto.TimeWindow
+		for _, d := range windowDays {
+			if slices.Contains(days, d) {
+				tw.Days = append(tw.Days, d)
+			}
+		}
+		for _, d := range days {
+			if !slices.Contains(proto.Days, d) && !slices.Contains(tw.Days, d) {
+				tw.Days = append(tw.Days, d)
+			}
+		}
+		tw.Start, tw.End, tw.TimeZone = w.Start, w.End, w.TimeZone
+		windows = append(windows, tw)
+		sent = append(sent, len(rows)-1)
+	}
+	for i := range rows {
+		rows[i].N = i
+	}
+	w := newWindowRow(len(rows), nil)
+	w.New = true
+	return append(rows, w), windows, sent
+}
+
+// placeWindowErrs puts each problem of a refusal of the windows (one
+// per window, "time window 2: start: ...") beside the row of the window
+// it names, and reports whether it placed them all.
+func placeWindowErrs(rows []windowRow, sent []int, title string) bool {
+	ms := windowErrRE.FindAllStringSubmatchIndex(title, -1)
+	if len(ms) == 0 {
+		return false
+	}
+	for k, m := range ms {
+		i, _ := strconv.Atoi(title[m[2]:m[3]])
+		if i < 1 || i > len(sent) {
+			return false
+		}
+		end := len(title)
+		if k+1 < len(ms) {
+			end = ms[k+1][0]
+		}
+		rows[sent[i-1]].Err = capitalize(strings.TrimRight(strings.TrimSpace(title[m[0]:end]), ".")) + "."
+	}
+	return true
+}
+
+// windowErrRE finds the window a refusal of restrictions.time_windows
+// names (proto.Restrictions.Validate: "time window 2: ...").
+var windowErrRE = regexp.MustCompile(`time window (\d+):`)
 
 // list splits a list field: commas or new lines between entries.
 func list(s string) []string {
@@ -70,7 +203,8 @@ func roleValues(ro proto.Role) url.Values {
 	return v
 }
 
-// formRole is the role the form f describes, with windows kept.
+// formRole is the role the form f describes, with the time windows
+// read from its rows (formWindows).
 func formRole(f url.Values, windows []proto.TimeWindow) proto.Role {
 	ro := proto.Role{Name: strings.TrimSpace(f.Get("name")), Description: f.Get("description"), KubeUser: strings.TrimSpace(f.Get("kube_user")),
 		Groups: list(f.Get("groups")), ApproverGroups: list(f.Get("approver_groups"))}
@@ -95,7 +229,7 @@ func (c *Console) showRoleForm(w http.ResponseWriter, r *http.Request, v *visit,
 }
 
 func (c *Console) newRolePage(w http.ResponseWriter, r *http.Request, v *visit) {
-	c.showRoleForm(w, r, v, http.StatusOK, roleFormData{Values: url.Values{}}, "")
+	c.showRoleForm(w, r, v, http.StatusOK, roleFormData{Values: url.Values{}, Windows: windowRows(nil)}, "")
 }
 
 // editedRole reads the role being edited; it answers the problem itself
@@ -118,7 +252,7 @@ func (c *Console) editRolePage(w http.ResponseWriter, r *http.Request, v *visit)
 	if ro.Restrictions != nil {
 		windows = ro.Restrictions.TimeWindows
 	}
-	c.showRoleForm(w, r, v, http.StatusOK, roleFormData{Editing: ro.Name, Values: roleValues(ro), Windows: windows}, "")
+	c.showRoleForm(w, r, v, http.StatusOK, roleFormData{Editing: ro.Name, Values: roleValues(ro), Windows: windowRows(windows)}, "")
 }
 
 func (c *Console) createRole(w http.ResponseWriter, r *http.Request, v *visit) {
@@ -130,24 +264,29 @@ func (c *Console) updateRole(w http.ResponseWriter, r *http.Request, v *visit) {
 	if !ok {
 		return
 	}
-	d := roleFormData{Editing: ro.Name, Values: r.PostForm}
-	if ro.Restrictions != nil {
-		d.Windows = ro.Restrictions.TimeWindows
-	}
-	c.saveRole(w, r, v, "PUT", proto.APIVersion+"/roles/"+url.PathEscape(ro.Name), d)
+	c.saveRole(w, r, v, "PUT", proto.APIVersion+"/roles/"+url.PathEscape(ro.Name), roleFormData{Editing: ro.Name, Values: r.PostForm})
 }
 
 // saveRole sends the form's role; a refusal shows the form again as typed
-// with the coordinator's sentence beside the field it names.
+// with the coordinator's sentence beside the field it names, and a
+// refused time window beside its row.
 func (c *Console) saveRole(w http.ResponseWriter, r *http.Request, v *visit, method, path string, d roleFormData) {
-	err := apiCall(r, v, method, path, formRole(d.Values, d.Windows), nil)
+	var windows []proto.TimeWindow
+	var sent []int
+	d.Windows, windows, sent = formWindows(d.Values)
+	err := apiCall(r, v, method, path, formRole(d.Values, windows), nil)
 	if err == nil {
 		http.Redirect(w, r, "/admin/roles?done=role-saved", http.StatusSeeOther)
 		return
 	}
 	var pe *coordclient.Error
 	if errors.As(err, &pe) && pe.Field != "" {
-		d.Errs = map[string]string{strings.TrimPrefix(pe.Field, "restrictions."): sentence(err)}
+		field := strings.TrimPrefix(pe.Field, "restrictions.")
+		if field == "time_windows" && placeWindowErrs(d.Windows, sent, pe.Title) {
+			c.showRoleForm(w, r, v, statusOf(err), d, "The role was not saved: see the time windows marked below.")
+			return
+		}
+		d.Errs = map[string]string{field: sentence(err)}
 		c.showRoleForm(w, r, v, statusOf(err), d, "The role was not saved: see the field marked below.")
 		return
 	}

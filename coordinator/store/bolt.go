@@ -368,6 +368,36 @@ func (t boltTx) ForEach(b Bucket, fn func(string, []byte) error) error {
 	return bk.ForEach(func(k, v []byte) error { return fn(string(k), v) })
 }
 
+func (t boltTx) Scan(b Bucket, from, to string, reverse bool, fn func(string, []byte) error) error {
+	bk, err := t.bucket(b)
+	if err != nil {
+		return err
+	}
+	c := bk.Cursor()
+	if !reverse {
+		for k, v := c.Seek([]byte(from)); k != nil && inRange(string(k), from, to); k, v = c.Next() {
+			if err := fn(string(k), v); err != nil {
+				return scanned(err)
+			}
+		}
+		return nil
+	}
+	var k, v []byte
+	if to == "" {
+		k, v = c.Last()
+	} else if k, _ = c.Seek([]byte(to)); k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	for ; k != nil && string(k) >= from; k, v = c.Prev() {
+		if err := fn(string(k), v); err != nil {
+			return scanned(err)
+		}
+	}
+	return nil
+}
+
 func (t boltTx) NextSequence(b Bucket) (uint64, error) {
 	bk, err := t.bucket(b)
 	if err != nil {

@@ -39,3 +39,5 @@ func TestMemPresence(t *testing.T) {
 		Expiry: time.Second,
 	})
 }
+
+func TestMemScan(t *testing.T) { storetest.Scan(t, store.NewMem()) }

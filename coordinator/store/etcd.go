@@ -336,6 +336,9 @@ func (s *Etcd) Restore(path string) (map[Bucket]int, error) {
 	return counts, nil
 }
 
+// MaxWrites returns how many keys one Update may write (see MaxWrites).
+func (s *Etcd) MaxWrites() int { return s.cfg.MaxTxnOps }
+
 // Prefix returns the key prefix the store owns.
 func (s *Etcd) Prefix() string { return s.cfg.Prefix }
 
@@ -786,6 +789,82 @@ func (t *etcdTx) ForEach(b Bucket, fn func(string, []byte) error) error {
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 	return flushMine("")
+}
+
+// Scan implements Tx: it pages through the range at the transaction's
+// revision. In an Update the whole bucket becomes part of the read set,
+// as with ForEach; a scan of a bucket the transaction wrote to goes
+// through ForEach, which merges those writes.
+func (t *etcdTx) Scan(b Bucket, from, to string, reverse bool, fn func(string, []byte) error) error {
+	if err := t.checkBucket(b); err != nil {
+		return err
+	}
+	pfx := t.s.bucketPrefix(b)
+	if t.ranged != nil {
+		t.ranged[b] = true
+	}
+	for k := range t.writes {
+		if strings.HasPrefix(k, pfx) {
+			return t.scanMerged(b, from, to, reverse, fn)
+		}
+	}
+	start, end := pfx+from, clientv3.GetPrefixRangeEnd(pfx)
+	if to != "" {
+		end = pfx + to
+	}
+	order := clientv3.SortAscend
+	if reverse {
+		order = clientv3.SortDescend
+	}
+	for start < end {
+		resp, err := t.get(start, clientv3.WithRange(end), clientv3.WithLimit(int64(t.s.cfg.PageSize)),
+			clientv3.WithSort(clientv3.SortByKey, order))
+		if err != nil {
+			return err
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(strings.TrimPrefix(string(kv.Key), pfx), kv.Value); err != nil {
+				return scanned(err)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		last := string(resp.Kvs[len(resp.Kvs)-1].Key)
+		if reverse {
+			end = last
+		} else {
+			start = last + "\x00"
+		}
+	}
+	return nil
+}
+
+// scanMerged is Scan over ForEach, for a bucket the transaction wrote.
+func (t *etcdTx) scanMerged(b Bucket, from, to string, reverse bool, fn func(string, []byte) error) error {
+	type kv struct {
+		k string
+		v []byte
+	}
+	var in []kv
+	err := t.ForEach(b, func(k string, v []byte) error {
+		if inRange(k, from, to) {
+			in = append(in, kv{k, v})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if reverse {
+		slices.Reverse(in)
+	}
+	for _, e := range in {
+		if err := fn(e.k, e.v); err != nil {
+			return scanned(err)
+		}
+	}
+	return nil
 }
 
 // sequence returns b's counter as this transaction sees it.

@@ -191,6 +191,22 @@ func (t *memTx) ForEach(b Bucket, fn func(string, []byte) error) error {
 	return nil
 }
 
+func (t *memTx) Scan(b Bucket, from, to string, reverse bool, fn func(string, []byte) error) error {
+	keys := slices.Sorted(maps.Keys(t.s.b[b]))
+	if reverse {
+		slices.Reverse(keys)
+	}
+	for _, k := range keys {
+		if !inRange(k, from, to) {
+			continue
+		}
+		if err := fn(k, t.s.b[b][k]); err != nil {
+			return scanned(err)
+		}
+	}
+	return nil
+}
+
 func (t *memTx) NextSequence(b Bucket) (uint64, error) {
 	if t.ro {
 		return 0, errors.New("read-only transaction")

@@ -33,11 +33,16 @@ const (
 	Requests    Bucket = "requests"    // request id → access request, pending or approved
 	// RequestArchive holds ended access requests (denied, revoked,
 	// expired), out of the way of the live ones.
-	RequestArchive Bucket = "requests_archive" // request id → access request
-	Audit          Bucket = "audit"            // zero-padded sequence → chained audit event
-	AuditSource    Bucket = "audit_src"        // cluster id/agent spool id → highest stored spool sequence
+	RequestArchive Bucket = "requests_archive" // archive key (newest first) → access request
+	// RequestArchiveIDs: request id → its key in RequestArchive.
+	RequestArchiveIDs Bucket = "requests_archive_ids"
+	Audit             Bucket = "audit"     // zero-padded sequence → chained audit event
+	AuditSource       Bucket = "audit_src" // cluster id/agent spool id → highest stored spool sequence
 	// AuditCheckpoints: zero-padded sequence → signed checkpoint of that record.
 	AuditCheckpoints Bucket = "audit_ckpt"
+	// AuditIndex: the audit log's indexes (by user, cluster, code,
+	// category and hour), kept by package auditlog.
+	AuditIndex Bucket = "audit_idx"
 	// Logins: sha256(poll handle) → a login waiting for its browser, kept
 	// only by coordinators that share their store, so that any replica
 	// can take each step of it.
@@ -56,11 +61,11 @@ const (
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, Audit, AuditSource, AuditCheckpoints, Logins, Live, Recordings, RecordingChunks}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, RequestArchiveIDs, Audit, AuditSource, AuditCheckpoints, AuditIndex, Logins, Live, Recordings, RecordingChunks}
 
 // addedBuckets are buckets a store (or backup) written by an earlier
 // version may lack; Verify and Restore take their absence as empty.
-var addedBuckets = []Bucket{Logins, Live, Recordings, RecordingChunks}
+var addedBuckets = []Bucket{Logins, AuditIndex, RequestArchiveIDs, Live, Recordings, RecordingChunks}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")
@@ -105,8 +110,43 @@ type Tx interface {
 	// ForEach calls fn for every key in b in key order. The value slice is
 	// only valid during the call. Returning an error stops the iteration.
 	ForEach(b Bucket, fn func(key string, value []byte) error) error
+	// Scan calls fn for every key of b in [from, to), in key order, or
+	// in reverse key order when reverse is set; an empty to means the
+	// end of b. The value slice is only valid during the call. If fn
+	// returns StopScan, the scan ends and Scan returns nil; any other
+	// error ends it and is returned. Unlike ForEach it reads only the
+	// range, so a lookup in a large bucket costs what it returns.
+	Scan(b Bucket, from, to string, reverse bool, fn func(key string, value []byte) error) error
 	// NextSequence returns a monotonically increasing number for b.
 	NextSequence(b Bucket) (uint64, error)
+}
+
+// MaxWrites returns how many keys one Update of st may write, 0 when st
+// sets no bound (an Etcd's is etcd's --max-txn-ops, counting the
+// bookkeeping keys of its commit).
+func MaxWrites(st Store) int {
+	if l, ok := st.(interface{ MaxWrites() int }); ok {
+		return l.MaxWrites()
+	}
+	return 0
+}
+
+// StopScan, returned by the function Tx.Scan calls, ends the scan
+// without an error.
+var StopScan = errors.New("stop scan")
+
+// scanned is what Scan returns when fn returned err.
+func scanned(err error) error {
+	if errors.Is(err, StopScan) {
+		return nil
+	}
+	return err
+}
+
+// inRange reports whether key lies in [from, to), an empty to meaning
+// no upper bound.
+func inRange(key, from, to string) bool {
+	return key >= from && (to == "" || key < to)
 }
 
 // Get decodes the JSON value at key into v.

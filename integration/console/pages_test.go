@@ -42,6 +42,12 @@ func TestPages(t *testing.T) {
 	a.MustAPI("POST", "/api/v1/access-requests", proto.CreateAccessRequest{Role: "admin", Cluster: harness.MeshCluster,
 		Duration: proto.Duration(2 * 3600e9), Reason: "INC-1234: restart the ingress"}, &ar)
 	shipRecording(t, m, "s-1")
+	// A role with time windows, for the role editor.
+	m.Admin.MustAPI("POST", "/api/v1/roles", proto.Role{Name: "oncall", Description: "Weekday on-call, weekend mornings", Groups: []string{"view"},
+		Restrictions: &proto.Restrictions{Namespaces: []string{"prod"}, TimeWindows: []proto.TimeWindow{
+			{Days: []string{"mon", "tue", "wed", "thu", "fri"}, Start: "08:00", End: "20:00", TimeZone: "Europe/Berlin"},
+			{Days: []string{"sat", "sun"}, Start: "10:00", End: "14:00", TimeZone: "Europe/Berlin"},
+		}}}, nil)
 	// A live session for the live sessions page: alice's watch.
 	suite.StartAgent(t, m.JoinToken)
 	a.MustUp()
@@ -72,7 +78,7 @@ func TestPages(t *testing.T) {
 		{"admin-users", "/admin/users", rt},
 		{"admin-user", "/admin/users/" + alice.Email, rt},
 		{"admin-roles", "/admin/roles", rt},
-		{"admin-role-edit", "/admin/roles/admin/edit", rt},
+		{"admin-role-edit", "/admin/roles/oncall/edit", rt},
 		{"admin-assignments", "/admin/assignments", rt},
 		{"admin-audit", "/admin/audit", rt},
 		{"admin-live", "/admin/live", rt},
@@ -93,6 +99,12 @@ func TestPages(t *testing.T) {
 			noProblems(t, p.tab)
 		})
 	}
+	// The role editor's time windows, further down.
+	t.Run("admin-role-windows", func(t *testing.T) {
+		rt.Do(t, chromedp.Navigate(m.Coord.URL+"/admin/roles/oncall/edit"), chromedp.WaitVisible(chromedp.CSS("main h1")))
+		shoot(t, rt, "admin-role-windows", ".windows")
+		noProblems(t, rt)
+	})
 }
 
 // checkPage checks the page in tab at both widths: no sideways scrolling
@@ -115,8 +127,9 @@ func checkPage(t *testing.T, tab *harness.Tab) {
 }
 
 // shoot writes the page in tab at both widths to the screenshot
-// directory, if there is one.
-func shoot(t *testing.T, tab *harness.Tab, name string) {
+// directory, if there is one; with scrollTo, scrolled to the first
+// element that selector matches.
+func shoot(t *testing.T, tab *harness.Tab, name string, scrollTo ...string) {
 	t.Helper()
 	dir := os.Getenv(ScreenshotsEnv)
 	if dir == "" {
@@ -124,6 +137,9 @@ func shoot(t *testing.T, tab *harness.Tab, name string) {
 	}
 	for _, w := range widths {
 		tab.Do(t, chromedp.EmulateViewport(w.width, w.height))
+		for _, sel := range scrollTo {
+			tab.Do(t, chromedp.ScrollIntoView(chromedp.CSS(sel)))
+		}
 		shot, err := chromedp.Run(tab.Ctx, chromedp.CaptureScreenshot())
 		if err != nil {
 			t.Fatal(err)

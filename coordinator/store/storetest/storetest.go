@@ -43,6 +43,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ReadYourWrites", testReadYourWrites},
 		{"ForEachOrder", testForEachOrder},
 		{"ForEachStops", testForEachStops},
+		{"Scan", Scan},
 		{"Delete", testDelete},
 		{"UnknownBucket", testUnknownBucket},
 		{"Atomicity", testAtomicity},
@@ -211,6 +212,99 @@ func testForEachOrder(t *testing.T, s store.Store) {
 	}
 	if got := all(t, s, store.AuditSource); !slices.Equal(got, []kv{{"x", "src"}}) {
 		t.Fatalf("ForEach(audit_src) = %v, want only x", got)
+	}
+}
+
+// Scan checks Tx.Scan on s, which must be empty: ranges in both
+// directions, bounds, StopScan, and in an Update the transaction's own
+// writes. Every backend runs it through Run; a Store that cannot run
+// all of Run (Mem) runs it alone.
+func Scan(t *testing.T, s store.Store) {
+	mustUpdate(t, s, func(tx store.Tx) error {
+		for _, k := range []string{"a/1", "a/2", "a/3", "b/1", "b/2", "c"} {
+			if err := tx.PutRaw(store.Roles, k, []byte("v"+k)); err != nil {
+				return err
+			}
+		}
+		return tx.PutRaw(store.Assignments, "a/9", nil) // another bucket
+	})
+	scan := func(tx store.Tx, from, to string, reverse bool, stopAt int) ([]string, error) {
+		var got []string
+		err := tx.Scan(store.Roles, from, to, reverse, func(k string, v []byte) error {
+			if string(v) != "v"+k {
+				return fmt.Errorf("key %s has value %q", k, v)
+			}
+			got = append(got, k)
+			if len(got) == stopAt {
+				return store.StopScan
+			}
+			return nil
+		})
+		return got, err
+	}
+	tests := []struct {
+		from, to string
+		reverse  bool
+		stopAt   int
+		want     []string
+	}{
+		{"a/", "a0", false, 0, []string{"a/1", "a/2", "a/3"}},
+		{"a/", "a0", true, 0, []string{"a/3", "a/2", "a/1"}},
+		{"a/2", "b/2", false, 0, []string{"a/2", "a/3", "b/1"}},
+		{"a/2", "b/2", true, 0, []string{"b/1", "a/3", "a/2"}},
+		{"", "", false, 0, []string{"a/1", "a/2", "a/3", "b/1", "b/2", "c"}},
+		{"", "", true, 0, []string{"c", "b/2", "b/1", "a/3", "a/2", "a/1"}},
+		{"b", "", true, 0, []string{"c", "b/2", "b/1"}},
+		{"", "zz", true, 2, []string{"c", "b/2"}},
+		{"a/", "a0", false, 1, []string{"a/1"}},
+		{"d", "", false, 0, nil},
+		{"d", "", true, 0, nil},
+		{"a/4", "a/9", true, 0, nil},
+	}
+	err := s.View(func(tx store.Tx) error {
+		for _, tt := range tests {
+			got, err := scan(tx, tt.from, tt.to, tt.reverse, tt.stopAt)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("Scan [%q, %q) reverse=%v stop at %d = %q, want %q", tt.from, tt.to, tt.reverse, tt.stopAt, got, tt.want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("View: %v", err)
+	}
+	// In an Update, Scan sees the transaction's own writes.
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if err := tx.Delete(store.Roles, "a/2"); err != nil {
+			return err
+		}
+		if err := tx.PutRaw(store.Roles, "a/25", []byte("va/25")); err != nil {
+			return err
+		}
+		for _, reverse := range []bool{false, true} {
+			got, err := scan(tx, "a/", "a0", reverse, 0)
+			if err != nil {
+				return err
+			}
+			want := []string{"a/1", "a/25", "a/3"}
+			if reverse {
+				slices.Reverse(want)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("Scan in Update reverse=%v = %q, want %q (its own writes)", reverse, got, want)
+			}
+		}
+		return nil
+	})
+	stop := errors.New("mine")
+	err = s.View(func(tx store.Tx) error {
+		return tx.Scan(store.Roles, "", "", false, func(string, []byte) error { return stop })
+	})
+	if !errors.Is(err, stop) {
+		t.Fatalf("Scan = %v, want fn's error", err)
 	}
 }
 

@@ -34,6 +34,11 @@
 //   - store_write_per_s_<backend>_<writers>: acknowledged store writes a
 //     second on bbolt and on a three-member etcd, with 1 and 16 writers
 //     (benchStore).
+//   - console_audit_page_p50_ms and _p99_ms: the console's audit page,
+//     filtered by one user, loaded 100 times by a signed-in administrator
+//     from a coordinator whose log holds a million records, and
+//     audit_index_build_s, indexing such a log written before the index
+//     existed (benchConsole).
 //   - grant_first_request_max_ms and grant_rounds_over_1s: revoke/grant
 //     rounds (-grant-rounds) while GETs on new connections through the
 //     mesh run back to back, so the device has traffic for the agent at
@@ -134,7 +139,7 @@ func main() {
 	flag.IntVar(&f.revocationDevices, "revocation-devices", 10000, "simulated devices connected (map streams open) while revocation_to_denied_* is measured")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale, live)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (store, console, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale, live)")
 	flag.Parse()
 	f.transfer <<= 20
 	crowdUsers = max(1, (f.revocationDevices+devicesPerUser-1)/devicesPerUser)
@@ -168,7 +173,12 @@ func run(ctx context.Context, f flags) error {
 			return err
 		}
 	}
-	if f.skipMesh || f.only == "store" {
+	if f.only == "" || f.only == "console" {
+		if err := benchConsole(ctx); err != nil {
+			return err
+		}
+	}
+	if f.skipMesh || f.only == "store" || f.only == "console" {
 		return nil
 	}
 	m, err := startMesh(ctx)
