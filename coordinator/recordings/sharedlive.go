@@ -48,6 +48,18 @@ func (s *Shared) liveEntry(tx store.Tx, id string) (liveEntry, error) {
 	return e, err
 }
 
+// live returns what the store holds of id's live part, or ErrNotFound.
+func (s *Shared) live(id string) (e liveEntry, err error) {
+	if err := proto.CheckRecordingID(id); err != nil {
+		return e, err
+	}
+	err = s.st.View(func(tx store.Tx) error {
+		e, err = s.liveEntry(tx, id)
+		return err
+	})
+	return e, err
+}
+
 // Append implements Store, in the shared store, so that a watcher on any
 // replica reads what the agent appended on one. The new bytes go in
 // chunks of at most ChunkSize, one transaction each, then the entry that
@@ -63,12 +75,7 @@ func (s *Shared) Append(id string, off int64, r io.Reader) (int64, error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return 0, fmt.Errorf("live recording %s: %w", id, err)
 	}
-	var e liveEntry
-	err := s.st.View(func(tx store.Tx) error {
-		var err error
-		e, err = s.liveEntry(tx, id)
-		return err
-	})
+	e, err := s.live(id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return 0, fmt.Errorf("live recording %s: %w", id, err)
 	}
@@ -137,15 +144,7 @@ func (s *Shared) touchLive(id string, old liveEntry, size int64) error {
 // OpenLive implements Store: the live part as the store holds it now,
 // read a chunk at a time as the caller reads. The reader seeks.
 func (s *Shared) OpenLive(id string) (io.ReadCloser, error) {
-	if err := proto.CheckRecordingID(id); err != nil {
-		return nil, err
-	}
-	var e liveEntry
-	err := s.st.View(func(tx store.Tx) error {
-		var err error
-		e, err = s.liveEntry(tx, id)
-		return err
-	})
+	e, err := s.live(id)
 	if err != nil {
 		return nil, err
 	}
@@ -218,15 +217,8 @@ func (s *Shared) WatchLive(id string) {
 
 // LiveWatched implements Store.
 func (s *Shared) LiveWatched(id string) bool {
-	var e liveEntry
-	if err := s.st.View(func(tx store.Tx) error {
-		var err error
-		e, err = s.liveEntry(tx, id)
-		return err
-	}); err != nil {
-		return false
-	}
-	return s.now().Sub(e.Watched) <= proto.RecordingWatchWindow
+	e, err := s.live(id)
+	return err == nil && s.now().Sub(e.Watched) <= proto.RecordingWatchWindow
 }
 
 // dropLive removes the live part of id: its entry, then its chunks, a
