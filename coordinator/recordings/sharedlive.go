@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -151,20 +152,34 @@ func (s *Shared) OpenLive(id string) (io.ReadCloser, error) {
 	return &liveReader{s: s, id: id, end: e.Bytes}, nil
 }
 
-// liveReader reads id's live chunks from pos up to end.
+// liveReader reads id's live chunks from pos up to end, fetching each
+// chunk once: cur is the chunk that starts at curAt.
 type liveReader struct {
 	s        *Shared
 	id       string
 	pos, end int64
+	cur      []byte
+	curAt    int64
 }
 
 func (l *liveReader) Read(p []byte) (int, error) {
 	if l.pos >= l.end {
 		return 0, io.EOF
 	}
-	var n int
-	err := l.s.st.View(func(tx store.Tx) error {
-		// The chunk holding pos: the last one starting at or before it.
+	if l.pos < l.curAt || l.pos >= l.curAt+int64(len(l.cur)) {
+		if err := l.fetch(); err != nil {
+			return 0, fmt.Errorf("read live recording %s: %w", l.id, err)
+		}
+	}
+	n := copy(p[:min(int64(len(p)), l.end-l.pos)], l.cur[l.pos-l.curAt:])
+	l.pos += int64(n)
+	return n, nil
+}
+
+// fetch reads the chunk holding pos: the last one starting at or
+// before it.
+func (l *liveReader) fetch() error {
+	return l.s.st.View(func(tx store.Tx) error {
 		found := false
 		err := tx.Scan(store.RecordingChunks, livePrefix(l.id), liveChunkKey(l.id, l.pos+1), true, func(k string, v []byte) error {
 			var start int64
@@ -172,8 +187,7 @@ func (l *liveReader) Read(p []byte) (int, error) {
 				return fmt.Errorf("live chunk %s: %w", k, err)
 			}
 			if l.pos < start+int64(len(v)) {
-				n = copy(p[:min(int64(len(p)), l.end-l.pos)], v[l.pos-start:])
-				found = true
+				l.cur, l.curAt, found = slices.Clone(v), start, true
 			}
 			return store.StopScan
 		})
@@ -182,11 +196,6 @@ func (l *liveReader) Read(p []byte) (int, error) {
 		}
 		return err
 	})
-	if err != nil {
-		return 0, fmt.Errorf("read live recording %s: %w", l.id, err)
-	}
-	l.pos += int64(n)
-	return n, nil
 }
 
 // Seek implements io.Seeker, from the start only.
