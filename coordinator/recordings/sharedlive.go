@@ -1,11 +1,11 @@
 package recordings
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"time"
 
@@ -142,16 +142,6 @@ func (s *Shared) touchLive(id string, old liveEntry, size int64) error {
 	return nil
 }
 
-// OpenLive implements Store: the live part as the store holds it now,
-// read a chunk at a time as the caller reads. The reader seeks.
-func (s *Shared) OpenLive(id string) (io.ReadCloser, error) {
-	e, err := s.live(id)
-	if err != nil {
-		return nil, err
-	}
-	return &liveReader{s: s, id: id, end: e.Bytes}, nil
-}
-
 // liveReader reads id's live chunks from pos up to end, fetching each
 // chunk once: cur is the chunk that starts at curAt.
 type liveReader struct {
@@ -187,7 +177,7 @@ func (l *liveReader) fetch() error {
 				return fmt.Errorf("live chunk %s: %w", k, err)
 			}
 			if l.pos < start+int64(len(v)) {
-				l.cur, l.curAt, found = slices.Clone(v), start, true
+				l.cur, l.curAt, found = bytes.Clone(v), start, true
 			}
 			return store.StopScan
 		})
@@ -196,6 +186,16 @@ func (l *liveReader) fetch() error {
 		}
 		return err
 	})
+}
+
+// OpenLive implements Store: the live part as the store holds it now,
+// read a chunk at a time as the caller reads. The reader seeks.
+func (s *Shared) OpenLive(id string) (io.ReadCloser, error) {
+	e, err := s.live(id)
+	if err != nil {
+		return nil, err
+	}
+	return &liveReader{s: s, id: id, end: e.Bytes}, nil
 }
 
 // Seek implements io.Seeker, from the start only.
