@@ -72,13 +72,9 @@ type Server struct {
 	auditKey ed25519.PrivateKey
 	// recordings keeps the session recordings agents ship.
 	recordings recordings.Store
-	// watched is when each live recording was last read (GET with
-	// ?live=true), for the agent's appends: see watching.
-	watchedMu sync.Mutex
-	watched   map[string]time.Time
-	v6        netip.Prefix
-	oidc      *oidcProvider
-	metrics   *metrics
+	v6         netip.Prefix
+	oidc       *oidcProvider
+	metrics    *metrics
 	// export streams the audit log to the configured destinations; nil
 	// without any.
 	export *auditexport.Exporter
@@ -286,12 +282,12 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 			return nil, err
 		}
 		s.recordings = dir
-		// Replicas keep recordings in the store they share, so that each
-		// plays what another stored; the live parts stay in the
-		// directory. What this coordinator stored there before it
-		// shared its store moves over.
+		// Replicas keep recordings, and the live parts of running
+		// sessions, in the store they share, so that each plays what
+		// another took. What this coordinator stored in its directory
+		// before it shared its store moves over.
 		if feed != nil {
-			shared := recordings.NewShared(st, dir, cfg.Now)
+			shared := recordings.NewShared(st, cfg.Now)
 			n, err := shared.Import(dir)
 			if err != nil {
 				return nil, fmt.Errorf("move the recordings of %s into the shared store: %w", dir.Path(), err)
@@ -355,6 +351,7 @@ func NewWithStore(ctx context.Context, cfg Config, st store.Store) (*Server, err
 		wg.Go(func() { s.expirer(ctx) })
 		wg.Go(func() { s.auditJanitor(ctx) })
 		wg.Go(func() { s.recordingJanitor(ctx) })
+		wg.Go(func() { s.liveRecordingJanitor(ctx) })
 		wg.Go(func() { s.auditIndexer(ctx) })
 		wg.Go(func() { s.auditSigner(ctx) })
 		if s.export != nil {

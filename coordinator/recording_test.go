@@ -70,8 +70,9 @@ func castFile(t *testing.T, id, cluster, user, pod string, start time.Time) []by
 	return append(h, "\n[0.100000, \"o\", \"$ whoami\\r\\nroot\\r\\n\"]\n"...)
 }
 
-// readRecording reads the stored recording id from the coordinator at
-// url as the holder of token.
+// readRecording reads the stored recording id (or with id
+// "<id>?live=true" its live part) from the coordinator at url as the
+// holder of token.
 func readRecording(t *testing.T, url, token, id string) []byte {
 	t.Helper()
 	var b []byte
@@ -413,4 +414,23 @@ func TestRecordingsAcrossReplicas(t *testing.T) {
 		b.must("GET", "/api/v1/audit/verify", admin.Token, nil, &v)
 		return v.OK && v.Recordings == 1
 	})
+
+	// A running session the agent ships to a is watched on b: b reads
+	// the live part, and a tells the agent someone watches.
+	api := coordclient.New(a.ts.URL, agent.NodeToken, http.DefaultClient)
+	run := append(castFile(t, "run-1", "prod", "alice@example.com", "web-0", time.Now()), "[0.200000, \"o\", \"$ \"]\n"...)
+	head := bytes.IndexByte(run, '\n') + 1
+	if ap, err := api.AppendRecording(context.Background(), "run-1", 0, bytes.NewReader(run[:head])); err != nil || ap.Watched {
+		t.Fatalf("header = %+v, %v; want stored, not watched", ap, err)
+	}
+	if got := readRecording(t, b.ts.URL, admin.Token, "run-1?live=true"); !bytes.Equal(got, run[:head]) {
+		t.Fatalf("live part on the other replica = %q, want the header", got)
+	}
+	ap, err := api.AppendRecording(context.Background(), "run-1", int64(head), bytes.NewReader(run[head:]))
+	if err != nil || !ap.Watched || ap.Bytes != int64(len(run)) {
+		t.Fatalf("append while b's watcher reads = %+v, %v; want %d bytes, watched", ap, err, len(run))
+	}
+	if got := readRecording(t, b.ts.URL, admin.Token, "run-1?live=true"); !bytes.Equal(got, run) {
+		t.Errorf("live part on the other replica = %q, want %q", got, run)
+	}
 }

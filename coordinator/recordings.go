@@ -88,30 +88,7 @@ func (s *Server) handleAppendRecording(w http.ResponseWriter, r *http.Request, n
 	if s.writeRecordingError(w, id, err, "is already stored", "append to live recording") {
 		return
 	}
-	writeJSON(w, http.StatusOK, proto.RecordingAppended{Bytes: size, Watched: s.watching(id, false)})
-}
-
-// watching reports whether the live recording id was read within
-// proto.RecordingWatchWindow; read records a read now. Entries older
-// than the window are forgotten as they are looked at.
-func (s *Server) watching(id string, read bool) bool {
-	now := s.now()
-	s.watchedMu.Lock()
-	defer s.watchedMu.Unlock()
-	if read {
-		if s.watched == nil {
-			s.watched = map[string]time.Time{}
-		}
-		s.watched[id] = now
-		return true
-	}
-	for k, t := range s.watched {
-		if now.Sub(t) > proto.RecordingWatchWindow {
-			delete(s.watched, k)
-		}
-	}
-	_, ok := s.watched[id]
-	return ok
+	writeJSON(w, http.StatusOK, proto.RecordingAppended{Bytes: size, Watched: s.recordings.LiveWatched(id)})
 }
 
 func (s *Server) handlePutRecording(w http.ResponseWriter, r *http.Request, n *node) {
@@ -214,7 +191,7 @@ func (s *Server) handleGetRecording(w http.ResponseWriter, r *http.Request, _ pr
 		state = proto.RecordingStateLive
 		rc, err = s.recordings.OpenLive(id)
 		if err == nil {
-			s.watching(id, true)
+			s.recordings.WatchLive(id)
 		}
 		if errors.Is(err, recordings.ErrNotFound) {
 			// Stored between the two looks.
@@ -298,6 +275,25 @@ func (s *Server) recordingJanitor(ctx context.Context) {
 	}
 	s.pruneRecordings()
 	s.every(ctx, time.Hour, s.pruneRecordings)
+}
+
+// liveRecordingJanitor removes, every ten minutes until ctx ends, the
+// live parts of sessions whose agent stopped appending more than
+// recordings.StaleLive ago without shipping the whole recording (its
+// disk lost, or it left the cluster): singleton work, since replicas
+// that share their store share the live parts.
+func (s *Server) liveRecordingJanitor(ctx context.Context) {
+	drop := func() {
+		n, err := s.recordings.DropStaleLive(s.now().Add(-recordings.StaleLive))
+		if err != nil {
+			s.log.Error("remove stale live recordings", "err", err)
+		}
+		if n > 0 {
+			s.log.Info("removed the live parts of recordings never shipped whole", "recordings", n, "silent_for", recordings.StaleLive)
+		}
+	}
+	drop()
+	s.every(ctx, 10*time.Minute, drop)
 }
 
 // pruneRecordings removes the stored recordings whose sessions started

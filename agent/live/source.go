@@ -86,6 +86,10 @@ type Source struct {
 	deltas  []delta       // the latest changes, in revision order, without gaps
 	changed chan struct{} // closed and replaced on every change
 	access  chan struct{} // closed and replaced when access may have changed
+	// snap is the objects at revision snap.rev, for the viewers that
+	// need a snapshot: one copy, sorted once, whatever the number of
+	// viewers that take it. nil once a change makes it stale.
+	snap *snapshot
 
 	viewers atomic.Int64 // open streams
 
@@ -102,6 +106,35 @@ const rbacSettle = time.Second
 type item struct {
 	rev uint64
 	raw json.RawMessage
+}
+
+// snapshot is every object at revision rev, sorted by key on first use
+// (sort). objs is read-only once sorted; streams share it.
+type snapshot struct {
+	rev  uint64
+	once sync.Once
+	objs []delta
+}
+
+// sorted returns the objects in key order.
+func (sn *snapshot) sorted() []delta {
+	sn.once.Do(func() {
+		slices.SortFunc(sn.objs, func(a, b delta) int { return compareKeys(a.key, b.key) })
+	})
+	return sn.objs
+}
+
+// snapshotLocked returns the snapshot of the current revision, made if
+// need be. s.mu must be held.
+func (s *Source) snapshotLocked() *snapshot {
+	if s.snap == nil || s.snap.rev != s.rev {
+		sn := &snapshot{rev: s.rev, objs: make([]delta, 0, len(s.objs))}
+		for k, it := range s.objs {
+			sn.objs = append(sn.objs, delta{rev: it.rev, key: k, raw: it.raw})
+		}
+		s.snap = sn
+	}
+	return s.snap
 }
 
 type delta struct {
@@ -324,6 +357,7 @@ func (s *Source) apply(key proto.LiveKey, raw json.RawMessage, del bool) {
 		}
 	}
 	s.rev++
+	s.snap = nil // the streams that hold it keep it
 	if del {
 		delete(s.objs, key)
 	} else {

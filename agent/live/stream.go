@@ -2,6 +2,7 @@ package live
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/clustral/clustral/proto"
@@ -36,7 +38,8 @@ const pingEvery = 15 * time.Second
 func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, since proto.LiveCursor, may Access) error {
 	s.viewers.Add(1)
 	defer s.viewers.Add(-1)
-	v := &viewer{s: s, may: may, decisions: make(map[scope]bool), bw: bufio.NewWriterSize(w, 8<<10)}
+	v := &viewer{s: s, may: may, decisions: make(map[scope]bool), w: w}
+	defer v.release()
 	cur := since
 	ping := time.NewTicker(pingEvery)
 	defer ping.Stop()
@@ -46,18 +49,13 @@ func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, si
 		s.mu.Lock()
 		synced, changed, access := s.synced, s.changed, s.access
 		var (
-			snap   []delta
-			ds     []delta
-			resync bool
-			rev    = s.rev
+			snap *snapshot
+			ds   []delta
+			rev  = s.rev
 		)
 		if synced {
 			if cur.Epoch != s.epoch || !s.holdsLocked(cur.Rev) {
-				resync = true
-				snap = make([]delta, 0, len(s.objs))
-				for k, it := range s.objs {
-					snap = append(snap, delta{rev: it.rev, key: k, raw: it.raw})
-				}
+				snap = s.snapshotLocked()
 			} else {
 				i, _ := slices.BinarySearchFunc(s.deltas, cur.Rev+1, func(d delta, r uint64) int { return cmp.Compare(d.rev, r) })
 				ds = s.deltas[i:len(s.deltas):len(s.deltas)] // never appended to in place
@@ -67,8 +65,8 @@ func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, si
 
 		if synced {
 			var err error
-			if resync {
-				err = v.snapshot(ctx, snap, rev)
+			if snap != nil {
+				err = v.snapshot(ctx, snap.sorted(), rev)
 			} else {
 				err = v.deltas(ctx, ds, cur.Rev, rev)
 			}
@@ -94,7 +92,7 @@ func (s *Source) Stream(ctx context.Context, w io.Writer, flush func() error, si
 			if err := v.write(proto.LiveEvent{Type: proto.LivePing, Epoch: s.epoch, Rev: cur.Rev}); err != nil {
 				return err
 			}
-			if err := v.bw.Flush(); err != nil {
+			if err := v.flush(); err != nil {
 				return err
 			}
 			if flush != nil {
@@ -135,7 +133,58 @@ type viewer struct {
 	s         *Source
 	may       Access
 	decisions map[scope]bool
-	bw        *bufio.Writer
+	w         io.Writer
+	buf       *lineBuffer // between write and flush only; nil while idle
+}
+
+// lineBuffer is where a stream's lines are encoded and batched. A stream
+// holds one only from its first line of a batch to the flush, so the
+// streams that wait (nearly all of them, nearly always) hold none.
+type lineBuffer struct {
+	bw   *bufio.Writer
+	line bytes.Buffer
+	enc  *json.Encoder   // into line
+	ev   proto.LiveEvent // the event being encoded: boxing a copy would allocate
+}
+
+var lineBuffers = sync.Pool{New: func() any {
+	lb := &lineBuffer{bw: bufio.NewWriterSize(nil, 8<<10)}
+	lb.enc = json.NewEncoder(&lb.line)
+	return lb
+}}
+
+// buffer returns the stream's line buffer, taking one from the pool if
+// it holds none.
+func (v *viewer) buffer() *lineBuffer {
+	if v.buf == nil {
+		v.buf = lineBuffers.Get().(*lineBuffer)
+		v.buf.bw.Reset(v.w)
+	}
+	return v.buf
+}
+
+// flush writes the lines buffered to the stream and gives the buffer
+// back to the pool.
+func (v *viewer) flush() error {
+	if v.buf == nil {
+		return nil
+	}
+	err := v.buf.bw.Flush()
+	v.release()
+	return err
+}
+
+// release gives the line buffer back to the pool, dropping what it
+// holds.
+func (v *viewer) release() {
+	if v.buf == nil {
+		return
+	}
+	v.buf.bw.Reset(nil)
+	if v.buf.line.Cap() <= 64<<10 { // one huge line does not stay pooled
+		lineBuffers.Put(v.buf)
+	}
+	v.buf = nil
 }
 
 func (v *viewer) visible(ctx context.Context, key proto.LiveKey) (bool, error) {
@@ -172,10 +221,8 @@ func (v *viewer) recheck(ctx context.Context) (bool, error) {
 	return changed, nil
 }
 
+// snapshot sends objs, in key order, as the viewer's new view at rev.
 func (v *viewer) snapshot(ctx context.Context, objs []delta, rev uint64) error {
-	slices.SortFunc(objs, func(a, b delta) int {
-		return compareKeys(a.key, b.key)
-	})
 	epoch := v.s.epoch
 	if err := v.write(proto.LiveEvent{Type: proto.LiveSnapshot, Epoch: epoch, Rev: rev}); err != nil {
 		return err
@@ -196,7 +243,7 @@ func (v *viewer) snapshot(ctx context.Context, objs []delta, rev uint64) error {
 	if err := v.write(proto.LiveEvent{Type: proto.LiveSynced, Epoch: epoch, Rev: rev}); err != nil {
 		return err
 	}
-	return v.bw.Flush()
+	return v.flush()
 }
 
 // deltas sends the changes ds, which run from after the viewer's
@@ -231,29 +278,31 @@ func (v *viewer) deltas(ctx context.Context, ds []delta, from, rev uint64) error
 			return err
 		}
 	}
-	return v.bw.Flush()
+	return v.flush()
 }
 
 // write writes e as one line. The object, already JSON, is spliced in
-// rather than re-encoded.
+// rather than re-encoded, and the line is encoded into the stream's
+// buffer: writing an event allocates nothing.
 func (v *viewer) write(e proto.LiveEvent) error {
+	lb := v.buffer()
 	obj := e.Object
-	e.Object = nil
-	b, err := json.Marshal(e)
-	if err != nil {
+	lb.ev, lb.ev.Object = e, nil
+	lb.line.Reset()
+	if err := lb.enc.Encode(&lb.ev); err != nil {
 		return fmt.Errorf("encode live event: %w", err)
 	}
+	b := lb.line.Bytes() // {...}\n
 	if len(obj) == 0 {
-		b = append(b, '\n')
-		_, err = v.bw.Write(b)
+		_, err := lb.bw.Write(b)
 		return err
 	}
 	// The object goes to the buffer as it is: copying it into the line
 	// first would make garbage of every object sent to every viewer.
-	v.bw.Write(b[:len(b)-1])
-	v.bw.WriteString(`,"object":`)
-	v.bw.Write(obj)
-	_, err = v.bw.WriteString("}\n")
+	lb.bw.Write(b[:len(b)-2])
+	lb.bw.WriteString(`,"object":`)
+	lb.bw.Write(obj)
+	_, err := lb.bw.WriteString("}\n")
 	return err
 }
 

@@ -484,6 +484,17 @@ type pageData struct {
 	Data   any
 }
 
+// Current reports whether the page is at href or under it, so the
+// header marks the link (or the menu) of the section the page is in:
+// /admin/roles/oncall/edit is under /admin/roles and under /admin. The
+// root, "/", is current only on itself.
+func (d *pageData) Current(href string) bool {
+	if href == "/" {
+		return d.Nav == "/"
+	}
+	return d.Nav == href || strings.HasPrefix(d.Nav, href+"/")
+}
+
 func (c *Console) page(r *http.Request, v *visit, title string) *pageData {
 	d := &pageData{Title: title, Nav: r.URL.Path}
 	if v != nil {

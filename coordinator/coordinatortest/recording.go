@@ -34,14 +34,9 @@ type CastOutput struct {
 	Data string
 }
 
-// NoEndEvent as Recording.Digest ships a recording without its end event.
-const NoEndEvent = "none"
-
-// ShipRecording ships rec to the coordinator at coordURL as the agent
-// holding nodeToken does (PUT /api/v1/recordings/{id}, then the end event
-// with the recording's digest), through hc, and returns the recording's
-// bytes. A refusal fails tb.
-func ShipRecording(tb testing.TB, coordURL string, hc *http.Client, nodeToken string, rec Recording) []byte {
+// Cast returns the recording's bytes: its asciicast header line and
+// output events.
+func (rec Recording) Cast(tb testing.TB) []byte {
 	tb.Helper()
 	s := rec.Session
 	h, err := json.Marshal(proto.RecordingHeader{Version: 2, Width: 80, Height: 24, Timestamp: s.Start.Unix(), Session: s})
@@ -56,7 +51,20 @@ func ShipRecording(tb testing.TB, coordURL string, hc *http.Client, nodeToken st
 		}
 		cast.Write(append(b, '\n'))
 	}
-	body := cast.Bytes()
+	return cast.Bytes()
+}
+
+// NoEndEvent as Recording.Digest ships a recording without its end event.
+const NoEndEvent = "none"
+
+// ShipRecording ships rec to the coordinator at coordURL as the agent
+// holding nodeToken does (PUT /api/v1/recordings/{id}, then the end event
+// with the recording's digest), through hc, and returns the recording's
+// bytes. A refusal fails tb.
+func ShipRecording(tb testing.TB, coordURL string, hc *http.Client, nodeToken string, rec Recording) []byte {
+	tb.Helper()
+	s := rec.Session
+	body := rec.Cast(tb)
 	ctx := context.Background()
 	api := coordclient.New(coordURL, nodeToken, hc)
 	if _, err := api.PutRecording(ctx, s.ID, bytes.NewReader(body)); err != nil {
@@ -70,7 +78,7 @@ func ShipRecording(tb testing.TB, coordURL string, hc *http.Client, nodeToken st
 		sum := sha256.Sum256(body)
 		digest = hex.EncodeToString(sum[:])
 	}
-	_, err = api.ShipAudit(ctx, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{{
+	_, err := api.ShipAudit(ctx, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{{
 		Code: proto.AuditStreamEnded, Time: time.Now(), Actor: s.User, SourceSeq: rec.Seq, Correlation: s.ID, Status: http.StatusSwitchingProtocols,
 		Resource: &proto.AuditResource{Verb: "create", Resource: "pods", Subresource: s.Subresource, Namespace: s.Namespace, Name: s.Pod},
 		Metadata: map[string]string{proto.MetaRecording: s.ID, proto.MetaRecordingSHA256: digest, proto.MetaRecordingStatus: proto.RecordingComplete},

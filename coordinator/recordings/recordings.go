@@ -56,7 +56,24 @@ type Store interface {
 	// OpenLive returns the live part of the recording id, to be closed
 	// by the caller, or ErrNotFound.
 	OpenLive(id string) (io.ReadCloser, error)
+	// WatchLive records that someone reads the live part of id now.
+	WatchLive(id string)
+	// LiveWatched reports whether someone read the live part of id
+	// within proto.RecordingWatchWindow: the agent sends a session's
+	// bytes live only then.
+	LiveWatched(id string) bool
+	// DropStaleLive removes the live parts last appended to before
+	// before: those of sessions whose agent never shipped the whole
+	// recording (a running session's agent appends every second). It
+	// returns how many it removed.
+	DropStaleLive(before time.Time) (int, error)
 }
+
+// StaleLive is how long after its last append a live part is taken for
+// one whose agent will never ship the whole recording, and removed
+// (DropStaleLive). The agent of a running session appends every second,
+// and resends from the start a live part that went (ErrGap).
+const StaleLive = time.Hour
 
 // ErrGap is returned (wrapped) by Append for an offset past the end of
 // what the store holds of a live recording.
@@ -75,6 +92,9 @@ type Dir struct {
 	// mu orders Append with the end of Put, so that no live part
 	// outlives its stored recording.
 	mu sync.Mutex
+
+	watchedMu sync.Mutex
+	watched   map[string]time.Time // live part id → when it was last read
 }
 
 // liveDir is the subdirectory of live parts.
@@ -287,6 +307,12 @@ func (d *Dir) Append(id string, off int64, r io.Reader) (int64, error) {
 	room := proto.MaxRecordingUpload - size
 	n, err := io.Copy(f, io.LimitReader(r, room))
 	size += n
+	if now := d.now(); n > 0 || now.Sub(fi.ModTime()) >= liveTouch {
+		// The modification time on d's clock, for DropStaleLive; an
+		// empty append (the session runs, nothing new) only now and
+		// then.
+		os.Chtimes(d.liveFile(id), now, now)
+	}
 	if err != nil {
 		return size, fmt.Errorf("live recording %s: %w", id, err)
 	}
@@ -300,6 +326,55 @@ func (d *Dir) Append(id string, off int64, r io.Reader) (int64, error) {
 
 // OpenLive implements Store.
 func (d *Dir) OpenLive(id string) (io.ReadCloser, error) { return d.open(id, d.liveFile) }
+
+// WatchLive implements Store, in memory: the directory is this
+// coordinator's alone.
+func (d *Dir) WatchLive(id string) {
+	d.watchedMu.Lock()
+	defer d.watchedMu.Unlock()
+	if d.watched == nil {
+		d.watched = map[string]time.Time{}
+	}
+	d.watched[id] = d.now()
+}
+
+// LiveWatched implements Store. Reads older than the window are
+// forgotten as they are looked at.
+func (d *Dir) LiveWatched(id string) bool {
+	now := d.now()
+	d.watchedMu.Lock()
+	defer d.watchedMu.Unlock()
+	for k, t := range d.watched {
+		if now.Sub(t) > proto.RecordingWatchWindow {
+			delete(d.watched, k)
+		}
+	}
+	_, ok := d.watched[id]
+	return ok
+}
+
+// DropStaleLive implements Store: a live file goes by its modification
+// time, which every append sets (an empty one at most liveTouch stale).
+func (d *Dir) DropStaleLive(before time.Time) (int, error) {
+	ents, err := os.ReadDir(filepath.Join(d.path, liveDir))
+	if err != nil {
+		return 0, fmt.Errorf("list live recordings: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || !fi.ModTime().Before(before) {
+			continue
+		}
+		d.mu.Lock()
+		err = os.Remove(filepath.Join(d.path, liveDir, e.Name()))
+		d.mu.Unlock()
+		if err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
 
 // Digest returns the hex SHA-256 of the stored recording id.
 func Digest(s Store, id string) (string, error) {

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/proto"
 )
 
 func cast(id, user string, start time.Time) []byte {
@@ -90,16 +93,77 @@ func TestDir(t *testing.T) {
 	}
 }
 
-func TestDirLive(t *testing.T) {
-	d, err := NewDir(t.TempDir(), nil)
+// TestLive: a live part grows by appends that skip what it holds and
+// refuse a gap, is read back on another handle (another replica, for a
+// shared store), is marked watched for the agent, ends when the whole
+// recording is stored, and goes once stale.
+func TestLive(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	newDir := func(t *testing.T) Store {
+		d, err := NewDir(t.TempDir(), clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	for _, tc := range []struct {
+		name string
+		open func(t *testing.T) (Store, Store) // the agent's, a watcher's
+	}{
+		{"dir", func(t *testing.T) (Store, Store) { d := newDir(t); return d, d }},
+		{"shared", func(t *testing.T) (Store, Store) {
+			mem := store.NewMem()
+			return NewShared(mem, clock), NewShared(mem.Replica(), clock)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, w := tc.open(t)
+			testLive(t, d, w, &now)
+		})
+	}
+	// A big live part in a shared store spans chunks, read and sought
+	// on another replica.
+	mem := store.NewMem()
+	a, b := NewShared(mem, clock), NewShared(mem.Replica(), clock)
+	big := append(cast("big", "alice", now), strings.Repeat(`[0.2, "o", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"]`+"\n", 2*ChunkSize/40)...)
+	half := len(big) / 2
+	for _, part := range [][2]int{{0, 100}, {100, half}, {0, len(big)}} {
+		if n, err := a.Append("big", int64(part[0]), bytes.NewReader(big[part[0]:part[1]])); err != nil || n != int64(part[1]) {
+			t.Fatalf("append %v = %d, %v", part, n, err)
+		}
+	}
+	rc, err := b.OpenLive("big")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := cast("s", "alice", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	if _, err := rc.(io.Seeker).Seek(int64(half-7), io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, big[half-7:]) {
+		t.Errorf("live part from %d on the other replica: %d bytes, %v; want %d", half-7, len(got), err, len(big)-half+7)
+	}
+	if err := a.Delete("big"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete of a live part only = %v, want ErrNotFound", err)
+	}
+	if n, err := b.DropStaleLive(now.Add(time.Second)); n != 1 || err != nil {
+		t.Errorf("drop stale = %d, %v", n, err)
+	}
+	mem.View(func(tx store.Tx) error {
+		return tx.ForEach(store.RecordingChunks, func(k string, _ []byte) error {
+			t.Errorf("chunk %s left after the live part went", k)
+			return nil
+		})
+	})
+}
+
+func testLive(t *testing.T, d, w Store, now *time.Time) {
+	rec := cast("s", "alice", *now)
 	head := len(rec) - 10
 	live := func() string {
 		t.Helper()
-		rc, err := d.OpenLive("s")
+		rc, err := w.OpenLive("s")
 		if errors.Is(err, ErrNotFound) {
 			return "(none)"
 		}
@@ -135,6 +199,29 @@ func TestDirLive(t *testing.T) {
 	if list, err := d.List(); err != nil || len(list) != 0 {
 		t.Errorf("list with a live part only = %+v, %v; want none", list, err)
 	}
+	// A watcher's read is seen by the agent's store, for a window.
+	if d.LiveWatched("s") {
+		t.Errorf("watched before anyone read it")
+	}
+	w.WatchLive("s")
+	if !d.LiveWatched("s") {
+		t.Errorf("not watched right after a read")
+	}
+	*now = now.Add(proto.RecordingWatchWindow + time.Second)
+	if d.LiveWatched("s") {
+		t.Errorf("still watched a window after the last read")
+	}
+	// Not stale while the agent appends, even nothing; stale after.
+	*now = now.Add(StaleLive)
+	if _, err := d.Append("s", int64(len(rec)), bytes.NewReader(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := w.DropStaleLive(now.Add(-StaleLive / 2)); n != 0 || err != nil {
+		t.Errorf("drop stale after an append = %d, %v; want 0", n, err)
+	}
+	if got := live(); got != string(rec) {
+		t.Errorf("live part after an empty append: %q", got)
+	}
 	// The whole recording is stored: the live part goes, and no append
 	// brings it back.
 	if _, err := d.Put("s", bytes.NewReader(rec)); err != nil {
@@ -157,5 +244,16 @@ func TestDirLive(t *testing.T) {
 	}
 	if err := d.Delete("s"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("delete again = %v, want ErrNotFound", err)
+	}
+	// A live part whose agent went silent goes.
+	if _, err := d.Append("gone", 0, bytes.NewReader(cast("gone", "alice", *now))); err != nil {
+		t.Fatal(err)
+	}
+	*now = now.Add(StaleLive + time.Minute)
+	if n, err := w.DropStaleLive(now.Add(-StaleLive)); n != 1 || err != nil {
+		t.Errorf("drop stale = %d, %v; want 1", n, err)
+	}
+	if _, err := w.OpenLive("gone"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the stale live part after DropStaleLive: %v", err)
 	}
 }

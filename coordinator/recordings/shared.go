@@ -28,13 +28,11 @@ const deleteBatch = 100
 // A recording is kept in chunks of ChunkSize under
 // store.RecordingChunks, and what is stored of it, with its number of
 // chunks, under store.Recordings, written last: a recording is stored
-// once that entry is. Live parts stay in the Dir of the replica the agent
-// sends them to (see Append): they are a copy for watching, read on that
-// replica.
+// once that entry is. Live parts are in the store too (see Append), so
+// that a running session is watched on any replica.
 type Shared struct {
-	st   store.Store
-	live *Dir
-	now  func() time.Time
+	st  store.Store
+	now func() time.Time
 }
 
 // sharedEntry is what store.Recordings holds of a recording.
@@ -43,13 +41,13 @@ type sharedEntry struct {
 	Chunks int `json:"chunks"`
 }
 
-// NewShared returns the Store in st, with the live parts in live. now
-// stamps stored recordings; nil means time.Now.
-func NewShared(st store.Store, live *Dir, now func() time.Time) *Shared {
+// NewShared returns the Store in st. now stamps stored recordings and
+// live parts; nil means time.Now.
+func NewShared(st store.Store, now func() time.Time) *Shared {
 	if now == nil {
 		now = time.Now
 	}
-	return &Shared{st: st, live: live, now: now}
+	return &Shared{st: st, now: now}
 }
 
 func chunkKey(id string, i int) string { return id + "/" + strconv.Itoa(i) }
@@ -117,7 +115,7 @@ func (s *Shared) Put(id string, r io.Reader) (proto.RecordingInfo, error) {
 	sum := hex.EncodeToString(h.Sum(nil))
 	if stored {
 		if old.SHA256 == sum {
-			s.live.dropLive(id)
+			s.dropLive(id) // if it fails, DropStaleLive takes it later
 			return old.RecordingInfo, nil
 		}
 		return proto.RecordingInfo{}, fmt.Errorf("%w: %s", ErrConflict, id)
@@ -139,7 +137,7 @@ func (s *Shared) Put(id string, r io.Reader) (proto.RecordingInfo, error) {
 	if err != nil {
 		return proto.RecordingInfo{}, fmt.Errorf("store recording %s: %w", id, err)
 	}
-	s.live.dropLive(id)
+	s.dropLive(id) // if it fails, DropStaleLive takes it later
 	return e.RecordingInfo, nil
 }
 
@@ -223,7 +221,7 @@ func (s *Shared) Delete(id string) error {
 	if err != nil {
 		return fmt.Errorf("delete recording %s: %w", id, err)
 	}
-	s.live.dropLive(id)
+	s.dropLive(id) // if it fails, DropStaleLive takes it later
 	for from := 0; from < e.Chunks; from += deleteBatch {
 		err := s.st.Update(func(tx store.Tx) error {
 			for i := from; i < min(from+deleteBatch, e.Chunks); i++ {
@@ -239,18 +237,6 @@ func (s *Shared) Delete(id string) error {
 	}
 	return nil
 }
-
-// Append implements Store, in the live Dir; it fails with ErrConflict
-// once id is stored.
-func (s *Shared) Append(id string, off int64, r io.Reader) (int64, error) {
-	if _, err := s.entry(id); err == nil {
-		return 0, fmt.Errorf("%w: %s (the session ended)", ErrConflict, id)
-	}
-	return s.live.Append(id, off, r)
-}
-
-// OpenLive implements Store, from the live Dir.
-func (s *Shared) OpenLive(id string) (io.ReadCloser, error) { return s.live.OpenLive(id) }
 
 // Import moves the recordings of d into s: those a coordinator stored
 // in its data directory before it shared its store. Each is removed from

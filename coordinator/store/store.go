@@ -58,14 +58,18 @@ const (
 	// that chunk's bytes.
 	Recordings      Bucket = "recordings"
 	RecordingChunks Bucket = "recording_chunks"
+	// RecordingLive: session id → what a shared store holds of that
+	// running session's live part, whose chunks are in RecordingChunks
+	// under "<session id>/live/<offset>" (coordinator/recordings.Shared).
+	RecordingLive Bucket = "recording_live"
 )
 
 // AllBuckets lists every bucket.
-var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, RequestArchiveIDs, Audit, AuditSource, AuditCheckpoints, AuditIndex, Logins, Live, Recordings, RecordingChunks}
+var AllBuckets = []Bucket{Meta, Users, Sessions, Nodes, Clusters, Roles, Assignments, Addresses, Changes, Requests, RequestArchive, RequestArchiveIDs, Audit, AuditSource, AuditCheckpoints, AuditIndex, Logins, Live, Recordings, RecordingChunks, RecordingLive}
 
 // addedBuckets are buckets a store (or backup) written by an earlier
 // version may lack; Verify and Restore take their absence as empty.
-var addedBuckets = []Bucket{Logins, AuditIndex, RequestArchiveIDs, Live, Recordings, RecordingChunks}
+var addedBuckets = []Bucket{Logins, AuditIndex, RequestArchiveIDs, Live, Recordings, RecordingChunks, RecordingLive}
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")

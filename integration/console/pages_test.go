@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
@@ -99,6 +100,30 @@ func TestPages(t *testing.T) {
 			noProblems(t, p.tab)
 		})
 	}
+	// The admin menu, opened and closed with the keyboard alone.
+	t.Run("admin-menu", func(t *testing.T) {
+		rt.Do(t, chromedp.Navigate(m.Coord.URL+"/admin/roles/oncall/edit"), chromedp.WaitVisible(chromedp.CSS("main h1")))
+		for _, w := range widths {
+			rt.Do(t, chromedp.EmulateViewport(w.width, w.height),
+				chromedp.Focus(chromedp.CSS("#admin-menu summary")), chromedp.KeyEvent(kb.Enter),
+				chromedp.WaitVisible(chromedp.CSS(`#admin-menu a[href="/admin/roles"][aria-current="page"]`)))
+			over, err := chromedp.Run(rt.Ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth - window.innerWidth`))
+			if err != nil || over > 0 {
+				t.Errorf("at %d px the open menu makes the page %d px too wide (%v)", w.width, over, err)
+			}
+			if w.name == "390" {
+				shoot(t, rt, "admin-menu")
+			}
+			// Escape closes it and leaves the focus on its summary. (A
+			// closed <details> keeps its content's boxes, so ask it.)
+			rt.Do(t, chromedp.KeyEvent(kb.Escape))
+			open, err := chromedp.Run(rt.Ctx, chromedp.Evaluate[bool](`document.getElementById("admin-menu").open || document.activeElement !== document.querySelector("#admin-menu summary")`))
+			if err != nil || open {
+				t.Errorf("at %d px Escape left the menu open or moved the focus (%v)", w.width, err)
+			}
+		}
+		noProblems(t, rt)
+	})
 	// The role editor's time windows, further down.
 	t.Run("admin-role-windows", func(t *testing.T) {
 		rt.Do(t, chromedp.Navigate(m.Coord.URL+"/admin/roles/oncall/edit"), chromedp.WaitVisible(chromedp.CSS("main h1")))
@@ -116,6 +141,19 @@ func checkPage(t *testing.T, tab *harness.Tab) {
 		over, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth - window.innerWidth`))
 		if err != nil || over > 0 {
 			t.Errorf("at %d px the page is %d px too wide (%v)", w.width, over, err)
+		}
+		if w.width >= 1280 {
+			// Every item of the header (brand, links, menu, sign-out) on
+			// one line: their vertical centres within a few pixels.
+			spread, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[int](`(() => {
+				const ys = Array.from(document.querySelectorAll("header .brand, header .links > li > a, header summary, header .signout"))
+					.filter(e => e.getClientRects().length)
+					.map(e => { const r = e.getBoundingClientRect(); return r.top + r.height / 2; });
+				return ys.length ? Math.round(Math.max(...ys) - Math.min(...ys)) : 0;
+			})()`))
+			if err != nil || spread > 6 {
+				t.Errorf("at %d px the header wraps: its items' centres are %d px apart (%v)", w.width, spread, err)
+			}
 		}
 		unlabelled, err := chromedp.Run(tab.Ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll("input:not([type=hidden]), select, textarea, button"))
 			.filter(e => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.textContent.trim())

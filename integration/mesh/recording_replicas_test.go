@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -11,14 +12,15 @@ import (
 
 	"github.com/clustral/clustral/coordinator/coordinatortest"
 	"github.com/clustral/clustral/integration/harness"
+	"github.com/clustral/clustral/pkg/coordclient"
 	"github.com/clustral/clustral/proto"
 )
 
-// TestRecordingAcrossReplicas: an agent ships a recording, and its end
-// event, to replica B; the administrator, whose CLI talks to replica A,
-// lists it, exports it byte for byte, and audit verify checks it there.
-func TestRecordingAcrossReplicas(t *testing.T) {
-	const id = "replicated-1"
+// newRecorderOnReplicaB starts two replicas and returns the
+// administrator (whose CLI talks to replica A), replica B's URL, and the
+// node token of an agent registered there.
+func newRecorderOnReplicaB(t *testing.T) (*harness.TestUser, string, string) {
+	t.Helper()
 	r, adm, cl := newReplicaMesh(t)
 	urls := r.URLs()
 	var k proto.Key
@@ -27,7 +29,16 @@ func TestRecordingAcrossReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := coordinatortest.ShipRecording(t, urls[1], http.DefaultClient, reg.NodeToken, coordinatortest.Recording{
+	return adm, urls[1], reg.NodeToken
+}
+
+// TestRecordingAcrossReplicas: an agent ships a recording, and its end
+// event, to replica B; the administrator, whose CLI talks to replica A,
+// lists it, exports it byte for byte, and audit verify checks it there.
+func TestRecordingAcrossReplicas(t *testing.T) {
+	const id = "replicated-1"
+	adm, urlB, nodeToken := newRecorderOnReplicaB(t)
+	rec := coordinatortest.ShipRecording(t, urlB, http.DefaultClient, nodeToken, coordinatortest.Recording{
 		Session: proto.RecordingSession{ID: id, User: bob.Email, Cluster: harness.MeshCluster, Namespace: "default", Pod: "web-0",
 			Subresource: "exec", Command: []string{"sh"}, Protocol: "v5.channel.k8s.io", Start: time.Now(), Correlation: id},
 		Output: []coordinatortest.CastOutput{{T: 0.1, Data: "$ echo across\r\nacross\r\n"}},
@@ -45,4 +56,47 @@ func TestRecordingAcrossReplicas(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRecordingWatchedLiveAcrossReplicas: an agent appends a running
+// session's live part to replica B; the administrator, whose CLI talks to
+// replica A, follows it there (clustral sessions play --follow) and sees
+// each part as it comes, and the follow ends when B stores the whole
+// recording. B tells the agent someone watches, though the watcher reads
+// on A.
+func TestRecordingWatchedLiveAcrossReplicas(t *testing.T) {
+	const id = "replicated-live-1"
+	adm, urlB, nodeToken := newRecorderOnReplicaB(t)
+	rec := coordinatortest.Recording{
+		Session: proto.RecordingSession{ID: id, User: bob.Email, Cluster: harness.MeshCluster, Namespace: "default", Pod: "web-0",
+			Subresource: "exec", Command: []string{"sh"}, Protocol: "v5.channel.k8s.io", Start: time.Now(), Correlation: id},
+		Output: []coordinatortest.CastOutput{{T: 0.1, Data: "$ echo first\r\nfirst-part\r\n"}},
+		Seq:    1,
+	}
+	agent := coordclient.New(urlB, nodeToken, http.DefaultClient)
+	first := rec.Cast(t)
+	if _, err := agent.AppendRecording(t.Context(), id, 0, bytes.NewReader(first)); err != nil {
+		t.Fatal(err)
+	}
+	watch := harness.StartPane(t, harness.PaneOptions{Name: "watch", Program: adm.Bin,
+		Args: []string{"sessions", "play", "--follow", id}, Env: adm.Environ(), Width: 120, Height: 40})
+	watch.WaitContains(20*time.Second, "first-part")
+	harness.MustEventually(t, 10*time.Second, func(ctx context.Context) error {
+		ap, err := agent.AppendRecording(ctx, id, int64(len(first)), bytes.NewReader(nil))
+		if err != nil || !ap.Watched {
+			return fmt.Errorf("append on replica B = %+v, %v; want watched", ap, err)
+		}
+		return nil
+	})
+	rec.Output = append(rec.Output, coordinatortest.CastOutput{T: 0.5, Data: "$ echo second\r\nsecond-part\r\n"})
+	whole := rec.Cast(t)
+	if _, err := agent.AppendRecording(t.Context(), id, int64(len(first)), bytes.NewReader(whole[len(first):])); err != nil {
+		t.Fatal(err)
+	}
+	watch.WaitContains(20*time.Second, "second-part")
+	if exited, _ := watch.Exited(); exited {
+		t.Fatalf("the follow ended while the session runs:\n%s", watch.Screen())
+	}
+	coordinatortest.ShipRecording(t, urlB, http.DefaultClient, nodeToken, rec)
+	watch.WaitExited(30 * time.Second)
 }

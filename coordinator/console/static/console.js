@@ -236,3 +236,19 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-cast]").forEach(player);
   document.querySelectorAll("[data-follow]").forEach(follower);
 });
+
+// The header's menus are <details>: they open and close without this
+// script. It only closes an open one on Escape (handing the focus back
+// to its summary) or on a click elsewhere, as a menu is expected to.
+document.addEventListener("keydown", (ev) => {
+  if (ev.key !== "Escape") return;
+  for (const m of document.querySelectorAll("details.menu[open]")) {
+    m.open = false;
+    m.querySelector("summary").focus();
+  }
+});
+document.addEventListener("click", (ev) => {
+  for (const m of document.querySelectorAll("details.menu[open]")) {
+    if (!m.contains(ev.target)) m.open = false;
+  }
+});
