@@ -220,10 +220,13 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 	}
 	errLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
 	rewrite := func(pr *httputil.ProxyRequest) { rewriteRequest(pr, target) }
+	// A response of known length is written when the handler ends, so
+	// its headers, body and end of stream leave in one write through the
+	// mesh; ReverseProxy flushes each write of a streamed one (no length,
+	// as logs -f) by itself. Watches flush each event.
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      mainTr,
-		FlushInterval:  -1,
 		BufferPool:     copyBuffers,
 		ErrorLog:       errLog,
 		ErrorHandler:   p.proxyError,
@@ -231,6 +234,7 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 	}
 	rpWatch := *p.rp
 	rpWatch.BufferPool = watchBuffers
+	rpWatch.FlushInterval = -1
 	p.rpWatch = &rpWatch
 	p.upgradeTr = upgradeTr.base
 	p.rpUpgrade = &httputil.ReverseProxy{
