@@ -18,7 +18,11 @@
 //     same GET straight to the apiserver impersonating the user, as the
 //     agent sends it; up_cpu_us_per_get and agent_cpu_us_per_get are the
 //     CPU time the `clustral up` daemon and the agent spend per GET
-//     through the mesh over the timed loop.
+//     through the mesh over the timed loop. plain_proxy_* is the
+//     impersonating GET through a TCP relay and a TLS-terminating
+//     httputil.ReverseProxy in the bench's process (plainProxy): the two
+//     hops of the mesh path without WireGuard, netstacks or the agent's
+//     checks, the measured limit for the proxy overhead on this machine.
 //   - exec_throughput_mbps_off and _on, recording_overhead_pct,
 //     recording_bytes_per_output_byte: kubectl exec of a 64 MiB stream
 //     against KWOK's exec, with session recording off and required, and
