@@ -220,10 +220,14 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 	}
 	errLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
 	rewrite := func(pr *httputil.ProxyRequest) { rewriteRequest(pr, target) }
+	// A response of known length is written when the handler ends: its
+	// body and the end of the stream leave in one write through the mesh
+	// (the HTTP/2 server still flushes the headers before it). ReverseProxy
+	// flushes each write of a streamed one (no length, as logs -f) by
+	// itself. Watches flush each event.
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      mainTr,
-		FlushInterval:  -1,
 		BufferPool:     copyBuffers,
 		ErrorLog:       errLog,
 		ErrorHandler:   p.proxyError,
@@ -231,6 +235,7 @@ func NewProxy(c ProxyConfig) (*Proxy, error) {
 	}
 	rpWatch := *p.rp
 	rpWatch.BufferPool = watchBuffers
+	rpWatch.FlushInterval = -1
 	p.rpWatch = &rpWatch
 	p.upgradeTr = upgradeTr.base
 	p.rpUpgrade = &httputil.ReverseProxy{

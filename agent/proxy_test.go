@@ -534,3 +534,51 @@ func TestEarlyResponse(t *testing.T) {
 		t.Errorf("got HTTP/%d %d %q, want HTTP/2 403 with the apiserver's message", resp.ProtoMajor, resp.StatusCode, body)
 	}
 }
+
+// TestProxyStreamsArriveAsWritten: a response without a length (logs
+// --follow) or a watch reaches the client as the apiserver flushes it,
+// not when it ends, though the proxy buffers answers of known length.
+func TestProxyStreamsArriveAsWritten(t *testing.T) {
+	for _, tc := range []struct{ name, path string }{
+		{"logs --follow", "/api/v1/namespaces/default/pods/p/log?follow=true"},
+		{"watch", "/api/v1/namespaces/default/pods?watch=true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			release := make(chan struct{})
+			h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.WriteString(w, "first\n")
+				http.NewResponseController(w).Flush()
+				select {
+				case <-release:
+				case <-r.Context().Done():
+					return
+				}
+				io.WriteString(w, "second\n")
+			}))
+			resp, err := h.client.Get(h.url(tc.path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			lines := make(chan string, 2)
+			go func() {
+				br := bufio.NewReader(resp.Body)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						close(lines)
+						return
+					}
+					lines <- line
+				}
+			}()
+			if got := testkit.Recv(t, lines, "the first line before the stream ends"); got != "first\n" {
+				t.Fatalf("first line = %q", got)
+			}
+			close(release)
+			if got := testkit.Recv(t, lines, "the second line"); got != "second\n" {
+				t.Fatalf("second line = %q", got)
+			}
+		})
+	}
+}

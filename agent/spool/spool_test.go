@@ -242,6 +242,31 @@ func TestShipInOrderThroughOutageAndRestart(t *testing.T) {
 	})
 }
 
+// TestShipGathersBursts: events appended one a millisecond, as a stream
+// of requests makes them, are shipped in a few batches, not one each. It
+// runs in a synctest bubble, so the gathering wait is on the bubble's
+// clock and the count does not depend on the machine's speed.
+func TestShipGathersBursts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := &fakeCoordinator{}
+		s := open(t, t.TempDir(), Options{})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go s.Ship(ctx, c.send, 0)
+		const n, every = 200, time.Millisecond
+		for range n {
+			appendN(t, s, 1)
+			time.Sleep(every)
+		}
+		testkit.WaitFor(t, "every event", func() bool { return c.count() == n })
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if most := int(n*every/ShipGather) + 1; c.calls > most {
+			t.Errorf("%d events one a %v went in %d batches; want at most %d (one per %v)", n, every, c.calls, most, ShipGather)
+		}
+	})
+}
+
 // benchSpool opens an unbounded spool for b, closed when b ends, and
 // returns it with a typical request event.
 func benchSpool(b *testing.B) (*Spool, proto.AuditEvent) {

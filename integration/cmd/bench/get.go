@@ -124,6 +124,17 @@ func benchGet(ctx context.Context, m *mesh, f flags) error {
 	if err != nil {
 		return err
 	}
+	// The measured limit: the same impersonating GET through a plain
+	// two-hop proxy (plainProxy) in place of the mesh.
+	pp, pc, err := startPlainProxy(ic)
+	if err != nil {
+		return err
+	}
+	defer pp.Close()
+	plain, err := restClient(pc)
+	if err != nil {
+		return err
+	}
 	get := func(c rest.Interface) (time.Duration, error) {
 		start := time.Now()
 		_, err := c.Get().AbsPath(getPath).DoRaw(ctx)
@@ -140,8 +151,24 @@ func benchGet(ctx context.Context, m *mesh, f flags) error {
 		if _, err := get(impersonated); err != nil {
 			return fmt.Errorf("GET direct, impersonating: %w", err)
 		}
+		if _, err := get(plain); err != nil {
+			return fmt.Errorf("GET through a plain proxy: %w", err)
+		}
 	}
-	var ps, ds, is []time.Duration
+	// The CPU the two clustral processes on the path spend over the timed
+	// loop, per GET through the mesh: steadier than latency on a shared
+	// machine. Only the mesh GETs pass through them.
+	upPid, err := upPID(m.user.Dir)
+	if err != nil {
+		return err
+	}
+	pids := []int{upPid, m.agent.Proc.Pid()}
+	progress("timing: clustral up pid %d, agent pid %d", pids[0], pids[1])
+	cpu0, err := cpuTimes(pids)
+	if err != nil {
+		return err
+	}
+	var ps, ds, is, pls []time.Duration
 	for i := range f.samples {
 		first, second := proxy, direct
 		if i%2 == 1 {
@@ -164,7 +191,16 @@ func benchGet(ctx context.Context, m *mesh, f flags) error {
 			return fmt.Errorf("GET: %w", err)
 		}
 		is = append(is, d)
+		if d, err = get(plain); err != nil {
+			return fmt.Errorf("GET: %w", err)
+		}
+		pls = append(pls, d)
 	}
+	cpu1, err := cpuTimes(pids)
+	if err != nil {
+		return err
+	}
+	perGet := func(i int) float64 { return us(cpu1[i]-cpu0[i]) / float64(len(ps)) }
 	p50, d50 := percentile(ps, 50), percentile(ds, 50)
 	report("proxy_get_p50_us", us(p50), "us")
 	report("direct_get_p50_us", us(d50), "us")
@@ -174,6 +210,13 @@ func benchGet(ctx context.Context, m *mesh, f flags) error {
 	i50 := percentile(is, 50)
 	report("direct_impersonating_get_p50_us", us(i50), "us")
 	report("proxy_overhead_vs_impersonating_p50_us", us(p50-i50), "us")
+	report("proxy_overhead_vs_impersonating_p99_us", us(percentile(ps, 99)-percentile(is, 99)), "us")
+	pl50 := percentile(pls, 50)
+	report("plain_proxy_get_p50_us", us(pl50), "us")
+	report("plain_proxy_overhead_vs_impersonating_p50_us", us(pl50-i50), "us")
+	report("plain_proxy_overhead_vs_impersonating_p99_us", us(percentile(pls, 99)-percentile(is, 99)), "us")
+	report("up_cpu_us_per_get", perGet(0), "us")
+	report("agent_cpu_us_per_get", perGet(1), "us")
 	report("get_samples", float64(len(ps)), "requests")
 	return nil
 }

@@ -14,6 +14,15 @@
 //     agent's identity-aware proxy, impersonation) and straight to the
 //     same kube-apiserver with the admin token, interleaved, on reused
 //     keep-alive connections; proxy_overhead_p50_us is the difference.
+//     proxy_overhead_vs_impersonating_p50_us and _p99_us compare with the
+//     same GET straight to the apiserver impersonating the user, as the
+//     agent sends it; up_cpu_us_per_get and agent_cpu_us_per_get are the
+//     CPU time the `clustral up` daemon and the agent spend per GET
+//     through the mesh over the timed loop. plain_proxy_* is the
+//     impersonating GET through a TCP relay and a TLS-terminating
+//     httputil.ReverseProxy in the bench's process (plainProxy): the two
+//     hops of the mesh path without WireGuard, netstacks or the agent's
+//     checks, the measured limit for the proxy overhead on this machine.
 //   - exec_throughput_mbps_off and _on, recording_overhead_pct,
 //     recording_bytes_per_output_byte: kubectl exec of a 64 MiB stream
 //     against KWOK's exec, with session recording off and required, and

@@ -522,24 +522,37 @@ func goMetrics(ctx context.Context, hc *http.Client, coordURL string) map[string
 func cpuTime(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("coordinator CPU time: %w", err)
+		return 0, fmt.Errorf("CPU time of process %d: %w", pid, err)
 	}
 	// The fields after the command, which is in parentheses and may
 	// hold spaces: state is the 3rd field, utime the 14th, stime the 15th.
 	_, rest, ok := strings.Cut(string(b), ") ")
 	f := strings.Fields(rest)
 	if !ok || len(f) < 13 {
-		return 0, fmt.Errorf("coordinator CPU time: unexpected /proc/%d/stat", pid)
+		return 0, fmt.Errorf("CPU time of process %d: unexpected /proc/%d/stat", pid, pid)
 	}
 	var ticks int64
 	for _, v := range f[11:13] {
 		t, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("coordinator CPU time: %w", err)
+			return 0, fmt.Errorf("CPU time of process %d: %w", pid, err)
 		}
 		ticks += t
 	}
 	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// cpuTimes is cpuTime of each of pids, in order.
+func cpuTimes(pids []int) ([]time.Duration, error) {
+	ts := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		t, err := cpuTime(pid)
+		if err != nil {
+			return nil, err
+		}
+		ts[i] = t
+	}
+	return ts, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on
