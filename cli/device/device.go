@@ -57,7 +57,28 @@ type State struct {
 	// KubeconfigWas is the mode (octal) the kubeconfig had before up made
 	// it 0600 to hold the SOCKS credential; empty if it was already.
 	KubeconfigWas string `json:"kubeconfig_was,omitempty"`
+
+	// Stages are when each step of bringing the device up ended, in
+	// order (the Stage* names): where the time from `clustral up` to
+	// the first kubectl goes (integration/cmd/bench prints it).
+	Stages []Stage `json:"stages,omitempty"`
 }
+
+// Stage is when one step of bringing the device up ended.
+type Stage struct {
+	Name string    `json:"name"`
+	At   time.Time `json:"at"`
+}
+
+// The steps of Run, in order, as State.Stages names them.
+const (
+	StageStart      = "start"      // Run called: the process is running
+	StageRegistered = "registered" // the coordinator acknowledged the device
+	StageJoined     = "joined"     // WireGuard is up
+	StageServing    = "serving"    // SOCKS5 proxy, status socket; map stream started
+	StageSnapshot   = "snapshot"   // the first network map applied
+	StageConnected  = "connected"  // kubeconfig contexts and StateFile written
+)
 
 // ReadState reads the state of the device running for the profile
 // directory dir, and whether its process is alive.
@@ -119,6 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &device{cfg: cfg, log: cfg.Logger}
+	d.stage(StageStart)
 
 	// A run that crashed may have left the system's resolver pointed at
 	// its mesh DNS.
@@ -133,6 +155,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer d.deregister()
+	d.stage(StageRegistered)
 
 	// Join: the WireGuard node on a netstack or a TUN device.
 	m, err := mesh.Join(mesh.Config{PrivateKey: d.key, Registration: d.reg, ListenPort: cfg.WGPort, TUN: cfg.TUN, Logger: d.log})
@@ -141,6 +164,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer m.Close()
 	d.mesh = m
+	d.stage(StageJoined)
 
 	// Serve: the SOCKS5 proxy, the mesh DNS (--tun), the kubeconfig
 	// contexts, the status socket and the map stream.
@@ -148,6 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer d.stop()
+	d.stage(StageServing)
 
 	// Wait: keep the contexts in step with the map until ctx is done or
 	// the map stream fails.
@@ -186,6 +211,18 @@ type device struct {
 	// Owned by wait (and stop, after wait has returned).
 	state   *State
 	written []string // the contexts this run wrote
+	// stages are the steps done, for State.Stages; before serve they
+	// belong to Run, then to wait.
+	stages []Stage
+}
+
+// stage records that the step name ended now, and logs how long it took.
+func (d *device) stage(name string) {
+	now := time.Now()
+	if n := len(d.stages); n > 0 {
+		d.log.Debug("up stage", "stage", name, "took", now.Sub(d.stages[n-1].At))
+	}
+	d.stages = append(d.stages, Stage{name, now})
 }
 
 // register makes the device's WireGuard key, stores it in KeyFile, and

@@ -205,6 +205,9 @@ func (d *device) wait(ctx context.Context) error {
 			req.reply <- contextReply{slices.Clone(d.state.Contexts), err}
 		case ch := <-d.changes:
 			if ch.Snapshot || len(ch.ClustersAdded)+len(ch.ClustersRemoved) > 0 || ch.SelfChanged || d.state.Status != "connected" {
+				if d.state.Status != "connected" {
+					d.stage(StageSnapshot)
+				}
 				d.updateContexts()
 			}
 		}
@@ -245,6 +248,10 @@ func (d *device) updateContexts() error {
 	}
 	d.written = names
 	d.state.Contexts = names
+	if d.state.Status != "connected" {
+		d.stage(StageConnected)
+		d.state.Stages = slices.Clone(d.stages)
+	}
 	d.state.Status = "connected"
 	d.publish()
 	if err := atomicfile.WriteJSON(filepath.Join(d.cfg.Dir, StateFile), d.state, 0o600); err != nil {

@@ -2,15 +2,27 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/integration/harness"
 )
 
 // benchUp takes the user down and up f.upRounds times, timing from
 // invoking `clustral up` until kubectl first gets an answer through the
-// mesh.
+// mesh, and breaks that time into stages (up_stage_*_ms, medians): the
+// device's own steps from its state file (device.State.Stages), up
+// returning, and kubectl. Beside them: up_handshake_at_ms, when the
+// device's handshake with the agent completed; kubectl_client_ms, a
+// kubectl that needs no server (`kubectl version --client`);
+// kubectl_again_ms, the same request as the first once up is warm; and
+// kubectl_direct_ms, that request straight to kube-apiserver: the floor
+// of the kubectl stage.
 func benchUp(ctx context.Context, m *mesh, f flags) error {
 	if f.upRounds <= 0 {
 		return nil
@@ -18,7 +30,10 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 	progress("%d down/up rounds", f.upRounds)
 	k := m.user.Kubectl()
 	k.Timeout = 20 * time.Second
-	var first, upOnly []time.Duration
+	direct := harness.Kubectl{Kubeconfig: m.env.APIServer.Kubeconfig, Timeout: k.Timeout}
+	var first, upOnly, client, again, straight, handshake []time.Duration
+	stages := map[string][]time.Duration{}
+	var order []string
 	for i := range f.upRounds {
 		if err := m.user.Down(ctx); err != nil {
 			return err
@@ -32,14 +47,88 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 		if err != nil {
 			return err
 		}
+		st, err := upState(m.user)
+		if err != nil {
+			return err
+		}
+		prev := start
+		for _, s := range append(st.Stages, device.Stage{Name: "returned", At: start.Add(up)}, device.Stage{Name: "kubectl", At: start.Add(d)}) {
+			if _, ok := stages[s.Name]; !ok {
+				order = append(order, s.Name)
+			}
+			stages[s.Name] = append(stages[s.Name], s.At.Sub(prev))
+			prev = s.At
+		}
+		if hs, err := agentHandshake(ctx, m.user); err != nil {
+			progress("round %d: %v", i+1, err)
+		} else {
+			handshake = append(handshake, hs.Sub(start))
+			progress("round %d: handshake %v after the kubeconfig was written", i+1, hs.Sub(prev.Add(-stages["kubectl"][i]-stages["returned"][i])).Round(time.Millisecond))
+		}
+		t := time.Now()
+		if _, err := k.Run(ctx, "version", "--client"); err != nil {
+			return err
+		}
+		client = append(client, time.Since(t))
+		t = time.Now()
+		if _, err := k.Run(ctx, "--context", kubeContext, "get", "--raw", "/version"); err != nil {
+			return err
+		}
+		again = append(again, time.Since(t))
+		t = time.Now()
+		if _, err := direct.Run(ctx, "get", "--raw", "/version"); err != nil {
+			return err
+		}
+		straight = append(straight, time.Since(t))
 		progress("round %d: up returned after %v, first kubectl answer after %v", i+1, up.Round(time.Millisecond), d.Round(time.Millisecond))
 		first, upOnly = append(first, d), append(upOnly, up)
 	}
 	report("up_to_first_kubectl_ms", ms(percentile(first, 50)), "ms")
 	report("up_to_first_kubectl_max_ms", ms(percentile(first, 100)), "ms")
 	report("up_returns_ms", ms(percentile(upOnly, 50)), "ms")
+	for _, name := range order {
+		report("up_stage_"+name+"_ms", ms(percentile(stages[name], 50)), "ms")
+	}
+	report("up_handshake_at_ms", ms(percentile(handshake, 50)), "ms")
+	report("kubectl_client_ms", ms(percentile(client, 50)), "ms")
+	report("kubectl_again_ms", ms(percentile(again, 50)), "ms")
+	report("kubectl_direct_ms", ms(percentile(straight, 50)), "ms")
 	report("up_samples", float64(len(first)), "rounds")
 	return nil
+}
+
+// upState reads the state file of u's running `clustral up`.
+func upState(u *harness.User) (*device.State, error) {
+	var st device.State
+	b, err := os.ReadFile(filepath.Join(u.Dir, "config", "profiles", "default", device.StateFile))
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", device.StateFile, err)
+	}
+	return &st, nil
+}
+
+// agentHandshake asks u's `clustral up` when its last handshake with
+// an agent completed.
+func agentHandshake(ctx context.Context, u *harness.User) (time.Time, error) {
+	out, _, err := u.Run(ctx, "status", "-o", "json")
+	if err != nil {
+		return time.Time{}, err
+	}
+	var st struct {
+		Agents []device.AgentView `json:"agents"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return time.Time{}, fmt.Errorf("clustral status: %w", err)
+	}
+	for _, a := range st.Agents {
+		if !a.LastHandshake.IsZero() {
+			return a.LastHandshake, nil
+		}
+	}
+	return time.Time{}, errors.New("clustral status: no handshake with an agent")
 }
 
 // firstKubectl runs kubectl through the mesh until it succeeds and
