@@ -126,6 +126,11 @@ type Config struct {
 	ResolvConf string
 
 	Logger *slog.Logger
+
+	// Connected, if set, is called once, from Run's goroutine, when the
+	// device is first connected: its kubeconfig contexts and StateFile
+	// are written.
+	Connected func()
 }
 
 // Run runs the device until ctx is done or the map stream fails:
@@ -149,6 +154,12 @@ func Run(ctx context.Context, cfg Config) error {
 	} else if done != "" {
 		d.log.Info("restored the system's DNS after an earlier clustral up", "done", done)
 	}
+
+	// Clusters the user may request get a context too: kubectl then
+	// hears a plain-text 403 naming the way forward instead of "no
+	// context". Only the contexts need the answer: ask while registering.
+	stopAsking := d.askWhoami(ctx)
+	defer stopAsking()
 
 	// Register: a fresh WireGuard key, and this device in the coordinator.
 	if err := d.register(ctx); err != nil {
@@ -214,6 +225,32 @@ type device struct {
 	// stages are the steps done, for State.Stages; before serve they
 	// belong to Run, then to wait.
 	stages []Stage
+	// askRequestable delivers the clusters the user may request access
+	// to (askWhoami) once; nil after updateContexts took them.
+	askRequestable chan []string
+}
+
+// askWhoami asks the coordinator on a goroutine which clusters the user
+// may request access to, for the first updateContexts. A failure is
+// logged and leaves the list empty. The returned func cancels the
+// question and waits for the goroutine to end.
+func (d *device) askWhoami(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	answer := make(chan []string, 1)
+	d.askRequestable = answer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		who, err := d.cfg.Coordinator.Whoami(ctx)
+		if err != nil && ctx.Err() == nil {
+			d.log.Warn("list requestable clusters", "err", err)
+		}
+		answer <- who.Requestable
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // stage records that the step name ended now, and logs how long it took.

@@ -32,7 +32,7 @@ type serving struct {
 	deny        *denier
 	proxy       *url.URL          // the SOCKS5 proxy, with its credential
 	kw          kubeconfig.Writer // the kubeconfig the contexts go to
-	requestable []string          // clusters the user may request access to
+	requestable []string          // clusters the user may request access to, once asked
 
 	published atomic.Pointer[State] // the last state wait published
 	changes   chan node.Change      // map changes, for wait
@@ -86,13 +86,6 @@ func (d *device) serveSOCKS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen for SOCKS5 on 127.0.0.1:%d: %w (pick another --socks-port)", d.cfg.SOCKSPort, err)
 	}
-	// Clusters the user may request get a context too: kubectl then hears
-	// a plain-text 403 naming the way forward instead of "no context".
-	who, err := d.cfg.Coordinator.Whoami(ctx)
-	if err != nil {
-		d.log.Warn("list requestable clusters", "err", err)
-	}
-	d.requestable = who.Requestable
 	ttl := 24 * time.Hour
 	if !d.reg.ExpiresAt.IsZero() {
 		ttl = time.Until(d.reg.ExpiresAt) + time.Hour
@@ -222,6 +215,10 @@ func (d *device) wait(ctx context.Context) error {
 func (d *device) updateContexts() error {
 	var want []kubeconfig.Context
 	var names []string
+	if d.askRequestable != nil {
+		d.requestable = <-d.askRequestable
+		d.askRequestable = nil
+	}
 	clusters := d.mesh.Node.Clusters()
 	for _, cl := range d.requestable {
 		if !slices.Contains(clusters, cl) {
@@ -257,6 +254,10 @@ func (d *device) updateContexts() error {
 	if err := atomicfile.WriteJSON(filepath.Join(d.cfg.Dir, StateFile), d.state, 0o600); err != nil {
 		d.log.Error("write state", "err", err)
 		return err
+	}
+	if d.cfg.Connected != nil {
+		d.cfg.Connected()
+		d.cfg.Connected = nil
 	}
 	return nil
 }
