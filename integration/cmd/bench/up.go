@@ -2,12 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
+
+	"k8s.io/client-go/rest"
 
 	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/integration/harness"
@@ -32,6 +39,8 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 	k.Timeout = 20 * time.Second
 	direct := harness.Kubectl{Kubeconfig: m.env.APIServer.Kubeconfig, Timeout: k.Timeout}
 	var first, upOnly, client, again, straight, handshake []time.Duration
+	cold := map[string][]time.Duration{}
+	var coldOrder []string
 	stages := map[string][]time.Duration{}
 	var order []string
 	for i := range f.upRounds {
@@ -80,6 +89,29 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 			return err
 		}
 		straight = append(straight, time.Since(t))
+		for _, c := range []struct {
+			name string
+			cfg  func() (*rest.Config, error)
+		}{
+			{"mesh", func() (*rest.Config, error) { return meshConfig(m) }},
+			{"direct", func() (*rest.Config, error) { return m.env.APIServer.Config(), nil }},
+		} {
+			cfg, err := c.cfg()
+			if err != nil {
+				return err
+			}
+			ph, err := coldGet(ctx, cfg)
+			if err != nil {
+				return fmt.Errorf("cold GET %s: %w", c.name, err)
+			}
+			for i, p := range ph {
+				name := "cold_get_" + c.name + "_" + coldPhases[i] + "_ms"
+				if _, ok := cold[name]; !ok {
+					coldOrder = append(coldOrder, name)
+				}
+				cold[name] = append(cold[name], p)
+			}
+		}
 		progress("round %d: up returned after %v, first kubectl answer after %v", i+1, up.Round(time.Millisecond), d.Round(time.Millisecond))
 		first, upOnly = append(first, d), append(upOnly, up)
 	}
@@ -93,8 +125,58 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 	report("kubectl_client_ms", ms(percentile(client, 50)), "ms")
 	report("kubectl_again_ms", ms(percentile(again, 50)), "ms")
 	report("kubectl_direct_ms", ms(percentile(straight, 50)), "ms")
+	for _, name := range coldOrder {
+		report(name, ms(percentile(cold[name], 50)), "ms")
+	}
 	report("up_samples", float64(len(first)), "rounds")
 	return nil
+}
+
+// coldPhases name the phases coldGet times.
+var coldPhases = []string{"dial", "tls", "response"}
+
+// coldGet GETs /version with cfg on a new connection and returns how
+// long its phases took: the dial (through the SOCKS5 proxy and the mesh,
+// if cfg has one), the TLS handshake, and the request until the first
+// byte of the answer.
+func coldGet(ctx context.Context, cfg *rest.Config) ([]time.Duration, error) {
+	// client-go shares a transport among configs alike, unless one has
+	// a Proxy func (as a context with proxy-url does): give it one, so
+	// the transport and its connection are new, as in a new kubectl.
+	cfg = rest.CopyConfig(cfg)
+	if cfg.Proxy == nil {
+		cfg.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil }
+	}
+	rt, err := rest.TransportFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: rt, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	var start, tlsStart, tlsDone, first time.Time
+	trace := &httptrace.ClientTrace{
+		TLSHandshakeStart:    func() { tlsStart = time.Now() },
+		TLSHandshakeDone:     func(tls.ConnectionState, error) { tlsDone = time.Now() },
+		GotFirstResponseByte: func() { first = time.Now() },
+	}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), "GET", cfg.Host+"/version", nil)
+	if err != nil {
+		return nil, err
+	}
+	start = time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /version: %s", resp.Status)
+	}
+	if tlsStart.IsZero() || tlsDone.IsZero() || first.IsZero() {
+		return nil, errors.New("GET /version reused a connection")
+	}
+	return []time.Duration{tlsStart.Sub(start), tlsDone.Sub(tlsStart), first.Sub(tlsDone)}, nil
 }
 
 // upState reads the state file of u's running `clustral up`.
