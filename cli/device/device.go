@@ -269,7 +269,8 @@ func (d *device) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(d.cfg.Dir, KeyFile), []byte(priv.String()+"\n"), 0o600); err != nil {
+	// The key lives as long as this run: it need not wait for the disk.
+	if err := atomicfile.Write(filepath.Join(d.cfg.Dir, KeyFile), []byte(priv.String()+"\n"), 0o600, atomicfile.NoSync); err != nil {
 		return fmt.Errorf("store device key: %w", err)
 	}
 	req := proto.RegisterDeviceRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: mesh.Hostname()}

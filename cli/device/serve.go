@@ -251,7 +251,8 @@ func (d *device) updateContexts() error {
 	}
 	d.state.Status = "connected"
 	d.publish()
-	if err := atomicfile.WriteJSON(filepath.Join(d.cfg.Dir, StateFile), d.state, 0o600); err != nil {
+	// The state describes this process: it need not wait for the disk.
+	if err := atomicfile.WriteJSON(filepath.Join(d.cfg.Dir, StateFile), d.state, 0o600, atomicfile.NoSync); err != nil {
 		d.log.Error("write state", "err", err)
 		return err
 	}
