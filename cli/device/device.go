@@ -76,6 +76,7 @@ const (
 	StageRegistered = "registered" // the coordinator acknowledged the device
 	StageJoined     = "joined"     // WireGuard is up
 	StageServing    = "serving"    // SOCKS5 proxy, status socket; map stream started
+	StageRelay      = "relay"      // the relay connected: the map stream opens
 	StageSnapshot   = "snapshot"   // the first network map applied
 	StageConnected  = "connected"  // kubeconfig contexts and StateFile written
 )

@@ -42,6 +42,7 @@ type serving struct {
 
 	streamErr  chan error // the map stream's end
 	stopStream context.CancelFunc
+	relayAt    atomic.Int64 // when the relay first connected (Unix ns), for StageRelay
 
 	// The mesh DNS (--tun): what the system's resolver was told, and
 	// the server's end; nil if off.
@@ -139,6 +140,7 @@ func (d *device) runMapStream(ctx context.Context) {
 	d.streamErr = make(chan error, 1)
 	coord := mesh.Coordinator{
 		Client: d.cfg.Coordinator.WithToken(d.reg.NodeToken), RelayClient: d.cfg.RelayClient,
+		RelayFirst: func() { d.relayAt.Store(time.Now().UnixNano()) },
 	}
 	d.wg.Go(func() { d.streamErr <- d.mesh.Run(ctx, coord) })
 }
@@ -199,6 +201,9 @@ func (d *device) wait(ctx context.Context) error {
 		case ch := <-d.changes:
 			if ch.Snapshot || len(ch.ClustersAdded)+len(ch.ClustersRemoved) > 0 || ch.SelfChanged || d.state.Status != "connected" {
 				if d.state.Status != "connected" {
+					if at := d.relayAt.Load(); at != 0 {
+						d.stages = append(d.stages, Stage{StageRelay, time.Unix(0, at)})
+					}
 					d.stage(StageSnapshot)
 				}
 				d.updateContexts()

@@ -128,7 +128,7 @@ func main() {
 	flag.IntVar(&f.transferRun, "transfer-runs", 3, "transfers per stack (the median is reported)")
 	flag.IntVar(&f.samples, "samples", 1500, "GET samples per path")
 	flag.IntVar(&f.warmup, "warmup", 200, "GET warm-up requests per path")
-	flag.IntVar(&f.upRounds, "up-rounds", 5, "down/up rounds for up_to_first_kubectl_ms")
+	flag.IntVar(&f.upRounds, "up-rounds", 15, "down/up rounds for up_to_first_kubectl_ms and its stages")
 	flag.IntVar(&f.deltaRounds, "delta-rounds", 5, "revoke/grant rounds for coordinator_map_delta_ms (0 skips)")
 	flag.IntVar(&f.grantRounds, "grant-rounds", 1000, "revoke/grant rounds with traffic at the grant for grant_first_request_max_ms (0 skips)")
 	flag.IntVar(&f.agentRestarts, "agent-restarts", 5, "agent kill/replace rounds for agent_restart_to_first_kubectl_ms (0 skips)")

@@ -72,7 +72,9 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 			progress("round %d: %v", i+1, err)
 		} else {
 			handshake = append(handshake, hs.Sub(start))
-			progress("round %d: handshake %v after the kubeconfig was written", i+1, hs.Sub(prev.Add(-stages["kubectl"][i]-stages["returned"][i])).Round(time.Millisecond))
+			if n := len(st.Stages); n > 0 {
+				progress("round %d: handshake with the agent %v after %s", i+1, hs.Sub(st.Stages[n-1].At).Round(time.Millisecond), st.Stages[n-1].Name)
+			}
 		}
 		t := time.Now()
 		if _, err := k.Run(ctx, "version", "--client"); err != nil {
