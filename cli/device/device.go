@@ -75,7 +75,7 @@ const (
 	StageStart      = "start"      // Run called: the process is running
 	StageRegistered = "registered" // the coordinator acknowledged the device
 	StageJoined     = "joined"     // WireGuard is up
-	StageServing    = "serving"    // SOCKS5 proxy, status socket; map stream started
+	StageServing    = "serving"    // map stream started; SOCKS5 proxy, status socket
 	StageRelay      = "relay"      // the relay connected: the map stream opens
 	StageSnapshot   = "snapshot"   // the first network map applied
 	StageConnected  = "connected"  // kubeconfig contexts and StateFile written

@@ -52,15 +52,20 @@ type serving struct {
 	wg sync.WaitGroup // the goroutines serve started
 }
 
-// serve starts the SOCKS5 proxy, the mesh DNS in TUN mode, the state, the
-// status socket and the map stream. On error it has released what it
-// started.
+// serve starts the map stream, the SOCKS5 proxy, the mesh DNS in TUN
+// mode, the state and the status socket. On error it has released what
+// it started.
 func (d *device) serve(ctx context.Context) (err error) {
 	defer func() {
 		if err != nil {
 			d.stop()
 		}
 	}()
+	// The map stream first: it waits for the relay's first connection,
+	// which takes longer than the rest. Its changes wait in d.changes
+	// until wait takes them.
+	d.watchMap()
+	d.runMapStream(ctx)
 	if err := d.serveSOCKS(ctx); err != nil {
 		return err
 	}
@@ -70,11 +75,9 @@ func (d *device) serve(ctx context.Context) (err error) {
 		}
 	}
 	d.initState()
-	d.watchMap()
 	if err := d.serveControl(); err != nil {
 		return err
 	}
-	d.runMapStream(ctx)
 	d.log.Info("joining the mesh", "coordinator", d.cfg.Coordinator.BaseURL(), "addresses", d.state.Addresses, "socks", d.state.SOCKS)
 	return nil
 }
