@@ -178,8 +178,8 @@ func Run(ctx context.Context, cfg Config) error {
 	d.mesh = m
 	d.stage(StageJoined)
 
-	// Serve: the SOCKS5 proxy, the mesh DNS (--tun), the kubeconfig
-	// contexts, the status socket and the map stream.
+	// Serve: the map stream, the SOCKS5 proxy, the mesh DNS (--tun),
+	// the state and the status socket.
 	if err := d.serve(ctx); err != nil {
 		return err
 	}

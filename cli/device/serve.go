@@ -203,7 +203,9 @@ func (d *device) wait(ctx context.Context) error {
 			req.reply <- contextReply{slices.Clone(d.state.Contexts), err}
 		case ch := <-d.changes:
 			if ch.Snapshot || len(ch.ClustersAdded)+len(ch.ClustersRemoved) > 0 || ch.SelfChanged || d.state.Status != "connected" {
-				if d.state.Status != "connected" {
+				// The first snapshot; a failed kubeconfig write
+				// leaves the status, and the next change tries again.
+				if d.state.Status != "connected" && !slices.ContainsFunc(d.stages, func(s Stage) bool { return s.Name == StageSnapshot }) {
 					if at := d.relayAt.Load(); at != 0 {
 						d.stages = append(d.stages, Stage{StageRelay, time.Unix(0, at)})
 					}
