@@ -25,9 +25,10 @@ import (
 // directory.
 const upLogFile = "up.log"
 
-// upPollInterval is how often `clustral up` looks whether the background
-// process it started is connected.
-const upPollInterval = 5 * time.Millisecond
+// upReadyEnv names, in the background process's environment, the file
+// descriptor of the pipe on which it tells the `clustral up` that started
+// it that it is connected: one byte, then it closes the pipe.
+const upReadyEnv = "CLUSTRAL_UP_READY_FD"
 
 func newUpCmd(g *globals) *cobra.Command {
 	var (
@@ -152,24 +153,38 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 		return err
 	}
 	defer logf.Close()
+	// The background process says on this pipe when it is connected,
+	// so up returns the moment kubectl can be used.
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start background process: %w", err)
+	}
+	defer readyR.Close()
 	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Env = append(os.Environ(), "CLUSTRAL_UP_BACKGROUND=1")
-	if err := cmd.Start(); err != nil {
+	cmd.ExtraFiles = []*os.File{readyW} // descriptor 3
+	cmd.Env = append(os.Environ(), "CLUSTRAL_UP_BACKGROUND=1", upReadyEnv+"=3")
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
 		return fmt.Errorf("start background process: %w", err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	ready := make(chan struct{})
+	go func() {
+		// One byte when connected; EOF if it exits first, which
+		// exited reports.
+		if n, _ := readyR.Read(make([]byte, 1)); n == 1 {
+			close(ready)
+		}
+	}()
 
 	sp := g.spinner("Bringing the tunnel up")
 	defer sp.stop()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	// Reading the state file is cheap; each tick of waiting delays the
-	// user's first kubectl.
-	tick := time.NewTicker(upPollInterval)
-	defer tick.Stop()
 	for {
 		select {
 		case err := <-exited:
@@ -182,14 +197,16 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 		case <-ctx.Done():
 			cmd.Process.Signal(syscall.SIGTERM)
 			return ctx.Err()
-		case <-tick.C:
+		case <-ready:
 			st, alive := device.ReadState(dir)
-			if alive && st.PID == cmd.Process.Pid && st.Status == "connected" {
-				sp.stop()
-				cmd.Process.Release()
-				printUp(g.stdout, st)
-				return nil
+			if !alive || st.PID != cmd.Process.Pid || st.Status != "connected" {
+				cmd.Process.Signal(syscall.SIGTERM)
+				return fmt.Errorf("clustral up said it is connected, but %s does not say so; see %s", filepath.Join(dir, device.StateFile), filepath.Join(dir, upLogFile))
 			}
+			sp.stop()
+			cmd.Process.Release()
+			printUp(g.stdout, st)
+			return nil
 		}
 	}
 }
@@ -261,6 +278,10 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	if err != nil {
 		return err
 	}
+	connected, err := readySignal()
+	if err != nil {
+		return err
+	}
 	err = device.Run(ctx, device.Config{
 		Dir:         dir,
 		Coordinator: api,
@@ -272,8 +293,30 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		DNS:         o.dns,
 		Kubeconfig:  o.kubeconfig,
 		Logger:      log,
+		Connected:   connected,
 	})
 	return cliErr(err)
+}
+
+// readySignal returns the func that tells the `clustral up` which started
+// this background process that it is connected (upReadyEnv), or nil in
+// the foreground.
+func readySignal() (func(), error) {
+	v := os.Getenv(upReadyEnv)
+	if v == "" {
+		return nil, nil
+	}
+	os.Unsetenv(upReadyEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%s=%q is not a file descriptor; it is set by clustral up for its background process, unset it", upReadyEnv, v)
+	}
+	syscall.CloseOnExec(fd) // not for the programs the device runs
+	f := os.NewFile(uintptr(fd), "clustral-up-ready")
+	return func() {
+		f.Write([]byte{1})
+		f.Close()
+	}, nil
 }
 
 func newDownCmd(g *globals) *cobra.Command {

@@ -57,7 +57,29 @@ type State struct {
 	// KubeconfigWas is the mode (octal) the kubeconfig had before up made
 	// it 0600 to hold the SOCKS credential; empty if it was already.
 	KubeconfigWas string `json:"kubeconfig_was,omitempty"`
+
+	// Stages are when each step of bringing the device up ended, in
+	// order (the Stage* names): where the time from `clustral up` to
+	// the first kubectl goes (integration/cmd/bench prints it).
+	Stages []Stage `json:"stages,omitempty"`
 }
+
+// Stage is when one step of bringing the device up ended.
+type Stage struct {
+	Name string    `json:"name"`
+	At   time.Time `json:"at"`
+}
+
+// The steps of Run, in order, as State.Stages names them.
+const (
+	StageStart      = "start"      // Run called: the process is running
+	StageRegistered = "registered" // the coordinator acknowledged the device
+	StageJoined     = "joined"     // WireGuard is up
+	StageServing    = "serving"    // map stream started; SOCKS5 proxy, status socket
+	StageRelay      = "relay"      // the relay connected: the map stream opens
+	StageSnapshot   = "snapshot"   // the first network map applied
+	StageConnected  = "connected"  // kubeconfig contexts and StateFile written
+)
 
 // ReadState reads the state of the device running for the profile
 // directory dir, and whether its process is alive.
@@ -105,6 +127,11 @@ type Config struct {
 	ResolvConf string
 
 	Logger *slog.Logger
+
+	// Connected, if set, is called once, from Run's goroutine, when the
+	// device is first connected: its kubeconfig contexts and StateFile
+	// are written.
+	Connected func()
 }
 
 // Run runs the device until ctx is done or the map stream fails:
@@ -119,6 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &device{cfg: cfg, log: cfg.Logger}
+	d.stage(StageStart)
 
 	// A run that crashed may have left the system's resolver pointed at
 	// its mesh DNS.
@@ -128,11 +156,18 @@ func Run(ctx context.Context, cfg Config) error {
 		d.log.Info("restored the system's DNS after an earlier clustral up", "done", done)
 	}
 
+	// Clusters the user may request get a context too: kubectl then
+	// hears a plain-text 403 naming the way forward instead of "no
+	// context". Only the contexts need the answer: ask while registering.
+	stopAsking := d.askWhoami(ctx)
+	defer stopAsking()
+
 	// Register: a fresh WireGuard key, and this device in the coordinator.
 	if err := d.register(ctx); err != nil {
 		return err
 	}
 	defer d.deregister()
+	d.stage(StageRegistered)
 
 	// Join: the WireGuard node on a netstack or a TUN device.
 	m, err := mesh.Join(mesh.Config{PrivateKey: d.key, Registration: d.reg, ListenPort: cfg.WGPort, TUN: cfg.TUN, Logger: d.log})
@@ -141,13 +176,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer m.Close()
 	d.mesh = m
+	d.stage(StageJoined)
 
-	// Serve: the SOCKS5 proxy, the mesh DNS (--tun), the kubeconfig
-	// contexts, the status socket and the map stream.
+	// Serve: the map stream, the SOCKS5 proxy, the mesh DNS (--tun),
+	// the state and the status socket.
 	if err := d.serve(ctx); err != nil {
 		return err
 	}
 	defer d.stop()
+	d.stage(StageServing)
 
 	// Wait: keep the contexts in step with the map until ctx is done or
 	// the map stream fails.
@@ -186,6 +223,44 @@ type device struct {
 	// Owned by wait (and stop, after wait has returned).
 	state   *State
 	written []string // the contexts this run wrote
+	// stages are the steps done, for State.Stages; before serve they
+	// belong to Run, then to wait.
+	stages []Stage
+	// askRequestable delivers the clusters the user may request access
+	// to (askWhoami) once; nil after updateContexts took them.
+	askRequestable chan []string
+}
+
+// askWhoami asks the coordinator on a goroutine which clusters the user
+// may request access to, for the first updateContexts. A failure is
+// logged and leaves the list empty. The returned func cancels the
+// question and waits for the goroutine to end.
+func (d *device) askWhoami(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	answer := make(chan []string, 1)
+	d.askRequestable = answer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		who, err := d.cfg.Coordinator.Whoami(ctx)
+		if err != nil && ctx.Err() == nil {
+			d.log.Warn("list requestable clusters", "err", err)
+		}
+		answer <- who.Requestable
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// stage records that the step name ended now, and logs how long it took.
+func (d *device) stage(name string) {
+	now := time.Now()
+	if n := len(d.stages); n > 0 {
+		d.log.Debug("up stage", "stage", name, "took", now.Sub(d.stages[n-1].At))
+	}
+	d.stages = append(d.stages, Stage{name, now})
 }
 
 // register makes the device's WireGuard key, stores it in KeyFile, and
@@ -195,7 +270,8 @@ func (d *device) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(d.cfg.Dir, KeyFile), []byte(priv.String()+"\n"), 0o600); err != nil {
+	// The key lives as long as this run: it need not wait for the disk.
+	if err := atomicfile.Write(filepath.Join(d.cfg.Dir, KeyFile), []byte(priv.String()+"\n"), 0o600, atomicfile.NoSync); err != nil {
 		return fmt.Errorf("store device key: %w", err)
 	}
 	req := proto.RegisterDeviceRequest{PublicKey: proto.Key(priv.PublicKey()), Hostname: mesh.Hostname()}

@@ -32,7 +32,7 @@ type serving struct {
 	deny        *denier
 	proxy       *url.URL          // the SOCKS5 proxy, with its credential
 	kw          kubeconfig.Writer // the kubeconfig the contexts go to
-	requestable []string          // clusters the user may request access to
+	requestable []string          // clusters the user may request access to, once asked
 
 	published atomic.Pointer[State] // the last state wait published
 	changes   chan node.Change      // map changes, for wait
@@ -42,6 +42,7 @@ type serving struct {
 
 	streamErr  chan error // the map stream's end
 	stopStream context.CancelFunc
+	relayAt    atomic.Int64 // when the relay first connected (Unix ns), for StageRelay
 
 	// The mesh DNS (--tun): what the system's resolver was told, and
 	// the server's end; nil if off.
@@ -51,15 +52,20 @@ type serving struct {
 	wg sync.WaitGroup // the goroutines serve started
 }
 
-// serve starts the SOCKS5 proxy, the mesh DNS in TUN mode, the state, the
-// status socket and the map stream. On error it has released what it
-// started.
+// serve starts the map stream, the SOCKS5 proxy, the mesh DNS in TUN
+// mode, the state and the status socket. On error it has released what
+// it started.
 func (d *device) serve(ctx context.Context) (err error) {
 	defer func() {
 		if err != nil {
 			d.stop()
 		}
 	}()
+	// The map stream first: it waits for the relay's first connection,
+	// which takes longer than the rest. Its changes wait in d.changes
+	// until wait takes them.
+	d.watchMap()
+	d.runMapStream(ctx)
 	if err := d.serveSOCKS(ctx); err != nil {
 		return err
 	}
@@ -69,11 +75,9 @@ func (d *device) serve(ctx context.Context) (err error) {
 		}
 	}
 	d.initState()
-	d.watchMap()
 	if err := d.serveControl(); err != nil {
 		return err
 	}
-	d.runMapStream(ctx)
 	d.log.Info("joining the mesh", "coordinator", d.cfg.Coordinator.BaseURL(), "addresses", d.state.Addresses, "socks", d.state.SOCKS)
 	return nil
 }
@@ -86,13 +90,6 @@ func (d *device) serveSOCKS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen for SOCKS5 on 127.0.0.1:%d: %w (pick another --socks-port)", d.cfg.SOCKSPort, err)
 	}
-	// Clusters the user may request get a context too: kubectl then hears
-	// a plain-text 403 naming the way forward instead of "no context".
-	who, err := d.cfg.Coordinator.Whoami(ctx)
-	if err != nil {
-		d.log.Warn("list requestable clusters", "err", err)
-	}
-	d.requestable = who.Requestable
 	ttl := 24 * time.Hour
 	if !d.reg.ExpiresAt.IsZero() {
 		ttl = time.Until(d.reg.ExpiresAt) + time.Hour
@@ -146,6 +143,7 @@ func (d *device) runMapStream(ctx context.Context) {
 	d.streamErr = make(chan error, 1)
 	coord := mesh.Coordinator{
 		Client: d.cfg.Coordinator.WithToken(d.reg.NodeToken), RelayClient: d.cfg.RelayClient,
+		RelayFirst: func() { d.relayAt.Store(time.Now().UnixNano()) },
 	}
 	d.wg.Go(func() { d.streamErr <- d.mesh.Run(ctx, coord) })
 }
@@ -205,6 +203,14 @@ func (d *device) wait(ctx context.Context) error {
 			req.reply <- contextReply{slices.Clone(d.state.Contexts), err}
 		case ch := <-d.changes:
 			if ch.Snapshot || len(ch.ClustersAdded)+len(ch.ClustersRemoved) > 0 || ch.SelfChanged || d.state.Status != "connected" {
+				// The first snapshot; a failed kubeconfig write
+				// leaves the status, and the next change tries again.
+				if d.state.Status != "connected" && !slices.ContainsFunc(d.stages, func(s Stage) bool { return s.Name == StageSnapshot }) {
+					if at := d.relayAt.Load(); at != 0 {
+						d.stages = append(d.stages, Stage{StageRelay, time.Unix(0, at)})
+					}
+					d.stage(StageSnapshot)
+				}
 				d.updateContexts()
 			}
 		}
@@ -219,6 +225,10 @@ func (d *device) wait(ctx context.Context) error {
 func (d *device) updateContexts() error {
 	var want []kubeconfig.Context
 	var names []string
+	if d.askRequestable != nil {
+		d.requestable = <-d.askRequestable
+		d.askRequestable = nil
+	}
 	clusters := d.mesh.Node.Clusters()
 	for _, cl := range d.requestable {
 		if !slices.Contains(clusters, cl) {
@@ -245,11 +255,20 @@ func (d *device) updateContexts() error {
 	}
 	d.written = names
 	d.state.Contexts = names
+	if d.state.Status != "connected" {
+		d.stage(StageConnected)
+		d.state.Stages = slices.Clone(d.stages)
+	}
 	d.state.Status = "connected"
 	d.publish()
-	if err := atomicfile.WriteJSON(filepath.Join(d.cfg.Dir, StateFile), d.state, 0o600); err != nil {
+	// The state describes this process: it need not wait for the disk.
+	if err := atomicfile.WriteJSON(filepath.Join(d.cfg.Dir, StateFile), d.state, 0o600, atomicfile.NoSync); err != nil {
 		d.log.Error("write state", "err", err)
 		return err
+	}
+	if d.cfg.Connected != nil {
+		d.cfg.Connected()
+		d.cfg.Connected = nil
 	}
 	return nil
 }

@@ -29,6 +29,9 @@ type Coordinator struct {
 	// RelayClient carries the relay, an HTTP upgrade: its transport must
 	// be a bare *http.Transport. Nil means Client's *http.Client.
 	RelayClient *http.Client
+	// RelayFirst, if set, is called once Run is done waiting for the
+	// relay's first connection, before it opens the map stream.
+	RelayFirst func()
 }
 
 // Run keeps m in step with the coordinator until ctx is done or the map
@@ -63,6 +66,9 @@ func (m *Mesh) Run(ctx context.Context, c Coordinator) error {
 		m.log.Warn("relay not connected yet; publishing endpoints anyway", "waited", relayFirstWait)
 	case <-ctx.Done():
 		return nil
+	}
+	if c.RelayFirst != nil {
+		c.RelayFirst()
 	}
 	if m.reg.STUN != "" {
 		wg.Go(func() { m.runDiscovery(ctx, c, m.reg.STUN, eps) })

@@ -8,11 +8,22 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
+// Option changes how Write and WriteJSON write.
+type Option int
+
+// NoSync writes the file whole for every reader, as always, but does not
+// wait for the disk before the rename: for a file that describes a
+// running process and is removed when it ends (clustral up's state and
+// device key), which a crash of the machine makes moot with the process.
+// A sync costs milliseconds, more on a busy disk.
+const NoSync Option = 1
+
 // Write writes data to path with mode perm, creating the directory (0700)
-// if needed. The data is synced to disk before the rename.
-func Write(path string, data []byte, perm os.FileMode) error {
+// if needed. The data is synced to disk before the rename, unless NoSync.
+func Write(path string, data []byte, perm os.FileMode, opts ...Option) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
@@ -30,9 +41,11 @@ func Write(path string, data []byte, perm os.FileMode) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if !slices.Contains(opts, NoSync) {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -42,12 +55,12 @@ func Write(path string, data []byte, perm os.FileMode) error {
 
 // WriteJSON writes v to path as indented JSON with a final newline, as
 // Write does.
-func WriteJSON(path string, v any, perm os.FileMode) error {
+func WriteJSON(path string, v any, perm os.FileMode, opts ...Option) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	return Write(path, append(b, '\n'), perm)
+	return Write(path, append(b, '\n'), perm, opts...)
 }
 
 // ReadJSON decodes the JSON file at path into v. A file that does not

@@ -125,7 +125,7 @@ func benchHA(ctx context.Context, m *mesh, f flags) error {
 	w := newWatch(n, keys[:])
 	defer func() { cancel(); w.wg.Wait() }()
 	start = time.Now()
-	if err := w.open(sctx, urls, tokens); err != nil {
+	if err := w.open(sctx, urls, tokens, 0); err != nil {
 		return err
 	}
 	progress("%d map streams open over %d replicas in %v", n, haReplicas, time.Since(start).Round(time.Millisecond))

@@ -29,7 +29,9 @@
 //     the recording size of a session of short lines (exec.go).
 //   - up_to_first_kubectl_ms: from invoking `clustral up` with a valid
 //     session until the first `kubectl get --raw /version` through the
-//     mesh succeeds, median over several down/up rounds.
+//     mesh succeeds, median over several down/up rounds, and where that
+//     time goes (up_stage_*_ms, with kubectl_direct_ms and the phases of
+//     a cold GET, cold_get_*_ms; benchUp).
 //   - up_rss_mib_under_load: the `clustral up` daemon's largest resident
 //     set while 10 kubectl clients make 7 requests a second through it
 //     (benchUpLoad).
@@ -40,6 +42,10 @@
 //     assignment until a GET on a new connection through the mesh first
 //     succeeds (map deltas to the device and the agent, handshake, TLS);
 //     revoke_to_denied_ms: from deleting it until such a GET first fails.
+//   - scale_register_per_s beside store_sync_per_s_32, the bare store's
+//     synced writes from as many writers, and coordinator_change_cpu_us_1k
+//     and _10k, the CPU one user's assignment change costs with 1,000 and
+//     10,000 map streams open (benchScale).
 //   - store_write_per_s_<backend>_<writers>: acknowledged store writes a
 //     second on bbolt and on a three-member etcd, with 1 and 16 writers
 //     (benchStore).
@@ -131,7 +137,7 @@ func main() {
 	flag.IntVar(&f.transferRun, "transfer-runs", 3, "transfers per stack (the median is reported)")
 	flag.IntVar(&f.samples, "samples", 1500, "GET samples per path")
 	flag.IntVar(&f.warmup, "warmup", 200, "GET warm-up requests per path")
-	flag.IntVar(&f.upRounds, "up-rounds", 5, "down/up rounds for up_to_first_kubectl_ms")
+	flag.IntVar(&f.upRounds, "up-rounds", 15, "down/up rounds for up_to_first_kubectl_ms and its stages")
 	flag.IntVar(&f.deltaRounds, "delta-rounds", 5, "revoke/grant rounds for coordinator_map_delta_ms (0 skips)")
 	flag.IntVar(&f.grantRounds, "grant-rounds", 1000, "revoke/grant rounds with traffic at the grant for grant_first_request_max_ms (0 skips)")
 	flag.IntVar(&f.agentRestarts, "agent-restarts", 5, "agent kill/replace rounds for agent_restart_to_first_kubectl_ms (0 skips)")

@@ -48,7 +48,7 @@ func benchRevocation(ctx context.Context, m *mesh, f flags) error {
 		cancel()
 		w.wg.Wait()
 	}()
-	if err := w.open(sctx, []string{m.coord.URL}, tokens); err != nil {
+	if err := w.open(sctx, []string{m.coord.URL}, tokens, 0); err != nil {
 		return fmt.Errorf("simulated devices' map streams: %w", err)
 	}
 	progress("%d simulated devices connected", len(tokens))

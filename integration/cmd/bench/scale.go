@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +24,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/clustral/clustral/coordinator/store"
 	"github.com/clustral/clustral/integration/harness"
 	"github.com/clustral/clustral/proto"
 )
@@ -44,7 +47,84 @@ const (
 	// scaleChangeTimeout bounds how long every stream may take to see a
 	// change.
 	scaleChangeTimeout = 30 * time.Second
+	// scaleFewNodes is the smaller count of connected nodes the CPU per
+	// change is measured at, beside -scale-nodes.
+	scaleFewNodes = 1000
+	// changeCPURounds is how many revoke/grant pairs changeCPU makes: the
+	// coordinator's CPU time is read in 10 ms ticks, and a change costs
+	// well under 1 ms.
+	changeCPURounds = 200
 )
+
+// changeCPU returns the coordinator's CPU time per change of one user's
+// assignment (the bench user's role revoked, granted again): the admin
+// API call, the store, and the map deltas to that user's devices and the
+// cluster's agents. With the scale devices connected, it must not grow
+// with their number. What the coordinator spends meanwhile on the open
+// streams' keep-alives is not the change's: its CPU over as long a time
+// with no change is taken off.
+func (m *mesh) changeCPU(ctx context.Context, pid int) (time.Duration, error) {
+	if err := m.ensureGranted(ctx); err != nil {
+		return 0, err
+	}
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for range changeCPURounds {
+		if err := m.revoke(ctx); err != nil {
+			return 0, err
+		}
+		if err := m.grant(ctx); err != nil {
+			return 0, err
+		}
+	}
+	took := time.Since(start)
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return 0, err
+	}
+	select {
+	case <-time.After(took):
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	cpu2, err := cpuTime(pid)
+	if err != nil {
+		return 0, err
+	}
+	return max(0, (cpu1-cpu0)-(cpu2-cpu1)) / (2 * changeCPURounds), nil
+}
+
+// nodeCount names a node count in a bench name: 1k, 10k, or the number.
+func nodeCount(n int) string {
+	if n >= 1000 && n%1000 == 0 {
+		return strconv.Itoa(n/1000) + "k"
+	}
+	return strconv.Itoa(n)
+}
+
+// storeSyncRate opens a bare bbolt store in a new directory under dir
+// and returns the acknowledged writes a second writers goroutines make on
+// it (writeFor): the rate the disk allows registrations.
+func storeSyncRate(ctx context.Context, dir string, writers int) (float64, error) {
+	d, err := os.MkdirTemp(dir, "store-sync-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(d)
+	st, err := store.OpenBolt(filepath.Join(d, "coordinator.db"))
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	n, err := writeFor(ctx, st, writers, []byte(strings.Repeat("x", 400)))
+	if err != nil {
+		return 0, fmt.Errorf("bare store: %w", err)
+	}
+	return float64(n) / storeBenchFor.Seconds(), nil
+}
 
 // benchScale measures the coordinator against the budget in docs/design.md §5:
 // f.scaleNodes simulated devices (users scale-NNN@example.com with
@@ -54,7 +134,10 @@ const (
 // every stream took until each had its snapshot, the coordinator's
 // resident memory and its growth per connected node, and then, over
 // scaleRounds rounds, the time from registering a new agent in the
-// cluster until each stream has seen it as a peer.
+// cluster until each stream has seen it as a peer. Beside the
+// registrations it measures the bare store's synced writes with as many
+// writers (the disk's limit), and the CPU of one user's assignment change
+// with scaleFewNodes and with all n streams open (changeCPU).
 func benchScale(ctx context.Context, m *mesh, f flags) error {
 	n := f.scaleNodes
 	if n <= 0 {
@@ -88,6 +171,13 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	// share of the CPU is small beside n registrations.
 	regCPU := (cpu1 - cpu0) / time.Duration(n)
 	progress("%d scale devices registered in %v (%.0f/s), %v of coordinator CPU each", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds(), regCPU)
+	// The limit the disk sets: the bare store's acknowledged writes with
+	// as many writers, beside the coordinator's data directory.
+	syncRate, err := storeSyncRate(ctx, m.dir, f.registerConcurrency)
+	if err != nil {
+		return err
+	}
+	progress("the bare store takes %.0f synced writes/s from %d writers", syncRate, f.registerConcurrency)
 
 	before, err := rssKiB(pid)
 	if err != nil {
@@ -104,14 +194,29 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := newWatch(n, keys[:])
-	progress("opening %d map streams", n)
-	start := time.Now()
-	if err := w.open(sctx, []string{m.coord.URL}, tokens); err != nil {
-		cancel()
-		w.wg.Wait()
-		return err
+	// The streams open in two steps, so the CPU a change costs the
+	// coordinator is measured with scaleFewNodes and with n connected.
+	var connect time.Duration
+	changeCPU := map[int]time.Duration{}
+	for _, upto := range slices.Compact([]int{min(n, scaleFewNodes), n}) {
+		from := int(w.opened.Load())
+		progress("opening map streams %d to %d", from+1, upto)
+		start := time.Now()
+		if err := w.open(sctx, []string{m.coord.URL}, tokens[from:upto], from); err != nil {
+			cancel()
+			w.wg.Wait()
+			return err
+		}
+		connect += time.Since(start)
+		c, err := m.changeCPU(ctx, pid)
+		if err != nil {
+			cancel()
+			w.wg.Wait()
+			return err
+		}
+		changeCPU[upto] = c
+		progress("%d map streams open: %v of coordinator CPU per change of one user's assignment", upto, c)
 	}
-	connect := time.Since(start)
 	after, err := rssKiB(pid)
 	if err != nil {
 		cancel()
@@ -160,6 +265,8 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	report("scale_nodes", float64(n), "nodes")
 	report("scale_register_per_s", float64(n)/reg.Seconds(), "devices/s")
 	report("scale_register_concurrency", float64(f.registerConcurrency), "callers")
+	report(fmt.Sprintf("store_sync_per_s_%d", f.registerConcurrency), syncRate, "writes/s")
+	report("scale_register_vs_store_sync", float64(n)/reg.Seconds()/syncRate, "ratio")
 	// The coordinator's CPU per registration (HTTP, authentication, the
 	// store's transaction), steadier than the rate on a shared machine:
 	// 1e6/scale_register_cpu_us is what one core could take.
@@ -167,6 +274,9 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	report("scale_connect_s", connect.Seconds(), "s")
 	report("coordinator_rss_mib", float64(after)/1024, "MiB")
 	report("coordinator_rss_per_node_kib", float64(after-before)/float64(n), "KiB")
+	for _, k := range slices.Sorted(maps.Keys(changeCPU)) {
+		report("coordinator_change_cpu_us_"+nodeCount(k), us(changeCPU[k]), "µs")
+	}
 	report("scale_change_fanout_p50_ms", ms(percentile(samples, 50)), "ms")
 	report("scale_change_fanout_p99_ms", ms(percentile(samples, 99)), "ms")
 	report("scale_change_fanout_max_ms", ms(percentile(samples, 100)), "ms")
@@ -315,6 +425,9 @@ type watch struct {
 	// snapAt[i] is when stream i last read a snapshot (Unix nanoseconds).
 	snapAt []atomic.Int64
 
+	// opened counts the streams open has started.
+	opened atomic.Int64
+
 	// errc receives the first stream failure.
 	errc chan error
 	wg   sync.WaitGroup
@@ -335,12 +448,12 @@ func (w *watch) fail(err error) {
 	}
 }
 
-// open starts one stream per token, stream i at coordURLs[i%len], and
-// returns once every stream has its snapshot. The streams run until ctx
+// open starts one stream per token, stream from+i for tokens[i], stream
+// j at coordURLs[j%len], and returns once each of them has its snapshot. The streams run until ctx
 // is done; w.wg counts them. With one URL a stream that ends is a
 // failure; with several, a stream that ends opens again at the next URL
 // at once, as a device given several coordinator URLs does.
-func (w *watch) open(ctx context.Context, coordURLs []string, tokens []string) error {
+func (w *watch) open(ctx context.Context, coordURLs []string, tokens []string, from int) error {
 	hosts := make([]string, len(coordURLs))
 	for i, cu := range coordURLs {
 		u, err := url.Parse(cu)
@@ -353,6 +466,7 @@ func (w *watch) open(ctx context.Context, coordURLs []string, tokens []string) e
 	synced.Add(len(tokens))
 	sem := make(chan struct{}, scaleOpenConcurrency)
 	for i, tok := range tokens {
+		i += from
 		select {
 		case sem <- struct{}{}:
 		case err := <-w.errc:
@@ -368,6 +482,7 @@ func (w *watch) open(ctx context.Context, coordURLs []string, tokens []string) e
 				w.fail(fmt.Errorf("map stream %d: %w", i, err))
 			}
 		})
+		w.opened.Add(1)
 		if (i+1)%1000 == 0 {
 			progress("%d map streams started", i+1)
 		}

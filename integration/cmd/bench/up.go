@@ -2,15 +2,35 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
+	"k8s.io/client-go/rest"
+
+	"github.com/clustral/clustral/cli/device"
 	"github.com/clustral/clustral/integration/harness"
 )
 
 // benchUp takes the user down and up f.upRounds times, timing from
 // invoking `clustral up` until kubectl first gets an answer through the
-// mesh.
+// mesh, and breaks that time into stages (up_stage_*_ms, medians): the
+// device's own steps from its state file (device.State.Stages), up
+// returning, and kubectl. Beside them: up_handshake_at_ms, when the
+// device's handshake with the agent completed; kubectl_client_ms, a
+// kubectl that needs no server (`kubectl version --client`);
+// kubectl_again_ms, the same request as the first once up is warm; and
+// kubectl_direct_ms, that request straight to kube-apiserver: the floor
+// of the kubectl stage, and up_to_first_kubectl_over_direct_ms what the
+// median first answer takes beyond it.
 func benchUp(ctx context.Context, m *mesh, f flags) error {
 	if f.upRounds <= 0 {
 		return nil
@@ -18,7 +38,12 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 	progress("%d down/up rounds", f.upRounds)
 	k := m.user.Kubectl()
 	k.Timeout = 20 * time.Second
-	var first, upOnly []time.Duration
+	direct := harness.Kubectl{Kubeconfig: m.env.APIServer.Kubeconfig, Timeout: k.Timeout}
+	var first, upOnly, client, again, straight, handshake []time.Duration
+	cold := map[string][]time.Duration{}
+	var coldOrder []string
+	stages := map[string][]time.Duration{}
+	var order []string
 	for i := range f.upRounds {
 		if err := m.user.Down(ctx); err != nil {
 			return err
@@ -32,14 +57,166 @@ func benchUp(ctx context.Context, m *mesh, f flags) error {
 		if err != nil {
 			return err
 		}
+		st, err := upState(m.user)
+		if err != nil {
+			return err
+		}
+		prev := start
+		for _, s := range append(st.Stages, device.Stage{Name: "returned", At: start.Add(up)}, device.Stage{Name: "kubectl", At: start.Add(d)}) {
+			if _, ok := stages[s.Name]; !ok {
+				order = append(order, s.Name)
+			}
+			stages[s.Name] = append(stages[s.Name], s.At.Sub(prev))
+			prev = s.At
+		}
+		if hs, err := agentHandshake(ctx, m.user); err != nil {
+			progress("round %d: %v", i+1, err)
+		} else {
+			handshake = append(handshake, hs.Sub(start))
+			if n := len(st.Stages); n > 0 {
+				progress("round %d: handshake with the agent %v after %s", i+1, hs.Sub(st.Stages[n-1].At).Round(time.Millisecond), st.Stages[n-1].Name)
+			}
+		}
+		t := time.Now()
+		if _, err := k.Run(ctx, "version", "--client"); err != nil {
+			return err
+		}
+		client = append(client, time.Since(t))
+		t = time.Now()
+		if _, err := k.Run(ctx, "--context", kubeContext, "get", "--raw", "/version"); err != nil {
+			return err
+		}
+		again = append(again, time.Since(t))
+		t = time.Now()
+		if _, err := direct.Run(ctx, "get", "--raw", "/version"); err != nil {
+			return err
+		}
+		straight = append(straight, time.Since(t))
+		for _, c := range []struct {
+			name string
+			cfg  func() (*rest.Config, error)
+		}{
+			{"mesh", func() (*rest.Config, error) { return meshConfig(m) }},
+			{"direct", func() (*rest.Config, error) { return m.env.APIServer.Config(), nil }},
+		} {
+			cfg, err := c.cfg()
+			if err != nil {
+				return err
+			}
+			ph, err := coldGet(ctx, cfg)
+			if err != nil {
+				return fmt.Errorf("cold GET %s: %w", c.name, err)
+			}
+			for i, p := range ph {
+				name := "cold_get_" + c.name + "_" + coldPhases[i] + "_ms"
+				if _, ok := cold[name]; !ok {
+					coldOrder = append(coldOrder, name)
+				}
+				cold[name] = append(cold[name], p)
+			}
+		}
 		progress("round %d: up returned after %v, first kubectl answer after %v", i+1, up.Round(time.Millisecond), d.Round(time.Millisecond))
 		first, upOnly = append(first, d), append(upOnly, up)
 	}
 	report("up_to_first_kubectl_ms", ms(percentile(first, 50)), "ms")
 	report("up_to_first_kubectl_max_ms", ms(percentile(first, 100)), "ms")
 	report("up_returns_ms", ms(percentile(upOnly, 50)), "ms")
+	for _, name := range order {
+		report("up_stage_"+name+"_ms", ms(percentile(stages[name], 50)), "ms")
+	}
+	report("up_handshake_at_ms", ms(percentile(handshake, 50)), "ms")
+	report("kubectl_client_ms", ms(percentile(client, 50)), "ms")
+	report("kubectl_again_ms", ms(percentile(again, 50)), "ms")
+	report("kubectl_direct_ms", ms(percentile(straight, 50)), "ms")
+	// What up costs beyond the floor a kubectl process sets, steadier
+	// than either on a busy machine.
+	report("up_to_first_kubectl_over_direct_ms", ms(percentile(first, 50)-percentile(straight, 50)), "ms")
+	for _, name := range coldOrder {
+		report(name, ms(percentile(cold[name], 50)), "ms")
+	}
 	report("up_samples", float64(len(first)), "rounds")
 	return nil
+}
+
+// coldPhases name the phases coldGet times.
+var coldPhases = []string{"dial", "tls", "response"}
+
+// coldGet GETs /version with cfg on a new connection and returns how
+// long its phases took: the dial (through the SOCKS5 proxy and the mesh,
+// if cfg has one), the TLS handshake, and the request until the first
+// byte of the answer.
+func coldGet(ctx context.Context, cfg *rest.Config) ([]time.Duration, error) {
+	// client-go shares a transport among configs alike, unless one has
+	// a Proxy func (as a context with proxy-url does): give it one, so
+	// the transport and its connection are new, as in a new kubectl.
+	cfg = rest.CopyConfig(cfg)
+	if cfg.Proxy == nil {
+		cfg.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil }
+	}
+	rt, err := rest.TransportFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: rt, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	var start, tlsStart, tlsDone, first time.Time
+	trace := &httptrace.ClientTrace{
+		TLSHandshakeStart:    func() { tlsStart = time.Now() },
+		TLSHandshakeDone:     func(tls.ConnectionState, error) { tlsDone = time.Now() },
+		GotFirstResponseByte: func() { first = time.Now() },
+	}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), "GET", cfg.Host+"/version", nil)
+	if err != nil {
+		return nil, err
+	}
+	start = time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /version: %s", resp.Status)
+	}
+	if tlsStart.IsZero() || tlsDone.IsZero() || first.IsZero() {
+		return nil, errors.New("GET /version reused a connection")
+	}
+	return []time.Duration{tlsStart.Sub(start), tlsDone.Sub(tlsStart), first.Sub(tlsDone)}, nil
+}
+
+// upState reads the state file of u's running `clustral up`.
+func upState(u *harness.User) (*device.State, error) {
+	var st device.State
+	b, err := os.ReadFile(filepath.Join(u.Dir, "config", "profiles", "default", device.StateFile))
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", device.StateFile, err)
+	}
+	return &st, nil
+}
+
+// agentHandshake asks u's `clustral up` when its last handshake with
+// an agent completed.
+func agentHandshake(ctx context.Context, u *harness.User) (time.Time, error) {
+	out, _, err := u.Run(ctx, "status", "-o", "json")
+	if err != nil {
+		return time.Time{}, err
+	}
+	var st struct {
+		Agents []device.AgentView `json:"agents"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return time.Time{}, fmt.Errorf("clustral status: %w", err)
+	}
+	for _, a := range st.Agents {
+		if !a.LastHandshake.IsZero() {
+			return a.LastHandshake, nil
+		}
+	}
+	return time.Time{}, errors.New("clustral status: no handshake with an agent")
 }
 
 // firstKubectl runs kubectl through the mesh until it succeeds and
