@@ -85,7 +85,7 @@ type relayConn struct {
 	key    proto.Key
 	nodeID string
 	conn   net.Conn
-	out    chan []byte  // whole frames
+	out    chan *[]byte // whole frames, in frameBufs buffers
 	queued atomic.Int64 // bytes of the frames in out
 	done   chan struct{}
 	once   sync.Once
@@ -176,7 +176,7 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 		key:     n.Key,
 		nodeID:  n.ID,
 		conn:    conn,
-		out:     make(chan []byte, rl.queue),
+		out:     make(chan *[]byte, rl.queue),
 		done:    make(chan struct{}),
 		lim:     rate.NewLimiter(rl.rate, rl.burst),
 		allowed: map[proto.Key]allowEntry{},
@@ -281,20 +281,45 @@ func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
 	}
 }
 
+// maxFrameLen is the length of the largest frame the relay queues: a
+// RelayFramePacket carrying a datagram of MaxRelayDatagram bytes.
+const maxFrameLen = proto.RelayFrameHeaderLen + len(proto.Key{}) + proto.MaxRelayDatagram
+
+// frameBufs holds the buffers of queued frames, each of capacity
+// maxFrameLen, so that forwarding a datagram allocates nothing. enqueue
+// takes one; whoever takes the frame from relayConn.out puts it back
+// (putFrame) once written. A frame dropped with its connection is
+// garbage-collected.
+var frameBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxFrameLen)
+	return &b
+}}
+
+// putFrame returns a frame taken from a relayConn's out to frameBufs.
+func putFrame(f *[]byte) {
+	if cap(*f) == maxFrameLen {
+		*f = (*f)[:0]
+		frameBufs.Put(f)
+	}
+}
+
 // enqueue queues pkt from srcKey for dst and reports whether it did; it
-// drops it when dst's queue is full (in datagrams or in bytes).
+// drops it when dst's queue is full (in datagrams or in bytes). pkt must
+// be at most MaxRelayDatagram bytes.
 func (rl *relay) enqueue(dst *relayConn, srcKey proto.Key, pkt []byte) bool {
-	frame := proto.AppendRelayPacket(make([]byte, 0, proto.RelayFrameHeaderLen+len(srcKey)+len(pkt)), srcKey, pkt)
-	n := int64(len(frame))
+	n := int64(proto.RelayFrameHeaderLen + len(srcKey) + len(pkt))
 	if dst.queued.Add(n) > rl.queueBytes {
 		dst.queued.Add(-n)
 		rl.droppedQueue.Add(1)
 		return false
 	}
+	frame := frameBufs.Get().(*[]byte)
+	*frame = proto.AppendRelayPacket((*frame)[:0], srcKey, pkt)
 	select {
 	case dst.out <- frame:
 		return true
 	default:
+		putFrame(frame)
 		dst.queued.Add(-n)
 		rl.droppedQueue.Add(1)
 		return false
@@ -343,18 +368,26 @@ func (rl *relay) write(c *relayConn, bw *bufio.Writer) {
 	defer c.close()
 	ka := time.NewTicker(relayKeepAlive)
 	defer ka.Stop()
-	var frame []byte
+	// send writes a queued frame and gives its buffer back.
+	send := func(frame *[]byte) error {
+		c.queued.Add(-int64(len(*frame)))
+		_, err := bw.Write(*frame)
+		putFrame(frame)
+		return err
+	}
 	for {
+		var err error
 		select {
 		case <-c.done:
 			return
 		case <-ka.C:
-			frame = proto.AppendRelayKeepAlive(nil)
-		case frame = <-c.out:
-			c.queued.Add(-int64(len(frame)))
+			c.conn.SetWriteDeadline(time.Now().Add(relayIdle))
+			_, err = bw.Write(proto.AppendRelayKeepAlive(nil))
+		case frame := <-c.out:
+			c.conn.SetWriteDeadline(time.Now().Add(relayIdle))
+			err = send(frame)
 		}
-		c.conn.SetWriteDeadline(time.Now().Add(relayIdle))
-		if _, err := bw.Write(frame); err != nil {
+		if err != nil {
 			return
 		}
 		// Write what else is queued before flushing, so a burst costs
@@ -362,9 +395,8 @@ func (rl *relay) write(c *relayConn, bw *bufio.Writer) {
 	drain:
 		for bw.Buffered() < 32<<10 {
 			select {
-			case frame = <-c.out:
-				c.queued.Add(-int64(len(frame)))
-				if _, err := bw.Write(frame); err != nil {
+			case frame := <-c.out:
+				if err := send(frame); err != nil {
 					return
 				}
 			default:

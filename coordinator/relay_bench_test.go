@@ -21,17 +21,19 @@ func BenchmarkRelayForward(b *testing.B) {
 	rl := &relay{s: s, conns: map[proto.Key]*relayConn{}, rate: rate.Inf, queue: 1024, queueBytes: 1 << 40}
 	src := &relayConn{key: srcKey, lim: rate.NewLimiter(rate.Inf, 0),
 		allowed: map[proto.Key]allowEntry{dstKey: {ok: true, until: time.Now().Add(time.Hour)}}}
-	dst := &relayConn{key: dstKey, out: make(chan []byte, 1024)}
+	dst := &relayConn{key: dstKey, out: make(chan *[]byte, 1024)}
 	rl.conns[srcKey], rl.conns[dstKey] = src, dst
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for f := range dst.out {
-			dst.queued.Add(-int64(len(f)))
+			dst.queued.Add(-int64(len(*f)))
+			putFrame(f)
 		}
 	}()
 	pkt := make([]byte, 1400)
 	b.SetBytes(int64(len(pkt)))
+	b.ReportAllocs()
 	for b.Loop() {
 		rl.forward(src, dstKey, pkt)
 	}

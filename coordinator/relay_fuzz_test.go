@@ -47,14 +47,15 @@ func FuzzRelayRead(f *testing.F) {
 		rl := &relay{s: s, conns: map[proto.Key]*relayConn{}, rate: rate.Inf, queue: queue, queueBytes: queueBytes}
 		src := &relayConn{key: srcKey, conn: deadlineConn{}, lim: rate.NewLimiter(rate.Inf, 0),
 			allowed: map[proto.Key]allowEntry{dstKey: {ok: true, until: time.Now().Add(time.Hour)}}}
-		dst := &relayConn{key: dstKey, out: make(chan []byte, queue), allowed: map[proto.Key]allowEntry{}}
+		dst := &relayConn{key: dstKey, out: make(chan *[]byte, queue), allowed: map[proto.Key]allowEntry{}}
 		rl.conns[srcKey], rl.conns[dstKey] = src, dst
 		rl.read(src, bufio.NewReader(bytes.NewReader(data)))
 
 		close(dst.out)
 		var held int64
 		n := 0
-		for frame := range dst.out {
+		for f := range dst.out {
+			frame := *f
 			n++
 			held += int64(len(frame))
 			typ, payload, err := proto.ReadRelayFrame(bytes.NewReader(frame), make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload))

@@ -237,7 +237,7 @@ func TestRelayQueueBound(t *testing.T) {
 	agentID, aliceID := e.srv.nodesByKey[m.agentKey].ID, e.srv.nodesByKey[m.aliceKey].ID
 	e.srv.mu.Unlock()
 	// A destination that never drains: its queue holds 2, the rest drop.
-	dst := &relayConn{key: m.agentKey, nodeID: agentID, out: make(chan []byte, 2), allowed: map[proto.Key]allowEntry{}}
+	dst := &relayConn{key: m.agentKey, nodeID: agentID, out: make(chan *[]byte, 2), allowed: map[proto.Key]allowEntry{}}
 	src := &relayConn{key: m.aliceKey, nodeID: aliceID, lim: rate.NewLimiter(rate.Inf, 0), allowed: map[proto.Key]allowEntry{}}
 	rl.mu.Lock()
 	rl.conns[dst.key], rl.conns[src.key] = dst, src
@@ -254,7 +254,7 @@ func TestRelayQueueBound(t *testing.T) {
 	if status := e.srv.RelayStats(); status.Packets != 2 || status.DroppedQueue != 3 {
 		t.Errorf("stats = %+v, want 2 queued and 3 dropped", status)
 	}
-	frame := <-dst.out
+	frame := *<-dst.out
 	if k, pkt, err := proto.ParseRelayPacket(frame[proto.RelayFrameHeaderLen:]); err != nil || k != m.aliceKey || string(pkt) != "x" {
 		t.Errorf("queued frame = %v %q %v", k.ShortString(), pkt, err)
 	}
@@ -354,7 +354,7 @@ func relayPair(e *testEnv, m relayMesh, queue int) (src, dst *relayConn) {
 	e.srv.mu.Lock()
 	agentID, aliceID := e.srv.nodesByKey[m.agentKey].ID, e.srv.nodesByKey[m.aliceKey].ID
 	e.srv.mu.Unlock()
-	dst = &relayConn{key: m.agentKey, nodeID: agentID, out: make(chan []byte, queue), allowed: map[proto.Key]allowEntry{}}
+	dst = &relayConn{key: m.agentKey, nodeID: agentID, out: make(chan *[]byte, queue), allowed: map[proto.Key]allowEntry{}}
 	src = &relayConn{key: m.aliceKey, nodeID: aliceID, lim: rate.NewLimiter(rate.Inf, 0), allowed: map[proto.Key]allowEntry{}}
 	rl.mu.Lock()
 	rl.conns[dst.key], rl.conns[src.key] = dst, src

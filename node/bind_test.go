@@ -78,6 +78,7 @@ type fakeUDP struct {
 
 	mu      sync.Mutex
 	sent    []conn.Endpoint
+	batches [][][]byte // the bufs of each Send, as given
 	onProbe func(pkt []byte, to netip.AddrPort)
 }
 
@@ -108,6 +109,7 @@ func (f *fakeUDP) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return nil
 	}
 	f.sent = append(f.sent, ep)
+	f.batches = append(f.batches, bufs)
 	return nil
 }
 
@@ -191,6 +193,50 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 	b.Forget(key)
 	if e := receive()[1].(*Endpoint); !e.Key().IsZero() {
 		t.Errorf("forgotten key still attributed: %v", e)
+	}
+}
+
+// TestBindPassesBatchesThrough: the UDP sockets batch (sendmmsg) and
+// offload segmentation (UDP_SEGMENT), coalescing a batch's datagrams into
+// the spare capacity of its first buffer and setting the sticky source
+// from a *conn.StdNetEndpoint. The Bind must hand them the batch
+// wireguard-go gave it, whole and unchanged, and such an endpoint.
+func TestBindPassesBatchesThrough(t *testing.T) {
+	f := &fakeUDP{}
+	b := NewBind()
+	b.udp = f
+	if got, want := b.BatchSize(), f.BatchSize(); got != want {
+		t.Errorf("BatchSize = %d, want the sockets' %d", got, want)
+	}
+	addr := netip.MustParseAddrPort("192.0.2.1:51820")
+	for _, s := range []string{addr.String(), FormatEndpoint(genKey(t), []netip.AddrPort{addr})} {
+		t.Run(s, func(t *testing.T) {
+			ep, err := b.ParseEndpoint(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bufs := make([][]byte, 5)
+			for i := range bufs {
+				bufs[i] = make([]byte, 1452, 1<<16)
+			}
+			if err := b.Send(bufs, ep); err != nil {
+				t.Fatal(err)
+			}
+			f.mu.Lock()
+			got, to := f.batches[len(f.batches)-1], f.sent[len(f.sent)-1]
+			f.mu.Unlock()
+			if len(got) != len(bufs) || &got[0] != &bufs[0] {
+				t.Errorf("sockets got a batch of %d at %p, want wireguard-go's %d at %p", len(got), &got[0], len(bufs), &bufs[0])
+			}
+			for i := range got {
+				if len(got[i]) != 1452 || cap(got[i]) != 1<<16 {
+					t.Errorf("buffer %d: len %d cap %d, want 1452 and %d", i, len(got[i]), cap(got[i]), 1<<16)
+				}
+			}
+			if d, ok := to.(*conn.StdNetEndpoint); !ok || d.AddrPort != addr {
+				t.Errorf("sockets got endpoint %v (%T), want *conn.StdNetEndpoint %v", to, to, addr)
+			}
+		})
 	}
 }
 

@@ -1,7 +1,9 @@
 // Package tunnelbench joins two userspace network stacks with two
 // wireguard-go devices over loopback UDP and measures bulk TCP throughput
-// through the tunnel. It compares clustral's netstack with wireguard-go's
-// stock tun/netstack and with plain loopback TCP.
+// through the tunnel. It compares the tunnel as clustral ships it
+// (clustral's netstack under a node.Node, whose node.Bind chooses paths and
+// probes) with wireguard-go's stock tun/netstack on its default bind, and
+// with plain loopback TCP.
 //
 // It lives apart from package netstack so that the stock netstack, which
 // only serves as a baseline, never reaches a binary that imports netstack.
@@ -13,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -26,12 +29,14 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustral/clustral/netstack"
+	"github.com/clustral/clustral/node"
 	"github.com/clustral/clustral/pkg/testkit"
+	"github.com/clustral/clustral/proto"
 )
 
 // Which names a stack to measure.
 const (
-	Ours     = "ours"     // clustral's netstack
+	Ours     = "ours"     // clustral's netstack and node.Node, as they ship
 	Stock    = "stock"    // golang.zx2c4.com/wireguard/tun/netstack as it ships
 	Loopback = "loopback" // kernel loopback TCP, no tunnel
 )
@@ -182,14 +187,75 @@ type stack struct {
 	dial   func(context.Context, netip.AddrPort) (net.Conn, error)
 }
 
+// newOurs joins two clustral netstacks with two node.Nodes configured as
+// `clustral up` and the agent configure theirs (node/mesh): keyed
+// endpoints on node.Bind, probing, relay-ready, each knowing the other
+// from a map snapshot. A regression anywhere on that path shows here.
 func newOurs() (*Setup, error) {
-	return newTunnelled(func(addr netip.Addr) (*stack, error) {
-		s, err := netstack.New(netstack.Config{Addrs: []netip.Addr{addr}, MTU: MTU})
+	var (
+		stacks [2]*netstack.Stack
+		nodes  [2]*node.Node
+	)
+	closeAll := func() {
+		for i := range nodes {
+			if nodes[i] != nil {
+				nodes[i].Close() // closes its stack's TUN
+			} else if stacks[i] != nil {
+				stacks[i].Close()
+			}
+		}
+	}
+	logger := slog.New(slog.DiscardHandler)
+	for i, addr := range []netip.Addr{AddrA, AddrB} {
+		s, err := netstack.New(netstack.Config{Addrs: []netip.Addr{addr}, MTU: MTU, Logger: logger})
 		if err != nil {
+			closeAll()
 			return nil, err
 		}
-		return &stack{tun: s.TUN(), close: func() { s.Close() }, listen: s.ListenTCP, dial: s.DialTCPAddrPort}, nil
-	})
+		stacks[i] = s
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("generate key: %w", err)
+		}
+		n, err := node.New(node.Config{PrivateKey: k, TUN: s.TUN(), Logger: logger, Relay: true})
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("node %s: %w", addr, err)
+		}
+		nodes[i] = n
+	}
+	peers := [2]proto.Peer{}
+	for i, addr := range []netip.Addr{AddrA, AddrB} {
+		peers[i] = proto.Peer{
+			Key:       nodes[i].PublicKey(),
+			NodeID:    "node-" + addr.String(),
+			Kind:      proto.KindDevice,
+			Hostname:  "host-" + addr.String(),
+			Addresses: []netip.Prefix{netip.PrefixFrom(addr, 32)},
+			Endpoints: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), nodes[i].ListenPort())},
+			Online:    true,
+		}
+	}
+	for i := range nodes {
+		self := peers[i]
+		msg := proto.MapMessage{Version: 1, Snapshot: true, Self: &self, Peers: []proto.Peer{peers[1-i]}}
+		if err := nodes[i].Apply(msg); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("node %s: apply map: %w", self.Addresses[0].Addr(), err)
+		}
+	}
+	addr := netip.AddrPortFrom(AddrB, 5001)
+	ln, err := stacks[1].ListenTCP(addr)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	return &Setup{
+		Listener: ln,
+		Dial:     func(ctx context.Context) (net.Conn, error) { return stacks[0].DialTCPAddrPort(ctx, addr) },
+		close:    func() { ln.Close(); closeAll() },
+	}, nil
 }
 
 func newStock() (*Setup, error) {

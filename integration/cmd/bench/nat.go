@@ -29,6 +29,7 @@ import (
 //   - relay_mbps: the same transfer with the laptop's router dropping all
 //     UDP, so WireGuard travels through the coordinator's relay, at the
 //     coordinator's default --relay-rate (32 MiB/s per node).
+//   - relay_vs_direct_ratio: relay_mbps / direct_mbps (goal: 0.8 or more).
 //
 // Each rate is the median of -transfer-runs transfers, each timed from
 // starting kubectl until it exits.
@@ -139,6 +140,7 @@ func natInner(ctx context.Context, topo *nat.Topology) error {
 	}
 	report("direct_mbps", direct, "Mbit/s")
 	report("relay_mbps", relayed, "Mbit/s")
+	report("relay_vs_direct_ratio", relayed/direct, "x")
 	return nil
 }
 
