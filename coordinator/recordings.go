@@ -281,7 +281,9 @@ func (s *Server) recordingJanitor(ctx context.Context) {
 // live parts of sessions whose agent stopped appending more than
 // recordings.StaleLive ago without shipping the whole recording (its
 // disk lost, or it left the cluster): singleton work, since replicas
-// that share their store share the live parts.
+// that share their store share the live parts. The first sweep is ten
+// minutes after it starts, not at once: a part is stale only after an
+// hour, and the coordinator's clock is not read while it starts.
 func (s *Server) liveRecordingJanitor(ctx context.Context) {
 	drop := func() {
 		n, err := s.recordings.DropStaleLive(s.now().Add(-recordings.StaleLive))
@@ -292,7 +294,6 @@ func (s *Server) liveRecordingJanitor(ctx context.Context) {
 			s.log.Info("removed the live parts of recordings never shipped whole", "recordings", n, "silent_for", recordings.StaleLive)
 		}
 	}
-	drop()
 	s.every(ctx, 10*time.Minute, drop)
 }
 
