@@ -131,13 +131,8 @@ func pruneCheckpoints(st store.Store) error {
 			if err != nil {
 				return err
 			}
-			for _, k := range old {
-				if err := tx.Delete(store.AuditCheckpoints, k); err != nil {
-					return err
-				}
-			}
 			n = len(old)
-			return nil
+			return deleteKeys(tx, store.AuditCheckpoints, old)
 		})
 		if err != nil {
 			return fmt.Errorf("prune audit checkpoints: %w", err)
