@@ -30,6 +30,7 @@ func newAuditCmd(g *globals) *cobra.Command {
 		categories, codes, severities []string
 		user, cluster, resource       string
 		since, from, to, search       string
+		correlation                   string
 		limit                         int
 		follow                        bool
 		interval                      time.Duration
@@ -48,13 +49,15 @@ W warning, E error. The codes are listed in docs/audit-codes.md.
 A request's event carries its correlation id (the X-Clustral-Request-Id
 header of the response) and its W3C trace id (trace_id), which the
 apiserver's own traces of that request carry or link; --search finds
-either.`,
+either; --correlation selects the events of one request or session by that
+id, exactly.`,
 		Example: `  clustral audit --since 1h
   clustral audit --user alice@example.com --cluster prod --resource pods
   clustral audit --category denial --severity W,E --since 1d
   clustral audit --code AR002I,AR003W --from 2026-01-01T00:00:00Z --to 2026-02-01T00:00:00Z
   clustral audit --search kube-system -o json | jq .resource
   clustral audit --search 4bf92f3577b34da6a3ce929d0e0e4736 -o json
+  clustral audit --correlation c0ffee00c0ffee00
   clustral audit --follow --category request`,
 		Args: cobra.NoArgs,
 	}
@@ -70,6 +73,7 @@ either.`,
 	f.StringVar(&from, "from", "", "only events at or after this time (RFC 3339, or a duration ago)")
 	f.StringVar(&to, "to", "", "only events before this time (RFC 3339, or a duration ago)")
 	f.StringVar(&search, "search", "", "free text in the request path, object, actor, metadata, correlation id or trace id")
+	f.StringVar(&correlation, "correlation", "", "only the events of one request or session: its correlation id (X-Clustral-Request-Id)")
 	f.IntVar(&limit, "limit", 50, "how many of the newest matching events to show; 0 shows all")
 	f.BoolVarP(&follow, "follow", "f", false, "keep showing new events as they come")
 	f.DurationVar(&interval, "interval", time.Second, "with --follow, how often to ask for new events")
@@ -80,6 +84,9 @@ either.`,
 		if follow && *out == "yaml" {
 			return usageError{errors.New("--follow writes table or json, not yaml")}
 		}
+		if correlation != "" && !proto.ValidRequestID(correlation) {
+			return usageError{fmt.Errorf("--correlation %q is not a correlation id: it has 8 to 64 letters, digits, '_', '.' or '-' (copy it from an event's correlation field or a response's %s header)", correlation, proto.HeaderRequestID)}
+		}
 		q := url.Values{}
 		set := func(k string, v []string) {
 			if len(v) > 0 {
@@ -89,7 +96,7 @@ either.`,
 		set(proto.AuditParamCategory, categories)
 		set(proto.AuditParamCode, codes)
 		set(proto.AuditParamSeverity, severities)
-		for k, v := range map[string]string{proto.AuditParamUser: user, proto.AuditParamCluster: cluster, proto.AuditParamResource: resource, proto.AuditParamSearch: search} {
+		for k, v := range map[string]string{proto.AuditParamUser: user, proto.AuditParamCluster: cluster, proto.AuditParamResource: resource, proto.AuditParamSearch: search, proto.AuditParamCorrelation: correlation} {
 			if v != "" {
 				q.Set(k, v)
 			}

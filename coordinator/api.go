@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -127,7 +126,7 @@ func (s *Server) Handler() http.Handler {
 		// sane one, else a new one. It is echoed in the answer and in the
 		// log line, so a CLI error can be matched with the server's log.
 		id := r.Header.Get(proto.HeaderRequestID)
-		if !requestIDRE.MatchString(id) {
+		if !proto.ValidRequestID(id) {
 			id = newID("req")[4:]
 		}
 		w.Header().Set(proto.HeaderRequestID, id)
@@ -143,8 +142,6 @@ func (s *Server) Handler() http.Handler {
 		s.log.Debug("api", "request_id", id, "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
 	})
 }
-
-var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{8,64}$`)
 
 // statusRecorder remembers the status of an answer. It passes Flush and
 // Hijack through, for the map stream and the relay.

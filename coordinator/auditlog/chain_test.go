@@ -257,3 +257,65 @@ func TestAuditPruneFitsTheStoreCommits(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditPruneCheckpointsFitTheStoreCommits: checkpoints of records
+// before the anchor, more than a commit of the store takes (as a run that
+// stopped between its commits leaves them), are removed in as many
+// commits as it takes, whether or not records are pruned with them; the
+// chain still verifies.
+func TestAuditPruneCheckpointsFitTheStoreCommits(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		days int // of records the limited Prune removes
+	}{
+		{"with records", 2},
+		{"without records", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := store.NewMem()
+			fillAudit(t, mem, start, 400) // one an hour
+			if _, err := Prune(mem, 24*time.Hour, start.Add(8*24*time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			const stale = 7 * 24 // the records of the days pruned
+			err := mem.Update(func(tx store.Tx) error {
+				for seq := uint64(1); seq <= stale; seq++ {
+					if err := store.Put(tx, store.AuditCheckpoints, Key(seq), proto.AuditCheckpoint{Seq: seq}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := storetest.Limit(mem, 128)
+			n, err := Prune(st, 24*time.Hour, start.Add(time.Duration(8+tc.days)*24*time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := 24 * tc.days; n != want {
+				t.Fatalf("pruned %d records, want %d", n, want)
+			}
+			var left []string
+			err = st.View(func(tx store.Tx) error {
+				return tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
+					if k < Key(uint64(stale+n)) { // the anchor's own stays
+						left = append(left, k)
+					}
+					return nil
+				})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(left) != 0 {
+				t.Fatalf("%d checkpoints of pruned records left, first %s", len(left), left[0])
+			}
+			if v := mustVerify(t, st); !v.OK || v.First != uint64(stale+n)+1 {
+				t.Fatalf("after pruning %d: %+v", n, v)
+			}
+		})
+	}
+}

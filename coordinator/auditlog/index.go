@@ -186,8 +186,13 @@ func pruneHours(tx store.Tx, anchor uint64) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range old {
-		if err := tx.Delete(store.AuditIndex, k); err != nil {
+	return deleteKeys(tx, store.AuditIndex, old)
+}
+
+// deleteKeys deletes keys from bucket b in tx.
+func deleteKeys(tx store.Tx, b store.Bucket, keys []string) error {
+	for _, k := range keys {
+		if err := tx.Delete(b, k); err != nil {
 			return err
 		}
 	}

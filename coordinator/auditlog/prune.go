@@ -1,7 +1,7 @@
 package auditlog
 
 import (
-	"errors"
+	"fmt"
 	"math"
 	"time"
 
@@ -87,40 +87,58 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 			if n == 0 {
 				return nil
 			}
-			if err := pruneCheckpoints(tx, anchor.Seq); err != nil {
-				return err
-			}
 			if err := pruneHours(tx, anchor.Seq); err != nil {
 				return err
 			}
 			return store.Put(tx, store.Meta, MetaAnchor, anchor)
 		})
 		total += n
-		if err != nil || n < per {
+		if err != nil {
 			return total, err
+		}
+		if n < per {
+			return total, pruneCheckpoints(st)
 		}
 	}
 }
 
-// pruneCheckpoints removes the checkpoints of records before the anchor;
-// one of the anchor itself stays, and verifies against it.
-func pruneCheckpoints(tx store.Tx, anchor uint64) error {
-	var old []string
-	stop := errors.New("stop")
-	err := tx.ForEach(store.AuditCheckpoints, func(k string, _ []byte) error {
-		if k >= Key(anchor) {
-			return stop
-		}
-		old = append(old, k)
-		return nil
-	})
-	if err != nil && !errors.Is(err, stop) {
-		return err
+// pruneCheckpoints removes the checkpoints of records before the
+// anchor, in commits of as many deletions as st takes (there may be more
+// than one commit of st takes: one checkpoint per record pruned, or more
+// left by an earlier run that stopped between its commits, which this
+// one finishes). The checkpoint of the anchor itself stays, and verifies
+// against it.
+func pruneCheckpoints(st store.Store) error {
+	per := maxPrunePerTx
+	if n := store.MaxWrites(st); n > 0 {
+		per = max(1, n-1) // and the bucket's version key
 	}
-	for _, k := range old {
-		if err := tx.Delete(store.AuditCheckpoints, k); err != nil {
-			return err
+	for {
+		n := 0
+		err := st.Update(func(tx store.Tx) error {
+			_, anchor, err := Marks(tx)
+			if err != nil {
+				return err
+			}
+			var old []string
+			err = tx.Scan(store.AuditCheckpoints, "", Key(anchor.Seq), false, func(k string, _ []byte) error {
+				old = append(old, k)
+				if len(old) == per {
+					return store.StopScan
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			n = len(old)
+			return deleteKeys(tx, store.AuditCheckpoints, old)
+		})
+		if err != nil {
+			return fmt.Errorf("prune audit checkpoints: %w", err)
+		}
+		if n < per {
+			return nil
 		}
 	}
-	return nil
 }

@@ -180,10 +180,30 @@ func (s *Etcd) Lead(ctx context.Context, name, id string, fn func(context.Contex
 	return ctx.Err()
 }
 
+// session grants a lease of ttl seconds and returns a session that keeps
+// it alive until the session is closed (which revokes it) or the store
+// closes. The grant is bounded by ctx and the request timeout, so an
+// etcd that accepts connections but never answers yields an error
+// rather than a caller waiting forever; the keep-alives run on the
+// store's context, which outlives ctx.
+func (s *Etcd) session(ctx context.Context, ttl int) (*concurrency.Session, error) {
+	gctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	lease, err := s.cli.Grant(gctx, int64(ttl))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("grant etcd lease: %w", err)
+	}
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(ttl), concurrency.WithContext(s.ctx))
+	if err != nil {
+		return nil, fmt.Errorf("etcd session on lease %x: %w", lease.ID, err)
+	}
+	return sess, nil
+}
+
 // leadOnce campaigns once and, if elected, runs fn until the leadership
 // or ctx ends.
 func (s *Etcd) leadOnce(ctx context.Context, name, id string, fn func(context.Context)) error {
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(electionTTL), concurrency.WithContext(s.ctx))
+	sess, err := s.session(ctx, electionTTL)
 	if err != nil {
 		return fmt.Errorf("etcd session for election %s: %w", name, err)
 	}

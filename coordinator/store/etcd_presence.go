@@ -81,17 +81,8 @@ func (a *etcdAnnouncer) poke() {
 func (a *etcdAnnouncer) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		// The grant is bounded by ctx, so that Close (which waits for
-		// this goroutine) does not wait on an etcd out of reach; the
-		// session keeps the lease alive, and revokes it at its end, on
-		// the store's context, which outlives ctx.
-		gctx, cancel := context.WithTimeout(ctx, a.s.cfg.RequestTimeout)
-		lease, err := a.s.cli.Grant(gctx, presenceTTL)
-		cancel()
-		if err != nil {
-			sleepCtx(ctx, presenceRetry)
-			continue
-		}
-		sess, err := concurrency.NewSession(a.s.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(presenceTTL), concurrency.WithContext(a.s.ctx))
+		// this goroutine) does not wait on an etcd out of reach.
+		sess, err := a.s.session(ctx, presenceTTL)
 		if err != nil {
 			sleepCtx(ctx, presenceRetry)
 			continue
