@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -281,13 +282,12 @@ func TestRecordingSurvivesOutageAndAgentKill(t *testing.T) {
 func TestRecordingWatchedLive(t *testing.T) {
 	r := newRecordedPod(t)
 	m, b, ns, pod := r.mesh, r.bob, r.ns, r.pod
-
-	p := b.StartKubectlPane(t, nil, "exec", "-it", "-n", ns, pod, "-c", "c", "--", "sh")
-	p.Keys("echo $((6*7))-live", "Enter")
-	p.WaitContains(20*time.Second, "42-live")
-	var id string
-	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+	// The recordings bob's earlier execs left in ns (newRecordedPod waits
+	// for exec with one), which the live session's id must not be taken
+	// for however late their events arrive.
+	startedIDs := func() []string {
 		out := m.Admin.MustRun("audit", "--code", string(proto.AuditStreamStarted), "--search", pod, "-o", "json")
+		var ids []string
 		dec := json.NewDecoder(strings.NewReader(out))
 		for {
 			var e proto.AuditEvent
@@ -295,11 +295,31 @@ func TestRecordingWatchedLive(t *testing.T) {
 				break
 			}
 			if e.Actor == bob.Email && e.Metadata[proto.MetaRecording] != "" && e.Resource != nil && e.Resource.Namespace == ns {
-				id = e.Metadata[proto.MetaRecording]
+				ids = append(ids, e.Metadata[proto.MetaRecording])
+			}
+		}
+		return ids
+	}
+	var earlier []string
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		if earlier = startedIDs(); len(earlier) == 0 {
+			return fmt.Errorf("no RQ003I of the exec that waited for the pod yet")
+		}
+		return nil
+	})
+
+	p := b.StartKubectlPane(t, nil, "exec", "-it", "-n", ns, pod, "-c", "c", "--", "sh")
+	p.Keys("echo $((6*7))-live", "Enter")
+	p.WaitContains(20*time.Second, "42-live")
+	var id string
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		for _, s := range startedIDs() {
+			if !slices.Contains(earlier, s) {
+				id = s
 			}
 		}
 		if id == "" {
-			return fmt.Errorf("no RQ003I naming the session's recording yet")
+			return fmt.Errorf("no RQ003I naming the live session's recording yet")
 		}
 		return nil
 	})
