@@ -137,12 +137,15 @@ func (s *Server) refuseJoinToken(w http.ResponseWriter, r *http.Request) {
 // session, or cluster) from what it finds, and returns the audit actor,
 // or the problem that refuses the registration; then nothing is written
 // and no map changes. certify, if set, issues the agent's certificate
-// inside the transaction; it runs without s.mu.
+// inside the transaction; it runs without s.mu on a lone store, and
+// with it on a shared one.
 //
-// s.mu is not held through the store's write, so that concurrent
-// registrations share one disk sync (the store's group commit) and do
-// not hold off every other API call meanwhile. What the lock used to
-// guarantee is kept thus:
+// On a lone store s.mu is not held through the store's write, so that
+// concurrent registrations share one disk sync (the store's group
+// commit) and do not hold off every other API call meanwhile. (A shared
+// store's optimistic transactions would instead retry against this
+// replica's other writes until they gave up, so there the write holds
+// s.mu like every other.) What the lock used to guarantee is kept thus:
 //   - a key or a device quota is claimed under s.mu before the write
 //     (registering), so two registrations cannot both take it;
 //   - the transaction reads the credential again from the store
@@ -185,6 +188,15 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 
 	var cert string
 	var reserved []netip.Prefix // by every run of the transaction
+	if s.feed != nil {
+		// A shared store's transactions conflict rather than wait, and
+		// every write appends to the audit chain: written outside the
+		// lock, a registration retried against this replica's other
+		// writes, which hold the lock through theirs, until it gave up.
+		// On a shared store it writes under the lock like them; a lone
+		// store group-commits registrations instead.
+		s.mu.Lock()
+	}
 	err = s.store.Update(func(tx store.Tx) error {
 		if err := credentialHolds(tx, n, now, joinTokenHash); err != nil {
 			return err
@@ -206,6 +218,9 @@ func (s *Server) registerNode(n *node, authorize func(now time.Time) (actor stri
 		_, err = auditlog.Append(tx, ev)
 		return err
 	})
+	if s.feed != nil {
+		s.mu.Unlock()
+	}
 	if err == nil && s.testRegisterWritten != nil {
 		s.testRegisterWritten()
 	}
