@@ -2,6 +2,7 @@ package auditlog
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -176,12 +177,16 @@ func Scan(st store.Store, from uint64, visit func(proto.AuditEvent)) error {
 			return err
 		}
 		for seq := max(from, anchor.Seq+1); seq <= head.Seq; seq++ {
-			e, err := readRecord(tx, seq)
+			raw, err := tx.GetRaw(store.Audit, Key(seq))
 			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}
 			if err != nil {
 				return err
+			}
+			var e proto.AuditEvent
+			if err := json.Unmarshal(raw, &e); err != nil {
+				return fmt.Errorf("decode audit event %d: %w", seq, err)
 			}
 			visit(e)
 		}
@@ -262,12 +267,16 @@ func Query(st store.Store, f *Filter, cursor string, asc bool, limit int) (proto
 				continue
 			}
 			fetched++
-			e, err := readRecord(tx, c.seq)
+			raw, err := tx.GetRaw(store.Audit, Key(c.seq))
 			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}
 			if err != nil {
 				return err
+			}
+			var e proto.AuditEvent
+			if err := json.Unmarshal(raw, &e); err != nil {
+				return fmt.Errorf("decode audit event %d: %w", c.seq, err)
 			}
 			if f.Match(&e) {
 				page.Events = append(page.Events, e)
