@@ -119,8 +119,17 @@ func TestRecordExec(t *testing.T) {
 		return nil
 	})
 
-	// One byte of a stored recording edited: verify names the session.
+	// One byte of a stored recording edited: verify names the session,
+	// once its end event (which carries the digest) has reached the
+	// coordinator: the agent ships events in batches, so the recording
+	// may be stored first.
 	edited := recs[0].Session.ID
+	harness.MustEventually(t, 30*time.Second, func(context.Context) error {
+		if out := m.Admin.MustRun("audit", "--code", string(proto.AuditStreamEnded), "--search", edited, "-o", "json"); !strings.Contains(out, edited) {
+			return fmt.Errorf("no RQ004I for %s yet", edited)
+		}
+		return nil
+	})
 	if err := m.Coord.EditRecording(ctx, edited, func(b []byte) { b[len(b)/2] ^= 0x01 }); err != nil {
 		t.Fatal(err)
 	}
