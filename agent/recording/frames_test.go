@@ -160,6 +160,7 @@ func TestSPDYParserErrors(t *testing.T) {
 		{"zero stream id", []byte{0, 0, 0, 0, 0, 0, 0, 1, 'x'}, "stream id zero"},
 		{"unknown control frame", []byte{0x80, 3, 0, 99, 0, 0, 0, 0}, "control frame"},
 		{"bad resize", spdyFrames(t, synStream(1, "resize"), data(1, "{\n")), "resize message"},
+		{"control frame over the limit", []byte{0x80, 3, 0, 1, 0, 0x01, 0x00, 0x01}, "control frame of 65537 bytes is over the limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -54,6 +54,9 @@ type spdyParser struct {
 	streams *spdyStreams
 	resize  map[spdy.StreamId][]byte // partial resize lines
 
+	cut  spdyCut
+	werr error // Write's own error, returned for ever
+
 	in     chan []byte
 	took   chan struct{} // the framer consumed the last chunk
 	exited chan struct{} // the framer's goroutine returned
@@ -155,8 +158,22 @@ func (p *spdyParser) resizeData(id spdy.StreamId, b []byte) error {
 	return nil
 }
 
-// Write hands b to the framer and waits until it has consumed it.
+// Write hands b to the framer and waits until it has consumed it. A
+// control frame is handed only once it is whole (see spdyCut); its bytes
+// that end b stay with the parser until the next Write.
 func (p *spdyParser) Write(b []byte) error {
+	if p.werr != nil {
+		return p.werr
+	}
+	if err := p.cut.cut(b, p.hand); err != nil {
+		p.werr = err
+		return err
+	}
+	return nil
+}
+
+// hand gives b to the framer and waits until it has consumed it.
+func (p *spdyParser) hand(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
@@ -188,4 +205,72 @@ func (p *spdyParser) Close() {
 		close(p.in)
 		<-p.exited
 	}
+}
+
+// spdyCut finds the frame boundaries in one direction of a SPDY
+// connection so that the framer is handed each control frame whole. The
+// framer inflates a control frame's header block through a buffered zlib
+// reader, which reads as far ahead as the bytes at hand allow; handed part
+// of a frame whose header block has bytes after the end of its zlib
+// stream, it fails where the whole frame passes. Gathering control frames
+// (at most maxSPDYControl bytes, and rare) makes the outcome independent
+// of how the bytes were cut into segments. Data frames, which carry the
+// session's bytes, pass through as they come.
+type spdyCut struct {
+	left int    // payload bytes of the current data frame not yet seen
+	pend []byte // a frame header, or a control frame, being gathered
+}
+
+// spdyFrameLen returns the payload length in a SPDY frame header: the
+// low 24 bits of its second word, for control and data frames alike.
+func spdyFrameLen(h []byte) int {
+	return int(h[5])<<16 | int(h[6])<<8 | int(h[7])
+}
+
+// cut hands b to the framer in order through hand: runs of b that need
+// no gathering as they are, and gathered headers and control frames once
+// whole. hand must be done with its argument when it returns.
+func (c *spdyCut) cut(b []byte, hand func([]byte) error) error {
+	const header = 8
+	start, i := 0, 0 // b[start:i] is a run to hand as it is
+	for i < len(b) {
+		if c.left > 0 {
+			n := min(c.left, len(b)-i)
+			c.left -= n
+			i += n
+			continue
+		}
+		if len(c.pend) == 0 && len(b)-i >= header && b[i]&0x80 == 0 {
+			c.left = spdyFrameLen(b[i:]) // a data frame's header, whole in b
+			i += header
+			continue
+		}
+		if err := hand(b[start:i]); err != nil {
+			return err
+		}
+		need := header - len(c.pend)
+		if len(c.pend) >= header {
+			need = header + spdyFrameLen(c.pend) - len(c.pend)
+		}
+		n := min(need, len(b)-i)
+		c.pend = append(c.pend, b[i:i+n]...)
+		i += n
+		start = i
+		if len(c.pend) < header {
+			continue
+		}
+		l := spdyFrameLen(c.pend)
+		if c.pend[0]&0x80 == 0 { // a data frame's header, gathered
+			c.left = l
+		} else if l > maxSPDYControl {
+			return fmt.Errorf("spdy stream: control frame of %d bytes is over the limit of %d", l, maxSPDYControl)
+		} else if len(c.pend) < header+l {
+			continue
+		}
+		if err := hand(c.pend); err != nil {
+			return err
+		}
+		c.pend = c.pend[:0]
+	}
+	return hand(b[start:i])
 }
