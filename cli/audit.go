@@ -327,7 +327,11 @@ that is hold its record with its hash, and the coordinator's key must be
 the one that signed it. A log that was cut back below the checkpoint, or
 rewritten and rehashed up to it, fails.
 
-Without --data-dir the coordinator checks its log (administrators only).
+Without --data-dir the coordinator checks its log (administrators only),
+and each stored session recording against the digest in its session's end
+event. A recording whose end event is not in the log yet (agents ship their
+events in batches, and after an outage from their spool) is listed as not
+vouched for: check again once its agent has shipped it.
 With --data-dir the check runs here on a stopped coordinator's store, or on
 a copy of it (e.g. a backup), with the checkpoint key in that directory
 (audit-checkpoint.key), or, if there is none, the key of --checkpoint.`,
@@ -413,6 +417,14 @@ func verificationTable(tw *tabwriter.Writer, v proto.AuditVerification) {
 	}
 	if v.Recordings > 0 {
 		fmt.Fprintf(tw, "Session recordings intact: %d checked against their end events.\n", v.Recordings)
+	}
+	if v.Unvouched > 0 {
+		more := ""
+		if n := v.Unvouched - len(v.UnvouchedIDs); n > 0 {
+			more = fmt.Sprintf(" and %d more", n)
+		}
+		fmt.Fprintf(tw, "Session recordings NOT vouched for: %d, with no end event in the log (not shipped yet, or pruned): %s%s.\n",
+			v.Unvouched, strings.Join(v.UnvouchedIDs, ", "), more)
 	}
 	switch {
 	case v.Key == "":

@@ -166,6 +166,9 @@ func TestVerifyNamesEditedRecording(t *testing.T) {
 	}{
 		{proto.AuditVerification{OK: true, Checked: 3, First: 1, Last: 3, Recordings: 2},
 			"Audit log intact: 3 records, 1 to 3.\nSession recordings intact: 2 checked against their end events.\n"},
+		{proto.AuditVerification{OK: true, Checked: 3, First: 1, Last: 3, Recordings: 1, Unvouched: 22, UnvouchedIDs: []string{"s-3", "s-4"}},
+			"Audit log intact: 3 records, 1 to 3.\nSession recordings intact: 1 checked against their end events.\n" +
+				"Session recordings NOT vouched for: 22, with no end event in the log (not shipped yet, or pruned): s-3, s-4 and 20 more.\n"},
 		{proto.AuditVerification{Checked: 3, First: 1, Last: 3, Recordings: 2, BadSeq: 2, BadRecording: "s-2",
 			Problem: "recording s-2 was edited: its content does not match the digest in its session's end event (record 2)"},
 			"Session recording s-2 EDITED: recording s-2 was edited: its content does not match the digest in its session's end event (record 2)\n" +

@@ -170,6 +170,14 @@ func TestRecordingsShippedListedAndVerified(t *testing.T) {
 		t.Errorf("missing recording = %d", status)
 	}
 
+	// Before their end events arrive, verify vouches for neither
+	// recording and says so.
+	var v proto.AuditVerification
+	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
+	if !v.OK || v.Recordings != 0 || v.Unvouched != 2 || !slices.Equal(v.UnvouchedIDs, []string{"s-1", "s-2"}) {
+		t.Fatalf("verify before the end events = %+v, want OK with s-1 and s-2 unvouched", v)
+	}
+
 	// The end events carry the digests (s-1's agent was killed: the
 	// next one vouches for it with RQ005W).
 	end := func(seq uint64, code proto.AuditCode, id string, b []byte) proto.AuditEvent {
@@ -179,9 +187,9 @@ func TestRecordingsShippedListedAndVerified(t *testing.T) {
 	}
 	e.must("POST", "/api/v1/audit/events", agent.NodeToken, proto.AuditBatch{Source: "spool", Events: []proto.AuditEvent{
 		end(1, proto.AuditRecordingRescued, "s-1", rec1), end(2, proto.AuditStreamEnded, "s-2", rec2)}}, nil)
-	var v proto.AuditVerification
+	v = proto.AuditVerification{}
 	e.must("GET", "/api/v1/audit/verify", e.admin.Token, nil, &v)
-	if !v.OK || v.Recordings != 2 {
+	if !v.OK || v.Recordings != 2 || v.Unvouched != 0 {
 		t.Fatalf("verify = %+v, want OK with 2 recordings checked", v)
 	}
 	var page proto.AuditPage

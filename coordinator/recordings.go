@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -244,8 +245,25 @@ func recordingRefOf(e proto.AuditEvent) (recordingRef, bool) {
 // checkRecordings checks the stored recordings that the verified events
 // vouch for, and fails v at the first whose content does not match. A
 // recording not (yet) stored is not a failure: its agent may not have
-// shipped it.
+// shipped it. Stored recordings no event vouches for are counted in
+// v.Unvouched.
 func (s *Server) checkRecordings(v *proto.AuditVerification, refs []recordingRef) error {
+	stored, err := s.recordings.List()
+	if err != nil {
+		return fmt.Errorf("list recordings: %w", err)
+	}
+	vouched := make(map[string]bool, len(refs))
+	for _, ref := range refs {
+		vouched[ref.id] = true
+	}
+	var ids []string
+	for _, ri := range stored {
+		if !vouched[ri.Session.ID] {
+			ids = append(ids, ri.Session.ID)
+		}
+	}
+	slices.Sort(ids)
+	v.Unvouched, v.UnvouchedIDs = len(ids), ids[:min(len(ids), proto.MaxUnvouchedIDs)]
 	for _, ref := range refs {
 		sum, err := recordings.Digest(s.recordings, ref.id)
 		if errors.Is(err, recordings.ErrNotFound) {

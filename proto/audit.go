@@ -213,7 +213,18 @@ type AuditVerification struct {
 	// chain itself is intact).
 	Recordings   int    `json:"recordings,omitempty"`
 	BadRecording string `json:"bad_recording,omitempty"`
+	// Unvouched counts the stored recordings that no end event in the
+	// log vouches for, so the verification says nothing of their
+	// content: their session's end event has not reached the coordinator
+	// yet (agents ship events in batches, and after an outage from their
+	// spool), or it was pruned with the older records. UnvouchedIDs names
+	// at most MaxUnvouchedIDs of them, in order.
+	Unvouched    int      `json:"unvouched,omitempty"`
+	UnvouchedIDs []string `json:"unvouched_ids,omitempty"`
 }
+
+// MaxUnvouchedIDs bounds AuditVerification.UnvouchedIDs.
+const MaxUnvouchedIDs = 20
 
 // AuditVerifyRequest is the body of POST /api/v1/audit/verify: verify the
 // log, and that it still extends Checkpoint.
