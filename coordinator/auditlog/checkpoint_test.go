@@ -305,6 +305,28 @@ func TestAuditPruneMisdatedRecord(t *testing.T) {
 	}
 }
 
+// TestAuditPruneLongMisdatedRun: a run of misdated records longer than
+// a commit of the store takes (a coordinator whose clock ran days ahead
+// for a while) goes with the first correctly dated record after it, in
+// as many commits as it takes, and the chain still verifies after each.
+func TestAuditPruneLongMisdatedRun(t *testing.T) {
+	mem := store.NewMem()
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	fillAudit(t, mem, start, 24)                   // day 1: 1-24
+	fillAudit(t, mem, start.AddDate(0, 0, 30), 60) // 25-84, a month ahead
+	fillAudit(t, mem, start.Add(24*time.Hour), 24) // day 2: 85-108
+	fillAudit(t, mem, start.Add(48*time.Hour), 24) // day 3: 109-132
+	st := storetest.Limit(mem, 128)
+	now := start.Add(4*24*time.Hour + 12*time.Hour) // day 5 noon
+	n, err := Prune(st, 48*time.Hour, now)          // cutoff: day 3
+	if err != nil || n != 108 {
+		t.Fatalf("pruned %d records, %v; want 108 (days 1 and 2 and the misdated run between)", n, err)
+	}
+	if v := mustVerify(t, st); !v.OK || v.First != 109 || v.Last != 132 {
+		t.Fatalf("after prune: %+v", v)
+	}
+}
+
 func TestLoadAuditKey(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sub", KeyFile)

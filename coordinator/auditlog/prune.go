@@ -23,7 +23,9 @@ const MaxSkew = 5 * time.Minute
 // the last one removed. It returns how many it removed. A record dated
 // more than MaxSkew after now cannot be dated right; it is kept as
 // long as the first correctly dated record after it, so that one such
-// record does not stop retention for everything behind it. Checkpoints
+// record does not stop retention for everything behind it; a run of them
+// (a coordinator whose clock ran ahead for a while) goes in as many
+// commits as the store needs, however long it is. Checkpoints
 // of removed records are removed with them.
 func Prune(st store.Store, retention time.Duration, now time.Time) (int, error) {
 	return PruneHeld(st, retention, now, math.MaxUint64)
@@ -43,9 +45,9 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 	per := min(maxPrunePerTx, max(1, AppendsPerTx(st)/2))
 	total := 0
 	for {
-		n := 0
+		n, more := 0, false
 		err := st.Update(func(tx store.Tx) error {
-			n = 0
+			n, more = 0, false
 			head, anchor, err := Marks(tx)
 			if err != nil {
 				return err
@@ -63,26 +65,39 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 				if !e.Time.Before(cutoff) {
 					break
 				}
-				if err := unindex(tx, &e); err != nil {
-					return err
+				// seq goes, and the misdated run before it with it. A
+				// run longer than what is left of this commit waits
+				// for the next one; one longer than a whole commit
+				// goes in parts, the anchor on the last misdated
+				// record removed, and the next commit finds seq again.
+				run := append(misdated, seq)
+				if len(run) > per-n {
+					more = true
+					if n > 0 {
+						break
+					}
+					run = run[:per]
 				}
-				for _, m := range append(misdated, seq) {
+				for _, m := range run {
+					me := e
 					if m != seq {
-						me, err := readRecord(tx, m)
-						if err != nil {
+						if me, err = readRecord(tx, m); err != nil {
 							return err
 						}
-						if err := unindex(tx, &me); err != nil {
-							return err
-						}
+					}
+					if err := unindex(tx, &me); err != nil {
+						return err
 					}
 					if err := tx.Delete(store.Audit, Key(m)); err != nil {
 						return err
 					}
 					n++
+					anchor = Mark{Seq: m, Hash: me.Hash, Time: me.Time}
+				}
+				if anchor.Seq != seq {
+					break
 				}
 				misdated = misdated[:0]
-				anchor = Mark{Seq: seq, Hash: e.Hash, Time: e.Time}
 			}
 			if n == 0 {
 				return nil
@@ -96,7 +111,7 @@ func PruneHeld(st store.Store, retention time.Duration, now time.Time, hold uint
 		if err != nil {
 			return total, err
 		}
-		if n < per {
+		if n < per && !more {
 			return total, pruneCheckpoints(st)
 		}
 	}
