@@ -67,7 +67,11 @@ func benchHA(ctx context.Context, m *mesh, f flags) error {
 		return err
 	}
 	// One cluster per round, each with an agent registered that the
-	// user's devices cannot see yet.
+	// user's devices cannot see yet. An agent enters its users' maps
+	// only while its own map stream is open, so each streams from the
+	// first replica, which stays up, until the bench ends.
+	actx, stopAgents := context.WithCancel(ctx)
+	defer stopAgents()
 	var keys [scaleRounds]proto.Key
 	for i := range keys {
 		var cl proto.CreateClusterResponse
@@ -75,7 +79,11 @@ func benchHA(ctx context.Context, m *mesh, f flags) error {
 			return err
 		}
 		rand.Read(keys[i][:])
-		if _, err := registerSimAgent(ctx, hc, urls[0], cl.JoinToken, keys[i], i); err != nil {
+		tok, err := registerSimAgent(ctx, hc, urls[0], cl.JoinToken, keys[i], i)
+		if err != nil {
+			return err
+		}
+		if err := openSimAgentMap(actx, urls[0], tok); err != nil {
 			return err
 		}
 	}

@@ -154,7 +154,7 @@ func main() {
 	flag.IntVar(&f.revocationDevices, "revocation-devices", 10000, "simulated devices connected (map streams open) while revocation_to_denied_* is measured")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&f.only, "only", "", "run only this bench (store, console, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale, live)")
+	flag.StringVar(&f.only, "only", "", "run only this bench (tunnel, store, console, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale, live)")
 	flag.Parse()
 	f.transfer <<= 20
 	crowdUsers = max(1, (f.revocationDevices+devicesPerUser-1)/devicesPerUser)
@@ -178,7 +178,7 @@ func runOrExit(what string, run func(context.Context) error) {
 func run(ctx context.Context, f flags) error {
 	fmt.Println("# clustral bench: BENCH <name> <value> <unit>")
 	fmt.Printf("# %s\n", time.Now().UTC().Format(time.RFC3339))
-	if !f.skipTunnel {
+	if !f.skipTunnel && (f.only == "" || f.only == "tunnel") {
 		if err := benchTunnel(ctx, f); err != nil {
 			return err
 		}
@@ -193,7 +193,7 @@ func run(ctx context.Context, f flags) error {
 			return err
 		}
 	}
-	if f.skipMesh || f.only == "store" || f.only == "console" {
+	if f.skipMesh || f.only == "tunnel" || f.only == "store" || f.only == "console" {
 		return nil
 	}
 	m, err := startMesh(ctx)
