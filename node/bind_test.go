@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -200,7 +201,8 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 // offload segmentation (UDP_SEGMENT), coalescing a batch's datagrams into
 // the spare capacity of its first buffer and setting the sticky source
 // from a *conn.StdNetEndpoint. The Bind must hand them the batch
-// wireguard-go gave it, whole and unchanged, and such an endpoint.
+// wireguard-go gave it, whole and with its bytes unchanged, and such an
+// endpoint; only the buffers' capacity is cut to maxGSOBytes.
 func TestBindPassesBatchesThrough(t *testing.T) {
 	f := &fakeUDP{}
 	b := NewBind()
@@ -216,8 +218,11 @@ func TestBindPassesBatchesThrough(t *testing.T) {
 				t.Fatal(err)
 			}
 			bufs := make([][]byte, 5)
+			arrays := make([]*byte, len(bufs))
 			for i := range bufs {
 				bufs[i] = make([]byte, 1452, 1<<16)
+				bufs[i][0] = byte(i)
+				arrays[i] = &bufs[i][0]
 			}
 			if err := b.Send(bufs, ep); err != nil {
 				t.Fatal(err)
@@ -229,14 +234,106 @@ func TestBindPassesBatchesThrough(t *testing.T) {
 				t.Errorf("sockets got a batch of %d at %p, want wireguard-go's %d at %p", len(got), &got[0], len(bufs), &bufs[0])
 			}
 			for i := range got {
-				if len(got[i]) != 1452 || cap(got[i]) != 1<<16 {
-					t.Errorf("buffer %d: len %d cap %d, want 1452 and %d", i, len(got[i]), cap(got[i]), 1<<16)
+				if len(got[i]) != 1452 || cap(got[i]) != maxGSOBytes || &got[i][0] != arrays[i] || got[i][0] != byte(i) {
+					t.Errorf("buffer %d: len %d cap %d at %p, want 1452 and %d at %p", i, len(got[i]), cap(got[i]), &got[i][0], maxGSOBytes, arrays[i])
 				}
 			}
 			if d, ok := to.(*conn.StdNetEndpoint); !ok || d.AddrPort != addr {
 				t.Errorf("sockets got endpoint %v (%T), want *conn.StdNetEndpoint %v", to, to, addr)
 			}
 		})
+	}
+}
+
+// TestBindKeepsGSOMessagesWhole sends one batch of 64 datagrams between
+// two Binds on loopback and counts the most a receive call returns. With
+// UDP GSO and GRO, a call returns whole GSO messages of up to 64 datagrams
+// each. At 1,424 bytes StdNetBind alone would coalesce 46 datagrams into
+// 65,504 bytes, past what the kernel sends as one message (maxGSOBytes),
+// and the receiver would read them two a call. 1,452 bytes (45 make 65,340)
+// shows whether this kernel does GSO and GRO at all.
+func TestBindKeepsGSOMessagesWhole(t *testing.T) {
+	const batch = 64
+	for _, size := range []int{1452, 1424} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			most := maxPerReceive(t, size, batch)
+			if most <= 2 {
+				if size == 1452 {
+					t.Skipf("at most %d datagrams a receive call: no UDP GSO and GRO on loopback here", most)
+				}
+				t.Fatalf("at most %d datagrams a receive call, want whole GSO messages (at least %d)", most, batch*2/3)
+			}
+			if most < batch*2/3 {
+				t.Errorf("at most %d datagrams a receive call, want whole GSO messages (at least %d)", most, batch*2/3)
+			}
+		})
+	}
+}
+
+// maxPerReceive sends n datagrams of size bytes in one Send from one Bind
+// to another on 127.0.0.1 and returns the most datagrams one call of the
+// receiver's receive function returned.
+func maxPerReceive(t *testing.T, size, n int) int {
+	t.Helper()
+	tx, rx := NewBind(), NewBind()
+	if _, _, err := tx.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Close() })
+	fns, port, err := rx.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeRx := sync.OnceFunc(func() { rx.Close() })
+	t.Cleanup(closeRx)
+	ep, err := tx.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, size, 1<<16)
+		bufs[i][0] = 4 // a WireGuard data message, not a probe
+	}
+	if err := tx.Send(bufs, ep); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		most int
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rbufs := make([][]byte, tx.BatchSize())
+		for i := range rbufs {
+			rbufs[i] = make([]byte, 1<<16)
+		}
+		sizes := make([]int, len(rbufs))
+		eps := make([]conn.Endpoint, len(rbufs))
+		most := 0
+		for got := 0; got < n; {
+			k, err := fns[0](rbufs, sizes, eps)
+			if err != nil {
+				done <- result{most, err}
+				return
+			}
+			got += k
+			most = max(most, k)
+		}
+		done <- result{most, nil}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.most
+	case <-time.After(10 * time.Second):
+		closeRx()
+		r := <-done
+		t.Fatalf("datagrams lost: receive ended with %v", r.err)
+		return 0
 	}
 }
 
