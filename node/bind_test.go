@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -275,65 +276,121 @@ func TestBindKeepsGSOMessagesWhole(t *testing.T) {
 // receiver's receive function returned.
 func maxPerReceive(t *testing.T, size, n int) int {
 	t.Helper()
+	l := newLoopbackBinds(t, size, n)
+	most, err := l.roundTrip()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return most
+}
+
+// loopbackBinds is a Bind sending to another on 127.0.0.1, with a batch of
+// datagrams to send and buffers to receive them.
+type loopbackBinds struct {
+	tx      *Bind
+	ep      conn.Endpoint
+	receive conn.ReceiveFunc
+	closeRx func()
+
+	bufs, rbufs [][]byte
+	sizes       []int
+	eps         []conn.Endpoint
+}
+
+// newLoopbackBinds opens the two Binds, closed by tb's cleanup, and a batch
+// of n datagrams of size bytes.
+func newLoopbackBinds(tb testing.TB, size, n int) *loopbackBinds {
+	tb.Helper()
 	tx, rx := NewBind(), NewBind()
 	if _, _, err := tx.Open(0); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { tx.Close() })
+	tb.Cleanup(func() { tx.Close() })
 	fns, port, err := rx.Open(0)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	closeRx := sync.OnceFunc(func() { rx.Close() })
-	t.Cleanup(closeRx)
-	ep, err := tx.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String())
-	if err != nil {
-		t.Fatal(err)
+	l := &loopbackBinds{tx: tx, receive: fns[0], closeRx: sync.OnceFunc(func() { rx.Close() })}
+	tb.Cleanup(l.closeRx)
+	if l.ep, err = tx.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()); err != nil {
+		tb.Fatal(err)
 	}
-	bufs := make([][]byte, n)
-	for i := range bufs {
-		bufs[i] = make([]byte, size, 1<<16)
-		bufs[i][0] = 4 // a WireGuard data message, not a probe
+	l.bufs = make([][]byte, n)
+	for i := range l.bufs {
+		l.bufs[i] = make([]byte, size, 1<<16)
+		l.bufs[i][0] = 4 // a WireGuard data message, not a probe
 	}
-	if err := tx.Send(bufs, ep); err != nil {
-		t.Fatal(err)
+	l.rbufs = make([][]byte, tx.BatchSize())
+	for i := range l.rbufs {
+		l.rbufs[i] = make([]byte, 1<<16)
 	}
+	l.sizes = make([]int, len(l.rbufs))
+	l.eps = make([]conn.Endpoint, len(l.rbufs))
+	return l
+}
 
+// roundTrip sends the batch in one Send and receives it, and returns the
+// most datagrams one receive call returned. When datagrams are lost it
+// closes the receiver and fails after 10 seconds.
+func (l *loopbackBinds) roundTrip() (int, error) {
+	if err := l.tx.Send(l.bufs, l.ep); err != nil {
+		return 0, err
+	}
 	type result struct {
 		most int
 		err  error
 	}
 	done := make(chan result, 1)
 	go func() {
-		rbufs := make([][]byte, tx.BatchSize())
-		for i := range rbufs {
-			rbufs[i] = make([]byte, 1<<16)
-		}
-		sizes := make([]int, len(rbufs))
-		eps := make([]conn.Endpoint, len(rbufs))
-		most := 0
-		for got := 0; got < n; {
-			k, err := fns[0](rbufs, sizes, eps)
-			if err != nil {
-				done <- result{most, err}
-				return
-			}
-			got += k
-			most = max(most, k)
-		}
-		done <- result{most, nil}
+		most, _, err := l.receiveAll()
+		done <- result{most, err}
 	}()
 	select {
 	case r := <-done:
-		if r.err != nil {
-			t.Fatal(r.err)
-		}
-		return r.most
+		return r.most, r.err
 	case <-time.After(10 * time.Second):
-		closeRx()
+		l.closeRx()
 		r := <-done
-		t.Fatalf("datagrams lost: receive ended with %v", r.err)
-		return 0
+		return 0, fmt.Errorf("datagrams lost: receive ended with %v", r.err)
+	}
+}
+
+// receiveAll receives as many datagrams as a batch holds and reports the
+// most one call returned and the calls it took.
+func (l *loopbackBinds) receiveAll() (most, calls int, err error) {
+	for got := 0; got < len(l.bufs); calls++ {
+		k, err := l.receive(l.rbufs, l.sizes, l.eps)
+		if err != nil {
+			return most, calls, err
+		}
+		got += k
+		most = max(most, k)
+	}
+	return most, calls, nil
+}
+
+// BenchmarkBindLoopback moves batches of 64 WireGuard-sized datagrams
+// between two Binds on loopback, one Send and the receive calls it takes
+// per op; datagrams/call is the receiver's batch.
+func BenchmarkBindLoopback(b *testing.B) {
+	const n = 64
+	for _, size := range []int{1424, 1452} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			l := newLoopbackBinds(b, size, n)
+			b.SetBytes(int64(size * n))
+			calls := 0
+			for b.Loop() {
+				if err := l.tx.Send(l.bufs, l.ep); err != nil {
+					b.Fatal(err)
+				}
+				_, k, err := l.receiveAll()
+				if err != nil {
+					b.Fatal(err)
+				}
+				calls += k
+			}
+			b.ReportMetric(float64(b.N*n)/float64(calls), "datagrams/call")
+		})
 	}
 }
 
