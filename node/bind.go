@@ -491,7 +491,9 @@ func (b *Bind) endpointOf(key proto.Key) *Endpoint {
 	return e
 }
 
-// Send implements conn.Bind. It sends bufs along ep's current path.
+// Send implements conn.Bind. It sends bufs along ep's current path. On the
+// direct path it narrows the capacity of the slices in bufs (see capGSO),
+// never their length or bytes.
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	e, ok := ep.(*Endpoint)
 	if !ok {
@@ -513,6 +515,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if direct == nil {
 		return fmt.Errorf("send to %v: %w", e, ErrNoPath)
 	}
+	capGSO(bufs)
 	if err := b.udp.Send(bufs, direct); err != nil {
 		return err
 	}
@@ -524,6 +527,29 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	c.txPackets.Add(uint64(len(bufs)))
 	c.txBytes.Add(n)
 	return nil
+}
+
+// maxGSOBytes bounds the UDP payload of one GSO message the sockets send:
+// 64 KiB less room for the IP, UDP and link-layer headers. Linux segments a
+// GSO packet in software, before the device, when its length with the
+// link-layer header reaches the device's gso_max_size (64 KiB on loopback
+// and most NICs), while StdNetBind coalesces datagrams up to the IP limit
+// (65,507 bytes for IPv4). A message between the two crosses the link as
+// separate datagrams: 46 of 1,424 bytes (the netstack's TCP segments at
+// MTU 1420) make 65,504, and a receiver on loopback then reads them one by
+// one, two per receive call, instead of as one GRO message.
+const maxGSOBytes = 1<<16 - 128
+
+// capGSO limits the capacity of each buffer in bufs to maxGSOBytes,
+// leaving lengths and bytes alone. StdNetBind coalesces a run of datagrams
+// into the first one's spare capacity, and only while they fit, so no GSO
+// message it sends grows past maxGSOBytes.
+func capGSO(bufs [][]byte) {
+	for i, buf := range bufs {
+		if cap(buf) > maxGSOBytes && len(buf) <= maxGSOBytes {
+			bufs[i] = buf[:len(buf):maxGSOBytes]
+		}
+	}
 }
 
 func (b *Bind) sendRelay(r relayLink, key proto.Key, bufs [][]byte) error {

@@ -2,7 +2,9 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -200,7 +202,8 @@ func TestBindAttributesPacketsToKeyedEndpoints(t *testing.T) {
 // offload segmentation (UDP_SEGMENT), coalescing a batch's datagrams into
 // the spare capacity of its first buffer and setting the sticky source
 // from a *conn.StdNetEndpoint. The Bind must hand them the batch
-// wireguard-go gave it, whole and unchanged, and such an endpoint.
+// wireguard-go gave it, whole and with its bytes unchanged, and such an
+// endpoint; only the buffers' capacity is cut to maxGSOBytes.
 func TestBindPassesBatchesThrough(t *testing.T) {
 	f := &fakeUDP{}
 	b := NewBind()
@@ -216,8 +219,11 @@ func TestBindPassesBatchesThrough(t *testing.T) {
 				t.Fatal(err)
 			}
 			bufs := make([][]byte, 5)
+			arrays := make([]*byte, len(bufs))
 			for i := range bufs {
 				bufs[i] = make([]byte, 1452, 1<<16)
+				bufs[i][0] = byte(i)
+				arrays[i] = &bufs[i][0]
 			}
 			if err := b.Send(bufs, ep); err != nil {
 				t.Fatal(err)
@@ -229,13 +235,161 @@ func TestBindPassesBatchesThrough(t *testing.T) {
 				t.Errorf("sockets got a batch of %d at %p, want wireguard-go's %d at %p", len(got), &got[0], len(bufs), &bufs[0])
 			}
 			for i := range got {
-				if len(got[i]) != 1452 || cap(got[i]) != 1<<16 {
-					t.Errorf("buffer %d: len %d cap %d, want 1452 and %d", i, len(got[i]), cap(got[i]), 1<<16)
+				if len(got[i]) != 1452 || cap(got[i]) != maxGSOBytes || &got[i][0] != arrays[i] || got[i][0] != byte(i) {
+					t.Errorf("buffer %d: len %d cap %d at %p, want 1452 and %d at %p", i, len(got[i]), cap(got[i]), &got[i][0], maxGSOBytes, arrays[i])
 				}
 			}
 			if d, ok := to.(*conn.StdNetEndpoint); !ok || d.AddrPort != addr {
 				t.Errorf("sockets got endpoint %v (%T), want *conn.StdNetEndpoint %v", to, to, addr)
 			}
+		})
+	}
+}
+
+// TestBindKeepsGSOMessagesWhole sends one batch of 64 datagrams between
+// two Binds on loopback and counts the most a receive call returns. With
+// UDP GSO and GRO, a call returns whole GSO messages of up to 64 datagrams
+// each. At 1,424 bytes StdNetBind alone would coalesce 46 datagrams into
+// 65,504 bytes, past what the kernel sends as one message (maxGSOBytes),
+// and the receiver would read them two a call. 1,452 bytes (45 make 65,340)
+// shows whether this kernel does GSO and GRO at all.
+func TestBindKeepsGSOMessagesWhole(t *testing.T) {
+	const batch = 64
+	for _, size := range []int{1452, 1424} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			most := maxPerReceive(t, size, batch)
+			if most <= 2 {
+				if size == 1452 {
+					t.Skipf("at most %d datagrams a receive call: no UDP GSO and GRO on loopback here", most)
+				}
+				t.Fatalf("at most %d datagrams a receive call, want whole GSO messages (at least %d)", most, batch*2/3)
+			}
+			if most < batch*2/3 {
+				t.Errorf("at most %d datagrams a receive call, want whole GSO messages (at least %d)", most, batch*2/3)
+			}
+		})
+	}
+}
+
+// maxPerReceive sends n datagrams of size bytes in one Send from one Bind
+// to another on 127.0.0.1 and returns the most datagrams one call of the
+// receiver's receive function returned.
+func maxPerReceive(t *testing.T, size, n int) int {
+	t.Helper()
+	l := newLoopbackBinds(t, size, n)
+	most, err := l.roundTrip()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return most
+}
+
+// loopbackBinds is a Bind sending to another on 127.0.0.1, with a batch of
+// datagrams to send and buffers to receive them.
+type loopbackBinds struct {
+	tx      *Bind
+	ep      conn.Endpoint
+	receive conn.ReceiveFunc
+	closeRx func()
+
+	bufs, rbufs [][]byte
+	sizes       []int
+	eps         []conn.Endpoint
+}
+
+// newLoopbackBinds opens the two Binds, closed by tb's cleanup, and a batch
+// of n datagrams of size bytes.
+func newLoopbackBinds(tb testing.TB, size, n int) *loopbackBinds {
+	tb.Helper()
+	tx, rx := NewBind(), NewBind()
+	if _, _, err := tx.Open(0); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { tx.Close() })
+	fns, port, err := rx.Open(0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l := &loopbackBinds{tx: tx, receive: fns[0], closeRx: sync.OnceFunc(func() { rx.Close() })}
+	tb.Cleanup(l.closeRx)
+	if l.ep, err = tx.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()); err != nil {
+		tb.Fatal(err)
+	}
+	l.bufs = make([][]byte, n)
+	for i := range l.bufs {
+		l.bufs[i] = make([]byte, size, 1<<16)
+		l.bufs[i][0] = 4 // a WireGuard data message, not a probe
+	}
+	l.rbufs = make([][]byte, tx.BatchSize())
+	for i := range l.rbufs {
+		l.rbufs[i] = make([]byte, 1<<16)
+	}
+	l.sizes = make([]int, len(l.rbufs))
+	l.eps = make([]conn.Endpoint, len(l.rbufs))
+	return l
+}
+
+// roundTrip sends the batch in one Send and receives it, and returns the
+// most datagrams one receive call returned. When datagrams are lost it
+// closes the receiver and fails after 10 seconds.
+func (l *loopbackBinds) roundTrip() (int, error) {
+	if err := l.tx.Send(l.bufs, l.ep); err != nil {
+		return 0, err
+	}
+	type result struct {
+		most int
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		most, _, err := l.receiveAll()
+		done <- result{most, err}
+	}()
+	select {
+	case r := <-done:
+		return r.most, r.err
+	case <-time.After(10 * time.Second):
+		l.closeRx()
+		r := <-done
+		return 0, fmt.Errorf("datagrams lost: receive ended with %v", r.err)
+	}
+}
+
+// receiveAll receives as many datagrams as a batch holds and reports the
+// most one call returned and the calls it took.
+func (l *loopbackBinds) receiveAll() (most, calls int, err error) {
+	for got := 0; got < len(l.bufs); calls++ {
+		k, err := l.receive(l.rbufs, l.sizes, l.eps)
+		if err != nil {
+			return most, calls, err
+		}
+		got += k
+		most = max(most, k)
+	}
+	return most, calls, nil
+}
+
+// BenchmarkBindLoopback moves batches of 64 WireGuard-sized datagrams
+// between two Binds on loopback, one Send and the receive calls it takes
+// per op; datagrams/call is the receiver's batch.
+func BenchmarkBindLoopback(b *testing.B) {
+	const n = 64
+	for _, size := range []int{1424, 1452} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			l := newLoopbackBinds(b, size, n)
+			b.SetBytes(int64(size * n))
+			calls := 0
+			for b.Loop() {
+				if err := l.tx.Send(l.bufs, l.ep); err != nil {
+					b.Fatal(err)
+				}
+				_, k, err := l.receiveAll()
+				if err != nil {
+					b.Fatal(err)
+				}
+				calls += k
+			}
+			b.ReportMetric(float64(b.N*n)/float64(calls), "datagrams/call")
 		})
 	}
 }
