@@ -3,10 +3,14 @@ package cli
 import (
 	"io"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 // TestReadySignal: the background process writes one byte on the
@@ -53,4 +57,44 @@ func TestReadySignal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHoldGC: the collector is off, under a memory limit, until release
+// (at once) or the hold's end, and then has its settings back.
+func TestHoldGC(t *testing.T) {
+	gcSettings := func() (percent int, limit int64) {
+		percent = debug.SetGCPercent(-1)
+		debug.SetGCPercent(percent)
+		return percent, debug.SetMemoryLimit(-1)
+	}
+	wantPercent, wantLimit := gcSettings()
+	restored := func() bool {
+		p, l := gcSettings()
+		return p == wantPercent && l == wantLimit
+	}
+	held := func(t *testing.T) {
+		t.Helper()
+		if p, l := gcSettings(); p != -1 || l > startupHeapLimit {
+			t.Fatalf("while held: GC percent %d, memory limit %d; want -1 and at most %d", p, l, startupHeapLimit)
+		}
+	}
+	t.Run("released", func(t *testing.T) {
+		release := holdGC(time.Hour)
+		t.Cleanup(release)
+		held(t)
+		release()
+		release()
+		if !restored() {
+			t.Fatal("settings not restored by release")
+		}
+	})
+	t.Run("hold passed", func(t *testing.T) {
+		release := holdGC(time.Millisecond)
+		t.Cleanup(release)
+		testkit.WaitFor(t, "the GC settings restored after the hold", restored)
+		release() // later, as Run's end does
+		if !restored() {
+			t.Fatal("settings changed by a late release")
+		}
+	})
 }
