@@ -78,7 +78,11 @@ alone.`,
 				fmt.Fprintf(g.stdout, "Already up (pid %d, %d contexts). Run clustral down first to restart it.\n", st.PID, len(st.Contexts))
 				return nil
 			}
-			if _, _, err := g.session(); err != nil {
+			// Only the session: the background process makes the
+			// coordinator's client, and the CA pool that goes with it
+			// (with a CA file, the system roots too: about 9 ms) would
+			// be loaded twice.
+			if _, err := loadSession(dir); err != nil {
 				return err
 			}
 			method, err := device.ParseDNSMethod(dnsMethod)
