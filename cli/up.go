@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -195,8 +196,8 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 		select {
 		case err := <-exited:
 			sp.stop()
-			tail, _ := os.ReadFile(filepath.Join(dir, upLogFile))
-			return fmt.Errorf("clustral up exited (%v):\n%s", err, lastLines(string(tail), 15))
+			log, _ := os.ReadFile(filepath.Join(dir, upLogFile))
+			return backgroundError(err, log, filepath.Join(dir, upLogFile))
 		case <-deadline.C:
 			cmd.Process.Signal(syscall.SIGTERM)
 			return withHint(exitUnreach, fmt.Errorf("the tunnel did not come up within %s", timeout), "see "+filepath.Join(dir, upLogFile)+", or run: clustral doctor")
@@ -215,6 +216,40 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 			return nil
 		}
 	}
+}
+
+// backgroundError is the error of a background process that exited
+// before it was connected (its Wait error, and log, its log file's
+// content): the error and hint it printed last, and its exit code, so
+// clustral up fails as `clustral up --foreground` would have. Without an
+// error line (a crash), it is the log's last line, and the hint names
+// the log file.
+func backgroundError(exited error, log []byte, logFile string) error {
+	code := exitError
+	var ee *exec.ExitError
+	if errors.As(exited, &ee) && ee.ExitCode() > 0 {
+		code = ee.ExitCode()
+	}
+	var msg, hint string
+	for _, l := range splitLines(string(log)) {
+		if m, ok := strings.CutPrefix(l, "error: "); ok {
+			msg, hint = m, ""
+		} else if h, ok := strings.CutPrefix(l, "hint: "); ok && msg != "" {
+			hint = h
+		}
+	}
+	if hint == "" {
+		hint = "see " + logFile
+	}
+	if msg == "" {
+		lines := slices.DeleteFunc(splitLines(string(log)), func(l string) bool { return strings.TrimSpace(l) == "" })
+		last := "no output"
+		if len(lines) > 0 {
+			last = lines[len(lines)-1]
+		}
+		return withHint(code, fmt.Errorf("clustral up's background process exited (%v): %s", exited, last), hint)
+	}
+	return withHint(code, errors.New(msg), hint)
 }
 
 func printUp(w io.Writer, st *device.State) {
@@ -245,18 +280,6 @@ func joinNonEmpty(s []string) string {
 			out += ", "
 		}
 		out += v
-	}
-	return out
-}
-
-func lastLines(s string, n int) string {
-	lines := slices.DeleteFunc(splitLines(s), func(l string) bool { return l == "" })
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	out := ""
-	for _, l := range lines {
-		out += "  " + l + "\n"
 	}
 	return out
 }
