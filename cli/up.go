@@ -40,6 +40,7 @@ func newUpCmd(g *globals) *cobra.Command {
 		tunMode    bool
 		meshDNS    bool
 		dnsMethod  string
+		pprofAddr  string
 	)
 	c := &cobra.Command{
 		Use:   "up",
@@ -89,7 +90,12 @@ alone.`,
 			if !meshDNS {
 				method = device.DNSOff
 			}
-			o := upOptions{socksPort, kubeconfig, listenPort, tunMode, method}
+			if pprofAddr != "" {
+				if err := checkPprofAddr(pprofAddr); err != nil {
+					return err
+				}
+			}
+			o := upOptions{socksPort, kubeconfig, listenPort, tunMode, method, pprofAddr}
 			if foreground {
 				return runUp(c.Context(), g, dir, o)
 			}
@@ -103,6 +109,7 @@ alone.`,
 	c.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the tunnel to come up")
 	c.Flags().BoolVar(&tunMode, "tun", false, "use a TUN device ("+mesh.TUNName+") and route the overlay ranges, so any program reaches overlay addresses; the mesh may only answer connections this machine opens (Linux, root)")
 	c.Flags().BoolVar(&meshDNS, "dns", true, "with --tun, serve DNS for the mesh domain and point the system's resolver at it; false leaves the system's DNS alone")
+	addPprofFlag(c.Flags(), &pprofAddr)
 	c.Flags().StringVar(&dnsMethod, "dns-method", string(device.DNSAuto), "with --tun, how the system's resolver learns of the mesh DNS: auto, resolved (systemd-resolved split DNS), resolv.conf (first nameserver in /etc/resolv.conf, not split)")
 	return c
 }
@@ -113,6 +120,7 @@ type upOptions struct {
 	wgPort     int
 	tun        bool
 	dns        device.DNSMethod
+	pprof      string // --pprof-listen
 }
 
 // startUpBackground starts `clustral up --foreground` as a detached
@@ -137,6 +145,9 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 		} else {
 			args = append(args, "--dns-method", string(o.dns))
 		}
+	}
+	if o.pprof != "" {
+		args = append(args, "--"+pprofFlag, o.pprof)
 	}
 	if o.kubeconfig != "" {
 		kc, err := filepath.Abs(o.kubeconfig)
@@ -280,6 +291,9 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	}
 	connected, err := readySignal()
 	if err != nil {
+		return err
+	}
+	if err := servePprof(ctx, o.pprof, log); err != nil {
 		return err
 	}
 	err = device.Run(ctx, device.Config{
