@@ -156,6 +156,7 @@ func main() {
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
 	flag.StringVar(&profileDir, "profile-dir", "", "save CPU and allocation profiles of the agent and clustral up over the GET bench's timed loop here (see profile.go)")
 	flag.IntVar(&profileSeconds, "profile-seconds", profileSeconds, "how long the -profile-dir profiles run from the start of the GET bench's timed loop (keep it under the loop: -samples)")
+	flag.StringVar(&profileKinds, "profile-kinds", profileKinds, "what -profile-dir takes, comma-separated: cpu, allocs, trace")
 	flag.StringVar(&f.only, "only", "", "run only this bench (store, console, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale, live)")
 	flag.Parse()
 	f.transfer <<= 20

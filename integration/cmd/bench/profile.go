@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,13 +18,17 @@ import (
 
 // profileDir, if set (-profile-dir), is where benchGet saves Go profiles
 // of the agent and the `clustral up` daemon taken over the first
-// profileSeconds of its timed loop: <process>.cpu.pprof and
-// <process>.allocs.pprof (allocations in that window). The two processes
-// then serve /debug/pprof/ on a loopback port (their hidden
-// --pprof-listen flag). Read them with go tool pprof.
+// profileSeconds of its timed loop, one file per process and kind in
+// profileKinds: <process>.cpu.pprof, <process>.allocs.pprof (allocations
+// in that window), <process>.trace.pprof (an execution trace, for
+// counting goroutine wake-ups; it slows the process, so take it apart
+// from the CPU profile). The two processes then serve /debug/pprof/ on a
+// loopback port (their hidden --pprof-listen flag). Read them with go
+// tool pprof and go tool trace.
 var (
 	profileDir     string
 	profileSeconds = 10
+	profileKinds   = "cpu,allocs"
 )
 
 // pprofArgs returns the arguments that make a clustral process serve its
@@ -54,7 +59,7 @@ func startProfiles(ctx context.Context, addrs map[string]string) (wait func() er
 		errs []error
 	)
 	for name, addr := range addrs {
-		for _, kind := range []string{"cpu", "allocs"} {
+		for _, kind := range strings.Split(profileKinds, ",") {
 			wg.Go(func() {
 				if err := saveProfile(ctx, addr, kind, name); err != nil {
 					mu.Lock()
@@ -71,13 +76,17 @@ func startProfiles(ctx context.Context, addrs map[string]string) (wait func() er
 	}
 }
 
-// saveProfile saves the profile kind, "cpu" or "allocs", of the process
-// serving pprof on addr as profileDir/<name>.<kind>.pprof.
+// saveProfile saves the profile kind, "cpu", "allocs" or "trace", of the
+// process serving pprof on addr as profileDir/<name>.<kind>.pprof.
 func saveProfile(ctx context.Context, addr, kind, name string) error {
 	path := filepath.Join(profileDir, name+"."+kind+".pprof")
 	endpoint := kind
-	if kind == "cpu" {
+	switch kind {
+	case "cpu":
 		endpoint = "profile"
+	case "allocs", "trace":
+	default:
+		return fmt.Errorf("-profile-kinds: unknown kind %q (cpu, allocs, trace)", kind)
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(profileSeconds)*time.Second+30*time.Second)
 	defer cancel()
