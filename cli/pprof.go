@@ -66,7 +66,8 @@ func checkPprofAddr(addr string) error {
 	if err != nil {
 		return usageError{fmt.Errorf("--%s %q: %w (want a loopback host:port such as 127.0.0.1:6060)", pprofFlag, addr, err)}
 	}
-	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+	// An IP literal: a name such as localhost could resolve elsewhere.
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
 		return usageError{fmt.Errorf("--%s %q: profiles are served on a loopback address only (127.0.0.1 or [::1]), since they show memory and stacks", pprofFlag, addr)}
 	}
 	return nil

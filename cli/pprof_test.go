@@ -20,7 +20,7 @@ func TestCheckPprofAddr(t *testing.T) {
 	}{
 		{"127.0.0.1:6060", ""},
 		{"[::1]:0", ""},
-		{"localhost:6060", ""},
+		{"localhost:6060", "loopback address only"},
 		{"0.0.0.0:6060", "loopback address only"},
 		{":6060", "loopback address only"},
 		{"10.0.0.1:6060", "loopback address only"},
