@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -101,8 +100,7 @@ func saveProfile(ctx context.Context, addr, kind, name string) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("%s profile of %s: %s: %s", kind, name, resp.Status, b)
+		return fmt.Errorf("%s profile of %s from %s: %s", kind, name, url, resp.Status)
 	}
 	if err := os.MkdirAll(profileDir, 0o755); err != nil {
 		return err
@@ -111,7 +109,7 @@ func saveProfile(ctx context.Context, addr, kind, name string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
+	if _, err := f.ReadFrom(resp.Body); err != nil {
 		f.Close()
 		return fmt.Errorf("%s profile of %s: %w", kind, name, err)
 	}
