@@ -3,6 +3,7 @@ package cli
 import (
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,6 +51,33 @@ func TestReadySignal(t *testing.T) {
 			_, err := readySignal()
 			if err == nil || !strings.Contains(err.Error(), upReadyEnv) {
 				t.Fatalf("readySignal() with %s=%s: %v; want an error naming it", upReadyEnv, v, err)
+			}
+		})
+	}
+}
+
+func TestLimitProcs(t *testing.T) {
+	prev := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	tests := []struct {
+		name, env string
+		start     int
+		want      int
+	}{
+		{"unset: one P", "", 4, upProcs},
+		{"set: left alone", "3", 3, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			runtime.GOMAXPROCS(tt.start)
+			got := limitProcs(func(k string) string {
+				if k != "GOMAXPROCS" {
+					t.Errorf("getenv(%q); want only GOMAXPROCS", k)
+				}
+				return tt.env
+			})
+			if got != tt.want || runtime.GOMAXPROCS(0) != tt.want {
+				t.Fatalf("limitProcs with GOMAXPROCS=%q = %d (runtime %d); want %d", tt.env, got, runtime.GOMAXPROCS(0), tt.want)
 			}
 		})
 	}
