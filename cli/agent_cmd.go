@@ -32,7 +32,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		auditMax                                    int
 		insecure, liveOn                            bool
 		liveKinds                                   []string
-		liveUser                                    string
+		liveUser, pprofAddr                         string
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -55,6 +55,9 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 			}
 			log, err := serverLogger(logFormat, logLevel)
 			if err != nil {
+				return err
+			}
+			if err := servePprof(c.Context(), pprofAddr, log); err != nil {
 				return err
 			}
 			if coord == "" {
@@ -136,6 +139,7 @@ CLUSTRAL_<FLAG> (e.g. CLUSTRAL_JOIN_TOKEN).`,
 	f.StringVar(&liveUser, "live-user", agent.DefaultLiveUser, "Kubernetes user impersonated to list and watch those kinds and to create subjectaccessreviews (bind it a ClusterRole; see deploy/agent/components/live-view)")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	addPprofFlag(f, &pprofAddr)
 	return c
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -141,6 +142,33 @@ func TestBackgroundError(t *testing.T) {
 			}
 			if he.Error() != tt.wantErr || he.hint != tt.wantHint || he.code != tt.wantCode {
 				t.Errorf("backgroundError = %q, hint %q, code %d; want %q, hint %q, code %d", he.Error(), he.hint, he.code, tt.wantErr, tt.wantHint, tt.wantCode)
+			}
+		})
+	}
+}
+
+func TestLimitProcs(t *testing.T) {
+	prev := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	tests := []struct {
+		name, env string
+		start     int
+		want      int
+	}{
+		{"unset: one P", "", 4, upProcs},
+		{"set: left alone", "3", 3, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			runtime.GOMAXPROCS(tt.start)
+			got := limitProcs(func(k string) string {
+				if k != "GOMAXPROCS" {
+					t.Errorf("getenv(%q); want only GOMAXPROCS", k)
+				}
+				return tt.env
+			})
+			if got != tt.want || runtime.GOMAXPROCS(0) != tt.want {
+				t.Fatalf("limitProcs with GOMAXPROCS=%q = %d (runtime %d); want %d", tt.env, got, runtime.GOMAXPROCS(0), tt.want)
 			}
 		})
 	}

@@ -12,13 +12,19 @@
 //     outlives the agent's node identity, which is new on every start.
 //   - seg-<first sequence>.jsonl: append-only segments, one JSON event per
 //     line. A segment is removed once all its events are acknowledged.
-//   - acked: the highest sequence the coordinator acknowledged.
+//   - acked: the highest sequence the coordinator acknowledged, a
+//     fixed-width number overwritten in place, without fsync: after a
+//     node crash it may be older than the coordinator's acknowledgement,
+//     or unreadable (then it counts as 0), and the events after it are
+//     sent again, which the coordinator stores once.
 //
 // Events are written with write(2) as they come, so a killed agent loses
 // none; they are fsynced before each shipment, so a node crash can lose
 // only what the kernel had not yet written back and was not yet shipped.
 // Shipments gather the events of ShipGather, so that cost is paid per
-// batch, not per request.
+// batch, not per request. The events of the next shipment come from
+// memory (the last maxTail written) rather than from reading the segment
+// back, unless the coordinator fell that far behind.
 //
 // The spool is bounded (Options.MaxEvents unacknowledged events). When it
 // is full it keeps what it has, the oldest events the coordinator has not
@@ -89,6 +95,7 @@ type Spool struct {
 	source  string
 	notify  chan struct{}
 	lock    *os.File // holds the directory's flock until Close
+	ackFile *os.File // the file "acked", open for writing until Close
 
 	mu       sync.Mutex
 	closed   bool
@@ -108,7 +115,25 @@ type Spool struct {
 	// Pending ends, for Ack to move next.
 	next    position
 	shipped []position
+
+	// tail holds the last events written, at most maxTail, oldest first
+	// and without gaps, each with where its line ends: Pending serves a
+	// batch from it when it holds the batch's first event. curOff is the
+	// size of cur.
+	tail   []tailEvent
+	curOff int64
 }
+
+// tailEvent is an event written to the spool and where its line ends.
+type tailEvent struct {
+	e   proto.AuditEvent
+	end position
+}
+
+// maxTail is how many of the last written events a Spool keeps in memory
+// for Pending: more than a shipment gathers under a steady stream of
+// requests, so that shipping does not read back what it just wrote.
+const maxTail = 2 * DefaultBatch
 
 // position is a line in a segment: the event with sequence seq, whose line
 // starts at byte off of the segment that begins with sequence seg (in
@@ -156,6 +181,10 @@ func Open(o Options) (*Spool, error) {
 	if err := s.recover(); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("open audit spool %s: %w", o.Dir, err)
+	}
+	if s.ackFile, err = os.OpenFile(filepath.Join(o.Dir, "acked"), os.O_WRONLY|os.O_CREATE, 0o600); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open audit spool: %w", err)
 	}
 	return s, nil
 }
@@ -212,8 +241,15 @@ func (s *Spool) segPath(first uint64) string {
 
 func (s *Spool) recover() error {
 	if b, err := os.ReadFile(filepath.Join(s.dir, "acked")); err == nil {
-		if s.acked, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err != nil {
-			return fmt.Errorf("acked file: %w", err)
+		// Empty: nothing acknowledged yet, or a crash lost the write.
+		if v := strings.TrimSpace(string(b)); v == "" {
+			s.acked = 0
+		} else if s.acked, err = strconv.ParseUint(v, 10, 64); err != nil {
+			// Written without fsync, a crash can leave garbage. The
+			// coordinator stores each event once, so sending them all
+			// again loses nothing.
+			s.log.Warn("audit spool: unreadable acknowledgement; sending the spooled events again (the coordinator keeps each once)", "file", filepath.Join(s.dir, "acked"), "err", err)
+			s.acked = 0
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -237,10 +273,11 @@ func (s *Spool) recover() error {
 	s.last = s.acked
 	if n := len(s.segs); n > 0 {
 		// Only the last segment can have a torn line.
-		last, count, err := s.repairSegment(s.segs[n-1])
+		last, count, size, err := s.repairSegment(s.segs[n-1])
 		if err != nil {
 			return err
 		}
+		s.curOff = size
 		if count > 0 {
 			s.last = max(s.last, last)
 		} else {
@@ -257,12 +294,13 @@ func (s *Spool) recover() error {
 }
 
 // repairSegment cuts a segment after its last complete, decodable line
-// and returns the sequence of that line and how many lines it keeps.
-func (s *Spool) repairSegment(first uint64) (last uint64, count int, err error) {
+// and returns the sequence of that line, how many lines it keeps and its
+// size.
+func (s *Spool) repairSegment(first uint64) (last uint64, count int, size int64, err error) {
 	p := s.segPath(first)
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	good := 0
 	for off := 0; off < len(b); {
@@ -281,10 +319,10 @@ func (s *Spool) repairSegment(first uint64) (last uint64, count int, err error) 
 	if good < len(b) {
 		s.log.Warn("audit spool: cutting a torn record", "segment", filepath.Base(p), "bytes", len(b)-good)
 		if err := os.Truncate(p, int64(good)); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 	}
-	return last, count, nil
+	return last, count, int64(good), nil
 }
 
 // Source returns the spool's stable random id.
@@ -346,15 +384,26 @@ func (s *Spool) writeLocked(e proto.AuditEvent) error {
 			s.cur = nil
 			return fmt.Errorf("audit spool segment: %w", err)
 		}
-		s.cur, s.curCount = f, 0
+		s.cur, s.curCount, s.curOff = f, 0, 0
 		s.segs = append(s.segs, seq)
 	}
 	if _, err := s.cur.Write(b); err != nil {
+		// The segment may now end in a partial line, so the offsets of
+		// later lines are not known: Pending reads them from the file.
+		s.tail = nil
 		return fmt.Errorf("write audit spool: %w", err)
 	}
 	s.curCount++
+	s.curOff += int64(len(b))
 	s.last = seq
 	s.dirty = true
+	if len(s.tail) == maxTail {
+		s.tail = slices.Delete(s.tail, 0, maxTail/2)
+	}
+	if len(s.tail) > 0 && s.tail[len(s.tail)-1].e.SourceSeq != seq-1 {
+		s.tail = s.tail[:0]
+	}
+	s.tail = append(s.tail, tailEvent{e: e, end: position{seg: s.segs[len(s.segs)-1], seq: seq, off: s.curOff}})
 	select {
 	case s.notify <- struct{}{}:
 	default:
@@ -373,12 +422,18 @@ func (s *Spool) Pending(n int) ([]proto.AuditEvent, error) {
 	// segments, and Append only adds lines at the end of the last one.
 	s.mu.Lock()
 	from := s.acked + 1
+	if from > upTo {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	if out, ends := s.fromTailLocked(from, upTo, n); out != nil {
+		s.shipped = ends
+		s.mu.Unlock()
+		return out, nil
+	}
 	segs := slices.Clone(s.segs)
 	next := s.next
 	s.mu.Unlock()
-	if from > upTo {
-		return nil, nil
-	}
 	// The segment holding from: the last one starting at or before it;
 	// within it, where the last acknowledgement left off if that was from.
 	i, found := slices.BinarySearch(segs, from)
@@ -406,6 +461,23 @@ func (s *Spool) Pending(n int) ([]proto.AuditEvent, error) {
 	s.shipped = ends
 	s.mu.Unlock()
 	return out, nil
+}
+
+// fromTailLocked returns up to n events from sequence from to upTo, and
+// where their lines end, if the tail holds from; else nil.
+func (s *Spool) fromTailLocked(from, upTo uint64, n int) ([]proto.AuditEvent, []position) {
+	if len(s.tail) == 0 || from < s.tail[0].e.SourceSeq || from > s.tail[len(s.tail)-1].e.SourceSeq {
+		return nil, nil
+	}
+	i := int(from - s.tail[0].e.SourceSeq)
+	j := min(i+n, len(s.tail), i+int(upTo-from)+1)
+	out := make([]proto.AuditEvent, 0, j-i)
+	ends := make([]position, 0, j-i)
+	for _, t := range s.tail[i:j] {
+		out = append(out, t.e)
+		ends = append(ends, t.end)
+	}
+	return out, ends
 }
 
 // sync makes every event written so far durable and returns the last
@@ -480,9 +552,19 @@ func (s *Spool) Ack(seq uint64) error {
 		return nil
 	}
 	s.acked = seq
-	if err := atomicfile.Write(filepath.Join(s.dir, "acked"), []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
+	// One write in place, not synced: writing a new file and renaming it
+	// over the old one, synced, was most of a shipment's cost, and an
+	// acknowledgement lost in a crash only makes events go again (see
+	// the package doc). The width is fixed, so the new number covers the
+	// old one whole.
+	if _, err := s.ackFile.WriteAt(fmt.Appendf(nil, "%020d\n", seq), 0); err != nil {
 		return fmt.Errorf("write audit spool ack: %w", err)
 	}
+	i, ok := slices.BinarySearchFunc(s.tail, seq, func(t tailEvent, seq uint64) int { return cmp.Compare(t.e.SourceSeq, seq) })
+	if ok {
+		i++
+	}
+	s.tail = slices.Delete(s.tail, 0, i)
 	// The next unacknowledged line starts where the acknowledged one ends.
 	s.next = position{}
 	if i, ok := slices.BinarySearchFunc(s.shipped, seq, func(p position, seq uint64) int { return cmp.Compare(p.seq, seq) }); ok {
@@ -598,6 +680,7 @@ func (s *Spool) Close() error {
 	}
 	s.closed = true
 	defer s.lock.Close() // releases the flock
+	defer s.ackFile.Close()
 	if s.cur == nil {
 		return nil
 	}

@@ -168,6 +168,7 @@ func benchGet(ctx context.Context, m *mesh, f flags) error {
 	if err != nil {
 		return err
 	}
+	profiled := startProfiles(ctx, m.pprof)
 	var ps, ds, is, pls []time.Duration
 	for i := range f.samples {
 		first, second := proxy, direct
@@ -198,6 +199,9 @@ func benchGet(ctx context.Context, m *mesh, f flags) error {
 	}
 	cpu1, err := cpuTimes(pids)
 	if err != nil {
+		return err
+	}
+	if err := profiled(); err != nil {
 		return err
 	}
 	perGet := func(i int) float64 { return us(cpu1[i]-cpu0[i]) / float64(len(ps)) }

@@ -53,6 +53,9 @@ type mesh struct {
 	// cluster (startAgent).
 	bin, joinToken, agentKubeconfig string
 	agents                          int // agents started, for their directories
+	// pprof maps "agent" and "up" to the address their profiles are
+	// served on, with -profile-dir (see startProfiles).
+	pprof map[string]string
 }
 
 // startMesh starts etcd, kube-apiserver and Dex, a coordinator with one
@@ -64,7 +67,7 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mesh{dir: dir}
+	m := &mesh{dir: dir, pprof: make(map[string]string)}
 	bin, err := harness.ClustralBinary(dir)
 	if err != nil {
 		return m, err
@@ -133,7 +136,14 @@ func startMesh(ctx context.Context) (*mesh, error) {
 	if err := m.grant(sctx); err != nil {
 		return m, err
 	}
-	if err := m.user.Up(sctx); err != nil {
+	upPprof, addr, err := pprofArgs()
+	if err != nil {
+		return m, err
+	}
+	if addr != "" {
+		m.pprof["up"] = addr
+	}
+	if _, _, err := m.user.Run(sctx, append([]string{"up", "--kubeconfig", m.user.Kubeconfig}, upPprof...)...); err != nil {
 		return m, err
 	}
 	return m, nil
@@ -150,6 +160,14 @@ func (m *mesh) startAgent(ctx context.Context, extraArgs ...string) (*harness.Ag
 	// client-go retries after Retry-After's second, were the 1 s outliers
 	// in proxy_get_p99_us. The limiter stays on, so its cost is measured.
 	args := []string{"--recording-max-bytes", "1073741824", "--rate-limit-qps", "1000000", "--rate-limit-burst", "1000000"}
+	pprof, addr, err := pprofArgs()
+	if err != nil {
+		return nil, err
+	}
+	if addr != "" {
+		m.pprof["agent"] = addr
+	}
+	args = append(args, pprof...)
 	return harness.StartAgent(ctx, m.bin, m.agentDir, m.coord.URL, m.joinToken, m.agentKubeconfig, append(args, extraArgs...)...)
 }
 
