@@ -14,8 +14,14 @@ import (
 
 // newHTTPClient returns an HTTP client that trusts caFile (if set) besides
 // the system roots and, with debug, traces requests without secrets.
+//
+// Its TLS sessions are cached, and a clone of its transport (the relay's,
+// see relayClient) shares the cache: a new connection to the coordinator
+// resumes the session of an earlier one, without a certificate to
+// verify.
 func newHTTPClient(caFile string, debug *slog.Logger) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(0)}
 	if caFile == "" {
 		caFile = os.Getenv("CLUSTRAL_CA_FILE")
 	}
@@ -24,7 +30,7 @@ func newHTTPClient(caFile string, debug *slog.Logger) (*http.Client, error) {
 		if err != nil {
 			return nil, err
 		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		tr.TLSClientConfig.RootCAs = pool
 	}
 	var rt http.RoundTripper = tr
 	if debug != nil {

@@ -5,16 +5,19 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
-var isoDuration = regexp.MustCompile(`^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$`)
+var isoDuration = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$`)
+})
 
 // parseDuration accepts Go durations (30m, 8h), days (1d, 2d12h) and ISO
 // 8601 durations (PT30M, P1D, P1DT2H).
 func parseDuration(s string) (time.Duration, error) {
 	in := strings.TrimSpace(s)
-	if m := isoDuration.FindStringSubmatch(strings.ToUpper(in)); m != nil && in != "P" && !strings.HasSuffix(strings.ToUpper(in), "T") {
+	if m := isoDuration().FindStringSubmatch(strings.ToUpper(in)); m != nil && in != "P" && !strings.HasSuffix(strings.ToUpper(in), "T") {
 		units := []time.Duration{7 * 24 * time.Hour, 24 * time.Hour, time.Hour, time.Minute, time.Second}
 		var d time.Duration
 		for i, u := range units {

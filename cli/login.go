@@ -255,12 +255,12 @@ func newLoopback(api *coordclient.Client, verifier string) (*loopback, error) {
 		switch {
 		case !first:
 			w.WriteHeader(http.StatusConflict)
-			loopbackPage.Execute(w, map[string]string{"Err": "this login already finished; look at your terminal"})
+			loopbackPage().Execute(w, map[string]string{"Err": "this login already finished; look at your terminal"})
 		case res.err != nil:
 			w.WriteHeader(http.StatusUnauthorized)
-			loopbackPage.Execute(w, map[string]string{"Err": res.err.Error()})
+			loopbackPage().Execute(w, map[string]string{"Err": res.err.Error()})
 		default:
-			loopbackPage.Execute(w, map[string]string{"Login": res.sess.User.Login})
+			loopbackPage().Execute(w, map[string]string{"Login": res.sess.User.Login})
 		}
 	})
 	lb.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
@@ -275,12 +275,14 @@ func (lb *loopback) close() {
 	lb.srv.Shutdown(ctx)
 }
 
-var loopbackPage = template.Must(template.New("lb").Parse(`<!doctype html>
+var loopbackPage = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("lb").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>clustral login</title></head>
 <body style="font-family:sans-serif;margin:4em">
 {{if .Err}}<h1>Login failed</h1><p>{{.Err}}</p>{{else}}<h1>Signed in as {{.Login}}</h1>
 <p>You can close this window and return to your terminal.</p>{{end}}
 </body></html>`))
+})
 
 // hasBrowser reports whether a browser can be opened on this machine.
 // Tests replace it.

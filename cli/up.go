@@ -10,8 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -78,7 +81,11 @@ alone.`,
 				fmt.Fprintf(g.stdout, "Already up (pid %d, %d contexts). Run clustral down first to restart it.\n", st.PID, len(st.Contexts))
 				return nil
 			}
-			if _, _, err := g.session(); err != nil {
+			// Only the session: the background process makes the
+			// coordinator's client, and the CA pool that goes with it
+			// (with a CA file, the system roots too: about 9 ms) would
+			// be loaded twice.
+			if _, err := loadSession(dir); err != nil {
 				return err
 			}
 			method, err := device.ParseDNSMethod(dnsMethod)
@@ -201,8 +208,8 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 		select {
 		case err := <-exited:
 			sp.stop()
-			tail, _ := os.ReadFile(filepath.Join(dir, upLogFile))
-			return fmt.Errorf("clustral up exited (%v):\n%s", err, lastLines(string(tail), 15))
+			log, _ := os.ReadFile(filepath.Join(dir, upLogFile))
+			return backgroundError(err, log, filepath.Join(dir, upLogFile))
 		case <-deadline.C:
 			cmd.Process.Signal(syscall.SIGTERM)
 			return withHint(exitUnreach, fmt.Errorf("the tunnel did not come up within %s", timeout), "see "+filepath.Join(dir, upLogFile)+", or run: clustral doctor")
@@ -221,6 +228,40 @@ func startUpBackground(ctx context.Context, g *globals, dir string, timeout time
 			return nil
 		}
 	}
+}
+
+// backgroundError is the error of a background process that exited
+// before it was connected (its Wait error, and log, its log file's
+// content): the error and hint it printed last, and its exit code, so
+// clustral up fails as `clustral up --foreground` would have. Without an
+// error line (a crash), it is the log's last line, and the hint names
+// the log file.
+func backgroundError(exited error, log []byte, logFile string) error {
+	code := exitError
+	var ee *exec.ExitError
+	if errors.As(exited, &ee) && ee.ExitCode() > 0 {
+		code = ee.ExitCode()
+	}
+	var msg, hint string
+	for _, l := range splitLines(string(log)) {
+		if m, ok := strings.CutPrefix(l, "error: "); ok {
+			msg, hint = m, ""
+		} else if h, ok := strings.CutPrefix(l, "hint: "); ok && msg != "" {
+			hint = h
+		}
+	}
+	if hint == "" {
+		hint = "see " + logFile
+	}
+	if msg == "" {
+		lines := slices.DeleteFunc(splitLines(string(log)), func(l string) bool { return strings.TrimSpace(l) == "" })
+		last := "no output"
+		if len(lines) > 0 {
+			last = lines[len(lines)-1]
+		}
+		return withHint(code, fmt.Errorf("clustral up's background process exited (%v): %s", exited, last), hint)
+	}
+	return withHint(code, errors.New(msg), hint)
 }
 
 func printUp(w io.Writer, st *device.State) {
@@ -251,18 +292,6 @@ func joinNonEmpty(s []string) string {
 			out += ", "
 		}
 		out += v
-	}
-	return out
-}
-
-func lastLines(s string, n int) string {
-	lines := slices.DeleteFunc(splitLines(s), func(l string) bool { return l == "" })
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	out := ""
-	for _, l := range lines {
-		out += "  " + l + "\n"
 	}
 	return out
 }
@@ -310,12 +339,28 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 	if err != nil {
 		return err
 	}
-	connected, err := readySignal()
+	ready, err := readySignal()
 	if err != nil {
 		return err
 	}
 	if err := servePprof(ctx, o.pprof, log); err != nil {
 		return err
+	}
+	// Joining allocates wireguard-go's packet buffers, about 32 MiB
+	// (128 of 64 KiB for each receive routine and for the TUN reader),
+	// within milliseconds. With the collector on, that growth from a
+	// 3 MiB heap sets off four cycles in a row (4, 9, 19, 36 MB goals),
+	// each slowing every goroutine that allocates while it marks, just as
+	// the relay's first connection and the first map are waited for: on
+	// a busy 2-core machine, about 13 ms of the 15 from joined to the
+	// relay. Hold the collector until connected.
+	releaseGC := holdGC(startupGCHold)
+	defer releaseGC()
+	connected := func() {
+		if ready != nil {
+			ready()
+		}
+		releaseGC()
 	}
 	err = device.Run(ctx, device.Config{
 		Dir:         dir,
@@ -331,6 +376,35 @@ func runUp(ctx context.Context, g *globals, dir string, o upOptions) error {
 		Connected:   connected,
 	})
 	return cliErr(err)
+}
+
+// startupGCHold bounds how long holdGC keeps the collector off while the
+// device comes up, and startupHeapLimit the heap meanwhile.
+const (
+	startupGCHold    = 10 * time.Second
+	startupHeapLimit = 256 << 20
+)
+
+// holdGC turns the garbage collector off, with a memory limit of at most
+// startupHeapLimit as the backstop, until the returned func is called or
+// hold has passed. The func restores both settings; it may be called
+// more than once, from any goroutine.
+func holdGC(hold time.Duration) (release func()) {
+	percent := debug.SetGCPercent(-1)
+	limit := debug.SetMemoryLimit(-1) // reads it
+	debug.SetMemoryLimit(min(limit, startupHeapLimit))
+	var once sync.Once
+	restore := func() {
+		once.Do(func() {
+			debug.SetMemoryLimit(limit)
+			debug.SetGCPercent(percent)
+		})
+	}
+	t := time.AfterFunc(hold, restore)
+	return func() {
+		t.Stop()
+		restore()
+	}
 }
 
 // readySignal returns the func that tells the `clustral up` which started

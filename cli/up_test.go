@@ -1,13 +1,19 @@
 package cli
 
 import (
+	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 // TestReadySignal: the background process writes one byte on the
@@ -51,6 +57,91 @@ func TestReadySignal(t *testing.T) {
 			_, err := readySignal()
 			if err == nil || !strings.Contains(err.Error(), upReadyEnv) {
 				t.Fatalf("readySignal() with %s=%s: %v; want an error naming it", upReadyEnv, v, err)
+			}
+		})
+	}
+}
+
+// TestHoldGC: the collector is off, under a memory limit, until release
+// (at once) or the hold's end, and then has its settings back.
+func TestHoldGC(t *testing.T) {
+	gcSettings := func() (percent int, limit int64) {
+		percent = debug.SetGCPercent(-1)
+		debug.SetGCPercent(percent)
+		return percent, debug.SetMemoryLimit(-1)
+	}
+	wantPercent, wantLimit := gcSettings()
+	restored := func() bool {
+		p, l := gcSettings()
+		return p == wantPercent && l == wantLimit
+	}
+	held := func(t *testing.T) {
+		t.Helper()
+		if p, l := gcSettings(); p != -1 || l > startupHeapLimit {
+			t.Fatalf("while held: GC percent %d, memory limit %d; want -1 and at most %d", p, l, startupHeapLimit)
+		}
+	}
+	t.Run("released", func(t *testing.T) {
+		release := holdGC(time.Hour)
+		t.Cleanup(release)
+		held(t)
+		release()
+		release()
+		if !restored() {
+			t.Fatal("settings not restored by release")
+		}
+	})
+	t.Run("hold passed", func(t *testing.T) {
+		release := holdGC(time.Millisecond)
+		t.Cleanup(release)
+		testkit.WaitFor(t, "the GC settings restored after the hold", restored)
+		release() // later, as Run's end does
+		if !restored() {
+			t.Fatal("settings changed by a late release")
+		}
+	})
+}
+
+// TestBackgroundError: a background process that exits before it is
+// connected fails clustral up with the error and hint it printed last
+// and its exit code; without an error line, with its last log line and
+// a hint naming the log.
+func TestBackgroundError(t *testing.T) {
+	exit := func(code int) error {
+		err := exec.Command("sh", "-c", "exit "+strconv.Itoa(code)).Run()
+		if err == nil {
+			t.Fatal("sh exited 0")
+		}
+		return err
+	}
+	const logFile = "/profile/up.log"
+	tests := []struct {
+		name     string
+		exited   error
+		log      string
+		wantErr  string
+		wantHint string
+		wantCode int
+	}{
+		{"error and hint", exit(5), "time=x level=WARN msg=\"list requestable clusters\"\nerror: reach coordinator https://c: connection refused\nhint: check the URL and your network, or run: clustral doctor\n",
+			"reach coordinator https://c: connection refused", "check the URL and your network, or run: clustral doctor", exitUnreach},
+		{"error without hint", exit(1), "error: read CA file: open /ca.pem: no such file or directory\n",
+			"read CA file: open /ca.pem: no such file or directory", "see " + logFile, exitError},
+		{"a later error replaces an earlier one and its hint", exit(3), "error: first\nhint: for the first\nerror: your session has expired\n",
+			"your session has expired", "see " + logFile, exitAuth},
+		{"a crash", exit(2), "panic: boom\n\ngoroutine 1 [running]:\nmain.main()\n",
+			"clustral up's background process exited (exit status 2): main.main()", "see " + logFile, exitUsage},
+		{"no output", exit(1), "", "clustral up's background process exited (exit status 1): no output", "see " + logFile, exitError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := backgroundError(tt.exited, []byte(tt.log), logFile)
+			var he *hintError
+			if !errors.As(err, &he) {
+				t.Fatalf("backgroundError = %v, want a *hintError", err)
+			}
+			if he.Error() != tt.wantErr || he.hint != tt.wantHint || he.code != tt.wantCode {
+				t.Errorf("backgroundError = %q, hint %q, code %d; want %q, hint %q, code %d", he.Error(), he.hint, he.code, tt.wantErr, tt.wantHint, tt.wantCode)
 			}
 		})
 	}

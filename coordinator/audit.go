@@ -277,7 +277,7 @@ func metadataOf(detail any) map[string]string {
 
 // ---- ingest from agents ----
 
-var sourceRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+var sourceRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`) })
 
 // errBadBatch is an AuditBatch the coordinator will not store.
 type errBadBatch struct{ msg string }
@@ -376,7 +376,7 @@ func (s *Server) handleAuditIngest(w http.ResponseWriter, r *http.Request, n *no
 	if !decode(w, r, &b) {
 		return
 	}
-	if !sourceRE.MatchString(b.Source) {
+	if !sourceRE().MatchString(b.Source) {
 		writeProblem(w, http.StatusBadRequest, proto.CodeBadRequest, "source must be 1-64 letters, digits, dashes or underscores", "")
 		return
 	}

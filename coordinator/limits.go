@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -103,12 +104,12 @@ func checkRestrictions(w http.ResponseWriter, r *proto.Restrictions) bool {
 	return true
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`) })
 
 // checkName answers 400 itself and returns false unless name is a DNS
 // label, the form of cluster and role names.
 func checkName(w http.ResponseWriter, what, name string) bool {
-	if !nameRE.MatchString(name) {
+	if !nameRE().MatchString(name) {
 		writeFieldProblem(w, "name", fmt.Sprintf("%s name %q is not valid", what, name), "use lowercase letters, digits and dashes (a DNS label), at most 63 characters")
 		return false
 	}

@@ -719,7 +719,8 @@ func issueSession(w http.ResponseWriter, key, verifier, fields string, issue fun
 	writeJSON(w, http.StatusOK, sess)
 }
 
-var loginPage = template.Must(template.New("login").Parse(`<!doctype html>
+var loginPage = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("login").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>clustral login</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family:sans-serif;margin:4em;max-width:40em">
@@ -746,6 +747,7 @@ If someone sent you this link, or you do not recognise the device, choose Cancel
 </form>
 {{- end}}
 </body></html>`))
+})
 
 // loginPageData fills loginPage.
 type loginPageData struct {
@@ -782,7 +784,7 @@ func writeLoginPage(w http.ResponseWriter, status int, d loginPageData) {
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	w.WriteHeader(status)
-	loginPage.Execute(w, d)
+	loginPage().Execute(w, d)
 }
 
 func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {

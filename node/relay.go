@@ -96,6 +96,12 @@ func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int))
 		tr = tr.Clone()
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetHTTP1(true)
+		// A transport that has spoken HTTP/2 over TLS lists "h2" in its
+		// ALPN protocols, and its clone would too: a TLS front end that
+		// takes it would read the upgrade as a broken HTTP/2 preface.
+		if tr.TLSClientConfig != nil {
+			tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+		}
 		hcCopy := *hc
 		hcCopy.Transport = tr
 		hc = &hcCopy

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 
@@ -69,4 +71,44 @@ func TestTunnelMovesToDirect(t *testing.T) {
 	if got := a.bind.Stats(PathRelay).TxPackets - before; got != 0 {
 		t.Errorf("%d packets took the relay once the direct path worked", got)
 	}
+}
+
+// TestRelayUpgradeOverTLSWithHTTP2: the relay's connection is an HTTP/1.1
+// upgrade even when the client's transport has spoken HTTP/2 to a TLS
+// front end that offers it (and so lists "h2" in its ALPN protocols).
+func TestRelayUpgradeOverTLSWithHTTP2(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != proto.RelayUpgrade {
+			return // the client's other calls
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack %s: %v", r.Proto, err)
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + proto.RelayUpgrade + "\r\n\r\n")
+		brw.Flush()
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	hc := srv.Client()
+	resp, err := hc.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("the client's own call spoke %s, want HTTP/2", resp.Proto)
+	}
+	c, err := newRelayClient(RelayConfig{BaseURL: srv.URL, Token: "node-token", Client: hc}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rwc, err := c.client.DialRelay(t.Context())
+	if err != nil {
+		t.Fatalf("relay upgrade after HTTP/2: %v", err)
+	}
+	rwc.Close()
 }

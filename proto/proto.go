@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -32,13 +33,13 @@ const (
 
 // requestIDRE is the form of a correlation id (HeaderRequestID): 8 to 64
 // letters, digits, '_', '.' or '-'.
-var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{8,64}$`)
+var requestIDRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_.-]{8,64}$`) })
 
 // ValidRequestID reports whether id has the form of a correlation id:
 // 8 to 64 letters, digits, '_', '.' or '-'. The coordinator replaces a
 // caller's id of any other form with one of its own, and the agent's
 // ids have it.
-func ValidRequestID(id string) bool { return requestIDRE.MatchString(id) }
+func ValidRequestID(id string) bool { return requestIDRE().MatchString(id) }
 
 // MaxBodyBytes bounds every request body the coordinator accepts.
 const MaxBodyBytes = 1 << 20

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 	"time"
 )
 
@@ -168,13 +169,13 @@ type RecordingAppended struct {
 // recording it counts as watched.
 const RecordingWatchWindow = 10 * time.Second
 
-var recordingID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var recordingID = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`) })
 
 // CheckRecordingID reports whether id can name a recording (and its
 // file): letters, digits, '.', '_' and '-', up to 128, not starting
 // with a dot.
 func CheckRecordingID(id string) error {
-	if !recordingID.MatchString(id) {
+	if !recordingID().MatchString(id) {
 		return fmt.Errorf("recording id %q is not letters, digits, '.', '_' and '-' (up to 128)", id)
 	}
 	return nil

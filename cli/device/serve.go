@@ -207,7 +207,7 @@ func (d *device) wait(ctx context.Context) error {
 				// leaves the status, and the next change tries again.
 				if d.state.Status != "connected" && !slices.ContainsFunc(d.stages, func(s Stage) bool { return s.Name == StageSnapshot }) {
 					if at := d.relayAt.Load(); at != 0 {
-						d.stages = append(d.stages, Stage{StageRelay, time.Unix(0, at)})
+						d.stages = append(d.stages, Stage{Name: StageRelay, At: time.Unix(0, at)})
 					}
 					d.stage(StageSnapshot)
 				}

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -74,62 +76,188 @@ type Context struct {
 // Set writes ctxs and removes the clustral contexts in remove, in one
 // update. A context of the same name that clustral did not write is left
 // alone, and an error names it.
+//
+// It edits as clientcmd.ModifyConfig would: new entries go to the
+// default file, removals to the file each entry came from, all under
+// clientcmd's lock files; but it reads and writes each file once, where
+// ModifyConfig rewrites a file for every entry that changed (three for
+// one cluster, thirty for ten).
 func (k Writer) Set(ctxs []Context, remove []string) error {
 	po := k.options()
+	if clientcmd.UseModifyConfigLock {
+		unlock, err := lockFiles(po.GetLoadingPrecedence())
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	cfg, err := po.GetStartingConfig()
 	if err != nil {
 		return fmt.Errorf("read kubeconfig: %w", err)
 	}
+	e := edit{files: map[string]*clientcmdapi.Config{}, dirty: map[string]bool{}}
 	for _, name := range remove {
-		if c, ok := cfg.Contexts[name]; ok && Managed(cfg, name) {
-			delete(cfg.Clusters, c.Cluster)
-			delete(cfg.AuthInfos, c.AuthInfo)
-			delete(cfg.Contexts, name)
-			if cfg.CurrentContext == name {
-				cfg.CurrentContext = ""
+		c, ok := cfg.Contexts[name]
+		if !ok || !Managed(cfg, name) {
+			continue
+		}
+		if err := e.change(cfg.Clusters[c.Cluster].LocationOfOrigin, po, func(f *clientcmdapi.Config) { delete(f.Clusters, c.Cluster) }); err != nil {
+			return err
+		}
+		if ai := cfg.AuthInfos[c.AuthInfo]; ai != nil {
+			if err := e.change(ai.LocationOfOrigin, po, func(f *clientcmdapi.Config) { delete(f.AuthInfos, c.AuthInfo) }); err != nil {
+				return err
+			}
+		}
+		if err := e.change(c.LocationOfOrigin, po, func(f *clientcmdapi.Config) { delete(f.Contexts, name) }); err != nil {
+			return err
+		}
+		if cfg.CurrentContext == name {
+			if err := e.clearCurrent(po); err != nil {
+				return err
 			}
 		}
 	}
 	files := map[string]bool{}
+	def := po.GetDefaultFilename()
 	for _, mc := range ctxs {
 		name := ContextName(mc.Cluster)
 		if _, exists := cfg.Contexts[name]; exists && !Managed(cfg, name) {
 			return fmt.Errorf("kubeconfig already has a context %q that clustral did not write; rename or remove it", name)
 		}
-		// clientcmd writes an entry back where it came from, and a new
-		// one into the default file.
+		// A new entry goes to the default file; one that came from
+		// another file held a credential there too.
 		if old := cfg.Clusters[name]; old != nil && old.LocationOfOrigin != "" {
 			files[old.LocationOfOrigin] = true
 		}
-		files[po.GetDefaultFilename()] = true
+		files[def] = true
 		cl := clientcmdapi.NewCluster()
 		cl.Server = mc.Server
 		cl.CertificateAuthorityData = mc.CA
 		cl.ProxyURL = mc.Proxy.String()
 		cl.Extensions[extensionName] = &runtime.Unknown{Raw: []byte(`{"managed":true}`), ContentType: runtime.ContentTypeJSON} // marks the entry as ours
-		cfg.Clusters[name] = cl
 		ai := clientcmdapi.NewAuthInfo()
 		ai.Username = mc.Login
-		cfg.AuthInfos[name] = ai
 		ctx := clientcmdapi.NewContext()
 		ctx.Cluster = name
 		ctx.AuthInfo = name
-		cfg.Contexts[name] = ctx
+		err := e.change(def, po, func(f *clientcmdapi.Config) {
+			f.Clusters[name] = cl
+			f.AuthInfos[name] = ai
+			f.Contexts[name] = ctx
+		})
+		if err != nil {
+			return err
+		}
 	}
 	for f := range files {
 		if err := k.restrict(f); err != nil {
 			return err
 		}
 	}
-	if err := clientcmd.ModifyConfig(po, *cfg, false); err != nil {
-		return fmt.Errorf("write kubeconfig %s: %w", k.File(), err)
+	for _, f := range slices.Sorted(maps.Keys(e.dirty)) {
+		if err := clientcmd.WriteToFile(*e.files[f], f); err != nil {
+			return fmt.Errorf("write kubeconfig %s: %w", f, err)
+		}
 	}
-	for f := range files { // one clientcmd created
+	for f := range files { // one the write created
 		if err := k.restrict(f); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// edit is one Set's changes: each file it touches, read once, and which
+// of them changed.
+type edit struct {
+	files map[string]*clientcmdapi.Config
+	dirty map[string]bool
+}
+
+// file returns the content of the kubeconfig file name, read on first
+// use; a missing file is empty.
+func (e *edit) file(name string) (*clientcmdapi.Config, error) {
+	if f, ok := e.files[name]; ok {
+		return f, nil
+	}
+	f, err := clientcmd.LoadFromFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		f, err = clientcmdapi.NewConfig(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read kubeconfig %s: %w", name, err)
+	}
+	e.files[name] = f
+	return f, nil
+}
+
+// change applies do to the kubeconfig file name (the default file if
+// empty) and marks it for writing.
+func (e *edit) change(name string, po *clientcmd.PathOptions, do func(*clientcmdapi.Config)) error {
+	if name == "" {
+		name = po.GetDefaultFilename()
+	}
+	f, err := e.file(name)
+	if err != nil {
+		return err
+	}
+	do(f)
+	e.dirty[name] = true
+	return nil
+}
+
+// clearCurrent clears the current context where clientcmd would: in the
+// explicit file, else in the first file that sets one.
+func (e *edit) clearCurrent(po *clientcmd.PathOptions) error {
+	if po.IsExplicitFile() {
+		return e.change(po.GetExplicitFile(), po, func(f *clientcmdapi.Config) { f.CurrentContext = "" })
+	}
+	for _, name := range po.GetLoadingPrecedence() {
+		f, err := e.file(name)
+		if err != nil {
+			return err
+		}
+		if f.CurrentContext != "" {
+			f.CurrentContext = ""
+			e.dirty[name] = true
+			return nil
+		}
+	}
+	return nil
+}
+
+// lockFiles takes clientcmd's lock on each file (the file name with
+// ".lock", made exclusively), in sorted order as clientcmd.ModifyConfig
+// does, so neither edits a file while the other is at it. The returned
+// func releases them.
+func lockFiles(files []string) (unlock func(), err error) {
+	files = slices.Sorted(slices.Values(files))
+	var held []string
+	unlock = func() {
+		for _, l := range held {
+			os.Remove(l)
+		}
+	}
+	for _, f := range files {
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			unlock()
+			return nil, fmt.Errorf("kubeconfig %s: %w", f, err)
+		}
+		l := f + ".lock"
+		lf, err := os.OpenFile(l, os.O_CREATE|os.O_EXCL, 0)
+		if errors.Is(err, fs.ErrExist) {
+			unlock()
+			return nil, fmt.Errorf("kubeconfig %s is being edited by another program: %s exists (if none is, remove it)", f, l)
+		}
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("lock kubeconfig %s: %w", f, err)
+		}
+		lf.Close()
+		held = append(held, l)
+	}
+	return unlock, nil
 }
 
 // restrict makes file mode 0600 if it exists with any access for group or

@@ -294,7 +294,7 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request, name string) 
 }
 
 // dnsName is what a namespace, pod or container name may be.
-var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+var dnsName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`) })
 
 // serveLogs follows a pod's log through the agent's Kubernetes proxy, as
 // `kubectl logs -f` does, and relays its lines as server-sent events.
@@ -310,7 +310,7 @@ func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request, rest string) 
 		return
 	}
 	ns, pod, container := parts[1], parts[2], r.URL.Query().Get("container")
-	if !dnsName.MatchString(ns) || !dnsName.MatchString(pod) || container != "" && !dnsName.MatchString(container) {
+	if !dnsName().MatchString(ns) || !dnsName().MatchString(pod) || container != "" && !dnsName().MatchString(container) {
 		refuse(w, http.StatusBadRequest, "Not a namespace, pod or container name.")
 		return
 	}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -164,7 +165,7 @@ func Parse(raw string) (Destination, error) {
 		d.Name = u.Scheme + "://" + net.JoinHostPort(host, cmp.Or(port, DefaultOTLPPort)) + path
 	}
 	if v := q.Get("name"); v != "" {
-		if !nameRE.MatchString(v) {
+		if !nameRE().MatchString(v) {
 			return fail("name %q: use 1-64 letters, digits, '.', '_', '-', e.g. name=siem", v)
 		}
 		d.Name = v
@@ -213,7 +214,7 @@ func Parse(raw string) (Destination, error) {
 	return d, nil
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`) })
 
 // syslogSettings reads the message header settings of a syslog
 // destination and checks them against RFC 5424's grammar.
