@@ -28,8 +28,9 @@ type ipam struct {
 	pools []*addrPool
 }
 
-// withRand makes m's pools draw where their searches start from r
-// instead of crypto/rand (Config.AddrRand); nil keeps crypto/rand.
+// withRand makes m's pools draw where each search starts from r
+// (Config.AddrRand) instead of going on where the last one left off;
+// nil keeps that.
 func (m *ipam) withRand(r io.Reader) *ipam {
 	if r != nil {
 		for _, p := range m.pools {
@@ -94,15 +95,23 @@ func (m *ipam) allocate(tx store.Tx, nodeID string) ([]netip.Prefix, error) {
 // addrPool is the index of one prefix. Prefixes of up to 2^24 addresses
 // (an IPv4 /8) keep a bitmap, in which a free address is found by a
 // scan of 64-bit words; larger ones (IPv6) keep the used offsets in a map
-// and probe at random, which finds a free one at once while the pool is
-// far from full, as a /64 always is.
+// and probe, which finds a free one at once while the pool is far from
+// full, as a /64 always is.
+//
+// A search starts where the last one left off (next fit), from a random
+// place in a new pool: an address freed is handed out again only once
+// the searches have gone round the whole prefix, and addresses handed
+// out one after another are neighbours, whose keys in the store's
+// Addresses bucket share a page (a burst of registrations writes a few
+// pages of it, not one each).
 type addrPool struct {
 	prefix netip.Prefix
 	size   uint64 // addresses in the prefix, at most 2^62
 	used   uint64 // offsets in use, the two reserved ones included
 	bits   []uint64
 	sparse map[uint64]bool
-	rand   io.Reader // where searches start; crypto/rand unless set
+	next   uint64    // where the next search starts
+	rand   io.Reader // if set, where each search starts instead of next
 }
 
 // maxBitmapBits bounds the prefixes indexed by a bitmap.
@@ -121,6 +130,9 @@ func newAddrPool(p netip.Prefix) *addrPool {
 	// out.
 	ap.set(0, true)
 	ap.set(ap.size-1, true)
+	var rb [8]byte
+	rand.Read(rb[:])
+	ap.next = beUint64(rb[:]) % ap.size
 	return ap
 }
 
@@ -163,20 +175,18 @@ func (p *addrPool) set(off uint64, used bool) {
 // maxSparseProbes bounds the random probes in a sparse pool.
 const maxSparseProbes = 64
 
-// candidate returns a free offset, starting the search at a random place
-// so that a reclaimed address is not handed out again at once, or false
-// when the pool is full.
+// candidate returns a free offset, searching from p.next (or where
+// p.rand says), or false when the pool is full.
 func (p *addrPool) candidate() (uint64, bool) {
 	if p.used >= p.size {
 		return 0, false
 	}
-	var rb [8]byte
+	start := p.next % p.size
 	if p.rand != nil {
+		var rb [8]byte
 		io.ReadFull(p.rand, rb[:]) // a short read starts at 0
-	} else {
-		rand.Read(rb[:])
+		start = beUint64(rb[:]) % p.size
 	}
-	start := beUint64(rb[:]) % p.size
 	if p.bits == nil {
 		for i := uint64(0); i < maxSparseProbes; i++ {
 			off := (start + i*0x9e3779b97f4a7c15) % p.size
@@ -223,6 +233,7 @@ func (p *addrPool) allocate(tx store.Tx, nodeID string, m *ipam) (netip.Addr, er
 			return netip.Addr{}, fmt.Errorf("reserve %s: %w", a, err)
 		}
 		p.set(off, true)
+		p.next = off + 1
 		return a, nil
 	}
 	return netip.Addr{}, fmt.Errorf("%w: %s", errPoolExhausted, p.prefix)

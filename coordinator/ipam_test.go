@@ -3,6 +3,8 @@ package coordinator
 import (
 	"errors"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/clustral/clustral/coordinator/store"
@@ -87,6 +89,48 @@ func TestAllocateUniqueStableAndReclaimed(t *testing.T) {
 	}
 	if again[0] != first[0] {
 		t.Fatalf("reclaimed = %v, want %v", again[0], first[0])
+	}
+}
+
+// TestAllocateNextFit: each search goes on where the last one left off,
+// so addresses handed out one after another are neighbours (their store
+// keys share a page), and a freed address is handed out again only once
+// the searches have gone round the prefix, wrapping at its end.
+func TestAllocateNextFit(t *testing.T) {
+	s := storetest.OpenBolt(t)
+	p4 := netip.MustParsePrefix("100.64.0.0/29") // 6 usable: .1 to .6
+	p6 := netip.MustParsePrefix("fd7a:115c:a1e0::/48")
+	m := newIPAM(p4, p6)
+	m.pools[0].next, m.pools[1].next = 4, 0x10
+	var got []string
+	allocate := func() {
+		t.Helper()
+		addrs, err := allocateIn(t, s, m, "n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, addrs[0].Addr().String()+" "+addrs[1].Addr().String())
+	}
+	allocate() // .4
+	allocate() // .5
+	if err := s.Update(func(tx store.Tx) error { return release(tx, []netip.Prefix{netip.MustParsePrefix("100.64.0.4/32")}) }); err != nil {
+		t.Fatal(err)
+	}
+	m.free(netip.MustParseAddr("100.64.0.4"))
+	for range 5 {
+		allocate() // .6, then round past the reserved .7 and .0
+	}
+	want := []string{
+		"100.64.0.4 fd7a:115c:a1e0::10",
+		"100.64.0.5 fd7a:115c:a1e0::11",
+		"100.64.0.6 fd7a:115c:a1e0::12",
+		"100.64.0.1 fd7a:115c:a1e0::13",
+		"100.64.0.2 fd7a:115c:a1e0::14",
+		"100.64.0.3 fd7a:115c:a1e0::15",
+		"100.64.0.4 fd7a:115c:a1e0::16", // freed, last
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("handed out\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 

@@ -3,9 +3,12 @@ package coordinator
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/clustral/clustral/proto"
 )
@@ -39,5 +42,43 @@ func TestConfigNewIDAndAddrRand(t *testing.T) {
 	}
 	if !slices.Equal(prefixes, []string{"usr", "dev"}) {
 		t.Errorf("NewID called for %v, want usr, dev", prefixes)
+	}
+}
+
+// TestNewNodeIDOrdered: node ids lead with the time, so those made one
+// after another sort in that order (neighbouring keys in the store),
+// and carry newID's 80 random bits, so those made in one millisecond
+// differ.
+func TestNewNodeIDOrdered(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 7, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		at     []time.Duration
+		sorted bool
+	}{
+		{"milliseconds apart", []time.Duration{0, time.Millisecond, time.Second, time.Hour}, true},
+		{"in one millisecond", []time.Duration{0, 0, 0, 0}, false},
+	}
+	idRE := regexp.MustCompile(`^dev_[0-9a-f]{32}$`)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ids []string
+			for _, d := range tt.at {
+				id := newNodeID("dev", t0.Add(d))
+				if !idRE.MatchString(id) {
+					t.Fatalf("id %q, want dev_ and 32 hex digits", id)
+				}
+				if got, want := id[4:16], fmt.Sprintf("%012x", t0.Add(d).UnixMilli()); got != want {
+					t.Errorf("id %s leads with %s, want the time %s", id, got, want)
+				}
+				ids = append(ids, id)
+			}
+			if tt.sorted && !slices.IsSorted(ids) {
+				t.Errorf("ids %v made one after another do not sort in that order", ids)
+			}
+			if len(slices.Compact(slices.Sorted(slices.Values(ids)))) != len(ids) {
+				t.Errorf("ids %v not unique", ids)
+			}
+		})
 	}
 }

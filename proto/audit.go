@@ -119,13 +119,35 @@ const (
 // declaration order, map keys sorted) with Hash empty. PrevHash is part
 // of what is hashed, which links each record to the one before.
 func AuditHash(e AuditEvent) string {
+	h, _ := hashedAudit(e)
+	return h
+}
+
+// hashedAudit returns AuditHash(e) and the JSON it hashed.
+func hashedAudit(e AuditEvent) (string, []byte) {
 	e.Hash = ""
 	b, err := json.Marshal(e)
 	if err != nil { // only unencodable values fail; AuditEvent has none
 		panic(fmt.Sprintf("encode audit event: %v", err))
 	}
 	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
+	return hex.EncodeToString(h[:]), b
+}
+
+// SealAudit returns e with its Hash set (AuditHash) and the JSON encoding
+// of that, the record as the audit chain stores it, from one encoding of
+// e: Hash is AuditEvent's last field, so the record is the hashed JSON
+// with `,"hash":"<hash>"` before its closing brace.
+func SealAudit(e AuditEvent) (AuditEvent, []byte) {
+	h, b := hashedAudit(e)
+	e.Hash = h
+	const field = `,"hash":""`
+	raw := make([]byte, 0, len(b)+len(field)+len(h))
+	raw = append(raw, b[:len(b)-1]...)
+	raw = append(raw, `,"hash":"`...)
+	raw = append(raw, h...)
+	raw = append(raw, `"}`...)
+	return e, raw
 }
 
 // AuditBatch is the body of POST /api/v1/audit/events: an agent's spooled

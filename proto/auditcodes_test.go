@@ -81,6 +81,39 @@ func TestAuditHash(t *testing.T) {
 	}
 }
 
+// TestSealAudit: the record SealAudit makes is the JSON encoding of the
+// event with its hash, for events with and without the optional fields.
+func TestSealAudit(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	tests := []struct {
+		name string
+		e    AuditEvent
+	}{
+		{"least", AuditEvent{Code: AuditRequest, Time: at}},
+		{"registration", AuditEvent{Seq: 7, Code: AuditRequest, Category: CategoryRequest, Time: at, Actor: "alice@example.com",
+			Object: "dev_1", Outcome: OutcomeSuccess, Metadata: map[string]string{"key": "k", "hostname": "h"}, PrevHash: "00"}},
+		{"every field", AuditEvent{Seq: 42, Code: AuditRequest, Category: CategoryRequest, Time: at, Actor: "a\"<b>", Cluster: "prod",
+			Object: "o", Resource: &AuditResource{Verb: "get", Path: "/api"}, Outcome: OutcomeDenied, Status: 403, Bytes: 9,
+			Latency: Duration(time.Millisecond), Error: "E", Correlation: "c", TraceID: "4bf92f3577b34da6a3ce929d0e0e4736",
+			Metadata: map[string]string{"z": "1", "a": "2"}, Source: "s", SourceSeq: 3, PrevHash: "ff", Hash: "stale"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sealed, raw := SealAudit(tt.e)
+			if want := AuditHash(tt.e); sealed.Hash != want {
+				t.Fatalf("hash %s, want AuditHash %s", sealed.Hash, want)
+			}
+			want, err := json.Marshal(sealed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(raw, want) {
+				t.Errorf("record\n%s\nwant the event's JSON\n%s", raw, want)
+			}
+		})
+	}
+}
+
 // TestAuditHashStable pins the hash of a record as it is stored today. A
 // record's hash is checked again whenever the log is verified, over the
 // record decoded into today's AuditEvent; if a new field changed the

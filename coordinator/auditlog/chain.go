@@ -88,11 +88,7 @@ func Append(tx store.Tx, e proto.AuditEvent) (proto.AuditEvent, error) {
 		e.Outcome = proto.OutcomeSuccess
 	}
 	e.Seq, e.PrevHash, e.Time = seq, head.Hash, e.Time.UTC()
-	e.Hash = proto.AuditHash(e)
-	raw, err := json.Marshal(e)
-	if err != nil {
-		return e, fmt.Errorf("encode audit event %d: %w", seq, err)
-	}
+	e, raw := proto.SealAudit(e)
 	if err := tx.PutRaw(store.Audit, Key(seq), raw); err != nil {
 		return e, err
 	}

@@ -27,18 +27,25 @@ type Bolt struct {
 	wmu       sync.Mutex
 	hist      *history
 	recording bool // under wmu: commits go to hist
-	// queue holds the Update calls waiting for the next commit, under
-	// qmu (never held with wmu's commit under way).
-	qmu   sync.Mutex
-	queue []*boltCall
+	// queue holds the Update calls waiting for the next commit, and
+	// leading says one of them commits it; both under qmu (never held
+	// with wmu's commit under way).
+	qmu     sync.Mutex
+	queue   []*boltCall
+	leading bool
 }
 
 // boltCall is one Update waiting to be committed: its function, and
-// where its outcome is sent once the commit that holds it is durable.
+// where its outcome is sent once the commit that holds it is durable,
+// or errLead if it is to commit the queue itself.
 type boltCall struct {
 	fn   func(Tx) error
 	done chan error // buffered: the committer never waits on it
 }
+
+// errLead, sent on a queued call's done, makes that call commit the
+// queue (see Update). It never leaves the package.
+var errLead = errors.New("store: commit the queue")
 
 var _ Feed = (*Bolt)(nil)
 
@@ -108,12 +115,16 @@ func (s *Bolt) ViewRev(fn func(Tx) error) (int64, error) {
 }
 
 // Update implements Store with group commit: concurrent calls share one
-// bbolt transaction and so one disk sync. Each call joins the queue and
-// takes wmu; whoever holds wmu commits everything queued by then, in the
+// bbolt transaction and so one disk sync. Each call joins the queue; one
+// call at a time, the leader, commits everything queued by then, in the
 // order it was queued, and every call returns once the transaction that
 // held it is durable (or failed). A commit under way thus gathers the
 // calls that arrive meanwhile into the next one, and a call alone is
-// committed alone, as before.
+// committed alone, as before. The leader commits once, the batch that
+// holds its own call, and then hands the lead to the oldest call still
+// queued, if any: no call waits for more than the commit under way and
+// its own, and a call whose commit is done returns at once (it does not
+// queue for a lock behind the calls of later commits).
 //
 // A call whose fn fails gets its error and is dropped, and the others are
 // run again in a fresh transaction (Store.Update lets fn run more than
@@ -123,18 +134,36 @@ func (s *Bolt) Update(fn func(Tx) error) error {
 	c := &boltCall{fn: fn, done: make(chan error, 1)}
 	s.qmu.Lock()
 	s.queue = append(s.queue, c)
+	lead := !s.leading
+	s.leading = true
 	s.qmu.Unlock()
-
+	if !lead {
+		if err := <-c.done; err != errLead {
+			return err
+		}
+	}
+	// c leads, and is queued: no one else takes the queue meanwhile.
+	defer s.handOff() // also when an fn panics
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.qmu.Lock()
 	batch := s.queue
 	s.queue = nil
 	s.qmu.Unlock()
-	// batch is empty when an earlier holder of wmu committed c; either
-	// way c.done holds c's outcome once commitLocked returns.
 	s.commitLocked(batch)
 	return <-c.done
+}
+
+// handOff gives the lead to the oldest queued call, or ends it if none
+// is queued (the next Update takes it).
+func (s *Bolt) handOff() {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if len(s.queue) == 0 {
+		s.leading = false
+		return
+	}
+	s.queue[0].done <- errLead // its done is empty: it is waiting
 }
 
 // errTxPanicked is what the other calls of a transaction in which one fn

@@ -80,6 +80,81 @@ func TestBoltGroupCommit(t *testing.T) {
 	}
 }
 
+// TestBoltGroupCommitReturnsAtOnce: a call returns as soon as the
+// commit that holds it is durable, even while a later commit is under
+// way, and the lead passes to a call queued meanwhile, which commits it
+// without another call arriving.
+func TestBoltGroupCommitReturnsAtOnce(t *testing.T) {
+	b := storetest.OpenBolt(t)
+	commitsBefore := commits(t, b)
+	// held is a commit held up by one of its fns (holder): in is closed
+	// when it runs, and it goes on once released.
+	type held struct {
+		in      chan struct{}
+		release func()
+		hold    chan struct{}
+	}
+	newHeld := func() *held {
+		h := &held{in: make(chan struct{}), hold: make(chan struct{})}
+		h.release = sync.OnceFunc(func() { close(h.hold) })
+		t.Cleanup(h.release)
+		return h
+	}
+	// holder returns an fn that writes key and, the first time it runs,
+	// holds its commit up with h.
+	holder := func(key string, h *held) func(store.Tx) error {
+		first := sync.OnceFunc(func() { close(h.in); <-h.hold })
+		return func(tx store.Tx) error {
+			first()
+			return tx.PutRaw(store.Nodes, key, []byte(key))
+		}
+	}
+	put := func(key string) func(store.Tx) error {
+		return func(tx store.Tx) error { return tx.PutRaw(store.Nodes, key, []byte(key)) }
+	}
+	update := func(fn func(store.Tx) error) <-chan error {
+		done := make(chan error, 1)
+		go func() { done <- b.Update(fn) }()
+		return done
+	}
+
+	// Commit 1 (l) is held while a and b queue; commit 2 (a, b) is held
+	// in b's fn while c queues; commit 3 (c) is held in c's fn.
+	h1, h2, h3 := newHeld(), newHeld(), newHeld()
+	l := update(holder("l", h1))
+	testkit.Recv(t, h1.in, "commit 1 under way")
+	a := update(put("a"))
+	testkit.WaitFor(t, "a queued", func() bool { return store.Queued(b) == 1 })
+	bb := update(holder("b", h2))
+	testkit.WaitFor(t, "b queued", func() bool { return store.Queued(b) == 2 })
+	h1.release()
+	testkit.Recv(t, h2.in, "commit 2 under way")
+	c := update(holder("c", h3))
+	testkit.WaitFor(t, "c queued", func() bool { return store.Queued(b) == 1 })
+	h2.release()
+	testkit.Recv(t, h3.in, "commit 3 under way, led by c")
+	for _, tc := range []struct {
+		name string
+		done <-chan error
+	}{{"l", l}, {"a", a}, {"b", bb}} {
+		if err := testkit.Recv(t, tc.done, tc.name+" returning while commit 3 is under way"); err != nil {
+			t.Errorf("update %s: %v", tc.name, err)
+		}
+	}
+	h3.release()
+	if err := testkit.Recv(t, c, "c"); err != nil {
+		t.Errorf("update c: %v", err)
+	}
+	if got := commits(t, b) - commitsBefore; got != 3 {
+		t.Errorf("%d commits, want 3", got)
+	}
+	for _, k := range []string{"l", "a", "b", "c"} {
+		if _, err := getRaw(b, k); err != nil {
+			t.Errorf("update %s not stored: %v", k, err)
+		}
+	}
+}
+
 func getRaw(b *store.Bolt, key string) ([]byte, error) {
 	var v []byte
 	err := b.View(func(tx store.Tx) error {

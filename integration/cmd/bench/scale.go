@@ -155,22 +155,13 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 		return err
 	}
 	pid := m.coord.Proc.Pid()
-	cpu0, err := cpuTime(pid)
-	if err != nil {
-		return err
-	}
 	tokens, reg, err := m.scaleDevices(ctx, hc, n, f.registerConcurrency)
 	if err != nil {
 		return fmt.Errorf("scale devices: %w", err)
 	}
-	cpu1, err := cpuTime(pid)
-	if err != nil {
-		return err
-	}
-	// The logins come before the registrations' clock starts; their
-	// share of the CPU is small beside n registrations.
-	regCPU := (cpu1 - cpu0) / time.Duration(n)
-	progress("%d scale devices registered in %v (%.0f/s), %v of coordinator CPU each", n, reg.Round(time.Millisecond), float64(n)/reg.Seconds(), regCPU)
+	regCPU, callerCPU := reg.coordCPU/time.Duration(n), reg.callerCPU/time.Duration(n)
+	progress("%d scale devices registered in %v (%.0f/s), %v of coordinator CPU and %v of the callers' each",
+		n, reg.took.Round(time.Millisecond), float64(n)/reg.took.Seconds(), regCPU, callerCPU)
 	// The limit the disk sets: the bare store's acknowledged writes with
 	// as many writers, beside the coordinator's data directory.
 	syncRate, err := storeSyncRate(ctx, m.dir, f.registerConcurrency)
@@ -263,14 +254,18 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	w.wg.Wait()
 
 	report("scale_nodes", float64(n), "nodes")
-	report("scale_register_per_s", float64(n)/reg.Seconds(), "devices/s")
+	report("scale_register_per_s", float64(n)/reg.took.Seconds(), "devices/s")
 	report("scale_register_concurrency", float64(f.registerConcurrency), "callers")
 	report(fmt.Sprintf("store_sync_per_s_%d", f.registerConcurrency), syncRate, "writes/s")
-	report("scale_register_vs_store_sync", float64(n)/reg.Seconds()/syncRate, "ratio")
+	report("scale_register_vs_store_sync", float64(n)/reg.took.Seconds()/syncRate, "ratio")
 	// The coordinator's CPU per registration (HTTP, authentication, the
 	// store's transaction), steadier than the rate on a shared machine:
 	// 1e6/scale_register_cpu_us is what one core could take.
 	report("scale_register_cpu_us", us(regCPU), "µs")
+	// The callers' CPU per registration (this process: JSON and the
+	// HTTP client) is spent on the same cores: 1e6*cores/(the sum of
+	// the two) is the rate this machine allows.
+	report("scale_register_caller_cpu_us", us(callerCPU), "µs")
 	report("scale_connect_s", connect.Seconds(), "s")
 	report("coordinator_rss_mib", float64(after)/1024, "MiB")
 	report("coordinator_rss_per_node_kib", float64(after-before)/float64(n), "KiB")
@@ -290,11 +285,15 @@ func benchScale(ctx context.Context, m *mesh, f flags) error {
 	return nil
 }
 
+// registration is what registering the scale devices took: the time,
+// the coordinator's CPU and this process's (the callers').
+type registration struct{ took, coordCPU, callerCPU time.Duration }
+
 // scaleDevices makes n/scaleDevicesPerUser (rounded up) Dex users, logs
 // each in with an ID token, assigns each the reader role on the scale
 // cluster and registers their devices with random keys, and returns the
-// devices' node tokens and how long registering the devices took.
-func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n, conc int) ([]string, time.Duration, error) {
+// devices' node tokens and what registering the devices took.
+func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n, conc int) ([]string, registration, error) {
 	// Dex keeps only the users it is given: the others must stay.
 	users := crowdDexUsers()
 	type job struct {
@@ -309,7 +308,7 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n, conc int) (
 	}
 	progress("restarting Dex with %d users", len(users))
 	if err := m.env.Dex.Restart(ctx, users); err != nil {
-		return nil, 0, err
+		return nil, registration{}, err
 	}
 	// Log every user in and assign the role first, then register the
 	// devices with bounded concurrency across all users.
@@ -330,9 +329,14 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n, conc int) (
 		}
 		return nil
 	}); err != nil {
-		return nil, 0, err
+		return nil, registration{}, err
 	}
 	progress("%d scale users logged in; registering %d devices", len(jobs), n)
+	pids := []int{m.coord.Proc.Pid(), os.Getpid()}
+	cpu0, err := cpuTimes(pids)
+	if err != nil {
+		return nil, registration{}, err
+	}
 	start := time.Now()
 	tokens := make([]string, n)
 	var done atomic.Int64
@@ -354,9 +358,14 @@ func (m *mesh) scaleDevices(ctx context.Context, hc *http.Client, n, conc int) (
 		}
 		return nil
 	}); err != nil {
-		return nil, 0, err
+		return nil, registration{}, err
 	}
-	return tokens, time.Since(start), nil
+	took := time.Since(start)
+	cpu1, err := cpuTimes(pids)
+	if err != nil {
+		return nil, registration{}, err
+	}
+	return tokens, registration{took, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]}, nil
 }
 
 // parallel runs fn(0..n-1) on at most conc goroutines and returns the
