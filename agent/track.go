@@ -146,7 +146,8 @@ func (p *Proxy) kill(s *stream, d *denial) {
 // gone or replaced, no role, grant or session expired) or whose
 // impersonated identity changed, with their connections. It also closes
 // idle connections whose peer is gone. It returns how many requests and
-// connections it closed.
+// connections it closed; a request an earlier call or its client already
+// ended is not counted again, though its handler may not have returned.
 //
 // The owner of Peers calls Reevaluate after applying each map change; the
 // proxy's sweep does the same on its own every SweepInterval. Live view
@@ -185,6 +186,11 @@ func (p *Proxy) reevaluate() int {
 	n := 0
 	for _, ps := range snaps {
 		for _, s := range ps.streams {
+			if s.ctx.Err() != nil {
+				// Already ending (killed by an earlier pass or its
+				// client gone); its handler untracks it on return.
+				continue
+			}
 			if d := p.recheck(s, now); d != nil {
 				p.kill(s, d)
 				n++

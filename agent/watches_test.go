@@ -165,3 +165,29 @@ func memInUse() int64 {
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapInuse + ms.StackInuse)
 }
+
+// TestReevaluateCountsAnEndingStreamOnce: a request that an earlier
+// reevaluation killed stays tracked until its handler returns; a second
+// reevaluation meanwhile neither kills nor counts it again.
+func TestReevaluateCountsAnEndingStreamOnce(t *testing.T) {
+	h := newHarness(t, newWatchUpstream(), func(c *ProxyConfig) { c.SweepInterval = time.Hour })
+	gone := device(99, "bob@example.com", grant("view", "viewers"))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	t.Cleanup(func() { cancel(nil) })
+	s := &stream{key: gone.Key, addr: crowdAddr(7), ctx: ctx, cancel: cancel}
+	if d := h.proxy.track(s); d != nil {
+		t.Fatalf("track: %v", d)
+	}
+	t.Cleanup(func() { h.proxy.untrack(s) })
+
+	// bob's device is not in the map: the first pass ends his request.
+	if n := h.proxy.Reevaluate(); n != 1 {
+		t.Fatalf("first reevaluation closed %d, want 1", n)
+	}
+	if context.Cause(ctx) == nil {
+		t.Fatal("the request was not cancelled")
+	}
+	if n := h.proxy.Reevaluate(); n != 0 {
+		t.Errorf("second reevaluation closed %d, want 0: the request was already ending", n)
+	}
+}
