@@ -19,8 +19,12 @@ import (
 
 // Defaults of StreamConfig.
 const (
-	// MaxMapLineBytes bounds one message (one line) of the map stream.
-	MaxMapLineBytes = 4 << 20
+	// MaxMapLineBytes bounds one message (one line) of the map stream. An
+	// agent's snapshot lists every device that may reach its cluster,
+	// each with its user's identity and roles: 450 bytes to a few KiB a
+	// device, so 10,000 devices take 4.5 to 20 MiB. The bound leaves room
+	// for several times that while keeping what a node buffers finite.
+	MaxMapLineBytes = 64 << 20
 	// DefaultStreamIdleTimeout is how long a stream may carry nothing,
 	// not even a keep-alive, before it is considered dead. The
 	// coordinator sends keep-alives well within it.

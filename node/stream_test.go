@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -495,3 +496,56 @@ func TestStreamSyncedReportsPublished(t *testing.T) {
 type applierFunc func(proto.MapMessage) error
 
 func (f applierFunc) Apply(m proto.MapMessage) error { return f(m) }
+
+// TestStreamTakesTheSnapshotOfABigCluster: an agent whose cluster 10,000
+// devices may reach gets them all in its first message, each with its
+// user's identity and roles; with the default bound that line decodes.
+func TestStreamTakesTheSnapshotOfABigCluster(t *testing.T) {
+	const devices = 10_000
+	peers := make([]proto.Peer, devices)
+	for i := range peers {
+		v4 := netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})
+		p := proto.Peer{Kind: proto.KindDevice, Addresses: []netip.Prefix{netip.PrefixFrom(v4, 32)}}
+		p.Key[0], p.Key[1], p.Key[31] = byte(i>>8), byte(i), 1
+		p.NodeID = fmt.Sprintf("dev_%032x", i)
+		p.Hostname = fmt.Sprintf("laptop-%05d", i)
+		p.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("203.0.113.7:41641"), netip.MustParseAddrPort("192.168.1.20:41641")}
+		p.Online = true
+		login := fmt.Sprintf("user-%05d@example.com", i)
+		p.Identity = &proto.Identity{
+			UserID: fmt.Sprintf("usr_%024x", i), Login: login, Email: login,
+			Groups: []string{"engineering", "platform", "oncall"},
+			Roles:  []proto.RoleGrant{{Role: "dev", Groups: []string{"developers", "viewers"}, Source: "assignment"}},
+		}
+		peers[i] = p
+	}
+	snap := proto.MapMessage{Version: 1, Snapshot: true, Peers: peers}
+	b, err := json.Marshal(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) <= 4<<20 {
+		t.Fatalf("the snapshot is %d bytes; the test needs one over 4 MiB", len(b))
+	}
+	got := make(chan int, 1)
+	srv := newMapServer(t, lines(snap))
+	s, _ := runStream(t, applierFunc(func(m proto.MapMessage) error {
+		got <- len(m.Peers)
+		return nil
+	}), srv, nil)
+	var n int
+	testkit.WaitFor(t, "the snapshot applied or refused", func() bool {
+		select {
+		case n = <-got:
+			return true
+		default:
+			return s.Status().LastError != nil
+		}
+	})
+	if err := s.Status().LastError; err != nil {
+		t.Fatalf("the %d-byte snapshot was refused: %v", len(b), err)
+	}
+	if n != devices {
+		t.Errorf("applied a snapshot of %d peers, want %d", n, devices)
+	}
+}
