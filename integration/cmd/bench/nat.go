@@ -28,7 +28,7 @@ import (
 //   - direct_mbps: the transfer over the direct UDP path.
 //   - relay_mbps: the same transfer with the laptop's router dropping all
 //     UDP, so WireGuard travels through the coordinator's relay, at the
-//     coordinator's default --relay-rate (32 MiB/s per node).
+//     coordinator's default --relay-rate (64 MiB/s per node).
 //   - relay_vs_direct_ratio: relay_mbps / direct_mbps (goal: 0.8 or more).
 //
 // Each rate is the median of -transfer-runs transfers, each timed from
