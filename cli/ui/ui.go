@@ -18,6 +18,7 @@ package ui
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -338,16 +339,58 @@ func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request, rest string) 
 		out.send("failure", "", b)
 		return
 	}
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		b, _ := json.Marshal(sc.Text())
-		if err := out.send("line", "", b); err != nil {
-			return
-		}
+	err = logLines(res.Body, maxLogLine, func(l string) error {
+		b, _ := json.Marshal(l)
+		return out.send("line", "", b)
+	})
+	if err != nil {
+		b, _ := json.Marshal(map[string]any{"message": "the log stream from the agent of " + c.Name + " broke: " + err.Error()})
+		out.send("failure", "", b)
+		return
 	}
 	b, _ := json.Marshal(map[string]any{"message": "the log ended"})
 	out.send("end", "", b)
+}
+
+// maxLogLine is the longest log line the page shows whole.
+const maxLogLine = 1 << 20
+
+// logLines calls line for each line of r, without its line ending, until
+// r ends (it then returns nil) or fails or line does. A line longer than
+// max bytes is passed on cut to its first max bytes, with a note saying
+// so; the lines after it follow as usual.
+func logLines(r io.Reader, max int, line func(string) error) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf []byte
+	cut := false
+	for {
+		chunk, err := br.ReadSlice('\n')
+		body, end := bytes.CutSuffix(chunk, []byte("\n"))
+		if n := max - len(buf); len(body) > n {
+			buf, cut = append(buf, body[:n]...), true
+		} else {
+			buf = append(buf, body...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if end || len(buf) > 0 {
+			l := strings.TrimSuffix(string(buf), "\r")
+			if cut {
+				l += fmt.Sprintf(" [line cut at %d bytes]", max)
+			}
+			if lerr := line(l); lerr != nil {
+				return lerr
+			}
+		}
+		buf, cut = buf[:0], false
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // Serve serves s on l until ctx is done.

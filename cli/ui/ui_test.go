@@ -2,13 +2,17 @@ package ui
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
@@ -242,5 +246,55 @@ func TestLogRelay(t *testing.T) {
 	got = events(t, p.get(t, "/api/logs/prod/web/secret"), 1)
 	if !strings.HasPrefix(got[0], "failure ") || !strings.Contains(got[0], "may not") {
 		t.Errorf("refused log: %q, want a failure naming the refusal", got)
+	}
+}
+
+func TestLogLines(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		max  int
+		want []string
+	}{
+		{"lines", "a\nbb\n", 8, []string{"a", "bb"}},
+		{"no final newline", "a\nbb", 8, []string{"a", "bb"}},
+		{"empty lines kept", "a\n\n\nb\n", 8, []string{"a", "", "", "b"}},
+		{"carriage returns", "a\r\nb\r\n", 8, []string{"a", "b"}},
+		{"nothing", "", 8, nil},
+		{"long line cut, the next whole", "0123456789abc\nnext\n", 4, []string{"0123 [line cut at 4 bytes]", "next"}},
+		{"long last line", "ok\n0123456789", 4, []string{"ok", "0123 [line cut at 4 bytes]"}},
+		{"longer than the reader's buffer", strings.Repeat("x", 200<<10) + "\ny\n", 100 << 10, []string{strings.Repeat("x", 100<<10) + " [line cut at 102400 bytes]", "y"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			err := logLines(strings.NewReader(tt.in), tt.max, func(l string) error {
+				got = append(got, l)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tt.want) {
+				if len(got) > 0 && len(got[0]) > 80 {
+					t.Fatalf("got %d lines, first %d bytes; want %d lines", len(got), len(got[0]), len(tt.want))
+				}
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLogLinesStopsOnErrors(t *testing.T) {
+	broken := errors.New("connection reset")
+	err := logLines(io.MultiReader(strings.NewReader("a\nb"), iotest.ErrReader(broken)), 8, func(string) error { return nil })
+	if !errors.Is(err, broken) {
+		t.Errorf("read error: got %v, want %v", err, broken)
+	}
+	stop := errors.New("client gone")
+	n := 0
+	err = logLines(strings.NewReader("a\nb\nc\n"), 8, func(string) error { n++; return stop })
+	if !errors.Is(err, stop) || n != 1 {
+		t.Errorf("line error: got %v after %d lines, want %v after 1", err, n, stop)
 	}
 }
