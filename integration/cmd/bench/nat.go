@@ -172,6 +172,8 @@ func natTransfer(ctx context.Context, m *nat.Mesh, runs int, viaRelay bool) (flo
 		return 0, err
 	}
 	relayed := after.Bytes - before.Bytes
+	progress("nat: relay=%v: %.0f Mbit/s per run; the relay forwarded %d bytes, dropped %d datagrams over the rate and %d on full queues",
+		viaRelay, rates, relayed, after.DroppedRate-before.DroppedRate, after.DroppedQueue-before.DroppedQueue)
 	switch {
 	case viaRelay && relayed < uint64(total):
 		return 0, fmt.Errorf("the relay forwarded only %d bytes of %d", relayed, total)
