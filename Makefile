@@ -118,11 +118,16 @@ lint:
 # bench runs the Go benchmarks (kept in $(BIN)/bench-unit.txt), then
 # integration/cmd/bench against real processes, which prints
 # BENCH <name> <value> <unit> lines (kept in $(BIN)/bench.txt). Both
-# always run; the target fails if either did.
+# always run; the target fails if either did. BENCH_FLAGS go to
+# integration/cmd/bench; by default it keeps CPU and allocation profiles
+# of the agent and `clustral up` over the GET bench in $(BIN)/profiles
+# (go tool pprof $(BIN)/profiles/agent.cpu.pprof). BENCH_FLAGS= turns
+# them off.
+BENCH_FLAGS ?= -profile-dir $(abspath $(BIN))/profiles
 bench: build components
 	set -o pipefail; rc=0; \
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./... | tee $(BIN)/bench-unit.txt || rc=1; \
-	(cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) run ./cmd/bench) | tee $(BIN)/bench.txt || rc=1; \
+	(cd integration && CLUSTRAL_BIN=$(CLUSTRAL) $(GO) run ./cmd/bench $(BENCH_FLAGS)) | tee $(BIN)/bench.txt || rc=1; \
 	exit $$rc
 
 # demo: Dex, a coordinator on its embedded defaults, a real kube-apiserver

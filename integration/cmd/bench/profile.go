@@ -16,8 +16,9 @@ import (
 )
 
 // profileDir, if set (-profile-dir), is where benchGet saves Go profiles
-// of the agent and the `clustral up` daemon taken over the first
-// profileSeconds of its timed loop, one file per process and kind in
+// of the agent and the `clustral up` daemon taken over profileSeconds of
+// GETs through the mesh after its timed loop (so the loop's numbers are
+// not the profiler's), one file per process and kind in
 // profileKinds: <process>.cpu.pprof, <process>.allocs.pprof (allocations
 // in that window), <process>.trace.pprof (an execution trace, for
 // counting goroutine wake-ups; it slows the process, so take it apart
