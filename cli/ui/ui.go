@@ -357,16 +357,16 @@ const maxLogLine = 1 << 20
 
 // logLines calls line for each line of r, without its line ending, until
 // r ends (it then returns nil) or fails or line does. A line longer than
-// max bytes is passed on cut to its first max bytes, with a note saying
+// limit bytes is passed on cut to its first limit bytes, with a note saying
 // so; the lines after it follow as usual.
-func logLines(r io.Reader, max int, line func(string) error) error {
+func logLines(r io.Reader, limit int, line func(string) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var buf []byte
 	cut := false
 	for {
 		chunk, err := br.ReadSlice('\n')
 		body, end := bytes.CutSuffix(chunk, []byte("\n"))
-		if n := max - len(buf); len(body) > n {
+		if n := limit - len(buf); len(body) > n {
 			buf, cut = append(buf, body[:n]...), true
 		} else {
 			buf = append(buf, body...)
@@ -377,7 +377,7 @@ func logLines(r io.Reader, max int, line func(string) error) error {
 		if end || len(buf) > 0 {
 			l := strings.TrimSuffix(string(buf), "\r")
 			if cut {
-				l += fmt.Sprintf(" [line cut at %d bytes]", max)
+				l += fmt.Sprintf(" [line cut at %d bytes]", limit)
 			}
 			if lerr := line(l); lerr != nil {
 				return lerr

@@ -154,7 +154,7 @@ func main() {
 	flag.IntVar(&f.revocationDevices, "revocation-devices", 10000, "simulated devices connected (map streams open) while revocation_to_denied_* is measured")
 	flag.IntVar(&f.haDevices, "ha-devices", 5000, "map streams spread over three coordinator replicas for the ha_* measurements (0 skips)")
 	flag.DurationVar(&f.restartOutage, "restart-outage", 60*time.Second, "how long the coordinator stays down for revocation_after_restart_ms (0 skips)")
-	flag.StringVar(&profileDir, "profile-dir", "", "save CPU and allocation profiles of the agent and clustral up over the GET bench's timed loop here (see profile.go)")
+	flag.StringVar(&profileDir, "profile-dir", "", "save CPU and allocation profiles of the agent and clustral up, taken over GETs through the mesh after the GET bench's timed loop, here (see profile.go)")
 	flag.IntVar(&profileSeconds, "profile-seconds", profileSeconds, "how long the -profile-dir profiles run, over GETs through the mesh after the GET bench's timed loop")
 	flag.StringVar(&profileKinds, "profile-kinds", profileKinds, "what -profile-dir takes, comma-separated: cpu, allocs, trace")
 	flag.StringVar(&f.only, "only", "", "run only this bench (tunnel, store, console, or a mesh one: get, exec, up, up-load, delta, grant, agent-restart, nat, watches, revocation, restart, ha, scale, live)")
