@@ -102,7 +102,12 @@ type harness struct {
 	upstream *httptest.Server
 	tlsConf  *tls.Config
 	logs     *testkit.Buffer
-	client   *http.Client
+	// client speaks HTTP/2 to the proxy: it offers only h2, so the
+	// proxy's HTTP/2 server is what these tests reach. kubectl, which
+	// offers both, is served HTTP/1.1 (see serverProtos and h.kubectl).
+	client *http.Client
+	// kubectl offers h2 and http/1.1, in that order, as client-go does.
+	kubectl *http.Client
 }
 
 // proxyCert is the proxy's serving certificate, for the name of the
@@ -172,17 +177,28 @@ func newHarness(tb testing.TB, upstream http.Handler, configure ...func(*ProxyCo
 	roots := x509.NewCertPool()
 	roots.AddCert(cert.Leaf)
 	h.tlsConf = &tls.Config{RootCAs: roots, ServerName: "prod.clustral.internal"}
+	var h2 http.Protocols
+	h2.SetHTTP2(true)
+	h.client = h.newClient(h2)
+	var both http.Protocols
+	both.SetHTTP1(true)
+	both.SetHTTP2(true)
+	h.kubectl = h.newClient(both)
+	return h
+}
+
+// newClient returns a client of the proxy that offers protos in ALPN.
+func (h *harness) newClient(protos http.Protocols) *http.Client {
 	tr := &http.Transport{
-		TLSClientConfig:   h.tlsConf.Clone(),
-		ForceAttemptHTTP2: true,
+		TLSClientConfig: h.tlsConf.Clone(),
+		Protocols:       &protos,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", h.addr)
 		},
 	}
-	tb.Cleanup(tr.CloseIdleConnections)
-	h.client = &http.Client{Transport: tr}
-	return h
+	h.tb.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
 }
 
 func (h *harness) url(path string) string { return "https://prod.clustral.internal" + path }

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -82,6 +83,44 @@ func TestHeaderInjection(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestServeTLSProtocols: the proxy serves HTTP/1.1 to a client that
+// offers it, as kubectl does beside h2, and HTTP/2 to one that offers
+// only h2 (see serverProtos).
+func TestServeTLSProtocols(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	for _, tc := range []struct {
+		name   string
+		offers []string
+		want   string
+	}{
+		{"kubectl", []string{"h2", "http/1.1"}, "http/1.1"},
+		{"HTTP/1.1 only", []string{"http/1.1"}, "http/1.1"},
+		{"HTTP/2 only", []string{"h2"}, "h2"},
+		{"no ALPN", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conf := h.tlsConf.Clone()
+			conf.NextProtos = tc.offers
+			c, err := tls.Dial("tcp", h.addr, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := c.ConnectionState().NegotiatedProtocol; got != tc.want {
+				t.Errorf("negotiated %q, want %q", got, tc.want)
+			}
+		})
+	}
+	resp, err := h.kubectl.Get(h.url("/api/v1/pods"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 1 {
+		t.Errorf("kubectl's GET answered %d over HTTP/%d, want 200 over HTTP/1", resp.StatusCode, resp.ProtoMajor)
 	}
 }
 
