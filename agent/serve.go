@@ -60,7 +60,8 @@ func (p *Proxy) ServeTLSFunc(l net.Listener, getCert func(*tls.ClientHelloInfo) 
 // answer's headers and body in two TCP segments, each a WireGuard
 // datagram to encrypt, send, receive and acknowledge. Over HTTP/1.1 the
 // connection's goroutine runs the request and writes its answer in one
-// segment. That takes a fifth of the agent's CPU per GET, and an agent
+// segment: a small GET through the mesh is 4 WireGuard datagrams, not
+// 5, and the agent spends about a seventh less CPU on it. An agent
 // holding 1,000 watches needs less memory, not more: a watch is a
 // connection of its own, but an HTTP/2 connection's state outweighs it.
 // What HTTP/2 adds for kubectl, pings that find a dead connection, the
