@@ -102,8 +102,6 @@ func benchLive(ctx context.Context, m *mesh, f flags) error {
 	}
 
 	progress("opening %d live streams", liveViewers)
-	vctx, stop := context.WithCancel(ctx)
-	defer stop()
 	var (
 		wg     sync.WaitGroup
 		synced sync.WaitGroup
@@ -111,8 +109,12 @@ func benchLive(ctx context.Context, m *mesh, f flags) error {
 		mu     sync.Mutex
 		seen   = make(map[string][]time.Time) // p0's resourceVersion → when each viewer decoded it
 	)
-	synced.Add(liveViewers)
+	// The viewers follow until vctx ends: stop them first, then wait
+	// (deferred calls run last first), or an early return waits forever.
 	defer wg.Wait()
+	vctx, stop := context.WithCancel(ctx)
+	defer stop()
+	synced.Add(liveViewers)
 	for range liveViewers {
 		wg.Go(func() {
 			var view live.View
