@@ -8,8 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/clustral/clustral/agent/live"
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustral/clustral/cli/device"
@@ -98,7 +98,7 @@ func uiClusters(tunnel *device.State) ([]ui.Cluster, error) {
 		if err != nil {
 			return nil, withHint(exitError, fmt.Errorf("kubeconfig context %s: %w", name, err), "restore it: clustral kube login "+strings.TrimPrefix(name, kubeconfig.ContextName("")))
 		}
-		hc, err := rest.HTTPClientFor(cfg)
+		hc, err := live.HTTPClient(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("kubeconfig context %s: %w", name, err)
 		}

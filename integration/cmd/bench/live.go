@@ -96,7 +96,7 @@ func benchLive(ctx context.Context, m *mesh, f flags) error {
 	}); err != nil {
 		return err
 	}
-	hc, err := rest.HTTPClientFor(cfg)
+	hc, err := live.HTTPClient(cfg) // as the console's
 	if err != nil {
 		return err
 	}
