@@ -1,7 +1,10 @@
 package coordinator
 
 import (
+	"bufio"
 	"log/slog"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,4 +46,90 @@ func BenchmarkRelayForward(b *testing.B) {
 	if rl.packets.Load() == 0 {
 		b.Fatal("nothing forwarded")
 	}
+}
+
+// BenchmarkRelayStream is a stream of 1,400-byte datagrams through the
+// relay's read, forward and write loops between two nodes over loopback
+// TCP, each side batching as node.relayClient does: the relay hop of a
+// bulk transfer between two nodes that cannot reach each other.
+func BenchmarkRelayStream(b *testing.B) {
+	var srcKey, dstKey proto.Key
+	srcKey[0], dstKey[0] = 1, 2
+	s := &Server{now: time.Now, log: slog.New(slog.DiscardHandler)}
+	s.state.init()
+	rl := &relay{s: s, conns: map[proto.Key]*relayConn{}, rate: rate.Inf, queue: 1 << 16, queueBytes: 1 << 40}
+	srcNode, srcRelay := tcpPair(b)
+	dstRelay, dstNode := tcpPair(b)
+	src := &relayConn{key: srcKey, conn: srcRelay, done: make(chan struct{}), lim: rate.NewLimiter(rate.Inf, 0),
+		allowed: map[proto.Key]allowEntry{dstKey: {ok: true, until: time.Now().Add(time.Hour)}}}
+	dst := &relayConn{key: dstKey, conn: dstRelay, out: make(chan *[]byte, rl.queue), done: make(chan struct{})}
+	rl.conns[srcKey], rl.conns[dstKey] = src, dst
+	go rl.read(src, bufio.NewReaderSize(srcRelay, 64<<10))
+	go rl.write(dst, bufio.NewWriterSize(dstRelay, 64<<10))
+	b.Cleanup(func() { src.close(); dst.close() })
+
+	received := make(chan int, 1)
+	var want atomic.Int64
+	go func() {
+		br := bufio.NewReaderSize(dstNode, 64<<10)
+		buf := make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)
+		n := 0
+		for {
+			typ, _, err := proto.ReadRelayFrame(br, buf)
+			if err != nil {
+				return
+			}
+			if typ != proto.RelayFramePacket {
+				continue
+			}
+			n++
+			if int64(n) == want.Load() {
+				received <- n
+			}
+		}
+	}()
+	pkt := make([]byte, 1400)
+	frame := proto.AppendRelayPacket(nil, dstKey, pkt)
+	bw := bufio.NewWriterSize(srcNode, 64<<10)
+	b.SetBytes(int64(len(pkt)))
+	b.ReportAllocs()
+	want.Store(int64(b.N))
+	for i := range b.N {
+		bw.Write(frame)
+		if i%32 == 31 || i == b.N-1 {
+			if err := bw.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-received:
+	case <-time.After(time.Minute):
+		b.Fatalf("relayed %d of %d datagrams (dropped %d on a full queue)", rl.packets.Load(), b.N, rl.droppedQueue.Load())
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := <-accepted
+	if c == nil {
+		tb.Fatal("accept failed")
+	}
+	tb.Cleanup(func() { a.Close(); c.Close() })
+	return a, c
 }
