@@ -24,11 +24,10 @@ func HTTPClient(cfg *rest.Config) (*http.Client, error) {
 	var h2 http.Protocols
 	h2.SetHTTP2(true)
 	tr := &http.Transport{
-		TLSClientConfig:   tc,
-		Proxy:             cfg.Proxy,
-		DialContext:       cfg.Dial,
-		Protocols:         &h2,
-		ForceAttemptHTTP2: true,
+		TLSClientConfig: tc,
+		Proxy:           cfg.Proxy,
+		DialContext:     cfg.Dial,
+		Protocols:       &h2,
 	}
 	if tr.Proxy == nil {
 		tr.Proxy = http.ProxyFromEnvironment

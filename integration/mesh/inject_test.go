@@ -12,6 +12,8 @@ import (
 
 	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/client-go/rest"
+
+	"github.com/clustral/clustral/agent/live"
 )
 
 // TestInjectionIgnored: nothing a client puts in its request changes who
@@ -98,24 +100,21 @@ func checkSelf(t *testing.T, review []byte) {
 }
 
 // headerTransport is a transport of cfg that adds hdr to every request:
-// kubectl's own for HTTP/1.1 (major 1), or one that offers only h2 in
-// ALPN (major 2).
+// kubectl's own for HTTP/1.1 (major 1), or the live view's, which offers
+// only h2 in ALPN (major 2).
 func headerTransport(t *testing.T, cfg *rest.Config, major int, hdr http.Header) http.RoundTripper {
 	t.Helper()
-	rt, err := rest.TransportFor(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var rt http.RoundTripper
 	if major == 2 {
-		tc, err := rest.TLSConfigFor(cfg)
+		hc, err := live.HTTPClient(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var h2 http.Protocols
-		h2.SetHTTP2(true)
-		tr := &http.Transport{TLSClientConfig: tc, Proxy: cfg.Proxy, Protocols: &h2}
-		t.Cleanup(tr.CloseIdleConnections)
-		if rt, err = rest.HTTPWrappersForConfig(cfg, tr); err != nil {
+		t.Cleanup(hc.CloseIdleConnections)
+		rt = hc.Transport
+	} else {
+		var err error
+		if rt, err = rest.TransportFor(cfg); err != nil {
 			t.Fatal(err)
 		}
 	}
