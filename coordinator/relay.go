@@ -32,6 +32,11 @@ const (
 	DefaultRelayQueueBytes = 1 << 20
 )
 
+// relayBufSize is the size of a relay connection's read and write
+// buffers. The HTTP server's own are 4 KiB, which would cost a system
+// call and a TLS record every two or three datagrams of a transfer.
+const relayBufSize = 64 << 10
+
 const (
 	// relayKeepAlive is how often a quiet relay connection carries a
 	// keep-alive frame.
@@ -206,15 +211,25 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, n *node) {
 		return
 	}
 	s.log.Info("relay connection open", "node", n.ID)
+	br, bw := relayBuffers(conn, brw.Reader)
 	wrote := make(chan struct{})
 	go func() {
 		defer close(wrote)
-		rl.write(c, brw.Writer)
+		rl.write(c, bw)
 	}()
-	err = rl.read(c, brw.Reader)
+	err = rl.read(c, br)
 	rl.detach(c)
 	<-wrote
 	s.log.Info("relay connection closed", "node", n.ID, "err", err)
+}
+
+// relayBuffers returns the buffers a relay connection is read and written
+// through: relayBufSize bytes each, over conn and hijacked, the HTTP
+// server's reader of conn, which may already hold the node's first
+// frames. Reads larger than hijacked's buffer pass it by. hijacked's
+// writer must have been flushed.
+func relayBuffers(conn net.Conn, hijacked *bufio.Reader) (*bufio.Reader, *bufio.Writer) {
+	return bufio.NewReaderSize(hijacked, relayBufSize), bufio.NewWriterSize(conn, relayBufSize)
 }
 
 // detach closes c and takes it out of the relay, unless a newer
@@ -232,8 +247,14 @@ func (rl *relay) detach(c *relayConn) {
 // read forwards the frames a node sends until its connection fails.
 func (rl *relay) read(c *relayConn, br *bufio.Reader) error {
 	buf := make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)
+	// The deadline moves at most once a second: moving it costs more
+	// than forwarding a datagram.
+	var armed time.Time
 	for {
-		c.conn.SetReadDeadline(time.Now().Add(relayIdle))
+		if now := time.Now(); now.Sub(armed) >= time.Second {
+			c.conn.SetReadDeadline(now.Add(relayIdle))
+			armed = now
+		}
 		typ, payload, err := proto.ReadRelayFrame(br, buf)
 		if err != nil {
 			return err

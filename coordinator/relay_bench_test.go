@@ -64,12 +64,20 @@ func BenchmarkRelayStream(b *testing.B) {
 		allowed: map[proto.Key]allowEntry{dstKey: {ok: true, until: time.Now().Add(time.Hour)}}}
 	dst := &relayConn{key: dstKey, conn: dstRelay, out: make(chan *[]byte, rl.queue), done: make(chan struct{})}
 	rl.conns[srcKey], rl.conns[dstKey] = src, dst
-	go rl.read(src, bufio.NewReaderSize(srcRelay, 64<<10))
-	go rl.write(dst, bufio.NewWriterSize(dstRelay, 64<<10))
+	// Buffered as handleRelay buffers a hijacked connection, behind the
+	// HTTP server's 4 KiB reader.
+	relayR, _ := relayBuffers(srcRelay, bufio.NewReader(srcRelay))
+	_, relayW := relayBuffers(dstRelay, bufio.NewReader(dstRelay))
+	go rl.read(src, relayR)
+	go rl.write(dst, relayW)
 	b.Cleanup(func() { src.close(); dst.close() })
 
+	// The sender keeps at most window datagrams in flight, as the
+	// tunnel's TCP would: an unpaced stream measures the relay's queue.
+	const window = 4096
 	received := make(chan int, 1)
-	var want atomic.Int64
+	progress := make(chan struct{}, 1)
+	var want, got atomic.Int64
 	go func() {
 		br := bufio.NewReaderSize(dstNode, 64<<10)
 		buf := make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)
@@ -83,6 +91,13 @@ func BenchmarkRelayStream(b *testing.B) {
 				continue
 			}
 			n++
+			got.Store(int64(n))
+			if n%256 == 0 {
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+			}
 			if int64(n) == want.Load() {
 				received <- n
 			}
@@ -99,6 +114,13 @@ func BenchmarkRelayStream(b *testing.B) {
 		if i%32 == 31 || i == b.N-1 {
 			if err := bw.Flush(); err != nil {
 				b.Fatal(err)
+			}
+			for int64(i)-got.Load() > window {
+				select {
+				case <-progress:
+				case <-time.After(time.Minute):
+					b.Fatalf("relayed %d of %d datagrams (dropped %d on a full queue)", rl.packets.Load(), i+1, rl.droppedQueue.Load())
+				}
 			}
 		}
 	}
