@@ -267,10 +267,16 @@ type upgradeTransport struct {
 // client-go transport for ordinary requests (which may speak HTTP/2), and
 // an HTTP/1.1-only transport without keep-alive for upgrades, since an
 // HTTP/2 connection cannot switch protocols. Both authenticate with cfg's
-// credentials through client-go's wrappers.
+// credentials through client-go's wrappers, and neither changes the
+// content coding the client asked for.
 func upstream(cfg *rest.Config) (*url.URL, http.RoundTripper, upgradeTransport, error) {
 	c := rest.CopyConfig(cfg)
 	c.Impersonate = rest.ImpersonationConfig{}
+	// Content coding is the client's choice: the transport must not ask
+	// for gzip on a client's behalf and expand the answer again, which
+	// costs the apiserver and the agent a compression each way on every
+	// large answer to a client that asked for none.
+	c.DisableCompression = true
 	if c.Transport != nil {
 		return nil, nil, upgradeTransport{}, errors.New("upstream config with a custom Transport is not supported")
 	}
@@ -304,6 +310,7 @@ func upstream(cfg *rest.Config) (*url.URL, http.RoundTripper, upgradeTransport, 
 		DialContext:         dial,
 		TLSClientConfig:     tlsConf,
 		TLSHandshakeTimeout: 10 * time.Second,
+		DisableCompression:  true,
 		// An upgrade consumes its connection; one refused with another
 		// status is not reused either.
 		DisableKeepAlives: true,

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"io"
@@ -143,6 +144,76 @@ func TestUpstreamProtocols(t *testing.T) {
 	c.do(t, "POST", "/api/v1/namespaces/default/pods/p/exec", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n")
 	if p := testkit.Recv(t, protos, "upgrade upstream"); p != 1 {
 		t.Errorf("upgrade went upstream over HTTP/%d, want 1", p)
+	}
+}
+
+// TestContentEncodingPassesThrough checks that the proxy leaves content
+// coding to the client: a client that asks for no compression (kubectl
+// --disable-compression) must not make the apiserver compress a response
+// for the agent to expand again, and a compressed response reaches a
+// client that asked for it as the apiserver sent it.
+func TestContentEncodingPassesThrough(t *testing.T) {
+	const body = `{"kind":"ConfigMapList","items":[]}`
+	seen := make(chan string, 1)
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ae := r.Header.Get("Accept-Encoding")
+		seen <- ae
+		w.Header().Set("Content-Type", "application/json")
+		if !strings.Contains(ae, "gzip") {
+			io.WriteString(w, body)
+			return
+		}
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, body)
+		zw.Close()
+	}))
+	var both http.Protocols
+	both.SetHTTP1(true)
+	both.SetHTTP2(true)
+	for _, tc := range []struct {
+		name, accept, wantUpstream, wantEncoding string
+	}{
+		{"no compression asked", "", "", ""},
+		{"gzip asked", "gzip", "gzip", "gzip"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := h.newClient(both)
+			c.Transport.(*http.Transport).DisableCompression = true
+			req, err := http.NewRequest("GET", h.url("/api/v1/configmaps"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.accept != "" {
+				req.Header.Set("Accept-Encoding", tc.accept)
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got := testkit.Recv(t, seen, "request upstream"); got != tc.wantUpstream {
+				t.Errorf("apiserver saw Accept-Encoding %q, want %q", got, tc.wantUpstream)
+			}
+			if got := resp.Header.Get("Content-Encoding"); got != tc.wantEncoding {
+				t.Errorf("client got Content-Encoding %q, want %q", got, tc.wantEncoding)
+			}
+			var r io.Reader = resp.Body
+			if tc.wantEncoding == "gzip" {
+				zr, err := gzip.NewReader(resp.Body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r = zr
+			}
+			got, err := io.ReadAll(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != body {
+				t.Errorf("client got body %q, want %q", got, body)
+			}
+		})
 	}
 }
 
