@@ -50,6 +50,13 @@ const (
 	// The TTL covers what changes with time alone, such as an expiring
 	// device.
 	relayAllowTTL = time.Second
+	// relayMaxDelay is how long a datagram of a node over its rate may
+	// be held back before it is dropped instead (relayConn.admit).
+	relayMaxDelay = 10 * time.Millisecond
+	// relayMinSleep is the shortest wait admit sleeps for; shorter ones
+	// add up until they reach it, so a node just over its rate costs
+	// one sleep a millisecond, not one a datagram.
+	relayMinSleep = time.Millisecond
 )
 
 // relay forwards WireGuard datagrams between nodes that cannot reach each
@@ -281,7 +288,7 @@ func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
 		rl.droppedSize.Add(1)
 		return
 	}
-	if !src.lim.AllowN(time.Now(), len(pkt)) {
+	if !src.admit(len(pkt)) {
 		rl.droppedRate.Add(1)
 		return
 	}
@@ -302,6 +309,31 @@ func (rl *relay) forward(src *relayConn, dstKey proto.Key, pkt []byte) {
 		rl.packets.Add(1)
 		rl.bytes.Add(uint64(len(pkt)))
 	}
+}
+
+// admit reports whether c's node may send n more bytes through the
+// relay. Within its rate and burst it may at once. Over them, admit holds
+// the node back, sleeping on the connection's reading goroutine (so TCP
+// slows the node down), as long as the wait is within relayMaxDelay;
+// beyond that it reports false and the datagram is dropped. Shaping a
+// burst instead of cutting it keeps the tunnel's TCP from reading the
+// relay's rate limit as loss. Called only by c's reading goroutine.
+func (c *relayConn) admit(n int) bool {
+	now := time.Now()
+	r := c.lim.ReserveN(now, n)
+	if !r.OK() {
+		return false
+	}
+	d := r.DelayFrom(now)
+	switch {
+	case d == 0:
+	case d > relayMaxDelay:
+		r.CancelAt(now)
+		return false
+	case d >= relayMinSleep:
+		time.Sleep(d)
+	}
+	return true
 }
 
 // maxFrameLen is the length of the largest frame the relay queues: a

@@ -229,6 +229,33 @@ func TestRelayRateLimit(t *testing.T) {
 	}
 }
 
+// TestRelayRateShapesBursts checks that a node a little over its rate is
+// slowed down, not dropped: datagrams that the rate allows within
+// relayMaxDelay are all forwarded.
+func TestRelayRateShapesBursts(t *testing.T) {
+	e := newTestEnv(t)
+	m := newRelayMesh(e)
+	// A 64 KiB burst at 10 MB/s: 40 KB over the burst wait 4 ms.
+	e.srv.relay.mu.Lock()
+	e.srv.relay.rate, e.srv.relay.burst = rate.Limit(10e6), 64<<10
+	e.srv.relay.mu.Unlock()
+	agent, _ := e.dialRelay(m.agent.NodeToken, true)
+	alice, _ := e.dialRelay(m.alice.NodeToken, true)
+	pkt := make([]byte, 1000)
+	const sent = (64<<10)/1000 + 40
+	for range sent {
+		alice.send(m.agentKey, pkt)
+	}
+	for got := range sent {
+		if _, _, ok := agent.recv(10 * time.Second); !ok {
+			t.Fatalf("the relay forwarded %d of %d datagrams; stats = %+v", got, sent, e.srv.RelayStats())
+		}
+	}
+	if st := e.srv.RelayStats(); st.DroppedRate != 0 || st.Packets != sent {
+		t.Errorf("stats = %+v, want %d forwarded and none dropped for rate", st, sent)
+	}
+}
+
 func TestRelayQueueBound(t *testing.T) {
 	e := newTestEnv(t)
 	m := newRelayMesh(e)
