@@ -17,6 +17,7 @@ import (
 
 	"github.com/clustral/clustral/netstack"
 	"github.com/clustral/clustral/netstack/tunnelbench"
+	"github.com/clustral/clustral/pkg/testkit"
 )
 
 var (
@@ -405,23 +406,7 @@ func TestManyConnectionsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	answer := make([]byte, size)
-	var served sync.WaitGroup
-	t.Cleanup(func() {
-		l.Close()
-		served.Wait()
-	})
-	served.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			served.Go(func() {
-				defer c.Close()
-				c.Write(answer)
-			})
-		}
-	})
+	testkit.Serve(t, l, func(c net.Conn) { c.Write(answer) })
 
 	// Connections that lost several retransmissions in a row wait out
 	// their backed-off timers, tens of seconds at worst; a stalled one
