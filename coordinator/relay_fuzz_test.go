@@ -15,7 +15,7 @@ import (
 )
 
 // deadlineConn is a net.Conn whose deadlines do nothing; the relay's read
-// loop sets one per frame.
+// loop sets read deadlines.
 type deadlineConn struct{ net.Conn }
 
 func (deadlineConn) SetReadDeadline(time.Time) error { return nil }
