@@ -38,6 +38,7 @@ import (
 	"github.com/clustral/clustral/coordinator/auditlog"
 	"github.com/clustral/clustral/coordinator/recordings"
 	"github.com/clustral/clustral/coordinator/store"
+	"github.com/clustral/clustral/pkg/cork"
 	"github.com/clustral/clustral/pkg/keyrate"
 	"github.com/clustral/clustral/proto"
 )
@@ -548,6 +549,17 @@ func (s *Server) longLived(w http.ResponseWriter) (extendWrite func()) {
 // ends the map streams and relay connections, shuts the HTTP server down
 // gracefully (waiting up to 10 s for requests in flight) and returns once
 // it has stopped. Close waits for Serve to return.
+// apiListener returns l as the API server accepts from it: each
+// connection a cork.Conn, for relay connections to cork under TLS
+// (relay.write), and under TLS with cfg unless cfg is nil.
+func apiListener(l net.Listener, cfg *tls.Config) net.Listener {
+	l = cork.Listener{Listener: l}
+	if cfg != nil {
+		l = tls.NewListener(l, cfg)
+	}
+	return l
+}
+
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if !s.enter() {
 		l.Close()
@@ -555,6 +567,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	defer s.wg.Done()
 	srv := s.httpServer(s.Handler())
+	var tlsConfig *tls.Config
 	if s.cfg.TLSCertFile != "" {
 		if s.cert.Load() == nil {
 			cert, err := s.loadTLS()
@@ -564,9 +577,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			s.cert.CompareAndSwap(nil, cert)
 		}
-		srv.TLSConfig = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
-		l = tls.NewListener(l, srv.TLSConfig)
+		tlsConfig = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
+		srv.TLSConfig = tlsConfig
 	}
+	l = apiListener(l, tlsConfig)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	s.log.Info("coordinator listening", "addr", l.Addr().String(), "public_url", s.cfg.PublicURL)

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/clustral/clustral/pkg/cork"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -421,6 +422,7 @@ func (s *Server) mayRelayLocked(a, b *node, now time.Time) bool {
 // c closes.
 func (rl *relay) write(c *relayConn, bw *bufio.Writer) {
 	defer c.close()
+	cc := cork.Of(c.conn)
 	ka := time.NewTicker(relayKeepAlive)
 	defer ka.Stop()
 	// send writes a queued frame and gives its buffer back.
@@ -458,7 +460,7 @@ func (rl *relay) write(c *relayConn, bw *bufio.Writer) {
 				break drain
 			}
 		}
-		if err := bw.Flush(); err != nil {
+		if err := cc.Flush(bw); err != nil {
 			return
 		}
 	}

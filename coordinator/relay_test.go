@@ -3,15 +3,18 @@ package coordinator
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/time/rate"
 
+	"github.com/clustral/clustral/pkg/cork"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -469,5 +472,107 @@ func TestRelayOnlyPassesOnNoEndpoints(t *testing.T) {
 	defer e.srv.mu.Unlock()
 	if eps := e.srv.endpoints[m.alice.NodeID]; len(eps) != 0 {
 		t.Fatalf("the coordinator kept alice's endpoints %v", eps)
+	}
+}
+
+// writeCounter counts the writes that reach a connection.
+type writeCounter struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (c *writeCounter) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestRelayWriteCorksTLS: the frames of one flush cross TLS as several
+// records, and leave the coordinator in one write, when the connection
+// under TLS is a cork.Conn as Serve's listener makes it.
+func TestRelayWriteCorksTLS(t *testing.T) {
+	certPEM, keyPEM := testkit.ServerCert(t, "coordinator.test")
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayEnd, nodeEnd := net.Pipe()
+	count := &writeCounter{Conn: relayEnd}
+	srv := tls.Server(cork.New(count), &tls.Config{Certificates: []tls.Certificate{cert}})
+	cli := tls.Client(nodeEnd, &tls.Config{InsecureSkipVerify: true})
+	t.Cleanup(func() { srv.Close(); cli.Close() })
+	go cli.Handshake()
+	if err := srv.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+
+	var srcKey, dstKey proto.Key
+	srcKey[0], dstKey[0] = 1, 2
+	rl := &relay{queue: 64, queueBytes: 1 << 20}
+	dst := &relayConn{key: dstKey, conn: srv, out: make(chan *[]byte, rl.queue), done: make(chan struct{})}
+	// 20 datagrams queued before the writer starts: one flush of
+	// about 29 KiB, two TLS records.
+	const frames = 20
+	pkt := make([]byte, 1400)
+	for range frames {
+		if !rl.enqueue(dst, srcKey, pkt) {
+			t.Fatal("enqueue refused a datagram")
+		}
+	}
+	before := count.n.Load()
+	_, bw := relayBuffers(srv, bufio.NewReader(srv))
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		rl.write(dst, bw)
+	}()
+	t.Cleanup(func() { dst.close(); <-wrote })
+
+	br := bufio.NewReader(cli)
+	buf := make([]byte, proto.RelayFrameHeaderLen+proto.MaxRelayPayload)
+	for i := range frames {
+		typ, payload, err := proto.ReadRelayFrame(br, buf)
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if src, got, err := proto.ParseRelayPacket(payload); typ != proto.RelayFramePacket || err != nil || src != srcKey || len(got) != len(pkt) {
+			t.Fatalf("frame %d: type %d from %v, %d bytes, %v", i, typ, src, len(got), err)
+		}
+	}
+	if w := count.n.Load() - before; w != 1 {
+		t.Errorf("the relay wrote a flush of %d datagrams in %d writes, want 1", frames, w)
+	}
+}
+
+// TestAPIListenerCorks: the API server's connections, with TLS and
+// without, have a cork.Conn beneath for relay.write to find.
+func TestAPIListenerCorks(t *testing.T) {
+	certPEM, keyPEM := testkit.ServerCert(t, "coordinator.test")
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []*tls.Config{nil, {Certificates: []tls.Certificate{cert}}} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		l = apiListener(l, cfg)
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conn, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if _, isTLS := conn.(*tls.Conn); isTLS != (cfg != nil) {
+			t.Errorf("TLS %v: accepted a %T", cfg != nil, conn)
+		}
+		if cork.Of(conn) == nil {
+			t.Errorf("TLS %v: no cork.Conn under the accepted %T", cfg != nil, conn)
+		}
 	}
 }

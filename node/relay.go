@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/clustral/clustral/pkg/coordclient"
+	"github.com/clustral/clustral/pkg/cork"
 	"github.com/clustral/clustral/proto"
 )
 
@@ -102,6 +104,24 @@ func newRelayClient(cfg RelayConfig, deliver func(proto.Key, *[]byte, int, int))
 		if tr.TLSClientConfig != nil {
 			tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
 		}
+		// Each relay connection is dialled for its upgrade, so that the
+		// dial can hand the connection's cork.Conn to connect.
+		tr.DisableKeepAlives = true
+		dial := tr.DialContext
+		if dial == nil {
+			dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		}
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			cc := cork.New(c)
+			if slot, ok := ctx.Value(corkSlot{}).(*atomic.Pointer[cork.Conn]); ok {
+				slot.Store(cc)
+			}
+			return cc, nil
+		}
 		hcCopy := *hc
 		hcCopy.Transport = tr
 		hc = &hcCopy
@@ -159,11 +179,15 @@ func (c *relayClient) run(ctx context.Context) error {
 func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rwc, err := c.client.DialRelay(ctx)
+	var slot atomic.Pointer[cork.Conn]
+	rwc, err := c.client.DialRelay(context.WithValue(ctx, corkSlot{}, &slot))
 	if err != nil {
 		return false, fmt.Errorf("open relay connection: %w", err)
 	}
 	defer rwc.Close()
+	// The connection under rwc's TLS, when the relay's transport dialled
+	// it (an *http.Transport's); nil otherwise.
+	cc := slot.Load()
 	// Datagrams queued while the relay was down are stale.
 	for len(c.out) > 0 {
 		putPacketBuf(<-c.out)
@@ -181,7 +205,7 @@ func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
 	go func() {
 		defer wg.Done()
 		defer rwc.Close()
-		c.write(ctx, bufio.NewWriterSize(rwc, 64<<10))
+		c.write(ctx, bufio.NewWriterSize(rwc, 64<<10), cc)
 	}()
 	defer wg.Wait()
 	defer cancel()
@@ -214,8 +238,9 @@ func (c *relayClient) connect(ctx context.Context) (connected bool, err error) {
 }
 
 // write writes queued frames, and a keep-alive when quiet, until ctx is
-// done or a write fails.
-func (c *relayClient) write(ctx context.Context, bw *bufio.Writer) {
+// done or a write fails. Each flush corks cc, the connection under bw's
+// TLS (nil: none), so that its records leave in one write.
+func (c *relayClient) write(ctx context.Context, bw *bufio.Writer, cc *cork.Conn) {
 	ka := time.NewTicker(relayKeepAlive)
 	defer ka.Stop()
 	for {
@@ -247,8 +272,13 @@ func (c *relayClient) write(ctx context.Context, bw *bufio.Writer) {
 				break drain
 			}
 		}
-		if err := bw.Flush(); err != nil {
+		if err := cc.Flush(bw); err != nil {
 			return
 		}
 	}
 }
+
+// corkSlot is the context key under which connect asks the relay
+// transport's dial for the cork.Conn it dials, in an
+// *atomic.Pointer[cork.Conn].
+type corkSlot struct{}

@@ -1,11 +1,14 @@
 package node
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 
+	"github.com/clustral/clustral/pkg/cork"
 	"github.com/clustral/clustral/pkg/testkit"
 	"github.com/clustral/clustral/proto"
 )
@@ -106,9 +109,15 @@ func TestRelayUpgradeOverTLSWithHTTP2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rwc, err := c.client.DialRelay(t.Context())
+	var slot atomic.Pointer[cork.Conn]
+	rwc, err := c.client.DialRelay(context.WithValue(t.Context(), corkSlot{}, &slot))
 	if err != nil {
 		t.Fatalf("relay upgrade after HTTP/2: %v", err)
 	}
 	rwc.Close()
+	// The upgrade had a connection of its own, dialled with a
+	// cork.Conn beneath its TLS for the relay's writer.
+	if slot.Load() == nil {
+		t.Error("the relay connection was not dialled as a cork.Conn")
+	}
 }
