@@ -76,19 +76,22 @@ type Mesh struct {
 	etcd   *harness.EtcdCluster
 	coords []*harness.Process
 	agent  *harness.Process
+	// coordArgs are added to each coordinator's flags.
+	coordArgs []string
 }
 
 // StartMesh starts the components with their files under dir, joins the
 // agent and logs alice in, but does not run `clustral up` (see Up). bin
-// is the clustral binary. On error it stops whatever it started.
-func StartMesh(ctx context.Context, topo *Topology, bin, dir string) (*Mesh, error) {
-	return StartMeshReplicas(ctx, topo, bin, dir, 1)
+// is the clustral binary; coordArgs are added to each coordinator's
+// flags. On error it stops whatever it started.
+func StartMesh(ctx context.Context, topo *Topology, bin, dir string, coordArgs ...string) (*Mesh, error) {
+	return StartMeshReplicas(ctx, topo, bin, dir, 1, coordArgs...)
 }
 
 // StartMeshReplicas is StartMesh with n coordinator replicas on etcd
 // when n > 1.
-func StartMeshReplicas(ctx context.Context, topo *Topology, bin, dir string, n int) (m *Mesh, err error) {
-	m = &Mesh{Topo: topo, bin: bin, dir: dir}
+func StartMeshReplicas(ctx context.Context, topo *Topology, bin, dir string, n int, coordArgs ...string) (m *Mesh, err error) {
+	m = &Mesh{Topo: topo, bin: bin, dir: dir, coordArgs: coordArgs}
 	for i := range max(n, 1) {
 		m.URLs = append(m.URLs, "https://"+net.JoinHostPort(Public.String(), strconv.Itoa(coordPort+i)))
 	}
@@ -224,6 +227,7 @@ func (m *Mesh) startCoordinators(ctx context.Context) error {
 			"--admin", admin.Email,
 			"--log-format", "text",
 		}, shared...)
+		args = append(args, m.coordArgs...)
 		if shared != nil {
 			// Each replica has its own discovery port, as each host
 			// behind a load balancer would.
