@@ -31,6 +31,11 @@ type stream struct {
 	// live.go); nil for one that is not. It never changes.
 	live *proto.LiveStream
 
+	// checked is the last recheck that allowed the stream, for the
+	// sweep to skip one whose decision cannot have changed (see
+	// recheck); nil before the first.
+	checked atomic.Pointer[streamCheck]
+
 	responded atomic.Bool // the upstream answered; headers are on the way
 	upgraded  atomic.Bool // the upstream switched protocols
 	recording atomic.Bool // its recording started (rec is set)
@@ -113,11 +118,14 @@ func (p *Proxy) pin(c *trackedConn, key proto.Key) bool {
 
 // recheck decides s again from the current map, as of now. A stream whose
 // impersonated identity would now differ is refused too.
-func (p *Proxy) recheck(s *stream, now time.Time) *denial {
+func (p *Proxy) recheck(s *stream, now time.Time, gen uint64) *denial {
 	peer, ok := p.peers.PeerByAddr(s.addr)
 	if !ok || peer.Key != s.key {
 		return deny(http.StatusForbidden, proto.CodeDeviceRevoked,
 			"This device was removed from cluster '%s'. Run: clustral up, and try again.", p.cluster)
+	}
+	if c := s.checked.Load(); c != nil && c.gen == gen && c.kind == peer.Kind && c.id == peer.Identity && now.Before(c.until) {
+		return nil
 	}
 	imp, d := authorize(p.cluster, peer, s.info, now)
 	if d != nil {
@@ -127,7 +135,44 @@ func (p *Proxy) recheck(s *stream, now time.Time) *denial {
 		return deny(http.StatusForbidden, proto.CodeForbidden,
 			"The roles of %s on cluster '%s' changed. Retry to continue with the new ones.", peer.Identity.Login, p.cluster)
 	}
+	s.checked.Store(&streamCheck{gen: gen, kind: peer.Kind, id: peer.Identity, until: decisionUntil(peer.Identity, now)})
 	return nil
+}
+
+// streamCheck is a recheck that allowed a stream: the proxy's generation
+// and the peer's kind and identity it was made with, and until when the
+// clock alone cannot change it. A later recheck with the same
+// generation, kind and identity (the same *proto.Identity: the map
+// replaces a peer's identity, never changes one in place) before until
+// would decide the same, so the sweep skips it: with 1,000 idle watches
+// authorizing each stream twice a second was half of the agent's CPU.
+// Reevaluate moves the generation on, so every change it announces is
+// decided afresh.
+type streamCheck struct {
+	gen   uint64
+	kind  proto.NodeKind
+	id    *proto.Identity
+	until time.Time
+}
+
+// decisionUntil returns when authorize's answer for id may next change
+// with the clock alone: the first expiry after now of the session or of
+// a grant, or now itself, so that every sweep decides again, when a
+// grant has time windows.
+func decisionUntil(id *proto.Identity, now time.Time) time.Time {
+	until := now.Add(100 * 365 * 24 * time.Hour)
+	if !id.Expires.IsZero() && id.Expires.After(now) && id.Expires.Before(until) {
+		until = id.Expires
+	}
+	for _, g := range id.Roles {
+		if g.Restrictions != nil && len(g.Restrictions.TimeWindows) > 0 {
+			return now
+		}
+		if g.Expires != nil && g.Expires.After(now) && g.Expires.Before(until) {
+			until = *g.Expires
+		}
+	}
+	return until
 }
 
 // kill ends s with cause d. Before the upstream has answered, cancelling
@@ -163,44 +208,48 @@ func (p *Proxy) Reevaluate() int {
 }
 
 func (p *Proxy) reevaluate() int {
-	type peerSnap struct {
-		key     proto.Key
-		streams []*stream
-		conns   []*trackedConn
+	type connSnap struct {
+		key proto.Key
+		c   *trackedConn
 	}
+	// Read before the snapshot: a change announced after it moves the
+	// generation on, and the next pass decides again.
+	gen := p.gen.Load()
 	p.mu.Lock()
-	snaps := make([]peerSnap, 0, len(p.live))
+	ns, nc := 0, 0
+	for _, pl := range p.live {
+		ns += len(pl.streams)
+		nc += len(pl.conns)
+	}
+	streams := make([]*stream, 0, ns)
+	conns := make([]connSnap, 0, nc)
 	for k, pl := range p.live {
-		ps := peerSnap{key: k}
 		for s := range pl.streams {
-			ps.streams = append(ps.streams, s)
+			streams = append(streams, s)
 		}
 		for c := range pl.conns {
-			ps.conns = append(ps.conns, c)
+			conns = append(conns, connSnap{k, c})
 		}
-		snaps = append(snaps, ps)
 	}
 	p.mu.Unlock()
 
 	now := p.now()
 	n := 0
-	for _, ps := range snaps {
-		for _, s := range ps.streams {
-			if s.ctx.Err() != nil {
-				// Already ending (killed by an earlier pass or its
-				// client gone); its handler untracks it on return.
-				continue
-			}
-			if d := p.recheck(s, now); d != nil {
-				p.kill(s, d)
-				n++
-			}
+	for _, s := range streams {
+		if s.ctx.Err() != nil {
+			// Already ending (killed by an earlier pass or its client
+			// gone); its handler untracks it on return.
+			continue
 		}
-		for _, c := range ps.conns {
-			if peer, ok := p.peers.PeerByAddr(c.addr); !ok || peer.Key != ps.key {
-				c.Close()
-				n++
-			}
+		if d := p.recheck(s, now, gen); d != nil {
+			p.kill(s, d)
+			n++
+		}
+	}
+	for _, cs := range conns {
+		if peer, ok := p.peers.PeerByAddr(cs.c.addr); !ok || peer.Key != cs.key {
+			cs.c.Close()
+			n++
 		}
 	}
 	return n

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/clustral/clustral/pkg/testkit"
+	"github.com/clustral/clustral/proto"
 )
 
 // crowdWatch is one watch held open through the proxy by one of many
@@ -189,5 +191,95 @@ func TestReevaluateCountsAnEndingStreamOnce(t *testing.T) {
 	}
 	if n := h.proxy.Reevaluate(); n != 0 {
 		t.Errorf("second reevaluation closed %d, want 0: the request was already ending", n)
+	}
+}
+
+// TestSweepSkipsUndecidedStreams: a pass decides a stream afresh only
+// when its decision may have changed: a new generation (Reevaluate), a
+// new identity of its peer, the clock past an expiry, or a grant with
+// time windows. Otherwise the stream's last check stands.
+func TestSweepSkipsUndecidedStreams(t *testing.T) {
+	h := newHarness(t, newWatchUpstream(), func(c *ProxyConfig) { c.SweepInterval = time.Hour })
+	alice := func(roles ...proto.RoleGrant) proto.Peer { return device(1, "alice@example.com", roles...) }
+	always := restricted("view", proto.Restrictions{TimeWindows: []proto.TimeWindow{{Start: "00:00", End: "23:59"}}}, "viewers")
+	h.peers.set(loopback, alice(grant("view", "viewers")))
+	_, body := openWatch(t, h)
+	defer body.Close()
+	h.proxy.mu.Lock()
+	var s *stream
+	for _, pl := range h.proxy.live {
+		for st := range pl.streams {
+			s = st
+		}
+	}
+	h.proxy.mu.Unlock()
+	if s == nil {
+		t.Fatal("the watch is not tracked")
+	}
+	if n := h.proxy.reevaluate(); n != 0 || s.checked.Load() == nil {
+		t.Fatalf("first pass closed %d, checked %v", n, s.checked.Load())
+	}
+
+	tests := []struct {
+		name   string
+		change func()
+		afresh bool
+	}{
+		{"nothing changed", func() {}, false},
+		{"an hour on, the session a day from expiry", func() { h.clock.Add(time.Hour) }, false},
+		{"the peer's identity replaced, the same", func() { h.peers.set(loopback, alice(grant("view", "viewers"))) }, true},
+		{"then nothing", func() {}, false},
+		{"a change announced", func() { h.proxy.gen.Add(1) }, true},
+		{"a second grant, expiring in a minute", func() {
+			g := grant("view", "viewers")
+			exp := h.clock.Now().Add(time.Minute)
+			g.Expires = &exp
+			h.peers.set(loopback, alice(grant("view", "viewers"), g))
+		}, true},
+		{"half a minute on", func() { h.clock.Add(30 * time.Second) }, false},
+		{"past that grant's expiry", func() { h.clock.Add(time.Minute) }, true},
+		{"a grant with time windows", func() { h.peers.set(loopback, alice(always)) }, true},
+		{"windows, nothing else changed", func() {}, true},
+	}
+	for _, tt := range tests {
+		before := s.checked.Load()
+		tt.change()
+		n := h.proxy.reevaluate()
+		if afresh := s.checked.Load() != before || n > 0; afresh != tt.afresh {
+			t.Errorf("%s: decided afresh %v, want %v", tt.name, afresh, tt.afresh)
+		}
+	}
+}
+
+// BenchmarkSweep is one pass of the sweep over 1,000 live watches of 100
+// users, each with a grant restricted to reading: what the agent spends
+// twice a second while they idle.
+func BenchmarkSweep(b *testing.B) {
+	const users, perUser = 100, 10
+	h := newHarness(b, newWatchUpstream(), func(c *ProxyConfig) { c.SweepInterval = time.Hour })
+	reader := restricted("reader", proto.Restrictions{Verbs: []string{"get", "list", "watch"}, Namespaces: []string{"default", "staging"}}, "readers")
+	req := httptest.NewRequest("GET", "/api/v1/namespaces/default/configmaps?watch=true", nil)
+	info := parseRequestInfo(req)
+	for u := range users {
+		peer := device(byte(u+1), fmt.Sprintf("user-%03d@example.com", u), reader)
+		h.peers.set(crowdAddr(u), peer)
+		imp, d := authorize("prod", peer, info, h.clock.Now())
+		if d != nil {
+			b.Fatal(d)
+		}
+		for range perUser {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			s := &stream{key: peer.Key, addr: crowdAddr(u), ctx: ctx, cancel: cancel, imp: imp, info: info}
+			if d := h.proxy.track(s); d != nil {
+				b.Fatal(d)
+			}
+			b.Cleanup(func() { h.proxy.untrack(s); cancel(nil) })
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if n := h.proxy.reevaluate(); n != 0 {
+			b.Fatalf("a pass closed %d", n)
+		}
 	}
 }
