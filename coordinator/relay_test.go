@@ -490,11 +490,7 @@ func (c *writeCounter) Write(p []byte) (int, error) {
 // records, and leave the coordinator in one write, when the connection
 // under TLS is a cork.Conn as Serve's listener makes it.
 func TestRelayWriteCorksTLS(t *testing.T) {
-	certPEM, keyPEM := testkit.ServerCert(t, "coordinator.test")
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := testkit.TLSCert(t, "coordinator.test")
 	relayEnd, nodeEnd := net.Pipe()
 	count := &writeCounter{Conn: relayEnd}
 	srv := tls.Server(cork.New(count), &tls.Config{Certificates: []tls.Certificate{cert}})
@@ -546,11 +542,7 @@ func TestRelayWriteCorksTLS(t *testing.T) {
 // TestAPIListenerCorks: the API server's connections, with TLS and
 // without, have a cork.Conn beneath for relay.write to find.
 func TestAPIListenerCorks(t *testing.T) {
-	certPEM, keyPEM := testkit.ServerCert(t, "coordinator.test")
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := testkit.TLSCert(t, "coordinator.test")
 	for _, cfg := range []*tls.Config{nil, {Certificates: []tls.Certificate{cert}}} {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -93,11 +93,7 @@ func TestUncorkReportsWriteError(t *testing.T) {
 // TestTLSRecordsInOneWrite: a TLS write larger than a record, corked,
 // reaches the connection as one write, and the peer reads it whole.
 func TestTLSRecordsInOneWrite(t *testing.T) {
-	certPEM, keyPEM := testkit.ServerCert(t, "cork.test")
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := testkit.TLSCert(t, "cork.test")
 	a, b := net.Pipe()
 	t.Cleanup(func() { a.Close(); b.Close() })
 	count := &countConn{Conn: a}

@@ -46,6 +46,17 @@ func ServerCert(tb testing.TB, cn string) (certPEM, keyPEM []byte) {
 	return certPEM, keyPEM
 }
 
+// TLSCert is ServerCert as a tls.Certificate, for a server that needs no
+// PEM.
+func TLSCert(tb testing.TB, cn string) tls.Certificate {
+	tb.Helper()
+	cert, err := tls.X509KeyPair(ServerCert(tb, cn))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cert
+}
+
 // SelfSigned returns a PEM certificate for a fresh P-256 key, with the
 // common name cn, for serving TLS as hosts (IP addresses or DNS names),
 // valid from an hour ago for two hours and signed by itself as a CA, so
