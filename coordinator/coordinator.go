@@ -545,10 +545,6 @@ func (s *Server) longLived(w http.ResponseWriter) (extendWrite func()) {
 	}
 }
 
-// Serve serves the API on l until ctx is done or Close is called, then
-// ends the map streams and relay connections, shuts the HTTP server down
-// gracefully (waiting up to 10 s for requests in flight) and returns once
-// it has stopped. Close waits for Serve to return.
 // apiListener returns l as the API server accepts from it: each
 // connection a cork.Conn, for relay connections to cork under TLS
 // (relay.write), and under TLS with cfg unless cfg is nil.
@@ -560,6 +556,10 @@ func apiListener(l net.Listener, cfg *tls.Config) net.Listener {
 	return l
 }
 
+// Serve serves the API on l until ctx is done or Close is called, then
+// ends the map streams and relay connections, shuts the HTTP server down
+// gracefully (waiting up to 10 s for requests in flight) and returns once
+// it has stopped. Close waits for Serve to return.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if !s.enter() {
 		l.Close()

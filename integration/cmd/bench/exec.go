@@ -163,10 +163,6 @@ func benchExec(ctx context.Context, m *mesh, f flags) error {
 		offs, ons, overheads = append(offs, off), append(ons, on), append(overheads, (off/on-1)*100)
 		progress("exec: stream run %d: %.0f Mbit/s with recording off, %.0f on", i+1, off, on)
 	}
-	median := func(xs []float64) float64 {
-		slices.Sort(xs)
-		return xs[len(xs)/2]
-	}
 	report("exec_throughput_mbps_off", median(offs), "Mbit/s")
 	report("exec_throughput_mbps_on", median(ons), "Mbit/s")
 	report("recording_overhead_pct", median(overheads), "%")

@@ -244,6 +244,14 @@ func percentile(samples []time.Duration, p float64) time.Duration {
 	return samples[max(0, min(i, len(samples)-1))]
 }
 
+// median returns the middle of xs (the upper one of an even count),
+// leaving xs as it is.
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"time"
 
@@ -208,12 +207,6 @@ func natPairs(ctx context.Context, topo *nat.Topology, m *nat.Mesh, n int) ([]na
 		}
 	}
 	return pairs, nil
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // natTransfer returns the rate in Mbit/s of one transfer, after an
